@@ -12,7 +12,9 @@ Contract of a builder (every implementation, ours or a user's)::
 * ``build`` does all setup (JIT compile, autotuning, descriptors, plans, algorithm search) and
   may launch the kernel; the harness times ``build`` separately as first-call cost.
 * ``kernel()`` launches the work on ``torch.cuda.current_stream()`` (or computes on the CPU),
-  writes every element of ``out``, and returns without synchronising.  It is called many times.
+  writes every element of ``out`` and returns None, without synchronising.  It is called many
+  times.  A library path that allocates its own result (torch's default functional path) may
+  instead return that tensor; the checker then compares the returned tensor.
 * ``build`` raises ``layerbench.errors.Unsupported`` for a dtype, layout or shape it cannot run.
   It never falls back silently to another library.
 * The harness calls ``build`` and ``kernel`` inside ``layerbench.dtypes.precision(dtype)``.
