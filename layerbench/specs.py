@@ -291,7 +291,11 @@ class Linear:
 
     @property
     def thesis_parameters(self) -> int:
-        """(in + 1) * out, as thesis Tables 6-9..6-11 count an FC layer."""
+        """(in + 1) * out, the thesis's formula (Tables 6-9..6-11).
+
+        The thesis's table prints 4,100,096 for 4096 -> 1000, which is (out + 1) * in; its formula,
+        which matches its Large and Median rows, gives 4,097,000.
+        """
         return (self.in_features + 1) * self.out_features
 
 

@@ -1,0 +1,97 @@
+"""The checkers themselves: they pass correct kernels and catch wrong ones."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.testing import check_implementation, make_tensors, reference
+
+
+def conv_build(spec, dtype, layout, tensors, out):
+    def kernel():
+        out.copy_(F.conv2d(tensors["x"], tensors["weight"], tensors.get("bias"), spec.stride, spec.padding))
+    return kernel
+
+
+def test_correct_kernel_passes() -> None:
+    spec = Conv2d(2, 3, 5, 9, 7, 3, 2, stride=2, padding=1)
+    for layout in ("NCHW", "NHWC"):
+        r = check_implementation(conv_build, spec, "fp32", layout, "cpu", seed=1)
+        assert r.ok, r.message
+
+
+def test_unwritten_element_is_caught() -> None:
+    spec = Linear(3, 7, 5)
+
+    def build(spec, dtype, layout, tensors, out):
+        def kernel():
+            full = F.linear(tensors["x"], tensors["weight"], tensors["bias"])
+            out.view(-1)[:-1] = full.view(-1)[:-1]  # forgets the last element
+        return kernel
+
+    r = check_implementation(build, spec, "fp32", "NCHW", "cpu", seed=2)
+    assert not r.ok and r.nonfinite == 1
+
+
+def test_small_error_beyond_fp32_tolerance_is_caught() -> None:
+    spec = Conv2d(1, 4, 4, 6, 6, 3, 3)
+
+    def build(spec, dtype, layout, tensors, out):
+        inner = conv_build(spec, dtype, layout, tensors, out)
+        def kernel():
+            inner()
+            out.mul_(1 + 1e-4)
+        return kernel
+
+    assert not check_implementation(build, spec, "fp32", "NCHW", "cpu", seed=3).ok
+    # The same error is within bf16's tolerance: tolerances are by dtype.
+    assert check_implementation(build, spec, "bf16", "NCHW", "cpu", seed=3).ok
+
+
+def test_exact_layers_demand_exact_results() -> None:
+    spec = Pool2d(1, 2, 8, 8, 2, 2, method="max")
+
+    def build(spec, dtype, layout, tensors, out):
+        def kernel():
+            out.copy_(F.max_pool2d(tensors["x"], 2, 2) * (1 + 1e-6))
+        return kernel
+
+    assert not check_implementation(build, spec, "fp32", "NCHW", "cpu", seed=4).ok
+
+
+def test_inplace_relu_restores_input_each_run() -> None:
+    spec = ReLU(2, 3, 4, 5, inplace=True)
+
+    def build(spec, dtype, layout, tensors, out):
+        assert out is tensors["x"]
+        return lambda: out.clamp_(min=0)
+
+    r = check_implementation(build, spec, "fp16", "NCHW", "cpu", seed=5)
+    assert r.ok, r.message
+
+
+def test_inputs_are_fresh_and_not_zero() -> None:
+    spec = Conv2d(1, 2, 2, 4, 4, 3, 3)
+    a, b = make_tensors(spec, "fp32", "NCHW", "cpu"), make_tensors(spec, "fp32", "NCHW", "cpu")
+    assert not torch.equal(a["x"], b["x"])
+    assert float(a["x"].abs().min()) >= 0 and float(a["x"].abs().sum()) > 0
+    nhwc = make_tensors(spec, "fp16", "NHWC", "cpu")["x"]
+    assert nhwc.is_contiguous(memory_format=torch.channels_last) and nhwc.dtype == torch.float16
+
+
+def test_layout_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="layout for linear must be one of NCHW"):
+        make_tensors(Linear(1, 2, 3), "fp32", "NHWC", "cpu")
+
+
+def test_reference_is_float64() -> None:
+    spec = Pool2d(1, 1, 4, 4, 3, 1, padding=1, method="avg")
+    ts = make_tensors(spec, "fp16", "NCHW", "cpu")
+    ref = reference(spec, ts)
+    assert ref.dtype == torch.float64
+    # count_include_pad: the corner window sums 4 real values and divides by 9.
+    x = ts["x"].double()[0, 0]
+    assert math.isclose(float(ref[0, 0, 0, 0]), float(x[:2, :2].sum()) / 9, rel_tol=1e-12)
