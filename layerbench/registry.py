@@ -44,6 +44,7 @@ BUILTIN_MODULES = {
     "cupy": "kernels.cupy",
     "torch": "kernels.reference.torch_ref",
     "cudnn": "kernels.reference.cudnn",
+    "cublas": "kernels.reference.cublas",
 }
 
 
@@ -56,7 +57,7 @@ class Builder(Protocol):
 class Implementation:
     layer: str
     name: str
-    backend: str  # triton | cupy | cudnn | torch | user
+    backend: str  # triton | cupy | cudnn | cublas | torch | user
     build: Builder
     devices: tuple[str, ...] = ("cuda",)
     reference: bool = False  # a library path that custom kernels are compared against

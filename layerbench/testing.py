@@ -87,14 +87,19 @@ def make_tensors(spec: LayerSpec, dtype: DType | str, layout: str, device: str |
     return tensors
 
 
-def make_output(spec: LayerSpec, tensors: Tensors) -> torch.Tensor:
-    """The output buffer for ``tensors`` (the input itself for an in-place ReLU)."""
+def make_output(spec: LayerSpec, tensors: Tensors, layout: str | None = None) -> torch.Tensor:
+    """The output buffer for ``tensors`` in ``layout`` (the input itself for an in-place ReLU).
+
+    Without ``layout`` it is read off the input's strides; pass it where the input is ambiguous
+    (one channel, or 1x1 maps, is contiguous in both layouts).
+    """
     x = tensors["x"]
     if isinstance(spec, ReLU) and spec.inplace:
         return x
-    fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() else torch.contiguous_format
+    if layout is None:
+        layout = "NHWC" if x.dim() == 4 and not x.is_contiguous() else "NCHW"
     out = torch.empty(spec.output_shape, dtype=x.dtype, device=x.device)
-    return out.contiguous(memory_format=fmt) if out.dim() == 4 else out
+    return out.contiguous(memory_format=memory_format(layout)) if out.dim() == 4 else out
 
 
 def reference(spec: LayerSpec, tensors: Tensors) -> torch.Tensor:
@@ -161,20 +166,22 @@ def _sync(device: torch.device) -> None:
 
 
 def check_kernel(kernel: Kernel, out: torch.Tensor, spec: LayerSpec, dtype: DType | str,
-                 tensors: Tensors, x_fresh: torch.Tensor | None = None) -> CheckResult:
+                 tensors: Tensors, x_fresh: torch.Tensor | None = None,
+                 ref: torch.Tensor | None = None) -> CheckResult:
     """Poison ``out``, run ``kernel`` once, compare with the float64 reference of ``tensors``.
 
     For an in-place ReLU (``out is tensors["x"]``) pass ``x_fresh``, the input values to restore
-    before the run; the reference is computed from them.
+    before the run; the reference is computed from them.  ``ref``, when given, is that float64
+    reference computed beforehand (a sweep checks several implementations on the same inputs).
     """
     dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
     if out is tensors["x"]:
         if x_fresh is None:
             raise ValueError("x_fresh is required when the kernel writes its input in place")
         out.copy_(x_fresh)
-        ref = reference(spec, {"x": x_fresh})
+        ref = reference(spec, {"x": x_fresh}) if ref is None else ref
     else:
-        ref = reference(spec, tensors)
+        ref = reference(spec, tensors) if ref is None else ref
         out.fill_(math.nan)
     _sync(out.device)
     with precision(dtype):
@@ -197,7 +204,7 @@ def check_implementation(impl: Implementation | Builder, spec: LayerSpec, dtype:
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     tensors = make_tensors(spec, dtype, layout, device, gen)
     x_fresh = tensors["x"].clone() if isinstance(spec, ReLU) and spec.inplace else None
-    out = make_output(spec, tensors)
+    out = make_output(spec, tensors, layout)
     with precision(dtype):
         kernel = build(spec, dtype, layout, tensors, out)
     result = None

@@ -1,0 +1,157 @@
+"""What the CuPy kernels are compiled from and with: sources, name expressions, NVRTC options.
+
+The launchers (at run time, through ``cupy.RawModule``) and ``tests/test_cupy_compile.py``
+(through ``cuda.bindings.nvrtc``, without a GPU) both take sources, template instantiations and
+options from here, so the compile check compiles exactly what runs.  This module imports
+neither CuPy nor torch: the compile check loads it by path where CuPy is not installed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parent
+COMMON_HEADER = "layerbench_common.cuh"
+
+# C++ storage type of each benchmark dtype ("tf32" stores fp32 and multiplies as TF32).
+CTYPES = {"fp32": "float", "tf32": "float", "fp16": "__half", "bf16": "__nv_bfloat16"}
+ITEMSIZE = {"float": 4, "__half": 2, "__nv_bfloat16": 2}
+STORAGE_TYPES = ("float", "__half", "__nv_bfloat16")
+
+# CuPy appends these to every NVRTC compile (cupy/cuda/compiler.py, CuPy 13 and 14), after the
+# options we pass; the compile check adds them so that it compiles what CuPy compiles.
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+# Headers the kernels include, which NVRTC 13 does not carry built in.
+REQUIRED_HEADERS = ("cuda_fp16.h", "cuda_fp16.hpp", "cuda_bf16.h", "cuda_bf16.hpp")
+
+POOL_METHODS = {"max": 0, "avg": 1}  # template argument of the pooling kernels
+
+
+def vector_width(ctype: str) -> int:
+    """Elements of ``ctype`` in one 16-byte load."""
+    return 16 // ITEMSIZE[ctype]
+
+
+def _cpp_bool(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def relu_name(ctype: str) -> str:
+    return f"relu<{ctype}>"
+
+
+def pool_nchw_name(ctype: str, method: str) -> str:
+    return f"pool2d_nchw<{ctype}, {POOL_METHODS[method]}>"
+
+
+def pool_nhwc_name(ctype: str, method: str, vec: int) -> str:
+    return f"pool2d_nhwc<{ctype}, {POOL_METHODS[method]}, {vec}>"
+
+
+def igemm_name(ctype: str, tensor_cores: bool, a_vec: bool) -> str:
+    """The GEMM kernel: FFMA for fp32, mma.sync for fp16/bf16 and for fp32 data as tf32."""
+    if not tensor_cores:
+        if ctype != "float":
+            raise ValueError(f"the FFMA kernel is fp32 only, got {ctype}")
+        return f"igemm_simt<{_cpp_bool(a_vec)}>"
+    return f"igemm_mma<{ctype}, {_cpp_bool(a_vec)}>"
+
+
+def reduce_name(ctype: str) -> str:
+    return f"splitk_reduce<{ctype}>"
+
+
+@dataclass(frozen=True)
+class Source:
+    file: str
+    name_expressions: tuple[str, ...]
+
+
+SOURCES: dict[str, Source] = {
+    "relu": Source("relu.cu", tuple(relu_name(t) for t in STORAGE_TYPES)),
+    "pool2d": Source("pool2d.cu", tuple(
+        [pool_nchw_name(t, m) for t in STORAGE_TYPES for m in POOL_METHODS]
+        + [pool_nhwc_name(t, m, v) for t in STORAGE_TYPES for m in POOL_METHODS
+           for v in (1, vector_width(t))])),
+    "igemm": Source("igemm.cu", tuple(
+        [igemm_name("float", False, a) for a in (True, False)]
+        + [igemm_name(t, True, a) for t in STORAGE_TYPES for a in (True, False)]
+        + [reduce_name(t) for t in STORAGE_TYPES])),
+}
+
+
+def source_text(name: str) -> str:
+    """The source of ``name`` with the common header pasted in place of its #include.
+
+    Pasting (instead of ``-I`` on this folder) puts the header into the text that CuPy hashes
+    for its on-disk kernel cache, so an edited header never serves a stale binary.
+    """
+    if name not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {name!r}")
+    text = (KERNEL_DIR / SOURCES[name].file).read_text()
+    include = f'#include "{COMMON_HEADER}"'
+    if include not in text:
+        raise RuntimeError(f"{SOURCES[name].file} must include {COMMON_HEADER}")
+    header = (KERNEL_DIR / COMMON_HEADER).read_text()
+    return text.replace(include, f"// ---- {COMMON_HEADER}\n{header}\n// ---- end {COMMON_HEADER}", 1)
+
+
+def _has_headers(directory: str | os.PathLike[str] | None) -> bool:
+    return bool(directory) and all(os.path.isfile(os.path.join(directory, h)) for h in REQUIRED_HEADERS)
+
+
+def _candidate_include_dirs() -> list[str]:
+    dirs: list[str] = []
+    if os.environ.get("LAYERBENCH_CUDA_INCLUDE"):
+        dirs.append(os.environ["LAYERBENCH_CUDA_INCLUDE"])
+    # cuda-pathfinder (a CuPy 14 dependency) looks in pip wheels, conda, CUDA_PATH/CUDA_HOME.
+    try:
+        from cuda import pathfinder
+
+        found = pathfinder.find_nvidia_header_directory("cudart")
+        if found:
+            dirs.append(str(found))
+    except Exception:  # noqa: BLE001 - older or missing pathfinder: the searches below remain
+        pass
+    for var in ("CUDA_PATH", "CUDA_HOME"):
+        if os.environ.get(var):
+            dirs.append(os.path.join(os.environ[var], "include"))
+    # pip wheels: nvidia/cu13/include (CUDA 13), nvidia/cuda_runtime/include (CUDA 12).
+    try:
+        import nvidia
+
+        for base in nvidia.__path__:
+            dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")), reverse=True)
+            dirs.append(os.path.join(base, "cuda_runtime", "include"))
+    except ImportError:
+        pass
+    dirs.append("/usr/local/cuda/include")
+    dirs += sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
+    return dirs
+
+
+@lru_cache(maxsize=None)
+def cuda_include_dir() -> str:
+    """A directory holding cuda_fp16.h and cuda_bf16.h for NVRTC.
+
+    Order: $LAYERBENCH_CUDA_INCLUDE, cuda-pathfinder's cudart headers (wheels first, which match
+    the NVRTC wheel), $CUDA_PATH / $CUDA_HOME, nvidia wheels on sys.path, /usr/local/cuda*.
+    """
+    tried = _candidate_include_dirs()
+    for d in tried:
+        if _has_headers(d):
+            return os.path.abspath(d)
+    raise FileNotFoundError(
+        "no CUDA include directory with " + ", ".join(REQUIRED_HEADERS) + " found; looked in "
+        + ", ".join(dict.fromkeys(tried)) + ". Install the nvidia-cuda-runtime wheel or a CUDA "
+        "toolkit, or set LAYERBENCH_CUDA_INCLUDE.")
+
+
+def compile_options() -> tuple[str, ...]:
+    """NVRTC options of every layerbench kernel (CuPy then adds CUPY_ADDED_OPTIONS and -arch)."""
+    return ("-std=c++17", f"-I{cuda_include_dir()}")

@@ -1,0 +1,172 @@
+"""Compile the CUDA sources once (cupy.RawModule) and launch them on torch's current stream.
+
+A ``Launch`` packs a kernel's arguments once, at build time, so that calling it does nothing
+but ``cuLaunchKernel`` on ``torch.cuda.current_stream()``: tensors are passed by raw pointer
+(zero copy) and the launch error, if any, surfaces as CuPy's ``CUDADriverError``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Sequence
+
+import cupy
+import torch
+
+from kernels.cupy import _build
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+
+Arg = ctypes.c_void_p | ctypes.c_int32 | ctypes.c_int64 | ctypes.c_float
+
+_modules: dict[str, cupy.RawModule] = {}
+
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_YZ = 65535
+
+
+def ctype_of(dtype: DType) -> str:
+    return _build.CTYPES[dtype.name]
+
+
+def device_index(t: torch.Tensor) -> int:
+    if t.device.type != "cuda":
+        raise Unsupported(f"the CuPy kernels run on CUDA tensors, got a tensor on {t.device}")
+    return t.device.index if t.device.index is not None else torch.cuda.current_device()
+
+
+def check_tensors(dtype: DType, tensors: dict[str, torch.Tensor | None]) -> int:
+    """Every tensor on one CUDA device in ``dtype``'s storage type; returns the device index."""
+    index = device_index(tensors["x"])
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device != tensors["x"].device:
+            raise Unsupported(f"cupy: {name} is on {t.device}, x on {tensors['x'].device}")
+        if t.dtype != dtype.torch_dtype:
+            raise Unsupported(f"cupy: {name} is {t.dtype}, {dtype.name} needs {dtype.torch_dtype}")
+    return index
+
+
+def sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def function(source: str, name: str, index: int) -> cupy.RawKernel:
+    """Kernel ``name`` of ``source``, compiled and loaded on device ``index`` now.
+
+    One RawModule per source compiles every template instantiation in one NVRTC call; CuPy
+    caches the binary on disk, so later processes only load it.
+    """
+    module = _modules.get(source)
+    if module is None:
+        module = cupy.RawModule(code=_build.source_text(source), options=_build.compile_options(),
+                                name_expressions=_build.SOURCES[source].name_expressions)
+        _modules[source] = module
+    with cupy.cuda.Device(index):
+        fn = module.get_function(name)
+        fn.kernel  # compile and load here, in build, not at the first launch  # noqa: B018
+    return fn
+
+
+def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
+
+
+def i32(v: int) -> ctypes.c_int32:
+    if not -(2**31) <= v < 2**31:
+        raise Unsupported(f"a kernel argument does not fit in int32: {v}")
+    return ctypes.c_int32(v)
+
+
+def i64(v: int) -> ctypes.c_int64:
+    return ctypes.c_int64(v)
+
+
+def f32(v: float) -> ctypes.c_float:
+    return ctypes.c_float(v)
+
+
+def _check_params(func: int, args: Sequence[Arg], name: str) -> None:
+    """Compare the argument sizes with the kernel's parameter layout, where the driver tells it.
+
+    A wrong size would not fail: the kernel would read garbage.  cuFuncGetParamInfo needs
+    cuda-bindings and a CUDA 12.4+ driver; without them the check is skipped.
+    """
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        return
+    get_info = getattr(driver, "cuFuncGetParamInfo", None)
+    if get_info is None:
+        return
+    f = driver.CUfunction(func)
+    err, _, _ = get_info(f, 0)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        return
+    for i, a in enumerate(args):
+        err, _, size = get_info(f, i)
+        if err != driver.CUresult.CUDA_SUCCESS:
+            raise RuntimeError(f"{name}: takes {i} parameters, the launcher passes {len(args)}")
+        if size != ctypes.sizeof(a):
+            raise RuntimeError(f"{name}: parameter {i} has {size} bytes, the launcher passes "
+                               f"{ctypes.sizeof(a)} ({type(a).__name__})")
+    err, _, _ = get_info(f, len(args))
+    if err == driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"{name}: takes more than the {len(args)} parameters passed")
+
+
+class Launch:
+    """One kernel launch with fixed grid, block and arguments."""
+
+    def __init__(self, fn: cupy.RawKernel, grid: tuple[int, int, int], block: tuple[int, int, int],
+                 args: Sequence[Arg], index: int, keep: Sequence[object] = ()) -> None:
+        """``keep``: the tensors behind the pointer arguments, held for the launch's lifetime."""
+        if not (1 <= grid[0] <= MAX_GRID_X and 1 <= grid[1] <= MAX_GRID_YZ and 1 <= grid[2] <= MAX_GRID_YZ):
+            raise Unsupported(f"{fn.name}: grid {grid} exceeds the CUDA limits")
+        with cupy.cuda.Device(index):
+            self._func = fn.kernel.ptr
+        self.name = fn.name
+        self.grid = grid
+        self.block = block
+        self._index = index
+        self._keep = tuple(keep)
+        self._args = tuple(args)  # the storage the pointer array below points into
+        self._ptrs = (ctypes.c_void_p * len(self._args))(*[ctypes.addressof(a) for a in self._args])
+        self._params = ctypes.addressof(self._ptrs)
+        _check_params(self._func, self._args, fn.name)
+
+    def __call__(self) -> None:
+        if torch.cuda.current_device() != self._index:
+            with torch.cuda.device(self._index):
+                self._launch()
+        else:
+            self._launch()
+
+    def _launch(self) -> None:
+        stream = torch.cuda.current_stream(self._index).cuda_stream
+        cupy.cuda.driver.launchKernel(self._func, *self.grid, *self.block, 0, stream,
+                                      self._params, 0)
+
+
+def occupancy(fn: cupy.RawKernel, threads: int, index: int) -> int:
+    """Resident blocks of ``fn`` per SM at ``threads`` threads per block."""
+    with cupy.cuda.Device(index):
+        return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads, 0)
+
+
+def check_dtype(layer: str, dtype: DType, allowed: Sequence[str]) -> None:
+    if dtype.name not in allowed:
+        raise Unsupported(f"cupy {layer} supports {', '.join(allowed)}, not {dtype.name}")
+
+
+def check_layout(layer: str, layout: str, allowed: Sequence[str]) -> None:
+    if layout not in allowed:
+        raise Unsupported(f"cupy {layer} supports layouts {', '.join(allowed)}, not {layout}")
+
+
+def check_cc(index: int, major: int, why: str) -> None:
+    cc = torch.cuda.get_device_capability(index)
+    if cc[0] < major:
+        raise Unsupported(f"{why} needs compute capability {major}.0 or newer; this GPU has "
+                          f"{cc[0]}.{cc[1]}")

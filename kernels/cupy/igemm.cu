@@ -1,0 +1,422 @@
+// Implicit GEMM for convolution and fully connected layers.
+//
+//   out[m][n] = sum_k A[m][k] * B[n][k] (+ bias[n])
+//
+// m is an output pixel (image, oh, ow), n an output channel, k a weight element in the weight's
+// memory order; B is the weight itself ([N][K], row-major), and A is gathered from the input on
+// the fly.  A table built once per layer (ktab[k] = {input offset of k, kh, kw, 0}) turns k into
+// an input address without divisions; x's strides make the same code serve NCHW and NHWC.  A
+// linear layer is the 1x1 case on a 1x1 image.
+//
+// Block tile 128 x 128, 256 threads, k in tiles of 64 bytes (16 fp32 or 32 fp16/bf16 values).
+// Both operands sit in shared memory as [row][k] with 80-byte rows: 64 bytes of data and 16 of
+// padding, which keeps ldmatrix and 16-byte shared loads free of bank conflicts.  Two stages:
+// while one tile is multiplied the next is in flight (cp.async for 16-byte chunks and for fp32
+// elements, registers for 16-bit elements).
+//
+// igemm_simt: fp32 FFMA, each thread an 8 x 8 block of the tile.
+// igemm_mma : tensor cores through mma.sync (fp16, bf16, and fp32 data as tf32), fp32
+//             accumulators; 8 warps as 2 x 4, each warp 64 x 32.
+// Split-K: blockIdx.z takes k in [z * k_split, (z + 1) * k_split) and writes fp32 partial sums
+// to ws[z][m][n]; splitk_reduce adds them up in a fixed order (deterministic).
+#include "layerbench_common.cuh"
+
+namespace {
+
+constexpr int BM = 128;
+constexpr int BN = 128;
+constexpr int THREADS = 256;
+constexpr int TILE_BYTES = 64;
+constexpr int ROW_BYTES = 80;
+constexpr int STAGE_BYTES = (BM + BN) * ROW_BYTES;
+constexpr int FAR = -(1 << 29);  // an (ih, iw) origin that no kernel offset brings in bounds
+
+template <typename T>
+struct Problem {
+    const T* x;
+    const T* w;
+    const int4* ktab;  // {input offset, kh, kw, 0}; padded to a multiple of 32 with kh = FAR
+    int M, N, K;
+    int OHW, OW, H, W, stride, pad;
+    long long xsN, xsH, xsW;
+    bool b_vec;  // weight rows can be moved in 16-byte chunks
+};
+
+// Where output pixel m reads its window: input offset of (ih0, iw0) and the origin itself.
+template <typename T>
+__device__ __forceinline__ void pixel_origin(const Problem<T>& p, int m, long long& base,
+                                             int& ih0, int& iw0) {
+    if (m < p.M) {
+        const int img = m / p.OHW;
+        const int r = m - img * p.OHW;
+        const int oh = r / p.OW;
+        const int ow = r - oh * p.OW;
+        ih0 = oh * p.stride - p.pad;
+        iw0 = ow * p.stride - p.pad;
+        base = img * p.xsN + ih0 * p.xsH + iw0 * p.xsW;
+    } else {
+        ih0 = FAR;
+        iw0 = FAR;
+        base = 0;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ bool in_image(const Problem<T>& p, int ih, int iw) {
+    return static_cast<unsigned>(ih) < static_cast<unsigned>(p.H) &&
+           static_cast<unsigned>(iw) < static_cast<unsigned>(p.W);
+}
+
+template <typename T>
+__device__ __forceinline__ unsigned short raw16(const T* ptr) {
+    return __ldg(reinterpret_cast<const unsigned short*>(ptr));
+}
+
+// Moves one k-tile of A and B into a shared-memory stage.  issue() starts the global reads
+// (cp.async, or loads into registers), store() puts the register part into shared memory.
+template <typename T, bool AVEC>
+struct TileLoader {
+    static constexpr int ES = sizeof(T);
+    static constexpr int KT = TILE_BYTES / ES;  // k values per tile
+    static constexpr int VEC = 16 / ES;         // k values per 16-byte chunk
+    // Element-wise paths take pairs of k values.  fp32 elements go by 4-byte cp.async; 16-bit
+    // ones are staged in registers, packed in pairs (8 words of A and 8 of B per thread).
+    static constexpr int WORDS = 8;
+
+    // A, vector path: 2 rows per thread, chunk column tid % 4.
+    // A, element path: row tid % 128, k pairs (tid / 128) * 2 + 4 * j.
+    static constexpr int AROWS = AVEC ? 2 : 1;
+    long long a_base[AROWS];
+    int a_ih0[AROWS], a_iw0[AROWS];
+    unsigned a_stage[WORDS];
+    unsigned b_stage[WORDS];
+
+    __device__ __forceinline__ void init(const Problem<T>& p, int m0, int tid) {
+#pragma unroll
+        for (int j = 0; j < AROWS; ++j) {
+            const int row = AVEC ? (tid >> 2) + 64 * j : (tid & (BM - 1));
+            pixel_origin(p, m0 + row, a_base[j], a_ih0[j], a_iw0[j]);
+        }
+    }
+
+    __device__ __forceinline__ void issue(const Problem<T>& p, int n0, int k0,
+                                          unsigned char* sa, unsigned char* sb, int tid) {
+        // ---- A
+        if constexpr (AVEC) {
+            const int chunk = tid & 3;
+            const int4 e = __ldg(p.ktab + k0 + chunk * VEC);
+#pragma unroll
+            for (int j = 0; j < AROWS; ++j) {
+                const int row = (tid >> 2) + 64 * j;
+                const bool ok = in_image(p, a_ih0[j] + e.y, a_iw0[j] + e.z);
+                const T* src = ok ? p.x + (a_base[j] + e.x) : p.x;
+                lb::cp_async16(lb::smem_addr(sa + row * ROW_BYTES + chunk * 16), src, ok);
+            }
+        } else {
+            const int q = tid >> 7;
+#pragma unroll
+            for (int j = 0; j < KT / 4; ++j) {
+                const int kk = 4 * j + 2 * q;
+                unsigned v[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int4 e = __ldg(p.ktab + k0 + kk + h);
+                    const bool ok = in_image(p, a_ih0[0] + e.y, a_iw0[0] + e.z);
+                    const T* src = p.x + (a_base[0] + e.x);
+                    if constexpr (ES == 4) {
+                        lb::cp_async4(lb::smem_addr(sa + (tid & (BM - 1)) * ROW_BYTES + (kk + h) * 4),
+                                      ok ? src : p.x, ok);
+                    } else {
+                        v[h] = ok ? raw16(src) : 0u;
+                    }
+                }
+                if constexpr (ES == 2) a_stage[j] = v[0] | (v[1] << 16);
+            }
+        }
+        // ---- B
+        if (p.b_vec) {
+            const int chunk = tid & 3;
+            const int k = k0 + chunk * VEC;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int row = (tid >> 2) + 64 * j;
+                const int n = n0 + row;
+                const bool ok = n < p.N && k < p.K;
+                const T* src = ok ? p.w + (static_cast<long long>(n) * p.K + k) : p.w;
+                lb::cp_async16(lb::smem_addr(sb + row * ROW_BYTES + chunk * 16), src, ok);
+            }
+        } else {
+            constexpr int PAIRS = KT / 2;             // k pairs per row
+            constexpr int ROWS_PER_PASS = THREADS / PAIRS;
+            constexpr int PASSES = BN / ROWS_PER_PASS;
+            const int k = k0 + 2 * (tid % PAIRS);
+#pragma unroll
+            for (int j = 0; j < PASSES; ++j) {
+                const int row = tid / PAIRS + ROWS_PER_PASS * j;
+                const int n = n0 + row;
+                const T* src = p.w + (static_cast<long long>(n) * p.K + k);
+                unsigned v[2];
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const bool ok = n < p.N && k + h < p.K;
+                    if constexpr (ES == 4) {
+                        lb::cp_async4(lb::smem_addr(sb + row * ROW_BYTES + (k - k0 + h) * 4),
+                                      ok ? src + h : p.w, ok);
+                    } else {
+                        v[h] = ok ? raw16(src + h) : 0u;
+                    }
+                }
+                if constexpr (ES == 2) b_stage[j] = v[0] | (v[1] << 16);
+            }
+        }
+        lb::cp_async_commit();
+    }
+
+    __device__ __forceinline__ void store(const Problem<T>& p, unsigned char* sa,
+                                          unsigned char* sb, int tid) {
+        if constexpr (ES == 2) {
+            if constexpr (!AVEC) {
+                const int row = tid & (BM - 1);
+                const int q = tid >> 7;
+#pragma unroll
+                for (int j = 0; j < KT / 4; ++j) {
+                    const int kk = 4 * j + 2 * q;
+                    *reinterpret_cast<unsigned*>(sa + row * ROW_BYTES + kk * 2) = a_stage[j];
+                }
+            }
+            if (!p.b_vec) {
+                constexpr int PAIRS = KT / 2;
+                constexpr int ROWS_PER_PASS = THREADS / PAIRS;
+                constexpr int PASSES = BN / ROWS_PER_PASS;
+                const int kk = 2 * (tid % PAIRS);
+#pragma unroll
+                for (int j = 0; j < PASSES; ++j) {
+                    const int row = tid / PAIRS + ROWS_PER_PASS * j;
+                    *reinterpret_cast<unsigned*>(sb + row * ROW_BYTES + kk * 2) = b_stage[j];
+                }
+            }
+        }
+    }
+};
+
+// Output offset of pixel m (image, oh, ow) for channel 0.
+__device__ __forceinline__ long long out_base(int m, int OHW, int OW, long long osN,
+                                              long long osH, long long osW) {
+    const int img = m / OHW;
+    const int r = m - img * OHW;
+    const int oh = r / OW;
+    const int ow = r - oh * OW;
+    return img * osN + oh * osH + ow * osW;
+}
+
+// The k loop shared by both kernels: compute(stage) multiplies one staged tile.
+template <typename T, bool AVEC, typename Compute>
+__device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem, int m0, int n0,
+                                       int kbeg, int kend, Compute&& compute) {
+    typedef TileLoader<T, AVEC> Loader;
+    const int tid = threadIdx.x;
+    Loader ld;
+    ld.init(p, m0, tid);
+    const int ntiles = (kend - kbeg + Loader::KT - 1) / Loader::KT;
+    if (ntiles <= 0) return;
+    ld.issue(p, n0, kbeg, smem, smem + BM * ROW_BYTES, tid);
+    ld.store(p, smem, smem + BM * ROW_BYTES, tid);
+    lb::cp_async_wait_all();
+    __syncthreads();
+    for (int t = 0; t < ntiles; ++t) {
+        unsigned char* cur = smem + (t & 1) * STAGE_BYTES;
+        unsigned char* nxt = smem + ((t + 1) & 1) * STAGE_BYTES;
+        const bool more = t + 1 < ntiles;
+        if (more) ld.issue(p, n0, kbeg + (t + 1) * Loader::KT, nxt, nxt + BM * ROW_BYTES, tid);
+        compute(cur, cur + BM * ROW_BYTES);
+        if (more) ld.store(p, nxt, nxt + BM * ROW_BYTES, tid);
+        lb::cp_async_wait_all();
+        __syncthreads();
+    }
+}
+
+}  // namespace
+
+#define IGEMM_PARAMS(T)                                                                       \
+    const T *x, const T *w, const T *bias, T *out, float *ws, const int4 *ktab, int M, int N, \
+        int K, int OHW, int OW, int H, int W, int stride, int pad, long long xsN,             \
+        long long xsH, long long xsW, long long osN, long long osC, long long osH,            \
+        long long osW, int k_split, int b_vec
+
+#define IGEMM_PROBLEM(T) \
+    Problem<T> p{x, w, ktab, M, N, K, OHW, OW, H, W, stride, pad, xsN, xsH, xsW, b_vec != 0}
+
+template <bool AVEC>
+__global__ void __launch_bounds__(THREADS, 2) igemm_simt(IGEMM_PARAMS(float)) {
+    __shared__ __align__(128) unsigned char smem[2 * STAGE_BYTES];
+    IGEMM_PROBLEM(float);
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int kbeg = blockIdx.z * k_split;
+    const int kend = min(K, kbeg + k_split);
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    constexpr int RF = ROW_BYTES / 4;  // floats per shared row
+
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+
+    k_loop<float, AVEC>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
+        const float* As = reinterpret_cast<const float*>(sa);
+        const float* Bs = reinterpret_cast<const float*>(sb);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {  // four 4-value chunks of k
+            float4 b[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                b[j] = *reinterpret_cast<const float4*>(Bs + (tx + 16 * j) * RF + 4 * c);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const float4 a = *reinterpret_cast<const float4*>(As + (ty + 16 * i) * RF + 4 * c);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    acc[i][j] = fmaf(a.x, b[j].x, acc[i][j]);
+                    acc[i][j] = fmaf(a.y, b[j].y, acc[i][j]);
+                    acc[i][j] = fmaf(a.z, b[j].z, acc[i][j]);
+                    acc[i][j] = fmaf(a.w, b[j].w, acc[i][j]);
+                }
+            }
+        }
+    });
+
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const int m = m0 + ty + 16 * i;
+        if (m >= M) continue;
+        if (ws != nullptr) {
+            float* dst = ws + (static_cast<long long>(blockIdx.z) * M + m) * N;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int n = n0 + tx + 16 * j;
+                if (n < N) dst[n] = acc[i][j];
+            }
+        } else {
+            const long long ob = out_base(m, OHW, OW, osN, osH, osW);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int n = n0 + tx + 16 * j;
+                if (n < N) out[ob + n * osC] = acc[i][j] + (bias != nullptr ? bias[n] : 0.0f);
+            }
+        }
+    }
+}
+
+template <typename T, bool AVEC>
+__global__ void __launch_bounds__(THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
+    __shared__ __align__(128) unsigned char smem[2 * STAGE_BYTES];
+    IGEMM_PROBLEM(T);
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int kbeg = blockIdx.z * k_split;
+    const int kend = min(K, kbeg + k_split);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows wm * 64, columns wn * 32
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    // ldmatrix row addresses (bytes within a stage) for this lane, chunk 0 of the tile.
+    // A: matrices (rows 0-7, k-chunk 0), (rows 8-15, chunk 0), (rows 0-7, chunk 1), (8-15, 1).
+    const int a_off = (wm * 64 + (lane & 15)) * ROW_BYTES + (lane >> 4) * 16;
+    // B: matrices (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1).
+    const int b_off = (wn * 32 + ((lane >> 4) << 3) + (lane & 7)) * ROW_BYTES + ((lane >> 3) & 1) * 16;
+
+    k_loop<T, AVEC>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
+        const unsigned a_addr = lb::smem_addr(sa) + a_off;
+        const unsigned b_addr = lb::smem_addr(sb) + b_off;
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {  // two 32-byte k steps per tile
+            unsigned b[4][2];
+#pragma unroll
+            for (int pr = 0; pr < 2; ++pr) {
+                unsigned r[4];
+                lb::ldmatrix_x4(r, b_addr + pr * 16 * ROW_BYTES + ks * 32);
+                b[2 * pr][0] = lb::Mma<T>::prepare(r[0]);
+                b[2 * pr][1] = lb::Mma<T>::prepare(r[1]);
+                b[2 * pr + 1][0] = lb::Mma<T>::prepare(r[2]);
+                b[2 * pr + 1][1] = lb::Mma<T>::prepare(r[3]);
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                unsigned a[4];
+                lb::ldmatrix_x4(a, a_addr + i * 16 * ROW_BYTES + ks * 32);
+#pragma unroll
+                for (int r = 0; r < 4; ++r) a[r] = lb::Mma<T>::prepare(a[r]);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) lb::Mma<T>::run(acc[i][j], a, b[j]);
+            }
+        }
+    });
+
+    // Accumulator layout: acc[i][j][0..1] at (row g, columns 2c, 2c+1), [2..3] at row g + 8,
+    // with g = lane / 4, c = lane % 4, inside the 16 x 8 tile (i, j).
+    const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int m = m0 + wm * 64 + i * 16 + g + half * 8;
+            if (m >= M) continue;
+            if (ws != nullptr) {
+                float* dst = ws + (static_cast<long long>(blockIdx.z) * M + m) * N;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int n = n0 + wn * 32 + j * 8 + 2 * c;
+                    if (n < N) dst[n] = acc[i][j][2 * half];
+                    if (n + 1 < N) dst[n + 1] = acc[i][j][2 * half + 1];
+                }
+            } else {
+                const long long ob = out_base(m, OHW, OW, osN, osH, osW);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int n = n0 + wn * 32 + j * 8 + 2 * c;
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        if (n + e < N) {
+                            float v = acc[i][j][2 * half + e];
+                            if (bias != nullptr) v += lb::to_float(bias[n + e]);
+                            out[ob + (n + e) * osC] = lb::from_float<T>(v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Sums the split-K partials in split order, adds the bias, rounds once to T.  Walks the output
+// in the order of its fastest dimension: channels when osC == 1 (NHWC, linear), else pixels.
+template <typename T>
+__global__ void __launch_bounds__(256) splitk_reduce(const float* ws, int splits, int M, int N,
+                                                     const T* bias, T* out, int OHW, int OW,
+                                                     long long osN, long long osC, long long osH,
+                                                     long long osW) {
+    const long long total = static_cast<long long>(M) * N;
+    const bool n_fastest = osC == 1;
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {
+        int m, n;
+        if (n_fastest) {
+            m = static_cast<int>(i / N);
+            n = static_cast<int>(i - static_cast<long long>(m) * N);
+        } else {
+            n = static_cast<int>(i / M);
+            m = static_cast<int>(i - static_cast<long long>(n) * M);
+        }
+        const long long at = static_cast<long long>(m) * N + n;
+        float s = 0.0f;
+        for (int z = 0; z < splits; ++z) s += ws[z * total + at];
+        if (bias != nullptr) s += lb::to_float(bias[n]);
+        out[out_base(m, OHW, OW, osN, osH, osW) + n * osC] = lb::from_float<T>(s);
+    }
+}

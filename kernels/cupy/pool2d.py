@@ -1,0 +1,52 @@
+"""Pooling launcher: pool2d.cu, a kernel per layout (NCHW, NHWC), max and average."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.cupy import _build, _launch
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.registry import Kernel, Tensors, register
+from layerbench.specs import Pool2d
+
+THREADS = 256
+BLOCKS_PER_SM = 32  # grid-stride beyond this; enough blocks to fill every SM several times
+
+
+def _in_layout(t: torch.Tensor, layout: str) -> bool:
+    if layout == "NCHW":
+        return t.is_contiguous()
+    return t.is_contiguous(memory_format=torch.channels_last)
+
+
+@register("pool2d", "cupy", backend="cupy",
+          description="CUDA C (CuPy): one thread per output (NCHW) or per 16-byte channel group (NHWC); "
+                      "exact max, fp32-accumulated average")
+def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    _launch.check_dtype("pool2d", dtype, spec.dtypes)
+    _launch.check_layout("pool2d", layout, spec.layouts)
+    x = tensors["x"]
+    index = _launch.check_tensors(dtype, {"x": x, "out": out})
+    if not (_in_layout(x, layout) and _in_layout(out, layout)):
+        raise Unsupported(f"cupy pool2d {layout} needs x and out in {layout} memory order")
+    ctype = _launch.ctype_of(dtype)
+    s = spec
+    common = [_launch.i32(s.height), _launch.i32(s.width), _launch.i32(s.out_height),
+              _launch.i32(s.out_width), _launch.i32(s.kernel), _launch.i32(s.stride),
+              _launch.i32(s.padding), _launch.f32(1.0 / (s.kernel * s.kernel))]
+    if layout == "NCHW":
+        name = _build.pool_nchw_name(ctype, s.method)
+        work = s.batch * s.channels * s.out_height * s.out_width
+        args = [_launch.ptr(x), _launch.ptr(out), _launch.i32(s.batch * s.channels)] + common
+    else:
+        vec = _build.vector_width(ctype)
+        aligned = x.data_ptr() % 16 == 0 and out.data_ptr() % 16 == 0
+        if s.channels % vec or not aligned:
+            vec = 1
+        name = _build.pool_nhwc_name(ctype, s.method, vec)
+        work = s.batch * s.out_height * s.out_width * (s.channels // vec)
+        args = [_launch.ptr(x), _launch.ptr(out), _launch.i32(s.batch), _launch.i32(s.channels)] + common
+    grid = max(1, min(-(-work // THREADS), _launch.sm_count(index) * BLOCKS_PER_SM))
+    fn = _launch.function("pool2d", name, index)
+    return _launch.Launch(fn, (grid, 1, 1), (THREADS, 1, 1), args, index, keep=(x, out))

@@ -1,0 +1,36 @@
+"""ReLU launcher: relu.cu over the tensor as one flat array (in place when out is x)."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.cupy import _build, _launch
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.registry import Kernel, Tensors, register
+from layerbench.specs import ReLU
+
+THREADS = 256
+BLOCKS_PER_SM = 8  # 2048 resident threads per SM: a full H100/A100 SM
+
+
+def _dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+
+
+@register("relu", "cupy", backend="cupy",
+          description="CUDA C (CuPy): 16-byte vector loads/stores, grid-stride loop, bitwise max(x, 0)")
+def build(spec: ReLU, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    _launch.check_dtype("relu", dtype, spec.dtypes)
+    _launch.check_layout("relu", layout, spec.layouts)
+    x = tensors["x"]
+    index = _launch.check_tensors(dtype, {"x": x, "out": out})
+    if not (_dense(x) and out.stride() == x.stride()):
+        raise Unsupported("cupy relu needs x and out dense with the same strides")
+    ctype = _launch.ctype_of(dtype)
+    n = x.numel()
+    vectors = n // _build.vector_width(ctype)
+    grid = max(1, min(-(-vectors // THREADS), _launch.sm_count(index) * BLOCKS_PER_SM))
+    fn = _launch.function("relu", _build.relu_name(ctype), index)
+    return _launch.Launch(fn, (grid, 1, 1), (THREADS, 1, 1),
+                          [_launch.ptr(x), _launch.ptr(out), _launch.i64(n)], index, keep=(x, out))

@@ -1,0 +1,74 @@
+"""Which GPU kernels an implementation really launched, and which library they belong to.
+
+``kernel_names`` runs a kernel under ``torch.profiler`` and returns the names of the GPU kernels
+it launched, so every result can say which library ran (DESIGN.md: "name an implementation cudnn
+only when it provably runs cuDNN").  ``library`` sorts a name into a library by the first rule of
+``LIBRARY_RULES`` whose substring it contains (case-insensitive):
+
+* ``cudnn``: "cudnn" (the ``cudnn::`` namespace, and the ``..._cudnn`` suffix of cuDNN's xmma and
+  cutlass kernels), "implicit_convolve" / "explicit_convolve" (cuDNN's older SIMT conv kernels);
+* ``cublas``: "cublas" (namespace, template arguments or suffix), "nvjet" (cuBLASLt's Hopper
+  kernels), "xmma_gemm", "sgemm", "gemv", "cutlass" (cuBLAS's cutlass kernels; cuDNN's carry
+  "cudnn" and matched first);
+* ``aten``: "at::" (PyTorch's own CUDA kernels live in ``at::native``);
+* ``triton``: "triton_" (kernels that torch.compile's Inductor generates).
+
+Any other name is attributed to ``own_backend`` when given (our Triton and CuPy kernels have
+names of their own choosing, so an implementation's unknown names are its own), else "unknown".
+Our kernels should therefore not be named with the substrings above.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+LIBRARY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("cudnn", ("cudnn", "implicit_convolve", "explicit_convolve")),
+    ("cublas", ("cublas", "nvjet", "xmma_gemm", "sgemm", "gemv", "cutlass")),
+    ("aten", ("at::",)),
+    ("triton", ("triton_",)),
+)
+
+# Device activity that is not a kernel launch.
+_NOT_KERNELS = ("memcpy", "memset")
+
+
+def kernel_names(kernel: Callable[[], object], device: torch.device | str) -> list[str]:
+    """Distinct names of the GPU kernels one call of ``kernel`` launched, in first-launch order.
+
+    One warm-up call runs first, so JIT compilation, autotuning and cuDNN's algorithm search stay
+    out of the trace.  Memory copies and sets are left out.  On a CPU device there are no GPU
+    kernels and the result is ``[]``.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return []
+    kernel()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        kernel()
+        torch.cuda.synchronize(device)
+    names = [e.name for e in prof.events()
+             if e.device_type == DeviceType.CUDA and not e.name.lower().startswith(_NOT_KERNELS)]
+    return list(dict.fromkeys(names))
+
+
+def library(name: str, own_backend: str | None = None) -> str:
+    """The library a GPU kernel name belongs to (see the module docstring for the rules)."""
+    lowered = name.lower()
+    for lib, needles in LIBRARY_RULES:
+        if any(n in lowered for n in needles):
+            return lib
+    return own_backend or "unknown"
+
+
+def libraries(names: list[str], own_backend: str | None = None) -> dict[str, list[str]]:
+    """Kernel names grouped by library, e.g. ``{"cudnn": [...], "aten": [...]}``."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(library(name, own_backend), []).append(name)
+    return groups

@@ -1,0 +1,8 @@
+"""Triton kernels for conv2d, pool2d, relu and linear; importing this package registers them.
+
+Set ``TRITON_INTERPRET=1`` before the import to run them on CPU tensors (slow; for tests).
+"""
+
+from kernels.triton import conv2d, linear, pool2d, relu
+
+__all__ = ["conv2d", "linear", "pool2d", "relu"]

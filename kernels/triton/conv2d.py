@@ -1,0 +1,204 @@
+"""2-D convolution in Triton as an implicit GEMM.
+
+GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
+a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
+gathered from the input on the fly (padding and ragged edges are masked loads of zero), B tiles
+come straight from the weight, products accumulate in fp32, bias is added in the epilogue and
+the result is written in the output's dtype.  Input and output are dense NCHW or NHWC, each
+specialised at compile time (addresses follow from the sizes, so only C, K and C*R*S need
+compiling per divisibility pattern); the weight is walked in its own memory order.
+
+Two walks of the reduction, chosen per problem:
+
+* channel-blocked (NHWC only): loop over (r, s) taps and blocks of BLOCK_K channels.  Each A row
+  is a contiguous run of channels of one input pixel and each B column a contiguous run of the
+  channels_last weight, so loads vectorise.  BLOCK_K is the largest of 64/32/16 (32/16 for 4-byte
+  dtypes) that pads the channel loop by at most 1/8; channel counts that no block fits that well
+  (C = 3, 5, 17, ...) take the flat walk instead.
+* flat: BLOCK_K consecutive indices of the reduction, in the weight's memory order (c, r, s for
+  NCHW weights, r, s, c for channels_last), decomposed into (c, r, s) per step.  Nothing is
+  wasted on padding the channel loop; loads are gathers.
+
+Autotuning (GPU): a few tile shapes per arithmetic mode (tensor-core fp16/bf16, tf32, fp32 FMA),
+keyed on every size of the problem, the layout and the mode.  Under the interpreter one small
+fixed tile is used.  Program ids are grouped along M so neighbouring programs share B tiles in L2.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.registry import Kernel, Tensors, register
+from layerbench.specs import Conv2d
+
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs,
+                                    dense_layout, interpreting, tile_config)
+
+_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "stride", "pad", "X_NHWC", "Y_NHWC",
+        "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per arithmetic mode; BLOCK_K is an upper bound that
+# the channel-blocked walk may lower to fit C.
+_CONFIGS = {
+    "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
+              tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4)],
+    "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
+             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4)],
+    "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
+              tile_config(64, 128, 32, 8, 2), tile_config(128, 128, 32, 8, 2)],
+}
+_INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
+
+
+# Only C, K and C*R*S are specialised on: their divisibility by 16 is what lets loads and stores
+# vectorise.  Every other size would only multiply the compiles (one per divisibility pattern).
+@triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride", "pad"])
+def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
+                   N, C, H, W, K, P, Q, R, S, CRS, stride, pad,
+                   X_NHWC: tl.constexpr, Y_NHWC: tl.constexpr,
+                   CHANNEL_BLOCK: tl.constexpr, WEIGHT_RSC: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   GROUP_M: tl.constexpr):
+    # Dense tensors: strides follow from the sizes and the layout.
+    if X_NHWC:
+        sxc = 1
+        sxw = C
+        sxh = W * C
+    else:
+        sxw = 1
+        sxh = W
+        sxc = H * W
+    sxn = C * H * W
+    M = N * P * Q
+    # Grouped program order: GROUP_M row-tiles share each column of B tiles while it is in L2.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(K, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < K
+    # Rows/columns past the edge read row/column 0 (valid addresses) and are never stored.
+    m = tl.where(m_ok, offs_m, 0)
+    k_out = tl.where(n_ok, offs_n, 0)
+    q = m % Q
+    p = (m // Q) % P
+    n = m // (Q * P)
+    ih0 = p * stride - pad
+    iw0 = q * stride - pad
+    x_rows = x_ptr + n * sxn
+    w_cols = w_ptr + k_out * CRS
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if CHANNEL_BLOCK:
+        # x is NHWC and the weight channels_last: (k, c, r, s) sits at k*CRS + (r*S + s)*C + c.
+        c_blocks = tl.cdiv(C, BLOCK_K)
+        for step in range(0, R * S * c_blocks):
+            rs = step // c_blocks
+            cs = (step % c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            c_ok = cs < C
+            ih = ih0 + rs // S
+            iw = iw0 + rs % S
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + cs[None, :]
+            a = tl.load(a_ptrs, mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_cols[None, :] + (rs * C + cs)[:, None], mask=c_ok[:, None], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        for k0 in range(0, CRS, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            k_ok = kk < CRS
+            if WEIGHT_RSC:
+                c = kk % C
+                rs = kk // C
+            else:
+                c = kk // (R * S)
+                rs = kk % (R * S)
+            ih = ih0[:, None] + (rs // S)[None, :]
+            iw = iw0[:, None] + (rs % S)[None, :]
+            ok = (m_ok[:, None] & k_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_rows[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=ok, other=0.0)
+            b = tl.load(w_cols[None, :] + kk[:, None], mask=k_ok[:, None], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    # offs_n (not the clamped k_out) keeps the channel run provably contiguous: vector stores.
+    if Y_NHWC:
+        y_ptrs = y_ptr + (m * K)[:, None] + offs_n[None, :]
+    else:
+        y_ptrs = y_ptr + (n * K * P * Q + (m - n * P * Q))[:, None] + (offs_n * (P * Q))[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@functools.cache
+def _tuned(mode: str, max_block_k: int):
+    configs = [tile_config(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"],
+                           min(c.kwargs["BLOCK_K"], max_block_k), c.num_warps, c.num_stages)
+               for c in _CONFIGS[mode]]
+    unique = list({str(c): c for c in configs}.values())
+    return autotuned(_conv2d_kernel, unique, _KEY)
+
+
+def channel_block(c: int, max_block_k: int) -> int:
+    """BLOCK_K for the channel-blocked walk: the largest block padding C by <= 1/8; 0 if none."""
+    for bk in (64, 32, 16):
+        if bk <= max_block_k and (-c % bk) * 8 <= c:
+            return bk
+    return 0
+
+
+@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"),
+          description="Triton implicit-GEMM convolution (fp32 accumulation, channel-blocked NHWC walk)")
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    check_inputs(_conv2d_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
+    x, w = tensors["x"], tensors["weight"]
+    bias = tensors.get("bias")
+    if spec.bias != (bias is not None):
+        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
+    if (tuple(x.shape), tuple(w.shape), tuple(out.shape)) != (spec.input_shape, spec.weight_shape,
+                                                              spec.output_shape):
+        raise Unsupported(f"tensor shapes do not match {spec}")
+    if bias is not None and not bias.is_contiguous():
+        raise Unsupported("bias must be contiguous")
+    # The reduction walks a channels_last weight in (r, s, c) order, a contiguous one in (c, r, s).
+    x_nhwc, weight_rsc, y_nhwc = (dense_layout(t, layout) for t in (x, w, out))
+    if x_nhwc is None or weight_rsc is None or y_nhwc is None:
+        raise Unsupported("conv2d needs x, weight and out dense in NCHW or NHWC (channels_last)")
+
+    n, c, h, wd = spec.input_shape
+    k = spec.out_channels
+    p, q = spec.out_height, spec.out_width
+    mode = DOT_MODE[dtype.name]
+    # Under the interpreter the tile is fixed, so the channel block must fit its BLOCK_K.
+    cap = _INTERPRETER_CONFIG["BLOCK_K"] if interpreting(_conv2d_kernel) else max(
+        cfg.kwargs["BLOCK_K"] for cfg in _CONFIGS[mode])
+    block_k = channel_block(c, cap) if weight_rsc and x_nhwc else 0
+    fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
+
+    args = (x, w, bias if bias is not None else out, out, n, c, h, wd, k, p, q,
+            spec.kernel_h, spec.kernel_w, c * spec.kernel_h * spec.kernel_w, spec.stride, spec.padding)
+    meta = {"X_NHWC": x_nhwc, "Y_NHWC": y_nhwc, "CHANNEL_BLOCK": bool(block_k),
+            "WEIGHT_RSC": weight_rsc, "HAS_BIAS": bias is not None,
+            "PRECISION": DOT_PRECISION[dtype.name]}
+    m_total = n * p * q
+
+    def grid(config: dict) -> tuple[int]:
+        return (triton.cdiv(m_total, config["BLOCK_M"]) * triton.cdiv(k, config["BLOCK_N"]),)
+
+    return bind(_conv2d_kernel, _tuned(mode, block_k or cap), grid, args, meta, fixed)
+

@@ -1,0 +1,160 @@
+"""Max and average pooling in Triton, one kernel per memory layout.
+
+Pooling is memory-bound, so each kernel tiles its output along the dimension that is contiguous
+in memory, which keeps loads and stores coalesced:
+
+* NHWC: a tile is (output pixels) x (channels); every window tap loads a contiguous run of
+  channels, which the compiler turns into 16-byte vector loads when C is a multiple of 8 (fp16)
+  or 4 (fp32).
+* NCHW: a tile is (rows of output, i.e. n, c, p) x (output columns q); stores are contiguous
+  along q, and the window taps of neighbouring q share cache lines.
+
+Window taps are unrolled (the window size is a compile-time constant).  Max compares in fp32,
+which is exact for fp16/bf16/fp32 inputs, treats padding as -inf and propagates NaN like torch;
+average sums in fp32 and divides by kernel*kernel (count_include_pad=True).
+On the GPU the tile size and warp count are autotuned per problem; the interpreter uses one tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.registry import Kernel, Tensors, register
+from layerbench.specs import Pool2d
+
+from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2
+
+# TILE output elements per program; the tile's contiguous side is fixed per problem (below).
+_CONFIGS = [triton.Config({"TILE": 1024}, num_warps=4),
+            triton.Config({"TILE": 2048}, num_warps=8),
+            triton.Config({"TILE": 4096}, num_warps=8)]
+_INTERPRETER_CONFIG = {"TILE": 256}
+_KEY = ["ROWS", "H", "W", "P", "Q", "stride", "pad", "KSIZE", "IS_MAX"]  # + C for NHWC
+
+# Widest contiguous side of a tile: channels (NHWC) or output columns (NCHW).
+MAX_INNER = 128
+
+
+@triton.jit
+def _window_update(acc, v, IS_MAX: tl.constexpr):
+    if IS_MAX:
+        # Take v when larger or NaN; once acc is NaN it stays NaN (NaN compares false).
+        return tl.where((v > acc) | (v != v), v, acc)
+    return acc + v
+
+
+# Dense tensors: addresses follow from the sizes.  Only C (NHWC) and Q (NCHW) are specialised on,
+# since their divisibility by 16 decides whether loads and stores vectorise; more specialisation
+# would only multiply the compiles.
+@triton.jit(do_not_specialize=["ROWS", "H", "W", "P", "Q", "stride", "pad"])
+def _pool_nhwc_kernel(x_ptr, y_ptr, ROWS, C, H, W, P, Q, stride, pad,
+                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_C: tl.constexpr,
+                      TILE: tl.constexpr):
+    BLOCK_R: tl.constexpr = TILE // BLOCK_C
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # flat (n, p, q)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = rows < ROWS
+    c_ok = cs < C
+    r = tl.where(row_ok, rows, 0)
+    q = r % Q
+    p = (r // Q) % P
+    n = r // (Q * P)
+    ih0 = p * stride - pad
+    iw0 = q * stride - pad
+    if IS_MAX:
+        fill = float("-inf")
+    else:
+        fill = 0.0
+    acc = tl.full((BLOCK_R, BLOCK_C), fill, tl.float32)
+    for i in tl.static_range(KSIZE):
+        ih = ih0 + i
+        h_ok = row_ok & (ih >= 0) & (ih < H)
+        for j in tl.static_range(KSIZE):
+            iw = iw0 + j
+            ok = h_ok & (iw >= 0) & (iw < W)
+            ptrs = x_ptr + (((n * H + ih) * W + iw) * C)[:, None] + cs[None, :]
+            v = tl.load(ptrs, mask=ok[:, None] & c_ok[None, :], other=fill).to(tl.float32)
+            acc = _window_update(acc, v, IS_MAX)
+    if not IS_MAX:
+        acc = acc / (KSIZE * KSIZE)
+    y_ptrs = y_ptr + (r * C)[:, None] + cs[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & c_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["ROWS", "H", "W", "P", "stride", "pad"])
+def _pool_nchw_kernel(x_ptr, y_ptr, ROWS, H, W, P, Q, stride, pad,
+                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_Q: tl.constexpr,
+                      TILE: tl.constexpr):
+    BLOCK_R: tl.constexpr = TILE // BLOCK_Q
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # flat (n, c, p)
+    qs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < ROWS
+    q_ok = qs < Q
+    r = tl.where(row_ok, rows, 0)
+    p = r % P
+    plane = r // P  # n * C + c
+    ih0 = p * stride - pad
+    iw0 = qs * stride - pad
+    if IS_MAX:
+        fill = float("-inf")
+    else:
+        fill = 0.0
+    acc = tl.full((BLOCK_R, BLOCK_Q), fill, tl.float32)
+    for i in tl.static_range(KSIZE):
+        ih = ih0 + i
+        h_ok = row_ok & (ih >= 0) & (ih < H)
+        for j in tl.static_range(KSIZE):
+            iw = iw0 + j
+            w_ok = q_ok & (iw >= 0) & (iw < W)
+            ptrs = x_ptr + ((plane * H + ih) * W)[:, None] + iw[None, :]
+            v = tl.load(ptrs, mask=h_ok[:, None] & w_ok[None, :], other=fill).to(tl.float32)
+            acc = _window_update(acc, v, IS_MAX)
+    if not IS_MAX:
+        acc = acc / (KSIZE * KSIZE)
+    y_ptrs = y_ptr + (r * Q)[:, None] + qs[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & q_ok[None, :])
+
+
+_nhwc_tuned = autotuned(_pool_nhwc_kernel, _CONFIGS, _KEY + ["C"])
+_nchw_tuned = autotuned(_pool_nchw_kernel, _CONFIGS, _KEY)
+
+
+@register("pool2d", "triton", backend="triton", devices=("cuda", "cpu"),
+          description="Triton max/avg pooling; NHWC tiles over contiguous channels, NCHW over output width")
+def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    check_inputs(_pool_nhwc_kernel, dtype, Pool2d.dtypes, tensors, out)
+    x = tensors["x"]
+    if tuple(x.shape) != spec.input_shape or tuple(out.shape) != spec.output_shape:
+        raise Unsupported(f"tensor shapes {tuple(x.shape)} -> {tuple(out.shape)} do not match {spec}")
+    if out.numel() > INT32_MAX:
+        raise Unsupported(f"output has {out.numel()} elements; kernels index with int32")
+    x_nhwc, y_nhwc = dense_layout(x, layout), dense_layout(out, layout)
+    if x_nhwc is None or x_nhwc != y_nhwc:
+        raise Unsupported("pool2d needs x and out both dense NCHW or both dense NHWC (channels_last)")
+
+    n, c, h, w = spec.input_shape
+    p, q = spec.out_height, spec.out_width
+    meta = {"KSIZE": spec.kernel, "IS_MAX": spec.method == "max"}
+    if x_nhwc:
+        inner = min(next_pow2(c), MAX_INNER)
+        inner_blocks = triton.cdiv(c, inner)
+        rows = n * p * q
+        args = (x, out, rows, c, h, w, p, q, spec.stride, spec.padding)
+        meta["BLOCK_C"] = inner
+        fn, tuned = _pool_nhwc_kernel, _nhwc_tuned
+    else:
+        inner = min(next_pow2(q), MAX_INNER)
+        inner_blocks = triton.cdiv(q, inner)
+        rows = n * c * p
+        args = (x, out, rows, h, w, p, q, spec.stride, spec.padding)
+        meta["BLOCK_Q"] = inner
+        fn, tuned = _pool_nchw_kernel, _nchw_tuned
+
+    def grid(config: dict) -> tuple[int, int]:
+        return (triton.cdiv(rows, config["TILE"] // inner), inner_blocks)
+
+    return bind(fn, tuned, grid, args, meta, _INTERPRETER_CONFIG)

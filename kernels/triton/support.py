@@ -1,0 +1,142 @@
+"""What the Triton kernels share: interpreter detection, input checks, autotuning and launch binding.
+
+On a GPU every tiled kernel is autotuned once, in ``build``, over a few configs keyed on the problem
+sizes; the launcher it returns calls the plain ``@triton.jit`` function with the chosen config, so
+``kernel()`` pays no autotuner bookkeeping.  Under ``TRITON_INTERPRET=1`` (CPU tensors, correctness
+only) autotuning would run every config through the Python interpreter, so one fixed config is used.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import triton
+import triton.testing
+from triton.runtime.interpreter import InterpretedFunction
+
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.registry import Kernel, Tensors
+
+Grid = Callable[[dict[str, Any]], tuple[int, ...]]
+
+# tl.dot's input_precision per benchmark dtype.  "ieee" keeps fp32 products exact (FMA units);
+# "tf32" rounds fp32 inputs to TensorFloat-32 on the tensor cores.  For fp16/bf16 inputs the mode
+# does not change the arithmetic (the tensor cores take them as they are), and "tf32" is
+# Triton's default on NVIDIA GPUs, so those use it too.
+DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32", "fp16": "tf32", "bf16": "tf32"}
+
+# Tile-config families per dtype: fp16/bf16 on the tensor cores, tf32 on them, fp32 on FMA units.
+DOT_MODE = {"fp16": "mma16", "bf16": "mma16", "tf32": "tf32", "fp32": "fma32"}
+
+INT32_MAX = 2**31 - 1
+
+
+def tile_config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> triton.Config:
+    """A GEMM tile config; GROUP_M = 8 row tiles share each column of B tiles in L2."""
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
+                         num_warps=warps, num_stages=stages)
+
+
+def interpreting(fn: object) -> bool:
+    """True when ``fn`` was decorated while ``TRITON_INTERPRET=1`` (it then runs on the CPU)."""
+    return isinstance(fn, InterpretedFunction)
+
+
+def check_inputs(fn: object, dtype: DType, allowed: Iterable[str], tensors: Tensors,
+                 out: torch.Tensor, uses_dot: bool = False) -> None:
+    """Raise Unsupported unless ``fn`` can run ``dtype`` on the devices these tensors live on."""
+    if dtype.name not in allowed:
+        raise Unsupported(f"dtype {dtype.name} is not supported (supported: {', '.join(allowed)})")
+    devices = {t.device for t in (*tensors.values(), out)}
+    if len(devices) != 1:
+        raise Unsupported(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    device = devices.pop()
+    if not interpreting(fn) and device.type != "cuda":
+        raise Unsupported(f"Triton kernels need CUDA tensors, got {device}; to run them on the CPU "
+                          f"set TRITON_INTERPRET=1 before importing kernels.triton")
+    for name, t in (*tensors.items(), ("out", out)):
+        if t.dtype != dtype.torch_dtype:
+            raise Unsupported(f"tensor {name} is {t.dtype}, expected {dtype.torch_dtype} for {dtype.name}")
+    if uses_dot and interpreting(fn) and dtype.name == "bf16":
+        # Measured with Triton 3.9: the interpreter's tl.dot on bf16 operands returns values off by
+        # ~1e10 (and bf16 comparisons compare bit patterns); compiled kernels are unaffected.
+        raise Unsupported("bf16 tl.dot gives wrong results under the Triton interpreter "
+                          "(TRITON_INTERPRET=1); run bf16 on a GPU")
+
+
+def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = None) -> Any:
+    """GPU time of ``fn`` in ms: a short version of triton.testing.do_bench for tuning decisions."""
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+def autotuned(fn: object, configs: list[triton.Config], key: list[str]) -> Any:
+    """``fn`` wrapped in triton.autotune with the short benchmark (tuning happens in build)."""
+    return triton.autotune(configs=configs, key=key, do_bench=quick_bench)(fn)
+
+
+def bind(fn: Any, tuned: Any, grid: Grid, args: tuple, meta: dict[str, Any],
+         fixed: dict[str, Any]) -> Kernel:
+    """Choose a config (autotune on the GPU, ``fixed`` under the interpreter) and return a launcher.
+
+    ``fn`` is the plain jitted kernel, ``tuned`` the same kernel under triton.autotune; the returned
+    zero-argument function launches ``fn`` with ``args``, ``meta`` and the chosen config.
+    """
+    if interpreting(fn):
+        config = dict(fixed)
+    else:
+        configs = [c.all_kwargs() for c in tuned.configs]
+        _precompile(fn, configs, grid, args, meta)
+        tuned[grid](*args, **meta)  # benchmarks the configs; writes the output, which is fine
+        config = tuned.best_config.all_kwargs()
+    launch = fn[grid(config)]
+
+    def kernel() -> None:
+        launch(*args, **meta, **config)
+
+    return kernel
+
+
+def _precompile(fn: Any, configs: list[dict[str, Any]], grid: Grid, args: tuple,
+                meta: dict[str, Any]) -> None:
+    """Compile every config at once on a thread pool (Triton releases the GIL while compiling).
+
+    The autotuner would compile them one after another, several seconds each.  An error here is
+    dropped on purpose: the autotuner compiles the same config again and reports or skips it.
+    """
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+
+    def compile_one(config: dict[str, Any]) -> None:
+        with torch.cuda.device(device):
+            try:
+                fn.warmup(*args, grid=grid(config), **meta, **config)
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass
+
+    # The first compile runs alone: it sets up Triton's per-device caches and driver lazily.
+    compile_one(configs[0])
+    workers = max(1, min(len(configs) - 1, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(compile_one, configs[1:]))
+
+
+def dense_layout(t: torch.Tensor, preferred: str) -> bool | None:
+    """Whether 4-D ``t`` is dense NHWC (True) or NCHW (False); None if neither.
+
+    A tensor that is both (C == 1, or H == W == 1) has the same element order either way; it is
+    read as ``preferred`` then.
+    """
+    nchw = t.is_contiguous()
+    nhwc = t.is_contiguous(memory_format=torch.channels_last)
+    if nchw and nhwc:
+        return preferred == "NHWC"
+    if nchw or nhwc:
+        return nhwc
+    return None
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(n)

@@ -1,0 +1,185 @@
+"""Keep a kernel running back-to-back for an energy window, and count the launches inside it.
+
+The energy meter reads a counter that lives on its own clock (NVML's, ~100 ms) while the GPU runs
+asynchronously behind the host.  A runner answers one question exactly: how many launches ran
+between two instants the meter marked?
+
+``CudaRunner`` enqueues the kernel in chunks (one CUDA-graph replay of ~2 ms of launches, or a
+plain loop where capture fails) and records a timing event after every chunk, keeping ~50 ms of
+work queued so the GPU never waits on the host.  ``mark()`` records an event on an otherwise
+idle side stream: it completes as soon as the GPU front end sees it, so its timestamp is the GPU
+clock at the moment the host marked, while the kernel stream keeps running.  After the window the
+launches between two marks are interpolated from the chunk-end timestamps (launches within a
+chunk run back to back, so progress inside a chunk is linear in time) — fractional, and exact to
+well under one launch.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable, Protocol
+
+import torch
+
+from layerbench import _launch
+
+CHUNK_S = 0.002           # GPU time per chunk: the granularity of progress timestamps
+AHEAD_S = 0.05            # GPU work kept queued; covers a poll, a sleep and a telemetry query
+MIN_AHEAD_CHUNKS = 2
+
+
+class WindowError(Exception):
+    """A window could not be counted (the meter redoes it or reports the reason)."""
+
+
+class Runner(Protocol):
+    asynchronous: bool        # True: work runs while the host sleeps (GPU, idle); False: top_up() runs it
+    mode: str                 # how launches are issued: "cuda-graph" | "stream" | "host" | "idle"
+    graph_error: str | None
+    ran_dry: bool             # the queue emptied (GPU idled between launches); the meter clears it at a window's start
+
+    def start(self) -> None: ...
+    def top_up(self) -> None: ...
+    def mark(self) -> object: ...
+    def settle(self) -> None: ...
+    def launches_between(self, a: object, b: object) -> float: ...
+    def seconds_between(self, a: object, b: object) -> float: ...
+
+
+class CudaRunner:
+    asynchronous = True
+
+    def __init__(self, kernel: Callable[[], object], per_launch_s: float, device: torch.device,
+                 try_graph: bool = True) -> None:
+        self.device = device
+        cap = _launch.MAX_GRAPH_LAUNCHES if try_graph else _launch.MAX_LOOP_LAUNCHES
+        self.chunk = _launch.launches_for(CHUNK_S, per_launch_s, cap)
+        self.launch, self.mode, self.graph_error = _launch.make_batch(kernel, self.chunk, device, try_graph)
+        if self.mode == "stream" and self.chunk > _launch.MAX_LOOP_LAUNCHES:
+            self.chunk = _launch.MAX_LOOP_LAUNCHES
+            self.launch, _, _ = _launch.make_batch(kernel, self.chunk, device, try_graph=False)
+        self.chunk_s = self.chunk * per_launch_s
+        self.stream = torch.cuda.current_stream(device)
+        self.side = torch.cuda.Stream(device)
+        self.events: list[torch.cuda.Event] = []   # events[0] before the first chunk, then one per chunk
+        self.done = 0                               # events known complete
+        self.ran_dry = False
+
+    def start(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self.events, self.done, self.ran_dry = [], 0, False
+        self.events.append(self._record(self.stream))
+
+    def _record(self, stream: torch.cuda.Stream) -> torch.cuda.Event:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record(stream)
+        return ev
+
+    def top_up(self) -> None:
+        while self.done < len(self.events) and self.events[self.done].query():
+            self.done += 1
+        if self.done == len(self.events) > 1:
+            self.ran_dry = True  # the meter clears this at the window's start mark
+        queued = len(self.events) - self.done
+        while queued < MIN_AHEAD_CHUNKS or queued * self.chunk_s < AHEAD_S:
+            with torch.cuda.stream(self.stream):
+                self.launch()
+            self.events.append(self._record(self.stream))
+            queued += 1
+
+    def mark(self) -> tuple[torch.cuda.Event, float, float]:
+        """The GPU instant now, with host-side bounds on the launch position for a sanity check:
+        at least the chunks already seen complete, at most those already enqueued."""
+        while self.done < len(self.events) and self.events[self.done].query():
+            self.done += 1
+        ev = self._record(self.side)
+        return ev, float(self.chunk * max(self.done - 1, 0)), float(self.chunk * (len(self.events) - 1))
+
+    def settle(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def launches_between(self, a: object, b: object) -> float:
+        ends = [self.events[0].elapsed_time(ev) for ev in self.events]
+        return self._position(ends, b) - self._position(ends, a)
+
+    def _position(self, ends: list[float], mark: object) -> float:
+        ev, lo, hi = mark  # type: ignore[misc]
+        t = self.events[0].elapsed_time(ev)
+        i = bisect.bisect_left(ends, t)
+        if i == 0 or i >= len(ends):
+            raise WindowError("a window mark fell outside the launched work "
+                              f"({t:.3f} ms; work spans 0..{ends[-1]:.3f} ms)")
+        frac = (t - ends[i - 1]) / (ends[i] - ends[i - 1])
+        pos = self.chunk * (i - 1 + frac)
+        if not lo - 1e-9 <= pos <= hi + 1e-9:
+            raise WindowError(f"a mark's GPU timestamp puts it at launch {pos:.1f}, but the host saw "
+                              f"{lo:.0f} done and {hi:.0f} enqueued")
+        return pos
+
+    def seconds_between(self, a: object, b: object) -> float:
+        return a[0].elapsed_time(b[0]) * 1e-3  # type: ignore[index]
+
+
+class HostRunner:
+    """A CPU kernel: it runs synchronously, so launches are counted exactly by the host."""
+
+    asynchronous = False
+    mode = "host"
+    graph_error = None
+    ran_dry = False
+
+    def __init__(self, kernel: Callable[[], object], per_launch_s: float, clock: Callable[[], float]) -> None:
+        self.kernel = kernel
+        self.clock = clock
+        self.chunk = _launch.launches_for(CHUNK_S, per_launch_s, _launch.MAX_GRAPH_LAUNCHES)
+        self.count = 0
+
+    def start(self) -> None:
+        pass
+
+    def top_up(self) -> None:
+        for _ in range(self.chunk):
+            self.kernel()
+        self.count += self.chunk
+
+    def mark(self) -> tuple[float, int]:
+        return (self.clock(), self.count)
+
+    def settle(self) -> None:
+        pass
+
+    def launches_between(self, a: object, b: object) -> float:
+        return float(b[1] - a[1])  # type: ignore[index]
+
+    def seconds_between(self, a: object, b: object) -> float:
+        return b[0] - a[0]  # type: ignore[index]
+
+
+class IdleRunner:
+    """No work at all: an idle window.  One "launch" per second, so J per launch reads as watts."""
+
+    asynchronous = True
+    mode = "idle"
+    graph_error = None
+    ran_dry = False
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+
+    def start(self) -> None:
+        pass
+
+    def top_up(self) -> None:
+        pass
+
+    def mark(self) -> float:
+        return self.clock()
+
+    def settle(self) -> None:
+        pass
+
+    def launches_between(self, a: object, b: object) -> float:
+        return self.seconds_between(a, b)
+
+    def seconds_between(self, a: object, b: object) -> float:
+        return b - a  # type: ignore[operator]

@@ -1,0 +1,545 @@
+"""Energy per kernel launch: NVML's total-energy counter over steady, counter-aligned windows.
+
+Procedure of one trial (``EnergyMeter.measure``, one benchmark point, one or more implementations)
+-------------------------------------------------------------------------------------------------
+1. Idle baseline (once per meter, cached; ``idle_baseline(refresh=True)`` re-measures): the GPU
+   synchronised and left idle; cooldown per ``EnergyConfig.cooldown``; ``warmup_s`` of settling;
+   then the same counter-aligned window as below, with no work, over >= ``idle_s`` and
+   >= ``min_updates`` counter updates.  Idle power drifts (72 W cold, 121 W just after heavy work on
+   an H100), so the baseline records when it was taken, the temperature and this procedure.
+2. Cooldown before the trial, so every trial starts from the same thermal state.
+3. Windows interleaved across the implementations, A B A B ... (``windows`` rounds), so thermal
+   and clock drift hit all alike; ``pairwise_ratios`` pairs round i of A with round i of B.
+4. One window: ``warmup_s`` of back-to-back launches (steady power, clocks and temperature), then
+   the counter is polled — a ``poll_s`` sleep between reads, never a tight loop (each NVML query
+   costs ~3.5 ms in a VM) — until it changes: that read opens the window and the runner marks
+   the instant; launches continue until >= ``window_s`` and >= ``min_updates`` further updates,
+   and the read that sees the last update closes it.  The energy is the counter difference;
+   the launches are those the runner counted between the two marks (see ``_runners``: GPU
+   timestamps of chunk ends and of the marks, interpolated).  A mark follows the counter's
+   update by the polling delay at both ends alike, so the offsets cancel on average; each end
+   is uncertain by one poll period (~9 ms), i.e. <~1 % of a 1 s window.
+5. Per window: telemetry (clocks, temperature, reasons, violation time, other processes), host
+   RAPL energy when readable.  A counter that goes backwards (driver reload/reset) voids the
+   window, which is redone (flag ``counter-reset``).
+
+Where the counter is unsupported (pre-Volta) sampled power is integrated over the window
+(trapezoid, sample times at the middle of each query) — method ``nvml-power-integral``.  On a CPU
+device the package+DRAM RAPL counters take NVML's place (method ``rapl``).  NVML faults never
+raise: the result is "unavailable" with the reason.  Nothing here changes clocks or power limits.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from layerbench import telemetry, thermal
+from layerbench._runners import CudaRunner, HostRunner, IdleRunner, Runner, WindowError
+from layerbench.nvml import NO_PERMISSION, Nvml, NvmlDevice
+from layerbench.rapl import DEFAULT_ROOT, Rapl, Snapshot
+
+METHODS = ("nvml-energy-counter", "nvml-power-integral", "rapl", "unavailable")
+STALL_S = 2.0             # a counter that has not changed for this long is broken
+POWER_POLL_S = 0.02       # power-integral sampling interval
+UNSTEADY_SPREAD = 0.05    # windows further apart than this are flagged "unsteady"
+
+
+@dataclass(frozen=True)
+class EnergyConfig:
+    window_s: float = 1.0
+    min_updates: int = 10
+    windows: int = 3
+    warmup_s: float = 0.5
+    cooldown: str | float = "auto"
+    cooldown_tolerance_c: float = 3.0
+    cooldown_max_s: float = 60.0
+    idle_baseline: bool = True
+    idle_s: float = 2.0              # idle baseline window, at least
+    poll_s: float = 0.005            # sleep between counter reads
+    adaptive: bool = False           # lengthen windows until the spread over windows <= target_spread
+    target_spread: float = 0.02
+    max_window_s: float = 8.0
+    max_retries: int = 2             # windows redone after a counter reset
+
+    def __post_init__(self) -> None:
+        for name, lo in (("window_s", 1e-3), ("warmup_s", 0.0), ("cooldown_tolerance_c", 0.0),
+                         ("cooldown_max_s", 0.0), ("idle_s", 1e-3), ("poll_s", 1e-4),
+                         ("target_spread", 0.0), ("max_window_s", 1e-3)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
+                raise ValueError(f"EnergyConfig.{name} must be a finite number >= {lo}, got {v!r}")
+        for name, lo in (("min_updates", 1), ("windows", 1), ("max_retries", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"EnergyConfig.{name} must be an integer >= {lo}, got {v!r}")
+        thermal.validate_policy(self.cooldown)
+
+
+@dataclass
+class EnergyStats:
+    method: str
+    reason: str | None
+    j_per_launch: float | None
+    j_per_launch_windows: list[float]
+    spread: float | None
+    avg_power_w: float | None
+    idle_power_w: float | None
+    j_above_idle_per_launch: float | None
+    launches: list[int]
+    window_s: list[float]
+    temp_start_c: float | None
+    temp_end_c: float | None
+    telemetry: dict[str, object]
+    throttled: bool
+    flags: list[str]
+    host_j_per_launch: float | None
+    launches_exact: list[float] = field(default_factory=list)   # interpolated launch counts
+    power_w_windows: list[float] = field(default_factory=list)
+    updates: list[int] = field(default_factory=list)             # counter updates per window
+    launch_mode: str | None = None                               # "cuda-graph" | "stream" | "host"
+    cooldown: dict[str, object] | None = None
+    idle: dict[str, object] | None = None                        # the baseline used, with its procedure
+
+    @classmethod
+    def unavailable(cls, method: str, reason: str | None) -> "EnergyStats":
+        return cls(method=method, reason=reason, j_per_launch=None, j_per_launch_windows=[], spread=None,
+                   avg_power_w=None, idle_power_w=None, j_above_idle_per_launch=None, launches=[],
+                   window_s=[], temp_start_c=None, temp_end_c=None, telemetry={}, throttled=False,
+                   flags=["unavailable"], host_j_per_launch=None)
+
+    def to_record(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, value in asdict(self).items():
+            if key == "telemetry":
+                out.update({f"energy_telemetry_{k}": v for k, v in value.items()})
+            elif key in ("cooldown", "idle"):
+                out.update({f"energy_{key}_{k}": v for k, v in (value or {}).items()})
+            else:
+                out[f"energy_{key}"] = value
+        return out
+
+
+@dataclass
+class _Window:
+    energy_j: float
+    seconds: float
+    launches: float
+    updates: int
+    temp_start_c: float | None
+    temp_end_c: float | None
+    telemetry: dict[str, object]
+    host_j: float | None
+    flags: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+class _Fault(Exception):
+    """The meter cannot give a number; the message is the reason recorded."""
+
+
+class _CounterWentBack(Exception):
+    pass
+
+
+class EnergyMeter:
+    """Energy per launch on one device.  ``clock``/``sleep``/``runner`` are injectable for tests."""
+
+    def __init__(self, device: torch.device, cfg: EnergyConfig = EnergyConfig(), *,
+                 nvml_module: object | None = None, rapl_root: str | Path = DEFAULT_ROOT,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 runner: Callable[[Callable[[], object], float], Runner] | None = None,
+                 own_pid: int | None = None, nvml_device: object | None = None) -> None:
+        """``nvml_device``: what identifies the GPU to NVML (default: ``device`` itself, matched by
+        UUID); tests with a fake NVML pass an index."""
+        self.device = torch.device(device)
+        self.cfg = cfg
+        self.clock, self.sleep = clock, sleep
+        self.own_pid = own_pid
+        self.dev: NvmlDevice | None = None
+        self.rapl: Rapl | None = None
+        self.host_reason: str | None = None
+        self._idle: dict[str, object] | None = None
+        self._idle_temp: float | None = None
+        self.available, self.method, self.reason = False, "unavailable", None
+
+        if self.device.type == "cuda":
+            self._open_nvml(nvml_module, self.device if nvml_device is None else nvml_device)
+            host = Rapl(Path(rapl_root))
+            self.rapl, self.host_reason = (host, None) if host.available else (None, host.reason)
+            self._runner = runner or (lambda k, t: CudaRunner(k, t, self.device))
+        elif self.device.type == "cpu":
+            host = Rapl(Path(rapl_root))
+            if host.available:
+                self.rapl, self.available, self.method = host, True, "rapl"
+            else:
+                self.reason = f"RAPL unavailable: {host.reason}"
+            self._runner = runner or (lambda k, t: HostRunner(k, t, self.clock))
+        else:
+            self.reason = f"no energy meter for {self.device.type!r} devices"
+            self._runner = runner or (lambda k, t: HostRunner(k, t, self.clock))
+
+    def _open_nvml(self, module: object | None, which: object) -> None:
+        opened = Nvml(module).open(which)
+        if not opened.ok:
+            self.reason = f"NVML unavailable: {opened.reason}"
+            return
+        self.dev = opened.value
+        counter = self.dev.total_energy_mj()
+        if counter.ok:
+            self.available, self.method = True, "nvml-energy-counter"
+            return
+        power = self.dev.power_w()
+        if power.ok:
+            self.available, self.method = True, "nvml-power-integral"
+            self.reason = f"total-energy counter unavailable ({counter.reason}); integrating sampled power"
+            return
+        self.reason = f"NVML energy unavailable: {counter.reason}; {power.reason}"
+        if NO_PERMISSION in (counter.code, power.code):
+            self.reason += " (permission denied: run with access to the GPU's management interface)"
+
+    # ------------------------------------------------------------------ public
+
+    def idle_baseline(self, refresh: bool = False) -> dict[str, object]:
+        """Idle power by the documented procedure (cached; ``refresh`` re-measures)."""
+        if self._idle is not None and not refresh:
+            return self._idle
+        if not self.available:
+            return {"power_w": None, "reason": self.reason}
+        try:
+            self._idle = self._measure_idle()
+        except _Fault as exc:
+            return {"power_w": None, "reason": str(exc)}
+        return self._idle
+
+    def idle_window(self) -> dict[str, object]:
+        """An idle window after the usual cooldown, measured like a kernel's: its power, and above the baseline."""
+        base = self.idle_baseline()
+        if base.get("power_w") is None:
+            return {"power_w": None, "reason": base.get("reason")}
+        try:
+            self._sync()
+            self._cool()
+            w = self._window_retrying(IdleRunner(self.clock), self.cfg.window_s)
+        except _Fault as exc:
+            return {"power_w": None, "reason": str(exc)}
+        power = w.energy_j / w.seconds
+        return {"power_w": power, "idle_power_w": base["power_w"], "above_idle_w": power - base["power_w"],
+                "above_idle_j": w.energy_j - base["power_w"] * w.seconds, "seconds": w.seconds,
+                "updates": w.updates, "temp_start_c": w.temp_start_c, "temp_end_c": w.temp_end_c}
+
+    def measure(self, kernels: dict[str, Callable[[], object]],
+                time_per_launch_s: dict[str, float]) -> dict[str, EnergyStats]:
+        names = list(kernels)
+        if not names:
+            raise ValueError("kernels must name at least one kernel")
+        if set(time_per_launch_s) != set(names):
+            raise ValueError(f"time_per_launch_s must have exactly the keys {names}, got {list(time_per_launch_s)}")
+        for n, t in time_per_launch_s.items():
+            if not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise ValueError(f"time_per_launch_s[{n!r}] must be a positive number of seconds, got {t!r}")
+        if not self.available:
+            return {n: EnergyStats.unavailable(self.method, self.reason) for n in names}
+        try:
+            self._sync()
+            idle = self.idle_baseline() if self.cfg.idle_baseline else None
+            if idle is not None and idle.get("power_w") is None:
+                raise _Fault(f"idle baseline failed: {idle.get('reason')}")
+            cool = self._cool()
+            runners = {n: self._runner(kernels[n], float(time_per_launch_s[n])) for n in names}
+            window_s = self.cfg.window_s
+            while True:
+                results: dict[str, list[_Window]] = {n: [] for n in names}
+                for _ in range(self.cfg.windows):
+                    for n in names:
+                        results[n].append(self._window_retrying(runners[n], window_s))
+                spreads = [_spread([w.energy_j / w.launches for w in ws]) for ws in results.values()]
+                if not self.cfg.adaptive or window_s >= self.cfg.max_window_s or \
+                        all(s is not None and s <= self.cfg.target_spread for s in spreads):
+                    break
+                window_s = min(2 * window_s, self.cfg.max_window_s)
+        except _Fault as exc:
+            return {n: EnergyStats.unavailable(self.method, str(exc)) for n in names}
+        return {n: self._stats(results[n], idle, cool, runners[n], names) for n in names}
+
+    # ------------------------------------------------------------------ procedure
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.synchronize(self.device)
+
+    def _cool(self) -> thermal.Cooldown:
+        return thermal.cool_down(self.dev, self.cfg.cooldown, self._idle_temp, self.cfg.cooldown_tolerance_c,
+                                 self.cfg.cooldown_max_s, self.clock, self.sleep)
+
+    def _measure_idle(self) -> dict[str, object]:
+        cool = self._cool()
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        idle_s = max(self.cfg.idle_s, 1e-3)
+        try:
+            w = self._window_retrying(IdleRunner(self.clock), idle_s)
+        except _Fault as exc:
+            if self.method != "nvml-energy-counter" or "did not change" not in str(exc) or self.dev is None \
+                    or not self.dev.power_w().ok:
+                raise
+            # A counter that reads but never moves (seen in some VMs): integrate power instead.
+            self.method = "nvml-power-integral"
+            self.reason = f"{exc}; integrating sampled power"
+            w = self._window_retrying(IdleRunner(self.clock), idle_s)
+        temps = [t for t in (w.temp_start_c, w.temp_end_c) if t is not None]
+        if temps:
+            low = min(temps)
+            self._idle_temp = low if self._idle_temp is None else min(self._idle_temp, low)
+        return {
+            "power_w": w.energy_j / w.seconds, "seconds": w.seconds, "updates": w.updates,
+            "temp_c": w.temp_end_c, "measured_at": when, "method": self.method,
+            "idle_temp_c": self._idle_temp, "cooldown": cool.to_dict(),
+            "procedure": (f"GPU synchronised and idle; cooldown {self.cfg.cooldown!r} "
+                          f"(tolerance {self.cfg.cooldown_tolerance_c} C, max {self.cfg.cooldown_max_s} s); "
+                          f"{self.cfg.warmup_s} s settling; energy over >= {idle_s} s and >= "
+                          f"{self.cfg.min_updates} counter updates, ends aligned to updates ({self.method})"),
+        }
+
+    def _window_retrying(self, runner: Runner, window_s: float) -> _Window:
+        """A window; one voided by a counter reset or an uncountable mark is redone (and flagged)."""
+        flags: list[str] = []
+        notes: list[str] = []
+        for _ in range(self.cfg.max_retries + 1):
+            try:
+                w = self._window(runner, window_s)
+                w.flags.extend(f for f in flags if f not in w.flags)
+                w.notes.extend(notes)
+                return w
+            except _CounterWentBack:
+                flags.append("counter-reset")
+                notes.append("the energy counter went backwards (reset or driver reload)")
+            except WindowError as exc:
+                flags.append("window-redone")
+                notes.append(str(exc))
+        raise _Fault(f"no valid window in {self.cfg.max_retries + 1} tries: {'; '.join(notes)}")
+
+    def _window(self, runner: Runner, window_s: float) -> _Window:
+        runner.start()
+        try:
+            self._run_for(runner, self.cfg.warmup_s)
+            if self.method == "rapl":
+                return self._rapl_window(runner, window_s)
+            temp0 = self._temp()
+            tel = telemetry.WindowTelemetry(self.dev, self.own_pid) if self.dev is not None else None
+            if self.method == "nvml-energy-counter":
+                w = self._counter_window(runner, window_s, tel)
+            else:
+                w = self._power_window(runner, window_s, tel)
+            w.temp_start_c, w.temp_end_c = temp0, self._temp()
+            if tel is not None:
+                w.telemetry = tel.finish()
+                if w.telemetry["throttled"]:
+                    w.flags.append("throttled")
+                if w.telemetry["other_processes"]:
+                    w.flags.append("other-processes")
+            return w
+        finally:
+            runner.settle()
+
+    def _run_for(self, runner: Runner, seconds: float) -> None:
+        t0 = self.clock()
+        while self.clock() - t0 < seconds:
+            runner.top_up()
+            if runner.asynchronous:
+                self.sleep(self.cfg.poll_s)
+
+    def _temp(self) -> float | None:
+        if self.dev is None:
+            return None
+        r = self.dev.temperature_c()
+        return r.value if r.ok else None
+
+    def _counter(self) -> int:
+        assert self.dev is not None
+        r = self.dev.total_energy_mj()
+        if not r.ok:
+            raise _Fault(f"energy counter read failed: {r.reason}")
+        return int(r.value)  # type: ignore[arg-type]
+
+    def _await_change(self, runner: Runner, last: int) -> tuple[int, object]:
+        """Poll (sleeping between reads) until the counter moves; returns the new value and a mark."""
+        t0 = self.clock()
+        while True:
+            runner.top_up()
+            self.sleep(self.cfg.poll_s)
+            value = self._counter()
+            if value != last:
+                mark = runner.mark()  # immediately after the read that saw the update
+                if value < last:
+                    raise _CounterWentBack()
+                return value, mark
+            if self.clock() - t0 > STALL_S:
+                raise _Fault(f"energy counter did not change for {STALL_S} s")
+
+    def _counter_window(self, runner: Runner, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
+        e_start, m_start = self._await_change(runner, self._counter())
+        runner.ran_dry = False
+        host0 = self._host_snapshot()
+        t_start = self.clock()
+        value, updates = e_start, 0
+        while True:
+            value, m_end = self._await_change(runner, value)
+            updates += 1
+            if updates >= self.cfg.min_updates and self.clock() - t_start >= window_s:
+                break
+            if tel is not None:
+                tel.poll()  # right after an update: the next one is ~100 ms away
+        host_j = self._host_joules(host0)
+        flags = ["queue-ran-dry"] if runner.ran_dry else []
+        runner.settle()
+        launches = runner.launches_between(m_start, m_end)
+        seconds = runner.seconds_between(m_start, m_end)
+        if launches <= 0 or seconds <= 0:
+            raise WindowError(f"empty window ({launches} launches in {seconds} s)")
+        return _Window((value - e_start) * 1e-3, seconds, launches, updates, None, None, {}, host_j, flags)
+
+    def _power_window(self, runner: Runner, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
+        assert self.dev is not None
+        samples: list[tuple[float, float]] = []
+        marks: list[object] = []
+        changes, last = 0, None
+        cap = max(3 * window_s, window_s + STALL_S)
+        host0 = self._host_snapshot()
+        t_start = self.clock()
+        while True:
+            runner.top_up()
+            ta = self.clock()
+            r = self.dev.power_w()
+            tb = self.clock()
+            marks.append(runner.mark())
+            if not r.ok:
+                raise _Fault(f"power read failed: {r.reason}")
+            samples.append(((ta + tb) / 2, float(r.value)))  # type: ignore[arg-type]
+            if len(samples) == 1:
+                runner.ran_dry = False
+            elif r.value != last:
+                changes += 1
+            last = r.value
+            elapsed = self.clock() - t_start
+            if (elapsed >= window_s and changes >= self.cfg.min_updates) or elapsed >= cap:
+                break
+            if tel is not None and len(samples) % 5 == 0:
+                tel.poll()
+            self.sleep(POWER_POLL_S)
+        host_j = self._host_joules(host0)
+        flags = ["queue-ran-dry"] if runner.ran_dry else []
+        if changes < self.cfg.min_updates:
+            flags.append("few-power-updates")
+        runner.settle()
+        energy = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(samples, samples[1:]))
+        seconds = samples[-1][0] - samples[0][0]
+        launches = runner.launches_between(marks[0], marks[-1])
+        if launches <= 0 or seconds <= 0:
+            raise WindowError(f"empty window ({launches} launches in {seconds} s)")
+        return _Window(energy, seconds, launches, changes, None, None,
+                       {"power_samples": len(samples)}, host_j, flags)
+
+    def _rapl_window(self, runner: Runner, window_s: float) -> _Window:
+        assert self.rapl is not None
+        try:
+            s0, m0 = self.rapl.snapshot(), runner.mark()
+            t0 = self.clock()
+            while self.clock() - t0 < window_s:
+                runner.top_up()
+                if runner.asynchronous:
+                    self.sleep(self.cfg.poll_s)
+            m1, s1 = runner.mark(), self.rapl.snapshot()
+        except OSError as exc:
+            raise _Fault(f"RAPL read failed: {exc}") from None
+        return _Window(self.rapl.total_joules(s0, s1), runner.seconds_between(m0, m1),
+                       runner.launches_between(m0, m1), 0, None, None, {}, None, [])
+
+    def _host_snapshot(self) -> Snapshot | None:
+        if self.rapl is None:
+            return None
+        try:
+            return self.rapl.snapshot()
+        except OSError as exc:
+            self.host_reason = f"RAPL read failed: {exc}"
+            return None
+
+    def _host_joules(self, before: Snapshot | None) -> float | None:
+        after = self._host_snapshot() if before is not None else None
+        return self.rapl.total_joules(before, after) if before is not None and after is not None and self.rapl else None
+
+    # ------------------------------------------------------------------ summary
+
+    def _stats(self, windows: list[_Window], idle: dict[str, object] | None, cool: thermal.Cooldown,
+               runner: Runner, names: list[str]) -> EnergyStats:
+        per_launch = [w.energy_j / w.launches for w in windows]
+        powers = [w.energy_j / w.seconds for w in windows]
+        idle_w = idle.get("power_w") if idle else None
+        above = ([(w.energy_j - idle_w * w.seconds) / w.launches for w in windows]  # type: ignore[operator]
+                 if isinstance(idle_w, float) else None)
+        hosts = [w.host_j / w.launches for w in windows if w.host_j is not None]
+        flags: list[str] = []
+        for w in windows:
+            flags.extend(f for f in w.flags if f not in flags)
+        if not cool.reached and cool.temp_start_c is not None:  # no thermometer (CPU): nothing to reach
+            flags.append("cooldown-not-reached")
+        spread = _spread(per_launch)
+        if spread is not None and spread > UNSTEADY_SPREAD:
+            flags.append("unsteady")
+        tel = telemetry.merge([w.telemetry for w in windows]) if self.dev is not None else {}
+        tel["window_temps_c"] = [[w.temp_start_c, w.temp_end_c] for w in windows]
+        tel["interleaved_with"] = [n for n in names]
+        tel["own_pid"] = self.own_pid if self.own_pid is not None else os.getpid()
+        tel["notes"] = [n for w in windows for n in w.notes]
+        if self.method != "rapl" and self.host_reason:
+            tel["host_energy_reason"] = self.host_reason
+        return EnergyStats(
+            method=self.method, reason=self.reason,
+            j_per_launch=statistics.median(per_launch), j_per_launch_windows=per_launch, spread=spread,
+            avg_power_w=statistics.median(powers), idle_power_w=idle_w,  # type: ignore[arg-type]
+            j_above_idle_per_launch=statistics.median(above) if above else None,
+            launches=[round(w.launches) for w in windows], window_s=[w.seconds for w in windows],
+            temp_start_c=windows[0].temp_start_c, temp_end_c=windows[-1].temp_end_c,
+            telemetry=tel, throttled="throttled" in flags, flags=flags,
+            host_j_per_launch=(statistics.median(hosts)
+                               if len(hosts) == len(windows) and self.method != "rapl" else None),
+            launches_exact=[w.launches for w in windows], power_w_windows=powers,
+            updates=[w.updates for w in windows], launch_mode=runner.mode,
+            cooldown=cool.to_dict(), idle=idle)
+
+
+def _spread(values: list[float]) -> float | None:
+    if not values:
+        return None
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med > 0 else None
+
+
+def derived_metrics(j_per_launch: float | None, time_s: float, flops: int) -> dict[str, float | None]:
+    """J/GFLOP, GFLOP/s per W (= GFLOP per J, power taken as J/launch over time/launch) and energy-delay product."""
+    if j_per_launch is None or not math.isfinite(j_per_launch) or j_per_launch <= 0:
+        return {"j_per_gflop": None, "gflops_per_w": None, "edp_js": None}
+    gflop = flops / 1e9
+    return {
+        "j_per_gflop": j_per_launch / gflop if gflop > 0 else None,
+        "gflops_per_w": gflop / j_per_launch if gflop > 0 else None,
+        "edp_js": j_per_launch * time_s if time_s > 0 else None,
+    }
+
+
+def pairwise_ratios(a: EnergyStats, b: EnergyStats) -> dict[str, float]:
+    """A/B energy ratio from interleaved windows: window i of A over window i of B; median and spread."""
+    n = min(len(a.j_per_launch_windows), len(b.j_per_launch_windows))
+    if n == 0:
+        return {"ratio": math.nan, "spread": math.nan, "min": math.nan, "max": math.nan, "n": 0.0}
+    ratios = [x / y for x, y in zip(a.j_per_launch_windows[:n], b.j_per_launch_windows[:n])]
+    med = statistics.median(ratios)
+    return {"ratio": med, "spread": (max(ratios) - min(ratios)) / med, "min": min(ratios),
+            "max": max(ratios), "n": float(n)}

@@ -1,0 +1,231 @@
+"""Markdown report and plots of a run, laid out like the thesis tables.
+
+For each table (one per combination of the dimensions that are not plotted: point name, other
+axes, dtype, layout) the rows are the swept values and each implementation gets three columns:
+time per launch, average GPU power, energy per launch.  A PNG per table plots the same three
+quantities against the swept value, one line per implementation.  The x axis is the sweep's
+first axis, or the point name for a list of layers (then a "sum" row adds the layers up, as
+thesis Table 5-1 does).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from layerbench import results
+
+METRICS = (("time_median_s", "time", "s"), ("energy_avg_power_w", "power", "W"),
+           ("energy_j_per_launch", "energy", "J"))
+_PREFIXES = ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def unit_scale(values: Sequence[float], unit: str) -> tuple[float, str]:
+    """The SI prefix that puts the largest value at >= 1 (W stays W)."""
+    finite = [abs(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v]
+    if unit == "W" or not finite:
+        return 1.0, unit
+    top = max(finite)
+    for scale, prefix in _PREFIXES:
+        if top >= scale:
+            return scale, prefix + unit
+    return _PREFIXES[-1][0], _PREFIXES[-1][1] + unit
+
+
+def _fmt(v: Any, scale: float) -> str:
+    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    x = v / scale
+    return f"{x:.4g}"
+
+
+def x_column(df: pd.DataFrame, axes: Sequence[str]) -> str:
+    for a in axes:
+        if f"axis_{a}" in df.columns:
+            return f"axis_{a}"
+    return "name" if "name" in df.columns and df["name"].notna().any() else "layer"
+
+
+def _group_columns(df: pd.DataFrame, x: str) -> list[str]:
+    cols = [c for c in df.columns if c.startswith("axis_") and c != x]
+    named = "name" in df.columns and df["name"].notna().any()
+    for c in ("name", "layer", "dtype", "layout"):
+        # A named point implies its layer; a list of layers is one table, as in thesis Table 5-1.
+        if c != x and c in df.columns and df[c].notna().any() and not (c == "layer" and named):
+            cols.append(c)
+    return cols
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "table"
+
+
+def _x_values(g: pd.DataFrame, x: str) -> list[Any]:
+    return list(g.sort_values("point_index")[x].drop_duplicates())
+
+
+def _numeric(values: Sequence[Any]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def _metrics(g: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Time always; power and energy where this table has any (not on a CPU, not with energy off)."""
+    return [m for m in METRICS if m[0] == "time_median_s" or (m[0] in g.columns and g[m[0]].notna().any())]
+
+
+def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[str], list[list[str]]]:
+    metrics = _metrics(g)
+    scales = {}
+    for col, _, unit in metrics:
+        vals = list(g[col]) if col in g.columns else []
+        scales[col] = unit_scale(vals, unit)
+    headers = [x.removeprefix("axis_")]
+    for impl in impls:
+        headers += [f"{impl} {label} ({scales[col][1]})" for col, label, _ in metrics]
+    rows = []
+    totals = {(impl, col): 0.0 for impl in impls for col, _, _ in metrics}
+    for xv in _x_values(g, x):
+        row = [str(xv)]
+        for impl in impls:
+            sel = g[(g[x] == xv) & (g["impl"] == impl)]
+            r = sel.iloc[-1] if len(sel) else None
+            for col, _, _ in metrics:
+                if r is None:
+                    row.append("")
+                elif r["status"] != "ok":
+                    row.append(r["status"])
+                else:
+                    v = r.get(col)
+                    row.append(_fmt(v, scales[col][0]))
+                    if isinstance(v, (int, float)) and math.isfinite(v):
+                        totals[(impl, col)] += v
+        rows.append(row)
+    if sums:
+        row = ["sum"]
+        for impl in impls:
+            for col, _, _ in metrics:
+                # Summed power is meaningless; the layers' total is time and energy.
+                row.append("" if col == "energy_avg_power_w" else _fmt(totals[(impl, col)], scales[col][0]))
+        rows.append(row)
+    return headers, rows
+
+
+def plot(g: pd.DataFrame, x: str, impls: list[str], title: str, path: Path) -> bool:
+    """Time, average power and energy against the swept value; False when nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = g[g["status"] == "ok"]
+    panels = [m for m in _metrics(ok) if m[0] in ok.columns and ok[m[0]].notna().any()]
+    if ok.empty or not panels:
+        return False
+    xs = _x_values(g, x)
+    numeric = _numeric(xs)
+    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (col, label, unit) in zip(axs[0], panels):
+        scale, shown = unit_scale(list(ok[col]), unit)
+        for impl in impls:
+            sel = ok[ok["impl"] == impl]
+            pts = [(i, xv, sel[sel[x] == xv][col].iloc[-1]) for i, xv in enumerate(xs)
+                   if (sel[x] == xv).any()]
+            pts = [(i, xv, v) for i, xv, v in pts if isinstance(v, (int, float)) and math.isfinite(v)]
+            if not pts:
+                continue
+            px = [numeric[i] if numeric else i for i, _, _ in pts]
+            ax.plot(px, [v / scale for _, _, v in pts], marker="o", label=impl)
+        if not numeric:
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=45, ha="right")
+        ax.set_xlabel(x.removeprefix("axis_"))
+        ax.set_ylabel(f"{label} ({shown})")
+        ax.grid(True, alpha=0.3)
+    axs[0][0].legend(fontsize="small")
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write report.md (and its PNG plots) for a run; return the markdown path."""
+    from layerbench.compare import compare_within, format_comparison
+
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    df = results.load(run_dir)
+    if df.empty:
+        raise ValueError(f"{run_dir}: the run has no records yet")
+    run = results.read_run(run_dir) if (run_dir / results.RUN_FILE).exists() else {}
+    axes = run.get("axes", [])
+    x = x_column(df, axes)
+    parts = [f"# {run.get('title', run_dir.name)}", ""]
+    meta = [("experiment", run.get("experiment")), ("sweep file", run.get("sweep_file")),
+            ("thesis tables", ", ".join(run.get("thesis", [])) or None), ("device", run.get("device")),
+            ("records", len(df)),
+            ("status", ", ".join(f"{k} {v}" for k, v in df["status"].value_counts().items()))]
+    parts += [f"- **{k}**: {v}" for k, v in meta if v is not None]
+    parts += ["", "Time is the median per launch, power the average GPU power while the kernel ran "
+              "back to back, energy the GPU energy per launch (gross, idle included). "
+              "A status word stands where a point did not run correctly.", ""]
+    impls = list(dict.fromkeys(df.sort_values("point_index")["impl"]))
+    group_cols = _group_columns(df, x)
+    groups = df.groupby(group_cols, sort=False, dropna=False) if group_cols else [((), df)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        title = " ".join(str(k) for k in key if not (isinstance(k, float) and math.isnan(k))) or "all points"
+        g_impls = [i for i in impls if i in set(g["impl"])]
+        headers, rows = _table(g, x, g_impls, sums=x == "name" and len(_x_values(g, x)) > 1)
+        parts += [f"## {title}", "", markdown_table(headers, rows), ""]
+        png = out / f"{_slug(title)}.png"
+        if plot(g, x, g_impls, f"{run.get('experiment', '')} {title}", png):
+            parts += [f"![{title}]({png.name})", ""]
+    bad = df[df["status"] != "ok"]
+    if not bad.empty:
+        cols = [c for c in ("name", *[c for c in df.columns if c.startswith("axis_")], "dtype",
+                            "layout", "impl", "status", "message")
+                if c in bad.columns and bad[c].notna().any()]
+        parts += ["## Points that did not run correctly", "",
+                  markdown_table([c.removeprefix("axis_") for c in cols],
+                                 [[_plain(r[c]) for c in cols] for _, r in bad.iterrows()]), ""]
+    parts += [format_comparison(compare_within(df), "Custom kernels against the references"), ""]
+    parts += _environment(run)
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def _plain(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v)[:300]
+
+
+def _environment(run: dict[str, Any]) -> list[str]:
+    lines = ["## Environment", ""]
+    for s in run.get("sessions", []):
+        env = results.flatten("", s.get("environment") or {})
+        lines += [f"<details><summary>session {s['index']}, started {s.get('started')}</summary>", "",
+                  markdown_table(["key", "value"], [[k, json.dumps(v) if isinstance(v, (list, dict)) else v]
+                                                    for k, v in env.items()]), "", "</details>", ""]
+    return lines

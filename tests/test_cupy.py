@@ -1,0 +1,281 @@
+"""The CuPy (CUDA C) kernels on a GPU, against float64 references (layerbench.testing).
+
+Hypothesis draws small specs of every layer in every dtype and layout the layer allows; the
+explicit cases are the thesis's layers (conv L1-L6 at batch 8, AlexNet pooling, FC layers at
+batch 128) and awkward shapes (odd channels, non-square, stride 2 and 4, padding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from layerbench import registry
+from layerbench.dtypes import get_dtype
+from layerbench.errors import Unsupported
+from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.testing import (
+    check_implementation,
+    compare,
+    conv2d_specs,
+    linear_specs,
+    make_output,
+    make_tensors,
+    pool2d_specs,
+    relu_specs,
+)
+
+pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
+
+gpu = pytest.mark.gpu
+DEVICE = "cuda"
+
+
+def impl(layer: str) -> registry.Implementation:
+    errors = registry.load_errors()
+    assert "cupy" not in errors, errors["cupy"]
+    return registry.get(layer, "cupy")
+
+
+def assert_ok(layer: str, spec: object, dtype: str, layout: str, runs: int = 2) -> None:
+    result = check_implementation(impl(layer), spec, dtype, layout, DEVICE, runs=runs)
+    assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
+
+
+def test_registered() -> None:
+    for layer in ("conv2d", "pool2d", "relu", "linear"):
+        i = impl(layer)
+        assert (i.backend, i.devices, i.reference) == ("cupy", ("cuda",), False)
+        assert i.description
+
+
+# ---------------------------------------------------------------- hypothesis, small shapes
+
+
+@gpu
+@given(spec=conv2d_specs(max_batch=3, max_channels=24, max_hw=14, max_kernel=5),
+       dtype=st.sampled_from(Conv2d.dtypes), layout=st.sampled_from(Conv2d.layouts))
+def test_conv2d_drawn(spec: Conv2d, dtype: str, layout: str) -> None:
+    assert_ok("conv2d", spec, dtype, layout)
+
+
+@gpu
+@given(spec=pool2d_specs(max_batch=3, max_channels=20, max_hw=20, max_kernel=5),
+       dtype=st.sampled_from(Pool2d.dtypes), layout=st.sampled_from(Pool2d.layouts))
+def test_pool2d_drawn(spec: Pool2d, dtype: str, layout: str) -> None:
+    assert_ok("pool2d", spec, dtype, layout)
+
+
+@gpu
+@given(spec=relu_specs(max_batch=4, max_channels=9, max_hw=33), dtype=st.sampled_from(ReLU.dtypes))
+def test_relu_drawn(spec: ReLU, dtype: str) -> None:
+    assert_ok("relu", spec, dtype, "NCHW")
+
+
+@gpu
+@given(spec=linear_specs(max_batch=300, max_features=300), dtype=st.sampled_from(Linear.dtypes))
+def test_linear_drawn(spec: Linear, dtype: str) -> None:
+    assert_ok("linear", spec, dtype, "NCHW")
+
+
+# ---------------------------------------------------------------- convolution
+
+# Thesis Table 6-1, batch reduced from 128 to 8 (the float64 reference dominates the cost).
+THESIS_CONV = {
+    "L1": Conv2d(8, 3, 96, 128, 128, 11, 11),
+    "L2": Conv2d(8, 64, 128, 64, 64, 9, 9),
+    "L3": Conv2d(8, 128, 128, 32, 32, 9, 9),
+    "L4": Conv2d(8, 128, 128, 16, 16, 7, 7),
+    "L5": Conv2d(8, 384, 384, 13, 13, 3, 3),
+    "L6": Conv2d(8, 192, 192, 27, 27, 5, 5),
+}
+
+ODD_CONV = {
+    "odd-channels-stride4": Conv2d(4, 3, 5, 31, 17, 7, 3, stride=4, padding=2),
+    "odd-both-stride2": Conv2d(3, 13, 17, 20, 21, 3, 3, stride=2, padding=1, bias=False),
+    "non-square-pad2": Conv2d(2, 64, 96, 27, 13, 5, 5, stride=1, padding=2),
+    "alexnet-conv1": Conv2d(2, 3, 96, 227, 227, 11, 11, stride=4),
+    "1x1": Conv2d(4, 72, 40, 9, 9, 1, 1),
+    "channels-not-16-bytes": Conv2d(2, 12, 130, 10, 10, 3, 3, padding=1),
+}
+
+
+def conv_reference(spec: Conv2d, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """float64 convolution as im2col + DGEMM: the same numbers as F.conv2d in float64, which
+    cuDNN runs far slower than the FP64 GEMM units do."""
+    x = tensors["x"].double().contiguous()
+    w = tensors["weight"].double().reshape(spec.out_channels, -1)
+    cols = F.unfold(x, (spec.kernel_h, spec.kernel_w), padding=spec.padding, stride=spec.stride)
+    out = (w @ cols).view(spec.batch, spec.out_channels, spec.out_height, spec.out_width)
+    if spec.bias:
+        out += tensors["bias"].double().view(1, -1, 1, 1)
+    return out
+
+
+@gpu
+def test_conv_reference_is_conv2d() -> None:
+    spec = Conv2d(2, 5, 7, 11, 9, 3, 4, stride=2, padding=1)
+    t = make_tensors(spec, "fp32", "NCHW", DEVICE)
+    want = F.conv2d(t["x"].double(), t["weight"].double(), t["bias"].double(), stride=2, padding=1)
+    torch.testing.assert_close(conv_reference(spec, t), want, rtol=1e-12, atol=1e-12)
+
+
+def check_conv_fast(spec: Conv2d, dtype: str, layout: str) -> None:
+    """check_implementation's steps (fresh inputs, NaN-poisoned output, two launches, the same
+    comparison and tolerances) with the im2col reference."""
+    dt = get_dtype(dtype)
+    tensors = make_tensors(spec, dt, layout, DEVICE)
+    out = make_output(spec, tensors)
+    ref = conv_reference(spec, tensors)
+    kernel = impl("conv2d").build(spec, dt, layout, tensors, out)
+    for _ in range(2):
+        out.fill_(math.nan)
+        torch.cuda.synchronize()
+        kernel()
+        torch.cuda.synchronize()
+        result = compare(out, ref, spec, dt)
+        assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
+
+
+@gpu
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("name", sorted(THESIS_CONV))
+def test_conv2d_thesis_layers(name: str, dtype: str, layout: str) -> None:
+    check_conv_fast(THESIS_CONV[name], dtype, layout)
+
+
+@gpu
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("name", sorted(ODD_CONV))
+def test_conv2d_awkward_shapes(name: str, dtype: str, layout: str) -> None:
+    assert_ok("conv2d", ODD_CONV[name], dtype, layout)
+
+
+# ---------------------------------------------------------------- pooling
+
+ALEXNET_MAPS = [(64, 55), (192, 27), (256, 13)]  # (channels, height = width), batch 128
+
+
+@gpu
+@pytest.mark.parametrize("layout", Pool2d.layouts)
+@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+@pytest.mark.parametrize("method", ["max", "avg"])
+@pytest.mark.parametrize("window", [(3, 2), (2, 2)], ids=["3x3s2", "2x2s2"])
+@pytest.mark.parametrize("maps", ALEXNET_MAPS, ids=[f"{h}x{h}x{c}" for c, h in ALEXNET_MAPS])
+def test_pool2d_alexnet(maps: tuple[int, int], window: tuple[int, int], method: str, dtype: str,
+                        layout: str) -> None:
+    c, hw = maps
+    kernel, stride = window
+    assert_ok("pool2d", Pool2d(128, c, hw, hw, kernel, stride, method=method), dtype, layout)
+
+
+@gpu
+@pytest.mark.parametrize("layout", Pool2d.layouts)
+@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+@pytest.mark.parametrize("spec", [
+    Pool2d(3, 5, 17, 11, 3, 2, padding=1, method="avg"),
+    Pool2d(2, 7, 9, 30, 4, 3, padding=2, method="max"),
+    Pool2d(4, 24, 13, 13, 3, 1, padding=1, method="max"),
+    Pool2d(2, 16, 8, 8, 8, 8, method="avg"),
+], ids=["odd-avg-pad", "odd-max-pad", "s1", "global"])
+def test_pool2d_awkward_shapes(spec: Pool2d, dtype: str, layout: str) -> None:
+    assert_ok("pool2d", spec, dtype, layout)
+
+
+# ---------------------------------------------------------------- relu
+
+
+@gpu
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+@pytest.mark.parametrize("dtype", ReLU.dtypes)
+@pytest.mark.parametrize("shape", [(128, 96, 55, 55), (128, 256, 13, 13), (3, 5, 7, 11), (1, 1, 1, 1)])
+def test_relu_shapes(shape: tuple[int, int, int, int], dtype: str, inplace: bool) -> None:
+    assert_ok("relu", ReLU(*shape, inplace=inplace), dtype, "NCHW")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ReLU.dtypes)
+def test_relu_misaligned_and_special_values(dtype: str) -> None:
+    """Pointers off the 16-byte grid take the scalar path; NaN propagates, -inf and -0 give 0."""
+    spec = ReLU(1, 1, 1, 1000)
+    dt = get_dtype(dtype)
+    base = torch.randn(1003, device=DEVICE).to(dt.torch_dtype)
+    base[5:9] = torch.tensor([math.nan, -math.inf, math.inf, -0.0])
+    x = base[1:1001].view(spec.input_shape)
+    out = torch.full((1002,), math.nan, device=DEVICE, dtype=dt.torch_dtype)[2:1002].view(spec.input_shape)
+    impl("relu").build(spec, dt, "NCHW", {"x": x}, out)()
+    torch.cuda.synchronize()
+    want = torch.relu(x)
+    assert torch.equal(torch.isnan(out), torch.isnan(want))
+    assert bool((out == want)[~torch.isnan(want)].all())
+
+
+@gpu
+def test_launches_on_torch_current_stream() -> None:
+    """Work queued on a side stream before kernel() must be seen by it."""
+    spec = ReLU(64, 64, 32, 32)
+    tensors = make_tensors(spec, "fp32", "NCHW", DEVICE)
+    out = make_output(spec, tensors)
+    kernel = impl("relu").build(spec, get_dtype("fp32"), "NCHW", tensors, out)
+    fresh = torch.randn(spec.input_shape, device=DEVICE)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # ~tens of ms: a kernel on another stream would run first
+        tensors["x"].copy_(fresh)
+        kernel()
+    side.synchronize()
+    assert torch.equal(out, torch.relu(fresh))
+
+
+# ---------------------------------------------------------------- linear
+
+FC = {"fc6": (9216, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}  # thesis Tables 6-9..6-11
+
+
+@gpu
+@pytest.mark.parametrize("dtype", Linear.dtypes)
+@pytest.mark.parametrize("name", sorted(FC))
+def test_linear_thesis_layers(name: str, dtype: str) -> None:
+    assert_ok("linear", Linear(128, *FC[name]), dtype, "NCHW")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", Linear.dtypes)
+@pytest.mark.parametrize("spec", [
+    Linear(7, 33, 65), Linear(1, 4096, 1000), Linear(129, 130, 3, bias=False), Linear(1000, 1, 1),
+], ids=["odd", "batch1", "odd-nobias", "k1"])
+def test_linear_awkward_shapes(spec: Linear, dtype: str) -> None:
+    assert_ok("linear", spec, dtype, "NCHW")
+
+
+# ---------------------------------------------------------------- unsupported points
+
+
+@pytest.mark.parametrize("layer, spec, dtype, layout, reason", [
+    ("pool2d", Pool2d(2, 4, 8, 8, 2, 2), "tf32", "NCHW", "tf32"),
+    ("relu", ReLU(2, 4, 8, 8), "tf32", "NCHW", "tf32"),
+    ("relu", ReLU(2, 4, 8, 8), "fp32", "NHWC", "NHWC"),
+    ("linear", Linear(4, 8, 8), "fp16", "NHWC", "NHWC"),
+])
+def test_unsupported_points_say_why(layer: str, spec: object, dtype: str, layout: str, reason: str) -> None:
+    """Dtype and layout are checked before anything touches the device (CPU tensors here)."""
+    dt = get_dtype(dtype)
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu")
+    out = make_output(spec, tensors)
+    with pytest.raises(Unsupported, match=reason):
+        impl(layer).build(spec, dt, layout, tensors, out)
+
+
+def test_cpu_tensors_are_unsupported() -> None:
+    spec = ReLU(1, 2, 3, 4)
+    tensors = make_tensors(spec, "fp32", "NCHW", "cpu")
+    with pytest.raises(Unsupported, match="CUDA tensors"):
+        impl("relu").build(spec, get_dtype("fp32"), "NCHW", tensors, make_output(spec, tensors))

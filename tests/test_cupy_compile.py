@@ -1,0 +1,584 @@
+"""GPU-less checks of the CuPy kernels (kernels/cupy/), run everywhere, CI included.
+
+1. NVRTC (cuda.bindings) compiles every .cu for sm_80 and sm_90 with every template
+   instantiation, using the very sources, name expressions and options the launchers hand to
+   cupy.RawModule (kernels/cupy/_build.py), plus the options CuPy itself appends.
+2. CPU models of the kernels' index math, transcribed from the .cu files: the bit tricks of
+   ReLU and max pooling, the ldmatrix/mma.sync fragment layouts (against the PTX ISA's
+   definitions), the implicit GEMM's loaders, tiles, split-K and epilogue, and the pooling
+   loops, each compared with torch in float64.
+
+The kernels/cupy modules used here are loaded by path: the package itself needs CuPy.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from cuda.bindings import nvrtc
+from hypothesis import given
+from hypothesis import strategies as st
+
+from layerbench.specs import Conv2d
+from layerbench.testing import conv2d_specs, linear_specs, pool2d_specs
+
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cupy"
+ARCHS = (80, 90)
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"layerbench_cupy_{name}", KERNEL_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being created
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load("_build")
+plan_mod = _load("_igemm_plan")
+
+
+# ---------------------------------------------------------------- 1. NVRTC compile check
+
+
+def _check(result: object, what: str) -> None:
+    err = result[0] if isinstance(result, tuple) else result
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, f"{what}: {err}"
+
+
+def _log(prog: object) -> str:
+    err, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    _check(err, "nvrtcGetProgramLogSize")
+    log = b" " * size
+    _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+    return log.rstrip(b"\x00").decode(errors="replace")
+
+
+def nvrtc_compile(source: str, arch: int, extra: tuple[str, ...] = ()) -> tuple[bool, str, dict[str, str]]:
+    """(success, log, lowered name of each name expression) for ``source`` on sm_``arch``."""
+    src = build.SOURCES[source]
+    err, prog = nvrtc.nvrtcCreateProgram(build.source_text(source).encode(), src.file.encode(), 0, [], [])
+    _check(err, "nvrtcCreateProgram")
+    try:
+        for ne in src.name_expressions:
+            _check(nvrtc.nvrtcAddNameExpression(prog, ne.encode()), f"nvrtcAddNameExpression {ne}")
+        options = build.compile_options() + build.CUPY_ADDED_OPTIONS + (f"-arch=sm_{arch}",) + extra
+        opts = [o.encode() for o in options]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        log = _log(prog)
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            return False, f"options: {' '.join(options)}\n{log}", {}
+        lowered = {}
+        for ne in src.name_expressions:
+            err, name = nvrtc.nvrtcGetLoweredName(prog, ne.encode())
+            _check(err, f"nvrtcGetLoweredName {ne}")
+            lowered[ne] = name.decode()
+        return True, log, lowered
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[tuple[str, int], tuple[bool, str, dict[str, str]]]:
+    # NVRTC releases the GIL: compile everything at once (igemm.cu takes ~10 s per arch).
+    jobs = [(s, a) for s in build.SOURCES for a in ARCHS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda job: nvrtc_compile(*job), jobs))
+    return dict(zip(jobs, results))
+
+
+def test_cuda_headers_found() -> None:
+    inc = Path(build.cuda_include_dir())
+    for header in build.REQUIRED_HEADERS:
+        assert (inc / header).is_file()
+    assert f"-I{inc}" in build.compile_options()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", sorted(build.SOURCES))
+def test_nvrtc_compiles(compiled: dict, source: str, arch: int) -> None:
+    ok, log, lowered = compiled[(source, arch)]
+    assert ok, f"NVRTC failed on {build.SOURCES[source].file} for sm_{arch}:\n{log}"
+    assert "warning" not in log.lower(), f"NVRTC warnings in {build.SOURCES[source].file}:\n{log}"
+    assert set(lowered) == set(build.SOURCES[source].name_expressions)
+    assert all(name.startswith("_Z") for name in lowered.values()), lowered
+
+
+def test_nvrtc_reports_errors() -> None:
+    """The check can fail: a broken source yields a failure with the log."""
+    src = build.SOURCES["relu"]
+    bad = build.source_text("relu") + "\n__global__ void broken() { undeclared_symbol = 1; }\n"
+    err, prog = nvrtc.nvrtcCreateProgram(bad.encode(), src.file.encode(), 0, [], [])
+    _check(err, "nvrtcCreateProgram")
+    opts = [o.encode() for o in build.compile_options() + ("-arch=sm_90",)]
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    log = _log(prog)
+    nvrtc.nvrtcDestroyProgram(prog)
+    assert err != nvrtc.nvrtcResult.NVRTC_SUCCESS and "undeclared_symbol" in log
+
+
+def test_igemm_registers_without_spills() -> None:
+    """Two 256-thread blocks per SM need <= 128 registers; spills would cost local memory."""
+    ok, log, _ = nvrtc_compile("igemm", 90, ("-Xptxas=-v",))
+    assert ok, log
+    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
+                       log, flags=re.S)
+    assert len(usage) == len(build.SOURCES["igemm"].name_expressions), log
+    for name, spills, regs in usage:
+        assert int(spills) == 0, f"{name} spills {spills} bytes"
+        assert int(regs) <= 128, f"{name} uses {regs} registers"
+
+
+def test_every_kernel_is_instantiated() -> None:
+    """Every __global__ template in the sources has at least one name expression."""
+    for source in build.SOURCES.values():
+        text = (KERNEL_DIR / source.file).read_text()
+        kernels = set(re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))? (\w+)\(", text))
+        named = {ne.split("<")[0] for ne in source.name_expressions}
+        assert kernels == named, (source.file, kernels, named)
+
+
+# ---------------------------------------------------------------- 2a. ReLU and max-pool bit tricks
+
+# (sign bit, +inf bit pattern, torch dtype, integer view) per storage type, as in layerbench_common.cuh
+BITS = {
+    "fp32": (0x80000000, 0x7F800000, torch.float32, torch.int32, 32),
+    "fp16": (0x8000, 0x7C00, torch.float16, torch.int16, 16),
+    "bf16": (0x8000, 0x7F80, torch.bfloat16, torch.int16, 16),
+}
+
+
+def _patterns(name: str) -> tuple[np.ndarray, torch.Tensor]:
+    """Bit patterns (unsigned, int64) and their values: all of them for 16-bit types; for fp32
+    random ones plus the special values."""
+    sign, inf, tdt, idt, bits = BITS[name]
+    if bits == 16:
+        u = np.arange(1 << 16, dtype=np.int64)
+    else:
+        rng = np.random.default_rng(0)
+        special = [0, sign, inf, inf | sign, inf + 1, 0x7FFFFFFF, 1, sign | 1, 0x00800000, 0x3F800000, 0xBF800000]
+        u = np.unique(np.concatenate([rng.integers(0, 1 << 32, 200_000, dtype=np.int64),
+                                      np.array(special, dtype=np.int64)]))
+    signed = np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
+    values = torch.from_numpy(signed).to(idt).view(tdt)
+    return u, values
+
+
+def _is_nan_bits(u: np.ndarray, sign: int, inf: int) -> np.ndarray:
+    return (u & ~sign & (sign | (sign - 1))) > inf
+
+
+@pytest.mark.parametrize("name", sorted(BITS))
+def test_relu_bits_match_torch(name: str) -> None:
+    sign, inf, tdt, idt, bits = BITS[name]
+    u, values = _patterns(name)
+    # relu.cu: ((u & SIGN) && !is_nan(u)) ? 0 : u
+    out = np.where(((u & sign) != 0) & ~_is_nan_bits(u, sign, inf), 0, u)
+    signed = np.where(out >= (1 << (bits - 1)), out - (1 << bits), out)
+    got = torch.from_numpy(signed).to(idt).view(tdt).double()
+    want = torch.relu(values).double()
+    both_nan = torch.isnan(got) & torch.isnan(want)
+    assert bool(((got == want) | both_nan).all())
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+
+
+@pytest.mark.parametrize("name", sorted(BITS))
+def test_order_key_orders_like_values(name: str) -> None:
+    sign, inf, tdt, idt, bits = BITS[name]
+    u, values = _patterns(name)
+    keep = ~_is_nan_bits(u, sign, inf)
+    u, v = u[keep], values.double().numpy()[keep]
+    # layerbench_common.cuh order_key: s = signed(u); s >= 0 ? s : s ^ (~SIGN as unsigned)
+    s = np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
+    key = np.where(s >= 0, s, s ^ (sign - 1))
+    order = np.argsort(key, kind="stable")
+    assert np.all(np.diff(v[order]) >= 0)  # sorting by key sorts the values
+    assert len(np.unique(key)) == len(key)  # distinct patterns, distinct keys
+
+
+# ---------------------------------------------------------------- 2b. ldmatrix / mma.sync fragments
+
+BM, BN, ROW_BYTES = plan_mod.BM, plan_mod.BN, 80
+assert plan_mod.TILE_BYTES == 64
+
+
+def _ldmatrix_x4(lane_addr: np.ndarray) -> np.ndarray:
+    """PTX ldmatrix .x4 .b16: register q of lane L holds 4 bytes from row L // 4 of matrix q,
+    whose row address comes from lane 8 q + L // 4, at byte 4 (L % 4).  Returns byte addresses
+    [lane][q]."""
+    lanes = np.arange(32)
+    return np.stack([lane_addr[8 * q + lanes // 4] + 4 * (lanes % 4) for q in range(4)], axis=1)
+
+
+def _element(byte_addr: np.ndarray, es: int, part: int) -> tuple[np.ndarray, np.ndarray]:
+    """(smem row, k index) of element ``part`` of a 4-byte register read at ``byte_addr``."""
+    row, col = np.divmod(byte_addr + part * es, ROW_BYTES)
+    assert np.all(col < plan_mod.TILE_BYTES), "a fragment reads the padding bytes"
+    return row, col // es
+
+
+@pytest.mark.parametrize("es", [2, 4], ids=["fp16-bf16", "tf32"])
+def test_mma_fragments_match_ptx_layout(es: int) -> None:
+    """The kernel's ldmatrix addresses give each lane the A, B fragments that PTX mma.sync
+    m16n8k16 (16-bit) / m16n8k8 (tf32) expects, and the epilogue's (row, column) of each
+    accumulator is the PTX D layout.  Transcribed from igemm.cu (igemm_mma)."""
+    ks_len = 32 // es  # k per mma step: 16 or 8
+    lanes = np.arange(32)
+    g, t = lanes // 4, lanes % 4
+    for warp in range(8):
+        wm, wn = warp >> 2, warp & 3
+        a_off = (wm * 64 + (lanes & 15)) * ROW_BYTES + (lanes >> 4) * 16
+        b_off = (wn * 32 + ((lanes >> 4) << 3) + (lanes & 7)) * ROW_BYTES + ((lanes >> 3) & 1) * 16
+        for ks in range(2):
+            # A: for each (r, c) of the 16 x ks_len fragment, where PTX puts it.
+            for i in range(4):
+                regs = _ldmatrix_x4(a_off + i * 16 * ROW_BYTES + ks * 32)
+                for r in range(16):
+                    for c in range(ks_len):
+                        if es == 2:  # a_i: row g (+8 for regs 1, 3), cols 2t, 2t+1 (+8 for regs 2, 3)
+                            lane, q, part = (r % 8) * 4 + (c % 8) // 2, r // 8 + 2 * (c // 8), c % 2
+                        else:  # tf32: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4)
+                            lane, q, part = (r % 8) * 4 + c % 4, r // 8 + 2 * (c // 4), 0
+                        row, k = _element(regs[lane, q], es, part)
+                        assert (row, k) == (wm * 64 + i * 16 + r, ks * ks_len + c)
+            # B: ldmatrix pair pr feeds n-tiles 2 pr (regs 0, 1) and 2 pr + 1 (regs 2, 3).
+            for pr in range(2):
+                regs = _ldmatrix_x4(b_off + pr * 16 * ROW_BYTES + ks * 32)
+                for half in range(2):
+                    j = 2 * pr + half
+                    for k in range(ks_len):
+                        for n in range(8):
+                            if es == 2:  # b0: k 2t, 2t+1; b1: k 2t+8, 2t+9; column n = g
+                                lane, q, part = n * 4 + (k % 8) // 2, k // 8, k % 2
+                            else:  # tf32: b0 (k t, n g), b1 (k t+4, n g)
+                                lane, q, part = n * 4 + k % 4, k // 4, 0
+                            row, kk = _element(regs[lane, 2 * half + q], es, part)
+                            assert (row, kk) == (wn * 32 + j * 8 + n, ks * ks_len + k)
+    # D: PTX c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, ...).  The epilogue writes
+    # acc[..][2 * half + e] to row g + 8 half, column 2 t + e.
+    for reg in range(4):
+        half, e = reg // 2, reg % 2
+        ptx_row, ptx_col = g + 8 * (reg // 2), 2 * t + (reg % 2)
+        assert np.array_equal(g + 8 * half, ptx_row) and np.array_equal(2 * t + e, ptx_col)
+
+
+def test_shared_reads_are_conflict_free() -> None:
+    """ldmatrix phases (8 rows of 16 bytes) and the FFMA kernel's 16-byte B reads (8 lanes per
+    phase) hit 8 distinct 16-byte bank groups: rows are 80 bytes apart."""
+    rows = np.arange(8) * ROW_BYTES
+    assert len(np.unique((rows % 128) // 16)) == 8
+    tx = np.arange(8)  # igemm_simt: lanes 0-7 read rows tx + 16 j
+    assert len(np.unique(((tx * ROW_BYTES) % 128) // 16)) == 8
+
+
+# ---------------------------------------------------------------- 2c. the implicit GEMM, modelled
+
+
+def _memory(t: torch.Tensor) -> np.ndarray:
+    """The elements of a dense tensor in memory order, as float64."""
+    flat = torch.as_strided(t, (t.numel(),), (1,), t.storage_offset())
+    return flat.double().numpy()
+
+
+def _pixel_origin(g: object, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """igemm.cu pixel_origin: (base offset, ih0, iw0) of output pixel m; FAR when m >= M."""
+    img, r = np.divmod(m, g.out_h * g.out_w)
+    oh, ow = np.divmod(r, g.out_w)
+    ih0 = oh * g.stride - g.padding
+    iw0 = ow * g.stride - g.padding
+    sn, _, sh, sw = g.x_strides
+    base = img * sn + ih0 * sh + iw0 * sw
+    valid = m < g.M
+    far = plan_mod.FAR
+    return np.where(valid, base, 0), np.where(valid, ih0, far), np.where(valid, iw0, far)
+
+
+def _in_image(g: object, ih: np.ndarray, iw: np.ndarray) -> np.ndarray:
+    return (ih >= 0) & (ih < g.height) & (iw >= 0) & (iw < g.width)
+
+
+def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0: int,
+                itemsize: int) -> tuple[np.ndarray, np.ndarray]:
+    """One k tile of A and B in shared memory ([row][k]), as TileLoader writes it; NaN where
+    no thread writes (which would then reach the output)."""
+    g, table = p.geometry, p.table.numpy().astype(np.int64)
+    kt, vec = p.ktile, 16 // itemsize
+    tid = np.arange(plan_mod.THREADS)
+    sa = np.full((BM, kt), np.nan)
+    sb = np.full((BN, kt), np.nan)
+    if p.a_vec:  # 2 rows per thread, chunk tid % 4, cp.async 16 bytes or zeros
+        chunk = tid & 3
+        e = table[k0 + chunk * vec]
+        for j in range(2):
+            row = (tid >> 2) + 64 * j
+            base, ih0, iw0 = _pixel_origin(g, m0 + row)
+            ok = _in_image(g, ih0 + e[:, 1], iw0 + e[:, 2])
+            for v in range(vec):
+                sa[row, chunk * vec + v] = np.where(ok, xs[np.where(ok, base + e[:, 0] + v, 0)], 0.0)
+    else:  # row tid % 128, k pairs 4 j + 2 (tid / 128)
+        row = tid & (BM - 1)
+        base, ih0, iw0 = _pixel_origin(g, m0 + row)
+        for j in range(kt // 4):
+            for h in range(2):
+                kk = 4 * j + 2 * (tid >> 7) + h
+                e = table[k0 + kk]
+                ok = _in_image(g, ih0 + e[:, 1], iw0 + e[:, 2])
+                sa[row, kk] = np.where(ok, xs[np.where(ok, base + e[:, 0], 0)], 0.0)
+    if p.b_vec:
+        chunk = tid & 3
+        k = k0 + chunk * vec
+        for j in range(2):
+            row = (tid >> 2) + 64 * j
+            n = n0 + row
+            ok = (n < g.out_channels) & (k < g.K)
+            for v in range(vec):
+                sb[row, chunk * vec + v] = np.where(ok, ws_[np.where(ok, n * g.K + k + v, 0)], 0.0)
+    else:
+        pairs = kt // 2
+        per_pass = plan_mod.THREADS // pairs
+        k = k0 + 2 * (tid % pairs)
+        for j in range(BN // per_pass):
+            row = tid // pairs + per_pass * j
+            n = n0 + row
+            for h in range(2):
+                ok = (n < g.out_channels) & (k + h < g.K)
+                sb[row, k - k0 + h] = np.where(ok, ws_[np.where(ok, n * g.K + k + h, 0)], 0.0)
+    return sa, sb
+
+
+@functools.lru_cache(maxsize=None)
+def _epilogue_map(tensor_cores: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(tile row, tile column) of every accumulator the epilogue writes, over all threads."""
+    rows, cols = [], []
+    for tid in range(plan_mod.THREADS):
+        if tensor_cores:  # igemm_mma
+            lane, warp = tid & 31, tid >> 5
+            wm, wn, g, c = warp >> 2, warp & 3, lane >> 2, lane & 3
+            for i in range(4):
+                for half in range(2):
+                    for j in range(4):
+                        for e in range(2):
+                            rows.append(wm * 64 + i * 16 + g + half * 8)
+                            cols.append(wn * 32 + j * 8 + 2 * c + e)
+        else:  # igemm_simt
+            tx, ty = tid & 15, tid >> 4
+            for i in range(8):
+                for j in range(8):
+                    rows.append(ty + 16 * i)
+                    cols.append(tx + 16 * j)
+    return np.array(rows), np.array(cols)
+
+
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["simt", "mma"])
+def test_epilogue_covers_tile_once(tensor_cores: bool) -> None:
+    rows, cols = _epilogue_map(tensor_cores)
+    assert len(rows) == BM * BN
+    assert len(np.unique(rows * BN + cols)) == BM * BN
+
+
+def model_igemm(g: object, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                out: torch.Tensor, itemsize: int, tensor_cores: bool, slots: int) -> object:
+    """Run igemm.cu's algorithm on the CPU (float64 arithmetic); writes ``out`` through its
+    strides and returns the plan."""
+    p = plan_mod.make_plan(g, itemsize, x.data_ptr(), weight.data_ptr(), lambda a_vec: slots)
+    if p.copy_weight:
+        weight = weight.contiguous()
+    g = p.geometry
+    xs, ws_ = _memory(x), _memory(weight)
+    b = bias.double().numpy() if bias is not None else None
+    M, N, K = g.M, g.out_channels, g.K
+    er, ec = _epilogue_map(tensor_cores)
+    part = np.zeros((p.splits, M, N)) if p.splits > 1 else None
+    o_flat = np.full(out.untyped_storage().nbytes() // out.element_size(), np.nan)
+    on, oc, oh, ow = g.out_strides
+
+    def out_base(m: np.ndarray) -> np.ndarray:
+        img, r = np.divmod(m, g.out_h * g.out_w)
+        y, x_ = np.divmod(r, g.out_w)
+        return img * on + y * oh + x_ * ow
+
+    for z in range(p.splits):
+        kbeg = z * p.k_split
+        kend = min(K, kbeg + p.k_split)
+        ntiles = -(-(kend - kbeg) // p.ktile)
+        for bx in range(p.m_tiles):
+            for by in range(p.n_tiles):
+                m0, n0 = bx * BM, by * BN
+                acc = np.zeros((BM, BN))
+                for t in range(max(ntiles, 0)):
+                    sa, sb = _fill_stage(p, xs, ws_, m0, n0, kbeg + t * p.ktile, itemsize)
+                    acc += sa @ sb.T
+                m, n = m0 + er, n0 + ec
+                keep = (m < M) & (n < N)
+                m, n, v = m[keep], n[keep], acc[er[keep], ec[keep]]
+                if part is not None:
+                    part[z, m, n] = v
+                else:
+                    o_flat[out_base(m) + n * oc] = v + (b[n] if b is not None else 0.0)
+    if part is not None:  # splitk_reduce: sum in split order, bias, store through the strides
+        i = np.arange(M * N)
+        m, n = (np.divmod(i, N) if oc == 1 else np.divmod(i, M)[::-1])
+        s = np.zeros(M * N)
+        for z in range(p.splits):
+            s += part[z, m, n]
+        o_flat[out_base(m) + n * oc] = s + (b[n] if b is not None else 0.0)
+    out.copy_(torch.as_strided(torch.from_numpy(o_flat), out.shape, out.stride()).to(out.dtype))
+    return p
+
+
+def _conv_case(spec: object, layout: str, dtype: torch.dtype, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if layout == "NHWC" else torch.contiguous_format
+    x = torch.randn(spec.input_shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    w = torch.randn(spec.weight_shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    b = torch.randn(spec.out_channels, generator=gen).to(dtype) if spec.bias else None
+    out = torch.empty(spec.output_shape, dtype=torch.float64).contiguous(memory_format=fmt)
+    g = plan_mod.Geometry(
+        batch=spec.batch, channels=spec.in_channels, height=spec.height, width=spec.width,
+        out_channels=spec.out_channels, out_h=spec.out_height, out_w=spec.out_width,
+        kernel_h=spec.kernel_h, kernel_w=spec.kernel_w, stride=spec.stride, padding=spec.padding,
+        x_strides=tuple(x.stride()), w_strides=tuple(w.stride()), out_strides=tuple(out.stride()))
+    ref = F.conv2d(x.double(), w.double(), b.double() if b is not None else None,
+                   stride=spec.stride, padding=spec.padding)
+    return g, x, w, b, out, ref
+
+
+def _assert_model_matches(out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert not torch.isnan(out).any(), "an output element was never written"
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+@given(spec=conv2d_specs(max_channels=20, max_hw=10), layout=st.sampled_from(["NCHW", "NHWC"]),
+       dtype=st.sampled_from([torch.float32, torch.float16]), tensor_cores=st.booleans(),
+       slots=st.sampled_from([1, 6, 264]), seed=st.integers(0, 2**31 - 1))
+def test_model_conv2d_matches_torch(spec, layout, dtype, tensor_cores, slots, seed) -> None:
+    g, x, w, b, out, ref = _conv_case(spec, layout, dtype, seed)
+    model_igemm(g, x, w, b, out, x.element_size(), tensor_cores or dtype != torch.float32, slots)
+    _assert_model_matches(out, ref)
+
+
+CONV_CASES = {
+    # name: (spec kwargs, layout, dtype, slots); vector paths, odd channels, several tiles, splits
+    "nhwc-vec-fp32-split": (dict(batch=2, in_channels=8, out_channels=20, height=9, width=7, kernel_h=3,
+                                 kernel_w=3, stride=1, padding=1), "NHWC", torch.float32, 264),
+    "nhwc-vec-fp16-2tiles": (dict(batch=3, in_channels=16, out_channels=130, height=8, width=7, kernel_h=2,
+                                  kernel_w=3, stride=2, padding=1), "NHWC", torch.float16, 4),
+    "nchw-odd-stride4": (dict(batch=2, in_channels=3, out_channels=5, height=19, width=23, kernel_h=11,
+                              kernel_w=11, stride=4, padding=2), "NCHW", torch.float32, 264),
+    "nhwc-odd-channels": (dict(batch=2, in_channels=3, out_channels=7, height=12, width=11, kernel_h=5,
+                               kernel_w=5, stride=1, padding=2), "NHWC", torch.float16, 1),
+    "many-m-tiles": (dict(batch=4, in_channels=4, out_channels=9, height=12, width=12, kernel_h=3,
+                          kernel_w=3, stride=1, padding=0, bias=False), "NHWC", torch.float32, 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_model_conv2d_cases(case: str) -> None:
+    kwargs, layout, dtype, slots = CONV_CASES[case]
+    spec = Conv2d(**kwargs)
+    g, x, w, b, out, ref = _conv_case(spec, layout, dtype, seed=1)
+    for tensor_cores in ([False, True] if dtype == torch.float32 else [True]):
+        p = model_igemm(g, x, w, b, out, x.element_size(), tensor_cores, slots)
+        _assert_model_matches(out, ref)
+    if layout == "NHWC" and kwargs["in_channels"] % (16 // x.element_size()) == 0:
+        assert p.a_vec and p.b_vec, "NHWC with whole 16-byte channel groups must take the vector path"
+    if layout == "NCHW" or kwargs["in_channels"] % (16 // x.element_size()):
+        assert not p.a_vec
+
+
+@given(spec=linear_specs(max_batch=140, max_features=80), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+       transposed_weight=st.booleans(), slots=st.sampled_from([1, 264]), seed=st.integers(0, 2**31 - 1))
+def test_model_linear_matches_torch(spec, dtype, transposed_weight, slots, seed) -> None:
+    """kernels/cupy/linear.py's geometry: a batch of 1x1 images; a transposed weight view is
+    copied at setup."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(spec.input_shape, generator=gen).to(dtype)
+    w = torch.randn(spec.weight_shape, generator=gen).to(dtype)
+    if transposed_weight:
+        w = w.t().contiguous().t()
+    b = torch.randn(spec.out_features, generator=gen).to(dtype) if spec.bias else None
+    out = torch.empty(spec.output_shape, dtype=torch.float64)
+    g = plan_mod.Geometry(
+        batch=spec.batch, channels=spec.in_features, height=1, width=1, out_channels=spec.out_features,
+        out_h=1, out_w=1, kernel_h=1, kernel_w=1, stride=1, padding=0,
+        x_strides=(x.stride(0), x.stride(1), 0, 0), w_strides=(w.stride(0), w.stride(1), 0, 0),
+        out_strides=(out.stride(0), out.stride(1), 0, 0))
+    p = model_igemm(g, x, w, b, out, x.element_size(), dtype != torch.float32, slots)
+    ref = F.linear(x.double(), w.double(), b.double() if b is not None else None)
+    _assert_model_matches(out, ref)
+    assert p.copy_weight == (transposed_weight and spec.in_features > 1 and spec.out_features > 1)
+
+
+def test_split_choice() -> None:
+    # FC 9216 -> 4096 at batch 128 on 132 SMs x 2 blocks: 32 tiles, 8 splits of 72 fp32 tiles.
+    assert plan_mod.choose_split(32, 9216 // 16, 264) == (8, 72)
+    # Enough tiles: no split.  Short K: no split below MIN_KTILES_PER_SPLIT tiles each.
+    assert plan_mod.choose_split(871, 23, 264) == (1, 23)
+    assert plan_mod.choose_split(1, 7, 264) == (1, 7)
+    # Every split gets work: splits * per covers ktiles, (splits - 1) * per does not.
+    for tiles in (1, 3, 32, 100):
+        for ktiles in (4, 9, 37, 576):
+            splits, per = plan_mod.choose_split(tiles, ktiles, 264)
+            assert (splits - 1) * per < ktiles <= splits * per
+
+
+# ---------------------------------------------------------------- 2d. pooling loops, modelled
+
+
+def model_pool(spec: object, x: torch.Tensor, layout: str) -> torch.Tensor:
+    """pool2d.cu's loops (one thread per output, or per channel group in NHWC) on the CPU."""
+    s = spec
+    xs = _memory(x)
+    if layout == "NCHW":
+        idx = np.arange(s.batch * s.channels * s.out_height * s.out_width)
+        t, ow = np.divmod(idx, s.out_width)
+        plane, oh = np.divmod(t, s.out_height)
+        base = plane * s.height * s.width
+        c_off = 0
+    else:
+        idx = np.arange(s.batch * s.out_height * s.out_width * s.channels)  # VEC = 1 grouping
+        t, c = np.divmod(idx, s.channels)
+        t, ow = np.divmod(t, s.out_width)
+        n, oh = np.divmod(t, s.out_height)
+        base = n * s.height * s.width * s.channels + c
+        c_off = 1
+    h0, w0 = oh * s.stride - s.padding, ow * s.stride - s.padding
+    fill = -np.inf if s.method == "max" else 0.0  # padding: never the max, zero in the sum
+    vals = np.full((len(idx), s.kernel * s.kernel), fill)
+    for dh in range(s.kernel):
+        for dw in range(s.kernel):
+            h, w = h0 + dh, w0 + dw
+            ok = (h >= 0) & (h < s.height) & (w >= 0) & (w < s.width)
+            pix = h * s.width + w
+            off = base + (pix * s.channels if c_off else pix)
+            vals[:, dh * s.kernel + dw] = np.where(ok, xs[np.where(ok, off, 0)], fill)
+    res = vals.max(axis=1) if s.method == "max" else vals.sum(axis=1) / (s.kernel * s.kernel)
+    out = torch.from_numpy(res)
+    if layout == "NCHW":
+        return out.view(s.output_shape)
+    return out.view(s.batch, s.out_height, s.out_width, s.channels).permute(0, 3, 1, 2)
+
+
+@given(spec=pool2d_specs(max_channels=6, max_hw=12), layout=st.sampled_from(["NCHW", "NHWC"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_model_pool_matches_torch(spec, layout, seed) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if layout == "NHWC" else torch.contiguous_format
+    x = torch.randn(spec.input_shape, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
+    got = model_pool(spec, x, layout)
+    if spec.method == "max":
+        want = F.max_pool2d(x, spec.kernel, spec.stride, spec.padding)
+    else:
+        want = F.avg_pool2d(x, spec.kernel, spec.stride, spec.padding, count_include_pad=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

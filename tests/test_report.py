@@ -1,0 +1,112 @@
+"""Reports: thesis-style tables per swept value and plots, from a synthetic run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layerbench import report, results, sweep
+
+AXIS_SWEEP = """
+title = "kernel size"
+experiment = "ks"
+thesis = ["6-6"]
+layer = "conv2d"
+implementations = ["triton", "cudnn"]
+[params]
+batch = 2
+in_channels = 4
+out_channels = 4
+size = 16
+[axes]
+kernel = [3, 5, 7]
+"""
+
+POINTS_SWEEP = """
+experiment = "alex"
+[params]
+batch = 2
+[[points]]
+name = "conv1"
+layer = "conv2d"
+in_channels = 3
+out_channels = 4
+size = 8
+kernel = 3
+[[points]]
+name = "fc6"
+layer = "linear"
+in_features = 8
+out_features = 4
+[implementations]
+conv2d = ["triton", "cudnn"]
+linear = ["triton", "cublas"]
+"""
+
+
+def make_run(tmp_path: Path, text: str, energy: bool = True) -> Path:
+    s = sweep.parse(text, "s.toml")
+    run_dir = tmp_path / s.experiment
+    run_dir.mkdir()
+    run = {"experiment": s.experiment, "title": s.title, "thesis": s.thesis, "axes": s.axis_names,
+           "device": "cuda", "sessions": []}
+    results.write_run(run_dir, run)
+    session = results.start_session(run_dir, run, ["t"])
+    results.set_environment(run_dir, run, session, {"gpu_name": "H100"})
+    with results.ResultLog(run_dir / results.RESULTS_FILE) as log:
+        for p in s.points:
+            for i, impl in enumerate(p.implementations):
+                r = results.base_record(p, impl, s.measure, "cuda", s.experiment, session)
+                t = 1e-4 * (p.index + 1) * (i + 1)
+                r.update(status="ok", reference=impl in ("cudnn", "cublas"), time_median_s=t,
+                         time_iqr_s=t / 100)
+                if energy:
+                    r.update(energy_j_per_launch=300 * t, energy_avg_power_w=300.0 + p.index,
+                             energy_j_per_launch_windows=[300 * t] * 3, energy_spread=0.01)
+                if p.index == 2 and impl == "triton":
+                    r.update(status="oom", message="CUDA out of memory")
+                log.append(r)
+    return run_dir
+
+
+def test_axis_report_tables_and_plots(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, AXIS_SWEEP)
+    md = report.build_report(run_dir)
+    text = md.read_text()
+    assert text.startswith("# kernel size")
+    assert "**thesis tables**: 6-6" in text
+    header = "| kernel | triton time (µs) | triton power (W) | triton energy (mJ) | cudnn time (µs) |"
+    assert header in text
+    assert "| 3 | 100 | 300 | 30 | 200 | 300 | 60 |" in text
+    assert "| 7 | oom | oom | oom | 600 | 302 | 180 |" in text
+    assert "CUDA out of memory" in text  # the list of points that did not run
+    assert "Custom kernels against the references" in text and "FASTER" in text
+    pngs = list(md.parent.glob("*.png"))
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({pngs[0].name})" in text
+
+
+def test_layer_list_report_has_sum_row_and_categorical_plot(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, POINTS_SWEEP)
+    text = report.build_report(run_dir, tmp_path / "out").read_text()
+    assert "| name | triton time (µs) |" in text
+    assert "| conv1 | 100 | 300 | 30 |" in text
+    assert "| sum | 300 |  | 90 |" in text  # time and energy add up, power does not
+    assert (tmp_path / "out" / "fp32_NCHW.png").exists()
+
+
+def test_report_without_energy_shows_time_only(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, AXIS_SWEEP, energy=False)
+    text = report.build_report(run_dir).read_text()
+    assert "| kernel | triton time (µs) | cudnn time (µs) |" in text
+    assert "power" not in text.split("## ")[1].split("\n")[2]
+
+
+def test_units_and_empty_run(tmp_path: Path) -> None:
+    assert report.unit_scale([2e-6, 5e-6], "s") == (1e-6, "µs")
+    assert report.unit_scale([3.0], "J") == (1.0, "J")
+    assert report.unit_scale([250.0], "W") == (1.0, "W")
+    (tmp_path / results.RESULTS_FILE).write_text("")
+    with pytest.raises(ValueError, match="no records"):
+        report.build_report(tmp_path)

@@ -1,0 +1,221 @@
+"""The runner on the CPU with a fake measurement core: statuses, energy gating, crash-safe resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import runner_fakes
+from layerbench import results, sweep
+from layerbench.runner import RunOptions, run_sweep
+
+SWEEP = """
+title = "runner test"
+experiment = "runner_test"
+layer = "relu"
+implementations = {impls}
+dtypes = ["fp32", "fp16"]
+[params]
+batch = 2
+channels = 3
+[axes]
+size = [4, 0, 6]
+[timing]
+fixed_samples = 3
+[energy]
+windows = 2
+"""
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner_fakes.install(monkeypatch)
+    runner_fakes.register_fakes()
+    runner_fakes.CALLS.update(interrupt_after=None, builds=0)
+
+
+def _sweep(tmp_path: Path, impls: list[str]) -> sweep.Sweep:
+    path = tmp_path / "s.toml"
+    path.write_text(SWEEP.format(impls=json.dumps(impls)))
+    return sweep.load(path)
+
+
+def _opts(tmp_path: Path, resume: bool = False) -> RunOptions:
+    return RunOptions(device="cpu", out=tmp_path / "run", resume=resume, in_process=True,
+                      progress=False, argv=["test"])
+
+
+def test_statuses_and_energy_only_for_correct(tmp_path: Path, fakes: None) -> None:
+    impls = ["fake_ok", "fake_ref", "fake_wrong", "fake_unsupported", "fake_error", "no_such_impl"]
+    s = _sweep(tmp_path, impls)
+    run_dir = run_sweep(s, _opts(tmp_path))
+    recs = results.read_records(run_dir / results.RESULTS_FILE)
+    assert len(recs) == 3 * 2 * len(impls)  # sizes x dtypes x impls, one row each
+    by = {(r["axis_size"], r["dtype"], r["impl"]): r for r in recs}
+    valid = by[("4", "fp32", "fake_ok")]
+    assert valid["status"] == "ok" and valid["check_rel_norm"] == 0.0
+    assert valid["energy_method"] == "fake" and valid["energy_telemetry_sm_clock_mhz"] == 1980
+    assert valid["tflops"] > 0 and valid["gbps"] > 0 and valid["j_per_gflop"] > 0
+    assert valid["first_call_s"] >= 0 and valid["time_median_s"] > 0
+    assert by[("4", "fp32", "fake_wrong")]["status"] == "incorrect"
+    assert "differ" in by[("4", "fp32", "fake_wrong")]["message"]
+    assert "energy_j_per_launch" not in by[("4", "fp32", "fake_wrong")]
+    assert by[("4", "fp32", "fake_unsupported")]["status"] == "unsupported"
+    assert by[("4", "fp32", "fake_error")]["status"] == "error"
+    assert "compile failed" in by[("4", "fp32", "fake_error")]["message"]
+    assert by[("4", "fp32", "no_such_impl")]["status"] == "unavailable"
+    invalid = by[("0", "fp32", "fake_ok")]
+    assert invalid["status"] == "invalid" and "ReLU.height must be in >= 1" in invalid["message"]
+    # Energy saw only the correct implementations, measured together (interleaved) per group.
+    assert runner_fakes.EnergyMeter.measured and all(
+        sorted(m) == ["fake_ok", "fake_ref"] for m in runner_fakes.EnergyMeter.measured)
+    assert (run_dir / results.PARQUET_FILE).exists() and (run_dir / results.CSV_FILE).exists()
+    df = results.load(run_dir)
+    assert set(df["env_gpu_name"]) == {"fake GPU"}
+    assert len(set(df["config_hash"])) == len(df)
+
+
+def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path: Path, fakes: None) -> None:
+    impls = ["fake_ok", "fake_interrupt", "fake_wrong"]
+    s = _sweep(tmp_path, impls)
+    runner_fakes.CALLS["interrupt_after"] = 3  # Ctrl-C in the 4th build of fake_interrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(s, _opts(tmp_path))
+    log = tmp_path / "run" / results.RESULTS_FILE
+    before = results.read_records(log)
+    assert 0 < len(before) < 3 * 2 * len(impls)
+    runner_fakes.CALLS["interrupt_after"] = None
+    run_sweep(_sweep(tmp_path, impls), _opts(tmp_path, resume=True))
+    after = results.read_records(log)
+    assert after[: len(before)] == before  # nothing rewritten
+    hashes = Counter(r["config_hash"] for r in after)
+    assert len(after) == 3 * 2 * len(impls) and max(hashes.values()) == 1
+    run = results.read_run(tmp_path / "run")
+    assert len(run["sessions"]) == 2
+    assert {r["session"] for r in after} == {0, 1}
+    # A third run has nothing left to do.
+    run_sweep(_sweep(tmp_path, impls), _opts(tmp_path, resume=True))
+    assert len(results.read_records(log)) == len(after)
+
+
+def test_existing_run_needs_resume(tmp_path: Path, fakes: None) -> None:
+    s = _sweep(tmp_path, ["fake_ok"])
+    run_sweep(s, _opts(tmp_path))
+    with pytest.raises(ValueError, match="--resume"):
+        run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path))
+
+
+KILL_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import pytest, runner_fakes
+from layerbench import sweep
+from layerbench.runner import RunOptions, run_sweep
+mp = pytest.MonkeyPatch()
+runner_fakes.install(mp)
+runner_fakes.register_fakes()
+orig = runner_fakes.time_kernel
+def slow(kernel, device, cfg):
+    time.sleep(0.15)
+    return orig(kernel, device, cfg)
+runner_fakes.time_kernel = slow
+sys.modules["layerbench.timing"].time_kernel = slow
+run_sweep(sweep.load({sweep!r}), RunOptions(device="cpu", out={out!r}, resume={resume}, in_process=True,
+                                             progress=False, argv=["t"]))
+"""
+
+
+def test_killed_process_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    impls = ["fake_ok", "fake_ref"]
+    path = tmp_path / "s.toml"
+    path.write_text(SWEEP.format(impls=json.dumps(impls)))
+    out = tmp_path / "run"
+    tests = str(Path(__file__).parent)
+    env = os.environ | {"TRITON_INTERPRET": "1"}
+
+    def script(resume: bool) -> list[str]:
+        code = KILL_SCRIPT.format(tests=tests, sweep=str(path), out=str(out), resume=resume)
+        return [sys.executable, "-c", textwrap.dedent(code)]
+
+    proc = subprocess.Popen(script(False), env=env, stderr=subprocess.PIPE)
+    log = out / results.RESULTS_FILE
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.exists() and len(results.read_records(log)) >= 3:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"worker script ended early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no cleanup, no export
+    proc.wait()
+    before = results.read_records(log)
+    assert 3 <= len(before) < 3 * 2 * len(impls)
+    done = subprocess.run(script(True), env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    after = results.read_records(log)
+    assert after[: len(before)] == before
+    assert len(after) == 3 * 2 * len(impls)
+    assert max(Counter(r["config_hash"] for r in after).values()) == 1
+
+
+def test_torn_last_line_is_repaired_before_appending(tmp_path: Path, fakes: None) -> None:
+    s = _sweep(tmp_path, ["fake_ok"])
+    run_dir = run_sweep(s, _opts(tmp_path))
+    log = run_dir / results.RESULTS_FILE
+    full = results.read_records(log)
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]) + lines[-1][:20])  # a kill in the middle of a write
+    assert len(results.read_records(log)) == len(full) - 1
+    run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path, resume=True))
+    after = results.read_records(log)
+    assert len(after) == len(full)
+    assert [r["config_hash"] for r in after] == [r["config_hash"] for r in full]
+
+
+def test_process_worker_survives_a_crash(tmp_path: Path) -> None:
+    """A segfault-like exit in the worker: that implementation is recorded, the rest runs."""
+    pytest.importorskip("layerbench.timing")
+    pytest.importorskip("layerbench.environment")
+    path = tmp_path / "s.toml"
+    path.write_text(textwrap.dedent("""
+        layer = "relu"
+        implementations = ["torch", "crashing_impl:build", "torch_again:build"]
+        [params]
+        batch = 1
+        channels = 2
+        size = 4
+        [timing]
+        fixed_samples = 2
+        warmup = 0
+        [energy]
+        enabled = false
+    """))
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "crashing_impl.py").write_text("import os\ndef build(*a):\n    os._exit(7)\n")
+    (mods / "torch_again.py").write_text(
+        "import torch\ndef build(spec, dtype, layout, t, out):\n"
+        "    return lambda: torch.clamp_min(t['x'], 0, out=out)\n")
+    sys.path.insert(0, str(mods))
+    try:
+        s = sweep.load(path)
+        opts = RunOptions(device="cpu", out=tmp_path / "run", in_process=False, progress=False,
+                          point_timeout_s=300, argv=["t"])
+        run_dir = run_sweep(s, opts)
+    finally:
+        sys.path.remove(str(mods))
+    recs = {r["impl"]: r for r in results.read_records(run_dir / results.RESULTS_FILE)}
+    assert recs["crashing_impl:build"]["status"] == "error"
+    assert "exit code 7" in recs["crashing_impl:build"]["message"]
+    assert "during build" in recs["crashing_impl:build"]["message"]
+    assert recs["torch"]["status"] == "ok"
+    assert recs["torch_again:build"]["status"] == "ok"
+    assert results.read_run(run_dir)["sessions"][0]["environment"]

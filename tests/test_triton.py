@@ -1,0 +1,228 @@
+"""Triton kernels under the Triton interpreter (CPU tensors, tiny shapes); GPU tests: test_triton_gpu.py.
+
+Every check goes through layerbench.testing.check_implementation: fresh random inputs from a
+hypothesis-drawn seed, outputs poisoned with NaN, float64 reference, tolerance by dtype (exact for
+ReLU and max pooling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kernels.triton  # noqa: F401 - registers the kernels
+from kernels.triton import relu as triton_relu
+from layerbench.dtypes import get_dtype
+from layerbench.errors import Unsupported
+from layerbench.registry import get
+from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.testing import check_implementation, make_output, make_tensors, specs
+
+pytestmark = pytest.mark.interpreter
+
+SEEDS = st.integers(0, 2**32 - 1)
+LAYOUTS = ("NCHW", "NHWC")
+# The interpreter's tl.dot is wrong for bf16 (see kernels/triton/support.py): conv2d and linear
+# refuse bf16 there (tested below) and are checked in bf16 on the GPU only.
+DOT_DTYPES = ("fp32", "tf32", "fp16")
+POOL_DTYPES = ("fp32", "fp16", "bf16")
+
+
+def check(layer: str, spec, dtype: str, layout: str, seed: int) -> None:
+    result = check_implementation(get(layer, "triton"), spec, dtype, layout, "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} {layout} seed={seed}: {result.message}"
+
+
+# ------------------------------------------------------------------------- hypothesis draws
+
+@given(spec=specs("conv2d", max_batch=2, max_channels=6, max_hw=9, max_kernel=4, max_stride=4,
+                  max_padding=2),
+       dtype=st.sampled_from(DOT_DTYPES), layout=st.sampled_from(LAYOUTS), seed=SEEDS)
+def test_conv2d_drawn(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
+    check("conv2d", spec, dtype, layout, seed)
+
+
+@given(spec=specs("pool2d", max_batch=2, max_channels=6, max_hw=12, max_kernel=4, max_stride=3),
+       dtype=st.sampled_from(POOL_DTYPES), layout=st.sampled_from(LAYOUTS), seed=SEEDS)
+def test_pool2d_drawn(spec: Pool2d, dtype: str, layout: str, seed: int) -> None:
+    check("pool2d", spec, dtype, layout, seed)
+
+
+@given(spec=specs("relu", max_batch=3, max_channels=8, max_hw=24),
+       dtype=st.sampled_from(POOL_DTYPES), seed=SEEDS)
+def test_relu_drawn(spec: ReLU, dtype: str, seed: int) -> None:
+    check("relu", spec, dtype, "NCHW", seed)
+
+
+@given(spec=specs("linear", max_batch=9, max_features=70), dtype=st.sampled_from(DOT_DTYPES),
+       seed=SEEDS)
+def test_linear_drawn(spec: Linear, dtype: str, seed: int) -> None:
+    check("linear", spec, dtype, "NCHW", seed)
+
+
+# ------------------------------------------------------------------------- explicit cases
+
+CONV_CASES = {
+    "stride2-pad1": Conv2d(2, 3, 4, 9, 11, 3, 3, stride=2, padding=1),
+    "stride4-11x11": Conv2d(1, 3, 5, 23, 23, 11, 11, stride=4, padding=2),
+    "odd-channels-5to7": Conv2d(2, 5, 7, 6, 6, 3, 3, padding=1),
+    "non-square-input-kernel": Conv2d(1, 2, 3, 7, 13, 3, 5, stride=2),
+    "no-bias": Conv2d(2, 4, 6, 8, 8, 3, 3, padding=1, bias=False),
+    "1x1": Conv2d(2, 6, 5, 5, 4, 1, 1),
+    "one-channel": Conv2d(1, 1, 4, 6, 6, 2, 2),
+    # NHWC with C a multiple of the channel block, and one padded by a single channel, take the
+    # channel-blocked walk; C = 17 is padded too much and takes the flat walk.
+    "channels-16": Conv2d(1, 16, 5, 5, 6, 3, 3, padding=1),
+    "channels-31": Conv2d(1, 31, 4, 4, 5, 2, 3, stride=2, padding=1),
+    "channels-17": Conv2d(1, 17, 3, 4, 4, 3, 3),
+    "out-channels-past-tile": Conv2d(1, 2, 37, 4, 4, 3, 3),
+    "output-pixels-past-tile": Conv2d(3, 2, 3, 7, 9, 2, 2),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_conv2d_case(name: str, dtype: str, layout: str) -> None:
+    check("conv2d", CONV_CASES[name], dtype, layout, seed=zlib.crc32(name.encode()))
+
+
+def test_conv2d_channel_block_choice() -> None:
+    from kernels.triton.conv2d import channel_block
+    assert [channel_block(c, 64) for c in (3, 16, 17, 31, 64, 96, 192, 65)] == [0, 16, 0, 32, 64, 32, 64, 0]
+    assert (channel_block(64, 16), channel_block(31, 16)) == (16, 16)
+
+
+POOL_CASES = {
+    "alexnet-3x3-s2": Pool2d(2, 3, 13, 13, 3, 2),
+    "2x2-s2": Pool2d(2, 3, 8, 8, 2, 2),
+    "pad1-odd-channels": Pool2d(1, 5, 9, 7, 3, 2, padding=1),
+    "non-square": Pool2d(1, 3, 6, 15, 3, 3, padding=1),
+    "kernel4-pad2-s1": Pool2d(1, 2, 5, 6, 4, 1, padding=2),
+    "channels-past-tile": Pool2d(1, 130, 4, 4, 2, 2),
+    "width-past-tile": Pool2d(1, 1, 3, 300, 2, 2),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", POOL_DTYPES)
+@pytest.mark.parametrize("method", ["max", "avg"])
+@pytest.mark.parametrize("name", POOL_CASES)
+def test_pool2d_case(name: str, method: str, dtype: str, layout: str) -> None:
+    spec = dataclasses.replace(POOL_CASES[name], method=method)
+    check("pool2d", spec, dtype, layout, seed=zlib.crc32(name.encode()))
+
+
+@pytest.mark.parametrize("dtype", POOL_DTYPES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_blocks_and_tail(inplace: bool, dtype: str) -> None:
+    # 8214 elements: two full fp32 blocks (one fp16/bf16 block) plus a masked tail.
+    check("relu", ReLU(2, 3, 37, 37, inplace=inplace), dtype, "NCHW", seed=5)
+
+
+LINEAR_CASES = {
+    "ragged-split": Linear(3, 40, 37),  # K split in two slices, the second ragged
+    "even-k-split": Linear(5, 64, 19),  # K a multiple of 64: unmasked reduction
+    "single-slice": Linear(4, 20, 10),
+    "no-bias": Linear(6, 48, 33, bias=False),
+    "batch-1": Linear(1, 17, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DOT_DTYPES)
+@pytest.mark.parametrize("name", LINEAR_CASES)
+def test_linear_case(name: str, dtype: str) -> None:
+    check("linear", LINEAR_CASES[name], dtype, "NCHW", seed=zlib.crc32(name.encode()))
+
+
+# ------------------------------------------------------------------------- special values
+
+SPECIAL = [float("nan"), float("-inf"), float("inf"), -0.0, 0.0, -1.5, 2.5, float("nan")]
+
+
+@pytest.mark.parametrize("dtype", POOL_DTYPES)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_matches_torch_on_nan_inf_and_zero(inplace: bool, dtype: str) -> None:
+    spec = ReLU(1, 1, 1, len(SPECIAL), inplace=inplace)
+    torch_dtype = get_dtype(dtype).torch_dtype
+    x = torch.tensor(SPECIAL, dtype=torch_dtype).reshape(spec.input_shape)
+    expected = torch.relu(x)
+    tensors = {"x": x}
+    out = make_output(spec, tensors)
+    get("relu", "triton").build(spec, get_dtype(dtype), "NCHW", tensors, out)()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_max_pool_propagates_nan_like_torch(layout: str) -> None:
+    spec = Pool2d(1, 2, 6, 6, 3, 2, padding=1, method="max")
+    tensors = make_tensors(spec, "fp32", layout, "cpu", torch.Generator().manual_seed(4))
+    tensors["x"][0, 1, 2, 3] = float("nan")
+    out = make_output(spec, tensors)
+    get("pool2d", "triton").build(spec, get_dtype("fp32"), layout, tensors, out)()
+    expected = F.max_pool2d(tensors["x"], 3, 2, 1)
+    assert expected.isnan().any()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
+# ------------------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("layer,spec", [("conv2d", Conv2d(1, 2, 2, 4, 4, 3, 3)),
+                                        ("linear", Linear(2, 8, 4))])
+def test_bf16_dot_is_refused_under_the_interpreter(layer: str, spec) -> None:
+    tensors = make_tensors(spec, "bf16", "NCHW", "cpu")
+    with pytest.raises(Unsupported, match="interpreter"):
+        get(layer, "triton").build(spec, get_dtype("bf16"), "NCHW", tensors, make_output(spec, tensors))
+
+
+def test_unsupported_dtype_and_strides_are_refused() -> None:
+    pool = Pool2d(1, 2, 4, 4, 2, 2)
+    tensors = make_tensors(pool, "fp32", "NCHW", "cpu")
+    with pytest.raises(Unsupported, match="tf32"):
+        get("pool2d", "triton").build(pool, get_dtype("tf32"), "NCHW", tensors, make_output(pool, tensors))
+    relu = ReLU(1, 2, 4, 4)
+    x = torch.randn(1, 2, 4, 8)[..., ::2]  # not dense
+    with pytest.raises(Unsupported, match="dense"):
+        get("relu", "triton").build(relu, get_dtype("fp32"), "NCHW", {"x": x}, torch.empty(relu.output_shape))
+
+
+# ------------------------------------------------------------------------- the checks can fail
+
+def test_checker_catches_unwritten_last_element() -> None:
+    def build(spec, dtype, layout, tensors, out):
+        x, n = tensors["x"], tensors["x"].numel()
+
+        def kernel():
+            triton_relu._relu_kernel[(1,)](x, out, n - 1, BLOCK=triton_relu.BYTES_PER_PROGRAM // 4)
+        return kernel
+
+    result = check_implementation(build, ReLU(1, 2, 3, 5), "fp32", "NCHW", "cpu", seed=1)
+    assert not result.ok and result.nonfinite == 1
+
+
+def test_checker_catches_flipped_conv_kernel() -> None:
+    triton_conv = get("conv2d", "triton").build
+
+    def build(spec, dtype, layout, tensors, out):
+        # Cross-correlation with the kernel mirrored: right shape, wrong values.
+        flipped = dict(tensors, weight=tensors["weight"].flip(2, 3).contiguous())
+        return triton_conv(spec, dtype, layout, flipped, out)
+
+    result = check_implementation(build, Conv2d(1, 3, 4, 7, 7, 3, 3, padding=1), "fp32", "NCHW", "cpu", seed=2)
+    assert not result.ok and result.nonfinite == 0
+
+
+def test_checker_catches_avg_in_place_of_max() -> None:
+    triton_pool = get("pool2d", "triton").build
+
+    def build(spec, dtype, layout, tensors, out):
+        return triton_pool(dataclasses.replace(spec, method="avg"), dtype, layout, tensors, out)
+
+    result = check_implementation(build, Pool2d(1, 2, 6, 6, 2, 2, method="max"), "fp16", "NHWC", "cpu", seed=3)
+    assert not result.ok

@@ -1,0 +1,175 @@
+"""Triton kernels on a CUDA GPU at realistic shapes (thesis layers, AlexNet), every dtype and layout.
+
+Batch sizes are cut to 8-32 where the float64 reference would otherwise dominate; channel counts
+and spatial sizes are the real ones.  The first run is dominated by Triton compiling and
+autotuning (configs compile in parallel); later runs hit Triton's on-disk cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import kernels.triton  # noqa: F401 - registers the kernels
+from layerbench.dtypes import get_dtype
+from layerbench.errors import Unsupported
+from layerbench.registry import get
+from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.testing import check_implementation, make_output, make_tensors, specs
+
+pytestmark = pytest.mark.gpu
+
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def check(layer: str, spec, dtype: str, layout: str, seed: int) -> None:
+    result = check_implementation(get(layer, "triton"), spec, dtype, layout, "cuda", seed=seed)
+    assert result.ok, f"{spec} {dtype} {layout} seed={seed}: {result.message}"
+
+
+def seed_of(name: str) -> int:
+    return zlib.crc32(name.encode())
+
+
+# Thesis Table 6-1 (shared/thesis-experiments.md A4), batch 8 instead of 128.
+THESIS_CONV = {
+    "L1": Conv2d(8, 3, 96, 128, 128, 11, 11),
+    "L2": Conv2d(8, 64, 128, 64, 64, 9, 9),
+    "L3": Conv2d(8, 128, 128, 32, 32, 9, 9),
+    "L4": Conv2d(8, 128, 128, 16, 16, 7, 7),
+    "L5": Conv2d(8, 384, 384, 13, 13, 3, 3),
+    "L6": Conv2d(8, 192, 192, 27, 27, 5, 5),
+}
+OTHER_CONV = {
+    "alexnet-conv1-stride4": Conv2d(8, 3, 64, 227, 227, 11, 11, stride=4, padding=2),
+    "alexnet-conv2-pad2": Conv2d(8, 64, 192, 27, 27, 5, 5, padding=2),
+    "odd-channels-stride2": Conv2d(8, 5, 7, 31, 17, 3, 5, stride=2, padding=1),
+    "channels-17-no-bias": Conv2d(4, 17, 33, 20, 30, 3, 3, stride=2, padding=1, bias=False),
+    "resnet-1x1-stride2": Conv2d(8, 256, 512, 28, 28, 1, 1, stride=2),
+}
+
+
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("name", list(THESIS_CONV) + list(OTHER_CONV))
+def test_conv2d(name: str, dtype: str, layout: str) -> None:
+    spec = THESIS_CONV.get(name) or OTHER_CONV[name]
+    check("conv2d", spec, dtype, layout, seed_of(name))
+
+
+# AlexNet feature maps (thesis A6) with 3x3 and 2x2 windows, stride 2; batch 32.
+ALEXNET_MAPS = {"55x55x64": (64, 55), "27x27x192": (192, 27), "13x13x256": (256, 13)}
+POOL_WINDOWS = {"3x3-max": (3, "max"), "3x3-avg": (3, "avg"), "2x2-max": (2, "max")}
+
+
+@pytest.mark.parametrize("layout", Pool2d.layouts)
+@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+@pytest.mark.parametrize("window", POOL_WINDOWS)
+@pytest.mark.parametrize("fmap", ALEXNET_MAPS)
+def test_pool2d_alexnet(fmap: str, window: str, dtype: str, layout: str) -> None:
+    channels, size = ALEXNET_MAPS[fmap]
+    kernel, method = POOL_WINDOWS[window]
+    spec = Pool2d(32, channels, size, size, kernel, 2, method=method)
+    check("pool2d", spec, dtype, layout, seed_of(fmap + window))
+
+
+@pytest.mark.parametrize("layout", Pool2d.layouts)
+@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+@pytest.mark.parametrize("method", ["max", "avg"])
+def test_pool2d_padded_odd_non_square(method: str, dtype: str, layout: str) -> None:
+    spec = Pool2d(16, 3, 57, 41, 3, 2, padding=1, method=method)
+    check("pool2d", spec, dtype, layout, seed_of(method))
+
+
+@pytest.mark.parametrize("dtype", ReLU.dtypes)
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("shape", [(128, 96, 55, 55), (3, 5, 7, 11)])
+def test_relu(shape: tuple[int, int, int, int], inplace: bool, dtype: str) -> None:
+    check("relu", ReLU(*shape, inplace=inplace), dtype, "NCHW", seed_of(str(shape)))
+
+
+# Thesis A5 FC layers at batch 128.
+FC = {"large": Linear(128, 9216, 4096), "median": Linear(128, 4096, 4096),
+      "small": Linear(128, 4096, 1000), "odd": Linear(37, 1000, 333, bias=False)}
+
+
+@pytest.mark.parametrize("dtype", Linear.dtypes)
+@pytest.mark.parametrize("name", FC)
+def test_linear(name: str, dtype: str) -> None:
+    check("linear", FC[name], dtype, "NCHW", seed_of(name))
+
+
+# ------------------------------------------------------------------------- hypothesis draws
+# Fewer examples than the "gpu" profile: each new dtype/layout/divisibility pattern compiles.
+
+@settings(max_examples=15)
+@given(spec=specs("conv2d", max_batch=4, max_channels=70, max_hw=40, max_kernel=7, max_stride=4,
+                  max_padding=3),
+       dtype=st.sampled_from(Conv2d.dtypes), layout=st.sampled_from(Conv2d.layouts), seed=SEEDS)
+def test_conv2d_drawn(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
+    check("conv2d", spec, dtype, layout, seed)
+
+
+@settings(max_examples=15)
+@given(spec=specs("pool2d", max_batch=8, max_channels=300, max_hw=64, max_kernel=5, max_stride=3),
+       dtype=st.sampled_from(Pool2d.dtypes), layout=st.sampled_from(Pool2d.layouts), seed=SEEDS)
+def test_pool2d_drawn(spec: Pool2d, dtype: str, layout: str, seed: int) -> None:
+    check("pool2d", spec, dtype, layout, seed)
+
+
+@settings(max_examples=15)
+@given(spec=specs("relu", max_batch=16, max_channels=256, max_hw=64),
+       dtype=st.sampled_from(ReLU.dtypes), seed=SEEDS)
+def test_relu_drawn(spec: ReLU, dtype: str, seed: int) -> None:
+    check("relu", spec, dtype, "NCHW", seed)
+
+
+@settings(max_examples=15)
+@given(spec=specs("linear", max_batch=300, max_features=3000), dtype=st.sampled_from(Linear.dtypes),
+       seed=SEEDS)
+def test_linear_drawn(spec: Linear, dtype: str, seed: int) -> None:
+    check("linear", spec, dtype, "NCHW", seed)
+
+
+# ------------------------------------------------------------------------- behaviour on the GPU
+
+def test_cpu_tensors_are_refused_when_compiled() -> None:
+    spec = ReLU(1, 2, 3, 4)
+    tensors = make_tensors(spec, "fp32", "NCHW", "cpu")
+    with pytest.raises(Unsupported, match="CUDA"):
+        get("relu", "triton").build(spec, get_dtype("fp32"), "NCHW", tensors, make_output(spec, tensors))
+
+
+@pytest.mark.parametrize("layer,spec,layout", [
+    ("linear", Linear(128, 4096, 1000), "NCHW"),  # split-K: two launches and a workspace
+    ("conv2d", Conv2d(4, 64, 64, 28, 28, 3, 3, padding=1), "NHWC"),
+    ("pool2d", Pool2d(8, 64, 27, 27, 3, 2), "NCHW"),
+    ("relu", ReLU(8, 64, 27, 27, inplace=True), "NCHW"),
+])
+def test_kernel_is_capturable_in_a_cuda_graph(layer: str, spec, layout: str) -> None:
+    # Capture fails if a launch goes to any stream but the current one, or if it synchronises,
+    # allocates or reads back; the harness relies on graph replay for short kernels.
+    kernel = get(layer, "triton").build
+
+    def build(spec, dtype, layout, tensors, out):
+        eager = kernel(spec, dtype, layout, tensors, out)
+        eager()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            eager()
+        return graph.replay
+
+    result = check_implementation(build, spec, "fp16", layout, "cuda", seed=11)
+    assert result.ok, result.message
+
+
+def test_bf16_dot_runs_on_the_gpu() -> None:
+    # The interpreter refuses bf16 for conv2d/linear; the compiled kernels must take it.
+    spec = dataclasses.replace(OTHER_CONV["odd-channels-stride2"], batch=2)
+    check("conv2d", spec, "bf16", "NHWC", 7)
