@@ -118,13 +118,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def estimate_seconds(s: Any) -> dict[str, float]:
-    """Lower bound of the measuring time: min_time_s per timed row, energy windows per energy row."""
+    """Lower bound of the measuring time: min_time_s per timed row; per energy row and window,
+    warm-up + window + about one counter period (~0.1 s) to align the window's start."""
     t = s.measure.timing
     e = s.measure.energy_config
     timed = sum(len(p.implementations) for p in s.points if p.invalid is None)
     per_timing = t.get("min_time_s", 0.5) if "fixed_samples" not in t else 0.0
     energy_rows = sum(len(p.energy_impls) for p in s.points if p.invalid is None)
-    per_energy = e.get("windows", 3) * e.get("window_s", 1.0) + e.get("warmup_s", 0.5)
+    per_energy = e.get("windows", 3) * (e.get("warmup_s", 0.5) + e.get("window_s", 1.0) + 0.1)
     return {"timing": timed * per_timing, "energy": energy_rows * per_energy}
 
 

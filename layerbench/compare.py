@@ -104,10 +104,11 @@ def point_columns(df: pd.DataFrame) -> list[str]:
     return cols[:1] + axes + cols[1:]
 
 
-def _row(point: pd.Series, cols: list[str], impl: str, baseline: str, t: Ratio, e: Ratio,
-         threshold: float) -> dict[str, Any]:
+def _row(point: pd.Series, base: pd.Series, cols: list[str], impl: str, baseline: str, t: Ratio,
+         e: Ratio, threshold: float) -> dict[str, Any]:
     out = {c: point.get(c) for c in cols}
     out.update(impl=impl, baseline=baseline,
+               j_per_gflop=_num(point.get("j_per_gflop")), base_j_per_gflop=_num(base.get("j_per_gflop")),
                time_ratio=t.ratio, time_lo=t.lo, time_hi=t.hi, time_verdict=t.verdict(threshold),
                energy_ratio=e.ratio, energy_lo=e.lo, energy_hi=e.hi,
                energy_verdict=e.verdict(threshold, ("LESS", "MORE")))
@@ -132,7 +133,7 @@ def compare_within(df: pd.DataFrame, baselines: Iterable[str] | None = None,
         for _, b in refs.iterrows():
             for _, a in cands.iterrows():
                 paired = bool(a.get("energy_requested")) and bool(b.get("energy_requested"))
-                rows.append(_row(a, cols, a["impl"], b["impl"], time_ratio(a, b),
+                rows.append(_row(a, b, cols, a["impl"], b["impl"], time_ratio(a, b),
                                  energy_ratio(a, b, paired), threshold))
     return pd.DataFrame(rows)
 
@@ -146,7 +147,7 @@ def compare_runs(df_a: pd.DataFrame, df_b: pd.DataFrame,
     rows = []
     for h in [h for h in b.index if h in a.index]:
         ra, rb = a.loc[h], b.loc[h]
-        rows.append(_row(rb, cols, rb["impl"], "run A", time_ratio(rb, ra),
+        rows.append(_row(rb, ra, cols, rb["impl"], "run A", time_ratio(rb, ra),
                          energy_ratio(rb, ra, paired=False), threshold))
     return pd.DataFrame(rows)
 
@@ -187,11 +188,13 @@ def format_comparison(table: pd.DataFrame, title: str) -> str:
         return f"## {title}\n\nNothing to compare (no pair of correct results).\n"
     point_cols = [c for c in table.columns if c in POINT_COLUMNS or c.startswith("axis_")]
     headers = [c.removeprefix("axis_") for c in point_cols] + [
-        "impl", "vs", "time ratio [interval]", "time", "energy ratio [interval]", "energy"]
+        "impl", "vs", "time ratio [interval]", "time", "energy ratio [interval]", "energy",
+        "J/GFLOP impl / vs"]
     rows = [[_cell(r[c]) for c in point_cols] + [
         r["impl"], r["baseline"], _fmt_ratio(r["time_ratio"], r["time_lo"], r["time_hi"]),
         r["time_verdict"], _fmt_ratio(r["energy_ratio"], r["energy_lo"], r["energy_hi"]),
-        r["energy_verdict"]] for _, r in table.iterrows()]
+        r["energy_verdict"], _fmt_pair(r["j_per_gflop"], r["base_j_per_gflop"])]
+        for _, r in table.iterrows()]
     s = summary(table)
     srows = [[r["impl"], r["baseline"], r["points"], _fmt(r["time_geomean"]),
               f"{r['faster']}/{r['same']}/{r['slower']}", _fmt(r["energy_geomean"]),
@@ -200,6 +203,12 @@ def format_comparison(table: pd.DataFrame, title: str) -> str:
             + markdown_table(headers, rows) + "\n\n### Geometric means\n\n"
             + markdown_table(["impl", "vs", "points", "time ratio", "faster/same/slower",
                               "energy ratio", "less/same/more"], srows) + "\n")
+
+
+def _fmt_pair(a: float, b: float) -> str:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return "-"
+    return f"{a:.3g} / {b:.3g}"
 
 
 def _fmt(v: float) -> str:

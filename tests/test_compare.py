@@ -37,7 +37,7 @@ def _row(point: str, impl: str, ref: bool, t: float, j: float | None, windows: l
             "dtype": "fp32", "layout": "NCHW", "axis_size": point, "impl": impl, "reference": ref,
             "status": status, "time_median_s": t, "time_iqr_s": t * 0.01, "energy_j_per_launch": j,
             "energy_j_per_launch_windows": windows, "energy_spread": 0.02 if j else None,
-            "energy_requested": j is not None}
+            "energy_requested": j is not None, "j_per_gflop": j / 2.0 if j else None}
 
 
 def test_compare_within_pairs_custom_with_references_and_skips_incorrect() -> None:
@@ -60,6 +60,7 @@ def test_compare_within_pairs_custom_with_references_and_skips_incorrect() -> No
     assert set(s["impl"]) == {"triton", "cupy"}
     text = compare.format_comparison(table, "t")
     assert "FASTER" in text and "Geometric means" in text and "| p1 |" in text
+    assert "| 0.5 / 1 |" in text  # J/GFLOP of triton and of cudnn
     # An explicit baseline compares everything else with it.
     only = compare.compare_within(df, baselines=["triton"])
     assert set(only["impl"]) == {"cudnn", "cupy"} and set(only["baseline"]) == {"triton"}

@@ -308,6 +308,18 @@ def _in_image(g: object, ih: np.ndarray, iw: np.ndarray) -> np.ndarray:
     return (ih >= 0) & (ih < g.height) & (iw >= 0) & (iw < g.width)
 
 
+def _gather(mem: np.ndarray, index: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """mem[index] where ok, else 0 (a zero-filled cp.async); every address read is in bounds."""
+    read = index[ok]
+    assert np.all((read >= 0) & (read < len(mem))), "a kernel load leaves its tensor"
+    return np.where(ok, mem[np.where(ok, index, 0)], 0.0)
+
+
+def _in_bounds(index: np.ndarray, mem: np.ndarray) -> np.ndarray:
+    assert np.all((index >= 0) & (index < len(mem))), "a kernel store leaves its tensor"
+    return index
+
+
 def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0: int,
                 itemsize: int) -> tuple[np.ndarray, np.ndarray]:
     """One k tile of A and B in shared memory ([row][k]), as TileLoader writes it; NaN where
@@ -325,7 +337,7 @@ def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0
             base, ih0, iw0 = _pixel_origin(g, m0 + row)
             ok = _in_image(g, ih0 + e[:, 1], iw0 + e[:, 2])
             for v in range(vec):
-                sa[row, chunk * vec + v] = np.where(ok, xs[np.where(ok, base + e[:, 0] + v, 0)], 0.0)
+                sa[row, chunk * vec + v] = _gather(xs, base + e[:, 0] + v, ok)
     else:  # row tid % 128, k pairs 4 j + 2 (tid / 128)
         row = tid & (BM - 1)
         base, ih0, iw0 = _pixel_origin(g, m0 + row)
@@ -334,7 +346,7 @@ def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0
                 kk = 4 * j + 2 * (tid >> 7) + h
                 e = table[k0 + kk]
                 ok = _in_image(g, ih0 + e[:, 1], iw0 + e[:, 2])
-                sa[row, kk] = np.where(ok, xs[np.where(ok, base + e[:, 0], 0)], 0.0)
+                sa[row, kk] = _gather(xs, base + e[:, 0], ok)
     if p.b_vec:
         chunk = tid & 3
         k = k0 + chunk * vec
@@ -343,7 +355,7 @@ def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0
             n = n0 + row
             ok = (n < g.out_channels) & (k < g.K)
             for v in range(vec):
-                sb[row, chunk * vec + v] = np.where(ok, ws_[np.where(ok, n * g.K + k + v, 0)], 0.0)
+                sb[row, chunk * vec + v] = _gather(ws_, n * g.K + k + v, ok)
     else:
         pairs = kt // 2
         per_pass = plan_mod.THREADS // pairs
@@ -353,7 +365,7 @@ def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0
             n = n0 + row
             for h in range(2):
                 ok = (n < g.out_channels) & (k + h < g.K)
-                sb[row, k - k0 + h] = np.where(ok, ws_[np.where(ok, n * g.K + k + h, 0)], 0.0)
+                sb[row, k - k0 + h] = _gather(ws_, n * g.K + k + h, ok)
     return sa, sb
 
 
@@ -425,14 +437,14 @@ def model_igemm(g: object, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                 if part is not None:
                     part[z, m, n] = v
                 else:
-                    o_flat[out_base(m) + n * oc] = v + (b[n] if b is not None else 0.0)
+                    o_flat[_in_bounds(out_base(m) + n * oc, o_flat)] = v + (b[n] if b is not None else 0.0)
     if part is not None:  # splitk_reduce: sum in split order, bias, store through the strides
         i = np.arange(M * N)
         m, n = (np.divmod(i, N) if oc == 1 else np.divmod(i, M)[::-1])
         s = np.zeros(M * N)
         for z in range(p.splits):
             s += part[z, m, n]
-        o_flat[out_base(m) + n * oc] = s + (b[n] if b is not None else 0.0)
+        o_flat[_in_bounds(out_base(m) + n * oc, o_flat)] = s + (b[n] if b is not None else 0.0)
     out.copy_(torch.as_strided(torch.from_numpy(o_flat), out.shape, out.stride()).to(out.dtype))
     return p
 

@@ -7,7 +7,6 @@ autotuning (configs compile in parallel); later runs hit Triton's on-disk cache.
 
 from __future__ import annotations
 
-import dataclasses
 import zlib
 
 import pytest
@@ -48,7 +47,8 @@ THESIS_CONV = {
 OTHER_CONV = {
     "alexnet-conv1-stride4": Conv2d(8, 3, 64, 227, 227, 11, 11, stride=4, padding=2),
     "alexnet-conv2-pad2": Conv2d(8, 64, 192, 27, 27, 5, 5, padding=2),
-    "odd-channels-stride2": Conv2d(8, 5, 7, 31, 17, 3, 5, stride=2, padding=1),
+    # Both without bias: they then share one compiled variant (C, K, C*R*S all odd-ish).
+    "odd-channels-stride2-no-bias": Conv2d(8, 5, 7, 31, 17, 3, 5, stride=2, padding=1, bias=False),
     "channels-17-no-bias": Conv2d(4, 17, 33, 20, 30, 3, 3, stride=2, padding=1, bias=False),
     "resnet-1x1-stride2": Conv2d(8, 256, 512, 28, 28, 1, 1, stride=2),
 }
@@ -107,7 +107,7 @@ def test_linear(name: str, dtype: str) -> None:
 # ------------------------------------------------------------------------- hypothesis draws
 # Fewer examples than the "gpu" profile: each new dtype/layout/divisibility pattern compiles.
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(spec=specs("conv2d", max_batch=4, max_channels=70, max_hw=40, max_kernel=7, max_stride=4,
                   max_padding=3),
        dtype=st.sampled_from(Conv2d.dtypes), layout=st.sampled_from(Conv2d.layouts), seed=SEEDS)
@@ -168,8 +168,3 @@ def test_kernel_is_capturable_in_a_cuda_graph(layer: str, spec, layout: str) -> 
     result = check_implementation(build, spec, "fp16", layout, "cuda", seed=11)
     assert result.ok, result.message
 
-
-def test_bf16_dot_runs_on_the_gpu() -> None:
-    # The interpreter refuses bf16 for conv2d/linear; the compiled kernels must take it.
-    spec = dataclasses.replace(OTHER_CONV["odd-channels-stride2"], batch=2)
-    check("conv2d", spec, "bf16", "NHWC", 7)
