@@ -110,9 +110,23 @@ def make_batch(kernel: Callable[[], object], n: int, device: torch.device,
         torch.cuda.synchronize(device)
     except Exception as exc:  # a kernel that syncs, allocates on the host side, or uses its own stream
         torch.cuda.synchronize(device)  # a sticky CUDA error surfaces here and propagates
+        _end_generator_capture(device)
         first_line = (str(exc).splitlines() or [""])[0]
         return loop, "stream", f"graph capture failed: {type(exc).__name__}: {first_line}"
     return graph.replay, "cuda-graph", None
+
+
+def _end_generator_capture(device: torch.device) -> None:
+    """Take torch's CUDA RNG out of capture mode after a failed capture.
+
+    A capture that fails never reaches torch's capture epilogue, so the default generator stays
+    "capturing" and every later ``torch.randn(device="cuda")`` raises "Offset increment outside
+    graph capture".  One small capture that succeeds runs the epilogue and clears that state.
+    """
+    scratch = torch.zeros(1, device=device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        scratch.add_(1)
 
 
 def launches_for(target_s: float, per_launch_s: float, cap: int) -> int:

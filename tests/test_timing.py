@@ -150,6 +150,8 @@ def test_cuda_hot_graph_fallback_is_recorded() -> None:
     x = torch.ones(1024, device=dev)
     s = time_kernel(lambda: x.sum().item(), dev, TimingConfig(mode="hot", fixed_samples=5))  # syncs: no capture
     assert s.launch_mode == "stream" and "graph capture failed" in str(s.graph_error)
+    # The failed capture must not leave torch's CUDA RNG in capture mode.
+    assert torch.randn(4, device=dev).isfinite().all()
 
 
 @pytest.mark.gpu

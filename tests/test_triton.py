@@ -119,7 +119,7 @@ def test_pool2d_case(name: str, method: str, dtype: str, layout: str) -> None:
     check("pool2d", spec, dtype, layout, seed=zlib.crc32(name.encode()))
 
 
-@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+@pytest.mark.parametrize("dtype", ReLU.dtypes)
 @pytest.mark.parametrize("inplace", [False, True])
 def test_relu_blocks_and_tail(inplace: bool, dtype: str) -> None:
     # 8214 elements: two full fp32 blocks (one fp16/bf16 block) plus a masked tail.
@@ -146,7 +146,7 @@ def test_linear_case(name: str, dtype: str) -> None:
 SPECIAL = [float("nan"), float("-inf"), float("inf"), -0.0, 0.0, -1.5, 2.5, float("nan")]
 
 
-@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+@pytest.mark.parametrize("dtype", ReLU.dtypes)
 @pytest.mark.parametrize("inplace", [False, True])
 def test_relu_matches_torch_on_nan_inf_and_zero(inplace: bool, dtype: str) -> None:
     spec = ReLU(1, 1, 1, len(SPECIAL), inplace=inplace)

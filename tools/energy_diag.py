@@ -1,0 +1,13 @@
+"""Print the energy columns of a run (diagnostics for the lead's GPU calls)."""
+import sys
+
+import pandas as pd
+
+from layerbench import results
+
+df = results.load(sys.argv[1])
+cols = [c for c in ["name", "impl", "dtype", "layout", "status", "time_median_s", "time_launch_mode", "energy_method",
+                    "energy_reason", "energy_flags", "energy_j_per_launch", "energy_spread", "energy_avg_power_w",
+                    "energy_launch_mode", "message"] if c in df.columns]
+with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 90):
+    print(df[cols].to_string())
