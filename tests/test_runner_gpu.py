@@ -53,7 +53,8 @@ def test_gpu_sweep_records_time_energy_and_kernel_names(tmp_path: Path) -> None:
     assert len(df) == 8 and set(df["status"]) == {"ok"}, df[["name", "impl", "status", "message"]]
     assert (df["time_clock"] == "cuda-events").all()
     assert (df["energy_method"] == "nvml-energy-counter").all(), df["energy_reason"]
-    assert (df["energy_j_per_launch"] > 0).all() and (df["energy_avg_power_w"] > 0).all()
+    assert (df["energy_j_per_launch"] > 0).all() and (df["energy_avg_power_w"] > 0).all(), \
+        df[["name", "impl", "energy_reason", "energy_flags"]].to_string()
     libs = {r["impl"] + "/" + r["name"]: set(r["kernel_libraries"]) for _, r in df.iterrows()}
     assert libs["cudnn/conv"] == {"cudnn"} and "cudnn" in libs["torch/conv"]
     assert df["env_gpu_name"].notna().all() and df["env_gpu_uuid"].notna().all()
