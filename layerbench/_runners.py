@@ -26,6 +26,7 @@ from layerbench import _launch
 CHUNK_S = 0.002           # GPU time per chunk: the granularity of progress timestamps
 AHEAD_S = 0.05            # GPU work kept queued; covers a poll, a sleep and a telemetry query
 MIN_AHEAD_CHUNKS = 2
+CALIBRATION_CHUNKS = 3
 
 
 class WindowError(Exception):
@@ -67,8 +68,26 @@ class CudaRunner:
 
     def start(self) -> None:
         torch.cuda.synchronize(self.device)
+        self._calibrate()
         self.events, self.done, self.ran_dry = [], 0, False
         self.events.append(self._record(self.stream))
+
+    def _calibrate(self) -> None:
+        """Measure a chunk's real GPU time, back to back.
+
+        The per-launch estimate comes from the timer, often in cold mode (L2 flushed); back to back a
+        small kernel runs from L2 several times faster, so a queue sized from the estimate drains
+        while the host polls NVML.
+        """
+        marks = [self._record(self.stream)]
+        for _ in range(CALIBRATION_CHUNKS):
+            with torch.cuda.stream(self.stream):
+                self.launch()
+            marks.append(self._record(self.stream))
+        torch.cuda.synchronize(self.device)
+        measured = min(a.elapsed_time(b) for a, b in zip(marks, marks[1:])) * 1e-3
+        if measured > 0:
+            self.chunk_s = measured
 
     def _record(self, stream: torch.cuda.Stream) -> torch.cuda.Event:
         ev = torch.cuda.Event(enable_timing=True)

@@ -8,6 +8,7 @@ kernels run in the interpreter and the same pipeline runs without a GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -235,6 +236,23 @@ def cmd_validate_energy(args: argparse.Namespace) -> int:
     return 0 if result.get("passed") else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from layerbench import bench
+
+    out = Path(args.out)
+    if args.report_only:
+        df, ceilings = bench.load(out)
+    else:
+        _check_device(args.device)
+        df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
+                             energy=not args.no_energy, progress=not args.no_progress)
+        ceilings = json.loads((out / bench.CEILINGS_FILE).read_text())
+    text = bench.format_report(bench.table(df, ceilings), ceilings)
+    (out / "bench.md").write_text(text)
+    print(text)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from layerbench import results
 
@@ -326,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="validation", help="output directory (default ./validation)")
     sp.add_argument("--quick", action="store_true")
     sp.set_defaults(func=cmd_validate_energy)
+
+    sp = sub.add_parser("bench", help="custom kernels vs the card's ceilings and the references "
+                                      "(sweeps/bench), with issue-5 target verdicts")
+    device(sp)
+    sp.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
+    sp.add_argument("--layers", default="relu,pool,conv,linear", help="comma-separated subset")
+    sp.add_argument("--resume", action="store_true", help="continue the bench in --out")
+    sp.add_argument("--no-energy", action="store_true", help="time only")
+    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--report-only", action="store_true", help="print the table of an existing --out")
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("export", help="write results.parquet and results.csv of a run")
     sp.add_argument("run")

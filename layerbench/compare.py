@@ -107,7 +107,7 @@ def point_columns(df: pd.DataFrame) -> list[str]:
 def _row(point: pd.Series, base: pd.Series, cols: list[str], impl: str, baseline: str, t: Ratio,
          e: Ratio, threshold: float) -> dict[str, Any]:
     out = {c: point.get(c) for c in cols}
-    out.update(impl=impl, baseline=baseline,
+    out.update(point_hash=point.get("point_hash"), impl=impl, baseline=baseline,
                j_per_gflop=_num(point.get("j_per_gflop")), base_j_per_gflop=_num(base.get("j_per_gflop")),
                time_ratio=t.ratio, time_lo=t.lo, time_hi=t.hi, time_verdict=t.verdict(threshold),
                energy_ratio=e.ratio, energy_lo=e.lo, energy_hi=e.hi,

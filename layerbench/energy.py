@@ -281,6 +281,9 @@ class EnergyMeter:
                                  self.cfg.cooldown_max_s, self.clock, self.sleep)
 
     def _measure_idle(self) -> dict[str, object]:
+        # Idle means "this process's CUDA context alive, nothing queued": the state kernels run
+        # from.  Measured before the context exists, an H100 read 76 W; right after, 129 W.
+        self._sync()
         cool = self._cool()
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         idle_s = max(self.cfg.idle_s, 1e-3)
@@ -302,7 +305,7 @@ class EnergyMeter:
             "power_w": w.energy_j / w.seconds, "seconds": w.seconds, "updates": w.updates,
             "temp_c": w.temp_end_c, "measured_at": when, "method": self.method,
             "idle_temp_c": self._idle_temp, "cooldown": cool.to_dict(),
-            "procedure": (f"GPU synchronised and idle; cooldown {self.cfg.cooldown!r} "
+            "procedure": (f"CUDA context alive, GPU synchronised and idle; cooldown {self.cfg.cooldown!r} "
                           f"(tolerance {self.cfg.cooldown_tolerance_c} C, max {self.cfg.cooldown_max_s} s); "
                           f"{self.cfg.warmup_s} s settling; energy over >= {idle_s} s and >= "
                           f"{self.cfg.min_updates} counter updates, ends aligned to updates ({self.method})"),

@@ -1,0 +1,158 @@
+"""``layerbench bench``: custom kernels against the card's ceilings and the references (issue 5).
+
+The bench is four ordinary sweeps (``sweeps/bench/*.toml``) run by the normal runner — the same
+correctness gate, timer, interleaved energy windows and resumable record log — plus the two
+ceilings measured on the card (``layerbench.ceilings``) and the issue's targets, each judged by a
+geometric mean over the bench shapes of its layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from layerbench import ceilings as ceil
+from layerbench import compare, results, sweep
+from layerbench.report import markdown_table
+from layerbench.runner import RunOptions, run_sweep
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "bench"
+LAYERS = ("relu", "pool", "conv", "linear")
+CUSTOM = ("triton", "cupy")
+CEILINGS_FILE = "ceilings.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    layer: str
+    impl: str
+    dtypes: tuple[str, ...]
+    metric: str  # "copy" (fraction of copy bandwidth) or "speedup" (baseline time / impl time)
+    threshold: float
+    baseline: str | None = None
+
+
+TARGETS = (
+    *(Target(f"ReLU {i} >= 95 % of copy bandwidth", "relu", i, ("fp32", "fp16", "bf16"), "copy", 0.95)
+      for i in CUSTOM),
+    *(Target(f"pool {i} >= 80 % of copy bandwidth", "pool2d", i, ("fp32", "fp16", "bf16"), "copy", 0.80)
+      for i in CUSTOM),
+    *(Target(f"pool {i} >= 1.5x ATen (torch)", "pool2d", i, ("fp32", "fp16", "bf16"), "speedup", 1.5, "torch")
+      for i in CUSTOM),
+    *(Target(f"pool {i} >= 1.0x cuDNN", "pool2d", i, ("fp32", "fp16", "bf16"), "speedup", 1.0, "cudnn")
+      for i in CUSTOM),
+    *(Target(f"conv triton {d} >= 0.9x cuDNN", "conv2d", "triton", (d,), "speedup", 0.9, "cudnn")
+      for d in ("bf16", "fp16", "tf32")),
+    Target("conv cupy fp32 (no tensor cores) >= 0.7x cuDNN fp32", "conv2d", "cupy", ("fp32",), "speedup", 0.7,
+           "cudnn"),
+    *(Target(f"conv cupy {d} (tensor cores) >= 0.6x cuDNN", "conv2d", "cupy", (d,), "speedup", 0.6, "cudnn")
+      for d in ("fp16", "bf16")),
+    *(Target(f"linear triton {d} >= 0.95x cuBLAS", "linear", "triton", (d,), "speedup", 0.95, "cublas")
+      for d in ("bf16", "tf32")),
+    Target("linear cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas"),
+)
+
+
+def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
+              energy: bool = True, progress: bool = True) -> pd.DataFrame:
+    """Measure (or, with ``resume``, complete) the bench in ``out``; return all its records."""
+    unknown = sorted(set(layers) - set(LAYERS))
+    if unknown:
+        raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (resume and (out / CEILINGS_FILE).exists()):
+        (out / CEILINGS_FILE).write_text(json.dumps(ceil.measure(device).to_dict(), indent=1))
+    frames = []
+    for layer in layers:
+        s = sweep.load(BENCH_DIR / f"{layer}.toml")
+        if not energy:
+            s.disable_energy()
+        run_dir = run_sweep(s, RunOptions(device=device, out=out / s.experiment, resume=resume,
+                                          progress=progress))
+        frames.append(results.load(run_dir))
+    return pd.concat(frames, ignore_index=True)
+
+
+def load(out: Path) -> tuple[pd.DataFrame, dict]:
+    """The records and ceilings of a bench directory."""
+    runs = sorted(p for p in out.iterdir() if p.is_dir() and (p / results.RESULTS_FILE).exists())
+    if not runs:
+        raise ValueError(f"{out}: no bench runs here (run `layerbench bench --out {out}` first)")
+    ceilings = json.loads((out / CEILINGS_FILE).read_text())
+    return pd.concat([results.load(r) for r in runs], ignore_index=True), ceilings
+
+
+def _fraction_of_ceiling(row: pd.Series, ceilings: dict) -> float:
+    if row["layer"] in ("relu", "pool2d"):
+        return row["gbps"] / ceilings["copy_gbps"]
+    return row["tflops"] / ceilings["matmul_tflops"][row["dtype"]]
+
+
+def table(df: pd.DataFrame, ceilings: dict) -> pd.DataFrame:
+    """One row per correct (point, implementation): time, rate, share of the ceiling, speedups, J."""
+    ok = df[df["status"] == "ok"].copy()
+    ok["ceiling"] = ok.apply(lambda r: _fraction_of_ceiling(r, ceilings), axis=1)
+    pairs = compare.compare_within(df)
+    for base in sorted(pairs["baseline"].unique()) if not pairs.empty else []:
+        sub = pairs[pairs["baseline"] == base].set_index(["point_hash", "impl"])
+        key = list(zip(ok["point_hash"], ok["impl"]))
+        ok[f"x_{base}"] = [1 / sub["time_ratio"].get(k, math.nan) for k in key]
+        ok[f"e_{base}"] = [sub["energy_ratio"].get(k, math.nan) for k in key]
+    return ok
+
+
+def targets(tab: pd.DataFrame) -> pd.DataFrame:
+    """Each issue-5 target: the geometric mean over its rows, and whether it is met."""
+    rows = []
+    for t in TARGETS:
+        sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)]
+        col = "ceiling" if t.metric == "copy" else f"x_{t.baseline}"
+        values = sel[col] if col in sel else pd.Series(dtype=float)
+        g = compare.geomean(values)
+        rows.append({"target": t.text, "points": int(values.notna().sum()), "geomean": g,
+                     "worst": float(values.min()) if values.notna().any() else math.nan,
+                     "verdict": "n/a" if math.isnan(g) else ("MET" if g >= t.threshold else "MISSED")})
+    # Energy: where a custom kernel is at least as fast as a reference, J/launch <= 1.05x its J/launch.
+    for base in ("cudnn", "cublas"):
+        if f"e_{base}" not in tab:
+            continue
+        sel = tab[tab["impl"].isin(CUSTOM) & (tab[f"x_{base}"] >= 1.0) & tab[f"e_{base}"].notna()]
+        bad = sel[sel[f"e_{base}"] > 1.05]
+        rows.append({"target": f"energy <= 1.05x {base} where at least as fast", "points": len(sel),
+                     "geomean": compare.geomean(sel[f"e_{base}"]),
+                     "worst": float(sel[f"e_{base}"].max()) if len(sel) else math.nan,
+                     "verdict": "n/a" if sel.empty else ("MET" if bad.empty else f"MISSED ({len(bad)})")})
+    return pd.DataFrame(rows)
+
+
+def _f(v: object, fmt: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
+    rates = ", ".join(f"{d} {v:.0f}" for d, v in ceilings["matmul_tflops"].items())
+    lines = [f"## layerbench bench on {ceilings['device_name']}", "",
+             f"Ceilings measured in this run: copy {ceilings['copy_gbps']:.0f} GB/s (read + write); "
+             f"matrix product TFLOP/s: {rates}.", "",
+             "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy).", ""]
+    refs = sorted(c[2:] for c in tab.columns if c.startswith("x_"))
+    headers = ["layer", "point", "dtype", "layout", "impl", "time us", "rate", "% ceiling",
+               *[f"x_{r}" for r in refs], "J/launch", *[f"e_{r}" for r in refs]]
+    rows = []
+    for _, r in tab.sort_values(["layer", "point_index", "dtype", "layout", "impl"]).iterrows():
+        point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
+        rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in ("relu", "pool2d") else f"{r['tflops']:.1f} TFLOP/s"
+        rows.append([r["layer"], point, r["dtype"], r["layout"], r["impl"], _f(r["time_median_s"] * 1e6, ".1f"),
+                     rate, _f(100 * r["ceiling"], ".0f"), *[_f(r.get(f"x_{b}"), ".2f") for b in refs],
+                     _f(r.get("energy_j_per_launch"), ".4g"), *[_f(r.get(f"e_{b}"), ".3f") for b in refs]])
+    lines += [markdown_table(headers, rows), "", "### Targets (issue 5; geometric means over the bench shapes)", ""]
+    tg = targets(tab)
+    lines.append(markdown_table(["target", "points", "geomean", "worst", "verdict"],
+                                [[r["target"], r["points"], _f(r["geomean"], ".3f"), _f(r["worst"], ".3f"),
+                                  r["verdict"]] for _, r in tg.iterrows()]))
+    return "\n".join(lines) + "\n"
