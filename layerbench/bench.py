@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
         raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and (out / CEILINGS_FILE).exists()):
-        (out / CEILINGS_FILE).write_text(json.dumps(ceil.measure(device).to_dict(), indent=1))
+        measured = ceil.measure(device).to_dict() | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (out / CEILINGS_FILE).write_text(json.dumps(measured, indent=1))
     frames = []
     for layer in layers:
         s = sweep.load(BENCH_DIR / f"{layer}.toml")
@@ -136,8 +138,10 @@ def _f(v: object, fmt: str) -> str:
 
 def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
     rates = ", ".join(f"{d} {v:.0f}" for d, v in ceilings["matmul_tflops"].items())
+    methods = ceilings.get("copy_methods") or {}
+    copies = "".join(f"; {m} {v:.0f}" for m, v in methods.items())
     lines = [f"## layerbench bench on {ceilings['device_name']}", "",
-             f"Ceilings measured in this run: copy {ceilings['copy_gbps']:.0f} GB/s (read + write); "
+             f"Ceilings measured {ceilings.get('measured_at', 'in this run')}: copy {ceilings['copy_gbps']:.0f} GB/s (read + write{copies}); "
              f"matrix product TFLOP/s: {rates}.", "",
              "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy).", ""]
     refs = sorted(c[2:] for c in tab.columns if c.startswith("x_"))

@@ -261,6 +261,8 @@ def _run_group(point: Point, impls: list[str], executor: InlineExecutor | Proces
     phase: dict[str, str] = {}
 
     def write(rec: dict[str, Any]) -> None:
+        # When the record was written: the gaps between records show what each point cost.
+        rec = rec | {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         log.append(rec)
         pending.pop(rec["impl"], None)
         if rec["impl"] in remaining:

@@ -2,7 +2,8 @@
 
 The steps, all inside ``precision(dtype)``: build inputs and the float64 reference once; per
 implementation build it (first-call time), check it against the reference, time it; measure
-energy of the correct ones together (interleaved windows); record the GPU kernel names.
+energy of the correct ones together (interleaved windows); record the GPU kernel names of every
+kernel that built, the incorrect ones too (what ran is what one needs to explain a wrong result).
 
 Records leave through ``emit(kind, payload)``:
 
@@ -162,12 +163,17 @@ class GroupRunner:
                 out = make_output(spec, tensors)
                 kernel, rec["first_call_s"] = time_first_call(
                     lambda: impl.build(spec, dtype, layout, tensors, out), dev)
+                # What the library chose (e.g. cuDNN's algorithm and math type) as detail_* columns.
+                details = getattr(kernel, "details", None)
+                if isinstance(details, dict):
+                    rec.update(flatten("detail", details))
                 emit("phase", {"impl": name, "phase": "check"})
                 check = check_kernel(kernel, out, spec, dtype, tensors, x_fresh, ref=ref)
                 rec.update(check_rel_norm=check.rel_norm, check_max_err=check.max_err,
                            check_max_abs=check.max_abs, check_nonfinite=check.nonfinite,
                            check_message=check.message)
                 if not check.ok:
+                    self._provenance({name: (kernel, out)}, records, emit)
                     final(name, "incorrect", check.message)
                     continue
                 emit("phase", {"impl": name, "phase": "time"})
@@ -218,13 +224,13 @@ class GroupRunner:
                 rec.update(derived_metrics(j, rec["time_median_s"], rec["flops"]))
             emit("partial", rec)
 
-    def _provenance(self, live: dict[str, tuple[Any, torch.Tensor]],
+    def _provenance(self, kernels: dict[str, tuple[Any, torch.Tensor]],
                     records: dict[str, dict[str, Any]], emit: Emit) -> None:
         if self.device.type != "cuda":
             return
         from kernels.reference.provenance import kernel_names, library
 
-        for n, (kernel, _) in live.items():
+        for n, (kernel, _) in kernels.items():
             emit("phase", {"impl": n, "phase": "provenance"})
             try:
                 names = list(kernel_names(kernel, self.device))

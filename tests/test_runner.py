@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import runner_fakes
@@ -68,6 +69,9 @@ def test_statuses_and_energy_only_for_correct(tmp_path: Path, fakes: None) -> No
     assert by[("4", "fp32", "fake_wrong")]["status"] == "incorrect"
     assert "differ" in by[("4", "fp32", "fake_wrong")]["message"]
     assert "energy_j_per_launch" not in by[("4", "fp32", "fake_wrong")]
+    # The kernel's own details are recorded, for an incorrect result too (they explain it).
+    assert by[("4", "fp32", "fake_wrong")]["detail_algorithm"] == "COPY"
+    assert "detail_algorithm" not in valid
     assert by[("4", "fp32", "fake_unsupported")]["status"] == "unsupported"
     assert by[("4", "fp32", "fake_error")]["status"] == "error"
     assert "compile failed" in by[("4", "fp32", "fake_error")]["message"]
@@ -80,6 +84,7 @@ def test_statuses_and_energy_only_for_correct(tmp_path: Path, fakes: None) -> No
     assert (run_dir / results.PARQUET_FILE).exists() and (run_dir / results.CSV_FILE).exists()
     df = results.load(run_dir)
     assert set(df["env_gpu_name"]) == {"fake GPU"}
+    assert set(pd.read_parquet(run_dir / results.PARQUET_FILE)["detail_algorithm"].dropna()) == {"COPY"}
     assert len(set(df["config_hash"])) == len(df)
 
 

@@ -49,7 +49,8 @@ def kernel_names(kernel: Callable[[], object], device: torch.device | str) -> li
         return []
     kernel()
     torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    # acc_events: one profile per call anyway; without it torch warns on every second cycle.
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], acc_events=True) as prof:
         kernel()
         torch.cuda.synchronize(device)
     names = [e.name for e in prof.events()
