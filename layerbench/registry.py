@@ -33,6 +33,18 @@ from layerbench.dtypes import DType
 from layerbench.specs import LAYERS, LayerSpec
 
 Kernel = Callable[[], object]
+
+
+def in_order(*kernels: Kernel) -> Kernel:
+    """One kernel that launches ``kernels`` one after another (e.g. a layout copy, then a GEMM)."""
+    if len(kernels) == 1:
+        return kernels[0]
+
+    def kernel() -> None:
+        for launch in kernels:
+            launch()
+
+    return kernel
 Tensors = dict[str, torch.Tensor]
 
 ENTRY_POINT_GROUP = "layerbench.implementations"

@@ -76,8 +76,8 @@ CONV_CASES = {
     "no-bias": Conv2d(2, 4, 6, 8, 8, 3, 3, padding=1, bias=False),
     "1x1": Conv2d(2, 6, 5, 5, 4, 1, 1),
     "one-channel": Conv2d(1, 1, 4, 6, 6, 2, 2),
-    # NHWC with C a multiple of the channel block, and one padded by a single channel, take the
-    # channel-blocked walk; C = 17 is padded too much and takes the flat walk.
+    # C a multiple of the channel block, and one padded by a single channel, take the
+    # channel-blocked walk (NCHW through the NHWC copy); C = 17 is padded too much: the flat walk.
     "channels-16": Conv2d(1, 16, 5, 5, 6, 3, 3, padding=1),
     "channels-31": Conv2d(1, 31, 4, 4, 5, 2, 3, stride=2, padding=1),
     "channels-17": Conv2d(1, 17, 3, 4, 4, 3, 3),

@@ -66,6 +66,10 @@ def reduce_name(ctype: str) -> str:
     return f"splitk_reduce<{ctype}>"
 
 
+def to_channels_last_name(ctype: str) -> str:
+    return f"to_channels_last<{ctype}>"
+
+
 @dataclass(frozen=True)
 class Source:
     file: str
@@ -82,6 +86,7 @@ SOURCES: dict[str, Source] = {
         [igemm_name("float", False, a) for a in (True, False)]
         + [igemm_name(t, True, a) for t in STORAGE_TYPES for a in (True, False)]
         + [reduce_name(t) for t in STORAGE_TYPES])),
+    "layout": Source("layout.cu", tuple(to_channels_last_name(t) for t in STORAGE_TYPES)),
 }
 
 

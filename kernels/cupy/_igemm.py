@@ -8,7 +8,7 @@ from kernels.cupy import _build, _launch
 from kernels.cupy._igemm_plan import THREADS, Geometry, make_plan
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel
+from layerbench.registry import Kernel, in_order
 
 REDUCE_BLOCKS_PER_SM = 32
 
@@ -56,9 +56,4 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         [ptr(ws), i32(plan.splits), i32(g.M), i32(g.out_channels), ptr(bias), ptr(out),
          i32(g.out_h * g.out_w), i32(g.out_w), i64(on), i64(oc), i64(oh), i64(ow)],
         index, keep=(ws, bias, out))
-
-    def kernel() -> None:
-        gemm()
-        reduce()
-
-    return kernel
+    return in_order(gemm, reduce)

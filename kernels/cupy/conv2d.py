@@ -3,16 +3,33 @@
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
 fp32 accumulation.  Both layouts run the same kernels through the tensors' strides; NHWC with
 channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else element-wise.
+NCHW input with such a channel count is first copied to NHWC, and the weight to OHWI, by
+layout.cu inside the timed call (as cuDNN does): the GEMM then takes the 16-byte path and writes
+the NCHW output through its strides.  On an H100 the element-wise NCHW gather ran the GEMM at
+half the speed of the 16-byte NHWC path (bench of 2026-11-23, L2-L6 in bf16).
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.cupy import _igemm, _launch
+from kernels.cupy import _build, _igemm, _launch
 from layerbench.dtypes import DType
-from layerbench.registry import Kernel, Tensors, register
+from layerbench.registry import Kernel, Tensors, in_order, register
 from layerbench.specs import Conv2d
+
+TILE, ROWS = 32, 8  # must match layout.cu
+
+
+def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.Tensor, _launch.Launch]:
+    """A channels_last buffer for contiguous 4-D ``t`` and the launch that fills it from ``t``."""
+    dst = torch.empty_like(t, memory_format=torch.channels_last)
+    n, c, h, w = t.shape
+    fn = _launch.function("layout", _build.to_channels_last_name(ctype), index)
+    launch = _launch.Launch(fn, (-(-h * w // TILE), -(-c // TILE), n), (TILE, ROWS, 1),
+                            [_launch.ptr(t), _launch.ptr(dst), _launch.i32(c), _launch.i32(h * w)],
+                            index, keep=(t, dst))
+    return dst, launch
 
 
 @register("conv2d", "cupy", backend="cupy",
@@ -22,10 +39,21 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     _launch.check_dtype("conv2d", dtype, spec.dtypes)
     _launch.check_layout("conv2d", layout, spec.layouts)
     x, weight = tensors["x"], tensors["weight"]
+    index = _launch.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
+    ctype = _launch.ctype_of(dtype)
+    copies: list[_launch.Launch] = []
+    if spec.in_channels % _build.vector_width(ctype) == 0:
+        if x.is_contiguous():
+            x, copy_x = _channels_last_copy(x, ctype, index)
+            copies.append(copy_x)
+        if weight.is_contiguous():
+            weight, copy_w = _channels_last_copy(weight, ctype, index)
+            copies.append(copy_w)
     g = _igemm.Geometry(
         batch=spec.batch, channels=spec.in_channels, height=spec.height, width=spec.width,
         out_channels=spec.out_channels, out_h=spec.out_height, out_w=spec.out_width,
         kernel_h=spec.kernel_h, kernel_w=spec.kernel_w, stride=spec.stride, padding=spec.padding,
         x_strides=tuple(x.stride()), w_strides=tuple(weight.stride()),
         out_strides=tuple(out.stride()))
-    return _igemm.build(dtype, x, weight, tensors.get("bias") if spec.bias else None, out, g)
+    bias = tensors.get("bias") if spec.bias else None
+    return in_order(*copies, _igemm.build(dtype, x, weight, bias, out, g))
