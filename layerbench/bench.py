@@ -95,10 +95,18 @@ def _fraction_of_ceiling(row: pd.Series, ceilings: dict) -> float:
     return row["tflops"] / ceilings["matmul_tflops"][row["dtype"]]
 
 
+def _fraction_of_sized_copy(row: pd.Series, ceilings: dict) -> float:
+    """Memory-bound layers: rate / the copy curve at the same bytes moved (NaN for the others)."""
+    if row["layer"] not in ("relu", "pool2d"):
+        return math.nan
+    return row["gbps"] / ceil.copy_gbps_at(ceilings.get("copy_curve") or {}, row["min_bytes"])
+
+
 def table(df: pd.DataFrame, ceilings: dict) -> pd.DataFrame:
     """One row per correct (point, implementation): time, rate, share of the ceiling, speedups, J."""
     ok = df[df["status"] == "ok"].copy()
     ok["ceiling"] = ok.apply(lambda r: _fraction_of_ceiling(r, ceilings), axis=1)
+    ok["sized_copy"] = ok.apply(lambda r: _fraction_of_sized_copy(r, ceilings), axis=1)
     pairs = compare.compare_within(df)
     for base in sorted(pairs["baseline"].unique()) if not pairs.empty else []:
         sub = pairs[pairs["baseline"] == base].set_index(["point_hash", "impl"])
@@ -143,20 +151,28 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
     lines = [f"## layerbench bench on {ceilings['device_name']}", "",
              f"Ceilings measured {ceilings.get('measured_at', 'in this run')}: copy {ceilings['copy_gbps']:.0f} GB/s (read + write{copies}); "
              f"matrix product TFLOP/s: {rates}.", "",
+             "% copy@size (ReLU, pooling): the rate against a copy of the same bytes, timed alike (cold), "
+             "from the copy curve: what is reachable at that size.",
              "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy).", ""]
     refs = sorted(c[2:] for c in tab.columns if c.startswith("x_"))
-    headers = ["layer", "point", "dtype", "layout", "impl", "time us", "rate", "% ceiling",
+    headers = ["layer", "point", "dtype", "layout", "impl", "time us", "rate", "% ceiling", "% copy@size",
                *[f"x_{r}" for r in refs], "J/launch", *[f"e_{r}" for r in refs]]
     rows = []
     for _, r in tab.sort_values(["layer", "point_index", "dtype", "layout", "impl"]).iterrows():
         point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
         rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in ("relu", "pool2d") else f"{r['tflops']:.1f} TFLOP/s"
         rows.append([r["layer"], point, r["dtype"], r["layout"], r["impl"], _f(r["time_median_s"] * 1e6, ".1f"),
-                     rate, _f(100 * r["ceiling"], ".0f"), *[_f(r.get(f"x_{b}"), ".2f") for b in refs],
+                     rate, _f(100 * r["ceiling"], ".0f"), _f(100 * r["sized_copy"], ".0f"),
+                     *[_f(r.get(f"x_{b}"), ".2f") for b in refs],
                      _f(r.get("energy_j_per_launch"), ".4g"), *[_f(r.get(f"e_{b}"), ".3f") for b in refs]])
     lines += [markdown_table(headers, rows), "", "### Targets (issue 5; geometric means over the bench shapes)", ""]
     tg = targets(tab)
     lines.append(markdown_table(["target", "points", "geomean", "worst", "verdict"],
                                 [[r["target"], r["points"], _f(r["geomean"], ".3f"), _f(r["worst"], ".3f"),
                                   r["verdict"]] for _, r in tg.iterrows()]))
+    sized = [f"{layer} {impl} {100 * g:.0f} %" for layer in ("relu", "pool2d") for impl in CUSTOM
+             if not math.isnan(g := compare.geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl),
+                                                            "sized_copy"]))]
+    if sized:
+        lines += ["", "Against a copy of the same size (geomean, not an issue target): " + ", ".join(sized) + "."]
     return "\n".join(lines) + "\n"

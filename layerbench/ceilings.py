@@ -8,13 +8,20 @@
 
 Both are timed with ``layerbench.timing`` in hot mode, on random data (never zeros: products of
 zeros run faster than real data on Hopper).
+
+Beside them, the copy curve: the streaming copy's bandwidth at sizes from 1 MiB to 512 MiB each
+way, timed like the bench's kernels (cold: L2 flushed before each sample).  A memory-bound
+kernel on a thesis shape moves tens of MB, where launch and ramp-up take a visible share of the
+time; the copy of the same bytes shows what is reachable at that size (``copy_gbps_at``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -23,6 +30,7 @@ from layerbench.dtypes import get_dtype, precision
 from layerbench.timing import TimingConfig, time_kernel
 
 COPY_BYTES = 1 << 30  # 1 GiB each way: far beyond any L2
+CURVE_BYTES = tuple(1 << k for k in range(20, 30))  # copy curve: 1 MiB .. 512 MiB each way
 MATMUL_N = 8192
 
 
@@ -32,6 +40,8 @@ class Ceilings:
     matmul_tflops: dict[str, float]  # dtype name -> TFLOP/s
     device_name: str
     copy_methods: dict[str, float] = field(default_factory=dict)  # method -> GB/s
+    # bytes moved (read + written, as text for JSON) -> GB/s of the streaming copy, cold
+    copy_curve: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -47,25 +57,58 @@ def _copy_kernel(src_ptr, dst_ptr, BLOCK: tl.constexpr):
 COPY_BLOCK = 4096  # fp32 elements per program: 16 KiB each way, 8 warps
 
 
+def _copy_buffers(device: torch.device, nbytes: int) -> tuple[torch.Tensor, torch.Tensor, Callable[[], object]]:
+    """Source, destination and the Triton copy launcher for ``nbytes`` each way."""
+    if nbytes <= 0 or (nbytes // 4) % COPY_BLOCK or nbytes % 4:
+        raise ValueError(f"nbytes must be a positive multiple of {4 * COPY_BLOCK}, got {nbytes}")
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.full_like(src, math.nan)  # poisoned: the copy is checked after timing
+    grid = (src.numel() // COPY_BLOCK,)
+    return src, dst, lambda: _copy_kernel[grid](src, dst, BLOCK=COPY_BLOCK, num_warps=8)
+
+
+def _checked(src: torch.Tensor, dst: torch.Tensor) -> None:
+    if not torch.equal(dst, src):  # the kernel copy is checked, not trusted
+        raise RuntimeError("the copy kernel produced a wrong copy; no ceiling measured")
+
+
 def copy_bandwidths(device: torch.device, nbytes: int = COPY_BYTES,
                     cfg: TimingConfig | None = None) -> dict[str, float]:
     """GB/s (read + written) of a device-to-device copy of ``nbytes`` by each method."""
-    src = torch.randn(nbytes // 4, device=device)
-    dst = torch.empty_like(src)
-    if src.numel() % COPY_BLOCK:
-        raise ValueError(f"nbytes must be a multiple of {4 * COPY_BLOCK}, got {nbytes}")
-    grid = (src.numel() // COPY_BLOCK,)
-    methods: dict[str, Callable[[], object]] = {
-        "cudaMemcpy": lambda: dst.copy_(src),
-        "triton-copy": lambda: _copy_kernel[grid](src, dst, BLOCK=COPY_BLOCK, num_warps=8),
-    }
+    src, dst, triton_copy = _copy_buffers(device, nbytes)
+    methods: dict[str, Callable[[], object]] = {"cudaMemcpy": lambda: dst.copy_(src),
+                                                "triton-copy": triton_copy}
     out = {}
     for name, fn in methods.items():
+        dst.fill_(math.nan)
         stats = time_kernel(fn, device, cfg or TimingConfig(mode="hot"))
+        _checked(src, dst)
         out[name] = 2 * nbytes / stats.median_s / 1e9
-    if not torch.equal(dst, src):  # the kernel copy is checked, not trusted
-        raise RuntimeError("the copy kernel produced a wrong copy; no ceiling measured")
     return out
+
+
+def copy_curve(device: torch.device, sizes: tuple[int, ...] = CURVE_BYTES,
+               cfg: TimingConfig | None = None) -> dict[str, float]:
+    """Bytes moved (read + written) -> GB/s of the Triton copy of ``size`` bytes each way, cold."""
+    out = {}
+    for nbytes in sizes:
+        src, dst, fn = _copy_buffers(device, nbytes)
+        stats = time_kernel(fn, device, cfg or TimingConfig(mode="cold", min_time_s=0.1, max_time_s=2.0))
+        _checked(src, dst)
+        out[str(2 * nbytes)] = 2 * nbytes / stats.median_s / 1e9
+    return out
+
+
+def copy_gbps_at(curve: dict[str, float], nbytes: float) -> float:
+    """The copy curve at ``nbytes`` moved: linear in log(size) between measured sizes, flat beyond.
+
+    NaN when the curve is empty (ceilings measured before the curve existed).
+    """
+    if not curve:
+        return math.nan
+    points = sorted((float(k), v) for k, v in curve.items())
+    sizes = np.log([p[0] for p in points])
+    return float(np.interp(math.log(max(nbytes, 1.0)), sizes, [p[1] for p in points]))
 
 
 def matmul_rate(device: torch.device, dtype: str, n: int = MATMUL_N, cfg: TimingConfig | None = None) -> float:
@@ -84,6 +127,6 @@ def measure(device: torch.device, dtypes: tuple[str, ...] = ("fp32", "tf32", "fp
     if device.type != "cuda":
         raise ValueError(f"ceilings are measured on a CUDA device, got {device}")
     copies = copy_bandwidths(device)
-    return Ceilings(copy_gbps=max(copies.values()), copy_methods=copies,
+    return Ceilings(copy_gbps=max(copies.values()), copy_methods=copies, copy_curve=copy_curve(device),
                     matmul_tflops={d: matmul_rate(device, d) for d in dtypes},
                     device_name=torch.cuda.get_device_name(device))

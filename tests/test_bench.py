@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from layerbench import bench, sweep
+from layerbench import bench, ceilings, sweep
 from layerbench.runner import RunOptions, run_sweep
 
 SWEEP = """
@@ -34,18 +34,30 @@ def test_bench_sweeps_parse(layer: str) -> None:
 @pytest.mark.interpreter
 def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
     run_sweep(sweep.parse(SWEEP), RunOptions(device="cpu", out=tmp_path / "bench_relu", progress=False))
-    ceilings = {"copy_gbps": 2.0, "matmul_tflops": {"fp32": 1.0}, "device_name": "test"}
-    (tmp_path / bench.CEILINGS_FILE).write_text(json.dumps(ceilings))
+    # The copy curve: 1 GB/s at 1 kB moved, 4 GB/s at 1 MB (the ReLU here moves 3 kB).
+    measured = {"copy_gbps": 2.0, "matmul_tflops": {"fp32": 1.0}, "device_name": "test",
+                "copy_curve": {"1000": 1.0, "1000000": 4.0}}
+    (tmp_path / bench.CEILINGS_FILE).write_text(json.dumps(measured))
     df, ceil = bench.load(tmp_path)
     tab = bench.table(df, ceil)
     tri, ref = (tab[tab["impl"] == i].iloc[0] for i in ("triton", "torch"))
     assert math.isclose(tri["x_torch"], ref["time_median_s"] / tri["time_median_s"])
     assert math.isclose(tri["ceiling"], tri["gbps"] / 2.0)
+    at_size = 1.0 + 3.0 * math.log(tri["min_bytes"] / 1000) / math.log(1000)  # linear in log(size)
+    assert tri["min_bytes"] == 2 * 2 * 3 * 8 * 8 * 4 and math.isclose(tri["sized_copy"], tri["gbps"] / at_size)
     tg = bench.targets(tab).set_index("target")
     row = tg.loc["ReLU triton >= 95 % of copy bandwidth"]
     assert row["points"] == 1 and row["verdict"] == ("MET" if tri["ceiling"] >= 0.95 else "MISSED")
     assert tg.loc["ReLU cupy >= 95 % of copy bandwidth", "verdict"] == "n/a"
-    assert "### Targets" in bench.format_report(tab, ceil)
+    report = bench.format_report(tab, ceil)
+    assert "### Targets" in report and "Against a copy of the same size (geomean, not an issue target): relu triton" in report
+
+
+def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
+    curve = {"1000": 1.0, "1000000": 4.0}
+    assert math.isclose(ceilings.copy_gbps_at(curve, 31622.8), 2.5, rel_tol=1e-5)  # halfway in log size
+    assert ceilings.copy_gbps_at(curve, 10) == 1.0 and ceilings.copy_gbps_at(curve, 1e9) == 4.0
+    assert math.isnan(ceilings.copy_gbps_at({}, 1e6))  # ceilings measured before the curve existed
 
 
 def test_unknown_layer_is_named(tmp_path: Path) -> None:

@@ -189,6 +189,33 @@ def test_pool2d_awkward_shapes(spec: Pool2d, dtype: str, layout: str) -> None:
     assert_ok("pool2d", spec, dtype, layout)
 
 
+@gpu
+@pytest.mark.parametrize("layout", Pool2d.layouts)
+@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+def test_max_pool_special_values(dtype: str, layout: str) -> None:
+    """NaN anywhere in a window wins (first or not), -inf loses to any number, -0 and +0 tie."""
+    spec = Pool2d(2, 16, 9, 9, 3, 2, padding=1, method="max")
+    dt = get_dtype(dtype)
+    x = torch.randn(spec.input_shape, device=DEVICE).to(dt.torch_dtype)
+    x[0, 0, 0, 0] = math.nan  # first tap of its windows
+    x[0, 1, 4, 4] = math.nan  # a middle tap, after real numbers
+    x[1, 2] = -math.inf  # a whole plane of -inf
+    x[1, 3, :3, :3] = -0.0
+    x[1, 3, 0, 0] = math.inf
+    x[1, 4] = -0.0
+    if layout == "NHWC":
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = torch.full(spec.output_shape, math.nan, device=DEVICE, dtype=dt.torch_dtype)
+    if layout == "NHWC":
+        out = out.contiguous(memory_format=torch.channels_last)
+    impl("pool2d").build(spec, dt, layout, {"x": x}, out)()
+    torch.cuda.synchronize()
+    want = F.max_pool2d(x.float(), 3, 2, 1).to(dt.torch_dtype)
+    assert torch.equal(torch.isnan(out), torch.isnan(want))
+    assert int(torch.isnan(want).sum()) > 0 and bool(torch.isneginf(out[1, 2]).all())
+    assert bool((out == want)[~torch.isnan(want)].all())
+
+
 # ---------------------------------------------------------------- relu
 
 

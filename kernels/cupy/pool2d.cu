@@ -24,18 +24,15 @@ template <typename T> struct Acc<T, MAX> {
         best = 0;
         nan = false;
     }
+    // Branch-free (selects, no divergence): with 8 channels per thread in 16-bit NHWC, the
+    // branching version ran max pooling at half the speed of average pooling on an H100.
     __device__ __forceinline__ void add(U u) {
-        if (nan) return;
-        if (lb::is_nan_bits<T>(u)) {
-            best = u;
-            nan = true;
-            return;
-        }
+        const bool is_nan = lb::is_nan_bits<T>(u);
         const int k = lb::order_key<T>(u);
-        if (k > key) {
-            key = k;
-            best = u;
-        }
+        const bool take = !nan && (is_nan || k > key);  // the first NaN wins and stays
+        key = take ? k : key;
+        best = take ? u : best;
+        nan = nan || is_nan;
     }
     __device__ __forceinline__ U result(float) const { return best; }
 };
