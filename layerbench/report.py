@@ -101,29 +101,36 @@ def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[
     for impl in impls:
         headers += [f"{impl} {label} ({scales[col][1]})" for col, label, _ in metrics]
     rows = []
-    totals = {(impl, col): 0.0 for impl in impls for col, _, _ in metrics}
+    # A total is shown only when every layer the implementation runs has the value: a sum that
+    # silently skipped an incorrect layer or a missing energy would read as the whole.
+    totals: dict[tuple[str, str], float | None] = {(impl, col): 0.0 for impl in impls for col, _, _ in metrics}
     for xv in _x_values(g, x):
         row = [str(xv)]
         for impl in impls:
             sel = g[(g[x] == xv) & (g["impl"] == impl)]
             r = sel.iloc[-1] if len(sel) else None
             for col, _, _ in metrics:
+                v = r.get(col) if r is not None and r["status"] == "ok" else None
                 if r is None:
                     row.append("")
                 elif r["status"] != "ok":
                     row.append(r["status"])
                 else:
-                    v = r.get(col)
                     row.append(_fmt(v, scales[col][0]))
-                    if isinstance(v, (int, float)) and math.isfinite(v):
-                        totals[(impl, col)] += v
+                if r is None:
+                    continue  # the implementation does not run this layer (cuDNN on an FC layer)
+                total = totals[(impl, col)]
+                finite = isinstance(v, (int, float)) and math.isfinite(v)
+                totals[(impl, col)] = total + v if total is not None and finite else None
         rows.append(row)
     if sums:
         row = ["sum"]
         for impl in impls:
             for col, _, _ in metrics:
                 # Summed power is meaningless; the layers' total is time and energy.
-                row.append("" if col == "energy_avg_power_w" else _fmt(totals[(impl, col)], scales[col][0]))
+                total = totals[(impl, col)]
+                row.append("" if col == "energy_avg_power_w" else "-" if total is None
+                           else _fmt(total, scales[col][0]))
         rows.append(row)
     return headers, rows
 
