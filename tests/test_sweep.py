@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +207,12 @@ WRONG_VALUES = st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st
                          st.floats(allow_nan=False, allow_infinity=False))
 
 
-@given(section=st.sampled_from(SECTIONS), key=st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True),
-       value=st.integers())
+# Built from plain alphabets: st.from_regex made hypothesis warn about non-round-tripping characters.
+KEYS = st.builds(str.__add__, st.sampled_from(string.ascii_lowercase),
+                 st.text(string.ascii_lowercase + "_", max_size=10))
+
+
+@given(section=st.sampled_from(SECTIONS), key=KEYS, value=st.integers())
 def test_unknown_keys_are_rejected(section: str, key: str, value: int) -> None:
     data = json.loads(json.dumps(BASE))
     table = data if not section else data[section]
