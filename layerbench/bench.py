@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
         raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and (out / CEILINGS_FILE).exists()):
-        measured = ceil.measure(device).to_dict() | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        measured = ceil.measure(device).to_dict() | {"measured_at": results.timestamp()}
         (out / CEILINGS_FILE).write_text(json.dumps(measured, indent=1))
     frames = []
     for layer in layers:

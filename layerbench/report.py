@@ -110,15 +110,12 @@ def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[
             sel = g[(g[x] == xv) & (g["impl"] == impl)]
             r = sel.iloc[-1] if len(sel) else None
             for col, _, _ in metrics:
-                v = r.get(col) if r is not None and r["status"] == "ok" else None
-                if r is None:
+                if r is None:  # the implementation does not run this layer (cuDNN on an FC layer)
                     row.append("")
-                elif r["status"] != "ok":
-                    row.append(r["status"])
-                else:
-                    row.append(_fmt(v, scales[col][0]))
-                if r is None:
-                    continue  # the implementation does not run this layer (cuDNN on an FC layer)
+                    continue
+                ok = r["status"] == "ok"
+                v = r.get(col) if ok else None
+                row.append(_fmt(v, scales[col][0]) if ok else r["status"])
                 total = totals[(impl, col)]
                 finite = isinstance(v, (int, float)) and math.isfinite(v)
                 totals[(impl, col)] = total + v if total is not None and finite else None

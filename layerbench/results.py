@@ -181,10 +181,15 @@ def write_run(run_dir: str | Path, run: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def timestamp() -> str:
+    """Local time with its UTC offset, as every record and run file writes it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def start_session(run_dir: str | Path, run: dict[str, Any], argv: list[str]) -> int:
     """Add a session (one invocation of ``run``, first or resumed) and return its index."""
     sessions = run.setdefault("sessions", [])
-    sessions.append({"index": len(sessions), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    sessions.append({"index": len(sessions), "started": timestamp(),
                      "argv": argv, "environment": None})
     write_run(run_dir, run)
     return len(sessions) - 1

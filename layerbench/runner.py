@@ -197,7 +197,7 @@ def _open_run(sweep: Sweep, opts: RunOptions, run_dir: Path) -> dict[str, Any]:
     run = {"experiment": sweep.experiment, "title": sweep.title, "thesis": sweep.thesis,
            "description": sweep.description, "sweep_file": str(sweep.path), "sweep_text": sweep.text,
            "axes": sweep.axis_names, "device": opts.device, "measure": sweep.measure.to_dict(),
-           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sessions": []}
+           "created": results.timestamp(), "sessions": []}
     results.write_run(run_dir, run)
     return run
 
@@ -262,7 +262,7 @@ def _run_group(point: Point, impls: list[str], executor: InlineExecutor | Proces
 
     def write(rec: dict[str, Any]) -> None:
         # When the record was written: the gaps between records show what each point cost.
-        rec = rec | {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        rec = rec | {"recorded_at": results.timestamp()}
         log.append(rec)
         pending.pop(rec["impl"], None)
         if rec["impl"] in remaining:
