@@ -81,7 +81,9 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
 
 def load(out: Path) -> tuple[pd.DataFrame, dict]:
     """The records and ceilings of a bench directory."""
-    runs = sorted(p for p in out.iterdir() if p.is_dir() and (p / results.RESULTS_FILE).exists())
+    # A run copied without its record log (results.jsonl) still has its parquet table.
+    runs = sorted(p for p in out.iterdir() if p.is_dir() and any(
+        (p / name).exists() for name in (results.RESULTS_FILE, results.PARQUET_FILE)))
     if not runs:
         raise ValueError(f"{out}: no bench runs here (run `layerbench bench --out {out}` first)")
     ceilings = json.loads((out / CEILINGS_FILE).read_text())

@@ -184,9 +184,28 @@ def test_pool2d_alexnet(maps: tuple[int, int], window: tuple[int, int], method: 
     Pool2d(2, 7, 9, 30, 4, 3, padding=2, method="max"),
     Pool2d(4, 24, 13, 13, 3, 1, padding=1, method="max"),
     Pool2d(2, 16, 8, 8, 8, 8, method="avg"),
-], ids=["odd-avg-pad", "odd-max-pad", "s1", "global"])
+    Pool2d(2, 3, 5, 7000, 3, 2, padding=1, method="max"),  # NCHW: one row's windows overflow the band
+], ids=["odd-avg-pad", "odd-max-pad", "s1", "global", "wide-rows"])
 def test_pool2d_awkward_shapes(spec: Pool2d, dtype: str, layout: str) -> None:
     assert_ok("pool2d", spec, dtype, layout)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", Pool2d.dtypes)
+@pytest.mark.parametrize("method", ["max", "avg"])
+def test_pool2d_nchw_off_the_16_byte_grid(method: str, dtype: str) -> None:
+    """x and out one element past a 16-byte boundary: the band's aligned vectors start before x."""
+    spec = Pool2d(3, 5, 27, 27, 3, 2, method=method)
+    dt = get_dtype(dtype)
+    n = math.prod(spec.input_shape)
+    x = torch.randn(n + 1, device=DEVICE).to(dt.torch_dtype)[1:].view(spec.input_shape)
+    out = torch.full((math.prod(spec.output_shape) + 1,), math.nan, device=DEVICE,
+                     dtype=dt.torch_dtype)[1:].view(spec.output_shape)
+    impl("pool2d").build(spec, dt, "NCHW", {"x": x}, out)()
+    torch.cuda.synchronize()
+    want = (F.max_pool2d(x.double(), 3, 2) if method == "max" else F.avg_pool2d(x.double(), 3, 2))
+    result = compare(out, want, spec, dt)
+    assert result.ok, result.message
 
 
 @gpu

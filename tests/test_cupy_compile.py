@@ -29,7 +29,7 @@ from cuda.bindings import nvrtc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from layerbench.specs import Conv2d
+from layerbench.specs import Conv2d, Pool2d
 from layerbench.testing import conv2d_specs, linear_specs, pool2d_specs
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cupy"
@@ -47,6 +47,7 @@ def _load(name: str) -> ModuleType:
 
 build = _load("_build")
 plan_mod = _load("_igemm_plan")
+pool_plan = _load("_pool_plan")
 
 
 # ---------------------------------------------------------------- 1. NVRTC compile check
@@ -149,7 +150,7 @@ def test_every_kernel_is_instantiated() -> None:
         assert kernels == named, (source.file, kernels, named)
 
 
-# ---------------------------------------------------------------- 2a. ReLU and max-pool bit tricks
+# ---------------------------------------------------------------- 2a. ReLU bit tricks
 
 # (sign bit, +inf bit pattern, torch dtype, integer view) per storage type, as in layerbench_common.cuh
 BITS = {
@@ -191,20 +192,6 @@ def test_relu_bits_match_torch(name: str) -> None:
     both_nan = torch.isnan(got) & torch.isnan(want)
     assert bool(((got == want) | both_nan).all())
     assert torch.equal(torch.isnan(got), torch.isnan(want))
-
-
-@pytest.mark.parametrize("name", sorted(BITS))
-def test_order_key_orders_like_values(name: str) -> None:
-    sign, inf, tdt, idt, bits = BITS[name]
-    u, values = _patterns(name)
-    keep = ~_is_nan_bits(u, sign, inf)
-    u, v = u[keep], values.double().numpy()[keep]
-    # layerbench_common.cuh order_key: s = signed(u); s >= 0 ? s : s ^ (~SIGN as unsigned)
-    s = np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
-    key = np.where(s >= 0, s, s ^ (sign - 1))
-    order = np.argsort(key, kind="stable")
-    assert np.all(np.diff(v[order]) >= 0)  # sorting by key sorts the values
-    assert len(np.unique(key)) == len(key)  # distinct patterns, distinct keys
 
 
 # ---------------------------------------------------------------- 2b. ldmatrix / mma.sync fragments
@@ -548,23 +535,19 @@ def test_split_choice() -> None:
 # ---------------------------------------------------------------- 2d. pooling loops, modelled
 
 
-def model_pool(spec: object, x: torch.Tensor, layout: str) -> torch.Tensor:
-    """pool2d.cu's loops (one thread per output, or per channel group in NHWC) on the CPU."""
+def _window_reduce(spec: object, vals: np.ndarray) -> np.ndarray:
+    return vals.max(axis=1) if spec.method == "max" else vals.sum(axis=1) / (spec.kernel * spec.kernel)
+
+
+def model_pool_nhwc(spec: object, x: torch.Tensor) -> torch.Tensor:
+    """pool2d.cu's NHWC loops (one thread per output pixel and channel, VEC = 1) on the CPU."""
     s = spec
     xs = _memory(x)
-    if layout == "NCHW":
-        idx = np.arange(s.batch * s.channels * s.out_height * s.out_width)
-        t, ow = np.divmod(idx, s.out_width)
-        plane, oh = np.divmod(t, s.out_height)
-        base = plane * s.height * s.width
-        c_off = 0
-    else:
-        idx = np.arange(s.batch * s.out_height * s.out_width * s.channels)  # VEC = 1 grouping
-        t, c = np.divmod(idx, s.channels)
-        t, ow = np.divmod(t, s.out_width)
-        n, oh = np.divmod(t, s.out_height)
-        base = n * s.height * s.width * s.channels + c
-        c_off = 1
+    idx = np.arange(s.batch * s.out_height * s.out_width * s.channels)
+    t, c = np.divmod(idx, s.channels)
+    t, ow = np.divmod(t, s.out_width)
+    n, oh = np.divmod(t, s.out_height)
+    base = n * s.height * s.width * s.channels + c
     h0, w0 = oh * s.stride - s.padding, ow * s.stride - s.padding
     fill = -np.inf if s.method == "max" else 0.0  # padding: never the max, zero in the sum
     vals = np.full((len(idx), s.kernel * s.kernel), fill)
@@ -572,25 +555,105 @@ def model_pool(spec: object, x: torch.Tensor, layout: str) -> torch.Tensor:
         for dw in range(s.kernel):
             h, w = h0 + dh, w0 + dw
             ok = (h >= 0) & (h < s.height) & (w >= 0) & (w < s.width)
-            pix = h * s.width + w
-            off = base + (pix * s.channels if c_off else pix)
+            off = base + (h * s.width + w) * s.channels
             vals[:, dh * s.kernel + dw] = np.where(ok, xs[np.where(ok, off, 0)], fill)
-    res = vals.max(axis=1) if s.method == "max" else vals.sum(axis=1) / (s.kernel * s.kernel)
-    out = torch.from_numpy(res)
-    if layout == "NCHW":
-        return out.view(s.output_shape)
+    out = torch.from_numpy(_window_reduce(s, vals))
     return out.view(s.batch, s.out_height, s.out_width, s.channels).permute(0, 3, 1, 2)
 
 
-@given(spec=pool2d_specs(max_channels=6, max_hw=12), layout=st.sampled_from(["NCHW", "NHWC"]),
-       seed=st.integers(0, 2**31 - 1))
-def test_model_pool_matches_torch(spec, layout, seed) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    fmt = torch.channels_last if layout == "NHWC" else torch.contiguous_format
-    x = torch.randn(spec.input_shape, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
-    got = model_pool(spec, x, layout)
+def model_pool_nchw_band(spec: object, x: torch.Tensor, itemsize: int, mis: int, band_rows: int,
+                         threads: int) -> torch.Tensor:
+    """pool2d.cu's NCHW band kernel on the CPU: per block, the aligned copy of its input range
+    into the band (x starting `mis` elements past a 16-byte boundary; elements outside x read as
+    NaN, so a window that touched them would show), then every thread's stepped (row, column)
+    walk over the band's outputs, windows read from the band.  The launcher uses 256 threads;
+    fewer make the small test maps take several steps."""
+    s = spec
+    ve = 16 // itemsize
+    xs = _memory(x)
+    # Memory around x: the vectors may reach ve - 1 elements before and after it.
+    pad = np.full(ve, np.nan)
+    mem, origin = np.concatenate([pad, xs, pad]), ve
+    rows = s.batch * s.channels * s.out_height
+    out = np.full(rows * s.out_width, np.nan)
+    los, his = pool_plan.band_ranges(s, band_rows)
+    tid = np.arange(threads)
+    for blk, (lo, hi) in enumerate(zip(los.tolist(), his.tolist())):
+        r0 = blk * band_rows
+        r1 = min(r0 + band_rows, rows)
+        plane0, oh0 = divmod(r0, s.out_height)
+        base = ((lo + mis) & ~(ve - 1)) - mis
+        vectors = -(-(hi - base) // ve)
+        assert vectors * ve * itemsize <= pool_plan.BAND_BYTES, "the band overflows shared memory"
+        assert -ve < base and base + vectors * ve <= x.numel() + ve, "a vector leaves x's granules"
+        band = mem[origin + base: origin + base + vectors * ve]
+        count = (r1 - r0) * s.out_width
+        step_rows, step_cols = divmod(threads, s.out_width)
+        ow = tid % s.out_width
+        oh, plane = oh0 + tid // s.out_width, np.full(len(tid), plane0)
+        plane, oh = plane + oh // s.out_height, oh % s.out_height
+        for i in range(0, count, threads):
+            live = tid + i < count
+            h0, w0 = oh * s.stride - s.padding, ow * s.stride - s.padding
+            win = (plane * s.height + h0) * s.width + w0 - base
+            fill = -np.inf if s.method == "max" else 0.0
+            vals = np.full((len(tid), s.kernel * s.kernel), fill)
+            for a in range(s.kernel):
+                for b in range(s.kernel):
+                    ok = live & (h0 + a >= 0) & (h0 + a < s.height) & (w0 + b >= 0) & (w0 + b < s.width)
+                    at = np.where(ok, win + a * s.width + b, 0)
+                    assert np.all((at >= 0) & (at < len(band))), "a tap outside the band"
+                    vals[:, a * s.kernel + b] = np.where(ok, band[at], fill)
+            res = _window_reduce(s, vals)
+            out[r0 * s.out_width + (tid + i)[live]] = res[live]
+            ow, oh = ow + step_cols, oh + step_rows
+            oh, ow = oh + (ow >= s.out_width), np.where(ow >= s.out_width, ow - s.out_width, ow)
+            plane, oh = plane + oh // s.out_height, oh % s.out_height
+    return torch.from_numpy(out).view(s.output_shape)
+
+
+def _torch_pool(spec: object, x: torch.Tensor) -> torch.Tensor:
     if spec.method == "max":
-        want = F.max_pool2d(x, spec.kernel, spec.stride, spec.padding)
-    else:
-        want = F.avg_pool2d(x, spec.kernel, spec.stride, spec.padding, count_include_pad=True)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        return F.max_pool2d(x, spec.kernel, spec.stride, spec.padding)
+    return F.avg_pool2d(x, spec.kernel, spec.stride, spec.padding, count_include_pad=True)
+
+
+@given(spec=pool2d_specs(max_channels=6, max_hw=12), seed=st.integers(0, 2**31 - 1))
+def test_model_pool_nhwc_matches_torch(spec, seed) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(spec.input_shape, generator=gen, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model_pool_nhwc(spec, x), _torch_pool(spec, x), rtol=1e-12, atol=1e-12)
+
+
+@given(spec=pool2d_specs(max_channels=6, max_hw=12), itemsize=st.sampled_from([2, 4]), data=st.data(),
+       seed=st.integers(0, 2**31 - 1))
+def test_model_pool_nchw_band_matches_torch(spec, itemsize, data, seed) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(spec.input_shape, generator=gen, dtype=torch.float64)
+    mis = data.draw(st.integers(0, 16 // itemsize - 1), label="mis")
+    rows = spec.batch * spec.channels * spec.out_height
+    band_rows = data.draw(st.integers(1, rows), label="band_rows")
+    threads = data.draw(st.sampled_from([1, 5, 32, pool_plan.THREADS]), label="threads")
+    got = model_pool_nchw_band(spec, x, itemsize, mis, band_rows, threads)
+    torch.testing.assert_close(got, _torch_pool(spec, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("shape", "kernel", "itemsize"), [
+    ((128, 64, 55, 55), 3, 2), ((128, 64, 55, 55), 3, 4), ((128, 256, 13, 13), 2, 2), ((2, 3, 224, 224), 3, 4),
+    ((1, 1, 3, 20000), 3, 4)])
+def test_pool_band_plan(shape: tuple[int, int, int, int], kernel: int, itemsize: int) -> None:
+    """Bands fill the H100 twice over where the map allows, and always fit the shared band."""
+    spec = Pool2d(*shape, kernel, 2)
+    rows = pool_plan.band_rows(spec, itemsize, sm_count=132)
+    if shape[3] * kernel * itemsize > pool_plan.BAND_BYTES:
+        assert rows is None  # one row's windows do not fit: the direct kernel
+        return
+    assert rows is not None and pool_plan.fits(spec, itemsize, rows)
+    total = spec.batch * spec.channels * spec.out_height
+    want = -(-total // (132 * pool_plan.RESIDENT_BLOCKS * pool_plan.WAVES))
+    assert rows == want or (rows < want and not pool_plan.fits(spec, itemsize, rows + 1))
+
+
+def test_band_bytes_match_the_kernel() -> None:
+    text = (build.KERNEL_DIR / "pool2d.cu").read_text()
+    assert f"constexpr int BAND_BYTES = {pool_plan.BAND_BYTES};" in text

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
+from kernels.triton import linear as triton_linear
 from kernels.triton import relu as triton_relu
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
@@ -139,6 +140,14 @@ LINEAR_CASES = {
 @pytest.mark.parametrize("name", LINEAR_CASES)
 def test_linear_case(name: str, dtype: str) -> None:
     check("linear", LINEAR_CASES[name], dtype, "NCHW", seed=zlib.crc32(name.encode()))
+
+
+def test_linear_block_k_divides_the_even_k_quantum() -> None:
+    """Unmasked reduction steps (EVEN_K) and split-K slices assume every BLOCK_K divides the
+    quantum; a longer BLOCK_K would read into the next slice and count it twice."""
+    for configs in triton_linear._CONFIGS.values():
+        for cfg in configs:
+            assert triton_linear.EVEN_K_QUANTUM % cfg.kwargs["BLOCK_K"] == 0, cfg
 
 
 # ------------------------------------------------------------------------- special values

@@ -45,12 +45,23 @@ def relu_name(ctype: str) -> str:
     return f"relu<{ctype}>"
 
 
-def pool_nchw_name(ctype: str, method: str) -> str:
-    return f"pool2d_nchw<{ctype}, {POOL_METHODS[method]}>"
+POOL_UNROLLED = (2, 3)  # window sizes the pooling kernels unroll (the thesis's); others run k
 
 
-def pool_nhwc_name(ctype: str, method: str, vec: int) -> str:
-    return f"pool2d_nhwc<{ctype}, {POOL_METHODS[method]}, {vec}>"
+def _pool_k(kernel: int) -> int:
+    return kernel if kernel in POOL_UNROLLED else 0
+
+
+def pool_nchw_name(ctype: str, method: str, kernel: int) -> str:
+    return f"pool2d_nchw<{ctype}, {POOL_METHODS[method]}, {_pool_k(kernel)}>"
+
+
+def pool_nchw_direct_name(ctype: str, method: str) -> str:
+    return f"pool2d_nchw_direct<{ctype}, {POOL_METHODS[method]}>"
+
+
+def pool_nhwc_name(ctype: str, method: str, vec: int, kernel: int) -> str:
+    return f"pool2d_nhwc<{ctype}, {POOL_METHODS[method]}, {vec}, {_pool_k(kernel)}>"
 
 
 def igemm_name(ctype: str, tensor_cores: bool, a_vec: bool) -> str:
@@ -79,9 +90,10 @@ class Source:
 SOURCES: dict[str, Source] = {
     "relu": Source("relu.cu", tuple(relu_name(t) for t in STORAGE_TYPES)),
     "pool2d": Source("pool2d.cu", tuple(
-        [pool_nchw_name(t, m) for t in STORAGE_TYPES for m in POOL_METHODS]
-        + [pool_nhwc_name(t, m, v) for t in STORAGE_TYPES for m in POOL_METHODS
-           for v in (1, vector_width(t))])),
+        [pool_nchw_name(t, m, k) for t in STORAGE_TYPES for m in POOL_METHODS for k in (0, *POOL_UNROLLED)]
+        + [pool_nchw_direct_name(t, m) for t in STORAGE_TYPES for m in POOL_METHODS]
+        + [pool_nhwc_name(t, m, v, k) for t in STORAGE_TYPES for m in POOL_METHODS
+           for v in (1, vector_width(t)) for k in (0, *POOL_UNROLLED)])),
     "igemm": Source("igemm.cu", tuple(
         [igemm_name("float", False, a) for a in (True, False)]
         + [igemm_name(t, True, a) for t in STORAGE_TYPES for a in (True, False)]

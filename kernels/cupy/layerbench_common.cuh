@@ -21,24 +21,22 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
     return __float2bfloat16_rn(v);
 }
 
-// Bit patterns of the storage types.  ReLU and max pooling work on these integers, which makes
-// them exact whatever the compiler's flush-to-zero setting (CuPy always adds -ftz=true).
+// Bit patterns of the storage types.  ReLU and max pooling work on these integers (and on
+// instructions without .ftz), which makes them exact whatever the compiler's flush-to-zero
+// setting (CuPy always adds -ftz=true).
 template <typename T> struct Bits;
 template <> struct Bits<float> {
     typedef unsigned int U;
-    typedef int S;
     static constexpr U SIGN = 0x80000000u;
     static constexpr U INF = 0x7f800000u;  // exponent all ones, mantissa zero
 };
 template <> struct Bits<__half> {
     typedef unsigned short U;
-    typedef short S;
     static constexpr U SIGN = 0x8000u;
     static constexpr U INF = 0x7c00u;
 };
 template <> struct Bits<__nv_bfloat16> {
     typedef unsigned short U;
-    typedef short S;
     static constexpr U SIGN = 0x8000u;
     static constexpr U INF = 0x7f80u;
 };
@@ -48,13 +46,25 @@ __device__ __forceinline__ bool is_nan_bits(typename Bits<T>::U u) {
     return (u & static_cast<typename Bits<T>::U>(~Bits<T>::SIGN)) > Bits<T>::INF;
 }
 
-// An integer that orders like the (non-NaN) float value: negative values flip their magnitude
-// bits so that larger magnitudes compare smaller.
-template <typename T>
-__device__ __forceinline__ int order_key(typename Bits<T>::U u) {
-    const int s = static_cast<int>(static_cast<typename Bits<T>::S>(u));
-    const int mag = static_cast<int>(static_cast<typename Bits<T>::U>(~Bits<T>::SIGN));
-    return s >= 0 ? s : (s ^ mag);
+// Larger of a and b (bit patterns of T) as the hardware's max.NaN computes it (sm_80+): NaN if
+// either is NaN, otherwise the larger value, bit for bit (no flush of subnormals: no .ftz).
+template <typename T> __device__ __forceinline__ typename Bits<T>::U max_nan(typename Bits<T>::U a,
+                                                                           typename Bits<T>::U b);
+template <> __device__ __forceinline__ unsigned int max_nan<float>(unsigned int a, unsigned int b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;\n" : "=f"(r) : "f"(__uint_as_float(a)), "f"(__uint_as_float(b)));
+    return __float_as_uint(r);
+}
+template <> __device__ __forceinline__ unsigned short max_nan<__half>(unsigned short a, unsigned short b) {
+    unsigned short r;
+    asm("max.NaN.f16 %0, %1, %2;\n" : "=h"(r) : "h"(a), "h"(b));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned short max_nan<__nv_bfloat16>(unsigned short a,
+                                                                            unsigned short b) {
+    unsigned short r;
+    asm("max.NaN.bf16 %0, %1, %2;\n" : "=h"(r) : "h"(a), "h"(b));
+    return r;
 }
 
 // ---------------------------------------------------------------- sm_80+ data movement

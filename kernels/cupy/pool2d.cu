@@ -1,9 +1,9 @@
 // 2-D max and average pooling, square window, NCHW and NHWC.
 //
-// Max compares order keys of the bit patterns and stores the winning input unchanged, so it is
-// exact; NaN propagates as in torch.  Average sums in fp32 and divides by kernel * kernel
-// (padding counts as zeros: count_include_pad=True).  Each window holds at least one real
-// element (padding <= kernel / 2, checked by the spec).
+// Max takes the hardware's max.NaN of the bit patterns and stores the winner unchanged, so it is
+// exact; NaN propagates as in torch (as the canonical NaN).  Average sums in fp32 and divides by
+// kernel * kernel (padding counts as zeros: count_include_pad=True).  Each window holds at least
+// one real element (padding <= kernel / 2, checked by the spec).
 #include "layerbench_common.cuh"
 
 namespace {
@@ -11,29 +11,19 @@ namespace {
 constexpr int MAX = 0;
 constexpr int AVG = 1;
 
+// Shared memory of one NCHW band (_pool_plan.py sizes bands to fit it; keep the two equal).
+constexpr int BAND_BYTES = 24576;
+
 // One output channel's running state.
 template <typename T, int METHOD> struct Acc;
 
 template <typename T> struct Acc<T, MAX> {
     typedef typename lb::Bits<T>::U U;
-    int key;
     U best;
-    bool nan;
-    __device__ __forceinline__ void init() {
-        key = -2147483647 - 1;
-        best = 0;
-        nan = false;
-    }
-    // Branch-free (selects, no divergence): with 8 channels per thread in 16-bit NHWC, the
-    // branching version ran max pooling at half the speed of average pooling on an H100.
-    __device__ __forceinline__ void add(U u) {
-        const bool is_nan = lb::is_nan_bits<T>(u);
-        const int k = lb::order_key<T>(u);
-        const bool take = !nan && (is_nan || k > key);  // the first NaN wins and stays
-        key = take ? k : key;
-        best = take ? u : best;
-        nan = nan || is_nan;
-    }
+    // -inf loses to every number and to NaN.  (With a branching order-key compare instead, 16-bit
+    // NHWC max pooling ran at half the speed of average pooling on an H100.)
+    __device__ __forceinline__ void init() { best = static_cast<U>(lb::Bits<T>::SIGN | lb::Bits<T>::INF); }
+    __device__ __forceinline__ void add(U u) { best = lb::max_nan<T>(best, u); }
     __device__ __forceinline__ U result(float) const { return best; }
 };
 
@@ -56,13 +46,89 @@ template <typename T> struct Acc<T, AVG> {
 
 }  // namespace
 
-// NCHW: one thread per output element; consecutive threads take consecutive output columns.
-// Indices fit in int32 (the spec caps tensors at 2^31 - 1 elements); the loop counter is
-// int64 so that the grid stride cannot overflow it.
-template <typename T, int METHOD>
-__global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int planes, int H, int W,
+// NCHW, windows served from shared memory.  A block pools `band_rows` consecutive rows of the
+// flattened (plane, output row) space.  The input rows they read form one contiguous range of x
+// (planes are dense and follow each other), which the block first copies into shared memory in
+// aligned 16-byte pieces: NCHW rows of odd width (AlexNet's 55, 27, 13) are never aligned, and
+// reading the windows straight from global memory moved 2 bytes per load instruction and left
+// the kernel waiting on L1.  The 16-byte vectors may reach up to 15 bytes before or after the
+// range, never outside the 16-byte granules that hold x's own elements (x is element-aligned).
+// K > 0 fixes the window size at compile time (the taps unroll); K == 0 reads it from k.
+// Indices fit in int32 (the spec caps tensors at 2^31 - 1 elements).
+template <typename T, int METHOD, int K>
+__global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int rows, int H, int W,
                                                    int OH, int OW, int k, int s, int p,
-                                                   float inv_area) {
+                                                   float inv_area, int band_rows) {
+    typedef typename lb::Bits<T>::U U;
+    constexpr int VE = 16 / sizeof(T);  // elements per 16-byte vector
+    __shared__ uint4 band[BAND_BYTES / 16];
+    const U* sb = reinterpret_cast<const U*>(band);
+    const int kk = K > 0 ? K : k;
+
+    const int r0 = blockIdx.x * band_rows;
+    const int r1 = min(r0 + band_rows, rows);
+    const int plane0 = r0 / OH, oh0 = r0 - plane0 * OH;
+    const int plane1 = (r1 - 1) / OH, oh1 = r1 - 1 - plane1 * OH;
+    const int lo = (plane0 * H + max(oh0 * s - p, 0)) * W;      // first element read
+    const int hi = (plane1 * H + min(oh1 * s - p + kk, H)) * W;  // one past the last
+    // x + base is 16-byte aligned: x itself starts `mis` elements past a 16-byte boundary.
+    const int mis = static_cast<int>((reinterpret_cast<size_t>(x) % 16) / sizeof(T));
+    const int base = ((lo + mis) & ~(VE - 1)) - mis;
+    const uint4* src = reinterpret_cast<const uint4*>(x + base);
+    const int vectors = (hi - base + VE - 1) / VE;
+    // Asynchronous copies: every vector of the band in flight at once, none through registers
+    // (a plain load-then-store loop waits out one memory latency per iteration).
+    for (int i = threadIdx.x; i < vectors; i += blockDim.x)
+        lb::cp_async16(lb::smem_addr(band + i), src + i, true);
+    lb::cp_async_commit();
+    lb::cp_async_wait_all();
+    __syncthreads();
+
+    // Thread t pools outputs t, t + blockDim.x, ... of the band; (row, column) advance by a fixed
+    // step rather than being divided out of the index each time.
+    const int count = (r1 - r0) * OW;
+    const int step_rows = blockDim.x / OW, step_cols = blockDim.x - step_rows * OW;
+    int ow = threadIdx.x % OW;
+    int oh = oh0 + threadIdx.x / OW, plane = plane0;
+    while (oh >= OH) {
+        oh -= OH;
+        ++plane;
+    }
+    U* out = reinterpret_cast<U*>(y) + static_cast<long long>(r0) * OW;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const int h0 = oh * s - p, w0 = ow * s - p;
+        const U* win = sb + ((plane * H + h0) * W + w0 - base);  // may point at padding
+        Acc<T, METHOD> acc;
+        acc.init();
+        if (h0 >= 0 && w0 >= 0 && h0 + kk <= H && w0 + kk <= W) {
+#pragma unroll
+            for (int a = 0; a < kk; ++a)
+#pragma unroll
+                for (int b = 0; b < kk; ++b) acc.add(win[a * W + b]);
+        } else {  // a window on the padding: its real taps only
+            for (int a = max(-h0, 0); a < min(kk, H - h0); ++a)
+                for (int b = max(-w0, 0); b < min(kk, W - w0); ++b) acc.add(win[a * W + b]);
+        }
+        out[i] = acc.result(inv_area);
+        ow += step_cols;
+        oh += step_rows;
+        if (ow >= OW) {
+            ow -= OW;
+            ++oh;
+        }
+        while (oh >= OH) {
+            oh -= OH;
+            ++plane;
+        }
+    }
+}
+
+// NCHW where even one window's rows do not fit in shared memory (very wide maps): one thread per
+// output element, windows read from global memory; consecutive threads take consecutive columns.
+template <typename T, int METHOD>
+__global__ void __launch_bounds__(256) pool2d_nchw_direct(const T* x, T* y, int planes, int H,
+                                                          int W, int OH, int OW, int k, int s,
+                                                          int p, float inv_area) {
     typedef typename lb::Bits<T>::U U;
     const U* xs = reinterpret_cast<const U*>(x);
     U* ys = reinterpret_cast<U*>(y);
@@ -88,8 +154,9 @@ __global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int planes,
 
 // NHWC: one thread per (output pixel, group of VEC channels); VEC = 16 / sizeof(T) moves the
 // group with one 16-byte load (needs C % VEC == 0 and 16-byte aligned tensors), VEC = 1 is the
-// scalar path for any C.
-template <typename T, int METHOD, int VEC>
+// scalar path for any C.  K as in pool2d_nchw: a fixed K unrolls the taps, so a thread has all
+// of a window's loads in flight at once (a run-time loop waited for each in turn).
+template <typename T, int METHOD, int VEC, int K>
 __global__ void __launch_bounds__(256) pool2d_nhwc(const T* x, T* y, int batch, int C, int H,
                                                    int W, int OH, int OW, int k, int s, int p,
                                                    float inv_area) {
@@ -99,6 +166,7 @@ __global__ void __launch_bounds__(256) pool2d_nhwc(const T* x, T* y, int batch, 
         uint4 v;
         U u[VEC > 1 ? VEC : 2];
     };
+    const int kk = K > 0 ? K : k;
     const int groups = C / VEC;
     const long long total = static_cast<long long>(batch) * OH * OW * groups;
     for (long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -111,24 +179,31 @@ __global__ void __launch_bounds__(256) pool2d_nhwc(const T* x, T* y, int batch, 
         const int oh = t % OH;
         const int n = t / OH;
         const int h0 = oh * s - p, w0 = ow * s - p;
-        const int hb = max(h0, 0), he = min(h0 + k, H);
-        const int wb = max(w0, 0), we = min(w0 + k, W);
-        const long long img = static_cast<long long>(n) * H * W * C + g * VEC;
+        // The window's top-left group (it may lie on the padding; only real taps are read).
+        const T* win = x + static_cast<long long>(n) * H * W * C + g * VEC +
+                       (static_cast<long long>(h0) * W + w0) * C;
         Acc<T, METHOD> acc[VEC];
 #pragma unroll
         for (int v = 0; v < VEC; ++v) acc[v].init();
-        for (int h = hb; h < he; ++h) {
-            for (int w = wb; w < we; ++w) {
-                const long long off = img + static_cast<long long>(h * W + w) * C;
-                if constexpr (VEC == 1) {
-                    acc[0].add(reinterpret_cast<const U*>(x)[off]);
-                } else {
-                    Pack pk;
-                    pk.v = *reinterpret_cast<const uint4*>(x + off);
+        auto add = [&](int a, int b) {
+            const T* at = win + static_cast<long long>(a * W + b) * C;
+            if constexpr (VEC == 1) {
+                acc[0].add(*reinterpret_cast<const U*>(at));
+            } else {
+                Pack pk;
+                pk.v = *reinterpret_cast<const uint4*>(at);
 #pragma unroll
-                    for (int v = 0; v < VEC; ++v) acc[v].add(pk.u[v]);
-                }
+                for (int v = 0; v < VEC; ++v) acc[v].add(pk.u[v]);
             }
+        };
+        if (h0 >= 0 && w0 >= 0 && h0 + kk <= H && w0 + kk <= W) {
+#pragma unroll
+            for (int a = 0; a < kk; ++a)
+#pragma unroll
+                for (int b = 0; b < kk; ++b) add(a, b);
+        } else {
+            for (int a = max(-h0, 0); a < min(kk, H - h0); ++a)
+                for (int b = max(-w0, 0); b < min(kk, W - w0); ++b) add(a, b);
         }
         const long long out = static_cast<long long>(i) * VEC;
         if constexpr (VEC == 1) {

@@ -1,16 +1,20 @@
-"""Pooling launcher: pool2d.cu, a kernel per layout (NCHW, NHWC), max and average."""
+"""Pooling launcher: pool2d.cu, a kernel per layout (NCHW, NHWC), max and average.
+
+NCHW runs the band kernel (windows from shared memory, see _pool_plan) unless a single output
+row's windows overflow its shared band; then the direct kernel, which reads global memory.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from kernels.cupy import _build, _launch
+from kernels.cupy import _build, _launch, _pool_plan
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import Kernel, Tensors, register
 from layerbench.specs import Pool2d
 
-THREADS = 256
+THREADS = _pool_plan.THREADS
 BLOCKS_PER_SM = 32  # grid-stride beyond this; enough blocks to fill every SM several times
 
 
@@ -21,8 +25,8 @@ def _in_layout(t: torch.Tensor, layout: str) -> bool:
 
 
 @register("pool2d", "cupy", backend="cupy",
-          description="CUDA C (CuPy): one thread per output (NCHW) or per 16-byte channel group (NHWC); "
-                      "exact max, fp32-accumulated average")
+          description="CUDA C (CuPy): NCHW row bands staged in shared memory, NHWC one thread per 16-byte "
+                      "channel group; exact max (max.NaN), fp32-accumulated average")
 def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     _launch.check_dtype("pool2d", dtype, spec.dtypes)
     _launch.check_layout("pool2d", layout, spec.layouts)
@@ -36,7 +40,14 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
               _launch.i32(s.out_width), _launch.i32(s.kernel), _launch.i32(s.stride),
               _launch.i32(s.padding), _launch.f32(1.0 / (s.kernel * s.kernel))]
     if layout == "NCHW":
-        name = _build.pool_nchw_name(ctype, s.method)
+        rows = _pool_plan.band_rows(s, _build.ITEMSIZE[ctype], _launch.sm_count(index))
+        if rows is not None:
+            fn = _launch.function("pool2d", _build.pool_nchw_name(ctype, s.method, s.kernel), index)
+            args = [_launch.ptr(x), _launch.ptr(out), _launch.i32(s.batch * s.channels * s.out_height)]
+            args += common + [_launch.i32(rows)]
+            blocks = -(-(s.batch * s.channels * s.out_height) // rows)
+            return _launch.Launch(fn, (blocks, 1, 1), (THREADS, 1, 1), args, index, keep=(x, out))
+        name = _build.pool_nchw_direct_name(ctype, s.method)
         work = s.batch * s.channels * s.out_height * s.out_width
         args = [_launch.ptr(x), _launch.ptr(out), _launch.i32(s.batch * s.channels)] + common
     else:
@@ -44,7 +55,7 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         aligned = x.data_ptr() % 16 == 0 and out.data_ptr() % 16 == 0
         if s.channels % vec or not aligned:
             vec = 1
-        name = _build.pool_nhwc_name(ctype, s.method, vec)
+        name = _build.pool_nhwc_name(ctype, s.method, vec, s.kernel)
         work = s.batch * s.out_height * s.out_width * (s.channels // vec)
         args = [_launch.ptr(x), _launch.ptr(out), _launch.i32(s.batch), _launch.i32(s.channels)] + common
     grid = max(1, min(-(-work // THREADS), _launch.sm_count(index) * BLOCKS_PER_SM))

@@ -54,9 +54,11 @@ _KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "stride", "pad", "X_NHWC", 
 # the channel-blocked walk may lower to fit C.
 _CONFIGS = {
     "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
-              tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4)],
+              tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4),
+              tile_config(256, 128, 64, 8, 3), tile_config(128, 256, 64, 8, 3)],
     "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
-             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4)],
+             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4),
+             tile_config(256, 128, 32, 8, 3), tile_config(128, 128, 64, 8, 3)],
     "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
               tile_config(64, 128, 32, 8, 2), tile_config(128, 128, 32, 8, 2)],
 }

@@ -3,15 +3,17 @@
 x is (B, in) and W (out, in), both row-major, so A and B tiles are contiguous along the
 reduction.  Tiles are autotuned on the GPU (fixed under the interpreter); rows and columns past
 the edge (out = 1000, odd batch) read row/column 0 and are masked on store; the reduction is
-masked unless K is a multiple of 64 (every BLOCK_K divides 64).
+masked unless K is a multiple of 128 (every BLOCK_K divides 128).
 
 Split-K: at batch 128 an FC layer has only M*N/(BLOCK_M*BLOCK_N) ~ 8..64 output tiles, far
 fewer than the H100's 132 SMs, and streaming W is the cost.  The reduction can therefore be cut
-into SPLITS slices whose fp32 partial tiles go to a workspace, summed (plus bias, cast to the
-output dtype) by a second small kernel; deterministic, no atomics.  On the GPU, build times the
-whole launch (both kernels) for 1, 2, 4 and 8 slices, each autotuned, and keeps the fastest.
-Under the interpreter (correctness only) K is split in two whenever it spans more than two
-BLOCK_Ks, so both paths get checked.
+into SPLITS slices whose fp32 partial tiles go to a workspace.  Each program then counts itself
+in on its tile's semaphore; the last of a tile's SPLITS programs sums the partials in slice order
+(deterministic, whichever program comes last), adds the bias, writes the output tile and resets
+the semaphore for the next launch.  One launch: a separate summing kernel cost a launch and a
+tail, 2-3 us of a 13 us layer.  On the GPU, build times 1, 2, 4 and 8 slices, each autotuned, and
+keeps the fastest.  Under the interpreter (correctness only) K is split in two whenever it spans
+more than two BLOCK_Ks, so both paths get checked.
 """
 
 from __future__ import annotations
@@ -31,29 +33,34 @@ from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, ch
 _KEY = ["M", "N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K", "PRECISION"]
 
 
-# Small-BLOCK_M shapes are for small batches.  Every BLOCK_K divides EVEN_K_QUANTUM.
+# Small-BLOCK_M shapes are for small batches.  Every BLOCK_K divides EVEN_K_QUANTUM.  At batch
+# 128 the layer streams W (75 MB for FC6 in bf16) once per row tile: BLOCK_M = 128 reads it once,
+# and long BLOCK_K steps with deep pipelines keep more of it in flight per SM.
 _CONFIGS = {
     "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
-              tile_config(64, 64, 64, 4, 4), tile_config(32, 128, 64, 4, 4)],
+              tile_config(64, 64, 64, 4, 4), tile_config(32, 128, 64, 4, 4),
+              tile_config(128, 64, 128, 4, 4), tile_config(128, 128, 128, 8, 3),
+              tile_config(128, 32, 128, 4, 5), tile_config(128, 32, 64, 4, 8),
+              tile_config(64, 32, 128, 4, 6)],
     "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
-             tile_config(64, 64, 32, 4, 4), tile_config(32, 128, 32, 4, 4)],
+             tile_config(64, 64, 32, 4, 4), tile_config(32, 128, 32, 4, 4),
+             tile_config(128, 64, 64, 4, 4), tile_config(128, 32, 64, 4, 5)],
     "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
               tile_config(64, 128, 32, 8, 2), tile_config(32, 64, 32, 4, 2)],
 }
 _INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
-EVEN_K_QUANTUM = 64
+EVEN_K_QUANTUM = 128
 # Split-K on the GPU: slices of at least this many reduction steps, workspace at most this big.
 MIN_SLICE = 512
 MAX_WORKSPACE_BYTES = 64 * 2**20
 SPLIT_CANDIDATES = (1, 2, 4, 8)
-REDUCE_BLOCK = 1024
 
 
 # x, W and y are dense row-major: K is the row stride of x and W, N that of y.  Their divisibility
 # by 16 lets rows load and store as vectors, so they are specialised on; M is not (it would only
 # multiply the compiles).
 @triton.jit(do_not_specialize=["M"])
-def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_per_split,
+def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sem_ptr, M, N, K, k_per_split,
                    HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, EVEN_K: tl.constexpr,
                    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -93,28 +100,27 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_per_split,
         b_ptrs += BLOCK_K
 
     mask = m_ok[:, None] & n_ok[None, :]
+    tile = offs_m[:, None] * N + offs_n[None, :]
     if PARTIAL:
-        # y_ptr is the fp32 workspace (SPLITS, M, N); the reduce kernel adds bias and casts.
-        slab = y_ptr + split.to(tl.int64) * M * N
-        tl.store(slab + offs_m[:, None] * N + offs_n[None, :], acc, mask=mask)
+        # ws_ptr is the fp32 workspace (SPLITS, M, N).  The barrier orders every warp's stores
+        # before the semaphore's acq_rel add, which publishes this program's partial tile and,
+        # in the last one, makes every other partial visible (.cg: read from L2, not L1).
+        splits = tl.num_programs(1)
+        tl.store(ws_ptr + split.to(tl.int64) * M * N + tile, acc, mask=mask)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(sem_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if arrived == splits - 1:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for s in range(splits):
+                acc += tl.load(ws_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(sem_ptr + pid, 0)
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + cols).to(tl.float32)[None, :]
+            tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         if HAS_BIAS:
             acc += tl.load(b_ptr + cols).to(tl.float32)[None, :]
-        y_ptrs = y_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit(do_not_specialize=["M", "N"])
-def _split_sum_kernel(ws_ptr, b_ptr, y_ptr, M, N, SPLITS,
-                      HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < M * N
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(SPLITS):
-        acc += tl.load(ws_ptr + s * M * N + offs, mask=ok, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=ok, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offs, acc.to(y_ptr.dtype.element_ty), mask=ok)
+        tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 _TUNED = {mode: autotuned(_linear_kernel, configs, _KEY) for mode, configs in _CONFIGS.items()}
@@ -128,27 +134,20 @@ def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: to
     k_per_split = triton.cdiv(triton.cdiv(k, splits), quantum) * quantum
     splits = triton.cdiv(k, k_per_split)
     partial = splits > 1
-    workspace = torch.empty((splits, m, n), dtype=torch.float32, device=x.device) if partial else out
+    # fp32 partial tiles and one semaphore per output tile (every config's tiling fits: BLOCK_M,
+    # BLOCK_N >= 16); the last program of each tile resets its semaphore to zero.
+    workspace = torch.empty((splits, m, n) if partial else (1,), dtype=torch.float32, device=x.device)
+    semaphores = torch.zeros(triton.cdiv(m, 16) * triton.cdiv(n, 16) if partial else 1,
+                             dtype=torch.int32, device=x.device)
     b_arg = bias if bias is not None else out
-    args = (x, w, b_arg, workspace, m, n, k, k_per_split)
+    args = (x, w, b_arg, out, workspace, semaphores, m, n, k, k_per_split)
     meta = {"HAS_BIAS": bias is not None, "PARTIAL": partial, "EVEN_K": k % EVEN_K_QUANTUM == 0,
             "PRECISION": DOT_PRECISION[dtype.name]}
 
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
 
-    gemm = bind(_linear_kernel, _TUNED[DOT_MODE[dtype.name]], grid, args, meta, _INTERPRETER_CONFIG)
-    if not partial:
-        return gemm
-    reduce = _split_sum_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)]
-    has_bias = bias is not None
-
-    def kernel() -> None:
-        gemm()
-        reduce(workspace, b_arg, out, m, n, splits, HAS_BIAS=has_bias,
-               BLOCK=REDUCE_BLOCK)
-
-    return kernel
+    return bind(_linear_kernel, _TUNED[DOT_MODE[dtype.name]], grid, args, meta, _INTERPRETER_CONFIG)
 
 
 @register("linear", "triton", backend="triton", devices=("cuda", "cpu"),

@@ -29,7 +29,14 @@ from layerbench.specs import Pool2d
 from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2
 
 # TILE output elements per program; the tile's contiguous side is fixed per problem (below).
-_CONFIGS = [triton.Config({"TILE": 1024}, num_warps=4),
+# Small tiles over many warps: NCHW windows are gathered with narrow loads that wait on L1, and
+# 1024 outputs over 4 warps took 92 registers a thread, leaving 31 % occupancy to hide that wait
+# (ncu, H100, 55x55 bf16 max 3x3).
+_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
+            triton.Config({"TILE": 512}, num_warps=4),
+            triton.Config({"TILE": 512}, num_warps=8),
+            triton.Config({"TILE": 1024}, num_warps=4),
+            triton.Config({"TILE": 1024}, num_warps=8),
             triton.Config({"TILE": 2048}, num_warps=8),
             triton.Config({"TILE": 4096}, num_warps=8)]
 _INTERPRETER_CONFIG = {"TILE": 256}
