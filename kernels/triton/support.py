@@ -71,9 +71,9 @@ def check_inputs(fn: object, dtype: DType, allowed: Iterable[str], tensors: Tens
 def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = None) -> Any:
     """GPU time of ``fn`` in ms: a short version of triton.testing.do_bench for tuning decisions.
 
-    The 25 ms warm-up brings an idle GPU to its clocks first: with 5 ms, the first config timed
-    after idle was measured at ramping clocks and lost (H100, conv L5 fp16: autotuned 170 us
-    while that first config alone ran in 112 us).
+    The 25 ms warm-up brings an idle GPU to its clocks first: with 5 ms, the autotuner on a GPU
+    fresh from idle passed over the first config (H100, conv L5 fp16: autotuned 170 us while that
+    first config alone ran in 112 us), likely timed at ramping clocks.
     """
     return triton.testing.do_bench(fn, warmup=25, rep=20, quantiles=quantiles)
 
