@@ -23,6 +23,7 @@ from layerbench.runner import RunOptions, run_sweep
 BENCH_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "bench"
 LAYERS = ("relu", "pool", "conv", "linear")
 CUSTOM = ("triton", "cupy")
+MEMORY_BOUND = ("relu", "pool2d")  # judged in GB/s against the copy; the others in TFLOP/s
 CEILINGS_FILE = "ceilings.json"
 
 
@@ -91,14 +92,14 @@ def load(out: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def _fraction_of_ceiling(row: pd.Series, ceilings: dict) -> float:
-    if row["layer"] in ("relu", "pool2d"):
+    if row["layer"] in MEMORY_BOUND:
         return row["gbps"] / ceilings["copy_gbps"]
     return row["tflops"] / ceilings["matmul_tflops"][row["dtype"]]
 
 
 def _fraction_of_sized_copy(row: pd.Series, ceilings: dict) -> float:
     """Memory-bound layers: rate / the copy curve at the same bytes moved (NaN for the others)."""
-    if row["layer"] not in ("relu", "pool2d"):
+    if row["layer"] not in MEMORY_BOUND:
         return math.nan
     return row["gbps"] / ceil.copy_gbps_at(ceilings.get("copy_curve") or {}, row["min_bytes"])
 
@@ -150,8 +151,8 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
     methods = ceilings.get("copy_methods") or {}
     copies = "".join(f"; {m} {v:.0f}" for m, v in methods.items())
     lines = [f"## layerbench bench on {ceilings['device_name']}", "",
-             f"Ceilings measured {ceilings.get('measured_at', 'in this run')}: copy {ceilings['copy_gbps']:.0f} GB/s (read + write{copies}); "
-             f"matrix product TFLOP/s: {rates}.", "",
+             f"Ceilings measured {ceilings.get('measured_at', 'in this run')}: "
+             f"copy {ceilings['copy_gbps']:.0f} GB/s (read + write{copies}); matrix product TFLOP/s: {rates}.", "",
              "% copy@size (ReLU, pooling): the rate against a copy of the same bytes, timed alike (cold), "
              "from the copy curve: what is reachable at that size.",
              "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy).", ""]
@@ -161,7 +162,7 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
     rows = []
     for _, r in tab.sort_values(["layer", "point_index", "dtype", "layout", "impl"]).iterrows():
         point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
-        rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in ("relu", "pool2d") else f"{r['tflops']:.1f} TFLOP/s"
+        rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in MEMORY_BOUND else f"{r['tflops']:.1f} TFLOP/s"
         rows.append([r["layer"], point, r["dtype"], r["layout"], r["impl"], _f(r["time_median_s"] * 1e6, ".1f"),
                      rate, _f(100 * r["ceiling"], ".0f"), _f(100 * r["sized_copy"], ".0f"),
                      *[_f(r.get(f"x_{b}"), ".2f") for b in refs],
@@ -171,7 +172,7 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
     lines.append(markdown_table(["target", "points", "geomean", "worst", "verdict"],
                                 [[r["target"], r["points"], _f(r["geomean"], ".3f"), _f(r["worst"], ".3f"),
                                   r["verdict"]] for _, r in tg.iterrows()]))
-    sized = [f"{layer} {impl} {100 * g:.0f} %" for layer in ("relu", "pool2d") for impl in CUSTOM
+    sized = [f"{layer} {impl} {100 * g:.0f} %" for layer in MEMORY_BOUND for impl in CUSTOM
              if not math.isnan(g := compare.geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl),
                                                             "sized_copy"]))]
     if sized:

@@ -33,6 +33,7 @@ from layerbench.dtypes import DType
 from layerbench.specs import LAYERS, LayerSpec
 
 Kernel = Callable[[], object]
+Tensors = dict[str, torch.Tensor]
 
 
 def in_order(*kernels: Kernel) -> Kernel:
@@ -45,7 +46,7 @@ def in_order(*kernels: Kernel) -> Kernel:
             launch()
 
     return kernel
-Tensors = dict[str, torch.Tensor]
+
 
 ENTRY_POINT_GROUP = "layerbench.implementations"
 

@@ -578,6 +578,8 @@ def model_pool_nchw_band(spec: object, x: torch.Tensor, itemsize: int, mis: int,
     out = np.full(rows * s.out_width, np.nan)
     los, his = pool_plan.band_ranges(s, band_rows)
     tid = np.arange(threads)
+    step_rows, step_cols = divmod(threads, s.out_width)
+    fill = -np.inf if s.method == "max" else 0.0
     for blk, (lo, hi) in enumerate(zip(los.tolist(), his.tolist())):
         r0 = blk * band_rows
         r1 = min(r0 + band_rows, rows)
@@ -588,7 +590,6 @@ def model_pool_nchw_band(spec: object, x: torch.Tensor, itemsize: int, mis: int,
         assert -ve < base and base + vectors * ve <= x.numel() + ve, "a vector leaves x's granules"
         band = mem[origin + base: origin + base + vectors * ve]
         count = (r1 - r0) * s.out_width
-        step_rows, step_cols = divmod(threads, s.out_width)
         ow = tid % s.out_width
         oh, plane = oh0 + tid // s.out_width, np.full(len(tid), plane0)
         plane, oh = plane + oh // s.out_height, oh % s.out_height
@@ -596,7 +597,6 @@ def model_pool_nchw_band(spec: object, x: torch.Tensor, itemsize: int, mis: int,
             live = tid + i < count
             h0, w0 = oh * s.stride - s.padding, ow * s.stride - s.padding
             win = (plane * s.height + h0) * s.width + w0 - base
-            fill = -np.inf if s.method == "max" else 0.0
             vals = np.full((len(tid), s.kernel * s.kernel), fill)
             for a in range(s.kernel):
                 for b in range(s.kernel):

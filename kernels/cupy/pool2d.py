@@ -42,10 +42,10 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     if layout == "NCHW":
         rows = _pool_plan.band_rows(s, _build.ITEMSIZE[ctype], _launch.sm_count(index))
         if rows is not None:
+            out_rows = s.batch * s.channels * s.out_height  # (plane, output row) pairs
             fn = _launch.function("pool2d", _build.pool_nchw_name(ctype, s.method, s.kernel), index)
-            args = [_launch.ptr(x), _launch.ptr(out), _launch.i32(s.batch * s.channels * s.out_height)]
-            args += common + [_launch.i32(rows)]
-            blocks = -(-(s.batch * s.channels * s.out_height) // rows)
+            args = [_launch.ptr(x), _launch.ptr(out), _launch.i32(out_rows)] + common + [_launch.i32(rows)]
+            blocks = -(-out_rows // rows)
             return _launch.Launch(fn, (blocks, 1, 1), (THREADS, 1, 1), args, index, keep=(x, out))
         name = _build.pool_nchw_direct_name(ctype, s.method)
         work = s.batch * s.channels * s.out_height * s.out_width
