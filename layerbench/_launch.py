@@ -113,7 +113,15 @@ def make_batch(kernel: Callable[[], object], n: int, device: torch.device,
         _end_generator_capture(device)
         first_line = (str(exc).splitlines() or [""])[0]
         return loop, "stream", f"graph capture failed: {type(exc).__name__}: {first_line}"
-    return graph.replay, "cuda-graph", None
+
+    def replay() -> None:
+        # The graph holds raw device pointers: referencing ``loop`` (and so the kernel) keeps what
+        # the launcher owns, such as a split-K workspace and its semaphores, allocated while the
+        # graph can run.  Freed and reused, they made replays wrong (Triton linear, H100).
+        keep_alive = loop  # noqa: F841
+        graph.replay()
+
+    return replay, "cuda-graph", None
 
 
 def _end_generator_capture(device: torch.device) -> None:

@@ -130,15 +130,17 @@ def test_nvrtc_reports_errors() -> None:
 
 
 def test_igemm_registers_without_spills() -> None:
-    """Two 256-thread blocks per SM need <= 128 registers; spills would cost local memory."""
+    """Two blocks per SM (65,536 registers): <= 128 registers for igemm_simt's 256 threads, <= 255
+    (the most a thread can have) for igemm_mma's 128; spills would cost local memory."""
     ok, log, _ = nvrtc_compile("igemm", 90, ("-Xptxas=-v",))
     assert ok, log
     usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
                        log, flags=re.S)
     assert len(usage) == len(build.SOURCES["igemm"].name_expressions), log
     for name, spills, regs in usage:
+        threads = plan_mod.MMA_THREADS if "igemm_mma" in name else plan_mod.SIMT_THREADS
         assert int(spills) == 0, f"{name} spills {spills} bytes"
-        assert int(regs) <= 128, f"{name} uses {regs} registers"
+        assert 2 * threads * int(regs) <= 65536, f"{name} uses {regs} registers"
 
 
 def test_every_kernel_is_instantiated() -> None:
@@ -223,10 +225,10 @@ def test_mma_fragments_match_ptx_layout(es: int) -> None:
     ks_len = 32 // es  # k per mma step: 16 or 8
     lanes = np.arange(32)
     g, t = lanes // 4, lanes % 4
-    for warp in range(8):
-        wm, wn = warp >> 2, warp & 3
+    for warp in range(plan_mod.MMA_THREADS // 32):
+        wm, wn = warp >> 1, warp & 1
         a_off = (wm * 64 + (lanes & 15)) * ROW_BYTES + (lanes >> 4) * 16
-        b_off = (wn * 32 + ((lanes >> 4) << 3) + (lanes & 7)) * ROW_BYTES + ((lanes >> 3) & 1) * 16
+        b_off = (wn * 64 + ((lanes >> 4) << 3) + (lanes & 7)) * ROW_BYTES + ((lanes >> 3) & 1) * 16
         for ks in range(2):
             # A: for each (r, c) of the 16 x ks_len fragment, where PTX puts it.
             for i in range(4):
@@ -240,7 +242,7 @@ def test_mma_fragments_match_ptx_layout(es: int) -> None:
                         row, k = _element(regs[lane, q], es, part)
                         assert (row, k) == (wm * 64 + i * 16 + r, ks * ks_len + c)
             # B: ldmatrix pair pr feeds n-tiles 2 pr (regs 0, 1) and 2 pr + 1 (regs 2, 3).
-            for pr in range(2):
+            for pr in range(4):
                 regs = _ldmatrix_x4(b_off + pr * 16 * ROW_BYTES + ks * 32)
                 for half in range(2):
                     j = 2 * pr + half
@@ -251,7 +253,7 @@ def test_mma_fragments_match_ptx_layout(es: int) -> None:
                             else:  # tf32: b0 (k t, n g), b1 (k t+4, n g)
                                 lane, q, part = n * 4 + k % 4, k // 4, 0
                             row, kk = _element(regs[lane, 2 * half + q], es, part)
-                            assert (row, kk) == (wn * 32 + j * 8 + n, ks * ks_len + k)
+                            assert (row, kk) == (wn * 64 + j * 8 + n, ks * ks_len + k)
     # D: PTX c0, c1 at (g, 2t), (g, 2t+1); c2, c3 at (g+8, ...).  The epilogue writes
     # acc[..][2 * half + e] to row g + 8 half, column 2 t + e.
     for reg in range(4):
@@ -308,44 +310,47 @@ def _in_bounds(index: np.ndarray, mem: np.ndarray) -> np.ndarray:
 
 
 def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0: int,
-                itemsize: int) -> tuple[np.ndarray, np.ndarray]:
-    """One k tile of A and B in shared memory ([row][k]), as TileLoader writes it; NaN where
-    no thread writes (which would then reach the output)."""
+                itemsize: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """One k tile of A and B in shared memory ([row][k]), as TileLoader writes it with
+    ``threads`` threads; NaN where no thread writes (which would then reach the output)."""
     g, table = p.geometry, p.table.numpy().astype(np.int64)
     kt, vec = p.ktile, 16 // itemsize
-    tid = np.arange(plan_mod.THREADS)
+    tid = np.arange(threads)
+    chunks = plan_mod.TILE_BYTES // 16
+    vrows = threads // chunks  # rows one 16-byte pass covers
     sa = np.full((BM, kt), np.nan)
     sb = np.full((BN, kt), np.nan)
-    if p.a_vec:  # 2 rows per thread, chunk tid % 4, cp.async 16 bytes or zeros
-        chunk = tid & 3
+    if p.a_vec:  # BM / vrows rows per thread, chunk tid % chunks, cp.async 16 bytes or zeros
+        chunk = tid % chunks
         e = table[k0 + chunk * vec]
-        for j in range(2):
-            row = (tid >> 2) + 64 * j
+        for j in range(BM // vrows):
+            row = tid // chunks + vrows * j
             base, ih0, iw0 = _pixel_origin(g, m0 + row)
             ok = _in_image(g, ih0 + e[:, 1], iw0 + e[:, 2])
             for v in range(vec):
                 sa[row, chunk * vec + v] = _gather(xs, base + e[:, 0] + v, ok)
-    else:  # row tid % 128, k pairs 4 j + 2 (tid / 128)
+    else:  # row tid % BM, k pairs 2 (tid / BM) + 2 lanes j
         row = tid & (BM - 1)
+        lanes = threads // BM
         base, ih0, iw0 = _pixel_origin(g, m0 + row)
-        for j in range(kt // 4):
+        for j in range(kt // 2 // lanes):
             for h in range(2):
-                kk = 4 * j + 2 * (tid >> 7) + h
+                kk = 2 * lanes * j + 2 * (tid // BM) + h
                 e = table[k0 + kk]
                 ok = _in_image(g, ih0 + e[:, 1], iw0 + e[:, 2])
                 sa[row, kk] = _gather(xs, base + e[:, 0], ok)
     if p.b_vec:
-        chunk = tid & 3
+        chunk = tid % chunks
         k = k0 + chunk * vec
-        for j in range(2):
-            row = (tid >> 2) + 64 * j
+        for j in range(BN // vrows):
+            row = tid // chunks + vrows * j
             n = n0 + row
             ok = (n < g.out_channels) & (k < g.K)
             for v in range(vec):
                 sb[row, chunk * vec + v] = _gather(ws_, n * g.K + k + v, ok)
     else:
         pairs = kt // 2
-        per_pass = plan_mod.THREADS // pairs
+        per_pass = threads // pairs
         k = k0 + 2 * (tid % pairs)
         for j in range(BN // per_pass):
             row = tid // pairs + per_pass * j
@@ -356,20 +361,24 @@ def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0
     return sa, sb
 
 
+def _threads(tensor_cores: bool) -> int:
+    return plan_mod.MMA_THREADS if tensor_cores else plan_mod.SIMT_THREADS
+
+
 @functools.lru_cache(maxsize=None)
 def _epilogue_map(tensor_cores: bool) -> tuple[np.ndarray, np.ndarray]:
     """(tile row, tile column) of every accumulator the epilogue writes, over all threads."""
     rows, cols = [], []
-    for tid in range(plan_mod.THREADS):
+    for tid in range(_threads(tensor_cores)):
         if tensor_cores:  # igemm_mma
             lane, warp = tid & 31, tid >> 5
-            wm, wn, g, c = warp >> 2, warp & 3, lane >> 2, lane & 3
+            wm, wn, g, c = warp >> 1, warp & 1, lane >> 2, lane & 3
             for i in range(4):
                 for half in range(2):
-                    for j in range(4):
+                    for j in range(8):
                         for e in range(2):
                             rows.append(wm * 64 + i * 16 + g + half * 8)
-                            cols.append(wn * 32 + j * 8 + 2 * c + e)
+                            cols.append(wn * 64 + j * 8 + 2 * c + e)
         else:  # igemm_simt
             tx, ty = tid & 15, tid >> 4
             for i in range(8):
@@ -416,7 +425,8 @@ def model_igemm(g: object, x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                 m0, n0 = bx * BM, by * BN
                 acc = np.zeros((BM, BN))
                 for t in range(max(ntiles, 0)):
-                    sa, sb = _fill_stage(p, xs, ws_, m0, n0, kbeg + t * p.ktile, itemsize)
+                    sa, sb = _fill_stage(p, xs, ws_, m0, n0, kbeg + t * p.ktile, itemsize,
+                                         _threads(tensor_cores))
                     acc += sa @ sb.T
                 m, n = m0 + er, n0 + ec
                 keep = (m < M) & (n < N)

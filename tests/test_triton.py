@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
+from kernels.triton import conv2d as triton_conv
 from kernels.triton import linear as triton_linear
 from kernels.triton import relu as triton_relu
 from layerbench.dtypes import get_dtype
@@ -87,10 +88,12 @@ CONV_CASES = {
 }
 
 
+@pytest.mark.parametrize("swap", [False, True], ids=["tile", "swapped-tile"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 @pytest.mark.parametrize("name", CONV_CASES)
-def test_conv2d_case(name: str, dtype: str, layout: str) -> None:
+def test_conv2d_case(name: str, dtype: str, layout: str, swap: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(triton_conv._INTERPRETER_CONFIG, "SWAP", swap)
     check("conv2d", CONV_CASES[name], dtype, layout, seed=zlib.crc32(name.encode()))
 
 

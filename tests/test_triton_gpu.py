@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
+from kernels.triton import conv2d as triton_conv
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.registry import get
@@ -60,6 +61,28 @@ OTHER_CONV = {
 def test_conv2d(name: str, dtype: str, layout: str) -> None:
     spec = THESIS_CONV.get(name) or OTHER_CONV[name]
     check("conv2d", spec, dtype, layout, seed_of(name))
+
+
+# The autotuner keeps one config per problem, so the bench shapes alone leave most tiles of the
+# tuned set unchecked.  Each config is forced here: on the channel-blocked walk (C = 64, every
+# BLOCK_K) with pixels and channels past the tile edges, and on the flat walk (C = 3).
+CONFIG_CASES = {"channel-blocked": (Conv2d(3, 64, 40, 11, 13, 3, 3, padding=1), "NHWC"),
+                "flat": (Conv2d(2, 3, 20, 12, 12, 5, 5), "NCHW")}
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
+def test_conv2d_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    mode = triton_conv.DOT_MODE[dtype]
+    try:
+        for config in list(triton_conv._CONFIGS[mode]):
+            monkeypatch.setitem(triton_conv._CONFIGS, mode, [config])
+            triton_conv._tuned.cache_clear()  # tuners are cached per mode: build one of this config
+            for name, (spec, layout) in CONFIG_CASES.items():
+                result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda",
+                                              seed=seed_of(name))
+                assert result.ok, f"{config} {name} {dtype}: {result.message}"
+    finally:
+        triton_conv._tuned.cache_clear()
 
 
 # AlexNet feature maps (thesis A6) with 3x3 and 2x2 windows, stride 2; batch 32.
@@ -163,7 +186,12 @@ def test_kernel_is_capturable_in_a_cuda_graph(layer: str, spec, layout: str) -> 
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             eager()
-        return graph.replay
+
+        def replay() -> None:
+            keep_alive = eager  # noqa: F841 - the graph reads the launcher's split-K workspace
+            graph.replay()
+
+        return replay
 
     result = check_implementation(build, spec, "fp16", layout, "cuda", seed=11)
     assert result.ok, result.message

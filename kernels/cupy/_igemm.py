@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import cupy
 import torch
 
 from kernels.cupy import _build, _launch
-from kernels.cupy._igemm_plan import THREADS, Geometry, make_plan
+from kernels.cupy._igemm_plan import MMA_THREADS, SHARED_BYTES, SIMT_THREADS, Geometry, make_plan
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import Kernel, in_order
 
 REDUCE_BLOCKS_PER_SM = 32
+REDUCE_THREADS = 256  # splitk_reduce's __launch_bounds__
 
 
 def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -21,17 +23,22 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         raise Unsupported("cupy conv2d/linear needs a contiguous bias")
     ctype = _launch.ctype_of(dtype)
     tensor_cores = dtype.name != "fp32"
+    threads = MMA_THREADS if tensor_cores else SIMT_THREADS
     sms = _launch.sm_count(index)
 
-    def slots(a_vec: bool) -> int:
+    def gemm_function(a_vec: bool) -> cupy.RawKernel:
         fn = _launch.function("igemm", _build.igemm_name(ctype, tensor_cores, a_vec), index)
-        return sms * max(1, _launch.occupancy(fn, THREADS, index))
+        _launch.allow_shared(fn, SHARED_BYTES, index)
+        return fn
+
+    def slots(a_vec: bool) -> int:
+        return sms * max(1, _launch.occupancy(gemm_function(a_vec), threads, index, SHARED_BYTES))
 
     plan = make_plan(g, _build.ITEMSIZE[ctype], x.data_ptr(), weight.data_ptr(), slots)
     if plan.copy_weight:
         weight = weight.contiguous()  # setup-time copy of the weight only, never of the input
     g = plan.geometry
-    fn = _launch.function("igemm", _build.igemm_name(ctype, tensor_cores, plan.a_vec), index)
+    fn = gemm_function(plan.a_vec)
     table = plan.table.to(x.device)
     ws = (torch.empty(plan.splits * g.M * g.out_channels, dtype=torch.float32, device=x.device)
           if plan.splits > 1 else None)
@@ -39,20 +46,20 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     sn, _, sh, sw = g.x_strides
     on, oc, oh, ow = g.out_strides
     gemm = _launch.Launch(
-        fn, (plan.m_tiles, plan.n_tiles, plan.splits), (THREADS, 1, 1),
+        fn, (plan.m_tiles, plan.n_tiles, plan.splits), (threads, 1, 1),
         [ptr(x), ptr(weight), ptr(bias), ptr(out), ptr(ws), ptr(table),
          i32(g.M), i32(g.out_channels), i32(g.K), i32(g.out_h * g.out_w), i32(g.out_w),
          i32(g.height), i32(g.width), i32(g.stride), i32(g.padding),
          i64(sn), i64(sh), i64(sw), i64(on), i64(oc), i64(oh), i64(ow),
          i32(plan.k_split), i32(int(plan.b_vec))],
-        index, keep=(x, weight, bias, out, ws, table))
+        index, keep=(x, weight, bias, out, ws, table), shared_bytes=SHARED_BYTES)
     if ws is None:
         return gemm
 
     total = g.M * g.out_channels
-    grid = max(1, min(-(-total // THREADS), sms * REDUCE_BLOCKS_PER_SM))
+    grid = max(1, min(-(-total // REDUCE_THREADS), sms * REDUCE_BLOCKS_PER_SM))
     reduce = _launch.Launch(
-        _launch.function("igemm", _build.reduce_name(ctype), index), (grid, 1, 1), (THREADS, 1, 1),
+        _launch.function("igemm", _build.reduce_name(ctype), index), (grid, 1, 1), (REDUCE_THREADS, 1, 1),
         [ptr(ws), i32(plan.splits), i32(g.M), i32(g.out_channels), ptr(bias), ptr(out),
          i32(g.out_h * g.out_w), i32(g.out_w), i64(on), i64(oc), i64(oh), i64(ow)],
         index, keep=(ws, bias, out))

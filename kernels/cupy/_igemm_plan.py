@@ -21,8 +21,12 @@ from layerbench.errors import Unsupported
 # Must match igemm.cu.
 BM = 128
 BN = 128
-THREADS = 256
+SIMT_THREADS = 256  # igemm_simt's block
+MMA_THREADS = 128  # igemm_mma's block: 4 warps of 64 x 64
 TILE_BYTES = 64
+ROW_BYTES = 80  # a shared-memory row: TILE_BYTES of data, 16 of padding
+STAGES = 4
+SHARED_BYTES = STAGES * (BM + BN) * ROW_BYTES  # dynamic shared memory of a block
 FAR = -(1 << 29)
 TABLE_MULTIPLE = 32  # the largest k tile (16-bit data): loads never index past the table
 

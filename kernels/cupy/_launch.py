@@ -120,8 +120,9 @@ class Launch:
     """One kernel launch with fixed grid, block and arguments."""
 
     def __init__(self, fn: cupy.RawKernel, grid: tuple[int, int, int], block: tuple[int, int, int],
-                 args: Sequence[Arg], index: int, keep: Sequence[object] = ()) -> None:
-        """``keep``: the tensors behind the pointer arguments, held for the launch's lifetime."""
+                 args: Sequence[Arg], index: int, keep: Sequence[object] = (), shared_bytes: int = 0) -> None:
+        """``keep``: the tensors behind the pointer arguments, held for the launch's lifetime;
+        ``shared_bytes``: dynamic shared memory per block (see ``allow_shared``)."""
         if not (1 <= grid[0] <= MAX_GRID_X and 1 <= grid[1] <= MAX_GRID_YZ and 1 <= grid[2] <= MAX_GRID_YZ):
             raise Unsupported(f"{fn.name}: grid {grid} exceeds the CUDA limits")
         with cupy.cuda.Device(index):
@@ -130,6 +131,7 @@ class Launch:
         self.grid = grid
         self.block = block
         self._index = index
+        self._shared_bytes = shared_bytes
         self._keep = tuple(keep)
         self._args = tuple(args)  # the storage the pointer array below points into
         self._ptrs = (ctypes.c_void_p * len(self._args))(*[ctypes.addressof(a) for a in self._args])
@@ -145,14 +147,26 @@ class Launch:
 
     def _launch(self) -> None:
         stream = torch.cuda.current_stream(self._index).cuda_stream
-        cupy.cuda.driver.launchKernel(self._func, *self.grid, *self.block, 0, stream,
+        cupy.cuda.driver.launchKernel(self._func, *self.grid, *self.block, self._shared_bytes, stream,
                                       self._params, 0)
 
 
-def occupancy(fn: cupy.RawKernel, threads: int, index: int) -> int:
-    """Resident blocks of ``fn`` per SM at ``threads`` threads per block."""
+def allow_shared(fn: cupy.RawKernel, shared_bytes: int, index: int) -> None:
+    """Let ``fn`` take ``shared_bytes`` of dynamic shared memory: above 48 KiB a kernel must opt in."""
     with cupy.cuda.Device(index):
-        return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads, 0)
+        limit = cupy.cuda.runtime.getDeviceProperties(index)["sharedMemPerBlockOptin"]
+        if shared_bytes > limit:
+            raise Unsupported(f"{fn.name} needs {shared_bytes} bytes of shared memory per block; "
+                              f"this GPU allows {limit}")
+        fn.max_dynamic_shared_size_bytes = shared_bytes
+
+
+def occupancy(fn: cupy.RawKernel, threads: int, index: int, shared_bytes: int = 0) -> int:
+    """Resident blocks of ``fn`` per SM at ``threads`` threads and ``shared_bytes`` of dynamic
+    shared memory per block."""
+    with cupy.cuda.Device(index):
+        return cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads,
+                                                                          shared_bytes)
 
 
 def check_dtype(layer: str, dtype: DType, allowed: Sequence[str]) -> None:

@@ -8,15 +8,16 @@
 // an input address without divisions; x's strides make the same code serve NCHW and NHWC.  A
 // linear layer is the 1x1 case on a 1x1 image.
 //
-// Block tile 128 x 128, 256 threads, k in tiles of 64 bytes (16 fp32 or 32 fp16/bf16 values).
+// Block tile 128 x 128, k in tiles of 64 bytes (16 fp32 or 32 fp16/bf16 values).
 // Both operands sit in shared memory as [row][k] with 80-byte rows: 64 bytes of data and 16 of
-// padding, which keeps ldmatrix and 16-byte shared loads free of bank conflicts.  Two stages:
-// while one tile is multiplied the next is in flight (cp.async for 16-byte chunks and for fp32
-// elements, registers for 16-bit elements).
+// padding, which keeps ldmatrix and 16-byte shared loads free of bank conflicts.  STAGES stages
+// in dynamic shared memory: while one tile is multiplied the next STAGES - 1 are in flight
+// (cp.async for 16-byte chunks and for fp32 elements, registers for 16-bit elements).
 //
-// igemm_simt: fp32 FFMA, each thread an 8 x 8 block of the tile.
+// igemm_simt: fp32 FFMA, 256 threads, each an 8 x 8 block of the tile.
 // igemm_mma : tensor cores through mma.sync (fp16, bf16, and fp32 data as tf32), fp32
-//             accumulators; 8 warps as 2 x 4, each warp 64 x 32.
+//             accumulators; 4 warps as 2 x 2, each warp 64 x 64 (8 fragment loads per 32 MMAs),
+//             the layout of cuDNN's own mma.sync kernel for L2 fp16 on the H100.
 // Split-K: blockIdx.z takes k in [z * k_split, (z + 1) * k_split) and writes fp32 partial sums
 // to ws[z][m][n]; splitk_reduce adds them up in a fixed order (deterministic).
 #include "layerbench_common.cuh"
@@ -25,10 +26,12 @@ namespace {
 
 constexpr int BM = 128;
 constexpr int BN = 128;
-constexpr int THREADS = 256;
+constexpr int SIMT_THREADS = 256;
+constexpr int MMA_THREADS = 128;
 constexpr int TILE_BYTES = 64;
 constexpr int ROW_BYTES = 80;
 constexpr int STAGE_BYTES = (BM + BN) * ROW_BYTES;
+constexpr int STAGES = 4;  // 80 KiB a block, two blocks an SM
 constexpr int FAR = -(1 << 29);  // an (ih, iw) origin that no kernel offset brings in bounds
 
 template <typename T>
@@ -72,29 +75,37 @@ __device__ __forceinline__ unsigned short raw16(const T* ptr) {
     return __ldg(reinterpret_cast<const unsigned short*>(ptr));
 }
 
-// Moves one k-tile of A and B into a shared-memory stage.  issue() starts the global reads
-// (cp.async, or loads into registers), store() puts the register part into shared memory.
-template <typename T, bool AVEC>
+// Moves one k-tile of A and B into a shared-memory stage with NT threads.  issue() starts the
+// global reads (cp.async, or loads into registers), store() puts the register part into shared
+// memory.
+template <typename T, bool AVEC, int NT>
 struct TileLoader {
     static constexpr int ES = sizeof(T);
     static constexpr int KT = TILE_BYTES / ES;  // k values per tile
     static constexpr int VEC = 16 / ES;         // k values per 16-byte chunk
+    static constexpr int CHUNKS = TILE_BYTES / 16;  // 16-byte chunks per row
+    static constexpr int VROWS = NT / CHUNKS;       // rows one vector pass covers
     // Element-wise paths take pairs of k values.  fp32 elements go by 4-byte cp.async; 16-bit
-    // ones are staged in registers, packed in pairs (8 words of A and 8 of B per thread).
-    static constexpr int WORDS = 8;
+    // ones are staged in registers, packed in pairs.
+    static constexpr int A_LANES = NT / BM;            // threads per A row
+    static constexpr int A_WORDS = KT / 2 / A_LANES;   // k pairs per thread
+    static constexpr int PAIRS = KT / 2;               // k pairs per B row
+    static constexpr int B_ROWS_PER_PASS = NT / PAIRS;
+    static constexpr int B_PASSES = BN / B_ROWS_PER_PASS;
+    static_assert(NT % BM == 0 && BM % VROWS == 0 && BN % VROWS == 0 && NT % PAIRS == 0, "tiling");
 
-    // A, vector path: 2 rows per thread, chunk column tid % 4.
-    // A, element path: row tid % 128, k pairs (tid / 128) * 2 + 4 * j.
-    static constexpr int AROWS = AVEC ? 2 : 1;
+    // A, vector path: BM / VROWS rows per thread, chunk column tid % CHUNKS.
+    // A, element path: row tid % BM, k pairs 2 * (tid / BM) + 2 * A_LANES * j.
+    static constexpr int AROWS = AVEC ? BM / VROWS : 1;
     long long a_base[AROWS];
     int a_ih0[AROWS], a_iw0[AROWS];
-    unsigned a_stage[WORDS];
-    unsigned b_stage[WORDS];
+    unsigned a_stage[A_WORDS];
+    unsigned b_stage[B_PASSES];
 
     __device__ __forceinline__ void init(const Problem<T>& p, int m0, int tid) {
 #pragma unroll
         for (int j = 0; j < AROWS; ++j) {
-            const int row = AVEC ? (tid >> 2) + 64 * j : (tid & (BM - 1));
+            const int row = AVEC ? tid / CHUNKS + VROWS * j : (tid & (BM - 1));
             pixel_origin(p, m0 + row, a_base[j], a_ih0[j], a_iw0[j]);
         }
     }
@@ -103,20 +114,20 @@ struct TileLoader {
                                           unsigned char* sa, unsigned char* sb, int tid) {
         // ---- A
         if constexpr (AVEC) {
-            const int chunk = tid & 3;
+            const int chunk = tid % CHUNKS;
             const int4 e = __ldg(p.ktab + k0 + chunk * VEC);
 #pragma unroll
             for (int j = 0; j < AROWS; ++j) {
-                const int row = (tid >> 2) + 64 * j;
+                const int row = tid / CHUNKS + VROWS * j;
                 const bool ok = in_image(p, a_ih0[j] + e.y, a_iw0[j] + e.z);
                 const T* src = ok ? p.x + (a_base[j] + e.x) : p.x;
-                lb::cp_async16(lb::smem_addr(sa + row * ROW_BYTES + chunk * 16), src, ok);
+                lb::cp_async16_l1(lb::smem_addr(sa + row * ROW_BYTES + chunk * 16), src, ok);
             }
         } else {
-            const int q = tid >> 7;
+            const int q = tid / BM;
 #pragma unroll
-            for (int j = 0; j < KT / 4; ++j) {
-                const int kk = 4 * j + 2 * q;
+            for (int j = 0; j < A_WORDS; ++j) {
+                const int kk = 2 * A_LANES * j + 2 * q;
                 unsigned v[2];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
@@ -135,24 +146,21 @@ struct TileLoader {
         }
         // ---- B
         if (p.b_vec) {
-            const int chunk = tid & 3;
+            const int chunk = tid % CHUNKS;
             const int k = k0 + chunk * VEC;
 #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                const int row = (tid >> 2) + 64 * j;
+            for (int j = 0; j < BN / VROWS; ++j) {
+                const int row = tid / CHUNKS + VROWS * j;
                 const int n = n0 + row;
                 const bool ok = n < p.N && k < p.K;
                 const T* src = ok ? p.w + (static_cast<long long>(n) * p.K + k) : p.w;
                 lb::cp_async16(lb::smem_addr(sb + row * ROW_BYTES + chunk * 16), src, ok);
             }
         } else {
-            constexpr int PAIRS = KT / 2;             // k pairs per row
-            constexpr int ROWS_PER_PASS = THREADS / PAIRS;
-            constexpr int PASSES = BN / ROWS_PER_PASS;
             const int k = k0 + 2 * (tid % PAIRS);
 #pragma unroll
-            for (int j = 0; j < PASSES; ++j) {
-                const int row = tid / PAIRS + ROWS_PER_PASS * j;
+            for (int j = 0; j < B_PASSES; ++j) {
+                const int row = tid / PAIRS + B_ROWS_PER_PASS * j;
                 const int n = n0 + row;
                 const T* src = p.w + (static_cast<long long>(n) * p.K + k);
                 unsigned v[2];
@@ -169,7 +177,6 @@ struct TileLoader {
                 if constexpr (ES == 2) b_stage[j] = v[0] | (v[1] << 16);
             }
         }
-        lb::cp_async_commit();
     }
 
     __device__ __forceinline__ void store(const Problem<T>& p, unsigned char* sa,
@@ -177,21 +184,18 @@ struct TileLoader {
         if constexpr (ES == 2) {
             if constexpr (!AVEC) {
                 const int row = tid & (BM - 1);
-                const int q = tid >> 7;
+                const int q = tid / BM;
 #pragma unroll
-                for (int j = 0; j < KT / 4; ++j) {
-                    const int kk = 4 * j + 2 * q;
+                for (int j = 0; j < A_WORDS; ++j) {
+                    const int kk = 2 * A_LANES * j + 2 * q;
                     *reinterpret_cast<unsigned*>(sa + row * ROW_BYTES + kk * 2) = a_stage[j];
                 }
             }
             if (!p.b_vec) {
-                constexpr int PAIRS = KT / 2;
-                constexpr int ROWS_PER_PASS = THREADS / PAIRS;
-                constexpr int PASSES = BN / ROWS_PER_PASS;
                 const int kk = 2 * (tid % PAIRS);
 #pragma unroll
-                for (int j = 0; j < PASSES; ++j) {
-                    const int row = tid / PAIRS + ROWS_PER_PASS * j;
+                for (int j = 0; j < B_PASSES; ++j) {
+                    const int row = tid / PAIRS + B_ROWS_PER_PASS * j;
                     *reinterpret_cast<unsigned*>(sb + row * ROW_BYTES + kk * 2) = b_stage[j];
                 }
             }
@@ -209,29 +213,42 @@ __device__ __forceinline__ long long out_base(int m, int OHW, int OW, long long 
     return img * osN + oh * osH + ow * osW;
 }
 
-// The k loop shared by both kernels: compute(stage) multiplies one staged tile.
-template <typename T, bool AVEC, typename Compute>
+// The k loop shared by both kernels: compute(stage) multiplies one staged tile.  Tile t lives in
+// stage t % STAGES.  Every iteration commits one cp.async group (empty past the last tile), so
+// waiting until at most STAGES - 2 groups are pending means tile t has landed.
+template <typename T, bool AVEC, int NT, typename Compute>
 __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem, int m0, int n0,
                                        int kbeg, int kend, Compute&& compute) {
-    typedef TileLoader<T, AVEC> Loader;
+    typedef TileLoader<T, AVEC, NT> Loader;
     const int tid = threadIdx.x;
     Loader ld;
     ld.init(p, m0, tid);
     const int ntiles = (kend - kbeg + Loader::KT - 1) / Loader::KT;
     if (ntiles <= 0) return;
-    ld.issue(p, n0, kbeg, smem, smem + BM * ROW_BYTES, tid);
-    ld.store(p, smem, smem + BM * ROW_BYTES, tid);
-    lb::cp_async_wait_all();
-    __syncthreads();
+    auto stage = [smem](int t) { return smem + (t % STAGES) * STAGE_BYTES; };
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; ++t) {
+        if (t < ntiles) {
+            unsigned char* s = stage(t);
+            ld.issue(p, n0, kbeg + t * Loader::KT, s, s + BM * ROW_BYTES, tid);
+            ld.store(p, s, s + BM * ROW_BYTES, tid);
+        }
+        lb::cp_async_commit();
+    }
     for (int t = 0; t < ntiles; ++t) {
-        unsigned char* cur = smem + (t & 1) * STAGE_BYTES;
-        unsigned char* nxt = smem + ((t + 1) & 1) * STAGE_BYTES;
-        const bool more = t + 1 < ntiles;
-        if (more) ld.issue(p, n0, kbeg + (t + 1) * Loader::KT, nxt, nxt + BM * ROW_BYTES, tid);
-        compute(cur, cur + BM * ROW_BYTES);
-        if (more) ld.store(p, nxt, nxt + BM * ROW_BYTES, tid);
-        lb::cp_async_wait_all();
+        lb::cp_async_wait_group<STAGES - 2>();
+        // Tile t is complete for every thread, and every warp is done with tile t - 1, whose
+        // stage the next issue refills.
         __syncthreads();
+        const int next = t + STAGES - 1;
+        unsigned char* s = stage(next);
+        const bool more = next < ntiles;
+        if (more) ld.issue(p, n0, kbeg + next * Loader::KT, s, s + BM * ROW_BYTES, tid);
+        lb::cp_async_commit();
+        unsigned char* cur = stage(t);
+        compute(cur, cur + BM * ROW_BYTES);
+        // Register-staged parts land after the multiply: their loads had it to complete.
+        if (more) ld.store(p, s, s + BM * ROW_BYTES, tid);
     }
 }
 
@@ -247,8 +264,8 @@ __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem,
     Problem<T> p{x, w, ktab, M, N, K, OHW, OW, H, W, stride, pad, xsN, xsH, xsW, b_vec != 0}
 
 template <bool AVEC>
-__global__ void __launch_bounds__(THREADS, 2) igemm_simt(IGEMM_PARAMS(float)) {
-    __shared__ __align__(128) unsigned char smem[2 * STAGE_BYTES];
+__global__ void __launch_bounds__(SIMT_THREADS, 2) igemm_simt(IGEMM_PARAMS(float)) {
+    extern __shared__ __align__(128) unsigned char smem[];  // STAGES * STAGE_BYTES
     IGEMM_PROBLEM(float);
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int kbeg = blockIdx.z * k_split;
@@ -262,7 +279,7 @@ __global__ void __launch_bounds__(THREADS, 2) igemm_simt(IGEMM_PARAMS(float)) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
-    k_loop<float, AVEC>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
+    k_loop<float, AVEC, SIMT_THREADS>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
         const float* As = reinterpret_cast<const float*>(sa);
         const float* Bs = reinterpret_cast<const float*>(sb);
 #pragma unroll
@@ -308,20 +325,20 @@ __global__ void __launch_bounds__(THREADS, 2) igemm_simt(IGEMM_PARAMS(float)) {
 }
 
 template <typename T, bool AVEC>
-__global__ void __launch_bounds__(THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
-    __shared__ __align__(128) unsigned char smem[2 * STAGE_BYTES];
+__global__ void __launch_bounds__(MMA_THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
+    extern __shared__ __align__(128) unsigned char smem[];  // STAGES * STAGE_BYTES
     IGEMM_PROBLEM(T);
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
     const int kbeg = blockIdx.z * k_split;
     const int kend = min(K, kbeg + k_split);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows wm * 64, columns wn * 32
+    const int wm = warp >> 1, wn = warp & 1;  // warp tile: rows wm * 64, columns wn * 64
 
-    float acc[4][4][4];
+    float acc[4][8][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int j = 0; j < 8; ++j)
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
@@ -329,16 +346,16 @@ __global__ void __launch_bounds__(THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
     // A: matrices (rows 0-7, k-chunk 0), (rows 8-15, chunk 0), (rows 0-7, chunk 1), (8-15, 1).
     const int a_off = (wm * 64 + (lane & 15)) * ROW_BYTES + (lane >> 4) * 16;
     // B: matrices (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1).
-    const int b_off = (wn * 32 + ((lane >> 4) << 3) + (lane & 7)) * ROW_BYTES + ((lane >> 3) & 1) * 16;
+    const int b_off = (wn * 64 + ((lane >> 4) << 3) + (lane & 7)) * ROW_BYTES + ((lane >> 3) & 1) * 16;
 
-    k_loop<T, AVEC>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
+    k_loop<T, AVEC, MMA_THREADS>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
         const unsigned a_addr = lb::smem_addr(sa) + a_off;
         const unsigned b_addr = lb::smem_addr(sb) + b_off;
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {  // two 32-byte k steps per tile
-            unsigned b[4][2];
+            unsigned b[8][2];
 #pragma unroll
-            for (int pr = 0; pr < 2; ++pr) {
+            for (int pr = 0; pr < 4; ++pr) {
                 unsigned r[4];
                 lb::ldmatrix_x4(r, b_addr + pr * 16 * ROW_BYTES + ks * 32);
                 b[2 * pr][0] = lb::Mma<T>::prepare(r[0]);
@@ -353,7 +370,7 @@ __global__ void __launch_bounds__(THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
 #pragma unroll
                 for (int r = 0; r < 4; ++r) a[r] = lb::Mma<T>::prepare(a[r]);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) lb::Mma<T>::run(acc[i][j], a, b[j]);
+                for (int j = 0; j < 8; ++j) lb::Mma<T>::run(acc[i][j], a, b[j]);
             }
         }
     });
@@ -370,16 +387,16 @@ __global__ void __launch_bounds__(THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
             if (ws != nullptr) {
                 float* dst = ws + (static_cast<long long>(blockIdx.z) * M + m) * N;
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int n = n0 + wn * 32 + j * 8 + 2 * c;
+                for (int j = 0; j < 8; ++j) {
+                    const int n = n0 + wn * 64 + j * 8 + 2 * c;
                     if (n < N) dst[n] = acc[i][j][2 * half];
                     if (n + 1 < N) dst[n + 1] = acc[i][j][2 * half + 1];
                 }
             } else {
                 const long long ob = out_base(m, OHW, OW, osN, osH, osW);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int n = n0 + wn * 32 + j * 8 + 2 * c;
+                for (int j = 0; j < 8; ++j) {
+                    const int n = n0 + wn * 64 + j * 8 + 2 * c;
 #pragma unroll
                     for (int e = 0; e < 2; ++e) {
                         if (n + e < N) {

@@ -80,6 +80,14 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool v
                  :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
+// 16-byte global->shared copy kept in L1: for data that neighbouring reads take again soon
+// (an implicit GEMM reads each input pixel once per filter tap).
+__device__ __forceinline__ void cp_async16_l1(unsigned dst, const void* src, bool valid) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
 // 4-byte global->shared copy (through L1), for element-wise gathers of fp32 data.
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid) {
     const int src_bytes = valid ? 4 : 0;
@@ -89,6 +97,12 @@ __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool va
 
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ void cp_async_wait_all() {

@@ -50,19 +50,52 @@ _KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "stride", "pad", "X_NHWC", 
         "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
 
 
+def _tile(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
+          swap: bool = False) -> triton.Config:
+    """tile_config plus SWAP: compute the tile transposed, C^T = B^T A^T.
+
+    A Hopper warpgroup's MMA is 64 rows tall and up to 256 columns wide; swapped, the output
+    channels are the 64-row side and the pixels the wide one.  On the H100 (NHWC, each config
+    timed alone) swapped 256x128 tiles ran L2 5 % and L3 6 % faster in fp16, L2 6 % in tf32.
+    """
+    config = tile_config(block_m, block_n, block_k, warps, stages)
+    config.kwargs["SWAP"] = swap
+    return config
+
+
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per arithmetic mode; BLOCK_K is an upper bound that
 # the channel-blocked walk may lower to fit C.
 _CONFIGS = {
-    "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
-              tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4),
-              tile_config(256, 128, 64, 8, 3), tile_config(128, 256, 64, 8, 3)],
-    "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
-             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4),
-             tile_config(256, 128, 32, 8, 3), tile_config(128, 128, 64, 8, 3)],
-    "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
-              tile_config(64, 128, 32, 8, 2), tile_config(128, 128, 32, 8, 2)],
+    "mma16": [_tile(128, 128, 64, 8, 3), _tile(128, 64, 64, 4, 4),
+              _tile(64, 128, 64, 4, 4), _tile(64, 64, 64, 4, 4),
+              _tile(256, 128, 64, 8, 3), _tile(128, 256, 64, 8, 3),
+              _tile(256, 128, 64, 8, 3, swap=True), _tile(128, 128, 64, 8, 3, swap=True)],
+    "tf32": [_tile(128, 128, 32, 8, 3), _tile(128, 64, 32, 4, 4),
+             _tile(64, 128, 32, 4, 4), _tile(64, 64, 32, 4, 4),
+             _tile(256, 128, 32, 8, 3), _tile(128, 128, 64, 8, 3),
+             _tile(256, 128, 32, 8, 3, swap=True), _tile(128, 128, 32, 4, 3, swap=True)],
+    "fma32": [_tile(64, 64, 32, 4, 2), _tile(128, 64, 32, 8, 2),
+              _tile(64, 128, 32, 8, 2), _tile(128, 128, 32, 8, 2)],
 }
-_INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
+_INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "SWAP": False}
+
+
+@triton.jit
+def _mma(a, b, acc, SWAP: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b, or with SWAP its transpose acc + (a @ b)^T = acc + b^T @ a^T (acc transposed)."""
+    if SWAP:
+        return tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=PRECISION)
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _mma_result(acc, SWAP: tl.constexpr):
+    """The (BLOCK_M, BLOCK_N) tile from an accumulator ``_mma`` filled."""
+    if SWAP:
+        return tl.trans(acc)
+    else:
+        return acc
 
 
 # Only C, K and C*R*S are specialised on: their divisibility by 16 is what lets loads and stores
@@ -74,7 +107,7 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                    CHANNEL_BLOCK: tl.constexpr, WEIGHT_RSC: tl.constexpr,
                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   GROUP_M: tl.constexpr):
+                   GROUP_M: tl.constexpr, SWAP: tl.constexpr):
     # Dense tensors: strides follow from the sizes and the layout.
     if X_NHWC:
         sxc = 1
@@ -111,7 +144,7 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     x_rows = x_ptr + n * sxn
     w_cols = w_ptr + k_out * CRS
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M) if SWAP else (BLOCK_M, BLOCK_N), dtype=tl.float32)
     if CHANNEL_BLOCK:
         # x is NHWC and the weight channels_last: (k, c, r, s) sits at k*CRS + (r*S + s)*C + c.
         c_blocks = tl.cdiv(C, BLOCK_K)
@@ -125,7 +158,7 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + cs[None, :]
             a = tl.load(a_ptrs, mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(w_cols[None, :] + (rs * C + cs)[:, None], mask=c_ok[:, None], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = _mma(a, b, acc, SWAP, PRECISION)
     else:
         for k0 in range(0, CRS, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)
@@ -141,7 +174,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             ok = (m_ok[:, None] & k_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_rows[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=ok, other=0.0)
             b = tl.load(w_cols[None, :] + kk[:, None], mask=k_ok[:, None], other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = _mma(a, b, acc, SWAP, PRECISION)
+    acc = _mma_result(acc, SWAP)
 
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -186,8 +220,8 @@ def _channels_last_copy(t: torch.Tensor) -> tuple[torch.Tensor, Kernel]:
 
 @functools.cache
 def _tuned(mode: str, max_block_k: int):
-    configs = [tile_config(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"],
-                           min(c.kwargs["BLOCK_K"], max_block_k), c.num_warps, c.num_stages)
+    configs = [_tile(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], min(c.kwargs["BLOCK_K"], max_block_k),
+                     c.num_warps, c.num_stages, c.kwargs["SWAP"])
                for c in _CONFIGS[mode]]
     unique = list({str(c): c for c in configs}.values())
     return autotuned(_conv2d_kernel, unique, _KEY)

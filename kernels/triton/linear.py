@@ -34,14 +34,17 @@ _KEY = ["M", "N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K", "PRECISIO
 
 
 # Small-BLOCK_M shapes are for small batches.  Every BLOCK_K divides EVEN_K_QUANTUM.  At batch
-# 128 the layer streams W (75 MB for FC6 in bf16) once per row tile: BLOCK_M = 128 reads it once,
-# and long BLOCK_K steps with deep pipelines keep more of it in flight per SM.
+# 128 the layer streams W (75 MB for FC6 in bf16): long BLOCK_K steps with deep pipelines keep
+# more of it in flight per SM.  64 x 64 tiles 10-12 stages deep (~200 KB of shared memory, as
+# cuBLAS's own kernel for FC6 on the H100) were the fastest for FC6 and FC7 without split-K.
 _CONFIGS = {
     "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
               tile_config(64, 64, 64, 4, 4), tile_config(32, 128, 64, 4, 4),
               tile_config(128, 64, 128, 4, 4), tile_config(128, 128, 128, 8, 3),
               tile_config(128, 32, 128, 4, 5), tile_config(128, 32, 64, 4, 8),
-              tile_config(64, 32, 128, 4, 6)],
+              tile_config(64, 32, 128, 4, 6), tile_config(64, 32, 128, 4, 8),
+              tile_config(64, 64, 64, 4, 10), tile_config(64, 64, 64, 4, 12),
+              tile_config(64, 64, 64, 8, 10), tile_config(64, 64, 128, 4, 6)],
     "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
              tile_config(64, 64, 32, 4, 4), tile_config(32, 128, 32, 4, 4),
              tile_config(128, 64, 64, 4, 4), tile_config(128, 32, 64, 4, 5)],
