@@ -198,7 +198,7 @@ def test_relu_bits_match_torch(name: str) -> None:
 
 # ---------------------------------------------------------------- 2b. ldmatrix / mma.sync fragments
 
-BM, BN, ROW_BYTES = plan_mod.BM, plan_mod.BN, 80
+BM, BN, ROW_BYTES = plan_mod.BM, plan_mod.BN, plan_mod.ROW_BYTES
 assert plan_mod.TILE_BYTES == 64
 
 
@@ -260,6 +260,13 @@ def test_mma_fragments_match_ptx_layout(es: int) -> None:
         half, e = reg // 2, reg % 2
         ptx_row, ptx_col = g + 8 * (reg // 2), 2 * t + (reg % 2)
         assert np.array_equal(g + 8 * half, ptx_row) and np.array_equal(2 * t + e, ptx_col)
+
+
+def test_igemm_constants_match_the_kernel() -> None:
+    """The launcher sizes blocks and dynamic shared memory from _igemm_plan; igemm.cu must agree."""
+    text = (build.KERNEL_DIR / "igemm.cu").read_text()
+    for name in ("BM", "BN", "SIMT_THREADS", "MMA_THREADS", "TILE_BYTES", "ROW_BYTES", "STAGES"):
+        assert re.search(rf"constexpr int {name} = {getattr(plan_mod, name)};", text), name
 
 
 def test_shared_reads_are_conflict_free() -> None:
