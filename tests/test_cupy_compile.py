@@ -199,7 +199,8 @@ def test_relu_bits_match_torch(name: str) -> None:
 # ---------------------------------------------------------------- 2b. ldmatrix / mma.sync fragments
 
 BM, BN, ROW_BYTES = plan_mod.BM, plan_mod.BN, plan_mod.ROW_BYTES
-assert plan_mod.TILE_BYTES == 64
+smem_at = plan_mod.smem_at
+assert plan_mod.TILE_BYTES == ROW_BYTES == 64
 
 
 def _ldmatrix_x4(lane_addr: np.ndarray) -> np.ndarray:
@@ -211,9 +212,11 @@ def _ldmatrix_x4(lane_addr: np.ndarray) -> np.ndarray:
 
 
 def _element(byte_addr: np.ndarray, es: int, part: int) -> tuple[np.ndarray, np.ndarray]:
-    """(smem row, k index) of element ``part`` of a 4-byte register read at ``byte_addr``."""
+    """(tile row, k index) of element ``part`` of a 4-byte register read at ``byte_addr``: the
+    inverse of smem_at."""
     row, col = np.divmod(byte_addr + part * es, ROW_BYTES)
-    assert np.all(col < plan_mod.TILE_BYTES), "a fragment reads the padding bytes"
+    col = col ^ (((row >> 1) & 3) << 4)
+    assert np.array_equal(smem_at(row, col), byte_addr + part * es)
     return row, col // es
 
 
@@ -227,12 +230,14 @@ def test_mma_fragments_match_ptx_layout(es: int) -> None:
     g, t = lanes // 4, lanes % 4
     for warp in range(plan_mod.MMA_THREADS // 32):
         wm, wn = warp >> 1, warp & 1
-        a_off = (wm * 64 + (lanes & 15)) * ROW_BYTES + (lanes >> 4) * 16
-        b_off = (wn * 64 + ((lanes >> 4) << 3) + (lanes & 7)) * ROW_BYTES + ((lanes >> 3) & 1) * 16
+        a_row, a_chunk = wm * 64 + (lanes & 15), lanes >> 4
+        b_row, b_chunk = wn * 64 + ((lanes >> 4) << 3) + (lanes & 7), (lanes >> 3) & 1
         for ks in range(2):
+            a_off = smem_at(a_row, 32 * ks + a_chunk * 16)
+            b_off = smem_at(b_row, 32 * ks + b_chunk * 16)
             # A: for each (r, c) of the 16 x ks_len fragment, where PTX puts it.
             for i in range(4):
-                regs = _ldmatrix_x4(a_off + i * 16 * ROW_BYTES + ks * 32)
+                regs = _ldmatrix_x4(a_off + i * 16 * ROW_BYTES)
                 for r in range(16):
                     for c in range(ks_len):
                         if es == 2:  # a_i: row g (+8 for regs 1, 3), cols 2t, 2t+1 (+8 for regs 2, 3)
@@ -243,7 +248,7 @@ def test_mma_fragments_match_ptx_layout(es: int) -> None:
                         assert (row, k) == (wm * 64 + i * 16 + r, ks * ks_len + c)
             # B: ldmatrix pair pr feeds n-tiles 2 pr (regs 0, 1) and 2 pr + 1 (regs 2, 3).
             for pr in range(4):
-                regs = _ldmatrix_x4(b_off + pr * 16 * ROW_BYTES + ks * 32)
+                regs = _ldmatrix_x4(b_off + pr * 16 * ROW_BYTES)
                 for half in range(2):
                     j = 2 * pr + half
                     for k in range(ks_len):
@@ -267,15 +272,37 @@ def test_igemm_constants_match_the_kernel() -> None:
     text = (build.KERNEL_DIR / "igemm.cu").read_text()
     for name in ("BM", "BN", "SIMT_THREADS", "MMA_THREADS", "TILE_BYTES", "ROW_BYTES", "STAGES"):
         assert re.search(rf"constexpr int {name} = {getattr(plan_mod, name)};", text), name
+    assert "return row * ROW_BYTES + ((byte & ~15) ^ (((row >> 1) & 3) << 4)) + (byte & 15);" in text, \
+        "smem_at changed: change plan_mod.smem_at with it"
+    row, byte = np.meshgrid(np.arange(BM), np.arange(ROW_BYTES))
+    kernel_form = row * ROW_BYTES + ((byte & ~15) ^ (((row >> 1) & 3) << 4)) + (byte & 15)
+    assert np.array_equal(smem_at(row, byte), kernel_form)
 
 
-def test_shared_reads_are_conflict_free() -> None:
-    """ldmatrix phases (8 rows of 16 bytes) and the FFMA kernel's 16-byte B reads (8 lanes per
-    phase) hit 8 distinct 16-byte bank groups: rows are 80 bytes apart."""
-    rows = np.arange(8) * ROW_BYTES
-    assert len(np.unique((rows % 128) // 16)) == 8
-    tx = np.arange(8)  # igemm_simt: lanes 0-7 read rows tx + 16 j
-    assert len(np.unique(((tx * ROW_BYTES) % 128) // 16)) == 8
+def _slots(byte_addr: np.ndarray) -> int:
+    """Distinct 16-byte bank groups that one phase of 16-byte shared accesses touches."""
+    return len(np.unique((np.asarray(byte_addr) % 128) // 16))
+
+
+def test_shared_accesses_are_conflict_free() -> None:
+    """Every phase of 16-byte shared accesses (8 lanes) hits 8 distinct 16-byte bank groups:
+    ldmatrix (8 rows of one chunk), the FFMA kernel's A and B reads, and the loaders' cp.async
+    writes (threads 8 q .. 8 q + 7 fill two whole rows)."""
+    assert smem_at(3, 4) == 3 * ROW_BYTES + 20  # row 3's chunk 0 sits in slot 1
+    for first in range(0, BM, 8):
+        for chunk in range(4):
+            assert _slots(smem_at(first + np.arange(8), 16 * chunk)) == 8
+    tx = np.arange(8)  # igemm_simt: lanes 0-7 read B rows tx + 16 j; A rows ty + 16 i are broadcasts
+    for j in range(8):
+        for chunk in range(4):
+            assert _slots(smem_at(tx + 16 * j, 16 * chunk)) == 8
+    for threads in (plan_mod.MMA_THREADS, plan_mod.SIMT_THREADS):
+        tid = np.arange(threads)
+        chunks = plan_mod.TILE_BYTES // 16
+        vrows = threads // chunks
+        for j in range(BM // vrows):
+            addr = smem_at(tid // chunks + vrows * j, 16 * (tid % chunks))
+            assert all(_slots(addr[q:q + 8]) == 8 for q in range(0, threads, 8))
 
 
 # ---------------------------------------------------------------- 2c. the implicit GEMM, modelled
@@ -330,6 +357,7 @@ def _fill_stage(p: object, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0
     if p.a_vec:  # BM / vrows rows per thread, chunk tid % chunks, cp.async 16 bytes or zeros
         chunk = tid % chunks
         e = table[k0 + chunk * vec]
+        assert k0 + kt + (chunks - 1) * vec < len(table), "the next tile's table read leaves the table"
         for j in range(BM // vrows):
             row = tid // chunks + vrows * j
             base, ih0, iw0 = _pixel_origin(g, m0 + row)

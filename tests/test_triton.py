@@ -83,7 +83,9 @@ CONV_CASES = {
     "channels-16": Conv2d(1, 16, 5, 5, 6, 3, 3, padding=1),
     "channels-31": Conv2d(1, 31, 4, 4, 5, 2, 3, stride=2, padding=1),
     "channels-17": Conv2d(1, 17, 3, 4, 4, 3, 3),
+    # Output channels past a multiple of the tile width run as two launches (channel_parts).
     "out-channels-past-tile": Conv2d(1, 2, 37, 4, 4, 3, 3),
+    "out-channels-past-tile-no-bias": Conv2d(2, 16, 20, 5, 6, 3, 3, padding=1, bias=False),
     "output-pixels-past-tile": Conv2d(3, 2, 3, 7, 9, 2, 2),
 }
 
@@ -101,6 +103,13 @@ def test_conv2d_channel_block_choice() -> None:
     from kernels.triton.conv2d import channel_block
     assert [channel_block(c, 64) for c in (3, 16, 17, 31, 64, 96, 192, 65)] == [0, 16, 0, 32, 64, 32, 64, 0]
     assert (channel_block(64, 16), channel_block(31, 16)) == (16, 16)
+
+
+def test_conv2d_channel_parts() -> None:
+    from kernels.triton.conv2d import channel_parts
+    assert channel_parts(192, 128) == [(0, 128), (128, 192)]
+    assert channel_parts(37, 16) == [(0, 32), (32, 37)]
+    assert [channel_parts(k, 128) for k in (96, 128, 384)] == [[(0, 96)], [(0, 128)], [(0, 384)]]
 
 
 POOL_CASES = {

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from layerbench.errors import Unsupported
@@ -24,7 +25,7 @@ BN = 128
 SIMT_THREADS = 256  # igemm_simt's block
 MMA_THREADS = 128  # igemm_mma's block: 4 warps of 64 x 64
 TILE_BYTES = 64
-ROW_BYTES = 80  # a shared-memory row: TILE_BYTES of data, 16 of padding
+ROW_BYTES = 64  # a shared-memory row: TILE_BYTES of data, chunks swizzled (smem_at)
 STAGES = 4
 SHARED_BYTES = STAGES * (BM + BN) * ROW_BYTES  # dynamic shared memory of a block
 FAR = -(1 << 29)
@@ -82,15 +83,23 @@ def weight_positions(g: Geometry) -> torch.Tensor | None:
     return pos
 
 
+def smem_at(row: int | np.ndarray, byte: int | np.ndarray) -> int | np.ndarray:
+    """igemm.cu smem_at: where byte ``byte`` (< 64) of tile row ``row`` sits in a stage's operand.
+
+    The kernel spells the same map as chunk start ^ swizzle + byte in chunk."""
+    return row * ROW_BYTES + (byte ^ (((row >> 1) & 3) << 4))
+
+
 def k_table(g: Geometry, pos: torch.Tensor) -> torch.Tensor:
-    """int32 [K rounded up to 32][4]: {input offset, kh, kw, 0} of each k; padding rows have
-    kh = FAR so that every load from them is out of the image (zero)."""
+    """int32 [K rounded up to 32, plus 32][4]: {input offset, kh, kw, 0} of each k; padding rows
+    have kh = FAR so that every load from them is out of the image (zero).  The spare 32 rows
+    serve the loader's read one tile ahead of the last tile."""
     c, kh, kw = _window_indices(g)
     sn, sc, sh, sw = g.x_strides
     delta = (c * sc + kh * sh + kw * sw).flatten()
     if delta.numel() and int(delta.abs().max()) >= 2**31:
         raise Unsupported("conv2d window offsets exceed int32")
-    rows = -(-g.K // TABLE_MULTIPLE) * TABLE_MULTIPLE
+    rows = -(-g.K // TABLE_MULTIPLE) * TABLE_MULTIPLE + TABLE_MULTIPLE
     table = torch.zeros(rows, 4, dtype=torch.int64)
     table[:, 1] = FAR
     table[pos, 0] = delta

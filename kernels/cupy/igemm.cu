@@ -9,10 +9,12 @@
 // linear layer is the 1x1 case on a 1x1 image.
 //
 // Block tile 128 x 128, k in tiles of 64 bytes (16 fp32 or 32 fp16/bf16 values).
-// Both operands sit in shared memory as [row][k] with 80-byte rows: 64 bytes of data and 16 of
-// padding, which keeps ldmatrix and 16-byte shared loads free of bank conflicts.  STAGES stages
-// in dynamic shared memory: while one tile is multiplied the next STAGES - 1 are in flight
-// (cp.async for 16-byte chunks and for fp32 elements, registers for 16-bit elements).
+// Both operands sit in shared memory as [row][k], 64-byte rows with the four 16-byte chunks of a
+// row swizzled (smem_at): eight rows of one chunk, as ldmatrix and the FFMA kernel's 16-byte loads
+// read them, and two whole rows, as the 16-byte cp.async writes fill them, each hit all 32 banks
+// once.  (Padded 80-byte rows kept the reads conflict-free but not the writes.)  Stages in
+// dynamic shared memory: while one tile is multiplied the next ones are in flight (cp.async for
+// 16-byte chunks and for fp32 elements, registers for 16-bit elements).
 //
 // igemm_simt: fp32 FFMA, 256 threads, each an 8 x 8 block of the tile.
 // igemm_mma : tensor cores through mma.sync (fp16, bf16, and fp32 data as tf32), fp32
@@ -29,16 +31,26 @@ constexpr int BN = 128;
 constexpr int SIMT_THREADS = 256;
 constexpr int MMA_THREADS = 128;
 constexpr int TILE_BYTES = 64;
-constexpr int ROW_BYTES = 80;
+constexpr int ROW_BYTES = 64;
 constexpr int STAGE_BYTES = (BM + BN) * ROW_BYTES;
-constexpr int STAGES = 4;  // 80 KiB a block, two blocks an SM
+// k tiles in shared memory at once: 64 KiB a block, two blocks an SM.  (igemm_simt: with 3, 5
+// or 6, ptxas spilled at its 128 registers.)
+constexpr int STAGES = 4;
 constexpr int FAR = -(1 << 29);  // an (ih, iw) origin that no kernel offset brings in bounds
+
+// Byte offset of byte `byte` of row `row` in a stage's operand: 16-byte chunk c of the row sits
+// in slot c ^ ((row / 2) % 4), so 8 consecutive rows use all 8 slots of two 128-byte bank lines,
+// and rows 8 apart share the swizzle (loops over such rows take one smem_at plus a stride).
+// Written as chunk start + byte in chunk so that a constant byte folds into an immediate offset.
+__device__ __forceinline__ int smem_at(int row, int byte) {
+    return row * ROW_BYTES + ((byte & ~15) ^ (((row >> 1) & 3) << 4)) + (byte & 15);
+}
 
 template <typename T>
 struct Problem {
     const T* x;
     const T* w;
-    const int4* ktab;  // {input offset, kh, kw, 0}; padded to a multiple of 32 with kh = FAR
+    const int4* ktab;  // {input offset, kh, kw, 0}; padded (kh = FAR) to a multiple of 32, plus 32
     int M, N, K;
     int OHW, OW, H, W, stride, pad;
     long long xsN, xsH, xsW;
@@ -93,6 +105,7 @@ struct TileLoader {
     static constexpr int B_ROWS_PER_PASS = NT / PAIRS;
     static constexpr int B_PASSES = BN / B_ROWS_PER_PASS;
     static_assert(NT % BM == 0 && BM % VROWS == 0 && BN % VROWS == 0 && NT % PAIRS == 0, "tiling");
+    static_assert(VROWS % 8 == 0 && B_ROWS_PER_PASS % 8 == 0, "a thread's rows share the swizzle");
 
     // A, vector path: BM / VROWS rows per thread, chunk column tid % CHUNKS.
     // A, element path: row tid % BM, k pairs 2 * (tid / BM) + 2 * A_LANES * j.
@@ -101,13 +114,20 @@ struct TileLoader {
     int a_ih0[AROWS], a_iw0[AROWS];
     unsigned a_stage[A_WORDS];
     unsigned b_stage[B_PASSES];
+    // Vector path: the k-table entry of the next tile's chunk, loaded one tile ahead so that its
+    // latency hides behind a multiply instead of stalling the address computation.  Tiles are
+    // issued in order, and the table has a spare tile of rows for the read past the last one.
+    // Not in the 256-thread FFMA kernel: at its 128 registers the extra entry spills.
+    static constexpr bool PREFETCH = AVEC && NT <= 128;
+    int4 e_next;
 
-    __device__ __forceinline__ void init(const Problem<T>& p, int m0, int tid) {
+    __device__ __forceinline__ void init(const Problem<T>& p, int m0, int kbeg, int tid) {
 #pragma unroll
         for (int j = 0; j < AROWS; ++j) {
             const int row = AVEC ? tid / CHUNKS + VROWS * j : (tid & (BM - 1));
             pixel_origin(p, m0 + row, a_base[j], a_ih0[j], a_iw0[j]);
         }
+        if constexpr (PREFETCH) e_next = __ldg(p.ktab + kbeg + (tid % CHUNKS) * VEC);
     }
 
     __device__ __forceinline__ void issue(const Problem<T>& p, int n0, int k0,
@@ -115,13 +135,19 @@ struct TileLoader {
         // ---- A
         if constexpr (AVEC) {
             const int chunk = tid % CHUNKS;
-            const int4 e = __ldg(p.ktab + k0 + chunk * VEC);
+            int4 e;
+            if constexpr (PREFETCH) {
+                e = e_next;
+                e_next = __ldg(p.ktab + k0 + KT + chunk * VEC);
+            } else {
+                e = __ldg(p.ktab + k0 + chunk * VEC);
+            }
+            const unsigned dst = lb::smem_addr(sa + smem_at(tid / CHUNKS, chunk * 16));
 #pragma unroll
             for (int j = 0; j < AROWS; ++j) {
-                const int row = tid / CHUNKS + VROWS * j;
                 const bool ok = in_image(p, a_ih0[j] + e.y, a_iw0[j] + e.z);
                 const T* src = ok ? p.x + (a_base[j] + e.x) : p.x;
-                lb::cp_async16_l1(lb::smem_addr(sa + row * ROW_BYTES + chunk * 16), src, ok);
+                lb::cp_async16_l1(dst + j * VROWS * ROW_BYTES, src, ok);
             }
         } else {
             const int q = tid / BM;
@@ -135,7 +161,7 @@ struct TileLoader {
                     const bool ok = in_image(p, a_ih0[0] + e.y, a_iw0[0] + e.z);
                     const T* src = p.x + (a_base[0] + e.x);
                     if constexpr (ES == 4) {
-                        lb::cp_async4(lb::smem_addr(sa + (tid & (BM - 1)) * ROW_BYTES + (kk + h) * 4),
+                        lb::cp_async4(lb::smem_addr(sa + smem_at(tid & (BM - 1), (kk + h) * 4)),
                                       ok ? src : p.x, ok);
                     } else {
                         v[h] = ok ? raw16(src) : 0u;
@@ -148,28 +174,27 @@ struct TileLoader {
         if (p.b_vec) {
             const int chunk = tid % CHUNKS;
             const int k = k0 + chunk * VEC;
+            const unsigned dst = lb::smem_addr(sb + smem_at(tid / CHUNKS, chunk * 16));
 #pragma unroll
             for (int j = 0; j < BN / VROWS; ++j) {
-                const int row = tid / CHUNKS + VROWS * j;
-                const int n = n0 + row;
+                const int n = n0 + tid / CHUNKS + VROWS * j;
                 const bool ok = n < p.N && k < p.K;
                 const T* src = ok ? p.w + (static_cast<long long>(n) * p.K + k) : p.w;
-                lb::cp_async16(lb::smem_addr(sb + row * ROW_BYTES + chunk * 16), src, ok);
+                lb::cp_async16(dst + j * VROWS * ROW_BYTES, src, ok);
             }
         } else {
             const int k = k0 + 2 * (tid % PAIRS);
+            const unsigned dst = lb::smem_addr(sb + smem_at(tid / PAIRS, (k - k0) * 4));
 #pragma unroll
             for (int j = 0; j < B_PASSES; ++j) {
-                const int row = tid / PAIRS + B_ROWS_PER_PASS * j;
-                const int n = n0 + row;
+                const int n = n0 + tid / PAIRS + B_ROWS_PER_PASS * j;
                 const T* src = p.w + (static_cast<long long>(n) * p.K + k);
                 unsigned v[2];
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const bool ok = n < p.N && k + h < p.K;
                     if constexpr (ES == 4) {
-                        lb::cp_async4(lb::smem_addr(sb + row * ROW_BYTES + (k - k0 + h) * 4),
-                                      ok ? src + h : p.w, ok);
+                        lb::cp_async4(dst + j * B_ROWS_PER_PASS * ROW_BYTES + h * 4, ok ? src + h : p.w, ok);
                     } else {
                         v[h] = ok ? raw16(src + h) : 0u;
                     }
@@ -188,16 +213,14 @@ struct TileLoader {
 #pragma unroll
                 for (int j = 0; j < A_WORDS; ++j) {
                     const int kk = 2 * A_LANES * j + 2 * q;
-                    *reinterpret_cast<unsigned*>(sa + row * ROW_BYTES + kk * 2) = a_stage[j];
+                    *reinterpret_cast<unsigned*>(sa + smem_at(row, kk * 2)) = a_stage[j];
                 }
             }
             if (!p.b_vec) {
-                const int kk = 2 * (tid % PAIRS);
+                unsigned char* dst = sb + smem_at(tid / PAIRS, 4 * (tid % PAIRS));
 #pragma unroll
-                for (int j = 0; j < B_PASSES; ++j) {
-                    const int row = tid / PAIRS + B_ROWS_PER_PASS * j;
-                    *reinterpret_cast<unsigned*>(sb + row * ROW_BYTES + kk * 2) = b_stage[j];
-                }
+                for (int j = 0; j < B_PASSES; ++j)
+                    *reinterpret_cast<unsigned*>(dst + j * B_ROWS_PER_PASS * ROW_BYTES) = b_stage[j];
             }
         }
     }
@@ -222,7 +245,7 @@ __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem,
     typedef TileLoader<T, AVEC, NT> Loader;
     const int tid = threadIdx.x;
     Loader ld;
-    ld.init(p, m0, tid);
+    ld.init(p, m0, kbeg, tid);
     const int ntiles = (kend - kbeg + Loader::KT - 1) / Loader::KT;
     if (ntiles <= 0) return;
     auto stage = [smem](int t) { return smem + (t % STAGES) * STAGE_BYTES; };
@@ -271,7 +294,6 @@ __global__ void __launch_bounds__(SIMT_THREADS, 2) igemm_simt(IGEMM_PARAMS(float
     const int kbeg = blockIdx.z * k_split;
     const int kend = min(K, kbeg + k_split);
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    constexpr int RF = ROW_BYTES / 4;  // floats per shared row
 
     float acc[8][8];
 #pragma unroll
@@ -279,18 +301,20 @@ __global__ void __launch_bounds__(SIMT_THREADS, 2) igemm_simt(IGEMM_PARAMS(float
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
 
+    // Rows ty + 16 i (tx + 16 j) share the swizzle of row ty (tx): one smem_at per chunk, and
+    // the rows are immediate offsets.
     k_loop<float, AVEC, SIMT_THREADS>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
-        const float* As = reinterpret_cast<const float*>(sa);
-        const float* Bs = reinterpret_cast<const float*>(sb);
 #pragma unroll
         for (int c = 0; c < 4; ++c) {  // four 4-value chunks of k
+            const unsigned char* as = sa + smem_at(ty, 16 * c);
+            const unsigned char* bs = sb + smem_at(tx, 16 * c);
             float4 b[8];
 #pragma unroll
             for (int j = 0; j < 8; ++j)
-                b[j] = *reinterpret_cast<const float4*>(Bs + (tx + 16 * j) * RF + 4 * c);
+                b[j] = *reinterpret_cast<const float4*>(bs + 16 * j * ROW_BYTES);
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-                const float4 a = *reinterpret_cast<const float4*>(As + (ty + 16 * i) * RF + 4 * c);
+                const float4 a = *reinterpret_cast<const float4*>(as + 16 * i * ROW_BYTES);
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     acc[i][j] = fmaf(a.x, b[j].x, acc[i][j]);
@@ -342,22 +366,24 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
-    // ldmatrix row addresses (bytes within a stage) for this lane, chunk 0 of the tile.
+    // ldmatrix row addresses (bytes within a stage) for this lane, per 32-byte k step ks; rows
+    // 16 further on share the swizzle, so fragment i (pair pr) is 16 i (16 pr) rows further.
     // A: matrices (rows 0-7, k-chunk 0), (rows 8-15, chunk 0), (rows 0-7, chunk 1), (8-15, 1).
-    const int a_off = (wm * 64 + (lane & 15)) * ROW_BYTES + (lane >> 4) * 16;
+    const int a_row = wm * 64 + (lane & 15), a_chunk = lane >> 4;
+    const int a_off[2] = {smem_at(a_row, a_chunk * 16), smem_at(a_row, 32 + a_chunk * 16)};
     // B: matrices (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1).
-    const int b_off = (wn * 64 + ((lane >> 4) << 3) + (lane & 7)) * ROW_BYTES + ((lane >> 3) & 1) * 16;
+    const int b_row = wn * 64 + ((lane >> 4) << 3) + (lane & 7), b_chunk = (lane >> 3) & 1;
+    const int b_off[2] = {smem_at(b_row, b_chunk * 16), smem_at(b_row, 32 + b_chunk * 16)};
 
     k_loop<T, AVEC, MMA_THREADS>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
-        const unsigned a_addr = lb::smem_addr(sa) + a_off;
-        const unsigned b_addr = lb::smem_addr(sb) + b_off;
+        const unsigned a_addr = lb::smem_addr(sa), b_addr = lb::smem_addr(sb);
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {  // two 32-byte k steps per tile
             unsigned b[8][2];
 #pragma unroll
             for (int pr = 0; pr < 4; ++pr) {
                 unsigned r[4];
-                lb::ldmatrix_x4(r, b_addr + pr * 16 * ROW_BYTES + ks * 32);
+                lb::ldmatrix_x4(r, b_addr + b_off[ks] + pr * 16 * ROW_BYTES);
                 b[2 * pr][0] = lb::Mma<T>::prepare(r[0]);
                 b[2 * pr][1] = lb::Mma<T>::prepare(r[1]);
                 b[2 * pr + 1][0] = lb::Mma<T>::prepare(r[2]);
@@ -366,7 +392,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 unsigned a[4];
-                lb::ldmatrix_x4(a, a_addr + i * 16 * ROW_BYTES + ks * 32);
+                lb::ldmatrix_x4(a, a_addr + a_off[ks] + i * 16 * ROW_BYTES);
 #pragma unroll
                 for (int r = 0; r < 4; ++r) a[r] = lb::Mma<T>::prepare(a[r]);
 #pragma unroll
