@@ -44,6 +44,22 @@ template <typename T> struct Acc<T, AVG> {
     }
 };
 
+// Calls tap(a, b) for each tap (a, b) of the kk x kk window whose top-left corner is (h0, w0) in
+// an H x W map: every tap for a window inside the map, only those on the map for a window on the
+// padding.  The taps unroll where kk is a compile-time constant (the kernels' K > 0).
+template <typename Tap>
+__device__ __forceinline__ void for_each_tap(int h0, int w0, int kk, int H, int W, Tap&& tap) {
+    if (h0 >= 0 && w0 >= 0 && h0 + kk <= H && w0 + kk <= W) {
+#pragma unroll
+        for (int a = 0; a < kk; ++a)
+#pragma unroll
+            for (int b = 0; b < kk; ++b) tap(a, b);
+    } else {
+        for (int a = max(-h0, 0); a < min(kk, H - h0); ++a)
+            for (int b = max(-w0, 0); b < min(kk, W - w0); ++b) tap(a, b);
+    }
+}
+
 }  // namespace
 
 // NCHW, windows served from shared memory.  A block pools `band_rows` consecutive rows of the
@@ -100,15 +116,7 @@ __global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int rows, i
         const U* win = sb + ((plane * H + h0) * W + w0 - base);  // may point at padding
         Acc<T, METHOD> acc;
         acc.init();
-        if (h0 >= 0 && w0 >= 0 && h0 + kk <= H && w0 + kk <= W) {
-#pragma unroll
-            for (int a = 0; a < kk; ++a)
-#pragma unroll
-                for (int b = 0; b < kk; ++b) acc.add(win[a * W + b]);
-        } else {  // a window on the padding: its real taps only
-            for (int a = max(-h0, 0); a < min(kk, H - h0); ++a)
-                for (int b = max(-w0, 0); b < min(kk, W - w0); ++b) acc.add(win[a * W + b]);
-        }
+        for_each_tap(h0, w0, kk, H, W, [&](int a, int b) { acc.add(win[a * W + b]); });
         out[i] = acc.result(inv_area);
         ow += step_cols;
         oh += step_rows;
@@ -196,15 +204,7 @@ __global__ void __launch_bounds__(256) pool2d_nhwc(const T* x, T* y, int batch, 
                 for (int v = 0; v < VEC; ++v) acc[v].add(pk.u[v]);
             }
         };
-        if (h0 >= 0 && w0 >= 0 && h0 + kk <= H && w0 + kk <= W) {
-#pragma unroll
-            for (int a = 0; a < kk; ++a)
-#pragma unroll
-                for (int b = 0; b < kk; ++b) add(a, b);
-        } else {
-            for (int a = max(-h0, 0); a < min(kk, H - h0); ++a)
-                for (int b = max(-w0, 0); b < min(kk, W - w0); ++b) add(a, b);
-        }
+        for_each_tap(h0, w0, kk, H, W, add);
         const long long out = static_cast<long long>(i) * VEC;
         if constexpr (VEC == 1) {
             reinterpret_cast<U*>(y)[out] = acc[0].result(inv_area);

@@ -304,6 +304,7 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     m_total = n * p * q
     crs = c * spec.kernel_h * spec.kernel_w
     wide = fixed["BLOCK_N"] if interpreting(_conv2d_kernel) else _WIDE_N
+    tuned = _tuned(mode, block_k or cap)  # one tuner: K and KY in its key tune each part apart
     launches = []
     for lo, hi in channel_parts(k, wide):
         # A run of output channels: the weight's rows, the bias and the output's channels lo..hi.
@@ -315,5 +316,5 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         def grid(config: dict, channels: int = hi - lo) -> tuple[int]:
             return (triton.cdiv(m_total, config["BLOCK_M"]) * triton.cdiv(channels, config["BLOCK_N"]),)
 
-        launches.append(bind(_conv2d_kernel, _tuned(mode, block_k or cap), grid, args, meta, fixed))
+        launches.append(bind(_conv2d_kernel, tuned, grid, args, meta, fixed))
     return in_order(*copies, *launches)
