@@ -31,6 +31,7 @@ from layerbench.testing import (
 )
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
+from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
 
 gpu = pytest.mark.gpu
 DEVICE = "cuda"
@@ -125,14 +126,18 @@ def test_conv_reference_is_conv2d() -> None:
     torch.testing.assert_close(conv_reference(spec, t), want, rtol=1e-12, atol=1e-12)
 
 
-def check_conv_fast(spec: Conv2d, dtype: str, layout: str) -> None:
+def check_conv_fast(spec: Conv2d, dtype: str, layout: str, algorithm: str | None = None) -> None:
     """check_implementation's steps (fresh inputs, NaN-poisoned output, two launches, the same
-    comparison and tolerances) with the im2col reference."""
+    comparison and tolerances) with the im2col reference; ``algorithm`` forces one of the
+    launcher's two ("fft", "igemm") instead of its timed choice."""
     dt = get_dtype(dtype)
     tensors = make_tensors(spec, dt, layout, DEVICE)
     out = make_output(spec, tensors)
     ref = conv_reference(spec, tensors)
-    kernel = impl("conv2d").build(spec, dt, layout, tensors, out)
+    if algorithm is None:
+        kernel = impl("conv2d").build(spec, dt, layout, tensors, out)
+    else:
+        kernel = getattr(cupy_conv2d, f"build_{algorithm}")(spec, dt, tensors, out)
     for _ in range(2):
         out.fill_(math.nan)
         torch.cuda.synchronize()
@@ -156,6 +161,51 @@ def test_conv2d_thesis_layers(name: str, dtype: str, layout: str) -> None:
 @pytest.mark.parametrize("name", sorted(ODD_CONV))
 def test_conv2d_awkward_shapes(name: str, dtype: str, layout: str) -> None:
     assert_ok("conv2d", ODD_CONV[name], dtype, layout)
+
+
+# Shapes for the FFT convolution: every transform size (16-128), padding, tiles of the
+# per-frequency product cut by batch, channel and output-channel counts, a window as large as
+# the input, no bias.
+FFT_CONV = {
+    **{name: THESIS_CONV[name] for name in ("L1", "L2", "L3", "L4", "L5", "L6")},
+    "non-square-pad2": ODD_CONV["non-square-pad2"],
+    "odd-counts-no-bias": Conv2d(33, 13, 41, 20, 21, 3, 3, padding=1, bias=False),
+    "to-128-with-padding": Conv2d(2, 4, 5, 120, 100, 5, 5, padding=4),
+    "window-is-input": Conv2d(3, 9, 10, 9, 9, 9, 9),
+    "1-channel": Conv2d(5, 1, 1, 16, 16, 2, 3),
+}
+
+
+@gpu
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("algorithm", ["fft", "igemm"])
+@pytest.mark.parametrize("name", sorted(FFT_CONV))
+def test_conv2d_fp32_each_algorithm(name: str, algorithm: str, layout: str) -> None:
+    check_conv_fast(FFT_CONV[name], "fp32", layout, algorithm)
+
+
+@gpu
+def test_conv2d_records_its_algorithm() -> None:
+    def details(spec: Conv2d, dtype: str) -> dict:
+        dt = get_dtype(dtype)
+        tensors = make_tensors(spec, dt, "NCHW", DEVICE)
+        return impl("conv2d").build(spec, dt, "NCHW", tensors, make_output(spec, tensors)).details
+
+    timed = details(Conv2d(16, 64, 64, 32, 32, 9, 9), "fp32")
+    assert timed["algorithm"] in ("fft", "implicit_gemm")
+    assert timed["fft_ms"] > 0 and timed["implicit_gemm_ms"] > 0
+    assert (timed["algorithm"] == "fft") == (timed["fft_ms"] < timed["implicit_gemm_ms"])
+    assert "stride 1" in details(Conv2d(2, 8, 8, 16, 16, 3, 3, stride=2), "fp32")["fft"]
+    assert "fp32 only" in details(Conv2d(2, 8, 8, 16, 16, 3, 3), "bf16")["fft"]
+    assert details(Conv2d(2, 8, 8, 16, 16, 3, 3), "bf16")["algorithm"] == "implicit_gemm"
+
+
+@gpu
+def test_fft_conv_refuses_what_it_cannot_run() -> None:
+    spec = Conv2d(1, 2, 2, 200, 200, 3, 3)
+    tensors = make_tensors(spec, get_dtype("fp32"), "NCHW", DEVICE)
+    with pytest.raises(Unsupported, match="up to 128 x 128"):
+        cupy_conv2d.build_fft(spec, get_dtype("fp32"), tensors, make_output(spec, tensors))
 
 
 # ---------------------------------------------------------------- pooling

@@ -5,8 +5,8 @@
    cupy.RawModule (kernels/cupy/_build.py), plus the options CuPy itself appends.
 2. CPU models of the kernels' index math, transcribed from the .cu files: the bit tricks of
    ReLU and max pooling, the ldmatrix/mma.sync fragment layouts (against the PTX ISA's
-   definitions), the implicit GEMM's loaders, tiles, split-K and epilogue, and the pooling
-   loops, each compared with torch in float64.
+   definitions), the implicit GEMM's loaders, tiles, split-K and epilogue, the pooling
+   loops and the FFT convolution's transforms, each compared with torch or numpy in float64.
 
 The kernels/cupy modules used here are loaded by path: the package itself needs CuPy.
 """
@@ -48,6 +48,7 @@ def _load(name: str) -> ModuleType:
 build = _load("_build")
 plan_mod = _load("_igemm_plan")
 pool_plan = _load("_pool_plan")
+fft_plan_mod = _load("_fft_plan")
 
 
 # ---------------------------------------------------------------- 1. NVRTC compile check
@@ -702,3 +703,150 @@ def test_pool_band_plan(shape: tuple[int, int, int, int], kernel: int, itemsize:
 def test_band_bytes_match_the_kernel() -> None:
     text = (build.KERNEL_DIR / "pool2d.cu").read_text()
     assert f"constexpr int BAND_BYTES = {pool_plan.BAND_BYTES};" in text
+
+
+# ---------------------------------------------------------------- 2e. FFT convolution, modelled
+
+
+def _bitrev(v: np.ndarray | int, log_n: int) -> np.ndarray:
+    out = np.zeros_like(np.asarray(v))
+    for b in range(log_n):
+        out |= ((np.asarray(v) >> b) & 1) << (log_n - 1 - b)
+    return out
+
+
+def _twiddles(log_n: int, sign: float) -> np.ndarray:
+    n = 1 << log_n
+    return np.exp(sign * 2j * np.pi * np.arange(n // 2) / n)
+
+
+def _fft_stages(data: np.ndarray, log_n: int, tw: np.ndarray) -> None:
+    """fft_stages along the last axis, in place: bit-reversed order in, natural order out."""
+    for s in range(log_n):
+        half = 1 << s
+        j = np.arange(1 << (log_n - 1))
+        pos = j & (half - 1)
+        i0 = ((j - pos) << 1) + pos
+        u, v = data[..., i0].copy(), data[..., i0 + half] * tw[pos << (log_n - 1 - s)]
+        data[..., i0], data[..., i0 + half] = u + v, u - v
+
+
+def model_fft_forward(x: np.ndarray, pad: int, log_n: int) -> np.ndarray:
+    """fft_forward on one real plane: its half spectrum [N][N/2+1] on the N x N grid."""
+    n, p = 1 << log_n, (1 << log_n) // 2 + 1
+    tw = _twiddles(log_n, -1.0)
+    r, c = np.meshgrid(np.arange(n // 2), np.arange(n), indexing="ij")
+    h, w = 2 * r - pad, c - pad
+
+    def at(hh: np.ndarray) -> np.ndarray:
+        ok = (hh >= 0) & (hh < x.shape[0]) & (w >= 0) & (w < x.shape[1])
+        return np.where(ok, x[np.clip(hh, 0, x.shape[0] - 1), np.clip(w, 0, x.shape[1] - 1)], 0.0)
+
+    rows = np.zeros((n // 2, n), complex)
+    rows[r, _bitrev(c, log_n)] = at(h) + 1j * at(h + 1)
+    _fft_stages(rows, log_n, tw)
+    v = np.arange(p)
+    z, zc = rows[:, v], np.conj(rows[:, (n - v) & (n - 1)])
+    d = z - zc
+    spec = np.zeros((n, p), complex)
+    r2 = np.arange(n // 2)
+    spec[_bitrev(2 * r2, log_n)] = 0.5 * (z + zc)
+    spec[_bitrev(2 * r2 + 1, log_n)] = 0.5 * d.imag - 0.5j * d.real
+    cols = spec.T.copy()
+    _fft_stages(cols, log_n, tw)
+    return cols.T
+
+
+def model_fft_inverse(spec: np.ndarray, rows: int, cols: int, log_n: int) -> np.ndarray:
+    """fft_inverse on one half spectrum: output rows x cols, scaled, before the bias."""
+    n = 1 << log_n
+    tw = _twiddles(log_n, 1.0)
+    cols_in = np.zeros((spec.shape[1], n), complex)
+    cols_in[:, _bitrev(np.arange(n), log_n)] = spec.T
+    _fft_stages(cols_in, log_n, tw)
+    s = cols_in.T
+    pairs = (rows + 1) // 2
+    c = np.arange(n)
+    mirrored = c > n // 2
+    v = np.where(mirrored, n - c, c)
+    a, b = s[0:2 * pairs:2, v], s[1:2 * pairs:2, v]
+    a, b = np.where(mirrored, np.conj(a), a), np.where(mirrored, np.conj(b), b)
+    edge = (v == 0) | (v == n // 2)
+    a, b = np.where(edge, a.real, a), np.where(edge, b.real, b)
+    z = np.zeros((pairs, n), complex)
+    z[:, _bitrev(c, log_n)] = (a.real - b.imag) + 1j * (a.imag + b.real)
+    _fft_stages(z, log_n, tw)
+    out = np.stack([z.real, z.imag], axis=1).reshape(2 * pairs, n)
+    return out[:rows, :cols] / (n * n)
+
+
+@pytest.mark.parametrize("log_n", list(fft_plan_mod.LOG_SIZES))
+def test_model_fft_transforms_match_numpy(log_n: int) -> None:
+    n = 1 << log_n
+    rng = np.random.default_rng(log_n)
+    x = rng.standard_normal((n - 5, n - 3))
+    spec = model_fft_forward(x, 1, log_n)
+    grid = np.zeros((n, n))
+    grid[1:1 + x.shape[0], 1:1 + x.shape[1]] = x
+    np.testing.assert_allclose(spec, np.fft.rfft2(grid), atol=1e-9 * n * n)
+    back = model_fft_inverse(spec, n - 1, n - 2, log_n)
+    np.testing.assert_allclose(back, grid[:n - 1, :n - 2], atol=1e-12 * n * n)
+
+
+@pytest.mark.parametrize("spec", [Conv2d(2, 3, 4, 13, 9, 3, 5, padding=2), Conv2d(1, 2, 3, 16, 16, 16, 16),
+                                  Conv2d(2, 2, 2, 5, 7, 2, 3), Conv2d(1, 1, 2, 30, 30, 7, 7, padding=1)])
+def test_model_fft_conv_matches_torch(spec: Conv2d) -> None:
+    """Spectra of x and w, the per-frequency product with conj(w), the cropped inverse: the
+    convolution, with padding, at every transform size fft_plan picks."""
+    plan = fft_plan_mod.fft_plan(spec)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.input_shape)
+    w = rng.standard_normal(spec.weight_shape)
+    xs = np.array([[model_fft_forward(x[b, c], spec.padding, plan.log_n) for c in range(spec.in_channels)]
+                   for b in range(spec.batch)])
+    ws = np.array([[model_fft_forward(w[k, c], 0, plan.log_n) for c in range(spec.in_channels)]
+                   for k in range(spec.out_channels)])
+    ys = np.einsum("bcuv,kcuv->bkuv", xs, np.conj(ws))
+    out = np.array([[model_fft_inverse(ys[b, k], spec.out_height, spec.out_width, plan.log_n)
+                     for k in range(spec.out_channels)] for b in range(spec.batch)])
+    want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=spec.padding).numpy()
+    np.testing.assert_allclose(out, want, atol=1e-10)
+
+
+def test_fft_plan_sizes_and_limits() -> None:
+    plan = fft_plan_mod.fft_plan
+    assert [plan(Conv2d(128, 3, 96, h, h, k, k)).n for h, k in ((128, 11), (64, 9), (32, 9), (16, 7), (13, 3), (27, 5))] \
+        == [128, 64, 32, 16, 16, 32]
+    assert plan(Conv2d(1, 1, 1, 30, 28, 3, 3, padding=1)).n == 32  # padding counts
+    assert plan(Conv2d(1, 1, 1, 31, 28, 3, 3, padding=1)).n == 64
+    assert plan(Conv2d(1, 1, 1, 3, 3, 3, 3)).n == 16  # the smallest size instantiated
+    with pytest.raises(Exception, match="up to 128 x 128"):
+        plan(Conv2d(1, 1, 1, 224, 224, 3, 3))
+    with pytest.raises(Exception, match="stride 1"):
+        plan(Conv2d(1, 1, 1, 32, 32, 3, 3, stride=2))
+    for log_n in fft_plan_mod.LOG_SIZES:
+        p = plan(Conv2d(1, 1, 1, 1 << log_n, 1 << log_n, 1, 1))
+        assert p.freqs % fft_plan_mod.FT == 0  # fft_cgemm's 16-byte halves never straddle a tile
+    for log_n in fft_plan_mod.LOG_SIZES:  # fits an A100's opt-in maximum
+        assert fft_plan_mod.transform_shared_bytes(1 << log_n) <= 163 * 1024
+    assert list(fft_plan_mod.LOG_SIZES) == list(build.FFT_LOG_SIZES)
+
+
+def test_fft_first_guess() -> None:
+    """The thesis's layers at batch 128 are worth timing both ways; a 1x1 convolution is not."""
+    for h, c, k, ks in ((128, 3, 96, 11), (64, 64, 128, 9), (32, 128, 128, 9), (16, 128, 128, 7),
+                        (13, 384, 384, 3), (27, 192, 192, 5)):
+        assert fft_plan_mod.fft_plan(Conv2d(128, c, k, h, h, ks, ks)).worth_timing()
+    assert not fft_plan_mod.fft_plan(Conv2d(128, 64, 64, 32, 32, 1, 1)).worth_timing()
+
+
+def test_fft_constants_match_the_kernel() -> None:
+    text = (build.KERNEL_DIR / "fft_conv.cu").read_text()
+    for name in ("GEMM_THREADS", "FT", "BT", "KT", "CT", "GEMM_STAGES"):
+        assert re.search(rf"constexpr int {name} = {getattr(fft_plan_mod, name)};", text), name
+    # Transform's threads and planes per block, written as in the kernel, against the plan's.
+    assert "THREADS = LOGN >= 7 ? 1024 : 256;" in text and "PLANES = LOGN >= 6 ? 1 : 1 << (12 - 2 * LOGN);" in text
+    for log_n in fft_plan_mod.LOG_SIZES:
+        n = 1 << log_n
+        assert fft_plan_mod.transform_threads(n) == (1024 if log_n >= 7 else 256)
+        assert fft_plan_mod.planes_per_block(n) == (1 if log_n >= 6 else 1 << (12 - 2 * log_n))

@@ -81,6 +81,18 @@ def to_channels_last_name(ctype: str) -> str:
     return f"to_channels_last<{ctype}>"
 
 
+FFT_LOG_SIZES = range(4, 8)  # transforms of 16 x 16 .. 128 x 128 (shared memory caps the size)
+FFT_CGEMM_NAME = "fft_cgemm"
+
+
+def fft_forward_name(log_n: int) -> str:
+    return f"fft_forward<{log_n}>"
+
+
+def fft_inverse_name(log_n: int) -> str:
+    return f"fft_inverse<{log_n}>"
+
+
 @dataclass(frozen=True)
 class Source:
     file: str
@@ -99,6 +111,9 @@ SOURCES: dict[str, Source] = {
         + [igemm_name(t, True, a) for t in STORAGE_TYPES for a in (True, False)]
         + [reduce_name(t) for t in STORAGE_TYPES])),
     "layout": Source("layout.cu", tuple(to_channels_last_name(t) for t in STORAGE_TYPES)),
+    "fft_conv": Source("fft_conv.cu", tuple(
+        [fft_forward_name(n) for n in FFT_LOG_SIZES] + [fft_inverse_name(n) for n in FFT_LOG_SIZES]
+        + [FFT_CGEMM_NAME])),
 }
 
 

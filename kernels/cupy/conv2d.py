@@ -1,5 +1,13 @@
-"""Convolution launcher: the implicit GEMM of igemm.cu on NCHW or NHWC tensors.
+"""Convolution launcher: the implicit GEMM of igemm.cu, or for fp32 the FFT convolution of
+fft_conv.cu, on NCHW or NHWC tensors.
 
+Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
+stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
+chance, both are built and timed on the real buffers and the faster is kept, as cudnnFind does
+for cuDNN.  On an H100 the FFT was kept on all of the thesis's L1-L6, both layouts (1.4-12x faster
+than the FFMA implicit GEMM; cuDNN itself runs FFT or Winograd there in NCHW).
+
+Implicit GEMM:
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
 fp32 accumulation.  Both layouts run the same kernels through the tensors' strides; NHWC with
 channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else element-wise.
@@ -13,8 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import _build, _igemm, _launch
+from kernels.cupy import _build, _fft_conv, _igemm, _launch
+from kernels.cupy._fft_plan import fft_plan
 from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
 from layerbench.registry import Kernel, Tensors, in_order, register
 from layerbench.specs import Conv2d
 
@@ -32,12 +42,8 @@ def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.
     return dst, launch
 
 
-@register("conv2d", "cupy", backend="cupy",
-          description="CUDA C (CuPy): implicit GEMM, 128x128 tiles; FFMA for fp32, mma.sync tensor "
-                      "cores for tf32/fp16/bf16; split-K when the output is small")
-def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    _launch.check_dtype("conv2d", dtype, spec.dtypes)
-    _launch.check_layout("conv2d", layout, spec.layouts)
+def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """The implicit GEMM (after a layout copy where NCHW data has 16-byte channel runs)."""
     x, weight = tensors["x"], tensors["weight"]
     index = _launch.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
     ctype = _launch.ctype_of(dtype)
@@ -57,3 +63,47 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         out_strides=tuple(out.stride()))
     bias = tensors.get("bias") if spec.bias else None
     return in_order(*copies, _igemm.build(dtype, x, weight, bias, out, g))
+
+
+def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """The FFT convolution; Unsupported, with the reason, where it cannot run ``spec``."""
+    if dtype.name != "fp32":
+        raise Unsupported(f"the FFT convolution is fp32 only, not {dtype.name}")
+    plan = fft_plan(spec)
+    x, weight = tensors["x"], tensors["weight"]
+    index = _launch.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
+    free, _ = torch.cuda.mem_get_info(index)
+    if plan.workspace_bytes > free // 2:
+        raise Unsupported(f"the FFT convolution needs {plan.workspace_bytes / 2**30:.1f} GiB of "
+                          f"spectra, over half of the {free / 2**30:.1f} GiB free")
+    return _fft_conv.build(plan, x, weight, tensors.get("bias") if spec.bias else None, out, index)
+
+
+@register("conv2d", "cupy", backend="cupy",
+          description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
+                      "cores for tf32/fp16/bf16, split-K when the output is small); for fp32 an FFT "
+                      "convolution instead where it times faster at build")
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    _launch.check_dtype("conv2d", dtype, spec.dtypes)
+    _launch.check_layout("conv2d", layout, spec.layouts)
+    igemm = build_igemm(spec, dtype, tensors, out)
+    details: dict[str, object] = {"algorithm": "implicit_gemm"}
+    chosen = igemm
+    try:
+        if dtype.name == "fp32" and not fft_plan(spec).worth_timing():
+            raise Unsupported("flops and bytes give the FFT no chance here")
+        fft = build_fft(spec, dtype, tensors, out)
+    except Unsupported as why:
+        details["fft"] = str(why)
+    else:
+        index = _launch.device_index(out)
+        fft_ms, igemm_ms = _launch.quick_time_ms(fft, index), _launch.quick_time_ms(igemm, index)
+        details.update(fft_ms=fft_ms, implicit_gemm_ms=igemm_ms)
+        if fft_ms < igemm_ms:
+            details["algorithm"], chosen = "fft", fft
+
+    def kernel() -> None:
+        chosen()
+
+    kernel.details = details  # type: ignore[attr-defined]
+    return kernel

@@ -1,0 +1,97 @@
+"""The plan of an FFT convolution (fft_conv.cu), worked out on the CPU before any launch.
+
+Needs neither CuPy nor a GPU, so that tests can check sizes and the choice on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layerbench.errors import Unsupported
+from layerbench.specs import Conv2d
+
+LOG_SIZES = range(4, 8)  # must match _build.FFT_LOG_SIZES, the sizes instantiated
+# Must match fft_conv.cu.
+GEMM_THREADS = 256
+FT, BT, KT, CT = 4, 32, 32, 8  # fft_cgemm's block: frequencies, images, output channels, c per stage
+GEMM_STAGES = 3
+COMPLEX_BYTES = 8
+GEMM_SHARED_BYTES = GEMM_STAGES * CT * (BT + KT) * FT * COMPLEX_BYTES
+
+# Work of a byte moved, in flops, for the first guess between FFT and implicit GEMM: an H100's
+# fp32 FMA peak over its copy bandwidth (52 TFLOP/s / 2.9 TB/s).  Only a filter: when the guess
+# says FFT may win, the launcher times both and keeps the faster.
+FLOPS_PER_BYTE = 18
+
+
+def transform_threads(n: int) -> int:
+    """Threads of a transform block (fft_conv.cu, Transform::THREADS)."""
+    return 1024 if n >= 128 else 256
+
+
+def planes_per_block(n: int) -> int:
+    """Planes of a transform block, about 4096 values (Transform::PLANES)."""
+    return 1 if n >= 64 else 4096 // (n * n)
+
+
+def transform_shared_bytes(n: int) -> int:
+    """fft_forward's and fft_inverse's dynamic shared memory: twiddles [N/2], and a half
+    spectrum [N][N/2+1] per plane (its pairs of rows share the space), complex."""
+    return COMPLEX_BYTES * (n // 2 + planes_per_block(n) * n * (n // 2 + 1))
+
+
+@dataclass(frozen=True)
+class FftPlan:
+    spec: Conv2d
+    n: int  # transform size: N x N
+
+    @property
+    def log_n(self) -> int:
+        return self.n.bit_length() - 1
+
+    @property
+    def freqs(self) -> int:
+        """Complex values of a plane's half spectrum (a multiple of FT)."""
+        return self.n * (self.n // 2 + 1)
+
+    def spectra_bytes(self) -> tuple[int, int, int]:
+        """Bytes of the input's, the weight's and the output's spectra (the workspace)."""
+        s, per_plane = self.spec, self.freqs * COMPLEX_BYTES
+        return (s.batch * s.in_channels * per_plane, s.out_channels * s.in_channels * per_plane,
+                s.batch * s.out_channels * per_plane)
+
+    @property
+    def workspace_bytes(self) -> int:
+        return sum(self.spectra_bytes())
+
+    @property
+    def flops(self) -> int:
+        """The frequency-domain product: 4 FMAs per complex multiply-add."""
+        s = self.spec
+        return 8 * self.freqs * s.batch * s.in_channels * s.out_channels
+
+    @property
+    def bytes_moved(self) -> int:
+        """DRAM traffic: every spectrum written once and read once, the tensors once each."""
+        s = self.spec
+        tensors = 4 * (s.batch * s.in_channels * s.height * s.width + s.parameters
+                       + s.batch * s.out_channels * s.out_height * s.out_width)
+        return tensors + 2 * self.workspace_bytes
+
+    def worth_timing(self) -> bool:
+        """Does the first guess give the FFT a chance against the direct product?"""
+        return self.flops + FLOPS_PER_BYTE * self.bytes_moved < self.spec.flops
+
+
+def fft_plan(spec: Conv2d) -> FftPlan:
+    """The transform size for ``spec``; Unsupported, with the reason, where the FFT kernels
+    cannot run it."""
+    if spec.stride != 1:
+        raise Unsupported(f"the FFT convolution needs stride 1, got stride {spec.stride}")
+    side = max(spec.height, spec.width) + 2 * spec.padding
+    n = max(1 << LOG_SIZES.start, 1 << (side - 1).bit_length())
+    largest = 1 << (LOG_SIZES.stop - 1)
+    if n > largest:
+        raise Unsupported(f"the FFT convolution transforms planes up to {largest} x {largest}; "
+                          f"this one is {side} x {side} with padding")
+    return FftPlan(spec, n)
