@@ -708,27 +708,52 @@ def test_band_bytes_match_the_kernel() -> None:
 # ---------------------------------------------------------------- 2e. FFT convolution, modelled
 
 
-def _bitrev(v: np.ndarray | int, log_n: int) -> np.ndarray:
-    out = np.zeros_like(np.asarray(v))
+def _bitrev(v: np.ndarray, log_n: int) -> np.ndarray:
+    out = np.zeros_like(v)
     for b in range(log_n):
-        out |= ((np.asarray(v) >> b) & 1) << (log_n - 1 - b)
+        out |= ((v >> b) & 1) << (log_n - 1 - b)
     return out
 
 
 def _twiddles(log_n: int, sign: float) -> np.ndarray:
     n = 1 << log_n
-    return np.exp(sign * 2j * np.pi * np.arange(n // 2) / n)
+    return np.exp(sign * 2j * np.pi * np.arange(n) / n)
 
 
-def _fft_stages(data: np.ndarray, log_n: int, tw: np.ndarray) -> None:
-    """fft_stages along the last axis, in place: bit-reversed order in, natural order out."""
-    for s in range(log_n):
+def _fft_registers(v: np.ndarray, log_r: int, log_n: int, tw: np.ndarray) -> np.ndarray:
+    """fft_registers along the last axis: loaded in bit-reversed order, radix-2 stages."""
+    w = v[..., _bitrev(np.arange(1 << log_r), log_r)].copy()
+    for s in range(log_r):
         half = 1 << s
-        j = np.arange(1 << (log_n - 1))
+        j = np.arange(1 << (log_r - 1))
         pos = j & (half - 1)
         i0 = ((j - pos) << 1) + pos
-        u, v = data[..., i0].copy(), data[..., i0 + half] * tw[pos << (log_n - 1 - s)]
-        data[..., i0], data[..., i0 + half] = u + v, u - v
+        t = w[..., i0 + half] * tw[pos << (log_n - 1 - s)]
+        w[..., i0 + half], w[..., i0] = w[..., i0] - t, w[..., i0] + t
+    return w
+
+
+def _log_r1(log_n: int) -> int:
+    return min(log_n, 4)
+
+
+def _at(k: np.ndarray, log_n: int) -> np.ndarray:
+    """Fft::at: where X[k] lands, (k % R1) * R2 + k / R1."""
+    log_r1 = _log_r1(log_n)
+    return (k & ((1 << log_r1) - 1)) * (1 << (log_n - log_r1)) + (k >> log_r1)
+
+
+def _fft_run(x: np.ndarray, log_n: int, tw: np.ndarray) -> np.ndarray:
+    """Fft::run along the last axis: R1-point FFTs over elements R2 apart, twiddles W_N^(n2 k1),
+    R2-point FFTs over runs of R2; X[k] left at position at(k)."""
+    log_r1 = _log_r1(log_n)
+    r1, r2 = 1 << log_r1, 1 << (log_n - log_r1)
+    d = x.reshape(x.shape[:-1] + (r1, r2))  # [n1][n2]
+    y = _fft_registers(np.swapaxes(d, -1, -2), log_r1, log_n, tw)  # [n2][k1]
+    y = np.swapaxes(y * tw[np.arange(r2)[:, None] * np.arange(r1)[None, :]], -1, -2)  # [k1][n2]
+    if r2 > 1:
+        y = _fft_registers(y, log_n - log_r1, log_n, tw)  # [k1][k2]
+    return y.reshape(x.shape)
 
 
 def model_fft_forward(x: np.ndarray, pad: int, log_n: int) -> np.ndarray:
@@ -742,40 +767,31 @@ def model_fft_forward(x: np.ndarray, pad: int, log_n: int) -> np.ndarray:
         ok = (hh >= 0) & (hh < x.shape[0]) & (w >= 0) & (w < x.shape[1])
         return np.where(ok, x[np.clip(hh, 0, x.shape[0] - 1), np.clip(w, 0, x.shape[1] - 1)], 0.0)
 
-    rows = np.zeros((n // 2, n), complex)
-    rows[r, _bitrev(c, log_n)] = at(h) + 1j * at(h + 1)
-    _fft_stages(rows, log_n, tw)
+    rows = _fft_run(at(h) + 1j * at(h + 1), log_n, tw)
     v = np.arange(p)
-    z, zc = rows[:, v], np.conj(rows[:, (n - v) & (n - 1)])
+    z, zc = rows[:, _at(v, log_n)], np.conj(rows[:, _at((n - v) & (n - 1), log_n)])
     d = z - zc
     spec = np.zeros((n, p), complex)
-    r2 = np.arange(n // 2)
-    spec[_bitrev(2 * r2, log_n)] = 0.5 * (z + zc)
-    spec[_bitrev(2 * r2 + 1, log_n)] = 0.5 * d.imag - 0.5j * d.real
-    cols = spec.T.copy()
-    _fft_stages(cols, log_n, tw)
-    return cols.T
+    spec[0::2], spec[1::2] = 0.5 * (z + zc), 0.5 * d.imag - 0.5j * d.real
+    cols = _fft_run(spec.T.copy(), log_n, tw)
+    return cols.T[_at(np.arange(n), log_n)]  # the write-out puts row u back in place
 
 
 def model_fft_inverse(spec: np.ndarray, rows: int, cols: int, log_n: int) -> np.ndarray:
     """fft_inverse on one half spectrum: output rows x cols, scaled, before the bias."""
     n = 1 << log_n
     tw = _twiddles(log_n, 1.0)
-    cols_in = np.zeros((spec.shape[1], n), complex)
-    cols_in[:, _bitrev(np.arange(n), log_n)] = spec.T
-    _fft_stages(cols_in, log_n, tw)
-    s = cols_in.T
+    s = _fft_run(spec.T.copy(), log_n, tw).T  # row u at at(u)
     pairs = (rows + 1) // 2
+    r2 = np.arange(pairs)
     c = np.arange(n)
     mirrored = c > n // 2
     v = np.where(mirrored, n - c, c)
-    a, b = s[0:2 * pairs:2, v], s[1:2 * pairs:2, v]
+    a, b = s[_at(2 * r2, log_n)][:, v], s[_at(2 * r2 + 1, log_n)][:, v]
     a, b = np.where(mirrored, np.conj(a), a), np.where(mirrored, np.conj(b), b)
     edge = (v == 0) | (v == n // 2)
     a, b = np.where(edge, a.real, a), np.where(edge, b.real, b)
-    z = np.zeros((pairs, n), complex)
-    z[:, _bitrev(c, log_n)] = (a.real - b.imag) + 1j * (a.imag + b.real)
-    _fft_stages(z, log_n, tw)
+    z = _fft_run((a.real - b.imag) + 1j * (a.imag + b.real), log_n, tw)[:, _at(c, log_n)]
     out = np.stack([z.real, z.imag], axis=1).reshape(2 * pairs, n)
     return out[:rows, :cols] / (n * n)
 
@@ -845,8 +861,9 @@ def test_fft_constants_match_the_kernel() -> None:
     for name in ("GEMM_THREADS", "FT", "BT", "KT", "CT", "GEMM_STAGES"):
         assert re.search(rf"constexpr int {name} = {getattr(fft_plan_mod, name)};", text), name
     # Transform's threads and planes per block, written as in the kernel, against the plan's.
-    assert "THREADS = LOGN >= 7 ? 1024 : 256;" in text and "PLANES = LOGN >= 6 ? 1 : 1 << (12 - 2 * LOGN);" in text
+    assert "THREADS = LOGN >= 7 ? 512 : 256;" in text
+    assert "PLANES = LOGN <= 5 ? 512 >> LOGN : (LOGN == 6 ? 4 : 1);" in text
     for log_n in fft_plan_mod.LOG_SIZES:
         n = 1 << log_n
-        assert fft_plan_mod.transform_threads(n) == (1024 if log_n >= 7 else 256)
-        assert fft_plan_mod.planes_per_block(n) == (1 if log_n >= 6 else 1 << (12 - 2 * log_n))
+        assert fft_plan_mod.transform_threads(n) == (512 if log_n >= 7 else 256)
+        assert fft_plan_mod.planes_per_block(n) == (512 >> log_n if log_n <= 5 else (4 if log_n == 6 else 1))

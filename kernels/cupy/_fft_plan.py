@@ -25,19 +25,21 @@ FLOPS_PER_BYTE = 18
 
 
 def transform_threads(n: int) -> int:
-    """Threads of a transform block (fft_conv.cu, Transform::THREADS)."""
-    return 1024 if n >= 128 else 256
+    """Threads of a transform block (Transform::THREADS)."""
+    return 512 if n >= 128 else 256
 
 
 def planes_per_block(n: int) -> int:
-    """Planes of a transform block, about 4096 values (Transform::PLANES)."""
-    return 1 if n >= 64 else 4096 // (n * n)
+    """Planes of a transform block: about 256 rows of pairs, in <= 70 KB (Transform::PLANES)."""
+    return 512 // n if n <= 32 else (4 if n == 64 else 1)
 
 
 def transform_shared_bytes(n: int) -> int:
-    """fft_forward's and fft_inverse's dynamic shared memory: twiddles [N/2], and a half
-    spectrum [N][N/2+1] per plane (its pairs of rows share the space), complex."""
-    return COMPLEX_BYTES * (n // 2 + planes_per_block(n) * n * (n // 2 + 1))
+    """fft_forward's and fft_inverse's dynamic shared memory: twiddles [N], the planes' offsets
+    (8 bytes each, an even count), and a half spectrum [N][N/2+1] per plane (its pairs of rows
+    share the space), complex."""
+    planes = planes_per_block(n)
+    return COMPLEX_BYTES * n + 8 * (planes + planes % 2) + COMPLEX_BYTES * planes * n * (n // 2 + 1)
 
 
 @dataclass(frozen=True)

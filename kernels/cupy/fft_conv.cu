@@ -36,91 +36,157 @@ __device__ __forceinline__ float2 cmul(float2 a, float2 b) {
 }
 __device__ __forceinline__ float2 conj(float2 a) { return make_float2(a.x, -a.y); }
 
-template <int LOGN>
-__device__ __forceinline__ int bitrev(int v) {
-    return static_cast<int>(__brev(static_cast<unsigned>(v)) >> (32 - LOGN));
-}
+constexpr int bitrev(int v, int bits) { return bits == 0 ? 0 : ((v & 1) << (bits - 1)) | bitrev(v >> 1, bits - 1); }
 
-// tw[j] = exp(sign * 2 pi i j / N), j < N / 2.  sincospif of a dyadic argument is exact to an ulp.
+// tw[j] = exp(sign * 2 pi i j / N), j < N.  sincospif of a dyadic argument is exact to an ulp.
 template <int LOGN>
 __device__ __forceinline__ void make_twiddles(float2* tw, float sign) {
     constexpr int N = 1 << LOGN;
-    for (int j = threadIdx.x; j < N / 2; j += blockDim.x) {
+    for (int j = threadIdx.x; j < N; j += blockDim.x) {
         float s, c;
         sincospif(sign * 2.0f * j / N, &s, &c);
         tw[j] = make_float2(c, s);
     }
 }
 
-// In-place radix-2 decimation-in-time FFTs of N points over sequences q < count for which
-// ok(q), each given in bit-reversed order and left in natural order.  Element i of sequence q
-// is data[base(q) + i * es].  QFAST: consecutive threads take consecutive sequences (columns,
-// for conflict-free access; count should be a compile-time constant, it divides), else
-// consecutive butterflies of one sequence (rows).  Ends with __syncthreads.
-template <int LOGN, bool QFAST, typename Base, typename Ok>
-__device__ __forceinline__ void fft_stages(float2* data, int count, int es, const float2* tw,
-                                           Base base, Ok ok) {
-    constexpr int HALF_N = 1 << (LOGN - 1);
-    const int total = count * HALF_N;
+// An R-point FFT (R = 2^LOGR) in registers: v in bit-reversed order in, natural order out.
+// Fully unrolled; W_R^j is tw[j * N / R], an immediate offset into the twiddle table.
+template <int LOGR, int LOGN>
+__device__ __forceinline__ void fft_registers(float2 (&v)[1 << LOGR], const float2* tw) {
 #pragma unroll
-    for (int s = 0; s < LOGN; ++s) {
+    for (int s = 0; s < LOGR; ++s) {
         const int half = 1 << s;
-        for (int t = threadIdx.x; t < total; t += blockDim.x) {
-            int q, j;
-            if constexpr (QFAST) {
-                j = t / count;
-                q = t - j * count;
-            } else {
-                q = t >> (LOGN - 1);
-                j = t & (HALF_N - 1);
-            }
-            if (!ok(q)) continue;
+#pragma unroll
+        for (int j = 0; j < (1 << (LOGR - 1)); ++j) {
             const int pos = j & (half - 1);
             const int i0 = ((j - pos) << 1) + pos;
+            const float2 t = pos == 0 ? v[i0 + half] : cmul(v[i0 + half], tw[pos << (LOGN - 1 - s)]);
+            v[i0 + half] = csub(v[i0], t);
+            v[i0] = cadd(v[i0], t);
+        }
+    }
+}
+
+// N-point FFTs of the sequences q < COUNT with ok(q), N = R1 x R2 (R1 = 16 or N): element n of
+// sequence q is data[base(q) + n * es], natural order in.  Step 1: R1-point FFTs over the
+// elements R2 apart, times the twiddles W_N^(n2 k1); step 2: R2-point FFTs over runs of R2.
+// Each thread holds one short FFT in registers; consecutive threads take consecutive sequences.
+// Output X[k] at position at(k) = (k % R1) * R2 + k / R1 (natural when R2 = 1).  Ends with
+// __syncthreads.
+template <int LOGN>
+struct Fft {
+    static constexpr int N = 1 << LOGN;
+    static constexpr int LOG_R1 = LOGN < 4 ? LOGN : 4;
+    static constexpr int R1 = 1 << LOG_R1, R2 = N / R1;
+    __device__ __forceinline__ static int at(int k) { return (k & (R1 - 1)) * R2 + (k >> LOG_R1); }
+
+    template <int COUNT, typename Base, typename Ok>
+    __device__ __forceinline__ static void run(float2* data, int es, const float2* tw, Base base, Ok ok) {
+        for (int t = threadIdx.x; t < COUNT * R2; t += blockDim.x) {
+            const int n2 = t / COUNT, q = t - n2 * COUNT;
+            if (!ok(q)) continue;
             float2* d = data + base(q);
-            const float2 u = d[i0 * es];
-            const float2 v = cmul(d[(i0 + half) * es], tw[pos << (LOGN - 1 - s)]);
-            d[i0 * es] = cadd(u, v);
-            d[(i0 + half) * es] = csub(u, v);
+            float2 v[R1];
+#pragma unroll
+            for (int n1 = 0; n1 < R1; ++n1) v[bitrev(n1, LOG_R1)] = d[(n1 * R2 + n2) * es];
+            fft_registers<LOG_R1, LOGN>(v, tw);
+#pragma unroll
+            for (int k1 = 0; k1 < R1; ++k1)
+                d[(k1 * R2 + n2) * es] = R2 == 1 || k1 == 0 ? v[k1] : cmul(v[k1], tw[n2 * k1]);
+        }
+        __syncthreads();
+        if constexpr (R2 > 1) {
+            constexpr int LOG_R2 = LOGN - LOG_R1;
+            for (int t = threadIdx.x; t < COUNT * R1; t += blockDim.x) {
+                const int k1 = t / COUNT, q = t - k1 * COUNT;
+                if (!ok(q)) continue;
+                float2* d = data + base(q) + k1 * R2 * es;
+                float2 v[R2];
+#pragma unroll
+                for (int n2 = 0; n2 < R2; ++n2) v[bitrev(n2, LOG_R2)] = d[n2 * es];
+                fft_registers<LOG_R2, LOGN>(v, tw);
+#pragma unroll
+                for (int k2 = 0; k2 < R2; ++k2) d[k2 * es] = v[k2];
+            }
+            __syncthreads();
+        }
+    }
+};
+
+// Moves every item e < PER_PLANE of planes i < count from one form to the other through
+// registers, a group of planes at a time (about 4 items a thread): all of a group is read
+// (read(i, e) -> V) before any of it is written (write(i, e, v)), since the forms share space.
+template <int PER_PLANE, int THREADS, typename V, typename Read, typename Write>
+__device__ __forceinline__ void restage(int count, Read read, Write write) {
+    constexpr int GROUP = 4 * THREADS >= PER_PLANE ? 4 * THREADS / PER_PLANE : 1;
+    constexpr int ITEMS = (GROUP * PER_PLANE + THREADS - 1) / THREADS;
+    for (int g = 0; g < count; g += GROUP) {
+        V v[ITEMS];
+#pragma unroll
+        for (int k = 0; k < ITEMS; ++k) {
+            const int t = threadIdx.x + k * THREADS, i = g + t / PER_PLANE;
+            if (t < GROUP * PER_PLANE && i < count) v[k] = read(i, t - (i - g) * PER_PLANE);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < ITEMS; ++k) {
+            const int t = threadIdx.x + k * THREADS, i = g + t / PER_PLANE;
+            if (t < GROUP * PER_PLANE && i < count) write(i, t - (i - g) * PER_PLANE, v[k]);
         }
         __syncthreads();
     }
 }
 
-// A transform block: PLANES planes of N x N (about 4096 values: small planes go many to a
-// block) and THREADS threads.  Shared memory: twiddles [N/2], then a half spectrum [N][P] per
-// plane; a plane's pairs of rows (N/2 of N values) live in the same space, pair r over
-// spectrum rows 2r and 2r + 1, so steps that move data between the two forms go through
-// registers.  Must match _fft_plan.
+struct Split {
+    float2 a, b;
+};
+
+// A transform block: PLANES planes of N x N (about 256 rows of pairs a block, in <= 70 KB) and
+// THREADS threads.  Shared memory: twiddles [N], the planes' offsets in the tensor, then a half
+// spectrum [N][P] per plane; a plane's pairs of rows (N/2 of N values, PITCH apart: odd, so
+// that row-wise access is conflict-free) live in the same space (restage moves between the
+// two).  Must match _fft_plan.
 template <int LOGN>
 struct Transform {
     static constexpr int N = 1 << LOGN;
     static constexpr int P = N / 2 + 1;  // kept columns
-    static constexpr int THREADS = LOGN >= 7 ? 1024 : 256;
-    static constexpr int PLANES = LOGN >= 6 ? 1 : 1 << (12 - 2 * LOGN);
-    static constexpr int SPEC = N * P;  // a plane's half spectrum
-    static constexpr int ITEMS = PLANES * (N / 2) * N / THREADS;  // pairs-of-rows values a thread moves
+    static constexpr int THREADS = LOGN >= 7 ? 512 : 256;
+    static constexpr int PLANES = LOGN <= 5 ? 512 >> LOGN : (LOGN == 6 ? 4 : 1);
+    static constexpr int SPEC = N * P;    // a plane's half spectrum
+    static constexpr int PITCH = N + 1;   // between pairs of rows
+    static constexpr int OFFSETS = (PLANES + 1) & ~1;  // entries of offset: keeps spec 16-byte aligned
     float2* tw;
+    long long* offset;  // of each plane in the tensor
     float2* spec;
     int first;  // the block's first plane
     int count;  // its planes
-    // Also fills the twiddles, of exp(sign * 2 pi i j / N).
-    __device__ __forceinline__ Transform(unsigned char* smem, int planes, float sign)
-        : tw(reinterpret_cast<float2*>(smem)), spec(tw + N / 2), first(blockIdx.x * PLANES),
+    // Also fills the twiddles, of exp(sign * 2 pi i j / N), and the planes' offsets: plane
+    // p = outer * inner + in at outer * s_outer + in * s_inner.
+    __device__ __forceinline__ Transform(unsigned char* smem, int planes, float sign, int inner,
+                                         long long s_outer, long long s_inner)
+        : tw(reinterpret_cast<float2*>(smem)), offset(reinterpret_cast<long long*>(tw + N)),
+          spec(reinterpret_cast<float2*>(offset + OFFSETS)), first(blockIdx.x * PLANES),
           count(min(PLANES, planes - first)) {
         make_twiddles<LOGN>(tw, sign);
+        for (int i = threadIdx.x; i < count; i += THREADS) {
+            const int p = first + i, outer = p / inner;
+            offset[i] = outer * s_outer + (p - outer * inner) * s_inner;
+        }
+        __syncthreads();
     }
-    __device__ __forceinline__ float2* pair(int i, int r) { return spec + i * SPEC + r * 2 * P; }
-    // Column FFTs of the first `count` spectra: sequence q is column q % P of plane q / P.
-    __device__ __forceinline__ void columns(int count) {
-        fft_stages<LOGN, true>(spec, PLANES * P, P, tw, [](int q) { return (q / P) * SPEC + q % P; },
-                               [count](int q) { return q < count * P; });
+    __device__ __forceinline__ float2* pair(int i, int r) { return spec + i * SPEC + r * PITCH; }
+    // Row FFTs of pairs r < pairs of the block's planes; value c of a row lands at Fft::at(c).
+    __device__ __forceinline__ void rows(int pairs) {
+        const int n = count;
+        Fft<LOGN>::template run<PLANES * (N / 2)>(
+            spec, 1, tw, [](int q) { return (q >> (LOGN - 1)) * SPEC + (q & (N / 2 - 1)) * PITCH; },
+            [n, pairs](int q) { return (q >> (LOGN - 1)) < n && (q & (N / 2 - 1)) < pairs; });
     }
-    // Row FFTs of pairs r < pairs of the first `count` planes.
-    __device__ __forceinline__ void rows(int count, int pairs) {
-        fft_stages<LOGN, false>(spec, count * (N / 2), 1, tw,
-                                [](int q) { return (q >> (LOGN - 1)) * SPEC + (q & (N / 2 - 1)) * 2 * P; },
-                                [pairs](int q) { return (q & (N / 2 - 1)) < pairs; });
+    // Column FFTs of the block's spectra; row u lands at Fft::at(u).
+    __device__ __forceinline__ void columns() {
+        const int n = count;
+        Fft<LOGN>::template run<PLANES * P>(spec, P, tw, [](int q) { return (q / P) * SPEC + q % P; },
+                                            [n](int q) { return q < n * P; });
     }
 };
 
@@ -128,7 +194,7 @@ struct Transform {
 
 // Planes first * PLANES .. of src: plane p = outer * inner + in starts at
 // src + outer * s_outer + in * s_inner; its element (r, c) at r * s_row + c * s_col, placed at
-// (r + pad, c + pad) of the N x N grid.  Spectra written plane after plane.
+// (r + pad, c + pad) of the N x N grid.  Spectra written plane after plane, natural order.
 template <int LOGN>
 __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_forward(
         const float* src, float2* dst, int planes, int inner, long long s_outer, long long s_inner,
@@ -136,67 +202,45 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_forward(
     typedef Transform<LOGN> T;
     constexpr int N = T::N, P = T::P;
     extern __shared__ __align__(16) unsigned char smem[];
-    T sm(smem, planes, -1.0f);
-    const int first = sm.first, count = sm.count;
-#pragma unroll
-    for (int i = 0; i < T::PLANES; ++i) {
-        if (i >= count) break;
-        const int plane = first + i, outer = plane / inner;
-        const float* x = src + outer * s_outer + (plane - outer * inner) * s_inner;
-        for (int t = threadIdx.x; t < (N / 2) * N; t += T::THREADS) {
-            const int r = t >> LOGN, c = t & (N - 1);
-            const int h = 2 * r - pad, w = c - pad;
-            float re = 0.0f, im = 0.0f;
-            if (static_cast<unsigned>(w) < static_cast<unsigned>(cols)) {
-                if (static_cast<unsigned>(h) < static_cast<unsigned>(rows)) re = x[h * s_row + w * s_col];
-                if (static_cast<unsigned>(h + 1) < static_cast<unsigned>(rows)) im = x[(h + 1) * s_row + w * s_col];
-            }
-            sm.pair(i, r)[bitrev<LOGN>(c)] = make_float2(re, im);
+    T sm(smem, planes, -1.0f, inner, s_outer, s_inner);
+    const int count = sm.count;
+    for (int t = threadIdx.x; t < count * (N / 2) * N; t += T::THREADS) {
+        const int i = t >> (2 * LOGN - 1), r = (t >> LOGN) & (N / 2 - 1), c = t & (N - 1);
+        const float* x = src + sm.offset[i];
+        const int h = 2 * r - pad, w = c - pad;
+        float re = 0.0f, im = 0.0f;
+        if (static_cast<unsigned>(w) < static_cast<unsigned>(cols)) {
+            if (static_cast<unsigned>(h) < static_cast<unsigned>(rows)) re = x[h * s_row + w * s_col];
+            if (static_cast<unsigned>(h + 1) < static_cast<unsigned>(rows)) im = x[(h + 1) * s_row + w * s_col];
         }
+        sm.pair(i, r)[c] = make_float2(re, im);
     }
     __syncthreads();
-    sm.rows(count, N / 2);
-    // Z = FFT(a + i b) of real rows a, b: A[v] = (Z[v] + conj Z[-v]) / 2, B[v] = (Z[v] - conj Z[-v]) / 2i.
-    // Spectrum rows go in bit-reversed order for the column FFTs.
-    constexpr int SPLITS = T::PLANES * (N / 2) * P;
-    constexpr int ITEMS = (SPLITS + T::THREADS - 1) / T::THREADS;
-    // Item k of this thread: column v of pair r of plane i, if there is one.
-    auto item = [&](int k, int& i, int& r, int& v) {
-        const int t = threadIdx.x + k * T::THREADS;
-        i = t / ((N / 2) * P);
-        const int rv = t - i * ((N / 2) * P);
-        r = rv / P;
-        v = rv - r * P;
-        return t < SPLITS && i < count;
-    };
-    float2 a[ITEMS], b[ITEMS];
-#pragma unroll
-    for (int k = 0; k < ITEMS; ++k) {
-        int i, r, v;
-        if (item(k, i, r, v)) {
+    sm.rows(N / 2);
+    // Z = FFT(a + i b) of real rows a, b: A[v] = (Z[v] + conj Z[-v]) / 2, B[v] = (Z[v] - conj Z[-v]) / 2i:
+    // item e = (pair r, column v) of a plane becomes spectrum rows 2r and 2r + 1 at column v.
+    restage<(N / 2) * P, T::THREADS, Split>(
+        count,
+        [&](int i, int e) {
+            const int r = e / P, v = e - r * P;
             const float2* row = sm.pair(i, r);
-            const float2 z = row[v], zc = conj(row[(N - v) & (N - 1)]);
+            const float2 z = row[Fft<LOGN>::at(v)], zc = conj(row[Fft<LOGN>::at((N - v) & (N - 1))]);
             const float2 d = csub(z, zc);
-            a[k] = make_float2(0.5f * (z.x + zc.x), 0.5f * (z.y + zc.y));
-            b[k] = make_float2(0.5f * d.y, -0.5f * d.x);
-        }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < ITEMS; ++k) {
-        int i, r, v;
-        if (item(k, i, r, v)) {
+            return Split{make_float2(0.5f * (z.x + zc.x), 0.5f * (z.y + zc.y)), make_float2(0.5f * d.y, -0.5f * d.x)};
+        },
+        [&](int i, int e, Split ab) {
+            const int r = e / P, v = e - r * P;
             float2* spec = sm.spec + i * T::SPEC;
-            spec[bitrev<LOGN>(2 * r) * P + v] = a[k];
-            spec[bitrev<LOGN>(2 * r + 1) * P + v] = b[k];
-        }
+            spec[2 * r * P + v] = ab.a;
+            spec[(2 * r + 1) * P + v] = ab.b;
+        });
+    sm.columns();
+    float2* out = dst + static_cast<long long>(sm.first) * T::SPEC;
+    for (int t = threadIdx.x; t < count * T::SPEC; t += T::THREADS) {
+        const int i = t / T::SPEC, uv = t - i * T::SPEC;
+        const int u = uv / P, v = uv - u * P;
+        out[t] = sm.spec[i * T::SPEC + Fft<LOGN>::at(u) * P + v];
     }
-    __syncthreads();
-    sm.columns(count);
-    // The block's spectra are contiguous in dst, and N * P is even: they move in 16-byte pairs.
-    float4* out = reinterpret_cast<float4*>(dst + static_cast<long long>(first) * T::SPEC);
-    const float4* s = reinterpret_cast<const float4*>(sm.spec);
-    for (int t = threadIdx.x; t < count * T::SPEC / 2; t += T::THREADS) out[t] = s[t];
 }
 
 // Output planes first * PLANES ..: plane p = outer * inner + in (image, channel) at
@@ -209,30 +253,27 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_inverse(
     typedef Transform<LOGN> T;
     constexpr int N = T::N, P = T::P;
     extern __shared__ __align__(16) unsigned char smem[];
-    T sm(smem, planes, 1.0f);
-    const int first = sm.first, count = sm.count;
-    const float2* s = src + static_cast<long long>(first) * T::SPEC;
-    for (int t = threadIdx.x; t < count * T::SPEC; t += T::THREADS) {
-        const int i = t / T::SPEC, uv = t - i * T::SPEC;
-        const int u = uv / P, v = uv - u * P;
-        sm.spec[i * T::SPEC + bitrev<LOGN>(u) * P + v] = s[t];
-    }
+    T sm(smem, planes, 1.0f, inner, o_outer, o_inner);
+    const int count = sm.count;
+    // The block's spectra are contiguous in src, and N * P is even: they move in 16-byte pairs.
+    const float4* s = reinterpret_cast<const float4*>(src + static_cast<long long>(sm.first) * T::SPEC);
+    float4* d = reinterpret_cast<float4*>(sm.spec);
+    for (int t = threadIdx.x; t < count * T::SPEC / 2; t += T::THREADS) d[t] = s[t];
     __syncthreads();
-    sm.columns(count);
-    // Row u of a spectrum is now the half spectrum of output row u.  Rows 2r and 2r + 1 as one
-    // complex inverse FFT: Z = A + i B with A, B extended by Hermitian symmetry; the imaginary
-    // parts at v = 0 and N/2 are dropped, as a complex-to-real transform does.
+    sm.columns();
+    // Row u of a spectrum (at Fft::at(u)) is now the half spectrum of output row u.  Rows 2r and
+    // 2r + 1 as one complex inverse FFT: Z = A + i B with A, B extended by Hermitian symmetry;
+    // the imaginary parts at v = 0 and N/2 are dropped, as a complex-to-real transform does.
     const int pairs = (rows + 1) / 2;
-    float2 z[T::ITEMS];
-#pragma unroll
-    for (int k = 0; k < T::ITEMS; ++k) {
-        const int t = threadIdx.x + k * T::THREADS;
-        const int i = t >> (2 * LOGN - 1), r = (t >> LOGN) & (N / 2 - 1), c = t & (N - 1);
-        if (i < count && r < pairs) {
+    restage<(N / 2) * N, T::THREADS, float2>(
+        count,
+        [&](int i, int e) {
+            const int r = e >> LOGN, c = e & (N - 1);
             const bool mirrored = c > N / 2;
             const int v = mirrored ? N - c : c;
             const float2* spec = sm.spec + i * T::SPEC;
-            float2 a = spec[2 * r * P + v], b = spec[(2 * r + 1) * P + v];
+            const int ra = Fft<LOGN>::at(r < pairs ? 2 * r : 0), rb = Fft<LOGN>::at(r < pairs ? 2 * r + 1 : 1);
+            float2 a = spec[ra * P + v], b = spec[rb * P + v];
             if (mirrored) {
                 a = conj(a);
                 b = conj(b);
@@ -240,29 +281,21 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_inverse(
                 a.y = 0.0f;
                 b.y = 0.0f;
             }
-            z[k] = make_float2(a.x - b.y, a.y + b.x);
-        }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < T::ITEMS; ++k) {
-        const int t = threadIdx.x + k * T::THREADS;
-        const int i = t >> (2 * LOGN - 1), r = (t >> LOGN) & (N / 2 - 1), c = t & (N - 1);
-        if (i < count && r < pairs) sm.pair(i, r)[bitrev<LOGN>(c)] = z[k];
-    }
-    __syncthreads();
-    sm.rows(count, pairs);
+            return make_float2(a.x - b.y, a.y + b.x);
+        },
+        [&](int i, int e, float2 z) {
+            const int r = e >> LOGN;
+            if (r < pairs) sm.pair(i, r)[e & (N - 1)] = z;
+        });
+    sm.rows(pairs);
     constexpr float scale = 1.0f / (N * N);
-#pragma unroll
-    for (int i = 0; i < T::PLANES; ++i) {
-        if (i >= count) break;
-        const int plane = first + i, outer = plane / inner, in = plane - outer * inner;
-        const float add = bias != nullptr ? bias[in] : 0.0f;
-        float* out = dst + outer * o_outer + in * o_inner;
+    for (int i = 0; i < count; ++i) {
+        const float add = bias != nullptr ? bias[(sm.first + i) % inner] : 0.0f;
+        float* out = dst + sm.offset[i];
         for (int t = threadIdx.x; t < rows << LOGN; t += T::THREADS) {
             const int r = t >> LOGN, c = t & (N - 1);
             if (c < cols) {
-                const float2 v = sm.pair(i, r >> 1)[c];
+                const float2 v = sm.pair(i, r >> 1)[Fft<LOGN>::at(c)];
                 out[r * o_row + c * o_col] = fmaf((r & 1) ? v.y : v.x, scale, add);
             }
         }
