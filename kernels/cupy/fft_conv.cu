@@ -11,12 +11,13 @@
 // fft_forward: a block takes one plane, or several small ones (Transform); rows two at a time as
 //              one complex FFT (row 2r the real part, row 2r + 1 the imaginary part), split
 //              into the two half spectra, then N-point column FFTs over the N/2 + 1 kept
-//              columns.  Radix-2, in shared memory.
+//              columns.  Each thread runs 16-point FFTs in registers (Fft: two passes for
+//              N > 16), data in shared memory between passes.
 // fft_cgemm:   per frequency, Y[b][k] = sum_c X[b][c] * conj(W[k][c]): a block takes 4
 //              consecutive frequencies x 32 images x 32 output channels, c in stages of 8.
-// fft_inverse: a block takes output planes as fft_forward does: column inverse FFTs, then the rows the crop keeps,
-//              two at a time (the Hermitian half spectra as one complex FFT), scaled by 1 / N^2,
-//              bias added, written through the output's strides.
+// fft_inverse: a block takes output planes as fft_forward does: column inverse FFTs, then the
+//              rows the crop keeps, two at a time (the Hermitian half spectra as one complex
+//              FFT), scaled by 1 / N^2, bias added, written through the output's strides.
 #include "layerbench_common.cuh"
 
 namespace {
