@@ -4,8 +4,9 @@ fft_conv.cu, on NCHW or NHWC tensors.
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
 stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
 chance, both are built and timed on the real buffers and the faster is kept, as cudnnFind does
-for cuDNN.  On an H100 the FFT was kept on all of the thesis's L1-L6, both layouts (1.4-12x faster
-than the FFMA implicit GEMM; cuDNN itself runs FFT or Winograd there in NCHW).
+for cuDNN.  On an H100 the FFT was kept on all of the thesis's L1-L6, both layouts (1.5-13x faster
+than the FFMA implicit GEMM in the bench of 2026-11-23; cuDNN itself runs FFT or Winograd there
+in NCHW).
 
 Implicit GEMM:
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
