@@ -231,6 +231,8 @@ def test_cudnn_conv_math_type_follows_dtype(dtype, math_types):
     kernel, _ = _build("conv2d", "cudnn", GPU_SPECS[1], dtype, "NHWC")
     assert kernel.details["math_type"] in math_types
     assert kernel.details["algorithm"] and kernel.details["cudnn_version"] >= 90000
+    # The kept algorithm was timed hot as well as by the search.
+    assert kernel.details["hot_ms"] > 0 and kernel.details["search_ms"] > 0
 
 
 # ---------------------------------------------------------------- GPU: provenance

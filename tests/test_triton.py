@@ -112,6 +112,58 @@ def test_conv2d_channel_parts() -> None:
     assert [channel_parts(k, 128) for k in (96, 128, 384)] == [[(0, 96)], [(0, 128)], [(0, 384)]]
 
 
+# ------------------------------------------------------------------------- FFT convolution (tf32)
+
+def fft_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The FFT path alone (the registered build would choose by timing, which needs a GPU)."""
+    return triton_conv.build_fft(spec, dtype, tensors, out)
+
+
+FFT_CASES = {
+    "bias": Conv2d(2, 3, 5, 9, 9, 3, 3),
+    "pad1-non-square": Conv2d(2, 4, 6, 8, 11, 3, 5, padding=1),
+    "pad2-odd-transform-no-bias": Conv2d(1, 5, 3, 11, 11, 5, 5, padding=2, bias=False),  # N = 15
+    "1x1-one-channel": Conv2d(3, 1, 4, 6, 6, 1, 1),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", FFT_CASES)
+def test_conv2d_fft_case(name: str, layout: str) -> None:
+    result = check_implementation(fft_only, FFT_CASES[name], "tf32", layout, "cpu",
+                                  seed=zlib.crc32(name.encode()))
+    assert result.ok, f"{name} {layout}: {result.message}"
+
+
+@given(spec=specs("conv2d", max_batch=2, max_channels=6, max_hw=9, max_kernel=5, max_stride=1,
+                  max_padding=2),
+       layout=st.sampled_from(LAYOUTS), seed=SEEDS)
+def test_conv2d_fft_drawn(spec: Conv2d, layout: str, seed: int) -> None:
+    result = check_implementation(fft_only, spec, "tf32", layout, "cpu", seed=seed)
+    assert result.ok, f"{spec} {layout} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype, spec, reason", [
+    ("fp16", Conv2d(1, 2, 2, 6, 6, 3, 3), "tf32 only"),
+    ("tf32", Conv2d(1, 2, 2, 6, 6, 3, 3, stride=2), "stride 1"),
+])
+def test_conv2d_fft_refuses(dtype: str, spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        triton_conv.build_fft(spec, get_dtype(dtype), tensors, make_output(spec, tensors))
+
+
+def test_conv2d_records_why_no_fft() -> None:
+    """Under the interpreter the implicit GEMM runs, and the record says why no FFT was tried."""
+    spec = Conv2d(1, 2, 2, 6, 6, 3, 3)
+    for dtype, reason in (("tf32", "interpreter"), ("fp32", "tf32 only")):
+        tensors = make_tensors(spec, dtype, "NCHW", "cpu")
+        kernel = get("conv2d", "triton").build(spec, get_dtype(dtype), "NCHW", tensors,
+                                               make_output(spec, tensors))
+        assert kernel.details["algorithm"] == "implicit_gemm"
+        assert reason in kernel.details["fft"]
+
+
 POOL_CASES = {
     "alexnet-3x3-s2": Pool2d(2, 3, 13, 13, 3, 2),
     "2x2-s2": Pool2d(2, 3, 8, 8, 2, 2),

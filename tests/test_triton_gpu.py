@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
+from kernels.triton import fft_conv
 from layerbench._launch import make_batch
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
@@ -84,6 +85,53 @@ def test_conv2d_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -
                 assert result.ok, f"{config} {name} {dtype}: {result.message}"
     finally:
         triton_conv._tuned.cache_clear()
+
+
+# ------------------------------------------------------------------------- FFT convolution (tf32)
+
+def fft_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The FFT path alone, whatever the timing at build would choose."""
+    return triton_conv.build_fft(spec, dtype, tensors, out)
+
+
+FFT_SHAPES = {**THESIS_CONV, "alexnet-conv2-pad2": OTHER_CONV["alexnet-conv2-pad2"],
+              "odd-pad1-no-bias": Conv2d(3, 17, 33, 20, 30, 3, 5, padding=1, bias=False)}
+
+
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("name", FFT_SHAPES)
+def test_conv2d_tf32_fft(name: str, layout: str) -> None:
+    result = check_implementation(fft_only, FFT_SHAPES[name], "tf32", layout, "cuda", seed=seed_of(name))
+    assert result.ok, f"{name} {layout}: {result.message}"
+
+
+def test_conv2d_fft_every_tile_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each transform tile and each complex-product tile forced in turn, on sizes that cut them."""
+    spec = Conv2d(3, 20, 36, 19, 23, 3, 5, padding=2)
+    gemm, complex_ = list(fft_conv._GEMM_CONFIGS), list(fft_conv._COMPLEX_CONFIGS)
+    try:
+        for i in range(max(len(gemm), len(complex_))):
+            monkeypatch.setattr(fft_conv, "_GEMM_CONFIGS", [gemm[i % len(gemm)]])
+            monkeypatch.setattr(fft_conv, "_COMPLEX_CONFIGS", [complex_[i % len(complex_)]])
+            fft_conv._tuned_gemm.cache_clear()
+            fft_conv._tuned_complex.cache_clear()
+            for layout in Conv2d.layouts:
+                result = check_implementation(fft_only, spec, "tf32", layout, "cuda", seed=i)
+                assert result.ok, f"configs #{i} {layout}: {result.message}"
+    finally:
+        fft_conv._tuned_gemm.cache_clear()
+        fft_conv._tuned_complex.cache_clear()
+
+
+def test_conv2d_tf32_records_its_algorithm() -> None:
+    spec = THESIS_CONV["L3"]
+    tensors = make_tensors(spec, "tf32", "NCHW", "cuda")
+    kernel = get("conv2d", "triton").build(spec, get_dtype("tf32"), "NCHW", tensors,
+                                           make_output(spec, tensors))
+    details = kernel.details
+    assert details["fft_ms"] > 0 and details["implicit_gemm_ms"] > 0
+    faster = "fft" if details["fft_ms"] < details["implicit_gemm_ms"] else "implicit_gemm"
+    assert details["algorithm"] == faster
 
 
 # AlexNet feature maps (thesis A6) with 3x3 and 2x2 windows, stride 2; batch 32.

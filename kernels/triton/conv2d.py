@@ -1,4 +1,8 @@
-"""2-D convolution in Triton as an implicit GEMM.
+"""2-D convolution in Triton as an implicit GEMM, and for tf32 also as an FFT convolution.
+
+Algorithm (recorded in ``kernel.details``): for tf32 with stride 1, the FFT convolution of
+fft_conv.py is built as well, both are timed on the real buffers and the faster is kept, as
+cudnnFind does for cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).
 
 GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
 a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
@@ -47,8 +51,10 @@ from layerbench.errors import Unsupported
 from layerbench.registry import Kernel, Tensors, in_order, register
 from layerbench.specs import Conv2d
 
+from kernels.triton import fft_conv
+from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs,
-                                    dense_layout, interpreting, tile_config)
+                                    dense_layout, interpreting, quick_bench, tile_config)
 
 _KEY = ["N", "C", "H", "W", "K", "KY", "P", "Q", "R", "S", "stride", "pad", "X_NHWC", "Y_NHWC",
         "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
@@ -258,9 +264,8 @@ def channel_block(c: int, max_block_k: int) -> int:
     return 0
 
 
-@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"),
-          description="Triton implicit-GEMM convolution (fp32 accumulation, channel-blocked NHWC walk)")
-def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """The implicit GEMM (after a layout copy where NCHW data fits the channel-blocked walk)."""
     check_inputs(_conv2d_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
     x, w = tensors["x"], tensors["weight"]
     bias = tensors.get("bias")
@@ -318,3 +323,50 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
 
         launches.append(bind(_conv2d_kernel, tuned, grid, args, meta, fixed))
     return in_order(*copies, *launches)
+
+
+def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """The FFT convolution of fft_conv.py; Unsupported, with the reason, where it cannot run."""
+    check_inputs(fft_conv._strided_gemm_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
+    if dtype.name != "tf32":
+        raise Unsupported(f"the FFT convolution runs tf32 only, not {dtype.name}")
+    plan = fft_plan(spec)
+    x, w = tensors["x"], tensors["weight"]
+    for name, t in (("x", x), ("weight", w), ("out", out)):
+        if sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= INT32_LIMIT:
+            raise Unsupported(f"the FFT convolution indexes in int32; tensor {name} spans more")
+    if out.is_cuda:
+        free, _ = torch.cuda.mem_get_info(out.device)
+        if plan.workspace_bytes > free // 2:
+            raise Unsupported(f"the FFT convolution needs {plan.workspace_bytes / 2**30:.1f} GiB of "
+                              f"buffers, over half of the {free / 2**30:.1f} GiB free")
+    return fft_conv.build(plan, x, w, tensors.get("bias") if spec.bias else None, out)
+
+
+@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"),
+          description="Triton implicit-GEMM convolution (fp32 accumulation, channel-blocked NHWC "
+                      "walk); for tf32 an FFT convolution on the tensor cores instead where it "
+                      "times faster at build")
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    igemm = build_igemm(spec, dtype, layout, tensors, out)
+    details: dict[str, object] = {"algorithm": "implicit_gemm"}
+    chosen = igemm
+    try:
+        if dtype.name != "tf32":
+            raise Unsupported(f"the FFT convolution runs tf32 only, not {dtype.name}")
+        if interpreting(_conv2d_kernel):
+            raise Unsupported("no timing under the Triton interpreter to choose it by")
+        fft = build_fft(spec, dtype, tensors, out)
+    except Unsupported as why:
+        details["fft"] = str(why)
+    else:
+        fft_ms, igemm_ms = quick_bench(fft), quick_bench(igemm)
+        details.update(fft_ms=fft_ms, implicit_gemm_ms=igemm_ms)
+        if fft_ms < igemm_ms:
+            details["algorithm"], chosen = "fft", fft
+
+    def kernel() -> None:
+        chosen()
+
+    kernel.details = details  # type: ignore[attr-defined]
+    return kernel
