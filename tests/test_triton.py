@@ -124,7 +124,16 @@ FFT_CASES = {
     "pad1-non-square": Conv2d(2, 4, 6, 8, 11, 3, 5, padding=1),
     "pad2-odd-transform-no-bias": Conv2d(1, 5, 3, 11, 11, 5, 5, padding=2, bias=False),  # N = 15
     "1x1-one-channel": Conv2d(3, 1, 4, 6, 6, 1, 1),
+    # 256 channels: the input's row map is affine in every tile (level 0 in _offsets).
+    "256-channels-affine-map": Conv2d(1, 256, 3, 5, 5, 3, 3, padding=1),
 }
+
+
+def test_conv2d_fft_affine_maps() -> None:
+    from kernels.triton.fft_conv import linear, three_level
+    assert three_level(256, 1, 1, 0, 0).kernel_levels() == 0
+    assert three_level(192, 1, 1, 0, 0).kernel_levels() == 3  # a 256-wide tile would cross a run
+    assert linear(7).kernel_levels() == 1
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
