@@ -54,7 +54,8 @@ from layerbench.specs import Conv2d
 from kernels.triton import fft_conv
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs,
-                                    dense_layout, interpreting, quick_bench, tile_config)
+                                    dense_layout, grouped_tile, interpreting, quick_bench,
+                                    tile_config)
 
 _KEY = ["N", "C", "H", "W", "K", "KY", "P", "Q", "R", "S", "stride", "pad", "X_NHWC", "Y_NHWC",
         "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
@@ -131,15 +132,7 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
         sxc = H * W
     sxn = C * H * W
     M = N * P * Q
-    # Grouped program order: GROUP_M row-tiles share each column of B tiles while it is in L2.
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(K, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

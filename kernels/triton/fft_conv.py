@@ -11,8 +11,8 @@ Seven launches in one timed call (layouts and matrices in fft_plan.py):
 
 Steps 1-4, 6 and 7 are one kernel, _strided_gemm_kernel: out[m, n] = sum_k A[m, k] B[k, n], where
 each of A, B and out reads its row and column indices through an index map, either linear,
-i -> i * s0, or of three levels, i -> (i % d0) * s0 + ((i // d0) % d1) * s1 + (i // (d0 d1)) * s2.  That is how a
-product walks an NCHW or NHWC tensor, or a spectrum's (frequency, part, channel) layout, without
+i -> i * s0, or of three levels, i -> (i % d0) * s0 + ((i // d0) % d1) * s1 + (i // (d0 d1)) * s2.
+That is how a product walks an NCHW or NHWC tensor, or a spectrum's (frequency, part, channel) layout, without
 a copy.  A map whose inner run d0 is a multiple of every tile edge is affine inside a tile; the
 kernel then builds the offsets as start + arange (level 0), which lets Triton see contiguous runs
 and vectorise.
@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from kernels.triton.fft_plan import FftPlan
-from kernels.triton.support import autotuned, bind, tile_config
+from kernels.triton.support import autotuned, bind, grouped_tile, tile_config
 from layerbench.registry import Kernel, in_order
 
 # Transforms: one side of a product is a DFT matrix of 2 x 16 to 2 x 128 rows, the other the
@@ -84,17 +84,12 @@ def _strided_gemm_kernel(a_ptr, b_ptr, out_ptr, bias_ptr, M, N, K,
     """out[batch, m, n] = sum_k A[batch, m, k] B[batch, k, n] (+ bias[m % bias_period]), tf32.
 
     AM, AK, BK, BN, OM, ON: the LEVELS of each index map (see _offsets).  Program axis 1 is the
-    batch; axis 0 the (m, n) tiles, grouped along m so neighbouring programs share B in L2.
+    batch; axis 0 the (m, n) tiles in grouped order (grouped_tile).
     """
-    pid = tl.program_id(0)
     batch = tl.program_id(1)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    m0 = (first_m + (pid % per_group) % group_m) * BLOCK_M
-    n0 = ((pid % per_group) // group_m) * BLOCK_N
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
     m_ok = m0 + tl.arange(0, BLOCK_M) < M
     n_ok = n0 + tl.arange(0, BLOCK_N) < N
     a_rows = a_ptr + batch * a_batch + _offsets(m0, BLOCK_M, am_d0, am_d1, am_s0, am_s1, am_s2, AM)
@@ -126,15 +121,10 @@ def _complex_kernel(x_ptr, w_ptr, y_ptr, B, K, C,
                     GROUP_M: tl.constexpr):
     """Y[f][ri][b K + k] = sum_c X[f][ri][b C + c] W[f][ri][k C + c], complex, for frequency f =
     program axis 1: four real tf32 products per step."""
-    pid = tl.program_id(0)
     f = tl.program_id(1)
-    tiles_m = tl.cdiv(B, BLOCK_M)
-    tiles_n = tl.cdiv(K, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    bs = (first_m + (pid % per_group) % group_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    ks = ((pid % per_group) // group_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), B, K, BLOCK_M, BLOCK_N, GROUP_M)
+    bs = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ks = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     b_ok = bs < B
     k_ok = ks < K
     x_real = x_ptr + f * 2 * B * C + bs * C

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import triton
+import triton.language as tl
 import triton.testing
 from triton.runtime.interpreter import InterpretedFunction
 
@@ -39,6 +40,14 @@ def tile_config(block_m: int, block_n: int, block_k: int, warps: int, stages: in
     """A GEMM tile config; GROUP_M = 8 row tiles share each column of B tiles in L2."""
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8},
                          num_warps=warps, num_stages=stages)
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of program ``pid`` over an M x N output, in grouped order: GROUP_M
+    row tiles run down each column of tiles in turn, so they share its B tiles while in L2."""
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    return tl.swizzle2d(pid // tiles_n, pid % tiles_n, tl.cdiv(M, BLOCK_M), tiles_n, GROUP_M)
 
 
 def interpreting(fn: object) -> bool:
