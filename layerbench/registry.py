@@ -30,6 +30,7 @@ from typing import Callable, Protocol
 import torch
 
 from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
 from layerbench.specs import LAYERS, LayerSpec
 
 Kernel = Callable[[], object]
@@ -45,6 +46,30 @@ def in_order(*kernels: Kernel) -> Kernel:
         for launch in kernels:
             launch()
 
+    return kernel
+
+
+def faster_of(default_name: str, default: Kernel, other_name: str, build_other: Callable[[], Kernel],
+              time_ms: Callable[[Kernel], float]) -> Kernel:
+    """``default``, or the other algorithm where it builds and ``time_ms`` finds it faster (as
+    cudnnFind chooses), with ``kernel.details`` saying which: ``algorithm`` and both times, or,
+    where ``build_other`` raised Unsupported, the reason under ``other_name``."""
+    details: dict[str, object] = {"algorithm": default_name}
+    chosen = default
+    try:
+        other = build_other()
+    except Unsupported as why:
+        details[other_name] = str(why)
+    else:
+        other_ms, default_ms = time_ms(other), time_ms(default)
+        details.update({f"{other_name}_ms": other_ms, f"{default_name}_ms": default_ms})
+        if other_ms < default_ms:
+            details["algorithm"], chosen = other_name, other
+
+    def kernel() -> None:
+        chosen()
+
+    kernel.details = details  # type: ignore[attr-defined]
     return kernel
 
 

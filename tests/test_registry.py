@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from layerbench.registry import in_order
+import pytest
+
+from layerbench.errors import Unsupported
+from layerbench.registry import faster_of, in_order
 
 
 def test_in_order_launches_each_kernel_once_in_order() -> None:
@@ -13,3 +16,30 @@ def test_in_order_launches_each_kernel_once_in_order() -> None:
     kernel()
     assert calls == ["copy", "gemm", "copy", "gemm"]
     assert in_order(first) is first  # nothing to chain: the kernel itself, no wrapper call
+
+
+def _build_refused() -> None:
+    raise Unsupported("no such algorithm here")
+
+
+def test_faster_of_keeps_the_faster_and_records_both_times() -> None:
+    calls: list[str] = []
+    slow, fast = (lambda: calls.append("slow")), (lambda: calls.append("fast"))
+    times = {slow: 2.0, fast: 1.0}
+    kernel = faster_of("direct", slow, "fft", lambda: fast, times.__getitem__)
+    kernel()
+    assert calls == ["fast"]
+    assert kernel.details == {"algorithm": "fft", "fft_ms": 1.0, "direct_ms": 2.0}
+    kernel = faster_of("direct", fast, "fft", lambda: slow, times.__getitem__)
+    kernel()
+    assert calls == ["fast", "fast"]
+    assert kernel.details["algorithm"] == "direct"
+
+
+def test_faster_of_records_why_the_other_was_not_built() -> None:
+    calls: list[str] = []
+    kernel = faster_of("direct", lambda: calls.append("direct"), "fft", _build_refused,
+                       lambda k: pytest.fail("nothing to time"))
+    kernel()
+    assert calls == ["direct"]
+    assert kernel.details == {"algorithm": "direct", "fft": "no such algorithm here"}

@@ -26,7 +26,7 @@ from kernels.cupy import _build, _fft_conv, _igemm, _launch
 from kernels.cupy._fft_plan import fft_plan
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, in_order, register
+from layerbench.registry import Kernel, Tensors, faster_of, in_order, register
 from layerbench.specs import Conv2d
 
 TILE, ROWS = 32, 8  # must match layout.cu
@@ -88,23 +88,11 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     _launch.check_dtype("conv2d", dtype, spec.dtypes)
     _launch.check_layout("conv2d", layout, spec.layouts)
     igemm = build_igemm(spec, dtype, tensors, out)
-    details: dict[str, object] = {"algorithm": "implicit_gemm"}
-    chosen = igemm
-    try:
+    index = _launch.device_index(out)
+
+    def fft() -> Kernel:
         if dtype.name == "fp32" and not fft_plan(spec).worth_timing():
             raise Unsupported("flops and bytes give the FFT no chance here")
-        fft = build_fft(spec, dtype, tensors, out)
-    except Unsupported as why:
-        details["fft"] = str(why)
-    else:
-        index = _launch.device_index(out)
-        fft_ms, igemm_ms = _launch.quick_time_ms(fft, index), _launch.quick_time_ms(igemm, index)
-        details.update(fft_ms=fft_ms, implicit_gemm_ms=igemm_ms)
-        if fft_ms < igemm_ms:
-            details["algorithm"], chosen = "fft", fft
+        return build_fft(spec, dtype, tensors, out)
 
-    def kernel() -> None:
-        chosen()
-
-    kernel.details = details  # type: ignore[attr-defined]
-    return kernel
+    return faster_of("implicit_gemm", igemm, "fft", fft, lambda k: _launch.quick_time_ms(k, index))

@@ -48,7 +48,7 @@ import triton.language as tl
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, in_order, register
+from layerbench.registry import Kernel, Tensors, faster_of, in_order, register
 from layerbench.specs import Conv2d
 
 from kernels.triton import fft_conv
@@ -341,25 +341,9 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
                       "walk); for tf32 an FFT convolution on the tensor cores instead where it "
                       "times faster at build")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    igemm = build_igemm(spec, dtype, layout, tensors, out)
-    details: dict[str, object] = {"algorithm": "implicit_gemm"}
-    chosen = igemm
-    try:
-        if dtype.name != "tf32":
-            raise Unsupported(f"the FFT convolution runs tf32 only, not {dtype.name}")
-        if interpreting(_conv2d_kernel):
+    def fft() -> Kernel:
+        if dtype.name == "tf32" and interpreting(_conv2d_kernel):
             raise Unsupported("no timing under the Triton interpreter to choose it by")
-        fft = build_fft(spec, dtype, tensors, out)
-    except Unsupported as why:
-        details["fft"] = str(why)
-    else:
-        fft_ms, igemm_ms = quick_bench(fft), quick_bench(igemm)
-        details.update(fft_ms=fft_ms, implicit_gemm_ms=igemm_ms)
-        if fft_ms < igemm_ms:
-            details["algorithm"], chosen = "fft", fft
+        return build_fft(spec, dtype, tensors, out)  # refuses other dtypes, with the reason
 
-    def kernel() -> None:
-        chosen()
-
-    kernel.details = details  # type: ignore[attr-defined]
-    return kernel
+    return faster_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out), "fft", fft, quick_bench)
