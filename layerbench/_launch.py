@@ -4,11 +4,13 @@
 * ``Blocker``: a spin kernel (``torch.cuda._sleep``) that holds the stream while the host enqueues
   the timed work, so a timed region never contains host launch latency (nvbench's "blocking kernel").
 * ``make_batch``: ``n`` launches of a kernel as one CUDA-graph replay, or a plain loop where capture fails.
+* ``hot_median_ms``: a quick hot time for choosing between algorithms at build time (not a measurement).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Callable
 
@@ -148,3 +150,23 @@ def host_seconds(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def hot_median_ms(kernel: Callable[[], object], device: torch.device, warmup: int = 3,
+                  reps: int = 10) -> float:
+    """Median GPU time of ``kernel`` in ms over ``reps`` launches after ``warmup``, hot (L2 warm):
+    for choosing between algorithms at build time, as cudnnFind does, not a measurement (the
+    harness's timing is)."""
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device)
+        for _ in range(warmup):
+            kernel()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            kernel()
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)

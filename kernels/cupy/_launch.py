@@ -8,8 +8,7 @@ but ``cuLaunchKernel`` on ``torch.cuda.current_stream()``: tensors are passed by
 from __future__ import annotations
 
 import ctypes
-import statistics
-from typing import Callable, Sequence
+from typing import Sequence
 
 import cupy
 import torch
@@ -186,20 +185,3 @@ def check_cc(index: int, major: int, why: str) -> None:
         raise Unsupported(f"{why} needs compute capability {major}.0 or newer; this GPU has "
                           f"{cc[0]}.{cc[1]}")
 
-
-def quick_time_ms(kernel: Callable[[], object], index: int, warmup: int = 3, reps: int = 10) -> float:
-    """Median GPU time of ``kernel`` in ms, hot: for choosing between algorithms at build time
-    (as cudnnFind does), not a measurement (the harness's timing is)."""
-    with torch.cuda.device(index):
-        stream = torch.cuda.current_stream(index)
-        for _ in range(warmup):
-            kernel()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(stream)
-            kernel()
-            end.record(stream)
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)

@@ -24,6 +24,7 @@ import torch
 
 from kernels.cupy import _build, _fft_conv, _igemm, _launch
 from kernels.cupy._fft_plan import fft_plan
+from layerbench._launch import hot_median_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import Kernel, Tensors, faster_of, in_order, register
@@ -88,11 +89,10 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     _launch.check_dtype("conv2d", dtype, spec.dtypes)
     _launch.check_layout("conv2d", layout, spec.layouts)
     igemm = build_igemm(spec, dtype, tensors, out)
-    index = _launch.device_index(out)
 
     def fft() -> Kernel:
         if dtype.name == "fp32" and not fft_plan(spec).worth_timing():
             raise Unsupported("flops and bytes give the FFT no chance here")
         return build_fft(spec, dtype, tensors, out)
 
-    return faster_of("implicit_gemm", igemm, "fft", fft, lambda k: _launch.quick_time_ms(k, index))
+    return faster_of("implicit_gemm", igemm, "fft", fft, lambda k: hot_median_ms(k, out.device))

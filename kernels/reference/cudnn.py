@@ -44,6 +44,7 @@ import torch
 from kernels.reference import cudnn_api as api
 from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, ConvFwdAlgo, Cudnn, CudnnError, DataType,
                                          Descriptor, Handle, MathType, TensorFormat)
+from layerbench._launch import hot_median_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import Tensors, register
@@ -173,21 +174,6 @@ def _find_algorithms(lib: Cudnn, handle: Handle, x: torch.Tensor, w: torch.Tenso
     return found
 
 
-def _hot_ms(run: Callable[[], None], device: torch.device) -> float:
-    """Median time of ``run`` in ms over RETIME_RUNS launches after two warm-ups."""
-    stream = torch.cuda.current_stream(device)
-    run(), run()
-    times = []
-    for _ in range(RETIME_RUNS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        run()
-        end.record(stream)
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 @register("conv2d", "cudnn", backend="cudnn", reference=True,
           description="cuDNN cudnnConvolutionForward (algorithm found by cudnnFind...Ex) + cudnnAddTensor")
 def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -213,7 +199,8 @@ def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
         args = (handle.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), w_d.ptr, w.data_ptr(), conv.ptr, perf.algo,
                 workspace.data_ptr() if perf.memory else None, perf.memory, ZERO_PTR, y_d.ptr,
                 out.data_ptr())
-        ms = _hot_ms(lambda: lib.cudnnConvolutionForward(*args), device)
+        ms = hot_median_ms(lambda: lib.cudnnConvolutionForward(*args), device, warmup=2,
+                           reps=RETIME_RUNS)
         if best is None or ms < best[0]:
             best = (ms, perf, workspace)
         del workspace

@@ -59,7 +59,7 @@ class FftPlan:
 
     def buffer_sizes(self) -> dict[str, int]:
         """Elements of each intermediate buffer (float32)."""
-        s, n, v = self.spec, self.n, self.v
+        s, v = self.spec, self.v
         bc, kc, bk = s.batch * s.in_channels, s.out_channels * s.in_channels, s.batch * s.out_channels
         return {"x_rows": 2 * v * s.height * bc, "x_spectrum": 2 * self.freqs * bc,
                 "w_rows": 2 * v * s.kernel_h * kc, "w_spectrum": 2 * self.freqs * kc,
