@@ -6,8 +6,9 @@ in memory, which keeps loads and stores coalesced:
 * NHWC: a tile is (output pixels) x (channels); every window tap loads a contiguous run of
   channels, which the compiler turns into 16-byte vector loads when C is a multiple of 8 (fp16)
   or 4 (fp32).
-* NCHW: a tile is (rows of output, i.e. n, c, p) x (output columns q); stores are contiguous
-  along q, and the window taps of neighbouring q share cache lines.
+* NCHW: a tile is a run of consecutive outputs in their flat (n, c, p, q) order, so stores are
+  contiguous and no lane idles past the end of a narrow output row (AlexNet's are 27, 13 and 6
+  wide); the window taps of neighbouring outputs share cache lines.
 
 Window taps are unrolled (the window size is a compile-time constant).  Max compares in fp32,
 which is exact for fp16/bf16/fp32 inputs, treats padding as -inf and propagates NaN like torch;
@@ -28,21 +29,28 @@ from layerbench.specs import Pool2d
 
 from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2
 
-# TILE output elements per program; the tile's contiguous side is fixed per problem (below).
-# Small tiles over many warps: NCHW windows are gathered with narrow loads that wait on L1, and
+# TILE output elements per program.  NHWC: the tile's channel side is fixed per problem (below).
+# Small tiles over many warps: strided window taps load narrow values that wait on L1, and
 # 1024 outputs over 4 warps took 92 registers a thread, leaving 31 % occupancy to hide that wait
-# (ncu, H100, 55x55 bf16 max 3x3).
-_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
-            triton.Config({"TILE": 512}, num_warps=4),
-            triton.Config({"TILE": 512}, num_warps=8),
-            triton.Config({"TILE": 1024}, num_warps=4),
-            triton.Config({"TILE": 1024}, num_warps=8),
-            triton.Config({"TILE": 2048}, num_warps=8),
-            triton.Config({"TILE": 4096}, num_warps=8)]
+# (ncu, H100, 55x55 bf16 max 3x3, NCHW).
+_NHWC_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
+                 triton.Config({"TILE": 512}, num_warps=4),
+                 triton.Config({"TILE": 512}, num_warps=8),
+                 triton.Config({"TILE": 1024}, num_warps=4),
+                 triton.Config({"TILE": 1024}, num_warps=8),
+                 triton.Config({"TILE": 2048}, num_warps=8),
+                 triton.Config({"TILE": 4096}, num_warps=8)]
+# NCHW: one or two outputs a thread.  On the H100 these ran the AlexNet pools 4-18 % faster than
+# the earlier 2-D tiles (output rows x columns, idle lanes past Q); 1024 outputs a program and
+# more ran slower (notes/perf.md).
+_NCHW_CONFIGS = [triton.Config({"TILE": 128}, num_warps=4),
+                 triton.Config({"TILE": 256}, num_warps=4),
+                 triton.Config({"TILE": 256}, num_warps=8),
+                 triton.Config({"TILE": 512}, num_warps=8)]
 _INTERPRETER_CONFIG = {"TILE": 256}
-_KEY = ["ROWS", "H", "W", "P", "Q", "stride", "pad", "KSIZE", "IS_MAX"]  # + C for NHWC
+_KEY = ["H", "W", "P", "Q", "stride", "pad", "KSIZE", "IS_MAX"]  # + ROWS and C (NHWC), TOTAL (NCHW)
 
-# Widest contiguous side of a tile: channels (NHWC) or output columns (NCHW).
+# Widest channel run of an NHWC tile.
 MAX_INNER = 128
 
 
@@ -92,46 +100,42 @@ def _pool_nhwc_kernel(x_ptr, y_ptr, ROWS, C, H, W, P, Q, stride, pad,
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & c_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["ROWS", "H", "W", "P", "stride", "pad"])
-def _pool_nchw_kernel(x_ptr, y_ptr, ROWS, H, W, P, Q, stride, pad,
-                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, BLOCK_Q: tl.constexpr,
-                      TILE: tl.constexpr):
-    BLOCK_R: tl.constexpr = TILE // BLOCK_Q
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # flat (n, c, p)
-    qs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    row_ok = rows < ROWS
-    q_ok = qs < Q
-    r = tl.where(row_ok, rows, 0)
+@triton.jit(do_not_specialize=["TOTAL", "H", "W", "P", "Q", "stride", "pad"])
+def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, H, W, P, Q, stride, pad,
+                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, TILE: tl.constexpr):
+    o = tl.program_id(0) * TILE + tl.arange(0, TILE)  # flat (n, c, p, q): the output's own order
+    o_ok = o < TOTAL
+    oc = tl.where(o_ok, o, 0)
+    q = oc % Q
+    r = oc // Q
     p = r % P
     plane = r // P  # n * C + c
     ih0 = p * stride - pad
-    iw0 = qs * stride - pad
+    iw0 = q * stride - pad
     if IS_MAX:
         fill = float("-inf")
     else:
         fill = 0.0
-    acc = tl.full((BLOCK_R, BLOCK_Q), fill, tl.float32)
+    acc = tl.full((TILE,), fill, tl.float32)
     for i in tl.static_range(KSIZE):
         ih = ih0 + i
-        h_ok = row_ok & (ih >= 0) & (ih < H)
+        h_ok = o_ok & (ih >= 0) & (ih < H)
+        row = x_ptr + (plane * H + ih) * W
         for j in tl.static_range(KSIZE):
             iw = iw0 + j
-            w_ok = q_ok & (iw >= 0) & (iw < W)
-            ptrs = x_ptr + ((plane * H + ih) * W)[:, None] + iw[None, :]
-            v = tl.load(ptrs, mask=h_ok[:, None] & w_ok[None, :], other=fill).to(tl.float32)
+            v = tl.load(row + iw, mask=h_ok & (iw >= 0) & (iw < W), other=fill).to(tl.float32)
             acc = _window_update(acc, v, IS_MAX)
     if not IS_MAX:
         acc = acc / (KSIZE * KSIZE)
-    y_ptrs = y_ptr + (r * Q)[:, None] + qs[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & q_ok[None, :])
+    tl.store(y_ptr + o, acc.to(y_ptr.dtype.element_ty), mask=o_ok)
 
 
-_nhwc_tuned = autotuned(_pool_nhwc_kernel, _CONFIGS, _KEY + ["C"])
-_nchw_tuned = autotuned(_pool_nchw_kernel, _CONFIGS, _KEY)
+_nhwc_tuned = autotuned(_pool_nhwc_kernel, _NHWC_CONFIGS, ["ROWS", "C", *_KEY])
+_nchw_tuned = autotuned(_pool_nchw_kernel, _NCHW_CONFIGS, ["TOTAL", *_KEY])
 
 
 @register("pool2d", "triton", backend="triton", devices=("cuda", "cpu"),
-          description="Triton max/avg pooling; NHWC tiles over contiguous channels, NCHW over output width")
+          description="Triton max/avg pooling; NHWC tiles over contiguous channels, NCHW over the flat output")
 def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     check_inputs(_pool_nhwc_kernel, dtype, Pool2d.dtypes, tensors, out)
     x = tensors["x"]
@@ -148,20 +152,17 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     meta = {"KSIZE": spec.kernel, "IS_MAX": spec.method == "max"}
     if x_nhwc:
         inner = min(next_pow2(c), MAX_INNER)
-        inner_blocks = triton.cdiv(c, inner)
         rows = n * p * q
-        args = (x, out, rows, c, h, w, p, q, spec.stride, spec.padding)
         meta["BLOCK_C"] = inner
-        fn, tuned = _pool_nhwc_kernel, _nhwc_tuned
-    else:
-        inner = min(next_pow2(q), MAX_INNER)
-        inner_blocks = triton.cdiv(q, inner)
-        rows = n * c * p
-        args = (x, out, rows, h, w, p, q, spec.stride, spec.padding)
-        meta["BLOCK_Q"] = inner
-        fn, tuned = _pool_nchw_kernel, _nchw_tuned
 
-    def grid(config: dict) -> tuple[int, int]:
-        return (triton.cdiv(rows, config["TILE"] // inner), inner_blocks)
+        def grid(config: dict) -> tuple[int, ...]:
+            return (triton.cdiv(rows, config["TILE"] // inner), triton.cdiv(c, inner))
 
-    return bind(fn, tuned, grid, args, meta, _INTERPRETER_CONFIG)
+        args = (x, out, rows, c, h, w, p, q, spec.stride, spec.padding)
+        return bind(_pool_nhwc_kernel, _nhwc_tuned, grid, args, meta, _INTERPRETER_CONFIG)
+
+    def flat_grid(config: dict) -> tuple[int, ...]:
+        return (triton.cdiv(out.numel(), config["TILE"]),)
+
+    args = (x, out, out.numel(), h, w, p, q, spec.stride, spec.padding)
+    return bind(_pool_nchw_kernel, _nchw_tuned, flat_grid, args, meta, _INTERPRETER_CONFIG)
