@@ -210,6 +210,8 @@ def _time_cuda(kernel: Callable[[], object], device: torch.device, cfg: TimingCo
         extra.update(flush_bytes=flush.numel(), flush_source=_launch.l2_size_bytes(device)[1])
 
         def prepare() -> None:
+            # A write, as nvbench does.  A read-only flush leaves the L2 clean, and then up to an L2
+            # of the kernel's own writes is written back after the timed region (notes/perf.md).
             flush.zero_()
 
         launch: Callable[[], object] = kernel

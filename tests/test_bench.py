@@ -48,7 +48,9 @@ def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
     tg = bench.targets(tab).set_index("target")
     row = tg.loc["ReLU triton >= 95 % of copy bandwidth"]
     assert row["points"] == 1 and row["verdict"] == ("MET" if tri["ceiling"] >= 0.95 else "MISSED")
+    assert math.isclose(row["copy_bound"], at_size / 2.0)  # the copy at this size against the ceiling
     assert tg.loc["ReLU cupy >= 95 % of copy bandwidth", "verdict"] == "n/a"
+    assert math.isnan(tg.loc["linear triton bf16 >= 0.95x cuBLAS", "copy_bound"])
     report = bench.format_report(tab, ceil)
     assert "### Targets" in report and "Against a copy of the same size (geomean, not an issue target): relu triton" in report
 
