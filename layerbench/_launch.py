@@ -5,6 +5,7 @@
   the timed work, so a timed region never contains host launch latency (nvbench's "blocking kernel").
 * ``make_batch``: ``n`` launches of a kernel as one CUDA-graph replay, or a plain loop where capture fails.
 * ``hot_median_ms``: a quick hot time for choosing between algorithms at build time (not a measurement).
+* ``check_workspace``: refuse a workspace over half the free memory, with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from typing import Callable
 
 import torch
+
+from layerbench.errors import Unsupported
 
 # Used when torch does not report the L2 size: larger than the L2 of any NVIDIA GPU to date
 # (A100 40 MB, H100 50 MB, B200 126 MB), so a flush with it is never too small.
@@ -170,3 +173,12 @@ def hot_median_ms(kernel: Callable[[], object], device: torch.device, warmup: in
             end.synchronize()
             times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def check_workspace(nbytes: int, device: torch.device, what: str) -> None:
+    """Unsupported where ``what`` needs over half of ``device``'s free memory: the rest stays for
+    the point's tensors and the other implementations built beside it."""
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes > free // 2:
+        raise Unsupported(f"{what} needs {nbytes / 2**30:.1f} GiB of workspace, over half of the "
+                          f"{free / 2**30:.1f} GiB free")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from layerbench._launch import check_workspace
 from layerbench.errors import Unsupported
 from layerbench.registry import faster_of, in_order
 
@@ -43,3 +45,11 @@ def test_faster_of_records_why_the_other_was_not_built() -> None:
     kernel()
     assert calls == ["direct"]
     assert kernel.details == {"algorithm": "direct", "fft": "no such algorithm here"}
+
+
+def test_check_workspace_refuses_over_half_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 2**30, 80 * 2**30))
+    check_workspace(2 * 2**30, torch.device("cuda", 0), "the FFT convolution")  # exactly half: fine
+    with pytest.raises(Unsupported, match=r"the FFT convolution needs 2\.0 GiB of workspace, over half "
+                                          r"of the 4\.0 GiB free"):
+        check_workspace(2 * 2**30 + 1, torch.device("cuda", 0), "the FFT convolution")

@@ -184,4 +184,3 @@ def check_cc(index: int, major: int, why: str) -> None:
     if cc[0] < major:
         raise Unsupported(f"{why} needs compute capability {major}.0 or newer; this GPU has "
                           f"{cc[0]}.{cc[1]}")
-

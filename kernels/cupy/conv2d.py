@@ -24,7 +24,7 @@ import torch
 
 from kernels.cupy import _build, _fft_conv, _igemm, _launch
 from kernels.cupy._fft_plan import fft_plan
-from layerbench._launch import hot_median_ms
+from layerbench._launch import check_workspace, hot_median_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import Kernel, Tensors, faster_of, in_order, register
@@ -74,10 +74,7 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     plan = fft_plan(spec)
     x, weight = tensors["x"], tensors["weight"]
     index = _launch.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
-    free, _ = torch.cuda.mem_get_info(index)
-    if plan.workspace_bytes > free // 2:
-        raise Unsupported(f"the FFT convolution needs {plan.workspace_bytes / 2**30:.1f} GiB of "
-                          f"spectra, over half of the {free / 2**30:.1f} GiB free")
+    check_workspace(plan.workspace_bytes, x.device, "the FFT convolution")
     return _fft_conv.build(plan, x, weight, tensors.get("bias") if spec.bias else None, out, index)
 
 

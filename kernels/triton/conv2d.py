@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from layerbench._launch import check_workspace
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import Kernel, Tensors, faster_of, in_order, register
@@ -329,10 +330,7 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
         if sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= INT32_LIMIT:
             raise Unsupported(f"the FFT convolution indexes in int32; tensor {name} spans more")
     if out.is_cuda:
-        free, _ = torch.cuda.mem_get_info(out.device)
-        if plan.workspace_bytes > free // 2:
-            raise Unsupported(f"the FFT convolution needs {plan.workspace_bytes / 2**30:.1f} GiB of "
-                              f"buffers, over half of the {free / 2**30:.1f} GiB free")
+        check_workspace(plan.workspace_bytes, out.device, "the FFT convolution")
     return fft_conv.build(plan, x, w, tensors.get("bias") if spec.bias else None, out)
 
 
