@@ -21,7 +21,7 @@ from layerbench.report import markdown_table
 from layerbench.runner import RunOptions, run_sweep
 
 BENCH_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "bench"
-LAYERS = ("relu", "pool", "conv", "linear")
+LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear")  # sweeps/bench/<name>.toml
 CUSTOM = ("triton", "cupy")
 MEMORY_BOUND = ("relu", "pool2d")  # judged in GB/s against the copy; the others in TFLOP/s
 CEILINGS_FILE = "ceilings.json"
@@ -36,8 +36,10 @@ class Target:
     metric: str  # "copy" (fraction of copy bandwidth) or "speedup" (baseline time / impl time)
     threshold: float
     baseline: str | None = None
+    experiment: str | None = None  # judge only this bench sweep's rows (conv: L1-L6 apart from the sweeps)
 
 
+CONV_SHAPES = {"bench_conv": "L1-L6", "bench_conv_sweeps": "input-size, kernel-size, channel sweeps"}
 TARGETS = (
     *(Target(f"ReLU {i} >= 95 % of copy bandwidth", "relu", i, ("fp32", "fp16", "bf16"), "copy", 0.95)
       for i in CUSTOM),
@@ -47,12 +49,13 @@ TARGETS = (
       for i in CUSTOM),
     *(Target(f"pool {i} >= 1.0x cuDNN", "pool2d", i, ("fp32", "fp16", "bf16"), "speedup", 1.0, "cudnn")
       for i in CUSTOM),
-    *(Target(f"conv triton {d} >= 0.9x cuDNN", "conv2d", "triton", (d,), "speedup", 0.9, "cudnn")
-      for d in ("bf16", "fp16", "tf32")),
-    Target("conv cupy fp32 (no tensor cores) >= 0.7x cuDNN fp32", "conv2d", "cupy", ("fp32",), "speedup", 0.7,
-           "cudnn"),
-    *(Target(f"conv cupy {d} (tensor cores) >= 0.6x cuDNN", "conv2d", "cupy", (d,), "speedup", 0.6, "cudnn")
-      for d in ("fp16", "bf16")),
+    *(t for exp, shapes in CONV_SHAPES.items() for t in (
+        *(Target(f"conv triton {d} >= 0.9x cuDNN ({shapes})", "conv2d", "triton", (d,), "speedup", 0.9, "cudnn",
+                 exp) for d in ("bf16", "fp16", "tf32")),
+        Target(f"conv cupy fp32 (no tensor cores) >= 0.7x cuDNN fp32 ({shapes})", "conv2d", "cupy", ("fp32",),
+               "speedup", 0.7, "cudnn", exp),
+        *(Target(f"conv cupy {d} (tensor cores) >= 0.6x cuDNN ({shapes})", "conv2d", "cupy", (d,), "speedup", 0.6,
+                 "cudnn", exp) for d in ("fp16", "bf16")))),
     *(Target(f"linear triton {d} >= 0.95x cuBLAS", "linear", "triton", (d,), "speedup", 0.95, "cublas")
       for d in ("bf16", "tf32")),
     Target("linear cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas"),
@@ -123,6 +126,8 @@ def targets(tab: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for t in TARGETS:
         sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)]
+        if t.experiment is not None:
+            sel = sel[sel["experiment"] == t.experiment]
         col = "ceiling" if t.metric == "copy" else f"x_{t.baseline}"
         values = sel[col] if col in sel else pd.Series(dtype=float)
         g = compare.geomean(values)

@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(sweeps/bench), with issue-5 target verdicts")
     device(sp)
     sp.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
-    sp.add_argument("--layers", default="relu,pool,conv,linear", help="comma-separated subset")
+    sp.add_argument("--layers", default="relu,pool,conv,conv_sweeps,linear", help="comma-separated subset")
     sp.add_argument("--resume", action="store_true", help="continue the bench in --out")
     sp.add_argument("--no-energy", action="store_true", help="time only")
     sp.add_argument("--no-progress", action="store_true")

@@ -358,7 +358,7 @@ class _Parser:
                     if v not in allowed:
                         _fail(key, f"{v!r} is not allowed for {layer}; allowed: {', '.join(allowed)}")
         names = self.filter_names(layers)
-        where = [self.expr("where", s, names) for s in self.str_list("where")]
+        where = [self.expr("where", s, names | {"impl"}) for s in self.str_list("where")]
         measure = self.measure()
         energy_where = [self.expr("energy.where", s, names | {"impl"}) for s in measure.energy_where]
 
@@ -389,7 +389,10 @@ class _Parser:
             for dtype, layout in itertools.product(dtypes[layer], layouts[layer]):
                 point = Point(len(points), layer, label, params, point_axes, dtype, layout,
                               list(impls[layer]), spec, why)
-                if not all(w(point.values()) for w in where):
+                # A filter naming `impl` drops single implementations (no Triton fp32 here, say).
+                point.implementations = [n for n in point.implementations
+                                         if all(w(point.values() | {"impl": n}) for w in where)]
+                if not point.implementations:
                     skipped_filtered += 1
                     continue
                 points.append(point)

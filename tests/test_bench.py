@@ -4,9 +4,11 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from layerbench import bench, ceilings, sweep
+from layerbench.cli import build_parser
 from layerbench.runner import RunOptions, run_sweep
 
 SWEEP = """
@@ -63,5 +65,21 @@ def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
 
 
 def test_unknown_layer_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--layers must be among relu, pool, conv, linear, got softmax"):
+    with pytest.raises(ValueError, match="--layers must be among relu, pool, conv, conv_sweeps, linear, got softmax"):
         bench.run_bench(tmp_path, "cpu", ("softmax",))
+
+
+def test_bench_command_runs_every_bench_sweep_by_default() -> None:
+    args = build_parser().parse_args(["bench"])
+    assert tuple(args.layers.split(",")) == bench.LAYERS
+
+
+def test_conv_targets_judge_l1_l6_apart_from_the_sweeps() -> None:
+    tab = pd.DataFrame({"layer": "conv2d", "impl": "triton", "dtype": "bf16",
+                        "experiment": ["bench_conv", "bench_conv", "bench_conv_sweeps"],
+                        "x_cudnn": [1.0, 1.0, 0.5], "ceiling": 0.5, "sized_copy": math.nan})
+    tg = bench.targets(tab).set_index("target")
+    l16 = tg.loc["conv triton bf16 >= 0.9x cuDNN (L1-L6)"]
+    swept = tg.loc["conv triton bf16 >= 0.9x cuDNN (input-size, kernel-size, channel sweeps)"]
+    assert (l16["points"], l16["verdict"]) == (2, "MET")
+    assert (swept["points"], swept["geomean"], swept["verdict"]) == (1, 0.5, "MISSED")

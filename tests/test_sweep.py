@@ -113,6 +113,15 @@ def test_where_filters_and_energy_subset() -> None:
     assert all(p.energy_impls == [] for p in s.points if p.dtype == "bf16")
 
 
+def test_where_naming_impl_drops_single_implementations() -> None:
+    s = parse(BASE | {"where": "not (impl == 'triton' and dtype == 'fp32')"})
+    assert len(s.points) == 16 and s.skipped_filtered == 0
+    assert {p.dtype: p.implementations for p in s.points} == {"fp32": ["torch"], "bf16": ["torch", "triton"]}
+    # A point left with no implementation is filtered out as a whole.
+    gone = parse(BASE | {"where": "impl == 'triton' and dtype == 'bf16'"})
+    assert {p.dtype for p in gone.points} == {"bf16"} and gone.skipped_filtered == 8
+
+
 def test_points_list_with_mixed_layers_and_axes() -> None:
     data = {"experiment": "alex", "params": {"batch": 8},
             "points": [{"name": "conv1", "layer": "conv2d", "in_channels": 3, "out_channels": 4, "size": 9,
