@@ -188,10 +188,10 @@ class Point:
     invalid: str | None
     energy_impls: list[str] = field(default_factory=list)
 
-    def values(self) -> dict[str, Any]:
-        """What filter expressions see."""
+    def values(self, impl: str) -> dict[str, Any]:
+        """What filter expressions see for one of the point's implementations."""
         return self.params | {"layer": self.layer, "name": self.label, "dtype": self.dtype,
-                              "layout": self.layout}
+                              "layout": self.layout, "impl": impl}
 
     def config(self, impl: str, measure: Measure, device: str) -> dict[str, Any]:
         """What identifies a result row: everything that changes the measured quantity."""
@@ -238,7 +238,7 @@ class Sweep:
     energy_where: list[Expr] = field(default_factory=list)
 
     def _wants_energy(self, point: Point, impl: str) -> bool:
-        return self.measure.energy and all(w(point.values() | {"impl": impl}) for w in self.energy_where)
+        return self.measure.energy and all(w(point.values(impl)) for w in self.energy_where)
 
     def add_implementations(self, names: list[str]) -> None:
         """``--impl``: add implementations (``name``, ``module:function`` or ``layer=...``)."""
@@ -391,7 +391,7 @@ class _Parser:
                               list(impls[layer]), spec, why)
                 # A filter naming `impl` drops single implementations (no Triton fp32 here, say).
                 point.implementations = [n for n in point.implementations
-                                         if all(w(point.values() | {"impl": n}) for w in where)]
+                                         if all(w(point.values(n)) for w in where)]
                 if not point.implementations:
                     skipped_filtered += 1
                     continue
