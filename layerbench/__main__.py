@@ -2,6 +2,6 @@
 
 import sys
 
-from layerbench.cli import main
+from layerbench.entry import main
 
 sys.exit(main())

@@ -1,13 +1,14 @@
 """The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, export.
 
 Usage errors (a bad sweep file, a missing run directory) print one line and exit with 2.
-``--device cpu`` sets TRITON_INTERPRET=1 before any kernel module is imported, so the Triton
-kernels run in the interpreter and the same pipeline runs without a GPU.
+With ``--device cpu`` (TRITON_INTERPRET=1, set by ``layerbench.entry``) the Triton kernels run in the
+interpreter and the same pipeline runs without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -15,12 +16,30 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from layerbench import registry
+from layerbench.analysis import compare
+from layerbench.analysis.report import build_report
+from layerbench.layers import LAYERS, SHORTHANDS
+from layerbench.measure.energy import EnergyMeter
+from layerbench.measure.environment import collect_environment
+from layerbench.options import EnergyConfig
+from layerbench.results import rundir as results
+from layerbench.run.sweep_runner import RunOptions, run_sweep
+from layerbench.suites import bench
+from layerbench.suites.validate_energy import format_report, run_validation
+from layerbench.sweep import Sweep, SweepError, axis_label, iter_sweep_files, load_sweep
+from sweeps import SWEEP_DIR
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
 def _repo_sweeps() -> list[Path]:
-    here = Path(__file__).resolve().parent.parent / "sweeps"
+    here = SWEEP_DIR
     roots = [Path("sweeps"), here]
     seen, out = set(), []
     for root in roots:
@@ -32,17 +51,14 @@ def _repo_sweeps() -> list[Path]:
 
 def _check_device(device: str) -> None:
     if device == "cuda":
-        import torch
 
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA GPU is visible to torch; use --device cpu "
                              "for a CPU smoke run")
 
 
-def _load_sweep(args: argparse.Namespace, file: str | None = None) -> Any:
-    from layerbench import sweep
-
-    s = sweep.load(file or args.file, quick=args.quick)
+def _load_sweep(args: argparse.Namespace, file: str | None = None) -> Sweep:
+    s = load_sweep(file or args.file, quick=args.quick)
     if args.impl:
         s.add_implementations(args.impl)
     if args.only:
@@ -56,10 +72,6 @@ def _load_sweep(args: argparse.Namespace, file: str | None = None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from layerbench import results
-    from layerbench.runner import RunOptions, run_sweep
 
     _check_device(args.device)
     # All files are checked before anything runs: a typo in the last one fails at once.
@@ -84,11 +96,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from layerbench import registry
-    from layerbench.sweep import axis_label
 
     s = _load_sweep(args)
     table = Table(title=f"{s.title} ({s.path})", show_lines=False)
@@ -131,10 +138,6 @@ def estimate_seconds(s: Any) -> dict[str, float]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from layerbench.specs import LAYERS
-    from layerbench.sweep import SHORTHANDS
 
     what = args.what
     if what in ("layers", "all"):
@@ -147,7 +150,6 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"    dtypes {', '.join(cls.dtypes)}; layouts {', '.join(cls.layouts)}"
                   + (f"; shorthands {short}" if short else ""))
     if what in ("impls", "all"):
-        from layerbench import registry
 
         print("implementations:")
         for impl in registry.all_implementations():
@@ -157,13 +159,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         for backend, err in registry.load_errors().items():
             print(f"  not loaded: {backend}: {err}")
     if what in ("sweeps", "all"):
-        from layerbench.sweep import SweepError, iter_sweep_files, load
 
         print("sweeps:")
         for root in _repo_sweeps():
             for path in iter_sweep_files(root):
                 try:
-                    s = load(path)
+                    s = load_sweep(path)
                     info = f"{len(s.points)} points  {s.title}"
                 except SweepError as exc:
                     info = f"INVALID: {exc}"
@@ -172,12 +173,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from layerbench import compare, results
-
-    df = results.load(args.run)
+    df = results.load_results(args.run)
     baselines = [b.strip() for b in args.baseline.split(",")] if args.baseline else None
     if args.run_b:
-        table = compare.compare_runs(df, results.load(args.run_b), args.threshold)
+        table = compare.compare_runs(df, results.load_results(args.run_b), args.threshold)
         title = f"{args.run_b} against {args.run}"
     else:
         table = compare.compare_within(df, baselines, args.threshold)
@@ -190,25 +189,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from layerbench.report import build_report
-
     path = build_report(args.run, args.out)
     print(path)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    import json
-
-    from layerbench import registry
-    from layerbench.environment import collect_environment
 
     env = collect_environment(args.device)
     print("environment:")
     print(json.dumps(env, indent=2, default=str))
     print("energy meter:")
     try:
-        from layerbench.energy import EnergyConfig, EnergyMeter
 
         meter = EnergyMeter(args.device, EnergyConfig())
         state = f"available ({meter.method})" if meter.available else f"unavailable: {meter.reason}"
@@ -226,8 +218,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_energy(args: argparse.Namespace) -> int:
-    from layerbench.validate import format_report, run_validation
-
     _check_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,11 +227,9 @@ def cmd_validate_energy(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from layerbench import bench
-
     out = Path(args.out)
     if args.report_only:
-        df, ceilings = bench.load(out)
+        df, ceilings = bench.load_bench(out)
     else:
         _check_device(args.device)
         df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
@@ -254,9 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from layerbench import results
-
-    for path in results.export(args.run):
+    for path in results.export_results(args.run):
         print(path)
     return 0
 
@@ -364,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Before anything imports a kernel: Triton decides at @jit time whether to interpret.
-    if getattr(args, "device", None) == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"
+    if getattr(args, "device", None) == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        # layerbench.entry sets it before Triton is imported; a caller of main() must do the same.
+        raise SystemExit("layerbench: --device cpu needs TRITON_INTERPRET=1 set before Triton is "
+                         "imported (the layerbench command does this)")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

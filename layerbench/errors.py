@@ -1,4 +1,4 @@
-"""Exceptions a sweep records as a point's status instead of crashing."""
+"""The exceptions layerbench raises on purpose: a sweep file's error, and what a point records as its status."""
 
 
 class Unsupported(Exception):
@@ -7,3 +7,7 @@ class Unsupported(Exception):
 
 class Unavailable(Exception):
     """A backend or meter is missing on this machine (no CuPy, no NVML, ...); the message says why."""
+
+
+class SweepError(ValueError):
+    """A sweep file is malformed; the message names the file, the key and what is allowed."""

@@ -15,6 +15,8 @@ Contract of a builder (every implementation, ours or a user's)::
   writes every element of ``out`` and returns None, without synchronising.  It is called many
   times.  A library path that allocates its own result (torch's default functional path) may
   instead return that tensor; the checker then compares the returned tensor.
+* ``build`` may return ``layerbench.builders.Built(launch, details)`` instead of the bare kernel,
+  to put what it chose (an algorithm, its timings) into the record.
 * ``build`` raises ``layerbench.errors.Unsupported`` for a dtype, layout or shape it cannot run.
   It never falls back silently to another library.
 * The harness calls ``build`` and ``kernel`` inside ``layerbench.dtypes.precision(dtype)``.
@@ -29,49 +31,9 @@ from typing import Callable, Protocol
 
 import torch
 
+from layerbench.builders import Built, Kernel, Tensors
 from layerbench.dtypes import DType
-from layerbench.errors import Unsupported
-from layerbench.specs import LAYERS, LayerSpec
-
-Kernel = Callable[[], object]
-Tensors = dict[str, torch.Tensor]
-
-
-def in_order(*kernels: Kernel) -> Kernel:
-    """One kernel that launches ``kernels`` one after another (e.g. a layout copy, then a GEMM)."""
-    if len(kernels) == 1:
-        return kernels[0]
-
-    def kernel() -> None:
-        for launch in kernels:
-            launch()
-
-    return kernel
-
-
-def faster_of(default_name: str, default: Kernel, other_name: str, build_other: Callable[[], Kernel],
-              time_ms: Callable[[Kernel], float]) -> Kernel:
-    """``default``, or the other algorithm where it builds and ``time_ms`` finds it faster (as
-    cudnnFind chooses), with ``kernel.details`` saying which: ``algorithm`` and both times, or,
-    where ``build_other`` raised Unsupported, the reason under ``other_name``."""
-    details: dict[str, object] = {"algorithm": default_name}
-    chosen = default
-    try:
-        other = build_other()
-    except Unsupported as why:
-        details[other_name] = str(why)
-    else:
-        other_ms, default_ms = time_ms(other), time_ms(default)
-        details.update({f"{other_name}_ms": other_ms, f"{default_name}_ms": default_ms})
-        if other_ms < default_ms:
-            details["algorithm"], chosen = other_name, other
-
-    def kernel() -> None:
-        chosen()
-
-    kernel.details = details  # type: ignore[attr-defined]
-    return kernel
-
+from layerbench.layers import LAYERS, LayerSpec
 
 ENTRY_POINT_GROUP = "layerbench.implementations"
 
@@ -88,7 +50,7 @@ BUILTIN_MODULES = {
 
 class Builder(Protocol):
     def __call__(self, spec: LayerSpec, dtype: DType, layout: str, tensors: Tensors,
-                 out: torch.Tensor) -> Kernel: ...
+                 out: torch.Tensor) -> Kernel | Built: ...
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ class FakePynvml:
         return "GPU-fake"
 
 
-class FakeRunner:
+class FakeLoad:
     """Back-to-back launches of ``per_launch_s`` each, drawing ``watts`` while fed."""
 
     asynchronous = True

@@ -1,7 +1,7 @@
 """Test stand-ins: a fast measurement core and fake ReLU implementations for runner tests.
 
-The fake timing/energy/environment modules replace ``layerbench.timing``, ``layerbench.energy``
-and ``layerbench.environment`` in ``sys.modules`` for one test (the runner imports them lazily),
+The fake timing/energy/environment modules replace ``layerbench.measure.timing``, ``layerbench.measure.energy``
+and ``layerbench.measure.environment`` in ``sys.modules`` for one test (the runner imports them lazily),
 so runner tests take milliseconds and do not depend on the real meters.
 """
 
@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from layerbench.builders import Built
 
 from layerbench import registry
 from layerbench.errors import Unsupported
@@ -116,17 +118,17 @@ def collect_environment(device: str) -> dict[str, Any]:
 
 def install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the measurement core for one test."""
-    timing = types.ModuleType("layerbench.timing")
+    timing = types.ModuleType("layerbench.measure.timing")
     for name in ("TimingConfig", "TimeStats", "time_kernel", "time_first_call"):
         setattr(timing, name, globals()[name])
-    energy = types.ModuleType("layerbench.energy")
+    energy = types.ModuleType("layerbench.measure.energy")
     for name in ("EnergyConfig", "EnergyMeter", "EnergyStats", "derived_metrics"):
         setattr(energy, name, globals()[name])
-    env = types.ModuleType("layerbench.environment")
+    env = types.ModuleType("layerbench.measure.environment")
     env.collect_environment = collect_environment  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "layerbench.timing", timing)
-    monkeypatch.setitem(sys.modules, "layerbench.energy", energy)
-    monkeypatch.setitem(sys.modules, "layerbench.environment", env)
+    monkeypatch.setitem(sys.modules, "layerbench.measure.timing", timing)
+    monkeypatch.setitem(sys.modules, "layerbench.measure.energy", energy)
+    monkeypatch.setitem(sys.modules, "layerbench.measure.environment", env)
     EnergyMeter.measured = []
 
 
@@ -148,8 +150,7 @@ def _wrong(spec: Any, dtype: Any, layout: str, tensors: dict[str, torch.Tensor],
 
     def kernel() -> None:
         out.copy_(x)  # negatives pass through: wrong
-    kernel.details = {"algorithm": "COPY", "workspace_bytes": 0}  # what a library chose, like cuDNN's
-    return kernel
+    return Built(kernel, {"algorithm": "COPY", "workspace_bytes": 0})  # what a library chose, like cuDNN's
 
 
 def _unsupported(*args: Any) -> Any:

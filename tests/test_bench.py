@@ -7,9 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerbench import bench, ceilings, sweep
+from layerbench.suites import bench
+from layerbench.suites import ceilings
+from layerbench import sweep
 from layerbench.cli import build_parser
-from layerbench.runner import RunOptions, run_sweep
+from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
 experiment = "bench_relu"
@@ -29,18 +31,18 @@ enabled = false
 
 @pytest.mark.parametrize("layer", bench.LAYERS)
 def test_bench_sweeps_parse(layer: str) -> None:
-    s = sweep.load(bench.BENCH_DIR / f"{layer}.toml")
+    s = sweep.load_sweep(bench.BENCH_DIR / f"{layer}.toml")
     assert s.points and s.experiment == f"bench_{layer}"
 
 
 @pytest.mark.interpreter
 def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
-    run_sweep(sweep.parse(SWEEP), RunOptions(device="cpu", out=tmp_path / "bench_relu", progress=False))
+    run_sweep(sweep.parse_sweep(SWEEP), RunOptions(device="cpu", out=tmp_path / "bench_relu", progress=False))
     # The copy curve: 1 GB/s at 1 kB moved, 4 GB/s at 1 MB (the ReLU here moves 3 kB).
     measured = {"copy_gbps": 2.0, "matmul_tflops": {"fp32": 1.0}, "device_name": "test",
                 "copy_curve": {"1000": 1.0, "1000000": 4.0}}
     (tmp_path / bench.CEILINGS_FILE).write_text(json.dumps(measured))
-    df, ceil = bench.load(tmp_path)
+    df, ceil = bench.load_bench(tmp_path)
     tab = bench.table(df, ceil)
     tri, ref = (tab[tab["impl"] == i].iloc[0] for i in ("triton", "torch"))
     assert math.isclose(tri["x_torch"], ref["time_median_s"] / tri["time_median_s"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerbench import results
+from layerbench.results import rundir as results
 from layerbench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_smoke_sweep_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.CaptureFix
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "16 records (ok 16)" in proc.stdout, proc.stdout + proc.stderr[-3000:]
-    df = results.load(run_dir)
+    df = results.load_results(run_dir)
     assert len(df) == 16 and set(df["status"]) == {"ok"}
     assert set(df["impl"]) == {"torch", "triton"} and set(df["layer"]) == {"conv2d", "pool2d", "relu", "linear"}
     assert (df["time_median_s"] > 0).all() and (df["first_call_s"] > 0).all()

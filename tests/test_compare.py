@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from layerbench import compare
-from layerbench.compare import Ratio, interval_ratio
+from layerbench.analysis import compare
+from layerbench.analysis.compare import Ratio, interval_ratio
 
 
 @pytest.mark.parametrize("a,aw,b,bw,verdict", [

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from layerbench import registry
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
-from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 from layerbench.testing import (
     check_implementation,
-    compare,
+    compare_output,
     conv2d_specs,
     linear_specs,
     make_output,
@@ -143,7 +143,7 @@ def check_conv_fast(spec: Conv2d, dtype: str, layout: str, algorithm: str | None
         torch.cuda.synchronize()
         kernel()
         torch.cuda.synchronize()
-        result = compare(out, ref, spec, dt)
+        result = compare_output(out, ref, spec, dt)
         assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
 
 
@@ -254,7 +254,7 @@ def test_pool2d_nchw_off_the_16_byte_grid(method: str, dtype: str) -> None:
     impl("pool2d").build(spec, dt, "NCHW", {"x": x}, out)()
     torch.cuda.synchronize()
     want = (F.max_pool2d(x.double(), 3, 2) if method == "max" else F.avg_pool2d(x.double(), 3, 2))
-    result = compare(out, want, spec, dt)
+    result = compare_output(out, want, spec, dt)
     assert result.ok, result.message
 
 

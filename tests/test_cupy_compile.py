@@ -29,7 +29,7 @@ from cuda.bindings import nvrtc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from layerbench.specs import Conv2d, Pool2d
+from layerbench.layers import Conv2d, Pool2d
 from layerbench.testing import conv2d_specs, linear_specs, pool2d_specs
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cupy"

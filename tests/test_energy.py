@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fake_nvml import FakeClock, FakeGPU, FakePynvml, FakeRunner
-from layerbench import thermal
-from layerbench.energy import EnergyConfig, EnergyMeter, EnergyStats, derived_metrics, pairwise_ratios
-from layerbench.nvml import Nvml
+from fake_nvml import FakeClock, FakeGPU, FakePynvml, FakeLoad
+from layerbench.measure import thermal
+from layerbench.measure.energy import EnergyConfig, EnergyMeter, EnergyStats, derived_metrics, pairwise_ratios
+from layerbench.measure.nvml import Nvml
 
 CUDA = torch.device("cuda", 0)
 FAST = EnergyConfig(cooldown="none", poll_s=0.01, warmup_s=0.5)
@@ -31,7 +31,7 @@ def make_meter(gpu: FakeGPU, cfg: EnergyConfig = FAST, module: FakePynvml | None
                tmp: Path | None = None, own_pid: int = 1000) -> EnergyMeter:
     return EnergyMeter(CUDA, cfg, nvml_module=module or FakePynvml(gpu), nvml_device=0,
                        rapl_root=tmp or Path("/nonexistent-powercap"), clock=gpu.clock.now,
-                       sleep=gpu.clock.sleep, runner=lambda k, t: FakeRunner(gpu, k.name, t, k.watts),
+                       sleep=gpu.clock.sleep, load=lambda k, t: FakeLoad(gpu, k.name, t, k.watts),
                        own_pid=own_pid)
 
 
@@ -122,18 +122,18 @@ def test_counter_reset_during_idle_baseline_is_redone(gpu: FakeGPU) -> None:
 
 
 def test_uncountable_window_is_redone_then_given_up(gpu: FakeGPU) -> None:
-    from layerbench._runners import WindowError
+    from layerbench.measure.loads import WindowError
 
     failures = [1]
 
-    class Flaky(FakeRunner):
+    class Flaky(FakeLoad):
         def launches_between(self, a: float, b: float) -> float:
             if failures and failures.pop():
                 raise WindowError("a window mark fell outside the launched work")
             return super().launches_between(a, b)
 
     meter = make_meter(gpu, EnergyConfig(cooldown="none", poll_s=0.01, idle_baseline=False))
-    meter._runner = lambda k, t: Flaky(gpu, k.name, t, k.watts)
+    meter._load = lambda k, t: Flaky(gpu, k.name, t, k.watts)
     s = meter.measure({"a": Kernel("a", 300.0)}, {"a": 1e-3})["a"]
     assert s.flags == ["window-redone"] and gpu.log == ["a"] * 4
     assert s.telemetry["notes"] == ["a window mark fell outside the launched work"]
@@ -249,13 +249,13 @@ def test_adaptive_windows_grow_until_spread_is_small(gpu: FakeGPU) -> None:
                        idle_baseline=False)
     watts = [300.0, 330.0, 300.0, 300.0, 300.0, 300.0]  # round one disagrees by 10 %, round two agrees
 
-    class Drifting(FakeRunner):
+    class Drifting(FakeLoad):
         def start(self) -> None:
             super().start()
             self.watts = watts.pop(0)
 
     meter = make_meter(gpu, cfg)
-    meter._runner = lambda k, t: Drifting(gpu, k.name, t, 0.0)
+    meter._load = lambda k, t: Drifting(gpu, k.name, t, 0.0)
     s = meter.measure({"a": Kernel("a", 0.0)}, {"a": 1e-3})["a"]
     assert gpu.log == ["a"] * 6 and not watts
     assert s.window_s == pytest.approx([2.0] * 3)
@@ -405,14 +405,14 @@ def test_cpu_device_without_rapl_is_unavailable(tmp_path: Path) -> None:
 def test_cuda_runner_counts_launches_between_marks() -> None:
     import time
 
-    from layerbench._runners import CudaRunner
-    from layerbench.timing import TimingConfig, time_kernel
+    from layerbench.measure.loads import CudaLoad
+    from layerbench.measure.timing import TimingConfig, time_kernel
 
     dev = torch.device("cuda")
     a = torch.randn(2048, 2048, device=dev)
     kernel = lambda: torch.mm(a, a)  # noqa: E731
     per_launch = time_kernel(kernel, dev, TimingConfig(mode="hot", max_time_s=2.0)).median_s
-    r = CudaRunner(kernel, per_launch, dev)
+    r = CudaLoad(kernel, per_launch, dev)
     assert r.mode == "cuda-graph", r.graph_error
     r.start()
     for _ in range(20):
@@ -432,7 +432,7 @@ def test_cuda_runner_counts_launches_between_marks() -> None:
 
 @pytest.mark.gpu
 def test_real_nvml_counter_on_gpu() -> None:
-    from layerbench.timing import TimingConfig, time_kernel
+    from layerbench.measure.timing import TimingConfig, time_kernel
 
     dev = torch.device("cuda")
     a = torch.randn(4096, 4096, device=dev)

@@ -8,7 +8,7 @@ from importlib import metadata
 import pytest
 import torch
 
-from layerbench.environment import collect_environment
+from layerbench.measure.environment import collect_environment
 
 KEYS = {"device", "python", "platform", "host_cpu", "layerbench_version", "git_commit", "cuda_runtime", "cudnn",
         "torch_version", "triton_version", "cupy_version", "numpy_version", "gpu_name", "gpu_uuid",
@@ -41,7 +41,7 @@ def test_missing_library_reads_none(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_git_commit_none_outside_a_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    import layerbench.environment as envmod
+    import layerbench.measure.environment as envmod
 
     fake = tmp_path / "pkg" / "layerbench" / "environment.py"
     fake.parent.mkdir(parents=True)

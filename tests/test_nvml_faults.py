@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from fake_nvml import FakeClock, FakeGPU, FakePynvml
-from layerbench.nvml import THROTTLE_MASK, Nvml, other_processes, reason_names
+from layerbench.measure.nvml import THROTTLE_MASK, Nvml, other_processes, reason_names
 
 
 @pytest.fixture
@@ -134,13 +134,13 @@ def test_layerbench_never_sets_clocks_or_power_limits() -> None:
 def test_a_full_measurement_only_queries(gpu: FakeGPU) -> None:
     import torch
 
-    from fake_nvml import FakeRunner
-    from layerbench.energy import EnergyConfig, EnergyMeter
+    from fake_nvml import FakeLoad
+    from layerbench.measure.energy import EnergyConfig, EnergyMeter
 
     module = FakePynvml(gpu)
     meter = EnergyMeter(torch.device("cuda", 0), EnergyConfig(cooldown="auto", cooldown_max_s=3.0, poll_s=0.01),
                         nvml_module=module, nvml_device=0, clock=gpu.clock.now, sleep=gpu.clock.sleep,
-                        runner=lambda k, t: FakeRunner(gpu, "k", t, 300.0))
+                        load=lambda k, t: FakeLoad(gpu, "k", t, 300.0))
     meter.measure({"k": lambda: None}, {"k": 1e-3})
     assert module.calls and all(name.startswith(("nvmlInit", "nvmlDeviceGet", "nvmlSystemGet"))
                                 for name in module.calls)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.rapl import Rapl
+from layerbench.measure.rapl import Rapl
 
 
 def domain(root: Path, name: str, label: str, energy: int, max_range: int = 262_143_328_850) -> Path:

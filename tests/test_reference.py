@@ -8,12 +8,12 @@ import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from kernels.reference import provenance
-from kernels.reference.provenance import kernel_names, library, libraries
+from layerbench.measure import provenance
+from layerbench.measure.provenance import kernel_names, library, libraries
 from layerbench import registry
 from layerbench.dtypes import get_dtype, precision
 from layerbench.errors import Unsupported
-from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 from layerbench.testing import check_implementation, make_output, make_tensors, specs
 
 REFERENCES = {("conv2d", "torch"), ("pool2d", "torch"), ("relu", "torch"), ("linear", "torch"),

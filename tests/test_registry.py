@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerbench._launch import check_workspace
+from layerbench.builders import check_workspace, faster_of, in_order
 from layerbench.errors import Unsupported
-from layerbench.registry import faster_of, in_order
 
 
 def test_in_order_launches_each_kernel_once_in_order() -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from layerbench import report, results, sweep
+from layerbench.analysis import report
+from layerbench.results import rundir as results
+from layerbench import sweep
 
 AXIS_SWEEP = """
 title = "kernel size"
@@ -46,7 +48,7 @@ linear = ["triton", "cublas"]
 
 
 def make_run(tmp_path: Path, text: str, energy: bool = True) -> Path:
-    s = sweep.parse(text, "s.toml")
+    s = sweep.parse_sweep(text, "s.toml")
     run_dir = tmp_path / s.experiment
     run_dir.mkdir()
     run = {"experiment": s.experiment, "title": s.title, "thesis": s.thesis, "axes": s.axis_names,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from layerbench import results, sweep
+from layerbench.results import rundir as results
+from layerbench import sweep
 
 SWEEP = """
 layer = "linear"
@@ -23,7 +24,7 @@ out_features = [2, 3]
 
 
 def _records(tmp_path: Path) -> tuple[Path, list[dict]]:
-    s = sweep.parse(SWEEP, "s.toml")
+    s = sweep.parse_sweep(SWEEP, "s.toml")
     run = {"experiment": "s", "sessions": []}
     results.write_run(tmp_path, run)
     session = results.start_session(tmp_path, run, ["layerbench", "run"])
@@ -48,7 +49,7 @@ def test_log_appends_and_loads(tmp_path: Path) -> None:
     assert [r["config_hash"] for r in back] == [r["config_hash"] for r in recs]
     assert back[0]["energy_j_per_launch"] is None  # NaN is written as null
     assert results.done_hashes(run_dir / results.RESULTS_FILE) == {r["config_hash"] for r in recs}
-    df = results.load(run_dir)
+    df = results.load_results(run_dir)
     assert len(df) == 4 and set(df["env_gpu_name"]) == {"H100"} and set(df["env_driver"]) == {"580"}
     assert set(df["out_features"]) == {2, 3} and set(df["axis_out_features"]) == {"2", "3"}
     assert (df["flops"] == 2 * df["batch"] * df["in_features"] * df["out_features"]
@@ -69,9 +70,9 @@ def test_export_parquet_and_csv_round_trip(tmp_path: Path) -> None:
     with results.ResultLog(run_dir / results.RESULTS_FILE) as log:
         for r in recs:
             log.append(r)
-    parquet, csv = results.export(run_dir)
-    from_log = results.load(run_dir)
-    from_parquet = results.load(parquet)
+    parquet, csv = results.export_results(run_dir)
+    from_log = results.load_results(run_dir)
+    from_parquet = results.load_results(parquet)
     assert list(from_parquet["config_hash"]) == list(from_log["config_hash"])
     assert list(from_parquet["kernel_names"].iloc[0]) == ["sm90_xmma_gemm", "at::native::x"]
     assert from_parquet["env_gpu_uuid"].iloc[0] == "GPU-1"
@@ -83,13 +84,13 @@ def test_export_parquet_and_csv_round_trip(tmp_path: Path) -> None:
     only = tmp_path / "only"
     only.mkdir()
     parquet.rename(only / results.PARQUET_FILE)
-    assert len(results.load(only)) == 4
+    assert len(results.load_results(only)) == 4
 
 
 def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no results.jsonl or results.parquet"):
-        results.load(tmp_path)
+        results.load_results(tmp_path)
     with pytest.raises(ValueError, match="not a layerbench run directory"):
         results.read_run(tmp_path)
     with pytest.raises(ValueError, match="no results.jsonl to export"):
-        results.export(tmp_path)
+        results.export_results(tmp_path)

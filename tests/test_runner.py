@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 import runner_fakes
-from layerbench import results, sweep
-from layerbench.runner import RunOptions, run_sweep
+from layerbench.results import rundir as results
+from layerbench import sweep
+from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
 title = "runner test"
@@ -46,7 +47,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
 def _sweep(tmp_path: Path, impls: list[str]) -> sweep.Sweep:
     path = tmp_path / "s.toml"
     path.write_text(SWEEP.format(impls=json.dumps(impls)))
-    return sweep.load(path)
+    return sweep.load_sweep(path)
 
 
 def _opts(tmp_path: Path, resume: bool = False) -> RunOptions:
@@ -82,7 +83,7 @@ def test_statuses_and_energy_only_for_correct(tmp_path: Path, fakes: None) -> No
     assert runner_fakes.EnergyMeter.measured and all(
         sorted(m) == ["fake_ok", "fake_ref"] for m in runner_fakes.EnergyMeter.measured)
     assert (run_dir / results.PARQUET_FILE).exists() and (run_dir / results.CSV_FILE).exists()
-    df = results.load(run_dir)
+    df = results.load_results(run_dir)
     assert set(df["env_gpu_name"]) == {"fake GPU"}
     assert set(pd.read_parquet(run_dir / results.PARQUET_FILE)["detail_algorithm"].dropna()) == {"COPY"}
     assert len(set(df["config_hash"])) == len(df)
@@ -123,7 +124,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 import pytest, runner_fakes
 from layerbench import sweep
-from layerbench.runner import RunOptions, run_sweep
+from layerbench.run.sweep_runner import RunOptions, run_sweep
 mp = pytest.MonkeyPatch()
 runner_fakes.install(mp)
 runner_fakes.register_fakes()
@@ -132,8 +133,8 @@ def slow(kernel, device, cfg):
     time.sleep(0.15)
     return orig(kernel, device, cfg)
 runner_fakes.time_kernel = slow
-sys.modules["layerbench.timing"].time_kernel = slow
-run_sweep(sweep.load({sweep!r}), RunOptions(device="cpu", out={out!r}, resume={resume}, in_process=True,
+sys.modules["layerbench.measure.timing"].time_kernel = slow
+run_sweep(sweep.load_sweep({sweep!r}), RunOptions(device="cpu", out={out!r}, resume={resume}, in_process=True,
                                              progress=False, argv=["t"]))
 """
 
@@ -187,8 +188,8 @@ def test_torn_last_line_is_repaired_before_appending(tmp_path: Path, fakes: None
 
 def test_process_worker_survives_a_crash(tmp_path: Path) -> None:
     """A segfault-like exit in the worker: that implementation is recorded, the rest runs."""
-    pytest.importorskip("layerbench.timing")
-    pytest.importorskip("layerbench.environment")
+    pytest.importorskip("layerbench.measure.timing")
+    pytest.importorskip("layerbench.measure.environment")
     path = tmp_path / "s.toml"
     path.write_text(textwrap.dedent("""
         layer = "relu"
@@ -211,7 +212,7 @@ def test_process_worker_survives_a_crash(tmp_path: Path) -> None:
         "    return lambda: torch.clamp_min(t['x'], 0, out=out)\n")
     sys.path.insert(0, str(mods))
     try:
-        s = sweep.load(path)
+        s = sweep.load_sweep(path)
         opts = RunOptions(device="cpu", out=tmp_path / "run", in_process=False, progress=False,
                           point_timeout_s=300, argv=["t"])
         run_dir = run_sweep(s, opts)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from layerbench import results, sweep
-from layerbench.runner import RunOptions, run_sweep
+from layerbench.results import rundir as results
+from layerbench import sweep
+from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 pytestmark = pytest.mark.gpu
 
@@ -48,8 +49,8 @@ def test_gpu_sweep_records_time_energy_and_kernel_names(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text(SWEEP)
     opts = RunOptions(device="cuda", out=tmp_path / "run", progress=False, argv=["t"])
-    run_dir = run_sweep(sweep.load(path), opts)
-    df = results.load(run_dir)
+    run_dir = run_sweep(sweep.load_sweep(path), opts)
+    df = results.load_results(run_dir)
     assert len(df) == 8 and set(df["status"]) == {"ok"}, df[["name", "impl", "status", "message"]]
     assert (df["time_clock"] == "cuda-events").all()
     assert (df["energy_method"] == "nvml-energy-counter").all(), df["energy_reason"]
@@ -89,7 +90,7 @@ def test_poisoned_context_is_survived(tmp_path: Path) -> None:
     """))
     sys.path.insert(0, str(mods))
     try:
-        run_dir = run_sweep(sweep.load(path), RunOptions(device="cuda", out=tmp_path / "run",
+        run_dir = run_sweep(sweep.load_sweep(path), RunOptions(device="cuda", out=tmp_path / "run",
                                                          progress=False, argv=["t"]))
     finally:
         sys.path.remove(str(mods))

@@ -13,8 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layerbench import sweep
-from layerbench.specs import Conv2d
+from layerbench.layers import Conv2d
+from layerbench.options import EnergyConfig, TimingConfig, option_schema
 from layerbench.sweep import SweepError
+from layerbench.sweep.parse import ENERGY_SWITCHES, TOP_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").rglob("*.toml"))
@@ -63,7 +65,7 @@ BASE: dict[str, Any] = {
 
 
 def parse(data: dict[str, Any], name: str = "bad.toml") -> sweep.Sweep:
-    return sweep.parse(toml(data), name)
+    return sweep.parse_sweep(toml(data), name)
 
 
 def test_cartesian_product_zip_and_shorthands() -> None:
@@ -88,7 +90,7 @@ def test_hashes_are_stable_and_cover_measurement_not_order() -> None:
     assert hot.points[0].config_hash("torch", hot.measure, "cuda") != h[0]
     assert a.points[0].config_hash("torch", a.measure, "cpu") != h[0]
     assert a.points[0].config_hash("triton", a.measure, "cuda") != h[0]
-    quick = sweep.parse(toml(BASE), "x.toml", quick=True)
+    quick = sweep.parse_sweep(toml(BASE), "x.toml", quick=True)
     assert quick.points[0].config_hash("torch", quick.measure, "cuda") != h[0]
     assert re.fullmatch(r"[0-9a-f]{16}", h[0])
 
@@ -203,9 +205,9 @@ def test_missing_layer_and_bad_toml() -> None:
     with pytest.raises(SweepError, match="bad.toml: layer: is required"):
         parse(data)
     with pytest.raises(SweepError, match="not valid TOML"):
-        sweep.parse("layer = ", "bad.toml")
+        sweep.parse_sweep("layer = ", "bad.toml")
     with pytest.raises(SweepError, match="cannot read"):
-        sweep.load("/nonexistent/sweep.toml")
+        sweep.load_sweep("/nonexistent/sweep.toml")
 
 
 # ------------------------------------------------------------------------- hypothesis
@@ -225,8 +227,8 @@ KEYS = st.builds(str.__add__, st.sampled_from(string.ascii_lowercase),
 def test_unknown_keys_are_rejected(section: str, key: str, value: int) -> None:
     data = json.loads(json.dumps(BASE))
     table = data if not section else data[section]
-    known = (sweep.TOP_KEYS if not section else set(sweep.TIMING_KEYS) if section == "timing"
-             else set(sweep.ENERGY_KEYS) if section == "energy"
+    known = (TOP_KEYS if not section else set(option_schema(TimingConfig)) if section == "timing"
+             else set(option_schema(EnergyConfig)) | set(ENERGY_SWITCHES) if section == "energy"
              else {f for f in ("batch", "in_channels", "out_channels", "height", "width", "kernel_h",
                                "kernel_w", "stride", "padding", "bias", "size", "kernel")})
     if key in known:
@@ -279,7 +281,7 @@ def test_bad_layer_params_become_invalid_points(batch: int, size: int, kernel: i
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[str(p.relative_to(ROOT)) for p in SWEEPS])
 def test_shipped_sweeps_parse(path: Path) -> None:
-    s = sweep.load(path)
+    s = sweep.load_sweep(path)
     assert s.points and s.title
     assert not any(p.invalid for p in s.points), [p.invalid for p in s.points if p.invalid]
     if path.parent.name == "thesis":
@@ -288,7 +290,7 @@ def test_shipped_sweeps_parse(path: Path) -> None:
 
 
 def test_thesis_set_covers_the_experiments() -> None:
-    thesis = {p.stem: sweep.load(p) for p in SWEEPS if p.parent.name == "thesis"}
+    thesis = {p.stem: sweep.load_sweep(p) for p in SWEEPS if p.parent.name == "thesis"}
     alex = thesis["alexnet_layers"]
     names = {p.label for p in alex.points}
     assert names == {f"conv{i}" for i in range(1, 6)} | {f"relu{i}" for i in range(1, 6)} | \

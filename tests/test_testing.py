@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 from layerbench.testing import check_implementation, make_tensors, reference
 
 

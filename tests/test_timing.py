@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from layerbench.timing import StopRule, TimeStats, TimingConfig, robust_noise, summarize, time_first_call, time_kernel
+from layerbench.measure.timing import StopRule, TimeStats, TimingConfig, robust_noise, summarize, time_first_call, time_kernel
 
 
 def feed(rule: StopRule, samples: list[float], wall_per_sample: float = 1e-3) -> str | None:
@@ -84,7 +84,7 @@ def test_summary_statistics_exact() -> None:
                                           ("max_noise", -0.1), ("max_time_s", 0.0), ("warmup", -1),
                                           ("min_time_s", float("nan"))])
 def test_config_rejects_bad_values(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=f"TimingConfig.{field}"):
+    with pytest.raises(ValueError, match=f"timing.{field}: must be"):
         TimingConfig(**{field: value})
 
 

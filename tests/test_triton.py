@@ -23,7 +23,7 @@ from kernels.triton import relu as triton_relu
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.registry import get
-from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 from layerbench.testing import check_implementation, make_output, make_tensors, specs
 
 pytestmark = pytest.mark.interpreter

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan, round_tf32
 from layerbench.errors import Unsupported
-from layerbench.specs import Conv2d
+from layerbench.layers import Conv2d
 
 # tf32 matrices: about 2^-11 relative per entry.
 TF32_REL = 2e-3

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import fft_conv
-from layerbench._launch import make_batch
+from layerbench.measure.launch import make_batch
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.registry import get
-from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 from layerbench.testing import check_implementation, make_output, make_tensors, specs
 
 pytestmark = pytest.mark.gpu

@@ -3,9 +3,9 @@ import sys
 
 import pandas as pd
 
-from layerbench import results
+from layerbench.results import rundir as results
 
-df = results.load(sys.argv[1])
+df = results.load_results(sys.argv[1])
 cols = [c for c in ["name", "impl", "dtype", "layout", "status", "time_median_s", "time_launch_mode", "energy_method",
                     "energy_reason", "energy_flags", "energy_j_per_launch", "energy_spread", "energy_avg_power_w",
                     "energy_launch_mode", "message"] if c in df.columns]

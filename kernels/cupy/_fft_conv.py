@@ -8,7 +8,7 @@ import torch
 from kernels.cupy import _build, _launch
 from kernels.cupy._fft_plan import (BT, FT, GEMM_SHARED_BYTES, GEMM_THREADS, KT, FftPlan,
                                     planes_per_block, transform_shared_bytes, transform_threads)
-from layerbench.registry import Kernel, in_order
+from layerbench.builders import Kernel, in_order
 
 
 def build(plan: FftPlan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

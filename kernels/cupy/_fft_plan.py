@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from layerbench.errors import Unsupported
-from layerbench.specs import Conv2d
+from layerbench.layers import Conv2d
 
 LOG_SIZES = range(4, 8)  # must match _build.FFT_LOG_SIZES, the sizes instantiated
 # Must match fft_conv.cu.

@@ -9,7 +9,7 @@ from kernels.cupy import _build, _launch
 from kernels.cupy._igemm_plan import MMA_THREADS, SHARED_BYTES, SIMT_THREADS, Geometry, make_plan
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, in_order
+from layerbench.builders import Kernel, in_order
 
 REDUCE_BLOCKS_PER_SM = 32
 REDUCE_THREADS = 256  # splitk_reduce's __launch_bounds__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layerbench.specs import Pool2d
+from layerbench.layers import Pool2d
 
 # Must match pool2d.cu.
 BAND_BYTES = 24576

@@ -24,11 +24,11 @@ import torch
 
 from kernels.cupy import _build, _fft_conv, _igemm, _launch
 from kernels.cupy._fft_plan import fft_plan
-from layerbench._launch import check_workspace, hot_median_ms
+from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, hot_median_ms, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, faster_of, in_order, register
-from layerbench.specs import Conv2d
+from layerbench.registry import register
+from layerbench.layers import Conv2d
 
 TILE, ROWS = 32, 8  # must match layout.cu
 

@@ -10,8 +10,9 @@ import torch
 
 from kernels.cupy import _igemm, _launch
 from layerbench.dtypes import DType
-from layerbench.registry import Kernel, Tensors, register
-from layerbench.specs import Linear
+from layerbench.builders import Kernel, Tensors
+from layerbench.registry import register
+from layerbench.layers import Linear
 
 
 @register("linear", "cupy", backend="cupy",

@@ -11,8 +11,9 @@ import torch
 from kernels.cupy import _build, _launch, _pool_plan
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, register
-from layerbench.specs import Pool2d
+from layerbench.builders import Kernel, Tensors
+from layerbench.registry import register
+from layerbench.layers import Pool2d
 
 THREADS = _pool_plan.THREADS
 BLOCKS_PER_SM = 32  # grid-stride beyond this; enough blocks to fill every SM several times

@@ -7,8 +7,9 @@ import torch
 from kernels.cupy import _build, _launch
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, register
-from layerbench.specs import ReLU
+from layerbench.builders import Kernel, Tensors
+from layerbench.registry import register
+from layerbench.layers import ReLU
 
 THREADS = 256
 UNROLL = 4  # 16-byte vectors per thread; must match relu.cu

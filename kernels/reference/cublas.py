@@ -23,8 +23,9 @@ import torch
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Tensors, register
-from layerbench.specs import Linear
+from layerbench.builders import Tensors
+from layerbench.registry import register
+from layerbench.layers import Linear
 
 
 @register("linear", "cublas", backend="cublas", reference=True,

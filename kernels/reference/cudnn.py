@@ -24,7 +24,7 @@ the search's winner.
 NaN propagation is on for max pooling and ReLU, as in torch.  Handles are per device and shared
 by the process; descriptors, the algorithm and the workspace are made once in build, so
 ``kernel()`` only points the handle at torch's current stream and makes the cuDNN call(s).  Each
-kernel carries ``kernel.details`` (cuDNN version, and for conv2d the algorithm, math type,
+build returns ``Built`` with details (cuDNN version, and for conv2d the algorithm, math type,
 workspace size, the search's time and the hot time of the winner) for the record.
 
 cudnnFind times each algorithm once, cold, so near-ties are decided by noise: on an H100 (L5 tf32
@@ -44,11 +44,11 @@ import torch
 from kernels.reference import cudnn_api as api
 from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, ConvFwdAlgo, Cudnn, CudnnError, DataType,
                                          Descriptor, Handle, MathType, TensorFormat)
-from layerbench._launch import hot_median_ms
+from layerbench.builders import Built, Tensors, hot_median_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Tensors, register
-from layerbench.specs import Conv2d, Pool2d, ReLU
+from layerbench.registry import register
+from layerbench.layers import Conv2d, Pool2d, ReLU
 
 # fp32 is true fp32 (FMA kernels only); tf32 lets cuDNN use TF32 tensor cores, as torch does when
 # allow_tf32 is on; fp16/bf16 use tensor cores.  Products accumulate in fp32 in every case.
@@ -85,19 +85,18 @@ def _describe(lib: Cudnn, t: torch.Tensor, fmt: TensorFormat) -> Descriptor:
 
 
 def _launcher(handle: Handle, device: torch.device, calls: list[tuple[Callable[..., Any], tuple]],
-              keep: tuple, details: dict[str, object]) -> Callable[[], None]:
+              keep: tuple, details: dict[str, object]) -> Built:
     """kernel(): point the handle at the current stream, then make the prepared cuDNN calls."""
     current_stream = torch.cuda.current_stream
 
-    def kernel() -> None:
+    # ``_alive`` holds the descriptors, tensors and workspace the calls point into.
+    def kernel(_alive: tuple = keep) -> None:
         handle.use_stream(current_stream(device).cuda_stream)
         for fn, args in calls:
             fn(*args)
 
-    kernel.keep = keep  # descriptors, tensors and workspace the calls point into stay alive
-    kernel.details = {"cudnn_version": handle.lib.version, **details}
     kernel()  # first launch (module loading) belongs to build, not to the timed steady state
-    return kernel
+    return Built(kernel, {"cudnn_version": handle.lib.version, **details})
 
 
 @register("pool2d", "cudnn", backend="cudnn", reference=True,

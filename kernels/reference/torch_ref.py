@@ -14,7 +14,7 @@ linear     cuBLAS / cuBLASLt                            ``F.linear``
 =========  ===========================================  ==========================================
 
 The CUDA column was measured on an H100 with torch 2.11 and cuDNN 9.19 (DESIGN.md), and the GPU
-tests re-check it with ``kernels.reference.provenance``.  On the CPU the same calls run ATen's CPU
+tests re-check it with ``layerbench.measure.provenance``.  On the CPU the same calls run ATen's CPU
 kernels (oneDNN for conv2d where torch enables it).  These calls allocate their result, which the
 kernel returns, as the builder contract allows.  Build makes the first call, so one-time costs
 (module loading, and for conv2d cuDNN's algorithm search) count as build cost:
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable
-from layerbench.registry import Tensors, register
-from layerbench.specs import Conv2d, Linear, Pool2d, ReLU
+from layerbench.builders import Tensors
+from layerbench.registry import register
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 
 DEVICES = ("cuda", "cpu")
 

@@ -46,11 +46,11 @@ import torch
 import triton
 import triton.language as tl
 
-from layerbench._launch import check_workspace
+from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, faster_of, in_order, register
-from layerbench.specs import Conv2d
+from layerbench.registry import register
+from layerbench.layers import Conv2d
 
 from kernels.triton import fft_conv
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from kernels.triton.fft_plan import FftPlan
 from kernels.triton.support import autotuned, bind, grouped_tile, tile_config
-from layerbench.registry import Kernel, in_order
+from layerbench.builders import Kernel, in_order
 
 # Transforms: one side of a product is a DFT matrix of 2 x 16 to 2 x 128 rows, the other the
 # data; tall tiles read the matrix fewer times per byte of data.

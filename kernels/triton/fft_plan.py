@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from layerbench.errors import Unsupported
-from layerbench.specs import Conv2d
+from layerbench.layers import Conv2d
 
 INT32_LIMIT = 2**31  # Triton indexes in int32: every buffer's element count must stay below
 BYTES = 4

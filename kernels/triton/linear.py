@@ -24,8 +24,9 @@ import triton.language as tl
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, register
-from layerbench.specs import Linear
+from layerbench.builders import Kernel, Tensors
+from layerbench.registry import register
+from layerbench.layers import Linear
 
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, grouped_tile,
                                     interpreting, quick_bench, tile_config)

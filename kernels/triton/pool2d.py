@@ -24,8 +24,9 @@ import triton.language as tl
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, register
-from layerbench.specs import Pool2d
+from layerbench.builders import Kernel, Tensors
+from layerbench.registry import register
+from layerbench.layers import Pool2d
 
 from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2
 

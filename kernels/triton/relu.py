@@ -12,8 +12,9 @@ import triton.language as tl
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors, register
-from layerbench.specs import ReLU
+from layerbench.builders import Kernel, Tensors
+from layerbench.registry import register
+from layerbench.layers import ReLU
 
 from kernels.triton.support import check_inputs
 

@@ -18,8 +18,9 @@ import triton.testing
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from layerbench.dtypes import get_dtype, precision
-from layerbench.registry import Tensors, get
-from layerbench.specs import Conv2d, LayerSpec, Linear, Pool2d, ReLU
+from layerbench.builders import Tensors
+from layerbench.registry import get
+from layerbench.layers import Conv2d, LayerSpec, Linear, Pool2d, ReLU
 from layerbench.testing import make_output, make_tensors
 
 CASES: list[LayerSpec] = [

@@ -20,7 +20,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.registry import Kernel, Tensors
+from layerbench.builders import Kernel, Tensors
 
 Grid = Callable[[dict[str, Any]], tuple[int, ...]]
 

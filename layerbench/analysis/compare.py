@@ -84,7 +84,7 @@ def energy_ratio(a: pd.Series, b: pd.Series, paired: bool) -> Ratio:
         return NAN_RATIO
     wa, wb = _windows(a.get("energy_j_per_launch_windows")), _windows(b.get("energy_j_per_launch_windows"))
     if paired and wa and len(wa) == len(wb) and all(x > 0 for x in wa + wb):
-        from layerbench.energy import pairwise_ratios
+        from layerbench.measure.energy import pairwise_ratios
 
         # pairwise_ratios reads only the per-window values of each side.
         r = pairwise_ratios(SimpleNamespace(j_per_launch_windows=wa), SimpleNamespace(j_per_launch_windows=wb))
@@ -182,7 +182,7 @@ def _fmt_ratio(r: float, lo: float, hi: float) -> str:
 
 def format_comparison(table: pd.DataFrame, title: str) -> str:
     """Markdown: the per-point table, then the geometric means."""
-    from layerbench.report import markdown_table
+    from layerbench.analysis.report import markdown_table
 
     if table.empty:
         return f"## {title}\n\nNothing to compare (no pair of correct results).\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from layerbench.nvml import Nvml
+from layerbench.measure.nvml import Nvml
 
 _LIBRARIES = ("torch", "triton", "cupy", "numpy")
 _CUPY_DISTS = ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")
@@ -66,7 +66,7 @@ def _cudnn_version() -> int | None:
 
 def _git_commit() -> str | None:
     """The commit of the layerbench checkout, if it is one (an installed wheel has none)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
     try:

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerbench.dtypes import get_dtype, precision
-from layerbench.energy import EnergyConfig, EnergyMeter, EnergyStats, pairwise_ratios
-from layerbench.environment import collect_environment
-from layerbench.timing import TimeStats, TimingConfig, time_kernel
+from layerbench.measure.energy import EnergyConfig, EnergyMeter, EnergyStats, pairwise_ratios
+from layerbench.measure.environment import collect_environment
+from layerbench.measure.timing import TimeStats, TimingConfig, time_kernel
 
 REPEAT_LONG = (50e-6, 0.03)   # kernels >= 50 us: within 3 %
 REPEAT_SHORT = (5e-6, 0.10)   # kernels >= 5 us: within 10 %

@@ -12,10 +12,10 @@ Procedure of one trial (``EnergyMeter.measure``, one benchmark point, one or mor
    and clock drift hit all alike; ``pairwise_ratios`` pairs round i of A with round i of B.
 4. One window: ``warmup_s`` of back-to-back launches (steady power, clocks and temperature), then
    the counter is polled — a ``poll_s`` sleep between reads, never a tight loop (each NVML query
-   costs ~3.5 ms in a VM) — until it changes: that read opens the window and the runner marks
+   costs ~3.5 ms in a VM) — until it changes: that read opens the window and the load marks
    the instant; launches continue until >= ``window_s`` and >= ``min_updates`` further updates,
    and the read that sees the last update closes it.  The energy is the counter difference;
-   the launches are those the runner counted between the two marks (see ``_runners``: GPU
+   the launches are those the load counted between the two marks (see ``loads``: GPU
    timestamps of chunk ends and of the marks, interpolated).  A mark follows the counter's
    update by the polling delay at both ends alike, so the offsets cancel on average; each end
    is uncertain by one poll period (~9 ms), i.e. <~1 % of a 1 s window.
@@ -42,46 +42,16 @@ from typing import Callable
 
 import torch
 
-from layerbench import telemetry, thermal
-from layerbench._runners import CudaRunner, HostRunner, IdleRunner, Runner, WindowError
-from layerbench.nvml import NO_PERMISSION, Nvml, NvmlDevice
-from layerbench.rapl import DEFAULT_ROOT, Rapl, Snapshot
+from layerbench.measure import telemetry
+from layerbench.measure import thermal
+from layerbench.measure.loads import CudaLoad, HostLoad, IdleLoad, Load, WindowError
+from layerbench.measure.nvml import NO_PERMISSION, Nvml, NvmlDevice
+from layerbench.options import EnergyConfig
+from layerbench.measure.rapl import DEFAULT_ROOT, Rapl, Snapshot
 
-METHODS = ("nvml-energy-counter", "nvml-power-integral", "rapl", "unavailable")
 STALL_S = 2.0             # a counter that has not changed for this long is broken
 POWER_POLL_S = 0.02       # power-integral sampling interval
 UNSTEADY_SPREAD = 0.05    # windows further apart than this are flagged "unsteady"
-
-
-@dataclass(frozen=True)
-class EnergyConfig:
-    window_s: float = 1.0
-    min_updates: int = 10
-    windows: int = 3
-    warmup_s: float = 0.5
-    cooldown: str | float = "auto"
-    cooldown_tolerance_c: float = 3.0
-    cooldown_max_s: float = 60.0
-    idle_baseline: bool = True
-    idle_s: float = 2.0              # idle baseline window, at least
-    poll_s: float = 0.005            # sleep between counter reads
-    adaptive: bool = False           # lengthen windows until the spread over windows <= target_spread
-    target_spread: float = 0.02
-    max_window_s: float = 8.0
-    max_retries: int = 2             # windows redone after a counter reset
-
-    def __post_init__(self) -> None:
-        for name, lo in (("window_s", 1e-3), ("warmup_s", 0.0), ("cooldown_tolerance_c", 0.0),
-                         ("cooldown_max_s", 0.0), ("idle_s", 1e-3), ("poll_s", 1e-4),
-                         ("target_spread", 0.0), ("max_window_s", 1e-3)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
-                raise ValueError(f"EnergyConfig.{name} must be a finite number >= {lo}, got {v!r}")
-        for name, lo in (("min_updates", 1), ("windows", 1), ("max_retries", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"EnergyConfig.{name} must be an integer >= {lo}, got {v!r}")
-        thermal.validate_policy(self.cooldown)
 
 
 @dataclass
@@ -151,12 +121,12 @@ class _CounterWentBack(Exception):
 
 
 class EnergyMeter:
-    """Energy per launch on one device.  ``clock``/``sleep``/``runner`` are injectable for tests."""
+    """Energy per launch on one device.  ``clock``/``sleep``/``load`` are injectable for tests."""
 
     def __init__(self, device: torch.device, cfg: EnergyConfig = EnergyConfig(), *,
                  nvml_module: object | None = None, rapl_root: str | Path = DEFAULT_ROOT,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 runner: Callable[[Callable[[], object], float], Runner] | None = None,
+                 load: Callable[[Callable[[], object], float], Load] | None = None,
                  own_pid: int | None = None, nvml_device: object | None = None) -> None:
         """``nvml_device``: what identifies the GPU to NVML (default: ``device`` itself, matched by
         UUID); tests with a fake NVML pass an index."""
@@ -175,17 +145,17 @@ class EnergyMeter:
             self._open_nvml(nvml_module, self.device if nvml_device is None else nvml_device)
             host = Rapl(Path(rapl_root))
             self.rapl, self.host_reason = (host, None) if host.available else (None, host.reason)
-            self._runner = runner or (lambda k, t: CudaRunner(k, t, self.device))
+            self._load = load or (lambda k, t: CudaLoad(k, t, self.device))
         elif self.device.type == "cpu":
             host = Rapl(Path(rapl_root))
             if host.available:
                 self.rapl, self.available, self.method = host, True, "rapl"
             else:
                 self.reason = f"RAPL unavailable: {host.reason}"
-            self._runner = runner or (lambda k, t: HostRunner(k, t, self.clock))
+            self._load = load or (lambda k, t: HostLoad(k, t, self.clock))
         else:
             self.reason = f"no energy meter for {self.device.type!r} devices"
-            self._runner = runner or (lambda k, t: HostRunner(k, t, self.clock))
+            self._load = load or (lambda k, t: HostLoad(k, t, self.clock))
 
     def _open_nvml(self, module: object | None, which: object) -> None:
         opened = Nvml(module).open(which)
@@ -228,7 +198,7 @@ class EnergyMeter:
         try:
             self._sync()
             self._cool()
-            w = self._window_retrying(IdleRunner(self.clock), self.cfg.window_s)
+            w = self._window_retrying(IdleLoad(self.clock), self.cfg.window_s)
         except _Fault as exc:
             return {"power_w": None, "reason": str(exc)}
         power = w.energy_j / w.seconds
@@ -254,13 +224,13 @@ class EnergyMeter:
             if idle is not None and idle.get("power_w") is None:
                 raise _Fault(f"idle baseline failed: {idle.get('reason')}")
             cool = self._cool()
-            runners = {n: self._runner(kernels[n], float(time_per_launch_s[n])) for n in names}
+            loads = {n: self._load(kernels[n], float(time_per_launch_s[n])) for n in names}
             window_s = self.cfg.window_s
             while True:
                 results: dict[str, list[_Window]] = {n: [] for n in names}
                 for _ in range(self.cfg.windows):
                     for n in names:
-                        results[n].append(self._window_retrying(runners[n], window_s))
+                        results[n].append(self._window_retrying(loads[n], window_s))
                 spreads = [_spread([w.energy_j / w.launches for w in ws]) for ws in results.values()]
                 if not self.cfg.adaptive or window_s >= self.cfg.max_window_s or \
                         all(s is not None and s <= self.cfg.target_spread for s in spreads):
@@ -268,7 +238,7 @@ class EnergyMeter:
                 window_s = min(2 * window_s, self.cfg.max_window_s)
         except _Fault as exc:
             return {n: EnergyStats.unavailable(self.method, str(exc)) for n in names}
-        return {n: self._stats(results[n], idle, cool, runners[n], names) for n in names}
+        return {n: self._stats(results[n], idle, cool, loads[n], names) for n in names}
 
     # ------------------------------------------------------------------ procedure
 
@@ -288,7 +258,7 @@ class EnergyMeter:
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         idle_s = max(self.cfg.idle_s, 1e-3)
         try:
-            w = self._window_retrying(IdleRunner(self.clock), idle_s)
+            w = self._window_retrying(IdleLoad(self.clock), idle_s)
         except _Fault as exc:
             if self.method != "nvml-energy-counter" or "did not change" not in str(exc) or self.dev is None \
                     or not self.dev.power_w().ok:
@@ -296,7 +266,7 @@ class EnergyMeter:
             # A counter that reads but never moves (seen in some VMs): integrate power instead.
             self.method = "nvml-power-integral"
             self.reason = f"{exc}; integrating sampled power"
-            w = self._window_retrying(IdleRunner(self.clock), idle_s)
+            w = self._window_retrying(IdleLoad(self.clock), idle_s)
         temps = [t for t in (w.temp_start_c, w.temp_end_c) if t is not None]
         if temps:
             low = min(temps)
@@ -311,13 +281,13 @@ class EnergyMeter:
                           f"{self.cfg.min_updates} counter updates, ends aligned to updates ({self.method})"),
         }
 
-    def _window_retrying(self, runner: Runner, window_s: float) -> _Window:
+    def _window_retrying(self, load: Load, window_s: float) -> _Window:
         """A window; one voided by a counter reset or an uncountable mark is redone (and flagged)."""
         flags: list[str] = []
         notes: list[str] = []
         for _ in range(self.cfg.max_retries + 1):
             try:
-                w = self._window(runner, window_s)
+                w = self._window(load, window_s)
                 w.flags.extend(f for f in flags if f not in w.flags)
                 w.notes.extend(notes)
                 return w
@@ -329,18 +299,18 @@ class EnergyMeter:
                 notes.append(str(exc))
         raise _Fault(f"no valid window in {self.cfg.max_retries + 1} tries: {'; '.join(notes)}")
 
-    def _window(self, runner: Runner, window_s: float) -> _Window:
-        runner.start()
+    def _window(self, load: Load, window_s: float) -> _Window:
+        load.start()
         try:
-            self._run_for(runner, self.cfg.warmup_s)
+            self._run_for(load, self.cfg.warmup_s)
             if self.method == "rapl":
-                return self._rapl_window(runner, window_s)
+                return self._rapl_window(load, window_s)
             temp0 = self._temp()
             tel = telemetry.WindowTelemetry(self.dev, self.own_pid) if self.dev is not None else None
             if self.method == "nvml-energy-counter":
-                w = self._counter_window(runner, window_s, tel)
+                w = self._counter_window(load, window_s, tel)
             else:
-                w = self._power_window(runner, window_s, tel)
+                w = self._power_window(load, window_s, tel)
             w.temp_start_c, w.temp_end_c = temp0, self._temp()
             if tel is not None:
                 w.telemetry = tel.finish()
@@ -350,13 +320,13 @@ class EnergyMeter:
                     w.flags.append("other-processes")
             return w
         finally:
-            runner.settle()
+            load.settle()
 
-    def _run_for(self, runner: Runner, seconds: float) -> None:
+    def _run_for(self, load: Load, seconds: float) -> None:
         t0 = self.clock()
         while self.clock() - t0 < seconds:
-            runner.top_up()
-            if runner.asynchronous:
+            load.top_up()
+            if load.asynchronous:
                 self.sleep(self.cfg.poll_s)
 
     def _temp(self) -> float | None:
@@ -372,44 +342,44 @@ class EnergyMeter:
             raise _Fault(f"energy counter read failed: {r.reason}")
         return int(r.value)  # type: ignore[arg-type]
 
-    def _await_change(self, runner: Runner, last: int) -> tuple[int, object]:
+    def _await_change(self, load: Load, last: int) -> tuple[int, object]:
         """Poll (sleeping between reads) until the counter moves; returns the new value and a mark."""
         t0 = self.clock()
         while True:
-            runner.top_up()
+            load.top_up()
             self.sleep(self.cfg.poll_s)
             value = self._counter()
             if value != last:
-                mark = runner.mark()  # immediately after the read that saw the update
+                mark = load.mark()  # immediately after the read that saw the update
                 if value < last:
                     raise _CounterWentBack()
                 return value, mark
             if self.clock() - t0 > STALL_S:
                 raise _Fault(f"energy counter did not change for {STALL_S} s")
 
-    def _counter_window(self, runner: Runner, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
-        e_start, m_start = self._await_change(runner, self._counter())
-        runner.ran_dry = False
+    def _counter_window(self, load: Load, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
+        e_start, m_start = self._await_change(load, self._counter())
+        load.ran_dry = False
         host0 = self._host_snapshot()
         t_start = self.clock()
         value, updates = e_start, 0
         while True:
-            value, m_end = self._await_change(runner, value)
+            value, m_end = self._await_change(load, value)
             updates += 1
             if updates >= self.cfg.min_updates and self.clock() - t_start >= window_s:
                 break
             if tel is not None:
                 tel.poll()  # right after an update: the next one is ~100 ms away
         host_j = self._host_joules(host0)
-        flags = ["queue-ran-dry"] if runner.ran_dry else []
-        runner.settle()
-        launches = runner.launches_between(m_start, m_end)
-        seconds = runner.seconds_between(m_start, m_end)
+        flags = ["queue-ran-dry"] if load.ran_dry else []
+        load.settle()
+        launches = load.launches_between(m_start, m_end)
+        seconds = load.seconds_between(m_start, m_end)
         if launches <= 0 or seconds <= 0:
             raise WindowError(f"empty window ({launches} launches in {seconds} s)")
         return _Window((value - e_start) * 1e-3, seconds, launches, updates, None, None, {}, host_j, flags)
 
-    def _power_window(self, runner: Runner, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
+    def _power_window(self, load: Load, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
         assert self.dev is not None
         samples: list[tuple[float, float]] = []
         marks: list[object] = []
@@ -418,16 +388,16 @@ class EnergyMeter:
         host0 = self._host_snapshot()
         t_start = self.clock()
         while True:
-            runner.top_up()
+            load.top_up()
             ta = self.clock()
             r = self.dev.power_w()
             tb = self.clock()
-            marks.append(runner.mark())
+            marks.append(load.mark())
             if not r.ok:
                 raise _Fault(f"power read failed: {r.reason}")
             samples.append(((ta + tb) / 2, float(r.value)))  # type: ignore[arg-type]
             if len(samples) == 1:
-                runner.ran_dry = False
+                load.ran_dry = False
             elif r.value != last:
                 changes += 1
             last = r.value
@@ -438,32 +408,32 @@ class EnergyMeter:
                 tel.poll()
             self.sleep(POWER_POLL_S)
         host_j = self._host_joules(host0)
-        flags = ["queue-ran-dry"] if runner.ran_dry else []
+        flags = ["queue-ran-dry"] if load.ran_dry else []
         if changes < self.cfg.min_updates:
             flags.append("few-power-updates")
-        runner.settle()
+        load.settle()
         energy = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(samples, samples[1:]))
         seconds = samples[-1][0] - samples[0][0]
-        launches = runner.launches_between(marks[0], marks[-1])
+        launches = load.launches_between(marks[0], marks[-1])
         if launches <= 0 or seconds <= 0:
             raise WindowError(f"empty window ({launches} launches in {seconds} s)")
         return _Window(energy, seconds, launches, changes, None, None,
                        {"power_samples": len(samples)}, host_j, flags)
 
-    def _rapl_window(self, runner: Runner, window_s: float) -> _Window:
+    def _rapl_window(self, load: Load, window_s: float) -> _Window:
         assert self.rapl is not None
         try:
-            s0, m0 = self.rapl.snapshot(), runner.mark()
+            s0, m0 = self.rapl.snapshot(), load.mark()
             t0 = self.clock()
             while self.clock() - t0 < window_s:
-                runner.top_up()
-                if runner.asynchronous:
+                load.top_up()
+                if load.asynchronous:
                     self.sleep(self.cfg.poll_s)
-            m1, s1 = runner.mark(), self.rapl.snapshot()
+            m1, s1 = load.mark(), self.rapl.snapshot()
         except OSError as exc:
             raise _Fault(f"RAPL read failed: {exc}") from None
-        return _Window(self.rapl.total_joules(s0, s1), runner.seconds_between(m0, m1),
-                       runner.launches_between(m0, m1), 0, None, None, {}, None, [])
+        return _Window(self.rapl.total_joules(s0, s1), load.seconds_between(m0, m1),
+                       load.launches_between(m0, m1), 0, None, None, {}, None, [])
 
     def _host_snapshot(self) -> Snapshot | None:
         if self.rapl is None:
@@ -481,7 +451,7 @@ class EnergyMeter:
     # ------------------------------------------------------------------ summary
 
     def _stats(self, windows: list[_Window], idle: dict[str, object] | None, cool: thermal.Cooldown,
-               runner: Runner, names: list[str]) -> EnergyStats:
+               load: Load, names: list[str]) -> EnergyStats:
         per_launch = [w.energy_j / w.launches for w in windows]
         powers = [w.energy_j / w.seconds for w in windows]
         idle_w = idle.get("power_w") if idle else None
@@ -514,7 +484,7 @@ class EnergyMeter:
             host_j_per_launch=(statistics.median(hosts)
                                if len(hosts) == len(windows) and self.method != "rapl" else None),
             launches_exact=[w.launches for w in windows], power_w_windows=powers,
-            updates=[w.updates for w in windows], launch_mode=runner.mode,
+            updates=[w.updates for w in windows], launch_mode=load.mode,
             cooldown=cool.to_dict(), idle=idle)
 
 

@@ -1,10 +1,10 @@
 """Keep a kernel running back-to-back for an energy window, and count the launches inside it.
 
 The energy meter reads a counter that lives on its own clock (NVML's, ~100 ms) while the GPU runs
-asynchronously behind the host.  A runner answers one question exactly: how many launches ran
+asynchronously behind the host.  A load answers one question exactly: how many launches ran
 between two instants the meter marked?
 
-``CudaRunner`` enqueues the kernel in chunks (one CUDA-graph replay of ~2 ms of launches, or a
+``CudaLoad`` enqueues the kernel in chunks (one CUDA-graph replay of ~2 ms of launches, or a
 plain loop where capture fails) and records a timing event after every chunk, keeping ~50 ms of
 work queued so the GPU never waits on the host.  ``mark()`` records an event on an otherwise
 idle side stream: it completes as soon as the GPU front end sees it, so its timestamp is the GPU
@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from layerbench import _launch
+from layerbench.measure import launch as _launch
 
 CHUNK_S = 0.002           # GPU time per chunk: the granularity of progress timestamps
 AHEAD_S = 0.05            # GPU work kept queued; covers a poll, a sleep and a telemetry query
@@ -33,7 +33,7 @@ class WindowError(Exception):
     """A window could not be counted (the meter redoes it or reports the reason)."""
 
 
-class Runner(Protocol):
+class Load(Protocol):
     asynchronous: bool        # True: work runs while the host sleeps (GPU, idle); False: top_up() runs it
     mode: str                 # how launches are issued: "cuda-graph" | "stream" | "host" | "idle"
     graph_error: str | None
@@ -47,7 +47,7 @@ class Runner(Protocol):
     def seconds_between(self, a: object, b: object) -> float: ...
 
 
-class CudaRunner:
+class CudaLoad:
     asynchronous = True
 
     def __init__(self, kernel: Callable[[], object], per_launch_s: float, device: torch.device,
@@ -141,7 +141,7 @@ class CudaRunner:
         return a[0].elapsed_time(b[0]) * 1e-3  # type: ignore[index]
 
 
-class HostRunner:
+class HostLoad:
     """A CPU kernel: it runs synchronously, so launches are counted exactly by the host."""
 
     asynchronous = False
@@ -176,7 +176,7 @@ class HostRunner:
         return b[0] - a[0]  # type: ignore[index]
 
 
-class IdleRunner:
+class IdleLoad:
     """No work at all: an idle window.  One "launch" per second, so J per launch reads as watts."""
 
     asynchronous = True

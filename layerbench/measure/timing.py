@@ -33,45 +33,16 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from layerbench import _launch
+from layerbench.measure import launch as _launch
+from layerbench.options import TimingConfig
 
 T = TypeVar("T")
 
-MODES = ("cold", "hot")
 HOT_SAMPLE_S = 1e-3        # a hot sample holds at least this much GPU time
 BATCH = 16                 # samples enqueued between two synchronisations
 STABLE_WINDOW = 8
 STABLE_TOLERANCE = 0.05
 DEFAULT_CPU_CACHE_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TimingConfig:
-    mode: str = "cold"
-    min_samples: int = 10
-    min_time_s: float = 0.5
-    max_noise: float = 0.005
-    max_time_s: float = 15.0
-    fixed_samples: int | None = None
-    warmup: int = 3
-    graph: bool = True  # hot mode: try CUDA-graph capture first
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"TimingConfig.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        _check_int("min_samples", self.min_samples, 1)
-        _check_int("warmup", self.warmup, 0)
-        if self.fixed_samples is not None:
-            _check_int("fixed_samples", self.fixed_samples, 1)
-        for name, lo in (("min_time_s", 0.0), ("max_noise", 0.0), ("max_time_s", 1e-9)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
-                raise ValueError(f"TimingConfig.{name} must be a finite number >= {lo}, got {v!r}")
-
-
-def _check_int(name: str, value: object, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"TimingConfig.{name} must be an integer >= {lo}, got {value!r}")
 
 
 @dataclass

@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from layerbench import results
-from layerbench.results import ResultLog
+from layerbench.results import rundir as results
+from layerbench.results.rundir import ResultLog
 from layerbench.sweep import Measure, Point, Sweep, axis_label
 
 Handle = Callable[[str, Any], None]
@@ -60,18 +60,18 @@ class InlineExecutor:
     """Runs groups in this process (CPU runs and tests); nothing to restart."""
 
     def __init__(self, device: str, measure: Measure, experiment: str, session: int):
-        from layerbench.worker import GroupRunner
+        from layerbench.run.group import GroupEvaluator
 
-        self._runner = GroupRunner(device, measure, experiment, session)
+        self._runner = GroupEvaluator(device, measure, experiment, session)
         self._device = device
 
     def environment(self) -> dict[str, Any]:
-        from layerbench.worker import environment
+        from layerbench.run.group import environment
 
         return environment(self._device)
 
     def run(self, point: Point, impls: list[str], handle: Handle) -> Outcome:
-        from layerbench.worker import Poisoned
+        from layerbench.run.group import Poisoned
 
         try:
             self._runner.run(point, impls, handle)
@@ -100,7 +100,7 @@ class ProcessExecutor:
         return None  # the first worker sends it as an "environment" message
 
     def _start(self) -> None:
-        from layerbench.worker import serve
+        from layerbench.run.group import serve
 
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=serve, args=(child, *self._args, self._env_pending),
@@ -246,7 +246,7 @@ def run_sweep(sweep: Sweep, opts: RunOptions, console: Console | None = None) ->
         executor.close(kill=not finished)  # on Ctrl-C or a harness error: no waiting
         if finished and log_path.stat().st_size:
             try:
-                results.export(run_dir)
+                results.export_results(run_dir)
             except Exception as exc:  # noqa: BLE001 - the log holds everything; export can be redone
                 console.print(f"export failed ({type(exc).__name__}: {exc}); the records are safe in "
                               f"{log_path}; retry with: layerbench export {run_dir}")

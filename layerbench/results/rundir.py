@@ -203,7 +203,7 @@ def set_environment(run_dir: str | Path, run: dict[str, Any], session: int, env:
 # ------------------------------------------------------------------------- load / export
 
 
-def load(run: str | Path) -> pd.DataFrame:
+def load_results(run: str | Path) -> pd.DataFrame:
     """The results of a run as a long table: one row per (point, implementation).
 
     ``run`` is a run directory (its JSONL log, or its Parquet file when there is no log) or a
@@ -255,12 +255,12 @@ def _parquet_column(series: pd.Series) -> pd.Series:
     return _scalar_column(series)
 
 
-def export(run_dir: str | Path) -> tuple[Path, Path]:
+def export_results(run_dir: str | Path) -> tuple[Path, Path]:
     """Write results.parquet and results.csv next to the log; return their paths."""
     run_dir = Path(run_dir)
     if not (run_dir / RESULTS_FILE).exists():
         raise ValueError(f"{run_dir}: no {RESULTS_FILE} to export")
-    df = load(run_dir)
+    df = load_results(run_dir)
     parquet, csv = run_dir / PARQUET_FILE, run_dir / CSV_FILE
     df.apply(_parquet_column).to_parquet(parquet, index=False)
     df.apply(_scalar_column).to_csv(csv, index=False)

@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import torch
 
+from layerbench.builders import as_built
 from layerbench.dtypes import get_dtype, precision
 from layerbench.errors import Unavailable, Unsupported
-from layerbench.results import base_record, flatten
-from layerbench.specs import ReLU
+from layerbench.results.rundir import base_record, flatten
+from layerbench.layers import ReLU
 from layerbench.sweep import Measure, Point
 
 Emit = Callable[[str, Any], None]
@@ -77,7 +78,7 @@ def derived(rec: dict[str, Any]) -> dict[str, Any]:
     return {"tflops": rec["flops"] / t / 1e12, "gbps": rec["min_bytes"] / t / 1e9}
 
 
-class GroupRunner:
+class GroupEvaluator:
     """Runs point groups on one device; keeps the energy meter between groups."""
 
     def __init__(self, device: str, measure: Measure, experiment: str, session: int):
@@ -89,7 +90,7 @@ class GroupRunner:
 
     def meter(self) -> Any:
         if self._meter is None:
-            from layerbench.energy import EnergyConfig, EnergyMeter
+            from layerbench.measure.energy import EnergyConfig, EnergyMeter
             self._meter = EnergyMeter(self.device, EnergyConfig(**self.measure.energy_config))
         return self._meter
 
@@ -132,7 +133,7 @@ class GroupRunner:
              final: Callable[[str, str, str], None], emit: Emit) -> None:
         from layerbench import registry
         from layerbench.testing import check_kernel, make_output, make_tensors, reference
-        from layerbench.timing import TimingConfig, time_first_call, time_kernel
+        from layerbench.measure.timing import TimingConfig, time_first_call, time_kernel
 
         spec, dev, layout = point.spec, self.device, point.layout
         assert spec is not None
@@ -161,12 +162,11 @@ class GroupRunner:
                     raise Unsupported(f"{name} runs on {', '.join(impl.devices)} only, not {dev.type}")
                 emit("phase", {"impl": name, "phase": "build"})
                 out = make_output(spec, tensors)
-                kernel, rec["first_call_s"] = time_first_call(
-                    lambda: impl.build(spec, dtype, layout, tensors, out), dev)
+                built, rec["first_call_s"] = time_first_call(
+                    lambda: as_built(impl.build(spec, dtype, layout, tensors, out)), dev)
+                kernel = built.launch
                 # What the library chose (e.g. cuDNN's algorithm and math type) as detail_* columns.
-                details = getattr(kernel, "details", None)
-                if isinstance(details, dict):
-                    rec.update(flatten("detail", details))
+                rec.update(flatten("detail", built.details))
                 emit("phase", {"impl": name, "phase": "check"})
                 check = check_kernel(kernel, out, spec, dtype, tensors, x_fresh, ref=ref)
                 rec.update(check_rel_norm=check.rel_norm, check_max_err=check.max_err,
@@ -203,7 +203,7 @@ class GroupRunner:
             for n in names:
                 records[n].update(energy_method="unavailable", energy_reason=meter.reason)
             return
-        from layerbench.energy import derived_metrics
+        from layerbench.measure.energy import derived_metrics
 
         for n in names:
             emit("phase", {"impl": n, "phase": "energy"})
@@ -228,7 +228,7 @@ class GroupRunner:
                     records: dict[str, dict[str, Any]], emit: Emit) -> None:
         if self.device.type != "cuda":
             return
-        from kernels.reference.provenance import kernel_names, library
+        from layerbench.measure.provenance import kernel_names, library
 
         for n, (kernel, _) in kernels.items():
             emit("phase", {"impl": n, "phase": "provenance"})
@@ -244,7 +244,7 @@ class GroupRunner:
 
 
 def environment(device: str) -> dict[str, Any]:
-    from layerbench.environment import collect_environment
+    from layerbench.measure.environment import collect_environment
 
     return collect_environment(device)
 
@@ -256,7 +256,7 @@ def serve(conn: Any, device: str, measure: Measure, experiment: str, session: in
         os.environ["TRITON_INTERPRET"] = "1"
     # Ctrl-C is the parent's to handle: it kills this process and keeps what was recorded.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    runner = GroupRunner(device, measure, experiment, session)
+    runner = GroupEvaluator(device, measure, experiment, session)
     emit = lambda kind, payload: conn.send((kind, payload))  # noqa: E731
     if send_environment:
         try:

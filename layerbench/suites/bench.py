@@ -2,7 +2,7 @@
 
 The bench is four ordinary sweeps (``sweeps/bench/*.toml``) run by the normal runner — the same
 correctness gate, timer, interleaved energy windows and resumable record log — plus the two
-ceilings measured on the card (``layerbench.ceilings``) and the issue's targets, each judged by a
+ceilings measured on the card (``layerbench.suites.ceilings``) and the issue's targets, each judged by a
 geometric mean over the bench shapes of its layer.
 """
 
@@ -13,14 +13,18 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweeps import SWEEP_DIR
+
 import pandas as pd
 
-from layerbench import ceilings as ceil
-from layerbench import compare, results, sweep
-from layerbench.report import markdown_table
-from layerbench.runner import RunOptions, run_sweep
+from layerbench.suites import ceilings as ceil
+from layerbench.analysis import compare
+from layerbench.results import rundir as results
+from layerbench import sweep
+from layerbench.analysis.report import markdown_table
+from layerbench.run.sweep_runner import RunOptions, run_sweep
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "sweeps" / "bench"
+BENCH_DIR = SWEEP_DIR / "bench"
 LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear")  # sweeps/bench/<name>.toml
 CUSTOM = ("triton", "cupy")
 MEMORY_BOUND = ("relu", "pool2d")  # judged in GB/s against the copy; the others in TFLOP/s
@@ -74,16 +78,16 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
         (out / CEILINGS_FILE).write_text(json.dumps(measured, indent=1))
     frames = []
     for layer in layers:
-        s = sweep.load(BENCH_DIR / f"{layer}.toml")
+        s = sweep.load_sweep(BENCH_DIR / f"{layer}.toml")
         if not energy:
             s.disable_energy()
         run_dir = run_sweep(s, RunOptions(device=device, out=out / s.experiment, resume=resume,
                                           progress=progress))
-        frames.append(results.load(run_dir))
+        frames.append(results.load_results(run_dir))
     return pd.concat(frames, ignore_index=True)
 
 
-def load(out: Path) -> tuple[pd.DataFrame, dict]:
+def load_bench(out: Path) -> tuple[pd.DataFrame, dict]:
     """The records and ceilings of a bench directory."""
     # A run copied without its record log (results.jsonl) still has its parquet table.
     runs = sorted(p for p in out.iterdir() if p.is_dir() and any(
@@ -91,7 +95,7 @@ def load(out: Path) -> tuple[pd.DataFrame, dict]:
     if not runs:
         raise ValueError(f"{out}: no bench runs here (run `layerbench bench --out {out}` first)")
     ceilings = json.loads((out / CEILINGS_FILE).read_text())
-    return pd.concat([results.load(r) for r in runs], ignore_index=True), ceilings
+    return pd.concat([results.load_results(r) for r in runs], ignore_index=True), ceilings
 
 
 def _fraction_of_ceiling(row: pd.Series, ceilings: dict) -> float:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from layerbench import results
+from layerbench.results import rundir as results
 
 METRICS = (("time_median_s", "time", "s"), ("energy_avg_power_w", "power", "W"),
            ("energy_j_per_launch", "energy", "J"))
@@ -172,12 +172,12 @@ def plot(g: pd.DataFrame, x: str, impls: list[str], title: str, path: Path) -> b
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write report.md (and its PNG plots) for a run; return the markdown path."""
-    from layerbench.compare import compare_within, format_comparison
+    from layerbench.analysis.compare import compare_within, format_comparison
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    df = results.load(run_dir)
+    df = results.load_results(run_dir)
     if df.empty:
         raise ValueError(f"{run_dir}: the run has no records yet")
     run = results.read_run(run_dir) if (run_dir / results.RUN_FILE).exists() else {}

@@ -6,7 +6,7 @@
   ceiling let kernels score over 100 %;
 * matrix rate: a large square matrix product through the vendor library (cuBLAS), per dtype.
 
-Both are timed with ``layerbench.timing`` in hot mode, on random data (never zeros: products of
+Both are timed with ``layerbench.measure.timing`` in hot mode, on random data (never zeros: products of
 zeros run faster than real data on Hopper).
 
 Beside them, the copy curve: the streaming copy's bandwidth at sizes from 1 MiB to 512 MiB each
@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from layerbench.dtypes import get_dtype, precision
-from layerbench.timing import TimingConfig, time_kernel
+from layerbench.measure.timing import TimingConfig, time_kernel
 
 COPY_BYTES = 1 << 30  # 1 GiB each way: far beyond any L2
 CURVE_BYTES = tuple(1 << k for k in range(20, 30))  # copy curve: 1 MiB .. 512 MiB each way

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 
-from layerbench.specs import Conv2d, Linear, Pool2d, ReLU, spec_from_dict
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU, spec_from_dict
 from layerbench.testing import specs
 
 

@@ -10,63 +10,29 @@ Every error is a ``SweepError`` that names the file, the key and what is allowed
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import hashlib
 import itertools
-import json
 import math
-import operator
 import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from layerbench.specs import LAYERS, LayerSpec, spec_from_dict
-
-# Sweep-file shorthands for square shapes: one key sets two spec fields.
-SHORTHANDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "conv2d": {"size": ("height", "width"), "kernel": ("kernel_h", "kernel_w")},
-    "pool2d": {"size": ("height", "width")},
-    "relu": {"size": ("height", "width")},
-    "linear": {},
-}
+from layerbench.errors import SweepError
+from layerbench.layers import LAYERS, SHORTHANDS, required_fields, spec_from_dict
+from layerbench.options import Bound, EnergyConfig, TimingConfig, check_value, option_schema
+from layerbench.sweep.filters import Expr
+from layerbench.sweep.points import Measure, Point, Sweep
 
 TOP_KEYS = {"title", "experiment", "thesis", "description", "layer", "params", "points", "axes",
             "where", "invalid", "implementations", "dtypes", "layouts", "timing", "energy"}
 POINT_RESERVED = {"name", "layer"}
 INVALID_POLICIES = ("record", "skip")
 
-# name -> (accepted types, description); mirrors layerbench.timing.TimingConfig.
-TIMING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "mode": ((str,), '"cold" or "hot"'),
-    "min_samples": ((int,), "an integer >= 1"),
-    "min_time_s": ((int, float), "a number >= 0"),
-    "max_noise": ((int, float), "a number > 0"),
-    "max_time_s": ((int, float), "a number > 0"),
-    "fixed_samples": ((int,), "an integer >= 1"),
-    "warmup": ((int,), "an integer >= 0"),
-    "graph": ((bool,), "true or false (hot mode: try CUDA-graph capture first)"),
-}
-# name -> (accepted types, description); mirrors layerbench.energy.EnergyConfig, plus the switches.
-ENERGY_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+# Sweep-file switches of [energy] beside EnergyConfig's options.
+ENERGY_SWITCHES: dict[str, tuple[tuple[type, ...], str]] = {
     "enabled": ((bool,), "true or false"),
     "where": ((str, list), "a filter expression or a list of them"),
-    "window_s": ((int, float), "a number >= 1.0 (10 counter updates of ~100 ms)"),
-    "min_updates": ((int,), "an integer >= 2"),
-    "windows": ((int,), "an integer >= 1"),
-    "warmup_s": ((int, float), "a number >= 0"),
-    "cooldown": ((str, int, float), '"auto", "none" or seconds >= 0'),
-    "cooldown_tolerance_c": ((int, float), "a number > 0"),
-    "cooldown_max_s": ((int, float), "a number >= 0"),
-    "idle_baseline": ((bool,), "true or false"),
-    "idle_s": ((int, float), "a number > 0 (idle baseline window, seconds)"),
-    "poll_s": ((int, float), "a number > 0 (sleep between counter reads)"),
-    "adaptive": ((bool,), "true or false (lengthen windows until the spread <= target_spread)"),
-    "target_spread": ((int, float), "a number > 0"),
-    "max_window_s": ((int, float), "a number >= window_s"),
-    "max_retries": ((int,), "an integer >= 0"),
 }
 
 # What --quick changes: few timing samples and one short energy window, to check a sweep runs.
@@ -75,212 +41,20 @@ QUICK_ENERGY = {"windows": 1, "window_s": 1.0, "warmup_s": 0.2, "cooldown": "non
                 "idle_baseline": False}
 
 
-class SweepError(ValueError):
-    """A sweep file is malformed; the message names the file, the key and what is allowed."""
 
 
-# ------------------------------------------------------------------------- filter expressions
 
-_COMPARE: dict[type, Callable[[Any, Any], bool]] = {
-    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge,
-    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
-}
-_BINARY: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
-}
-
-
-class Expr:
-    """A small, safe boolean expression over point values (``out_channels >= in_channels``).
-
-    Only names, numbers, strings, lists/tuples of constants, arithmetic, comparisons and
-    ``and``/``or``/``not`` are allowed: sweep files are data, never code.
-    """
-
-    def __init__(self, source: str, names: set[str]):
-        self.source = source
-        try:
-            self._tree = ast.parse(source, mode="eval")
-        except SyntaxError as exc:
-            raise ValueError(f"cannot parse {source!r}: {exc.msg}") from None
-        for node in ast.walk(self._tree):
-            if isinstance(node, ast.Name):
-                if node.id not in names:
-                    raise ValueError(f"{source!r} uses unknown name {node.id!r}; "
-                                     f"names are {', '.join(sorted(names))}")
-            elif not isinstance(node, (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp,
-                                       ast.Not, ast.USub, ast.BinOp, ast.Compare, ast.Constant,
-                                       ast.Load, ast.Tuple, ast.List, *_COMPARE, *_BINARY)):
-                raise ValueError(f"{source!r}: {type(node).__name__} is not allowed in a filter "
-                                 "(use names, numbers, strings, arithmetic, comparisons, and/or/not)")
-
-    def __call__(self, values: dict[str, Any]) -> bool:
-        try:
-            return bool(self._eval(self._tree.body, values))
-        except (TypeError, ZeroDivisionError):  # "size" > 3, x / 0: no match
-            return False
-
-    def _eval(self, node: ast.AST, values: dict[str, Any]) -> Any:
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            return values.get(node.id)
-        if isinstance(node, (ast.Tuple, ast.List)):
-            return tuple(self._eval(e, values) for e in node.elts)
-        if isinstance(node, ast.BoolOp):
-            results = (self._eval(v, values) for v in node.values)
-            return all(results) if isinstance(node.op, ast.And) else any(results)
-        if isinstance(node, ast.UnaryOp):
-            v = self._eval(node.operand, values)
-            return (not v) if isinstance(node.op, ast.Not) else -v
-        # A parameter this point's layer lacks is None: arithmetic on it stays None and every
-        # comparison with it is false, so other parts of an ``or`` still decide.
-        if isinstance(node, ast.BinOp):
-            left, right = self._eval(node.left, values), self._eval(node.right, values)
-            return None if left is None or right is None else _BINARY[type(node.op)](left, right)
-        if isinstance(node, ast.Compare):
-            left = self._eval(node.left, values)
-            for op, comp in zip(node.ops, node.comparators, strict=True):
-                right = self._eval(comp, values)
-                if left is None or right is None or not _COMPARE[type(op)](left, right):
-                    return False
-                left = right
-            return True
-        raise ValueError(f"{self.source!r}: unsupported expression")  # unreachable after __init__
-
-
-# ------------------------------------------------------------------------------- the model
-
-
-@dataclass(frozen=True)
-class Measure:
-    """Measurement options of a sweep (after --quick); part of every point's config hash."""
-
-    timing: dict[str, Any]
-    energy: bool
-    energy_config: dict[str, Any]
-    energy_where: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"timing": self.timing, "energy": self.energy, "energy_config": self.energy_config,
-                "energy_where": list(self.energy_where)}
-
-
-@dataclass
-class Point:
-    """One benchmark group: a spec (or why it is invalid), dtype, layout and the implementations.
-
-    ``label`` is the base's name (``conv1``) or None; ``axes`` maps each swept axis name to the
-    value of this point (a zipped axis maps to a dict of its fields).
-    """
-
-    index: int
-    layer: str
-    label: str | None
-    params: dict[str, Any]
-    axes: dict[str, Any]
-    dtype: str
-    layout: str
-    implementations: list[str]
-    spec: LayerSpec | None
-    invalid: str | None
-    energy_impls: list[str] = field(default_factory=list)
-
-    def values(self, impl: str) -> dict[str, Any]:
-        """What filter expressions see for one of the point's implementations."""
-        return self.params | {"layer": self.layer, "name": self.label, "dtype": self.dtype,
-                              "layout": self.layout, "impl": impl}
-
-    def config(self, impl: str, measure: Measure, device: str) -> dict[str, Any]:
-        """What identifies a result row: everything that changes the measured quantity."""
-        return {"layer": self.layer, "params": _spec_params(self), "dtype": self.dtype,
-                "layout": self.layout, "impl": impl, "device": device,
-                "measure": measure.to_dict() | {"energy": impl in self.energy_impls}}
-
-    def point_hash(self, measure: Measure, device: str) -> str:
-        cfg = self.config("", measure, device)
-        del cfg["impl"]
-        cfg["measure"]["energy"] = measure.energy
-        return stable_hash(cfg)
-
-    def config_hash(self, impl: str, measure: Measure, device: str) -> str:
-        return stable_hash(self.config(impl, measure, device))
-
-
-def _spec_params(point: Point) -> dict[str, Any]:
-    if point.spec is not None:
-        return dataclasses.asdict(point.spec)
-    return dict(sorted(point.params.items()))
-
-
-def stable_hash(obj: Any) -> str:
-    """16 hex digits of SHA-256 over canonical JSON: the same config hashes alike everywhere."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@dataclass
-class Sweep:
-    path: Path
-    title: str
-    experiment: str
-    thesis: list[str]
-    description: str
-    layers: list[str]
-    axis_names: list[str]
-    measure: Measure
-    points: list[Point]
-    skipped_invalid: int
-    skipped_filtered: int
-    text: str
-    energy_where: list[Expr] = field(default_factory=list)
-
-    def _wants_energy(self, point: Point, impl: str) -> bool:
-        return self.measure.energy and all(w(point.values(impl)) for w in self.energy_where)
-
-    def add_implementations(self, names: list[str]) -> None:
-        """``--impl``: add implementations (``name``, ``module:function`` or ``layer=...``)."""
-        for item in names:
-            layer, sep, name = item.partition("=")
-            if not sep:
-                layer, name = "", item
-            elif layer not in LAYERS:
-                raise SweepError(f"--impl {item}: layer must be one of {', '.join(LAYERS)}")
-            for p in self.points:
-                if (not layer or p.layer == layer) and name not in p.implementations:
-                    p.implementations.append(name)
-                    if self._wants_energy(p, name):
-                        p.energy_impls.append(name)
-
-    def disable_energy(self) -> None:
-        """``--no-energy``: time only (a different measurement, so different config hashes)."""
-        self.measure = dataclasses.replace(self.measure, energy=False)
-        for p in self.points:
-            p.energy_impls = []
-
-    def restrict_implementations(self, names: list[str]) -> None:
-        """``--only``: keep just these implementations."""
-        for p in self.points:
-            p.implementations = [n for n in p.implementations if n in names]
-            p.energy_impls = [n for n in p.energy_impls if n in names]
-
-
-# --------------------------------------------------------------------------------- parsing
-
-
-def load(path: str | Path, quick: bool = False) -> Sweep:
+def load_sweep(path: str | Path, quick: bool = False) -> Sweep:
     """Read and validate a sweep file; raise ``SweepError`` naming the file and key."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise SweepError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse(text, path, quick)
+    return parse_sweep(text, path, quick)
 
 
-def parse(text: str, path: str | Path = "<sweep>", quick: bool = False) -> Sweep:
+def parse_sweep(text: str, path: str | Path = "<sweep>", quick: bool = False) -> Sweep:
     path = Path(path)
     try:
         data = tomllib.loads(text)
@@ -365,7 +139,7 @@ class _Parser:
         swept = {f for _, values in axes for _, assigns in values[:1]
                  for layer in layers for f in _expand("axes", layer, assigns)}
         for i, (label, layer, base) in enumerate(bases):
-            missing = sorted(_required(layer) - set(base) - swept)
+            missing = sorted(required_fields(layer) - set(base) - swept)
             if missing:
                 where_ = f"points[{i}]" if label is not None else "params"
                 _fail(where_, f"{layer} needs {', '.join(missing)} (set them here or sweep them in [axes])")
@@ -574,75 +348,39 @@ class _Parser:
         return names
 
     def measure(self) -> Measure:
-        timing = self.options("timing", TIMING_KEYS)
-        if "mode" in timing and timing["mode"] not in ("cold", "hot"):
-            _fail("timing.mode", f'must be "cold" or "hot", got {timing["mode"]!r}')
-        for k in ("min_samples", "fixed_samples"):
-            if k in timing and timing[k] < 1:
-                _fail(f"timing.{k}", f"must be >= 1, got {timing[k]}")
-        for k in ("min_time_s", "warmup"):
-            if k in timing and timing[k] < 0:
-                _fail(f"timing.{k}", f"must be >= 0, got {timing[k]}")
-        for k in ("max_noise", "max_time_s"):
-            if k in timing and not timing[k] > 0:
-                _fail(f"timing.{k}", f"must be > 0, got {timing[k]}")
-        energy = self.options("energy", ENERGY_KEYS)
-        enabled = energy.pop("enabled", True)
-        where = tuple(self.str_list("energy.where", energy.pop("where", [])))
-        if "window_s" in energy and energy["window_s"] < 1.0:
-            _fail("energy.window_s", "must be >= 1.0: NVML's energy counter updates about every "
-                                     f"100 ms and a window needs >= 10 updates, got {energy['window_s']}")
-        if "min_updates" in energy and energy["min_updates"] < 2:
-            _fail("energy.min_updates", f"must be >= 2, got {energy['min_updates']}")
-        if "windows" in energy and energy["windows"] < 1:
-            _fail("energy.windows", f"must be >= 1, got {energy['windows']}")
-        for k in ("warmup_s", "cooldown_max_s"):
-            if k in energy and energy[k] < 0:
-                _fail(f"energy.{k}", f"must be >= 0, got {energy[k]}")
-        for k in ("idle_s", "poll_s", "target_spread"):
-            if k in energy and not energy[k] > 0:
-                _fail(f"energy.{k}", f"must be > 0, got {energy[k]}")
-        if "max_retries" in energy and energy["max_retries"] < 0:
-            _fail("energy.max_retries", f"must be >= 0, got {energy['max_retries']}")
-        if energy.get("max_window_s", math.inf) < energy.get("window_s", 1.0):
-            _fail("energy.max_window_s", f"must be >= window_s, got {energy['max_window_s']}")
-        if "cooldown_tolerance_c" in energy and not energy["cooldown_tolerance_c"] > 0:
-            _fail("energy.cooldown_tolerance_c", f"must be > 0, got {energy['cooldown_tolerance_c']}")
-        cooldown = energy.get("cooldown")
-        if isinstance(cooldown, str) and cooldown not in ("auto", "none"):
-            _fail("energy.cooldown", f'must be "auto", "none" or seconds >= 0, got {cooldown!r}')
-        if isinstance(cooldown, (int, float)) and not isinstance(cooldown, bool) and cooldown < 0:
-            _fail("energy.cooldown", f"must be >= 0 seconds, got {cooldown}")
+        _check_type("energy", self.d.get("energy", {}), (dict,), "a table")
+        energy_table = dict(self.d.get("energy", {}))
+        switches = {k: energy_table.pop(k) for k in ENERGY_SWITCHES if k in energy_table}
+        for k, v in switches.items():
+            _check_type(f"energy.{k}", v, *ENERGY_SWITCHES[k])
+        timing = self.options("timing", self.d.get("timing", {}), TimingConfig)
+        energy = self.options("energy", energy_table, EnergyConfig)
+        enabled = switches.get("enabled", True)
+        where = tuple(self.str_list("energy.where", switches.get("where", [])))
         if self.quick:
             timing = timing | QUICK_TIMING
             energy = energy | QUICK_ENERGY
-        # The measurement core has the last word on its options (cross-field rules included).
-        from layerbench.energy import EnergyConfig
-        from layerbench.timing import TimingConfig
-
+        # Cross-field rules (max_window_s >= window_s) live in the config classes themselves.
         for key, cls, options in (("timing", TimingConfig, timing), ("energy", EnergyConfig, energy)):
             try:
                 cls(**options)
-            except (TypeError, ValueError) as exc:
-                _fail(key, str(exc))
+            except ValueError as exc:
+                raise _KeyError(str(exc)) from None
         return Measure(dict(sorted(timing.items())), enabled, dict(sorted(energy.items())), where)
 
-    def options(self, key: str, allowed: dict[str, tuple[tuple[type, ...], str]]) -> dict[str, Any]:
-        table = self.d.get(key, {})
+    def options(self, key: str, table: Any, cls: type) -> dict[str, Any]:
+        """A ``[timing]`` or ``[energy]`` table checked against its config class's schema."""
         _check_type(key, table, (dict,), "a table")
+        schema: dict[str, Bound] = option_schema(cls)
         for k, v in table.items():
-            if k not in allowed:
+            if k not in schema:
+                allowed = [*schema, *(ENERGY_SWITCHES if key == "energy" else ())]
                 _fail(f"{key}.{k}", f"unknown option; allowed: {', '.join(allowed)}")
-            types, desc = allowed[k]
-            _check_type(f"{key}.{k}", v, types, desc)
-            if isinstance(v, float) and not math.isfinite(v):
-                _fail(f"{key}.{k}", f"must be finite, got {v}")
+            try:
+                check_value(f"{key}.{k}", v, schema[k], in_file=True)
+            except ValueError as exc:
+                raise _KeyError(str(exc)) from None
         return dict(table)
-
-
-def _required(layer: str) -> set[str]:
-    return {f.name for f in dataclasses.fields(LAYERS[layer])
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
 
 
 def _expand(key: str, layer: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -654,13 +392,6 @@ def _expand(key: str, layer: str, params: dict[str, Any]) -> dict[str, Any]:
                 _fail(f"{key}.{k}", f"sets {f!r}, which another key of the same table sets too")
             out[f] = v
     return out
-
-
-def axis_label(value: Any) -> str:
-    """How a point's axis value reads in tables: 13, or 3->96 for a zipped axis."""
-    if isinstance(value, dict):
-        return "->".join(str(v) for v in value.values())
-    return str(value)
 
 
 def iter_sweep_files(root: Path) -> Iterator[Path]:

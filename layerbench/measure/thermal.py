@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from layerbench.nvml import NvmlDevice
+from layerbench.measure.nvml import NvmlDevice
 
 POLL_S = 1.0
 # With no idle temperature known yet, "auto" waits until the temperature stops falling for this long.
@@ -31,19 +31,10 @@ class Cooldown:
         return asdict(self)
 
 
-def validate_policy(policy: str | float) -> None:
-    if isinstance(policy, str):
-        if policy not in ("auto", "none"):
-            raise ValueError(f"EnergyConfig.cooldown must be 'auto', 'none' or seconds >= 0, got {policy!r}")
-    elif isinstance(policy, bool) or not isinstance(policy, (int, float)) or policy < 0:
-        raise ValueError(f"EnergyConfig.cooldown must be 'auto', 'none' or seconds >= 0, got {policy!r}")
-
-
 def cool_down(dev: NvmlDevice | None, policy: str | float, idle_temp_c: float | None,
               tolerance_c: float, max_s: float,
               clock: Callable[[], float], sleep: Callable[[float], None]) -> Cooldown:
     """Wait (GPU idle; the caller has synchronised) according to ``policy``; never touches clocks."""
-    validate_policy(policy)
 
     def temp() -> float | None:
         if dev is None:

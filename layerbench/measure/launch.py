@@ -4,20 +4,16 @@
 * ``Blocker``: a spin kernel (``torch.cuda._sleep``) that holds the stream while the host enqueues
   the timed work, so a timed region never contains host launch latency (nvbench's "blocking kernel").
 * ``make_batch``: ``n`` launches of a kernel as one CUDA-graph replay, or a plain loop where capture fails.
-* ``hot_median_ms``: a quick hot time for choosing between algorithms at build time (not a measurement).
-* ``check_workspace``: refuse a workspace over half the free memory, with the reason.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from typing import Callable
 
 import torch
 
-from layerbench.errors import Unsupported
 
 # Used when torch does not report the L2 size: larger than the L2 of any NVIDIA GPU to date
 # (A100 40 MB, H100 50 MB, B200 126 MB), so a flush with it is never too small.
@@ -153,32 +149,3 @@ def host_seconds(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def hot_median_ms(kernel: Callable[[], object], device: torch.device, warmup: int = 3,
-                  reps: int = 10) -> float:
-    """Median GPU time of ``kernel`` in ms over ``reps`` launches after ``warmup``, hot (L2 warm):
-    for choosing between algorithms at build time, as cudnnFind does, not a measurement (the
-    harness's timing is)."""
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device)
-        for _ in range(warmup):
-            kernel()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(stream)
-            kernel()
-            end.record(stream)
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def check_workspace(nbytes: int, device: torch.device, what: str) -> None:
-    """Unsupported where ``what`` needs over half of ``device``'s free memory: the rest stays for
-    the point's tensors and the other implementations built beside it."""
-    free, _ = torch.cuda.mem_get_info(device)
-    if nbytes > free // 2:
-        raise Unsupported(f"{what} needs {nbytes / 2**30:.1f} GiB of workspace, over half of the "
-                          f"{free / 2**30:.1f} GiB free")

@@ -1,0 +1,105 @@
+"""The builder kit: what a kernel's builder (ours or a user's) returns, and the helpers it uses.
+
+The builder contract (see ``layerbench.registry``)::
+
+    build(spec, dtype, layout, tensors, out) -> Kernel | Built
+
+* ``Built(launch, details)``: the launch and what the record should say about it (the algorithm a
+  library or a timing choice picked, its timings); a bare callable means no details.
+* ``in_order``: several launches as one kernel (a layout copy, then a GEMM).
+* ``faster_of``: keep the faster of two algorithms, timed hot at build time, as cudnnFind does.
+* ``hot_median_ms``: that build-time timer (a choice, not a measurement: the harness times).
+* ``check_workspace``: refuse a workspace over half the free device memory, with the reason.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from layerbench.errors import Unsupported
+
+Kernel = Callable[[], object]
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A built kernel: ``launch()`` runs it; ``details`` go into the record as ``detail_*`` columns."""
+
+    launch: Kernel
+    details: dict[str, object] = field(default_factory=dict)
+
+    def __call__(self) -> object:
+        return self.launch()
+
+
+def as_built(result: Kernel | Built) -> Built:
+    """A builder's return value as ``Built`` (a bare callable has no details)."""
+    if isinstance(result, Built):
+        return result
+    if not callable(result):
+        raise TypeError(f"a builder must return a callable or a Built, got {type(result).__name__}")
+    return Built(result)
+
+
+def in_order(*kernels: Kernel) -> Kernel:
+    """One kernel that launches ``kernels`` one after another (e.g. a layout copy, then a GEMM)."""
+    if len(kernels) == 1:
+        return kernels[0]
+
+    def kernel() -> None:
+        for launch in kernels:
+            launch()
+
+    return kernel
+
+
+def faster_of(default_name: str, default: Kernel, other_name: str, build_other: Callable[[], Kernel],
+              time_ms: Callable[[Kernel], float]) -> Built:
+    """``default``, or the other algorithm where it builds and ``time_ms`` finds it faster, with
+    details saying which: ``algorithm`` and both times, or, where ``build_other`` raised
+    Unsupported, the reason under ``other_name``."""
+    details: dict[str, object] = {"algorithm": default_name}
+    chosen = default
+    try:
+        other = build_other()
+    except Unsupported as why:
+        details[other_name] = str(why)
+    else:
+        other_ms, default_ms = time_ms(other), time_ms(default)
+        details.update({f"{other_name}_ms": other_ms, f"{default_name}_ms": default_ms})
+        if other_ms < default_ms:
+            details["algorithm"], chosen = other_name, other
+    return Built(chosen, details)
+
+
+def hot_median_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: int = 10) -> float:
+    """Median GPU time of ``kernel`` in ms over ``reps`` launches after ``warmup``, hot (L2 warm):
+    for choosing between algorithms at build time, as cudnnFind does, not a measurement (the
+    harness's timing is)."""
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device)
+        for _ in range(warmup):
+            kernel()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            kernel()
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def check_workspace(nbytes: int, device: torch.device, what: str) -> None:
+    """Unsupported where ``what`` needs over half of ``device``'s free memory: the rest stays for
+    the point's tensors and the other implementations built beside it."""
+    free, _ = torch.cuda.mem_get_info(device)
+    if nbytes > free // 2:
+        raise Unsupported(f"{what} needs {nbytes / 2**30:.1f} GiB of workspace, over half of the "
+                          f"{free / 2**30:.1f} GiB free")

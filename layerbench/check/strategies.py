@@ -1,0 +1,64 @@
+"""Hypothesis strategies that draw valid layer specs within size bounds (the only module that imports
+hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
+
+
+@st.composite
+def conv2d_specs(draw: st.DrawFn, max_batch: int = 2, max_channels: int = 8, max_hw: int = 12,
+                 max_kernel: int = 5, max_stride: int = 4, max_padding: int = 2) -> Conv2d:
+    h = draw(st.integers(1, max_hw))
+    w = draw(st.integers(1, max_hw))
+    padding = draw(st.integers(0, max_padding))
+    kh = draw(st.integers(1, min(max_kernel, h + 2 * padding)))
+    kw = draw(st.integers(1, min(max_kernel, w + 2 * padding)))
+    return Conv2d(batch=draw(st.integers(1, max_batch)),
+                  in_channels=draw(st.integers(1, max_channels)),
+                  out_channels=draw(st.integers(1, max_channels)),
+                  height=h, width=w, kernel_h=kh, kernel_w=kw,
+                  stride=draw(st.integers(1, max_stride)), padding=padding,
+                  bias=draw(st.booleans()))
+
+
+@st.composite
+def pool2d_specs(draw: st.DrawFn, max_batch: int = 2, max_channels: int = 8, max_hw: int = 16,
+                 max_kernel: int = 4, max_stride: int = 3) -> Pool2d:
+    h = draw(st.integers(1, max_hw))
+    w = draw(st.integers(1, max_hw))
+    kernel = draw(st.integers(1, max_kernel))
+    padding = draw(st.integers(0, kernel // 2))
+    if kernel > min(h, w) + 2 * padding:
+        kernel = min(h, w) + 2 * padding
+        padding = min(padding, kernel // 2)
+    return Pool2d(batch=draw(st.integers(1, max_batch)), channels=draw(st.integers(1, max_channels)),
+                  height=h, width=w, kernel=kernel, stride=draw(st.integers(1, max_stride)),
+                  padding=padding, method=draw(st.sampled_from(["max", "avg"])))
+
+
+@st.composite
+def relu_specs(draw: st.DrawFn, max_batch: int = 3, max_channels: int = 8, max_hw: int = 16) -> ReLU:
+    return ReLU(batch=draw(st.integers(1, max_batch)), channels=draw(st.integers(1, max_channels)),
+                height=draw(st.integers(1, max_hw)), width=draw(st.integers(1, max_hw)),
+                inplace=draw(st.booleans()))
+
+
+@st.composite
+def linear_specs(draw: st.DrawFn, max_batch: int = 8, max_features: int = 48) -> Linear:
+    return Linear(batch=draw(st.integers(1, max_batch)),
+                  in_features=draw(st.integers(1, max_features)),
+                  out_features=draw(st.integers(1, max_features)), bias=draw(st.booleans()))
+
+
+SPEC_STRATEGIES = {"conv2d": conv2d_specs, "pool2d": pool2d_specs, "relu": relu_specs,
+                   "linear": linear_specs}
+
+
+def specs(layer: str, **bounds: int) -> st.SearchStrategy:
+    """A strategy of valid specs for ``layer`` within the given size bounds."""
+    if layer not in SPEC_STRATEGIES:
+        raise ValueError(f"layer must be one of {', '.join(SPEC_STRATEGIES)}, got {layer!r}")
+    return SPEC_STRATEGIES[layer](**bounds)

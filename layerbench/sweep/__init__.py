@@ -1,0 +1,9 @@
+"""Sweep files: the filter language (``filters``), the point model (``points``) and the TOML parser
+(``parse``).  The schema is documented in ``sweeps/README.md``."""
+
+from layerbench.errors import SweepError
+from layerbench.sweep.parse import iter_sweep_files, load_sweep, parse_sweep
+from layerbench.sweep.points import Measure, Point, Sweep, axis_label, stable_hash
+
+__all__ = ["Measure", "Point", "Sweep", "SweepError", "axis_label", "iter_sweep_files", "load_sweep",
+           "parse_sweep", "stable_hash"]

@@ -1,0 +1,134 @@
+"""The point model: what one benchmark group is, how its results are identified, and a sweep of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerbench.errors import SweepError
+from layerbench.layers import LAYERS, LayerSpec
+from layerbench.sweep.filters import Expr
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Measurement options of a sweep (after --quick); part of every point's config hash."""
+
+    timing: dict[str, Any]
+    energy: bool
+    energy_config: dict[str, Any]
+    energy_where: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"timing": self.timing, "energy": self.energy, "energy_config": self.energy_config,
+                "energy_where": list(self.energy_where)}
+
+
+@dataclass
+class Point:
+    """One benchmark group: a spec (or why it is invalid), dtype, layout and the implementations.
+
+    ``label`` is the base's name (``conv1``) or None; ``axes`` maps each swept axis name to the
+    value of this point (a zipped axis maps to a dict of its fields).
+    """
+
+    index: int
+    layer: str
+    label: str | None
+    params: dict[str, Any]
+    axes: dict[str, Any]
+    dtype: str
+    layout: str
+    implementations: list[str]
+    spec: LayerSpec | None
+    invalid: str | None
+    energy_impls: list[str] = field(default_factory=list)
+
+    def values(self, impl: str) -> dict[str, Any]:
+        """What filter expressions see for one of the point's implementations."""
+        return self.params | {"layer": self.layer, "name": self.label, "dtype": self.dtype,
+                              "layout": self.layout, "impl": impl}
+
+    def config(self, impl: str, measure: Measure, device: str) -> dict[str, Any]:
+        """What identifies a result row: everything that changes the measured quantity."""
+        return {"layer": self.layer, "params": _spec_params(self), "dtype": self.dtype,
+                "layout": self.layout, "impl": impl, "device": device,
+                "measure": measure.to_dict() | {"energy": impl in self.energy_impls}}
+
+    def point_hash(self, measure: Measure, device: str) -> str:
+        cfg = self.config("", measure, device)
+        del cfg["impl"]
+        cfg["measure"]["energy"] = measure.energy
+        return stable_hash(cfg)
+
+    def config_hash(self, impl: str, measure: Measure, device: str) -> str:
+        return stable_hash(self.config(impl, measure, device))
+
+
+def _spec_params(point: Point) -> dict[str, Any]:
+    if point.spec is not None:
+        return dataclasses.asdict(point.spec)
+    return dict(sorted(point.params.items()))
+
+
+def stable_hash(obj: Any) -> str:
+    """16 hex digits of SHA-256 over canonical JSON: the same config hashes alike everywhere."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Sweep:
+    path: Path
+    title: str
+    experiment: str
+    thesis: list[str]
+    description: str
+    layers: list[str]
+    axis_names: list[str]
+    measure: Measure
+    points: list[Point]
+    skipped_invalid: int
+    skipped_filtered: int
+    text: str
+    energy_where: list[Expr] = field(default_factory=list)
+
+    def _wants_energy(self, point: Point, impl: str) -> bool:
+        return self.measure.energy and all(w(point.values(impl)) for w in self.energy_where)
+
+    def add_implementations(self, names: list[str]) -> None:
+        """``--impl``: add implementations (``name``, ``module:function`` or ``layer=...``)."""
+        for item in names:
+            layer, sep, name = item.partition("=")
+            if not sep:
+                layer, name = "", item
+            elif layer not in LAYERS:
+                raise SweepError(f"--impl {item}: layer must be one of {', '.join(LAYERS)}")
+            for p in self.points:
+                if (not layer or p.layer == layer) and name not in p.implementations:
+                    p.implementations.append(name)
+                    if self._wants_energy(p, name):
+                        p.energy_impls.append(name)
+
+    def disable_energy(self) -> None:
+        """``--no-energy``: time only (a different measurement, so different config hashes)."""
+        self.measure = dataclasses.replace(self.measure, energy=False)
+        for p in self.points:
+            p.energy_impls = []
+
+    def restrict_implementations(self, names: list[str]) -> None:
+        """``--only``: keep just these implementations."""
+        for p in self.points:
+            p.implementations = [n for n in p.implementations if n in names]
+            p.energy_impls = [n for n in p.energy_impls if n in names]
+
+
+def axis_label(value: Any) -> str:
+    """How a point's axis value reads in tables: 13, or 3->96 for a zipped axis."""
+    if isinstance(value, dict):
+        return "->".join(str(v) for v in value.values())
+    return str(value)
