@@ -19,6 +19,8 @@ def wants_cpu(argv: list[str]) -> bool:
 def main() -> int:
     if wants_cpu(sys.argv[1:]):
         os.environ["TRITON_INTERPRET"] = "1"
-    from layerbench.cli import main as cli_main  # after the environment is set: see above
+    from layerbench.cli import (
+        main as cli_main,  # after the environment is set: see above
+    )
 
     return cli_main()

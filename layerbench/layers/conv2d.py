@@ -9,7 +9,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from layerbench.layers.common import LAYOUTS_4D, check_bool, check_fits_int32, check_int, out_size
+from layerbench.layers.common import (
+    LAYOUTS_4D,
+    check_bool,
+    check_fits_int32,
+    check_int,
+    out_size,
+)
 
 # Sweep-file shorthands for square shapes: one key sets two spec fields.
 SHORTHANDS: dict[str, tuple[str, ...]] = {"size": ("height", "width"), "kernel": ("kernel_h", "kernel_w")}

@@ -42,15 +42,21 @@ from typing import Callable
 
 import torch
 
-from layerbench.measure import telemetry
-from layerbench.measure import thermal
+from layerbench.measure import telemetry, thermal
 from layerbench.measure.loads import CudaLoad, HostLoad, IdleLoad, Load, WindowError
+from layerbench.measure.meters import (
+    CounterMeter,
+    CounterWentBack,
+    HostEnergy,
+    MeterFault,
+    PowerIntegralMeter,
+    RaplMeter,
+    Window,
+)
 from layerbench.measure.nvml import NO_PERMISSION, Nvml, NvmlDevice
+from layerbench.measure.rapl import DEFAULT_ROOT, Rapl
 from layerbench.options import EnergyConfig
-from layerbench.measure.rapl import DEFAULT_ROOT, Rapl, Snapshot
 
-STALL_S = 2.0             # a counter that has not changed for this long is broken
-POWER_POLL_S = 0.02       # power-integral sampling interval
 UNSTEADY_SPREAD = 0.05    # windows further apart than this are flagged "unsteady"
 
 
@@ -98,28 +104,6 @@ class EnergyStats:
         return out
 
 
-@dataclass
-class _Window:
-    energy_j: float
-    seconds: float
-    launches: float
-    updates: int
-    temp_start_c: float | None
-    temp_end_c: float | None
-    telemetry: dict[str, object]
-    host_j: float | None
-    flags: list[str]
-    notes: list[str] = field(default_factory=list)
-
-
-class _Fault(Exception):
-    """The meter cannot give a number; the message is the reason recorded."""
-
-
-class _CounterWentBack(Exception):
-    pass
-
-
 class EnergyMeter:
     """Energy per launch on one device.  ``clock``/``sleep``/``load`` are injectable for tests."""
 
@@ -135,27 +119,35 @@ class EnergyMeter:
         self.clock, self.sleep = clock, sleep
         self.own_pid = own_pid
         self.dev: NvmlDevice | None = None
-        self.rapl: Rapl | None = None
-        self.host_reason: str | None = None
+        self.meter: CounterMeter | PowerIntegralMeter | RaplMeter | None = None
+        self.host = HostEnergy(None, None)
         self._idle: dict[str, object] | None = None
         self._idle_temp: float | None = None
-        self.available, self.method, self.reason = False, "unavailable", None
+        self.reason: str | None = None
 
         if self.device.type == "cuda":
-            self._open_nvml(nvml_module, self.device if nvml_device is None else nvml_device)
             host = Rapl(Path(rapl_root))
-            self.rapl, self.host_reason = (host, None) if host.available else (None, host.reason)
+            self.host = HostEnergy(host, None) if host.available else HostEnergy(None, host.reason)
+            self._open_nvml(nvml_module, self.device if nvml_device is None else nvml_device)
             self._load = load or (lambda k, t: CudaLoad(k, t, self.device))
         elif self.device.type == "cpu":
             host = Rapl(Path(rapl_root))
             if host.available:
-                self.rapl, self.available, self.method = host, True, "rapl"
+                self.meter = RaplMeter(host, self.clock, self.sleep, cfg.poll_s)
             else:
                 self.reason = f"RAPL unavailable: {host.reason}"
             self._load = load or (lambda k, t: HostLoad(k, t, self.clock))
         else:
             self.reason = f"no energy meter for {self.device.type!r} devices"
             self._load = load or (lambda k, t: HostLoad(k, t, self.clock))
+
+    @property
+    def available(self) -> bool:
+        return self.meter is not None
+
+    @property
+    def method(self) -> str:
+        return self.meter.method if self.meter is not None else "unavailable"
 
     def _open_nvml(self, module: object | None, which: object) -> None:
         opened = Nvml(module).open(which)
@@ -165,11 +157,11 @@ class EnergyMeter:
         self.dev = opened.value
         counter = self.dev.total_energy_mj()
         if counter.ok:
-            self.available, self.method = True, "nvml-energy-counter"
+            self.meter = CounterMeter(self.dev, self.cfg, self.clock, self.sleep, self.host)
             return
         power = self.dev.power_w()
         if power.ok:
-            self.available, self.method = True, "nvml-power-integral"
+            self.meter = PowerIntegralMeter(self.dev, self.cfg, self.clock, self.sleep, self.host)
             self.reason = f"total-energy counter unavailable ({counter.reason}); integrating sampled power"
             return
         self.reason = f"NVML energy unavailable: {counter.reason}; {power.reason}"
@@ -186,7 +178,7 @@ class EnergyMeter:
             return {"power_w": None, "reason": self.reason}
         try:
             self._idle = self._measure_idle()
-        except _Fault as exc:
+        except MeterFault as exc:
             return {"power_w": None, "reason": str(exc)}
         return self._idle
 
@@ -199,7 +191,7 @@ class EnergyMeter:
             self._sync()
             self._cool()
             w = self._window_retrying(IdleLoad(self.clock), self.cfg.window_s)
-        except _Fault as exc:
+        except MeterFault as exc:
             return {"power_w": None, "reason": str(exc)}
         power = w.energy_j / w.seconds
         return {"power_w": power, "idle_power_w": base["power_w"], "above_idle_w": power - base["power_w"],
@@ -222,12 +214,12 @@ class EnergyMeter:
             self._sync()
             idle = self.idle_baseline() if self.cfg.idle_baseline else None
             if idle is not None and idle.get("power_w") is None:
-                raise _Fault(f"idle baseline failed: {idle.get('reason')}")
+                raise MeterFault(f"idle baseline failed: {idle.get('reason')}")
             cool = self._cool()
             loads = {n: self._load(kernels[n], float(time_per_launch_s[n])) for n in names}
             window_s = self.cfg.window_s
             while True:
-                results: dict[str, list[_Window]] = {n: [] for n in names}
+                results: dict[str, list[Window]] = {n: [] for n in names}
                 for _ in range(self.cfg.windows):
                     for n in names:
                         results[n].append(self._window_retrying(loads[n], window_s))
@@ -236,7 +228,7 @@ class EnergyMeter:
                         all(s is not None and s <= self.cfg.target_spread for s in spreads):
                     break
                 window_s = min(2 * window_s, self.cfg.max_window_s)
-        except _Fault as exc:
+        except MeterFault as exc:
             return {n: EnergyStats.unavailable(self.method, str(exc)) for n in names}
         return {n: self._stats(results[n], idle, cool, loads[n], names) for n in names}
 
@@ -259,12 +251,12 @@ class EnergyMeter:
         idle_s = max(self.cfg.idle_s, 1e-3)
         try:
             w = self._window_retrying(IdleLoad(self.clock), idle_s)
-        except _Fault as exc:
+        except MeterFault as exc:
             if self.method != "nvml-energy-counter" or "did not change" not in str(exc) or self.dev is None \
                     or not self.dev.power_w().ok:
                 raise
             # A counter that reads but never moves (seen in some VMs): integrate power instead.
-            self.method = "nvml-power-integral"
+            self.meter = PowerIntegralMeter(self.dev, self.cfg, self.clock, self.sleep, self.host)
             self.reason = f"{exc}; integrating sampled power"
             w = self._window_retrying(IdleLoad(self.clock), idle_s)
         temps = [t for t in (w.temp_start_c, w.temp_end_c) if t is not None]
@@ -281,7 +273,7 @@ class EnergyMeter:
                           f"{self.cfg.min_updates} counter updates, ends aligned to updates ({self.method})"),
         }
 
-    def _window_retrying(self, load: Load, window_s: float) -> _Window:
+    def _window_retrying(self, load: Load, window_s: float) -> Window:
         """A window; one voided by a counter reset or an uncountable mark is redone (and flagged)."""
         flags: list[str] = []
         notes: list[str] = []
@@ -291,26 +283,24 @@ class EnergyMeter:
                 w.flags.extend(f for f in flags if f not in w.flags)
                 w.notes.extend(notes)
                 return w
-            except _CounterWentBack:
+            except CounterWentBack:
                 flags.append("counter-reset")
                 notes.append("the energy counter went backwards (reset or driver reload)")
             except WindowError as exc:
                 flags.append("window-redone")
                 notes.append(str(exc))
-        raise _Fault(f"no valid window in {self.cfg.max_retries + 1} tries: {'; '.join(notes)}")
+        raise MeterFault(f"no valid window in {self.cfg.max_retries + 1} tries: {'; '.join(notes)}")
 
-    def _window(self, load: Load, window_s: float) -> _Window:
+    def _window(self, load: Load, window_s: float) -> Window:
         load.start()
         try:
             self._run_for(load, self.cfg.warmup_s)
-            if self.method == "rapl":
-                return self._rapl_window(load, window_s)
+            assert self.meter is not None
+            if self.dev is None:  # RAPL on a CPU device: no GPU telemetry
+                return self.meter.read(load, window_s, None)
             temp0 = self._temp()
             tel = telemetry.WindowTelemetry(self.dev, self.own_pid) if self.dev is not None else None
-            if self.method == "nvml-energy-counter":
-                w = self._counter_window(load, window_s, tel)
-            else:
-                w = self._power_window(load, window_s, tel)
+            w = self.meter.read(load, window_s, tel)
             w.temp_start_c, w.temp_end_c = temp0, self._temp()
             if tel is not None:
                 w.telemetry = tel.finish()
@@ -335,122 +325,9 @@ class EnergyMeter:
         r = self.dev.temperature_c()
         return r.value if r.ok else None
 
-    def _counter(self) -> int:
-        assert self.dev is not None
-        r = self.dev.total_energy_mj()
-        if not r.ok:
-            raise _Fault(f"energy counter read failed: {r.reason}")
-        return int(r.value)  # type: ignore[arg-type]
-
-    def _await_change(self, load: Load, last: int) -> tuple[int, object]:
-        """Poll (sleeping between reads) until the counter moves; returns the new value and a mark."""
-        t0 = self.clock()
-        while True:
-            load.top_up()
-            self.sleep(self.cfg.poll_s)
-            value = self._counter()
-            if value != last:
-                mark = load.mark()  # immediately after the read that saw the update
-                if value < last:
-                    raise _CounterWentBack()
-                return value, mark
-            if self.clock() - t0 > STALL_S:
-                raise _Fault(f"energy counter did not change for {STALL_S} s")
-
-    def _counter_window(self, load: Load, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
-        e_start, m_start = self._await_change(load, self._counter())
-        load.ran_dry = False
-        host0 = self._host_snapshot()
-        t_start = self.clock()
-        value, updates = e_start, 0
-        while True:
-            value, m_end = self._await_change(load, value)
-            updates += 1
-            if updates >= self.cfg.min_updates and self.clock() - t_start >= window_s:
-                break
-            if tel is not None:
-                tel.poll()  # right after an update: the next one is ~100 ms away
-        host_j = self._host_joules(host0)
-        flags = ["queue-ran-dry"] if load.ran_dry else []
-        load.settle()
-        launches = load.launches_between(m_start, m_end)
-        seconds = load.seconds_between(m_start, m_end)
-        if launches <= 0 or seconds <= 0:
-            raise WindowError(f"empty window ({launches} launches in {seconds} s)")
-        return _Window((value - e_start) * 1e-3, seconds, launches, updates, None, None, {}, host_j, flags)
-
-    def _power_window(self, load: Load, window_s: float, tel: telemetry.WindowTelemetry | None) -> _Window:
-        assert self.dev is not None
-        samples: list[tuple[float, float]] = []
-        marks: list[object] = []
-        changes, last = 0, None
-        cap = max(3 * window_s, window_s + STALL_S)
-        host0 = self._host_snapshot()
-        t_start = self.clock()
-        while True:
-            load.top_up()
-            ta = self.clock()
-            r = self.dev.power_w()
-            tb = self.clock()
-            marks.append(load.mark())
-            if not r.ok:
-                raise _Fault(f"power read failed: {r.reason}")
-            samples.append(((ta + tb) / 2, float(r.value)))  # type: ignore[arg-type]
-            if len(samples) == 1:
-                load.ran_dry = False
-            elif r.value != last:
-                changes += 1
-            last = r.value
-            elapsed = self.clock() - t_start
-            if (elapsed >= window_s and changes >= self.cfg.min_updates) or elapsed >= cap:
-                break
-            if tel is not None and len(samples) % 5 == 0:
-                tel.poll()
-            self.sleep(POWER_POLL_S)
-        host_j = self._host_joules(host0)
-        flags = ["queue-ran-dry"] if load.ran_dry else []
-        if changes < self.cfg.min_updates:
-            flags.append("few-power-updates")
-        load.settle()
-        energy = sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(samples, samples[1:]))
-        seconds = samples[-1][0] - samples[0][0]
-        launches = load.launches_between(marks[0], marks[-1])
-        if launches <= 0 or seconds <= 0:
-            raise WindowError(f"empty window ({launches} launches in {seconds} s)")
-        return _Window(energy, seconds, launches, changes, None, None,
-                       {"power_samples": len(samples)}, host_j, flags)
-
-    def _rapl_window(self, load: Load, window_s: float) -> _Window:
-        assert self.rapl is not None
-        try:
-            s0, m0 = self.rapl.snapshot(), load.mark()
-            t0 = self.clock()
-            while self.clock() - t0 < window_s:
-                load.top_up()
-                if load.asynchronous:
-                    self.sleep(self.cfg.poll_s)
-            m1, s1 = load.mark(), self.rapl.snapshot()
-        except OSError as exc:
-            raise _Fault(f"RAPL read failed: {exc}") from None
-        return _Window(self.rapl.total_joules(s0, s1), load.seconds_between(m0, m1),
-                       load.launches_between(m0, m1), 0, None, None, {}, None, [])
-
-    def _host_snapshot(self) -> Snapshot | None:
-        if self.rapl is None:
-            return None
-        try:
-            return self.rapl.snapshot()
-        except OSError as exc:
-            self.host_reason = f"RAPL read failed: {exc}"
-            return None
-
-    def _host_joules(self, before: Snapshot | None) -> float | None:
-        after = self._host_snapshot() if before is not None else None
-        return self.rapl.total_joules(before, after) if before is not None and after is not None and self.rapl else None
-
     # ------------------------------------------------------------------ summary
 
-    def _stats(self, windows: list[_Window], idle: dict[str, object] | None, cool: thermal.Cooldown,
+    def _stats(self, windows: list[Window], idle: dict[str, object] | None, cool: thermal.Cooldown,
                load: Load, names: list[str]) -> EnergyStats:
         per_launch = [w.energy_j / w.launches for w in windows]
         powers = [w.energy_j / w.seconds for w in windows]
@@ -471,8 +348,8 @@ class EnergyMeter:
         tel["interleaved_with"] = [n for n in names]
         tel["own_pid"] = self.own_pid if self.own_pid is not None else os.getpid()
         tel["notes"] = [n for w in windows for n in w.notes]
-        if self.method != "rapl" and self.host_reason:
-            tel["host_energy_reason"] = self.host_reason
+        if self.method != "rapl" and self.host.reason:
+            tel["host_energy_reason"] = self.host.reason
         return EnergyStats(
             method=self.method, reason=self.reason,
             j_per_launch=statistics.median(per_launch), j_per_launch_windows=per_launch, spread=spread,

@@ -14,7 +14,6 @@ from typing import Callable
 
 import torch
 
-
 # Used when torch does not report the L2 size: larger than the L2 of any NVIDIA GPU to date
 # (A100 40 MB, H100 50 MB, B200 126 MB), so a flush with it is never too small.
 DEFAULT_L2_BYTES = 128 * 1024 * 1024

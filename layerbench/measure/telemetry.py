@@ -11,7 +11,13 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from layerbench.measure.nvml import THROTTLE_MASK, NvmlDevice, Reading, other_processes, reason_names
+from layerbench.measure.nvml import (
+    THROTTLE_MASK,
+    NvmlDevice,
+    Reading,
+    other_processes,
+    reason_names,
+)
 
 
 class WindowTelemetry:

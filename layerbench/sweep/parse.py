@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import re
-import tomllib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+import tomllib
 
 from layerbench.errors import SweepError
 from layerbench.layers import LAYERS, SHORTHANDS, required_fields, spec_from_dict
-from layerbench.options import Bound, EnergyConfig, TimingConfig, check_value, option_schema
+from layerbench.options import (
+    Bound,
+    EnergyConfig,
+    TimingConfig,
+    check_value,
+    option_schema,
+)
 from layerbench.sweep.filters import Expr
 from layerbench.sweep.points import Measure, Point, Sweep
 
