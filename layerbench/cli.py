@@ -30,7 +30,7 @@ from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import bench
-from layerbench.suites.validate_energy import format_report, run_validation
+from layerbench.suites.validate_energy import format_validation, run_validation
 from layerbench.sweep import Sweep, SweepError, axis_label, iter_sweep_files, load_sweep
 from sweeps import SWEEP_DIR
 
@@ -222,7 +222,7 @@ def cmd_validate_energy(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run_validation(args.device, out, args.quick)
-    print(format_report(result))
+    print(format_validation(result))
     return 0 if result.get("passed") else 1
 
 

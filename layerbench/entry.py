@@ -19,8 +19,6 @@ def wants_cpu(argv: list[str]) -> bool:
 def main() -> int:
     if wants_cpu(sys.argv[1:]):
         os.environ["TRITON_INTERPRET"] = "1"
-    from layerbench.cli import (
-        main as cli_main,  # after the environment is set: see above
-    )
+    from layerbench.cli import main as cli_main  # lazy: only after TRITON_INTERPRET is set (see above)
 
     return cli_main()

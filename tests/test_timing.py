@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from layerbench.measure.timing import StopRule, TimeStats, TimingConfig, robust_noise, summarize, time_first_call, time_kernel
+from layerbench.measure.timing import StopRule, TimeStats, TimingConfig, robust_noise, summarize_samples, time_first_call, time_kernel
 
 
 def feed(rule: StopRule, samples: list[float], wall_per_sample: float = 1e-3) -> str | None:
@@ -68,7 +68,7 @@ def test_outlier_does_not_inflate_robust_noise() -> None:
 
 
 def test_summary_statistics_exact() -> None:
-    s = summarize([4.0, 1.0, 3.0, 2.0, 5.0], "noise", "cold", "perf_counter", 1)
+    s = summarize_samples([4.0, 1.0, 3.0, 2.0, 5.0], "noise", "cold", "perf_counter", 1)
     assert (s.median_s, s.mean_s, s.min_s, s.max_s, s.n) == (3.0, 3.0, 1.0, 5.0, 5)
     assert s.iqr_s == 2.0                    # 4 - 2 (linear percentiles)
     assert s.stdev_s == pytest.approx(math.sqrt(2.5))
@@ -77,7 +77,7 @@ def test_summary_statistics_exact() -> None:
     assert rec["time_median_s"] == 3.0 and rec["time_samples_s"] == [4.0, 1.0, 3.0, 2.0, 5.0]
     assert all(k.startswith("time_") for k in rec)
     with pytest.raises(ValueError, match="no samples"):
-        summarize([], "noise", "cold", "perf_counter", 1)
+        summarize_samples([], "noise", "cold", "perf_counter", 1)
 
 
 @pytest.mark.parametrize("field, value", [("mode", "warm"), ("min_samples", 0), ("fixed_samples", 0),

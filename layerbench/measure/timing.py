@@ -70,7 +70,7 @@ class TimeStats:
         return {f"time_{k}": v for k, v in asdict(self).items()}
 
 
-def summarize(samples: list[float], stop_reason: str, mode: str, clock: str, launches_per_sample: int,
+def summarize_samples(samples: list[float], stop_reason: str, mode: str, clock: str, launches_per_sample: int,
               **extra: object) -> TimeStats:
     if not samples:
         raise ValueError("no samples to summarise")
@@ -223,7 +223,7 @@ def _time_cuda(kernel: Callable[[], object], device: torch.device, cfg: TimingCo
             if reason:
                 break
         if reason:
-            return summarize(rule.samples, reason, cfg.mode, "cuda-events", n, **extra)
+            return summarize_samples(rule.samples, reason, cfg.mode, "cuda-events", n, **extra)
 
 
 # ---------------------------------------------------------------- CPU
@@ -289,5 +289,5 @@ def _time_cpu(kernel: Callable[[], object], cfg: TimingConfig) -> TimeStats:
         rule.add(elapsed / n, elapsed)
         reason = rule.stop_reason(time.perf_counter() - t_start)
         if reason:
-            return summarize(rule.samples, reason, cfg.mode, "perf_counter", n, **extra)
+            return summarize_samples(rule.samples, reason, cfg.mode, "perf_counter", n, **extra)
 

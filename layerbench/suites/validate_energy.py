@@ -264,7 +264,7 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def format_report(result: dict[str, object]) -> str:
+def format_validation(result: dict[str, object]) -> str:
     """A plain-text table: check, measured values, threshold, PASS/FAIL/SKIP."""
     lines = [f"validate-energy on {result['device']} — method {result['energy_method']}"
              + (f" ({result['energy_reason']})" if result.get("energy_reason") else "")]
