@@ -4,9 +4,8 @@ fft_conv.cu, on NCHW or NHWC tensors.
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
 stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
 chance, both are built and timed on the real buffers and the faster is kept, as cudnnFind does
-for cuDNN.  On an H100 the FFT was kept on all of the thesis's L1-L6, both layouts (1.5-13x faster
-than the FFMA implicit GEMM in the bench of 2026-11-23; cuDNN itself runs FFT or Winograd there
-in NCHW).
+for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  What the bench
+measured for each choice is in notes/perf.md.
 
 Implicit GEMM:
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
@@ -14,8 +13,7 @@ fp32 accumulation.  Both layouts run the same kernels through the tensors' strid
 channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else element-wise.
 NCHW input with such a channel count is first copied to NHWC, and the weight to OHWI, by
 layout.cu inside the timed call (as cuDNN does): the GEMM then takes the 16-byte path and writes
-the NCHW output through its strides.  On an H100 the element-wise NCHW gather ran the GEMM at
-half the speed of the 16-byte NHWC path (bench of 2026-11-23, L2-L6 in bf16).
+the NCHW output through its strides, where the element-wise NCHW gather would be much slower.
 """
 
 from __future__ import annotations
