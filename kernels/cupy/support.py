@@ -116,7 +116,7 @@ def _check_params(func: int, args: Sequence[Arg], name: str) -> None:
     A wrong size would not fail: the kernel would read garbage.  cuFuncGetParamInfo needs
     cuda-bindings and a CUDA 12.4+ driver; without them the check is skipped.
     """
-    try:
+    try:  # optional dependency (cuda-bindings): without it the check is skipped
         from cuda.bindings import driver
     except ImportError:
         return

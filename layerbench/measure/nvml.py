@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 # Clock-event (formerly "throttle") reason bits, identical in both pynvml spellings.
@@ -71,7 +73,7 @@ class Nvml:
         self.module: Any | None = module
         if self.module is None:
             try:
-                import pynvml  # nvidia-ml-py
+                import pynvml  # lazy: a missing or broken nvidia-ml-py becomes the reason, not a crash
                 self.module = pynvml
             except Exception as exc:  # ImportError, or a broken install
                 self.reason = f"pynvml cannot be imported: {exc}"
@@ -120,8 +122,6 @@ class Nvml:
         return Reading(NvmlDevice(self, r.value))
 
     def _handle_for_torch(self, device: object) -> Reading[Any]:
-        import torch
-
         dev = torch.device(device)  # type: ignore[arg-type]
         if dev.type != "cuda":
             return Reading(None, f"NVML measures NVIDIA GPUs, not {dev.type!r} devices")
