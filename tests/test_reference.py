@@ -142,7 +142,7 @@ def test_kernel_names_on_cpu_are_empty():
 
 # ---------------------------------------------------------------- GPU: correctness
 
-# The thesis's layers (shared/thesis-experiments.md) at a small batch, plus odd shapes.
+# The thesis's layers (docs/thesis-experiments.md) at a small batch, plus odd shapes.
 GPU_SPECS = [
     Conv2d(2, 3, 96, 128, 128, 11, 11),  # A4 L1
     Conv2d(2, 384, 384, 13, 13, 3, 3, padding=1),  # A4 L5, padded

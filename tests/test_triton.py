@@ -20,6 +20,7 @@ import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import linear as triton_linear
 from kernels.triton import relu as triton_relu
+from kernels.triton.copy import COPY_BLOCK, copy_launcher
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.registry import get
@@ -308,3 +309,17 @@ def test_checker_catches_avg_in_place_of_max() -> None:
 
     result = check_implementation(build, Pool2d(1, 2, 6, 6, 2, 2, method="max"), "fp16", "NHWC", "cpu", seed=3)
     assert not result.ok
+
+
+# ------------------------------------------------------------------------- the copy ceiling's kernel
+
+
+def test_copy_kernel_copies_whole_blocks() -> None:
+    src = torch.randn(2 * COPY_BLOCK)
+    dst = torch.full_like(src, float("nan"))
+    copy_launcher(src, dst)()
+    assert torch.equal(dst, src)
+    with pytest.raises(ValueError, match="whole blocks"):
+        copy_launcher(src[:-1], dst[:-1])
+    with pytest.raises(ValueError, match="fp32"):
+        copy_launcher(src.half(), dst.half())

@@ -38,7 +38,7 @@ def seed_of(name: str) -> int:
     return zlib.crc32(name.encode())
 
 
-# Thesis Table 6-1 (shared/thesis-experiments.md A4), batch 8 instead of 128.
+# Thesis Table 6-1 (docs/thesis-experiments.md A4), batch 8 instead of 128.
 THESIS_CONV = {
     "L1": Conv2d(8, 3, 96, 128, 128, 11, 11),
     "L2": Conv2d(8, 64, 128, 64, 64, 9, 9),

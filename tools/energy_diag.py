@@ -1,4 +1,7 @@
-"""Print the energy columns of a run (diagnostics for the lead's GPU calls)."""
+"""Print the energy columns of a run, one row per record: how each energy number was taken.
+
+    python tools/energy_diag.py RUN_DIR
+"""
 import sys
 
 import pandas as pd

@@ -1,14 +1,15 @@
 """CuPy (CUDA C) kernels for conv2d, pool2d, relu and linear; importing registers them.
 
-The CUDA sources are the .cu files here, compiled by NVRTC through ``cupy.RawModule``; the
-Python modules only set up and launch them.  Importing needs CuPy but no GPU.
+Laid out as ``kernels/triton``: ``support`` holds what the layer modules share (input checks,
+compile and launch), one module per layer registers its builder, and the plans
+(``igemm_plan``, ``fft_plan``, ``pool_plan``) work out tiles and sizes on the CPU.  CuPy-only:
+``sources`` names the .cu files here, their template instantiations and the NVRTC options, and
+``models`` runs the kernels' index math on the CPU for the tests.
+
+The CUDA sources are compiled by NVRTC through ``cupy.RawModule``.  Importing needs neither CuPy
+nor a GPU: without CuPy, building a kernel raises ``layerbench.errors.Unavailable`` with the reason.
 """
 
-try:
-    import cupy  # noqa: F401
-except ImportError as exc:
-    raise ImportError(
-        "the CuPy kernels need CuPy (pip install 'layerbench[cupy]', or cupy-cuda12x / "
-        f"cupy-cuda13x to match your CUDA): {exc}") from exc
+from kernels.cupy import conv2d, linear, pool2d, relu
 
-from kernels.cupy import conv2d, linear, pool2d, relu  # noqa: E402,F401  (registration)
+__all__ = ["conv2d", "linear", "pool2d", "relu"]

@@ -4,9 +4,8 @@ fft_conv.cu, on NCHW or NHWC tensors.
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
 stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
 chance, both are built and timed on the real buffers and the faster is kept, as cudnnFind does
-for cuDNN.  On an H100 the FFT was kept on all of the thesis's L1-L6, both layouts (1.5-13x faster
-than the FFMA implicit GEMM in the bench of 2026-11-23; cuDNN itself runs FFT or Winograd there
-in NCHW).
+for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  What the bench
+measured for each choice is in notes/perf.md.
 
 Implicit GEMM:
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
@@ -14,16 +13,15 @@ fp32 accumulation.  Both layouts run the same kernels through the tensors' strid
 channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else element-wise.
 NCHW input with such a channel count is first copied to NHWC, and the weight to OHWI, by
 layout.cu inside the timed call (as cuDNN does): the GEMM then takes the 16-byte path and writes
-the NCHW output through its strides.  On an H100 the element-wise NCHW gather ran the GEMM at
-half the speed of the 16-byte NHWC path (bench of 2026-11-23, L2-L6 in bf16).
+the NCHW output through its strides, where the element-wise NCHW gather would be much slower.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.cupy import _build, _fft_conv, _igemm, _launch
-from kernels.cupy._fft_plan import fft_plan
+from kernels.cupy import fft_conv, igemm, sources, support
+from kernels.cupy.fft_plan import fft_plan
 from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, hot_median_ms, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -33,13 +31,13 @@ from layerbench.layers import Conv2d
 TILE, ROWS = 32, 8  # must match layout.cu
 
 
-def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.Tensor, _launch.Launch]:
+def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.Tensor, support.Launch]:
     """A channels_last buffer for contiguous 4-D ``t`` and the launch that fills it from ``t``."""
     dst = torch.empty_like(t, memory_format=torch.channels_last)
     n, c, h, w = t.shape
-    fn = _launch.function("layout", _build.to_channels_last_name(ctype), index)
-    launch = _launch.Launch(fn, (-(-h * w // TILE), -(-c // TILE), n), (TILE, ROWS, 1),
-                            [_launch.ptr(t), _launch.ptr(dst), _launch.i32(c), _launch.i32(h * w)],
+    fn = support.function("layout", sources.to_channels_last_name(ctype), index)
+    launch = support.Launch(fn, (-(-h * w // TILE), -(-c // TILE), n), (TILE, ROWS, 1),
+                            [support.ptr(t), support.ptr(dst), support.i32(c), support.i32(h * w)],
                             index, keep=(t, dst))
     return dst, launch
 
@@ -47,24 +45,24 @@ def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.
 def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Kernel:
     """The implicit GEMM (after a layout copy where NCHW data has 16-byte channel runs)."""
     x, weight = tensors["x"], tensors["weight"]
-    index = _launch.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
-    ctype = _launch.ctype_of(dtype)
-    copies: list[_launch.Launch] = []
-    if spec.in_channels % _build.vector_width(ctype) == 0:
+    index = support.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
+    ctype = support.ctype_of(dtype)
+    copies: list[support.Launch] = []
+    if spec.in_channels % sources.vector_width(ctype) == 0:
         if x.is_contiguous():
             x, copy_x = _channels_last_copy(x, ctype, index)
             copies.append(copy_x)
         if weight.is_contiguous():
             weight, copy_w = _channels_last_copy(weight, ctype, index)
             copies.append(copy_w)
-    g = _igemm.Geometry(
+    g = igemm.Geometry(
         batch=spec.batch, channels=spec.in_channels, height=spec.height, width=spec.width,
         out_channels=spec.out_channels, out_h=spec.out_height, out_w=spec.out_width,
         kernel_h=spec.kernel_h, kernel_w=spec.kernel_w, stride=spec.stride, padding=spec.padding,
         x_strides=tuple(x.stride()), w_strides=tuple(weight.stride()),
         out_strides=tuple(out.stride()))
     bias = tensors.get("bias") if spec.bias else None
-    return in_order(*copies, _igemm.build(dtype, x, weight, bias, out, g))
+    return in_order(*copies, igemm.build(dtype, x, weight, bias, out, g))
 
 
 def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Kernel:
@@ -73,9 +71,9 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
         raise Unsupported(f"the FFT convolution is fp32 only, not {dtype.name}")
     plan = fft_plan(spec)
     x, weight = tensors["x"], tensors["weight"]
-    index = _launch.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
+    index = support.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
     check_workspace(plan.workspace_bytes, x.device, "the FFT convolution")
-    return _fft_conv.build(plan, x, weight, tensors.get("bias") if spec.bias else None, out, index)
+    return fft_conv.build(plan, x, weight, tensors.get("bias") if spec.bias else None, out, index)
 
 
 @register("conv2d", "cupy", backend="cupy",
@@ -83,13 +81,13 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
                       "cores for tf32/fp16/bf16, split-K when the output is small); for fp32 an FFT "
                       "convolution instead where it times faster at build")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    _launch.check_dtype("conv2d", dtype, spec.dtypes)
-    _launch.check_layout("conv2d", layout, spec.layouts)
-    igemm = build_igemm(spec, dtype, tensors, out)
+    support.check_dtype("conv2d", dtype, spec.dtypes)
+    support.check_layout("conv2d", layout, spec.layouts)
+    gemm = build_igemm(spec, dtype, tensors, out)
 
     def fft() -> Kernel:
         if dtype.name == "fp32" and not fft_plan(spec).worth_timing():
             raise Unsupported("flops and bytes give the FFT no chance here")
         return build_fft(spec, dtype, tensors, out)
 
-    return faster_of("implicit_gemm", igemm, "fft", fft, lambda k: hot_median_ms(k, out.device))
+    return faster_of("implicit_gemm", gemm, "fft", fft, lambda k: hot_median_ms(k, out.device))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import _igemm, _launch
+from kernels.cupy import igemm, support
 from layerbench.dtypes import DType
 from layerbench.builders import Kernel, Tensors
 from layerbench.registry import register
@@ -19,14 +19,14 @@ from layerbench.layers import Linear
           description="CUDA C (CuPy): tiled GEMM, 128x128 tiles; FFMA for fp32, mma.sync tensor cores "
                       "for tf32/fp16/bf16; split-K for small batches")
 def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    _launch.check_dtype("linear", dtype, spec.dtypes)
-    _launch.check_layout("linear", layout, spec.layouts)
+    support.check_dtype("linear", dtype, spec.dtypes)
+    support.check_layout("linear", layout, spec.layouts)
     x, weight = tensors["x"], tensors["weight"]
     # A (batch, in) matrix is a batch of 1x1 images with `in` channels; W (out, in) a 1x1 kernel.
-    g = _igemm.Geometry(
+    g = igemm.Geometry(
         batch=spec.batch, channels=spec.in_features, height=1, width=1,
         out_channels=spec.out_features, out_h=1, out_w=1, kernel_h=1, kernel_w=1, stride=1,
         padding=0, x_strides=(x.stride(0), x.stride(1), 0, 0),
         w_strides=(weight.stride(0), weight.stride(1), 0, 0),
         out_strides=(out.stride(0), out.stride(1), 0, 0))
-    return _igemm.build(dtype, x, weight, tensors.get("bias") if spec.bias else None, out, g)
+    return igemm.build(dtype, x, weight, tensors.get("bias") if spec.bias else None, out, g)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import _build, _launch
+from kernels.cupy import sources, support
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.builders import Kernel, Tensors
@@ -22,18 +22,18 @@ def _dense(t: torch.Tensor) -> bool:
 @register("relu", "cupy", backend="cupy",
           description="CUDA C (CuPy): 16-byte vector loads/stores, grid-stride, 4 in flight per thread, bitwise max(x, 0)")
 def build(spec: ReLU, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    _launch.check_dtype("relu", dtype, spec.dtypes)
-    _launch.check_layout("relu", layout, spec.layouts)
+    support.check_dtype("relu", dtype, spec.dtypes)
+    support.check_layout("relu", layout, spec.layouts)
     x = tensors["x"]
-    index = _launch.check_tensors(dtype, {"x": x, "out": out})
+    index = support.check_tensors(dtype, {"x": x, "out": out})
     if not (_dense(x) and out.stride() == x.stride()):
         raise Unsupported("cupy relu needs x and out dense with the same strides")
-    ctype = _launch.ctype_of(dtype)
+    ctype = support.ctype_of(dtype)
     n = x.numel()
     # One pass of the grid-stride loop: every block moves THREADS * UNROLL vectors (16 KiB) once,
     # as the Triton kernel does.  The scalar fallback (misaligned pointers) strides over the grid.
-    vectors = n // _build.vector_width(ctype)
+    vectors = n // sources.vector_width(ctype)
     grid = max(1, -(-vectors // (THREADS * UNROLL)))
-    fn = _launch.function("relu", _build.relu_name(ctype), index)
-    return _launch.Launch(fn, (grid, 1, 1), (THREADS, 1, 1),
-                          [_launch.ptr(x), _launch.ptr(out), _launch.i64(n)], index, keep=(x, out))
+    fn = support.function("relu", sources.relu_name(ctype), index)
+    return support.Launch(fn, (grid, 1, 1), (THREADS, 1, 1),
+                          [support.ptr(x), support.ptr(out), support.i64(n)], index, keep=(x, out))

@@ -13,7 +13,7 @@ relu       ATen's own elementwise kernel, not cuDNN     ``F.relu`` / ``torch.rel
 linear     cuBLAS / cuBLASLt                            ``F.linear``
 =========  ===========================================  ==========================================
 
-The CUDA column was measured on an H100 with torch 2.11 and cuDNN 9.19 (DESIGN.md), and the GPU
+The CUDA column was read off the profiler (torch 2.11, cuDNN 9.19), and the GPU
 tests re-check it with ``layerbench.measure.provenance``.  On the CPU the same calls run ATen's CPU
 kernels (oneDNN for conv2d where torch enables it).  These calls allocate their result, which the
 kernel returns, as the builder contract allows.  Build makes the first call, so one-time costs

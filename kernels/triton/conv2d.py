@@ -26,12 +26,12 @@ Two walks of the reduction, chosen per problem:
 NCHW input whose channel count fits the channel-blocked walk is first copied to NHWC (and the
 weight to channels_last) by a Triton transpose kernel inside the timed call, as cuDNN does with
 its nchwToNhwc kernels; the GEMM then writes the NCHW output directly.  The flat walk gathers
-NCHW at a fifth to a seventh of the NHWC speed on an H100 (bench of 2026-11-23, L2-L6 in bf16),
-while the copy costs one read and write of the input.
+NCHW several times slower than the NHWC walk runs, while the copy costs one read and write of
+the input.
 
 Output channels past a multiple of 128 (L6's 192) run as two launches, the multiple and the rest,
-each with its own tile (channel_parts): one launch of 128-wide tiles computes 256 channels for
-192.  On the H100 this made L6 7-13 % faster (fp16, bf16, tf32; both layouts).
+each with its own tile (channel_parts): one launch of 128-wide tiles would compute 256 channels
+for 192.
 
 Autotuning (GPU): a few tile shapes per arithmetic mode (tensor-core fp16/bf16, tf32, fp32 FMA),
 keyed on every size of the problem, the layout and the mode.  Under the interpreter one small
@@ -67,8 +67,7 @@ def _tile(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
     """tile_config plus SWAP: compute the tile transposed, C^T = B^T A^T.
 
     A Hopper warpgroup's MMA is 64 rows tall and up to 256 columns wide; swapped, the output
-    channels are the 64-row side and the pixels the wide one.  On the H100 (NHWC, each config
-    timed alone) swapped 256x128 tiles ran L2 5 % and L3 6 % faster in fp16, L2 6 % in tf32.
+    channels are the 64-row side and the pixels the wide one (the gain: notes/perf.md).
     """
     config = tile_config(block_m, block_n, block_k, warps, stages)
     config.kwargs["SWAP"] = swap

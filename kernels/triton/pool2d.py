@@ -31,9 +31,8 @@ from layerbench.layers import Pool2d
 from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2
 
 # TILE output elements per program.  NHWC: the tile's channel side is fixed per problem (below).
-# Small tiles over many warps: strided window taps load narrow values that wait on L1, and
-# 1024 outputs over 4 warps took 92 registers a thread, leaving 31 % occupancy to hide that wait
-# (ncu, H100, 55x55 bf16 max 3x3, NCHW).
+# Small tiles over many warps: strided window taps load narrow values that wait on L1, and large
+# tiles take so many registers a thread that too few warps are resident to hide that wait.
 _NHWC_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
                  triton.Config({"TILE": 512}, num_warps=4),
                  triton.Config({"TILE": 512}, num_warps=8),
@@ -41,9 +40,8 @@ _NHWC_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
                  triton.Config({"TILE": 1024}, num_warps=8),
                  triton.Config({"TILE": 2048}, num_warps=8),
                  triton.Config({"TILE": 4096}, num_warps=8)]
-# NCHW: one or two outputs a thread.  On the H100 these ran the AlexNet pools 4-18 % faster than
-# the earlier 2-D tiles (output rows x columns, idle lanes past Q); 1024 outputs a program and
-# more ran slower (notes/perf.md).
+# NCHW: one or two outputs a thread, in flat output order (2-D tiles of rows x columns leave
+# lanes idle past Q); 1024 outputs a program and more run slower (notes/perf.md).
 _NCHW_CONFIGS = [triton.Config({"TILE": 128}, num_warps=4),
                  triton.Config({"TILE": 256}, num_warps=4),
                  triton.Config({"TILE": 256}, num_warps=8),

@@ -81,8 +81,7 @@ def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = No
     """GPU time of ``fn`` in ms: a short version of triton.testing.do_bench for tuning decisions.
 
     The 25 ms warm-up brings an idle GPU to its clocks first: with 5 ms, the autotuner on a GPU
-    fresh from idle passed over the first config (H100, conv L5 fp16: autotuned 170 us while that
-    first config alone ran in 112 us), likely timed at ramping clocks.
+    fresh from idle could pass over the best config, timed at ramping clocks (notes/perf.md).
     """
     return triton.testing.do_bench(fn, warmup=25, rep=20, quantiles=quantiles)
 

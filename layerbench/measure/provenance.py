@@ -1,8 +1,8 @@
 """Which GPU kernels an implementation really launched, and which library they belong to.
 
 ``kernel_names`` runs a kernel under ``torch.profiler`` and returns the names of the GPU kernels
-it launched, so every result can say which library ran (DESIGN.md: "name an implementation cudnn
-only when it provably runs cuDNN").  ``library`` sorts a name into a library by the first rule of
+it launched, so every result can say which library ran: an implementation is named cudnn only
+when it provably runs cuDNN.  ``library`` sorts a name into a library by the first rule of
 ``LIBRARY_RULES`` whose substring it contains (case-insensitive):
 
 * ``cudnn``: "cudnn" (the ``cudnn::`` namespace, and the ``..._cudnn`` suffix of cuDNN's xmma and

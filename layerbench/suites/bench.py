@@ -1,8 +1,8 @@
-"""``layerbench bench``: custom kernels against the card's ceilings and the references (issue 5).
+"""``layerbench bench``: custom kernels against the card's ceilings and the references.
 
-The bench is four ordinary sweeps (``sweeps/bench/*.toml``) run by the normal runner — the same
+The bench is five ordinary sweeps (``sweeps/bench/*.toml``) run by the normal runner — the same
 correctness gate, timer, interleaved energy windows and resumable record log — plus the two
-ceilings measured on the card (``layerbench.suites.ceilings``) and the issue's targets, each judged by a
+ceilings measured on the card (``layerbench.suites.ceilings``) and the bench's targets (``TARGETS``), each judged by a
 geometric mean over the bench shapes of its layer.
 """
 
@@ -13,16 +13,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweeps import SWEEP_DIR
-
 import pandas as pd
 
-from layerbench.suites import ceilings as ceil
-from layerbench.analysis import compare
-from layerbench.results import rundir as results
 from layerbench import sweep
+from layerbench.analysis import compare
 from layerbench.analysis.report import markdown_table
+from layerbench.results import rundir as results
 from layerbench.run.sweep_runner import RunOptions, run_sweep
+from layerbench.suites import ceilings as ceil
+from sweeps import SWEEP_DIR
 
 BENCH_DIR = SWEEP_DIR / "bench"
 LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear")  # sweeps/bench/<name>.toml
@@ -126,7 +125,7 @@ def table(df: pd.DataFrame, ceilings: dict) -> pd.DataFrame:
 
 
 def targets(tab: pd.DataFrame) -> pd.DataFrame:
-    """Each issue-5 target: the geometric mean over its rows, and whether it is met."""
+    """Each bench target: the geometric mean over its rows, and whether it is met."""
     rows = []
     for t in TARGETS:
         sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)]
@@ -179,7 +178,7 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
                      rate, _f(100 * r["ceiling"], ".0f"), _f(100 * r["sized_copy"], ".0f"),
                      *[_f(r.get(f"x_{b}"), ".2f") for b in refs],
                      _f(r.get("energy_j_per_launch"), ".4g"), *[_f(r.get(f"e_{b}"), ".3f") for b in refs]])
-    lines += [markdown_table(headers, rows), "", "### Targets (issue 5; geometric means over the bench shapes)", ""]
+    lines += [markdown_table(headers, rows), "", "### Targets (geometric means over the bench shapes)", ""]
     tg = targets(tab)
     lines.append(markdown_table(["target", "points", "geomean", "worst", "same-size copy", "verdict"],
                                 [[r["target"], r["points"], _f(r["geomean"], ".3f"), _f(r["worst"], ".3f"),
@@ -190,5 +189,5 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
              if not math.isnan(g := compare.geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl),
                                                             "sized_copy"]))]
     if sized:
-        lines += ["", "Against a copy of the same size (geomean, not an issue target): " + ", ".join(sized) + "."]
+        lines += ["", "Against a copy of the same size (geomean, not a target): " + ", ".join(sized) + "."]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """The two ceilings a kernel is judged against, measured on the card at hand (not datasheet values).
 
 * copy bandwidth: a large device-to-device copy, counting bytes read plus bytes written, the best of
-  cudaMemcpy (what ``Tensor.copy_`` runs) and a streaming copy kernel.  On an H100 cudaMemcpy
+  cudaMemcpy (what ``Tensor.copy_`` runs) and a streaming copy kernel (``kernels/triton/copy.py``).  On an H100 cudaMemcpy
   reached only ~2.43 TB/s while elementwise kernels reached ~2.85 TB/s, so a memcpy-only
   ceiling let kernels score over 100 %;
 * matrix rate: a large square matrix product through the vendor library (cuBLAS), per dtype.
@@ -23,9 +23,8 @@ from typing import Callable
 
 import numpy as np
 import torch
-import triton
-import triton.language as tl
 
+from kernels.triton.copy import COPY_BLOCK, copy_launcher
 from layerbench.dtypes import get_dtype, precision
 from layerbench.measure.timing import TimingConfig, time_kernel
 
@@ -47,24 +46,13 @@ class Ceilings:
         return asdict(self)
 
 
-@triton.jit
-def _copy_kernel(src_ptr, dst_ptr, BLOCK: tl.constexpr):
-    # Whole blocks only (the buffer is a multiple of BLOCK): unmasked 16-byte vector accesses.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(dst_ptr + offs, tl.load(src_ptr + offs, eviction_policy="evict_first"))
-
-
-COPY_BLOCK = 4096  # fp32 elements per program: 16 KiB each way, 8 warps
-
-
 def _copy_buffers(device: torch.device, nbytes: int) -> tuple[torch.Tensor, torch.Tensor, Callable[[], object]]:
     """Source, destination and the Triton copy launcher for ``nbytes`` each way."""
     if nbytes <= 0 or (nbytes // 4) % COPY_BLOCK or nbytes % 4:
         raise ValueError(f"nbytes must be a positive multiple of {4 * COPY_BLOCK}, got {nbytes}")
     src = torch.randn(nbytes // 4, device=device)
     dst = torch.full_like(src, math.nan)  # poisoned: the copy is checked after timing
-    grid = (src.numel() // COPY_BLOCK,)
-    return src, dst, lambda: _copy_kernel[grid](src, dst, BLOCK=COPY_BLOCK, num_warps=8)
+    return src, dst, copy_launcher(src, dst)
 
 
 def _checked(src: torch.Tensor, dst: torch.Tensor) -> None:

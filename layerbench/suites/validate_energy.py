@@ -221,7 +221,7 @@ def run_validation(device: torch.device, out_dir: str | Path, quick: bool = Fals
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    # Windows stay at the minimum (>= 1 s and >= 10 counter updates, 3 of them); only the
+    # Windows stay at the energy method's minimum (>= 1 s and >= 10 counter updates, 3 of them); only the
     # warm-up, the cooldown cap and the timing budget shrink to fit the run into ~4 minutes.
     ecfg = EnergyConfig(warmup_s=0.3 if quick else 0.4, cooldown="auto",
                         cooldown_max_s=4.0 if quick else 8.0)

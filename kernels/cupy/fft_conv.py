@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import _build, _launch
-from kernels.cupy._fft_plan import (BT, FT, GEMM_SHARED_BYTES, GEMM_THREADS, KT, FftPlan,
+from kernels.cupy import sources, support
+from kernels.cupy.fft_plan import (BT, FT, GEMM_SHARED_BYTES, GEMM_THREADS, KT, FftPlan,
                                     planes_per_block, transform_shared_bytes, transform_threads)
 from layerbench.builders import Kernel, in_order
 
@@ -16,22 +16,22 @@ def build(plan: FftPlan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """fp32 tensors of any strides on device ``index``; the spectra are allocated here."""
     s = plan.spec
     smem = transform_shared_bytes(plan.n)
-    forward = _launch.function("fft_conv", _build.fft_forward_name(plan.log_n), index)
-    inverse = _launch.function("fft_conv", _build.fft_inverse_name(plan.log_n), index)
-    gemm = _launch.function("fft_conv", _build.FFT_CGEMM_NAME, index)
+    forward = support.function("fft_conv", sources.fft_forward_name(plan.log_n), index)
+    inverse = support.function("fft_conv", sources.fft_inverse_name(plan.log_n), index)
+    gemm = support.function("fft_conv", sources.FFT_CGEMM_NAME, index)
     for fn in (forward, inverse):
-        _launch.allow_shared(fn, smem, index)
-    _launch.allow_shared(gemm, GEMM_SHARED_BYTES, index)
+        support.allow_shared(fn, smem, index)
+    support.allow_shared(gemm, GEMM_SHARED_BYTES, index)
     xs, ws, ys = (torch.empty(n // 4, dtype=torch.float32, device=x.device) for n in plan.spectra_bytes())
-    i32, i64, ptr = _launch.i32, _launch.i64, _launch.ptr
+    i32, i64, ptr = support.i32, support.i64, support.ptr
     block = (transform_threads(plan.n), 1, 1)
 
     def grid(planes: int) -> tuple[int, int, int]:
         return -(-planes // planes_per_block(plan.n)), 1, 1
 
-    def transform(src: torch.Tensor, dst: torch.Tensor, planes: int, pad: int) -> _launch.Launch:
+    def transform(src: torch.Tensor, dst: torch.Tensor, planes: int, pad: int) -> support.Launch:
         outer, inner, rows, cols = src.stride()
-        return _launch.Launch(forward, grid(planes), block,
+        return support.Launch(forward, grid(planes), block,
                               [ptr(src), ptr(dst), i32(planes), i32(src.shape[1]), i64(outer),
                                i64(inner), i64(rows), i64(cols), i32(src.shape[2]), i32(src.shape[3]),
                                i32(pad)],
@@ -41,12 +41,12 @@ def build(plan: FftPlan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return in_order(
         transform(x, xs, s.batch * s.in_channels, s.padding),
         transform(weight, ws, s.out_channels * s.in_channels, 0),
-        _launch.Launch(gemm, (-(-s.out_channels // KT), -(-s.batch // BT), plan.freqs // FT),
+        support.Launch(gemm, (-(-s.out_channels // KT), -(-s.batch // BT), plan.freqs // FT),
                        (GEMM_THREADS, 1, 1),
                        [ptr(xs), ptr(ws), ptr(ys), i32(s.batch), i32(s.in_channels),
                         i32(s.out_channels), i32(plan.freqs)],
                        index, keep=(xs, ws, ys), shared_bytes=GEMM_SHARED_BYTES),
-        _launch.Launch(inverse, grid(s.batch * s.out_channels), block,
+        support.Launch(inverse, grid(s.batch * s.out_channels), block,
                        [ptr(ys), ptr(out), ptr(bias), i32(s.batch * s.out_channels),
                         i32(s.out_channels), i64(on), i64(oc),
                         i64(oh), i64(ow), i32(s.out_height), i32(s.out_width)],

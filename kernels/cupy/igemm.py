@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import cupy
+from typing import TYPE_CHECKING
+
 import torch
 
-from kernels.cupy import _build, _launch
-from kernels.cupy._igemm_plan import MMA_THREADS, SHARED_BYTES, SIMT_THREADS, Geometry, make_plan
+from kernels.cupy import sources, support
+from kernels.cupy.igemm_plan import MMA_THREADS, SHARED_BYTES, SIMT_THREADS, Geometry, make_plan
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.builders import Kernel, in_order
+
+if TYPE_CHECKING:
+    import cupy
 
 REDUCE_BLOCKS_PER_SM = 32
 REDUCE_THREADS = 256  # splitk_reduce's __launch_bounds__
@@ -17,24 +21,24 @@ REDUCE_THREADS = 256  # splitk_reduce's __launch_bounds__
 
 def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
           out: torch.Tensor, g: Geometry) -> Kernel:
-    index = _launch.check_tensors(dtype, {"x": x, "weight": weight, "bias": bias, "out": out})
-    _launch.check_cc(index, 8, "the CuPy implicit GEMM (cp.async, ldmatrix, mma.sync)")
+    index = support.check_tensors(dtype, {"x": x, "weight": weight, "bias": bias, "out": out})
+    support.check_cc(index, 8, "the CuPy implicit GEMM (cp.async, ldmatrix, mma.sync)")
     if bias is not None and not bias.is_contiguous():
         raise Unsupported("cupy conv2d/linear needs a contiguous bias")
-    ctype = _launch.ctype_of(dtype)
+    ctype = support.ctype_of(dtype)
     tensor_cores = dtype.name != "fp32"
     threads = MMA_THREADS if tensor_cores else SIMT_THREADS
-    sms = _launch.sm_count(index)
+    sms = support.sm_count(index)
 
     def gemm_function(a_vec: bool) -> cupy.RawKernel:
-        fn = _launch.function("igemm", _build.igemm_name(ctype, tensor_cores, a_vec), index)
-        _launch.allow_shared(fn, SHARED_BYTES, index)
+        fn = support.function("igemm", sources.igemm_name(ctype, tensor_cores, a_vec), index)
+        support.allow_shared(fn, SHARED_BYTES, index)
         return fn
 
     def slots(a_vec: bool) -> int:
-        return sms * max(1, _launch.occupancy(gemm_function(a_vec), threads, index, SHARED_BYTES))
+        return sms * max(1, support.occupancy(gemm_function(a_vec), threads, index, SHARED_BYTES))
 
-    plan = make_plan(g, _build.ITEMSIZE[ctype], x.data_ptr(), weight.data_ptr(), slots)
+    plan = make_plan(g, sources.ITEMSIZE[ctype], x.data_ptr(), weight.data_ptr(), slots)
     if plan.copy_weight:
         weight = weight.contiguous()  # setup-time copy of the weight only, never of the input
     g = plan.geometry
@@ -42,10 +46,10 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     table = plan.table.to(x.device)
     ws = (torch.empty(plan.splits * g.M * g.out_channels, dtype=torch.float32, device=x.device)
           if plan.splits > 1 else None)
-    i32, i64, ptr = _launch.i32, _launch.i64, _launch.ptr
+    i32, i64, ptr = support.i32, support.i64, support.ptr
     sn, _, sh, sw = g.x_strides
     on, oc, oh, ow = g.out_strides
-    gemm = _launch.Launch(
+    gemm = support.Launch(
         fn, (plan.m_tiles, plan.n_tiles, plan.splits), (threads, 1, 1),
         [ptr(x), ptr(weight), ptr(bias), ptr(out), ptr(ws), ptr(table),
          i32(g.M), i32(g.out_channels), i32(g.K), i32(g.out_h * g.out_w), i32(g.out_w),
@@ -58,8 +62,8 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
     total = g.M * g.out_channels
     grid = max(1, min(-(-total // REDUCE_THREADS), sms * REDUCE_BLOCKS_PER_SM))
-    reduce = _launch.Launch(
-        _launch.function("igemm", _build.reduce_name(ctype), index), (grid, 1, 1), (REDUCE_THREADS, 1, 1),
+    reduce = support.Launch(
+        support.function("igemm", sources.reduce_name(ctype), index), (grid, 1, 1), (REDUCE_THREADS, 1, 1),
         [ptr(ws), i32(plan.splits), i32(g.M), i32(g.out_channels), ptr(bias), ptr(out),
          i32(g.out_h * g.out_w), i32(g.out_w), i64(on), i64(oc), i64(oh), i64(ow)],
         index, keep=(ws, bias, out))

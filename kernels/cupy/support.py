@@ -1,8 +1,13 @@
-"""Compile the CUDA sources once (cupy.RawModule) and launch them on torch's current stream.
+"""What the CuPy layer modules share: input checks, compiling the sources (``cupy.RawModule``)
+and launching them on torch's current stream.
 
 A ``Launch`` packs a kernel's arguments once, at build time, so that calling it does nothing
 but ``cuLaunchKernel`` on ``torch.cuda.current_stream()``: tensors are passed by raw pointer
 (zero copy) and the launch error, if any, surfaces as CuPy's ``CUDADriverError``.
+
+CuPy is optional: without it this module still imports (so the kernels register and
+``layerbench list impls`` shows them), and building a kernel raises ``Unavailable`` with the
+reason and the install line.
 """
 
 from __future__ import annotations
@@ -10,12 +15,21 @@ from __future__ import annotations
 import ctypes
 from typing import Sequence
 
-import cupy
 import torch
 
-from kernels.cupy import _build
+from kernels.cupy import sources
 from layerbench.dtypes import DType
-from layerbench.errors import Unsupported
+from layerbench.errors import Unavailable, Unsupported
+
+try:  # optional dependency: without CuPy the kernels register, and building one says why not
+    import cupy
+except ImportError as _exc:
+    cupy = None
+    CUPY_MISSING: str | None = (
+        "CuPy is not installed: pip install 'layerbench[cupy]' (or cupy-cuda12x / cupy-cuda13x "
+        f"to match your CUDA) ({_exc})")
+else:
+    CUPY_MISSING = None
 
 Arg = ctypes.c_void_p | ctypes.c_int32 | ctypes.c_int64 | ctypes.c_float
 
@@ -25,11 +39,19 @@ MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
 
 
+def require_cupy() -> None:
+    """Raise ``Unavailable`` with the reason and the install line when CuPy is missing."""
+    if CUPY_MISSING is not None:
+        raise Unavailable(CUPY_MISSING)
+
+
 def ctype_of(dtype: DType) -> str:
-    return _build.CTYPES[dtype.name]
+    return sources.CTYPES[dtype.name]
 
 
 def device_index(t: torch.Tensor) -> int:
+    """The CUDA device of ``t``; every builder passes here before it compiles or launches."""
+    require_cupy()
     if t.device.type != "cuda":
         raise Unsupported(f"the CuPy kernels run on CUDA tensors, got a tensor on {t.device}")
     return t.device.index if t.device.index is not None else torch.cuda.current_device()
@@ -58,10 +80,11 @@ def function(source: str, name: str, index: int) -> cupy.RawKernel:
     One RawModule per source compiles every template instantiation in one NVRTC call; CuPy
     caches the binary on disk, so later processes only load it.
     """
+    require_cupy()
     module = _modules.get(source)
     if module is None:
-        module = cupy.RawModule(code=_build.source_text(source), options=_build.compile_options(),
-                                name_expressions=_build.SOURCES[source].name_expressions)
+        module = cupy.RawModule(code=sources.source_text(source), options=sources.compile_options(),
+                                name_expressions=sources.SOURCES[source].name_expressions)
         _modules[source] = module
     with cupy.cuda.Device(index):
         fn = module.get_function(name)
@@ -93,7 +116,7 @@ def _check_params(func: int, args: Sequence[Arg], name: str) -> None:
     A wrong size would not fail: the kernel would read garbage.  cuFuncGetParamInfo needs
     cuda-bindings and a CUDA 12.4+ driver; without them the check is skipped.
     """
-    try:
+    try:  # optional dependency (cuda-bindings): without it the check is skipped
         from cuda.bindings import driver
     except ImportError:
         return

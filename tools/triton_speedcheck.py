@@ -1,10 +1,10 @@
 """Developer speed check: the Triton kernels beside torch (cuDNN/cuBLAS/ATen) on the thesis shapes.
 
-    python -m kernels.triton.speedcheck [conv2d|linear|pool2d|relu ...]
+    python tools/triton_speedcheck.py [conv2d|linear|pool2d|relu ...]
 
 Prints hot-loop times from triton.testing.do_bench (not the harness's cold, energy-aware
 measurement: use ``layerbench run`` for results) with TFLOP/s for conv/linear and TB/s of
-minimum traffic for pooling/ReLU.  Needs a CUDA GPU.
+minimum traffic for pooling/ReLU.  Needs a CUDA GPU and layerbench installed (``pip install -e .``).
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernels.cupy.sources import FFT_LOG_SIZES as LOG_SIZES  # the transform sizes instantiated
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
-LOG_SIZES = range(4, 8)  # must match _build.FFT_LOG_SIZES, the sizes instantiated
 # Must match fft_conv.cu.
 GEMM_THREADS = 256
 FT, BT, KT, CT = 4, 32, 32, 8  # fft_cgemm's block: frequencies, images, output channels, c per stage

@@ -1,0 +1,146 @@
+"""NVRTC compiles every CuPy kernel source without a GPU, run everywhere, CI included.
+
+Through ``cuda.bindings.nvrtc``, for sm_80 and sm_90, with every template instantiation, using
+the very sources, name expressions and options the launchers hand to ``cupy.RawModule``
+(``kernels/cupy/sources.py``), plus the options CuPy itself appends.  Also: the register budget
+of the implicit GEMM, and that every ``__global__`` template is instantiated.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cuda.bindings import nvrtc
+
+from kernels.cupy import igemm_plan, sources
+
+ARCHS = (80, 90)
+
+
+def _check(result: object, what: str) -> None:
+    err = result[0] if isinstance(result, tuple) else result
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, f"{what}: {err}"
+
+
+def _log(prog: object) -> str:
+    err, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    _check(err, "nvrtcGetProgramLogSize")
+    log = b" " * size
+    _check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+    return log.rstrip(b"\x00").decode(errors="replace")
+
+
+def nvrtc_compile(source: str, arch: int, extra: tuple[str, ...] = ()) -> tuple[bool, str, dict[str, str]]:
+    """(success, log, lowered name of each name expression) for ``source`` on sm_``arch``."""
+    src = sources.SOURCES[source]
+    err, prog = nvrtc.nvrtcCreateProgram(sources.source_text(source).encode(), src.file.encode(), 0, [], [])
+    _check(err, "nvrtcCreateProgram")
+    try:
+        for ne in src.name_expressions:
+            _check(nvrtc.nvrtcAddNameExpression(prog, ne.encode()), f"nvrtcAddNameExpression {ne}")
+        options = sources.compile_options() + sources.CUPY_ADDED_OPTIONS + (f"-arch=sm_{arch}",) + extra
+        opts = [o.encode() for o in options]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        log = _log(prog)
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            return False, f"options: {' '.join(options)}\n{log}", {}
+        lowered = {}
+        for ne in src.name_expressions:
+            err, name = nvrtc.nvrtcGetLoweredName(prog, ne.encode())
+            _check(err, f"nvrtcGetLoweredName {ne}")
+            lowered[ne] = name.decode()
+        return True, log, lowered
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict[tuple[str, int], tuple[bool, str, dict[str, str]]]:
+    # NVRTC releases the GIL: compile everything at once (igemm.cu takes ~10 s per arch).
+    jobs = [(s, a) for s in sources.SOURCES for a in ARCHS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda job: nvrtc_compile(*job), jobs))
+    return dict(zip(jobs, results))
+
+
+def test_cuda_headers_found() -> None:
+    inc = Path(sources.cuda_include_dir())
+    for header in sources.REQUIRED_HEADERS:
+        assert (inc / header).is_file()
+    assert f"-I{inc}" in sources.compile_options()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", sorted(sources.SOURCES))
+def test_nvrtc_compiles(compiled: dict, source: str, arch: int) -> None:
+    ok, log, lowered = compiled[(source, arch)]
+    assert ok, f"NVRTC failed on {sources.SOURCES[source].file} for sm_{arch}:\n{log}"
+    assert "warning" not in log.lower(), f"NVRTC warnings in {sources.SOURCES[source].file}:\n{log}"
+    assert set(lowered) == set(sources.SOURCES[source].name_expressions)
+    assert all(name.startswith("_Z") for name in lowered.values()), lowered
+
+
+def test_nvrtc_reports_errors() -> None:
+    """The check can fail: a broken source yields a failure with the log."""
+    src = sources.SOURCES["relu"]
+    bad = sources.source_text("relu") + "\n__global__ void broken() { undeclared_symbol = 1; }\n"
+    err, prog = nvrtc.nvrtcCreateProgram(bad.encode(), src.file.encode(), 0, [], [])
+    _check(err, "nvrtcCreateProgram")
+    opts = [o.encode() for o in sources.compile_options() + ("-arch=sm_90",)]
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    log = _log(prog)
+    nvrtc.nvrtcDestroyProgram(prog)
+    assert err != nvrtc.nvrtcResult.NVRTC_SUCCESS and "undeclared_symbol" in log
+
+
+# Spill stores (bytes) that one NVRTC release leaves in one kernel at its register cap, as
+# measured with -Xptxas=-v for sm_90.  NVRTC 13.0 (13.0.88, which the CUDA 13.0 builds of torch
+# pin) spills 24 bytes in igemm_simt<true> (16-byte A loads, capped at 128 registers by
+# __launch_bounds__(256, 2)); NVRTC 13.5 spills nothing there.  Any other spill, or a larger
+# one, fails: a new entry needs a new measurement.
+KNOWN_SPILLS = {((13, 0), "igemm_simt<true>"): 24}
+
+
+def nvrtc_version() -> tuple[int, int]:
+    err, major, minor = nvrtc.nvrtcVersion()
+    _check(err, "nvrtcVersion")
+    return major, minor
+
+
+def test_igemm_registers_without_spills() -> None:
+    """Two blocks per SM (65,536 registers): <= 128 registers for igemm_simt's 256 threads, <= 255
+    (the most a thread can have) for igemm_mma's 128; spills would cost local memory traffic,
+    so none are allowed beyond the measured KNOWN_SPILLS of this NVRTC."""
+    ok, log, lowered = nvrtc_compile("igemm", 90, ("-Xptxas=-v",))
+    assert ok, log
+    expression = {mangled: ne for ne, mangled in lowered.items()}
+    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
+                       log, flags=re.S)
+    assert len(usage) == len(sources.SOURCES["igemm"].name_expressions), log
+    version = nvrtc_version()
+    for name, spills, regs in usage:
+        kernel = expression[name]
+        threads = igemm_plan.MMA_THREADS if "igemm_mma" in kernel else igemm_plan.SIMT_THREADS
+        allowed = KNOWN_SPILLS.get((version, kernel), 0)
+        assert int(spills) <= allowed, \
+            f"{kernel} spills {spills} bytes with NVRTC {version[0]}.{version[1]} (allowed: {allowed})"
+        assert 2 * threads * int(regs) <= 65536, f"{kernel} uses {regs} registers"
+
+
+def test_spill_allowance_is_narrow() -> None:
+    """The allowance names one kernel of the igemm source, and only for its FFMA variant."""
+    for (_, kernel), limit in KNOWN_SPILLS.items():
+        assert kernel in sources.SOURCES["igemm"].name_expressions and kernel.startswith("igemm_simt")
+        assert 0 < limit <= 32
+
+
+def test_every_kernel_is_instantiated() -> None:
+    """Every __global__ template in the sources has at least one name expression."""
+    for source in sources.SOURCES.values():
+        text = (sources.KERNEL_DIR / source.file).read_text()
+        kernels = set(re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))? (\w+)\(", text))
+        named = {ne.split("<")[0] for ne in source.name_expressions}
+        assert kernels == named, (source.file, kernels, named)
