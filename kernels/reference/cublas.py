@@ -42,15 +42,19 @@ from layerbench.layers import Linear
           description="cuBLAS: the faster of torch.addmm(bias, x, W.t(), out=out) and cuBLASLt's fastest "
                       "algorithm (nvmath-python, bias epilogue)")
 def build_linear(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    x = tensors["x"]
-    if x.device.type != "cuda":
-        raise Unsupported(f"cuBLAS runs on CUDA tensors; x is on {x.device}")
-    device = x.device
+    device = _cuda_device(tensors)
     return fastest_path(
         ("torch", lambda: build_linear_torch(spec, dtype, layout, tensors, out)),
         [("cublaslt", lambda: cublaslt.build_linear_cublaslt(spec, dtype, layout, tensors, out))],
         time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=10),
         after_failure=lambda: torch.cuda.synchronize(device))  # a sticky CUDA error is not a fallback
+
+
+def _cuda_device(tensors: Tensors) -> torch.device:
+    x = tensors["x"]
+    if x.device.type != "cuda":
+        raise Unsupported(f"cuBLAS runs on CUDA tensors; x is on {x.device}")
+    return x.device
 
 
 def build_linear_torch(spec: Linear, dtype: DType, layout: str, tensors: Tensors,
