@@ -235,8 +235,8 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
         uids["bias"] = B
     else:
         Y = conv
-    Y.set_output(True).set_data_type(io).set_dim(list(spec.output_shape)).set_stride(
-        canonical_strides(spec.output_shape, fmt))
+    Y.set_output(True).set_data_type(io)
+    Y.set_dim(list(spec.output_shape)).set_stride(canonical_strides(spec.output_shape, fmt))
     uids["out"] = Y
     try:
         g.build_operation_graph()
