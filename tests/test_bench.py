@@ -115,5 +115,9 @@ def test_table_adds_x_best() -> None:
     df = pd.DataFrame(_vendor_rows("cudnn", "conv2d", {"cudnn": 2e-3, "torch": 1e-3, "triton": 4e-3})).assign(
         status="ok", reference=lambda d: d["impl"] != "triton", tflops=1.0, gbps=1.0, min_bytes=1,
         energy_requested=False, config_hash=lambda d: d["impl"])
-    tab = bench.table(df, {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 1.0})
+    ceil = {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 1.0, "device_name": "test"}
+    tab = bench.table(df, ceil)
     assert math.isclose(tab.set_index("impl").loc["triton", "x_best"], 0.25)
+    report = bench.format_report(tab, ceil)
+    assert "### References against torch" in report and "reference not at its best" in report
+    assert "1 of 1 points: torch faster than the reference by more than 3 %" in report

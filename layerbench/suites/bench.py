@@ -144,8 +144,9 @@ def references_vs_torch(tab: pd.DataFrame) -> pd.DataFrame:
                 continue
             r, t = by[ref], by["torch"]
             ratio = r["time_median_s"] / t["time_median_s"]
-            path = r.get("detail_path")
-            rows.append({"layer": layer, "experiment": r.get("experiment"), "point": r.get("name") or "",
+            path, name = r.get("detail_path"), r.get("name")
+            rows.append({"layer": layer, "experiment": r.get("experiment"),
+                         "point": name if isinstance(name, str) else "",
                          "point_index": r.get("point_index"), "dtype": r["dtype"], "layout": r["layout"],
                          "reference": ref, "path": path if isinstance(path, str) else "-",
                          "ref_us": r["time_median_s"] * 1e6, "torch_us": t["time_median_s"] * 1e6,
