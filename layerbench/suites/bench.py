@@ -190,6 +190,24 @@ def _f(v: object, fmt: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
+def _references_section(tab: pd.DataFrame) -> list[str]:
+    """The report's lines on the references against torch (none where no conv or linear point ran)."""
+    vs = references_vs_torch(tab)
+    if vs.empty:
+        return []
+    flagged = int((vs["flag"] != "").sum())
+    table_rows = [[r["layer"], r["point"], r["dtype"], r["layout"], r["reference"], r["path"], _f(r["ref_us"], ".1f"),
+                   _f(r["torch_us"], ".1f"), _f(r["ref_over_torch"], ".3f"), r["flag"]]
+                  for _, r in vs.sort_values(["layer", "point_index", "dtype", "layout"]).iterrows()]
+    margin = f"{100 * (NOT_AT_BEST - 1):.0f} %"
+    verdict = (f"{flagged} of {len(vs)} points: torch faster than the reference by more than {margin} "
+               "(reference not at its best)." if flagged else
+               f"The reference is within {margin} of torch or faster on all {len(vs)} points.")
+    return ["### References against torch (conv: cudnn, linear: cublas)", "",
+            markdown_table(["layer", "point", "dtype", "layout", "reference", "path", "ref us", "torch us",
+                            "ref / torch", ""], table_rows), "", verdict, ""]
+
+
 def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
     rates = ", ".join(f"{d} {v:.0f}" for d, v in ceilings["matmul_tflops"].items())
     methods = ceilings.get("copy_methods") or {}
@@ -202,34 +220,19 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
              "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy). "
              "x_best: against the fastest vendor result of the point (cuDNN / cuBLAS or torch), which the "
              "targets against cuDNN and cuBLAS are judged by.", ""]
-    refs = sorted(c[2:] for c in tab.columns if c.startswith("x_"))
-    erefs = sorted(c[2:] for c in tab.columns if c.startswith("e_"))
+    lines += _references_section(tab)
+    refs = sorted(c[2:] for c in tab.columns if c.startswith("x_") and c != "x_best")  # x_best: no e_best
     headers = ["layer", "point", "dtype", "layout", "impl", "time us", "rate", "% ceiling", "% copy@size",
-               *[f"x_{r}" for r in refs], "J/launch", *[f"e_{r}" for r in erefs]]
+               *[f"x_{r}" for r in (*refs, "best")], "J/launch", *[f"e_{r}" for r in refs]]
     rows = []
     for _, r in tab.sort_values(["layer", "point_index", "dtype", "layout", "impl"]).iterrows():
         point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
         rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in MEMORY_BOUND else f"{r['tflops']:.1f} TFLOP/s"
         rows.append([r["layer"], point, r["dtype"], r["layout"], r["impl"], _f(r["time_median_s"] * 1e6, ".1f"),
                      rate, _f(100 * r["ceiling"], ".0f"), _f(100 * r["sized_copy"], ".0f"),
-                     *[_f(r.get(f"x_{b}"), ".2f") for b in refs],
-                     _f(r.get("energy_j_per_launch"), ".4g"), *[_f(r.get(f"e_{b}"), ".3f") for b in erefs]])
-    lines += [markdown_table(headers, rows), ""]
-    vs = references_vs_torch(tab)
-    if not vs.empty:
-        flagged = vs[vs["flag"] != ""]
-        lines += ["### References against torch (conv: cudnn, linear: cublas)", "",
-                  markdown_table(["layer", "point", "dtype", "layout", "reference", "path", "ref us", "torch us",
-                                  "ref / torch", ""],
-                                 [[r["layer"], r["point"], r["dtype"], r["layout"], r["reference"], r["path"],
-                                   _f(r["ref_us"], ".1f"), _f(r["torch_us"], ".1f"), _f(r["ref_over_torch"], ".3f"),
-                                   r["flag"]] for _, r in vs.sort_values(["layer", "point_index", "dtype", "layout"])
-                                  .iterrows()]), "",
-                  f"{len(flagged)} of {len(vs)} points: torch faster than the reference by more than "
-                  f"{100 * (NOT_AT_BEST - 1):.0f} % (reference not at its best)." if len(flagged) else
-                  f"The reference is within {100 * (NOT_AT_BEST - 1):.0f} % of torch or faster on all {len(vs)} "
-                  "points.", ""]
-    lines += ["### Targets (issue 5; geometric means over the bench shapes)", ""]
+                     *[_f(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
+                     _f(r.get("energy_j_per_launch"), ".4g"), *[_f(r.get(f"e_{b}"), ".3f") for b in refs]])
+    lines += [markdown_table(headers, rows), "", "### Targets (issue 5; geometric means over the bench shapes)", ""]
     tg = targets(tab)
     lines.append(markdown_table(["target", "points", "geomean", "worst", "same-size copy", "verdict"],
                                 [[r["target"], r["points"], _f(r["geomean"], ".3f"), _f(r["worst"], ".3f"),
