@@ -8,6 +8,9 @@ The builder contract (see ``layerbench.registry``)::
   library or a timing choice picked, its timings); a bare callable means no details.
 * ``in_order``: several launches as one kernel (a layout copy, then a GEMM).
 * ``faster_of``: keep the faster of two algorithms, timed hot at build time, as cudnnFind does.
+* ``fastest_path``: keep the fastest of several ways into a library (cuDNN's legacy API and its
+  graph API, torch's cuBLAS call and a cuBLASLt search), saying which won and why a path was not
+  there.
 * ``hot_median_ms``: that build-time timer (a choice, not a measurement: the harness times).
 * ``check_workspace``: refuse a workspace over half the free device memory, with the reason.
 """
@@ -20,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from layerbench.errors import Unsupported
+from layerbench.errors import Unavailable, Unsupported
 
 Kernel = Callable[[], object]
 Tensors = dict[str, torch.Tensor]
@@ -75,6 +78,58 @@ def faster_of(default_name: str, default: Kernel, other_name: str, build_other: 
         if other_ms < default_ms:
             details["algorithm"], chosen = other_name, other
     return Built(chosen, details)
+
+
+def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
+                 others: list[tuple[str, Callable[[], Kernel | Built]]],
+                 time_ms: Callable[[Kernel], float],
+                 after_failure: Callable[[], None] = lambda: None) -> Built:
+    """The fastest of several builds of one layer, each timed by ``time_ms`` (the same timer for all).
+
+    ``primary`` is built first; it may raise only ``Unsupported`` (then the others may still run
+    the point), any other error propagates.  An error in one of ``others`` (a missing optional
+    package, a failed search) is no reason to lose the point: that path is left out and its
+    reason recorded, never silently; ``after_failure`` runs after each such error and raises where
+    the failure left the device unusable (a sticky CUDA error must not be hidden).
+
+    Details: ``path`` (the winner), ``<name>_ms`` for each path timed, and under ``<name>`` each
+    path's own details (a dict) or the reason it is missing (a string).  A tie keeps the earlier
+    path.  Where no path builds, ``Unsupported`` names every reason.
+    """
+    details: dict[str, object] = {}
+    candidates: list[tuple[float, int, str, Built]] = []
+    for rank, (name, build) in enumerate([primary, *others]):
+        try:
+            built = as_built(build())
+        except Unsupported as why:
+            details[name] = f"unsupported: {why}"
+            continue
+        except Unavailable as why:  # an optional package is missing
+            if rank == 0:
+                raise
+            details[name] = f"unavailable: {why}"
+            continue
+        except Exception as exc:  # noqa: BLE001 - an optional path's failure is recorded, not fatal
+            if rank == 0:
+                raise
+            details[name] = f"failed: {type(exc).__name__}: {exc}"
+            after_failure()
+            continue
+        try:
+            ms = float(time_ms(built.launch))
+        except Exception as exc:  # noqa: BLE001
+            if rank == 0:
+                raise
+            details[name] = f"failed when timed: {type(exc).__name__}: {exc}"
+            after_failure()
+            continue
+        details[f"{name}_ms"] = ms
+        details[name] = dict(built.details)
+        candidates.append((ms, rank, name, built))
+    if not candidates:
+        raise Unsupported("; ".join(f"{name}: {details[name]}" for name, _ in [primary, *others]))
+    ms, _, name, built = min(candidates, key=lambda c: (c[0], c[1]))
+    return Built(built.launch, {"path": name, **details})
 
 
 def hot_median_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: int = 10) -> float:

@@ -79,9 +79,45 @@ def test_bench_command_runs_every_bench_sweep_by_default() -> None:
 def test_conv_targets_judge_l1_l6_apart_from_the_sweeps() -> None:
     tab = pd.DataFrame({"layer": "conv2d", "impl": "triton", "dtype": "bf16",
                         "experiment": ["bench_conv", "bench_conv", "bench_conv_sweeps"],
-                        "x_cudnn": [1.0, 1.0, 0.5], "ceiling": 0.5, "sized_copy": math.nan})
+                        "x_best": [1.0, 1.0, 0.5], "ceiling": 0.5, "sized_copy": math.nan})
     tg = bench.targets(tab).set_index("target")
     l16 = tg.loc["conv triton bf16 >= 0.9x cuDNN (L1-L6)"]
     swept = tg.loc["conv triton bf16 >= 0.9x cuDNN (input-size, kernel-size, channel sweeps)"]
     assert (l16["points"], l16["verdict"]) == (2, "MET")
     assert (swept["points"], swept["geomean"], swept["verdict"]) == (1, 0.5, "MISSED")
+
+
+def _vendor_rows(ref: str, layer: str, times: dict[str, float], point: str = "p0") -> list[dict]:
+    return [{"point_hash": point, "layer": layer, "impl": impl, "dtype": "bf16", "layout": "NHWC", "name": "L",
+             "point_index": 0, "experiment": "bench_conv", "time_median_s": t,
+             "detail_path": "graph" if impl == ref else None} for impl, t in times.items()]
+
+
+def test_verdicts_judge_against_the_best_vendor_result_and_flag_a_slow_reference() -> None:
+    # torch 10 % faster than cuDNN at p0: the custom kernel is judged against torch there.
+    rows = _vendor_rows("cudnn", "conv2d", {"cudnn": 1.1e-3, "torch": 1.0e-3, "triton": 0.5e-3}, "p0") + \
+        _vendor_rows("cudnn", "conv2d", {"cudnn": 1.0e-3, "torch": 1.02e-3, "triton": 2.0e-3}, "p1") + \
+        _vendor_rows("cublas", "linear", {"cublas": 1.0e-3, "torch": 1.0e-3}, "p2")
+    tab = pd.DataFrame(rows)
+    vendor = tab[tab["impl"].isin(bench.VENDOR)].groupby("point_hash")["time_median_s"].min()
+    tab["x_best"] = tab["point_hash"].map(vendor) / tab["time_median_s"]
+    tri = tab[tab["impl"] == "triton"].set_index("point_hash")["x_best"]
+    assert math.isclose(tri["p0"], 2.0) and math.isclose(tri["p1"], 0.5)
+    vs = bench.references_vs_torch(tab).set_index("point_index", drop=False)
+    assert len(vs) == 3
+    flags = dict(zip(zip(vs["layer"], vs["ref_us"].round(1)), vs["flag"]))
+    assert flags[("conv2d", 1100.0)] == "reference not at its best"  # torch 10 % faster
+    assert flags[("conv2d", 1000.0)] == "" and flags[("linear", 1000.0)] == ""  # within 3 %, or faster
+    assert set(vs["path"]) == {"graph"}
+
+
+def test_table_adds_x_best() -> None:
+    df = pd.DataFrame(_vendor_rows("cudnn", "conv2d", {"cudnn": 2e-3, "torch": 1e-3, "triton": 4e-3})).assign(
+        status="ok", reference=lambda d: d["impl"] != "triton", tflops=1.0, gbps=1.0, min_bytes=1,
+        energy_requested=False, config_hash=lambda d: d["impl"])
+    ceil = {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 1.0, "device_name": "test"}
+    tab = bench.table(df, ceil)
+    assert math.isclose(tab.set_index("impl").loc["triton", "x_best"], 0.25)
+    report = bench.format_report(tab, ceil)
+    assert "### References against torch" in report and "reference not at its best" in report
+    assert "1 of 1 points: torch faster than the reference by more than 3 %" in report

@@ -3,9 +3,12 @@
 =========  ======================  =========================================================
 layer      library that runs       how
 =========  ======================  =========================================================
-conv2d     cuDNN (libcudnn_cnn)    ``cudnnConvolutionForward`` with the algorithm that runs
-                                   fastest hot among those ``cudnnFind...Ex`` timed fastest in
-                                   build, then ``cudnnAddTensor`` (libcudnn_ops) for the bias
+conv2d     cuDNN (libcudnn_cnn,    the faster, timed hot in build, of (1) the legacy API:
+           and the graph API's     ``cudnnConvolutionForward`` with the algorithm that runs
+           engines)                fastest hot among those ``cudnnFind...Ex`` timed fastest,
+                                   then ``cudnnAddTensor`` (libcudnn_ops) for the bias, and (2)
+                                   the graph API's fastest plan, bias fused (``cudnn_graph``,
+                                   through the optional ``nvidia-cudnn-frontend``)
 pool2d     cuDNN (libcudnn_ops)    ``cudnnPoolingForward``, MAX or AVERAGE_COUNT_INCLUDE_PADDING
 relu       cuDNN (libcudnn_ops)    ``cudnnActivationForward`` RELU, in place when out is x
 linear     not here                cuDNN's legacy API has no matmul: the linear reference is
@@ -27,6 +30,14 @@ by the process; descriptors, the algorithm and the workspace are made once in bu
 build returns ``Built`` with details (cuDNN version, and for conv2d the algorithm, math type,
 workspace size, the search's time and the hot time of the winner) for the record.
 
+Two ways into cuDNN for conv2d (issue 21): the fast Hopper engines (NHWC, 1x1 convolutions, true
+fp32 NHWC) are reached only through the graph API, while the legacy search still wins some fp32
+NCHW points (Winograd, FFT).  Both are built and timed with the same timer (``hot_median_ms``);
+the record's ``detail_path`` says which won (``legacy`` or ``graph``), ``detail_legacy_ms`` and
+``detail_graph_ms`` their times, ``detail_legacy_*`` and ``detail_graph_*`` what each chose.  Where
+the frontend is missing or the graph path fails, the legacy path runs and ``detail_graph`` holds
+the reason; a sticky CUDA error is raised, not hidden.
+
 cudnnFind times each algorithm once, cold, so near-ties are decided by noise: on an H100 (L5 tf32
 NCHW, batch 128) it timed WINOGRAD_NONFUSED and IMPLICIT_PRECOMP_GEMM alike at 0.49 ms and picked
 either from one run to the next, while hot they run in 421 and 219 us.  The candidates within
@@ -42,9 +53,10 @@ from typing import Any, Callable
 import torch
 
 from kernels.reference import cudnn_api as api
+from kernels.reference import cudnn_graph
 from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, ConvFwdAlgo, Cudnn, CudnnError, DataType,
                                          Descriptor, Handle, MathType, TensorFormat)
-from layerbench.builders import Built, Tensors, hot_median_ms
+from layerbench.builders import Built, Tensors, fastest_path, hot_median_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -71,13 +83,7 @@ def _common_format(layout: str, **named: torch.Tensor) -> TensorFormat:
     allocates ``out`` in NCHW even for an NHWC point; describing every tensor in one format that
     they all really have keeps cuDNN's view identical to the memory.
     """
-    order = (layout, "NHWC" if layout == "NCHW" else "NCHW")
-    for fmt in order:
-        memory = torch.channels_last if fmt == "NHWC" else torch.contiguous_format
-        if all(t.dim() == 4 and t.is_contiguous(memory_format=memory) for t in named.values()):
-            return TensorFormat[fmt]
-    shapes = ", ".join(f"{n} {tuple(t.shape)} strides {t.stride()}" for n, t in named.items())
-    raise ValueError(f"x, out (and weight) must be dense 4-D tensors in one layout ({layout}); got {shapes}")
+    return TensorFormat[cudnn_graph.dense_layout(layout, **named)]
 
 
 def _describe(lib: Cudnn, t: torch.Tensor, fmt: TensorFormat) -> Descriptor:
@@ -174,11 +180,25 @@ def _find_algorithms(lib: Cudnn, handle: Handle, x: torch.Tensor, w: torch.Tenso
 
 
 @register("conv2d", "cudnn", backend="cudnn", reference=True,
-          description="cuDNN cudnnConvolutionForward (algorithm found by cudnnFind...Ex) + cudnnAddTensor")
-def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
-                 out: torch.Tensor) -> Callable[[], None]:
+          description="cuDNN: the faster of the legacy cudnnConvolutionForward (algorithm found by "
+                      "cudnnFind...Ex, + cudnnAddTensor) and the graph API's fastest plan (bias fused)")
+def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The fastest of cuDNN's two ways in, timed hot by one timer (see the module docstring)."""
+    _, _, device = _setup(tensors)
+    return fastest_path(
+        ("legacy", lambda: build_conv2d_legacy(spec, dtype, layout, tensors, out)),
+        [("graph", lambda: cudnn_graph.build_conv2d_graph(spec, dtype, layout, tensors, out))],
+        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=RETIME_RUNS),
+        after_failure=lambda: torch.cuda.synchronize(device))  # a sticky CUDA error is not a fallback
+
+
+def build_conv2d_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The legacy API: cudnnFind...Ex, the near-ties re-timed hot, then cudnnAddTensor for the bias."""
     lib, handle, device = _setup(tensors)
     x, w, b = tensors["x"], tensors["weight"], tensors.get("bias")
+    # Canonical strides: the descriptors are made from a format and the dims (never from torch's
+    # strides, which are arbitrary for size-1 dimensions: a 1x1 filter in NHWC), and the format is
+    # one that every tensor is dense in.
     fmt = _common_format(layout, x=x, out=out, weight=w)
     x_d, y_d = _describe(lib, x, fmt), _describe(lib, out, fmt)
     w_d = lib.filter_4d(api.data_type(w.dtype), fmt, *w.shape)

@@ -6,12 +6,24 @@ when it provably runs cuDNN.  ``library`` sorts a name into a library by the fir
 ``LIBRARY_RULES`` whose substring it contains (case-insensitive):
 
 * ``cudnn``: "cudnn" (the ``cudnn::`` namespace, and the ``..._cudnn`` suffix of cuDNN's xmma and
-  cutlass kernels), "implicit_convolve" / "explicit_convolve" (cuDNN's older SIMT conv kernels);
+  cutlass kernels), "convolve" (cuDNN's SIMT conv kernels: ``implicit_convolve_sgemm``,
+  ``explicit_convolve_sgemm``, ``precomputed_convolve_sgemm``), "xmma_fprop" (cuDNN's implicit-GEMM
+  convolutions, which its graph API's engines launch without the ``_cudnn`` suffix);
 * ``cublas``: "cublas" (namespace, template arguments or suffix), "nvjet" (cuBLASLt's Hopper
   kernels), "xmma_gemm", "sgemm", "gemv", "cutlass" (cuBLAS's cutlass kernels; cuDNN's carry
   "cudnn" and matched first);
 * ``aten``: "at::" (PyTorch's own CUDA kernels live in ``at::native``);
 * ``triton``: "triton_" (kernels that torch.compile's Inductor generates).
+
+GEMM kernels that both libraries launch: cuDNN's graph API runs convolutions that are GEMMs (1x1
+filters, for one) with cuBLASLt's kernels, called from inside cuDNN (cuDNN 9 runs such engines
+through libcublasLt; on an H200,
+``nvjet_sm90_tst_128x192_64x5_2x1_v_bz_coopB_bias_TNN`` and
+``sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_...`` with no "cudnn" in the name).  A name with one of
+``SHARED_GEMM`` ("nvjet", "xmma_gemm", "sgemm", "gemv", "cutlass": the cublas needles but the
+name "cublas" itself) belongs therefore to ``own_backend`` where that is "cudnn"
+or "cublas" (the implementation called that library and nothing else), and to ``cublas`` for any
+other owner.
 
 Any other name is attributed to ``own_backend`` when given (our Triton and CuPy kernels have
 names of their own choosing, so an implementation's unknown names are its own), else "unknown".
@@ -27,11 +39,15 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 LIBRARY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("cudnn", ("cudnn", "implicit_convolve", "explicit_convolve")),
+    ("cudnn", ("cudnn", "convolve", "xmma_fprop")),
     ("cublas", ("cublas", "nvjet", "xmma_gemm", "sgemm", "gemv", "cutlass")),
     ("aten", ("at::",)),
     ("triton", ("triton_",)),
 )
+
+# cuBLASLt's kernels, launched by cuBLAS and by cuDNN's graph engines alike; and who may own them.
+SHARED_GEMM = ("nvjet", "xmma_gemm", "sgemm", "gemv", "cutlass")
+SHARED_OWNERS = ("cudnn", "cublas")
 
 # Device activity that is not a kernel launch.
 _NOT_KERNELS = ("memcpy", "memset")
@@ -63,6 +79,8 @@ def library(name: str, own_backend: str | None = None) -> str:
     lowered = name.lower()
     for lib, needles in LIBRARY_RULES:
         if any(n in lowered for n in needles):
+            if lib == "cublas" and own_backend in SHARED_OWNERS and any(n in lowered for n in SHARED_GEMM):
+                return own_backend
             return lib
     return own_backend or "unknown"
 
