@@ -48,10 +48,10 @@ def test_log_appends_and_loads(tmp_path: Path) -> None:
     back = results.read_records(run_dir / results.RESULTS_FILE)
     assert [r["config_hash"] for r in back] == [r["config_hash"] for r in recs]
     assert back[0]["energy_j_per_launch"] is None  # NaN is written as null
-    assert results.done_hashes(run_dir / results.RESULTS_FILE) == {r["config_hash"] for r in recs}
+    assert results.RunDir(run_dir).done_hashes() == {r["config_hash"] for r in recs}
     df = results.load_results(run_dir)
     assert len(df) == 4 and set(df["env_gpu_name"]) == {"H100"} and set(df["env_driver"]) == {"580"}
-    assert set(df["out_features"]) == {2, 3} and set(df["axis_out_features"]) == {"2", "3"}
+    assert set(df["out_features"]) == {2, 3} and set(df["axis_out_features"]) == {2, 3}
     assert (df["flops"] == 2 * df["batch"] * df["in_features"] * df["out_features"]
             + df["batch"] * df["out_features"]).all()
     assert set(df["thesis_parameters"]) == {(8 + 1) * 2, (8 + 1) * 3}

@@ -62,22 +62,22 @@ def test_statuses_and_energy_only_for_correct(tmp_path: Path, fakes: None) -> No
     recs = results.read_records(run_dir / results.RESULTS_FILE)
     assert len(recs) == 3 * 2 * len(impls)  # sizes x dtypes x impls, one row each
     by = {(r["axis_size"], r["dtype"], r["impl"]): r for r in recs}
-    valid = by[("4", "fp32", "fake_ok")]
+    valid = by[(4, "fp32", "fake_ok")]
     assert valid["status"] == "ok" and valid["check_rel_norm"] == 0.0
     assert valid["energy_method"] == "fake" and valid["energy_telemetry_sm_clock_mhz"] == 1980
     assert valid["tflops"] > 0 and valid["gbps"] > 0 and valid["j_per_gflop"] > 0
     assert valid["first_call_s"] >= 0 and valid["time_median_s"] > 0
-    assert by[("4", "fp32", "fake_wrong")]["status"] == "incorrect"
-    assert "differ" in by[("4", "fp32", "fake_wrong")]["message"]
-    assert "energy_j_per_launch" not in by[("4", "fp32", "fake_wrong")]
+    assert by[(4, "fp32", "fake_wrong")]["status"] == "incorrect"
+    assert "differ" in by[(4, "fp32", "fake_wrong")]["message"]
+    assert "energy_j_per_launch" not in by[(4, "fp32", "fake_wrong")]
     # The kernel's own details are recorded, for an incorrect result too (they explain it).
-    assert by[("4", "fp32", "fake_wrong")]["detail_algorithm"] == "COPY"
+    assert by[(4, "fp32", "fake_wrong")]["detail_algorithm"] == "COPY"
     assert "detail_algorithm" not in valid
-    assert by[("4", "fp32", "fake_unsupported")]["status"] == "unsupported"
-    assert by[("4", "fp32", "fake_error")]["status"] == "error"
-    assert "compile failed" in by[("4", "fp32", "fake_error")]["message"]
-    assert by[("4", "fp32", "no_such_impl")]["status"] == "unavailable"
-    invalid = by[("0", "fp32", "fake_ok")]
+    assert by[(4, "fp32", "fake_unsupported")]["status"] == "unsupported"
+    assert by[(4, "fp32", "fake_error")]["status"] == "error"
+    assert "compile failed" in by[(4, "fp32", "fake_error")]["message"]
+    assert by[(4, "fp32", "no_such_impl")]["status"] == "unavailable"
+    invalid = by[(0, "fp32", "fake_ok")]
     assert invalid["status"] == "invalid" and "ReLU.height must be in >= 1" in invalid["message"]
     # Energy saw only the correct implementations, measured together (interleaved) per group.
     assert runner_fakes.EnergyMeter.measured and all(
@@ -133,7 +133,8 @@ def slow(kernel, device, cfg):
     time.sleep(0.15)
     return orig(kernel, device, cfg)
 runner_fakes.time_kernel = slow
-sys.modules["layerbench.measure.timing"].time_kernel = slow
+from layerbench.run import group
+group.time_kernel = slow
 run_sweep(sweep.load_sweep({sweep!r}), RunOptions(device="cpu", out={out!r}, resume={resume}, in_process=True,
                                              progress=False, argv=["t"]))
 """
