@@ -18,7 +18,7 @@ import torch
 
 import runner_fakes
 from layerbench import registry, sweep
-from layerbench.check.streams import StreamProbe, check_stream, escape_verdict
+from layerbench.check.streams import DeviceActivity, StreamProbe, check_stream, escape_verdict, stream_verdict
 from layerbench.layers import ReLU
 from layerbench.results import rundir as results
 from layerbench.run import group
@@ -169,6 +169,25 @@ def test_runner_records_work_off_the_current_stream(tmp_path: Path, cheats: None
     assert recs["honest"]["message"].startswith("work escapes the current stream")
 
 
+def _trace(*side: tuple[int, float, float]) -> list[DeviceActivity]:
+    """A spin on stream 7 (0-1000 us), the kernel's activities, a marker on stream 7 at 1100 us."""
+    return [DeviceActivity("spin_kernel", 7, 0.0, 1000.0), *(DeviceActivity("relu", *a) for a in side),
+            DeviceActivity("marker", 7, 1100.0, 1102.0)]
+
+
+def test_stream_verdict_from_a_profile() -> None:
+    assert stream_verdict(_trace((7, 1001.0, 1090.0))) is None  # on the current stream
+    assert stream_verdict(_trace((13, 1001.0, 1090.0))) is None  # forked after the spin, joined
+    waiting = stream_verdict(_trace((13, 1001.0, 1150.0)))  # ordered after the spin, never joined
+    assert waiting is not None and waiting.startswith("work escapes the current stream: 1 launch(es) ran on "
+                                                      "stream 13, not on the current stream 7")
+    assert "still running when the next launch on the current stream began" in waiting
+    racing = stream_verdict(_trace((13, 20.0, 25.0)))  # ran while the spin held the current stream
+    assert racing is not None and "started before the current stream's earlier work had ended" in racing
+    assert stream_verdict(_trace((13, 999.5, 1100.5))) is None  # within the clocks' rounding
+    assert stream_verdict([]) is None
+
+
 def _probes(*pairs: tuple[float, float]) -> list[StreamProbe]:
     return [StreamProbe(10, event, wall) for event, wall in pairs]
 
@@ -190,24 +209,34 @@ def test_stream_verdict() -> None:
 
 
 @pytest.mark.gpu
-def test_side_stream_is_caught_on_a_gpu() -> None:
+@pytest.mark.parametrize("size", [2**10, 2**20, 2**26])
+def test_side_stream_is_caught_on_a_gpu(size: int) -> None:
     device = torch.device("cuda")
-    x = torch.randn(64 * 2**20, device=device)
+    x = torch.randn(size, device=device)
     out = torch.empty_like(x)
     side = torch.cuda.Stream(device)
 
-    def on_side_stream() -> None:
+    def on_current_stream() -> None:
+        torch.clamp_min(x, 0, out=out)
+
+    def on_side_stream() -> None:  # ordered after the current stream's work, never joined
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            for _ in range(4):
-                torch.clamp_min(x, 0, out=out)
-
-    def on_current_stream() -> None:
-        for _ in range(4):
             torch.clamp_min(x, 0, out=out)
 
-    on_side_stream(), on_current_stream()
+    def racing() -> None:  # not even ordered after the current stream's work
+        with torch.cuda.stream(side):
+            torch.clamp_min(x, 0, out=out)
+
+    def joined() -> None:  # a fork that joins: the events cover it
+        on_side_stream()
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    for kernel in (on_current_stream, on_side_stream, racing, joined):
+        kernel()
     torch.cuda.synchronize(device)
     assert check_stream(on_current_stream, device) is None
-    message = check_stream(on_side_stream, device)
-    assert message is not None and "escapes the current stream" in message
+    assert check_stream(joined, device) is None
+    for cheat in (on_side_stream, racing):
+        message = check_stream(cheat, device)
+        assert message is not None and "escapes the current stream" in message, cheat.__name__
