@@ -171,7 +171,7 @@ def test_torn_last_line_is_reported_once_with_its_line_number(tmp_path: Path,
     assert err.count("line 4 is incomplete") == 1 and "it is left out" in err
     # Loading a table reads the log once: one note per load.
     rundir = results.RunDir(run_dir)
-    rundir.load_table(), rundir.read_records()
+    rundir.load_table(), rundir.records()
     assert capsys.readouterr().err.count("line 4 is incomplete") == 1
     # Opening the log to append (a resume) cuts the line and says so.
     notes: list[str] = []
@@ -195,7 +195,7 @@ def test_status_counts_and_failing_statuses(tmp_path: Path) -> None:
     counts = count_statuses(rows)
     assert counts.counts == {"ok": 2, "incorrect": 1, "unsupported": 1, "error": 1}
     assert counts.failed and counts.failures == {"incorrect": 1, "error": 1}
-    assert counts.summary() == "ok 2, incorrect 1, unsupported 1, error 1"
+    assert counts.as_text() == "ok 2, incorrect 1, unsupported 1, error 1"
     assert not count_statuses([{"status": "ok"}, {"status": "unsupported"}]).failed
     assert count_statuses(rows, parse_fail_on("unsupported")).failures == {"unsupported": 1}
     assert not count_statuses(rows, parse_fail_on("none")).failed

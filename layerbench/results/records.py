@@ -217,7 +217,7 @@ class StatusCounts:
     def failed(self) -> bool:
         return bool(self.failures)
 
-    def summary(self) -> str:
+    def as_text(self) -> str:
         """``ok 12, incorrect 1``, in the order of STATUSES."""
         return ", ".join(f"{s} {self.counts[s]}" for s in self.counts)
 

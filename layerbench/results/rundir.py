@@ -303,7 +303,7 @@ class RunDir:
             self._noted.add((str(self.log_path), line))
             self.say(message)
 
-    def read_records(self, log: Path | None = None) -> list[dict[str, Any]]:
+    def records(self, log: Path | None = None) -> list[dict[str, Any]]:
         """The complete records; a torn last line is reported (once) and left out."""
         path = log or self.log_path
         if not path.exists():
@@ -315,11 +315,11 @@ class RunDir:
 
     def done_hashes(self) -> set[str]:
         """Config hashes already recorded with a final status (every status is final)."""
-        return {r["config_hash"] for r in self.read_records() if r.get("status") in STATUSES}
+        return {r["config_hash"] for r in self.records() if r.get("status") in STATUSES}
 
     def status_counts(self, fail_on: Iterable[str] = DEFAULT_FAIL_ON) -> StatusCounts:
         """Rows per status, and whether any has a failing status (the run's exit code)."""
-        return count_statuses(self.read_records(), fail_on)
+        return count_statuses(self.records(), fail_on)
 
     # ------------------------------------------------------------ load / export
 
@@ -331,7 +331,7 @@ class RunDir:
             if (self.path / PARQUET_FILE).exists():
                 return read_parquet_table(self.path / PARQUET_FILE)
             raise ValueError(f"{self.path}: no {RESULTS_FILE} or {PARQUET_FILE} in this directory")
-        df = typed_table(self.read_records(path))
+        df = typed_table(self.records(path))
         if df.empty or not self.has_run():
             return df
         env_rows = [{"session": s["index"]} | flatten("env", s.get("environment") or {})
@@ -390,7 +390,7 @@ def export_results(run_dir: str | Path) -> tuple[Path, Path]:
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """All complete records of a JSON-lines log (a torn last line is reported and left out)."""
-    return RunDir(Path(path).parent).read_records(Path(path))
+    return RunDir(Path(path).parent).records(Path(path))
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

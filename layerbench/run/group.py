@@ -139,7 +139,7 @@ class GroupEvaluator:
                 try:
                     group = self.prepare(point, dtype)
                 except Exception as exc:  # noqa: BLE001 - recorded per implementation
-                    self.fail(exc, records.values(), emit)
+                    self.record_failure(exc, records.values(), emit)
                     return
                 live: dict[str, Candidate] = {}
                 for name, rec in records.items():
@@ -157,7 +157,7 @@ class GroupEvaluator:
                         emit("partial", rec)
                         live[name] = candidate
                     except Exception as exc:  # noqa: BLE001 - recorded as this implementation's status
-                        self.fail(exc, [rec], emit)
+                        self.record_failure(exc, [rec], emit)
                 if live:
                     self.energy(live, records, emit)
                     self.provenance(live, records, emit)
@@ -272,7 +272,7 @@ class GroupEvaluator:
                     raise Poisoned(f"{type(exc).__name__}: {exc}") from exc
                 rec.provenance = {"kernel_names_error": f"{type(exc).__name__}: {exc}"}
 
-    def fail(self, exc: BaseException, recs: Iterable[Record], emit: Emit) -> None:
+    def record_failure(self, exc: BaseException, recs: Iterable[Record], emit: Emit) -> None:
         status, message = classify(exc)
         poisoned = is_poisoned(exc, self.device)
         if status == "error" and not poisoned:

@@ -232,7 +232,7 @@ class GroupWriter:
         else:
             self.on_message(kind, payload)
 
-    def fail(self, names: list[str], message: str) -> None:
+    def record_errors(self, names: list[str], message: str) -> None:
         for name in names:
             rec = self.pending.get(name) or Record.for_point(
                 self.point, name, self.sweep.measure, self.device, self.sweep.experiment, self.session)
@@ -245,12 +245,12 @@ class GroupWriter:
             outcome: Outcome = executor.run(self.point, list(self.remaining), self.handle)
             if outcome.kind == "done":
                 if self.remaining:  # the worker returned without a record for these: a harness bug
-                    self.fail(list(self.remaining), "no result was recorded for this implementation")
+                    self.record_errors(list(self.remaining), "no result was recorded for this implementation")
                 return
             if outcome.kind == "poisoned":
                 continue  # the culprit is recorded; the rest of the group runs in a fresh worker
             if outcome.kind == "failed":
-                self.fail(list(self.remaining), f"harness error: {outcome.detail}")
+                self.record_errors(list(self.remaining), f"harness error: {outcome.detail}")
                 return
             # crashed or timed out: blame what was running; a group-wide phase takes all with it.
             culprit = self.phase.get("impl")
@@ -258,6 +258,6 @@ class GroupWriter:
             if outcome.kind == "crashed":
                 detail += f" during {self.phase['phase']} of {culprit}" if culprit else " while preparing inputs"
             if culprit is None or self.phase.get("phase") == "energy" or culprit not in self.remaining:
-                self.fail(list(self.remaining), detail)
+                self.record_errors(list(self.remaining), detail)
             else:
-                self.fail([culprit], detail)
+                self.record_errors([culprit], detail)
