@@ -12,7 +12,7 @@ import torch
 
 from layerbench.check.inputs import make_output, make_tensors, new_input, reference
 from layerbench.dtypes import DType, get_dtype, precision
-from layerbench.layers import LayerSpec, ReLU, is_exact
+from layerbench.layers import LayerSpec, is_exact
 from layerbench.builders import Built, Kernel, Tensors, as_built
 from layerbench.registry import Builder, Implementation
 
