@@ -258,3 +258,8 @@ def test_old_runs_load_with_their_columns_renamed(tmp_path: Path) -> None:
     assert set(df["axis_out_features"]) == {"2", "3"}
     parquet, _ = results.export_results(run_dir)
     assert "point_axes" in results.load_results(parquet).columns
+    # Resumed by this version: old and new rows in one log, one column.
+    with results.ResultLog(run_dir / results.RESULTS_FILE) as log:
+        log.append(recs[0] | {"config_hash": "new"})
+    df = results.load_results(run_dir)
+    assert "axes" not in df.columns and df["point_axes"].notna().all() and len(df) == 5

@@ -150,6 +150,17 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def renamed_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Older runs' column names as today's; a run resumed across the rename has both: merged."""
+    for old, new in RENAMED_COLUMNS.items():
+        if old in df.columns and new in df.columns:
+            df[new] = df[new].where(df[new].notna(), df[old])
+            df = df.drop(columns=old)
+        elif old in df.columns:
+            df = df.rename(columns={old: new})
+    return df
+
+
 def typed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows as a DataFrame whose layer parameters and axis columns keep their type.
 
@@ -157,8 +168,7 @@ def typed_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     make such integer columns float (and booleans object).  They become nullable ``Int64`` and
     ``boolean`` columns instead.  Columns of older runs are renamed (``axes`` -> ``point_axes``).
     """
-    df = pd.DataFrame.from_records(rows)
-    df = df.rename(columns={k: v for k, v in RENAMED_COLUMNS.items() if v not in df.columns})
+    df = renamed_columns(pd.DataFrame.from_records(rows))
     for col in df.columns:
         if col not in PARAM_COLUMNS and not col.startswith("axis_"):
             continue
@@ -356,8 +366,7 @@ class RunDir:
 
 
 def read_parquet_table(path: Path) -> pd.DataFrame:
-    df = pd.read_parquet(path)
-    return df.rename(columns={k: v for k, v in RENAMED_COLUMNS.items() if v not in df.columns})
+    return renamed_columns(pd.read_parquet(path))
 
 
 def load_results(run: str | Path) -> pd.DataFrame:
