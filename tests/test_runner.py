@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from rich.console import Console
 
 import runner_fakes
 from layerbench.results import rundir as results
 from layerbench import sweep
+from layerbench.measure.energy import EnergyMeter
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
@@ -420,3 +422,32 @@ def test_worker_leaves_quietly_when_its_parent_is_killed(tmp_path: Path) -> None
     proc.kill()  # the parent dies; the worker, in its build, writes to a closed pipe afterwards
     _, err = proc.communicate(timeout=120)  # EOF once the worker, which shares stderr, has ended
     assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-3000:]
+
+
+def test_worker_says_once_that_energy_is_unavailable(tmp_path: Path) -> None:
+    """The process executor: the first worker reports the meter, the runner says it once."""
+    reason = EnergyMeter(torch.device("cpu")).reason
+    if reason is None:
+        pytest.skip("RAPL is readable here: energy is measured")
+    path = tmp_path / "s.toml"
+    path.write_text(textwrap.dedent("""
+        layer = "relu"
+        implementations = ["torch"]
+        [params]
+        batch = 1
+        channels = 2
+        [axes]
+        size = [4, 5]
+        [timing]
+        fixed_samples = 2
+        warmup = 0
+        [energy]
+        window_s = 1.0
+        windows = 1
+        cooldown = "none"
+    """))
+    console, buf = _console()
+    opts = RunOptions(device="cpu", out=tmp_path / "run", in_process=False, progress=False,
+                      point_timeout_s=300, argv=["t"])
+    run_sweep(sweep.load_sweep(path), opts, console)
+    assert buf.getvalue().count("note: energy will not be measured: RAPL unavailable") == 1, buf.getvalue()
