@@ -1,40 +1,27 @@
 """Test stand-ins: a fast measurement core and fake ReLU implementations for runner tests.
 
-The fake timing/energy/environment modules replace ``layerbench.measure.timing``, ``layerbench.measure.energy``
-and ``layerbench.measure.environment`` in ``sys.modules`` for one test (the runner imports them lazily),
-so runner tests take milliseconds and do not depend on the real meters.
+``install`` replaces the timer, the energy meter and the environment where the runner uses them
+(``layerbench.run.group`` and ``layerbench.run.executors``) for one test, so runner tests take
+milliseconds and do not depend on the real meters.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import torch
 
-from layerbench.builders import Built
-
 from layerbench import registry
+from layerbench.builders import Built
 from layerbench.errors import Unsupported
+from layerbench.run import executors, group
 
 
 # ------------------------------------------------------------------ fake measurement core
-
-
-@dataclass
-class TimingConfig:
-    mode: str = "cold"
-    min_samples: int = 10
-    min_time_s: float = 0.5
-    max_noise: float = 0.005
-    max_time_s: float = 15.0
-    fixed_samples: int | None = None
-    warmup: int = 3
 
 
 @dataclass
@@ -49,7 +36,7 @@ class TimeStats:
                 "time_stop_reason": "fixed"}
 
 
-def time_kernel(kernel: Any, device: Any, cfg: TimingConfig) -> TimeStats:
+def time_kernel(kernel: Any, device: Any, cfg: Any) -> TimeStats:
     samples = []
     for _ in range(cfg.fixed_samples or 3):
         t = time.perf_counter()
@@ -65,18 +52,6 @@ def time_first_call(fn: Any, device: Any) -> tuple[Any, float]:
 
 
 @dataclass
-class EnergyConfig:
-    window_s: float = 1.0
-    min_updates: int = 10
-    windows: int = 3
-    warmup_s: float = 0.5
-    cooldown: Any = "auto"
-    cooldown_tolerance_c: float = 3.0
-    cooldown_max_s: float = 60.0
-    idle_baseline: bool = True
-
-
-@dataclass
 class EnergyStats:
     j_per_launch: float
     windows: list[float] = field(default_factory=list)
@@ -89,10 +64,11 @@ class EnergyStats:
 
 class EnergyMeter:
     measured: list[list[str]] = []  # which kernels each measure() call saw
+    unavailable: str | None = None  # set to a reason: the meter is unavailable
 
-    def __init__(self, device: str, cfg: EnergyConfig):
-        self.available = True
-        self.reason = ""
+    def __init__(self, device: str, cfg: Any):
+        self.available = EnergyMeter.unavailable is None
+        self.reason = EnergyMeter.unavailable or ""
         self.method = "fake"
         self.cfg = cfg
 
@@ -118,18 +94,11 @@ def collect_environment(device: str) -> dict[str, Any]:
 
 def install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the measurement core for one test."""
-    timing = types.ModuleType("layerbench.measure.timing")
-    for name in ("TimingConfig", "TimeStats", "time_kernel", "time_first_call"):
-        setattr(timing, name, globals()[name])
-    energy = types.ModuleType("layerbench.measure.energy")
-    for name in ("EnergyConfig", "EnergyMeter", "EnergyStats", "derived_metrics"):
-        setattr(energy, name, globals()[name])
-    env = types.ModuleType("layerbench.measure.environment")
-    env.collect_environment = collect_environment  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "layerbench.measure.timing", timing)
-    monkeypatch.setitem(sys.modules, "layerbench.measure.energy", energy)
-    monkeypatch.setitem(sys.modules, "layerbench.measure.environment", env)
+    for name in ("time_kernel", "time_first_call", "EnergyMeter", "derived_metrics"):
+        monkeypatch.setattr(group, name, globals()[name])
+    monkeypatch.setattr(executors, "collect_environment", collect_environment)
     EnergyMeter.measured = []
+    EnergyMeter.unavailable = None
 
 
 # ----------------------------------------------------------------- fake implementations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -13,10 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from rich.console import Console
 
 import runner_fakes
 from layerbench.results import rundir as results
 from layerbench import sweep
+from layerbench.measure.energy import EnergyMeter
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
@@ -62,22 +66,22 @@ def test_statuses_and_energy_only_for_correct(tmp_path: Path, fakes: None) -> No
     recs = results.read_records(run_dir / results.RESULTS_FILE)
     assert len(recs) == 3 * 2 * len(impls)  # sizes x dtypes x impls, one row each
     by = {(r["axis_size"], r["dtype"], r["impl"]): r for r in recs}
-    valid = by[("4", "fp32", "fake_ok")]
+    valid = by[(4, "fp32", "fake_ok")]
     assert valid["status"] == "ok" and valid["check_rel_norm"] == 0.0
     assert valid["energy_method"] == "fake" and valid["energy_telemetry_sm_clock_mhz"] == 1980
     assert valid["tflops"] > 0 and valid["gbps"] > 0 and valid["j_per_gflop"] > 0
     assert valid["first_call_s"] >= 0 and valid["time_median_s"] > 0
-    assert by[("4", "fp32", "fake_wrong")]["status"] == "incorrect"
-    assert "differ" in by[("4", "fp32", "fake_wrong")]["message"]
-    assert "energy_j_per_launch" not in by[("4", "fp32", "fake_wrong")]
+    assert by[(4, "fp32", "fake_wrong")]["status"] == "incorrect"
+    assert "differ" in by[(4, "fp32", "fake_wrong")]["message"]
+    assert "energy_j_per_launch" not in by[(4, "fp32", "fake_wrong")]
     # The kernel's own details are recorded, for an incorrect result too (they explain it).
-    assert by[("4", "fp32", "fake_wrong")]["detail_algorithm"] == "COPY"
+    assert by[(4, "fp32", "fake_wrong")]["detail_algorithm"] == "COPY"
     assert "detail_algorithm" not in valid
-    assert by[("4", "fp32", "fake_unsupported")]["status"] == "unsupported"
-    assert by[("4", "fp32", "fake_error")]["status"] == "error"
-    assert "compile failed" in by[("4", "fp32", "fake_error")]["message"]
-    assert by[("4", "fp32", "no_such_impl")]["status"] == "unavailable"
-    invalid = by[("0", "fp32", "fake_ok")]
+    assert by[(4, "fp32", "fake_unsupported")]["status"] == "unsupported"
+    assert by[(4, "fp32", "fake_error")]["status"] == "error"
+    assert "compile failed" in by[(4, "fp32", "fake_error")]["message"]
+    assert by[(4, "fp32", "no_such_impl")]["status"] == "unavailable"
+    invalid = by[(0, "fp32", "fake_ok")]
     assert invalid["status"] == "invalid" and "ReLU.height must be in >= 1" in invalid["message"]
     # Energy saw only the correct implementations, measured together (interleaved) per group.
     assert runner_fakes.EnergyMeter.measured and all(
@@ -133,7 +137,8 @@ def slow(kernel, device, cfg):
     time.sleep(0.15)
     return orig(kernel, device, cfg)
 runner_fakes.time_kernel = slow
-sys.modules["layerbench.measure.timing"].time_kernel = slow
+from layerbench.run import group
+group.time_kernel = slow
 run_sweep(sweep.load_sweep({sweep!r}), RunOptions(device="cpu", out={out!r}, resume={resume}, in_process=True,
                                              progress=False, argv=["t"]))
 """
@@ -225,3 +230,224 @@ def test_process_worker_survives_a_crash(tmp_path: Path) -> None:
     assert recs["torch"]["status"] == "ok"
     assert recs["torch_again:build"]["status"] == "ok"
     assert results.read_run(run_dir)["sessions"][0]["environment"]
+
+
+# ------------------------------------------------------------ one run per directory (20.1)
+
+SLOW_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import pytest, runner_fakes
+from layerbench import sweep
+from layerbench.run import group
+from layerbench.run.sweep_runner import RunOptions, run_sweep
+runner_fakes.install(pytest.MonkeyPatch())
+runner_fakes.register_fakes()
+orig = runner_fakes.time_kernel
+def slow(kernel, device, cfg):
+    time.sleep(0.5)
+    return orig(kernel, device, cfg)
+group.time_kernel = slow
+run_sweep(sweep.load_sweep({sweep!r}), RunOptions(device="cpu", out={out!r}, resume=True, in_process=True,
+                                             progress=False, argv=["t"]))
+"""
+
+
+def test_second_run_on_the_same_directory_is_refused(tmp_path: Path, fakes: None) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SWEEP.format(impls=json.dumps(["fake_ok", "fake_ref"])))
+    out = tmp_path / "run"
+    code = SLOW_SCRIPT.format(tests=str(Path(__file__).parent), sweep=str(path), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"TRITON_INTERPRET": "1"},
+                            stderr=subprocess.PIPE)
+    try:
+        log = out / results.RESULTS_FILE
+        deadline = time.monotonic() + 120
+        while not (log.exists() and results.read_records(log)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"first run did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        with pytest.raises(results.RunDirLocked,
+                           match=rf"{out} is in use by another layerbench run \(pid {proc.pid}\)"):
+            run_sweep(sweep.load_sweep(path), _opts(tmp_path, resume=True))
+    finally:
+        proc.kill()  # SIGKILL: its lock file stays behind, its flock does not
+        proc.wait()
+    run_sweep(sweep.load_sweep(path), _opts(tmp_path, resume=True))
+    recs = results.read_records(out / results.RESULTS_FILE)
+    assert len(recs) == 3 * 2 * 2 and max(Counter(r["config_hash"] for r in recs).values()) == 1
+
+
+# ------------------------------------------------- resume with other options (20.2)
+
+
+def test_resume_with_other_measurement_options_is_refused(tmp_path: Path, fakes: None) -> None:
+    run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path))
+    other = tmp_path / "other.toml"
+    other.write_text(SWEEP.format(impls='["fake_ok"]').replace("[timing]\nfixed_samples = 3\n", "")
+                     .replace("windows = 2", "windows = 3"))
+    with pytest.raises(ValueError) as err:
+        run_sweep(sweep.load_sweep(other), _opts(tmp_path, resume=True))
+    message = str(err.value)
+    assert "was run with other measurement options" in message
+    assert "timing.fixed_samples: 3 in this run, absent now" in message
+    assert "energy.windows: 2 in this run, 3 now" in message
+    s = _sweep(tmp_path, ["fake_ok"])
+    s.disable_energy()
+    with pytest.raises(ValueError, match="energy.enabled: True in this run, False now"):
+        run_sweep(s, _opts(tmp_path, resume=True))
+    # The same options resume.
+    run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path, resume=True))
+    assert len(results.read_run(tmp_path / "run")["sessions"]) == 2
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=400), buf
+
+
+def test_resume_says_it_repaired_a_torn_line(tmp_path: Path, fakes: None) -> None:
+    run_dir = run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path))
+    log = run_dir / results.RESULTS_FILE
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]) + lines[-1][:20])
+    console, buf = _console()
+    run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path, resume=True), console)
+    out = buf.getvalue()
+    assert out.count("incomplete") == 1
+    assert f"line {len(lines)} is incomplete (a run stopped in the middle of writing it); removed it" in out
+
+
+# ------------------------------------------------------- energy unavailable (20.11)
+
+
+def test_energy_unavailable_is_said_once_at_the_start(tmp_path: Path, fakes: None) -> None:
+    runner_fakes.EnergyMeter.unavailable = "NVML unavailable: no driver"
+    console, buf = _console()
+    run_dir = run_sweep(_sweep(tmp_path, ["fake_ok", "fake_ref"]), _opts(tmp_path), console)
+    out = buf.getvalue()
+    assert out.count("energy will not be measured") == 1
+    assert "note: energy will not be measured: NVML unavailable: no driver" in out.splitlines()[0]
+    recs = results.read_records(run_dir / results.RESULTS_FILE)
+    assert {r.get("energy_method") for r in recs if r["status"] == "ok"} == {"unavailable"}
+    # Not asked for: nothing to say.
+    s = _sweep(tmp_path, ["fake_ok"])
+    s.disable_energy()
+    console, buf = _console()
+    run_sweep(s, RunOptions(device="cpu", out=tmp_path / "noenergy", in_process=True, progress=False,
+                            argv=["t"]), console)
+    assert "energy" not in buf.getvalue()
+
+
+# --------------------------------------------------------------- point timeout (20.12)
+
+
+def test_in_process_executor_says_it_cannot_enforce_a_timeout(tmp_path: Path, fakes: None) -> None:
+    console, buf = _console()
+    opts = _opts(tmp_path)
+    opts.point_timeout_s = 5
+    run_sweep(_sweep(tmp_path, ["fake_ok"]), opts, console)
+    assert buf.getvalue().count("--point-timeout 5 s cannot be enforced") == 1
+    console, buf = _console()
+    run_sweep(_sweep(tmp_path, ["fake_ok"]), RunOptions(device="cpu", out=tmp_path / "b", in_process=True,
+                                                        progress=False, argv=["t"]), console)
+    assert "point-timeout" not in buf.getvalue()
+
+
+SLOW_SWEEP = """
+layer = "relu"
+implementations = ["{impl}"]
+[params]
+batch = 1
+channels = 2
+size = 4
+[timing]
+fixed_samples = 2
+warmup = 0
+[energy]
+enabled = false
+"""
+
+
+def test_process_timeout_names_the_phase_and_its_time(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SLOW_SWEEP.format(impl="sleepy_impl:build"))
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "sleepy_impl.py").write_text("import time\ndef build(*a):\n    time.sleep(600)\n")
+    sys.path.insert(0, str(mods))
+    try:
+        opts = RunOptions(device="cpu", out=tmp_path / "run", in_process=False, progress=False,
+                          point_timeout_s=20, argv=["t"])
+        run_dir = run_sweep(sweep.load_sweep(path), opts)
+    finally:
+        sys.path.remove(str(mods))
+    (rec,) = results.read_records(run_dir / results.RESULTS_FILE)
+    assert rec["status"] == "error"
+    assert rec["message"].startswith("timed out in the build phase of sleepy_impl:build, which had run ")
+    assert "the group had 20 s (--point-timeout)" in rec["message"], rec["message"]
+
+
+ORPHAN_SCRIPT = """
+import sys
+sys.path.insert(0, {mods!r})
+from layerbench import sweep
+from layerbench.run.sweep_runner import RunOptions, run_sweep
+run_sweep(sweep.load_sweep({sweep!r}), RunOptions(device="cpu", out={out!r}, in_process=False,
+                                                progress=False, argv=["t"]))
+"""
+
+
+def test_worker_leaves_quietly_when_its_parent_is_killed(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SLOW_SWEEP.format(impl="pausing_impl:build"))
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    started = tmp_path / "started"
+    (mods / "pausing_impl.py").write_text(
+        "import pathlib, time, torch\n"
+        "def build(spec, dtype, layout, t, out):\n"
+        f"    pathlib.Path({str(started)!r}).write_text('x')\n"
+        "    time.sleep(3)\n"
+        "    return lambda: torch.clamp_min(t['x'], 0, out=out)\n")
+    code = ORPHAN_SCRIPT.format(mods=str(mods), sweep=str(path), out=str(tmp_path / "run"))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"TRITON_INTERPRET": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the worker did not start: {proc.communicate()[1].decode()[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()  # the parent dies; the worker, in its build, writes to a closed pipe afterwards
+    _, err = proc.communicate(timeout=120)  # EOF once the worker, which shares stderr, has ended
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()[-3000:]
+
+
+def test_worker_says_once_that_energy_is_unavailable(tmp_path: Path) -> None:
+    """The process executor: the first worker reports the meter, the runner says it once."""
+    reason = EnergyMeter(torch.device("cpu")).reason
+    if reason is None:
+        pytest.skip("RAPL is readable here: energy is measured")
+    path = tmp_path / "s.toml"
+    path.write_text(textwrap.dedent("""
+        layer = "relu"
+        implementations = ["torch"]
+        [params]
+        batch = 1
+        channels = 2
+        [axes]
+        size = [4, 5]
+        [timing]
+        fixed_samples = 2
+        warmup = 0
+        [energy]
+        window_s = 1.0
+        windows = 1
+        cooldown = "none"
+    """))
+    console, buf = _console()
+    opts = RunOptions(device="cpu", out=tmp_path / "run", in_process=False, progress=False,
+                      point_timeout_s=300, argv=["t"])
+    run_sweep(sweep.load_sweep(path), opts, console)
+    assert buf.getvalue().count("note: energy will not be measured: RAPL unavailable") == 1, buf.getvalue()

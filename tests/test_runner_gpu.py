@@ -96,6 +96,6 @@ def test_poisoned_context_is_survived(tmp_path: Path) -> None:
         sys.path.remove(str(mods))
     recs = results.read_records(run_dir / results.RESULTS_FILE)
     status = {(r["axis_size"], r["impl"]): r["status"] for r in recs}
-    assert status == {("8", "poison_impl:build"): "error", ("8", "torch"): "ok",
-                      ("16", "poison_impl:build"): "error", ("16", "torch"): "ok"}
+    assert status == {(8, "poison_impl:build"): "error", (8, "torch"): "ok",
+                      (16, "poison_impl:build"): "error", (16, "torch"): "ok"}
     assert all("assert" in r["message"] for r in recs if r["status"] == "error")

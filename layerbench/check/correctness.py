@@ -3,15 +3,16 @@ tolerance by dtype (bit-exact for layers that select input values)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from layerbench.check.inputs import make_output, make_tensors, reference
+from layerbench.check.inputs import make_output, make_tensors, new_input, reference
 from layerbench.dtypes import DType, get_dtype, precision
-from layerbench.layers import LayerSpec, ReLU, is_exact
+from layerbench.layers import LayerSpec, is_exact
 from layerbench.builders import Built, Kernel, Tensors, as_built
 from layerbench.registry import Builder, Implementation
 
@@ -78,6 +79,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _launch_once(kernel: Kernel | Built, out: torch.Tensor, dtype: DType) -> torch.Tensor:
+    """Launch once and return what it computed, as seen by the next work on the current stream.
+
+    Only the current stream is synchronised before the output is copied: work that a kernel
+    left running on a stream of its own is not waited for, so an output it has not written yet
+    reads as unwritten (the timing events on the current stream would miss that work too).
+    """
+    launch = as_built(kernel).launch
+    with precision(dtype):
+        returned = launch()
+    result = returned if isinstance(returned, torch.Tensor) else out
+    if result.device.type == "cuda":
+        torch.cuda.current_stream(result.device).synchronize()
+        result = result.clone()
+        torch.cuda.synchronize(result.device)
+    return result
+
+
+def _unwritten(result: torch.Tensor) -> int:
+    return int(torch.isnan(result).sum()) if result.is_floating_point() else 0
+
+
 def check_kernel(kernel: Kernel | Built, out: torch.Tensor, spec: LayerSpec, dtype: DType | str,
                  tensors: Tensors, x_fresh: torch.Tensor | None = None,
                  ref: torch.Tensor | None = None) -> CheckResult:
@@ -97,11 +120,98 @@ def check_kernel(kernel: Kernel | Built, out: torch.Tensor, spec: LayerSpec, dty
         ref = reference(spec, tensors) if ref is None else ref
         out.fill_(math.nan)
     _sync(out.device)
-    launch = as_built(kernel).launch
-    with precision(dtype):
-        returned = launch()
+    result = _launch_once(kernel, out, dtype)
+    checked = compare_output(result, ref, spec, dtype)
+    if not checked.ok and out is not tensors["x"] and result is not None:
+        return _explain_unwritten(checked, result, "")
+    return checked
+
+
+def _explain_unwritten(checked: CheckResult, result: torch.Tensor, when: str) -> CheckResult:
+    """Name an output left (partly) unwritten: its elements still hold the NaN poison."""
+    nan = _unwritten(result)
+    if not nan or checked.nonfinite < 0:  # nonfinite < 0: a wrong shape, said as such
+        return checked
+    total = result.numel()
+    if nan == total:
+        what = f"output not written{when}: all {total} elements still hold the NaN it was filled with"
+    else:
+        what = (f"output only partly written{when}: {nan} of {total} elements still hold the NaN "
+                "it was filled with (or were computed as NaN)")
+    return dataclasses.replace(checked, message=what)
+
+
+class CheckInputs:
+    """The input sets a point's implementations are checked on, shared by all of them.
+
+    Set 0 is the tensors the builders were given; set 1 has a new ``x`` (weights and bias stay:
+    a builder may prepare them once, as inference does).  ``load(i)`` writes set ``i`` into the
+    same input tensors, so a kernel that does not read its input again is caught.  The float64
+    references are computed once, when first needed.
+    """
+
+    def __init__(self, spec: LayerSpec, dtype: DType | str, tensors: Tensors, out: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None):
+        self.spec = spec
+        self.dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
+        self.tensors = tensors
+        x = tensors["x"]
+        self.xs = [x.clone(), torch.empty_like(x).copy_(new_input(spec, self.dtype, x.device, generator))]
+        self._refs: dict[int, torch.Tensor] = {}
+
+    def load(self, i: int) -> None:
+        self.tensors["x"].copy_(self.xs[i])
+
+    def ref(self, i: int) -> torch.Tensor:
+        if i not in self._refs:
+            self._refs[i] = reference(self.spec, self.tensors | {"x": self.xs[i]})
+        return self._refs[i]
+
+
+def check_launch(kernel: Kernel | Built, out: torch.Tensor, inputs: CheckInputs, i: int,
+                 previous: int | None = None, when: str = "") -> CheckResult:
+    """Load input set ``i``, poison ``out``, launch once, compare with the reference of set ``i``.
+
+    ``previous``: the set the kernel saw before; an output that is still that set's result is
+    named as not recomputed.  ``when`` says which launch this is in a message ("on launch 2").
+    """
+    spec, dtype = inputs.spec, inputs.dtype
+    inputs.load(i)
+    inplace = out is inputs.tensors["x"]
+    if not inplace:
+        out.fill_(math.nan)
     _sync(out.device)
-    return compare_output(returned if isinstance(returned, torch.Tensor) else out, ref, spec, dtype)
+    result = _launch_once(kernel, out, dtype)
+    checked = compare_output(result, inputs.ref(i), spec, dtype)
+    if checked.ok or tuple(result.shape) != tuple(inputs.ref(i).shape):
+        return checked
+    if previous is not None and compare_output(result, inputs.ref(previous), spec, dtype).ok:
+        return dataclasses.replace(checked, message=(
+            f"output not recomputed{when}: the input changed but the output did not (it is still "
+            "the result of the previous input: a cached result?)"))
+    if not inplace and _unwritten(result):
+        explained = _explain_unwritten(checked, result, when)
+        if previous is not None and _unwritten(result) == result.numel():
+            return dataclasses.replace(explained, message=(
+                f"output not recomputed{when}: the input changed and the launch wrote nothing "
+                f"(all {result.numel()} elements still hold the NaN the output was filled with)"))
+        return explained
+    return dataclasses.replace(checked, message=f"wrong{when}: {checked.message}" if when else checked.message)
+
+
+def check_relaunches(kernel: Kernel | Built, out: torch.Tensor, inputs: CheckInputs) -> CheckResult:
+    """Two launches: input set 0, then set 1 written into the same tensors (output poisoned
+    before each).  Catches partial writes, cached results and kernels correct only once."""
+    first = check_launch(kernel, out, inputs, 0)
+    if not first.ok:
+        return first
+    second = check_launch(kernel, out, inputs, 1, previous=0,
+                          when=" on launch 2 (same tensors, new input values)")
+    if not second.ok and second.message.startswith("wrong"):
+        return dataclasses.replace(second, message=f"correct on the first launch only: {second.message}")
+    if not second.ok:
+        return second
+    return second if second.rel_norm > first.rel_norm else first
 
 
 def check_implementation(impl: Implementation | Builder, spec: LayerSpec, dtype: DType | str,
@@ -109,24 +219,26 @@ def check_implementation(impl: Implementation | Builder, spec: LayerSpec, dtype:
                          runs: int = 2) -> CheckResult:
     """Build ``impl`` for ``spec`` on fresh random inputs and check ``runs`` launches.
 
-    Each launch gets a freshly poisoned output; the second one catches kernels that only work
-    on a clean buffer or leave state behind.  Returns the worst result.
+    Each launch gets a freshly poisoned output, and every launch after the first new input values
+    in the same input tensors: a kernel that only works on a clean buffer, leaves state behind or
+    returns a stale result is caught.  Returns the worst result.
     """
     dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
     build: Callable[..., Kernel] = impl.build if isinstance(impl, Implementation) else impl
     device = torch.device(device)
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     tensors = make_tensors(spec, dtype, layout, device, gen)
-    x_fresh = tensors["x"].clone() if isinstance(spec, ReLU) and spec.inplace else None
     out = make_output(spec, tensors, layout)
+    inputs = CheckInputs(spec, dtype, tensors, generator=gen)
     with precision(dtype):
         kernel = as_built(build(spec, dtype, layout, tensors, out)).launch
-    result = None
-    for _ in range(runs):
-        r = check_kernel(kernel, out, spec, dtype, tensors, x_fresh)
-        if result is None or not r.ok or r.rel_norm > result.rel_norm:
-            result = r
-        if not r.ok:
+    result = check_relaunches(kernel, out, inputs) if runs >= 2 else check_launch(kernel, out, inputs, 0)
+    for run in range(2, runs):
+        if not result.ok:
             break
+        r = check_launch(kernel, out, inputs, run % 2, previous=(run - 1) % 2,
+                         when=f" on launch {run + 1} (same tensors, new input values)")
+        if not r.ok or r.rel_norm > result.rel_norm:
+            result = r
     assert result is not None
     return result

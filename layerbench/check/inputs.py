@@ -49,6 +49,16 @@ def make_tensors(spec: LayerSpec, dtype: DType | str, layout: str, device: str |
     return tensors
 
 
+def new_input(spec: LayerSpec, dtype: DType | str, device: str | torch.device,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """New values for ``x`` alone (N(0, 1), drawn as ``make_tensors`` draws them), in NCHW."""
+    dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
+    if generator is None:
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    x = torch.randn(spec.input_shape, generator=generator, dtype=torch.float32)
+    return x.to(device=device, dtype=dtype.torch_dtype)
+
+
 def make_output(spec: LayerSpec, tensors: Tensors, layout: str | None = None) -> torch.Tensor:
     """The output buffer for ``tensors`` in ``layout`` (the input itself for an in-place ReLU).
 

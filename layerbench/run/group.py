@@ -1,35 +1,45 @@
-"""Run one point group (same spec, dtype, layout; several implementations) and emit its records.
+"""The evaluation of one point group (same spec, dtype, layout; several implementations).
 
-The steps, all inside ``precision(dtype)``: build inputs and the float64 reference once; per
-implementation build it (first-call time), check it against the reference, time it; measure
-energy of the correct ones together (interleaved windows); record the GPU kernel names of every
-kernel that built, the incorrect ones too (what ran is what one needs to explain a wrong result).
+``GroupEvaluator.evaluate`` reads top-down: inputs and float64 references once for the group, then
+per implementation build -> check -> time (and check again) -> and for those still correct, energy
+(measured together, interleaved windows) -> provenance (the GPU kernel names; the incorrect ones'
+too: what ran is what one needs to explain a wrong result).
+
+The check cannot be fooled by a kernel that only looks right once (``layerbench.check``): the
+output is filled with NaN before every checked launch; a second launch gets new input values in the
+same tensors and must produce their result (a cached or stale output is named as such); after the
+timed launches the kernel is checked again on the first input, and on a GPU its work must stay on
+the current stream, which the timing events see.
 
 Records leave through ``emit(kind, payload)``:
 
-* ``("phase", {"impl", "phase"})``: what is about to run (a crash report names it);
+* ``("phase", {"impl", "phase"})``: what is about to run (a crash or timeout report names it);
 * ``("partial", record)``: a record with time statistics, final once energy is done;
 * ``("record", record)``: a final record (written to the log at once).
-
-``serve`` runs the same code in a spawned worker process; a CUDA error that poisons the
-context ends that process (``Poisoned``) so the runner can start a clean one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import traceback
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import torch
 
-from layerbench.builders import as_built
-from layerbench.dtypes import get_dtype, precision
+from layerbench import registry
+from layerbench.builders import Built, as_built
+from layerbench.check.correctness import CheckInputs, CheckResult, check_launch, check_relaunches
+from layerbench.check.inputs import make_output, make_tensors
+from layerbench.check.streams import check_stream
+from layerbench.dtypes import DType, get_dtype, precision
 from layerbench.errors import Unavailable, Unsupported
-from layerbench.results.rundir import base_record, flatten
-from layerbench.layers import ReLU
+from layerbench.measure.energy import EnergyMeter, derived_metrics
+from layerbench.measure.provenance import kernel_names, library
+from layerbench.measure.timing import time_first_call, time_kernel
+from layerbench.options import EnergyConfig, TimingConfig
+from layerbench.results.records import Record, flatten
 from layerbench.sweep import Measure, Point
 
 Emit = Callable[[str, Any], None]
@@ -70,211 +80,206 @@ def is_poisoned(exc: BaseException, device: torch.device) -> bool:
     return False
 
 
-def derived(rec: dict[str, Any]) -> dict[str, Any]:
-    """Throughput from the median time: TFLOP/s and GB/s of the spec's minimum bytes."""
-    t = rec.get("time_median_s")
-    if not t or "flops" not in rec:
-        return {}
-    return {"tflops": rec["flops"] / t / 1e12, "gbps": rec["min_bytes"] / t / 1e9}
+def check_columns(check: CheckResult, prefix: str = "check") -> dict[str, Any]:
+    return {f"{prefix}_rel_norm": check.rel_norm, f"{prefix}_max_err": check.max_err,
+            f"{prefix}_max_abs": check.max_abs, f"{prefix}_nonfinite": check.nonfinite,
+            f"{prefix}_message": check.message}
+
+
+@dataclass
+class GroupInputs:
+    """What every implementation of a group sees: the input tensors and the checked input sets."""
+
+    seed: int
+    tensors: dict[str, torch.Tensor]
+    checks: CheckInputs
+
+
+@dataclass
+class Candidate:
+    """An implementation that built: its launch and its output buffer."""
+
+    launch: Callable[[], object]
+    out: torch.Tensor
 
 
 class GroupEvaluator:
-    """Runs point groups on one device; keeps the energy meter between groups."""
+    """Evaluates point groups on one device; keeps the energy meter between groups."""
 
     def __init__(self, device: str, measure: Measure, experiment: str, session: int):
         self.device = torch.device(device)
         self.measure = measure
         self.experiment = experiment
         self.session = session
-        self._meter: Any = None
+        self.timing = TimingConfig(**measure.timing)
+        self._meter: EnergyMeter | None = None
 
-    def meter(self) -> Any:
+    def meter(self) -> EnergyMeter:
         if self._meter is None:
-            from layerbench.measure.energy import EnergyConfig, EnergyMeter
             self._meter = EnergyMeter(self.device, EnergyConfig(**self.measure.energy_config))
         return self._meter
 
-    def run(self, point: Point, impls: list[str], emit: Emit) -> None:
-        records = {n: base_record(point, n, self.measure, self.device.type, self.experiment,
-                                  self.session) for n in impls}
+    def energy_unavailable(self) -> str | None:
+        """None when energy can be measured here, else why not."""
+        meter = self.meter()
+        return None if meter.available else (meter.reason or "no energy meter")
 
-        def final(name: str, status: str, message: str) -> None:
-            rec = records.pop(name)
-            rec["status"], rec["message"] = status, message
-            emit("record", rec)
+    # ------------------------------------------------------------------ the group
 
+    def evaluate(self, point: Point, impls: list[str], emit: Emit) -> None:
+        records = {n: Record.for_point(point, n, self.measure, self.device.type, self.experiment,
+                                       self.session) for n in impls}
         if point.invalid is not None:
-            for name in list(records):
-                final(name, "invalid", point.invalid)
+            for rec in records.values():
+                emit("record", rec.finish("invalid", point.invalid))
             return
         dtype = get_dtype(point.dtype)
-        with precision(dtype):
-            try:
-                self._run(point, dtype, records, final, emit)
-            finally:
-                # The group's tensors are gone now; give their memory back before the next group.
-                if self.device.type == "cuda":
-                    with contextlib.suppress(Exception):
-                        torch.cuda.empty_cache()
+        try:
+            with precision(dtype):
+                try:
+                    group = self.prepare(point, dtype)
+                except Exception as exc:  # noqa: BLE001 - recorded per implementation
+                    self.record_failure(exc, records.values(), emit)
+                    return
+                live: dict[str, Candidate] = {}
+                for name, rec in records.items():
+                    rec.input_seed = group.seed
+                    try:
+                        candidate = self.build(point, dtype, group, rec, emit)
+                        problem = self.check(candidate, group, rec, emit)
+                        if problem is None:
+                            self.time(candidate, rec, emit)
+                            problem = self.check_after_timing(candidate, group, rec, emit)
+                        if problem is not None:
+                            self.provenance({name: candidate}, records, emit)
+                            emit("record", rec.finish("incorrect", problem))
+                            continue
+                        emit("partial", rec)
+                        live[name] = candidate
+                    except Exception as exc:  # noqa: BLE001 - recorded as this implementation's status
+                        self.record_failure(exc, [rec], emit)
+                if live:
+                    self.energy(live, records, emit)
+                    self.provenance(live, records, emit)
+                for name in live:
+                    emit("record", records[name].finish("ok"))
+        finally:
+            # The group's tensors are gone now; give their memory back before the next group.
+            if self.device.type == "cuda":
+                with contextlib.suppress(Exception):
+                    torch.cuda.empty_cache()
 
-    def _fail(self, exc: BaseException, names: list[str], final: Callable[[str, str, str], None]) -> None:
+    # ------------------------------------------------------------------ the steps
+
+    def prepare(self, point: Point, dtype: DType) -> GroupInputs:
+        """Random inputs, and the input sets of the checks with their float64 references (one
+        set of references for all implementations: they all see the same inputs)."""
+        assert point.spec is not None
+        seed = int.from_bytes(os.urandom(4), "little")
+        gen = torch.Generator().manual_seed(seed)
+        tensors = make_tensors(point.spec, dtype, point.layout, self.device, gen)
+        checks = CheckInputs(point.spec, dtype, tensors, generator=gen)
+        checks.ref(0)
+        return GroupInputs(seed, tensors, checks)
+
+    def build(self, point: Point, dtype: DType, group: GroupInputs, rec: Record, emit: Emit) -> Candidate:
+        try:
+            impl = registry.get(point.layer, rec.impl)
+        except ValueError as exc:
+            raise Unavailable(str(exc)) from exc
+        rec.backend, rec.reference = impl.backend, impl.reference
+        if self.device.type not in impl.devices:
+            raise Unsupported(f"{rec.impl} runs on {', '.join(impl.devices)} only, not {self.device.type}")
+        emit("phase", {"impl": rec.impl, "phase": "build"})
+        spec = point.spec
+        group.checks.load(0)
+        out = make_output(spec, group.tensors)
+        built: Built
+        built, rec.first_call_s = time_first_call(
+            lambda: as_built(impl.build(spec, dtype, point.layout, group.tensors, out)), self.device)
+        rec.set_details(built.details)
+        return Candidate(built.launch, out)
+
+    def check(self, candidate: Candidate, group: GroupInputs, rec: Record, emit: Emit) -> str | None:
+        """Two launches, the second on new input values; None when both are correct."""
+        emit("phase", {"impl": rec.impl, "phase": "check"})
+        result = check_relaunches(candidate.launch, candidate.out, group.checks)
+        rec.check = check_columns(result)
+        return None if result.ok else result.message
+
+    def time(self, candidate: Candidate, rec: Record, emit: Emit) -> None:
+        emit("phase", {"impl": rec.impl, "phase": "time"})
+        rec.set_time(time_kernel(candidate.launch, self.device, self.timing).to_record())
+
+    def check_after_timing(self, candidate: Candidate, group: GroupInputs, rec: Record,
+                           emit: Emit) -> str | None:
+        """The timed launches saw all of the kernel's work, and it still computes: on a GPU its
+        work stays on the current stream; then one more launch on the first input values."""
+        emit("phase", {"impl": rec.impl, "phase": "check after timing"})
+        escaped = check_stream(candidate.launch, self.device)
+        if escaped is not None:
+            rec.check["check_stream"] = escaped
+            return escaped
+        n = rec.time.get("time_n")
+        when = f" after the {n} timed samples" if n else " after timing"
+        result = check_launch(candidate.launch, candidate.out, group.checks, 0, previous=1, when=when)
+        rec.check.update(check_columns(result, "check_after_timing"))
+        return None if result.ok else result.message
+
+    def energy(self, live: dict[str, Candidate], records: dict[str, Record], emit: Emit) -> None:
+        names = [n for n in live if records[n].energy_requested]
+        for n in live:
+            if n not in names:
+                records[n].energy = {"energy_method": "off"}
+        if not names:
+            return
+        meter = self.meter()
+        if not meter.available:
+            for n in names:
+                records[n].energy = {"energy_method": "unavailable", "energy_reason": meter.reason}
+            return
+        for n in names:
+            emit("phase", {"impl": n, "phase": "energy"})
+        try:
+            stats = meter.measure({n: live[n].launch for n in names},
+                                  {n: records[n].time["time_median_s"] for n in names})
+        except Exception as exc:  # noqa: BLE001 - the times stand; energy says why it is missing
+            if is_poisoned(exc, self.device):
+                raise Poisoned(f"{type(exc).__name__}: {exc}") from exc
+            for n in names:
+                records[n].energy = {"energy_method": "error", "energy_reason": f"{type(exc).__name__}: {exc}"}
+            return
+        for n in names:
+            rec = records[n]
+            rec.energy = flatten("", stats[n].to_record())
+            j = rec.energy.get("energy_j_per_launch")
+            if j is not None:
+                rec.energy.update(derived_metrics(j, rec.time["time_median_s"], rec.figures["flops"]))
+            emit("partial", rec)
+
+    def provenance(self, candidates: dict[str, Candidate], records: dict[str, Record], emit: Emit) -> None:
+        if self.device.type != "cuda":
+            return
+        for n, candidate in candidates.items():
+            emit("phase", {"impl": n, "phase": "provenance"})
+            rec = records[n]
+            try:
+                names = list(kernel_names(candidate.launch, self.device))
+                rec.provenance = {"kernel_names": names,
+                                  "kernel_libraries": sorted({library(k, rec.backend) for k in names})}
+            except Exception as exc:  # noqa: BLE001 - the names are informative, not the result
+                if is_poisoned(exc, self.device):
+                    raise Poisoned(f"{type(exc).__name__}: {exc}") from exc
+                rec.provenance = {"kernel_names_error": f"{type(exc).__name__}: {exc}"}
+
+    def record_failure(self, exc: BaseException, recs: Iterable[Record], emit: Emit) -> None:
         status, message = classify(exc)
         poisoned = is_poisoned(exc, self.device)
         if status == "error" and not poisoned:
             tb = traceback.extract_tb(exc.__traceback__)
             if tb:
                 message += f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})"
-        for name in names:
-            final(name, status, message)
+        for rec in list(recs):
+            emit("record", rec.finish(status, message))
         if poisoned:
             raise Poisoned(message) from exc
-
-    def _run(self, point: Point, dtype: Any, records: dict[str, dict[str, Any]],
-             final: Callable[[str, str, str], None], emit: Emit) -> None:
-        from layerbench import registry
-        from layerbench.testing import check_kernel, make_output, make_tensors, reference
-        from layerbench.measure.timing import TimingConfig, time_first_call, time_kernel
-
-        spec, dev, layout = point.spec, self.device, point.layout
-        assert spec is not None
-        seed = int.from_bytes(os.urandom(4), "little")
-        try:
-            tensors = make_tensors(spec, dtype, layout, dev, torch.Generator().manual_seed(seed))
-            x_fresh = tensors["x"].clone() if isinstance(spec, ReLU) and spec.inplace else None
-            # One float64 reference for all implementations: they all see the same inputs.
-            ref = reference(spec, {"x": x_fresh} if x_fresh is not None else tensors)
-        except Exception as exc:  # noqa: BLE001 - recorded per implementation
-            self._fail(exc, list(records), final)
-            return
-
-        timing_cfg = TimingConfig(**self.measure.timing)
-        live: dict[str, tuple[Any, torch.Tensor]] = {}
-        for name in list(records):
-            rec = records[name]
-            rec["input_seed"] = seed
-            try:
-                try:
-                    impl = registry.get(point.layer, name)
-                except ValueError as exc:
-                    raise Unavailable(str(exc)) from exc
-                rec["backend"], rec["reference"] = impl.backend, impl.reference
-                if dev.type not in impl.devices:
-                    raise Unsupported(f"{name} runs on {', '.join(impl.devices)} only, not {dev.type}")
-                emit("phase", {"impl": name, "phase": "build"})
-                out = make_output(spec, tensors)
-                built, rec["first_call_s"] = time_first_call(
-                    lambda: as_built(impl.build(spec, dtype, layout, tensors, out)), dev)
-                kernel = built.launch
-                # What the library chose (e.g. cuDNN's algorithm and math type) as detail_* columns.
-                rec.update(flatten("detail", built.details))
-                emit("phase", {"impl": name, "phase": "check"})
-                check = check_kernel(kernel, out, spec, dtype, tensors, x_fresh, ref=ref)
-                rec.update(check_rel_norm=check.rel_norm, check_max_err=check.max_err,
-                           check_max_abs=check.max_abs, check_nonfinite=check.nonfinite,
-                           check_message=check.message)
-                if not check.ok:
-                    self._provenance({name: (kernel, out)}, records, emit)
-                    final(name, "incorrect", check.message)
-                    continue
-                emit("phase", {"impl": name, "phase": "time"})
-                rec.update(time_kernel(kernel, dev, timing_cfg).to_record())
-                rec.update(derived(rec))
-                emit("partial", rec)
-                live[name] = (kernel, out)
-            except Exception as exc:  # noqa: BLE001 - recorded as this implementation's status
-                self._fail(exc, [name], final)
-
-        if live:
-            self._energy(point, live, records, emit)
-            self._provenance(live, records, emit)
-        for name in list(live):
-            final(name, "ok", "")
-
-    def _energy(self, point: Point, live: dict[str, tuple[Any, torch.Tensor]],
-                records: dict[str, dict[str, Any]], emit: Emit) -> None:
-        names = [n for n in live if n in point.energy_impls]
-        for n in live:
-            if n not in names:
-                records[n]["energy_method"] = "off"
-        if not names:
-            return
-        meter = self.meter()
-        if not meter.available:
-            for n in names:
-                records[n].update(energy_method="unavailable", energy_reason=meter.reason)
-            return
-        from layerbench.measure.energy import derived_metrics
-
-        for n in names:
-            emit("phase", {"impl": n, "phase": "energy"})
-        try:
-            stats = meter.measure({n: live[n][0] for n in names},
-                                  {n: records[n]["time_median_s"] for n in names})
-        except Exception as exc:  # noqa: BLE001 - the times stand; energy says why it is missing
-            if is_poisoned(exc, self.device):
-                raise Poisoned(f"{type(exc).__name__}: {exc}") from exc
-            for n in names:
-                records[n].update(energy_method="error", energy_reason=f"{type(exc).__name__}: {exc}")
-            return
-        for n in names:
-            rec = records[n]
-            rec.update(flatten("", stats[n].to_record()))
-            j = rec.get("energy_j_per_launch")
-            if j is not None:
-                rec.update(derived_metrics(j, rec["time_median_s"], rec["flops"]))
-            emit("partial", rec)
-
-    def _provenance(self, kernels: dict[str, tuple[Any, torch.Tensor]],
-                    records: dict[str, dict[str, Any]], emit: Emit) -> None:
-        if self.device.type != "cuda":
-            return
-        from layerbench.measure.provenance import kernel_names, library
-
-        for n, (kernel, _) in kernels.items():
-            emit("phase", {"impl": n, "phase": "provenance"})
-            try:
-                names = list(kernel_names(kernel, self.device))
-                records[n]["kernel_names"] = names
-                records[n]["kernel_libraries"] = sorted({library(k, records[n].get("backend"))
-                                                         for k in names})
-            except Exception as exc:  # noqa: BLE001 - the names are informative, not the result
-                if is_poisoned(exc, self.device):
-                    raise Poisoned(f"{type(exc).__name__}: {exc}") from exc
-                records[n]["kernel_names_error"] = f"{type(exc).__name__}: {exc}"
-
-
-def environment(device: str) -> dict[str, Any]:
-    from layerbench.measure.environment import collect_environment
-
-    return collect_environment(device)
-
-
-def serve(conn: Any, device: str, measure: Measure, experiment: str, session: int,
-          send_environment: bool) -> None:
-    """Worker-process main loop: receive (point, impls), send messages, ``("done", None)`` after each."""
-    if device == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"
-    # Ctrl-C is the parent's to handle: it kills this process and keeps what was recorded.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    runner = GroupEvaluator(device, measure, experiment, session)
-    emit = lambda kind, payload: conn.send((kind, payload))  # noqa: E731
-    if send_environment:
-        try:
-            env = environment(device)
-        except Exception as exc:  # noqa: BLE001 - results without an environment beat no results
-            env = {"error": f"{type(exc).__name__}: {exc}"}
-        emit("environment", env)
-    while True:
-        task = conn.recv()
-        if task is None:
-            return
-        point, impls = task
-        try:
-            runner.run(point, impls, emit)
-        except Poisoned as exc:
-            emit("poisoned", str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - a harness bug: the runner records it, we go on
-            emit("failed", f"{type(exc).__name__}: {exc}")
-            continue
-        emit("done", None)

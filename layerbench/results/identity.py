@@ -1,0 +1,47 @@
+"""What identifies a result row, and its hashes.
+
+* ``config_hash``: one (point, implementation, measurement options, device); a resumed run skips
+  the configs already recorded, so this hash must stay the same across versions (it is the
+  SHA-256 of canonical JSON, cut to 16 hex digits, of ``identity_config``).
+* ``point_hash``: the point without the implementation: the rows that ``compare`` sets side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from layerbench.sweep import Measure, Point
+
+
+def stable_hash(obj: Any) -> str:
+    """16 hex digits of SHA-256 over canonical JSON: the same config hashes alike everywhere."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def layer_params(point: Point) -> dict[str, Any]:
+    """The layer's parameters: every field of a valid spec, else the parameters as given."""
+    if point.spec is not None:
+        return dataclasses.asdict(point.spec)
+    return dict(sorted(point.params.items()))
+
+
+def identity_config(point: Point, impl: str, measure: Measure, device: str) -> dict[str, Any]:
+    """Everything that changes the measured quantity of one row."""
+    return {"layer": point.layer, "params": layer_params(point), "dtype": point.dtype,
+            "layout": point.layout, "impl": impl, "device": device,
+            "measure": measure.to_dict() | {"energy": impl in point.energy_impls}}
+
+
+def config_hash(point: Point, impl: str, measure: Measure, device: str) -> str:
+    return stable_hash(identity_config(point, impl, measure, device))
+
+
+def point_hash(point: Point, measure: Measure, device: str) -> str:
+    cfg = identity_config(point, "", measure, device)
+    del cfg["impl"]
+    cfg["measure"]["energy"] = measure.energy
+    return stable_hash(cfg)

@@ -1,0 +1,225 @@
+"""Where a point group is evaluated: in this process, or in a worker process.
+
+A worker process (``ProcessExecutor``, the default on a GPU) makes a CUDA error that poisons the
+context, a segfault or a hung kernel cost one record, not the sweep: the runner records the
+implementation that was running as ``error``, a fresh worker runs the rest of the group.  It also
+enforces ``--point-timeout``.  In this process (``InlineExecutor``, the default on the CPU) a group
+cannot be stopped from outside, so a timeout is not enforced (and the executor says so once).
+
+Both report through ``handle(kind, payload)`` (see ``layerbench.run.group``) and return an
+``Outcome``; the worker adds ``environment`` and ``meter`` messages when it starts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from layerbench.measure.environment import collect_environment
+from layerbench.run.group import GroupEvaluator, Poisoned
+from layerbench.sweep import Measure, Point
+
+Handle = Callable[[str, Any], None]
+Say = Callable[[str], None]
+
+DEFAULT_POINT_TIMEOUT_S = 1200.0
+
+
+@dataclass
+class Outcome:
+    kind: str  # done | poisoned | crashed | timeout | failed
+    detail: str = ""
+
+
+def environment_or_error(device: str) -> dict[str, Any]:
+    try:
+        return collect_environment(device)
+    except Exception as exc:  # noqa: BLE001 - results without an environment beat no results
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def phase_text(phase: dict[str, Any]) -> str:
+    """``the time phase of triton``, or the group's preparation before any implementation."""
+    if not phase.get("impl"):
+        return "the preparation of the group's inputs and references"
+    return f"the {phase['phase']} phase of {phase['impl']}"
+
+
+# ------------------------------------------------------------------------- in process
+
+
+class InlineExecutor:
+    """Runs groups in this process (CPU runs and tests); nothing to restart."""
+
+    def __init__(self, device: str, measure: Measure, experiment: str, session: int,
+                 timeout_s: float | None = None, say: Say = print):
+        self._evaluator = GroupEvaluator(device, measure, experiment, session)
+        self._device = device
+        if timeout_s is not None:
+            say(f"note: --point-timeout {timeout_s:g} s cannot be enforced when points run in this "
+                "process (--worker inline, the default on the CPU); use --worker process to enforce it")
+
+    def environment(self) -> dict[str, Any]:
+        return environment_or_error(self._device)
+
+    def energy_unavailable(self) -> str | None:
+        return self._evaluator.energy_unavailable()
+
+    def run(self, point: Point, impls: list[str], handle: Handle) -> Outcome:
+        try:
+            self._evaluator.evaluate(point, impls, handle)
+        except Poisoned as exc:
+            return Outcome("poisoned", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a harness bug: recorded, the sweep goes on
+            return Outcome("failed", f"{type(exc).__name__}: {exc}")
+        return Outcome("done")
+
+    def close(self, kill: bool = False) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------- worker process
+
+
+class ParentGone(BaseException):
+    """The runner's end of the pipe is closed (it ended or was killed): the worker leaves quietly.
+
+    A BaseException, so that no ``except Exception`` on the way records it as a point's error."""
+
+
+def serve(conn: Any, device: str, measure: Measure, experiment: str, session: int,
+          announce: bool) -> None:
+    """Worker-process main loop: receive (point, impls), send messages, ``("done", None)`` after each.
+
+    ``announce``: first send the environment and whether energy can be measured (the first worker).
+    """
+    if device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+    # Ctrl-C is the parent's to handle: it kills this process and keeps what was recorded.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def emit(kind: str, payload: Any) -> None:
+        try:
+            conn.send((kind, payload))
+        except (OSError, EOFError) as exc:  # BrokenPipeError, ConnectionResetError
+            raise ParentGone from exc
+
+    try:
+        evaluator = GroupEvaluator(device, measure, experiment, session)
+        if announce:
+            emit("environment", environment_or_error(device))
+            emit("meter", evaluator.energy_unavailable())
+        while True:
+            try:
+                task = conn.recv()
+            except (OSError, EOFError) as exc:
+                raise ParentGone from exc
+            if task is None:
+                return
+            point, impls = task
+            try:
+                evaluator.evaluate(point, impls, emit)
+            except Poisoned as exc:
+                emit("poisoned", str(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - a harness bug: the runner records it, we go on
+                emit("failed", f"{type(exc).__name__}: {exc}")
+                continue
+            emit("done", None)
+    except ParentGone:
+        return
+
+
+class ProcessExecutor:
+    """Runs groups in a spawned worker process, restarted after a crash or a poisoned context."""
+
+    def __init__(self, device: str, measure: Measure, experiment: str, session: int,
+                 timeout_s: float | None = None):
+        self._ctx = multiprocessing.get_context("spawn")
+        self._args = (device, measure, experiment, session)
+        self._timeout_s = DEFAULT_POINT_TIMEOUT_S if timeout_s is None else timeout_s
+        self._proc: Any = None
+        self._conn: Any = None
+        self._announce = True
+
+    def environment(self) -> None:
+        return None  # the first worker sends it as an "environment" message
+
+    def energy_unavailable(self) -> None:
+        return None  # the first worker sends it as a "meter" message
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=serve, args=(child, *self._args, self._announce),
+                                       daemon=True, name="layerbench-worker")
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self._announce = False
+
+    def _stop(self, kill: bool) -> None:
+        if self._proc is None:
+            return
+        if not kill:
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(10)
+        self._conn.close()
+        self._proc = self._conn = None
+
+    def _died(self) -> Outcome:
+        self._proc.join(5)
+        code = self._proc.exitcode
+        why = f"exit code {code}"
+        if code is not None and code < 0:
+            try:
+                why = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                pass
+        self._stop(kill=True)
+        return Outcome("crashed", f"worker process died ({why})")
+
+    def run(self, point: Point, impls: list[str], handle: Handle) -> Outcome:
+        if self._proc is None:
+            self._start()
+        self._conn.send((point, impls))
+        started = time.monotonic()
+        phase: dict[str, Any] = {}
+        phase_started = started
+        while True:
+            if self._conn.poll(0.2):
+                try:
+                    kind, payload = self._conn.recv()
+                except (EOFError, OSError):
+                    return self._died()
+                if kind == "done":
+                    return Outcome("done")
+                if kind == "poisoned":
+                    self._stop(kill=False)
+                    return Outcome("poisoned", payload)
+                if kind == "failed":
+                    return Outcome("failed", payload)
+                if kind == "phase":
+                    phase, phase_started = dict(payload), time.monotonic()
+                handle(kind, payload)
+            elif not self._proc.is_alive():
+                return self._died()
+            elif time.monotonic() - started > self._timeout_s:
+                self._stop(kill=True)
+                ran = time.monotonic() - phase_started
+                return Outcome("timeout", (
+                    f"timed out in {phase_text(phase)}, which had run {ran:.1f} s; the group had "
+                    f"{self._timeout_s:g} s (--point-timeout) and had run "
+                    f"{time.monotonic() - started:.1f} s; worker killed"))
+
+    def close(self, kill: bool = False) -> None:
+        self._stop(kill=kill)
