@@ -56,7 +56,7 @@ def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
     assert tg.loc["ReLU cupy >= 95 % of copy bandwidth", "verdict"] == "n/a"
     assert math.isnan(tg.loc["linear triton bf16 >= 0.95x cuBLAS", "copy_bound"])
     report = bench.format_report(tab, ceil)
-    assert "### Targets" in report and "Against a copy of the same size (geomean, not an issue target): relu triton" in report
+    assert "### Targets" in report and "Against a copy of the same size (geomean, not a target): relu triton" in report
 
 
 def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from layerbench.analysis import compare
-from layerbench.analysis.compare import Ratio, interval_ratio
+from layerbench.analysis.stats import Ratio, geomean, interval_ratio
 
 
 @pytest.mark.parametrize("a,aw,b,bw,verdict", [
@@ -77,6 +77,6 @@ def test_compare_runs_matches_config_hashes() -> None:
 
 
 def test_geomean() -> None:
-    assert compare.geomean([0.5, 2.0, float("nan"), None]) == pytest.approx(1.0)
-    assert math.isnan(compare.geomean([]))
+    assert geomean([0.5, 2.0, float("nan"), None]) == pytest.approx(1.0)
+    assert math.isnan(geomean([]))
     assert "Nothing to compare" in compare.format_comparison(pd.DataFrame(), "t")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.analysis import report
+from layerbench.analysis.tables import unit_scale
 from layerbench.results import rundir as results
 from layerbench import sweep
 
@@ -124,9 +125,9 @@ def test_report_without_energy_shows_time_only(tmp_path: Path) -> None:
 
 
 def test_units_and_empty_run(tmp_path: Path) -> None:
-    assert report.unit_scale([2e-6, 5e-6], "s") == (1e-6, "µs")
-    assert report.unit_scale([3.0], "J") == (1.0, "J")
-    assert report.unit_scale([250.0], "W") == (1.0, "W")
+    assert unit_scale([2e-6, 5e-6], "s") == (1e-6, "µs")
+    assert unit_scale([3.0], "J") == (1.0, "J")
+    assert unit_scale([250.0], "W") == (1.0, "W")
     (tmp_path / results.RESULTS_FILE).write_text("")
     with pytest.raises(ValueError, match="no records"):
         report.build_report(tmp_path)

@@ -18,40 +18,12 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from layerbench.analysis.compare import compare_within, format_comparison
+from layerbench.analysis.tables import fmt_cell, fmt_number, markdown_table, unit_scale
 from layerbench.results import rundir as results
 
 METRICS = (("time_median_s", "time", "s"), ("energy_avg_power_w", "power", "W"),
            ("energy_j_per_launch", "energy", "J"))
-_PREFIXES = ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def unit_scale(values: Sequence[float], unit: str) -> tuple[float, str]:
-    """The SI prefix that puts the largest value at >= 1 (W stays W)."""
-    finite = [abs(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v]
-    if unit == "W" or not finite:
-        return 1.0, unit
-    top = max(finite)
-    for scale, prefix in _PREFIXES:
-        if top >= scale:
-            return scale, prefix + unit
-    return _PREFIXES[-1][0], _PREFIXES[-1][1] + unit
-
-
-def _fmt(v: Any, scale: float) -> str:
-    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return "-"
-    x = v / scale
-    return f"{x:.4g}"
 
 
 def x_column(df: pd.DataFrame, axes: Sequence[str]) -> str:
@@ -115,7 +87,7 @@ def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[
                     continue
                 ok = r["status"] == "ok"
                 v = r.get(col) if ok else None
-                row.append(_fmt(v, scales[col][0]) if ok else r["status"])
+                row.append(fmt_number(v, scale=scales[col][0]) if ok else r["status"])
                 total = totals[(impl, col)]
                 finite = isinstance(v, (int, float)) and math.isfinite(v)
                 totals[(impl, col)] = total + v if total is not None and finite else None
@@ -127,7 +99,7 @@ def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[
                 # Summed power is meaningless; the layers' total is time and energy.
                 total = totals[(impl, col)]
                 row.append("" if col == "energy_avg_power_w" else "-" if total is None
-                           else _fmt(total, scales[col][0]))
+                           else fmt_number(total, scale=scales[col][0]))
         rows.append(row)
     return headers, rows
 
@@ -172,7 +144,6 @@ def plot(g: pd.DataFrame, x: str, impls: list[str], title: str, path: Path) -> b
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write report.md (and its PNG plots) for a run; return the markdown path."""
-    from layerbench.analysis.compare import compare_within, format_comparison
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
@@ -211,18 +182,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                 if c in bad.columns and bad[c].notna().any()]
         parts += ["## Points that did not run correctly", "",
                   markdown_table([c.removeprefix("axis_") for c in cols],
-                                 [[_plain(r[c]) for c in cols] for _, r in bad.iterrows()]), ""]
+                                 [[fmt_cell(r[c], 300) for c in cols] for _, r in bad.iterrows()]), ""]
     parts += [format_comparison(compare_within(df), "Custom kernels against the references"), ""]
     parts += _environment(run)
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path
-
-
-def _plain(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v)[:300]
 
 
 def _environment(run: dict[str, Any]) -> list[str]:
