@@ -217,20 +217,20 @@ def load_user(target: str, layer: str) -> Implementation:
     """Load ``package.module:function``: a registered builder or a plain one, for ``layer``."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--impl must look like package.module:function, got {target!r}")
+        raise ValueError(f"{target}: must look like package.module:function")
     before = set(_REGISTRY)
     try:
         module = _import_user_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported alike
-        raise ValueError(f"--impl {target}: cannot import {module_name} ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{target}: cannot import {module_name} ({type(exc).__name__}: {exc})") from exc
     if not hasattr(module, attr):
-        raise ValueError(f"--impl {target}: module {module_name} has no {attr!r}")
+        raise ValueError(f"{target}: module {module_name} has no {attr!r}")
     fn = getattr(module, attr)
     for key in set(_REGISTRY) - before:
         if key[0] == layer and _REGISTRY[key].build is fn:
             return _REGISTRY[key]
     if not callable(fn):
-        raise ValueError(f"--impl {target}: {attr} is not callable")
+        raise ValueError(f"{target}: {attr} is not callable")
     impl = Implementation(layer, target, "user", fn, devices=("cuda", "cpu"))
     _REGISTRY[(layer, target)] = impl
     return impl

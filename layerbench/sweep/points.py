@@ -96,6 +96,7 @@ class Sweep:
     skipped_filtered: int
     text: str
     energy_where: list[Expr] = field(default_factory=list)
+    invalid_policy: str = "record"  # the file's `invalid`: "record" or "skip" invalid points
 
     def _wants_energy(self, point: Point, impl: str) -> bool:
         return self.measure.energy and all(w(point.values(impl)) for w in self.energy_where)
@@ -108,6 +109,12 @@ class Sweep:
                 layer, name = "", item
             elif layer not in LAYERS:
                 raise SweepError(f"--impl {item}: layer must be one of {', '.join(LAYERS)}")
+            if not name.strip():
+                raise SweepError(f"--impl {item!r}: no implementation name (NAME, package.module:function "
+                                 "or LAYER=NAME)")
+            if layer and layer not in self.layers:
+                raise SweepError(f"--impl {item}: this sweep has no {layer} layer; its layers are "
+                                 f"{', '.join(self.layers)}")
             for p in self.points:
                 if (not layer or p.layer == layer) and name not in p.implementations:
                     p.implementations.append(name)
@@ -120,11 +127,23 @@ class Sweep:
         for p in self.points:
             p.energy_impls = []
 
+    def implementation_names(self) -> list[str]:
+        """Every implementation name of the sweep's points, in first-use order."""
+        return list(dict.fromkeys(n for p in self.points for n in p.implementations))
+
     def restrict_implementations(self, names: list[str]) -> None:
-        """``--only``: keep just these implementations."""
+        """``--only``: keep just these implementations; each must be one of the sweep's."""
+        if not names:
+            raise SweepError("--only names no implementation")
+        have = self.implementation_names()
+        for n in names:
+            if n not in have:
+                raise SweepError(f"--only {n}: not an implementation of {self.path} "
+                                 f"(its implementations: {', '.join(have) or 'none'})")
         for p in self.points:
             p.implementations = [n for n in p.implementations if n in names]
             p.energy_impls = [n for n in p.energy_impls if n in names]
+        self.points = [p for p in self.points if p.implementations]
 
 
 def axis_label(value: Any) -> str:
