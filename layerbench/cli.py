@@ -298,7 +298,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     baselines = None
     if args.baseline is not None:
         baselines = [b.strip() for b in args.baseline.split(",") if b.strip()]
-        have = list(dict.fromkeys(df["impl"]))
+        have = sorted(set(df["impl"]))
         unknown = [b for b in baselines if b not in have]
         if unknown or not baselines:
             raise ValueError(f"--baseline {args.baseline}: {', '.join(unknown) or 'no name'} not in {args.run}; "
