@@ -138,9 +138,17 @@ def test_unknown_or_unloadable_implementations_are_refused(work: Path, command: 
     assert not (work / "never").exists()
 
 
-def test_a_user_module_in_the_working_directory_imports(work: Path) -> None:
-    proc = cli("run", "relu.toml", "--device", "cpu", "--impl", "userkern:right", "--only", "userkern:right",
-               "--out", "user", "--no-progress", cwd=work)
+def test_a_user_module_in_the_working_directory_imports(work: Path, tmp_path: Path) -> None:
+    # As the installed console script runs: a script elsewhere (its own directory first on sys.path,
+    # not the working directory), calling layerbench.entry:main.
+    script = tmp_path / "bin" / "layerbench"
+    script.parent.mkdir()
+    script.write_text("import sys\nfrom layerbench.entry import main\nsys.exit(main())\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, str(script), "run", "relu.toml", "--device", "cpu", "--impl",
+                           "userkern:right", "--only", "userkern:right", "--out", "user", "--no-progress"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = results.read_records(work / "user" / results.RESULTS_FILE)
     assert [(r["impl"], r["status"]) for r in recs] == [("userkern:right", "ok")]
