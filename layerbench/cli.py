@@ -112,10 +112,23 @@ def _check_names(s: Sweep, added: Iterable[str]) -> None:
                 raise SweepError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
 
 
+def _impl_items(s: Sweep, items: list[str]) -> list[str]:
+    """``--impl NAME`` of a registered name goes to the layers of the sweep that have it (cuDNN to
+    the convolutions of a mixed file, not to its FC layers); other items stay as given."""
+    out = []
+    for item in items:
+        layers = [layer for layer in s.layers if item in registry.names(layer)]
+        if "=" in item or ":" in item or not layers:
+            out.append(item)
+        else:
+            out += [item] if len(layers) == len(s.layers) else [f"{layer}={item}" for layer in layers]
+    return out
+
+
 def _load_sweep(args: argparse.Namespace, file: str) -> Sweep:
     s = load_sweep(file, quick=args.quick)
     if args.impl:
-        s.add_implementations(args.impl)
+        s.add_implementations(_impl_items(s, args.impl))
     if args.only is not None:
         s.restrict_implementations([n.strip() for n in args.only.split(",") if n.strip()])
     if args.no_energy:
@@ -216,7 +229,7 @@ def _plan_one(s: Sweep, device: str) -> None:
     else:
         invalid_text = f"{_plural(invalid, 'invalid point')} recorded as invalid (invalid = \"record\")"
     print(f"{_plural(len(s.points), 'point')}, {_plural(len(rows), 'result row')}"
-          + (f" ({len(unsupported)} unsupported here, recorded without running)" if unsupported else "")
+          + (f" ({len(unsupported)} unsupported here, recorded as unsupported without building)" if unsupported else "")
           + f"; {s.skipped_filtered} filtered out by 'where', {invalid_text}")
     est = estimate_seconds(s, set(unsupported))
     print(f"lower bound of measuring time: timing {est['timing']:.0f} s + energy {est['energy']:.0f} s "

@@ -320,3 +320,14 @@ def test_plan_shows_the_invalid_setting_and_singular_counts(work: Path) -> None:
     assert "1 point, 1 result row;" in proc.stdout and 'invalid = "skip"' in proc.stdout
     proc = cli("plan", "relu.toml", cwd=work)
     assert 'invalid = "record"' in proc.stdout
+
+
+# ------------------------------------------- unsupported rows shown by plan, before anything runs
+
+
+def test_plan_shows_unsupported_rows_with_the_reason() -> None:
+    # cuDNN has no FC layer: --impl cudnn goes to the smoke file's conv, pool and relu points only.
+    proc = cli("plan", str(SMOKE), "--device", "cpu", "--impl", "cudnn", env={"COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "8 points, 22 result rows (6 unsupported here" in proc.stdout
+    assert proc.stdout.count("unsupported: cudnn runs on cuda only, not cpu") == 6
