@@ -129,11 +129,11 @@ def _load_sweep(args: argparse.Namespace, file: str) -> Sweep:
     s = load_sweep(file, quick=args.quick)
     if args.impl:
         s.add_implementations(_impl_items(s, args.impl))
+    _check_names(s, args.impl)  # before --only: a typo is refused even where --only drops it
     if args.only is not None:
         s.restrict_implementations([n.strip() for n in args.only.split(",") if n.strip()])
     if args.no_energy:
         s.disable_energy()
-    _check_names(s, args.impl)
     return s
 
 
