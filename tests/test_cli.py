@@ -74,7 +74,7 @@ def test_smoke_sweep_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["report", str(run_dir)]) == 0
     report = Path(capsys.readouterr().out.strip())
     text = report.read_text()
-    assert "## conv fp32 NCHW" in text and "| batch | torch time" in text
+    assert "## conv fp32 NCHW" in text and "| batch | triton time" in text  # the reference torch last
     assert len(list(report.parent.glob("*.png"))) == 4
 
     (run_dir / results.PARQUET_FILE).unlink()
