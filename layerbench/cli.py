@@ -42,6 +42,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 DEFAULT_FAIL_ON = "incorrect,error"
+DEFAULT_POINT_TIMEOUT_S = 1200.0
 
 
 def _version() -> str:
@@ -160,6 +161,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_output_dir(Path(args.out), "--out")
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
     console = Console(stderr=True)
+    inline = in_process if in_process is not None else args.device == "cpu"
+    if args.point_timeout is not None and inline:
+        print(f"layerbench: note: --point-timeout {args.point_timeout:g} is ignored: points run in this process "
+              f"(--worker {args.worker} on {args.device}), which cannot be stopped; use --worker process",
+              file=sys.stderr)
     failed: dict[str, int] = {}
     for s in sweeps:
         out = None
@@ -167,7 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             # With several files, --out is their parent: one run directory per experiment.
             out = Path(args.out) / s.experiment if len(sweeps) > 1 else Path(args.out)
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
-                          point_timeout_s=args.point_timeout, progress=not args.no_progress,
+                          point_timeout_s=args.point_timeout or DEFAULT_POINT_TIMEOUT_S,
+                          progress=not args.no_progress,
                           argv=list(sys.argv))
         run_dir = run_sweep(s, opts, console)
         log = run_dir / results.RESULTS_FILE
@@ -472,9 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--worker", choices=("auto", "process", "inline"), default="auto",
                     help="where points run: a restartable worker process (auto on a GPU) or this "
                          "process (auto on the CPU)")
-    sp.add_argument("--point-timeout", type=_positive_float, default=1200.0, metavar="S",
+    sp.add_argument("--point-timeout", type=_positive_float, default=None, metavar="S",
                     help="kill the worker when one point group takes longer than S seconds "
-                         "(process worker only; default 1200)")
+                         f"(process worker only; default {DEFAULT_POINT_TIMEOUT_S:g})")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--fail-on", type=_fail_on, default=_fail_on(DEFAULT_FAIL_ON), metavar="STATUSES",
                     help=f"exit with 1 when any record of the run has one of these statuses "

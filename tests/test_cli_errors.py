@@ -331,3 +331,10 @@ def test_plan_shows_unsupported_rows_with_the_reason() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "8 points, 22 result rows (6 unsupported here" in proc.stdout
     assert proc.stdout.count("unsupported: cudnn runs on cuda only, not cpu") == 6
+
+
+def test_point_timeout_ignored_in_process_says_so(work: Path) -> None:
+    proc = cli("run", "relu.toml", "--device", "cpu", "--point-timeout", "5", "--out", "timeout", "--no-progress",
+               cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--point-timeout 5 is ignored: points run in this process" in proc.stderr
