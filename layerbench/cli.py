@@ -1,6 +1,8 @@
-"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, export.
+"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, bench, export.
 
-Usage errors (a bad sweep file, a missing run directory) print one line and exit with 2.
+Usage errors (a bad sweep file, an unknown implementation, a missing run directory, an output path
+that cannot be written) print one line and exit with 2, before anything runs where they can be
+found up front.  ``run`` exits with 1 when a record has a status named by ``--fail-on``.
 With ``--device cpu`` (TRITON_INTERPRET=1, set by ``layerbench.entry``) the Triton kernels run in the
 interpreter and the same pipeline runs without a GPU.
 """
@@ -13,8 +15,9 @@ import json
 import math
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from rich.console import Console
@@ -28,19 +31,30 @@ from layerbench.measure.energy import EnergyMeter
 from layerbench.measure.environment import collect_environment
 from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
+from layerbench.results.records import DEFAULT_FAIL_ON, parse_fail_on
+from layerbench.results.rundir import RunDir
+from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import bench
 from layerbench.suites.validate_energy import format_validation, run_validation
-from layerbench.sweep import Sweep, SweepError, axis_label, iter_sweep_files, load_sweep
-from sweeps import SWEEP_DIR
+from layerbench.sweep import Point, Sweep, SweepError, axis_label, iter_sweep_files, load_sweep
+from sweeps import SWEEP_DIR, resolve
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+
+
+def _version() -> str:
+    try:
+        return metadata.version("layerbench")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _repo_sweeps() -> list[Path]:
-    here = SWEEP_DIR
-    roots = [Path("sweeps"), here]
+    roots = [Path("sweeps"), SWEEP_DIR]
     seen, out = set(), []
     for root in roots:
         if root.is_dir() and root.resolve() not in seen:
@@ -50,34 +64,102 @@ def _repo_sweeps() -> list[Path]:
 
 
 def _check_device(device: str) -> None:
-    if device == "cuda":
-
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA GPU is visible to torch; use --device cpu "
-                             "for a CPU smoke run")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to torch; use --device cpu "
+                         "for a CPU smoke run")
 
 
-def _load_sweep(args: argparse.Namespace, file: str | None = None) -> Sweep:
-    s = load_sweep(file or args.file, quick=args.quick)
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _check_output_dir(path: Path, what: str) -> None:
+    """Refuse, before anything runs, an output directory that is a file or cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: is a file, not a directory")
+    _check_writable(path, what)
+
+
+def _check_output_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise ValueError(f"{what} {path}: is a directory, not a file")
+    _check_writable(path.parent if not path.exists() else path, what)
+
+
+def _check_writable(path: Path, what: str) -> None:
+    # The nearest existing ancestor is where the first directory or file gets created.
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() and existing != path:
+        raise ValueError(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"{what} {path}: {existing} is not writable")
+
+
+def _check_names(s: Sweep, added: Iterable[str]) -> None:
+    """Every implementation of every point must be known (or a backend that failed to load here,
+    recorded as unavailable) and every ``module:function`` must import: else one line, exit 2."""
+    from_cli = {item.partition("=")[2] if "=" in item else item: item for item in added}
+    checked: set[tuple[str, str]] = set()
+    for p in s.points:
+        for name in p.implementations:
+            if (p.layer, name) in checked:
+                continue
+            checked.add((p.layer, name))
+            try:
+                registry.check_name(p.layer, name)
+            except ValueError as exc:
+                where = f"--impl {from_cli[name]}" if name in from_cli else f"{s.path}: implementations"
+                raise SweepError(f"{where}: {str(exc).removeprefix(f'{name}: ')}") from None
+
+
+def _impl_items(s: Sweep, items: list[str]) -> list[str]:
+    """``--impl NAME`` of a registered name goes to the layers of the sweep that have it (cuDNN to
+    the convolutions of a mixed file, not to its FC layers); other items stay as given."""
+    out = []
+    for item in items:
+        layers = [layer for layer in s.layers if item in registry.names(layer)]
+        if "=" in item or ":" in item or not layers:
+            out.append(item)
+        else:
+            out += [item] if len(layers) == len(s.layers) else [f"{layer}={item}" for layer in layers]
+    return out
+
+
+def _load_sweep(args: argparse.Namespace, file: str) -> Sweep:
+    file = str(resolve(file))
+    s = load_sweep(file, quick=args.quick)
     if args.impl:
-        s.add_implementations(args.impl)
-    if args.only:
+        s.add_implementations(_impl_items(s, args.impl))
+    _check_names(s, args.impl)  # before --only: a typo is refused even where --only drops it
+    if args.only is not None:
         s.restrict_implementations([n.strip() for n in args.only.split(",") if n.strip()])
     if args.no_energy:
         s.disable_energy()
     return s
 
 
+def _fail_on(text: str) -> tuple[str, ...]:
+    """``--fail-on``: a comma-separated list of record statuses, or "none"."""
+    try:
+        return parse_fail_on(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------ commands
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-
     _check_device(args.device)
     # All files are checked before anything runs: a typo in the last one fails at once.
     sweeps = [_load_sweep(args, f) for f in args.file]
+    if args.out:
+        _check_output_dir(Path(args.out), "--out")
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
     console = Console(stderr=True)
+    failed: dict[str, int] = {}
     for s in sweeps:
         out = None
         if args.out:
@@ -86,59 +168,101 @@ def cmd_run(args: argparse.Namespace) -> int:
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
                           point_timeout_s=args.point_timeout, progress=not args.no_progress,
                           argv=list(sys.argv))
-        run_dir = run_sweep(s, opts, console)
-        records = results.read_records(run_dir / results.RESULTS_FILE)
-        counts = results.summarize(records)
-        print(f"{run_dir}: {len(records)} records ({', '.join(f'{k} {v}' for k, v in counts.items())})")
-        print(f"  {run_dir / results.PARQUET_FILE}\n  {run_dir / results.CSV_FILE}")
-        print(f"next: layerbench compare {run_dir}   |   layerbench report {run_dir}")
+        run_dir = RunDir(run_sweep(s, opts, console))
+        status = run_dir.status_counts(args.fail_on)
+        total = sum(status.counts.values())
+        print(f"{run_dir.path}: {_plural(total, 'record')} ({status.as_text() or 'nothing ran'})")
+        written = [p for p in (run_dir.path / results.PARQUET_FILE, run_dir.path / results.CSV_FILE) if p.exists()]
+        for path in written:
+            print(f"  {path}")
+        if written:
+            print(f"next: layerbench compare {run_dir.path}   |   layerbench report {run_dir.path}")
+        for name, n in status.failures.items():
+            failed[name] = failed.get(name, 0) + n
+    if failed:
+        print(f"layerbench: {', '.join(f'{v} {k}' for k, v in failed.items())} "
+              f"(exit 1 because of --fail-on {','.join(args.fail_on)})", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
+def plan_rows(s: Sweep, device: str) -> list[tuple[Point, str, str | None]]:
+    """Each (point, implementation) of a sweep with why it will not run here (None: it runs)."""
+    rows = []
+    for p in s.points:
+        for name in p.implementations:
+            why = p.invalid or registry.unsupported_reason(p.layer, name, p.spec, p.dtype, p.layout, device)
+            rows.append((p, name, why))
+    return rows
 
-    s = _load_sweep(args)
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    for i, file in enumerate(args.file):
+        if i:
+            print()
+        _plan_one(_load_sweep(args, file), args.device)
+    return 0
+
+
+def _plan_one(s: Sweep, device: str) -> None:
+    rows = plan_rows(s, device)
+    unsupported = {(p.index, name): why for p, name, why in rows if why and not p.invalid}
     table = Table(title=f"{s.title} ({s.path})", show_lines=False)
-    for col in ("#", "point", "dtype", "layout", "implementations (* energy)", "note"):
+    for col in ("#", "point", "dtype", "layout", "implementations (* energy, - not run)", "note"):
         table.add_column(col)
     for p in s.points:
         axes = " ".join(f"{k}={axis_label(v)}" for k, v in p.axes.items())
         label = " ".join(x for x in (p.label or p.layer, axes) if x)
-        impls = " ".join(n + ("*" if n in p.energy_impls else "") for n in p.implementations)
-        table.add_row(str(p.index), label, p.dtype, p.layout, impls,
-                      f"invalid: {p.invalid}" if p.invalid else "")
-    console = Console()
-    console.print(table)
-    rows = sum(len(p.implementations) for p in s.points)
-    print(f"{len(s.points)} points, {rows} result rows; {s.skipped_filtered} filtered out by 'where', "
-          f"{s.skipped_invalid} invalid points skipped (invalid = \"skip\")")
-    est = estimate_seconds(s)
+        impls = " ".join(n + ("-" if (p.index, n) in unsupported else "*" if n in p.energy_impls else "")
+                         for n in p.implementations)
+        notes = [f"invalid: {p.invalid}"] if p.invalid else []
+        notes += [f"unsupported: {why}" for n in p.implementations if (why := unsupported.get((p.index, n)))]
+        table.add_row(str(p.index), label, p.dtype, p.layout, impls, "; ".join(notes))
+    Console().print(table)
+    invalid = sum(1 for p in s.points if p.invalid)
+    if s.invalid_policy == "skip":
+        invalid_text = f"{_plural(s.skipped_invalid, 'invalid point')} skipped (invalid = \"skip\")"
+    else:
+        invalid_text = f"{_plural(invalid, 'invalid point')} recorded as invalid (invalid = \"record\")"
+    print(f"{_plural(len(s.points), 'point')}, {_plural(len(rows), 'result row')}"
+          + (f" ({len(unsupported)} unsupported here, recorded as unsupported without building)" if unsupported else "")
+          + f"; {s.skipped_filtered} filtered out by 'where', {invalid_text}")
+    est = estimate_seconds(s, set(unsupported))
     print(f"lower bound of measuring time: timing {est['timing']:.0f} s + energy {est['energy']:.0f} s "
           f"= {(est['timing'] + est['energy']) / 60:.1f} min (without compile, reference and cooldown)")
-    known = {layer: set(registry.names(layer)) for layer in s.layers}
-    missing = sorted({(p.layer, n) for p in s.points for n in p.implementations
-                      if ":" not in n and n not in known[p.layer]})
-    for layer, name in missing:
-        print(f"note: {name} is not available for {layer} here; it will be recorded as unavailable")
+    used = set(s.implementation_names())
     for backend, err in registry.load_errors().items():
-        print(f"note: {backend} failed to load: {err}")
-    return 0
+        if backend in used:
+            print(f"note: {backend} failed to load here, its rows will be recorded as unavailable: {err}")
 
 
-def estimate_seconds(s: Any) -> dict[str, float]:
+def estimate_seconds(s: Sweep, skipped: set[tuple[int, str]] | None = None) -> dict[str, float]:
     """Lower bound of the measuring time: min_time_s per timed row; per energy row and window,
-    warm-up + window + about one counter period (~0.1 s) to align the window's start."""
+    warm-up + window + about one counter period (~0.1 s) to align the window's start.
+    ``skipped`` holds the (point index, implementation) rows that will not run."""
+    skipped = skipped or set()
     t = s.measure.timing
     e = s.measure.energy_config
-    timed = sum(len(p.implementations) for p in s.points if p.invalid is None)
+    timed = sum(1 for p in s.points if p.invalid is None for n in p.implementations
+                if (p.index, n) not in skipped)
     per_timing = t.get("min_time_s", 0.5) if "fixed_samples" not in t else 0.0
-    energy_rows = sum(len(p.energy_impls) for p in s.points if p.invalid is None)
+    energy_rows = sum(1 for p in s.points if p.invalid is None for n in p.energy_impls
+                      if (p.index, n) not in skipped)
     per_energy = e.get("windows", 3) * (e.get("warmup_s", 0.5) + e.get("window_s", 1.0) + 0.1)
     return {"timing": timed * per_timing, "energy": energy_rows * per_energy}
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def implementation_table(impls: Iterable[registry.Implementation]) -> list[str]:
+    """The implementations as an aligned text table with a header row."""
+    headers = ("layer", "name", "backend", "devices", "dtypes", "layouts", "kind", "description")
+    rows = [(i.layer, i.name, i.backend, ",".join(i.devices), ",".join(i.supported_dtypes),
+             ",".join(i.supported_layouts), "reference" if i.reference else "custom", i.description)
+            for i in impls]
+    widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers) - 1)]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in [headers, *rows]]
 
+
+def cmd_list(args: argparse.Namespace) -> int:
     what = args.what
     if what in ("layers", "all"):
         print("layers:")
@@ -150,37 +274,53 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"    dtypes {', '.join(cls.dtypes)}; layouts {', '.join(cls.layouts)}"
                   + (f"; shorthands {short}" if short else ""))
     if what in ("impls", "all"):
-
-        print("implementations:")
-        for impl in registry.all_implementations():
-            ref = " (reference)" if impl.reference else ""
-            print(f"  {impl.layer:7s} {impl.name:10s} backend {impl.backend}, devices "
-                  f"{', '.join(impl.devices)}{ref}  {impl.description}")
+        impls = [i for i in registry.all_implementations() if args.device is None or args.device in i.devices]
+        print("implementations" + (f" that run on {args.device}:" if args.device else ":"))
+        for line in implementation_table(impls):
+            print(f"  {line}")
         for backend, err in registry.load_errors().items():
             print(f"  not loaded: {backend}: {err}")
     if what in ("sweeps", "all"):
-
         print("sweeps:")
         for root in _repo_sweeps():
             for path in iter_sweep_files(root):
                 try:
                     s = load_sweep(path)
-                    info = f"{len(s.points)} points  {s.title}"
+                    info = f"{_plural(len(s.points), 'point')}  {s.title}"
                 except SweepError as exc:
                     info = f"INVALID: {exc}"
                 print(f"  {path}: {info}")
     return 0
 
 
+def _load_run(run: str) -> Any:
+    df = results.load_results(run)
+    if df.empty:
+        raise ValueError(f"{run}: the run has no records yet")
+    return df
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    df = results.load_results(args.run)
-    baselines = [b.strip() for b in args.baseline.split(",")] if args.baseline else None
+    if args.csv:
+        _check_output_file(Path(args.csv), "--csv")
+    df = _load_run(args.run)
+    baselines = None
+    if args.baseline is not None:
+        baselines = [b.strip() for b in args.baseline.split(",") if b.strip()]
+        have = sorted(set(df["impl"]))
+        unknown = [b for b in baselines if b not in have]
+        if unknown or not baselines:
+            raise ValueError(f"--baseline {args.baseline}: {', '.join(unknown) or 'no name'} not in {args.run}; "
+                             f"its implementations: {', '.join(have)}")
     if args.run_b:
-        table = compare.compare_runs(df, results.load_results(args.run_b), args.threshold)
+        if baselines is not None:
+            raise ValueError("--baseline compares implementations within one run; "
+                             "with RUN_B each row is compared with the same row of RUN")
+        table = compare.compare_runs(df, _load_run(args.run_b), args.threshold)
         title = f"{args.run_b} against {args.run}"
     else:
         table = compare.compare_within(df, baselines, args.threshold)
-        title = f"{args.run}: custom kernels against references"
+        title = f"{args.run}: custom kernels against " + (", ".join(baselines) if baselines else "references")
     text = compare.format_comparison(table, title)
     if args.csv:
         table.to_csv(args.csv, index=False)
@@ -189,30 +329,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.out:
+        _check_output_dir(Path(args.out), "--out")
+    else:
+        _check_output_dir(Path(args.run) / "report", "report directory")
     path = build_report(args.run, args.out)
     print(path)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-
-    env = collect_environment(args.device)
+    device = args.device
+    has_gpu = torch.cuda.is_available()
+    if not has_gpu:
+        print("GPU: none visible to torch (torch.cuda.is_available() is False)"
+              + ("; --device cuda cannot run here" if device == "cuda" else "")
+              + "; showing the CPU")
+        device = "cpu"
+    elif device is None:
+        device = "cuda"
+    env = collect_environment(device)
     print("environment:")
     print(json.dumps(env, indent=2, default=str))
     print("energy meter:")
     try:
-
-        meter = EnergyMeter(args.device, EnergyConfig())
+        meter = EnergyMeter(device, EnergyConfig())
         state = f"available ({meter.method})" if meter.available else f"unavailable: {meter.reason}"
     except Exception as exc:  # noqa: BLE001 - info reports what is broken instead of failing
         state = f"unavailable: {type(exc).__name__}: {exc}"
-    print(f"  {args.device}: {state}")
+    print(f"  {device}: {state}")
     print("implementations:")
-    for impl in registry.all_implementations():
-        print(f"  {impl.layer:7s} {impl.name:10s} {impl.backend:7s} {', '.join(impl.devices)}"
-              + (" reference" if impl.reference else ""))
-    errors = registry.load_errors()
-    for backend, err in errors.items():
+    for line in implementation_table(registry.all_implementations()):
+        print(f"  {line}")
+    for backend, err in registry.load_errors().items():
         print(f"  load error: {backend}: {err}")
     return 0
 
@@ -220,6 +369,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_validate_energy(args: argparse.Namespace) -> int:
     _check_device(args.device)
     out = Path(args.out)
+    _check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     result = run_validation(args.device, out, args.quick)
     print(format_validation(result))
@@ -228,6 +378,7 @@ def cmd_validate_energy(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    _check_output_dir(out, "--out")
     if args.report_only:
         df, ceilings = bench.load_bench(out)
     else:
@@ -235,13 +386,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
                              energy=not args.no_energy, progress=not args.no_progress)
         ceilings = json.loads((out / bench.CEILINGS_FILE).read_text())
-    text = bench.format_report(bench.table(df, ceilings), ceilings)
+    text = bench.format_bench_report(bench.table(df, ceilings), ceilings)
     (out / "bench.md").write_text(text)
     print(text)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    run = Path(args.run)
+    if run.is_dir():
+        _check_writable(run, "run directory")
     for path in results.export_results(args.run):
         print(path)
     return 0
@@ -251,36 +405,60 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _positive_float(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}") from None
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return v
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return v
+
+
+DEBUG_HELP = "show tracebacks for usage errors"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layerbench", description="Time, energy and correctness of CNN layer "
                                 "kernels (Triton, CuPy, cuDNN/cuBLAS, torch) over parameter sweeps.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for usage errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"layerbench {_version()}",
+                   help="print the installed version and exit")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def device(sp: argparse.ArgumentParser, default: str = "cuda") -> None:
-        sp.add_argument("--device", choices=("cuda", "cpu"), default=default,
-                        help="cpu: torch and Triton-interpreter kernels, for smoke runs")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        # Accepted after the command too; SUPPRESS keeps a --debug given before it.
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        return sp
 
-    def sweep_options(sp: argparse.ArgumentParser, with_file: bool = True) -> None:
-        if with_file:
-            sp.add_argument("file", help="sweep TOML file")
+    def device(sp: argparse.ArgumentParser, default: str | None = "cuda", choices: tuple[str, ...] = ("cuda", "cpu"),
+               help: str = "cuda (default) or cpu: torch and Triton-interpreter kernels, for smoke runs") -> None:
+        sp.add_argument("--device", choices=choices, default=default, help=help)
+
+    def sweep_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("file", nargs="+", help="sweep TOML file(s); see sweeps/README.md")
         sp.add_argument("--impl", action="append", default=[], metavar="NAME",
-                        help="add an implementation: a registered name, package.module:function, "
-                             "or LAYER=... for one layer of a mixed sweep (repeatable)")
-        sp.add_argument("--only", metavar="NAMES", help="comma-separated implementations to keep")
+                        help="add an implementation: a registered name, package.module:function "
+                             "(imported with the current directory first on the path), or LAYER=... "
+                             "for one layer of a mixed sweep (repeatable)")
+        sp.add_argument("--only", metavar="NAMES",
+                        help="comma-separated implementations of the sweep to keep (others are dropped)")
         sp.add_argument("--quick", action="store_true",
                         help="few timing samples, one short energy window: checks that a sweep runs")
-        sp.add_argument("--no-energy", action="store_true", help="time only")
+        sp.add_argument("--no-energy", action="store_true", help="time only, no energy windows")
 
-    sp = sub.add_parser("run", help="run sweeps")
-    sp.add_argument("file", nargs="+", help="sweep TOML file(s)")
-    sweep_options(sp, with_file=False)
+    sp = command("run", "run sweeps")
+    sweep_options(sp)
     device(sp)
     sp.add_argument("--out", help="run directory (default runs/EXPERIMENT-TIMESTAMP); with several "
                                   "files, the parent of one directory per experiment")
@@ -290,62 +468,75 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--worker", choices=("auto", "process", "inline"), default="auto",
                     help="where points run: a restartable worker process (auto on a GPU) or this "
                          "process (auto on the CPU)")
-    sp.add_argument("--point-timeout", type=_positive_float, default=1200.0, metavar="S",
-                    help="kill the worker when one point group takes longer (process worker only)")
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--point-timeout", type=_positive_float, default=None, metavar="S",
+                    help="kill the worker when one point group takes longer than S seconds "
+                         f"(process worker only; default {DEFAULT_POINT_TIMEOUT_S:g})")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--fail-on", type=_fail_on, default=DEFAULT_FAIL_ON, metavar="STATUSES",
+                    help=f"exit with 1 when any record of the run has one of these statuses "
+                         f"(comma-separated among {', '.join(results.STATUSES)}; default "
+                         f"{','.join(DEFAULT_FAIL_ON)}; none: always exit 0 once the run completes)")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("plan", help="list a sweep's points without running them")
+    sp = command("plan", "list sweeps' points, and the rows that will not run here, without running them")
     sweep_options(sp)
-    device(sp)
+    device(sp, help="the device to plan for (default cuda): rows an implementation does not run there "
+                    "are shown as unsupported")
     sp.set_defaults(func=cmd_plan)
 
-    sp = sub.add_parser("list", help="list layers, implementations or sweep files")
-    sp.add_argument("what", nargs="?", choices=("layers", "impls", "sweeps", "all"), default="all")
-    device(sp)
+    sp = command("list", "list layers, implementations or sweep files")
+    sp.add_argument("what", nargs="?", choices=("layers", "impls", "sweeps", "all"), default="all",
+                    help="what to list (default all)")
+    device(sp, default=None, help="list only the implementations that run on this device (default: all)")
     sp.set_defaults(func=cmd_list)
 
-    sp = sub.add_parser("compare", help="custom vs reference in RUN, or RUN_B against RUN")
-    sp.add_argument("run")
-    sp.add_argument("run_b", nargs="?")
+    sp = command("compare", "custom vs reference in RUN, or RUN_B against RUN")
+    sp.add_argument("run", help="run directory (or its results.jsonl / results.parquet)")
+    sp.add_argument("run_b", nargs="?", help="a second run: each of its rows against the same row of RUN")
     sp.add_argument("--baseline", metavar="NAMES",
-                    help="comma-separated implementations to compare against (default: references)")
-    sp.add_argument("--threshold", type=float, default=0.01,
-                    help="ratios within this of 1 count as SAME (default 0.01)")
+                    help="comma-separated implementations of RUN to compare against (default: references)")
+    sp.add_argument("--threshold", type=_non_negative_float, default=compare.DEFAULT_THRESHOLD,
+                    help=f"ratios within this of 1 count as SAME (>= 0, default {compare.DEFAULT_THRESHOLD})")
     sp.add_argument("--csv", metavar="FILE", help="also write the per-point table as CSV")
     sp.set_defaults(func=cmd_compare)
 
-    sp = sub.add_parser("report", help="markdown tables and PNG plots of a run")
-    sp.add_argument("run")
+    sp = command("report", "markdown tables and PNG plots of a run")
+    sp.add_argument("run", help="run directory")
     sp.add_argument("--out", help="output directory (default RUN/report)")
     sp.set_defaults(func=cmd_report)
 
-    sp = sub.add_parser("info", help="GPU, meters, versions, implementations")
-    device(sp)
+    sp = command("info", "GPU, meters, versions, implementations")
+    device(sp, default=None, help="the device to describe (default: cuda where a GPU is visible, else cpu)")
     sp.set_defaults(func=cmd_info)
 
-    sp = sub.add_parser("validate-energy", help="check the energy meter against known loads "
-                                                "(exit 1 unless every check passes)")
+    sp = command("validate-energy", "check the energy meter against known loads "
+                                    "(exit 1 unless every check passes)")
     device(sp)
     sp.add_argument("--out", default="validation", help="output directory (default ./validation)")
-    sp.add_argument("--quick", action="store_true")
+    sp.add_argument("--quick", action="store_true", help="fewer and shorter windows")
     sp.set_defaults(func=cmd_validate_energy)
 
-    sp = sub.add_parser("bench", help="custom kernels vs the card's ceilings and the references "
-                                      "(sweeps/bench), with issue-5 target verdicts")
-    device(sp)
+    sp = command("bench", "custom kernels vs the card's ceilings and the references (sweeps/bench), "
+                          "with each performance target's verdict")
+    device(sp, choices=("cuda",), help="cuda only: the bench measures the GPU's copy and matrix-product ceilings")
     sp.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
-    sp.add_argument("--layers", default="relu,pool,conv,conv_sweeps,linear", help="comma-separated subset")
+    sp.add_argument("--layers", default=",".join(bench.LAYERS),
+                    help=f"comma-separated subset of {', '.join(bench.LAYERS)} (default all)")
     sp.add_argument("--resume", action="store_true", help="continue the bench in --out")
-    sp.add_argument("--no-energy", action="store_true", help="time only")
-    sp.add_argument("--no-progress", action="store_true")
+    sp.add_argument("--no-energy", action="store_true", help="time only, no energy windows")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--report-only", action="store_true", help="print the table of an existing --out")
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("export", help="write results.parquet and results.csv of a run")
-    sp.add_argument("run")
+    sp = command("export", "write results.parquet and results.csv of a run")
+    sp.add_argument("run", help="run directory")
     sp.set_defaults(func=cmd_export)
     return p
+
+
+def _os_error(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    return f"{where}: {exc.strerror or exc}" if where else (exc.strerror or str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,11 +547,19 @@ def main(argv: list[str] | None = None) -> int:
                          "imported (the layerbench command does this)")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
-    except ValueError as exc:  # SweepError and other bad input: one line, no traceback
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
+        return code
+    except BrokenPipeError:
+        # The reader went away (`layerbench list | head`): stop quietly, as other tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except (ValueError, OSError) as exc:  # SweepError and other bad input: one line, no traceback
         if args.debug:
             raise
-        print(f"layerbench: error: {exc}", file=sys.stderr)
+        text = _os_error(exc) if isinstance(exc, OSError) else str(exc)
+        print(f"layerbench: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("layerbench: interrupted; records so far are kept (run again with --resume)",

@@ -55,7 +55,7 @@ def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
     assert math.isclose(row["copy_bound"], at_size / 2.0)  # the copy at this size against the ceiling
     assert tg.loc["ReLU cupy >= 95 % of copy bandwidth", "verdict"] == "n/a"
     assert math.isnan(tg.loc["linear triton bf16 >= 0.95x cuBLAS", "copy_bound"])
-    report = bench.format_report(tab, ceil)
+    report = bench.format_bench_report(tab, ceil)
     assert "### Targets" in report and "Against a copy of the same size (geomean, not a target): relu triton" in report
 
 
@@ -118,6 +118,6 @@ def test_table_adds_x_best() -> None:
     ceil = {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 1.0, "device_name": "test"}
     tab = bench.table(df, ceil)
     assert math.isclose(tab.set_index("impl").loc["triton", "x_best"], 0.25)
-    report = bench.format_report(tab, ceil)
+    report = bench.format_bench_report(tab, ceil)
     assert "### References against torch" in report and "reference not at its best" in report
     assert "1 of 1 points: torch faster than the reference by more than 3 %" in report

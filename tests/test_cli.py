@@ -74,7 +74,7 @@ def test_smoke_sweep_end_to_end_on_cpu(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["report", str(run_dir)]) == 0
     report = Path(capsys.readouterr().out.strip())
     text = report.read_text()
-    assert "## conv fp32 NCHW" in text and "| batch | torch time" in text
+    assert "## conv fp32 NCHW" in text and "| batch | triton time" in text  # the reference torch last
     assert len(list(report.parent.glob("*.png"))) == 4
 
     (run_dir / results.PARQUET_FILE).unlink()
@@ -109,3 +109,14 @@ def test_several_files_get_one_run_directory_each(tmp_path: Path) -> None:
     assert main(["run", files[0], "--device", "cpu", "--out", str(tmp_path / "fresh"), "--resume",
                  "--no-progress"]) == 0
     assert len(results.read_records(tmp_path / "fresh" / results.RESULTS_FILE)) == 1
+
+
+def test_cli_imports_at_the_top() -> None:
+    import ast
+
+    import layerbench.cli as cli
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    top = {n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    nested = [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in top]
+    assert not nested, f"imports inside functions at lines {nested}"

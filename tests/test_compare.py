@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from layerbench.analysis import compare
-from layerbench.analysis.compare import Ratio, interval_ratio
+from layerbench.analysis.stats import Ratio, geomean, interval_ratio
 
 
 @pytest.mark.parametrize("a,aw,b,bw,verdict", [
@@ -77,6 +77,24 @@ def test_compare_runs_matches_config_hashes() -> None:
 
 
 def test_geomean() -> None:
-    assert compare.geomean([0.5, 2.0, float("nan"), None]) == pytest.approx(1.0)
-    assert math.isnan(compare.geomean([]))
+    assert geomean([0.5, 2.0, float("nan"), None]) == pytest.approx(1.0)
+    assert math.isnan(geomean([]))
     assert "Nothing to compare" in compare.format_comparison(pd.DataFrame(), "t")
+
+
+def test_analysis_modules_import_at_the_top_and_not_in_a_circle() -> None:
+    import ast
+    from pathlib import Path
+
+    import layerbench.analysis as analysis
+
+    imports: dict[str, set[str]] = {}
+    for path in Path(analysis.__path__[0]).glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = {n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+        nested = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in top]
+        assert not nested, f"{path.name}: imports inside functions at lines {[n.lineno for n in nested]}"
+        imports[path.stem] = {n.module.rsplit(".", 1)[-1] for n in top if isinstance(n, ast.ImportFrom) and n.module
+                              and n.module.startswith("layerbench.analysis")}
+    assert "report" not in imports["compare"] and "compare" in imports["report"]
+    assert imports["stats"] == set() and imports["tables"] <= {"stats"}

@@ -52,3 +52,92 @@ def test_check_workspace_refuses_over_half_the_free_memory(monkeypatch: pytest.M
     with pytest.raises(Unsupported, match=r"the FFT convolution needs 2\.0 GiB of workspace, over half "
                                           r"of the 4\.0 GiB free"):
         check_workspace(2 * 2**30 + 1, torch.device("cuda", 0), "the FFT convolution")
+
+
+# ---------------------------------------------------------------- declared support, entry points
+
+from importlib import metadata  # noqa: E402
+
+from layerbench import registry  # noqa: E402
+from layerbench.layers import Conv2d, ReLU  # noqa: E402
+
+
+def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_load_errors", {})
+    monkeypatch.setattr(registry, "_loaded", False)
+
+
+def test_register_declares_dtypes_layouts_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fresh_registry(monkeypatch)
+    monkeypatch.setattr(registry, "_loaded", True)
+
+    def small_only(spec: object, dtype: str, layout: str) -> str | None:
+        return "kernels above 5x5 are not implemented" if spec.kernel_h > 5 else None  # type: ignore[attr-defined]
+
+    registry.register("conv2d", "mine", backend="user", devices=("cuda", "cpu"), dtypes=("fp16", "bf16"),
+                      layouts=("NHWC",), supports=small_only)(lambda *a: None)
+    impl = registry.get("conv2d", "mine")
+    small, big = Conv2d(1, 3, 4, 8, 8, 3, 3), Conv2d(1, 3, 4, 8, 8, 7, 7)
+    assert impl.unsupported_reason(small, "fp16", "NHWC", "cuda:0") is None
+    assert impl.unsupported_reason(small, "fp32", "NHWC", "cuda") == "mine supports fp16, bf16 for conv2d, not fp32"
+    assert impl.unsupported_reason(small, "fp16", "NCHW", "cpu") == "mine supports the NHWC layout for conv2d, not NCHW"
+    assert impl.unsupported_reason(big, "bf16", "NHWC", torch.device("cpu")) == "kernels above 5x5 are not implemented"
+    registry.register("relu", "gpu_only", backend="user")(lambda *a: None)
+    plain = registry.get("relu", "gpu_only")
+    assert plain.supported_dtypes == ReLU.dtypes and plain.supported_layouts == ReLU.layouts
+    assert plain.unsupported_reason(ReLU(1, 1), "fp32", "NCHW", "cpu") == "gpu_only runs on cuda only, not cpu"
+    assert registry.unsupported_reason("relu", "gpu_only", ReLU(1, 1), "bf16", "NCHW", "cuda") is None
+    with pytest.raises(ValueError, match="dtypes 'int8' not allowed for relu"):
+        registry.register("relu", "bad", backend="user", dtypes=("int8",))
+    with pytest.raises(ValueError, match="layouts 'NHWC' not allowed for relu"):
+        registry.register("relu", "bad", backend="user", layouts=("NHWC",))
+
+
+class _Dist:
+    def __init__(self, name: str):
+        self.metadata = {"Name": name}
+
+
+def _ep(name: str, value: str, dist: str) -> metadata.EntryPoint:
+    ep = metadata.EntryPoint(name, value, registry.ENTRY_POINT_GROUP)
+    return ep._for(_Dist(dist))  # type: ignore[attr-defined]
+
+
+def test_builtins_load_through_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    imported: list[str] = []
+    monkeypatch.setattr(registry.importlib, "import_module", lambda m: imported.append(m))
+    # Installed: layerbench's own entry points name the built-in modules; a user's package adds its own.
+    eps = [_ep("torch", "kernels.reference.torch_ref", "layerbench"), _ep("mine", "mypkg.kernels", "mypkg")]
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: eps if group == registry.ENTRY_POINT_GROUP else [])
+    _fresh_registry(monkeypatch)
+    registry.load_errors()
+    assert imported == ["kernels.reference.torch_ref"]
+    assert set(registry.load_errors()) == {"entry point mine"}  # mypkg is not installed: reported, not fatal
+
+    # A checkout without install (no layerbench entry points): the built-in module list.
+    imported.clear()
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [])
+    _fresh_registry(monkeypatch)
+    registry.load_errors()
+    assert imported == list(registry.BUILTIN_MODULES.values())
+
+
+def test_pyproject_declares_the_builtin_backends() -> None:
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert project["entry-points"][registry.ENTRY_POINT_GROUP] == registry.BUILTIN_MODULES
+
+
+def test_check_name_refuses_unknown_and_unloadable_names() -> None:
+    registry.check_name("conv2d", "triton")
+    with pytest.raises(ValueError, match=r"unknown implementation 'tritn' for conv2d; known: .*triton"):
+        registry.check_name("conv2d", "tritn")
+    with pytest.raises(ValueError, match=r"'cublas' has no conv2d kernel \(it has linear\)"):
+        registry.check_name("conv2d", "cublas")
+    with pytest.raises(ValueError, match=r"cannot import no_such_module_xyz"):
+        registry.check_name("conv2d", "no_such_module_xyz:build")
+    with pytest.raises(ValueError, match=":build: must look like package.module:function"):
+        registry.check_name("conv2d", ":build")

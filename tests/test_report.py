@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from layerbench.analysis import report
+from layerbench.analysis.tables import unit_scale
 from layerbench.results import rundir as results
 from layerbench import sweep
 
@@ -124,9 +126,50 @@ def test_report_without_energy_shows_time_only(tmp_path: Path) -> None:
 
 
 def test_units_and_empty_run(tmp_path: Path) -> None:
-    assert report.unit_scale([2e-6, 5e-6], "s") == (1e-6, "µs")
-    assert report.unit_scale([3.0], "J") == (1.0, "J")
-    assert report.unit_scale([250.0], "W") == (1.0, "W")
+    assert unit_scale([2e-6, 5e-6], "s") == (1e-6, "µs")
+    assert unit_scale([3.0], "J") == (1.0, "J")
+    assert unit_scale([250.0], "W") == (1.0, "W")
     (tmp_path / results.RESULTS_FILE).write_text("")
     with pytest.raises(ValueError, match="no records"):
         report.build_report(tmp_path)
+
+
+def _frame(xs: list, times: list[float], impl: str = "triton", x: str = "axis_batch") -> pd.DataFrame:
+
+    return pd.DataFrame([{x: xv, "impl": impl, "status": "ok", "time_median_s": t, "point_index": i}
+                         for i, (xv, t) in enumerate(zip(xs, times))])
+
+
+def test_plots_use_log_axes_for_decades_and_integer_ticks() -> None:
+    fig = report.figure(_frame([1, 10, 100], [1e-6, 1e-4, 1e-2]), "axis_batch", ["triton"], "t")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+    assert list(ax.get_xticks()) == [1, 10, 100] and [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "100"]
+    fig = report.figure(_frame([3, 5, 7], [1.0, 1.2, 1.5]), "axis_batch", ["triton"], "t")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_xscale() == "linear"
+    assert list(ax.get_xticks()) == [3, 5, 7]  # no 3.5, 4.5 ... between the swept integers
+    assert ax.lines[0].get_linestyle() == "-"  # one layer over a swept value: joined
+
+
+def test_points_of_unrelated_layers_are_not_joined() -> None:
+    fig = report.figure(_frame(["conv1", "relu1", "fc6"], [1.0, 2.0, 3.0], x="name"), "name", ["triton"], "t")
+    assert fig.axes[0].lines[0].get_linestyle() == "None"
+
+
+def test_columns_put_references_last_and_titles_do_not_repeat(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, AXIS_SWEEP.replace('["triton", "cudnn"]', '["cudnn", "triton"]'))
+    text = report.build_report(run_dir).read_text()
+    assert "| kernel | triton time (µs) |" in text  # the reference cudnn comes after, as always
+    assert report.title_words("relu", "relu", "fp32", None, "NCHW") == "relu fp32 NCHW"
+
+
+def test_cpu_run_does_not_speak_of_gpu_power(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, AXIS_SWEEP)
+    run = results.read_run(run_dir)
+    run["device"] = "cpu"
+    results.write_run(run_dir, run)
+    text = report.build_report(run_dir).read_text()
+    assert "GPU" not in text.split("## ")[1] and "CPU package (RAPL)" in text
+    gpu = make_run(tmp_path / "g", AXIS_SWEEP, energy=False) if (tmp_path / "g").mkdir() is None else None
+    assert "power" not in report.build_report(gpu).read_text().split("## ")[1]

@@ -103,14 +103,17 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 def test_record_identity_matches_the_sweep_hashes() -> None:
-    """Records written before results/identity.py existed resume: the hashes are unchanged."""
+    """Records of earlier runs resume: the hashes of a fixed point are pinned to the values the
+    earlier code wrote."""
     s = sweep.parse_sweep(SWEEP, "s.toml")
+    p = s.points[0]
+    assert identity.config_hash(p, "torch", s.measure, "cuda") == "4d52fd3293b5f117"
+    assert identity.point_hash(p, s.measure, "cuda") == "d93ed3546fde09e3"
     for p in s.points:
         for impl in p.implementations:
             rec = Record.for_point(p, impl, s.measure, "cuda", s.experiment, 0)
-            assert rec.config_hash == p.config_hash(impl, s.measure, "cuda")
-            assert rec.point_hash == p.point_hash(s.measure, "cuda")
             assert rec.config_hash == identity.config_hash(p, impl, s.measure, "cuda")
+            assert rec.point_hash == identity.point_hash(p, s.measure, "cuda")
 
 
 def test_record_keeps_the_column_layout() -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from layerbench import sweep
 from layerbench.layers import Conv2d
 from layerbench.options import EnergyConfig, TimingConfig, option_schema
+from layerbench.results import identity
 from layerbench.sweep import SweepError
 from layerbench.sweep.parse import ENERGY_SWITCHES, TOP_KEYS
 
@@ -83,11 +84,11 @@ def test_cartesian_product_zip_and_shorthands() -> None:
 
 def test_hashes_are_stable_and_cover_measurement_not_order() -> None:
     a, b = parse(BASE), parse(dict(reversed(list(BASE.items()))))
-    h = [p.config_hash("torch", a.measure, "cuda") for p in a.points]
-    assert h == [p.config_hash("torch", b.measure, "cuda") for p in b.points]
+    h = [identity.config_hash(p, "torch", a.measure, "cuda") for p in a.points]
+    assert h == [identity.config_hash(p, "torch", b.measure, "cuda") for p in b.points]
     assert len(set(h)) == len(h)
     hot = parse(BASE | {"timing": {"mode": "hot", "fixed_samples": 3}})
-    assert hot.points[0].config_hash("torch", hot.measure, "cuda") != h[0]
+    assert identity.config_hash(hot.points[0], "torch", hot.measure, "cuda") != h[0]
     assert a.points[0].config_hash("torch", a.measure, "cpu") != h[0]
     assert a.points[0].config_hash("triton", a.measure, "cuda") != h[0]
     quick = sweep.parse_sweep(toml(BASE), "x.toml", quick=True)
@@ -311,3 +312,33 @@ def test_thesis_set_covers_the_experiments() -> None:
     assert {p.spec.method for p in thesis["pool_method"].points} == {"max", "avg"}
     assert {p.spec.kernel for p in thesis["pool_kernel_size"].points} == {2, 3}
     assert sorted({p.spec.height for p in thesis["pool_input_size"].points}) == [13, 27, 55]
+
+
+@pytest.mark.parametrize("value", ['"one"', "1.5", "true"])
+@pytest.mark.parametrize("where", ["params", "points", "axes"])
+def test_wrong_parameter_type_is_a_file_error(where: str, value: str) -> None:
+    """A wrong type is a mistake in the file (exit 2); a wrong value of the right type is a point's."""
+    if where == "params":
+        text = f'layer = "relu"\nimplementations = ["torch"]\n[params]\nbatch = {value}\nchannels = 2\n'
+        key = "params.batch"
+    elif where == "points":
+        text = (f'implementations = ["torch"]\n[[points]]\nname = "r"\nlayer = "relu"\nbatch = {value}\n'
+                'channels = 2\n')
+        key = r"points\[0\]\.batch"
+    else:
+        text = f'layer = "relu"\nimplementations = ["torch"]\n[params]\nchannels = 2\n[axes]\nbatch = [1, {value}]\n'
+        key = r"axes.batch\[1\]"
+    with pytest.raises(SweepError, match=rf"{key}: must be an integer, got "):
+        sweep.parse_sweep(text, "t.toml")
+
+
+def test_wrong_type_of_bool_and_string_parameters() -> None:
+    base = 'layer = "pool2d"\nimplementations = ["torch"]\n[params]\nbatch = 1\nchannels = 1\nsize = 4\nkernel = 2\nstride = 2\n'
+    with pytest.raises(SweepError, match=r"params.method: must be a string, got an integer 3"):
+        sweep.parse_sweep(base + "method = 3\n", "t.toml")
+    relu = 'layer = "relu"\nimplementations = ["torch"]\n[params]\nbatch = 1\nchannels = 1\n'
+    with pytest.raises(SweepError, match=r"params.inplace: must be true or false, got an integer 1"):
+        sweep.parse_sweep(relu + "inplace = 1\n", "t.toml")
+    # A value of the right type out of range stays a per-point invalid record.
+    s = sweep.parse_sweep(base.replace("batch = 1", "batch = 0"), "t.toml")
+    assert s.points[0].invalid and "batch" in s.points[0].invalid

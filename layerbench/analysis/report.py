@@ -2,10 +2,12 @@
 
 For each table (one per combination of the dimensions that are not plotted: point name, other
 axes, dtype, layout) the rows are the swept values and each implementation gets three columns:
-time per launch, average GPU power, energy per launch.  A PNG per table plots the same three
-quantities against the swept value, one line per implementation.  The x axis is the sweep's
-first axis, or the point name for a list of layers (then a "sum" row adds the layers up, as
-thesis Table 5-1 does).
+time per launch, average power, energy per launch (the device's: GPU power on a GPU run, the CPU
+package's on a CPU run), custom kernels first and references last.  A PNG per table plots the same
+quantities against the swept value, one line per implementation; a quantity spanning two decades
+or more gets a log axis, an integer axis integer ticks, and points of unrelated layers are not
+joined by lines.  The x axis is the sweep's first axis, or the point name for a list of layers
+(then a "sum" row adds the layers up, as thesis Table 5-1 does).
 """
 
 from __future__ import annotations
@@ -17,41 +19,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
+from layerbench.analysis.compare import compare_within, format_comparison
+from layerbench.analysis.stats import spans_decades
+from layerbench.analysis.tables import fmt_cell, fmt_number, markdown_table, unit_scale
 from layerbench.results import rundir as results
 
 METRICS = (("time_median_s", "time", "s"), ("energy_avg_power_w", "power", "W"),
            ("energy_j_per_launch", "energy", "J"))
-_PREFIXES = ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def unit_scale(values: Sequence[float], unit: str) -> tuple[float, str]:
-    """The SI prefix that puts the largest value at >= 1 (W stays W)."""
-    finite = [abs(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v]
-    if unit == "W" or not finite:
-        return 1.0, unit
-    top = max(finite)
-    for scale, prefix in _PREFIXES:
-        if top >= scale:
-            return scale, prefix + unit
-    return _PREFIXES[-1][0], _PREFIXES[-1][1] + unit
-
-
-def _fmt(v: Any, scale: float) -> str:
-    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return "-"
-    x = v / scale
-    return f"{x:.4g}"
 
 
 def x_column(df: pd.DataFrame, axes: Sequence[str]) -> str:
@@ -115,7 +92,7 @@ def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[
                     continue
                 ok = r["status"] == "ok"
                 v = r.get(col) if ok else None
-                row.append(_fmt(v, scales[col][0]) if ok else r["status"])
+                row.append(fmt_number(v, scale=scales[col][0]) if ok else r["status"])
                 total = totals[(impl, col)]
                 finite = isinstance(v, (int, float)) and math.isfinite(v)
                 totals[(impl, col)] = total + v if total is not None and finite else None
@@ -127,25 +104,49 @@ def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[
                 # Summed power is meaningless; the layers' total is time and energy.
                 total = totals[(impl, col)]
                 row.append("" if col == "energy_avg_power_w" else "-" if total is None
-                           else _fmt(total, scales[col][0]))
+                           else fmt_number(total, scale=scales[col][0]))
         rows.append(row)
     return headers, rows
 
 
-def plot(g: pd.DataFrame, x: str, impls: list[str], title: str, path: Path) -> bool:
-    """Time, average power and energy against the swept value; False when nothing to plot."""
-    import matplotlib
+def implementation_order(df: pd.DataFrame) -> list[str]:
+    """Custom implementations in the order the sweep lists them, then the references: the same
+    column order in every table of a report."""
+    order = list(dict.fromkeys(df.sort_values("point_index", kind="stable")["impl"]))
+    refs: set[str] = set()
+    if "reference" in df.columns:
+        refs = set(df.loc[df["reference"].fillna(False).astype(bool), "impl"])
+    return [i for i in order if i not in refs] + [i for i in order if i in refs]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def title_words(*parts: Any) -> str:
+    """Parts joined with spaces, a word that is already there left out ("relu relu" reads "relu")."""
+    words: list[str] = []
+    for part in parts:
+        if part is None or (isinstance(part, float) and math.isnan(part)):
+            continue
+        for w in str(part).split():
+            if w.lower() not in (x.lower() for x in words):
+                words.append(w)
+    return " ".join(words)
+
+
+def _integers(values: list[float]) -> bool:
+    return all(float(v).is_integer() for v in values)
+
+
+def figure(g: pd.DataFrame, x: str, impls: list[str], title: str) -> Figure | None:
+    """Time, average power and energy against the swept value; None when nothing to plot."""
     ok = g[g["status"] == "ok"]
     panels = [m for m in _metrics(ok) if m[0] in ok.columns and ok[m[0]].notna().any()]
     if ok.empty or not panels:
-        return False
+        return None
     xs = _x_values(g, x)
-    numeric = _numeric(xs)
-    fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    numeric = None if x in ("name", "layer") else _numeric(xs)
+    # Points of a list of layers are unrelated: markers only, never a line from one to the next.
+    style = {"marker": "o"} if numeric else {"marker": "o", "linestyle": "none"}
+    fig = Figure(figsize=(4.2 * len(panels), 3.6))
+    axs = fig.subplots(1, len(panels), squeeze=False)
     for ax, (col, label, unit) in zip(axs[0], panels):
         scale, shown = unit_scale(list(ok[col]), unit)
         for impl in impls:
@@ -156,8 +157,20 @@ def plot(g: pd.DataFrame, x: str, impls: list[str], title: str, path: Path) -> b
             if not pts:
                 continue
             px = [numeric[i] if numeric else i for i, _, _ in pts]
-            ax.plot(px, [v / scale for _, _, v in pts], marker="o", label=impl)
-        if not numeric:
+            ax.plot(px, [v / scale for _, _, v in pts], label=impl, **style)
+        if spans_decades(ok[col]):
+            ax.set_yscale("log")
+        if numeric:
+            if spans_decades(numeric):
+                ax.set_xscale("log")
+            if _integers(numeric):
+                if ax.get_xscale() == "log" or len(numeric) <= 12:
+                    ax.xaxis.set_major_locator(FixedLocator(numeric))
+                    ax.set_xticks(numeric, [str(int(v)) for v in numeric])
+                    ax.xaxis.set_minor_locator(NullLocator())
+                else:
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
             ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=45, ha="right")
         ax.set_xlabel(x.removeprefix("axis_"))
         ax.set_ylabel(f"{label} ({shown})")
@@ -165,14 +178,30 @@ def plot(g: pd.DataFrame, x: str, impls: list[str], title: str, path: Path) -> b
     axs[0][0].legend(fontsize="small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
+    return fig
+
+
+def plot(g: pd.DataFrame, x: str, impls: list[str], title: str, path: Path) -> bool:
+    """Write ``figure`` as a PNG; False when there was nothing to plot."""
+    fig = figure(g, x, impls, title)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
+
+
+def _measured_what(run: dict[str, Any], df: pd.DataFrame) -> str:
+    """What the columns mean, in the words of this run's device (a CPU run has no GPU power)."""
+    text = "Time is the median per launch"
+    if any(c in df.columns and df[c].notna().any() for c in ("energy_avg_power_w", "energy_j_per_launch")):
+        who = "GPU" if run.get("device", "cuda") == "cuda" else "CPU package (RAPL)"
+        text += (f", power the average {who} power while the kernel ran back to back, energy the {who} "
+                 "energy per launch (gross, idle included)")
+    return text + ". A status word stands where a point did not run correctly."
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write report.md (and its PNG plots) for a run; return the markdown path."""
-    from layerbench.analysis.compare import compare_within, format_comparison
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
@@ -189,20 +218,18 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             ("records", len(df)),
             ("status", ", ".join(f"{k} {v}" for k, v in df["status"].value_counts().items()))]
     parts += [f"- **{k}**: {v}" for k, v in meta if v is not None]
-    parts += ["", "Time is the median per launch, power the average GPU power while the kernel ran "
-              "back to back, energy the GPU energy per launch (gross, idle included). "
-              "A status word stands where a point did not run correctly.", ""]
-    impls = list(dict.fromkeys(df.sort_values("point_index")["impl"]))
+    parts += ["", _measured_what(run, df), ""]
+    impls = implementation_order(df)
     group_cols = _group_columns(df, x)
     groups = df.groupby(group_cols, sort=False, dropna=False) if group_cols else [((), df)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
-        title = " ".join(str(k) for k in key if not (isinstance(k, float) and math.isnan(k))) or "all points"
+        title = title_words(*key) or "all points"
         g_impls = [i for i in impls if i in set(g["impl"])]
         headers, rows = _table(g, x, g_impls, sums=x == "name" and len(_x_values(g, x)) > 1)
         parts += [f"## {title}", "", markdown_table(headers, rows), ""]
         png = out / f"{_slug(title)}.png"
-        if plot(g, x, g_impls, f"{run.get('experiment', '')} {title}", png):
+        if plot(g, x, g_impls, title_words(run.get("experiment"), title), png):
             parts += [f"![{title}]({png.name})", ""]
     bad = df[df["status"] != "ok"]
     if not bad.empty:
@@ -211,18 +238,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                 if c in bad.columns and bad[c].notna().any()]
         parts += ["## Points that did not run correctly", "",
                   markdown_table([c.removeprefix("axis_") for c in cols],
-                                 [[_plain(r[c]) for c in cols] for _, r in bad.iterrows()]), ""]
+                                 [[fmt_cell(r[c], 300) for c in cols] for _, r in bad.iterrows()]), ""]
     parts += [format_comparison(compare_within(df), "Custom kernels against the references"), ""]
     parts += _environment(run)
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path
-
-
-def _plain(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v)[:300]
 
 
 def _environment(run: dict[str, Any]) -> list[str]:

@@ -188,10 +188,11 @@ class GroupEvaluator:
         except ValueError as exc:
             raise Unavailable(str(exc)) from exc
         rec.backend, rec.reference = impl.backend, impl.reference
-        if self.device.type not in impl.devices:
-            raise Unsupported(f"{rec.impl} runs on {', '.join(impl.devices)} only, not {self.device.type}")
-        emit("phase", {"impl": rec.impl, "phase": "build"})
         spec = point.spec
+        why = impl.unsupported_reason(spec, dtype, point.layout, self.device)
+        if why is not None:
+            raise Unsupported(why)  # recorded as unsupported before anything is built
+        emit("phase", {"impl": rec.impl, "phase": "build"})
         group.checks.load(0)
         out = make_output(spec, group.tensors)
         built: Built

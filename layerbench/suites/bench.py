@@ -2,8 +2,8 @@
 
 The bench is five ordinary sweeps (``sweeps/bench/*.toml``) run by the normal runner — the same
 correctness gate, timer, interleaved energy windows and resumable record log — plus the two
-ceilings measured on the card (``layerbench.suites.ceilings``) and the bench's targets (``TARGETS``), each judged by a
-geometric mean over the bench shapes of its layer.
+ceilings measured on the card (``layerbench.suites.ceilings``) and the performance targets of the
+custom kernels, each judged by a geometric mean over the bench shapes of its layer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pandas as pd
 
 from layerbench import sweep
 from layerbench.analysis import compare
-from layerbench.analysis.report import markdown_table
+from layerbench.analysis.stats import geomean
+from layerbench.analysis.tables import fmt_number, markdown_table
 from layerbench.results import rundir as results
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import ceilings as ceil
@@ -155,7 +156,7 @@ def references_vs_torch(tab: pd.DataFrame) -> pd.DataFrame:
 
 
 def targets(tab: pd.DataFrame) -> pd.DataFrame:
-    """Each bench target: the geometric mean over its rows, and whether it is met."""
+    """Each performance target: the geometric mean over its rows, and whether it is met."""
     rows = []
     for t in TARGETS:
         sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)]
@@ -165,10 +166,10 @@ def targets(tab: pd.DataFrame) -> pd.DataFrame:
         col = "ceiling" if t.metric == "copy" else ("x_best" if t.baseline in ("cudnn", "cublas")
                                                      else f"x_{t.baseline}")
         values = sel[col] if col in sel else pd.Series(dtype=float)
-        g = compare.geomean(values)
+        g = geomean(values)
         # What a kernel running exactly as fast as a copy of the same bytes would score: a copy target
         # above it cannot be met by any kernel that moves the minimum bytes, at these sizes.
-        bound = compare.geomean(sel["ceiling"] / sel["sized_copy"]) if t.metric == "copy" and len(sel) else math.nan
+        bound = geomean(sel["ceiling"] / sel["sized_copy"]) if t.metric == "copy" and len(sel) else math.nan
         rows.append({"target": t.text, "points": int(values.notna().sum()), "geomean": g,
                      "worst": float(values.min()) if values.notna().any() else math.nan, "copy_bound": bound,
                      "verdict": "n/a" if math.isnan(g) else ("MET" if g >= t.threshold else "MISSED")})
@@ -179,14 +180,10 @@ def targets(tab: pd.DataFrame) -> pd.DataFrame:
         sel = tab[tab["impl"].isin(CUSTOM) & (tab[f"x_{base}"] >= 1.0) & tab[f"e_{base}"].notna()]
         bad = sel[sel[f"e_{base}"] > 1.05]
         rows.append({"target": f"energy <= 1.05x {base} where at least as fast", "points": len(sel),
-                     "geomean": compare.geomean(sel[f"e_{base}"]),
+                     "geomean": geomean(sel[f"e_{base}"]),
                      "worst": float(sel[f"e_{base}"].max()) if len(sel) else math.nan,
                      "verdict": "n/a" if sel.empty else ("MET" if bad.empty else f"MISSED ({len(bad)})")})
     return pd.DataFrame(rows)
-
-
-def _f(v: object, fmt: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def _references_section(tab: pd.DataFrame) -> list[str]:
@@ -195,8 +192,8 @@ def _references_section(tab: pd.DataFrame) -> list[str]:
     if vs.empty:
         return []
     flagged = int((vs["flag"] != "").sum())
-    table_rows = [[r["layer"], r["point"], r["dtype"], r["layout"], r["reference"], r["path"], _f(r["ref_us"], ".1f"),
-                   _f(r["torch_us"], ".1f"), _f(r["ref_over_torch"], ".3f"), r["flag"]]
+    table_rows = [[r["layer"], r["point"], r["dtype"], r["layout"], r["reference"], r["path"], fmt_number(r["ref_us"], ".1f"),
+                   fmt_number(r["torch_us"], ".1f"), fmt_number(r["ref_over_torch"], ".3f"), r["flag"]]
                   for _, r in vs.sort_values(["layer", "point_index", "dtype", "layout"]).iterrows()]
     margin = f"{100 * (NOT_AT_BEST - 1):.0f} %"
     verdict = (f"{flagged} of {len(vs)} points: torch faster than the reference by more than {margin} "
@@ -207,7 +204,7 @@ def _references_section(tab: pd.DataFrame) -> list[str]:
                             "ref / torch", ""], table_rows), "", verdict, ""]
 
 
-def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
+def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
     rates = ", ".join(f"{d} {v:.0f}" for d, v in ceilings["matmul_tflops"].items())
     methods = ceilings.get("copy_methods") or {}
     copies = "".join(f"; {m} {v:.0f}" for m, v in methods.items())
@@ -227,19 +224,19 @@ def format_report(tab: pd.DataFrame, ceilings: dict) -> str:
     for _, r in tab.sort_values(["layer", "point_index", "dtype", "layout", "impl"]).iterrows():
         point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
         rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in MEMORY_BOUND else f"{r['tflops']:.1f} TFLOP/s"
-        rows.append([r["layer"], point, r["dtype"], r["layout"], r["impl"], _f(r["time_median_s"] * 1e6, ".1f"),
-                     rate, _f(100 * r["ceiling"], ".0f"), _f(100 * r["sized_copy"], ".0f"),
-                     *[_f(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
-                     _f(r.get("energy_j_per_launch"), ".4g"), *[_f(r.get(f"e_{b}"), ".3f") for b in refs]])
+        rows.append([r["layer"], point, r["dtype"], r["layout"], r["impl"], fmt_number(r["time_median_s"] * 1e6, ".1f"),
+                     rate, fmt_number(100 * r["ceiling"], ".0f"), fmt_number(100 * r["sized_copy"], ".0f"),
+                     *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
+                     fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs]])
     lines += [markdown_table(headers, rows), "", "### Targets (geometric means over the bench shapes)", ""]
     tg = targets(tab)
     lines.append(markdown_table(["target", "points", "geomean", "worst", "same-size copy", "verdict"],
-                                [[r["target"], r["points"], _f(r["geomean"], ".3f"), _f(r["worst"], ".3f"),
-                                  _f(r.get("copy_bound"), ".3f"), r["verdict"]] for _, r in tg.iterrows()]))
+                                [[r["target"], r["points"], fmt_number(r["geomean"], ".3f"), fmt_number(r["worst"], ".3f"),
+                                  fmt_number(r.get("copy_bound"), ".3f"), r["verdict"]] for _, r in tg.iterrows()]))
     lines += ["", "same-size copy (bandwidth targets): the geomean a kernel would score if it ran as fast as "
               "the copy of its bytes at every point; a target above it is out of reach at these sizes."]
     sized = [f"{layer} {impl} {100 * g:.0f} %" for layer in MEMORY_BOUND for impl in CUSTOM
-             if not math.isnan(g := compare.geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl),
+             if not math.isnan(g := geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl),
                                                             "sized_copy"]))]
     if sized:
         lines += ["", "Against a copy of the same size (geomean, not a target): " + ", ".join(sized) + "."]

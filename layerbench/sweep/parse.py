@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Callable, Iterator
-
-import tomllib
 
 from layerbench.errors import SweepError
 from layerbench.layers import LAYERS, SHORTHANDS, required_fields, spec_from_dict
@@ -89,11 +89,31 @@ def _check_type(key: str, value: Any, types: tuple[type, ...], allowed: str) -> 
     # TOML booleans are ints in Python; a bool is only accepted where bool is listed.
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
-        _fail(key, f"must be {allowed}, got {_type_name(value)} {value!r}")
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)  # as TOML writes it
+        _fail(key, f"must be {allowed}, got {_type_name(value)} {shown}")
 
 
 def _scalar_ok(value: Any) -> bool:
     return isinstance(value, (bool, int, float, str))
+
+
+# How a parameter's type reads in an error; a wrong type is an error of the file (exit 2), while a
+# value of the right type out of its range makes an invalid point (sweeps/README.md).
+_PARAM_TYPES: dict[type, tuple[tuple[type, ...], str]] = {
+    int: ((int,), "an integer"), bool: ((bool,), "true or false"), str: ((str,), "a string")}
+
+
+def param_type(layer: str, key: str) -> type | None:
+    """The Python type of a layer parameter or shorthand (``size`` is an int), None if unknown."""
+    hints = typing.get_type_hints(LAYERS[layer])
+    field = SHORTHANDS[layer].get(key, (key,))[0]
+    return hints.get(field)
+
+
+def _check_param_type(key: str, layer: str, param: str, value: Any) -> None:
+    kind = param_type(layer, param)
+    if kind in _PARAM_TYPES:
+        _check_type(key, value, *_PARAM_TYPES[kind])
 
 
 class _Parser:
@@ -178,7 +198,7 @@ class _Parser:
                 points.append(point)
         sweep = Sweep(self.path, title, experiment, list(thesis), d.get("description", ""), layers,
                       [n for n, _ in axes], measure, points, skipped_invalid, skipped_filtered, text,
-                      energy_where)
+                      energy_where, invalid_policy)
         for point in points:
             point.energy_impls = [n for n in point.implementations if sweep._wants_energy(point, n)]
         return sweep
@@ -212,6 +232,7 @@ class _Parser:
                                     f"{', '.join(sorted(fields))}")
             if not _scalar_ok(v):
                 _fail(f"{key}.{k}", f"must be a number, string or boolean, got {_type_name(v)}")
+            _check_param_type(f"{key}.{k}", layer, k, v)
 
     def layer_name(self, key: str, value: Any) -> str:
         _check_type(key, value, (str,), f"one of {', '.join(LAYERS)}")
@@ -248,6 +269,8 @@ class _Parser:
                 params = {k: v for k, v in p.items() if k not in POINT_RESERVED}
                 self.check_params(key, layer, params)
                 inherited = {k: v for k, v in common.items() if k in self.fields(layer)}
+                for k, v in inherited.items():
+                    _check_param_type(f"params.{k}", layer, k, v)
                 bases.append((p["name"], layer,
                               _expand("params", layer, inherited) | _expand(key, layer, params)))
             for k in common:
@@ -288,9 +311,11 @@ class _Parser:
                 _check_type(pkey, values, (list,), "a non-empty list of values")
                 if not values:
                     _fail(pkey, "must hold at least one value")
-                for v in values:
+                for i, v in enumerate(values):
                     if not _scalar_ok(v):
                         _fail(pkey, f"values must be numbers, strings or booleans, got {_type_name(v)}")
+                    for layer in layers:
+                        _check_param_type(f"{pkey}[{i}]", layer, param, v)
                 for f in {f for layer in layers for f in _expand(pkey, layer, {param: 0})}:
                     if f in set_by_axes:
                         _fail(pkey, f"{f!r} is swept by two axes")

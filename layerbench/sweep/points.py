@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,33 +51,6 @@ class Point:
         return self.params | {"layer": self.layer, "name": self.label, "dtype": self.dtype,
                               "layout": self.layout, "impl": impl}
 
-    def config(self, impl: str, measure: Measure, device: str) -> dict[str, Any]:
-        """What identifies a result row: everything that changes the measured quantity."""
-        return {"layer": self.layer, "params": _spec_params(self), "dtype": self.dtype,
-                "layout": self.layout, "impl": impl, "device": device,
-                "measure": measure.to_dict() | {"energy": impl in self.energy_impls}}
-
-    def point_hash(self, measure: Measure, device: str) -> str:
-        cfg = self.config("", measure, device)
-        del cfg["impl"]
-        cfg["measure"]["energy"] = measure.energy
-        return stable_hash(cfg)
-
-    def config_hash(self, impl: str, measure: Measure, device: str) -> str:
-        return stable_hash(self.config(impl, measure, device))
-
-
-def _spec_params(point: Point) -> dict[str, Any]:
-    if point.spec is not None:
-        return dataclasses.asdict(point.spec)
-    return dict(sorted(point.params.items()))
-
-
-def stable_hash(obj: Any) -> str:
-    """16 hex digits of SHA-256 over canonical JSON: the same config hashes alike everywhere."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
 
 @dataclass
 class Sweep:
@@ -96,6 +67,7 @@ class Sweep:
     skipped_filtered: int
     text: str
     energy_where: list[Expr] = field(default_factory=list)
+    invalid_policy: str = "record"  # the file's `invalid`: "record" or "skip" invalid points
 
     def _wants_energy(self, point: Point, impl: str) -> bool:
         return self.measure.energy and all(w(point.values(impl)) for w in self.energy_where)
@@ -108,6 +80,12 @@ class Sweep:
                 layer, name = "", item
             elif layer not in LAYERS:
                 raise SweepError(f"--impl {item}: layer must be one of {', '.join(LAYERS)}")
+            if not name.strip():
+                raise SweepError(f"--impl {item!r}: no implementation name (NAME, package.module:function "
+                                 "or LAYER=NAME)")
+            if layer and layer not in self.layers:
+                raise SweepError(f"--impl {item}: this sweep has no {layer} layer; its layers are "
+                                 f"{', '.join(self.layers)}")
             for p in self.points:
                 if (not layer or p.layer == layer) and name not in p.implementations:
                     p.implementations.append(name)
@@ -120,11 +98,23 @@ class Sweep:
         for p in self.points:
             p.energy_impls = []
 
+    def implementation_names(self) -> list[str]:
+        """Every implementation name of the sweep's points, in first-use order."""
+        return list(dict.fromkeys(n for p in self.points for n in p.implementations))
+
     def restrict_implementations(self, names: list[str]) -> None:
-        """``--only``: keep just these implementations."""
+        """``--only``: keep just these implementations; each must be one of the sweep's."""
+        if not names:
+            raise SweepError("--only names no implementation")
+        have = self.implementation_names()
+        for n in names:
+            if n not in have:
+                raise SweepError(f"--only {n}: not an implementation of {self.path} "
+                                 f"(its implementations: {', '.join(have) or 'none'})")
         for p in self.points:
             p.implementations = [n for n in p.implementations if n in names]
             p.energy_impls = [n for n in p.energy_impls if n in names]
+        self.points = [p for p in self.points if p.implementations]
 
 
 def axis_label(value: Any) -> str:
