@@ -89,10 +89,10 @@ def test_hashes_are_stable_and_cover_measurement_not_order() -> None:
     assert len(set(h)) == len(h)
     hot = parse(BASE | {"timing": {"mode": "hot", "fixed_samples": 3}})
     assert identity.config_hash(hot.points[0], "torch", hot.measure, "cuda") != h[0]
-    assert a.points[0].config_hash("torch", a.measure, "cpu") != h[0]
-    assert a.points[0].config_hash("triton", a.measure, "cuda") != h[0]
+    assert identity.config_hash(a.points[0], "torch", a.measure, "cpu") != h[0]
+    assert identity.config_hash(a.points[0], "triton", a.measure, "cuda") != h[0]
     quick = sweep.parse_sweep(toml(BASE), "x.toml", quick=True)
-    assert quick.points[0].config_hash("torch", quick.measure, "cuda") != h[0]
+    assert identity.config_hash(quick.points[0], "torch", quick.measure, "cuda") != h[0]
     assert re.fullmatch(r"[0-9a-f]{16}", h[0])
 
 
