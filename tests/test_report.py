@@ -7,10 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from layerbench import sweep
 from layerbench.analysis import report
 from layerbench.analysis.tables import unit_scale
 from layerbench.results import rundir as results
-from layerbench import sweep
+from layerbench.results.records import Record
+from layerbench.results.rundir import RunDir
 
 AXIS_SWEEP = """
 title = "kernel size"
@@ -55,13 +57,13 @@ def make_run(tmp_path: Path, text: str, energy: bool = True) -> Path:
     run_dir.mkdir()
     run = {"experiment": s.experiment, "title": s.title, "thesis": s.thesis, "axes": s.axis_names,
            "device": "cuda", "sessions": []}
-    results.write_run(run_dir, run)
-    session = results.start_session(run_dir, run, ["t"])
-    results.set_environment(run_dir, run, session, {"gpu_name": "H100"})
+    RunDir(run_dir).write_meta(run)
+    session = RunDir(run_dir).new_session(run, ["t"])
+    RunDir(run_dir).record_environment(run, session, {"gpu_name": "H100"})
     with results.ResultLog(run_dir / results.RESULTS_FILE) as log:
         for p in s.points:
             for i, impl in enumerate(p.implementations):
-                r = results.base_record(p, impl, s.measure, "cuda", s.experiment, session)
+                r = Record.for_point(p, impl, s.measure, "cuda", s.experiment, session).to_dict()
                 t = 1e-4 * (p.index + 1) * (i + 1)
                 r.update(status="ok", reference=impl in ("cudnn", "cublas"), time_median_s=t,
                          time_iqr_s=t / 100)
@@ -166,9 +168,9 @@ def test_columns_put_references_last_and_titles_do_not_repeat(tmp_path: Path) ->
 
 def test_cpu_run_does_not_speak_of_gpu_power(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, AXIS_SWEEP)
-    run = results.read_run(run_dir)
+    run = RunDir(run_dir).read_meta()
     run["device"] = "cpu"
-    results.write_run(run_dir, run)
+    RunDir(run_dir).write_meta(run)
     text = report.build_report(run_dir).read_text()
     assert "GPU" not in text.split("## ")[1] and "CPU package (RAPL)" in text
     gpu = make_run(tmp_path / "g", AXIS_SWEEP, energy=False) if (tmp_path / "g").mkdir() is None else None

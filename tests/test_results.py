@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from layerbench import sweep
 from layerbench.results import identity
 from layerbench.results import rundir as results
 from layerbench.results.records import Record, count_statuses, parse_fail_on
-from layerbench import sweep
+from layerbench.results.rundir import RunDir
 
 SWEEP = """
 layer = "linear"
@@ -29,13 +30,13 @@ out_features = [2, 3]
 def _records(tmp_path: Path) -> tuple[Path, list[dict]]:
     s = sweep.parse_sweep(SWEEP, "s.toml")
     run = {"experiment": "s", "sessions": []}
-    results.write_run(tmp_path, run)
-    session = results.start_session(tmp_path, run, ["layerbench", "run"])
-    results.set_environment(tmp_path, run, session, {"gpu": {"name": "H100", "uuid": "GPU-1"}, "driver": "580"})
+    RunDir(tmp_path).write_meta(run)
+    session = RunDir(tmp_path).new_session(run, ["layerbench", "run"])
+    RunDir(tmp_path).record_environment(run, session, {"gpu": {"name": "H100", "uuid": "GPU-1"}, "driver": "580"})
     recs = []
     for p in s.points:
         for impl in p.implementations:
-            r = results.base_record(p, impl, s.measure, "cuda", s.experiment, session)
+            r = Record.for_point(p, impl, s.measure, "cuda", s.experiment, session).to_dict()
             r.update(status="ok", time_median_s=1e-3 * (1 + p.index), time_iqr_s=1e-5,
                      time_samples_s=[1e-3, 1.1e-3], kernel_names=["sm90_xmma_gemm", "at::native::x"],
                      energy_j_per_launch=float("nan"), energy_telemetry_throttle=None)
@@ -94,7 +95,7 @@ def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no results.jsonl or results.parquet"):
         results.load_results(tmp_path)
     with pytest.raises(ValueError, match="not a layerbench run directory"):
-        results.read_run(tmp_path)
+        RunDir(tmp_path).read_meta()
     with pytest.raises(ValueError, match="no results.jsonl to export"):
         results.export_results(tmp_path)
 
@@ -229,7 +230,7 @@ size = [4, 8]
 def test_mixed_layer_table_keeps_integer_parameters_and_axis_types(tmp_path: Path) -> None:
     run_dir, recs = _records(tmp_path)  # linear rows: in_features, out_features, bias
     relu = sweep.parse_sweep(RELU, "r.toml")
-    recs += [results.base_record(p, "torch", relu.measure, "cuda", relu.experiment, 0) | {"status": "ok"}
+    recs += [Record.for_point(p, "torch", relu.measure, "cuda", relu.experiment, 0).to_dict() | {"status": "ok"}
              for p in relu.points]
     with results.ResultLog(run_dir / results.RESULTS_FILE) as log:
         for r in recs:

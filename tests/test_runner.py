@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import runner_fakes
 import torch
 from rich.console import Console
 
-import runner_fakes
-from layerbench.results import rundir as results
 from layerbench import sweep
 from layerbench.measure.energy import EnergyMeter
+from layerbench.results import rundir as results
+from layerbench.results.rundir import RunDir
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
@@ -108,7 +109,7 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path: Path, fake
     assert after[: len(before)] == before  # nothing rewritten
     hashes = Counter(r["config_hash"] for r in after)
     assert len(after) == 3 * 2 * len(impls) and max(hashes.values()) == 1
-    run = results.read_run(tmp_path / "run")
+    run = RunDir(tmp_path / "run").read_meta()
     assert len(run["sessions"]) == 2
     assert {r["session"] for r in after} == {0, 1}
     # A third run has nothing left to do.
@@ -229,7 +230,7 @@ def test_process_worker_survives_a_crash(tmp_path: Path) -> None:
     assert "during build" in recs["crashing_impl:build"]["message"]
     assert recs["torch"]["status"] == "ok"
     assert recs["torch_again:build"]["status"] == "ok"
-    assert results.read_run(run_dir)["sessions"][0]["environment"]
+    assert RunDir(run_dir).read_meta()["sessions"][0]["environment"]
 
 
 # ------------------------------------------------------------ one run per directory (20.1)
@@ -298,7 +299,7 @@ def test_resume_with_other_measurement_options_is_refused(tmp_path: Path, fakes:
         run_sweep(s, _opts(tmp_path, resume=True))
     # The same options resume.
     run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path, resume=True))
-    assert len(results.read_run(tmp_path / "run")["sessions"]) == 2
+    assert len(RunDir(tmp_path / "run").read_meta()["sessions"]) == 2
 
 
 def _console() -> tuple[Console, io.StringIO]:

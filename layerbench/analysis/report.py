@@ -26,6 +26,7 @@ from layerbench.analysis.compare import compare_within, format_comparison
 from layerbench.analysis.stats import spans_decades
 from layerbench.analysis.tables import fmt_cell, fmt_number, markdown_table, unit_scale
 from layerbench.results import rundir as results
+from layerbench.results.rundir import RunDir
 
 METRICS = (("time_median_s", "time", "s"), ("energy_avg_power_w", "power", "W"),
            ("energy_j_per_launch", "energy", "J"))
@@ -209,7 +210,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     df = results.load_results(run_dir)
     if df.empty:
         raise ValueError(f"{run_dir}: the run has no records yet")
-    run = results.read_run(run_dir) if (run_dir / results.RUN_FILE).exists() else {}
+    run = RunDir(run_dir).read_meta() if (run_dir / results.RUN_FILE).exists() else {}
     axes = run.get("axes", [])
     x = x_column(df, axes)
     parts = [f"# {run.get('title', run_dir.name)}", ""]

@@ -32,8 +32,15 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from layerbench.layers import LAYERS
-from layerbench.results.records import (DEFAULT_FAIL_ON, STATUSES, Record, StatusCounts, count_statuses,
-                                        flatten, to_json_line)
+from layerbench.results.records import (
+    DEFAULT_FAIL_ON,
+    STATUSES,
+    Record,
+    StatusCounts,
+    count_statuses,
+    flatten,
+    to_json_line,
+)
 
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -392,38 +399,9 @@ def export_results(run_dir: str | Path) -> tuple[Path, Path]:
     return RunDir(run_dir).export()
 
 
-# ------------------------------------------------------------------------------- callers
-# Module functions that callers outside results/ and run/ use today (cli, report, bench, tests);
-# each is one line over RunDir.  They go once those callers use RunDir.
+# ------------------------------------------------------------------------------- a log file
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """All complete records of a JSON-lines log (a torn last line is reported and left out)."""
     return RunDir(Path(path).parent).records(Path(path))
-
-
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    return RunDir(run_dir).read_meta()
-
-
-def write_run(run_dir: str | Path, run: dict[str, Any]) -> None:
-    RunDir(run_dir).write_meta(run)
-
-
-def start_session(run_dir: str | Path, run: dict[str, Any], argv: list[str]) -> int:
-    return RunDir(run_dir).new_session(run, argv)
-
-
-def set_environment(run_dir: str | Path, run: dict[str, Any], session: int, env: dict[str, Any]) -> None:
-    RunDir(run_dir).record_environment(run, session, env)
-
-
-def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Records per status."""
-    return count_statuses(records).counts
-
-
-def base_record(point: Any, impl: str, measure: Any, device: str, experiment: str,
-                session: int) -> dict[str, Any]:
-    """The row of ``Record.for_point`` as a dict (what tests of the analysis build rows from)."""
-    return Record.for_point(point, impl, measure, device, experiment, session).to_dict()
