@@ -1,4 +1,4 @@
-"""The references at their best (issue 21): cuDNN's graph API beside its legacy search for conv2d,
+"""The references at their best: cuDNN's graph API beside its legacy search for conv2d,
 cuBLASLt's algorithm search beside torch's call for linear.
 
 CPU (CI): the choice between paths with fake builds and timers, the fallback where the optional

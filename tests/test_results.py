@@ -127,7 +127,7 @@ def test_record_keeps_the_column_layout() -> None:
         Record.for_point(s.points[0], "torch", s.measure, "cuda", "s", 0).finish("fine")
 
 
-# --------------------------------------------------------------- the lock (issue 20.1)
+# --------------------------------------------------- the lock
 
 
 def test_second_lock_on_a_run_dir_is_refused_and_released(tmp_path: Path) -> None:
@@ -158,7 +158,7 @@ def test_out_naming_a_file_or_a_read_only_dir_is_a_usage_error(tmp_path: Path) -
         ro.chmod(0o700)
 
 
-# ------------------------------------------------------ a torn last line (issue 20.3)
+# ------------------------------------------ a torn last line
 
 
 def test_torn_last_line_is_reported_once_with_its_line_number(tmp_path: Path,
@@ -191,7 +191,7 @@ def test_a_corrupt_middle_line_names_its_number(tmp_path: Path) -> None:
         results.read_records(log)
 
 
-# ------------------------------------------------------------ statuses (issue 20.10)
+# ------------------------------------------------ statuses
 
 
 def test_status_counts_and_failing_statuses(tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_status_counts_and_failing_statuses(tmp_path: Path) -> None:
     assert status.counts == {"ok": 3, "incorrect": 1} and status.failed
 
 
-# ------------------------------------------------------------- table types (issue 20.16)
+# ------------------------------------------------- table types
 
 RELU = """
 layer = "relu"

@@ -5,7 +5,7 @@ missing, ``build_linear_cublaslt`` raises ``Unavailable`` and implementation "cu
 torch's cuBLAS call, saying so in the record.
 
 torch's ``addmm`` asks cuBLASLt's heuristics for one algorithm and runs it; nothing searches the
-others, so on some GEMMs the reference may be short of cuBLASLt's best (issue 21).  Here:
+others, so on some GEMMs the reference may be short of cuBLASLt's best.  Here:
 
 * ``Matmul(W, x^T, c=out^T, beta=0, options={"inplace": True, "compute_type": ...})``: the
   column-major view of the row-major ``out`` (batch x out_features) is

@@ -30,7 +30,7 @@ by the process; descriptors, the algorithm and the workspace are made once in bu
 build returns ``Built`` with details (cuDNN version, and for conv2d the algorithm, math type,
 workspace size, the search's time and the hot time of the winner) for the record.
 
-Two ways into cuDNN for conv2d (issue 21): the fast Hopper engines (NHWC, 1x1 convolutions, true
+Two ways into cuDNN for conv2d: the fast Hopper engines (NHWC, 1x1 convolutions, true
 fp32 NHWC) are reached only through the graph API, while the legacy search still wins some fp32
 NCHW points (Winograd, FFT).  Both are built and timed with the same timer (``hot_median_ms``);
 the record's ``detail_path`` says which won (``legacy`` or ``graph``), ``detail_legacy_ms`` and

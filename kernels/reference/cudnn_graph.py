@@ -5,7 +5,7 @@ The frontend is the optional package ``nvidia-cudnn-frontend`` (module ``cudnn``
 machine; where the frontend is missing, ``build_conv2d_graph`` raises ``Unavailable`` with the
 reason and implementation "cudnn" keeps its legacy path and says so in the record.
 
-Why a second way into cuDNN (issue 21): on an H200 (cuDNN 9.19) the fast Hopper engines for NHWC
+Why a second way into cuDNN: on an H200 (cuDNN 9.19) the fast Hopper engines for NHWC
 and for the 1x1 convolutions are reached only through the graph API; the legacy
 ``cudnnFindConvolutionForwardAlgorithmEx`` was up to 5.5x slower than torch's ``F.conv2d`` (which
 goes through the graph API) in bf16 NHWC, and 2.5x slower in true fp32 NHWC on a VGG-16 layer.

@@ -30,7 +30,7 @@ CUSTOM = ("triton", "cupy")
 MEMORY_BOUND = ("relu", "pool2d")  # judged in GB/s against the copy; the others in TFLOP/s
 CEILINGS_FILE = "ceilings.json"
 # The vendor results of a point: speedup targets against cuDNN / cuBLAS are judged against the best
-# of them (x_best), so a reference short of its best cannot flatter a custom kernel (issue 21).
+# of them (x_best), so a reference short of its best cannot flatter a custom kernel.
 VENDOR = ("cudnn", "cublas", "torch")
 LIBRARY_REFERENCE = {"conv2d": "cudnn", "linear": "cublas"}  # checked against torch's result per point
 NOT_AT_BEST = 1.03  # the reference is flagged where torch is faster by more than this factor
