@@ -34,6 +34,8 @@ from layerbench.results import rundir as results
 from layerbench.results.records import DEFAULT_FAIL_ON, parse_fail_on
 from layerbench.results.rundir import RunDir
 from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
+from layerbench.run.multi_gpu import parse_gpus, process_pool, visible_gpus
+from layerbench.run.ray_executor import ray_scheduler, require_ray
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import bench
 from layerbench.suites.validate_energy import format_validation, run_validation
@@ -158,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         _check_output_dir(Path(args.out), "--out")
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
+    scheduler = _scheduler(args)
     console = Console(stderr=True)
     failed: dict[str, int] = {}
     for s in sweeps:
@@ -167,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             out = Path(args.out) / s.experiment if len(sweeps) > 1 else Path(args.out)
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
                           point_timeout_s=args.point_timeout, progress=not args.no_progress,
-                          argv=list(sys.argv))
+                          scheduler=scheduler, argv=list(sys.argv))
         run_dir = RunDir(run_sweep(s, opts, console))
         status = run_dir.status_counts(args.fail_on)
         total = sum(status.counts.values())
@@ -184,6 +187,23 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"(exit 1 because of --fail-on {','.join(args.fail_on)})", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _scheduler(args: argparse.Namespace) -> Any:
+    """``--gpus``: a worker per GPU of this host; ``--ray``: Ray tasks on a cluster; else None."""
+    if args.gpus is not None and args.ray is not None:
+        raise ValueError("--gpus and --ray: choose one (Ray places the tasks on the GPUs itself)")
+    if args.ray is not None:
+        require_ray()
+        address = None if args.ray == "local" else args.ray
+        return lambda *a: ray_scheduler(address, *a)
+    if args.gpus is None:
+        return None
+    if args.worker == "inline":
+        raise ValueError("--gpus runs a worker process per GPU; it cannot run with --worker inline")
+    present = visible_gpus()
+    gpus = parse_gpus(args.gpus, present)
+    return lambda *a: process_pool(gpus, present, *a)
 
 
 def plan_rows(s: Sweep, device: str) -> list[tuple[Point, str, str | None]]:
@@ -471,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--point-timeout", type=_positive_float, default=None, metavar="S",
                     help="kill the worker when one point group takes longer than S seconds "
                          f"(process worker only; default {DEFAULT_POINT_TIMEOUT_S:g})")
+    sp.add_argument("--gpus", metavar="all|0,2,5", default=None,
+                    help="spread the point groups over these GPUs of this host: one worker process "
+                         "per GPU, pinned to it, one result store")
+    sp.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run the point groups as Ray tasks, one GPU each: on a cluster at ADDRESS "
+                         "('auto': the cluster this node belongs to), or a local Ray without one "
+                         "(needs: pip install 'layerbench[ray]')")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--fail-on", type=_fail_on, default=DEFAULT_FAIL_ON, metavar="STATUSES",
                     help=f"exit with 1 when any record of the run has one of these statuses "
