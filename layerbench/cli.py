@@ -155,12 +155,12 @@ def _fail_on(text: str) -> tuple[str, ...]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _check_device(args.device)
+    scheduler = _scheduler(args)  # --gpus / --ray: refused at once where they cannot work
     # All files are checked before anything runs: a typo in the last one fails at once.
     sweeps = [_load_sweep(args, f) for f in args.file]
     if args.out:
         _check_output_dir(Path(args.out), "--out")
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
-    scheduler = _scheduler(args)
     console = Console(stderr=True)
     failed: dict[str, int] = {}
     for s in sweeps:

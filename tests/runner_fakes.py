@@ -94,8 +94,12 @@ def collect_environment(device: str) -> dict[str, Any]:
 
 def install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the measurement core for one test."""
-    for name in ("time_kernel", "time_first_call", "EnergyMeter", "derived_metrics"):
-        monkeypatch.setattr(group, name, globals()[name])
+    # named, not looked up in globals(): a Ray worker gets this module by value, with only the
+    # globals its functions name
+    fakes = {"time_kernel": time_kernel, "time_first_call": time_first_call, "EnergyMeter": EnergyMeter,
+             "derived_metrics": derived_metrics}
+    for name, fake in fakes.items():
+        monkeypatch.setattr(group, name, fake)
     monkeypatch.setattr(executors, "collect_environment", collect_environment)
     EnergyMeter.measured = []
     EnergyMeter.unavailable = None
@@ -143,3 +147,9 @@ def register_fakes() -> None:
                           ("fake_unsupported", _unsupported, False), ("fake_error", _error, False),
                           ("fake_interrupt", _interrupting, False)):
         registry.register("relu", name, backend="user", devices=("cpu",), reference=ref)(fn)
+
+
+def prepare_worker() -> None:
+    """In another process (a Ray worker): the fake measurement core and implementations."""
+    install(pytest.MonkeyPatch())
+    register_fakes()

@@ -145,7 +145,8 @@ class RayScheduler:
                 try:
                     result, failure = self.ray.get(ref), None
                 except Exception as exc:  # noqa: BLE001 - a crashed or cancelled task: its group's error
-                    result, failure = None, f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                    result, failure = None, f"Ray task failed: {type(exc).__name__}: {lines[-1] if lines else ''}"
                 self._write(point, impls, result, failure, make_writer)
             if self.timeout_s is not None:
                 now = time.monotonic()
