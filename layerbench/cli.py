@@ -1,4 +1,5 @@
-"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, bench, export.
+"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, validate-gpus,
+bench, export.
 
 Usage errors (a bad sweep file, an unknown implementation, a missing run directory, an output path
 that cannot be written) print one line and exit with 2, before anything runs where they can be
@@ -25,6 +26,8 @@ from rich.table import Table
 
 from layerbench import registry
 from layerbench.analysis import compare
+from layerbench.analysis.gpu_validation import (ENERGY_TOLERANCE, TIME_TOLERANCE, format_gpu_validation,
+                                                 validate_gpu_runs)
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
 from layerbench.measure.energy import EnergyMeter
@@ -396,6 +399,19 @@ def cmd_validate_energy(args: argparse.Namespace) -> int:
     return 0 if result.get("passed") else 1
 
 
+def cmd_validate_gpus(args: argparse.Namespace) -> int:
+    rows = []
+    for run in (args.one, args.many):
+        path = Path(run)
+        log = path / results.RESULTS_FILE if path.is_dir() else path
+        if not log.exists():
+            raise ValueError(f"{run}: no {results.RESULTS_FILE} (a run directory of layerbench run)")
+        rows.append(results.read_records(log))
+    result = validate_gpu_runs(rows[0], rows[1], args.energy_tolerance, args.time_tolerance)
+    print(format_gpu_validation(result))
+    return 0 if result.passed else EXIT_FAILED
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_output_dir(out, "--out")
@@ -542,6 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="validation", help="output directory (default ./validation)")
     sp.add_argument("--quick", action="store_true", help="fewer and shorter windows")
     sp.set_defaults(func=cmd_validate_energy)
+
+    sp = command("validate-gpus", "check that a sweep on N GPUs gives the records of one GPU: the same "
+                                  "keys and statuses, times within noise, J/launch with the other GPUs "
+                                  "busy within 3 %% of alone (exit 1 unless all pass)")
+    sp.add_argument("one", help="run directory of the sweep on one GPU (e.g. --gpus 0)")
+    sp.add_argument("many", help="run directory of the same sweep on N GPUs (--gpus all, --ray)")
+    sp.add_argument("--energy-tolerance", type=_non_negative_float, default=ENERGY_TOLERANCE,
+                    help=f"J/launch busy vs alone, relative (default {ENERGY_TOLERANCE:g})")
+    sp.add_argument("--time-tolerance", type=_non_negative_float, default=TIME_TOLERANCE,
+                    help=f"median time, relative, unless the IQRs allow more (default {TIME_TOLERANCE:g})")
+    sp.set_defaults(func=cmd_validate_gpus)
 
     sp = command("bench", "custom kernels vs the card's ceilings and the references (sweeps/bench), "
                           "with each performance target's verdict")
