@@ -17,21 +17,18 @@ the records' identity does not depend on the GPU that ran them.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import torch
-
 from layerbench.results.records import Record
+from layerbench.run.data_parallel import GPU_ENV, visible_gpus
 from layerbench.run.executors import Handle, Outcome, ProcessExecutor, Say
 from layerbench.run.sweep_runner import GroupWriter, MakeWriter
 from layerbench.sweep import Measure, Point
 
-GPU_ENV = "CUDA_VISIBLE_DEVICES"
 DEFAULT_MAX_FAILURES = 3  # crashes or timeouts in a row before a GPU is retired
 FAILURES = ("crashed", "timeout")
 
@@ -43,18 +40,6 @@ class Worker(Protocol):
 
 
 # ------------------------------------------------------------------------------ the GPUs
-
-
-def visible_gpus(environ: dict[str, str] | None = None, count: Callable[[], int] | None = None) -> list[str]:
-    """This host's GPUs as CUDA numbers them here: the entries of ``CUDA_VISIBLE_DEVICES`` where it
-    is set (indices or UUIDs), else ``0 .. n-1``.  torch counts them through NVML, without a CUDA
-    context in this process."""
-    environ = os.environ if environ is None else environ
-    listed = environ.get(GPU_ENV)
-    if listed is not None and listed.strip():
-        return [e.strip() for e in listed.split(",") if e.strip()]
-    n = (count or torch.cuda.device_count)()
-    return [str(i) for i in range(n)]
 
 
 def parse_gpus(text: str, present: list[str]) -> list[int]:

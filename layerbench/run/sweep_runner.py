@@ -23,6 +23,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from layerbench.results.identity import config_hash
 from layerbench.results.records import Record
 from layerbench.results.rundir import RUN_FILE, ResultLog, RunDir, timestamp
+from layerbench.run.data_parallel import DataParallelExecutor, gpus_of, visible_gpus
 from layerbench.run.executors import InlineExecutor, Outcome, ProcessExecutor
 from layerbench.sweep import Measure, Point, Sweep, axis_label
 
@@ -57,6 +58,8 @@ class RunOptions:
     progress: bool = True
     # --gpus / --ray: groups spread over several workers (None: one executor, one group at a time)
     scheduler: SchedulerFactory | None = None
+    # the GPUs a gpus axis may split a layer over (None: those visible here; tests inject some)
+    gpus_present: list[str] | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -180,6 +183,13 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
             _say_energy_unavailable(executor.energy_unavailable(), say)
     else:
         executor = ProcessExecutor(device, measure, sweep.experiment, session, opts.point_timeout_s)
+    if any(gpus_of(p) > 1 for p, _ in todo):
+        if scheduler is not None:
+            raise ValueError("a gpus axis (a layer split over several GPUs) uses the GPUs itself: "
+                             "run this sweep without --gpus/--ray")
+        executor = DataParallelExecutor(executor, device, measure, sweep.experiment, session,
+                                        visible_gpus() if opts.gpus_present is None else opts.gpus_present,
+                                        opts.point_timeout_s)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
