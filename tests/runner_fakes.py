@@ -7,6 +7,7 @@ milliseconds and do not depend on the real meters.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -153,3 +154,19 @@ def prepare_worker() -> None:
     """In another process (a Ray worker): the fake measurement core and implementations."""
     install(pytest.MonkeyPatch())
     register_fakes()
+
+
+def _exiting(spec: Any, dtype: Any, layout: str, tensors: dict[str, torch.Tensor], out: torch.Tensor) -> Any:
+    """Kills its process at the build of one point (size 5): a worker that dies."""
+    if tuple(tensors["x"].shape)[-1] == 5:
+        os._exit(7)
+    return _relu(spec, dtype, layout, tensors, out)
+
+
+def register_exiting() -> None:
+    registry.register("relu", "fake_exit", backend="user", devices=("cpu",), reference=False)(_exiting)
+
+
+def prepare_exiting_worker() -> None:
+    prepare_worker()
+    register_exiting()

@@ -84,3 +84,23 @@ def test_ray_run_gathers_records_and_resumes(tmp_path: Path, ray_local: Any,
     assert all(r["host"] and "busy_gpus" in r for r in recs)
     run = results.read_run(tmp_path / "run")
     assert run["sessions"][1]["worker_environments"]
+
+
+def test_a_dying_ray_worker_costs_its_group(tmp_path: Path, ray_local: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    runner_fakes.install(monkeypatch)
+    runner_fakes.register_fakes()
+    runner_fakes.register_exiting()
+    path = tmp_path / "s.toml"
+    path.write_text(SWEEP.replace('"fake_wrong"', '"fake_exit"'))
+
+    def scheduler(*a: Any) -> ray_executor.RayScheduler:
+        return ray_executor.RayScheduler(ray_local, *a, prepare=runner_fakes.prepare_exiting_worker)
+
+    run_sweep(sweep.load_sweep(path), RunOptions(device="cpu", out=tmp_path / "run", progress=False,
+                                                 scheduler=scheduler, argv=["t"]))
+    recs = {(r["point_index"], r["impl"]): r for r in results.read_records(tmp_path / "run" / results.RESULTS_FILE)}
+    assert len(recs) == 9
+    assert all(recs[(1, n)]["status"] == "error" and "Ray worker failed" in recs[(1, n)]["message"]
+               for n in ("fake_ok", "fake_ref", "fake_exit"))
+    assert all(recs[(i, n)]["status"] == "ok" for i in (0, 2) for n in ("fake_ok", "fake_ref", "fake_exit"))

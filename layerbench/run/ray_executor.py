@@ -1,15 +1,18 @@
-"""A cluster through Ray (``layerbench run FILE --ray [ADDRESS]``): each point group is a Ray task
+"""A cluster through Ray (``layerbench run FILE --ray [ADDRESS]``): point groups run on Ray, each
 on one exclusive GPU; the records come back to the driver, which writes the run's one store.
 
 Ray is optional (``pip install 'layerbench[ray]'``) and imported only here, when ``--ray`` is given.
-A task asks for ``num_gpus=1`` (0 on the CPU), so Ray sets its ``CUDA_VISIBLE_DEVICES`` to the GPU
-it was given; ``max_retries=0``: a group that crashed its worker is recorded as ``error``, not run
-again behind the user's back.  The task evaluates the group as a worker process does
-(``GroupEvaluator``, one per Ray worker process, so the energy meter and its idle baseline are per
-GPU) and returns its messages; the driver replays them through the group's writer, stamped with
-where the task ran (``host``, ``gpu_index`` as Ray numbered it, ``gpu_uuid``, ``gpu_name``) and the
-other tasks in flight then (``busy_gpus`` as ``host:gpu`` names).  Resume is the runner's: the
-records' identity does not depend on where they ran.
+The driver starts one ``GroupWorker`` actor per GPU of the cluster (``num_gpus=1``; on the CPU
+``num_gpus=0`` and one per CPU): Ray sets the actor's ``CUDA_VISIBLE_DEVICES`` to its GPU before
+the actor touches CUDA, for the actor's life.  Each point group is one call of an actor (a Ray task
+on that GPU), taken from one queue by the next free actor; an actor evaluates the group as a worker
+process does (``GroupEvaluator``, whose energy meter and idle baseline are per GPU) and returns its
+messages; the driver replays them through the group's writer, stamped with where the group ran
+(``host``, ``gpu_index`` as Ray numbered it, ``gpu_uuid``, ``gpu_name``) and ``busy_gpus`` (the
+``host:gpu`` of the groups, finished by then, that overlapped it in time).  A worker that dies or
+exceeds ``--point-timeout`` costs its group (recorded ``error`` with the reason) and is replaced;
+after ``max_failures`` in a row its slot is retired.  Resume is the runner's: the records'
+identity does not depend on where they ran.
 
 ``address``: None starts a Ray on this machine; ``auto`` joins the cluster this node belongs to
 (``ray start`` ran on it: KubeRay's head pod, or ``ray start --head`` inside a SLURM allocation,
@@ -30,8 +33,7 @@ from layerbench.run.sweep_runner import MakeWriter
 from layerbench.sweep import Measure, Point
 
 INSTALL_HINT = "pip install 'layerbench[ray]'"
-_EVALUATORS: dict[tuple[Any, ...], GroupEvaluator] = {}  # per Ray worker process
-_ENVIRONMENT: dict[str, Any] = {}
+DEFAULT_MAX_FAILURES = 3  # a GPU's workers dying this many times in a row: it is retired
 
 
 class RayMissing(ValueError):
@@ -53,34 +55,39 @@ def task_placement(env: dict[str, Any], gpu_ids: list[Any]) -> dict[str, Any]:
             "gpu_uuid": env.get("gpu_uuid"), "gpu_name": env.get("gpu_name")}
 
 
-def evaluate_group(point: Point, impls: list[str], device: str, measure: Measure, experiment: str,
-                   session: int, prepare: Callable[[], None] | None = None) -> dict[str, Any]:
-    """The body of one Ray task: the group's messages, the worker's environment, where it ran."""
-    ray = require_ray()
-    if prepare is not None:  # tests: fakes installed in the Ray worker
-        prepare()
-    key = (device, experiment, session, repr(measure.to_dict()))
-    evaluator = _EVALUATORS.get(key)
-    if evaluator is None:
-        evaluator = _EVALUATORS[key] = GroupEvaluator(device, measure, experiment, session)
-    if device not in _ENVIRONMENT:
-        _ENVIRONMENT[device] = environment_or_error(device)
-    env = dict(_ENVIRONMENT[device])
-    messages: list[tuple[str, Any]] = []
-    started = time.time()
-    outcome = "done"
-    detail = ""
-    try:
-        evaluator.evaluate(point, impls, lambda kind, payload: messages.append((kind, payload)))
-    except Poisoned as exc:
-        outcome, detail = "poisoned", str(exc)
-        # This worker's CUDA context is gone: end the process once the result is on its way.
-        threading.Timer(1.0, os._exit, args=(3,)).start()
-    except Exception as exc:  # noqa: BLE001 - a harness bug: recorded, the sweep goes on
-        outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
-    return {"messages": messages, "outcome": outcome, "detail": detail, "environment": env,
-            "started": started, "ended": time.time(),
-            "placement": task_placement(env, ray.get_gpu_ids())}
+class GroupWorker:
+    """One GPU's worker on the cluster (a Ray actor with ``num_gpus=1``): Ray pins it to its GPU
+    for life (``CUDA_VISIBLE_DEVICES`` before the actor's process touches CUDA), and it keeps one
+    ``GroupEvaluator``, so the energy meter and its idle baseline are per GPU and paid once.
+
+    An actor, not a plain task per group: Ray runs a GPU task in a fresh process each time
+    (``max_calls=1`` for GPU tasks), which would pay torch's import, the CUDA context and the idle
+    baseline for every group.  Each group is still one call (a task of the actor) on one GPU."""
+
+    def __init__(self, device: str, measure: Measure, experiment: str, session: int,
+                 prepare: Callable[[], None] | None = None):
+        if prepare is not None:  # tests: fakes installed in the Ray worker
+            prepare()
+        self.evaluator = GroupEvaluator(device, measure, experiment, session)
+        self.env = environment_or_error(device)
+        self.placement = task_placement(self.env, require_ray().get_gpu_ids())
+
+    def evaluate(self, point: Point, impls: list[str]) -> dict[str, Any]:
+        """The group's messages, this worker's environment and where it ran."""
+        messages: list[tuple[str, Any]] = []
+        started = time.time()
+        outcome, detail = "done", ""
+        try:
+            self.evaluator.evaluate(point, impls, lambda kind, payload: messages.append((kind, payload)))
+        except Poisoned as exc:
+            outcome, detail = "poisoned", str(exc)
+            # This worker's CUDA context is gone: end the process once the result is on its way;
+            # the driver starts another worker on the GPU.
+            threading.Timer(1.0, os._exit, args=(3,)).start()
+        except Exception as exc:  # noqa: BLE001 - a harness bug: recorded, the sweep goes on
+            outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
+        return {"messages": messages, "outcome": outcome, "detail": detail, "environment": self.env,
+                "started": started, "ended": time.time(), "placement": dict(self.placement)}
 
 
 class _Replay:
@@ -108,57 +115,93 @@ class _Replay:
 
 
 class RayScheduler:
-    """Submits the groups as Ray tasks and writes their records as they finish."""
+    """One ``GroupWorker`` actor per GPU of the cluster (per CPU on a CPU run, up to ``workers``);
+    each takes the next group from one queue; records are written on the driver as groups finish."""
 
     def __init__(self, ray: Any, device: str, measure: Measure, experiment: str, session: int,
-                 timeout_s: float | None = None, say: Say = print, max_in_flight: int | None = None,
-                 prepare: Callable[[], None] | None = None):
+                 timeout_s: float | None = None, say: Say = print, workers: int | None = None,
+                 prepare: Callable[[], None] | None = None, max_failures: int = DEFAULT_MAX_FAILURES):
         self.ray, self.device, self.measure = ray, device, measure
         self.experiment, self.session, self.say = experiment, session, say
         self.timeout_s = timeout_s
         self.prepare = prepare
+        self.max_failures = max_failures
         gpus = 1 if device == "cuda" else 0
-        options: dict[str, Any] = {"num_gpus": gpus, "num_cpus": 1, "max_retries": 0}
+        options: dict[str, Any] = {"num_gpus": gpus, "num_cpus": 0 if gpus else 1, "max_restarts": 0}
         if device == "cpu":
             options["runtime_env"] = {"env_vars": {"TRITON_INTERPRET": "1"}}
-        self.remote = ray.remote(evaluate_group).options(**options)
+        self.actor_class = ray.remote(GroupWorker).options(**options)
         resources = ray.cluster_resources()
-        slots = int(resources.get("GPU" if gpus else "CPU", 1))
-        self.max_in_flight = max_in_flight or max(1, 2 * slots)
-        self._in_flight: dict[Any, tuple[Point, list[str], float]] = {}
+        self.n_workers = workers or max(1, int(resources.get("GPU" if gpus else "CPU", 1)))
+        self._actors: dict[int, Any] = {}
+        self._failures: dict[int, int] = {}
+        self._retired: dict[int, str] = {}
+        self._in_flight: dict[Any, tuple[int, Point, list[str], float]] = {}
         self._seen_env: set[str] = set()
-        self._finished: list[tuple[str, float, float]] = []  # (host:gpu, started, ended) of each task
+        self._finished: list[tuple[str, float, float]] = []  # (host:gpu, started, ended) of each group
 
-    def _submit(self, point: Point, impls: list[str]) -> None:
-        ref = self.remote.remote(point, impls, self.device, self.measure, self.experiment, self.session,
-                                 self.prepare)
-        self._in_flight[ref] = (point, impls, time.monotonic())
+    def _actor(self, slot: int) -> Any:
+        if slot not in self._actors:
+            self._actors[slot] = self.actor_class.remote(self.device, self.measure, self.experiment,
+                                                         self.session, self.prepare)
+        return self._actors[slot]
+
+    def _replace(self, slot: int) -> None:
+        actor = self._actors.pop(slot, None)
+        if actor is not None:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+    def _failed(self, slot: int, why: str) -> None:
+        self._replace(slot)
+        self._failures[slot] = self._failures.get(slot, 0) + 1
+        if self._failures[slot] >= self.max_failures:
+            self._retired[slot] = why
+            self.say(f"note: Ray worker {slot} retired after {self._failures[slot]} failures in a row "
+                     f"(the last: {why}); the other workers take the rest")
 
     def run_groups(self, todo: list[tuple[Point, list[str]]], make_writer: MakeWriter) -> None:
         queue = list(reversed(todo))
         while queue or self._in_flight:
-            while queue and len(self._in_flight) < self.max_in_flight:
-                self._submit(*queue.pop())
+            busy = {slot for slot, *_ in self._in_flight.values()}
+            free = [s for s in range(self.n_workers) if s not in busy and s not in self._retired]
+            if not free and not self._in_flight:  # every worker retired: the rest is recorded
+                why = "; ".join(f"worker {k}: {v}" for k, v in self._retired.items())
+                for point, impls in reversed(queue):
+                    self._write(point, impls, None, f"not run: every Ray worker was retired ({why})", make_writer)
+                return
+            for slot in free:
+                if not queue:
+                    break
+                point, impls = queue.pop()
+                ref = self._actor(slot).evaluate.remote(point, impls)
+                self._in_flight[ref] = (slot, point, impls, time.monotonic())
             done, _ = self.ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
             for ref in done:
-                point, impls, _started = self._in_flight.pop(ref)
+                slot, point, impls, _started = self._in_flight.pop(ref)
                 try:
                     result, failure = self.ray.get(ref), None
-                except Exception as exc:  # noqa: BLE001 - a crashed or cancelled task: its group's error
+                except Exception as exc:  # noqa: BLE001 - the worker died: its group's error
                     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-                    result, failure = None, f"Ray task failed: {type(exc).__name__}: {lines[-1] if lines else ''}"
-                self._write(point, impls, result, failure, make_writer)
+                    result, failure = None, f"Ray worker failed: {type(exc).__name__}: {lines[-1] if lines else ''}"
+                    self._failed(slot, failure)
+                else:
+                    self._failures[slot] = 0
+                self._write(point, impls, result, failure, make_writer, slot)
             if self.timeout_s is not None:
                 now = time.monotonic()
-                for ref, (point, impls, started) in list(self._in_flight.items()):
+                for ref, (slot, point, impls, started) in list(self._in_flight.items()):
                     if now - started > self.timeout_s:
-                        self.ray.cancel(ref, force=True)
                         self._in_flight.pop(ref)
-                        self._write(point, impls, None, f"timed out: the group had {self.timeout_s:g} s "
-                                    "(--point-timeout); its Ray task was cancelled", make_writer)
+                        why = (f"timed out: the group had {self.timeout_s:g} s (--point-timeout); "
+                               "its Ray worker was killed")
+                        self._failed(slot, why)
+                        self._write(point, impls, None, why, make_writer)
 
     def _write(self, point: Point, impls: list[str], result: dict[str, Any] | None, failure: str | None,
-               make_writer: MakeWriter) -> None:
+               make_writer: MakeWriter, slot: int | None = None) -> None:
         writer = make_writer(point)
         placement: dict[str, Any] = {"host": None, "gpu_index": None, "gpu_uuid": None, "gpu_name": None}
         if result is not None:
@@ -180,13 +223,15 @@ class RayScheduler:
         writer.stamp = stamp
 
         def resubmit(point: Point, impls: list[str]) -> dict[str, Any]:
-            return self.ray.get(self.remote.remote(point, impls, self.device, self.measure,
-                                                   self.experiment, self.session, self.prepare))
+            # after a poisoned CUDA context: the rest of the group on a fresh worker for that GPU
+            where = slot if slot is not None else 0
+            self._replace(where)
+            return self.ray.get(self._actor(where).evaluate.remote(point, impls))
         writer.run(_Replay(result, failure, resubmit), impls)
 
     def close(self, kill: bool = False) -> None:
-        for ref in list(self._in_flight):
-            self.ray.cancel(ref, force=True)
+        for slot in list(self._actors):
+            self._replace(slot)
         self._in_flight.clear()
 
 
