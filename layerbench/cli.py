@@ -1,5 +1,5 @@
 """The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, validate-gpus,
-bench, export.
+scaling, bench, export.
 
 Usage errors (a bad sweep file, an unknown implementation, a missing run directory, an output path
 that cannot be written) print one line and exit with 2, before anything runs where they can be
@@ -36,6 +36,7 @@ from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
 from layerbench.results.records import DEFAULT_FAIL_ON, parse_fail_on
 from layerbench.results.rundir import RunDir
+from layerbench.run.data_parallel import add_scaling
 from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
 from layerbench.run.multi_gpu import parse_gpus, process_pool, visible_gpus
 from layerbench.run.ray_executor import ray_scheduler, require_ray
@@ -412,6 +413,29 @@ def cmd_validate_gpus(args: argparse.Namespace) -> int:
     return 0 if result.passed else EXIT_FAILED
 
 
+def cmd_scaling(args: argparse.Namespace) -> int:
+    path = Path(args.run)
+    log = path / results.RESULTS_FILE if path.is_dir() else path
+    if not log.exists():
+        raise ValueError(f"{args.run}: no {results.RESULTS_FILE} (a run directory of layerbench run)")
+    rows = [r for r in add_scaling(results.read_records(log)) if "axis_gpus" in r]
+    if not rows:
+        raise ValueError(f"{args.run}: no gpus axis in this run (see sweeps/multi_gpu.toml)")
+    table = Table(title=f"{path}: a layer split over N GPUs (time: the slowest GPU; energy: the sum)")
+    for col in ("point", "impl", "gpus", "status", "time us", "speedup", "efficiency", "J/launch", "GFLOP/s/W"):
+        table.add_column(col, justify="left" if col in ("point", "impl", "status") else "right")
+
+    def num(v: Any, fmt: str, scale: float = 1.0) -> str:
+        return format(v * scale, fmt) if isinstance(v, (int, float)) else "-"
+    for r in sorted(rows, key=lambda r: (str(r.get("name") or r.get("layer")), str(r.get("impl")), r["axis_gpus"])):
+        table.add_row(str(r.get("name") or r.get("layer")), str(r.get("impl")), str(r["axis_gpus"]),
+                      str(r.get("status")), num(r.get("time_median_s"), ".1f", 1e6), num(r.get("dp_speedup"), ".2f"),
+                      num(r.get("dp_efficiency"), ".2f"), num(r.get("energy_j_per_launch"), ".4g"),
+                      num(r.get("gflops_per_w"), ".1f"))
+    Console().print(table)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_output_dir(out, "--out")
@@ -569,6 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-tolerance", type=_non_negative_float, default=TIME_TOLERANCE,
                     help=f"median time, relative, unless the IQRs allow more (default {TIME_TOLERANCE:g})")
     sp.set_defaults(func=cmd_validate_gpus)
+
+    sp = command("scaling", "the multi-GPU experiments of a run (gpus axis): time, speedup and scaling "
+                            "efficiency against one GPU, J/launch, GFLOP/s per W")
+    sp.add_argument("run", help="run directory")
+    sp.set_defaults(func=cmd_scaling)
 
     sp = command("bench", "custom kernels vs the card's ceilings and the references (sweeps/bench), "
                           "with each performance target's verdict")

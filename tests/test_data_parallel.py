@@ -141,3 +141,16 @@ def test_split_over_two_cpu_workers(tmp_path: Path) -> None:
     assert rec["dp_gpus"] == 2 and rec["dp_batches"] == [3, 2] and len(rec["dp_time_per_gpu_s"]) == 2
     assert rec["time_median_s"] == max(rec["dp_time_per_gpu_s"])
     assert rec["batch"] == 5  # the record is the whole layer's
+
+
+def test_scaling_command(tmp_path: Path, capsys: Any) -> None:
+    from layerbench import cli
+    rows = [{"layer": "conv2d", "name": "conv1", "impl": "triton", "axis_gpus": n, "status": "ok",
+             "time_median_s": t, "energy_j_per_launch": 0.1 * n, "gflops_per_w": 50.0}
+            for n, t in ((1, 4e-3), (2, 2.5e-3))]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli.main(["scaling", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0.80" in out and "1.60" in out
+    (tmp_path / "results.jsonl").write_text(json.dumps({"layer": "relu", "status": "ok"}) + "\n")
+    assert cli.main(["scaling", str(tmp_path)]) == 2
