@@ -213,3 +213,37 @@ def test_cli_gpus_flag_builds_a_pool_over_the_gpus_present(tmp_path: Path, fakes
     assert {r["gpu_index"] for r in _records(tmp_path / "r")} <= {1, 3}
     assert cli.main(["run", str(path), "--device", "cpu", "--gpus", "9", "--out", str(tmp_path / "q")]) == 2
     json.dumps(made)
+
+
+class Hung(Crashing):
+    """A GPU whose worker hangs on every group (killed by the point timeout)."""
+
+    def run(self, point: Any, impls: list[str], handle: Any) -> Outcome:
+        self.runs += 1
+        return Outcome("timeout", "timed out in the preparation; the group had 5 s (--point-timeout); worker killed")
+
+
+def test_a_hung_gpu_costs_its_points(tmp_path: Path, fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(__import__(__name__), "Crashing", Hung)
+    recs = _records(run_sweep(_sweep(tmp_path), _opts(tmp_path, 2, crash={0}, max_failures=1)))
+    errors = [r for r in recs if r["status"] == "error"]
+    assert errors and all("timed out" in r["message"] and r["gpu_index"] == 0 for r in errors)
+    assert sum(r["status"] == "ok" for r in recs) == 12 - len(errors) >= 10
+
+
+def test_process_pool_pins_each_worker(tmp_path: Path) -> None:
+    """The real pool: two spawned workers on the CPU, each started with its CUDA_VISIBLE_DEVICES."""
+    path = tmp_path / "s.toml"
+    path.write_text(SWEEP.replace('["fake_ok", "fake_ref"]', '["torch"]').replace("[4, 5, 6, 7, 8, 9]", "[4, 5, 6]")
+                    .replace("[energy]\nwindows = 2", "[energy]\nenabled = false"))
+
+    def factory(*a: Any) -> GpuPool:
+        return multi_gpu.process_pool([0, 1], ["3", "GPU-x"], *a)
+    run_dir = run_sweep(sweep.load_sweep(path), RunOptions(device="cpu", out=tmp_path / "run", progress=False,
+                                                           point_timeout_s=300, scheduler=factory, argv=["t"]))
+    recs = _records(run_dir)
+    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs)
+    envs = results.read_run(run_dir)["sessions"][0]["worker_environments"]
+    # what each worker process saw in its own environment
+    assert {e["cuda_visible_devices"] for e in envs.values()} <= {"3", "GPU-x"} and envs
+    assert all(e["worker"] == f"gpu{0 if e['cuda_visible_devices'] == '3' else 1}" for e in envs.values())

@@ -39,9 +39,12 @@ class Outcome:
 
 def environment_or_error(device: str) -> dict[str, Any]:
     try:
-        return collect_environment(device)
+        env = dict(collect_environment(device))
     except Exception as exc:  # noqa: BLE001 - results without an environment beat no results
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        env = {"error": f"{type(exc).__name__}: {exc}"}
+    # which GPUs this process was given (--gpus pins each worker to one; Ray does the same)
+    env.setdefault("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return env
 
 
 def phase_text(phase: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from layerbench.run.executors import Handle, Outcome, Say, environment_or_error
+from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S, Handle, Outcome, Say, environment_or_error
 from layerbench.run.group import GroupEvaluator, Poisoned
 from layerbench.run.sweep_runner import MakeWriter
 from layerbench.sweep import Measure, Point
@@ -123,7 +123,7 @@ class RayScheduler:
                  prepare: Callable[[], None] | None = None, max_failures: int = DEFAULT_MAX_FAILURES):
         self.ray, self.device, self.measure = ray, device, measure
         self.experiment, self.session, self.say = experiment, session, say
-        self.timeout_s = timeout_s
+        self.timeout_s = DEFAULT_POINT_TIMEOUT_S if timeout_s is None else timeout_s
         self.prepare = prepare
         self.max_failures = max_failures
         gpus = 1 if device == "cuda" else 0
@@ -190,15 +190,15 @@ class RayScheduler:
                 else:
                     self._failures[slot] = 0
                 self._write(point, impls, result, failure, make_writer, slot)
-            if self.timeout_s is not None:
-                now = time.monotonic()
-                for ref, (slot, point, impls, started) in list(self._in_flight.items()):
-                    if now - started > self.timeout_s:
-                        self._in_flight.pop(ref)
-                        why = (f"timed out: the group had {self.timeout_s:g} s (--point-timeout); "
-                               "its Ray worker was killed")
-                        self._failed(slot, why)
-                        self._write(point, impls, None, why, make_writer)
+            # a hung GPU: its worker is killed, its group recorded
+            now = time.monotonic()
+            for ref, (slot, point, impls, started) in list(self._in_flight.items()):
+                if now - started > self.timeout_s:
+                    self._in_flight.pop(ref)
+                    why = (f"timed out: the group had {self.timeout_s:g} s (--point-timeout); "
+                           "its Ray worker was killed")
+                    self._failed(slot, why)
+                    self._write(point, impls, None, why, make_writer)
 
     def _write(self, point: Point, impls: list[str], result: dict[str, Any] | None, failure: str | None,
                make_writer: MakeWriter, slot: int | None = None) -> None:
