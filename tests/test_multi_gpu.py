@@ -247,3 +247,30 @@ def test_process_pool_pins_each_worker(tmp_path: Path) -> None:
     # what each worker process saw in its own environment
     assert {e["cuda_visible_devices"] for e in envs.values()} <= {"3", "GPU-x"} and envs
     assert all(e["worker"] == f"gpu{0 if e['cuda_visible_devices'] == '3' else 1}" for e in envs.values())
+
+
+def test_ctrl_c_records_nothing_of_the_groups_in_flight(tmp_path: Path, fakes: None) -> None:
+    """Ctrl-C reaches the main thread while GPUs work: no record is written for what was running
+    (not even errors of killed workers), and --resume completes the run."""
+    import _thread
+    state = {"groups": 0}
+    real = SlowInline.run
+
+    def interrupting(self: Any, point: Any, impls: list[str], handle: Any) -> Outcome:
+        state["groups"] += 1
+        if state["groups"] == 3:
+            _thread.interrupt_main()
+            time.sleep(0.5)  # the main thread stops the pool meanwhile
+            return Outcome("crashed", "worker process died (killed by SIGKILL)")
+        return real(self, point, impls, handle)
+    SlowInline.run = interrupting  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(_sweep(tmp_path), _opts(tmp_path, 2))
+    finally:
+        SlowInline.run = real  # type: ignore[method-assign]
+    first = _records(tmp_path / "run")
+    assert all(r["status"] == "ok" for r in first) and len(first) < 12
+    run_sweep(_sweep(tmp_path), _opts(tmp_path, 2, resume=True))
+    recs = _records(tmp_path / "run")
+    assert len(recs) == 12 and all(r["status"] == "ok" for r in recs)

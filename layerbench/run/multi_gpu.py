@@ -33,6 +33,11 @@ DEFAULT_MAX_FAILURES = 3  # crashes or timeouts in a row before a GPU is retired
 FAILURES = ("crashed", "timeout")
 
 
+class Stopped(BaseException):
+    """The run was interrupted: a GPU's thread writes nothing more and leaves (what the workers were
+    running is not recorded, so that ``--resume`` runs it again)."""
+
+
 class Worker(Protocol):
     def run(self, point: Point, impls: list[str], handle: Handle) -> Outcome: ...
 
@@ -187,6 +192,16 @@ class GpuPool:
                 writer.lock = self.lock
                 writer.record_errors(impls, f"not run: every GPU of the run was retired ({why})")
 
+    def _guarded(self, write: Callable[[Record], None]) -> Callable[[Record], None]:
+        """``write``, unless the run was stopped (Ctrl-C, a harness error): then nothing is written,
+        not even the errors of the workers killed on the way out."""
+        def guarded(rec: Record) -> None:
+            with self.lock:
+                if self._stop.is_set():
+                    raise Stopped
+                write(rec)
+        return guarded
+
     def _next(self, queue: deque[tuple[Point, list[str]]]) -> tuple[Point, list[str]] | None:
         with self.lock:
             return queue.popleft() if queue and not self._stop.is_set() else None
@@ -199,6 +214,7 @@ class GpuPool:
                 writer: GroupWriter = make_writer(point)
                 writer.lock = self.lock
                 writer.stamp = lambda rec, slot=slot: self.stamp(slot, rec)
+                writer.write = self._guarded(writer.write)  # type: ignore[method-assign]
                 self._begin(slot)
                 try:
                     writer.run(worker, impls)
@@ -211,6 +227,8 @@ class GpuPool:
                              f"{slot.retired}; the other GPUs take its share of the queue")
                     worker.close(kill=True)
                     return
+        except Stopped:
+            return
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
             with self.lock:
                 self._errors.append(exc)
