@@ -98,7 +98,10 @@ def use_build_cache(gpu: Mapping[str, Any], environ: Any = None) -> Path | None:
     if base is None:
         return None
     directory = base / cache_key(code_version(), gpu, library_versions())
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a cache that cannot be written costs compile time, not the run
     for name, value in cache_env(directory).items():
         if name == CACHE_DIR_ENV or name not in environ:  # a cache dir the user set stays theirs
             environ[name] = value

@@ -71,3 +71,9 @@ def test_choices_persist_across_processes(tmp_path: Path) -> None:
     assert first.get("f") is not None and AutotuneChoices(tmp_path).get("f") is None
     (tmp_path / "autotune" / "k.json").write_text("{torn")
     assert AutotuneChoices(tmp_path).get("k") is None  # a broken entry is retuned, not fatal
+
+
+def test_an_unwritable_cache_is_no_cache(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    env = {"LAYERBENCH_CACHE": str(tmp_path / "file" / "sub")}
+    assert use_build_cache(GPU, env) is None and "TRITON_CACHE_DIR" not in env
