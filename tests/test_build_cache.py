@@ -77,3 +77,43 @@ def test_an_unwritable_cache_is_no_cache(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     env = {"LAYERBENCH_CACHE": str(tmp_path / "file" / "sub")}
     assert use_build_cache(GPU, env) is None and "TRITON_CACHE_DIR" not in env
+
+
+def test_triton_bind_tunes_once_per_shape(tmp_path: Path, monkeypatch: Any) -> None:
+    """kernels.triton.support.bind on a (pretend) GPU: the second build of the same kernel and
+    shapes takes the stored choice, in this process and in a new one (a fresh AutotuneChoices)."""
+    import triton
+
+    from kernels.triton import support
+    monkeypatch.setenv("LAYERBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(build_cache, "_CHOICES", {})
+    monkeypatch.setattr(support, "interpreting", lambda fn: False)
+    monkeypatch.setattr(support, "_precompile", lambda *a: None)
+    tuned_runs: list[int] = []
+
+    def my_kernel() -> None: ...
+
+    class Fn:
+        fn = my_kernel
+
+        def __getitem__(self, grid: Any) -> Any:
+            return lambda *a, **kw: None
+
+    class Tuned:
+        configs = [triton.Config({"BLOCK": 16}, num_warps=4), triton.Config({"BLOCK": 32}, num_warps=8)]
+        best_config = configs[1]
+
+        def __getitem__(self, grid: Any) -> Any:
+            return lambda *a, **kw: tuned_runs.append(1)
+
+    x = torch.zeros(4, 8)
+    for _ in range(2):
+        support.bind(Fn(), Tuned(), lambda c: (1,), (x, 3), {}, {"BLOCK": 16})
+    assert len(tuned_runs) == 1
+    monkeypatch.setattr(build_cache, "_CHOICES", {})  # as a new process
+    support.bind(Fn(), Tuned(), lambda c: (1,), (torch.ones(4, 8), 3), {}, {"BLOCK": 16})
+    assert len(tuned_runs) == 1
+    support.bind(Fn(), Tuned(), lambda c: (1,), (torch.ones(5, 8), 3), {}, {"BLOCK": 16})
+    assert len(tuned_runs) == 2  # another shape: tuned
+    [entry] = [p for p in (tmp_path / "autotune").iterdir() if "my_kernel" in p.read_text()][:1]
+    assert '"BLOCK": 32' in entry.read_text()

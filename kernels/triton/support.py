@@ -106,8 +106,9 @@ def bind(fn: Any, tuned: Any, grid: Grid, args: tuple, meta: dict[str, Any],
         # taken as it is: no kernel is tuned twice, in a run or across runs.
         choices = autotune_choices()
         configs = [c.all_kwargs() for c in tuned.configs]
-        key = choice_key(getattr(getattr(fn, "fn", fn), "__qualname__", repr(fn)), args,
-                         {**meta, "candidates": repr(configs)})
+        py = getattr(fn, "fn", fn)
+        name = f"{getattr(py, '__module__', '')}.{getattr(py, '__qualname__', repr(fn))}"
+        key = choice_key(name, args, {**meta, "candidates": repr(configs)})
         chosen = choices.get(key)
         if chosen is not None:
             config = chosen
@@ -115,7 +116,7 @@ def bind(fn: Any, tuned: Any, grid: Grid, args: tuple, meta: dict[str, Any],
             _precompile(fn, configs, grid, args, meta)
             tuned[grid](*args, **meta)  # benchmarks the configs; writes the output, which is fine
             config = tuned.best_config.all_kwargs()
-            choices.put(key, config, {"kernel": getattr(getattr(fn, "fn", fn), "__qualname__", "")})
+            choices.put(key, config, {"kernel": name})
     launch = fn[grid(config)]
 
     def kernel() -> None:
