@@ -36,7 +36,7 @@ from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
 from layerbench.results.records import DEFAULT_FAIL_ON, parse_fail_on
 from layerbench.results.rundir import RunDir
-from layerbench.run.data_parallel import add_scaling
+from layerbench.run.data_parallel import add_scaling, gpus_of
 from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
 from layerbench.run.multi_gpu import parse_gpus, process_pool, visible_gpus
 from layerbench.run.ray_executor import ray_scheduler, require_ray
@@ -162,6 +162,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     scheduler = _scheduler(args)  # --gpus / --ray: refused at once where they cannot work
     # All files are checked before anything runs: a typo in the last one fails at once.
     sweeps = [_load_sweep(args, f) for f in args.file]
+    if scheduler is not None:
+        for s in sweeps:
+            if any(gpus_of(p) > 1 for p in s.points):
+                raise ValueError(f"{s.path}: its gpus axis splits a layer over several GPUs itself; "
+                                 "run it without --gpus/--ray")
     if args.out:
         _check_output_dir(Path(args.out), "--out")
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
@@ -585,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command("validate-gpus", "check that a sweep on N GPUs gives the records of one GPU: the same "
                                   "keys and statuses, times within noise, J/launch with the other GPUs "
-                                  "busy within 3 %% of alone (exit 1 unless all pass)")
+                                  "busy within 3 percent of alone (exit 1 unless all pass)")
     sp.add_argument("one", help="run directory of the sweep on one GPU (e.g. --gpus 0)")
     sp.add_argument("many", help="run directory of the same sweep on N GPUs (--gpus all, --ray)")
     sp.add_argument("--energy-tolerance", type=_non_negative_float, default=ENERGY_TOLERANCE,

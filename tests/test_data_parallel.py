@@ -154,3 +154,13 @@ def test_scaling_command(tmp_path: Path, capsys: Any) -> None:
     assert "0.80" in out and "1.60" in out
     (tmp_path / "results.jsonl").write_text(json.dumps({"layer": "relu", "status": "ok"}) + "\n")
     assert cli.main(["scaling", str(tmp_path)]) == 2
+
+
+def test_a_gpus_axis_is_refused_with_gpus_or_ray(tmp_path: Path, capsys: Any, monkeypatch: Any) -> None:
+    from layerbench import cli
+    monkeypatch.setattr(cli, "visible_gpus", lambda: ["0", "1"])
+    _sweep(tmp_path, [1, 2])
+    code = cli.main(["run", str(tmp_path / "s.toml"), "--device", "cpu", "--gpus", "all",
+                     "--out", str(tmp_path / "r")])
+    assert code == 2 and "without --gpus/--ray" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
