@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -105,7 +106,22 @@ def use_build_cache(gpu: Mapping[str, Any], environ: Any = None) -> Path | None:
     for name, value in cache_env(directory).items():
         if name == CACHE_DIR_ENV or name not in environ:  # a cache dir the user set stays theirs
             environ[name] = value
+    if environ is os.environ:
+        _repoint_cupy(environ["CUPY_CACHE_DIR"])
     return directory
+
+
+def _repoint_cupy(directory: str) -> None:
+    """CuPy reads CUPY_CACHE_DIR once, when its compiler module loads (Triton reads its variable at
+    each compile): where CuPy is loaded already (an in-process run), point its disk cache there."""
+    compiler = sys.modules.get("cupy.cuda.compiler")
+    if compiler is None:
+        return
+    try:
+        backend = compiler._DiskKernelCacheBackend(directory)
+        compiler._set_kernel_cache_backend(backend)
+    except Exception:  # noqa: BLE001 - another CuPy version: its default cache dir stays
+        pass
 
 
 # ----------------------------------------------------------------------- autotuning choices
