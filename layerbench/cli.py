@@ -1,4 +1,5 @@
-"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, bench, export.
+"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, validate-gpus,
+scaling, bench, export.
 
 Usage errors (a bad sweep file, an unknown implementation, a missing run directory, an output path
 that cannot be written) print one line and exit with 2, before anything runs where they can be
@@ -25,6 +26,8 @@ from rich.table import Table
 
 from layerbench import registry
 from layerbench.analysis import compare
+from layerbench.analysis.gpu_validation import (ENERGY_TOLERANCE, TIME_TOLERANCE, format_gpu_validation,
+                                                 validate_gpu_runs)
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
 from layerbench.measure.energy import EnergyMeter
@@ -33,7 +36,10 @@ from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
 from layerbench.results.records import DEFAULT_FAIL_ON, parse_fail_on
 from layerbench.results.rundir import RunDir
+from layerbench.run.data_parallel import add_scaling, gpus_of
 from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
+from layerbench.run.multi_gpu import parse_gpus, process_pool, visible_gpus
+from layerbench.run.ray_executor import ray_scheduler, require_ray
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import bench
 from layerbench.suites.validate_energy import format_validation, run_validation
@@ -153,8 +159,14 @@ def _fail_on(text: str) -> tuple[str, ...]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _check_device(args.device)
+    scheduler = _scheduler(args)  # --gpus / --ray: refused at once where they cannot work
     # All files are checked before anything runs: a typo in the last one fails at once.
     sweeps = [_load_sweep(args, f) for f in args.file]
+    if scheduler is not None:
+        for s in sweeps:
+            if any(gpus_of(p) > 1 for p in s.points):
+                raise ValueError(f"{s.path}: its gpus axis splits a layer over several GPUs itself; "
+                                 "run it without --gpus/--ray")
     if args.out:
         _check_output_dir(Path(args.out), "--out")
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
@@ -167,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             out = Path(args.out) / s.experiment if len(sweeps) > 1 else Path(args.out)
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
                           point_timeout_s=args.point_timeout, progress=not args.no_progress,
-                          argv=list(sys.argv))
+                          scheduler=scheduler, argv=list(sys.argv))
         run_dir = RunDir(run_sweep(s, opts, console))
         status = run_dir.status_counts(args.fail_on)
         total = sum(status.counts.values())
@@ -184,6 +196,23 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"(exit 1 because of --fail-on {','.join(args.fail_on)})", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _scheduler(args: argparse.Namespace) -> Any:
+    """``--gpus``: a worker per GPU of this host; ``--ray``: Ray tasks on a cluster; else None."""
+    if args.gpus is not None and args.ray is not None:
+        raise ValueError("--gpus and --ray: choose one (Ray places the tasks on the GPUs itself)")
+    if args.ray is not None:
+        require_ray()
+        address = None if args.ray == "local" else args.ray
+        return lambda *a: ray_scheduler(address, *a)
+    if args.gpus is None:
+        return None
+    if args.worker == "inline":
+        raise ValueError("--gpus runs a worker process per GPU; it cannot run with --worker inline")
+    present = visible_gpus()
+    gpus = parse_gpus(args.gpus, present)
+    return lambda *a: process_pool(gpus, present, *a)
 
 
 def plan_rows(s: Sweep, device: str) -> list[tuple[Point, str, str | None]]:
@@ -376,6 +405,42 @@ def cmd_validate_energy(args: argparse.Namespace) -> int:
     return 0 if result.get("passed") else 1
 
 
+def cmd_validate_gpus(args: argparse.Namespace) -> int:
+    rows = []
+    for run in (args.one, args.many):
+        path = Path(run)
+        log = path / results.RESULTS_FILE if path.is_dir() else path
+        if not log.exists():
+            raise ValueError(f"{run}: no {results.RESULTS_FILE} (a run directory of layerbench run)")
+        rows.append(results.read_records(log))
+    result = validate_gpu_runs(rows[0], rows[1], args.energy_tolerance, args.time_tolerance)
+    print(format_gpu_validation(result))
+    return 0 if result.passed else EXIT_FAILED
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    path = Path(args.run)
+    log = path / results.RESULTS_FILE if path.is_dir() else path
+    if not log.exists():
+        raise ValueError(f"{args.run}: no {results.RESULTS_FILE} (a run directory of layerbench run)")
+    rows = [r for r in add_scaling(results.read_records(log)) if "axis_gpus" in r]
+    if not rows:
+        raise ValueError(f"{args.run}: no gpus axis in this run (see sweeps/multi_gpu.toml)")
+    table = Table(title=f"{path}: a layer split over N GPUs (time: the slowest GPU; energy: the sum)")
+    for col in ("point", "impl", "gpus", "status", "time us", "speedup", "efficiency", "J/launch", "GFLOP/s/W"):
+        table.add_column(col, justify="left" if col in ("point", "impl", "status") else "right")
+
+    def num(v: Any, fmt: str, scale: float = 1.0) -> str:
+        return format(v * scale, fmt) if isinstance(v, (int, float)) else "-"
+    for r in sorted(rows, key=lambda r: (str(r.get("name") or r.get("layer")), str(r.get("impl")), r["axis_gpus"])):
+        table.add_row(str(r.get("name") or r.get("layer")), str(r.get("impl")), str(r["axis_gpus"]),
+                      str(r.get("status")), num(r.get("time_median_s"), ".1f", 1e6), num(r.get("dp_speedup"), ".2f"),
+                      num(r.get("dp_efficiency"), ".2f"), num(r.get("energy_j_per_launch"), ".4g"),
+                      num(r.get("gflops_per_w"), ".1f"))
+    Console().print(table)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_output_dir(out, "--out")
@@ -471,6 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--point-timeout", type=_positive_float, default=None, metavar="S",
                     help="kill the worker when one point group takes longer than S seconds "
                          f"(process worker only; default {DEFAULT_POINT_TIMEOUT_S:g})")
+    sp.add_argument("--gpus", metavar="all|0,2,5", default=None,
+                    help="spread the point groups over these GPUs of this host: one worker process "
+                         "per GPU, pinned to it, one result store")
+    sp.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run the point groups as Ray tasks, one GPU each: on a cluster at ADDRESS "
+                         "('auto': the cluster this node belongs to), or a local Ray without one "
+                         "(needs: pip install 'layerbench[ray]')")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--fail-on", type=_fail_on, default=DEFAULT_FAIL_ON, metavar="STATUSES",
                     help=f"exit with 1 when any record of the run has one of these statuses "
@@ -515,6 +587,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="validation", help="output directory (default ./validation)")
     sp.add_argument("--quick", action="store_true", help="fewer and shorter windows")
     sp.set_defaults(func=cmd_validate_energy)
+
+    sp = command("validate-gpus", "check that a sweep on N GPUs gives the records of one GPU: the same "
+                                  "keys and statuses, times within noise, J/launch with the other GPUs "
+                                  "busy within 3 percent of alone (exit 1 unless all pass)")
+    sp.add_argument("one", help="run directory of the sweep on one GPU (e.g. --gpus 0)")
+    sp.add_argument("many", help="run directory of the same sweep on N GPUs (--gpus all, --ray)")
+    sp.add_argument("--energy-tolerance", type=_non_negative_float, default=ENERGY_TOLERANCE,
+                    help=f"J/launch busy vs alone, relative (default {ENERGY_TOLERANCE:g})")
+    sp.add_argument("--time-tolerance", type=_non_negative_float, default=TIME_TOLERANCE,
+                    help=f"median time, relative, unless the IQRs allow more (default {TIME_TOLERANCE:g})")
+    sp.set_defaults(func=cmd_validate_gpus)
+
+    sp = command("scaling", "the multi-GPU experiments of a run (gpus axis): time, speedup and scaling "
+                            "efficiency against one GPU, J/launch, GFLOP/s per W")
+    sp.add_argument("run", help="run directory")
+    sp.set_defaults(func=cmd_scaling)
 
     sp = command("bench", "custom kernels vs the card's ceilings and the references (sweeps/bench), "
                           "with each performance target's verdict")

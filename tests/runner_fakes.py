@@ -7,6 +7,7 @@ milliseconds and do not depend on the real meters.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -94,8 +95,12 @@ def collect_environment(device: str) -> dict[str, Any]:
 
 def install(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the measurement core for one test."""
-    for name in ("time_kernel", "time_first_call", "EnergyMeter", "derived_metrics"):
-        monkeypatch.setattr(group, name, globals()[name])
+    # named, not looked up in globals(): a Ray worker gets this module by value, with only the
+    # globals its functions name
+    fakes = {"time_kernel": time_kernel, "time_first_call": time_first_call, "EnergyMeter": EnergyMeter,
+             "derived_metrics": derived_metrics}
+    for name, fake in fakes.items():
+        monkeypatch.setattr(group, name, fake)
     monkeypatch.setattr(executors, "collect_environment", collect_environment)
     EnergyMeter.measured = []
     EnergyMeter.unavailable = None
@@ -143,3 +148,25 @@ def register_fakes() -> None:
                           ("fake_unsupported", _unsupported, False), ("fake_error", _error, False),
                           ("fake_interrupt", _interrupting, False)):
         registry.register("relu", name, backend="user", devices=("cpu",), reference=ref)(fn)
+
+
+def prepare_worker() -> None:
+    """In another process (a Ray worker): the fake measurement core and implementations."""
+    install(pytest.MonkeyPatch())
+    register_fakes()
+
+
+def _exiting(spec: Any, dtype: Any, layout: str, tensors: dict[str, torch.Tensor], out: torch.Tensor) -> Any:
+    """Kills its process at the build of one point (size 5): a worker that dies."""
+    if tuple(tensors["x"].shape)[-1] == 5:
+        os._exit(7)
+    return _relu(spec, dtype, layout, tensors, out)
+
+
+def register_exiting() -> None:
+    registry.register("relu", "fake_exit", backend="user", devices=("cpu",), reference=False)(_exiting)
+
+
+def prepare_exiting_worker() -> None:
+    prepare_worker()
+    register_exiting()

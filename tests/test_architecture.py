@@ -16,7 +16,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("__init__", "errors", "dtypes", "options"),
     ("layers",),
     ("sweep",),
-    ("builders", "registry"),
+    ("builders", "registry", "build_cache"),
     ("measure",),
     ("check",),
     ("results",),

@@ -31,9 +31,13 @@ def layer_params(point: Point) -> dict[str, Any]:
 
 def identity_config(point: Point, impl: str, measure: Measure, device: str) -> dict[str, Any]:
     """Everything that changes the measured quantity of one row."""
-    return {"layer": point.layer, "params": layer_params(point), "dtype": point.dtype,
-            "layout": point.layout, "impl": impl, "device": device,
-            "measure": measure.to_dict() | {"energy": impl in point.energy_impls}}
+    cfg = {"layer": point.layer, "params": layer_params(point), "dtype": point.dtype,
+           "layout": point.layout, "impl": impl, "device": device,
+           "measure": measure.to_dict() | {"energy": impl in point.energy_impls}}
+    gpus = point.axes.get("gpus", 1)
+    if gpus != 1:  # split over several GPUs (the gpus axis); on one GPU it is the plain point
+        cfg["gpus"] = gpus
+    return cfg
 
 
 def config_hash(point: Point, impl: str, measure: Measure, device: str) -> str:

@@ -16,6 +16,8 @@ check           check_rel_norm, check_max_err, check_max_abs, check_nonfinite, c
 time            time_* (the timer's statistics), tflops, gbps
 energy          energy_* and the derived j_per_gflop, gflops_per_w, edp_js
 provenance      kernel_names, kernel_libraries (or kernel_names_error)
+placement       where it ran, for runs over several GPUs or hosts: host, gpu_index, gpu_uuid,
+                gpu_name, busy_gpus (the GPUs of the run busy while it ran)
 ==============  ============================================================================
 """
 
@@ -126,6 +128,8 @@ class Record:
     time: dict[str, Any] = field(default_factory=dict)
     energy: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # where it ran (--gpus, --ray): host, gpu_index, gpu_uuid, gpu_name, busy_gpus
+    placement: dict[str, Any] = field(default_factory=dict)
     recorded_at: str | None = None
 
     @classmethod
@@ -189,6 +193,7 @@ class Record:
         row.update(self.time)
         row.update(self.energy)
         row.update(self.provenance)
+        row.update(self.placement)
         if self.recorded_at is not None:
             row["recorded_at"] = self.recorded_at
         return row

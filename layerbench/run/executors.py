@@ -15,9 +15,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from layerbench.measure.environment import collect_environment
 from layerbench.run.group import GroupEvaluator, Poisoned
@@ -37,9 +39,12 @@ class Outcome:
 
 def environment_or_error(device: str) -> dict[str, Any]:
     try:
-        return collect_environment(device)
+        env = dict(collect_environment(device))
     except Exception as exc:  # noqa: BLE001 - results without an environment beat no results
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        env = {"error": f"{type(exc).__name__}: {exc}"}
+    # which GPUs this process was given (--gpus pins each worker to one; Ray does the same)
+    env.setdefault("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return env
 
 
 def phase_text(phase: dict[str, Any]) -> str:
@@ -83,6 +88,28 @@ class InlineExecutor:
 
 
 # ----------------------------------------------------------------------- worker process
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def child_environment(env: dict[str, str] | None) -> Iterator[None]:
+    """``env`` set in this process's environment while a child is spawned, then restored: a spawned
+    child starts with it, so ``CUDA_VISIBLE_DEVICES`` pins it before it imports torch."""
+    if not env:
+        yield
+        return
+    with _ENV_LOCK:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 class ParentGone(BaseException):
@@ -138,7 +165,9 @@ class ProcessExecutor:
     """Runs groups in a spawned worker process, restarted after a crash or a poisoned context."""
 
     def __init__(self, device: str, measure: Measure, experiment: str, session: int,
-                 timeout_s: float | None = None):
+                 timeout_s: float | None = None, env: dict[str, str] | None = None):
+        # env: set in the worker's environment before it starts (--gpus: CUDA_VISIBLE_DEVICES)
+        self._env = env
         self._ctx = multiprocessing.get_context("spawn")
         self._args = (device, measure, experiment, session)
         self._timeout_s = DEFAULT_POINT_TIMEOUT_S if timeout_s is None else timeout_s
@@ -156,7 +185,8 @@ class ProcessExecutor:
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=serve, args=(child, *self._args, self._announce),
                                        daemon=True, name="layerbench-worker")
-        self._proc.start()
+        with child_environment(self._env):
+            self._proc.start()
         child.close()
         self._conn = parent
         self._announce = False

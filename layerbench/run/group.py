@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from layerbench import registry
+from layerbench.build_cache import use_build_cache
 from layerbench.builders import Built, as_built
 from layerbench.check.correctness import CheckInputs, CheckResult, check_launch, check_relaunches
 from layerbench.check.inputs import make_output, make_tensors
@@ -113,6 +114,9 @@ class GroupEvaluator:
         self.session = session
         self.timing = TimingConfig(**measure.timing)
         self._meter: EnergyMeter | None = None
+        if self.device.type == "cuda":  # before anything compiles: Triton's and CuPy's caches, keyed
+            props = torch.cuda.get_device_properties(self.device)
+            use_build_cache({"name": props.name, "capability": f"{props.major}.{props.minor}"})
 
     def meter(self) -> EnergyMeter:
         if self._meter is None:

@@ -9,11 +9,12 @@ directory, and resumes only with the measurement options it was started with.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -22,11 +23,26 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from layerbench.results.identity import config_hash
 from layerbench.results.records import Record
 from layerbench.results.rundir import RUN_FILE, ResultLog, RunDir, timestamp
+from layerbench.run.data_parallel import DataParallelExecutor, gpus_of, visible_gpus
 from layerbench.run.executors import InlineExecutor, Outcome, ProcessExecutor
-from layerbench.sweep import Point, Sweep, axis_label
+from layerbench.sweep import Measure, Point, Sweep, axis_label
 
 DEFAULT_RUNS_DIR = Path("runs")
 Executor = InlineExecutor | ProcessExecutor
+MakeWriter = Callable[[Point], "GroupWriter"]
+
+
+class Scheduler(Protocol):
+    """Runs the groups on many workers at once (``--gpus``: ``run.multi_gpu``, ``--ray``:
+    ``run.ray_executor``); each group's records go through the writer it gets from ``make_writer``."""
+
+    def run_groups(self, todo: list[tuple[Point, list[str]]], make_writer: MakeWriter) -> None: ...
+
+    def close(self, kill: bool = False) -> None: ...
+
+
+# (device, measure, experiment, session, point timeout, say) -> the scheduler of this session
+SchedulerFactory = Callable[[str, Measure, str, int, "float | None", Callable[[str], None]], Scheduler]
 
 
 @dataclass
@@ -40,6 +56,10 @@ class RunOptions:
     # the in-process executor cannot enforce one.
     point_timeout_s: float | None = None
     progress: bool = True
+    # --gpus / --ray: groups spread over several workers (None: one executor, one group at a time)
+    scheduler: SchedulerFactory | None = None
+    # the GPUs a gpus axis may split a layer over (None: those visible here; tests inject some)
+    gpus_present: list[str] | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -151,14 +171,25 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
     wants_energy = any(p.energy_impls and p.invalid is None for p, _ in todo)
 
     in_process = opts.in_process if opts.in_process is not None else device == "cpu"
-    executor: Executor
-    if in_process:
+    executor: Executor | Scheduler
+    scheduler = None
+    if opts.scheduler is not None:  # its workers announce their environments, one per GPU
+        executor = scheduler = opts.scheduler(device, measure, sweep.experiment, session,
+                                              opts.point_timeout_s, say)
+    elif in_process:
         executor = InlineExecutor(device, measure, sweep.experiment, session, opts.point_timeout_s, say)
         rundir.record_environment(run, session, executor.environment())
         if wants_energy:
             _say_energy_unavailable(executor.energy_unavailable(), say)
     else:
         executor = ProcessExecutor(device, measure, sweep.experiment, session, opts.point_timeout_s)
+    if any(gpus_of(p) > 1 for p, _ in todo):
+        if scheduler is not None:
+            raise ValueError("a gpus axis (a layer split over several GPUs) uses the GPUs itself: "
+                             "run this sweep without --gpus/--ray")
+        executor = DataParallelExecutor(executor, device, measure, sweep.experiment, session,
+                                        visible_gpus() if opts.gpus_present is None else opts.gpus_present,
+                                        opts.point_timeout_s)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -168,18 +199,29 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
     progress_say = lambda msg: progress.console.print(msg, markup=False, highlight=False)  # noqa: E731
 
     def on_message(kind: str, payload: Any) -> None:
-        if kind == "environment":
+        if kind == "environment" and "worker" in payload:  # one of several workers: one per GPU/host
+            workers = run["sessions"][session].setdefault("worker_environments", {})
+            workers[str(payload["worker"])] = payload
+            if run["sessions"][session].get("environment") is None:
+                run["sessions"][session]["environment"] = payload
+            rundir.write_meta(run)
+        elif kind == "environment":
             rundir.record_environment(run, session, payload)
         elif kind == "meter" and wants_energy:
             _say_energy_unavailable(payload, progress_say)
 
     try:
         with progress:
-            for point, impls in todo:
-                progress.update(task, description=point_title(point))
-                group = GroupWriter(point, sweep, device, session, log, on_message,
-                                    lambda: progress.advance(task), progress_say)
-                group.run(executor, impls)
+            def make_writer(point: Point) -> GroupWriter:
+                return GroupWriter(point, sweep, device, session, log, on_message,
+                                   lambda: progress.advance(task), progress_say)
+
+            if scheduler is not None:
+                scheduler.run_groups(todo, make_writer)
+            else:
+                for point, impls in todo:
+                    progress.update(task, description=point_title(point))
+                    make_writer(point).run(executor, impls)
         finished = True
     finally:
         log.close()
@@ -210,8 +252,17 @@ class GroupWriter:
         self.remaining: list[str] = []
         self.pending: dict[str, Record] = {}  # timed, energy not yet measured
         self.phase: dict[str, Any] = {}
+        # Several workers at once (a Scheduler): one lock for the log, and where a record ran.
+        self.lock: Any = contextlib.nullcontext()
+        self.stamp: Callable[[Record], None] | None = None
 
     def write(self, rec: Record) -> None:
+        with self.lock:
+            self._write(rec)
+
+    def _write(self, rec: Record) -> None:
+        if self.stamp is not None:
+            self.stamp(rec)
         # When the record was written: the gaps between records show what each point cost.
         rec.recorded_at = timestamp()
         self.log.append(rec)
@@ -230,7 +281,8 @@ class GroupWriter:
         elif kind == "phase":
             self.phase = dict(payload)
         else:
-            self.on_message(kind, payload)
+            with self.lock:
+                self.on_message(kind, payload)
 
     def record_errors(self, names: list[str], message: str) -> None:
         for name in names:

@@ -33,6 +33,9 @@ from layerbench.sweep.points import Measure, Point, Sweep
 TOP_KEYS = {"title", "experiment", "thesis", "description", "layer", "params", "points", "axes",
             "where", "invalid", "implementations", "dtypes", "layouts", "timing", "energy"}
 POINT_RESERVED = {"name", "layer"}
+# The axis of the multi-GPU experiments: the layer split data-parallel over N GPUs
+# (layerbench.run.data_parallel); it sets no layer parameter.
+GPUS_AXIS = "gpus"
 INVALID_POLICIES = ("record", "skip")
 
 # Sweep-file switches of [energy] beside EnergyConfig's options.
@@ -293,6 +296,14 @@ class _Parser:
         set_by_axes: set[str] = set()
         for name, spec in raw.items():
             key = f"axes.{name}"
+            if name == GPUS_AXIS:
+                _check_type(key, spec, (list,), "a list of GPU counts such as [1, 2, 4, 8]")
+                if not spec or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in spec):
+                    _fail(key, f"must be a non-empty list of GPU counts >= 1, got {spec!r}")
+                if any("batch" not in self.fields(layer) for layer in layers):
+                    _fail(key, "splits the batch over the GPUs: every layer of the sweep needs a batch")
+                out.append((name, [(v, {}) for v in spec]))
+                continue
             if isinstance(spec, list):
                 columns = {name: spec}
             elif isinstance(spec, dict):
