@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import runner_fakes
+
 from layerbench import sweep
 from layerbench.results import rundir as results
+from layerbench.results.rundir import RunDir
 from layerbench.run import multi_gpu
 from layerbench.run.executors import InlineExecutor, Outcome, child_environment
 from layerbench.run.multi_gpu import GpuPool, GpuSlot, parse_gpus, visible_gpus
@@ -137,15 +138,16 @@ def test_three_gpus_give_the_records_of_one(tmp_path: Path, fakes: None) -> None
     assert all(r["host"] == "hostA" and r["gpu_index"] in r["busy_gpus"] for r in three)
     assert set(one[0]) == set(three[0])  # the same columns
     # each GPU's worker recorded its environment
-    session = results.read_run(tmp_path / "three")["sessions"][0]
+    session = RunDir(tmp_path / "three").read_meta()["sessions"][0]
     assert set(session["worker_environments"]) == {"gpu0", "gpu1", "gpu2"}
 
 
 def test_a_crashing_gpu_costs_its_points_not_the_run(tmp_path: Path, fakes: None) -> None:
     messages: list[str] = []
     opts = _opts(tmp_path, 3, crash={1}, max_failures=2)
-    from rich.console import Console
     import io
+
+    from rich.console import Console
     buf = io.StringIO()
     run_dir = run_sweep(_sweep(tmp_path), opts, Console(file=buf, width=300))
     recs = _records(run_dir)
@@ -243,7 +245,7 @@ def test_process_pool_pins_each_worker(tmp_path: Path) -> None:
                                                            point_timeout_s=300, scheduler=factory, argv=["t"]))
     recs = _records(run_dir)
     assert len(recs) == 3 and all(r["status"] == "ok" for r in recs)
-    envs = results.read_run(run_dir)["sessions"][0]["worker_environments"]
+    envs = RunDir(run_dir).read_meta()["sessions"][0]["worker_environments"]
     # what each worker process saw in its own environment
     assert {e["cuda_visible_devices"] for e in envs.values()} <= {"3", "GPU-x"} and envs
     assert all(e["worker"] == f"gpu{0 if e['cuda_visible_devices'] == '3' else 1}" for e in envs.values())

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import runner_fakes
+
 from layerbench import cli, sweep
 from layerbench.results import rundir as results
+from layerbench.results.rundir import RunDir
 from layerbench.run import ray_executor
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
@@ -82,7 +83,7 @@ def test_ray_run_gathers_records_and_resumes(tmp_path: Path, ray_local: Any,
     by = {(r["point_index"], r["impl"]): r for r in recs}
     assert by[(2, "fake_ok")]["status"] == "ok" and by[(2, "fake_wrong")]["status"] == "incorrect"
     assert all(r["host"] and "busy_gpus" in r for r in recs)
-    run = results.read_run(tmp_path / "run")
+    run = RunDir(tmp_path / "run").read_meta()
     assert run["sessions"][1]["worker_environments"]
 
 
