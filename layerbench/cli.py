@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +29,7 @@ from layerbench.analysis import compare
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
 from layerbench.measure.energy import EnergyMeter
+from layerbench.measure import gpu_settings
 from layerbench.measure.environment import collect_environment
 from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
@@ -157,6 +159,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     sweeps = [_load_sweep(args, f) for f in args.file]
     if args.out:
         _check_output_dir(Path(args.out), "--out")
+    with_settings = [s for s in sweeps if s.settings_axes]
+    for s in with_settings:
+        if not args.allow_gpu_settings:
+            raise ValueError(f"{s.path}: the sweep varies GPU settings ({', '.join(s.settings_axes)}), which "
+                             "changes the GPU's clocks or power limit for every process on it; run applies "
+                             "them only with --allow-gpu-settings (never on a GPU shared with others)")
+        gpu_settings.plan_check(_settings_values(s), args.device)  # unsupported values: exit 2
+    if with_settings:
+        # SIGTERM unwinds like Ctrl-C, so the runner restores the GPU's settings on the way out.
+        signal.signal(signal.SIGTERM, _terminate)
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
     console = Console(stderr=True)
     failed: dict[str, int] = {}
@@ -167,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             out = Path(args.out) / s.experiment if len(sweeps) > 1 else Path(args.out)
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
                           point_timeout_s=args.point_timeout, progress=not args.no_progress,
-                          argv=list(sys.argv))
+                          allow_gpu_settings=args.allow_gpu_settings, argv=list(sys.argv))
         run_dir = RunDir(run_sweep(s, opts, console))
         status = run_dir.status_counts(args.fail_on)
         total = sum(status.counts.values())
@@ -184,6 +196,15 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"(exit 1 because of --fail-on {','.join(args.fail_on)})", file=sys.stderr)
         return EXIT_FAILED
     return 0
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _settings_values(s: Sweep) -> dict[str, list[Any]]:
+    """Each GPU-settings axis of the sweep with its values."""
+    return {a: sorted({p.settings[a] for p in s.points if a in p.settings}) for a in s.settings_axes}
 
 
 def plan_rows(s: Sweep, device: str) -> list[tuple[Point, str, str | None]]:
@@ -219,6 +240,11 @@ def _plan_one(s: Sweep, device: str) -> None:
         notes += [f"unsupported: {why}" for n in p.implementations if (why := unsupported.get((p.index, n)))]
         table.add_row(str(p.index), label, p.dtype, p.layout, impls, "; ".join(notes))
     Console().print(table)
+    if s.settings_axes:
+        note = gpu_settings.plan_check(_settings_values(s), device)
+        print(f"GPU settings ({', '.join(s.settings_axes)}): "
+              + (note if note else "every value is supported by this card")
+              + "; run applies them only with --allow-gpu-settings")
     invalid = sum(1 for p in s.points if p.invalid)
     if s.invalid_policy == "skip":
         invalid_text = f"{_plural(s.skipped_invalid, 'invalid point')} skipped (invalid = \"skip\")"
@@ -472,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="kill the worker when one point group takes longer than S seconds "
                          f"(process worker only; default {DEFAULT_POINT_TIMEOUT_S:g})")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--allow-gpu-settings", action="store_true",
+                    help="apply the sweep's GPU-settings axes (sm_clock_mhz, memory_clock_mhz, "
+                         "power_limit_w) through NVML; the original settings are saved in the run "
+                         "directory and restored after every point group and at the end. Never on a "
+                         "GPU shared with others")
     sp.add_argument("--fail-on", type=_fail_on, default=DEFAULT_FAIL_ON, metavar="STATUSES",
                     help=f"exit with 1 when any record of the run has one of these statuses "
                          f"(comma-separated among {', '.join(results.STATUSES)}; default "
@@ -546,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("layerbench: --device cpu needs TRITON_INTERPRET=1 set before Triton is "
                          "imported (the layerbench command does this)")
     func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        # A crashed run with --allow-gpu-settings left its saved settings: put them back first.
+        gpu_settings.restore_leftovers(lambda msg: print(msg, file=sys.stderr))
+    except Exception as exc:  # noqa: BLE001 - never stop a command; say what is left to do
+        print(f"layerbench: could not check for GPU settings left by a crashed run: {exc}", file=sys.stderr)
     try:
         code = func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below

@@ -31,9 +31,12 @@ def layer_params(point: Point) -> dict[str, Any]:
 
 def identity_config(point: Point, impl: str, measure: Measure, device: str) -> dict[str, Any]:
     """Everything that changes the measured quantity of one row."""
-    return {"layer": point.layer, "params": layer_params(point), "dtype": point.dtype,
-            "layout": point.layout, "impl": impl, "device": device,
-            "measure": measure.to_dict() | {"energy": impl in point.energy_impls}}
+    cfg = {"layer": point.layer, "params": layer_params(point), "dtype": point.dtype,
+           "layout": point.layout, "impl": impl, "device": device,
+           "measure": measure.to_dict() | {"energy": impl in point.energy_impls}}
+    if point.settings:  # only where a sweep varies GPU settings: other hashes stay as they were
+        cfg["gpu_settings"] = dict(sorted(point.settings.items()))
+    return cfg
 
 
 def config_hash(point: Point, impl: str, measure: Measure, device: str) -> str:

@@ -16,6 +16,7 @@ check           check_rel_norm, check_max_err, check_max_abs, check_nonfinite, c
 time            time_* (the timer's statistics), tflops, gbps
 energy          energy_* and the derived j_per_gflop, gflops_per_w, edp_js
 provenance      kernel_names, kernel_libraries (or kernel_names_error)
+settings        setting_<axis> and setting_read_* (a sweep with GPU-settings axes only)
 ==============  ============================================================================
 """
 
@@ -126,6 +127,8 @@ class Record:
     time: dict[str, Any] = field(default_factory=dict)
     energy: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # GPU settings in effect (setting_*: asked for and read back), where the sweep varies them
+    settings: dict[str, Any] = field(default_factory=dict)
     recorded_at: str | None = None
 
     @classmethod
@@ -189,6 +192,7 @@ class Record:
         row.update(self.time)
         row.update(self.energy)
         row.update(self.provenance)
+        row.update(self.settings)
         if self.recorded_at is not None:
             row["recorded_at"] = self.recorded_at
         return row

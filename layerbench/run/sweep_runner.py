@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from layerbench.measure.gpu_settings import GpuSettings
 from layerbench.results.identity import config_hash
 from layerbench.results.records import Record
 from layerbench.results.rundir import RUN_FILE, ResultLog, RunDir, timestamp
@@ -40,6 +41,8 @@ class RunOptions:
     # the in-process executor cannot enforce one.
     point_timeout_s: float | None = None
     progress: bool = True
+    # Apply the sweep's GPU-settings axes (clocks, power limit); refused without it.
+    allow_gpu_settings: bool = False
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -173,17 +176,28 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
         elif kind == "meter" and wants_energy:
             _say_energy_unavailable(payload, progress_say)
 
+    settings = None
+    if sweep.settings_axes and todo:
+        settings = GpuSettings(rundir.path, device, opts.allow_gpu_settings, say)
     try:
         with progress:
             for point, impls in todo:
                 progress.update(task, description=point_title(point))
                 group = GroupWriter(point, sweep, device, session, log, on_message,
                                     lambda: progress.advance(task), progress_say)
-                group.run(executor, impls)
+                try:
+                    if settings is not None:
+                        group.settings = settings.apply(point.settings)
+                    group.run(executor, impls)
+                finally:
+                    if settings is not None:
+                        settings.restore()  # after every point group
         finished = True
     finally:
         log.close()
         executor.close(kill=not finished)  # on Ctrl-C or a harness error: no waiting
+        if settings is not None:
+            settings.close()  # the end, Ctrl-C, SIGTERM: the original settings, the saved file gone
         if finished and rundir.has_records():
             try:
                 rundir.export()
@@ -210,10 +224,12 @@ class GroupWriter:
         self.remaining: list[str] = []
         self.pending: dict[str, Record] = {}  # timed, energy not yet measured
         self.phase: dict[str, Any] = {}
+        self.settings: dict[str, Any] = {}  # the GPU settings in effect, as record columns
 
     def write(self, rec: Record) -> None:
         # When the record was written: the gaps between records show what each point cost.
         rec.recorded_at = timestamp()
+        rec.settings = dict(self.settings)
         self.log.append(rec)
         self.pending.pop(rec.impl, None)
         if rec.impl in self.remaining:
