@@ -14,7 +14,8 @@ point           axis_<name> (the axis value, with its type), the layer's paramet
 build           backend, reference, input_seed, first_call_s, detail_<key> (what the builder said)
 check           check_rel_norm, check_max_err, check_max_abs, check_nonfinite, check_message, ...
 time            time_* (the timer's statistics), tflops, gbps
-energy          energy_* and the derived j_per_gflop, gflops_per_w, edp_js
+energy          energy_* and the derived j_per_gflop, gflops_per_w, edp_js, j_per_image,
+                system_j_per_launch, system_j_per_image (device + RAPL host, where readable)
 provenance      kernel_names, kernel_libraries (or kernel_names_error)
 settings        setting_<axis> and setting_read_* (a sweep with GPU-settings axes only)
 ==============  ============================================================================
