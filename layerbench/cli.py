@@ -26,6 +26,8 @@ from rich.table import Table
 
 from layerbench import registry
 from layerbench.analysis import compare
+from layerbench.analysis import pareto as pareto_analysis
+from layerbench.analysis.html_report import build_html_report, write_pareto_html
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
 from layerbench.measure.energy import EnergyMeter
@@ -359,8 +361,38 @@ def cmd_report(args: argparse.Namespace) -> int:
         _check_output_dir(Path(args.out), "--out")
     else:
         _check_output_dir(Path(args.run) / "report", "report directory")
+    if args.against is not None and not args.html:
+        raise ValueError("--against compares two runs in the HTML report; add --html")
+    if args.against is not None:
+        _load_run(args.against)  # a missing or empty run B: one line, exit 2
+    if args.html:
+        _load_run(args.run)
+        path = build_html_report(args.run, Path(args.out) / HTML_NAME if args.out else None,
+                                 against=args.against, per_image=args.per_image)
+        print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
     path = build_report(args.run, args.out)
     print(path)
+    return 0
+
+
+HTML_NAME = "report.html"
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    if args.csv:
+        _check_output_file(Path(args.csv), "--csv")
+    plot = None if args.no_plot else Path(args.plot) if args.plot else Path(args.run) / "report" / "pareto.html"
+    if plot is not None:
+        _check_output_file(plot, "--plot")
+    df = _load_run(args.run)
+    res = pareto_analysis.pareto(df, per_image=args.per_image, latency_limit=args.latency_limit,
+                                 score=args.score, beta=args.latency_weight, energy=args.energy)
+    print(pareto_analysis.format_pareto(res, str(args.run), all_rows=args.all))
+    if args.csv:
+        res.table.to_csv(args.csv, index=False)
+    if plot is not None:
+        print(f"\nplot: {write_pareto_html(res, str(args.run), plot)}")
     return 0
 
 
@@ -534,7 +566,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("report", "markdown tables and PNG plots of a run")
     sp.add_argument("run", help="run directory")
     sp.add_argument("--out", help="output directory (default RUN/report)")
+    sp.add_argument("--html", action="store_true",
+                    help="write one self-contained HTML file (RUN/report/report.html; plotly, no network "
+                         "needed) with the tables, interactive plots, custom vs reference and Pareto fronts")
+    sp.add_argument("--against", metavar="RUN_B",
+                    help="with --html: compare with another run of the same sweep (another GPU): each "
+                         "run's GPU, clocks and power limit, and per point the ratio of time, energy, J/GFLOP")
+    sp.add_argument("--per-image", action="store_true", help="with --html: Pareto fronts per image, not per launch")
     sp.set_defaults(func=cmd_report)
+
+    sp = command("pareto", "per layer point, the time/energy Pareto front over implementations, dtypes, "
+                           "layouts, batch sizes and GPU settings; the best under a latency limit or by score")
+    sp.add_argument("run", help="run directory")
+    sp.add_argument("--per-image", action="store_true",
+                    help="time and energy per image (batch element) instead of per launch: compares batch sizes")
+    sp.add_argument("--latency-limit", type=_positive_float, metavar="S",
+                    help="pick per point the lowest-energy candidate whose time (per launch, or per image "
+                         "with --per-image) is at most S seconds")
+    sp.add_argument("--score", action="store_true",
+                    help="pick per point the best latency/energy revenue (the inference study's trade-off): "
+                         "revenue = images per joule x min(1, L/t)^BETA, t = time per launch, L = "
+                         "--latency-limit (default the point's fastest time per launch); shows the gain "
+                         "over the default (reference, fp32, NCHW, settings unchanged)")
+    sp.add_argument("--latency-weight", type=_non_negative_float, default=pareto_analysis.DEFAULT_BETA,
+                    metavar="BETA", help=f"BETA of --score (default {pareto_analysis.DEFAULT_BETA:g}; 0: energy "
+                                         "efficiency only)")
+    sp.add_argument("--energy", choices=tuple(pareto_analysis.ENERGY_COLUMNS), default="device",
+                    help="device energy (default) or system: device + RAPL host, where RAPL was readable")
+    sp.add_argument("--all", action="store_true", help="list every candidate, not only the front")
+    sp.add_argument("--csv", metavar="FILE", help="also write every candidate as CSV")
+    sp.add_argument("--plot", metavar="FILE", help="the interactive plot (default RUN/report/pareto.html)")
+    sp.add_argument("--no-plot", action="store_true", help="no plot")
+    sp.set_defaults(func=cmd_pareto)
 
     sp = command("info", "GPU, meters, versions, implementations")
     device(sp, default=None, help="the device to describe (default: cuda where a GPU is visible, else cpu)")
