@@ -27,7 +27,8 @@ from rich.table import Table
 from layerbench import registry
 from layerbench.analysis import compare
 from layerbench.analysis import pareto as pareto_analysis
-from layerbench.analysis.html_report import build_html_report, write_pareto_html
+from layerbench.analysis.findings import check_findings, format_findings
+from layerbench.analysis.html_report import build_html_report, write_findings_html, write_pareto_html
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
 from layerbench.measure.energy import EnergyMeter
@@ -379,6 +380,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 HTML_NAME = "report.html"
 
 
+def cmd_findings(args: argparse.Namespace) -> int:
+    if args.html:
+        _check_output_file(Path(args.html), "--html")
+    rows = check_findings([_load_run(r) for r in args.runs], args.impl)
+    print(format_findings(rows))
+    if args.html:
+        print(write_findings_html(rows, Path(args.html)))
+    return 0
+
+
 def cmd_pareto(args: argparse.Namespace) -> int:
     if args.csv:
         _check_output_file(Path(args.csv), "--csv")
@@ -598,6 +609,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plot", metavar="FILE", help="the interactive plot (default RUN/report/pareto.html)")
     sp.add_argument("--no-plot", action="store_true", help="no plot")
     sp.set_defaults(func=cmd_pareto)
+
+    sp = command("findings", "the thesis's published findings (data with their table numbers) next to ours, "
+                             "from runs of the sweeps/thesis files, and whether each still holds")
+    sp.add_argument("runs", nargs="+", metavar="RUN", help="run directories of thesis sweeps (recognised by "
+                                                           "experiment: alexnet_layers, batch_size, conv_*, fc, pool_method)")
+    sp.add_argument("--impl", help="check with this implementation's rows (default: each point's reference "
+                                   "with energy: cudnn, cublas)")
+    sp.add_argument("--html", metavar="FILE", help="also write the table as a self-contained HTML page")
+    sp.set_defaults(func=cmd_findings)
 
     sp = command("info", "GPU, meters, versions, implementations")
     device(sp, default=None, help="the device to describe (default: cuda where a GPU is visible, else cpu)")

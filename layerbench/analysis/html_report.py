@@ -265,3 +265,11 @@ def write_pareto_html(res: ParetoResult, title: str, path: Path) -> Path:
     path.write_text(render_html(f"Pareto fronts: {title}", [("Pareto fronts", pareto_section(res))]))
     return path
 
+
+
+def write_findings_html(rows: list[dict[str, Any]], path: Path) -> Path:
+    """``layerbench findings --html``: the findings table as one page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html("The studies' findings on this GPU",
+                                [("Published findings next to ours", findings_section(rows))]))
+    return path
