@@ -1,4 +1,5 @@
-"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, bench, export.
+"""The ``layerbench`` command: run, plan, list, compare, report, pareto, findings, info, validate-energy,
+bench, export.
 
 Usage errors (a bad sweep file, an unknown implementation, a missing run directory, an output path
 that cannot be written) print one line and exit with 2, before anything runs where they can be
