@@ -170,9 +170,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                              "changes the GPU's clocks or power limit for every process on it; run applies "
                              "them only with --allow-gpu-settings (never on a GPU shared with others)")
         gpu_settings.plan_check(_settings_values(s), args.device)  # unsupported values: exit 2
-    if with_settings:
-        # SIGTERM unwinds like Ctrl-C, so the runner restores the GPU's settings on the way out.
-        signal.signal(signal.SIGTERM, _terminate)
+    # With GPU settings, SIGTERM unwinds like Ctrl-C, so the runner restores them on the way out.
+    previous = signal.signal(signal.SIGTERM, _terminate) if with_settings else None
+    try:
+        return _run_sweeps(args, sweeps)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_sweeps(args: argparse.Namespace, sweeps: list[Sweep]) -> int:
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
     console = Console(stderr=True)
     failed: dict[str, int] = {}
