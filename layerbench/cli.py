@@ -169,7 +169,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ValueError(f"{s.path}: the sweep varies GPU settings ({', '.join(s.settings_axes)}), which "
                              "changes the GPU's clocks or power limit for every process on it; run applies "
                              "them only with --allow-gpu-settings (never on a GPU shared with others)")
-        gpu_settings.plan_check(_settings_values(s), args.device)  # unsupported values: exit 2
+        # Unsupported values, or no NVML to set them with: one line, exit 2, before anything runs.
+        note = gpu_settings.plan_check(_settings_values(s), args.device)
+        if note is not None:
+            raise ValueError(f"{s.path}: --allow-gpu-settings: {note.replace('cannot check', 'cannot set')}")
     # With GPU settings, SIGTERM unwinds like Ctrl-C, so the runner restores them on the way out.
     previous = signal.signal(signal.SIGTERM, _terminate) if with_settings else None
     try:

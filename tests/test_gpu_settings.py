@@ -193,3 +193,13 @@ def test_leftovers_of_a_live_run_are_left_alone(tmp_path: Path, fake: FakePynvml
     assert fake.settings()["power_limit_mw"] == 250_000
     s.close()
     assert fake.settings()["power_limit_mw"] == 700_000
+
+
+def test_run_with_the_flag_but_no_nvml_is_refused_before_anything_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(gpu_settings, "NVML_MODULE", FakePynvml(FakeGPU(FakeClock()), fail={"nvmlInit": 12}))
+    out = tmp_path / "run"
+    assert main(["run", str(_sweep(tmp_path)), "--device", "cpu", "--out", str(out), "--no-progress",
+                 "--allow-gpu-settings"]) == 2
+    assert "cannot set the GPU settings on this machine" in capsys.readouterr().err
+    assert not out.exists()

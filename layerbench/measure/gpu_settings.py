@@ -65,7 +65,10 @@ def _open_device(device: str | int, module: Any = None) -> NvmlDevice:
     target: Any = 0 if device in ("cpu", 0) else device
     if isinstance(target, str) and not target.startswith(("GPU-", "MIG-")):
         target = torch.device(target)
-    r = nvml.open(target)
+    try:
+        r = nvml.open(target)
+    except Exception as exc:  # noqa: BLE001 - torch without CUDA: no GPU to map, say so
+        raise GpuSettingsError(f"GPU settings: cannot find the GPU: {type(exc).__name__}: {exc}") from None
     if not r.ok or r.value is None:
         raise GpuSettingsError(f"GPU settings: cannot open the GPU in NVML: {r.reason}")
     return r.value
