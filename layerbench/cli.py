@@ -378,9 +378,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.against is not None:
         _load_run(args.against)  # a missing or empty run B: one line, exit 2
     if args.html:
-        _load_run(args.run)
+        df = _load_run(args.run)
+        # A run of a thesis sweep gets the findings its experiment checks.
+        experiment = str(df["experiment"].iloc[0]) if "experiment" in df.columns else None
+        findings = [r for r in check_findings([df]) if r["experiment"] == experiment] or None
         path = build_html_report(args.run, Path(args.out) / HTML_NAME if args.out else None,
-                                 against=args.against, per_image=args.per_image)
+                                 against=args.against, findings=findings, per_image=args.per_image)
         print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
     path = build_report(args.run, args.out)

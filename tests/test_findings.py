@@ -109,3 +109,11 @@ def test_findings_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert "| convolution takes most of AlexNet's time and energy | 5-1 | time 85 %, energy 87 % |" in out
     assert "does not hold" in out and "not checked" in out
     assert "does not hold" in html.read_text()
+
+
+def test_the_html_report_of_a_thesis_run_has_its_findings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = write_run(tmp_path / "pool", pool_method(0.94).to_dict("records"))
+    assert main(["report", str(run), "--html"]) == 0
+    text = Path(capsys.readouterr().out.split(" (")[0].strip()).read_text()
+    assert "The studies&#x27; findings on this GPU" in text and "average pooling costs more energy" in text
+    assert "convolution takes most" not in text  # only the findings this experiment checks
