@@ -1,5 +1,5 @@
-"""The ``layerbench`` command: run, plan, list, compare, report, info, validate-energy, validate-gpus,
-scaling, bench, export.
+"""The ``layerbench`` command: run, plan, list, compare, report, pareto, findings, info, validate-energy,
+validate-gpus, scaling, bench, export.
 
 Usage errors (a bad sweep file, an unknown implementation, a missing run directory, an output path
 that cannot be written) print one line and exit with 2, before anything runs where they can be
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -28,9 +29,13 @@ from layerbench import registry
 from layerbench.analysis import compare
 from layerbench.analysis.gpu_validation import (ENERGY_TOLERANCE, TIME_TOLERANCE, format_gpu_validation,
                                                  validate_gpu_runs)
+from layerbench.analysis import pareto as pareto_analysis
+from layerbench.analysis.findings import check_findings, format_findings
+from layerbench.analysis.html_report import build_html_report, write_findings_html, write_pareto_html
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
 from layerbench.measure.energy import EnergyMeter
+from layerbench.measure import gpu_settings
 from layerbench.measure.environment import collect_environment
 from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
@@ -169,6 +174,29 @@ def cmd_run(args: argparse.Namespace) -> int:
                                  "run it without --gpus/--ray")
     if args.out:
         _check_output_dir(Path(args.out), "--out")
+    with_settings = [s for s in sweeps if s.settings_axes]
+    for s in with_settings:
+        if scheduler is not None:
+            raise ValueError(f"{s.path}: GPU-settings axes are applied on one GPU at a time; run this sweep "
+                             "without --gpus/--ray")
+        if not args.allow_gpu_settings:
+            raise ValueError(f"{s.path}: the sweep varies GPU settings ({', '.join(s.settings_axes)}), which "
+                             "changes the GPU's clocks or power limit for every process on it; run applies "
+                             "them only with --allow-gpu-settings (never on a GPU shared with others)")
+        # Unsupported values, or no NVML to set them with: one line, exit 2, before anything runs.
+        note = gpu_settings.plan_check(_settings_values(s), args.device)
+        if note is not None:
+            raise ValueError(f"{s.path}: --allow-gpu-settings: {note.replace('cannot check', 'cannot set')}")
+    # With GPU settings, SIGTERM unwinds like Ctrl-C, so the runner restores them on the way out.
+    previous = signal.signal(signal.SIGTERM, _terminate) if with_settings else None
+    try:
+        return _run_sweeps(args, sweeps, scheduler)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_sweeps(args: argparse.Namespace, sweeps: list[Sweep], scheduler: Any) -> int:
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
     console = Console(stderr=True)
     failed: dict[str, int] = {}
@@ -179,7 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             out = Path(args.out) / s.experiment if len(sweeps) > 1 else Path(args.out)
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
                           point_timeout_s=args.point_timeout, progress=not args.no_progress,
-                          scheduler=scheduler, argv=list(sys.argv))
+                          scheduler=scheduler, allow_gpu_settings=args.allow_gpu_settings,
+                          argv=list(sys.argv))
         run_dir = RunDir(run_sweep(s, opts, console))
         status = run_dir.status_counts(args.fail_on)
         total = sum(status.counts.values())
@@ -215,6 +244,15 @@ def _scheduler(args: argparse.Namespace) -> Any:
     return lambda *a: process_pool(gpus, present, *a)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _settings_values(s: Sweep) -> dict[str, list[Any]]:
+    """Each GPU-settings axis of the sweep with its values."""
+    return {a: sorted({p.settings[a] for p in s.points if a in p.settings}) for a in s.settings_axes}
+
+
 def plan_rows(s: Sweep, device: str) -> list[tuple[Point, str, str | None]]:
     """Each (point, implementation) of a sweep with why it will not run here (None: it runs)."""
     rows = []
@@ -248,6 +286,11 @@ def _plan_one(s: Sweep, device: str) -> None:
         notes += [f"unsupported: {why}" for n in p.implementations if (why := unsupported.get((p.index, n)))]
         table.add_row(str(p.index), label, p.dtype, p.layout, impls, "; ".join(notes))
     Console().print(table)
+    if s.settings_axes:
+        note = gpu_settings.plan_check(_settings_values(s), device)
+        print(f"GPU settings ({', '.join(s.settings_axes)}): "
+              + (note if note else "every value is supported by this card")
+              + "; run applies them only with --allow-gpu-settings")
     invalid = sum(1 for p in s.points if p.invalid)
     if s.invalid_policy == "skip":
         invalid_text = f"{_plural(s.skipped_invalid, 'invalid point')} skipped (invalid = \"skip\")"
@@ -362,8 +405,51 @@ def cmd_report(args: argparse.Namespace) -> int:
         _check_output_dir(Path(args.out), "--out")
     else:
         _check_output_dir(Path(args.run) / "report", "report directory")
+    if args.against is not None and not args.html:
+        raise ValueError("--against compares two runs in the HTML report; add --html")
+    if args.against is not None:
+        _load_run(args.against)  # a missing or empty run B: one line, exit 2
+    if args.html:
+        df = _load_run(args.run)
+        # A run of a thesis sweep gets the findings its experiment checks.
+        experiment = str(df["experiment"].iloc[0]) if "experiment" in df.columns else None
+        findings = [r for r in check_findings([df]) if r["experiment"] == experiment] or None
+        path = build_html_report(args.run, Path(args.out) / HTML_NAME if args.out else None,
+                                 against=args.against, findings=findings, per_image=args.per_image)
+        print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
     path = build_report(args.run, args.out)
     print(path)
+    return 0
+
+
+HTML_NAME = "report.html"
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    if args.html:
+        _check_output_file(Path(args.html), "--html")
+    rows = check_findings([_load_run(r) for r in args.runs], args.impl)
+    print(format_findings(rows))
+    if args.html:
+        print(write_findings_html(rows, Path(args.html)))
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    if args.csv:
+        _check_output_file(Path(args.csv), "--csv")
+    plot = None if args.no_plot else Path(args.plot) if args.plot else Path(args.run) / "report" / "pareto.html"
+    if plot is not None:
+        _check_output_file(plot, "--plot")
+    df = _load_run(args.run)
+    res = pareto_analysis.pareto(df, per_image=args.per_image, latency_limit=args.latency_limit,
+                                 score=args.score, beta=args.latency_weight, energy=args.energy)
+    print(pareto_analysis.format_pareto(res, str(args.run), all_rows=args.all))
+    if args.csv:
+        res.table.to_csv(args.csv, index=False)
+    if plot is not None:
+        print(f"\nplot: {write_pareto_html(res, str(args.run), plot)}")
     return 0
 
 
@@ -544,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "('auto': the cluster this node belongs to), or a local Ray without one "
                          "(needs: pip install 'layerbench[ray]')")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.add_argument("--allow-gpu-settings", action="store_true",
+                    help="apply the sweep's GPU-settings axes (sm_clock_mhz, memory_clock_mhz, "
+                         "power_limit_w) through NVML; the original settings are saved in the run "
+                         "directory and restored after every point group and at the end. Never on a "
+                         "GPU shared with others")
     sp.add_argument("--fail-on", type=_fail_on, default=DEFAULT_FAIL_ON, metavar="STATUSES",
                     help=f"exit with 1 when any record of the run has one of these statuses "
                          f"(comma-separated among {', '.join(results.STATUSES)}; default "
@@ -575,7 +666,47 @@ def build_parser() -> argparse.ArgumentParser:
     sp = command("report", "markdown tables and PNG plots of a run")
     sp.add_argument("run", help="run directory")
     sp.add_argument("--out", help="output directory (default RUN/report)")
+    sp.add_argument("--html", action="store_true",
+                    help="write one self-contained HTML file (RUN/report/report.html; plotly, no network "
+                         "needed) with the tables, interactive plots, custom vs reference and Pareto fronts")
+    sp.add_argument("--against", metavar="RUN_B",
+                    help="with --html: compare with another run of the same sweep (another GPU): each "
+                         "run's GPU, clocks and power limit, and per point the ratio of time, energy, J/GFLOP")
+    sp.add_argument("--per-image", action="store_true", help="with --html: Pareto fronts per image, not per launch")
     sp.set_defaults(func=cmd_report)
+
+    sp = command("pareto", "per layer point, the time/energy Pareto front over implementations, dtypes, "
+                           "layouts, batch sizes and GPU settings; the best under a latency limit or by score")
+    sp.add_argument("run", help="run directory")
+    sp.add_argument("--per-image", action="store_true",
+                    help="time and energy per image (batch element) instead of per launch: compares batch sizes")
+    sp.add_argument("--latency-limit", type=_positive_float, metavar="S",
+                    help="pick per point the lowest-energy candidate whose time (per launch, or per image "
+                         "with --per-image) is at most S seconds")
+    sp.add_argument("--score", action="store_true",
+                    help="pick per point the best latency/energy revenue (the inference study's trade-off): "
+                         "revenue = images per joule x min(1, L/t)^BETA, t = time per launch, L = "
+                         "--latency-limit (default the point's fastest time per launch); shows the gain "
+                         "over the default (reference, fp32, NCHW, settings unchanged)")
+    sp.add_argument("--latency-weight", type=_non_negative_float, default=pareto_analysis.DEFAULT_BETA,
+                    metavar="BETA", help=f"BETA of --score (default {pareto_analysis.DEFAULT_BETA:g}; 0: energy "
+                                         "efficiency only)")
+    sp.add_argument("--energy", choices=tuple(pareto_analysis.ENERGY_COLUMNS), default="device",
+                    help="device energy (default) or system: device + RAPL host, where RAPL was readable")
+    sp.add_argument("--all", action="store_true", help="list every candidate, not only the front")
+    sp.add_argument("--csv", metavar="FILE", help="also write every candidate as CSV")
+    sp.add_argument("--plot", metavar="FILE", help="the interactive plot (default RUN/report/pareto.html)")
+    sp.add_argument("--no-plot", action="store_true", help="no plot")
+    sp.set_defaults(func=cmd_pareto)
+
+    sp = command("findings", "the thesis's published findings (data with their table numbers) next to ours, "
+                             "from runs of the sweeps/thesis files, and whether each still holds")
+    sp.add_argument("runs", nargs="+", metavar="RUN", help="run directories of thesis sweeps (recognised by "
+                                                           "experiment: alexnet_layers, batch_size, conv_*, fc, pool_method)")
+    sp.add_argument("--impl", help="check with this implementation's rows (default: each point's reference "
+                                   "with energy: cudnn, cublas)")
+    sp.add_argument("--html", metavar="FILE", help="also write the table as a self-contained HTML page")
+    sp.set_defaults(func=cmd_findings)
 
     sp = command("info", "GPU, meters, versions, implementations")
     device(sp, default=None, help="the device to describe (default: cuda where a GPU is visible, else cpu)")
@@ -634,6 +765,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("layerbench: --device cpu needs TRITON_INTERPRET=1 set before Triton is "
                          "imported (the layerbench command does this)")
     func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        # A crashed run with --allow-gpu-settings left its saved settings: put them back first.
+        gpu_settings.restore_leftovers(lambda msg: print(msg, file=sys.stderr))
+    except Exception as exc:  # noqa: BLE001 - never stop a command; say what is left to do
+        print(f"layerbench: could not check for GPU settings left by a crashed run: {exc}", file=sys.stderr)
     try:
         code = func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below

@@ -7,7 +7,9 @@ the energy up to the last update.  Every NVML call costs ``latency_s`` of fake t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
@@ -76,12 +78,22 @@ class FakePynvml:
     """The pynvml functions layerbench calls.  ``fail[name] = code`` makes a call raise that NVML error;
     ``missing`` names functions this "pynvml version" lacks."""
 
+    # GPU settings (layerbench.measure.gpu_settings): what the card supports, and its defaults.
+    MEMORY_CLOCKS = [2619, 1593]
+    SM_CLOCKS = [1980, 1755, 1500, 1200, 990]
+    POWER_RANGE_MW = (200_000, 700_000)
+    DEFAULTS = {"sm_lock": None, "mem_lock": None, "power_limit_mw": 700_000, "log": []}
+
     def __init__(self, gpu: FakeGPU, fail: dict[str, int] | None = None, missing: tuple[str, ...] = (),
-                 counter_stuck: bool = False) -> None:
+                 counter_stuck: bool = False, settings_file: str | Path | None = None) -> None:
         self.gpu = gpu
         self.fail = dict(fail or {})
         self.calls: dict[str, int] = {}
         self.counter_stuck = counter_stuck
+        # The settings live in a JSON file when given, so that several processes (a run killed by
+        # a signal, the next command) see one GPU.
+        self.settings_file = Path(settings_file) if settings_file is not None else None
+        self._settings: dict = json.loads(json.dumps(self.DEFAULTS))
         for name in missing:
             setattr(self, name, None)
 
@@ -117,13 +129,62 @@ class FakePynvml:
         return round((self.gpu.power_at(us) + sign * self.gpu.ripple_w) * 1000)
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: str) -> int:
-        return 700_000
+        return self.settings()["power_limit_mw"]
+
+    # ---- settings: queries, setters and resets
+    def settings(self) -> dict:
+        if self.settings_file is not None and self.settings_file.exists():
+            return json.loads(self.settings_file.read_text())
+        return self._settings
+
+    def _update(self, call: str, **changes) -> None:
+        state = self.settings()
+        state.update(changes)
+        state["log"] = state.get("log", []) + [call]
+        if self.settings_file is not None:
+            self.settings_file.write_text(json.dumps(state))
+        else:
+            self._settings = state
+
+    def nvmlDeviceGetPowerManagementLimit(self, handle: str) -> int:
+        return self.settings()["power_limit_mw"]
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle: str) -> list[int]:
+        return list(self.POWER_RANGE_MW)
+
+    def nvmlDeviceGetSupportedMemoryClocks(self, handle: str) -> list[int]:
+        return list(self.MEMORY_CLOCKS)
+
+    def nvmlDeviceGetSupportedGraphicsClocks(self, handle: str, mem_mhz: int) -> list[int]:
+        return list(self.SM_CLOCKS)
+
+    def nvmlDeviceSetGpuLockedClocks(self, handle: str, lo: int, hi: int) -> None:
+        if lo not in self.SM_CLOCKS:
+            raise FakeNVMLError(2)
+        self._update(f"sm_lock={lo}", sm_lock=lo)
+
+    def nvmlDeviceResetGpuLockedClocks(self, handle: str) -> None:
+        self._update("sm_reset", sm_lock=None)
+
+    def nvmlDeviceSetMemoryLockedClocks(self, handle: str, lo: int, hi: int) -> None:
+        if lo not in self.MEMORY_CLOCKS:
+            raise FakeNVMLError(2)
+        self._update(f"mem_lock={lo}", mem_lock=lo)
+
+    def nvmlDeviceResetMemoryLockedClocks(self, handle: str) -> None:
+        self._update("mem_reset", mem_lock=None)
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle: str, mw: int) -> None:
+        if not self.POWER_RANGE_MW[0] <= mw <= self.POWER_RANGE_MW[1]:
+            raise FakeNVMLError(2)
+        self._update(f"power={mw}", power_limit_mw=mw)
 
     def nvmlDeviceGetTemperature(self, handle: str, sensor: int) -> int:
         return round(self.gpu.temp_c(self.gpu.clock.now()))
 
     def nvmlDeviceGetClockInfo(self, handle: str, kind: int) -> int:
-        return {1: 1980, 2: 2619}[kind]
+        state = self.settings()
+        return {1: state["sm_lock"] or 1980, 2: state["mem_lock"] or 2619}[kind]
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: str) -> int:
         return self.gpu.reasons(self.gpu.clock.now())

@@ -450,3 +450,12 @@ def test_real_nvml_counter_on_gpu() -> None:
         assert s.window_s[0] / s.launches_exact[0] == pytest.approx(times[name], rel=0.1)
         assert s.idle_power_w and 30 < s.idle_power_w < 300
     assert stats["mm"].avg_power_w > stats["mm"].idle_power_w + 50  # a big fp32 matmul works the card
+
+
+def test_per_image_and_system_energy() -> None:
+    from layerbench.measure.energy import per_image_metrics
+    assert per_image_metrics(0.8, 0.2, 4) == {"j_per_image": 0.2, "system_j_per_launch": 1.0,
+                                              "system_j_per_image": 0.25}
+    assert per_image_metrics(0.8, None, 4) == {"j_per_image": 0.2, "system_j_per_launch": None,
+                                               "system_j_per_image": None}
+    assert per_image_metrics(None, 0.2, 4)["j_per_image"] is None

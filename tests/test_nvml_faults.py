@@ -119,16 +119,24 @@ def test_other_processes_with_and_without_pid_namespaces() -> None:
     assert other_processes([], own_pid=100) == []
 
 
-def test_layerbench_never_sets_clocks_or_power_limits() -> None:
+def test_only_gpu_settings_sets_clocks_or_power_limits_and_only_behind_the_flag() -> None:
+    """No module but layerbench/measure/gpu_settings.py names an NVML setter, and that module's
+    ``GpuSettings`` refuses to exist without --allow-gpu-settings."""
     import re
     from pathlib import Path
 
     import layerbench
+    from layerbench.measure.gpu_settings import GpuSettings, GpuSettingsError
 
     root = Path(layerbench.__file__).parent
     setters = re.compile(r"nvml\w*(Set|Reset|Clear)\w*")
-    offenders = {p.name: setters.findall(p.read_text()) for p in root.rglob("*.py") if setters.search(p.read_text())}
-    assert offenders == {}
+    offenders = {str(p.relative_to(root)): setters.findall(p.read_text())
+                 for p in root.rglob("*.py") if setters.search(p.read_text())}
+    assert set(offenders) <= {"measure/gpu_settings.py"}
+    module = FakePynvml(FakeGPU(FakeClock()))
+    with pytest.raises(GpuSettingsError, match="--allow-gpu-settings"):
+        GpuSettings("unused", "cpu", allow=False, module=module)
+    assert not any(setters.search(name) for name in module.calls)
 
 
 def test_a_full_measurement_only_queries(gpu: FakeGPU) -> None:

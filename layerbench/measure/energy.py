@@ -384,6 +384,19 @@ def derived_metrics(j_per_launch: float | None, time_s: float, flops: int) -> di
     }
 
 
+def per_image_metrics(j_per_launch: float | None, host_j_per_launch: float | None,
+                      batch: int | None) -> dict[str, float | None]:
+    """Energy per image (per batch element) and the thesis's system energy: the device's energy plus
+    the host's RAPL package + DRAM energy over the same windows, where RAPL was readable."""
+    ok = j_per_launch is not None and math.isfinite(j_per_launch) and j_per_launch > 0
+    host_ok = ok and host_j_per_launch is not None and math.isfinite(host_j_per_launch)
+    system = j_per_launch + host_j_per_launch if host_ok else None  # type: ignore[operator]
+    n = batch if batch and batch > 0 else None
+    return {"j_per_image": j_per_launch / n if ok and n else None,  # type: ignore[operator]
+            "system_j_per_launch": system,
+            "system_j_per_image": system / n if system is not None and n else None}
+
+
 def pairwise_ratios(a: EnergyStats, b: EnergyStats) -> dict[str, float]:
     """A/B energy ratio from interleaved windows: window i of A over window i of B; median and spread."""
     n = min(len(a.j_per_launch_windows), len(b.j_per_launch_windows))

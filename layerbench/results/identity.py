@@ -37,6 +37,8 @@ def identity_config(point: Point, impl: str, measure: Measure, device: str) -> d
     gpus = point.axes.get("gpus", 1)
     if gpus != 1:  # split over several GPUs (the gpus axis); on one GPU it is the plain point
         cfg["gpus"] = gpus
+    if point.settings:  # only where a sweep varies GPU settings: other hashes stay as they were
+        cfg["gpu_settings"] = dict(sorted(point.settings.items()))
     return cfg
 
 

@@ -14,10 +14,12 @@ point           axis_<name> (the axis value, with its type), the layer's paramet
 build           backend, reference, input_seed, first_call_s, detail_<key> (what the builder said)
 check           check_rel_norm, check_max_err, check_max_abs, check_nonfinite, check_message, ...
 time            time_* (the timer's statistics), tflops, gbps
-energy          energy_* and the derived j_per_gflop, gflops_per_w, edp_js
+energy          energy_* and the derived j_per_gflop, gflops_per_w, edp_js, j_per_image,
+                system_j_per_launch, system_j_per_image (device + RAPL host, where readable)
 provenance      kernel_names, kernel_libraries (or kernel_names_error)
 placement       where it ran, for runs over several GPUs or hosts: host, gpu_index, gpu_uuid,
                 gpu_name, busy_gpus (the GPUs of the run busy while it ran)
+settings        setting_<axis> and setting_read_* (a sweep with GPU-settings axes only)
 ==============  ============================================================================
 """
 
@@ -130,6 +132,8 @@ class Record:
     provenance: dict[str, Any] = field(default_factory=dict)
     # where it ran (--gpus, --ray): host, gpu_index, gpu_uuid, gpu_name, busy_gpus
     placement: dict[str, Any] = field(default_factory=dict)
+    # GPU settings in effect (setting_*: asked for and read back), where the sweep varies them
+    settings: dict[str, Any] = field(default_factory=dict)
     recorded_at: str | None = None
 
     @classmethod
@@ -194,6 +198,7 @@ class Record:
         row.update(self.energy)
         row.update(self.provenance)
         row.update(self.placement)
+        row.update(self.settings)
         if self.recorded_at is not None:
             row["recorded_at"] = self.recorded_at
         return row

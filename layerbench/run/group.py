@@ -36,7 +36,7 @@ from layerbench.check.inputs import make_output, make_tensors
 from layerbench.check.streams import check_stream
 from layerbench.dtypes import DType, get_dtype, precision
 from layerbench.errors import Unavailable, Unsupported
-from layerbench.measure.energy import EnergyMeter, derived_metrics
+from layerbench.measure.energy import EnergyMeter, derived_metrics, per_image_metrics
 from layerbench.measure.provenance import kernel_names, library
 from layerbench.measure.timing import time_first_call, time_kernel
 from layerbench.options import EnergyConfig, TimingConfig
@@ -260,6 +260,8 @@ class GroupEvaluator:
             j = rec.energy.get("energy_j_per_launch")
             if j is not None:
                 rec.energy.update(derived_metrics(j, rec.time["time_median_s"], rec.figures["flops"]))
+                rec.energy.update(per_image_metrics(j, rec.energy.get("energy_host_j_per_launch"),
+                                                    rec.params.get("batch")))
             emit("partial", rec)
 
     def provenance(self, candidates: dict[str, Candidate], records: dict[str, Record], emit: Emit) -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from layerbench.measure.gpu_settings import GpuSettings
 from layerbench.results.identity import config_hash
 from layerbench.results.records import Record
 from layerbench.results.rundir import RUN_FILE, ResultLog, RunDir, timestamp
@@ -60,6 +61,8 @@ class RunOptions:
     scheduler: SchedulerFactory | None = None
     # the GPUs a gpus axis may split a layer over (None: those visible here; tests inject some)
     gpus_present: list[str] | None = None
+    # Apply the sweep's GPU-settings axes (clocks, power limit); refused without it.
+    allow_gpu_settings: bool = False
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -210,6 +213,9 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
         elif kind == "meter" and wants_energy:
             _say_energy_unavailable(payload, progress_say)
 
+    settings = None
+    if sweep.settings_axes and todo:
+        settings = GpuSettings(rundir.path, device, opts.allow_gpu_settings, say)
     try:
         with progress:
             def make_writer(point: Point) -> GroupWriter:
@@ -221,11 +227,20 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
             else:
                 for point, impls in todo:
                     progress.update(task, description=point_title(point))
-                    make_writer(point).run(executor, impls)
+                    group = make_writer(point)
+                    try:
+                        if settings is not None:
+                            group.settings = settings.apply(point.settings)
+                        group.run(executor, impls)
+                    finally:
+                        if settings is not None:
+                            settings.restore()  # after every point group
         finished = True
     finally:
         log.close()
         executor.close(kill=not finished)  # on Ctrl-C or a harness error: no waiting
+        if settings is not None:
+            settings.close()  # the end, Ctrl-C, SIGTERM: the original settings, the saved file gone
         if finished and rundir.has_records():
             try:
                 rundir.export()
@@ -255,6 +270,7 @@ class GroupWriter:
         # Several workers at once (a Scheduler): one lock for the log, and where a record ran.
         self.lock: Any = contextlib.nullcontext()
         self.stamp: Callable[[Record], None] | None = None
+        self.settings: dict[str, Any] = {}  # the GPU settings in effect, as record columns
 
     def write(self, rec: Record) -> None:
         with self.lock:
@@ -265,6 +281,7 @@ class GroupWriter:
             self.stamp(rec)
         # When the record was written: the gaps between records show what each point cost.
         rec.recorded_at = timestamp()
+        rec.settings = dict(self.settings)
         self.log.append(rec)
         self.pending.pop(rec.impl, None)
         if rec.impl in self.remaining:

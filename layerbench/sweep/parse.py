@@ -28,7 +28,7 @@ from layerbench.options import (
     option_schema,
 )
 from layerbench.sweep.filters import Expr
-from layerbench.sweep.points import Measure, Point, Sweep
+from layerbench.sweep.points import SETTINGS_AXES, Measure, Point, Sweep
 
 TOP_KEYS = {"title", "experiment", "thesis", "description", "layer", "params", "points", "axes",
             "where", "invalid", "implementations", "dtypes", "layouts", "timing", "energy"}
@@ -179,8 +179,11 @@ class _Parser:
         for (label, layer, base), combo in itertools.product(bases, itertools.product(*axis_values)):
             params = dict(base)
             point_axes: dict[str, Any] = {}
+            settings: dict[str, Any] = {}
             for (name, _), (value, assigns) in zip(axes, combo, strict=True):
                 point_axes[name] = value
+                if name in SETTINGS_AXES:
+                    settings[name] = value
                 params.update(_expand(f"axes.{name}", layer, assigns))
             try:
                 spec, why = spec_from_dict(layer, params), None
@@ -191,7 +194,7 @@ class _Parser:
                 continue
             for dtype, layout in itertools.product(dtypes[layer], layouts[layer]):
                 point = Point(len(points), layer, label, params, point_axes, dtype, layout,
-                              list(impls[layer]), spec, why)
+                              list(impls[layer]), spec, why, settings=dict(settings))
                 # A filter naming `impl` drops single implementations (no Triton fp32 here, say).
                 point.implementations = [n for n in point.implementations
                                          if all(w(point.values(n)) for w in where)]
@@ -303,6 +306,9 @@ class _Parser:
                 if any("batch" not in self.fields(layer) for layer in layers):
                     _fail(key, "splits the batch over the GPUs: every layer of the sweep needs a batch")
                 out.append((name, [(v, {}) for v in spec]))
+                continue
+            if name in SETTINGS_AXES:
+                out.append((name, _settings_axis(key, spec)))
                 continue
             if isinstance(spec, list):
                 columns = {name: spec}
@@ -423,6 +429,21 @@ class _Parser:
             except ValueError as exc:
                 raise _KeyError(str(exc)) from None
         return dict(table)
+
+
+def _settings_axis(key: str, spec: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """A GPU-settings axis: a non-empty list of positive numbers (whole MHz for the clocks)."""
+    if not isinstance(spec, list) or not spec:
+        _fail(key, "a GPU-settings axis must be a non-empty list of values")
+    whole = not key.endswith("power_limit_w")
+    for i, v in enumerate(spec):
+        ok = isinstance(v, int) if whole else isinstance(v, (int, float))
+        if isinstance(v, bool) or not ok or v <= 0:
+            _fail(f"{key}[{i}]", f"must be a positive {'whole number of MHz' if whole else 'number of watts'}, "
+                                 f"got {v!r}")
+    if len(set(spec)) != len(spec):
+        _fail(key, "values must not repeat")
+    return [(v, {}) for v in spec]
 
 
 def _expand(key: str, layer: str, params: dict[str, Any]) -> dict[str, Any]:

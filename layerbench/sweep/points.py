@@ -11,6 +11,11 @@ from layerbench.errors import SweepError
 from layerbench.layers import LAYERS, LayerSpec
 from layerbench.sweep.filters import Expr
 
+# GPU settings a sweep may vary (sweeps/README.md, "GPU settings"): not layer parameters, but the
+# clocks (MHz, locked) and the power limit (W) the point runs under, applied through NVML only
+# with ``layerbench run --allow-gpu-settings``.
+SETTINGS_AXES = ("sm_clock_mhz", "memory_clock_mhz", "power_limit_w")
+
 
 @dataclass(frozen=True)
 class Measure:
@@ -45,6 +50,7 @@ class Point:
     spec: LayerSpec | None
     invalid: str | None
     energy_impls: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the point's SETTINGS_AXES values
 
     def values(self, impl: str) -> dict[str, Any]:
         """What filter expressions see for one of the point's implementations."""
@@ -68,6 +74,11 @@ class Sweep:
     text: str
     energy_where: list[Expr] = field(default_factory=list)
     invalid_policy: str = "record"  # the file's `invalid`: "record" or "skip" invalid points
+
+    @property
+    def settings_axes(self) -> list[str]:
+        """The GPU-settings axes the sweep names (empty for an ordinary sweep)."""
+        return [a for a in self.axis_names if a in SETTINGS_AXES]
 
     def _wants_energy(self, point: Point, impl: str) -> bool:
         return self.measure.energy and all(w(point.values(impl)) for w in self.energy_where)
