@@ -27,28 +27,43 @@ from rich.table import Table
 
 from layerbench import registry
 from layerbench.analysis import compare
-from layerbench.analysis.gpu_validation import (ENERGY_TOLERANCE, TIME_TOLERANCE, format_gpu_validation,
-                                                 validate_gpu_runs)
 from layerbench.analysis import pareto as pareto_analysis
 from layerbench.analysis.findings import check_findings, format_findings
-from layerbench.analysis.html_report import build_html_report, write_findings_html, write_pareto_html
+from layerbench.analysis.gpu_validation import (
+    ENERGY_TOLERANCE,
+    TIME_TOLERANCE,
+    format_gpu_validation,
+    validate_gpu_runs,
+)
+from layerbench.analysis.html_report import (
+    build_html_report,
+    write_findings_html,
+    write_pareto_html,
+)
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
-from layerbench.measure.energy import EnergyMeter
 from layerbench.measure import gpu_settings
+from layerbench.measure.energy import EnergyMeter
 from layerbench.measure.environment import collect_environment
 from layerbench.options import EnergyConfig
 from layerbench.results import rundir as results
 from layerbench.results.records import DEFAULT_FAIL_ON, parse_fail_on
 from layerbench.results.rundir import RunDir
-from layerbench.run.data_parallel import add_scaling, gpus_of
+from layerbench.run.data_parallel import add_scaling, gpus_of, visible_gpus
 from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
-from layerbench.run.multi_gpu import parse_gpus, process_pool, visible_gpus
+from layerbench.run.multi_gpu import parse_gpus, process_pool
 from layerbench.run.ray_executor import ray_scheduler, require_ray
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import bench
 from layerbench.suites.validate_energy import format_validation, run_validation
-from layerbench.sweep import Point, Sweep, SweepError, axis_label, iter_sweep_files, load_sweep
+from layerbench.sweep import (
+    Point,
+    Sweep,
+    SweepError,
+    axis_label,
+    iter_sweep_files,
+    load_sweep,
+)
 from sweeps import SWEEP_DIR, resolve
 
 EXIT_FAILED = 1

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from layerbench import build_cache
-from layerbench.build_cache import (AutotuneChoices, cache_base, cache_key, choice_key, source_hash,
-                                    use_build_cache)
+from layerbench.build_cache import (
+    AutotuneChoices,
+    cache_base,
+    cache_key,
+    choice_key,
+    source_hash,
+    use_build_cache,
+)
 
 GPU = {"name": "NVIDIA H200", "capability": "9.0"}
 VERSIONS = {"torch": "2.13.0", "triton": "3.9.0"}

@@ -4,7 +4,6 @@ and the unsupported points on the CPU, and the whole path with two CPU "GPUs" (s
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,15 @@ from layerbench import sweep
 from layerbench.errors import SweepError
 from layerbench.results import rundir as results
 from layerbench.results.records import Record
-from layerbench.run.data_parallel import (add_scaling, aggregate_parts, gpus_of, part_point,
-                                          scaling_efficiency, split_batch, split_unsupported_reason)
+from layerbench.run.data_parallel import (
+    add_scaling,
+    aggregate_parts,
+    gpus_of,
+    part_point,
+    scaling_efficiency,
+    split_batch,
+    split_unsupported_reason,
+)
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """

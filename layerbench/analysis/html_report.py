@@ -30,6 +30,7 @@ from layerbench.analysis.pareto import ParetoResult, pareto, with_metrics
 from layerbench.analysis.report import implementation_order, title_words, x_column
 from layerbench.analysis.tables import fmt_number
 from layerbench.results import rundir as results
+from layerbench.results.rundir import RunDir
 
 HTML_FILE = "report.html"
 PLOT_METRICS = (("time_median_s", "time per launch (s)"), ("energy_avg_power_w", "average power (W)"),
@@ -229,7 +230,7 @@ def build_html_report(run_dir: str | Path, out: str | Path | None = None, agains
     run_dir = Path(run_dir)
     df = with_metrics(results.load_results(run_dir))
     try:
-        meta = results.read_run(run_dir)
+        meta = RunDir(run_dir).read_meta()
     except (OSError, ValueError):
         meta = {}
     title = f"{meta.get('title') or run_dir.name}"

@@ -25,14 +25,19 @@ import multiprocessing
 import os
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from layerbench.layers import spec_from_dict
 from layerbench.measure.energy import derived_metrics
 from layerbench.results.records import Record
-from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S, Handle, Outcome, child_environment
+from layerbench.run.executors import (
+    DEFAULT_POINT_TIMEOUT_S,
+    Handle,
+    Outcome,
+    child_environment,
+)
 from layerbench.run.group import GroupEvaluator
 from layerbench.sweep import Measure, Point
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from layerbench.results.records import Record
-from layerbench.run.data_parallel import GPU_ENV, visible_gpus
+from layerbench.run.data_parallel import GPU_ENV
 from layerbench.run.executors import Handle, Outcome, ProcessExecutor, Say
 from layerbench.run.sweep_runner import GroupWriter, MakeWriter
 from layerbench.sweep import Measure, Point
