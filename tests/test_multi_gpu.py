@@ -19,7 +19,8 @@ from layerbench.results import rundir as results
 from layerbench.results.rundir import RunDir
 from layerbench.run import multi_gpu
 from layerbench.run.executors import InlineExecutor, Outcome, child_environment
-from layerbench.run.multi_gpu import GpuPool, GpuSlot, parse_gpus, visible_gpus
+from layerbench.run.data_parallel import visible_gpus
+from layerbench.run.multi_gpu import GpuPool, GpuSlot, parse_gpus
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
