@@ -93,9 +93,13 @@ def point_label(row: pd.Series, key: list[str]) -> str:
     """``conv1 conv2d`` or ``conv2d kernel=3``: the point's name, else its varying parameters."""
     name = row.get("name")
     layer = row.get("layer")
+    # The swept values that tell this point from the others (a swept layer parameter too, as pooling's
+    # method), but not the batch or a GPU setting: those are the candidates of one point.
+    skip = {"axis_batch"} | {f"axis_{a}" for a in SETTINGS_AXES}
+    axes = [f"{c.removeprefix('axis_')}={row[c]}" for c in row.index
+            if c.startswith("axis_") and c not in skip and pd.notna(row[c])]
     if isinstance(name, str) and name:
-        return f"{name} ({layer})"
-    axes = [f"{c.removeprefix('axis_')}={row[c]}" for c in key if c.startswith("axis_") and pd.notna(row[c])]
+        return " ".join([f"{name} ({layer})", *axes])
     return " ".join([str(layer), *axes])
 
 
@@ -113,21 +117,19 @@ def candidate_label(row: pd.Series) -> str:
 
 def front_mask(times: list[float], energies: list[float]) -> list[bool]:
     """Whether each (time, energy) is Pareto-optimal (nobody at least as good in both, better in one).
-    Without energy (NaN) only the fastest is on the front."""
+
+    A candidate whose energy was not measured (NaN) cannot be weighed against one whose energy was:
+    where any candidate has energy, the front is over those; where none has, only the fastest is on it.
+    """
+    measured = [not math.isnan(e) for e in energies]
+    if not any(measured):
+        fastest = min(range(len(times)), key=lambda i: (times[i], i))
+        return [i == fastest for i in range(len(times))]
     out = []
     for i, (t, e) in enumerate(zip(times, energies)):
-        dominated = False
-        for k, (t2, e2) in enumerate(zip(times, energies)):
-            if k == i:
-                continue
-            if math.isnan(e) or math.isnan(e2):
-                if t2 < t or (t2 == t and k < i):
-                    dominated = True
-            elif t2 <= t and e2 <= e and (t2 < t or e2 < e):
-                dominated = True
-            if dominated:
-                break
-        out.append(not dominated)
+        out.append(measured[i] and not any(
+            measured[k] and t2 <= t and e2 <= e and (t2 < t or e2 < e)
+            for k, (t2, e2) in enumerate(zip(times, energies)) if k != i))
     return out
 
 
@@ -218,8 +220,10 @@ def _choose(block: list[dict[str, Any]], latency_limit: float | None, score: boo
     with_energy = [r for r in meet if r["energy_j"] == r["energy_j"]]
     if with_energy:
         min(with_energy, key=lambda r: r["energy_j"])["pick"] = True
-    elif meet:
+    elif meet and not any(r["energy_j"] == r["energy_j"] for r in block):
+        # No energy measured for this point at all: the fastest that meets the limit.
         min(meet, key=lambda r: r["time_s"])["pick"] = True
+    # Else no pick: what meets the limit has no energy measured, so it cannot be called the lowest.
 
 
 def format_pareto(res: ParetoResult, title: str, all_rows: bool = False) -> str:
@@ -253,6 +257,8 @@ def format_pareto(res: ParetoResult, title: str, all_rows: bool = False) -> str:
                 row += [fmt_number(r["revenue"], ".4g"), fmt_number(r["gain"], ".3g")]
             body.append(row)
         if (res.latency_limit is not None or res.score) and not g["pick"].any():
-            body.append([point, "(none meets the limit)", "", "", "", "", "", ""] + (["", ""] if res.score else []))
+            why = ("(none meets the limit)" if not g["meets_limit"].any() else
+                   "(what meets the limit has no energy measured)")
+            body.append([point, why, "", "", "", "", "", ""] + (["", ""] if res.score else []))
     lines.append(markdown_table(headers, body))
     return "\n".join(lines)
