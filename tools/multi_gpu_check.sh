@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 25 on a GPU machine: a sweep plain, with --gpus all and with --ray gives the same records;
+# On a GPU machine: a sweep plain, with --gpus all and with --ray gives the same records;
 # the build cache's effect on wall time; the gpus axis. Logs and run directories go to $OUT.
 # Usage: tools/multi_gpu_check.sh [SWEEP ...]   (default: sweeps/thesis/fc.toml; the whole set:
 #        tools/multi_gpu_check.sh sweeps/thesis/*.toml, about 30 minutes per pass on one H100/H200)
@@ -16,7 +16,7 @@ pass() {  # name, extra flags...
 }
 rm -rf "$LAYERBENCH_CACHE"
 pass plain-cold                 # builds and autotunes everything
-pass plain-warm                 # the build cache warm: the wall time issue 25 asks <= 20 min for (thesis set)
+pass plain-warm                 # the build cache warm: the thesis set's wall time (target <= 20 min on one GPU)
 pass gpus --gpus all
 pass ray --ray
 for run in gpus ray; do
