@@ -6,6 +6,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+import runner_fakes  # the fake implementations beside this file
+
 HAS_GPU = torch.cuda.is_available()
 
 # Triton decides at @triton.jit time whether to interpret, so this must happen before any
@@ -30,3 +32,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(no_gpu)
         if "interpreter" in item.keywords and HAS_GPU:
             item.add_marker(has_gpu)
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake implementations of tests/runner_fakes.py, registered, with their call counts reset."""
+    runner_fakes.install(monkeypatch)
+    runner_fakes.register_fakes()
+    runner_fakes.CALLS.update(interrupt_after=None, builds=0)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import runner_fakes
 
 from layerbench import sweep
 from layerbench.results import rundir as results
@@ -38,12 +37,6 @@ fixed_samples = 3
 [energy]
 windows = 2
 """
-
-
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    runner_fakes.install(monkeypatch)
-    runner_fakes.register_fakes()
 
 
 def _sweep(tmp_path: Path) -> sweep.Sweep:

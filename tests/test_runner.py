@@ -42,13 +42,6 @@ windows = 2
 """
 
 
-@pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
-    runner_fakes.install(monkeypatch)
-    runner_fakes.register_fakes()
-    runner_fakes.CALLS.update(interrupt_after=None, builds=0)
-
-
 def _sweep(tmp_path: Path, impls: list[str]) -> sweep.Sweep:
     path = tmp_path / "s.toml"
     path.write_text(SWEEP.format(impls=json.dumps(impls)))
