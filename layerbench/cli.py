@@ -354,7 +354,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if what in ("layers", "all"):
         print("layers:")
         for name, cls in LAYERS.items():
-            fields = ", ".join(f.name + ("" if f.default is dataclasses.MISSING else f"={f.default!r}")
+            shown = getattr(cls, "default_text", {})  # defaults that read better than None
+            fields = ", ".join(f.name + ("" if f.default is dataclasses.MISSING
+                                         else f"={shown.get(f.name, repr(f.default))}")
                                for f in dataclasses.fields(cls))
             short = ", ".join(f"{k} -> {'+'.join(v)}" for k, v in SHORTHANDS[name].items())
             print(f"  {name}: {fields}")

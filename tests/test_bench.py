@@ -10,7 +10,7 @@ import pytest
 from layerbench.suites import bench
 from layerbench.suites import ceilings
 from layerbench import sweep
-from layerbench.cli import build_parser
+from layerbench.cli import build_parser, plan_rows
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
@@ -67,7 +67,8 @@ def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
 
 
 def test_unknown_layer_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--layers must be among relu, pool, conv, conv_sweeps, linear, got softmax"):
+    with pytest.raises(ValueError, match="--layers must be among relu, pool, conv, conv_sweeps, linear, resnet50, vgg16, "
+                       "mobilenetv2, gemm, got softmax"):
         bench.run_bench(tmp_path, "cpu", ("softmax",))
 
 
@@ -121,3 +122,56 @@ def test_table_adds_x_best() -> None:
     report = bench.format_bench_report(tab, ceil)
     assert "### References against torch" in report and "reference not at its best" in report
     assert "1 of 1 points: torch faster than the reference by more than 3 %" in report
+
+
+def test_network_sets_hold_their_layers() -> None:
+    def specs(name: str) -> dict[str, object]:
+        s = sweep.load_sweep(bench.BENCH_DIR / f"{name}.toml")
+        assert not any(p.invalid for p in s.points)
+        return {p.label: p.spec for p in s.points}
+
+    resnet = specs("resnet50")
+    assert len(resnet) == 23 and resnet["conv1"].output_shape == (64, 64, 112, 112)
+    assert resnet["conv1"].kernel_h == 7 and resnet["conv1"].stride == 2 and resnet["conv1"].padding == 3
+    # The strided 3x3 and the projection of stages 3-5 halve the plane; every 1x1 keeps padding 0.
+    assert {s.out_height for n, s in resnet.items() if "/2" in n} == {28, 14, 7}
+    assert all(s.padding == (s.kernel_h // 2) for s in resnet.values())
+    assert {(s.in_channels, s.out_channels, s.height) for s in resnet.values()} >= {
+        (64, 256, 56), (256, 512, 56), (512, 1024, 28), (1024, 2048, 14), (2048, 512, 7)}
+    vgg = specs("vgg16")
+    assert len(vgg) == 9 and all(s.kernel_h == 3 and s.padding == 1 and s.output_shape[2] == s.height
+                                 for s in vgg.values())
+    mobile = specs("mobilenetv2")
+    dw = [s for n, s in mobile.items() if n.startswith("dw")]
+    assert len(dw) == 10 and all(s.depthwise and s.groups == s.in_channels == s.out_channels for s in dw)
+    assert {s.stride for s in dw} == {1, 2}
+    assert all(s.kernel_h == 1 and s.groups == 1 for n, s in mobile.items() if not n.startswith("dw"))
+    gemm = specs("gemm")
+    assert {s.batch for n, s in gemm.items() if n.startswith("square")} == {2048, 4096, 6144, 8192}
+    assert any(s.batch == 1 for s in gemm.values()) and len(set(gemm)) == len(gemm)
+
+
+def test_plan_shows_the_custom_kernels_unsupported_on_depthwise_points() -> None:
+    s = sweep.load_sweep(bench.BENCH_DIR / "mobilenetv2.toml")
+    why = {(p.label, impl): reason for p, impl, reason in plan_rows(s, "cuda") if p.dtype == "bf16"}
+    for impl in bench.CUSTOM:
+        assert "groups 96 (depthwise)" in why[("dw96/2 @112", impl)]
+        assert why[("expand 16->96 @112", impl)] is None
+    assert why[("dw96/2 @112", "cudnn")] is None and why[("dw96/2 @112", "torch")] is None
+
+
+def test_targets_judge_only_the_thesis_sets_and_the_report_shows_every_set() -> None:
+    rows = []
+    for i, (exp, t) in enumerate((("bench_linear", 1.0e-3), ("bench_gemm", 4.0e-3))):
+        rows += [dict(r, experiment=exp, layer="linear", name=exp) for r in _vendor_rows(
+            "cublas", "linear", {"cublas": 1.0e-3, "torch": 1.0e-3, "triton": t}, f"p{i}")]
+    df = pd.DataFrame(rows).assign(point_index=[0, 0, 0, 1, 1, 1], status="ok",
+                                   reference=lambda d: d["impl"] != "triton", tflops=1.0, gbps=1.0,
+                                   min_bytes=1, energy_requested=False,
+                                   config_hash=lambda d: d["impl"] + d["point_hash"])
+    ceil = {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 1.0, "device_name": "test"}
+    tab = bench.table(df, ceil)
+    row = bench.targets(tab).set_index("target").loc["linear triton bf16 >= 0.95x cuBLAS"]
+    assert (row["points"], row["verdict"]) == (1, "MET")  # the GEMM set's 0.25x is not judged
+    report = bench.format_bench_report(tab, ceil)
+    assert "| linear | gemm | bench_gemm |" in report and "| linear | linear | bench_linear |" in report

@@ -117,6 +117,31 @@ def test_record_identity_matches_the_sweep_hashes() -> None:
             assert rec.point_hash == identity.point_hash(p, s.measure, "cuda")
 
 
+CONV_SWEEP = """
+layer = "conv2d"
+implementations = ["torch"]
+[params]
+batch = 2
+in_channels = 3
+out_channels = 4
+size = 9
+kernel = 3
+stride = 2
+padding = 1
+"""
+
+
+def test_conv_identity_is_pinned_across_the_new_conv_fields() -> None:
+    """A conv point without per-axis fields, dilation or groups hashes as the code wrote it before
+    Conv2d had them (the values below come from that code)."""
+    s = sweep.parse_sweep(CONV_SWEEP, "c.toml")
+    p = s.points[0]
+    assert identity.config_hash(p, "torch", s.measure, "cuda") == "109bb393223a2d7a"
+    assert identity.point_hash(p, s.measure, "cuda") == "3474c62e5cda4cc0"
+    rec = Record.for_point(p, "torch", s.measure, "cuda", s.experiment, 0)
+    assert rec.config_hash == "109bb393223a2d7a" and {"stride_h", "groups", "dilation_w"} <= set(rec.params)
+
+
 def test_record_keeps_the_column_layout() -> None:
     s = sweep.parse_sweep(SWEEP, "s.toml")
     row = Record.for_point(s.points[0], "torch", s.measure, "cuda", "s", 0).finish("ok").to_dict()

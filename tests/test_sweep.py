@@ -162,7 +162,7 @@ def test_impl_options() -> None:
 BAD_CASES = [
     ({"colour": "red"}, "colour", "unknown key"),
     ({"layer": "conv3d"}, "layer", "must be one of conv2d, pool2d, relu, linear"),
-    ({"params": {"batch": 2, "size": 8, "stride": 1, "dilation": 2}}, "params.dilation", "no parameter"),
+    ({"params": {"batch": 2, "size": 8, "stride": 1, "output_padding": 2}}, "params.output_padding", "no parameter"),
     ({"params": {"batch": [2], "size": 8}}, "params.batch", "must be a number"),
     ({"axes": {"kernel": 3}}, "axes.kernel", "must be a list"),
     ({"axes": {"kernel": []}}, "axes.kernel", "at least one value"),

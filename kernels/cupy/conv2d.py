@@ -76,11 +76,21 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     return fft_conv.build(plan, x, weight, tensors.get("bias") if spec.bias else None, out, index)
 
 
-@register("conv2d", "cupy", backend="cupy",
+def _plain_only(spec: Conv2d, dtype: str, layout: str) -> str | None:
+    """Refuse what the kernels do not compute (declared to the registry, so ``plan`` shows it)."""
+    beyond = spec.beyond_plain()
+    return (f"the CuPy convolution runs one stride and one padding for both axes, "
+            f"dilation 1 and groups 1 only; this point has {beyond}") if beyond else None
+
+
+@register("conv2d", "cupy", backend="cupy", supports=_plain_only,
           description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
                       "cores for tf32/fp16/bf16, split-K when the output is small); for fp32 an FFT "
                       "convolution instead where it times faster at build")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    reason = _plain_only(spec, dtype.name, layout)
+    if reason:
+        raise Unsupported(reason)
     support.check_dtype("conv2d", dtype, spec.dtypes)
     support.check_layout("conv2d", layout, spec.layouts)
     gemm = build_igemm(spec, dtype, tensors, out)

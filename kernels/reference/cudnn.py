@@ -202,8 +202,9 @@ def build_conv2d_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensor
     fmt = _common_format(layout, x=x, out=out, weight=w)
     x_d, y_d = _describe(lib, x, fmt), _describe(lib, out, fmt)
     w_d = lib.filter_4d(api.data_type(w.dtype), fmt, *w.shape)
-    conv = lib.convolution_2d((spec.padding, spec.padding), (spec.stride, spec.stride),
-                              DataType.FLOAT, MATH_TYPES[dtype.name])
+    conv = lib.convolution_2d((spec.padding_h, spec.padding_w), (spec.stride_h, spec.stride_w),
+                              DataType.FLOAT, MATH_TYPES[dtype.name],
+                              dilation=(spec.dilation_h, spec.dilation_w), groups=spec.groups)
     if lib.convolution_output_dim(conv, x_d, w_d) != spec.output_shape:
         raise RuntimeError(f"cuDNN convolves {spec} to {lib.convolution_output_dim(conv, x_d, w_d)}, "
                            f"the spec says {spec.output_shape}")

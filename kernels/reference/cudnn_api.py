@@ -202,6 +202,7 @@ PROTOTYPES: dict[str, tuple[str, list[Any]]] = {
     # desc, pad h, w, stride h, w, dilation h, w, mode, compute type
     "cudnnSetConvolution2dDescriptor": ("cnn", [_H, _I, _I, _I, _I, _I, _I, _I, _I]),
     "cudnnSetConvolutionMathType": ("cnn", [_H, _I]),
+    "cudnnSetConvolutionGroupCount": ("cnn", [_H, _I]),
     "cudnnGetConvolution2dForwardOutputDim": ("cnn", [_H, _H, _H, _PI, _PI, _PI, _PI]),
     "cudnnDestroyConvolutionDescriptor": ("cnn", [_H]),
     "cudnnGetConvolutionForwardAlgorithmMaxCount": ("cnn", [_H, _PI]),
@@ -302,11 +303,13 @@ class Cudnn:
         return desc
 
     def convolution_2d(self, padding: tuple[int, int], stride: tuple[int, int], compute: DataType,
-                       math: MathType) -> Descriptor:
+                       math: MathType, dilation: tuple[int, int] = (1, 1), groups: int = 1) -> Descriptor:
         desc = Descriptor(self, "ConvolutionDescriptor")
-        self.cudnnSetConvolution2dDescriptor(desc.ptr, *padding, *stride, 1, 1,
+        self.cudnnSetConvolution2dDescriptor(desc.ptr, *padding, *stride, *dilation,
                                              ConvolutionMode.CROSS_CORRELATION, compute)
         self.cudnnSetConvolutionMathType(desc.ptr, math)
+        if groups != 1:
+            self.cudnnSetConvolutionGroupCount(desc.ptr, groups)
         return desc
 
     def pooling_output_dim(self, pool: Descriptor, x: Descriptor) -> tuple[int, int, int, int]:

@@ -213,6 +213,10 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
         raise Unsupported(f"cuDNN runs on CUDA tensors; x is on {x.device}")
     if dtype.name not in IO_TYPES:
         raise Unsupported(f"the cuDNN graph path runs {', '.join(IO_TYPES)}, not {dtype.name}")
+    if spec.groups != 1:
+        # Untested here without a GPU: grouped convolutions run on the legacy path.
+        raise Unsupported(f"the cuDNN graph path here takes groups 1 only, not groups {spec.groups} "
+                          "(the legacy API runs grouped convolutions)")
     device = x.device
     fmt = dense_layout(layout, x=x, out=out, weight=w)
     handle = _handle(cudnn, device)
@@ -224,8 +228,9 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
     g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=handle)
     X = g.tensor(name="X", dim=list(x.shape), stride=canonical_strides(x.shape, fmt), data_type=io)
     W = g.tensor(name="W", dim=list(w.shape), stride=canonical_strides(w.shape, fmt), data_type=io)
-    conv = g.conv_fprop(image=X, weight=W, padding=[spec.padding] * 2, stride=[spec.stride] * 2,
-                        dilation=[1, 1], name="conv")
+    conv = g.conv_fprop(image=X, weight=W, padding=[spec.padding_h, spec.padding_w],
+                        stride=[spec.stride_h, spec.stride_w],
+                        dilation=[spec.dilation_h, spec.dilation_w], name="conv")
     uids = {"x": X, "weight": W}
     if b is not None:
         conv.set_data_type(f32)
@@ -306,9 +311,10 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
         if b is not None:
             probe["bias"] = torch.zeros_like(b)
         launcher(i, probe)
-        p, s = spec.padding, spec.stride
-        inside = F.pad(torch.ones(1, 1, spec.height, spec.width, dtype=torch.float64, device=device), (p, p, p, p))
-        expected = FP32_PROBE * inside[:, :, ::s, ::s][:, :, :spec.out_height, :spec.out_width]
+        ph, pw, sh, sw = spec.padding_h, spec.padding_w, spec.stride_h, spec.stride_w
+        inside = F.pad(torch.ones(1, 1, spec.height, spec.width, dtype=torch.float64, device=device),
+                       (pw, pw, ph, ph))
+        expected = FP32_PROBE * inside[:, :, ::sh, ::sw][:, :, :spec.out_height, :spec.out_width]
         return bool((probe["out"].double() - expected).abs().max() <= FP32_PROBE_TOL)
 
     def alive() -> None:

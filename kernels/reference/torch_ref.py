@@ -47,7 +47,8 @@ def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
     if x.is_cuda and not (torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled):
         # torch would fall back to its slow native convolution without saying so.
         raise Unavailable("torch's cuDNN is unavailable or disabled, so F.conv2d would not run cuDNN")
-    stride, padding = spec.stride, spec.padding
+    stride, padding = (spec.stride_h, spec.stride_w), (spec.padding_h, spec.padding_w)
+    dilation, groups = (spec.dilation_h, spec.dilation_w), spec.groups
     cudnn = torch.backends.cudnn
 
     def kernel() -> torch.Tensor:
@@ -56,7 +57,7 @@ def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
         previous = cudnn.benchmark
         cudnn.benchmark = True
         try:
-            return F.conv2d(x, w, b, stride=stride, padding=padding)
+            return F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
         finally:
             cudnn.benchmark = previous
 

@@ -333,11 +333,22 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     return fft_conv.build(plan, x, w, tensors.get("bias") if spec.bias else None, out)
 
 
-@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"),
+def _plain_only(spec: Conv2d, dtype: str, layout: str) -> str | None:
+    """Refuse what the kernels do not compute (declared to the registry, so ``plan`` shows it)."""
+    beyond = spec.beyond_plain()
+    return (f"the Triton convolution runs one stride and one padding for both axes, "
+            f"dilation 1 and groups 1 only; this point has {beyond}") if beyond else None
+
+
+@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), supports=_plain_only,
           description="Triton implicit-GEMM convolution (fp32 accumulation, channel-blocked NHWC "
                       "walk); for tf32 an FFT convolution on the tensor cores instead where it "
                       "times faster at build")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    reason = _plain_only(spec, dtype.name, layout)
+    if reason:
+        raise Unsupported(reason)
+
     def fft() -> Kernel:
         if dtype.name == "tf32" and interpreting(_conv2d_kernel):
             raise Unsupported("no timing under the Triton interpreter to choose it by")

@@ -10,17 +10,30 @@ from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 
 @st.composite
 def conv2d_specs(draw: st.DrawFn, max_batch: int = 2, max_channels: int = 8, max_hw: int = 12,
-                 max_kernel: int = 5, max_stride: int = 4, max_padding: int = 2) -> Conv2d:
+                 max_kernel: int = 5, max_stride: int = 4, max_padding: int = 2, max_dilation: int = 1,
+                 max_groups: int = 1, per_axis: bool = False) -> Conv2d:
+    """Conv2d specs; by default one stride and padding for both axes, no dilation, one group (the
+    plain convolution), as before these options existed.  ``per_axis`` draws each axis's stride,
+    padding and dilation apart; ``max_dilation`` and ``max_groups`` add dilation and groups (the
+    channel counts are then multiples of the groups, at most ``max_channels`` where the groups allow)."""
     h = draw(st.integers(1, max_hw))
     w = draw(st.integers(1, max_hw))
-    padding = draw(st.integers(0, max_padding))
-    kh = draw(st.integers(1, min(max_kernel, h + 2 * padding)))
-    kw = draw(st.integers(1, min(max_kernel, w + 2 * padding)))
+    groups = draw(st.integers(1, max_groups))
+    per_group = max(1, max_channels // groups)
+    pad_h = draw(st.integers(0, max_padding))
+    pad_w = draw(st.integers(0, max_padding)) if per_axis else pad_h
+    dil_h = draw(st.integers(1, max_dilation))
+    dil_w = draw(st.integers(1, max_dilation)) if per_axis else dil_h
+    stride_h = draw(st.integers(1, max_stride))
+    stride_w = draw(st.integers(1, max_stride)) if per_axis else stride_h
+    kh = draw(st.integers(1, min(max_kernel, (h + 2 * pad_h - 1) // dil_h + 1)))
+    kw = draw(st.integers(1, min(max_kernel, (w + 2 * pad_w - 1) // dil_w + 1)))
     return Conv2d(batch=draw(st.integers(1, max_batch)),
-                  in_channels=draw(st.integers(1, max_channels)),
-                  out_channels=draw(st.integers(1, max_channels)),
+                  in_channels=groups * draw(st.integers(1, per_group)),
+                  out_channels=groups * draw(st.integers(1, per_group)),
                   height=h, width=w, kernel_h=kh, kernel_w=kw,
-                  stride=draw(st.integers(1, max_stride)), padding=padding,
+                  stride_h=stride_h, stride_w=stride_w, padding_h=pad_h, padding_w=pad_w,
+                  dilation_h=dil_h, dilation_w=dil_w, groups=groups,
                   bias=draw(st.booleans()))
 
 
@@ -57,7 +70,7 @@ SPEC_STRATEGIES = {"conv2d": conv2d_specs, "pool2d": pool2d_specs, "relu": relu_
                    "linear": linear_specs}
 
 
-def specs(layer: str, **bounds: int) -> st.SearchStrategy:
+def specs(layer: str, **bounds: int | bool) -> st.SearchStrategy:
     """A strategy of valid specs for ``layer`` within the given size bounds."""
     if layer not in SPEC_STRATEGIES:
         raise ValueError(f"layer must be one of {', '.join(SPEC_STRATEGIES)}, got {layer!r}")

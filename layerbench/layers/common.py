@@ -38,5 +38,5 @@ def check_fits_int32(spec: object, what: str, shape: tuple[int, ...]) -> None:
         )
 
 
-def out_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
+def out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

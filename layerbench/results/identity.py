@@ -29,9 +29,17 @@ def layer_params(point: Point) -> dict[str, Any]:
     return dict(sorted(point.params.items()))
 
 
+def identity_params(point: Point) -> dict[str, Any]:
+    """The layer's parameters as the hashes see them: a spec may leave out fields added after the
+    first release while they are at their defaults (``identity_params`` of the spec), so that points
+    recorded before hash as they did."""
+    own = getattr(point.spec, "identity_params", None)
+    return own() if own is not None else layer_params(point)
+
+
 def identity_config(point: Point, impl: str, measure: Measure, device: str) -> dict[str, Any]:
     """Everything that changes the measured quantity of one row."""
-    cfg = {"layer": point.layer, "params": layer_params(point), "dtype": point.dtype,
+    cfg = {"layer": point.layer, "params": identity_params(point), "dtype": point.dtype,
            "layout": point.layout, "impl": impl, "device": device,
            "measure": measure.to_dict() | {"energy": impl in point.energy_impls}}
     gpus = point.axes.get("gpus", 1)

@@ -1,6 +1,7 @@
 """``layerbench bench``: custom kernels against the card's ceilings and the references.
 
-The bench is five ordinary sweeps (``sweeps/bench/*.toml``) run by the normal runner — the same
+The bench is ordinary sweeps (``sweeps/bench/*.toml``: the thesis's sets and the sets of real
+networks: ResNet-50, VGG-16, MobileNetV2, transformer and classifier GEMMs) run by the normal runner — the same
 correctness gate, timer, interleaved energy windows and resumable record log — plus the two
 ceilings measured on the card (``layerbench.suites.ceilings``) and the performance targets of the
 custom kernels, each judged by a geometric mean over the bench shapes of its layer.
@@ -25,7 +26,11 @@ from layerbench.suites import ceilings as ceil
 from sweeps import SWEEP_DIR
 
 BENCH_DIR = SWEEP_DIR / "bench"
-LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear")  # sweeps/bench/<name>.toml
+# sweeps/bench/<name>.toml: the thesis's sets, then the networks' sets (no targets of their own yet;
+# their rows appear in the table with their speedups against the references).
+LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear", "resnet50", "vgg16", "mobilenetv2", "gemm")
+# The experiments the targets below judge (the thesis's sets); the networks' sets have none yet.
+TARGETED = ("bench_relu", "bench_pool", "bench_conv", "bench_conv_sweeps", "bench_linear")
 CUSTOM = ("triton", "cupy")
 MEMORY_BOUND = ("relu", "pool2d")  # judged in GB/s against the copy; the others in TFLOP/s
 CEILINGS_FILE = "ceilings.json"
@@ -65,9 +70,9 @@ TARGETS = (
                "speedup", 0.7, "cudnn", exp),
         *(Target(f"conv cupy {d} (tensor cores) >= 0.6x cuDNN ({shapes})", "conv2d", "cupy", (d,), "speedup", 0.6,
                  "cudnn", exp) for d in ("fp16", "bf16")))),
-    *(Target(f"linear triton {d} >= 0.95x cuBLAS", "linear", "triton", (d,), "speedup", 0.95, "cublas")
-      for d in ("bf16", "tf32")),
-    Target("linear cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas"),
+    *(Target(f"linear triton {d} >= 0.95x cuBLAS", "linear", "triton", (d,), "speedup", 0.95, "cublas",
+             "bench_linear") for d in ("bf16", "tf32")),
+    Target("linear cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas", "bench_linear"),
 )
 
 
@@ -160,8 +165,9 @@ def targets(tab: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for t in TARGETS:
         sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)]
-        if t.experiment is not None:
-            sel = sel[sel["experiment"] == t.experiment]
+        if "experiment" in sel:  # the networks' sets have no targets yet
+            sel = sel[sel["experiment"] == t.experiment] if t.experiment is not None else \
+                sel[sel["experiment"].isin(TARGETED)]
         # Against cuDNN / cuBLAS: against the best vendor result of each point.
         col = "ceiling" if t.metric == "copy" else ("x_best" if t.baseline in ("cudnn", "cublas")
                                                      else f"x_{t.baseline}")
@@ -178,6 +184,8 @@ def targets(tab: pd.DataFrame) -> pd.DataFrame:
         if f"e_{base}" not in tab:
             continue
         sel = tab[tab["impl"].isin(CUSTOM) & (tab[f"x_{base}"] >= 1.0) & tab[f"e_{base}"].notna()]
+        if "experiment" in sel:
+            sel = sel[sel["experiment"].isin(TARGETED)]
         bad = sel[sel[f"e_{base}"] > 1.05]
         rows.append({"target": f"energy <= 1.05x {base} where at least as fast", "points": len(sel),
                      "geomean": geomean(sel[f"e_{base}"]),
@@ -218,13 +226,15 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
              "targets against cuDNN and cuBLAS are judged by.", ""]
     lines += _references_section(tab)
     refs = sorted(c[2:] for c in tab.columns if c.startswith("x_") and c != "x_best")  # x_best: no e_best
-    headers = ["layer", "point", "dtype", "layout", "impl", "time us", "rate", "% ceiling", "% copy@size",
+    headers = ["layer", "set", "point", "dtype", "layout", "impl", "time us", "rate", "% ceiling", "% copy@size",
                *[f"x_{r}" for r in (*refs, "best")], "J/launch", *[f"e_{r}" for r in refs]]
     rows = []
-    for _, r in tab.sort_values(["layer", "point_index", "dtype", "layout", "impl"]).iterrows():
+    tab = tab.assign(set=tab["experiment"].fillna("").astype(str).str.removeprefix("bench_")
+                     if "experiment" in tab else "")
+    for _, r in tab.sort_values(["layer", "set", "point_index", "dtype", "layout", "impl"]).iterrows():
         point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
         rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in MEMORY_BOUND else f"{r['tflops']:.1f} TFLOP/s"
-        rows.append([r["layer"], point, r["dtype"], r["layout"], r["impl"], fmt_number(r["time_median_s"] * 1e6, ".1f"),
+        rows.append([r["layer"], r["set"], point, r["dtype"], r["layout"], r["impl"], fmt_number(r["time_median_s"] * 1e6, ".1f"),
                      rate, fmt_number(100 * r["ceiling"], ".0f"), fmt_number(100 * r["sized_copy"], ".0f"),
                      *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
                      fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs]])

@@ -110,7 +110,11 @@ def param_type(layer: str, key: str) -> type | None:
     """The Python type of a layer parameter or shorthand (``size`` is an int), None if unknown."""
     hints = typing.get_type_hints(LAYERS[layer])
     field = SHORTHANDS[layer].get(key, (key,))[0]
-    return hints.get(field)
+    hint = hints.get(field)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and len(args) == 1 and type(None) in typing.get_args(hint):  # ``int | None``: given, an int
+        return args[0]
+    return hint
 
 
 def _check_param_type(key: str, layer: str, param: str, value: Any) -> None:
