@@ -315,12 +315,25 @@ def _plan_one(s: Sweep, device: str) -> None:
           + (f" ({len(unsupported)} unsupported here, recorded as unsupported without building)" if unsupported else "")
           + f"; {s.skipped_filtered} filtered out by 'where', {invalid_text}")
     est = estimate_seconds(s, set(unsupported))
+    no_energy = _energy_unavailable(device) if any(p.energy_impls for p in s.points) else None
+    if no_energy is not None:
+        print(f"note: energy will not be measured on {device} here: {no_energy}")
+        est["energy"] = 0.0
     print(f"lower bound of measuring time: timing {est['timing']:.0f} s + energy {est['energy']:.0f} s "
           f"= {(est['timing'] + est['energy']) / 60:.1f} min (without compile, reference and cooldown)")
     used = set(s.implementation_names())
     for backend, err in registry.load_errors().items():
         if backend in used:
             print(f"note: {backend} failed to load here, its rows will be recorded as unavailable: {err}")
+
+
+def _energy_unavailable(device: str) -> str | None:
+    """Why this machine cannot measure energy on ``device`` (None: it can)."""
+    try:
+        meter = EnergyMeter(torch.device(device), EnergyConfig())
+    except Exception as exc:  # noqa: BLE001 - plan reports what is broken instead of failing
+        return f"{type(exc).__name__}: {exc}"
+    return None if meter.available else (meter.reason or "no energy meter")
 
 
 def estimate_seconds(s: Sweep, skipped: set[tuple[int, str]] | None = None) -> dict[str, float]:

@@ -13,8 +13,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from layerbench.cli import build_parser
+from layerbench.measure.energy import EnergyMeter
 from layerbench.results import rundir as results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,6 +322,17 @@ def test_plan_shows_the_invalid_setting_and_singular_counts(work: Path) -> None:
     assert "1 point, 1 result row;" in proc.stdout and 'invalid = "skip"' in proc.stdout
     proc = cli("plan", "relu.toml", cwd=work)
     assert 'invalid = "record"' in proc.stdout
+
+
+def test_plan_says_when_energy_will_not_be_measured(work: Path) -> None:
+    """A sweep that asks for energy on a machine without a meter: plan says so and counts no energy time."""
+    if EnergyMeter(torch.device("cpu")).available:
+        pytest.skip("RAPL is readable here: energy would be measured")
+    (work / "energy.toml").write_text(RELU.replace("enabled = false", "enabled = true"))
+    proc = cli("plan", "energy.toml", "--device", "cpu", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: energy will not be measured on cpu here: RAPL unavailable" in proc.stdout
+    assert "+ energy 0 s" in proc.stdout
 
 
 # ------------------------------------------- unsupported rows shown by plan, before anything runs
