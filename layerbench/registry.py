@@ -14,13 +14,19 @@ Contract of a builder (every implementation, ours or a user's)::
 * ``kernel()`` launches the work on ``torch.cuda.current_stream()`` (or computes on the CPU),
   writes every element of ``out`` and returns None, without synchronising.  It is called many
   times.  A library path that allocates its own result (torch's default functional path) may
-  instead return that tensor; the checker then compares the returned tensor.
+  instead return that tensor, or for a pass with several results a dict of part name -> tensor
+  (parts it leaves out are read from ``out``); the checker then compares what it returned.
 * ``build`` may return ``layerbench.builders.Built(launch, details)`` instead of the bare kernel,
   to put what it chose (an algorithm, its timings) into the record.
 * ``register`` declares what the implementation runs: ``devices``, ``dtypes`` and ``layouts``
   (default: all the layer allows) and ``supports(spec, dtype, layout) -> str | None`` for limits of
   shape (the reason when a point is out of reach).  ``plan`` shows such rows with the reason and the
   runner skips them (``Implementation.unsupported_reason``) before building anything.
+* ``register(..., direction=...)`` registers the builder of one pass (``layers.passes``): forward
+  (the default), ``backward_data`` or ``backward_weight``.  The backward builders get ``dy`` in
+  ``tensors`` and write the pass's results into ``out`` (``layers.passes.split_output`` gives the
+  views of a pass with several).  An implementation with every single pass of a layer runs its
+  ``training`` pass too: the passes' kernels one after another, each into its part of ``out``.
 * ``build`` still raises ``layerbench.errors.Unsupported`` for a point it finds it cannot run.
   It never falls back silently to another library.
 * The harness calls ``build`` and ``kernel`` inside ``layerbench.dtypes.precision(dtype)``.
@@ -34,18 +40,20 @@ a checkout whose package metadata lists no built-in entry points, the built-ins 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
 
-from layerbench.builders import Built, Kernel, Tensors
+from layerbench.builders import Built, Kernel, Tensors, as_built
 from layerbench.dtypes import DType
-from layerbench.layers import LAYERS, LayerSpec
+from layerbench.errors import Unsupported
+from layerbench.layers import DIRECTIONS, LAYERS, LayerSpec, passes
 
 ENTRY_POINT_GROUP = "layerbench.implementations"
 DISTRIBUTION = "layerbench"
@@ -92,6 +100,24 @@ class Implementation:
     dtypes: tuple[str, ...] = ()   # empty: every dtype the layer allows
     layouts: tuple[str, ...] = ()  # empty: every layout the layer allows
     supports: SupportCheck | None = None
+    direction: str = "forward"  # the pass this entry's own ``build`` runs
+    # Every single pass registered under this (layer, name), each with its own build and limits;
+    # the entry in the registry builds whichever pass a spec asks for (see ``for_direction``).
+    passes: dict[str, "Implementation"] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The passes this implementation runs (training: when it has every single pass)."""
+        return tuple(d for d in DIRECTIONS if self.for_direction(d) is not None)
+
+    def for_direction(self, direction: str) -> "Implementation | None":
+        """The entry that builds ``direction``, or None when this implementation has no such pass."""
+        own = self.passes or {self.direction: self}
+        if direction in own:
+            return own[direction]
+        if direction != "training" or "forward" not in own or "backward_data" not in own:
+            return None
+        return _training(self, own)
 
     @property
     def supported_dtypes(self) -> tuple[str, ...]:
@@ -106,6 +132,13 @@ class Implementation:
         """Why this implementation cannot run the point (device, dtype, layout, then its own
         ``supports`` limits), or None when it can.  Nothing is built or launched."""
         dev, dt = _name_of(device), _name_of(dtype)
+        direction = passes.direction_of(spec)
+        if direction != self.direction:
+            entry = self.for_direction(direction)
+            if entry is None:
+                return (f"{self.name} runs the {', '.join(self.directions)} pass"
+                        f"{'es' if len(self.directions) > 1 else ''} of {self.layer}, not {direction}")
+            return entry.unsupported_reason(spec, dtype, layout, device)
         if dev not in self.devices:
             return f"{self.name} runs on {', '.join(self.devices)} only, not {dev}"
         if dt not in self.supported_dtypes:
@@ -116,6 +149,49 @@ class Implementation:
         if self.supports is not None and spec is not None:
             return self.supports(spec, dt, layout)
         return None
+
+
+def _training(impl: Implementation, own: dict[str, Implementation]) -> Implementation | None:
+    """The training pass of ``impl``: its single passes' kernels in order, each writing its part."""
+    singles = [own["forward"], own["backward_data"]]
+    if hasattr(LAYERS[impl.layer], "weight_shape"):  # a layer with weights has a weight pass too
+        if "backward_weight" not in own:
+            return None
+        singles.append(own["backward_weight"])
+
+    def build(spec: LayerSpec, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+        launches, details = [], {}
+        for single in singles:
+            sub = passes.at_direction(spec, single.direction)
+            built = as_built(single.build(sub, dtype, layout, tensors, passes.sub_output(spec, sub, out, layout)))
+            launches.append((built.launch, passes.result_parts(sub)[0][0]))
+            details.update({f"{single.direction}_{k}": v for k, v in built.details.items()})
+
+        def kernel() -> dict[str, torch.Tensor] | None:
+            returned: dict[str, torch.Tensor] = {}
+            for launch, first_part in launches:
+                result = launch()  # a library path may return its results (see the contract)
+                if isinstance(result, torch.Tensor):
+                    returned[first_part] = result
+                elif isinstance(result, dict):
+                    returned.update(result)
+            return returned or None
+
+        return Built(kernel, details)
+
+    def supports(spec: LayerSpec, dtype: str, layout: str) -> str | None:
+        for single in singles:
+            why = single.unsupported_reason(passes.at_direction(spec, single.direction), dtype, layout,
+                                            single.devices[0])
+            if why:
+                return f"{single.direction}: {why}"
+        return None
+
+    devices = tuple(d for d in singles[0].devices if all(d in s.devices for s in singles))
+    dtypes = tuple(d for d in singles[0].supported_dtypes if all(d in s.supported_dtypes for s in singles))
+    layouts = tuple(l for l in singles[0].supported_layouts if all(l in s.supported_layouts for s in singles))
+    return Implementation(impl.layer, impl.name, impl.backend, build, devices, impl.reference,
+                          impl.description, dtypes, layouts, supports, direction="training")
 
 
 _REGISTRY: dict[tuple[str, str], Implementation] = {}
@@ -134,13 +210,18 @@ def _declared(key: str, layer: str, values: Iterable[str], allowed: tuple[str, .
 
 def register(layer: str, name: str, *, backend: str, devices: tuple[str, ...] = ("cuda",),
              reference: bool = False, description: str = "", dtypes: Iterable[str] = (),
-             layouts: Iterable[str] = (), supports: SupportCheck | None = None
-             ) -> Callable[[Builder], Builder]:
-    """Decorator that registers ``build`` as implementation ``name`` of ``layer``.
+             layouts: Iterable[str] = (), supports: SupportCheck | None = None,
+             direction: str = "forward") -> Callable[[Builder], Builder]:
+    """Decorator that registers ``build`` as the ``direction`` pass of implementation ``name`` of
+    ``layer``.  A ``training`` builder is needed only where the single passes in a row are not the
+    implementation's training iteration (torch's autograd).
 
     ``dtypes`` and ``layouts`` default to all the layer allows; ``supports(spec, dtype, layout)``
     returns the reason a point is out of the implementation's reach (None: it runs it).
     """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"register({layer!r}, {name!r}): direction must be one of {', '.join(DIRECTIONS)}, "
+                         f"got {direction!r}")
     if layer not in LAYERS:
         raise ValueError(f"layer must be one of {', '.join(LAYERS)}, got {layer!r}")
     if not name or ":" in name or "=" in name or "," in name:
@@ -150,11 +231,28 @@ def register(layer: str, name: str, *, backend: str, devices: tuple[str, ...] = 
     lts = _declared("layouts", layer, layouts, tuple(cls.layouts))
 
     def wrap(build: Builder) -> Builder:
-        _REGISTRY[(layer, name)] = Implementation(layer, name, backend, build, tuple(devices), reference,
-                                                  description, dts, lts, supports)
+        entry = Implementation(layer, name, backend, build, tuple(devices), reference, description, dts, lts,
+                               supports, direction=direction)
+        old = _REGISTRY.get((layer, name))
+        singles = dict(old.passes or {old.direction: old}) if old is not None else {}
+        singles[direction] = entry
+        main = singles.get("forward", entry)
+        _REGISTRY[(layer, name)] = dataclasses.replace(main, build=_dispatch(layer, name), passes=singles)
         return build
 
     return wrap
+
+
+def _dispatch(layer: str, name: str) -> Builder:
+    """The build of an implementation with several passes: the one the spec's direction asks for."""
+    def build(spec: LayerSpec, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
+        impl = _REGISTRY[(layer, name)]
+        entry = impl.for_direction(passes.direction_of(spec))
+        if entry is None:
+            raise Unsupported(f"{name} has no {passes.direction_of(spec)} pass of {layer}")
+        return entry.build(spec, dtype, layout, tensors, out)
+
+    return build
 
 
 def _entry_points() -> tuple[dict[str, str], list[metadata.EntryPoint]]:
@@ -227,7 +325,7 @@ def load_user(target: str, layer: str) -> Implementation:
         raise ValueError(f"{target}: module {module_name} has no {attr!r}")
     fn = getattr(module, attr)
     for key in set(_REGISTRY) - before:
-        if key[0] == layer and _REGISTRY[key].build is fn:
+        if key[0] == layer and any(p.build is fn for p in _REGISTRY[key].passes.values()):
             return _REGISTRY[key]
     if not callable(fn):
         raise ValueError(f"{target}: {attr} is not callable")

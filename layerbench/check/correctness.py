@@ -1,5 +1,6 @@
 """Correctness of one kernel: poison the output, run, compare with the float64 reference under a
-tolerance by dtype (bit-exact for layers that select input values)."""
+tolerance by dtype (bit-exact for results that select input values).  A pass with several results
+(``layers.passes``) is compared part by part, each under its own tolerance."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from typing import Callable
 
 import torch
 
-from layerbench.check.inputs import make_output, make_tensors, new_input, reference
+from layerbench.check.inputs import activation_names, make_output, make_tensors, new_input, reference
 from layerbench.dtypes import DType, get_dtype, precision
-from layerbench.layers import LayerSpec, is_exact
+from layerbench.layers import LayerSpec, is_exact, passes
 from layerbench.builders import Built, Kernel, Tensors, as_built
 from layerbench.registry import Builder, Implementation
 
@@ -33,6 +34,22 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+# Every accumulation is in fp32: the error of a sum of L products grows as sqrt(L) fp32 roundings
+# (a random walk) in the norm, and the largest element's by a few times that.  Weight gradients sum
+# over the batch and every output position (L up to ~10^6), forward and data gradients over at most
+# a few thousand products, which the table's bounds already hold.
+FP32_UNIT = 2.0**-24
+
+
+def part_tolerance(spec: LayerSpec, part: str, dtype: DType) -> Tolerance:
+    """The tolerance of one result part: the dtype's, widened for long weight-gradient sums."""
+    base = TOLERANCES[dtype.name]
+    grow = math.sqrt(passes.reduction_length(spec, part)) * FP32_UNIT
+    if grow * 4 <= base.rel_norm / 10:
+        return base
+    return Tolerance(rel_norm=base.rel_norm + 4 * grow, max_err=base.max_err + 16 * grow)
+
+
 @dataclass(frozen=True)
 class CheckResult:
     ok: bool
@@ -45,8 +62,25 @@ class CheckResult:
 
 
 def compare_output(out: torch.Tensor, ref: torch.Tensor, spec: LayerSpec, dtype: DType | str) -> CheckResult:
-    """Compare an output with the float64 reference under the tolerance of ``dtype``."""
+    """Compare an output with the float64 reference under the tolerance of ``dtype``; a flat buffer
+    of several results part by part (the worst part is reported, by name)."""
     dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
+    parts = passes.result_parts(spec)
+    if tuple(out.shape) != tuple(ref.shape):
+        return CheckResult(False, math.inf, math.inf, math.inf, -1, None,
+                           f"output shape {tuple(out.shape)} != expected {tuple(ref.shape)}")
+    if len(parts) == 1:
+        return _compare_part(out, ref, spec, parts[0][0], dtype)
+    results = [(name, _compare_part(out[sl], ref[sl], spec, name, dtype))
+               for name, sl in passes.part_slices(spec).items()]
+    failed = [(name, r) for name, r in results if not r.ok]
+    name, worst = failed[0] if failed else max(results, key=lambda nr: nr[1].rel_norm)
+    nonfinite = sum(max(r.nonfinite, 0) for _, r in results)
+    message = "; ".join(f"{n}: {r.message}" for n, r in (failed or results))
+    return dataclasses.replace(worst, ok=not failed, nonfinite=nonfinite, message=message)
+
+
+def _compare_part(out: torch.Tensor, ref: torch.Tensor, spec: LayerSpec, part: str, dtype: DType) -> CheckResult:
     if tuple(out.shape) != tuple(ref.shape):
         return CheckResult(False, math.inf, math.inf, math.inf, -1, None,
                            f"output shape {tuple(out.shape)} != expected {tuple(ref.shape)}")
@@ -62,12 +96,12 @@ def compare_output(out: torch.Tensor, ref: torch.Tensor, spec: LayerSpec, dtype:
     if nonfinite:
         return CheckResult(False, rel_norm, max_abs, max_err, nonfinite, None,
                            f"{nonfinite} of {o.numel()} output elements are NaN/inf (unwritten or overflow)")
-    if is_exact(spec):
+    if is_exact(spec) or passes.exact_part(spec, part):
         expected = ref.to(out.dtype).to(torch.float64).to(o.device)
         wrong = int((o != expected).sum())
         msg = "exact match" if not wrong else f"{wrong} of {o.numel()} elements differ from the exact result"
         return CheckResult(wrong == 0, rel_norm, max_abs, max_err, 0, None, msg)
-    tol = TOLERANCES[dtype.name]
+    tol = part_tolerance(spec, part, dtype)
     ok = rel_norm <= tol.rel_norm and max_err <= tol.max_err
     msg = (f"rel_norm {rel_norm:.3g} (tol {tol.rel_norm:g}), max_err {max_err:.3g} "
            f"(tol {tol.max_err:g}) for {dtype.name}")
@@ -79,7 +113,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _launch_once(kernel: Kernel | Built, out: torch.Tensor, dtype: DType) -> torch.Tensor:
+def _returned(returned: object, out: torch.Tensor, spec: LayerSpec | None, tensors: Tensors | None) -> torch.Tensor:
+    """What a launch computed: ``out``, or the tensor it returned, or its returned parts laid into
+    a copy of ``out`` as the kernels lay them out."""
+    if isinstance(returned, torch.Tensor):
+        return returned
+    if isinstance(returned, dict) and spec is not None and tensors is not None:
+        result = out.clone()
+        parts = passes.result_parts(spec)
+        if len(parts) == 1:
+            return returned.get(parts[0][0], result)
+        slices = passes.part_slices(spec)
+        for name, t in returned.items():
+            result[slices[name]] = passes.pack_part(name, t, tensors)
+        return result
+    return out
+
+
+def _launch_once(kernel: Kernel | Built, out: torch.Tensor, dtype: DType, spec: LayerSpec | None = None,
+                 tensors: Tensors | None = None) -> torch.Tensor:
     """Launch once and return what it computed, as seen by the next work on the current stream.
 
     Only the current stream is synchronised before the output is copied: work that a kernel
@@ -89,7 +141,7 @@ def _launch_once(kernel: Kernel | Built, out: torch.Tensor, dtype: DType) -> tor
     launch = as_built(kernel).launch
     with precision(dtype):
         returned = launch()
-    result = returned if isinstance(returned, torch.Tensor) else out
+    result = _returned(returned, out, spec, tensors)
     if result.device.type == "cuda":
         torch.cuda.current_stream(result.device).synchronize()
         result = result.clone()
@@ -120,7 +172,7 @@ def check_kernel(kernel: Kernel | Built, out: torch.Tensor, spec: LayerSpec, dty
         ref = reference(spec, tensors) if ref is None else ref
         out.fill_(math.nan)
     _sync(out.device)
-    result = _launch_once(kernel, out, dtype)
+    result = _launch_once(kernel, out, dtype, spec, tensors)
     checked = compare_output(result, ref, spec, dtype)
     if not checked.ok and out is not tensors["x"] and result is not None:
         return _explain_unwritten(checked, result, "")
@@ -144,10 +196,10 @@ def _explain_unwritten(checked: CheckResult, result: torch.Tensor, when: str) ->
 class CheckInputs:
     """The input sets a point's implementations are checked on, shared by all of them.
 
-    Set 0 is the tensors the builders were given; set 1 has a new ``x`` (weights and bias stay:
-    a builder may prepare them once, as inference does).  ``load(i)`` writes set ``i`` into the
-    same input tensors, so a kernel that does not read its input again is caught.  The float64
-    references are computed once, when first needed.
+    Set 0 is the tensors the builders were given; set 1 has a new ``x`` (and ``dy`` for a backward
+    pass; weights and bias stay: a builder may prepare them once, as inference does).  ``load(i)``
+    writes set ``i`` into the same input tensors, so a kernel that does not read its input again is
+    caught.  The float64 references are computed once, when first needed.
     """
 
     def __init__(self, spec: LayerSpec, dtype: DType | str, tensors: Tensors, out: torch.Tensor | None = None,
@@ -155,16 +207,21 @@ class CheckInputs:
         self.spec = spec
         self.dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
         self.tensors = tensors
-        x = tensors["x"]
-        self.xs = [x.clone(), torch.empty_like(x).copy_(new_input(spec, self.dtype, x.device, generator))]
+        self.sets: list[dict[str, torch.Tensor]] = [{}, {}]
+        for name in activation_names(spec):
+            t = tensors[name]
+            self.sets[0][name] = t.clone()
+            self.sets[1][name] = torch.empty_like(t).copy_(new_input(spec, self.dtype, t.device, generator, name))
+        self.xs = [s["x"] for s in self.sets]
         self._refs: dict[int, torch.Tensor] = {}
 
     def load(self, i: int) -> None:
-        self.tensors["x"].copy_(self.xs[i])
+        for name, t in self.sets[i].items():
+            self.tensors[name].copy_(t)
 
     def ref(self, i: int) -> torch.Tensor:
         if i not in self._refs:
-            self._refs[i] = reference(self.spec, self.tensors | {"x": self.xs[i]})
+            self._refs[i] = reference(self.spec, self.tensors | self.sets[i])
         return self._refs[i]
 
 
@@ -181,7 +238,7 @@ def check_launch(kernel: Kernel | Built, out: torch.Tensor, inputs: CheckInputs,
     if not inplace:
         out.fill_(math.nan)
     _sync(out.device)
-    result = _launch_once(kernel, out, dtype)
+    result = _launch_once(kernel, out, dtype, spec, inputs.tensors)
     checked = compare_output(result, inputs.ref(i), spec, dtype)
     if checked.ok or tuple(result.shape) != tuple(inputs.ref(i).shape):
         return checked

@@ -15,6 +15,7 @@ from layerbench.layers import conv2d, linear, pool2d, relu
 from layerbench.layers.common import LAYOUTS_4D, MAX_ELEMENTS
 from layerbench.layers.conv2d import Conv2d
 from layerbench.layers.linear import Linear
+from layerbench.layers.passes import DIRECTIONS
 from layerbench.layers.pool2d import POOL_METHODS, Pool2d
 from layerbench.layers.relu import ReLU
 
@@ -22,11 +23,13 @@ LayerSpec = Union[Conv2d, Pool2d, ReLU, Linear]
 
 LAYERS: dict[str, type] = {cls.layer: cls for cls in (Conv2d, Pool2d, ReLU, Linear)}
 
-# Sweep-file shorthands per layer: one key (``size``) sets several spec fields (``height``, ``width``).
+# Sweep-file shorthands per layer: one key (``size``) sets several spec fields (``height``, ``width``);
+# ``pass`` names the ``direction`` field in every layer (``pass`` is a Python keyword).
 SHORTHANDS: dict[str, dict[str, tuple[str, ...]]] = {
-    module.__name__.rsplit(".", 1)[1]: module.SHORTHANDS for module in (conv2d, pool2d, relu, linear)}
+    module.__name__.rsplit(".", 1)[1]: module.SHORTHANDS | {"pass": ("direction",)}
+    for module in (conv2d, pool2d, relu, linear)}
 
-__all__ = ["LAYERS", "LAYOUTS_4D", "MAX_ELEMENTS", "POOL_METHODS", "SHORTHANDS", "Conv2d", "LayerSpec",
+__all__ = ["DIRECTIONS", "LAYERS", "LAYOUTS_4D", "MAX_ELEMENTS", "POOL_METHODS", "SHORTHANDS", "Conv2d", "LayerSpec",
            "Linear", "Pool2d", "ReLU", "is_exact", "required_fields", "spec_from_dict"]
 
 

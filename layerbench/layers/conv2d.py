@@ -17,6 +17,7 @@ from layerbench.layers.common import (
     check_int,
     out_size,
 )
+from layerbench.layers.passes import check_direction, total_elements, total_flops
 
 # Sweep-file shorthands for square shapes: one key sets two spec fields.  ``stride``, ``padding`` and
 # ``dilation`` need none: they are fields of their own that set both axes (see Conv2d).
@@ -61,6 +62,7 @@ class Conv2d:
     dilation_h: int | None = None
     dilation_w: int | None = None
     groups: int = 1
+    direction: str = "forward"
 
     layer: ClassVar[str] = "conv2d"
     dtypes: ClassVar[tuple[str, ...]] = ("fp32", "tf32", "fp16", "bf16")
@@ -92,6 +94,7 @@ class Conv2d:
         for what, shape in (("input", self.input_shape), ("weight", self.weight_shape),
                             ("output", self.output_shape)):
             check_fits_int32(self, what, shape)
+        check_direction(self)
 
     def _resolve_axes(self, scalar: str, fh: str, fw: str, default: int) -> None:
         """Fill the per-axis fields from the scalar (or the default); the scalar becomes their common
@@ -162,19 +165,30 @@ class Conv2d:
 
     @property
     def flops(self) -> int:
-        """Multiply-adds counted as 2 FLOPs, plus one add per output for the bias; each output sums
-        over its group's in_channels / groups channels."""
+        """Multiply-adds counted as 2 FLOPs, plus one add per output for the bias (forward) or
+        per dy element for dbias; each output sums over its group's in_channels / groups channels.
+        Summed over the passes of ``direction``."""
+        return total_flops(self)
+
+    def pass_cost(self, single: str) -> tuple[int, int]:
+        """(FLOPs, elements read or written at least once) of one pass."""
         out = math.prod(self.output_shape)
+        x, w = math.prod(self.input_shape), self.parameters
         macs = out * (self.in_channels // self.groups) * self.kernel_h * self.kernel_w
-        return 2 * macs + (out if self.bias else 0)
+        bias_adds = out if self.bias else 0
+        if single == "forward":
+            return 2 * macs + bias_adds, x + w + out
+        if single == "backward_data":
+            return 2 * macs, out + math.prod(self.weight_shape) + x
+        return 2 * macs + bias_adds, x + out + w
 
     @property
     def parameters(self) -> int:
         return math.prod(self.weight_shape) + (self.out_channels if self.bias else 0)
 
     def min_bytes(self, itemsize: int) -> int:
-        """Each input and parameter read once, the output written once."""
-        return itemsize * (math.prod(self.input_shape) + self.parameters + math.prod(self.output_shape))
+        """Each input, gradient and parameter read once, each result written once, per pass."""
+        return itemsize * total_elements(self)
 
     # The thesis's workload figures (docs/thesis-experiments.md, convolution layers), as published for
     # groups == 1.  With groups, each output channel connects to in_channels / groups input channels,

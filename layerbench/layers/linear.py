@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from layerbench.layers.common import check_bool, check_fits_int32, check_int
+from layerbench.layers.passes import check_direction, total_elements, total_flops
 
 SHORTHANDS: dict[str, tuple[str, ...]] = {}
 
@@ -22,6 +23,7 @@ class Linear:
     in_features: int
     out_features: int
     bias: bool = True
+    direction: str = "forward"
 
     layer: ClassVar[str] = "linear"
     dtypes: ClassVar[tuple[str, ...]] = ("fp32", "tf32", "fp16", "bf16")
@@ -34,6 +36,7 @@ class Linear:
         for what, shape in (("input", self.input_shape), ("weight", self.weight_shape),
                             ("output", self.output_shape)):
             check_fits_int32(self, what, shape)
+        check_direction(self)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -49,15 +52,27 @@ class Linear:
 
     @property
     def flops(self) -> int:
+        """Multiply-adds as 2 FLOPs plus the bias adds, summed over the passes of ``direction``."""
+        return total_flops(self)
+
+    def pass_cost(self, single: str) -> tuple[int, int]:
+        """(FLOPs, elements read or written at least once) of one pass."""
         out = self.batch * self.out_features
-        return 2 * out * self.in_features + (out if self.bias else 0)
+        x, w = math.prod(self.input_shape), self.parameters
+        macs = out * self.in_features
+        bias_adds = out if self.bias else 0
+        if single == "forward":
+            return 2 * macs + bias_adds, x + w + out
+        if single == "backward_data":
+            return 2 * macs, out + math.prod(self.weight_shape) + x
+        return 2 * macs + bias_adds, x + out + w
 
     @property
     def parameters(self) -> int:
         return self.in_features * self.out_features + (self.out_features if self.bias else 0)
 
     def min_bytes(self, itemsize: int) -> int:
-        return itemsize * (math.prod(self.input_shape) + self.parameters + math.prod(self.output_shape))
+        return itemsize * total_elements(self)
 
     @property
     def thesis_parameters(self) -> int:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from layerbench.layers.common import LAYOUTS_4D, check_fits_int32, check_int, out_size
+from layerbench.layers.passes import check_direction, total_elements, total_flops
 
 SHORTHANDS: dict[str, tuple[str, ...]] = {"size": ("height", "width")}
 
@@ -32,6 +33,7 @@ class Pool2d:
     stride: int
     padding: int = 0
     method: str = "max"
+    direction: str = "forward"
 
     layer: ClassVar[str] = "pool2d"
     dtypes: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
@@ -46,6 +48,7 @@ class Pool2d:
         # torch (and cuDNN) require each window to hold at least one real element.
         check_int(self, "padding", upper=self.kernel // 2, lower=0)
         check_fits_int32(self, "input", self.input_shape)
+        check_direction(self)
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -65,22 +68,33 @@ class Pool2d:
 
     @property
     def flops(self) -> int:
-        """One compare (max) or add (avg) per window element, plus the divide for avg."""
+        """Forward: one compare (max) or add (avg) per window element, plus the divide for avg;
+        backward: max finds each window's winner again and adds its gradient, avg adds each window's
+        share to every element.  Summed over the passes of ``direction``."""
+        return total_flops(self)
+
+    def pass_cost(self, single: str) -> tuple[int, int]:
+        """(FLOPs, elements read or written at least once) of one pass."""
         out = math.prod(self.output_shape)
+        x = math.prod(self.input_shape)
         window = self.kernel * self.kernel
-        return out * (window if self.method == "avg" else window - 1)
+        if single == "forward":
+            return out * (window if self.method == "avg" else window - 1), x + out
+        if self.method == "max":  # x again (to find the winners), dy, dx
+            return out * window, x + out + x
+        return out * window, out + x  # dy, dx
 
     @property
     def parameters(self) -> int:
         return 0
 
     def min_bytes(self, itemsize: int) -> int:
-        return itemsize * (math.prod(self.input_shape) + math.prod(self.output_shape))
+        return itemsize * total_elements(self)
 
     @property
     def exact(self) -> bool:
         """Max pooling selects input values: its output must equal the reference bit for bit."""
-        return self.method == "max"
+        return self.method == "max" and self.direction == "forward"
 
     def reference(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The float64 result (inputs upcast exactly from their dtype)."""

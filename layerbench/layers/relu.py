@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from layerbench.layers.common import check_bool, check_fits_int32, check_int
+from layerbench.layers.passes import check_direction, total_elements, total_flops
 
 SHORTHANDS: dict[str, tuple[str, ...]] = {"size": ("height", "width")}
 
@@ -22,6 +23,7 @@ class ReLU:
     height: int = 1
     width: int = 1
     inplace: bool = False
+    direction: str = "forward"
 
     layer: ClassVar[str] = "relu"
     dtypes: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
@@ -34,6 +36,10 @@ class ReLU:
             check_int(self, f)
         check_bool(self, "inplace")
         check_fits_int32(self, "input", self.input_shape)
+        check_direction(self)
+        if self.inplace and self.direction != "forward":
+            raise ValueError(f"ReLU.inplace applies to the forward pass only; direction {self.direction} "
+                             "writes a new tensor (set inplace to false)")
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -49,14 +55,19 @@ class ReLU:
 
     @property
     def flops(self) -> int:
-        return self.numel
+        """One compare (or select) per element and pass."""
+        return total_flops(self)
+
+    def pass_cost(self, single: str) -> tuple[int, int]:
+        """(FLOPs, elements read or written at least once) of one pass: the backward reads x and dy."""
+        return self.numel, (2 if single == "forward" else 3) * self.numel
 
     @property
     def parameters(self) -> int:
         return 0
 
     def min_bytes(self, itemsize: int) -> int:
-        return 2 * itemsize * self.numel
+        return itemsize * total_elements(self)
 
     def reference(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The float64 result (inputs upcast exactly from their dtype)."""

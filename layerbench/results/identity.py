@@ -34,7 +34,10 @@ def identity_params(point: Point) -> dict[str, Any]:
     first release while they are at their defaults (``identity_params`` of the spec), so that points
     recorded before hash as they did."""
     own = getattr(point.spec, "identity_params", None)
-    return own() if own is not None else layer_params(point)
+    params = own() if own is not None else layer_params(point)
+    if params.get("direction") == "forward":  # the forward pass hashes as it did before passes existed
+        params = {k: v for k, v in params.items() if k != "direction"}
+    return params
 
 
 def identity_config(point: Point, impl: str, measure: Measure, device: str) -> dict[str, Any]:
