@@ -8,6 +8,9 @@ import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
 
+from kernels.reference import cudnn as cudnn_ref
+from kernels.reference import cudnn_graph
+from layerbench.builders import as_built
 from layerbench.measure import provenance
 from layerbench.measure.provenance import kernel_names, library, libraries
 from layerbench import registry
@@ -221,7 +224,27 @@ def test_built_kernel_is_reusable_on_any_stream(layer, name, spec, dtype, layout
             second = _run(kernel, out)
         third = _run(kernel, out)
     assert torch.isfinite(first).all()
-    assert torch.equal(first, second) and torch.equal(first, third)
+    assert torch.equal(first, second) and torch.equal(first, third), getattr(kernel, "details", None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["legacy", "graph"])
+@pytest.mark.parametrize("dtype, layout", [("fp32", "NHWC"), ("fp32", "NCHW"), ("fp16", "NHWC")])
+def test_each_cudnn_conv_path_follows_the_current_stream(path, dtype, layout):
+    spec = GPU_SPECS[1]
+    dt = get_dtype(dtype)
+    tensors = make_tensors(spec, dt, layout, "cuda")
+    out = make_output(spec, tensors, layout)
+    build = cudnn_ref.build_conv2d_legacy if path == "legacy" else cudnn_graph.build_conv2d_graph
+    with precision(dt):
+        kernel = as_built(build(spec, dt, layout, tensors, out))
+        first = _run(kernel, out)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            second = _run(kernel, out)
+    assert torch.isfinite(first).all(), kernel.details
+    assert torch.equal(first, second), kernel.details
 
 
 @pytest.mark.gpu
