@@ -141,6 +141,8 @@ class Conv2d:
         if plain:
             for f in NEW_FIELDS:
                 del params[f]
+        if self.direction == "forward":
+            del params["direction"]
         return params
 
     @property
