@@ -197,7 +197,9 @@ def _build(layer, name, spec, dtype, layout):
     return kernel, out
 
 
-def _run(kernel, out):
+def _run(kernel, out, busy: bool = False):
+    if busy:  # the stream is still busy when the poison is queued: work launched elsewhere runs first
+        torch.cuda._sleep(20_000_000)
     out.fill_(math.nan)
     returned = kernel()
     torch.cuda.synchronize()
@@ -242,7 +244,7 @@ def test_each_cudnn_conv_path_follows_the_current_stream(path, dtype, layout):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            second = _run(kernel, out)
+            second = _run(kernel, out, busy=True)
     assert torch.isfinite(first).all(), kernel.details
     assert torch.equal(first, second), kernel.details
 
