@@ -230,14 +230,15 @@ def test_built_kernel_is_reusable_on_any_stream(layer, name, spec, dtype, layout
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["legacy", "graph"])
+@pytest.mark.parametrize("path", ["legacy", "graph", "graph_then_bias"])
 @pytest.mark.parametrize("dtype, layout", [("fp32", "NHWC"), ("fp32", "NCHW"), ("fp16", "NHWC")])
 def test_each_cudnn_conv_path_follows_the_current_stream(path, dtype, layout):
     spec = GPU_SPECS[1]
     dt = get_dtype(dtype)
     tensors = make_tensors(spec, dt, layout, "cuda")
     out = make_output(spec, tensors, layout)
-    build = cudnn_ref.build_conv2d_legacy if path == "legacy" else cudnn_graph.build_conv2d_graph
+    build = {"legacy": cudnn_ref.build_conv2d_legacy, "graph": cudnn_graph.build_conv2d_graph,
+             "graph_then_bias": cudnn_ref.build_conv2d_graph_then_bias}[path]
     with precision(dt):
         kernel = as_built(build(spec, dt, layout, tensors, out))
         first = _run(kernel, out)
