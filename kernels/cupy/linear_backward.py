@@ -3,9 +3,9 @@ A is gathered through any strides, B must be row-major [N][K], out is written th
 
 * backward_data, dx = dy W, runs as dx^T = W^T dy^T: A = W^T (a view of W), B = dy, out = dx^T
   (a view of dx); nothing is copied.
-* backward_weight, dW = dy^T x, runs as dW^T = x^T (dy^T)^T: A = x^T (a view), B = dy^T, which
-  layout.cu's transpose writes inside every launch, out = dW^T (a view); dbias, the column sums
-  of dy, comes from linear_backward.cu.
+* backward_weight, dW = dy^T x, runs as dW^T = x^T dy: A = x^T (a view of x), B = dy^T,
+  which layout.cu's transpose writes row-major inside every launch (dy changes between them),
+  out = dW^T (a view of dW); dbias, the column sums of dy, comes from linear_backward.cu.
 
 fp32 runs the FFMA kernel (no tensor cores), tf32/fp16/bf16 mma.sync; fp32 accumulation.
 """
