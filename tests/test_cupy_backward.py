@@ -172,8 +172,10 @@ def test_max_pool_backward_ties_and_special_values(dtype: str, layout: str, stri
     out = torch.full(spec.input_shape, math.nan, device=DEVICE, dtype=dt.torch_dtype).contiguous(memory_format=fmt)
     impl("pool2d").build(spec, dt, layout, {"x": x, "dy": dy}, out)()
     torch.cuda.synchronize()
-    leaf = x.double().requires_grad_(True)
-    want, = torch.autograd.grad(F.max_pool2d(leaf, 3, stride, 1), leaf, dy.double())
+    # NCHW float64, as the harness's reference: torch's channels-last CUDA kernel can give a window
+    # of -inf the plane's element 0 rather than the window's first tap.
+    leaf = x.double().contiguous().requires_grad_(True)
+    want, = torch.autograd.grad(F.max_pool2d(leaf, 3, stride, 1), leaf, dy.double().contiguous())
     assert not torch.isnan(out).any()
     single = torch.ones_like(dy, dtype=torch.float64)
     wins, = torch.autograd.grad(F.max_pool2d(leaf, 3, stride, 1), leaf, single)
