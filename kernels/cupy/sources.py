@@ -81,6 +81,21 @@ def to_channels_last_name(ctype: str) -> str:
     return f"to_channels_last<{ctype}>"
 
 
+def relu_backward_name(ctype: str) -> str:
+    return f"relu_backward<{ctype}>"
+
+
+POOL_LAYOUTS = {"NCHW": False, "NHWC": True}  # the backward kernel's NHWC template argument
+
+
+def pool_backward_name(ctype: str, method: str, layout: str) -> str:
+    return f"pool2d_backward<{ctype}, {POOL_METHODS[method]}, {_cpp_bool(POOL_LAYOUTS[layout])}>"
+
+
+def column_sums_name(ctype: str) -> str:
+    return f"column_sums<{ctype}>"
+
+
 FFT_LOG_SIZES = range(4, 8)  # transforms of 16 x 16 .. 128 x 128 (shared memory caps the size)
 FFT_CGEMM_NAME = "fft_cgemm"
 
@@ -111,6 +126,10 @@ SOURCES: dict[str, Source] = {
         + [igemm_name(t, True, a) for t in STORAGE_TYPES for a in (True, False)]
         + [reduce_name(t) for t in STORAGE_TYPES])),
     "layout": Source("layout.cu", tuple(to_channels_last_name(t) for t in STORAGE_TYPES)),
+    "relu_backward": Source("relu_backward.cu", tuple(relu_backward_name(t) for t in STORAGE_TYPES)),
+    "pool2d_backward": Source("pool2d_backward.cu", tuple(
+        pool_backward_name(t, m, lt) for t in STORAGE_TYPES for m in POOL_METHODS for lt in POOL_LAYOUTS)),
+    "linear_backward": Source("linear_backward.cu", tuple(column_sums_name(t) for t in STORAGE_TYPES)),
     "fft_conv": Source("fft_conv.cu", tuple(
         [fft_forward_name(n) for n in FFT_LOG_SIZES] + [fft_inverse_name(n) for n in FFT_LOG_SIZES]
         + [FFT_CGEMM_NAME])),

@@ -70,5 +70,7 @@ class ReLU:
         return itemsize * total_elements(self)
 
     def reference(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The float64 result (inputs upcast exactly from their dtype)."""
-        return torch.clamp_min(tensors["x"], 0.0)
+        """The float64 result (inputs upcast exactly from their dtype).  torch.relu, not
+        clamp_min: autograd then gives dx = 0 at x = 0, as ReLU's backward (threshold_backward)
+        defines it, where clamp_min's gradient passes dy."""
+        return torch.relu(tensors["x"])

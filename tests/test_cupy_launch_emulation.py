@@ -1,0 +1,167 @@
+"""The CuPy backward launchers end to end on the CPU: check_implementation builds every pass
+(training included) through the registry, and each launch runs a CPU emulation of its kernel,
+which takes the launcher's arguments in the order of the kernel's .cu signature and computes
+with the kernels' models (backward_models, models; igemm.build's GEMM is models.model_igemm on
+the launcher's geometry).  Catches arguments out of order, wrong views, strides or template
+arguments, and parts of the output left unwritten, without a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import re
+from types import SimpleNamespace
+from typing import Callable, Sequence
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels.cupy import igemm, linear_backward, support
+from kernels.cupy.backward_models import (
+    model_column_sums,
+    model_pool_backward,
+    model_to_channels_last,
+    relu_backward_bits,
+    unsigned_bits,
+)
+from kernels.cupy.models import BITS, model_igemm, relu_bits
+from layerbench import registry
+from layerbench.check.correctness import check_implementation
+from layerbench.dtypes import DType
+from layerbench.layers import Linear, Pool2d, ReLU
+
+NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+CTYPES = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torch.bfloat16}
+
+
+def _from_bits(u: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    _, _, tdt, idt, bits = BITS[NAMES[dtype]]
+    return torch.from_numpy(np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)).to(idt).view(tdt)
+
+
+class EmulatedLaunch:
+    """support.Launch's signature; calling it runs the kernel named by ``fn`` on the CPU."""
+
+    def __init__(self, fn: SimpleNamespace, grid: tuple[int, int, int], block: tuple[int, int, int],
+                 args: Sequence[object], index: int, keep: Sequence[object] = (), shared_bytes: int = 0) -> None:
+        assert all(g >= 1 for g in grid), grid
+        self.kernel, targs = re.fullmatch(r"(\w+)<(.*)>", fn.name).groups()
+        self.targs = [a.strip() for a in targs.split(",")]
+        self.grid, self.block, self.args, self.keep = grid, block, list(args), keep
+
+    def value(self, i: int) -> int | float:
+        return self.args[i].value
+
+    def memory(self, i: int, count: int) -> torch.Tensor:
+        """``count`` elements from pointer argument ``i``, which must point into a kept tensor."""
+        assert isinstance(self.args[i], ctypes.c_void_p), f"argument {i} is not a pointer"
+        for t in self.keep:
+            if t is not None and t.data_ptr() == self.args[i].value:
+                assert t.dtype == CTYPES[self.targs[0]], "a tensor of the wrong dtype"
+                return torch.as_strided(t, (count,), (1,))
+        raise AssertionError(f"{self.kernel}: pointer argument {i} is none of the kept tensors")
+
+    def __call__(self) -> None:
+        getattr(self, f"_{self.kernel}")()
+
+    def _relu(self) -> None:  # relu(x, y, n)
+        n = self.value(2)
+        x, y = self.memory(0, n), self.memory(1, n)
+        y.copy_(_from_bits(relu_bits(unsigned_bits(x), NAMES[x.dtype]), x.dtype))
+
+    def _relu_backward(self) -> None:  # relu_backward(x, dy, dx, n)
+        n = self.value(3)
+        x, dy, dx = (self.memory(i, n) for i in range(3))
+        dx.copy_(_from_bits(relu_backward_bits(unsigned_bits(x), unsigned_bits(dy), NAMES[x.dtype]), x.dtype))
+
+    def _pool2d_backward(self) -> None:  # (x, dy, dx, batch, C, H, W, OH, OW, k, s, p, inv_area)
+        batch, c, h, w, oh, ow, k, s, p = (self.value(i) for i in range(3, 12))
+        assert self.value(12) == pytest.approx(1 / (k * k))
+        nhwc = {"false": False, "true": True}[self.targs[2]]
+        spec = Pool2d(batch, c, h, w, k, s, p, method=["max", "avg"][int(self.targs[1])])
+        assert (spec.out_height, spec.out_width) == (oh, ow)
+
+        def tensor(i: int, rows: int, cols: int) -> torch.Tensor:
+            flat = self.memory(i, batch * c * rows * cols)
+            return flat.view(batch, rows, cols, c).permute(0, 3, 1, 2) if nhwc else flat.view(batch, c, rows, cols)
+
+        dx = tensor(2, h, w)
+        dx.copy_(model_pool_backward(spec, tensor(0, h, w), tensor(1, oh, ow), "NHWC" if nhwc else "NCHW"))
+
+    def _pool_forward(self, x: torch.Tensor, y: torch.Tensor, k: int, s: int, p: int) -> None:
+        xd = x.double()  # the forward kernels have models of their own (test_cupy_pool_model)
+        y.copy_(F.max_pool2d(xd, k, s, p) if self.targs[1] == "0" else F.avg_pool2d(xd, k, s, p))
+
+    def _pool2d_nchw(self) -> None:  # (x, y, rows, H, W, OH, OW, k, s, p, inv_area, band_rows)
+        rows, h, w, oh, ow, k, s, p = (self.value(i) for i in range(2, 10))
+        planes = rows // oh
+        self._pool_forward(self.memory(0, planes * h * w).view(planes, 1, h, w),
+                           self.memory(1, planes * oh * ow).view(planes, 1, oh, ow), k, s, p)
+
+    def _pool2d_nhwc(self) -> None:  # (x, y, batch, C, H, W, OH, OW, k, s, p, inv_area)
+        batch, c, h, w, oh, ow, k, s, p = (self.value(i) for i in range(2, 11))
+        self._pool_forward(self.memory(0, batch * h * w * c).view(batch, h, w, c).permute(0, 3, 1, 2),
+                           self.memory(1, batch * oh * ow * c).view(batch, oh, ow, c).permute(0, 3, 1, 2), k, s, p)
+
+    def _to_channels_last(self) -> None:  # (src, dst, C, HW), grid (.., .., N)
+        c, hw, n = self.value(2), self.value(3), self.grid[2]
+        assert self.block == (linear_backward.TILE, linear_backward.ROWS, 1)
+        src, dst = self.memory(0, n * c * hw), self.memory(1, n * c * hw)
+        moved = model_to_channels_last(src.double().numpy(), c, hw, self.grid, *self.block[:2])
+        dst.copy_(torch.from_numpy(moved))
+
+    def _column_sums(self) -> None:  # (a, sums, rows, cols)
+        rows, cols = self.value(2), self.value(3)
+        assert self.block == (linear_backward.SUM_COLS, linear_backward.SUM_ROWS, 1)
+        assert self.grid == (-(-cols // linear_backward.SUM_COLS), 1, 1)
+        a, sums = self.memory(0, rows * cols), self.memory(1, cols)
+        sums.copy_(torch.from_numpy(model_column_sums(a.double().numpy().reshape(rows, cols), *self.block[:2])))
+
+
+def _emulated_igemm(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    out: torch.Tensor, g: igemm.Geometry) -> Callable[[], None]:
+    support.check_tensors(dtype, {"x": x, "weight": weight, "bias": bias, "out": out})
+    return lambda: model_igemm(g, x, weight, bias, out, x.element_size(), dtype.name != "fp32", 264)
+
+
+@pytest.fixture
+def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU tensors accepted as device 0; kernels and launches emulated; igemm on its model."""
+    monkeypatch.setattr(support, "device_index", lambda t: 0)
+    monkeypatch.setattr(support, "sm_count", lambda index: 132)
+    monkeypatch.setattr(support, "function", lambda source, name, index: SimpleNamespace(name=name))
+    monkeypatch.setattr(support, "Launch", EmulatedLaunch)
+    monkeypatch.setattr(igemm, "build", _emulated_igemm)
+
+
+def _check(layer: str, spec: object, dtype: str, layout: str) -> None:
+    result = check_implementation(registry.get(layer, "cupy"), spec, dtype, layout, "cpu", runs=3)
+    assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
+
+
+@pytest.mark.parametrize("direction", ["backward_data", "training"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_relu_launchers(emulated: None, dtype: str, direction: str) -> None:
+    _check("relu", ReLU(2, 3, 5, 7, direction=direction), dtype, "NCHW")
+
+
+@pytest.mark.parametrize("direction", ["backward_data", "training"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize(("spec", "dtype"), [
+    (Pool2d(2, 3, 9, 8, 3, 1, padding=1, method="max"), "bf16"),
+    (Pool2d(2, 8, 7, 6, 2, 2, padding=1, method="avg"), "fp16"),
+    (Pool2d(1, 4, 9, 7, 3, 2, method="max"), "fp32"),
+], ids=["max-s1-bf16", "avg-pad-fp16", "max-s2-fp32"])
+def test_pool2d_launchers(emulated: None, spec: Pool2d, dtype: str, layout: str, direction: str) -> None:
+    _check("pool2d", dataclasses.replace(spec, direction=direction), dtype, layout)
+
+
+@pytest.mark.parametrize("direction", ["backward_data", "backward_weight", "training"])
+@pytest.mark.parametrize(("spec", "dtype"), [
+    (Linear(7, 33, 65), "fp32"), (Linear(13, 20, 9), "tf32"), (Linear(5, 8, 16, bias=False), "fp16"),
+    (Linear(1, 9, 1), "bf16"),
+], ids=["odd-fp32", "tf32", "nobias-fp16", "batch1-out1-bf16"])
+def test_linear_launchers(emulated: None, spec: Linear, dtype: str, direction: str) -> None:
+    _check("linear", dataclasses.replace(spec, direction=direction), dtype, "NCHW")
