@@ -123,7 +123,7 @@ def _fastest_algorithm(gemm: Gemm, dtype: DType, device: torch.device) -> Built:
     """Run every algorithm of ``mm.plan(**gemm.plan)`` once and check each result part against
     torch's; screen the good ones hot, time the fastest few again and keep the fastest.  ``mm`` is
     freed on failure."""
-    mm = gemm.mm
+    mm, returns = gemm.mm, gemm.returns  # the launch holds these, not torch's results in ``gemm``
     current_stream = torch.cuda.current_stream
     bound = 2 * TOLERANCES[dtype.name].rel_norm
     try:
@@ -133,7 +133,7 @@ def _fastest_algorithm(gemm: Gemm, dtype: DType, device: torch.device) -> Built:
 
         def launcher(a: Any) -> Kernel:
             def launch(_alive: tuple = (mm,)) -> object:
-                return gemm.returns(mm.execute(algorithm=a, stream=current_stream(device)))
+                return returns(mm.execute(algorithm=a, stream=current_stream(device)))
 
             return launch
 

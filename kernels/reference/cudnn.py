@@ -125,6 +125,17 @@ def _launcher(handle: Handle, device: torch.device, calls: list[tuple[Callable[.
     return Built(kernel, {"cudnn_version": handle.lib.version, **details})
 
 
+def _pooling(lib: Cudnn, spec: Pool2d, x_d: Descriptor) -> tuple[api.PoolingMode, Descriptor]:
+    """The pooling mode and descriptor of the spec, checked against its output shape."""
+    mode = api.PoolingMode.MAX if spec.method == "max" else api.PoolingMode.AVERAGE_COUNT_INCLUDE_PADDING
+    pool = lib.pooling_2d(mode, api.NanPropagation.PROPAGATE, (spec.kernel, spec.kernel),
+                          (spec.padding, spec.padding), (spec.stride, spec.stride))
+    if lib.pooling_output_dim(pool, x_d) != spec.output_shape:
+        raise RuntimeError(f"cuDNN pools {spec} to {lib.pooling_output_dim(pool, x_d)}, "
+                           f"the spec says {spec.output_shape}")
+    return mode, pool
+
+
 @register("pool2d", "cudnn", backend="cudnn", reference=True,
           description="cuDNN cudnnPoolingForward (MAX / AVERAGE_COUNT_INCLUDE_PADDING)")
 def build_pool2d(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
@@ -133,12 +144,7 @@ def build_pool2d(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
     x = tensors["x"]
     fmt = _common_format(layout, x=x, out=out)
     x_d, y_d = _describe(lib, x, fmt), _describe(lib, out, fmt)
-    mode = api.PoolingMode.MAX if spec.method == "max" else api.PoolingMode.AVERAGE_COUNT_INCLUDE_PADDING
-    pool = lib.pooling_2d(mode, api.NanPropagation.PROPAGATE, (spec.kernel, spec.kernel),
-                          (spec.padding, spec.padding), (spec.stride, spec.stride))
-    if lib.pooling_output_dim(pool, x_d) != spec.output_shape:
-        raise RuntimeError(f"cuDNN pools {spec} to {lib.pooling_output_dim(pool, x_d)}, "
-                           f"the spec says {spec.output_shape}")
+    mode, pool = _pooling(lib, spec, x_d)
     call = (lib.cudnnPoolingForward,
             (handle.ptr, pool.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), ZERO_PTR, y_d.ptr, out.data_ptr()))
     return _launcher(handle, device, [call], (pool, x_d, y_d, x, out),
@@ -403,12 +409,7 @@ def build_pool2d_backward_data(spec: Pool2d, dtype: DType, layout: str, tensors:
     y = torch.empty_like(dy)
     fmt = _common_format(layout, x=x, dy=dy, y=y, out=out)
     x_d, y_d, dx_d = _describe(lib, x, fmt), _describe(lib, dy, fmt), _describe(lib, out, fmt)  # dy is like y
-    mode = api.PoolingMode.MAX if spec.method == "max" else api.PoolingMode.AVERAGE_COUNT_INCLUDE_PADDING
-    pool = lib.pooling_2d(mode, api.NanPropagation.PROPAGATE, (spec.kernel, spec.kernel),
-                          (spec.padding, spec.padding), (spec.stride, spec.stride))
-    if lib.pooling_output_dim(pool, x_d) != spec.output_shape:
-        raise RuntimeError(f"cuDNN pools {spec} to {lib.pooling_output_dim(pool, x_d)}, "
-                           f"the spec says {spec.output_shape}")
+    mode, pool = _pooling(lib, spec, x_d)
     forward = (lib.cudnnPoolingForward,
                (handle.ptr, pool.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), ZERO_PTR, y_d.ptr, y.data_ptr()))
     backward = (lib.cudnnPoolingBackward,
