@@ -28,16 +28,57 @@ def _cudnn_or_skip() -> api.Cudnn:
     (api.PoolingMode.MAX, 0), (api.PoolingMode.AVERAGE_COUNT_INCLUDE_PADDING, 1),
     (api.ConvolutionMode.CROSS_CORRELATION, 1),
     (api.ConvFwdAlgo.IMPLICIT_GEMM, 0), (api.ConvFwdAlgo.WINOGRAD_NONFUSED, 7),
+    (api.ConvBwdDataAlgo.ALGO_0, 0), (api.ConvBwdDataAlgo.ALGO_1, 1), (api.ConvBwdDataAlgo.FFT, 2),
+    (api.ConvBwdDataAlgo.FFT_TILING, 3), (api.ConvBwdDataAlgo.WINOGRAD, 4),
+    (api.ConvBwdDataAlgo.WINOGRAD_NONFUSED, 5),
+    (api.ConvBwdFilterAlgo.ALGO_0, 0), (api.ConvBwdFilterAlgo.ALGO_1, 1), (api.ConvBwdFilterAlgo.FFT, 2),
+    (api.ConvBwdFilterAlgo.ALGO_3, 3), (api.ConvBwdFilterAlgo.WINOGRAD, 4),
+    (api.ConvBwdFilterAlgo.WINOGRAD_NONFUSED, 5), (api.ConvBwdFilterAlgo.FFT_TILING, 6),
 ])
 def test_enum_values_match_the_headers(member, value):
     assert int(member) == value
 
 
-def test_algo_perf_struct_layout():
+@pytest.mark.parametrize("perf", [api.ConvolutionFwdAlgoPerf, api.ConvolutionBwdDataAlgoPerf,
+                                  api.ConvolutionBwdFilterAlgoPerf])
+def test_algo_perf_struct_layout(perf):
     # int, int, float, (pad), size_t, int, int, int[3] (+ pad): the C layout on 64-bit Linux.
-    assert api.ConvolutionFwdAlgoPerf.memory.offset == 16
-    assert api.ConvolutionFwdAlgoPerf.mathType.offset == 28
-    assert ctypes.sizeof(api.ConvolutionFwdAlgoPerf) == 48
+    assert perf.memory.offset == 16
+    assert perf.mathType.offset == 28
+    assert ctypes.sizeof(perf) == 48
+
+
+# Argument counts from the cuDNN 9 headers (cudnn_ops.h, cudnn_cnn.h).
+@pytest.mark.parametrize("name, library, count", [
+    ("cudnnPoolingBackward", "ops", 12), ("cudnnActivationBackward", "ops", 12),
+    ("cudnnGetConvolutionBackwardDataAlgorithmMaxCount", "cnn", 2),
+    ("cudnnGetConvolutionBackwardDataWorkspaceSize", "cnn", 7),
+    ("cudnnFindConvolutionBackwardDataAlgorithmEx", "cnn", 13), ("cudnnConvolutionBackwardData", "cnn", 13),
+    ("cudnnGetConvolutionBackwardFilterAlgorithmMaxCount", "cnn", 2),
+    ("cudnnGetConvolutionBackwardFilterWorkspaceSize", "cnn", 7),
+    ("cudnnFindConvolutionBackwardFilterAlgorithmEx", "cnn", 13), ("cudnnConvolutionBackwardFilter", "cnn", 13),
+    ("cudnnConvolutionBackwardBias", "cnn", 7),
+])
+def test_backward_prototypes(name, library, count):
+    lib, argtypes = api.PROTOTYPES[name]
+    assert (lib, len(argtypes)) == (library, count)
+
+
+@pytest.mark.parametrize("cp, perf, algos", [
+    (api.CONV_FORWARD, api.ConvolutionFwdAlgoPerf, api.ConvFwdAlgo),
+    (api.CONV_BACKWARD_DATA, api.ConvolutionBwdDataAlgoPerf, api.ConvBwdDataAlgo),
+    (api.CONV_BACKWARD_FILTER, api.ConvolutionBwdFilterAlgoPerf, api.ConvBwdFilterAlgo),
+])
+def test_each_convolution_pass_names_its_own_calls(cp, perf, algos):
+    assert (cp.perf, cp.algos) == (perf, algos)
+    names = (cp.max_count, cp.workspace_size, cp.find, cp.run)
+    assert all(n in api.PROTOTYPES for n in names) and len(set(names)) == 4
+    word = {"forward": "Forward", "backward data": "BackwardData", "backward filter": "BackwardFilter"}[cp.name]
+    assert all(word in n for n in names)
+    # The one operand order the builders rely on: two inputs, the convolution, the output.
+    find_args = api.PROTOTYPES[cp.find][1]
+    assert find_args[10] is ctypes.POINTER(perf)  # the perf array is this pass's struct
+    assert len(api.PROTOTYPES[cp.workspace_size][1]) == 7 and len(api.PROTOTYPES[cp.run][1]) == 13
 
 
 def test_dtype_mapping():

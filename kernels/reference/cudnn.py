@@ -15,6 +15,25 @@ linear     not here                cuDNN's legacy API has no matmul: the linear 
                                    implementation "cublas" (``kernels.reference.cublas``)
 =========  ======================  =========================================================
 
+The backward passes, registered under the same name:
+
+===============  ==========================================================================
+pass             how
+===============  ==========================================================================
+conv2d dx        the faster of the legacy ``cudnnConvolutionBackwardData`` (reads the weight
+                 and dy; its algorithm chosen as the forward's is) and the graph API's fastest
+                 ``conv_dgrad`` plan
+conv2d dweight   the faster of the legacy ``cudnnConvolutionBackwardFilter`` (reads x and dy)
+(+ dbias)        + ``cudnnConvolutionBackwardBias`` (reads dy) and the graph API's fastest
+                 ``conv_wgrad`` plan, dbias by a reduction node in that graph where cuDNN has a
+                 plan for it, else by ``cudnnConvolutionBackwardBias`` after it
+pool2d dx        ``cudnnPoolingBackward`` (reads y, dy and x); max pooling runs
+                 ``cudnnPoolingForward`` for y in the kernel first (see its builder)
+relu dx          ``cudnnActivationBackward`` RELU (reads y, dy and x), x in y's place
+===============  ==========================================================================
+
+The training pass is the three (conv2d) or two (pool2d, relu) single passes in a row.
+
 Why the legacy convolution API and not ``torch.ops.aten.cudnn_convolution``: cuDNN 9 still ships
 it (``libcudnn_cnn.so.9`` exports ``cudnnFindConvolutionForwardAlgorithmEx`` and
 ``cudnnConvolutionForward``; checked in the 9.28 wheel), and calling it ourselves puts nothing of
@@ -30,7 +49,7 @@ by the process; descriptors, the algorithm and the workspace are made once in bu
 build returns ``Built`` with details (cuDNN version, and for conv2d the algorithm, math type,
 workspace size, the search's time and the hot time of the winner) for the record.
 
-Two ways into cuDNN for conv2d: the fast Hopper engines (NHWC, 1x1 convolutions, true
+Two ways into cuDNN for conv2d (each pass): the fast Hopper engines (NHWC, 1x1 convolutions, true
 fp32 NHWC) are reached only through the graph API, while the legacy search still wins some fp32
 NCHW points (Winograd, FFT).  Both are built and timed with the same timer (``hot_median_ms``);
 the record's ``detail_path`` says which won (``legacy``, ``graph`` or ``graph_then_bias``),
@@ -58,13 +77,14 @@ import torch
 
 from kernels.reference import cudnn_api as api
 from kernels.reference import cudnn_graph
-from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, ConvFwdAlgo, Cudnn, CudnnError, DataType,
-                                         Descriptor, Handle, MathType, TensorFormat)
+from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, Cudnn, CudnnError, DataType, Descriptor, Handle,
+                                         MathType, TensorFormat)
 from layerbench.builders import Built, Tensors, fastest_path, hot_median_ms, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Conv2d, Pool2d, ReLU
+from layerbench.layers.passes import split_output
 
 # fp32 is true fp32 (FMA kernels only); tf32 lets cuDNN use TF32 tensor cores, as torch does when
 # allow_tf32 is on; fp16/bf16 use tensor cores.  Products accumulate in fp32 in every case.
@@ -109,6 +129,17 @@ def _launcher(handle: Handle, device: torch.device, calls: list[tuple[Callable[.
     return Built(kernel, {"cudnn_version": handle.lib.version, **details})
 
 
+def _pooling(lib: Cudnn, spec: Pool2d, x_d: Descriptor) -> tuple[api.PoolingMode, Descriptor]:
+    """The pooling mode and descriptor of the spec, checked against its output shape."""
+    mode = api.PoolingMode.MAX if spec.method == "max" else api.PoolingMode.AVERAGE_COUNT_INCLUDE_PADDING
+    pool = lib.pooling_2d(mode, api.NanPropagation.PROPAGATE, (spec.kernel, spec.kernel),
+                          (spec.padding, spec.padding), (spec.stride, spec.stride))
+    if lib.pooling_output_dim(pool, x_d) != spec.output_shape:
+        raise RuntimeError(f"cuDNN pools {spec} to {lib.pooling_output_dim(pool, x_d)}, "
+                           f"the spec says {spec.output_shape}")
+    return mode, pool
+
+
 @register("pool2d", "cudnn", backend="cudnn", reference=True,
           description="cuDNN cudnnPoolingForward (MAX / AVERAGE_COUNT_INCLUDE_PADDING)")
 def build_pool2d(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
@@ -117,12 +148,7 @@ def build_pool2d(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
     x = tensors["x"]
     fmt = _common_format(layout, x=x, out=out)
     x_d, y_d = _describe(lib, x, fmt), _describe(lib, out, fmt)
-    mode = api.PoolingMode.MAX if spec.method == "max" else api.PoolingMode.AVERAGE_COUNT_INCLUDE_PADDING
-    pool = lib.pooling_2d(mode, api.NanPropagation.PROPAGATE, (spec.kernel, spec.kernel),
-                          (spec.padding, spec.padding), (spec.stride, spec.stride))
-    if lib.pooling_output_dim(pool, x_d) != spec.output_shape:
-        raise RuntimeError(f"cuDNN pools {spec} to {lib.pooling_output_dim(pool, x_d)}, "
-                           f"the spec says {spec.output_shape}")
+    mode, pool = _pooling(lib, spec, x_d)
     call = (lib.cudnnPoolingForward,
             (handle.ptr, pool.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), ZERO_PTR, y_d.ptr, out.data_ptr()))
     return _launcher(handle, device, [call], (pool, x_d, y_d, x, out),
@@ -148,55 +174,106 @@ def build_relu(spec: ReLU, dtype: DType, layout: str, tensors: Tensors,
 RETIME_WITHIN = 2.0
 RETIME_RUNS = 10
 
+# An operand of a legacy convolution call: its descriptor and its tensor.
+Operand = tuple[Descriptor, torch.Tensor]
 
-def _find_algorithms(lib: Cudnn, handle: Handle, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor,
-                     x_d: Descriptor, w_d: Descriptor, conv: Descriptor, y_d: Descriptor,
-                     fma_only: bool) -> list[api.ConvolutionFwdAlgoPerf]:
-    """Time every applicable algorithm on the real buffers; those that succeeded, fastest first."""
+
+def _find_algorithms(lib: Cudnn, handle: Handle, cp: api.ConvPass, a: Operand, b: Operand, conv: Descriptor,
+                     o: Operand, fma_only: bool) -> list[Any]:
+    """Time every applicable algorithm of pass ``cp`` on the real buffers (cudnnFind...Ex); those
+    that succeeded, fastest first."""
     h = handle.ptr
+    (a_d, a_t), (b_d, b_t), (o_d, o_t) = a, b, o
     needs = []
-    for algo in ConvFwdAlgo:
+    for algo in cp.algos:
         size = ctypes.c_size_t()
         try:
-            lib.cudnnGetConvolutionForwardWorkspaceSize(h, x_d.ptr, w_d.ptr, conv.ptr, y_d.ptr, algo,
-                                                        ctypes.byref(size))
+            getattr(lib, cp.workspace_size)(h, a_d.ptr, b_d.ptr, conv.ptr, o_d.ptr, algo, ctypes.byref(size))
         except CudnnError:
             continue  # the algorithm does not apply to this configuration
         needs.append(size.value)
     # Algorithms that need more than half the free memory are reported as failed by the search.
-    limit = min(max(needs, default=0), torch.cuda.mem_get_info(x.device)[0] // 2)
-    search_ws = torch.empty(limit, dtype=torch.uint8, device=x.device)
+    limit = min(max(needs, default=0), torch.cuda.mem_get_info(o_t.device)[0] // 2)
+    search_ws = torch.empty(limit, dtype=torch.uint8, device=o_t.device)
     count, returned = ctypes.c_int(), ctypes.c_int()
-    lib.cudnnGetConvolutionForwardAlgorithmMaxCount(h, ctypes.byref(count))
-    perfs = (api.ConvolutionFwdAlgoPerf * count.value)()
-    lib.cudnnFindConvolutionForwardAlgorithmEx(
-        h, x_d.ptr, x.data_ptr(), w_d.ptr, w.data_ptr(), conv.ptr, y_d.ptr, out.data_ptr(), count.value,
-        ctypes.byref(returned), perfs, search_ws.data_ptr() if limit else None, limit)
+    getattr(lib, cp.max_count)(h, ctypes.byref(count))
+    perfs = (cp.perf * count.value)()
+    getattr(lib, cp.find)(h, a_d.ptr, a_t.data_ptr(), b_d.ptr, b_t.data_ptr(), conv.ptr, o_d.ptr, o_t.data_ptr(),
+                          count.value, ctypes.byref(returned), perfs,
+                          search_ws.data_ptr() if limit else None, limit)
     del search_ws
     results = perfs[:returned.value]  # sorted fastest first
     found = [p for p in results
              if p.status == api.Status.SUCCESS and (p.mathType == MathType.FMA or not fma_only)]
     if not found:
-        tried = ", ".join(f"{ConvFwdAlgo(p.algo).name}: {lib.error_name(p.status)} math {p.mathType}"
+        tried = ", ".join(f"{cp.algos(p.algo).name}: {lib.error_name(p.status)} math {p.mathType}"
                           for p in results)
-        raise Unsupported(f"cuDNN found no forward algorithm for this convolution (tried {tried or 'none'})")
+        raise Unsupported(f"cuDNN found no {cp.name} algorithm for this convolution (tried {tried or 'none'})")
     return found
 
 
+def _fastest_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api.ConvPass, a: Operand,
+                       b: Operand, conv: Descriptor, o: Operand, dtype: DType) -> tuple[Built, torch.Tensor]:
+    """The search's candidates within RETIME_WITHIN of its fastest, timed again hot: the fastest
+    one's call with what it chose, and the workspace that call uses."""
+    (a_d, a_t), (b_d, b_t), (o_d, o_t) = a, b, o
+    handle.use_stream(torch.cuda.current_stream(device).cuda_stream)
+    found = _find_algorithms(lib, handle, cp, a, b, conv, o, fma_only=dtype.name == "fp32")
+    run = getattr(lib, cp.run)
+    best: tuple[float, Any, torch.Tensor, tuple] | None = None
+    for perf in [p for p in found if p.time <= RETIME_WITHIN * found[0].time]:
+        # cuDNN picks the kernel from algorithm and math type together (the search may report
+        # tensor-op math where the descriptor said default), so the descriptor takes each one's.
+        lib.cudnnSetConvolutionMathType(conv.ptr, perf.mathType)
+        workspace = torch.empty(perf.memory, dtype=torch.uint8, device=device)
+        args = (handle.ptr, ONE_PTR, a_d.ptr, a_t.data_ptr(), b_d.ptr, b_t.data_ptr(), conv.ptr, perf.algo,
+                workspace.data_ptr() if perf.memory else None, perf.memory, ZERO_PTR, o_d.ptr, o_t.data_ptr())
+        ms = hot_median_ms(lambda: run(*args), device, warmup=2, reps=RETIME_RUNS)
+        if best is None or ms < best[0]:
+            best = (ms, perf, workspace, args)
+        del workspace
+    assert best is not None  # found[0] is always within the factor
+    hot_ms, perf, workspace, args = best
+    lib.cudnnSetConvolutionMathType(conv.ptr, perf.mathType)
+    details = {"algorithm": cp.algos(perf.algo).name, "math_type": MathType(perf.mathType).name,
+               "workspace_bytes": int(perf.memory), "search_ms": float(perf.time), "hot_ms": hot_ms}
+    return Built(lambda: run(*args), details), workspace
+
+
+def _convolution(lib: Cudnn, spec: Conv2d, dtype: DType, fmt: TensorFormat, w: torch.Tensor,
+                 x_d: Descriptor) -> tuple[Descriptor, Descriptor]:
+    """The filter descriptor of ``w`` (the weight or its gradient) and the convolution descriptor,
+    checked against the spec's output shape."""
+    w_d = lib.filter_4d(api.data_type(w.dtype), fmt, *w.shape)
+    conv = lib.convolution_2d((spec.padding_h, spec.padding_w), (spec.stride_h, spec.stride_w),
+                              DataType.FLOAT, MATH_TYPES[dtype.name],
+                              dilation=(spec.dilation_h, spec.dilation_w), groups=spec.groups)
+    if lib.convolution_output_dim(conv, x_d, w_d) != spec.output_shape:
+        raise RuntimeError(f"cuDNN convolves {spec} to {lib.convolution_output_dim(conv, x_d, w_d)}, "
+                           f"the spec says {spec.output_shape}")
+    return w_d, conv
+
+
+def _fastest_cudnn_path(device: torch.device, legacy: Callable[[], Built],
+                        others: list[tuple[str, Callable[[], Built]]]) -> Built:
+    """The fastest of the ways into cuDNN, timed hot by one timer (see the module docstring)."""
+    return fastest_path(
+        ("legacy", legacy), others,
+        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=RETIME_RUNS),
+        after_failure=lambda: torch.cuda.synchronize(device))  # a sticky CUDA error is not a fallback
+
+
 @register("conv2d", "cudnn", backend="cudnn", reference=True,
-          description="cuDNN: the faster of the legacy cudnnConvolutionForward (algorithm found by "
-                      "cudnnFind...Ex, + cudnnAddTensor) and the graph API's fastest plan (bias fused)")
+          description="cuDNN: the fastest of the legacy cudnnConvolutionForward (algorithm found by "
+                      "cudnnFind...Ex, + cudnnAddTensor), the graph API's fastest plan (bias fused) and "
+                      "that of the convolution alone + cudnnAddTensor")
 def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     """The fastest of cuDNN's two ways in, timed hot by one timer (see the module docstring)."""
     _, _, device = _setup(tensors)
     others = [("graph", lambda: cudnn_graph.build_conv2d_graph(spec, dtype, layout, tensors, out))]
     if spec.bias:
         others.append(("graph_then_bias", lambda: build_conv2d_graph_then_bias(spec, dtype, layout, tensors, out)))
-    return fastest_path(
-        ("legacy", lambda: build_conv2d_legacy(spec, dtype, layout, tensors, out)),
-        others,
-        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=RETIME_RUNS),
-        after_failure=lambda: torch.cuda.synchronize(device))  # a sticky CUDA error is not a fallback
+    return _fastest_cudnn_path(device, lambda: build_conv2d_legacy(spec, dtype, layout, tensors, out), others)
 
 
 def build_conv2d_graph_then_bias(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -223,40 +300,169 @@ def build_conv2d_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensor
     # one that every tensor is dense in.
     fmt = _common_format(layout, x=x, out=out, weight=w)
     x_d, y_d = _describe(lib, x, fmt), _describe(lib, out, fmt)
-    w_d = lib.filter_4d(api.data_type(w.dtype), fmt, *w.shape)
-    conv = lib.convolution_2d((spec.padding_h, spec.padding_w), (spec.stride_h, spec.stride_w),
-                              DataType.FLOAT, MATH_TYPES[dtype.name],
-                              dilation=(spec.dilation_h, spec.dilation_w), groups=spec.groups)
-    if lib.convolution_output_dim(conv, x_d, w_d) != spec.output_shape:
-        raise RuntimeError(f"cuDNN convolves {spec} to {lib.convolution_output_dim(conv, x_d, w_d)}, "
-                           f"the spec says {spec.output_shape}")
-    handle.use_stream(torch.cuda.current_stream(device).cuda_stream)
-    found = _find_algorithms(lib, handle, x, w, out, x_d, w_d, conv, y_d, fma_only=dtype.name == "fp32")
-    best: tuple[float, api.ConvolutionFwdAlgoPerf, torch.Tensor, tuple] | None = None
-    for perf in [p for p in found if p.time <= RETIME_WITHIN * found[0].time]:
-        # cuDNN picks the kernel from algorithm and math type together (the search may report
-        # tensor-op math where the descriptor said default), so the descriptor takes each one's.
-        lib.cudnnSetConvolutionMathType(conv.ptr, perf.mathType)
-        workspace = torch.empty(perf.memory, dtype=torch.uint8, device=device)
-        args = (handle.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), w_d.ptr, w.data_ptr(), conv.ptr, perf.algo,
-                workspace.data_ptr() if perf.memory else None, perf.memory, ZERO_PTR, y_d.ptr,
-                out.data_ptr())
-        ms = hot_median_ms(lambda: lib.cudnnConvolutionForward(*args), device, warmup=2,
-                           reps=RETIME_RUNS)
-        if best is None or ms < best[0]:
-            best = (ms, perf, workspace, args)
-        del workspace
-    assert best is not None  # found[0] is always within the factor
-    hot_ms, perf, workspace, args = best
-    lib.cudnnSetConvolutionMathType(conv.ptr, perf.mathType)
-    calls = [(lib.cudnnConvolutionForward, args)]
+    w_d, conv = _convolution(lib, spec, dtype, fmt, w, x_d)
+    chosen, workspace = _fastest_algorithm(lib, handle, device, api.CONV_FORWARD, (x_d, x), (w_d, w), conv,
+                                           (y_d, out), dtype)
+    calls: list[tuple[Callable[..., Any], tuple]] = [(chosen.launch, ())]
     keep: tuple = (x_d, y_d, w_d, conv, workspace, x, w, out)
     if b is not None:
         b_d = lib.tensor_4d(TensorFormat.NCHW, api.data_type(b.dtype), 1, b.shape[0], 1, 1)
         calls.append((lib.cudnnAddTensor, (handle.ptr, ONE_PTR, b_d.ptr, b.data_ptr(), ONE_PTR, y_d.ptr,
                                            out.data_ptr())))
         keep += (b_d, b)
-    details = {"format": fmt.name, "algorithm": ConvFwdAlgo(perf.algo).name,
-               "math_type": MathType(perf.mathType).name, "workspace_bytes": int(perf.memory),
-               "search_ms": float(perf.time), "hot_ms": hot_ms}
-    return _launcher(handle, device, calls, keep, details)
+    return _launcher(handle, device, calls, keep, {"format": fmt.name, **chosen.details})
+
+
+# ---------------------------------------------------------------- backward passes
+
+
+@register("conv2d", "cudnn", backend="cudnn", reference=True, direction="backward_data",
+          description="cuDNN: the faster of the legacy cudnnConvolutionBackwardData (algorithm found by "
+                      "cudnnFind...Ex) and the graph API's fastest conv_dgrad plan")
+def build_conv2d_backward_data(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                               out: torch.Tensor) -> Built:
+    """dx from dy and the weight, by the faster of cuDNN's two ways in."""
+    _, _, device = _setup(tensors)
+    return _fastest_cudnn_path(
+        device, lambda: build_conv2d_backward_data_legacy(spec, dtype, layout, tensors, out),
+        [("graph", lambda: cudnn_graph.build_conv2d_dgrad_graph(spec, dtype, layout, tensors, out))])
+
+
+def build_conv2d_backward_data_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                                      out: torch.Tensor) -> Built:
+    """cudnnConvolutionBackwardData (reads the weight and dy, writes dx) with the algorithm that runs
+    fastest hot among those cudnnFind...Ex timed fastest, as the forward chooses."""
+    lib, handle, device = _setup(tensors)
+    w, dy = tensors["weight"], tensors["dy"]
+    fmt = _common_format(layout, dy=dy, out=out, weight=w)
+    dx_d, dy_d = _describe(lib, out, fmt), _describe(lib, dy, fmt)
+    w_d, conv = _convolution(lib, spec, dtype, fmt, w, dx_d)
+    chosen, workspace = _fastest_algorithm(lib, handle, device, api.CONV_BACKWARD_DATA, (w_d, w), (dy_d, dy), conv,
+                                           (dx_d, out), dtype)
+    return _launcher(handle, device, [(chosen.launch, ())], (dx_d, dy_d, w_d, conv, workspace, w, dy, out),
+                     {"format": fmt.name, **chosen.details})
+
+
+@register("conv2d", "cudnn", backend="cudnn", reference=True, direction="backward_weight",
+          description="cuDNN: the faster of the legacy cudnnConvolutionBackwardFilter (algorithm found by "
+                      "cudnnFind...Ex, + cudnnConvolutionBackwardBias) and the graph API's fastest conv_wgrad "
+                      "plan")
+def build_conv2d_backward_weight(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                                 out: torch.Tensor) -> Built:
+    """dweight (and dbias) from x and dy, by the faster of cuDNN's two ways in."""
+    _, _, device = _setup(tensors)
+    return _fastest_cudnn_path(
+        device, lambda: build_conv2d_backward_weight_legacy(spec, dtype, layout, tensors, out),
+        [("graph", lambda: build_conv2d_backward_weight_graph(spec, dtype, layout, tensors, out))])
+
+
+def _bias_gradient(lib: Cudnn, handle: Handle, dy: torch.Tensor, dy_d: Descriptor,
+                   db: torch.Tensor) -> tuple[tuple[Callable[..., Any], tuple], tuple]:
+    """cudnnConvolutionBackwardBias: db = the sum of dy over N, H and W; (the call, what it keeps alive)."""
+    db_d = lib.tensor_4d(TensorFormat.NCHW, api.data_type(db.dtype), 1, db.shape[0], 1, 1)
+    call = (lib.cudnnConvolutionBackwardBias, (handle.ptr, ONE_PTR, dy_d.ptr, dy.data_ptr(), ZERO_PTR, db_d.ptr,
+                                               db.data_ptr()))
+    return call, (db_d, dy_d, dy, db)
+
+
+def build_conv2d_backward_weight_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                                        out: torch.Tensor) -> Built:
+    """cudnnConvolutionBackwardFilter (reads x and dy, writes dweight) with the algorithm chosen as the
+    forward's is, then cudnnConvolutionBackwardBias (reads dy, writes dbias) where the spec has a bias."""
+    lib, handle, device = _setup(tensors)
+    x, dy = tensors["x"], tensors["dy"]
+    views = split_output(spec, out, layout)
+    dw, db = views["dweight"], views.get("dbias")
+    fmt = _common_format(layout, x=x, dy=dy, dweight=dw)
+    x_d, dy_d = _describe(lib, x, fmt), _describe(lib, dy, fmt)
+    dw_d, conv = _convolution(lib, spec, dtype, fmt, dw, x_d)
+    chosen, workspace = _fastest_algorithm(lib, handle, device, api.CONV_BACKWARD_FILTER, (x_d, x), (dy_d, dy),
+                                           conv, (dw_d, dw), dtype)
+    calls: list[tuple[Callable[..., Any], tuple]] = [(chosen.launch, ())]
+    keep: tuple = (x_d, dy_d, dw_d, conv, workspace, x, dy, out)
+    if db is not None:
+        call, alive = _bias_gradient(lib, handle, dy, dy_d, db)
+        calls.append(call)
+        keep += alive
+    return _launcher(handle, device, calls, keep, {"format": fmt.name, **chosen.details})
+
+
+def build_conv2d_backward_weight_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                                       out: torch.Tensor) -> Built:
+    """The graph API's conv_wgrad; dbias by a reduction node in the same graph where cuDNN has a plan
+    for that, else by cudnnConvolutionBackwardBias after the graph (``detail_dbias`` says which)."""
+    views = split_output(spec, out, layout)
+    dw, db = views["dweight"], views.get("dbias")
+    if db is None:
+        return cudnn_graph.build_conv2d_wgrad_graph(spec, dtype, layout, tensors, dw)
+    try:
+        fused = cudnn_graph.build_conv2d_wgrad_graph(spec, dtype, layout, tensors, dw, db)
+    except Unsupported as why:
+        unfused = str(why)
+    else:
+        return Built(fused.launch, {**fused.details, "dbias": "reduction node in the graph"})
+    graph = cudnn_graph.build_conv2d_wgrad_graph(spec, dtype, layout, tensors, dw)
+    lib, handle, device = _setup(tensors)
+    dy = tensors["dy"]
+    fmt = _common_format(layout, dy=dy)
+    call, alive = _bias_gradient(lib, handle, dy, _describe(lib, dy, fmt), db)
+    bias = _launcher(handle, device, [call], alive, {})
+    return Built(in_order(graph.launch, bias.launch),
+                 {**graph.details, "dbias": f"cudnnConvolutionBackwardBias (no graph plan with a reduction node: "
+                                            f"{unfused[:200]})"})
+
+
+@register("pool2d", "cudnn", backend="cudnn", reference=True, direction="backward_data",
+          description="cuDNN cudnnPoolingBackward (max pooling: after cudnnPoolingForward of the current x)")
+def build_pool2d_backward_data(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
+                               out: torch.Tensor) -> Built:
+    """dx by cudnnPoolingBackward, which reads y (the forward's output), dy and x.
+
+    y comes from cudnnPoolingForward into a buffer kept here.  For max pooling the kernel runs that
+    forward before the backward call, every launch: cuDNN finds each window's maximum by comparing
+    x with y, and x changes between launches (the harness's checks write new values into it), so a
+    y computed once would send the gradients to stale positions; torch's max-pool backward runs its
+    forward too, for the argmax.  The gradient of average pooling does not depend on x or y, so y
+    is computed once here and the kernel is the backward call alone.
+    """
+    lib, handle, device = _setup(tensors)
+    x, dy = tensors["x"], tensors["dy"]
+    y = torch.empty_like(dy)
+    fmt = _common_format(layout, x=x, dy=dy, y=y, out=out)
+    x_d, y_d, dx_d = _describe(lib, x, fmt), _describe(lib, dy, fmt), _describe(lib, out, fmt)  # dy is like y
+    mode, pool = _pooling(lib, spec, x_d)
+    forward = (lib.cudnnPoolingForward,
+               (handle.ptr, pool.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), ZERO_PTR, y_d.ptr, y.data_ptr()))
+    backward = (lib.cudnnPoolingBackward,
+                (handle.ptr, pool.ptr, ONE_PTR, y_d.ptr, y.data_ptr(), y_d.ptr, dy.data_ptr(), x_d.ptr, x.data_ptr(),
+                 ZERO_PTR, dx_d.ptr, out.data_ptr()))
+    in_kernel = spec.method == "max"
+    if not in_kernel:
+        handle.use_stream(torch.cuda.current_stream(device).cuda_stream)
+        forward[0](*forward[1])
+    calls = [forward, backward] if in_kernel else [backward]
+    return _launcher(handle, device, calls, (pool, x_d, y_d, dx_d, x, y, dy, out),
+                     {"mode": mode.name, "format": fmt.name, "forward_in_kernel": in_kernel})
+
+
+@register("relu", "cudnn", backend="cudnn", reference=True, direction="backward_data",
+          description="cuDNN cudnnActivationBackward (RELU), x in the place of y")
+def build_relu_backward_data(spec: ReLU, dtype: DType, layout: str, tensors: Tensors,
+                             out: torch.Tensor) -> Built:
+    """dx = dy where x > 0, else 0, by cudnnActivationBackward, which reads y (the forward's output),
+    dy and x.
+
+    x is passed in y's place as well: y = relu(x) is positive exactly where x is, so x selects the
+    same elements whichever of the two cuDNN tests.  A y computed once at build would go stale when
+    the harness writes new values into x between launches, and a forward in the kernel would time
+    two passes, so neither is used.
+    """
+    lib, handle, device = _setup(tensors)
+    x, dy = tensors["x"], tensors["dy"]
+    fmt = _common_format(layout, x=x, dy=dy, out=out)
+    d = _describe(lib, x, fmt)  # x, y, dy and dx: one shape, one format
+    act = lib.activation(api.ActivationMode.RELU, api.NanPropagation.PROPAGATE)
+    call = (lib.cudnnActivationBackward,
+            (handle.ptr, act.ptr, ONE_PTR, d.ptr, x.data_ptr(), d.ptr, dy.data_ptr(), d.ptr, x.data_ptr(), ZERO_PTR,
+             d.ptr, out.data_ptr()))
+    return _launcher(handle, device, [call], (act, d, x, dy, out), {"y": "x"})

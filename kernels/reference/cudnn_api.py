@@ -4,10 +4,17 @@ What it binds, and from which library of the ``nvidia-cudnn-cu12``/``-cu13`` whe
 installs (``site-packages/nvidia/cudnn/lib``):
 
 * ``libcudnn_graph.so.9``: handles (``cudnnCreate``, ``cudnnSetStream``), version, error strings;
-* ``libcudnn_ops.so.9``: tensor/filter/pooling/activation descriptors, ``cudnnPoolingForward``,
-  ``cudnnActivationForward``, ``cudnnAddTensor``;
-* ``libcudnn_cnn.so.9``: the convolution descriptor, ``cudnnFindConvolutionForwardAlgorithmEx``,
-  ``cudnnConvolutionForward``.
+* ``libcudnn_ops.so.9``: tensor/filter/pooling/activation descriptors, ``cudnnPoolingForward``
+  and ``cudnnPoolingBackward``, ``cudnnActivationForward`` and ``cudnnActivationBackward``,
+  ``cudnnAddTensor``;
+* ``libcudnn_cnn.so.9``: the convolution descriptor and, for each of the forward, backward-data and
+  backward-filter passes, ``cudnnFindConvolution...AlgorithmEx``, its workspace size and its run
+  (``cudnnConvolutionForward``, ``cudnnConvolutionBackwardData``,
+  ``cudnnConvolutionBackwardFilter``); ``cudnnConvolutionBackwardBias``.
+
+The prototypes and enum values follow the cuDNN 9 headers (``cudnn_ops.h`` declares the algorithm
+enums, ``cudnn_cnn.h`` the perf structs and the convolution calls; read in 9.6); the binding test
+checks every prototype against the installed headers where they are present.
 
 cuDNN 9 marks this API deprecated in favour of its graph API but still ships it (checked in the
 9.28 headers and libraries); its Python frontend has no pooling node, so this is the way to run
@@ -23,6 +30,7 @@ when the libraries are missing.  Descriptor set-up runs on the host and needs no
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import enum
 import functools
 import importlib.util
@@ -112,12 +120,48 @@ class ConvFwdAlgo(enum.IntEnum):
     WINOGRAD_NONFUSED = 7
 
 
+class ConvBwdDataAlgo(enum.IntEnum):
+    ALGO_0 = 0
+    ALGO_1 = 1
+    FFT = 2
+    FFT_TILING = 3
+    WINOGRAD = 4
+    WINOGRAD_NONFUSED = 5
+
+
+class ConvBwdFilterAlgo(enum.IntEnum):
+    ALGO_0 = 0
+    ALGO_1 = 1
+    FFT = 2
+    ALGO_3 = 3
+    WINOGRAD = 4  # declared, "not implemented" says the header
+    WINOGRAD_NONFUSED = 5
+    FFT_TILING = 6
+
+
+# The three perf structs (cudnnConvolutionFwdAlgoPerf_t, ...BwdDataAlgoPerf_t, ...BwdFilterAlgoPerf_t)
+# have one layout; each is its own type so that a prototype names the one its function takes.
+_PERF_FIELDS = [("algo", ctypes.c_int), ("status", ctypes.c_int), ("time", ctypes.c_float),
+                ("memory", ctypes.c_size_t), ("determinism", ctypes.c_int),
+                ("mathType", ctypes.c_int), ("reserved", ctypes.c_int * 3)]
+
+
 class ConvolutionFwdAlgoPerf(ctypes.Structure):
     """cudnnConvolutionFwdAlgoPerf_t."""
 
-    _fields_ = [("algo", ctypes.c_int), ("status", ctypes.c_int), ("time", ctypes.c_float),
-                ("memory", ctypes.c_size_t), ("determinism", ctypes.c_int),
-                ("mathType", ctypes.c_int), ("reserved", ctypes.c_int * 3)]
+    _fields_ = _PERF_FIELDS
+
+
+class ConvolutionBwdDataAlgoPerf(ctypes.Structure):
+    """cudnnConvolutionBwdDataAlgoPerf_t."""
+
+    _fields_ = _PERF_FIELDS
+
+
+class ConvolutionBwdFilterAlgoPerf(ctypes.Structure):
+    """cudnnConvolutionBwdFilterAlgoPerf_t."""
+
+    _fields_ = _PERF_FIELDS
 
 
 TORCH_DATA_TYPES = {torch.float32: DataType.FLOAT, torch.float16: DataType.HALF,
@@ -197,6 +241,9 @@ PROTOTYPES: dict[str, tuple[str, list[Any]]] = {
     "cudnnSetActivationDescriptor": ("ops", [_H, _I, _I, ctypes.c_double]),
     "cudnnDestroyActivationDescriptor": ("ops", [_H]),
     "cudnnActivationForward": ("ops", [_H, _H, _P, _H, _P, _P, _H, _P]),
+    # handle, pooling / activation desc, alpha, yDesc, y, dyDesc, dy, xDesc, x, beta, dxDesc, dx
+    "cudnnPoolingBackward": ("ops", [_H, _H, _P, _H, _P, _H, _P, _H, _P, _P, _H, _P]),
+    "cudnnActivationBackward": ("ops", [_H, _H, _P, _H, _P, _H, _P, _H, _P, _P, _H, _P]),
     "cudnnAddTensor": ("ops", [_H, _P, _H, _P, _P, _H, _P]),
     "cudnnCreateConvolutionDescriptor": ("cnn", [_OUT_H]),
     # desc, pad h, w, stride h, w, dilation h, w, mode, compute type
@@ -213,7 +260,56 @@ PROTOTYPES: dict[str, tuple[str, list[Any]]] = {
                                                        ctypes.c_size_t]),
     "cudnnConvolutionForward": ("cnn", [_H, _P, _H, _P, _H, _P, _H, _I, _P, ctypes.c_size_t, _P, _H,
                                         _P]),
+    # Backward data: the filter and dy in, dx out; backward filter: x and dy in, dw out.  Each takes
+    # its arguments in the forward's order (two inputs, the convolution, the output).
+    "cudnnGetConvolutionBackwardDataAlgorithmMaxCount": ("cnn", [_H, _PI]),
+    "cudnnGetConvolutionBackwardDataWorkspaceSize": ("cnn", [_H, _H, _H, _H, _H, _I,
+                                                             ctypes.POINTER(ctypes.c_size_t)]),
+    "cudnnFindConvolutionBackwardDataAlgorithmEx": ("cnn", [_H, _H, _P, _H, _P, _H, _H, _P, _I, _PI,
+                                                            ctypes.POINTER(ConvolutionBwdDataAlgoPerf), _P,
+                                                            ctypes.c_size_t]),
+    "cudnnConvolutionBackwardData": ("cnn", [_H, _P, _H, _P, _H, _P, _H, _I, _P, ctypes.c_size_t, _P, _H,
+                                             _P]),
+    "cudnnGetConvolutionBackwardFilterAlgorithmMaxCount": ("cnn", [_H, _PI]),
+    "cudnnGetConvolutionBackwardFilterWorkspaceSize": ("cnn", [_H, _H, _H, _H, _H, _I,
+                                                               ctypes.POINTER(ctypes.c_size_t)]),
+    "cudnnFindConvolutionBackwardFilterAlgorithmEx": ("cnn", [_H, _H, _P, _H, _P, _H, _H, _P, _I, _PI,
+                                                              ctypes.POINTER(ConvolutionBwdFilterAlgoPerf), _P,
+                                                              ctypes.c_size_t]),
+    "cudnnConvolutionBackwardFilter": ("cnn", [_H, _P, _H, _P, _H, _P, _H, _I, _P, ctypes.c_size_t, _P, _H,
+                                               _P]),
+    # handle, alpha, dyDesc, dy, beta, dbDesc, db
+    "cudnnConvolutionBackwardBias": ("cnn", [_H, _P, _H, _P, _P, _H, _P]),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPass:
+    """One pass of the legacy convolution API: its algorithms, perf struct and the names of its four
+    calls.  Each call takes its operands in one order: the two inputs (a, b), the convolution
+    descriptor, then the output (o): forward x, w -> y; backward data w, dy -> dx; backward filter
+    x, dy -> dw."""
+
+    name: str
+    algos: type[enum.IntEnum]
+    perf: type[ctypes.Structure]
+    max_count: str  # (handle, int *count)
+    workspace_size: str  # (handle, aDesc, bDesc, convDesc, oDesc, algo, size_t *size)
+    find: str  # (handle, aDesc, a, bDesc, b, convDesc, oDesc, o, requested, *returned, perfs, ws, ws size)
+    run: str  # (handle, alpha, aDesc, a, bDesc, b, convDesc, algo, ws, ws size, beta, oDesc, o)
+
+
+CONV_FORWARD = ConvPass("forward", ConvFwdAlgo, ConvolutionFwdAlgoPerf,
+                        "cudnnGetConvolutionForwardAlgorithmMaxCount", "cudnnGetConvolutionForwardWorkspaceSize",
+                        "cudnnFindConvolutionForwardAlgorithmEx", "cudnnConvolutionForward")
+CONV_BACKWARD_DATA = ConvPass("backward data", ConvBwdDataAlgo, ConvolutionBwdDataAlgoPerf,
+                              "cudnnGetConvolutionBackwardDataAlgorithmMaxCount",
+                              "cudnnGetConvolutionBackwardDataWorkspaceSize",
+                              "cudnnFindConvolutionBackwardDataAlgorithmEx", "cudnnConvolutionBackwardData")
+CONV_BACKWARD_FILTER = ConvPass("backward filter", ConvBwdFilterAlgo, ConvolutionBwdFilterAlgoPerf,
+                                "cudnnGetConvolutionBackwardFilterAlgorithmMaxCount",
+                                "cudnnGetConvolutionBackwardFilterWorkspaceSize",
+                                "cudnnFindConvolutionBackwardFilterAlgorithmEx", "cudnnConvolutionBackwardFilter")
 
 
 class Cudnn:

@@ -1,4 +1,5 @@
-"""conv2d forward through cuDNN's graph API, called through NVIDIA's Python frontend.
+"""conv2d (forward, data and weight gradients) through cuDNN's graph API, called through NVIDIA's
+Python frontend.
 
 The frontend is the optional package ``nvidia-cudnn-frontend`` (module ``cudnn``; extra
 ``layerbench[cudnn]``, GPU only).  It is imported on first use, so this module imports on any
@@ -28,6 +29,13 @@ holds when asked, and its notes for configs appended later are not to be trusted
 frontend's source), so every fp32 finalist is also run once on a probe that TF32 cannot pass: an
 input of 1 + 2^-11 + 2^-13 (exact in fp32, not in TF32's 10-bit mantissa) against a one-hot
 filter must come back exact.  A finalist that fails is rejected and counted.
+
+The backward passes run the same search on their own graphs: ``conv_dgrad`` (dy and the weight
+in, dx out) and ``conv_wgrad`` (x and dy in, dweight out), the latter with a ``reduction`` node
+(ADD, dy to [1, K, 1, 1]) for the bias gradient where the caller asks for it; cuDNN may have no
+plan for that pair, which the caller learns as ``Unsupported``.  Their fp32 probes follow the same
+idea: the operand that TF32 would round holds the probe value, the other is one-hot, so each result
+is one product (or none) and must come back exact (``dgrad_probe``, ``wgrad_probe``).
 
 Workspace: plans needing over half of the free device memory are deselected (the rule of
 ``layerbench.builders.check_workspace``).  The launch points the frontend's handle at torch's
@@ -205,10 +213,10 @@ def _knobs(engine_and_knobs: Any) -> tuple[int | None, str]:
         return None, str(engine_and_knobs)
 
 
-def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    """conv2d (+ fused bias) by the fastest plan of cuDNN's graph API (see the module docstring)."""
+def _start(spec: Conv2d, dtype: DType, x: torch.Tensor) -> tuple[Any, torch.device, Any]:
+    """The frontend, the device and its handle (on torch's current stream), or why the graph path
+    cannot take the point."""
     cudnn = load_frontend()
-    x, w, b = tensors["x"], tensors["weight"], tensors.get("bias")
     if x.device.type != "cuda":
         raise Unsupported(f"cuDNN runs on CUDA tensors; x is on {x.device}")
     if dtype.name not in IO_TYPES:
@@ -218,36 +226,46 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
         raise Unsupported(f"the cuDNN graph path here takes groups 1 only, not groups {spec.groups} "
                           "(the legacy API runs grouped convolutions)")
     device = x.device
-    fmt = dense_layout(layout, x=x, out=out, weight=w)
     handle = _handle(cudnn, device)
-    current_stream = torch.cuda.current_stream
-    cudnn.set_stream(handle, current_stream(device).cuda_stream)
+    cudnn.set_stream(handle, torch.cuda.current_stream(device).cuda_stream)
+    return cudnn, device, handle
+
+
+def _new_graph(cudnn: Any, dtype: DType, handle: Any) -> tuple[Any, Any, Any]:
+    """An empty graph with I/O in the point's dtype and FLOAT intermediates and compute: (g, io, f32)."""
     io = getattr(cudnn.data_type, IO_TYPES[dtype.name])
     f32 = cudnn.data_type.FLOAT
-
     g = cudnn.pygraph(io_data_type=io, intermediate_data_type=f32, compute_data_type=f32, handle=handle)
-    X = g.tensor(name="X", dim=list(x.shape), stride=canonical_strides(x.shape, fmt), data_type=io)
-    W = g.tensor(name="W", dim=list(w.shape), stride=canonical_strides(w.shape, fmt), data_type=io)
-    conv = g.conv_fprop(image=X, weight=W, padding=[spec.padding_h, spec.padding_w],
-                        stride=[spec.stride_h, spec.stride_w],
-                        dilation=[spec.dilation_h, spec.dilation_w], name="conv")
-    uids = {"x": X, "weight": W}
-    if b is not None:
-        conv.set_data_type(f32)
-        bias_dims = (1, spec.out_channels, 1, 1)
-        B = g.tensor(name="B", dim=list(bias_dims), stride=canonical_strides(bias_dims, fmt), data_type=io)
-        Y = g.add(a=conv, b=B, name="bias")
-        uids["bias"] = B
-    else:
-        Y = conv
-    Y.set_output(True).set_data_type(io)
-    Y.set_dim(list(spec.output_shape)).set_stride(canonical_strides(spec.output_shape, fmt))
-    uids["out"] = Y
+    return g, io, f32
+
+
+def _tensor(g: Any, name: str, dims: tuple[int, ...] | list[int], fmt: str, io: Any) -> Any:
+    return g.tensor(name=name, dim=list(dims), stride=canonical_strides(dims, fmt), data_type=io)
+
+
+def _output(t: Any, dims: tuple[int, ...] | list[int], fmt: str, io: Any) -> Any:
+    return t.set_output(True).set_data_type(io).set_dim(list(dims)).set_stride(canonical_strides(dims, fmt))
+
+
+@dataclass
+class GraphPlans:
+    """The execution plans of one operation graph: their names and how they were found."""
+
+    names: list[str]
+    heuristic_plans: int
+    engines: int
+    engines_appended: int
+    heuristics_error: str | None
+
+
+def _plans(cudnn: Any, g: Any, dtype: DType, device: torch.device, what: str) -> GraphPlans:
+    """Heuristics A, B and FALLBACK, then every engine at its default knobs (see the module
+    docstring); the workspace and (fp32) numerical-note deselection applied.  ``Unsupported``
+    where cuDNN refuses the graph or finalises no plan."""
     try:
         g.build_operation_graph()
     except Exception as exc:  # noqa: BLE001 - cuDNN's refusal of this graph, with its message
-        raise Unsupported(f"cuDNN's graph API does not take this convolution: {type(exc).__name__}: {exc}") from exc
-
+        raise Unsupported(f"cuDNN's graph API does not take this {what}: {type(exc).__name__}: {exc}") from exc
     heuristics_error = None
     try:
         g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.B, cudnn.heur_mode.FALLBACK])
@@ -276,15 +294,28 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
             pass
     count = int(g.get_execution_plan_count())
     if count == 0:
-        raise Unsupported(f"cuDNN's graph API offers no plan for this convolution (heuristics A, B, FALLBACK: "
+        raise Unsupported(f"cuDNN's graph API offers no plan for this {what} (heuristics A, B, FALLBACK: "
                           f"{heuristics_error or 'none'}; {engines} engines at their defaults: none finalised)")
-
     names = []
     for i in range(count):
         try:
             names.append(str(g.get_plan_name_at_index(i)))
         except Exception:  # noqa: BLE001
             names.append(f"plan{i}")
+    return GraphPlans(names, heuristic_plans, engines, appended, heuristics_error)
+
+
+# A probe for the fp32 check: (the tensors to run a plan on, keyed as ``uids``; the float64 values
+# that outputs among them must hold, broadcast against them).
+Probe = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: GraphPlans, uids: dict[str, Any],
+                  real: dict[str, torch.Tensor], probe: Callable[[], Probe] | None, fmt: str, what: str) -> Built:
+    """Search ``plans`` on the real tensors (``search_plans``), each fp32 finalist checked on
+    ``probe()``, and return the fastest plan's launch with what the record says of the search."""
+    names = plans.names
+    current_stream = torch.cuda.current_stream
 
     def launcher(i: int, pack_tensors: dict[str, torch.Tensor]) -> Kernel:
         nbytes = int(g.get_workspace_size_plan_at_index(i))
@@ -301,21 +332,11 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
         torch.cuda.synchronize(device)
         return launch
 
-    real = {"x": x, "weight": w, "out": out, **({"bias": b} if b is not None else {})}
-
     def true_fp32(i: int) -> bool:
-        # One-hot filter at tap (0, 0) of input channel 0: every output is the probe value or a
-        # zero of the padding, exactly, when the plan computes in fp32.
-        probe = {"x": torch.full_like(x, FP32_PROBE), "weight": torch.zeros_like(w), "out": torch.empty_like(out)}
-        probe["weight"][:, 0, 0, 0] = 1.0
-        if b is not None:
-            probe["bias"] = torch.zeros_like(b)
-        launcher(i, probe)
-        ph, pw, sh, sw = spec.padding_h, spec.padding_w, spec.stride_h, spec.stride_w
-        inside = F.pad(torch.ones(1, 1, spec.height, spec.width, dtype=torch.float64, device=device),
-                       (pw, pw, ph, ph))
-        expected = FP32_PROBE * inside[:, :, ::sh, ::sw][:, :, :spec.out_height, :spec.out_width]
-        return bool((probe["out"].double() - expected).abs().max() <= FP32_PROBE_TOL)
+        assert probe is not None
+        tensors, expected = probe()
+        launcher(i, tensors)
+        return all(bool((tensors[k].double() - e).abs().max() <= FP32_PROBE_TOL) for k, e in expected.items())
 
     def alive() -> None:
         torch.cuda.synchronize(device)  # raises where a plan left a sticky CUDA error
@@ -323,10 +344,10 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
     search = search_plans(
         names, build_plan=g.build_plan_at_index, make_launch=lambda i: launcher(i, real),
         screen_ms=lambda k: hot_median_ms(k, device, **SCREEN), final_ms=lambda k: hot_median_ms(k, device, **FINAL),
-        accept=true_fp32 if dtype.name == "fp32" else None, after_failure=alive)
+        accept=true_fp32 if probe is not None else None, after_failure=alive)
     if search.best is None:
-        raise Unsupported(f"no plan of cuDNN's graph API ran this convolution ({count} plans: "
-                          f"{search.counts()}; heuristics: {heuristics_error or 'ok'})")
+        raise Unsupported(f"no plan of cuDNN's graph API ran this {what} ({len(names)} plans: "
+                          f"{search.counts()}; heuristics: {plans.heuristics_error or 'ok'})")
     best = search.best
     launch = launcher(best, real)
     try:
@@ -336,13 +357,124 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
     details: dict[str, object] = {
         "path": "graph", "plan": names[best], "engine": engine, "knobs": knobs, "ms": search.best_ms,
         "workspace_bytes": int(g.get_workspace_size_plan_at_index(best)), "layout": fmt,
-        "heuristic_plans": heuristic_plans, "engines": engines, "engines_appended": appended, **search.counts(),
+        "heuristic_plans": plans.heuristic_plans, "engines": plans.engines,
+        "engines_appended": plans.engines_appended, **search.counts(),
         "frontend_version": str(getattr(cudnn, "__version__", "?")),
     }
     try:
         details["backend_version"] = int(cudnn.backend_version())
     except Exception:  # noqa: BLE001 - informative only
         pass
-    if heuristics_error:
-        details["heuristics_error"] = heuristics_error[:300]
+    if plans.heuristics_error:
+        details["heuristics_error"] = plans.heuristics_error[:300]
     return Built(launch, details)
+
+
+def _one_hot(like: torch.Tensor) -> torch.Tensor:
+    """Zeros like ``like`` (same memory format) with a one at [0, 0, 0, 0]."""
+    t = torch.zeros_like(like)
+    t[0, 0, 0, 0] = 1.0
+    return t
+
+
+def _conv_args(spec: Conv2d) -> dict[str, list[int]]:
+    return {"padding": [spec.padding_h, spec.padding_w], "stride": [spec.stride_h, spec.stride_w],
+            "dilation": [spec.dilation_h, spec.dilation_w]}
+
+
+def fprop_probe(spec: Conv2d, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor) -> Probe:
+    """x of the probe value, a one-hot filter at tap (0, 0) of input channel 0 for every output
+    channel: every output is the probe value or a zero of the padding, exactly, in fp32."""
+    t = {"x": torch.full_like(x, FP32_PROBE), "weight": torch.zeros_like(w), "out": torch.empty_like(out)}
+    t["weight"][:, 0, 0, 0] = 1.0
+    if b is not None:
+        t["bias"] = torch.zeros_like(b)
+    ph, pw, sh, sw = spec.padding_h, spec.padding_w, spec.stride_h, spec.stride_w
+    inside = F.pad(torch.ones(1, 1, spec.height, spec.width, dtype=torch.float64, device=x.device),
+                   (pw, pw, ph, ph))
+    return t, {"out": FP32_PROBE * inside[:, :, ::sh, ::sw][:, :, :spec.out_height, :spec.out_width]}
+
+
+def dgrad_probe(spec: Conv2d, dy: torch.Tensor, w: torch.Tensor, dx: torch.Tensor) -> Probe:
+    """dy of the probe value, a one-hot filter: each dx element is one product (or none)."""
+    t = {"dy": torch.full_like(dy, FP32_PROBE), "weight": _one_hot(w), "out": torch.empty_like(dx)}
+    expected = torch.nn.grad.conv2d_input(tuple(dx.shape), t["weight"].double(), t["dy"].double(),
+                                          **_conv_args(spec))
+    return t, {"out": expected}
+
+
+def wgrad_probe(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dweight: torch.Tensor,
+                dbias: torch.Tensor | None) -> Probe:
+    """x of the probe value, a one-hot dy: each dweight element is one product (or none), the bias
+    gradient a one and zeros."""
+    t = {"x": torch.full_like(x, FP32_PROBE), "dy": _one_hot(dy), "dweight": torch.empty_like(dweight)}
+    expected = {"dweight": torch.nn.grad.conv2d_weight(t["x"].double(), tuple(dweight.shape), t["dy"].double(),
+                                                       **_conv_args(spec))}
+    if dbias is not None:
+        t["dbias"] = torch.empty_like(dbias)
+        expected["dbias"] = t["dy"].double().sum((0, 2, 3))
+    return t, expected
+
+
+def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """conv2d (+ fused bias) by the fastest plan of cuDNN's graph API (see the module docstring)."""
+    x, w, b = tensors["x"], tensors["weight"], tensors.get("bias")
+    cudnn, device, handle = _start(spec, dtype, x)
+    fmt = dense_layout(layout, x=x, out=out, weight=w)
+    g, io, f32 = _new_graph(cudnn, dtype, handle)
+    X, W = _tensor(g, "X", x.shape, fmt, io), _tensor(g, "W", w.shape, fmt, io)
+    conv = g.conv_fprop(image=X, weight=W, name="conv", **_conv_args(spec))
+    uids = {"x": X, "weight": W}
+    if b is not None:
+        conv.set_data_type(f32)
+        B = _tensor(g, "B", (1, spec.out_channels, 1, 1), fmt, io)
+        Y = g.add(a=conv, b=B, name="bias")
+        uids["bias"] = B
+    else:
+        Y = conv
+    uids["out"] = _output(Y, spec.output_shape, fmt, io)
+    plans = _plans(cudnn, g, dtype, device, "convolution")
+
+    real = {"x": x, "weight": w, "out": out, **({"bias": b} if b is not None else {})}
+    probe = (lambda: fprop_probe(spec, x, w, b, out)) if dtype.name == "fp32" else None
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, fmt, "convolution")
+
+
+def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                             out: torch.Tensor) -> Built:
+    """dx of conv2d (``out``) from dy and the weight, by the fastest plan of a ``conv_dgrad`` graph."""
+    x, w, dy = tensors["x"], tensors["weight"], tensors["dy"]
+    cudnn, device, handle = _start(spec, dtype, x)
+    fmt = dense_layout(layout, dy=dy, out=out, weight=w)
+    g, io, _ = _new_graph(cudnn, dtype, handle)
+    DY, W = _tensor(g, "DY", dy.shape, fmt, io), _tensor(g, "W", w.shape, fmt, io)
+    DX = g.conv_dgrad(loss=DY, filter=W, name="dgrad", **_conv_args(spec))
+    uids = {"dy": DY, "weight": W, "out": _output(DX, spec.input_shape, fmt, io)}
+    plans = _plans(cudnn, g, dtype, device, "convolution's data gradient")
+
+    probe = (lambda: dgrad_probe(spec, dy, w, out)) if dtype.name == "fp32" else None
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, {"dy": dy, "weight": w, "out": out}, probe, fmt,
+                         "convolution's data gradient")
+
+
+def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, dweight: torch.Tensor,
+                             dbias: torch.Tensor | None = None) -> Built:
+    """dweight of conv2d from x and dy by the fastest plan of a ``conv_wgrad`` graph; with ``dbias``,
+    the same graph also sums dy over N, H, W into it (a ``reduction`` node, ADD)."""
+    x, dy = tensors["x"], tensors["dy"]
+    cudnn, device, handle = _start(spec, dtype, x)
+    fmt = dense_layout(layout, x=x, dy=dy, dweight=dweight)
+    g, io, f32 = _new_graph(cudnn, dtype, handle)
+    X, DY = _tensor(g, "X", x.shape, fmt, io), _tensor(g, "DY", dy.shape, fmt, io)
+    DW = g.conv_wgrad(image=X, loss=DY, name="wgrad", **_conv_args(spec))
+    uids = {"x": X, "dy": DY, "dweight": _output(DW, spec.weight_shape, fmt, io)}
+    what = "convolution's weight gradient" + (" with its bias gradient" if dbias is not None else "")
+    if dbias is not None:
+        DB = g.reduction(input=DY, mode=cudnn.reduction_mode.ADD, compute_data_type=f32, name="dbias")
+        # [1, K, 1, 1] with canonical strides puts element k at offset k: dbias, a vector of K.
+        uids["dbias"] = _output(DB, (1, spec.out_channels, 1, 1), fmt, io)
+    plans = _plans(cudnn, g, dtype, device, what)
+
+    real = {"x": x, "dy": dy, "dweight": dweight, **({"dbias": dbias} if dbias is not None else {})}
+    probe = (lambda: wgrad_probe(spec, x, dy, dweight, dbias)) if dtype.name == "fp32" else None
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, fmt, what)
