@@ -168,7 +168,7 @@ def _fastest_algorithm(gemm: Gemm, dtype: DType, device: torch.device) -> Built:
     launch = launcher(algorithms[best])
     launch()
     out: dict[str, object] = {
-        "path": "cublaslt", **describe(algorithms[best]), "heuristic_rank": best, "ms": best_ms,
+        "path": "cublaslt", **describe(algorithms[best]), "heuristic_rank": best, "search_ms": best_ms,
         "algorithms": len(algorithms), "timed": len(screened), "failed": failed, "wrong": wrong,
         "compute_type": str(getattr(mm, "compute_type", gemm.options.get("compute_type", "default"))),
         **gemm.details,

@@ -355,7 +355,7 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
     except Exception as exc:  # noqa: BLE001 - informative only
         engine, knobs = None, f"n/a ({type(exc).__name__})"
     details: dict[str, object] = {
-        "path": "graph", "plan": names[best], "engine": engine, "knobs": knobs, "ms": search.best_ms,
+        "path": "graph", "plan": names[best], "engine": engine, "knobs": knobs, "search_ms": search.best_ms,
         "workspace_bytes": int(g.get_workspace_size_plan_at_index(best)), "layout": fmt,
         "heuristic_plans": plans.heuristic_plans, "engines": plans.engines,
         "engines_appended": plans.engines_appended, **search.counts(),
