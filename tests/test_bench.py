@@ -127,7 +127,7 @@ def test_verdicts_judge_against_the_best_vendor_result_and_flag_a_slow_reference
     flags = dict(zip(zip(vs["layer"], vs["ref_us"].round(1)), vs["flag"]))
     assert flags[("conv2d", 1100.0)] == "reference not at its best"  # torch 10 % faster
     assert flags[("conv2d", 1000.0)] == "" and flags[("linear", 1000.0)] == ""  # within 3 %, or faster
-    assert set(vs["path"]) == {"graph"}
+    assert set(vs["path"]) == {"graph"} and set(vs["pass"]) == {"forward"}  # rows recorded without a pass
 
 
 def test_table_adds_x_best() -> None:

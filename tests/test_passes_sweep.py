@@ -12,6 +12,7 @@ import torch
 
 from layerbench import registry, sweep
 from layerbench.analysis import compare
+from layerbench.analysis.pareto import point_key_columns, point_label
 from layerbench.analysis.report import group_columns, x_column
 from layerbench.cli import main, plan_rows
 from layerbench.results import identity
@@ -307,3 +308,12 @@ def test_report_makes_a_table_per_pass_with_the_layers_as_rows() -> None:
     assert x_column(swept, ["pass", "kernel"]) == "axis_kernel"  # the pass groups, another axis is plotted
     assert x_column(swept.drop(columns="name"), ["pass"]) == "axis_pass"  # nothing else to plot
     assert group_columns(swept, "name") == ["axis_pass", "axis_kernel", "dtype", "layout"]
+
+
+def test_pareto_keeps_passes_apart_and_names_a_fixed_one() -> None:
+    df = pd.DataFrame([_row("p", "torch", d, 1.0) for d in ("backward_data", "forward")])
+    assert "direction" in point_key_columns(df)
+    labels = [point_label(r, point_key_columns(df)) for _, r in df.iterrows()]
+    assert labels == ["c (conv2d) pass=backward_data", "c (conv2d)"]
+    swept = df.assign(axis_pass=df["direction"])
+    assert point_label(swept.iloc[0], point_key_columns(swept)) == "c (conv2d) pass=backward_data"

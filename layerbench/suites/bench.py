@@ -177,8 +177,10 @@ def references_vs_torch(tab: pd.DataFrame) -> pd.DataFrame:
             r, t = by[ref], by["torch"]
             ratio = r["time_median_s"] / t["time_median_s"]
             path, name = r.get("detail_path"), r.get("name")
+            d = r.get("direction")
             rows.append({"layer": layer, "experiment": r.get("experiment"),
                          "point": name if isinstance(name, str) else "",
+                         "pass": d if isinstance(d, str) else "forward",
                          "point_index": r.get("point_index"), "dtype": r["dtype"], "layout": r["layout"],
                          "reference": ref, "path": path if isinstance(path, str) else "-",
                          "ref_us": r["time_median_s"] * 1e6, "torch_us": t["time_median_s"] * 1e6,
@@ -228,15 +230,16 @@ def _references_section(tab: pd.DataFrame) -> list[str]:
     if vs.empty:
         return []
     flagged = int((vs["flag"] != "").sum())
-    table_rows = [[r["layer"], r["point"], r["dtype"], r["layout"], r["reference"], r["path"], fmt_number(r["ref_us"], ".1f"),
+    table_rows = [[r["layer"], r["point"], r["pass"], r["dtype"], r["layout"], r["reference"], r["path"],
+                   fmt_number(r["ref_us"], ".1f"),
                    fmt_number(r["torch_us"], ".1f"), fmt_number(r["ref_over_torch"], ".3f"), r["flag"]]
-                  for _, r in vs.sort_values(["layer", "point_index", "dtype", "layout"]).iterrows()]
+                  for _, r in vs.sort_values(["layer", "point_index", "pass", "dtype", "layout"]).iterrows()]
     margin = f"{100 * (NOT_AT_BEST - 1):.0f} %"
     verdict = (f"{flagged} of {len(vs)} points: torch faster than the reference by more than {margin} "
                "(reference not at its best)." if flagged else
                f"The reference is within {margin} of torch or faster on all {len(vs)} points.")
     return ["### References against torch (conv: cudnn, linear: cublas)", "",
-            markdown_table(["layer", "point", "dtype", "layout", "reference", "path", "ref us", "torch us",
+            markdown_table(["layer", "point", "pass", "dtype", "layout", "reference", "path", "ref us", "torch us",
                             "ref / torch", ""], table_rows), "", verdict, ""]
 
 
