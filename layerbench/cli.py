@@ -42,6 +42,7 @@ from layerbench.analysis.html_report import (
 )
 from layerbench.analysis.report import build_report
 from layerbench.layers import LAYERS, SHORTHANDS
+from layerbench.layers.passes import layer_directions
 from layerbench.measure import gpu_settings
 from layerbench.measure.energy import EnergyMeter
 from layerbench.measure.environment import collect_environment
@@ -294,7 +295,9 @@ def _plan_one(s: Sweep, device: str) -> None:
         table.add_column(col)
     for p in s.points:
         axes = " ".join(f"{k}={axis_label(v)}" for k, v in p.axes.items())
-        label = " ".join(x for x in (p.label or p.layer, axes) if x)
+        direction = p.params.get("direction", "forward")
+        fixed_pass = f"pass={direction}" if direction != "forward" and not {"pass", "direction"} & set(p.axes) else ""
+        label = " ".join(x for x in (p.label or p.layer, axes, fixed_pass) if x)
         impls = " ".join(n + ("-" if (p.index, n) in unsupported else "*" if n in p.energy_impls else "")
                          for n in p.implementations)
         notes = [f"invalid: {p.invalid}"] if p.invalid else []
@@ -354,9 +357,10 @@ def estimate_seconds(s: Sweep, skipped: set[tuple[int, str]] | None = None) -> d
 
 def implementation_table(impls: Iterable[registry.Implementation]) -> list[str]:
     """The implementations as an aligned text table with a header row."""
-    headers = ("layer", "name", "backend", "devices", "dtypes", "layouts", "kind", "description")
+    headers = ("layer", "name", "backend", "devices", "dtypes", "layouts", "passes", "kind", "description")
     rows = [(i.layer, i.name, i.backend, ",".join(i.devices), ",".join(i.supported_dtypes),
-             ",".join(i.supported_layouts), "reference" if i.reference else "custom", i.description)
+             ",".join(i.supported_layouts), ",".join(i.directions), "reference" if i.reference else "custom",
+             i.description)
             for i in impls]
     widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers) - 1)]
     return ["  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1] for r in [headers, *rows]]
@@ -373,8 +377,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                                for f in dataclasses.fields(cls))
             short = ", ".join(f"{k} -> {'+'.join(v)}" for k, v in SHORTHANDS[name].items())
             print(f"  {name}: {fields}")
-            print(f"    dtypes {', '.join(cls.dtypes)}; layouts {', '.join(cls.layouts)}"
-                  + (f"; shorthands {short}" if short else ""))
+            print(f"    dtypes {', '.join(cls.dtypes)}; layouts {', '.join(cls.layouts)}; "
+                  f"passes {', '.join(layer_directions(cls))}" + (f"; shorthands {short}" if short else ""))
     if what in ("impls", "all"):
         impls = [i for i in registry.all_implementations() if args.device is None or args.device in i.devices]
         print("implementations" + (f" that run on {args.device}:" if args.device else ":"))
@@ -516,7 +520,7 @@ def cmd_validate_energy(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_output_dir(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
-    result = run_validation(args.device, out, args.quick)
+    result = run_validation(args.device, out, args.quick, training=args.training)
     print(format_validation(result))
     return 0 if result.get("passed") else 1
 
@@ -747,6 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     device(sp)
     sp.add_argument("--out", default="validation", help="output directory (default ./validation)")
     sp.add_argument("--quick", action="store_true", help="fewer and shorter windows")
+    sp.add_argument("--training", action="store_true",
+                    help="instead of the four checks, thesis Table 5-1 in training mode: the sum of each "
+                         "AlexNet layer's training pass (forward and backward, measured alone) against one "
+                         "training iteration of the whole network with autograd, time and energy within "
+                         "5 percent (writes validate-energy-training.json)")
     sp.set_defaults(func=cmd_validate_energy)
 
     sp = command("validate-gpus", "check that a sweep on N GPUs gives the records of one GPU: the same "

@@ -59,6 +59,24 @@ def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
     assert "### Targets" in report and "Against a copy of the same size (geomean, not a target): relu triton" in report
 
 
+@pytest.mark.interpreter
+def test_report_shows_each_rows_pass(tmp_path: Path) -> None:
+    backward = SWEEP.replace('"bench_relu"', '"bench_relu_backward"').replace('["triton", "torch"]', '["torch"]')
+    for text in (SWEEP, backward.replace("size = 8", 'size = 8\npass = "backward_data"')):
+        s = sweep.parse_sweep(text)
+        run_sweep(s, RunOptions(device="cpu", out=tmp_path / s.experiment, progress=False))
+    measured = {"copy_gbps": 2.0, "matmul_tflops": {"fp32": 1.0}, "device_name": "test",
+                "copy_curve": {"1000": 1.0, "1000000": 4.0}}
+    (tmp_path / bench.CEILINGS_FILE).write_text(json.dumps(measured))
+    df, ceil = bench.load_bench(tmp_path)
+    tab = bench.table(df, ceil)
+    back = tab[tab["experiment"] == "bench_relu_backward"].iloc[0]
+    assert back["direction"] == "backward_data" and back["min_bytes"] == 3 * 2 * 3 * 8 * 8 * 4  # x, dy, dx
+    report = bench.format_bench_report(tab, ceil)
+    assert "| relu | relu_backward |  | backward_data | fp32 | NCHW | torch |" in report
+    assert "| relu | relu |  | forward | fp32 | NCHW | triton |" in report
+
+
 def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
     curve = {"1000": 1.0, "1000000": 4.0}
     assert math.isclose(ceilings.copy_gbps_at(curve, 31622.8), 2.5, rel_tol=1e-5)  # halfway in log size
@@ -67,8 +85,8 @@ def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
 
 
 def test_unknown_layer_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--layers must be among relu, pool, conv, conv_sweeps, linear, resnet50, vgg16, "
-                       "mobilenetv2, gemm, got softmax"):
+    with pytest.raises(ValueError, match="--layers must be among relu, pool, conv, conv_sweeps, linear, relu_backward, "
+                       "pool_backward, conv_backward, linear_backward, resnet50, vgg16, mobilenetv2, gemm, got softmax"):
         bench.run_bench(tmp_path, "cpu", ("softmax",))
 
 
@@ -109,7 +127,7 @@ def test_verdicts_judge_against_the_best_vendor_result_and_flag_a_slow_reference
     flags = dict(zip(zip(vs["layer"], vs["ref_us"].round(1)), vs["flag"]))
     assert flags[("conv2d", 1100.0)] == "reference not at its best"  # torch 10 % faster
     assert flags[("conv2d", 1000.0)] == "" and flags[("linear", 1000.0)] == ""  # within 3 %, or faster
-    assert set(vs["path"]) == {"graph"}
+    assert set(vs["path"]) == {"graph"} and set(vs["pass"]) == {"forward"}  # rows recorded without a pass
 
 
 def test_table_adds_x_best() -> None:
@@ -175,3 +193,62 @@ def test_targets_judge_only_the_thesis_sets_and_the_report_shows_every_set() -> 
     assert (row["points"], row["verdict"]) == (1, "MET")  # the GEMM set's 0.25x is not judged
     report = bench.format_bench_report(tab, ceil)
     assert "| linear | gemm | bench_gemm |" in report and "| linear | linear | bench_linear |" in report
+
+
+def _pass_rows(layer: str, impl: str, dtype: str, experiment: str, direction: str | None, values: list[float],
+               column: str) -> list[dict]:
+    return [{"layer": layer, "impl": impl, "dtype": dtype, "experiment": experiment, "direction": direction,
+             "x_best": math.nan, "ceiling": math.nan, "sized_copy": math.nan} | {column: v} for v in values]
+
+
+def test_backward_targets_judge_their_own_pass() -> None:
+    rows = (_pass_rows("conv2d", "triton", "bf16", "bench_conv_backward", "backward_data", [1.0, 0.8], "x_best")
+            + _pass_rows("conv2d", "triton", "bf16", "bench_conv_backward", "backward_weight", [0.5], "x_best")
+            + _pass_rows("relu", "triton", "fp32", "bench_relu", "forward", [0.96], "ceiling")
+            + _pass_rows("relu", "triton", "fp32", "bench_relu_backward", "backward_data", [0.9, 0.8], "ceiling")
+            + _pass_rows("pool2d", "cupy", "bf16", "bench_pool_backward", "backward_data", [0.84], "ceiling")
+            + _pass_rows("linear", "triton", "tf32", "bench_linear_backward", "backward_weight", [0.96], "x_best")
+            + _pass_rows("linear", "cupy", "fp32", "bench_linear_backward", "backward_data", [0.6], "x_best"))
+    tg = bench.targets(pd.DataFrame(rows)).set_index("target")
+
+    def judged(target: str) -> tuple[int, float, str]:
+        row = tg.loc[target]
+        return row["points"], round(row["geomean"], 4), row["verdict"]
+
+    assert judged("conv triton dgrad bf16 >= 0.85x cuDNN (ResNet-50, VGG-16 layers)") == (2, 0.8944, "MET")
+    assert judged("conv triton wgrad bf16 >= 0.85x cuDNN (ResNet-50, VGG-16 layers)") == (1, 0.5, "MISSED")
+    # The forward bandwidth target sees the forward row alone, the backward one the backward rows alone.
+    assert judged("ReLU triton >= 95 % of copy bandwidth") == (1, 0.96, "MET")
+    assert judged("ReLU backward triton >= 85 % of copy bandwidth") == (2, 0.8485, "MISSED")
+    assert judged("pool backward cupy >= 85 % of copy bandwidth") == (1, 0.84, "MISSED")
+    assert judged("pool backward triton >= 85 % of copy bandwidth")[2] == "n/a"
+    assert judged("linear dW triton tf32 >= 0.95x cuBLAS") == (1, 0.96, "MET")
+    assert judged("linear dx triton tf32 >= 0.95x cuBLAS")[2] == "n/a"
+    assert judged("linear dx cupy fp32 >= 0.7x cuBLAS") == (1, 0.6, "MISSED")
+    # the forward conv and linear targets do not count backward rows
+    assert judged("linear triton tf32 >= 0.95x cuBLAS")[2] == "n/a"
+
+
+def test_rows_recorded_before_passes_count_as_forward() -> None:
+    rows = _pass_rows("relu", "cupy", "fp16", "bench_relu", None, [0.97], "ceiling")
+    tab = pd.DataFrame(rows).drop(columns="direction")
+    tg = bench.targets(tab).set_index("target")
+    assert tg.loc["ReLU cupy >= 95 % of copy bandwidth", "verdict"] == "MET"
+    assert tg.loc["ReLU backward cupy >= 85 % of copy bandwidth", "verdict"] == "n/a"
+
+
+def test_backward_sets_run_their_passes() -> None:
+    def passes(name: str) -> dict[str, set[str]]:
+        s = sweep.load_sweep(bench.BENCH_DIR / f"{name}.toml")
+        assert not any(p.invalid for p in s.points) and s.experiment in bench.TARGETED
+        out: dict[str, set[str]] = {}
+        for p in s.points:
+            out.setdefault(p.label, set()).add(p.spec.direction)
+        return out
+
+    conv = passes("conv_backward")
+    assert set(map(frozenset, conv.values())) == {frozenset({"backward_data", "backward_weight"})}
+    assert any(n.startswith("r50") for n in conv) and any(n.startswith("vgg") for n in conv)
+    assert set(map(frozenset, passes("linear_backward").values())) == {frozenset({"backward_data", "backward_weight"})}
+    for name in ("pool_backward", "relu_backward"):
+        assert set().union(*passes(name).values()) == {"backward_data"}

@@ -46,13 +46,28 @@ def energy_ratio(a: pd.Series, b: pd.Series, paired: bool) -> Ratio:
 
 
 POINT_COLUMNS = ("name", "layer", "dtype", "layout")
+# The axes that sweep the pass (sweep files write ``pass``, or the field's own name ``direction``).
+PASS_AXES = ("axis_pass", "axis_direction")
+
+
+def pass_columns(df: pd.DataFrame) -> list[str]:
+    """``["direction"]`` where the run has passes other than forward and no axis shows them (a pass
+    set per point, or for the whole file), else none: a forward-only run reads as it always did."""
+    if "direction" not in df.columns or any(c in df.columns for c in PASS_AXES):
+        return []
+    return ["direction"] if (df["direction"].fillna("forward") != "forward").any() else []
+
+
+def column_title(column: str) -> str:
+    """A column's header: an axis by its name, the direction by what sweep files call it."""
+    return "pass" if column == "direction" else column.removeprefix("axis_")
 
 
 def point_columns(df: pd.DataFrame) -> list[str]:
-    """Columns that tell points apart in a table: label, swept axes, layer, dtype, layout."""
+    """Columns that tell points apart in a table: label, swept axes, the pass, layer, dtype, layout."""
     axes = [c for c in df.columns if c.startswith("axis_")]
     cols = [c for c in POINT_COLUMNS if c in df.columns and df[c].notna().any()]
-    return cols[:1] + axes + cols[1:]
+    return cols[:1] + axes + pass_columns(df) + cols[1:]
 
 
 def _row(point: pd.Series, base: pd.Series, cols: list[str], impl: str, baseline: str, t: Ratio,
@@ -129,8 +144,8 @@ def format_comparison(table: pd.DataFrame, title: str) -> str:
     """Markdown: the per-point table, then the geometric means."""
     if table.empty:
         return f"## {title}\n\nNothing to compare (no pair of correct results).\n"
-    point_cols = [c for c in table.columns if c in POINT_COLUMNS or c.startswith("axis_")]
-    headers = [c.removeprefix("axis_") for c in point_cols] + [
+    point_cols = [c for c in table.columns if c in POINT_COLUMNS or c == "direction" or c.startswith("axis_")]
+    headers = [column_title(c) for c in point_cols] + [
         "impl", "vs", "time ratio [interval]", "time", "energy ratio [interval]", "energy",
         "J/GFLOP impl / vs"]
     rows = [[fmt_cell(r[c]) for c in point_cols] + [

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from layerbench.analysis.compare import compare_runs, point_columns
+from layerbench.analysis.compare import column_title, compare_runs, point_columns
 from layerbench.sweep import SETTINGS_AXES
 
 
@@ -57,7 +57,7 @@ def cross_gpu_table(df_a: pd.DataFrame, df_b: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in point_columns(df_a) if c in table.columns]
 
     def label(r: pd.Series) -> str:
-        return " ".join(f"{c.removeprefix('axis_')}={r[c]}" if c.startswith("axis_") else str(r[c])
+        return " ".join(f"{column_title(c)}={r[c]}" if c.startswith("axis_") or c == "direction" else str(r[c])
                         for c in cols if pd.notna(r[c]))
 
     def ratio(a: Any, b: Any) -> float:

@@ -24,10 +24,10 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from layerbench.analysis.compare import compare_within
+from layerbench.analysis.compare import column_title, compare_within
 from layerbench.analysis.cross_gpu import cross_gpu_table, run_header
 from layerbench.analysis.pareto import ParetoResult, pareto, with_metrics
-from layerbench.analysis.report import implementation_order, title_words, x_column
+from layerbench.analysis.report import group_columns, implementation_order, title_words, x_column
 from layerbench.analysis.tables import fmt_number
 from layerbench.results import rundir as results
 from layerbench.results.rundir import RunDir
@@ -69,17 +69,13 @@ def _has(g: pd.DataFrame, col: str) -> bool:
 
 
 def _groups(df: pd.DataFrame, x: str) -> list[tuple[str, pd.DataFrame]]:
-    cols = [c for c in df.columns if c.startswith("axis_") and c != x]
-    named = "name" in df.columns and df["name"].notna().any()
-    for c in ("name", "layer", "dtype", "layout"):
-        if c != x and c in df.columns and df[c].notna().any() and not (c == "layer" and named):
-            cols.append(c)
+    cols = group_columns(df, x)
     if not cols:
         return [("all", df)]
     out = []
     for key, g in df.groupby(cols, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        out.append((title_words(*[f"{c.removeprefix('axis_')}={k}" if c.startswith("axis_") else k
+        out.append((title_words(*[f"{column_title(c)}={k}" if c.startswith("axis_") or c == "direction" else k
                                   for c, k in zip(cols, key)]), g))
     return out
 

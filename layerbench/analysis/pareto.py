@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from layerbench.analysis.compare import PASS_AXES
 from layerbench.analysis.tables import fmt_number, markdown_table
 from layerbench.layers import LAYERS
 from layerbench.measure.energy import derived_metrics, per_image_metrics
@@ -98,6 +99,9 @@ def point_label(row: pd.Series, key: list[str]) -> str:
     skip = {"axis_batch"} | {f"axis_{a}" for a in SETTINGS_AXES}
     axes = [f"{c.removeprefix('axis_')}={row[c]}" for c in row.index
             if c.startswith("axis_") and c not in skip and pd.notna(row[c])]
+    direction = row.get("direction")
+    if isinstance(direction, str) and direction != "forward" and not any(a in row.index for a in PASS_AXES):
+        axes.append(f"pass={direction}")  # a pass set per point or per file, not swept
     if isinstance(name, str) and name:
         return " ".join([f"{name} ({layer})", *axes])
     return " ".join([str(layer), *axes])

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
-from layerbench.analysis.compare import compare_within, format_comparison
+from layerbench.analysis.compare import PASS_AXES, column_title, compare_within, format_comparison, pass_columns
 from layerbench.analysis.stats import spans_decades
 from layerbench.analysis.tables import fmt_cell, fmt_number, markdown_table, unit_scale
 from layerbench.results import rundir as results
@@ -33,14 +33,21 @@ METRICS = (("time_median_s", "time", "s"), ("energy_avg_power_w", "power", "W"),
 
 
 def x_column(df: pd.DataFrame, axes: Sequence[str]) -> str:
-    for a in axes:
-        if f"axis_{a}" in df.columns:
-            return f"axis_{a}"
-    return "name" if "name" in df.columns and df["name"].notna().any() else "layer"
+    """The plotted column: the first swept axis that is not the pass (passes make tables of their
+    own, as the thesis's layer breakdown is one table per mode), else the point name, else the pass."""
+    present = [f"axis_{a}" for a in axes if f"axis_{a}" in df.columns]
+    for a in present:
+        if a not in PASS_AXES:
+            return a
+    if "name" in df.columns and df["name"].notna().any():
+        return "name"
+    return present[0] if present else "layer"
 
 
-def _group_columns(df: pd.DataFrame, x: str) -> list[str]:
-    cols = [c for c in df.columns if c.startswith("axis_") and c != x]
+def group_columns(df: pd.DataFrame, x: str) -> list[str]:
+    """The columns whose values make one table each: the other axes, the pass, the name, layer,
+    dtype and layout (those that vary or are named)."""
+    cols = [c for c in df.columns if c.startswith("axis_") and c != x] + pass_columns(df)
     named = "name" in df.columns and df["name"].notna().any()
     for c in ("name", "layer", "dtype", "layout"):
         # A named point implies its layer; a list of layers is one table, as in thesis Table 5-1.
@@ -221,7 +228,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     parts += [f"- **{k}**: {v}" for k, v in meta if v is not None]
     parts += ["", _measured_what(run, df), ""]
     impls = implementation_order(df)
-    group_cols = _group_columns(df, x)
+    group_cols = group_columns(df, x)
     groups = df.groupby(group_cols, sort=False, dropna=False) if group_cols else [((), df)]
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
@@ -234,11 +241,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
             parts += [f"![{title}]({png.name})", ""]
     bad = df[df["status"] != "ok"]
     if not bad.empty:
-        cols = [c for c in ("name", *[c for c in df.columns if c.startswith("axis_")], "dtype",
-                            "layout", "impl", "status", "message")
+        cols = [c for c in ("name", *[c for c in df.columns if c.startswith("axis_")], *pass_columns(df),
+                            "dtype", "layout", "impl", "status", "message")
                 if c in bad.columns and bad[c].notna().any()]
         parts += ["## Points that did not run correctly", "",
-                  markdown_table([c.removeprefix("axis_") for c in cols],
+                  markdown_table([column_title(c) for c in cols],
                                  [[fmt_cell(r[c], 300) for c in cols] for _, r in bad.iterrows()]), ""]
     parts += [format_comparison(compare_within(df), "Custom kernels against the references"), ""]
     parts += _environment(run)

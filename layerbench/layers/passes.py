@@ -42,15 +42,20 @@ def has_weights(spec: Any) -> bool:
     return hasattr(spec, "weight_shape")
 
 
+def layer_directions(layer: Any) -> tuple[str, ...]:
+    """The passes a layer (its spec class or a spec) has: backward_weight only with weights."""
+    return tuple(d for d in DIRECTIONS if d != "backward_weight" or has_weights(layer))
+
+
 def check_direction(spec: Any) -> None:
     """Raise ``ValueError`` naming the field unless the spec's direction is one its layer has."""
     d = spec.direction
     name = f"{type(spec).__name__}.direction"
     if d not in DIRECTIONS:
         raise ValueError(f"{name} must be one of {', '.join(DIRECTIONS)}, got {d!r}")
-    if d == "backward_weight" and not has_weights(spec):
-        allowed = ", ".join(x for x in DIRECTIONS if x != "backward_weight")
-        raise ValueError(f"{name} backward_weight needs a layer with weights; {spec.layer} has {allowed}")
+    if d not in layer_directions(spec):
+        raise ValueError(f"{name} backward_weight needs a layer with weights; {spec.layer} has "
+                         f"{', '.join(layer_directions(spec))}")
 
 
 def passes_of(spec: Any) -> tuple[str, ...]:

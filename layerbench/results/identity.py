@@ -23,10 +23,11 @@ def stable_hash(obj: Any) -> str:
 
 
 def layer_params(point: Point) -> dict[str, Any]:
-    """The layer's parameters: every field of a valid spec, else the parameters as given."""
+    """The layer's parameters: every field of a valid spec, else the parameters as given (and the
+    pass, forward unless given, so that every row has its ``direction``)."""
     if point.spec is not None:
         return dataclasses.asdict(point.spec)
-    return dict(sorted(point.params.items()))
+    return dict(sorted(({"direction": "forward"} | point.params).items()))
 
 
 def identity_params(point: Point) -> dict[str, Any]:

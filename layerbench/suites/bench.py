@@ -1,7 +1,7 @@
 """``layerbench bench``: custom kernels against the card's ceilings and the references.
 
-The bench is ordinary sweeps (``sweeps/bench/*.toml``: the thesis's sets and the sets of real
-networks: ResNet-50, VGG-16, MobileNetV2, transformer and classifier GEMMs) run by the normal runner — the same
+The bench is ordinary sweeps (``sweeps/bench/*.toml``: the thesis's sets, their backward passes, and the sets
+of real networks: ResNet-50, VGG-16, MobileNetV2, transformer and classifier GEMMs) run by the normal runner — the same
 correctness gate, timer, interleaved energy windows and resumable record log — plus the two
 ceilings measured on the card (``layerbench.suites.ceilings``) and the performance targets of the
 custom kernels, each judged by a geometric mean over the bench shapes of its layer.
@@ -26,11 +26,14 @@ from layerbench.suites import ceilings as ceil
 from sweeps import SWEEP_DIR
 
 BENCH_DIR = SWEEP_DIR / "bench"
-# sweeps/bench/<name>.toml: the thesis's sets, then the networks' sets (no targets of their own yet;
-# their rows appear in the table with their speedups against the references).
-LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear", "resnet50", "vgg16", "mobilenetv2", "gemm")
-# The experiments the targets below judge (the thesis's sets); the networks' sets have none yet.
-TARGETED = ("bench_relu", "bench_pool", "bench_conv", "bench_conv_sweeps", "bench_linear")
+# sweeps/bench/<name>.toml: the thesis's sets, the backward passes (of the thesis's pooling, ReLU and FC
+# shapes, and of ResNet-50 and VGG-16 convolutions), then the networks' sets (no targets of their own
+# yet; their rows appear in the table with their speedups against the references).
+LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear", "relu_backward", "pool_backward", "conv_backward",
+          "linear_backward", "resnet50", "vgg16", "mobilenetv2", "gemm")
+# The experiments the targets below judge; the networks' sets have none yet.
+TARGETED = ("bench_relu", "bench_pool", "bench_conv", "bench_conv_sweeps", "bench_linear", "bench_relu_backward",
+            "bench_pool_backward", "bench_conv_backward", "bench_linear_backward")
 CUSTOM = ("triton", "cupy")
 MEMORY_BOUND = ("relu", "pool2d")  # judged in GB/s against the copy; the others in TFLOP/s
 CEILINGS_FILE = "ceilings.json"
@@ -51,9 +54,13 @@ class Target:
     threshold: float
     baseline: str | None = None
     experiment: str | None = None  # judge only this bench sweep's rows (conv: L1-L6 apart from the sweeps)
+    direction: str = "forward"  # the pass whose rows it judges
 
 
 CONV_SHAPES = {"bench_conv": "L1-L6", "bench_conv_sweeps": "input-size, kernel-size, channel sweeps"}
+# What the backward passes are called in the targets' text (cuDNN's words for the conv passes).
+CONV_PASSES = {"backward_data": "dgrad", "backward_weight": "wgrad"}
+LINEAR_PASSES = {"backward_data": "dx", "backward_weight": "dW"}
 TARGETS = (
     *(Target(f"ReLU {i} >= 95 % of copy bandwidth", "relu", i, ("fp32", "fp16", "bf16"), "copy", 0.95)
       for i in CUSTOM),
@@ -73,7 +80,27 @@ TARGETS = (
     *(Target(f"linear triton {d} >= 0.95x cuBLAS", "linear", "triton", (d,), "speedup", 0.95, "cublas",
              "bench_linear") for d in ("bf16", "tf32")),
     Target("linear cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas", "bench_linear"),
+    # The backward passes: gradients move the forward's bytes (ReLU, pooling: min_bytes counts each
+    # pass's own traffic) or are GEMMs of the forward's size (conv, linear).
+    *(Target(f"ReLU backward {i} >= 85 % of copy bandwidth", "relu", i, ("fp32", "fp16", "bf16"), "copy", 0.85,
+             direction="backward_data") for i in CUSTOM),
+    *(Target(f"pool backward {i} >= 85 % of copy bandwidth", "pool2d", i, ("fp32", "fp16", "bf16"), "copy", 0.85,
+             direction="backward_data") for i in CUSTOM),
+    *(Target(f"conv triton {word} bf16 >= 0.85x cuDNN (ResNet-50, VGG-16 layers)", "conv2d", "triton", ("bf16",),
+             "speedup", 0.85, "cudnn", "bench_conv_backward", d) for d, word in CONV_PASSES.items()),
+    *(t for d, word in LINEAR_PASSES.items() for t in (
+        *(Target(f"linear {word} triton {dt} >= 0.95x cuBLAS", "linear", "triton", (dt,), "speedup", 0.95, "cublas",
+                 "bench_linear_backward", d) for dt in ("bf16", "tf32")),
+        Target(f"linear {word} cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas",
+               "bench_linear_backward", d))),
 )
+
+
+def directions(df: pd.DataFrame) -> pd.Series:
+    """Each row's pass (rows recorded before passes existed are forward)."""
+    if "direction" not in df:
+        return pd.Series("forward", index=df.index)
+    return df["direction"].fillna("forward")
 
 
 def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
@@ -150,8 +177,10 @@ def references_vs_torch(tab: pd.DataFrame) -> pd.DataFrame:
             r, t = by[ref], by["torch"]
             ratio = r["time_median_s"] / t["time_median_s"]
             path, name = r.get("detail_path"), r.get("name")
+            d = r.get("direction")
             rows.append({"layer": layer, "experiment": r.get("experiment"),
                          "point": name if isinstance(name, str) else "",
+                         "pass": d if isinstance(d, str) else "forward",
                          "point_index": r.get("point_index"), "dtype": r["dtype"], "layout": r["layout"],
                          "reference": ref, "path": path if isinstance(path, str) else "-",
                          "ref_us": r["time_median_s"] * 1e6, "torch_us": t["time_median_s"] * 1e6,
@@ -164,7 +193,8 @@ def targets(tab: pd.DataFrame) -> pd.DataFrame:
     """Each performance target: the geometric mean over its rows, and whether it is met."""
     rows = []
     for t in TARGETS:
-        sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)]
+        sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)
+                  & (directions(tab) == t.direction)]
         if "experiment" in sel:  # the networks' sets have no targets yet
             sel = sel[sel["experiment"] == t.experiment] if t.experiment is not None else \
                 sel[sel["experiment"].isin(TARGETED)]
@@ -200,15 +230,16 @@ def _references_section(tab: pd.DataFrame) -> list[str]:
     if vs.empty:
         return []
     flagged = int((vs["flag"] != "").sum())
-    table_rows = [[r["layer"], r["point"], r["dtype"], r["layout"], r["reference"], r["path"], fmt_number(r["ref_us"], ".1f"),
+    table_rows = [[r["layer"], r["point"], r["pass"], r["dtype"], r["layout"], r["reference"], r["path"],
+                   fmt_number(r["ref_us"], ".1f"),
                    fmt_number(r["torch_us"], ".1f"), fmt_number(r["ref_over_torch"], ".3f"), r["flag"]]
-                  for _, r in vs.sort_values(["layer", "point_index", "dtype", "layout"]).iterrows()]
+                  for _, r in vs.sort_values(["layer", "point_index", "pass", "dtype", "layout"]).iterrows()]
     margin = f"{100 * (NOT_AT_BEST - 1):.0f} %"
     verdict = (f"{flagged} of {len(vs)} points: torch faster than the reference by more than {margin} "
                "(reference not at its best)." if flagged else
                f"The reference is within {margin} of torch or faster on all {len(vs)} points.")
     return ["### References against torch (conv: cudnn, linear: cublas)", "",
-            markdown_table(["layer", "point", "dtype", "layout", "reference", "path", "ref us", "torch us",
+            markdown_table(["layer", "point", "pass", "dtype", "layout", "reference", "path", "ref us", "torch us",
                             "ref / torch", ""], table_rows), "", verdict, ""]
 
 
@@ -226,15 +257,16 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
              "targets against cuDNN and cuBLAS are judged by.", ""]
     lines += _references_section(tab)
     refs = sorted(c[2:] for c in tab.columns if c.startswith("x_") and c != "x_best")  # x_best: no e_best
-    headers = ["layer", "set", "point", "dtype", "layout", "impl", "time us", "rate", "% ceiling", "% copy@size",
+    headers = ["layer", "set", "point", "pass", "dtype", "layout", "impl", "time us", "rate", "% ceiling", "% copy@size",
                *[f"x_{r}" for r in (*refs, "best")], "J/launch", *[f"e_{r}" for r in refs]]
     rows = []
     tab = tab.assign(set=tab["experiment"].fillna("").astype(str).str.removeprefix("bench_")
-                     if "experiment" in tab else "")
-    for _, r in tab.sort_values(["layer", "set", "point_index", "dtype", "layout", "impl"]).iterrows():
+                     if "experiment" in tab else "", pass_=directions(tab))
+    for _, r in tab.sort_values(["layer", "set", "point_index", "pass_", "dtype", "layout", "impl"]).iterrows():
         point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
         rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in MEMORY_BOUND else f"{r['tflops']:.1f} TFLOP/s"
-        rows.append([r["layer"], r["set"], point, r["dtype"], r["layout"], r["impl"], fmt_number(r["time_median_s"] * 1e6, ".1f"),
+        rows.append([r["layer"], r["set"], point, r["pass_"], r["dtype"], r["layout"], r["impl"],
+                     fmt_number(r["time_median_s"] * 1e6, ".1f"),
                      rate, fmt_number(100 * r["ceiling"], ".0f"), fmt_number(100 * r["sized_copy"], ".0f"),
                      *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
                      fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs]])
@@ -245,9 +277,11 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
                                   fmt_number(r.get("copy_bound"), ".3f"), r["verdict"]] for _, r in tg.iterrows()]))
     lines += ["", "same-size copy (bandwidth targets): the geomean a kernel would score if it ran as fast as "
               "the copy of its bytes at every point; a target above it is out of reach at these sizes."]
-    sized = [f"{layer} {impl} {100 * g:.0f} %" for layer in MEMORY_BOUND for impl in CUSTOM
-             if not math.isnan(g := geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl),
-                                                            "sized_copy"]))]
+    passes = directions(tab)
+    sized = [f"{layer}{'' if d == 'forward' else ' ' + d} {impl} {100 * g:.0f} %"
+             for layer in MEMORY_BOUND for d in dict.fromkeys(passes) for impl in CUSTOM
+             if not math.isnan(g := geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl) & (passes == d),
+                                                    "sized_copy"]))]
     if sized:
         lines += ["", "Against a copy of the same size (geomean, not a target): " + ", ".join(sized) + "."]
     return "\n".join(lines) + "\n"

@@ -18,6 +18,17 @@ has no energy meter):
 (c) runs first, while the card is at its idle state; the idle baseline is re-measured at the end
 to show how far idle drifted after load (reported, not checked).  Everything runs in true fp32
 (TF32 off).  Sized to finish in about four minutes on an H100.
+
+``--training`` runs one check instead, (b) in training mode, as the thesis measured Table 5-1:
+
+(t) additive, training: one AlexNet training iteration, batch 128 (the forward and backward of every
+                 layer, no optimizer step), split into the training pass of each layer of (b) (its
+                 forward, then the gradients of its input and of its parameters for a fixed upstream
+                 gradient, as the torch implementation's ``training`` pass runs it), each measured
+                 alone on tensors of its size; the sums of their time and energy match the whole
+                 iteration run as one torch model with autograd (forward, then ``autograd.grad`` of
+                 the input and every parameter for a fixed upstream gradient) within 5 %.  The
+                 network's input takes a gradient too, so that conv1 runs the same passes in both.
 """
 
 from __future__ import annotations
@@ -152,8 +163,12 @@ def _check_repeatability(bench: _Bench, device: torch.device, batch: int) -> lis
     return checks
 
 
-def _check_additivity(bench: _Bench, device: torch.device, batch: int) -> Check:
-    layers, x = alexnet(batch, device)
+NETWORK = "network"  # the whole model's kernel among the layers' (see forward_kernels)
+
+
+def forward_kernels(layers: list[tuple[str, nn.Module]], x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Each layer's forward on fresh inputs of its size (views such as flatten left out), then the
+    whole network's forward as ``NETWORK``."""
     model = nn.Sequential(*(m for _, m in layers)).eval()
     kernels: dict[str, Callable[[], object]] = {}
     h = x
@@ -162,18 +177,66 @@ def _check_additivity(bench: _Bench, device: torch.device, batch: int) -> Check:
             inp = torch.randn_like(h)  # the layer's input size, fresh values
             kernels[name] = (lambda m=m, inp=inp: m(inp))
         h = m(h)
-    kernels["network"] = lambda: model(x)
+    kernels[NETWORK] = lambda: model(x)
+    return kernels
+
+
+def training_pass(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], object]:
+    """One training iteration of ``module`` without the optimizer step: its forward, then autograd's
+    gradients of the input and of every parameter for the fixed upstream gradient ``dy``."""
+    leaves = [x.detach().requires_grad_(True), *module.parameters()]
+
+    def kernel() -> object:
+        with torch.enable_grad():
+            return torch.autograd.grad(module(leaves[0]), leaves, dy)
+
+    return kernel
+
+
+def training_kernels(layers: list[tuple[str, nn.Module]], x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """Each layer's training pass on fresh tensors of its size (views such as flatten left out), then
+    the whole network's training iteration as ``NETWORK``."""
+    kernels: dict[str, Callable[[], object]] = {}
+    h = x
+    with torch.no_grad():
+        for name, m in layers:
+            y = m(h)
+            if name != "flatten":
+                kernels[name] = training_pass(m, torch.randn_like(h), torch.randn_like(y))
+            h = y
+    model = nn.Sequential(*(m for _, m in layers))
+    kernels[NETWORK] = training_pass(model, x, torch.randn_like(h))
+    return kernels
+
+
+def _check_additivity(bench: _Bench, device: torch.device, batch: int) -> Check:
+    layers, x = alexnet(batch, device)
+    kernels = forward_kernels(layers, x)
     c = Check("additive: AlexNet", f"sum of {len(kernels) - 1} layers measured alone vs the whole network "
               f"(batch {batch}, thesis Table 5-1)", f"time and energy within {ADDITIVITY:.0%}")
+    return _additivity(bench, c, kernels, "alexnet")
+
+
+def _check_training_additivity(bench: _Bench, device: torch.device, batch: int) -> Check:
+    layers, x = alexnet(batch, device)
+    kernels = training_kernels(layers, x)
+    c = Check("additive, training: AlexNet", f"sum of the training passes of {len(kernels) - 1} layers "
+              f"measured alone vs one training iteration of the whole network (batch {batch}, thesis "
+              "Table 5-1 in training mode)", f"time and energy within {ADDITIVITY:.0%}")
+    return _additivity(bench, c, kernels, "alexnet training")
+
+
+def _additivity(bench: _Bench, c: Check, kernels: dict[str, Callable[[], object]], trial: str) -> Check:
+    """Time and energy of the layers' kernels summed against ``NETWORK``'s, each within ADDITIVITY."""
     times = bench.time(kernels)
-    t_sum = sum(times[n].median_s for n in kernels if n != "network")
-    t_net = times["network"].median_s
+    t_sum = sum(times[n].median_s for n in kernels if n != NETWORK)
+    t_net = times[NETWORK].median_s
     c.measured = {"time_sum_s": t_sum, "time_network_s": t_net, "time_relative": _rel(t_sum, t_net)}
     ok = c.measured["time_relative"] <= ADDITIVITY  # type: ignore[operator]
-    stats = bench.energy("alexnet", kernels, times)
+    stats = bench.energy(trial, kernels, times)
     if all(s.j_per_launch is not None for s in stats.values()):
-        e_sum = sum(s.j_per_launch for n, s in stats.items() if n != "network")  # type: ignore[misc]
-        e_net = stats["network"].j_per_launch
+        e_sum = sum(s.j_per_launch for n, s in stats.items() if n != NETWORK)  # type: ignore[misc]
+        e_net = stats[NETWORK].j_per_launch
         c.measured.update(j_sum=e_sum, j_network=e_net, j_relative=_rel(e_sum, e_net),  # type: ignore[arg-type]
                           per_layer_j={n: s.j_per_launch for n, s in stats.items()},
                           per_layer_s={n: times[n].median_s for n in kernels})
@@ -215,8 +278,10 @@ def _check_order(bench: _Bench, device: torch.device, batch: int) -> Check:
     return c
 
 
-def run_validation(device: torch.device, out_dir: str | Path, quick: bool = False) -> dict[str, object]:
-    """Run the four checks; write ``validate-energy.json`` under ``out_dir``; return the result."""
+def run_validation(device: torch.device, out_dir: str | Path, quick: bool = False,
+                   training: bool = False) -> dict[str, object]:
+    """Run the four checks, or with ``training`` the training-mode additivity check alone; write
+    ``validate-energy.json`` (``validate-energy-training.json``) under ``out_dir``; return the result."""
     device = torch.device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,13 +300,17 @@ def run_validation(device: torch.device, out_dir: str | Path, quick: bool = Fals
     checks: list[Check] = []
     with torch.no_grad(), precision(get_dtype("fp32")):
         idle_before = dict(meter.idle_baseline())
-        checks.append(_check_idle(meter))
-        checks.extend(_check_repeatability(bench, device, batch))
-        checks.append(_check_additivity(bench, device, batch))
-        checks.append(_check_order(bench, device, batch))
+        if training:
+            checks.append(_check_training_additivity(bench, device, batch))
+        else:
+            checks.append(_check_idle(meter))
+            checks.extend(_check_repeatability(bench, device, batch))
+            checks.append(_check_additivity(bench, device, batch))
+            checks.append(_check_order(bench, device, batch))
         idle_after = dict(meter.idle_baseline(refresh=True)) if meter.available and not quick else None
     result: dict[str, object] = {
-        "device": str(device), "quick": quick, "energy_method": meter.method, "energy_reason": meter.reason,
+        "device": str(device), "quick": quick, "training": training,
+        "energy_method": meter.method, "energy_reason": meter.reason,
         "idle_before": idle_before, "idle_after": idle_after,
         "checks": [c.to_dict() for c in checks],
         "passed": all(c.status == "PASS" for c in checks),
@@ -250,7 +319,8 @@ def run_validation(device: torch.device, out_dir: str | Path, quick: bool = Fals
         "environment": collect_environment(device),
         "records": bench.records,
     }
-    (out / "validate-energy.json").write_text(json.dumps(result, indent=1, default=str))
+    name = "validate-energy-training.json" if training else "validate-energy.json"
+    (out / name).write_text(json.dumps(result, indent=1, default=str))
     return result
 
 
@@ -266,7 +336,8 @@ def _fmt(v: object) -> str:
 
 def format_validation(result: dict[str, object]) -> str:
     """A plain-text table: check, measured values, threshold, PASS/FAIL/SKIP."""
-    lines = [f"validate-energy on {result['device']} — method {result['energy_method']}"
+    mode = " --training" if result.get("training") else ""
+    lines = [f"validate-energy{mode} on {result['device']} — method {result['energy_method']}"
              + (f" ({result['energy_reason']})" if result.get("energy_reason") else "")]
     idle = result.get("idle_before") or {}
     if isinstance(idle, dict) and idle.get("power_w") is not None:

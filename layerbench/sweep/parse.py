@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from layerbench.errors import SweepError
-from layerbench.layers import LAYERS, SHORTHANDS, required_fields, spec_from_dict
+from layerbench.layers import DIRECTIONS, LAYERS, SHORTHANDS, required_fields, spec_from_dict
+from layerbench.layers.passes import layer_directions
 from layerbench.options import (
     Bound,
     EnergyConfig,
@@ -123,11 +124,36 @@ def _check_param_type(key: str, layer: str, param: str, value: Any) -> None:
         _check_type(key, value, *_PARAM_TYPES[kind])
 
 
+def _sets_direction(layer: str, param: str) -> bool:
+    """Whether a key (``pass`` or ``direction``) sets the spec's ``direction``."""
+    return SHORTHANDS[layer].get(param, (param,)) == ("direction",)
+
+
+def pass_error(layer: str, value: Any) -> str | None:
+    """Why ``value`` cannot be a pass of ``layer`` (None: it can).  A pass is a choice among names,
+    not a value of a range: a wrong one is a mistake in the file, never an invalid point."""
+    if not isinstance(value, str):
+        return None  # the type check names it
+    if value not in DIRECTIONS:
+        return f"must be one of {', '.join(DIRECTIONS)}, got {value!r}"
+    have = layer_directions(LAYERS[layer])
+    if value not in have:
+        return f"{layer} has no {value} pass; its passes are {', '.join(have)}"
+    return None
+
+
+def _pass_filter_hint(value: str) -> str:
+    having = [name for name, cls in LAYERS.items() if value in layer_directions(cls)]
+    return (f"leave those points out with where = \"direction != '{value}' or layer in "
+            f"[{', '.join(repr(n) for n in having)}]\"")
+
+
 class _Parser:
     def __init__(self, data: dict[str, Any], path: Path, quick: bool):
         self.d = data
         self.path = path
         self.quick = quick
+        self.pass_key = "axes"  # the axis that sweeps the pass, once ``axes`` has read it
 
     def sweep(self, text: str) -> Sweep:
         d = self.d
@@ -193,7 +219,9 @@ class _Parser:
                 spec, why = spec_from_dict(layer, params), None
             except ValueError as exc:
                 spec, why = None, str(exc)
-            if why is not None and invalid_policy == "skip":
+            # The bases' own passes were checked as they were read: this one comes from the axis.
+            lacking = pass_error(layer, params["direction"]) if "direction" in params else None
+            if why is not None and invalid_policy == "skip" and lacking is None:
                 skipped_invalid += len(dtypes[layer]) * len(layouts[layer])
                 continue
             for dtype, layout in itertools.product(dtypes[layer], layouts[layer]):
@@ -205,6 +233,9 @@ class _Parser:
                 if not point.implementations:
                     skipped_filtered += 1
                     continue
+                if lacking is not None:
+                    _fail(self.pass_key, f"{lacking} ({label or layer}); "
+                                         f"{_pass_filter_hint(params['direction'])}")
                 points.append(point)
         sweep = Sweep(self.path, title, experiment, list(thesis), d.get("description", ""), layers,
                       [n for n, _ in axes], measure, points, skipped_invalid, skipped_filtered, text,
@@ -243,6 +274,8 @@ class _Parser:
             if not _scalar_ok(v):
                 _fail(f"{key}.{k}", f"must be a number, string or boolean, got {_type_name(v)}")
             _check_param_type(f"{key}.{k}", layer, k, v)
+            if _sets_direction(layer, k) and (why := pass_error(layer, v)):
+                _fail(f"{key}.{k}", why)
 
     def layer_name(self, key: str, value: Any) -> str:
         _check_type(key, value, (str,), f"one of {', '.join(LAYERS)}")
@@ -281,6 +314,8 @@ class _Parser:
                 inherited = {k: v for k, v in common.items() if k in self.fields(layer)}
                 for k, v in inherited.items():
                     _check_param_type(f"params.{k}", layer, k, v)
+                    if _sets_direction(layer, k) and (why := pass_error(layer, v)):
+                        _fail(f"params.{k}", f"{why} (points[{i}], {p['name']!r}, inherits it)")
                 bases.append((p["name"], layer,
                               _expand("params", layer, inherited) | _expand(key, layer, params)))
             for k in common:
@@ -337,6 +372,10 @@ class _Parser:
                         _fail(pkey, f"values must be numbers, strings or booleans, got {_type_name(v)}")
                     for layer in layers:
                         _check_param_type(f"{pkey}[{i}]", layer, param, v)
+                        if _sets_direction(layer, param):
+                            self.pass_key = pkey
+                            if isinstance(v, str) and v not in DIRECTIONS:
+                                _fail(f"{pkey}[{i}]", str(pass_error(layer, v)))
                 for f in {f for layer in layers for f in _expand(pkey, layer, {param: 0})}:
                     if f in set_by_axes:
                         _fail(pkey, f"{f!r} is swept by two axes")

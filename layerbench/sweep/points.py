@@ -53,9 +53,10 @@ class Point:
     settings: dict[str, Any] = field(default_factory=dict)  # the point's SETTINGS_AXES values
 
     def values(self, impl: str) -> dict[str, Any]:
-        """What filter expressions see for one of the point's implementations."""
-        return self.params | {"layer": self.layer, "name": self.label, "dtype": self.dtype,
-                              "layout": self.layout, "impl": impl}
+        """What filter expressions see for one of the point's implementations (the pass is forward
+        unless the file says otherwise: every layer has one)."""
+        return {"direction": "forward"} | self.params | {"layer": self.layer, "name": self.label, "dtype": self.dtype,
+                                                         "layout": self.layout, "impl": impl}
 
 
 @dataclass
