@@ -1,8 +1,9 @@
 """CuPy (CUDA C) kernels for conv2d, pool2d, relu and linear; importing registers them.
 
 Laid out as ``kernels/triton``: ``support`` holds what the layer modules share (input checks,
-compile and launch), one module per layer registers its builder, and the plans
-(``igemm_plan``, ``fft_plan``, ``pool_plan``) work out tiles and sizes on the CPU.  CuPy-only:
+compile and launch), one module per layer registers its builder (``conv2d_backward`` the
+backward passes of conv2d), and the plans (``igemm_plan``, ``fft_plan``, ``pool_plan``,
+``conv_backward_plan``) work out tiles and sizes on the CPU.  CuPy-only:
 ``sources`` names the .cu files here, their template instantiations and the NVRTC options, and
 ``models`` runs the kernels' index math on the CPU for the tests.
 
@@ -10,6 +11,6 @@ The CUDA sources are compiled by NVRTC through ``cupy.RawModule``.  Importing ne
 nor a GPU: without CuPy, building a kernel raises ``layerbench.errors.Unavailable`` with the reason.
 """
 
-from kernels.cupy import conv2d, linear, pool2d, relu
+from kernels.cupy import conv2d, conv2d_backward, linear, pool2d, relu
 
-__all__ = ["conv2d", "linear", "pool2d", "relu"]
+__all__ = ["conv2d", "conv2d_backward", "linear", "pool2d", "relu"]
