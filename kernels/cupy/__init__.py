@@ -2,8 +2,8 @@
 
 Laid out as ``kernels/triton``: ``support`` holds what the layer modules share (input checks,
 compile and launch), one module per layer registers its builder (``*_backward`` modules the
-backward passes of pool2d, relu and linear), and the plans
-(``igemm_plan``, ``fft_plan``, ``pool_plan``) work out tiles and sizes on the CPU.  CuPy-only:
+backward passes), and the plans (``igemm_plan``, ``fft_plan``, ``pool_plan``,
+``conv_backward_plan``) work out tiles and sizes on the CPU.  CuPy-only:
 ``sources`` names the .cu files here, their template instantiations and the NVRTC options, and
 ``models`` and ``backward_models`` run the kernels' index math on the CPU for the tests.
 
@@ -11,6 +11,8 @@ The CUDA sources are compiled by NVRTC through ``cupy.RawModule``.  Importing ne
 nor a GPU: without CuPy, building a kernel raises ``layerbench.errors.Unavailable`` with the reason.
 """
 
-from kernels.cupy import conv2d, linear, linear_backward, pool2d, pool2d_backward, relu, relu_backward
+from kernels.cupy import (conv2d, conv2d_backward, linear, linear_backward, pool2d, pool2d_backward, relu,
+                         relu_backward)
 
-__all__ = ["conv2d", "linear", "linear_backward", "pool2d", "pool2d_backward", "relu", "relu_backward"]
+__all__ = ["conv2d", "conv2d_backward", "linear", "linear_backward", "pool2d", "pool2d_backward", "relu",
+           "relu_backward"]

@@ -8,7 +8,10 @@ checked on any machine, without a GPU:
 * the ldmatrix / mma.sync fragment addressing (``ldmatrix_x4``, ``fragment_element``) and the
   whole implicit GEMM (``model_igemm``: loaders, tiles, split-K, epilogue; igemm.cu);
 * the pooling loops (``model_pool_nhwc``, ``model_pool_nchw_band``; pool2d.cu);
-* the FFT convolution's transforms (``model_fft_forward``, ``model_fft_inverse``; fft_conv.cu).
+* the FFT convolution's transforms (``model_fft_forward``, ``model_fft_inverse``; fft_conv.cu);
+* the backward GEMMs of conv2d (``model_dgrad``, ``model_wgrad``: tables, loaders, tiles, the
+  mma.sync fragments by the PTX layouts (``ptx_fragments``), splits and the reduce;
+  conv2d_backward.cu).
 
 A model asserts where the kernel would read or write outside its buffers.  NumPy and torch
 only: no CuPy, no GPU.  A change to a kernel's index math changes its model here too.
@@ -17,13 +20,14 @@ only: no CuPy, no GPU.  A change to a kernel's index math changes its model here
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import numpy as np
 import torch
 
-from kernels.cupy import igemm_plan, pool_plan
+from kernels.cupy import conv_backward_plan, igemm_plan, pool_plan
 from kernels.cupy.igemm_plan import BM, BN, ROW_BYTES, Geometry, Plan, smem_at
-from layerbench.layers import Pool2d
+from layerbench.layers import Conv2d, Pool2d
 
 # ---------------------------------------------------------------- ReLU (relu.cu)
 
@@ -407,3 +411,226 @@ def model_fft_inverse(spec: np.ndarray, rows: int, cols: int, log_n: int) -> np.
     out = np.stack([z.real, z.imag], axis=1).reshape(2 * pairs, n)
     return out[:rows, :cols] / (n * n)
 
+
+
+# ---------------------------------------------------------------- conv2d backward (conv2d_backward.cu)
+
+
+@functools.lru_cache(maxsize=None)
+def ptx_fragments(es: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The PTX ISA's fragment layouts of mma.sync m16n8k16 (16-bit, ``es`` 2) and m16n8k8 (tf32,
+    ``es`` 4), element i of each lane: "a" -> (row, k) of the 16-row A, "b" -> (k, column) of the
+    8-column B, "c" -> (row, column) of the accumulators; [lane][i] arrays."""
+    lane = np.arange(32)[:, None]
+    g, t = lane >> 2, lane & 3
+    if es == 2:  # a0 a1 (g, 2t + 0/1), a2 a3 (g + 8, ..), a4 a5 (g, 2t + 8 + 0/1), a6 a7 (g + 8, ..)
+        i = np.arange(8)[None, :]
+        a = (g + 8 * ((i >> 1) & 1), 2 * t + (i & 1) + 8 * (i >> 2))
+        i = np.arange(4)[None, :]  # b0 b1 (2t + 0/1, g), b2 b3 (2t + 8 + 0/1, g)
+        b = (2 * t + (i & 1) + 8 * (i >> 1), g + 0 * i)
+    else:  # a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)
+        i = np.arange(4)[None, :]
+        a = (g + 8 * (i & 1), t + 4 * (i >> 1))
+        i = np.arange(2)[None, :]
+        b = (t + 4 * i, g + 0 * i)
+    i = np.arange(4)[None, :]  # c0 c1 (g, 2t + 0/1), c2 c3 (g + 8, ..)
+    return {"a": a, "b": b, "c": (g + 8 * (i >> 1), 2 * t + (i & 1))}
+
+
+def backward_acc_positions(mma: bool) -> tuple[np.ndarray, np.ndarray]:
+    """conv2d_backward.cu acc_position: (row, column) in the block tile of acc[u][v] of every
+    thread, as [thread][u][v] arrays."""
+    tid, u, v = np.meshgrid(np.arange(conv_backward_plan.THREADS), np.arange(4), np.arange(4), indexing="ij")
+    if mma:
+        lane, warp = tid & 31, tid >> 5
+        row = (warp >> 2) * 32 + 16 * (u >> 1) + (lane >> 2) + 8 * (v >> 1)
+        col = (warp & 3) * 16 + 8 * (u & 1) + 2 * (lane & 3) + (v & 1)
+        return row, col
+    return (tid >> 4) + 16 * u, (tid & 15) + 16 * v
+
+
+def _place(dst: np.ndarray, at: tuple[np.ndarray, np.ndarray], values: np.ndarray) -> None:
+    """dst[at] = values, where no element of ``at`` was written before or is written twice."""
+    flat = np.ravel_multi_index(at, dst.shape)
+    assert len(np.unique(flat)) == flat.size and np.isnan(dst[at]).all(), "an element is written twice"
+    dst[at] = values
+
+
+def model_backward_multiply(sa: np.ndarray, sb: np.ndarray, es: int, mma: bool) -> np.ndarray:
+    """conv2d_backward.cu multiply() on one staged tile pair (elements [row][k], k < 64 / es):
+    the accumulators acc[thread][u][v] it adds.  MMA: each lane's registers are read from the
+    words the kernel names, placed where the PTX layout says they belong, multiplied, and
+    handed back to the lanes by the PTX accumulator layout."""
+    threads = conv_backward_plan.THREADS
+    acc = np.zeros((threads, 4, 4))
+    if not mma:
+        tid = np.arange(threads)
+        tx, ty = tid & 15, tid >> 4
+        for u in range(4):
+            for v in range(4):
+                acc[:, u, v] = (sa[ty + 16 * u] * sb[tx + 16 * v]).sum(axis=1)
+        return acc
+    epw = 4 // es
+    frag = ptx_fragments(es)
+    lane = np.arange(32)
+    g, c = lane >> 2, lane & 3
+    a_words = [(0, 0), (8, 0), (0, 4), (8, 4)]  # (row, word) of registers a[0..3] past (r, ks + c)
+    b_words = [0, 4]  # word of registers b[j][0..1] past ks + c
+    for warp in range(threads // 32):
+        row0, col0 = (warp >> 2) * 32 + g, (warp & 3) * 16 + g
+        for ks in range(0, conv_backward_plan.KWORDS, 8):
+            for i in range(2):
+                A = np.full((16, 8 * epw), np.nan)
+                for q, (dr, dw) in enumerate(a_words):
+                    for p in range(epw):
+                        values = sa[row0 + 16 * i + dr, (ks + c + dw) * epw + p]
+                        _place(A, (frag["a"][0][:, q * epw + p], frag["a"][1][:, q * epw + p]), values)
+                for j in range(2):
+                    B = np.full((8 * epw, 8), np.nan)
+                    for q, dw in enumerate(b_words):
+                        for p in range(epw):
+                            values = sb[col0 + 8 * j, (ks + c + dw) * epw + p]
+                            _place(B, (frag["b"][0][:, q * epw + p], frag["b"][1][:, q * epw + p]), values)
+                    assert not np.isnan(A).any() and not np.isnan(B).any(), "a fragment element is unread"
+                    D = A @ B
+                    acc[warp * 32 + lane, 2 * i + j, :] += D[frag["c"][0], frag["c"][1]]
+    return acc
+
+
+def _load_slots(itemsize: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each (k offset in the tile, tile row) a thread's loads fill: row tid % 64, words
+    tid / 64 + LOAD_STEP e, elements h of each word; [thread] arrays."""
+    p = conv_backward_plan
+    tid = np.arange(p.THREADS)
+    step, epw = p.THREADS // p.BM, 4 // itemsize
+    return [((tid // p.BM + step * e) * epw + h, tid % p.BM)
+            for e in range(p.KWORDS // step) for h in range(epw)]
+
+
+def _tile_gemm(itemsize: int, mma: bool, kbeg: int, kend: int,
+               gather: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """k_loop: acc of every thread over [kbeg, kend); gather(k, valid) gives the A and B values of
+    each thread's row at k (per thread), with valid = k < kend."""
+    kt = conv_backward_plan.k_per_tile(itemsize)
+    acc = np.zeros((conv_backward_plan.THREADS, 4, 4))
+    for k0 in range(kbeg, kend, kt):
+        sa = np.full((conv_backward_plan.BM, kt), np.nan)
+        sb = np.full((conv_backward_plan.BN, kt), np.nan)
+        for col, row in _load_slots(itemsize):
+            va, vb = gather(k0 + col, k0 + col < kend)
+            _place(sa, (row, col), va)
+            _place(sb, (row, col), vb)
+        assert not np.isnan(sa).any() and not np.isnan(sb).any(), "a tile element is never loaded"
+        acc += model_backward_multiply(sa, sb, itemsize, mma)
+    return acc
+
+
+def _write_dense(t: torch.Tensor, flat: np.ndarray) -> None:
+    """Store ``flat`` (the elements in memory order) into dense tensor (or view) ``t``."""
+    assert not np.isnan(flat).any(), "an output element was never written"
+    torch.as_strided(t, (t.numel(),), (1,), t.storage_offset()).copy_(torch.from_numpy(flat))
+
+
+def model_dgrad(spec: Conv2d, dy: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor, itemsize: int,
+                mma: bool) -> None:
+    """conv_dgrad on the CPU (float64 arithmetic): writes ``dx`` through its strides."""
+    s, p = spec, conv_backward_plan.plan_dgrad(spec, tuple(weight.stride()))
+    table = p.table.numpy().astype(np.int64)
+    dys, ws_ = _memory(dy), _memory(weight)
+    dyN, dyC, dyH, dyW = dy.stride()
+    wO, wI = weight.stride()[:2]
+    dxN, dxC, dxH, dxW = dx.stride()
+    cpo, hw = s.out_channels // s.groups, s.height * s.width
+    out = np.full(dx.numel(), np.nan)
+    rows, cols = backward_acc_positions(mma)
+    lrow = np.arange(conv_backward_plan.THREADS) % conv_backward_plan.BM
+    for bx, by, g in np.ndindex(*p.grid):
+        m0, n0 = bx * conv_backward_plan.BM, by * conv_backward_plan.BN
+        m, j = m0 + lrow, n0 + lrow
+        a_ok, b_ok = m < p.M, j < p.N
+        n, r = np.divmod(m, hw)
+        h, w = np.divmod(r, s.width)
+        hp, wp = h + s.padding_h, w + s.padding_w
+        a_base = n * dyN + g * cpo * dyC
+        b_base = g * cpo * wO + j * wI
+
+        def gather(k: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            t = table[np.where(valid, k, 0)]
+            th, tw = hp - t[:, 1], wp - t[:, 2]
+            oh, ow = np.maximum(th, 0) // s.stride_h, np.maximum(tw, 0) // s.stride_w
+            ok = (valid & a_ok & (th >= 0) & (tw >= 0) & (oh * s.stride_h == th) & (ow * s.stride_w == tw)
+                  & (oh < s.out_height) & (ow < s.out_width))
+            va = _gather(dys, a_base + t[:, 0] * dyC + oh * dyH + ow * dyW, ok)
+            return va, _gather(ws_, b_base + t[:, 3], valid & b_ok)
+
+        acc = _tile_gemm(itemsize, mma, 0, p.K, gather)
+        mm, jj = m0 + rows, n0 + cols
+        keep = (mm < p.M) & (jj < p.N)
+        n, r = np.divmod(mm[keep], hw)
+        h, w = np.divmod(r, s.width)
+        at = _in_bounds(n * dxN + (g * p.N + jj[keep]) * dxC + h * dxH + w * dxW, out)
+        assert np.isnan(out[at]).all(), "two threads write the same dx element"
+        out[at] = acc[keep]
+    _write_dense(dx, out)
+
+
+def model_wgrad(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dweight: torch.Tensor,
+                dbias: torch.Tensor | None, itemsize: int, mma: bool, slots: int) -> conv_backward_plan.WgradPlan:
+    """conv_wgrad then wgrad_reduce on the CPU (float64 arithmetic): writes ``dweight`` (and
+    ``dbias``) through their strides; returns the plan."""
+    s = spec
+    p = conv_backward_plan.plan_wgrad(spec, tuple(dy.stride()), tuple(x.stride()), itemsize, slots)
+    table = p.table.numpy().astype(np.int64)
+    dys, xs = _memory(dy), _memory(x)
+    dyC = dy.stride(1)
+    _, xC, xH, xW = x.stride()
+    cpi, khw = s.in_channels // s.groups, s.kernel_h * s.kernel_w
+    part = np.full((p.splits, s.out_channels, p.columns), np.nan)  # ws
+    rows, cols = backward_acc_positions(mma)
+    lrow = np.arange(conv_backward_plan.THREADS) % conv_backward_plan.BM
+    for bx, by, bz in np.ndindex(*p.grid):
+        z, g = divmod(bz, s.groups)
+        m0, n0 = bx * conv_backward_plan.BM, by * conv_backward_plan.BN
+        i, j = m0 + lrow, n0 + lrow
+        a_ok, b_x, b_one = i < p.M, j < p.J, (j == p.J) & (p.columns > p.J)
+        a_base = (g * p.M + i) * dyC
+        ci, t = np.divmod(j, khw)
+        kh, kw = np.divmod(t, s.kernel_w)
+        dh, dw = kh * s.dilation_h, kw * s.dilation_w
+        b_base = (g * cpi + ci) * xC + dh * xH + dw * xW
+        rbeg = z * p.r_split
+        rend = min(p.R, rbeg + p.r_split)
+
+        def gather(r: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            t = table[np.where(valid, r, 0)]
+            va = _gather(dys, a_base + t[:, 0], valid & a_ok)
+            ih, iw = t[:, 2] + dh, t[:, 3] + dw
+            ok = valid & b_x & (ih >= 0) & (ih < s.height) & (iw >= 0) & (iw < s.width)
+            vb = np.where(valid & b_one, 1.0, _gather(xs, b_base + t[:, 1], ok))
+            return va, vb
+
+        acc = _tile_gemm(itemsize, mma, rbeg, rend, gather)
+        ii, jj = m0 + rows, n0 + cols
+        keep = (ii < p.M) & (jj < p.columns)
+        at = (z, g * p.M + ii[keep], jj[keep])
+        assert np.isnan(part[at]).all(), "two threads write the same partial"
+        part[at] = acc[keep]
+    assert not np.isnan(part).any(), "a partial sum is never written"
+    # wgrad_reduce: the splits in order, then dweight through its strides or dbias.
+    total = np.zeros((s.out_channels, p.columns))
+    for z in range(p.splits):
+        total += part[z]
+    co, j = np.divmod(np.arange(s.out_channels * p.columns), p.columns)
+    w_flat = np.full(dweight.numel(), np.nan)
+    wO, wI, wH, wW = dweight.stride()
+    ci, t = np.divmod(j, khw)
+    kh, kw = np.divmod(t, s.kernel_w)
+    weight_part = j < p.J
+    at = _in_bounds((co * wO + ci * wI + kh * wH + kw * wW)[weight_part], w_flat)
+    assert len(np.unique(at)) == len(at) == dweight.numel(), "dweight elements are not each written once"
+    w_flat[at] = total[co[weight_part], j[weight_part]]
+    _write_dense(dweight, w_flat)
+    assert (dbias is None) == (p.columns == p.J)
+    if dbias is not None:
+        _write_dense(dbias, total[:, p.J].copy())
+    return p

@@ -96,6 +96,29 @@ def column_sums_name(ctype: str) -> str:
     return f"column_sums<{ctype}>"
 
 
+def conv_dgrad_name(ctype: str, tensor_cores: bool) -> str:
+    """conv2d_backward.cu's data gradient: FFMA for fp32, mma.sync for fp16/bf16 and fp32 data as tf32."""
+    return f"conv_dgrad<{_backward_args(ctype, tensor_cores)}>"
+
+
+def conv_wgrad_name(ctype: str, tensor_cores: bool) -> str:
+    """conv2d_backward.cu's weight gradient partial sums, FFMA or mma.sync as ``conv_dgrad_name``."""
+    return f"conv_wgrad<{_backward_args(ctype, tensor_cores)}>"
+
+
+def _backward_args(ctype: str, tensor_cores: bool) -> str:
+    if not tensor_cores and ctype != "float":
+        raise ValueError(f"the FFMA kernels are fp32 only, got {ctype}")
+    return f"{ctype}, {_cpp_bool(tensor_cores)}"
+
+
+def wgrad_reduce_name(ctype: str) -> str:
+    return f"wgrad_reduce<{ctype}>"
+
+
+# (storage type, tensor cores) of every backward GEMM instantiation.
+BACKWARD_VARIANTS = (("float", False),) + tuple((t, True) for t in STORAGE_TYPES)
+
 FFT_LOG_SIZES = range(4, 8)  # transforms of 16 x 16 .. 128 x 128 (shared memory caps the size)
 FFT_CGEMM_NAME = "fft_cgemm"
 
@@ -133,6 +156,10 @@ SOURCES: dict[str, Source] = {
     "fft_conv": Source("fft_conv.cu", tuple(
         [fft_forward_name(n) for n in FFT_LOG_SIZES] + [fft_inverse_name(n) for n in FFT_LOG_SIZES]
         + [FFT_CGEMM_NAME])),
+    "conv2d_backward": Source("conv2d_backward.cu", tuple(
+        [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
+        + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
+        + [wgrad_reduce_name(t) for t in STORAGE_TYPES])),
 }
 
 
