@@ -97,7 +97,7 @@ POOL_CASES = {
     "kernel4-pad2-s1": Pool2d(1, 2, 5, 6, 4, 1, padding=2),  # four windows a row per element
     "stride-past-kernel": Pool2d(1, 3, 11, 9, 2, 3),  # rows and columns in no window
     "channels-past-tile": Pool2d(1, 130, 4, 4, 2, 2),  # two NHWC channel tiles
-    "width-past-tile": Pool2d(1, 1, 3, 300, 3, 2),  # several NCHW tiles
+    "width-past-tile": Pool2d(1, 1, 3, 130, 3, 2),  # two tiles in either layout
 }
 
 
@@ -189,15 +189,23 @@ LINEAR_CASES = {
     "even-k-weight": Linear(128, 12, 9),
     "no-bias": Linear(6, 48, 33, bias=False),
     "batch-1": Linear(1, 17, 1),
+    "interior-and-edge-tiles": Linear(20, 24, 18),  # whole tiles and edge tiles in both GEMMs
 }
 
 
 @interpreter
 @pytest.mark.parametrize("dtype", DOT_DTYPES)
-@pytest.mark.parametrize("direction", LINEAR_PASSES)
+@pytest.mark.parametrize("direction", ["backward_data", "backward_weight"])
 @pytest.mark.parametrize("name", LINEAR_CASES)
 def test_linear_backward_case(name: str, direction: str, dtype: str) -> None:
     check("linear", at(LINEAR_CASES[name], direction), dtype, "NCHW", seed=seed_of(name))
+
+
+@interpreter
+@pytest.mark.parametrize("dtype", DOT_DTYPES)
+@pytest.mark.parametrize("name", ["ragged-split", "no-bias"])
+def test_linear_training(name: str, dtype: str) -> None:
+    check("linear", at(LINEAR_CASES[name], "training"), dtype, "NCHW", seed=seed_of(name))
 
 
 @interpreter

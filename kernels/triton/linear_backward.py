@@ -55,6 +55,28 @@ _SUM_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_B": 64}, num_warps=4),
 _SUM_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_B": 4}
 
 
+@triton.jit
+def _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, EVEN_K: tl.constexpr,
+               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """The fp32 sum over k in [k_lo, k_hi) of A tile @ B tile, from the tiles' pointers at k_lo;
+    ``STAGES``: the loop's pipeline depth (None: the config's)."""
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_ok = k0 + rk < k_hi
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
+
+
 # Strides of 1 are specialised on (Triton does so by default): they tell the compiler which
 # operand dimension is contiguous, so tiles load as vectors.  M is not (it would only multiply the
 # compiles).
@@ -72,27 +94,24 @@ def _strided_gemm_kernel(a_ptr, b_ptr, c_ptr, ws_ptr, sem_ptr, M, N, K, k_per_sp
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    # Rows and columns past the edge read row/column 0 and are masked on store.
-    rows = tl.where(m_ok, offs_m, 0)
-    cols = tl.where(n_ok, offs_n, 0)
     rk = tl.arange(0, BLOCK_K)
     k_lo = split * k_per_split
     k_hi = tl.minimum(K, k_lo + k_per_split)
-    a_ptrs = a_ptr + rows[:, None] * stride_am + (k_lo + rk)[None, :] * stride_ak
-    b_ptrs = b_ptr + (k_lo + rk)[:, None] * stride_bk + cols[None, :] * stride_bn
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
-        else:
-            k_ok = k0 + rk < k_hi
-            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+    a_k = (k_lo + rk)[None, :] * stride_ak
+    b_k = (k_lo + rk)[:, None] * stride_bk
+    # M or N is the contiguous dimension of an operand here (the forward's are both along K).
+    # Tiles inside the matrix index it plainly, so the compiler sees the contiguous runs (vector
+    # loads, asynchronous copies); edge tiles read row/column 0 past the edge, masked on store,
+    # which hides those runs, so they take a loop of their own, unpipelined: a second pipeline's
+    # buffers would double the shared memory of every program.
+    if ((pid_m + 1) * BLOCK_M <= M) & ((pid_n + 1) * BLOCK_N <= N):
+        acc = _dot_slice(a_ptr + offs_m[:, None] * stride_am + a_k, b_ptr + b_k + offs_n[None, :] * stride_bn,
+                         k_lo, k_hi, stride_ak, stride_bk, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, None)
+    else:
+        rows = tl.where(m_ok, offs_m, 0)
+        cols = tl.where(n_ok, offs_n, 0)
+        acc = _dot_slice(a_ptr + rows[:, None] * stride_am + a_k, b_ptr + b_k + cols[None, :] * stride_bn,
+                         k_lo, k_hi, stride_ak, stride_bk, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, 1)
 
     mask = m_ok[:, None] & n_ok[None, :]
     tile = offs_m[:, None] * N + offs_n[None, :]
