@@ -315,7 +315,7 @@ def test_gpu_pool2d_training(method: str, dtype: str, layout: str) -> None:
 
 
 @gpu
-@settings(max_examples=30)
+@settings(max_examples=15)  # most draws compile a new window size
 @given(spec=specs("pool2d", max_batch=8, max_channels=300, max_hw=64, max_kernel=5, max_stride=3,
                   direction="backward_data"),
        dtype=st.sampled_from(Pool2d.dtypes), layout=st.sampled_from(LAYOUTS), seed=SEEDS)
@@ -363,18 +363,17 @@ def test_gpu_linear_backward_drawn(spec: Linear, dtype: str, seed: int) -> None:
 
 
 @gpu
-@pytest.mark.parametrize("dtype", ["fp16", "bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
 def test_gpu_linear_backward_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The autotuner keeps one config per problem: each is forced here, whole and in three
-    slices, on sizes past the tile edges with a masked reduction (K = 1100, K = 600)."""
+    """The autotuner keeps one config per problem: each is forced here, with whole tiles and
+    edge tiles and a masked reduction, dx in three slices (K = 1100), dW whole (K = 600)."""
     mode = DOT_MODE[dtype]
-    cases = {"backward_data": Linear(70, 150, 1100, bias=False, direction="backward_data"),
-             "backward_weight": Linear(600, 150, 90, bias=False, direction="backward_weight")}
+    cases = {"backward_data": (Linear(300, 150, 1100, bias=False, direction="backward_data"), 3),
+             "backward_weight": (Linear(600, 150, 300, bias=False, direction="backward_weight"), 1)}
     for config in linear_backward._CONFIGS[mode]:
         monkeypatch.setitem(linear_backward._TUNED, mode,
                             autotuned(linear_backward._strided_gemm_kernel, [config], linear_backward._KEY))
-        for splits in (1, 3):
-            for name, spec in cases.items():
-                result = check_implementation(forced_splits(splits, EVEN_K_QUANTUM), spec, dtype, "NCHW",
-                                              "cuda", seed=seed_of(name))
-                assert result.ok, f"{config} splits={splits} {name} {dtype}: {result.message}"
+        for name, (spec, splits) in cases.items():
+            result = check_implementation(forced_splits(splits, EVEN_K_QUANTUM), spec, dtype, "NCHW", "cuda",
+                                          seed=seed_of(name))
+            assert result.ok, f"{config} splits={splits} {name} {dtype}: {result.message}"
