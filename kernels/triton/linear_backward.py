@@ -8,7 +8,9 @@ workspace and per-tile semaphore (the last of a tile's programs sums the slices 
 result does not depend on which comes last), which both passes need where the output has few
 tiles: dx at small batch, dW when the batch is long and the layer small.
 
-dbias is a column sum of dy (batch, out) by a small kernel of its own, after the GEMM.
+dbias is a column sum of dy (batch, out) by a small kernel of its own, after the GEMM; a long
+batch is cut into row slices summed the same way as split-K's (fp32 partials, the last program of
+a column block adds them in order), so that a narrow layer still has programs for every SM.
 """
 
 from __future__ import annotations
@@ -47,12 +49,15 @@ _CONFIGS = {
 }
 _INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
 
-# The column sum: BLOCK_N columns a program, BLOCK_B rows a step.
+# The column sum: BLOCK_N columns a program, BLOCK_B rows a step; row slices of at least
+# SUM_MIN_ROWS rows (a multiple of every BLOCK_B), at most SUM_MAX_SLICES of them.
 _SUM_CONFIGS = [triton.Config({"BLOCK_N": 32, "BLOCK_B": 64}, num_warps=4),
                 triton.Config({"BLOCK_N": 64, "BLOCK_B": 32}, num_warps=4),
                 triton.Config({"BLOCK_N": 128, "BLOCK_B": 32}, num_warps=4),
                 triton.Config({"BLOCK_N": 256, "BLOCK_B": 16}, num_warps=8)]
 _SUM_INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_B": 4}
+SUM_MIN_ROWS = 512
+SUM_MAX_SLICES = 64
 
 
 @triton.jit
@@ -132,23 +137,44 @@ def _strided_gemm_kernel(a_ptr, b_ptr, c_ptr, ws_ptr, sem_ptr, M, N, K, k_per_sp
         tl.store(c_ptr + tile, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["B"])
-def _column_sum_kernel(x_ptr, out_ptr, B, N, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
-    """out[j] = sum over i of x[i, j] for row-major x (B, N), in fp32."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+@triton.jit(do_not_specialize=["B", "rows_per_slice"])
+def _column_sum_kernel(x_ptr, out_ptr, ws_ptr, sem_ptr, B, N, rows_per_slice, PARTIAL: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """out[j] = sum over i of x[i, j] for row-major x (B, N), in fp32; program (p, s) sums the
+    columns of block p over row slice s."""
+    pid = tl.program_id(0)
+    piece = tl.program_id(1)
+    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = cols < N
     rb = tl.arange(0, BLOCK_B)
+    r_lo = piece * rows_per_slice
+    r_hi = tl.minimum(B, r_lo + rows_per_slice)
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    for b0 in range(0, B, BLOCK_B):
+    for b0 in range(r_lo, r_hi, BLOCK_B):
         rows = b0 + rb
-        v = tl.load(x_ptr + rows[:, None] * N + cols[None, :], mask=(rows < B)[:, None] & n_ok[None, :],
+        v = tl.load(x_ptr + rows[:, None] * N + cols[None, :], mask=(rows < r_hi)[:, None] & n_ok[None, :],
                     other=0.0)
         acc += v.to(tl.float32)
-    tl.store(out_ptr + cols, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=n_ok)
+    total = tl.sum(acc, axis=0)
+    if PARTIAL:
+        # As the GEMM's split-K: partials to ws_ptr (slices, N); the last program of the column
+        # block adds them in slice order and resets its semaphore.
+        pieces = tl.num_programs(1)
+        tl.store(ws_ptr + piece * N + cols, total, mask=n_ok)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(sem_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        if arrived == pieces - 1:
+            total = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for s in range(pieces):
+                total += tl.load(ws_ptr + s * N + cols, mask=n_ok, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(sem_ptr + pid, 0)
+            tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=n_ok)
+    else:
+        tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
 _TUNED = {mode: autotuned(_strided_gemm_kernel, configs, _KEY) for mode, configs in _CONFIGS.items()}
-_SUM_TUNED = autotuned(_column_sum_kernel, _SUM_CONFIGS, ["B", "N"])
+_SUM_TUNED = autotuned(_column_sum_kernel, _SUM_CONFIGS, ["B", "N", "rows_per_slice", "PARTIAL"])
 
 
 def _gemm_plan(dtype: DType, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, splits: int,
@@ -194,12 +220,27 @@ def _gemm(dtype: DType, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> Ke
 
 
 def _column_sum(x: torch.Tensor, out: torch.Tensor) -> Kernel:
+    """A launcher of out = x.sum(0); under the interpreter the rows are cut in two whenever they
+    span more than two BLOCK_Bs, so both paths run."""
     rows, cols = x.shape
+    if interpreting(_column_sum_kernel):
+        quantum = _SUM_INTERPRETER_CONFIG["BLOCK_B"]
+        slices = 2 if rows > 2 * quantum else 1
+    else:
+        quantum = SUM_MIN_ROWS
+        slices = min(SUM_MAX_SLICES, triton.cdiv(rows, SUM_MIN_ROWS))
+    rows_per_slice = triton.cdiv(triton.cdiv(rows, slices), quantum) * quantum
+    slices = triton.cdiv(rows, rows_per_slice)
+    partial = slices > 1
+    # fp32 partials and a semaphore per column block (every config's BLOCK_N >= 16).
+    workspace = torch.empty((slices, cols) if partial else (1,), dtype=torch.float32, device=x.device)
+    semaphores = torch.zeros(triton.cdiv(cols, 16) if partial else 1, dtype=torch.int32, device=x.device)
 
-    def grid(config: dict) -> tuple[int]:
-        return (triton.cdiv(cols, config["BLOCK_N"]),)
+    def grid(config: dict) -> tuple[int, int]:
+        return (triton.cdiv(cols, config["BLOCK_N"]), slices)
 
-    return bind(_column_sum_kernel, _SUM_TUNED, grid, (x, out, rows, cols), {}, _SUM_INTERPRETER_CONFIG)
+    args = (x, out, workspace, semaphores, rows, cols, rows_per_slice)
+    return bind(_column_sum_kernel, _SUM_TUNED, grid, args, {"PARTIAL": partial}, _SUM_INTERPRETER_CONFIG)
 
 
 def _checked(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
