@@ -26,6 +26,7 @@ from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.registry import get
 from layerbench.layers import Linear, Pool2d, ReLU
+from layerbench.layers.passes import reference_parts
 from layerbench.testing import check_implementation, make_output, make_tensors, specs
 
 interpreter = pytest.mark.interpreter
@@ -85,6 +86,14 @@ def test_relu_backward_matches_torch_on_nan_inf_and_zero(dtype: str) -> None:
     expected = torch.ops.aten.threshold_backward(dy, x, 0)
     assert expected[0, 0, 0, 0] == 1 and expected[0, 0, 0, 3] == 0  # NaN passes, -0 blocks
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_relu_reference_gradient_is_torch_s() -> None:
+    """fp16 rounds one N(0, 1) draw in ~4e7 to zero: at x = 0 the reference must block dy."""
+    x = torch.tensor(SPECIAL, dtype=torch.float64).reshape(1, 1, 1, -1)
+    dy = torch.arange(1.0, len(SPECIAL) + 1, dtype=torch.float64).reshape(x.shape)
+    dx = reference_parts(ReLU(1, 1, 1, len(SPECIAL), direction="backward_data"), {"x": x, "dy": dy})["dx"]
+    torch.testing.assert_close(dx, torch.ops.aten.threshold_backward(dy, x, 0), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------- pooling
