@@ -70,7 +70,7 @@ class ReLU:
         return itemsize * total_elements(self)
 
     def reference(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The float64 result (inputs upcast exactly from their dtype).  torch.relu, not
-        clamp_min: autograd then gives dx = 0 at x = 0, as ReLU's backward (threshold_backward)
-        defines it, where clamp_min's gradient passes dy."""
+        """The float64 result (inputs upcast exactly from their dtype).  torch.relu, not clamp_min:
+        the same values, but autograd differentiates it as torch does (dx = 0 at x = 0, dy at NaN),
+        where clamp_min passes dy at x = 0."""
         return torch.relu(tensors["x"])
