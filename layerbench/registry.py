@@ -154,7 +154,7 @@ class Implementation:
 def _training(impl: Implementation, own: dict[str, Implementation]) -> Implementation | None:
     """The training pass of ``impl``: its single passes' kernels in order, each writing its part."""
     singles = [own["forward"], own["backward_data"]]
-    if hasattr(LAYERS[impl.layer], "weight_shape"):  # a layer with weights has a weight pass too
+    if passes.has_weights(LAYERS[impl.layer]):  # a layer with weights has a weight pass too
         if "backward_weight" not in own:
             return None
         singles.append(own["backward_weight"])
