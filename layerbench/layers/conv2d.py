@@ -17,7 +17,7 @@ from layerbench.layers.common import (
     check_int,
     out_size,
 )
-from layerbench.layers.passes import check_direction, total_elements, total_flops
+from layerbench.layers.passes import check_direction, total_elements, total_flops, weighted_pass_cost
 
 # Sweep-file shorthands for square shapes: one key sets two spec fields.  ``stride``, ``padding`` and
 # ``dilation`` need none: they are fields of their own that set both axes (see Conv2d).
@@ -174,15 +174,8 @@ class Conv2d:
 
     def pass_cost(self, single: str) -> tuple[int, int]:
         """(FLOPs, elements read or written at least once) of one pass."""
-        out = math.prod(self.output_shape)
-        x, w = math.prod(self.input_shape), self.parameters
-        macs = out * (self.in_channels // self.groups) * self.kernel_h * self.kernel_w
-        bias_adds = out if self.bias else 0
-        if single == "forward":
-            return 2 * macs + bias_adds, x + w + out
-        if single == "backward_data":
-            return 2 * macs, out + math.prod(self.weight_shape) + x
-        return 2 * macs + bias_adds, x + out + w
+        macs = math.prod(self.output_shape) * (self.in_channels // self.groups) * self.kernel_h * self.kernel_w
+        return weighted_pass_cost(self, single, macs)
 
     @property
     def parameters(self) -> int:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from layerbench.layers.common import check_bool, check_fits_int32, check_int
-from layerbench.layers.passes import check_direction, total_elements, total_flops
+from layerbench.layers.passes import check_direction, total_elements, total_flops, weighted_pass_cost
 
 SHORTHANDS: dict[str, tuple[str, ...]] = {}
 
@@ -57,15 +57,7 @@ class Linear:
 
     def pass_cost(self, single: str) -> tuple[int, int]:
         """(FLOPs, elements read or written at least once) of one pass."""
-        out = self.batch * self.out_features
-        x, w = math.prod(self.input_shape), self.parameters
-        macs = out * self.in_features
-        bias_adds = out if self.bias else 0
-        if single == "forward":
-            return 2 * macs + bias_adds, x + w + out
-        if single == "backward_data":
-            return 2 * macs, out + math.prod(self.weight_shape) + x
-        return 2 * macs + bias_adds, x + out + w
+        return weighted_pass_cost(self, single, self.batch * self.out_features * self.in_features)
 
     @property
     def parameters(self) -> int:

@@ -93,6 +93,20 @@ def total_elements(spec: Any) -> int:
     return sum(spec.pass_cost(p)[1] for p in passes_of(spec))
 
 
+def weighted_pass_cost(spec: Any, single: str, macs: int) -> tuple[int, int]:
+    """(FLOPs, elements) of one pass of a layer with weights that does ``macs`` multiply-adds per pass:
+    the forward adds the bias to every output, the weight pass sums dy into dbias; each pass reads
+    its two operands and writes its result once."""
+    out, x = math.prod(spec.output_shape), math.prod(spec.input_shape)
+    weight = math.prod(spec.weight_shape)
+    bias_adds = out if spec.bias else 0
+    if single == "forward":
+        return 2 * macs + bias_adds, x + spec.parameters + out
+    if single == "backward_data":
+        return 2 * macs, out + weight + x
+    return 2 * macs + bias_adds, x + out + spec.parameters
+
+
 def output_numel(spec: Any) -> int:
     return sum(math.prod(shape) for _, shape in result_parts(spec))
 
