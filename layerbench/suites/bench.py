@@ -233,7 +233,7 @@ def targets(tab: pd.DataFrame) -> pd.DataFrame:
 
 
 def _judge(text: str, rows: pd.DataFrame, column: str, threshold: float, floor: float | None,
-           at_most: bool = False) -> dict:
+           at_most: bool = False) -> dict[str, object]:
     """The geomean of ``column`` against ``threshold`` and every row against ``floor`` (with ``at_most``,
     both are upper bounds); a missed target names its worst row."""
     values = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows else pd.Series(dtype=float)
@@ -245,7 +245,7 @@ def _judge(text: str, rows: pd.DataFrame, column: str, threshold: float, floor: 
     return {"target": text, "points": len(values), "geomean": g,
             "floor": math.nan if floor is None else floor, "below_floor": below,
             "worst": math.nan if worst is None else float(values[worst]),
-            "worst_point": point_label(rows.loc[worst]) if verdict == "MISSED" else "", "verdict": verdict}
+            "worst_point": _where(rows.loc[worst]) if verdict == "MISSED" else "", "verdict": verdict}
 
 
 def _point(row: pd.Series) -> str:
@@ -255,7 +255,7 @@ def _point(row: pd.Series) -> str:
     return (name if isinstance(name, str) else "") + ("" if pd.isna(method) else f" {method} k{row['kernel']}")
 
 
-def point_label(row: pd.Series) -> str:
+def _where(row: pd.Series) -> str:
     """Where a row is: its bench set, point, pass (other than forward), dtype and layout."""
     exp, d = row.get("experiment"), row.get("direction")
     parts = (exp.removeprefix("bench_") if isinstance(exp, str) else "", _point(row),
