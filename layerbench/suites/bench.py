@@ -4,7 +4,7 @@ The bench is ordinary sweeps (``sweeps/bench/*.toml``: the thesis's sets, their 
 of real networks: ResNet-50, VGG-16, MobileNetV2, transformer and classifier GEMMs) run by the normal runner — the same
 correctness gate, timer, interleaved energy windows and resumable record log — plus the two
 ceilings measured on the card (``layerbench.suites.ceilings``) and the performance targets of the
-custom kernels, each judged by a geometric mean over the bench shapes of its layer.
+custom kernels, each judged per bench set by a geometric mean, and where it has a floor, on every point too.
 """
 
 from __future__ import annotations
@@ -27,13 +27,9 @@ from sweeps import SWEEP_DIR
 
 BENCH_DIR = SWEEP_DIR / "bench"
 # sweeps/bench/<name>.toml: the thesis's sets, the backward passes (of the thesis's pooling, ReLU and FC
-# shapes, and of ResNet-50 and VGG-16 convolutions), then the networks' sets (no targets of their own
-# yet; their rows appear in the table with their speedups against the references).
+# shapes, and of ResNet-50 and VGG-16 convolutions), then the networks' sets.
 LAYERS = ("relu", "pool", "conv", "conv_sweeps", "linear", "relu_backward", "pool_backward", "conv_backward",
           "linear_backward", "resnet50", "vgg16", "mobilenetv2", "gemm")
-# The experiments the targets below judge; the networks' sets have none yet.
-TARGETED = ("bench_relu", "bench_pool", "bench_conv", "bench_conv_sweeps", "bench_linear", "bench_relu_backward",
-            "bench_pool_backward", "bench_conv_backward", "bench_linear_backward")
 CUSTOM = ("triton", "cupy")
 MEMORY_BOUND = ("relu", "pool2d")  # judged in GB/s against the copy; the others in TFLOP/s
 CEILINGS_FILE = "ceilings.json"
@@ -46,54 +42,71 @@ NOT_AT_BEST = 1.03  # the reference is flagged where torch is faster by more tha
 
 @dataclass(frozen=True)
 class Target:
+    """The geometric mean of one column over a bench set's rows >= threshold, and every row >= floor."""
     text: str
     layer: str
     impl: str
     dtypes: tuple[str, ...]
-    metric: str  # "copy" (fraction of copy bandwidth) or "speedup" (baseline time / impl time)
+    column: str  # ceiling: share of the copy bandwidth; sized_copy: of a copy of the same bytes; x_REF: speedup
     threshold: float
-    baseline: str | None = None
-    experiment: str | None = None  # judge only this bench sweep's rows (conv: L1-L6 apart from the sweeps)
+    experiment: str  # the bench set it judges
+    floor: float | None = None
     direction: str = "forward"  # the pass whose rows it judges
+    depthwise: bool = False  # judges depthwise convolutions only (the other targets never do)
 
 
-CONV_SHAPES = {"bench_conv": "L1-L6", "bench_conv_sweeps": "input-size, kernel-size, channel sweeps"}
+MEMORY_DTYPES = ("fp32", "fp16", "bf16")
+# The conv sets (MobileNetV2's pointwise layers; its depthwise ones have targets of their own) and
+# the GEMM sets, with what the targets call them.
+CONV_SETS = {"bench_conv": "L1-L6", "bench_conv_sweeps": "input-size, kernel-size, channel sweeps",
+             "bench_resnet50": "ResNet-50", "bench_vgg16": "VGG-16", "bench_mobilenetv2": "MobileNetV2 pointwise"}
+DEPTHWISE_SETS = {"bench_mobilenetv2": "MobileNetV2"}
+GEMM_SETS = {"bench_linear": "AlexNet FC", "bench_gemm": "transformer, classifier GEMMs, GEMV"}
+# (impl, dtype, geomean >= x_best, floor): Triton on tensor cores; CuPy fp32 is FFMA (no tensor cores).
+CONV_RULES = (("triton", "bf16", 0.95, 0.75), ("triton", "fp16", 0.95, 0.75), ("triton", "tf32", 0.9, None),
+              ("cupy", "fp32", 0.8, None), ("cupy", "fp16", 0.8, None), ("cupy", "bf16", 0.8, None))
+LINEAR_RULES = (("triton", "bf16", 0.95), ("triton", "fp16", 0.95), ("triton", "tf32", 0.9), ("cupy", "bf16", 0.7),
+                ("cupy", "fp16", 0.7))
+DEPTHWISE_DTYPES = {"triton": ("tf32", "fp16", "bf16"), "cupy": ("fp32", "fp16", "bf16")}
 # What the backward passes are called in the targets' text (cuDNN's words for the conv passes).
 CONV_PASSES = {"backward_data": "dgrad", "backward_weight": "wgrad"}
 LINEAR_PASSES = {"backward_data": "dx", "backward_weight": "dW"}
+ENERGY_BOUND = 1.0  # J/launch against the reference's, on every point where the custom kernel is as fast
 TARGETS = (
-    *(Target(f"ReLU {i} >= 95 % of copy bandwidth", "relu", i, ("fp32", "fp16", "bf16"), "copy", 0.95)
+    *(Target(f"ReLU {i} >= 95 % of copy bandwidth", "relu", i, MEMORY_DTYPES, "ceiling", 0.95, "bench_relu")
       for i in CUSTOM),
-    *(Target(f"pool {i} >= 80 % of copy bandwidth", "pool2d", i, ("fp32", "fp16", "bf16"), "copy", 0.80)
-      for i in CUSTOM),
-    *(Target(f"pool {i} >= 1.5x ATen (torch)", "pool2d", i, ("fp32", "fp16", "bf16"), "speedup", 1.5, "torch")
-      for i in CUSTOM),
-    *(Target(f"pool {i} >= 1.0x cuDNN", "pool2d", i, ("fp32", "fp16", "bf16"), "speedup", 1.0, "cudnn")
-      for i in CUSTOM),
-    *(t for exp, shapes in CONV_SHAPES.items() for t in (
-        *(Target(f"conv triton {d} >= 0.9x cuDNN ({shapes})", "conv2d", "triton", (d,), "speedup", 0.9, "cudnn",
-                 exp) for d in ("bf16", "fp16", "tf32")),
-        Target(f"conv cupy fp32 (no tensor cores) >= 0.7x cuDNN fp32 ({shapes})", "conv2d", "cupy", ("fp32",),
-               "speedup", 0.7, "cudnn", exp),
-        *(Target(f"conv cupy {d} (tensor cores) >= 0.6x cuDNN ({shapes})", "conv2d", "cupy", (d,), "speedup", 0.6,
-                 "cudnn", exp) for d in ("fp16", "bf16")))),
-    *(Target(f"linear triton {d} >= 0.95x cuBLAS", "linear", "triton", (d,), "speedup", 0.95, "cublas",
-             "bench_linear") for d in ("bf16", "tf32")),
-    Target("linear cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas", "bench_linear"),
+    *(t for i in CUSTOM for t in (
+        Target(f"pool {i} >= 90 % of a same-size copy", "pool2d", i, MEMORY_DTYPES, "sized_copy", 0.9, "bench_pool",
+               0.8),
+        Target(f"pool {i} >= 1.5x ATen (torch)", "pool2d", i, MEMORY_DTYPES, "x_torch", 1.5, "bench_pool"),
+        Target(f"pool {i} >= 1.0x cuDNN", "pool2d", i, MEMORY_DTYPES, "x_best", 1.0, "bench_pool"))),
+    *(Target(f"conv {i} {d}{' (no tensor cores)' if d == 'fp32' else ''} >= {x:g}x cuDNN ({name})", "conv2d", i,
+             (d,), "x_best", x, exp, floor) for exp, name in CONV_SETS.items() for i, d, x, floor in CONV_RULES),
+    # Depthwise convolutions move little work per byte: judged as memory-bound layers, and against cuDNN.
+    *(t for exp, name in DEPTHWISE_SETS.items() for i, ds in DEPTHWISE_DTYPES.items() for d in ds for t in (
+        Target(f"depthwise conv {i} {d} >= 85 % of a same-size copy ({name})", "conv2d", i, (d,), "sized_copy", 0.85,
+               exp, depthwise=True),
+        Target(f"depthwise conv {i} {d} >= 1.2x cuDNN ({name})", "conv2d", i, (d,), "x_best", 1.2, exp,
+               depthwise=True))),
+    *(Target(f"linear {i} {d} >= {x:g}x cuBLAS ({name})", "linear", i, (d,), "x_best", x, exp)
+      for exp, name in GEMM_SETS.items() for i, d, x in LINEAR_RULES),
     # The backward passes: gradients move the forward's bytes (ReLU, pooling: min_bytes counts each
     # pass's own traffic) or are GEMMs of the forward's size (conv, linear).
-    *(Target(f"ReLU backward {i} >= 85 % of copy bandwidth", "relu", i, ("fp32", "fp16", "bf16"), "copy", 0.85,
-             direction="backward_data") for i in CUSTOM),
-    *(Target(f"pool backward {i} >= 85 % of copy bandwidth", "pool2d", i, ("fp32", "fp16", "bf16"), "copy", 0.85,
-             direction="backward_data") for i in CUSTOM),
+    *(Target(f"ReLU backward {i} >= 85 % of copy bandwidth", "relu", i, MEMORY_DTYPES, "ceiling", 0.85,
+             "bench_relu_backward", direction="backward_data") for i in CUSTOM),
+    *(Target(f"pool backward {i} >= 85 % of copy bandwidth", "pool2d", i, MEMORY_DTYPES, "ceiling", 0.85,
+             "bench_pool_backward", direction="backward_data") for i in CUSTOM),
     *(Target(f"conv triton {word} bf16 >= 0.85x cuDNN (ResNet-50, VGG-16 layers)", "conv2d", "triton", ("bf16",),
-             "speedup", 0.85, "cudnn", "bench_conv_backward", d) for d, word in CONV_PASSES.items()),
+             "x_best", 0.85, "bench_conv_backward", direction=d) for d, word in CONV_PASSES.items()),
     *(t for d, word in LINEAR_PASSES.items() for t in (
-        *(Target(f"linear {word} triton {dt} >= 0.95x cuBLAS", "linear", "triton", (dt,), "speedup", 0.95, "cublas",
-                 "bench_linear_backward", d) for dt in ("bf16", "tf32")),
-        Target(f"linear {word} cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "speedup", 0.7, "cublas",
-               "bench_linear_backward", d))),
+        *(Target(f"linear {word} triton {dt} >= 0.95x cuBLAS", "linear", "triton", (dt,), "x_best", 0.95,
+                 "bench_linear_backward", direction=d) for dt in ("bf16", "tf32")),
+        Target(f"linear {word} cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "x_best", 0.7,
+               "bench_linear_backward", direction=d))),
 )
+# The bench sets the targets judge, each with its layer (its energy is judged against that layer's reference).
+TARGETED = {t.experiment: t.layer for t in TARGETS}
+ENERGY_REFERENCE = {"conv2d": "cudnn", "pool2d": "cudnn", "relu": "cudnn", "linear": "cublas"}
 
 
 def directions(df: pd.DataFrame) -> pd.Series:
@@ -101,6 +114,14 @@ def directions(df: pd.DataFrame) -> pd.Series:
     if "direction" not in df:
         return pd.Series("forward", index=df.index)
     return df["direction"].fillna("forward")
+
+
+def depthwise_rows(df: pd.DataFrame) -> pd.Series:
+    """Which rows are depthwise convolutions (groups == in_channels > 1)."""
+    if "groups" not in df or "in_channels" not in df:
+        return pd.Series(False, index=df.index)
+    groups = pd.to_numeric(df["groups"], errors="coerce")
+    return (df["layer"] == "conv2d") & (groups > 1) & (groups == df["in_channels"])
 
 
 def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
@@ -142,9 +163,7 @@ def _fraction_of_ceiling(row: pd.Series, ceilings: dict) -> float:
 
 
 def _fraction_of_sized_copy(row: pd.Series, ceilings: dict) -> float:
-    """Memory-bound layers: rate / the copy curve at the same bytes moved (NaN for the others)."""
-    if row["layer"] not in MEMORY_BOUND:
-        return math.nan
+    """Rate / the copy curve at the same bytes moved."""
     return row["gbps"] / ceil.copy_gbps_at(ceilings.get("copy_curve") or {}, row["min_bytes"])
 
 
@@ -152,7 +171,10 @@ def table(df: pd.DataFrame, ceilings: dict) -> pd.DataFrame:
     """One row per correct (point, implementation): time, rate, share of the ceiling, speedups, J."""
     ok = df[df["status"] == "ok"].copy()
     ok["ceiling"] = ok.apply(lambda r: _fraction_of_ceiling(r, ceilings), axis=1)
-    ok["sized_copy"] = ok.apply(lambda r: _fraction_of_sized_copy(r, ceilings), axis=1)
+    # Memory-bound rows (ReLU, pooling, depthwise conv) against a copy of their bytes; NaN for the others.
+    bound = ok["layer"].isin(MEMORY_BOUND) | depthwise_rows(ok)
+    ok["sized_copy"] = [_fraction_of_sized_copy(r, ceilings) if b else math.nan
+                        for (_, r), b in zip(ok.iterrows(), bound)]
     pairs = compare.compare_within(df)
     for base in sorted(pairs["baseline"].unique()) if not pairs.empty else []:
         sub = pairs[pairs["baseline"] == base].set_index(["point_hash", "impl"])
@@ -190,38 +212,55 @@ def references_vs_torch(tab: pd.DataFrame) -> pd.DataFrame:
 
 
 def targets(tab: pd.DataFrame) -> pd.DataFrame:
-    """Each performance target: the geometric mean over its rows, and whether it is met."""
+    """Each performance target: the geometric mean over its rows, the worst row, and whether it is met."""
     rows = []
+    passes, dw = directions(tab), depthwise_rows(tab)
     for t in TARGETS:
         sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)
-                  & (directions(tab) == t.direction)]
-        if "experiment" in sel:  # the networks' sets have no targets yet
-            sel = sel[sel["experiment"] == t.experiment] if t.experiment is not None else \
-                sel[sel["experiment"].isin(TARGETED)]
-        # Against cuDNN / cuBLAS: against the best vendor result of each point.
-        col = "ceiling" if t.metric == "copy" else ("x_best" if t.baseline in ("cudnn", "cublas")
-                                                     else f"x_{t.baseline}")
-        values = sel[col] if col in sel else pd.Series(dtype=float)
-        g = geomean(values)
+                  & (passes == t.direction) & (tab["experiment"] == t.experiment) & (dw == t.depthwise)]
         # What a kernel running exactly as fast as a copy of the same bytes would score: a copy target
         # above it cannot be met by any kernel that moves the minimum bytes, at these sizes.
-        bound = geomean(sel["ceiling"] / sel["sized_copy"]) if t.metric == "copy" and len(sel) else math.nan
-        rows.append({"target": t.text, "points": int(values.notna().sum()), "geomean": g,
-                     "worst": float(values.min()) if values.notna().any() else math.nan, "copy_bound": bound,
-                     "verdict": "n/a" if math.isnan(g) else ("MET" if g >= t.threshold else "MISSED")})
-    # Energy: where a custom kernel is at least as fast as a reference, J/launch <= 1.05x its J/launch.
-    for base in ("cudnn", "cublas"):
-        if f"e_{base}" not in tab:
-            continue
-        sel = tab[tab["impl"].isin(CUSTOM) & (tab[f"x_{base}"] >= 1.0) & tab[f"e_{base}"].notna()]
-        if "experiment" in sel:
-            sel = sel[sel["experiment"].isin(TARGETED)]
-        bad = sel[sel[f"e_{base}"] > 1.05]
-        rows.append({"target": f"energy <= 1.05x {base} where at least as fast", "points": len(sel),
-                     "geomean": geomean(sel[f"e_{base}"]),
-                     "worst": float(sel[f"e_{base}"].max()) if len(sel) else math.nan,
-                     "verdict": "n/a" if sel.empty else ("MET" if bad.empty else f"MISSED ({len(bad)})")})
+        bound = geomean(sel["ceiling"] / sel["sized_copy"]) if t.column == "ceiling" and len(sel) else math.nan
+        rows.append(_judge(t.text, sel, t.column, t.threshold, t.floor) | {"copy_bound": bound})
+    # Energy: on every point where a custom kernel is at least as fast as the reference, at most its J/launch.
+    for exp, layer in TARGETED.items():
+        ref = ENERGY_REFERENCE[layer]
+        sel = tab[(tab["experiment"] == exp) & tab["impl"].isin(CUSTOM)]
+        sel = sel[sel[f"x_{ref}"] >= 1.0] if f"x_{ref}" in sel else sel.iloc[:0]
+        text = f"energy <= {ENERGY_BOUND:.1f}x {ref} where at least as fast ({exp.removeprefix('bench_')})"
+        rows.append(_judge(text, sel, f"e_{ref}", ENERGY_BOUND, ENERGY_BOUND, at_most=True))
     return pd.DataFrame(rows)
+
+
+def _judge(text: str, rows: pd.DataFrame, column: str, threshold: float, floor: float | None,
+           at_most: bool = False) -> dict[str, object]:
+    """The geomean of ``column`` against ``threshold`` and every row against ``floor`` (with ``at_most``,
+    both are upper bounds); a missed target names its worst row."""
+    values = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows else pd.Series(dtype=float)
+    sign = -1.0 if at_most else 1.0  # judge -value >= -bound for upper bounds
+    g = geomean(values)
+    below = int((sign * values < sign * floor).sum()) if floor is not None else 0
+    worst = (sign * values).idxmin() if len(values) else None
+    verdict = "n/a" if math.isnan(g) else ("MISSED" if sign * g < sign * threshold or below else "MET")
+    return {"target": text, "points": len(values), "geomean": g,
+            "floor": math.nan if floor is None else floor, "below_floor": below,
+            "worst": math.nan if worst is None else float(values[worst]),
+            "worst_point": _where(rows.loc[worst]) if verdict == "MISSED" else "", "verdict": verdict}
+
+
+def _point(row: pd.Series) -> str:
+    """The point's name, with a pooling point's method and window."""
+    name = row.get("name")
+    method = row.get("method")
+    return (name if isinstance(name, str) else "") + ("" if pd.isna(method) else f" {method} k{row['kernel']}")
+
+
+def _where(row: pd.Series) -> str:
+    """Where a row is: its bench set, point, pass (other than forward), dtype and layout."""
+    exp, d = row.get("experiment"), row.get("direction")
+    parts = (exp.removeprefix("bench_") if isinstance(exp, str) else "", _point(row),
+             d if isinstance(d, str) and d != "forward" else "", row.get("dtype"), row.get("layout"))
+    return ", ".join(p for p in parts if isinstance(p, str) and p)
 
 
 def _references_section(tab: pd.DataFrame) -> list[str]:
@@ -250,7 +289,7 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
     lines = [f"## layerbench bench on {ceilings['device_name']}", "",
              f"Ceilings measured {ceilings.get('measured_at', 'in this run')}: "
              f"copy {ceilings['copy_gbps']:.0f} GB/s (read + write{copies}); matrix product TFLOP/s: {rates}.", "",
-             "% copy@size (ReLU, pooling): the rate against a copy of the same bytes, timed alike (cold), "
+             "% copy@size (ReLU, pooling, depthwise conv): the rate against a copy of the same bytes, timed alike (cold), "
              "from the copy curve: what is reachable at that size.",
              "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy). "
              "x_best: against the fastest vendor result of the point (cuDNN / cuBLAS or torch), which the "
@@ -263,19 +302,24 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
     tab = tab.assign(set=tab["experiment"].fillna("").astype(str).str.removeprefix("bench_")
                      if "experiment" in tab else "", pass_=directions(tab))
     for _, r in tab.sort_values(["layer", "set", "point_index", "pass_", "dtype", "layout", "impl"]).iterrows():
-        point = (r["name"] or "") + ("" if pd.isna(r.get("method")) else f" {r['method']} k{r['kernel']}")
+        point = _point(r)
         rate = f"{r['gbps']:.0f} GB/s" if r["layer"] in MEMORY_BOUND else f"{r['tflops']:.1f} TFLOP/s"
         rows.append([r["layer"], r["set"], point, r["pass_"], r["dtype"], r["layout"], r["impl"],
                      fmt_number(r["time_median_s"] * 1e6, ".1f"),
                      rate, fmt_number(100 * r["ceiling"], ".0f"), fmt_number(100 * r["sized_copy"], ".0f"),
                      *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
                      fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs]])
-    lines += [markdown_table(headers, rows), "", "### Targets (geometric means over the bench shapes)", ""]
+    lines += [markdown_table(headers, rows), "", "### Targets (geometric means per bench set)", ""]
     tg = targets(tab)
-    lines.append(markdown_table(["target", "points", "geomean", "worst", "same-size copy", "verdict"],
-                                [[r["target"], r["points"], fmt_number(r["geomean"], ".3f"), fmt_number(r["worst"], ".3f"),
-                                  fmt_number(r.get("copy_bound"), ".3f"), r["verdict"]] for _, r in tg.iterrows()]))
-    lines += ["", "same-size copy (bandwidth targets): the geomean a kernel would score if it ran as fast as "
+    lines.append(markdown_table(
+        ["target", "points", "geomean", "floor", "worst", "worst point", "same-size copy", "verdict"],
+        [[r["target"], r["points"], fmt_number(r["geomean"], ".3f"), fmt_number(r["floor"], ".2f"),
+          fmt_number(r["worst"], ".3f"),
+          r["worst_point"] + (f" ({r['below_floor']} past the floor)" if r["below_floor"] else ""),
+          fmt_number(r.get("copy_bound"), ".3f"), r["verdict"]] for _, r in tg.iterrows()]))
+    lines += ["", "A target is met when its geomean is and no point is past its floor (energy: an upper bound on "
+              "every point); a missed target names its worst point (set, point, pass, dtype, layout).",
+              "same-size copy (bandwidth targets): the geomean a kernel would score if it ran as fast as "
               "the copy of its bytes at every point; a target above it is out of reach at these sizes."]
     passes = directions(tab)
     sized = [f"{layer}{'' if d == 'forward' else ' ' + d} {impl} {100 * g:.0f} %"
@@ -283,5 +327,5 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
              if not math.isnan(g := geomean(tab.loc[(tab["layer"] == layer) & (tab["impl"] == impl) & (passes == d),
                                                     "sized_copy"]))]
     if sized:
-        lines += ["", "Against a copy of the same size (geomean, not a target): " + ", ".join(sized) + "."]
+        lines += ["", "Against a copy of the same size (geomean): " + ", ".join(sized) + "."]
     return "\n".join(lines) + "\n"
