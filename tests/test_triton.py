@@ -51,6 +51,25 @@ def test_conv2d_drawn(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
     check("conv2d", spec, dtype, layout, seed)
 
 
+# Per-axis stride and padding, and dilation, on small odd shapes (groups 1: the kernel takes no groups).
+@given(spec=specs("conv2d", max_batch=2, max_channels=20, max_hw=11, max_kernel=4, max_stride=3,
+                  max_padding=2, max_dilation=3, per_axis=True),
+       dtype=st.sampled_from(DOT_DTYPES), layout=st.sampled_from(LAYOUTS), seed=SEEDS)
+def test_conv2d_drawn_per_axis_and_dilated(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
+    check("conv2d", spec, dtype, layout, seed)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("spec", [
+    Conv2d(1, 3, 5, 9, 11, 3, 3, stride_h=2, stride_w=3, padding_h=2, padding_w=1, dilation_h=2, dilation_w=3),
+    Conv2d(2, 17, 3, 7, 13, 1, 7, padding_w=3),  # an Inception 1x7, C = 17: the channel-blocked walk
+    Conv2d(1, 16, 4, 13, 13, 3, 3, padding=2, dilation=2),  # atrous, same size out
+])
+def test_conv2d_odd_fields(spec: Conv2d, layout: str) -> None:
+    for dtype in ("fp32", "fp16"):
+        check("conv2d", spec, dtype, layout, zlib.crc32(repr(spec).encode()))
+
+
 @given(spec=specs("pool2d", max_batch=2, max_channels=10, max_hw=16, max_kernel=4, max_stride=3),
        dtype=st.sampled_from(Pool2d.dtypes), layout=st.sampled_from(LAYOUTS), seed=SEEDS)
 def test_pool2d_drawn(spec: Pool2d, dtype: str, layout: str, seed: int) -> None:
@@ -156,6 +175,8 @@ def test_conv2d_fft_drawn(spec: Conv2d, layout: str, seed: int) -> None:
 @pytest.mark.parametrize("dtype, spec, reason", [
     ("fp16", Conv2d(1, 2, 2, 6, 6, 3, 3), "tf32 only"),
     ("tf32", Conv2d(1, 2, 2, 6, 6, 3, 3, stride=2), "stride 1"),
+    ("tf32", Conv2d(1, 2, 2, 6, 6, 3, 3, dilation=2), "dilation_h 2, dilation_w 2"),
+    ("tf32", Conv2d(1, 2, 2, 6, 6, 3, 3, padding_h=1), "padding_h 1 != padding_w 0"),
 ])
 def test_conv2d_fft_refuses(dtype: str, spec: Conv2d, reason: str) -> None:
     tensors = make_tensors(spec, dtype, "NCHW", "cpu")

@@ -58,8 +58,8 @@ from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, ch
                                     dense_layout, grouped_tile, interpreting, quick_bench,
                                     tile_config)
 
-_KEY = ["N", "C", "H", "W", "K", "KY", "P", "Q", "R", "S", "stride", "pad", "X_NHWC", "Y_NHWC",
-        "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
+_KEY = ["N", "C", "H", "W", "K", "KY", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h",
+        "dil_w", "X_NHWC", "Y_NHWC", "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
 
 
 def _tile(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
@@ -113,9 +113,10 @@ def _mma_result(acc, SWAP: tl.constexpr):
 # stores vectorise.  Every other size would only multiply the compiles (one per divisibility
 # pattern).  K is the number of output channels this launch computes, KY the output's: a launch
 # may own a run of channels (w_ptr, b_ptr and y_ptr then point at its first one).
-@triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride", "pad"])
+@triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
+                               "dil_h", "dil_w"])
 def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
-                   N, C, H, W, K, KY, P, Q, R, S, CRS, stride, pad,
+                   N, C, H, W, K, KY, P, Q, R, S, CRS, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                    X_NHWC: tl.constexpr, Y_NHWC: tl.constexpr,
                    CHANNEL_BLOCK: tl.constexpr, WEIGHT_RSC: tl.constexpr,
                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
@@ -144,8 +145,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     q = m % Q
     p = (m // Q) % P
     n = m // (Q * P)
-    ih0 = p * stride - pad
-    iw0 = q * stride - pad
+    ih0 = p * stride_h - pad_h
+    iw0 = q * stride_w - pad_w
     x_rows = x_ptr + n * sxn
     w_cols = w_ptr + k_out * CRS
 
@@ -157,8 +158,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             rs = step // c_blocks
             cs = (step % c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
             c_ok = cs < C
-            ih = ih0 + rs // S
-            iw = iw0 + rs % S
+            ih = ih0 + (rs // S) * dil_h
+            iw = iw0 + (rs % S) * dil_w
             pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + cs[None, :]
             a = tl.load(a_ptrs, mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
@@ -174,8 +175,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             else:
                 c = kk // (R * S)
                 rs = kk % (R * S)
-            ih = ih0[:, None] + (rs // S)[None, :]
-            iw = iw0[:, None] + (rs % S)[None, :]
+            ih = ih0[:, None] + ((rs // S) * dil_h)[None, :]
+            iw = iw0[:, None] + ((rs % S) * dil_w)[None, :]
             ok = (m_ok[:, None] & k_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_rows[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=ok, other=0.0)
             b = tl.load(w_cols[None, :] + kk[:, None], mask=k_ok[:, None], other=0.0)
@@ -309,7 +310,8 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
         w_part, y_part = w[lo:hi], out[:, lo:hi]
         b_part = bias[lo:hi] if bias is not None else y_part
         args = (x, w_part, b_part, y_part, n, c, h, wd, hi - lo, k, p, q,
-                spec.kernel_h, spec.kernel_w, crs, spec.stride, spec.padding)
+                spec.kernel_h, spec.kernel_w, crs, spec.stride_h, spec.stride_w, spec.padding_h, spec.padding_w,
+                spec.dilation_h, spec.dilation_w)
 
         def grid(config: dict, channels: int = hi - lo) -> tuple[int]:
             return (triton.cdiv(m_total, config["BLOCK_M"]) * triton.cdiv(channels, config["BLOCK_N"]),)
@@ -323,6 +325,9 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     check_inputs(fft_conv._strided_gemm_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
     if dtype.name != "tf32":
         raise Unsupported(f"the FFT convolution runs tf32 only, not {dtype.name}")
+    if spec.beyond_plain():
+        raise Unsupported(f"the FFT convolution runs one stride and padding for both axes and dilation 1 only; "
+                          f"this point has {spec.beyond_plain()}")
     plan = fft_plan(spec)
     x, w = tensors["x"], tensors["weight"]
     for name, t in (("x", x), ("weight", w), ("out", out)):
@@ -333,19 +338,21 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     return fft_conv.build(plan, x, w, tensors.get("bias") if spec.bias else None, out)
 
 
-def _plain_only(spec: Conv2d, dtype: str, layout: str) -> str | None:
-    """Refuse what the kernels do not compute (declared to the registry, so ``plan`` shows it)."""
-    beyond = spec.beyond_plain()
-    return (f"the Triton convolution runs one stride and one padding for both axes, "
-            f"dilation 1 and groups 1 only; this point has {beyond}") if beyond else None
+def _ungrouped_only(spec: Conv2d, dtype: str, layout: str) -> str | None:
+    """Refuse what the kernels do not compute (declared to the registry, so ``plan`` shows it): the
+    implicit GEMM takes per-axis stride, padding and dilation, not groups."""
+    if spec.groups == 1:
+        return None
+    return (f"the Triton convolution runs groups 1 only; this point has groups {spec.groups}"
+            + (" (depthwise)" if spec.depthwise else ""))
 
 
-@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), supports=_plain_only,
+@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), supports=_ungrouped_only,
           description="Triton implicit-GEMM convolution (fp32 accumulation, channel-blocked NHWC "
-                      "walk); for tf32 an FFT convolution on the tensor cores instead where it "
+                      "walk; per-axis stride, padding and dilation, groups 1); for tf32 an FFT convolution on the tensor cores instead where it "
                       "times faster at build")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    reason = _plain_only(spec, dtype.name, layout)
+    reason = _ungrouped_only(spec, dtype.name, layout)
     if reason:
         raise Unsupported(reason)
 
