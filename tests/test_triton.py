@@ -62,7 +62,7 @@ def test_conv2d_drawn_per_axis_and_dilated(spec: Conv2d, dtype: str, layout: str
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("spec", [
     Conv2d(1, 3, 5, 9, 11, 3, 3, stride_h=2, stride_w=3, padding_h=2, padding_w=1, dilation_h=2, dilation_w=3),
-    Conv2d(2, 17, 3, 7, 13, 1, 7, padding_w=3),  # an Inception 1x7, C = 17: the channel-blocked walk
+    Conv2d(2, 17, 3, 7, 13, 1, 7, padding_w=3),  # an Inception 1x7, C = 17: the flat walk
     Conv2d(1, 16, 4, 13, 13, 3, 3, padding=2, dilation=2),  # atrous, same size out
 ])
 def test_conv2d_odd_fields(spec: Conv2d, layout: str) -> None:
