@@ -40,10 +40,10 @@ _KEY = ["C", "K", "H", "W", "P", "Q", "stride_h", "stride_w", "pad_h", "pad_w", 
         "KH", "KW", "MULT", "HAS_BIAS"]
 
 # NHWC: (pixels, channels, warps) of a tile.  Wide channel blocks keep loads long; more pixels a
-# program amortise its weight gathers.  A block wider than the channels is narrowed (to the next
+# thread amortise its weight gathers (each thread loads the taps of its own channels).  A block wider than the channels is narrowed (to the next
 # power of two) and its pixels multiplied to keep the tile's size.
 _NHWC_TILES = [(32, 64, 4), (64, 64, 4), (128, 64, 8), (16, 128, 4), (32, 128, 8),
-               (64, 32, 4), (128, 32, 8), (256, 32, 8)]
+               (128, 32, 4), (256, 32, 8), (256, 16, 4)]
 # NCHW: (outputs, warps) of a tile; its pixel side is the plane's size rounded up to a power of
 # two, at most the whole tile.
 _NCHW_TILES = [(256, 4), (512, 4), (512, 8), (1024, 4), (1024, 8), (2048, 8)]
@@ -70,7 +70,11 @@ def _depthwise_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ROWS, C, K, H, W, P, Q,
     ih0 = p * stride_h - pad_h
     iw0 = q * stride_w - pad_w
     x_img = x_ptr + n * (H * W * C)
-    cin = ks // MULT  # unclamped (masked): for MULT = 1 the run stays provably contiguous
+    # Unclamped (masked) channels, undivided for MULT = 1: the run stays provably contiguous.
+    if MULT == 1:
+        cin = ks
+    else:
+        cin = ks // MULT
     w_rows = w_ptr + ks * (KH * KW)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in tl.static_range(KH):
