@@ -13,9 +13,10 @@ gathered from the input on the fly (padding and ragged edges are masked loads of
 come straight from the weight, products accumulate in fp32, bias is added in the epilogue and
 the result is written in the output's dtype.  Stride, padding and dilation are per axis, in the
 index maps from output pixel and tap to input pixel.  A grouped convolution is one GEMM per
-group (program axis 1), each over its group's C / groups input and K / groups output channels.  Input and output are dense NCHW or NHWC, each
-specialised at compile time (addresses follow from the sizes, so only C, K and C*R*S need
-compiling per divisibility pattern); the weight is walked in its own memory order.
+group (program axis 1), each over its group's C / groups input and K / groups output channels.
+Input and output are dense NCHW or NHWC, each specialised at compile time (addresses follow from
+the sizes, so only the channel counts and C*R*S need compiling per divisibility pattern); the
+weight is walked in its own memory order.
 
 Two walks of the reduction, chosen per problem:
 
@@ -40,8 +41,8 @@ for 192.
 
 Autotuning (GPU): a few tile shapes per arithmetic mode (tensor-core fp16/bf16, tf32, fp32 FMA),
 keyed on every size of the problem, the layout and the mode; narrow groups get tiles as narrow
-as their channels (at least 16).  Under the interpreter one small
-fixed tile is used.  Program ids are grouped along M so neighbouring programs share B tiles in L2.
+as their channels (at least 16).  Under the interpreter one small fixed tile is used.  Program
+ids are grouped along M so neighbouring programs share B tiles in L2.
 """
 
 from __future__ import annotations
