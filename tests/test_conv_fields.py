@@ -1,6 +1,6 @@
 """Conv2d's per-axis stride and padding, dilation and groups: validation, costs against brute-force
 counts, the float64 reference against a direct loop, sweep files, identity, and the kernels that
-refuse what they do not compute."""
+refuse what they do not compute or take."""
 
 from __future__ import annotations
 
@@ -164,21 +164,33 @@ def test_torch_reference_implementation_runs_the_new_fields() -> None:
     ({"dilation": 2}, "dilation_h 2"), ({"groups": 2}, "groups 2"), ({"groups": 4}, "groups 4 (depthwise)"),
     ({"stride_h": 2, "stride_w": 1}, "stride_h 2 != stride_w 1"),
     ({"padding_h": 1, "padding_w": 0}, "padding_h 1 != padding_w 0")])
-@pytest.mark.parametrize("impl", ["triton", "cupy"])
-def test_custom_kernels_refuse_what_they_do_not_compute(impl: str, kwargs: dict, named: str) -> None:
+def test_cupy_refuses_what_it_does_not_compute(kwargs: dict, named: str) -> None:
     spec = Conv2d(1, 4, 4, 7, 7, 3, 3, **kwargs)
-    reason = registry.unsupported_reason("conv2d", impl, spec, "fp32", "NCHW", "cuda")
+    reason = registry.unsupported_reason("conv2d", "cupy", spec, "fp32", "NCHW", "cuda")
     assert reason is not None and named in reason
     plain = Conv2d(1, 4, 4, 7, 7, 3, 3, stride=2, padding=1)
-    assert registry.unsupported_reason("conv2d", impl, plain, "fp32", "NCHW", "cuda") is None
+    assert registry.unsupported_reason("conv2d", "cupy", plain, "fp32", "NCHW", "cuda") is None
 
 
-def test_triton_build_raises_unsupported_naming_the_field() -> None:
-    spec = Conv2d(1, 4, 4, 7, 7, 3, 3, dilation_w=2)
-    tensors = make_tensors(spec, get_dtype("fp32"), "NCHW", "cpu", torch.Generator().manual_seed(0))
-    out = make_output(spec, tensors, "NCHW")
-    with pytest.raises(Unsupported, match="dilation_h 1, dilation_w 2"):
-        triton_conv.build(spec, get_dtype("fp32"), "NCHW", tensors, out)
+@pytest.mark.parametrize("kwargs", [{"dilation": 2}, {"groups": 2}, {"groups": 4},
+                                    {"stride_h": 2, "stride_w": 1}, {"padding_h": 1, "padding_w": 0}])
+def test_triton_takes_every_field(kwargs: dict) -> None:
+    """Its kernels compute them all (checked in tests/test_triton.py)."""
+    spec = Conv2d(1, 4, 4, 7, 7, 3, 3, **kwargs)
+    for layout in Conv2d.layouts:
+        assert registry.unsupported_reason("conv2d", "triton", spec, "bf16", layout, "cuda") is None
+
+
+def test_triton_refuses_more_groups_than_a_grid_axis_holds() -> None:
+    """A grouped (not depthwise) convolution puts its groups on grid axis 1: 65535 programs at most."""
+    spec = Conv2d(1, 2 * 65536, 2 * 65536, 1, 1, 1, 1, groups=65536, bias=False)
+    reason = registry.unsupported_reason("conv2d", "triton", spec, "fp32", "NHWC", "cuda")
+    assert reason is not None and "groups 65536" in reason
+    tensors = make_tensors(spec, get_dtype("fp32"), "NHWC", "cpu", torch.Generator().manual_seed(0))
+    with pytest.raises(Unsupported, match="at most 65535 groups"):
+        triton_conv.build(spec, get_dtype("fp32"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
+    depthwise = Conv2d(1, 65536, 65536, 1, 1, 1, 1, groups=65536)
+    assert registry.unsupported_reason("conv2d", "triton", depthwise, "fp32", "NHWC", "cuda") is None
 
 
 # ------------------------------------------------------------------ sweep files and identity

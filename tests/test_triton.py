@@ -13,7 +13,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.interpreter
 
 SEEDS = st.integers(0, 2**32 - 1)
 LAYOUTS = ("NCHW", "NHWC")
-# The interpreter's tl.dot is wrong for bf16 (see kernels/triton/support.py): conv2d and linear
-# refuse bf16 there (tested below) and are checked in bf16 on the GPU only.
+# The interpreter's tl.dot is wrong for bf16 (see kernels/triton/support.py): the convolution's
+# implicit GEMM and linear refuse bf16 there (tested below) and are checked in bf16 on the GPU only.
 DOT_DTYPES = ("fp32", "tf32", "fp16")
 
 
@@ -49,6 +49,67 @@ def check(layer: str, spec, dtype: str, layout: str, seed: int) -> None:
        dtype=st.sampled_from(DOT_DTYPES), layout=st.sampled_from(LAYOUTS), seed=SEEDS)
 def test_conv2d_drawn(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
     check("conv2d", spec, dtype, layout, seed)
+
+
+# Per-axis stride and padding, dilation and groups (depthwise where in_channels == groups) on small
+# odd shapes.  bf16 runs here only where no tl.dot is involved: the depthwise kernel.
+@given(spec=specs("conv2d", max_batch=2, max_channels=20, max_hw=11, max_kernel=4, max_stride=3,
+                  max_padding=2, max_dilation=2, max_groups=4, per_axis=True),
+       dtype=st.sampled_from(Conv2d.dtypes), layout=st.sampled_from(LAYOUTS), seed=SEEDS)
+def test_conv2d_drawn_fields(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
+    assume(spec.depthwise or dtype != "bf16")
+    check("conv2d", spec, dtype, layout, seed)
+
+
+# The implicit GEMM with the fields real networks use (fp32 and fp16: bf16 needs the GPU's tl.dot).
+FIELD_CASES = {
+    "per-axis-stride-padding-dilation": Conv2d(1, 3, 5, 9, 11, 3, 3, stride_h=2, stride_w=3, padding_h=2,
+                                               padding_w=1, dilation_h=2, dilation_w=3),
+    "inception-1x7-c17-flat": Conv2d(2, 17, 3, 7, 13, 1, 7, padding_w=3),
+    "7x1-pad-h3-stride-2x1-no-bias": Conv2d(1, 6, 4, 11, 5, 7, 1, stride_h=2, stride_w=1, padding_h=3,
+                                            bias=False),
+    "atrous-3x3-dilation2-channel-blocked": Conv2d(1, 16, 4, 13, 13, 3, 3, padding=2, dilation=2),
+    "groups2-stride-2x1": Conv2d(2, 6, 10, 7, 9, 3, 3, stride_h=2, stride_w=1, padding=1, groups=2),
+    "groups4-dilation2-no-bias": Conv2d(1, 8, 12, 9, 7, 3, 3, padding_h=2, padding_w=1, dilation_h=2,
+                                        groups=4, bias=False),
+    "groups4-1x7": Conv2d(1, 8, 8, 5, 9, 1, 7, padding_w=3, groups=4),
+    # 16 channels a group: the channel-blocked walk (NCHW through the NHWC copy); 20 output channels
+    # a group: two channel parts of each group (16 + 4 under the interpreter's tile).
+    "groups2-channel-blocked-two-parts": Conv2d(1, 32, 40, 5, 6, 3, 3, padding=1, groups=2),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", FIELD_CASES)
+def test_conv2d_fields(name: str, dtype: str, layout: str) -> None:
+    check("conv2d", FIELD_CASES[name], dtype, layout, zlib.crc32(name.encode()))
+
+
+# The depthwise kernel: channel multipliers 1 and 2, per-axis fields, odd sizes.
+DEPTHWISE_CASES = {
+    "mult1-3x3-stride2": Conv2d(2, 6, 6, 9, 11, 3, 3, stride=2, padding=1, groups=6),
+    "mult2-5x5-no-bias": Conv2d(1, 3, 6, 8, 7, 5, 5, padding=2, groups=3, bias=False),
+    "mult1-dilation2-stride-2x1": Conv2d(1, 5, 5, 9, 8, 3, 3, stride_h=2, stride_w=1, padding=2, dilation=2,
+                                         groups=5),
+    "mult1-1x7": Conv2d(1, 4, 4, 5, 9, 1, 7, padding_w=3, groups=4),
+    # NHWC: three channel blocks, the last ragged; NCHW: 27-pixel planes, two a program.
+    "mult2-7x1-many-channels": Conv2d(1, 20, 40, 9, 3, 7, 1, padding_h=3, groups=20),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", DEPTHWISE_CASES)
+def test_conv2d_depthwise(name: str, dtype: str, layout: str) -> None:
+    check("conv2d", DEPTHWISE_CASES[name], dtype, layout, zlib.crc32(name.encode()))
+
+
+def test_conv2d_depthwise_records_its_kernel() -> None:
+    spec = DEPTHWISE_CASES["mult1-1x7"]
+    tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
+    kernel = get("conv2d", "triton").build(spec, get_dtype("fp16"), "NHWC", tensors, make_output(spec, tensors))
+    assert kernel.details == {"algorithm": "depthwise"}
 
 
 @given(spec=specs("pool2d", max_batch=2, max_channels=10, max_hw=16, max_kernel=4, max_stride=3),
@@ -156,6 +217,9 @@ def test_conv2d_fft_drawn(spec: Conv2d, layout: str, seed: int) -> None:
 @pytest.mark.parametrize("dtype, spec, reason", [
     ("fp16", Conv2d(1, 2, 2, 6, 6, 3, 3), "tf32 only"),
     ("tf32", Conv2d(1, 2, 2, 6, 6, 3, 3, stride=2), "stride 1"),
+    ("tf32", Conv2d(1, 2, 2, 6, 6, 3, 3, dilation=2), "dilation_h 2, dilation_w 2"),
+    ("tf32", Conv2d(1, 2, 2, 6, 6, 3, 3, padding_h=1), "padding_h 1 != padding_w 0"),
+    ("tf32", Conv2d(1, 4, 4, 6, 6, 3, 3, groups=2), "groups 2"),
 ])
 def test_conv2d_fft_refuses(dtype: str, spec: Conv2d, reason: str) -> None:
     tensors = make_tensors(spec, dtype, "NCHW", "cpu")

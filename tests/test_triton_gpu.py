@@ -1,4 +1,5 @@
-"""Triton kernels on a CUDA GPU at realistic shapes (thesis layers, AlexNet), every dtype and layout.
+"""Triton kernels on a CUDA GPU at realistic shapes (thesis layers, AlexNet, the conv fields of
+MobileNetV2, Inception, DeepLab and ResNeXt), every dtype and layout.
 
 Batch sizes are cut to 8-32 where the float64 reference would otherwise dominate; channel counts
 and spatial sizes are the real ones.  The first run is dominated by Triton compiling and
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import fft_conv
+from kernels.triton import depthwise, fft_conv
 from layerbench.measure.launch import make_batch
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
@@ -83,6 +84,72 @@ def test_conv2d_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -
                 result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda",
                                               seed=seed_of(name))
                 assert result.ok, f"{config} {name} {dtype}: {result.message}"
+    finally:
+        triton_conv._tuned.cache_clear()
+
+
+# The fields real networks use: MobileNetV2's depthwise layers (batch 64), Inception-v3's 1x7 and
+# 7x1 (batch 32), a ResNet layer4 3x3 dilated for DeepLab, ResNeXt-50 32x4d's grouped 3x3s (4 and
+# 16 channels a group: the flat and the channel-blocked walk).
+NETWORK_CONV = {
+    "mobilenetv2-dw-96ch-112-s2": Conv2d(64, 96, 96, 112, 112, 3, 3, stride=2, padding=1, groups=96,
+                                         bias=False),
+    "mobilenetv2-dw-144ch-56-s1": Conv2d(64, 144, 144, 56, 56, 3, 3, padding=1, groups=144, bias=False),
+    "mobilenetv2-dw-576ch-14-s1": Conv2d(64, 576, 576, 14, 14, 3, 3, padding=1, groups=576, bias=False),
+    "mobilenetv2-dw-960ch-7-s1": Conv2d(64, 960, 960, 7, 7, 3, 3, padding=1, groups=960),
+    "depthwise-mult2-5x5": Conv2d(16, 32, 64, 30, 30, 5, 5, padding=2, groups=32),
+    "inception-1x7": Conv2d(32, 128, 128, 17, 17, 1, 7, padding_w=3),
+    "inception-7x1": Conv2d(32, 128, 192, 17, 17, 7, 1, padding_h=3),
+    "deeplab-dilated-3x3": Conv2d(8, 512, 512, 28, 28, 3, 3, padding=2, dilation=2),
+    "resnext-grouped-3x3-4ch": Conv2d(16, 128, 128, 56, 56, 3, 3, padding=1, groups=32, bias=False),
+    "resnext-grouped-3x3-16ch-s2": Conv2d(16, 512, 512, 28, 28, 3, 3, stride=2, padding=1, groups=32,
+                                          bias=False),
+}
+
+
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("name", NETWORK_CONV)
+def test_conv2d_network_fields(name: str, dtype: str, layout: str) -> None:
+    check("conv2d", NETWORK_CONV[name], dtype, layout, seed_of(name))
+
+
+# Every depthwise tile forced in turn (the autotuner keeps one per problem), on sizes that cut the
+# tiles: 40 channels (NHWC blocks of 32 and 64 ragged), 13x13 planes (NCHW: several a program).
+DEPTHWISE_CONFIG_CASES = [Conv2d(3, 40, 40, 13, 13, 3, 3, stride=2, padding=1, groups=40),
+                          Conv2d(2, 20, 40, 37, 29, 3, 5, padding_h=1, padding_w=4, dilation_w=2, groups=20)]
+
+
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+def test_conv2d_depthwise_every_tile_config(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiles = depthwise._NHWC_TILES if layout == "NHWC" else depthwise._NCHW_TILES
+    tuners = (depthwise._nhwc_tuned, depthwise._nchw_tuned)
+    try:
+        for tile in list(tiles):
+            monkeypatch.setattr(depthwise, "_NHWC_TILES" if layout == "NHWC" else "_NCHW_TILES", [tile])
+            for tuner in tuners:
+                tuner.cache_clear()
+            for i, spec in enumerate(DEPTHWISE_CONFIG_CASES):
+                for dtype in ("fp16", "fp32"):
+                    result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda", seed=i)
+                    assert result.ok, f"{tile} {spec} {dtype}: {result.message}"
+    finally:
+        for tuner in tuners:
+            tuner.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
+def test_conv2d_narrow_group_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups of 8 output channels take every tile narrowed to 16 channels (swapped tiles left out)."""
+    mode = triton_conv.DOT_MODE[dtype]
+    spec = Conv2d(3, 32, 32, 11, 13, 3, 3, padding=1, groups=4)
+    try:
+        for config in [c for c in triton_conv._CONFIGS[mode] if not c.kwargs["SWAP"]]:
+            monkeypatch.setitem(triton_conv._CONFIGS, mode, [config])
+            triton_conv._tuned.cache_clear()
+            for layout in Conv2d.layouts:
+                result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda", seed=5)
+                assert result.ok, f"{config} {layout} {dtype}: {result.message}"
     finally:
         triton_conv._tuned.cache_clear()
 
@@ -188,6 +255,14 @@ def test_conv2d_drawn(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
 
 
 @settings(max_examples=15)
+@given(spec=specs("conv2d", max_batch=4, max_channels=70, max_hw=40, max_kernel=7, max_stride=3,
+                  max_padding=3, max_dilation=2, max_groups=4, per_axis=True),
+       dtype=st.sampled_from(Conv2d.dtypes), layout=st.sampled_from(Conv2d.layouts), seed=SEEDS)
+def test_conv2d_drawn_fields(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
+    check("conv2d", spec, dtype, layout, seed)
+
+
+@settings(max_examples=15)
 @given(spec=specs("pool2d", max_batch=8, max_channels=300, max_hw=64, max_kernel=5, max_stride=3),
        dtype=st.sampled_from(Pool2d.dtypes), layout=st.sampled_from(Pool2d.layouts), seed=SEEDS)
 def test_pool2d_drawn(spec: Pool2d, dtype: str, layout: str, seed: int) -> None:
@@ -220,6 +295,8 @@ def test_cpu_tensors_are_refused_when_compiled() -> None:
 @pytest.mark.parametrize("layer,spec,layout", [
     ("linear", Linear(128, 4096, 1000), "NCHW"),  # split-K: two launches and a workspace
     ("conv2d", Conv2d(4, 64, 64, 28, 28, 3, 3, padding=1), "NHWC"),
+    ("conv2d", Conv2d(4, 64, 64, 28, 28, 3, 3, padding=1, groups=64), "NCHW"),  # depthwise
+    ("conv2d", Conv2d(4, 64, 64, 28, 28, 3, 3, padding=1, groups=8), "NCHW"),  # grouped, NHWC copies
     ("pool2d", Pool2d(8, 64, 27, 27, 3, 2), "NCHW"),
     ("relu", ReLU(8, 64, 27, 27, inplace=True), "NCHW"),
 ])

@@ -1,16 +1,22 @@
-"""2-D convolution in Triton as an implicit GEMM, and for tf32 also as an FFT convolution.
+"""2-D convolution in Triton as an implicit GEMM, for tf32 also as an FFT convolution, and
+depthwise as a direct kernel (depthwise.py).
 
-Algorithm (recorded in ``kernel.details``): for tf32 with stride 1, the FFT convolution of
-fft_conv.py is built as well, both are timed on the real buffers and the faster is kept, as
-cudnnFind does for cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).
+Algorithm (recorded in ``kernel.details``): for a plain tf32 convolution with stride 1 (one
+stride and padding for both axes, no dilation, one group), the FFT convolution of fft_conv.py is
+built as well, both are timed on the real buffers and the faster is kept, as cudnnFind does for
+cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwise convolutions
+(groups == in_channels) go to the direct kernel: one multiply-add per loaded element is no GEMM.
 
 GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
 a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
 gathered from the input on the fly (padding and ragged edges are masked loads of zero), B tiles
 come straight from the weight, products accumulate in fp32, bias is added in the epilogue and
-the result is written in the output's dtype.  Input and output are dense NCHW or NHWC, each
-specialised at compile time (addresses follow from the sizes, so only C, K and C*R*S need
-compiling per divisibility pattern); the weight is walked in its own memory order.
+the result is written in the output's dtype.  Stride, padding and dilation are per axis, in the
+index maps from output pixel and tap to input pixel.  A grouped convolution is one GEMM per
+group (program axis 1), each over its group's C / groups input and K / groups output channels.
+Input and output are dense NCHW or NHWC, each specialised at compile time (addresses follow from
+the sizes, so only the channel counts and C*R*S need compiling per divisibility pattern); the
+weight is walked in its own memory order.
 
 Two walks of the reduction, chosen per problem:
 
@@ -34,8 +40,9 @@ each with its own tile (channel_parts): one launch of 128-wide tiles would compu
 for 192.
 
 Autotuning (GPU): a few tile shapes per arithmetic mode (tensor-core fp16/bf16, tf32, fp32 FMA),
-keyed on every size of the problem, the layout and the mode.  Under the interpreter one small
-fixed tile is used.  Program ids are grouped along M so neighbouring programs share B tiles in L2.
+keyed on every size of the problem, the layout and the mode; narrow groups get tiles as narrow
+as their channels (at least 16).  Under the interpreter one small fixed tile is used.  Program
+ids are grouped along M so neighbouring programs share B tiles in L2.
 """
 
 from __future__ import annotations
@@ -46,20 +53,21 @@ import torch
 import triton
 import triton.language as tl
 
-from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, in_order
+from layerbench.builders import Built, Kernel, Tensors, check_workspace, faster_of, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Conv2d
 
 from kernels.triton import fft_conv
+from kernels.triton.depthwise import build_depthwise
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs,
-                                    dense_layout, grouped_tile, interpreting, quick_bench,
-                                    tile_config)
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
+                                    check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
+                                    quick_bench, tile_config)
 
-_KEY = ["N", "C", "H", "W", "K", "KY", "P", "Q", "R", "S", "stride", "pad", "X_NHWC", "Y_NHWC",
-        "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
+_KEY = ["N", "C", "CX", "H", "W", "K", "KY", "KG", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
+        "dil_h", "dil_w", "X_NHWC", "Y_NHWC", "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
 
 
 def _tile(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
@@ -109,28 +117,42 @@ def _mma_result(acc, SWAP: tl.constexpr):
         return acc
 
 
-# Only C, K, KY and C*R*S are specialised on: their divisibility by 16 is what lets loads and
-# stores vectorise.  Every other size would only multiply the compiles (one per divisibility
-# pattern).  K is the number of output channels this launch computes, KY the output's: a launch
-# may own a run of channels (w_ptr, b_ptr and y_ptr then point at its first one).
-@triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride", "pad"])
+# Only C, CX, K, KY, KG and C*R*S are specialised on: their divisibility by 16 is what lets loads
+# and stores vectorise.  Every other size would only multiply the compiles (one per divisibility
+# pattern).  K is the number of output channels this launch computes per group, KY the output's: a
+# launch may own a run of channels (w_ptr, b_ptr and y_ptr then point at its first one).
+# Groups: program axis 1 is the group g, an independent GEMM over C = CX / groups input channels
+# from channel g*C of x, writing KG output channels from channel g*KG (weight rows g*KG...).
+# One group (CX == C, GROUPED false) is the plain convolution.
+@triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
+                               "dil_h", "dil_w"])
 def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
-                   N, C, H, W, K, KY, P, Q, R, S, CRS, stride, pad,
+                   N, C, CX, H, W, K, KY, KG, P, Q, R, S, CRS, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                    X_NHWC: tl.constexpr, Y_NHWC: tl.constexpr,
-                   CHANNEL_BLOCK: tl.constexpr, WEIGHT_RSC: tl.constexpr,
+                   CHANNEL_BLOCK: tl.constexpr, WEIGHT_RSC: tl.constexpr, GROUPED: tl.constexpr,
                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    GROUP_M: tl.constexpr, SWAP: tl.constexpr):
     # Dense tensors: strides follow from the sizes and the layout.
     if X_NHWC:
         sxc = 1
-        sxw = C
-        sxh = W * C
+        sxw = CX
+        sxh = W * CX
     else:
         sxw = 1
         sxh = W
         sxc = H * W
-    sxn = C * H * W
+    sxn = CX * H * W
+    if GROUPED:  # a compile-time switch, so that plain convolutions keep their pointers' alignment
+        if Y_NHWC:
+            syc = 1
+        else:
+            syc = P * Q
+        g = tl.program_id(1)
+        x_ptr += g * C * sxc
+        w_ptr += g * KG * CRS
+        b_ptr += g * KG
+        y_ptr += g * KG * syc
     M = N * P * Q
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, K, BLOCK_M, BLOCK_N, GROUP_M)
 
@@ -144,8 +166,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     q = m % Q
     p = (m // Q) % P
     n = m // (Q * P)
-    ih0 = p * stride - pad
-    iw0 = q * stride - pad
+    ih0 = p * stride_h - pad_h
+    iw0 = q * stride_w - pad_w
     x_rows = x_ptr + n * sxn
     w_cols = w_ptr + k_out * CRS
 
@@ -157,8 +179,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             rs = step // c_blocks
             cs = (step % c_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
             c_ok = cs < C
-            ih = ih0 + rs // S
-            iw = iw0 + rs % S
+            ih = ih0 + (rs // S) * dil_h
+            iw = iw0 + (rs % S) * dil_w
             pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a_ptrs = (x_rows + ih * sxh + iw * sxw)[:, None] + cs[None, :]
             a = tl.load(a_ptrs, mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
@@ -174,8 +196,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
             else:
                 c = kk // (R * S)
                 rs = kk % (R * S)
-            ih = ih0[:, None] + (rs // S)[None, :]
-            iw = iw0[:, None] + (rs % S)[None, :]
+            ih = ih0[:, None] + ((rs // S) * dil_h)[None, :]
+            iw = iw0[:, None] + ((rs % S) * dil_w)[None, :]
             ok = (m_ok[:, None] & k_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             a = tl.load(x_rows[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=ok, other=0.0)
             b = tl.load(w_cols[None, :] + kk[:, None], mask=k_ok[:, None], other=0.0)
@@ -224,10 +246,20 @@ def _channels_last_copy(t: torch.Tensor) -> tuple[torch.Tensor, Kernel]:
 
 
 @functools.cache
-def _tuned(mode: str, max_block_k: int):
-    configs = [_tile(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], min(c.kwargs["BLOCK_K"], max_block_k),
-                     c.num_warps, c.num_stages, c.kwargs["SWAP"])
-               for c in _CONFIGS[mode]]
+def _tuned(mode: str, max_block_k: int, max_block_n: int | None = None):
+    """The tuner over ``mode``'s tiles with BLOCK_K (and BLOCK_N, where given) capped.
+
+    The BLOCK_N cap is for narrow groups (ResNeXt's 4 to 32 channels a group): tiles as narrow as
+    16 instead of 64-256 channels computed for a few.  A swapped tile is kept only while its
+    channel side stays 64 wide, the rows of a warpgroup MMA.
+    """
+    configs = []
+    for c in _CONFIGS[mode]:
+        block_n = min(c.kwargs["BLOCK_N"], max_block_n or c.kwargs["BLOCK_N"])
+        if c.kwargs["SWAP"] and block_n < 64:
+            continue
+        configs.append(_tile(c.kwargs["BLOCK_M"], block_n, min(c.kwargs["BLOCK_K"], max_block_k),
+                             c.num_warps, c.num_stages, c.kwargs["SWAP"]))
     unique = list({str(c): c for c in configs}.values())
     return autotuned(_conv2d_kernel, unique, _KEY)
 
@@ -258,24 +290,20 @@ def channel_block(c: int, max_block_k: int) -> int:
 
 
 def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    """The implicit GEMM (after a layout copy where NCHW data fits the channel-blocked walk)."""
+    """The implicit GEMM, one per group (after a layout copy where NCHW data fits the
+    channel-blocked walk)."""
     check_inputs(_conv2d_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
+    check_conv_tensors(spec, tensors, out)
     x, w = tensors["x"], tensors["weight"]
     bias = tensors.get("bias")
-    if spec.bias != (bias is not None):
-        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
-    if (tuple(x.shape), tuple(w.shape), tuple(out.shape)) != (spec.input_shape, spec.weight_shape,
-                                                              spec.output_shape):
-        raise Unsupported(f"tensor shapes do not match {spec}")
-    if bias is not None and not bias.is_contiguous():
-        raise Unsupported("bias must be contiguous")
     # The reduction walks a channels_last weight in (r, s, c) order, a contiguous one in (c, r, s).
     x_nhwc, weight_rsc, y_nhwc = (dense_layout(t, layout) for t in (x, w, out))
     if x_nhwc is None or weight_rsc is None or y_nhwc is None:
         raise Unsupported("conv2d needs x, weight and out dense in NCHW or NHWC (channels_last)")
 
-    n, c, h, wd = spec.input_shape
-    k = spec.out_channels
+    n, cx, h, wd = spec.input_shape
+    groups = spec.groups
+    c, k_group = cx // groups, spec.out_channels // groups  # one group's GEMM: C by K_group channels
     p, q = spec.out_height, spec.out_width
     mode = DOT_MODE[dtype.name]
     # Under the interpreter the tile is fixed, so the channel block must fit its BLOCK_K.
@@ -296,23 +324,27 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
         copy()  # the buffers must hold the data before autotuning runs the GEMM on them
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
     meta = {"X_NHWC": x_nhwc, "Y_NHWC": y_nhwc, "CHANNEL_BLOCK": bool(block_k),
-            "WEIGHT_RSC": weight_rsc, "HAS_BIAS": bias is not None,
+            "WEIGHT_RSC": weight_rsc, "GROUPED": groups > 1, "HAS_BIAS": bias is not None,
             "PRECISION": DOT_PRECISION[dtype.name]}
 
     m_total = n * p * q
     crs = c * spec.kernel_h * spec.kernel_w
     wide = fixed["BLOCK_N"] if interpreting(_conv2d_kernel) else _WIDE_N
-    tuned = _tuned(mode, block_k or cap)  # one tuner: K and KY in its key tune each part apart
+    narrow = max(16, next_pow2(k_group)) if groups > 1 else None
+    tuned = _tuned(mode, block_k or cap, narrow)  # one tuner: K and KY in its key tune each part apart
     launches = []
-    for lo, hi in channel_parts(k, wide):
-        # A run of output channels: the weight's rows, the bias and the output's channels lo..hi.
+    for lo, hi in channel_parts(k_group, wide):
+        # A run of each group's output channels: the weight's rows, the bias and the output's
+        # channels lo..hi (of group 0; the kernel moves to its group's).
         w_part, y_part = w[lo:hi], out[:, lo:hi]
         b_part = bias[lo:hi] if bias is not None else y_part
-        args = (x, w_part, b_part, y_part, n, c, h, wd, hi - lo, k, p, q,
-                spec.kernel_h, spec.kernel_w, crs, spec.stride, spec.padding)
+        args = (x, w_part, b_part, y_part, n, c, cx, h, wd, hi - lo, spec.out_channels, k_group, p, q,
+                spec.kernel_h, spec.kernel_w, crs, spec.stride_h, spec.stride_w, spec.padding_h, spec.padding_w,
+                spec.dilation_h, spec.dilation_w)
 
-        def grid(config: dict, channels: int = hi - lo) -> tuple[int]:
-            return (triton.cdiv(m_total, config["BLOCK_M"]) * triton.cdiv(channels, config["BLOCK_N"]),)
+        def grid(config: dict, channels: int = hi - lo) -> tuple[int, int]:
+            tiles = triton.cdiv(m_total, config["BLOCK_M"]) * triton.cdiv(channels, config["BLOCK_N"])
+            return (tiles, groups)
 
         launches.append(bind(_conv2d_kernel, tuned, grid, args, meta, fixed))
     return in_order(*copies, *launches)
@@ -323,6 +355,9 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     check_inputs(fft_conv._strided_gemm_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
     if dtype.name != "tf32":
         raise Unsupported(f"the FFT convolution runs tf32 only, not {dtype.name}")
+    if spec.beyond_plain():
+        raise Unsupported(f"the FFT convolution runs one stride and padding for both axes, dilation 1 and "
+                          f"groups 1 only; this point has {spec.beyond_plain()}")
     plan = fft_plan(spec)
     x, w = tensors["x"], tensors["weight"]
     for name, t in (("x", x), ("weight", w), ("out", out)):
@@ -333,25 +368,31 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     return fft_conv.build(plan, x, w, tensors.get("bias") if spec.bias else None, out)
 
 
-def _plain_only(spec: Conv2d, dtype: str, layout: str) -> str | None:
-    """Refuse what the kernels do not compute (declared to the registry, so ``plan`` shows it)."""
-    beyond = spec.beyond_plain()
-    return (f"the Triton convolution runs one stride and one padding for both axes, "
-            f"dilation 1 and groups 1 only; this point has {beyond}") if beyond else None
+def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
+    """Refuse what the kernels cannot launch (declared to the registry, so ``plan`` shows it): the
+    implicit GEMM puts a grouped convolution's groups on grid axis 1, which holds 65535 programs.
+    Depthwise convolutions take their own kernel, whose grid is one axis."""
+    if spec.depthwise or spec.groups <= MAX_GRID_Y:
+        return None
+    return (f"the Triton implicit GEMM runs at most {MAX_GRID_Y} groups (one grid axis); this point has "
+            f"groups {spec.groups}")
 
 
-@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), supports=_plain_only,
-          description="Triton implicit-GEMM convolution (fp32 accumulation, channel-blocked NHWC "
-                      "walk); for tf32 an FFT convolution on the tensor cores instead where it "
-                      "times faster at build")
+@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), supports=_within_grid,
+          description="Triton convolution: implicit GEMM (fp32 accumulation, channel-blocked NHWC walk; "
+                      "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
+                      "convolutions an FFT convolution on the tensor cores instead where it times faster "
+                      "at build; depthwise a direct kernel of its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    reason = _plain_only(spec, dtype.name, layout)
+    reason = _within_grid(spec, dtype.name, layout)
     if reason:
         raise Unsupported(reason)
+    if spec.depthwise:
+        return Built(build_depthwise(spec, dtype, layout, tensors, out), {"algorithm": "depthwise"})
 
     def fft() -> Kernel:
         if dtype.name == "tf32" and interpreting(_conv2d_kernel):
             raise Unsupported("no timing under the Triton interpreter to choose it by")
-        return build_fft(spec, dtype, tensors, out)  # refuses other dtypes, with the reason
+        return build_fft(spec, dtype, tensors, out)  # refuses other dtypes and fields, with the reason
 
     return faster_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out), "fft", fft, quick_bench)

@@ -22,6 +22,7 @@ from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.builders import Kernel, Tensors
+from layerbench.layers import Conv2d
 
 Grid = Callable[[dict[str, Any]], tuple[int, ...]]
 
@@ -35,6 +36,8 @@ DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32", "fp16": "tf32", "bf16": "tf32"}
 DOT_MODE = {"fp16": "mma16", "bf16": "mma16", "tf32": "tf32", "fp32": "fma32"}
 
 INT32_MAX = 2**31 - 1
+# The most programs a launch grid's axes 1 and 2 may have (axis 0 takes 2**31 - 1).
+MAX_GRID_Y = 65535
 
 
 def tile_config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> triton.Config:
@@ -76,6 +79,19 @@ def check_inputs(fn: object, dtype: DType, allowed: Iterable[str], tensors: Tens
         # ~1e10 (and bf16 comparisons compare bit patterns); compiled kernels are unaffected.
         raise Unsupported("bf16 tl.dot gives wrong results under the Triton interpreter "
                           "(TRITON_INTERPRET=1); run bf16 on a GPU")
+
+
+def check_conv_tensors(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> None:
+    """Raise Unsupported unless x, weight, out (and the bias, contiguous, where the spec has one)
+    have the shapes of conv2d ``spec``."""
+    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
+    if spec.bias != (bias is not None):
+        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
+    if (tuple(x.shape), tuple(w.shape), tuple(out.shape)) != (spec.input_shape, spec.weight_shape,
+                                                              spec.output_shape):
+        raise Unsupported(f"tensor shapes do not match {spec}")
+    if bias is not None and (tuple(bias.shape) != (spec.out_channels,) or not bias.is_contiguous()):
+        raise Unsupported(f"bias must be contiguous, of {spec.out_channels} elements")
 
 
 def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = None) -> Any:
