@@ -67,7 +67,8 @@ CONV_RULES = (("triton", "bf16", 0.95, 0.75), ("triton", "fp16", 0.95, 0.75), ("
               ("cupy", "fp32", 0.8, None), ("cupy", "fp16", 0.8, None), ("cupy", "bf16", 0.8, None))
 LINEAR_RULES = (("triton", "bf16", 0.95), ("triton", "fp16", 0.95), ("triton", "tf32", 0.9), ("cupy", "bf16", 0.7),
                 ("cupy", "fp16", 0.7))
-DEPTHWISE_DTYPES = {"triton": ("tf32", "fp16", "bf16"), "cupy": ("fp32", "fp16", "bf16")}
+# A depthwise conv has no GEMM to put on tensor cores: every dtype is judged, fp32 included.
+DEPTHWISE_DTYPES = {i: ("fp32", "fp16", "bf16") for i in ("triton", "cupy")}
 # What the backward passes are called in the targets' text (cuDNN's words for the conv passes).
 CONV_PASSES = {"backward_data": "dgrad", "backward_weight": "wgrad"}
 LINEAR_PASSES = {"backward_data": "dx", "backward_weight": "dW"}
