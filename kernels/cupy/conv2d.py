@@ -48,7 +48,7 @@ def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor)
     index = support.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
     ctype = support.ctype_of(dtype)
     copies: list[support.Launch] = []
-    if spec.in_channels % sources.vector_width(ctype) == 0:
+    if (spec.in_channels // spec.groups) % sources.vector_width(ctype) == 0:
         if x.is_contiguous():
             x, copy_x = _channels_last_copy(x, ctype, index)
             copies.append(copy_x)
@@ -58,9 +58,10 @@ def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor)
     g = igemm.Geometry(
         batch=spec.batch, channels=spec.in_channels, height=spec.height, width=spec.width,
         out_channels=spec.out_channels, out_h=spec.out_height, out_w=spec.out_width,
-        kernel_h=spec.kernel_h, kernel_w=spec.kernel_w, stride=spec.stride, padding=spec.padding,
-        x_strides=tuple(x.stride()), w_strides=tuple(weight.stride()),
-        out_strides=tuple(out.stride()))
+        kernel_h=spec.kernel_h, kernel_w=spec.kernel_w,
+        x_strides=tuple(x.stride()), w_strides=tuple(weight.stride()), out_strides=tuple(out.stride()),
+        stride_h=spec.stride_h, stride_w=spec.stride_w, padding_h=spec.padding_h, padding_w=spec.padding_w,
+        dilation_h=spec.dilation_h, dilation_w=spec.dilation_w, groups=spec.groups)
     bias = tensors.get("bias") if spec.bias else None
     return in_order(*copies, igemm.build(dtype, x, weight, bias, out, g))
 

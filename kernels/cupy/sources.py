@@ -64,13 +64,14 @@ def pool_nhwc_name(ctype: str, method: str, vec: int, kernel: int) -> str:
     return f"pool2d_nhwc<{ctype}, {POOL_METHODS[method]}, {vec}, {_pool_k(kernel)}>"
 
 
-def igemm_name(ctype: str, tensor_cores: bool, a_vec: bool) -> str:
-    """The GEMM kernel: FFMA for fp32, mma.sync for fp16/bf16 and for fp32 data as tf32."""
+def igemm_name(ctype: str, tensor_cores: bool, a_vec: bool, grouped: bool = False) -> str:
+    """The GEMM kernel: FFMA for fp32, mma.sync for fp16/bf16 and for fp32 data as tf32;
+    ``grouped``: the instantiation that runs one GEMM per group of a grouped convolution."""
     if not tensor_cores:
         if ctype != "float":
             raise ValueError(f"the FFMA kernel is fp32 only, got {ctype}")
-        return f"igemm_simt<{_cpp_bool(a_vec)}>"
-    return f"igemm_mma<{ctype}, {_cpp_bool(a_vec)}>"
+        return f"igemm_simt<{_cpp_bool(a_vec)}, {_cpp_bool(grouped)}>"
+    return f"igemm_mma<{ctype}, {_cpp_bool(a_vec)}, {_cpp_bool(grouped)}>"
 
 
 def reduce_name(ctype: str) -> str:
@@ -145,8 +146,8 @@ SOURCES: dict[str, Source] = {
         + [pool_nhwc_name(t, m, v, k) for t in STORAGE_TYPES for m in POOL_METHODS
            for v in (1, vector_width(t)) for k in (0, *POOL_UNROLLED)])),
     "igemm": Source("igemm.cu", tuple(
-        [igemm_name("float", False, a) for a in (True, False)]
-        + [igemm_name(t, True, a) for t in STORAGE_TYPES for a in (True, False)]
+        [igemm_name("float", False, a, gr) for a in (True, False) for gr in (False, True)]
+        + [igemm_name(t, True, a, gr) for t in STORAGE_TYPES for a in (True, False) for gr in (False, True)]
         + [reduce_name(t) for t in STORAGE_TYPES])),
     "layout": Source("layout.cu", tuple(to_channels_last_name(t) for t in STORAGE_TYPES)),
     "relu_backward": Source("relu_backward.cu", tuple(relu_backward_name(t) for t in STORAGE_TYPES)),
