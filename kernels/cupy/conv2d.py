@@ -1,5 +1,10 @@
 """Convolution launcher: the implicit GEMM of igemm.cu, or for fp32 the FFT convolution of
-fft_conv.cu, on NCHW or NHWC tensors.
+fft_conv.cu, on NCHW or NHWC tensors; a depthwise convolution (groups == in_channels) runs
+depthwise.cu's direct kernels instead (depthwise.py).
+
+Every conv field runs: per-axis stride and padding and dilation enter the implicit GEMM's index
+math (its k table and its output-pixel origins), groups its grid (one GEMM per group, in the
+kernels' grouped instantiation); the FFT convolution runs plain convolutions only.
 
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
 stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import fft_conv, igemm, sources, support
+from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, sources, support
 from kernels.cupy.fft_plan import fft_plan
 from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, hot_median_ms, in_order
 from layerbench.dtypes import DType
@@ -77,23 +82,33 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     return fft_conv.build(plan, x, weight, tensors.get("bias") if spec.bias else None, out, index)
 
 
-def _plain_only(spec: Conv2d, dtype: str, layout: str) -> str | None:
-    """Refuse what the kernels do not compute (declared to the registry, so ``plan`` shows it)."""
-    beyond = spec.beyond_plain()
-    return (f"the CuPy convolution runs one stride and one padding for both axes, "
-            f"dilation 1 and groups 1 only; this point has {beyond}") if beyond else None
+def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
+    """Refuse what the kernels cannot run (declared to the registry, so ``plan`` shows it): grids
+    and shared memory past the CUDA limits."""
+    if spec.depthwise:
+        try:
+            depthwise_plan.plan_depthwise(spec, layout, sources.CTYPES[dtype])
+        except Unsupported as why:
+            return str(why)
+        return None
+    if spec.groups > igemm_plan.MAX_GRID_Z:
+        return f"the CuPy implicit GEMM runs at most {igemm_plan.MAX_GRID_Z} groups, this point has {spec.groups}"
+    return None
 
 
-@register("conv2d", "cupy", backend="cupy", supports=_plain_only,
+@register("conv2d", "cupy", backend="cupy", supports=_refusal,
           description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
-                      "cores for tf32/fp16/bf16, split-K when the output is small); for fp32 an FFT "
-                      "convolution instead where it times faster at build")
+                      "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
+                      "for fp32 an FFT convolution instead where it times faster at build; depthwise: "
+                      "direct memory-bound kernels (fp32 FMA)")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    reason = _plain_only(spec, dtype.name, layout)
+    reason = _refusal(spec, dtype.name, layout)
     if reason:
         raise Unsupported(reason)
     support.check_dtype("conv2d", dtype, spec.dtypes)
     support.check_layout("conv2d", layout, spec.layouts)
+    if spec.depthwise:
+        return depthwise.build(spec, dtype, layout, tensors, out)
     gemm = build_igemm(spec, dtype, tensors, out)
 
     def fft() -> Kernel:

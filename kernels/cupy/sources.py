@@ -120,6 +120,23 @@ def wgrad_reduce_name(ctype: str) -> str:
 # (storage type, tensor cores) of every backward GEMM instantiation.
 BACKWARD_VARIANTS = (("float", False),) + tuple((t, True) for t in STORAGE_TYPES)
 
+# Depthwise windows whose taps unroll (square, K x K), and the strides along w of the NHWC kernel's
+# unrolled rows; any other window runs the kernels' loops (K = 0).
+DEPTHWISE_UNROLLED = (3, 5, 7)
+DEPTHWISE_NHWC_STRIDES = (1, 2)
+
+
+def depthwise_nhwc_name(ctype: str, vec: int, kernel: int, stride_w: int) -> str:
+    """depthwise.cu's NHWC kernel: ``vec`` channels per thread; ``kernel`` 0 (with ``stride_w`` 0)
+    for the loops, else a window of kernel x kernel taps at stride ``stride_w`` along w."""
+    return f"depthwise_nhwc<{ctype}, {vec}, {kernel}, {stride_w}>"
+
+
+def depthwise_nchw_name(ctype: str, kernel: int) -> str:
+    """depthwise.cu's NCHW kernel: ``kernel`` x ``kernel`` taps unrolled, or 0 for the loops."""
+    return f"depthwise_nchw<{ctype}, {kernel}>"
+
+
 FFT_LOG_SIZES = range(4, 8)  # transforms of 16 x 16 .. 128 x 128 (shared memory caps the size)
 FFT_CGEMM_NAME = "fft_cgemm"
 
@@ -157,6 +174,13 @@ SOURCES: dict[str, Source] = {
     "fft_conv": Source("fft_conv.cu", tuple(
         [fft_forward_name(n) for n in FFT_LOG_SIZES] + [fft_inverse_name(n) for n in FFT_LOG_SIZES]
         + [FFT_CGEMM_NAME])),
+    # The unrolled NHWC windows need 16-byte vectors (multiplier 1, aligned channels); one
+    # channel per thread runs the loops.
+    "depthwise": Source("depthwise.cu", tuple(
+        [depthwise_nhwc_name(t, vector_width(t), k, s) for t in STORAGE_TYPES for k in DEPTHWISE_UNROLLED
+         for s in DEPTHWISE_NHWC_STRIDES]
+        + [depthwise_nhwc_name(t, v, 0, 0) for t in STORAGE_TYPES for v in (1, vector_width(t))]
+        + [depthwise_nchw_name(t, k) for t in STORAGE_TYPES for k in (0, *DEPTHWISE_UNROLLED)])),
     "conv2d_backward": Source("conv2d_backward.cu", tuple(
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
