@@ -164,7 +164,7 @@ def test_torch_reference_implementation_runs_the_new_fields() -> None:
     ({"dilation": 2}, "dilation_h 2"), ({"groups": 2}, "groups 2"), ({"groups": 4}, "groups 4 (depthwise)"),
     ({"stride_h": 2, "stride_w": 1}, "stride_h 2 != stride_w 1"),
     ({"padding_h": 1, "padding_w": 0}, "padding_h 1 != padding_w 0")])
-@pytest.mark.parametrize("impl", ["triton", "cupy"])
+@pytest.mark.parametrize("impl", ["triton"])
 def test_custom_kernels_refuse_what_they_do_not_compute(impl: str, kwargs: dict, named: str) -> None:
     spec = Conv2d(1, 4, 4, 7, 7, 3, 3, **kwargs)
     reason = registry.unsupported_reason("conv2d", impl, spec, "fp32", "NCHW", "cuda")

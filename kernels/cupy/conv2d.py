@@ -15,8 +15,8 @@ measured for each choice is in notes/perf.md.
 Implicit GEMM:
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
 fp32 accumulation.  Both layouts run the same kernels through the tensors' strides; NHWC with
-channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else element-wise.
-NCHW input with such a channel count is first copied to NHWC, and the weight to OHWI, by
+a group's channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else
+element-wise.  NCHW input with such a channel count is first copied to NHWC, and the weight to OHWI, by
 layout.cu inside the timed call (as cuDNN does): the GEMM then takes the 16-byte path and writes
 the NCHW output through its strides, where the element-wise NCHW gather would be much slower.
 """

@@ -6,7 +6,7 @@ checked on any machine, without a GPU:
 
 * ReLU's bit trick (``relu_bits``, relu.cu);
 * the ldmatrix / mma.sync fragment addressing (``ldmatrix_x4``, ``fragment_element``) and the
-  whole implicit GEMM (``model_igemm``: loaders, tiles, split-K, epilogue; igemm.cu);
+  whole implicit GEMM (``model_igemm``: loaders, tiles, split-K, groups, epilogue; igemm.cu);
 * the pooling loops (``model_pool_nhwc``, ``model_pool_nchw_band``; pool2d.cu);
 * the FFT convolution's transforms (``model_fft_forward``, ``model_fft_inverse``; fft_conv.cu);
 * the backward GEMMs of conv2d (``model_dgrad``, ``model_wgrad``: tables, loaders, tiles, the
