@@ -21,10 +21,16 @@ from layerbench.layers import Conv2d
 MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
 
 
+def fp32_copy(t: torch.Tensor) -> torch.Tensor:
+    """A fresh dense fp32 copy of ``t``: the kernels load it in 16- and 32-byte vectors, which a
+    new allocation aligns (a view of the caller's tensor might not be)."""
+    return torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t)
+
+
 def prepared_filter(spec: Conv2d, weight: torch.Tensor, layout: str) -> torch.Tensor:
     """The filter as fp32 [channel][tap] (NCHW) or [tap][channel] (NHWC), tap = kh * KW + kw."""
-    taps = weight.float().reshape(spec.out_channels, spec.kernel_h * spec.kernel_w)
-    return (taps.t() if layout == "NHWC" else taps).contiguous()
+    taps = weight.reshape(spec.out_channels, spec.kernel_h * spec.kernel_w)
+    return fp32_copy(taps.t() if layout == "NHWC" else taps)
 
 
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -37,7 +43,7 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     ctype = support.ctype_of(dtype)
     plan = plan_depthwise(spec, layout, ctype, x.data_ptr(), out.data_ptr())
     wt = prepared_filter(spec, weight, layout)
-    bt = bias.float().contiguous() if bias is not None else None
+    bt = fp32_copy(bias) if bias is not None else None
     return Built(_launch(spec, plan, layout, x, wt, bt, out, index),
                  {"algorithm": "depthwise", "kernel": plan.name})
 
