@@ -160,25 +160,14 @@ def test_torch_reference_implementation_runs_the_new_fields() -> None:
 
 # ------------------------------------------------------------------ the custom kernels refuse
 
-@pytest.mark.parametrize("kwargs, named", [
-    ({"dilation": 2}, "dilation_h 2"), ({"groups": 2}, "groups 2"), ({"groups": 4}, "groups 4 (depthwise)"),
-    ({"stride_h": 2, "stride_w": 1}, "stride_h 2 != stride_w 1"),
-    ({"padding_h": 1, "padding_w": 0}, "padding_h 1 != padding_w 0")])
-def test_cupy_refuses_what_it_does_not_compute(kwargs: dict, named: str) -> None:
-    spec = Conv2d(1, 4, 4, 7, 7, 3, 3, **kwargs)
-    reason = registry.unsupported_reason("conv2d", "cupy", spec, "fp32", "NCHW", "cuda")
-    assert reason is not None and named in reason
-    plain = Conv2d(1, 4, 4, 7, 7, 3, 3, stride=2, padding=1)
-    assert registry.unsupported_reason("conv2d", "cupy", plain, "fp32", "NCHW", "cuda") is None
-
-
+@pytest.mark.parametrize("impl", ["triton", "cupy"])
 @pytest.mark.parametrize("kwargs", [{"dilation": 2}, {"groups": 2}, {"groups": 4},
                                     {"stride_h": 2, "stride_w": 1}, {"padding_h": 1, "padding_w": 0}])
-def test_triton_takes_every_field(kwargs: dict) -> None:
-    """Its kernels compute them all (checked in tests/test_triton.py)."""
+def test_custom_kernels_take_every_field(impl: str, kwargs: dict) -> None:
+    """Their kernels compute them all (tests/test_triton.py, the CuPy models and GPU tests)."""
     spec = Conv2d(1, 4, 4, 7, 7, 3, 3, **kwargs)
     for layout in Conv2d.layouts:
-        assert registry.unsupported_reason("conv2d", "triton", spec, "bf16", layout, "cuda") is None
+        assert registry.unsupported_reason("conv2d", impl, spec, "bf16", layout, "cuda") is None
 
 
 def test_triton_refuses_more_groups_than_a_grid_axis_holds() -> None:

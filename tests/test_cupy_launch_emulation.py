@@ -1,9 +1,10 @@
-"""The CuPy backward launchers end to end on the CPU: check_implementation builds every pass
-(training included) through the registry, and each launch runs a CPU emulation of its kernel,
+"""The CuPy backward launchers, and the convolution's forward on the conv fields (per-axis stride
+and padding, dilation, groups, depthwise), end to end on the CPU: check_implementation builds every
+pass (training included) through the registry, and each launch runs a CPU emulation of its kernel,
 which takes the launcher's arguments in the order of the kernel's .cu signature and computes
-with the kernels' models (backward_models, models; igemm.build's GEMM is models.model_igemm on
-the launcher's geometry).  Catches arguments out of order, wrong views, strides or template
-arguments, and parts of the output left unwritten, without a GPU."""
+with the kernels' models (backward_models, models, depthwise_models; igemm.build's GEMM is
+models.model_igemm on the launcher's geometry).  Catches arguments out of order, wrong views,
+strides or template arguments, and parts of the output left unwritten, without a GPU."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ from kernels.cupy.backward_models import (
     relu_backward_bits,
     unsigned_bits,
 )
+from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
+from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_igemm, relu_bits
 from layerbench import registry
 from layerbench.check.correctness import check_implementation
 from layerbench.dtypes import DType
-from layerbench.layers import Linear, Pool2d, ReLU
+from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 
 NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 CTYPES = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torch.bfloat16}
@@ -50,16 +53,18 @@ class EmulatedLaunch:
         self.kernel, targs = re.fullmatch(r"(\w+)<(.*)>", fn.name).groups()
         self.targs = [a.strip() for a in targs.split(",")]
         self.grid, self.block, self.args, self.keep = grid, block, list(args), keep
+        self.name, self.shared_bytes = fn.name, shared_bytes
 
     def value(self, i: int) -> int | float:
         return self.args[i].value
 
-    def memory(self, i: int, count: int) -> torch.Tensor:
-        """``count`` elements from pointer argument ``i``, which must point into a kept tensor."""
+    def memory(self, i: int, count: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``count`` elements from pointer argument ``i``, which must point into a kept tensor of
+        ``dtype`` (default: the kernel's first template argument)."""
         assert isinstance(self.args[i], ctypes.c_void_p), f"argument {i} is not a pointer"
         for t in self.keep:
             if t is not None and t.data_ptr() == self.args[i].value:
-                assert t.dtype == CTYPES[self.targs[0]], "a tensor of the wrong dtype"
+                assert t.dtype == (dtype or CTYPES[self.targs[0]]), "a tensor of the wrong dtype"
                 return torch.as_strided(t, (count,), (1,))
         raise AssertionError(f"{self.kernel}: pointer argument {i} is none of the kept tensors")
 
@@ -111,6 +116,43 @@ class EmulatedLaunch:
         src, dst = self.memory(0, n * c * hw), self.memory(1, n * c * hw)
         moved = model_to_channels_last(src.double().numpy(), c, hw, self.grid, *self.block[:2])
         dst.copy_(torch.from_numpy(moved))
+
+    def _depthwise(self, first: int, batch: int, nhwc: bool) -> tuple[Conv2d, dict[str, torch.Tensor | None]]:
+        """The spec from the shape arguments from ``first`` on (C, H, W, CO, OH, OW, KH, KW, stride_h,
+        stride_w, pad_h, pad_w, dil_h, dil_w, multiplier) and the buffers x, wt, bias, out."""
+        c, h, w, co, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mult = (self.value(first + i) for i in range(15))
+        spec = Conv2d(batch, c, co, h, w, kh, kw, stride_h=sh, stride_w=sw, padding_h=ph, padding_w=pw,
+                      dilation_h=dh, dilation_w=dw, groups=c)
+        assert (spec.out_height, spec.out_width, co // c) == (oh, ow, mult)
+
+        def tensor(i: int, channels: int, rows: int, cols: int) -> torch.Tensor:
+            flat = self.memory(i, batch * channels * rows * cols)
+            if nhwc:
+                return flat.view(batch, rows, cols, channels).permute(0, 3, 1, 2)
+            return flat.view(batch, channels, rows, cols)
+
+        bias = self.memory(2, co, torch.float32) if self.args[2].value is not None else None
+        return spec, {"x": tensor(0, c, h, w), "wt": self.memory(1, co * kh * kw, torch.float32), "bias": bias,
+                      "out": tensor(3, co, oh, ow)}
+
+    def _depthwise_nhwc(self) -> None:  # (x, wt, bias, out, items, C, H, W, CO, ..., multiplier)
+        items, vec, k, s = self.value(4), *(int(a) for a in self.targs[1:])
+        oh, ow, co = self.value(9), self.value(10), self.value(8)
+        batch, rest = divmod(items, oh * -(-ow // PIX) * (co // vec))
+        assert rest == 0 and batch >= 1
+        spec, t = self._depthwise(5, batch, nhwc=True)
+        assert s == (spec.stride_w if k else 0), "the template's stride is not the spec's"
+        plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, vec, k, items, (0, 0, 0, 0))
+        t["out"].copy_(model_depthwise_nhwc(spec, plan, t["x"], t["wt"], t["bias"]))
+
+    def _depthwise_nchw(self) -> None:  # (x, wt, bias, out, C, ..., multiplier, TH, TW, IH, IW)
+        co = self.value(7)
+        batch, rest = divmod(self.grid[0], co)
+        assert rest == 0 and batch >= 1
+        spec, t = self._depthwise(4, batch, nhwc=False)
+        tile = tuple(self.value(i) for i in range(19, 23))
+        plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, 1, int(self.targs[1]), 0, tile)
+        t["out"].copy_(model_depthwise_nchw(spec, plan, t["x"], t["wt"], t["bias"]))
 
     def _column_sums(self) -> None:  # (a, sums, rows, cols)
         rows, cols = self.value(2), self.value(3)
@@ -165,3 +207,21 @@ def test_pool2d_launchers(emulated: None, spec: Pool2d, dtype: str, layout: str,
 ], ids=["odd-fp32", "tf32", "nobias-fp16", "batch1-out1-bf16"])
 def test_linear_launchers(emulated: None, spec: Linear, dtype: str, direction: str) -> None:
     _check("linear", dataclasses.replace(spec, direction=direction), dtype, "NCHW")
+
+
+@pytest.mark.parametrize(("spec", "dtype", "layout"), [
+    (Conv2d(2, 8, 6, 9, 7, 3, 3, stride_h=2, stride_w=1, padding_h=1, padding_w=0, dilation=2, groups=2), "fp16",
+     "NCHW"),
+    (Conv2d(2, 8, 6, 9, 7, 3, 3, stride_h=2, stride_w=1, padding_h=1, padding_w=0, dilation=2, groups=2), "fp32",
+     "NHWC"),
+    (Conv2d(2, 16, 8, 6, 5, 3, 3, padding=1, groups=2, bias=False), "bf16", "NCHW"),  # copied to NHWC first
+    (Conv2d(1, 4, 6, 5, 9, 1, 7, padding_h=0, padding_w=3), "tf32", "NHWC"),  # an Inception 1x7
+    (Conv2d(2, 8, 8, 9, 10, 3, 3, stride=2, padding=1, groups=8), "fp32", "NHWC"),  # depthwise, unrolled rows
+    (Conv2d(2, 8, 8, 9, 10, 5, 5, padding=4, dilation=2, groups=8), "fp16", "NHWC"),  # depthwise, loops
+    (Conv2d(2, 4, 8, 7, 6, 3, 3, padding=1, groups=4), "bf16", "NHWC"),  # depthwise, multiplier 2
+    (Conv2d(2, 8, 16, 11, 9, 3, 3, stride_h=1, stride_w=2, padding=1, groups=8), "tf32", "NCHW"),
+    (Conv2d(1, 6, 6, 40, 37, 4, 2, stride=2, padding=1, groups=6, bias=False), "fp16", "NCHW"),
+], ids=["grouped-fp16-nchw", "grouped-fp32-nhwc", "grouped-copied-bf16", "1x7-tf32", "dw-3x3-s2-fp32",
+        "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16"])
+def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
+    _check("conv2d", spec, dtype, layout)

@@ -1,5 +1,10 @@
 """Convolution launcher: the implicit GEMM of igemm.cu, or for fp32 the FFT convolution of
-fft_conv.cu, on NCHW or NHWC tensors.
+fft_conv.cu, on NCHW or NHWC tensors; a depthwise convolution (groups == in_channels) runs
+depthwise.cu's direct kernels instead (depthwise.py).
+
+Every conv field runs: per-axis stride and padding and dilation enter the implicit GEMM's index
+math (its k table and its output-pixel origins), groups its grid (one GEMM per group, in the
+kernels' grouped instantiation); the FFT convolution runs plain convolutions only.
 
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
 stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
@@ -10,8 +15,8 @@ measured for each choice is in notes/perf.md.
 Implicit GEMM:
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
 fp32 accumulation.  Both layouts run the same kernels through the tensors' strides; NHWC with
-channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else element-wise.
-NCHW input with such a channel count is first copied to NHWC, and the weight to OHWI, by
+a group's channels a multiple of 16 bytes moves the input in 16-byte chunks, anything else
+element-wise.  NCHW input with such a channel count is first copied to NHWC, and the weight to OHWI, by
 layout.cu inside the timed call (as cuDNN does): the GEMM then takes the 16-byte path and writes
 the NCHW output through its strides, where the element-wise NCHW gather would be much slower.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import fft_conv, igemm, sources, support
+from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, sources, support
 from kernels.cupy.fft_plan import fft_plan
 from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, hot_median_ms, in_order
 from layerbench.dtypes import DType
@@ -48,7 +53,7 @@ def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor)
     index = support.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
     ctype = support.ctype_of(dtype)
     copies: list[support.Launch] = []
-    if spec.in_channels % sources.vector_width(ctype) == 0:
+    if (spec.in_channels // spec.groups) % sources.vector_width(ctype) == 0:
         if x.is_contiguous():
             x, copy_x = _channels_last_copy(x, ctype, index)
             copies.append(copy_x)
@@ -58,9 +63,10 @@ def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor)
     g = igemm.Geometry(
         batch=spec.batch, channels=spec.in_channels, height=spec.height, width=spec.width,
         out_channels=spec.out_channels, out_h=spec.out_height, out_w=spec.out_width,
-        kernel_h=spec.kernel_h, kernel_w=spec.kernel_w, stride=spec.stride, padding=spec.padding,
-        x_strides=tuple(x.stride()), w_strides=tuple(weight.stride()),
-        out_strides=tuple(out.stride()))
+        kernel_h=spec.kernel_h, kernel_w=spec.kernel_w,
+        x_strides=tuple(x.stride()), w_strides=tuple(weight.stride()), out_strides=tuple(out.stride()),
+        stride_h=spec.stride_h, stride_w=spec.stride_w, padding_h=spec.padding_h, padding_w=spec.padding_w,
+        dilation_h=spec.dilation_h, dilation_w=spec.dilation_w, groups=spec.groups)
     bias = tensors.get("bias") if spec.bias else None
     return in_order(*copies, igemm.build(dtype, x, weight, bias, out, g))
 
@@ -76,23 +82,33 @@ def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -
     return fft_conv.build(plan, x, weight, tensors.get("bias") if spec.bias else None, out, index)
 
 
-def _plain_only(spec: Conv2d, dtype: str, layout: str) -> str | None:
-    """Refuse what the kernels do not compute (declared to the registry, so ``plan`` shows it)."""
-    beyond = spec.beyond_plain()
-    return (f"the CuPy convolution runs one stride and one padding for both axes, "
-            f"dilation 1 and groups 1 only; this point has {beyond}") if beyond else None
+def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
+    """Refuse what the kernels cannot run (declared to the registry, so ``plan`` shows it): grids
+    and shared memory past the CUDA limits."""
+    if spec.depthwise:
+        try:
+            depthwise_plan.plan_depthwise(spec, layout, sources.CTYPES[dtype])
+        except Unsupported as why:
+            return str(why)
+        return None
+    if spec.groups > igemm_plan.MAX_GRID_Z:
+        return f"the CuPy implicit GEMM runs at most {igemm_plan.MAX_GRID_Z} groups, this point has {spec.groups}"
+    return None
 
 
-@register("conv2d", "cupy", backend="cupy", supports=_plain_only,
+@register("conv2d", "cupy", backend="cupy", supports=_refusal,
           description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
-                      "cores for tf32/fp16/bf16, split-K when the output is small); for fp32 an FFT "
-                      "convolution instead where it times faster at build")
+                      "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
+                      "for fp32 an FFT convolution instead where it times faster at build; depthwise: "
+                      "direct memory-bound kernels (fp32 FMA)")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    reason = _plain_only(spec, dtype.name, layout)
+    reason = _refusal(spec, dtype.name, layout)
     if reason:
         raise Unsupported(reason)
     support.check_dtype("conv2d", dtype, spec.dtypes)
     support.check_layout("conv2d", layout, spec.layouts)
+    if spec.depthwise:
+        return depthwise.build(spec, dtype, layout, tensors, out)
     gemm = build_igemm(spec, dtype, tensors, out)
 
     def fft() -> Kernel:

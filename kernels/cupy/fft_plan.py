@@ -88,6 +88,10 @@ class FftPlan:
 def fft_plan(spec: Conv2d) -> FftPlan:
     """The transform size for ``spec``; Unsupported, with the reason, where the FFT kernels
     cannot run it."""
+    beyond = spec.beyond_plain()
+    if beyond:
+        raise Unsupported(f"the FFT convolution runs one stride and one padding for both axes, dilation 1 "
+                          f"and groups 1 only; this point has {beyond}")
     if spec.stride != 1:
         raise Unsupported(f"the FFT convolution needs stride 1, got stride {spec.stride}")
     side = max(spec.height, spec.width) + 2 * spec.padding

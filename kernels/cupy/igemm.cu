@@ -4,9 +4,14 @@
 //
 // m is an output pixel (image, oh, ow), n an output channel, k a weight element in the weight's
 // memory order; B is the weight itself ([N][K], row-major), and A is gathered from the input on
-// the fly.  A table built once per layer (ktab[k] = {input offset of k, kh, kw, 0}) turns k into
-// an input address without divisions; x's strides make the same code serve NCHW and NHWC.  A
-// linear layer is the 1x1 case on a 1x1 image.
+// the fly.  A table built once per layer (ktab[k] = {input offset of k, kh * dilation_h,
+// kw * dilation_w, 0}) turns k into an input address without divisions, dilation included; x's
+// strides make the same code serve NCHW and NHWC.  A linear layer is the 1x1 case on a 1x1 image.
+//
+// Grouped convolution (GROUPED = true; the plain instantiation has none of this): one GEMM per
+// group, blockIdx.z = split * groups + group.  N and K are one group's; the group's input
+// channels, weight rows, output channels and bias are fixed offsets from the first group's, set
+// once per block (enter_group), so the k loop is the plain one.
 //
 // Block tile 128 x 128, k in tiles of 64 bytes (16 fp32 or 32 fp16/bf16 values).
 // Both operands sit in shared memory as [row][k], 64-byte rows with the four 16-byte chunks of a
@@ -20,8 +25,9 @@
 // igemm_mma : tensor cores through mma.sync (fp16, bf16, and fp32 data as tf32), fp32
 //             accumulators; 4 warps as 2 x 2, each warp 64 x 64 (8 fragment loads per 32 MMAs),
 //             the layout of cuDNN's own mma.sync kernel for L2 fp16 on the H100.
-// Split-K: blockIdx.z takes k in [z * k_split, (z + 1) * k_split) and writes fp32 partial sums
-// to ws[z][m][n]; splitk_reduce adds them up in a fixed order (deterministic).
+// Split-K: split z takes k in [z * k_split, (z + 1) * k_split) and writes fp32 partial sums
+// to ws[z][m][n] (n over all output channels); splitk_reduce adds them up in a fixed order
+// (deterministic).
 #include "layerbench_common.cuh"
 
 namespace {
@@ -50,10 +56,11 @@ template <typename T>
 struct Problem {
     const T* x;
     const T* w;
-    const int4* ktab;  // {input offset, kh, kw, 0}; padded (kh = FAR) to a multiple of 32, plus 32
+    const int4* ktab;  // {input offset, kh * dil_h, kw * dil_w, 0}; padded (kh = FAR) to a multiple of 32, plus 32
     int M, N, K;
-    int OHW, OW, H, W, stride, pad;
+    int OHW, OW, H, W, stride_h, stride_w, pad_h, pad_w;
     long long xsN, xsH, xsW;
+    long long x_off;  // where the block's group of input channels starts (0 but when grouped)
     bool b_vec;  // weight rows can be moved in 16-byte chunks
 };
 
@@ -66,9 +73,9 @@ __device__ __forceinline__ void pixel_origin(const Problem<T>& p, int m, long lo
         const int r = m - img * p.OHW;
         const int oh = r / p.OW;
         const int ow = r - oh * p.OW;
-        ih0 = oh * p.stride - p.pad;
-        iw0 = ow * p.stride - p.pad;
-        base = img * p.xsN + ih0 * p.xsH + iw0 * p.xsW;
+        ih0 = oh * p.stride_h - p.pad_h;
+        iw0 = ow * p.stride_w - p.pad_w;
+        base = p.x_off + img * p.xsN + ih0 * p.xsH + iw0 * p.xsW;
     } else {
         ih0 = FAR;
         iw0 = FAR;
@@ -275,23 +282,66 @@ __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem,
     }
 }
 
+// Grouped convolution: the block's group starts x_off into x (added to each row's base, which
+// is in a register anyway), and the pointers are moved to it in two steps, the weight before
+// the k loop and the outputs after it, so that no moved pointer is live across the loop (where
+// the plain kernels already use every register).
+
+// The split of K this block sums.
+template <bool GROUPED>
+__device__ __forceinline__ int split_of(int groups) {
+    return GROUPED ? blockIdx.z / groups : blockIdx.z;
+}
+
+// x_off: x_group elements per group; the weight moves by N rows of K.
+template <bool GROUPED, typename T>
+__device__ __forceinline__ long long group_inputs(const T*& w, int N, int K, int groups,
+                                                  long long x_group) {
+    if constexpr (GROUPED) {
+        const int g = blockIdx.z % groups;
+        w += static_cast<long long>(g) * N * K;
+        return g * x_group;
+    } else {
+        return 0;
+    }
+}
+
+// The output by N channels, the bias by N, ws by N columns (its rows hold groups * N: ws_ld).
+template <bool GROUPED, typename T>
+__device__ __forceinline__ void group_outputs(const T*& bias, T*& out, float*& ws, int N, int groups,
+                                              long long osC) {
+    if constexpr (GROUPED) {
+        const int g = blockIdx.z % groups;
+        out += static_cast<long long>(g) * N * osC;
+        if (bias != nullptr) bias += g * N;
+        if (ws != nullptr) ws += g * N;
+    }
+}
+
 }  // namespace
 
 #define IGEMM_PARAMS(T)                                                                       \
     const T *x, const T *w, const T *bias, T *out, float *ws, const int4 *ktab, int M, int N, \
-        int K, int OHW, int OW, int H, int W, int stride, int pad, long long xsN,             \
-        long long xsH, long long xsW, long long osN, long long osC, long long osH,            \
-        long long osW, int k_split, int b_vec
+        int K, int OHW, int OW, int H, int W, int stride_h, int stride_w, int pad_h,          \
+        int pad_w, long long xsN, long long xsH, long long xsW, long long osN, long long osC, \
+        long long osH, long long osW, int k_split, int b_vec, int groups, long long x_group
 
-#define IGEMM_PROBLEM(T) \
-    Problem<T> p{x, w, ktab, M, N, K, OHW, OW, H, W, stride, pad, xsN, xsH, xsW, b_vec != 0}
+#define IGEMM_PROBLEM(T)                                                                        \
+    const long long x_off = group_inputs<GROUPED>(w, N, K, groups, x_group);                   \
+    Problem<T> p{x, w, ktab, M, N, K, OHW, OW, H, W, stride_h, stride_w, pad_h, pad_w, xsN, xsH, \
+                 xsW, x_off, b_vec != 0}
 
-template <bool AVEC>
+#define IGEMM_GROUP_OUTPUTS                                   \
+    group_outputs<GROUPED>(bias, out, ws, N, groups, osC);    \
+    const int split = split_of<GROUPED>(groups);              \
+    const int ws_ld = GROUPED ? groups * N : N; /* ws's row pitch */
+
+template <bool AVEC, bool GROUPED>
 __global__ void __launch_bounds__(SIMT_THREADS, 2) igemm_simt(IGEMM_PARAMS(float)) {
     extern __shared__ __align__(128) unsigned char smem[];  // STAGES * STAGE_BYTES
     IGEMM_PROBLEM(float);
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int kbeg = blockIdx.z * k_split;
+    const int kbeg = split_of<GROUPED>(groups) * k_split;
     const int kend = min(K, kbeg + k_split);
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
 
@@ -326,12 +376,13 @@ __global__ void __launch_bounds__(SIMT_THREADS, 2) igemm_simt(IGEMM_PARAMS(float
         }
     });
 
+    IGEMM_GROUP_OUTPUTS
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
         const int m = m0 + ty + 16 * i;
         if (m >= M) continue;
         if (ws != nullptr) {
-            float* dst = ws + (static_cast<long long>(blockIdx.z) * M + m) * N;
+            float* dst = ws + (static_cast<long long>(split) * M + m) * ws_ld;
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 const int n = n0 + tx + 16 * j;
@@ -348,12 +399,12 @@ __global__ void __launch_bounds__(SIMT_THREADS, 2) igemm_simt(IGEMM_PARAMS(float
     }
 }
 
-template <typename T, bool AVEC>
+template <typename T, bool AVEC, bool GROUPED>
 __global__ void __launch_bounds__(MMA_THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
     extern __shared__ __align__(128) unsigned char smem[];  // STAGES * STAGE_BYTES
     IGEMM_PROBLEM(T);
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int kbeg = blockIdx.z * k_split;
+    const int kbeg = split_of<GROUPED>(groups) * k_split;
     const int kend = min(K, kbeg + k_split);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = warp >> 1, wn = warp & 1;  // warp tile: rows wm * 64, columns wn * 64
@@ -403,6 +454,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
 
     // Accumulator layout: acc[i][j][0..1] at (row g, columns 2c, 2c+1), [2..3] at row g + 8,
     // with g = lane / 4, c = lane % 4, inside the 16 x 8 tile (i, j).
+    IGEMM_GROUP_OUTPUTS
     const int g = lane >> 2, c = lane & 3;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -411,7 +463,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) igemm_mma(IGEMM_PARAMS(T)) {
             const int m = m0 + wm * 64 + i * 16 + g + half * 8;
             if (m >= M) continue;
             if (ws != nullptr) {
-                float* dst = ws + (static_cast<long long>(blockIdx.z) * M + m) * N;
+                float* dst = ws + (static_cast<long long>(split) * M + m) * ws_ld;
 #pragma unroll
                 for (int j = 0; j < 8; ++j) {
                     const int n = n0 + wn * 64 + j * 8 + 2 * c;

@@ -30,8 +30,10 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     threads = MMA_THREADS if tensor_cores else SIMT_THREADS
     sms = support.sm_count(index)
 
+    grouped = g.groups > 1
+
     def gemm_function(a_vec: bool) -> cupy.RawKernel:
-        fn = support.function("igemm", sources.igemm_name(ctype, tensor_cores, a_vec), index)
+        fn = support.function("igemm", sources.igemm_name(ctype, tensor_cores, a_vec, grouped), index)
         support.allow_shared(fn, SHARED_BYTES, index)
         return fn
 
@@ -50,12 +52,12 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     sn, _, sh, sw = g.x_strides
     on, oc, oh, ow = g.out_strides
     gemm = support.Launch(
-        fn, (plan.m_tiles, plan.n_tiles, plan.splits), (threads, 1, 1),
+        fn, plan.grid, (threads, 1, 1),
         [ptr(x), ptr(weight), ptr(bias), ptr(out), ptr(ws), ptr(table),
-         i32(g.M), i32(g.out_channels), i32(g.K), i32(g.out_h * g.out_w), i32(g.out_w),
-         i32(g.height), i32(g.width), i32(g.stride), i32(g.padding),
+         i32(g.M), i32(g.N), i32(g.K), i32(g.out_h * g.out_w), i32(g.out_w),
+         i32(g.height), i32(g.width), i32(g.stride_h), i32(g.stride_w), i32(g.padding_h), i32(g.padding_w),
          i64(sn), i64(sh), i64(sw), i64(on), i64(oc), i64(oh), i64(ow),
-         i32(plan.k_split), i32(int(plan.b_vec))],
+         i32(plan.k_split), i32(int(plan.b_vec)), i32(g.groups), i64(g.x_group)],
         index, keep=(x, weight, bias, out, ws, table), shared_bytes=SHARED_BYTES)
     if ws is None:
         return gemm

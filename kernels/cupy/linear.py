@@ -25,8 +25,8 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
     # A (batch, in) matrix is a batch of 1x1 images with `in` channels; W (out, in) a 1x1 kernel.
     g = igemm.Geometry(
         batch=spec.batch, channels=spec.in_features, height=1, width=1,
-        out_channels=spec.out_features, out_h=1, out_w=1, kernel_h=1, kernel_w=1, stride=1,
-        padding=0, x_strides=(x.stride(0), x.stride(1), 0, 0),
+        out_channels=spec.out_features, out_h=1, out_w=1, kernel_h=1, kernel_w=1,
+        x_strides=(x.stride(0), x.stride(1), 0, 0),
         w_strides=(weight.stride(0), weight.stride(1), 0, 0),
         out_strides=(out.stride(0), out.stride(1), 0, 0))
     return igemm.build(dtype, x, weight, tensors.get("bias") if spec.bias else None, out, g)

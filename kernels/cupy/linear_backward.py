@@ -31,7 +31,7 @@ def gemm_nt_geometry(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> Geo
     and N outputs (a batch of 1x1 images), each operand through its own strides."""
     (m, k), (n, _) = a.shape, b.shape
     return Geometry(batch=m, channels=k, height=1, width=1, out_channels=n, out_h=1, out_w=1,
-                    kernel_h=1, kernel_w=1, stride=1, padding=0,
+                    kernel_h=1, kernel_w=1,
                     x_strides=(a.stride(0), a.stride(1), 0, 0), w_strides=(b.stride(0), b.stride(1), 0, 0),
                     out_strides=(out.stride(0), out.stride(1), 0, 0))
 

@@ -6,7 +6,7 @@ checked on any machine, without a GPU:
 
 * ReLU's bit trick (``relu_bits``, relu.cu);
 * the ldmatrix / mma.sync fragment addressing (``ldmatrix_x4``, ``fragment_element``) and the
-  whole implicit GEMM (``model_igemm``: loaders, tiles, split-K, epilogue; igemm.cu);
+  whole implicit GEMM (``model_igemm``: loaders, tiles, split-K, groups, epilogue; igemm.cu);
 * the pooling loops (``model_pool_nhwc``, ``model_pool_nchw_band``; pool2d.cu);
 * the FFT convolution's transforms (``model_fft_forward``, ``model_fft_inverse``; fft_conv.cu);
 * the backward GEMMs of conv2d (``model_dgrad``, ``model_wgrad``: tables, loaders, tiles, the
@@ -79,14 +79,15 @@ def _memory(t: torch.Tensor) -> np.ndarray:
     return flat.double().numpy()
 
 
-def _pixel_origin(g: Geometry, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """igemm.cu pixel_origin: (base offset, ih0, iw0) of output pixel m; FAR when m >= M."""
+def _pixel_origin(g: Geometry, m: np.ndarray, x_off: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """igemm.cu pixel_origin: (base offset, ih0, iw0) of output pixel m in the group starting
+    ``x_off`` into x; FAR when m >= M."""
     img, r = np.divmod(m, g.out_h * g.out_w)
     oh, ow = np.divmod(r, g.out_w)
-    ih0 = oh * g.stride - g.padding
-    iw0 = ow * g.stride - g.padding
+    ih0 = oh * g.stride_h - g.padding_h
+    iw0 = ow * g.stride_w - g.padding_w
     sn, _, sh, sw = g.x_strides
-    base = img * sn + ih0 * sh + iw0 * sw
+    base = x_off + img * sn + ih0 * sh + iw0 * sw
     valid = m < g.M
     far = igemm_plan.FAR
     return np.where(valid, base, 0), np.where(valid, ih0, far), np.where(valid, iw0, far)
@@ -109,9 +110,10 @@ def _in_bounds(index: np.ndarray, mem: np.ndarray) -> np.ndarray:
 
 
 def _fill_stage(p: Plan, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0: int,
-                itemsize: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-    """One k tile of A and B in shared memory ([row][k]), as TileLoader writes it with
-    ``threads`` threads; NaN where no thread writes (which would then reach the output)."""
+                itemsize: int, threads: int, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """One k tile of A and B of group ``group`` in shared memory ([row][k]), as TileLoader
+    writes it with ``threads`` threads; NaN where no thread writes (which would then reach the
+    output).  The group's weight rows start N rows into the weight (the kernel's moved w)."""
     g, table = p.geometry, p.table.numpy().astype(np.int64)
     kt, vec = p.ktile, 16 // itemsize
     tid = np.arange(threads)
@@ -119,20 +121,21 @@ def _fill_stage(p: Plan, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0: 
     vrows = threads // chunks  # rows one 16-byte pass covers
     sa = np.full((BM, kt), np.nan)
     sb = np.full((BN, kt), np.nan)
+    x_off, w_off = group * g.x_group, group * g.N * g.K
     if p.a_vec:  # BM / vrows rows per thread, chunk tid % chunks, cp.async 16 bytes or zeros
         chunk = tid % chunks
         e = table[k0 + chunk * vec]
         assert k0 + kt + (chunks - 1) * vec < len(table), "the next tile's table read leaves the table"
         for j in range(BM // vrows):
             row = tid // chunks + vrows * j
-            base, ih0, iw0 = _pixel_origin(g, m0 + row)
+            base, ih0, iw0 = _pixel_origin(g, m0 + row, x_off)
             ok = _in_image(g, ih0 + e[:, 1], iw0 + e[:, 2])
             for v in range(vec):
                 sa[row, chunk * vec + v] = _gather(xs, base + e[:, 0] + v, ok)
     else:  # row tid % BM, k pairs 2 (tid / BM) + 2 lanes j
         row = tid & (BM - 1)
         lanes = threads // BM
-        base, ih0, iw0 = _pixel_origin(g, m0 + row)
+        base, ih0, iw0 = _pixel_origin(g, m0 + row, x_off)
         for j in range(kt // 2 // lanes):
             for h in range(2):
                 kk = 2 * lanes * j + 2 * (tid // BM) + h
@@ -145,9 +148,9 @@ def _fill_stage(p: Plan, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0: 
         for j in range(BN // vrows):
             row = tid // chunks + vrows * j
             n = n0 + row
-            ok = (n < g.out_channels) & (k < g.K)
+            ok = (n < g.N) & (k < g.K)
             for v in range(vec):
-                sb[row, chunk * vec + v] = _gather(ws_, n * g.K + k + v, ok)
+                sb[row, chunk * vec + v] = _gather(ws_, w_off + n * g.K + k + v, ok)
     else:
         pairs = kt // 2
         per_pass = threads // pairs
@@ -156,8 +159,8 @@ def _fill_stage(p: Plan, xs: np.ndarray, ws_: np.ndarray, m0: int, n0: int, k0: 
             row = tid // pairs + per_pass * j
             n = n0 + row
             for h in range(2):
-                ok = (n < g.out_channels) & (k + h < g.K)
-                sb[row, k - k0 + h] = _gather(ws_, n * g.K + k + h, ok)
+                ok = (n < g.N) & (k + h < g.K)
+                sb[row, k - k0 + h] = _gather(ws_, w_off + n * g.K + k + h, ok)
     return sa, sb
 
 
@@ -191,17 +194,17 @@ def epilogue_map(tensor_cores: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def model_igemm(g: Geometry, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 out: torch.Tensor, itemsize: int, tensor_cores: bool, slots: int) -> Plan:
-    """Run igemm.cu's algorithm on the CPU (float64 arithmetic); writes ``out`` through its
-    strides and returns the plan."""
+    """Run igemm.cu's algorithm on the CPU (float64 arithmetic), one GEMM per group; writes
+    ``out`` through its strides and returns the plan."""
     p = igemm_plan.make_plan(g, itemsize, x.data_ptr(), weight.data_ptr(), lambda a_vec: slots)
     if p.copy_weight:
         weight = weight.contiguous()
     g = p.geometry
     xs, ws_ = _memory(x), _memory(weight)
     b = bias.double().numpy() if bias is not None else None
-    M, N, K = g.M, g.out_channels, g.K
+    M, N, K = g.M, g.N, g.K  # one group's
     er, ec = epilogue_map(tensor_cores)
-    part = np.zeros((p.splits, M, N)) if p.splits > 1 else None
+    part = np.full((p.splits, M, g.out_channels), np.nan) if p.splits > 1 else None  # ws
     o_flat = np.full(out.untyped_storage().nbytes() // out.element_size(), np.nan)
     on, oc, oh, ow = g.out_strides
 
@@ -210,26 +213,31 @@ def model_igemm(g: Geometry, x: torch.Tensor, weight: torch.Tensor, bias: torch.
         y, x_ = np.divmod(r, g.out_w)
         return img * on + y * oh + x_ * ow
 
-    for z in range(p.splits):
+    bx_, by_, bz_ = p.grid
+    assert bz_ <= igemm_plan.MAX_GRID_Z
+    for bz in range(bz_):
+        z, group = divmod(bz, g.groups)  # blockIdx.z = split * groups + group
         kbeg = z * p.k_split
         kend = min(K, kbeg + p.k_split)
         ntiles = -(-(kend - kbeg) // p.ktile)
-        for bx in range(p.m_tiles):
-            for by in range(p.n_tiles):
+        for bx in range(bx_):
+            for by in range(by_):
                 m0, n0 = bx * BM, by * BN
                 acc = np.zeros((BM, BN))
                 for t in range(max(ntiles, 0)):
                     sa, sb = _fill_stage(p, xs, ws_, m0, n0, kbeg + t * p.ktile, itemsize,
-                                         _threads(tensor_cores))
+                                         _threads(tensor_cores), group)
                     acc += sa @ sb.T
                 m, n = m0 + er, n0 + ec
                 keep = (m < M) & (n < N)
-                m, n, v = m[keep], n[keep], acc[er[keep], ec[keep]]
+                m, n, v = m[keep], group * N + n[keep], acc[er[keep], ec[keep]]
                 if part is not None:
+                    assert np.isnan(part[z, m, n]).all(), "two blocks write the same partial"
                     part[z, m, n] = v
                 else:
                     o_flat[_in_bounds(out_base(m) + n * oc, o_flat)] = v + (b[n] if b is not None else 0.0)
     if part is not None:  # splitk_reduce: sum in split order, bias, store through the strides
+        N = g.out_channels  # the reduce runs over every group's channels
         i = np.arange(M * N)
         m, n = (np.divmod(i, N) if oc == 1 else np.divmod(i, M)[::-1])
         s = np.zeros(M * N)

@@ -64,13 +64,14 @@ def pool_nhwc_name(ctype: str, method: str, vec: int, kernel: int) -> str:
     return f"pool2d_nhwc<{ctype}, {POOL_METHODS[method]}, {vec}, {_pool_k(kernel)}>"
 
 
-def igemm_name(ctype: str, tensor_cores: bool, a_vec: bool) -> str:
-    """The GEMM kernel: FFMA for fp32, mma.sync for fp16/bf16 and for fp32 data as tf32."""
+def igemm_name(ctype: str, tensor_cores: bool, a_vec: bool, grouped: bool = False) -> str:
+    """The GEMM kernel: FFMA for fp32, mma.sync for fp16/bf16 and for fp32 data as tf32;
+    ``grouped``: the instantiation that runs one GEMM per group of a grouped convolution."""
     if not tensor_cores:
         if ctype != "float":
             raise ValueError(f"the FFMA kernel is fp32 only, got {ctype}")
-        return f"igemm_simt<{_cpp_bool(a_vec)}>"
-    return f"igemm_mma<{ctype}, {_cpp_bool(a_vec)}>"
+        return f"igemm_simt<{_cpp_bool(a_vec)}, {_cpp_bool(grouped)}>"
+    return f"igemm_mma<{ctype}, {_cpp_bool(a_vec)}, {_cpp_bool(grouped)}>"
 
 
 def reduce_name(ctype: str) -> str:
@@ -119,6 +120,23 @@ def wgrad_reduce_name(ctype: str) -> str:
 # (storage type, tensor cores) of every backward GEMM instantiation.
 BACKWARD_VARIANTS = (("float", False),) + tuple((t, True) for t in STORAGE_TYPES)
 
+# Depthwise windows whose taps unroll (square, K x K), and the strides along w of the NHWC kernel's
+# unrolled rows; any other window runs the kernels' loops (K = 0).
+DEPTHWISE_UNROLLED = (3, 5, 7)
+DEPTHWISE_NHWC_STRIDES = (1, 2)
+
+
+def depthwise_nhwc_name(ctype: str, vec: int, kernel: int, stride_w: int) -> str:
+    """depthwise.cu's NHWC kernel: ``vec`` channels per thread; ``kernel`` 0 (with ``stride_w`` 0)
+    for the loops, else a window of kernel x kernel taps at stride ``stride_w`` along w."""
+    return f"depthwise_nhwc<{ctype}, {vec}, {kernel}, {stride_w}>"
+
+
+def depthwise_nchw_name(ctype: str, kernel: int) -> str:
+    """depthwise.cu's NCHW kernel: ``kernel`` x ``kernel`` taps unrolled, or 0 for the loops."""
+    return f"depthwise_nchw<{ctype}, {kernel}>"
+
+
 FFT_LOG_SIZES = range(4, 8)  # transforms of 16 x 16 .. 128 x 128 (shared memory caps the size)
 FFT_CGEMM_NAME = "fft_cgemm"
 
@@ -145,8 +163,8 @@ SOURCES: dict[str, Source] = {
         + [pool_nhwc_name(t, m, v, k) for t in STORAGE_TYPES for m in POOL_METHODS
            for v in (1, vector_width(t)) for k in (0, *POOL_UNROLLED)])),
     "igemm": Source("igemm.cu", tuple(
-        [igemm_name("float", False, a) for a in (True, False)]
-        + [igemm_name(t, True, a) for t in STORAGE_TYPES for a in (True, False)]
+        [igemm_name("float", False, a, gr) for a in (True, False) for gr in (False, True)]
+        + [igemm_name(t, True, a, gr) for t in STORAGE_TYPES for a in (True, False) for gr in (False, True)]
         + [reduce_name(t) for t in STORAGE_TYPES])),
     "layout": Source("layout.cu", tuple(to_channels_last_name(t) for t in STORAGE_TYPES)),
     "relu_backward": Source("relu_backward.cu", tuple(relu_backward_name(t) for t in STORAGE_TYPES)),
@@ -156,6 +174,13 @@ SOURCES: dict[str, Source] = {
     "fft_conv": Source("fft_conv.cu", tuple(
         [fft_forward_name(n) for n in FFT_LOG_SIZES] + [fft_inverse_name(n) for n in FFT_LOG_SIZES]
         + [FFT_CGEMM_NAME])),
+    # The unrolled NHWC windows need 16-byte vectors (multiplier 1, aligned channels); one
+    # channel per thread runs the loops.
+    "depthwise": Source("depthwise.cu", tuple(
+        [depthwise_nhwc_name(t, vector_width(t), k, s) for t in STORAGE_TYPES for k in DEPTHWISE_UNROLLED
+         for s in DEPTHWISE_NHWC_STRIDES]
+        + [depthwise_nhwc_name(t, v, 0, 0) for t in STORAGE_TYPES for v in (1, vector_width(t))]
+        + [depthwise_nchw_name(t, k) for t in STORAGE_TYPES for k in (0, *DEPTHWISE_UNROLLED)])),
     "conv2d_backward": Source("conv2d_backward.cu", tuple(
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]

@@ -1,0 +1,63 @@
+"""Depthwise convolution launcher (groups == in_channels): depthwise.cu's direct kernels, NHWC
+(channel vectors per thread, several output pixels reusing each loaded input row) or NCHW (a tile
+of one plane staged in shared memory), fp32 FMA for every dtype, fp32 accumulation, bias fused.
+
+The filter and the bias go to fp32 once, at build (the weights stay between launches, as in
+inference): [tap][channel] for NHWC, where a thread reads its channels' tap as one vector, and
+[channel][tap] for NCHW, where a block reads its channel's filter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.cupy import support
+from kernels.cupy.depthwise_plan import DepthwisePlan, plan_depthwise
+from layerbench.builders import Built, Tensors
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+
+MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+
+
+def fp32_copy(t: torch.Tensor) -> torch.Tensor:
+    """A fresh dense fp32 copy of ``t``: the kernels load it in 16- and 32-byte vectors, which a
+    new allocation aligns (a view of the caller's tensor might not be)."""
+    return torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t)
+
+
+def prepared_filter(spec: Conv2d, weight: torch.Tensor, layout: str) -> torch.Tensor:
+    """The filter as fp32 [channel][tap] (NCHW) or [tap][channel] (NHWC), tap = kh * KW + kw."""
+    taps = weight.reshape(spec.out_channels, spec.kernel_h * spec.kernel_w)
+    return fp32_copy(taps.t() if layout == "NHWC" else taps)
+
+
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    x, weight = tensors["x"], tensors["weight"]
+    bias = tensors.get("bias") if spec.bias else None
+    index = support.check_tensors(dtype, {"x": x, "weight": weight, "bias": bias, "out": out})
+    fmt = MEMORY_FORMATS[layout]
+    if not (x.is_contiguous(memory_format=fmt) and out.is_contiguous(memory_format=fmt)):
+        raise Unsupported(f"the CuPy depthwise kernels take dense {layout} x and out")
+    ctype = support.ctype_of(dtype)
+    plan = plan_depthwise(spec, layout, ctype, x.data_ptr(), out.data_ptr())
+    wt = prepared_filter(spec, weight, layout)
+    bt = fp32_copy(bias) if bias is not None else None
+    return Built(_launch(spec, plan, layout, x, wt, bt, out, index),
+                 {"algorithm": "depthwise", "kernel": plan.name})
+
+
+def _launch(spec: Conv2d, plan: DepthwisePlan, layout: str, x: torch.Tensor, wt: torch.Tensor,
+            bt: torch.Tensor | None, out: torch.Tensor, index: int) -> support.Launch:
+    s, i32, ptr = spec, support.i32, support.ptr
+    fn = support.function("depthwise", plan.name, index)
+    shape = [i32(v) for v in (s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width,
+                              s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.padding_h, s.padding_w,
+                              s.dilation_h, s.dilation_w, s.out_channels // s.in_channels)]
+    if layout == "NHWC":
+        args = [ptr(x), ptr(wt), ptr(bt), ptr(out), i32(plan.items), *shape]
+    else:
+        args = [ptr(x), ptr(wt), ptr(bt), ptr(out), *shape, *[i32(v) for v in plan.tile]]
+    return support.Launch(fn, plan.grid, (plan.threads, 1, 1), args, index, keep=(x, wt, bt, out),
+                          shared_bytes=plan.shared_bytes)

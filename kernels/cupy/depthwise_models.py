@@ -1,0 +1,147 @@
+"""CPU models of depthwise.cu's index math, transcribed from the kernels (models.py's style).
+
+Each model runs a kernel's threads and blocks on the CPU in float64 as the plan launches them:
+which thread computes which channels and pixels, which input and filter elements it reads (and
+that every read stays inside its buffer and every vector is aligned), the NCHW kernel's staged
+tile with its halo, and that every output element is written exactly once.  The tests compare
+the results with torch in float64.  NumPy and torch only: no CuPy, no GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kernels.cupy import depthwise_plan
+from kernels.cupy.depthwise_plan import NHWC_THREADS, PIX, DepthwisePlan
+from layerbench.layers import Conv2d
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """The elements of a dense tensor in memory order, as float64."""
+    return torch.as_strided(t, (t.numel(),), (1,), t.storage_offset()).double().numpy()
+
+
+def _read(mem: np.ndarray, index: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """mem[index] where ok, else 0; every element read is inside mem."""
+    index, ok = np.broadcast_arrays(index, ok)
+    assert np.all((index[ok] >= 0) & (index[ok] < len(mem))), "a kernel load leaves its buffer"
+    return np.where(ok, mem[np.where(ok, index, 0)], 0.0)
+
+
+def _write(mem: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """mem[index] = values, each element inside mem and written for the first time."""
+    assert np.all((index >= 0) & (index < len(mem))), "a kernel store leaves its buffer"
+    assert len(np.unique(index)) == index.size and np.isnan(mem[index]).all(), "an element is written twice"
+    mem[index] = values
+
+
+def _vector(mem: np.ndarray, first: np.ndarray, vec: int, ok: np.ndarray) -> np.ndarray:
+    """load_vec: [thread][lane] = mem[first + lane] where ok; first is vector-aligned."""
+    assert np.all(first[ok] % vec == 0), "a vector load is not aligned"
+    return _read(mem, first[:, None] + np.arange(vec), ok[:, None])
+
+
+def model_depthwise_nhwc(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """depthwise_nhwc on the CPU: x dense NHWC, wt the fp32 [tap][channel] filter; returns the
+    output as an (N, CO, OH, OW) view of an NHWC buffer."""
+    s, vec, k = spec, plan.vec, plan.kernel
+    C, H, W, CO, OH, OW = s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width
+    mult = depthwise_plan.multiplier(s)
+    assert vec == 1 or mult == 1, "channel vectors need multiplier 1"
+    assert (plan.grid[0] - 1) * NHWC_THREADS < plan.items <= plan.grid[0] * NHWC_THREADS
+    xs, ws = _flat(x), _flat(wt)
+    bs = _flat(bias) if bias is not None else None
+    item = np.arange(plan.items)
+    vectors, groups = CO // vec, -(-OW // PIX)
+    co = item % vectors * vec
+    t = item // vectors
+    ow0 = t % groups * PIX
+    t //= groups
+    oh, n = t % OH, t // OH
+    assert np.all(n < s.batch)
+    ih0, iw0 = oh * s.stride_h - s.padding_h, ow0 * s.stride_w - s.padding_w
+    xn = n * H * W * C + co // mult
+    everyone = np.ones(len(item), dtype=bool)
+    acc = np.zeros((len(item), PIX, vec))
+    if bs is not None:
+        acc += _vector(bs, co, vec, everyone)[:, None, :]
+    if k > 0:
+        assert s.kernel_h == s.kernel_w == k and (s.dilation_h, s.dilation_w) == (1, 1)
+        stride = s.stride_w  # the kernel's template argument S
+        for kh in range(k):
+            ih = ih0 + kh
+            row = (ih >= 0) & (ih < H)
+            w = [_vector(ws, (kh * k + kw) * CO + co, vec, row) for kw in range(k)]
+            for j in range((PIX - 1) * stride + k):
+                iw = iw0 + j
+                ok = row & (iw >= 0) & (iw < W)
+                v = _vector(xs, xn + ih * W * C + iw * C, vec, ok)
+                for p in range(PIX):
+                    if 0 <= j - p * stride < k:
+                        acc[:, p] += w[j - p * stride] * v
+    else:
+        for kh in range(s.kernel_h):
+            ih = ih0 + kh * s.dilation_h
+            row = (ih >= 0) & (ih < H)
+            for kw in range(s.kernel_w):
+                w = _vector(ws, (kh * s.kernel_w + kw) * CO + co, vec, row)
+                for p in range(PIX):
+                    iw = iw0 + p * s.stride_w + kw * s.dilation_w
+                    ok = row & (iw >= 0) & (iw < W)
+                    acc[:, p] += w * _vector(xs, xn + ih * W * C + iw * C, vec, ok)
+    out = np.full(s.batch * OH * OW * CO, np.nan)
+    for p in range(PIX):
+        live = ow0 + p < OW
+        first = ((n * OH + oh) * OW * CO + co + (ow0 + p) * CO)[live]
+        _write(out, (first[:, None] + np.arange(vec)).ravel(), acc[live, p].ravel())
+    assert not np.isnan(out).any(), "an output element is never written"
+    return torch.from_numpy(out).view(s.batch, OH, OW, CO).permute(0, 3, 1, 2)
+
+
+def model_depthwise_nchw(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """depthwise_nchw on the CPU, block by block: x dense NCHW, wt the fp32 [channel][tap]
+    filter; returns the (N, CO, OH, OW) output."""
+    s = spec
+    C, H, W, CO, OH, OW = s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width
+    th, tw, ih_, iw_ = plan.tile
+    threads = plan.threads
+    assert threads % 32 == 0 and threads % tw == 0 and threads <= depthwise_plan.NCHW_MAX_THREADS
+    assert plan.shared_bytes == 4 * ih_ * iw_ <= depthwise_plan.SHARED_LIMIT
+    assert plan.kernel in (0, s.kernel_h) and (plan.kernel == 0 or s.kernel_h == s.kernel_w)
+    mult = depthwise_plan.multiplier(s)
+    xs, ws = _flat(x), _flat(wt)
+    bs = _flat(bias) if bias is not None else None
+    out = np.full(s.batch * CO * OH * OW, np.nan)
+    tid = np.arange(threads)
+    tx, rows = tid % tw, threads // tw
+    for plane, by, bz in np.ndindex(*plan.grid):
+        n, co = divmod(plane, CO)
+        oh0, ow0 = by * th, bz * tw
+        ih0, iw0 = oh0 * s.stride_h - s.padding_h, ow0 * s.stride_w - s.padding_w
+        base = (n * C + co // mult) * H * W
+        tile = np.full(ih_ * iw_, np.nan)
+        for e0 in range(0, ih_ * iw_, threads):  # the staging loop, thread tid on e0 + tid
+            e = e0 + tid[e0 + tid < ih_ * iw_]
+            r, c = np.divmod(e, iw_)
+            ih, iw = ih0 + r, iw0 + c
+            ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            _write(tile, e, _read(xs, base + ih * W + iw, ok))
+        ow = ow0 + tx
+        for ty in range(0, th, rows):  # thread tid on row tid / TW + the rows before
+            ty = ty + tid // tw
+            oh = oh0 + ty
+            live = (ty < th) & (oh < OH) & (ow < OW)
+            src = ty * s.stride_h * iw_ + tx * s.stride_w
+            acc = np.full(threads, bs[co] if bs is not None else 0.0)
+            for kh in range(s.kernel_h):
+                for kw in range(s.kernel_w):
+                    r, c = ty * s.stride_h + kh * s.dilation_h, tx * s.stride_w + kw * s.dilation_w
+                    assert np.all(((r < ih_) & (c < iw_))[live]), "a tap outside the staged tile"
+                    f = _read(ws, np.array([co * s.kernel_h * s.kernel_w + kh * s.kernel_w + kw]), np.array([True]))
+                    acc += f * _read(tile, src + kh * s.dilation_h * iw_ + kw * s.dilation_w, live)
+            _write(out, (plane * OH * OW + oh * OW + ow)[live], acc[live])
+    assert not np.isnan(out).any(), "an output element is never written"
+    return torch.from_numpy(out).view(s.batch, CO, OH, OW)

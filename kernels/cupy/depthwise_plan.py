@@ -1,0 +1,121 @@
+"""How depthwise.cu's kernels run a depthwise convolution, worked out on the CPU before any launch.
+
+NHWC: one thread per (image, output row, PIX output columns, VEC channels), VEC channels in one
+16-byte vector where the multiplier is 1 and the channels and pointers are aligned; square 3x3,
+5x5 and 7x7 windows at stride 1 or 2 along w, without dilation, run unrolled.  NCHW: one block
+per TH x TW tile of one output plane, its input tile (halo included) staged in shared memory.
+Needs neither CuPy nor a GPU, so that tests can check the index math on any machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernels.cupy import sources
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+
+# Must match depthwise.cu.
+NHWC_THREADS = 256
+PIX = 4  # output pixels per NHWC thread
+NCHW_MAX_THREADS = 256
+
+SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without opting in
+TILE_OUTPUTS = 1024  # NCHW: outputs of a tile, four per thread at 256 threads
+MIN_TILE_W = 8
+MAX_TILE_W = 32
+MAX_GRID_YZ = 65535
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class DepthwisePlan:
+    name: str  # the kernel's instantiation (sources.depthwise_*_name)
+    grid: tuple[int, int, int]
+    threads: int
+    shared_bytes: int
+    vec: int  # NHWC: channels per thread (1 for NCHW)
+    kernel: int  # the unrolled window (K x K), 0 for the loops
+    items: int  # NHWC: threads that compute (the rest of the last block return at once)
+    tile: tuple[int, int, int, int]  # NCHW: (TH, TW, IH, IW): output tile, staged input tile
+
+
+def multiplier(spec: Conv2d) -> int:
+    return spec.out_channels // spec.in_channels
+
+
+def _square(spec: Conv2d) -> int:
+    """K of a K x K window whose taps depthwise.cu unrolls; 0 for any other window."""
+    return spec.kernel_h if spec.kernel_h == spec.kernel_w and spec.kernel_h in sources.DEPTHWISE_UNROLLED else 0
+
+
+def nhwc_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int) -> DepthwisePlan:
+    s = spec
+    width = sources.vector_width(ctype)
+    aligned = s.in_channels % width == 0 and x_ptr % 16 == 0 and out_ptr % 16 == 0
+    vec = width if multiplier(s) == 1 and aligned else 1
+    # The unrolled rows: vectors, no dilation, the stride along w a template argument.
+    rows = vec > 1 and (s.dilation_h, s.dilation_w) == (1, 1) and s.stride_w in sources.DEPTHWISE_NHWC_STRIDES
+    k = _square(s) if rows else 0
+    items = s.batch * s.out_height * -(-s.out_width // PIX) * (s.out_channels // vec)
+    if items > INT32_MAX - NHWC_THREADS:
+        raise Unsupported(f"the depthwise NHWC kernel indexes its {items} threads in int32")
+    return DepthwisePlan(sources.depthwise_nhwc_name(ctype, vec, k, s.stride_w if k else 0),
+                         (-(-items // NHWC_THREADS), 1, 1), NHWC_THREADS, 0, vec, k, items, (0, 0, 0, 0))
+
+
+def input_tile(spec: Conv2d, th: int, tw: int) -> tuple[int, int]:
+    """(IH, IW): the input rows and columns under a TH x TW output tile, halo included."""
+    s = spec
+    return ((th - 1) * s.stride_h + (s.kernel_h - 1) * s.dilation_h + 1,
+            (tw - 1) * s.stride_w + (s.kernel_w - 1) * s.dilation_w + 1)
+
+
+def nchw_tile(spec: Conv2d) -> tuple[int, int]:
+    """(TH, TW): TW a power of two in [8, 32] covering the row where it can, TH rows up to
+    TILE_OUTPUTS outputs, both halved (TH first) until the input tile fits SHARED_LIMIT."""
+    s = spec
+    tw = min(MAX_TILE_W, max(MIN_TILE_W, 1 << (s.out_width - 1).bit_length()))
+    th = min(s.out_height, TILE_OUTPUTS // tw)
+    while 4 * _area(input_tile(s, th, tw)) > SHARED_LIMIT:
+        if th > 1:
+            th = (th + 1) // 2
+        elif tw > MIN_TILE_W:
+            tw //= 2
+        else:
+            ih, iw = input_tile(s, 1, MIN_TILE_W)
+            raise Unsupported(f"the depthwise NCHW kernel stages the input under its tile in shared memory: "
+                              f"{ih} x {iw} fp32 values for the smallest tile, more than {SHARED_LIMIT} bytes")
+    return th, tw
+
+
+def _area(hw: tuple[int, int]) -> int:
+    return hw[0] * hw[1]
+
+
+def nchw_threads(th: int, tw: int) -> int:
+    """TW threads per output row, as many rows as the tile has up to NCHW_MAX_THREADS threads,
+    rounded up to whole warps."""
+    rows = min(th, NCHW_MAX_THREADS // tw)
+    per_warp = 32 // tw  # rows of a warp
+    return tw * -(-rows // per_warp) * per_warp
+
+
+def nchw_plan(spec: Conv2d, ctype: str) -> DepthwisePlan:
+    s = spec
+    th, tw = nchw_tile(s)
+    ih, iw = input_tile(s, th, tw)
+    grid = (s.batch * s.out_channels, -(-s.out_height // th), -(-s.out_width // tw))
+    if max(grid[1:]) > MAX_GRID_YZ:
+        raise Unsupported(f"the depthwise NCHW kernel's grid {grid} exceeds the CUDA limits")
+    k = _square(s)  # any stride and dilation: the taps read shared memory
+    return DepthwisePlan(sources.depthwise_nchw_name(ctype, k), grid, nchw_threads(th, tw), 4 * ih * iw, 1, k,
+                         0, (th, tw, ih, iw))
+
+
+def plan_depthwise(spec: Conv2d, layout: str, ctype: str, x_ptr: int = 0, out_ptr: int = 0) -> DepthwisePlan:
+    """The plan for ``spec`` with data of C type ``ctype`` at ``x_ptr`` and ``out_ptr``;
+    Unsupported, with the reason, where the kernels cannot run it."""
+    if not spec.depthwise:
+        raise ValueError(f"not a depthwise convolution: groups {spec.groups}, in_channels {spec.in_channels}")
+    return nhwc_plan(spec, ctype, x_ptr, out_ptr) if layout == "NHWC" else nchw_plan(spec, ctype)

@@ -1,0 +1,129 @@
+"""The depthwise kernels (depthwise.cu), modelled on the CPU (kernels/cupy/depthwise_models.py): the
+NHWC threads (channel vectors, several pixels per thread, unrolled rows or loops) and the NCHW
+blocks (a staged tile with its halo), against torch's conv2d in float64; and the plans' choices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernels.cupy import depthwise_plan, sources
+from kernels.cupy.depthwise import prepared_filter
+from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
+from kernels.cupy.depthwise_plan import plan_depthwise
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+
+CTYPE = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+
+
+def run_model(spec: Conv2d, layout: str, dtype: torch.dtype, seed: int, x_ptr: int = 0
+              ) -> tuple[depthwise_plan.DepthwisePlan, torch.Tensor, torch.Tensor]:
+    """(plan, model output, float64 reference) on fresh random inputs; ``x_ptr`` stands for x's
+    address in the plan (0: 16-byte aligned)."""
+    gen = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if layout == "NHWC" else torch.contiguous_format
+    x = torch.randn(spec.input_shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    w = torch.randn(spec.weight_shape, generator=gen).to(dtype).contiguous(memory_format=fmt)
+    b = torch.randn(spec.out_channels, generator=gen).to(dtype) if spec.bias else None
+    plan = plan_depthwise(spec, layout, CTYPE[dtype], x_ptr, 0)
+    model = model_depthwise_nhwc if layout == "NHWC" else model_depthwise_nchw
+    got = model(spec, plan, x, prepared_filter(spec, w, layout), b.float() if b is not None else None)
+    ref = spec.reference({"x": x.double(), "weight": w.double(), "bias": b.double() if b is not None else None})
+    return plan, got, ref
+
+
+def assert_matches(got: torch.Tensor, ref: torch.Tensor) -> None:
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def dw(batch: int, channels: int, mult: int, h: int, w: int, kh: int, kw: int, **fields: object) -> Conv2d:
+    return Conv2d(batch, channels, mult * channels, h, w, kh, kw, groups=channels, **fields)
+
+
+CASES = {
+    "3x3-s1": dw(2, 16, 1, 9, 10, 3, 3, padding=1),
+    "3x3-s2": dw(2, 24, 1, 11, 9, 3, 3, stride=2, padding=1),
+    "5x5-odd": dw(1, 8, 1, 13, 7, 5, 5, padding=2, bias=False),
+    "7x7-s2": dw(1, 8, 1, 15, 17, 7, 7, stride=2, padding=3),
+    "3x3-s3": dw(1, 16, 1, 10, 11, 3, 3, stride=3, padding=1),
+    "dilation-2": dw(2, 8, 1, 9, 9, 3, 3, padding=2, dilation=2),
+    "multiplier-2": dw(2, 4, 2, 7, 9, 3, 3, padding=1),
+    "1x7-stride-2-1-pad-3-0-odd": dw(2, 5, 1, 8, 11, 1, 7, stride_h=2, stride_w=1, padding_h=3, padding_w=0),
+    "7x1-pad-3-0-mult-2": dw(1, 8, 2, 12, 6, 7, 1, padding_h=3, padding_w=0),
+    "several-tiles": dw(1, 2, 1, 40, 70, 3, 3, padding=1),
+    "tile-shrunk-for-shared-memory": dw(1, 2, 1, 100, 120, 3, 3, stride=2, dilation=40),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_model_depthwise_cases(name: str, layout: str, dtype: torch.dtype) -> None:
+    plan, got, ref = run_model(CASES[name], layout, dtype, seed=7)
+    assert_matches(got, ref)
+
+
+@st.composite
+def depthwise_specs(draw: st.DrawFn) -> Conv2d:
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    pad_h, pad_w = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    dil_h, dil_w = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    square = draw(st.booleans())  # the unrolled windows are square
+    kh = draw(st.sampled_from([1, 3, 5, 7]) if square else st.integers(1, 7))
+    kh = min(kh, (h + 2 * pad_h - 1) // dil_h + 1)
+    kw = kh if square else draw(st.integers(1, 7))
+    kw = min(kw, (w + 2 * pad_w - 1) // dil_w + 1)
+    return dw(draw(st.integers(1, 2)), draw(st.integers(2, 12)), draw(st.sampled_from([1, 1, 2])), h, w, kh, kw,
+              stride_h=draw(st.integers(1, 3)), stride_w=draw(st.integers(1, 3)), padding_h=pad_h, padding_w=pad_w,
+              dilation_h=dil_h, dilation_w=dil_w, bias=draw(st.booleans()))
+
+
+@given(spec=depthwise_specs(), layout=st.sampled_from(["NHWC", "NCHW"]),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), aligned=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_model_depthwise_matches_torch(spec: Conv2d, layout: str, dtype: torch.dtype, aligned: bool,
+                                       seed: int) -> None:
+    plan, got, ref = run_model(spec, layout, dtype, seed, x_ptr=0 if aligned else 2)
+    assert_matches(got, ref)
+
+
+def test_nhwc_plan_choices() -> None:
+    def plan(spec: Conv2d, ctype: str = "__half", x_ptr: int = 0) -> depthwise_plan.DepthwisePlan:
+        return plan_depthwise(spec, "NHWC", ctype, x_ptr, 0)
+
+    mobilenet = dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1)
+    assert (plan(mobilenet).vec, plan(mobilenet).kernel) == (8, 3)
+    assert plan(mobilenet).name == sources.depthwise_nhwc_name("__half", 8, 3, 2)
+    assert plan(mobilenet, "float").name == sources.depthwise_nhwc_name("float", 4, 3, 2)
+    # Vectors without unrolled rows: dilation, stride 3 along w, a window that is not square.
+    for other in (dw(2, 16, 1, 9, 9, 3, 3, dilation=2), dw(2, 16, 1, 9, 9, 3, 3, stride=3),
+                  dw(2, 16, 1, 9, 9, 1, 7, padding_w=3)):
+        assert plan(other).name == sources.depthwise_nhwc_name("__half", 8, 0, 0)
+    # One channel per thread: a multiplier, channels off the vector, x off the 16-byte grid.
+    for other, x_ptr in ((dw(2, 16, 2, 9, 9, 3, 3), 0), (dw(2, 12, 1, 9, 9, 3, 3), 0),
+                         (dw(2, 16, 1, 9, 9, 3, 3), 2)):
+        assert plan(other, x_ptr=x_ptr).name == sources.depthwise_nhwc_name("__half", 1, 0, 0)
+    every = set(sources.SOURCES["depthwise"].name_expressions)
+    assert {plan(s).name for s in CASES.values()} <= every
+
+
+def test_nchw_tiles() -> None:
+    big = plan_depthwise(dw(64, 96, 1, 112, 112, 3, 3, padding=1), "NCHW", "float")
+    assert big.tile == (32, 32, 34, 34) and big.threads == 256 and big.grid == (64 * 96, 4, 4)
+    small = plan_depthwise(dw(64, 960, 1, 7, 7, 3, 3, padding=1), "NCHW", "float")
+    assert small.tile[:2] == (7, 8) and small.threads == 64 and small.kernel == 3
+    shrunk = plan_depthwise(CASES["tile-shrunk-for-shared-memory"], "NCHW", "float")
+    assert shrunk.tile[:2] == (3, 32) and shrunk.shared_bytes <= depthwise_plan.SHARED_LIMIT
+    for th in range(1, 40):
+        for tw in (8, 16, 32):
+            threads = depthwise_plan.nchw_threads(th, tw)
+            assert threads % 32 == 0 and threads <= 256 and threads // tw >= min(th, 256 // tw)
+
+
+def test_nchw_refuses_a_window_past_shared_memory() -> None:
+    with pytest.raises(Unsupported, match="shared memory"):
+        plan_depthwise(dw(1, 2, 1, 130, 130, 5, 5, dilation=30), "NCHW", "float")
+    assert plan_depthwise(dw(1, 2, 1, 130, 130, 5, 5, dilation=30), "NHWC", "float").kernel == 0
