@@ -3,6 +3,6 @@
 Set ``TRITON_INTERPRET=1`` before the import to run them on CPU tensors (slow; for tests).
 """
 
-from kernels.triton import conv2d, linear, pool2d, relu
+from kernels.triton import conv2d, conv2d_backward, linear, pool2d, relu
 
-__all__ = ["conv2d", "linear", "pool2d", "relu"]
+__all__ = ["conv2d", "conv2d_backward", "linear", "pool2d", "relu"]

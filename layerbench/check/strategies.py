@@ -11,11 +11,12 @@ from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 @st.composite
 def conv2d_specs(draw: st.DrawFn, max_batch: int = 2, max_channels: int = 8, max_hw: int = 12,
                  max_kernel: int = 5, max_stride: int = 4, max_padding: int = 2, max_dilation: int = 1,
-                 max_groups: int = 1, per_axis: bool = False) -> Conv2d:
+                 max_groups: int = 1, per_axis: bool = False, direction: str = "forward") -> Conv2d:
     """Conv2d specs; by default one stride and padding for both axes, no dilation, one group (the
     plain convolution), as before these options existed.  ``per_axis`` draws each axis's stride,
     padding and dilation apart; ``max_dilation`` and ``max_groups`` add dilation and groups (the
-    channel counts are then multiples of the groups, at most ``max_channels`` where the groups allow)."""
+    channel counts are then multiples of the groups, at most ``max_channels`` where the groups allow).
+    ``direction`` is the pass the specs ask for (``layers.passes``)."""
     h = draw(st.integers(1, max_hw))
     w = draw(st.integers(1, max_hw))
     groups = draw(st.integers(1, max_groups))
@@ -34,7 +35,7 @@ def conv2d_specs(draw: st.DrawFn, max_batch: int = 2, max_channels: int = 8, max
                   height=h, width=w, kernel_h=kh, kernel_w=kw,
                   stride_h=stride_h, stride_w=stride_w, padding_h=pad_h, padding_w=pad_w,
                   dilation_h=dil_h, dilation_w=dil_w, groups=groups,
-                  bias=draw(st.booleans()))
+                  bias=draw(st.booleans()), direction=direction)
 
 
 @st.composite
@@ -70,7 +71,7 @@ SPEC_STRATEGIES = {"conv2d": conv2d_specs, "pool2d": pool2d_specs, "relu": relu_
                    "linear": linear_specs}
 
 
-def specs(layer: str, **bounds: int | bool) -> st.SearchStrategy:
+def specs(layer: str, **bounds: int | bool | str) -> st.SearchStrategy:
     """A strategy of valid specs for ``layer`` within the given size bounds."""
     if layer not in SPEC_STRATEGIES:
         raise ValueError(f"layer must be one of {', '.join(SPEC_STRATEGIES)}, got {layer!r}")

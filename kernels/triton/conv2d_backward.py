@@ -1,0 +1,574 @@
+"""The backward passes of 2-D convolution in Triton, as implicit GEMMs with fp32 accumulation.
+
+Data gradient (``backward_data``): dx[n, c, h, w] sums dy[n, k, oh, ow] * W[k, c, r, s] over the
+output channels k of c's group and the taps (r, s) with oh = (h + pad_h - r*dil_h) / stride_h a
+whole number in [0, P) (the same along w).  GEMM view: M = N*H*W pixels of dx, N = the group's
+C/groups input channels, reduction over its K/groups output channels and the taps.  Which taps
+give a whole oh depends only on the pixel's phase h mod stride_h: dx's pixels are split into
+stride_h*stride_w phases (one at stride 1), each program takes pixels of one phase and walks only
+the taps that reach them, so no product is spent on a tap that misses (at stride 2 three in four
+would) and no load needs a divisibility test.  A phase no tap reaches (1x1 stride 2 at odd rows)
+gets zeros.
+
+Weight gradient (``backward_weight``): dW[k, c, r, s] sums dy[n, k, p, q] * x[n, c, p*stride_h -
+pad_h + r*dil_h, ...] over n, p, q.  GEMM view: M = the group's output channels, N = its input
+channels times the taps, reduction over N*P*Q, long and with few output tiles: it is cut into
+slices (split-K) whose fp32 partial tiles go to a workspace, summed slice by slice in a second
+kernel (deterministic).  dbias sums dy over n, p, q: partial sums per chunk of rows, summed the
+same way.  With a bias, ``out`` is one flat buffer (``layers.passes.split_output``).
+
+Walks of the reduction, as in the forward (conv2d.py):
+
+* dgrad channel-blocked (dy NHWC, weight channels_last): taps, then blocks of BLOCK_K output
+  channels, so A rows are contiguous channel runs of one dy pixel and B rows contiguous runs of
+  the weight.  NCHW dy is copied to NHWC first (and a contiguous weight to channels_last) inside
+  the timed call where the channels fit a block, as the forward does; dx is written in its own
+  layout.  Otherwise the flat walk: BLOCK_K consecutive (k, tap) indices, gathered.
+* wgrad tap-blocked: each output tile lies in one tap (r, s), its columns a block of input
+  channels, so the x gather needs one row offset per reduction index; flat otherwise (few
+  channels per group: the first layer's 3, depthwise's 1), columns in dW's memory order.
+
+Groups run on their own grid axis.  Tiles are autotuned on the GPU per arithmetic mode (the
+forward's families); on the GPU the number of wgrad slices is chosen by timing.  Under the
+interpreter one small tile is used, the wgrad reduction is split in two where it is long enough
+and the dbias rows in two chunks, so the partial paths are checked too; bf16 products are taken
+in fp32 there (exact for bf16 inputs), because the interpreter's bf16 tl.dot is wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from layerbench.builders import Built, Kernel, Tensors, in_order
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+from layerbench.layers.passes import split_output
+from layerbench.registry import register
+
+from kernels.triton.conv2d import _channels_last_copy, channel_block
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotuned, bind, check_inputs,
+                                    dense_layout, grouped_tile, interpreting, quick_bench, tile_config)
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per arithmetic mode.  dgrad's BLOCK_K is an upper
+# bound the channel-blocked walk may lower to fit K/groups; wgrad's BLOCK_N one the tap-blocked
+# walk may lower to fit C/groups.
+_DGRAD_CONFIGS = {
+    "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
+              tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4),
+              tile_config(256, 128, 64, 8, 3), tile_config(128, 256, 64, 8, 3)],
+    "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
+             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4),
+             tile_config(256, 128, 32, 8, 3)],
+    "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
+              tile_config(64, 128, 32, 8, 2), tile_config(128, 128, 32, 8, 2)],
+}
+_WGRAD_CONFIGS = {
+    "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
+              tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4),
+              tile_config(64, 64, 128, 4, 3), tile_config(128, 128, 128, 8, 2)],
+    "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
+             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4),
+             tile_config(64, 64, 64, 4, 3)],
+    "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
+              tile_config(64, 128, 32, 8, 2), tile_config(32, 64, 32, 4, 2)],
+}
+_INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
+
+_DGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
+              "pad_w", "dil_h", "dil_w", "DY_NHWC", "DX_NHWC", "WEIGHT_RSC", "CHANNEL_BLOCK", "PRECISION"]
+_WGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
+              "pad_w", "dil_h", "dil_w", "k_per_split", "X_NHWC", "DY_NHWC", "WEIGHT_RSC", "TAP_BLOCK",
+              "PARTIAL", "PRECISION"]
+
+# wgrad split-K on the GPU: the slice counts tried, slices of at least MIN_SLICE reduction indices
+# starting on a multiple of SLICE_QUANTUM (every BLOCK_K divides it), workspace at most this big.
+SPLIT_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+MIN_SLICE = 1024
+SLICE_QUANTUM = 256
+MAX_WORKSPACE_BYTES = 256 * 2**20
+# The dbias reduction's tile (rows x channels) and the rows each of its programs sums at least.
+_BIAS_TILE = {"gpu": (64, 64), "interpreter": (16, 16)}
+_BIAS_MIN_ROWS = 4096
+_SUM_BLOCK = 1024
+_MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (groups, slices)
+
+
+@triton.jit
+def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b; UPCAST (the interpreter's bf16) takes the products in fp32, exactly."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _first_tap(phase, pad, dil, stride, period):
+    """The first tap r in [0, period) with (phase + pad - r*dil) divisible by stride, else period.
+
+    The taps that hit recur every period = stride / gcd(stride, dil) taps, so none hits when
+    none of the first period does.
+    """
+    first = period
+    for t in range(0, period):
+        hit = ((phase + pad - t * dil) % stride == 0) & (first == period)
+        first = tl.where(hit, t, first)
+    return first
+
+
+@triton.jit
+def _tap_count(first, period, R):
+    """How many taps first, first + period, ... lie in [0, R); none where no tap hits (first is
+    then period)."""
+    return tl.where((first < period) & (first < R), (R - 1 - first) // period + 1, 0)
+
+
+# Only the channel counts are specialised on: their divisibility by 16 lets loads and stores
+# vectorise; every other size would only multiply the compiles.
+@triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
+                               "dil_h", "dil_w", "period_h", "period_w", "HP", "WP"])
+def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
+                  N, C, H, W, K, P, Q, R, S, CPG, KPG,
+                  stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, period_h, period_w, HP, WP,
+                  DY_NHWC: tl.constexpr, DX_NHWC: tl.constexpr, WEIGHT_RSC: tl.constexpr,
+                  CHANNEL_BLOCK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    # Program axis 0: phase-major tiles of (pixels of one phase) x (input channels); axis 1: group.
+    # A phase's pixels are h = phase_h + stride_h*i for i < HP = cdiv(H, stride_h) (same along w).
+    g = tl.program_id(1)
+    MP = N * HP * WP
+    tiles = tl.cdiv(MP, BLOCK_M) * tl.cdiv(CPG, BLOCK_N)
+    phase = tl.program_id(0) // tiles
+    pid_m, pid_n = grouped_tile(tl.program_id(0) % tiles, MP, CPG, BLOCK_M, BLOCK_N, GROUP_M)
+    phase_h = phase // stride_w
+    phase_w = phase % stride_w
+    r0 = _first_tap(phase_h, pad_h, dil_h, stride_h, period_h)
+    s0 = _first_tap(phase_w, pad_w, dil_w, stride_w, period_w)
+    n_s = _tap_count(s0, period_w, S)
+    taps = _tap_count(r0, period_h, R) * n_s
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < CPG
+    ci = tl.where(n_ok, offs_n, 0)
+    jw = offs_m % WP
+    i = (offs_m // WP) % HP
+    n = offs_m // (WP * HP)
+    h = phase_h + stride_h * i
+    w = phase_w + stride_w * jw
+    m_ok = (offs_m < MP) & (h < H) & (w < W)
+    k_base = g * KPG  # the group's first output channel
+    if DY_NHWC:
+        dy_rows = dy_ptr + n * (P * Q * K) + k_base
+    else:
+        dy_rows = dy_ptr + (n * K + k_base) * (P * Q)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if CHANNEL_BLOCK:
+        # dy NHWC, weight channels_last: W[k, c, r, s] at k*R*S*CPG + (r*S + s)*CPG + c.
+        k_blocks = tl.cdiv(KPG, BLOCK_K)
+        for step in range(0, taps * k_blocks):
+            tap = step // k_blocks
+            r = r0 + (tap // n_s) * period_h
+            s = s0 + (tap % n_s) * period_w
+            ks = (step % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = ks < KPG
+            # Exact divisions: the tap hits this phase.
+            oh = i + (phase_h + pad_h - r * dil_h) // stride_h
+            ow = jw + (phase_w + pad_w - s * dil_w) // stride_w
+            pix_ok = m_ok & (oh >= 0) & (oh < P) & (ow >= 0) & (ow < Q)
+            a = tl.load((dy_rows + (oh * Q + ow) * K)[:, None] + ks[None, :],
+                        mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + ((k_base + ks) * (R * S * CPG) + (r * S + s) * CPG)[:, None] + ci[None, :],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = _dot(a, b, acc, PRECISION, UPCAST)
+    else:
+        # Reduction index kk = k * taps + tap over the group's output channels and the hitting taps.
+        for k0 in range(0, KPG * taps, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            kk_ok = kk < KPG * taps
+            k = kk // taps
+            tap = kk % taps
+            r = r0 + (tap // n_s) * period_h
+            s = s0 + (tap % n_s) * period_w
+            oh = i[:, None] + ((phase_h + pad_h - r * dil_h) // stride_h)[None, :]
+            ow = jw[:, None] + ((phase_w + pad_w - s * dil_w) // stride_w)[None, :]
+            ok = (m_ok[:, None] & kk_ok[None, :]) & (oh >= 0) & (oh < P) & (ow >= 0) & (ow < Q)
+            if DY_NHWC:
+                a_ptrs = dy_rows[:, None] + (oh * Q + ow) * K + k[None, :]
+            else:
+                a_ptrs = dy_rows[:, None] + (k * (P * Q))[None, :] + oh * Q + ow
+            a = tl.load(a_ptrs, mask=ok, other=0.0)
+            if WEIGHT_RSC:
+                w_off = (k_base + k) * (R * S * CPG) + (r * S + s) * CPG
+                b_ptrs = w_ptr + w_off[:, None] + ci[None, :]
+            else:
+                w_off = (k_base + k) * (CPG * R * S) + r * S + s
+                b_ptrs = w_ptr + w_off[:, None] + (ci * (R * S))[None, :]
+            b = tl.load(b_ptrs, mask=kk_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = _dot(a, b, acc, PRECISION, UPCAST)
+
+    c = g * CPG + offs_n
+    if DX_NHWC:
+        dx_ptrs = dx_ptr + (((n * H + h) * W + w) * C)[:, None] + c[None, :]
+    else:
+        dx_ptrs = dx_ptr + (n * C * H * W + h * W + w)[:, None] + (c * (H * W))[None, :]
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
+                               "dil_h", "dil_w", "k_per_split"])
+def _wgrad_kernel(x_ptr, dy_ptr, dw_ptr,
+                  N, C, H, W, K, P, Q, R, S, CPG, KPG,
+                  stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, k_per_split,
+                  X_NHWC: tl.constexpr, DY_NHWC: tl.constexpr, WEIGHT_RSC: tl.constexpr,
+                  TAP_BLOCK: tl.constexpr, PARTIAL: tl.constexpr,
+                  PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    # Program axes: 0 the output tile, 1 the slice of the reduction, 2 the group.  With PARTIAL,
+    # dw_ptr is the fp32 workspace (slices, dW in its memory order), else dW itself.
+    split = tl.program_id(1)
+    g = tl.program_id(2)
+    RS = R * S
+    if TAP_BLOCK:
+        c_blocks = tl.cdiv(CPG, BLOCK_N)
+        pid_m, pid_n = grouped_tile(tl.program_id(0), KPG, RS * c_blocks * BLOCK_N, BLOCK_M, BLOCK_N, GROUP_M)
+        tap = pid_n // c_blocks
+        ci = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = ci < CPG
+    else:
+        pid_m, pid_n = grouped_tile(tl.program_id(0), KPG, CPG * RS, BLOCK_M, BLOCK_N, GROUP_M)
+        col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # in dW's memory order
+        col_ok = col < CPG * RS
+        if WEIGHT_RSC:
+            tap = col // CPG
+            ci = col % CPG
+        else:
+            ci = col // RS
+            tap = col % RS
+    r = tap // S
+    s = tap % S
+    ci = tl.where(col_ok, ci, 0)
+
+    co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    co_ok = co < KPG
+    k = g * KPG + tl.where(co_ok, co, 0)
+    c = g * CPG + ci
+    PQ = P * Q
+    L = N * PQ
+    k_lo = split * k_per_split
+    k_hi = tl.minimum(L, k_lo + k_per_split)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)  # (n, p, q) flattened: dy's NHWC pixel index
+        kk_ok = kk < k_hi
+        nb = kk // PQ
+        pq = kk % PQ
+        if DY_NHWC:
+            a_ptrs = dy_ptr + (kk * K)[None, :] + k[:, None]
+        else:
+            a_ptrs = dy_ptr + (nb * (K * PQ) + pq)[None, :] + (k * PQ)[:, None]
+        a = tl.load(a_ptrs, mask=co_ok[:, None] & kk_ok[None, :], other=0.0)
+        ih0 = (pq // Q) * stride_h - pad_h
+        iw0 = (pq % Q) * stride_w - pad_w
+        if TAP_BLOCK:
+            ih = ih0 + r * dil_h
+            iw = iw0 + s * dil_w
+            ok = (kk_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & col_ok[None, :]
+            if X_NHWC:
+                b_ptrs = x_ptr + (((nb * H + ih) * W + iw) * C)[:, None] + c[None, :]
+            else:
+                b_ptrs = x_ptr + (nb * (C * H * W) + ih * W + iw)[:, None] + (c * (H * W))[None, :]
+        else:
+            ih = ih0[:, None] + (r * dil_h)[None, :]
+            iw = iw0[:, None] + (s * dil_w)[None, :]
+            ok = (kk_ok[:, None] & col_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            if X_NHWC:
+                b_ptrs = x_ptr + ((nb[:, None] * H + ih) * W + iw) * C + c[None, :]
+            else:
+                b_ptrs = x_ptr + (nb * (C * H * W))[:, None] + (c * (H * W))[None, :] + ih * W + iw
+        b = tl.load(b_ptrs, mask=ok, other=0.0)
+        acc = _dot(a, b, acc, PRECISION, UPCAST)
+
+    if WEIGHT_RSC:
+        offs = (k * (RS * CPG))[:, None] + (tap * CPG + ci)[None, :]
+    else:
+        offs = (k * (CPG * RS))[:, None] + (ci * RS + tap)[None, :]
+    mask = co_ok[:, None] & col_ok[None, :]
+    if PARTIAL:
+        tl.store(dw_ptr + split * (K * CPG * RS) + offs, acc, mask=mask)
+    else:
+        tl.store(dw_ptr + offs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_grad_kernel(dy_ptr, out_ptr, K, PQ, L, rows_per_chunk,
+                      DY_NHWC: tl.constexpr, PARTIAL: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sums of dy over one chunk of its N*P*Q rows for BLOCK_C channels (program axes: channel
+    block, chunk); PARTIAL: fp32 into row ``chunk`` of the workspace, else the sums themselves."""
+    chunk = tl.program_id(1)
+    ks = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    k_ok = ks < K
+    lo = chunk * rows_per_chunk
+    hi = tl.minimum(L, lo + rows_per_chunk)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    for row0 in range(lo, hi, BLOCK_R):
+        rows = row0 + tl.arange(0, BLOCK_R)
+        if DY_NHWC:
+            ptrs = dy_ptr + (rows * K)[:, None] + ks[None, :]
+        else:
+            ptrs = dy_ptr + ((rows // PQ) * (K * PQ) + rows % PQ)[:, None] + (ks * PQ)[None, :]
+        acc += tl.load(ptrs, mask=(rows < hi)[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+    total = tl.sum(acc, axis=0)
+    if PARTIAL:
+        tl.store(out_ptr + chunk * K + ks, total, mask=k_ok)
+    else:
+        tl.store(out_ptr + ks, total.to(out_ptr.dtype.element_ty), mask=k_ok)
+
+
+@triton.jit
+def _sum_slices_kernel(ws_ptr, out_ptr, L, SLICES, BLOCK: tl.constexpr):
+    """out[i] = sum of ws[s, i] over the slices s in order (deterministic), in out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < L
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, SLICES):
+        acc += tl.load(ws_ptr + s * L + offs, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _capped(configs: list[triton.Config], key: str, cap: int) -> list[triton.Config]:
+    """The configs with ``key`` lowered to at most ``cap``, duplicates dropped."""
+    capped = []
+    for cfg in configs:
+        kwargs = dict(cfg.kwargs, **{key: min(cfg.kwargs[key], cap)})
+        capped.append(tile_config(kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"], cfg.num_warps,
+                                  cfg.num_stages))
+    return list({str(c): c for c in capped}.values())
+
+
+@functools.cache
+def _tuned_dgrad(mode: str, max_block_k: int):
+    return autotuned(_dgrad_kernel, _capped(_DGRAD_CONFIGS[mode], "BLOCK_K", max_block_k), _DGRAD_KEY)
+
+
+@functools.cache
+def _tuned_wgrad(mode: str, max_block_n: int):
+    return autotuned(_wgrad_kernel, _capped(_WGRAD_CONFIGS[mode], "BLOCK_N", max_block_n), _WGRAD_KEY)
+
+
+def tap_block(c: int, max_block: int) -> int:
+    """BLOCK_N for the tap-blocked wgrad walk: the largest block of 128/64/32/16 input channels
+    that is at most ``max_block`` and pads C/groups by at most 1/8; 0 if none."""
+    for block in (128, 64, 32, 16):
+        if block <= max_block and (-c % block) * 8 <= c:
+            return block
+    return 0
+
+
+def _layouts(layout: str, **named: torch.Tensor) -> list[bool]:
+    """Whether each tensor is dense NHWC (True) or NCHW (False); Unsupported if neither."""
+    found = [dense_layout(t, layout) for t in named.values()]
+    if any(f is None for f in found):
+        raise Unsupported(f"conv2d backward needs {', '.join(named)} dense in NCHW or NHWC (channels_last)")
+    return found  # type: ignore[return-value]
+
+
+def _check(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> None:
+    """Refuse inputs this pass cannot read (the kernels take bf16 products in fp32 under the
+    interpreter, so bf16 runs there too)."""
+    check_inputs(_dgrad_kernel, dtype, Conv2d.dtypes, tensors, out)
+    if spec.bias != ("bias" in tensors):
+        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'have' if 'bias' in tensors else 'lack'} a bias")
+    for name, shape in (("x", spec.input_shape), ("weight", spec.weight_shape), ("dy", spec.output_shape)):
+        if tuple(tensors[name].shape) != shape:
+            raise Unsupported(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} for {spec}")
+    if spec.groups > _MAX_GRID_YZ:
+        raise Unsupported(f"groups {spec.groups} exceed the grid axis that runs them ({_MAX_GRID_YZ})")
+
+
+def _common_args(spec: Conv2d) -> tuple[int, ...]:
+    n, c, h, w = spec.input_shape
+    return (n, c, h, w, spec.out_channels, spec.out_height, spec.out_width, spec.kernel_h, spec.kernel_w,
+            c // spec.groups, spec.out_channels // spec.groups, spec.stride_h, spec.stride_w, spec.padding_h,
+            spec.padding_w, spec.dilation_h, spec.dilation_w)
+
+
+def _upcast(fn: object, dtype: DType) -> bool:
+    return interpreting(fn) and dtype.name == "bf16"
+
+
+@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), direction="backward_data",
+          description="Triton implicit-GEMM data gradient: dx pixels split by stride phase, only the "
+                      "taps that hit walked, fp32 accumulation")
+def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    _check(spec, dtype, tensors, out)
+    if tuple(out.shape) != spec.input_shape:
+        raise Unsupported(f"dx has shape {tuple(out.shape)}, expected {spec.input_shape}")
+    w, dy = tensors["weight"], tensors["dy"]
+    dy_nhwc, weight_rsc, dx_nhwc = _layouts(layout, dy=dy, weight=w, dx=out)
+    mode = DOT_MODE[dtype.name]
+    args = _common_args(spec)
+    cpg, kpg = args[9], args[10]
+    cap = (_INTERPRETER_CONFIG["BLOCK_K"] if interpreting(_dgrad_kernel)
+           else max(cfg.kwargs["BLOCK_K"] for cfg in _DGRAD_CONFIGS[mode]))
+    block_k = channel_block(kpg, cap)
+    copies: list[Kernel] = []
+    if block_k and not (dy_nhwc and weight_rsc):
+        # NCHW dy (or a contiguous weight): copy to NHWC in the timed call, then the blocked walk.
+        if not dy_nhwc:
+            dy, copy_dy = _channels_last_copy(dy)
+            copies.append(copy_dy)
+        if not weight_rsc:
+            w, copy_w = _channels_last_copy(w)
+            copies.append(copy_w)
+        dy_nhwc = weight_rsc = True
+    for copy in copies:
+        copy()  # the buffers must hold the data before autotuning runs the GEMM on them
+
+    periods = tuple(st // _gcd(st, d) for st, d in ((spec.stride_h, spec.dilation_h),
+                                                     (spec.stride_w, spec.dilation_w)))
+    hp, wp = triton.cdiv(spec.height, spec.stride_h), triton.cdiv(spec.width, spec.stride_w)
+    phases = spec.stride_h * spec.stride_w
+    meta = {"DY_NHWC": dy_nhwc, "DX_NHWC": dx_nhwc, "WEIGHT_RSC": weight_rsc, "CHANNEL_BLOCK": bool(block_k),
+            "PRECISION": DOT_PRECISION[dtype.name], "UPCAST": _upcast(_dgrad_kernel, dtype)}
+    fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
+    m_phase = spec.batch * hp * wp
+
+    def grid(config: dict) -> tuple[int, int]:
+        tiles = triton.cdiv(m_phase, config["BLOCK_M"]) * triton.cdiv(cpg, config["BLOCK_N"])
+        return (phases * tiles, spec.groups)
+
+    launch = bind(_dgrad_kernel, _tuned_dgrad(mode, block_k or cap), grid,
+                  (dy, w, out, *args, *periods, hp, wp), meta, fixed)
+    return in_order(*copies, launch)
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor, dw: torch.Tensor,
+                  layouts: tuple[bool, bool, bool], slices: int, quantum: int) -> Kernel:
+    """dW in ``slices`` slices of the reduction (fewer if it is short): the GEMM, then, for more
+    than one, the sum of its fp32 partials into ``dw``."""
+    x_nhwc, dy_nhwc, weight_rsc = layouts
+    mode = DOT_MODE[dtype.name]
+    args = _common_args(spec)
+    cpg, kpg = args[9], args[10]
+    reduction = spec.batch * spec.out_height * spec.out_width
+    k_per_split = triton.cdiv(triton.cdiv(reduction, slices), quantum) * quantum
+    slices = triton.cdiv(reduction, k_per_split)
+    partial = slices > 1
+    size = dw.numel()
+    target = torch.empty((slices, size) if partial else (1,), dtype=torch.float32, device=dw.device)
+    interp = interpreting(_wgrad_kernel)
+    cap = _INTERPRETER_CONFIG["BLOCK_N"] if interp else max(c.kwargs["BLOCK_N"] for c in _WGRAD_CONFIGS[mode])
+    block_n = tap_block(cpg, cap)
+    meta = {"X_NHWC": x_nhwc, "DY_NHWC": dy_nhwc, "WEIGHT_RSC": weight_rsc, "TAP_BLOCK": bool(block_n),
+            "PARTIAL": partial, "PRECISION": DOT_PRECISION[dtype.name], "UPCAST": _upcast(_wgrad_kernel, dtype)}
+    fixed = dict(_INTERPRETER_CONFIG, BLOCK_N=block_n or _INTERPRETER_CONFIG["BLOCK_N"])
+    taps = spec.kernel_h * spec.kernel_w
+
+    def grid(config: dict) -> tuple[int, int, int]:
+        if block_n:
+            cols = taps * triton.cdiv(cpg, config["BLOCK_N"])
+        else:
+            cols = triton.cdiv(cpg * taps, config["BLOCK_N"])
+        return (triton.cdiv(kpg, config["BLOCK_M"]) * cols, slices, spec.groups)
+
+    gemm = bind(_wgrad_kernel, _tuned_wgrad(mode, block_n or cap), grid,
+                (x, dy, target if partial else dw, *args, k_per_split), meta, fixed)
+    if not partial:
+        return gemm
+    return in_order(gemm, _sum_slices(target, dw, slices))
+
+
+def _sum_slices(ws: torch.Tensor, out: torch.Tensor, slices: int) -> Kernel:
+    """The launcher summing ``slices`` rows of the fp32 workspace into ``out`` (memory order)."""
+    size = out.numel()
+    launch = _sum_slices_kernel[(triton.cdiv(size, _SUM_BLOCK),)]
+
+    def kernel() -> None:
+        launch(ws, out, size, slices, BLOCK=_SUM_BLOCK)
+
+    return kernel
+
+
+def _bias_launch(spec: Conv2d, dy: torch.Tensor, dy_nhwc: bool, dbias: torch.Tensor) -> Kernel:
+    """dbias: dy summed over chunks of its N*P*Q rows, then (for several chunks) over the chunks."""
+    k = spec.out_channels
+    pq = spec.out_height * spec.out_width
+    rows = spec.batch * pq
+    interp = interpreting(_bias_grad_kernel)
+    block_r, block_c = _BIAS_TILE["interpreter" if interp else "gpu"]
+    c_blocks = triton.cdiv(k, block_c)
+    if interp:
+        chunks = 2 if rows > block_r else 1  # both paths checked
+    else:
+        # Enough programs to fill the GPU a few times over, each summing at least _BIAS_MIN_ROWS rows.
+        programs = 4 * torch.cuda.get_device_properties(dy.device).multi_processor_count
+        chunks = max(1, min(triton.cdiv(programs, c_blocks), rows // _BIAS_MIN_ROWS, _MAX_GRID_YZ))
+    rows_per_chunk = triton.cdiv(triton.cdiv(rows, chunks), block_r) * block_r
+    chunks = triton.cdiv(rows, rows_per_chunk)
+    partial = chunks > 1
+    ws = torch.empty((chunks, k) if partial else (1,), dtype=torch.float32, device=dy.device)
+    launch = _bias_grad_kernel[(c_blocks, chunks)]
+
+    def kernel() -> None:
+        launch(dy, ws if partial else dbias, k, pq, rows, rows_per_chunk,
+               DY_NHWC=dy_nhwc, PARTIAL=partial, BLOCK_R=block_r, BLOCK_C=block_c)
+
+    return in_order(kernel, _sum_slices(ws, dbias, chunks)) if partial else kernel
+
+
+def _slice_candidates(spec: Conv2d, interp: bool, block_k: int) -> list[tuple[int, int]]:
+    """(slices, quantum) to build: on the GPU every count whose slices are long enough and whose
+    workspace fits; under the interpreter two slices where the reduction spans more than two
+    BLOCK_Ks (so the partial path is checked), else one."""
+    reduction = spec.batch * spec.out_height * spec.out_width
+    size = spec.out_channels * spec.weight_shape[1] * spec.kernel_h * spec.kernel_w
+    if interp:
+        return [(2 if reduction > 2 * block_k else 1, block_k)]
+    return [(s, SLICE_QUANTUM) for s in SPLIT_CANDIDATES
+            if s == 1 or (reduction >= s * MIN_SLICE and s * size * 4 <= MAX_WORKSPACE_BYTES
+                          and s * size <= INT32_MAX and s <= _MAX_GRID_YZ)]
+
+
+@register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), direction="backward_weight",
+          description="Triton implicit-GEMM weight gradient, split-K timed at build with a deterministic "
+                      "sum of fp32 partials; dbias as a two-stage sum of dy")
+def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    _check(spec, dtype, tensors, out)
+    views = split_output(spec, out, layout)
+    dw, dbias = views["dweight"], views.get("dbias")
+    if tuple(dw.shape) != spec.weight_shape:
+        raise Unsupported(f"dweight has shape {tuple(dw.shape)}, expected {spec.weight_shape}")
+    x, dy = tensors["x"], tensors["dy"]
+    layouts = _layouts(layout, x=x, dy=dy, dweight=dw)
+    bias = [] if dbias is None else [_bias_launch(spec, dy, layouts[1], dbias)]
+    interp = interpreting(_wgrad_kernel)
+    candidates = _slice_candidates(spec, interp, _INTERPRETER_CONFIG["BLOCK_K"])
+    if interp:
+        slices, quantum = candidates[0]
+        return Built(in_order(_wgrad_launch(spec, dtype, x, dy, dw, tuple(layouts), slices, quantum), *bias),
+                     {"slices": slices})
+    best, best_ms, best_slices = None, float("inf"), 0
+    for slices, quantum in candidates:
+        kernel = _wgrad_launch(spec, dtype, x, dy, dw, tuple(layouts), slices, quantum)
+        ms = quick_bench(kernel)
+        if ms < best_ms:
+            best, best_ms, best_slices = kernel, ms, slices
+    assert best is not None
+    return Built(in_order(best, *bias), {"slices": best_slices, "wgrad_ms": best_ms})
