@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d_backward as backward
+from kernels.triton import depthwise_backward as depthwise
+from kernels.triton.support import next_pow2
 from layerbench.dtypes import get_dtype
 from layerbench.layers import Conv2d
 from layerbench.measure.launch import make_batch
@@ -116,6 +118,26 @@ def test_checker_catches_a_mirrored_operand(direction: str) -> None:
     assert not result.ok and result.nonfinite == 0, result.message
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("direction", BACKWARD)
+def test_depthwise_runs_the_direct_kernels(direction: str) -> None:
+    for spec, algorithm in ((CASES["depthwise"], "depthwise"), (CASES["groups2"], "implicit_gemm")):
+        spec = at(spec, direction)
+        tensors = make_tensors(spec, "fp32", "NCHW", "cpu")
+        built = get("conv2d", "triton").build(spec, get_dtype("fp32"), "NCHW", tensors,
+                                              make_output(spec, tensors, "NCHW"))
+        assert built.details["algorithm"] == algorithm
+
+
+@pytest.mark.parametrize("taps", [1, 9, 25, 49])
+def test_depthwise_wgrad_tiles_fit_the_accumulator(taps: int) -> None:
+    configs = depthwise._wgrad_configs(next_pow2(taps))
+    assert configs
+    for cfg in configs:
+        p, c = cfg.kwargs["BLOCK_P"], cfg.kwargs["BLOCK_C"]
+        assert next_pow2(taps) * p * c <= depthwise._WGRAD_ACC and depthwise._ROW_QUANTUM % p == 0
+
+
 def test_tap_block_choice() -> None:
     assert [backward.tap_block(c, 128) for c in (3, 16, 17, 31, 64, 96, 120, 128, 256, 1)] == \
         [0, 16, 0, 32, 64, 32, 128, 128, 128, 0]
@@ -142,6 +164,7 @@ GPU_CASES = {
     "resnet-3x3-512-bias": Conv2d(32, 512, 512, 7, 7, 3, 3, padding=1),
     "stem-7x7-s2": Conv2d(8, 3, 64, 224, 224, 7, 7, stride=2, padding=3),
     "mobilenet-depthwise-s2": Conv2d(8, 144, 144, 56, 56, 3, 3, stride=2, padding=1, groups=144, bias=False),
+    "depthwise-5x5-multiplier2": Conv2d(8, 32, 64, 28, 28, 5, 5, padding=2, groups=32),
     "resnext-groups32": Conv2d(8, 256, 256, 28, 28, 3, 3, padding=1, groups=32, bias=False),
     "dilated-2": Conv2d(8, 256, 256, 28, 28, 3, 3, padding=2, dilation=2),
 }
@@ -185,6 +208,26 @@ def test_gpu_every_tile_config(direction: str, dtype: str, monkeypatch: pytest.M
                 result = check_implementation(get("conv2d", "triton"), at(spec, direction), dtype, layout,
                                               "cuda", seed=seed_of(name))
                 assert result.ok, f"{config} {name} {dtype}: {result.message}"
+    finally:
+        tuned.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("direction", BACKWARD)
+def test_gpu_every_depthwise_tile(direction: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = at(Conv2d(3, 40, 40, 11, 13, 3, 3, stride=2, padding=1, groups=40), direction)
+    configs = depthwise._DGRAD_CONFIGS if direction == "backward_data" else depthwise._wgrad_configs(16)
+    tuned = depthwise._tuned_dgrad if direction == "backward_data" else depthwise._tuned_wgrad
+    try:
+        for config in configs:
+            if direction == "backward_data":
+                monkeypatch.setattr(depthwise, "_DGRAD_CONFIGS", [config])
+            else:
+                monkeypatch.setattr(depthwise, "_wgrad_configs", lambda taps, config=config: [config])
+            tuned.cache_clear()
+            for layout in Conv2d.layouts:
+                result = check_implementation(get("conv2d", "triton"), spec, "bf16", layout, "cuda", seed=7)
+                assert result.ok, f"{config} {layout}: {result.message}"
     finally:
         tuned.cache_clear()
 

@@ -3,11 +3,10 @@
 Data gradient (``backward_data``): dx[n, c, h, w] sums dy[n, k, oh, ow] * W[k, c, r, s] over the
 output channels k of c's group and the taps (r, s) with oh = (h + pad_h - r*dil_h) / stride_h a
 whole number in [0, P) (the same along w).  GEMM view: M = N*H*W pixels of dx, N = the group's
-C/groups input channels, reduction over its K/groups output channels and the taps.  Which taps
-give a whole oh depends only on the pixel's phase h mod stride_h: dx's pixels are split into
-stride_h*stride_w phases (one at stride 1), each program takes pixels of one phase and walks only
+C/groups input channels, reduction over its K/groups output channels and the taps.  dx's pixels
+are split by stride phase (grad_support): each program takes pixels of one phase and walks only
 the taps that reach them, so no product is spent on a tap that misses (at stride 2 three in four
-would) and no load needs a divisibility test.  A phase no tap reaches (1x1 stride 2 at odd rows)
+would) and no load needs a divisibility test; a phase no tap reaches (1x1 stride 2 at odd rows)
 gets zeros.
 
 Weight gradient (``backward_weight``): dW[k, c, r, s] sums dy[n, k, p, q] * x[n, c, p*stride_h -
@@ -26,9 +25,11 @@ Walks of the reduction, as in the forward (conv2d.py):
   layout.  Otherwise the flat walk: BLOCK_K consecutive (k, tap) indices, gathered.
 * wgrad tap-blocked: each output tile lies in one tap (r, s), its columns a block of input
   channels, so the x gather needs one row offset per reduction index; flat otherwise (few
-  channels per group: the first layer's 3, depthwise's 1), columns in dW's memory order.
+  channels per group: the first layer's 3), columns in dW's memory order.
 
-Groups run on their own grid axis.  Tiles are autotuned on the GPU per arithmetic mode (the
+Depthwise convolutions, whose every group would be a one-column GEMM, run the direct kernels of
+depthwise_backward.py instead (recorded as the ``algorithm`` detail).  Groups run on their own
+grid axis.  Tiles are autotuned on the GPU per arithmetic mode (the
 forward's families); on the GPU the number of wgrad slices is chosen by timing.  Under the
 interpreter one small tile is used, the wgrad reduction is split in two where it is long enough
 and the dbias rows in two chunks, so the partial paths are checked too; bf16 products are taken
@@ -50,7 +51,9 @@ from layerbench.layers import Conv2d
 from layerbench.layers.passes import split_output
 from layerbench.registry import register
 
+from kernels.triton import depthwise_backward
 from kernels.triton.conv2d import _channels_last_copy, channel_block
+from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotuned, bind, check_inputs,
                                     dense_layout, grouped_tile, interpreting, quick_bench, tile_config)
 
@@ -94,8 +97,6 @@ MAX_WORKSPACE_BYTES = 256 * 2**20
 # The dbias reduction's tile (rows x channels) and the rows each of its programs sums at least.
 _BIAS_TILE = {"gpu": (64, 64), "interpreter": (16, 16)}
 _BIAS_MIN_ROWS = 4096
-_SUM_BLOCK = 1024
-_MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (groups, slices)
 
 
 @triton.jit
@@ -105,27 +106,6 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def _first_tap(phase, pad, dil, stride, period):
-    """The first tap r in [0, period) with (phase + pad - r*dil) divisible by stride, else period.
-
-    The taps that hit recur every period = stride / gcd(stride, dil) taps, so none hits when
-    none of the first period does.
-    """
-    first = period
-    for t in range(0, period):
-        hit = ((phase + pad - t * dil) % stride == 0) & (first == period)
-        first = tl.where(hit, t, first)
-    return first
-
-
-@triton.jit
-def _tap_count(first, period, R):
-    """How many taps first, first + period, ... lie in [0, R); none where no tap hits (first is
-    then period)."""
-    return tl.where((first < period) & (first < R), (R - 1 - first) // period + 1, 0)
 
 
 # Only the channel counts are specialised on: their divisibility by 16 lets loads and stores
@@ -148,10 +128,10 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     pid_m, pid_n = grouped_tile(tl.program_id(0) % tiles, MP, CPG, BLOCK_M, BLOCK_N, GROUP_M)
     phase_h = phase // stride_w
     phase_w = phase % stride_w
-    r0 = _first_tap(phase_h, pad_h, dil_h, stride_h, period_h)
-    s0 = _first_tap(phase_w, pad_w, dil_w, stride_w, period_w)
-    n_s = _tap_count(s0, period_w, S)
-    taps = _tap_count(r0, period_h, R) * n_s
+    r0 = first_tap(phase_h, pad_h, dil_h, stride_h, period_h)
+    s0 = first_tap(phase_w, pad_w, dil_w, stride_w, period_w)
+    n_s = tap_count(s0, period_w, S)
+    taps = tap_count(r0, period_h, R) * n_s
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -335,17 +315,6 @@ def _bias_grad_kernel(dy_ptr, out_ptr, K, PQ, L, rows_per_chunk,
         tl.store(out_ptr + ks, total.to(out_ptr.dtype.element_ty), mask=k_ok)
 
 
-@triton.jit
-def _sum_slices_kernel(ws_ptr, out_ptr, L, SLICES, BLOCK: tl.constexpr):
-    """out[i] = sum of ws[s, i] over the slices s in order (deterministic), in out's dtype."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < L
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, SLICES):
-        acc += tl.load(ws_ptr + s * L + offs, mask=ok, other=0.0)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
-
-
 def _capped(configs: list[triton.Config], key: str, cap: int) -> list[triton.Config]:
     """The configs with ``key`` lowered to at most ``cap``, duplicates dropped."""
     capped = []
@@ -392,8 +361,8 @@ def _check(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> N
     for name, shape in (("x", spec.input_shape), ("weight", spec.weight_shape), ("dy", spec.output_shape)):
         if tuple(tensors[name].shape) != shape:
             raise Unsupported(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} for {spec}")
-    if spec.groups > _MAX_GRID_YZ:
-        raise Unsupported(f"groups {spec.groups} exceed the grid axis that runs them ({_MAX_GRID_YZ})")
+    if spec.groups > MAX_GRID_YZ:
+        raise Unsupported(f"groups {spec.groups} exceed the grid axis that runs them ({MAX_GRID_YZ})")
 
 
 def _common_args(spec: Conv2d) -> tuple[int, ...]:
@@ -410,12 +379,14 @@ def _upcast(fn: object, dtype: DType) -> bool:
 @register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), direction="backward_data",
           description="Triton implicit-GEMM data gradient: dx pixels split by stride phase, only the "
                       "taps that hit walked, fp32 accumulation")
-def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     _check(spec, dtype, tensors, out)
     if tuple(out.shape) != spec.input_shape:
         raise Unsupported(f"dx has shape {tuple(out.shape)}, expected {spec.input_shape}")
     w, dy = tensors["weight"], tensors["dy"]
     dy_nhwc, weight_rsc, dx_nhwc = _layouts(layout, dy=dy, weight=w, dx=out)
+    if spec.depthwise:
+        return Built(depthwise_backward.dgrad(spec, dy, w, out, dy_nhwc, dx_nhwc), {"algorithm": "depthwise"})
     mode = DOT_MODE[dtype.name]
     args = _common_args(spec)
     cpg, kpg = args[9], args[10]
@@ -435,8 +406,7 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     for copy in copies:
         copy()  # the buffers must hold the data before autotuning runs the GEMM on them
 
-    periods = tuple(st // _gcd(st, d) for st, d in ((spec.stride_h, spec.dilation_h),
-                                                     (spec.stride_w, spec.dilation_w)))
+    periods = (tap_period(spec.stride_h, spec.dilation_h), tap_period(spec.stride_w, spec.dilation_w))
     hp, wp = triton.cdiv(spec.height, spec.stride_h), triton.cdiv(spec.width, spec.stride_w)
     phases = spec.stride_h * spec.stride_w
     meta = {"DY_NHWC": dy_nhwc, "DX_NHWC": dx_nhwc, "WEIGHT_RSC": weight_rsc, "CHANNEL_BLOCK": bool(block_k),
@@ -450,13 +420,7 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
 
     launch = bind(_dgrad_kernel, _tuned_dgrad(mode, block_k or cap), grid,
                   (dy, w, out, *args, *periods, hp, wp), meta, fixed)
-    return in_order(*copies, launch)
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
+    return Built(in_order(*copies, launch), {"algorithm": "implicit_gemm"})
 
 
 def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor, dw: torch.Tensor,
@@ -492,18 +456,7 @@ def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor,
                 (x, dy, target if partial else dw, *args, k_per_split), meta, fixed)
     if not partial:
         return gemm
-    return in_order(gemm, _sum_slices(target, dw, slices))
-
-
-def _sum_slices(ws: torch.Tensor, out: torch.Tensor, slices: int) -> Kernel:
-    """The launcher summing ``slices`` rows of the fp32 workspace into ``out`` (memory order)."""
-    size = out.numel()
-    launch = _sum_slices_kernel[(triton.cdiv(size, _SUM_BLOCK),)]
-
-    def kernel() -> None:
-        launch(ws, out, size, slices, BLOCK=_SUM_BLOCK)
-
-    return kernel
+    return in_order(gemm, sum_slices(target, dw, slices))
 
 
 def _bias_launch(spec: Conv2d, dy: torch.Tensor, dy_nhwc: bool, dbias: torch.Tensor) -> Kernel:
@@ -511,17 +464,9 @@ def _bias_launch(spec: Conv2d, dy: torch.Tensor, dy_nhwc: bool, dbias: torch.Ten
     k = spec.out_channels
     pq = spec.out_height * spec.out_width
     rows = spec.batch * pq
-    interp = interpreting(_bias_grad_kernel)
-    block_r, block_c = _BIAS_TILE["interpreter" if interp else "gpu"]
+    block_r, block_c = _BIAS_TILE["interpreter" if interpreting(_bias_grad_kernel) else "gpu"]
     c_blocks = triton.cdiv(k, block_c)
-    if interp:
-        chunks = 2 if rows > block_r else 1  # both paths checked
-    else:
-        # Enough programs to fill the GPU a few times over, each summing at least _BIAS_MIN_ROWS rows.
-        programs = 4 * torch.cuda.get_device_properties(dy.device).multi_processor_count
-        chunks = max(1, min(triton.cdiv(programs, c_blocks), rows // _BIAS_MIN_ROWS, _MAX_GRID_YZ))
-    rows_per_chunk = triton.cdiv(triton.cdiv(rows, chunks), block_r) * block_r
-    chunks = triton.cdiv(rows, rows_per_chunk)
+    rows_per_chunk, chunks = row_chunks(rows, c_blocks, block_r, _BIAS_MIN_ROWS, dy.device, _bias_grad_kernel)
     partial = chunks > 1
     ws = torch.empty((chunks, k) if partial else (1,), dtype=torch.float32, device=dy.device)
     launch = _bias_grad_kernel[(c_blocks, chunks)]
@@ -530,7 +475,7 @@ def _bias_launch(spec: Conv2d, dy: torch.Tensor, dy_nhwc: bool, dbias: torch.Ten
         launch(dy, ws if partial else dbias, k, pq, rows, rows_per_chunk,
                DY_NHWC=dy_nhwc, PARTIAL=partial, BLOCK_R=block_r, BLOCK_C=block_c)
 
-    return in_order(kernel, _sum_slices(ws, dbias, chunks)) if partial else kernel
+    return in_order(kernel, sum_slices(ws, dbias, chunks)) if partial else kernel
 
 
 def _slice_candidates(spec: Conv2d, interp: bool, block_k: int) -> list[tuple[int, int]]:
@@ -543,7 +488,7 @@ def _slice_candidates(spec: Conv2d, interp: bool, block_k: int) -> list[tuple[in
         return [(2 if reduction > 2 * block_k else 1, block_k)]
     return [(s, SLICE_QUANTUM) for s in SPLIT_CANDIDATES
             if s == 1 or (reduction >= s * MIN_SLICE and s * size * 4 <= MAX_WORKSPACE_BYTES
-                          and s * size <= INT32_MAX and s <= _MAX_GRID_YZ)]
+                          and s * size <= INT32_MAX and s <= MAX_GRID_YZ)]
 
 
 @register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), direction="backward_weight",
@@ -558,12 +503,15 @@ def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     x, dy = tensors["x"], tensors["dy"]
     layouts = _layouts(layout, x=x, dy=dy, dweight=dw)
     bias = [] if dbias is None else [_bias_launch(spec, dy, layouts[1], dbias)]
+    if spec.depthwise and depthwise_backward.wgrad_taps_fit(spec):
+        return Built(in_order(depthwise_backward.wgrad(spec, x, dy, dw, layouts[0], layouts[1]), *bias),
+                     {"algorithm": "depthwise"})
     interp = interpreting(_wgrad_kernel)
     candidates = _slice_candidates(spec, interp, _INTERPRETER_CONFIG["BLOCK_K"])
     if interp:
         slices, quantum = candidates[0]
         return Built(in_order(_wgrad_launch(spec, dtype, x, dy, dw, tuple(layouts), slices, quantum), *bias),
-                     {"slices": slices})
+                     {"algorithm": "implicit_gemm", "slices": slices})
     best, best_ms, best_slices = None, float("inf"), 0
     for slices, quantum in candidates:
         kernel = _wgrad_launch(spec, dtype, x, dy, dw, tuple(layouts), slices, quantum)
@@ -571,4 +519,4 @@ def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
         if ms < best_ms:
             best, best_ms, best_slices = kernel, ms, slices
     assert best is not None
-    return Built(in_order(best, *bias), {"slices": best_slices, "wgrad_ms": best_ms})
+    return Built(in_order(best, *bias), {"algorithm": "implicit_gemm", "slices": best_slices, "wgrad_ms": best_ms})
