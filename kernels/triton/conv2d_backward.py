@@ -16,24 +16,30 @@ slices (split-K) whose fp32 partial tiles go to a workspace, summed slice by sli
 kernel (deterministic).  dbias sums dy over n, p, q: partial sums per chunk of rows, summed the
 same way.  With a bias, ``out`` is one flat buffer (``layers.passes.split_output``).
 
-Walks of the reduction, as in the forward (conv2d.py):
+Layouts: the GEMMs read dy and x in NHWC and the dgrad weight channels_last, so that channel runs
+are contiguous and load as vectors through the async-copy pipeline; NCHW inputs (and a contiguous
+weight) are copied so first, inside the timed call, as the forward copies NCHW input.  Gathered
+from NCHW, the same GEMMs compile to scalar loads without pipelining and spill registers (Triton
+3.9, sm_90).  Results are written in their own layout: dx NCHW transposed in registers so a warp
+stores neighbouring pixels, dW in its memory order.
 
-* dgrad channel-blocked (dy NHWC, weight channels_last): taps, then blocks of BLOCK_K output
-  channels, so A rows are contiguous channel runs of one dy pixel and B rows contiguous runs of
-  the weight.  NCHW dy is copied to NHWC first (and a contiguous weight to channels_last) inside
-  the timed call where the channels fit a block, as the forward does; dx is written in its own
-  layout.  Otherwise the flat walk: BLOCK_K consecutive (k, tap) indices, gathered.
+Walks of the reduction:
+
+* dgrad channel-blocked: taps, then blocks of BLOCK_K output channels (BLOCK_K fitted to the
+  group's channels as in the forward), so A rows are contiguous channel runs of one dy pixel and
+  B rows contiguous runs of the weight; otherwise (channel counts no block fits) the flat walk:
+  BLOCK_K consecutive (k, tap) indices, gathered.
 * wgrad tap-blocked: each output tile lies in one tap (r, s), its columns a block of input
-  channels, so the x gather needs one row offset per reduction index; flat otherwise (few
-  channels per group: the first layer's 3), columns in dW's memory order.
+  channels, so the x gather needs one row offset per reduction index; flat otherwise (the first
+  layer's 3 channels), columns in (tap, channel) order.
 
 Depthwise convolutions, whose every group would be a one-column GEMM, run the direct kernels of
 depthwise_backward.py instead (recorded as the ``algorithm`` detail).  Groups run on their own
-grid axis.  Tiles are autotuned on the GPU per arithmetic mode (the
-forward's families); on the GPU the number of wgrad slices is chosen by timing.  Under the
-interpreter one small tile is used, the wgrad reduction is split in two where it is long enough
-and the dbias rows in two chunks, so the partial paths are checked too; bf16 products are taken
-in fp32 there (exact for bf16 inputs), because the interpreter's bf16 tl.dot is wrong.
+grid axis.  Tiles are autotuned on the GPU per arithmetic mode (the forward's families); on the
+GPU the number of wgrad slices is chosen by timing.  Under the interpreter one small tile is used,
+the wgrad reduction is split in two where it is long enough and the dbias rows in two chunks, so
+the partial paths are checked too; bf16 products are taken in fp32 there (exact for bf16 inputs),
+because the interpreter's bf16 tl.dot is wrong.
 """
 
 from __future__ import annotations
@@ -59,14 +65,16 @@ from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotune
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per arithmetic mode.  dgrad's BLOCK_K is an upper
 # bound the channel-blocked walk may lower to fit K/groups; wgrad's BLOCK_N one the tap-blocked
-# walk may lower to fit C/groups.
+# walk may lower to fit C/groups.  Compiled for sm_90 with Triton 3.9, the blocked walks' tiles
+# pipeline their loads without spilling registers; the flat dgrad walk spills in tiles over 64x64
+# (its gather keeps 2-D index maps), which the autotuner then passes over; tf32 256x128 spilled
+# on the blocked walk too and is left out.
 _DGRAD_CONFIGS = {
     "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
               tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4),
               tile_config(256, 128, 64, 8, 3), tile_config(128, 256, 64, 8, 3)],
     "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
-             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4),
-             tile_config(256, 128, 32, 8, 3)],
+             tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4)],
     "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
               tile_config(64, 128, 32, 8, 2), tile_config(128, 128, 32, 8, 2)],
 }
@@ -83,9 +91,9 @@ _WGRAD_CONFIGS = {
 _INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
 
 _DGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
-              "pad_w", "dil_h", "dil_w", "DY_NHWC", "DX_NHWC", "WEIGHT_RSC", "CHANNEL_BLOCK", "PRECISION"]
+              "pad_w", "dil_h", "dil_w", "DX_NHWC", "CHANNEL_BLOCK", "PRECISION"]
 _WGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
-              "pad_w", "dil_h", "dil_w", "k_per_split", "X_NHWC", "DY_NHWC", "WEIGHT_RSC", "TAP_BLOCK",
+              "pad_w", "dil_h", "dil_w", "k_per_split", "WEIGHT_RSC", "TAP_BLOCK",
               "PARTIAL", "PRECISION"]
 
 # wgrad split-K on the GPU: the slice counts tried, slices of at least MIN_SLICE reduction indices
@@ -115,10 +123,11 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
                   N, C, H, W, K, P, Q, R, S, CPG, KPG,
                   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, period_h, period_w, HP, WP,
-                  DY_NHWC: tl.constexpr, DX_NHWC: tl.constexpr, WEIGHT_RSC: tl.constexpr,
-                  CHANNEL_BLOCK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  DX_NHWC: tl.constexpr, CHANNEL_BLOCK: tl.constexpr,
+                  PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr):
+    # dy is NHWC and the weight channels_last: W[k, c, r, s] at k*R*S*CPG + (r*S + s)*CPG + c.
     # Program axis 0: phase-major tiles of (pixels of one phase) x (input channels); axis 1: group.
     # A phase's pixels are h = phase_h + stride_h*i for i < HP = cdiv(H, stride_h) (same along w).
     g = tl.program_id(1)
@@ -136,7 +145,9 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < CPG
-    ci = tl.where(n_ok, offs_n, 0)
+    # Lanes past an edge are masked, never read, and left unclamped: tl.where would hide from
+    # the compiler that channel runs are contiguous, and with it vector loads and async copies.
+    ci = offs_n
     jw = offs_m % WP
     i = (offs_m // WP) % HP
     n = offs_m // (WP * HP)
@@ -144,14 +155,10 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
     w = phase_w + stride_w * jw
     m_ok = (offs_m < MP) & (h < H) & (w < W)
     k_base = g * KPG  # the group's first output channel
-    if DY_NHWC:
-        dy_rows = dy_ptr + n * (P * Q * K) + k_base
-    else:
-        dy_rows = dy_ptr + (n * K + k_base) * (P * Q)
+    dy_rows = dy_ptr + n * (P * Q * K) + k_base
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if CHANNEL_BLOCK:
-        # dy NHWC, weight channels_last: W[k, c, r, s] at k*R*S*CPG + (r*S + s)*CPG + c.
         k_blocks = tl.cdiv(KPG, BLOCK_K)
         for step in range(0, taps * k_blocks):
             tap = step // k_blocks
@@ -180,26 +187,21 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
             oh = i[:, None] + ((phase_h + pad_h - r * dil_h) // stride_h)[None, :]
             ow = jw[:, None] + ((phase_w + pad_w - s * dil_w) // stride_w)[None, :]
             ok = (m_ok[:, None] & kk_ok[None, :]) & (oh >= 0) & (oh < P) & (ow >= 0) & (ow < Q)
-            if DY_NHWC:
-                a_ptrs = dy_rows[:, None] + (oh * Q + ow) * K + k[None, :]
-            else:
-                a_ptrs = dy_rows[:, None] + (k * (P * Q))[None, :] + oh * Q + ow
-            a = tl.load(a_ptrs, mask=ok, other=0.0)
-            if WEIGHT_RSC:
-                w_off = (k_base + k) * (R * S * CPG) + (r * S + s) * CPG
-                b_ptrs = w_ptr + w_off[:, None] + ci[None, :]
-            else:
-                w_off = (k_base + k) * (CPG * R * S) + r * S + s
-                b_ptrs = w_ptr + w_off[:, None] + (ci * (R * S))[None, :]
-            b = tl.load(b_ptrs, mask=kk_ok[:, None] & n_ok[None, :], other=0.0)
+            a = tl.load(dy_rows[:, None] + (oh * Q + ow) * K + k[None, :], mask=ok, other=0.0)
+            w_off = (k_base + k) * (R * S * CPG) + (r * S + s) * CPG
+            b = tl.load(w_ptr + w_off[:, None] + ci[None, :], mask=kk_ok[:, None] & n_ok[None, :], other=0.0)
             acc = _dot(a, b, acc, PRECISION, UPCAST)
 
     c = g * CPG + offs_n
+    out = acc.to(dx_ptr.dtype.element_ty)
     if DX_NHWC:
         dx_ptrs = dx_ptr + (((n * H + h) * W + w) * C)[:, None] + c[None, :]
+        tl.store(dx_ptrs, out, mask=m_ok[:, None] & n_ok[None, :])
     else:
-        dx_ptrs = dx_ptr + (n * C * H * W + h * W + w)[:, None] + (c * (H * W))[None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        # Stored transposed, pixels last: the compiler cannot prove a run of pixels contiguous
+        # and lays a store out along its last axis, so a warp writes neighbouring pixels.
+        dx_ptrs = dx_ptr + (c * (H * W))[:, None] + (n * C * H * W + h * W + w)[None, :]
+        tl.store(dx_ptrs, tl.trans(out), mask=n_ok[:, None] & m_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
@@ -207,13 +209,12 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
 def _wgrad_kernel(x_ptr, dy_ptr, dw_ptr,
                   N, C, H, W, K, P, Q, R, S, CPG, KPG,
                   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, k_per_split,
-                  X_NHWC: tl.constexpr, DY_NHWC: tl.constexpr, WEIGHT_RSC: tl.constexpr,
-                  TAP_BLOCK: tl.constexpr, PARTIAL: tl.constexpr,
+                  WEIGHT_RSC: tl.constexpr, TAP_BLOCK: tl.constexpr, PARTIAL: tl.constexpr,
                   PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr):
-    # Program axes: 0 the output tile, 1 the slice of the reduction, 2 the group.  With PARTIAL,
-    # dw_ptr is the fp32 workspace (slices, dW in its memory order), else dW itself.
+    # x and dy are NHWC.  Program axes: 0 the output tile, 1 the slice of the reduction, 2 the
+    # group.  With PARTIAL, dw_ptr is the fp32 workspace (slices, dW in its memory order), else dW.
     split = tl.program_id(1)
     g = tl.program_id(2)
     RS = R * S
@@ -225,21 +226,17 @@ def _wgrad_kernel(x_ptr, dy_ptr, dw_ptr,
         col_ok = ci < CPG
     else:
         pid_m, pid_n = grouped_tile(tl.program_id(0), KPG, CPG * RS, BLOCK_M, BLOCK_N, GROUP_M)
-        col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # in dW's memory order
+        col = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (tap, channel), channels fastest
         col_ok = col < CPG * RS
-        if WEIGHT_RSC:
-            tap = col // CPG
-            ci = col % CPG
-        else:
-            ci = col // RS
-            tap = col % RS
+        tap = col // CPG
+        ci = col % CPG
     r = tap // S
     s = tap % S
-    ci = tl.where(col_ok, ci, 0)
 
+    # As in dgrad, lanes past an edge are masked, not clamped, so channel runs stay contiguous.
     co = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     co_ok = co < KPG
-    k = g * KPG + tl.where(co_ok, co, 0)
+    k = g * KPG + co
     c = g * CPG + ci
     PQ = P * Q
     L = N * PQ
@@ -252,29 +249,19 @@ def _wgrad_kernel(x_ptr, dy_ptr, dw_ptr,
         kk_ok = kk < k_hi
         nb = kk // PQ
         pq = kk % PQ
-        if DY_NHWC:
-            a_ptrs = dy_ptr + (kk * K)[None, :] + k[:, None]
-        else:
-            a_ptrs = dy_ptr + (nb * (K * PQ) + pq)[None, :] + (k * PQ)[:, None]
-        a = tl.load(a_ptrs, mask=co_ok[:, None] & kk_ok[None, :], other=0.0)
+        a = tl.load(dy_ptr + (kk * K)[None, :] + k[:, None], mask=co_ok[:, None] & kk_ok[None, :], other=0.0)
         ih0 = (pq // Q) * stride_h - pad_h
         iw0 = (pq % Q) * stride_w - pad_w
         if TAP_BLOCK:
             ih = ih0 + r * dil_h
             iw = iw0 + s * dil_w
             ok = (kk_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))[:, None] & col_ok[None, :]
-            if X_NHWC:
-                b_ptrs = x_ptr + (((nb * H + ih) * W + iw) * C)[:, None] + c[None, :]
-            else:
-                b_ptrs = x_ptr + (nb * (C * H * W) + ih * W + iw)[:, None] + (c * (H * W))[None, :]
+            b_ptrs = x_ptr + (((nb * H + ih) * W + iw) * C)[:, None] + c[None, :]
         else:
             ih = ih0[:, None] + (r * dil_h)[None, :]
             iw = iw0[:, None] + (s * dil_w)[None, :]
             ok = (kk_ok[:, None] & col_ok[None, :]) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            if X_NHWC:
-                b_ptrs = x_ptr + ((nb[:, None] * H + ih) * W + iw) * C + c[None, :]
-            else:
-                b_ptrs = x_ptr + (nb * (C * H * W))[:, None] + (c * (H * W))[None, :] + ih * W + iw
+            b_ptrs = x_ptr + ((nb[:, None] * H + ih) * W + iw) * C + c[None, :]
         b = tl.load(b_ptrs, mask=ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
 
@@ -387,30 +374,22 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     dy_nhwc, weight_rsc, dx_nhwc = _layouts(layout, dy=dy, weight=w, dx=out)
     if spec.depthwise:
         return Built(depthwise_backward.dgrad(spec, dy, w, out, dy_nhwc, dx_nhwc), {"algorithm": "depthwise"})
+    dy, dy_copy = _channels_last(dy, dy_nhwc)
+    w, w_copy = _channels_last(w, weight_rsc)
+    copies = dy_copy + w_copy
+    for copy in copies:
+        copy()  # the buffers must hold the data before autotuning runs the GEMM on them
     mode = DOT_MODE[dtype.name]
     args = _common_args(spec)
     cpg, kpg = args[9], args[10]
     cap = (_INTERPRETER_CONFIG["BLOCK_K"] if interpreting(_dgrad_kernel)
            else max(cfg.kwargs["BLOCK_K"] for cfg in _DGRAD_CONFIGS[mode]))
     block_k = channel_block(kpg, cap)
-    copies: list[Kernel] = []
-    if block_k and not (dy_nhwc and weight_rsc):
-        # NCHW dy (or a contiguous weight): copy to NHWC in the timed call, then the blocked walk.
-        if not dy_nhwc:
-            dy, copy_dy = _channels_last_copy(dy)
-            copies.append(copy_dy)
-        if not weight_rsc:
-            w, copy_w = _channels_last_copy(w)
-            copies.append(copy_w)
-        dy_nhwc = weight_rsc = True
-    for copy in copies:
-        copy()  # the buffers must hold the data before autotuning runs the GEMM on them
-
     periods = (tap_period(spec.stride_h, spec.dilation_h), tap_period(spec.stride_w, spec.dilation_w))
     hp, wp = triton.cdiv(spec.height, spec.stride_h), triton.cdiv(spec.width, spec.stride_w)
     phases = spec.stride_h * spec.stride_w
-    meta = {"DY_NHWC": dy_nhwc, "DX_NHWC": dx_nhwc, "WEIGHT_RSC": weight_rsc, "CHANNEL_BLOCK": bool(block_k),
-            "PRECISION": DOT_PRECISION[dtype.name], "UPCAST": _upcast(_dgrad_kernel, dtype)}
+    meta = {"DX_NHWC": dx_nhwc, "CHANNEL_BLOCK": bool(block_k), "PRECISION": DOT_PRECISION[dtype.name],
+            "UPCAST": _upcast(_dgrad_kernel, dtype)}
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
     m_phase = spec.batch * hp * wp
 
@@ -423,11 +402,19 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     return Built(in_order(*copies, launch), {"algorithm": "implicit_gemm"})
 
 
+def _channels_last(t: torch.Tensor, is_nhwc: bool) -> tuple[torch.Tensor, list[Kernel]]:
+    """``t`` where it is NHWC (channels_last) already, else a channels_last buffer and the copy
+    that fills it from ``t`` (inside the timed call, as the forward copies NCHW input)."""
+    if is_nhwc:
+        return t, []
+    copy, launch = _channels_last_copy(t)
+    return copy, [launch]
+
+
 def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor, dw: torch.Tensor,
-                  layouts: tuple[bool, bool, bool], slices: int, quantum: int) -> Kernel:
-    """dW in ``slices`` slices of the reduction (fewer if it is short): the GEMM, then, for more
-    than one, the sum of its fp32 partials into ``dw``."""
-    x_nhwc, dy_nhwc, weight_rsc = layouts
+                  weight_rsc: bool, slices: int, quantum: int) -> Kernel:
+    """dW from NHWC ``x`` and ``dy`` in ``slices`` slices of the reduction (fewer if it is short):
+    the GEMM, then, for more than one, the sum of its fp32 partials into ``dw``."""
     mode = DOT_MODE[dtype.name]
     args = _common_args(spec)
     cpg, kpg = args[9], args[10]
@@ -440,7 +427,7 @@ def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor,
     interp = interpreting(_wgrad_kernel)
     cap = _INTERPRETER_CONFIG["BLOCK_N"] if interp else max(c.kwargs["BLOCK_N"] for c in _WGRAD_CONFIGS[mode])
     block_n = tap_block(cpg, cap)
-    meta = {"X_NHWC": x_nhwc, "DY_NHWC": dy_nhwc, "WEIGHT_RSC": weight_rsc, "TAP_BLOCK": bool(block_n),
+    meta = {"WEIGHT_RSC": weight_rsc, "TAP_BLOCK": bool(block_n),
             "PARTIAL": partial, "PRECISION": DOT_PRECISION[dtype.name], "UPCAST": _upcast(_wgrad_kernel, dtype)}
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_N=block_n or _INTERPRETER_CONFIG["BLOCK_N"])
     taps = spec.kernel_h * spec.kernel_w
@@ -501,22 +488,29 @@ def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     if tuple(dw.shape) != spec.weight_shape:
         raise Unsupported(f"dweight has shape {tuple(dw.shape)}, expected {spec.weight_shape}")
     x, dy = tensors["x"], tensors["dy"]
-    layouts = _layouts(layout, x=x, dy=dy, dweight=dw)
-    bias = [] if dbias is None else [_bias_launch(spec, dy, layouts[1], dbias)]
+    x_nhwc, dy_nhwc, weight_rsc = _layouts(layout, x=x, dy=dy, dweight=dw)
+    bias = [] if dbias is None else [_bias_launch(spec, dy, dy_nhwc, dbias)]
     if spec.depthwise and depthwise_backward.wgrad_taps_fit(spec):
-        return Built(in_order(depthwise_backward.wgrad(spec, x, dy, dw, layouts[0], layouts[1]), *bias),
+        return Built(in_order(depthwise_backward.wgrad(spec, x, dy, dw, x_nhwc, dy_nhwc), *bias),
                      {"algorithm": "depthwise"})
+    x, x_copy = _channels_last(x, x_nhwc)
+    dy, dy_copy = _channels_last(dy, dy_nhwc)
+    copies = x_copy + dy_copy
+    for copy in copies:
+        copy()  # the buffers must hold the data before autotuning runs the GEMM on them
     interp = interpreting(_wgrad_kernel)
     candidates = _slice_candidates(spec, interp, _INTERPRETER_CONFIG["BLOCK_K"])
-    if interp:
-        slices, quantum = candidates[0]
-        return Built(in_order(_wgrad_launch(spec, dtype, x, dy, dw, tuple(layouts), slices, quantum), *bias),
-                     {"algorithm": "implicit_gemm", "slices": slices})
-    best, best_ms, best_slices = None, float("inf"), 0
+    details: dict[str, object] = {"algorithm": "implicit_gemm"}
+    best, best_ms = None, float("inf")
     for slices, quantum in candidates:
-        kernel = _wgrad_launch(spec, dtype, x, dy, dw, tuple(layouts), slices, quantum)
+        kernel = _wgrad_launch(spec, dtype, x, dy, dw, weight_rsc, slices, quantum)
+        if interp:  # one candidate, no timing
+            best = kernel
+            details["slices"] = slices
+            break
         ms = quick_bench(kernel)
         if ms < best_ms:
-            best, best_ms, best_slices = kernel, ms, slices
+            best, best_ms = kernel, ms
+            details.update(slices=slices, wgrad_ms=ms)
     assert best is not None
-    return Built(in_order(best, *bias), {"algorithm": "implicit_gemm", "slices": best_slices, "wgrad_ms": best_ms})
+    return Built(in_order(*copies, best, *bias), details)

@@ -39,8 +39,11 @@ def _config(block_p: int, block_c: int, warps: int = 4) -> triton.Config:
 _DGRAD_CONFIGS = [_config(16, 64), _config(32, 32), _config(64, 16), _config(128, 8), _config(8, 128),
                   _config(32, 64), _config(64, 32), _config(128, 16)]
 _INTERPRETER_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
-# The wgrad accumulator holds TAPS x BLOCK_P x BLOCK_C fp32 values: at most this many.
-_WGRAD_ACC = 8192
+# The wgrad accumulator holds TAPS x BLOCK_P x BLOCK_C fp32 values: at most 8192 over 8 warps
+# (32 a thread; with the x tile and its addresses ~180 registers on sm_90: one block an SM), or
+# at most 2048 (~60 registers: four blocks an SM).
+_WGRAD_ACC = (8192, 2048)
+_WGRAD_WARPS = 8
 _WGRAD_MIN_ROWS = 1024
 _ROW_QUANTUM = 128  # chunks start on a multiple of every BLOCK_P
 
@@ -164,9 +167,11 @@ def _tuned_dgrad():
 
 
 def _wgrad_configs(taps: int) -> list[triton.Config]:
-    """Tiles whose accumulator of ``taps`` x BLOCK_P x BLOCK_C stays within _WGRAD_ACC values."""
-    budget = max(_WGRAD_ACC // taps, 8)
-    return [_config(max(budget // bc, 1), bc) for bc in (128, 64, 32, 16, 8) if budget // bc <= _ROW_QUANTUM]
+    """Tiles whose accumulator of ``taps`` x BLOCK_P x BLOCK_C stays within each budget of
+    _WGRAD_ACC values (BLOCK_P at least 1, at most _ROW_QUANTUM)."""
+    tiles = {(max(acc // taps // bc, 1), bc) for acc in _WGRAD_ACC for bc in (128, 64, 32, 16, 8)
+             if acc // taps // bc <= _ROW_QUANTUM}
+    return [_config(p, c, _WGRAD_WARPS) for p, c in sorted(tiles)]
 
 
 @functools.cache
@@ -191,7 +196,7 @@ def dgrad(spec: Conv2d, dy: torch.Tensor, w: torch.Tensor, dx: torch.Tensor, dy_
 
 def wgrad_taps_fit(spec: Conv2d) -> bool:
     """Whether the kernel's taps fit the wgrad accumulator with a tile of at least 8 channels."""
-    return next_pow2(spec.kernel_h * spec.kernel_w) * 8 <= _WGRAD_ACC
+    return next_pow2(spec.kernel_h * spec.kernel_w) * 8 <= max(_WGRAD_ACC)
 
 
 def wgrad(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dw: torch.Tensor, x_nhwc: bool,
