@@ -138,6 +138,15 @@ def test_depthwise_wgrad_tiles_fit_the_accumulator(taps: int) -> None:
         assert next_pow2(taps) * p * c <= max(depthwise._WGRAD_ACC) and depthwise._ROW_QUANTUM % p == 0
 
 
+@pytest.mark.parametrize("direction", BACKWARD)
+def test_groups_past_the_grid_axis_are_refused_with_the_reason(direction: str) -> None:
+    impl = get("conv2d", "triton")
+    grouped = Conv2d(1, 2 * 70000, 2 * 70000, 1, 1, 1, 1, groups=70000, direction=direction)
+    assert "65535 groups" in impl.unsupported_reason(grouped, "fp16", "NHWC", "cuda")
+    depthwise_ = Conv2d(1, 70000, 70000, 1, 1, 1, 1, groups=70000, direction=direction)  # direct kernels
+    assert impl.unsupported_reason(depthwise_, "fp16", "NHWC", "cuda") is None
+
+
 def test_tap_block_choice() -> None:
     assert [backward.tap_block(c, 128) for c in (3, 16, 17, 31, 64, 96, 120, 128, 256, 1)] == \
         [0, 16, 0, 32, 64, 32, 128, 128, 128, 0]

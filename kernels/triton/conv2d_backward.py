@@ -348,8 +348,22 @@ def _check(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> N
     for name, shape in (("x", spec.input_shape), ("weight", spec.weight_shape), ("dy", spec.output_shape)):
         if tuple(tensors[name].shape) != shape:
             raise Unsupported(f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} for {spec}")
-    if spec.groups > MAX_GRID_YZ:
-        raise Unsupported(f"groups {spec.groups} exceed the grid axis that runs them ({MAX_GRID_YZ})")
+    reason = _grid_limit(spec, dtype.name, "")
+    if reason:
+        raise Unsupported(reason)
+
+
+def _runs_direct(spec: Conv2d) -> bool:
+    """Whether the pass runs depthwise_backward's direct kernels (else the GEMM)."""
+    return spec.depthwise and (spec.direction == "backward_data" or depthwise_backward.wgrad_taps_fit(spec))
+
+
+def _grid_limit(spec: Conv2d, dtype: str, layout: str) -> str | None:
+    """The GEMMs run the groups on a grid axis of at most MAX_GRID_YZ programs."""
+    if spec.groups > MAX_GRID_YZ and not _runs_direct(spec):
+        return (f"the Triton convolution's backward GEMMs run at most {MAX_GRID_YZ} groups (one grid axis); "
+                f"this point has {spec.groups}")
+    return None
 
 
 def _common_args(spec: Conv2d) -> tuple[int, ...]:
@@ -364,6 +378,7 @@ def _upcast(fn: object, dtype: DType) -> bool:
 
 
 @register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), direction="backward_data",
+          supports=_grid_limit,
           description="Triton implicit-GEMM data gradient: dx pixels split by stride phase, only the "
                       "taps that hit walked, fp32 accumulation")
 def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -372,7 +387,7 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
         raise Unsupported(f"dx has shape {tuple(out.shape)}, expected {spec.input_shape}")
     w, dy = tensors["weight"], tensors["dy"]
     dy_nhwc, weight_rsc, dx_nhwc = _layouts(layout, dy=dy, weight=w, dx=out)
-    if spec.depthwise:
+    if _runs_direct(spec):
         return Built(depthwise_backward.dgrad(spec, dy, w, out, dy_nhwc, dx_nhwc), {"algorithm": "depthwise"})
     dy, dy_copy = _channels_last(dy, dy_nhwc)
     w, w_copy = _channels_last(w, weight_rsc)
@@ -453,7 +468,7 @@ def _bias_launch(spec: Conv2d, dy: torch.Tensor, dy_nhwc: bool, dbias: torch.Ten
     rows = spec.batch * pq
     block_r, block_c = _BIAS_TILE["interpreter" if interpreting(_bias_grad_kernel) else "gpu"]
     c_blocks = triton.cdiv(k, block_c)
-    rows_per_chunk, chunks = row_chunks(rows, c_blocks, block_r, _BIAS_MIN_ROWS, dy.device, _bias_grad_kernel)
+    rows_per_chunk, chunks = row_chunks(rows, c_blocks, block_r, _BIAS_MIN_ROWS, k, dy.device, _bias_grad_kernel)
     partial = chunks > 1
     ws = torch.empty((chunks, k) if partial else (1,), dtype=torch.float32, device=dy.device)
     launch = _bias_grad_kernel[(c_blocks, chunks)]
@@ -479,6 +494,7 @@ def _slice_candidates(spec: Conv2d, interp: bool, block_k: int) -> list[tuple[in
 
 
 @register("conv2d", "triton", backend="triton", devices=("cuda", "cpu"), direction="backward_weight",
+          supports=_grid_limit,
           description="Triton implicit-GEMM weight gradient, split-K timed at build with a deterministic "
                       "sum of fp32 partials; dbias as a two-stage sum of dy")
 def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -490,7 +506,7 @@ def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     x, dy = tensors["x"], tensors["dy"]
     x_nhwc, dy_nhwc, weight_rsc = _layouts(layout, x=x, dy=dy, dweight=dw)
     bias = [] if dbias is None else [_bias_launch(spec, dy, dy_nhwc, dbias)]
-    if spec.depthwise and depthwise_backward.wgrad_taps_fit(spec):
+    if _runs_direct(spec):
         return Built(in_order(depthwise_backward.wgrad(spec, x, dy, dw, x_nhwc, dy_nhwc), *bias),
                      {"algorithm": "depthwise"})
     x, x_copy = _channels_last(x, x_nhwc)

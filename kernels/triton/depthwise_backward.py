@@ -205,8 +205,8 @@ def wgrad(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dw: torch.Tensor, x_n
     taps = next_pow2(spec.kernel_h * spec.kernel_w)
     rows = spec.batch * spec.out_height * spec.out_width
     k = spec.out_channels
-    per_chunk, chunks = row_chunks(rows, triton.cdiv(k, 32), _ROW_QUANTUM, _WGRAD_MIN_ROWS, dy.device,
-                                   _dw_wgrad_kernel)
+    per_chunk, chunks = row_chunks(rows, triton.cdiv(k, 32), _ROW_QUANTUM, _WGRAD_MIN_ROWS, dw.numel(),
+                                   dy.device, _dw_wgrad_kernel)
     partial = chunks > 1
     ws = torch.empty((chunks, dw.numel()) if partial else (1,), dtype=torch.float32, device=dy.device)
 

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from layerbench.builders import Kernel
 
-from kernels.triton.support import interpreting
+from kernels.triton.support import INT32_MAX, interpreting
 
 _SUM_BLOCK = 1024
 MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2
@@ -68,19 +68,22 @@ def sum_slices(ws: torch.Tensor, out: torch.Tensor, slices: int) -> Kernel:
     return kernel
 
 
-def row_chunks(rows: int, programs_per_chunk: int, quantum: int, min_rows: int,
+def row_chunks(rows: int, programs_per_chunk: int, quantum: int, min_rows: int, partial_size: int,
                device: torch.device, fn: object) -> tuple[int, int]:
     """(rows per chunk, chunks) to cut a reduction over ``rows`` into, for programs that each sum
-    one chunk (``programs_per_chunk`` programs side by side per chunk).
+    one chunk (``programs_per_chunk`` programs side by side per chunk) into a partial result of
+    ``partial_size`` values.
 
-    On the GPU: enough chunks to fill it about four times over, each at least ``min_rows`` long.
-    Under the interpreter: two chunks where the rows span more than one ``quantum``, so the
-    partial path is checked.  Chunks start on multiples of ``quantum``.
+    On the GPU: enough chunks to fill it about four times over, each at least ``min_rows`` long,
+    and few enough that the partials are indexed in int32.  Under the interpreter: two chunks
+    where the rows span more than one ``quantum``, so the partial path is checked.  Chunks start
+    on multiples of ``quantum``.
     """
     if interpreting(fn):
         wanted = 2 if rows > quantum else 1
     else:
         programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-        wanted = max(1, min(triton.cdiv(programs, programs_per_chunk), rows // min_rows, MAX_GRID_YZ))
+        wanted = max(1, min(triton.cdiv(programs, programs_per_chunk), rows // min_rows, MAX_GRID_YZ,
+                            INT32_MAX // partial_size))
     per_chunk = triton.cdiv(triton.cdiv(rows, wanted), quantum) * quantum
     return per_chunk, triton.cdiv(rows, per_chunk)
