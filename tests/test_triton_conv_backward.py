@@ -164,11 +164,14 @@ def test_splits_need_long_slices() -> None:
 
 # ------------------------------------------------------------------------- GPU: realistic shapes
 
-# ResNet-50 / MobileNetV2 / ResNeXt-like layers, batch 8-32.
-GPU_CASES = {
+# ResNet-50 layers, batch 8-32, in every dtype and layout.
+GPU_CORE = {
     "resnet-3x3-64": Conv2d(16, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
     "resnet-3x3-s2-128": Conv2d(16, 128, 128, 56, 56, 3, 3, stride=2, padding=1, bias=False),
     "resnet-1x1-256-64": Conv2d(16, 256, 64, 56, 56, 1, 1, bias=False),
+}
+# More realistic layers (MobileNetV2, ResNeXt, dilated, with bias), each dtype in turn.
+GPU_MORE = {
     "resnet-1x1-s2-512-1024": Conv2d(8, 512, 1024, 28, 28, 1, 1, stride=2, bias=False),
     "resnet-3x3-512-bias": Conv2d(32, 512, 512, 7, 7, 3, 3, padding=1),
     "stem-7x7-s2": Conv2d(8, 3, 64, 224, 224, 7, 7, stride=2, padding=3),
@@ -183,9 +186,18 @@ GPU_CASES = {
 @pytest.mark.parametrize("layout", Conv2d.layouts)
 @pytest.mark.parametrize("dtype", Conv2d.dtypes)
 @pytest.mark.parametrize("direction", BACKWARD)
-@pytest.mark.parametrize("name", GPU_CASES)
-def test_gpu_case(name: str, direction: str, dtype: str, layout: str) -> None:
-    check(at(GPU_CASES[name], direction), dtype, layout, seed_of(name), "cuda")
+@pytest.mark.parametrize("name", GPU_CORE)
+def test_gpu_core(name: str, direction: str, dtype: str, layout: str) -> None:
+    check(at(GPU_CORE[name], direction), dtype, layout, seed_of(name), "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("direction", BACKWARD)
+@pytest.mark.parametrize("name", GPU_MORE)
+def test_gpu_more(name: str, direction: str, layout: str) -> None:
+    dtype = Conv2d.dtypes[(list(GPU_MORE).index(name) + Conv2d.layouts.index(layout)) % len(Conv2d.dtypes)]
+    check(at(GPU_MORE[name], direction), dtype, layout, seed_of(name), "cuda")
 
 
 @pytest.mark.gpu
@@ -272,7 +284,7 @@ def test_gpu_capturable_in_a_cuda_graph(direction: str) -> None:
 
 @pytest.mark.gpu
 def test_gpu_wgrad_records_its_slices() -> None:
-    spec = at(GPU_CASES["resnet-3x3-64"], "backward_weight")
+    spec = at(GPU_CORE["resnet-3x3-64"], "backward_weight")
     tensors = make_tensors(spec, "bf16", "NHWC", "cuda")
     built = get("conv2d", "triton").build(spec, get_dtype("bf16"), "NHWC", tensors,
                                           make_output(spec, tensors, "NHWC"))

@@ -281,21 +281,26 @@ def _bias_grad_kernel(dy_ptr, out_ptr, K, PQ, L, rows_per_chunk,
                       DY_NHWC: tl.constexpr, PARTIAL: tl.constexpr,
                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Sums of dy over one chunk of its N*P*Q rows for BLOCK_C channels (program axes: channel
-    block, chunk); PARTIAL: fp32 into row ``chunk`` of the workspace, else the sums themselves."""
+    block, chunk); PARTIAL: fp32 into row ``chunk`` of the workspace, else the sums themselves.
+
+    Tiles are channels x rows, rows last: where no axis is provably contiguous (NCHW rows cross
+    images) the compiler lays loads out along the last one, so a warp reads neighbouring pixels;
+    NHWC channel runs are provably contiguous and taken as such.
+    """
     chunk = tl.program_id(1)
     ks = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     k_ok = ks < K
     lo = chunk * rows_per_chunk
     hi = tl.minimum(L, lo + rows_per_chunk)
-    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_C, BLOCK_R), dtype=tl.float32)
     for row0 in range(lo, hi, BLOCK_R):
         rows = row0 + tl.arange(0, BLOCK_R)
         if DY_NHWC:
-            ptrs = dy_ptr + (rows * K)[:, None] + ks[None, :]
+            ptrs = dy_ptr + ks[:, None] + (rows * K)[None, :]
         else:
-            ptrs = dy_ptr + ((rows // PQ) * (K * PQ) + rows % PQ)[:, None] + (ks * PQ)[None, :]
-        acc += tl.load(ptrs, mask=(rows < hi)[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-    total = tl.sum(acc, axis=0)
+            ptrs = dy_ptr + (ks * PQ)[:, None] + ((rows // PQ) * (K * PQ) + rows % PQ)[None, :]
+        acc += tl.load(ptrs, mask=k_ok[:, None] & (rows < hi)[None, :], other=0.0).to(tl.float32)
+    total = tl.sum(acc, axis=1)
     if PARTIAL:
         tl.store(out_ptr + chunk * K + ks, total, mask=k_ok)
     else:

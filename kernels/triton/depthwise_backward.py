@@ -1,16 +1,18 @@
 """The backward passes of a depthwise convolution (groups == in_channels, any channel multiplier)
 in Triton, computed directly: as a GEMM each group would be a 1-column product.
 
-A program owns BLOCK_P pixels x BLOCK_C channels and multiplies elementwise in fp32 (FMA units):
+A program owns BLOCK_C channels x BLOCK_P pixels and multiplies elementwise in fp32 (FMA units):
 each input channel meets only its own output channels, so there is nothing for tensor cores to
-share.  The tile is coalesced along the channels in NHWC and along the pixels in NCHW; the tile
-shapes autotuned on the GPU span both.
+share.  Tiles keep the pixels on their last axis: NHWC channel runs are provably contiguous and
+the compiler lays loads out along them; in NCHW no axis is provably contiguous (pixel runs break
+at rows and images) and it lays them out along the last, so a warp reads neighbouring pixels.
+The tile shapes autotuned on the GPU span wide and narrow channel blocks for both.
 
 * dgrad: dx[n, c, h, w] sums dy[n, k, oh, ow] * W[k, 0, r, s] over c's output channels
   k = c*KPG + j and the taps that hit; pixels are split by stride phase as in the GEMM
   (grad_support), so only hitting taps are walked.
 * wgrad: dW[k, 0, r, s] sums dy[n, k, p, q] * x[n, k // KPG, ...] over n, p, q.  A program sums
-  one chunk of the N*P*Q rows for every tap at once (an accumulator of TAPS x BLOCK_P x BLOCK_C,
+  one chunk of the N*P*Q rows for every tap at once (an accumulator of TAPS x BLOCK_C x BLOCK_P,
   TAPS the taps padded to a power of two): each dy tile is loaded once and the x tiles of the taps
   overlap in cache.  Chunks write fp32 partials summed in order by a second kernel.
 
@@ -39,7 +41,7 @@ def _config(block_p: int, block_c: int, warps: int = 4) -> triton.Config:
 _DGRAD_CONFIGS = [_config(16, 64), _config(32, 32), _config(64, 16), _config(128, 8), _config(8, 128),
                   _config(32, 64), _config(64, 32), _config(128, 16)]
 _INTERPRETER_CONFIG = {"BLOCK_P": 16, "BLOCK_C": 8}
-# The wgrad accumulator holds TAPS x BLOCK_P x BLOCK_C fp32 values: at most 8192 over 8 warps
+# The wgrad accumulator holds TAPS x BLOCK_C x BLOCK_P fp32 values: at most 8192 over 8 warps
 # (32 a thread; with the x tile and its addresses ~180 registers on sm_90: one block an SM), or
 # at most 2048 (~60 registers: four blocks an SM).
 _WGRAD_ACC = (8192, 2048)
@@ -80,7 +82,7 @@ def _dw_dgrad_kernel(dy_ptr, w_ptr, dx_ptr, N, C, H, W, K, P, Q, R, S, KPG,
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
 
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
     for step in range(0, taps * KPG):
         tap = step // KPG
         k = c * KPG + step % KPG
@@ -90,18 +92,18 @@ def _dw_dgrad_kernel(dy_ptr, w_ptr, dx_ptr, N, C, H, W, K, P, Q, R, S, KPG,
         ow = jw + (phase_w + pad_w - s * dil_w) // stride_w
         ok = p_ok & (oh >= 0) & (oh < P) & (ow >= 0) & (ow < Q)
         if DY_NHWC:
-            dy_ptrs = dy_ptr + (((n * P + oh) * Q + ow) * K)[:, None] + k[None, :]
+            dy_ptrs = dy_ptr + k[:, None] + (((n * P + oh) * Q + ow) * K)[None, :]
         else:
-            dy_ptrs = dy_ptr + (n * (K * P * Q) + oh * Q + ow)[:, None] + (k * (P * Q))[None, :]
-        g = tl.load(dy_ptrs, mask=ok[:, None] & c_ok[None, :], other=0.0)
+            dy_ptrs = dy_ptr + (k * (P * Q))[:, None] + (n * (K * P * Q) + oh * Q + ow)[None, :]
+        g = tl.load(dy_ptrs, mask=c_ok[:, None] & ok[None, :], other=0.0)
         wt = tl.load(w_ptr + k * (R * S) + r * S + s, mask=c_ok, other=0.0)
-        acc += g.to(tl.float32) * wt.to(tl.float32)[None, :]
+        acc += g.to(tl.float32) * wt.to(tl.float32)[:, None]
 
     if DX_NHWC:
-        dx_ptrs = dx_ptr + (((n * H + h) * W + w) * C)[:, None] + c[None, :]
+        dx_ptrs = dx_ptr + c[:, None] + (((n * H + h) * W + w) * C)[None, :]
     else:
-        dx_ptrs = dx_ptr + (n * (C * H * W) + h * W + w)[:, None] + (c * (H * W))[None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
+        dx_ptrs = dx_ptr + (c * (H * W))[:, None] + (n * (C * H * W) + h * W + w)[None, :]
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
@@ -124,28 +126,28 @@ def _dw_wgrad_kernel(x_ptr, dy_ptr, out_ptr, N, C, H, W, K, P, Q, R, S, KPG,
     lo = chunk * rows_per_chunk
     hi = tl.minimum(N * PQ, lo + rows_per_chunk)
 
-    acc = tl.zeros((TAPS, BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((TAPS, BLOCK_C, BLOCK_P), dtype=tl.float32)
     for row0 in range(lo, hi, BLOCK_P):
         rows = row0 + tl.arange(0, BLOCK_P)
         row_ok = rows < hi
         n = rows // PQ
         pq = rows % PQ
         if DY_NHWC:
-            dy_ptrs = dy_ptr + (rows * K)[:, None] + k[None, :]
+            dy_ptrs = dy_ptr + k[:, None] + (rows * K)[None, :]
         else:
-            dy_ptrs = dy_ptr + (n * (K * PQ) + pq)[:, None] + (k * PQ)[None, :]
-        g = tl.load(dy_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            dy_ptrs = dy_ptr + (k * PQ)[:, None] + (n * (K * PQ) + pq)[None, :]
+        g = tl.load(dy_ptrs, mask=k_ok[:, None] & row_ok[None, :], other=0.0).to(tl.float32)
         ih = ((pq // Q) * stride_h - pad_h)[None, :] + dh[:, None]  # (TAPS, BLOCK_P)
         iw = ((pq % Q) * stride_w - pad_w)[None, :] + dw[:, None]
         ok = t_ok[:, None] & row_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         if X_NHWC:
-            x_ptrs = x_ptr + (((n[None, :] * H + ih) * W + iw) * C)[:, :, None] + c[None, None, :]
+            x_ptrs = x_ptr + c[None, :, None] + (((n[None, :] * H + ih) * W + iw) * C)[:, None, :]
         else:
-            x_ptrs = x_ptr + ((n * (C * H * W))[None, :] + ih * W + iw)[:, :, None] + (c * (H * W))[None, None, :]
-        xv = tl.load(x_ptrs, mask=ok[:, :, None] & k_ok[None, None, :], other=0.0)
+            x_ptrs = x_ptr + (c * (H * W))[None, :, None] + ((n * (C * H * W))[None, :] + ih * W + iw)[:, None, :]
+        xv = tl.load(x_ptrs, mask=k_ok[None, :, None] & ok[:, None, :], other=0.0)
         acc += xv.to(tl.float32) * g[None, :, :]
 
-    total = tl.sum(acc, axis=1)  # (TAPS, BLOCK_C)
+    total = tl.sum(acc, axis=2)  # (TAPS, BLOCK_C)
     offs = (k * (R * S))[None, :] + t[:, None]
     mask = t_ok[:, None] & k_ok[None, :]
     if PARTIAL:
@@ -167,7 +169,7 @@ def _tuned_dgrad():
 
 
 def _wgrad_configs(taps: int) -> list[triton.Config]:
-    """Tiles whose accumulator of ``taps`` x BLOCK_P x BLOCK_C stays within each budget of
+    """Tiles whose accumulator of ``taps`` x BLOCK_C x BLOCK_P stays within each budget of
     _WGRAD_ACC values (BLOCK_P at least 1, at most _ROW_QUANTUM)."""
     tiles = {(max(acc // taps // bc, 1), bc) for acc in _WGRAD_ACC for bc in (128, 64, 32, 16, 8)
              if acc // taps // bc <= _ROW_QUANTUM}
