@@ -243,15 +243,22 @@ def _wgrad_kernel(x_ptr, dy_ptr, dw_ptr,
     k_lo = split * k_per_split
     k_hi = tl.minimum(L, k_lo + k_per_split)
 
+    # The reduction index kk is (n, p, q) flattened, dy's NHWC pixel index.  Its digits are
+    # divided out once and then carried along by BLOCK_K = (dn, dp, dq) in mixed radix (N, P, Q)
+    # each step: divisions by runtime sizes would cost more than the step's tensor-core work.
+    kk = k_lo + tl.arange(0, BLOCK_K)
+    nb = kk // PQ
+    p = (kk % PQ) // Q
+    q = kk % Q
+    dq = BLOCK_K % Q
+    dp = (BLOCK_K // Q) % P
+    dn = BLOCK_K // PQ
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_lo, k_hi, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)  # (n, p, q) flattened: dy's NHWC pixel index
         kk_ok = kk < k_hi
-        nb = kk // PQ
-        pq = kk % PQ
         a = tl.load(dy_ptr + (kk * K)[None, :] + k[:, None], mask=co_ok[:, None] & kk_ok[None, :], other=0.0)
-        ih0 = (pq // Q) * stride_h - pad_h
-        iw0 = (pq % Q) * stride_w - pad_w
+        ih0 = p * stride_h - pad_h
+        iw0 = q * stride_w - pad_w
         if TAP_BLOCK:
             ih = ih0 + r * dil_h
             iw = iw0 + s * dil_w
@@ -264,6 +271,14 @@ def _wgrad_kernel(x_ptr, dy_ptr, dw_ptr,
             b_ptrs = x_ptr + ((nb[:, None] * H + ih) * W + iw) * C + c[None, :]
         b = tl.load(b_ptrs, mask=ok, other=0.0)
         acc = _dot(a, b, acc, PRECISION, UPCAST)
+        kk += BLOCK_K
+        q += dq
+        carry = q >= Q
+        q = tl.where(carry, q - Q, q)
+        p += dp + carry.to(tl.int32)
+        carry = p >= P
+        p = tl.where(carry, p - P, p)
+        nb += dn + carry.to(tl.int32)
 
     if WEIGHT_RSC:
         offs = (k * (RS * CPG))[:, None] + (tap * CPG + ci)[None, :]
