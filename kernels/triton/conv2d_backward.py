@@ -159,22 +159,39 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if CHANNEL_BLOCK:
+        # Steps run over the hitting taps (r, s), then blocks kb of BLOCK_K channels.  The tap and
+        # dy's row offset (oh - i, exact: the tap hits this phase) are carried from step to step:
+        # scalar divisions every step would cost more than the index math of the tile.
         k_blocks = tl.cdiv(KPG, BLOCK_K)
+        off_h = (phase_h + pad_h - r0 * dil_h) // stride_h
+        off_w0 = (phase_w + pad_w - s0 * dil_w) // stride_w
+        shift_h = period_h * dil_h // stride_h  # oh - i falls by this from one hitting tap to the next
+        shift_w = period_w * dil_w // stride_w
+        r = r0
+        s = s0
+        off_w = off_w0
+        kb = 0
         for step in range(0, taps * k_blocks):
-            tap = step // k_blocks
-            r = r0 + (tap // n_s) * period_h
-            s = s0 + (tap % n_s) * period_w
-            ks = (step % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            ks = kb * BLOCK_K + tl.arange(0, BLOCK_K)
             k_ok = ks < KPG
-            # Exact divisions: the tap hits this phase.
-            oh = i + (phase_h + pad_h - r * dil_h) // stride_h
-            ow = jw + (phase_w + pad_w - s * dil_w) // stride_w
+            oh = i + off_h
+            ow = jw + off_w
             pix_ok = m_ok & (oh >= 0) & (oh < P) & (ow >= 0) & (ow < Q)
             a = tl.load((dy_rows + (oh * Q + ow) * K)[:, None] + ks[None, :],
                         mask=pix_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(w_ptr + ((k_base + ks) * (R * S * CPG) + (r * S + s) * CPG)[:, None] + ci[None, :],
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = _dot(a, b, acc, PRECISION, UPCAST)
+            kb += 1
+            next_tap = kb == k_blocks
+            kb = tl.where(next_tap, 0, kb)
+            s = tl.where(next_tap, s + period_w, s)
+            off_w = tl.where(next_tap, off_w - shift_w, off_w)
+            next_row = s >= S
+            s = tl.where(next_row, s0, s)
+            off_w = tl.where(next_row, off_w0, off_w)
+            r = tl.where(next_row, r + period_h, r)
+            off_h = tl.where(next_row, off_h - shift_h, off_h)
     else:
         # Reduction index kk = k * taps + tap over the group's output channels and the hitting taps.
         for k0 in range(0, KPG * taps, BLOCK_K):
