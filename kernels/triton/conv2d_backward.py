@@ -404,6 +404,8 @@ def _grid_limit(spec: Conv2d, dtype: str, layout: str) -> str | None:
 
 
 def _common_args(spec: Conv2d) -> tuple[int, ...]:
+    """The GEMM kernels' size arguments N, C, H, W, K, P, Q, R, S, CPG, KPG and the per-axis
+    stride, padding and dilation."""
     n, c, h, w = spec.input_shape
     return (n, c, h, w, spec.out_channels, spec.out_height, spec.out_width, spec.kernel_h, spec.kernel_w,
             c // spec.groups, spec.out_channels // spec.groups, spec.stride_h, spec.stride_w, spec.padding_h,
@@ -423,17 +425,16 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     if tuple(out.shape) != spec.input_shape:
         raise Unsupported(f"dx has shape {tuple(out.shape)}, expected {spec.input_shape}")
     w, dy = tensors["weight"], tensors["dy"]
-    dy_nhwc, weight_rsc, dx_nhwc = _layouts(layout, dy=dy, weight=w, dx=out)
+    dy_nhwc, _, dx_nhwc = _layouts(layout, dy=dy, weight=w, dx=out)
     if _runs_direct(spec):
         return Built(depthwise_backward.dgrad(spec, dy, w, out, dy_nhwc, dx_nhwc), {"algorithm": "depthwise"})
-    dy, dy_copy = _channels_last(dy, dy_nhwc)
-    w, w_copy = _channels_last(w, weight_rsc)
+    dy, dy_copy = _channels_last(dy)
+    w, w_copy = _channels_last(w)
     copies = dy_copy + w_copy
     for copy in copies:
         copy()  # the buffers must hold the data before autotuning runs the GEMM on them
     mode = DOT_MODE[dtype.name]
-    args = _common_args(spec)
-    cpg, kpg = args[9], args[10]
+    cpg, kpg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
     cap = (_INTERPRETER_CONFIG["BLOCK_K"] if interpreting(_dgrad_kernel)
            else max(cfg.kwargs["BLOCK_K"] for cfg in _DGRAD_CONFIGS[mode]))
     block_k = channel_block(kpg, cap)
@@ -450,14 +451,15 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
         return (phases * tiles, spec.groups)
 
     launch = bind(_dgrad_kernel, _tuned_dgrad(mode, block_k or cap), grid,
-                  (dy, w, out, *args, *periods, hp, wp), meta, fixed)
+                  (dy, w, out, *_common_args(spec), *periods, hp, wp), meta, fixed)
     return Built(in_order(*copies, launch), {"algorithm": "implicit_gemm"})
 
 
-def _channels_last(t: torch.Tensor, is_nhwc: bool) -> tuple[torch.Tensor, list[Kernel]]:
-    """``t`` where it is NHWC (channels_last) already, else a channels_last buffer and the copy
-    that fills it from ``t`` (inside the timed call, as the forward copies NCHW input)."""
-    if is_nhwc:
+def _channels_last(t: torch.Tensor) -> tuple[torch.Tensor, list[Kernel]]:
+    """Dense 4-D ``t`` where its memory is in channels_last order already, else a channels_last
+    buffer and the copy that fills it from ``t`` (inside the timed call, as the forward copies
+    NCHW input)."""
+    if t.is_contiguous(memory_format=torch.channels_last):
         return t, []
     copy, launch = _channels_last_copy(t)
     return copy, [launch]
@@ -468,8 +470,7 @@ def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor,
     """dW from NHWC ``x`` and ``dy`` in ``slices`` slices of the reduction (fewer if it is short):
     the GEMM, then, for more than one, the sum of its fp32 partials into ``dw``."""
     mode = DOT_MODE[dtype.name]
-    args = _common_args(spec)
-    cpg, kpg = args[9], args[10]
+    cpg, kpg = spec.in_channels // spec.groups, spec.out_channels // spec.groups
     reduction = spec.batch * spec.out_height * spec.out_width
     k_per_split = triton.cdiv(triton.cdiv(reduction, slices), quantum) * quantum
     slices = triton.cdiv(reduction, k_per_split)
@@ -492,7 +493,7 @@ def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor,
         return (triton.cdiv(kpg, config["BLOCK_M"]) * cols, slices, spec.groups)
 
     gemm = bind(_wgrad_kernel, _tuned_wgrad(mode, block_n or cap), grid,
-                (x, dy, target if partial else dw, *args, k_per_split), meta, fixed)
+                (x, dy, target if partial else dw, *_common_args(spec), k_per_split), meta, fixed)
     if not partial:
         return gemm
     return in_order(gemm, sum_slices(target, dw, slices))
@@ -546,8 +547,8 @@ def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     if _runs_direct(spec):
         return Built(in_order(depthwise_backward.wgrad(spec, x, dy, dw, x_nhwc, dy_nhwc), *bias),
                      {"algorithm": "depthwise"})
-    x, x_copy = _channels_last(x, x_nhwc)
-    dy, dy_copy = _channels_last(dy, dy_nhwc)
+    x, x_copy = _channels_last(x)
+    dy, dy_copy = _channels_last(dy)
     copies = x_copy + dy_copy
     for copy in copies:
         copy()  # the buffers must hold the data before autotuning runs the GEMM on them
