@@ -233,7 +233,7 @@ def _to_channels_last_kernel(src_ptr, dst_ptr, C, HW, BLOCK_C: tl.constexpr, BLO
 _TRANSPOSE_TILE = 64
 
 
-def _channels_last_copy(t: torch.Tensor) -> tuple[torch.Tensor, Kernel]:
+def channels_last_copy(t: torch.Tensor) -> tuple[torch.Tensor, Kernel]:
     """A channels_last buffer for contiguous 4-D ``t`` and the launcher that fills it from ``t``."""
     dst = torch.empty_like(t, memory_format=torch.channels_last)
     n, c, h, w = t.shape
@@ -314,10 +314,10 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     if block_k and not (x_nhwc and weight_rsc):
         # NCHW input (or weight): copy to NHWC in the timed call, then take the channel-blocked walk.
         if not x_nhwc:
-            x, copy_x = _channels_last_copy(x)
+            x, copy_x = channels_last_copy(x)
             copies.append(copy_x)
         if not weight_rsc:
-            w, copy_w = _channels_last_copy(w)
+            w, copy_w = channels_last_copy(w)
             copies.append(copy_w)
         x_nhwc = weight_rsc = True
     for copy in copies:

@@ -15,7 +15,8 @@ def conv2d_specs(draw: st.DrawFn, max_batch: int = 2, max_channels: int = 8, max
     """Conv2d specs; by default one stride and padding for both axes, no dilation, one group (the
     plain convolution), as before these options existed.  ``per_axis`` draws each axis's stride,
     padding and dilation apart; ``max_dilation`` and ``max_groups`` add dilation and groups (the
-    channel counts are then multiples of the groups, at most ``max_channels`` where the groups allow)."""
+    channel counts are then multiples of the groups, at most ``max_channels`` where the groups allow).
+    ``direction`` is the pass the specs ask for (``layers.passes``)."""
     h = draw(st.integers(1, max_hw))
     w = draw(st.integers(1, max_hw))
     groups = draw(st.integers(1, max_groups))

@@ -1,0 +1,103 @@
+"""Compile the conv backward kernels for a GPU target without a GPU, and report per tile config
+what the compiler made of them: registers, spill stack, shared memory, and whether the main
+loop got Hopper's warpgroup MMA and async-copy pipelining.
+
+    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|all]
+
+It catches what only a GPU run would show otherwise: register spills, loads that do not vectorise
+(no async copies, one stage of shared memory), a config that fails to compile.  Pointers are
+declared 16-byte aligned and the channel counts divisible by 16, as Triton specialises them for
+the usual layers; it times nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU, not the interpreter
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.compiler.compiler import make_backend  # noqa: E402
+
+from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
+from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
+
+ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
+DIVISIBLE = {"C", "K", "CPG", "KPG"}
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: dict, warps: int,
+                   stages: int = 3) -> str:
+    """One line: registers, spill stack, shared memory, warpgroup MMAs and async copies."""
+    backend = make_backend(target)
+    signature = {name: pointers.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
+    attrs = {(fn.arg_names.index(name),): backend.parse_attr("D") for name in fn.arg_names
+             if name in pointers or (name in DIVISIBLE and name not in constexprs)}
+    kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), target=target,
+                            options={"num_warps": warps, "num_stages": stages})
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    regs, stack = found.groups() if found else ("?", "?")
+    ir = kernel.asm["ttgir"]
+    return (f"regs={regs} spill_stack={stack} smem={kernel.metadata.shared} "
+            f"wgmma={ir.count('warp_group_dot ')} async_copies={ir.count('async_copy_global_to_local')}")
+
+
+def _tile(cfg: triton.Config) -> str:
+    return " ".join(f"{k}={v}" for k, v in cfg.kwargs.items() if k != "GROUP_M") + f" warps={cfg.num_warps}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", default="all", choices=["dgrad", "wgrad", "depthwise", "all"])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--dtype", default="bf16", choices=sorted(ELEMENT))
+    args = parser.parse_args()
+    target = GPUTarget("cuda", args.arch, 32)
+    el = "*" + ELEMENT[args.dtype]
+    mode, precision = DOT_MODE[args.dtype], DOT_PRECISION[args.dtype]
+    common = {"PRECISION": precision, "UPCAST": False}
+    if args.which in ("dgrad", "all"):
+        for cfg in cb._DGRAD_CONFIGS[mode]:
+            for blocked in (True, False):
+                for dx_nhwc in (True, False):
+                    meta = dict(common, DX_NHWC=dx_nhwc, CHANNEL_BLOCK=blocked, **cfg.kwargs)
+                    line = compile_report(cb._dgrad_kernel, target, {"dy_ptr": el, "w_ptr": el, "dx_ptr": el}, meta,
+                                          cfg.num_warps, cfg.num_stages)
+                    print(f"dgrad {_tile(cfg)} {'blocked' if blocked else 'flat'} dx {'NHWC' if dx_nhwc else 'NCHW'}: {line}")
+    if args.which in ("wgrad", "all"):
+        for cfg in cb._WGRAD_CONFIGS[mode]:
+            for tap_block in (True, False):
+                for partial in (True, False):
+                    meta = dict(common, WEIGHT_RSC=True, TAP_BLOCK=tap_block, PARTIAL=partial, **cfg.kwargs)
+                    out = "*fp32" if partial else el
+                    line = compile_report(cb._wgrad_kernel, target, {"x_ptr": el, "dy_ptr": el, "dw_ptr": out}, meta,
+                                          cfg.num_warps, cfg.num_stages)
+                    print(f"wgrad {_tile(cfg)} {'tap' if tap_block else 'flat'}{' partial' if partial else ''}: {line}")
+    if args.which in ("depthwise", "all"):
+        for cfg in dw._DGRAD_CONFIGS:
+            for nhwc in (True, False):
+                meta = dict(DY_NHWC=nhwc, DX_NHWC=nhwc, KPG=1, **cfg.kwargs)
+                line = compile_report(dw._dw_dgrad_kernel, target, {"dy_ptr": el, "w_ptr": el, "dx_ptr": el}, meta,
+                                      cfg.num_warps)
+                print(f"depthwise dgrad {_tile(cfg)} {'NHWC' if nhwc else 'NCHW'}: {line}")
+        for cfg in dw._wgrad_configs(16):
+            for nhwc in (True, False):
+                meta = dict(X_NHWC=nhwc, DY_NHWC=nhwc, PARTIAL=True, TAPS=16, KPG=1, **cfg.kwargs)
+                line = compile_report(dw._dw_wgrad_kernel, target, {"x_ptr": el, "dy_ptr": el, "out_ptr": "*fp32"},
+                                      meta, cfg.num_warps)
+                print(f"depthwise wgrad 3x3 {_tile(cfg)} {'NHWC' if nhwc else 'NCHW'}: {line}")
+
+
+if __name__ == "__main__":
+    main()
