@@ -170,3 +170,15 @@ def test_a_gpus_axis_is_refused_with_gpus_or_ray(tmp_path: Path, capsys: Any, mo
                      "--out", str(tmp_path / "r")])
     assert code == 2 and "without --gpus/--ray" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_weight_gradient_split_over_gpus_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fc.toml"
+    path.write_text('experiment = "dp_fc"\nlayer = "linear"\nimplementations = ["torch"]\n'
+                    "[params]\nbatch = 8\nin_features = 4\nout_features = 3\n"
+                    '[axes]\ngpus = [2]\npass = ["forward", "backward_data", "backward_weight", "training"]\n')
+    reasons = {p.params.get("direction", "forward"): split_unsupported_reason(p, 2)
+               for p in sweep.load_sweep(path).points}
+    assert reasons["forward"] is None and reasons["backward_data"] is None
+    for direction in ("backward_weight", "training"):
+        assert "all-reduce of the weight gradients" in reasons[direction]

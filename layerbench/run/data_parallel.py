@@ -90,6 +90,11 @@ def split_unsupported_reason(point: Point, present: int) -> str | None:
         return f"gpus={n}: the layer has no batch to split"
     if batch < n:
         return f"gpus={n}: batch {batch} cannot be split over {n} GPUs"
+    direction = point.params.get("direction", "forward")
+    if direction in ("backward_weight", "training") and point.layer in ("conv2d", "linear"):
+        # Each GPU's share gives a partial weight gradient; their all-reduce is not measured here.
+        return (f"gpus={n}: the {direction} pass split over GPUs would need an all-reduce of the weight "
+                "gradients, which is not measured; split the forward or backward_data pass")
     return None
 
 
