@@ -56,7 +56,8 @@ the record's ``detail_path`` says which won (``legacy``, ``graph`` or ``graph_th
 ``detail_<path>_ms`` their times, ``detail_<path>_*`` what each chose.  ``graph_then_bias`` is the
 graph API's convolution alone followed by ``cudnnAddTensor``, as torch runs a biased convolution:
 on an H200 torch ran some NCHW fp16/bf16 layers up to 1.19x faster than the best plan of the fused
-graph, and this path wins there (AlexNet conv2, bf16 NCHW, batch 128: 1.11 ms against torch's 1.39).  Where
+graph, and this path wins there (the thesis layer L2: 64 -> 128 channels, 9x9, 64x64, batch 128,
+bf16 NCHW: 1.11 ms against torch's 1.39).  Where
 the frontend is missing or the graph path fails, the legacy path runs and ``detail_graph`` holds
 the reason; a sticky CUDA error is raised, not hidden.
 
