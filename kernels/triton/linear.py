@@ -29,7 +29,7 @@ from layerbench.registry import register
 from layerbench.layers import Linear
 
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, grouped_tile,
-                                    interpreting, quick_bench, tile_config)
+                                    interpreting, quick_bench, split_sum, tile_config)
 
 _KEY = ["M", "N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K", "PRECISION"]
 
@@ -99,19 +99,9 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sem_ptr, M, N, K, k_per_s
 
     mask = m_ok[:, None] & n_ok[None, :]
     tile = offs_m[:, None] * N + offs_n[None, :]
-    if PARTIAL:
-        # ws_ptr is the fp32 workspace (SPLITS, M, N).  The barrier orders every warp's stores
-        # before the semaphore's acq_rel add, which publishes this program's partial tile and,
-        # in the last one, makes every other partial visible (.cg: read from L2, not L1).
-        splits = tl.num_programs(1)
-        tl.store(ws_ptr + split.to(tl.int64) * M * N + tile, acc, mask=mask)
-        tl.debug_barrier()
-        arrived = tl.atomic_add(sem_ptr + pid, 1, sem="acq_rel", scope="gpu")
-        if arrived == splits - 1:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(splits):
-                acc += tl.load(ws_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(sem_ptr + pid, 0)
+    if PARTIAL:  # ws_ptr is the fp32 workspace (SPLITS, M, N)
+        acc, last = split_sum(acc, ws_ptr, sem_ptr, pid, split, tl.num_programs(1), tile, mask, M * N)
+        if last:
             if HAS_BIAS:
                 acc += tl.load(b_ptr + cols).to(tl.float32)[None, :]
             tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)

@@ -28,7 +28,7 @@ from layerbench.layers.passes import split_output
 
 from kernels.triton.linear import EVEN_K_QUANTUM, MAX_WORKSPACE_BYTES, MIN_SLICE, SPLIT_CANDIDATES
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, grouped_tile,
-                                    interpreting, quick_bench, tile_config)
+                                    interpreting, quick_bench, split_sum, tile_config)
 
 _KEY = ["M", "N", "K", "k_per_split", "stride_am", "stride_ak", "stride_bk", "stride_bn", "PARTIAL",
         "EVEN_K", "PRECISION"]
@@ -120,18 +120,9 @@ def _strided_gemm_kernel(a_ptr, b_ptr, c_ptr, ws_ptr, sem_ptr, M, N, K, k_per_sp
 
     mask = m_ok[:, None] & n_ok[None, :]
     tile = offs_m[:, None] * N + offs_n[None, :]
-    if PARTIAL:
-        # As in the forward kernel: the barrier orders every warp's stores before the semaphore's
-        # acq_rel add; the last program of the tile reads the other slices from L2 (.cg).
-        splits = tl.num_programs(1)
-        tl.store(ws_ptr + split.to(tl.int64) * M * N + tile, acc, mask=mask)
-        tl.debug_barrier()
-        arrived = tl.atomic_add(sem_ptr + pid, 1, sem="acq_rel", scope="gpu")
-        if arrived == splits - 1:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for s in range(splits):
-                acc += tl.load(ws_ptr + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(sem_ptr + pid, 0)
+    if PARTIAL:  # ws_ptr is the fp32 workspace (SPLITS, M, N)
+        acc, last = split_sum(acc, ws_ptr, sem_ptr, pid, split, tl.num_programs(1), tile, mask, M * N)
+        if last:
             tl.store(c_ptr + tile, acc.to(c_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(c_ptr + tile, acc.to(c_ptr.dtype.element_ty), mask=mask)
@@ -156,18 +147,9 @@ def _column_sum_kernel(x_ptr, out_ptr, ws_ptr, sem_ptr, B, N, rows_per_slice, PA
                     other=0.0)
         acc += v.to(tl.float32)
     total = tl.sum(acc, axis=0)
-    if PARTIAL:
-        # As the GEMM's split-K: partials to ws_ptr (slices, N); the last program of the column
-        # block adds them in slice order and resets its semaphore.
-        pieces = tl.num_programs(1)
-        tl.store(ws_ptr + piece * N + cols, total, mask=n_ok)
-        tl.debug_barrier()
-        arrived = tl.atomic_add(sem_ptr + pid, 1, sem="acq_rel", scope="gpu")
-        if arrived == pieces - 1:
-            total = tl.zeros((BLOCK_N,), dtype=tl.float32)
-            for s in range(pieces):
-                total += tl.load(ws_ptr + s * N + cols, mask=n_ok, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(sem_ptr + pid, 0)
+    if PARTIAL:  # partials to ws_ptr (slices, N), summed in slice order as the GEMM's split-K
+        total, last = split_sum(total, ws_ptr, sem_ptr, pid, piece, tl.num_programs(1), cols, n_ok, N)
+        if last:
             tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=n_ok)
     else:
         tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=n_ok)

@@ -54,6 +54,29 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     return tl.swizzle2d(pid // tiles_n, pid % tiles_n, tl.cdiv(M, BLOCK_M), tiles_n, GROUP_M)
 
 
+@triton.jit
+def split_sum(acc, ws_ptr, sem_ptr, tile_id, part, parts, offs, mask, part_stride):
+    """A tile's sum over ``parts`` programs that each computed one part of it (split-K), in part
+    order: every program stores its part into the fp32 workspace ``ws_ptr`` (parts, part_stride);
+    the last to arrive at the tile's semaphore adds them all and resets it to zero for the next
+    launch.  Returns (the sum, valid in the last program; whether this program is the last).
+
+    The barrier orders every warp's stores before the semaphore's acq_rel add, which publishes
+    this program's part and, in the last one, makes every other part visible (.cg: read from L2,
+    not L1).
+    """
+    tl.store(ws_ptr + part.to(tl.int64) * part_stride + offs, acc, mask=mask)
+    tl.debug_barrier()
+    arrived = tl.atomic_add(sem_ptr + tile_id, 1, sem="acq_rel", scope="gpu")
+    last = arrived == parts - 1
+    if last:
+        acc = tl.zeros_like(acc)
+        for s in range(parts):
+            acc += tl.load(ws_ptr + s * part_stride + offs, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.atomic_xchg(sem_ptr + tile_id, 0)
+    return acc, last
+
+
 def interpreting(fn: object) -> bool:
     """True when ``fn`` was decorated while ``TRITON_INTERPRET=1`` (it then runs on the CPU)."""
     return isinstance(fn, InterpretedFunction)
