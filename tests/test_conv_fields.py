@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
+from sweep_texts import CONV_SWEEP
 
 from kernels.reference import torch_ref
 from kernels.triton import conv2d as triton_conv
@@ -184,19 +185,6 @@ def test_triton_refuses_more_groups_than_a_grid_axis_holds() -> None:
 
 # ------------------------------------------------------------------ sweep files and identity
 
-CONV = """
-layer = "conv2d"
-implementations = ["torch"]
-[params]
-batch = 2
-in_channels = 3
-out_channels = 4
-size = 9
-kernel = 3
-stride = 2
-padding = 1
-"""
-
 
 def test_sweep_files_take_the_new_fields() -> None:
     s = sweep.parse_sweep("""
@@ -218,22 +206,22 @@ dilation = [1, 2]
            for p in s.points]
     assert got == [(g, d, d, 0, 3) for g in (1, 2, 8) for d in (1, 2)]
     assert not any(p.invalid for p in s.points)
-    bad = sweep.parse_sweep(CONV.replace("padding = 1", "padding = 1\ngroups = 2"), "c.toml")
+    bad = sweep.parse_sweep(CONV_SWEEP.replace("padding = 1", "padding = 1\ngroups = 2"), "c.toml")
     assert "Conv2d.groups must divide" in bad.points[0].invalid
     with pytest.raises(SweepError, match="groups"):
-        sweep.parse_sweep(CONV.replace("padding = 1", 'padding = 1\ngroups = "2"'), "c.toml")
+        sweep.parse_sweep(CONV_SWEEP.replace("padding = 1", 'padding = 1\ngroups = "2"'), "c.toml")
 
 
 def test_new_fields_enter_the_identity_only_where_they_say_something() -> None:
     """The pinned hashes of a plain conv point: tests/test_results.py."""
-    s = sweep.parse_sweep(CONV, "c.toml")
+    s = sweep.parse_sweep(CONV_SWEEP, "c.toml")
     p = s.points[0]
-    same = sweep.parse_sweep(CONV.replace("stride = 2", "stride_h = 2\nstride_w = 2\ndilation = 1\ngroups = 1"),
+    same = sweep.parse_sweep(CONV_SWEEP.replace("stride = 2", "stride_h = 2\nstride_w = 2\ndilation = 1\ngroups = 1"),
                              "c.toml")
     assert identity.config_hash(same.points[0], "torch", s.measure, "cuda") == \
         identity.config_hash(p, "torch", s.measure, "cuda")
     for change in ("stride_w = 2\nstride_h = 1", "dilation = 2", "groups = 3"):
-        other = sweep.parse_sweep(CONV.replace("stride = 2", change).replace("in_channels = 3", "in_channels = 6")
+        other = sweep.parse_sweep(CONV_SWEEP.replace("stride = 2", change).replace("in_channels = 3", "in_channels = 6")
                                   .replace("out_channels = 4", "out_channels = 6"), "c.toml")
         assert "groups" in identity.identity_params(other.points[0])
         assert identity.config_hash(other.points[0], "torch", s.measure, "cuda") != "109bb393223a2d7a"

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from sweep_texts import CONV_SWEEP
 
 from layerbench import registry, sweep
 from layerbench.analysis import compare
@@ -239,25 +240,11 @@ def test_list_layers_names_each_layers_passes(capsys: pytest.CaptureFixture) -> 
 # ----------------------------------------------------------------------------- records, identity
 
 
-CONV = """
-layer = "conv2d"
-implementations = ["torch"]
-[params]
-batch = 2
-in_channels = 3
-out_channels = 4
-size = 9
-kernel = 3
-stride = 2
-padding = 1
-"""
-
-
 def test_forward_hashes_stay_and_other_passes_hash_apart() -> None:
     """The pinned hashes of tests/test_results.py: ``pass = "forward"`` written out changes nothing."""
     hashes = {}
     for extra in ("", 'pass = "forward"\n', 'pass = "backward_data"\n', 'pass = "training"\n'):
-        s = sweep.parse_sweep(CONV + extra, "c.toml")
+        s = sweep.parse_sweep(CONV_SWEEP + extra, "c.toml")
         p = s.points[0]
         rec = Record.for_point(p, "torch", s.measure, "cuda", s.experiment, 0)
         assert rec.params["direction"] == (extra.split('"')[1] if extra else "forward")
@@ -267,7 +254,7 @@ def test_forward_hashes_stay_and_other_passes_hash_apart() -> None:
 
 
 def test_invalid_points_keep_their_hash_and_have_a_direction() -> None:
-    s = sweep.parse_sweep(CONV.replace("size = 9", "size = 2").replace("padding = 1", ""), "c.toml")
+    s = sweep.parse_sweep(CONV_SWEEP.replace("size = 9", "size = 2").replace("padding = 1", ""), "c.toml")
     p = s.points[0]
     assert p.invalid is not None
     rec = Record.for_point(p, "torch", s.measure, "cuda", s.experiment, 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sweep_texts import CONV_SWEEP
 
 from layerbench import sweep
 from layerbench.results import identity
@@ -115,20 +116,6 @@ def test_record_identity_matches_the_sweep_hashes() -> None:
             rec = Record.for_point(p, impl, s.measure, "cuda", s.experiment, 0)
             assert rec.config_hash == identity.config_hash(p, impl, s.measure, "cuda")
             assert rec.point_hash == identity.point_hash(p, s.measure, "cuda")
-
-
-CONV_SWEEP = """
-layer = "conv2d"
-implementations = ["torch"]
-[params]
-batch = 2
-in_channels = 3
-out_channels = 4
-size = 9
-kernel = 3
-stride = 2
-padding = 1
-"""
 
 
 def test_conv_identity_is_pinned_across_the_new_conv_fields() -> None:
