@@ -201,21 +201,18 @@ def build_conv2d_training(spec: Conv2d, dtype: DType, layout: str, tensors: Tens
 
 
 @register("pool2d", "torch", backend="torch", reference=True, devices=DEVICES, direction="backward_data",
-          description="aten.max_pool2d_with_indices_backward (indices from a forward at build) / "
+          description="aten.max_pool2d_with_indices_backward (after the forward that gives it the argmax) / "
                       "aten.avg_pool2d_backward")
 def build_pool2d_backward_data(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
                                out: torch.Tensor) -> Callable[[], torch.Tensor]:
     x, dy = tensors["x"], tensors["dy"]
     k, s, p = [spec.kernel] * 2, [spec.stride] * 2, [spec.padding] * 2
     if spec.method == "max":
-        # torch's backward reads the argmax that its forward saved; the inputs do not change
-        # between launches within a measurement, and a new x is followed by a new build.
-        holder: dict[str, torch.Tensor] = {}
-
+        # torch's backward reads the argmax that its forward saves, so each launch runs that
+        # forward first: x may change between launches.
         def kernel() -> torch.Tensor:
-            holder["indices"] = torch.ops.aten.max_pool2d_with_indices(x, k, s, p)[1]
-            return torch.ops.aten.max_pool2d_with_indices_backward(dy, x, k, s, p, [1, 1], False,
-                                                                   holder["indices"])
+            indices = torch.ops.aten.max_pool2d_with_indices(x, k, s, p)[1]
+            return torch.ops.aten.max_pool2d_with_indices_backward(dy, x, k, s, p, [1, 1], False, indices)
     else:
         def kernel() -> torch.Tensor:
             return torch.ops.aten.avg_pool2d_backward(dy, x, k, s, p, False, True, None)
