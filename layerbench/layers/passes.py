@@ -126,12 +126,8 @@ def split_output(spec: Any, out: torch.Tensor, layout: str) -> dict[str, torch.T
     parts = result_parts(spec)
     if len(parts) == 1:
         return {parts[0][0]: out}
-    views, offset = {}, 0
-    for name, shape in parts:
-        n = math.prod(shape)
-        views[name] = _dense_view(out[offset:offset + n], shape, layout == "NHWC")
-        offset += n
-    return views
+    return {name: _dense_view(out[sl], shape, layout == "NHWC")
+            for (name, shape), sl in zip(parts, part_slices(spec).values())}
 
 
 def part_slices(spec: Any) -> dict[str, slice]:
