@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
+from layerbench.check.correctness import compare_output
+from layerbench.check.inputs import magnitude
 from layerbench.testing import check_implementation, make_tensors, reference
 
 
@@ -95,3 +97,20 @@ def test_reference_is_float64() -> None:
     # count_include_pad: the corner window sums 4 real values and divides by 9.
     x = ts["x"].double()[0, 0]
     assert math.isclose(float(ref[0, 0, 0, 0]), float(x[:2, :2].sum()) / 9, rel_tol=1e-12)
+
+
+def test_weight_gradient_that_cancels_is_judged_against_its_size() -> None:
+    """A one-element weight gradient that sums to nearly zero: an error of one rounding of each
+    product passes, the same error without the cancellation's excuse does not."""
+    spec = Linear(1000, 1, 1, bias=False, direction="backward_weight")
+    x = torch.ones(1000, 1, dtype=torch.float64)
+    dy = torch.ones(1000, 1, dtype=torch.float64)
+    dy[1::2] = -1  # products +1, -1, ...: the sum is 0.5 after the nudge below, the |sum| 1000
+    dy[0] = 1.5
+    tensors = {"x": x, "weight": torch.ones(1, 1, dtype=torch.float64), "dy": dy}
+    ref = reference(spec, tensors)
+    scale = magnitude(spec, tensors)
+    off = ref + 1000 * 2.0**-11 / math.sqrt(1000)  # a tf32 rounding per product, as a random walk
+    assert not compare_output(off, ref, spec, "tf32").ok  # 0.015 on a value of 0.5
+    assert compare_output(off, ref, spec, "tf32", scale).ok
+    assert not compare_output(ref * 1.01 + 1.0, ref, spec, "tf32", scale).ok  # a real error is still one

@@ -151,9 +151,12 @@ def tie_heavy_input(spec: Pool2d, dtype: str, layout: str, seed: int) -> dict[st
 
 
 def torch_pool_dx(spec: Pool2d, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    x = tensors["x"].double().requires_grad_(True)
+    """torch's dx by its CPU kernel, on the inputs' device.  The CPU kernels (and CUDA's NCHW one)
+    start a window's argmax at the window's first element; CUDA's channels-last kernel starts it at
+    the plane's element 0, so a window of -inf only sends its gradient elsewhere there."""
+    x = tensors["x"].cpu().double().requires_grad_(True)
     y = F.max_pool2d(x, spec.kernel, spec.stride, spec.padding)
-    return torch.autograd.grad(y, x, tensors["dy"].double())[0]
+    return torch.autograd.grad(y, x, tensors["dy"].cpu().double())[0].to(tensors["x"].device)
 
 
 TIE_CASES = {"overlap-pad": Pool2d(2, 3, 9, 8, 3, 2, padding=1, method="max", direction="backward_data"),

@@ -26,7 +26,8 @@ conv2d dx        the faster of the legacy ``cudnnConvolutionBackwardData`` (read
 conv2d dweight   the faster of the legacy ``cudnnConvolutionBackwardFilter`` (reads x and dy)
 (+ dbias)        + ``cudnnConvolutionBackwardBias`` (reads dy) and the graph API's fastest
                  ``conv_wgrad`` plan, dbias by a reduction node in that graph where cuDNN has a
-                 plan for it, else by ``cudnnConvolutionBackwardBias`` after it
+                 plan for it, else by ``cudnnConvolutionBackwardBias`` after it (torch's sum
+                 where cuDNN has no bias-gradient kernel: bf16 in NHWC; ``detail_dbias`` says)
 pool2d dx        ``cudnnPoolingBackward`` (reads y, dy and x); max pooling runs
                  ``cudnnPoolingForward`` for y in the kernel first (see its builder)
 relu dx          ``cudnnActivationBackward`` RELU (reads y, dy and x), x in y's place
@@ -358,12 +359,22 @@ def build_conv2d_backward_weight(spec: Conv2d, dtype: DType, layout: str, tensor
 
 
 def _bias_gradient(lib: Cudnn, handle: Handle, dy: torch.Tensor, dy_d: Descriptor,
-                   db: torch.Tensor) -> tuple[tuple[Callable[..., Any], tuple], tuple]:
-    """cudnnConvolutionBackwardBias: db = the sum of dy over N, H and W; (the call, what it keeps alive)."""
+                   db: torch.Tensor) -> tuple[tuple[Callable[..., Any], tuple], tuple, str]:
+    """db = the sum of dy over N, H and W by cudnnConvolutionBackwardBias; (the call, what it keeps
+    alive, which call it is).  cuDNN has no such kernel for some inputs (bf16 in NHWC on cuDNN 9):
+    there torch's sum runs, and the description says so."""
     db_d = lib.tensor_4d(TensorFormat.NCHW, api.data_type(db.dtype), 1, db.shape[0], 1, 1)
     call = (lib.cudnnConvolutionBackwardBias, (handle.ptr, ONE_PTR, dy_d.ptr, dy.data_ptr(), ZERO_PTR, db_d.ptr,
                                                db.data_ptr()))
-    return call, (db_d, dy_d, dy, db)
+    handle.use_stream(torch.cuda.current_stream(dy.device).cuda_stream)
+    try:
+        call[0](*call[1])
+    except api.CudnnNotSupported as why:
+        def torch_sum() -> None:
+            db.copy_(dy.sum(dim=(0, 2, 3), dtype=torch.float32))
+
+        return (torch_sum, ()), (dy, db), f"torch.sum over N, H, W ({why})"
+    return call, (db_d, dy_d, dy, db), "cudnnConvolutionBackwardBias"
 
 
 def build_conv2d_backward_weight_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -381,11 +392,12 @@ def build_conv2d_backward_weight_legacy(spec: Conv2d, dtype: DType, layout: str,
                                            conv, (dw_d, dw), dtype)
     calls: list[tuple[Callable[..., Any], tuple]] = [(chosen.launch, ())]
     keep: tuple = (x_d, dy_d, dw_d, conv, workspace, x, dy, out)
+    details: dict[str, object] = {"format": fmt.name, **chosen.details}
     if db is not None:
-        call, alive = _bias_gradient(lib, handle, dy, dy_d, db)
+        call, alive, details["dbias"] = _bias_gradient(lib, handle, dy, dy_d, db)
         calls.append(call)
         keep += alive
-    return _launcher(handle, device, calls, keep, {"format": fmt.name, **chosen.details})
+    return _launcher(handle, device, calls, keep, details)
 
 
 def build_conv2d_backward_weight_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -406,11 +418,10 @@ def build_conv2d_backward_weight_graph(spec: Conv2d, dtype: DType, layout: str, 
     lib, handle, device = _setup(tensors)
     dy = tensors["dy"]
     fmt = _common_format(layout, dy=dy)
-    call, alive = _bias_gradient(lib, handle, dy, _describe(lib, dy, fmt), db)
+    call, alive, by = _bias_gradient(lib, handle, dy, _describe(lib, dy, fmt), db)
     bias = _launcher(handle, device, [call], alive, {})
     return Built(in_order(graph.launch, bias.launch),
-                 {**graph.details, "dbias": f"cudnnConvolutionBackwardBias (no graph plan with a reduction node: "
-                                            f"{unfused[:200]})"})
+                 {**graph.details, "dbias": f"{by} (no graph plan with a reduction node: {unfused[:200]})"})
 
 
 @register("pool2d", "cudnn", backend="cudnn", reference=True, direction="backward_data",

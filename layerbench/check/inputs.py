@@ -98,3 +98,9 @@ def reference(spec: LayerSpec, tensors: Tensors) -> torch.Tensor:
     if passes.direction_of(spec) == "forward":
         return spec.reference(f64)
     return passes.pack_like(spec, passes.reference_parts(spec, f64), tensors)
+
+
+def magnitude(spec: LayerSpec, tensors: Tensors) -> torch.Tensor:
+    """The float64 result on the inputs' absolute values: for a sum of products (a weight
+    gradient), each element's sum of |terms|, the scale its rounding error has."""
+    return reference(spec, {k: v.abs() if v.is_floating_point() else v for k, v in tensors.items()})

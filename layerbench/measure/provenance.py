@@ -19,9 +19,9 @@ GEMM kernels that both libraries launch: cuDNN's graph API runs convolutions tha
 filters, for one) with cuBLASLt's kernels, called from inside cuDNN (cuDNN 9 runs such engines
 through libcublasLt; on an H200,
 ``nvjet_sm90_tst_128x192_64x5_2x1_v_bz_coopB_bias_TNN`` and
-``sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_...`` with no "cudnn" in the name).  A name with one of
-``SHARED_GEMM`` ("nvjet", "xmma_gemm", "sgemm", "gemv", "cutlass": the cublas needles but the
-name "cublas" itself) belongs therefore to ``own_backend`` where that is "cudnn"
+``sm90_xmma_gemm_f32f32_tf32f32_f32_tn_n_...`` with no "cudnn" in the name; a split-K GEMM adds
+``cublasLt::splitKreduce_kernel``).  A name with one of ``SHARED_GEMM`` ("nvjet", "xmma_gemm",
+"sgemm", "gemv", "cutlass", "splitkreduce") belongs therefore to ``own_backend`` where that is "cudnn"
 or "cublas" (the implementation called that library and nothing else), and to ``cublas`` for any
 other owner.
 
@@ -46,7 +46,7 @@ LIBRARY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 # cuBLASLt's kernels, launched by cuBLAS and by cuDNN's graph engines alike; and who may own them.
-SHARED_GEMM = ("nvjet", "xmma_gemm", "sgemm", "gemv", "cutlass")
+SHARED_GEMM = ("nvjet", "xmma_gemm", "sgemm", "gemv", "cutlass", "splitkreduce")
 SHARED_OWNERS = ("cudnn", "cublas")
 
 # Device activity that is not a kernel launch.
