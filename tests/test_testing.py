@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
-from layerbench.check.correctness import compare_output
+from layerbench.check.correctness import ResultCheck, compare_output
 from layerbench.check.inputs import magnitude
 from layerbench.testing import check_implementation, make_tensors, reference
 
@@ -114,3 +114,16 @@ def test_weight_gradient_that_cancels_is_judged_against_its_size() -> None:
     assert not compare_output(off, ref, spec, "tf32").ok  # 0.015 on a value of 0.5
     assert compare_output(off, ref, spec, "tf32", scale).ok
     assert not compare_output(ref * 1.01 + 1.0, ref, spec, "tf32", scale).ok  # a real error is still one
+
+
+def test_result_check_judges_parts_against_float64() -> None:
+    """What a builder uses to vet its candidates: the harness's judgement on fixed tensors."""
+    spec = Conv2d(2, 3, 5, 9, 7, 3, 3, padding=1, direction="backward_weight")
+    tensors = make_tensors(spec, "fp32", "NHWC", "cpu", torch.Generator().manual_seed(4))
+    x, w, dy = (tensors[k].double().requires_grad_(k != "dy") for k in ("x", "weight", "dy"))
+    y = F.conv2d(x, w, tensors["bias"].double().requires_grad_(True), padding=1)
+    dw, db = torch.autograd.grad(y, w, dy)[0], dy.sum((0, 2, 3))
+    judge = ResultCheck(spec, "fp32", tensors)
+    assert judge({"dweight": dw.float(), "dbias": db.float()}).ok
+    wrong = judge({"dweight": dw.float(), "dbias": db.float() * 1.01})
+    assert not wrong.ok and "dbias" in wrong.message

@@ -28,7 +28,10 @@ deselected for fp32 (tf32 allows them).  The frontend applies that filter to the
 holds when asked, and its notes for configs appended later are not to be trusted (read in the
 frontend's source), so every fp32 finalist is also run once on a probe that TF32 cannot pass: an
 input of 1 + 2^-11 + 2^-13 (exact in fp32, not in TF32's 10-bit mantissa) against a one-hot
-filter must come back exact.  A finalist that fails is rejected and counted.
+filter must come back exact.  Every finalist, in any dtype, must then pass the harness's own
+check on the real tensors (``check_result``: float64, the dtype's tolerance): an engine that
+computes a wrong result on some layer is not kept as the reference.  A finalist that fails either
+check is rejected and counted, with the reason.
 
 The backward passes run the same search on their own graphs: ``conv_dgrad`` (dy and the weight
 in, dx out) and ``conv_wgrad`` (x and dy in, dweight out), the latter with a ``reduction`` node
@@ -47,6 +50,7 @@ standalone ReLU graph is a pointwise op that torch's ATen kernel already runs at
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -54,9 +58,11 @@ import torch
 import torch.nn.functional as F
 
 from layerbench.builders import Built, Kernel, Tensors, check_workspace, hot_median_ms
+from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
 from layerbench.layers import Conv2d
+from layerbench.layers.passes import at_direction
 
 FRONTEND = "nvidia-cudnn-frontend"
 IO_TYPES = {"fp32": "FLOAT", "tf32": "FLOAT", "fp16": "HALF", "bf16": "BFLOAT16"}
@@ -118,7 +124,7 @@ class PlanSearch:
     barred: int = 0  # refused by the deselection (numerical notes, workspace)
     failed: int = 0  # failed to build or to run
     timed: int = 0  # screened hot
-    rejected: int = 0  # fp32 finalists that did not compute in fp32
+    rejected: int = 0  # finalists that failed ``accept`` (not true fp32, or a wrong result)
     best: int | None = None
     best_ms: float = float("nan")
     failures: list[str] = field(default_factory=list)
@@ -132,7 +138,7 @@ class PlanSearch:
                                   "barred": self.barred, "failed": self.failed, "timed": self.timed,
                                   "duplicates": self.duplicates}
         if self.rejected:
-            out["rejected_not_fp32"] = self.rejected
+            out["rejected"] = self.rejected
         if self.failures:
             out["first_failures"] = " | ".join(self.failures)
         return out
@@ -140,13 +146,14 @@ class PlanSearch:
 
 def search_plans(names: list[str], build_plan: Callable[[int], None], make_launch: Callable[[int], Kernel],
                  screen_ms: Callable[[Kernel], float], final_ms: Callable[[Kernel], float],
-                 accept: Callable[[int], bool] | None = None, after_failure: Callable[[], None] = lambda: None,
+                 accept: Callable[[int], str | None] | None = None,
+                 after_failure: Callable[[], None] = lambda: None,
                  finalists: int = FINALISTS) -> PlanSearch:
     """Build, run and screen every plan once (by name), time the fastest ``finalists`` again.
 
     ``make_launch(i)`` allocates plan i's workspace and runs it once (synchronised); a launch is
     made again for a finalist so that the screen holds one workspace at a time.  ``accept(i)``,
-    where given, must pass before a plan can be a finalist.  ``after_failure`` runs after a plan
+    where given, must return None before a plan can be a finalist (else: why it is rejected).  ``after_failure`` runs after a plan
     failed to run and raises where the device is no longer usable.
     """
     s = PlanSearch()
@@ -186,9 +193,10 @@ def search_plans(names: list[str], build_plan: Callable[[int], None], make_launc
     for _, i in sorted(screened):
         if len(finals) >= finalists:
             break
-        if accept is not None and not accept(i):
+        why = accept(i) if accept is not None else None
+        if why is not None:
             s.rejected += 1
-            s.note(f"{names[i]}: not true fp32 (the TF32 probe came back rounded)")
+            s.note(f"{names[i]}: {why}")
             continue
         finals.append((final_ms(make_launch(i)), i))
     if finals:
@@ -311,9 +319,11 @@ Probe = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 
 def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: GraphPlans, uids: dict[str, Any],
-                  real: dict[str, torch.Tensor], probe: Callable[[], Probe] | None, fmt: str, what: str) -> Built:
+                  real: dict[str, torch.Tensor], probe: Callable[[], Probe] | None, check: Callable[[], str | None],
+                  fmt: str, what: str) -> Built:
     """Search ``plans`` on the real tensors (``search_plans``), each fp32 finalist checked on
-    ``probe()``, and return the fastest plan's launch with what the record says of the search."""
+    ``probe()`` and every finalist's result on the real tensors by ``check()`` (None: right, else
+    why not), and return the fastest plan's launch with what the record says of the search."""
     names = plans.names
     current_stream = torch.cuda.current_stream
 
@@ -332,11 +342,14 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
         torch.cuda.synchronize(device)
         return launch
 
-    def true_fp32(i: int) -> bool:
-        assert probe is not None
-        tensors, expected = probe()
-        launcher(i, tensors)
-        return all(bool((tensors[k].double() - e).abs().max() <= FP32_PROBE_TOL) for k, e in expected.items())
+    def accept(i: int) -> str | None:
+        if probe is not None:
+            tensors, expected = probe()
+            launcher(i, tensors)
+            if not all(bool((tensors[k].double() - e).abs().max() <= FP32_PROBE_TOL) for k, e in expected.items()):
+                return "not true fp32 (the TF32 probe came back rounded)"
+        launcher(i, real)
+        return check()
 
     def alive() -> None:
         torch.cuda.synchronize(device)  # raises where a plan left a sticky CUDA error
@@ -344,7 +357,7 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
     search = search_plans(
         names, build_plan=g.build_plan_at_index, make_launch=lambda i: launcher(i, real),
         screen_ms=lambda k: hot_median_ms(k, device, **SCREEN), final_ms=lambda k: hot_median_ms(k, device, **FINAL),
-        accept=true_fp32 if probe is not None else None, after_failure=alive)
+        accept=accept, after_failure=alive)
     if search.best is None:
         raise Unsupported(f"no plan of cuDNN's graph API ran this {what} ({len(names)} plans: "
                           f"{search.counts()}; heuristics: {plans.heuristics_error or 'ok'})")
@@ -380,6 +393,19 @@ def _one_hot(like: torch.Tensor) -> torch.Tensor:
 def _conv_args(spec: Conv2d) -> dict[str, list[int]]:
     return {"padding": [spec.padding_h, spec.padding_w], "stride": [spec.stride_h, spec.stride_w],
             "dilation": [spec.dilation_h, spec.dilation_w]}
+
+
+def _checker(spec: Conv2d, direction: str, bias: bool, dtype: DType, tensors: Tensors,
+             parts: dict[str, torch.Tensor]) -> Callable[[], str | None]:
+    """``check`` for ``_keep_fastest``: the plan's results (``parts``, by name) on the real tensors
+    against float64; ``bias``: whether the graph computes the bias term (or its gradient)."""
+    judge = ResultCheck(dataclasses.replace(at_direction(spec, direction), bias=bias), dtype, tensors)
+
+    def check() -> str | None:
+        result = judge(parts)
+        return None if result.ok else f"wrong on the real tensors: {result.message}"
+
+    return check
 
 
 def fprop_probe(spec: Conv2d, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor) -> Probe:
@@ -437,7 +463,8 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
 
     real = {"x": x, "weight": w, "out": out, **({"bias": b} if b is not None else {})}
     probe = (lambda: fprop_probe(spec, x, w, b, out)) if dtype.name == "fp32" else None
-    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, fmt, "convolution")
+    check = _checker(spec, "forward", b is not None, dtype, tensors, {"y": out})
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, "convolution")
 
 
 def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -453,8 +480,9 @@ def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
     plans = _plans(cudnn, g, dtype, device, "convolution's data gradient")
 
     probe = (lambda: dgrad_probe(spec, dy, w, out)) if dtype.name == "fp32" else None
-    return _keep_fastest(cudnn, g, handle, device, plans, uids, {"dy": dy, "weight": w, "out": out}, probe, fmt,
-                         "convolution's data gradient")
+    check = _checker(spec, "backward_data", spec.bias, dtype, tensors, {"dx": out})
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, {"dy": dy, "weight": w, "out": out}, probe, check,
+                         fmt, "convolution's data gradient")
 
 
 def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, dweight: torch.Tensor,
@@ -477,4 +505,6 @@ def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
 
     real = {"x": x, "dy": dy, "dweight": dweight, **({"dbias": dbias} if dbias is not None else {})}
     probe = (lambda: wgrad_probe(spec, x, dy, dweight, dbias)) if dtype.name == "fp32" else None
-    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, fmt, what)
+    check = _checker(spec, "backward_weight", dbias is not None, dtype, tensors,
+                     {"dweight": dweight, **({"dbias": dbias} if dbias is not None else {})})
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, what)

@@ -92,6 +92,11 @@ def compare_output(out: torch.Tensor, ref: torch.Tensor, spec: LayerSpec, dtype:
 SMALL_PART = 64
 
 
+def _has_small_weight_part(spec: LayerSpec) -> bool:
+    return any(name in ("dweight", "dbias") and math.prod(shape) <= SMALL_PART
+               for name, shape in passes.result_parts(spec))
+
+
 def _norm_of_reference(r: torch.Tensor, spec: LayerSpec, part: str, scale: torch.Tensor | None) -> float:
     norm = float(torch.linalg.vector_norm(r))
     if scale is None or part not in ("dweight", "dbias"):
@@ -129,6 +134,25 @@ def _compare_part(out: torch.Tensor, ref: torch.Tensor, spec: LayerSpec, part: s
     msg = (f"rel_norm {rel_norm:.3g} (tol {tol.rel_norm:g}), max_err {max_err:.3g} "
            f"(tol {tol.max_err:g}) for {dtype.name}")
     return CheckResult(ok, rel_norm, max_abs, max_err, 0, tol, msg)
+
+
+class ResultCheck:
+    """Results computed from fixed ``tensors`` against their float64 reference (computed once, at
+    the first call), as the harness judges a kernel's output: for a builder that checks its
+    candidates before it keeps one."""
+
+    def __init__(self, spec: LayerSpec, dtype: DType | str, tensors: Tensors):
+        self.spec, self.tensors = spec, tensors
+        self.dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
+        self._ref: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def __call__(self, parts: dict[str, torch.Tensor]) -> CheckResult:
+        """``parts``: the result of each part of the spec's pass, by name (``y``, ``dx``, ...)."""
+        if self._ref is None:
+            scale = magnitude(self.spec, self.tensors) if _has_small_weight_part(self.spec) else None
+            self._ref = reference(self.spec, self.tensors), scale
+        ref, scale = self._ref
+        return compare_output(passes.pack_like(self.spec, parts, self.tensors), ref, self.spec, self.dtype, scale)
 
 
 def _sync(device: torch.device) -> None:
@@ -251,9 +275,7 @@ class CheckInputs:
     def scale(self, i: int) -> torch.Tensor | None:
         """The magnitude reference of set ``i`` where a weight-gradient part is small (see
         ``compare_output``); None elsewhere, which saves a second float64 pass."""
-        small = any(name in ("dweight", "dbias") and math.prod(shape) <= SMALL_PART
-                    for name, shape in passes.result_parts(self.spec))
-        if not small:
+        if not _has_small_weight_part(self.spec):
             return None
         if i not in self._scales:
             self._scales[i] = magnitude(self.spec, self.tensors | self.sets[i])
