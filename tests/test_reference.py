@@ -226,7 +226,11 @@ def test_built_kernel_is_reusable_on_any_stream(layer, name, spec, dtype, layout
             second = _run(kernel, out)
         third = _run(kernel, out)
     assert torch.isfinite(first).all()
-    assert torch.equal(first, second) and torch.equal(first, third), getattr(kernel, "details", None)
+    # Library engines may sum in a different order from one launch to the next (split-K,
+    # atomics): equal within rounding, and a launch that raced its stream leaves NaN or old values.
+    details = getattr(kernel, "details", None)
+    torch.testing.assert_close(second, first, msg=lambda m: f"side stream: {m} ({details})")
+    torch.testing.assert_close(third, first, msg=lambda m: f"back on the first stream: {m} ({details})")
 
 
 @pytest.mark.gpu
@@ -247,7 +251,7 @@ def test_each_cudnn_conv_path_follows_the_current_stream(path, dtype, layout):
         with torch.cuda.stream(side):
             second = _run(kernel, out, busy=True)
     assert torch.isfinite(first).all(), kernel.details
-    assert torch.equal(first, second), kernel.details
+    torch.testing.assert_close(second, first, msg=lambda m: f"{m} ({kernel.details})")
 
 
 @pytest.mark.gpu

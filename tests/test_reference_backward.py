@@ -415,7 +415,9 @@ def test_backward_kernel_is_reusable_on_any_stream(spec):
             torch.cuda.synchronize()
             runs.append(result)
     assert torch.isfinite(runs[0]).all()
-    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    # cuDNN's weight gradients may sum in another order each launch (atomics): equal within rounding.
+    torch.testing.assert_close(runs[1], runs[0], msg=lambda m: f"side stream: {m}")
+    torch.testing.assert_close(runs[2], runs[0], msg=lambda m: f"back on the first stream: {m}")
 
 
 @pytest.mark.gpu
