@@ -227,7 +227,7 @@ def test_built_kernel_is_reusable_on_any_stream(layer, name, spec, dtype, layout
         third = _run(kernel, out)
     assert torch.isfinite(first).all()
     # Library engines may sum in a different order from one launch to the next (split-K,
-    # atomics): equal within rounding, and a launch that raced its stream leaves NaN or old values.
+    # atomics): equal within rounding; a launch that raced its stream leaves the NaN poison.
     details = getattr(kernel, "details", None)
     torch.testing.assert_close(second, first, msg=lambda m: f"side stream: {m} ({details})")
     torch.testing.assert_close(third, first, msg=lambda m: f"back on the first stream: {m} ({details})")
