@@ -195,12 +195,14 @@ def test_search_plans_counts_and_keeps_the_fastest():
 
     after: list[int] = []
     s = cudnn_graph.search_plans(names, build, make_launch, screen_ms=lambda k: speed[k()],
-                                 final_ms=lambda k: speed[k()], accept=lambda i: "not true fp32" if names[i] == "eng8" else None,
+                                 final_ms=lambda k: speed[k()],
+                                 accept=lambda i: "not true fp32" if names[i] == "eng8" else None,
                                  after_failure=lambda: after.append(1), finalists=2)
     assert (s.plans, s.duplicates, s.barred, s.failed, s.timed) == (6, 1, 1, 1, 4)
     assert s.rejected == 1 and s.best == 4 and s.best_ms == 1.0  # eng8 (0.5 ms) failed the fp32 probe
     counts = s.counts()
     assert counts["built"] == 4 and counts["rejected"] == 1 and "eng7" in counts["first_failures"]
+    assert "eng8: not true fp32" in counts["first_failures"]  # the reason travels with the count
 
     def run_fails(i):
         raise RuntimeError("CUDNN_STATUS_EXECUTION_FAILED")

@@ -27,7 +27,7 @@ conv2d dweight   the faster of the legacy ``cudnnConvolutionBackwardFilter`` (re
 (+ dbias)        + ``cudnnConvolutionBackwardBias`` (reads dy) and the graph API's fastest
                  ``conv_wgrad`` plan, dbias by a reduction node in that graph where cuDNN has a
                  plan for it, else by ``cudnnConvolutionBackwardBias`` after it (torch's sum
-                 where cuDNN has no bias-gradient kernel: bf16 in NHWC; ``detail_dbias`` says)
+                 where cuDNN has no bias-gradient kernel: bf16 on cuDNN 9.19; ``detail_dbias`` says)
 pool2d dx        ``cudnnPoolingBackward`` (reads y, dy and x); max pooling runs
                  ``cudnnPoolingForward`` for y in the kernel first (see its builder)
 relu dx          ``cudnnActivationBackward`` RELU (reads y, dy and x), x in y's place
@@ -361,7 +361,7 @@ def build_conv2d_backward_weight(spec: Conv2d, dtype: DType, layout: str, tensor
 def _bias_gradient(lib: Cudnn, handle: Handle, dy: torch.Tensor, dy_d: Descriptor,
                    db: torch.Tensor) -> tuple[tuple[Callable[..., Any], tuple], tuple, str]:
     """db = the sum of dy over N, H and W by cudnnConvolutionBackwardBias; (the call, what it keeps
-    alive, which call it is).  cuDNN has no such kernel for some inputs (bf16 in NHWC on cuDNN 9):
+    alive, which call it is).  cuDNN has no such kernel for some inputs (bf16 on cuDNN 9.19):
     there torch's sum runs, and the description says so."""
     db_d = lib.tensor_4d(TensorFormat.NCHW, api.data_type(db.dtype), 1, db.shape[0], 1, 1)
     call = (lib.cudnnConvolutionBackwardBias, (handle.ptr, ONE_PTR, dy_d.ptr, dy.data_ptr(), ZERO_PTR, db_d.ptr,

@@ -29,7 +29,7 @@ holds when asked, and its notes for configs appended later are not to be trusted
 frontend's source), so every fp32 finalist is also run once on a probe that TF32 cannot pass: an
 input of 1 + 2^-11 + 2^-13 (exact in fp32, not in TF32's 10-bit mantissa) against a one-hot
 filter must come back exact.  Every finalist, in any dtype, must then pass the harness's own
-check on the real tensors (``check_result``: float64, the dtype's tolerance): an engine that
+check on the real tensors (``ResultCheck``: float64, the dtype's tolerance): an engine that
 computes a wrong result on some layer is not kept as the reference.  A finalist that fails either
 check is rejected and counted, with the reason.
 
@@ -153,8 +153,9 @@ def search_plans(names: list[str], build_plan: Callable[[int], None], make_launc
 
     ``make_launch(i)`` allocates plan i's workspace and runs it once (synchronised); a launch is
     made again for a finalist so that the screen holds one workspace at a time.  ``accept(i)``,
-    where given, must return None before a plan can be a finalist (else: why it is rejected).  ``after_failure`` runs after a plan
-    failed to run and raises where the device is no longer usable.
+    where given, must return None before a plan can be a finalist (else: why it is rejected).
+    ``after_failure`` runs after a plan failed to run and raises where the device is no longer
+    usable.
     """
     s = PlanSearch()
     seen: set[str] = set()
