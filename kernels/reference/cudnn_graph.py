@@ -57,6 +57,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.builders import Built, Kernel, Tensors, check_workspace, hot_median_ms
 from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
@@ -125,6 +126,7 @@ class PlanSearch:
     failed: int = 0  # failed to build or to run
     timed: int = 0  # screened hot
     rejected: int = 0  # finalists that failed ``accept`` (not true fp32, or a wrong result)
+    reused: bool = False  # the plan an earlier search chose, kept without a search
     best: int | None = None
     best_ms: float = float("nan")
     failures: list[str] = field(default_factory=list)
@@ -134,6 +136,8 @@ class PlanSearch:
             self.failures.append(what[:300])
 
     def counts(self) -> dict[str, object]:
+        if self.reused:
+            return {"reused_choice": True}
         out: dict[str, object] = {"plans": self.plans, "built": self.plans - self.barred - self.failed,
                                   "barred": self.barred, "failed": self.failed, "timed": self.timed,
                                   "duplicates": self.duplicates}
@@ -148,16 +152,27 @@ def search_plans(names: list[str], build_plan: Callable[[int], None], make_launc
                  screen_ms: Callable[[Kernel], float], final_ms: Callable[[Kernel], float],
                  accept: Callable[[int], str | None] | None = None,
                  after_failure: Callable[[], None] = lambda: None,
-                 finalists: int = FINALISTS) -> PlanSearch:
+                 finalists: int = FINALISTS, known: str | None = None) -> PlanSearch:
     """Build, run and screen every plan once (by name), time the fastest ``finalists`` again.
 
     ``make_launch(i)`` allocates plan i's workspace and runs it once (synchronised); a launch is
     made again for a finalist so that the screen holds one workspace at a time.  ``accept(i)``,
     where given, must return None before a plan can be a finalist (else: why it is rejected).
     ``after_failure`` runs after a plan failed to run and raises where the device is no longer
-    usable.
+    usable.  ``known``: the plan an earlier search of the same graph chose (the build cache); it
+    is kept without a search where it still builds, runs and is accepted.
     """
     s = PlanSearch()
+    if known is not None and known in names:
+        i = names.index(known)
+        try:
+            build_plan(i)
+            why = accept(i) if accept is not None else None
+            if why is None:
+                s.best_ms, s.best, s.reused = final_ms(make_launch(i)), i, True
+                return s
+        except Exception:  # noqa: BLE001 - the search below tries it again and counts the failure
+            after_failure()
     seen: set[str] = set()
     screened: list[tuple[float, int]] = []
     for i, name in enumerate(names):
@@ -321,11 +336,21 @@ Probe = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: GraphPlans, uids: dict[str, Any],
                   real: dict[str, torch.Tensor], probe: Callable[[], Probe] | None, check: Callable[[], str | None],
-                  fmt: str, what: str) -> Built:
+                  fmt: str, what: str, identity: str) -> Built:
     """Search ``plans`` on the real tensors (``search_plans``), each fp32 finalist checked on
     ``probe()`` and every finalist's result on the real tensors by ``check()`` (None: right, else
-    why not), and return the fastest plan's launch with what the record says of the search."""
+    why not), and return the fastest plan's launch with what the record says of the search.
+
+    The plan chosen is kept in the build cache under the graph (``identity``: the layer and
+    dtype; the tensors' shapes, strides and dtypes; cuDNN's versions): the same graph on the same
+    GPU model is not searched again, in this process or the next.
+    """
     names = plans.names
+    versions = {"frontend": str(getattr(cudnn, "__version__", "?")), "backend": _backend_version(cudnn)}
+    choices = autotune_choices()
+    key = choice_key(f"cudnn graph {what}", [real[k] for k in sorted(real)],
+                     {"identity": identity, "layout": fmt, **versions})
+    known = choices.get(key)
     current_stream = torch.cuda.current_stream
 
     def launcher(i: int, pack_tensors: dict[str, torch.Tensor]) -> Kernel:
@@ -358,11 +383,13 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
     search = search_plans(
         names, build_plan=g.build_plan_at_index, make_launch=lambda i: launcher(i, real),
         screen_ms=lambda k: hot_median_ms(k, device, **SCREEN), final_ms=lambda k: hot_median_ms(k, device, **FINAL),
-        accept=accept, after_failure=alive)
+        accept=accept, after_failure=alive, known=known.get("plan") if known else None)
     if search.best is None:
         raise Unsupported(f"no plan of cuDNN's graph API ran this {what} ({len(names)} plans: "
                           f"{search.counts()}; heuristics: {plans.heuristics_error or 'ok'})")
     best = search.best
+    if not search.reused:
+        choices.put(key, {"plan": names[best]}, {"kernel": f"cudnn graph {what}"})
     launch = launcher(best, real)
     try:
         engine, knobs = _knobs(g.get_engine_and_knobs_at_index(best))
@@ -373,15 +400,20 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
         "workspace_bytes": int(g.get_workspace_size_plan_at_index(best)), "layout": fmt,
         "heuristic_plans": plans.heuristic_plans, "engines": plans.engines,
         "engines_appended": plans.engines_appended, **search.counts(),
-        "frontend_version": str(getattr(cudnn, "__version__", "?")),
+        "frontend_version": versions["frontend"],
     }
-    try:
-        details["backend_version"] = int(cudnn.backend_version())
-    except Exception:  # noqa: BLE001 - informative only
-        pass
+    if versions["backend"] is not None:
+        details["backend_version"] = versions["backend"]
     if plans.heuristics_error:
         details["heuristics_error"] = plans.heuristics_error[:300]
     return Built(launch, details)
+
+
+def _backend_version(cudnn: Any) -> int | None:
+    try:
+        return int(cudnn.backend_version())
+    except Exception:  # noqa: BLE001 - informative only
+        return None
 
 
 def _one_hot(like: torch.Tensor) -> torch.Tensor:
@@ -465,7 +497,8 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
     real = {"x": x, "weight": w, "out": out, **({"bias": b} if b is not None else {})}
     probe = (lambda: fprop_probe(spec, x, w, b, out)) if dtype.name == "fp32" else None
     check = _checker(spec, "forward", b is not None, dtype, tensors, {"y": out})
-    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, "convolution")
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, "convolution",
+                         f"{spec!r} {dtype.name}")
 
 
 def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -483,7 +516,7 @@ def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
     probe = (lambda: dgrad_probe(spec, dy, w, out)) if dtype.name == "fp32" else None
     check = _checker(spec, "backward_data", spec.bias, dtype, tensors, {"dx": out})
     return _keep_fastest(cudnn, g, handle, device, plans, uids, {"dy": dy, "weight": w, "out": out}, probe, check,
-                         fmt, "convolution's data gradient")
+                         fmt, "convolution's data gradient", f"{spec!r} {dtype.name}")
 
 
 def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, dweight: torch.Tensor,
@@ -508,4 +541,5 @@ def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
     probe = (lambda: wgrad_probe(spec, x, dy, dweight, dbias)) if dtype.name == "fp32" else None
     check = _checker(spec, "backward_weight", dbias is not None, dtype, tensors,
                      {"dweight": dweight, **({"dbias": dbias} if dbias is not None else {})})
-    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, what)
+    return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, what,
+                         f"{spec!r} {dtype.name}")
