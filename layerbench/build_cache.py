@@ -11,7 +11,8 @@ used; nothing stale is read.  In it:
   (``CUPY_CACHE_DIR``): both set by ``use_build_cache`` in a worker before its first compile;
 * ``autotune/``: the config the autotuner chose, one small JSON file per (kernel, argument shapes
   and dtypes, meta-parameters) (``AutotuneChoices``), read before tuning: a kernel tuned once on a
-  GPU model is not tuned again, in this process or the next.
+  GPU model is not tuned again, in this process or the next.  The cuDNN reference keeps the plan
+  its graph search chose there the same way (keyed by cuDNN's versions as well).
 
 Several workers (``--gpus``) share the directory of their GPU model: each entry is written
 atomically (a temporary file, then a rename), so a reader never sees half a file.
