@@ -1,13 +1,14 @@
-"""Compile the conv backward kernels for a GPU target without a GPU, and report per tile config
-what the compiler made of them: registers, spill stack, shared memory, and whether the main
-loop got Hopper's warpgroup MMA and async-copy pipelining.
+"""Compile the conv backward kernels and the linear GEMMs for a GPU target without a GPU, and
+report per tile config what the compiler made of them: registers, spill stack, shared memory, and
+whether the main loop got Hopper's warpgroup MMA and async-copy pipelining.
 
-    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|all]
+    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|all]
 
 It catches what only a GPU run would show otherwise: register spills, loads that do not vectorise
 (no async copies, one stage of shared memory), a config that fails to compile.  Pointers are
 declared 16-byte aligned and the channel counts divisible by 16, as Triton specialises them for
-the usual layers; it times nothing.
+the usual layers (the linear GEMMs: K, N and the row strides; strides of 1 as constants, as Triton
+specialises them); it times nothing.
 """
 
 from __future__ import annotations
@@ -26,20 +27,22 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
+from kernels.triton import linear as lin, linear_backward as lb  # noqa: E402
 from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
 
 ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
 DIVISIBLE = {"C", "K", "CPG", "KPG"}
+LINEAR_DIVISIBLE = {"K", "N", "k_per_split", "stride_am", "stride_ak", "stride_bk", "stride_bn"}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
 def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: dict, warps: int,
-                   stages: int = 3) -> str:
+                   stages: int = 3, divisible: set[str] = DIVISIBLE) -> str:
     """One line: registers, spill stack, shared memory, warpgroup MMAs and async copies."""
     backend = make_backend(target)
     signature = {name: pointers.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
     attrs = {(fn.arg_names.index(name),): backend.parse_attr("D") for name in fn.arg_names
-             if name in pointers or (name in DIVISIBLE and name not in constexprs)}
+             if name in pointers or (name in divisible and name not in constexprs)}
     kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), target=target,
                             options={"num_warps": warps, "num_stages": stages})
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -59,7 +62,7 @@ def _tile(cfg: triton.Config) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="all", choices=["dgrad", "wgrad", "depthwise", "all"])
+    parser.add_argument("which", nargs="?", default="all", choices=["dgrad", "wgrad", "depthwise", "linear", "all"])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dtype", default="bf16", choices=sorted(ELEMENT))
     args = parser.parse_args()
@@ -97,6 +100,26 @@ def main() -> None:
                 line = compile_report(dw._dw_wgrad_kernel, target, {"x_ptr": el, "dy_ptr": el, "out_ptr": "*fp32"},
                                       meta, cfg.num_warps)
                 print(f"depthwise wgrad 3x3 {_tile(cfg)} {'NHWC' if nhwc else 'NCHW'}: {line}")
+    if args.which in ("linear", "all"):
+        linear_report(target, el, mode, precision)
+
+
+def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:
+    """The forward GEMM (x and W along K) and the backward's strided GEMM: dx = dy W (B along N)
+    and dW = dy^T x (A along M, B along N), without split-K."""
+    work = {"ws_ptr": "*fp32", "sem_ptr": "*i32"}
+    for cfg in lin._CONFIGS[mode]:
+        meta = dict(HAS_BIAS=True, PARTIAL=False, EVEN_K=True, PRECISION=precision, **cfg.kwargs)
+        pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el, **work}
+        line = compile_report(lin._linear_kernel, target, pointers, meta, cfg.num_warps, cfg.num_stages,
+                              LINEAR_DIVISIBLE)
+        print(f"linear forward {_tile(cfg)} stages={cfg.num_stages}: {line}")
+    for cfg in lb._CONFIGS[mode]:
+        for name, unit in (("dx", {"stride_ak": 1, "stride_bn": 1}), ("dW", {"stride_am": 1, "stride_bn": 1})):
+            meta = dict(PARTIAL=False, EVEN_K=True, PRECISION=precision, **unit, **cfg.kwargs)
+            line = compile_report(lb._strided_gemm_kernel, target, {"a_ptr": el, "b_ptr": el, "c_ptr": el, **work},
+                                  meta, cfg.num_warps, cfg.num_stages, LINEAR_DIVISIBLE)
+            print(f"linear {name} {_tile(cfg)} stages={cfg.num_stages}: {line}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ _CONFIGS = {
               tile_config(128, 32, 128, 4, 5), tile_config(128, 32, 64, 4, 8),
               tile_config(64, 32, 128, 4, 6), tile_config(64, 32, 128, 4, 8),
               tile_config(64, 64, 64, 4, 10), tile_config(64, 64, 64, 4, 12),
-              tile_config(64, 64, 64, 8, 10), tile_config(64, 64, 128, 4, 6)],
+              tile_config(64, 64, 64, 8, 10), tile_config(64, 64, 128, 4, 6),
+              tile_config(128, 256, 64, 8, 3)],  # large GEMMs: half the operand re-reads of 128 x 128
     "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
              tile_config(64, 64, 32, 4, 4), tile_config(32, 128, 32, 4, 4),
              tile_config(128, 64, 64, 4, 4), tile_config(128, 32, 64, 4, 5)],

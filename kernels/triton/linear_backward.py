@@ -34,13 +34,15 @@ _KEY = ["M", "N", "K", "k_per_split", "stride_am", "stride_ak", "stride_bk", "st
         "EVEN_K", "PRECISION"]
 
 # The forward's families (every BLOCK_K divides EVEN_K_QUANTUM), with the deep 64 x 64 pipelines
-# for streaming W at small batch, plus 128 x 128 tiles for dW, whose output is the weight's size.
+# for streaming W at small batch, plus 128 x 128 and 128 x 256 tiles for dW, whose output is the
+# weight's size and whose K (the batch) is short: each tile is mostly prologue and store.
 _CONFIGS = {
     "mma16": [tile_config(128, 128, 64, 8, 3), tile_config(128, 64, 64, 4, 4),
               tile_config(64, 128, 64, 4, 4), tile_config(64, 64, 64, 4, 4),
               tile_config(128, 128, 32, 8, 4), tile_config(128, 64, 128, 4, 4),
               tile_config(64, 64, 64, 4, 10), tile_config(64, 64, 128, 4, 6),
-              tile_config(64, 32, 128, 4, 6), tile_config(32, 128, 64, 4, 4)],
+              tile_config(64, 32, 128, 4, 6), tile_config(32, 128, 64, 4, 4),
+              tile_config(128, 256, 64, 8, 3)],
     "tf32": [tile_config(128, 128, 32, 8, 3), tile_config(128, 64, 32, 4, 4),
              tile_config(64, 128, 32, 4, 4), tile_config(64, 64, 32, 4, 4),
              tile_config(32, 128, 32, 4, 4), tile_config(128, 32, 64, 4, 5)],
@@ -61,21 +63,30 @@ SUM_MAX_SLICES = 64
 
 
 @triton.jit
-def _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, EVEN_K: tl.constexpr,
-               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, EDGE: tl.constexpr,
+               EVEN_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     """The fp32 sum over k in [k_lo, k_hi) of A tile @ B tile, from the tiles' pointers at k_lo;
-    ``STAGES``: the loop's pipeline depth (None: the config's)."""
+    ``EDGE``: rows of A past ``m_ok`` and columns of B past ``n_ok`` load as zeros; ``STAGES``: the
+    loop's pipeline depth (None: the config's)."""
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         if EVEN_K:
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
+            if EDGE:
+                a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
         else:
             k_ok = k0 + rk < k_hi
-            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+            if EDGE:
+                a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            else:
+                a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
@@ -105,18 +116,19 @@ def _strided_gemm_kernel(a_ptr, b_ptr, c_ptr, ws_ptr, sem_ptr, M, N, K, k_per_sp
     a_k = (k_lo + rk)[None, :] * stride_ak
     b_k = (k_lo + rk)[:, None] * stride_bk
     # M or N is the contiguous dimension of an operand here (the forward's are both along K).
-    # Tiles inside the matrix index it plainly, so the compiler sees the contiguous runs (vector
-    # loads, asynchronous copies); edge tiles read row/column 0 past the edge, masked on store,
-    # which hides those runs, so they take a loop of their own, unpipelined: a second pipeline's
-    # buffers would double the shared memory of every program.
+    # Tiles inside the matrix load without masks, so the compiler sees the contiguous runs (vector
+    # loads, asynchronous copies); edge tiles mask the rows and columns past the edge, in a loop
+    # of their own, unpipelined: a second pipeline's buffers would double the shared memory of
+    # every program.  Masks, not indices clamped to row 0: a clamped gather along the contiguous
+    # dimension (A's M in dW) cost the whole kernel registers (notes/perf.md).
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + a_k
+    b_ptrs = b_ptr + b_k + offs_n[None, :] * stride_bn
     if ((pid_m + 1) * BLOCK_M <= M) & ((pid_n + 1) * BLOCK_N <= N):
-        acc = _dot_slice(a_ptr + offs_m[:, None] * stride_am + a_k, b_ptr + b_k + offs_n[None, :] * stride_bn,
-                         k_lo, k_hi, stride_ak, stride_bk, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, None)
+        acc = _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, False, EVEN_K, PRECISION,
+                         BLOCK_M, BLOCK_N, BLOCK_K, None)
     else:
-        rows = tl.where(m_ok, offs_m, 0)
-        cols = tl.where(n_ok, offs_n, 0)
-        acc = _dot_slice(a_ptr + rows[:, None] * stride_am + a_k, b_ptr + b_k + cols[None, :] * stride_bn,
-                         k_lo, k_hi, stride_ak, stride_bk, EVEN_K, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, 1)
+        acc = _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, True, EVEN_K, PRECISION,
+                         BLOCK_M, BLOCK_N, BLOCK_K, 1)
 
     mask = m_ok[:, None] & n_ok[None, :]
     tile = offs_m[:, None] * N + offs_n[None, :]
