@@ -61,8 +61,9 @@ def test_forward_kernels_leave_out_views() -> None:
 class FakeBench:
     """Runs each kernel once (they must work) and reports the times and energies it is given."""
 
-    def __init__(self, seconds: dict[str, float], joules: dict[str, float | None]) -> None:
-        self.seconds, self.joules = seconds, joules
+    def __init__(self, seconds: dict[str, float], joules: dict[str, float | None],
+                 throttled: tuple[str, ...] = ()) -> None:
+        self.seconds, self.joules, self.throttled = seconds, joules, throttled
         self.trials: list[str] = []
 
     def time(self, kernels: dict[str, Callable[[], object]]) -> dict[str, SimpleNamespace]:
@@ -73,8 +74,8 @@ class FakeBench:
     def energy(self, label: str, kernels: dict[str, Callable[[], object]],
                times: dict[str, SimpleNamespace]) -> dict[str, SimpleNamespace]:
         self.trials.append(label)
-        return {n: SimpleNamespace(j_per_launch=self.joules[n], reason=None if self.joules[n] else "no meter")
-                for n in kernels}
+        return {n: SimpleNamespace(j_per_launch=self.joules[n], reason=None if self.joules[n] else "no meter",
+                                   throttled=n in self.throttled) for n in kernels}
 
 
 def _even(total: float, network: float) -> dict[str, float]:
@@ -95,6 +96,19 @@ def test_training_additivity_sums_layer_passes_against_the_iteration(
     assert c.measured["time_relative"] == pytest.approx(abs(time_sum - 1.0))
     assert set(c.measured["per_layer_j"]) == {*TINY_NAMES, ve.NETWORK}  # type: ignore[arg-type]
     assert "training passes of 4 layers" in c.description and "training mode" in c.description
+
+
+def test_additivity_names_the_layers_throttled_in_their_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer alone at the power cap draws otherwise than inside the network: the check says which."""
+    monkeypatch.setattr(ve, "alexnet", tiny)
+    bench = FakeBench(_even(1.0, 1.0), _even(1.049, 1.0), throttled=("conv1",))
+    with torch.no_grad():
+        c = ve._check_training_additivity(bench, torch.device("cpu"), 2)  # type: ignore[arg-type]
+    assert c.status == "PASS" and c.measured["throttled"] == ["conv1"] and "conv1" in c.detail
+    quiet = FakeBench(_even(1.0, 1.0), _even(1.0, 1.0))
+    with torch.no_grad():
+        c = ve._check_training_additivity(quiet, torch.device("cpu"), 2)  # type: ignore[arg-type]
+    assert "throttled" not in c.measured and c.detail == ""
 
 
 def test_training_additivity_without_a_meter_judges_time_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -241,6 +241,13 @@ def _additivity(bench: _Bench, c: Check, kernels: dict[str, Callable[[], object]
                           per_layer_j={n: s.j_per_launch for n, s in stats.items()},
                           per_layer_s={n: times[n].median_s for n in kernels})
         ok = ok and c.measured["j_relative"] <= ADDITIVITY  # type: ignore[operator]
+        # A layer that meets the power (or thermal) cap alone in its loop runs at lower clocks
+        # and draws otherwise than between the other layers of the network: name such windows.
+        throttled = [n for n, s in stats.items() if s.throttled]
+        if throttled:
+            c.measured["throttled"] = throttled
+            c.detail = (f"throttled in their windows (power or thermal cap): {', '.join(throttled)}; a "
+                        "kernel held at the cap alone draws otherwise than inside the network")
     else:
         c.detail = f"time only; no energy: {next(s.reason for s in stats.values() if s.j_per_launch is None)}"
     c.status = "PASS" if ok else "FAIL"
