@@ -211,8 +211,8 @@ def test_backward_targets_judge_their_own_pass() -> None:
             + _pass_rows("relu", "triton", "fp32", "bench_relu", "forward", [0.96], "ceiling")
             + _pass_rows("relu", "triton", "fp32", "bench_relu_backward", "backward_data", [0.9, 0.8], "ceiling")
             + _pass_rows("pool2d", "cupy", "bf16", "bench_pool_backward", "backward_data", [0.84], "ceiling")
-            + _pass_rows("linear", "triton", "tf32", "bench_linear_backward", "backward_weight", [0.96], "x_best")
-            + _pass_rows("linear", "cupy", "fp32", "bench_linear_backward", "backward_data", [0.6], "x_best"))
+            + _pass_rows("linear", "triton", "tf32", "bench_linear_backward", "backward_weight", [0.92], "x_best")
+            + _pass_rows("linear", "cupy", "bf16", "bench_linear_backward", "backward_data", [0.6], "x_best"))
     tg = bench.targets(pd.DataFrame(rows)).set_index("target")
 
     def judged(target: str) -> tuple[int, float, str]:
@@ -226,9 +226,11 @@ def test_backward_targets_judge_their_own_pass() -> None:
     assert judged("ReLU backward triton >= 85 % of copy bandwidth") == (2, 0.8485, "MISSED")
     assert judged("pool backward cupy >= 85 % of copy bandwidth") == (1, 0.84, "MISSED")
     assert judged("pool backward triton >= 85 % of copy bandwidth")[2] == "n/a"
-    assert judged("linear dW triton tf32 >= 0.95x cuBLAS") == (1, 0.96, "MET")
-    assert judged("linear dx triton tf32 >= 0.95x cuBLAS")[2] == "n/a"
-    assert judged("linear dx cupy fp32 >= 0.7x cuBLAS") == (1, 0.6, "MISSED")
+    # the linear gradients carry the forward GEMM's targets
+    assert judged("linear dW triton tf32 >= 0.9x cuBLAS") == (1, 0.92, "MET")
+    assert judged("linear dx triton tf32 >= 0.9x cuBLAS")[2] == "n/a"
+    assert judged("linear dx cupy bf16 >= 0.7x cuBLAS") == (1, 0.6, "MISSED")
+    assert "linear dW triton bf16 >= 0.95x cuBLAS" in tg.index and "linear dW triton fp16 >= 0.95x cuBLAS" in tg.index
     # the forward conv and linear targets do not count backward rows
     assert judged("linear triton tf32 >= 0.9x cuBLAS (AlexNet FC)")[2] == "n/a"
 

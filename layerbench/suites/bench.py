@@ -99,11 +99,9 @@ TARGETS = (
              "bench_pool_backward", direction="backward_data") for i in CUSTOM),
     *(Target(f"conv triton {word} bf16 >= 0.85x cuDNN (ResNet-50, VGG-16 layers)", "conv2d", "triton", ("bf16",),
              "x_best", 0.85, "bench_conv_backward", direction=d) for d, word in CONV_PASSES.items()),
-    *(t for d, word in LINEAR_PASSES.items() for t in (
-        *(Target(f"linear {word} triton {dt} >= 0.95x cuBLAS", "linear", "triton", (dt,), "x_best", 0.95,
-                 "bench_linear_backward", direction=d) for dt in ("bf16", "tf32")),
-        Target(f"linear {word} cupy fp32 >= 0.7x cuBLAS", "linear", "cupy", ("fp32",), "x_best", 0.7,
-               "bench_linear_backward", direction=d))),
+    # The linear gradients are GEMMs of the forward's size: the forward's targets.
+    *(Target(f"linear {word} {i} {dt} >= {x:g}x cuBLAS", "linear", i, (dt,), "x_best", x, "bench_linear_backward",
+             direction=d) for d, word in LINEAR_PASSES.items() for i, dt, x in LINEAR_RULES),
 )
 # The bench sets the targets judge, each with its layer (its energy is judged against that layer's reference).
 TARGETED = {t.experiment: t.layer for t in TARGETS}
