@@ -190,22 +190,27 @@ def test_model_linear_backward_data(spec, dtype, tensor_cores, slots, offset, se
        tensor_cores=st.booleans(), slots=st.sampled_from([1, 264]), offset=st.integers(0, 3),
        seed=st.integers(0, 2**31 - 1))
 def test_model_linear_backward_weight(spec, dtype, tensor_cores, slots, offset, seed) -> None:
-    """dW^T = x^T (dy^T)^T, dy^T by the transpose kernel; dbias as column sums of dy; each part
+    """dW = dy^T x with dy^T and x^T by the transpose kernel; dbias as column sums of dy; each part
     into its view of the pass's buffer."""
     spec = dataclasses.replace(spec, direction="backward_weight")
     t = _linear_inputs(spec, dtype, seed)
     out = _output(spec, offset)
     parts = passes.split_output(spec, out, "NCHW")
     batch, outs = spec.output_shape
+    ins = spec.in_features
     dy_mem = t["dy"].double().flatten().numpy()
-    grid = linear_backward.transpose_grid(batch, outs)
-    dy_t = model_to_channels_last(dy_mem, batch, outs, grid, linear_backward.TILE, linear_backward.ROWS)
-    assert not np.isnan(dy_t).any(), "the transpose left an element unwritten"
-    dy_t = torch.from_numpy(dy_t).view(outs, batch).to(dtype)
-    a, o = t["x"].t(), parts["dweight"].t()
-    p = model_igemm(linear_backward.gemm_nt_geometry(a, dy_t, o), a, dy_t, None, o, a.element_size(),
+
+    def transposed(mem: np.ndarray, cols: int) -> torch.Tensor:
+        grid = linear_backward.transpose_grid(batch, cols)
+        m_t = model_to_channels_last(mem, batch, cols, grid, linear_backward.TILE, linear_backward.ROWS)
+        assert not np.isnan(m_t).any(), "the transpose left an element unwritten"
+        return torch.from_numpy(m_t).view(cols, batch).to(dtype)
+
+    dy_t, x_t = transposed(dy_mem, outs), transposed(t["x"].double().flatten().numpy(), ins)
+    o = parts["dweight"]
+    p = model_igemm(linear_backward.gemm_nt_geometry(dy_t, x_t, o), dy_t, x_t, None, o, dy_t.element_size(),
                     tensor_cores or dtype != torch.float32, slots)
-    assert not p.copy_weight
+    assert not p.copy_weight and (p.a_vec == p.b_vec)  # both operands are read the same way
     if spec.bias:
         sums = model_column_sums(dy_mem.reshape(batch, outs), linear_backward.SUM_COLS, linear_backward.SUM_ROWS)
         parts["dbias"].copy_(torch.from_numpy(sums))

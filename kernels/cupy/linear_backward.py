@@ -3,9 +3,10 @@ A is gathered through any strides, B must be row-major [N][K], out is written th
 
 * backward_data, dx = dy W, runs as dx^T = W^T dy^T: A = W^T (a view of W), B = dy, out = dx^T
   (a view of dx); nothing is copied.
-* backward_weight, dW = dy^T x, runs as dW^T = x^T dy: A = x^T (a view of x), B = dy^T,
-  which layout.cu's transpose writes row-major inside every launch (dy changes between them),
-  out = dW^T (a view of dW); dbias, the column sums of dy, comes from linear_backward.cu.
+* backward_weight, dW = dy^T x: A = dy^T and B = x^T, both written row-major by layout.cu's
+  transpose inside every launch (dy and x change between them), so that the GEMM can read both
+  along the batch in 16-byte runs (through transposed strides, A would be gathered element by
+  element); out = dW itself; dbias, the column sums of dy, comes from linear_backward.cu.
 
 fp32 runs the FFMA kernel (no tensor cores), tf32/fp16/bf16 mma.sync; fp32 accumulation.
 """
@@ -89,17 +90,20 @@ def _column_sums(t: torch.Tensor, sums: torch.Tensor, ctype: str, index: int) ->
 
 
 @register("linear", "cupy", backend="cupy", direction="backward_weight",
-          description="CUDA C (CuPy): dW^T = x^T dy on the forward's tiled GEMM (x read through "
-                      "transposed strides, dy transposed in the timed call); dbias as deterministic "
+          description="CUDA C (CuPy): dW = dy^T x on the forward's tiled GEMM (dy and x transposed "
+                      "in the timed call, so both are read in 16-byte runs); dbias as deterministic "
                       "column sums of dy; FFMA for fp32, mma.sync for tf32/fp16/bf16")
 def build_weight(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     index = _checked(spec, dtype, layout, tensors, out)
     ctype = support.ctype_of(dtype)
     x, dy = tensors["x"], tensors["dy"]
+    if not x.is_contiguous():
+        raise Unsupported("cupy linear backward needs x row-major")
     parts = passes.split_output(spec, out, layout)
-    dy_t, transpose = _transpose(dy, ctype, index)
-    # m: input feature, n: output feature, k: batch row.
-    launches = [transpose, _gemm_nt(dtype, x.t(), dy_t, parts["dweight"].t())]
+    dy_t, transpose_dy = _transpose(dy, ctype, index)
+    x_t, transpose_x = _transpose(x, ctype, index)
+    # m: output feature, n: input feature, k: batch row.
+    launches = [transpose_dy, transpose_x, _gemm_nt(dtype, dy_t, x_t, parts["dweight"])]
     if spec.bias:
         launches.append(_column_sums(dy, parts["dbias"], ctype, index))
     return in_order(*launches)
