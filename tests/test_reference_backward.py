@@ -9,10 +9,10 @@ chosen (printed: run with -rA -s) and the kernels that ran.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
+from reference_helpers import (check_keeping_built, fake_built, frontend_importable, launched_kernels,
+                               no_module, nvmath_importable)
 
 from kernels.reference import cublas as cublas_ref
 from kernels.reference import cublaslt, cudnn_graph
@@ -21,10 +21,10 @@ from kernels.reference.cudnn_api import ConvBwdDataAlgo, ConvBwdFilterAlgo
 from layerbench import registry
 from layerbench.builders import Built
 from layerbench.dtypes import get_dtype, precision
-from layerbench.errors import Unavailable, Unsupported
+from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 from layerbench.layers.passes import at_direction, split_output
-from layerbench.measure.provenance import kernel_names, libraries
+from layerbench.measure.provenance import libraries
 from layerbench.testing import check_implementation, make_output, make_tensors
 
 VENDOR = {"conv2d": "cudnn", "pool2d": "cudnn", "relu": "cudnn", "linear": "cublas"}
@@ -118,25 +118,20 @@ def test_graph_probes_pass_fp32_and_catch_tf32(spec, fmt):
 # ---------------------------------------------------------------- CPU: the fallbacks
 
 
-def _no_module(monkeypatch, *names):
-    for name in names:
-        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
 
 
-def _fake(name: str, calls: list[str]) -> Built:
-    return Built(lambda: calls.append(name), {"chose": name})
 
 
 @pytest.mark.parametrize("direction, legacy", [("backward_data", "build_conv2d_backward_data_legacy"),
                                                ("backward_weight", "build_conv2d_backward_weight_legacy")])
 def test_cudnn_conv_backward_falls_back_to_legacy_and_says_why(monkeypatch, direction, legacy):
-    _no_module(monkeypatch, "cudnn")
+    no_module(monkeypatch, "cudnn")
     spec = Conv2d(3, 24, 40, 13, 17, 3, 3, padding=1, direction=direction)
     tensors = make_tensors(spec, "bf16", "NHWC", "cpu")
     out = make_output(spec, tensors, "NHWC")
     calls: list[str] = []
     monkeypatch.setattr(cudnn_ref, "_setup", lambda t: (None, None, torch.device("cpu")))
-    monkeypatch.setattr(cudnn_ref, legacy, lambda *a: _fake("legacy", calls))
+    monkeypatch.setattr(cudnn_ref, legacy, lambda *a: fake_built("legacy", calls))
     monkeypatch.setattr(cudnn_ref, "hot_median_ms", lambda kernel, device, **kw: 1.0)
     built = registry.get("conv2d", "cudnn").build(spec, get_dtype("bf16"), "NHWC", tensors, out)
     assert built.details["path"] == "legacy" and built.details["legacy"] == {"chose": "legacy"}
@@ -193,7 +188,7 @@ def test_graph_wgrad_bias_fused_when_cudnn_has_a_plan(monkeypatch):
 @pytest.fixture
 def torch_linear_on_cpu(monkeypatch):
     """The "cublas" linear with nvmath missing and its device check and timer let through on the CPU."""
-    _no_module(monkeypatch, "nvmath", "nvmath.linalg", "nvmath.linalg.advanced")
+    no_module(monkeypatch, "nvmath", "nvmath.linalg", "nvmath.linalg.advanced")
     monkeypatch.setattr(cublas_ref, "_cuda_device", lambda t: torch.device("cpu"))
     monkeypatch.setattr(cublas_ref, "hot_median_ms", lambda kernel, device, **kw: 1.0)
 
@@ -249,38 +244,12 @@ def _configs(spec):
     return [(d, lay) for d in spec.dtypes for lay in spec.layouts]
 
 
-def _frontend_importable() -> bool:
-    try:
-        cudnn_graph.load_frontend()
-    except Unavailable:
-        return False
-    return True
 
 
-def _nvmath_importable() -> bool:
-    try:
-        cublaslt.load_nvmath()
-    except Unavailable:
-        return False
-    return True
 
 
-def _check(build, spec, dtype, layout):
-    """check_implementation on a build that keeps its Built: (result, details, launch)."""
-    kept: dict[str, Built] = {}
-
-    def keep(*args):
-        built = build(*args)
-        kept["built"] = built if isinstance(built, Built) else Built(built)
-        return kept["built"]
-
-    result = check_implementation(keep, spec, dtype, layout, "cuda")
-    return result, kept["built"].details, kept["built"].launch
 
 
-def _names(launch, dtype):
-    with precision(get_dtype(dtype)):
-        return kernel_names(launch, "cuda")
 
 
 def _conv_path(spec, dtype, details):
@@ -290,7 +259,7 @@ def _conv_path(spec, dtype, details):
     algos = ConvBwdDataAlgo if spec.direction == "backward_data" else ConvBwdFilterAlgo
     assert legacy["algorithm"] in algos.__members__ and legacy["hot_ms"] > 0
     assert legacy["math_type"] == "FMA" if dtype == "fp32" else legacy["math_type"] in ("DEFAULT", "TENSOR_OP")
-    if _frontend_importable():
+    if frontend_importable():
         graph = details["graph"]
         assert isinstance(graph, dict), f"graph path missing: {graph}"
         assert details["graph_ms"] > 0 and graph["plan"]
@@ -338,7 +307,7 @@ def _expect_linear(spec, dtype, details, names):
     assert details["path"] in ("torch", "cublaslt") and details["torch_ms"] > 0
     if details["path"] == "cublaslt" or not (spec.direction == "backward_weight" and spec.bias):
         assert set(libs) == {"cublas"}, names  # torch's path adds ATen's reduction only for dbias
-    if _nvmath_importable():
+    if nvmath_importable():
         assert isinstance(details["cublaslt"], dict), f"cuBLASLt path missing: {details['cublaslt']}"
     else:
         assert details["cublaslt"].startswith("unavailable")
@@ -355,8 +324,8 @@ def test_backward_reference_on_gpu(spec, name):
     kernels that ran are the library's."""
     impl = registry.get(spec.layer, name)
     for dtype, layout in _configs(spec):
-        result, details, launch = _check(impl.build, spec, dtype, layout)
-        names = _names(launch, dtype)
+        result, details, launch = check_keeping_built(impl.build, spec, dtype, layout)
+        names = launched_kernels(launch, dtype)
         print(f"\n{spec} {dtype} {layout}: {details}; kernels {names}")
         assert result.ok, f"{spec} {dtype} {layout}: {result.message} ({details})"
         EXPECT[spec.layer](spec, dtype, details, names)
@@ -367,7 +336,7 @@ def test_backward_reference_on_gpu(spec, name):
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_cudnn_grouped_conv_backward_runs_on_the_legacy_path(direction, dtype):
     spec = at_direction(GROUPED, direction)
-    result, details, _ = _check(registry.get("conv2d", "cudnn").build, spec, dtype, "NCHW")
+    result, details, _ = check_keeping_built(registry.get("conv2d", "cudnn").build, spec, dtype, "NCHW")
     assert result.ok, result.message
     assert details["path"] == "legacy" and details["graph"].startswith(("unsupported", "unavailable"))
 
@@ -383,15 +352,15 @@ def test_cudnn_conv_backward_each_path_alone_is_correct(spec, direction, path, d
               ("legacy", "backward_weight"): cudnn_ref.build_conv2d_backward_weight_legacy,
               ("graph", "backward_data"): cudnn_graph.build_conv2d_dgrad_graph,
               ("graph", "backward_weight"): cudnn_ref.build_conv2d_backward_weight_graph}
-    if path == "graph" and not _frontend_importable():
+    if path == "graph" and not frontend_importable():
         pytest.skip("nvidia-cudnn-frontend is not importable")
     spec = at_direction(spec, direction)
-    result, details, launch = _check(builds[path, direction], spec, dtype, layout)
+    result, details, launch = check_keeping_built(builds[path, direction], spec, dtype, layout)
     print(f"\n{spec} {dtype} {layout} {path}: {details}")
     assert result.ok, f"{path}: {result.message} ({details})"
     if dtype == "fp32":  # TF32 would leave ~1e-4 over these sums; true fp32 stays near 1e-7
         assert result.rel_norm < 1e-5, f"rel_norm {result.rel_norm:.3g}: reduced precision ran in fp32"
-    assert_cudnn_kernels(_names(launch, dtype), details)
+    assert_cudnn_kernels(launched_kernels(launch, dtype), details)
 
 
 @pytest.mark.gpu
@@ -425,13 +394,13 @@ def test_backward_kernel_is_reusable_on_any_stream(spec):
 @pytest.mark.parametrize("direction", ["backward_data", "backward_weight"])
 @pytest.mark.parametrize("spec", LINEAR_SPECS, ids=str)
 def test_cublaslt_linear_backward_alone_is_correct(spec, direction, dtype):
-    if not _nvmath_importable():
+    if not nvmath_importable():
         pytest.skip("nvmath-python is not importable")
     spec = at_direction(spec, direction)
     build = (cublaslt.build_linear_backward_data_cublaslt if direction == "backward_data"
              else cublaslt.build_linear_backward_weight_cublaslt)
-    result, details, launch = _check(build, spec, dtype, "NCHW")
-    print(f"\n{spec} {dtype}: {details}; kernels {_names(launch, dtype)}")
+    result, details, launch = check_keeping_built(build, spec, dtype, "NCHW")
+    print(f"\n{spec} {dtype}: {details}; kernels {launched_kernels(launch, dtype)}")
     assert result.ok, f"cuBLASLt algorithm {details.get('algorithm_id')}: {result.message}"
     assert details["path"] == "cublaslt" and details["timed"] >= 1 and details["search_ms"] > 0
     assert details["epilog"] == ("BGRADB" if direction == "backward_weight" and spec.bias else "none")

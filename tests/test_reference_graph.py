@@ -13,23 +13,23 @@ import sys
 
 import pytest
 import torch
+from reference_helpers import (check_keeping_built, fake_built, frontend_importable, launched_kernels,
+                               no_module)
 
 from kernels.reference import cublas as cublas_ref
 from kernels.reference import cublaslt, cudnn_graph
 from kernels.reference import cudnn as cudnn_ref
 from layerbench import registry
-from layerbench.builders import Built, fastest_path
-from layerbench.dtypes import get_dtype, precision
+from layerbench.builders import fastest_path
+from layerbench.dtypes import get_dtype
 from layerbench.errors import Unavailable, Unsupported
 from layerbench.layers import Conv2d, Linear
-from layerbench.measure.provenance import kernel_names, libraries, library
-from layerbench.testing import TOLERANCES, check_implementation, make_output, make_tensors
+from layerbench.measure.provenance import libraries, library
+from layerbench.testing import TOLERANCES, make_output, make_tensors
 
 # ---------------------------------------------------------------- CPU: choosing a path
 
 
-def _fake(name: str, calls: list[str]) -> Built:
-    return Built(lambda: calls.append(name), {"chose": name})
 
 
 def _timer(times: dict[str, float], calls: list[str]):
@@ -42,13 +42,13 @@ def _timer(times: dict[str, float], calls: list[str]):
 
 def test_fastest_path_keeps_the_faster_and_records_both():
     calls: list[str] = []
-    built = fastest_path(("legacy", lambda: _fake("legacy", calls)), [("graph", lambda: _fake("graph", calls))],
+    built = fastest_path(("legacy", lambda: fake_built("legacy", calls)), [("graph", lambda: fake_built("graph", calls))],
                          _timer({"legacy": 2.0, "graph": 1.0}, calls))
     assert built.details == {"path": "graph", "legacy_ms": 2.0, "legacy": {"chose": "legacy"}, "graph_ms": 1.0,
                              "graph": {"chose": "graph"}}
     built()
     assert calls[-1] == "graph"
-    tie = fastest_path(("legacy", lambda: _fake("legacy", calls)), [("graph", lambda: _fake("graph", calls))],
+    tie = fastest_path(("legacy", lambda: fake_built("legacy", calls)), [("graph", lambda: fake_built("graph", calls))],
                        _timer({"legacy": 1.0, "graph": 1.0}, calls))
     assert tie.details["path"] == "legacy"  # a tie keeps the earlier path
 
@@ -63,7 +63,7 @@ def test_fastest_path_records_why_an_optional_path_is_missing():
     def missing():
         raise Unavailable("nvidia-cudnn-frontend is not importable")
 
-    built = fastest_path(("legacy", lambda: _fake("legacy", calls)), [("graph", broken), ("other", missing)],
+    built = fastest_path(("legacy", lambda: fake_built("legacy", calls)), [("graph", broken), ("other", missing)],
                          _timer({"legacy": 5.0}, calls), after_failure=lambda: checked.append(1))
     assert built.details["path"] == "legacy"
     assert built.details["graph"] == "failed: RuntimeError: CUDNN_STATUS_EXECUTION_FAILED in plan eng7"
@@ -79,7 +79,7 @@ def test_fastest_path_raises_where_the_device_is_gone():
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        fastest_path(("legacy", lambda: _fake("legacy", [])), [("graph", poisoned)], lambda k: 1.0,
+        fastest_path(("legacy", lambda: fake_built("legacy", [])), [("graph", poisoned)], lambda k: 1.0,
                      after_failure=device_check)
 
 
@@ -89,7 +89,7 @@ def test_fastest_path_primary_unsupported_and_errors():
     def refuses():
         raise Unsupported("cuDNN found no forward algorithm")
 
-    built = fastest_path(("legacy", refuses), [("graph", lambda: _fake("graph", calls))],
+    built = fastest_path(("legacy", refuses), [("graph", lambda: fake_built("graph", calls))],
                          _timer({"graph": 3.0}, calls))
     assert built.details["path"] == "graph"
     assert built.details["legacy"] == "unsupported: cuDNN found no forward algorithm"
@@ -101,22 +101,19 @@ def test_fastest_path_primary_unsupported_and_errors():
         raise TypeError("a bug in the primary path is not hidden")
 
     with pytest.raises(TypeError):
-        fastest_path(("legacy", bug), [("graph", lambda: _fake("graph", calls))], lambda k: 1.0)
+        fastest_path(("legacy", bug), [("graph", lambda: fake_built("graph", calls))], lambda k: 1.0)
 
 
-def _no_module(monkeypatch, *names):
-    for name in names:
-        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
 
 
 def test_cudnn_conv_falls_back_to_legacy_and_says_why(monkeypatch):
-    _no_module(monkeypatch, "cudnn")
+    no_module(monkeypatch, "cudnn")
     spec = Conv2d(3, 24, 40, 13, 17, 1, 1)
     tensors = make_tensors(spec, "bf16", "NHWC", "cpu")
     out = make_output(spec, tensors, "NHWC")
     calls: list[str] = []
     monkeypatch.setattr(cudnn_ref, "_setup", lambda t: (None, None, torch.device("cpu")))
-    monkeypatch.setattr(cudnn_ref, "build_conv2d_legacy", lambda *a: _fake("legacy", calls))
+    monkeypatch.setattr(cudnn_ref, "build_conv2d_legacy", lambda *a: fake_built("legacy", calls))
     monkeypatch.setattr(cudnn_ref, "hot_median_ms", lambda kernel, device, **kw: 1.0)
     built = registry.get("conv2d", "cudnn").build(spec, get_dtype("bf16"), "NHWC", tensors, out)
     assert built.details["path"] == "legacy" and built.details["legacy"] == {"chose": "legacy"}
@@ -125,7 +122,7 @@ def test_cudnn_conv_falls_back_to_legacy_and_says_why(monkeypatch):
 
 
 def test_cublas_linear_falls_back_to_torch_and_says_why(monkeypatch):
-    _no_module(monkeypatch, "nvmath", "nvmath.linalg", "nvmath.linalg.advanced")
+    no_module(monkeypatch, "nvmath", "nvmath.linalg", "nvmath.linalg.advanced")
     spec = Linear(37, 200, 72)
     tensors = make_tensors(spec, "fp32", "NCHW", "cpu")
     out = make_output(spec, tensors)
@@ -139,7 +136,7 @@ def test_cublas_linear_falls_back_to_torch_and_says_why(monkeypatch):
 
 
 def test_missing_packages_are_unavailable(monkeypatch):
-    _no_module(monkeypatch, "cudnn", "nvmath", "nvmath.linalg", "nvmath.linalg.advanced")
+    no_module(monkeypatch, "cudnn", "nvmath", "nvmath.linalg", "nvmath.linalg.advanced")
     with pytest.raises(Unavailable, match="nvidia-cudnn-frontend"):
         cudnn_graph.load_frontend()
     with pytest.raises(Unavailable, match="nvmath-python"):
@@ -295,30 +292,10 @@ def _nvmath_or_skip():
         pytest.skip(str(exc))
 
 
-def _frontend_importable() -> bool:
-    try:
-        cudnn_graph.load_frontend()
-    except Unavailable:
-        return False
-    return True
 
 
-def _check(build, spec, dtype, layout):
-    """check_implementation on a build that keeps its Built: (result, details, launch)."""
-    kept: dict[str, Built] = {}
-
-    def keep(*args):
-        built = build(*args)
-        kept["built"] = built if isinstance(built, Built) else Built(built)
-        return kept["built"]
-
-    result = check_implementation(keep, spec, dtype, layout, "cuda")
-    return result, kept["built"].details, kept["built"].launch
 
 
-def _names(launch, dtype):
-    with precision(get_dtype(dtype)):
-        return kernel_names(launch, "cuda")
 
 
 @pytest.mark.gpu
@@ -326,15 +303,15 @@ def _names(launch, dtype):
 @pytest.mark.parametrize("spec", CONV_SPECS, ids=str)
 def test_cudnn_conv_is_the_faster_path_and_correct(spec, dtype, layout):
     impl = registry.get("conv2d", "cudnn")
-    result, details, launch = _check(impl.build, spec, dtype, layout)
-    names = _names(launch, dtype)
+    result, details, launch = check_keeping_built(impl.build, spec, dtype, layout)
+    names = launched_kernels(launch, dtype)
     print(f"\n{spec} {dtype} {layout}: path {details['path']} legacy {details.get('legacy_ms')} ms, "
           f"graph {details.get('graph_ms')} ms; graph: {details.get('graph')}; kernels {names}")
     assert result.ok, f"{spec} {dtype} {layout} path {details['path']}: {result.message}"
     paths = ("legacy", "graph", "graph_then_bias") if spec.bias else ("legacy", "graph")
     assert details["path"] in paths
     assert isinstance(details["legacy"], dict) and details["legacy_ms"] > 0
-    if _frontend_importable():
+    if frontend_importable():
         # The frontend is here: the graph path must have run, or say precisely why not.
         assert isinstance(details["graph"], dict), f"graph path missing: {details['graph']}"
         assert details["graph_ms"] > 0 and details["graph"]["plan"]
@@ -351,8 +328,8 @@ def test_cudnn_conv_is_the_faster_path_and_correct(spec, dtype, layout):
 @pytest.mark.parametrize("spec", CONV_SPECS, ids=str)
 def test_cudnn_graph_path_alone_is_correct(spec, dtype, layout):
     _frontend_or_skip()
-    result, details, launch = _check(cudnn_graph.build_conv2d_graph, spec, dtype, layout)
-    names = _names(launch, dtype)
+    result, details, launch = check_keeping_built(cudnn_graph.build_conv2d_graph, spec, dtype, layout)
+    names = launched_kernels(launch, dtype)
     print(f"\n{spec} {dtype} {layout}: {details}; kernels {names}")
     assert result.ok, f"graph plan {details.get('plan')}: {result.message}"
     assert details["path"] == "graph" and details["plan"] and details["search_ms"] > 0
@@ -370,7 +347,7 @@ def test_cudnn_graph_fp32_is_never_tf32(spec, layout):
     """TF32 (10-bit mantissa) would leave a relative error near 1e-4 over these reductions; true
     fp32 stays near 1e-7, far below the fp32 tolerance."""
     _frontend_or_skip()
-    result, details, _ = _check(cudnn_graph.build_conv2d_graph, spec, "fp32", layout)
+    result, details, _ = check_keeping_built(cudnn_graph.build_conv2d_graph, spec, "fp32", layout)
     print(f"\n{spec} fp32 {layout}: rel_norm {result.rel_norm:.3g}; {details}")
     assert result.ok and result.rel_norm <= TOLERANCES["fp32"].rel_norm, result.message
     assert result.rel_norm < 1e-5, f"rel_norm {result.rel_norm:.3g}: reduced precision ran in fp32"
@@ -381,8 +358,8 @@ def test_cudnn_graph_fp32_is_never_tf32(spec, layout):
 @pytest.mark.parametrize("spec", LINEAR_SPECS, ids=str)
 def test_cublaslt_linear_alone_is_correct(spec, dtype):
     _nvmath_or_skip()
-    result, details, launch = _check(cublaslt.build_linear_cublaslt, spec, dtype, "NCHW")
-    names = _names(launch, dtype)
+    result, details, launch = check_keeping_built(cublaslt.build_linear_cublaslt, spec, dtype, "NCHW")
+    names = launched_kernels(launch, dtype)
     print(f"\n{spec} {dtype}: {details}; kernels {names}")
     assert result.ok, f"cuBLASLt algorithm {details.get('algorithm_id')}: {result.message}"
     assert details["path"] == "cublaslt" and details["timed"] >= 1 and details["search_ms"] > 0
@@ -396,7 +373,7 @@ def test_cublaslt_linear_alone_is_correct(spec, dtype):
 @pytest.mark.parametrize("dtype", ["fp32", "tf32", "fp16", "bf16"])
 @pytest.mark.parametrize("spec", LINEAR_SPECS, ids=str)
 def test_cublas_linear_is_the_faster_path_and_correct(spec, dtype):
-    result, details, _ = _check(registry.get("linear", "cublas").build, spec, dtype, "NCHW")
+    result, details, _ = check_keeping_built(registry.get("linear", "cublas").build, spec, dtype, "NCHW")
     print(f"\n{spec} {dtype}: path {details['path']} torch {details.get('torch_ms')} ms, cublaslt "
           f"{details.get('cublaslt_ms')} ms; cublaslt: {details.get('cublaslt')}")
     assert result.ok, f"path {details['path']}: {result.message}"
