@@ -28,8 +28,8 @@ from layerbench.builders import Kernel, Tensors
 from layerbench.registry import register
 from layerbench.layers import Linear
 
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, grouped_tile,
-                                    interpreting, quick_bench, split_sum, tile_config)
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, dot_slice,
+                                    grouped_tile, interpreting, quick_bench, split_sum, tile_config)
 
 _KEY = ["M", "N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K", "PRECISION"]
 
@@ -85,18 +85,8 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sem_ptr, M, N, K, k_per_s
     a_ptrs = x_ptr + rows[:, None] * K + (k_lo + rk)[None, :]
     b_ptrs = w_ptr + cols[None, :] * K + (k_lo + rk)[:, None]
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
-        else:
-            k_ok = k0 + rk < k_hi
-            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    acc = dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, 1, 1, m_ok, n_ok, False, EVEN_K, PRECISION, BLOCK_M, BLOCK_N,
+                    BLOCK_K, None)
 
     mask = m_ok[:, None] & n_ok[None, :]
     tile = offs_m[:, None] * N + offs_n[None, :]

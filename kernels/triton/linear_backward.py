@@ -27,8 +27,8 @@ from layerbench.layers import Linear
 from layerbench.layers.passes import split_output
 
 from kernels.triton.linear import EVEN_K_QUANTUM, MAX_WORKSPACE_BYTES, MIN_SLICE, SPLIT_CANDIDATES
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, grouped_tile,
-                                    interpreting, quick_bench, split_sum, tile_config)
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, dot_slice,
+                                    grouped_tile, interpreting, quick_bench, split_sum, tile_config)
 
 _KEY = ["M", "N", "K", "k_per_split", "stride_am", "stride_ak", "stride_bk", "stride_bn", "PARTIAL",
         "EVEN_K", "PRECISION"]
@@ -62,37 +62,6 @@ SUM_MIN_ROWS = 512
 SUM_MAX_SLICES = 64
 
 
-@triton.jit
-def _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, EDGE: tl.constexpr,
-               EVEN_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
-    """The fp32 sum over k in [k_lo, k_hi) of A tile @ B tile, from the tiles' pointers at k_lo;
-    ``EDGE``: rows of A past ``m_ok`` and columns of B past ``n_ok`` load as zeros; ``STAGES``: the
-    loop's pipeline depth (None: the config's)."""
-    rk = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
-        if EVEN_K:
-            if EDGE:
-                a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
-                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
-            else:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-        else:
-            k_ok = k0 + rk < k_hi
-            if EDGE:
-                a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-            else:
-                a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    return acc
-
-
 # Strides of 1 are specialised on (Triton does so by default): they tell the compiler which
 # operand dimension is contiguous, so tiles load as vectors.  M is not (it would only multiply the
 # compiles).
@@ -124,10 +93,10 @@ def _strided_gemm_kernel(a_ptr, b_ptr, c_ptr, ws_ptr, sem_ptr, M, N, K, k_per_sp
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + a_k
     b_ptrs = b_ptr + b_k + offs_n[None, :] * stride_bn
     if ((pid_m + 1) * BLOCK_M <= M) & ((pid_n + 1) * BLOCK_N <= N):
-        acc = _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, False, EVEN_K, PRECISION,
+        acc = dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, False, EVEN_K, PRECISION,
                          BLOCK_M, BLOCK_N, BLOCK_K, None)
     else:
-        acc = _dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, True, EVEN_K, PRECISION,
+        acc = dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, True, EVEN_K, PRECISION,
                          BLOCK_M, BLOCK_N, BLOCK_K, 1)
 
     mask = m_ok[:, None] & n_ok[None, :]

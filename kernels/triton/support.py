@@ -55,6 +55,38 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 
 
 @triton.jit
+def dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, EDGE: tl.constexpr,
+               EVEN_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+    """The fp32 sum over k in [k_lo, k_hi) of A tile @ B tile, from the tiles' pointers at k_lo (A's
+    and B's k strides ``stride_ak``, ``stride_bk``); ``EVEN_K``: the range is whole BLOCK_Ks;
+    ``EDGE``: rows of A past ``m_ok`` and columns of B past ``n_ok`` load as zeros; ``STAGES``: the
+    loop's pipeline depth (None: the config's)."""
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+        if EVEN_K:
+            if EDGE:
+                a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            else:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+        else:
+            k_ok = k0 + rk < k_hi
+            if EDGE:
+                a = tl.load(a_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            else:
+                a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
+
+
+@triton.jit
 def split_sum(acc, ws_ptr, sem_ptr, tile_id, part, parts, offs, mask, part_stride):
     """A tile's sum over ``parts`` programs that each computed one part of it (split-K), in part
     order: every program stores its part into the fp32 workspace ``ws_ptr`` (parts, part_stride);
