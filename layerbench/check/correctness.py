@@ -137,22 +137,28 @@ def _compare_part(out: torch.Tensor, ref: torch.Tensor, spec: LayerSpec, part: s
 
 
 class ResultCheck:
-    """Results computed from fixed ``tensors`` against their float64 reference (computed once, at
-    the first call), as the harness judges a kernel's output: for a builder that checks its
-    candidates before it keeps one."""
+    """Results computed from fixed ``tensors`` against their float64 reference (computed once, when
+    first needed), as the harness judges a kernel's output: the relaunch checks use one per input
+    set, and a builder may use one to check its candidates before it keeps one."""
 
     def __init__(self, spec: LayerSpec, dtype: DType | str, tensors: Tensors):
         self.spec, self.tensors = spec, tensors
         self.dtype = get_dtype(dtype) if isinstance(dtype, str) else dtype
-        self._ref: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._expected: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    def __call__(self, parts: dict[str, torch.Tensor]) -> CheckResult:
-        """``parts``: the result of each part of the spec's pass, by name (``y``, ``dx``, ...)."""
-        if self._ref is None:
+    def expected(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the float64 reference, the magnitude reference where a weight-gradient part is small:
+        see ``compare_output``; None elsewhere, which saves a second float64 pass)."""
+        if self._expected is None:
             scale = magnitude(self.spec, self.tensors) if _has_small_weight_part(self.spec) else None
-            self._ref = reference(self.spec, self.tensors), scale
-        ref, scale = self._ref
-        return compare_output(passes.pack_like(self.spec, parts, self.tensors), ref, self.spec, self.dtype, scale)
+            self._expected = reference(self.spec, self.tensors), scale
+        return self._expected
+
+    def __call__(self, result: torch.Tensor | dict[str, torch.Tensor]) -> CheckResult:
+        """``result``: as the kernel wrote it, or each part of the spec's pass by name (``y``, ``dx``, ...)."""
+        got = passes.pack_like(self.spec, result, self.tensors) if isinstance(result, dict) else result
+        ref, scale = self.expected()
+        return compare_output(got, ref, self.spec, self.dtype, scale)
 
 
 def _sync(device: torch.device) -> None:
@@ -260,26 +266,14 @@ class CheckInputs:
             self.sets[0][name] = t.clone()
             self.sets[1][name] = torch.empty_like(t).copy_(new_input(spec, self.dtype, t.device, generator, name))
         self.xs = [s["x"] for s in self.sets]
-        self._refs: dict[int, torch.Tensor] = {}
-        self._scales: dict[int, torch.Tensor | None] = {}
+        self.judges = [ResultCheck(spec, self.dtype, tensors | s) for s in self.sets]
 
     def load(self, i: int) -> None:
         for name, t in self.sets[i].items():
             self.tensors[name].copy_(t)
 
     def ref(self, i: int) -> torch.Tensor:
-        if i not in self._refs:
-            self._refs[i] = reference(self.spec, self.tensors | self.sets[i])
-        return self._refs[i]
-
-    def scale(self, i: int) -> torch.Tensor | None:
-        """The magnitude reference of set ``i`` where a weight-gradient part is small (see
-        ``compare_output``); None elsewhere, which saves a second float64 pass."""
-        if not _has_small_weight_part(self.spec):
-            return None
-        if i not in self._scales:
-            self._scales[i] = magnitude(self.spec, self.tensors | self.sets[i])
-        return self._scales[i]
+        return self.judges[i].expected()[0]
 
 
 def check_launch(kernel: Kernel | Built, out: torch.Tensor, inputs: CheckInputs, i: int,
@@ -296,11 +290,10 @@ def check_launch(kernel: Kernel | Built, out: torch.Tensor, inputs: CheckInputs,
         out.fill_(math.nan)
     _sync(out.device)
     result = _launch_once(kernel, out, dtype, spec, inputs.tensors)
-    checked = compare_output(result, inputs.ref(i), spec, dtype, inputs.scale(i))
+    checked = inputs.judges[i](result)
     if checked.ok or tuple(result.shape) != tuple(inputs.ref(i).shape):
         return checked
-    if previous is not None and compare_output(result, inputs.ref(previous), spec, dtype,
-                                               inputs.scale(previous)).ok:
+    if previous is not None and inputs.judges[previous](result).ok:
         return dataclasses.replace(checked, message=(
             f"output not recomputed{when}: the input changed but the output did not (it is still "
             "the result of the previous input: a cached result?)"))
