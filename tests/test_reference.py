@@ -220,16 +220,22 @@ def test_built_kernel_is_reusable_on_any_stream(layer, name, spec, dtype, layout
     kernel, out = _build(layer, name, spec, dtype, layout)
     with precision(get_dtype(dtype)):
         first = _run(kernel, out)
+        caller = torch.cuda.current_stream()
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side.wait_stream(caller)
         with torch.cuda.stream(side):  # the handle must follow torch's current stream
+            capturing = torch.cuda.is_current_stream_capturing()
             second = _run(kernel, out)
+            again = _run(kernel, out)
         third = _run(kernel, out)
     assert torch.isfinite(first).all()
     # Library engines may sum in a different order from one launch to the next (split-K,
     # atomics): equal within rounding; a launch that raced its stream leaves the NaN poison.
+    streams = (f"caller stream {caller.cuda_stream:#x}, side {side.cuda_stream:#x} (capturing: {capturing}), "
+               f"NaN in a second side-stream run: {int(again.isnan().sum())}")
     details = getattr(kernel, "details", None)
-    torch.testing.assert_close(second, first, msg=lambda m: f"side stream: {m} ({details})")
+    torch.testing.assert_close(second, first, msg=lambda m: f"side stream: {m} ({streams}; {details})")
+    torch.testing.assert_close(again, first, msg=lambda m: f"side stream, again: {m} ({streams})")
     torch.testing.assert_close(third, first, msg=lambda m: f"back on the first stream: {m} ({details})")
 
 

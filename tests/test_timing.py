@@ -148,8 +148,11 @@ def test_cuda_timing_matches_known_copy_time(mode: str) -> None:
 def test_cuda_hot_graph_fallback_is_recorded() -> None:
     dev = torch.device("cuda")
     x = torch.ones(1024, device=dev)
+    before = torch.cuda.current_stream(dev)
     s = time_kernel(lambda: x.sum().item(), dev, TimingConfig(mode="hot", fixed_samples=5))  # syncs: no capture
     assert s.launch_mode == "stream" and "graph capture failed" in str(s.graph_error)
+    # ... nor the capture stream current (torch leaves it so when capture_end raises).
+    assert torch.cuda.current_stream(dev) == before
     # The failed capture must not leave torch's CUDA RNG in capture mode.
     assert torch.randn(4, device=dev).isfinite().all()
 

@@ -97,10 +97,11 @@ def make_batch(kernel: Callable[[], object], n: int, device: torch.device,
 
     if not try_graph:
         return loop, "stream", "graph capture not requested"
+    caller = torch.cuda.current_stream(device)
     try:
         graph = torch.cuda.CUDAGraph()
         side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
+        side.wait_stream(caller)
         with torch.cuda.stream(side):  # torch's advice: one eager run on a side stream before capture
             kernel()
         torch.cuda.current_stream(device).wait_stream(side)
@@ -110,6 +111,9 @@ def make_batch(kernel: Callable[[], object], n: int, device: torch.device,
         torch.cuda.synchronize(device)
     except Exception as exc:  # a kernel that syncs, allocates on the host side, or uses its own stream
         torch.cuda.synchronize(device)  # a sticky CUDA error surfaces here and propagates
+        # torch.cuda.graph leaves its capture stream current when capture_end raises: give the
+        # caller its stream back, or every later launch (and timing event) lands on that stream.
+        torch.cuda.set_stream(caller)
         _end_generator_capture(device)
         first_line = (str(exc).splitlines() or [""])[0]
         return loop, "stream", f"graph capture failed: {type(exc).__name__}: {first_line}"
