@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
-from kernels.triton import linear_backward
+from kernels.triton import linear_backward, pool2d_backward
 from kernels.triton.linear import EVEN_K_QUANTUM
 from kernels.triton.support import DOT_MODE, autotuned
+from layerbench.builders import as_built
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.registry import get
@@ -122,6 +123,27 @@ def test_pool2d_backward_case(name: str, method: str, dtype: str, layout: str) -
 
 @interpreter
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", POOL_CASES)
+def test_max_pool_backward_winners_first_case(name: str, dtype: str, layout: str) -> None:
+    """The two-kernel path (each window's winner once, then the gather), which the GPU may choose."""
+    spec = dataclasses.replace(POOL_CASES[name], method="max", direction="backward_data")
+    check("pool2d", spec, dtype, layout, seed=seed_of(name), impl=pool2d_backward.build_pool2d_backward_winners_first)
+
+
+@interpreter
+def test_max_pool_backward_winners_first_refuses() -> None:
+    avg = Pool2d(1, 2, 6, 6, 2, 2, method="avg", direction="backward_data")
+    big = Pool2d(1, 1, 14, 14, pool2d_backward.MAX_WINNER_KERNEL + 1, 1, method="max", direction="backward_data")
+    for spec, match in ((avg, "for max pooling"), (big, "kernel must be <= 11")):
+        tensors = make_tensors(spec, "fp32", "NCHW", "cpu")
+        with pytest.raises(Unsupported, match=match):
+            pool2d_backward.build_pool2d_backward_winners_first(spec, get_dtype("fp32"), "NCHW", tensors,
+                                                                make_output(spec, tensors, "NCHW"))
+
+
+@interpreter
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("method", ["max", "avg"])
 def test_pool2d_training(method: str, layout: str) -> None:
     spec = Pool2d(2, 3, 9, 7, 3, 2, padding=1, method=method, direction="training")
@@ -168,10 +190,11 @@ def assert_ties_nan_inf_like_torch(name: str, dtype: str, layout: str, device: s
     spec = TIE_CASES[name]
     tensors = {k: v.to(device) for k, v in tie_heavy_input(spec, dtype, layout, seed_of(name)).items()}
     assert tensors["x"].isnan().any()
-    out = make_output(spec, tensors, layout).fill_(float("nan"))
-    get("pool2d", "triton").build(spec, get_dtype(dtype), layout, tensors, out)()
     expected = torch_pool_dx(spec, tensors)
-    torch.testing.assert_close(out.double(), expected, rtol=0, atol=0)
+    for build in (pool2d_backward.build_pool2d_backward_gather, pool2d_backward.build_pool2d_backward_winners_first):
+        out = make_output(spec, tensors, layout).fill_(float("nan"))
+        build(spec, get_dtype(dtype), layout, tensors, out)()
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=0, msg=lambda m: f"{build.__name__}: {m}")
 
 
 @interpreter
@@ -315,6 +338,22 @@ POOL_OTHER = {"7x7-s1-pad3": Pool2d(4, 32, 28, 28, 7, 1, padding=3),
 def test_gpu_pool2d_backward_other(name: str, method: str, dtype: str, layout: str) -> None:
     spec = dataclasses.replace(POOL_OTHER[name], method=method, direction="backward_data")
     check("pool2d", spec, dtype, layout, seed_of(name), "cuda")
+
+
+@gpu
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", POOL_OTHER)
+def test_gpu_max_pool_backward_both_paths(name: str, layout: str) -> None:
+    """Each way of finding the winners is right, whichever the build keeps, and the build says
+    which it kept and how long each took."""
+    spec = dataclasses.replace(POOL_OTHER[name], method="max", direction="backward_data")
+    for build in (pool2d_backward.build_pool2d_backward_gather, pool2d_backward.build_pool2d_backward_winners_first):
+        check("pool2d", spec, "fp16", layout, seed_of(name), "cuda", impl=build)
+    tensors = make_tensors(spec, "fp16", layout, "cuda")
+    details = as_built(get("pool2d", "triton").build(spec, get_dtype("fp16"), layout, tensors,
+                                                     make_output(spec, tensors, layout))).details
+    assert details["path"] in ("recompute", "winners_first")
+    assert details["recompute_ms"] > 0 and details["winners_first_ms"] > 0
 
 
 @gpu
