@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kernels.cupy import pool2d_backward
 from layerbench import registry
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
@@ -153,10 +154,11 @@ def test_pool2d_backward_awkward_shapes(spec: Pool2d, dtype: str, layout: str, d
 @pytest.mark.parametrize("layout", Pool2d.layouts)
 @pytest.mark.parametrize("dtype", Pool2d.dtypes)
 @pytest.mark.parametrize("stride", [2, 1], ids=["overlap-s2", "overlap-s1"])
-def test_max_pool_backward_ties_and_special_values(dtype: str, layout: str, stride: int) -> None:
+@pytest.mark.parametrize("path", ["recompute", "winners_first"])
+def test_max_pool_backward_ties_and_special_values(path: str, dtype: str, layout: str, stride: int) -> None:
     """Winners as torch picks them: the first of tied maxima, the last NaN, the first of a window of
     -inf; -0 and +0 tie.  Against float64 autograd on the same values, and exactly where each
-    element wins at most one window."""
+    element wins at most one window.  Both ways of knowing the winners."""
     spec = Pool2d(2, 16, 9, 9, 3, stride, padding=1, method="max", direction="backward_data")
     dt = get_dtype(dtype)
     x = torch.randint(-2, 3, spec.input_shape, device=DEVICE).float()  # ties in most windows
@@ -170,7 +172,8 @@ def test_max_pool_backward_ties_and_special_values(dtype: str, layout: str, stri
     x = x.to(dt.torch_dtype).contiguous(memory_format=fmt)
     dy = torch.randn(spec.output_shape, device=DEVICE).to(dt.torch_dtype).contiguous(memory_format=fmt)
     out = torch.full(spec.input_shape, math.nan, device=DEVICE, dtype=dt.torch_dtype).contiguous(memory_format=fmt)
-    impl("pool2d").build(spec, dt, layout, {"x": x, "dy": dy}, out)()
+    build = {"recompute": pool2d_backward.build_recompute, "winners_first": pool2d_backward.build_winners_first}[path]
+    build(spec, dt, layout, {"x": x, "dy": dy}, out)()
     torch.cuda.synchronize()
     # NCHW float64, as the harness's reference: torch's channels-last CUDA kernel can give a window
     # of -inf the plane's element 0 rather than the window's first tap.

@@ -19,6 +19,7 @@ from kernels.cupy import linear_backward, pool2d_backward, relu_backward, source
 from kernels.cupy.backward_models import (
     model_column_sums,
     model_pool_backward,
+    model_pool_winners,
     model_to_channels_last,
     relu_backward_bits,
     unsigned_bits,
@@ -91,10 +92,15 @@ def _pool_inputs(spec: Pool2d, layout: str, dtype: torch.dtype, seed: int, ties:
 
 
 def _check_pool(spec: Pool2d, layout: str, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """The gather's model against autograd; for max pooling both ways: each window's winner found
+    again, and read from the winners found first."""
     spec = dataclasses.replace(spec, direction="backward_data")
     got = model_pool_backward(spec, x, dy, layout)
     want = _autograd(spec, {"x": x, "dy": dy})["dx"]
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if spec.method == "max":
+        from_winners = model_pool_backward(spec, x, dy, layout, model_pool_winners(spec, x, layout))
+        torch.testing.assert_close(from_winners, want, rtol=1e-12, atol=1e-12, msg=lambda m: f"winners first: {m}")
     return got
 
 
@@ -259,7 +265,8 @@ def test_every_backward_instantiation_is_named() -> None:
     for t in sources.STORAGE_TYPES:
         assert sources.relu_backward_name(t) in sources.SOURCES["relu_backward"].name_expressions
         assert sources.column_sums_name(t) in sources.SOURCES["linear_backward"].name_expressions
-        for method in ("max", "avg"):
-            for layout in ("NCHW", "NHWC"):
-                name = sources.pool_backward_name(t, method, layout)
+        for layout in ("NCHW", "NHWC"):
+            names = [sources.pool_backward_name(t, method, layout) for method in ("max", "avg")]
+            names += [sources.pool_backward_name(t, "max", layout, winners=True), sources.pool_winners_name(t, layout)]
+            for name in names:
                 assert name in sources.SOURCES["pool2d_backward"].name_expressions

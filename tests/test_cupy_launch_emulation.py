@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import math
 import re
 from types import SimpleNamespace
 from typing import Callable, Sequence
@@ -19,10 +20,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.cupy import igemm, linear_backward, support
+from kernels.cupy import igemm, linear_backward, pool2d_backward, support
 from kernels.cupy.backward_models import (
     model_column_sums,
     model_pool_backward,
+    model_pool_winners,
     model_to_channels_last,
     relu_backward_bits,
     unsigned_bits,
@@ -81,19 +83,35 @@ class EmulatedLaunch:
         x, dy, dx = (self.memory(i, n) for i in range(3))
         dx.copy_(_from_bits(relu_backward_bits(unsigned_bits(x), unsigned_bits(dy), NAMES[x.dtype]), x.dtype))
 
-    def _pool2d_backward(self) -> None:  # (x, dy, dx, batch, C, H, W, OH, OW, k, s, p, inv_area)
-        batch, c, h, w, oh, ow, k, s, p = (self.value(i) for i in range(3, 12))
-        assert self.value(12) == pytest.approx(1 / (k * k))
-        nhwc = {"false": False, "true": True}[self.targs[2]]
-        spec = Pool2d(batch, c, h, w, k, s, p, method=["max", "avg"][int(self.targs[1])])
+    def _pool_spec(self, first: int, method: str, nhwc: bool) -> tuple[Pool2d, Callable[[int, int, int], torch.Tensor]]:
+        """The spec from the shape arguments from ``first`` on (batch, C, H, W, OH, OW, k, s, p), and
+        a view of pointer argument i as a (batch, C, rows, cols) tensor in the layout."""
+        batch, c, h, w, oh, ow, k, s, p = (self.value(first + i) for i in range(9))
+        spec = Pool2d(batch, c, h, w, k, s, p, method=method)
         assert (spec.out_height, spec.out_width) == (oh, ow)
 
         def tensor(i: int, rows: int, cols: int) -> torch.Tensor:
             flat = self.memory(i, batch * c * rows * cols)
             return flat.view(batch, rows, cols, c).permute(0, 3, 1, 2) if nhwc else flat.view(batch, c, rows, cols)
 
-        dx = tensor(2, h, w)
-        dx.copy_(model_pool_backward(spec, tensor(0, h, w), tensor(1, oh, ow), "NHWC" if nhwc else "NCHW"))
+        return spec, tensor
+
+    def _pool2d_backward(self) -> None:  # (x, dy, dx, batch, C, H, W, OH, OW, k, s, p, inv_area, win)
+        nhwc, winners = ({"false": False, "true": True}[a] for a in self.targs[2:4])
+        spec, tensor = self._pool_spec(3, ["max", "avg"][int(self.targs[1])], nhwc)
+        assert self.value(12) == pytest.approx(1 / (spec.kernel * spec.kernel))
+        h, w, oh, ow = spec.height, spec.width, spec.out_height, spec.out_width
+        layout = "NHWC" if nhwc else "NCHW"
+        win = self.memory(13, math.prod(spec.output_shape), torch.int8).numpy() if winners else None
+        assert winners or self.args[13].value is None, "a winner array passed to the gather that finds them again"
+        tensor(2, h, w).copy_(model_pool_backward(spec, tensor(0, h, w), tensor(1, oh, ow), layout, win))
+
+    def _pool2d_winners(self) -> None:  # (x, win, batch, C, H, W, OH, OW, k, s, p)
+        nhwc = {"false": False, "true": True}[self.targs[1]]
+        spec, tensor = self._pool_spec(2, "max", nhwc)
+        win = self.memory(1, math.prod(spec.output_shape), torch.int8)
+        win.copy_(torch.from_numpy(model_pool_winners(spec, tensor(0, spec.height, spec.width),
+                                                      "NHWC" if nhwc else "NCHW")))
 
     def _pool_forward(self, x: torch.Tensor, y: torch.Tensor, k: int, s: int, p: int) -> None:
         xd = x.double()  # the forward kernels have models of their own (test_cupy_pool_model)
@@ -176,6 +194,8 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(support, "function", lambda source, name, index: SimpleNamespace(name=name))
     monkeypatch.setattr(support, "Launch", EmulatedLaunch)
     monkeypatch.setattr(igemm, "build", _emulated_igemm)
+    # A build that times its paths runs each once and finds them equally fast: the first is kept.
+    monkeypatch.setattr(pool2d_backward, "hot_median_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
 
 
 def _check(layer: str, spec: object, dtype: str, layout: str) -> None:
@@ -198,6 +218,16 @@ def test_relu_launchers(emulated: None, dtype: str, direction: str) -> None:
 ], ids=["max-s1-bf16", "avg-pad-fp16", "max-s2-fp32"])
 def test_pool2d_launchers(emulated: None, spec: Pool2d, dtype: str, layout: str, direction: str) -> None:
     _check("pool2d", dataclasses.replace(spec, direction=direction), dtype, layout)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("build", [pool2d_backward.build_recompute, pool2d_backward.build_winners_first],
+                         ids=["recompute", "winners_first"])
+def test_max_pool_backward_paths(emulated: None, build: Callable, layout: str) -> None:
+    """Each way of knowing max pooling's winners, whichever the registered build keeps."""
+    spec = Pool2d(2, 5, 11, 9, 3, 2, padding=1, method="max", direction="backward_data")
+    result = check_implementation(build, spec, "bf16", layout, "cpu", runs=3)
+    assert result.ok, f"{build.__name__} {layout}: {result.message}"
 
 
 @pytest.mark.parametrize("direction", ["backward_data", "backward_weight", "training"])

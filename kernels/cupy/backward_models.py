@@ -3,7 +3,8 @@ module (as ``models`` does for the forward kernels), for the tests to run agains
 
 * ReLU backward's bit select (``relu_backward_bits``; relu_backward.cu);
 * the pooling gather (``model_pool_backward``; pool2d_backward.cu): the windows over each dx
-  element, each max window's winner found again on order keys of the bit patterns;
+  element, each max window's winner found again on order keys of the bit patterns, or read from
+  the winners that ``model_pool_winners`` (pool2d_winners) found first;
 * the linear backward's helpers: layout.cu's tiled transpose as the launcher grids it
   (``model_to_channels_last``) and the bias gradient's column sums (``model_column_sums``;
   linear_backward.cu).  The GEMMs are ``models.model_igemm`` on the launcher's geometries.
@@ -57,10 +58,60 @@ def _windows_over(i: np.ndarray, k: int, s: int, p: int, out: int) -> tuple[np.n
     return first, np.minimum((i + p) // s, out - 1)
 
 
-def model_pool_backward(spec: Pool2d, x: torch.Tensor, dy: torch.Tensor, layout: str) -> torch.Tensor:
+def _model_window_winner(xs: np.ndarray, name: str, live: np.ndarray, x_plane: np.ndarray, x_row: int,
+                         col_step: int, h0: np.ndarray, w0: np.ndarray, k: int, H: int, W: int) -> np.ndarray:
+    """pool2d_backward.cu window_winner: each window's winner as its tap number (row * k + column,
+    padding counted), -1 where ``live`` is false or no tap is real."""
+    best_key = np.full(len(live), -(1 << 40))  # below every key
+    best_nan = np.zeros(len(live), bool)
+    winner = np.full(len(live), -1)
+    for a in range(k):  # row-major over the window, real taps only
+        for b in range(k):
+            hh, ww = h0 + a, w0 + b
+            real = live & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            at = np.where(real, x_plane + hh * x_row + ww * col_step, 0)
+            assert np.all((at >= 0) & (at < len(xs))), "an x load leaves x"
+            u = xs[at]
+            nan = is_nan_bits(u, *BITS[name][:2])
+            key = order_key(u, name)
+            take = real & (nan | (~best_nan & (key > best_key)))
+            best_key = np.where(take, key, best_key)
+            best_nan = np.where(take, nan, best_nan)
+            winner = np.where(take, a * k + b, winner)
+    return winner
+
+
+def model_pool_winners(spec: Pool2d, x: torch.Tensor, layout: str) -> np.ndarray:
+    """pool2d_winners on the CPU: every window's winner (tap number), in dy's memory order for
+    ``layout``.  ``x`` (fp32, fp16 or bf16) is dense in ``layout``."""
+    s = spec
+    nhwc = layout == "NHWC"
+    name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
+    C, H, W, OH, OW, k = s.channels, s.height, s.width, s.out_height, s.out_width, s.kernel
+    t = np.arange(s.batch * C * OH * OW)
+    if nhwc:
+        t, c = np.divmod(t, C)
+        t, ow = np.divmod(t, OW)
+        n, oh = np.divmod(t, OH)
+    else:
+        t, ow = np.divmod(t, OW)
+        t, oh = np.divmod(t, OH)
+        n, c = np.divmod(t, C)
+    col_step = C if nhwc else 1
+    x_plane = n * H * W * C + c if nhwc else (n * C + c) * H * W
+    winners = _model_window_winner(unsigned_bits(x), name, np.ones(len(t), bool), x_plane, W * col_step,
+                                   col_step, oh * s.stride - s.padding, ow * s.stride - s.padding, k, H, W)
+    assert np.all((winners >= 0) & (winners < 128)), "a winner that does not fit a signed char"
+    return winners
+
+
+def model_pool_backward(spec: Pool2d, x: torch.Tensor, dy: torch.Tensor, layout: str,
+                        winners: np.ndarray | None = None) -> torch.Tensor:
     """pool2d_backward.cu on the CPU: every dx element (in ``layout``'s memory order) gathers from
     the windows that contain it; float64 sums of the exact dy values.  ``x`` (fp32, fp16 or bf16)
-    and ``dy`` are dense in ``layout``; returns dx (float64, NCHW logical order)."""
+    and ``dy`` are dense in ``layout``; ``winners`` (max pooling, as ``model_pool_winners`` gives
+    them) are read instead of finding each window's winner again.  Returns dx (float64, NCHW
+    logical order)."""
     s = spec
     nhwc = layout == "NHWC"
     name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
@@ -97,23 +148,11 @@ def model_pool_backward(spec: Pool2d, x: torch.Tensor, dy: torch.Tensor, layout:
                 total += g
                 continue
             h0, w0 = oh * s.stride - s.padding, ow * s.stride - s.padding
-            best_key = np.full(len(idx), -(1 << 40))  # below every key
-            best_nan = np.zeros(len(idx), bool)
-            winner = np.full(len(idx), -1)
-            for a in range(k):  # row-major over the window, real taps only
-                for b in range(k):
-                    hh, ww = h0 + a, w0 + b
-                    real = live & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-                    at = np.where(real, x_plane + hh * x_row + ww * col_step, 0)
-                    assert np.all((at >= 0) & (at < len(xs))), "an x load leaves x"
-                    u = xs[at]
-                    nan = is_nan_bits(u, *BITS[name][:2])
-                    key = order_key(u, name)
-                    take = real & (nan | (~best_nan & (key > best_key)))
-                    best_key = np.where(take, key, best_key)
-                    best_nan = np.where(take, nan, best_nan)
-                    winner = np.where(take, at, winner)
-            total += np.where(winner == idx, g, 0.0)
+            if winners is None:
+                winner = _model_window_winner(xs, name, live, x_plane, x_row, col_step, h0, w0, k, H, W)
+            else:
+                winner = np.where(live, winners[at_y], -1)
+            total += np.where(live & (winner == (h - h0) * k + (w - w0)), g, 0.0)
     if s.method == "avg":
         total /= k * k
     shape = (s.batch, H, W, C) if nhwc else (s.batch, C, H, W)

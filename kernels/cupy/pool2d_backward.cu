@@ -6,11 +6,13 @@
 //
 // Average: every window divides by kernel * kernel (count_include_pad=True), so dx is the sum of
 // the windows' dy times inv_area.
-// Max: a window's gradient goes to its winner, which each thread finds again by scanning the
-// window in row-major order over its real taps (padding never wins), as torch's max_pool2d picks
-// it: a tap replaces the best so far when it is larger or NaN, so the first maximum wins, and the
-// last NaN where there are NaNs.  The compare runs on integer order keys of the bit patterns,
-// exact whatever -ftz says.
+// Max: a window's gradient goes to its winner, found by scanning the window in row-major order
+// over its real taps (padding never wins), as torch's max_pool2d picks it: a tap replaces the best
+// so far when it is larger or NaN, so the first maximum wins, and the last NaN where there are
+// NaNs.  The compare runs on integer order keys of the bit patterns, exact whatever -ftz says.
+// Either each thread finds the winners of its windows again (WINNERS false), or pool2d_winners
+// has stored every window's winner as a tap number first (one thread a window) and the gather
+// reads it (WINNERS true): fewer loads and compares where windows overlap.
 #include "layerbench_common.cuh"
 
 namespace {
@@ -35,17 +37,76 @@ __device__ __forceinline__ void windows_over(int i, int k, int s, int p, int out
     last = min((i + p) / s, out - 1);
 }
 
+// The winner of the window whose top-left tap is (h0, w0), as its tap number (row * k + column,
+// padding counted); x_plane is the offset of (n, c, 0, 0).
+template <typename T>
+__device__ __forceinline__ int window_winner(const typename lb::Bits<T>::U* xs, int x_plane, int x_row,
+                                             int col_step, int h0, int w0, int k, int H, int W) {
+    int best_key = BELOW_EVERY_KEY;  // the first real tap always replaces it
+    bool best_nan = false;
+    int winner = -1;
+    for (int hh = max(h0, 0); hh < min(h0 + k, H); ++hh) {
+        for (int ww = max(w0, 0); ww < min(w0 + k, W); ++ww) {
+            const typename lb::Bits<T>::U u = xs[x_plane + hh * x_row + ww * col_step];
+            const bool nan = lb::is_nan_bits<T>(u);
+            const int key = order_key<T>(u);
+            if (nan || (!best_nan && key > best_key)) {
+                best_key = key;
+                best_nan = nan;
+                winner = (hh - h0) * k + (ww - w0);
+            }
+        }
+    }
+    return winner;
+}
+
 }  // namespace
+
+// Thread per window (dy element) in dy's memory order: win[i] = the winner's tap number of window
+// i (k <= 11, so it fits a signed char).
+template <typename T, bool NHWC>
+__global__ void __launch_bounds__(256) pool2d_winners(const T* x, signed char* win, int batch, int C, int H,
+                                                      int W, int OH, int OW, int k, int s, int p) {
+    typedef typename lb::Bits<T>::U U;
+    const U* xs = reinterpret_cast<const U*>(x);
+    const int col_step = NHWC ? C : 1;
+    const long long total = static_cast<long long>(batch) * C * OH * OW;
+    for (long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+         idx += static_cast<long long>(gridDim.x) * blockDim.x) {
+        long long t = idx;
+        int n, c, oh, ow;
+        if constexpr (NHWC) {
+            c = static_cast<int>(t % C);
+            t /= C;
+            ow = static_cast<int>(t % OW);
+            t /= OW;
+            oh = static_cast<int>(t % OH);
+            n = static_cast<int>(t / OH);
+        } else {
+            ow = static_cast<int>(t % OW);
+            t /= OW;
+            oh = static_cast<int>(t % OH);
+            t /= OH;
+            c = static_cast<int>(t % C);
+            n = static_cast<int>(t / C);
+        }
+        const int x_plane = NHWC ? n * H * W * C + c : (n * C + c) * H * W;
+        win[idx] = static_cast<signed char>(
+            window_winner<T>(xs, x_plane, W * col_step, col_step, oh * s - p, ow * s - p, k, H, W));
+    }
+}
 
 // Thread per dx element in memory order (grid-stride): consecutive threads take consecutive w
 // (NCHW) or c (NHWC), so loads of x and dy and the store of dx are coalesced.  The element's x
 // (and dx) offset is its index; x offsets fit in int32 (the spec caps the input at 2^31 - 1
 // elements), dy's are 64-bit (padding can make the output larger).
-template <typename T, int METHOD, bool NHWC>
+// win: pool2d_winners' output where WINNERS, else unused.
+template <typename T, int METHOD, bool NHWC, bool WINNERS>
 __global__ void __launch_bounds__(256) pool2d_backward(const T* x, const T* dy, T* dx, int batch,
                                                        int C, int H, int W, int OH, int OW, int k,
-                                                       int s, int p, float inv_area) {
+                                                       int s, int p, float inv_area, const signed char* win) {
     static_assert(METHOD == MAX || METHOD == AVG, "max or average pooling");
+    static_assert(METHOD == MAX || !WINNERS, "winners are max pooling's");
     typedef typename lb::Bits<T>::U U;
     const U* xs = reinterpret_cast<const U*>(x);
     const int col_step = NHWC ? C : 1;  // elements between neighbours along w, in x and in dy
@@ -81,29 +142,15 @@ __global__ void __launch_bounds__(256) pool2d_backward(const T* x, const T* dy, 
         float sum = 0.0f;
         for (int oh = oh0; oh <= oh1; ++oh) {
             for (int ow = ow0; ow <= ow1; ++ow) {
-                const float g = lb::to_float(dy[y_plane + oh * y_row + static_cast<long long>(ow) * col_step]);
+                const long long at_y = y_plane + oh * y_row + static_cast<long long>(ow) * col_step;
+                const float g = lb::to_float(dy[at_y]);
                 if constexpr (METHOD == AVG) {
                     sum += g;
                 } else {
-                    // The window's winner: its x offset, over the real taps in row-major order.
                     const int h0 = oh * s - p, w0 = ow * s - p;
-                    int best_key = BELOW_EVERY_KEY;  // the first real tap always replaces it
-                    bool best_nan = false;
-                    int winner = -1;
-                    for (int hh = max(h0, 0); hh < min(h0 + k, H); ++hh) {
-                        for (int ww = max(w0, 0); ww < min(w0 + k, W); ++ww) {
-                            const int at = x_plane + hh * x_row + ww * col_step;
-                            const U u = xs[at];
-                            const bool nan = lb::is_nan_bits<T>(u);
-                            const int key = order_key<T>(u);
-                            if (nan || (!best_nan && key > best_key)) {
-                                best_key = key;
-                                best_nan = nan;
-                                winner = at;
-                            }
-                        }
-                    }
-                    if (winner == static_cast<int>(idx)) sum += g;
+                    const int winner = WINNERS ? static_cast<int>(win[at_y])
+                                               : window_winner<T>(xs, x_plane, x_row, col_step, h0, w0, k, H, W);
+                    if (winner == (h - h0) * k + (w - w0)) sum += g;
                 }
             }
         }

@@ -1,19 +1,25 @@
 """Pooling backward launcher: pool2d_backward.cu, one thread per dx element gathering from the
-windows that contain it (max: each window's first maximum found again; average: its share)."""
+windows that contain it (average: its share; max: the winner's dy).  Max pooling knows each
+window's winner in one of two ways, the faster kept at build (timed hot; the ``path`` detail says
+which): found again by every thread (``recompute``), or found once a window by pool2d_winners
+first and read by the gather (``winners_first``; kernels up to 11, tap numbers in a signed char)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from kernels.cupy import sources, support
-from layerbench.builders import Kernel, Tensors
+from layerbench.builders import Built, Kernel, Tensors, fastest_path, hot_median_ms, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Pool2d
 from layerbench.registry import register
 
-THREADS = 256  # pool2d_backward's __launch_bounds__
+THREADS = 256  # the kernels' __launch_bounds__
 BLOCKS_PER_SM = 32  # grid-stride beyond this, as the forward
+MAX_WINNER_KERNEL = 11  # tap numbers up to 11 * 11 - 1 fit a signed char
 
 
 def _in_layout(t: torch.Tensor, layout: str) -> bool:
@@ -24,9 +30,38 @@ def _in_layout(t: torch.Tensor, layout: str) -> bool:
 
 @register("pool2d", "cupy", backend="cupy", direction="backward_data",
           description="CUDA C (CuPy): gather, one thread per dx element over the windows holding it; "
-                      "max finds each window's first maximum again (exact, no saved indices), "
-                      "fp32 sums, one write, no atomics")
-def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+                      "max finds each window's first maximum again or reads it from a first pass, the "
+                      "faster (exact, no saved indices), fp32 sums, one write, no atomics")
+def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
+    recompute = build_recompute(spec, dtype, layout, tensors, out)
+    if spec.method != "max" or spec.kernel > MAX_WINNER_KERNEL:
+        return recompute
+    device = out.device
+    return fastest_path(
+        ("recompute", lambda: recompute),
+        [("winners_first", lambda: build_winners_first(spec, dtype, layout, tensors, out))],
+        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=10),
+        after_failure=lambda: torch.cuda.synchronize(device))
+
+
+def build_recompute(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """One kernel; max pooling finds each window's winner again in every thread."""
+    return _build(spec, dtype, layout, tensors, out, winners=None)
+
+
+def build_winners_first(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """Max pooling in two kernels: each window's winner once, then the gather reading them."""
+    if spec.method != "max":
+        raise Unsupported("winners first is for max pooling")
+    if spec.kernel > MAX_WINNER_KERNEL:
+        raise Unsupported(f"winners first stores tap numbers in a signed char: kernel must be <= "
+                          f"{MAX_WINNER_KERNEL}, got {spec.kernel}")
+    winners = torch.empty(math.prod(spec.output_shape), dtype=torch.int8, device=out.device)
+    return _build(spec, dtype, layout, tensors, out, winners)
+
+
+def _build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
+           winners: torch.Tensor | None) -> Kernel:
     support.check_dtype("pool2d", dtype, spec.dtypes)
     support.check_layout("pool2d", layout, spec.layouts)
     x, dy = tensors["x"], tensors["dy"]
@@ -35,11 +70,22 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         raise Unsupported(f"cupy pool2d backward {layout} needs x, dy and dx in {layout} memory order")
     s = spec
     ctype = support.ctype_of(dtype)
-    fn = support.function("pool2d_backward", sources.pool_backward_name(ctype, s.method, layout), index)
     i32 = support.i32
-    args = [support.ptr(x), support.ptr(dy), support.ptr(out), i32(s.batch), i32(s.channels),
-            i32(s.height), i32(s.width), i32(s.out_height), i32(s.out_width), i32(s.kernel),
-            i32(s.stride), i32(s.padding), support.f32(1.0 / (s.kernel * s.kernel))]
-    work = s.batch * s.channels * s.height * s.width
-    grid = max(1, min(-(-work // THREADS), support.sm_count(index) * BLOCKS_PER_SM))
-    return support.Launch(fn, (grid, 1, 1), (THREADS, 1, 1), args, index, keep=(x, dy, out))
+    shape = [i32(s.batch), i32(s.channels), i32(s.height), i32(s.width), i32(s.out_height), i32(s.out_width),
+             i32(s.kernel), i32(s.stride), i32(s.padding)]
+    launches = []
+    if winners is not None:
+        fn = support.function("pool2d_backward", sources.pool_winners_name(ctype, layout), index)
+        launches.append(support.Launch(fn, (_grid(winners.numel(), index), 1, 1), (THREADS, 1, 1),
+                                       [support.ptr(x), support.ptr(winners), *shape], index, keep=(x, winners)))
+    fn = support.function("pool2d_backward", sources.pool_backward_name(ctype, s.method, layout, winners is not None),
+                          index)
+    args = [support.ptr(x), support.ptr(dy), support.ptr(out), *shape, support.f32(1.0 / (s.kernel * s.kernel)),
+            support.ptr(winners)]  # a null pointer without winners: the kernel does not read it
+    launches.append(support.Launch(fn, (_grid(out.numel(), index), 1, 1), (THREADS, 1, 1), args, index,
+                                   keep=(x, dy, out, winners)))
+    return in_order(*launches)
+
+
+def _grid(work: int, index: int) -> int:
+    return max(1, min(-(-work // THREADS), support.sm_count(index) * BLOCKS_PER_SM))

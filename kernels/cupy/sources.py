@@ -89,8 +89,13 @@ def relu_backward_name(ctype: str) -> str:
 POOL_LAYOUTS = {"NCHW": False, "NHWC": True}  # the backward kernel's NHWC template argument
 
 
-def pool_backward_name(ctype: str, method: str, layout: str) -> str:
-    return f"pool2d_backward<{ctype}, {POOL_METHODS[method]}, {_cpp_bool(POOL_LAYOUTS[layout])}>"
+def pool_backward_name(ctype: str, method: str, layout: str, winners: bool = False) -> str:
+    return (f"pool2d_backward<{ctype}, {POOL_METHODS[method]}, {_cpp_bool(POOL_LAYOUTS[layout])}, "
+            f"{_cpp_bool(winners)}>")
+
+
+def pool_winners_name(ctype: str, layout: str) -> str:
+    return f"pool2d_winners<{ctype}, {_cpp_bool(POOL_LAYOUTS[layout])}>"
 
 
 def column_sums_name(ctype: str) -> str:
@@ -169,7 +174,9 @@ SOURCES: dict[str, Source] = {
     "layout": Source("layout.cu", tuple(to_channels_last_name(t) for t in STORAGE_TYPES)),
     "relu_backward": Source("relu_backward.cu", tuple(relu_backward_name(t) for t in STORAGE_TYPES)),
     "pool2d_backward": Source("pool2d_backward.cu", tuple(
-        pool_backward_name(t, m, lt) for t in STORAGE_TYPES for m in POOL_METHODS for lt in POOL_LAYOUTS)),
+        [pool_backward_name(t, m, lt) for t in STORAGE_TYPES for m in POOL_METHODS for lt in POOL_LAYOUTS]
+        + [pool_backward_name(t, "max", lt, winners=True) for t in STORAGE_TYPES for lt in POOL_LAYOUTS]
+        + [pool_winners_name(t, lt) for t in STORAGE_TYPES for lt in POOL_LAYOUTS])),
     "linear_backward": Source("linear_backward.cu", tuple(column_sums_name(t) for t in STORAGE_TYPES)),
     "fft_conv": Source("fft_conv.cu", tuple(
         [fft_forward_name(n) for n in FFT_LOG_SIZES] + [fft_inverse_name(n) for n in FFT_LOG_SIZES]
