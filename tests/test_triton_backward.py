@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
+from kernels import pool_winners
 from kernels.triton import linear_backward, pool2d_backward
 from kernels.triton.linear import EVEN_K_QUANTUM
 from kernels.triton.support import DOT_MODE, autotuned
@@ -134,7 +135,7 @@ def test_max_pool_backward_winners_first_case(name: str, dtype: str, layout: str
 @interpreter
 def test_max_pool_backward_winners_first_refuses() -> None:
     avg = Pool2d(1, 2, 6, 6, 2, 2, method="avg", direction="backward_data")
-    big = Pool2d(1, 1, 14, 14, pool2d_backward.MAX_WINNER_KERNEL + 1, 1, method="max", direction="backward_data")
+    big = Pool2d(1, 1, 14, 14, pool_winners.MAX_WINNER_KERNEL + 1, 1, method="max", direction="backward_data")
     for spec, match in ((avg, "for max pooling"), (big, "kernel must be <= 11")):
         tensors = make_tensors(spec, "fp32", "NCHW", "cpu")
         with pytest.raises(Unsupported, match=match):

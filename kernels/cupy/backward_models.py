@@ -58,6 +58,19 @@ def _windows_over(i: np.ndarray, k: int, s: int, p: int, out: int) -> tuple[np.n
     return first, np.minimum((i + p) // s, out - 1)
 
 
+def _position(flat: np.ndarray, nhwc: bool, C: int, rows: int, cols: int) -> tuple[np.ndarray, ...]:
+    """(n, c, row, col) of flat indices into a (batch, C, rows, cols) tensor laid out NHWC or NCHW."""
+    if nhwc:
+        t, c = np.divmod(flat, C)
+        t, col = np.divmod(t, cols)
+        n, row = np.divmod(t, rows)
+    else:
+        t, col = np.divmod(flat, cols)
+        t, row = np.divmod(t, rows)
+        n, c = np.divmod(t, C)
+    return n, c, row, col
+
+
 def _model_window_winner(xs: np.ndarray, name: str, live: np.ndarray, x_plane: np.ndarray, x_row: int,
                          col_step: int, h0: np.ndarray, w0: np.ndarray, k: int, H: int, W: int) -> np.ndarray:
     """pool2d_backward.cu window_winner: each window's winner as its tap number (row * k + column,
@@ -89,14 +102,7 @@ def model_pool_winners(spec: Pool2d, x: torch.Tensor, layout: str) -> np.ndarray
     name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
     C, H, W, OH, OW, k = s.channels, s.height, s.width, s.out_height, s.out_width, s.kernel
     t = np.arange(s.batch * C * OH * OW)
-    if nhwc:
-        t, c = np.divmod(t, C)
-        t, ow = np.divmod(t, OW)
-        n, oh = np.divmod(t, OH)
-    else:
-        t, ow = np.divmod(t, OW)
-        t, oh = np.divmod(t, OH)
-        n, c = np.divmod(t, C)
+    n, c, oh, ow = _position(t, nhwc, C, OH, OW)
     col_step = C if nhwc else 1
     x_plane = n * H * W * C + c if nhwc else (n * C + c) * H * W
     winners = _model_window_winner(unsigned_bits(x), name, np.ones(len(t), bool), x_plane, W * col_step,
@@ -119,15 +125,7 @@ def model_pool_backward(spec: Pool2d, x: torch.Tensor, dy: torch.Tensor, layout:
     ys = torch.as_strided(dy, (dy.numel(),), (1,), dy.storage_offset()).double().numpy()
     C, H, W, OH, OW, k = s.channels, s.height, s.width, s.out_height, s.out_width, s.kernel
     idx = np.arange(s.batch * C * H * W)
-    t = idx
-    if nhwc:
-        t, c = np.divmod(t, C)
-        t, w = np.divmod(t, W)
-        n, h = np.divmod(t, H)
-    else:
-        t, w = np.divmod(t, W)
-        t, h = np.divmod(t, H)
-        n, c = np.divmod(t, C)
+    n, c, h, w = _position(idx, nhwc, C, H, W)
     col_step = C if nhwc else 1
     x_row, y_row = W * col_step, OW * col_step
     x_plane = n * H * W * C + c if nhwc else (n * C + c) * H * W

@@ -1,17 +1,15 @@
 """Pooling backward launcher: pool2d_backward.cu, one thread per dx element gathering from the
-windows that contain it (average: its share; max: the winner's dy).  Max pooling knows each
-window's winner in one of two ways, the faster kept at build (timed hot; the ``path`` detail says
-which): found again by every thread (``recompute``), or found once a window by pool2d_winners
-first and read by the gather (``winners_first``; kernels up to 11, tap numbers in a signed char)."""
+windows that contain it (average: its share; max: the winner's dy).  Max pooling's winners are
+found again by every thread, or first, once a window, by pool2d_winners (kernels/pool_winners.py
+says how the faster is kept)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from kernels import pool_winners
 from kernels.cupy import sources, support
-from layerbench.builders import Built, Kernel, Tensors, fastest_path, hot_median_ms, in_order
+from layerbench.builders import Built, Kernel, Tensors, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Pool2d
@@ -19,7 +17,6 @@ from layerbench.registry import register
 
 THREADS = 256  # the kernels' __launch_bounds__
 BLOCKS_PER_SM = 32  # grid-stride beyond this, as the forward
-MAX_WINNER_KERNEL = 11  # tap numbers up to 11 * 11 - 1 fit a signed char
 
 
 def _in_layout(t: torch.Tensor, layout: str) -> bool:
@@ -33,15 +30,8 @@ def _in_layout(t: torch.Tensor, layout: str) -> bool:
                       "max finds each window's first maximum again or reads it from a first pass, the "
                       "faster (exact, no saved indices), fp32 sums, one write, no atomics")
 def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
-    recompute = build_recompute(spec, dtype, layout, tensors, out)
-    if spec.method != "max" or spec.kernel > MAX_WINNER_KERNEL:
-        return recompute
-    device = out.device
-    return fastest_path(
-        ("recompute", lambda: recompute),
-        [("winners_first", lambda: build_winners_first(spec, dtype, layout, tensors, out))],
-        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=10),
-        after_failure=lambda: torch.cuda.synchronize(device))
+    return pool_winners.keep_faster(spec, out.device, build_recompute(spec, dtype, layout, tensors, out),
+                                    lambda: build_winners_first(spec, dtype, layout, tensors, out))
 
 
 def build_recompute(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
@@ -51,13 +41,7 @@ def build_recompute(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, o
 
 def build_winners_first(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     """Max pooling in two kernels: each window's winner once, then the gather reading them."""
-    if spec.method != "max":
-        raise Unsupported("winners first is for max pooling")
-    if spec.kernel > MAX_WINNER_KERNEL:
-        raise Unsupported(f"winners first stores tap numbers in a signed char: kernel must be <= "
-                          f"{MAX_WINNER_KERNEL}, got {spec.kernel}")
-    winners = torch.empty(math.prod(spec.output_shape), dtype=torch.int8, device=out.device)
-    return _build(spec, dtype, layout, tensors, out, winners)
+    return _build(spec, dtype, layout, tensors, out, pool_winners.winner_array(spec, out.device))
 
 
 def _build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,

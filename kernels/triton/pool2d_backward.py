@@ -24,18 +24,17 @@ Tiles follow dx's contiguous dimension, as the forward's follow y's: NHWC tiles 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.builders import Built, Kernel, Tensors, fastest_path, hot_median_ms, in_order
+from layerbench.builders import Built, Kernel, Tensors, in_order
 from layerbench.registry import register
 from layerbench.layers import Pool2d
 
+from kernels import pool_winners
 from kernels.triton.pool2d import MAX_INNER
 from kernels.triton.support import (INT32_MAX, autotuned, bind, check_inputs, dense_layout, interpreting,
                                     next_pow2)
@@ -59,7 +58,6 @@ _WINNER_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
                    triton.Config({"TILE": 1024}, num_warps=8)]
 _INTERPRETER_CONFIG = {"TILE": 256}
 _KEY = ["H", "W", "P", "Q", "stride", "pad", "KSIZE", "IS_MAX", "WINNERS"]  # + ROWS and C (NHWC), TOTAL (NCHW)
-MAX_WINNER_KERNEL = 11  # tap numbers up to 11 * 11 - 1 fit the int8 winner array
 
 
 @triton.jit
@@ -210,14 +208,10 @@ _winners_tuned = autotuned(_window_winners_kernel, _WINNER_CONFIGS,
 def build_pool2d_backward_data(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
                                out: torch.Tensor) -> Kernel | Built:
     gather = build_pool2d_backward_gather(spec, dtype, layout, tensors, out)
-    if spec.method != "max" or spec.kernel > MAX_WINNER_KERNEL or interpreting(_pool_backward_nchw_kernel):
+    if interpreting(_pool_backward_nchw_kernel):
         return gather
-    device = out.device
-    return fastest_path(
-        ("recompute", lambda: gather),
-        [("winners_first", lambda: build_pool2d_backward_winners_first(spec, dtype, layout, tensors, out))],
-        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=10),
-        after_failure=lambda: torch.cuda.synchronize(device))
+    return pool_winners.keep_faster(
+        spec, out.device, gather, lambda: build_pool2d_backward_winners_first(spec, dtype, layout, tensors, out))
 
 
 def build_pool2d_backward_gather(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
@@ -229,13 +223,7 @@ def build_pool2d_backward_gather(spec: Pool2d, dtype: DType, layout: str, tensor
 def build_pool2d_backward_winners_first(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
                                         out: torch.Tensor) -> Kernel:
     """Max pooling's dx in two kernels: each window's winner once, then the gather reading them."""
-    if spec.method != "max":
-        raise Unsupported("winners first is for max pooling")
-    if spec.kernel > MAX_WINNER_KERNEL:
-        raise Unsupported(f"winners first stores tap numbers as int8: kernel must be <= {MAX_WINNER_KERNEL}, "
-                          f"got {spec.kernel}")
-    winners = torch.empty(math.prod(spec.output_shape), dtype=torch.int8, device=out.device)
-    return _build(spec, dtype, layout, tensors, out, winners)
+    return _build(spec, dtype, layout, tensors, out, pool_winners.winner_array(spec, out.device))
 
 
 def _build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
