@@ -192,7 +192,7 @@ def assert_ties_nan_inf_like_torch(name: str, dtype: str, layout: str, device: s
     tensors = {k: v.to(device) for k, v in tie_heavy_input(spec, dtype, layout, seed_of(name)).items()}
     assert tensors["x"].isnan().any()
     expected = torch_pool_dx(spec, tensors)
-    for build in (pool2d_backward.build_pool2d_backward_gather, pool2d_backward.build_pool2d_backward_winners_first):
+    for build in (pool2d_backward.build_pool2d_backward_recompute, pool2d_backward.build_pool2d_backward_winners_first):
         out = make_output(spec, tensors, layout).fill_(float("nan"))
         build(spec, get_dtype(dtype), layout, tensors, out)()
         torch.testing.assert_close(out.double(), expected, rtol=0, atol=0, msg=lambda m: f"{build.__name__}: {m}")
@@ -348,7 +348,7 @@ def test_gpu_max_pool_backward_both_paths(name: str, layout: str) -> None:
     """Each way of finding the winners is right, whichever the build keeps, and the build says
     which it kept and how long each took."""
     spec = dataclasses.replace(POOL_OTHER[name], method="max", direction="backward_data")
-    for build in (pool2d_backward.build_pool2d_backward_gather, pool2d_backward.build_pool2d_backward_winners_first):
+    for build in (pool2d_backward.build_pool2d_backward_recompute, pool2d_backward.build_pool2d_backward_winners_first):
         check("pool2d", spec, "fp16", layout, seed_of(name), "cuda", impl=build)
     tensors = make_tensors(spec, "fp16", layout, "cuda")
     details = as_built(get("pool2d", "triton").build(spec, get_dtype("fp16"), layout, tensors,

@@ -207,14 +207,14 @@ _winners_tuned = autotuned(_window_winners_kernel, _WINNER_CONFIGS,
                       "(max: window winners found again per element, or first, once a window: the faster)")
 def build_pool2d_backward_data(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
                                out: torch.Tensor) -> Kernel | Built:
-    gather = build_pool2d_backward_gather(spec, dtype, layout, tensors, out)
+    recompute = build_pool2d_backward_recompute(spec, dtype, layout, tensors, out)
     if interpreting(_pool_backward_nchw_kernel):
-        return gather
+        return recompute
     return pool_winners.keep_faster(
-        spec, out.device, gather, lambda: build_pool2d_backward_winners_first(spec, dtype, layout, tensors, out))
+        spec, out.device, recompute, lambda: build_pool2d_backward_winners_first(spec, dtype, layout, tensors, out))
 
 
-def build_pool2d_backward_gather(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
+def build_pool2d_backward_recompute(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
                                  out: torch.Tensor) -> Kernel:
     """dx in one kernel; max pooling finds each window's winner again per element."""
     return _build(spec, dtype, layout, tensors, out, winners=None)
