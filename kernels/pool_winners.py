@@ -21,20 +21,27 @@ from layerbench.layers import Pool2d
 MAX_WINNER_KERNEL = 11  # tap numbers up to 11 * 11 - 1 fit an int8
 
 
+def _not_for(spec: Pool2d) -> str | None:
+    """Why winners first does not apply to ``spec``, or None."""
+    if spec.method != "max":
+        return "winners first is for max pooling"
+    if spec.kernel > MAX_WINNER_KERNEL:
+        return f"winners first stores tap numbers as int8: kernel must be <= {MAX_WINNER_KERNEL}, got {spec.kernel}"
+    return None
+
+
 def winner_array(spec: Pool2d, device: torch.device) -> torch.Tensor:
     """The int8 array of one tap number a window; Unsupported where winners first does not apply."""
-    if spec.method != "max":
-        raise Unsupported("winners first is for max pooling")
-    if spec.kernel > MAX_WINNER_KERNEL:
-        raise Unsupported(f"winners first stores tap numbers as int8: kernel must be <= {MAX_WINNER_KERNEL}, "
-                          f"got {spec.kernel}")
+    why = _not_for(spec)
+    if why is not None:
+        raise Unsupported(why)
     return torch.empty(math.prod(spec.output_shape), dtype=torch.int8, device=device)
 
 
 def keep_faster(spec: Pool2d, device: torch.device, recompute: Kernel,
                 winners_first: Callable[[], Kernel]) -> Kernel | Built:
-    """``recompute``, or for max pooling the faster of it and ``winners_first()``, timed hot."""
-    if spec.method != "max" or spec.kernel > MAX_WINNER_KERNEL:
+    """``recompute``, or where winners first applies the faster of it and ``winners_first()``, timed hot."""
+    if _not_for(spec) is not None:
         return recompute
     return fastest_path(("recompute", lambda: recompute), [("winners_first", winners_first)],
                         time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=10),

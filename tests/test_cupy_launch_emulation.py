@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from kernels import pool_winners
 from kernels.cupy import igemm, linear_backward, pool2d_backward, support
 from kernels.cupy.backward_models import (
+    DTYPE_NAMES,
     model_column_sums,
     model_pool_backward,
     model_pool_winners,
@@ -38,12 +39,11 @@ from layerbench.check.correctness import check_implementation
 from layerbench.dtypes import DType
 from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 
-NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 CTYPES = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torch.bfloat16}
 
 
 def _from_bits(u: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    _, _, tdt, idt, bits = BITS[NAMES[dtype]]
+    _, _, tdt, idt, bits = BITS[DTYPE_NAMES[dtype]]
     return torch.from_numpy(np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)).to(idt).view(tdt)
 
 
@@ -77,12 +77,12 @@ class EmulatedLaunch:
     def _relu(self) -> None:  # relu(x, y, n)
         n = self.value(2)
         x, y = self.memory(0, n), self.memory(1, n)
-        y.copy_(_from_bits(relu_bits(unsigned_bits(x), NAMES[x.dtype]), x.dtype))
+        y.copy_(_from_bits(relu_bits(unsigned_bits(x), DTYPE_NAMES[x.dtype]), x.dtype))
 
     def _relu_backward(self) -> None:  # relu_backward(x, dy, dx, n)
         n = self.value(3)
         x, dy, dx = (self.memory(i, n) for i in range(3))
-        dx.copy_(_from_bits(relu_backward_bits(unsigned_bits(x), unsigned_bits(dy), NAMES[x.dtype]), x.dtype))
+        dx.copy_(_from_bits(relu_backward_bits(unsigned_bits(x), unsigned_bits(dy), DTYPE_NAMES[x.dtype]), x.dtype))
 
     def _pool_spec(self, first: int, method: str, nhwc: bool) -> tuple[Pool2d, Callable[[int, int, int], torch.Tensor]]:
         """The spec from the shape arguments from ``first`` on (batch, C, H, W, OH, OW, k, s, p), and

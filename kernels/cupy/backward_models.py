@@ -21,6 +21,8 @@ import torch
 from kernels.cupy.models import BITS, is_nan_bits
 from layerbench.layers import Pool2d
 
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}  # the keys of models.BITS
+
 # ---------------------------------------------------------------- ReLU backward (relu_backward.cu)
 
 
@@ -36,7 +38,7 @@ def relu_backward_bits(x: np.ndarray, dy: np.ndarray, name: str) -> np.ndarray:
 
 def unsigned_bits(t: torch.Tensor) -> np.ndarray:
     """The bit patterns of a float32/16 or bfloat16 tensor's elements in memory order, as unsigned int64."""
-    name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[t.dtype]
+    name = DTYPE_NAMES[t.dtype]
     _, _, _, idt, bits = BITS[name]
     flat = torch.as_strided(t, (t.numel(),), (1,), t.storage_offset())
     u = flat.view(idt).to(torch.int64).numpy()
@@ -99,7 +101,7 @@ def model_pool_winners(spec: Pool2d, x: torch.Tensor, layout: str) -> np.ndarray
     ``layout``.  ``x`` (fp32, fp16 or bf16) is dense in ``layout``."""
     s = spec
     nhwc = layout == "NHWC"
-    name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
+    name = DTYPE_NAMES[x.dtype]
     C, H, W, OH, OW, k = s.channels, s.height, s.width, s.out_height, s.out_width, s.kernel
     t = np.arange(s.batch * C * OH * OW)
     n, c, oh, ow = _position(t, nhwc, C, OH, OW)
@@ -120,7 +122,7 @@ def model_pool_backward(spec: Pool2d, x: torch.Tensor, dy: torch.Tensor, layout:
     logical order)."""
     s = spec
     nhwc = layout == "NHWC"
-    name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[x.dtype]
+    name = DTYPE_NAMES[x.dtype]
     xs = unsigned_bits(x)
     ys = torch.as_strided(dy, (dy.numel(),), (1,), dy.storage_offset()).double().numpy()
     C, H, W, OH, OW, k = s.channels, s.height, s.width, s.out_height, s.out_width, s.kernel

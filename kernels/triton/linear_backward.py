@@ -94,10 +94,10 @@ def _strided_gemm_kernel(a_ptr, b_ptr, c_ptr, ws_ptr, sem_ptr, M, N, K, k_per_sp
     b_ptrs = b_ptr + b_k + offs_n[None, :] * stride_bn
     if ((pid_m + 1) * BLOCK_M <= M) & ((pid_n + 1) * BLOCK_N <= N):
         acc = dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, False, EVEN_K, PRECISION,
-                         BLOCK_M, BLOCK_N, BLOCK_K, None)
+                        BLOCK_M, BLOCK_N, BLOCK_K, None)
     else:
         acc = dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, True, EVEN_K, PRECISION,
-                         BLOCK_M, BLOCK_N, BLOCK_K, 1)
+                        BLOCK_M, BLOCK_N, BLOCK_K, 1)
 
     mask = m_ok[:, None] & n_ok[None, :]
     tile = offs_m[:, None] * N + offs_n[None, :]

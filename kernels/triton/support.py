@@ -56,8 +56,8 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 
 @triton.jit
 def dot_slice(a_ptrs, b_ptrs, k_lo, k_hi, stride_ak, stride_bk, m_ok, n_ok, EDGE: tl.constexpr,
-               EVEN_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
+              EVEN_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr, STAGES: tl.constexpr):
     """The fp32 sum over k in [k_lo, k_hi) of A tile @ B tile, from the tiles' pointers at k_lo (A's
     and B's k strides ``stride_ak``, ``stride_bk``); ``EVEN_K``: the range is whole BLOCK_Ks;
     ``EDGE``: rows of A past ``m_ok`` and columns of B past ``n_ok`` load as zeros; ``STAGES``: the
