@@ -37,6 +37,27 @@ __device__ __forceinline__ void windows_over(int i, int k, int s, int p, int out
     last = min((i + p) / s, out - 1);
 }
 
+// (n, c, row, col) of flat index t into a (batch, C, rows, cols) tensor laid out NHWC or NCHW; I is
+// int where the tensor's offsets fit in int32 (cheaper divisions), else long long.
+template <bool NHWC, typename I>
+__device__ __forceinline__ void position(I t, int C, int rows, int cols, int& n, int& c, int& row, int& col) {
+    if constexpr (NHWC) {
+        c = static_cast<int>(t % C);
+        t /= C;
+        col = static_cast<int>(t % cols);
+        t /= cols;
+        row = static_cast<int>(t % rows);
+        n = static_cast<int>(t / rows);
+    } else {
+        col = static_cast<int>(t % cols);
+        t /= cols;
+        row = static_cast<int>(t % rows);
+        t /= rows;
+        c = static_cast<int>(t % C);
+        n = static_cast<int>(t / C);
+    }
+}
+
 // The winner of the window whose top-left tap is (h0, w0), as its tap number (row * k + column,
 // padding counted); x_plane is the offset of (n, c, 0, 0).
 template <typename T>
@@ -73,23 +94,8 @@ __global__ void __launch_bounds__(256) pool2d_winners(const T* x, signed char* w
     const long long total = static_cast<long long>(batch) * C * OH * OW;
     for (long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += static_cast<long long>(gridDim.x) * blockDim.x) {
-        long long t = idx;
         int n, c, oh, ow;
-        if constexpr (NHWC) {
-            c = static_cast<int>(t % C);
-            t /= C;
-            ow = static_cast<int>(t % OW);
-            t /= OW;
-            oh = static_cast<int>(t % OH);
-            n = static_cast<int>(t / OH);
-        } else {
-            ow = static_cast<int>(t % OW);
-            t /= OW;
-            oh = static_cast<int>(t % OH);
-            t /= OH;
-            c = static_cast<int>(t % C);
-            n = static_cast<int>(t / C);
-        }
+        position<NHWC>(idx, C, OH, OW, n, c, oh, ow);
         const int x_plane = NHWC ? n * H * W * C + c : (n * C + c) * H * W;
         win[idx] = static_cast<signed char>(
             window_winner<T>(xs, x_plane, W * col_step, col_step, oh * s - p, ow * s - p, k, H, W));
@@ -115,23 +121,8 @@ __global__ void __launch_bounds__(256) pool2d_backward(const T* x, const T* dy, 
     const long long total = static_cast<long long>(batch) * C * H * W;
     for (long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
          idx += static_cast<long long>(gridDim.x) * blockDim.x) {
-        int t = static_cast<int>(idx);
         int n, c, h, w;
-        if constexpr (NHWC) {
-            c = t % C;
-            t /= C;
-            w = t % W;
-            t /= W;
-            h = t % H;
-            n = t / H;
-        } else {
-            w = t % W;
-            t /= W;
-            h = t % H;
-            t /= H;
-            c = t % C;
-            n = t / C;
-        }
+        position<NHWC>(static_cast<int>(idx), C, H, W, n, c, h, w);  // x's offsets fit in int32
         // Offsets of (n, c, 0, 0) in x and in dy.
         const int x_plane = NHWC ? n * H * W * C + c : (n * C + c) * H * W;
         const long long y_plane = NHWC ? static_cast<long long>(n) * OH * OW * C + c
