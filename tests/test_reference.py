@@ -197,10 +197,12 @@ def _build(layer, name, spec, dtype, layout):
     return kernel, out
 
 
-def _run(kernel, out, busy: bool = False):
+def _run(kernel, out, busy: bool = False, settle: bool = False):
     if busy:  # the stream is still busy when the poison is queued: work launched elsewhere runs first
         torch.cuda._sleep(20_000_000)
     out.fill_(math.nan)
+    if settle:  # the poison has landed before the launch: a stream race cannot leave NaN
+        torch.cuda.synchronize()
     returned = kernel()
     torch.cuda.synchronize()
     return (returned if isinstance(returned, torch.Tensor) else out).clone()
@@ -227,12 +229,16 @@ def test_built_kernel_is_reusable_on_any_stream(layer, name, spec, dtype, layout
             capturing = torch.cuda.is_current_stream_capturing()
             second = _run(kernel, out)
             again = _run(kernel, out)
+            settled = _run(kernel, out, settle=True)
+            current = torch.cuda.current_stream()
         third = _run(kernel, out)
     assert torch.isfinite(first).all()
     # Library engines may sum in a different order from one launch to the next (split-K,
     # atomics): equal within rounding; a launch that raced its stream leaves the NaN poison.
     streams = (f"caller stream {caller.cuda_stream:#x}, side {side.cuda_stream:#x} (capturing: {capturing}), "
-               f"NaN in a second side-stream run: {int(again.isnan().sum())}")
+               f"current after the side runs {current.cuda_stream:#x}; NaN in a second side-stream run: "
+               f"{int(again.isnan().sum())}, in one with the poison synchronised first: "
+               f"{int(settled.isnan().sum())} of {settled.numel()}")
     details = getattr(kernel, "details", None)
     torch.testing.assert_close(second, first, msg=lambda m: f"side stream: {m} ({streams}; {details})")
     torch.testing.assert_close(again, first, msg=lambda m: f"side stream, again: {m} ({streams})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d_backward as backward
 from kernels.triton import depthwise_backward as depthwise
-from kernels.triton.support import next_pow2
+from kernels.triton.support import next_pow2, pixel_run
 from layerbench.dtypes import get_dtype
 from layerbench.layers import Conv2d
 from layerbench.measure.launch import make_batch
@@ -152,6 +153,26 @@ def test_tap_block_choice() -> None:
     assert [backward.tap_block(c, 128) for c in (3, 16, 17, 31, 64, 96, 120, 128, 256, 1)] == \
         [0, 16, 0, 32, 64, 32, 128, 128, 128, 0]
     assert backward.tap_block(256, 64) == 64
+
+
+@given(n=st.integers(1, 5), c=st.integers(1, 40), h=st.integers(1, 30), w=st.integers(1, 30),
+       element_size=st.sampled_from([2, 4]))
+def test_nchw_store_hints_hold(n: int, c: int, h: int, w: int, element_size: int) -> None:
+    """What the NCHW epilogues tell the compiler (runs of PIX_RUN tile rows contiguous, starting
+    on a multiple of PIX_RUN, the store mask constant over a run) holds for every lane, those past
+    the edge included: the same index math in numpy, dgrad with one stride phase and the forward."""
+    run = pixel_run(h * w, element_size)
+    assert run * element_size <= 16 and (h * w) % run == 0
+    assert run == 16 // element_size or (h * w) % (2 * run) != 0
+    offs = np.arange(next_pow2(n * h * w) + 64)  # whole tiles: lanes past the edge too
+    dgrad = (offs // (w * h)) * c * h * w + ((offs // w) % h) * w + offs % w
+    forward = (offs // (h * w)) * c * h * w + (offs - (offs // (h * w)) * h * w)  # P, Q = h, w; KY = c
+    for pix in (dgrad, forward):
+        runs = pix.reshape(-1, run)
+        assert (runs[:, 0] % run == 0).all() and (np.diff(runs, axis=1) == 1).all()
+    assert ((np.arange(c) * h * w) % run == 0).all()  # the planes' offsets
+    valid = offs < n * h * w
+    assert (((offs // run) * run < n * h * w) == valid).all()
 
 
 def test_splits_need_long_slices() -> None:

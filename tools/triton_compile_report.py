@@ -74,7 +74,8 @@ def main() -> None:
         for cfg in cb._DGRAD_CONFIGS[mode]:
             for blocked in (True, False):
                 for dx_nhwc in (True, False):
-                    meta = dict(common, DX_NHWC=dx_nhwc, CHANNEL_BLOCK=blocked, **cfg.kwargs)
+                    meta = dict(common, DX_NHWC=dx_nhwc, CHANNEL_BLOCK=blocked, PIX_RUN=1 if dx_nhwc else 8,
+                                **cfg.kwargs)
                     line = compile_report(cb._dgrad_kernel, target, {"dy_ptr": el, "w_ptr": el, "dx_ptr": el}, meta,
                                           cfg.num_warps, cfg.num_stages)
                     print(f"dgrad {_tile(cfg)} {'blocked' if blocked else 'flat'} dx {'NHWC' if dx_nhwc else 'NCHW'}: {line}")

@@ -64,10 +64,10 @@ from kernels.triton.depthwise import build_depthwise
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
-                                    quick_bench, tile_config)
+                                    pixel_run, quick_bench, tile_config)
 
 _KEY = ["N", "C", "CX", "H", "W", "K", "KY", "KG", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
-        "dil_h", "dil_w", "X_NHWC", "Y_NHWC", "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
+        "dil_h", "dil_w", "X_NHWC", "Y_NHWC", "PIX_RUN", "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
 
 
 def _tile(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
@@ -128,7 +128,7 @@ def _mma_result(acc, SWAP: tl.constexpr):
                                "dil_h", "dil_w"])
 def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                    N, C, CX, H, W, K, KY, KG, P, Q, R, S, CRS, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                   X_NHWC: tl.constexpr, Y_NHWC: tl.constexpr,
+                   X_NHWC: tl.constexpr, Y_NHWC: tl.constexpr, PIX_RUN: tl.constexpr,
                    CHANNEL_BLOCK: tl.constexpr, WEIGHT_RSC: tl.constexpr, GROUPED: tl.constexpr,
                    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -210,7 +210,16 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     if Y_NHWC:
         y_ptrs = y_ptr + (m * KY)[:, None] + offs_n[None, :]
     else:
-        y_ptrs = y_ptr + (n * KY * P * Q + (m - n * P * Q))[:, None] + (offs_n * (P * Q))[None, :]
+        # From offs_m, not the clamped m: tl.where would hide that the pixels run contiguously.
+        n_y = offs_m // (P * Q)
+        pix = n_y * KY * P * Q + (offs_m - n_y * P * Q)
+        planes = offs_n * (P * Q)
+        if PIX_RUN > 1:  # see support.pixel_run
+            pix = tl.max_contiguous(tl.multiple_of(pix, PIX_RUN), PIX_RUN)
+            planes = tl.multiple_of(planes, PIX_RUN)
+            # m_ok's lanes (M is a multiple of PIX_RUN), provably constant over each run: one vector a run.
+            m_ok = (offs_m // PIX_RUN) * PIX_RUN < M
+        y_ptrs = y_ptr + pix[:, None] + planes[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -324,6 +333,7 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
         copy()  # the buffers must hold the data before autotuning runs the GEMM on them
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
     meta = {"X_NHWC": x_nhwc, "Y_NHWC": y_nhwc, "CHANNEL_BLOCK": bool(block_k),
+            "PIX_RUN": 1 if y_nhwc else pixel_run(p * q, out.element_size()),
             "WEIGHT_RSC": weight_rsc, "GROUPED": groups > 1, "HAS_BIAS": bias is not None,
             "PRECISION": DOT_PRECISION[dtype.name]}
 

@@ -61,7 +61,8 @@ from kernels.triton import depthwise_backward
 from kernels.triton.conv2d import channels_last_copy, channel_block
 from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotuned, bind, check_inputs,
-                                    dense_layout, grouped_tile, interpreting, quick_bench, tile_config)
+                                    dense_layout, grouped_tile, interpreting, pixel_run, quick_bench,
+                                    tile_config)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) per arithmetic mode.  dgrad's BLOCK_K is an upper
 # bound the channel-blocked walk may lower to fit K/groups; wgrad's BLOCK_N one the tap-blocked
@@ -91,7 +92,7 @@ _WGRAD_CONFIGS = {
 _INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
 
 _DGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
-              "pad_w", "dil_h", "dil_w", "DX_NHWC", "CHANNEL_BLOCK", "PRECISION"]
+              "pad_w", "dil_h", "dil_w", "DX_NHWC", "CHANNEL_BLOCK", "PIX_RUN", "PRECISION"]
 _WGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
               "pad_w", "dil_h", "dil_w", "k_per_split", "WEIGHT_RSC", "TAP_BLOCK",
               "PARTIAL", "PRECISION"]
@@ -123,7 +124,7 @@ def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
                   N, C, H, W, K, P, Q, R, S, CPG, KPG,
                   stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, period_h, period_w, HP, WP,
-                  DX_NHWC: tl.constexpr, CHANNEL_BLOCK: tl.constexpr,
+                  DX_NHWC: tl.constexpr, CHANNEL_BLOCK: tl.constexpr, PIX_RUN: tl.constexpr,
                   PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   GROUP_M: tl.constexpr):
@@ -215,10 +216,17 @@ def _dgrad_kernel(dy_ptr, w_ptr, dx_ptr,
         dx_ptrs = dx_ptr + (((n * H + h) * W + w) * C)[:, None] + c[None, :]
         tl.store(dx_ptrs, out, mask=m_ok[:, None] & n_ok[None, :])
     else:
-        # Stored transposed, pixels last: the compiler cannot prove a run of pixels contiguous
-        # and lays a store out along its last axis, so a warp writes neighbouring pixels.
-        dx_ptrs = dx_ptr + (c * (H * W))[:, None] + (n * C * H * W + h * W + w)[None, :]
-        tl.store(dx_ptrs, tl.trans(out), mask=n_ok[:, None] & m_ok[None, :])
+        pix = n * C * H * W + h * W + w
+        planes = c * (H * W)
+        pix_ok = m_ok
+        if PIX_RUN > 1:  # stride 1 (one phase): see support.pixel_run
+            pix = tl.max_contiguous(tl.multiple_of(pix, PIX_RUN), PIX_RUN)
+            planes = tl.multiple_of(planes, PIX_RUN)
+            # The same lanes as m_ok (MP is a multiple of PIX_RUN, every h and w in range), but
+            # provably constant over each run, so that a run is stored as one vector.
+            pix_ok = (offs_m // PIX_RUN) * PIX_RUN < MP
+        dx_ptrs = dx_ptr + planes[:, None] + pix[None, :]
+        tl.store(dx_ptrs, tl.trans(out), mask=n_ok[:, None] & pix_ok[None, :])
 
 
 @triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
@@ -441,7 +449,9 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     periods = (tap_period(spec.stride_h, spec.dilation_h), tap_period(spec.stride_w, spec.dilation_w))
     hp, wp = triton.cdiv(spec.height, spec.stride_h), triton.cdiv(spec.width, spec.stride_w)
     phases = spec.stride_h * spec.stride_w
+    one_phase = phases == 1 and not dx_nhwc
     meta = {"DX_NHWC": dx_nhwc, "CHANNEL_BLOCK": bool(block_k), "PRECISION": DOT_PRECISION[dtype.name],
+            "PIX_RUN": pixel_run(spec.height * spec.width, out.element_size()) if one_phase else 1,
             "UPCAST": _upcast(_dgrad_kernel, dtype)}
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
     m_phase = spec.batch * hp * wp

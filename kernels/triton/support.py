@@ -234,5 +234,20 @@ def dense_layout(t: torch.Tensor, preferred: str) -> bool | None:
     return None
 
 
+def pixel_run(pixels: int, element_size: int) -> int:
+    """PIX_RUN for an NCHW store of a GEMM tile whose rows are an image's ``pixels`` in order:
+    the largest power of two, up to 16 bytes of elements, that divides ``pixels`` (1: none).
+
+    Aligned runs of that many tile rows then lie inside one image, contiguous in memory and
+    starting on a multiple of the run, which the kernels tell the compiler: without it the
+    compiler may lay the store's threads along the channels, P*Q elements apart, and write each
+    32-byte sector in sixteen pieces (what Triton 3.6 does; 3.9 happens to pick the pixels).
+    """
+    run = 1
+    while run * 2 * element_size <= 16 and pixels % (run * 2) == 0:
+        run *= 2
+    return run
+
+
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(n)
