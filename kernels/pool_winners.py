@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from layerbench.builders import Built, Kernel, fastest_path, hot_median_ms
+from layerbench.builders import Built, Kernel, fastest_path, selection_ms
 from layerbench.errors import Unsupported
 from layerbench.layers import Pool2d
 
@@ -40,9 +40,9 @@ def winner_array(spec: Pool2d, device: torch.device) -> torch.Tensor:
 
 def keep_faster(spec: Pool2d, device: torch.device, recompute: Kernel,
                 winners_first: Callable[[], Kernel]) -> Kernel | Built:
-    """``recompute``, or where winners first applies the faster of it and ``winners_first()``, timed hot."""
+    """``recompute``, or where winners first applies the faster of it and ``winners_first()``."""
     if _not_for(spec) is not None:
         return recompute
     return fastest_path(("recompute", lambda: recompute), [("winners_first", winners_first)],
-                        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=10),
+                        time_ms=lambda kernel: selection_ms(kernel, device, warmup=2, reps=10),
                         after_failure=lambda: torch.cuda.synchronize(device))  # a sticky error is no fallback

@@ -7,19 +7,23 @@ The builder contract (see ``layerbench.registry``)::
 * ``Built(launch, details)``: the launch and what the record should say about it (the algorithm a
   library or a timing choice picked, its timings); a bare callable means no details.
 * ``in_order``: several launches as one kernel (a layout copy, then a GEMM).
-* ``faster_of``: keep the faster of two algorithms, timed hot at build time, as cudnnFind does.
+* ``faster_of``: keep the faster of two algorithms, timed at build time, as cudnnFind does.
 * ``fastest_path``: keep the fastest of several ways into a library (cuDNN's legacy API and its
   graph API, torch's cuBLAS call and a cuBLASLt search), saying which won and why a path was not
   there.
-* ``hot_median_ms``: that build-time timer (a choice, not a measurement: the harness times).
+* ``selection_ms``: that build-time timer (a choice, not a measurement: the harness times), in the
+  point's timing mode: the harness builds a cold point inside ``selection_timing(flush)``, and the
+  timer then flushes the L2 before each launch, so no path wins only because its operands sat in L2.
 * ``check_workspace``: refuse a workspace over half the free device memory, with the reason.
 """
 
 from __future__ import annotations
 
 import statistics
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -132,16 +136,38 @@ def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
     return Built(built.launch, {"path": name, **details})
 
 
-def hot_median_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: int = 10) -> float:
-    """Median GPU time of ``kernel`` in ms over ``reps`` launches after ``warmup``, hot (L2 warm):
-    for choosing between algorithms at build time, as cudnnFind does, not a measurement (the
-    harness's timing is)."""
+_selection_flush: ContextVar[Kernel | None] = ContextVar("layerbench_selection_flush", default=None)
+
+
+@contextmanager
+def selection_timing(flush: Kernel | None) -> Iterator[None]:
+    """Build-time choices made inside run ``flush`` before each timed launch (None: hot, L2 warm)."""
+    token = _selection_flush.set(flush)
+    try:
+        yield
+    finally:
+        _selection_flush.reset(token)
+
+
+def selection_mode() -> str:
+    """"cold" inside ``selection_timing`` with a flush, else "hot": part of the key of a choice
+    kept across runs, so a choice made hot is not reused for a cold point."""
+    return "hot" if _selection_flush.get() is None else "cold"
+
+
+def selection_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: int = 10) -> float:
+    """Median GPU time of ``kernel`` in ms over ``reps`` launches after ``warmup``, for choosing
+    between algorithms at build time, as cudnnFind does; not a measurement (the harness's timing
+    is).  Under ``selection_timing(flush)`` each launch follows a flush, outside the events."""
+    flush = _selection_flush.get()
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device)
         for _ in range(warmup):
             kernel()
         times = []
         for _ in range(reps):
+            if flush is not None:
+                flush()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(stream)
             kernel()

@@ -196,7 +196,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(support, "Launch", EmulatedLaunch)
     monkeypatch.setattr(igemm, "build", _emulated_igemm)
     # A build that times its paths runs each once and finds them equally fast: the first is kept.
-    monkeypatch.setattr(pool_winners, "hot_median_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
+    monkeypatch.setattr(pool_winners, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
 
 
 def _check(layer: str, spec: object, dtype: str, layout: str) -> None:

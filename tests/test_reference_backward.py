@@ -132,7 +132,7 @@ def test_cudnn_conv_backward_falls_back_to_legacy_and_says_why(monkeypatch, dire
     calls: list[str] = []
     monkeypatch.setattr(cudnn_ref, "_setup", lambda t: (None, None, torch.device("cpu")))
     monkeypatch.setattr(cudnn_ref, legacy, lambda *a: fake_built("legacy", calls))
-    monkeypatch.setattr(cudnn_ref, "hot_median_ms", lambda kernel, device, **kw: 1.0)
+    monkeypatch.setattr(cudnn_ref, "selection_ms", lambda kernel, device, **kw: 1.0)
     built = registry.get("conv2d", "cudnn").build(spec, get_dtype("bf16"), "NHWC", tensors, out)
     assert built.details["path"] == "legacy" and built.details["legacy"] == {"chose": "legacy"}
     assert built.details["graph"].startswith("unavailable: nvidia-cudnn-frontend is not importable")
@@ -190,7 +190,7 @@ def torch_linear_on_cpu(monkeypatch):
     """The "cublas" linear with nvmath missing and its device check and timer let through on the CPU."""
     no_module(monkeypatch, "nvmath", "nvmath.linalg", "nvmath.linalg.advanced")
     monkeypatch.setattr(cublas_ref, "_cuda_device", lambda t: torch.device("cpu"))
-    monkeypatch.setattr(cublas_ref, "hot_median_ms", lambda kernel, device, **kw: 1.0)
+    monkeypatch.setattr(cublas_ref, "selection_ms", lambda kernel, device, **kw: 1.0)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -257,7 +257,7 @@ def _conv_path(spec, dtype, details):
     legacy = details["legacy"]
     assert isinstance(legacy, dict) and details["legacy_ms"] > 0, legacy
     algos = ConvBwdDataAlgo if spec.direction == "backward_data" else ConvBwdFilterAlgo
-    assert legacy["algorithm"] in algos.__members__ and legacy["hot_ms"] > 0
+    assert legacy["algorithm"] in algos.__members__ and legacy["retimed_ms"] > 0
     assert legacy["math_type"] == "FMA" if dtype == "fp32" else legacy["math_type"] in ("DEFAULT", "TENSOR_OP")
     if frontend_importable():
         graph = details["graph"]

@@ -114,7 +114,7 @@ def test_cudnn_conv_falls_back_to_legacy_and_says_why(monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(cudnn_ref, "_setup", lambda t: (None, None, torch.device("cpu")))
     monkeypatch.setattr(cudnn_ref, "build_conv2d_legacy", lambda *a: fake_built("legacy", calls))
-    monkeypatch.setattr(cudnn_ref, "hot_median_ms", lambda kernel, device, **kw: 1.0)
+    monkeypatch.setattr(cudnn_ref, "selection_ms", lambda kernel, device, **kw: 1.0)
     built = registry.get("conv2d", "cudnn").build(spec, get_dtype("bf16"), "NHWC", tensors, out)
     assert built.details["path"] == "legacy" and built.details["legacy"] == {"chose": "legacy"}
     assert built.details["graph"].startswith("unavailable: nvidia-cudnn-frontend is not importable")
@@ -127,7 +127,7 @@ def test_cublas_linear_falls_back_to_torch_and_says_why(monkeypatch):
     tensors = make_tensors(spec, "fp32", "NCHW", "cpu")
     out = make_output(spec, tensors)
     monkeypatch.setattr(cublas_ref, "_cuda_device", lambda t: torch.device("cpu"))
-    monkeypatch.setattr(cublas_ref, "hot_median_ms", lambda kernel, device, **kw: 1.0)
+    monkeypatch.setattr(cublas_ref, "selection_ms", lambda kernel, device, **kw: 1.0)
     built = registry.get("linear", "cublas").build(spec, get_dtype("fp32"), "NCHW", tensors, out)
     assert built.details["path"] == "torch"
     assert built.details["cublaslt"].startswith("unavailable: nvmath-python is not importable")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerbench.builders import check_workspace, faster_of, in_order
+from layerbench.builders import check_workspace, faster_of, in_order, selection_mode, selection_ms, selection_timing
 from layerbench.errors import Unsupported
+from layerbench.run import group
 
 
 def test_in_order_launches_each_kernel_once_in_order() -> None:
@@ -44,6 +45,34 @@ def test_faster_of_records_why_the_other_was_not_built() -> None:
     kernel()
     assert calls == ["direct"]
     assert kernel.details == {"algorithm": "direct", "fft": "no such algorithm here"}
+
+
+def test_selection_timing_is_scoped() -> None:
+    assert selection_mode() == "hot"
+    with selection_timing(lambda: None):
+        assert selection_mode() == "cold"
+        with selection_timing(None):
+            assert selection_mode() == "hot"
+        assert selection_mode() == "cold"
+    assert selection_mode() == "hot"
+
+
+def test_a_point_measured_cold_on_a_gpu_chooses_its_paths_cold(monkeypatch: pytest.MonkeyPatch) -> None:
+    flush = lambda: None  # noqa: E731
+    monkeypatch.setattr(group, "l2_flush", lambda device: flush)
+    assert group.selection_flush(torch.device("cuda", 0), "cold") is flush
+    assert group.selection_flush(torch.device("cuda", 0), "hot") is None
+    assert group.selection_flush(torch.device("cpu"), "cold") is None
+
+
+@pytest.mark.gpu
+def test_selection_ms_flushes_before_each_launch_when_cold() -> None:
+    flushes: list[int] = []
+    x = torch.ones(1024, device="cuda")
+    with selection_timing(lambda: flushes.append(1)):
+        assert selection_ms(lambda: x.add_(1), x.device, warmup=2, reps=5) > 0
+    assert len(flushes) == 5
+    assert selection_ms(lambda: x.add_(1), x.device, warmup=1, reps=3) > 0 and len(flushes) == 5
 
 
 def test_check_workspace_refuses_over_half_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:

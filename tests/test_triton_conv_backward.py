@@ -105,6 +105,21 @@ def test_drawn(spec: Conv2d, dtype: str, layout: str, seed: int) -> None:
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("name", ["stride2-pad1", "1x1", "odd-sizes-stride3"])
+def test_dgrad_through_an_nhwc_buffer(name: str) -> None:
+    """The other way to NCHW dx (the GPU build keeps it where it is faster): the GEMM into an NHWC
+    buffer, then the layout copy."""
+    def through_nhwc(spec, dtype, layout, tensors, out):
+        built = backward.dgrad_with_store(spec, dtype, layout, tensors, out, "via_nhwc")
+        assert built.details == {"algorithm": "implicit_gemm_via_nhwc"}
+        return built
+
+    spec = at(CASES[name], "backward_data")
+    result = check_implementation(through_nhwc, spec, "fp32", "NCHW", "cpu", seed=seed_of(name))
+    assert result.ok, result.message
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("direction", BACKWARD)
 def test_checker_catches_a_mirrored_operand(direction: str) -> None:
     """The checks can fail: the gradients with the kernel (dgrad) or the input (wgrad) mirrored
@@ -211,6 +226,26 @@ GPU_MORE = {
 @pytest.mark.parametrize("name", GPU_CORE)
 def test_gpu_core(name: str, direction: str, dtype: str, layout: str) -> None:
     check(at(GPU_CORE[name], direction), dtype, layout, seed_of(name), "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("store", ["direct", "via_nhwc", "choose"])
+@pytest.mark.parametrize("name", ["resnet-3x3-s2-128", "resnet-3x3-512-bias"])
+def test_gpu_each_nchw_dgrad_store(name: str, store: str) -> None:
+    """Strided and 7x7 (odd) layers, where the GPU build times both ways to NCHW dx."""
+    spec = at({**GPU_CORE, **GPU_MORE}[name], "backward_data")
+    details: dict = {}
+
+    def build(spec, dtype, layout, tensors, out):
+        built = backward.dgrad_with_store(spec, dtype, layout, tensors, out, store)
+        details.update(built.details)
+        return built
+
+    result = check_implementation(build, spec, "bf16", "NCHW", "cuda", seed=seed_of(name))
+    assert result.ok, result.message
+    if store == "choose":
+        assert details["algorithm"] in ("implicit_gemm", "implicit_gemm_via_nhwc")
+        assert details["implicit_gemm_ms"] > 0 and details["implicit_gemm_via_nhwc_ms"] > 0
 
 
 @pytest.mark.gpu

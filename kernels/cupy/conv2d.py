@@ -27,7 +27,7 @@ import torch
 
 from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, sources, support
 from kernels.cupy.fft_plan import fft_plan
-from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, hot_median_ms, in_order
+from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, selection_ms, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -116,4 +116,4 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
             raise Unsupported("flops and bytes give the FFT no chance here")
         return build_fft(spec, dtype, tensors, out)
 
-    return faster_of("implicit_gemm", gemm, "fft", fft, lambda k: hot_median_ms(k, out.device))
+    return faster_of("implicit_gemm", gemm, "fft", fft, lambda k: selection_ms(k, out.device))

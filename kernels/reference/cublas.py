@@ -3,7 +3,7 @@
 =========  ================  ===============================================================
 layer      library that runs how
 =========  ================  ===============================================================
-linear     cuBLAS / cuBLASLt the faster, timed hot in build, of (1) torch's call:
+linear     cuBLAS / cuBLASLt the faster, timed in build, of (1) torch's call:
                              ``torch.addmm(bias, x, W.t(), out=out)`` (``torch.mm`` without a
                              bias), written into the harness's ``out``, and (2) the fastest of
                              cuBLASLt's candidate algorithms, bias in the epilogue, searched
@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 
 from kernels.reference import cublaslt
-from layerbench.builders import Built, Kernel, Tensors, fastest_path, hot_median_ms
+from layerbench.builders import Built, Kernel, Tensors, fastest_path, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -58,7 +58,7 @@ def _faster_of_torch_and_cublaslt(device: torch.device, torch_path: Callable[[],
                                   cublaslt_path: Callable[[], Built]) -> Built:
     return fastest_path(
         ("torch", torch_path), [("cublaslt", cublaslt_path)],
-        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=10),
+        time_ms=lambda kernel: selection_ms(kernel, device, warmup=2, reps=10),
         after_failure=lambda: torch.cuda.synchronize(device))  # a sticky CUDA error is not a fallback
 
 

@@ -15,10 +15,9 @@ others, so on some GEMMs the reference may be short of cuBLASLt's best.  Here:
 * ``plan(preferences={"limit": 64})`` with the ``BIAS`` epilogue (the bias vector of length
   out_features, added along the rows of ``out^T``) where the spec has a bias;
 * every algorithm returned is run once (synchronised) and compared with torch's result (a wrong or
-  failing one is skipped and counted), screened hot, the fastest few timed again with the
-  project's build timer (``hot_median_ms``) on torch's current stream, and the fastest is kept.
-  nvmath's own ``autotune`` is not used: it flushes the L2 cache and synchronises, which is not the
-  hot timing the two paths are compared by.
+  failing one is skipped and counted), screened, the fastest few timed again with the
+  project's build timer (``selection_ms``) on torch's current stream, and the fastest is kept.
+  nvmath's own ``autotune`` is not used: it is not the timer the two paths are compared by.
 
 The backward passes search the same way, each GEMM on column-major views of the row-major
 tensors, written in place: dx = dy @ W as ``dx^T = W^T @ dy^T``; dW = dy^T @ x as
@@ -38,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from layerbench.builders import Built, Kernel, Tensors, hot_median_ms
+from layerbench.builders import Built, Kernel, Tensors, selection_ms
 from layerbench.check.correctness import TOLERANCES
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
@@ -121,7 +120,7 @@ class Gemm:
 
 def _fastest_algorithm(gemm: Gemm, dtype: DType, device: torch.device) -> Built:
     """Run every algorithm of ``mm.plan(**gemm.plan)`` once and check each result part against
-    torch's; screen the good ones hot, time the fastest few again and keep the fastest.  ``mm`` is
+    torch's; screen the good ones, time the fastest few again and keep the fastest.  ``mm`` is
     freed on failure."""
     mm, returns = gemm.mm, gemm.returns  # the launch holds these, not torch's results in ``gemm``
     current_stream = torch.cuda.current_stream
@@ -151,7 +150,7 @@ def _fastest_algorithm(gemm: Gemm, dtype: DType, device: torch.device) -> Built:
                     wrong += 1
                     failures.append(f"algorithm {describe(a)}: rel_norm {errors} against torch's result")
                     continue
-                screened.append((hot_median_ms(launcher(a), device, **SCREEN), i))
+                screened.append((selection_ms(launcher(a), device, **SCREEN), i))
             except Exception as exc:  # noqa: BLE001 - one algorithm's failure is counted, the search goes on
                 torch.cuda.synchronize(device)  # raises where the failure was a sticky CUDA error
                 failed += 1
@@ -159,7 +158,7 @@ def _fastest_algorithm(gemm: Gemm, dtype: DType, device: torch.device) -> Built:
         if not screened:
             raise Unsupported(f"none of cuBLASLt's {len(algorithms)} algorithms ran this GEMM correctly "
                               f"({failed} failed, {wrong} wrong): {' | '.join(failures[:3])}")
-        finals = sorted((hot_median_ms(launcher(algorithms[i]), device, **FINAL), i)
+        finals = sorted((selection_ms(launcher(algorithms[i]), device, **FINAL), i)
                         for _, i in sorted(screened)[:FINALISTS])
         best_ms, best = finals[0]
     except BaseException:

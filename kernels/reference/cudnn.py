@@ -3,9 +3,9 @@
 =========  ======================  =========================================================
 layer      library that runs       how
 =========  ======================  =========================================================
-conv2d     cuDNN (libcudnn_cnn,    the faster, timed hot in build, of (1) the legacy API:
+conv2d     cuDNN (libcudnn_cnn,    the faster, timed in build, of (1) the legacy API:
            and the graph API's     ``cudnnConvolutionForward`` with the algorithm that runs
-           engines)                fastest hot among those ``cudnnFind...Ex`` timed fastest,
+           engines)                fastest when timed again among those ``cudnnFind...Ex``
                                    then ``cudnnAddTensor`` (libcudnn_ops) for the bias, and (2)
                                    the graph API's fastest plan, bias fused (``cudnn_graph``,
                                    through the optional ``nvidia-cudnn-frontend``)
@@ -48,11 +48,11 @@ NaN propagation is on for max pooling and ReLU, as in torch.  Handles are per de
 by the process; descriptors, the algorithm and the workspace are made once in build, so
 ``kernel()`` only points the handle at torch's current stream and makes the cuDNN call(s).  Each
 build returns ``Built`` with details (cuDNN version, and for conv2d the algorithm, math type,
-workspace size, the search's time and the hot time of the winner) for the record.
+workspace size, the search's time and the winner's time when timed again) for the record.
 
 Two ways into cuDNN for conv2d (each pass): the fast Hopper engines (NHWC, 1x1 convolutions, true
 fp32 NHWC) are reached only through the graph API, while the legacy search still wins some fp32
-NCHW points (Winograd, FFT).  Both are built and timed with the same timer (``hot_median_ms``);
+NCHW points (Winograd, FFT).  Both are built and timed with the same timer (``selection_ms``);
 the record's ``detail_path`` says which won (``legacy``, ``graph`` or ``graph_then_bias``),
 ``detail_<path>_ms`` their times, ``detail_<path>_*`` what each chose.  ``graph_then_bias`` is the
 graph API's convolution alone followed by ``cudnnAddTensor``, as torch runs a biased convolution:
@@ -65,8 +65,9 @@ the reason; a sticky CUDA error is raised, not hidden.
 cudnnFind times each algorithm once, cold, so near-ties are decided by noise: on an H100 (L5 tf32
 NCHW, batch 128) it timed WINOGRAD_NONFUSED and IMPLICIT_PRECOMP_GEMM alike at 0.49 ms and picked
 either from one run to the next, while hot they run in 421 and 219 us.  The candidates within
-RETIME_WITHIN of the search's fastest are therefore timed again, hot, and the fastest kept: the
-reference is cuDNN at its best, not at the mercy of one cold sample.
+RETIME_WITHIN of the search's fastest are therefore timed again (``selection_ms``, in the point's
+timing mode: hot, or cold with the L2 flushed before each launch), and the fastest kept: the
+reference is cuDNN at its best, not at the mercy of one sample.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ from kernels.reference import cudnn_api as api
 from kernels.reference import cudnn_graph
 from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, Cudnn, CudnnError, DataType, Descriptor, Handle,
                                          MathType, TensorFormat)
-from layerbench.builders import Built, Tensors, fastest_path, hot_median_ms, in_order
+from layerbench.builders import Built, Tensors, fastest_path, selection_ms, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -172,7 +173,7 @@ def build_relu(spec: ReLU, dtype: DType, layout: str, tensors: Tensors,
     return _launcher(handle, device, [call], (act, x_d, y_d, x, out), {"inplace": out is x})
 
 
-# Candidates whose search time is within this factor of the fastest are timed again, hot.
+# Candidates whose search time is within this factor of the fastest are timed again.
 RETIME_WITHIN = 2.0
 RETIME_RUNS = 10
 
@@ -216,7 +217,7 @@ def _find_algorithms(lib: Cudnn, handle: Handle, cp: api.ConvPass, a: Operand, b
 
 def _fastest_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api.ConvPass, a: Operand,
                        b: Operand, conv: Descriptor, o: Operand, dtype: DType) -> tuple[Built, torch.Tensor]:
-    """The search's candidates within RETIME_WITHIN of its fastest, timed again hot: the fastest
+    """The search's candidates within RETIME_WITHIN of its fastest, timed again: the fastest
     one's call with what it chose, and the workspace that call uses."""
     (a_d, a_t), (b_d, b_t), (o_d, o_t) = a, b, o
     handle.use_stream(torch.cuda.current_stream(device).cuda_stream)
@@ -230,15 +231,15 @@ def _fastest_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api
         workspace = torch.empty(perf.memory, dtype=torch.uint8, device=device)
         args = (handle.ptr, ONE_PTR, a_d.ptr, a_t.data_ptr(), b_d.ptr, b_t.data_ptr(), conv.ptr, perf.algo,
                 workspace.data_ptr() if perf.memory else None, perf.memory, ZERO_PTR, o_d.ptr, o_t.data_ptr())
-        ms = hot_median_ms(lambda: run(*args), device, warmup=2, reps=RETIME_RUNS)
+        ms = selection_ms(lambda: run(*args), device, warmup=2, reps=RETIME_RUNS)
         if best is None or ms < best[0]:
             best = (ms, perf, workspace, args)
         del workspace
     assert best is not None  # found[0] is always within the factor
-    hot_ms, perf, workspace, args = best
+    retimed_ms, perf, workspace, args = best
     lib.cudnnSetConvolutionMathType(conv.ptr, perf.mathType)
     details = {"algorithm": cp.algos(perf.algo).name, "math_type": MathType(perf.mathType).name,
-               "workspace_bytes": int(perf.memory), "search_ms": float(perf.time), "hot_ms": hot_ms}
+               "workspace_bytes": int(perf.memory), "search_ms": float(perf.time), "retimed_ms": retimed_ms}
     return Built(lambda: run(*args), details), workspace
 
 
@@ -258,10 +259,10 @@ def _convolution(lib: Cudnn, spec: Conv2d, dtype: DType, fmt: TensorFormat, w: t
 
 def _fastest_cudnn_path(device: torch.device, legacy: Callable[[], Built],
                         others: list[tuple[str, Callable[[], Built]]]) -> Built:
-    """The fastest of the ways into cuDNN, timed hot by one timer (see the module docstring)."""
+    """The fastest of the ways into cuDNN, timed by one timer (see the module docstring)."""
     return fastest_path(
         ("legacy", legacy), others,
-        time_ms=lambda kernel: hot_median_ms(kernel, device, warmup=2, reps=RETIME_RUNS),
+        time_ms=lambda kernel: selection_ms(kernel, device, warmup=2, reps=RETIME_RUNS),
         after_failure=lambda: torch.cuda.synchronize(device))  # a sticky CUDA error is not a fallback
 
 
@@ -270,7 +271,7 @@ def _fastest_cudnn_path(device: torch.device, legacy: Callable[[], Built],
                       "cudnnFind...Ex, + cudnnAddTensor), the graph API's fastest plan (bias fused) and "
                       "that of the convolution alone + cudnnAddTensor")
 def build_conv2d(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    """The fastest of cuDNN's two ways in, timed hot by one timer (see the module docstring)."""
+    """The fastest of cuDNN's two ways in, timed by one timer (see the module docstring)."""
     _, _, device = _setup(tensors)
     others = [("graph", lambda: cudnn_graph.build_conv2d_graph(spec, dtype, layout, tensors, out))]
     if spec.bias:
@@ -294,7 +295,7 @@ def build_conv2d_graph_then_bias(spec: Conv2d, dtype: DType, layout: str, tensor
 
 
 def build_conv2d_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    """The legacy API: cudnnFind...Ex, the near-ties re-timed hot, then cudnnAddTensor for the bias."""
+    """The legacy API: cudnnFind...Ex, the near-ties timed again, then cudnnAddTensor for the bias."""
     lib, handle, device = _setup(tensors)
     x, w, b = tensors["x"], tensors["weight"], tensors.get("bias")
     # Canonical strides: the descriptors are made from a format and the dims (never from torch's
@@ -333,7 +334,7 @@ def build_conv2d_backward_data(spec: Conv2d, dtype: DType, layout: str, tensors:
 def build_conv2d_backward_data_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                                       out: torch.Tensor) -> Built:
     """cudnnConvolutionBackwardData (reads the weight and dy, writes dx) with the algorithm that runs
-    fastest hot among those cudnnFind...Ex timed fastest, as the forward chooses."""
+    fastest when timed again among those cudnnFind...Ex timed fastest, as the forward chooses."""
     lib, handle, device = _setup(tensors)
     w, dy = tensors["weight"], tensors["dy"]
     fmt = _common_format(layout, dy=dy, out=out, weight=w)

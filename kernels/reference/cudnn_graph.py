@@ -20,8 +20,8 @@ The plans: heuristics A, B and FALLBACK, then every engine of the graph at its d
 (``create_execution_plan(engine, {})``), deduplicated by plan name.  No knob sweep: on the H200 a
 knob variation outside the heuristics' choices (eng49, knob 17 = 19) ran into an illegal memory
 access, which kills the CUDA context.  Each plan is built (one that fails to build or run is
-skipped and counted), screened hot, and the fastest few are timed again with the project's build
-timer (``hot_median_ms``); the fastest is kept.
+skipped and counted), screened, and the fastest few are timed again with the project's build
+timer (``selection_ms``); the fastest is kept.
 
 fp32 stays true fp32: the engines whose numerical notes say TENSOR_CORE or DOWN_CONVERT_INPUTS are
 deselected for fp32 (tf32 allows them).  The frontend applies that filter to the engine configs it
@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from layerbench.build_cache import autotune_choices, choice_key
-from layerbench.builders import Built, Kernel, Tensors, check_workspace, hot_median_ms
+from layerbench.builders import Built, Kernel, Tensors, check_workspace, selection_mode, selection_ms
 from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
@@ -124,7 +124,7 @@ class PlanSearch:
     duplicates: int = 0
     barred: int = 0  # refused by the deselection (numerical notes, workspace)
     failed: int = 0  # failed to build or to run
-    timed: int = 0  # screened hot
+    timed: int = 0  # screened
     rejected: int = 0  # finalists that failed ``accept`` (not true fp32, or a wrong result)
     reused: bool = False  # the plan an earlier search chose, kept without a search
     best: int | None = None
@@ -342,14 +342,14 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
     why not), and return the fastest plan's launch with what the record says of the search.
 
     The plan chosen is kept in the build cache under the graph (``identity``: the layer and
-    dtype; the tensors' shapes, strides and dtypes; cuDNN's versions): the same graph on the same
-    GPU model is not searched again, in this process or the next.
+    dtype; the tensors' shapes, strides and dtypes; cuDNN's versions; hot or cold timing): the same
+    graph on the same GPU model is not searched again, in this process or the next.
     """
     names = plans.names
     versions = {"frontend": str(getattr(cudnn, "__version__", "?")), "backend": _backend_version(cudnn)}
     choices = autotune_choices()
     key = choice_key(f"cudnn graph {what}", [real[k] for k in sorted(real)],
-                     {"identity": identity, "layout": fmt, **versions})
+                     {"identity": identity, "layout": fmt, "timed": selection_mode(), **versions})
     known = choices.get(key)
     current_stream = torch.cuda.current_stream
 
@@ -382,7 +382,7 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
 
     search = search_plans(
         names, build_plan=g.build_plan_at_index, make_launch=lambda i: launcher(i, real),
-        screen_ms=lambda k: hot_median_ms(k, device, **SCREEN), final_ms=lambda k: hot_median_ms(k, device, **FINAL),
+        screen_ms=lambda k: selection_ms(k, device, **SCREEN), final_ms=lambda k: selection_ms(k, device, **FINAL),
         accept=accept, after_failure=alive, known=known.get("plan") if known else None)
     if search.best is None:
         raise Unsupported(f"no plan of cuDNN's graph API ran this {what} ({len(names)} plans: "

@@ -20,8 +20,12 @@ Layouts: the GEMMs read dy and x in NHWC and the dgrad weight channels_last, so 
 are contiguous and load as vectors through the async-copy pipeline; NCHW inputs (and a contiguous
 weight) are copied so first, inside the timed call, as the forward copies NCHW input.  Gathered
 from NCHW, the same GEMMs compile to scalar loads without pipelining and spill registers (Triton
-3.9, sm_90).  Results are written in their own layout: dx NCHW transposed in registers so a warp
-stores neighbouring pixels, dW in its memory order.
+3.9, sm_90).  Results are written in their own layout, dW in its memory order.  NCHW dx is
+written from the tiles transposed, pixels along the store; with one stride phase and an image
+size of whole 16-byte runs the compiler is told so and stores vectors (support.pixel_run).
+Elsewhere it may spread a warp's store over the channels, one element per 32-byte sector
+(Triton 3.6 does): there the GPU build also times the GEMM into an NHWC buffer followed by a
+layout copy, and keeps the faster (``algorithm`` detail).
 
 Walks of the reduction:
 
@@ -50,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from layerbench.builders import Built, Kernel, Tensors, in_order
+from layerbench.builders import Built, Kernel, Tensors, faster_of, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
@@ -58,7 +62,7 @@ from layerbench.layers.passes import split_output
 from layerbench.registry import register
 
 from kernels.triton import depthwise_backward
-from kernels.triton.conv2d import channels_last_copy, channel_block
+from kernels.triton.conv2d import channel_block, channels_last_copy, layout_copy
 from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotuned, bind, check_inputs,
                                     dense_layout, grouped_tile, interpreting, pixel_run, quick_bench,
@@ -429,6 +433,14 @@ def _upcast(fn: object, dtype: DType) -> bool:
           description="Triton implicit-GEMM data gradient: dx pixels split by stride phase, only the "
                       "taps that hit walked, fp32 accumulation")
 def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    return dgrad_with_store(spec, dtype, layout, tensors, out, "choose")
+
+
+def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
+                     store: str) -> Built:
+    """The dgrad GEMM writing NCHW dx ``direct`` from its tiles, or ``via_nhwc``: into an NHWC
+    buffer, then a layout copy.  ``choose`` keeps the faster on the GPU where the direct store
+    cannot be vectorised (strided convolutions, odd image sizes: see support.pixel_run)."""
     _check(spec, dtype, tensors, out)
     if tuple(out.shape) != spec.input_shape:
         raise Unsupported(f"dx has shape {tuple(out.shape)}, expected {spec.input_shape}")
@@ -449,20 +461,31 @@ def build_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     periods = (tap_period(spec.stride_h, spec.dilation_h), tap_period(spec.stride_w, spec.dilation_w))
     hp, wp = triton.cdiv(spec.height, spec.stride_h), triton.cdiv(spec.width, spec.stride_w)
     phases = spec.stride_h * spec.stride_w
-    one_phase = phases == 1 and not dx_nhwc
-    meta = {"DX_NHWC": dx_nhwc, "CHANNEL_BLOCK": bool(block_k), "PRECISION": DOT_PRECISION[dtype.name],
-            "PIX_RUN": pixel_run(spec.height * spec.width, out.element_size()) if one_phase else 1,
-            "UPCAST": _upcast(_dgrad_kernel, dtype)}
+    run = pixel_run(spec.height * spec.width, out.element_size()) if phases == 1 else 1
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
     m_phase = spec.batch * hp * wp
+    tuned = _tuned_dgrad(mode, block_k or cap)
 
     def grid(config: dict) -> tuple[int, int]:
         tiles = triton.cdiv(m_phase, config["BLOCK_M"]) * triton.cdiv(cpg, config["BLOCK_N"])
         return (phases * tiles, spec.groups)
 
-    launch = bind(_dgrad_kernel, _tuned_dgrad(mode, block_k or cap), grid,
-                  (dy, w, out, *_common_args(spec), *periods, hp, wp), meta, fixed)
-    return Built(in_order(*copies, launch), {"algorithm": "implicit_gemm"})
+    def gemm_into(dx: torch.Tensor, nhwc: bool) -> Kernel:
+        meta = {"DX_NHWC": nhwc, "CHANNEL_BLOCK": bool(block_k), "PRECISION": DOT_PRECISION[dtype.name],
+                "PIX_RUN": 1 if nhwc else run, "UPCAST": _upcast(_dgrad_kernel, dtype)}
+        return bind(_dgrad_kernel, tuned, grid, (dy, w, dx, *_common_args(spec), *periods, hp, wp), meta, fixed)
+
+    def via_nhwc() -> Kernel:
+        buffer = torch.empty_like(out, memory_format=torch.channels_last)
+        return in_order(*copies, gemm_into(buffer, True), layout_copy(buffer, out, to_nhwc=False))
+
+    if store == "via_nhwc" and not dx_nhwc:
+        return Built(via_nhwc(), {"algorithm": "implicit_gemm_via_nhwc"})
+    direct = in_order(*copies, gemm_into(out, dx_nhwc))
+    if store == "direct" or dx_nhwc or run > 1 or interpreting(_dgrad_kernel):
+        return Built(direct, {"algorithm": "implicit_gemm"})
+    return faster_of("implicit_gemm", direct, "implicit_gemm_via_nhwc", via_nhwc,
+                     lambda kernel: selection_ms(kernel, out.device))
 
 
 def _channels_last(t: torch.Tensor) -> tuple[torch.Tensor, list[Kernel]]:

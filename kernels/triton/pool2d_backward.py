@@ -10,7 +10,7 @@ once, accumulated in fp32, without atomics or a zero-fill pass.
   and a later NaN beats an earlier one, as in torch's max_pool2d, whose argmax this reproduces;
   the element adds dy where it wins.  Where windows do not overlap (stride >= kernel) each element
   takes at most one dy, so dx is exact.  Two ways to know the winners, the faster kept at build
-  on the GPU (timed hot; the ``path`` detail says which):
+  on the GPU (``selection_ms``; the ``path`` detail says which):
 
   - ``recompute``: every dx element finds again the winner of each window that holds it
     (kernel**2 loads of x a window, up to ceil(kernel / stride)**2 windows an element);

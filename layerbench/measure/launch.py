@@ -1,6 +1,7 @@
 """GPU launch helpers shared by the timer and the energy meter.
 
-* ``l2_flush_buffer``: one buffer per device, the size of its L2 cache, written before a cold sample.
+* ``l2_flush_buffer``: one buffer per device, the size of its L2 cache, written before a cold sample
+  (``l2_flush``: that write as a launch).
 * ``Blocker``: a spin kernel (``torch.cuda._sleep``) that holds the stream while the host enqueues
   the timed work, so a timed region never contains host launch latency (nvbench's "blocking kernel").
 * ``make_batch``: ``n`` launches of a kernel as one CUDA-graph replay, or a plain loop where capture fails.
@@ -40,6 +41,16 @@ def l2_flush_buffer(device: torch.device) -> torch.Tensor:
         size, _ = l2_size_bytes(key)
         _flush_buffers[key] = torch.empty(size, dtype=torch.uint8, device=key)
     return _flush_buffers[key]
+
+
+def l2_flush(device: torch.device) -> Callable[[], None]:
+    """A launch that writes the device's L2-sized flush buffer, as before a cold sample."""
+    buffer = l2_flush_buffer(device)
+
+    def flush() -> None:
+        buffer.zero_()
+
+    return flush
 
 
 class Blocker:
