@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from layerbench.builders import Built, Kernel, Tensors, faster_of, in_order, selection_ms
+from layerbench.builders import Built, Kernel, Tensors, check_workspace, faster_of, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
@@ -476,6 +476,8 @@ def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, 
         return bind(_dgrad_kernel, tuned, grid, (dy, w, dx, *_common_args(spec), *periods, hp, wp), meta, fixed)
 
     def via_nhwc() -> Kernel:
+        if out.is_cuda:
+            check_workspace(out.numel() * out.element_size(), out.device, "the NHWC buffer for dx")
         buffer = torch.empty_like(out, memory_format=torch.channels_last)
         return in_order(*copies, gemm_into(buffer, True), layout_copy(buffer, out, to_nhwc=False))
 
