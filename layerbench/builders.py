@@ -150,8 +150,8 @@ def selection_timing(flush: Kernel | None) -> Iterator[None]:
 
 
 def selection_mode() -> str:
-    """"cold" inside ``selection_timing`` with a flush, else "hot": part of the key of a choice
-    kept across runs, so a choice made hot is not reused for a cold point."""
+    """The build-time timer's mode: "cold" inside ``selection_timing`` with a flush, else "hot".
+    Part of the key of a choice kept across runs, so a choice made hot is not reused cold."""
     return "hot" if _selection_flush.get() is None else "cold"
 
 
