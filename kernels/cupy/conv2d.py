@@ -27,7 +27,7 @@ import torch
 
 from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, sources, support
 from kernels.cupy.fft_plan import fft_plan
-from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, selection_ms, in_order
+from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register

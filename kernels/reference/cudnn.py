@@ -5,9 +5,9 @@ layer      library that runs       how
 =========  ======================  =========================================================
 conv2d     cuDNN (libcudnn_cnn,    the faster, timed in build, of (1) the legacy API:
            and the graph API's     ``cudnnConvolutionForward`` with the algorithm that runs
-           engines)                fastest when timed again among those ``cudnnFind...Ex``
-                                   then ``cudnnAddTensor`` (libcudnn_ops) for the bias, and (2)
-                                   the graph API's fastest plan, bias fused (``cudnn_graph``,
+           engines)                fastest, timed again, of those ``cudnnFind...Ex`` timed
+                                   fastest, then ``cudnnAddTensor`` (libcudnn_ops) for the bias,
+                                   and (2) the graph API's fastest plan, bias fused (``cudnn_graph``,
                                    through the optional ``nvidia-cudnn-frontend``)
 pool2d     cuDNN (libcudnn_ops)    ``cudnnPoolingForward``, MAX or AVERAGE_COUNT_INCLUDE_PADDING
 relu       cuDNN (libcudnn_ops)    ``cudnnActivationForward`` RELU, in place when out is x
@@ -82,7 +82,7 @@ from kernels.reference import cudnn_api as api
 from kernels.reference import cudnn_graph
 from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, Cudnn, CudnnError, DataType, Descriptor, Handle,
                                          MathType, TensorFormat)
-from layerbench.builders import Built, Tensors, fastest_path, selection_ms, in_order
+from layerbench.builders import Built, Tensors, fastest_path, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
