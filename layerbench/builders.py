@@ -20,6 +20,7 @@ The builder contract (see ``layerbench.registry``)::
 from __future__ import annotations
 
 import statistics
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Callable, Iterator
 import torch
 
 from layerbench.errors import Unavailable, Unsupported
+from layerbench.measure.launch import blocker, hold_time
 
 Kernel = Callable[[], object]
 Tensors = dict[str, torch.Tensor]
@@ -158,17 +160,25 @@ def selection_mode() -> str:
 def selection_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: int = 10) -> float:
     """Median GPU time of ``kernel`` in ms over ``reps`` launches after ``warmup``, for choosing
     between algorithms at build time, as cudnnFind does; not a measurement (the harness's timing
-    is).  Under ``selection_timing(flush)`` each launch follows a flush, outside the events."""
+    is).  Under ``selection_timing(flush)`` each launch follows a flush, outside the events.  As
+    in the harness's timer, a spin kernel holds the stream while the host enqueues each launch:
+    otherwise a path that makes more API calls (a graph execute, a second kernel for the bias)
+    is charged its host time and loses to a slower kernel."""
     flush = _selection_flush.get()
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device)
-        for _ in range(warmup):
+        host = []
+        for _ in range(max(warmup, 1)):
+            t0 = time.perf_counter()
             kernel()
+            host.append(time.perf_counter() - t0)
+        block, hold = blocker(device), hold_time(min(host))  # min: the first call may be slow
         times = []
         for _ in range(reps):
             if flush is not None:
                 flush()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            block.block(hold)
             start.record(stream)
             kernel()
             end.record(stream)

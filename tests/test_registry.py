@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -73,6 +75,17 @@ def test_selection_ms_flushes_before_each_launch_when_cold() -> None:
         assert selection_ms(lambda: x.add_(1), x.device, warmup=2, reps=5) > 0
     assert len(flushes) == 5
     assert selection_ms(lambda: x.add_(1), x.device, warmup=1, reps=3) > 0 and len(flushes) == 5
+
+
+@pytest.mark.gpu
+def test_selection_ms_leaves_out_the_hosts_enqueue_time() -> None:
+    x = torch.ones(1024, device="cuda")
+
+    def slow_to_enqueue() -> None:  # 3 ms of host work, then a kernel of a few microseconds
+        time.sleep(0.003)
+        x.add_(1)
+
+    assert selection_ms(slow_to_enqueue, x.device, warmup=2, reps=5) < 1.0
 
 
 def test_check_workspace_refuses_over_half_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
