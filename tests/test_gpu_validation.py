@@ -54,6 +54,9 @@ def test_with_neighbours() -> None:
     assert not with_neighbours({"gpu_index": 1, "busy_gpus": [1]})
     assert not with_neighbours({})
     assert with_neighbours({"busy_gpus": ["h1:0", "h2:0"]})
+    # A Ray run names GPUs host:index: alone on its GPU is not "with neighbours".
+    assert not with_neighbours({"host": "h1", "gpu_index": 0, "busy_gpus": ["h1:0"]})
+    assert with_neighbours({"host": "h1", "gpu_index": 0, "busy_gpus": ["h1:0", "h2:0"]})
 
 
 def test_command(tmp_path: Path, capsys: Any) -> None:

@@ -69,7 +69,11 @@ def with_neighbours(row: Mapping[str, Any]) -> bool:
     if not isinstance(busy, (list, tuple)):
         return False
     own = row.get("gpu_index")
-    return any(b != own for b in busy) if own is not None else len(busy) > 1
+    if own is None:
+        return len(busy) > 1
+    # A local run names the busy GPUs by index, a Ray run by "host:index".
+    names = {own, f"{row.get('host')}:{own}"}
+    return any(b not in names for b in busy)
 
 
 def time_agrees(t1: float, tn: float, iqr1: float | None, iqrn: float | None,
