@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# On a GPU machine: the thesis set's wall time on one GPU, in pieces that fit a time-limited call.
+# Each call runs `layerbench run sweeps/thesis/*.toml --resume` into $RUN for at most $LIMIT
+# seconds and adds that piece's seconds to $RUN/pieces.txt. The set's wall time is their sum; each
+# piece after the first also pays a process start and a warm build-cache load, so the sum is an
+# upper bound. The run directories and the build cache both live in $RUN: carry it to the next
+# machine (or call again on the same one) to go on. $OUT/thesis-run.tgz is $RUN after this piece.
+# Usage: RUN=.thesis-run LIMIT=540 tools/thesis_wall_time.sh
+set -u
+RUN=${RUN:-.thesis-run}; LIMIT=${LIMIT:-540}; OUT=${OUT:-/tmp/lb-out}; mkdir -p "$RUN" "$OUT"
+export PYTHONUNBUFFERED=1 LAYERBENCH_CACHE=$RUN/cache
+t0=$SECONDS
+timeout -s INT "$LIMIT" layerbench run sweeps/thesis/*.toml --out "$RUN/runs" --resume --no-progress \
+  >> "$RUN/run.log" 2>&1
+echo "piece: exit $? in $((SECONDS - t0)) s" | tee -a "$RUN/pieces.txt"
+awk '{s += $(NF - 1)} END {print "pieces:", NR, "sum:", s, "s"}' "$RUN/pieces.txt" | tee "$OUT/wall.txt"
+tail -n 20 "$RUN/run.log"
+tar czf "$OUT/thesis-run.tgz" -C "$RUN" .
