@@ -5,9 +5,9 @@
 # piece after the first also pays a process start and a warm build-cache load, so the sum is an
 # upper bound. The run directories and the build cache both live in $RUN: carry it to the next
 # machine (or call again on the same one) to go on. $OUT/thesis-run.tgz is $RUN after this piece.
-# Usage: RUN=.thesis-run LIMIT=540 tools/thesis_wall_time.sh
+# Usage: RUN=runs/thesis-wall LIMIT=540 tools/thesis_wall_time.sh
 set -u
-RUN=${RUN:-.thesis-run}; LIMIT=${LIMIT:-540}; OUT=${OUT:-/tmp/lb-out}; mkdir -p "$RUN" "$OUT"
+RUN=${RUN:-runs/thesis-wall}; LIMIT=${LIMIT:-540}; OUT=${OUT:-/tmp/lb-out}; mkdir -p "$RUN" "$OUT"
 export PYTHONUNBUFFERED=1 LAYERBENCH_CACHE=$RUN/cache
 t0=$SECONDS
 timeout -s INT "$LIMIT" layerbench run sweeps/thesis/*.toml --out "$RUN/runs" --resume --no-progress \

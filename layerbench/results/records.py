@@ -18,7 +18,8 @@ energy          energy_* and the derived j_per_gflop, gflops_per_w, edp_js, j_pe
                 system_j_per_launch, system_j_per_image (device + RAPL host, where readable)
 provenance      kernel_names, kernel_libraries (or kernel_names_error)
 placement       where it ran, for runs over several GPUs or hosts: host, gpu_index, gpu_uuid,
-                gpu_name, busy_gpus (the GPUs of the run busy while it ran)
+                gpu_name, busy_gpus (the GPUs of the run busy while it ran: indices on one
+                host, "host:index" through Ray)
 settings        setting_<axis> and setting_read_* (a sweep with GPU-settings axes only)
 ==============  ============================================================================
 """
