@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import torch
 
 from layerbench.errors import Unavailable, Unsupported
-from layerbench.measure.launch import blocker, hold_time
+from layerbench.launch import blocker, hold_time
 
 Kernel = Callable[[], object]
 Tensors = dict[str, torch.Tensor]

@@ -16,7 +16,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("__init__", "errors", "dtypes", "options"),
     ("layers",),
     ("sweep",),
-    ("builders", "registry", "build_cache"),
+    ("builders", "registry", "build_cache", "launch"),
     ("measure",),
     ("check",),
     ("results",),

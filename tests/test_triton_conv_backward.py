@@ -23,7 +23,7 @@ from kernels.triton import depthwise_backward as depthwise
 from kernels.triton.support import next_pow2, pixel_run
 from layerbench.dtypes import get_dtype
 from layerbench.layers import Conv2d
-from layerbench.measure.launch import make_batch
+from layerbench.launch import make_batch
 from layerbench.registry import get
 from layerbench.testing import check_implementation, make_output, make_tensors, specs
 

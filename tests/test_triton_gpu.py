@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import depthwise, fft_conv
-from layerbench.measure.launch import make_batch
+from layerbench.launch import make_batch
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.registry import get

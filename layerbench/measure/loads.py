@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from layerbench.measure import launch as _launch
+from layerbench import launch as _launch
 
 CHUNK_S = 0.002           # GPU time per chunk: the granularity of progress timestamps
 AHEAD_S = 0.05            # GPU work kept queued; covers a poll, a sleep and a telemetry query

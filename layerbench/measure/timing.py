@@ -33,7 +33,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from layerbench.measure import launch as _launch
+from layerbench import launch as _launch
 from layerbench.options import TimingConfig
 
 T = TypeVar("T")

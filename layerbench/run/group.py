@@ -37,7 +37,7 @@ from layerbench.check.streams import check_stream
 from layerbench.dtypes import DType, get_dtype, precision
 from layerbench.errors import Unavailable, Unsupported
 from layerbench.measure.energy import EnergyMeter, derived_metrics, per_image_metrics
-from layerbench.measure.launch import l2_flush
+from layerbench.launch import l2_flush
 from layerbench.measure.provenance import kernel_names, library
 from layerbench.measure.timing import time_first_call, time_kernel
 from layerbench.options import EnergyConfig, TimingConfig

@@ -1,4 +1,4 @@
-"""GPU launch helpers shared by the timer and the energy meter.
+"""GPU launch helpers shared by the timer, the energy meter and the build-time timer.
 
 * ``l2_flush_buffer``: one buffer per device, the size of its L2 cache, written before a cold sample
   (``l2_flush``: that write as a launch).
