@@ -44,10 +44,12 @@ def l2_flush_buffer(device: torch.device) -> torch.Tensor:
 
 
 def l2_flush(device: torch.device) -> Callable[[], None]:
-    """A launch that writes the device's L2-sized flush buffer, as before a cold sample."""
+    """A launch that writes the device's L2-sized flush buffer: what precedes a cold sample."""
     buffer = l2_flush_buffer(device)
 
     def flush() -> None:
+        # A write, as nvbench does.  A read-only flush leaves the L2 clean, and then up to an L2
+        # of the kernel's own writes is written back after the timed region (notes/perf.md).
         buffer.zero_()
 
     return flush

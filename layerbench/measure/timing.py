@@ -177,14 +177,9 @@ def _time_cuda(kernel: Callable[[], object], device: torch.device, cfg: TimingCo
     extra: dict[str, object] = {"blocked": block.available}
     if cfg.mode == "cold":
         n = 1
-        flush = _launch.l2_flush_buffer(device)
-        extra.update(flush_bytes=flush.numel(), flush_source=_launch.l2_size_bytes(device)[1])
-
-        def prepare() -> None:
-            # A write, as nvbench does.  A read-only flush leaves the L2 clean, and then up to an L2
-            # of the kernel's own writes is written back after the timed region (notes/perf.md).
-            flush.zero_()
-
+        extra.update(flush_bytes=_launch.l2_flush_buffer(device).numel(),
+                     flush_source=_launch.l2_size_bytes(device)[1])
+        prepare = _launch.l2_flush(device)
         launch: Callable[[], object] = kernel
     else:
         cap = _launch.MAX_GRAPH_LAUNCHES if cfg.graph else _launch.MAX_LOOP_LAUNCHES
