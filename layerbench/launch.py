@@ -85,13 +85,16 @@ def blocker(device: torch.device) -> Blocker:
     return _blockers[key]
 
 
+MAX_HOLD_S = 0.05  # keeps a pathological host from stalling a run
+
+
 def hold_time(host_s: float) -> float:
     """How long to hold the stream so that ``host_s`` of enqueueing hides behind it.
 
-    Twice the host time plus 50 us covers jitter; the cap keeps a pathological host from
-    stalling a run (beyond it the sample may include launch gaps, as plain timing would).
+    Twice the host time plus 50 us covers jitter; beyond the cap a sample may include launch
+    gaps, as plain timing would.
     """
-    return min(2.0 * host_s + 50e-6, 0.05)
+    return min(2.0 * host_s + 50e-6, MAX_HOLD_S)
 
 
 def make_batch(kernel: Callable[[], object], n: int, device: torch.device,

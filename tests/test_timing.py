@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -163,3 +164,24 @@ def test_cuda_tiny_kernel_hot_vs_cold() -> None:
     x = torch.randn(1024, device=dev)
     hot = time_kernel(lambda: torch.relu(x), dev, TimingConfig(mode="hot", max_time_s=3.0))
     assert hot.launches_per_sample > 100 and hot.median_s < 20e-6
+
+
+@pytest.mark.gpu
+def test_cuda_cold_samples_exclude_a_slow_host() -> None:
+    """A launcher whose host work now and then takes 2 ms: those samples are dropped, never timed."""
+    dev = torch.device("cuda")
+    x = torch.randn(1024, device=dev)
+    calls = [0]
+
+    def kernel() -> None:
+        calls[0] += 1
+        t_end = time.perf_counter() + (2e-3 if calls[0] % 7 == 0 else 20e-6)
+        while time.perf_counter() < t_end:
+            pass
+        torch.relu(x)
+
+    s = time_kernel(kernel, dev, TimingConfig(mode="cold", fixed_samples=200))
+    assert s.n == 200 and s.exposed == 0
+    assert s.dropped > 0     # the first batches' hold was sized for the usual 20 us
+    assert s.max_s < 1e-3    # no sample holds a 2 ms host stall
+    assert s.median_s < 50e-6

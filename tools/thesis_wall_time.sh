@@ -5,12 +5,14 @@
 # piece after the first also pays a process start and a warm build-cache load, so the sum is an
 # upper bound. The run directories and the build cache both live in $RUN: carry it to the next
 # machine (or call again on the same one) to go on. $OUT/thesis-run.tgz is $RUN after this piece.
-# Usage: RUN=runs/thesis-wall LIMIT=540 tools/thesis_wall_time.sh
+# Usage: RUN=runs/thesis-wall LIMIT=540 tools/thesis_wall_time.sh [SWEEP ...]   (default: every
+#        file of sweeps/thesis/; pass the same files to every piece)
 set -u
 RUN=${RUN:-runs/thesis-wall}; LIMIT=${LIMIT:-540}; OUT=${OUT:-/tmp/lb-out}; mkdir -p "$RUN" "$OUT"
 export PYTHONUNBUFFERED=1 LAYERBENCH_CACHE=$RUN/cache
+files=("$@"); [ ${#files[@]} -eq 0 ] && files=(sweeps/thesis/*.toml)
 t0=$SECONDS
-timeout -s INT "$LIMIT" layerbench run sweeps/thesis/*.toml --out "$RUN/runs" --resume --no-progress \
+timeout -s INT "$LIMIT" layerbench run "${files[@]}" --out "$RUN/runs" --resume --no-progress \
   >> "$RUN/run.log" 2>&1
 echo "piece: exit $? in $((SECONDS - t0)) s" | tee -a "$RUN/pieces.txt"
 awk '{s += $(NF - 1)} END {print "pieces:", NR, "sum:", s, "s"}' "$RUN/pieces.txt" | tee "$OUT/wall.txt"

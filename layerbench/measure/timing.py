@@ -3,11 +3,19 @@
 Modes
 -----
 * ``cold``: before every sample the device's L2-sized flush buffer is written, then one launch is
-  timed between two events.  A spin kernel ("blocker") holds the stream while the host enqueues
-  the events and the launch, so host launch latency never lands inside the timed region.
+  timed between two events.
 * ``hot``: ``N`` back-to-back launches between two events, ``N`` chosen so that a sample is
   >= 1 ms of GPU time; the launches are one CUDA-graph replay when capture works, else a plain
   loop (``launch_mode`` records which, ``graph_error`` why).  The sample is the time divided by N.
+
+Samples are enqueued in batches of 16 behind one spin kernel ("blocker", nvbench's blocking
+kernel) that holds the stream while the host enqueues them, so host launch latency stays out of
+the timed regions and the GPU then runs the samples back to back.  Each sample is checked after
+the fact: an event recorded just before the spin gives the GPU's time at which the sample's start
+event ran, and the host's clock the time at which the sample was fully enqueued.  A sample the
+GPU could have reached before the host had enqueued it is dropped (``dropped`` counts them) and
+the hold doubles for the next batch; at the hold's cap (a host that syncs inside the kernel, say)
+such samples are kept and counted in ``exposed``.
 
 Warm-up launches (JIT compile, autotuning, algorithm search, lazy allocation) are never sampled;
 ``time_first_call`` measures that first-call cost on its own.
@@ -65,6 +73,8 @@ class TimeStats:
     flush_bytes: int | None = None     # cold mode: bytes written before each sample
     flush_source: str | None = None    # "device" (its L2 size) | "default" | "cpu-cache" | "cpu-default"
     blocked: bool = False              # the host enqueue was hidden behind a spin kernel
+    dropped: int = 0                   # samples thrown away: the host may still have been enqueueing them
+    exposed: int = 0                   # samples kept although they may hold host time (the hold at its cap)
 
     def to_record(self) -> dict[str, object]:
         return {f"time_{k}": v for k, v in asdict(self).items()}
@@ -181,6 +191,7 @@ def _time_cuda(kernel: Callable[[], object], device: torch.device, cfg: TimingCo
                      flush_source=_launch.l2_size_bytes(device)[1])
         prepare = _launch.l2_flush(device)
         launch: Callable[[], object] = kernel
+        host += _launch.host_seconds(prepare)
     else:
         cap = _launch.MAX_GRAPH_LAUNCHES if cfg.graph else _launch.MAX_LOOP_LAUNCHES
         n = _launch.launches_for(HOT_SAMPLE_S, per_launch, cap)
@@ -195,29 +206,46 @@ def _time_cuda(kernel: Callable[[], object], device: torch.device, cfg: TimingCo
         def prepare() -> None:
             pass
 
-    hold = _launch.hold_time(host)
+    # The spin must last until the GPU would catch up with the host: the host enqueues a sample
+    # in ``host`` seconds and the GPU runs one in at least ``per_launch * n``.
+    lag = max(0.0, host - per_launch * n)
+    hold = _launch.hold_time(host + (BATCH - 1) * lag)
     rule = StopRule(cfg)
+    dropped = exposed = 0
     t_start = time.perf_counter()
     while True:
-        pending = []
         todo = BATCH if cfg.fixed_samples is None else min(BATCH, cfg.fixed_samples - len(rule.samples))
+        pending = []
+        origin = event()
+        t_origin = time.perf_counter()  # the GPU runs ``origin`` no earlier than this
+        origin.record(stream)
+        block.block(hold)
         for _ in range(todo):
             a, b = event(), event()
             prepare()
-            block.block(hold)
             a.record(stream)
             launch()
             b.record(stream)
-            pending.append((a, b))
+            pending.append((a, b, time.perf_counter() - t_origin))
         pending[-1][1].synchronize()
-        reason = None
-        for a, b in pending:
+        reason, grow, at_cap = None, False, hold >= _launch.MAX_HOLD_S
+        for a, b, enqueued_s in pending:
+            # Did the GPU reach this sample's start before the host had enqueued all of it?
+            late = block.available and enqueued_s > origin.elapsed_time(a) * 1e-3
+            if late and not at_cap:
+                dropped += 1
+                grow = True
+                continue
+            exposed += late
             elapsed = a.elapsed_time(b) * 1e-3
             rule.add(elapsed / n, elapsed)
             reason = rule.stop_reason(time.perf_counter() - t_start)
             if reason:
                 break
+        if grow:
+            hold = min(2.0 * hold, _launch.MAX_HOLD_S)
         if reason:
+            extra.update(dropped=dropped, exposed=exposed)
             return summarize_samples(rule.samples, reason, cfg.mode, "cuda-events", n, **extra)
 
 
