@@ -278,6 +278,25 @@ def test_cudnn_conv_math_type_follows_dtype(dtype, math_types):
     assert legacy["retimed_ms"] > 0 and legacy["search_ms"] > 0
 
 
+@pytest.mark.gpu
+def test_cudnn_legacy_search_keeps_only_right_algorithms():
+    """cuDNN's search ranked a WINOGRAD_NONFUSED kernel first for AlexNet's conv2 at batch 16 in
+    fp32, off by ~1e-3: the legacy path judges each candidate and keeps a right one."""
+    spec = Conv2d(batch=16, in_channels=64, out_channels=192, height=27, width=27, kernel_h=5, kernel_w=5,
+                  padding=2)
+    dt = get_dtype("fp32")
+    tensors = make_tensors(spec, dt, "NCHW", "cuda")
+    out = make_output(spec, tensors, "NCHW")
+    with precision(dt):
+        kernel = as_built(cudnn_ref.build_conv2d_legacy(spec, dt, "NCHW", tensors, out))
+        got = _run(kernel, out)
+    expected = torch.nn.functional.conv2d(tensors["x"].double(), tensors["weight"].double(),
+                                          tensors["bias"].double(), padding=2)
+    rel = float((got.double() - expected).norm() / expected.norm())
+    assert rel < 1e-5, f"legacy path kept a wrong algorithm: rel_norm {rel:.2e} ({kernel.details})"
+    assert kernel.details["algorithm"] and "rejected" in kernel.details
+
+
 # ---------------------------------------------------------------- GPU: provenance
 
 PROVENANCE_SPECS = {"conv2d": GPU_SPECS[1], "pool2d max": GPU_SPECS[4], "pool2d avg": GPU_SPECS[5],

@@ -428,9 +428,9 @@ def _conv_args(spec: Conv2d) -> dict[str, list[int]]:
             "dilation": [spec.dilation_h, spec.dilation_w]}
 
 
-def _checker(spec: Conv2d, direction: str, bias: bool, dtype: DType, tensors: Tensors,
+def result_checker(spec: Conv2d, direction: str, bias: bool, dtype: DType, tensors: Tensors,
              parts: dict[str, torch.Tensor]) -> Callable[[], str | None]:
-    """``check`` for ``_keep_fastest``: the plan's results (``parts``, by name) on the real tensors
+    """``check`` for ``_keep_fastest`` (and the legacy path's search): the plan's results (``parts``, by name) on the real tensors
     against float64; ``bias``: whether the graph computes the bias term (or its gradient)."""
     judge = ResultCheck(dataclasses.replace(at_direction(spec, direction), bias=bias), dtype, tensors)
 
@@ -496,7 +496,7 @@ def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
 
     real = {"x": x, "weight": w, "out": out, **({"bias": b} if b is not None else {})}
     probe = (lambda: fprop_probe(spec, x, w, b, out)) if dtype.name == "fp32" else None
-    check = _checker(spec, "forward", b is not None, dtype, tensors, {"y": out})
+    check = result_checker(spec, "forward", b is not None, dtype, tensors, {"y": out})
     return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, "convolution",
                          f"{spec!r} {dtype.name}")
 
@@ -514,7 +514,7 @@ def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
     plans = _plans(cudnn, g, dtype, device, "convolution's data gradient")
 
     probe = (lambda: dgrad_probe(spec, dy, w, out)) if dtype.name == "fp32" else None
-    check = _checker(spec, "backward_data", spec.bias, dtype, tensors, {"dx": out})
+    check = result_checker(spec, "backward_data", spec.bias, dtype, tensors, {"dx": out})
     return _keep_fastest(cudnn, g, handle, device, plans, uids, {"dy": dy, "weight": w, "out": out}, probe, check,
                          fmt, "convolution's data gradient", f"{spec!r} {dtype.name}")
 
@@ -539,7 +539,7 @@ def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
 
     real = {"x": x, "dy": dy, "dweight": dweight, **({"dbias": dbias} if dbias is not None else {})}
     probe = (lambda: wgrad_probe(spec, x, dy, dweight, dbias)) if dtype.name == "fp32" else None
-    check = _checker(spec, "backward_weight", dbias is not None, dtype, tensors,
+    check = result_checker(spec, "backward_weight", dbias is not None, dtype, tensors,
                      {"dweight": dweight, **({"dbias": dbias} if dbias is not None else {})})
     return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, what,
                          f"{spec!r} {dtype.name}")
