@@ -54,6 +54,7 @@ from layerbench.run.data_parallel import add_scaling, gpus_of, visible_gpus
 from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
 from layerbench.run.multi_gpu import parse_gpus, process_pool
 from layerbench.run.ray_executor import ray_scheduler, require_ray
+from layerbench.run.shared_configs import SharedConfigs, repeated_rows
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import bench
 from layerbench.suites.validate_energy import format_validation, run_validation
@@ -216,6 +217,7 @@ def _run_sweeps(args: argparse.Namespace, sweeps: list[Sweep], scheduler: Any) -
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
     console = Console(stderr=True)
     failed: dict[str, int] = {}
+    shared = SharedConfigs() if len(sweeps) > 1 and not args.remeasure else None
     for s in sweeps:
         out = None
         if args.out:
@@ -224,7 +226,7 @@ def _run_sweeps(args: argparse.Namespace, sweeps: list[Sweep], scheduler: Any) -
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
                           point_timeout_s=args.point_timeout, progress=not args.no_progress,
                           scheduler=scheduler, allow_gpu_settings=args.allow_gpu_settings,
-                          argv=list(sys.argv))
+                          shared=shared, argv=list(sys.argv))
         run_dir = RunDir(run_sweep(s, opts, console))
         status = run_dir.status_counts(args.fail_on)
         total = sum(status.counts.values())
@@ -280,10 +282,16 @@ def plan_rows(s: Sweep, device: str) -> list[tuple[Point, str, str | None]]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    for i, file in enumerate(args.file):
+    sweeps = [_load_sweep(args, f) for f in args.file]
+    for i, s in enumerate(sweeps):
         if i:
             print()
-        _plan_one(_load_sweep(args, file), args.device)
+        _plan_one(s, args.device)
+    if len(sweeps) > 1:
+        rows, energy = repeated_rows(sweeps, args.device)
+        print(f"\nacross the {len(sweeps)} files: {_plural(rows, 'row')} ({energy} with energy) repeat a config of "
+              "an earlier file; `run` measures each config once and copies its record (--remeasure: each file "
+              "measures its own)")
     return 0
 
 
@@ -650,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true",
                     help="continue a run: skip points already recorded (default: the newest run "
                          "of this experiment under runs/); a run that never started starts")
+    sp.add_argument("--remeasure", action="store_true",
+                    help="with several files, measure each file's rows itself (default: a row whose "
+                         "config an earlier file of this command recorded is copied from there, its "
+                         "copied_from column says so)")
     sp.add_argument("--worker", choices=("auto", "process", "inline"), default="auto",
                     help="where points run: a restartable worker process (auto on a GPU) or this "
                          "process (auto on the CPU)")

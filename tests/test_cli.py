@@ -111,6 +111,34 @@ def test_several_files_get_one_run_directory_each(tmp_path: Path) -> None:
     assert len(results.read_records(tmp_path / "fresh" / results.RESULTS_FILE)) == 1
 
 
+def test_a_config_that_several_files_hold_is_measured_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    timing = "[timing]\nfixed_samples = 2\n[energy]\nenabled = false\n"
+    (tmp_path / "sizes.toml").write_text(
+        'experiment = "sizes"\nlayer = "relu"\nimplementations = ["torch"]\n'
+        "[params]\nbatch = 1\nchannels = 2\n[axes]\nsize = [3, 5]\n" + timing)
+    (tmp_path / "batches.toml").write_text(
+        'experiment = "batches"\nlayer = "relu"\nimplementations = ["torch"]\n'
+        "[params]\nsize = 5\nchannels = 2\n[axes]\nbatch = [1, 2]\n" + timing)
+    files = [str(tmp_path / "sizes.toml"), str(tmp_path / "batches.toml")]
+    assert main(["plan", *files, "--device", "cpu"]) == 0
+    assert "1 row (0 with energy) repeat a config of an earlier file" in capsys.readouterr().out
+    out = tmp_path / "runs"
+    assert main(["run", *files, "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
+    sizes = {r["axis_size"]: r for r in results.read_records(out / "sizes" / results.RESULTS_FILE)}
+    batches = {r["axis_batch"]: r for r in results.read_records(out / "batches" / results.RESULTS_FILE)}
+    assert not any("copied_from" in r for r in sizes.values())
+    assert "copied_from" not in batches[2]
+    copy, source = batches[1], sizes[5]
+    assert copy["copied_from"] == "sizes (session 0)"
+    # the measurement is the source's; the identity and the axes are this file's point's
+    assert copy["time_samples_s"] == source["time_samples_s"] and copy["config_hash"] == source["config_hash"]
+    assert (copy["experiment"], copy["point_index"], "axis_size" in copy) == ("batches", 0, False)
+    assert main(["run", *files, "--device", "cpu", "--out", str(tmp_path / "again"), "--no-progress",
+                 "--remeasure"]) == 0
+    again = results.read_records(tmp_path / "again" / "batches" / results.RESULTS_FILE)
+    assert len(again) == 2 and not any("copied_from" in r for r in again)
+
+
 def test_cli_imports_at_the_top() -> None:
     import ast
 

@@ -26,6 +26,7 @@ from layerbench.results.records import Record
 from layerbench.results.rundir import RUN_FILE, ResultLog, RunDir, timestamp
 from layerbench.run.data_parallel import DataParallelExecutor, gpus_of, visible_gpus
 from layerbench.run.executors import InlineExecutor, Outcome, ProcessExecutor
+from layerbench.run.shared_configs import SharedConfigs
 from layerbench.sweep import Measure, Point, Sweep, axis_label
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -63,6 +64,9 @@ class RunOptions:
     gpus_present: list[str] | None = None
     # Apply the sweep's GPU-settings axes (clocks, power limit); refused without it.
     allow_gpu_settings: bool = False
+    # The rows earlier sweep files of this command recorded: a config among them is copied, not
+    # measured again (None: measure every row).  This run's rows are added to it at the end.
+    shared: SharedConfigs | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -164,13 +168,27 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
     done = rundir.done_hashes()
     measure, device = sweep.measure, opts.device
     todo = []
+    copied = 0
     for point in sweep.points:
-        impls = [n for n in point.implementations if config_hash(point, n, measure, device) not in done]
+        impls = []
+        for n in point.implementations:
+            if config_hash(point, n, measure, device) in done:
+                continue
+            row = None if opts.shared is None else opts.shared.get(
+                Record.for_point(point, n, measure, device, sweep.experiment, session))
+            if row is None:
+                impls.append(n)
+            else:
+                log.append(row)
+                copied += 1
         if impls:
             todo.append((point, impls))
     total = sum(len(impls) for _, impls in todo)
     if done:
         say(f"resuming {rundir.path}: {len(done)} records kept, {total} to run")
+    if copied:
+        say(f"{rundir.path}: {copied} records copied from earlier files of this command "
+            "(the same configs; --remeasure measures them again)")
     wants_energy = any(p.energy_impls and p.invalid is None for p, _ in todo)
 
     in_process = opts.in_process if opts.in_process is not None else device == "cpu"
@@ -238,6 +256,8 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
         finished = True
     finally:
         log.close()
+        if opts.shared is not None:
+            opts.shared.add(rundir.records())
         executor.close(kill=not finished)  # on Ctrl-C or a harness error: no waiting
         if settings is not None:
             settings.close()  # the end, Ctrl-C, SIGTERM: the original settings, the saved file gone

@@ -21,6 +21,7 @@ from layerbench.analysis import compare
 from layerbench.analysis.stats import geomean
 from layerbench.analysis.tables import fmt_number, markdown_table
 from layerbench.results import rundir as results
+from layerbench.run.shared_configs import SharedConfigs
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 from layerbench.suites import ceilings as ceil
 from sweeps import SWEEP_DIR
@@ -134,12 +135,13 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
         measured = ceil.measure(device).to_dict() | {"measured_at": results.timestamp()}
         (out / CEILINGS_FILE).write_text(json.dumps(measured, indent=1))
     frames = []
+    shared = SharedConfigs()  # a config two bench sets hold is measured once
     for layer in layers:
         s = sweep.load_sweep(BENCH_DIR / f"{layer}.toml")
         if not energy:
             s.disable_energy()
         run_dir = run_sweep(s, RunOptions(device=device, out=out / s.experiment, resume=resume,
-                                          progress=progress))
+                                          progress=progress, shared=shared))
         frames.append(results.load_results(run_dir))
     return pd.concat(frames, ignore_index=True)
 
