@@ -55,7 +55,7 @@ from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S
 from layerbench.run.multi_gpu import parse_gpus, process_pool
 from layerbench.run.ray_executor import ray_scheduler, require_ray
 from layerbench.run.shared_configs import SharedConfigs, repeated_rows
-from layerbench.run.sweep_runner import RunOptions, run_sweep
+from layerbench.run.sweep_runner import RunOptions, WorkerHandoff, run_sweep
 from layerbench.suites import bench
 from layerbench.suites.validate_energy import format_validation, run_validation
 from layerbench.sweep import (
@@ -216,8 +216,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_sweeps(args: argparse.Namespace, sweeps: list[Sweep], scheduler: Any) -> int:
     in_process = {"auto": None, "inline": True, "process": False}[args.worker]
     console = Console(stderr=True)
-    failed: dict[str, int] = {}
     shared = SharedConfigs() if len(sweeps) > 1 and not args.remeasure else None
+    handoff = WorkerHandoff()
+    try:
+        return _run_each(args, sweeps, scheduler, in_process, console, shared, handoff)
+    finally:
+        handoff.close()
+
+
+def _run_each(args: argparse.Namespace, sweeps: list[Sweep], scheduler: Any, in_process: bool | None,
+              console: Console, shared: SharedConfigs | None, handoff: WorkerHandoff) -> int:
+    failed: dict[str, int] = {}
     for s in sweeps:
         out = None
         if args.out:
@@ -226,7 +235,7 @@ def _run_sweeps(args: argparse.Namespace, sweeps: list[Sweep], scheduler: Any) -
         opts = RunOptions(device=args.device, out=out, resume=args.resume, in_process=in_process,
                           point_timeout_s=args.point_timeout, progress=not args.no_progress,
                           scheduler=scheduler, allow_gpu_settings=args.allow_gpu_settings,
-                          shared=shared, argv=list(sys.argv))
+                          shared=shared, handoff=handoff, argv=list(sys.argv))
         run_dir = RunDir(run_sweep(s, opts, console))
         status = run_dir.status_counts(args.fail_on)
         total = sum(status.counts.values())

@@ -22,7 +22,7 @@ from layerbench import sweep
 from layerbench.measure.energy import EnergyMeter
 from layerbench.results import rundir as results
 from layerbench.results.rundir import RunDir
-from layerbench.run.sweep_runner import RunOptions, run_sweep
+from layerbench.run.sweep_runner import RunOptions, WorkerHandoff, run_sweep
 
 SWEEP = """
 title = "runner test"
@@ -224,6 +224,33 @@ def test_process_worker_survives_a_crash(tmp_path: Path) -> None:
     assert recs["torch"]["status"] == "ok"
     assert recs["torch_again:build"]["status"] == "ok"
     assert RunDir(run_dir).read_meta()["sessions"][0]["environment"]
+
+
+def test_the_next_file_of_a_command_goes_on_in_the_same_worker(tmp_path: Path) -> None:
+    """A handoff passes the worker on: one process start for the command, each run announced and
+    recorded as if it had its own worker; a worker that died between the runs is replaced."""
+    handoff = WorkerHandoff()
+    pids = []
+    try:
+        for name in ("one", "two", "three"):
+            path = tmp_path / f"{name}.toml"
+            path.write_text(f'experiment = "{name}"\nlayer = "relu"\nimplementations = ["torch"]\n'
+                            "[params]\nbatch = 1\nchannels = 2\nsize = 4\n[timing]\nfixed_samples = 2\n"
+                            "warmup = 0\n[energy]\nenabled = false\n")
+            opts = RunOptions(device="cpu", out=tmp_path / name, in_process=False, progress=False,
+                              handoff=handoff, argv=["t"])
+            run_dir = run_sweep(sweep.load_sweep(path), opts)
+            assert [r["status"] for r in results.read_records(run_dir / results.RESULTS_FILE)] == ["ok"]
+            assert RunDir(run_dir).read_meta()["sessions"][0]["environment"]
+            assert handoff.executor is not None
+            pids.append(handoff.executor._proc.pid)
+            if name == "two":
+                handoff.executor._proc.kill()
+                handoff.executor._proc.join(10)
+    finally:
+        handoff.close()
+    assert pids[0] == pids[1] != pids[2]
+    assert handoff.executor is None
 
 
 # ------------------------------------------------------------ one run per directory (20.1)

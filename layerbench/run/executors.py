@@ -120,7 +120,9 @@ class ParentGone(BaseException):
 
 def serve(conn: Any, device: str, measure: Measure, experiment: str, session: int,
           announce: bool) -> None:
-    """Worker-process main loop: receive (point, impls), send messages, ``("done", None)`` after each.
+    """Worker-process main loop: receive ``("group", (point, impls))``, send messages, ``("done",
+    None)`` after each; ``("run", (measure, experiment, session))`` goes on with another run (the
+    next file of the command) and announces it; None ends.
 
     ``announce``: first send the environment and whether energy can be measured (the first worker).
     """
@@ -147,7 +149,13 @@ def serve(conn: Any, device: str, measure: Measure, experiment: str, session: in
                 raise ParentGone from exc
             if task is None:
                 return
-            point, impls = task
+            kind, body = task
+            if kind == "run":  # the next sweep file of the command: its evaluator and announcement
+                evaluator = GroupEvaluator(device, *body)
+                emit("environment", environment_or_error(device))
+                emit("meter", evaluator.energy_unavailable())
+                continue
+            point, impls = body
             try:
                 evaluator.evaluate(point, impls, emit)
             except Poisoned as exc:
@@ -174,9 +182,19 @@ class ProcessExecutor:
         self._proc: Any = None
         self._conn: Any = None
         self._announce = True
+        self._next_run: tuple[Measure, str, int] | None = None  # for the worker, before its next group
 
     def environment(self) -> None:
         return None  # the first worker sends it as an "environment" message
+
+    def start_run(self, measure: Measure, experiment: str, session: int) -> None:
+        """Go on with another run (the next sweep file of one command) in this worker, which saves
+        a process start, the imports and CUDA's initialisation per file.  Before its next group the
+        worker makes that run's evaluator (its own idle baseline) and announces its environment, as
+        a new worker would; a worker started later starts with the new run."""
+        self._args = (self._args[0], measure, experiment, session)
+        self._announce = True
+        self._next_run = (measure, experiment, session) if self._proc is not None else None
 
     def energy_unavailable(self) -> None:
         return None  # the first worker sends it as a "meter" message
@@ -219,9 +237,16 @@ class ProcessExecutor:
         return Outcome("crashed", f"worker process died ({why})")
 
     def run(self, point: Point, impls: list[str], handle: Handle) -> Outcome:
+        if self._next_run is not None and self._proc is not None:
+            try:
+                self._conn.send(("run", self._next_run))
+                self._announce = False
+            except OSError:  # it died between the runs: a new one starts with the new run
+                self._stop(kill=True)
+        self._next_run = None
         if self._proc is None:
             self._start()
-        self._conn.send((point, impls))
+        self._conn.send(("group", (point, impls)))
         started = time.monotonic()
         phase: dict[str, Any] = {}
         phase_started = started

@@ -48,6 +48,18 @@ SchedulerFactory = Callable[[str, Measure, str, int, "float | None", Callable[[s
 
 
 @dataclass
+class WorkerHandoff:
+    """The worker process that one run of a command passes on to the next (``RunOptions.handoff``)."""
+
+    executor: ProcessExecutor | None = None
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None
+
+
+@dataclass
 class RunOptions:
     device: str = "cuda"
     out: Path | None = None
@@ -67,6 +79,9 @@ class RunOptions:
     # The rows earlier sweep files of this command recorded: a config among them is copied, not
     # measured again (None: measure every row).  This run's rows are added to it at the end.
     shared: SharedConfigs | None = None
+    # The worker process a finished run leaves for the next file of the command (None: each run
+    # starts its own and ends it).  Whoever makes it closes its worker at the end.
+    handoff: WorkerHandoff | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -202,8 +217,13 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
         rundir.record_environment(run, session, executor.environment())
         if wants_energy:
             _say_energy_unavailable(executor.energy_unavailable(), say)
+    elif opts.handoff is not None and opts.handoff.executor is not None:
+        executor = opts.handoff.executor
+        opts.handoff.executor = None  # this run's until it ends
+        executor.start_run(measure, sweep.experiment, session)
     else:
         executor = ProcessExecutor(device, measure, sweep.experiment, session, opts.point_timeout_s)
+    worker = executor if isinstance(executor, ProcessExecutor) else None
     if any(gpus_of(p) > 1 for p, _ in todo):
         if scheduler is not None:
             raise ValueError("a gpus axis (a layer split over several GPUs) uses the GPUs itself: "
@@ -258,7 +278,10 @@ def _run_locked(sweep: Sweep, opts: RunOptions, rundir: RunDir, console: Console
         log.close()
         if opts.shared is not None:
             opts.shared.add(rundir.records())
-        executor.close(kill=not finished)  # on Ctrl-C or a harness error: no waiting
+        if finished and opts.handoff is not None and worker is not None and executor is worker:
+            opts.handoff.executor = worker  # the next file's run goes on in it
+        else:
+            executor.close(kill=not finished)  # on Ctrl-C or a harness error: no waiting
         if settings is not None:
             settings.close()  # the end, Ctrl-C, SIGTERM: the original settings, the saved file gone
         if finished and rundir.has_records():
