@@ -429,9 +429,10 @@ def _conv_args(spec: Conv2d) -> dict[str, list[int]]:
 
 
 def result_checker(spec: Conv2d, direction: str, bias: bool, dtype: DType, tensors: Tensors,
-             parts: dict[str, torch.Tensor]) -> Callable[[], str | None]:
-    """``check`` for ``_keep_fastest`` (and the legacy path's search): the plan's results (``parts``, by name) on the real tensors
-    against float64; ``bias``: whether the graph computes the bias term (or its gradient)."""
+                   parts: dict[str, torch.Tensor]) -> Callable[[], str | None]:
+    """``check`` for ``_keep_fastest`` and for the legacy path's search: the results (``parts``, by
+    name) on the real tensors against float64; ``bias``: whether the call computes the bias term
+    (or its gradient)."""
     judge = ResultCheck(dataclasses.replace(at_direction(spec, direction), bias=bias), dtype, tensors)
 
     def check() -> str | None:
@@ -540,6 +541,6 @@ def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
     real = {"x": x, "dy": dy, "dweight": dweight, **({"dbias": dbias} if dbias is not None else {})}
     probe = (lambda: wgrad_probe(spec, x, dy, dweight, dbias)) if dtype.name == "fp32" else None
     check = result_checker(spec, "backward_weight", dbias is not None, dtype, tensors,
-                     {"dweight": dweight, **({"dbias": dbias} if dbias is not None else {})})
+                           {"dweight": dweight, **({"dbias": dbias} if dbias is not None else {})})
     return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, what,
                          f"{spec!r} {dtype.name}")
