@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import linear as triton_linear
+from kernels.triton import linear_tma as triton_linear_tma
+from kernels.triton import pointwise_conv as triton_pointwise
 from kernels.triton import relu as triton_relu
 from kernels.triton.copy import COPY_BLOCK, copy_launcher
 from layerbench.dtypes import get_dtype
@@ -278,6 +280,79 @@ LINEAR_CASES = {
 @pytest.mark.parametrize("name", LINEAR_CASES)
 def test_linear_case(name: str, dtype: str) -> None:
     check("linear", LINEAR_CASES[name], dtype, "NCHW", seed=zlib.crc32(name.encode()))
+
+
+# ------------------------------------------------------------------------- pointwise conv as a GEMM
+
+def pointwise_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The 1x1 NHWC convolution on the linear layer's GEMM alone (the build times it on a GPU)."""
+    return triton_pointwise.build_pointwise(spec, dtype, layout, tensors, out)
+
+
+@given(batch=st.integers(1, 3), channels=st.integers(1, 40), out_channels=st.integers(1, 40),
+       height=st.integers(1, 6), width=st.integers(1, 6), bias=st.booleans(),
+       dtype=st.sampled_from(DOT_DTYPES), seed=SEEDS)
+def test_conv2d_pointwise_drawn(batch: int, channels: int, out_channels: int, height: int, width: int,
+                                bias: bool, dtype: str, seed: int) -> None:
+    spec = Conv2d(batch, channels, out_channels, height, width, 1, 1, bias=bias)
+    result = check_implementation(pointwise_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("layout, spec, reason", [
+    ("NCHW", Conv2d(1, 4, 4, 5, 5, 1, 1), "NHWC layout"),
+    ("NHWC", Conv2d(1, 4, 4, 5, 5, 3, 3), "1x1 filter"),
+    ("NHWC", Conv2d(1, 4, 4, 5, 5, 1, 1, stride=2), "stride 2x2"),
+    ("NHWC", Conv2d(1, 4, 4, 5, 5, 1, 1, padding=1), "padding 1x1"),
+    ("NHWC", Conv2d(1, 4, 4, 5, 5, 1, 1, groups=2), "one group"),
+])
+def test_conv2d_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, "fp16", layout, "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        triton_pointwise.build_pointwise(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
+
+
+# ------------------------------------------------------------------------- persistent TMA GEMM
+
+def tma_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
+    """The persistent TMA GEMM alone (the registered build would choose by timing, on a GPU)."""
+    return triton_linear_tma.build_persistent(spec, dtype, tensors, out)
+
+
+# Features a multiple of 8 (16-byte rows in fp16); ragged against the 16 x 16 x 16 tiles, with
+# more tiles than the interpreter's three programs, so each program walks several.
+TMA_CASES = {
+    "ragged-m-n-k": Linear(37, 72, 48),
+    "no-bias": Linear(20, 40, 56, bias=False),
+    "batch-1": Linear(1, 24, 8),
+    "one-tile": Linear(16, 16, 16),
+}
+
+
+@pytest.mark.parametrize("dtype", ("tf32", "fp16"))
+@pytest.mark.parametrize("name", TMA_CASES)
+def test_linear_tma_case(name: str, dtype: str) -> None:
+    result = check_implementation(tma_only, TMA_CASES[name], dtype, "NCHW", "cpu", seed=zlib.crc32(name.encode()))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+@given(batch=st.integers(1, 40), in_units=st.integers(1, 9), out_units=st.integers(1, 9),
+       bias=st.booleans(), dtype=st.sampled_from(("tf32", "fp16")), seed=SEEDS)
+def test_linear_tma_drawn(batch: int, in_units: int, out_units: int, bias: bool, dtype: str, seed: int) -> None:
+    spec = Linear(batch, 8 * in_units, 8 * out_units, bias=bias)
+    result = check_implementation(tma_only, spec, dtype, "NCHW", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype, spec, reason", [
+    ("fp32", Linear(4, 16, 16), "not fp32"),
+    ("fp16", Linear(4, 37, 16), "in_features 37 in fp16 is 74 bytes"),
+    ("tf32", Linear(4, 16, 6), "out_features 6 in tf32 is 24 bytes"),
+])
+def test_linear_tma_refuses(dtype: str, spec: Linear, reason: str) -> None:
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        triton_linear_tma.build_persistent(spec, get_dtype(dtype), tensors, make_output(spec, tensors))
 
 
 def test_linear_block_k_divides_the_even_k_quantum() -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d_backward as backward
 from kernels.triton import depthwise_backward as depthwise
+from kernels.triton import pointwise_conv
 from kernels.triton.support import next_pow2, pixel_run
 from layerbench.dtypes import get_dtype
 from layerbench.layers import Conv2d
@@ -199,6 +200,23 @@ def test_splits_need_long_slices() -> None:
     assert backward._slice_candidates(tiny, True, 16) == [(1, 16)]
 
 
+# ------------------------------------------------------------------------- 1x1 NHWC as the linear GEMMs
+
+def pointwise_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The linear layer's backward GEMM on views (the build times it against the implicit GEMM on a GPU)."""
+    return pointwise_conv.build_pointwise_backward(spec, dtype, layout, tensors, out)
+
+
+@given(batch=st.integers(1, 3), channels=st.integers(1, 24), out_channels=st.integers(1, 24),
+       height=st.integers(1, 5), width=st.integers(1, 5), bias=st.booleans(),
+       direction=st.sampled_from(BACKWARD), dtype=st.sampled_from(("fp32", "tf32", "fp16")), seed=SEEDS)
+def test_pointwise_gemm_backward_drawn(batch: int, channels: int, out_channels: int, height: int, width: int,
+                                       bias: bool, direction: str, dtype: str, seed: int) -> None:
+    spec = Conv2d(batch, channels, out_channels, height, width, 1, 1, bias=bias, direction=direction)
+    result = check_implementation(pointwise_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
 # ------------------------------------------------------------------------- GPU: realistic shapes
 
 # ResNet-50 layers, batch 8-32, in every dtype and layout.
@@ -226,6 +244,16 @@ GPU_MORE = {
 @pytest.mark.parametrize("name", GPU_CORE)
 def test_gpu_core(name: str, direction: str, dtype: str, layout: str) -> None:
     check(at(GPU_CORE[name], direction), dtype, layout, seed_of(name), "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("direction", BACKWARD)
+@pytest.mark.parametrize("spec", [Conv2d(8, 1024, 256, 14, 14, 1, 1, bias=False), Conv2d(3, 96, 24, 29, 31, 1, 1)],
+                         ids=str)
+def test_gpu_pointwise_gemm_backward(spec: Conv2d, direction: str, dtype: str) -> None:
+    result = check_implementation(pointwise_only, at(spec, direction), dtype, "NHWC", "cuda", seed=seed_of(str(spec)))
+    assert result.ok, f"{spec} {direction} {dtype}: {result.message}"
 
 
 @pytest.mark.gpu

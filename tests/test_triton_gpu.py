@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import depthwise, fft_conv
+from kernels.triton import depthwise, fft_conv, linear_tma, pointwise_conv
+from layerbench.builders import as_built
 from layerbench.launch import make_batch
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
@@ -241,6 +242,68 @@ FC = {"large": Linear(128, 9216, 4096), "median": Linear(128, 4096, 4096),
 @pytest.mark.parametrize("name", FC)
 def test_linear(name: str, dtype: str) -> None:
     check("linear", FC[name], dtype, "NCHW", seed_of(name))
+
+
+# The persistent TMA GEMM alone (the registered build keeps it only where it is faster): square,
+# ragged against every tile, a matrix-vector product and the AlexNet FC shapes.
+TMA_FC = {"square-2048": Linear(2048, 2048, 2048), "ragged": Linear(300, 1032, 776),
+          "matrix-vector": Linear(1, 4096, 4096), "large": FC["large"], "small": FC["small"]}
+
+
+def tma_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
+    return linear_tma.build_persistent(spec, dtype, tensors, out)
+
+
+def skip_before_hopper() -> None:
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA GEMM needs a Hopper or later GPU")
+
+
+@pytest.mark.parametrize("dtype", ("tf32", "fp16", "bf16"))
+@pytest.mark.parametrize("name", TMA_FC)
+def test_linear_tma(name: str, dtype: str) -> None:
+    skip_before_hopper()
+    result = check_implementation(tma_only, TMA_FC[name], dtype, "NCHW", "cuda", seed=seed_of(name))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype", ("tf32", "bf16"))
+def test_linear_times_both_paths(dtype: str) -> None:
+    """On Hopper the build times the tiled and the TMA GEMM on a large GEMM and records both;
+    neither failed (a failed path is recorded, not raised: only this test sees it)."""
+    skip_before_hopper()
+    spec = Linear(2048, 1024, 4096)  # 512 output tiles of 128 x 128
+    tensors = make_tensors(spec, dtype, "NCHW", "cuda")
+    built = as_built(get("linear", "triton").build(spec, get_dtype(dtype), "NCHW", tensors,
+                                                   make_output(spec, tensors)))
+    assert built.details["path"] in ("tiled", "tma_persistent"), built.details
+    assert built.details["tiled_ms"] > 0 and built.details["tma_persistent_ms"] > 0, built.details
+
+
+# 1x1 NHWC convolutions on the linear layer's GEMM (ResNet-50's bottleneck ends, a MobileNetV2
+# projection at an odd size), alone and through the build, which times it beside the implicit GEMM.
+POINTWISE = {"resnet-1024-256": Conv2d(8, 1024, 256, 14, 14, 1, 1, bias=False),
+             "resnet-64-256": Conv2d(8, 64, 256, 56, 56, 1, 1),
+             "mobilenet-odd": Conv2d(3, 96, 24, 29, 31, 1, 1)}
+
+
+def pointwise_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    return pointwise_conv.build_pointwise(spec, dtype, layout, tensors, out)
+
+
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("name", POINTWISE)
+def test_conv2d_pointwise_gemm(name: str, dtype: str) -> None:
+    result = check_implementation(pointwise_only, POINTWISE[name], dtype, "NHWC", "cuda", seed=seed_of(name))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+def test_conv2d_pointwise_is_timed_beside_the_implicit_gemm() -> None:
+    spec = POINTWISE["resnet-64-256"]
+    tensors = make_tensors(spec, "bf16", "NHWC", "cuda")
+    built = as_built(get("conv2d", "triton").build(spec, get_dtype("bf16"), "NHWC", tensors,
+                                                   make_output(spec, tensors, "NHWC")))
+    assert built.details["pointwise_gemm_ms"] > 0 and built.details["implicit_gemm_ms"] > 0, built.details
 
 
 # ------------------------------------------------------------------------- hypothesis draws

@@ -1,4 +1,4 @@
-"""Compile the conv backward kernels and the linear GEMMs for a GPU target without a GPU, and
+"""Compile the conv backward kernels and the linear GEMMs (tiled and TMA) for a GPU target without a GPU, and
 report per tile config what the compiler made of them: registers, spill stack, shared memory, and
 whether the main loop got Hopper's warpgroup MMA and async-copy pipelining.
 
@@ -27,7 +27,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
-from kernels.triton import linear as lin, linear_backward as lb  # noqa: E402
+from kernels.triton import linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
 from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
 
 ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
@@ -37,10 +37,11 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 
 
 def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: dict, warps: int,
-                   stages: int = 3, divisible: set[str] = DIVISIBLE) -> str:
-    """One line: registers, spill stack, shared memory, warpgroup MMAs and async copies."""
+                   stages: int = 3, divisible: set[str] = DIVISIBLE, descriptors: dict[str, str] | None = None) -> str:
+    """One line: registers, spill stack, shared memory, warpgroup MMAs, async copies and TMA loads."""
     backend = make_backend(target)
-    signature = {name: pointers.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
+    types = {**pointers, **(descriptors or {})}
+    signature = {name: types.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
     attrs = {(fn.arg_names.index(name),): backend.parse_attr("D") for name in fn.arg_names
              if name in pointers or (name in divisible and name not in constexprs)}
     kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs, attrs=attrs), target=target,
@@ -53,7 +54,8 @@ def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: 
     regs, stack = found.groups() if found else ("?", "?")
     ir = kernel.asm["ttgir"]
     return (f"regs={regs} spill_stack={stack} smem={kernel.metadata.shared} "
-            f"wgmma={ir.count('warp_group_dot ')} async_copies={ir.count('async_copy_global_to_local')}")
+            f"wgmma={ir.count('warp_group_dot ')} async_copies={ir.count('async_copy_global_to_local')} "
+            f"tma_loads={ir.count('async_tma_copy_global_to_local')}")
 
 
 def _tile(cfg: triton.Config) -> str:
@@ -115,6 +117,16 @@ def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None
         line = compile_report(lin._linear_kernel, target, pointers, meta, cfg.num_warps, cfg.num_stages,
                               LINEAR_DIVISIBLE)
         print(f"linear forward {_tile(cfg)} stages={cfg.num_stages}: {line}")
+    for c in lt.CONFIGS.get(mode, []):
+        bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
+        element = el[1:]
+        descs = {"x_desc": f"tensordesc<{element}[{bm}, {bk}]>", "w_desc": f"tensordesc<{element}[{bn}, {bk}]>",
+                 "y_desc": f"tensordesc<{element}[{bm}, {bn}]>"}
+        meta = {k: v for k, v in c.items() if not k.startswith("num_")}
+        meta.update(HAS_BIAS=True, PRECISION=precision, PROGRAMS=132)
+        line = compile_report(lt._linear_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"], c["num_stages"],
+                              {"N", "K"}, descs)
+        print(f"linear forward TMA {bm}x{bn}x{bk} warps={c['num_warps']} stages={c['num_stages']}: {line}")
     for cfg in lb._CONFIGS[mode]:
         for name, unit in (("dx", {"stride_ak": 1, "stride_bn": 1}), ("dW", {"stride_am": 1, "stride_bn": 1})):
             meta = dict(PARTIAL=False, EVEN_K=True, PRECISION=precision, **unit, **cfg.kwargs)

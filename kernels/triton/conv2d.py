@@ -6,6 +6,8 @@ stride and padding for both axes, no dilation, one group), the FFT convolution o
 built as well, both are timed on the real buffers and the faster is kept, as cudnnFind does for
 cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwise convolutions
 (groups == in_channels) go to the direct kernel: one multiply-add per loaded element is no GEMM.
+A pointwise NHWC convolution (1x1, stride 1, no padding, one group) is a plain GEMM: the linear
+layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM.
 
 GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
 a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
@@ -62,6 +64,7 @@ from layerbench.layers import Conv2d
 from kernels.triton import fft_conv
 from kernels.triton.depthwise import build_depthwise
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
+from kernels.triton.pointwise_conv import build_pointwise, pointwise_refusal
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
                                     pixel_run, quick_bench, tile_config)
@@ -404,7 +407,8 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
           description="Triton convolution: implicit GEMM (fp32 accumulation, channel-blocked NHWC walk; "
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
-                      "at build; depthwise a direct kernel of its own")
+                      "at build, for 1x1 NHWC ones the linear layer's GEMM; depthwise a direct kernel of "
+                      "its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)
     if reason:
@@ -417,4 +421,19 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
             raise Unsupported("no timing under the Triton interpreter to choose it by")
         return build_fft(spec, dtype, tensors, out)  # refuses other dtypes and fields, with the reason
 
-    return faster_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out), "fft", fft, quick_bench)
+    gemm_details: dict[str, object] = {}
+
+    def pointwise() -> Kernel:
+        if interpreting(_conv2d_kernel):
+            raise Unsupported("no timing under the Triton interpreter to choose it by")
+        built = build_pointwise(spec, dtype, layout, tensors, out)
+        gemm_details.update(built.details)
+        return built.launch
+
+    igemm = build_igemm(spec, dtype, layout, tensors, out)
+    if pointwise_refusal(spec, layout) is None:  # a 1x1 NHWC convolution is a plain GEMM: no FFT
+        chosen = faster_of("implicit_gemm", igemm, "pointwise_gemm", pointwise, quick_bench)
+        if chosen.details["algorithm"] == "pointwise_gemm":
+            chosen.details.update(gemm_details)
+        return chosen
+    return faster_of("implicit_gemm", igemm, "fft", fft, quick_bench)

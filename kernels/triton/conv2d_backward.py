@@ -64,6 +64,7 @@ from layerbench.registry import register
 from kernels.triton import depthwise_backward
 from kernels.triton.conv2d import channel_block, channels_last_copy, layout_copy
 from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
+from kernels.triton.pointwise_conv import build_pointwise_backward, pointwise_refusal
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotuned, bind, check_inputs,
                                     dense_layout, grouped_tile, interpreting, pixel_run, quick_bench,
                                     tile_config)
@@ -484,6 +485,8 @@ def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, 
     if store == "via_nhwc" and not dx_nhwc:
         return Built(via_nhwc(), {"algorithm": "implicit_gemm_via_nhwc"})
     direct = in_order(*copies, gemm_into(out, dx_nhwc))
+    if pointwise_refusal(spec, layout) is None and not interpreting(_dgrad_kernel):
+        return _or_pointwise_gemm(spec, dtype, layout, tensors, out, Built(direct, {"algorithm": "implicit_gemm"}))
     if store == "direct" or dx_nhwc or run > 1 or interpreting(_dgrad_kernel):
         return Built(direct, {"algorithm": "implicit_gemm"})
     return faster_of("implicit_gemm", direct, "implicit_gemm_via_nhwc", via_nhwc,
@@ -602,4 +605,25 @@ def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
             best, best_ms = kernel, ms
             details.update(slices=slices, wgrad_ms=ms)
     assert best is not None
-    return Built(in_order(*copies, best, *bias), details)
+    implicit = Built(in_order(*copies, best, *bias), details)
+    if pointwise_refusal(spec, layout) is None and not interp:
+        return _or_pointwise_gemm(spec, dtype, layout, tensors, out, implicit)
+    return implicit
+
+
+def _or_pointwise_gemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
+                       implicit: Built) -> Built:
+    """The implicit GEMM or, where it times faster, the linear layer's backward GEMM on views of a 1x1
+    NHWC convolution's tensors (pointwise_conv.py); the details say which, and both times."""
+    gemm_details: dict[str, object] = {}
+
+    def pointwise() -> Kernel:
+        built = build_pointwise_backward(spec, dtype, layout, tensors, out)
+        gemm_details.update(built.details)
+        return built.launch
+
+    chosen = faster_of("implicit_gemm", implicit.launch, "pointwise_gemm", pointwise,
+                       lambda kernel: selection_ms(kernel, out.device))
+    chosen.details.update(gemm_details if chosen.details["algorithm"] == "pointwise_gemm" else
+                          {k: v for k, v in implicit.details.items() if k != "algorithm"})
+    return chosen

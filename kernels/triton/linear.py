@@ -14,6 +14,11 @@ the semaphore for the next launch.  One launch: a separate summing kernel cost a
 tail, 2-3 us of a 13 us layer.  On the GPU, build times 1, 2, 4 and 8 slices, each autotuned, and
 keeps the fastest.  Under the interpreter (correctness only) K is split in two whenever it spans
 more than two BLOCK_Ks, so both paths get checked.
+
+On Hopper, build also times the persistent GEMM fed by the tensor-memory accelerator
+(``linear_tma.py``) against the tiled kernel and keeps the faster, where the output has at least
+as many 128 x 128 tiles as the GPU has SMs; the record's ``detail_path`` says which (``tiled``
+with its ``splits``, or ``tma_persistent`` with its tile) and ``detail_tma_persistent`` why not.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import triton.language as tl
 
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.builders import Kernel, Tensors
+from layerbench.builders import Built, Kernel, Tensors, fastest_path
 from layerbench.registry import register
 from layerbench.layers import Linear
 
+from kernels.triton.linear_tma import build_persistent
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, dot_slice,
                                     grouped_tile, interpreting, quick_bench, split_sum, tile_config)
 
@@ -130,8 +136,9 @@ def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: to
 
 
 @register("linear", "triton", backend="triton", devices=("cuda", "cpu"),
-          description="Triton tiled GEMM x @ W^T + b, fp32 accumulation, timed split-K for small batches")
-def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+          description="Triton GEMM x @ W^T + b, fp32 accumulation: tiled with timed split-K, or persistent on TMA "
+                      "(Hopper), the faster kept")
+def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     check_inputs(_linear_kernel, dtype, Linear.dtypes, tensors, out, uses_dot=True)
     x, w = tensors["x"], tensors["weight"]
     bias = tensors.get("bias")
@@ -148,13 +155,27 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
         quantum = _INTERPRETER_CONFIG["BLOCK_K"]
         return _plan(spec, dtype, x, w, bias, out, 2 if k > 2 * quantum else 1, quantum)
 
-    candidates = [s for s in SPLIT_CANDIDATES
-                  if s == 1 or (k >= s * MIN_SLICE and s * m * n * 4 <= MAX_WORKSPACE_BYTES)]
-    best, best_ms = None, float("inf")
-    for splits in candidates:
-        kernel = _plan(spec, dtype, x, w, bias, out, splits, EVEN_K_QUANTUM)
-        ms = quick_bench(kernel)
-        if ms < best_ms:
-            best, best_ms = kernel, ms
-    assert best is not None
-    return best
+    def tiled() -> Built:
+        candidates = [s for s in SPLIT_CANDIDATES
+                      if s == 1 or (k >= s * MIN_SLICE and s * m * n * 4 <= MAX_WORKSPACE_BYTES)]
+        best, best_ms, best_splits = None, float("inf"), 1
+        for splits in candidates:
+            kernel = _plan(spec, dtype, x, w, bias, out, splits, EVEN_K_QUANTUM)
+            ms = quick_bench(kernel)
+            if ms < best_ms:
+                best, best_ms, best_splits = kernel, ms, splits
+        assert best is not None
+        return Built(best, {"splits": best_splits})
+
+    def persistent() -> Built:
+        # Persistence pays where programs walk several tiles; with fewer 128 x 128 output tiles
+        # than SMs each program would get one at most, and the tiled kernel's split-K fills the GPU.
+        sms = torch.cuda.get_device_properties(out.device).multi_processor_count
+        tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
+        if tiles < sms:
+            raise Unsupported(f"{tiles} output tiles of 128 x 128 for {sms} SMs: the tiled kernel's domain")
+        return build_persistent(spec, dtype, tensors, out)
+
+    # A failed TMA build must not hide a broken CUDA context: synchronising raises if it is one.
+    return fastest_path(("tiled", tiled), [("tma_persistent", persistent)], quick_bench,
+                        after_failure=torch.cuda.synchronize)
