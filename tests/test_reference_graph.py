@@ -23,7 +23,7 @@ from layerbench import registry
 from layerbench.builders import fastest_path
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unavailable, Unsupported
-from layerbench.layers import Conv2d, Linear
+from layerbench.layers import Conv2d, Linear, ReLU
 from layerbench.measure.provenance import libraries, library
 from layerbench.testing import TOLERANCES, make_output, make_tensors
 
@@ -351,6 +351,45 @@ def test_cudnn_graph_fp32_is_never_tf32(spec, layout):
     print(f"\n{spec} fp32 {layout}: rel_norm {result.rel_norm:.3g}; {details}")
     assert result.ok and result.rel_norm <= TOLERANCES["fp32"].rel_norm, result.message
     assert result.rel_norm < 1e-5, f"rel_norm {result.rel_norm:.3g}: reduced precision ran in fp32"
+
+
+RELU_SPECS = [ReLU(3, 17, 13, 11), ReLU(64, 96, 55, 55), ReLU(2, 3, 4, 5, inplace=True)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ReLU.dtypes)
+@pytest.mark.parametrize("spec", RELU_SPECS, ids=str)
+def test_cudnn_relu_is_the_faster_path_and_correct(spec, dtype):
+    """The legacy call always runs; the graph path runs too, or says why cuDNN (not our code) refused."""
+    result, details, launch = check_keeping_built(registry.get("relu", "cudnn").build, spec, dtype, "NCHW")
+    names = launched_kernels(launch, dtype)
+    print(f"\n{spec} {dtype}: path {details['path']} legacy {details.get('legacy_ms')} ms, graph "
+          f"{details.get('graph_ms')} ms; graph: {details.get('graph')}; kernels {names}")
+    assert result.ok, f"{spec} {dtype} path {details['path']}: {result.message}"
+    assert details["path"] in ("legacy", "graph") and details["legacy_ms"] > 0
+    graph = details["graph"]
+    if spec.inplace:
+        assert details["path"] == "legacy" and "in-place" in graph, graph
+    elif frontend_importable():
+        assert isinstance(graph, dict) or graph.startswith("unsupported: "), graph
+    assert set(libraries(names, "cudnn")) == {"cudnn"}, names
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ReLU.dtypes)
+def test_cudnn_relu_graph_passes_nan_and_infinities(dtype):
+    _frontend_or_skip()
+    spec = ReLU(2, 8, 9, 10)
+    tensors = make_tensors(spec, dtype, "NCHW", "cuda")
+    x, out = tensors["x"], make_output(spec, tensors)
+    try:
+        built = cudnn_graph.build_relu_graph(spec, get_dtype(dtype), "NCHW", tensors, out)
+    except Unsupported as why:
+        pytest.skip(f"cuDNN has no plan for a ReLU graph here: {why}")
+    x.view(-1)[:3] = torch.tensor([float("nan"), float("inf"), float("-inf")], device=x.device)
+    built()
+    torch.cuda.synchronize()
+    assert out.view(-1)[0].isnan() and out.view(-1)[1] == float("inf") and out.view(-1)[2] == 0
 
 
 @pytest.mark.gpu

@@ -10,7 +10,9 @@ conv2d     cuDNN (libcudnn_cnn,    the faster, timed in build, of (1) the legacy
                                    and (2) the graph API's fastest plan, bias fused (``cudnn_graph``,
                                    through the optional ``nvidia-cudnn-frontend``)
 pool2d     cuDNN (libcudnn_ops)    ``cudnnPoolingForward``, MAX or AVERAGE_COUNT_INCLUDE_PADDING
-relu       cuDNN (libcudnn_ops)    ``cudnnActivationForward`` RELU, in place when out is x
+relu       cuDNN (libcudnn_ops,    the faster, timed in build, of ``cudnnActivationForward`` RELU
+           and the graph API's     (in place when out is x) and the graph API's fastest plan of
+           engines)                a one-node ReLU graph (out of place; ``cudnn_graph``)
 linear     not here                cuDNN's legacy API has no matmul: the linear reference is
                                    implementation "cublas" (``kernels.reference.cublas``)
 =========  ======================  =========================================================
@@ -163,18 +165,24 @@ def build_pool2d(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors,
 
 
 @register("relu", "cudnn", backend="cudnn", reference=True,
-          description="cuDNN cudnnActivationForward (RELU)")
-def build_relu(spec: ReLU, dtype: DType, layout: str, tensors: Tensors,
-               out: torch.Tensor) -> Callable[[], None]:
-    lib, handle, device = _setup(tensors)
-    x = tensors["x"]
-    fmt = _common_format(layout, x=x, out=out)
-    x_d = _describe(lib, x, fmt)
-    y_d = x_d if out is x else _describe(lib, out, fmt)
-    act = lib.activation(api.ActivationMode.RELU, api.NanPropagation.PROPAGATE)
-    call = (lib.cudnnActivationForward,
-            (handle.ptr, act.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), ZERO_PTR, y_d.ptr, out.data_ptr()))
-    return _launcher(handle, device, [call], (act, x_d, y_d, x, out), {"inplace": out is x})
+          description="cuDNN: the faster of cudnnActivationForward (RELU) and the graph API's fastest "
+                      "pointwise ReLU plan (out of place)")
+def build_relu(spec: ReLU, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The faster of the legacy activation call and the graph API's ReLU, timed by one timer."""
+
+    def legacy() -> Built:
+        lib, handle, device = _setup(tensors)
+        x = tensors["x"]
+        fmt = _common_format(layout, x=x, out=out)
+        x_d = _describe(lib, x, fmt)
+        y_d = x_d if out is x else _describe(lib, out, fmt)
+        act = lib.activation(api.ActivationMode.RELU, api.NanPropagation.PROPAGATE)
+        call = (lib.cudnnActivationForward,
+                (handle.ptr, act.ptr, ONE_PTR, x_d.ptr, x.data_ptr(), ZERO_PTR, y_d.ptr, out.data_ptr()))
+        return _launcher(handle, device, [call], (act, x_d, y_d, x, out), {"inplace": out is x})
+
+    return _fastest_cudnn_path(tensors["x"].device, legacy,
+                               [("graph", lambda: cudnn_graph.build_relu_graph(spec, dtype, layout, tensors, out))])
 
 
 # Candidates whose search time is within this factor of the fastest are timed again.

@@ -44,8 +44,10 @@ Workspace: plans needing over half of the free device memory are deselected (the
 ``layerbench.builders.check_workspace``).  The launch points the frontend's handle at torch's
 current stream, then runs the kept plan.  No plan at all raises ``Unsupported`` with the reason.
 
-Pooling and ReLU are not here: the frontend's Python graph has no pooling (resample) node, and a
-standalone ReLU graph is a pointwise op that torch's ATen kernel already runs at copy speed.
+ReLU: a one-node pointwise graph (``relu``), searched the same way and timed beside the legacy
+``cudnnActivationForward`` (``cudnn.build_relu`` keeps the faster); out of place only.  Pooling is
+not here: the frontend's Python graph (1.32) has no pooling node (its C++ ``resample`` node is not
+bound in Python), so pooling runs the legacy ``cudnnPoolingForward`` alone.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from layerbench.builders import Built, Kernel, Tensors, check_workspace, selecti
 from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
-from layerbench.layers import Conv2d
+from layerbench.layers import Conv2d, ReLU
 from layerbench.layers.passes import at_direction
 
 FRONTEND = "nvidia-cudnn-frontend"
@@ -237,7 +239,7 @@ def _knobs(engine_and_knobs: Any) -> tuple[int | None, str]:
         return None, str(engine_and_knobs)
 
 
-def _start(spec: Conv2d, dtype: DType, x: torch.Tensor) -> tuple[Any, torch.device, Any]:
+def _start(dtype: DType, x: torch.Tensor) -> tuple[Any, torch.device, Any]:
     """The frontend, the device and its handle (on torch's current stream), or why the graph path
     cannot take the point."""
     cudnn = load_frontend()
@@ -245,14 +247,19 @@ def _start(spec: Conv2d, dtype: DType, x: torch.Tensor) -> tuple[Any, torch.devi
         raise Unsupported(f"cuDNN runs on CUDA tensors; x is on {x.device}")
     if dtype.name not in IO_TYPES:
         raise Unsupported(f"the cuDNN graph path runs {', '.join(IO_TYPES)}, not {dtype.name}")
-    if spec.groups != 1:
-        # Untested here without a GPU: grouped convolutions run on the legacy path.
-        raise Unsupported(f"the cuDNN graph path here takes groups 1 only, not groups {spec.groups} "
-                          "(the legacy API runs grouped convolutions)")
     device = x.device
     handle = _handle(cudnn, device)
     cudnn.set_stream(handle, torch.cuda.current_stream(device).cuda_stream)
     return cudnn, device, handle
+
+
+def _start_conv(spec: Conv2d, dtype: DType, x: torch.Tensor) -> tuple[Any, torch.device, Any]:
+    """``_start`` for a convolution graph, which takes one group only here."""
+    if spec.groups != 1:
+        # Untested here without a GPU: grouped convolutions run on the legacy path.
+        raise Unsupported(f"the cuDNN graph path here takes groups 1 only, not groups {spec.groups} "
+                          "(the legacy API runs grouped convolutions)")
+    return _start(dtype, x)
 
 
 def _new_graph(cudnn: Any, dtype: DType, handle: Any) -> tuple[Any, Any, Any]:
@@ -336,7 +343,8 @@ Probe = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
 
 def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: GraphPlans, uids: dict[str, Any],
                   real: dict[str, torch.Tensor], probe: Callable[[], Probe] | None, check: Callable[[], str | None],
-                  fmt: str, what: str, identity: str) -> Built:
+                  fmt: str, what: str, identity: str,
+                  probe_failure: str = "not true fp32 (the TF32 probe came back rounded)") -> Built:
     """Search ``plans`` on the real tensors (``search_plans``), each fp32 finalist checked on
     ``probe()`` and every finalist's result on the real tensors by ``check()`` (None: right, else
     why not), and return the fastest plan's launch with what the record says of the search.
@@ -372,8 +380,8 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
         if probe is not None:
             tensors, expected = probe()
             launcher(i, tensors)
-            if not all(bool((tensors[k].double() - e).abs().max() <= FP32_PROBE_TOL) for k, e in expected.items()):
-                return "not true fp32 (the TF32 probe came back rounded)"
+            if not all(_matches(tensors[k], e) for k, e in expected.items()):
+                return probe_failure
         launcher(i, real)
         return check()
 
@@ -407,6 +415,13 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
     if plans.heuristics_error:
         details["heuristics_error"] = plans.heuristics_error[:300]
     return Built(launch, details)
+
+
+def _matches(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """``got`` holds ``expected`` within the probe's tolerance, infinities and NaNs where it has them."""
+    value = got.double()
+    close = (value - expected).abs() <= FP32_PROBE_TOL
+    return bool((close | (value == expected) | (value.isnan() & expected.isnan())).all())
 
 
 def _backend_version(cudnn: Any) -> int | None:
@@ -479,7 +494,7 @@ def wgrad_probe(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dweight: torch.
 def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     """conv2d (+ fused bias) by the fastest plan of cuDNN's graph API (see the module docstring)."""
     x, w, b = tensors["x"], tensors["weight"], tensors.get("bias")
-    cudnn, device, handle = _start(spec, dtype, x)
+    cudnn, device, handle = _start_conv(spec, dtype, x)
     fmt = dense_layout(layout, x=x, out=out, weight=w)
     g, io, f32 = _new_graph(cudnn, dtype, handle)
     X, W = _tensor(g, "X", x.shape, fmt, io), _tensor(g, "W", w.shape, fmt, io)
@@ -506,7 +521,7 @@ def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
                              out: torch.Tensor) -> Built:
     """dx of conv2d (``out``) from dy and the weight, by the fastest plan of a ``conv_dgrad`` graph."""
     x, w, dy = tensors["x"], tensors["weight"], tensors["dy"]
-    cudnn, device, handle = _start(spec, dtype, x)
+    cudnn, device, handle = _start_conv(spec, dtype, x)
     fmt = dense_layout(layout, dy=dy, out=out, weight=w)
     g, io, _ = _new_graph(cudnn, dtype, handle)
     DY, W = _tensor(g, "DY", dy.shape, fmt, io), _tensor(g, "W", w.shape, fmt, io)
@@ -525,7 +540,7 @@ def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
     """dweight of conv2d from x and dy by the fastest plan of a ``conv_wgrad`` graph; with ``dbias``,
     the same graph also sums dy over N, H, W into it (a ``reduction`` node, ADD)."""
     x, dy = tensors["x"], tensors["dy"]
-    cudnn, device, handle = _start(spec, dtype, x)
+    cudnn, device, handle = _start_conv(spec, dtype, x)
     fmt = dense_layout(layout, x=x, dy=dy, dweight=dweight)
     g, io, f32 = _new_graph(cudnn, dtype, handle)
     X, DY = _tensor(g, "X", x.shape, fmt, io), _tensor(g, "DY", dy.shape, fmt, io)
@@ -544,3 +559,36 @@ def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
                            {"dweight": dweight, **({"dbias": dbias} if dbias is not None else {})})
     return _keep_fastest(cudnn, g, handle, device, plans, uids, real, probe, check, fmt, what,
                          f"{spec!r} {dtype.name}")
+
+
+def build_relu_graph(spec: ReLU, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """ReLU as a one-node pointwise graph, by its fastest plan (NaN propagates, as in torch).
+
+    Out of place only: an in-place ReLU (out is x) runs on the legacy call."""
+    x = tensors["x"]
+    if out is x:
+        raise Unsupported("the graph path writes a separate output; an in-place ReLU runs the legacy call")
+    cudnn, device, handle = _start(dtype, x)
+    fmt = dense_layout(layout, x=x, out=out)
+    g, io, _ = _new_graph(cudnn, dtype, handle)
+    X = _tensor(g, "X", x.shape, fmt, io)
+    Y = _output(g.relu(input=X, name="relu"), spec.output_shape, fmt, io)
+    plans = _plans(cudnn, g, dtype, device, "ReLU")
+    judge = ResultCheck(spec, dtype, tensors)
+
+    def probe() -> Probe:
+        # NaN must stay NaN (a max(x, 0) instruction would return 0), infinities as in torch.
+        special = torch.tensor([float("nan"), float("-inf"), float("inf"), -1.5, 2.5], dtype=x.dtype, device=x.device)
+        values = x.clone()  # dense in x's layout: its memory is one run of numel elements
+        memory = values.as_strided((values.numel(),), (1,))
+        count = min(special.numel(), values.numel())
+        memory[:count] = special[:count]
+        return {"x": values, "out": torch.empty_like(out)}, {"out": torch.relu(values).double()}
+
+    def check() -> str | None:
+        result = judge(out)
+        return None if result.ok else f"wrong on the real tensors: {result.message}"
+
+    return _keep_fastest(cudnn, g, handle, device, plans, {"x": X, "out": Y}, {"x": x, "out": out}, probe, check,
+                         fmt, "ReLU", f"{spec!r} {dtype.name}",
+                         probe_failure="NaN or infinities not passed through as torch does")
