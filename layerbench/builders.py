@@ -72,17 +72,30 @@ def faster_of(default_name: str, default: Kernel, other_name: str, build_other: 
     """``default``, or the other algorithm where it builds and ``time_ms`` finds it faster, with
     details saying which: ``algorithm`` and both times, or, where ``build_other`` raised
     Unsupported, the reason under ``other_name``."""
+    return fastest_of(default_name, default, [(other_name, build_other)], time_ms)
+
+
+def fastest_of(default_name: str, default: Kernel, others: list[tuple[str, Callable[[], Kernel]]],
+               time_ms: Callable[[Kernel], float]) -> Built:
+    """The fastest of ``default`` and the ``others`` that build, by ``time_ms``; details: the
+    winner as ``algorithm``, ``<name>_ms`` of each timed, and the reason under ``<name>`` for each
+    that raised Unsupported.  A tie keeps the earlier."""
     details: dict[str, object] = {"algorithm": default_name}
-    chosen = default
-    try:
-        other = build_other()
-    except Unsupported as why:
-        details[other_name] = str(why)
-    else:
-        other_ms, default_ms = time_ms(other), time_ms(default)
-        details.update({f"{other_name}_ms": other_ms, f"{default_name}_ms": default_ms})
-        if other_ms < default_ms:
-            details["algorithm"], chosen = other_name, other
+    timed: list[tuple[str, Kernel]] = []
+    for name, build in others:
+        try:
+            timed.append((name, build()))
+        except Unsupported as why:
+            details[name] = str(why)
+    if not timed:
+        return Built(default, details)
+    chosen, best_ms = default, float(time_ms(default))
+    details[f"{default_name}_ms"] = best_ms
+    for name, kernel in timed:
+        ms = float(time_ms(kernel))
+        details[f"{name}_ms"] = ms
+        if ms < best_ms:
+            details["algorithm"], chosen, best_ms = name, kernel, ms
     return Built(chosen, details)
 
 

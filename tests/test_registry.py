@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from layerbench.builders import check_workspace, faster_of, in_order, selection_mode, selection_ms, selection_timing
+from layerbench.builders import check_workspace, faster_of, fastest_of, in_order, selection_mode, selection_ms, selection_timing
 from layerbench.errors import Unsupported
 from layerbench.run import group
 
@@ -47,6 +47,18 @@ def test_faster_of_records_why_the_other_was_not_built() -> None:
     kernel()
     assert calls == ["direct"]
     assert kernel.details == {"algorithm": "direct", "fft": "no such algorithm here"}
+
+
+def test_fastest_of_times_every_candidate_that_builds() -> None:
+    calls: list[str] = []
+    default, fft, tma = (lambda: calls.append("direct")), (lambda: calls.append("fft")), (lambda: calls.append("tma"))
+    times = {default: 3.0, fft: 2.0, tma: 1.0}
+    kernel = fastest_of("direct", default, [("fft", lambda: fft), ("pointwise", _build_refused), ("tma", lambda: tma)],
+                        times.__getitem__)
+    kernel()
+    assert calls == ["tma"]
+    assert kernel.details == {"algorithm": "tma", "direct_ms": 3.0, "fft_ms": 2.0, "tma_ms": 1.0,
+                              "pointwise": "no such algorithm here"}
 
 
 def test_selection_timing_is_scoped() -> None:

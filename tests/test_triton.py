@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import linear as triton_linear
+from kernels.triton import conv_tma as triton_conv_tma
 from kernels.triton import linear_tma as triton_linear_tma
 from kernels.triton import pointwise_conv as triton_pointwise
 from kernels.triton import relu as triton_relu
@@ -310,6 +311,42 @@ def test_conv2d_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> Non
     tensors = make_tensors(spec, "fp16", layout, "cpu")
     with pytest.raises(Unsupported, match=reason):
         triton_pointwise.build_pointwise(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
+
+
+# ------------------------------------------------------------------------- TMA implicit GEMM (NHWC, stride 1)
+
+def conv_tma_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The TMA-fed convolution alone (the build times it on a Hopper GPU)."""
+    return triton_conv_tma.build_conv_tma(spec, dtype, layout, tensors, out)
+
+
+# Channels a multiple of 8 (16-byte rows in fp16); padding past the edges and per axis, dilation,
+# output widths on both sides of the 8-wide patch.
+@given(batch=st.integers(1, 2), channel_units=st.integers(1, 4), out_units=st.integers(1, 4),
+       height=st.integers(1, 11), width=st.integers(1, 11), kernel_h=st.integers(1, 3), kernel_w=st.integers(1, 3),
+       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(),
+       dtype=st.sampled_from(("tf32", "fp16")), seed=SEEDS)
+def test_conv2d_tma_drawn(batch: int, channel_units: int, out_units: int, height: int, width: int, kernel_h: int,
+                          kernel_w: int, padding_h: int, padding_w: int, dilation: int, bias: bool, dtype: str,
+                          seed: int) -> None:
+    assume(height + 2 * padding_h > dilation * (kernel_h - 1) and width + 2 * padding_w > dilation * (kernel_w - 1))
+    spec = Conv2d(batch, 8 * channel_units, 8 * out_units, height, width, kernel_h, kernel_w, padding_h=padding_h,
+                  padding_w=padding_w, dilation=dilation, bias=bias)
+    result = check_implementation(conv_tma_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype, layout, spec, reason", [
+    ("fp16", "NCHW", Conv2d(1, 8, 8, 5, 5, 3, 3), "runs NHWC"),
+    ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3, stride=2), "stride 1"),
+    ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3, groups=2), "one group"),
+    ("fp32", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3), "not fp32"),
+    ("fp16", "NHWC", Conv2d(1, 3, 8, 5, 5, 3, 3), "in_channels 3 in fp16"),
+])
+def test_conv2d_tma_refuses(dtype: str, layout: str, spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, dtype, layout, "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        triton_conv_tma.build_conv_tma(spec, get_dtype(dtype), layout, tensors, make_output(spec, tensors, layout))
 
 
 # ------------------------------------------------------------------------- persistent TMA GEMM

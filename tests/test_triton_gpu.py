@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import depthwise, fft_conv, linear_tma, pointwise_conv
+from kernels.triton import conv_tma, depthwise, fft_conv, linear_tma, pointwise_conv
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
 from layerbench.dtypes import get_dtype
@@ -244,26 +244,51 @@ def test_linear(name: str, dtype: str) -> None:
     check("linear", FC[name], dtype, "NCHW", seed_of(name))
 
 
-# The persistent TMA GEMM alone (the registered build keeps it only where it is faster): square,
+def skip_before_hopper() -> None:
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA paths need a Hopper or later GPU")
+
+
+# The TMA-fed convolution (NHWC, stride 1; the build keeps it only where it is faster):
+# ResNet-50 and VGG-16 layers, L5's 13 x 13 plane, a dilated and a per-axis padded layer.
+CONV_TMA = {"resnet-3x3-64": Conv2d(8, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
+            "resnet-3x3-512-7x7": Conv2d(8, 512, 512, 7, 7, 3, 3, padding=1),
+            "L5-13x13": THESIS_CONV["L5"], "vgg-3x3-256": Conv2d(4, 256, 256, 56, 56, 3, 3, padding=1),
+            "dilated-2": Conv2d(4, 256, 256, 28, 28, 3, 3, padding=2, dilation=2),
+            "inception-1x7": Conv2d(4, 128, 192, 17, 17, 1, 7, padding_h=0, padding_w=3),
+            "pointwise-odd": Conv2d(3, 96, 24, 29, 31, 1, 1)}
+
+
+def test_conv2d_tma_is_timed_beside_the_implicit_gemm() -> None:
+    skip_before_hopper()
+    spec = CONV_TMA["resnet-3x3-64"]
+    tensors = make_tensors(spec, "bf16", "NHWC", "cuda")
+    built = as_built(get("conv2d", "triton").build(spec, get_dtype("bf16"), "NHWC", tensors,
+                                                   make_output(spec, tensors, "NHWC")))
+    assert built.details["tma_implicit_gemm_ms"] > 0 and built.details["implicit_gemm_ms"] > 0, built.details
+
+
+# The persistent TMA GEMM (the registered build keeps it only where it is faster): square,
 # ragged against every tile, a matrix-vector product and the AlexNet FC shapes.
 TMA_FC = {"square-2048": Linear(2048, 2048, 2048), "ragged": Linear(300, 1032, 776),
           "matrix-vector": Linear(1, 4096, 4096), "large": FC["large"], "small": FC["small"]}
 
 
-def tma_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
+def linear_tma_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
     return linear_tma.build_persistent(spec, dtype, tensors, out)
 
 
-def skip_before_hopper() -> None:
-    if torch.cuda.get_device_capability() < (9, 0):
-        pytest.skip("the TMA GEMM needs a Hopper or later GPU")
+# Each TMA path alone: (its builder, the spec, the layout).
+TMA_CASES = {**{f"conv-{n}": (conv_tma.build_conv_tma, spec, "NHWC") for n, spec in CONV_TMA.items()},
+             **{f"linear-{n}": (linear_tma_only, spec, "NCHW") for n, spec in TMA_FC.items()}}
 
 
 @pytest.mark.parametrize("dtype", ("tf32", "fp16", "bf16"))
-@pytest.mark.parametrize("name", TMA_FC)
-def test_linear_tma(name: str, dtype: str) -> None:
+@pytest.mark.parametrize("name", TMA_CASES)
+def test_tma_path(name: str, dtype: str) -> None:
     skip_before_hopper()
-    result = check_implementation(tma_only, TMA_FC[name], dtype, "NCHW", "cuda", seed=seed_of(name))
+    build, spec, layout = TMA_CASES[name]
+    result = check_implementation(build, spec, dtype, layout, "cuda", seed=seed_of(name))
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 

@@ -1,8 +1,9 @@
-"""Compile the conv backward kernels and the linear GEMMs (tiled and TMA) for a GPU target without a GPU, and
-report per tile config what the compiler made of them: registers, spill stack, shared memory, and
-whether the main loop got Hopper's warpgroup MMA and async-copy pipelining.
+"""Compile the conv backward kernels, the linear GEMMs (tiled and TMA) and the TMA convolution for a
+GPU target without a GPU, and report per tile config what the compiler made of them: registers,
+spill stack, shared memory, and whether the main loop got Hopper's warpgroup MMA and async-copy or
+TMA pipelining.
 
-    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|all]
+    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|conv_tma|all]
 
 It catches what only a GPU run would show otherwise: register spills, loads that do not vectorise
 (no async copies, one stage of shared memory), a config that fails to compile.  Pointers are
@@ -27,7 +28,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
-from kernels.triton import linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
+from kernels.triton import conv_tma as ct, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
 from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
 
 ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
@@ -64,7 +65,8 @@ def _tile(cfg: triton.Config) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="?", default="all", choices=["dgrad", "wgrad", "depthwise", "linear", "all"])
+    parser.add_argument("which", nargs="?", default="all",
+                        choices=["dgrad", "wgrad", "depthwise", "linear", "conv_tma", "all"])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dtype", default="bf16", choices=sorted(ELEMENT))
     args = parser.parse_args()
@@ -105,6 +107,25 @@ def main() -> None:
                 print(f"depthwise wgrad 3x3 {_tile(cfg)} {'NHWC' if nhwc else 'NCHW'}: {line}")
     if args.which in ("linear", "all"):
         linear_report(target, el, mode, precision)
+    if args.which in ("conv_tma", "all"):
+        conv_tma_report(target, el, mode, precision)
+
+
+def conv_tma_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:
+    """The TMA-fed NHWC convolution (3x3, with bias) for each config and patch width."""
+    element = el[1:]
+    for c in ct.CONFIGS.get(mode, []):
+        for bw in ct.PATCH_WIDTHS:
+            bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], c["BLOCK_K"]
+            descs = {"x_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bk}]>",
+                     "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",
+                     "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
+            meta = {"R": 3, "S": 3, "HAS_BIAS": True, "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn,
+                    "BLOCK_K": bk}
+            line = compile_report(ct._conv_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"], c["num_stages"],
+                                  {"K", "C"}, descs)
+            print(f"conv TMA patch {bh}x{bw} BLOCK_N={bn} BLOCK_K={bk} warps={c['num_warps']} "
+                  f"stages={c['num_stages']}: {line}")
 
 
 def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:

@@ -7,7 +7,9 @@ built as well, both are timed on the real buffers and the faster is kept, as cud
 cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwise convolutions
 (groups == in_channels) go to the direct kernel: one multiply-add per loaded element is no GEMM.
 A pointwise NHWC convolution (1x1, stride 1, no padding, one group) is a plain GEMM: the linear
-layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM.
+layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM.  On
+Hopper an NHWC convolution of stride 1 and one group is also built as an implicit GEMM fed by the
+tensor-memory accelerator (conv_tma.py) and timed beside them; the fastest is kept.
 
 GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
 a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
@@ -50,18 +52,20 @@ ids are grouped along M so neighbouring programs share B tiles in L2.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 import triton
 import triton.language as tl
 
-from layerbench.builders import Built, Kernel, Tensors, check_workspace, faster_of, in_order
+from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Conv2d
 
 from kernels.triton import fft_conv
+from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.pointwise_conv import build_pointwise, pointwise_refusal
@@ -407,8 +411,8 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
           description="Triton convolution: implicit GEMM (fp32 accumulation, channel-blocked NHWC walk; "
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
-                      "at build, for 1x1 NHWC ones the linear layer's GEMM; depthwise a direct kernel of "
-                      "its own")
+                      "at build, for 1x1 NHWC ones the linear layer's GEMM, on Hopper for stride-1 NHWC ones "
+                      "a TMA-fed implicit GEMM; depthwise a direct kernel of its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)
     if reason:
@@ -421,19 +425,23 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
             raise Unsupported("no timing under the Triton interpreter to choose it by")
         return build_fft(spec, dtype, tensors, out)  # refuses other dtypes and fields, with the reason
 
-    gemm_details: dict[str, object] = {}
+    # What the GEMM paths chose (their tile, the linear build's path), for the record of the winner.
+    chosen_by: dict[str, dict[str, object]] = {"pointwise_gemm": {}, "tma_implicit_gemm": {}}
 
-    def pointwise() -> Kernel:
-        if interpreting(_conv2d_kernel):
-            raise Unsupported("no timing under the Triton interpreter to choose it by")
-        built = build_pointwise(spec, dtype, layout, tensors, out)
-        gemm_details.update(built.details)
-        return built.launch
+    def timed_path(name: str, build_path: Callable[[], Built]) -> Callable[[], Kernel]:
+        def build_it() -> Kernel:
+            if interpreting(_conv2d_kernel):
+                raise Unsupported("no timing under the Triton interpreter to choose it by")
+            built = build_path()  # refuses what it cannot run, with the reason
+            chosen_by[name].update(built.details)
+            return built.launch
+        return build_it
 
-    igemm = build_igemm(spec, dtype, layout, tensors, out)
-    if pointwise_refusal(spec, layout) is None:  # a 1x1 NHWC convolution is a plain GEMM: no FFT
-        chosen = faster_of("implicit_gemm", igemm, "pointwise_gemm", pointwise, quick_bench)
-        if chosen.details["algorithm"] == "pointwise_gemm":
-            chosen.details.update(gemm_details)
-        return chosen
-    return faster_of("implicit_gemm", igemm, "fft", fft, quick_bench)
+    pointwise = timed_path("pointwise_gemm", lambda: build_pointwise(spec, dtype, layout, tensors, out))
+    tma = timed_path("tma_implicit_gemm", lambda: build_conv_tma(spec, dtype, layout, tensors, out))
+    # A 1x1 NHWC convolution is a plain GEMM: no FFT for it.
+    first = ("pointwise_gemm", pointwise) if pointwise_refusal(spec, layout) is None else ("fft", fft)
+    chosen = fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out),
+                        [first, ("tma_implicit_gemm", tma)], quick_bench)
+    chosen.details.update(chosen_by.get(str(chosen.details["algorithm"]), {}))
+    return chosen

@@ -23,26 +23,19 @@ is kept in the build cache like the autotuner's.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.builders import Built, Tensors
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Linear
 
-from kernels.triton.support import DOT_MODE, DOT_PRECISION, grouped_tile, interpreting, quick_bench
-
-try:  # host-side descriptors: Triton 3.4 and later
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - older Triton: the tiled kernel alone
-    TensorDescriptor = None
+from kernels.triton.support import DOT_MODE, DOT_PRECISION, grouped_tile, interpreting
+from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_config
 
 
 def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> dict[str, int]:
@@ -63,7 +56,6 @@ CONFIGS = {
 # Under the interpreter: small tiles and few programs, so that each program walks several tiles.
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
 INTERPRETER_PROGRAMS = 3
-ALIGN_BYTES = 16  # the copy engine's alignment of base addresses and row strides
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -87,96 +79,44 @@ def _linear_tma_kernel(x_desc, w_desc, y_desc, b_ptr, M, N, K, HAS_BIAS: tl.cons
         y_desc.store([row, col], acc.to(b_ptr.dtype.element_ty))
 
 
-def check_tma(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> None:
+def check_linear(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> None:
     """Raise Unsupported unless the copy engine can address these tensors and dtype."""
-    if TensorDescriptor is None:
-        raise Unsupported(f"Triton {triton.__version__} has no host tensor descriptors (3.4 or later)")
     if DOT_MODE[dtype.name] not in CONFIGS:
         raise Unsupported(f"the TMA GEMM runs fp16, bf16 and tf32 on the tensor cores, not {dtype.name}")
-    x, w = tensors["x"], tensors["weight"]
-    if not interpreting(_linear_tma_kernel) and (
-            x.device.type != "cuda" or torch.cuda.get_device_capability(x.device) < (9, 0)):
-        raise Unsupported("the TMA GEMM needs a Hopper or later GPU (compute capability 9.0+)")
-    size = x.element_size()
+    size = tensors["x"].element_size()
     for name, count in (("in_features", spec.in_features), ("out_features", spec.out_features)):
-        if count * size % ALIGN_BYTES:
-            raise Unsupported(f"the copy engine needs rows of a multiple of {ALIGN_BYTES} bytes: {name} "
+        if count * size % 16:
+            raise Unsupported(f"the copy engine needs rows of a multiple of 16 bytes: {name} "
                               f"{count} in {dtype.name} is {count * size} bytes")
-    for name, t in (("x", x), ("weight", w), ("out", out)):
-        if t.data_ptr() % ALIGN_BYTES or not t.is_contiguous():
-            raise Unsupported(f"the copy engine needs {name} contiguous and {ALIGN_BYTES}-byte aligned")
+    check_tma(_linear_tma_kernel, out.device, {"x": tensors["x"], "weight": tensors["weight"], "out": out})
 
 
-class _Launch:
-    """A zero-argument launch of the kernel with one config (descriptors made for its tiles)."""
-
-    def __init__(self, spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
-                 config: dict[str, int], programs: int):
-        x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
-        bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-        descs = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
-                 TensorDescriptor.from_tensor(out, [bm, bn]))
-        tiles = triton.cdiv(spec.batch, bm) * triton.cdiv(spec.out_features, bn)
-        self.device = out.device
-        self.grid = (min(programs, tiles),)
-        self.args = (*descs, bias if bias is not None else out, spec.batch, spec.out_features,
-                     spec.in_features)
-        self.meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name],
-                     "PROGRAMS": programs, **config}
-        self.launch = _linear_tma_kernel[self.grid]
-
-    def __call__(self) -> None:
-        self.launch(*self.args, **self.meta)
-
-    def compile(self) -> None:
-        """Compile without running; an error is left for the timing, which skips the config."""
-        with torch.cuda.device(self.device):
-            try:
-                _linear_tma_kernel.warmup(*self.args, grid=self.grid, **self.meta)
-            except Exception:  # noqa: BLE001, S110 - see the docstring
-                pass
-
-
-def _choose(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, programs: int) -> dict[str, Any]:
-    """The fastest config on this GPU: every config compiled at once, then each timed; the choice
-    is kept in the build cache (keyed by the shapes, dtype and candidates) like the autotuner's."""
-    configs = CONFIGS[DOT_MODE[dtype.name]]
-    name = f"{__name__}._linear_tma_kernel"
-    probe = [tensors["x"], tensors["weight"], out, tensors.get("bias")]
-    key = choice_key(name, probe, {"programs": programs, "precision": DOT_PRECISION[dtype.name],
-                                   "candidates": repr(configs)})
-    choices = autotune_choices()
-    chosen = choices.get(key)
-    if chosen is not None:
-        return chosen
-    launches = [_Launch(spec, dtype, tensors, out, c, programs) for c in configs]
-    launches[0].compile()  # alone first: it sets up Triton's per-device state
-    with ThreadPoolExecutor(max_workers=max(1, min(len(configs) - 1, os.cpu_count() or 1))) as pool:
-        list(pool.map(_Launch.compile, launches[1:]))
-    best, best_ms, errors = None, float("inf"), []
-    for config, launch in zip(configs, launches):
-        try:
-            ms = quick_bench(launch)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: that config is skipped
-            errors.append(f"{config}: {type(exc).__name__}")
-            continue
-        if ms < best_ms:
-            best, best_ms = config, ms
-    if best is None:
-        raise Unsupported(f"no TMA GEMM config compiled and ran: {'; '.join(errors[:3])}")
-    choices.put(key, best, {"kernel": name, "ms": best_ms})
-    return best
+def _launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, config: dict[str, Any],
+            programs: int) -> Launch:
+    """The kernel's launch with ``config`` (descriptors made for its tiles)."""
+    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
+    bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+    descs = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
+             TensorDescriptor.from_tensor(out, [bm, bn]))
+    tiles = triton.cdiv(spec.batch, bm) * triton.cdiv(spec.out_features, bn)
+    args = (*descs, bias if bias is not None else out, spec.batch, spec.out_features, spec.in_features)
+    meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name], "PROGRAMS": programs, **config}
+    return Launch(_linear_tma_kernel, (min(programs, tiles),), args, meta, out.device)
 
 
 def build_persistent(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Built:
     """The persistent TMA GEMM for this layer (``Unsupported`` where the copy engine cannot run it)."""
-    check_tma(spec, dtype, tensors, out)
+    check_linear(spec, dtype, tensors, out)
     if interpreting(_linear_tma_kernel):
         config, programs = dict(INTERPRETER_CONFIG), INTERPRETER_PROGRAMS
     else:
         programs = torch.cuda.get_device_properties(out.device).multi_processor_count
-        config = _choose(spec, dtype, tensors, out, programs)
+        config = choose_config(f"{__name__}._linear_tma_kernel",
+                               [tensors["x"], tensors["weight"], out, tensors.get("bias")],
+                               {"programs": programs, "precision": DOT_PRECISION[dtype.name]},
+                               CONFIGS[DOT_MODE[dtype.name]],
+                               lambda c: _launch(spec, dtype, tensors, out, c, programs))
     tile = f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}"
-    return Built(_Launch(spec, dtype, tensors, out, config, programs),
+    return Built(_launch(spec, dtype, tensors, out, config, programs),
                  {"tile": tile, "warps": config["num_warps"], "stages": config["num_stages"],
                   "programs": programs})

@@ -1,0 +1,152 @@
+"""An NHWC convolution of stride 1 as an implicit GEMM fed by Hopper's tensor-memory accelerator.
+
+A program owns a BH x BW patch of output pixels of one image (BLOCK_M = BH * BW rows of the
+GEMM) and BLOCK_N output channels.  For each filter tap (r, s) the input pixels that patch needs
+are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one box of the
+4-D input [N, H, W, C], which the copy engine fetches for a BLOCK_K run of channels, filling
+zeros where the box hangs over the image's edge (the padding, negative coordinates included) or
+past the last channel.  The weight, channels_last [K, R, S, C], gives its (r, s) slice the same
+way, so the reduction over taps and channel blocks needs no index math, no masks and no
+gathers; the output patch goes out through a descriptor too, clipped at the edges.
+
+Where it applies: NHWC, stride 1 on both axes (a strided patch is no box), one group, any
+padding and dilation, fp16/bf16/tf32 (fp32 stays on the FMA units), channel counts whose rows
+are a multiple of 16 bytes.  ``conv2d.build`` times it beside the implicit GEMM and keeps the
+faster.  The patch shape wastes the rows and columns past the image's edge (7 x 7 planes in
+8 x 8 patches: 77 % of the tile used), which the pointer-based implicit GEMM does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from layerbench.builders import Built, Tensors
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+
+from kernels.triton.support import DOT_MODE, DOT_PRECISION, interpreting, next_pow2
+from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_config
+
+
+def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> dict[str, int]:
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+
+
+CONFIGS = {
+    "mma16": [_config(128, 128, 64, 8, 3), _config(128, 128, 64, 4, 4), _config(128, 256, 64, 8, 3),
+              _config(64, 128, 64, 4, 4), _config(128, 64, 64, 4, 4)],
+    "tf32": [_config(128, 128, 32, 8, 3), _config(128, 128, 32, 4, 4), _config(64, 128, 32, 4, 4),
+             _config(128, 64, 32, 4, 4)],
+}
+INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
+PATCH_WIDTHS = (8, 16)  # the narrowest that holds the output's width, else the widest
+
+
+@triton.jit(do_not_specialize=["N"])
+def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
+                     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                     BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    BLOCK_M: tl.constexpr = BH * BW
+    # Channel tiles fastest: neighbouring programs read the same input patch while it is in L2.
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(K, BLOCK_N)
+    tiles_w = tl.cdiv(Q, BW)
+    tiles_h = tl.cdiv(P, BH)
+    k0 = (pid % tiles_n) * BLOCK_N
+    rest = pid // tiles_n
+    w0 = (rest % tiles_w) * BW
+    rest = rest // tiles_w
+    h0 = (rest % tiles_h) * BH
+    n = rest // tiles_h
+    steps_c = tl.cdiv(C, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i in range(R * S * steps_c):
+        tap = i // steps_c
+        c0 = (i - tap * steps_c) * BLOCK_K
+        r = tap // S
+        s = tap - r * S
+        a = x_desc.load([n, h0 - PAD_H + r * DIL_H, w0 - PAD_W + s * DIL_W, c0]).reshape(BLOCK_M, BLOCK_K)
+        b = w_desc.load([k0, r, s, c0]).reshape(BLOCK_N, BLOCK_K)
+        acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+    if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
+        cols = k0 + tl.arange(0, BLOCK_N)
+        acc += tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
+    y_desc.store([n, h0, w0, k0], acc.to(b_ptr.dtype.element_ty).reshape(1, BH, BW, BLOCK_N))
+
+
+def tma_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
+    """Why the TMA convolution cannot run this point (None where it can, tensors permitting)."""
+    if layout != "NHWC":
+        return f"the TMA convolution runs NHWC, this point is {layout}"
+    if (spec.stride_h, spec.stride_w) != (1, 1):
+        return f"the TMA convolution runs stride 1 (its patches are boxes), this point has {spec.stride_h}x{spec.stride_w}"
+    if spec.groups != 1:
+        return f"the TMA convolution runs one group, this point has {spec.groups}"
+    if DOT_MODE[dtype.name] not in CONFIGS:
+        return f"the TMA convolution runs fp16, bf16 and tf32 on the tensor cores, not {dtype.name}"
+    size = dtype.torch_dtype.itemsize
+    for name, count in (("in_channels", spec.in_channels), ("out_channels", spec.out_channels)):
+        if count * size % 16:
+            return f"the copy engine needs rows of a multiple of 16 bytes: {name} {count} in {dtype.name}"
+    return None
+
+
+def _views(tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x, the weight and the output as the dense [N, H, W, C]-ordered tensors they are in memory,
+    with packed strides (torch leaves a size-1 dimension's stride arbitrary; a descriptor needs
+    every stride a multiple of 16 bytes)."""
+    views = {}
+    for name, t in (("x", tensors["x"]), ("weight", tensors["weight"]), ("out", out)):
+        view = t.permute(0, 2, 3, 1)
+        if not view.is_contiguous():
+            raise Unsupported(f"the TMA convolution needs {name} dense in channels_last order")
+        _, h, w, c = view.shape
+        views[name] = view.as_strided(view.shape, (h * w * c, w * c, c, 1))
+    return views
+
+
+def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, config: dict[str, Any]) -> Launch:
+    """The kernel's launch with ``config`` (its patch shape from the output's width)."""
+    views = _views(tensors, out)
+    bias = tensors.get("bias")
+    bw = next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1])
+    bw = min(bw, config["BLOCK_M"])
+    bh = config["BLOCK_M"] // bw
+    bn = config["BLOCK_N"]
+    bk = min(config["BLOCK_K"], max(16, next_pow2(spec.in_channels)))  # no channel block past C
+    descs = (TensorDescriptor.from_tensor(views["x"], [1, bh, bw, bk]),
+             TensorDescriptor.from_tensor(views["weight"], [bn, 1, 1, bk]),
+             TensorDescriptor.from_tensor(views["out"], [1, bh, bw, bn]))
+    p, q, k = spec.out_height, spec.out_width, spec.out_channels
+    grid = (spec.batch * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn),)
+    args = (*descs, bias if bias is not None else out, spec.batch, p, q, k, spec.in_channels,
+            spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
+    meta = {"R": spec.kernel_h, "S": spec.kernel_w, "HAS_BIAS": bias is not None,
+            "PRECISION": DOT_PRECISION[dtype.name], "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
+            "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+    return Launch(_conv_tma_kernel, grid, args, meta, out.device)
+
+
+def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The TMA implicit GEMM for this point (``Unsupported`` with the reason where it cannot run)."""
+    reason = tma_refusal(spec, dtype, layout)
+    if reason:
+        raise Unsupported(reason)
+    views = _views(tensors, out)
+    check_tma(_conv_tma_kernel, out.device, views)
+    if interpreting(_conv_tma_kernel):
+        config = dict(INTERPRETER_CONFIG)
+    else:
+        config = choose_config(f"{__name__}._conv_tma_kernel",
+                               [tensors["x"], tensors["weight"], out, tensors.get("bias")],
+                               {"spec": repr(spec), "precision": DOT_PRECISION[dtype.name]},
+                               CONFIGS[DOT_MODE[dtype.name]], lambda c: _launch(spec, dtype, tensors, out, c))
+    launch = _launch(spec, dtype, tensors, out, config)
+    patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
+    return Built(launch, {"patch": patch, "block_n": launch.meta["BLOCK_N"], "block_k": launch.meta["BLOCK_K"],
+                          "warps": config["num_warps"], "stages": config["num_stages"]})
