@@ -67,36 +67,38 @@ def in_order(*kernels: Kernel) -> Kernel:
     return kernel
 
 
-def faster_of(default_name: str, default: Kernel, other_name: str, build_other: Callable[[], Kernel],
-              time_ms: Callable[[Kernel], float]) -> Built:
+def faster_of(default_name: str, default: Kernel | Built, other_name: str,
+              build_other: Callable[[], Kernel | Built], time_ms: Callable[[Kernel], float]) -> Built:
     """``default``, or the other algorithm where it builds and ``time_ms`` finds it faster, with
     details saying which: ``algorithm`` and both times, or, where ``build_other`` raised
     Unsupported, the reason under ``other_name``."""
     return fastest_of(default_name, default, [(other_name, build_other)], time_ms)
 
 
-def fastest_of(default_name: str, default: Kernel, others: list[tuple[str, Callable[[], Kernel]]],
+def fastest_of(default_name: str, default: Kernel | Built, others: list[tuple[str, Callable[[], Kernel | Built]]],
                time_ms: Callable[[Kernel], float]) -> Built:
     """The fastest of ``default`` and the ``others`` that build, by ``time_ms``; details: the
-    winner as ``algorithm``, ``<name>_ms`` of each timed, and the reason under ``<name>`` for each
-    that raised Unsupported.  A tie keeps the earlier."""
+    winner as ``algorithm`` with its own details (where it is a ``Built``), ``<name>_ms`` of each
+    timed, and the reason under ``<name>`` for each that raised Unsupported.  A tie keeps the
+    earlier."""
     details: dict[str, object] = {"algorithm": default_name}
-    timed: list[tuple[str, Kernel]] = []
+    timed: list[tuple[str, Built]] = []
     for name, build in others:
         try:
-            timed.append((name, build()))
+            timed.append((name, as_built(build())))
         except Unsupported as why:
             details[name] = str(why)
-    if not timed:
-        return Built(default, details)
-    chosen, best_ms = default, float(time_ms(default))
-    details[f"{default_name}_ms"] = best_ms
-    for name, kernel in timed:
-        ms = float(time_ms(kernel))
-        details[f"{name}_ms"] = ms
-        if ms < best_ms:
-            details["algorithm"], chosen, best_ms = name, kernel, ms
-    return Built(chosen, details)
+    chosen = as_built(default)
+    if timed:
+        best_ms = float(time_ms(chosen.launch))
+        details[f"{default_name}_ms"] = best_ms
+        for name, built in timed:
+            ms = float(time_ms(built.launch))
+            details[f"{name}_ms"] = ms
+            if ms < best_ms:
+                details["algorithm"], chosen, best_ms = name, built, ms
+    details.update({k: v for k, v in chosen.details.items() if k != "algorithm"})
+    return Built(chosen.launch, details)
 
 
 def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from layerbench.builders import check_workspace, faster_of, fastest_of, in_order, selection_mode, selection_ms, selection_timing
+from layerbench.builders import Built, check_workspace, faster_of, fastest_of, in_order, selection_mode, selection_ms, selection_timing
 from layerbench.errors import Unsupported
 from layerbench.run import group
 
@@ -59,6 +59,15 @@ def test_fastest_of_times_every_candidate_that_builds() -> None:
     assert calls == ["tma"]
     assert kernel.details == {"algorithm": "tma", "direct_ms": 3.0, "fft_ms": 2.0, "tma_ms": 1.0,
                               "pointwise": "no such algorithm here"}
+
+
+def test_fastest_of_keeps_the_details_of_the_winner_only() -> None:
+    slow, fast = Built(lambda: None, {"tile": "slow"}), Built(lambda: None, {"tile": "fast", "algorithm": "x"})
+    times = {slow.launch: 2.0, fast.launch: 1.0}
+    kernel = fastest_of("direct", slow, [("tma", lambda: fast)], times.__getitem__)
+    assert kernel.details == {"algorithm": "tma", "direct_ms": 2.0, "tma_ms": 1.0, "tile": "fast"}
+    kernel = fastest_of("direct", fast, [("tma", lambda: slow)], times.__getitem__)
+    assert kernel.details == {"algorithm": "direct", "direct_ms": 1.0, "tma_ms": 2.0, "tile": "fast"}
 
 
 def test_selection_timing_is_scoped() -> None:

@@ -425,23 +425,16 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
             raise Unsupported("no timing under the Triton interpreter to choose it by")
         return build_fft(spec, dtype, tensors, out)  # refuses other dtypes and fields, with the reason
 
-    # What the GEMM paths chose (their tile, the linear build's path), for the record of the winner.
-    chosen_by: dict[str, dict[str, object]] = {"pointwise_gemm": {}, "tma_implicit_gemm": {}}
-
-    def timed_path(name: str, build_path: Callable[[], Built]) -> Callable[[], Kernel]:
-        def build_it() -> Kernel:
+    def on_gpu(build_path: Callable[[], Built]) -> Callable[[], Built]:
+        def build_it() -> Built:
             if interpreting(_conv2d_kernel):
                 raise Unsupported("no timing under the Triton interpreter to choose it by")
-            built = build_path()  # refuses what it cannot run, with the reason
-            chosen_by[name].update(built.details)
-            return built.launch
+            return build_path()  # refuses what it cannot run, with the reason
         return build_it
 
-    pointwise = timed_path("pointwise_gemm", lambda: build_pointwise(spec, dtype, layout, tensors, out))
-    tma = timed_path("tma_implicit_gemm", lambda: build_conv_tma(spec, dtype, layout, tensors, out))
+    pointwise = on_gpu(lambda: build_pointwise(spec, dtype, layout, tensors, out))
+    tma = on_gpu(lambda: build_conv_tma(spec, dtype, layout, tensors, out))
     # A 1x1 NHWC convolution is a plain GEMM: no FFT for it.
     first = ("pointwise_gemm", pointwise) if pointwise_refusal(spec, layout) is None else ("fft", fft)
-    chosen = fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out),
-                        [first, ("tma_implicit_gemm", tma)], quick_bench)
-    chosen.details.update(chosen_by.get(str(chosen.details["algorithm"]), {}))
-    return chosen
+    return fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out),
+                      [first, ("tma_implicit_gemm", tma)], quick_bench)

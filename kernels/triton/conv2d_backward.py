@@ -615,15 +615,6 @@ def _or_pointwise_gemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors
                        implicit: Built) -> Built:
     """The implicit GEMM or, where it times faster, the linear layer's backward GEMM on views of a 1x1
     NHWC convolution's tensors (pointwise_conv.py); the details say which, and both times."""
-    gemm_details: dict[str, object] = {}
-
-    def pointwise() -> Kernel:
-        built = build_pointwise_backward(spec, dtype, layout, tensors, out)
-        gemm_details.update(built.details)
-        return built.launch
-
-    chosen = faster_of("implicit_gemm", implicit.launch, "pointwise_gemm", pointwise,
-                       lambda kernel: selection_ms(kernel, out.device))
-    chosen.details.update(gemm_details if chosen.details["algorithm"] == "pointwise_gemm" else
-                          {k: v for k, v in implicit.details.items() if k != "algorithm"})
-    return chosen
+    return faster_of("implicit_gemm", implicit, "pointwise_gemm",
+                     lambda: build_pointwise_backward(spec, dtype, layout, tensors, out),
+                     lambda kernel: selection_ms(kernel, out.device))

@@ -8,6 +8,7 @@ only) autotuning would run every config through the Python interpreter, so one f
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
@@ -198,10 +199,10 @@ def bind(fn: Any, tuned: Any, grid: Grid, args: tuple, meta: dict[str, Any],
 
 def _precompile(fn: Any, configs: list[dict[str, Any]], grid: Grid, args: tuple,
                 meta: dict[str, Any]) -> None:
-    """Compile every config at once on a thread pool (Triton releases the GIL while compiling).
+    """Compile every config at once (``compile_all``) before the autotuner times them.
 
-    The autotuner would compile them one after another, several seconds each.  An error here is
-    dropped on purpose: the autotuner compiles the same config again and reports or skips it.
+    An error here is dropped on purpose: the autotuner compiles the same config again and reports
+    or skips it.
     """
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
 
@@ -212,11 +213,19 @@ def _precompile(fn: Any, configs: list[dict[str, Any]], grid: Grid, args: tuple,
             except Exception:  # noqa: BLE001 - see the docstring
                 pass
 
-    # The first compile runs alone: it sets up Triton's per-device caches and driver lazily.
-    compile_one(configs[0])
-    workers = max(1, min(len(configs) - 1, os.cpu_count() or 1))
+    compile_all([functools.partial(compile_one, c) for c in configs])
+
+
+def compile_all(compiles: Sequence[Callable[[], None]]) -> None:
+    """Run compile steps at once on a thread pool (Triton releases the GIL while compiling); the
+    autotuner would compile them one after another, several seconds each.  The first runs alone:
+    it sets up Triton's per-device caches and driver lazily."""
+    if not compiles:
+        return
+    compiles[0]()
+    workers = max(1, min(len(compiles) - 1, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(compile_one, configs[1:]))
+        list(pool.map(lambda step: step(), compiles[1:]))
 
 
 def dense_layout(t: torch.Tensor, preferred: str) -> bool | None:

@@ -9,8 +9,6 @@ the choice in the build cache (``layerbench.build_cache``) like the autotuner's.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 import torch
@@ -18,7 +16,7 @@ import torch
 from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.errors import Unsupported
 
-from kernels.triton.support import interpreting, quick_bench
+from kernels.triton.support import compile_all, interpreting, quick_bench
 
 try:  # host-side descriptors: Triton 3.4 and later
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -73,9 +71,7 @@ def choose_config(name: str, key_tensors: Iterable[torch.Tensor | None], key_met
     if chosen is not None:
         return chosen
     launches = [make(c) for c in configs]
-    launches[0].compile()  # alone first: it sets up Triton's per-device state
-    with ThreadPoolExecutor(max_workers=max(1, min(len(configs) - 1, os.cpu_count() or 1))) as pool:
-        list(pool.map(Launch.compile, launches[1:]))
+    compile_all([launch.compile for launch in launches])
     best, best_ms, errors = None, float("inf"), []
     for config, launch in zip(configs, launches):
         try:
