@@ -76,11 +76,13 @@ def faster_of(default_name: str, default: Kernel | Built, other_name: str,
 
 
 def fastest_of(default_name: str, default: Kernel | Built, others: list[tuple[str, Callable[[], Kernel | Built]]],
-               time_ms: Callable[[Kernel], float]) -> Built:
+               time_ms: Callable[[Kernel], float], after_failure: Callable[[], None] = lambda: None) -> Built:
     """The fastest of ``default`` and the ``others`` that build, by ``time_ms``; details: the
     winner as ``algorithm`` with its own details (where it is a ``Built``), ``<name>_ms`` of each
-    timed, and the reason under ``<name>`` for each that raised Unsupported.  A tie keeps the
-    earlier."""
+    timed, and for each of the others that is missing the reason: what it raised as Unsupported,
+    or ``failed: ...`` for any other error in its build or its timing (a candidate's failure is
+    no reason to lose the point; ``after_failure`` runs after each such error and raises where
+    it left the device unusable).  A tie keeps the earlier."""
     details: dict[str, object] = {"algorithm": default_name}
     timed: list[tuple[str, Built]] = []
     for name, build in others:
@@ -88,12 +90,20 @@ def fastest_of(default_name: str, default: Kernel | Built, others: list[tuple[st
             timed.append((name, as_built(build())))
         except Unsupported as why:
             details[name] = str(why)
+        except Exception as exc:  # noqa: BLE001 - recorded, see above
+            details[name] = f"failed: {type(exc).__name__}: {exc}"
+            after_failure()
     chosen = as_built(default)
     if timed:
         best_ms = float(time_ms(chosen.launch))
         details[f"{default_name}_ms"] = best_ms
         for name, built in timed:
-            ms = float(time_ms(built.launch))
+            try:
+                ms = float(time_ms(built.launch))
+            except Exception as exc:  # noqa: BLE001
+                details[name] = f"failed when timed: {type(exc).__name__}: {exc}"
+                after_failure()
+                continue
             details[f"{name}_ms"] = ms
             if ms < best_ms:
                 details["algorithm"], chosen, best_ms = name, built, ms

@@ -130,6 +130,19 @@ def test_verdicts_judge_against_the_best_vendor_result_and_flag_a_slow_reference
     assert set(vs["path"]) == {"graph"} and set(vs["pass"]) == {"forward"}  # rows recorded without a pass
 
 
+def test_a_reference_that_ran_torchs_own_call_is_spread_not_a_slow_reference() -> None:
+    rows = _vendor_rows("cublas", "linear", {"cublas": 1.05e-3, "torch": 1.0e-3}, "p0") + \
+        _vendor_rows("cublas", "linear", {"cublas": 1.05e-3, "torch": 1.0e-3}, "p1")
+    rows[0]["detail_path"] = "torch"  # p0's search kept F.linear; p1's kept another algorithm
+    rows[2]["detail_path"] = "cublaslt"
+    tab = pd.DataFrame(rows)
+    flags = dict(zip(bench.references_vs_torch(tab)["path"], bench.references_vs_torch(tab)["flag"]))
+    assert flags == {"torch": bench.SPREAD, "cublaslt": "reference not at its best"}
+    text = "\n".join(bench._references_section(tab))
+    assert "1 of 2 points: torch faster than the reference by more than 3 %" in text
+    assert "On 1 more the reference ran torch's own call and measured up to 5.0 % slower" in text
+
+
 def test_table_adds_x_best() -> None:
     df = pd.DataFrame(_vendor_rows("cudnn", "conv2d", {"cudnn": 2e-3, "torch": 1e-3, "triton": 4e-3})).assign(
         status="ok", reference=lambda d: d["impl"] != "triton", tflops=1.0, gbps=1.0, min_bytes=1,

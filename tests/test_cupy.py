@@ -32,6 +32,8 @@ from layerbench.testing import (
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
 from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
+from kernels.cupy import linear_wgmma  # noqa: E402
+from kernels.pointwise_views import forward_views  # noqa: E402
 
 gpu = pytest.mark.gpu
 DEVICE = "cuda"
@@ -350,6 +352,90 @@ def test_linear_thesis_layers(name: str, dtype: str) -> None:
 ], ids=["odd", "batch1", "odd-nobias", "k1"])
 def test_linear_awkward_shapes(spec: Linear, dtype: str) -> None:
     assert_ok("linear", spec, dtype, "NCHW")
+
+
+# The wgmma GEMM alone: tiles cut by M, N and K (K a multiple of 8, not of the 64-element tile
+# row), an odd N (single-column stores), one row, no bias, and both tile shapes' grids.
+WGMMA_FC = {"square-1024": Linear(1024, 1024, 1024), "ragged": Linear(300, 1032, 776),
+            "odd-n": Linear(257, 200, 777), "one-row": Linear(1, 4096, 1000),
+            "no-bias": Linear(130, 136, 264, bias=False), "fc6": Linear(128, *FC["fc6"])}
+
+
+def skip_unless_hopper() -> None:
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma GEMM is sm_90a code")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(WGMMA_FC))
+def test_linear_wgmma_alone(name: str, dtype: str) -> None:
+    skip_unless_hopper()
+
+    def wgmma_only(spec: Linear, dt, layout: str, tensors, out: torch.Tensor):
+        return linear_wgmma.build_wgmma(spec, dt, tensors, out)
+
+    result = check_implementation(wgmma_only, WGMMA_FC[name], dtype, "NCHW", DEVICE, runs=2)
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+def test_linear_times_mma_sync_and_wgmma(dtype: str) -> None:
+    """On Hopper the CuPy linear build times both GEMMs and records both (a failed wgmma path is
+    recorded, not raised: only this test sees it)."""
+    skip_unless_hopper()
+    spec = Linear(2048, 2048, 2048)
+    tensors = make_tensors(spec, get_dtype(dtype), "NCHW", DEVICE)
+    details = impl("linear").build(spec, get_dtype(dtype), "NCHW", tensors, make_output(spec, tensors)).details
+    assert details["mma_sync_ms"] > 0 and details["wgmma_ms"] > 0, details
+    assert details["path"] == min(("mma_sync", "wgmma"), key=lambda p: details[f"{p}_ms"])
+
+
+POINTWISE = {"resnet-1x1-1024-256": Conv2d(8, 1024, 256, 14, 14, 1, 1, bias=False),
+             "odd": Conv2d(3, 96, 24, 29, 31, 1, 1)}
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(POINTWISE))
+def test_conv2d_pointwise_wgmma_alone(name: str, dtype: str) -> None:
+    skip_unless_hopper()
+
+    def wgmma_only(spec: Conv2d, dt, layout: str, tensors, out: torch.Tensor):
+        gemm, views, out_matrix = forward_views(spec, layout, tensors, out)
+        return linear_wgmma.build_wgmma(gemm, dt, views, out_matrix)
+
+    result = check_implementation(wgmma_only, POINTWISE[name], dtype, "NHWC", DEVICE, runs=2)
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+@gpu
+def test_conv2d_pointwise_times_the_wgmma_gemm() -> None:
+    skip_unless_hopper()
+    spec = POINTWISE["resnet-1x1-1024-256"]
+    tensors = make_tensors(spec, get_dtype("bf16"), "NHWC", DEVICE)
+    details = impl("conv2d").build(spec, get_dtype("bf16"), "NHWC", tensors,
+                                   make_output(spec, tensors, "NHWC")).details
+    assert details["implicit_gemm_ms"] > 0 and details["wgmma_gemm_ms"] > 0, details
+
+
+@pytest.mark.parametrize("spec, dtype, reason", [
+    (Linear(4, 64, 8), "fp32", "fp16 and bf16"),
+    (Linear(4, 60, 8), "bf16", "multiple of 8"),
+])
+def test_linear_wgmma_says_what_it_cannot_run(spec: Linear, dtype: str, reason: str) -> None:
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        linear_wgmma.check_layer(spec, get_dtype(dtype), tensors, make_output(spec, tensors), 0)
+
+
+def test_linear_wgmma_refuses_a_strided_input() -> None:
+    spec = Linear(4, 64, 8)
+    tensors = make_tensors(spec, "bf16", "NCHW", "cpu")
+    tensors["x"] = torch.zeros(64, 4, dtype=torch.bfloat16).t()
+    with pytest.raises(Unsupported, match="contiguous x"):
+        linear_wgmma.check_layer(spec, get_dtype("bf16"), tensors, make_output(spec, tensors), 0)
 
 
 # ---------------------------------------------------------------- unsupported points

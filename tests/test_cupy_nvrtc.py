@@ -41,7 +41,8 @@ def nvrtc_compile(source: str, arch: int, extra: tuple[str, ...] = ()) -> tuple[
     try:
         for ne in src.name_expressions:
             _check(nvrtc.nvrtcAddNameExpression(prog, ne.encode()), f"nvrtcAddNameExpression {ne}")
-        options = sources.compile_options() + sources.CUPY_ADDED_OPTIONS + (f"-arch=sm_{arch}",) + extra
+        options = (sources.compile_options() + src.options + sources.CUPY_ADDED_OPTIONS + (f"-arch=sm_{arch}",)
+                   + extra)
         opts = [o.encode() for o in options]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         log = _log(prog)
@@ -57,10 +58,14 @@ def nvrtc_compile(source: str, arch: int, extra: tuple[str, ...] = ()) -> tuple[
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+def _archs(source: str) -> tuple[int, ...]:
+    return sources.SOURCES[source].archs or ARCHS
+
+
 @pytest.fixture(scope="module")
 def compiled() -> dict[tuple[str, int], tuple[bool, str, dict[str, str]]]:
     # NVRTC releases the GIL: compile everything at once (igemm.cu takes ~10 s per arch).
-    jobs = [(s, a) for s in sources.SOURCES for a in ARCHS]
+    jobs = [(s, a) for s in sources.SOURCES for a in _archs(s)]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda job: nvrtc_compile(*job), jobs))
     return dict(zip(jobs, results))
@@ -73,8 +78,7 @@ def test_cuda_headers_found() -> None:
     assert f"-I{inc}" in sources.compile_options()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("source", sorted(sources.SOURCES))
+@pytest.mark.parametrize(("source", "arch"), [(s, a) for s in sorted(sources.SOURCES) for a in _archs(s)])
 def test_nvrtc_compiles(compiled: dict, source: str, arch: int) -> None:
     ok, log, lowered = compiled[(source, arch)]
     assert ok, f"NVRTC failed on {sources.SOURCES[source].file} for sm_{arch}:\n{log}"
@@ -144,6 +148,20 @@ def test_every_kernel_is_instantiated() -> None:
         kernels = set(re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))? (\w+)\(", text))
         named = {ne.split("<")[0] for ne in source.name_expressions}
         assert kernels == named, (source.file, kernels, named)
+
+
+def test_wgmma_gemm_registers_without_spills() -> None:
+    """One 256-thread block an SM (192 KiB of shared memory): up to 255 registers a thread hold the
+    64 x 256 accumulator tile (128 registers) with no spills; the wgmma instructions are there."""
+    ok, log, lowered = nvrtc_compile("linear_wgmma", 90, ("-Xptxas=-v",))
+    assert ok, log
+    expression = {mangled: ne for ne, mangled in lowered.items()}
+    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
+                       log, flags=re.S)
+    assert len(usage) == len(sources.SOURCES["linear_wgmma"].name_expressions), log
+    for name, spills, regs in usage:
+        assert int(spills) == 0 and int(regs) <= 255, f"{expression[name]}: {spills} bytes spilled, {regs} registers"
+    assert "sm_90a" in log and "serialized" not in log, log
 
 
 def test_depthwise_registers_without_spills() -> None:

@@ -70,6 +70,26 @@ def test_fastest_of_keeps_the_details_of_the_winner_only() -> None:
     assert kernel.details == {"algorithm": "direct", "direct_ms": 1.0, "tma_ms": 2.0, "tile": "fast"}
 
 
+def test_fastest_of_records_a_candidate_that_fails_and_keeps_the_point() -> None:
+    default = Built(lambda: None, {})
+    checked: list[str] = []
+
+    def broken() -> Built:
+        raise RuntimeError("wrong result")
+
+    def slow_to_time(kernel: object) -> float:
+        if kernel is not default.launch:
+            raise ValueError("launch failed")
+        return 1.0
+
+    kernel = fastest_of("direct", default, [("wgmma", broken), ("tma", lambda: Built(lambda: None, {}))],
+                        slow_to_time, after_failure=lambda: checked.append("synced"))
+    assert kernel.launch is default.launch
+    assert kernel.details == {"algorithm": "direct", "direct_ms": 1.0, "wgmma": "failed: RuntimeError: wrong result",
+                              "tma": "failed when timed: ValueError: launch failed"}
+    assert checked == ["synced", "synced"]
+
+
 def test_selection_timing_is_scoped() -> None:
     assert selection_mode() == "hot"
     with selection_timing(lambda: None):

@@ -9,8 +9,10 @@ kernels' grouped instantiation); the FFT convolution runs plain convolutions onl
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
 stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
 chance, both are built and timed on the real buffers and the faster is kept, as cudnnFind does
-for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  What the bench
-measured for each choice is in notes/perf.md.
+for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  A pointwise
+(1x1, stride 1, unpadded, one group) NHWC convolution is a plain GEMM: on Hopper, in fp16 and
+bf16, linear_wgmma.cu's GEMM on views of its tensors is timed beside the implicit GEMM instead.
+What the bench measured for each choice is in notes/perf.md.
 
 Implicit GEMM:
 fp32 runs on FFMA (no tensor cores); tf32, fp16 and bf16 on tensor cores (mma.sync), all with
@@ -25,9 +27,10 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, sources, support
+from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources, support
 from kernels.cupy.fft_plan import fft_plan
-from layerbench.builders import Kernel, Tensors, check_workspace, faster_of, in_order, selection_ms
+from kernels.pointwise_views import forward_views, pointwise_refusal
+from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -99,9 +102,10 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
 @register("conv2d", "cupy", backend="cupy", supports=_refusal,
           description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
                       "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
-                      "for fp32 an FFT convolution instead where it times faster at build; depthwise: "
+                      "for fp32 an FFT convolution instead where it times faster at build; pointwise NHWC on "
+                      "Hopper also the wgmma GEMM, the faster kept; depthwise: "
                       "direct memory-bound kernels (fp32 FMA)")
-def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)
     if reason:
         raise Unsupported(reason)
@@ -116,4 +120,12 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
             raise Unsupported("flops and bytes give the FFT no chance here")
         return build_fft(spec, dtype, tensors, out)
 
-    return faster_of("implicit_gemm", gemm, "fft", fft, lambda k: selection_ms(k, out.device))
+    def wgmma_gemm() -> Built:
+        gemm_spec, views, out_matrix = forward_views(spec, layout, tensors, out)
+        built = linear_wgmma.build_wgmma(gemm_spec, dtype, views, out_matrix)
+        return Built(built.launch, {"gemm": dict(built.details)})
+
+    # A 1x1 NHWC convolution is a plain GEMM (on Hopper also the wgmma one): no FFT for it.
+    other = ("wgmma_gemm", wgmma_gemm) if pointwise_refusal(spec, layout) is None else ("fft", fft)
+    return fastest_of("implicit_gemm", gemm, [other], lambda k: selection_ms(k, out.device),
+                      after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback

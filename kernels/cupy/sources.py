@@ -146,6 +146,16 @@ FFT_LOG_SIZES = range(4, 8)  # transforms of 16 x 16 .. 128 x 128 (shared memory
 FFT_CGEMM_NAME = "fft_cgemm"
 
 
+# The wgmma GEMM's (block columns, pipeline stages): 128 x 128 tiles in six 32 KiB stages,
+# 128 x 256 tiles in four 48 KiB stages (192 KiB of shared memory either way).
+WGMMA_CONFIGS = ((128, 6), (256, 4))
+WGMMA_CTYPES = ("__half", "__nv_bfloat16")
+
+
+def linear_wgmma_name(ctype: str, block_n: int, stages: int) -> str:
+    return f"linear_wgmma<{ctype}, {block_n}, {stages}>"
+
+
 def fft_forward_name(log_n: int) -> str:
     return f"fft_forward<{log_n}>"
 
@@ -156,8 +166,15 @@ def fft_inverse_name(log_n: int) -> str:
 
 @dataclass(frozen=True)
 class Source:
+    """A .cu file and the template instantiations compiled from it.  ``archs``: the compute
+    capabilities (major * 10 + minor) it is compiled for (None: sm_80 and newer);
+    ``options``: NVRTC options of this file alone (an arch-specific target such as sm_90a,
+    which NVRTC takes over the plain -arch=sm_90 that CuPy appends)."""
+
     file: str
     name_expressions: tuple[str, ...]
+    archs: tuple[int, ...] | None = None
+    options: tuple[str, ...] = ()
 
 
 SOURCES: dict[str, Source] = {
@@ -192,6 +209,9 @@ SOURCES: dict[str, Source] = {
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [wgrad_reduce_name(t) for t in STORAGE_TYPES])),
+    "linear_wgmma": Source("linear_wgmma.cu", tuple(
+        linear_wgmma_name(t, n, s) for t in WGMMA_CTYPES for n, s in WGMMA_CONFIGS),
+        archs=(90,), options=("-arch=sm_90a",)),
 }
 
 

@@ -83,8 +83,9 @@ def function(source: str, name: str, index: int) -> cupy.RawKernel:
     require_cupy()
     module = _modules.get(source)
     if module is None:
-        module = cupy.RawModule(code=sources.source_text(source), options=sources.compile_options(),
-                                name_expressions=sources.SOURCES[source].name_expressions)
+        src = sources.SOURCES[source]
+        module = cupy.RawModule(code=sources.source_text(source), options=sources.compile_options() + src.options,
+                                name_expressions=src.name_expressions)
         _modules[source] = module
     with cupy.cuda.Device(index):
         fn = module.get_function(name)

@@ -64,11 +64,12 @@ from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Conv2d
 
+from kernels.pointwise_views import pointwise_refusal
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
-from kernels.triton.pointwise_conv import build_pointwise, pointwise_refusal
+from kernels.triton.pointwise_conv import build_pointwise
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
                                     pixel_run, quick_bench, tile_config)
@@ -437,4 +438,5 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     # A 1x1 NHWC convolution is a plain GEMM: no FFT for it.
     first = ("pointwise_gemm", pointwise) if pointwise_refusal(spec, layout) is None else ("fft", fft)
     return fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out),
-                      [first, ("tma_implicit_gemm", tma)], quick_bench)
+                      [first, ("tma_implicit_gemm", tma)], quick_bench,
+                      after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback
