@@ -373,6 +373,15 @@ def test_linear_tma_case(name: str, dtype: str) -> None:
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 
+@pytest.mark.parametrize("dtype", ("tf32", "fp16"))
+@pytest.mark.parametrize("name", ("ragged-m-n-k", "batch-1"))
+def test_linear_tma_subtiled_store(name: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tile stored as two halves of its columns (the configs with SUBTILE)."""
+    monkeypatch.setitem(triton_linear_tma.INTERPRETER_CONFIG, "SUBTILE", True)
+    result = check_implementation(tma_only, TMA_CASES[name], dtype, "NCHW", "cpu", seed=zlib.crc32(name.encode()))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
 @given(batch=st.integers(1, 40), in_units=st.integers(1, 9), out_units=st.integers(1, 9),
        bias=st.booleans(), dtype=st.sampled_from(("tf32", "fp16")), seed=SEEDS)
 def test_linear_tma_drawn(batch: int, in_units: int, out_units: int, bias: bool, dtype: str, seed: int) -> None:

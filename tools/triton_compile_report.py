@@ -141,13 +141,15 @@ def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None
     for c in lt.CONFIGS.get(mode, []):
         bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
         element = el[1:]
+        store_n = bn // 2 if c["SUBTILE"] else bn
         descs = {"x_desc": f"tensordesc<{element}[{bm}, {bk}]>", "w_desc": f"tensordesc<{element}[{bn}, {bk}]>",
-                 "y_desc": f"tensordesc<{element}[{bm}, {bn}]>"}
+                 "y_desc": f"tensordesc<{element}[{bm}, {store_n}]>"}
         meta = {k: v for k, v in c.items() if not k.startswith("num_")}
         meta.update(HAS_BIAS=True, PRECISION=precision, PROGRAMS=132)
         line = compile_report(lt._linear_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"], c["num_stages"],
                               {"N", "K"}, descs)
-        print(f"linear forward TMA {bm}x{bn}x{bk} warps={c['num_warps']} stages={c['num_stages']}: {line}")
+        sub = " subtiled store" if c["SUBTILE"] else ""
+        print(f"linear forward TMA {bm}x{bn}x{bk}{sub} warps={c['num_warps']} stages={c['num_stages']}: {line}")
     for cfg in lb._CONFIGS[mode]:
         for name, unit in (("dx", {"stride_ak": 1, "stride_bn": 1}), ("dW", {"stride_am": 1, "stride_bn": 1})):
             meta = dict(PARTIAL=False, EVEN_K=True, PRECISION=precision, **unit, **cfg.kwargs)

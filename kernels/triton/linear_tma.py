@@ -38,20 +38,26 @@ from kernels.triton.support import DOT_MODE, DOT_PRECISION, grouped_tile, interp
 from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_config
 
 
-def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> dict[str, int]:
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8,
+def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
+            subtile: bool = False) -> dict[str, int]:
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8, "SUBTILE": subtile,
             "num_warps": warps, "num_stages": stages}
 
 
 # Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K elements, plus the output tile staged
 # for its TMA store, within Hopper's 227 KB a block (sm_90, Triton 3.6 and 3.9: 139-229 KB
 # here); 128 x 256 tiles (half the operand re-reads of 128 x 128) fit three stages in bf16.
+# SUBTILE stores a tile as two halves of its columns: half the staging buffer (room for a fourth
+# stage of 128 x 256 tiles: 230 KB), and the first half's store is in flight while the second is
+# converted (where K is short, as in a tall-skinny GEMM, the epilogue is a large share of a tile).
 CONFIGS = {
     "mma16": [_config(128, 256, 64, 8, 3), _config(256, 128, 64, 8, 3), _config(128, 128, 64, 8, 4),
               _config(128, 128, 64, 4, 4), _config(128, 128, 128, 8, 3), _config(128, 64, 64, 4, 5),
-              _config(64, 128, 64, 4, 5)],
+              _config(64, 128, 64, 4, 5),
+              *[_config(bm, bn, 64, 8, stages, subtile=True) for bm, bn in ((128, 256), (256, 128))
+                for stages in (3, 4)]],
     "tf32": [_config(128, 128, 32, 8, 4), _config(128, 128, 32, 8, 3), _config(128, 128, 64, 8, 2),
-             _config(128, 64, 32, 4, 5), _config(64, 128, 32, 4, 5)],
+             _config(128, 64, 32, 4, 5), _config(64, 128, 32, 4, 5), _config(128, 128, 32, 8, 4, subtile=True)],
 }
 # Under the interpreter: small tiles and few programs, so that each program walks several tiles.
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
@@ -61,7 +67,8 @@ INTERPRETER_PROGRAMS = 3
 @triton.jit(do_not_specialize=["M"])
 def _linear_tma_kernel(x_desc, w_desc, y_desc, b_ptr, M, N, K, HAS_BIAS: tl.constexpr,
                        PRECISION: tl.constexpr, PROGRAMS: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                       SUBTILE: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     steps = tl.cdiv(K, BLOCK_K)
     for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
@@ -76,7 +83,12 @@ def _linear_tma_kernel(x_desc, w_desc, y_desc, b_ptr, M, N, K, HAS_BIAS: tl.cons
         if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
             cols = col + tl.arange(0, BLOCK_N)
             acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-        y_desc.store([row, col], acc.to(b_ptr.dtype.element_ty))
+        if SUBTILE:  # y_desc's box is BLOCK_M x BLOCK_N / 2
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            y_desc.store([row, col], left.to(b_ptr.dtype.element_ty))
+            y_desc.store([row, col + BLOCK_N // 2], right.to(b_ptr.dtype.element_ty))
+        else:
+            y_desc.store([row, col], acc.to(b_ptr.dtype.element_ty))
 
 
 def check_linear(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> None:
@@ -97,7 +109,7 @@ def _launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
     bm, bn, bk = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
     descs = (TensorDescriptor.from_tensor(x, [bm, bk]), TensorDescriptor.from_tensor(w, [bn, bk]),
-             TensorDescriptor.from_tensor(out, [bm, bn]))
+             TensorDescriptor.from_tensor(out, [bm, bn // 2 if config["SUBTILE"] else bn]))
     tiles = triton.cdiv(spec.batch, bm) * triton.cdiv(spec.out_features, bn)
     args = (*descs, bias if bias is not None else out, spec.batch, spec.out_features, spec.in_features)
     meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name], "PROGRAMS": programs, **config}
@@ -119,4 +131,4 @@ def build_persistent(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Te
     tile = f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}"
     return Built(_launch(spec, dtype, tensors, out, config, programs),
                  {"tile": tile, "warps": config["num_warps"], "stages": config["num_stages"],
-                  "programs": programs})
+                  "subtiled_store": config["SUBTILE"], "programs": programs})
