@@ -1,4 +1,5 @@
-"""Test set-up: the gpu marker, the Triton interpreter on GPU-less machines, hypothesis profiles."""
+"""Test set-up: the gpu marker, the Triton interpreter on GPU-less machines, hypothesis profiles,
+shards of the suite (tests/shards.py)."""
 
 import os
 
@@ -7,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import runner_fakes  # the fake implementations beside this file
+import shards
 
 HAS_GPU = torch.cuda.is_available()
 
@@ -32,6 +34,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(no_gpu)
         if "interpreter" in item.keywords and HAS_GPU:
             item.add_marker(has_gpu)
+    if os.environ.get(shards.ENV):
+        shard = shards.parse_shard(os.environ[shards.ENV])
+        config.hook.pytest_deselected(items=[item for item in items if not shards.in_shard(item.nodeid, shard)])
+        items[:] = [item for item in items if shards.in_shard(item.nodeid, shard)]
 
 
 @pytest.fixture
