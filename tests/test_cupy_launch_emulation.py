@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from kernels import pool_winners
-from kernels.cupy import igemm, linear_backward, pool2d_backward, support
+from kernels.cupy import conv2d as cupy_conv2d
+from kernels.cupy import igemm, linear_backward, linear_wgmma, pool2d_backward, support
+from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
     model_column_sums,
@@ -36,7 +38,8 @@ from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_igemm, relu_bits
 from layerbench import registry
 from layerbench.check.correctness import check_implementation
-from layerbench.dtypes import DType
+from layerbench.check.inputs import make_output, make_tensors
+from layerbench.dtypes import DType, get_dtype
 from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 
 CTYPES = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torch.bfloat16}
@@ -173,6 +176,27 @@ class EmulatedLaunch:
         plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, 1, int(self.targs[1]), 0, tile)
         t["out"].copy_(model_depthwise_nchw(spec, plan, t["x"], t["wt"], t["bias"]))
 
+    def _linear_wgmma(self) -> None:  # (x, w, bias, y, M, N, K, group_m); <T, BN, STAGES>
+        m, n, k, group_m = (self.value(i) for i in range(4, 8))
+        block_n, stages = int(self.targs[1]), int(self.targs[2])
+        bm = linear_wgmma.BLOCK_M
+        assert self.block == (linear_wgmma.THREADS, 1, 1)
+        assert self.shared_bytes == linear_wgmma.shared_bytes(block_n, stages)
+        tiles_m, tiles_n = -(-m // bm), -(-n // block_n)
+        assert self.grid == (tiles_m * tiles_n, 1, 1)
+        # The grouped tile order (transcribed from the kernel): every tile exactly once.
+        width, seen = group_m * tiles_n, set()
+        for pid in range(self.grid[0]):
+            first_m = (pid // width) * group_m
+            height = min(tiles_m - first_m, group_m)
+            seen.add((first_m + (pid % width) % height, (pid % width) // height))
+        assert seen == {(i, j) for i in range(tiles_m) for j in range(tiles_n)}
+        x, w, y = self.memory(0, m * k).view(m, k), self.memory(1, n * k).view(n, k), self.memory(3, m * n).view(m, n)
+        acc = x.float() @ w.float().T
+        if self.args[2].value is not None:
+            acc += self.memory(2, n).float()
+        y.copy_(acc)
+
     def _column_sums(self) -> None:  # (a, sums, rows, cols)
         rows, cols = self.value(2), self.value(3)
         assert self.block == (linear_backward.SUM_COLS, linear_backward.SUM_ROWS, 1)
@@ -197,6 +221,11 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(igemm, "build", _emulated_igemm)
     # A build that times its paths runs each once and finds them equally fast: the first is kept.
     monkeypatch.setattr(pool_winners, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
+    # A Hopper: the builds also make the wgmma GEMM, whose launch is emulated and checked like the others.
+    monkeypatch.setattr(support, "capability", lambda index: (9, 0))
+    monkeypatch.setattr(support, "allow_shared", lambda fn, shared_bytes, index: None)
+    for module in (cupy_linear, cupy_conv2d, linear_wgmma):
+        monkeypatch.setattr(module, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
 
 
 def _check(layer: str, spec: object, dtype: str, layout: str) -> None:
@@ -240,6 +269,21 @@ def test_linear_launchers(emulated: None, spec: Linear, dtype: str, direction: s
     _check("linear", dataclasses.replace(spec, direction=direction), dtype, "NCHW")
 
 
+def test_the_wgmma_gemm_is_built_checked_and_timed_beside_mma_sync(emulated: None) -> None:
+    """On a Hopper, in fp16/bf16: the linear build and a pointwise NHWC conv's build each make the
+    wgmma GEMM, whose emulated launch passes its float64 check and is timed (a tie keeps mma.sync)."""
+    spec = Linear(37, 24, 40)
+    tensors = make_tensors(spec, "fp16", "NCHW", "cpu")
+    details = registry.get("linear", "cupy").build(spec, get_dtype("fp16"), "NCHW", tensors,
+                                                   make_output(spec, tensors)).details
+    assert (details["path"], details["wgmma_ms"], details["mma_sync_ms"]) == ("mma_sync", 1.0, 1.0), details
+    conv = Conv2d(2, 16, 24, 5, 7, 1, 1)
+    tensors = make_tensors(conv, "bf16", "NHWC", "cpu")
+    details = registry.get("conv2d", "cupy").build(conv, get_dtype("bf16"), "NHWC", tensors,
+                                                   make_output(conv, tensors, "NHWC")).details
+    assert details["wgmma_gemm_ms"] == 1.0 and details["algorithm"] == "implicit_gemm", details
+
+
 @pytest.mark.parametrize(("spec", "dtype", "layout"), [
     (Conv2d(2, 8, 6, 9, 7, 3, 3, stride_h=2, stride_w=1, padding_h=1, padding_w=0, dilation=2, groups=2), "fp16",
      "NCHW"),
@@ -252,7 +296,8 @@ def test_linear_launchers(emulated: None, spec: Linear, dtype: str, direction: s
     (Conv2d(2, 4, 8, 7, 6, 3, 3, padding=1, groups=4), "bf16", "NHWC"),  # depthwise, multiplier 2
     (Conv2d(2, 8, 16, 11, 9, 3, 3, stride_h=1, stride_w=2, padding=1, groups=8), "tf32", "NCHW"),
     (Conv2d(1, 6, 6, 40, 37, 4, 2, stride=2, padding=1, groups=6, bias=False), "fp16", "NCHW"),
+    (Conv2d(2, 16, 24, 5, 7, 1, 1), "bf16", "NHWC"),  # pointwise: the wgmma GEMM on views too
 ], ids=["grouped-fp16-nchw", "grouped-fp32-nhwc", "grouped-copied-bf16", "1x7-tf32", "dw-3x3-s2-fp32",
-        "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16"])
+        "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16", "pointwise-bf16"])
 def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
     _check("conv2d", spec, dtype, layout)

@@ -51,7 +51,7 @@ def check_layer(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
             raise Unsupported(f"the wgmma GEMM needs a contiguous {name}")
         if t.data_ptr() % 16:
             raise Unsupported(f"the wgmma GEMM needs {name} 16-byte aligned (cp.async)")
-    cc = torch.cuda.get_device_capability(index)
+    cc = support.capability(index)
     if cc != (9, 0):
         raise Unsupported(f"the wgmma GEMM is sm_90a code (compute capability 9.0); this GPU has {cc[0]}.{cc[1]}")
 

@@ -203,8 +203,14 @@ def check_layout(layer: str, layout: str, allowed: Sequence[str]) -> None:
         raise Unsupported(f"cupy {layer} supports layouts {', '.join(allowed)}, not {layout}")
 
 
+def capability(index: int) -> tuple[int, int]:
+    """The compute capability (major, minor) of device ``index``."""
+    major, minor = torch.cuda.get_device_capability(index)
+    return major, minor
+
+
 def check_cc(index: int, major: int, why: str) -> None:
-    cc = torch.cuda.get_device_capability(index)
+    cc = capability(index)
     if cc[0] < major:
         raise Unsupported(f"{why} needs compute capability {major}.0 or newer; this GPU has "
                           f"{cc[0]}.{cc[1]}")
