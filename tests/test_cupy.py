@@ -420,6 +420,40 @@ def test_conv2d_pointwise_times_the_wgmma_gemm() -> None:
     assert details["implicit_gemm_ms"] > 0 and details["wgmma_gemm_ms"] > 0, details
 
 
+# The implicit GEMM on wgmma alone, every conv field: 16-byte channel runs (copied to NHWC from
+# NCHW) and element-wise ones, stride, padding, dilation, groups, split-K, odd sizes.
+WGMMA_CONV = {"resnet-3x3-128": Conv2d(4, 128, 128, 28, 28, 3, 3, padding=1),
+              "strided-odd": Conv2d(3, 40, 72, 17, 19, 3, 3, stride=2, padding=1),
+              "element-channels": Conv2d(2, 3, 64, 31, 29, 7, 7, stride=2, padding=3),
+              "dilated-grouped": Conv2d(2, 64, 96, 20, 18, 3, 3, padding=2, dilation=2, groups=2, bias=False),
+              "split-k-7x7": Conv2d(2, 512, 512, 7, 7, 3, 3, padding=1),
+              "inception-1x7": Conv2d(2, 96, 64, 17, 17, 1, 7, padding_h=0, padding_w=3)}
+
+
+@gpu
+@pytest.mark.parametrize("layout", Conv2d.layouts)
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(WGMMA_CONV))
+def test_conv2d_wgmma_implicit_gemm_alone(name: str, dtype: str, layout: str) -> None:
+    skip_unless_hopper()
+
+    def wgmma_only(spec: Conv2d, dt, layout: str, tensors, out: torch.Tensor):
+        return cupy_conv2d.build_igemm(spec, dt, tensors, out, wgmma=True)
+
+    result = check_implementation(wgmma_only, WGMMA_CONV[name], dtype, layout, DEVICE, runs=2)
+    assert result.ok, f"{name} {dtype} {layout}: {result.message}"
+
+
+@gpu
+def test_conv2d_times_the_wgmma_implicit_gemm() -> None:
+    skip_unless_hopper()
+    spec = WGMMA_CONV["resnet-3x3-128"]
+    tensors = make_tensors(spec, get_dtype("fp16"), "NHWC", DEVICE)
+    details = impl("conv2d").build(spec, get_dtype("fp16"), "NHWC", tensors,
+                                   make_output(spec, tensors, "NHWC")).details
+    assert details["implicit_gemm_ms"] > 0 and details["wgmma_implicit_gemm_ms"] > 0, details
+
+
 @pytest.mark.parametrize("spec, dtype, reason", [
     (Linear(4, 64, 8), "fp32", "fp16 and bf16"),
     (Linear(4, 60, 8), "bf16", "multiple of 8"),

@@ -206,8 +206,10 @@ class EmulatedLaunch:
 
 
 def _emulated_igemm(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                    out: torch.Tensor, g: igemm.Geometry) -> Callable[[], None]:
+                    out: torch.Tensor, g: igemm.Geometry, wgmma: bool = False) -> Callable[[], None]:
     support.check_tensors(dtype, {"x": x, "weight": weight, "bias": bias, "out": out})
+    if wgmma:  # the same GEMM on other instructions: the model stands for both
+        igemm.check_wgmma(dtype, 0)
     return lambda: model_igemm(g, x, weight, bias, out, x.element_size(), dtype.name != "fp32", 264)
 
 
@@ -271,7 +273,8 @@ def test_linear_launchers(emulated: None, spec: Linear, dtype: str, direction: s
 
 def test_the_wgmma_gemm_is_built_checked_and_timed_beside_mma_sync(emulated: None) -> None:
     """On a Hopper, in fp16/bf16: the linear build and a pointwise NHWC conv's build each make the
-    wgmma GEMM, whose emulated launch passes its float64 check and is timed (a tie keeps mma.sync)."""
+    wgmma GEMM, whose emulated launch passes its float64 check and is timed (a tie keeps mma.sync);
+    the conv build also the wgmma implicit GEMM, and says why not in fp32."""
     spec = Linear(37, 24, 40)
     tensors = make_tensors(spec, "fp16", "NCHW", "cpu")
     details = registry.get("linear", "cupy").build(spec, get_dtype("fp16"), "NCHW", tensors,
@@ -282,6 +285,12 @@ def test_the_wgmma_gemm_is_built_checked_and_timed_beside_mma_sync(emulated: Non
     details = registry.get("conv2d", "cupy").build(conv, get_dtype("bf16"), "NHWC", tensors,
                                                    make_output(conv, tensors, "NHWC")).details
     assert details["wgmma_gemm_ms"] == 1.0 and details["algorithm"] == "implicit_gemm", details
+    assert details["wgmma_implicit_gemm_ms"] == 1.0, details
+    conv = Conv2d(2, 8, 6, 9, 7, 3, 3, stride=2, padding=1)
+    tensors = make_tensors(conv, "fp32", "NCHW", "cpu")
+    details = registry.get("conv2d", "cupy").build(conv, get_dtype("fp32"), "NCHW", tensors,
+                                                   make_output(conv, tensors)).details
+    assert "fp16 and bf16" in details["wgmma_implicit_gemm"], details
 
 
 @pytest.mark.parametrize(("spec", "dtype", "layout"), [

@@ -150,15 +150,17 @@ def test_every_kernel_is_instantiated() -> None:
         assert kernels == named, (source.file, kernels, named)
 
 
-def test_wgmma_gemm_registers_without_spills() -> None:
-    """One 256-thread block an SM (192 KiB of shared memory): up to 255 registers a thread hold the
-    64 x 256 accumulator tile (128 registers) with no spills; the wgmma instructions are there."""
-    ok, log, lowered = nvrtc_compile("linear_wgmma", 90, ("-Xptxas=-v",))
+@pytest.mark.parametrize("source", ["linear_wgmma", "igemm_wgmma"])
+def test_wgmma_gemms_registers_without_spills(source: str) -> None:
+    """linear_wgmma: one 256-thread block an SM (192 KiB of shared memory); igemm_wgmma: two
+    128-thread blocks an SM.  Either way up to 255 registers a thread hold the 128-register
+    accumulator tile with no spills; built for sm_90a, the wgmma instructions not serialized."""
+    ok, log, lowered = nvrtc_compile(source, 90, ("-Xptxas=-v",))
     assert ok, log
     expression = {mangled: ne for ne, mangled in lowered.items()}
     usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
                        log, flags=re.S)
-    assert len(usage) == len(sources.SOURCES["linear_wgmma"].name_expressions), log
+    assert len(usage) == len(sources.SOURCES[source].name_expressions), log
     for name, spills, regs in usage:
         assert int(spills) == 0 and int(regs) <= 255, f"{expression[name]}: {spills} bytes spilled, {regs} registers"
     assert "sm_90a" in log and "serialized" not in log, log

@@ -9,9 +9,11 @@ kernels' grouped instantiation); the FFT convolution runs plain convolutions onl
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
 stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
 chance, both are built and timed on the real buffers and the faster is kept, as cudnnFind does
-for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  A pointwise
-(1x1, stride 1, unpadded, one group) NHWC convolution is a plain GEMM: on Hopper, in fp16 and
-bf16, linear_wgmma.cu's GEMM on views of its tensors is timed beside the implicit GEMM instead.
+for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  On Hopper, in fp16
+and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a
+pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
+linear_wgmma.cu's GEMM on views of its tensors.  A wgmma path competes only after its output on
+the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
 Implicit GEMM:
@@ -50,8 +52,9 @@ def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.
     return dst, launch
 
 
-def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    """The implicit GEMM (after a layout copy where NCHW data has 16-byte channel runs)."""
+def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, wgmma: bool = False) -> Kernel:
+    """The implicit GEMM (after a layout copy where NCHW data has 16-byte channel runs); ``wgmma``:
+    its multiply on Hopper's warpgroup MMA (igemm_wgmma.cu) instead of mma.sync."""
     x, weight = tensors["x"], tensors["weight"]
     index = support.check_tensors(dtype, {"x": x, "weight": weight, "out": out})
     ctype = support.ctype_of(dtype)
@@ -71,7 +74,7 @@ def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor)
         stride_h=spec.stride_h, stride_w=spec.stride_w, padding_h=spec.padding_h, padding_w=spec.padding_w,
         dilation_h=spec.dilation_h, dilation_w=spec.dilation_w, groups=spec.groups)
     bias = tensors.get("bias") if spec.bias else None
-    return in_order(*copies, igemm.build(dtype, x, weight, bias, out, g))
+    return in_order(*copies, igemm.build(dtype, x, weight, bias, out, g, wgmma=wgmma))
 
 
 def build_fft(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Kernel:
@@ -102,8 +105,8 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
 @register("conv2d", "cupy", backend="cupy", supports=_refusal,
           description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
                       "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
-                      "for fp32 an FFT convolution instead where it times faster at build; pointwise NHWC on "
-                      "Hopper also the wgmma GEMM, the faster kept; depthwise: "
+                      "for fp32 an FFT convolution instead where it times faster at build; on Hopper in "
+                      "fp16/bf16 also on wgmma (and pointwise NHWC as the wgmma GEMM), the faster kept; depthwise: "
                       "direct memory-bound kernels (fp32 FMA)")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)
@@ -125,7 +128,14 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         built = linear_wgmma.build_wgmma(gemm_spec, dtype, views, out_matrix)
         return Built(built.launch, {"gemm": dict(built.details)})
 
+    def wgmma_implicit_gemm() -> Kernel:
+        igemm.check_wgmma(dtype, support.device_index(tensors["x"]))
+        kernel = build_igemm(spec, dtype, tensors, out, wgmma=True)
+        support.check_result(kernel, spec, dtype, tensors, out, "the wgmma implicit GEMM")
+        return kernel
+
     # A 1x1 NHWC convolution is a plain GEMM (on Hopper also the wgmma one): no FFT for it.
     other = ("wgmma_gemm", wgmma_gemm) if pointwise_refusal(spec, layout) is None else ("fft", fft)
-    return fastest_of("implicit_gemm", gemm, [other], lambda k: selection_ms(k, out.device),
+    return fastest_of("implicit_gemm", gemm, [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm)],
+                      lambda k: selection_ms(k, out.device),
                       after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback

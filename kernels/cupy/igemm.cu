@@ -243,10 +243,12 @@ __device__ __forceinline__ long long out_base(int m, int OHW, int OW, long long 
     return img * osN + oh * osH + ow * osW;
 }
 
-// The k loop shared by both kernels: compute(stage) multiplies one staged tile.  Tile t lives in
+// The k loop shared by the kernels: compute(stage) multiplies one staged tile.  Tile t lives in
 // stage t % STAGES.  Every iteration commits one cp.async group (empty past the last tile), so
-// waiting until at most STAGES - 2 groups are pending means tile t has landed.
-template <typename T, bool AVEC, int NT, typename Compute>
+// waiting until at most STAGES - 2 groups are pending means tile t has landed.  ASYNC_READS: the
+// tensor cores read the tiles through the async proxy (wgmma), so each thread fences its own
+// writes to that proxy before the barrier that hands the tile over.
+template <typename T, bool AVEC, int NT, bool ASYNC_READS = false, typename Compute>
 __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem, int m0, int n0,
                                        int kbeg, int kend, Compute&& compute) {
     typedef TileLoader<T, AVEC, NT> Loader;
@@ -267,6 +269,7 @@ __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem,
     }
     for (int t = 0; t < ntiles; ++t) {
         lb::cp_async_wait_group<STAGES - 2>();
+        if constexpr (ASYNC_READS) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         // Tile t is complete for every thread, and every warp is done with tile t - 1, whose
         // stage the next issue refills.
         __syncthreads();

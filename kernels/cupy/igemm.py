@@ -16,13 +16,28 @@ if TYPE_CHECKING:
     import cupy
 
 REDUCE_BLOCKS_PER_SM = 32
+WGMMA_ALIGN_SLACK = 512  # igemm_wgmma starts its stages on the 64-byte swizzle's 512-byte period
 REDUCE_THREADS = 256  # splitk_reduce's __launch_bounds__
 
 
+def check_wgmma(dtype: DType, index: int) -> None:
+    """Raise Unsupported unless the wgmma implicit GEMM can run ``dtype`` on GPU ``index``."""
+    if dtype.name not in ("fp16", "bf16"):
+        raise Unsupported(f"the wgmma implicit GEMM runs fp16 and bf16, not {dtype.name}")
+    cc = support.capability(index)
+    if cc != (9, 0):
+        raise Unsupported(f"the wgmma implicit GEMM is sm_90a code (compute capability 9.0); this GPU has "
+                          f"{cc[0]}.{cc[1]}")
+
+
 def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-          out: torch.Tensor, g: Geometry) -> Kernel:
+          out: torch.Tensor, g: Geometry, wgmma: bool = False) -> Kernel:
+    """The implicit GEMM's launches for geometry ``g``; ``wgmma``: the multiply on Hopper's
+    warpgroup MMA (igemm_wgmma.cu: fp16 and bf16, compute capability 9.0 only) instead of mma.sync."""
     index = support.check_tensors(dtype, {"x": x, "weight": weight, "bias": bias, "out": out})
     support.check_cc(index, 8, "the CuPy implicit GEMM (cp.async, ldmatrix, mma.sync)")
+    if wgmma:
+        check_wgmma(dtype, index)
     if bias is not None and not bias.is_contiguous():
         raise Unsupported("cupy conv2d/linear needs a contiguous bias")
     ctype = support.ctype_of(dtype)
@@ -32,13 +47,18 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 
     grouped = g.groups > 1
 
+    shared = SHARED_BYTES + WGMMA_ALIGN_SLACK if wgmma else SHARED_BYTES
+
     def gemm_function(a_vec: bool) -> cupy.RawKernel:
-        fn = support.function("igemm", sources.igemm_name(ctype, tensor_cores, a_vec, grouped), index)
-        support.allow_shared(fn, SHARED_BYTES, index)
+        if wgmma:
+            fn = support.function("igemm_wgmma", sources.igemm_wgmma_name(ctype, a_vec, grouped), index)
+        else:
+            fn = support.function("igemm", sources.igemm_name(ctype, tensor_cores, a_vec, grouped), index)
+        support.allow_shared(fn, shared, index)
         return fn
 
     def slots(a_vec: bool) -> int:
-        return sms * max(1, support.occupancy(gemm_function(a_vec), threads, index, SHARED_BYTES))
+        return sms * max(1, support.occupancy(gemm_function(a_vec), threads, index, shared))
 
     plan = make_plan(g, sources.ITEMSIZE[ctype], x.data_ptr(), weight.data_ptr(), slots)
     if plan.copy_weight:
@@ -58,7 +78,7 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
          i32(g.height), i32(g.width), i32(g.stride_h), i32(g.stride_w), i32(g.padding_h), i32(g.padding_w),
          i64(sn), i64(sh), i64(sw), i64(on), i64(oc), i64(oh), i64(ow),
          i32(plan.k_split), i32(int(plan.b_vec)), i32(g.groups), i64(g.x_group)],
-        index, keep=(x, weight, bias, out, ws, table), shared_bytes=SHARED_BYTES)
+        index, keep=(x, weight, bias, out, ws, table), shared_bytes=shared)
     if ws is None:
         return gemm
 

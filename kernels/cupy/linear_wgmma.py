@@ -18,7 +18,6 @@ import torch
 
 from kernels.cupy import sources, support
 from layerbench.builders import Built, Tensors, selection_ms
-from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Linear
@@ -28,10 +27,6 @@ BLOCK_M = 128
 GROUP_M = 8  # row tiles walked down each column of W tiles (W tiles reused from L2)
 LINE_BYTES = 128  # one tile row: 64 16-bit elements of k, one 128-byte swizzle line
 ALIGN_SLACK = 1024  # the kernel aligns its ring of buffers to the 1024-byte swizzle period
-
-
-class WrongResult(RuntimeError):
-    """The wgmma GEMM's output failed its check against float64 (the build records why)."""
 
 
 def shared_bytes(block_n: int, stages: int) -> int:
@@ -86,10 +81,6 @@ def build_wgmma(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor)
         launch = _launch(spec, dtype, tensors, out, index, block_n, stages)
         timed.append((selection_ms(launch, out.device), block_n, stages, launch))
     _, block_n, stages, launch = min(timed, key=lambda t: t[0])
-    out.fill_(float("nan"))  # poisoned: a tile the kernel skips cannot pass for a result
-    launch()
-    result = ResultCheck(spec, dtype, tensors)(out)
-    if not result.ok:
-        raise WrongResult(f"{BLOCK_M}x{block_n} tiles: {result.message}")
+    support.check_result(launch, spec, dtype, tensors, out, f"the wgmma GEMM, {BLOCK_M}x{block_n} tiles")
     return Built(launch, {"tile": f"{BLOCK_M}x{block_n}x64", "stages": stages,
                           **{f"tile_{BLOCK_M}x{n}_ms": t for t, n, _, _ in timed}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -152,6 +153,10 @@ WGMMA_CONFIGS = ((128, 6), (256, 4))
 WGMMA_CTYPES = ("__half", "__nv_bfloat16")
 
 
+def igemm_wgmma_name(ctype: str, a_vec: bool, grouped: bool = False) -> str:
+    return f"igemm_wgmma<{ctype}, {_cpp_bool(a_vec)}, {_cpp_bool(grouped)}>"
+
+
 def linear_wgmma_name(ctype: str, block_n: int, stages: int) -> str:
     return f"linear_wgmma<{ctype}, {block_n}, {stages}>"
 
@@ -209,6 +214,9 @@ SOURCES: dict[str, Source] = {
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [wgrad_reduce_name(t) for t in STORAGE_TYPES])),
+    "igemm_wgmma": Source("igemm_wgmma.cu", tuple(
+        igemm_wgmma_name(t, a, gr) for t in WGMMA_CTYPES for a in (True, False) for gr in (False, True)),
+        archs=(90,), options=("-arch=sm_90a",)),
     "linear_wgmma": Source("linear_wgmma.cu", tuple(
         linear_wgmma_name(t, n, s) for t in WGMMA_CTYPES for n, s in WGMMA_CONFIGS),
         archs=(90,), options=("-arch=sm_90a",)),
@@ -216,19 +224,32 @@ SOURCES: dict[str, Source] = {
 
 
 def source_text(name: str) -> str:
-    """The source of ``name`` with the common header pasted in place of its #include.
+    """The source of ``name`` with each ``#include`` of a file of this folder (the common header,
+    the wgmma header, a kernel file that another builds on) pasted in place, once.
 
-    Pasting (instead of ``-I`` on this folder) puts the header into the text that CuPy hashes
-    for its on-disk kernel cache, so an edited header never serves a stale binary.
+    Pasting (instead of ``-I`` on this folder) puts the included text into the text that CuPy
+    hashes for its on-disk kernel cache, so an edited header never serves a stale binary.
     """
     if name not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {name!r}")
     text = (KERNEL_DIR / SOURCES[name].file).read_text()
-    include = f'#include "{COMMON_HEADER}"'
-    if include not in text:
+    if f'#include "{COMMON_HEADER}"' not in text:
         raise RuntimeError(f"{SOURCES[name].file} must include {COMMON_HEADER}")
-    header = (KERNEL_DIR / COMMON_HEADER).read_text()
-    return text.replace(include, f"// ---- {COMMON_HEADER}\n{header}\n// ---- end {COMMON_HEADER}", 1)
+    return _paste_includes(text, set())
+
+
+def _paste_includes(text: str, pasted: set[str]) -> str:
+    def paste(match: re.Match[str]) -> str:
+        included = match.group(1)
+        if not (KERNEL_DIR / included).is_file():
+            return match.group(0)  # a CUDA header: NVRTC finds it on its include path
+        if included in pasted:
+            return f"// ---- {included} (pasted above)"
+        pasted.add(included)
+        body = _paste_includes((KERNEL_DIR / included).read_text(), pasted)
+        return f"// ---- {included}\n{body}\n// ---- end {included}"
+
+    return re.sub(r'^#include "([^"]+)"$', paste, text, flags=re.M)
 
 
 def _has_headers(directory: str | os.PathLike[str] | None) -> bool:

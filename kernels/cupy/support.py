@@ -13,13 +13,15 @@ reason and the install line.
 from __future__ import annotations
 
 import ctypes
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from kernels.cupy import sources
+from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
+from layerbench.layers import LayerSpec
 
 try:  # optional dependency: without CuPy the kernels register, and building one says why not
     import cupy
@@ -201,6 +203,22 @@ def check_dtype(layer: str, dtype: DType, allowed: Sequence[str]) -> None:
 def check_layout(layer: str, layout: str, allowed: Sequence[str]) -> None:
     if layout not in allowed:
         raise Unsupported(f"cupy {layer} supports layouts {', '.join(allowed)}, not {layout}")
+
+
+class WrongResult(RuntimeError):
+    """A kernel's output failed its check against float64 at build (the build records why)."""
+
+
+def check_result(kernel: Callable[[], object], spec: LayerSpec, dtype: DType, tensors: dict[str, torch.Tensor],
+                 out: torch.Tensor, what: str) -> None:
+    """Run ``kernel`` once on the layer's own tensors, ``out`` poisoned first, and raise WrongResult
+    unless it matches the float64 reference within the dtype's tolerance: a path that has not yet
+    run on a GPU like this one may compete for a point only with a right answer."""
+    out.fill_(float("nan"))  # a part the kernel skips cannot pass for a result
+    kernel()
+    result = ResultCheck(spec, dtype, tensors)(out)
+    if not result.ok:
+        raise WrongResult(f"{what}: {result.message}")
 
 
 def capability(index: int) -> tuple[int, int]:
