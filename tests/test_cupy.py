@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layerbench import registry
+from layerbench.registry import Builder
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
@@ -45,9 +46,18 @@ def impl(layer: str) -> registry.Implementation:
     return registry.get(layer, "cupy")
 
 
-def assert_ok(layer: str, spec: object, dtype: str, layout: str, runs: int = 2) -> None:
-    result = check_implementation(impl(layer), spec, dtype, layout, DEVICE, runs=runs)
+def assert_ok(layer: str | Builder, spec: object, dtype: str, layout: str, runs: int = 2) -> None:
+    """The registered kernel of ``layer`` (or a builder of one path alone) is right on ``spec``."""
+    build = impl(layer) if isinstance(layer, str) else layer
+    result = check_implementation(build, spec, dtype, layout, DEVICE, runs=runs)
     assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
+
+
+def built_details(layer: str, spec: object, dtype: str, layout: str) -> dict:
+    """The details the registered kernel of ``layer`` records when built for ``spec``."""
+    dt = get_dtype(dtype)
+    tensors = make_tensors(spec, dt, layout, DEVICE)
+    return impl(layer).build(spec, dt, layout, tensors, make_output(spec, tensors, layout)).details
 
 
 def test_registered() -> None:
@@ -189,9 +199,7 @@ def test_conv2d_fp32_each_algorithm(name: str, algorithm: str, layout: str) -> N
 @gpu
 def test_conv2d_records_its_algorithm() -> None:
     def details(spec: Conv2d, dtype: str) -> dict:
-        dt = get_dtype(dtype)
-        tensors = make_tensors(spec, dt, "NCHW", DEVICE)
-        return impl("conv2d").build(spec, dt, "NCHW", tensors, make_output(spec, tensors)).details
+        return built_details("conv2d", spec, dtype, "NCHW")
 
     timed = details(Conv2d(16, 64, 64, 32, 32, 9, 9), "fp32")
     assert timed["algorithm"] in ("fft", "implicit_gemm")
@@ -375,8 +383,7 @@ def test_linear_wgmma_alone(name: str, dtype: str) -> None:
     def wgmma_only(spec: Linear, dt, layout: str, tensors, out: torch.Tensor):
         return linear_wgmma.build_wgmma(spec, dt, tensors, out)
 
-    result = check_implementation(wgmma_only, WGMMA_FC[name], dtype, "NCHW", DEVICE, runs=2)
-    assert result.ok, f"{name} {dtype}: {result.message}"
+    assert_ok(wgmma_only, WGMMA_FC[name], dtype, "NCHW")
 
 
 @gpu
@@ -385,9 +392,7 @@ def test_linear_times_mma_sync_and_wgmma(dtype: str) -> None:
     """On Hopper the CuPy linear build times both GEMMs and records both (a failed wgmma path is
     recorded, not raised: only this test sees it)."""
     skip_unless_hopper()
-    spec = Linear(2048, 2048, 2048)
-    tensors = make_tensors(spec, get_dtype(dtype), "NCHW", DEVICE)
-    details = impl("linear").build(spec, get_dtype(dtype), "NCHW", tensors, make_output(spec, tensors)).details
+    details = built_details("linear", Linear(2048, 2048, 2048), dtype, "NCHW")
     assert details["mma_sync_ms"] > 0 and details["wgmma_ms"] > 0, details
     assert details["path"] == min(("mma_sync", "wgmma"), key=lambda p: details[f"{p}_ms"])
 
@@ -406,17 +411,13 @@ def test_conv2d_pointwise_wgmma_alone(name: str, dtype: str) -> None:
         gemm, views, out_matrix = forward_views(spec, layout, tensors, out)
         return linear_wgmma.build_wgmma(gemm, dt, views, out_matrix)
 
-    result = check_implementation(wgmma_only, POINTWISE[name], dtype, "NHWC", DEVICE, runs=2)
-    assert result.ok, f"{name} {dtype}: {result.message}"
+    assert_ok(wgmma_only, POINTWISE[name], dtype, "NHWC")
 
 
 @gpu
 def test_conv2d_pointwise_times_the_wgmma_gemm() -> None:
     skip_unless_hopper()
-    spec = POINTWISE["resnet-1x1-1024-256"]
-    tensors = make_tensors(spec, get_dtype("bf16"), "NHWC", DEVICE)
-    details = impl("conv2d").build(spec, get_dtype("bf16"), "NHWC", tensors,
-                                   make_output(spec, tensors, "NHWC")).details
+    details = built_details("conv2d", POINTWISE["resnet-1x1-1024-256"], "bf16", "NHWC")
     assert details["implicit_gemm_ms"] > 0 and details["wgmma_gemm_ms"] > 0, details
 
 
@@ -440,17 +441,13 @@ def test_conv2d_wgmma_implicit_gemm_alone(name: str, dtype: str, layout: str) ->
     def wgmma_only(spec: Conv2d, dt, layout: str, tensors, out: torch.Tensor):
         return cupy_conv2d.build_igemm(spec, dt, tensors, out, wgmma=True)
 
-    result = check_implementation(wgmma_only, WGMMA_CONV[name], dtype, layout, DEVICE, runs=2)
-    assert result.ok, f"{name} {dtype} {layout}: {result.message}"
+    assert_ok(wgmma_only, WGMMA_CONV[name], dtype, layout)
 
 
 @gpu
 def test_conv2d_times_the_wgmma_implicit_gemm() -> None:
     skip_unless_hopper()
-    spec = WGMMA_CONV["resnet-3x3-128"]
-    tensors = make_tensors(spec, get_dtype("fp16"), "NHWC", DEVICE)
-    details = impl("conv2d").build(spec, get_dtype("fp16"), "NHWC", tensors,
-                                   make_output(spec, tensors, "NHWC")).details
+    details = built_details("conv2d", WGMMA_CONV["resnet-3x3-128"], "fp16", "NHWC")
     assert details["implicit_gemm_ms"] > 0 and details["wgmma_implicit_gemm_ms"] > 0, details
 
 
