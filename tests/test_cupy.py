@@ -388,6 +388,25 @@ def test_linear_wgmma_alone(name: str, dtype: str) -> None:
 
 @gpu
 @pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(WGMMA_FC))
+def test_every_wgmma_gemm_variant_alone(name: str, dtype: str) -> None:
+    """Each loader (cp.async, TMA), tile shape and split-K of the wgmma GEMM on its own: the build
+    keeps the fastest right one, so a wrong variant would otherwise only show in its details."""
+    skip_unless_hopper()
+    spec = WGMMA_FC[name]
+    dt = get_dtype(dtype)
+    tensors = make_tensors(spec, dt, "NCHW", DEVICE)
+    found, no_tma = linear_wgmma.variants(spec, dt, tensors, make_output(spec, tensors), 0)
+    assert no_tma is None and any(v.startswith("tma") for v in found), (no_tma, sorted(found))
+    for variant in found:
+        def only(spec: Linear, dt, layout: str, tensors, out: torch.Tensor, variant: str = variant):
+            return linear_wgmma.variants(spec, dt, tensors, out, 0)[0][variant]
+
+        assert_ok(only, spec, dtype, "NCHW")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
 def test_linear_times_mma_sync_and_wgmma(dtype: str) -> None:
     """On Hopper the CuPy linear build times both GEMMs and records both (a failed wgmma path is
     recorded, not raised: only this test sees it)."""

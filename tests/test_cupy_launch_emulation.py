@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import igemm, linear_backward, linear_wgmma, pool2d_backward, support
+from kernels.cupy import igemm, linear_backward, linear_wgmma, pool2d_backward, support, tensor_map
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -40,6 +40,7 @@ from layerbench import registry
 from layerbench.check.correctness import check_implementation
 from layerbench.check.inputs import make_output, make_tensors
 from layerbench.dtypes import DType, get_dtype
+from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d, Linear, Pool2d, ReLU
 
 CTYPES = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torch.bfloat16}
@@ -197,6 +198,49 @@ class EmulatedLaunch:
             acc += self.memory(2, n).float()
         y.copy_(acc)
 
+    def _linear_tma(self) -> None:  # (x_map, w_map, bias, y, ws, M, N, K, group_m, per); <T, BN, STAGES>
+        m, n, k, group_m, per = (self.value(i) for i in range(5, 10))
+        block_n, stages = int(self.targs[1]), int(self.targs[2])
+        bm, bk = linear_wgmma.BLOCK_M, linear_wgmma.BLOCK_K
+        assert self.block == (linear_wgmma.TMA_THREADS, 1, 1)
+        assert self.shared_bytes == linear_wgmma.shared_bytes(block_n, stages)
+        x_map, w_map = self.args[0], self.args[1]
+        assert (x_map.box, w_map.box) == ((bm, bk), (block_n, bk))
+        x, w = x_map.tensor, w_map.tensor
+        assert x.shape == (m, k) and w.shape == (n, k)
+        k_tiles = -(-k // bk)
+        splits = -(-k_tiles // per)
+        # Persistent: one block an SM (at most), the work items (tile, split) dealt out in turn.
+        tiles_m, tiles_n = -(-m // bm), -(-n // block_n)
+        assert self.grid == (min(tiles_m * tiles_n * splits, 132), 1, 1), self.grid
+        # The work items' order (transcribed from the kernel): every (tile, split) exactly once.
+        width, seen = group_m * tiles_n, set()
+        for item in range(tiles_m * tiles_n * splits):
+            t = item % (tiles_m * tiles_n)
+            first_m = (t // width) * group_m
+            height = min(tiles_m - first_m, group_m)
+            seen.add((first_m + (t % width) % height, (t % width) // height, item // (tiles_m * tiles_n)))
+        assert seen == {(i, j, z) for i in range(tiles_m) for j in range(tiles_n) for z in range(splits)}
+        if self.args[4].value is None:
+            assert splits == 1
+            acc = x.float() @ w.float().T
+            if self.args[2].value is not None:
+                acc += self.memory(2, n).float()
+            self.memory(3, m * n).view(m, n).copy_(acc)
+            return
+        ws = self.memory(4, splits * m * n, torch.float32).view(splits, m, n)
+        for z in range(splits):  # each split's k tiles, no bias
+            ks = slice(z * per * bk, (z + 1) * per * bk)
+            ws[z] = x[:, ks].float() @ w[:, ks].float().T
+
+    def _splitk_reduce(self) -> None:  # (ws, splits, M, N, bias, out, OHW, OW, osN, osC, osH, osW)
+        splits, m, n = self.value(1), self.value(2), self.value(3)
+        assert (self.value(6), self.value(7), self.value(8), self.value(9)) == (1, 1, n, 1), "a matrix output"
+        acc = self.memory(0, splits * m * n, torch.float32).view(splits, m, n).sum(0)
+        if self.args[4].value is not None:
+            acc += self.memory(4, n).float()
+        self.memory(5, m * n).view(m, n).copy_(acc)
+
     def _column_sums(self) -> None:  # (a, sums, rows, cols)
         rows, cols = self.value(2), self.value(3)
         assert self.block == (linear_backward.SUM_COLS, linear_backward.SUM_ROWS, 1)
@@ -213,6 +257,12 @@ def _emulated_igemm(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: t
     return lambda: model_igemm(g, x, weight, bias, out, x.element_size(), dtype.name != "fp32", 264)
 
 
+def _emulated_tensor_map(t: torch.Tensor, box_rows: int, box_cols: int) -> SimpleNamespace:
+    """The tensor map as the emulated kernel reads it: the tensor and the box."""
+    tensor_map.check_2d(t, box_rows, box_cols)
+    return SimpleNamespace(tensor=t, box=(box_rows, box_cols))
+
+
 @pytest.fixture
 def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     """CPU tensors accepted as device 0; kernels and launches emulated; igemm on its model."""
@@ -226,6 +276,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     # A Hopper: the builds also make the wgmma GEMM, whose launch is emulated and checked like the others.
     monkeypatch.setattr(support, "capability", lambda index: (9, 0))
     monkeypatch.setattr(support, "allow_shared", lambda fn, shared_bytes, index: None)
+    monkeypatch.setattr(tensor_map, "encode_2d", _emulated_tensor_map)
     for module in (cupy_linear, cupy_conv2d, linear_wgmma):
         monkeypatch.setattr(module, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
 
@@ -291,6 +342,37 @@ def test_the_wgmma_gemm_is_built_checked_and_timed_beside_mma_sync(emulated: Non
     details = registry.get("conv2d", "cupy").build(conv, get_dtype("fp32"), "NCHW", tensors,
                                                    make_output(conv, tensors)).details
     assert "fp16 and bf16" in details["wgmma_implicit_gemm"], details
+
+
+@pytest.mark.parametrize("spec", [Linear(37, 24, 40), Linear(5, 520, 24, bias=False), Linear(1, 1000, 4096)],
+                         ids=["one-tile", "split-nobias", "one-row"])
+def test_every_wgmma_gemm_variant(emulated: None, spec: Linear) -> None:
+    """Each loader, tile shape and split of the wgmma GEMM, alone: launched as the kernels' .cu
+    signatures read them (tensor maps with their boxes, split-K partial sums and their reduction)."""
+    dt = get_dtype("bf16")
+    tensors = make_tensors(spec, dt, "NCHW", "cpu")
+    found, no_tma = linear_wgmma.variants(spec, dt, tensors, make_output(spec, tensors), 0)
+    assert no_tma is None
+    split = spec.in_features >= 4 * 2 * linear_wgmma.BLOCK_K  # two splits of at least four k tiles
+    assert any("split" in name for name in found) == split, sorted(found)
+    for name in found:
+        def only(spec: Linear, dt: DType, layout: str, tensors: dict, out: torch.Tensor, name: str = name):
+            return linear_wgmma.variants(spec, dt, tensors, out, 0)[0][name]
+
+        result = check_implementation(only, spec, "bf16", "NCHW", "cpu", runs=2)
+        assert result.ok, f"{name}: {result.message}"
+
+
+def test_tma_refusals_name_the_cause() -> None:
+    """A tensor the TMA unit cannot copy, or a box it cannot move, is Unsupported with the reason."""
+    ok = torch.zeros(64, 72, dtype=torch.float16)
+    tensor_map.check_2d(ok, 128, 64)
+    cases = [(ok.float(), 128, 64, "fp16 or bf16"), (ok[:, 1:], 128, 64, "16-byte aligned"),
+             (torch.zeros(64, 68, dtype=torch.float16), 128, 64, "row stride"), (ok, 512, 64, "1 to 256"),
+             (ok, 128, 128, "at most 128 bytes"), (ok.t(), 128, 64, "unit column stride")]
+    for t, rows, cols, reason in cases:
+        with pytest.raises(Unsupported, match=reason):
+            tensor_map.check_2d(t, rows, cols)
 
 
 @pytest.mark.parametrize(("spec", "dtype", "layout"), [

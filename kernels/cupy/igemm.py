@@ -82,11 +82,21 @@ def build(dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     if ws is None:
         return gemm
 
-    total = g.M * g.out_channels
-    grid = max(1, min(-(-total // REDUCE_THREADS), sms * REDUCE_BLOCKS_PER_SM))
-    reduce = support.Launch(
+    return in_order(gemm, splitk_reduce(ctype, ws, plan.splits, g.M, g.out_channels, bias, out,
+                                        (g.out_h, g.out_w), g.out_strides, index))
+
+
+def splitk_reduce(ctype: str, ws: torch.Tensor, splits: int, m: int, n: int, bias: torch.Tensor | None,
+                  out: torch.Tensor, out_hw: tuple[int, int], out_strides: tuple[int, int, int, int],
+                  index: int) -> support.Launch:
+    """igemm.cu's splitk_reduce: out = the sum of the ``splits`` (m x n) fp32 partial sums in
+    ``ws`` (in a fixed order) + bias; row m of the GEMM is output pixel m of ``out_hw`` planes."""
+    total = m * n
+    grid = max(1, min(-(-total // REDUCE_THREADS), support.sm_count(index) * REDUCE_BLOCKS_PER_SM))
+    i32, i64, ptr = support.i32, support.i64, support.ptr
+    on, oc, oh, ow = out_strides
+    return support.Launch(
         support.function("igemm", sources.reduce_name(ctype), index), (grid, 1, 1), (REDUCE_THREADS, 1, 1),
-        [ptr(ws), i32(plan.splits), i32(g.M), i32(g.out_channels), ptr(bias), ptr(out),
-         i32(g.out_h * g.out_w), i32(g.out_w), i64(on), i64(oc), i64(oh), i64(ow)],
+        [ptr(ws), i32(splits), i32(m), i32(n), ptr(bias), ptr(out),
+         i32(out_hw[0] * out_hw[1]), i32(out_hw[1]), i64(on), i64(oc), i64(oh), i64(ow)],
         index, keep=(ws, bias, out))
-    return in_order(gemm, reduce)

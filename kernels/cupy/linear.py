@@ -2,8 +2,8 @@
 
 fp32: register-blocked FFMA GEMM (8x8 outputs per thread); tf32/fp16/bf16: mma.sync tensor
 cores; fp32 accumulation.  Split-K fills the GPU when the batch gives few output tiles.  On
-Hopper, fp16 and bf16 also build the wgmma GEMM (``linear_wgmma``); both are timed and the
-faster kept (details: ``path``, each path's time, and why a path is missing).
+Hopper, fp16 and bf16 also build the wgmma GEMM (``linear_wgmma``: cp.async or TMA loaders, split-K);
+both are timed and the faster kept (details: ``path``, each path's time, and why a path is missing).
 """
 
 from __future__ import annotations

@@ -24,16 +24,6 @@ constexpr int BK = 64;
 constexpr int THREADS = 256;
 constexpr int CHUNKS = LINE / 16;  // 16-byte cp.async chunks per tile row
 
-template <typename T> struct Pair;
-template <> struct Pair<__half> {
-    using V = __half2;
-    static __device__ __forceinline__ V make(float a, float b) { return __floats2half2_rn(a, b); }
-};
-template <> struct Pair<__nv_bfloat16> {
-    using V = __nv_bfloat162;
-    static __device__ __forceinline__ V make(float a, float b) { return __floats2bfloat162_rn(a, b); }
-};
-
 // ROWS rows of a row-major (rows x K) matrix from row `first`, k from k0, into one swizzled buffer.
 template <typename T, int ROWS>
 __device__ __forceinline__ void load_tile(unsigned dst, const T* __restrict__ src, int first, int rows, int K,
@@ -104,30 +94,5 @@ __global__ void __launch_bounds__(wg::THREADS, 1) linear_wgmma(const T* __restri
     }
     wgmma_wait<0>();
 
-    // Accumulator layout (per warp, as mma.sync's m16n8 tiles side by side): register 4j + 2h + e
-    // holds row 16 * warp + lane / 4 + 8h, column 8j + 2 * (lane % 4) + e.
-    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    const int row = row0 + group * 64 + warp * 16 + lane / 4;
-    const bool pairs = (N % 2) == 0;  // two columns as one aligned 4-byte store
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-        const int col = col0 + j * 8 + 2 * (lane % 4);
-        if (col >= N) continue;
-        const bool both = col + 1 < N;
-        const float b0 = bias ? lb::to_float(bias[col]) : 0.f;
-        const float b1 = bias && both ? lb::to_float(bias[col + 1]) : 0.f;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = row + 8 * h;
-            if (r >= M) continue;
-            T* out = y + static_cast<long long>(r) * N + col;
-            const float v0 = d[4 * j + 2 * h] + b0, v1 = d[4 * j + 2 * h + 1] + b1;
-            if (pairs && both) {
-                *reinterpret_cast<typename Pair<T>::V*>(out) = Pair<T>::make(v0, v1);
-            } else {
-                out[0] = lb::from_float<T>(v0);
-                if (both) out[1] = lb::from_float<T>(v1);
-            }
-        }
-    }
+    store_tile<T, BN>(d, y, bias, M, N, row0 + group * 64, col0);
 }

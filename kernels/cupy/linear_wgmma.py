@@ -1,32 +1,44 @@
-"""The fully connected layer on Hopper's wgmma instructions (``linear_wgmma.cu``).
+"""The fully connected layer on Hopper's wgmma instructions (``linear_wgmma.cu``, ``linear_tma.cu``).
 
 Built beside the mma.sync GEMM of ``igemm.cu`` (``linear.build`` times both and keeps the
 faster): on an H200 the mma.sync GEMM held CuPy at 0.33-0.41x cuBLAS in bf16 and fp16 on large
 GEMMs, since mma.sync cannot reach the rate of Hopper's warpgroup instructions.
 
-Runs fp16 and bf16 on compute capability 9.0 only (sm_90a code: wgmma does not exist before
-Hopper, and sm_90a binaries do not run after it), with x, W and y contiguous, in_features a
-multiple of 8 (16-byte rows for cp.async) and 16-byte aligned pointers; elsewhere ``Unsupported``
-says which.  Each tile shape of ``sources.WGMMA_CONFIGS`` is timed at build and the faster
-kept; before it may be kept, its output on the layer's own tensors is judged against float64
-(a wrong result is a reason recorded in the build's details, never a result).
+Two kernels feed the same multiply: ``linear_wgmma.cu`` loads its tiles with cp.async from the
+warps that multiply, ``linear_tma.cu`` has one producer warp start TMA copies (tensor maps from
+``tensor_map``) while two warpgroups only multiply, and splits K over more blocks when the
+output tiles leave SMs idle (partial sums added by igemm.cu's splitk_reduce).  Every variant
+(loader, tile shape, split) is timed at build; the fastest whose output on the layer's own
+tensors passes the float64 check is kept (a wrong one is recorded in the details, never a
+result).  Runs fp16 and bf16 on compute capability 9.0 only (sm_90a code: wgmma does not exist
+before Hopper, and sm_90a binaries do not run after it), with x, W and y contiguous, in_features
+a multiple of 8 (16-byte rows) and 16-byte aligned pointers; elsewhere ``Unsupported`` says which.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from kernels.cupy import sources, support
-from layerbench.builders import Built, Tensors, selection_ms
+from kernels.cupy import igemm, sources, support, tensor_map
+from kernels.cupy.igemm_plan import choose_split
+from layerbench.builders import Built, Kernel, Tensors, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Linear
 
+if TYPE_CHECKING:
+    import cupy
+
 THREADS = 256
+TMA_THREADS = THREADS + 32  # two consumer warpgroups and the producer warp
 BLOCK_M = 128
+BLOCK_K = 64  # one tile row: 64 16-bit elements of k, one 128-byte swizzle line
 GROUP_M = 8  # row tiles walked down each column of W tiles (W tiles reused from L2)
-LINE_BYTES = 128  # one tile row: 64 16-bit elements of k, one 128-byte swizzle line
-ALIGN_SLACK = 1024  # the kernel aligns its ring of buffers to the 1024-byte swizzle period
+LINE_BYTES = 128
+ALIGN_SLACK = 1024  # the kernels align their ring of buffers to the 1024-byte swizzle period
+SPLIT_BLOCK_N = 128  # split-K runs the narrower tiles: more of them to spread
 
 
 def shared_bytes(block_n: int, stages: int) -> int:
@@ -45,7 +57,7 @@ def check_layer(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
         if not t.is_contiguous():
             raise Unsupported(f"the wgmma GEMM needs a contiguous {name}")
         if t.data_ptr() % 16:
-            raise Unsupported(f"the wgmma GEMM needs {name} 16-byte aligned (cp.async)")
+            raise Unsupported(f"the wgmma GEMM needs {name} 16-byte aligned (cp.async, TMA)")
     cc = support.capability(index)
     if cc != (9, 0):
         raise Unsupported(f"the wgmma GEMM is sm_90a code (compute capability 9.0); this GPU has {cc[0]}.{cc[1]}")
@@ -56,31 +68,84 @@ def _operands(spec: Linear, tensors: Tensors, out: torch.Tensor) -> dict[str, to
             "out": out}
 
 
-def _launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int, block_n: int,
-            stages: int) -> support.Launch:
-    ctype = support.ctype_of(dtype)
-    fn = support.function("linear_wgmma", sources.linear_wgmma_name(ctype, block_n, stages), index)
+def _tiles(spec: Linear, block_n: int) -> int:
+    return -(-spec.batch // BLOCK_M) * -(-spec.out_features // block_n)
+
+
+def _loaded(source: str, name: str, block_n: int, stages: int, index: int) -> tuple[cupy.RawKernel, int]:
+    """Kernel ``name`` of ``source``, allowed its ring's shared memory; and that many bytes."""
+    fn = support.function(source, name, index)
     smem = shared_bytes(block_n, stages)
     support.allow_shared(fn, smem, index)
+    return fn, smem
+
+
+def _cp_async_launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int, block_n: int,
+                     stages: int) -> support.Launch:
+    name = sources.linear_wgmma_name(support.ctype_of(dtype), block_n, stages)
+    fn, smem = _loaded("linear_wgmma", name, block_n, stages, index)
     x, w, bias, _ = _operands(spec, tensors, out).values()
-    tiles = -(-spec.batch // BLOCK_M) * -(-spec.out_features // block_n)
     i32, ptr = support.i32, support.ptr
     return support.Launch(
-        fn, (tiles, 1, 1), (THREADS, 1, 1),
+        fn, (_tiles(spec, block_n), 1, 1), (THREADS, 1, 1),
         [ptr(x), ptr(w), ptr(bias), ptr(out), i32(spec.batch), i32(spec.out_features), i32(spec.in_features),
          i32(GROUP_M)],
         index, keep=(x, w, bias, out), shared_bytes=smem)
 
 
+def _tma_kernel(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int, block_n: int,
+                stages: int, splits: int, per: int) -> Kernel:
+    """linear_tma.cu with K in ``splits`` parts of ``per`` k tiles each (then splitk_reduce)."""
+    ctype = support.ctype_of(dtype)
+    fn, smem = _loaded("linear_tma", sources.linear_tma_name(ctype, block_n, stages), block_n, stages, index)
+    x, w, bias, _ = _operands(spec, tensors, out).values()
+    m, n = spec.batch, spec.out_features
+    ws = torch.empty(splits * m * n, dtype=torch.float32, device=out.device) if splits > 1 else None
+    i32, ptr = support.i32, support.ptr
+    gemm = support.Launch(  # persistent: one block an SM, each taking work items (tile, split) in turn
+        fn, (min(_tiles(spec, block_n) * splits, support.sm_count(index)), 1, 1), (TMA_THREADS, 1, 1),
+        [tensor_map.encode_2d(x, BLOCK_M, BLOCK_K), tensor_map.encode_2d(w, block_n, BLOCK_K), ptr(bias), ptr(out),
+         ptr(ws), i32(m), i32(n), i32(spec.in_features), i32(GROUP_M), i32(per)],
+        index, keep=(x, w, bias, out, ws), shared_bytes=smem)
+    if ws is None:
+        return gemm
+    return in_order(gemm, igemm.splitk_reduce(ctype, ws, splits, m, n, bias, out, (1, 1), (n, 1, 0, 0), index))
+
+
+def variants(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
+             index: int) -> tuple[dict[str, Kernel], str | None]:
+    """Every wgmma GEMM this layer can run, by name: the cp.async and TMA loaders on each tile
+    shape, and the TMA kernel split along K where the output tiles leave SMs idle; and why the
+    TMA kernels cannot run here (None where they can)."""
+    found: dict[str, Kernel] = {f"cp_async_{BLOCK_M}x{n}": _cp_async_launch(spec, dtype, tensors, out, index, n, s)
+                                for n, s in sources.WGMMA_CONFIGS}
+    k_tiles = -(-spec.in_features // BLOCK_K)
+    try:
+        for n, s in sources.TMA_CONFIGS:
+            found[f"tma_{BLOCK_M}x{n}"] = _tma_kernel(spec, dtype, tensors, out, index, n, s, 1, k_tiles)
+        splits, per = choose_split(_tiles(spec, SPLIT_BLOCK_N), k_tiles, support.sm_count(index))
+        if splits > 1:
+            found[f"tma_{BLOCK_M}x{SPLIT_BLOCK_N}_split{splits}"] = _tma_kernel(
+                spec, dtype, tensors, out, index, SPLIT_BLOCK_N, dict(sources.TMA_CONFIGS)[SPLIT_BLOCK_N], splits, per)
+    except Unsupported as e:  # a driver without tensor maps, say: the cp.async kernel still runs
+        return found, str(e)
+    return found, None
+
+
 def build_wgmma(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Built:
-    """The fastest wgmma tile shape for this layer, checked against float64 on its tensors."""
+    """The fastest wgmma GEMM variant for this layer whose output passes the float64 check."""
     index = support.check_tensors(dtype, _operands(spec, tensors, out))
     check_layer(spec, dtype, tensors, out, index)
-    timed = []
-    for block_n, stages in sources.WGMMA_CONFIGS:
-        launch = _launch(spec, dtype, tensors, out, index, block_n, stages)
-        timed.append((selection_ms(launch, out.device), block_n, stages, launch))
-    _, block_n, stages, launch = min(timed, key=lambda t: t[0])
-    support.check_result(launch, spec, dtype, tensors, out, f"the wgmma GEMM, {BLOCK_M}x{block_n} tiles")
-    return Built(launch, {"tile": f"{BLOCK_M}x{block_n}x64", "stages": stages,
-                          **{f"tile_{BLOCK_M}x{n}_ms": t for t, n, _, _ in timed}})
+    found, no_tma = variants(spec, dtype, tensors, out, index)
+    details: dict[str, object] = {"tma": no_tma} if no_tma else {}
+    timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
+    details.update({f"{name}_ms": t for name, t in timed.items()})
+    wrong: list[str] = []
+    for name in sorted(timed, key=timed.__getitem__):
+        try:
+            support.check_result(found[name], spec, dtype, tensors, out, f"the wgmma GEMM ({name})")
+        except support.WrongResult as e:
+            wrong.append(str(e))
+            continue
+        return Built(found[name], {"variant": name, **details, **({"wrong": "; ".join(wrong)} if wrong else {})})
+    raise support.WrongResult("; ".join(wrong))

@@ -161,6 +161,15 @@ def linear_wgmma_name(ctype: str, block_n: int, stages: int) -> str:
     return f"linear_wgmma<{ctype}, {block_n}, {stages}>"
 
 
+# The TMA GEMM's (block columns, pipeline stages): no thread stages data in registers, so the
+# 128 x 128 tiles take a seventh stage where the shared memory allows (224 KiB).
+TMA_CONFIGS = ((128, 7), (256, 4))
+
+
+def linear_tma_name(ctype: str, block_n: int, stages: int) -> str:
+    return f"linear_tma<{ctype}, {block_n}, {stages}>"
+
+
 def fft_forward_name(log_n: int) -> str:
     return f"fft_forward<{log_n}>"
 
@@ -219,6 +228,9 @@ SOURCES: dict[str, Source] = {
         archs=(90,), options=("-arch=sm_90a",)),
     "linear_wgmma": Source("linear_wgmma.cu", tuple(
         linear_wgmma_name(t, n, s) for t in WGMMA_CTYPES for n, s in WGMMA_CONFIGS),
+        archs=(90,), options=("-arch=sm_90a",)),
+    "linear_tma": Source("linear_tma.cu", tuple(
+        linear_tma_name(t, n, s) for t in WGMMA_CTYPES for n, s in TMA_CONFIGS),
         archs=(90,), options=("-arch=sm_90a",)),
 }
 

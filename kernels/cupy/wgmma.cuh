@@ -97,4 +97,67 @@ template <> struct Wgmma<__nv_bfloat16, 256> {
     }
 };
 
+template <typename T> struct Pair;
+template <> struct Pair<__half> {
+    using V = __half2;
+    static __device__ __forceinline__ V make(float a, float b) { return __floats2half2_rn(a, b); }
+};
+template <> struct Pair<__nv_bfloat16> {
+    using V = __nv_bfloat162;
+    static __device__ __forceinline__ V make(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+
+// Accumulator layout (per warp, as mma.sync's m16n8 tiles side by side): register 4j + 2h + e of
+// the warpgroup whose 64 rows start at `row0` holds row row0 + 16 * warp + lane / 4 + 8h, column
+// col0 + 8j + 2 * (lane % 4) + e.  Calls f(register, row, column) for each in-bounds pair's first
+// element; `both`: the second column exists too.
+template <int BN, typename F>
+__device__ __forceinline__ void for_each_pair(int M, int N, int row0, int col0, F f) {
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    const int row = row0 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = col0 + j * 8 + 2 * (lane % 4);
+        if (col >= N) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            if (row + 8 * h < M) f(4 * j + 2 * h, row + 8 * h, col, col + 1 < N);
+        }
+    }
+}
+
+// y (M x N, row-major) = accumulators + bias (may be null), rounded to T.
+template <typename T, int BN>
+__device__ __forceinline__ void store_tile(const float (&d)[BN / 2], T* __restrict__ y, const T* __restrict__ bias,
+                                           int M, int N, int row0, int col0) {
+    const bool pairs = (N % 2) == 0;  // two columns as one aligned 4-byte store
+    for_each_pair<BN>(M, N, row0, col0, [&](int i, int r, int col, bool both) {
+        const float v0 = d[i] + (bias ? lb::to_float(bias[col]) : 0.f);
+        const float v1 = d[i + 1] + (bias && both ? lb::to_float(bias[col + 1]) : 0.f);
+        T* out = y + static_cast<long long>(r) * N + col;
+        if (pairs && both) {
+            *reinterpret_cast<typename Pair<T>::V*>(out) = Pair<T>::make(v0, v1);
+        } else {
+            out[0] = lb::from_float<T>(v0);
+            if (both) out[1] = lb::from_float<T>(v1);
+        }
+    });
+}
+
+// One split's fp32 partial sums (no bias) into its M x N slice of the split-K workspace.
+template <int BN>
+__device__ __forceinline__ void store_partials(const float (&d)[BN / 2], float* __restrict__ ws, int M, int N,
+                                               int row0, int col0) {
+    const bool pairs = (N % 2) == 0;  // two columns as one aligned 8-byte store
+    for_each_pair<BN>(M, N, row0, col0, [&](int i, int r, int col, bool both) {
+        float* out = ws + static_cast<long long>(r) * N + col;
+        if (pairs && both) {
+            *reinterpret_cast<float2*>(out) = make_float2(d[i], d[i + 1]);
+        } else {
+            out[0] = d[i];
+            if (both) out[1] = d[i + 1];
+        }
+    });
+}
+
 }  // namespace wg

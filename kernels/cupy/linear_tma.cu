@@ -1,0 +1,130 @@
+// Fully connected layer on Hopper's TMA and wgmma (sm_90a), warp-specialised:
+// y = x W^T + b, x (M, K) and W (N, K) row-major, fp16 or bf16, fp32 accumulators.
+//
+// A persistent block of 288 threads (one per SM) computes 128 x BN tiles of y one after another:
+// one producer warp, whose first thread starts the TMA copies of the x and W tiles into a ring of
+// STAGES buffers, and two consumer warpgroups of 64 rows each that multiply them with
+// wgmma.mma_async, both operands read from shared memory through matrix descriptors.  The TMA
+// unit writes each tile row (64 elements of k, 128 bytes) in the 128-byte swizzle the descriptors
+// name and zero-fills what lies past M, N or K, so no thread spends instructions on addresses or
+// bounds (linear_wgmma.cu's cp.async loads are issued by the warps that multiply).  Each buffer
+// has two barriers: `full` completes when the TMA unit has written the buffer's bytes, `empty`
+// when all eight consumer warps have finished reading it (their wgmma batch retired), after which
+// the producer refills it.  The ring runs on across tiles: while the consumers store one tile,
+// the producer already loads the next one's first k tiles (short-K GEMMs are mostly that).
+//
+// Split-K: work item w is tile w % tiles of split w / tiles, which multiplies k tiles
+// [split * per, (split + 1) * per) only and, when ws is not null, writes fp32 partial sums to
+// ws[split][m][n]; igemm.cu's splitk_reduce adds them and the bias.  Tiles go out in groups of
+// GROUP_M row tiles down each column of W tiles, so that the W tiles are reused from L2.
+#include "layerbench_common.cuh"
+#include "wgmma.cuh"
+#include "tma.cuh"
+
+namespace wt {
+
+constexpr int BM = 128;               // rows of y per block: two warpgroups of 64
+constexpr int BK = 64;                // elements of k per tile row
+constexpr int LINE = 128;             // bytes of one tile row
+constexpr int CONSUMERS = 256;        // two warpgroups: warps 0-7 (a warpgroup is 4 aligned warps)
+constexpr int THREADS = CONSUMERS + 32;  // and the producer warp, warp 8
+
+}  // namespace wt
+
+template <typename T, int BN, int STAGES>
+__global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_constant__ lb::TensorMap x_map,
+                                                             const __grid_constant__ lb::TensorMap w_map,
+                                                             const T* __restrict__ bias, T* __restrict__ y,
+                                                             float* __restrict__ ws, int M, int N, int K,
+                                                             int group_m, int k_tiles_per_split) {
+    using namespace wt;
+    using namespace wg;
+    constexpr int A_BYTES = BM * LINE, STAGE_BYTES = (BM + BN) * LINE;
+    extern __shared__ unsigned char smem[];
+    __shared__ unsigned long long barriers[2 * STAGES];  // full[s], then empty[s]
+    // The swizzle pattern repeats every 8 lines (1024 B); TMA and the descriptors assume it starts there.
+    const unsigned base = (lb::smem_addr(smem) + 1023u) & ~1023u;
+    const unsigned full = lb::smem_addr(barriers), empty = full + 8 * STAGES;
+
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN, tiles = tiles_m * tiles_n;
+    const int k_tiles = (K + BK - 1) / BK;
+    const int work = tiles * ((k_tiles + k_tiles_per_split - 1) / k_tiles_per_split);
+    // Where work item w starts: first output row and column, first k tile, k tiles.
+    struct Item {
+        int row0, col0, kt0, count;
+    };
+    auto item = [&](int w) {
+        const int t = w % tiles, width = group_m * tiles_n;
+        const int first_m = (t / width) * group_m;
+        const int height = min(tiles_m - first_m, group_m);
+        const int kt0 = (w / tiles) * k_tiles_per_split;
+        return Item{(first_m + (t % width) % height) * BM, ((t % width) / height) * BN, kt0,
+                    min(kt0 + k_tiles_per_split, k_tiles) - kt0};  // count >= 1: the launcher's split
+    };
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            lb::mbar_init(full + 8 * s, 1);                 // the producer's arrival with the byte count
+            lb::mbar_init(empty + 8 * s, CONSUMERS / 32);  // one arrival per consumer warp
+        }
+        lb::fence_mbar_init();
+    }
+    __syncthreads();  // the last block-wide barrier: the producer warp leaves when its copies are started
+
+    // `it` counts k tiles through the ring across work items: buffer it % STAGES, pass it / STAGES.
+    if (threadIdx.x >= CONSUMERS) {
+        if (threadIdx.x == CONSUMERS) {
+            for (int w = blockIdx.x, it = 0; w < work; w += gridDim.x) {
+                const Item job = item(w);
+                for (int i = 0; i < job.count; ++i, ++it) {
+                    const int s = it % STAGES;
+                    // A fresh barrier counts as having completed the phase before its first, so
+                    // the first pass over the ring does not wait.
+                    lb::mbar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
+                    lb::mbar_expect_tx(full + 8 * s, STAGE_BYTES);  // whole boxes, zero-filled parts included
+                    const unsigned stage = base + s * STAGE_BYTES;
+                    lb::tma_load_2d(stage, &x_map, (job.kt0 + i) * BK, job.row0, full + 8 * s);
+                    lb::tma_load_2d(stage + A_BYTES, &w_map, (job.kt0 + i) * BK, job.col0, full + 8 * s);
+                }
+            }
+        }
+        return;
+    }
+
+    const int group = threadIdx.x / 128;  // this warpgroup's 64 rows of each tile
+    const bool releases = threadIdx.x % 32 == 0;  // one arrival per warp on `empty`
+    float d[BN / 2];
+    for (int w = blockIdx.x, it = 0; w < work; w += gridDim.x) {
+        const Item job = item(w);
+        // A warpgroup whose 64 rows all lie past M (a GEMV, the last row tile) only keeps the
+        // ring turning: the tensor cores spend nothing on its zero-filled rows.
+        const bool multiplies = job.row0 + group * 64 < M;
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
+        for (int i = 0; i < job.count; ++i, ++it) {
+            const int s = it % STAGES;
+            lb::mbar_wait(full + 8 * s, (it / STAGES) & 1);
+            if (multiplies) {
+                const unsigned a = base + s * STAGE_BYTES + group * 64 * LINE;
+                const unsigned b = base + s * STAGE_BYTES + A_BYTES;
+                wgmma_fence();
+#pragma unroll
+                for (int ks = 0; ks < BK / 16; ++ks)  // 16 elements of k are 32 bytes along the line
+                    Wgmma<T, BN>::run(d, descriptor_128b(a + ks * 32), descriptor_128b(b + ks * 32));
+                wgmma_commit();
+                wgmma_wait<1>();  // batch it - 1 has retired: its buffer goes back to the producer
+            }
+            if (i > 0 && releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
+        }
+        wgmma_wait<0>();
+        if (releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));  // the item's last buffer
+
+        const int row0 = job.row0 + group * 64;
+        if (ws != nullptr) {
+            store_partials<BN>(d, ws + static_cast<long long>(job.kt0 / k_tiles_per_split) * M * N, M, N, row0,
+                               job.col0);
+        } else {
+            store_tile<T, BN>(d, y, bias, M, N, row0, job.col0);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+"""Tensor maps (TMA descriptors) for the CuPy kernels, encoded by the CUDA driver.
+
+A tensor map tells Hopper's TMA unit where a 2-D tensor lives, which box of it one copy moves
+and how the box lands in shared memory (here: the 128-byte swizzle that wgmma's descriptors
+read).  ``cuTensorMapEncodeTiled`` is a host function of the driver library (libcuda), which
+CuPy does not wrap; it is called through ctypes.  The 128 bytes go to a kernel by value, as a
+``__grid_constant__`` parameter: ``support.Launch`` passes any ctypes object.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+
+import torch
+
+from layerbench.errors import Unsupported
+
+# cuda.h's enums (CUDA 12 and 13).
+DATA_TYPES = {torch.float16: 6, torch.bfloat16: 9}  # CU_TENSOR_MAP_DATA_TYPE_FLOAT16, _BFLOAT16
+INTERLEAVE_NONE = 0
+SWIZZLE_128B = 3
+L2_PROMOTION_256B = 3
+OOB_FILL_ZEROS = 0  # CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: elements past the tensor read as zeros
+
+SWIZZLE_BYTES = 128  # a box row may span at most one swizzle line
+MAX_BOX = 256  # elements along each box dimension
+MAX_STRIDE = 1 << 40  # bytes
+ALIGN = 16  # bytes: the tensor's address and its row stride
+
+TensorMap = ctypes.c_uint64 * 16  # CUtensorMap: 128 opaque bytes
+
+
+def check_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> None:
+    """Raise Unsupported unless the TMA unit can copy (box_rows x box_cols) boxes of ``t`` in the
+    128-byte swizzle: a row-major 2-D fp16/bf16 tensor, 16-byte aligned rows, rows of at most
+    one swizzle line a box."""
+    if t.dtype not in DATA_TYPES:
+        raise Unsupported(f"tensor maps here take fp16 or bf16 data, not {t.dtype}")
+    if t.dim() != 2 or t.stride(1) != 1:
+        raise Unsupported(f"a tensor map needs a 2-D tensor with unit column stride, got shape "
+                          f"{tuple(t.shape)} strides {t.stride()}")
+    row_bytes = t.stride(0) * t.element_size()
+    if t.data_ptr() % ALIGN or row_bytes % ALIGN or not 0 < row_bytes < MAX_STRIDE:
+        raise Unsupported(f"a tensor map needs a {ALIGN}-byte aligned address and row stride, got address "
+                          f"{t.data_ptr():#x} and {row_bytes} bytes a row")
+    if not (1 <= box_rows <= MAX_BOX and 1 <= box_cols <= MAX_BOX):
+        raise Unsupported(f"a TMA box has 1 to {MAX_BOX} elements a side, got {box_rows} x {box_cols}")
+    if box_cols * t.element_size() > SWIZZLE_BYTES:
+        raise Unsupported(f"a box row of the 128-byte swizzle spans at most {SWIZZLE_BYTES} bytes, got "
+                          f"{box_cols * t.element_size()}")
+
+
+@lru_cache(maxsize=1)
+def _driver() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as e:
+        raise Unsupported(f"tensor maps need the CUDA driver library libcuda.so.1: {e}") from e
+    if not hasattr(lib, "cuTensorMapEncodeTiled"):
+        raise Unsupported("this CUDA driver has no cuTensorMapEncodeTiled (CUDA 12.0 or newer needed)")
+    lib.cuTensorMapEncodeTiled.restype = ctypes.c_int
+    lib.cuGetErrorName.restype = ctypes.c_int
+    return lib
+
+
+def _error_name(lib: ctypes.CDLL, code: int) -> str:
+    name = ctypes.c_char_p()
+    if lib.cuGetErrorName(code, ctypes.byref(name)) != 0 or name.value is None:
+        return f"CUresult {code}"
+    return name.value.decode()
+
+
+def encode_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> TensorMap:
+    """The tensor map of row-major ``t`` for boxes of box_rows x box_cols elements, written to
+    shared memory in the 128-byte swizzle; parts of a box past the tensor's end read as zeros."""
+    check_2d(t, box_rows, box_cols)
+    lib = _driver()
+    # The driver writes a 64-byte aligned object; the kernel parameter is copied from it.
+    raw = (ctypes.c_uint8 * (ctypes.sizeof(TensorMap) + 64))()
+    at = -ctypes.addressof(raw) % 64
+    u64, u32 = ctypes.c_uint64, ctypes.c_uint32
+    dims = (u64 * 2)(t.shape[1], t.shape[0])  # innermost first
+    strides = (u64 * 1)(t.stride(0) * t.element_size())  # bytes, all but the innermost
+    box = (u32 * 2)(box_cols, box_rows)
+    steps = (u32 * 2)(1, 1)
+    status = lib.cuTensorMapEncodeTiled(
+        ctypes.c_void_p(ctypes.addressof(raw) + at), DATA_TYPES[t.dtype], u32(2), ctypes.c_void_p(t.data_ptr()),
+        dims, strides, box, steps, INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZEROS)
+    if status != 0:
+        raise Unsupported(f"cuTensorMapEncodeTiled refused a {tuple(t.shape)} {t.dtype} tensor with "
+                          f"{box_rows} x {box_cols} boxes: {_error_name(lib, status)}")
+    return TensorMap.from_buffer_copy(raw, at)
