@@ -177,7 +177,8 @@ def test_conv2d_awkward_shapes(name: str, dtype: str, layout: str) -> None:
 
 # Shapes for the FFT convolution: every transform size (16-128), padding, tiles of the
 # per-frequency product cut by batch, channel and output-channel counts, a window as large as
-# the input, no bias.
+# the input, no bias; planes over 128 as overlap-save tiles (the last ones cut by the plane's
+# edge, a non-square grid of tiles, a large window).
 FFT_CONV = {
     **{name: THESIS_CONV[name] for name in ("L1", "L2", "L3", "L4", "L5", "L6")},
     "non-square-pad2": ODD_CONV["non-square-pad2"],
@@ -185,6 +186,8 @@ FFT_CONV = {
     "to-128-with-padding": Conv2d(2, 4, 5, 120, 100, 5, 5, padding=4),
     "window-is-input": Conv2d(3, 9, 10, 9, 9, 9, 9),
     "1-channel": Conv2d(5, 1, 1, 16, 16, 2, 3),
+    "tiled-padded": Conv2d(3, 5, 7, 140, 260, 3, 3, padding=1),
+    "tiled-k11-no-bias": Conv2d(2, 6, 4, 133, 129, 11, 11, bias=False),
 }
 
 
@@ -212,9 +215,9 @@ def test_conv2d_records_its_algorithm() -> None:
 
 @gpu
 def test_fft_conv_refuses_what_it_cannot_run() -> None:
-    spec = Conv2d(1, 2, 2, 200, 200, 3, 3)
+    spec = Conv2d(1, 2, 2, 200, 200, 65, 65)  # tiles of 128 would be mostly halo
     tensors = make_tensors(spec, get_dtype("fp32"), "NCHW", DEVICE)
-    with pytest.raises(Unsupported, match="up to 128 x 128"):
+    with pytest.raises(Unsupported, match="windows up to 64"):
         cupy_conv2d.build_fft(spec, get_dtype("fp32"), tensors, make_output(spec, tensors))
 
 

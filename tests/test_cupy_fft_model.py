@@ -49,6 +49,31 @@ def test_model_fft_conv_matches_torch(spec: Conv2d) -> None:
     np.testing.assert_allclose(out, want, atol=1e-10)
 
 
+@pytest.mark.parametrize("spec", [Conv2d(2, 3, 2, 30, 23, 5, 5, padding=2), Conv2d(1, 2, 3, 17, 40, 3, 3),
+                                  Conv2d(1, 1, 1, 16, 16, 7, 7, padding=3)])
+def test_model_overlap_save_tiles_match_torch(spec: Conv2d) -> None:
+    """Planes larger than the largest transform (here 16, to keep the model small): each tile's
+    input from its origin, the product, the inverse's step x step outputs put in place."""
+    plan = fft_plan.fft_plan(spec, largest=16)
+    assert plan.n == 16 and plan.tiles > 1, plan
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(spec.input_shape)
+    w = rng.standard_normal(spec.weight_shape)
+    origins = [(ty * plan.step, tx * plan.step) for ty in range(plan.tiles_h) for tx in range(plan.tiles_w)]
+    xs = np.array([[model_fft_forward(x[b, c], spec.padding, plan.log_n, o) for c in range(spec.in_channels)]
+                   for b in range(spec.batch) for o in origins])
+    ws = np.array([[model_fft_forward(w[k, c], 0, plan.log_n) for c in range(spec.in_channels)]
+                   for k in range(spec.out_channels)])
+    ys = np.einsum("bcuv,kcuv->bkuv", xs, np.conj(ws))
+    out = np.full((spec.batch, spec.out_channels, spec.out_height, spec.out_width), np.nan)
+    for image, (b, (oy, ox)) in enumerate((b, o) for b in range(spec.batch) for o in origins):
+        rows, cols = min(plan.step, spec.out_height - oy), min(plan.step, spec.out_width - ox)
+        for k in range(spec.out_channels):
+            out[b, k, oy:oy + rows, ox:ox + cols] = model_fft_inverse(ys[image, k], rows, cols, plan.log_n)
+    want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=spec.padding).numpy()
+    np.testing.assert_allclose(out, want, atol=1e-10)  # every output written once: no NaN left
+
+
 def test_fft_plan_sizes_and_limits() -> None:
     plan = fft_plan.fft_plan
     assert [plan(Conv2d(128, 3, 96, h, h, k, k)).n for h, k in ((128, 11), (64, 9), (32, 9), (16, 7), (13, 3), (27, 5))] \
@@ -56,8 +81,12 @@ def test_fft_plan_sizes_and_limits() -> None:
     assert plan(Conv2d(1, 1, 1, 30, 28, 3, 3, padding=1)).n == 32  # padding counts
     assert plan(Conv2d(1, 1, 1, 31, 28, 3, 3, padding=1)).n == 64
     assert plan(Conv2d(1, 1, 1, 3, 3, 3, 3)).n == 16  # the smallest size instantiated
-    with pytest.raises(Exception, match="up to 128 x 128"):
-        plan(Conv2d(1, 1, 1, 224, 224, 3, 3))
+    tiled = plan(Conv2d(1, 1, 1, 224, 224, 3, 3))  # overlap-save: 126 outputs a tile
+    assert (tiled.n, tiled.tiles_h, tiled.tiles_w, tiled.step, tiled.images) == (128, 2, 2, 126, 4)
+    tiled = plan(Conv2d(2, 1, 1, 300, 140, 11, 11, padding=5))
+    assert (tiled.tiles_h, tiled.tiles_w, tiled.step, tiled.images) == (3, 2, 118, 12)
+    with pytest.raises(Exception, match="windows up to 64"):
+        plan(Conv2d(1, 1, 1, 300, 300, 65, 65))
     with pytest.raises(Exception, match="stride 1"):
         plan(Conv2d(1, 1, 1, 32, 32, 3, 3, stride=2))
     for log_n in fft_plan.LOG_SIZES:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import igemm, linear_backward, linear_wgmma, pool2d_backward, support, tensor_map
+from kernels.cupy import fft_plan, igemm, linear_backward, linear_wgmma, pool2d_backward, support, tensor_map
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -35,7 +35,7 @@ from kernels.cupy.backward_models import (
 )
 from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
-from kernels.cupy.models import BITS, model_igemm, relu_bits
+from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_igemm, relu_bits
 from layerbench import registry
 from layerbench.check.correctness import check_implementation
 from layerbench.check.inputs import make_output, make_tensors
@@ -57,8 +57,8 @@ class EmulatedLaunch:
     def __init__(self, fn: SimpleNamespace, grid: tuple[int, int, int], block: tuple[int, int, int],
                  args: Sequence[object], index: int, keep: Sequence[object] = (), shared_bytes: int = 0) -> None:
         assert all(g >= 1 for g in grid), grid
-        self.kernel, targs = re.fullmatch(r"(\w+)<(.*)>", fn.name).groups()
-        self.targs = [a.strip() for a in targs.split(",")]
+        self.kernel, targs = re.fullmatch(r"(\w+)(?:<(.*)>)?", fn.name).groups()
+        self.targs = [a.strip() for a in targs.split(",")] if targs else []
         self.grid, self.block, self.args, self.keep = grid, block, list(args), keep
         self.name, self.shared_bytes = fn.name, shared_bytes
 
@@ -241,6 +241,71 @@ class EmulatedLaunch:
             acc += self.memory(4, n).float()
         self.memory(5, m * n).view(m, n).copy_(acc)
 
+    def _kept(self, i: int) -> torch.Tensor:
+        """The kept tensor that pointer argument ``i`` points to the start of."""
+        for t in self.keep:
+            if t is not None and t.data_ptr() == self.args[i].value:
+                return t
+        raise AssertionError(f"{self.kernel}: pointer argument {i} is none of the kept tensors")
+
+    def _fft_geometry(self, planes: int, inner: int, tiles: int, tiles_w: int, step: int
+                      ) -> list[tuple[int, int, tuple[int, int]]]:
+        """(image, channel, tile origin) of each plane, transcribed from fft_conv.cu's Transform."""
+        n = 1 << int(self.targs[0])
+        assert self.block == (fft_plan.transform_threads(n), 1, 1)
+        assert self.shared_bytes == fft_plan.transform_shared_bytes(n)
+        assert self.grid == (-(-planes // fft_plan.planes_per_block(n)), 1, 1)
+        out = []
+        for p in range(planes):
+            outer = p // inner
+            tile = outer % tiles
+            out.append((outer // tiles, p - outer * inner, ((tile // tiles_w) * step, (tile % tiles_w) * step)))
+        return out
+
+    def _fft_forward(self) -> None:  # (src, dst, planes, inner, s_outer, s_inner, s_row, s_col, rows, cols, pad,
+        # tiles, tiles_w, step); <LOGN>
+        log_n = int(self.targs[0])
+        planes, inner, s_outer, s_inner, s_row, s_col, rows, cols, pad, tiles, tiles_w, step = (
+            self.value(i) for i in range(2, 14))
+        src = self._kept(0)
+        freqs = (1 << log_n) * ((1 << log_n) // 2 + 1)
+        dst = self.memory(1, 2 * planes * freqs, torch.float32).view(planes, freqs, 2)
+        for p, (image, c, origin) in enumerate(self._fft_geometry(planes, inner, tiles, tiles_w, step)):
+            plane = torch.as_strided(src, (rows, cols), (s_row, s_col),
+                                     src.storage_offset() + image * s_outer + c * s_inner)
+            spec = model_fft_forward(plane.double().numpy(), pad, log_n, origin).reshape(-1)
+            dst[p] = torch.from_numpy(np.stack([spec.real, spec.imag], axis=1))
+
+    def _fft_cgemm(self) -> None:  # (x, w, y, B, C, K, F)
+        b, c, k, f = (self.value(i) for i in range(3, 7))
+        assert self.grid == (-(-k // fft_plan.KT), -(-b // fft_plan.BT), f // fft_plan.FT)
+        assert (self.block, self.shared_bytes) == ((fft_plan.GEMM_THREADS, 1, 1), fft_plan.GEMM_SHARED_BYTES)
+
+        def spectra(i: int, planes: int) -> torch.Tensor:
+            v = self.memory(i, 2 * planes * f, torch.float32).view(planes, f, 2).double()
+            return torch.complex(v[..., 0], v[..., 1])
+
+        x, w = spectra(0, b * c).view(b, c, f), spectra(1, k * c).view(k, c, f)
+        y = torch.einsum("bcf,kcf->bkf", x, w.conj())
+        self.memory(2, 2 * b * k * f, torch.float32).view(b, k, f, 2).copy_(torch.stack([y.real, y.imag], -1))
+
+    def _fft_inverse(self) -> None:  # (src, dst, bias, planes, inner, o_outer, o_inner, o_row, o_col, rows, cols,
+        # tiles, tiles_w, step); <LOGN>
+        log_n = int(self.targs[0])
+        n = 1 << log_n
+        planes, inner, o_outer, o_inner, o_row, o_col, rows, cols, tiles, tiles_w, step = (
+            self.value(i) for i in range(3, 14))
+        src = self.memory(0, 2 * planes * n * (n // 2 + 1), torch.float32).view(planes, n, n // 2 + 1, 2).double()
+        dst = self._kept(1)
+        bias = self.memory(2, inner, torch.float32) if self.args[2].value is not None else None
+        for p, (image, k, (oy, ox)) in enumerate(self._fft_geometry(planes, inner, tiles, tiles_w, step)):
+            kept_rows, kept_cols = min(rows - oy, step), min(cols - ox, step)
+            plane = model_fft_inverse(torch.complex(src[p, ..., 0], src[p, ..., 1]).numpy(), kept_rows, kept_cols,
+                                      log_n)
+            view = torch.as_strided(dst, (kept_rows, kept_cols), (o_row, o_col),
+                                    dst.storage_offset() + image * o_outer + k * o_inner + oy * o_row + ox * o_col)
+            view.copy_(torch.from_numpy(plane) + (bias[k] if bias is not None else 0.0))
+
     def _column_sums(self) -> None:  # (a, sums, rows, cols)
         rows, cols = self.value(2), self.value(3)
         assert self.block == (linear_backward.SUM_COLS, linear_backward.SUM_ROWS, 1)
@@ -361,6 +426,21 @@ def test_every_wgmma_gemm_variant(emulated: None, spec: Linear) -> None:
 
         result = check_implementation(only, spec, "bf16", "NCHW", "cpu", runs=2)
         assert result.ok, f"{name}: {result.message}"
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("spec", [Conv2d(2, 3, 4, 13, 9, 3, 5, padding=2), Conv2d(1, 2, 3, 131, 140, 3, 3, padding=1),
+                                  Conv2d(1, 1, 2, 120, 132, 11, 11, bias=False)],
+                         ids=["one-tile", "tiled-padded", "tiled-k11-nobias"])
+def test_fft_conv_launchers(emulated: None, monkeypatch: pytest.MonkeyPatch, spec: Conv2d, layout: str) -> None:
+    """The FFT convolution's launches as fft_conv.cu reads them: planes, strides, the overlap-save
+    tiles of planes larger than 128 (each tile's origin, the outputs it keeps), and the product."""
+    monkeypatch.setattr(cupy_conv2d, "check_workspace", lambda nbytes, device, what: None)  # host memory
+    def fft_only(spec: Conv2d, dt: DType, layout: str, tensors: dict, out: torch.Tensor):
+        return cupy_conv2d.build_fft(spec, dt, tensors, out)
+
+    result = check_implementation(fft_only, spec, "fp32", layout, "cpu", runs=2)
+    assert result.ok, result.message
 
 
 def test_tma_refusals_name_the_cause() -> None:

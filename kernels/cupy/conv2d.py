@@ -7,7 +7,7 @@ math (its k table and its output-pixel origins), groups its grid (one GEMM per g
 kernels' grouped instantiation); the FFT convolution runs plain convolutions only.
 
 Algorithm (recorded in ``kernel.details``): where the FFT kernels can run the layer (fp32,
-stride 1, padded planes up to 128 x 128) and a first guess from flops and bytes gives them a
+stride 1; padded planes over 128 x 128 as overlap-save tiles) and a first guess from flops and bytes gives them a
 chance, both are built and timed on the real buffers and the faster is kept, as cudnnFind does
 for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  On Hopper, in fp16
 and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a

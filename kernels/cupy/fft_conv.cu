@@ -6,7 +6,9 @@
 // a power of two >= its padded size, makes N x (N/2 + 1) complex values: the real input's
 // half spectrum, stored plane after plane, frequencies f = u * (N/2 + 1) + v contiguous.  An
 // N x N circular correlation equals the linear one on every output the crop keeps, since
-// no output window reaches past row or column N - 1.
+// no output window reaches past row or column N - 1.  A plane larger than the largest N is cut
+// into overlap-save tiles: tile (ty, tx) transforms the N x N input from (ty, tx) * step and keeps
+// its step x step outputs (step = N - kernel + 1); each tile is one more image to fft_cgemm.
 //
 // fft_forward: a block takes one plane, or several small ones (Transform); rows two at a time as
 //              one complex FFT (row 2r the real part, row 2r + 1 the imaginary part), split
@@ -162,8 +164,8 @@ struct Transform {
     int first;  // the block's first plane
     int count;  // its planes
     // Also fills the twiddles, of exp(sign * 2 pi i j / N), and the planes' offsets: plane
-    // p = outer * inner + in at outer * s_outer + in * s_inner.
-    __device__ __forceinline__ Transform(unsigned char* smem, int planes, float sign, int inner,
+    // p = (image * tiles + tile) * inner + in at image * s_outer + in * s_inner.
+    __device__ __forceinline__ Transform(unsigned char* smem, int planes, float sign, int inner, int tiles,
                                          long long s_outer, long long s_inner)
         : tw(reinterpret_cast<float2*>(smem)), offset(reinterpret_cast<long long*>(tw + N)),
           spec(reinterpret_cast<float2*>(offset + OFFSETS)), first(blockIdx.x * PLANES),
@@ -171,11 +173,17 @@ struct Transform {
         make_twiddles<LOGN>(tw, sign);
         for (int i = threadIdx.x; i < count; i += THREADS) {
             const int p = first + i, outer = p / inner;
-            offset[i] = outer * s_outer + (p - outer * inner) * s_inner;
+            offset[i] = (outer / tiles) * s_outer + (p - outer * inner) * s_inner;
         }
         __syncthreads();
     }
     __device__ __forceinline__ float2* pair(int i, int r) { return spec + i * SPEC + r * PITCH; }
+    // Where tile `tile` of plane i (of tiles_w a row, `step` apart) starts in its image.
+    __device__ __forceinline__ int2 origin(int i, int inner, int tiles, int tiles_w, int step) const {
+        if (tiles == 1) return make_int2(0, 0);
+        const int tile = ((first + i) / inner) % tiles;
+        return make_int2((tile / tiles_w) * step, (tile % tiles_w) * step);
+    }
     // Row FFTs of pairs r < pairs of the block's planes; value c of a row lands at Fft::at(c).
     __device__ __forceinline__ void rows(int pairs) {
         const int n = count;
@@ -193,22 +201,25 @@ struct Transform {
 
 }  // namespace
 
-// Planes first * PLANES .. of src: plane p = outer * inner + in starts at
-// src + outer * s_outer + in * s_inner; its element (r, c) at r * s_row + c * s_col, placed at
-// (r + pad, c + pad) of the N x N grid.  Spectra written plane after plane, natural order.
+// Planes first * PLANES .. of src: plane p = (image * tiles + tile) * inner + in starts at
+// src + image * s_outer + in * s_inner; its element (r, c) at r * s_row + c * s_col, placed at
+// (r + pad - oy, c + pad - ox) of the N x N grid, where tile (ty, tx) = (tile / tiles_w,
+// tile % tiles_w) starts at (oy, ox) = (ty * step, tx * step): overlap-save tiles of planes
+// larger than N (one tile, step N, otherwise).  Spectra written plane after plane, natural order.
 template <int LOGN>
 __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_forward(
         const float* src, float2* dst, int planes, int inner, long long s_outer, long long s_inner,
-        long long s_row, long long s_col, int rows, int cols, int pad) {
+        long long s_row, long long s_col, int rows, int cols, int pad, int tiles, int tiles_w, int step) {
     typedef Transform<LOGN> T;
     constexpr int N = T::N, P = T::P;
     extern __shared__ __align__(16) unsigned char smem[];
-    T sm(smem, planes, -1.0f, inner, s_outer, s_inner);
+    T sm(smem, planes, -1.0f, inner, tiles, s_outer, s_inner);
     const int count = sm.count;
     for (int t = threadIdx.x; t < count * (N / 2) * N; t += T::THREADS) {
         const int i = t >> (2 * LOGN - 1), r = (t >> LOGN) & (N / 2 - 1), c = t & (N - 1);
         const float* x = src + sm.offset[i];
-        const int h = 2 * r - pad, w = c - pad;
+        const int2 o = sm.origin(i, inner, tiles, tiles_w, step);
+        const int h = o.x + 2 * r - pad, w = o.y + c - pad;
         float re = 0.0f, im = 0.0f;
         if (static_cast<unsigned>(w) < static_cast<unsigned>(cols)) {
             if (static_cast<unsigned>(h) < static_cast<unsigned>(rows)) re = x[h * s_row + w * s_col];
@@ -244,17 +255,19 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_forward(
     }
 }
 
-// Output planes first * PLANES ..: plane p = outer * inner + in (image, channel) at
-// dst + outer * o_outer + in * o_inner, element (r, c) at r * o_row + c * o_col for r < rows,
-// c < cols; bias indexed by in.
+// Output planes first * PLANES ..: plane p = (image * tiles + tile) * inner + in (in: the
+// channel) at dst + image * o_outer + in * o_inner; tile (ty, tx) of a rows x cols output plane
+// holds its elements (oy + r, ox + c) at (oy + r) * o_row + (ox + c) * o_col, (oy, ox) =
+// (ty * step, tx * step), r and c < step; bias indexed by in.
 template <int LOGN>
 __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_inverse(
         const float2* src, float* dst, const float* bias, int planes, int inner, long long o_outer,
-        long long o_inner, long long o_row, long long o_col, int rows, int cols) {
+        long long o_inner, long long o_row, long long o_col, int rows, int cols, int tiles, int tiles_w,
+        int step) {
     typedef Transform<LOGN> T;
     constexpr int N = T::N, P = T::P;
     extern __shared__ __align__(16) unsigned char smem[];
-    T sm(smem, planes, 1.0f, inner, o_outer, o_inner);
+    T sm(smem, planes, 1.0f, inner, tiles, o_outer, o_inner);
     const int count = sm.count;
     // The block's spectra are contiguous in src, and N * P is even: they move in 16-byte pairs.
     const float4* s = reinterpret_cast<const float4*>(src + static_cast<long long>(sm.first) * T::SPEC);
@@ -265,7 +278,7 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_inverse(
     // Row u of a spectrum (at Fft::at(u)) is now the half spectrum of output row u.  Rows 2r and
     // 2r + 1 as one complex inverse FFT: Z = A + i B with A, B extended by Hermitian symmetry;
     // the imaginary parts at v = 0 and N/2 are dropped, as a complex-to-real transform does.
-    const int pairs = (rows + 1) / 2;
+    const int pairs = (min(rows, step) + 1) / 2;
     restage<(N / 2) * N, T::THREADS, float2>(
         count,
         [&](int i, int e) {
@@ -292,10 +305,12 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_inverse(
     constexpr float scale = 1.0f / (N * N);
     for (int i = 0; i < count; ++i) {
         const float add = bias != nullptr ? bias[(sm.first + i) % inner] : 0.0f;
-        float* out = dst + sm.offset[i];
-        for (int t = threadIdx.x; t < rows << LOGN; t += T::THREADS) {
+        const int2 o = sm.origin(i, inner, tiles, tiles_w, step);
+        const int kept_rows = min(rows - o.x, step), kept_cols = min(cols - o.y, step);
+        float* out = dst + sm.offset[i] + o.x * o_row + o.y * o_col;
+        for (int t = threadIdx.x; t < kept_rows << LOGN; t += T::THREADS) {
             const int r = t >> LOGN, c = t & (N - 1);
-            if (c < cols) {
+            if (c < kept_cols) {
                 const float2 v = sm.pair(i, r >> 1)[Fft<LOGN>::at(c)];
                 out[r * o_row + c * o_col] = fmaf((r & 1) ? v.y : v.x, scale, add);
             }

@@ -1,5 +1,7 @@
 """Build and launch the FFT convolution of fft_conv.cu: input and weight spectra, their
-per-frequency product, the inverse transform with crop and bias, in one timed call."""
+per-frequency product, the inverse transform with crop and bias, in one timed call; planes
+larger than the largest transform as overlap-save tiles (``fft_plan``), each tile one more image
+to the product."""
 
 from __future__ import annotations
 
@@ -29,25 +31,29 @@ def build(plan: FftPlan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     def grid(planes: int) -> tuple[int, int, int]:
         return -(-planes // planes_per_block(plan.n)), 1, 1
 
-    def transform(src: torch.Tensor, dst: torch.Tensor, planes: int, pad: int) -> support.Launch:
+    def transform(src: torch.Tensor, dst: torch.Tensor, pad: int, tiles: tuple[int, int, int]) -> support.Launch:
+        """Every (image, tile, channel) plane of ``src``; ``tiles``: (count, a row, step)."""
         outer, inner, rows, cols = src.stride()
+        planes = src.shape[0] * tiles[0] * src.shape[1]
         return support.Launch(forward, grid(planes), block,
                               [ptr(src), ptr(dst), i32(planes), i32(src.shape[1]), i64(outer),
                                i64(inner), i64(rows), i64(cols), i32(src.shape[2]), i32(src.shape[3]),
-                               i32(pad)],
+                               i32(pad), *(i32(v) for v in tiles)],
                               index, keep=(src, dst), shared_bytes=smem)
+
+    tiles = (plan.tiles, plan.tiles_w, plan.step)
 
     on, oc, oh, ow = out.stride()
     return in_order(
-        transform(x, xs, s.batch * s.in_channels, s.padding),
-        transform(weight, ws, s.out_channels * s.in_channels, 0),
-        support.Launch(gemm, (-(-s.out_channels // KT), -(-s.batch // BT), plan.freqs // FT),
+        transform(x, xs, s.padding, tiles),
+        transform(weight, ws, 0, (1, 1, plan.n)),
+        support.Launch(gemm, (-(-s.out_channels // KT), -(-plan.images // BT), plan.freqs // FT),
                        (GEMM_THREADS, 1, 1),
-                       [ptr(xs), ptr(ws), ptr(ys), i32(s.batch), i32(s.in_channels),
+                       [ptr(xs), ptr(ws), ptr(ys), i32(plan.images), i32(s.in_channels),
                         i32(s.out_channels), i32(plan.freqs)],
                        index, keep=(xs, ws, ys), shared_bytes=GEMM_SHARED_BYTES),
-        support.Launch(inverse, grid(s.batch * s.out_channels), block,
-                       [ptr(ys), ptr(out), ptr(bias), i32(s.batch * s.out_channels),
+        support.Launch(inverse, grid(plan.images * s.out_channels), block,
+                       [ptr(ys), ptr(out), ptr(bias), i32(plan.images * s.out_channels),
                         i32(s.out_channels), i64(on), i64(oc),
-                        i64(oh), i64(ow), i32(s.out_height), i32(s.out_width)],
+                        i64(oh), i64(ow), i32(s.out_height), i32(s.out_width), *(i32(v) for v in tiles)],
                        index, keep=(ys, out, bias), shared_bytes=smem))

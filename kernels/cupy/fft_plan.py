@@ -44,8 +44,29 @@ def transform_shared_bytes(n: int) -> int:
 
 @dataclass(frozen=True)
 class FftPlan:
+    """``n`` x ``n`` transforms; a plane larger than the largest transform is cut into overlap-save
+    tiles: tile (ty, tx) of ``tiles_h`` x ``tiles_w`` reads the padded input from (ty * step,
+    tx * step) and makes the step x step outputs there (step = n - kernel + 1, the outputs whose
+    window stays inside the tile).  Untiled: one tile, step n."""
+
     spec: Conv2d
     n: int  # transform size: N x N
+    tiles_h: int = 1
+    tiles_w: int = 1
+    step: int = 0  # 0: n
+
+    @property
+    def tile_step(self) -> int:
+        return self.step or self.n
+
+    @property
+    def tiles(self) -> int:
+        return self.tiles_h * self.tiles_w
+
+    @property
+    def images(self) -> int:
+        """Planes of one channel that are transformed: every tile of every image."""
+        return self.spec.batch * self.tiles
 
     @property
     def log_n(self) -> int:
@@ -59,8 +80,8 @@ class FftPlan:
     def spectra_bytes(self) -> tuple[int, int, int]:
         """Bytes of the input's, the weight's and the output's spectra (the workspace)."""
         s, per_plane = self.spec, self.freqs * COMPLEX_BYTES
-        return (s.batch * s.in_channels * per_plane, s.out_channels * s.in_channels * per_plane,
-                s.batch * s.out_channels * per_plane)
+        return (self.images * s.in_channels * per_plane, s.out_channels * s.in_channels * per_plane,
+                self.images * s.out_channels * per_plane)
 
     @property
     def workspace_bytes(self) -> int:
@@ -70,7 +91,7 @@ class FftPlan:
     def flops(self) -> int:
         """The frequency-domain product: 4 FMAs per complex multiply-add."""
         s = self.spec
-        return 8 * self.freqs * s.batch * s.in_channels * s.out_channels
+        return 8 * self.freqs * self.images * s.in_channels * s.out_channels
 
     @property
     def bytes_moved(self) -> int:
@@ -85,9 +106,9 @@ class FftPlan:
         return self.flops + FLOPS_PER_BYTE * self.bytes_moved < self.spec.flops
 
 
-def fft_plan(spec: Conv2d) -> FftPlan:
-    """The transform size for ``spec``; Unsupported, with the reason, where the FFT kernels
-    cannot run it."""
+def fft_plan(spec: Conv2d, largest: int = 1 << (LOG_SIZES.stop - 1)) -> FftPlan:
+    """The transform size for ``spec``, and its tiles where the padded plane is larger than
+    ``largest``; Unsupported, with the reason, where the FFT kernels cannot run it."""
     beyond = spec.beyond_plain()
     if beyond:
         raise Unsupported(f"the FFT convolution runs one stride and one padding for both axes, dilation 1 "
@@ -96,8 +117,11 @@ def fft_plan(spec: Conv2d) -> FftPlan:
         raise Unsupported(f"the FFT convolution needs stride 1, got stride {spec.stride}")
     side = max(spec.height, spec.width) + 2 * spec.padding
     n = max(1 << LOG_SIZES.start, 1 << (side - 1).bit_length())
-    largest = 1 << (LOG_SIZES.stop - 1)
-    if n > largest:
-        raise Unsupported(f"the FFT convolution transforms planes up to {largest} x {largest}; "
-                          f"this one is {side} x {side} with padding")
-    return FftPlan(spec, n)
+    if n <= largest:
+        return FftPlan(spec, n, 1, 1, n)
+    kernel = max(spec.kernel_h, spec.kernel_w)
+    step = largest - kernel + 1
+    if step < kernel:  # most of each tile would be halo
+        raise Unsupported(f"the FFT convolution tiles planes larger than {largest} x {largest} only for "
+                          f"windows up to {(largest + 1) // 2}, got {spec.kernel_h} x {spec.kernel_w}")
+    return FftPlan(spec, largest, -(-spec.out_height // step), -(-spec.out_width // step), step)

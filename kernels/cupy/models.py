@@ -380,12 +380,13 @@ def _fft_run(x: np.ndarray, log_n: int, tw: np.ndarray) -> np.ndarray:
     return y.reshape(x.shape)
 
 
-def model_fft_forward(x: np.ndarray, pad: int, log_n: int) -> np.ndarray:
-    """fft_forward on one real plane: its half spectrum [N][N/2+1] on the N x N grid."""
+def model_fft_forward(x: np.ndarray, pad: int, log_n: int, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """fft_forward on one real plane: its half spectrum [N][N/2+1] on the N x N grid, the grid's
+    (0, 0) at (origin - pad) of the plane (an overlap-save tile's origin)."""
     n, p = 1 << log_n, (1 << log_n) // 2 + 1
     tw = _twiddles(log_n, -1.0)
     r, c = np.meshgrid(np.arange(n // 2), np.arange(n), indexing="ij")
-    h, w = 2 * r - pad, c - pad
+    h, w = origin[0] + 2 * r - pad, origin[1] + c - pad
 
     def at(hh: np.ndarray) -> np.ndarray:
         ok = (hh >= 0) & (hh < x.shape[0]) & (w >= 0) & (w < x.shape[1])
