@@ -51,13 +51,9 @@ class FftPlan:
 
     spec: Conv2d
     n: int  # transform size: N x N
-    tiles_h: int = 1
-    tiles_w: int = 1
-    step: int = 0  # 0: n
-
-    @property
-    def tile_step(self) -> int:
-        return self.step or self.n
+    tiles_h: int
+    tiles_w: int
+    step: int
 
     @property
     def tiles(self) -> int:
