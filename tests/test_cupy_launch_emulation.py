@@ -198,12 +198,19 @@ class EmulatedLaunch:
             acc += self.memory(2, n).float()
         y.copy_(acc)
 
-    def _linear_tma(self) -> None:  # (x_map, w_map, bias, y, ws, M, N, K, group_m, per); <T, BN, STAGES>
-        m, n, k, group_m, per = (self.value(i) for i in range(5, 10))
+    def _linear_tma(self) -> None:  # (x_map, w_map, y_map, bias, y, ws, M, N, K, group_m, per, store_by_tma);
+        # <T, BN, STAGES>
+        m, n, k, group_m, per, by_tma = (self.value(i) for i in range(6, 12))
         block_n, stages = int(self.targs[1]), int(self.targs[2])
         bm, bk = linear_wgmma.BLOCK_M, linear_wgmma.BLOCK_K
         assert self.block == (linear_wgmma.TMA_THREADS, 1, 1)
-        assert self.shared_bytes == linear_wgmma.shared_bytes(block_n, stages)
+        assert self.shared_bytes == linear_wgmma.tma_shared_bytes(block_n, stages)
+        # The outputs by TMA stores exactly where y's rows take a tensor map (16-byte aligned).
+        assert by_tma == (n % 8 == 0), (by_tma, n)
+        if by_tma:
+            y_map = self.args[2]
+            assert y_map.box == (linear_wgmma.OUT_BOX_ROWS, linear_wgmma.OUT_BOX_COLS)
+            assert y_map.tensor.data_ptr() == self.args[4].value and y_map.tensor.shape == (m, n)
         x_map, w_map = self.args[0], self.args[1]
         assert (x_map.box, w_map.box) == ((bm, bk), (block_n, bk))
         x, w = x_map.tensor, w_map.tensor
@@ -221,14 +228,14 @@ class EmulatedLaunch:
             height = min(tiles_m - first_m, group_m)
             seen.add((first_m + (t % width) % height, (t % width) // height, item // (tiles_m * tiles_n)))
         assert seen == {(i, j, z) for i in range(tiles_m) for j in range(tiles_n) for z in range(splits)}
-        if self.args[4].value is None:
+        if self.args[5].value is None:
             assert splits == 1
             acc = x.float() @ w.float().T
-            if self.args[2].value is not None:
-                acc += self.memory(2, n).float()
-            self.memory(3, m * n).view(m, n).copy_(acc)
+            if self.args[3].value is not None:
+                acc += self.memory(3, n).float()
+            self.memory(4, m * n).view(m, n).copy_(acc)
             return
-        ws = self.memory(4, splits * m * n, torch.float32).view(splits, m, n)
+        ws = self.memory(5, splits * m * n, torch.float32).view(splits, m, n)
         for z in range(splits):  # each split's k tiles, no bias
             ks = slice(z * per * bk, (z + 1) * per * bk)
             ws[z] = x[:, ks].float() @ w[:, ks].float().T
@@ -409,8 +416,9 @@ def test_the_wgmma_gemm_is_built_checked_and_timed_beside_mma_sync(emulated: Non
     assert "fp16 and bf16" in details["wgmma_implicit_gemm"], details
 
 
-@pytest.mark.parametrize("spec", [Linear(37, 24, 40), Linear(5, 520, 24, bias=False), Linear(1, 1000, 4096)],
-                         ids=["one-tile", "split-nobias", "one-row"])
+@pytest.mark.parametrize("spec", [Linear(37, 24, 40), Linear(5, 520, 24, bias=False), Linear(1, 1000, 4096),
+                                  Linear(130, 64, 203)],
+                         ids=["one-tile", "split-nobias", "one-row", "odd-n"])
 def test_every_wgmma_gemm_variant(emulated: None, spec: Linear) -> None:
     """Each loader, tile shape and split of the wgmma GEMM, alone: launched as the kernels' .cu
     signatures read them (tensor maps with their boxes, split-K partial sums and their reduction)."""

@@ -12,6 +12,11 @@
 // when all eight consumer warps have finished reading it (their wgmma batch retired), after which
 // the producer refills it.  The ring runs on across tiles: while the consumers store one tile,
 // the producer already loads the next one's first k tiles (short-K GEMMs are mostly that).
+// Each consumer warpgroup writes its 64 x BN outputs (bias added, rounded) into its own
+// shared-memory buffer in the 128-byte swizzle, as 64-column boxes, and one thread hands them to
+// the TMA unit, which writes whole lines to y (and nothing past M or N) while the warpgroup goes
+// on to the next tile; where y's rows are not 16-byte aligned (N not a multiple of 8), threads
+// store straight from registers instead.
 //
 // Split-K: work item w is tile w % tiles of split w / tiles, which multiplies k tiles
 // [split * per, (split + 1) * per) only and, when ws is not null, writes fp32 partial sums to
@@ -28,18 +33,44 @@ constexpr int BK = 64;                // elements of k per tile row
 constexpr int LINE = 128;             // bytes of one tile row
 constexpr int CONSUMERS = 256;        // two warpgroups: warps 0-7 (a warpgroup is 4 aligned warps)
 constexpr int THREADS = CONSUMERS + 32;  // and the producer warp, warp 8
+constexpr int OUT_BOX = 64;  // columns of y a TMA store box holds: one 128-byte line of 16-bit values
+
+// This warpgroup's 64 x BN outputs (+ bias), rounded to T, into `out`: BN / 64 boxes of 64 lines,
+// 16-byte chunk c of line r at chunk c ^ (r % 8) (the 128-byte swizzle the y map names).  A pair
+// of columns is one 4-byte store; the 8 rows a warp's store covers fall in 8 different chunks.
+template <typename T, int BN>
+__device__ __forceinline__ void stage_tile(const float (&d)[BN / 2], unsigned out, const T* __restrict__ bias, int N,
+                                           int col0) {
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = col0 + j * 8 + 2 * (lane % 4);
+        const float b0 = bias && col < N ? lb::to_float(bias[col]) : 0.f;
+        const float b1 = bias && col + 1 < N ? lb::to_float(bias[col + 1]) : 0.f;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = warp * 16 + lane / 4 + 8 * h;
+            const typename wg::Pair<T>::V v = wg::Pair<T>::make(d[4 * j + 2 * h] + b0, d[4 * j + 2 * h + 1] + b1);
+            unsigned bits;
+            memcpy(&bits, &v, 4);
+            const unsigned at = out + (j / 8) * (64 * LINE) + row * LINE + (((j % 8) ^ (row % 8)) << 4) + (lane % 4) * 4;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at), "r"(bits) : "memory");
+        }
+    }
+}
 
 }  // namespace wt
 
 template <typename T, int BN, int STAGES>
 __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_constant__ lb::TensorMap x_map,
                                                              const __grid_constant__ lb::TensorMap w_map,
+                                                             const __grid_constant__ lb::TensorMap y_map,
                                                              const T* __restrict__ bias, T* __restrict__ y,
                                                              float* __restrict__ ws, int M, int N, int K,
-                                                             int group_m, int k_tiles_per_split) {
+                                                             int group_m, int k_tiles_per_split, int store_by_tma) {
     using namespace wt;
     using namespace wg;
-    constexpr int A_BYTES = BM * LINE, STAGE_BYTES = (BM + BN) * LINE;
+    constexpr int A_BYTES = BM * LINE, STAGE_BYTES = (BM + BN) * LINE, OUT_BYTES = 64 * BN * 2;
     extern __shared__ unsigned char smem[];
     __shared__ unsigned long long barriers[2 * STAGES];  // full[s], then empty[s]
     // The swizzle pattern repeats every 8 lines (1024 B); TMA and the descriptors assume it starts there.
@@ -93,6 +124,8 @@ __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_consta
 
     const int group = threadIdx.x / 128;  // this warpgroup's 64 rows of each tile
     const bool releases = threadIdx.x % 32 == 0;  // one arrival per warp on `empty`
+    const bool leader = threadIdx.x % 128 == 0;  // issues and waits for the warpgroup's TMA stores
+    const unsigned staged = base + STAGES * STAGE_BYTES + group * OUT_BYTES;
     float d[BN / 2];
     for (int w = blockIdx.x, it = 0; w < work; w += gridDim.x) {
         const Item job = item(w);
@@ -123,8 +156,25 @@ __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_consta
         if (ws != nullptr) {
             store_partials<BN>(d, ws + static_cast<long long>(job.kt0 / k_tiles_per_split) * M * N, M, N, row0,
                                job.col0);
-        } else {
+        } else if (!store_by_tma) {
             store_tile<T, BN>(d, y, bias, M, N, row0, job.col0);
+        } else if (multiplies) {
+            // One barrier per warpgroup (ids 1 and 2): the other warpgroup is on its own schedule.
+            auto warpgroup_barrier = [group] {
+                if (group == 0) lb::named_barrier<1, 128>();
+                else lb::named_barrier<2, 128>();
+            };
+            if (leader) lb::bulk_wait_all<true>();  // the previous tile's stores have read the buffer
+            warpgroup_barrier();
+            stage_tile<T, BN>(d, staged, bias, N, job.col0);
+            fence_async_proxy();
+            warpgroup_barrier();
+            if (leader) {
+                for (int j = 0; j < BN / OUT_BOX && job.col0 + j * OUT_BOX < N; ++j)
+                    lb::tma_store_2d(&y_map, staged + j * 64 * LINE, job.col0 + j * OUT_BOX, row0);
+                lb::bulk_commit();
+            }
         }
     }
+    if (leader) lb::bulk_wait_all<false>();  // the block's shared memory lives until its stores are done
 }

@@ -39,10 +39,16 @@ GROUP_M = 8  # row tiles walked down each column of W tiles (W tiles reused from
 LINE_BYTES = 128
 ALIGN_SLACK = 1024  # the kernels align their ring of buffers to the 1024-byte swizzle period
 SPLIT_BLOCK_N = 128  # split-K runs the narrower tiles: more of them to spread
+OUT_BOX_ROWS, OUT_BOX_COLS = 64, 64  # a TMA store: one warpgroup's rows, one 128-byte line of columns
 
 
 def shared_bytes(block_n: int, stages: int) -> int:
     return stages * (BLOCK_M + block_n) * LINE_BYTES + ALIGN_SLACK
+
+
+def tma_shared_bytes(block_n: int, stages: int) -> int:
+    """The ring, and each tile's outputs staged for the TMA stores (16-bit values)."""
+    return shared_bytes(block_n, stages) + BLOCK_M * block_n * 2
 
 
 def check_layer(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int) -> None:
@@ -72,18 +78,17 @@ def _tiles(spec: Linear, block_n: int) -> int:
     return -(-spec.batch // BLOCK_M) * -(-spec.out_features // block_n)
 
 
-def _loaded(source: str, name: str, block_n: int, stages: int, index: int) -> tuple[cupy.RawKernel, int]:
-    """Kernel ``name`` of ``source``, allowed its ring's shared memory; and that many bytes."""
+def _loaded(source: str, name: str, smem: int, index: int) -> cupy.RawKernel:
+    """Kernel ``name`` of ``source``, allowed ``smem`` bytes of shared memory."""
     fn = support.function(source, name, index)
-    smem = shared_bytes(block_n, stages)
     support.allow_shared(fn, smem, index)
-    return fn, smem
+    return fn
 
 
 def _cp_async_launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int, block_n: int,
                      stages: int) -> support.Launch:
-    name = sources.linear_wgmma_name(support.ctype_of(dtype), block_n, stages)
-    fn, smem = _loaded("linear_wgmma", name, block_n, stages, index)
+    smem = shared_bytes(block_n, stages)
+    fn = _loaded("linear_wgmma", sources.linear_wgmma_name(support.ctype_of(dtype), block_n, stages), smem, index)
     x, w, bias, _ = _operands(spec, tensors, out).values()
     i32, ptr = support.i32, support.ptr
     return support.Launch(
@@ -97,15 +102,20 @@ def _tma_kernel(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
                 stages: int, splits: int, per: int) -> Kernel:
     """linear_tma.cu with K in ``splits`` parts of ``per`` k tiles each (then splitk_reduce)."""
     ctype = support.ctype_of(dtype)
-    fn, smem = _loaded("linear_tma", sources.linear_tma_name(ctype, block_n, stages), block_n, stages, index)
+    smem = tma_shared_bytes(block_n, stages)
+    fn = _loaded("linear_tma", sources.linear_tma_name(ctype, block_n, stages), smem, index)
     x, w, bias, _ = _operands(spec, tensors, out).values()
+    try:  # the outputs by TMA stores where y's rows allow a tensor map, else from registers
+        y_map, by_tma = tensor_map.encode_2d(out, OUT_BOX_ROWS, OUT_BOX_COLS), 1
+    except Unsupported:
+        y_map, by_tma = tensor_map.TensorMap(), 0
     m, n = spec.batch, spec.out_features
     ws = torch.empty(splits * m * n, dtype=torch.float32, device=out.device) if splits > 1 else None
     i32, ptr = support.i32, support.ptr
     gemm = support.Launch(  # persistent: one block an SM, each taking work items (tile, split) in turn
         fn, (min(_tiles(spec, block_n) * splits, support.sm_count(index)), 1, 1), (TMA_THREADS, 1, 1),
-        [tensor_map.encode_2d(x, BLOCK_M, BLOCK_K), tensor_map.encode_2d(w, block_n, BLOCK_K), ptr(bias), ptr(out),
-         ptr(ws), i32(m), i32(n), i32(spec.in_features), i32(GROUP_M), i32(per)],
+        [tensor_map.encode_2d(x, BLOCK_M, BLOCK_K), tensor_map.encode_2d(w, block_n, BLOCK_K), y_map, ptr(bias),
+         ptr(out), ptr(ws), i32(m), i32(n), i32(spec.in_features), i32(GROUP_M), i32(per), i32(by_tma)],
         index, keep=(x, w, bias, out, ws), shared_bytes=smem)
     if ws is None:
         return gemm

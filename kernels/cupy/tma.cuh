@@ -53,4 +53,29 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const TensorMap* map, 
         : "memory");
 }
 
+// Copy the box of `map` at (c0, c1) from shared memory at `src` (laid out as tma_load_2d writes
+// it) to global memory; elements past the tensor's end are not written.  Tracked per thread in
+// bulk groups: commit after the copies, wait before `src` is written again.
+__device__ __forceinline__ void tma_store_2d(const TensorMap* map, unsigned src, int c0, int c1) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                     reinterpret_cast<unsigned long long>(map)),
+                 "r"(src), "r"(c0), "r"(c1)
+                 : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Until this thread's committed bulk copies have read their shared memory (READ) or completed.
+template <bool READ>
+__device__ __forceinline__ void bulk_wait_all() {
+    if (READ) {
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    } else {
+        asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    }
+}
+// Barrier ID (1-15; 0 is __syncthreads) over THREADS threads, whole warps.
+template <int ID, int THREADS>
+__device__ __forceinline__ void named_barrier() {
+    asm volatile("bar.sync %0, %1;\n" ::"n"(ID), "n"(THREADS) : "memory");
+}
+
 }  // namespace lb

@@ -21,7 +21,8 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
-// cp.async writes shared memory through the generic proxy, wgmma reads it through the async proxy.
+// cp.async and st.shared write shared memory through the generic proxy; wgmma and TMA stores read
+// it through the async proxy: each writing thread fences before the barrier that hands it over.
 __device__ __forceinline__ void fence_async_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // D (64 x N, fp32, N / 2 registers a thread) += A (64 x 16) * B (16 x N); both from descriptors,
