@@ -461,6 +461,10 @@ def test_tma_refusals_name_the_cause() -> None:
     for t, rows, cols, reason in cases:
         with pytest.raises(Unsupported, match=reason):
             tensor_map.check_2d(t, rows, cols)
+    # One row: whatever stride torch reports for it (1 here), the row steps by its length.
+    one_row = torch.zeros(1, 200, dtype=torch.bfloat16).as_strided((1, 200), (1, 1))
+    tensor_map.check_2d(one_row, 128, 64)
+    assert tensor_map._row_bytes(one_row) == 400
 
 
 @pytest.mark.parametrize(("spec", "dtype", "layout"), [

@@ -31,16 +31,24 @@ ALIGN = 16  # bytes: the tensor's address and its row stride
 TensorMap = ctypes.c_uint64 * 16  # CUtensorMap: 128 opaque bytes
 
 
+def _row_bytes(t: torch.Tensor) -> int:
+    """Bytes from one row to the next; a single row's stride is arbitrary (torch may report 1), so
+    it gets the canonical one, its length rounded up to the 16 bytes a tensor map steps in."""
+    if t.shape[0] == 1:
+        return -(-t.shape[1] * t.element_size() // ALIGN) * ALIGN
+    return t.stride(0) * t.element_size()
+
+
 def check_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> None:
     """Raise Unsupported unless the TMA unit can copy (box_rows x box_cols) boxes of ``t`` in the
     128-byte swizzle: a row-major 2-D fp16/bf16 tensor, 16-byte aligned rows, rows of at most
     one swizzle line a box."""
     if t.dtype not in DATA_TYPES:
         raise Unsupported(f"tensor maps here take fp16 or bf16 data, not {t.dtype}")
-    if t.dim() != 2 or t.stride(1) != 1:
+    if t.dim() != 2 or (t.stride(1) != 1 and t.shape[1] > 1):
         raise Unsupported(f"a tensor map needs a 2-D tensor with unit column stride, got shape "
                           f"{tuple(t.shape)} strides {t.stride()}")
-    row_bytes = t.stride(0) * t.element_size()
+    row_bytes = _row_bytes(t)
     if t.data_ptr() % ALIGN or row_bytes % ALIGN or not 0 < row_bytes < MAX_STRIDE:
         raise Unsupported(f"a tensor map needs a {ALIGN}-byte aligned address and row stride, got address "
                           f"{t.data_ptr():#x} and {row_bytes} bytes a row")
@@ -81,7 +89,7 @@ def encode_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> TensorMap:
     at = -ctypes.addressof(raw) % 64
     u64, u32 = ctypes.c_uint64, ctypes.c_uint32
     dims = (u64 * 2)(t.shape[1], t.shape[0])  # innermost first
-    strides = (u64 * 1)(t.stride(0) * t.element_size())  # bytes, all but the innermost
+    strides = (u64 * 1)(_row_bytes(t))  # bytes, all but the innermost
     box = (u32 * 2)(box_cols, box_rows)
     steps = (u32 * 2)(1, 1)
     status = lib.cuTensorMapEncodeTiled(
