@@ -51,6 +51,14 @@ def _from_bits(u: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)).to(idt).view(tdt)
 
 
+def _grouped_tile(t: int, tiles_m: int, tiles_n: int, group_m: int) -> tuple[int, int]:
+    """wgmma.cuh's grouped_tile, transcribed: output tile t's (row tile, column tile)."""
+    width = group_m * tiles_n
+    first_m = (t // width) * group_m
+    height = min(tiles_m - first_m, group_m)
+    return first_m + (t % width) % height, (t % width) // height
+
+
 class EmulatedLaunch:
     """support.Launch's signature; calling it runs the kernel named by ``fn`` on the CPU."""
 
@@ -68,11 +76,16 @@ class EmulatedLaunch:
     def memory(self, i: int, count: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``count`` elements from pointer argument ``i``, which must point into a kept tensor of
         ``dtype`` (default: the kernel's first template argument)."""
+        t = self.kept(i)
+        assert t.dtype == (dtype or CTYPES[self.targs[0]]), "a tensor of the wrong dtype"
+        return torch.as_strided(t, (count,), (1,))
+
+    def kept(self, i: int) -> torch.Tensor:
+        """The kept tensor that pointer argument ``i`` points to the start of."""
         assert isinstance(self.args[i], ctypes.c_void_p), f"argument {i} is not a pointer"
         for t in self.keep:
             if t is not None and t.data_ptr() == self.args[i].value:
-                assert t.dtype == (dtype or CTYPES[self.targs[0]]), "a tensor of the wrong dtype"
-                return torch.as_strided(t, (count,), (1,))
+                return t
         raise AssertionError(f"{self.kernel}: pointer argument {i} is none of the kept tensors")
 
     def __call__(self) -> None:
@@ -185,12 +198,8 @@ class EmulatedLaunch:
         assert self.shared_bytes == linear_wgmma.shared_bytes(block_n, stages)
         tiles_m, tiles_n = -(-m // bm), -(-n // block_n)
         assert self.grid == (tiles_m * tiles_n, 1, 1)
-        # The grouped tile order (transcribed from the kernel): every tile exactly once.
-        width, seen = group_m * tiles_n, set()
-        for pid in range(self.grid[0]):
-            first_m = (pid // width) * group_m
-            height = min(tiles_m - first_m, group_m)
-            seen.add((first_m + (pid % width) % height, (pid % width) // height))
+        # The grouped tile order: every tile exactly once.
+        seen = {_grouped_tile(pid, tiles_m, tiles_n, group_m) for pid in range(self.grid[0])}
         assert seen == {(i, j) for i in range(tiles_m) for j in range(tiles_n)}
         x, w, y = self.memory(0, m * k).view(m, k), self.memory(1, n * k).view(n, k), self.memory(3, m * n).view(m, n)
         acc = x.float() @ w.float().T
@@ -220,13 +229,9 @@ class EmulatedLaunch:
         # Persistent: one block an SM (at most), the work items (tile, split) dealt out in turn.
         tiles_m, tiles_n = -(-m // bm), -(-n // block_n)
         assert self.grid == (min(tiles_m * tiles_n * splits, 132), 1, 1), self.grid
-        # The work items' order (transcribed from the kernel): every (tile, split) exactly once.
-        width, seen = group_m * tiles_n, set()
-        for item in range(tiles_m * tiles_n * splits):
-            t = item % (tiles_m * tiles_n)
-            first_m = (t // width) * group_m
-            height = min(tiles_m - first_m, group_m)
-            seen.add((first_m + (t % width) % height, (t % width) // height, item // (tiles_m * tiles_n)))
+        # The work items' order (tile w % tiles of split w / tiles): every (tile, split) exactly once.
+        tiles = tiles_m * tiles_n
+        seen = {(*_grouped_tile(w % tiles, tiles_m, tiles_n, group_m), w // tiles) for w in range(tiles * splits)}
         assert seen == {(i, j, z) for i in range(tiles_m) for j in range(tiles_n) for z in range(splits)}
         if self.args[5].value is None:
             assert splits == 1
@@ -248,13 +253,6 @@ class EmulatedLaunch:
             acc += self.memory(4, n).float()
         self.memory(5, m * n).view(m, n).copy_(acc)
 
-    def _kept(self, i: int) -> torch.Tensor:
-        """The kept tensor that pointer argument ``i`` points to the start of."""
-        for t in self.keep:
-            if t is not None and t.data_ptr() == self.args[i].value:
-                return t
-        raise AssertionError(f"{self.kernel}: pointer argument {i} is none of the kept tensors")
-
     def _fft_geometry(self, planes: int, inner: int, tiles: int, tiles_w: int, step: int
                       ) -> list[tuple[int, int, tuple[int, int]]]:
         """(image, channel, tile origin) of each plane, transcribed from fft_conv.cu's Transform."""
@@ -274,7 +272,7 @@ class EmulatedLaunch:
         log_n = int(self.targs[0])
         planes, inner, s_outer, s_inner, s_row, s_col, rows, cols, pad, tiles, tiles_w, step = (
             self.value(i) for i in range(2, 14))
-        src = self._kept(0)
+        src = self.kept(0)
         freqs = (1 << log_n) * ((1 << log_n) // 2 + 1)
         dst = self.memory(1, 2 * planes * freqs, torch.float32).view(planes, freqs, 2)
         for p, (image, c, origin) in enumerate(self._fft_geometry(planes, inner, tiles, tiles_w, step)):
@@ -303,7 +301,7 @@ class EmulatedLaunch:
         planes, inner, o_outer, o_inner, o_row, o_col, rows, cols, tiles, tiles_w, step = (
             self.value(i) for i in range(3, 14))
         src = self.memory(0, 2 * planes * n * (n // 2 + 1), torch.float32).view(planes, n, n // 2 + 1, 2).double()
-        dst = self._kept(1)
+        dst = self.kept(1)
         bias = self.memory(2, inner, torch.float32) if self.args[2].value is not None else None
         for p, (image, k, (oy, ox)) in enumerate(self._fft_geometry(planes, inner, tiles, tiles_w, step)):
             kept_rows, kept_cols = min(rows - oy, step), min(cols - ox, step)

@@ -85,11 +85,9 @@ __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_consta
         int row0, col0, kt0, count;
     };
     auto item = [&](int w) {
-        const int t = w % tiles, width = group_m * tiles_n;
-        const int first_m = (t / width) * group_m;
-        const int height = min(tiles_m - first_m, group_m);
+        const int2 tile = grouped_tile(w % tiles, tiles_m, tiles_n, group_m);
         const int kt0 = (w / tiles) * k_tiles_per_split;
-        return Item{(first_m + (t % width) % height) * BM, ((t % width) / height) * BN, kt0,
+        return Item{tile.x * BM, tile.y * BN, kt0,
                     min(kt0 + k_tiles_per_split, k_tiles) - kt0};  // count >= 1: the launcher's split
     };
 

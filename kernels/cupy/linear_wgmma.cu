@@ -51,12 +51,8 @@ __global__ void __launch_bounds__(wg::THREADS, 1) linear_wgmma(const T* __restri
     // The swizzle pattern repeats every 8 lines (1024 B); the descriptors assume it starts there.
     const unsigned base = (lb::smem_addr(smem) + 1023u) & ~1023u;
 
-    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
-    const int width = group_m * tiles_n;
-    const int first_m = (blockIdx.x / width) * group_m;
-    const int height = min(tiles_m - first_m, group_m);
-    const int row0 = (first_m + (blockIdx.x % width) % height) * BM;
-    const int col0 = ((blockIdx.x % width) / height) * BN;
+    const int2 tile = grouped_tile(blockIdx.x, (M + BM - 1) / BM, (N + BN - 1) / BN, group_m);
+    const int row0 = tile.x * BM, col0 = tile.y * BN;
     const int k_tiles = (K + BK - 1) / BK;
 
     auto load = [&](int kt) {

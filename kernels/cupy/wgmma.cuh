@@ -98,6 +98,15 @@ template <> struct Wgmma<__nv_bfloat16, 256> {
     }
 };
 
+// Output tile t of a tiles_m x tiles_n grid, in groups of group_m row tiles walked down each
+// column of W tiles (so that the W tiles are reused from L2): its (row tile, column tile).
+__device__ __forceinline__ int2 grouped_tile(int t, int tiles_m, int tiles_n, int group_m) {
+    const int width = group_m * tiles_n;
+    const int first_m = (t / width) * group_m;
+    const int height = min(tiles_m - first_m, group_m);
+    return make_int2(first_m + (t % width) % height, (t % width) / height);
+}
+
 template <typename T> struct Pair;
 template <> struct Pair<__half> {
     using V = __half2;
