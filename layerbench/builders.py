@@ -11,7 +11,7 @@ The builder contract (see ``layerbench.registry``)::
 * ``fastest_path``: keep the fastest of several ways into a library (cuDNN's legacy API and its
   graph API, torch's cuBLAS call and a cuBLASLt search), saying which won and why a path was not
   there.
-* ``selection_ms``: that build-time timer (a choice, not a measurement: the harness times), in the
+* ``selection_ms`` (``selection_times``: its samples): that build-time timer (a choice, not a measurement: the harness times), in the
   point's timing mode: the harness builds a cold point inside ``selection_timing(flush)``, and the
   timer then flushes the L2 before each launch, so no path wins only because its operands sat in L2.
 * ``check_workspace``: refuse a workspace over half the free device memory, with the reason.
@@ -189,6 +189,13 @@ def selection_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: in
     in the harness's timer, a spin kernel holds the stream while the host enqueues each launch:
     otherwise a path that makes more API calls (a graph execute, a second kernel for the bias)
     is charged its host time and loses to a slower kernel."""
+    return statistics.median(selection_times(kernel, device, warmup, reps))
+
+
+def selection_times(kernel: Kernel, device: torch.device, warmup: int = 3, reps: int = 10,
+                    warmup_s: float = 0.0) -> list[float]:
+    """The ``reps`` launch times in ms behind ``selection_ms``; ``warmup_s`` more seconds of launches
+    first bring a GPU fresh from idle to its clocks."""
     flush = _selection_flush.get()
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device)
@@ -197,6 +204,11 @@ def selection_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: in
             t0 = time.perf_counter()
             kernel()
             host.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < warmup_s:
+            for _ in range(8):
+                kernel()
+            torch.cuda.synchronize(device)
         block, hold = blocker(device), hold_time(min(host))  # min: the first call may be slow
         times = []
         for _ in range(reps):
@@ -209,7 +221,7 @@ def selection_ms(kernel: Kernel, device: torch.device, warmup: int = 3, reps: in
             end.record(stream)
             end.synchronize()
             times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
 
 
 def check_workspace(nbytes: int, device: torch.device, what: str) -> None:

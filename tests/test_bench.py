@@ -140,7 +140,16 @@ def test_a_reference_that_ran_torchs_own_call_is_spread_not_a_slow_reference() -
     assert flags == {"torch": bench.SPREAD, "cublaslt": "reference not at its best"}
     text = "\n".join(bench._references_section(tab))
     assert "1 of 2 points: torch faster than the reference by more than 3 %" in text
-    assert "On 1 more the reference ran torch's own call and measured up to 5.0 % slower" in text
+    assert "On 1 more the reference ran the kernels torch runs and measured up to 5.0 % slower" in text
+
+
+def test_a_reference_that_chose_torchs_kernel_is_spread_not_a_slow_reference() -> None:
+    rows = _vendor_rows("cublas", "linear", {"cublas": 1.05e-3, "torch": 1.0e-3}, "p0") + \
+        _vendor_rows("cublas", "linear", {"cublas": 1.05e-3, "torch": 1.0e-3}, "p1")
+    for row, names in zip(rows, (["nvjet_a"], ["nvjet_a"], ["nvjet_b"], ["nvjet_a"])):
+        row["detail_path"], row["kernel_names"] = "cublaslt", names
+    vs = bench.references_vs_torch(pd.DataFrame(rows))
+    assert list(vs["flag"]) == [bench.SPREAD, "reference not at its best"]  # p1 chose another kernel
 
 
 def test_table_adds_x_best() -> None:

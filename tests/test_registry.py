@@ -129,6 +129,21 @@ def test_selection_ms_leaves_out_the_hosts_enqueue_time() -> None:
     assert selection_ms(slow_to_enqueue, x.device, warmup=2, reps=5) < 1.0
 
 
+@pytest.mark.gpu
+def test_triton_tuning_uses_the_selection_timer() -> None:
+    from kernels.triton.support import quick_bench
+
+    x = torch.ones(1024, device="cuda")
+
+    def slow_to_enqueue() -> None:
+        time.sleep(0.003)
+        x.add_(1)
+
+    assert quick_bench(slow_to_enqueue) < 1.0
+    low, mid, high = quick_bench(slow_to_enqueue, quantiles=(0.2, 0.5, 0.8))
+    assert 0 < low <= mid <= high < 1.0
+
+
 def test_check_workspace_refuses_over_half_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 2**30, 80 * 2**30))
     check_workspace(2 * 2**30, torch.device("cuda", 0), "the FFT convolution")  # exactly half: fine

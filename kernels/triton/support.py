@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
-import triton.testing
 from triton.runtime.interpreter import InterpretedFunction
 
 from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.builders import Kernel, Tensors
+from layerbench.builders import Kernel, Tensors, selection_times
 from layerbench.layers import Conv2d
 
 Grid = Callable[[dict[str, Any]], tuple[int, ...]]
@@ -31,6 +32,8 @@ Grid = Callable[[dict[str, Any]], tuple[int, ...]]
 # "tf32" rounds fp32 inputs to TensorFloat-32 on the tensor cores.  For fp16/bf16 inputs the mode
 # does not change the arithmetic (the tensor cores take them as they are), and "tf32" is
 # Triton's default on NVIDIA GPUs, so those use it too.
+# Launches timed per tuning decision (after the warm-up); the median of them decides.
+QUICK_REPS = 20
 DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32", "fp16": "tf32", "bf16": "tf32"}
 
 # Tile-config families per dtype: fp16/bf16 on the tensor cores, tf32 on them, fp32 on FMA units.
@@ -151,12 +154,20 @@ def check_conv_tensors(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> Non
 
 
 def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = None) -> Any:
-    """GPU time of ``fn`` in ms: a short version of triton.testing.do_bench for tuning decisions.
+    """GPU time of ``fn`` in ms for tuning decisions (the median, or ``quantiles`` of the samples,
+    as triton.autotune asks): the build-time timer of every backend, in the point's timing mode,
+    the stream held while the host enqueues each launch.  Not triton.testing.do_bench: where the
+    host enqueues a launch slower than the GPU runs it, the host's time lands inside its events,
+    and on kernels of ~10 us that can outweigh the differences between configs.
 
     The 25 ms warm-up brings an idle GPU to its clocks first: with 5 ms, the autotuner on a GPU
     fresh from idle could pass over the best config, timed at ramping clocks (notes/perf.md).
     """
-    return triton.testing.do_bench(fn, warmup=25, rep=20, quantiles=quantiles)
+    times = selection_times(fn, torch.device("cuda", torch.cuda.current_device()), reps=QUICK_REPS,
+                            warmup_s=0.025)
+    if quantiles is None:
+        return statistics.median(times)
+    return [float(q) for q in np.quantile(times, quantiles)]
 
 
 def autotuned(fn: object, configs: list[triton.Config], key: list[str]) -> Any:
