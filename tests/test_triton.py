@@ -20,6 +20,7 @@ import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import linear as triton_linear
 from kernels.triton import conv_tma as triton_conv_tma
+from kernels.triton import gemv as triton_gemv
 from kernels.triton import linear_tma as triton_linear_tma
 from kernels.triton import pointwise_conv as triton_pointwise
 from kernels.triton import relu as triton_relu
@@ -399,6 +400,53 @@ def test_linear_tma_refuses(dtype: str, spec: Linear, reason: str) -> None:
     tensors = make_tensors(spec, dtype, "NCHW", "cpu")
     with pytest.raises(Unsupported, match=reason):
         triton_linear_tma.build_persistent(spec, get_dtype(dtype), tensors, make_output(spec, tensors))
+
+
+# ------------------------------------------------------------------------- batch-1 matrix-vector product
+
+def gemv_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
+    """The matrix-vector kernel alone (the registered build would choose by timing, on a GPU)."""
+    return triton_gemv.build_gemv(spec, dtype, tensors, out)
+
+
+# Against the interpreter's 16 x 32 tile: N ragged and under one tile, K split in two slices with
+# the second ragged, K a multiple of the quantum (unmasked steps), one slice.
+GEMV_CASES = {
+    "ragged-split": Linear(1, 75, 37),
+    "even-k-split": Linear(1, 128, 19),
+    "one-slice": Linear(1, 40, 16),
+    "no-bias": Linear(1, 96, 33, bias=False),
+    "one-output": Linear(1, 17, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", Linear.dtypes)
+@pytest.mark.parametrize("name", GEMV_CASES)
+def test_gemv_case(name: str, dtype: str) -> None:
+    result = check_implementation(gemv_only, GEMV_CASES[name], dtype, "NCHW", "cpu", seed=zlib.crc32(name.encode()))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+@given(in_features=st.integers(1, 200), out_features=st.integers(1, 40), bias=st.booleans(),
+       dtype=st.sampled_from(Linear.dtypes), seed=SEEDS)
+def test_gemv_drawn(in_features: int, out_features: int, bias: bool, dtype: str, seed: int) -> None:
+    spec = Linear(1, in_features, out_features, bias=bias)
+    result = check_implementation(gemv_only, spec, dtype, "NCHW", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+def test_gemv_refuses_a_batch_over_one() -> None:
+    spec = Linear(2, 16, 8)
+    tensors = make_tensors(spec, "fp16", "NCHW", "cpu")
+    with pytest.raises(Unsupported, match="batch 1, this point has batch 2"):
+        triton_gemv.build_gemv(spec, get_dtype("fp16"), tensors, make_output(spec, tensors))
+
+
+def test_gemv_block_k_divides_its_quantum() -> None:
+    for cfg in triton_gemv._CONFIGS:
+        assert triton_gemv.QUANTUM % cfg.kwargs["BLOCK_K"] == 0, cfg
+        assert cfg.kwargs["BLOCK_N"] >= triton_gemv.MIN_BLOCK_N, cfg
+    assert triton_gemv._INTERPRETER_QUANTUM % triton_gemv._INTERPRETER_CONFIG["BLOCK_K"] == 0
 
 
 def test_linear_block_k_divides_the_even_k_quantum() -> None:

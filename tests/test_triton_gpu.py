@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import conv_tma, depthwise, fft_conv, linear_tma, pointwise_conv
+from kernels.triton import conv_tma, depthwise, fft_conv, gemv, linear_tma, pointwise_conv
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
 from layerbench.dtypes import get_dtype
@@ -303,6 +303,31 @@ def test_linear_times_both_paths(dtype: str) -> None:
                                                    make_output(spec, tensors)))
     assert built.details["path"] in ("tiled", "tma_persistent"), built.details
     assert built.details["tiled_ms"] > 0 and built.details["tma_persistent_ms"] > 0, built.details
+
+
+# The batch-1 matrix-vector kernel alone: a transformer's GEMV (K split), a classifier head with N
+# ragged against every tile, K ragged against the quantum, no bias.
+GEMV = {"4096x4096": Linear(1, 4096, 4096), "head-2048-1000": Linear(1, 2048, 1000),
+        "ragged-k": Linear(1, 1001, 77, bias=False)}
+
+
+def gemv_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
+    return gemv.build_gemv(spec, dtype, tensors, out)
+
+
+@pytest.mark.parametrize("dtype", Linear.dtypes)
+@pytest.mark.parametrize("name", GEMV)
+def test_gemv(name: str, dtype: str) -> None:
+    result = check_implementation(gemv_only, GEMV[name], dtype, "NCHW", "cuda", seed=seed_of(name))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+def test_linear_times_the_gemv_at_batch_1() -> None:
+    spec = GEMV["4096x4096"]
+    tensors = make_tensors(spec, "fp32", "NCHW", "cuda")
+    built = as_built(get("linear", "triton").build(spec, get_dtype("fp32"), "NCHW", tensors,
+                                                   make_output(spec, tensors)))
+    assert built.details["gemv_ms"] > 0 and built.details["tiled_ms"] > 0, built.details
 
 
 # 1x1 NHWC convolutions on the linear layer's GEMM (ResNet-50's bottleneck ends, a MobileNetV2

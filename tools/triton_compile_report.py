@@ -1,4 +1,4 @@
-"""Compile the conv backward kernels, the linear GEMMs (tiled and TMA) and the TMA convolution for a
+"""Compile the conv backward kernels, the linear GEMMs (tiled, TMA, batch-1 GEMV) and the TMA convolution for a
 GPU target without a GPU, and report per tile config what the compiler made of them: registers,
 spill stack, shared memory, and whether the main loop got Hopper's warpgroup MMA and async-copy or
 TMA pipelining.
@@ -28,7 +28,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
-from kernels.triton import conv_tma as ct, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
+from kernels.triton import conv_tma as ct, gemv, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
 from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
 
 ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
@@ -138,6 +138,13 @@ def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None
         line = compile_report(lin._linear_kernel, target, pointers, meta, cfg.num_warps, cfg.num_stages,
                               LINEAR_DIVISIBLE)
         print(f"linear forward {_tile(cfg)} stages={cfg.num_stages}: {line}")
+    for cfg in gemv._CONFIGS:
+        for partial in (False, True):
+            meta = dict(HAS_BIAS=True, PARTIAL=partial, EVEN_K=True, **cfg.kwargs)
+            pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el, **work}
+            line = compile_report(gemv._gemv_kernel, target, pointers, meta, cfg.num_warps, cfg.num_stages,
+                                  {"N", "K", "k_per_split"})
+            print(f"linear batch-1 GEMV {_tile(cfg)} stages={cfg.num_stages}{' split' if partial else ''}: {line}")
     for c in lt.CONFIGS.get(mode, []):
         bm, bn, bk = c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]
         element = el[1:]

@@ -17,8 +17,9 @@ more than two BLOCK_Ks, so both paths get checked.
 
 On Hopper, build also times the persistent GEMM fed by the tensor-memory accelerator
 (``linear_tma.py``) against the tiled kernel and keeps the faster, where the output has at least
-as many 128 x 128 tiles as the GPU has SMs; the record's ``detail_path`` says which (``tiled``
-with its ``splits``, or ``tma_persistent`` with its tile) and ``detail_tma_persistent`` why not.
+as many 128 x 128 tiles as the GPU has SMs; at batch 1 it also times the matrix-vector kernel
+(``gemv.py``).  The record's ``detail_path`` says which won (``tiled`` with its ``splits``,
+``tma_persistent`` with its tile, ``gemv`` with its splits) and ``detail_<path>`` why a path did not run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from layerbench.builders import Built, Kernel, Tensors, fastest_path
 from layerbench.registry import register
 from layerbench.layers import Linear
 
+from kernels.triton.gemv import build_gemv
 from kernels.triton.linear_tma import build_persistent
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, dot_slice,
                                     grouped_tile, interpreting, quick_bench, split_sum, tile_config)
@@ -136,8 +138,8 @@ def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: to
 
 
 @register("linear", "triton", backend="triton", devices=("cuda", "cpu"),
-          description="Triton GEMM x @ W^T + b, fp32 accumulation: tiled with timed split-K, or persistent on TMA "
-                      "(Hopper), the faster kept")
+          description="Triton GEMM x @ W^T + b, fp32 accumulation: tiled with timed split-K, persistent on TMA "
+                      "(Hopper), or at batch 1 a matrix-vector product on the FMA units; the fastest kept")
 def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     check_inputs(_linear_kernel, dtype, Linear.dtypes, tensors, out, uses_dot=True)
     x, w = tensors["x"], tensors["weight"]
@@ -176,6 +178,9 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
             raise Unsupported(f"{tiles} output tiles of 128 x 128 for {sms} SMs: the tiled kernel's domain")
         return build_persistent(spec, dtype, tensors, out)
 
+    def gemv() -> Built:
+        return build_gemv(spec, dtype, tensors, out)
+
     # A failed TMA build must not hide a broken CUDA context: synchronising raises if it is one.
-    return fastest_path(("tiled", tiled), [("tma_persistent", persistent)], quick_bench,
+    return fastest_path(("tiled", tiled), [("tma_persistent", persistent), ("gemv", gemv)], quick_bench,
                         after_failure=torch.cuda.synchronize)
