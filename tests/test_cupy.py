@@ -188,6 +188,7 @@ FFT_CONV = {
     "1-channel": Conv2d(5, 1, 1, 16, 16, 2, 3),
     "tiled-padded": Conv2d(3, 5, 7, 140, 260, 3, 3, padding=1),
     "tiled-k11-no-bias": Conv2d(2, 6, 4, 133, 129, 11, 11, bias=False),
+    "window-17-plane-transform": Conv2d(2, 3, 5, 40, 36, 17, 17, padding=2),  # weight past fft_weight's taps
 }
 
 

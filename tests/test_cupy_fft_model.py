@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from kernels.cupy import fft_plan
 from kernels.cupy import sources
-from kernels.cupy.models import model_fft_forward, model_fft_inverse
+from kernels.cupy.models import model_fft_forward, model_fft_inverse, model_fft_weight
 from layerbench.layers import Conv2d
 
 
@@ -27,6 +27,27 @@ def test_model_fft_transforms_match_numpy(log_n: int) -> None:
     np.testing.assert_allclose(spec, np.fft.rfft2(grid), atol=1e-9 * n * n)
     back = model_fft_inverse(spec, n - 1, n - 2, log_n)
     np.testing.assert_allclose(back, grid[:n - 1, :n - 2], atol=1e-12 * n * n)
+
+
+@pytest.mark.parametrize("log_n", list(fft_plan.LOG_SIZES))
+@pytest.mark.parametrize("window", [(1, 1), (3, 5), (7, 2), (16, 16)])
+def test_model_fft_weight_matches_the_plane_transform(log_n: int, window: tuple[int, int]) -> None:
+    """The weight's spectrum from its taps equals the transform of the zero-padded plane."""
+    n = 1 << log_n
+    if max(window) > n:
+        pytest.skip("a window larger than the transform")
+    w = np.random.default_rng(n + window[0]).standard_normal(window)
+    grid = np.zeros((n, n))
+    grid[:window[0], :window[1]] = w
+    np.testing.assert_allclose(model_fft_weight(w, log_n), np.fft.rfft2(grid), atol=1e-10 * n)
+    np.testing.assert_allclose(model_fft_weight(w, log_n), model_fft_forward(w, 0, log_n), atol=1e-10 * n)
+
+
+def test_fft_weight_takes_small_windows_within_shared_memory() -> None:
+    assert fft_plan.fft_plan(Conv2d(2, 3, 4, 30, 30, 16, 16)).pruned_weight
+    assert not fft_plan.fft_plan(Conv2d(2, 3, 4, 30, 30, 17, 17)).pruned_weight
+    for log_n in fft_plan.LOG_SIZES:
+        assert fft_plan.weight_shared_bytes(1 << log_n, fft_plan.PRUNED_TAPS) <= 48 * 1024  # no opt-in needed
 
 
 @pytest.mark.parametrize("spec", [Conv2d(2, 3, 4, 13, 9, 3, 5, padding=2), Conv2d(1, 2, 3, 16, 16, 16, 16),

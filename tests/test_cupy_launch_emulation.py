@@ -35,7 +35,7 @@ from kernels.cupy.backward_models import (
 )
 from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
-from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_igemm, relu_bits
+from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
 from layerbench import registry
 from layerbench.check.correctness import check_implementation
 from layerbench.check.inputs import make_output, make_tensors
@@ -281,6 +281,23 @@ class EmulatedLaunch:
             spec = model_fft_forward(plane.double().numpy(), pad, log_n, origin).reshape(-1)
             dst[p] = torch.from_numpy(np.stack([spec.real, spec.imag], axis=1))
 
+    def _fft_weight(self) -> None:  # (w, dst, planes, per_block, inner, s_outer, s_inner, s_row, s_col, kh, kw);
+        # <LOGN>
+        log_n = int(self.targs[0])
+        n = 1 << log_n
+        planes, per_block, inner, s_outer, s_inner, s_row, s_col, kh, kw = (self.value(i) for i in range(2, 11))
+        assert max(kh, kw) <= fft_plan.PRUNED_TAPS
+        assert per_block == fft_plan.weight_planes_per_block(n)
+        assert (self.block, self.shared_bytes) == ((fft_plan.WEIGHT_THREADS, 1, 1), fft_plan.weight_shared_bytes(n, kh))
+        assert self.grid == (-(-planes // per_block), 1, 1)
+        src = self.kept(0)
+        dst = self.memory(1, 2 * planes * n * (n // 2 + 1), torch.float32).view(planes, n * (n // 2 + 1), 2)
+        for p in range(planes):
+            taps = torch.as_strided(src, (kh, kw), (s_row, s_col),
+                                    src.storage_offset() + (p // inner) * s_outer + (p % inner) * s_inner)
+            spec = model_fft_weight(taps.double().numpy(), log_n).reshape(-1)
+            dst[p] = torch.from_numpy(np.stack([spec.real, spec.imag], axis=1))
+
     def _fft_cgemm(self) -> None:  # (x, w, y, B, C, K, F)
         b, c, k, f = (self.value(i) for i in range(3, 7))
         assert self.grid == (-(-k // fft_plan.KT), -(-b // fft_plan.BT), f // fft_plan.FT)
@@ -436,8 +453,8 @@ def test_every_wgmma_gemm_variant(emulated: None, spec: Linear) -> None:
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("spec", [Conv2d(2, 3, 4, 13, 9, 3, 5, padding=2), Conv2d(1, 2, 3, 131, 140, 3, 3, padding=1),
-                                  Conv2d(1, 1, 2, 120, 132, 11, 11, bias=False)],
-                         ids=["one-tile", "tiled-padded", "tiled-k11-nobias"])
+                                  Conv2d(1, 1, 2, 120, 132, 11, 11, bias=False), Conv2d(2, 2, 3, 20, 20, 17, 17)],
+                         ids=["one-tile", "tiled-padded", "tiled-k11-nobias", "window-17-transformed"])
 def test_fft_conv_launchers(emulated: None, monkeypatch: pytest.MonkeyPatch, spec: Conv2d, layout: str) -> None:
     """The FFT convolution's launches as fft_conv.cu reads them: planes, strides, the overlap-save
     tiles of planes larger than 128 (each tile's origin, the outputs it keeps), and the product."""

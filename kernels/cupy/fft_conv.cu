@@ -15,6 +15,11 @@
 //              into the two half spectra, then N-point column FFTs over the N/2 + 1 kept
 //              columns.  Each thread runs 16-point FFTs in registers (Fft: two passes for
 //              N > 16), data in shared memory between passes.
+// fft_weight:  the weight's spectra straight from its taps, for windows of at most 16 a side:
+//              W[u][v] = sum_r e^(-2 pi i u r / N) sum_c w[r][c] e^(-2 pi i v c / N), the inner
+//              sums first (kh x (N/2 + 1) values a plane, in shared memory), then the outer
+//              (N x (N/2 + 1)).  The same half spectrum as fft_forward's, without transforming the
+//              N x N grid that is zero past the window.
 // fft_cgemm:   per frequency, Y[b][k] = sum_c X[b][c] * conj(W[k][c]): a block takes 4
 //              consecutive frequencies x 32 images x 32 output channels, c in stages of 8.
 // fft_inverse: a block takes output planes as fft_forward does: column inverse FFTs, then the
@@ -31,6 +36,7 @@ constexpr int BT = 32;  // images per block
 constexpr int KT = 32;  // output channels per block
 constexpr int CT = 8;   // input channels per stage
 constexpr int GEMM_STAGES = 3;
+constexpr int WEIGHT_THREADS = 256;  // fft_weight's block; must match fft_plan
 
 __device__ __forceinline__ float2 cadd(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
 __device__ __forceinline__ float2 csub(float2 a, float2 b) { return make_float2(a.x - b.x, a.y - b.y); }
@@ -315,6 +321,48 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_inverse(
                 out[r * o_row + c * o_col] = fmaf((r & 1) ? v.y : v.x, scale, add);
             }
         }
+    }
+}
+
+// Planes first .. first + per_block - 1 of w (plane p = k * inner + c at w + k * s_outer + c * s_inner,
+// tap (r, c) at r * s_row + c * s_col, r < kh, c < kw): their half spectra, plane after plane,
+// as fft_forward writes them.  Shared memory: twiddles [N], then the inner sums [per_block][kh][P].
+template <int LOGN>
+__global__ void __launch_bounds__(WEIGHT_THREADS) fft_weight(
+        const float* w, float2* dst, int planes, int per_block, int inner, long long s_outer, long long s_inner,
+        long long s_row, long long s_col, int kh, int kw) {
+    constexpr int N = 1 << LOGN, P = N / 2 + 1, SPEC = N * P;
+    extern __shared__ __align__(16) unsigned char smem[];
+    float2* tw = reinterpret_cast<float2*>(smem);
+    float2* g = tw + N;
+    const int first = blockIdx.x * per_block, count = min(per_block, planes - first);
+    make_twiddles<LOGN>(tw, -1.0f);
+    __syncthreads();
+    const int row_items = kh * P;
+    for (int t = threadIdx.x; t < count * row_items; t += WEIGHT_THREADS) {
+        const int i = t / row_items, rv = t - i * row_items, r = rv / P, v = rv - r * P, p = first + i;
+        const float* row = w + (p / inner) * s_outer + (p % inner) * s_inner + r * s_row;
+        float2 sum = make_float2(0.0f, 0.0f);
+        for (int c = 0; c < kw; ++c) {
+            const float x = row[c * s_col];
+            const float2 e = tw[(v * c) & (N - 1)];
+            sum.x = fmaf(x, e.x, sum.x);
+            sum.y = fmaf(x, e.y, sum.y);
+        }
+        g[t] = sum;  // [i][r][v]
+    }
+    __syncthreads();
+    float2* out = dst + static_cast<long long>(first) * SPEC;
+    for (int t = threadIdx.x; t < count * SPEC; t += WEIGHT_THREADS) {
+        const int i = t / SPEC, uv = t - i * SPEC, u = uv / P, v = uv - u * P;
+        const float2* gi = g + i * row_items + v;
+        float2 sum = make_float2(0.0f, 0.0f);
+        for (int r = 0; r < kh; ++r) {
+            const float2 e = tw[(u * r) & (N - 1)], a = gi[r * P];
+            sum.x = fmaf(a.x, e.x, fmaf(-a.y, e.y, sum.x));
+            sum.y = fmaf(a.x, e.y, fmaf(a.y, e.x, sum.y));
+        }
+        out[t] = sum;
     }
 }
 

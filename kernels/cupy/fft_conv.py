@@ -1,15 +1,16 @@
-"""Build and launch the FFT convolution of fft_conv.cu: input and weight spectra, their
-per-frequency product, the inverse transform with crop and bias, in one timed call; planes
-larger than the largest transform as overlap-save tiles (``fft_plan``), each tile one more image
-to the product."""
+"""Build and launch the FFT convolution of fft_conv.cu: input and weight spectra (the weight's
+straight from its taps where the window is small), their per-frequency product, the inverse
+transform with crop and bias, in one timed call; planes larger than the largest transform as
+overlap-save tiles (``fft_plan``), each tile one more image to the product."""
 
 from __future__ import annotations
 
 import torch
 
 from kernels.cupy import sources, support
-from kernels.cupy.fft_plan import (BT, FT, GEMM_SHARED_BYTES, GEMM_THREADS, KT, FftPlan,
-                                    planes_per_block, transform_shared_bytes, transform_threads)
+from kernels.cupy.fft_plan import (BT, FT, GEMM_SHARED_BYTES, GEMM_THREADS, KT, WEIGHT_THREADS, FftPlan,
+                                    planes_per_block, transform_shared_bytes, transform_threads,
+                                    weight_planes_per_block, weight_shared_bytes)
 from layerbench.builders import Kernel, in_order
 
 
@@ -41,12 +42,26 @@ def build(plan: FftPlan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                                i32(pad), *(i32(v) for v in tiles)],
                               index, keep=(src, dst), shared_bytes=smem)
 
+    def weight_spectra() -> support.Launch:
+        """The weight's spectra: from its taps (fft_weight) where the window is small, else as a plane."""
+        if not plan.pruned_weight:
+            return transform(weight, ws, 0, (1, 1, plan.n))
+        fn = support.function("fft_conv", sources.fft_weight_name(plan.log_n), index)
+        nbytes = weight_shared_bytes(plan.n, s.kernel_h)
+        support.allow_shared(fn, nbytes, index)
+        planes, per_block = s.out_channels * s.in_channels, weight_planes_per_block(plan.n)
+        outer, inner, rows, cols = weight.stride()
+        return support.Launch(fn, (-(-planes // per_block), 1, 1), (WEIGHT_THREADS, 1, 1),
+                              [ptr(weight), ptr(ws), i32(planes), i32(per_block), i32(s.in_channels), i64(outer),
+                               i64(inner), i64(rows), i64(cols), i32(s.kernel_h), i32(s.kernel_w)],
+                              index, keep=(weight, ws), shared_bytes=nbytes)
+
     tiles = (plan.tiles, plan.tiles_w, plan.step)
 
     on, oc, oh, ow = out.stride()
     return in_order(
         transform(x, xs, s.padding, tiles),
-        transform(weight, ws, 0, (1, 1, plan.n)),
+        weight_spectra(),
         support.Launch(gemm, (-(-s.out_channels // KT), -(-plan.images // BT), plan.freqs // FT),
                        (GEMM_THREADS, 1, 1),
                        [ptr(xs), ptr(ws), ptr(ys), i32(plan.images), i32(s.in_channels),

@@ -17,6 +17,10 @@ FT, BT, KT, CT = 4, 32, 32, 8  # fft_cgemm's block: frequencies, images, output 
 GEMM_STAGES = 3
 COMPLEX_BYTES = 8
 GEMM_SHARED_BYTES = GEMM_STAGES * CT * (BT + KT) * FT * COMPLEX_BYTES
+WEIGHT_THREADS = 256
+# Windows up to this many taps a side take fft_weight (kh x P + N x P x kh complex products a
+# plane); larger ones the N x N transform, whose cost does not grow with the window.
+PRUNED_TAPS = 16
 
 # Work of a byte moved, in flops, for the first guess between FFT and implicit GEMM: an H100's
 # fp32 FMA peak over its copy bandwidth (52 TFLOP/s / 2.9 TB/s).  Only a filter: when the guess
@@ -42,6 +46,16 @@ def transform_shared_bytes(n: int) -> int:
     return COMPLEX_BYTES * n + 8 * (planes + planes % 2) + COMPLEX_BYTES * planes * n * (n // 2 + 1)
 
 
+def weight_planes_per_block(n: int) -> int:
+    """fft_weight's planes a block: about 4,096 spectrum values (16 a thread)."""
+    return max(1, 4096 // (n * (n // 2 + 1)))
+
+
+def weight_shared_bytes(n: int, kh: int) -> int:
+    """fft_weight's dynamic shared memory: twiddles [N] and the inner sums [planes][kh][N/2 + 1]."""
+    return COMPLEX_BYTES * (n + weight_planes_per_block(n) * kh * (n // 2 + 1))
+
+
 @dataclass(frozen=True)
 class FftPlan:
     """``n`` x ``n`` transforms; a plane larger than the largest transform is cut into overlap-save
@@ -63,6 +77,11 @@ class FftPlan:
     def images(self) -> int:
         """Planes of one channel that are transformed: every tile of every image."""
         return self.spec.batch * self.tiles
+
+    @property
+    def pruned_weight(self) -> bool:
+        """Does fft_weight transform the weight (a window of at most PRUNED_TAPS a side)?"""
+        return max(self.spec.kernel_h, self.spec.kernel_w) <= PRUNED_TAPS
 
     @property
     def log_n(self) -> int:

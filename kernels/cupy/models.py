@@ -8,7 +8,8 @@ checked on any machine, without a GPU:
 * the ldmatrix / mma.sync fragment addressing (``ldmatrix_x4``, ``fragment_element``) and the
   whole implicit GEMM (``model_igemm``: loaders, tiles, split-K, groups, epilogue; igemm.cu);
 * the pooling loops (``model_pool_nhwc``, ``model_pool_nchw_band``; pool2d.cu);
-* the FFT convolution's transforms (``model_fft_forward``, ``model_fft_inverse``; fft_conv.cu);
+* the FFT convolution's transforms (``model_fft_forward``, ``model_fft_inverse``,
+  ``model_fft_weight``; fft_conv.cu);
 * the backward GEMMs of conv2d (``model_dgrad``, ``model_wgrad``: tables, loaders, tiles, the
   mma.sync fragments by the PTX layouts (``ptx_fragments``), splits and the reduce;
   conv2d_backward.cu).
@@ -400,6 +401,16 @@ def model_fft_forward(x: np.ndarray, pad: int, log_n: int, origin: tuple[int, in
     spec[0::2], spec[1::2] = 0.5 * (z + zc), 0.5 * d.imag - 0.5j * d.real
     cols = _fft_run(spec.T.copy(), log_n, tw)
     return cols.T[_at(np.arange(n), log_n)]  # the write-out puts row u back in place
+
+
+def model_fft_weight(w: np.ndarray, log_n: int) -> np.ndarray:
+    """fft_weight on one kh x kw window: its half spectrum [N][N/2+1], the inner sums over the
+    window's columns first, then the outer over its rows, with the twiddle table's indices."""
+    n, p = 1 << log_n, (1 << log_n) // 2 + 1
+    tw = _twiddles(log_n, -1.0)
+    kh, kw = w.shape
+    g = w @ tw[(np.arange(kw)[:, None] * np.arange(p)[None, :]) & (n - 1)]  # [r][v]
+    return tw[(np.arange(n)[:, None] * np.arange(kh)[None, :]) & (n - 1)] @ g  # [u][v]
 
 
 def model_fft_inverse(spec: np.ndarray, rows: int, cols: int, log_n: int) -> np.ndarray:

@@ -178,6 +178,10 @@ def fft_inverse_name(log_n: int) -> str:
     return f"fft_inverse<{log_n}>"
 
 
+def fft_weight_name(log_n: int) -> str:
+    return f"fft_weight<{log_n}>"
+
+
 @dataclass(frozen=True)
 class Source:
     """A .cu file and the template instantiations compiled from it.  ``archs``: the compute
@@ -211,7 +215,7 @@ SOURCES: dict[str, Source] = {
     "linear_backward": Source("linear_backward.cu", tuple(column_sums_name(t) for t in STORAGE_TYPES)),
     "fft_conv": Source("fft_conv.cu", tuple(
         [fft_forward_name(n) for n in FFT_LOG_SIZES] + [fft_inverse_name(n) for n in FFT_LOG_SIZES]
-        + [FFT_CGEMM_NAME])),
+        + [fft_weight_name(n) for n in FFT_LOG_SIZES] + [FFT_CGEMM_NAME])),
     # The unrolled NHWC windows need 16-byte vectors (multiplier 1, aligned channels); one
     # channel per thread runs the loops.
     "depthwise": Source("depthwise.cu", tuple(
