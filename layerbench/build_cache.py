@@ -2,17 +2,19 @@
 invalidates them.
 
 The cache lives in ``$LAYERBENCH_CACHE`` (default ``~/.cache/layerbench``; ``off`` turns it off),
-one directory per key: the code (a hash of the kernel sources under ``kernels/`` and of the
-layerbench version), the GPU (model and compute capability) and the library versions (torch, its
-CUDA, Triton, CuPy).  Edit a kernel, change GPU model or upgrade Triton and a new directory is
-used; nothing stale is read.  In it:
+one directory per (layerbench version, GPU model and compute capability, library versions: torch,
+its CUDA, Triton, CuPy).  Change GPU model or upgrade Triton and a new directory is used.  In it:
 
 * ``triton/``: Triton's own compile cache (``TRITON_CACHE_DIR``), ``cupy/``: CuPy's
-  (``CUPY_CACHE_DIR``): both set by ``use_build_cache`` in a worker before its first compile;
+  (``CUPY_CACHE_DIR``): both set by ``use_build_cache`` in a worker before its first compile.
+  Both key each binary by its own source, so an edited kernel compiles anew;
 * ``autotune/``: the config the autotuner chose, one small JSON file per (kernel, argument shapes
-  and dtypes, meta-parameters) (``AutotuneChoices``), read before tuning: a kernel tuned once on a
-  GPU model is not tuned again, in this process or the next.  The cuDNN reference keeps the plan
-  its graph search chose there the same way (keyed by cuDNN's versions as well).
+  and dtypes, meta-parameters, and the code of the backend that chose it) (``AutotuneChoices``),
+  read before tuning: a kernel tuned once on a GPU model is not tuned again, in this process or
+  the next.  The cuDNN reference keeps the plan its graph search chose there the same way (keyed by
+  cuDNN's versions as well).  The code is each backend's own (``backend_version``: the sources
+  under ``kernels/<backend>/``, the modules all backends share and the build-time timer): editing
+  a Triton kernel retunes Triton, and leaves the cuDNN searches, which take seconds a point, as they were.
 
 Several workers (``--gpus``) share the directory of their GPU model: each entry is written
 atomically (a temporary file, then a rename), so a reader never sees half a file.
@@ -59,15 +61,23 @@ def source_hash(files: Iterable[Path], root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@lru_cache(maxsize=None)
-def code_version(root: Path = KERNEL_ROOT) -> str:
-    """The kernels' code as one hash (their sources) with the layerbench version."""
-    files = [p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()] if root.is_dir() else []
+def layerbench_version() -> str:
     try:
-        version = metadata.version("layerbench")
+        return metadata.version("layerbench")
     except metadata.PackageNotFoundError:
-        version = "unknown"
-    return f"{version}-{source_hash(files, root)}"
+        return "unknown"
+
+
+@lru_cache(maxsize=None)
+def backend_version(backend: str, root: Path = KERNEL_ROOT) -> str:
+    """The code a backend's tuning choices depend on, as one hash: its sources under
+    ``root/backend/``, the modules directly under ``root`` (shared by all backends) and the
+    build-time timer (``layerbench/builders.py``), with the layerbench version."""
+    own = root / backend
+    files = [p for p in own.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()] if own.is_dir() else []
+    files += [p for p in root.glob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()]
+    timer = Path(__file__).resolve().with_name("builders.py")
+    return f"{layerbench_version()}-{source_hash(files, root)}-{source_hash([timer], timer.parent)}"
 
 
 def library_versions() -> dict[str, str]:
@@ -81,7 +91,7 @@ def library_versions() -> dict[str, str]:
 
 
 def cache_key(code: str, gpu: Mapping[str, Any], versions: Mapping[str, Any]) -> str:
-    """The directory name for one (code, GPU model, library versions): any change, a new name."""
+    """The directory name for one (layerbench version, GPU model, library versions): any change, a new name."""
     blob = json.dumps({"code": code, "gpu": dict(gpu), "versions": dict(versions)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -99,7 +109,7 @@ def use_build_cache(gpu: Mapping[str, Any], environ: Any = None) -> Path | None:
     base = cache_base(environ)
     if base is None:
         return None
-    directory = base / cache_key(code_version(), gpu, library_versions())
+    directory = base / cache_key(layerbench_version(), gpu, library_versions())
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -143,9 +153,12 @@ def describe_args(args: Iterable[Any]) -> list[Any]:
     return out
 
 
-def choice_key(kernel: str, args: Iterable[Any], meta: Mapping[str, Any]) -> str:
+def choice_key(kernel: str, args: Iterable[Any], meta: Mapping[str, Any], backend: str) -> str:
+    """The key of one tuning choice: the kernel, its arguments' shapes, strides and dtypes, its
+    meta-parameters, and the code of ``backend`` (a directory under ``kernels/``) that chose it."""
     blob = json.dumps({"kernel": kernel, "args": describe_args(args),
-                       "meta": {k: describe_args([v])[0] for k, v in sorted(meta.items())}},
+                       "meta": {k: describe_args([v])[0] for k, v in sorted(meta.items())},
+                       "code": backend_version(backend)},
                       sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

@@ -1,4 +1,5 @@
-"""The build cache's keying (code, GPU model, library versions) and the autotuning choices on disk."""
+"""The build cache's keying (layerbench version, GPU model, library versions; each backend's code in its
+choices) and the autotuning choices on disk."""
 
 from __future__ import annotations
 
@@ -38,7 +39,21 @@ def test_source_hash_follows_contents_and_names(tmp_path: Path) -> None:
     assert h == source_hash(reversed(files()), tmp_path)
     (tmp_path / "b.cu").write_text("__global__ void k() { }\n")
     assert source_hash(files(), tmp_path) != h
-    assert build_cache.code_version()  # the real kernels/ hash
+    assert build_cache.backend_version("triton") != build_cache.backend_version("reference")  # the real kernels/
+
+
+def test_an_edit_retunes_its_own_backend_only(tmp_path: Path) -> None:
+    """Choices key on the code of the backend that made them (its directory, the shared modules):
+    editing a Triton kernel leaves the cuDNN reference's searches valid."""
+    for rel in ("triton/linear.py", "reference/cudnn.py", "shared.py"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    version = lambda backend: build_cache.backend_version.__wrapped__(backend, tmp_path)  # noqa: E731
+    triton, reference = version("triton"), version("reference")
+    (tmp_path / "triton/linear.py").write_text("x = 2\n")
+    assert version("triton") != triton and version("reference") == reference
+    (tmp_path / "shared.py").write_text("x = 2\n")
+    assert version("reference") != reference
 
 
 def test_cache_base_and_off(tmp_path: Path) -> None:
@@ -60,13 +75,14 @@ def test_use_build_cache_points_triton_and_cupy_into_the_keyed_dir(tmp_path: Pat
 
 def test_choice_key_depends_on_shapes_dtypes_and_meta_not_addresses() -> None:
     a, b = torch.zeros(4, 8), torch.ones(4, 8)
-    k = choice_key("conv_kernel", (a, 3), {"BLOCK": 16})
-    assert k == choice_key("conv_kernel", (b, 3), {"BLOCK": 16})
-    assert k != choice_key("conv_kernel", (torch.zeros(4, 9), 3), {"BLOCK": 16})
-    assert k != choice_key("conv_kernel", (a.half(), 3), {"BLOCK": 16})
-    assert k != choice_key("conv_kernel", (a.t(), 3), {"BLOCK": 16})  # other strides
-    assert k != choice_key("pool_kernel", (a, 3), {"BLOCK": 16})
-    assert k != choice_key("conv_kernel", (a, 4), {"BLOCK": 16})
+    k = choice_key("conv_kernel", (a, 3), {"BLOCK": 16}, "triton")
+    assert k == choice_key("conv_kernel", (b, 3), {"BLOCK": 16}, "triton")
+    assert k != choice_key("conv_kernel", (torch.zeros(4, 9), 3), {"BLOCK": 16}, "triton")
+    assert k != choice_key("conv_kernel", (a.half(), 3), {"BLOCK": 16}, "triton")
+    assert k != choice_key("conv_kernel", (a.t(), 3), {"BLOCK": 16}, "triton")  # other strides
+    assert k != choice_key("pool_kernel", (a, 3), {"BLOCK": 16}, "triton")
+    assert k != choice_key("conv_kernel", (a, 4), {"BLOCK": 16}, "triton")
+    assert k != choice_key("conv_kernel", (a, 3), {"BLOCK": 16}, "reference")  # another backend's code
 
 
 def test_choices_persist_across_processes(tmp_path: Path) -> None:

@@ -357,7 +357,7 @@ def _keep_fastest(cudnn: Any, g: Any, handle: Any, device: torch.device, plans: 
     versions = {"frontend": str(getattr(cudnn, "__version__", "?")), "backend": _backend_version(cudnn)}
     choices = autotune_choices()
     key = choice_key(f"cudnn graph {what}", [real[k] for k in sorted(real)],
-                     {"identity": identity, "layout": fmt, "timed": selection_mode(), **versions})
+                     {"identity": identity, "layout": fmt, "timed": selection_mode(), **versions}, "reference")
     known = choices.get(key)
     current_stream = torch.cuda.current_stream
 

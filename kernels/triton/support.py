@@ -191,7 +191,7 @@ def bind(fn: Any, tuned: Any, grid: Grid, args: tuple, meta: dict[str, Any],
         configs = [c.all_kwargs() for c in tuned.configs]
         py = getattr(fn, "fn", fn)
         name = f"{getattr(py, '__module__', '')}.{getattr(py, '__qualname__', repr(fn))}"
-        key = choice_key(name, args, {**meta, "candidates": repr(configs)})
+        key = choice_key(name, args, {**meta, "candidates": repr(configs)}, "triton")
         chosen = choices.get(key)
         if chosen is not None:
             config = chosen

@@ -65,7 +65,7 @@ def choose_config(name: str, key_tensors: Iterable[torch.Tensor | None], key_met
                   configs: list[dict[str, Any]], make: Callable[[dict[str, Any]], Launch]) -> dict[str, Any]:
     """The fastest of ``configs`` on this GPU (``make`` builds a config's launch); a choice made
     before for the same key is taken as it is."""
-    key = choice_key(name, list(key_tensors), {**key_meta, "candidates": repr(configs)})
+    key = choice_key(name, list(key_tensors), {**key_meta, "candidates": repr(configs)}, "triton")
     choices = autotune_choices()
     chosen = choices.get(key)
     if chosen is not None:
