@@ -11,9 +11,10 @@ The builder contract (see ``layerbench.registry``)::
 * ``fastest_path``: keep the fastest of several ways into a library (cuDNN's legacy API and its
   graph API, torch's cuBLAS call and a cuBLASLt search), saying which won and why a path was not
   there.
-* ``selection_ms`` (``selection_times``: its samples): that build-time timer (a choice, not a measurement: the harness times), in the
-  point's timing mode: the harness builds a cold point inside ``selection_timing(flush)``, and the
-  timer then flushes the L2 before each launch, so no path wins only because its operands sat in L2.
+* ``selection_ms`` (``selection_times``: its samples): that build-time timer (a choice, not a
+  measurement: the harness times), in the point's timing mode: the harness builds a cold point
+  inside ``selection_timing(flush)``, and the timer then flushes the L2 before each launch, so no
+  path wins only because its operands sat in L2.
 * ``check_workspace``: refuse a workspace over half the free device memory, with the reason.
 """
 
