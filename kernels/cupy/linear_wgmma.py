@@ -38,7 +38,7 @@ BLOCK_K = 64  # one tile row: 64 16-bit elements of k, one 128-byte swizzle line
 GROUP_M = 8  # row tiles walked down each column of W tiles (W tiles reused from L2)
 LINE_BYTES = 128
 ALIGN_SLACK = 1024  # the kernels align their ring of buffers to the 1024-byte swizzle period
-SPLIT_BLOCK_N = 128  # split-K runs the narrower tiles: more of them to spread
+SPLIT_BLOCK_N = (64, 128)  # split-K runs the narrower tiles: more of them to spread
 OUT_BOX_ROWS, OUT_BOX_COLS = 64, 64  # a TMA store: one warpgroup's rows, one 128-byte line of columns
 
 
@@ -133,10 +133,11 @@ def variants(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
     try:
         for n, s in sources.TMA_CONFIGS:
             found[f"tma_{BLOCK_M}x{n}"] = _tma_kernel(spec, dtype, tensors, out, index, n, s, 1, k_tiles)
-        splits, per = choose_split(_tiles(spec, SPLIT_BLOCK_N), k_tiles, support.sm_count(index))
-        if splits > 1:
-            found[f"tma_{BLOCK_M}x{SPLIT_BLOCK_N}_split{splits}"] = _tma_kernel(
-                spec, dtype, tensors, out, index, SPLIT_BLOCK_N, dict(sources.TMA_CONFIGS)[SPLIT_BLOCK_N], splits, per)
+        for n in SPLIT_BLOCK_N:
+            splits, per = choose_split(_tiles(spec, n), k_tiles, support.sm_count(index))
+            if splits > 1:
+                found[f"tma_{BLOCK_M}x{n}_split{splits}"] = _tma_kernel(
+                    spec, dtype, tensors, out, index, n, dict(sources.TMA_CONFIGS)[n], splits, per)
     except Unsupported as e:  # a driver without tensor maps, say: the cp.async kernel still runs
         return found, str(e)
     return found, None

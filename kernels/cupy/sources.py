@@ -162,8 +162,9 @@ def linear_wgmma_name(ctype: str, block_n: int, stages: int) -> str:
 
 
 # The TMA GEMM's (block columns, pipeline stages): beside the ring, each tile's outputs are staged
-# in shared memory for the TMA stores (32 or 64 KiB), so 6 and 3 stages fit (224 and 208 KiB).
-TMA_CONFIGS = ((128, 6), (256, 3))
+# in shared memory for the TMA stores (16, 32 or 64 KiB), so 8, 6 and 3 stages fit (209, 224 and
+# 208 KiB).  64 columns: twice the tiles of 128 where a narrow output leaves SMs idle (classifiers).
+TMA_CONFIGS = ((64, 8), (128, 6), (256, 3))
 
 
 def linear_tma_name(ctype: str, block_n: int, stages: int) -> str:

@@ -27,7 +27,8 @@ __device__ __forceinline__ void fence_async_proxy() { asm volatile("fence.proxy.
 
 // D (64 x N, fp32, N / 2 registers a thread) += A (64 x 16) * B (16 x N); both from descriptors,
 // both K-major (no transpose), scale 1.  The accumulator's placeholders and operands come in
-// halves of 64 registers, which the n128 form takes once and the n256 form twice.
+// halves of 64 registers, which the n128 form takes once and the n256 form twice; the n64 form
+// takes the first 32 (its own lists below).
 #define LB_WGMMA_REGS_LO                                                              \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"           \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
@@ -60,6 +61,24 @@ __device__ __forceinline__ void fence_async_proxy() { asm volatile("fence.proxy.
     "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), \
     "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
 
+#define LB_WGMMA_REGS_32                                                    \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15," \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+
+#define LB_WGMMA_ACC_32                                                                                     \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
+#define LB_WGMMA_N64(TY)                                        \
+asm volatile(                                                   \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                \
+    "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " " \
+    "{" LB_WGMMA_REGS_32 "}, %32, %33, p, 1, 1, 0, 0;\n}\n"     \
+    : LB_WGMMA_ACC_32                                           \
+    : "l"(a), "l"(b), "n"(1))
+
 #define LB_WGMMA_N128(TY)                                        \
 asm volatile(                                                    \
     "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                 \
@@ -77,6 +96,16 @@ asm volatile(                                                                   
     : "l"(a), "l"(b), "n"(1))
 
 template <typename T, int N> struct Wgmma;
+template <> struct Wgmma<__half, 64> {
+    static __device__ __forceinline__ void run(float (&d)[32], unsigned long long a, unsigned long long b) {
+        LB_WGMMA_N64("f16");
+    }
+};
+template <> struct Wgmma<__nv_bfloat16, 64> {
+    static __device__ __forceinline__ void run(float (&d)[32], unsigned long long a, unsigned long long b) {
+        LB_WGMMA_N64("bf16");
+    }
+};
 template <> struct Wgmma<__half, 128> {
     static __device__ __forceinline__ void run(float (&d)[64], unsigned long long a, unsigned long long b) {
         LB_WGMMA_N128("f16");
