@@ -160,6 +160,10 @@ struct Transform {
     static constexpr int N = 1 << LOGN;
     static constexpr int P = N / 2 + 1;  // kept columns
     static constexpr int THREADS = LOGN >= 7 ? 512 : 256;
+    // At N = 128 ptxas takes 76-98 registers a thread unless capped, and one 512-thread block then
+    // fills an SM's register file (16 warps to hide every phase's latency); capped at 64 (two
+    // blocks, as the shared memory allows) it spills 20-48 bytes a thread.  0: no cap.
+    static constexpr int MIN_BLOCKS = LOGN >= 7 ? 2 : 0;
     static constexpr int PLANES = LOGN <= 5 ? 512 >> LOGN : (LOGN == 6 ? 4 : 1);
     static constexpr int SPEC = N * P;    // a plane's half spectrum
     static constexpr int PITCH = N + 1;   // between pairs of rows
@@ -213,7 +217,7 @@ struct Transform {
 // tile % tiles_w) starts at (oy, ox) = (ty * step, tx * step): overlap-save tiles of planes
 // larger than N (one tile, step N, otherwise).  Spectra written plane after plane, natural order.
 template <int LOGN>
-__global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_forward(
+__global__ void __launch_bounds__(Transform<LOGN>::THREADS, Transform<LOGN>::MIN_BLOCKS) fft_forward(
         const float* src, float2* dst, int planes, int inner, long long s_outer, long long s_inner,
         long long s_row, long long s_col, int rows, int cols, int pad, int tiles, int tiles_w, int step) {
     typedef Transform<LOGN> T;
@@ -266,7 +270,7 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_forward(
 // holds its elements (oy + r, ox + c) at (oy + r) * o_row + (ox + c) * o_col, (oy, ox) =
 // (ty * step, tx * step), r and c < step; bias indexed by in.
 template <int LOGN>
-__global__ void __launch_bounds__(Transform<LOGN>::THREADS) fft_inverse(
+__global__ void __launch_bounds__(Transform<LOGN>::THREADS, Transform<LOGN>::MIN_BLOCKS) fft_inverse(
         const float2* src, float* dst, const float* bias, int planes, int inner, long long o_outer,
         long long o_inner, long long o_row, long long o_col, int rows, int cols, int tiles, int tiles_w,
         int step) {
