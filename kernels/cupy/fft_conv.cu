@@ -37,6 +37,7 @@ constexpr int KT = 32;  // output channels per block
 constexpr int CT = 8;   // input channels per stage
 constexpr int GEMM_STAGES = 3;
 constexpr int WEIGHT_THREADS = 256;  // fft_weight's block; must match fft_plan
+constexpr int LOAD_BATCH = 4;        // global loads a thread has in flight while a transform block fills
 
 __device__ __forceinline__ float2 cadd(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
 __device__ __forceinline__ float2 csub(float2 a, float2 b) { return make_float2(a.x - b.x, a.y - b.y); }
@@ -225,17 +226,30 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS, Transform<LOGN>::MIN
     extern __shared__ __align__(16) unsigned char smem[];
     T sm(smem, planes, -1.0f, inner, tiles, s_outer, s_inner);
     const int count = sm.count;
-    for (int t = threadIdx.x; t < count * (N / 2) * N; t += T::THREADS) {
-        const int i = t >> (2 * LOGN - 1), r = (t >> LOGN) & (N / 2 - 1), c = t & (N - 1);
-        const float* x = src + sm.offset[i];
-        const int2 o = sm.origin(i, inner, tiles, tiles_w, step);
-        const int h = o.x + 2 * r - pad, w = o.y + c - pad;
-        float re = 0.0f, im = 0.0f;
-        if (static_cast<unsigned>(w) < static_cast<unsigned>(cols)) {
-            if (static_cast<unsigned>(h) < static_cast<unsigned>(rows)) re = x[h * s_row + w * s_col];
-            if (static_cast<unsigned>(h + 1) < static_cast<unsigned>(rows)) im = x[(h + 1) * s_row + w * s_col];
+    // LOAD_BATCH elements a thread are loaded before any is stored, so that many loads are in
+    // flight at once (a store to shared memory between them would wait for each in turn).
+    const int total = count * (N / 2) * N;
+    for (int t0 = threadIdx.x; t0 < total; t0 += LOAD_BATCH * T::THREADS) {
+        float2 v[LOAD_BATCH];
+#pragma unroll
+        for (int b = 0; b < LOAD_BATCH; ++b) {
+            const int t = t0 + b * T::THREADS;
+            v[b] = make_float2(0.0f, 0.0f);
+            if (t >= total) continue;
+            const int i = t >> (2 * LOGN - 1), r = (t >> LOGN) & (N / 2 - 1), c = t & (N - 1);
+            const float* x = src + sm.offset[i];
+            const int2 o = sm.origin(i, inner, tiles, tiles_w, step);
+            const int h = o.x + 2 * r - pad, w = o.y + c - pad;
+            if (static_cast<unsigned>(w) < static_cast<unsigned>(cols)) {
+                if (static_cast<unsigned>(h) < static_cast<unsigned>(rows)) v[b].x = x[h * s_row + w * s_col];
+                if (static_cast<unsigned>(h + 1) < static_cast<unsigned>(rows)) v[b].y = x[(h + 1) * s_row + w * s_col];
+            }
         }
-        sm.pair(i, r)[c] = make_float2(re, im);
+#pragma unroll
+        for (int b = 0; b < LOAD_BATCH; ++b) {
+            const int t = t0 + b * T::THREADS;
+            if (t < total) sm.pair(t >> (2 * LOGN - 1), (t >> LOGN) & (N / 2 - 1))[t & (N - 1)] = v[b];
+        }
     }
     __syncthreads();
     sm.rows(N / 2);
@@ -282,7 +296,16 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS, Transform<LOGN>::MIN
     // The block's spectra are contiguous in src, and N * P is even: they move in 16-byte pairs.
     const float4* s = reinterpret_cast<const float4*>(src + static_cast<long long>(sm.first) * T::SPEC);
     float4* d = reinterpret_cast<float4*>(sm.spec);
-    for (int t = threadIdx.x; t < count * T::SPEC / 2; t += T::THREADS) d[t] = s[t];
+    const int total = count * T::SPEC / 2;
+    for (int t0 = threadIdx.x; t0 < total; t0 += LOAD_BATCH * T::THREADS) {  // as in fft_forward
+        float4 v[LOAD_BATCH];
+#pragma unroll
+        for (int b = 0; b < LOAD_BATCH; ++b)
+            if (t0 + b * T::THREADS < total) v[b] = s[t0 + b * T::THREADS];
+#pragma unroll
+        for (int b = 0; b < LOAD_BATCH; ++b)
+            if (t0 + b * T::THREADS < total) d[t0 + b * T::THREADS] = v[b];
+    }
     __syncthreads();
     sm.columns();
     // Row u of a spectrum (at Fft::at(u)) is now the half spectrum of output row u.  Rows 2r and
