@@ -227,7 +227,7 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS, Transform<LOGN>::MIN
     T sm(smem, planes, -1.0f, inner, tiles, s_outer, s_inner);
     const int count = sm.count;
     // LOAD_BATCH elements a thread are loaded before any is stored, so that many loads are in
-    // flight at once (a store to shared memory between them would wait for each in turn).
+    // flight at once (with a store to shared memory after each, the compiler may wait for each).
     const int total = count * (N / 2) * N;
     for (int t0 = threadIdx.x; t0 < total; t0 += LOAD_BATCH * T::THREADS) {
         float2 v[LOAD_BATCH];
