@@ -37,7 +37,7 @@ constexpr int KT = 32;  // output channels per block
 constexpr int CT = 8;   // input channels per stage
 constexpr int GEMM_STAGES = 3;
 constexpr int WEIGHT_THREADS = 256;  // fft_weight's block; must match fft_plan
-constexpr int LOAD_BATCH = 4;        // global loads a thread has in flight while a transform block fills
+constexpr int LOAD_BATCH = 8;        // elements a thread loads before storing any while fft_forward fills
 
 __device__ __forceinline__ float2 cadd(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
 __device__ __forceinline__ float2 csub(float2 a, float2 b) { return make_float2(a.x - b.x, a.y - b.y); }
@@ -227,7 +227,8 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS, Transform<LOGN>::MIN
     T sm(smem, planes, -1.0f, inner, tiles, s_outer, s_inner);
     const int count = sm.count;
     // LOAD_BATCH elements a thread are loaded before any is stored, so that many loads are in
-    // flight at once (with a store to shared memory after each, the compiler may wait for each).
+    // flight at once (with a store to shared memory after each, the compiled loop waited for each
+    // pair of loads in turn).
     const int total = count * (N / 2) * N;
     for (int t0 = threadIdx.x; t0 < total; t0 += LOAD_BATCH * T::THREADS) {
         float2 v[LOAD_BATCH];
@@ -296,16 +297,7 @@ __global__ void __launch_bounds__(Transform<LOGN>::THREADS, Transform<LOGN>::MIN
     // The block's spectra are contiguous in src, and N * P is even: they move in 16-byte pairs.
     const float4* s = reinterpret_cast<const float4*>(src + static_cast<long long>(sm.first) * T::SPEC);
     float4* d = reinterpret_cast<float4*>(sm.spec);
-    const int total = count * T::SPEC / 2;
-    for (int t0 = threadIdx.x; t0 < total; t0 += LOAD_BATCH * T::THREADS) {  // as in fft_forward
-        float4 v[LOAD_BATCH];
-#pragma unroll
-        for (int b = 0; b < LOAD_BATCH; ++b)
-            if (t0 + b * T::THREADS < total) v[b] = s[t0 + b * T::THREADS];
-#pragma unroll
-        for (int b = 0; b < LOAD_BATCH; ++b)
-            if (t0 + b * T::THREADS < total) d[t0 + b * T::THREADS] = v[b];
-    }
+    for (int t = threadIdx.x; t < count * T::SPEC / 2; t += T::THREADS) d[t] = s[t];  // unrolled: 16 loads in flight
     __syncthreads();
     sm.columns();
     // Row u of a spectrum (at Fft::at(u)) is now the half spectrum of output row u.  Rows 2r and
