@@ -14,6 +14,7 @@ namespace {
 constexpr int NHWC_THREADS = 256;
 constexpr int PIX = 4;  // output pixels of one row per NHWC thread
 constexpr int NCHW_MAX_THREADS = 256;
+constexpr int FILL_BATCH = 8;  // loads a thread has in flight while an NCHW block fills its tile
 
 // VEC consecutive elements, moved as one load or store of sizeof(T) * VEC bytes.
 template <typename T, int VEC>
@@ -151,10 +152,19 @@ __global__ void __launch_bounds__(NCHW_MAX_THREADS, 1) depthwise_nchw(
     const T* xp = x + (n * C + co / mult) * H * W;
     const int tid = threadIdx.x, threads = blockDim.x;
 
-    for (int e = tid; e < IH * IW; e += threads) {
-        const int r = e / IW, c = e - r * IW;
-        const int ih = ih0 + r, iw = iw0 + c;
-        tile[e] = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? lb::to_float(xp[ih * W + iw]) : 0.0f;
+    // FILL_BATCH elements a thread are loaded before any is stored: with a store after each load,
+    // the compiled loop kept one load in flight a thread (fp16/bf16).
+    for (int e0 = tid; e0 < IH * IW; e0 += FILL_BATCH * threads) {
+        float v[FILL_BATCH];
+#pragma unroll
+        for (int b = 0; b < FILL_BATCH; ++b) {
+            const int e = e0 + b * threads, r = e / IW, c = e - r * IW;
+            const int ih = ih0 + r, iw = iw0 + c;
+            v[b] = (e < IH * IW && ih >= 0 && ih < H && iw >= 0 && iw < W) ? lb::to_float(xp[ih * W + iw]) : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < FILL_BATCH; ++b)
+            if (e0 + b * threads < IH * IW) tile[e0 + b * threads] = v[b];
     }
     constexpr int TAPS = K > 0 ? K * K : 1;
     float f[TAPS];
