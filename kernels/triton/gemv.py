@@ -25,7 +25,8 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Linear
 
-from kernels.triton.support import autotuned, bind, check_inputs, interpreting, quick_bench, split_sum
+from kernels.triton.support import (autotuned, bind, check_inputs, check_linear_tensors, interpreting, quick_bench,
+                                    split_sum)
 
 _KEY = ["N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K"]
 # Every BLOCK_K divides QUANTUM: a split's slice starts on a multiple of it, and where K is a
@@ -104,11 +105,8 @@ def build_gemv(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) 
     check_inputs(_gemv_kernel, dtype, Linear.dtypes, tensors, out)
     if spec.batch != 1:
         raise Unsupported(f"the matrix-vector kernel runs batch 1, this point has batch {spec.batch}")
+    check_linear_tensors(spec, tensors, out)
     x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
-    if spec.bias != (bias is not None):
-        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
-    if not all(t.is_contiguous() for t in (x, w, out, *([bias] if bias is not None else []))):
-        raise Unsupported("linear needs x, weight, bias and out contiguous (row-major)")
     k = spec.in_features
     if interpreting(_gemv_kernel):
         splits = 2 if k > 2 * _INTERPRETER_QUANTUM else 1  # both paths checked on the CPU

@@ -36,8 +36,8 @@ from layerbench.layers import Linear
 
 from kernels.triton.gemv import build_gemv
 from kernels.triton.linear_tma import build_persistent
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, dot_slice,
-                                    grouped_tile, interpreting, quick_bench, split_sum, tile_config)
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, check_linear_tensors,
+                                    dot_slice, grouped_tile, interpreting, quick_bench, split_sum, tile_config)
 
 _KEY = ["M", "N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K", "PRECISION"]
 
@@ -142,15 +142,8 @@ def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: to
                       "(Hopper), or at batch 1 a matrix-vector product on the FMA units; the fastest kept")
 def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     check_inputs(_linear_kernel, dtype, Linear.dtypes, tensors, out, uses_dot=True)
-    x, w = tensors["x"], tensors["weight"]
-    bias = tensors.get("bias")
-    if spec.bias != (bias is not None):
-        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
-    if (tuple(x.shape), tuple(w.shape), tuple(out.shape)) != (spec.input_shape, spec.weight_shape,
-                                                              spec.output_shape):
-        raise Unsupported(f"tensor shapes do not match {spec}")
-    if not all(t.is_contiguous() for t in (x, w, out, *([bias] if bias is not None else []))):
-        raise Unsupported("linear needs x, weight, bias and out contiguous (row-major)")
+    check_linear_tensors(spec, tensors, out)
+    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
 
     m, k, n = spec.batch, spec.in_features, spec.out_features
     if interpreting(_linear_kernel):

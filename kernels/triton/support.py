@@ -24,7 +24,7 @@ from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.builders import Kernel, Tensors, selection_times
-from layerbench.layers import Conv2d
+from layerbench.layers import Conv2d, Linear
 
 Grid = Callable[[dict[str, Any]], tuple[int, ...]]
 
@@ -138,6 +138,19 @@ def check_inputs(fn: object, dtype: DType, allowed: Iterable[str], tensors: Tens
         # ~1e10 (and bf16 comparisons compare bit patterns); compiled kernels are unaffected.
         raise Unsupported("bf16 tl.dot gives wrong results under the Triton interpreter "
                           "(TRITON_INTERPRET=1); run bf16 on a GPU")
+
+
+def check_linear_tensors(spec: Linear, tensors: Tensors, out: torch.Tensor) -> None:
+    """Raise Unsupported unless x, weight, out (and the bias, where the spec has one) have the
+    shapes of linear ``spec`` and are contiguous (row-major)."""
+    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
+    if spec.bias != (bias is not None):
+        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
+    if (tuple(x.shape), tuple(w.shape), tuple(out.shape)) != (spec.input_shape, spec.weight_shape,
+                                                              spec.output_shape):
+        raise Unsupported(f"tensor shapes do not match {spec}")
+    if not all(t.is_contiguous() for t in (x, w, out, *([bias] if bias is not None else []))):
+        raise Unsupported("linear needs x, weight, bias and out contiguous (row-major)")
 
 
 def check_conv_tensors(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> None:
