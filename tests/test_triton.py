@@ -24,6 +24,7 @@ from kernels.triton import gemv as triton_gemv
 from kernels.triton import linear_tma as triton_linear_tma
 from kernels.triton import pointwise_conv as triton_pointwise
 from kernels.triton import relu as triton_relu
+from kernels.triton import support as triton_support
 from kernels.triton.copy import COPY_BLOCK, copy_launcher
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
@@ -447,6 +448,13 @@ def test_gemv_block_k_divides_its_quantum() -> None:
         assert triton_gemv.QUANTUM % cfg.kwargs["BLOCK_K"] == 0, cfg
         assert cfg.kwargs["BLOCK_N"] >= triton_gemv.MIN_BLOCK_N, cfg
     assert triton_gemv._INTERPRETER_QUANTUM % triton_gemv._INTERPRETER_CONFIG["BLOCK_K"] == 0
+
+
+def test_fastest_split_keeps_the_fastest_plan_and_the_first_of_equals(monkeypatch: pytest.MonkeyPatch) -> None:
+    times = {1: 3.0, 2: 1.0, 4: 1.0, 8: 2.0}
+    monkeypatch.setattr(triton_support, "quick_bench", lambda kernel: times[kernel()])
+    kernel, splits = triton_support.fastest_split([1, 2, 4, 8], lambda s: lambda: s)
+    assert (kernel(), splits) == (2, 2)
 
 
 def test_linear_block_k_divides_the_even_k_quantum() -> None:

@@ -25,8 +25,8 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Linear
 
-from kernels.triton.support import (autotuned, bind, check_inputs, check_linear_tensors, interpreting, quick_bench,
-                                    split_sum)
+from kernels.triton.support import (autotuned, bind, check_inputs, check_linear_tensors, fastest_split,
+                                    interpreting, split_sum)
 
 _KEY = ["N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K"]
 # Every BLOCK_K divides QUANTUM: a split's slice starts on a multiple of it, and where K is a
@@ -111,11 +111,6 @@ def build_gemv(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) 
     if interpreting(_gemv_kernel):
         splits = 2 if k > 2 * _INTERPRETER_QUANTUM else 1  # both paths checked on the CPU
         return Built(_plan(spec, x, w, bias, out, splits, _INTERPRETER_QUANTUM), {"splits": splits})
-    best, best_ms, best_splits = None, float("inf"), 1
-    for splits in (s for s in SPLIT_CANDIDATES if s == 1 or k >= s * QUANTUM):
-        kernel = _plan(spec, x, w, bias, out, splits, QUANTUM)
-        ms = quick_bench(kernel)
-        if ms < best_ms:
-            best, best_ms, best_splits = kernel, ms, splits
-    assert best is not None
-    return Built(best, {"splits": best_splits})
+    candidates = [s for s in SPLIT_CANDIDATES if s == 1 or k >= s * QUANTUM]
+    best, splits = fastest_split(candidates, lambda s: _plan(spec, x, w, bias, out, s, QUANTUM))
+    return Built(best, {"splits": splits})

@@ -37,7 +37,8 @@ from layerbench.layers import Linear
 from kernels.triton.gemv import build_gemv
 from kernels.triton.linear_tma import build_persistent
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, check_linear_tensors,
-                                    dot_slice, grouped_tile, interpreting, quick_bench, split_sum, tile_config)
+                                    dot_slice, fastest_split, grouped_tile, interpreting, quick_bench, split_sum,
+                                    tile_config)
 
 _KEY = ["M", "N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K", "PRECISION"]
 
@@ -153,14 +154,8 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
     def tiled() -> Built:
         candidates = [s for s in SPLIT_CANDIDATES
                       if s == 1 or (k >= s * MIN_SLICE and s * m * n * 4 <= MAX_WORKSPACE_BYTES)]
-        best, best_ms, best_splits = None, float("inf"), 1
-        for splits in candidates:
-            kernel = _plan(spec, dtype, x, w, bias, out, splits, EVEN_K_QUANTUM)
-            ms = quick_bench(kernel)
-            if ms < best_ms:
-                best, best_ms, best_splits = kernel, ms, splits
-        assert best is not None
-        return Built(best, {"splits": best_splits})
+        best, splits = fastest_split(candidates, lambda s: _plan(spec, dtype, x, w, bias, out, s, EVEN_K_QUANTUM))
+        return Built(best, {"splits": splits})
 
     def persistent() -> Built:
         # Persistence pays where programs walk several tiles; with fewer 128 x 128 output tiles

@@ -28,7 +28,7 @@ from layerbench.layers.passes import split_output
 
 from kernels.triton.linear import EVEN_K_QUANTUM, MAX_WORKSPACE_BYTES, MIN_SLICE, SPLIT_CANDIDATES
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, dot_slice,
-                                    grouped_tile, interpreting, quick_bench, split_sum, tile_config)
+                                    fastest_split, grouped_tile, interpreting, split_sum, tile_config)
 
 _KEY = ["M", "N", "K", "k_per_split", "stride_am", "stride_ak", "stride_bk", "stride_bn", "PARTIAL",
         "EVEN_K", "PRECISION"]
@@ -172,14 +172,7 @@ def _gemm(dtype: DType, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> Ke
         return _gemm_plan(dtype, a, b, c, 2 if k > 2 * quantum else 1, quantum)
     candidates = [s for s in SPLIT_CANDIDATES
                   if s == 1 or (k >= s * MIN_SLICE and s * m * n * 4 <= MAX_WORKSPACE_BYTES)]
-    best, best_ms = None, float("inf")
-    for splits in candidates:
-        kernel = _gemm_plan(dtype, a, b, c, splits, EVEN_K_QUANTUM)
-        ms = quick_bench(kernel)
-        if ms < best_ms:
-            best, best_ms = kernel, ms
-    assert best is not None
-    return best
+    return fastest_split(candidates, lambda s: _gemm_plan(dtype, a, b, c, s, EVEN_K_QUANTUM))[0]
 
 
 def _column_sum(x: torch.Tensor, out: torch.Tensor) -> Kernel:

@@ -183,6 +183,19 @@ def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = No
     return [float(q) for q in np.quantile(times, quantiles)]
 
 
+def fastest_split(splits: Iterable[int], plan: Callable[[int], Kernel]) -> tuple[Kernel, int]:
+    """The launcher ``plan(s)`` that ``quick_bench`` times fastest over the split counts ``splits``
+    (the first of equals), and its count; each plan is built and timed in turn."""
+    best, best_ms, best_splits = None, float("inf"), 0
+    for count in splits:
+        kernel = plan(count)
+        ms = quick_bench(kernel)
+        if ms < best_ms:
+            best, best_ms, best_splits = kernel, ms, count
+    assert best is not None
+    return best, best_splits
+
+
 def autotuned(fn: object, configs: list[triton.Config], key: list[str]) -> Any:
     """``fn`` wrapped in triton.autotune with the short benchmark (tuning happens in build)."""
     return triton.autotune(configs=configs, key=key, do_bench=quick_bench)(fn)
