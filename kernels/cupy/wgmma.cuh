@@ -95,35 +95,24 @@ asm volatile(                                                                   
     : LB_WGMMA_ACC_LO, LB_WGMMA_ACC_HI                                              \
     : "l"(a), "l"(b), "n"(1))
 
+// The operand type's name in the instruction: fp16 or bf16.
+template <typename T> constexpr bool is_bf16 = false;
+template <> constexpr bool is_bf16<__nv_bfloat16> = true;
+
 template <typename T, int N> struct Wgmma;
-template <> struct Wgmma<__half, 64> {
+template <typename T> struct Wgmma<T, 64> {
     static __device__ __forceinline__ void run(float (&d)[32], unsigned long long a, unsigned long long b) {
-        LB_WGMMA_N64("f16");
+        if constexpr (is_bf16<T>) LB_WGMMA_N64("bf16"); else LB_WGMMA_N64("f16");
     }
 };
-template <> struct Wgmma<__nv_bfloat16, 64> {
-    static __device__ __forceinline__ void run(float (&d)[32], unsigned long long a, unsigned long long b) {
-        LB_WGMMA_N64("bf16");
-    }
-};
-template <> struct Wgmma<__half, 128> {
+template <typename T> struct Wgmma<T, 128> {
     static __device__ __forceinline__ void run(float (&d)[64], unsigned long long a, unsigned long long b) {
-        LB_WGMMA_N128("f16");
+        if constexpr (is_bf16<T>) LB_WGMMA_N128("bf16"); else LB_WGMMA_N128("f16");
     }
 };
-template <> struct Wgmma<__nv_bfloat16, 128> {
-    static __device__ __forceinline__ void run(float (&d)[64], unsigned long long a, unsigned long long b) {
-        LB_WGMMA_N128("bf16");
-    }
-};
-template <> struct Wgmma<__half, 256> {
+template <typename T> struct Wgmma<T, 256> {
     static __device__ __forceinline__ void run(float (&d)[128], unsigned long long a, unsigned long long b) {
-        LB_WGMMA_N256("f16");
-    }
-};
-template <> struct Wgmma<__nv_bfloat16, 256> {
-    static __device__ __forceinline__ void run(float (&d)[128], unsigned long long a, unsigned long long b) {
-        LB_WGMMA_N256("bf16");
+        if constexpr (is_bf16<T>) LB_WGMMA_N256("bf16"); else LB_WGMMA_N256("f16");
     }
 };
 
