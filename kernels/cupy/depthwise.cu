@@ -85,6 +85,10 @@ __global__ void __launch_bounds__(NHWC_THREADS) depthwise_nhwc(
 
     if constexpr (K > 0) {
         constexpr int SPAN = (PIX - 1) * S + K;  // input columns under the PIX windows
+        // Vectors of a row in flight at once: what the 128 registers of two blocks an SM leave
+        // beside the accumulators, the row's taps and about 24 for addresses.
+        constexpr int FREE = (128 - 24 - (PIX + K) * VEC) / VEC;
+        constexpr int CHUNK = FREE < 1 ? 1 : (FREE > SPAN ? SPAN : FREE);
 #pragma unroll
         for (int kh = 0; kh < K; ++kh) {
             const int ih = ih0 + kh;
@@ -93,16 +97,30 @@ __global__ void __launch_bounds__(NHWC_THREADS) depthwise_nhwc(
             float w[K][VEC];
 #pragma unroll
             for (int kw = 0; kw < K; ++kw) load_vec<float, VEC>(wt + (kh * K + kw) * CO + co, w[kw]);
+            // The row's vectors are loaded CHUNK at a time before any of them is used: loaded and
+            // used one at a time, the compiled loop kept one load in flight a thread.
 #pragma unroll
-            for (int j = 0; j < SPAN; ++j) {
-                const int iw = iw0 + j;
-                if (iw < 0 || iw >= W) continue;
-                float v[VEC];
-                load_vec<T, VEC>(row + iw * C, v);
+            for (int j0 = 0; j0 < SPAN; j0 += CHUNK) {
+                float v[CHUNK][VEC];
 #pragma unroll
-                for (int p = 0; p < PIX; ++p) {
-                    const int kw = j - p * S;  // the tap of pixel p on column j
-                    if (kw >= 0 && kw < K) fma_vec<VEC>(acc[p], w[kw], v);
+                for (int c = 0; c < CHUNK; ++c) {
+                    const int iw = iw0 + j0 + c;
+                    if (j0 + c < SPAN && iw >= 0 && iw < W) {
+                        load_vec<T, VEC>(row + iw * C, v[c]);
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < VEC; ++i) v[c][i] = 0.0f;
+                    }
+                }
+#pragma unroll
+                for (int c = 0; c < CHUNK; ++c) {
+                    const int j = j0 + c, iw = iw0 + j;
+                    if (j >= SPAN || iw < 0 || iw >= W) continue;  // padding adds nothing (not even 0 * inf)
+#pragma unroll
+                    for (int p = 0; p < PIX; ++p) {
+                        const int kw = j - p * S;  // the tap of pixel p on column j
+                        if (kw >= 0 && kw < K) fma_vec<VEC>(acc[p], w[kw], v[c]);
+                    }
                 }
             }
         }
