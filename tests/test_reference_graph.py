@@ -273,6 +273,10 @@ CONV_SPECS = [
     Conv2d(3, 24, 40, 13, 17, 3, 3, stride=2, padding=1),
     Conv2d(3, 24, 40, 13, 17, 3, 3, padding=1, bias=False),
     Conv2d(3, 24, 40, 13, 17, 1, 1, stride=2, bias=False),
+    # Groups: cuDNN reads them from the weight's channels; depthwise with multiplier 2 and dilation.
+    Conv2d(3, 24, 40, 13, 17, 3, 3, padding=1, groups=4),
+    Conv2d(3, 24, 48, 13, 17, 3, 3, padding=2, dilation=2, groups=24, bias=False),
+    Conv2d(3, 24, 24, 13, 17, 3, 3, stride=2, padding=1, groups=24),
 ]
 CONFIGS = [(d, lay) for d in ("fp32", "tf32", "fp16", "bf16") for lay in ("NCHW", "NHWC")]
 LINEAR_SPECS = [Linear(37, 200, 72), Linear(37, 200, 72, bias=False)]
@@ -290,12 +294,6 @@ def _nvmath_or_skip():
         cublaslt.load_nvmath()
     except Unavailable as exc:
         pytest.skip(str(exc))
-
-
-
-
-
-
 
 
 @pytest.mark.gpu

@@ -13,7 +13,9 @@ goes through the graph API) in bf16 NHWC, and 2.5x slower in true fp32 NHWC on a
 
 How: one ``conv_fprop`` graph, the bias add fused into it (``add(conv, B)`` with B of dims
 [1, K, 1, 1]) where the spec has a bias, since our own kernels fuse it too.  I/O in the point's
-dtype (fp32 and tf32: FLOAT, fp16: HALF, bf16: BFLOAT16), intermediate and compute FLOAT.  Every
+dtype (fp32 and tf32: FLOAT, fp16: HALF, bf16: BFLOAT16), intermediate and compute FLOAT.  A grouped
+convolution (depthwise included) is the same graph: cuDNN reads the groups from the weight's
+channels (C / groups against the input's C), as torch's own graph calls do.  Every
 tensor is described with the canonical strides of its layout, size-1 dimensions included (torch's
 strides of a size-1 dimension are arbitrary, and a 1x1 filter in NHWC is otherwise ambiguous).
 The plans: heuristics A, B and FALLBACK, then every engine of the graph at its default knobs
@@ -253,15 +255,6 @@ def _start(dtype: DType, x: torch.Tensor) -> tuple[Any, torch.device, Any]:
     return cudnn, device, handle
 
 
-def _start_conv(spec: Conv2d, dtype: DType, x: torch.Tensor) -> tuple[Any, torch.device, Any]:
-    """``_start`` for a convolution graph, which takes one group only here."""
-    if spec.groups != 1:
-        # Untested here without a GPU: grouped convolutions run on the legacy path.
-        raise Unsupported(f"the cuDNN graph path here takes groups 1 only, not groups {spec.groups} "
-                          "(the legacy API runs grouped convolutions)")
-    return _start(dtype, x)
-
-
 def _new_graph(cudnn: Any, dtype: DType, handle: Any) -> tuple[Any, Any, Any]:
     """An empty graph with I/O in the point's dtype and FLOAT intermediates and compute: (g, io, f32)."""
     io = getattr(cudnn.data_type, IO_TYPES[dtype.name])
@@ -443,6 +436,11 @@ def _conv_args(spec: Conv2d) -> dict[str, list[int]]:
             "dilation": [spec.dilation_h, spec.dilation_w]}
 
 
+def _torch_conv_args(spec: Conv2d) -> dict[str, object]:
+    """``_conv_args`` for torch's gradient functions, which take the groups explicitly."""
+    return {**_conv_args(spec), "groups": spec.groups}
+
+
 def result_checker(spec: Conv2d, direction: str, bias: bool, dtype: DType, tensors: Tensors,
                    parts: dict[str, torch.Tensor]) -> Callable[[], str | None]:
     """``check`` for ``_keep_fastest`` and for the legacy path's search: the results (``parts``, by
@@ -474,7 +472,7 @@ def dgrad_probe(spec: Conv2d, dy: torch.Tensor, w: torch.Tensor, dx: torch.Tenso
     """dy of the probe value, a one-hot filter: each dx element is one product (or none)."""
     t = {"dy": torch.full_like(dy, FP32_PROBE), "weight": _one_hot(w), "out": torch.empty_like(dx)}
     expected = torch.nn.grad.conv2d_input(tuple(dx.shape), t["weight"].double(), t["dy"].double(),
-                                          **_conv_args(spec))
+                                          **_torch_conv_args(spec))
     return t, {"out": expected}
 
 
@@ -484,7 +482,7 @@ def wgrad_probe(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dweight: torch.
     gradient a one and zeros."""
     t = {"x": torch.full_like(x, FP32_PROBE), "dy": _one_hot(dy), "dweight": torch.empty_like(dweight)}
     expected = {"dweight": torch.nn.grad.conv2d_weight(t["x"].double(), tuple(dweight.shape), t["dy"].double(),
-                                                       **_conv_args(spec))}
+                                                       **_torch_conv_args(spec))}
     if dbias is not None:
         t["dbias"] = torch.empty_like(dbias)
         expected["dbias"] = t["dy"].double().sum((0, 2, 3))
@@ -494,7 +492,7 @@ def wgrad_probe(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dweight: torch.
 def build_conv2d_graph(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     """conv2d (+ fused bias) by the fastest plan of cuDNN's graph API (see the module docstring)."""
     x, w, b = tensors["x"], tensors["weight"], tensors.get("bias")
-    cudnn, device, handle = _start_conv(spec, dtype, x)
+    cudnn, device, handle = _start(dtype, x)
     fmt = dense_layout(layout, x=x, out=out, weight=w)
     g, io, f32 = _new_graph(cudnn, dtype, handle)
     X, W = _tensor(g, "X", x.shape, fmt, io), _tensor(g, "W", w.shape, fmt, io)
@@ -521,7 +519,7 @@ def build_conv2d_dgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
                              out: torch.Tensor) -> Built:
     """dx of conv2d (``out``) from dy and the weight, by the fastest plan of a ``conv_dgrad`` graph."""
     x, w, dy = tensors["x"], tensors["weight"], tensors["dy"]
-    cudnn, device, handle = _start_conv(spec, dtype, x)
+    cudnn, device, handle = _start(dtype, x)
     fmt = dense_layout(layout, dy=dy, out=out, weight=w)
     g, io, _ = _new_graph(cudnn, dtype, handle)
     DY, W = _tensor(g, "DY", dy.shape, fmt, io), _tensor(g, "W", w.shape, fmt, io)
@@ -540,7 +538,7 @@ def build_conv2d_wgrad_graph(spec: Conv2d, dtype: DType, layout: str, tensors: T
     """dweight of conv2d from x and dy by the fastest plan of a ``conv_wgrad`` graph; with ``dbias``,
     the same graph also sums dy over N, H, W into it (a ``reduction`` node, ADD)."""
     x, dy = tensors["x"], tensors["dy"]
-    cudnn, device, handle = _start_conv(spec, dtype, x)
+    cudnn, device, handle = _start(dtype, x)
     fmt = dense_layout(layout, x=x, dy=dy, dweight=dweight)
     g, io, f32 = _new_graph(cudnn, dtype, handle)
     X, DY = _tensor(g, "X", x.shape, fmt, io), _tensor(g, "DY", dy.shape, fmt, io)
