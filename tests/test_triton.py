@@ -315,7 +315,7 @@ def test_conv2d_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> Non
         triton_pointwise.build_pointwise(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
 
 
-# ------------------------------------------------------------------------- TMA implicit GEMM (NHWC, stride 1)
+# ------------------------------------------------------------------------- TMA implicit GEMM (NHWC)
 
 def conv_tma_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
     """The TMA-fed convolution alone (the build times it on a Hopper GPU)."""
@@ -338,9 +338,38 @@ def test_conv2d_tma_drawn(batch: int, channel_units: int, out_units: int, height
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
+# Strides through the phase view: height and width multiples of the stride, channels of 16, the
+# padding past a phase's first row, dilation.
+@given(batch=st.integers(1, 2), channel_units=st.integers(1, 3), out_units=st.integers(1, 3),
+       stride_h=st.integers(1, 3), stride_w=st.integers(1, 3), rows=st.integers(1, 5), cols=st.integers(1, 5),
+       kernel_h=st.integers(1, 3), kernel_w=st.integers(1, 3), padding_h=st.integers(0, 2),
+       padding_w=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(),
+       dtype=st.sampled_from(("tf32", "fp16")), seed=SEEDS)
+def test_conv2d_tma_strided_drawn(batch: int, channel_units: int, out_units: int, stride_h: int, stride_w: int,
+                                  rows: int, cols: int, kernel_h: int, kernel_w: int, padding_h: int, padding_w: int,
+                                  dilation: int, bias: bool, dtype: str, seed: int) -> None:
+    height, width = stride_h * rows, stride_w * cols
+    assume(height + 2 * padding_h > dilation * (kernel_h - 1) and width + 2 * padding_w > dilation * (kernel_w - 1))
+    spec = Conv2d(batch, 16 * channel_units, 8 * out_units, height, width, kernel_h, kernel_w, stride_h=stride_h,
+                  stride_w=stride_w, padding_h=padding_h, padding_w=padding_w, dilation=dilation, bias=bias)
+    result = check_implementation(conv_tma_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("spec", [
+    Conv2d(2, 32, 24, 8, 6, 1, 1, stride=2, bias=False),  # a ResNet projection: 1x1, stride 2
+    Conv2d(2, 16, 16, 8, 8, 3, 3, stride=2, padding=1),  # a ResNet stage's first 3x3
+    Conv2d(1, 16, 8, 9, 12, 7, 7, stride=3, padding=3),  # stride 3, a window wider than the stride
+], ids=str)
+def test_conv2d_tma_strided_cases(spec: Conv2d) -> None:
+    result = check_implementation(conv_tma_only, spec, "fp16", "NHWC", "cpu", seed=7)
+    assert result.ok, f"{spec}: {result.message}"
+
+
 @pytest.mark.parametrize("dtype, layout, spec, reason", [
     ("fp16", "NCHW", Conv2d(1, 8, 8, 5, 5, 3, 3), "runs NHWC"),
-    ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3, stride=2), "stride 1"),
+    ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3, stride=2), "divisible by the stride"),
+    ("fp16", "NHWC", Conv2d(1, 8, 8, 6, 6, 3, 3, stride=2), "in_channels divisible by 16"),
     ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3, groups=2), "one group"),
     ("fp32", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3), "not fp32"),
     ("fp16", "NHWC", Conv2d(1, 3, 8, 5, 5, 3, 3), "in_channels 3 in fp16"),

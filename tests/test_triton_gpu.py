@@ -256,7 +256,9 @@ CONV_TMA = {"resnet-3x3-64": Conv2d(8, 64, 64, 56, 56, 3, 3, padding=1, bias=Fal
             "L5-13x13": THESIS_CONV["L5"], "vgg-3x3-256": Conv2d(4, 256, 256, 56, 56, 3, 3, padding=1),
             "dilated-2": Conv2d(4, 256, 256, 28, 28, 3, 3, padding=2, dilation=2),
             "inception-1x7": Conv2d(4, 128, 192, 17, 17, 1, 7, padding_h=0, padding_w=3),
-            "pointwise-odd": Conv2d(3, 96, 24, 29, 31, 1, 1)}
+            "pointwise-odd": Conv2d(3, 96, 24, 29, 31, 1, 1),
+            "resnet-1x1-256-512/2": Conv2d(8, 256, 512, 56, 56, 1, 1, stride=2, bias=False),
+            "resnet-3x3-128/2": Conv2d(8, 128, 128, 56, 56, 3, 3, stride=2, padding=1, bias=False)}
 
 
 def test_conv2d_tma_is_timed_beside_the_implicit_gemm() -> None:

@@ -112,20 +112,22 @@ def main() -> None:
 
 
 def conv_tma_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:
-    """The TMA-fed NHWC convolution (3x3, with bias) for each config and patch width."""
+    """The TMA-fed NHWC convolution (3x3, padding 1, with bias) for each config and patch width, at
+    stride 1 and 2."""
     element = el[1:]
-    for c in ct.CONFIGS.get(mode, []):
-        for bw in ct.PATCH_WIDTHS:
-            bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], c["BLOCK_K"]
-            descs = {"x_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bk}]>",
-                     "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",
-                     "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
-            meta = {"R": 3, "S": 3, "HAS_BIAS": True, "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn,
-                    "BLOCK_K": bk}
-            line = compile_report(ct._conv_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"], c["num_stages"],
-                                  {"K", "C"}, descs)
-            print(f"conv TMA patch {bh}x{bw} BLOCK_N={bn} BLOCK_K={bk} warps={c['num_warps']} "
-                  f"stages={c['num_stages']}: {line}")
+    for stride in (1, 2):
+        for c in ct.CONFIGS.get(mode, []):
+            for bw in ct.PATCH_WIDTHS:
+                bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], c["BLOCK_K"]
+                descs = {"x_desc": f"tensordesc<{element}[1, {bh}, 1, {bw}, {bk}]>",
+                         "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",
+                         "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
+                meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "LIFT_H": 1, "LIFT_W": 1, "HAS_BIAS": True,
+                        "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk}
+                line = compile_report(ct._conv_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"],
+                                      c["num_stages"], {"K", "C"}, descs)
+                print(f"conv TMA stride {stride} patch {bh}x{bw} BLOCK_N={bn} BLOCK_K={bk} warps={c['num_warps']} "
+                      f"stages={c['num_stages']}: {line}")
 
 
 def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:

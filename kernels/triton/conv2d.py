@@ -8,8 +8,9 @@ cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwis
 (groups == in_channels) go to the direct kernel: one multiply-add per loaded element is no GEMM.
 A pointwise NHWC convolution (1x1, stride 1, no padding, one group) is a plain GEMM: the linear
 layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM.  On
-Hopper an NHWC convolution of stride 1 and one group is also built as an implicit GEMM fed by the
-tensor-memory accelerator (conv_tma.py) and timed beside them; the fastest is kept.
+Hopper an NHWC convolution of one group (strided ones where the stride divides the input's sides)
+is also built as an implicit GEMM fed by the tensor-memory accelerator (conv_tma.py) and timed
+beside them; the fastest is kept.
 
 GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
 a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
@@ -412,7 +413,7 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
           description="Triton convolution: implicit GEMM (fp32 accumulation, channel-blocked NHWC walk; "
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
-                      "at build, for 1x1 NHWC ones the linear layer's GEMM, on Hopper for stride-1 NHWC ones "
+                      "at build, for 1x1 NHWC ones the linear layer's GEMM, on Hopper for NHWC ones "
                       "a TMA-fed implicit GEMM; depthwise a direct kernel of its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)

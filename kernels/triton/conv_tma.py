@@ -1,19 +1,27 @@
-"""An NHWC convolution of stride 1 as an implicit GEMM fed by Hopper's tensor-memory accelerator.
+"""An NHWC convolution as an implicit GEMM fed by Hopper's tensor-memory accelerator.
 
 A program owns a BH x BW patch of output pixels of one image (BLOCK_M = BH * BW rows of the
 GEMM) and BLOCK_N output channels.  For each filter tap (r, s) the input pixels that patch needs
 are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one box of the
-4-D input [N, H, W, C], which the copy engine fetches for a BLOCK_K run of channels, filling
-zeros where the box hangs over the image's edge (the padding, negative coordinates included) or
-past the last channel.  The weight, channels_last [K, R, S, C], gives its (r, s) slice the same
-way, so the reduction over taps and channel blocks needs no index math, no masks and no
-gathers; the output patch goes out through a descriptor too, clipped at the edges.
+input, which the copy engine fetches for a BLOCK_K run of channels, filling zeros where the box
+hangs over the image's edge (the padding, negative coordinates included) or past the last
+channel.  The weight, channels_last [K, R, S, C], gives its (r, s) slice the same way, so the
+reduction over taps and channel blocks needs no index math, no masks and no gathers; the output
+patch goes out through a descriptor too, clipped at the edges.
 
-Where it applies: NHWC, stride 1 on both axes (a strided patch is no box), one group, any
-padding and dilation, fp16/bf16/tf32 (fp32 stays on the FMA units), channel counts whose rows
-are a multiple of 16 bytes.  ``conv2d.build`` times it beside the implicit GEMM and keeps the
-faster.  The patch shape wastes the rows and columns past the image's edge (7 x 7 planes in
-8 x 8 patches: 77 % of the tile used), which the pointer-based implicit GEMM does not.
+Strides: with stride (SH, SW) the pixels a tap reads are every SH-th row and SW-th column, which
+is no box of [N, H, W, C].  They are a box of its phase view [N, H / SH, SH, W / SW, SW * C]:
+input row SH * j + a is (j, a), so tap (r, s) reads phase a = (r * dilation - padding) mod SH at
+rows j shifted by the floor of (r * dilation - padding) / SH (columns alike, phase b selecting
+channels b * C to b * C + C of the last dimension).  Past-the-edge j is again zero-filled.  The
+view needs H and W divisible by the stride and the channel block dividing C (else a box would
+read the next phase's channels); stride 1 is the same view with SH = SW = 1.
+
+Where it applies: NHWC, one group, any padding and dilation, fp16/bf16/tf32 (fp32 stays on the
+FMA units), channel counts whose rows are a multiple of 16 bytes.  ``conv2d.build`` times it
+beside the implicit GEMM and keeps the faster.  The patch shape wastes the rows and columns past
+the image's edge (7 x 7 planes in 8 x 8 patches: 77 % of the tile used), which the pointer-based
+implicit GEMM does not.
 """
 
 from __future__ import annotations
@@ -44,13 +52,16 @@ CONFIGS = {
              _config(128, 64, 32, 4, 4)],
 }
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
+MIN_BLOCK_K = 16  # tl.dot's least reduction
 PATCH_WIDTHS = (8, 16)  # the narrowest that holds the output's width, else the widest
 
 
 @triton.jit(do_not_specialize=["N"])
 def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
-                     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
-                     BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                     LIFT_H: tl.constexpr, LIFT_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     PRECISION: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
     BLOCK_M: tl.constexpr = BH * BW
     # Channel tiles fastest: neighbouring programs read the same input patch while it is in L2.
     pid = tl.program_id(0)
@@ -70,9 +81,16 @@ def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W,
         c0 = (i - tap * steps_c) * BLOCK_K
         r = tap // S
         s = tap - r * S
-        a = x_desc.load([n, h0 - PAD_H + r * DIL_H, w0 - PAD_W + s * DIL_W, c0]).reshape(BLOCK_M, BLOCK_K)
-        b = w_desc.load([k0, r, s, c0]).reshape(BLOCK_N, BLOCK_K)
-        acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+        # The tap's offset, lifted by LIFT * SH (>= the padding) so that % and // see no negative
+        # numbers: its phase and its shift in phase rows (columns).
+        off_h = r * DIL_H - PAD_H + LIFT_H * SH
+        off_w = s * DIL_W - PAD_W + LIFT_W * SW
+        a = off_h % SH
+        b = off_w % SW
+        a_box = x_desc.load([n, h0 + off_h // SH - LIFT_H, a, w0 + off_w // SW - LIFT_W, b * C + c0])
+        w_box = w_desc.load([k0, r, s, c0])
+        acc = tl.dot(a_box.reshape(BLOCK_M, BLOCK_K), w_box.reshape(BLOCK_N, BLOCK_K).T, acc,
+                     input_precision=PRECISION)
     if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
         cols = k0 + tl.arange(0, BLOCK_N)
         acc += tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
@@ -83,8 +101,9 @@ def tma_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
     """Why the TMA convolution cannot run this point (None where it can, tensors permitting)."""
     if layout != "NHWC":
         return f"the TMA convolution runs NHWC, this point is {layout}"
-    if (spec.stride_h, spec.stride_w) != (1, 1):
-        return f"the TMA convolution runs stride 1 (its patches are boxes), this point has {spec.stride_h}x{spec.stride_w}"
+    if spec.height % spec.stride_h or spec.width % spec.stride_w:
+        return (f"the TMA convolution's phase view needs the input's height and width divisible by the stride: "
+                f"{spec.height}x{spec.width} at stride {spec.stride_h}x{spec.stride_w}")
     if spec.groups != 1:
         return f"the TMA convolution runs one group, this point has {spec.groups}"
     if DOT_MODE[dtype.name] not in CONFIGS:
@@ -93,13 +112,30 @@ def tma_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
     for name, count in (("in_channels", spec.in_channels), ("out_channels", spec.out_channels)):
         if count * size % 16:
             return f"the copy engine needs rows of a multiple of 16 bytes: {name} {count} in {dtype.name}"
+    if spec.stride_w > 1 and spec.in_channels % MIN_BLOCK_K:
+        return (f"the TMA convolution at stride {spec.stride_w} along the width needs in_channels divisible by "
+                f"{MIN_BLOCK_K} (its channel blocks must divide them), not {spec.in_channels}")
     return None
 
 
-def _views(tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """x, the weight and the output as the dense [N, H, W, C]-ordered tensors they are in memory,
-    with packed strides (torch leaves a size-1 dimension's stride arbitrary; a descriptor needs
-    every stride a multiple of 16 bytes)."""
+def channel_block(spec: Conv2d, cap: int) -> int:
+    """BLOCK_K up to ``cap`` (a power of two): at stride 1 along the width the smallest power of two
+    holding C (at least MIN_BLOCK_K, the tail zero-filled), past it the largest dividing C, since a
+    box past C would read the next phase's channels (``tma_refusal`` has made sure 16 divides C)."""
+    c = spec.in_channels
+    if spec.stride_w == 1:
+        return min(cap, max(MIN_BLOCK_K, next_pow2(c)))
+    block = cap
+    while c % block:
+        block //= 2
+    return block
+
+
+def _views(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The weight and the output as the dense [N, H, W, C]-ordered tensors they are in memory, x
+    as its phase view [N, H / SH, SH, W / SW, SW * C] (see the module docstring), all with packed
+    strides (torch leaves a size-1 dimension's stride arbitrary; a descriptor needs every stride
+    a multiple of 16 bytes)."""
     views = {}
     for name, t in (("x", tensors["x"]), ("weight", tensors["weight"]), ("out", out)):
         view = t.permute(0, 2, 3, 1)
@@ -107,26 +143,31 @@ def _views(tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor]:
             raise Unsupported(f"the TMA convolution needs {name} dense in channels_last order")
         _, h, w, c = view.shape
         views[name] = view.as_strided(view.shape, (h * w * c, w * c, c, 1))
+    n, h, w, c = views["x"].shape
+    sh, sw = spec.stride_h, spec.stride_w
+    views["x"] = views["x"].as_strided((n, h // sh, sh, w // sw, sw * c), (h * w * c, sh * w * c, w * c, sw * c, 1))
     return views
 
 
 def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, config: dict[str, Any]) -> Launch:
     """The kernel's launch with ``config`` (its patch shape from the output's width)."""
-    views = _views(tensors, out)
+    views = _views(spec, tensors, out)
     bias = tensors.get("bias")
     bw = next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1])
     bw = min(bw, config["BLOCK_M"])
     bh = config["BLOCK_M"] // bw
     bn = config["BLOCK_N"]
-    bk = min(config["BLOCK_K"], max(16, next_pow2(spec.in_channels)))  # no channel block past C
-    descs = (TensorDescriptor.from_tensor(views["x"], [1, bh, bw, bk]),
+    bk = channel_block(spec, config["BLOCK_K"])
+    descs = (TensorDescriptor.from_tensor(views["x"], [1, bh, 1, bw, bk]),
              TensorDescriptor.from_tensor(views["weight"], [bn, 1, 1, bk]),
              TensorDescriptor.from_tensor(views["out"], [1, bh, bw, bn]))
     p, q, k = spec.out_height, spec.out_width, spec.out_channels
     grid = (spec.batch * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn),)
     args = (*descs, bias if bias is not None else out, spec.batch, p, q, k, spec.in_channels,
             spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
-    meta = {"R": spec.kernel_h, "S": spec.kernel_w, "HAS_BIAS": bias is not None,
+    meta = {"R": spec.kernel_h, "S": spec.kernel_w, "SH": spec.stride_h, "SW": spec.stride_w,
+            "LIFT_H": -(-spec.padding_h // spec.stride_h), "LIFT_W": -(-spec.padding_w // spec.stride_w),
+            "HAS_BIAS": bias is not None,
             "PRECISION": DOT_PRECISION[dtype.name], "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
             "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     return Launch(_conv_tma_kernel, grid, args, meta, out.device)
@@ -137,7 +178,7 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     reason = tma_refusal(spec, dtype, layout)
     if reason:
         raise Unsupported(reason)
-    views = _views(tensors, out)
+    views = _views(spec, tensors, out)
     check_tma(_conv_tma_kernel, out.device, views)
     if interpreting(_conv_tma_kernel):
         config = dict(INTERPRETER_CONFIG)
