@@ -117,6 +117,16 @@ def test_existing_run_needs_resume(tmp_path: Path, fakes: None) -> None:
         run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path))
 
 
+def test_resume_without_run_json_says_what_is_missing(tmp_path: Path, fakes: None) -> None:
+    """Records copied without their run.json cannot be checked to be the same measurement: the
+    refusal names the missing file instead of asking for the --resume it was given."""
+    s = _sweep(tmp_path, ["fake_ok"])
+    run_sweep(s, _opts(tmp_path))
+    (tmp_path / "run" / results.RUN_FILE).unlink()
+    with pytest.raises(ValueError, match=f"holds results but no {results.RUN_FILE}"):
+        run_sweep(_sweep(tmp_path, ["fake_ok"]), _opts(tmp_path, resume=True))
+
+
 KILL_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})

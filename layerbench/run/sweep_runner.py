@@ -153,6 +153,10 @@ def open_run(sweep: Sweep, opts: RunOptions, rundir: RunDir) -> dict[str, Any]:
                              "another --out")
         return run
     if rundir.has_records():
+        if opts.resume:
+            raise ValueError(f"--resume: {rundir.path} holds results but no {RUN_FILE} (what was run, and how), "
+                             f"so they cannot be checked to be the same measurement; restore {RUN_FILE} from "
+                             "where the results came from, or choose another --out")
         raise ValueError(f"{rundir.path} already holds results; pass --resume to continue it, "
                          "or choose another --out")
     run = {"experiment": sweep.experiment, "title": sweep.title, "thesis": sweep.thesis,
