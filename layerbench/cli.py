@@ -588,7 +588,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
                              energy=not args.no_energy, progress=not args.no_progress)
         ceilings = json.loads((out / bench.CEILINGS_FILE).read_text())
-    text = bench.format_bench_report(bench.table(df, ceilings), ceilings)
+    text = bench.format_bench_report(bench.table(df, ceilings), ceilings, bench.planned_rows())
     (out / "bench.md").write_text(text)
     print(text)
     return 0

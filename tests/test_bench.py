@@ -2,6 +2,7 @@
 
 import json
 import math
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -299,6 +300,28 @@ def test_a_point_past_the_floor_misses_a_target_whose_geomean_is_met() -> None:
     vgg = _pass_rows("conv2d", "triton", "tf32", "bench_vgg16", "forward", [1.2, 0.7], "x_best")
     tf32 = bench.targets(pd.DataFrame(vgg)).set_index("target").loc["conv triton tf32 >= 0.9x cuDNN (VGG-16)"]
     assert math.isnan(tf32["floor"]) and tf32["verdict"] == "MET"  # no floor: 0.7 is only the worst point
+
+
+def test_a_target_judged_on_part_of_its_set_says_so() -> None:
+    """The planned rows come from the bench files: ResNet-50 plans 23 layers in each dtype and layout,
+    MobileNetV2 10 depthwise layers; a verdict on fewer rows is marked partial in the report."""
+    def layers(name: str, depthwise: bool = False) -> int:
+        points = tomllib.loads((bench.BENCH_DIR / f"{name}.toml").read_text())["points"]
+        return sum((p.get("groups", 1) > 1) == depthwise for p in points)
+
+    planned = bench.planned_rows()
+    rows = [r | {"name": f"layer {i}", "layout": "NHWC"} for i, r in enumerate(
+        _pass_rows("conv2d", "triton", "bf16", "bench_resnet50", "forward", [1.0, 0.9, 1.1], "x_best"))]
+    tg = bench.targets(pd.DataFrame(rows), planned).set_index("target")
+    bf16 = tg.loc["conv triton bf16 >= 0.95x cuDNN (ResNet-50)"]
+    assert (bf16["points"], bf16["planned"]) == (3, 2 * layers("resnet50"))  # NCHW and NHWC
+    assert tg.loc["depthwise conv cupy fp16 >= 85 % of a same-size copy (MobileNetV2)", "planned"] == \
+        2 * layers("mobilenetv2", depthwise=True)
+    assert tg.loc["conv cupy fp16 >= 0.8x cuDNN (MobileNetV2 pointwise)", "planned"] == 2 * layers("mobilenetv2")
+    assert math.isnan(tg.loc["energy <= 1.0x cudnn where at least as fast (resnet50)", "planned"])
+    assert bench._points_cell(bf16) == f"3 of {2 * layers('resnet50')}" and bench._verdict_cell(bf16) == "MET, partial"
+    missing = tg.loc["conv triton bf16 >= 0.95x cuDNN (VGG-16)"]
+    assert bench._points_cell(missing) == f"0 of {2 * layers('vgg16')}" and bench._verdict_cell(missing) == "n/a"
 
 
 def test_depthwise_layers_are_judged_by_the_depthwise_targets_only() -> None:

@@ -233,24 +233,47 @@ def _flag(ratio: float, path: object, same_kernels: bool) -> str:
     return NOT_AT_ITS_BEST
 
 
-def targets(tab: pd.DataFrame) -> pd.DataFrame:
-    """Each performance target: the geometric mean over its rows, the worst row, and whether it is met."""
+def planned_rows() -> pd.DataFrame:
+    """Every (point, implementation) row the bench's sets plan, with what the targets select rows
+    by: set, layer, implementation, dtype, pass and whether it is a depthwise convolution."""
+    rows = []
+    for name in LAYERS:
+        s = sweep.load_sweep(BENCH_DIR / f"{name}.toml")
+        for p in s.points:
+            if p.spec is None:  # an invalid point is recorded as such, never measured
+                continue
+            depthwise = bool(getattr(p.spec, "depthwise", False))
+            rows += [{"experiment": s.experiment, "layer": p.layer, "impl": impl, "dtype": p.dtype,
+                      "direction": p.spec.direction, "depthwise": depthwise} for impl in p.implementations]
+    return pd.DataFrame(rows)
+
+
+def _selected(df: pd.DataFrame, t: Target, passes: pd.Series, depthwise: pd.Series) -> pd.DataFrame:
+    return df[(df["layer"] == t.layer) & (df["impl"] == t.impl) & df["dtype"].isin(t.dtypes)
+              & (passes == t.direction) & (df["experiment"] == t.experiment) & (depthwise == t.depthwise)]
+
+
+def targets(tab: pd.DataFrame, planned: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each performance target: the geometric mean over its rows, the worst row, and whether it is met;
+    with ``planned`` (``planned_rows``), also how many rows its set plans (``planned``)."""
     rows = []
     passes, dw = directions(tab), depthwise_rows(tab)
     for t in TARGETS:
-        sel = tab[(tab["layer"] == t.layer) & (tab["impl"] == t.impl) & tab["dtype"].isin(t.dtypes)
-                  & (passes == t.direction) & (tab["experiment"] == t.experiment) & (dw == t.depthwise)]
+        sel = _selected(tab, t, passes, dw)
         # What a kernel running exactly as fast as a copy of the same bytes would score: a copy target
         # above it cannot be met by any kernel that moves the minimum bytes, at these sizes.
         bound = geomean(sel["ceiling"] / sel["sized_copy"]) if t.column == "ceiling" and len(sel) else math.nan
-        rows.append(_judge(t.text, sel, t.column, t.threshold, t.floor) | {"copy_bound": bound})
+        planned_n = (len(_selected(planned, t, planned["direction"], planned["depthwise"]))
+                     if planned is not None and len(planned) else math.nan)
+        rows.append(_judge(t.text, sel, t.column, t.threshold, t.floor) | {"copy_bound": bound, "planned": planned_n})
     # Energy: on every point where a custom kernel is at least as fast as the reference, at most its J/launch.
     for exp, layer in TARGETED.items():
         ref = ENERGY_REFERENCE[layer]
         sel = tab[(tab["experiment"] == exp) & tab["impl"].isin(CUSTOM)]
         sel = sel[sel[f"x_{ref}"] >= 1.0] if f"x_{ref}" in sel else sel.iloc[:0]
         text = f"energy <= {ENERGY_BOUND:.1f}x {ref} where at least as fast ({exp.removeprefix('bench_')})"
-        rows.append(_judge(text, sel, f"e_{ref}", ENERGY_BOUND, ENERGY_BOUND, at_most=True))
+        # Which points are as fast is known only once measured: no planned count.
+        rows.append(_judge(text, sel, f"e_{ref}", ENERGY_BOUND, ENERGY_BOUND, at_most=True) | {"planned": math.nan})
     return pd.DataFrame(rows)
 
 
@@ -310,7 +333,23 @@ def _references_section(tab: pd.DataFrame) -> list[str]:
                             "ref / torch", ""], table_rows), "", verdict, ""]
 
 
-def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
+def _points_cell(row: pd.Series) -> str:
+    """``13 of 23`` where the set plans more rows than were measured, else the count."""
+    planned = row.get("planned")
+    if planned is None or pd.isna(planned) or row["points"] >= planned:
+        return str(row["points"])
+    return f"{row['points']} of {int(planned)}"
+
+
+def _verdict_cell(row: pd.Series) -> str:
+    planned = row.get("planned")
+    partial = row["verdict"] != "n/a" and planned is not None and not pd.isna(planned) and row["points"] < planned
+    return f"{row['verdict']}, partial" if partial else row["verdict"]
+
+
+def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame | None = None) -> str:
+    """The bench's report: ceilings, references against torch, every row, the targets' verdicts;
+    with ``planned`` (``planned_rows``), each target says how many of its set's rows were measured."""
     rates = ", ".join(f"{d} {v:.0f}" for d, v in ceilings["matmul_tflops"].items())
     methods = ceilings.get("copy_methods") or {}
     copies = "".join(f"; {m} {v:.0f}" for m, v in methods.items())
@@ -338,15 +377,17 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict) -> str:
                      *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
                      fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs]])
     lines += [markdown_table(headers, rows), "", "### Targets (geometric means per bench set)", ""]
-    tg = targets(tab)
+    tg = targets(tab, planned)
     lines.append(markdown_table(
         ["target", "points", "geomean", "floor", "worst", "worst point", "same-size copy", "verdict"],
-        [[r["target"], r["points"], fmt_number(r["geomean"], ".3f"), fmt_number(r["floor"], ".2f"),
+        [[r["target"], _points_cell(r), fmt_number(r["geomean"], ".3f"), fmt_number(r["floor"], ".2f"),
           fmt_number(r["worst"], ".3f"),
           r["worst_point"] + (f" ({r['below_floor']} past the floor)" if r["below_floor"] else ""),
-          fmt_number(r.get("copy_bound"), ".3f"), r["verdict"]] for _, r in tg.iterrows()]))
+          fmt_number(r.get("copy_bound"), ".3f"), _verdict_cell(r)] for _, r in tg.iterrows()]))
     lines += ["", "A target is met when its geomean is and no point is past its floor (energy: an upper bound on "
               "every point); a missed target names its worst point (set, point, pass, dtype, layout).",
+              "partial: judged on the points measured so far (`13 of 23`); `layerbench bench --resume` measures "
+              "the rest.",
               "same-size copy (bandwidth targets): the geomean a kernel would score if it ran as fast as "
               "the copy of its bytes at every point; a target above it is out of reach at these sizes."]
     passes = directions(tab)
