@@ -4,10 +4,13 @@ With a 1x1 filter, stride 1, no padding and one group, an NHWC convolution is ex
 connected layer: the input is an (N*H*W, C) row-major matrix, the weight a (K, C) one and the
 output (N*H*W, K), so out = x @ W^T + b with no gather at all; its gradients are the linear
 layer's too.  These are the views of the convolution's own memory that the linear builds run on
-(nothing is copied), and the reason a point is no such GEMM.
+(nothing is copied), and the reason a point is no such GEMM.  A strided 1x1 convolution is the
+same GEMM over the input's pixels on the stride's grid (``subsampled``), once they are copied out.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -28,6 +31,12 @@ def pointwise_refusal(spec: Conv2d, layout: str) -> str | None:
     if spec.groups != 1:
         return f"the GEMM view needs one group, this point has {spec.groups}"
     return None
+
+
+def subsampled(spec: Conv2d) -> Conv2d:
+    """A strided 1x1 convolution without padding reads only the input's pixels on the stride's grid:
+    it is the stride-1 convolution of the same filter over those pixels (a P x Q plane)."""
+    return dataclasses.replace(spec, height=spec.out_height, width=spec.out_width, stride=1, stride_h=1, stride_w=1)
 
 
 def matrix(t: torch.Tensor, rows: int, cols: int, name: str) -> torch.Tensor:

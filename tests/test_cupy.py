@@ -445,6 +445,27 @@ def test_conv2d_pointwise_times_the_wgmma_gemm() -> None:
     assert details["implicit_gemm_ms"] > 0 and details["wgmma_gemm_ms"] > 0, details
 
 
+# Strided 1x1 NHWC convolutions (a ResNet projection; odd sizes, a stride per axis): the copy of the
+# pixels on the stride's grid, then the wgmma GEMM.
+STRIDED_POINTWISE = {"resnet-proj-256-512/2": Conv2d(4, 256, 512, 56, 56, 1, 1, stride=2, bias=False),
+                     "odd-2x3": Conv2d(3, 40, 24, 29, 31, 1, 1, stride_h=2, stride_w=3)}
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(STRIDED_POINTWISE))
+def test_conv2d_strided_pointwise_alone(name: str, dtype: str) -> None:
+    skip_unless_hopper()
+    assert_ok(cupy_conv2d.build_strided_pointwise, STRIDED_POINTWISE[name], dtype, "NHWC")
+
+
+@gpu
+def test_conv2d_strided_pointwise_is_timed_beside_the_implicit_gemm() -> None:
+    skip_unless_hopper()
+    details = built_details("conv2d", STRIDED_POINTWISE["resnet-proj-256-512/2"], "bf16", "NHWC")
+    assert details["implicit_gemm_ms"] > 0 and details["strided_wgmma_gemm_ms"] > 0, details
+
+
 # The implicit GEMM on wgmma alone, every conv field: 16-byte channel runs (copied to NHWC from
 # NCHW) and element-wise ones, stride, padding, dilation, groups, split-K, odd sizes.
 WGMMA_CONV = {"resnet-3x3-128": Conv2d(4, 128, 128, 28, 28, 3, 3, padding=1),
@@ -483,6 +504,17 @@ def test_linear_wgmma_says_what_it_cannot_run(spec: Linear, dtype: str, reason: 
     tensors = make_tensors(spec, dtype, "NCHW", "cpu")
     with pytest.raises(Unsupported, match=reason):
         linear_wgmma.check_layer(spec, get_dtype(dtype), tensors, make_output(spec, tensors), 0)
+
+
+@pytest.mark.parametrize("spec, reason", [
+    (Conv2d(2, 16, 8, 9, 9, 1, 1, stride=2, padding=1), "no padding"),
+    (Conv2d(2, 16, 8, 9, 9, 3, 3, stride=2), "1x1 filter"),
+    (Conv2d(2, 16, 8, 9, 9, 1, 1), "stride 1: the pointwise GEMM runs it"),
+], ids=str)
+def test_strided_pointwise_says_what_it_cannot_run(spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, "bf16", "NHWC", "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        cupy_conv2d.build_strided_pointwise(spec, get_dtype("bf16"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
 
 
 def test_linear_wgmma_refuses_a_strided_input() -> None:

@@ -12,7 +12,8 @@ chance, both are built and timed on the real buffers and the faster is kept, as 
 for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  On Hopper, in fp16
 and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a
 pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
-linear_wgmma.cu's GEMM on views of its tensors.  A wgmma path competes only after its output on
+linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
+the stride's grid to a buffer (layout.cu), since the implicit GEMM is the slower path there.  A wgmma path competes only after its output on
 the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
@@ -31,7 +32,7 @@ import torch
 
 from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources, support
 from kernels.cupy.fft_plan import fft_plan
-from kernels.pointwise_views import forward_views, pointwise_refusal
+from kernels.pointwise_views import forward_views, pointwise_refusal, subsampled
 from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -50,6 +51,39 @@ def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.
                             [support.ptr(t), support.ptr(dst), support.i32(c), support.i32(h * w)],
                             index, keep=(t, dst))
     return dst, launch
+
+
+def build_strided_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """A strided 1x1 NHWC convolution without padding: the input's pixels on the stride's grid
+    copied to a dense buffer (layout.cu's subsample_nhwc, inside the timed call), then the wgmma
+    GEMM of the stride-1 convolution over them (``pointwise_views.subsampled``)."""
+    dense = subsampled(spec)
+    reason = pointwise_refusal(dense, layout)
+    if reason or (spec.stride_h, spec.stride_w) == (1, 1):
+        raise Unsupported(reason or "stride 1: the pointwise GEMM runs it on the input itself")
+    x = tensors["x"]
+    index = support.check_tensors(dtype, {"x": x, "out": out})
+    linear_wgmma.check_dtype(dtype)  # before any copy
+    linear_wgmma.check_gpu(index)
+    row_bytes = spec.in_channels * x.element_size()
+    if row_bytes % 16 or x.data_ptr() % 16 or not x.is_contiguous(memory_format=torch.channels_last):
+        raise Unsupported(f"the subsampling copy moves 16-byte chunks of dense NHWC pixels: in_channels "
+                          f"{spec.in_channels} of {x.element_size()}-byte elements")
+    pixels = torch.empty((spec.batch, spec.in_channels, dense.height, dense.width), dtype=x.dtype, device=x.device,
+                         memory_format=torch.channels_last)
+    chunks = row_bytes // 16
+    total = spec.batch * dense.height * dense.width * chunks
+    i32 = support.i32
+    copy = support.Launch(support.function("layout", sources.SUBSAMPLE_NHWC, index), (-(-total // 256), 1, 1),
+                          (256, 1, 1), [support.ptr(x), support.ptr(pixels), support.i64(total), i32(chunks),
+                                        i32(dense.height), i32(dense.width), i32(spec.height), i32(spec.width),
+                                        i32(spec.stride_h), i32(spec.stride_w)], index, keep=(x, pixels))
+    copy()  # the GEMM's build times its variants on the copied pixels
+    gemm_spec, views, out_matrix = forward_views(dense, layout, {**tensors, "x": pixels}, out)
+    gemm = linear_wgmma.build_wgmma(gemm_spec, dtype, views, out_matrix)
+    kernel = in_order(copy, gemm.launch)
+    support.check_result(kernel, spec, dtype, tensors, out, "the strided pointwise GEMM")
+    return Built(kernel, {"gemm": dict(gemm.details)})
 
 
 def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, wgmma: bool = False) -> Kernel:
@@ -106,7 +140,8 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
           description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
                       "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
                       "for fp32 an FFT convolution instead where it times faster at build; on Hopper in "
-                      "fp16/bf16 also on wgmma (and pointwise NHWC as the wgmma GEMM), the faster kept; depthwise: "
+                      "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
+                      "pixels they read), the faster kept; depthwise: "
                       "direct memory-bound kernels (fp32 FMA)")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)
@@ -134,8 +169,14 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         support.check_result(kernel, spec, dtype, tensors, out, "the wgmma implicit GEMM")
         return kernel
 
-    # A 1x1 NHWC convolution is a plain GEMM (on Hopper also the wgmma one): no FFT for it.
-    other = ("wgmma_gemm", wgmma_gemm) if pointwise_refusal(spec, layout) is None else ("fft", fft)
+    # A 1x1 NHWC convolution is a plain GEMM (on Hopper also the wgmma one), a strided one after a
+    # copy of the pixels it reads: no FFT for either.
+    if pointwise_refusal(spec, layout) is None:
+        other = ("wgmma_gemm", wgmma_gemm)
+    elif pointwise_refusal(subsampled(spec), layout) is None:
+        other = ("strided_wgmma_gemm", lambda: build_strided_pointwise(spec, dtype, layout, tensors, out))
+    else:
+        other = ("fft", fft)
     return fastest_of("implicit_gemm", gemm, [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm)],
                       lambda k: selection_ms(k, out.device),
                       after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback

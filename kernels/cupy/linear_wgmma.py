@@ -51,10 +51,20 @@ def tma_shared_bytes(block_n: int, stages: int) -> int:
     return shared_bytes(block_n, stages) + BLOCK_M * block_n * 2
 
 
-def check_layer(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int) -> None:
-    """Raise Unsupported unless the wgmma GEMM can run this layer on GPU ``index``."""
+def check_dtype(dtype: DType) -> None:
     if dtype.name not in ("fp16", "bf16"):
         raise Unsupported(f"the wgmma GEMM runs fp16 and bf16, not {dtype.name}")
+
+
+def check_gpu(index: int) -> None:
+    cc = support.capability(index)
+    if cc != (9, 0):
+        raise Unsupported(f"the wgmma GEMM is sm_90a code (compute capability 9.0); this GPU has {cc[0]}.{cc[1]}")
+
+
+def check_layer(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int) -> None:
+    """Raise Unsupported unless the wgmma GEMM can run this layer on GPU ``index``."""
+    check_dtype(dtype)
     if spec.in_features % 8:
         raise Unsupported(f"the wgmma GEMM needs in_features a multiple of 8 (16-byte rows), got {spec.in_features}")
     for name, t in _operands(spec, tensors, out).items():
@@ -64,9 +74,7 @@ def check_layer(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
             raise Unsupported(f"the wgmma GEMM needs a contiguous {name}")
         if t.data_ptr() % 16:
             raise Unsupported(f"the wgmma GEMM needs {name} 16-byte aligned (cp.async, TMA)")
-    cc = support.capability(index)
-    if cc != (9, 0):
-        raise Unsupported(f"the wgmma GEMM is sm_90a code (compute capability 9.0); this GPU has {cc[0]}.{cc[1]}")
+    check_gpu(index)
 
 
 def _operands(spec: Linear, tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor | None]:

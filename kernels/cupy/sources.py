@@ -83,6 +83,9 @@ def to_channels_last_name(ctype: str) -> str:
     return f"to_channels_last<{ctype}>"
 
 
+SUBSAMPLE_NHWC = "subsample_nhwc"  # layout.cu: the pixels on a stride's grid (16-byte chunks, any dtype)
+
+
 def relu_backward_name(ctype: str) -> str:
     return f"relu_backward<{ctype}>"
 
@@ -207,7 +210,7 @@ SOURCES: dict[str, Source] = {
         [igemm_name("float", False, a, gr) for a in (True, False) for gr in (False, True)]
         + [igemm_name(t, True, a, gr) for t in STORAGE_TYPES for a in (True, False) for gr in (False, True)]
         + [reduce_name(t) for t in STORAGE_TYPES])),
-    "layout": Source("layout.cu", tuple(to_channels_last_name(t) for t in STORAGE_TYPES)),
+    "layout": Source("layout.cu", (*(to_channels_last_name(t) for t in STORAGE_TYPES), SUBSAMPLE_NHWC)),
     "relu_backward": Source("relu_backward.cu", tuple(relu_backward_name(t) for t in STORAGE_TYPES)),
     "pool2d_backward": Source("pool2d_backward.cu", tuple(
         [pool_backward_name(t, m, lt) for t in STORAGE_TYPES for m in POOL_METHODS for lt in POOL_LAYOUTS]
