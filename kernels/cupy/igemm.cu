@@ -245,12 +245,17 @@ __device__ __forceinline__ long long out_base(int m, int OHW, int OW, long long 
 
 // The k loop shared by the kernels: compute(stage) multiplies one staged tile.  Tile t lives in
 // stage t % STAGES.  Every iteration commits one cp.async group (empty past the last tile), so
-// waiting until at most STAGES - 2 groups are pending means tile t has landed.  ASYNC_READS: the
-// tensor cores read the tiles through the async proxy (wgmma), so each thread fences its own
-// writes to that proxy before the barrier that hands the tile over.
-template <typename T, bool AVEC, int NT, bool ASYNC_READS = false, typename Compute>
+// waiting until at most STAGES - 2 - LAG groups are pending means tile t has landed.  ASYNC_READS:
+// the tensor cores read the tiles through the async proxy (wgmma), so each thread fences its own
+// writes to that proxy before the barrier that hands the tile over.  LAG: how many tiles'
+// multiplies compute may leave running when it returns (asynchronous wgmma batches, waited for
+// down to LAG); the loads then run STAGES - 1 - LAG tiles ahead, so that the stage an iteration
+// refills is one whose multiply has finished.
+template <typename T, bool AVEC, int NT, bool ASYNC_READS = false, int LAG = 0, typename Compute>
 __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem, int m0, int n0,
                                        int kbeg, int kend, Compute&& compute) {
+    static_assert(LAG >= 0 && STAGES - 1 - LAG >= 1, "the loads must run at least one tile ahead");
+    constexpr int AHEAD = STAGES - 1 - LAG;
     typedef TileLoader<T, AVEC, NT> Loader;
     const int tid = threadIdx.x;
     Loader ld;
@@ -259,7 +264,7 @@ __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem,
     if (ntiles <= 0) return;
     auto stage = [smem](int t) { return smem + (t % STAGES) * STAGE_BYTES; };
 #pragma unroll
-    for (int t = 0; t < STAGES - 1; ++t) {
+    for (int t = 0; t < AHEAD; ++t) {
         if (t < ntiles) {
             unsigned char* s = stage(t);
             ld.issue(p, n0, kbeg + t * Loader::KT, s, s + BM * ROW_BYTES, tid);
@@ -268,12 +273,12 @@ __device__ __forceinline__ void k_loop(const Problem<T>& p, unsigned char* smem,
         lb::cp_async_commit();
     }
     for (int t = 0; t < ntiles; ++t) {
-        lb::cp_async_wait_group<STAGES - 2>();
+        lb::cp_async_wait_group<AHEAD - 1>();
         if constexpr (ASYNC_READS) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        // Tile t is complete for every thread, and every warp is done with tile t - 1, whose
+        // Tile t is complete for every thread, and every warp is done with tile t - 1 - LAG, whose
         // stage the next issue refills.
         __syncthreads();
-        const int next = t + STAGES - 1;
+        const int next = t + AHEAD;
         unsigned char* s = stage(next);
         const bool more = next < ntiles;
         if (more) ld.issue(p, n0, kbeg + next * Loader::KT, s, s + BM * ROW_BYTES, tid);

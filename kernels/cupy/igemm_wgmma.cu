@@ -5,9 +5,11 @@
 // 16-byte chunks swizzled as chunk c ^ ((row / 2) % 4): exactly the 64-byte swizzle that wgmma's
 // descriptors name, so the tensor cores read the staged tiles in place, with no ldmatrix and no
 // fragment in registers.  One warpgroup (the block's 128 threads) computes the 128 x 128 tile as
-// two 64 x 128 halves, two k steps of 16 a tile (four wgmma); the batch is waited for before the
-// k loop's barrier, which is what lets the loop refill the stage.  The stages start on a 512-byte
-// boundary, the swizzle's period.
+// two 64 x 128 halves, two k steps of 16 a tile (four wgmma).  A tile's batch keeps running while
+// the loop waits for the next tile and issues its loads (k_loop's LAG = 1: each batch waits only
+// for the one before it, and the loads run two tiles ahead instead of three, so that the stage
+// refilled is never one a batch still reads).  The stages start on a 512-byte boundary, the
+// swizzle's period.
 #include "layerbench_common.cuh"
 #include "wgmma.cuh"
 #include "igemm.cu"
@@ -30,7 +32,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) igemm_wgmma(IGEMM_PARAMS(T)) {
 #pragma unroll
         for (int r = 0; r < BN / 2; ++r) acc[i][r] = 0.0f;
 
-    k_loop<T, AVEC, MMA_THREADS, true>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
+    k_loop<T, AVEC, MMA_THREADS, true, 1>(p, smem, m0, n0, kbeg, kend, [&](unsigned char* sa, unsigned char* sb) {
         const unsigned a = lb::smem_addr(sa), b = lb::smem_addr(sb);
         wg::wgmma_fence();
 #pragma unroll
@@ -40,8 +42,9 @@ __global__ void __launch_bounds__(MMA_THREADS, 2) igemm_wgmma(IGEMM_PARAMS(T)) {
                 wg::Wgmma<T, BN>::run(acc[i], wg::descriptor_64b(a + i * 64 * ROW_BYTES + ks * 32),
                                       wg::descriptor_64b(b + ks * 32));
         wg::wgmma_commit();
-        wg::wgmma_wait<0>();
+        wg::wgmma_wait<1>();  // the previous tile's batch: its stage is refilled next
     });
+    wg::wgmma_wait<0>();
 
     // Accumulator layout (per warp, as mma.sync's m16n8 tiles side by side): acc[i][4j + 2h + e]
     // holds row 64 i + 16 warp + lane / 4 + 8 h, column 8 j + 2 (lane % 4) + e.
