@@ -21,7 +21,7 @@
 //              (N x (N/2 + 1)).  The same half spectrum as fft_forward's, without transforming the
 //              N x N grid that is zero past the window.
 // fft_cgemm:   per frequency, Y[b][k] = sum_c X[b][c] * conj(W[k][c]): a block takes 4
-//              consecutive frequencies x 32 images x 32 output channels, c in stages of 8.
+//              consecutive frequencies x 64 images x 32 output channels, c in stages of 8.
 // fft_inverse: a block takes output planes as fft_forward does: column inverse FFTs, then the
 //              rows the crop keeps, two at a time (the Hermitian half spectra as one complex
 //              FFT), scaled by 1 / N^2, bias added, written through the output's strides.
@@ -32,7 +32,7 @@ namespace {
 // fft_cgemm's tiles; must match _fft_plan.
 constexpr int GEMM_THREADS = 256;
 constexpr int FT = 4;   // frequencies per block: 32 bytes of each (plane, c) row
-constexpr int BT = 32;  // images per block
+constexpr int BT = 64;  // images per block: 8 a thread
 constexpr int KT = 32;  // output channels per block
 constexpr int CT = 8;   // input channels per stage
 constexpr int GEMM_STAGES = 3;
@@ -386,14 +386,16 @@ __global__ void __launch_bounds__(WEIGHT_THREADS) fft_weight(
 }
 
 // y[(b * K + k) * F + f] = sum_c x[(b * C + c) * F + f] * conj(w[(k * C + c) * F + f]).
-// Warp wb holds images 4 wb .. 4 wb + 3 of the tile; lane = 4 kg + fl: frequency fl, channels
-// kg + 8 j.  A warp's reads of one A row are 4 frequencies broadcast to 8 lanes each, of B 256
-// contiguous bytes: no shared-memory conflicts.  cp.async moves 16-byte halves of each
+// Warp wb holds images 8 wb .. 8 wb + 7 of the tile; lane = 4 kg + fl: frequency fl, channels
+// kg + 8 j.  Eight images by four channels a thread: 12 shared-memory reads (8 of them broadcasts)
+// feed 128 FMAs.  A warp's reads of one A row are 4 frequencies broadcast to 8 lanes each, of B
+// 256 contiguous bytes: no shared-memory conflicts.  cp.async moves 16-byte halves of each
 // 32-byte (plane, c) row; F is a multiple of 4, so rows never straddle a tile.
 __global__ void __launch_bounds__(GEMM_THREADS) fft_cgemm(const float2* x, const float2* w, float2* y,
                                                          int B, int C, int K, int F) {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int A_ELEMS = CT * BT * FT, B_ELEMS = CT * KT * FT;
+    constexpr int IMAGES = BT / (GEMM_THREADS / 32);  // a warp's images
     float2* sa = reinterpret_cast<float2*>(smem);           // [GEMM_STAGES][CT][BT][FT]
     float2* sb = sa + GEMM_STAGES * A_ELEMS;                 // [GEMM_STAGES][CT][KT][FT]
     const int k0 = blockIdx.x * KT, b0 = blockIdx.y * BT, f0 = blockIdx.z * FT;
@@ -401,25 +403,30 @@ __global__ void __launch_bounds__(GEMM_THREADS) fft_cgemm(const float2* x, const
     const int fl = lane & 3, kg = lane >> 2;
 
     auto issue = [&](int stage, int c0) {
-        // A and B each: CT * 32 rows of 2 chunks = 512 chunks, two per thread.
+        // A: CT * BT rows of 2 chunks, B: CT * KT rows of 2 chunks; row = c * rows + (b or k).
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
+        for (int q = 0; q < 2 * CT * BT / GEMM_THREADS; ++q) {
             const int idx = tid + GEMM_THREADS * q;
-            const int half = idx & 1, row = idx >> 1;  // row = c * 32 + (b or k)
-            const int c = row >> 5, n = row & 31;
-            const bool c_ok = c0 + c < C;
-            const bool a_ok = c_ok && b0 + n < B;
-            const float2* a_src = a_ok ? x + (static_cast<long long>(b0 + n) * C + c0 + c) * F + f0 + 2 * half : x;
-            lb::cp_async16(lb::smem_addr(sa + stage * A_ELEMS + row * FT + 2 * half), a_src, a_ok);
-            const bool b_ok = c_ok && k0 + n < K;
-            const float2* b_src = b_ok ? w + (static_cast<long long>(k0 + n) * C + c0 + c) * F + f0 + 2 * half : w;
-            lb::cp_async16(lb::smem_addr(sb + stage * B_ELEMS + row * FT + 2 * half), b_src, b_ok);
+            const int half = idx & 1, row = idx >> 1;
+            const int c = row / BT, n = row % BT;
+            const bool ok = c0 + c < C && b0 + n < B;
+            const float2* src = ok ? x + (static_cast<long long>(b0 + n) * C + c0 + c) * F + f0 + 2 * half : x;
+            lb::cp_async16(lb::smem_addr(sa + stage * A_ELEMS + row * FT + 2 * half), src, ok);
+        }
+#pragma unroll
+        for (int q = 0; q < 2 * CT * KT / GEMM_THREADS; ++q) {
+            const int idx = tid + GEMM_THREADS * q;
+            const int half = idx & 1, row = idx >> 1;
+            const int c = row / KT, n = row % KT;
+            const bool ok = c0 + c < C && k0 + n < K;
+            const float2* src = ok ? w + (static_cast<long long>(k0 + n) * C + c0 + c) * F + f0 + 2 * half : w;
+            lb::cp_async16(lb::smem_addr(sb + stage * B_ELEMS + row * FT + 2 * half), src, ok);
         }
     };
 
-    float2 acc[4][4];
+    float2 acc[IMAGES][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < IMAGES; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = make_float2(0.0f, 0.0f);
 
@@ -435,17 +442,17 @@ __global__ void __launch_bounds__(GEMM_THREADS) fft_cgemm(const float2* x, const
         const int next = t + GEMM_STAGES - 1;
         if (next < ntiles) issue(next % GEMM_STAGES, next * CT);
         lb::cp_async_commit();
-        const float2* as = sa + (t % GEMM_STAGES) * A_ELEMS + (4 * wb) * FT + fl;
+        const float2* as = sa + (t % GEMM_STAGES) * A_ELEMS + (IMAGES * wb) * FT + fl;
         const float2* bs = sb + (t % GEMM_STAGES) * B_ELEMS + kg * FT + fl;
 #pragma unroll
         for (int c = 0; c < CT; ++c) {
-            float2 a[4], b[4];
+            float2 a[IMAGES], b[4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = as[(c * BT + i) * FT];
+            for (int i = 0; i < IMAGES; ++i) a[i] = as[(c * BT + i) * FT];
 #pragma unroll
             for (int j = 0; j < 4; ++j) b[j] = bs[(c * KT + 8 * j) * FT];
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
+            for (int i = 0; i < IMAGES; ++i)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     // a * conj(b)
@@ -456,8 +463,8 @@ __global__ void __launch_bounds__(GEMM_THREADS) fft_cgemm(const float2* x, const
     }
 
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int b = b0 + 4 * wb + i;
+    for (int i = 0; i < IMAGES; ++i) {
+        const int b = b0 + IMAGES * wb + i;
         if (b >= B) continue;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {

@@ -13,7 +13,7 @@ from layerbench.layers import Conv2d
 
 # Must match fft_conv.cu.
 GEMM_THREADS = 256
-FT, BT, KT, CT = 4, 32, 32, 8  # fft_cgemm's block: frequencies, images, output channels, c per stage
+FT, BT, KT, CT = 4, 64, 32, 8  # fft_cgemm's block: frequencies, images, output channels, c per stage
 GEMM_STAGES = 3
 COMPLEX_BYTES = 8
 GEMM_SHARED_BYTES = GEMM_STAGES * CT * (BT + KT) * FT * COMPLEX_BYTES
