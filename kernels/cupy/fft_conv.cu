@@ -385,6 +385,23 @@ __global__ void __launch_bounds__(WEIGHT_THREADS) fft_weight(
     }
 }
 
+// fft_cgemm's staging of one operand: CT * ROWS rows (row = c * ROWS + n: plane first + n,
+// channel c0 + c) of FT frequencies from f0, two 16-byte halves a row; zeros past the planes
+// (count) and the channels (C).
+template <int ROWS>
+__device__ __forceinline__ void stage_rows(float2* dst, const float2* src, int first, int count, int C, int c0,
+                                           int F, int f0, int tid) {
+#pragma unroll
+    for (int q = 0; q < 2 * CT * ROWS / GEMM_THREADS; ++q) {
+        const int idx = tid + GEMM_THREADS * q;
+        const int half = idx & 1, row = idx >> 1;
+        const int c = row / ROWS, n = row % ROWS;
+        const bool ok = c0 + c < C && first + n < count;
+        const float2* from = ok ? src + (static_cast<long long>(first + n) * C + c0 + c) * F + f0 + 2 * half : src;
+        lb::cp_async16(lb::smem_addr(dst + row * FT + 2 * half), from, ok);
+    }
+}
+
 // y[(b * K + k) * F + f] = sum_c x[(b * C + c) * F + f] * conj(w[(k * C + c) * F + f]).
 // Warp wb holds images 8 wb .. 8 wb + 7 of the tile; lane = 4 kg + fl: frequency fl, channels
 // kg + 8 j.  Eight images by four channels a thread: 12 shared-memory reads (8 of them broadcasts)
@@ -403,25 +420,8 @@ __global__ void __launch_bounds__(GEMM_THREADS) fft_cgemm(const float2* x, const
     const int fl = lane & 3, kg = lane >> 2;
 
     auto issue = [&](int stage, int c0) {
-        // A: CT * BT rows of 2 chunks, B: CT * KT rows of 2 chunks; row = c * rows + (b or k).
-#pragma unroll
-        for (int q = 0; q < 2 * CT * BT / GEMM_THREADS; ++q) {
-            const int idx = tid + GEMM_THREADS * q;
-            const int half = idx & 1, row = idx >> 1;
-            const int c = row / BT, n = row % BT;
-            const bool ok = c0 + c < C && b0 + n < B;
-            const float2* src = ok ? x + (static_cast<long long>(b0 + n) * C + c0 + c) * F + f0 + 2 * half : x;
-            lb::cp_async16(lb::smem_addr(sa + stage * A_ELEMS + row * FT + 2 * half), src, ok);
-        }
-#pragma unroll
-        for (int q = 0; q < 2 * CT * KT / GEMM_THREADS; ++q) {
-            const int idx = tid + GEMM_THREADS * q;
-            const int half = idx & 1, row = idx >> 1;
-            const int c = row / KT, n = row % KT;
-            const bool ok = c0 + c < C && k0 + n < K;
-            const float2* src = ok ? w + (static_cast<long long>(k0 + n) * C + c0 + c) * F + f0 + 2 * half : w;
-            lb::cp_async16(lb::smem_addr(sb + stage * B_ELEMS + row * FT + 2 * half), src, ok);
-        }
+        stage_rows<BT>(sa + stage * A_ELEMS, x, b0, B, C, c0, F, f0, tid);
+        stage_rows<KT>(sb + stage * B_ELEMS, w, k0, K, C, c0, F, f0, tid);
     };
 
     float2 acc[IMAGES][4];
