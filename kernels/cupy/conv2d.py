@@ -13,8 +13,8 @@ for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  O
 and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a
 pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
 linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
-the stride's grid to a buffer (layout.cu), since the implicit GEMM is the slower path there.  A wgmma path competes only after its output on
-the layer's own tensors has passed the float64 check.
+the stride's grid to a buffer (layout.cu).  A wgmma path competes only after its output on the
+layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
 Implicit GEMM:
