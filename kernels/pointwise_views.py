@@ -33,9 +33,23 @@ def pointwise_refusal(spec: Conv2d, layout: str) -> str | None:
     return None
 
 
+def strided_refusal(spec: Conv2d, layout: str) -> str | None:
+    """Why this point is no strided 1x1 convolution that ``subsampled`` makes a plain GEMM (None
+    where it is one)."""
+    if (spec.kernel_h, spec.kernel_w) != (1, 1):
+        return f"the GEMM view needs a 1x1 filter, this point has {spec.kernel_h}x{spec.kernel_w}"
+    if (spec.padding_h, spec.padding_w) != (0, 0):
+        return f"the strided GEMM view needs no padding, this point has padding {spec.padding_h}x{spec.padding_w}"
+    if (spec.stride_h, spec.stride_w) == (1, 1):
+        return "stride 1: the pointwise GEMM runs it on the input itself"
+    return pointwise_refusal(subsampled(spec), layout)
+
+
 def subsampled(spec: Conv2d) -> Conv2d:
     """A strided 1x1 convolution without padding reads only the input's pixels on the stride's grid:
     it is the stride-1 convolution of the same filter over those pixels (a P x Q plane)."""
+    if (spec.kernel_h, spec.kernel_w, spec.padding_h, spec.padding_w) != (1, 1, 0, 0):
+        raise ValueError(f"subsampled takes unpadded 1x1 convolutions, not {spec}")
     return dataclasses.replace(spec, height=spec.out_height, width=spec.out_width, stride=1, stride_h=1, stride_w=1)
 
 

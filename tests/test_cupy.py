@@ -34,7 +34,7 @@ from layerbench.testing import (
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
 from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
 from kernels.cupy import linear_wgmma  # noqa: E402
-from kernels.pointwise_views import forward_views  # noqa: E402
+from kernels.pointwise_views import forward_views, strided_refusal, subsampled  # noqa: E402
 
 gpu = pytest.mark.gpu
 DEVICE = "cuda"
@@ -504,6 +504,19 @@ def test_linear_wgmma_says_what_it_cannot_run(spec: Linear, dtype: str, reason: 
     tensors = make_tensors(spec, dtype, "NCHW", "cpu")
     with pytest.raises(Unsupported, match=reason):
         linear_wgmma.check_layer(spec, get_dtype(dtype), tensors, make_output(spec, tensors), 0)
+
+
+def test_strided_pointwise_view() -> None:
+    """A strided unpadded 1x1 convolution is the stride-1 one over the pixels on the stride's grid;
+    any other point is refused by name before a view is made (a 3x3 window would not fit the plane)."""
+    spec = Conv2d(2, 16, 8, 9, 10, 1, 1, stride_h=2, stride_w=3)
+    dense = subsampled(spec)
+    assert (dense.height, dense.width, dense.stride_h, dense.stride_w) == (5, 4, 1, 1)
+    assert dense.output_shape == spec.output_shape and strided_refusal(spec, "NHWC") is None
+    window = Conv2d(2, 8, 6, 9, 7, 3, 3, stride_h=2, stride_w=1, padding_h=1, padding_w=0, dilation=2, groups=2)
+    assert "1x1 filter" in strided_refusal(window, "NHWC")
+    with pytest.raises(ValueError, match="unpadded 1x1"):
+        subsampled(window)
 
 
 @pytest.mark.parametrize("spec, reason", [

@@ -32,7 +32,7 @@ import torch
 
 from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources, support
 from kernels.cupy.fft_plan import fft_plan
-from kernels.pointwise_views import forward_views, pointwise_refusal, subsampled
+from kernels.pointwise_views import forward_views, pointwise_refusal, strided_refusal, subsampled
 from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -57,10 +57,10 @@ def build_strided_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Te
     """A strided 1x1 NHWC convolution without padding: the input's pixels on the stride's grid
     copied to a dense buffer (layout.cu's subsample_nhwc, inside the timed call), then the wgmma
     GEMM of the stride-1 convolution over them (``pointwise_views.subsampled``)."""
+    reason = strided_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
     dense = subsampled(spec)
-    reason = pointwise_refusal(dense, layout)
-    if reason or (spec.stride_h, spec.stride_w) == (1, 1):
-        raise Unsupported(reason or "stride 1: the pointwise GEMM runs it on the input itself")
     x = tensors["x"]
     index = support.check_tensors(dtype, {"x": x, "out": out})
     linear_wgmma.check_dtype(dtype)  # before any copy
@@ -173,7 +173,7 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     # copy of the pixels it reads: no FFT for either.
     if pointwise_refusal(spec, layout) is None:
         other = ("wgmma_gemm", wgmma_gemm)
-    elif pointwise_refusal(subsampled(spec), layout) is None:
+    elif strided_refusal(spec, layout) is None:
         other = ("strided_wgmma_gemm", lambda: build_strided_pointwise(spec, dtype, layout, tensors, out))
     else:
         other = ("fft", fft)
