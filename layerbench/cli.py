@@ -163,6 +163,8 @@ def _load_sweep(args: argparse.Namespace, file: str) -> Sweep:
     _check_names(s, args.impl)  # before --only: a typo is refused even where --only drops it
     if args.only is not None:
         s.restrict_implementations([n.strip() for n in args.only.split(",") if n.strip()])
+    if args.where is not None:
+        s.restrict_where(args.where)
     if args.no_energy:
         s.disable_energy()
     return s
@@ -586,7 +588,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         _check_device(args.device)
         df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
-                             energy=not args.no_energy, progress=not args.no_progress)
+                             energy=not args.no_energy, progress=not args.no_progress, where=args.where)
         ceilings = json.loads((out / bench.CEILINGS_FILE).read_text())
     text = bench.format_bench_report(bench.table(df, ceilings), ceilings, bench.planned_rows())
     (out / "bench.md").write_text(text)
@@ -627,6 +629,8 @@ def _non_negative_float(text: str) -> float:
 
 
 DEBUG_HELP = "show tracebacks for usage errors"
+WHERE_HELP = ("keep only the rows this filter admits, in the sweep files' where language (e.g. \"dtype == "
+              "'bf16' and layout == 'NHWC'\"; names: the layer's fields, name, dtype, layout, impl)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -655,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "for one layer of a mixed sweep (repeatable)")
         sp.add_argument("--only", metavar="NAMES",
                         help="comma-separated implementations of the sweep to keep (others are dropped)")
+        sp.add_argument("--where", metavar="EXPR", help=WHERE_HELP)
         sp.add_argument("--quick", action="store_true",
                         help="few timing samples, one short energy window: checks that a sweep runs")
         sp.add_argument("--no-energy", action="store_true", help="time only, no energy windows")
@@ -802,6 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--layers", default=",".join(bench.LAYERS),
                     help=f"comma-separated subset of {', '.join(bench.LAYERS)} (default all)")
     sp.add_argument("--resume", action="store_true", help="continue the bench in --out")
+    sp.add_argument("--where", metavar="EXPR", help=WHERE_HELP + "; the report marks the targets it leaves "
+                                                   "partly measured")
     sp.add_argument("--no-energy", action="store_true", help="time only, no energy windows")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--report-only", action="store_true", help="print the table of an existing --out")

@@ -324,6 +324,19 @@ def test_a_target_judged_on_part_of_its_set_says_so() -> None:
     assert bench._points_cell(missing) == f"0 of {2 * layers('vgg16')}" and bench._verdict_cell(missing) == "n/a"
 
 
+def test_where_keeps_part_of_a_bench_set() -> None:
+    """A bench in parts: --where keeps the rows a file's own where would, ANDed with it."""
+    full = sweep.load_sweep(bench.BENCH_DIR / "mobilenetv2.toml")
+    part = sweep.load_sweep(bench.BENCH_DIR / "mobilenetv2.toml")
+    part.restrict_where("groups > 1 and layout == 'NHWC' and dtype in ('bf16', 'fp32')")
+    rows = [(p.label, p.dtype, p.layout, n) for p in part.points for n in p.implementations]
+    expected = [(p.label, p.dtype, p.layout, n) for p in full.points for n in p.implementations
+                if p.spec.groups > 1 and p.layout == "NHWC" and p.dtype in ("bf16", "fp32")]
+    assert rows == expected and len(part.points) == 20
+    assert all(set(p.energy_impls) <= set(p.implementations) for p in part.points)
+    assert part.skipped_filtered == full.skipped_filtered + len(full.points) - len(part.points)
+
+
 def test_depthwise_layers_are_judged_by_the_depthwise_targets_only() -> None:
     # dw96: groups == in_channels (depthwise); expand: a pointwise conv; grouped: groups 2 of 16 channels.
     times = {"cudnn": 2.0e-3, "triton": 1.0e-3}

@@ -116,6 +116,12 @@ def test_only_with_an_unknown_name_is_refused_and_claims_no_files(work: Path) ->
     assert not (work / "typo").exists() and ".parquet" not in proc.stdout + proc.stderr
 
 
+def test_where_with_an_unknown_name_is_refused_and_claims_no_files(work: Path) -> None:
+    proc = cli("run", str(SMOKE), "--device", "cpu", "--where", "dtyp == 'fp32'", "--out", "typo", cwd=work)
+    one_line_error(proc, "--where for", "unknown name 'dtyp'")
+    assert not (work / "typo").exists()
+
+
 # ------------------------------------------------ 5. unknown or unloadable implementations
 
 

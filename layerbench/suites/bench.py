@@ -131,8 +131,9 @@ def depthwise_rows(df: pd.DataFrame) -> pd.Series:
 
 
 def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
-              energy: bool = True, progress: bool = True) -> pd.DataFrame:
-    """Measure (or, with ``resume``, complete) the bench in ``out``; return all its records."""
+              energy: bool = True, progress: bool = True, where: str | None = None) -> pd.DataFrame:
+    """Measure (or, with ``resume``, complete) the bench in ``out``; return all its records.
+    ``where``: a filter over every set's rows (``Sweep.restrict_where``), for a bench in parts."""
     unknown = sorted(set(layers) - set(LAYERS))
     if unknown:
         raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
@@ -144,6 +145,8 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
     shared = SharedConfigs()  # a config two bench sets hold is measured once
     for layer in layers:
         s = sweep.load_sweep(BENCH_DIR / f"{layer}.toml")
+        if where is not None:
+            s.restrict_where(where)
         if not energy:
             s.disable_energy()
         run_dir = run_sweep(s, RunOptions(device=device, out=out / s.experiment, resume=resume,

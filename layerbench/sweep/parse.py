@@ -239,7 +239,7 @@ class _Parser:
                 points.append(point)
         sweep = Sweep(self.path, title, experiment, list(thesis), d.get("description", ""), layers,
                       [n for n, _ in axes], measure, points, skipped_invalid, skipped_filtered, text,
-                      energy_where, invalid_policy)
+                      energy_where, invalid_policy, names | {"impl"})
         for point in points:
             point.energy_impls = [n for n in point.implementations if sweep._wants_energy(point, n)]
         return sweep

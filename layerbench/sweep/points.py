@@ -75,6 +75,7 @@ class Sweep:
     text: str
     energy_where: list[Expr] = field(default_factory=list)
     invalid_policy: str = "record"  # the file's `invalid`: "record" or "skip" invalid points
+    filter_names: set[str] = field(default_factory=set)  # what a filter over its points may name
 
     @property
     def settings_axes(self) -> list[str]:
@@ -113,6 +114,20 @@ class Sweep:
     def implementation_names(self) -> list[str]:
         """Every implementation name of the sweep's points, in first-use order."""
         return list(dict.fromkeys(n for p in self.points for n in p.implementations))
+
+    def restrict_where(self, source: str) -> None:
+        """``--where``: keep only the (point, implementation) rows the filter admits, as a file's
+        own ``where`` does (ANDed with it)."""
+        try:
+            expr = Expr(source, self.filter_names)
+        except ValueError as exc:
+            raise SweepError(f"--where for {self.path}: {exc}") from None
+        for p in self.points:
+            p.implementations = [n for n in p.implementations if expr(p.values(n))]
+            p.energy_impls = [n for n in p.energy_impls if n in p.implementations]
+        kept = [p for p in self.points if p.implementations]
+        self.skipped_filtered += len(self.points) - len(kept)
+        self.points = kept
 
     def restrict_implementations(self, names: list[str]) -> None:
         """``--only``: keep just these implementations; each must be one of the sweep's."""
