@@ -140,28 +140,31 @@ def check_inputs(fn: object, dtype: DType, allowed: Iterable[str], tensors: Tens
                           "(TRITON_INTERPRET=1); run bf16 on a GPU")
 
 
-def check_linear_tensors(spec: Linear, tensors: Tensors, out: torch.Tensor) -> None:
-    """Raise Unsupported unless x, weight, out (and the bias, where the spec has one) have the
-    shapes of linear ``spec`` and are contiguous (row-major)."""
+def _check_bias_and_shapes(spec: Linear | Conv2d, tensors: Tensors, out: torch.Tensor) -> None:
+    """Raise Unsupported unless the tensors hold a bias exactly where the spec has one, and x,
+    weight and out have the spec's shapes."""
     x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
     if spec.bias != (bias is not None):
         raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
     if (tuple(x.shape), tuple(w.shape), tuple(out.shape)) != (spec.input_shape, spec.weight_shape,
                                                               spec.output_shape):
         raise Unsupported(f"tensor shapes do not match {spec}")
-    if not all(t.is_contiguous() for t in (x, w, out, *([bias] if bias is not None else []))):
+
+
+def check_linear_tensors(spec: Linear, tensors: Tensors, out: torch.Tensor) -> None:
+    """Raise Unsupported unless x, weight, out (and the bias, where the spec has one) have the
+    shapes of linear ``spec`` and are contiguous (row-major)."""
+    _check_bias_and_shapes(spec, tensors, out)
+    parts = (tensors["x"], tensors["weight"], out, tensors.get("bias"))
+    if not all(t.is_contiguous() for t in parts if t is not None):
         raise Unsupported("linear needs x, weight, bias and out contiguous (row-major)")
 
 
 def check_conv_tensors(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> None:
     """Raise Unsupported unless x, weight, out (and the bias, contiguous, where the spec has one)
     have the shapes of conv2d ``spec``."""
-    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
-    if spec.bias != (bias is not None):
-        raise Unsupported(f"spec.bias is {spec.bias} but tensors {'lack' if bias is None else 'have'} a bias")
-    if (tuple(x.shape), tuple(w.shape), tuple(out.shape)) != (spec.input_shape, spec.weight_shape,
-                                                              spec.output_shape):
-        raise Unsupported(f"tensor shapes do not match {spec}")
+    _check_bias_and_shapes(spec, tensors, out)
+    bias = tensors.get("bias")
     if bias is not None and (tuple(bias.shape) != (spec.out_channels,) or not bias.is_contiguous()):
         raise Unsupported(f"bias must be contiguous, of {spec.out_channels} elements")
 
