@@ -122,7 +122,7 @@ def conv_tma_report(target: GPUTarget, el: str, mode: str, precision: str) -> No
                 descs = {"x_desc": f"tensordesc<{element}[1, {bh}, 1, {bw}, {bk}]>",
                          "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",
                          "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
-                meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "LIFT_H": 1, "LIFT_W": 1, "HAS_BIAS": True,
+                meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "HAS_BIAS": True,
                         "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk}
                 line = compile_report(ct._conv_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"],
                                       c["num_stages"], {"K", "C"}, descs)

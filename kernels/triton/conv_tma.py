@@ -59,9 +59,8 @@ PATCH_WIDTHS = (8, 16)  # the narrowest that holds the output's width, else the 
 @triton.jit(do_not_specialize=["N"])
 def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
                      R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                     LIFT_H: tl.constexpr, LIFT_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     PRECISION: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     BLOCK_M: tl.constexpr = BH * BW
     # Channel tiles fastest: neighbouring programs read the same input patch while it is in L2.
     pid = tl.program_id(0)
@@ -76,18 +75,21 @@ def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W,
     n = rest // tiles_h
     steps_c = tl.cdiv(C, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Whole strides covering the padding: a tap's offset lifted by them is never negative.
+    lift_h = (PAD_H + SH - 1) // SH
+    lift_w = (PAD_W + SW - 1) // SW
     for i in range(R * S * steps_c):
         tap = i // steps_c
         c0 = (i - tap * steps_c) * BLOCK_K
         r = tap // S
         s = tap - r * S
-        # The tap's offset, lifted by LIFT * SH (>= the padding) so that % and // see no negative
-        # numbers: its phase and its shift in phase rows (columns).
-        off_h = r * DIL_H - PAD_H + LIFT_H * SH
-        off_w = s * DIL_W - PAD_W + LIFT_W * SW
+        # The tap's offset, lifted so that % and // see no negative numbers: its phase and its
+        # shift in phase rows (columns).
+        off_h = r * DIL_H - PAD_H + lift_h * SH
+        off_w = s * DIL_W - PAD_W + lift_w * SW
         a = off_h % SH
         b = off_w % SW
-        a_box = x_desc.load([n, h0 + off_h // SH - LIFT_H, a, w0 + off_w // SW - LIFT_W, b * C + c0])
+        a_box = x_desc.load([n, h0 + off_h // SH - lift_h, a, w0 + off_w // SW - lift_w, b * C + c0])
         w_box = w_desc.load([k0, r, s, c0])
         acc = tl.dot(a_box.reshape(BLOCK_M, BLOCK_K), w_box.reshape(BLOCK_N, BLOCK_K).T, acc,
                      input_precision=PRECISION)
@@ -166,7 +168,6 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     args = (*descs, bias if bias is not None else out, spec.batch, p, q, k, spec.in_channels,
             spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
     meta = {"R": spec.kernel_h, "S": spec.kernel_w, "SH": spec.stride_h, "SW": spec.stride_w,
-            "LIFT_H": -(-spec.padding_h // spec.stride_h), "LIFT_W": -(-spec.padding_w // spec.stride_w),
             "HAS_BIAS": bias is not None,
             "PRECISION": DOT_PRECISION[dtype.name], "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
             "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
