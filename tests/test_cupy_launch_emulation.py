@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import fft_plan, igemm, linear_backward, linear_wgmma, pool2d_backward, support, tensor_map
+from kernels.cupy import conv_tma, fft_plan, igemm, linear_backward, linear_wgmma, pool2d_backward, support, tensor_map
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -33,6 +33,7 @@ from kernels.cupy.backward_models import (
     relu_backward_bits,
     unsigned_bits,
 )
+from kernels.cupy.conv_tma_model import MapView, model_conv_tma
 from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
@@ -245,6 +246,32 @@ class EmulatedLaunch:
             ks = slice(z * per * bk, (z + 1) * per * bk)
             ws[z] = x[:, ks].float() @ w[:, ks].float().T
 
+    def _conv_tma(self) -> None:  # (x_map, w_map, y_map, bias, g); <T, BN, STAGES>
+        block_n, stages = int(self.targs[1]), int(self.targs[2])
+        assert self.block == (linear_wgmma.TMA_THREADS, 1, 1)
+        assert self.shared_bytes == linear_wgmma.tma_shared_bytes(block_n, stages)
+        g = {name: getattr(self.args[4], name) for name, _ in conv_tma.Geometry._fields_}
+        tiles = g["tiles_i"] * g["tiles_h"] * g["tiles_w"] * -(-g["out_channels"] // block_n)
+        assert self.grid == (min(tiles, 132), 1, 1), self.grid
+        x_map, w_map, y_map = self.args[0], self.args[1], self.args[2]
+        assert (x_map.box[0], w_map.box, y_map.box[0]) == (64, (64, 1, block_n), conv_tma.OUT_BOX_COLS)
+        assert math.prod(x_map.box[1:]) == 128, "a tile of 128 pixels"
+
+        def view(m: SimpleNamespace, memory: np.ndarray) -> MapView:
+            size = m.tensor.element_size()
+            assert all(s % size == 0 for s in m.strides)
+            return MapView(memory, m.dims, tuple(s // size for s in m.strides), m.box)
+
+        def flat(t: torch.Tensor) -> torch.Tensor:
+            assert t.dtype == CTYPES[self.targs[0]]
+            return torch.as_strided(t, (t.numel(),), (1,), t.storage_offset())
+
+        out = np.full(y_map.tensor.numel(), np.nan)
+        bias = self.memory(3, g["out_channels"]).double().numpy() if self.args[3].value is not None else None
+        model_conv_tma(g, view(x_map, flat(x_map.tensor).double().numpy()),
+                       view(w_map, flat(w_map.tensor).double().numpy()), view(y_map, out), bias, block_n, self.grid[0])
+        flat(y_map.tensor).copy_(torch.from_numpy(out))
+
     def _splitk_reduce(self) -> None:  # (ws, splits, M, N, bias, out, OHW, OW, osN, osC, osH, osW)
         splits, m, n = self.value(1), self.value(2), self.value(3)
         assert (self.value(6), self.value(7), self.value(8), self.value(9)) == (1, 1, n, 1), "a matrix output"
@@ -350,6 +377,13 @@ def _emulated_tensor_map(t: torch.Tensor, box_rows: int, box_cols: int) -> Simpl
     return SimpleNamespace(tensor=t, box=(box_rows, box_cols))
 
 
+def _emulated_view_map(t: torch.Tensor, dims: Sequence[int], strides: Sequence[int],
+                       box: Sequence[int]) -> SimpleNamespace:
+    """An N-D tensor map as the emulated kernel reads it: the tensor, its view and the box."""
+    tensor_map.check_view(t, dims, strides, box)
+    return SimpleNamespace(tensor=t, dims=tuple(dims), strides=tuple(strides), box=tuple(box))
+
+
 @pytest.fixture
 def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     """CPU tensors accepted as device 0; kernels and launches emulated; igemm on its model."""
@@ -364,7 +398,8 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(support, "capability", lambda index: (9, 0))
     monkeypatch.setattr(support, "allow_shared", lambda fn, shared_bytes, index: None)
     monkeypatch.setattr(tensor_map, "encode_2d", _emulated_tensor_map)
-    for module in (cupy_linear, cupy_conv2d, linear_wgmma):
+    monkeypatch.setattr(tensor_map, "encode", _emulated_view_map)
+    for module in (cupy_linear, cupy_conv2d, linear_wgmma, conv_tma):
         monkeypatch.setattr(module, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
 
 
@@ -423,12 +458,29 @@ def test_the_wgmma_gemm_is_built_checked_and_timed_beside_mma_sync(emulated: Non
     details = registry.get("conv2d", "cupy").build(conv, get_dtype("bf16"), "NHWC", tensors,
                                                    make_output(conv, tensors, "NHWC")).details
     assert details["wgmma_gemm_ms"] == 1.0 and details["algorithm"] == "implicit_gemm", details
-    assert details["wgmma_implicit_gemm_ms"] == 1.0, details
+    assert details["wgmma_implicit_gemm_ms"] == 1.0 and details["tma_implicit_gemm_ms"] == 1.0, details
     conv = Conv2d(2, 8, 6, 9, 7, 3, 3, stride=2, padding=1)
     tensors = make_tensors(conv, "fp32", "NCHW", "cpu")
     details = registry.get("conv2d", "cupy").build(conv, get_dtype("fp32"), "NCHW", tensors,
                                                    make_output(conv, tensors)).details
     assert "fp16 and bf16" in details["wgmma_implicit_gemm"], details
+    assert "fp16 and bf16" in details["tma_implicit_gemm"], details
+
+
+TMA_CONV = {"3x3-odd": Conv2d(2, 24, 16, 9, 11, 3, 3, padding=1),
+            "channels-past-a-block-nobias": Conv2d(1, 72, 136, 6, 5, 3, 3, padding=1, bias=False),
+            "resnet-3x3/2": Conv2d(2, 64, 24, 8, 10, 3, 3, stride=2, padding=1),
+            "resnet-1x1/2": Conv2d(3, 128, 72, 6, 6, 1, 1, stride=2),
+            "dilated-1x7": Conv2d(2, 8, 8, 7, 13, 1, 7, padding_h=0, padding_w=6, dilation=2),
+            "batch-patch": Conv2d(5, 16, 8, 3, 3, 3, 3, padding=1)}
+
+
+@pytest.mark.parametrize("name", sorted(TMA_CONV))
+def test_tma_convolution_alone(emulated: None, name: str) -> None:
+    """The TMA convolution's every tile width, launched as conv_tma.cu's signature reads it: the
+    geometry struct, the three tensor maps' views and boxes, the persistent grid."""
+    result = check_implementation(conv_tma.build, TMA_CONV[name], "bf16", "NHWC", "cpu", runs=2)
+    assert result.ok, result.message
 
 
 @pytest.mark.parametrize("spec", [Linear(37, 24, 40), Linear(5, 520, 24, bias=False), Linear(1, 1000, 4096),

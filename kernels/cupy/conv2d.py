@@ -13,8 +13,9 @@ for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  O
 and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a
 pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
 linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
-the stride's grid to a buffer (layout.cu).  A wgmma path competes only after its output on the
-layer's own tensors has passed the float64 check.
+the stride's grid to a buffer (layout.cu); an NHWC convolution of one group also runs
+conv_tma.cu, whose TMA unit cuts each k tile out of the image (conv_tma.py).  A wgmma path
+competes only after its output on the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
 Implicit GEMM:
@@ -30,7 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources, support
+from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources,
+                          support)
 from kernels.cupy.fft_plan import fft_plan
 from kernels.pointwise_views import forward_views, pointwise_refusal, strided_refusal, subsampled
 from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order, selection_ms
@@ -141,8 +143,8 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
                       "for fp32 an FFT convolution instead where it times faster at build; on Hopper in "
                       "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
-                      "pixels they read), the faster kept; depthwise: "
-                      "direct memory-bound kernels (fp32 FMA)")
+                      "pixels they read; NHWC with its k tiles cut from the image by TMA), the fastest kept; "
+                      "depthwise: direct memory-bound kernels (fp32 FMA)")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)
     if reason:
@@ -177,6 +179,7 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         other = ("strided_wgmma_gemm", lambda: build_strided_pointwise(spec, dtype, layout, tensors, out))
     else:
         other = ("fft", fft)
-    return fastest_of("implicit_gemm", gemm, [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm)],
+    tma = ("tma_implicit_gemm", lambda: conv_tma.build(spec, dtype, layout, tensors, out))
+    return fastest_of("implicit_gemm", gemm, [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm), tma],
                       lambda k: selection_ms(k, out.device),
                       after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback

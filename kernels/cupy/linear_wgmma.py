@@ -156,15 +156,6 @@ def build_wgmma(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor)
     index = support.check_tensors(dtype, _operands(spec, tensors, out))
     check_layer(spec, dtype, tensors, out, index)
     found, no_tma = variants(spec, dtype, tensors, out, index)
-    details: dict[str, object] = {"tma": no_tma} if no_tma else {}
     timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
-    details.update({f"{name}_ms": t for name, t in timed.items()})
-    wrong: list[str] = []
-    for name in sorted(timed, key=timed.__getitem__):
-        try:
-            support.check_result(found[name], spec, dtype, tensors, out, f"the wgmma GEMM ({name})")
-        except support.WrongResult as e:
-            wrong.append(str(e))
-            continue
-        return Built(found[name], {"variant": name, **details, **({"wrong": "; ".join(wrong)} if wrong else {})})
-    raise support.WrongResult("; ".join(wrong))
+    built = support.fastest_right(found, timed, spec, dtype, tensors, out, "the wgmma GEMM")
+    return Built(built.launch, {**built.details, **({"tma": no_tma} if no_tma else {})})

@@ -174,6 +174,11 @@ def linear_tma_name(ctype: str, block_n: int, stages: int) -> str:
     return f"linear_tma<{ctype}, {block_n}, {stages}>"
 
 
+def conv_tma_name(ctype: str, block_n: int, stages: int) -> str:
+    """conv_tma.cu: the TMA GEMM's pipeline with its input boxes cut from the image (TMA_CONFIGS)."""
+    return f"conv_tma<{ctype}, {block_n}, {stages}>"
+
+
 def fft_forward_name(log_n: int) -> str:
     return f"fft_forward<{log_n}>"
 
@@ -239,6 +244,9 @@ SOURCES: dict[str, Source] = {
         archs=(90,), options=("-arch=sm_90a",)),
     "linear_tma": Source("linear_tma.cu", tuple(
         linear_tma_name(t, n, s) for t in WGMMA_CTYPES for n, s in TMA_CONFIGS),
+        archs=(90,), options=("-arch=sm_90a",)),
+    "conv_tma": Source("conv_tma.cu", tuple(
+        conv_tma_name(t, n, s) for t in WGMMA_CTYPES for n, s in TMA_CONFIGS),
         archs=(90,), options=("-arch=sm_90a",)),
 }
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from kernels.cupy import sources
+from layerbench.builders import Built
 from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
@@ -219,6 +220,23 @@ def check_result(kernel: Callable[[], object], spec: LayerSpec, dtype: DType, te
     result = ResultCheck(spec, dtype, tensors)(out)
     if not result.ok:
         raise WrongResult(f"{what}: {result.message}")
+
+
+def fastest_right(found: dict[str, Callable[[], object]], times: dict[str, float], spec: LayerSpec, dtype: DType,
+                  tensors: dict[str, torch.Tensor], out: torch.Tensor, what: str) -> Built:
+    """Of the variants ``found``, the fastest by ``times`` (ms) whose output passes ``check_result``:
+    details its name (``variant``), each variant's ``<name>_ms`` and why the faster ones were passed
+    over (``wrong``); WrongResult where none passes."""
+    wrong: list[str] = []
+    for name in sorted(times, key=times.__getitem__):
+        try:
+            check_result(found[name], spec, dtype, tensors, out, f"{what} ({name})")
+        except WrongResult as e:
+            wrong.append(str(e))
+            continue
+        return Built(found[name], {"variant": name, **{f"{n}_ms": t for n, t in times.items()},
+                                   **({"wrong": "; ".join(wrong)} if wrong else {})})
+    raise WrongResult("; ".join(wrong))
 
 
 def capability(index: int) -> tuple[int, int]:

@@ -1,16 +1,18 @@
 """Tensor maps (TMA descriptors) for the CuPy kernels, encoded by the CUDA driver.
 
-A tensor map tells Hopper's TMA unit where a 2-D tensor lives, which box of it one copy moves
-and how the box lands in shared memory (here: the 128-byte swizzle that wgmma's descriptors
-read).  ``cuTensorMapEncodeTiled`` is a host function of the driver library (libcuda), which
-CuPy does not wrap; it is called through ctypes.  The 128 bytes go to a kernel by value, as a
-``__grid_constant__`` parameter: ``support.Launch`` passes any ctypes object.
+A tensor map tells Hopper's TMA unit where a tensor lives (a 2-D matrix, or a strided view of up
+to 5 dimensions), which box of it one copy moves and how the box lands in shared memory (here:
+the 128-byte swizzle that wgmma's descriptors read).  ``cuTensorMapEncodeTiled`` is a host
+function of the driver library (libcuda), which CuPy does not wrap; it is called through ctypes.
+The 128 bytes go to a kernel by value, as a ``__grid_constant__`` parameter: ``support.Launch``
+passes any ctypes object.
 """
 
 from __future__ import annotations
 
 import ctypes
 from functools import lru_cache
+from typing import Sequence
 
 import torch
 
@@ -26,6 +28,7 @@ OOB_FILL_ZEROS = 0  # CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: elements past the tenso
 SWIZZLE_BYTES = 128  # a box row may span at most one swizzle line
 MAX_BOX = 256  # elements along each box dimension
 MAX_STRIDE = 1 << 40  # bytes
+MAX_RANK = 5
 ALIGN = 16  # bytes: the tensor's address and its row stride
 
 TensorMap = ctypes.c_uint64 * 16  # CUtensorMap: 128 opaque bytes
@@ -83,19 +86,45 @@ def encode_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> TensorMap:
     """The tensor map of row-major ``t`` for boxes of box_rows x box_cols elements, written to
     shared memory in the 128-byte swizzle; parts of a box past the tensor's end read as zeros."""
     check_2d(t, box_rows, box_cols)
+    return encode(t, (t.shape[1], t.shape[0]), (_row_bytes(t),), (box_cols, box_rows))
+
+
+def check_view(t: torch.Tensor, dims: Sequence[int], strides: Sequence[int], box: Sequence[int]) -> None:
+    """Raise Unsupported unless the TMA unit can copy ``box`` boxes of the view of ``t``'s memory
+    that ``dims`` and ``strides`` (bytes) describe, in the 128-byte swizzle (see ``encode``)."""
+    rank = len(dims)
+    if not (len(box) == rank and len(strides) == rank - 1 and 1 <= rank <= MAX_RANK):
+        raise ValueError(f"a tensor map has 1 to {MAX_RANK} dimensions, a box and a stride for each but the "
+                         f"innermost; got dims {tuple(dims)}, strides {tuple(strides)}, box {tuple(box)}")
+    if t.dtype not in DATA_TYPES:
+        raise Unsupported(f"tensor maps here take fp16 or bf16 data, not {t.dtype}")
+    if t.data_ptr() % ALIGN or any(s % ALIGN or not 0 < s < MAX_STRIDE for s in strides):
+        raise Unsupported(f"a tensor map needs a {ALIGN}-byte aligned address and strides, got address "
+                          f"{t.data_ptr():#x} and strides {tuple(strides)} bytes")
+    if any(not 1 <= b <= MAX_BOX for b in box):
+        raise Unsupported(f"a TMA box has 1 to {MAX_BOX} elements a side, got {tuple(box)}")
+    if box[0] * t.element_size() > SWIZZLE_BYTES:
+        raise Unsupported(f"a box row of the 128-byte swizzle spans at most {SWIZZLE_BYTES} bytes, got "
+                          f"{box[0] * t.element_size()}")
+
+
+def encode(t: torch.Tensor, dims: Sequence[int], strides: Sequence[int], box: Sequence[int]) -> TensorMap:
+    """The tensor map of a view of ``t``'s memory: ``dims`` elements along each dimension and
+    ``box`` elements a box, innermost first (the innermost dimension contiguous), ``strides`` bytes
+    between steps of every dimension but the innermost; boxes land in the 128-byte swizzle and
+    read zeros wherever they lie past the view's ends."""
+    check_view(t, dims, strides, box)
+    rank = len(dims)
     lib = _driver()
     # The driver writes a 64-byte aligned object; the kernel parameter is copied from it.
     raw = (ctypes.c_uint8 * (ctypes.sizeof(TensorMap) + 64))()
     at = -ctypes.addressof(raw) % 64
     u64, u32 = ctypes.c_uint64, ctypes.c_uint32
-    dims = (u64 * 2)(t.shape[1], t.shape[0])  # innermost first
-    strides = (u64 * 1)(_row_bytes(t))  # bytes, all but the innermost
-    box = (u32 * 2)(box_cols, box_rows)
-    steps = (u32 * 2)(1, 1)
     status = lib.cuTensorMapEncodeTiled(
-        ctypes.c_void_p(ctypes.addressof(raw) + at), DATA_TYPES[t.dtype], u32(2), ctypes.c_void_p(t.data_ptr()),
-        dims, strides, box, steps, INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZEROS)
+        ctypes.c_void_p(ctypes.addressof(raw) + at), DATA_TYPES[t.dtype], u32(rank), ctypes.c_void_p(t.data_ptr()),
+        (u64 * rank)(*dims), (u64 * max(1, rank - 1))(*strides), (u32 * rank)(*box), (u32 * rank)(*([1] * rank)),
+        INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZEROS)
     if status != 0:
-        raise Unsupported(f"cuTensorMapEncodeTiled refused a {tuple(t.shape)} {t.dtype} tensor with "
-                          f"{box_rows} x {box_cols} boxes: {_error_name(lib, status)}")
+        raise Unsupported(f"cuTensorMapEncodeTiled refused a {t.dtype} view of dims {tuple(dims)} with boxes "
+                          f"{tuple(box)}: {_error_name(lib, status)}")
     return TensorMap.from_buffer_copy(raw, at)

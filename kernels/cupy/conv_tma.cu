@@ -1,0 +1,144 @@
+// Convolution on Hopper's TMA and wgmma (sm_90a), NHWC, fp16 or bf16, fp32 accumulators: the
+// warp-specialised pipeline of linear_tma.cu with the input's tiles cut out of the image by the
+// TMA unit itself, so no thread computes an im2col address.
+//
+// A tile of the output is a patch of 128 pixels, images x rows x columns (powers of two: 2 x 8 x 8,
+// 1 x 8 x 16, ...), times BN output channels.  Its k loop runs over the taps of the window and,
+// in each, over blocks of 64 input channels: k tile (tap, block) is one box of the input, the
+// patch's pixels shifted by the tap, and one box of the weight (KRSC: the tap's BN x 64 slice).
+// The input is seen through a 5-D view (channels of one stride phase, columns / stride_w,
+// row phase, rows / stride_h, images), so that a strided convolution's pixels are a box too
+// (the row phase and the column phase are fixed by the tap); the TMA unit zero-fills whatever
+// lies past the view's ends, which is the padding, and the channels past C.  Each warpgroup
+// writes its half of the patch through a 4-D map of the output: pixels past its edges are not
+// written.  conv_tma_plan.py chooses the patch and computes the same coordinates (its
+// simulation test runs this schedule on the CPU against a direct convolution).
+#include "layerbench_common.cuh"
+#include "wgmma.cuh"
+#include "tma.cuh"
+#include "linear_tma.cu"
+
+namespace ct {
+
+// The problem, as the launcher passes it: the view's geometry and the patch grid.
+struct Geometry {
+    int channels, out_channels;      // C and K
+    int kernel_h, kernel_w;          // R, S
+    int stride_h, stride_w, padding_h, padding_w, dilation_h, dilation_w;
+    int channel_tiles;               // ceil(C / 64)
+    int patch_i, patch_h, patch_w;   // the patch: images, rows, columns (product 128)
+    int tiles_i, tiles_h, tiles_w;   // patches along images, output rows, output columns
+    int group_m;                     // patches walked down each column of weight tiles
+};
+
+// floor(off / stride) and the remainder in [0, stride): where a tap's offset lands in the view.
+__device__ __forceinline__ int2 floor_split(int off, int stride) {
+    const int q = off >= 0 ? off / stride : -((-off + stride - 1) / stride);
+    return make_int2(q, off - q * stride);
+}
+
+}  // namespace ct
+
+template <typename T, int BN, int STAGES>
+__global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant__ lb::TensorMap x_map,
+                                                           const __grid_constant__ lb::TensorMap w_map,
+                                                           const __grid_constant__ lb::TensorMap y_map,
+                                                           const T* __restrict__ bias, const ct::Geometry g) {
+    using namespace wt;
+    using namespace wg;
+    constexpr int A_BYTES = BM * LINE, STAGE_BYTES = (BM + BN) * LINE, OUT_BYTES = 64 * BN * 2;
+    extern __shared__ unsigned char smem[];
+    __shared__ unsigned long long barriers[2 * STAGES];  // full[s], then empty[s]
+    const unsigned base = (lb::smem_addr(smem) + 1023u) & ~1023u;  // the swizzle's 1024-byte period
+    const unsigned full = lb::smem_addr(barriers), empty = full + 8 * STAGES;
+
+    const int tiles_m = g.tiles_i * g.tiles_h * g.tiles_w, tiles_n = (g.out_channels + BN - 1) / BN;
+    const int tiles = tiles_m * tiles_n;
+    const int k_tiles = g.kernel_h * g.kernel_w * g.channel_tiles;
+    // Work item w: its patch's first image, output row and column, and its first output channel.
+    struct Item {
+        int n0, h0, w0, col0;
+    };
+    auto item = [&](int w) {
+        const int2 tile = grouped_tile(w, tiles_m, tiles_n, g.group_m);
+        const int tw = tile.x % g.tiles_w, th = (tile.x / g.tiles_w) % g.tiles_h, ti = tile.x / (g.tiles_w * g.tiles_h);
+        return Item{ti * g.patch_i, th * g.patch_h, tw * g.patch_w, tile.y * BN};
+    };
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            lb::mbar_init(full + 8 * s, 1);
+            lb::mbar_init(empty + 8 * s, CONSUMERS / 32);
+        }
+        lb::fence_mbar_init();
+    }
+    __syncthreads();
+
+    if (threadIdx.x >= CONSUMERS) {  // the producer warp's first thread starts every copy
+        if (threadIdx.x == CONSUMERS) {
+            for (int w = blockIdx.x, it = 0; w < tiles; w += gridDim.x) {
+                const Item job = item(w);
+                for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+                    const int s = it % STAGES;
+                    const int tap = kt / g.channel_tiles, block = kt % g.channel_tiles;
+                    const int r = tap / g.kernel_w, c = tap % g.kernel_w;
+                    // Input row ho * stride_h + r * dilation_h - padding_h is view row ho + q.x, phase q.y.
+                    const int2 qh = ct::floor_split(r * g.dilation_h - g.padding_h, g.stride_h);
+                    const int2 qw = ct::floor_split(c * g.dilation_w - g.padding_w, g.stride_w);
+                    lb::mbar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
+                    lb::mbar_expect_tx(full + 8 * s, STAGE_BYTES);  // whole boxes, zero-filled parts included
+                    const unsigned stage = base + s * STAGE_BYTES;
+                    lb::tma_load_5d(stage, &x_map, qw.y * g.channels + block * BK, job.w0 + qw.x, qh.y, job.h0 + qh.x,
+                                    job.n0, full + 8 * s);
+                    lb::tma_load_3d(stage + A_BYTES, &w_map, block * BK, tap, job.col0, full + 8 * s);
+                }
+            }
+        }
+        return;
+    }
+
+    const int group = threadIdx.x / 128;  // this warpgroup's 64 pixels: the patch's first or second half
+    const bool releases = threadIdx.x % 32 == 0;
+    const bool leader = threadIdx.x % 128 == 0;
+    const unsigned staged = base + STAGES * STAGE_BYTES + group * OUT_BYTES;
+    // The halves split the patch's outermost dimension longer than one: images, else rows.
+    const int half_i = g.patch_i > 1 ? g.patch_i / 2 : 0, half_h = g.patch_i > 1 ? 0 : g.patch_h / 2;
+    float d[BN / 2];
+    for (int w = blockIdx.x, it = 0; w < tiles; w += gridDim.x) {
+        const Item job = item(w);
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
+        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+            const int s = it % STAGES;
+            lb::mbar_wait(full + 8 * s, (it / STAGES) & 1);
+            const unsigned a = base + s * STAGE_BYTES + group * 64 * LINE;
+            const unsigned b = base + s * STAGE_BYTES + A_BYTES;
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < BK / 16; ++ks)
+                Wgmma<T, BN>::run(d, descriptor_128b(a + ks * 32), descriptor_128b(b + ks * 32));
+            wgmma_commit();
+            wgmma_wait<1>();  // batch it - 1 has retired: its buffer goes back to the producer
+            if (kt > 0 && releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
+        }
+        wgmma_wait<0>();
+        if (releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
+
+        auto warpgroup_barrier = [group] {
+            if (group == 0) lb::named_barrier<1, 128>();
+            else lb::named_barrier<2, 128>();
+        };
+        if (leader) lb::bulk_wait_all<true>();  // the previous tile's stores have read the buffer
+        warpgroup_barrier();
+        stage_tile<T, BN>(d, staged, bias, g.out_channels, job.col0);
+        fence_async_proxy();
+        warpgroup_barrier();
+        if (leader) {
+            for (int j = 0; j < BN / OUT_BOX && job.col0 + j * OUT_BOX < g.out_channels; ++j)
+                lb::tma_store_4d(&y_map, staged + j * 64 * LINE, job.col0 + j * OUT_BOX, job.w0,
+                                 job.h0 + group * half_h, job.n0 + group * half_i);
+            lb::bulk_commit();
+        }
+    }
+    if (leader) lb::bulk_wait_all<false>();
+}

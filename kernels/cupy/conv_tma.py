@@ -1,0 +1,92 @@
+"""The convolution on Hopper's TMA and wgmma (``conv_tma.cu``): NHWC, fp16 and bf16, one group,
+any window, stride (dividing the input's sides), padding and dilation.
+
+The implicit GEMMs of igemm.cu compute each input element's address in the threads that
+multiply; here the TMA unit cuts each k tile out of the image as a box of a strided view, so the
+warpgroups only multiply (the pipeline of the TMA GEMM, linear_tma.cu).  Every tile width (64,
+128, 256 output channels) is timed at build and the fastest kept; the kernel competes in
+conv2d.py only after its output on the layer's own tensors has passed the float64 check.  A
+weight in OIHW order is copied to OHWI once, at build (not timed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from kernels.cupy import conv_tma_plan as plan
+from kernels.cupy import linear_wgmma, sources, support, tensor_map
+from layerbench.builders import Built, Kernel, Tensors, selection_ms
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+
+OUT_BOX_COLS = 64  # output channels a TMA store box holds: one 128-byte line of 16-bit values
+GROUP_M = 8  # patches walked down each column of weight tiles (weight tiles reused from L2)
+
+
+class Geometry(ctypes.Structure):
+    """conv_tma.cu's ct::Geometry, field for field."""
+
+    _fields_ = [(name, ctypes.c_int) for name in (
+        "channels", "out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "padding_h", "padding_w",
+        "dilation_h", "dilation_w", "channel_tiles", "patch_i", "patch_h", "patch_w", "tiles_i", "tiles_h", "tiles_w",
+        "group_m")]
+
+
+def geometry(spec: Conv2d, patch: plan.Patch) -> Geometry:
+    tiles_i, tiles_h, tiles_w = plan.tiles(spec, patch)
+    return Geometry(spec.in_channels, spec.out_channels, spec.kernel_h, spec.kernel_w, spec.stride_h, spec.stride_w,
+                    spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w, plan.channel_tiles(spec),
+                    patch.images, patch.rows, patch.cols, tiles_i, tiles_h, tiles_w, GROUP_M)
+
+
+def _map(t: torch.Tensor, view: tuple[tuple[int, ...], tuple[int, ...]], box: tuple[int, ...]) -> tensor_map.TensorMap:
+    dims, strides = view
+    return tensor_map.encode(t, dims, tuple(s * t.element_size() for s in strides), box)
+
+
+def _launch(spec: Conv2d, dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            out: torch.Tensor, index: int, block_n: int, stages: int) -> support.Launch:
+    patch = plan.choose_patch(spec)
+    g = geometry(spec, patch)
+    smem = linear_wgmma.tma_shared_bytes(block_n, stages)
+    fn = support.function("conv_tma", sources.conv_tma_name(support.ctype_of(dtype), block_n, stages), index)
+    support.allow_shared(fn, smem, index)
+    maps = [_map(x, plan.input_view(spec), plan.input_box(patch)),
+            _map(weight, plan.weight_view(spec), (plan.BLOCK_K, 1, block_n)),
+            _map(out, plan.output_view(spec), plan.output_box(patch, OUT_BOX_COLS))]
+    tiles = g.tiles_i * g.tiles_h * g.tiles_w * -(-spec.out_channels // block_n)
+    return support.Launch(  # persistent: one block an SM, each taking tiles in turn
+        fn, (min(tiles, support.sm_count(index)), 1, 1), (linear_wgmma.TMA_THREADS, 1, 1),
+        [*maps, support.ptr(bias), g], index, keep=(x, weight, bias, out), shared_bytes=smem)
+
+
+def _ohwi(weight: torch.Tensor) -> torch.Tensor:
+    """The weight with each output channel's taps in (row, column, channel) order, contiguous."""
+    if weight.is_contiguous(memory_format=torch.channels_last):
+        return weight
+    return weight.contiguous(memory_format=torch.channels_last)  # at build: the weight is a constant
+
+
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The fastest tile width of the TMA convolution whose output passes the float64 check."""
+    reason = plan.refusal(spec, dtype.name, layout)
+    if reason:
+        raise Unsupported(reason)
+    x = tensors["x"]
+    bias = tensors.get("bias") if spec.bias else None
+    index = support.check_tensors(dtype, {"x": x, "weight": tensors["weight"], "bias": bias, "out": out})
+    linear_wgmma.check_gpu(index)
+    for name, t in (("x", x), ("out", out)):
+        if not t.is_contiguous(memory_format=torch.channels_last):
+            raise Unsupported(f"the TMA convolution needs a dense NHWC {name}")
+    weight = _ohwi(tensors["weight"])
+    found: dict[str, Kernel] = {f"tma_conv_{plan.TILE_PIXELS}x{n}": _launch(spec, dtype, x, weight, bias, out,
+                                                                           index, n, s)
+                                for n, s in sources.TMA_CONFIGS}
+    timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
+    built = support.fastest_right(found, timed, spec, dtype, tensors, out, "the TMA convolution")
+    patch = plan.choose_patch(spec)
+    return Built(built.launch, {**built.details, "patch": f"{patch.images}x{patch.rows}x{patch.cols}"})

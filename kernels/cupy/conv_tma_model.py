@@ -1,0 +1,104 @@
+"""A CPU model of conv_tma.cu, transcribed from the kernel (models.py's style): its work items in
+order, each k tile's box coordinates from the geometry it is passed, the TMA unit's loads
+(zeros past a view's ends) and stores (nothing written past them) over the tensor maps' views,
+and the two warpgroups' halves of each tile.  float64, NumPy only: no CuPy, no GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+BLOCK_K = 64  # the kernel's BK
+OUT_BOX = 64  # the kernel's OUT_BOX: output channels a store box holds
+
+
+@dataclass(frozen=True)
+class MapView:
+    """What a tensor map tells the TMA unit: the memory, its dims and box (innermost first) and the
+    element strides of every dimension but the innermost."""
+
+    memory: np.ndarray
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    box: tuple[int, ...]
+
+
+def _offsets(view: MapView, coords: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The element offset of each box element at ``coords`` (shape box[::-1]) and whether it lies
+    inside the view."""
+    shape = view.box[::-1]
+    grids = np.indices(shape)[::-1]  # grids[d]: the index along dimension d
+    inside = np.ones(shape, dtype=bool)
+    offset = np.zeros(shape, dtype=np.int64)
+    for d, (c, g) in enumerate(zip(coords, grids)):
+        inside &= (c + g >= 0) & (c + g < view.dims[d])
+        offset += (c + g) * (1 if d == 0 else view.strides[d - 1])
+    return offset, inside
+
+
+def load_box(view: MapView, coords: tuple[int, ...]) -> np.ndarray:
+    """A TMA load: the box at ``coords`` (shape box[::-1]), zeros wherever it lies past the view."""
+    offset, inside = _offsets(view, coords)
+    assert np.all(offset[inside] < view.memory.size), "a view reaches past its tensor"
+    return np.where(inside, view.memory[np.where(inside, offset, 0)], 0.0)
+
+
+def store_box(view: MapView, coords: tuple[int, ...], values: np.ndarray) -> None:
+    """A TMA store of ``values`` (shape box[::-1]) at ``coords``: nothing written past the view,
+    and no element written twice."""
+    offset, inside = _offsets(view, coords)
+    targets = offset[inside]
+    assert np.all(targets < view.memory.size), "a view reaches past its tensor"
+    assert np.isnan(view.memory[targets]).all(), "an output element is written twice"
+    view.memory[targets] = values[inside]
+
+
+def _floor_split(offset: int, stride: int) -> tuple[int, int]:
+    q = offset // stride if offset >= 0 else -((-offset + stride - 1) // stride)
+    return q, offset - q * stride
+
+
+def _grouped_tile(t: int, tiles_m: int, tiles_n: int, group_m: int) -> tuple[int, int]:
+    width = group_m * tiles_n
+    first_m = (t // width) * group_m
+    height = min(tiles_m - first_m, group_m)
+    return first_m + (t % width) % height, (t % width) // height
+
+
+def model_conv_tma(g: Mapping[str, int], x: MapView, w: MapView, y: MapView, bias: np.ndarray | None,
+                   block_n: int, blocks: int) -> None:
+    """conv_tma<T, block_n, ...> on ``blocks`` persistent blocks: writes y's memory (poisoned with
+    NaN by the caller, so that an output the kernel misses shows)."""
+    tiles_m = g["tiles_i"] * g["tiles_h"] * g["tiles_w"]
+    tiles_n = -(-g["out_channels"] // block_n)
+    k_tiles = g["kernel_h"] * g["kernel_w"] * g["channel_tiles"]
+    half_i = g["patch_i"] // 2 if g["patch_i"] > 1 else 0
+    half_h = 0 if g["patch_i"] > 1 else g["patch_h"] // 2
+    rows = x.box[1] * x.box[2] * x.box[3] * x.box[4]  # the tile's pixels, one box row each
+    for block in range(blocks):
+        for item in range(block, tiles_m * tiles_n, blocks):
+            tm, tn = _grouped_tile(item, tiles_m, tiles_n, g["group_m"])
+            tw, th, ti = tm % g["tiles_w"], (tm // g["tiles_w"]) % g["tiles_h"], tm // (g["tiles_w"] * g["tiles_h"])
+            n0, h0, w0, col0 = ti * g["patch_i"], th * g["patch_h"], tw * g["patch_w"], tn * block_n
+            acc = np.zeros((rows, block_n))
+            for kt in range(k_tiles):
+                tap, blk = divmod(kt, g["channel_tiles"])
+                r, c = divmod(tap, g["kernel_w"])
+                qh, ph = _floor_split(r * g["dilation_h"] - g["padding_h"], g["stride_h"])
+                qw, pw = _floor_split(c * g["dilation_w"] - g["padding_w"], g["stride_w"])
+                a = load_box(x, (pw * g["channels"] + blk * BLOCK_K, w0 + qw, ph, h0 + qh, n0))
+                b = load_box(w, (blk * BLOCK_K, tap, col0))
+                acc += a.reshape(rows, BLOCK_K) @ b.reshape(block_n, BLOCK_K).T
+            if bias is not None:  # stage_tile: the bias of the columns that exist
+                cols = col0 + np.arange(block_n)
+                acc += np.where(cols < len(bias), bias[np.minimum(cols, len(bias) - 1)], 0.0)
+            for group in range(2):
+                half = acc[group * 64:(group + 1) * 64]
+                for j in range(block_n // OUT_BOX):
+                    if col0 + j * OUT_BOX >= g["out_channels"]:
+                        break
+                    part = half[:, j * OUT_BOX:(j + 1) * OUT_BOX].reshape(y.box[::-1])
+                    store_box(y, (col0 + j * OUT_BOX, w0, h0 + group * half_h, n0 + group * half_i), part)

@@ -1,0 +1,118 @@
+"""The TMA convolution's plan (conv_tma_plan.py) and the kernel's model (conv_tma_model.py, the
+kernel transcribed) on the CPU: every tile and k tile of the patch the plan chose, over the views
+the launcher encodes, against a direct float64 convolution.  The launcher's own arguments run
+the same model in test_cupy_launch_emulation.py; the kernel on a GPU in test_cupy.py
+(``-k tma_conv``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.cupy import conv_tma
+from kernels.cupy import conv_tma_plan as plan
+from kernels.cupy.conv_tma_model import MapView, model_conv_tma
+from layerbench.layers import Conv2d
+
+BLOCK_N = 64  # the narrowest tile; wider ones differ only in how columns group
+
+
+def emulate(spec: Conv2d, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
+            blocks: int = 3) -> np.ndarray:
+    """The kernel's model on x (NHWC) and w (KRSC) through the plan's views; NaN where nothing was stored."""
+    patch = plan.choose_patch(spec)
+    g = conv_tma.geometry(spec, patch)
+    out = np.full(spec.batch * spec.out_height * spec.out_width * spec.out_channels, np.nan)
+    model_conv_tma({name: getattr(g, name) for name, _ in conv_tma.Geometry._fields_},
+                   MapView(x.ravel(), *plan.input_view(spec), plan.input_box(patch)),
+                   MapView(w.ravel(), *plan.weight_view(spec), (plan.BLOCK_K, 1, BLOCK_N)),
+                   MapView(out, *plan.output_view(spec), plan.output_box(patch, conv_tma.OUT_BOX_COLS)),
+                   bias, BLOCK_N, blocks)
+    return out.reshape(spec.batch, spec.out_height, spec.out_width, spec.out_channels)
+
+
+def direct(spec: Conv2d, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    out = np.zeros((spec.batch, spec.out_height, spec.out_width, spec.out_channels))
+    for r in range(spec.kernel_h):
+        for s in range(spec.kernel_w):
+            for ho in range(spec.out_height):
+                h = ho * spec.stride_h - spec.padding_h + r * spec.dilation_h
+                if not 0 <= h < spec.height:
+                    continue
+                for wo in range(spec.out_width):
+                    col = wo * spec.stride_w - spec.padding_w + s * spec.dilation_w
+                    if 0 <= col < spec.width:
+                        out[:, ho, wo, :] += x[:, h, col, :] @ w[:, r, s, :].T
+    return out
+
+
+def check(spec: Conv2d, seed: int = 0) -> None:
+    assert plan.refusal(spec, "bf16", "NHWC") is None, plan.refusal(spec, "bf16", "NHWC")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((spec.batch, spec.height, spec.width, spec.in_channels))
+    w = rng.standard_normal((spec.out_channels, spec.kernel_h, spec.kernel_w, spec.in_channels))
+    bias = rng.standard_normal(spec.out_channels)
+    got = emulate(spec, x, w, bias)
+    assert not np.isnan(got).any(), "an output pixel was never stored"
+    np.testing.assert_allclose(got, direct(spec, x, w) + bias, rtol=1e-12, atol=1e-9)
+
+
+CASES = {
+    "3x3-pad": Conv2d(2, 16, 8, 9, 11, 3, 3, padding=1),
+    "channels-past-a-block": Conv2d(1, 72, 24, 6, 5, 3, 3, padding=1),
+    "resnet-3x3/2": Conv2d(2, 64, 16, 8, 10, 3, 3, stride=2, padding=1),
+    "resnet-1x1/2": Conv2d(3, 64, 72, 6, 6, 1, 1, stride=2),
+    "stride-3-7x7": Conv2d(1, 64, 8, 12, 9, 7, 7, stride=3, padding=3),
+    "dilated-1x7": Conv2d(2, 8, 8, 7, 13, 1, 7, padding_h=0, padding_w=6, dilation=2),
+    "row-stride-only": Conv2d(1, 24, 8, 10, 7, 3, 3, stride_h=2, stride_w=1, padding=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_schedule_matches_a_direct_convolution(name: str) -> None:
+    check(CASES[name])
+
+
+@st.composite
+def tma_specs(draw: st.DrawFn) -> Conv2d:
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    channels = draw(st.sampled_from((64, 128)) if sw > 1 else st.sampled_from((8, 16, 24, 72)))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, (kh - 1) * dh)), draw(st.integers(0, (kw - 1) * dw))
+    # The dilated window must fit the padded input: at least that many pixels, in whole strides.
+    least_h = max(1, -(-((kh - 1) * dh + 1 - 2 * ph) // sh))
+    least_w = max(1, -(-((kw - 1) * dw + 1 - 2 * pw) // sw))
+    h, w = sh * draw(st.integers(least_h, least_h + 5)), sw * draw(st.integers(least_w, least_w + 5))
+    return Conv2d(draw(st.integers(1, 3)), channels, draw(st.sampled_from((8, 16, 72))), h, w, kh, kw,
+                  stride_h=sh, stride_w=sw, padding_h=ph, padding_w=pw, dilation_h=dh, dilation_w=dw)
+
+
+@settings(max_examples=25, deadline=None)
+@given(spec=tma_specs(), seed=st.integers(0, 2**16))
+def test_drawn_schedules_match_a_direct_convolution(spec: Conv2d, seed: int) -> None:
+    check(spec, seed)
+
+
+@pytest.mark.parametrize("out_hw, batch, want", [
+    ((56, 56), 64, plan.Patch(2, 8, 8)),  # no waste (16 columns would), less halo than 4 x 4 x 8
+    ((7, 7), 64, plan.Patch(16, 1, 8)),  # one row of 16 images: 1 of 8 pixels wasted, not 79 of 128
+    ((28, 28), 1, plan.Patch(1, 4, 32)),  # 4 of 32 columns wasted; 8 x 16 would waste rows too
+])
+def test_patch_wastes_least(out_hw: tuple[int, int], batch: int, want: plan.Patch) -> None:
+    spec = Conv2d(batch, 64, 64, *out_hw, 3, 3, padding=1)
+    assert plan.choose_patch(spec) == want
+
+
+@pytest.mark.parametrize("spec, dtype, layout, reason", [
+    (Conv2d(2, 16, 8, 9, 9, 3, 3), "fp32", "NHWC", "fp16 and bf16"),
+    (Conv2d(2, 16, 8, 9, 9, 3, 3), "bf16", "NCHW", "NHWC tensors only"),
+    (Conv2d(2, 16, 8, 9, 9, 3, 3, groups=2), "bf16", "NHWC", "one group"),
+    (Conv2d(2, 12, 8, 9, 9, 3, 3), "bf16", "NHWC", "multiples of 8"),
+    (Conv2d(2, 16, 8, 9, 9, 3, 3, stride=2), "bf16", "NHWC", "multiples of the stride"),
+    (Conv2d(2, 32, 8, 10, 10, 3, 3, stride=2), "bf16", "NHWC", "multiple of 64"),
+], ids=str)
+def test_refusals_name_the_field(spec: Conv2d, dtype: str, layout: str, reason: str) -> None:
+    assert reason in plan.refusal(spec, dtype, layout)
