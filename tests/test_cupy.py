@@ -484,7 +484,8 @@ def test_conv2d_times_the_wgmma_implicit_gemm() -> None:
 
 # The TMA convolution alone (every tile width, each checked at build): 3x3 on whole and ragged
 # patches, channels past a block of 64, the strided phase view (3x3/2, 1x1/2, stride 3), dilation
-# with per-axis padding, several images a patch, no bias, and a ResNet layer at its size.
+# with per-axis padding, several images a patch, no bias, output channels stored from registers,
+# and a ResNet layer at its size.
 TMA_CONV = {"resnet-3x3-128": Conv2d(8, 128, 128, 28, 28, 3, 3, padding=1),
             "ragged-3x3": Conv2d(3, 40, 72, 17, 19, 3, 3, padding=1),
             "channels-past-a-block": Conv2d(2, 72, 136, 13, 13, 3, 3, padding=1, bias=False),
@@ -492,30 +493,32 @@ TMA_CONV = {"resnet-3x3-128": Conv2d(8, 128, 128, 28, 28, 3, 3, padding=1),
             "resnet-1x1/2": Conv2d(4, 256, 512, 28, 28, 1, 1, stride=2),
             "stride-3-7x7": Conv2d(2, 64, 64, 24, 21, 7, 7, stride=3, padding=3),
             "dilated-1x7": Conv2d(2, 96, 64, 17, 17, 1, 7, padding_h=0, padding_w=6, dilation=2),
-            "images-a-patch": Conv2d(32, 512, 512, 7, 7, 3, 3, padding=1)}
+            "images-a-patch": Conv2d(32, 512, 512, 7, 7, 3, 3, padding=1),
+            "odd-out-channels": Conv2d(3, 64, 100, 15, 15, 3, 3, padding=1)}
 
-
-# The NHWC paths on Hopper alone, by the name the build records: (builder, cases, the case the
+# The paths on Hopper alone, by the name the build records: (builder, cases, layouts, the case the
 # registered build must time beside the implicit GEMM).
-NHWC_PATHS = {"strided_wgmma_gemm": (cupy_conv2d.build_strided_pointwise, STRIDED_POINTWISE, "resnet-proj-256-512/2"),
-              "tma_implicit_gemm": (conv_tma.build, TMA_CONV, "resnet-3x3-128")}
+HOPPER_PATHS = {
+    "strided_wgmma_gemm": (cupy_conv2d.build_strided_pointwise, STRIDED_POINTWISE, ("NHWC",), "resnet-proj-256-512/2"),
+    "tma_implicit_gemm": (conv_tma.build, TMA_CONV, ("NHWC", "NCHW"), "resnet-3x3-128")}
 
 
 @gpu
 @pytest.mark.parametrize("dtype", ("fp16", "bf16"))
-@pytest.mark.parametrize("path, name", [(p, n) for p, (_, cases, _) in NHWC_PATHS.items() for n in sorted(cases)])
-def test_conv2d_nhwc_path_alone(path: str, name: str, dtype: str) -> None:
+@pytest.mark.parametrize("path, name, layout", [(p, n, lt) for p, (_, cases, layouts, _) in HOPPER_PATHS.items()
+                                                for n in sorted(cases) for lt in layouts])
+def test_conv2d_hopper_path_alone(path: str, name: str, layout: str, dtype: str) -> None:
     skip_unless_hopper()
-    builder, cases, _ = NHWC_PATHS[path]
-    assert_ok(builder, cases[name], dtype, "NHWC")
+    builder, cases, _, _ = HOPPER_PATHS[path]
+    assert_ok(builder, cases[name], dtype, layout)
 
 
 @gpu
-@pytest.mark.parametrize("path", sorted(NHWC_PATHS))
-def test_conv2d_nhwc_path_is_timed_beside_the_implicit_gemm(path: str) -> None:
+@pytest.mark.parametrize("path", sorted(HOPPER_PATHS))
+def test_conv2d_hopper_path_is_timed_beside_the_implicit_gemm(path: str) -> None:
     skip_unless_hopper()
-    _, cases, name = NHWC_PATHS[path]
-    details = built_details("conv2d", cases[name], "bf16", "NHWC")
+    _, cases, layouts, name = HOPPER_PATHS[path]
+    details = built_details("conv2d", cases[name], "bf16", layouts[0])
     assert details["implicit_gemm_ms"] > 0 and details[f"{path}_ms"] > 0, details
 
 

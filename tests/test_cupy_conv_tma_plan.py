@@ -19,18 +19,24 @@ from layerbench.layers import Conv2d
 BLOCK_N = 64  # the narrowest tile; wider ones differ only in how columns group
 
 
-def emulate(spec: Conv2d, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None,
+def emulate(spec: Conv2d, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, layout: str = "NHWC",
             blocks: int = 3) -> np.ndarray:
-    """The kernel's model on x (NHWC) and w (KRSC) through the plan's views; NaN where nothing was stored."""
+    """The kernel's model on x (NHWC) and w (KRSC) through the plan's views, the output in ``layout``
+    (returned as NHWC); NaN where nothing was stored."""
     patch = plan.choose_patch(spec)
-    g = conv_tma.geometry(spec, patch)
-    out = np.full(spec.batch * spec.out_height * spec.out_width * spec.out_channels, np.nan)
+    ho, wo, k = spec.out_height, spec.out_width, spec.out_channels
+    by_tma = plan.stores_by_tma(spec, layout)
+    strides = (ho * wo * k, 1, wo * k, k) if layout == "NHWC" else (k * ho * wo, ho * wo, wo, 1)
+    g = conv_tma.geometry(spec, patch, by_tma, strides)
+    out = np.full(spec.batch * ho * wo * k, np.nan)
+    y = MapView(out, *plan.output_view(spec), plan.output_box(patch, conv_tma.OUT_BOX_COLS)) if by_tma else None
     model_conv_tma({name: getattr(g, name) for name, _ in conv_tma.Geometry._fields_},
                    MapView(x.ravel(), *plan.input_view(spec), plan.input_box(patch)),
-                   MapView(w.ravel(), *plan.weight_view(spec), (plan.BLOCK_K, 1, BLOCK_N)),
-                   MapView(out, *plan.output_view(spec), plan.output_box(patch, conv_tma.OUT_BOX_COLS)),
+                   MapView(w.ravel(), *plan.weight_view(spec), (plan.BLOCK_K, 1, BLOCK_N)), out, y,
                    bias, BLOCK_N, blocks)
-    return out.reshape(spec.batch, spec.out_height, spec.out_width, spec.out_channels)
+    if layout == "NCHW":
+        return out.reshape(spec.batch, k, ho, wo).transpose(0, 2, 3, 1)
+    return out.reshape(spec.batch, ho, wo, k)
 
 
 def direct(spec: Conv2d, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -48,13 +54,13 @@ def direct(spec: Conv2d, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def check(spec: Conv2d, seed: int = 0) -> None:
-    assert plan.refusal(spec, "bf16", "NHWC") is None, plan.refusal(spec, "bf16", "NHWC")
+def check(spec: Conv2d, seed: int = 0, layout: str = "NHWC") -> None:
+    assert plan.refusal(spec, "bf16", layout) is None, plan.refusal(spec, "bf16", layout)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((spec.batch, spec.height, spec.width, spec.in_channels))
     w = rng.standard_normal((spec.out_channels, spec.kernel_h, spec.kernel_w, spec.in_channels))
     bias = rng.standard_normal(spec.out_channels)
-    got = emulate(spec, x, w, bias)
+    got = emulate(spec, x, w, bias, layout)
     assert not np.isnan(got).any(), "an output pixel was never stored"
     np.testing.assert_allclose(got, direct(spec, x, w) + bias, rtol=1e-12, atol=1e-9)
 
@@ -67,12 +73,14 @@ CASES = {
     "stride-3-7x7": Conv2d(1, 64, 8, 12, 9, 7, 7, stride=3, padding=3),
     "dilated-1x7": Conv2d(2, 8, 8, 7, 13, 1, 7, padding_h=0, padding_w=6, dilation=2),
     "row-stride-only": Conv2d(1, 24, 8, 10, 7, 3, 3, stride_h=2, stride_w=1, padding=1),
+    "odd-out-channels": Conv2d(2, 16, 10, 7, 9, 3, 3, padding=1),  # stored from registers in NHWC too
 }
 
 
+@pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_schedule_matches_a_direct_convolution(name: str) -> None:
-    check(CASES[name])
+def test_schedule_matches_a_direct_convolution(name: str, layout: str) -> None:
+    check(CASES[name], layout=layout)
 
 
 @st.composite
@@ -86,14 +94,14 @@ def tma_specs(draw: st.DrawFn) -> Conv2d:
     least_h = max(1, -(-((kh - 1) * dh + 1 - 2 * ph) // sh))
     least_w = max(1, -(-((kw - 1) * dw + 1 - 2 * pw) // sw))
     h, w = sh * draw(st.integers(least_h, least_h + 5)), sw * draw(st.integers(least_w, least_w + 5))
-    return Conv2d(draw(st.integers(1, 3)), channels, draw(st.sampled_from((8, 16, 72))), h, w, kh, kw,
+    return Conv2d(draw(st.integers(1, 3)), channels, draw(st.sampled_from((3, 8, 10, 16, 72))), h, w, kh, kw,
                   stride_h=sh, stride_w=sw, padding_h=ph, padding_w=pw, dilation_h=dh, dilation_w=dw)
 
 
 @settings(max_examples=25, deadline=None)
-@given(spec=tma_specs(), seed=st.integers(0, 2**16))
-def test_drawn_schedules_match_a_direct_convolution(spec: Conv2d, seed: int) -> None:
-    check(spec, seed)
+@given(spec=tma_specs(), seed=st.integers(0, 2**16), layout=st.sampled_from(("NHWC", "NCHW")))
+def test_drawn_schedules_match_a_direct_convolution(spec: Conv2d, seed: int, layout: str) -> None:
+    check(spec, seed, layout)
 
 
 @pytest.mark.parametrize("out_hw, batch, want", [
@@ -108,9 +116,9 @@ def test_patch_wastes_least(out_hw: tuple[int, int], batch: int, want: plan.Patc
 
 @pytest.mark.parametrize("spec, dtype, layout, reason", [
     (Conv2d(2, 16, 8, 9, 9, 3, 3), "fp32", "NHWC", "fp16 and bf16"),
-    (Conv2d(2, 16, 8, 9, 9, 3, 3), "bf16", "NCHW", "NHWC tensors only"),
+    (Conv2d(2, 16, 8, 9, 9, 3, 3), "bf16", "CHWN", "NCHW and NHWC"),
     (Conv2d(2, 16, 8, 9, 9, 3, 3, groups=2), "bf16", "NHWC", "one group"),
-    (Conv2d(2, 12, 8, 9, 9, 3, 3), "bf16", "NHWC", "multiples of 8"),
+    (Conv2d(2, 12, 8, 9, 9, 3, 3), "bf16", "NHWC", "multiple of 8"),
     (Conv2d(2, 16, 8, 9, 9, 3, 3, stride=2), "bf16", "NHWC", "multiples of the stride"),
     (Conv2d(2, 32, 8, 10, 10, 3, 3, stride=2), "bf16", "NHWC", "multiple of 64"),
 ], ids=str)

@@ -246,16 +246,20 @@ class EmulatedLaunch:
             ks = slice(z * per * bk, (z + 1) * per * bk)
             ws[z] = x[:, ks].float() @ w[:, ks].float().T
 
-    def _conv_tma(self) -> None:  # (x_map, w_map, y_map, bias, g); <T, BN, STAGES>
+    def _conv_tma(self) -> None:  # (x_map, w_map, y_map, bias, y, g); <T, BN, STAGES>
         block_n, stages = int(self.targs[1]), int(self.targs[2])
         assert self.block == (linear_wgmma.TMA_THREADS, 1, 1)
         assert self.shared_bytes == linear_wgmma.tma_shared_bytes(block_n, stages)
-        g = {name: getattr(self.args[4], name) for name, _ in conv_tma.Geometry._fields_}
+        g = {name: getattr(self.args[5], name) for name, _ in conv_tma.Geometry._fields_}
         tiles = g["tiles_i"] * g["tiles_h"] * g["tiles_w"] * -(-g["out_channels"] // block_n)
         assert self.grid == (min(tiles, 132), 1, 1), self.grid
         x_map, w_map, y_map = self.args[0], self.args[1], self.args[2]
-        assert (x_map.box[0], w_map.box, y_map.box[0]) == (64, (64, 1, block_n), conv_tma.OUT_BOX_COLS)
+        assert (x_map.box[0], w_map.box) == (64, (64, 1, block_n))
         assert math.prod(x_map.box[1:]) == 128, "a tile of 128 pixels"
+        y = self.kept(4)
+        assert y.stride() == (g["os_n"], g["os_c"], g["os_h"], g["os_w"])
+        if g["store_by_tma"]:
+            assert y_map.tensor is y and y_map.box[0] == conv_tma.OUT_BOX_COLS
 
         def view(m: SimpleNamespace, memory: np.ndarray) -> MapView:
             size = m.tensor.element_size()
@@ -266,11 +270,13 @@ class EmulatedLaunch:
             assert t.dtype == CTYPES[self.targs[0]]
             return torch.as_strided(t, (t.numel(),), (1,), t.storage_offset())
 
-        out = np.full(y_map.tensor.numel(), np.nan)
+        out = np.full(y.numel(), np.nan)
         bias = self.memory(3, g["out_channels"]).double().numpy() if self.args[3].value is not None else None
         model_conv_tma(g, view(x_map, flat(x_map.tensor).double().numpy()),
-                       view(w_map, flat(w_map.tensor).double().numpy()), view(y_map, out), bias, block_n, self.grid[0])
-        flat(y_map.tensor).copy_(torch.from_numpy(out))
+                       view(w_map, flat(w_map.tensor).double().numpy()), out,
+                       view(y_map, out) if g["store_by_tma"] else None, bias, block_n, self.grid[0])
+        written = ~np.isnan(out)  # the kernel leaves the rest as it was
+        flat(y)[torch.from_numpy(written)] = torch.from_numpy(out[written]).to(y.dtype)
 
     def _splitk_reduce(self) -> None:  # (ws, splits, M, N, bias, out, OHW, OW, osN, osC, osH, osW)
         splits, m, n = self.value(1), self.value(2), self.value(3)
@@ -472,14 +478,17 @@ TMA_CONV = {"3x3-odd": Conv2d(2, 24, 16, 9, 11, 3, 3, padding=1),
             "resnet-3x3/2": Conv2d(2, 64, 24, 8, 10, 3, 3, stride=2, padding=1),
             "resnet-1x1/2": Conv2d(3, 128, 72, 6, 6, 1, 1, stride=2),
             "dilated-1x7": Conv2d(2, 8, 8, 7, 13, 1, 7, padding_h=0, padding_w=6, dilation=2),
-            "batch-patch": Conv2d(5, 16, 8, 3, 3, 3, 3, padding=1)}
+            "batch-patch": Conv2d(5, 16, 8, 3, 3, 3, 3, padding=1),
+            "odd-out-channels": Conv2d(2, 16, 10, 7, 9, 3, 3, padding=1)}
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("name", sorted(TMA_CONV))
-def test_tma_convolution_alone(emulated: None, name: str) -> None:
+def test_tma_convolution_alone(emulated: None, name: str, layout: str) -> None:
     """The TMA convolution's every tile width, launched as conv_tma.cu's signature reads it: the
-    geometry struct, the three tensor maps' views and boxes, the persistent grid."""
-    result = check_implementation(conv_tma.build, TMA_CONV[name], "bf16", "NHWC", "cpu", runs=2)
+    geometry struct, the tensor maps' views and boxes, the output's strides, the persistent grid;
+    NCHW after the layout copy."""
+    result = check_implementation(conv_tma.build, TMA_CONV[name], "bf16", layout, "cpu", runs=2)
     assert result.ok, result.message
 
 

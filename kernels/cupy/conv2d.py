@@ -13,8 +13,8 @@ for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  O
 and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a
 pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
 linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
-the stride's grid to a buffer (layout.cu); an NHWC convolution of one group also runs
-conv_tma.cu, whose TMA unit cuts each k tile out of the image (conv_tma.py).  A wgmma path
+the stride's grid to a buffer (layout.cu); a convolution of one group also runs conv_tma.cu,
+whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  A wgmma path
 competes only after its output on the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
@@ -33,6 +33,7 @@ import torch
 
 from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources,
                           support)
+from kernels.cupy.layout import channels_last_copy
 from kernels.cupy.fft_plan import fft_plan
 from kernels.pointwise_views import forward_views, pointwise_refusal, strided_refusal, subsampled
 from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order, selection_ms
@@ -40,20 +41,6 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Conv2d
-
-TILE, ROWS = 32, 8  # must match layout.cu
-
-
-def _channels_last_copy(t: torch.Tensor, ctype: str, index: int) -> tuple[torch.Tensor, support.Launch]:
-    """A channels_last buffer for contiguous 4-D ``t`` and the launch that fills it from ``t``."""
-    dst = torch.empty_like(t, memory_format=torch.channels_last)
-    n, c, h, w = t.shape
-    fn = support.function("layout", sources.to_channels_last_name(ctype), index)
-    launch = support.Launch(fn, (-(-h * w // TILE), -(-c // TILE), n), (TILE, ROWS, 1),
-                            [support.ptr(t), support.ptr(dst), support.i32(c), support.i32(h * w)],
-                            index, keep=(t, dst))
-    return dst, launch
-
 
 def build_strided_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     """A strided 1x1 NHWC convolution without padding: the input's pixels on the stride's grid
@@ -97,10 +84,10 @@ def build_igemm(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor,
     copies: list[support.Launch] = []
     if (spec.in_channels // spec.groups) % sources.vector_width(ctype) == 0:
         if x.is_contiguous():
-            x, copy_x = _channels_last_copy(x, ctype, index)
+            x, copy_x = channels_last_copy(x, ctype, index)
             copies.append(copy_x)
         if weight.is_contiguous():
-            weight, copy_w = _channels_last_copy(weight, ctype, index)
+            weight, copy_w = channels_last_copy(weight, ctype, index)
             copies.append(copy_w)
     g = igemm.Geometry(
         batch=spec.batch, channels=spec.in_channels, height=spec.height, width=spec.width,
@@ -143,7 +130,7 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
                       "for fp32 an FFT convolution instead where it times faster at build; on Hopper in "
                       "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
-                      "pixels they read; NHWC with its k tiles cut from the image by TMA), the fastest kept; "
+                      "pixels they read; and with its k tiles cut from the image by TMA), the fastest kept; "
                       "depthwise: direct memory-bound kernels (fp32 FMA)")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)

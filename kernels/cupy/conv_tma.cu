@@ -10,9 +10,10 @@
 // row phase, rows / stride_h, images), so that a strided convolution's pixels are a box too
 // (the row phase and the column phase are fixed by the tap); the TMA unit zero-fills whatever
 // lies past the view's ends, which is the padding, and the channels past C.  Each warpgroup
-// writes its half of the patch through a 4-D map of the output: pixels past its edges are not
-// written.  conv_tma_plan.py chooses the patch and computes the same coordinates (its
-// simulation test runs this schedule on the CPU against a direct convolution).
+// writes its half of the patch through a 4-D map of an NHWC output (pixels past its edges are not
+// written), or, where the output is NCHW or its pixel rows are not 16-byte aligned, from
+// registers through the output's strides.  conv_tma_plan.py chooses the patch and the views;
+// conv_tma_model.py is this kernel transcribed for the CPU tests.
 #include "layerbench_common.cuh"
 #include "wgmma.cuh"
 #include "tma.cuh"
@@ -29,6 +30,9 @@ struct Geometry {
     int patch_i, patch_h, patch_w;   // the patch: images, rows, columns (product 128)
     int tiles_i, tiles_h, tiles_w;   // patches along images, output rows, output columns
     int group_m;                     // patches walked down each column of weight tiles
+    int batch, out_h, out_w;         // the output's images, rows and columns
+    int store_by_tma;                // 1: through y_map; 0: from registers through the strides below
+    int os_n, os_c, os_h, os_w;      // the output's element strides
 };
 
 // floor(off / stride) and the remainder in [0, stride): where a tap's offset lands in the view.
@@ -37,13 +41,47 @@ __device__ __forceinline__ int2 floor_split(int off, int stride) {
     return make_int2(q, off - q * stride);
 }
 
+// This warpgroup's outputs (+ bias), rounded to T, stored from registers through the output's
+// strides.  Accumulator layout as wgmma.cuh's for_each_pair: register 4j + 2h + e holds row
+// 16 warp + lane / 4 + 8h, column 8j + 2 (lane % 4) + e; row r is patch pixel first + r, written
+// where it lies inside the output.
+template <typename T, int BN>
+__device__ __forceinline__ void store_pixels(const float (&d)[BN / 2], T* __restrict__ y, const T* __restrict__ bias,
+                                             const Geometry& g, int n0, int h0, int w0, int first, int col0) {
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+    int base[2];
+    bool inside[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int p = first + warp * 16 + lane / 4 + 8 * h;
+        const int n = n0 + p / (g.patch_h * g.patch_w), oh = h0 + (p / g.patch_w) % g.patch_h, ow = w0 + p % g.patch_w;
+        inside[h] = n < g.batch && oh < g.out_h && ow < g.out_w;
+        base[h] = n * g.os_n + oh * g.os_h + ow * g.os_w;
+    }
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const int col = col0 + j * 8 + 2 * (lane % 4);
+        if (col >= g.out_channels) continue;
+        const bool both = col + 1 < g.out_channels;
+        const float b0 = bias ? lb::to_float(bias[col]) : 0.f, b1 = bias && both ? lb::to_float(bias[col + 1]) : 0.f;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            if (!inside[h]) continue;
+            T* out = y + base[h] + col * g.os_c;
+            out[0] = lb::from_float<T>(d[4 * j + 2 * h] + b0);
+            if (both) out[g.os_c] = lb::from_float<T>(d[4 * j + 2 * h + 1] + b1);
+        }
+    }
+}
+
 }  // namespace ct
 
 template <typename T, int BN, int STAGES>
 __global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant__ lb::TensorMap x_map,
                                                            const __grid_constant__ lb::TensorMap w_map,
                                                            const __grid_constant__ lb::TensorMap y_map,
-                                                           const T* __restrict__ bias, const ct::Geometry g) {
+                                                           const T* __restrict__ bias, T* __restrict__ y,
+                                                           const ct::Geometry g) {
     using namespace wt;
     using namespace wg;
     constexpr int A_BYTES = BM * LINE, STAGE_BYTES = (BM + BN) * LINE, OUT_BYTES = 64 * BN * 2;
@@ -124,6 +162,10 @@ __global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant
         wgmma_wait<0>();
         if (releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
 
+        if (!g.store_by_tma) {
+            ct::store_pixels<T, BN>(d, y, bias, g, job.n0, job.h0, job.w0, group * 64, job.col0);
+            continue;
+        }
         auto warpgroup_barrier = [group] {
             if (group == 0) lb::named_barrier<1, 128>();
             else lb::named_barrier<2, 128>();

@@ -1,5 +1,7 @@
-"""The convolution on Hopper's TMA and wgmma (``conv_tma.cu``): NHWC, fp16 and bf16, one group,
-any window, stride (dividing the input's sides), padding and dilation.
+"""The convolution on Hopper's TMA and wgmma (``conv_tma.cu``): fp16 and bf16, one group, any
+window, stride (dividing the input's sides), padding and dilation.  NCHW input is copied to NHWC
+inside the timed call (layout.cu, as the implicit GEMM does), and an NCHW output is written from
+registers through its strides.
 
 The implicit GEMMs of igemm.cu compute each input element's address in the threads that
 multiply; here the TMA unit cuts each k tile out of the image as a box of a strided view, so the
@@ -17,7 +19,8 @@ import torch
 
 from kernels.cupy import conv_tma_plan as plan
 from kernels.cupy import linear_wgmma, sources, support, tensor_map
-from layerbench.builders import Built, Kernel, Tensors, selection_ms
+from kernels.cupy.layout import channels_last_copy
+from layerbench.builders import Built, Kernel, Tensors, in_order, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
@@ -32,14 +35,16 @@ class Geometry(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int) for name in (
         "channels", "out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "padding_h", "padding_w",
         "dilation_h", "dilation_w", "channel_tiles", "patch_i", "patch_h", "patch_w", "tiles_i", "tiles_h", "tiles_w",
-        "group_m")]
+        "group_m", "batch", "out_h", "out_w", "store_by_tma", "os_n", "os_c", "os_h", "os_w")]
 
 
-def geometry(spec: Conv2d, patch: plan.Patch) -> Geometry:
+def geometry(spec: Conv2d, patch: plan.Patch, by_tma: bool, out_strides: tuple[int, int, int, int]) -> Geometry:
+    """The kernel's geometry; ``out_strides``: the output's element strides (N, C, H, W)."""
     tiles_i, tiles_h, tiles_w = plan.tiles(spec, patch)
     return Geometry(spec.in_channels, spec.out_channels, spec.kernel_h, spec.kernel_w, spec.stride_h, spec.stride_w,
                     spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w, plan.channel_tiles(spec),
-                    patch.images, patch.rows, patch.cols, tiles_i, tiles_h, tiles_w, GROUP_M)
+                    patch.images, patch.rows, patch.cols, tiles_i, tiles_h, tiles_w, GROUP_M,
+                    spec.batch, spec.out_height, spec.out_width, int(by_tma), *out_strides)
 
 
 def _map(t: torch.Tensor, view: tuple[tuple[int, ...], tuple[int, ...]], box: tuple[int, ...]) -> tensor_map.TensorMap:
@@ -47,20 +52,23 @@ def _map(t: torch.Tensor, view: tuple[tuple[int, ...], tuple[int, ...]], box: tu
     return tensor_map.encode(t, dims, tuple(s * t.element_size() for s in strides), box)
 
 
-def _launch(spec: Conv2d, dtype: DType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            out: torch.Tensor, index: int, block_n: int, stages: int) -> support.Launch:
+def _launch(spec: Conv2d, dtype: DType, layout: str, x: torch.Tensor, weight: torch.Tensor,
+            bias: torch.Tensor | None, out: torch.Tensor, index: int, block_n: int, stages: int) -> support.Launch:
+    """conv_tma.cu on dense NHWC ``x`` and OHWI ``weight``, writing ``out`` in ``layout``."""
     patch = plan.choose_patch(spec)
-    g = geometry(spec, patch)
+    by_tma = plan.stores_by_tma(spec, layout)
+    g = geometry(spec, patch, by_tma, tuple(out.stride()))
     smem = linear_wgmma.tma_shared_bytes(block_n, stages)
     fn = support.function("conv_tma", sources.conv_tma_name(support.ctype_of(dtype), block_n, stages), index)
     support.allow_shared(fn, smem, index)
     maps = [_map(x, plan.input_view(spec), plan.input_box(patch)),
             _map(weight, plan.weight_view(spec), (plan.BLOCK_K, 1, block_n)),
-            _map(out, plan.output_view(spec), plan.output_box(patch, OUT_BOX_COLS))]
+            _map(out, plan.output_view(spec), plan.output_box(patch, OUT_BOX_COLS)) if by_tma
+            else tensor_map.TensorMap()]
     tiles = g.tiles_i * g.tiles_h * g.tiles_w * -(-spec.out_channels // block_n)
     return support.Launch(  # persistent: one block an SM, each taking tiles in turn
         fn, (min(tiles, support.sm_count(index)), 1, 1), (linear_wgmma.TMA_THREADS, 1, 1),
-        [*maps, support.ptr(bias), g], index, keep=(x, weight, bias, out), shared_bytes=smem)
+        [*maps, support.ptr(bias), support.ptr(out), g], index, keep=(x, weight, bias, out), shared_bytes=smem)
 
 
 def _ohwi(weight: torch.Tensor) -> torch.Tensor:
@@ -79,13 +87,19 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     bias = tensors.get("bias") if spec.bias else None
     index = support.check_tensors(dtype, {"x": x, "weight": tensors["weight"], "bias": bias, "out": out})
     linear_wgmma.check_gpu(index)
+    dense = torch.channels_last if layout == "NHWC" else torch.contiguous_format
     for name, t in (("x", x), ("out", out)):
-        if not t.is_contiguous(memory_format=torch.channels_last):
-            raise Unsupported(f"the TMA convolution needs a dense NHWC {name}")
+        if not t.is_contiguous(memory_format=dense):
+            raise Unsupported(f"the TMA convolution needs a dense {layout} {name}")
+    copies: list[Kernel] = []
+    if layout == "NCHW":
+        x, copy_x = channels_last_copy(x, support.ctype_of(dtype), index)
+        copies.append(copy_x)
     weight = _ohwi(tensors["weight"])
-    found: dict[str, Kernel] = {f"tma_conv_{plan.TILE_PIXELS}x{n}": _launch(spec, dtype, x, weight, bias, out,
-                                                                           index, n, s)
-                                for n, s in sources.TMA_CONFIGS}
+    found: dict[str, Kernel] = {
+        f"tma_conv_{plan.TILE_PIXELS}x{n}": in_order(*copies, _launch(spec, dtype, layout, x, weight, bias, out,
+                                                                      index, n, s))
+        for n, s in sources.TMA_CONFIGS}
     timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
     built = support.fastest_right(found, timed, spec, dtype, tensors, out, "the TMA convolution")
     patch = plan.choose_patch(spec)

@@ -68,10 +68,30 @@ def _grouped_tile(t: int, tiles_m: int, tiles_n: int, group_m: int) -> tuple[int
     return first_m + (t % width) % height, (t % width) // height
 
 
-def model_conv_tma(g: Mapping[str, int], x: MapView, w: MapView, y: MapView, bias: np.ndarray | None,
-                   block_n: int, blocks: int) -> None:
-    """conv_tma<T, block_n, ...> on ``blocks`` persistent blocks: writes y's memory (poisoned with
-    NaN by the caller, so that an output the kernel misses shows)."""
+def store_pixels(g: Mapping[str, int], out: np.ndarray, values: np.ndarray, origin: tuple[int, int, int], first: int,
+                 col0: int) -> None:
+    """store_pixels: row r of ``values`` is patch pixel first + r, column j output channel col0 + j,
+    written through the output's strides where both lie inside the output."""
+    n0, h0, w0 = origin
+    for r, row in enumerate(values):
+        p = first + r
+        n, h = n0 + p // (g["patch_h"] * g["patch_w"]), h0 + (p // g["patch_w"]) % g["patch_h"]
+        w = w0 + p % g["patch_w"]
+        if n >= g["batch"] or h >= g["out_h"] or w >= g["out_w"]:
+            continue
+        cols = np.arange(col0, min(col0 + len(row), g["out_channels"]))
+        at = n * g["os_n"] + cols * g["os_c"] + h * g["os_h"] + w * g["os_w"]
+        assert np.all((at >= 0) & (at < out.size)), "a store leaves the output"
+        assert np.isnan(out[at]).all(), "an output element is written twice"
+        out[at] = row[:len(cols)]
+
+
+def model_conv_tma(g: Mapping[str, int], x: MapView, w: MapView, out: np.ndarray, y: MapView | None,
+                   bias: np.ndarray | None, block_n: int, blocks: int) -> None:
+    """conv_tma<T, block_n, ...> on ``blocks`` persistent blocks: writes ``out``, the output's memory
+    (poisoned with NaN by the caller, so that an output the kernel misses shows), through the map
+    ``y`` (over ``out``) where the geometry says so, else through its strides."""
+    assert (y is not None and y.memory is out) == bool(g["store_by_tma"])
     tiles_m = g["tiles_i"] * g["tiles_h"] * g["tiles_w"]
     tiles_n = -(-g["out_channels"] // block_n)
     k_tiles = g["kernel_h"] * g["kernel_w"] * g["channel_tiles"]
@@ -97,6 +117,9 @@ def model_conv_tma(g: Mapping[str, int], x: MapView, w: MapView, y: MapView, bia
                 acc += np.where(cols < len(bias), bias[np.minimum(cols, len(bias) - 1)], 0.0)
             for group in range(2):
                 half = acc[group * 64:(group + 1) * 64]
+                if y is None:
+                    store_pixels(g, out, half, (n0, h0, w0), group * 64, col0)
+                    continue
                 for j in range(block_n // OUT_BOX):
                     if col0 + j * OUT_BOX >= g["out_channels"]:
                         break

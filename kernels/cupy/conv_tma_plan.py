@@ -32,13 +32,12 @@ def refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
     """Why the TMA convolution cannot run ``spec`` (None where it can)."""
     if dtype not in DTYPES:
         return f"the TMA convolution runs fp16 and bf16, not {dtype}"
-    if layout != "NHWC":
-        return "the TMA convolution reads and writes NHWC tensors only"
+    if layout not in ("NCHW", "NHWC"):
+        return f"the TMA convolution runs NCHW and NHWC, not {layout}"
     if spec.groups != 1:
         return f"the TMA convolution runs one group, this point has {spec.groups}"
-    if spec.in_channels % 8 or spec.out_channels % 8:
-        return (f"the TMA convolution needs in_channels and out_channels multiples of 8 (16-byte pixel rows), got "
-                f"{spec.in_channels} and {spec.out_channels}")
+    if spec.in_channels % 8:
+        return f"the TMA convolution needs in_channels a multiple of 8 (16-byte pixel rows), got {spec.in_channels}"
     if spec.height % spec.stride_h or spec.width % spec.stride_w:
         return (f"the TMA convolution's strided view needs the input's sides multiples of the stride: "
                 f"{spec.height}x{spec.width} at stride {spec.stride_h}x{spec.stride_w}")
@@ -98,6 +97,12 @@ def weight_view(spec: Conv2d) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The 3-D view of the KRSC weight: (channels, taps, output channels) and its strides."""
     taps = spec.kernel_h * spec.kernel_w
     return (spec.in_channels, taps, spec.out_channels), (spec.in_channels, taps * spec.in_channels)
+
+
+def stores_by_tma(spec: Conv2d, layout: str) -> bool:
+    """Whether the output goes out through a tensor map (NHWC with 16-byte pixel rows), else from
+    registers through its strides."""
+    return layout == "NHWC" and spec.out_channels % 8 == 0
 
 
 def output_view(spec: Conv2d) -> tuple[tuple[int, ...], tuple[int, ...]]:
