@@ -1,4 +1,4 @@
-// Convolution on Hopper's TMA and wgmma (sm_90a), NHWC, fp16 or bf16, fp32 accumulators: the
+// Convolution on Hopper's TMA and wgmma (sm_90a), NHWC input, fp16 or bf16, fp32 accumulators: the
 // warp-specialised pipeline of linear_tma.cu with the input's tiles cut out of the image by the
 // TMA unit itself, so no thread computes an im2col address.
 //
@@ -54,9 +54,10 @@ __device__ __forceinline__ void store_pixels(const float (&d)[BN / 2], T* __rest
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int p = first + warp * 16 + lane / 4 + 8 * h;
-        const int n = n0 + p / (g.patch_h * g.patch_w), oh = h0 + (p / g.patch_w) % g.patch_h, ow = w0 + p % g.patch_w;
+        const int n = n0 + p / (g.patch_h * g.patch_w), oh = h0 + (p / g.patch_w) % g.patch_h;
+        const int ow = w0 + p % g.patch_w;
         inside[h] = n < g.batch && oh < g.out_h && ow < g.out_w;
-        base[h] = n * g.os_n + oh * g.os_h + ow * g.os_w;
+        base[h] = inside[h] ? n * g.os_n + oh * g.os_h + ow * g.os_w : 0;  // no offset past the tensor
     }
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
