@@ -104,13 +104,7 @@ __global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant
         return Item{ti * g.patch_i, th * g.patch_h, tw * g.patch_w, tile.y * BN};
     };
 
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) {
-            lb::mbar_init(full + 8 * s, 1);
-            lb::mbar_init(empty + 8 * s, CONSUMERS / 32);
-        }
-        lb::fence_mbar_init();
-    }
+    init_ring<STAGES>(full, empty);
     __syncthreads();
 
     if (threadIdx.x >= CONSUMERS) {  // the producer warp's first thread starts every copy
@@ -118,18 +112,16 @@ __global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant
             for (int w = blockIdx.x, it = 0; w < tiles; w += gridDim.x) {
                 const Item job = item(w);
                 for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-                    const int s = it % STAGES;
                     const int tap = kt / g.channel_tiles, block = kt % g.channel_tiles;
                     const int r = tap / g.kernel_w, c = tap % g.kernel_w;
                     // Input row ho * stride_h + r * dilation_h - padding_h is view row ho + q.x, phase q.y.
                     const int2 qh = ct::floor_split(r * g.dilation_h - g.padding_h, g.stride_h);
                     const int2 qw = ct::floor_split(c * g.dilation_w - g.padding_w, g.stride_w);
-                    lb::mbar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
-                    lb::mbar_expect_tx(full + 8 * s, STAGE_BYTES);  // whole boxes, zero-filled parts included
-                    const unsigned stage = base + s * STAGE_BYTES;
+                    const unsigned stage = claim_stage<BN, STAGES>(base, full, empty, it);
+                    const unsigned bar = full + 8 * (it % STAGES);
                     lb::tma_load_5d(stage, &x_map, qw.y * g.channels + block * BK, job.w0 + qw.x, qh.y, job.h0 + qh.x,
-                                    job.n0, full + 8 * s);
-                    lb::tma_load_3d(stage + A_BYTES, &w_map, block * BK, tap, job.col0, full + 8 * s);
+                                    job.n0, bar);
+                    lb::tma_load_3d(stage + A_BYTES, &w_map, block * BK, tap, job.col0, bar);
                 }
             }
         }
@@ -137,7 +129,6 @@ __global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant
     }
 
     const int group = threadIdx.x / 128;  // this warpgroup's 64 pixels: the patch's first or second half
-    const bool releases = threadIdx.x % 32 == 0;
     const bool leader = threadIdx.x % 128 == 0;
     const unsigned staged = base + STAGES * STAGE_BYTES + group * OUT_BYTES;
     // The halves split the patch's outermost dimension longer than one: images, else rows.
@@ -145,42 +136,13 @@ __global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant
     float d[BN / 2];
     for (int w = blockIdx.x, it = 0; w < tiles; w += gridDim.x) {
         const Item job = item(w);
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
-        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-            const int s = it % STAGES;
-            lb::mbar_wait(full + 8 * s, (it / STAGES) & 1);
-            const unsigned a = base + s * STAGE_BYTES + group * 64 * LINE;
-            const unsigned b = base + s * STAGE_BYTES + A_BYTES;
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < BK / 16; ++ks)
-                Wgmma<T, BN>::run(d, descriptor_128b(a + ks * 32), descriptor_128b(b + ks * 32));
-            wgmma_commit();
-            wgmma_wait<1>();  // batch it - 1 has retired: its buffer goes back to the producer
-            if (kt > 0 && releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
-        }
-        wgmma_wait<0>();
-        if (releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
-
-        if (!g.store_by_tma) {
+        multiply_item<T, BN, STAGES>(d, base, full, empty, it, k_tiles, true);
+        if (g.store_by_tma) {
+            store_tile_by_tma<T, BN>(d, staged, bias, g.out_channels, job.col0, [&](unsigned src, int col) {
+                lb::tma_store_4d(&y_map, src, col, job.w0, job.h0 + group * half_h, job.n0 + group * half_i);
+            });
+        } else {
             ct::store_pixels<T, BN>(d, y, bias, g, job.n0, job.h0, job.w0, group * 64, job.col0);
-            continue;
-        }
-        auto warpgroup_barrier = [group] {
-            if (group == 0) lb::named_barrier<1, 128>();
-            else lb::named_barrier<2, 128>();
-        };
-        if (leader) lb::bulk_wait_all<true>();  // the previous tile's stores have read the buffer
-        warpgroup_barrier();
-        stage_tile<T, BN>(d, staged, bias, g.out_channels, job.col0);
-        fence_async_proxy();
-        warpgroup_barrier();
-        if (leader) {
-            for (int j = 0; j < BN / OUT_BOX && job.col0 + j * OUT_BOX < g.out_channels; ++j)
-                lb::tma_store_4d(&y_map, staged + j * 64 * LINE, job.col0 + j * OUT_BOX, job.w0,
-                                 job.h0 + group * half_h, job.n0 + group * half_i);
-            lb::bulk_commit();
         }
     }
     if (leader) lb::bulk_wait_all<false>();

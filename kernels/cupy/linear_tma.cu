@@ -59,6 +59,89 @@ __device__ __forceinline__ void stage_tile(const float (&d)[BN / 2], unsigned ou
     }
 }
 
+// The ring's barriers, by the block's first thread before the block's first __syncthreads: full[s]
+// completes when the TMA unit has written buffer s, empty[s] when every consumer warp has released it.
+template <int STAGES>
+__device__ __forceinline__ void init_ring(unsigned full, unsigned empty) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            lb::mbar_init(full + 8 * s, 1);                 // the producer's arrival with the byte count
+            lb::mbar_init(empty + 8 * s, CONSUMERS / 32);  // one arrival per consumer warp
+        }
+        lb::fence_mbar_init();
+    }
+}
+
+// The producer: wait until buffer it % STAGES is free and announce the bytes its two boxes will
+// bring (whole boxes, zero-filled parts included); returns the buffer's address.  A fresh
+// barrier counts as having completed the phase before its first, so the first pass over the
+// ring does not wait.
+template <int BN, int STAGES>
+__device__ __forceinline__ unsigned claim_stage(unsigned base, unsigned full, unsigned empty, int it) {
+    constexpr int STAGE_BYTES = (BM + BN) * LINE;
+    const int s = it % STAGES;
+    lb::mbar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
+    lb::mbar_expect_tx(full + 8 * s, STAGE_BYTES);
+    return base + s * STAGE_BYTES;
+}
+
+// A consumer warpgroup: one work item's `count` k tiles from the ring into its 64 x BN
+// accumulators `d` (zeroed first); `it` counts k tiles through the ring across work items
+// (buffer it % STAGES, pass it / STAGES).  A warpgroup that does not `multiply` only keeps the
+// ring turning.
+template <typename T, int BN, int STAGES>
+__device__ __forceinline__ void multiply_item(float (&d)[BN / 2], unsigned base, unsigned full, unsigned empty,
+                                              int& it, int count, bool multiplies) {
+    using namespace wg;
+    constexpr int A_BYTES = BM * LINE, STAGE_BYTES = (BM + BN) * LINE;
+    const int group = threadIdx.x / 128;  // this warpgroup's 64 rows of each tile
+    const bool releases = threadIdx.x % 32 == 0;  // one arrival per warp on `empty`
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
+    for (int i = 0; i < count; ++i, ++it) {
+        const int s = it % STAGES;
+        lb::mbar_wait(full + 8 * s, (it / STAGES) & 1);
+        if (multiplies) {
+            const unsigned a = base + s * STAGE_BYTES + group * 64 * LINE;
+            const unsigned b = base + s * STAGE_BYTES + A_BYTES;
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < BK / 16; ++ks)  // 16 elements of k are 32 bytes along the line
+                Wgmma<T, BN>::run(d, descriptor_128b(a + ks * 32), descriptor_128b(b + ks * 32));
+            wgmma_commit();
+            wgmma_wait<1>();  // batch it - 1 has retired: its buffer goes back to the producer
+        }
+        if (i > 0 && releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
+    }
+    wgmma_wait<0>();
+    if (releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));  // the item's last buffer
+}
+
+// A consumer warpgroup's 64 x BN outputs (+ bias) staged at `staged` and handed to the TMA unit
+// by its leader thread, `store(src, col)` starting the copy of the 64-column box of column col;
+// first waits until the previous tile's stores have read the buffer.
+template <typename T, int BN, typename Store>
+__device__ __forceinline__ void store_tile_by_tma(const float (&d)[BN / 2], unsigned staged,
+                                                  const T* __restrict__ bias, int N, int col0, Store store) {
+    const int group = threadIdx.x / 128;
+    const bool leader = threadIdx.x % 128 == 0;  // issues and waits for the warpgroup's TMA stores
+    // One barrier per warpgroup (ids 1 and 2): the other warpgroup is on its own schedule.
+    auto warpgroup_barrier = [group] {
+        if (group == 0) lb::named_barrier<1, 128>();
+        else lb::named_barrier<2, 128>();
+    };
+    if (leader) lb::bulk_wait_all<true>();
+    warpgroup_barrier();
+    stage_tile<T, BN>(d, staged, bias, N, col0);
+    wg::fence_async_proxy();
+    warpgroup_barrier();
+    if (leader) {
+        for (int j = 0; j < BN / OUT_BOX && col0 + j * OUT_BOX < N; ++j)
+            store(staged + j * 64 * LINE, col0 + j * OUT_BOX);
+        lb::bulk_commit();
+    }
+}
+
 }  // namespace wt
 
 template <typename T, int BN, int STAGES>
@@ -91,29 +174,18 @@ __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_consta
                     min(kt0 + k_tiles_per_split, k_tiles) - kt0};  // count >= 1: the launcher's split
     };
 
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; ++s) {
-            lb::mbar_init(full + 8 * s, 1);                 // the producer's arrival with the byte count
-            lb::mbar_init(empty + 8 * s, CONSUMERS / 32);  // one arrival per consumer warp
-        }
-        lb::fence_mbar_init();
-    }
+    init_ring<STAGES>(full, empty);
     __syncthreads();  // the last block-wide barrier: the producer warp leaves when its copies are started
 
-    // `it` counts k tiles through the ring across work items: buffer it % STAGES, pass it / STAGES.
     if (threadIdx.x >= CONSUMERS) {
         if (threadIdx.x == CONSUMERS) {
             for (int w = blockIdx.x, it = 0; w < work; w += gridDim.x) {
                 const Item job = item(w);
                 for (int i = 0; i < job.count; ++i, ++it) {
-                    const int s = it % STAGES;
-                    // A fresh barrier counts as having completed the phase before its first, so
-                    // the first pass over the ring does not wait.
-                    lb::mbar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
-                    lb::mbar_expect_tx(full + 8 * s, STAGE_BYTES);  // whole boxes, zero-filled parts included
-                    const unsigned stage = base + s * STAGE_BYTES;
-                    lb::tma_load_2d(stage, &x_map, (job.kt0 + i) * BK, job.row0, full + 8 * s);
-                    lb::tma_load_2d(stage + A_BYTES, &w_map, (job.kt0 + i) * BK, job.col0, full + 8 * s);
+                    const unsigned stage = claim_stage<BN, STAGES>(base, full, empty, it);
+                    const unsigned bar = full + 8 * (it % STAGES);
+                    lb::tma_load_2d(stage, &x_map, (job.kt0 + i) * BK, job.row0, bar);
+                    lb::tma_load_2d(stage + A_BYTES, &w_map, (job.kt0 + i) * BK, job.col0, bar);
                 }
             }
         }
@@ -121,8 +193,7 @@ __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_consta
     }
 
     const int group = threadIdx.x / 128;  // this warpgroup's 64 rows of each tile
-    const bool releases = threadIdx.x % 32 == 0;  // one arrival per warp on `empty`
-    const bool leader = threadIdx.x % 128 == 0;  // issues and waits for the warpgroup's TMA stores
+    const bool leader = threadIdx.x % 128 == 0;
     const unsigned staged = base + STAGES * STAGE_BYTES + group * OUT_BYTES;
     float d[BN / 2];
     for (int w = blockIdx.x, it = 0; w < work; w += gridDim.x) {
@@ -130,25 +201,7 @@ __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_consta
         // A warpgroup whose 64 rows all lie past M (a GEMV, the last row tile) only keeps the
         // ring turning: the tensor cores spend nothing on its zero-filled rows.
         const bool multiplies = job.row0 + group * 64 < M;
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) d[i] = 0.f;
-        for (int i = 0; i < job.count; ++i, ++it) {
-            const int s = it % STAGES;
-            lb::mbar_wait(full + 8 * s, (it / STAGES) & 1);
-            if (multiplies) {
-                const unsigned a = base + s * STAGE_BYTES + group * 64 * LINE;
-                const unsigned b = base + s * STAGE_BYTES + A_BYTES;
-                wgmma_fence();
-#pragma unroll
-                for (int ks = 0; ks < BK / 16; ++ks)  // 16 elements of k are 32 bytes along the line
-                    Wgmma<T, BN>::run(d, descriptor_128b(a + ks * 32), descriptor_128b(b + ks * 32));
-                wgmma_commit();
-                wgmma_wait<1>();  // batch it - 1 has retired: its buffer goes back to the producer
-            }
-            if (i > 0 && releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));
-        }
-        wgmma_wait<0>();
-        if (releases) lb::mbar_arrive(empty + 8 * ((it - 1) % STAGES));  // the item's last buffer
+        multiply_item<T, BN, STAGES>(d, base, full, empty, it, job.count, multiplies);
 
         const int row0 = job.row0 + group * 64;
         if (ws != nullptr) {
@@ -157,21 +210,8 @@ __global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_consta
         } else if (!store_by_tma) {
             store_tile<T, BN>(d, y, bias, M, N, row0, job.col0);
         } else if (multiplies) {
-            // One barrier per warpgroup (ids 1 and 2): the other warpgroup is on its own schedule.
-            auto warpgroup_barrier = [group] {
-                if (group == 0) lb::named_barrier<1, 128>();
-                else lb::named_barrier<2, 128>();
-            };
-            if (leader) lb::bulk_wait_all<true>();  // the previous tile's stores have read the buffer
-            warpgroup_barrier();
-            stage_tile<T, BN>(d, staged, bias, N, job.col0);
-            fence_async_proxy();
-            warpgroup_barrier();
-            if (leader) {
-                for (int j = 0; j < BN / OUT_BOX && job.col0 + j * OUT_BOX < N; ++j)
-                    lb::tma_store_2d(&y_map, staged + j * 64 * LINE, job.col0 + j * OUT_BOX, row0);
-                lb::bulk_commit();
-            }
+            store_tile_by_tma<T, BN>(d, staged, bias, N, job.col0,
+                                     [&](unsigned src, int col) { lb::tma_store_2d(&y_map, src, col, row0); });
         }
     }
     if (leader) lb::bulk_wait_all<false>();  // the block's shared memory lives until its stores are done
