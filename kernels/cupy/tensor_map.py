@@ -46,8 +46,13 @@ def check_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> None:
     """Raise Unsupported unless the TMA unit can copy (box_rows x box_cols) boxes of ``t`` in the
     128-byte swizzle: a row-major 2-D fp16/bf16 tensor, 16-byte aligned rows, rows of at most
     one swizzle line a box."""
-    if t.dtype not in DATA_TYPES:
-        raise Unsupported(f"tensor maps here take fp16 or bf16 data, not {t.dtype}")
+    row_bytes = _check_matrix(t)
+    check_view(t, (t.shape[1], t.shape[0]), (row_bytes,), (box_cols, box_rows))
+
+
+def _check_matrix(t: torch.Tensor) -> int:
+    """The bytes from one row of ``t`` to the next; Unsupported unless ``t`` is a row-major matrix
+    whose rows a tensor map can step through."""
     if t.dim() != 2 or (t.stride(1) != 1 and t.shape[1] > 1):
         raise Unsupported(f"a tensor map needs a 2-D tensor with unit column stride, got shape "
                           f"{tuple(t.shape)} strides {t.stride()}")
@@ -55,11 +60,7 @@ def check_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> None:
     if t.data_ptr() % ALIGN or row_bytes % ALIGN or not 0 < row_bytes < MAX_STRIDE:
         raise Unsupported(f"a tensor map needs a {ALIGN}-byte aligned address and row stride, got address "
                           f"{t.data_ptr():#x} and {row_bytes} bytes a row")
-    if not (1 <= box_rows <= MAX_BOX and 1 <= box_cols <= MAX_BOX):
-        raise Unsupported(f"a TMA box has 1 to {MAX_BOX} elements a side, got {box_rows} x {box_cols}")
-    if box_cols * t.element_size() > SWIZZLE_BYTES:
-        raise Unsupported(f"a box row of the 128-byte swizzle spans at most {SWIZZLE_BYTES} bytes, got "
-                          f"{box_cols * t.element_size()}")
+    return row_bytes
 
 
 @lru_cache(maxsize=1)
@@ -85,8 +86,7 @@ def _error_name(lib: ctypes.CDLL, code: int) -> str:
 def encode_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> TensorMap:
     """The tensor map of row-major ``t`` for boxes of box_rows x box_cols elements, written to
     shared memory in the 128-byte swizzle; parts of a box past the tensor's end read as zeros."""
-    check_2d(t, box_rows, box_cols)
-    return encode(t, (t.shape[1], t.shape[0]), (_row_bytes(t),), (box_cols, box_rows))
+    return encode(t, (t.shape[1], t.shape[0]), (_check_matrix(t),), (box_cols, box_rows))
 
 
 def check_view(t: torch.Tensor, dims: Sequence[int], strides: Sequence[int], box: Sequence[int]) -> None:
