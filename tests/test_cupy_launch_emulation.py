@@ -33,7 +33,7 @@ from kernels.cupy.backward_models import (
     relu_backward_bits,
     unsigned_bits,
 )
-from kernels.cupy.conv_tma_model import MapView, model_conv_tma
+from kernels.cupy.conv_tma_model import MapView, grouped_tile, model_conv_tma
 from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
@@ -50,14 +50,6 @@ CTYPES = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torc
 def _from_bits(u: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     _, _, tdt, idt, bits = BITS[DTYPE_NAMES[dtype]]
     return torch.from_numpy(np.where(u >= (1 << (bits - 1)), u - (1 << bits), u)).to(idt).view(tdt)
-
-
-def _grouped_tile(t: int, tiles_m: int, tiles_n: int, group_m: int) -> tuple[int, int]:
-    """wgmma.cuh's grouped_tile, transcribed: output tile t's (row tile, column tile)."""
-    width = group_m * tiles_n
-    first_m = (t // width) * group_m
-    height = min(tiles_m - first_m, group_m)
-    return first_m + (t % width) % height, (t % width) // height
 
 
 class EmulatedLaunch:
@@ -200,7 +192,7 @@ class EmulatedLaunch:
         tiles_m, tiles_n = -(-m // bm), -(-n // block_n)
         assert self.grid == (tiles_m * tiles_n, 1, 1)
         # The grouped tile order: every tile exactly once.
-        seen = {_grouped_tile(pid, tiles_m, tiles_n, group_m) for pid in range(self.grid[0])}
+        seen = {grouped_tile(pid, tiles_m, tiles_n, group_m) for pid in range(self.grid[0])}
         assert seen == {(i, j) for i in range(tiles_m) for j in range(tiles_n)}
         x, w, y = self.memory(0, m * k).view(m, k), self.memory(1, n * k).view(n, k), self.memory(3, m * n).view(m, n)
         acc = x.float() @ w.float().T
@@ -232,7 +224,7 @@ class EmulatedLaunch:
         assert self.grid == (min(tiles_m * tiles_n * splits, 132), 1, 1), self.grid
         # The work items' order (tile w % tiles of split w / tiles): every (tile, split) exactly once.
         tiles = tiles_m * tiles_n
-        seen = {(*_grouped_tile(w % tiles, tiles_m, tiles_n, group_m), w // tiles) for w in range(tiles * splits)}
+        seen = {(*grouped_tile(w % tiles, tiles_m, tiles_n, group_m), w // tiles) for w in range(tiles * splits)}
         assert seen == {(i, j, z) for i in range(tiles_m) for j in range(tiles_n) for z in range(splits)}
         if self.args[5].value is None:
             assert splits == 1

@@ -52,10 +52,10 @@ def _map(t: torch.Tensor, view: tuple[tuple[int, ...], tuple[int, ...]], box: tu
     return tensor_map.encode(t, dims, tuple(s * t.element_size() for s in strides), box)
 
 
-def _launch(spec: Conv2d, dtype: DType, layout: str, x: torch.Tensor, weight: torch.Tensor,
+def _launch(spec: Conv2d, dtype: DType, layout: str, patch: plan.Patch, x: torch.Tensor, weight: torch.Tensor,
             bias: torch.Tensor | None, out: torch.Tensor, index: int, block_n: int, stages: int) -> support.Launch:
-    """conv_tma.cu on dense NHWC ``x`` and OHWI ``weight``, writing ``out`` in ``layout``."""
-    patch = plan.choose_patch(spec)
+    """conv_tma.cu on dense NHWC ``x`` and OHWI ``weight`` in tiles of ``patch``, writing ``out`` in
+    ``layout``."""
     by_tma = plan.stores_by_tma(spec, layout)
     g = geometry(spec, patch, by_tma, tuple(out.stride()))
     smem = linear_wgmma.tma_shared_bytes(block_n, stages)
@@ -96,11 +96,11 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         x, copy_x = channels_last_copy(x, support.ctype_of(dtype), index)
         copies.append(copy_x)
     weight = _ohwi(tensors["weight"])
+    patch = plan.choose_patch(spec)
     found: dict[str, Kernel] = {
-        f"tma_conv_{plan.TILE_PIXELS}x{n}": in_order(*copies, _launch(spec, dtype, layout, x, weight, bias, out,
-                                                                      index, n, s))
+        f"tma_conv_{plan.TILE_PIXELS}x{n}": in_order(*copies, _launch(spec, dtype, layout, patch, x, weight, bias,
+                                                                      out, index, n, s))
         for n, s in sources.TMA_CONFIGS}
     timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
     built = support.fastest_right(found, timed, spec, dtype, tensors, out, "the TMA convolution")
-    patch = plan.choose_patch(spec)
     return Built(built.launch, {**built.details, "patch": f"{patch.images}x{patch.rows}x{patch.cols}"})

@@ -61,7 +61,8 @@ def _floor_split(offset: int, stride: int) -> tuple[int, int]:
     return q, offset - q * stride
 
 
-def _grouped_tile(t: int, tiles_m: int, tiles_n: int, group_m: int) -> tuple[int, int]:
+def grouped_tile(t: int, tiles_m: int, tiles_n: int, group_m: int) -> tuple[int, int]:
+    """wgmma.cuh's grouped_tile, transcribed: output tile t's (row tile, column tile)."""
     width = group_m * tiles_n
     first_m = (t // width) * group_m
     height = min(tiles_m - first_m, group_m)
@@ -100,7 +101,7 @@ def model_conv_tma(g: Mapping[str, int], x: MapView, w: MapView, out: np.ndarray
     rows = x.box[1] * x.box[2] * x.box[3] * x.box[4]  # the tile's pixels, one box row each
     for block in range(blocks):
         for item in range(block, tiles_m * tiles_n, blocks):
-            tm, tn = _grouped_tile(item, tiles_m, tiles_n, g["group_m"])
+            tm, tn = grouped_tile(item, tiles_m, tiles_n, g["group_m"])
             tw, th, ti = tm % g["tiles_w"], (tm // g["tiles_w"]) % g["tiles_h"], tm // (g["tiles_w"] * g["tiles_h"])
             n0, h0, w0, col0 = ti * g["patch_i"], th * g["patch_h"], tw * g["patch_w"], tn * block_n
             acc = np.zeros((rows, block_n))
