@@ -33,7 +33,7 @@ from layerbench.testing import (
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
 from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
-from kernels.cupy import conv_tma, linear_wgmma  # noqa: E402
+from kernels.cupy import conv_tma, linear_wgmma, sources  # noqa: E402
 from kernels.pointwise_views import forward_views, strided_refusal, subsampled  # noqa: E402
 
 gpu = pytest.mark.gpu
@@ -485,7 +485,7 @@ def test_conv2d_times_the_wgmma_implicit_gemm() -> None:
 # The TMA convolution alone (every tile width, each checked at build): 3x3 on whole and ragged
 # patches, channels past a block of 64, the strided phase view (3x3/2, 1x1/2, stride 3), dilation
 # with per-axis padding, several images a patch, no bias, output channels stored from registers,
-# and a ResNet layer at its size.
+# a ResNet layer at its size and a VGG one's 64 channels.
 TMA_CONV = {"resnet-3x3-128": Conv2d(8, 128, 128, 28, 28, 3, 3, padding=1),
             "ragged-3x3": Conv2d(3, 40, 72, 17, 19, 3, 3, padding=1),
             "channels-past-a-block": Conv2d(2, 72, 136, 13, 13, 3, 3, padding=1, bias=False),
@@ -494,7 +494,8 @@ TMA_CONV = {"resnet-3x3-128": Conv2d(8, 128, 128, 28, 28, 3, 3, padding=1),
             "stride-3-7x7": Conv2d(2, 64, 64, 24, 21, 7, 7, stride=3, padding=3),
             "dilated-1x7": Conv2d(2, 96, 64, 17, 17, 1, 7, padding_h=0, padding_w=6, dilation=2),
             "images-a-patch": Conv2d(32, 512, 512, 7, 7, 3, 3, padding=1),
-            "odd-out-channels": Conv2d(3, 64, 100, 15, 15, 3, 3, padding=1)}
+            "odd-out-channels": Conv2d(3, 64, 100, 15, 15, 3, 3, padding=1),
+            "vgg-64-channels": Conv2d(2, 64, 64, 56, 56, 3, 3, padding=1)}
 
 # The paths on Hopper alone, by the name the build records: (builder, cases, layouts, the case the
 # registered build must time beside the implicit GEMM).
@@ -511,6 +512,24 @@ def test_conv2d_hopper_path_alone(path: str, name: str, layout: str, dtype: str)
     skip_unless_hopper()
     builder, cases, _, _ = HOPPER_PATHS[path]
     assert_ok(builder, cases[name], dtype, layout)
+
+
+@gpu
+@pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
+@pytest.mark.parametrize("name", ["resnet-3x3-128", "vgg-64-channels", "images-a-patch", "odd-out-channels"])
+def test_every_tma_convolution_configuration_alone(name: str, layout: str) -> None:
+    """Each tile width and blocks-an-SM of the TMA convolution on its own: the build keeps the
+    fastest right one, so a wrong configuration would otherwise only show in its details."""
+    skip_unless_hopper()
+    spec, dt = TMA_CONV[name], get_dtype("bf16")
+    tensors = make_tensors(spec, dt, layout, DEVICE)
+    found, _ = conv_tma.variants(spec, dt, layout, tensors, make_output(spec, tensors))
+    assert len(found) == len(sources.TMA_CONFIGS), sorted(found)
+    for variant in found:
+        def only(spec: Conv2d, dt, layout: str, tensors, out: torch.Tensor, variant: str = variant):
+            return conv_tma.variants(spec, dt, layout, tensors, out)[0][variant]
+
+        assert_ok(only, spec, "bf16", layout)
 
 
 @gpu

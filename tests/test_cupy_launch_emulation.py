@@ -201,9 +201,9 @@ class EmulatedLaunch:
         y.copy_(acc)
 
     def _linear_tma(self) -> None:  # (x_map, w_map, y_map, bias, y, ws, M, N, K, group_m, per, store_by_tma);
-        # <T, BN, STAGES>
+        # <T, BN, STAGES, BLOCKS>
         m, n, k, group_m, per, by_tma = (self.value(i) for i in range(6, 12))
-        block_n, stages = int(self.targs[1]), int(self.targs[2])
+        block_n, stages, blocks = int(self.targs[1]), int(self.targs[2]), int(self.targs[3])
         bm, bk = linear_wgmma.BLOCK_M, linear_wgmma.BLOCK_K
         assert self.block == (linear_wgmma.TMA_THREADS, 1, 1)
         assert self.shared_bytes == linear_wgmma.tma_shared_bytes(block_n, stages)
@@ -219,9 +219,9 @@ class EmulatedLaunch:
         assert x.shape == (m, k) and w.shape == (n, k)
         k_tiles = -(-k // bk)
         splits = -(-k_tiles // per)
-        # Persistent: one block an SM (at most), the work items (tile, split) dealt out in turn.
+        # Persistent: `blocks` blocks an SM (at most), the work items (tile, split) dealt out in turn.
         tiles_m, tiles_n = -(-m // bm), -(-n // block_n)
-        assert self.grid == (min(tiles_m * tiles_n * splits, 132), 1, 1), self.grid
+        assert self.grid == (min(tiles_m * tiles_n * splits, 132 * blocks), 1, 1), self.grid
         # The work items' order (tile w % tiles of split w / tiles): every (tile, split) exactly once.
         tiles = tiles_m * tiles_n
         seen = {(*grouped_tile(w % tiles, tiles_m, tiles_n, group_m), w // tiles) for w in range(tiles * splits)}
@@ -238,13 +238,13 @@ class EmulatedLaunch:
             ks = slice(z * per * bk, (z + 1) * per * bk)
             ws[z] = x[:, ks].float() @ w[:, ks].float().T
 
-    def _conv_tma(self) -> None:  # (x_map, w_map, y_map, bias, y, g); <T, BN, STAGES>
-        block_n, stages = int(self.targs[1]), int(self.targs[2])
+    def _conv_tma(self) -> None:  # (x_map, w_map, y_map, bias, y, g); <T, BN, STAGES, BLOCKS>
+        block_n, stages, blocks = int(self.targs[1]), int(self.targs[2]), int(self.targs[3])
         assert self.block == (linear_wgmma.TMA_THREADS, 1, 1)
         assert self.shared_bytes == linear_wgmma.tma_shared_bytes(block_n, stages)
         g = {name: getattr(self.args[5], name) for name, _ in conv_tma.Geometry._fields_}
         tiles = g["tiles_i"] * g["tiles_h"] * g["tiles_w"] * -(-g["out_channels"] // block_n)
-        assert self.grid == (min(tiles, 132), 1, 1), self.grid
+        assert self.grid == (min(tiles, 132 * blocks), 1, 1), self.grid
         x_map, w_map, y_map = self.args[0], self.args[1], self.args[2]
         assert (x_map.box[0], w_map.box) == (64, (64, 1, block_n))
         assert math.prod(x_map.box[1:]) == 128, "a tile of 128 pixels"
@@ -394,7 +394,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool_winners, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
     # A Hopper: the builds also make the wgmma GEMM, whose launch is emulated and checked like the others.
     monkeypatch.setattr(support, "capability", lambda index: (9, 0))
-    monkeypatch.setattr(support, "allow_shared", lambda fn, shared_bytes, index: None)
+    monkeypatch.setattr(support, "allow_shared", lambda fn, shared_bytes, index, blocks=1: None)
     monkeypatch.setattr(tensor_map, "encode_2d", _emulated_tensor_map)
     monkeypatch.setattr(tensor_map, "encode", _emulated_view_map)
     for module in (cupy_linear, cupy_conv2d, linear_wgmma, conv_tma):

@@ -249,8 +249,9 @@ def skip_before_hopper() -> None:
         pytest.skip("the TMA paths need a Hopper or later GPU")
 
 
-# The TMA-fed convolution (NHWC, stride 1; the build keeps it only where it is faster):
-# ResNet-50 and VGG-16 layers, L5's 13 x 13 plane, a dilated and a per-axis padded layer.
+# The TMA-fed convolution (NHWC; the build keeps it only where it is faster): ResNet-50 and
+# VGG-16 layers (their RGB first layers on padded pixel rows), L5's 13 x 13 plane, a dilated and
+# a per-axis padded layer, strided ones.
 CONV_TMA = {"resnet-3x3-64": Conv2d(8, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
             "resnet-3x3-512-7x7": Conv2d(8, 512, 512, 7, 7, 3, 3, padding=1),
             "L5-13x13": THESIS_CONV["L5"], "vgg-3x3-256": Conv2d(4, 256, 256, 56, 56, 3, 3, padding=1),
@@ -258,7 +259,9 @@ CONV_TMA = {"resnet-3x3-64": Conv2d(8, 64, 64, 56, 56, 3, 3, padding=1, bias=Fal
             "inception-1x7": Conv2d(4, 128, 192, 17, 17, 1, 7, padding_h=0, padding_w=3),
             "pointwise-odd": Conv2d(3, 96, 24, 29, 31, 1, 1),
             "resnet-1x1-256-512/2": Conv2d(8, 256, 512, 56, 56, 1, 1, stride=2, bias=False),
-            "resnet-3x3-128/2": Conv2d(8, 128, 128, 56, 56, 3, 3, stride=2, padding=1, bias=False)}
+            "resnet-3x3-128/2": Conv2d(8, 128, 128, 56, 56, 3, 3, stride=2, padding=1, bias=False),
+            "vgg-conv1_1-rgb": Conv2d(4, 3, 64, 64, 64, 3, 3, padding=1),
+            "resnet-stem-rgb": Conv2d(4, 3, 64, 64, 64, 7, 7, stride=2, padding=3, bias=False)}
 
 
 def test_conv2d_tma_is_timed_beside_the_implicit_gemm() -> None:

@@ -30,6 +30,8 @@ from triton.compiler.compiler import make_backend  # noqa: E402
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
 from kernels.triton import conv_tma as ct, gemv, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
 from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
+from layerbench.dtypes import get_dtype  # noqa: E402
+from layerbench.layers import Conv2d  # noqa: E402
 
 ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
 DIVISIBLE = {"C", "K", "CPG", "KPG"}
@@ -113,12 +115,17 @@ def main() -> None:
 
 def conv_tma_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:
     """The TMA-fed NHWC convolution (3x3, padding 1, with bias) for each config and patch width, at
-    stride 1 and 2."""
+    stride 1 and 2, and on an RGB input padded to 16-byte pixel rows (the least channel block),
+    with the padding copy."""
     element = el[1:]
-    for stride in (1, 2):
+    padded = ct.padded_channels(Conv2d(1, 3, 64, 8, 8, 3, 3), get_dtype("tf32" if el == "*fp32" else el[1:]))
+    line = compile_report(ct._pad_channels_kernel, target, {"src_ptr": el, "dst_ptr": el},
+                          {"C": 3, "P": padded, "P_POW2": padded, "BLOCK": ct.PAD_PIXELS}, 4, divisible=set())
+    print(f"conv TMA input padding 3 -> {padded} channels: {line}")
+    for stride, narrow in ((1, False), (2, False), (1, True)):
         for c in ct.CONFIGS.get(mode, []):
             for bw in ct.PATCH_WIDTHS:
-                bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], c["BLOCK_K"]
+                bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
                 descs = {"x_desc": f"tensordesc<{element}[1, {bh}, 1, {bw}, {bk}]>",
                          "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",
                          "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
@@ -126,8 +133,8 @@ def conv_tma_report(target: GPUTarget, el: str, mode: str, precision: str) -> No
                         "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk}
                 line = compile_report(ct._conv_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"],
                                       c["num_stages"], {"K", "C"}, descs)
-                print(f"conv TMA stride {stride} patch {bh}x{bw} BLOCK_N={bn} BLOCK_K={bk} warps={c['num_warps']} "
-                      f"stages={c['num_stages']}: {line}")
+                print(f"conv TMA stride {stride}{' RGB padded' if narrow else ''} patch {bh}x{bw} BLOCK_N={bn} "
+                      f"BLOCK_K={bk} warps={c['num_warps']} stages={c['num_stages']}: {line}")
 
 
 def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:

@@ -77,8 +77,8 @@ __device__ __forceinline__ void store_pixels(const float (&d)[BN / 2], T* __rest
 
 }  // namespace ct
 
-template <typename T, int BN, int STAGES>
-__global__ void __launch_bounds__(wt::THREADS, 1) conv_tma(const __grid_constant__ lb::TensorMap x_map,
+template <typename T, int BN, int STAGES, int BLOCKS>
+__global__ void __launch_bounds__(wt::THREADS, BLOCKS) conv_tma(const __grid_constant__ lb::TensorMap x_map,
                                                            const __grid_constant__ lb::TensorMap w_map,
                                                            const __grid_constant__ lb::TensorMap y_map,
                                                            const T* __restrict__ bias, T* __restrict__ y,

@@ -5,8 +5,9 @@ registers through its strides.
 
 The implicit GEMMs of igemm.cu compute each input element's address in the threads that
 multiply; here the TMA unit cuts each k tile out of the image as a box of a strided view, so the
-warpgroups only multiply (the pipeline of the TMA GEMM, linear_tma.cu).  Every tile width (64,
-128, 256 output channels) is timed at build and the fastest kept; the kernel competes in
+warpgroups only multiply (the pipeline of the TMA GEMM, linear_tma.cu).  Every configuration
+(64, 128, 256 output channels a tile; one block an SM, or two that overlap each other's stores)
+is timed at build and the fastest kept; the kernel competes in
 conv2d.py only after its output on the layer's own tensors has passed the float64 check.  A
 weight in OIHW order is copied to OHWI once, at build (not timed).
 """
@@ -53,21 +54,23 @@ def _map(t: torch.Tensor, view: tuple[tuple[int, ...], tuple[int, ...]], box: tu
 
 
 def _launch(spec: Conv2d, dtype: DType, layout: str, patch: plan.Patch, x: torch.Tensor, weight: torch.Tensor,
-            bias: torch.Tensor | None, out: torch.Tensor, index: int, block_n: int, stages: int) -> support.Launch:
-    """conv_tma.cu on dense NHWC ``x`` and OHWI ``weight`` in tiles of ``patch``, writing ``out`` in
-    ``layout``."""
+            bias: torch.Tensor | None, out: torch.Tensor, index: int, block_n: int, stages: int,
+            blocks: int) -> support.Launch:
+    """conv_tma.cu on dense NHWC ``x`` and OHWI ``weight`` in tiles of ``patch``, ``blocks`` blocks
+    an SM, writing ``out`` in ``layout``."""
     by_tma = plan.stores_by_tma(spec, layout)
     g = geometry(spec, patch, by_tma, tuple(out.stride()))
     smem = linear_wgmma.tma_shared_bytes(block_n, stages)
-    fn = support.function("conv_tma", sources.conv_tma_name(support.ctype_of(dtype), block_n, stages), index)
-    support.allow_shared(fn, smem, index)
+    fn = support.function("conv_tma", sources.conv_tma_name(support.ctype_of(dtype), block_n, stages, blocks),
+                          index)
+    support.allow_shared(fn, smem, index, blocks)
     maps = [_map(x, plan.input_view(spec), plan.input_box(patch)),
             _map(weight, plan.weight_view(spec), (plan.BLOCK_K, 1, block_n)),
             _map(out, plan.output_view(spec), plan.output_box(patch, OUT_BOX_COLS)) if by_tma
             else tensor_map.TensorMap()]
     tiles = g.tiles_i * g.tiles_h * g.tiles_w * -(-spec.out_channels // block_n)
-    return support.Launch(  # persistent: one block an SM, each taking tiles in turn
-        fn, (min(tiles, support.sm_count(index)), 1, 1), (linear_wgmma.TMA_THREADS, 1, 1),
+    return support.Launch(  # persistent: `blocks` blocks an SM, each taking tiles in turn
+        fn, (min(tiles, blocks * support.sm_count(index)), 1, 1), (linear_wgmma.TMA_THREADS, 1, 1),
         [*maps, support.ptr(bias), support.ptr(out), g], index, keep=(x, weight, bias, out), shared_bytes=smem)
 
 
@@ -78,8 +81,10 @@ def _ohwi(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=torch.channels_last)  # at build: the weight is a constant
 
 
-def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    """The fastest tile width of the TMA convolution whose output passes the float64 check."""
+def variants(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+             out: torch.Tensor) -> tuple[dict[str, Kernel], plan.Patch]:
+    """Every configuration of the TMA convolution for this point, by name (``Unsupported`` with
+    the reason where it cannot run), and the patch they share."""
     reason = plan.refusal(spec, dtype.name, layout)
     if reason:
         raise Unsupported(reason)
@@ -98,9 +103,15 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     weight = _ohwi(tensors["weight"])
     patch = plan.choose_patch(spec)
     found: dict[str, Kernel] = {
-        f"tma_conv_{plan.TILE_PIXELS}x{n}": in_order(*copies, _launch(spec, dtype, layout, patch, x, weight, bias,
-                                                                      out, index, n, s))
-        for n, s in sources.TMA_CONFIGS}
+        f"tma_conv_{linear_wgmma.tma_variant(n, b)}": in_order(
+            *copies, _launch(spec, dtype, layout, patch, x, weight, bias, out, index, n, s, b))
+        for n, s, b in sources.TMA_CONFIGS}
+    return found, patch
+
+
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The fastest configuration of the TMA convolution whose output passes the float64 check."""
+    found, patch = variants(spec, dtype, layout, tensors, out)
     timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
     built = support.fastest_right(found, timed, spec, dtype, tensors, out, "the TMA convolution")
     return Built(built.launch, {**built.details, "patch": f"{patch.images}x{patch.rows}x{patch.cols}"})

@@ -1,7 +1,8 @@
 // Fully connected layer on Hopper's TMA and wgmma (sm_90a), warp-specialised:
 // y = x W^T + b, x (M, K) and W (N, K) row-major, fp16 or bf16, fp32 accumulators.
 //
-// A persistent block of 288 threads (one per SM) computes 128 x BN tiles of y one after another:
+// A persistent block of 288 threads (BLOCKS per SM: one, or two whose stores and multiplies
+// overlap) computes 128 x BN tiles of y one after another:
 // one producer warp, whose first thread starts the TMA copies of the x and W tiles into a ring of
 // STAGES buffers, and two consumer warpgroups of 64 rows each that multiply them with
 // wgmma.mma_async, both operands read from shared memory through matrix descriptors.  The TMA
@@ -144,8 +145,8 @@ __device__ __forceinline__ void store_tile_by_tma(const float (&d)[BN / 2], unsi
 
 }  // namespace wt
 
-template <typename T, int BN, int STAGES>
-__global__ void __launch_bounds__(wt::THREADS, 1) linear_tma(const __grid_constant__ lb::TensorMap x_map,
+template <typename T, int BN, int STAGES, int BLOCKS>
+__global__ void __launch_bounds__(wt::THREADS, BLOCKS) linear_tma(const __grid_constant__ lb::TensorMap x_map,
                                                              const __grid_constant__ lb::TensorMap w_map,
                                                              const __grid_constant__ lb::TensorMap y_map,
                                                              const T* __restrict__ bias, T* __restrict__ y,

@@ -51,6 +51,16 @@ def tma_shared_bytes(block_n: int, stages: int) -> int:
     return shared_bytes(block_n, stages) + BLOCK_M * block_n * 2
 
 
+def tma_variant(block_n: int, blocks: int) -> str:
+    """A TMA configuration's name: its tile, and its blocks an SM where more than one."""
+    return f"{BLOCK_M}x{block_n}" + ("" if blocks == 1 else f"_{blocks}_per_sm")
+
+
+def one_block_stages(block_n: int) -> int:
+    """The stages of the one-block-an-SM TMA configuration of ``block_n`` columns."""
+    return next(s for n, s, b in sources.TMA_CONFIGS if n == block_n and b == 1)
+
+
 def check_dtype(dtype: DType) -> None:
     if dtype.name not in ("fp16", "bf16"):
         raise Unsupported(f"the wgmma GEMM runs fp16 and bf16, not {dtype.name}")
@@ -86,10 +96,10 @@ def _tiles(spec: Linear, block_n: int) -> int:
     return -(-spec.batch // BLOCK_M) * -(-spec.out_features // block_n)
 
 
-def _loaded(source: str, name: str, smem: int, index: int) -> cupy.RawKernel:
-    """Kernel ``name`` of ``source``, allowed ``smem`` bytes of shared memory."""
+def _loaded(source: str, name: str, smem: int, index: int, blocks: int = 1) -> cupy.RawKernel:
+    """Kernel ``name`` of ``source``, allowed ``smem`` bytes of shared memory, ``blocks`` blocks an SM."""
     fn = support.function(source, name, index)
-    support.allow_shared(fn, smem, index)
+    support.allow_shared(fn, smem, index, blocks)
     return fn
 
 
@@ -107,11 +117,12 @@ def _cp_async_launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Te
 
 
 def _tma_kernel(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int, block_n: int,
-                stages: int, splits: int, per: int) -> Kernel:
-    """linear_tma.cu with K in ``splits`` parts of ``per`` k tiles each (then splitk_reduce)."""
+                stages: int, blocks: int, splits: int, per: int) -> Kernel:
+    """linear_tma.cu with ``blocks`` blocks an SM and K in ``splits`` parts of ``per`` k tiles
+    each (then splitk_reduce)."""
     ctype = support.ctype_of(dtype)
     smem = tma_shared_bytes(block_n, stages)
-    fn = _loaded("linear_tma", sources.linear_tma_name(ctype, block_n, stages), smem, index)
+    fn = _loaded("linear_tma", sources.linear_tma_name(ctype, block_n, stages, blocks), smem, index, blocks)
     x, w, bias, _ = _operands(spec, tensors, out).values()
     try:  # the outputs by TMA stores where y's rows allow a tensor map, else from registers
         y_map, by_tma = tensor_map.encode_2d(out, OUT_BOX_ROWS, OUT_BOX_COLS), 1
@@ -120,8 +131,9 @@ def _tma_kernel(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
     m, n = spec.batch, spec.out_features
     ws = torch.empty(splits * m * n, dtype=torch.float32, device=out.device) if splits > 1 else None
     i32, ptr = support.i32, support.ptr
-    gemm = support.Launch(  # persistent: one block an SM, each taking work items (tile, split) in turn
-        fn, (min(_tiles(spec, block_n) * splits, support.sm_count(index)), 1, 1), (TMA_THREADS, 1, 1),
+    slots = blocks * support.sm_count(index)
+    gemm = support.Launch(  # persistent: `blocks` blocks an SM, each taking work items (tile, split) in turn
+        fn, (min(_tiles(spec, block_n) * splits, slots), 1, 1), (TMA_THREADS, 1, 1),
         [tensor_map.encode_2d(x, BLOCK_M, BLOCK_K), tensor_map.encode_2d(w, block_n, BLOCK_K), y_map, ptr(bias),
          ptr(out), ptr(ws), i32(m), i32(n), i32(spec.in_features), i32(GROUP_M), i32(per), i32(by_tma)],
         index, keep=(x, w, bias, out, ws), shared_bytes=smem)
@@ -139,13 +151,13 @@ def variants(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
                                 for n, s in sources.WGMMA_CONFIGS}
     k_tiles = -(-spec.in_features // BLOCK_K)
     try:
-        for n, s in sources.TMA_CONFIGS:
-            found[f"tma_{BLOCK_M}x{n}"] = _tma_kernel(spec, dtype, tensors, out, index, n, s, 1, k_tiles)
+        for n, s, b in sources.TMA_CONFIGS:
+            found[f"tma_{tma_variant(n, b)}"] = _tma_kernel(spec, dtype, tensors, out, index, n, s, b, 1, k_tiles)
         for n in SPLIT_BLOCK_N:
             splits, per = choose_split(_tiles(spec, n), k_tiles, support.sm_count(index))
             if splits > 1:
                 found[f"tma_{BLOCK_M}x{n}_split{splits}"] = _tma_kernel(
-                    spec, dtype, tensors, out, index, n, dict(sources.TMA_CONFIGS)[n], splits, per)
+                    spec, dtype, tensors, out, index, n, one_block_stages(n), 1, splits, per)
     except Unsupported as e:  # a driver without tensor maps, say: the cp.async kernel still runs
         return found, str(e)
     return found, None

@@ -164,19 +164,22 @@ def linear_wgmma_name(ctype: str, block_n: int, stages: int) -> str:
     return f"linear_wgmma<{ctype}, {block_n}, {stages}>"
 
 
-# The TMA GEMM's (block columns, pipeline stages): beside the ring, each tile's outputs are staged
-# in shared memory for the TMA stores (16, 32 or 64 KiB), so 8, 6 and 3 stages fit (209, 224 and
-# 208 KiB).  64 columns: twice the tiles of 128 where a narrow output leaves SMs idle (classifiers).
-TMA_CONFIGS = ((64, 8), (128, 6), (256, 3))
+# The TMA GEMM's (block columns, pipeline stages, blocks an SM): beside the ring, each tile's
+# outputs are staged in shared memory for the TMA stores (16, 32 or 64 KiB), so one block an SM
+# fits 8, 6 and 3 stages (209, 224 and 208 KiB).  64 columns: twice the tiles of 128 where a
+# narrow output leaves SMs idle (classifiers).  Two blocks an SM (3 and 2 stages, 89 and 97 KiB
+# each, at most 112 registers a thread): while one block stores a tile, the other multiplies,
+# which a single block cannot overlap; it pays where a tile has few k tiles (short K, 64 channels).
+TMA_CONFIGS = ((64, 8, 1), (128, 6, 1), (256, 3, 1), (64, 3, 2), (128, 2, 2))
 
 
-def linear_tma_name(ctype: str, block_n: int, stages: int) -> str:
-    return f"linear_tma<{ctype}, {block_n}, {stages}>"
+def linear_tma_name(ctype: str, block_n: int, stages: int, blocks: int) -> str:
+    return f"linear_tma<{ctype}, {block_n}, {stages}, {blocks}>"
 
 
-def conv_tma_name(ctype: str, block_n: int, stages: int) -> str:
+def conv_tma_name(ctype: str, block_n: int, stages: int, blocks: int) -> str:
     """conv_tma.cu: the TMA GEMM's pipeline with its input boxes cut from the image (TMA_CONFIGS)."""
-    return f"conv_tma<{ctype}, {block_n}, {stages}>"
+    return f"conv_tma<{ctype}, {block_n}, {stages}, {blocks}>"
 
 
 def fft_forward_name(log_n: int) -> str:
@@ -243,10 +246,10 @@ SOURCES: dict[str, Source] = {
         linear_wgmma_name(t, n, s) for t in WGMMA_CTYPES for n, s in WGMMA_CONFIGS),
         archs=(90,), options=("-arch=sm_90a",)),
     "linear_tma": Source("linear_tma.cu", tuple(
-        linear_tma_name(t, n, s) for t in WGMMA_CTYPES for n, s in TMA_CONFIGS),
+        linear_tma_name(t, n, s, b) for t in WGMMA_CTYPES for n, s, b in TMA_CONFIGS),
         archs=(90,), options=("-arch=sm_90a",)),
     "conv_tma": Source("conv_tma.cu", tuple(
-        conv_tma_name(t, n, s) for t in WGMMA_CTYPES for n, s in TMA_CONFIGS),
+        conv_tma_name(t, n, s, b) for t in WGMMA_CTYPES for n, s, b in TMA_CONFIGS),
         archs=(90,), options=("-arch=sm_90a",)),
 }
 

@@ -178,14 +178,18 @@ class Launch:
                                       self._params, 0)
 
 
-def allow_shared(fn: cupy.RawKernel, shared_bytes: int, index: int) -> None:
-    """Let ``fn`` take ``shared_bytes`` of dynamic shared memory: above 48 KiB a kernel must opt in."""
+def allow_shared(fn: cupy.RawKernel, shared_bytes: int, index: int, blocks: int = 1) -> None:
+    """Let ``fn`` take ``shared_bytes`` of dynamic shared memory: above 48 KiB a kernel must opt in.
+    ``blocks`` > 1: the kernel is launched for that many blocks an SM, so it asks for the largest
+    shared-memory share of each SM's on-chip memory (the rest is L1)."""
     with cupy.cuda.Device(index):
         limit = cupy.cuda.runtime.getDeviceProperties(index)["sharedMemPerBlockOptin"]
         if shared_bytes > limit:
             raise Unsupported(f"{fn.name} needs {shared_bytes} bytes of shared memory per block; "
                               f"this GPU allows {limit}")
         fn.max_dynamic_shared_size_bytes = shared_bytes
+        if blocks > 1:
+            fn.preferred_shared_memory_carveout = 100  # percent of the most the SM can give
 
 
 def occupancy(fn: cupy.RawKernel, threads: int, index: int, shared_bytes: int = 0) -> int:

@@ -17,8 +17,15 @@ channels b * C to b * C + C of the last dimension).  Past-the-edge j is again ze
 view needs H and W divisible by the stride and the channel block dividing C (else a box would
 read the next phase's channels); stride 1 is the same view with SH = SW = 1.
 
+Narrow inputs: a pixel row the copy engine cannot address (3 RGB channels are 6 bytes in bf16)
+or, at a column stride, one the channel blocks cannot divide, is first copied into zero-padded
+pixel rows inside the timed call (``_pad_channels_kernel``: 8 channels for 16-bit stride-1
+inputs, 16 at a column stride; the weight padded alike once, at build).  The copy moves little
+next to such a layer's output (VGG-16's conv1_1 writes 21 times its padded input), and the
+zero channels cost only multiplies, which a first layer has to spare.
+
 Where it applies: NHWC, one group, any padding and dilation, fp16/bf16/tf32 (fp32 stays on the
-FMA units), channel counts whose rows are a multiple of 16 bytes.  ``conv2d.build`` times it
+FMA units), output channels whose rows are a multiple of 16 bytes.  ``conv2d.build`` times it
 beside the implicit GEMM and keeps the faster.  The patch shape wastes the rows and columns past
 the image's edge (7 x 7 planes in 8 x 8 patches: 77 % of the tile used), which the pointer-based
 implicit GEMM does not.
@@ -26,13 +33,14 @@ implicit GEMM does not.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from layerbench.builders import Built, Tensors
+from layerbench.builders import Built, Kernel, Tensors, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
@@ -54,6 +62,7 @@ CONFIGS = {
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
 MIN_BLOCK_K = 16  # tl.dot's least reduction
 PATCH_WIDTHS = (8, 16)  # the narrowest that holds the output's width, else the widest
+PAD_PIXELS = 256  # pixels a program of the channel-padding copy moves
 
 
 @triton.jit(do_not_specialize=["N"])
@@ -99,6 +108,26 @@ def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W,
     y_desc.store([n, h0, w0, k0], acc.to(b_ptr.dtype.element_ty).reshape(1, BH, BW, BLOCK_N))
 
 
+@triton.jit
+def _pad_channels_kernel(src_ptr, dst_ptr, pixels, C: tl.constexpr, P: tl.constexpr, P_POW2: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    # Pixel rows of C channels into rows of P (C < P), the channels past C written as zeros.
+    pix = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ch = tl.arange(0, P_POW2)
+    inside = pix[:, None] < pixels
+    row = tl.load(src_ptr + pix[:, None] * C + ch[None, :], mask=inside & (ch[None, :] < C), other=0.0)
+    tl.store(dst_ptr + pix[:, None] * P + ch[None, :], row, mask=inside & (ch[None, :] < P))
+
+
+def padded_channels(spec: Conv2d, dtype: DType) -> int:
+    """The input channels the kernel reads: ``in_channels``, or the fewest above it whose pixel
+    row is a multiple of 16 bytes and, at a column stride, of the least channel block."""
+    unit = 16 // dtype.torch_dtype.itemsize
+    if spec.stride_w > 1:
+        unit = max(unit, MIN_BLOCK_K)  # both are powers of two
+    return -(-spec.in_channels // unit) * unit
+
+
 def tma_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
     """Why the TMA convolution cannot run this point (None where it can, tensors permitting)."""
     if layout != "NHWC":
@@ -110,20 +139,16 @@ def tma_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
         return f"the TMA convolution runs one group, this point has {spec.groups}"
     if DOT_MODE[dtype.name] not in CONFIGS:
         return f"the TMA convolution runs fp16, bf16 and tf32 on the tensor cores, not {dtype.name}"
-    size = dtype.torch_dtype.itemsize
-    for name, count in (("in_channels", spec.in_channels), ("out_channels", spec.out_channels)):
-        if count * size % 16:
-            return f"the copy engine needs rows of a multiple of 16 bytes: {name} {count} in {dtype.name}"
-    if spec.stride_w > 1 and spec.in_channels % MIN_BLOCK_K:
-        return (f"the TMA convolution at stride {spec.stride_w} along the width needs in_channels divisible by "
-                f"{MIN_BLOCK_K} (its channel blocks must divide them), not {spec.in_channels}")
+    if spec.out_channels * dtype.torch_dtype.itemsize % 16:
+        return (f"the copy engine needs rows of a multiple of 16 bytes: out_channels {spec.out_channels} "
+                f"in {dtype.name}")
     return None
 
 
 def channel_block(spec: Conv2d, cap: int) -> int:
     """BLOCK_K up to ``cap`` (a power of two): at stride 1 along the width the smallest power of two
     holding C (at least MIN_BLOCK_K, the tail zero-filled), past it the largest dividing C, since a
-    box past C would read the next phase's channels (``tma_refusal`` has made sure 16 divides C)."""
+    box past C would read the next phase's channels (``padded_channels`` has made 16 divide C)."""
     c = spec.in_channels
     if spec.stride_w == 1:
         return min(cap, max(MIN_BLOCK_K, next_pow2(c)))
@@ -174,11 +199,36 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     return Launch(_conv_tma_kernel, grid, args, meta, out.device)
 
 
+def _padded_input(spec: Conv2d, tensors: Tensors, channels: int) -> tuple[Conv2d, Tensors, Kernel]:
+    """The layer as the kernel runs it with ``channels`` input channels: its spec, tensors (the
+    weight zero-padded now, the input's padded buffer) and the copy that fills that buffer."""
+    x, weight = tensors["x"], tensors["weight"]
+    if not x.permute(0, 2, 3, 1).is_contiguous():
+        raise Unsupported("the TMA convolution needs x dense in channels_last order")
+    n, c, h, w = x.shape
+    wide = torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    padded_weight = torch.zeros((weight.shape[0], channels, *weight.shape[2:]), dtype=weight.dtype,
+                                device=weight.device).contiguous(memory_format=torch.channels_last)
+    padded_weight[:, :c] = weight
+    pixels = n * h * w
+    grid = (triton.cdiv(pixels, PAD_PIXELS),)
+
+    def pad() -> None:
+        _pad_channels_kernel[grid](x, wide, pixels, C=c, P=channels, P_POW2=next_pow2(channels), BLOCK=PAD_PIXELS)
+
+    padded = {**tensors, "x": wide, "weight": padded_weight}
+    return dataclasses.replace(spec, in_channels=channels), padded, pad
+
+
 def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     """The TMA implicit GEMM for this point (``Unsupported`` with the reason where it cannot run)."""
     reason = tma_refusal(spec, dtype, layout)
     if reason:
         raise Unsupported(reason)
+    channels = padded_channels(spec, dtype)
+    pad: Kernel | None = None
+    if channels != spec.in_channels:
+        spec, tensors, pad = _padded_input(spec, tensors, channels)
     views = _views(spec, tensors, out)
     check_tma(_conv_tma_kernel, out.device, views)
     if interpreting(_conv_tma_kernel):
@@ -190,5 +240,9 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
                                CONFIGS[DOT_MODE[dtype.name]], lambda c: _launch(spec, dtype, tensors, out, c))
     launch = _launch(spec, dtype, tensors, out, config)
     patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
-    return Built(launch, {"patch": patch, "block_n": launch.meta["BLOCK_N"], "block_k": launch.meta["BLOCK_K"],
-                          "warps": config["num_warps"], "stages": config["num_stages"]})
+    details: dict[str, object] = {"patch": patch, "block_n": launch.meta["BLOCK_N"],
+                                  "block_k": launch.meta["BLOCK_K"], "warps": config["num_warps"],
+                                  "stages": config["num_stages"]}
+    if pad is None:
+        return Built(launch, details)
+    return Built(in_order(pad, launch), {**details, "padded_channels": channels})
