@@ -110,15 +110,15 @@ def main() -> None:
     if args.which in ("linear", "all"):
         linear_report(target, el, mode, precision)
     if args.which in ("conv_tma", "all"):
-        conv_tma_report(target, el, mode, precision)
+        conv_tma_report(target, args.dtype, el, mode, precision)
 
 
-def conv_tma_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:
+def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:
     """The TMA-fed NHWC convolution (3x3, padding 1, with bias) for each config and patch width, at
     stride 1 and 2, and on an RGB input padded to 16-byte pixel rows (the least channel block),
     with the padding copy."""
     element = el[1:]
-    padded = ct.padded_channels(Conv2d(1, 3, 64, 8, 8, 3, 3), get_dtype("tf32" if el == "*fp32" else el[1:]))
+    padded = ct.padded_channels(Conv2d(1, 3, 64, 8, 8, 3, 3), get_dtype(dtype))
     line = compile_report(ct._pad_channels_kernel, target, {"src_ptr": el, "dst_ptr": el},
                           {"C": 3, "P": padded, "P_POW2": padded, "BLOCK": ct.PAD_PIXELS}, 4, divisible=set())
     print(f"conv TMA input padding 3 -> {padded} channels: {line}")

@@ -211,10 +211,11 @@ def _padded_input(spec: Conv2d, tensors: Tensors, channels: int) -> tuple[Conv2d
                                 device=weight.device).contiguous(memory_format=torch.channels_last)
     padded_weight[:, :c] = weight
     pixels = n * h * w
-    grid = (triton.cdiv(pixels, PAD_PIXELS),)
+    copy = _pad_channels_kernel[(triton.cdiv(pixels, PAD_PIXELS),)]
+    meta = {"C": c, "P": channels, "P_POW2": next_pow2(channels), "BLOCK": PAD_PIXELS}
 
     def pad() -> None:
-        _pad_channels_kernel[grid](x, wide, pixels, C=c, P=channels, P_POW2=next_pow2(channels), BLOCK=PAD_PIXELS)
+        copy(x, wide, pixels, **meta)
 
     padded = {**tensors, "x": wide, "weight": padded_weight}
     return dataclasses.replace(spec, in_channels=channels), padded, pad
