@@ -33,7 +33,7 @@ from layerbench.testing import (
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
 from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
-from kernels.cupy import conv_tma, linear_wgmma, sources  # noqa: E402
+from kernels.cupy import conv_tma, linear_wgmma, lowered_conv, sources  # noqa: E402
 from kernels.pointwise_views import forward_views, strided_refusal, subsampled  # noqa: E402
 
 gpu = pytest.mark.gpu
@@ -539,6 +539,27 @@ def test_conv2d_hopper_path_is_timed_beside_the_implicit_gemm(path: str) -> None
     _, cases, layouts, name = HOPPER_PATHS[path]
     details = built_details("conv2d", cases[name], "bf16", layouts[0])
     assert details["implicit_gemm_ms"] > 0 and details[f"{path}_ms"] > 0, details
+
+
+# The lowered convolution (im2col + the linear layer's GEMM) alone on first layers of real networks
+# (batch cut) and a 1-channel dilated one with per-axis stride and padding, every dtype.
+LOWERED = {"vgg-conv1_1": Conv2d(4, 3, 64, 224, 224, 3, 3, padding=1),
+           "resnet-stem": Conv2d(4, 3, 64, 224, 224, 7, 7, stride=2, padding=3, bias=False),
+           "alexnet-conv1": Conv2d(8, 3, 96, 227, 227, 11, 11, stride=4),
+           "grey-dilated": Conv2d(2, 1, 24, 61, 59, 5, 3, stride_h=2, padding_w=2, dilation=2)}
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp32", "tf32", "fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(LOWERED))
+def test_lowered_convolution_alone(name: str, dtype: str) -> None:
+    assert_ok(lowered_conv.build_lowered, LOWERED[name], dtype, "NHWC")
+
+
+@gpu
+def test_lowered_convolution_is_timed_beside_the_implicit_gemm() -> None:
+    details = built_details("conv2d", LOWERED["vgg-conv1_1"], "bf16", "NHWC")
+    assert details["implicit_gemm_ms"] > 0 and details["im2col_gemm_ms"] > 0, details
 
 
 @pytest.mark.parametrize("spec, dtype, reason", [

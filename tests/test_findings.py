@@ -100,6 +100,14 @@ def test_findings_that_no_longer_hold() -> None:
     assert rows["A3-batch-power"]["verdict"] == "does not hold"
 
 
+def test_kernel_power_says_when_the_board_was_at_its_power_limit() -> None:
+    d = kernel_size(True)
+    d["energy_telemetry_power_capped_s"] = [0.0, 0.0, 2.4, 2.3, 0.0]
+    rows = {r["id"]: r for r in check_findings([d])}
+    assert "2 of 3 from 7x7 at the board's power limit" in rows["A4-kernel-power"]["ours"]
+    assert "power limit" not in {r["id"]: r for r in check_findings([kernel_size(True)])}["A4-kernel-power"]["ours"]
+
+
 def test_findings_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     a = write_run(tmp_path / "alexnet", alexnet().to_dict("records"))
     p = write_run(tmp_path / "pool", pool_method(0.94).to_dict("records"))

@@ -22,6 +22,8 @@ from kernels.triton import linear as triton_linear
 from kernels.triton import conv_tma as triton_conv_tma
 from kernels.triton import gemv as triton_gemv
 from kernels.triton import linear_tma as triton_linear_tma
+from kernels import lowering
+from kernels.triton import lowered_conv as triton_lowered
 from kernels.triton import pointwise_conv as triton_pointwise
 from kernels.triton import relu as triton_relu
 from kernels.triton import support as triton_support
@@ -396,6 +398,55 @@ def test_conv2d_tma_refuses(dtype: str, layout: str, spec: Conv2d, reason: str) 
     tensors = make_tensors(spec, dtype, layout, "cpu")
     with pytest.raises(Unsupported, match=reason):
         triton_conv_tma.build_conv_tma(spec, get_dtype(dtype), layout, tensors, make_output(spec, tensors, layout))
+
+
+# ------------------------------------------------------------------------- lowered convolution (im2col + GEMM)
+
+def lowered_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The im2col copy and GEMM alone (the build times it beside the other paths on a GPU)."""
+    return triton_lowered.build_lowered(spec, dtype, layout, tensors, out)
+
+
+# Narrow inputs (RGB and fewer channels); the column matrix's padding past C*R*S, per-axis stride
+# and padding, dilation, taps past every edge.
+@given(batch=st.integers(1, 2), channels=st.integers(1, 3), out_channels=st.integers(1, 12),
+       height=st.integers(1, 10), width=st.integers(1, 10), kernel_h=st.integers(1, 5), kernel_w=st.integers(1, 5),
+       stride_h=st.integers(1, 3), stride_w=st.integers(1, 3), padding_h=st.integers(0, 2),
+       padding_w=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(),
+       dtype=st.sampled_from(("fp32", "tf32", "fp16")), seed=SEEDS)
+def test_conv2d_lowered_drawn(batch: int, channels: int, out_channels: int, height: int, width: int, kernel_h: int,
+                              kernel_w: int, stride_h: int, stride_w: int, padding_h: int, padding_w: int,
+                              dilation: int, bias: bool, dtype: str, seed: int) -> None:
+    assume(height + 2 * padding_h > dilation * (kernel_h - 1) and width + 2 * padding_w > dilation * (kernel_w - 1))
+    spec = Conv2d(batch, channels, out_channels, height, width, kernel_h, kernel_w, stride_h=stride_h,
+                  stride_w=stride_w, padding_h=padding_h, padding_w=padding_w, dilation=dilation, bias=bias)
+    result = check_implementation(lowered_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype, spec, columns", [
+    ("fp16", Conv2d(2, 3, 16, 9, 8, 3, 3, padding=1), 32),                # VGG-16's first layer, small
+    ("fp32", Conv2d(1, 3, 8, 14, 13, 7, 7, stride=2, padding=3), 160),     # ResNet-50's stem, small
+    ("tf32", Conv2d(1, 3, 12, 23, 23, 11, 11, stride=4, padding=2), 368),  # AlexNet's first layer, small
+], ids=str)
+def test_conv2d_lowered_first_layers(dtype: str, spec: Conv2d, columns: int) -> None:
+    assert lowering.column_count(spec) == columns
+    tensors = make_tensors(spec, dtype, "NHWC", "cpu")
+    built = lowered_only(spec, get_dtype(dtype), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
+    assert built.details["columns"] == columns, built.details
+    result = check_implementation(lowered_only, spec, dtype, "NHWC", "cpu", seed=zlib.crc32(repr(spec).encode()))
+    assert result.ok, f"{spec}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype, layout, spec, reason", [
+    ("fp16", "NCHW", Conv2d(1, 3, 8, 5, 5, 3, 3), "writes an NHWC output"),
+    ("fp16", "NHWC", Conv2d(1, 2, 4, 5, 5, 3, 3, groups=2), "one group"),
+    ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3), "in_channels 8 in fp16 is 16 bytes"),
+    ("fp32", "NHWC", Conv2d(1, 4, 8, 5, 5, 3, 3), "in_channels 4 in fp32 is 16 bytes"),
+    ("fp32", "NHWC", Conv2d(256, 3, 8, 224, 224, 11, 11, padding=5), "would take"),
+])
+def test_conv2d_lowered_refuses(dtype: str, layout: str, spec: Conv2d, reason: str) -> None:
+    assert reason in (lowering.lowered_refusal(spec, get_dtype(dtype), layout) or "")
 
 
 # ------------------------------------------------------------------------- persistent TMA GEMM

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import conv_tma, depthwise, fft_conv, gemv, linear_tma, pointwise_conv
+from kernels.triton import conv_tma, depthwise, fft_conv, gemv, linear_tma, lowered_conv, pointwise_conv
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
 from layerbench.dtypes import get_dtype
@@ -244,6 +244,13 @@ def test_linear(name: str, dtype: str) -> None:
     check("linear", FC[name], dtype, "NCHW", seed_of(name))
 
 
+def conv_details(spec: Conv2d) -> dict:
+    """The details of the registered Triton convolution built for ``spec`` in bf16 NHWC."""
+    tensors = make_tensors(spec, "bf16", "NHWC", "cuda")
+    return as_built(get("conv2d", "triton").build(spec, get_dtype("bf16"), "NHWC", tensors,
+                                                  make_output(spec, tensors, "NHWC"))).details
+
+
 def skip_before_hopper() -> None:
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("the TMA paths need a Hopper or later GPU")
@@ -266,11 +273,8 @@ CONV_TMA = {"resnet-3x3-64": Conv2d(8, 64, 64, 56, 56, 3, 3, padding=1, bias=Fal
 
 def test_conv2d_tma_is_timed_beside_the_implicit_gemm() -> None:
     skip_before_hopper()
-    spec = CONV_TMA["resnet-3x3-64"]
-    tensors = make_tensors(spec, "bf16", "NHWC", "cuda")
-    built = as_built(get("conv2d", "triton").build(spec, get_dtype("bf16"), "NHWC", tensors,
-                                                   make_output(spec, tensors, "NHWC")))
-    assert built.details["tma_implicit_gemm_ms"] > 0 and built.details["implicit_gemm_ms"] > 0, built.details
+    details = conv_details(CONV_TMA["resnet-3x3-64"])
+    assert details["tma_implicit_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
 # The persistent TMA GEMM (the registered build keeps it only where it is faster): square,
@@ -295,6 +299,26 @@ def test_tma_path(name: str, dtype: str) -> None:
     build, spec, layout = TMA_CASES[name]
     result = check_implementation(build, spec, dtype, layout, "cuda", seed=seed_of(name))
     assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+# The im2col + GEMM path alone on first layers of real networks (batch cut), every dtype.
+LOWERED = {"vgg-conv1_1": Conv2d(4, 3, 64, 224, 224, 3, 3, padding=1),
+           "resnet-stem": Conv2d(4, 3, 64, 224, 224, 7, 7, stride=2, padding=3, bias=False),
+           "alexnet-conv1": Conv2d(8, 3, 96, 227, 227, 11, 11, stride=4),
+           "grey-dilated": Conv2d(2, 1, 24, 61, 59, 5, 3, stride_h=2, padding_w=2, dilation=2)}
+
+
+@pytest.mark.parametrize("dtype", ("fp32", "tf32", "fp16", "bf16"))
+@pytest.mark.parametrize("name", LOWERED)
+def test_lowered_convolution(name: str, dtype: str) -> None:
+    result = check_implementation(lowered_conv.build_lowered, LOWERED[name], dtype, "NHWC", "cuda",
+                                  seed=seed_of(name))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+def test_lowered_convolution_is_timed_beside_the_others() -> None:
+    details = conv_details(LOWERED["vgg-conv1_1"])
+    assert details["im2col_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
 @pytest.mark.parametrize("dtype", ("tf32", "bf16"))
@@ -354,11 +378,8 @@ def test_conv2d_pointwise_gemm(name: str, dtype: str) -> None:
 
 
 def test_conv2d_pointwise_is_timed_beside_the_implicit_gemm() -> None:
-    spec = POINTWISE["resnet-64-256"]
-    tensors = make_tensors(spec, "bf16", "NHWC", "cuda")
-    built = as_built(get("conv2d", "triton").build(spec, get_dtype("bf16"), "NHWC", tensors,
-                                                   make_output(spec, tensors, "NHWC")))
-    assert built.details["pointwise_gemm_ms"] > 0 and built.details["implicit_gemm_ms"] > 0, built.details
+    details = conv_details(POINTWISE["resnet-64-256"])
+    assert details["pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
 # ------------------------------------------------------------------------- hypothesis draws

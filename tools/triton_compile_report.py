@@ -1,9 +1,9 @@
 """Compile the conv backward kernels, the linear GEMMs (tiled, TMA, batch-1 GEMV) and the TMA convolution for a
-GPU target without a GPU, and report per tile config what the compiler made of them: registers,
+GPU target without a GPU (and the lowered convolution's im2col copy), and report per tile config what the compiler made of them: registers,
 spill stack, shared memory, and whether the main loop got Hopper's warpgroup MMA and async-copy or
 TMA pipelining.
 
-    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|conv_tma|all]
+    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|conv_tma|lowered|all]
 
 It catches what only a GPU run would show otherwise: register spills, loads that do not vectorise
 (no async copies, one stage of shared memory), a config that fails to compile.  Pointers are
@@ -29,6 +29,8 @@ from triton.compiler.compiler import make_backend  # noqa: E402
 
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
 from kernels.triton import conv_tma as ct, gemv, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
+from kernels import lowering  # noqa: E402
+from kernels.triton import lowered_conv  # noqa: E402
 from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
 from layerbench.dtypes import get_dtype  # noqa: E402
 from layerbench.layers import Conv2d  # noqa: E402
@@ -68,7 +70,7 @@ def _tile(cfg: triton.Config) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["dgrad", "wgrad", "depthwise", "linear", "conv_tma", "all"])
+                        choices=["dgrad", "wgrad", "depthwise", "linear", "conv_tma", "lowered", "all"])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dtype", default="bf16", choices=sorted(ELEMENT))
     args = parser.parse_args()
@@ -111,6 +113,8 @@ def main() -> None:
         linear_report(target, el, mode, precision)
     if args.which in ("conv_tma", "all"):
         conv_tma_report(target, args.dtype, el, mode, precision)
+    if args.which in ("lowered", "all"):
+        lowered_report(target, el)
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:
@@ -135,6 +139,20 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
                                       c["num_stages"], {"K", "C"}, descs)
                 print(f"conv TMA stride {stride}{' RGB padded' if narrow else ''} patch {bh}x{bw} BLOCK_N={bn} "
                       f"BLOCK_K={bk} warps={c['num_warps']} stages={c['num_stages']}: {line}")
+
+
+def lowered_report(target: GPUTarget, el: str) -> None:
+    """The lowered convolution's im2col copy for the first layers of VGG-16, ResNet-50 and AlexNet
+    (its GEMM is the linear layer's, reported under ``linear``)."""
+    for name, spec in (("VGG-16 conv1_1", Conv2d(1, 3, 64, 224, 224, 3, 3, padding=1)),
+                       ("ResNet-50 conv1", Conv2d(1, 3, 64, 224, 224, 7, 7, stride=2, padding=3)),
+                       ("AlexNet conv1", Conv2d(1, 3, 96, 227, 227, 11, 11, stride=4))):
+        columns = lowering.column_count(spec)
+        meta = {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
+                "KP": columns, "BLOCK_M": lowered_conv.BLOCK_M, "BLOCK_K": lowered_conv.block_k(columns)}
+        line = compile_report(lowered_conv._im2col_kernel, target, {"x_ptr": el, "col_ptr": el}, meta, 4,
+                              divisible=set())
+        print(f"lowered im2col {name} ({columns} columns): {line}")
 
 
 def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:

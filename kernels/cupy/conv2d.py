@@ -14,7 +14,9 @@ and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sy
 pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
 linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
 the stride's grid to a buffer (layout.cu); a convolution of one group also runs conv_tma.cu,
-whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  A wgmma path
+whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  An NHWC convolution whose
+input pixels are narrower than 16 bytes (RGB first layers) also runs lowered: layout.cu's im2col,
+then the linear layer's GEMM (lowered_conv.py, kernels/lowering.py).  A wgmma path
 competes only after its output on the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
@@ -34,7 +36,9 @@ import torch
 from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources,
                           support)
 from kernels.cupy.layout import channels_last_copy
+from kernels.cupy.lowered_conv import build_lowered
 from kernels.cupy.fft_plan import fft_plan
+from kernels.lowering import lowered_refusal
 from kernels.pointwise_views import forward_views, pointwise_refusal, strided_refusal, subsampled
 from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order, selection_ms
 from layerbench.dtypes import DType
@@ -130,7 +134,8 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
                       "for fp32 an FFT convolution instead where it times faster at build; on Hopper in "
                       "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
-                      "pixels they read; and with its k tiles cut from the image by TMA), the fastest kept; "
+                      "pixels they read; and with its k tiles cut from the image by TMA); for inputs of few "
+                      "channels an explicit im2col and the linear layer's GEMM; the fastest kept; "
                       "depthwise: direct memory-bound kernels (fp32 FMA)")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)
@@ -167,6 +172,9 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     else:
         other = ("fft", fft)
     tma = ("tma_implicit_gemm", lambda: conv_tma.build(spec, dtype, layout, tensors, out))
-    return fastest_of("implicit_gemm", gemm, [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm), tma],
+    others = [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm), tma]
+    if lowered_refusal(spec, dtype, layout) is None:  # only where it applies: no reason on every other point
+        others.append(("im2col_gemm", lambda: build_lowered(spec, dtype, layout, tensors, out)))
+    return fastest_of("implicit_gemm", gemm, others,
                       lambda k: selection_ms(k, out.device),
                       after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback

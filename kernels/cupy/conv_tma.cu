@@ -37,9 +37,35 @@ struct Geometry {
 
 // floor(off / stride) and the remainder in [0, stride): where a tap's offset lands in the view.
 __device__ __forceinline__ int2 floor_split(int off, int stride) {
+    if (stride == 1) return make_int2(off, 0);  // no division on the common path
     const int q = off >= 0 ? off / stride : -((-off + stride - 1) / stride);
     return make_int2(q, off - q * stride);
 }
+
+// The producer's walk over a work item's k tiles: taps (r, c) outer, blocks of 64 channels inner,
+// advanced by additions.  One thread issues every copy, and a division per k tile (runtime
+// divisors: kt / channel_tiles, tap / kernel_w, the strides) costs it about as long as the
+// tensor cores take for a 128 x 128 k tile, which then wait for their data.
+struct TapWalk {
+    int block, r, c, tap;  // channel block, filter row and column, tap r * kernel_w + c
+    int2 qh, qw;           // floor_split of the tap's row and column offsets
+
+    __device__ __forceinline__ explicit TapWalk(const Geometry& g)
+        : block(0), r(0), c(0), tap(0), qh(floor_split(-g.padding_h, g.stride_h)),
+          qw(floor_split(-g.padding_w, g.stride_w)) {}
+
+    __device__ __forceinline__ void next(const Geometry& g) {
+        if (++block < g.channel_tiles) return;
+        block = 0;
+        ++tap;
+        if (++c == g.kernel_w) {
+            c = 0;
+            ++r;
+            qh = floor_split(r * g.dilation_h - g.padding_h, g.stride_h);
+        }
+        qw = floor_split(c * g.dilation_w - g.padding_w, g.stride_w);
+    }
+};
 
 // This warpgroup's outputs (+ bias), rounded to T, stored from registers through the output's
 // strides.  Accumulator layout as wgmma.cuh's for_each_pair: register 4j + 2h + e holds row
@@ -111,17 +137,14 @@ __global__ void __launch_bounds__(wt::THREADS, BLOCKS) conv_tma(const __grid_con
         if (threadIdx.x == CONSUMERS) {
             for (int w = blockIdx.x, it = 0; w < tiles; w += gridDim.x) {
                 const Item job = item(w);
-                for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-                    const int tap = kt / g.channel_tiles, block = kt % g.channel_tiles;
-                    const int r = tap / g.kernel_w, c = tap % g.kernel_w;
-                    // Input row ho * stride_h + r * dilation_h - padding_h is view row ho + q.x, phase q.y.
-                    const int2 qh = ct::floor_split(r * g.dilation_h - g.padding_h, g.stride_h);
-                    const int2 qw = ct::floor_split(c * g.dilation_w - g.padding_w, g.stride_w);
+                ct::TapWalk k(g);
+                for (int kt = 0; kt < k_tiles; ++kt, ++it, k.next(g)) {
+                    // Input row ho * stride_h + r * dilation_h - padding_h is view row ho + qh.x, phase qh.y.
                     const unsigned stage = claim_stage<BN, STAGES>(base, full, empty, it);
                     const unsigned bar = full + 8 * (it % STAGES);
-                    lb::tma_load_5d(stage, &x_map, qw.y * g.channels + block * BK, job.w0 + qw.x, qh.y, job.h0 + qh.x,
-                                    job.n0, bar);
-                    lb::tma_load_3d(stage + A_BYTES, &w_map, block * BK, tap, job.col0, bar);
+                    lb::tma_load_5d(stage, &x_map, k.qw.y * g.channels + k.block * BK, job.w0 + k.qw.x, k.qh.y,
+                                    job.h0 + k.qh.x, job.n0, bar);
+                    lb::tma_load_3d(stage + A_BYTES, &w_map, k.block * BK, k.tap, job.col0, bar);
                 }
             }
         }

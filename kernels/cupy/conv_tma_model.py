@@ -61,6 +61,31 @@ def _floor_split(offset: int, stride: int) -> tuple[int, int]:
     return q, offset - q * stride
 
 
+class TapWalk:
+    """conv_tma.cu's TapWalk, transcribed: an item's k tiles, taps outer and channel blocks inner,
+    advanced by additions."""
+
+    def __init__(self, g: Mapping[str, int]) -> None:
+        self.g = g
+        self.block = self.r = self.c = self.tap = 0
+        self.qh = _floor_split(-g["padding_h"], g["stride_h"])
+        self.qw = _floor_split(-g["padding_w"], g["stride_w"])
+
+    def next(self) -> None:
+        g = self.g
+        self.block += 1
+        if self.block < g["channel_tiles"]:
+            return
+        self.block = 0
+        self.tap += 1
+        self.c += 1
+        if self.c == g["kernel_w"]:
+            self.c = 0
+            self.r += 1
+            self.qh = _floor_split(self.r * g["dilation_h"] - g["padding_h"], g["stride_h"])
+        self.qw = _floor_split(self.c * g["dilation_w"] - g["padding_w"], g["stride_w"])
+
+
 def grouped_tile(t: int, tiles_m: int, tiles_n: int, group_m: int) -> tuple[int, int]:
     """wgmma.cuh's grouped_tile, transcribed: output tile t's (row tile, column tile)."""
     width = group_m * tiles_n
@@ -105,14 +130,13 @@ def model_conv_tma(g: Mapping[str, int], x: MapView, w: MapView, out: np.ndarray
             tw, th, ti = tm % g["tiles_w"], (tm // g["tiles_w"]) % g["tiles_h"], tm // (g["tiles_w"] * g["tiles_h"])
             n0, h0, w0, col0 = ti * g["patch_i"], th * g["patch_h"], tw * g["patch_w"], tn * block_n
             acc = np.zeros((rows, block_n))
-            for kt in range(k_tiles):
-                tap, blk = divmod(kt, g["channel_tiles"])
-                r, c = divmod(tap, g["kernel_w"])
-                qh, ph = _floor_split(r * g["dilation_h"] - g["padding_h"], g["stride_h"])
-                qw, pw = _floor_split(c * g["dilation_w"] - g["padding_w"], g["stride_w"])
-                a = load_box(x, (pw * g["channels"] + blk * BLOCK_K, w0 + qw, ph, h0 + qh, n0))
-                b = load_box(w, (blk * BLOCK_K, tap, col0))
+            k = TapWalk(g)
+            for _ in range(k_tiles):
+                (qh, ph), (qw, pw) = k.qh, k.qw
+                a = load_box(x, (pw * g["channels"] + k.block * BLOCK_K, w0 + qw, ph, h0 + qh, n0))
+                b = load_box(w, (k.block * BLOCK_K, k.tap, col0))
                 acc += a.reshape(rows, BLOCK_K) @ b.reshape(block_n, BLOCK_K).T
+                k.next()
             if bias is not None:  # stage_tile: the bias of the columns that exist
                 cols = col0 + np.arange(block_n)
                 acc += np.where(cols < len(bias), bias[np.minimum(cols, len(bias) - 1)], 0.0)

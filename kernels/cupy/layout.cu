@@ -50,3 +50,26 @@ __global__ void __launch_bounds__(256) subsample_nhwc(const uint4* src, uint4* d
     const long long n = pixel / P;
     dst[i] = src[((n * H + static_cast<long long>(p) * SH) * W + static_cast<long long>(q) * SW) * chunks + chunk];
 }
+
+// im2col: the column matrix of a convolution lowered to one GEMM (kernels/lowering.py), one thread
+// an element: col[m][k] for output pixel m = (n, p, q) and reduction index k = (r, s, c) is the
+// input value tap (r, s) of channel c reads there, zero past the image's edges and for k past
+// C * R * S (the row is KP long).  x is read through its element strides, so either memory format
+// works; U: the element's bit pattern (any 2- or 4-byte type).  int32 offsets: the input and the
+// column matrix have fewer than 2^31 elements (the launcher checks).
+template <typename U>
+__global__ void __launch_bounds__(256) im2col(const U* __restrict__ x, U* __restrict__ col, int total, int KP, int C,
+                                              int R, int S, int P, int Q, int H, int W, int sn, int sc, int sh,
+                                              int sw, int SH, int SW, int PH, int PW, int DH, int DW) {
+    const int i = blockIdx.x * 256 + threadIdx.x;
+    if (i >= total) return;
+    const int m = i / KP, k = i - m * KP;
+    const int q = m % Q, p = (m / Q) % P, n = m / (P * Q);
+    U value = 0;
+    if (k < C * R * S) {
+        const int c = k % C, s = (k / C) % S, r = k / (C * S);
+        const int ih = p * SH - PH + r * DH, iw = q * SW - PW + s * DW;
+        if (ih >= 0 && ih < H && iw >= 0 && iw < W) value = x[n * sn + c * sc + ih * sh + iw * sw];
+    }
+    col[i] = value;
+}

@@ -86,6 +86,14 @@ def to_channels_last_name(ctype: str) -> str:
 SUBSAMPLE_NHWC = "subsample_nhwc"  # layout.cu: the pixels on a stride's grid (16-byte chunks, any dtype)
 
 
+def im2col_name(itemsize: int) -> str:
+    """layout.cu's im2col for elements of ``itemsize`` bytes (copied as their bit patterns)."""
+    bits = {2: "unsigned short", 4: "unsigned int"}
+    if itemsize not in bits:
+        raise ValueError(f"im2col copies 2- or 4-byte elements, got {itemsize}")
+    return f"im2col<{bits[itemsize]}>"
+
+
 def relu_backward_name(ctype: str) -> str:
     return f"relu_backward<{ctype}>"
 
@@ -218,7 +226,8 @@ SOURCES: dict[str, Source] = {
         [igemm_name("float", False, a, gr) for a in (True, False) for gr in (False, True)]
         + [igemm_name(t, True, a, gr) for t in STORAGE_TYPES for a in (True, False) for gr in (False, True)]
         + [reduce_name(t) for t in STORAGE_TYPES])),
-    "layout": Source("layout.cu", (*(to_channels_last_name(t) for t in STORAGE_TYPES), SUBSAMPLE_NHWC)),
+    "layout": Source("layout.cu", (*(to_channels_last_name(t) for t in STORAGE_TYPES), SUBSAMPLE_NHWC,
+                                   im2col_name(2), im2col_name(4))),
     "relu_backward": Source("relu_backward.cu", tuple(relu_backward_name(t) for t in STORAGE_TYPES)),
     "pool2d_backward": Source("pool2d_backward.cu", tuple(
         [pool_backward_name(t, m, lt) for t in STORAGE_TYPES for m in POOL_METHODS for lt in POOL_LAYOUTS]

@@ -9,8 +9,10 @@ cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwis
 A pointwise NHWC convolution (1x1, stride 1, no padding, one group) is a plain GEMM: the linear
 layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM.  On
 Hopper an NHWC convolution of one group (strided ones where the stride divides the input's sides)
-is also built as an implicit GEMM fed by the tensor-memory accelerator (conv_tma.py) and timed
-beside them; the fastest is kept.
+is also built as an implicit GEMM fed by the tensor-memory accelerator (conv_tma.py).  An NHWC
+convolution whose input pixels are narrower than 16 bytes (RGB first layers) is also built as an
+explicit im2col followed by the linear layer's GEMM (lowered_conv.py, kernels/lowering.py).  All
+are timed beside each other and the fastest is kept.
 
 GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
 a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
@@ -65,10 +67,12 @@ from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Conv2d
 
+from kernels.lowering import lowered_refusal
 from kernels.pointwise_views import pointwise_refusal
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
+from kernels.triton.lowered_conv import build_lowered
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.pointwise_conv import build_pointwise
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
@@ -414,7 +418,8 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
                       "at build, for 1x1 NHWC ones the linear layer's GEMM, on Hopper for NHWC ones "
-                      "a TMA-fed implicit GEMM; depthwise a direct kernel of its own")
+                      "a TMA-fed implicit GEMM, for inputs of few channels an explicit im2col and the "
+                      "linear layer's GEMM; depthwise a direct kernel of its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)
     if reason:
@@ -438,6 +443,8 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     tma = on_gpu(lambda: build_conv_tma(spec, dtype, layout, tensors, out))
     # A 1x1 NHWC convolution is a plain GEMM: no FFT for it.
     first = ("pointwise_gemm", pointwise) if pointwise_refusal(spec, layout) is None else ("fft", fft)
-    return fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out),
-                      [first, ("tma_implicit_gemm", tma)], quick_bench,
+    others = [first, ("tma_implicit_gemm", tma)]
+    if lowered_refusal(spec, dtype, layout) is None:  # only where it applies: no reason on every other point
+        others.append(("im2col_gemm", on_gpu(lambda: build_lowered(spec, dtype, layout, tensors, out))))
+    return fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out), others, quick_bench,
                       after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback

@@ -143,6 +143,11 @@ def _kernel_power(d: pd.DataFrame, f: dict[str, Any]) -> tuple[str, str]:
     small = p[k < f["thesis"]["flat_from_kernel"]]
     ours = (f"power {big.min():.0f}-{big.max():.0f} W from 7x7 (spread {spread * 100:.1f} %)"
             + (f", {small.min():.0f} W below" if len(small) else ""))
+    # A board held at its power limit is flat whatever the kernel: say so beside the verdict.
+    capped = pd.to_numeric(d.get("energy_telemetry_power_capped_s", pd.Series(0.0, index=d.index)),
+                           errors="coerce").reindex(big.index)
+    if (capped > 0).any():
+        ours += f"; {int((capped > 0).sum())} of {len(big)} from 7x7 at the board's power limit"
     return ours, HOLDS if spread <= f["thesis"]["flat_within"] else FAILS
 
 

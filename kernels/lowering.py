@@ -1,0 +1,72 @@
+"""A convolution of narrow input pixels lowered to one GEMM (explicit im2col), for both backends.
+
+A first layer reads 3 RGB channels: 6 bytes a pixel in fp16/bf16, which neither a copy engine
+(16-byte rows) nor a channel-blocked walk (blocks of 16 or more channels) can feed, while its
+reduction C*R*S is short (27 for a 3x3 filter, 147 for ResNet-50's 7x7 stem).  Lowered, the timed
+call first writes the column matrix: row m = (n, p, q) is output pixel (p, q) of image n, column
+k = (r, s, c) the input value tap (r, s) of channel c reads there (zero past the image's edges),
+zero-padded to a multiple of 16 columns (aligned rows for the GEMM's loads); then the backend's
+linear layer multiplies it by the weight as a [K, R*S*C] matrix, zero-padded alike once at build,
+straight into the NHWC output, bias included.  The column matrix costs one write and one read of
+M x KP values, which a layer with few input channels and many output channels can afford: VGG-16's
+conv1_1 writes 64 output channels for the 32 columns of each row.
+
+Where it applies: one group, an NHWC output (the GEMM's rows are its pixels), input pixels
+narrower than 16 bytes, any stride, padding and dilation.  The builds time it beside their other
+paths and keep the fastest.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from layerbench.builders import Tensors
+from layerbench.dtypes import DType
+from layerbench.layers import Conv2d, Linear
+
+from kernels.pointwise_views import matrix
+
+COLUMN_QUANTUM = 16  # columns of the matrix: a multiple of 16 (32-byte rows in 16-bit types)
+COLUMN_BUFFER_LIMIT = 2 << 30  # bytes: past this the column matrix is no fair price for a layer
+
+
+def column_count(spec: Conv2d) -> int:
+    """KP: the column matrix's width, C*R*S rounded up to the quantum."""
+    reduction = spec.in_channels * spec.kernel_h * spec.kernel_w
+    return -(-reduction // COLUMN_QUANTUM) * COLUMN_QUANTUM
+
+
+def lowered_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
+    """Why the lowered convolution does not run this point (None where it does)."""
+    if spec.groups != 1:
+        return f"the lowered convolution runs one group, this point has {spec.groups}"
+    if layout != "NHWC":
+        return f"the lowered convolution writes an NHWC output (its GEMM's rows are pixels), this point is {layout}"
+    row_bytes = spec.in_channels * dtype.torch_dtype.itemsize
+    if row_bytes >= 16:
+        return (f"the lowered convolution is for input pixels narrower than 16 bytes; in_channels "
+                f"{spec.in_channels} in {dtype.name} is {row_bytes} bytes, which the other paths feed directly")
+    rows, columns = spec.batch * spec.out_height * spec.out_width, column_count(spec)
+    size = rows * columns * dtype.torch_dtype.itemsize
+    if size > COLUMN_BUFFER_LIMIT:
+        return (f"the lowered convolution's column matrix ({rows} x {columns}) would take {size / 2**30:.1f} GiB, "
+                f"more than its limit of {COLUMN_BUFFER_LIMIT / 2**30:.0f} GiB")
+    if rows * columns >= 2**31:  # the im2col kernels index with int32
+        return f"the lowered convolution's column matrix ({rows} x {columns}) has 2^31 elements or more"
+    return None
+
+
+def gemm_operands(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> tuple[Linear, Tensors, torch.Tensor]:
+    """(the linear layer, its tensors, its output) of the lowered convolution: an empty column
+    matrix for the im2col copy to fill, the weight as the dense zero-padded [K, KP] matrix of its
+    (r, s, c) order, the bias, and the NHWC output as a [pixels, K] matrix."""
+    x, weight = tensors["x"], tensors["weight"]
+    rows, columns = spec.batch * spec.out_height * spec.out_width, column_count(spec)
+    flat = weight.permute(0, 2, 3, 1).reshape(spec.out_channels, -1)
+    padded = torch.zeros((spec.out_channels, columns), dtype=weight.dtype, device=weight.device)
+    padded[:, :flat.shape[1]] = flat
+    operands: Tensors = {"x": torch.empty((rows, columns), dtype=x.dtype, device=x.device), "weight": padded}
+    if "bias" in tensors:
+        operands["bias"] = tensors["bias"]
+    gemm = Linear(rows, columns, spec.out_channels, bias=spec.bias)
+    return gemm, operands, matrix(out, rows, spec.out_channels, "out")
