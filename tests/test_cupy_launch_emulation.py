@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import conv_tma, fft_plan, igemm, linear_backward, linear_wgmma, pool2d_backward, support, tensor_map
+from kernels.cupy import conv_tma, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv, pool2d_backward, support, tensor_map
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -145,6 +145,23 @@ class EmulatedLaunch:
         src, dst = self.memory(0, n * c * hw), self.memory(1, n * c * hw)
         moved = model_to_channels_last(src.double().numpy(), c, hw, self.grid, *self.block[:2])
         dst.copy_(torch.from_numpy(moved))
+
+    def _im2col(self) -> None:  # (x, col, chunks, KP, C, R, S, P, Q, H, W, sn, sc, sh, sw, SH, SW, PH, PW, DH, DW); <U>
+        chunks, kp, c, r, s, p, q, h, w, sn, sc, sh, sw, sth, stw, ph, pw, dh, dw = (self.value(i) for i in range(2, 21))
+        x, col = self.kept(0), self.kept(1)
+        assert {"unsigned short": 2, "unsigned int": 4}[self.targs[0]] == x.element_size() == col.element_size()
+        total = chunks * lowered_conv.VEC  # a thread 8 consecutive elements
+        assert self.block == (256, 1, 1) and self.grid[0] * 256 >= chunks and total == col.numel() and kp % 8 == 0
+        i = np.arange(total)
+        m, k = i // kp, i % kp
+        qq, pp, n = m % q, (m // q) % p, m // (p * q)
+        cc, ss, rr = k % c, (k // c) % s, k // (c * s)
+        ih, iw = pp * sth - ph + rr * dh, qq * stw - pw + ss * dw
+        inside = (k < c * r * s) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
+        source = torch.from_numpy(np.where(inside, n * sn + cc * sc + ih * sh + iw * sw, 0))
+        values = torch.as_strided(x, (x.numel(),), (1,))[source]
+        values[torch.from_numpy(~inside)] = 0
+        torch.as_strided(col, (total,), (1,)).copy_(values)
 
     def _depthwise(self, first: int, batch: int, nhwc: bool) -> tuple[Conv2d, dict[str, torch.Tensor | None]]:
         """The spec from the shape arguments from ``first`` on (C, H, W, CO, OH, OW, KH, KW, stride_h,
@@ -552,3 +569,16 @@ def test_tma_refusals_name_the_cause() -> None:
         "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16", "pointwise-bf16"])
 def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
     _check("conv2d", spec, dtype, layout)
+
+
+# The lowered convolution: its im2col launch and the linear layer's GEMMs (mma.sync, wgmma) behind it.
+@pytest.mark.parametrize(("spec", "dtype"), [
+    (Conv2d(2, 3, 8, 9, 8, 3, 3, padding=1), "bf16"),
+    (Conv2d(1, 3, 16, 13, 14, 7, 7, stride=2, padding=3, bias=False), "fp16"),
+    (Conv2d(2, 1, 6, 11, 9, 3, 2, stride_h=2, padding_w=1, dilation=2), "fp32"),
+    (Conv2d(1, 3, 8, 23, 23, 11, 11, stride=4, padding=2), "tf32"),
+], ids=["vgg-first-bf16", "resnet-stem-fp16", "grey-dilated-fp32", "alexnet-first-tf32"])
+def test_lowered_convolution_launchers(emulated: None, spec: Conv2d, dtype: str) -> None:
+    result = check_implementation(lowered_conv.build_lowered, spec, dtype, "NHWC", "cpu", runs=2)
+    assert result.ok, f"{spec} {dtype}: {result.message}"
+    _check("conv2d", spec, dtype, "NHWC")  # the registered build with it among its paths

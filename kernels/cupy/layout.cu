@@ -51,25 +51,40 @@ __global__ void __launch_bounds__(256) subsample_nhwc(const uint4* src, uint4* d
     dst[i] = src[((n * H + static_cast<long long>(p) * SH) * W + static_cast<long long>(q) * SW) * chunks + chunk];
 }
 
-// im2col: the column matrix of a convolution lowered to one GEMM (kernels/lowering.py), one thread
-// an element: col[m][k] for output pixel m = (n, p, q) and reduction index k = (r, s, c) is the
-// input value tap (r, s) of channel c reads there, zero past the image's edges and for k past
-// C * R * S (the row is KP long).  x is read through its element strides, so either memory format
-// works; U: the element's bit pattern (any 2- or 4-byte type).  int32 offsets: the input and the
-// column matrix have fewer than 2^31 elements (the launcher checks).
+// im2col: the column matrix of a convolution lowered to one GEMM (kernels/lowering.py):
+// col[m][k] for output pixel m = (n, p, q) and reduction index k = (r, s, c) is the input value
+// tap (r, s) of channel c reads there, zero past the image's edges and for k past C * R * S (the
+// row is KP long, a multiple of 8).  One thread 8 consecutive elements of the dense matrix, stored
+// at once (16 or 32 bytes), so a warp writes one contiguous run; the divisions that place them
+// are done once for the 8, which then step (c, s, r) by additions.  x is read through its element
+// strides, so either memory format works; U: the element's bit pattern (a 2- or 4-byte type).
+// int32 offsets: the input and the column matrix have fewer than 2^31 elements (the launcher checks).
 template <typename U>
-__global__ void __launch_bounds__(256) im2col(const U* __restrict__ x, U* __restrict__ col, int total, int KP, int C,
+__global__ void __launch_bounds__(256) im2col(const U* __restrict__ x, U* __restrict__ col, int chunks, int KP, int C,
                                               int R, int S, int P, int Q, int H, int W, int sn, int sc, int sh,
                                               int sw, int SH, int SW, int PH, int PW, int DH, int DW) {
-    const int i = blockIdx.x * 256 + threadIdx.x;
-    if (i >= total) return;
-    const int m = i / KP, k = i - m * KP;
+    constexpr int VEC = 8;
+    const int j = blockIdx.x * 256 + threadIdx.x;
+    if (j >= chunks) return;
+    const int m = j * VEC / KP, k0 = j * VEC - m * KP;
     const int q = m % Q, p = (m / Q) % P, n = m / (P * Q);
-    U value = 0;
-    if (k < C * R * S) {
-        const int c = k % C, s = (k / C) % S, r = k / (C * S);
+    int c = k0 % C, s = (k0 / C) % S, r = k0 / (C * S);
+    const int reduction = C * R * S;
+    alignas(16) U v[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
         const int ih = p * SH - PH + r * DH, iw = q * SW - PW + s * DW;
-        if (ih >= 0 && ih < H && iw >= 0 && iw < W) value = x[n * sn + c * sc + ih * sh + iw * sw];
+        const bool inside = k0 + e < reduction && ih >= 0 && ih < H && iw >= 0 && iw < W;
+        v[e] = inside ? x[n * sn + c * sc + ih * sh + iw * sw] : U(0);
+        if (++c == C) {
+            c = 0;
+            if (++s == S) {
+                s = 0;
+                ++r;
+            }
+        }
     }
-    col[i] = value;
+    uint4* dst = reinterpret_cast<uint4*>(col + static_cast<long long>(j) * VEC);
+#pragma unroll
+    for (int h = 0; h < static_cast<int>(sizeof(v) / sizeof(uint4)); ++h) dst[h] = reinterpret_cast<const uint4*>(v)[h];
 }

@@ -14,7 +14,7 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
-THREADS = 256  # must match layout.cu's im2col
+THREADS, VEC = 256, 8  # must match layout.cu's im2col: threads a block, elements a thread
 
 
 def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -30,11 +30,12 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
     rows, columns = col.shape
     i32 = support.i32
     fn = support.function("layout", sources.im2col_name(x.element_size()), index)
-    args = [support.ptr(x), support.ptr(col), i32(rows * columns), i32(columns), i32(spec.in_channels),
+    chunks = rows * columns // VEC  # columns is a multiple of 16
+    args = [support.ptr(x), support.ptr(col), i32(chunks), i32(columns), i32(spec.in_channels),
             i32(spec.kernel_h), i32(spec.kernel_w), i32(spec.out_height), i32(spec.out_width), i32(spec.height),
             i32(spec.width), *(i32(s) for s in x.stride()), i32(spec.stride_h), i32(spec.stride_w),
             i32(spec.padding_h), i32(spec.padding_w), i32(spec.dilation_h), i32(spec.dilation_w)]
-    im2col = support.Launch(fn, (-(-rows * columns // THREADS), 1, 1), (THREADS, 1, 1), args, index, keep=(x, col))
+    im2col = support.Launch(fn, (-(-chunks // THREADS), 1, 1), (THREADS, 1, 1), args, index, keep=(x, col))
     im2col()  # the GEMM's build times its variants on a filled column matrix
     built = as_built(linear.build(gemm, dtype, "NCHW", operands, out_matrix))
     kernel: Kernel = in_order(im2col, built.launch)
