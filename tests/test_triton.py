@@ -317,6 +317,42 @@ def test_conv2d_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> Non
         triton_pointwise.build_pointwise(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
 
 
+def strided_pointwise_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The strided 1x1 convolution as a subsampling copy and the GEMM, alone."""
+    return triton_pointwise.build_strided_pointwise(spec, dtype, layout, tensors, out)
+
+
+# Strides per axis (ragged sides: the last pixels past the grid are never read), channel counts
+# across the copy's 64-channel blocks.
+@given(batch=st.integers(1, 2), channels=st.integers(1, 80), out_channels=st.integers(1, 24),
+       height=st.integers(1, 9), width=st.integers(1, 9), stride_h=st.integers(1, 3), stride_w=st.integers(1, 3),
+       bias=st.booleans(), dtype=st.sampled_from(DOT_DTYPES), seed=SEEDS)
+def test_conv2d_strided_pointwise_drawn(batch: int, channels: int, out_channels: int, height: int, width: int,
+                                        stride_h: int, stride_w: int, bias: bool, dtype: str, seed: int) -> None:
+    assume((stride_h, stride_w) != (1, 1))
+    spec = Conv2d(batch, channels, out_channels, height, width, 1, 1, stride_h=stride_h, stride_w=stride_w, bias=bias)
+    result = check_implementation(strided_pointwise_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+def test_conv2d_strided_pointwise_resnet_projection() -> None:
+    spec = Conv2d(2, 96, 40, 14, 14, 1, 1, stride=2, bias=False)  # conv4_proj's shape, small
+    result = check_implementation(strided_pointwise_only, spec, "fp16", "NHWC", "cpu", seed=7)
+    assert result.ok, result.message
+
+
+@pytest.mark.parametrize("layout, spec, reason", [
+    ("NCHW", Conv2d(1, 4, 4, 6, 6, 1, 1, stride=2), "NHWC layout"),
+    ("NHWC", Conv2d(1, 4, 4, 6, 6, 1, 1), "stride 1"),
+    ("NHWC", Conv2d(1, 4, 4, 6, 6, 1, 1, stride=2, padding=1), "no padding"),
+    ("NHWC", Conv2d(1, 4, 4, 6, 6, 3, 3, stride=2), "1x1 filter"),
+])
+def test_conv2d_strided_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, "fp16", layout, "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        strided_pointwise_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
+
+
 # ------------------------------------------------------------------------- TMA implicit GEMM (NHWC)
 
 def conv_tma_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):

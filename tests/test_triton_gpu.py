@@ -382,6 +382,25 @@ def test_conv2d_pointwise_is_timed_beside_the_implicit_gemm() -> None:
     assert details["pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
+# ResNet-50's projections (batch cut) and a ragged one with per-axis strides.
+STRIDED_POINTWISE = {"resnet-256-512/2": Conv2d(8, 256, 512, 56, 56, 1, 1, stride=2, bias=False),
+                     "resnet-1024-2048/2": Conv2d(8, 1024, 2048, 14, 14, 1, 1, stride=2),
+                     "ragged-2x3": Conv2d(3, 40, 24, 29, 31, 1, 1, stride_h=2, stride_w=3)}
+
+
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("name", STRIDED_POINTWISE)
+def test_conv2d_strided_pointwise_gemm(name: str, dtype: str) -> None:
+    result = check_implementation(pointwise_conv.build_strided_pointwise, STRIDED_POINTWISE[name], dtype, "NHWC",
+                                  "cuda", seed=seed_of(name))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+def test_conv2d_strided_pointwise_is_timed_beside_the_implicit_gemm() -> None:
+    details = conv_details(STRIDED_POINTWISE["resnet-256-512/2"])
+    assert details["strided_pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
+
+
 # ------------------------------------------------------------------------- hypothesis draws
 # Fewer examples than the "gpu" profile: each new dtype/layout/divisibility pattern compiles.
 

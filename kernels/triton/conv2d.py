@@ -7,7 +7,8 @@ built as well, both are timed on the real buffers and the faster is kept, as cud
 cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwise convolutions
 (groups == in_channels) go to the direct kernel: one multiply-add per loaded element is no GEMM.
 A pointwise NHWC convolution (1x1, stride 1, no padding, one group) is a plain GEMM: the linear
-layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM.  On
+layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM, a
+strided one (no padding) the same GEMM over a copy of the pixels on the stride's grid.  On
 Hopper an NHWC convolution of one group (strided ones where the stride divides the input's sides)
 is also built as an implicit GEMM fed by the tensor-memory accelerator (conv_tma.py).  An NHWC
 convolution whose input pixels are narrower than 16 bytes (RGB first layers) is also built as an
@@ -68,13 +69,13 @@ from layerbench.registry import register
 from layerbench.layers import Conv2d
 
 from kernels.lowering import lowered_refusal
-from kernels.pointwise_views import pointwise_refusal
+from kernels.pointwise_views import pointwise_refusal, strided_refusal
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
 from kernels.triton.lowered_conv import build_lowered
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
-from kernels.triton.pointwise_conv import build_pointwise
+from kernels.triton.pointwise_conv import build_pointwise, build_strided_pointwise
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
                                     pixel_run, quick_bench, tile_config)
@@ -417,7 +418,8 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
           description="Triton convolution: implicit GEMM (fp32 accumulation, channel-blocked NHWC walk; "
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
-                      "at build, for 1x1 NHWC ones the linear layer's GEMM, on Hopper for NHWC ones "
+                      "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
+                      "the pixels they read), on Hopper for NHWC ones "
                       "a TMA-fed implicit GEMM, for inputs of few channels an explicit im2col and the "
                       "linear layer's GEMM; depthwise a direct kernel of its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
@@ -439,10 +441,14 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
             return build_path()  # refuses what it cannot run, with the reason
         return build_it
 
-    pointwise = on_gpu(lambda: build_pointwise(spec, dtype, layout, tensors, out))
     tma = on_gpu(lambda: build_conv_tma(spec, dtype, layout, tensors, out))
-    # A 1x1 NHWC convolution is a plain GEMM: no FFT for it.
-    first = ("pointwise_gemm", pointwise) if pointwise_refusal(spec, layout) is None else ("fft", fft)
+    # A 1x1 NHWC convolution is a plain GEMM, a strided one after a copy of the pixels it reads: no FFT for either.
+    if pointwise_refusal(spec, layout) is None:
+        first = ("pointwise_gemm", on_gpu(lambda: build_pointwise(spec, dtype, layout, tensors, out)))
+    elif strided_refusal(spec, layout) is None:
+        first = ("strided_pointwise_gemm", on_gpu(lambda: build_strided_pointwise(spec, dtype, layout, tensors, out)))
+    else:
+        first = ("fft", fft)
     others = [first, ("tma_implicit_gemm", tma)]
     if lowered_refusal(spec, dtype, layout) is None:  # only where it applies: no reason on every other point
         others.append(("im2col_gemm", on_gpu(lambda: build_lowered(spec, dtype, layout, tensors, out))))

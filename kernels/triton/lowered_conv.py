@@ -15,6 +15,7 @@ from layerbench.layers import Conv2d
 
 from kernels.lowering import gemm_operands, lowered_refusal
 from kernels.triton import linear
+from kernels.triton.support import pixel_of
 
 BLOCK_M = 64  # column-matrix rows a program writes
 
@@ -28,9 +29,7 @@ def _im2col_kernel(x_ptr, col_ptr, rows, P, Q, H, W, sxn, sxc, sxh, sxw, SH, SW,
     # matrix have fewer than 2^31 elements (the spec and lowered_refusal check it).
     m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    q = m % Q
-    p = (m // Q) % P
-    n = m // (P * Q)
+    n, p, q = pixel_of(m, P, Q)
     c = k % C
     s = (k // C) % S
     r = k // (C * S)

@@ -2,22 +2,43 @@
 tensors (``kernels/pointwise_views.py``): out = x @ W^T + b, dx = dy @ W, dW = dy^T @ x, db = the
 column sums of dy, through ``linear.py`` (the tiled GEMM with split-K, on Hopper also the
 persistent TMA GEMM) and ``linear_backward.py``; nothing is copied.  ResNet-50's bottleneck ends
-and MobileNetV2's expansions and projections are such layers.  The convolution's builds (forward,
-data and weight gradients) time this beside their implicit GEMM and keep the faster.
+and MobileNetV2's expansions and projections are such layers.  A strided 1x1 convolution without
+padding (ResNet-50's projections) reads only the pixels on the stride's grid: they are copied to a
+dense buffer inside the timed call (``_subsample_kernel``, whole channel rows) and the forward GEMM
+runs over them.  The convolution's builds (forward, data and weight gradients) time this beside
+their implicit GEMM and keep the faster.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 
-from layerbench.builders import Built, Tensors, as_built
+from layerbench.builders import Built, Kernel, Tensors, as_built, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d, Linear
 from layerbench.layers.passes import at_direction, direction_of
 
-from kernels.pointwise_views import forward_views, matrix, pointwise_refusal, weight_matrix
+from kernels.pointwise_views import forward_views, matrix, pointwise_refusal, strided_refusal, subsampled, weight_matrix
 from kernels.triton import linear, linear_backward
+from kernels.triton.support import pixel_of
+
+SUBSAMPLE_PIXELS, SUBSAMPLE_CHANNELS = 32, 64  # a copy program's tile: pixels x channels
+
+
+@triton.jit
+def _subsample_kernel(x_ptr, dst_ptr, pixels, P, Q, H, W, C, SH, SW,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    # dst[n, p, q, :] = x[n, p * SH, q * SW, :], NHWC both; int32 offsets (x has < 2^31 elements).
+    pix = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n, p, q = pixel_of(pix, P, Q)
+    src = ((n * H + p * SH) * W + q * SW) * C
+    ok = (pix < pixels)[:, None] & (ch < C)[None, :]
+    row = tl.load(x_ptr + src[:, None] + ch[None, :], mask=ok)
+    tl.store(dst_ptr + pix[:, None] * C + ch[None, :], row, mask=ok)
 
 
 def build_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -25,6 +46,33 @@ def build_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, o
     gemm, views, out_matrix = forward_views(spec, layout, tensors, out)
     built = as_built(linear.build(gemm, dtype, "NCHW", views, out_matrix))
     return Built(built.launch, {"gemm": dict(built.details)})
+
+
+def build_strided_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """A strided 1x1 NHWC convolution without padding: the pixels on the stride's grid copied to a
+    dense buffer inside the timed call, then the stride-1 convolution's GEMM over them."""
+    reason = strided_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    x = tensors["x"]
+    if not x.permute(0, 2, 3, 1).is_contiguous():
+        raise Unsupported(f"the subsampling copy reads x dense in NHWC order, got strides {tuple(x.stride())}")
+    dense = subsampled(spec)
+    pixels = torch.empty((spec.batch, spec.in_channels, dense.height, dense.width), dtype=x.dtype, device=x.device,
+                         memory_format=torch.channels_last)
+    count = spec.batch * dense.height * dense.width
+    grid = (triton.cdiv(count, SUBSAMPLE_PIXELS), triton.cdiv(spec.in_channels, SUBSAMPLE_CHANNELS))
+    launcher = _subsample_kernel[grid]
+    args = (x, pixels, count, dense.height, dense.width, spec.height, spec.width, spec.in_channels,
+            spec.stride_h, spec.stride_w)
+
+    def copy() -> None:
+        launcher(*args, BLOCK_P=SUBSAMPLE_PIXELS, BLOCK_C=SUBSAMPLE_CHANNELS)
+
+    copy()  # the GEMM's build times itself on the copied pixels
+    gemm = build_pointwise(dense, dtype, layout, {**tensors, "x": pixels}, out)
+    launch: Kernel = in_order(copy, gemm.launch)
+    return Built(launch, dict(gemm.details))
 
 
 def build_pointwise_backward(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:

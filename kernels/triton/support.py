@@ -51,6 +51,12 @@ def tile_config(block_m: int, block_n: int, block_k: int, warps: int, stages: in
 
 
 @triton.jit
+def pixel_of(m, P, Q):
+    """(image, row, column) of flat pixel index ``m`` = (n * P + p) * Q + q over P x Q planes."""
+    return m // (P * Q), (m // Q) % P, m % Q
+
+
+@triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(row tile, column tile) of program ``pid`` over an M x N output, in grouped order: GROUP_M
     row tiles run down each column of tiles in turn, so they share its B tiles while in L2."""
