@@ -58,7 +58,8 @@ __global__ void __launch_bounds__(256) subsample_nhwc(const uint4* src, uint4* d
 // at once (16 or 32 bytes), so a warp writes one contiguous run; the divisions that place them
 // are done once for the 8, which then step (c, s, r) by additions.  x is read through its element
 // strides, so either memory format works; U: the element's bit pattern (a 2- or 4-byte type).
-// int32 offsets: the input and the column matrix have fewer than 2^31 elements (the launcher checks).
+// int32 offsets: the input and the column matrix have fewer than 2^31 elements (the spec's bounds
+// and kernels/lowering.py's size limit keep them there).
 template <typename U>
 __global__ void __launch_bounds__(256) im2col(const U* __restrict__ x, U* __restrict__ col, int chunks, int KP, int C,
                                               int R, int S, int P, int Q, int H, int W, int sn, int sc, int sh,
