@@ -542,11 +542,13 @@ def test_conv2d_hopper_path_is_timed_beside_the_implicit_gemm(path: str) -> None
 
 
 # The lowered convolution (im2col + the linear layer's GEMM) alone on first layers of real networks
-# (batch cut) and a 1-channel dilated one with per-axis stride and padding, every dtype.
+# (batch cut), a 1-channel dilated one with per-axis stride and padding, and rows too wide for one
+# im2col block (in segments), every dtype.
 LOWERED = {"vgg-conv1_1": Conv2d(4, 3, 64, 224, 224, 3, 3, padding=1),
            "resnet-stem": Conv2d(4, 3, 64, 224, 224, 7, 7, stride=2, padding=3, bias=False),
            "alexnet-conv1": Conv2d(8, 3, 96, 227, 227, 11, 11, stride=4),
-           "grey-dilated": Conv2d(2, 1, 24, 61, 59, 5, 3, stride_h=2, padding_w=2, dilation=2)}
+           "grey-dilated": Conv2d(2, 1, 24, 61, 59, 5, 3, stride_h=2, padding_w=2, dilation=2),
+           "wide-rows": Conv2d(2, 3, 16, 5, 3000, 3, 3, padding=1)}
 
 
 @gpu

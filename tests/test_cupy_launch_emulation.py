@@ -147,22 +147,36 @@ class EmulatedLaunch:
         moved = model_to_channels_last(src.double().numpy(), c, hw, self.grid, *self.block[:2])
         dst.copy_(torch.from_numpy(moved))
 
-    def _im2col(self) -> None:  # (x, col, chunks, KP, C, R, S, P, Q, H, W, sn, sc, sh, sw, SH, SW, PH, PW, DH, DW); <U>
-        chunks, kp, c, r, s, p, q, h, w, sn, sc, sh, sw, sth, stw, ph, pw, dh, dw = (self.value(i) for i in range(2, 21))
+    def _im2col(self) -> None:  # (x, col, segments, QB, WS, KP, C, R, S, P, Q, H, W, SH, SW, PH, PW, DH, DW); <U>
+        segments, qb, ws, kp, c, r, s, p, q, h, w, sth, stw, ph, pw, dh, dw = (self.value(i) for i in range(2, 19))
         x, col = self.kept(0), self.kept(1)
         assert {"unsigned short": 2, "unsigned int": 4}[self.targs[0]] == x.element_size() == col.element_size()
-        total = chunks * lowered_conv.VEC  # a thread 8 consecutive elements
-        assert self.block == (256, 1, 1) and self.grid[0] * 256 >= chunks and total == col.numel() and kp % 8 == 0
-        i = np.arange(total)
-        m, k = i // kp, i % kp
-        qq, pp, n = m % q, (m // q) % p, m // (p * q)
-        cc, ss, rr = k % c, (k // c) % s, k // (c * s)
-        ih, iw = pp * sth - ph + rr * dh, qq * stw - pw + ss * dw
-        inside = (k < c * r * s) & (ih >= 0) & (ih < h) & (iw >= 0) & (iw < w)
-        source = torch.from_numpy(np.where(inside, n * sn + cc * sc + ih * sh + iw * sw, 0))
-        values = torch.as_strided(x, (x.numel(),), (1,))[source]
-        values[torch.from_numpy(~inside)] = 0
-        torch.as_strided(col, (total,), (1,)).copy_(values)
+        assert x.permute(0, 2, 3, 1).is_contiguous(), "the kernel reads x as dense NHWC"
+        n_images = x.shape[0]
+        assert self.block == (lowered_conv.THREADS, 1, 1) and self.grid == (n_images * p * segments, 1, 1)
+        assert kp % lowered_conv.VEC == 0 and col.numel() == n_images * p * q * kp
+        span = ws * c
+        assert self.shared_bytes >= kp * 4 + r * span * x.element_size() and self.shared_bytes <= 48 * 1024
+        memory = torch.as_strided(x, (x.numel(),), (1,))
+        out = torch.as_strided(col, (col.numel(),), (1,))
+        k = np.arange(kp)
+        offset = np.where(k < c * r * s, (k // (c * s)) * span + ((k // c) % s) * dw * c + k % c, -1)
+        for block in range(self.grid[0]):  # as the kernel: stage the window, then copy out of it
+            segment, row = block % segments, block // segments
+            pp, n, q0 = row % p, row // p, segment * qb
+            window = torch.zeros(r * span, dtype=x.dtype)
+            g = (q0 * stw - pw) * c + np.arange(span)
+            for rr in range(r):
+                ih = pp * sth - ph + rr * dh
+                ok = (g >= 0) & (g < w * c)
+                if 0 <= ih < h and ok.any():
+                    window[rr * span + np.flatnonzero(ok)] = memory[(n * h + ih) * w * c + g[ok]]
+            pixels = min(qb, q - q0)
+            shift = np.arange(pixels)[:, None] * stw * c
+            values = window[torch.from_numpy(np.where(offset >= 0, offset + shift, 0))]
+            values[torch.from_numpy(np.broadcast_to(offset < 0, values.shape).copy())] = 0
+            first = (row * q + q0) * kp
+            out[first:first + pixels * kp] = values.reshape(-1)
 
     def _depthwise(self, first: int, batch: int, nhwc: bool) -> tuple[Conv2d, dict[str, torch.Tensor | None]]:
         """The spec from the shape arguments from ``first`` on (C, H, W, CO, OH, OW, KH, KW, stride_h,
@@ -578,8 +592,30 @@ def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layo
     (Conv2d(1, 3, 16, 13, 14, 7, 7, stride=2, padding=3, bias=False), "fp16"),
     (Conv2d(2, 1, 6, 11, 9, 3, 2, stride_h=2, padding_w=1, dilation=2), "fp32"),
     (Conv2d(1, 3, 8, 23, 23, 11, 11, stride=4, padding=2), "tf32"),
-], ids=["vgg-first-bf16", "resnet-stem-fp16", "grey-dilated-fp32", "alexnet-first-tf32"])
+    (Conv2d(1, 1, 8, 3, 3000, 3, 3, padding_w=1), "fp32"),
+], ids=["vgg-first-bf16", "resnet-stem-fp16", "grey-dilated-fp32", "alexnet-first-tf32", "row-in-two-segments-fp32"])
 def test_lowered_convolution_launchers(emulated: None, spec: Conv2d, dtype: str) -> None:
     result = check_implementation(lowered_conv.build_lowered, spec, dtype, "NHWC", "cpu", runs=2)
     assert result.ok, f"{spec} {dtype}: {result.message}"
     _check("conv2d", spec, dtype, "NHWC")  # the registered build with it among its paths
+
+
+@pytest.mark.parametrize(("spec", "columns", "itemsize", "pixels"), [
+    (Conv2d(64, 3, 64, 224, 224, 7, 7, stride=2, padding=3), 160, 2, 112),
+    (Conv2d(64, 3, 64, 224, 224, 3, 3, padding=1), 32, 2, 224),
+    (Conv2d(128, 3, 64, 224, 224, 11, 11, stride=4, padding=2), 368, 4, 55),
+    (Conv2d(1, 1, 8, 9, 4000, 3, 3), 16, 4, 2723),
+], ids=["resnet-stem-bf16", "vgg-first-bf16", "alexnet-first-fp32", "wide-row"])
+def test_im2col_segments(spec: Conv2d, columns: int, itemsize: int, pixels: int) -> None:
+    """First layers stage a whole output row's input a block; a row too wide for the shared-memory
+    budget is split into segments that fit it."""
+    qb = lowered_conv.segment_pixels(spec, columns, itemsize)
+    window = (qb - 1) * spec.stride_w + (spec.kernel_w - 1) * spec.dilation_w + 1
+    assert qb == pixels
+    assert columns * 4 + spec.kernel_h * window * spec.in_channels * itemsize <= lowered_conv.SHARED_BUDGET
+
+
+def test_im2col_refuses_a_filter_too_wide_to_stage() -> None:
+    spec = Conv2d(1, 3, 8, 300, 300, 31, 31, dilation=4)
+    with pytest.raises(Unsupported, match="31 input rows of 121 pixels"):
+        lowered_conv.segment_pixels(spec, 2896, 2)

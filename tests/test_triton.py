@@ -464,6 +464,7 @@ def test_conv2d_lowered_drawn(batch: int, channels: int, out_channels: int, heig
     ("fp16", Conv2d(2, 3, 16, 9, 8, 3, 3, padding=1), 32),                # VGG-16's first layer, small
     ("fp32", Conv2d(1, 3, 8, 14, 13, 7, 7, stride=2, padding=3), 160),     # ResNet-50's stem, small
     ("tf32", Conv2d(1, 3, 12, 23, 23, 11, 11, stride=4, padding=2), 368),  # AlexNet's first layer, small
+    ("fp32", Conv2d(1, 1, 4, 3, 150, 3, 3, padding=1), 16),              # a row over three programs
 ], ids=str)
 def test_conv2d_lowered_first_layers(dtype: str, spec: Conv2d, columns: int) -> None:
     assert lowering.column_count(spec) == columns

@@ -54,38 +54,56 @@ __global__ void __launch_bounds__(256) subsample_nhwc(const uint4* src, uint4* d
 // im2col: the column matrix of a convolution lowered to one GEMM (kernels/lowering.py):
 // col[m][k] for output pixel m = (n, p, q) and reduction index k = (r, s, c) is the input value
 // tap (r, s) of channel c reads there, zero past the image's edges and for k past C * R * S (the
-// row is KP long, a multiple of 8).  One thread 8 consecutive elements of the dense matrix, stored
-// at once (16 or 32 bytes), so a warp writes one contiguous run; the divisions that place them
-// are done once for the 8, which then step (c, s, r) by additions.  x is read through its element
-// strides, so either memory format works; U: the element's bit pattern (a 2- or 4-byte type).
+// row is KP long, a multiple of 8).  One block writes a segment of QB pixels of one output row
+// (n, p).  It first stages the input those pixels read in shared memory: for each filter row r
+// the input row's WS columns from the segment's first tap on, zero outside the image; x is dense
+// NHWC, so each is one contiguous run of WS * C elements, read with coalesced loads.  With it, a
+// table of each column's offset into the staged window (-1 past C * R * S), so the copy itself
+// needs no division but the one placing a thread's 8 elements: col[m][k] is
+// window[offset[k] + q_in_segment * SW * C].  A thread stores its 8 elements at once (16 or 32
+// bytes), a warp one contiguous run.  U: the element's bit pattern (a 2- or 4-byte type).  The
+// launcher sizes QB so that the window and the table fit the dynamic shared memory it passes.
 // int32 offsets: the input and the column matrix have fewer than 2^31 elements (the spec's bounds
 // and kernels/lowering.py's size limit keep them there).
 template <typename U>
-__global__ void __launch_bounds__(256) im2col(const U* __restrict__ x, U* __restrict__ col, int chunks, int KP, int C,
-                                              int R, int S, int P, int Q, int H, int W, int sn, int sc, int sh,
-                                              int sw, int SH, int SW, int PH, int PW, int DH, int DW) {
+__global__ void __launch_bounds__(256) im2col(const U* __restrict__ x, U* __restrict__ col, int segments, int QB,
+                                              int WS, int KP, int C, int R, int S, int P, int Q, int H, int W,
+                                              int SH, int SW, int PH, int PW, int DH, int DW) {
     constexpr int VEC = 8;
-    const int j = blockIdx.x * 256 + threadIdx.x;
-    if (j >= chunks) return;
-    const int m = j * VEC / KP, k0 = j * VEC - m * KP;
-    const int q = m % Q, p = (m / Q) % P, n = m / (P * Q);
-    int c = k0 % C, s = (k0 / C) % S, r = k0 / (C * S);
-    const int reduction = C * R * S;
-    alignas(16) U v[VEC];
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-        const int ih = p * SH - PH + r * DH, iw = q * SW - PW + s * DW;
-        const bool inside = k0 + e < reduction && ih >= 0 && ih < H && iw >= 0 && iw < W;
-        v[e] = inside ? x[n * sn + c * sc + ih * sh + iw * sw] : U(0);
-        if (++c == C) {
-            c = 0;
-            if (++s == S) {
-                s = 0;
-                ++r;
-            }
+    extern __shared__ __align__(16) unsigned char staged[];
+    const int span = WS * C;  // elements of one staged input row
+    int* offset = reinterpret_cast<int*>(staged);
+    U* window = reinterpret_cast<U*>(staged + KP * sizeof(int));
+    const int segment = blockIdx.x % segments, row = blockIdx.x / segments;  // row = n * P + p
+    const int p = row % P, n = row / P, q0 = segment * QB;
+    const int first = (q0 * SW - PW) * C;  // the window's first element within an input row
+    for (int k = threadIdx.x; k < KP; k += blockDim.x) {
+        const int c = k % C, s = (k / C) % S, r = k / (C * S);
+        offset[k] = r < R ? r * span + s * DW * C + c : -1;
+    }
+    for (int r = 0; r < R; ++r) {
+        const int ih = p * SH - PH + r * DH;
+        const bool row_inside = ih >= 0 && ih < H;
+        const U* source = x + (static_cast<long long>(n) * H + ih) * W * C;
+        for (int f = threadIdx.x; f < span; f += blockDim.x) {
+            const int g = first + f;
+            window[r * span + f] = row_inside && g >= 0 && g < W * C ? source[g] : U(0);
         }
     }
-    uint4* dst = reinterpret_cast<uint4*>(col + static_cast<long long>(j) * VEC);
+    __syncthreads();
+    const int chunks = KP / VEC, pixels = min(QB, Q - q0);
+    U* out = col + (static_cast<long long>(row) * Q + q0) * KP;
+    for (int i = threadIdx.x; i < pixels * chunks; i += blockDim.x) {
+        const int pixel = i / chunks, k0 = (i - pixel * chunks) * VEC;
+        const int shift = pixel * SW * C;
+        alignas(16) U v[VEC];
 #pragma unroll
-    for (int h = 0; h < static_cast<int>(sizeof(v) / sizeof(uint4)); ++h) dst[h] = reinterpret_cast<const uint4*>(v)[h];
+        for (int e = 0; e < VEC; ++e) {
+            const int o = offset[k0 + e];
+            v[e] = o >= 0 ? window[o + shift] : U(0);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(out + static_cast<long long>(pixel) * KP + k0);
+#pragma unroll
+        for (int h = 0; h < static_cast<int>(sizeof(v) / sizeof(uint4)); ++h) dst[h] = reinterpret_cast<const uint4*>(v)[h];
+    }
 }

@@ -15,6 +15,19 @@ from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
 THREADS, VEC = 256, 8  # must match layout.cu's im2col: threads a block, elements a thread
+SHARED_BUDGET = 32 * 1024  # bytes of staged input and offsets a block: seven blocks an SM still fit
+
+
+def segment_pixels(spec: Conv2d, columns: int, itemsize: int) -> int:
+    """QB: the output pixels of a row one im2col block writes, as many as the shared-memory budget
+    holds the staged input of (``Unsupported`` where not even one pixel's fits)."""
+    span = (spec.kernel_w - 1) * spec.dilation_w + 1  # input columns one pixel's taps read
+    room = (SHARED_BUDGET - columns * 4) // (spec.kernel_h * spec.in_channels * itemsize)
+    if room < span:
+        raise Unsupported(f"the lowered convolution stages {spec.kernel_h} input rows of {span} pixels a block; "
+                          f"with a {spec.kernel_h}x{spec.kernel_w} filter at dilation "
+                          f"{spec.dilation_h}x{spec.dilation_w} they exceed its {SHARED_BUDGET // 1024} KiB")
+    return min(spec.out_width, (room - span) // spec.stride_w + 1)
 
 
 def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -24,20 +37,26 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
     if reason:
         raise Unsupported(reason)
     x = tensors["x"]
+    if not x.permute(0, 2, 3, 1).is_contiguous():
+        raise Unsupported("the lowered convolution's im2col reads x dense in channels_last order")
     index = support.check_tensors(dtype, {"x": x, "out": out})
     gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
     col = operands["x"]
     rows, columns = col.shape
+    pixels = segment_pixels(spec, columns, x.element_size())
+    window = (pixels - 1) * spec.stride_w + (spec.kernel_w - 1) * spec.dilation_w + 1
+    segments = -(-spec.out_width // pixels)
+    shared = columns * 4 + spec.kernel_h * window * spec.in_channels * x.element_size()
     i32 = support.i32
     fn = support.function("layout", sources.im2col_name(x.element_size()), index)
-    chunks = rows * columns // VEC  # columns is a multiple of 16
-    args = [support.ptr(x), support.ptr(col), i32(chunks), i32(columns), i32(spec.in_channels),
-            i32(spec.kernel_h), i32(spec.kernel_w), i32(spec.out_height), i32(spec.out_width), i32(spec.height),
-            i32(spec.width), *(i32(s) for s in x.stride()), i32(spec.stride_h), i32(spec.stride_w),
-            i32(spec.padding_h), i32(spec.padding_w), i32(spec.dilation_h), i32(spec.dilation_w)]
-    im2col = support.Launch(fn, (-(-chunks // THREADS), 1, 1), (THREADS, 1, 1), args, index, keep=(x, col))
+    args = [support.ptr(x), support.ptr(col), i32(segments), i32(pixels), i32(window), i32(columns),
+            i32(spec.in_channels), i32(spec.kernel_h), i32(spec.kernel_w), i32(spec.out_height), i32(spec.out_width),
+            i32(spec.height), i32(spec.width), i32(spec.stride_h), i32(spec.stride_w), i32(spec.padding_h),
+            i32(spec.padding_w), i32(spec.dilation_h), i32(spec.dilation_w)]
+    blocks = spec.batch * spec.out_height * segments
+    im2col = support.Launch(fn, (blocks, 1, 1), (THREADS, 1, 1), args, index, keep=(x, col), shared_bytes=shared)
     im2col()  # the GEMM's build times its variants on a filled column matrix
     built = as_built(linear.build(gemm, dtype, "NCHW", operands, out_matrix))
     kernel: Kernel = in_order(im2col, built.launch)
     support.check_result(kernel, spec, dtype, tensors, out, "the lowered convolution")
-    return Built(kernel, {"columns": columns, "gemm": dict(built.details)})
+    return Built(kernel, {"columns": columns, "segment_pixels": pixels, "gemm": dict(built.details)})

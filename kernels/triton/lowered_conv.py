@@ -15,30 +15,36 @@ from layerbench.layers import Conv2d
 
 from kernels.lowering import gemm_operands, lowered_refusal
 from kernels.triton import linear
-from kernels.triton.support import pixel_of
+from kernels.triton.support import next_pow2
 
-BLOCK_M = 64  # column-matrix rows a program writes
+BLOCK_Q = 64  # at most this many output pixels of a row a program writes
 
 
 @triton.jit
-def _im2col_kernel(x_ptr, col_ptr, rows, P, Q, H, W, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
+def _im2col_kernel(x_ptr, col_ptr, P, Q, H, W, sxn, sxc, sxh, sxw, SH, SW, PH, PW, DH, DW,
                    C: tl.constexpr, S: tl.constexpr, K_RED: tl.constexpr, KP: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    # Rows: output pixels (n, p, q); columns: reduction index (r, s, c), zero past K_RED and where
-    # the tap falls outside the image (the padding).  int32 offsets: the input and the column
+                   BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr):
+    # A program: BLOCK_Q pixels q of output row (n, p) by BLOCK_K columns k = (r, s, c), zero past
+    # K_RED and where the tap falls outside the image (the padding).  The row fixes the input row
+    # each column reads and whether it is inside, so an element's address is a pixel's offset plus
+    # a column's, and its test one add and two compares.  int32 offsets: the input and the column
     # matrix have fewer than 2^31 elements (the spec and lowered_refusal check it).
-    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-    n, p, q = pixel_of(m, P, Q)
+    row = tl.program_id(0)
+    n = row // P
+    p = row - n * P
+    q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    k = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
     c = k % C
     s = (k // C) % S
     r = k // (C * S)
-    ih = p[:, None] * SH - PH + r[None, :] * DH
-    iw = q[:, None] * SW - PW + s[None, :] * DW
-    row_ok = m[:, None] < rows
-    inside = row_ok & (k[None, :] < K_RED) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    value = tl.load(x_ptr + n[:, None] * sxn + c[None, :] * sxc + ih * sxh + iw * sxw, mask=inside, other=0.0)
-    tl.store(col_ptr + m[:, None] * KP + k[None, :], value, mask=row_ok & (k[None, :] < KP))
+    ih = p * SH - PH + r * DH
+    tap_w = s * DW - PW
+    column_ok = (k < K_RED) & (ih >= 0) & (ih < H)
+    iw = q[:, None] * SW + tap_w[None, :]
+    inside = column_ok[None, :] & (iw >= 0) & (iw < W)
+    source = x_ptr + n * sxn + (q * SW * sxw)[:, None] + (ih * sxh + c * sxc + tap_w * sxw)[None, :]
+    value = tl.load(source, mask=inside, other=0.0)
+    tl.store(col_ptr + (row * Q + q)[:, None] * KP + k[None, :], value, mask=(q < Q)[:, None])
 
 
 def block_k(columns: int) -> int:
@@ -54,12 +60,13 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
         raise Unsupported(reason)
     gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
     x, col = tensors["x"], operands["x"]
-    rows, columns = col.shape
-    grid = (triton.cdiv(rows, BLOCK_M), columns // block_k(columns))
-    args = (x, col, rows, spec.out_height, spec.out_width, spec.height, spec.width, *x.stride(),
+    columns = col.shape[1]
+    block_q = min(BLOCK_Q, next_pow2(spec.out_width))
+    grid = (spec.batch * spec.out_height, triton.cdiv(spec.out_width, block_q), columns // block_k(columns))
+    args = (x, col, spec.out_height, spec.out_width, spec.height, spec.width, *x.stride(),
             spec.stride_h, spec.stride_w, spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
     meta = {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
-            "KP": columns, "BLOCK_M": BLOCK_M, "BLOCK_K": block_k(columns)}
+            "KP": columns, "BLOCK_Q": block_q, "BLOCK_K": block_k(columns)}
     launcher = _im2col_kernel[grid]
 
     def im2col() -> None:
