@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(256) im2col(const U* __restrict__ x, U* __rest
     for (int r = 0; r < R; ++r) {
         const int ih = p * SH - PH + r * DH;
         const bool row_inside = ih >= 0 && ih < H;
-        const U* source = x + (static_cast<long long>(n) * H + ih) * W * C;
+        const U* source = x + (static_cast<long long>(n) * H + (row_inside ? ih : 0)) * W * C;
         for (int f = threadIdx.x; f < span; f += blockDim.x) {
             const int g = first + f;
             window[r * span + f] = row_inside && g >= 0 && g < W * C ? source[g] : U(0);

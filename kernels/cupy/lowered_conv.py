@@ -42,7 +42,7 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
     index = support.check_tensors(dtype, {"x": x, "out": out})
     gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
     col = operands["x"]
-    rows, columns = col.shape
+    columns = col.shape[1]
     pixels = segment_pixels(spec, columns, x.element_size())
     window = (pixels - 1) * spec.stride_w + (spec.kernel_w - 1) * spec.dilation_w + 1
     segments = -(-spec.out_width // pixels)
