@@ -43,6 +43,63 @@ __device__ __forceinline__ void fma_vec(float (&acc)[VEC], const float (&w)[VEC]
     for (int i = 0; i < VEC; ++i) acc[i] = fmaf(w[i], v[i], acc[i]);
 }
 
+// VEC values of T as raw 32-bit words: a 16-bit vector of 8 holds 4 registers until it is used
+// (as T[VEC] the compiler gives each 16-bit value a register of its own).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Raw {
+    unsigned w[sizeof(T) * VEC / 4];
+};
+
+__device__ __forceinline__ void unpack_word(unsigned u, float* f, float) { f[0] = __uint_as_float(u); }
+__device__ __forceinline__ void unpack_word(unsigned u, float* f, __nv_bfloat16) {
+    f[0] = __uint_as_float(u << 16);  // bf16 is the upper half of an fp32
+    f[1] = __uint_as_float(u & 0xffff0000u);
+}
+__device__ __forceinline__ void unpack_word(unsigned u, float* f, __half) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    const float2 t = __half22float2(h);
+    f[0] = t.x;
+    f[1] = t.y;
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void unpack(const Raw<T, VEC>& r, float (&f)[VEC]) {
+    constexpr int PER_WORD = 4 / static_cast<int>(sizeof(T));
+#pragma unroll
+    for (int i = 0; i < VEC / PER_WORD; ++i) unpack_word(r.w[i], f + i * PER_WORD, T());
+}
+
+// N input vectors of one row, columns iw0 + j0 + c, raw; the ones past `span` or the image's
+// edges are not loaded, and their taps are skipped.
+template <typename T, int VEC, int N>
+__device__ __forceinline__ void load_row(const T* row, int iw0, int j0, int span, int W, int C, Raw<T, VEC> (&v)[N]) {
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+        const int iw = iw0 + j0 + c;
+        if (j0 + c < span && iw >= 0 && iw < W) v[c] = *reinterpret_cast<const Raw<T, VEC>*>(row + iw * C);
+    }
+}
+
+// The FMAs of N loaded vectors (columns j0 + c of a row) into the PIX pixels whose taps read them.
+template <typename T, int VEC, int K, int S, int N>
+__device__ __forceinline__ void fma_row(float (&acc)[PIX][VEC], const float (&w)[K][VEC],
+                                        const Raw<T, VEC> (&v)[N], int iw0, int j0, int W) {
+    constexpr int SPAN = (PIX - 1) * S + K;
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+        const int j = j0 + c, iw = iw0 + j;
+        if (j >= SPAN || iw < 0 || iw >= W) continue;  // padding adds nothing (not even 0 * inf)
+        float f[VEC];
+        unpack<T, VEC>(v[c], f);
+#pragma unroll
+        for (int p = 0; p < PIX; ++p) {
+            const int kw = j - p * S;  // the tap of pixel p on column j
+            if (kw >= 0 && kw < K) fma_vec<VEC>(acc[p], w[kw], f);
+        }
+    }
+}
+
 }  // namespace
 
 // NHWC.  A thread computes VEC channels (co = VEC * cv, VEC > 1 only with multiplier 1) of PIX
@@ -85,43 +142,44 @@ __global__ void __launch_bounds__(NHWC_THREADS) depthwise_nhwc(
 
     if constexpr (K > 0) {
         constexpr int SPAN = (PIX - 1) * S + K;  // input columns under the PIX windows
-        // Vectors of a row in flight at once: what the 128 registers of two blocks an SM leave
-        // beside the accumulators, the row's taps and about 24 for addresses.
-        constexpr int FREE = (128 - 24 - (PIX + K) * VEC) / VEC;
-        constexpr int CHUNK = FREE < 1 ? 1 : (FREE > SPAN ? SPAN : FREE);
+        // Packed vectors in flight: what the 128 registers of two blocks an SM leave beside the
+        // accumulators, the row's taps, one unpacked vector and about 16 for addresses.  Where two
+        // whole rows fit, the next row is loaded before this row's FMAs, so a thread waits for
+        // memory once a row less; else one row at a time, CHUNK vectors loaded before any is used
+        // (loaded and used one at a time, the compiled loop kept one load in flight a thread).
+        constexpr int PACK_REGS = static_cast<int>(sizeof(Raw<T, VEC>)) / 4;
+        constexpr int FREE = (128 - 16 - (PIX + K + 1) * VEC) / PACK_REGS;
+        constexpr bool NEXT_ROW = 2 * SPAN <= FREE;
+        constexpr int CHUNK = NEXT_ROW ? SPAN : (FREE < 1 ? 1 : (FREE > SPAN ? SPAN : FREE));
+        const auto row_of = [&](int kh) { return xn + (ih0 + kh) * W * C; };
+        const auto inside = [&](int kh) { return ih0 + kh >= 0 && ih0 + kh < H; };
+        Raw<T, VEC> v[CHUNK];
+        if constexpr (NEXT_ROW) {
+            if (inside(0)) load_row<T, VEC, CHUNK>(row_of(0), iw0, 0, SPAN, W, C, v);
+        }
 #pragma unroll
         for (int kh = 0; kh < K; ++kh) {
-            const int ih = ih0 + kh;
-            if (ih < 0 || ih >= H) continue;
-            const T* row = xn + ih * W * C;
-            float w[K][VEC];
+            Raw<T, VEC> next[NEXT_ROW ? CHUNK : 1];
+            if constexpr (NEXT_ROW) {
+                if (kh + 1 < K && inside(kh + 1)) load_row<T, VEC, CHUNK>(row_of(kh + 1), iw0, 0, SPAN, W, C, next);
+            }
+            if (inside(kh)) {
+                float w[K][VEC];
 #pragma unroll
-            for (int kw = 0; kw < K; ++kw) load_vec<float, VEC>(wt + (kh * K + kw) * CO + co, w[kw]);
-            // The row's vectors are loaded CHUNK at a time before any of them is used: loaded and
-            // used one at a time, the compiled loop kept one load in flight a thread.
+                for (int kw = 0; kw < K; ++kw) load_vec<float, VEC>(wt + (kh * K + kw) * CO + co, w[kw]);
+                if constexpr (NEXT_ROW) {
+                    fma_row<T, VEC, K, S, CHUNK>(acc, w, v, iw0, 0, W);
+                } else {
 #pragma unroll
-            for (int j0 = 0; j0 < SPAN; j0 += CHUNK) {
-                float v[CHUNK][VEC];
-#pragma unroll
-                for (int c = 0; c < CHUNK; ++c) {
-                    const int iw = iw0 + j0 + c;
-                    if (j0 + c < SPAN && iw >= 0 && iw < W) {
-                        load_vec<T, VEC>(row + iw * C, v[c]);
-                    } else {
-#pragma unroll
-                        for (int i = 0; i < VEC; ++i) v[c][i] = 0.0f;
+                    for (int j0 = 0; j0 < SPAN; j0 += CHUNK) {
+                        load_row<T, VEC, CHUNK>(row_of(kh), iw0, j0, SPAN, W, C, v);
+                        fma_row<T, VEC, K, S, CHUNK>(acc, w, v, iw0, j0, W);
                     }
                 }
+            }
+            if constexpr (NEXT_ROW) {
 #pragma unroll
-                for (int c = 0; c < CHUNK; ++c) {
-                    const int j = j0 + c, iw = iw0 + j;
-                    if (j >= SPAN || iw < 0 || iw >= W) continue;  // padding adds nothing (not even 0 * inf)
-#pragma unroll
-                    for (int p = 0; p < PIX; ++p) {
-                        const int kw = j - p * S;  // the tap of pixel p on column j
-                        if (kw >= 0 && kw < K) fma_vec<VEC>(acc[p], w[kw], v[c]);
-                    }
-                }
+                for (int c = 0; c < CHUNK; ++c) v[c] = next[c];
             }
         }
     } else {
