@@ -404,6 +404,21 @@ def test_conv2d_tma_strided_cases(spec: Conv2d) -> None:
     assert result.ok, f"{spec}: {result.message}"
 
 
+# Persistent programs: INTERPRETER_SMS programs walk every tile (more tiles than programs, ragged
+# ones included), at stride 1 and through the phase view.
+@pytest.mark.parametrize("spec", [
+    Conv2d(2, 16, 24, 9, 10, 3, 3, padding=1),
+    Conv2d(2, 16, 32, 8, 12, 3, 3, stride=2, padding=1),
+], ids=str)
+def test_conv2d_tma_persistent_programs(spec: Conv2d, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(triton_conv_tma, "INTERPRETER_CONFIG", {**triton_conv_tma.INTERPRETER_CONFIG, "PER_SM": 1})
+    tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
+    built = conv_tma_only(spec, get_dtype("fp16"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
+    assert built.details["programs"] == triton_conv_tma.INTERPRETER_SMS, built.details
+    result = check_implementation(conv_tma_only, spec, "fp16", "NHWC", "cpu", seed=11)
+    assert result.ok, f"{spec}: {result.message}"
+
+
 # Inputs whose pixel rows the copy engine cannot take as they are, run on zero-padded rows: RGB
 # images (3 channels: 6 bytes in fp16, 12 in tf32) at stride 1 and 2 (VGG's first layer, ResNet's
 # stem), channels the column stride's blocks cannot divide, an odd count past a block.
@@ -517,6 +532,38 @@ def test_linear_tma_subtiled_store(name: str, dtype: str, monkeypatch: pytest.Mo
     monkeypatch.setitem(triton_linear_tma.INTERPRETER_CONFIG, "SUBTILE", True)
     result = check_implementation(tma_only, TMA_CASES[name], dtype, "NCHW", "cpu", seed=zlib.crc32(name.encode()))
     assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+# Stream-K over the interpreter's three programs and 16 x 16 x 16 tiles: fewer tiles than programs
+# (a tile's steps over two programs, or over all three), whole tiles before the shared ones, ragged
+# M, N and K, no bias.
+STREAM_K_CASES = {
+    "ten-tiles-ragged-k": Linear(20, 24, 80),
+    "two-tiles-three-programs": Linear(16, 48, 32),
+    "one-tile-three-parts": Linear(16, 160, 16),
+    "whole-tiles-first": Linear(112, 48, 16),
+    "ragged-no-bias": Linear(100, 40, 24, bias=False),
+}
+
+
+@pytest.mark.parametrize("dtype", ("tf32", "fp16"))
+@pytest.mark.parametrize("name", STREAM_K_CASES)
+def test_linear_tma_stream_k(name: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(triton_linear_tma.INTERPRETER_CONFIG, "STREAM_K", True)
+    spec = STREAM_K_CASES[name]
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu")
+    built = tma_only(spec, get_dtype(dtype), "NCHW", tensors, make_output(spec, tensors))
+    assert built.details["stream_k"], built.details
+    result = check_implementation(tma_only, spec, dtype, "NCHW", "cpu", seed=zlib.crc32(name.encode()), runs=2)
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+def test_linear_tma_stream_k_refuses_whole_waves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(triton_linear_tma.INTERPRETER_CONFIG, "STREAM_K", True)
+    spec = Linear(37, 48, 72)  # 3 x 5 tiles: whole waves of the interpreter's three programs
+    tensors = make_tensors(spec, "fp16", "NCHW", "cpu")
+    with pytest.raises(Unsupported, match="no partial wave"):
+        tma_only(spec, get_dtype("fp16"), "NCHW", tensors, make_output(spec, tensors))
 
 
 @given(batch=st.integers(1, 40), in_units=st.integers(1, 9), out_units=st.integers(1, 9),

@@ -301,6 +301,26 @@ def test_tma_path(name: str, dtype: str) -> None:
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 
+# Stream-K alone (only its configs compete) on GEMMs whose tiles leave a partial wave: fewer tiles
+# than SMs (ResNet-50's conv5_a as a GEMM), a wave and a half, ragged M, N and K.
+STREAM_K_FC = {"conv5_a": Linear(3136, 2048, 512), "wave-and-a-half": Linear(12544, 1024, 256),
+               "ragged": Linear(1000, 1000, 1000)}
+
+
+def stream_k_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
+    built = linear_tma.build_persistent(spec, dtype, tensors, out, stream_k_only=True)
+    assert built.details["stream_k"], built.details
+    return built
+
+
+@pytest.mark.parametrize("dtype", ("tf32", "fp16", "bf16"))
+@pytest.mark.parametrize("name", STREAM_K_FC)
+def test_linear_stream_k(name: str, dtype: str) -> None:
+    skip_before_hopper()
+    result = check_implementation(stream_k_only, STREAM_K_FC[name], dtype, "NCHW", "cuda", seed=seed_of(name))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
 # The im2col + GEMM path alone on first layers of real networks (batch cut), every dtype.
 LOWERED = {"vgg-conv1_1": Conv2d(4, 3, 64, 224, 224, 3, 3, padding=1),
            "resnet-stem": Conv2d(4, 3, 64, 224, 224, 7, 7, stride=2, padding=3, bias=False),

@@ -37,6 +37,7 @@ from layerbench.layers import Conv2d  # noqa: E402
 
 ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
 DIVISIBLE = {"C", "K", "CPG", "KPG"}
+REPORT_SMS = 132  # the persistent configs' programs are compiled in: an H100's or H200's SM count
 LINEAR_DIVISIBLE = {"K", "N", "k_per_split", "stride_am", "stride_ak", "stride_bk", "stride_bn"}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
@@ -134,11 +135,13 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
                          "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",
                          "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
                 meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "HAS_BIAS": True,
-                        "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk}
+                        "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
+                        "PROGRAMS": c["PER_SM"] * REPORT_SMS}
                 line = compile_report(ct._conv_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"],
                                       c["num_stages"], {"K", "C"}, descs)
                 print(f"conv TMA stride {stride}{' RGB padded' if narrow else ''} patch {bh}x{bw} BLOCK_N={bn} "
-                      f"BLOCK_K={bk} warps={c['num_warps']} stages={c['num_stages']}: {line}")
+                      f"BLOCK_K={bk} warps={c['num_warps']} stages={c['num_stages']} "
+                      f"programs an SM={c['PER_SM'] or 'one tile each'}: {line}")
 
 
 def lowered_report(target: GPUTarget, el: str) -> None:
@@ -149,7 +152,7 @@ def lowered_report(target: GPUTarget, el: str) -> None:
                        ("AlexNet conv1", Conv2d(1, 3, 96, 227, 227, 11, 11, stride=4))):
         columns = lowering.column_count(spec)
         meta = {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
-                "KP": columns, "BLOCK_M": lowered_conv.BLOCK_M, "BLOCK_K": lowered_conv.block_k(columns)}
+                "KP": columns, "BLOCK_Q": lowered_conv.BLOCK_Q, "BLOCK_K": lowered_conv.block_k(columns)}
         line = compile_report(lowered_conv._im2col_kernel, target, {"x_ptr": el, "col_ptr": el}, meta, 4,
                               divisible=set())
         print(f"lowered im2col {name} ({columns} columns): {line}")
@@ -180,9 +183,9 @@ def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None
                  "y_desc": f"tensordesc<{element}[{bm}, {store_n}]>"}
         meta = {k: v for k, v in c.items() if not k.startswith("num_")}
         meta.update(HAS_BIAS=True, PRECISION=precision, PROGRAMS=132)
-        line = compile_report(lt._linear_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"], c["num_stages"],
-                              {"N", "K"}, descs)
-        sub = " subtiled store" if c["SUBTILE"] else ""
+        line = compile_report(lt._linear_tma_kernel, target, {"b_ptr": el, "ws_ptr": "*fp32", "sem_ptr": "*i32"},
+                              meta, c["num_warps"], c["num_stages"], {"N", "K"}, descs)
+        sub = (" subtiled store" if c["SUBTILE"] else "") + (" stream-K" if c["STREAM_K"] else "")
         print(f"linear forward TMA {bm}x{bn}x{bk}{sub} warps={c['num_warps']} stages={c['num_stages']}: {line}")
     for cfg in lb._CONFIGS[mode]:
         for name, unit in (("dx", {"stride_ak": 1, "stride_bn": 1}), ("dW", {"stride_am": 1, "stride_bn": 1})):

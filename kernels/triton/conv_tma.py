@@ -49,39 +49,47 @@ from kernels.triton.support import DOT_MODE, DOT_PRECISION, interpreting, next_p
 from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_config
 
 
-def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> dict[str, int]:
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages}
+def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int, per_sm: int = 0) -> dict[str, int]:
+    """A tile config; ``per_sm`` > 0: that many persistent programs an SM walk the tiles."""
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages,
+            "PER_SM": per_sm}
 
 
 CONFIGS = {
     "mma16": [_config(128, 128, 64, 8, 3), _config(128, 128, 64, 4, 4), _config(128, 256, 64, 8, 3),
-              _config(64, 128, 64, 4, 4), _config(128, 64, 64, 4, 4)],
+              _config(64, 128, 64, 4, 4), _config(128, 64, 64, 4, 4),
+              _config(128, 128, 64, 8, 3, per_sm=1), _config(128, 64, 64, 4, 4, per_sm=2)],
     "tf32": [_config(128, 128, 32, 8, 3), _config(128, 128, 32, 4, 4), _config(64, 128, 32, 4, 4),
-             _config(128, 64, 32, 4, 4)],
+             _config(128, 64, 32, 4, 4), _config(128, 128, 32, 8, 3, per_sm=1)],
 }
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
+INTERPRETER_SMS = 3  # under the interpreter persistent programs walk several tiles each
 MIN_BLOCK_K = 16  # tl.dot's least reduction
 PATCH_WIDTHS = (8, 16)  # the narrowest that holds the output's width, else the widest
 PAD_PIXELS = 256  # pixels a program of the channel-padding copy moves
 
 
-@triton.jit(do_not_specialize=["N"])
-def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
-                     R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    BLOCK_M: tl.constexpr = BH * BW
+@triton.jit
+def _tile_origin(tile, P, Q, K, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(image, first row, first column, first channel) of output tile ``tile``."""
     # Channel tiles fastest: neighbouring programs read the same input patch while it is in L2.
-    pid = tl.program_id(0)
     tiles_n = tl.cdiv(K, BLOCK_N)
     tiles_w = tl.cdiv(Q, BW)
     tiles_h = tl.cdiv(P, BH)
-    k0 = (pid % tiles_n) * BLOCK_N
-    rest = pid // tiles_n
+    k0 = (tile % tiles_n) * BLOCK_N
+    rest = tile // tiles_n
     w0 = (rest % tiles_w) * BW
     rest = rest // tiles_w
     h0 = (rest % tiles_h) * BH
-    n = rest // tiles_h
+    return rest // tiles_h, h0, w0, k0
+
+
+@triton.jit
+def _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W,
+               R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr,
+               BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The tile's fp32 accumulators: the reduction over taps and channel blocks."""
+    BLOCK_M: tl.constexpr = BH * BW
     steps_c = tl.cdiv(C, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # Whole strides covering the padding: a tap's offset lifted by them is never negative.
@@ -102,10 +110,39 @@ def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W,
         w_box = w_desc.load([k0, r, s, c0])
         acc = tl.dot(a_box.reshape(BLOCK_M, BLOCK_K), w_box.reshape(BLOCK_N, BLOCK_K).T, acc,
                      input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _store_tile(y_desc, b_ptr, acc, n, h0, w0, k0, K, HAS_BIAS: tl.constexpr, BH: tl.constexpr,
+                BW: tl.constexpr, BLOCK_N: tl.constexpr):
     if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
         cols = k0 + tl.arange(0, BLOCK_N)
         acc += tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
     y_desc.store([n, h0, w0, k0], acc.to(b_ptr.dtype.element_ty).reshape(1, BH, BW, BLOCK_N))
+
+
+@triton.jit(do_not_specialize=["N"])
+def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
+                     R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROGRAMS: tl.constexpr):
+    # PROGRAMS == 0: one tile a program.  Else PROGRAMS programs (one or two an SM) walk the tiles,
+    # the loop over tiles flattened with the reduction's, so the next tile's loads are in flight
+    # while a tile's epilogue runs: short reductions (3x3 over 64 channels: 9 steps) lose a large
+    # share of a one-tile program to filling and draining its pipeline.
+    if PROGRAMS == 0:
+        n, h0, w0, k0 = _tile_origin(tl.program_id(0), P, Q, K, BH, BW, BLOCK_N)
+        acc = _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W, R, S, SH, SW, PRECISION,
+                         BH, BW, BLOCK_N, BLOCK_K)
+        _store_tile(y_desc, b_ptr, acc, n, h0, w0, k0, K, HAS_BIAS, BH, BW, BLOCK_N)
+    else:
+        tiles = N * tl.cdiv(P, BH) * tl.cdiv(Q, BW) * tl.cdiv(K, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
+            n, h0, w0, k0 = _tile_origin(tile, P, Q, K, BH, BW, BLOCK_N)
+            acc = _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W, R, S, SH, SW,
+                             PRECISION, BH, BW, BLOCK_N, BLOCK_K)
+            _store_tile(y_desc, b_ptr, acc, n, h0, w0, k0, K, HAS_BIAS, BH, BW, BLOCK_N)
 
 
 @triton.jit
@@ -189,13 +226,17 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
              TensorDescriptor.from_tensor(views["weight"], [bn, 1, 1, bk]),
              TensorDescriptor.from_tensor(views["out"], [1, bh, bw, bn]))
     p, q, k = spec.out_height, spec.out_width, spec.out_channels
-    grid = (spec.batch * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn),)
+    tiles = spec.batch * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn)
+    sms = INTERPRETER_SMS if interpreting(_conv_tma_kernel) else \
+        torch.cuda.get_device_properties(out.device).multi_processor_count
+    programs = config["PER_SM"] * sms
+    grid = (min(programs, tiles) if programs else tiles,)
     args = (*descs, bias if bias is not None else out, spec.batch, p, q, k, spec.in_channels,
             spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
     meta = {"R": spec.kernel_h, "S": spec.kernel_w, "SH": spec.stride_h, "SW": spec.stride_w,
             "HAS_BIAS": bias is not None,
             "PRECISION": DOT_PRECISION[dtype.name], "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
-            "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+            "PROGRAMS": programs, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     return Launch(_conv_tma_kernel, grid, args, meta, out.device)
 
 
@@ -243,7 +284,7 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
     details: dict[str, object] = {"patch": patch, "block_n": launch.meta["BLOCK_N"],
                                   "block_k": launch.meta["BLOCK_K"], "warps": config["num_warps"],
-                                  "stages": config["num_stages"]}
+                                  "stages": config["num_stages"], "programs": launch.meta["PROGRAMS"] or "one tile each"}
     if pad is None:
         return Built(launch, details)
     return Built(in_order(pad, launch), {**details, "padded_channels": channels})

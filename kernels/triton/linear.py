@@ -16,8 +16,8 @@ keeps the fastest.  Under the interpreter (correctness only) K is split in two w
 more than two BLOCK_Ks, so both paths get checked.
 
 On Hopper, build also times the persistent GEMM fed by the tensor-memory accelerator
-(``linear_tma.py``) against the tiled kernel and keeps the faster, where the output has at least
-as many 128 x 128 tiles as the GPU has SMs; at batch 1 it also times the matrix-vector kernel
+(``linear_tma.py``) against the tiled kernel and keeps the faster (where the output has fewer 128 x
+128 tiles than the GPU has SMs, only its stream-K configs); at batch 1 it also times the matrix-vector kernel
 (``gemv.py``).  The record's ``detail_path`` says which won (``tiled`` with its ``splits``,
 ``tma_persistent`` with its tile, ``gemv`` with its splits) and ``detail_<path>`` why a path did not run.
 """
@@ -29,7 +29,6 @@ import triton
 import triton.language as tl
 
 from layerbench.dtypes import DType
-from layerbench.errors import Unsupported
 from layerbench.builders import Built, Kernel, Tensors, fastest_path
 from layerbench.registry import register
 from layerbench.layers import Linear
@@ -159,12 +158,9 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
 
     def persistent() -> Built:
         # Persistence pays where programs walk several tiles; with fewer 128 x 128 output tiles
-        # than SMs each program would get one at most, and the tiled kernel's split-K fills the GPU.
+        # than SMs only stream-K, which shares the tiles' reduction steps out over the SMs, does.
         sms = torch.cuda.get_device_properties(out.device).multi_processor_count
-        tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
-        if tiles < sms:
-            raise Unsupported(f"{tiles} output tiles of 128 x 128 for {sms} SMs: the tiled kernel's domain")
-        return build_persistent(spec, dtype, tensors, out)
+        return build_persistent(spec, dtype, tensors, out, stream_k_only=triton.cdiv(m, 128) * triton.cdiv(n, 128) < sms)
 
     def gemv() -> Built:
         return build_gemv(spec, dtype, tensors, out)
