@@ -414,7 +414,7 @@ def test_conv2d_tma_persistent_programs(spec: Conv2d, monkeypatch: pytest.Monkey
     monkeypatch.setattr(triton_conv_tma, "INTERPRETER_CONFIG", {**triton_conv_tma.INTERPRETER_CONFIG, "PER_SM": 1})
     tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
     built = conv_tma_only(spec, get_dtype("fp16"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
-    assert built.details["programs"] == triton_conv_tma.INTERPRETER_SMS, built.details
+    assert built.details["persistent_programs"] == triton_conv_tma.INTERPRETER_SMS, built.details
     result = check_implementation(conv_tma_only, spec, "fp16", "NHWC", "cpu", seed=11)
     assert result.ok, f"{spec}: {result.message}"
 

@@ -284,7 +284,9 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
     details: dict[str, object] = {"patch": patch, "block_n": launch.meta["BLOCK_N"],
                                   "block_k": launch.meta["BLOCK_K"], "warps": config["num_warps"],
-                                  "stages": config["num_stages"], "programs": launch.meta["PROGRAMS"] or "one tile each"}
+                                  "stages": config["num_stages"]}
+    if launch.meta["PROGRAMS"]:
+        details["persistent_programs"] = launch.meta["PROGRAMS"]
     if pad is None:
         return Built(launch, details)
     return Built(in_order(pad, launch), {**details, "padded_channels": channels})
