@@ -151,10 +151,8 @@ def lowered_report(target: GPUTarget, el: str) -> None:
                        ("ResNet-50 conv1", Conv2d(1, 3, 64, 224, 224, 7, 7, stride=2, padding=3)),
                        ("AlexNet conv1", Conv2d(1, 3, 96, 227, 227, 11, 11, stride=4))):
         columns = lowering.column_count(spec)
-        meta = {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
-                "KP": columns, "BLOCK_Q": lowered_conv.BLOCK_Q, "BLOCK_K": lowered_conv.block_k(columns)}
-        line = compile_report(lowered_conv._im2col_kernel, target, {"x_ptr": el, "col_ptr": el}, meta, 4,
-                              divisible=set())
+        line = compile_report(lowered_conv._im2col_kernel, target, {"x_ptr": el, "col_ptr": el},
+                              lowered_conv.im2col_meta(spec, columns), 4, divisible=set())
         print(f"lowered im2col {name} ({columns} columns): {line}")
 
 

@@ -18,10 +18,15 @@ THREADS, VEC = 256, 8  # must match layout.cu's im2col: threads a block, element
 SHARED_BUDGET = 32 * 1024  # bytes of staged input and offsets a block: seven blocks an SM still fit
 
 
+def window_columns(spec: Conv2d, pixels: int) -> int:
+    """WS: the input columns the taps of ``pixels`` neighbouring output pixels of a row read."""
+    return (pixels - 1) * spec.stride_w + (spec.kernel_w - 1) * spec.dilation_w + 1
+
+
 def segment_pixels(spec: Conv2d, columns: int, itemsize: int) -> int:
     """QB: the output pixels of a row one im2col block writes, as many as the shared-memory budget
     holds the staged input of (``Unsupported`` where not even one pixel's fits)."""
-    span = (spec.kernel_w - 1) * spec.dilation_w + 1  # input columns one pixel's taps read
+    span = window_columns(spec, 1)
     room = (SHARED_BUDGET - columns * 4) // (spec.kernel_h * spec.in_channels * itemsize)
     if room < span:
         raise Unsupported(f"the lowered convolution stages {spec.kernel_h} input rows of {span} pixels a block; "
@@ -44,7 +49,7 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
     col = operands["x"]
     columns = col.shape[1]
     pixels = segment_pixels(spec, columns, x.element_size())
-    window = (pixels - 1) * spec.stride_w + (spec.kernel_w - 1) * spec.dilation_w + 1
+    window = window_columns(spec, pixels)
     segments = -(-spec.out_width // pixels)
     shared = columns * 4 + spec.kernel_h * window * spec.in_channels * x.element_size()
     i32 = support.i32

@@ -78,7 +78,7 @@ from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.pointwise_conv import build_pointwise, build_strided_pointwise
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
-                                    pixel_run, quick_bench, tile_config)
+                                    pixel_of, pixel_run, quick_bench, tile_config)
 
 _KEY = ["N", "C", "CX", "H", "W", "K", "KY", "KG", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
         "dil_h", "dil_w", "X_NHWC", "Y_NHWC", "PIX_RUN", "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
@@ -177,9 +177,7 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     # Rows/columns past the edge read row/column 0 (valid addresses) and are never stored.
     m = tl.where(m_ok, offs_m, 0)
     k_out = tl.where(n_ok, offs_n, 0)
-    q = m % Q
-    p = (m // Q) % P
-    n = m // (Q * P)
+    n, p, q = pixel_of(m, P, Q)
     ih0 = p * stride_h - pad_h
     iw0 = q * stride_w - pad_w
     x_rows = x_ptr + n * sxn

@@ -34,7 +34,8 @@ from layerbench.errors import Unsupported
 from layerbench.builders import Kernel, Tensors
 from layerbench.layers import Conv2d
 
-from kernels.triton.support import autotuned, bind, check_conv_tensors, check_inputs, dense_layout, next_pow2
+from kernels.triton.support import (autotuned, bind, check_conv_tensors, check_inputs, dense_layout, next_pow2,
+                                    pixel_of)
 
 _KEY = ["C", "K", "H", "W", "P", "Q", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
         "KH", "KW", "MULT", "HAS_BIAS"]
@@ -64,9 +65,7 @@ def _depthwise_nhwc_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ROWS, C, K, H, W, P, Q,
     row_ok = rows < ROWS
     k_ok = ks < K
     r = tl.where(row_ok, rows, 0)
-    q = r % Q
-    p = (r // Q) % P
-    n = r // (Q * P)
+    n, p, q = pixel_of(r, P, Q)
     ih0 = p * stride_h - pad_h
     iw0 = q * stride_w - pad_w
     x_img = x_ptr + n * (H * W * C)

@@ -47,9 +47,12 @@ def _im2col_kernel(x_ptr, col_ptr, P, Q, H, W, sxn, sxc, sxh, sxw, SH, SW, PH, P
     tl.store(col_ptr + (row * Q + q)[:, None] * KP + k[None, :], value, mask=(q < Q)[:, None])
 
 
-def block_k(columns: int) -> int:
-    """Columns a program writes: 32, or 16 where 32 does not divide the row."""
-    return 32 if columns % 32 == 0 else 16
+def im2col_meta(spec: Conv2d, columns: int) -> dict[str, int]:
+    """The im2col kernel's meta-parameters for ``spec``'s column matrix of ``columns`` columns: a
+    program writes up to BLOCK_Q pixels of a row by 32 columns, or 16 where 32 do not divide it."""
+    return {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
+            "KP": columns, "BLOCK_Q": min(BLOCK_Q, next_pow2(spec.out_width)),
+            "BLOCK_K": 32 if columns % 32 == 0 else 16}
 
 
 def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -61,12 +64,10 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
     gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
     x, col = tensors["x"], operands["x"]
     columns = col.shape[1]
-    block_q = min(BLOCK_Q, next_pow2(spec.out_width))
-    grid = (spec.batch * spec.out_height, triton.cdiv(spec.out_width, block_q), columns // block_k(columns))
+    meta = im2col_meta(spec, columns)
+    grid = (spec.batch * spec.out_height, triton.cdiv(spec.out_width, meta["BLOCK_Q"]), columns // meta["BLOCK_K"])
     args = (x, col, spec.out_height, spec.out_width, spec.height, spec.width, *x.stride(),
             spec.stride_h, spec.stride_w, spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
-    meta = {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
-            "KP": columns, "BLOCK_Q": block_q, "BLOCK_K": block_k(columns)}
     launcher = _im2col_kernel[grid]
 
     def im2col() -> None:

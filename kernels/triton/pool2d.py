@@ -28,7 +28,7 @@ from layerbench.builders import Kernel, Tensors
 from layerbench.registry import register
 from layerbench.layers import Pool2d
 
-from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2
+from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2, pixel_of
 
 # TILE output elements per program.  NHWC: the tile's channel side is fixed per problem (below).
 # Small tiles over many warps: strided window taps load narrow values that wait on L1, and large
@@ -74,9 +74,7 @@ def _pool_nhwc_kernel(x_ptr, y_ptr, ROWS, C, H, W, P, Q, stride, pad,
     row_ok = rows < ROWS
     c_ok = cs < C
     r = tl.where(row_ok, rows, 0)
-    q = r % Q
-    p = (r // Q) % P
-    n = r // (Q * P)
+    n, p, q = pixel_of(r, P, Q)
     ih0 = p * stride - pad
     iw0 = q * stride - pad
     if IS_MAX:
