@@ -164,6 +164,8 @@ BAD_CASES = [
     ({"layer": "conv3d"}, "layer", "must be one of conv2d, pool2d, relu, linear"),
     ({"params": {"batch": 2, "size": 8, "stride": 1, "output_padding": 2}}, "params.output_padding", "no parameter"),
     ({"params": {"batch": [2], "size": 8}}, "params.batch", "must be a number"),
+    ({"axes": {"dtype": ["bf16"]}}, "axes.dtype", "top-level dtypes = [...]"),
+    ({"params": {"batch": 2, "size": 8, "stride": 1, "layout": "NHWC"}}, "params.layout", "top-level layouts"),
     ({"axes": {"kernel": 3}}, "axes.kernel", "must be a list"),
     ({"axes": {"kernel": []}}, "axes.kernel", "at least one value"),
     ({"axes": {"ch": {"in_channels": [1, 2], "out_channels": [3]}}}, "axes.ch", "equal lengths"),

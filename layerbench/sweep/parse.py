@@ -97,6 +97,20 @@ def _check_type(key: str, value: Any, types: tuple[type, ...], allowed: str) -> 
         _fail(key, f"must be {allowed}, got {_type_name(value)} {shown}")
 
 
+# Names a user may write as a layer parameter or axis that the file sets at its top level.
+_TOP_LEVEL_LISTS = {"dtype": "dtypes", "dtypes": "dtypes", "layout": "layouts", "layouts": "layouts",
+                    "impl": "implementations", "implementation": "implementations",
+                    "implementations": "implementations"}
+
+
+def _no_parameter(layer: str, name: str, fields: set[str]) -> str:
+    """The error for a name that is not a parameter of ``layer``."""
+    if name in _TOP_LEVEL_LISTS:
+        return (f"{name} is no layer parameter: every point runs each of the file's top-level "
+                f"{_TOP_LEVEL_LISTS[name]} = [...] (a table of lists keyed by layer where they differ)")
+    return f"{layer} has no parameter {name!r}; parameters are {', '.join(sorted(fields))}"
+
+
 def _scalar_ok(value: Any) -> bool:
     return isinstance(value, (bool, int, float, str))
 
@@ -269,8 +283,7 @@ class _Parser:
         fields = self.fields(layer)
         for k, v in params.items():
             if k not in fields:
-                _fail(f"{key}.{k}", f"{layer} has no parameter {k!r}; parameters are "
-                                    f"{', '.join(sorted(fields))}")
+                _fail(f"{key}.{k}", _no_parameter(layer, k, fields))
             if not _scalar_ok(v):
                 _fail(f"{key}.{k}", f"must be a number, string or boolean, got {_type_name(v)}")
             _check_param_type(f"{key}.{k}", layer, k, v)
@@ -362,8 +375,7 @@ class _Parser:
                 pkey = key if param == name and isinstance(spec, list) else f"{key}.{param}"
                 for layer in layers:
                     if param not in self.fields(layer):
-                        _fail(pkey, f"{layer} has no parameter {param!r}; parameters are "
-                                    f"{', '.join(sorted(self.fields(layer)))}")
+                        _fail(pkey, _no_parameter(layer, param, self.fields(layer)))
                 _check_type(pkey, values, (list,), "a non-empty list of values")
                 if not values:
                     _fail(pkey, "must hold at least one value")
