@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import conv_tma, depthwise, fft_conv, gemv, linear_tma, lowered_conv, pointwise_conv
+from kernels.triton.support import DOT_MODE
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
 from layerbench.dtypes import get_dtype
@@ -275,6 +276,26 @@ def test_conv2d_tma_is_timed_beside_the_implicit_gemm() -> None:
     skip_before_hopper()
     details = conv_details(CONV_TMA["resnet-3x3-64"])
     assert details["tma_implicit_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
+
+
+# Each row-patch config alone (the build keeps one; the others must be right too): a 56-wide output
+# (64-pixel patches), a 112-wide one at stride 2 through the phase view, an RGB first layer.
+ROW_PATCH_CONV = {"resnet-3x3-64": Conv2d(4, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
+                  "3x3-128/2-to-112": Conv2d(2, 128, 96, 224, 224, 3, 3, stride=2, padding=1),
+                  "vgg-conv1_1-rgb": Conv2d(2, 3, 64, 112, 112, 3, 3, padding=1)}
+ROW_PATCH_CASES = [(name, dtype, i) for name in ROW_PATCH_CONV for dtype in ("tf32", "bf16")
+                   for i, c in enumerate(conv_tma.CONFIGS[DOT_MODE[dtype]]) if c["ROW"]]
+
+
+@pytest.mark.parametrize("name, dtype, index", ROW_PATCH_CASES)
+def test_conv2d_tma_row_patch_config(name: str, dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    skip_before_hopper()
+    spec, config = ROW_PATCH_CONV[name], conv_tma.CONFIGS[DOT_MODE[dtype]][index]
+    if config not in conv_tma.candidate_configs(spec, get_dtype(dtype)):
+        pytest.skip(f"{name}: a {config['BLOCK_M']}-pixel row patch is not timed on {spec.out_width} columns")
+    monkeypatch.setitem(conv_tma.CONFIGS, DOT_MODE[dtype], [config])
+    result = check_implementation(conv_tma.build_conv_tma, spec, dtype, "NHWC", "cuda", seed=seed_of(name))
+    assert result.ok, f"{name} {dtype} {config}: {result.message}"
 
 
 # The persistent TMA GEMM (the registered build keeps it only where it is faster): square,

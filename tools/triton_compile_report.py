@@ -44,7 +44,8 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 
 def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: dict, warps: int,
                    stages: int = 3, divisible: set[str] = DIVISIBLE, descriptors: dict[str, str] | None = None) -> str:
-    """One line: registers, spill stack, shared memory, warpgroup MMAs, async copies and TMA loads."""
+    """One line: registers, spill stack, shared memory, warpgroup MMAs, async copies, TMA loads and
+    where the first MMA takes its A tile from."""
     backend = make_backend(target)
     types = {**pointers, **(descriptors or {})}
     signature = {name: types.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
@@ -61,7 +62,15 @@ def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: 
     ir = kernel.asm["ttgir"]
     return (f"regs={regs} spill_stack={stack} smem={kernel.metadata.shared} "
             f"wgmma={ir.count('warp_group_dot ')} async_copies={ir.count('async_copy_global_to_local')} "
-            f"tma_loads={ir.count('async_tma_copy_global_to_local')}")
+            f"tma_loads={ir.count('async_tma_copy_global_to_local')} mma_a={_mma_a_operand(ir)}")
+
+
+def _mma_a_operand(ttgir: str) -> str:
+    """Where the first warpgroup MMA takes its A tile: shared memory, or registers loaded from it."""
+    dot = next((line for line in ttgir.splitlines() if "warp_group_dot " in line), None)
+    if dot is None:
+        return "-"
+    return "smem" if "memdesc" in dot.split(" * ")[0].split(":")[-1] else "registers"
 
 
 def _tile(cfg: triton.Config) -> str:
@@ -129,7 +138,7 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
     print(f"conv TMA input padding 3 -> {padded} channels: {line}")
     for stride, narrow in ((1, False), (2, False), (1, True)):
         for c in ct.CONFIGS.get(mode, []):
-            for bw in ct.PATCH_WIDTHS:
+            for bw in (c["BLOCK_M"],) if c["ROW"] else ct.PATCH_WIDTHS:
                 bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
                 descs = {"x_desc": f"tensordesc<{element}[1, {bh}, 1, {bw}, {bk}]>",
                          "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",

@@ -29,6 +29,13 @@ FMA units), output channels whose rows are a multiple of 16 bytes.  ``conv2d.bui
 beside the implicit GEMM and keeps the faster.  The patch shape wastes the rows and columns past
 the image's edge (7 x 7 planes in 8 x 8 patches: 77 % of the tile used), which the pointer-based
 implicit GEMM does not.
+
+Patch shapes: the compiler cannot take a BH x BW box's shared-memory tile as the MMA's [BLOCK_M,
+BLOCK_K] operand when BH > 1, so each step first copies A into registers.  A row patch (BH = 1: a
+segment of BLOCK_M pixels of one output row) is that operand as it lands, and the MMA reads it from
+shared memory as the GEMMs do.  Row patches waste the columns past the right edge, so they are
+timed only where the output's rows fill ``ROW_PATCH_USE`` of them (56 columns in 64-pixel
+patches, 112 or 224 in 128-pixel ones).
 """
 
 from __future__ import annotations
@@ -49,19 +56,27 @@ from kernels.triton.support import DOT_MODE, DOT_PRECISION, interpreting, next_p
 from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_config
 
 
-def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int, per_sm: int = 0) -> dict[str, int]:
-    """A tile config; ``per_sm`` > 0: that many persistent programs an SM walk the tiles."""
+def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int, per_sm: int = 0,
+            row: bool = False) -> dict[str, int]:
+    """A tile config; ``per_sm`` > 0: that many persistent programs an SM walk the tiles; ``row``:
+    the patch is one output row segment of BLOCK_M pixels (else as square as the width allows)."""
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages,
-            "PER_SM": per_sm}
+            "PER_SM": per_sm, "ROW": int(row)}
 
 
 CONFIGS = {
     "mma16": [_config(128, 128, 64, 8, 3), _config(128, 128, 64, 4, 4), _config(128, 256, 64, 8, 3),
               _config(64, 128, 64, 4, 4), _config(128, 64, 64, 4, 4),
-              _config(128, 128, 64, 8, 3, per_sm=1), _config(128, 64, 64, 4, 4, per_sm=2)],
+              _config(128, 128, 64, 8, 3, per_sm=1), _config(128, 64, 64, 4, 4, per_sm=2),
+              _config(128, 128, 64, 8, 3, row=True), _config(128, 256, 64, 8, 3, row=True),
+              _config(64, 128, 64, 4, 4, row=True), _config(64, 64, 64, 4, 4, row=True),
+              _config(128, 128, 64, 8, 3, per_sm=1, row=True), _config(64, 128, 64, 4, 4, per_sm=2, row=True)],
     "tf32": [_config(128, 128, 32, 8, 3), _config(128, 128, 32, 4, 4), _config(64, 128, 32, 4, 4),
-             _config(128, 64, 32, 4, 4), _config(128, 128, 32, 8, 3, per_sm=1)],
+             _config(128, 64, 32, 4, 4), _config(128, 128, 32, 8, 3, per_sm=1),
+             _config(128, 128, 32, 8, 3, row=True), _config(64, 128, 32, 4, 4, row=True)],
 }
+# A row patch is timed only where the output's rows fill this share of its pixels or more.
+ROW_PATCH_USE = 0.75
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
 INTERPRETER_SMS = 3  # under the interpreter persistent programs walk several tiles each
 MIN_BLOCK_K = 16  # tl.dot's least reduction
@@ -217,8 +232,10 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     """The kernel's launch with ``config`` (its patch shape from the output's width)."""
     views = _views(spec, tensors, out)
     bias = tensors.get("bias")
-    bw = next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1])
-    bw = min(bw, config["BLOCK_M"])
+    if config.get("ROW"):
+        bw = config["BLOCK_M"]
+    else:
+        bw = min(next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1]), config["BLOCK_M"])
     bh = config["BLOCK_M"] // bw
     bn = config["BLOCK_N"]
     bk = channel_block(spec, config["BLOCK_K"])
@@ -238,6 +255,17 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
             "PRECISION": DOT_PRECISION[dtype.name], "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
             "PROGRAMS": programs, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     return Launch(_conv_tma_kernel, grid, args, meta, out.device)
+
+
+def row_patch_use(out_width: int, block_m: int) -> float:
+    """The share of a one-row patch's pixels that lie on the output (the rest past its right edge)."""
+    return out_width / (triton.cdiv(out_width, block_m) * block_m)
+
+
+def candidate_configs(spec: Conv2d, dtype: DType) -> list[dict[str, int]]:
+    """The configs timed for this point: the row patches only where the output's rows fill them."""
+    return [c for c in CONFIGS[DOT_MODE[dtype.name]]
+            if not c["ROW"] or row_patch_use(spec.out_width, c["BLOCK_M"]) >= ROW_PATCH_USE]
 
 
 def _padded_input(spec: Conv2d, tensors: Tensors, channels: int) -> tuple[Conv2d, Tensors, Kernel]:
@@ -279,7 +307,7 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
         config = choose_config(f"{__name__}._conv_tma_kernel",
                                [tensors["x"], tensors["weight"], out, tensors.get("bias")],
                                {"spec": repr(spec), "precision": DOT_PRECISION[dtype.name]},
-                               CONFIGS[DOT_MODE[dtype.name]], lambda c: _launch(spec, dtype, tensors, out, c))
+                               candidate_configs(spec, dtype), lambda c: _launch(spec, dtype, tensors, out, c))
     launch = _launch(spec, dtype, tensors, out, config)
     patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
     details: dict[str, object] = {"patch": patch, "block_n": launch.meta["BLOCK_N"],
