@@ -91,10 +91,11 @@ def _repo_sweeps() -> list[Path]:
     return out
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str, cpu_runs: bool = True) -> None:
+    """Refuse --device cuda without a GPU; ``cpu_runs``: the command also runs on the CPU."""
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to torch; use --device cpu "
-                         "for a CPU smoke run")
+        hint = "; use --device cpu for a CPU smoke run" if cpu_runs else " (this command measures a GPU)"
+        raise ValueError(f"--device cuda: no CUDA GPU is visible to torch{hint}")
 
 
 def _plural(n: int, word: str) -> str:
@@ -268,9 +269,15 @@ def _scheduler(args: argparse.Namespace) -> Any:
         return None
     if args.worker == "inline":
         raise ValueError("--gpus runs a worker process per GPU; it cannot run with --worker inline")
+    return _gpu_pool(args.gpus)[0]
+
+
+def _gpu_pool(text: str) -> tuple[Any, str]:
+    """``--gpus``: the pool's factory (a worker per GPU of this host) and the first GPU's
+    ``CUDA_VISIBLE_DEVICES`` entry."""
     present = visible_gpus()
-    gpus = parse_gpus(args.gpus, present)
-    return lambda *a: process_pool(gpus, present, *a)
+    gpus = parse_gpus(text, present)
+    return (lambda *a: process_pool(gpus, present, *a)), present[gpus[0]]
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -586,9 +593,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.report_only:
         df, ceilings = bench.load_bench(out)
     else:
-        _check_device(args.device)
+        _check_device(args.device, cpu_runs=False)
+        scheduler, first_gpu = _gpu_pool(args.gpus) if args.gpus is not None else (None, None)
         df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
-                             energy=not args.no_energy, progress=not args.no_progress, where=args.where)
+                             energy=not args.no_energy, progress=not args.no_progress, where=args.where,
+                             scheduler=scheduler, ceilings_gpu=first_gpu)
         ceilings = json.loads((out / bench.CEILINGS_FILE).read_text())
     text = bench.format_bench_report(bench.table(df, ceilings), ceilings, bench.planned_rows())
     (out / "bench.md").write_text(text)
@@ -810,6 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--where", metavar="EXPR", help=WHERE_HELP + "; the report marks the targets it leaves "
                                                    "partly measured")
     sp.add_argument("--no-energy", action="store_true", help="time only, no energy windows")
+    sp.add_argument("--gpus", metavar="all|0,2,5", default=None,
+                    help="spread the sets' point groups over these GPUs of this host (one worker process "
+                         "per GPU, one result store per set); the ceilings are measured on the first")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp.add_argument("--report-only", action="store_true", help="print the table of an existing --out")
     sp.set_defaults(func=cmd_bench)

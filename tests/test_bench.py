@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import tomllib
 from pathlib import Path
 
@@ -83,6 +84,13 @@ def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
     assert math.isclose(ceilings.copy_gbps_at(curve, 31622.8), 2.5, rel_tol=1e-5)  # halfway in log size
     assert ceilings.copy_gbps_at(curve, 10) == 1.0 and ceilings.copy_gbps_at(curve, 1e9) == 4.0
     assert math.isnan(ceilings.copy_gbps_at({}, 1e6))  # ceilings measured before the curve existed
+
+
+def test_ceilings_are_measured_in_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "parent")
+    with pytest.raises(ValueError, match="ceilings are measured on a CUDA device, got cpu"):
+        ceilings.measure_apart("cpu", visible="7")  # raised in the child, carried back
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "parent"
 
 
 def test_unknown_layer_is_named(tmp_path: Path) -> None:

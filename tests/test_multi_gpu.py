@@ -211,6 +211,42 @@ def test_cli_gpus_flag_builds_a_pool_over_the_gpus_present(tmp_path: Path, fakes
     json.dumps(made)
 
 
+def test_bench_gpus_spreads_every_set_and_measures_the_ceilings_apart(tmp_path: Path, fakes: None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from layerbench import cli
+    from layerbench.suites import bench
+    made: list[list[int]] = []
+    ceilings_on: list[Any] = []
+
+    def fake_pool(gpus: list[int], present: list[str], *args: Any, **kw: Any) -> GpuPool:
+        made.append(gpus)
+        _, measure, experiment, session = args[:4]  # the GPUs are stood in for on the CPU
+        return GpuPool([GpuSlot(i, present[i]) for i in gpus],
+                       lambda slot: SlowInline("cpu", measure, experiment, session), host="h")
+
+    def fake_ceilings(device: str, visible: Any) -> dict[str, Any]:
+        ceilings_on.append(visible)
+        return {"copy_gbps": 2.0, "matmul_tflops": {"fp32": 1.0}, "device_name": "test", "copy_curve": {}}
+
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    for name in bench.LAYERS:  # the report counts every set's planned rows
+        (sets / f"{name}.toml").write_text(SWEEP.replace('"pool_test"', f'"bench_{name}"'))
+    monkeypatch.setattr(bench, "BENCH_DIR", sets)
+    monkeypatch.setattr(bench.ceil, "measure_apart", fake_ceilings)
+    monkeypatch.setattr(cli, "process_pool", fake_pool)
+    monkeypatch.setattr(cli, "visible_gpus", lambda: ["0", "1", "2", "3"])
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    code = cli.main(["bench", "--gpus", "2,1", "--layers", "relu,pool", "--out", str(tmp_path / "b"),
+                     "--no-progress"])
+    assert code == 0
+    assert made == [[2, 1], [2, 1]] and ceilings_on == ["2"]
+    for name in ("relu", "pool"):
+        recs = _records(tmp_path / "b" / f"bench_{name}")
+        assert len(recs) == 12 and {r["gpu_index"] for r in recs} <= {1, 2}
+    assert (tmp_path / "b" / "bench.md").exists()
+
+
 class Hung(Crashing):
     """A GPU whose worker hangs on every group (killed by the point timeout)."""
 

@@ -23,7 +23,7 @@ from layerbench.analysis.stats import geomean
 from layerbench.analysis.tables import fmt_number, markdown_table
 from layerbench.results import rundir as results
 from layerbench.run.shared_configs import SharedConfigs
-from layerbench.run.sweep_runner import RunOptions, run_sweep
+from layerbench.run.sweep_runner import RunOptions, SchedulerFactory, WorkerHandoff, run_sweep
 from layerbench.suites import ceilings as ceil
 from sweeps import SWEEP_DIR
 
@@ -131,27 +131,35 @@ def depthwise_rows(df: pd.DataFrame) -> pd.Series:
 
 
 def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
-              energy: bool = True, progress: bool = True, where: str | None = None) -> pd.DataFrame:
+              energy: bool = True, progress: bool = True, where: str | None = None,
+              scheduler: SchedulerFactory | None = None, ceilings_gpu: str | None = None) -> pd.DataFrame:
     """Measure (or, with ``resume``, complete) the bench in ``out``; return all its records.
-    ``where``: a filter over every set's rows (``Sweep.restrict_where``), for a bench in parts."""
+    ``where``: a filter over every set's rows (``Sweep.restrict_where``), for a bench in parts.
+    ``scheduler``: the sets' point groups spread over several GPUs (``--gpus``); ``ceilings_gpu``:
+    the ``CUDA_VISIBLE_DEVICES`` entry of the GPU the ceilings are measured on (None: the first)."""
     unknown = sorted(set(layers) - set(LAYERS))
     if unknown:
         raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and (out / CEILINGS_FILE).exists()):
-        measured = ceil.measure(device).to_dict() | {"measured_at": results.timestamp()}
+        measured = ceil.measure_apart(device, ceilings_gpu) | {"measured_at": results.timestamp()}
         (out / CEILINGS_FILE).write_text(json.dumps(measured, indent=1))
     frames = []
     shared = SharedConfigs()  # a config two bench sets hold is measured once
-    for layer in layers:
-        s = sweep.load_sweep(BENCH_DIR / f"{layer}.toml")
-        if where is not None:
-            s.restrict_where(where)
-        if not energy:
-            s.disable_energy()
-        run_dir = run_sweep(s, RunOptions(device=device, out=out / s.experiment, resume=resume,
-                                          progress=progress, shared=shared))
-        frames.append(results.load_results(run_dir))
+    handoff = WorkerHandoff()  # one worker goes on from set to set: one start, one CUDA initialisation
+    try:
+        for layer in layers:
+            s = sweep.load_sweep(BENCH_DIR / f"{layer}.toml")
+            if where is not None:
+                s.restrict_where(where)
+            if not energy:
+                s.disable_energy()
+            run_dir = run_sweep(s, RunOptions(device=device, out=out / s.experiment, resume=resume,
+                                              progress=progress, shared=shared, scheduler=scheduler,
+                                              handoff=handoff))
+            frames.append(results.load_results(run_dir))
+    finally:
+        handoff.close()
     return pd.concat(frames, ignore_index=True)
 
 

@@ -18,6 +18,7 @@ time; the copy of the same bytes shows what is reachable at that size (``copy_gb
 from __future__ import annotations
 
 import math
+import multiprocessing
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -27,6 +28,7 @@ import torch
 from kernels.triton.copy import COPY_BLOCK, copy_launcher
 from layerbench.dtypes import get_dtype, precision
 from layerbench.measure.timing import TimingConfig, time_kernel
+from layerbench.run.executors import child_environment
 
 COPY_BYTES = 1 << 30  # 1 GiB each way: far beyond any L2
 CURVE_BYTES = tuple(1 << k for k in range(20, 30))  # copy curve: 1 MiB .. 512 MiB each way
@@ -118,3 +120,18 @@ def measure(device: torch.device, dtypes: tuple[str, ...] = ("fp32", "tf32", "fp
     return Ceilings(copy_gbps=max(copies.values()), copy_methods=copies, copy_curve=copy_curve(device),
                     matmul_tflops={d: matmul_rate(device, d) for d in dtypes},
                     device_name=torch.cuda.get_device_name(device))
+
+
+def _measured(device: str) -> dict[str, object]:
+    return measure(torch.device(device)).to_dict()
+
+
+def measure_apart(device: str, visible: str | None = None) -> dict[str, object]:
+    """``measure`` in a child process that ends before the bench's sets run, so that the process
+    running the bench holds no CUDA context on a GPU its workers measure (NVML would list it beside
+    them during every energy window).  ``visible``: the child's ``CUDA_VISIBLE_DEVICES`` entry."""
+    ctx = multiprocessing.get_context("spawn")
+    with child_environment({"CUDA_VISIBLE_DEVICES": visible} if visible is not None else None):
+        pool = ctx.Pool(1)  # spawned here, so it starts with that environment
+    with pool:
+        return pool.apply(_measured, (device,))
