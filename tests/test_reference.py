@@ -274,8 +274,9 @@ def test_cudnn_conv_math_type_follows_dtype(dtype, math_types):
     legacy = kernel.details["legacy"]  # the legacy path's choice, whichever path won
     assert legacy["math_type"] in math_types
     assert legacy["algorithm"] and legacy["cudnn_version"] >= 90000
-    # The kept algorithm was timed again as well as by the search.
-    assert legacy["retimed_ms"] > 0 and legacy["search_ms"] > 0
+    # The kept algorithm was timed again as well as by the search (or kept from an earlier search
+    # of the same call in this process: the build cache's choice).
+    assert legacy["retimed_ms"] > 0 and (legacy.get("reused_choice") or legacy["search_ms"] > 0)
 
 
 @pytest.mark.gpu

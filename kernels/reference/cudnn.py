@@ -73,7 +73,10 @@ reference is cuDNN at its best, not at the mercy of one sample.  Each candidate 
 the real buffers and its result is judged against float64 as every kernel's is: the search ranks by
 speed alone, and on an H200 it ranked first, for AlexNet's conv2 (5x5) at batch 16 in fp32, a
 WINOGRAD_NONFUSED kernel off by rel_norm 8.6e-4 (fp32 allows 1e-5).  A wrong algorithm is skipped
-and counted (``detail_legacy_rejected``, ``detail_legacy_first_rejection``).
+and counted (``detail_legacy_rejected``, ``detail_legacy_first_rejection``).  The algorithm kept is
+stored in the build cache like the graph path's plan: the same call on the same GPU model, in this
+process or a later one, runs it without a search (``detail_legacy_reused_choice``), judged and
+timed again as a candidate is; where it no longer applies or is wrong, the search runs.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ from kernels.reference import cudnn_api as api
 from kernels.reference import cudnn_graph
 from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, Cudnn, CudnnError, DataType, Descriptor, Handle,
                                          MathType, TensorFormat)
-from layerbench.builders import Built, Tensors, fastest_path, in_order, selection_ms
+from layerbench.build_cache import autotune_choices, choice_key
+from layerbench.builders import Built, Tensors, fastest_path, in_order, selection_mode, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -227,18 +231,76 @@ def _find_algorithms(lib: Cudnn, handle: Handle, cp: api.ConvPass, a: Operand, b
     return found
 
 
+def _timed_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api.ConvPass, a: Operand,
+                     b: Operand, conv: Descriptor, o: Operand, algo: int, math: int, memory: int,
+                     check: Callable[[], str | None]) -> tuple[float, str | None, tuple, torch.Tensor]:
+    """Run ``algo`` with ``math`` once on the real buffers, judge what it wrote, and time it again
+    where it is right: (ms, None or why it is wrong, its call's arguments, its workspace)."""
+    (a_d, a_t), (b_d, b_t), (o_d, o_t) = a, b, o
+    run = getattr(lib, cp.run)
+    # cuDNN picks the kernel from algorithm and math type together (the search may report
+    # tensor-op math where the descriptor said default), so the descriptor takes each one's.
+    lib.cudnnSetConvolutionMathType(conv.ptr, math)
+    workspace = torch.empty(memory, dtype=torch.uint8, device=device)
+    args = (handle.ptr, ONE_PTR, a_d.ptr, a_t.data_ptr(), b_d.ptr, b_t.data_ptr(), conv.ptr, algo,
+            workspace.data_ptr() if memory else None, memory, ZERO_PTR, o_d.ptr, o_t.data_ptr())
+    run(*args)
+    torch.cuda.synchronize(device)
+    wrong = check()
+    if wrong is not None:
+        return float("nan"), wrong, args, workspace
+    return selection_ms(lambda: run(*args), device, warmup=2, reps=RETIME_RUNS), None, args, workspace
+
+
+def _known_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api.ConvPass, a: Operand,
+                     b: Operand, conv: Descriptor, o: Operand, known: dict[str, Any],
+                     check: Callable[[], str | None]) -> tuple[Built, torch.Tensor] | None:
+    """The algorithm an earlier search chose for this very call (the build cache), run without a
+    search; None where it no longer applies, needs too much workspace or computes a wrong result
+    (the search then runs)."""
+    (a_d, _), (b_d, _), (o_d, o_t) = a, b, o
+    algo, math = int(known["algo"]), int(known["math"])
+    lib.cudnnSetConvolutionMathType(conv.ptr, math)
+    size = ctypes.c_size_t()
+    try:
+        getattr(lib, cp.workspace_size)(handle.ptr, a_d.ptr, b_d.ptr, conv.ptr, o_d.ptr, algo, ctypes.byref(size))
+    except CudnnError:
+        return None
+    if size.value > torch.cuda.mem_get_info(o_t.device)[0] // 2:
+        return None
+    ms, wrong, args, workspace = _timed_algorithm(lib, handle, device, cp, a, b, conv, o, algo, math, size.value,
+                                                  check)
+    if wrong is not None:
+        return None
+    run = getattr(lib, cp.run)
+    details: dict[str, object] = {"algorithm": cp.algos(algo).name, "math_type": MathType(math).name,
+                                  "workspace_bytes": int(size.value), "retimed_ms": ms, "reused_choice": True}
+    return Built(lambda: run(*args), details), workspace
+
+
 def _fastest_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api.ConvPass, a: Operand,
                        b: Operand, conv: Descriptor, o: Operand, dtype: DType,
-                       check: Callable[[], str | None]) -> tuple[Built, torch.Tensor]:
+                       check: Callable[[], str | None], identity: str) -> tuple[Built, torch.Tensor]:
     """The search's candidates within RETIME_WITHIN of its fastest right one, timed again: the
     fastest one's call with what it chose, and the workspace that call uses.
 
     Each candidate runs once on the real buffers and ``check()`` judges what it wrote (None: right,
     else why not), as the graph path judges its plans: cuDNN's search ranks by speed alone, and
     some of its fp32 algorithms (WINOGRAD_NONFUSED's 9x9 tiles for a 5x5 filter) are off by ~1e-3,
-    beyond what fp32 allows every kernel here.  A wrong one is skipped and counted."""
-    (a_d, a_t), (b_d, b_t), (o_d, o_t) = a, b, o
+    beyond what fp32 allows every kernel here.  A wrong one is skipped and counted.
+
+    The algorithm chosen is kept in the build cache under the call (``identity``: the layer and
+    dtype; the operands' shapes, strides and dtypes; cuDNN's version; hot or cold timing): the
+    same call on the same GPU model runs it again without a search, checked and timed as here."""
     handle.use_stream(torch.cuda.current_stream(device).cuda_stream)
+    choices = autotune_choices()
+    key = choice_key(f"cudnn legacy {cp.name}", [a[1], b[1], o[1]],
+                     {"identity": identity, "timed": selection_mode(), "cudnn": lib.version()}, "reference")
+    known = choices.get(key)
+    if known is not None:
+        reused = _known_algorithm(lib, handle, device, cp, a, b, conv, o, known, check)
+        if reused is not None:
+            return reused
     found = _find_algorithms(lib, handle, cp, a, b, conv, o, fma_only=dtype.name == "fp32")
     run = getattr(lib, cp.run)
     best: tuple[float, Any, torch.Tensor, tuple] | None = None
@@ -247,20 +309,12 @@ def _fastest_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api
     for perf in found:
         if fastest_right is not None and perf.time > RETIME_WITHIN * fastest_right:
             break
-        # cuDNN picks the kernel from algorithm and math type together (the search may report
-        # tensor-op math where the descriptor said default), so the descriptor takes each one's.
-        lib.cudnnSetConvolutionMathType(conv.ptr, perf.mathType)
-        workspace = torch.empty(perf.memory, dtype=torch.uint8, device=device)
-        args = (handle.ptr, ONE_PTR, a_d.ptr, a_t.data_ptr(), b_d.ptr, b_t.data_ptr(), conv.ptr, perf.algo,
-                workspace.data_ptr() if perf.memory else None, perf.memory, ZERO_PTR, o_d.ptr, o_t.data_ptr())
-        run(*args)
-        torch.cuda.synchronize(device)
-        wrong = check()
+        ms, wrong, args, workspace = _timed_algorithm(lib, handle, device, cp, a, b, conv, o, perf.algo,
+                                                      perf.mathType, perf.memory, check)
         if wrong is not None:
             rejected.append(f"{cp.algos(perf.algo).name}: {wrong}")
             continue
         fastest_right = perf.time if fastest_right is None else fastest_right
-        ms = selection_ms(lambda a=args: run(*a), device, warmup=2, reps=RETIME_RUNS)
         if best is None or ms < best[0]:
             best = (ms, perf, workspace, args)
         del workspace
@@ -268,6 +322,7 @@ def _fastest_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api
         raise Unsupported(f"every {cp.name} algorithm cuDNN found computed a wrong result: {'; '.join(rejected)}")
     retimed_ms, perf, workspace, args = best
     lib.cudnnSetConvolutionMathType(conv.ptr, perf.mathType)
+    choices.put(key, {"algo": int(perf.algo), "math": int(perf.mathType)}, {"kernel": f"cudnn legacy {cp.name}"})
     details: dict[str, object] = {
         "algorithm": cp.algos(perf.algo).name, "math_type": MathType(perf.mathType).name,
         "workspace_bytes": int(perf.memory), "search_ms": float(perf.time), "retimed_ms": retimed_ms,
@@ -289,6 +344,12 @@ def _convolution(lib: Cudnn, spec: Conv2d, dtype: DType, fmt: TensorFormat, w: t
         raise RuntimeError(f"cuDNN convolves {spec} to {lib.convolution_output_dim(conv, x_d, w_d)}, "
                            f"the spec says {spec.output_shape}")
     return w_d, conv
+
+
+def _identity(spec: Conv2d, dtype: DType, fmt: TensorFormat) -> str:
+    """What a legacy call's cached algorithm is kept under beside its operands: the convolution
+    (padding, stride, dilation, groups are in no operand's shape), the dtype and the format."""
+    return f"{spec!r} {dtype.name} {fmt.name}"
 
 
 def _fastest_cudnn_path(device: torch.device, legacy: Callable[[], Built],
@@ -342,7 +403,7 @@ def build_conv2d_legacy(spec: Conv2d, dtype: DType, layout: str, tensors: Tensor
     check = cudnn_graph.result_checker(spec, "forward", False, dtype,
                                        {k: v for k, v in tensors.items() if k != "bias"}, {"y": out})
     chosen, workspace = _fastest_algorithm(lib, handle, device, api.CONV_FORWARD, (x_d, x), (w_d, w), conv,
-                                           (y_d, out), dtype, check)
+                                           (y_d, out), dtype, check, _identity(spec, dtype, fmt))
     calls: list[tuple[Callable[..., Any], tuple]] = [(chosen.launch, ())]
     keep: tuple = (x_d, y_d, w_d, conv, workspace, x, w, out)
     if b is not None:
@@ -379,7 +440,7 @@ def build_conv2d_backward_data_legacy(spec: Conv2d, dtype: DType, layout: str, t
     w_d, conv = _convolution(lib, spec, dtype, fmt, w, dx_d)
     check = cudnn_graph.result_checker(spec, "backward_data", spec.bias, dtype, tensors, {"dx": out})
     chosen, workspace = _fastest_algorithm(lib, handle, device, api.CONV_BACKWARD_DATA, (w_d, w), (dy_d, dy), conv,
-                                           (dx_d, out), dtype, check)
+                                           (dx_d, out), dtype, check, _identity(spec, dtype, fmt))
     return _launcher(handle, device, [(chosen.launch, ())], (dx_d, dy_d, w_d, conv, workspace, w, dy, out),
                      {"format": fmt.name, **chosen.details})
 
@@ -429,7 +490,7 @@ def build_conv2d_backward_weight_legacy(spec: Conv2d, dtype: DType, layout: str,
     dw_d, conv = _convolution(lib, spec, dtype, fmt, dw, x_d)
     check = cudnn_graph.result_checker(spec, "backward_weight", False, dtype, tensors, {"dweight": dw})
     chosen, workspace = _fastest_algorithm(lib, handle, device, api.CONV_BACKWARD_FILTER, (x_d, x), (dy_d, dy),
-                                           conv, (dw_d, dw), dtype, check)
+                                           conv, (dw_d, dw), dtype, check, _identity(spec, dtype, fmt))
     calls: list[tuple[Callable[..., Any], tuple]] = [(chosen.launch, ())]
     keep: tuple = (x_d, dy_d, dw_d, conv, workspace, x, dy, out)
     details: dict[str, object] = {"format": fmt.name, **chosen.details}
