@@ -419,36 +419,6 @@ def test_conv2d_tma_persistent_programs(spec: Conv2d, monkeypatch: pytest.Monkey
     assert result.ok, f"{spec}: {result.message}"
 
 
-# Row patches (one output row segment a tile, the layout whose A tile the MMA reads from shared
-# memory): widths past one patch and ragged at the right edge, stride 1 and through the phase view,
-# one tile a program and persistent programs.
-@pytest.mark.parametrize("per_sm", [0, 1])
-@pytest.mark.parametrize("spec", [
-    Conv2d(2, 16, 24, 5, 21, 3, 3, padding=1),
-    Conv2d(1, 16, 16, 6, 40, 3, 3, stride=2, padding=1, dilation=2),
-    Conv2d(2, 24, 8, 3, 7, 1, 5, padding_w=2, bias=False),
-], ids=str)
-def test_conv2d_tma_row_patches(spec: Conv2d, per_sm: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(triton_conv_tma, "INTERPRETER_CONFIG",
-                        {**triton_conv_tma.INTERPRETER_CONFIG, "ROW": 1, "PER_SM": per_sm})
-    tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
-    built = conv_tma_only(spec, get_dtype("fp16"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
-    assert built.details["patch"] == f"1x{triton_conv_tma.INTERPRETER_CONFIG['BLOCK_M']}", built.details
-    result = check_implementation(conv_tma_only, spec, "fp16", "NHWC", "cpu", seed=13)
-    assert result.ok, f"{spec}: {result.message}"
-
-
-def test_conv2d_tma_row_patches_are_timed_where_rows_fill_them() -> None:
-    bf16 = get_dtype("bf16")
-    rows = {c["BLOCK_M"] for c in triton_conv_tma.candidate_configs(Conv2d(1, 64, 64, 56, 56, 3, 3, padding=1), bf16)
-            if c["ROW"]}
-    assert rows == {64}  # 56 of 64 pixels used; of 128, 56
-    assert not any(c["ROW"] for c in triton_conv_tma.candidate_configs(Conv2d(1, 64, 64, 28, 28, 3, 3), bf16))
-    wide = triton_conv_tma.candidate_configs(Conv2d(1, 64, 64, 224, 224, 3, 3, padding=1), bf16)
-    assert {c["BLOCK_M"] for c in wide if c["ROW"]} == {64, 128}
-    assert len(wide) == len(triton_conv_tma.CONFIGS["mma16"])
-
-
 # Inputs whose pixel rows the copy engine cannot take as they are, run on zero-padded rows: RGB
 # images (3 channels: 6 bytes in fp16, 12 in tf32) at stride 1 and 2 (VGG's first layer, ResNet's
 # stem), channels the column stride's blocks cannot divide, an odd count past a block.

@@ -278,23 +278,23 @@ def test_conv2d_tma_is_timed_beside_the_implicit_gemm() -> None:
     assert details["tma_implicit_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
-# Each row-patch config alone (the build keeps one; the others must be right too): a 56-wide output
-# (64-pixel patches), a 112-wide one at stride 2 through the phase view, an RGB first layer.
-ROW_PATCH_CONV = {"resnet-3x3-64": Conv2d(4, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
-                  "3x3-128/2-to-112": Conv2d(2, 128, 96, 224, 224, 3, 3, stride=2, padding=1),
-                  "vgg-conv1_1-rgb": Conv2d(2, 3, 64, 112, 112, 3, 3, padding=1)}
-ROW_PATCH_CASES = [(name, dtype, i) for name in ROW_PATCH_CONV for dtype in ("tf32", "bf16")
-                   for i, c in enumerate(conv_tma.CONFIGS[DOT_MODE[dtype]]) if c["ROW"]]
+# Each config alone (the build keeps one; the others must be right too, each with its own patch
+# shape and pipeline): a 56-wide plane of 64 channels, a stride-2 layer through the phase view, a
+# 7 x 7 plane with K not a multiple of the widest tiles.
+EACH_CONFIG_CONV = {"resnet-3x3-64": Conv2d(4, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
+                    "3x3-128/2": Conv2d(2, 128, 96, 56, 56, 3, 3, stride=2, padding=1),
+                    "3x3-7x7-320": Conv2d(8, 256, 320, 7, 7, 3, 3, padding=1)}
+EACH_CONFIG_CASES = [(name, dtype, i) for name in EACH_CONFIG_CONV for dtype in ("tf32", "bf16")
+                     for i in range(len(conv_tma.CONFIGS[DOT_MODE[dtype]]))]
 
 
-@pytest.mark.parametrize("name, dtype, index", ROW_PATCH_CASES)
-def test_conv2d_tma_row_patch_config(name: str, dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name, dtype, index", EACH_CONFIG_CASES)
+def test_conv2d_tma_each_config(name: str, dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
     skip_before_hopper()
-    spec, config = ROW_PATCH_CONV[name], conv_tma.CONFIGS[DOT_MODE[dtype]][index]
-    if config not in conv_tma.candidate_configs(spec, get_dtype(dtype)):
-        pytest.skip(f"{name}: a {config['BLOCK_M']}-pixel row patch is not timed on {spec.out_width} columns")
+    config = conv_tma.CONFIGS[DOT_MODE[dtype]][index]
     monkeypatch.setitem(conv_tma.CONFIGS, DOT_MODE[dtype], [config])
-    result = check_implementation(conv_tma.build_conv_tma, spec, dtype, "NHWC", "cuda", seed=seed_of(name))
+    result = check_implementation(conv_tma.build_conv_tma, EACH_CONFIG_CONV[name], dtype, "NHWC", "cuda",
+                                  seed=seed_of(name))
     assert result.ok, f"{name} {dtype} {config}: {result.message}"
 
 

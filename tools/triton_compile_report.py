@@ -45,7 +45,7 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: dict, warps: int,
                    stages: int = 3, divisible: set[str] = DIVISIBLE, descriptors: dict[str, str] | None = None) -> str:
     """One line: registers, spill stack, shared memory, warpgroup MMAs, async copies, TMA loads and
-    where the first MMA takes its A tile from."""
+    where the first MMA takes its operands from."""
     backend = make_backend(target)
     types = {**pointers, **(descriptors or {})}
     signature = {name: types.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
@@ -62,15 +62,17 @@ def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: 
     ir = kernel.asm["ttgir"]
     return (f"regs={regs} spill_stack={stack} smem={kernel.metadata.shared} "
             f"wgmma={ir.count('warp_group_dot ')} async_copies={ir.count('async_copy_global_to_local')} "
-            f"tma_loads={ir.count('async_tma_copy_global_to_local')} mma_a={_mma_a_operand(ir)}")
+            f"tma_loads={ir.count('async_tma_copy_global_to_local')} mma_operands={_mma_operands(ir)}")
 
 
-def _mma_a_operand(ttgir: str) -> str:
-    """Where the first warpgroup MMA takes its A tile: shared memory, or registers loaded from it."""
+def _mma_operands(ttgir: str) -> str:
+    """Where the first warpgroup MMA takes its A and B tiles from: shared memory, or registers
+    (loaded from shared memory every step)."""
     dot = next((line for line in ttgir.splitlines() if "warp_group_dot " in line), None)
     if dot is None:
         return "-"
-    return "smem" if "memdesc" in dot.split(" * ")[0].split(":")[-1] else "registers"
+    a, b = dot.rsplit(" : ", 1)[1].split(" -> ")[0].split(" * ")
+    return "+".join("smem" if "memdesc" in operand else "registers" for operand in (a, b))
 
 
 def _tile(cfg: triton.Config) -> str:
@@ -138,10 +140,10 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
     print(f"conv TMA input padding 3 -> {padded} channels: {line}")
     for stride, narrow in ((1, False), (2, False), (1, True)):
         for c in ct.CONFIGS.get(mode, []):
-            for bw in (c["BLOCK_M"],) if c["ROW"] else ct.PATCH_WIDTHS:
+            for bw in ct.PATCH_WIDTHS:
                 bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
                 descs = {"x_desc": f"tensordesc<{element}[1, {bh}, 1, {bw}, {bk}]>",
-                         "w_desc": f"tensordesc<{element}[{bn}, 1, 1, {bk}]>",
+                         "w_desc": f"tensordesc<{element}[1, 1, {bn}, {bk}]>",
                          "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
                 meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "HAS_BIAS": True,
                         "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,

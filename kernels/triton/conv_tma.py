@@ -5,7 +5,8 @@ GEMM) and BLOCK_N output channels.  For each filter tap (r, s) the input pixels 
 are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one box of the
 input, which the copy engine fetches for a BLOCK_K run of channels, filling zeros where the box
 hangs over the image's edge (the padding, negative coordinates included) or past the last
-channel.  The weight, channels_last [K, R, S, C], gives its (r, s) slice the same way, so the
+channel.  The weight, copied once at build to tap-major [R, S, K, C] (it stays between launches,
+as in inference), gives its (r, s) slice the same way, so the
 reduction over taps and channel blocks needs no index math, no masks and no gathers; the output
 patch goes out through a descriptor too, clipped at the edges.
 
@@ -30,12 +31,12 @@ beside the implicit GEMM and keeps the faster.  The patch shape wastes the rows 
 the image's edge (7 x 7 planes in 8 x 8 patches: 77 % of the tile used), which the pointer-based
 implicit GEMM does not.
 
-Patch shapes: the compiler cannot take a BH x BW box's shared-memory tile as the MMA's [BLOCK_M,
-BLOCK_K] operand when BH > 1, so each step first copies A into registers.  A row patch (BH = 1: a
-segment of BLOCK_M pixels of one output row) is that operand as it lands, and the MMA reads it from
-shared memory as the GEMMs do.  Row patches waste the columns past the right edge, so they are
-timed only where the output's rows fill ``ROW_PATCH_USE`` of them (56 columns in 64-pixel
-patches, 112 or 224 in 128-pixel ones).
+Operand order: the tile is computed transposed, out^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, BLOCK_K] x
+patch^T, so that the warpgroup MMA reads both operands from shared memory where the copy engine
+put them.  The compiler views a [1, BH, 1, BW, BLOCK_K] box as the [BLOCK_M, BLOCK_K] tile it is
+only as the second operand; as the first it copied the patch into registers every step (Triton
+3.6 and 3.9).  The weight's [1, 1, BLOCK_N, BLOCK_K] box, its unit dimensions leading, is the
+first operand as it lands.  The accumulator is transposed back once a tile, in the epilogue.
 """
 
 from __future__ import annotations
@@ -56,27 +57,20 @@ from kernels.triton.support import DOT_MODE, DOT_PRECISION, interpreting, next_p
 from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_config
 
 
-def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int, per_sm: int = 0,
-            row: bool = False) -> dict[str, int]:
-    """A tile config; ``per_sm`` > 0: that many persistent programs an SM walk the tiles; ``row``:
-    the patch is one output row segment of BLOCK_M pixels (else as square as the width allows)."""
+def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int, per_sm: int = 0) -> dict[str, int]:
+    """A tile config (BLOCK_M pixels, BLOCK_N output channels); ``per_sm`` > 0: that many
+    persistent programs an SM walk the tiles."""
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "num_warps": warps, "num_stages": stages,
-            "PER_SM": per_sm, "ROW": int(row)}
+            "PER_SM": per_sm}
 
 
 CONFIGS = {
     "mma16": [_config(128, 128, 64, 8, 3), _config(128, 128, 64, 4, 4), _config(128, 256, 64, 8, 3),
-              _config(64, 128, 64, 4, 4), _config(128, 64, 64, 4, 4),
-              _config(128, 128, 64, 8, 3, per_sm=1), _config(128, 64, 64, 4, 4, per_sm=2),
-              _config(128, 128, 64, 8, 3, row=True), _config(128, 256, 64, 8, 3, row=True),
-              _config(64, 128, 64, 4, 4, row=True), _config(64, 64, 64, 4, 4, row=True),
-              _config(128, 128, 64, 8, 3, per_sm=1, row=True), _config(64, 128, 64, 4, 4, per_sm=2, row=True)],
+              _config(64, 128, 64, 4, 4), _config(128, 64, 64, 4, 4), _config(256, 128, 64, 8, 3),
+              _config(128, 128, 64, 8, 3, per_sm=1), _config(128, 64, 64, 4, 4, per_sm=2)],
     "tf32": [_config(128, 128, 32, 8, 3), _config(128, 128, 32, 4, 4), _config(64, 128, 32, 4, 4),
-             _config(128, 64, 32, 4, 4), _config(128, 128, 32, 8, 3, per_sm=1),
-             _config(128, 128, 32, 8, 3, row=True), _config(64, 128, 32, 4, 4, row=True)],
+             _config(128, 64, 32, 4, 4), _config(128, 128, 32, 8, 3, per_sm=1)],
 }
-# A row patch is timed only where the output's rows fill this share of its pixels or more.
-ROW_PATCH_USE = 0.75
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
 INTERPRETER_SMS = 3  # under the interpreter persistent programs walk several tiles each
 MIN_BLOCK_K = 16  # tl.dot's least reduction
@@ -103,10 +97,10 @@ def _tile_origin(tile, P, Q, K, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.
 def _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W,
                R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr,
                BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The tile's fp32 accumulators: the reduction over taps and channel blocks."""
+    """The tile's fp32 accumulators, [BLOCK_N, BLOCK_M]: the reduction over taps and channel blocks."""
     BLOCK_M: tl.constexpr = BH * BW
     steps_c = tl.cdiv(C, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # transposed: see the module docstring
     # Whole strides covering the padding: a tap's offset lifted by them is never negative.
     lift_h = (PAD_H + SH - 1) // SH
     lift_w = (PAD_W + SW - 1) // SW
@@ -122,8 +116,8 @@ def _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W,
         a = off_h % SH
         b = off_w % SW
         a_box = x_desc.load([n, h0 + off_h // SH - lift_h, a, w0 + off_w // SW - lift_w, b * C + c0])
-        w_box = w_desc.load([k0, r, s, c0])
-        acc = tl.dot(a_box.reshape(BLOCK_M, BLOCK_K), w_box.reshape(BLOCK_N, BLOCK_K).T, acc,
+        w_box = w_desc.load([r, s, k0, c0])
+        acc = tl.dot(w_box.reshape(BLOCK_N, BLOCK_K), a_box.reshape(BLOCK_M, BLOCK_K).T, acc,
                      input_precision=PRECISION)
     return acc
 
@@ -131,6 +125,7 @@ def _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W,
 @triton.jit
 def _store_tile(y_desc, b_ptr, acc, n, h0, w0, k0, K, HAS_BIAS: tl.constexpr, BH: tl.constexpr,
                 BW: tl.constexpr, BLOCK_N: tl.constexpr):
+    acc = acc.T  # [pixels, channels], as the output lies
     if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
         cols = k0 + tl.arange(0, BLOCK_N)
         acc += tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
@@ -210,13 +205,20 @@ def channel_block(spec: Conv2d, cap: int) -> int:
     return block
 
 
+def tap_major(weight: torch.Tensor) -> torch.Tensor:
+    """The weight [K, C, R, S] (either memory format) as a fresh dense tap-major [R, S, K, C]."""
+    taps = weight.permute(2, 3, 0, 1)
+    # A new allocation, never a view: packed strides for the size-1 dimensions of a 1x1 filter too.
+    return torch.empty(taps.shape, dtype=weight.dtype, device=weight.device).copy_(taps)
+
+
 def _views(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The weight and the output as the dense [N, H, W, C]-ordered tensors they are in memory, x
-    as its phase view [N, H / SH, SH, W / SW, SW * C] (see the module docstring), all with packed
-    strides (torch leaves a size-1 dimension's stride arbitrary; a descriptor needs every stride
-    a multiple of 16 bytes)."""
-    views = {}
-    for name, t in (("x", tensors["x"]), ("weight", tensors["weight"]), ("out", out)):
+    """The output as the dense [N, H, W, C]-ordered tensor it is in memory, x as its phase view
+    [N, H / SH, SH, W / SW, SW * C] (see the module docstring), both with packed strides (torch
+    leaves a size-1 dimension's stride arbitrary; a descriptor needs every stride a multiple of
+    16 bytes), and the tap-major weight ``tensors["weight_taps"]``."""
+    views = {"weight": tensors["weight_taps"]}
+    for name, t in (("x", tensors["x"]), ("out", out)):
         view = t.permute(0, 2, 3, 1)
         if not view.is_contiguous():
             raise Unsupported(f"the TMA convolution needs {name} dense in channels_last order")
@@ -232,15 +234,12 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     """The kernel's launch with ``config`` (its patch shape from the output's width)."""
     views = _views(spec, tensors, out)
     bias = tensors.get("bias")
-    if config.get("ROW"):
-        bw = config["BLOCK_M"]
-    else:
-        bw = min(next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1]), config["BLOCK_M"])
+    bw = min(next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1]), config["BLOCK_M"])
     bh = config["BLOCK_M"] // bw
     bn = config["BLOCK_N"]
     bk = channel_block(spec, config["BLOCK_K"])
     descs = (TensorDescriptor.from_tensor(views["x"], [1, bh, 1, bw, bk]),
-             TensorDescriptor.from_tensor(views["weight"], [bn, 1, 1, bk]),
+             TensorDescriptor.from_tensor(views["weight"], [1, 1, bn, bk]),
              TensorDescriptor.from_tensor(views["out"], [1, bh, bw, bn]))
     p, q, k = spec.out_height, spec.out_width, spec.out_channels
     tiles = spec.batch * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn)
@@ -257,17 +256,6 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     return Launch(_conv_tma_kernel, grid, args, meta, out.device)
 
 
-def row_patch_use(out_width: int, block_m: int) -> float:
-    """The share of a one-row patch's pixels that lie on the output (the rest past its right edge)."""
-    return out_width / (triton.cdiv(out_width, block_m) * block_m)
-
-
-def candidate_configs(spec: Conv2d, dtype: DType) -> list[dict[str, int]]:
-    """The configs timed for this point: the row patches only where the output's rows fill them."""
-    return [c for c in CONFIGS[DOT_MODE[dtype.name]]
-            if not c["ROW"] or row_patch_use(spec.out_width, c["BLOCK_M"]) >= ROW_PATCH_USE]
-
-
 def _padded_input(spec: Conv2d, tensors: Tensors, channels: int) -> tuple[Conv2d, Tensors, Kernel]:
     """The layer as the kernel runs it with ``channels`` input channels: its spec, tensors (the
     weight zero-padded now, the input's padded buffer) and the copy that fills that buffer."""
@@ -277,7 +265,7 @@ def _padded_input(spec: Conv2d, tensors: Tensors, channels: int) -> tuple[Conv2d
     n, c, h, w = x.shape
     wide = torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     padded_weight = torch.zeros((weight.shape[0], channels, *weight.shape[2:]), dtype=weight.dtype,
-                                device=weight.device).contiguous(memory_format=torch.channels_last)
+                                device=weight.device)
     padded_weight[:, :c] = weight
     pixels = n * h * w
     copy = _pad_channels_kernel[(triton.cdiv(pixels, PAD_PIXELS),)]
@@ -299,6 +287,7 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     pad: Kernel | None = None
     if channels != spec.in_channels:
         spec, tensors, pad = _padded_input(spec, tensors, channels)
+    tensors = {**tensors, "weight_taps": tap_major(tensors["weight"])}  # once: the weight is a constant
     views = _views(spec, tensors, out)
     check_tma(_conv_tma_kernel, out.device, views)
     if interpreting(_conv_tma_kernel):
@@ -307,7 +296,7 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
         config = choose_config(f"{__name__}._conv_tma_kernel",
                                [tensors["x"], tensors["weight"], out, tensors.get("bias")],
                                {"spec": repr(spec), "precision": DOT_PRECISION[dtype.name]},
-                               candidate_configs(spec, dtype), lambda c: _launch(spec, dtype, tensors, out, c))
+                               CONFIGS[DOT_MODE[dtype.name]], lambda c: _launch(spec, dtype, tensors, out, c))
     launch = _launch(spec, dtype, tensors, out, config)
     patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
     details: dict[str, object] = {"patch": patch, "block_n": launch.meta["BLOCK_N"],
