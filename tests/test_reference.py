@@ -298,6 +298,31 @@ def test_cudnn_legacy_search_keeps_only_right_algorithms():
     assert kernel.details["algorithm"] and "rejected" in kernel.details
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_cudnn_legacy_choice_is_reused_on_fresh_tensors(dtype):
+    """A second legacy build of the same convolution (new tensors, same shapes) runs the algorithm
+    the first one's search kept, without a search, and is right on its own tensors."""
+    spec = Conv2d(batch=4, in_channels=48, out_channels=40, height=19, width=17, kernel_h=3, kernel_w=3,
+                  padding=1)
+    dt = get_dtype(dtype)
+    chosen = []
+    for _ in range(2):
+        tensors = make_tensors(spec, dt, "NCHW", "cuda")
+        out = make_output(spec, tensors, "NCHW")
+        with precision(dt):
+            kernel = as_built(cudnn_ref.build_conv2d_legacy(spec, dt, "NCHW", tensors, out))
+            got = _run(kernel, out)
+        chosen.append(kernel.details)
+        expected = torch.nn.functional.conv2d(tensors["x"].double(), tensors["weight"].double(),
+                                              tensors["bias"].double(), padding=1)
+        rel = float((got.double() - expected).norm() / expected.norm())
+        assert rel < (1e-5 if dtype == "fp32" else 2e-3), f"rel_norm {rel:.2e} ({kernel.details})"
+    first, second = chosen
+    assert second["reused_choice"] is True and "search_ms" not in second, second
+    assert (second["algorithm"], second["math_type"]) == (first["algorithm"], first["math_type"])
+
+
 # ---------------------------------------------------------------- GPU: provenance
 
 PROVENANCE_SPECS = {"conv2d": GPU_SPECS[1], "pool2d max": GPU_SPECS[4], "pool2d avg": GPU_SPECS[5],
