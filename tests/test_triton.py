@@ -365,14 +365,14 @@ def conv_tma_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
 @given(batch=st.integers(1, 2), channel_units=st.integers(1, 4), out_units=st.integers(1, 4),
        height=st.integers(1, 11), width=st.integers(1, 11), kernel_h=st.integers(1, 3), kernel_w=st.integers(1, 3),
        padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(),
-       dtype=st.sampled_from(("tf32", "fp16")), seed=SEEDS)
+       dtype=st.sampled_from(("tf32", "fp16")), layout=st.sampled_from(("NHWC", "NCHW")), seed=SEEDS)
 def test_conv2d_tma_drawn(batch: int, channel_units: int, out_units: int, height: int, width: int, kernel_h: int,
                           kernel_w: int, padding_h: int, padding_w: int, dilation: int, bias: bool, dtype: str,
-                          seed: int) -> None:
+                          layout: str, seed: int) -> None:
     assume(height + 2 * padding_h > dilation * (kernel_h - 1) and width + 2 * padding_w > dilation * (kernel_w - 1))
     spec = Conv2d(batch, 8 * channel_units, 8 * out_units, height, width, kernel_h, kernel_w, padding_h=padding_h,
                   padding_w=padding_w, dilation=dilation, bias=bias)
-    result = check_implementation(conv_tma_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    result = check_implementation(conv_tma_only, spec, dtype, layout, "cpu", seed=seed)
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
@@ -382,15 +382,15 @@ def test_conv2d_tma_drawn(batch: int, channel_units: int, out_units: int, height
        stride_h=st.integers(1, 3), stride_w=st.integers(1, 3), rows=st.integers(1, 5), cols=st.integers(1, 5),
        kernel_h=st.integers(1, 3), kernel_w=st.integers(1, 3), padding_h=st.integers(0, 2),
        padding_w=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(),
-       dtype=st.sampled_from(("tf32", "fp16")), seed=SEEDS)
+       dtype=st.sampled_from(("tf32", "fp16")), layout=st.sampled_from(("NHWC", "NCHW")), seed=SEEDS)
 def test_conv2d_tma_strided_drawn(batch: int, channel_units: int, out_units: int, stride_h: int, stride_w: int,
                                   rows: int, cols: int, kernel_h: int, kernel_w: int, padding_h: int, padding_w: int,
-                                  dilation: int, bias: bool, dtype: str, seed: int) -> None:
+                                  dilation: int, bias: bool, dtype: str, layout: str, seed: int) -> None:
     height, width = stride_h * rows, stride_w * cols
     assume(height + 2 * padding_h > dilation * (kernel_h - 1) and width + 2 * padding_w > dilation * (kernel_w - 1))
     spec = Conv2d(batch, 16 * channel_units, 8 * out_units, height, width, kernel_h, kernel_w, stride_h=stride_h,
                   stride_w=stride_w, padding_h=padding_h, padding_w=padding_w, dilation=dilation, bias=bias)
-    result = check_implementation(conv_tma_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    result = check_implementation(conv_tma_only, spec, dtype, layout, "cpu", seed=seed)
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
@@ -410,12 +410,14 @@ def test_conv2d_tma_strided_cases(spec: Conv2d) -> None:
     Conv2d(2, 16, 24, 9, 10, 3, 3, padding=1),
     Conv2d(2, 16, 32, 8, 12, 3, 3, stride=2, padding=1),
 ], ids=str)
-def test_conv2d_tma_persistent_programs(spec: Conv2d, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_conv2d_tma_persistent_programs(spec: Conv2d, layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(triton_conv_tma, "INTERPRETER_CONFIG", {**triton_conv_tma.INTERPRETER_CONFIG, "PER_SM": 1})
-    tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
-    built = conv_tma_only(spec, get_dtype("fp16"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
+    tensors = make_tensors(spec, "fp16", layout, "cpu")
+    built = conv_tma_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
     assert built.details["persistent_programs"] == triton_conv_tma.INTERPRETER_SMS, built.details
-    result = check_implementation(conv_tma_only, spec, "fp16", "NHWC", "cpu", seed=11)
+    assert built.details.get("input_copy") == ("channels_last" if layout == "NCHW" else None), built.details
+    result = check_implementation(conv_tma_only, spec, "fp16", layout, "cpu", seed=11)
     assert result.ok, f"{spec}: {result.message}"
 
 
@@ -439,7 +441,7 @@ def test_conv2d_tma_pads_narrow_inputs(dtype: str, spec: Conv2d, channels: int) 
 
 
 @pytest.mark.parametrize("dtype, layout, spec, reason", [
-    ("fp16", "NCHW", Conv2d(1, 8, 8, 5, 5, 3, 3), "runs NHWC"),
+    ("fp16", "NCHW", Conv2d(1, 3, 8, 5, 5, 3, 3), "pads narrow pixel rows of NHWC inputs only"),
     ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3, stride=2), "divisible by the stride"),
     ("fp16", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3, groups=2), "one group"),
     ("fp32", "NHWC", Conv2d(1, 8, 8, 5, 5, 3, 3), "not fp32"),

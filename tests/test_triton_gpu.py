@@ -310,6 +310,8 @@ def linear_tma_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor
 
 # Each TMA path alone: (its builder, the spec, the layout).
 TMA_CASES = {**{f"conv-{n}": (conv_tma.build_conv_tma, spec, "NHWC") for n, spec in CONV_TMA.items()},
+             **{f"conv-nchw-{n}": (conv_tma.build_conv_tma, CONV_TMA[n], "NCHW")
+                for n in ("resnet-3x3-64", "resnet-3x3-512-7x7", "L5-13x13", "dilated-2", "resnet-3x3-128/2")},
              **{f"linear-{n}": (linear_tma_only, spec, "NCHW") for n, spec in TMA_FC.items()}}
 
 

@@ -130,28 +130,33 @@ def main() -> None:
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:
-    """The TMA-fed NHWC convolution (3x3, padding 1, with bias) for each config and patch width, at
-    stride 1 and 2, and on an RGB input padded to 16-byte pixel rows (the least channel block),
-    with the padding copy."""
+    """The TMA-fed convolution (3x3, padding 1, with bias) for each config and patch width, at
+    stride 1 and 2 with NHWC and NCHW outputs, and on an RGB input padded to 16-byte pixel rows (the
+    least channel block), with the padding copy."""
     element = el[1:]
     padded = ct.padded_channels(Conv2d(1, 3, 64, 8, 8, 3, 3), get_dtype(dtype))
     line = compile_report(ct._pad_channels_kernel, target, {"src_ptr": el, "dst_ptr": el},
                           {"C": 3, "P": padded, "P_POW2": padded, "BLOCK": ct.PAD_PIXELS}, 4, divisible=set())
     print(f"conv TMA input padding 3 -> {padded} channels: {line}")
-    for stride, narrow in ((1, False), (2, False), (1, True)):
+    for stride, narrow, out in ((1, False, "NHWC"), (2, False, "NHWC"), (1, True, "NHWC"), (1, False, "NCHW"),
+                                (2, False, "NCHW")):
         for c in ct.CONFIGS.get(mode, []):
             for bw in ct.PATCH_WIDTHS:
                 bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
                 descs = {"x_desc": f"tensordesc<{element}[1, {bh}, 1, {bw}, {bk}]>",
-                         "w_desc": f"tensordesc<{element}[1, 1, {bn}, {bk}]>",
-                         "y_desc": f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"}
-                meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "HAS_BIAS": True,
+                         "w_desc": f"tensordesc<{element}[1, 1, {bn}, {bk}]>"}
+                pointers = {"b_ptr": el}
+                if out == "NHWC":
+                    descs["y"] = f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"
+                else:  # written through pointers; P and Q as ResNet's 56 x 56 (not a multiple of 16)
+                    pointers["y"] = el
+                meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "HAS_BIAS": True, "Y_NCHW": out == "NCHW",
                         "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
                         "PROGRAMS": c["PER_SM"] * REPORT_SMS}
-                line = compile_report(ct._conv_tma_kernel, target, {"b_ptr": el}, meta, c["num_warps"],
+                line = compile_report(ct._conv_tma_kernel, target, pointers, meta, c["num_warps"],
                                       c["num_stages"], {"K", "C"}, descs)
-                print(f"conv TMA stride {stride}{' RGB padded' if narrow else ''} patch {bh}x{bw} BLOCK_N={bn} "
-                      f"BLOCK_K={bk} warps={c['num_warps']} stages={c['num_stages']} "
+                print(f"conv TMA stride {stride}{' RGB padded' if narrow else ''} {out} out patch {bh}x{bw} "
+                      f"BLOCK_N={bn} BLOCK_K={bk} warps={c['num_warps']} stages={c['num_stages']} "
                       f"programs an SM={c['PER_SM'] or 'one tile each'}: {line}")
 
 

@@ -75,6 +75,7 @@ from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
 from kernels.triton.lowered_conv import build_lowered
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
+from kernels.triton.layout import channels_last_copy
 from kernels.triton.pointwise_conv import build_pointwise, build_strided_pointwise
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
@@ -235,49 +236,6 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
-def _layout_copy_kernel(src_ptr, dst_ptr, C, HW, TO_NHWC: tl.constexpr, BLOCK_C: tl.constexpr,
-                        BLOCK_HW: tl.constexpr):
-    """One BLOCK_C x BLOCK_HW tile of image n (program axis 2): dst[n, hw, c] = src[n, c, hw]
-    (TO_NHWC), else dst[n, c, hw] = src[n, hw, c].
-
-    The NCHW side runs along hw and the NHWC side along c; Triton gives each its own coalesced
-    layout and converts between them through shared memory.
-    """
-    n = tl.program_id(2)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    hws = tl.program_id(0) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    ok = (cs < C)[:, None] & (hws < HW)[None, :]
-    base = n * C * HW
-    nchw = base + cs[:, None] * HW + hws[None, :]
-    nhwc = base + hws[None, :] * C + cs[:, None]
-    if TO_NHWC:
-        tl.store(dst_ptr + nhwc, tl.load(src_ptr + nchw, mask=ok), mask=ok)
-    else:
-        tl.store(dst_ptr + nchw, tl.load(src_ptr + nhwc, mask=ok), mask=ok)
-
-
-_TRANSPOSE_TILE = 64
-
-
-def layout_copy(src: torch.Tensor, dst: torch.Tensor, to_nhwc: bool) -> Kernel:
-    """The launcher that copies dense 4-D ``src`` into ``dst`` of the same shape: NCHW into
-    channels_last (``to_nhwc``), or channels_last into NCHW."""
-    n, c, h, w = src.shape
-    launch = _layout_copy_kernel[(triton.cdiv(h * w, _TRANSPOSE_TILE), triton.cdiv(c, _TRANSPOSE_TILE), n)]
-
-    def copy() -> None:
-        launch(src, dst, c, h * w, TO_NHWC=to_nhwc, BLOCK_C=_TRANSPOSE_TILE, BLOCK_HW=_TRANSPOSE_TILE)
-
-    return copy
-
-
-def channels_last_copy(t: torch.Tensor) -> tuple[torch.Tensor, Kernel]:
-    """A channels_last buffer for contiguous 4-D ``t`` and the launcher that fills it from ``t``."""
-    dst = torch.empty_like(t, memory_format=torch.channels_last)
-    return dst, layout_copy(t, dst, to_nhwc=True)
-
-
 @functools.cache
 def _tuned(mode: str, max_block_k: int, max_block_n: int | None = None):
     """The tuner over ``mode``'s tiles with BLOCK_K (and BLOCK_N, where given) capped.
@@ -417,8 +375,8 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
                       "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
-                      "the pixels they read), on Hopper for NHWC ones "
-                      "a TMA-fed implicit GEMM, for inputs of few channels an explicit im2col and the "
+                      "the pixels they read), on Hopper "
+                      "a TMA-fed implicit GEMM (NCHW inputs after a copy to channels_last), for inputs of few channels an explicit im2col and the "
                       "linear layer's GEMM; depthwise a direct kernel of its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)

@@ -63,7 +63,8 @@ from layerbench.registry import register
 
 from kernels.pointwise_views import pointwise_refusal
 from kernels.triton import depthwise_backward
-from kernels.triton.conv2d import channel_block, channels_last_copy, layout_copy
+from kernels.triton.conv2d import channel_block
+from kernels.triton.layout import channels_last_copy, layout_copy
 from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
 from kernels.triton.pointwise_conv import build_pointwise_backward
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotuned, bind, check_inputs,

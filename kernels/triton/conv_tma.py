@@ -25,8 +25,14 @@ inputs, 16 at a column stride; the weight padded alike once, at build).  The cop
 next to such a layer's output (VGG-16's conv1_1 writes 21 times its padded input), and the
 zero channels cost only multiplies, which a first layer has to spare.
 
-Where it applies: NHWC, one group, any padding and dilation, fp16/bf16/tf32 (fp32 stays on the
-FMA units), output channels whose rows are a multiple of 16 bytes.  ``conv2d.build`` times it
+NCHW: the input is first copied to channels_last inside the timed call (``layout.py``, as the
+implicit GEMM does); the output needs no copy, since the accumulator is already laid out as an
+NCHW tile (channels by pixels): it is stored through pointers, each patch row a contiguous run
+of pixels.
+
+Where it applies: NHWC or NCHW, one group, any padding and dilation, fp16/bf16/tf32 (fp32 stays on
+the FMA units); NHWC outputs need rows of a multiple of 16 bytes, NCHW inputs no channel padding
+(RGB first layers run lowered).  ``conv2d.build`` times it
 beside the implicit GEMM and keeps the faster.  The patch shape wastes the rows and columns past
 the image's edge (7 x 7 planes in 8 x 8 patches: 77 % of the tile used), which the pointer-based
 implicit GEMM does not.
@@ -53,6 +59,7 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
+from kernels.triton.layout import channels_last_copy
 from kernels.triton.support import DOT_MODE, DOT_PRECISION, interpreting, next_pow2
 from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_config
 
@@ -123,20 +130,31 @@ def _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W,
 
 
 @triton.jit
-def _store_tile(y_desc, b_ptr, acc, n, h0, w0, k0, K, HAS_BIAS: tl.constexpr, BH: tl.constexpr,
-                BW: tl.constexpr, BLOCK_N: tl.constexpr):
-    acc = acc.T  # [pixels, channels], as the output lies
+def _store_tile(y, b_ptr, acc, n, h0, w0, k0, K, P, Q, HAS_BIAS: tl.constexpr, Y_NCHW: tl.constexpr,
+                BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile plus bias into the output: ``y`` is its descriptor (NHWC), or with Y_NCHW the
+    output tensor itself, written through pointers."""
+    ks = k0 + tl.arange(0, BLOCK_N)
     if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
-        cols = k0 + tl.arange(0, BLOCK_N)
-        acc += tl.load(b_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)[None, :]
-    y_desc.store([n, h0, w0, k0], acc.to(b_ptr.dtype.element_ty).reshape(1, BH, BW, BLOCK_N))
+        acc += tl.load(b_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)[:, None]
+    if Y_NCHW:  # acc is [channels, pixels]: an NCHW tile, each patch row a run of pixels
+        m = tl.arange(0, BH * BW)
+        ph = h0 + m // BW
+        pw = w0 + m % BW
+        tile = y + (n.to(tl.int64) * K + k0) * P * Q  # 32-bit offsets within the tile's planes
+        offs = (tl.arange(0, BLOCK_N) * P)[:, None] * Q + (ph * Q + pw)[None, :]
+        ok = (ks < K)[:, None] & ((ph < P) & (pw < Q))[None, :]
+        tl.store(tile + offs, acc.to(y.dtype.element_ty), mask=ok)
+    else:
+        tile = acc.T.to(b_ptr.dtype.element_ty)  # [pixels, channels], as the output lies
+        y.store([n, h0, w0, k0], tile.reshape(1, BH, BW, BLOCK_N))
 
 
 @triton.jit(do_not_specialize=["N"])
-def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
+def _conv_tma_kernel(x_desc, w_desc, y, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
                      R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROGRAMS: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, Y_NCHW: tl.constexpr, PRECISION: tl.constexpr, BH: tl.constexpr,
+                     BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROGRAMS: tl.constexpr):
     # PROGRAMS == 0: one tile a program.  Else PROGRAMS programs (one or two an SM) walk the tiles,
     # the loop over tiles flattened with the reduction's, so the next tile's loads are in flight
     # while a tile's epilogue runs: short reductions (3x3 over 64 channels: 9 steps) lose a large
@@ -145,14 +163,14 @@ def _conv_tma_kernel(x_desc, w_desc, y_desc, b_ptr, N, P, Q, K, C, PAD_H, PAD_W,
         n, h0, w0, k0 = _tile_origin(tl.program_id(0), P, Q, K, BH, BW, BLOCK_N)
         acc = _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W, R, S, SH, SW, PRECISION,
                          BH, BW, BLOCK_N, BLOCK_K)
-        _store_tile(y_desc, b_ptr, acc, n, h0, w0, k0, K, HAS_BIAS, BH, BW, BLOCK_N)
+        _store_tile(y, b_ptr, acc, n, h0, w0, k0, K, P, Q, HAS_BIAS, Y_NCHW, BH, BW, BLOCK_N)
     else:
         tiles = N * tl.cdiv(P, BH) * tl.cdiv(Q, BW) * tl.cdiv(K, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
             n, h0, w0, k0 = _tile_origin(tile, P, Q, K, BH, BW, BLOCK_N)
             acc = _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W, R, S, SH, SW,
                              PRECISION, BH, BW, BLOCK_N, BLOCK_K)
-            _store_tile(y_desc, b_ptr, acc, n, h0, w0, k0, K, HAS_BIAS, BH, BW, BLOCK_N)
+            _store_tile(y, b_ptr, acc, n, h0, w0, k0, K, P, Q, HAS_BIAS, Y_NCHW, BH, BW, BLOCK_N)
 
 
 @triton.jit
@@ -177,8 +195,6 @@ def padded_channels(spec: Conv2d, dtype: DType) -> int:
 
 def tma_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
     """Why the TMA convolution cannot run this point (None where it can, tensors permitting)."""
-    if layout != "NHWC":
-        return f"the TMA convolution runs NHWC, this point is {layout}"
     if spec.height % spec.stride_h or spec.width % spec.stride_w:
         return (f"the TMA convolution's phase view needs the input's height and width divisible by the stride: "
                 f"{spec.height}x{spec.width} at stride {spec.stride_h}x{spec.stride_w}")
@@ -186,7 +202,10 @@ def tma_refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
         return f"the TMA convolution runs one group, this point has {spec.groups}"
     if DOT_MODE[dtype.name] not in CONFIGS:
         return f"the TMA convolution runs fp16, bf16 and tf32 on the tensor cores, not {dtype.name}"
-    if spec.out_channels * dtype.torch_dtype.itemsize % 16:
+    if layout == "NCHW" and padded_channels(spec, dtype) != spec.in_channels:
+        return (f"the TMA convolution pads narrow pixel rows of NHWC inputs only: in_channels "
+                f"{spec.in_channels} in {dtype.name} NCHW")
+    if layout == "NHWC" and spec.out_channels * dtype.torch_dtype.itemsize % 16:
         return (f"the copy engine needs rows of a multiple of 16 bytes: out_channels {spec.out_channels} "
                 f"in {dtype.name}")
     return None
@@ -212,13 +231,14 @@ def tap_major(weight: torch.Tensor) -> torch.Tensor:
     return torch.empty(taps.shape, dtype=weight.dtype, device=weight.device).copy_(taps)
 
 
-def _views(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The output as the dense [N, H, W, C]-ordered tensor it is in memory, x as its phase view
-    [N, H / SH, SH, W / SW, SW * C] (see the module docstring), both with packed strides (torch
+def _views(spec: Conv2d, layout: str, tensors: Tensors, out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """x as its phase view [N, H / SH, SH, W / SW, SW * C] (see the module docstring) and an NHWC
+    output as the dense [N, H, W, C]-ordered tensor it is in memory, both with packed strides (torch
     leaves a size-1 dimension's stride arbitrary; a descriptor needs every stride a multiple of
-    16 bytes), and the tap-major weight ``tensors["weight_taps"]``."""
+    16 bytes), and the tap-major weight ``tensors["weight_taps"]``.  An NCHW output is written
+    through pointers: no view."""
     views = {"weight": tensors["weight_taps"]}
-    for name, t in (("x", tensors["x"]), ("out", out)):
+    for name, t in (("x", tensors["x"]), ("out", out)) if layout == "NHWC" else (("x", tensors["x"]),):
         view = t.permute(0, 2, 3, 1)
         if not view.is_contiguous():
             raise Unsupported(f"the TMA convolution needs {name} dense in channels_last order")
@@ -230,17 +250,18 @@ def _views(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> dict[str, torch
     return views
 
 
-def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, config: dict[str, Any]) -> Launch:
+def _launch(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
+            config: dict[str, Any]) -> Launch:
     """The kernel's launch with ``config`` (its patch shape from the output's width)."""
-    views = _views(spec, tensors, out)
+    views = _views(spec, layout, tensors, out)
     bias = tensors.get("bias")
     bw = min(next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1]), config["BLOCK_M"])
     bh = config["BLOCK_M"] // bw
     bn = config["BLOCK_N"]
     bk = channel_block(spec, config["BLOCK_K"])
+    y = TensorDescriptor.from_tensor(views["out"], [1, bh, bw, bn]) if "out" in views else out
     descs = (TensorDescriptor.from_tensor(views["x"], [1, bh, 1, bw, bk]),
-             TensorDescriptor.from_tensor(views["weight"], [1, 1, bn, bk]),
-             TensorDescriptor.from_tensor(views["out"], [1, bh, bw, bn]))
+             TensorDescriptor.from_tensor(views["weight"], [1, 1, bn, bk]), y)
     p, q, k = spec.out_height, spec.out_width, spec.out_channels
     tiles = spec.batch * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn)
     sms = INTERPRETER_SMS if interpreting(_conv_tma_kernel) else \
@@ -250,7 +271,7 @@ def _launch(spec: Conv2d, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     args = (*descs, bias if bias is not None else out, spec.batch, p, q, k, spec.in_channels,
             spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
     meta = {"R": spec.kernel_h, "S": spec.kernel_w, "SH": spec.stride_h, "SW": spec.stride_w,
-            "HAS_BIAS": bias is not None,
+            "HAS_BIAS": bias is not None, "Y_NCHW": "out" not in views,
             "PRECISION": DOT_PRECISION[dtype.name], "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
             "PROGRAMS": programs, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     return Launch(_conv_tma_kernel, grid, args, meta, out.device)
@@ -287,8 +308,14 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     pad: Kernel | None = None
     if channels != spec.in_channels:
         spec, tensors, pad = _padded_input(spec, tensors, channels)
+    elif layout == "NCHW":  # the input copied to channels_last in the timed call
+        if not (tensors["x"].is_contiguous() and out.is_contiguous()):
+            raise Unsupported("the TMA convolution needs NCHW x and out dense (contiguous)")
+        x_nhwc, pad = channels_last_copy(tensors["x"])
+        pad()  # the buffer must hold the input before the configs are timed on it
+        tensors = {**tensors, "x": x_nhwc}
     tensors = {**tensors, "weight_taps": tap_major(tensors["weight"])}  # once: the weight is a constant
-    views = _views(spec, tensors, out)
+    views = _views(spec, layout, tensors, out)
     check_tma(_conv_tma_kernel, out.device, views)
     if interpreting(_conv_tma_kernel):
         config = dict(INTERPRETER_CONFIG)
@@ -296,8 +323,8 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
         config = choose_config(f"{__name__}._conv_tma_kernel",
                                [tensors["x"], tensors["weight"], out, tensors.get("bias")],
                                {"spec": repr(spec), "precision": DOT_PRECISION[dtype.name]},
-                               CONFIGS[DOT_MODE[dtype.name]], lambda c: _launch(spec, dtype, tensors, out, c))
-    launch = _launch(spec, dtype, tensors, out, config)
+                               CONFIGS[DOT_MODE[dtype.name]], lambda c: _launch(spec, dtype, layout, tensors, out, c))
+    launch = _launch(spec, dtype, layout, tensors, out, config)
     patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
     details: dict[str, object] = {"patch": patch, "block_n": launch.meta["BLOCK_N"],
                                   "block_k": launch.meta["BLOCK_K"], "warps": config["num_warps"],
@@ -306,4 +333,5 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
         details["persistent_programs"] = launch.meta["PROGRAMS"]
     if pad is None:
         return Built(launch, details)
-    return Built(in_order(pad, launch), {**details, "padded_channels": channels})
+    copied = {"input_copy": "channels_last"} if layout == "NCHW" else {"padded_channels": channels}
+    return Built(in_order(pad, launch), {**details, **copied})
