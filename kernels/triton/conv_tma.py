@@ -32,10 +32,9 @@ of pixels.
 
 Where it applies: NHWC or NCHW, one group, any padding and dilation, fp16/bf16/tf32 (fp32 stays on
 the FMA units); NHWC outputs need rows of a multiple of 16 bytes, NCHW inputs no channel padding
-(RGB first layers run lowered).  ``conv2d.build`` times it
-beside the implicit GEMM and keeps the faster.  The patch shape wastes the rows and columns past
-the image's edge (7 x 7 planes in 8 x 8 patches: 77 % of the tile used), which the pointer-based
-implicit GEMM does not.
+(RGB first layers run lowered).  ``conv2d.build`` times it beside the implicit GEMM and keeps the
+faster.  The patch shape wastes the rows and columns past the image's edge (7 x 7 planes in 8 x 8
+patches: 77 % of the tile used), which the pointer-based implicit GEMM does not.
 
 Operand order: the tile is computed transposed, out^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, BLOCK_K] x
 patch^T, so that the warpgroup MMA reads both operands from shared memory where the copy engine
