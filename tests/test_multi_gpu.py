@@ -247,6 +247,20 @@ def test_bench_gpus_spreads_every_set_and_measures_the_ceilings_apart(tmp_path: 
     assert (tmp_path / "b" / "bench.md").exists()
 
 
+def test_bench_without_gpus_runs_every_set_in_one_worker(tmp_path: Path, fakes: None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from layerbench.suites import bench
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    for name in ("relu", "pool"):
+        (sets / f"{name}.toml").write_text(SWEEP.replace('"pool_test"', f'"bench_{name}"'))
+    monkeypatch.setattr(bench, "BENCH_DIR", sets)
+    monkeypatch.setattr(bench.ceil, "measure_apart", lambda device, visible: {"copy_gbps": 2.0})
+    df = bench.run_bench(tmp_path / "b", "cpu", ("relu", "pool"), progress=False)
+    assert len(df) == 24 and set(df["experiment"]) == {"bench_relu", "bench_pool"}
+    assert json.loads((tmp_path / "b" / bench.CEILINGS_FILE).read_text())["copy_gbps"] == 2.0
+
+
 class Hung(Crashing):
     """A GPU whose worker hangs on every group (killed by the point timeout)."""
 
