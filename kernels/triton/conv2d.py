@@ -375,9 +375,9 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
                       "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
-                      "the pixels they read), on Hopper "
-                      "a TMA-fed implicit GEMM (NCHW inputs after a copy to channels_last), for inputs of few channels an explicit im2col and the "
-                      "linear layer's GEMM; depthwise a direct kernel of its own")
+                      "the pixels they read), on Hopper a TMA-fed implicit GEMM (NCHW inputs after a copy "
+                      "to channels_last), for inputs of few channels an explicit im2col and the linear "
+                      "layer's GEMM; depthwise a direct kernel of its own")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)
     if reason:

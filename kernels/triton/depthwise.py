@@ -44,8 +44,9 @@ _KEY = ["C", "K", "H", "W", "P", "Q", "stride_h", "stride_w", "pad_h", "pad_w", 
         "KH", "KW", "MULT", "HAS_BIAS"]
 
 # NHWC: (pixels, channels, warps) of a tile.  Wide channel blocks keep loads long; more pixels a
-# thread amortise its weight gathers (each thread loads the taps of its own channels).  A block wider than the channels is narrowed (to the next
-# power of two) and its pixels multiplied to keep the tile's size.
+# thread amortise its filter loads (each thread loads the taps of its own channels).  A block
+# wider than the channels is narrowed (to the next power of two) and its pixels multiplied to
+# keep the tile's size.
 _NHWC_TILES = [(32, 64, 4), (64, 64, 4), (128, 64, 8), (16, 128, 4), (32, 128, 8),
                (128, 32, 4), (256, 32, 8), (256, 16, 4)]
 # NCHW: (outputs, warps) of a tile; its pixel side is the plane's size rounded up to a power of
