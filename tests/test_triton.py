@@ -421,6 +421,23 @@ def test_conv2d_tma_persistent_programs(spec: Conv2d, layout: str, monkeypatch: 
     assert result.ok, f"{spec}: {result.message}"
 
 
+# Planes smaller than a tile: the patch repeats over consecutive images (a ragged last block of
+# images included), both layouts, one tile a program and persistent programs.
+@pytest.mark.parametrize("per_sm", [0, 1])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_conv2d_tma_stacks_images_of_small_planes(layout: str, per_sm: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(triton_conv_tma, "INTERPRETER_CONFIG", {**triton_conv_tma.INTERPRETER_CONFIG, "PER_SM": per_sm})
+    spec = Conv2d(5, 16, 24, 1, 6, 1, 3, padding_w=1)  # 1 x 6 outputs: 16-pixel tiles of 2 images x 1 x 8
+    assert triton_conv_tma.patch_shape(spec, 16) == (2, 1, 8)
+    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 7, 7, 3, 3, padding=1), 128) == (2, 8, 8)
+    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 14, 14, 3, 3, padding=1), 128) == (1, 8, 16)
+    tensors = make_tensors(spec, "fp16", layout, "cpu")
+    built = conv_tma_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
+    assert built.details["patch"] == "2x1x8", built.details
+    result = check_implementation(conv_tma_only, spec, "fp16", layout, "cpu", seed=17)
+    assert result.ok, f"{spec} {layout}: {result.message}"
+
+
 # Inputs whose pixel rows the copy engine cannot take as they are, run on zero-padded rows: RGB
 # images (3 channels: 6 bytes in fp16, 12 in tf32) at stride 1 and 2 (VGG's first layer, ResNet's
 # stem), channels the column stride's blocks cannot divide, an odd count past a block.

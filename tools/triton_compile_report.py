@@ -44,8 +44,8 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 
 def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: dict, warps: int,
                    stages: int = 3, divisible: set[str] = DIVISIBLE, descriptors: dict[str, str] | None = None) -> str:
-    """One line: registers, spill stack, shared memory, warpgroup MMAs, async copies, TMA loads and
-    where the first MMA takes its operands from."""
+    """One line: registers, stack frame, local-memory loads and stores (spills), shared memory,
+    warpgroup MMAs, async copies, TMA loads and where the first MMA takes its operands from."""
     backend = make_backend(target)
     types = {**pointers, **(descriptors or {})}
     signature = {name: types.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
@@ -57,10 +57,13 @@ def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: 
         f.write(kernel.asm["cubin"])
         f.flush()
         usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True).stdout
     found = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     regs, stack = found.groups() if found else ("?", "?")
+    # Register spills are local-memory stores and loads; a stack frame alone can be a helper's.
+    local = len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass))
     ir = kernel.asm["ttgir"]
-    return (f"regs={regs} spill_stack={stack} smem={kernel.metadata.shared} "
+    return (f"regs={regs} spill_stack={stack} local_mem_ops={local} smem={kernel.metadata.shared} "
             f"wgmma={ir.count('warp_group_dot ')} async_copies={ir.count('async_copy_global_to_local')} "
             f"tma_loads={ir.count('async_tma_copy_global_to_local')} mma_operands={_mma_operands(ir)}")
 
@@ -141,21 +144,25 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
     for stride, narrow, out in ((1, False, "NHWC"), (2, False, "NHWC"), (1, True, "NHWC"), (1, False, "NCHW"),
                                 (2, False, "NCHW")):
         for c in ct.CONFIGS.get(mode, []):
-            for bw in ct.PATCH_WIDTHS:
-                bh, bn, bk = c["BLOCK_M"] // bw, c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
-                descs = {"x_desc": f"tensordesc<{element}[1, {bh}, 1, {bw}, {bk}]>",
+            # 16- and 8-wide patches (planes of 14 x 14 and more, and of 8 x 8), and 7 x 7 planes,
+            # whose patch repeats over consecutive images
+            small = ct.patch_shape(Conv2d(1, 64, 64, 7, 7, 3, 3, padding=1), c["BLOCK_M"])
+            for bi, bh, bw in [(1, c["BLOCK_M"] // w, w) for w in ct.PATCH_WIDTHS] + [small] * (small[0] > 1):
+                bn, bk = c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
+                descs = {"x_desc": f"tensordesc<{element}[{bi}, {bh}, 1, {bw}, {bk}]>",
                          "w_desc": f"tensordesc<{element}[1, 1, {bn}, {bk}]>"}
                 pointers = {"b_ptr": el}
                 if out == "NHWC":
-                    descs["y"] = f"tensordesc<{element}[1, {bh}, {bw}, {bn}]>"
+                    descs["y"] = f"tensordesc<{element}[{bi}, {bh}, {bw}, {bn}]>"
                 else:  # written through pointers; P and Q as ResNet's 56 x 56 (not a multiple of 16)
                     pointers["y"] = el
                 meta = {"R": 3, "S": 3, "SH": stride, "SW": stride, "HAS_BIAS": True, "Y_NCHW": out == "NCHW",
-                        "PRECISION": precision, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
+                        "PRECISION": precision, "BI": bi, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
                         "PROGRAMS": c["PER_SM"] * REPORT_SMS}
                 line = compile_report(ct._conv_tma_kernel, target, pointers, meta, c["num_warps"],
                                       c["num_stages"], {"K", "C"}, descs)
-                print(f"conv TMA stride {stride}{' RGB padded' if narrow else ''} {out} out patch {bh}x{bw} "
+                patch = f"{bi}x{bh}x{bw}" if bi > 1 else f"{bh}x{bw}"
+                print(f"conv TMA stride {stride}{' RGB padded' if narrow else ''} {out} out patch {patch} "
                       f"BLOCK_N={bn} BLOCK_K={bk} warps={c['num_warps']} stages={c['num_stages']} "
                       f"programs an SM={c['PER_SM'] or 'one tile each'}: {line}")
 

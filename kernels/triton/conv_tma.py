@@ -1,7 +1,7 @@
 """An NHWC convolution as an implicit GEMM fed by Hopper's tensor-memory accelerator.
 
-A program owns a BH x BW patch of output pixels of one image (BLOCK_M = BH * BW rows of the
-GEMM) and BLOCK_N output channels.  For each filter tap (r, s) the input pixels that patch needs
+A program owns a BH x BW patch of output pixels of one image, or of BI consecutive images where
+the plane is small (BLOCK_M = BI * BH * BW rows of the GEMM), and BLOCK_N output channels.  For each filter tap (r, s) the input pixels that patch needs
 are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one box of the
 input, which the copy engine fetches for a BLOCK_K run of channels, filling zeros where the box
 hangs over the image's edge (the padding, negative coordinates included) or past the last
@@ -85,8 +85,8 @@ PAD_PIXELS = 256  # pixels a program of the channel-padding copy moves
 
 
 @triton.jit
-def _tile_origin(tile, P, Q, K, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(image, first row, first column, first channel) of output tile ``tile``."""
+def _tile_origin(tile, P, Q, K, BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(first image, first row, first column, first channel) of output tile ``tile``."""
     # Channel tiles fastest: neighbouring programs read the same input patch while it is in L2.
     tiles_n = tl.cdiv(K, BLOCK_N)
     tiles_w = tl.cdiv(Q, BW)
@@ -96,15 +96,16 @@ def _tile_origin(tile, P, Q, K, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.
     w0 = (rest % tiles_w) * BW
     rest = rest // tiles_w
     h0 = (rest % tiles_h) * BH
-    return rest // tiles_h, h0, w0, k0
+    return (rest // tiles_h) * BI, h0, w0, k0
 
 
 @triton.jit
 def _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W,
                R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr,
-               BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+               BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_K: tl.constexpr):
     """The tile's fp32 accumulators, [BLOCK_N, BLOCK_M]: the reduction over taps and channel blocks."""
-    BLOCK_M: tl.constexpr = BH * BW
+    BLOCK_M: tl.constexpr = BI * BH * BW
     steps_c = tl.cdiv(C, BLOCK_K)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # transposed: see the module docstring
     # Whole strides covering the padding: a tap's offset lifted by them is never negative.
@@ -129,47 +130,49 @@ def _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W,
 
 
 @triton.jit
-def _store_tile(y, b_ptr, acc, n, h0, w0, k0, K, P, Q, HAS_BIAS: tl.constexpr, Y_NCHW: tl.constexpr,
-                BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr):
+def _store_tile(y, b_ptr, acc, n, h0, w0, k0, N, K, P, Q, HAS_BIAS: tl.constexpr, Y_NCHW: tl.constexpr,
+                BI: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr):
     """The tile plus bias into the output: ``y`` is its descriptor (NHWC), or with Y_NCHW the
     output tensor itself, written through pointers."""
     ks = k0 + tl.arange(0, BLOCK_N)
     if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
         acc += tl.load(b_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)[:, None]
     if Y_NCHW:  # acc is [channels, pixels]: an NCHW tile, each patch row a run of pixels
-        m = tl.arange(0, BH * BW)
-        ph = h0 + m // BW
+        m = tl.arange(0, BI * BH * BW)
+        pi = m // (BH * BW)
+        ph = h0 + (m // BW) % BH
         pw = w0 + m % BW
         tile = y + (n.to(tl.int64) * K + k0) * P * Q  # 32-bit offsets within the tile's planes
-        offs = (tl.arange(0, BLOCK_N) * P)[:, None] * Q + (ph * Q + pw)[None, :]
-        ok = (ks < K)[:, None] & ((ph < P) & (pw < Q))[None, :]
+        offs = (tl.arange(0, BLOCK_N) * P)[:, None] * Q + ((pi * K * P + ph) * Q + pw)[None, :]
+        ok = (ks < K)[:, None] & ((n + pi < N) & (ph < P) & (pw < Q))[None, :]
         tl.store(tile + offs, acc.to(y.dtype.element_ty), mask=ok)
     else:
         tile = acc.T.to(b_ptr.dtype.element_ty)  # [pixels, channels], as the output lies
-        y.store([n, h0, w0, k0], tile.reshape(1, BH, BW, BLOCK_N))
+        y.store([n, h0, w0, k0], tile.reshape(BI, BH, BW, BLOCK_N))
 
 
 @triton.jit(do_not_specialize=["N"])
 def _conv_tma_kernel(x_desc, w_desc, y, b_ptr, N, P, Q, K, C, PAD_H, PAD_W, DIL_H, DIL_W,
                      R: tl.constexpr, S: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, Y_NCHW: tl.constexpr, PRECISION: tl.constexpr, BH: tl.constexpr,
-                     BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PROGRAMS: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, Y_NCHW: tl.constexpr, PRECISION: tl.constexpr, BI: tl.constexpr,
+                     BH: tl.constexpr, BW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PROGRAMS: tl.constexpr):
     # PROGRAMS == 0: one tile a program.  Else PROGRAMS programs (one or two an SM) walk the tiles,
     # the loop over tiles flattened with the reduction's, so the next tile's loads are in flight
     # while a tile's epilogue runs: short reductions (3x3 over 64 channels: 9 steps) lose a large
     # share of a one-tile program to filling and draining its pipeline.
     if PROGRAMS == 0:
-        n, h0, w0, k0 = _tile_origin(tl.program_id(0), P, Q, K, BH, BW, BLOCK_N)
+        n, h0, w0, k0 = _tile_origin(tl.program_id(0), P, Q, K, BI, BH, BW, BLOCK_N)
         acc = _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W, R, S, SH, SW, PRECISION,
-                         BH, BW, BLOCK_N, BLOCK_K)
-        _store_tile(y, b_ptr, acc, n, h0, w0, k0, K, P, Q, HAS_BIAS, Y_NCHW, BH, BW, BLOCK_N)
+                         BI, BH, BW, BLOCK_N, BLOCK_K)
+        _store_tile(y, b_ptr, acc, n, h0, w0, k0, N, K, P, Q, HAS_BIAS, Y_NCHW, BI, BH, BW, BLOCK_N)
     else:
-        tiles = N * tl.cdiv(P, BH) * tl.cdiv(Q, BW) * tl.cdiv(K, BLOCK_N)
+        tiles = tl.cdiv(N, BI) * tl.cdiv(P, BH) * tl.cdiv(Q, BW) * tl.cdiv(K, BLOCK_N)
         for tile in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=True):
-            n, h0, w0, k0 = _tile_origin(tile, P, Q, K, BH, BW, BLOCK_N)
+            n, h0, w0, k0 = _tile_origin(tile, P, Q, K, BI, BH, BW, BLOCK_N)
             acc = _conv_tile(x_desc, w_desc, n, h0, w0, k0, C, PAD_H, PAD_W, DIL_H, DIL_W, R, S, SH, SW,
-                             PRECISION, BH, BW, BLOCK_N, BLOCK_K)
-            _store_tile(y, b_ptr, acc, n, h0, w0, k0, K, P, Q, HAS_BIAS, Y_NCHW, BH, BW, BLOCK_N)
+                             PRECISION, BI, BH, BW, BLOCK_N, BLOCK_K)
+            _store_tile(y, b_ptr, acc, n, h0, w0, k0, N, K, P, Q, HAS_BIAS, Y_NCHW, BI, BH, BW, BLOCK_N)
 
 
 @triton.jit
@@ -249,20 +252,29 @@ def _views(spec: Conv2d, layout: str, tensors: Tensors, out: torch.Tensor) -> di
     return views
 
 
+def patch_shape(spec: Conv2d, block_m: int) -> tuple[int, int, int]:
+    """(images, rows, columns) of a tile's BLOCK_M output pixels: the narrowest width in
+    PATCH_WIDTHS that holds the output's (else the widest), rows up to the output's height (a power
+    of two), and the pixels left over as the same patch in the next images, so that a 7 x 7 plane
+    fills 128 pixels as two 8 x 8 patches instead of one 16 x 8 patch half past its bottom edge."""
+    bw = min(next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1]), block_m)
+    bh = min(block_m // bw, next_pow2(spec.out_height))
+    return block_m // (bw * bh), bh, bw
+
+
 def _launch(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
             config: dict[str, Any]) -> Launch:
     """The kernel's launch with ``config`` (its patch shape from the output's width)."""
     views = _views(spec, layout, tensors, out)
     bias = tensors.get("bias")
-    bw = min(next((w for w in PATCH_WIDTHS if spec.out_width <= w), PATCH_WIDTHS[-1]), config["BLOCK_M"])
-    bh = config["BLOCK_M"] // bw
+    bi, bh, bw = patch_shape(spec, config["BLOCK_M"])
     bn = config["BLOCK_N"]
     bk = channel_block(spec, config["BLOCK_K"])
-    y = TensorDescriptor.from_tensor(views["out"], [1, bh, bw, bn]) if "out" in views else out
-    descs = (TensorDescriptor.from_tensor(views["x"], [1, bh, 1, bw, bk]),
+    y = TensorDescriptor.from_tensor(views["out"], [bi, bh, bw, bn]) if "out" in views else out
+    descs = (TensorDescriptor.from_tensor(views["x"], [bi, bh, 1, bw, bk]),
              TensorDescriptor.from_tensor(views["weight"], [1, 1, bn, bk]), y)
     p, q, k = spec.out_height, spec.out_width, spec.out_channels
-    tiles = spec.batch * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn)
+    tiles = triton.cdiv(spec.batch, bi) * triton.cdiv(p, bh) * triton.cdiv(q, bw) * triton.cdiv(k, bn)
     sms = INTERPRETER_SMS if interpreting(_conv_tma_kernel) else \
         torch.cuda.get_device_properties(out.device).multi_processor_count
     programs = config["PER_SM"] * sms
@@ -271,7 +283,7 @@ def _launch(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torc
             spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
     meta = {"R": spec.kernel_h, "S": spec.kernel_w, "SH": spec.stride_h, "SW": spec.stride_w,
             "HAS_BIAS": bias is not None, "Y_NCHW": "out" not in views,
-            "PRECISION": DOT_PRECISION[dtype.name], "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
+            "PRECISION": DOT_PRECISION[dtype.name], "BI": bi, "BH": bh, "BW": bw, "BLOCK_N": bn, "BLOCK_K": bk,
             "PROGRAMS": programs, "num_warps": config["num_warps"], "num_stages": config["num_stages"]}
     return Launch(_conv_tma_kernel, grid, args, meta, out.device)
 
@@ -324,7 +336,7 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
                                {"spec": repr(spec), "precision": DOT_PRECISION[dtype.name]},
                                CONFIGS[DOT_MODE[dtype.name]], lambda c: _launch(spec, dtype, layout, tensors, out, c))
     launch = _launch(spec, dtype, layout, tensors, out, config)
-    patch = f"{launch.meta['BH']}x{launch.meta['BW']}"
+    patch = "x".join(str(launch.meta[d]) for d in ("BI", "BH", "BW") if d != "BI" or launch.meta["BI"] > 1)
     details: dict[str, object] = {"patch": patch, "block_n": launch.meta["BLOCK_N"],
                                   "block_k": launch.meta["BLOCK_K"], "warps": config["num_warps"],
                                   "stages": config["num_stages"]}
