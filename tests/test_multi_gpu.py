@@ -247,8 +247,8 @@ def test_bench_gpus_spreads_every_set_and_measures_the_ceilings_apart(tmp_path: 
     assert (tmp_path / "b" / "bench.md").exists()
 
 
-def test_bench_without_gpus_runs_every_set_in_one_worker(tmp_path: Path, fakes: None,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bench_without_gpus_runs_every_set_with_the_ceilings_measured_apart(
+        tmp_path: Path, fakes: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from layerbench.suites import bench
     sets = tmp_path / "sets"
     sets.mkdir()
