@@ -1,12 +1,15 @@
 """Compile the conv backward kernels, the linear GEMMs (tiled, TMA, batch-1 GEMV) and the TMA convolution for a
-GPU target without a GPU (and the lowered convolution's im2col copy), and report per tile config what the compiler made of them: registers,
-spill stack, shared memory, and whether the main loop got Hopper's warpgroup MMA and async-copy or
-TMA pipelining.
+GPU target without a GPU (and the lowered convolution's im2col copy), and report per tile config what
+the compiler made of them: registers, stack frame, local-memory instructions (register spills),
+shared memory, whether the main loop got Hopper's warpgroup MMA and async-copy or TMA pipelining,
+and whether the MMA reads its operands from shared memory or from registers.
 
     python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|conv_tma|lowered|all]
 
 It catches what only a GPU run would show otherwise: register spills, loads that do not vectorise
-(no async copies, one stage of shared memory), a config that fails to compile.  Pointers are
+(no async copies, one stage of shared memory), an operand copied into registers every k step, a
+config that fails to compile (``tests/test_triton_sm90_compile.py`` runs it on the TMA
+convolution).  Pointers are
 declared 16-byte aligned and the channel counts divisible by 16, as Triton specialises them for
 the usual layers (the linear GEMMs: K, N and the row strides; strides of 1 as constants, as Triton
 specialises them); it times nothing.
