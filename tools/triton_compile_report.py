@@ -9,10 +9,9 @@ and whether the MMA reads its operands from shared memory or from registers.
 It catches what only a GPU run would show otherwise: register spills, loads that do not vectorise
 (no async copies, one stage of shared memory), an operand copied into registers every k step, a
 config that fails to compile (``tests/test_triton_sm90_compile.py`` runs it on the TMA
-convolution).  Pointers are
-declared 16-byte aligned and the channel counts divisible by 16, as Triton specialises them for
-the usual layers (the linear GEMMs: K, N and the row strides; strides of 1 as constants, as Triton
-specialises them); it times nothing.
+convolution).  Pointers are declared 16-byte aligned and the channel counts divisible by 16, as
+Triton specialises them for the usual layers (the linear GEMMs: K, N and the row strides; strides
+of 1 as constants, as Triton specialises them); it times nothing.
 """
 
 from __future__ import annotations
