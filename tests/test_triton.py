@@ -431,6 +431,8 @@ def test_conv2d_tma_stacks_images_of_small_planes(layout: str, per_sm: int, monk
     assert triton_conv_tma.patch_shape(spec, 16) == (2, 1, 8)
     assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 7, 7, 3, 3, padding=1), 128) == (2, 8, 8)
     assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 14, 14, 3, 3, padding=1), 128) == (1, 8, 16)
+    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 28, 28, 3, 3, padding=1), 128) == (1, 4, 32)  # 87.5 %
+    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 56, 56, 3, 3, padding=1), 64) == (1, 8, 8)  # 100 %
     tensors = make_tensors(spec, "fp16", layout, "cpu")
     built = conv_tma_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
     assert built.details["patch"] == "2x1x8", built.details
