@@ -1,8 +1,8 @@
-"""An NHWC convolution as an implicit GEMM fed by Hopper's tensor-memory accelerator.
+"""A convolution as an implicit GEMM fed by Hopper's tensor-memory accelerator.
 
 A program owns a BH x BW patch of output pixels of one image, or of BI consecutive images where
-the plane is small (BLOCK_M = BI * BH * BW rows of the GEMM), and BLOCK_N output channels.  For each filter tap (r, s) the input pixels that patch needs
-are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one box of the
+the plane is small (BLOCK_M = BI * BH * BW rows of the GEMM; ``patch_shape``), and BLOCK_N output
+channels.  For each filter tap (r, s) the input pixels that patch needs are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one box of the
 input, which the copy engine fetches for a BLOCK_K run of channels, filling zeros where the box
 hangs over the image's edge (the padding, negative coordinates included) or past the last
 channel.  The weight, copied once at build to tap-major [R, S, K, C] (it stays between launches,
@@ -33,7 +33,7 @@ of pixels.
 Where it applies: NHWC or NCHW, one group, any padding and dilation, fp16/bf16/tf32 (fp32 stays on
 the FMA units); NHWC outputs need rows of a multiple of 16 bytes, NCHW inputs no channel padding
 (RGB first layers run lowered).  ``conv2d.build`` times it beside the implicit GEMM and keeps the
-faster.  The patch shape wastes the rows and columns past the image's edge (7 x 7 planes in 8 x 8
+faster.  The patches waste the rows and columns past the image's edge (7 x 7 planes in 8 x 8
 patches: 77 % of the tile used), which the pointer-based implicit GEMM does not.
 
 Operand order: the tile is computed transposed, out^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, BLOCK_K] x
