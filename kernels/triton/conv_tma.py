@@ -2,13 +2,14 @@
 
 A program owns a BH x BW patch of output pixels of one image, or of BI consecutive images where
 the plane is small (BLOCK_M = BI * BH * BW rows of the GEMM; ``patch_shape``), and BLOCK_N output
-channels.  For each filter tap (r, s) the input pixels that patch needs are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one box of the
-input, which the copy engine fetches for a BLOCK_K run of channels, filling zeros where the box
-hangs over the image's edge (the padding, negative coordinates included) or past the last
-channel.  The weight, copied once at build to tap-major [R, S, K, C] (it stays between launches,
-as in inference), gives its (r, s) slice the same way, so the reduction over taps and channel
-blocks needs no index math, no masks and no gathers; the output patch goes out through a
-descriptor too, clipped at the edges.
+channels.  For each filter tap (r, s) the input pixels that patch needs are again a BH x BW
+patch, shifted by (r * dilation - padding) rows and columns: one box of the input, which the
+copy engine fetches for a BLOCK_K run of channels, filling zeros where the box hangs over the
+image's edge (the padding, negative coordinates included) or past the last channel.  The weight,
+copied once at build to tap-major [R, S, K, C] (it stays between launches, as in inference),
+gives its (r, s) slice the same way, so the reduction over taps and channel blocks needs no index
+math, no masks and no gathers; an NHWC output patch goes out through a descriptor too, clipped at
+the edges.
 
 Strides: with stride (SH, SW) the pixels a tap reads are every SH-th row and SW-th column, which
 is no box of [N, H, W, C].  They are a box of its phase view [N, H / SH, SH, W / SW, SW * C]:
