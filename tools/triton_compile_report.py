@@ -148,8 +148,11 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
         for c in ct.CONFIGS.get(mode, []):
             # 16- and 8-wide patches (planes of 14 x 14 and more, and of 8 x 8), and 7 x 7 planes,
             # whose patch repeats over consecutive images
+            shapes = [(1, c["BLOCK_M"] // w, w) for w in ct.PATCH_WIDTHS]
             small = ct.patch_shape(Conv2d(1, 64, 64, 7, 7, 3, 3, padding=1), c["BLOCK_M"])
-            for bi, bh, bw in [(1, c["BLOCK_M"] // w, w) for w in ct.PATCH_WIDTHS] + [small] * (small[0] > 1):
+            if small[0] > 1:
+                shapes.append(small)
+            for bi, bh, bw in shapes:
                 bn, bk = c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
                 descs = {"x_desc": f"tensordesc<{element}[{bi}, {bh}, 1, {bw}, {bk}]>",
                          "w_desc": f"tensordesc<{element}[1, 1, {bn}, {bk}]>"}

@@ -92,7 +92,7 @@ from kernels.reference import cudnn_graph
 from kernels.reference.cudnn_api import (ONE_PTR, ZERO_PTR, Cudnn, CudnnError, DataType, Descriptor, Handle,
                                          MathType, TensorFormat)
 from layerbench.build_cache import autotune_choices, choice_key
-from layerbench.builders import Built, Tensors, fastest_path, in_order, selection_mode, selection_ms
+from layerbench.builders import Built, Tensors, check_workspace, fastest_path, in_order, selection_mode, selection_ms
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -260,13 +260,12 @@ def _known_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api.C
     (the search then runs)."""
     (a_d, _), (b_d, _), (o_d, o_t) = a, b, o
     algo, math = int(known["algo"]), int(known["math"])
-    lib.cudnnSetConvolutionMathType(conv.ptr, math)
+    lib.cudnnSetConvolutionMathType(conv.ptr, math)  # the workspace it needs depends on it
     size = ctypes.c_size_t()
     try:
         getattr(lib, cp.workspace_size)(handle.ptr, a_d.ptr, b_d.ptr, conv.ptr, o_d.ptr, algo, ctypes.byref(size))
-    except CudnnError:
-        return None
-    if size.value > torch.cuda.mem_get_info(o_t.device)[0] // 2:
+        check_workspace(size.value, o_t.device, f"cuDNN's {cp.algos(algo).name}")
+    except (CudnnError, Unsupported):
         return None
     ms, wrong, args, workspace = _timed_algorithm(lib, handle, device, cp, a, b, conv, o, algo, math, size.value,
                                                   check)
