@@ -17,8 +17,8 @@ more than two BLOCK_Ks, so both paths get checked.
 
 On Hopper, build also times the persistent GEMM fed by the tensor-memory accelerator
 (``linear_tma.py``) against the tiled kernel and keeps the faster (where the output has fewer 128 x
-128 tiles than the GPU has SMs, only its stream-K configs); at batch 1 it also times the matrix-vector kernel
-(``gemv.py``).  The record's ``detail_path`` says which won (``tiled`` with its ``splits``,
+128 tiles than the GPU has SMs, only its stream-K configs); at batch 1 it also times the
+matrix-vector kernel (``gemv.py``).  The record's ``detail_path`` says which won (``tiled`` with its ``splits``,
 ``tma_persistent`` with its tile, ``gemv`` with its splits) and ``detail_<path>`` why a path did not run.
 """
 
@@ -160,7 +160,8 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
         # Persistence pays where programs walk several tiles; with fewer 128 x 128 output tiles
         # than SMs only stream-K, which shares the tiles' reduction steps out over the SMs, does.
         sms = torch.cuda.get_device_properties(out.device).multi_processor_count
-        return build_persistent(spec, dtype, tensors, out, stream_k_only=triton.cdiv(m, 128) * triton.cdiv(n, 128) < sms)
+        few_tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128) < sms
+        return build_persistent(spec, dtype, tensors, out, stream_k_only=few_tiles)
 
     def gemv() -> Built:
         return build_gemv(spec, dtype, tensors, out)
