@@ -31,6 +31,7 @@ class FakeCudnn:
         self.ran: list[int] = []
         self.math: int | None = None
 
+    @property
     def version(self) -> int:
         return 91900
 

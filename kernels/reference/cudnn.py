@@ -294,7 +294,7 @@ def _fastest_algorithm(lib: Cudnn, handle: Handle, device: torch.device, cp: api
     handle.use_stream(torch.cuda.current_stream(device).cuda_stream)
     choices = autotune_choices()
     key = choice_key(f"cudnn legacy {cp.name}", [a[1], b[1], o[1]],
-                     {"identity": identity, "timed": selection_mode(), "cudnn": lib.version()}, "reference")
+                     {"identity": identity, "timed": selection_mode(), "cudnn": lib.version}, "reference")
     known = choices.get(key)
     if known is not None:
         reused = _known_algorithm(lib, handle, device, cp, a, b, conv, o, known, check)
