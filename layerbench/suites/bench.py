@@ -291,7 +291,7 @@ def targets(tab: pd.DataFrame, planned: pd.DataFrame | None = None) -> pd.DataFr
 def _judge(text: str, rows: pd.DataFrame, column: str, threshold: float, floor: float | None,
            at_most: bool = False) -> dict[str, object]:
     """The geomean of ``column`` against ``threshold`` and every row against ``floor`` (with ``at_most``,
-    both are upper bounds); a missed target names its worst row."""
+    both are upper bounds); every judged target names its worst row."""
     values = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows else pd.Series(dtype=float)
     sign = -1.0 if at_most else 1.0  # judge -value >= -bound for upper bounds
     g = geomean(values)
@@ -301,7 +301,7 @@ def _judge(text: str, rows: pd.DataFrame, column: str, threshold: float, floor: 
     return {"target": text, "points": len(values), "geomean": g,
             "floor": math.nan if floor is None else floor, "below_floor": below,
             "worst": math.nan if worst is None else float(values[worst]),
-            "worst_point": _where(rows.loc[worst]) if verdict == "MISSED" else "", "verdict": verdict}
+            "worst_point": "" if worst is None else _where(rows.loc[worst]), "verdict": verdict}
 
 
 def _point(row: pd.Series) -> str:
@@ -396,7 +396,7 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame
           r["worst_point"] + (f" ({r['below_floor']} past the floor)" if r["below_floor"] else ""),
           fmt_number(r.get("copy_bound"), ".3f"), _verdict_cell(r)] for _, r in tg.iterrows()]))
     lines += ["", "A target is met when its geomean is and no point is past its floor (energy: an upper bound on "
-              "every point); a missed target names its worst point (set, point, pass, dtype, layout).",
+              "every point); each target names its worst point (set, point, pass, dtype, layout).",
               "partial: judged on the points measured so far (`13 of 23`); `layerbench bench --resume` measures "
               "the rest.",
               "same-size copy (bandwidth targets): the geomean a kernel would score if it ran as fast as "
