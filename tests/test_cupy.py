@@ -33,7 +33,7 @@ from layerbench.testing import (
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
 from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
-from kernels.cupy import conv_tma, linear_wgmma, lowered_conv, sources  # noqa: E402
+from kernels.cupy import conv_tma, conv_tma_plan, linear_wgmma, lowered_conv, sources  # noqa: E402
 from kernels.pointwise_views import forward_views, strided_refusal, subsampled  # noqa: E402
 
 gpu = pytest.mark.gpu
@@ -495,7 +495,9 @@ TMA_CONV = {"resnet-3x3-128": Conv2d(8, 128, 128, 28, 28, 3, 3, padding=1),
             "dilated-1x7": Conv2d(2, 96, 64, 17, 17, 1, 7, padding_h=0, padding_w=6, dilation=2),
             "images-a-patch": Conv2d(32, 512, 512, 7, 7, 3, 3, padding=1),
             "odd-out-channels": Conv2d(3, 64, 100, 15, 15, 3, 3, padding=1),
-            "vgg-64-channels": Conv2d(2, 64, 64, 56, 56, 3, 3, padding=1)}
+            "vgg-64-channels": Conv2d(2, 64, 64, 56, 56, 3, 3, padding=1),
+            # the im2col mode alone: sides no multiple of the stride, 40 channels at stride 2
+            "odd-sides-3x3/2": Conv2d(3, 40, 48, 15, 17, 3, 3, stride=2, padding=1)}
 
 # The paths on Hopper alone, by the name the build records: (builder, cases, layouts, the case the
 # registered build must time beside the implicit GEMM).
@@ -516,15 +518,18 @@ def test_conv2d_hopper_path_alone(path: str, name: str, layout: str, dtype: str)
 
 @gpu
 @pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
-@pytest.mark.parametrize("name", ["resnet-3x3-128", "vgg-64-channels", "images-a-patch", "odd-out-channels"])
+@pytest.mark.parametrize("name", ["resnet-3x3-128", "vgg-64-channels", "images-a-patch", "odd-out-channels",
+                                  "odd-sides-3x3/2"])
 def test_every_tma_convolution_configuration_alone(name: str, layout: str) -> None:
-    """Each tile width and blocks-an-SM of the TMA convolution on its own: the build keeps the
-    fastest right one, so a wrong configuration would otherwise only show in its details."""
+    """Each tile width and blocks-an-SM of the TMA convolution on its own, in both modes (patches,
+    runs of pixels through an im2col map): the build keeps the fastest right one, so a wrong
+    configuration would otherwise only show in its details."""
     skip_unless_hopper()
     spec, dt = TMA_CONV[name], get_dtype("bf16")
     tensors = make_tensors(spec, dt, layout, DEVICE)
     found, _ = conv_tma.variants(spec, dt, layout, tensors, make_output(spec, tensors))
-    assert len(found) == len(sources.TMA_CONFIGS), sorted(found)
+    modes = [r is None for r in (conv_tma_plan.patch_refusal(spec), conv_tma_plan.im2col_refusal(spec))]
+    assert len(found) == sum(modes) * len(sources.TMA_CONFIGS), sorted(found)
     for variant in found:
         def only(spec: Conv2d, dt, layout: str, tensors, out: torch.Tensor, variant: str = variant):
             return conv_tma.variants(spec, dt, layout, tensors, out)[0][variant]

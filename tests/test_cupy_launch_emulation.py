@@ -34,7 +34,7 @@ from kernels.cupy.backward_models import (
     relu_backward_bits,
     unsigned_bits,
 )
-from kernels.cupy.conv_tma_model import MapView, grouped_tile, model_conv_tma
+from kernels.cupy.conv_tma_model import Im2colView, MapView, grouped_tile, model_conv_tma
 from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
@@ -280,6 +280,7 @@ class EmulatedLaunch:
         x_map, w_map, y_map = self.args[0], self.args[1], self.args[2]
         assert (x_map.box[0], w_map.box) == (64, (64, 1, block_n))
         assert math.prod(x_map.box[1:]) == 128, "a tile of 128 pixels"
+        assert hasattr(x_map, "im2col") == bool(g["im2col"])
         y = self.kept(4)
         assert y.stride() == (g["os_n"], g["os_c"], g["os_h"], g["os_w"])
         if g["store_by_tma"]:
@@ -296,7 +297,15 @@ class EmulatedLaunch:
 
         out = np.full(y.numel(), np.nan)
         bias = self.memory(3, g["out_channels"]).double().numpy() if self.args[3].value is not None else None
-        model_conv_tma(g, view(x_map, flat(x_map.tensor).double().numpy()),
+        x = flat(x_map.tensor).double().numpy()
+        if g["im2col"]:
+            size, geo = x_map.tensor.element_size(), x_map.im2col
+            x_view: MapView | Im2colView = Im2colView(
+                x, x_map.dims, tuple(s // size for s in x_map.strides), geo.lower, geo.upper, geo.strides,
+                geo.pixels, geo.channels)
+        else:
+            x_view = view(x_map, x)
+        model_conv_tma(g, x_view,
                        view(w_map, flat(w_map.tensor).double().numpy()), out,
                        view(y_map, out) if g["store_by_tma"] else None, bias, block_n, self.grid[0])
         written = ~np.isnan(out)  # the kernel leaves the rest as it was
@@ -414,6 +423,13 @@ def _emulated_view_map(t: torch.Tensor, dims: Sequence[int], strides: Sequence[i
     return SimpleNamespace(tensor=t, dims=tuple(dims), strides=tuple(strides), box=tuple(box))
 
 
+def _emulated_im2col_map(t: torch.Tensor, geometry: tensor_map.Im2col) -> SimpleNamespace:
+    """An im2col tensor map as the emulated kernel reads it: the tensor, its view, the geometry."""
+    dims, strides = tensor_map.check_im2col(t, geometry)
+    return SimpleNamespace(tensor=t, dims=dims, strides=strides, box=(geometry.channels, geometry.pixels),
+                           im2col=geometry)
+
+
 @pytest.fixture
 def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     """CPU tensors accepted as device 0; kernels and launches emulated; igemm on its model."""
@@ -429,6 +445,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(support, "allow_shared", lambda fn, shared_bytes, index, blocks=1: None)
     monkeypatch.setattr(tensor_map, "encode_2d", _emulated_tensor_map)
     monkeypatch.setattr(tensor_map, "encode", _emulated_view_map)
+    monkeypatch.setattr(tensor_map, "encode_im2col", _emulated_im2col_map)
     for module in (cupy_linear, cupy_conv2d, linear_wgmma, conv_tma):
         monkeypatch.setattr(module, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
 
@@ -513,6 +530,19 @@ def test_tma_convolution_alone(emulated: None, name: str, layout: str) -> None:
     geometry struct, the tensor maps' views and boxes, the output's strides, the persistent grid;
     NCHW after the layout copy."""
     result = check_implementation(conv_tma.build, TMA_CONV[name], "bf16", layout, "cpu", runs=2)
+    assert result.ok, result.message
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("name", sorted(TMA_CONV))
+def test_tma_convolution_im2col_mode_alone(emulated: None, name: str, layout: str) -> None:
+    """The im2col mode's first configuration alone (the build above keeps the first of equal
+    times, a patch mode's): the im2col map's view and window, runs of pixels, the 2-D output map."""
+    def im2col_only(spec: Conv2d, dt: DType, layout: str, tensors: dict, out: torch.Tensor) -> object:
+        found, _ = conv_tma.variants(spec, dt, layout, tensors, out)
+        return next(kernel for variant, kernel in found.items() if variant.startswith("tma_im2col"))
+
+    result = check_implementation(im2col_only, TMA_CONV[name], "bf16", layout, "cpu", runs=2)
     assert result.ok, result.message
 
 

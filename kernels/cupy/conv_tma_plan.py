@@ -1,5 +1,6 @@
-"""What conv_tma.cu runs for a convolution, decided without a GPU: whether it can, the patch of
-output pixels a tile holds and the views its tensor maps describe.  ``tests/test_cupy_conv_tma_plan.py``
+"""What conv_tma.cu runs for a convolution, decided without a GPU: whether it can, in which
+modes (patches of a strided view, or runs of pixels through an im2col map), the patch of output
+pixels a tile holds and the views its tensor maps describe.  ``tests/test_cupy_conv_tma_plan.py``
 runs the kernel's model (conv_tma_model.py) over them on the CPU against a direct convolution.
 """
 
@@ -13,6 +14,12 @@ TILE_PIXELS = 128  # output pixels a tile holds: the two consumer warpgroups' 64
 BLOCK_K = 64  # input channels a k tile holds: one 128-byte line of 16-bit values
 MAX_PATCH_W = 64  # a warpgroup's half of the patch must be whole rows (or whole images)
 DTYPES = ("fp16", "bf16")
+# cuTensorMapEncodeIm2col on a 4-D tensor: the window's corners are 8-bit signed offsets from the
+# image's corners and the traversal strides at most 8; the copy's tap offsets are kept within 8
+# bits too.
+CORNER_RANGE = (-128, 127)
+MAX_TRAVERSAL_STRIDE = 8
+MAX_TAP_OFFSET = 255
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class Patch:
 
 
 def refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
-    """Why the TMA convolution cannot run ``spec`` (None where it can)."""
+    """Why the TMA convolution cannot run ``spec`` in either mode (None where it can in one)."""
     if dtype not in DTYPES:
         return f"the TMA convolution runs fp16 and bf16, not {dtype}"
     if layout not in ("NCHW", "NHWC"):
@@ -38,6 +45,12 @@ def refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
         return f"the TMA convolution runs one group, this point has {spec.groups}"
     if spec.in_channels % 8:
         return f"the TMA convolution needs in_channels a multiple of 8 (16-byte pixel rows), got {spec.in_channels}"
+    tiled, im2col = patch_refusal(spec), im2col_refusal(spec)
+    return None if tiled is None or im2col is None else f"{tiled}; {im2col}"
+
+
+def patch_refusal(spec: Conv2d) -> str | None:
+    """Why the patches of the strided view cannot cover ``spec`` (None where they can)."""
     if spec.height % spec.stride_h or spec.width % spec.stride_w:
         return (f"the TMA convolution's strided view needs the input's sides multiples of the stride: "
                 f"{spec.height}x{spec.width} at stride {spec.stride_h}x{spec.stride_w}")
@@ -46,6 +59,42 @@ def refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
         return (f"the TMA convolution at stride_w {spec.stride_w} needs in_channels a multiple of {BLOCK_K}, "
                 f"got {spec.in_channels}")
     return None
+
+
+def im2col_refusal(spec: Conv2d) -> str | None:
+    """Why an im2col map cannot gather ``spec``'s windows (None where it can)."""
+    lo, hi = CORNER_RANGE
+    lower, upper = window(spec)
+    corners = (*lower, *upper)
+    if not all(lo <= c <= hi for c in corners):
+        return (f"the im2col copy's window corners must lie in [{lo}, {hi}] pixels of the image's corners, "
+                f"got {corners} (padding, stride and output size)")
+    if max(spec.stride_h, spec.stride_w) > MAX_TRAVERSAL_STRIDE:
+        return f"the im2col copy strides at most {MAX_TRAVERSAL_STRIDE}, got {spec.stride_h}x{spec.stride_w}"
+    reach = max((spec.kernel_h - 1) * spec.dilation_h, (spec.kernel_w - 1) * spec.dilation_w)
+    if reach > MAX_TAP_OFFSET:
+        return f"the im2col copy shifts a window by at most {MAX_TAP_OFFSET} pixels, this filter by {reach}"
+    return None
+
+
+def window(spec: Conv2d) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The im2col map's window of filter origins, (h, w) each: its lower corner from the image's
+    (0, 0), its upper corner from (H - 1, W - 1), so that the traversal at the strides meets exactly
+    the output's rows and columns."""
+    lower = (-spec.padding_h, -spec.padding_w)
+    upper = ((spec.out_height - 1) * spec.stride_h - spec.padding_h - (spec.height - 1),
+             (spec.out_width - 1) * spec.stride_w - spec.padding_w - (spec.width - 1))
+    return lower, upper
+
+
+def run_tiles(spec: Conv2d) -> int:
+    """Tiles of TILE_PIXELS consecutive output pixels (im2col mode)."""
+    return -(-spec.batch * spec.out_height * spec.out_width // TILE_PIXELS)
+
+
+def matrix_output_view(spec: Conv2d) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The NHWC output as the [pixels, K] matrix it is (im2col mode): (channels, pixels), strides."""
+    return (spec.out_channels, spec.batch * spec.out_height * spec.out_width), (spec.out_channels,)
 
 
 def choose_patch(spec: Conv2d) -> Patch:

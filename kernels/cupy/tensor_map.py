@@ -3,7 +3,8 @@
 A tensor map tells Hopper's TMA unit where a tensor lives (a 2-D matrix, or a strided view of up
 to 5 dimensions), which box of it one copy moves and how the box lands in shared memory (here:
 the 128-byte swizzle that wgmma's descriptors read).  ``cuTensorMapEncodeTiled`` is a host
-function of the driver library (libcuda), which CuPy does not wrap; it is called through ctypes.
+function of the driver library (libcuda), which CuPy does not wrap; it is called through ctypes,
+as is ``cuTensorMapEncodeIm2col`` (the im2col mode: a box of consecutive output pixels' windows).
 The 128 bytes go to a kernel by value, as a ``__grid_constant__`` parameter: ``support.Launch``
 passes any ctypes object.
 """
@@ -11,6 +12,7 @@ passes any ctypes object.
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
@@ -72,6 +74,7 @@ def _driver() -> ctypes.CDLL:
     if not hasattr(lib, "cuTensorMapEncodeTiled"):
         raise Unsupported("this CUDA driver has no cuTensorMapEncodeTiled (CUDA 12.0 or newer needed)")
     lib.cuTensorMapEncodeTiled.restype = ctypes.c_int
+    lib.cuTensorMapEncodeIm2col.restype = ctypes.c_int
     lib.cuGetErrorName.restype = ctypes.c_int
     return lib
 
@@ -115,16 +118,66 @@ def encode(t: torch.Tensor, dims: Sequence[int], strides: Sequence[int], box: Se
     read zeros wherever they lie past the view's ends."""
     check_view(t, dims, strides, box)
     rank = len(dims)
+    u64, u32 = ctypes.c_uint64, ctypes.c_uint32
+    return _encoded("cuTensorMapEncodeTiled", f"a {t.dtype} view of dims {tuple(dims)} with boxes {tuple(box)}",
+                    DATA_TYPES[t.dtype], u32(rank), ctypes.c_void_p(t.data_ptr()), (u64 * rank)(*dims),
+                    (u64 * max(1, rank - 1))(*strides), (u32 * rank)(*box), (u32 * rank)(*([1] * rank)),
+                    INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZEROS)
+
+
+def _encoded(encoder: str, what: str, *args: object) -> TensorMap:
+    """The tensor map the driver's ``encoder`` writes for ``args`` (Unsupported, naming ``what``,
+    where it refuses them)."""
     lib = _driver()
     # The driver writes a 64-byte aligned object; the kernel parameter is copied from it.
     raw = (ctypes.c_uint8 * (ctypes.sizeof(TensorMap) + 64))()
     at = -ctypes.addressof(raw) % 64
-    u64, u32 = ctypes.c_uint64, ctypes.c_uint32
-    status = lib.cuTensorMapEncodeTiled(
-        ctypes.c_void_p(ctypes.addressof(raw) + at), DATA_TYPES[t.dtype], u32(rank), ctypes.c_void_p(t.data_ptr()),
-        (u64 * rank)(*dims), (u64 * max(1, rank - 1))(*strides), (u32 * rank)(*box), (u32 * rank)(*([1] * rank)),
-        INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZEROS)
+    status = getattr(lib, encoder)(ctypes.c_void_p(ctypes.addressof(raw) + at), *args)
     if status != 0:
-        raise Unsupported(f"cuTensorMapEncodeTiled refused a {t.dtype} view of dims {tuple(dims)} with boxes "
-                          f"{tuple(box)}: {_error_name(lib, status)}")
+        raise Unsupported(f"{encoder} refused {what}: {_error_name(lib, status)}")
     return TensorMap.from_buffer_copy(raw, at)
+
+
+@dataclass(frozen=True)
+class Im2col:
+    """An im2col tensor map's geometry over an NHWC tensor (see ``encode_im2col``): the window of
+    filter origins, relative to the image's corners (lower: from (0, 0); upper: from (H - 1, W - 1),
+    both (h, w)), the traversal strides (h, w), and the box: ``pixels`` consecutive windows of
+    ``channels`` channels each."""
+
+    lower: tuple[int, int]
+    upper: tuple[int, int]
+    strides: tuple[int, int]
+    pixels: int
+    channels: int
+
+
+def encode_im2col(t: torch.Tensor, geometry: Im2col) -> TensorMap:
+    """The im2col tensor map of a dense NHWC ``t`` (a channels_last [N, C, H, W] tensor): a copy at
+    (c, w, h, n) with offsets (s, r) loads, for ``pixels`` filter origins from (n, h, w) on, in the
+    order of the output's pixels (columns, then rows within the window, then images), the
+    ``channels`` channels from c of the input pixel at origin + (r, s), zeros where that lies past
+    the image; rows land in the 128-byte swizzle, as ``encode``'s boxes do."""
+    dims, strides = check_im2col(t, geometry)
+    u64, u32, i32 = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int
+    # The driver's order is innermost first: (w, h) for the corners and the traversal strides.
+    return _encoded("cuTensorMapEncodeIm2col", f"{geometry} over a {t.dtype} tensor of shape {tuple(t.shape)}",
+                    DATA_TYPES[t.dtype], u32(4), ctypes.c_void_p(t.data_ptr()), (u64 * 4)(*dims), (u64 * 3)(*strides),
+                    (i32 * 2)(*geometry.lower[::-1]), (i32 * 2)(*geometry.upper[::-1]), u32(geometry.channels),
+                    u32(geometry.pixels), (u32 * 4)(1, *geometry.strides[::-1], 1),
+                    INTERLEAVE_NONE, SWIZZLE_128B, L2_PROMOTION_256B, OOB_FILL_ZEROS)
+
+
+def check_im2col(t: torch.Tensor, geometry: Im2col) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The dims (c, w, h, n) and byte strides (w, h, n) of NHWC ``t``'s im2col map; Unsupported
+    unless ``t`` is dense NHWC fp16 or bf16 and the box fits a tensor map."""
+    n, c, h, w = t.shape
+    size = t.element_size()
+    if t.dtype not in DATA_TYPES or not t.is_contiguous(memory_format=torch.channels_last):
+        raise Unsupported(f"an im2col tensor map needs a dense NHWC fp16 or bf16 tensor, got {t.dtype} with "
+                          f"strides {t.stride()}")
+    dims, strides = (c, w, h, n), (c * size, w * c * size, h * w * c * size)
+    check_view(t, dims, strides, (geometry.channels, 1, 1, 1))
+    if not 1 <= geometry.pixels <= MAX_BOX:
+        raise Unsupported(f"an im2col box holds 1 to {MAX_BOX} pixels, got {geometry.pixels}")
+    return dims, strides

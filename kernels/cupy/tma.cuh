@@ -70,6 +70,20 @@ __device__ __forceinline__ void tma_load_5d(unsigned dst, const TensorMap* map, 
         : "memory");
 }
 
+// An im2col map's box (cuTensorMapEncodeIm2col): the map's pixels-per-column filter origins from
+// (c, w, h, n) on, walked as the output's pixels are, each shifted by the tap (off_w, off_h) and
+// giving the map's channels-per-pixel channels from c: one row of the box a pixel, zeros where
+// the shifted pixel lies past the image.
+__device__ __forceinline__ void tma_load_im2col_4d(unsigned dst, const TensorMap* map, int c, int w, int h, int n,
+                                                   unsigned short off_w, unsigned short off_h, unsigned bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.im2col.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+        "%4, %5}], [%6], {%7, %8};\n" ::"r"(dst),
+        "l"(reinterpret_cast<unsigned long long>(map)), "r"(c), "r"(w), "r"(h), "r"(n), "r"(bar), "h"(off_w),
+        "h"(off_h)
+        : "memory");
+}
+
 // Copy the box of `map` at (c0, c1) from shared memory at `src` (laid out as tma_load_2d writes
 // it) to global memory; elements past the tensor's end are not written.  Tracked per thread in
 // bulk groups: commit after the copies, wait before `src` is written again.
