@@ -11,6 +11,9 @@ The builder contract (see ``layerbench.registry``)::
 * ``fastest_path``: keep the fastest of several ways into a library (cuDNN's legacy API and its
   graph API, torch's cuBLAS call and a cuBLASLt search), saying which won and why a path was not
   there.
+* ``choice_of``: the key under which ``fastest_of`` and ``fastest_path`` keep their choice in the
+  build cache (``remember=``): a later run of the same point builds only the path chosen then.
+  Only the harness's builds, inside ``remembering_choices()``, keep and reuse choices.
 * ``selection_ms`` (``selection_times``: its samples): that build-time timer (a choice, not a
   measurement: the harness times), in the point's timing mode: the harness builds a cold point
   inside ``selection_timing(flush)``, and the timer then flushes the L2 before each launch, so no
@@ -29,6 +32,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.errors import Unavailable, Unsupported
 from layerbench.launch import blocker, hold_time
 
@@ -68,6 +72,59 @@ def in_order(*kernels: Kernel) -> Kernel:
     return kernel
 
 
+def choice_of(what: str, spec: object, dtype: str, layout: str, tensors: Tensors, out: torch.Tensor,
+              backend: str) -> str:
+    """The build cache's key for the choice ``what`` (a builder's choice among its paths or
+    variants) on one point: its spec, dtype and layout, the tensors' shapes, strides and dtypes,
+    the build-time timer's mode (``selection_mode``) and the code of ``backend`` (a folder under
+    ``kernels/``: a change to it chooses anew)."""
+    return choice_key(what, [*(tensors[k] for k in sorted(tensors)), out],
+                      {"spec": repr(spec), "dtype": dtype, "layout": layout, "timed": selection_mode()}, backend)
+
+
+_remembering: ContextVar[bool] = ContextVar("layerbench_remembering_choices", default=False)
+
+
+@contextmanager
+def remembering_choices() -> Iterator[None]:
+    """Builds inside keep their choices in the build cache on disk and reuse those of earlier runs
+    (the harness's builds; a builder called directly, as a test does, always chooses by timing)."""
+    token = _remembering.set(True)
+    try:
+        yield
+    finally:
+        _remembering.reset(token)
+
+
+def _choices_kept() -> bool:
+    return _remembering.get() and autotune_choices().directory is not None
+
+
+def known_choice(remember: str | None) -> str | None:
+    """The name an earlier run chose under key ``remember``; None where none is kept, without a
+    key, or outside ``remembering_choices`` with a build cache on disk."""
+    known = autotune_choices().get(remember) if remember and _choices_kept() else None
+    return known.get("name") if known else None
+
+
+def keep_choice(remember: str | None, name: str, what: str) -> None:
+    """Keep ``name`` as the choice under key ``remember`` (where ``known_choice`` would read it)."""
+    if remember and _choices_kept():
+        autotune_choices().put(remember, {"name": name}, {"kernel": what})
+
+
+def _reused(name: str, build: Callable[[], Kernel | Built], after_failure: Callable[[], None]) -> Built | None:
+    """The path an earlier run chose, built again; None where it no longer builds (the choice is
+    then made anew, and the failure recorded there)."""
+    try:
+        return as_built(build())
+    except Unsupported:
+        return None
+    except Exception:  # noqa: BLE001 - the full choice that follows builds it again and records why
+        after_failure()
+        return None
+
+
 def faster_of(default_name: str, default: Kernel | Built, other_name: str,
               build_other: Callable[[], Kernel | Built], time_ms: Callable[[Kernel], float]) -> Built:
     """``default``, or the other algorithm where it builds and ``time_ms`` finds it faster, with
@@ -77,13 +134,23 @@ def faster_of(default_name: str, default: Kernel | Built, other_name: str,
 
 
 def fastest_of(default_name: str, default: Kernel | Built, others: list[tuple[str, Callable[[], Kernel | Built]]],
-               time_ms: Callable[[Kernel], float], after_failure: Callable[[], None] = lambda: None) -> Built:
+               time_ms: Callable[[Kernel], float], after_failure: Callable[[], None] = lambda: None,
+               remember: str | None = None) -> Built:
     """The fastest of ``default`` and the ``others`` that build, by ``time_ms``; details: the
     winner as ``algorithm`` with its own details (where it is a ``Built``), ``<name>_ms`` of each
     timed, and for each of the others that is missing the reason: what it raised as Unsupported,
     or ``failed: ...`` for any other error in its build or its timing (a candidate's failure is
     no reason to lose the point; ``after_failure`` runs after each such error and raises where
-    it left the device unusable).  A tie keeps the earlier."""
+    it left the device unusable).  A tie keeps the earlier.
+
+    With ``remember`` (a ``choice_of`` key) the winner is kept in the build cache, and where an
+    earlier run kept one, only that path is built, untimed (details: ``reused_choice``)."""
+    known = known_choice(remember)
+    for name, build in [(default_name, lambda: default), *others]:
+        reused = _reused(name, build, after_failure) if name == known else None
+        if reused is not None:
+            return Built(reused.launch, {"algorithm": name, "reused_choice": True,
+                                         **{k: v for k, v in reused.details.items() if k != "algorithm"}})
     details: dict[str, object] = {"algorithm": default_name}
     timed: list[tuple[str, Built]] = []
     for name, build in others:
@@ -109,13 +176,15 @@ def fastest_of(default_name: str, default: Kernel | Built, others: list[tuple[st
             if ms < best_ms:
                 details["algorithm"], chosen, best_ms = name, built, ms
     details.update({k: v for k, v in chosen.details.items() if k != "algorithm"})
+    if timed:  # a choice was made by timing; alone, the default is no choice to keep
+        keep_choice(remember, str(details["algorithm"]), "fastest_of")
     return Built(chosen.launch, details)
 
 
 def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
                  others: list[tuple[str, Callable[[], Kernel | Built]]],
                  time_ms: Callable[[Kernel], float],
-                 after_failure: Callable[[], None] = lambda: None) -> Built:
+                 after_failure: Callable[[], None] = lambda: None, remember: str | None = None) -> Built:
     """The fastest of several builds of one layer, each timed by ``time_ms`` (the same timer for all).
 
     ``primary`` is built first; it may raise only ``Unsupported`` (then the others may still run
@@ -126,8 +195,14 @@ def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
 
     Details: ``path`` (the winner), ``<name>_ms`` for each path timed, and under ``<name>`` each
     path's own details (a dict) or the reason it is missing (a string).  A tie keeps the earlier
-    path.  Where no path builds, ``Unsupported`` names every reason.
+    path.  Where no path builds, ``Unsupported`` names every reason.  ``remember``: as
+    ``fastest_of``'s (details of a path built again: ``path``, ``reused_choice`` and its own).
     """
+    known = known_choice(remember)
+    for name, build in [primary, *others]:
+        reused = _reused(name, build, after_failure) if name == known else None
+        if reused is not None:
+            return Built(reused.launch, {"path": name, "reused_choice": True, name: dict(reused.details)})
     details: dict[str, object] = {}
     candidates: list[tuple[float, int, str, Built]] = []
     for rank, (name, build) in enumerate([primary, *others]):
@@ -161,6 +236,8 @@ def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
     if not candidates:
         raise Unsupported("; ".join(f"{name}: {details[name]}" for name, _ in [primary, *others]))
     ms, _, name, built = min(candidates, key=lambda c: (c[0], c[1]))
+    if len(candidates) > 1:  # a choice was made by timing
+        keep_choice(remember, name, "fastest_path")
     return Built(built.launch, {"path": name, **details})
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import math
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
 from kernels.cupy import (conv_tma, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv, pool2d_backward,
-                          support, tensor_map)
+                          sources, support, tensor_map)
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -38,7 +40,9 @@ from kernels.cupy.conv_tma_model import Im2colView, MapView, grouped_tile, model
 from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
-from layerbench import registry
+from layerbench import build_cache, registry
+from layerbench.build_cache import CACHE_DIR_ENV
+from layerbench.builders import remembering_choices
 from layerbench.check.correctness import check_implementation
 from layerbench.check.inputs import make_output, make_tensors
 from layerbench.dtypes import DType, get_dtype
@@ -446,7 +450,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tensor_map, "encode_2d", _emulated_tensor_map)
     monkeypatch.setattr(tensor_map, "encode", _emulated_view_map)
     monkeypatch.setattr(tensor_map, "encode_im2col", _emulated_im2col_map)
-    for module in (cupy_linear, cupy_conv2d, linear_wgmma, conv_tma):
+    for module in (cupy_linear, cupy_conv2d, support):
         monkeypatch.setattr(module, "selection_ms", lambda kernel, device, warmup=3, reps=10: (kernel(), 1.0)[1])
 
 
@@ -531,6 +535,33 @@ def test_tma_convolution_alone(emulated: None, name: str, layout: str) -> None:
     NCHW after the layout copy."""
     result = check_implementation(conv_tma.build, TMA_CONV[name], "bf16", layout, "cpu", runs=2)
     assert result.ok, result.message
+
+
+def test_tma_convolution_keeps_its_variant_choice(emulated: None, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness's builds keep the variant chosen in the build cache: a later build checks that
+    one and times nothing; a kept variant the build no longer offers is chosen anew."""
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))
+    timed: list[object] = []
+    monkeypatch.setattr(support, "selection_ms", lambda kernel, device, warmup=3, reps=10: (timed.append(kernel), 1.0)[1])
+    spec, dt = TMA_CONV["3x3-odd"], get_dtype("bf16")
+    tensors = make_tensors(spec, dt, "NHWC", "cpu")
+    out = make_output(spec, tensors)
+
+    def build() -> object:
+        timed.clear()
+        with remembering_choices():
+            return conv_tma.build(spec, dt, "NHWC", tensors, out)
+
+    first = build()
+    assert len(timed) == 2 * len(sources.TMA_CONFIGS) and "reused_choice" not in first.details
+    again = build()
+    assert timed == [] and again.details["reused_choice"] and again.details["variant"] == first.details["variant"]
+    for kept in tmp_path.rglob("*.json"):
+        kept.write_text(json.dumps({"config": {"name": "tma_conv_gone"}}))
+    monkeypatch.setattr(build_cache, "_CHOICES", {})  # a new process reads the cache from disk
+    anew = build()
+    assert len(timed) == 2 * len(sources.TMA_CONFIGS) and "reused_choice" not in anew.details
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])

@@ -40,7 +40,8 @@ from kernels.cupy.lowered_conv import build_lowered
 from kernels.cupy.fft_plan import fft_plan
 from kernels.lowering import lowered_refusal
 from kernels.pointwise_views import forward_views, pointwise_refusal, strided_refusal, subsampled
-from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order, selection_ms
+from layerbench.builders import (Built, Kernel, Tensors, check_workspace, choice_of, fastest_of, in_order,
+                                 selection_ms)
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -177,4 +178,5 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         others.append(("im2col_gemm", lambda: build_lowered(spec, dtype, layout, tensors, out)))
     return fastest_of("implicit_gemm", gemm, others,
                       lambda k: selection_ms(k, out.device),
-                      after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback
+                      after_failure=lambda: torch.cuda.synchronize(out.device),  # a sticky error is no fallback
+                      remember=choice_of("cupy conv2d", spec, dtype.name, layout, tensors, out, "cupy"))

@@ -23,7 +23,7 @@ import torch
 from kernels.cupy import conv_tma_plan as plan
 from kernels.cupy import linear_wgmma, sources, support, tensor_map
 from kernels.cupy.layout import channels_last_copy
-from layerbench.builders import Built, Kernel, Tensors, in_order, selection_ms
+from layerbench.builders import Built, Kernel, Tensors, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
@@ -143,8 +143,7 @@ def variants(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     """The fastest configuration of the TMA convolution whose output passes the float64 check."""
     found, patch = variants(spec, dtype, layout, tensors, out)
-    timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
-    built = support.fastest_right(found, timed, spec, dtype, tensors, out, "the TMA convolution")
+    built = support.fastest_right_variant(found, spec, dtype, layout, tensors, out, "the TMA convolution")
     if built.details["variant"].startswith("tma_im2col"):
         return Built(built.launch, {**built.details, "patch": f"runs of {plan.TILE_PIXELS} pixels"})
     return Built(built.launch, {**built.details, "patch": f"{patch.images}x{patch.rows}x{patch.cols}"})

@@ -12,7 +12,7 @@ import torch
 
 from kernels.cupy import igemm, linear_wgmma, support
 from layerbench.dtypes import DType
-from layerbench.builders import Built, Kernel, Tensors, fastest_path, selection_ms
+from layerbench.builders import Built, Kernel, Tensors, choice_of, fastest_path, selection_ms
 from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Linear
@@ -41,4 +41,5 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
     return fastest_path(("mma_sync", lambda: mma_sync),
                         [("wgmma", lambda: linear_wgmma.build_wgmma(spec, dtype, tensors, out))],
                         lambda kernel: selection_ms(kernel, out.device),
-                        after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback
+                        after_failure=lambda: torch.cuda.synchronize(out.device),  # a sticky error is no fallback
+                        remember=choice_of("cupy linear", spec, dtype.name, layout, tensors, out, "cupy"))

@@ -23,7 +23,7 @@ import torch
 
 from kernels.cupy import igemm, sources, support, tensor_map
 from kernels.cupy.igemm_plan import choose_split
-from layerbench.builders import Built, Kernel, Tensors, in_order, selection_ms
+from layerbench.builders import Built, Kernel, Tensors, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Linear
@@ -168,6 +168,5 @@ def build_wgmma(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor)
     index = support.check_tensors(dtype, _operands(spec, tensors, out))
     check_layer(spec, dtype, tensors, out, index)
     found, no_tma = variants(spec, dtype, tensors, out, index)
-    timed = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
-    built = support.fastest_right(found, timed, spec, dtype, tensors, out, "the wgmma GEMM")
+    built = support.fastest_right_variant(found, spec, dtype, "matrix", tensors, out, "the wgmma GEMM")
     return Built(built.launch, {**built.details, **({"tma": no_tma} if no_tma else {})})

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from kernels.cupy import sources
-from layerbench.builders import Built
+from layerbench.builders import Built, choice_of, keep_choice, known_choice, selection_ms
 from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
@@ -241,6 +241,26 @@ def fastest_right(found: dict[str, Callable[[], object]], times: dict[str, float
         return Built(found[name], {"variant": name, **{f"{n}_ms": t for n, t in times.items()},
                                    **({"wrong": "; ".join(wrong)} if wrong else {})})
     raise WrongResult("; ".join(wrong))
+
+
+def fastest_right_variant(found: dict[str, Callable[[], object]], spec: LayerSpec, dtype: DType, layout: str,
+                          tensors: dict[str, torch.Tensor], out: torch.Tensor, what: str) -> Built:
+    """``fastest_right`` of ``found`` timed by ``selection_ms``, the choice kept in the build cache
+    as a path's is (``choice_of``): a later run of the point checks the variant chosen then against
+    float64 and keeps it without timing the others (details: ``reused_choice``), or chooses anew
+    where it is gone or wrong."""
+    remember = choice_of(f"cupy {what}", spec, dtype.name, layout, tensors, out, "cupy")
+    known = known_choice(remember)
+    if known in found:
+        try:
+            check_result(found[known], spec, dtype, tensors, out, f"{what} ({known})")
+            return Built(found[known], {"variant": known, "reused_choice": True})
+        except WrongResult:
+            pass
+    times = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
+    built = fastest_right(found, times, spec, dtype, tensors, out, what)
+    keep_choice(remember, str(built.details["variant"]), f"cupy {what}")
+    return built
 
 
 def capability(index: int) -> tuple[int, int]:

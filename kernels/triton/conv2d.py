@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from layerbench.builders import Built, Kernel, Tensors, check_workspace, fastest_of, in_order
+from layerbench.builders import Built, Kernel, Tensors, check_workspace, choice_of, fastest_of, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.registry import register
@@ -409,4 +409,5 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     if lowered_refusal(spec, dtype, layout) is None:  # only where it applies: no reason on every other point
         others.append(("im2col_gemm", on_gpu(lambda: build_lowered(spec, dtype, layout, tensors, out))))
     return fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out), others, quick_bench,
-                      after_failure=lambda: torch.cuda.synchronize(out.device))  # a sticky error is no fallback
+                      after_failure=lambda: torch.cuda.synchronize(out.device),  # a sticky error is no fallback
+                      remember=choice_of("triton conv2d", spec, dtype.name, layout, tensors, out, "triton"))

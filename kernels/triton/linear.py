@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from layerbench.dtypes import DType
-from layerbench.builders import Built, Kernel, Tensors, fastest_path
+from layerbench.builders import Built, Kernel, Tensors, choice_of, fastest_path
 from layerbench.registry import register
 from layerbench.layers import Linear
 
@@ -168,4 +168,5 @@ def build(spec: Linear, dtype: DType, layout: str, tensors: Tensors, out: torch.
 
     # A failed TMA build must not hide a broken CUDA context: synchronising raises if it is one.
     return fastest_path(("tiled", tiled), [("tma_persistent", persistent), ("gemv", gemv)], quick_bench,
-                        after_failure=torch.cuda.synchronize)
+                        after_failure=torch.cuda.synchronize,
+                        remember=choice_of("triton linear", spec, dtype.name, layout, tensors, out, "triton"))

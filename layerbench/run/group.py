@@ -30,7 +30,7 @@ import torch
 
 from layerbench import registry
 from layerbench.build_cache import use_build_cache
-from layerbench.builders import Built, as_built, selection_timing
+from layerbench.builders import Built, as_built, remembering_choices, selection_timing
 from layerbench.check.correctness import CheckInputs, CheckResult, check_launch, check_relaunches
 from layerbench.check.inputs import make_output, make_tensors
 from layerbench.check.streams import check_stream
@@ -207,7 +207,7 @@ class GroupEvaluator:
         group.checks.load(0)
         out = make_output(spec, group.tensors)
         built: Built
-        with selection_timing(selection_flush(self.device, self.timing.mode)):
+        with selection_timing(selection_flush(self.device, self.timing.mode)), remembering_choices():
             built, rec.first_call_s = time_first_call(
                 lambda: as_built(impl.build(spec, dtype, point.layout, group.tensors, out)), self.device)
         rec.set_details(built.details)
