@@ -102,7 +102,7 @@ def _choices_kept() -> bool:
 
 def known_choice(remember: str | None) -> str | None:
     """The name an earlier run chose under key ``remember``; None where none is kept, without a
-    key, or outside ``remembering_choices`` with a build cache on disk."""
+    key, outside ``remembering_choices`` or without a build cache on disk."""
     known = autotune_choices().get(remember) if remember and _choices_kept() else None
     return known.get("name") if known else None
 

@@ -128,13 +128,13 @@ def variants(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
     if plan.im2col_refusal(spec) is None:
         modes["tma_im2col"] = None
     found: dict[str, Kernel] = {}
-    for mode, tiles in modes.items():
+    for mode, tiling in modes.items():
         try:
             found.update({f"{mode}_{linear_wgmma.tma_variant(n, b)}": in_order(
-                *copies, _launch(spec, dtype, layout, tiles, x, weight, bias, out, index, n, s, b))
+                *copies, _launch(spec, dtype, layout, tiling, x, weight, bias, out, index, n, s, b))
                 for n, s, b in sources.TMA_CONFIGS})
         except Unsupported:
-            if tiles is None and patch:  # the driver refused the im2col map: the patches still run
+            if tiling is None and patch:  # the driver refused the im2col map: the patches still run
                 continue
             raise
     return found, patch

@@ -15,8 +15,8 @@ BLOCK_K = 64  # input channels a k tile holds: one 128-byte line of 16-bit value
 MAX_PATCH_W = 64  # a warpgroup's half of the patch must be whole rows (or whole images)
 DTYPES = ("fp16", "bf16")
 # cuTensorMapEncodeIm2col on a 4-D tensor: the window's corners are 8-bit signed offsets from the
-# image's corners and the traversal strides at most 8; the copy's tap offsets are kept within 8
-# bits too.
+# image's corners and the traversal strides at most 8 (the driver refuses more; the refusal here
+# names the field first); the copy's tap offsets are kept within 8 bits, a bound of our own.
 CORNER_RANGE = (-128, 127)
 MAX_TRAVERSAL_STRIDE = 8
 MAX_TAP_OFFSET = 255
