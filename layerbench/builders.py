@@ -28,7 +28,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 
@@ -86,14 +86,19 @@ _remembering: ContextVar[bool] = ContextVar("layerbench_remembering_choices", de
 
 
 @contextmanager
-def remembering_choices() -> Iterator[None]:
-    """Builds inside keep their choices in the build cache on disk and reuse those of earlier runs
-    (the harness's builds; a builder called directly, as a test does, always chooses by timing)."""
-    token = _remembering.set(True)
+def _scoped(var: ContextVar, value: object) -> Iterator[None]:
+    """``var`` set to ``value`` inside the block."""
+    token = var.set(value)
     try:
         yield
     finally:
-        _remembering.reset(token)
+        var.reset(token)
+
+
+def remembering_choices() -> ContextManager[None]:
+    """Builds inside keep their choices in the build cache on disk and reuse those of earlier runs
+    (the harness's builds; a builder called directly, as a test does, always chooses by timing)."""
+    return _scoped(_remembering, True)
 
 
 def _choices_kept() -> bool:
@@ -244,14 +249,9 @@ def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
 _selection_flush: ContextVar[Kernel | None] = ContextVar("layerbench_selection_flush", default=None)
 
 
-@contextmanager
-def selection_timing(flush: Kernel | None) -> Iterator[None]:
+def selection_timing(flush: Kernel | None) -> ContextManager[None]:
     """Build-time choices made inside run ``flush`` before each timed launch (None: hot, L2 warm)."""
-    token = _selection_flush.set(flush)
-    try:
-        yield
-    finally:
-        _selection_flush.reset(token)
+    return _scoped(_selection_flush, flush)
 
 
 def selection_mode() -> str:
