@@ -99,3 +99,45 @@ def test_poisoned_context_is_survived(tmp_path: Path) -> None:
     assert status == {(8, "poison_impl:build"): "error", (8, "torch"): "ok",
                       (16, "poison_impl:build"): "error", (16, "torch"): "ok"}
     assert all("assert" in r["message"] for r in recs if r["status"] == "error")
+
+
+KEPT_CHOICES = """
+experiment = "kept_choices"
+dtypes = ["bf16"]
+layouts = ["NHWC"]
+[params]
+batch = 8
+[[points]]
+name = "conv"
+layer = "conv2d"
+in_channels = 64
+out_channels = 64
+size = 28
+kernel = 3
+padding = 1
+[implementations]
+conv2d = ["triton", "cupy"]
+[timing]
+min_time_s = 0.05
+max_time_s = 0.5
+[energy]
+where = "False"
+"""
+
+
+def test_a_second_run_reuses_the_paths_the_first_chose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker keeps each build's path choice in the build cache; a second run of the same
+    point builds only that path and records it as reused, with the same algorithm."""
+    monkeypatch.setenv("LAYERBENCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "s.toml"
+    path.write_text(KEPT_CHOICES)
+    runs = []
+    for name in ("first", "second"):
+        opts = RunOptions(device="cuda", out=tmp_path / name, progress=False, argv=["t"])
+        runs.append(results.load_results(run_sweep(sweep.load_sweep(path), opts)).set_index("impl"))
+    first, second = runs
+    assert set(first["status"]) == set(second["status"]) == {"ok"}, second[["status", "message"]]
+    for impl in ("triton", "cupy"):
+        assert first.loc[impl].get("detail_reused_choice") is not True
+        assert second.loc[impl]["detail_reused_choice"] == True  # noqa: E712 - a table cell, bool or 1.0
+        assert second.loc[impl]["detail_algorithm"] == first.loc[impl]["detail_algorithm"]
