@@ -524,7 +524,8 @@ TMA_CONV = {"3x3-odd": Conv2d(2, 24, 16, 9, 11, 3, 3, padding=1),
             "resnet-1x1/2": Conv2d(3, 128, 72, 6, 6, 1, 1, stride=2),
             "dilated-1x7": Conv2d(2, 8, 8, 7, 13, 1, 7, padding_h=0, padding_w=6, dilation=2),
             "batch-patch": Conv2d(5, 16, 8, 3, 3, 3, 3, padding=1),
-            "odd-out-channels": Conv2d(2, 16, 10, 7, 9, 3, 3, padding=1)}
+            "odd-out-channels": Conv2d(2, 16, 10, 7, 9, 3, 3, padding=1),
+            "im2col-only-odd-sides/2": Conv2d(2, 40, 24, 9, 11, 3, 3, stride=2, padding=1)}
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
