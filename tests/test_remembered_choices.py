@@ -5,6 +5,7 @@ outside the harness's ``remembering_choices`` (a test calling a builder) nothing
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -31,13 +32,15 @@ def _key(what: str = "test conv2d") -> str:
 
 
 class Paths:
-    """Three paths whose builds and timings are counted; ``times`` ms each."""
+    """Paths whose builds and timings are counted: ``times`` ms each, None for a path that refuses."""
 
-    def __init__(self, times: dict[str, float]) -> None:
-        self.times, self.built, self.timed = times, [], []
+    def __init__(self, times: dict[str, float | None]) -> None:
+        self.times: dict[str, float | None] = times
+        self.built: list[str] = []
+        self.timed: list[str] = []
         self.kernels = {name: Built(lambda: None, {"tile": name}) for name in times}
 
-    def build(self, name: str):
+    def build(self, name: str) -> Callable[[], Built]:
         def build_it() -> Built:
             self.built.append(name)
             if self.times[name] is None:
