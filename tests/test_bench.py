@@ -207,6 +207,22 @@ def test_plan_runs_every_implementation_on_the_mobilenet_points() -> None:
         assert why[("expand 16->96 @112", impl)] is None and why[("dw96/2 @112", impl)] is None
 
 
+def test_a_verdict_says_where_the_named_library_had_no_correct_result() -> None:
+    """cuDNN failed at p1: the Triton row there is judged against torch alone, and the verdict says so."""
+    rows = (_vendor_rows("cudnn", "conv2d", {"cudnn": 1.0e-3, "torch": 1.2e-3, "triton": 1.0e-3}, "p0")
+            + _vendor_rows("cudnn", "conv2d", {"cudnn": 0.5e-3, "torch": 1.0e-3, "triton": 1.0e-3}, "p1"))
+    df = pd.DataFrame(rows).assign(experiment="bench_resnet50", status=["ok", "ok", "ok", "error", "ok", "ok"],
+                                   point_index=[0, 0, 0, 1, 1, 1], reference=lambda d: d["impl"] != "triton",
+                                   tflops=1.0, gbps=1.0, min_bytes=1, energy_requested=False,
+                                   config_hash=lambda d: d["impl"] + d["point_hash"])
+    tab = bench.table(df, {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 1.0, "device_name": "test"})
+    target = bench.targets(tab).set_index("target").loc["conv triton bf16 >= 0.95x cuDNN (ResNet-50)"]
+    assert (target["points"], target["verdict"], target["library_missing"]) == (2, "MET", 1)
+    assert bench._verdict_cell(target) == "MET; against torch alone on 1 of 2 points (no correct cudnn result)"
+    every = bench.targets(tab[tab["point_hash"] == "p0"]).set_index("target").loc[target.name]
+    assert bench._verdict_cell(every) == "MET"
+
+
 def test_each_gemm_set_is_judged_apart_and_the_report_names_the_missed_point() -> None:
     rows = []
     for i, (exp, name, t) in enumerate((("bench_linear", "Large", 1.0e-3), ("bench_gemm", "square 2048", 4.0e-3))):

@@ -39,6 +39,9 @@ CEILINGS_FILE = "ceilings.json"
 # of them (x_best), so a reference short of its best cannot flatter a custom kernel.
 VENDOR = ("cudnn", "cublas", "torch")
 LIBRARY_REFERENCE = {"conv2d": "cudnn", "linear": "cublas"}  # checked against torch's result per point
+# The library a target against the vendor names, by layer: a point without its correct result is
+# judged against torch's alone, and the verdict says on how many.
+TARGET_LIBRARY = {**LIBRARY_REFERENCE, "pool2d": "cudnn"}
 NOT_AT_ITS_BEST = "reference not at its best"
 NOT_AT_BEST = 1.03  # the reference is flagged where torch is faster by more than this factor
 # A reference whose search kept torch's own call, or chose the very kernels torch launches, ran what
@@ -201,6 +204,9 @@ def table(df: pd.DataFrame, ceilings: dict) -> pd.DataFrame:
         ok[f"e_{base}"] = [sub["energy_ratio"].get(k, math.nan) for k in key]
     vendor = ok[ok["impl"].isin(VENDOR)].groupby("point_hash")["time_median_s"].min()
     ok["x_best"] = ok["point_hash"].map(vendor) / ok["time_median_s"]
+    correct = set(zip(ok["point_hash"], ok["impl"]))
+    ok["library_ok"] = [layer not in TARGET_LIBRARY or (h, TARGET_LIBRARY[layer]) in correct
+                        for h, layer in zip(ok["point_hash"], ok["layer"])]
     return ok
 
 
@@ -276,7 +282,11 @@ def targets(tab: pd.DataFrame, planned: pd.DataFrame | None = None) -> pd.DataFr
         bound = geomean(sel["ceiling"] / sel["sized_copy"]) if t.column == "ceiling" and len(sel) else math.nan
         planned_n = (len(_selected(planned, t, planned["direction"], planned["depthwise"]))
                      if planned is not None and len(planned) else math.nan)
-        rows.append(_judge(t.text, sel, t.column, t.threshold, t.floor) | {"copy_bound": bound, "planned": planned_n})
+        # Rows judged against torch alone: the library the target names has no correct result there.
+        alone = int((~sel["library_ok"].astype(bool)).sum()) if t.column == "x_best" and "library_ok" in sel else 0
+        rows.append(_judge(t.text, sel, t.column, t.threshold, t.floor)
+                    | {"copy_bound": bound, "planned": planned_n, "library": TARGET_LIBRARY.get(t.layer),
+                       "library_missing": alone})
     # Energy: on every point where a custom kernel is at least as fast as the reference, at most its J/launch.
     for exp, layer in TARGETED.items():
         ref = ENERGY_REFERENCE[layer]
@@ -355,7 +365,11 @@ def _points_cell(row: pd.Series) -> str:
 def _verdict_cell(row: pd.Series) -> str:
     planned = row.get("planned")
     partial = row["verdict"] != "n/a" and planned is not None and not pd.isna(planned) and row["points"] < planned
-    return f"{row['verdict']}, partial" if partial else row["verdict"]
+    cell = f"{row['verdict']}, partial" if partial else row["verdict"]
+    alone = row.get("library_missing")
+    if alone and not pd.isna(alone):
+        cell += f"; against torch alone on {int(alone)} of {row['points']} points (no correct {row['library']} result)"
+    return cell
 
 
 def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame | None = None) -> str:
