@@ -168,5 +168,6 @@ def build_wgmma(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor)
     index = support.check_tensors(dtype, _operands(spec, tensors, out))
     check_layer(spec, dtype, tensors, out, index)
     found, no_tma = variants(spec, dtype, tensors, out, index)
+    # A GEMM's operands are matrices: "matrix" stands for the layout in the kept choice's key.
     built = support.fastest_right_variant(found, spec, dtype, "matrix", tensors, out, "the wgmma GEMM")
     return Built(built.launch, {**built.details, **({"tma": no_tma} if no_tma else {})})
