@@ -19,16 +19,20 @@ The builder contract (see ``layerbench.registry``)::
   inside ``selection_timing(flush)``, and the timer then flushes the L2 before each launch, so no
   path wins only because its operands sat in L2.
 * ``check_workspace``: refuse a workspace over half the free device memory, with the reason.
+* ``attempting`` / ``avoided``: each candidate a build tries (a path, a variant) is announced to the
+  harness, which names the one that was running when a worker crashed, hung or lost its CUDA
+  context, and leaves it out of the rest of the run (``avoided`` says why); the ``fastest_*``
+  helpers do both.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, Mapping
 
 import torch
 
@@ -118,11 +122,65 @@ def keep_choice(remember: str | None, name: str, what: str) -> None:
         autotune_choices().put(remember, {"name": name}, {"kernel": what})
 
 
+# What the harness learns of a build's candidates: announce(event, path), event "trying", "tried"
+# (it returned) or "failed" (it raised); path: the scope (layer and implementation), then the
+# names of the candidates it is nested in, then its own, joined by " > ".
+Announce = Callable[[str, str], None]
+_announce: ContextVar[Announce | None] = ContextVar("layerbench_announce", default=None)
+_attempt_path: ContextVar[tuple[str, ...]] = ContextVar("layerbench_attempt_path", default=())
+_avoid: ContextVar[Mapping[str, str]] = ContextVar("layerbench_avoid", default={})
+
+
+@contextmanager
+def attempts(scope: str, announce: Announce | None, avoid: Mapping[str, str]) -> Iterator[None]:
+    """Builds inside announce their candidates under ``scope`` and leave out those ``avoid`` names
+    (path -> why)."""
+    tokens = (_attempt_path.set((scope,)), _announce.set(announce), _avoid.set(avoid))
+    try:
+        yield
+    finally:
+        for var, token in zip((_attempt_path, _announce, _avoid), tokens):
+            var.reset(token)
+
+
+def _path(name: str) -> str:
+    return " > ".join((*_attempt_path.get(), name))
+
+
+def avoided(name: str) -> str | None:
+    """Why the candidate ``name`` is left out of this build (it crashed a worker earlier in the
+    run), or None."""
+    return _avoid.get().get(_path(name))
+
+
+@contextmanager
+def attempting(name: str) -> Iterator[None]:
+    """Run one candidate of a build (its build, timing and check) as ``name``, announced."""
+    announce, path = _announce.get(), _path(name)
+    token = _attempt_path.set((*_attempt_path.get(), name))
+    if announce:
+        announce("trying", path)
+    try:
+        yield
+    except Exception as exc:  # an interrupt is nobody's fault: it just passes
+        if not hasattr(exc, "candidate"):  # the innermost candidate it left: the record names it
+            with suppress(AttributeError):
+                exc.candidate = path  # type: ignore[attr-defined]
+        if announce:
+            announce("failed", path)
+        raise
+    finally:
+        _attempt_path.reset(token)
+    if announce:
+        announce("tried", path)
+
+
 def _reused(name: str, build: Callable[[], Kernel | Built], after_failure: Callable[[], None]) -> Built | None:
     """The path an earlier run chose, built again; None where it no longer builds (the choice is
     then made anew, and the failure recorded there)."""
     try:
-        return as_built(build())
+        with attempting(name):
+            return as_built(build())
     except Unsupported:
         return None
     except Exception:  # noqa: BLE001 - the full choice that follows builds it again and records why
@@ -152,15 +210,20 @@ def fastest_of(default_name: str, default: Kernel | Built, others: list[tuple[st
     earlier run kept one, only that path is built, untimed (details: ``reused_choice``)."""
     known = known_choice(remember)
     for name, build in [(default_name, lambda: default), *others]:
-        reused = _reused(name, build, after_failure) if name == known else None
+        reused = _reused(name, build, after_failure) if name == known and not avoided(name) else None
         if reused is not None:
             return Built(reused.launch, {"algorithm": name, "reused_choice": True,
                                          **{k: v for k, v in reused.details.items() if k != "algorithm"}})
     details: dict[str, object] = {"algorithm": default_name}
     timed: list[tuple[str, Built]] = []
     for name, build in others:
+        skipped = avoided(name)
+        if skipped:
+            details[name] = f"skipped: {skipped}"
+            continue
         try:
-            timed.append((name, as_built(build())))
+            with attempting(name):
+                timed.append((name, as_built(build())))
         except Unsupported as why:
             details[name] = str(why)
         except Exception as exc:  # noqa: BLE001 - recorded, see above
@@ -168,11 +231,13 @@ def fastest_of(default_name: str, default: Kernel | Built, others: list[tuple[st
             after_failure()
     chosen = as_built(default)
     if timed:
-        best_ms = float(time_ms(chosen.launch))
+        with attempting(default_name):
+            best_ms = float(time_ms(chosen.launch))
         details[f"{default_name}_ms"] = best_ms
         for name, built in timed:
             try:
-                ms = float(time_ms(built.launch))
+                with attempting(name):
+                    ms = float(time_ms(built.launch))
             except Exception as exc:  # noqa: BLE001
                 details[name] = f"failed when timed: {type(exc).__name__}: {exc}"
                 after_failure()
@@ -205,14 +270,19 @@ def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
     """
     known = known_choice(remember)
     for name, build in [primary, *others]:
-        reused = _reused(name, build, after_failure) if name == known else None
+        reused = _reused(name, build, after_failure) if name == known and not avoided(name) else None
         if reused is not None:
             return Built(reused.launch, {"path": name, "reused_choice": True, name: dict(reused.details)})
     details: dict[str, object] = {}
     candidates: list[tuple[float, int, str, Built]] = []
     for rank, (name, build) in enumerate([primary, *others]):
+        skipped = avoided(name)
+        if skipped:
+            details[name] = f"skipped: {skipped}"
+            continue
         try:
-            built = as_built(build())
+            with attempting(name):
+                built = as_built(build())
         except Unsupported as why:
             details[name] = f"unsupported: {why}"
             continue
@@ -228,7 +298,8 @@ def fastest_path(primary: tuple[str, Callable[[], Kernel | Built]],
             after_failure()
             continue
         try:
-            ms = float(time_ms(built.launch))
+            with attempting(name):
+                ms = float(time_ms(built.launch))
         except Exception as exc:  # noqa: BLE001
             if rank == 0:
                 raise

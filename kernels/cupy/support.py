@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from kernels.cupy import sources
-from layerbench.builders import Built, choice_of, keep_choice, known_choice, selection_ms
+from layerbench.builders import Built, attempting, avoided, choice_of, keep_choice, known_choice, selection_ms
 from layerbench.check.correctness import ResultCheck
 from layerbench.dtypes import DType
 from layerbench.errors import Unavailable, Unsupported
@@ -248,18 +248,31 @@ def fastest_right_variant(found: dict[str, Callable[[], object]], spec: LayerSpe
     """``fastest_right`` of ``found`` timed by ``selection_ms``, the choice kept in the build cache
     as a path's is (``choice_of``): a later run of the point checks the variant chosen then against
     float64 and keeps it without timing the others (details: ``reused_choice``), or chooses anew
-    where it is gone or wrong."""
+    where it is gone or wrong.  A variant that crashed a worker earlier in the run is left out
+    (details: ``skipped``)."""
     remember = choice_of(f"cupy {what}", spec, dtype.name, layout, tensors, out, "cupy")
     known = known_choice(remember)
-    if known in found:
+    if known in found and not avoided(known):
         try:
-            check_result(found[known], spec, dtype, tensors, out, f"{what} ({known})")
+            with attempting(known):
+                check_result(found[known], spec, dtype, tensors, out, f"{what} ({known})")
             return Built(found[known], {"variant": known, "reused_choice": True})
         except WrongResult:
             pass
-    times = {name: selection_ms(kernel, out.device) for name, kernel in found.items()}
+    skipped = {name: why for name in found if (why := avoided(name))}
+    if len(skipped) == len(found):
+        raise Unsupported(f"every variant of {what} was left out: "
+                          + "; ".join(f"{name}: {why}" for name, why in skipped.items()))
+    times: dict[str, float] = {}
+    for name, kernel in found.items():
+        if name not in skipped:
+            with attempting(name):
+                times[name] = selection_ms(kernel, out.device)
     built = fastest_right(found, times, spec, dtype, tensors, out, what)
     keep_choice(remember, str(built.details["variant"]), f"cupy {what}")
+    if skipped:
+        return Built(built.launch, {**built.details,
+                                    "skipped": "; ".join(f"{name}: {why}" for name, why in skipped.items())})
     return built
 
 

@@ -7,7 +7,9 @@ enforces ``--point-timeout``.  In this process (``InlineExecutor``, the default 
 cannot be stopped from outside, so a timeout is not enforced (and the executor says so once).
 
 Both report through ``handle(kind, payload)`` (see ``layerbench.run.group``) and return an
-``Outcome``; the worker adds ``environment`` and ``meter`` messages when it starts.
+``Outcome``; the worker adds ``environment`` and ``meter`` messages when it starts.  The worker
+process also names the build candidate (a path, a kernel variant) that crashed, hung or poisoned
+it, and leaves it out of the run's later builds (``layerbench.run.suspects``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any, Callable, Iterator
 
 from layerbench.measure.environment import collect_environment
 from layerbench.run.group import GroupEvaluator, Poisoned
-from layerbench.sweep import Measure, Point
+from layerbench.run.suspects import AttemptWatch, Suspects
+from layerbench.sweep import Measure, Point, point_title
 
 Handle = Callable[[str, Any], None]
 Say = Callable[[str], None]
@@ -120,9 +123,9 @@ class ParentGone(BaseException):
 
 def serve(conn: Any, device: str, measure: Measure, experiment: str, session: int,
           announce: bool) -> None:
-    """Worker-process main loop: receive ``("group", (point, impls))``, send messages, ``("done",
-    None)`` after each; ``("run", (measure, experiment, session))`` goes on with another run (the
-    next file of the command) and announces it; None ends.
+    """Worker-process main loop: receive ``("group", (point, impls, avoid))``, send messages,
+    ``("done", None)`` after each; ``("run", (measure, experiment, session))`` goes on with another
+    run (the next file of the command) and announces it; None ends.
 
     ``announce``: first send the environment and whether energy can be measured (the first worker).
     """
@@ -155,9 +158,9 @@ def serve(conn: Any, device: str, measure: Measure, experiment: str, session: in
                 emit("environment", environment_or_error(device))
                 emit("meter", evaluator.energy_unavailable())
                 continue
-            point, impls = body
+            point, impls, avoid = body
             try:
-                evaluator.evaluate(point, impls, emit)
+                evaluator.evaluate(point, impls, emit, avoid)
             except Poisoned as exc:
                 emit("poisoned", str(exc))
                 return
@@ -173,9 +176,12 @@ class ProcessExecutor:
     """Runs groups in a spawned worker process, restarted after a crash or a poisoned context."""
 
     def __init__(self, device: str, measure: Measure, experiment: str, session: int,
-                 timeout_s: float | None = None, env: dict[str, str] | None = None):
+                 timeout_s: float | None = None, env: dict[str, str] | None = None,
+                 suspects: Suspects | None = None):
         # env: set in the worker's environment before it starts (--gpus: CUDA_VISIBLE_DEVICES)
         self._env = env
+        # the build candidates this run leaves out (shared with the other GPUs' executors)
+        self.suspects = suspects if suspects is not None else Suspects()
         self._ctx = multiprocessing.get_context("spawn")
         self._args = (device, measure, experiment, session)
         self._timeout_s = DEFAULT_POINT_TIMEOUT_S if timeout_s is None else timeout_s
@@ -246,7 +252,8 @@ class ProcessExecutor:
         self._next_run = None
         if self._proc is None:
             self._start()
-        self._conn.send(("group", (point, impls)))
+        self._conn.send(("group", (point, impls, self.suspects.snapshot())))
+        watch = AttemptWatch()
         started = time.monotonic()
         phase: dict[str, Any] = {}
         phase_started = started
@@ -255,26 +262,39 @@ class ProcessExecutor:
                 try:
                     kind, payload = self._conn.recv()
                 except (EOFError, OSError):
-                    return self._died()
+                    return self._suspect(watch, point, self._died())
                 if kind == "done":
                     return Outcome("done")
                 if kind == "poisoned":
                     self._stop(kill=False)
-                    return Outcome("poisoned", payload)
+                    return self._suspect(watch, point, Outcome("poisoned", payload))
                 if kind == "failed":
                     return Outcome("failed", payload)
+                if kind == "attempt":
+                    watch.see(*payload)
+                    continue
                 if kind == "phase":
                     phase, phase_started = dict(payload), time.monotonic()
+                    watch.phase()
                 handle(kind, payload)
             elif not self._proc.is_alive():
-                return self._died()
+                return self._suspect(watch, point, self._died())
             elif time.monotonic() - started > self._timeout_s:
                 self._stop(kill=True)
                 ran = time.monotonic() - phase_started
-                return Outcome("timeout", (
+                return self._suspect(watch, point, Outcome("timeout", (
                     f"timed out in {phase_text(phase)}, which had run {ran:.1f} s; the group had "
                     f"{self._timeout_s:g} s (--point-timeout) and had run "
-                    f"{time.monotonic() - started:.1f} s; worker killed"))
+                    f"{time.monotonic() - started:.1f} s; worker killed")))
+
+    def _suspect(self, watch: AttemptWatch, point: Point, outcome: Outcome) -> Outcome:
+        """``outcome``, naming the build candidate to blame where there is one, which the run's
+        later builds leave out."""
+        culprit = self.suspects.blame(watch, outcome.kind, outcome.detail, point_title(point))
+        if culprit is None:
+            return outcome
+        return Outcome(outcome.kind, f"{outcome.detail} (in the build's candidate {culprit}, left out of "
+                                     "the rest of the run)")
 
     def close(self, kill: bool = False) -> None:
         self._stop(kill=kill)

@@ -14,6 +14,7 @@ the current stream, which the timing events see.
 Records leave through ``emit(kind, payload)``:
 
 * ``("phase", {"impl", "phase"})``: what is about to run (a crash or timeout report names it);
+* ``("attempt", (event, path))``: a candidate a build tries (``layerbench.run.suspects``);
 * ``("partial", record)``: a record with time statistics, final once energy is done;
 * ``("record", record)``: a final record (written to the log at once).
 """
@@ -24,13 +25,13 @@ import contextlib
 import os
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from layerbench import registry
 from layerbench.build_cache import use_build_cache
-from layerbench.builders import Built, as_built, remembering_choices, selection_timing
+from layerbench.builders import Built, as_built, attempts, remembering_choices, selection_timing
 from layerbench.check.correctness import CheckInputs, CheckResult, check_launch, check_relaunches
 from layerbench.check.inputs import make_output, make_tensors
 from layerbench.check.streams import check_stream
@@ -80,6 +81,17 @@ def is_poisoned(exc: BaseException, device: torch.device) -> bool:
     except Exception:  # noqa: BLE001 - any failure here means the context is gone
         return True
     return False
+
+
+def candidate_of(exc: BaseException) -> str | None:
+    """The build candidate (``layerbench.builders.attempting``) an error came from, also where a
+    later error (a synchronize after it) took its place."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "candidate", None):
+            return seen.candidate  # type: ignore[attr-defined]
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def check_columns(check: CheckResult, prefix: str = "check") -> dict[str, Any]:
@@ -137,7 +149,9 @@ class GroupEvaluator:
 
     # ------------------------------------------------------------------ the group
 
-    def evaluate(self, point: Point, impls: list[str], emit: Emit) -> None:
+    def evaluate(self, point: Point, impls: list[str], emit: Emit, avoid: Mapping[str, str] | None = None) -> None:
+        """Every step for ``impls`` on ``point``; ``avoid``: the build candidates to leave out
+        (path -> why, ``layerbench.run.suspects``)."""
         records = {n: Record.for_point(point, n, self.measure, self.device.type, self.experiment,
                                        self.session) for n in impls}
         if point.invalid is not None:
@@ -156,7 +170,7 @@ class GroupEvaluator:
                 for name, rec in records.items():
                     rec.input_seed = group.seed
                     try:
-                        candidate = self.build(point, dtype, group, rec, emit)
+                        candidate = self.build(point, dtype, group, rec, emit, avoid or {})
                         problem = self.check(candidate, group, rec, emit)
                         if problem is None:
                             self.time(candidate, rec, emit)
@@ -193,7 +207,8 @@ class GroupEvaluator:
         checks.ref(0)
         return GroupInputs(seed, tensors, checks)
 
-    def build(self, point: Point, dtype: DType, group: GroupInputs, rec: Record, emit: Emit) -> Candidate:
+    def build(self, point: Point, dtype: DType, group: GroupInputs, rec: Record, emit: Emit,
+              avoid: Mapping[str, str]) -> Candidate:
         try:
             impl = registry.get(point.layer, rec.impl)
         except ValueError as exc:
@@ -207,7 +222,9 @@ class GroupEvaluator:
         group.checks.load(0)
         out = make_output(spec, group.tensors)
         built: Built
-        with selection_timing(selection_flush(self.device, self.timing.mode)), remembering_choices():
+        announce = lambda event, path: emit("attempt", (event, path))  # noqa: E731
+        with selection_timing(selection_flush(self.device, self.timing.mode)), remembering_choices(), \
+                attempts(f"{point.layer} {rec.impl}", announce, avoid):
             built, rec.first_call_s = time_first_call(
                 lambda: as_built(impl.build(spec, dtype, point.layout, group.tensors, out)), self.device)
         rec.set_details(built.details)
@@ -294,6 +311,9 @@ class GroupEvaluator:
             tb = traceback.extract_tb(exc.__traceback__)
             if tb:
                 message += f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})"
+        candidate = candidate_of(exc)
+        if status == "error" and candidate:
+            message += f" (in the build's candidate {candidate})"
         for rec in list(recs):
             emit("record", rec.finish(status, message))
         if poisoned:

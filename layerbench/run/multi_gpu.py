@@ -26,6 +26,7 @@ from typing import Any, Callable, Protocol
 from layerbench.results.records import Record
 from layerbench.run.data_parallel import GPU_ENV
 from layerbench.run.executors import Handle, Outcome, ProcessExecutor, Say
+from layerbench.run.suspects import Suspects
 from layerbench.run.sweep_runner import GroupWriter, MakeWriter
 from layerbench.sweep import Measure, Point
 
@@ -244,8 +245,9 @@ def process_pool(gpus: list[int], present: list[str], device: str, measure: Meas
                  extra_env: dict[str, str] | None = None) -> GpuPool:
     """The pool of ``--gpus``: a spawned worker per GPU, pinned through its environment."""
     slots = [GpuSlot(i, present[i]) for i in gpus]
+    suspects = Suspects()  # a build candidate that crashed one GPU's worker is left out on all
 
     def make(slot: GpuSlot) -> Worker:
         return ProcessExecutor(device, measure, experiment, session, timeout_s,
-                               env={**(extra_env or {}), **slot.env})
+                               env={**(extra_env or {}), **slot.env}, suspects=suspects)
     return GpuPool(slots, make, say)

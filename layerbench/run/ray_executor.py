@@ -29,8 +29,9 @@ from typing import Any, Callable
 
 from layerbench.run.executors import DEFAULT_POINT_TIMEOUT_S, Handle, Outcome, Say, environment_or_error
 from layerbench.run.group import GroupEvaluator, Poisoned
+from layerbench.run.suspects import AttemptWatch, Suspects
 from layerbench.run.sweep_runner import MakeWriter
-from layerbench.sweep import Measure, Point
+from layerbench.sweep import Measure, Point, point_title
 
 INSTALL_HINT = "pip install 'layerbench[ray]'"
 DEFAULT_MAX_FAILURES = 3  # a GPU's workers dying this many times in a row: it is retired
@@ -72,13 +73,14 @@ class GroupWorker:
         self.env = environment_or_error(device)
         self.placement = task_placement(self.env, require_ray().get_gpu_ids())
 
-    def evaluate(self, point: Point, impls: list[str]) -> dict[str, Any]:
-        """The group's messages, this worker's environment and where it ran."""
+    def evaluate(self, point: Point, impls: list[str], avoid: dict[str, str] | None = None) -> dict[str, Any]:
+        """The group's messages, this worker's environment and where it ran; ``avoid``: the build
+        candidates to leave out (``layerbench.run.suspects``)."""
         messages: list[tuple[str, Any]] = []
         started = time.time()
         outcome, detail = "done", ""
         try:
-            self.evaluator.evaluate(point, impls, lambda kind, payload: messages.append((kind, payload)))
+            self.evaluator.evaluate(point, impls, lambda kind, payload: messages.append((kind, payload)), avoid)
         except Poisoned as exc:
             outcome, detail = "poisoned", str(exc)
             # This worker's CUDA context is gone: end the process once the result is on its way;
@@ -95,8 +97,9 @@ class _Replay:
     poisoned CUDA context cost its culprit) runs the rest of the group in a fresh task."""
 
     def __init__(self, result: dict[str, Any] | None, failure: str | None,
-                 resubmit: Callable[[Point, list[str]], dict[str, Any]]):
+                 resubmit: Callable[[Point, list[str]], dict[str, Any]], suspects: Suspects):
         self.result, self.failure, self.resubmit = result, failure, resubmit
+        self.suspects = suspects
 
     def run(self, point: Point, impls: list[str], handle: Handle) -> Outcome:
         if self.failure is not None:
@@ -105,11 +108,18 @@ class _Replay:
             return Outcome("timeout", self.failure)
         result = self.result if self.result is not None else self.resubmit(point, impls)
         self.result = None
+        watch = AttemptWatch()
         for kind, payload in result["messages"]:
+            if kind == "attempt":
+                watch.see(*payload)
+                continue
+            if kind == "phase":
+                watch.phase()
             handle(kind, payload)
         if result["outcome"] == "done":
             return Outcome("done")
         if result["outcome"] == "poisoned":  # the culprit is recorded; the rest in a fresh task
+            self.suspects.blame(watch, "poisoned", result["detail"], point_title(point))
             return Outcome("poisoned", result["detail"])
         return Outcome("failed", result["detail"])
 
@@ -139,6 +149,7 @@ class RayScheduler:
         self._in_flight: dict[Any, tuple[int, Point, list[str], float]] = {}
         self._seen_env: set[str] = set()
         self._finished: list[tuple[str, float, float]] = []  # (host:gpu, started, ended) of each group
+        self.suspects = Suspects()  # build candidates that poisoned a worker, left out of later groups
 
     def _actor(self, slot: int) -> Any:
         if slot not in self._actors:
@@ -176,7 +187,7 @@ class RayScheduler:
                 if not queue:
                     break
                 point, impls = queue.pop()
-                ref = self._actor(slot).evaluate.remote(point, impls)
+                ref = self._actor(slot).evaluate.remote(point, impls, self.suspects.snapshot())
                 self._in_flight[ref] = (slot, point, impls, time.monotonic())
             done, _ = self.ray.wait(list(self._in_flight), num_returns=1, timeout=1.0)
             for ref in done:
@@ -226,8 +237,8 @@ class RayScheduler:
             # after a poisoned CUDA context: the rest of the group on a fresh worker for that GPU
             where = slot if slot is not None else 0
             self._replace(where)
-            return self.ray.get(self._actor(where).evaluate.remote(point, impls))
-        writer.run(_Replay(result, failure, resubmit), impls)
+            return self.ray.get(self._actor(where).evaluate.remote(point, impls, self.suspects.snapshot()))
+        writer.run(_Replay(result, failure, resubmit, self.suspects), impls)
 
     def close(self, kill: bool = False) -> None:
         for slot in list(self._actors):

@@ -27,7 +27,7 @@ from layerbench.results.rundir import RUN_FILE, ResultLog, RunDir, timestamp
 from layerbench.run.data_parallel import DataParallelExecutor, gpus_of, visible_gpus
 from layerbench.run.executors import InlineExecutor, Outcome, ProcessExecutor
 from layerbench.run.shared_configs import SharedConfigs
-from layerbench.sweep import Measure, Point, Sweep, axis_label
+from layerbench.sweep import Measure, Point, Sweep, point_title
 
 DEFAULT_RUNS_DIR = Path("runs")
 Executor = InlineExecutor | ProcessExecutor
@@ -83,12 +83,6 @@ class RunOptions:
     # starts its own and ends it).  Whoever makes it closes its worker at the end.
     handoff: WorkerHandoff | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
-
-
-def point_title(point: Point) -> str:
-    """``conv1 batch=64 fp32 NCHW``: how progress and messages name a group."""
-    axes = " ".join(f"{k}={axis_label(v)}" for k, v in point.axes.items())
-    return " ".join(p for p in (point.label or point.layer, axes, point.dtype, point.layout) if p)
 
 
 # ------------------------------------------------------------------------------ running

@@ -149,3 +149,9 @@ def axis_label(value: Any) -> str:
     if isinstance(value, dict):
         return "->".join(str(v) for v in value.values())
     return str(value)
+
+
+def point_title(point: Point) -> str:
+    """``conv1 batch=64 fp32 NCHW``: how progress and messages name a group."""
+    axes = " ".join(f"{k}={axis_label(v)}" for k, v in point.axes.items())
+    return " ".join(p for p in (point.label or point.layer, axes, point.dtype, point.layout) if p)
