@@ -7,13 +7,15 @@ the same model in test_cupy_launch_emulation.py; the kernel on a GPU in test_cup
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.cupy import conv_tma
+from kernels.cupy import conv_tma, tensor_map
 from kernels.cupy import conv_tma_plan as plan
 from kernels.cupy.conv_tma_model import Im2colView, MapView, model_conv_tma
 from layerbench.layers import Conv2d
@@ -36,9 +38,7 @@ def emulate(spec: Conv2d, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None 
         x_view: MapView | Im2colView = MapView(x.ravel(), *plan.input_view(spec), plan.input_box(patch))
         y_view = MapView(out, *plan.output_view(spec), plan.output_box(patch, conv_tma.OUT_BOX_COLS))
     else:
-        c, wi, hi = spec.in_channels, spec.width, spec.height
-        x_view = Im2colView(x.ravel(), (c, wi, hi, spec.batch), (c, wi * c, hi * wi * c), *plan.window(spec),
-                            (spec.stride_h, spec.stride_w), plan.TILE_PIXELS, plan.BLOCK_K)
+        x_view = driver_im2col_view(spec, x)
         y_view = MapView(out, *plan.matrix_output_view(spec), (conv_tma.OUT_BOX_COLS, plan.TILE_PIXELS // 2))
     model_conv_tma({name: getattr(g, name) for name, _ in conv_tma.Geometry._fields_}, x_view,
                    MapView(w.ravel(), *plan.weight_view(spec), (plan.BLOCK_K, 1, BLOCK_N)), out,
@@ -46,6 +46,39 @@ def emulate(spec: Conv2d, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None 
     if layout == "NCHW":
         return out.reshape(spec.batch, k, ho, wo).transpose(0, 2, 3, 1)
     return out.reshape(spec.batch, ho, wo, k)
+
+
+class Driver:
+    """libcuda's cuTensorMapEncodeIm2col, arguments in cuda.h's order, keeping what it was given."""
+
+    def __init__(self) -> None:
+        self.given: dict[str, object] = {}
+
+    def cuTensorMapEncodeIm2col(self, tensor_map, dtype, rank, address, dims, strides, lower, upper,  # noqa: N802
+                                channels, pixels, element_strides, interleave, swizzle, l2, oob) -> int:
+        self.given = {"rank": rank.value, "dims": list(dims), "strides": list(strides), "lower": list(lower),
+                      "upper": list(upper), "channels": channels.value, "pixels": pixels.value,
+                      "element_strides": list(element_strides), "modes": (interleave, swizzle, oob)}
+        return 0
+
+
+def driver_im2col_view(spec: Conv2d, x: np.ndarray) -> Im2colView:
+    """The model's view of NHWC ``x`` read off the arguments the launcher gives the driver for its
+    im2col map (arrays innermost first, as cuda.h has them: (c, w, h, n), corners and traversal
+    (w, h)), so the model runs through the encoding itself."""
+    driver = Driver()
+    t = torch.empty(spec.batch, spec.in_channels, spec.height, spec.width, dtype=torch.bfloat16,
+                    memory_format=torch.channels_last)
+    with mock.patch.object(tensor_map, "_driver", lambda: driver):
+        conv_tma._input_map(spec, None, t)
+    g = driver.given
+    assert g["rank"] == 4 and g["modes"] == (tensor_map.INTERLEAVE_NONE, tensor_map.SWIZZLE_128B,
+                                             tensor_map.OOB_FILL_ZEROS)
+    assert g["element_strides"][0] == g["element_strides"][3] == 1  # channels and images not strided
+    lower, upper, traversal = g["lower"], g["upper"], g["element_strides"][1:3]
+    return Im2colView(x.ravel(), tuple(g["dims"]), tuple(s // t.element_size() for s in g["strides"]),
+                      (lower[1], lower[0]), (upper[1], upper[0]), (traversal[1], traversal[0]), g["pixels"],
+                      g["channels"])
 
 
 def direct(spec: Conv2d, x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -53,6 +53,8 @@ def load_im2col(view: Im2colView, coords: tuple[int, int, int, int], offsets: tu
     cs, ws, hs, ns = view.dims
     c, w, h, n = coords
     hi_h, hi_w = hs - 1 + view.upper[0], ws - 1 + view.upper[1]
+    # PTX leaves a start outside the window undefined: the kernel must never ask for one
+    assert view.lower[0] <= h <= hi_h and view.lower[1] <= w <= hi_w, f"origin ({h}, {w}) outside the window"
     chans = c + np.arange(view.channels)
     rows = np.zeros((view.pixels, view.channels))
     for i in range(view.pixels):

@@ -16,10 +16,11 @@ MAX_PATCH_W = 64  # a warpgroup's half of the patch must be whole rows (or whole
 DTYPES = ("fp16", "bf16")
 # cuTensorMapEncodeIm2col on a 4-D tensor: the window's corners are 8-bit signed offsets from the
 # image's corners and the traversal strides at most 8 (the driver refuses more; the refusal here
-# names the field first); the copy's tap offsets are kept within 8 bits, a bound of our own.
+# names the field first); the copy's tap offsets lie in [0, 255] on a 4-D tensor, and CUTLASS
+# keeps them below 255: so do we (a filter reaching that far is no real layer).
 CORNER_RANGE = (-128, 127)
 MAX_TRAVERSAL_STRIDE = 8
-MAX_TAP_OFFSET = 255
+MAX_TAP_OFFSET = 254
 
 
 @dataclass(frozen=True)
