@@ -12,7 +12,7 @@ import pytest
 from layerbench.suites import bench
 from layerbench.suites import ceilings
 from layerbench import sweep
-from layerbench.cli import build_parser, plan_rows
+from layerbench.cli import build_parser, main, plan_rows
 from layerbench.run.sweep_runner import RunOptions, run_sweep
 
 SWEEP = """
@@ -97,6 +97,12 @@ def test_unknown_layer_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--layers must be among relu, pool, conv, conv_sweeps, linear, relu_backward, "
                        "pool_backward, conv_backward, linear_backward, resnet50, vgg16, mobilenetv2, gemm, got softmax"):
         bench.run_bench(tmp_path, "cpu", ("softmax",))
+
+
+def test_the_command_names_an_unknown_layer_before_it_looks_for_a_gpu(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--layers", "conv,softmax", "--out", str(tmp_path / "b")]) == 2
+    assert "--layers must be among" in capsys.readouterr().err
 
 
 def test_bench_command_runs_every_bench_sweep_by_default() -> None:

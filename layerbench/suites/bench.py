@@ -133,6 +133,13 @@ def depthwise_rows(df: pd.DataFrame) -> pd.Series:
     return (df["layer"] == "conv2d") & (groups > 1) & (groups == df["in_channels"])
 
 
+def check_layers(layers: tuple[str, ...]) -> None:
+    """ValueError naming ``--layers``' entries that are no bench set."""
+    unknown = sorted(set(layers) - set(LAYERS))
+    if unknown:
+        raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
+
+
 def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
               energy: bool = True, progress: bool = True, where: str | None = None,
               scheduler: SchedulerFactory | None = None, ceilings_gpu: str | None = None) -> pd.DataFrame:
@@ -140,9 +147,7 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
     ``where``: a filter over every set's rows (``Sweep.restrict_where``), for a bench in parts.
     ``scheduler``: the sets' point groups spread over several GPUs (``--gpus``); ``ceilings_gpu``:
     the ``CUDA_VISIBLE_DEVICES`` entry of the GPU the ceilings are measured on (None: the first)."""
-    unknown = sorted(set(layers) - set(LAYERS))
-    if unknown:
-        raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
+    check_layers(layers)
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and (out / CEILINGS_FILE).exists()):
         measured = ceil.measure_apart(device, ceilings_gpu) | {"measured_at": results.timestamp()}
