@@ -112,7 +112,8 @@ def test_triton_bind_tunes_once_per_shape(tmp_path: Path, monkeypatch: Any) -> N
     monkeypatch.setattr(build_cache, "_CHOICES", {})
     monkeypatch.setattr(support, "interpreting", lambda fn: False)
     monkeypatch.setattr(support, "_precompile", lambda *a: None)
-    tuned_runs: list[int] = []
+    timed: list[int] = []  # the BLOCK of each config timed
+    monkeypatch.setattr(support, "quick_bench", lambda kernel: (kernel(), {16: 2.0, 32: 1.0}[timed[-1]])[1])
 
     def my_kernel() -> None: ...
 
@@ -120,23 +121,19 @@ def test_triton_bind_tunes_once_per_shape(tmp_path: Path, monkeypatch: Any) -> N
         fn = my_kernel
 
         def __getitem__(self, grid: Any) -> Any:
-            return lambda *a, **kw: None
+            def launch(*a: Any, BLOCK: int, **kw: Any) -> None:  # noqa: N803
+                timed.append(BLOCK)
+            return launch
 
-    class Tuned:
-        configs = [triton.Config({"BLOCK": 16}, num_warps=4), triton.Config({"BLOCK": 32}, num_warps=8)]
-        best_config = configs[1]
-
-        def __getitem__(self, grid: Any) -> Any:
-            return lambda *a, **kw: tuned_runs.append(1)
-
+    configs = [triton.Config({"BLOCK": 16}, num_warps=4), triton.Config({"BLOCK": 32}, num_warps=8)]
     x = torch.zeros(4, 8)
     for _ in range(2):
-        support.bind(Fn(), Tuned(), lambda c: (1,), (x, 3), {}, {"BLOCK": 16})
-    assert len(tuned_runs) == 1
+        support.bind(Fn(), configs, lambda c: (1,), (x, 3), {}, {"BLOCK": 16})
+    assert timed == [16, 32]
     monkeypatch.setattr(build_cache, "_CHOICES", {})  # as a new process
-    support.bind(Fn(), Tuned(), lambda c: (1,), (torch.ones(4, 8), 3), {}, {"BLOCK": 16})
-    assert len(tuned_runs) == 1
-    support.bind(Fn(), Tuned(), lambda c: (1,), (torch.ones(5, 8), 3), {}, {"BLOCK": 16})
-    assert len(tuned_runs) == 2  # another shape: tuned
+    support.bind(Fn(), configs, lambda c: (1,), (torch.ones(4, 8), 3), {}, {"BLOCK": 16})
+    assert timed == [16, 32]
+    support.bind(Fn(), configs, lambda c: (1,), (torch.ones(5, 8), 3), {}, {"BLOCK": 16})
+    assert timed == [16, 32, 16, 32]  # another shape: tuned
     [entry] = [p for p in (tmp_path / "autotune").iterdir() if "my_kernel" in p.read_text()][:1]
     assert '"BLOCK": 32' in entry.read_text()

@@ -139,9 +139,7 @@ def test_triton_tuning_uses_the_selection_timer() -> None:
         time.sleep(0.003)
         x.add_(1)
 
-    assert quick_bench(slow_to_enqueue) < 1.0
-    low, mid, high = quick_bench(slow_to_enqueue, quantiles=(0.2, 0.5, 0.8))
-    assert 0 < low <= mid <= high < 1.0
+    assert 0 < quick_bench(slow_to_enqueue) < 1.0
 
 
 def test_check_workspace_refuses_over_half_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -193,3 +193,36 @@ def test_a_ray_task_that_poisoned_its_context_names_its_candidate() -> None:
     outcome = _Replay(result, None, lambda p, i: {}, suspects).run(point, ["torch"], lambda k, p: handled.append(k))
     assert outcome.kind == "poisoned" and handled == ["phase", "record"]
     assert suspects.snapshot()["relu torch > v2"].startswith("left the CUDA context unusable on relu fp32 NCHW")
+
+
+def test_triton_configs_are_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tuned config is announced, one that took a worker down is left out, one that fails to
+    compile or run is passed over; nothing left: Unsupported (all left out) or the failures."""
+    support = pytest.importorskip("kernels.triton.support")
+    monkeypatch.setattr(support, "quick_bench", lambda kernel: kernel())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)  # the device is fine
+
+    def launcher(config: dict[str, object]) -> Callable[[], float]:
+        def run() -> float:
+            if config["BLOCK"] == 64:
+                raise RuntimeError("out of resources: shared memory")
+            return {16: 2.0, 32: 1.0, 128: 0.5}[config["BLOCK"]]  # type: ignore[index]
+        return run
+
+    configs = [{"BLOCK": b, "num_warps": 4, "maxnreg": None} for b in (16, 32, 64, 128)]
+    events: list[tuple[str, str]] = []
+    avoid = {"linear triton > gemm[BLOCK=128,num_warps=4]": "crashed the worker on fc6 earlier in this run"}
+    with attempts("linear triton", lambda e, p: events.append((e, p)), avoid):
+        best, ms, passed_over = support.fastest_config("kernels.triton.linear.gemm", configs, launcher)
+    assert (best["BLOCK"], ms) == (32, 1.0)
+    assert passed_over == ["gemm[BLOCK=64,num_warps=4]: RuntimeError: out of resources: shared memory"]
+    assert ("failed", "linear triton > gemm[BLOCK=64,num_warps=4]") in events
+    assert not any("BLOCK=128" in p for _, p in events)
+    only, ms, _ = support.fastest_config("gemm", configs[2:3], launcher)  # one config: nothing to time
+    assert only["BLOCK"] == 64 and ms != ms
+    hung = {f"linear triton > gemm[BLOCK={b},num_warps=4]": "hung" for b in (16, 32, 128)}
+    with attempts("linear triton", None, hung):
+        with pytest.raises(RuntimeError, match=r"no config of gemm compiled and ran: gemm\[BLOCK=64,num_warps=4\]"):
+            support.fastest_config("gemm", configs, launcher)
+        with pytest.raises(Unsupported, match="every config of gemm was left out"):
+            support.fastest_config("gemm", [c for c in configs if c["BLOCK"] != 64], launcher)

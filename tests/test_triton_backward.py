@@ -22,7 +22,7 @@ import kernels.triton  # noqa: F401 - registers the kernels
 from kernels import pool_winners
 from kernels.triton import linear_backward, pool2d_backward
 from kernels.triton.linear import EVEN_K_QUANTUM
-from kernels.triton.support import DOT_MODE, autotuned
+from kernels.triton.support import DOT_MODE
 from layerbench.builders import as_built
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
@@ -422,9 +422,8 @@ def test_gpu_linear_backward_every_tile_config(dtype: str, monkeypatch: pytest.M
     mode = DOT_MODE[dtype]
     cases = {"backward_data": (Linear(300, 150, 1100, bias=False, direction="backward_data"), 3),
              "backward_weight": (Linear(600, 150, 300, bias=False, direction="backward_weight"), 1)}
-    for config in linear_backward._CONFIGS[mode]:
-        monkeypatch.setitem(linear_backward._TUNED, mode,
-                            autotuned(linear_backward._strided_gemm_kernel, [config], linear_backward._KEY))
+    for config in list(linear_backward._CONFIGS[mode]):
+        monkeypatch.setitem(linear_backward._CONFIGS, mode, [config])
         for name, (spec, splits) in cases.items():
             result = check_implementation(forced_splits(splits, EVEN_K_QUANTUM), spec, dtype, "NCHW", "cuda",
                                           seed=seed_of(name))

@@ -303,19 +303,19 @@ CONFIG_CASES = {"blocked": (Conv2d(3, 64, 40, 11, 13, 3, 3, stride=2, padding=1)
 @pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
 @pytest.mark.parametrize("direction", BACKWARD)
 def test_gpu_every_tile_config(direction: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    table, tuned = ((backward._DGRAD_CONFIGS, backward._tuned_dgrad) if direction == "backward_data"
-                    else (backward._WGRAD_CONFIGS, backward._tuned_wgrad))
+    table, tiles = ((backward._DGRAD_CONFIGS, backward._dgrad_tiles) if direction == "backward_data"
+                    else (backward._WGRAD_CONFIGS, backward._wgrad_tiles))
     mode = backward.DOT_MODE[dtype]
     try:
         for config in list(table[mode]):
             monkeypatch.setitem(table, mode, [config])
-            tuned.cache_clear()
+            tiles.cache_clear()
             for name, (spec, layout) in CONFIG_CASES.items():
                 result = check_implementation(get("conv2d", "triton"), at(spec, direction), dtype, layout,
                                               "cuda", seed=seed_of(name))
                 assert result.ok, f"{config} {name} {dtype}: {result.message}"
     finally:
-        tuned.cache_clear()
+        tiles.cache_clear()
 
 
 @pytest.mark.gpu
@@ -323,19 +323,14 @@ def test_gpu_every_tile_config(direction: str, dtype: str, monkeypatch: pytest.M
 def test_gpu_every_depthwise_tile(direction: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = at(Conv2d(3, 40, 40, 11, 13, 3, 3, stride=2, padding=1, groups=40), direction)
     configs = depthwise._DGRAD_CONFIGS if direction == "backward_data" else depthwise._wgrad_configs(16)
-    tuned = depthwise._tuned_dgrad if direction == "backward_data" else depthwise._tuned_wgrad
-    try:
-        for config in configs:
-            if direction == "backward_data":
-                monkeypatch.setattr(depthwise, "_DGRAD_CONFIGS", [config])
-            else:
-                monkeypatch.setattr(depthwise, "_wgrad_configs", lambda taps, config=config: [config])
-            tuned.cache_clear()
-            for layout in Conv2d.layouts:
-                result = check_implementation(get("conv2d", "triton"), spec, "bf16", layout, "cuda", seed=7)
-                assert result.ok, f"{config} {layout}: {result.message}"
-    finally:
-        tuned.cache_clear()
+    for config in configs:
+        if direction == "backward_data":
+            monkeypatch.setattr(depthwise, "_DGRAD_CONFIGS", [config])
+        else:
+            monkeypatch.setattr(depthwise, "_wgrad_configs", lambda taps, config=config: [config])
+        for layout in Conv2d.layouts:
+            result = check_implementation(get("conv2d", "triton"), spec, "bf16", layout, "cuda", seed=7)
+            assert result.ok, f"{config} {layout}: {result.message}"
 
 
 @pytest.mark.gpu

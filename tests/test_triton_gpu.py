@@ -81,13 +81,13 @@ def test_conv2d_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -
     try:
         for config in list(triton_conv._CONFIGS[mode]):
             monkeypatch.setitem(triton_conv._CONFIGS, mode, [config])
-            triton_conv._tuned.cache_clear()  # tuners are cached per mode: build one of this config
+            triton_conv._tiles.cache_clear()  # tile lists are cached per mode: build one of this config
             for name, (spec, layout) in CONFIG_CASES.items():
                 result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda",
                                               seed=seed_of(name))
                 assert result.ok, f"{config} {name} {dtype}: {result.message}"
     finally:
-        triton_conv._tuned.cache_clear()
+        triton_conv._tiles.cache_clear()
 
 
 # The fields real networks use: MobileNetV2's depthwise layers (batch 64), Inception-v3's 1x7 and
@@ -125,19 +125,19 @@ DEPTHWISE_CONFIG_CASES = [Conv2d(3, 40, 40, 13, 13, 3, 3, stride=2, padding=1, g
 @pytest.mark.parametrize("layout", Conv2d.layouts)
 def test_conv2d_depthwise_every_tile_config(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
     tiles = depthwise._NHWC_TILES if layout == "NHWC" else depthwise._NCHW_TILES
-    tuners = (depthwise._nhwc_tuned, depthwise._nchw_tuned)
+    tile_lists = (depthwise._nhwc_tiles, depthwise._nchw_tiles)
     try:
         for tile in list(tiles):
             monkeypatch.setattr(depthwise, "_NHWC_TILES" if layout == "NHWC" else "_NCHW_TILES", [tile])
-            for tuner in tuners:
-                tuner.cache_clear()
+            for tile_list in tile_lists:
+                tile_list.cache_clear()
             for i, spec in enumerate(DEPTHWISE_CONFIG_CASES):
                 for dtype in ("fp16", "fp32"):
                     result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda", seed=i)
                     assert result.ok, f"{tile} {spec} {dtype}: {result.message}"
     finally:
-        for tuner in tuners:
-            tuner.cache_clear()
+        for tile_list in tile_lists:
+            tile_list.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
@@ -148,12 +148,12 @@ def test_conv2d_narrow_group_every_tile_config(dtype: str, monkeypatch: pytest.M
     try:
         for config in [c for c in triton_conv._CONFIGS[mode] if not c.kwargs["SWAP"]]:
             monkeypatch.setitem(triton_conv._CONFIGS, mode, [config])
-            triton_conv._tuned.cache_clear()
+            triton_conv._tiles.cache_clear()
             for layout in Conv2d.layouts:
                 result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda", seed=5)
                 assert result.ok, f"{config} {layout} {dtype}: {result.message}"
     finally:
-        triton_conv._tuned.cache_clear()
+        triton_conv._tiles.cache_clear()
 
 
 # ------------------------------------------------------------------------- FFT convolution (tf32)
@@ -178,18 +178,12 @@ def test_conv2d_fft_every_tile_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each transform tile and each complex-product tile forced in turn, on sizes that cut them."""
     spec = Conv2d(3, 20, 36, 19, 23, 3, 5, padding=2)
     gemm, complex_ = list(fft_conv._GEMM_CONFIGS), list(fft_conv._COMPLEX_CONFIGS)
-    try:
-        for i in range(max(len(gemm), len(complex_))):
-            monkeypatch.setattr(fft_conv, "_GEMM_CONFIGS", [gemm[i % len(gemm)]])
-            monkeypatch.setattr(fft_conv, "_COMPLEX_CONFIGS", [complex_[i % len(complex_)]])
-            fft_conv._tuned_gemm.cache_clear()
-            fft_conv._tuned_complex.cache_clear()
-            for layout in Conv2d.layouts:
-                result = check_implementation(fft_only, spec, "tf32", layout, "cuda", seed=i)
-                assert result.ok, f"configs #{i} {layout}: {result.message}"
-    finally:
-        fft_conv._tuned_gemm.cache_clear()
-        fft_conv._tuned_complex.cache_clear()
+    for i in range(max(len(gemm), len(complex_))):
+        monkeypatch.setattr(fft_conv, "_GEMM_CONFIGS", [gemm[i % len(gemm)]])
+        monkeypatch.setattr(fft_conv, "_COMPLEX_CONFIGS", [complex_[i % len(complex_)]])
+        for layout in Conv2d.layouts:
+            result = check_implementation(fft_only, spec, "tf32", layout, "cuda", seed=i)
+            assert result.ok, f"configs #{i} {layout}: {result.message}"
 
 
 def test_conv2d_tf32_records_its_algorithm() -> None:

@@ -77,12 +77,9 @@ from kernels.triton.lowered_conv import build_lowered
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.layout import channels_last_copy
 from kernels.triton.pointwise_conv import build_pointwise, build_strided_pointwise
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, autotuned, bind, check_conv_tensors,
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
                                     pixel_of, pixel_run, quick_bench, tile_config)
-
-_KEY = ["N", "C", "CX", "H", "W", "K", "KY", "KG", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
-        "dil_h", "dil_w", "X_NHWC", "Y_NHWC", "PIX_RUN", "CHANNEL_BLOCK", "WEIGHT_RSC", "HAS_BIAS", "PRECISION"]
 
 
 def _tile(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
@@ -237,8 +234,8 @@ def _conv2d_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
 
 
 @functools.cache
-def _tuned(mode: str, max_block_k: int, max_block_n: int | None = None):
-    """The tuner over ``mode``'s tiles with BLOCK_K (and BLOCK_N, where given) capped.
+def _tiles(mode: str, max_block_k: int, max_block_n: int | None = None) -> list[triton.Config]:
+    """``mode``'s tiles with BLOCK_K (and BLOCK_N, where given) capped.
 
     The BLOCK_N cap is for narrow groups (ResNeXt's 4 to 32 channels a group): tiles as narrow as
     16 instead of 64-256 channels computed for a few.  A swapped tile is kept only while its
@@ -252,7 +249,7 @@ def _tuned(mode: str, max_block_k: int, max_block_n: int | None = None):
         configs.append(_tile(c.kwargs["BLOCK_M"], block_n, min(c.kwargs["BLOCK_K"], max_block_k),
                              c.num_warps, c.num_stages, c.kwargs["SWAP"]))
     unique = list({str(c): c for c in configs}.values())
-    return autotuned(_conv2d_kernel, unique, _KEY)
+    return unique
 
 
 # The tile width most configs use along the output channels; see channel_parts.
@@ -323,7 +320,7 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     crs = c * spec.kernel_h * spec.kernel_w
     wide = fixed["BLOCK_N"] if interpreting(_conv2d_kernel) else _WIDE_N
     narrow = max(16, next_pow2(k_group)) if groups > 1 else None
-    tuned = _tuned(mode, block_k or cap, narrow)  # one tuner: K and KY in its key tune each part apart
+    tiles = _tiles(mode, block_k or cap, narrow)  # bind tunes each part for its own K and KY
     launches = []
     for lo, hi in channel_parts(k_group, wide):
         # A run of each group's output channels: the weight's rows, the bias and the output's
@@ -338,7 +335,7 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
             tiles = triton.cdiv(m_total, config["BLOCK_M"]) * triton.cdiv(channels, config["BLOCK_N"])
             return (tiles, groups)
 
-        launches.append(bind(_conv2d_kernel, tuned, grid, args, meta, fixed))
+        launches.append(bind(_conv2d_kernel, tiles, grid, args, meta, fixed))
     return in_order(*copies, *launches)
 
 

@@ -67,7 +67,7 @@ from kernels.triton.conv2d import channel_block
 from kernels.triton.layout import channels_last_copy, layout_copy
 from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
 from kernels.triton.pointwise_conv import build_pointwise_backward
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, autotuned, bind, check_inputs,
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, bind, check_inputs,
                                     dense_layout, grouped_tile, interpreting, pixel_run, quick_bench,
                                     tile_config)
 
@@ -98,11 +98,6 @@ _WGRAD_CONFIGS = {
 }
 _INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
 
-_DGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
-              "pad_w", "dil_h", "dil_w", "DX_NHWC", "CHANNEL_BLOCK", "PIX_RUN", "PRECISION"]
-_WGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "CPG", "KPG", "stride_h", "stride_w", "pad_h",
-              "pad_w", "dil_h", "dil_w", "k_per_split", "WEIGHT_RSC", "TAP_BLOCK",
-              "PARTIAL", "PRECISION"]
 
 # wgrad split-K on the GPU: the slice counts tried, slices of at least MIN_SLICE reduction indices
 # starting on a multiple of SLICE_QUANTUM (every BLOCK_K divides it), workspace at most this big.
@@ -365,13 +360,13 @@ def _capped(configs: list[triton.Config], key: str, cap: int) -> list[triton.Con
 
 
 @functools.cache
-def _tuned_dgrad(mode: str, max_block_k: int):
-    return autotuned(_dgrad_kernel, _capped(_DGRAD_CONFIGS[mode], "BLOCK_K", max_block_k), _DGRAD_KEY)
+def _dgrad_tiles(mode: str, max_block_k: int) -> list[triton.Config]:
+    return _capped(_DGRAD_CONFIGS[mode], "BLOCK_K", max_block_k)
 
 
 @functools.cache
-def _tuned_wgrad(mode: str, max_block_n: int):
-    return autotuned(_wgrad_kernel, _capped(_WGRAD_CONFIGS[mode], "BLOCK_N", max_block_n), _WGRAD_KEY)
+def _wgrad_tiles(mode: str, max_block_n: int) -> list[triton.Config]:
+    return _capped(_WGRAD_CONFIGS[mode], "BLOCK_N", max_block_n)
 
 
 def tap_block(c: int, max_block: int) -> int:
@@ -467,7 +462,7 @@ def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, 
     run = pixel_run(spec.height * spec.width, out.element_size()) if phases == 1 else 1
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
     m_phase = spec.batch * hp * wp
-    tuned = _tuned_dgrad(mode, block_k or cap)
+    tiles = _dgrad_tiles(mode, block_k or cap)
 
     def grid(config: dict) -> tuple[int, int]:
         tiles = triton.cdiv(m_phase, config["BLOCK_M"]) * triton.cdiv(cpg, config["BLOCK_N"])
@@ -476,7 +471,7 @@ def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, 
     def gemm_into(dx: torch.Tensor, nhwc: bool) -> Kernel:
         meta = {"DX_NHWC": nhwc, "CHANNEL_BLOCK": bool(block_k), "PRECISION": DOT_PRECISION[dtype.name],
                 "PIX_RUN": 1 if nhwc else run, "UPCAST": _upcast(_dgrad_kernel, dtype)}
-        return bind(_dgrad_kernel, tuned, grid, (dy, w, dx, *_common_args(spec), *periods, hp, wp), meta, fixed)
+        return bind(_dgrad_kernel, tiles, grid, (dy, w, dx, *_common_args(spec), *periods, hp, wp), meta, fixed)
 
     def via_nhwc() -> Kernel:
         if out.is_cuda:
@@ -532,7 +527,7 @@ def _wgrad_launch(spec: Conv2d, dtype: DType, x: torch.Tensor, dy: torch.Tensor,
             cols = triton.cdiv(cpg * taps, config["BLOCK_N"])
         return (triton.cdiv(kpg, config["BLOCK_M"]) * cols, slices, spec.groups)
 
-    gemm = bind(_wgrad_kernel, _tuned_wgrad(mode, block_n or cap), grid,
+    gemm = bind(_wgrad_kernel, _wgrad_tiles(mode, block_n or cap), grid,
                 (x, dy, target if partial else dw, *_common_args(spec), k_per_split), meta, fixed)
     if not partial:
         return gemm

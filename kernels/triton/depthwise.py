@@ -20,7 +20,7 @@ input lines, which L1 and L2 serve; DRAM sees about one read of x and one write 
   packed several a program so lanes do not idle.  The filter taps are then per plane.
 
 Program ids run along the pixels first, so programs at work together share input rows in L2.
-On the GPU the tile and warp count are autotuned per problem (support.autotuned); the
+On the GPU the tile and warp count are autotuned per problem (support.bind); the
 interpreter uses one small tile.
 """
 
@@ -37,11 +37,9 @@ from layerbench.errors import Unsupported
 from layerbench.builders import Kernel, Tensors
 from layerbench.layers import Conv2d
 
-from kernels.triton.support import (autotuned, bind, check_conv_tensors, check_inputs, dense_layout, next_pow2,
+from kernels.triton.support import (bind, check_conv_tensors, check_inputs, dense_layout, next_pow2,
                                     pixel_of)
 
-_KEY = ["C", "K", "H", "W", "P", "Q", "stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w",
-        "KH", "KW", "MULT", "HAS_BIAS"]
 
 # NHWC: (pixels, channels, warps) of a tile.  Wide channel blocks keep loads long; more pixels a
 # thread amortise its filter loads (each thread loads the taps of its own channels).  A block
@@ -135,26 +133,26 @@ def _depthwise_nchw_kernel(x_ptr, w_ptr, b_ptr, y_ptr, PLANES, C, K, H, W, P, Q,
 
 
 @functools.cache
-def _nhwc_tuned(max_block_c: int):
-    """The NHWC tuner, channel blocks narrowed to ``max_block_c`` (pixels widened to match)."""
+def _nhwc_tiles(max_block_c: int) -> list[triton.Config]:
+    """The NHWC tiles, channel blocks narrowed to ``max_block_c`` (pixels widened to match)."""
     configs = {}
     for pixels, channels, warps in _NHWC_TILES:
         block_c = min(channels, max_block_c)
         config = triton.Config({"BLOCK_P": pixels * channels // block_c, "BLOCK_C": block_c}, num_warps=warps)
         configs[str(config)] = config
-    return autotuned(_depthwise_nhwc_kernel, list(configs.values()), ["ROWS", *_KEY])
+    return list(configs.values())
 
 
 @functools.cache
-def _nchw_tuned(max_block_pix: int):
-    """The NCHW tuner, pixel sides at most ``max_block_pix`` (the plane rounded up) and planes to
+def _nchw_tiles(max_block_pix: int) -> list[triton.Config]:
+    """The NCHW tiles, pixel sides at most ``max_block_pix`` (the plane rounded up) and planes to
     fill the tile."""
     configs = {}
     for tile, warps in _NCHW_TILES:
         block_pix = min(tile, max_block_pix)
         config = triton.Config({"BLOCK_PL": tile // block_pix, "BLOCK_PIX": block_pix}, num_warps=warps)
         configs[str(config)] = config
-    return autotuned(_depthwise_nchw_kernel, list(configs.values()), ["PLANES", *_KEY])
+    return list(configs.values())
 
 
 def tap_major_filter(spec: Conv2d, weight: torch.Tensor) -> torch.Tensor:
@@ -191,7 +189,7 @@ def build_depthwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, o
 
         block_c = next_pow2(k)
         fixed = {"BLOCK_P": _INTERPRETER_NHWC["BLOCK_P"], "BLOCK_C": min(_INTERPRETER_NHWC["BLOCK_C"], block_c)}
-        return bind(_depthwise_nhwc_kernel, _nhwc_tuned(block_c), grid,
+        return bind(_depthwise_nhwc_kernel, _nhwc_tiles(block_c), grid,
                     (x, tap_major_filter(spec, w), b, out, rows, *sizes), meta, fixed)
 
     planes = n * k
@@ -202,5 +200,5 @@ def build_depthwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, o
     block_pix = next_pow2(p * q)
     pix = min(_INTERPRETER_NCHW_TILE, block_pix)
     fixed = {"BLOCK_PL": _INTERPRETER_NCHW_TILE // pix, "BLOCK_PIX": pix}
-    return bind(_depthwise_nchw_kernel, _nchw_tuned(block_pix), plane_grid, (x, w, b, out, planes, *sizes),
+    return bind(_depthwise_nchw_kernel, _nchw_tiles(block_pix), plane_grid, (x, w, b, out, planes, *sizes),
                 meta, fixed)

@@ -21,7 +21,6 @@ The weight (K, 1, R, S) has the same memory order in both layouts: k*R*S + r*S +
 
 from __future__ import annotations
 
-import functools
 
 import torch
 import triton
@@ -31,7 +30,7 @@ from layerbench.builders import Kernel, in_order
 from layerbench.layers import Conv2d
 
 from kernels.triton.grad_support import (first_tap, row_chunks, sum_slices, tap_count, tap_period)
-from kernels.triton.support import autotuned, bind, next_pow2
+from kernels.triton.support import bind, next_pow2
 
 
 def _config(block_p: int, block_c: int, warps: int = 4) -> triton.Config:
@@ -48,11 +47,6 @@ _WGRAD_ACC = (8192, 2048)
 _WGRAD_WARPS = 8
 _WGRAD_MIN_ROWS = 1024
 _ROW_QUANTUM = 128  # chunks start on a multiple of every BLOCK_P
-
-_DGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "KPG", "stride_h", "stride_w", "pad_h", "pad_w",
-              "dil_h", "dil_w", "DY_NHWC", "DX_NHWC"]
-_WGRAD_KEY = ["N", "C", "H", "W", "K", "P", "Q", "R", "S", "KPG", "stride_h", "stride_w", "pad_h", "pad_w",
-              "dil_h", "dil_w", "rows_per_chunk", "X_NHWC", "DY_NHWC", "PARTIAL", "TAPS"]
 
 
 @triton.jit(do_not_specialize=["N", "H", "W", "P", "Q", "R", "S", "stride_h", "stride_w", "pad_h", "pad_w",
@@ -163,22 +157,12 @@ def _args(spec: Conv2d) -> tuple[int, ...]:
             spec.dilation_h, spec.dilation_w)
 
 
-@functools.cache
-def _tuned_dgrad():
-    return autotuned(_dw_dgrad_kernel, _DGRAD_CONFIGS, _DGRAD_KEY)
-
-
 def _wgrad_configs(taps: int) -> list[triton.Config]:
     """Tiles whose accumulator of ``taps`` x BLOCK_C x BLOCK_P stays within each budget of
     _WGRAD_ACC values (BLOCK_P at least 1, at most _ROW_QUANTUM)."""
     tiles = {(max(acc // taps // bc, 1), bc) for acc in _WGRAD_ACC for bc in (128, 64, 32, 16, 8)
              if acc // taps // bc <= _ROW_QUANTUM}
     return [_config(p, c, _WGRAD_WARPS) for p, c in sorted(tiles)]
-
-
-@functools.cache
-def _tuned_wgrad(taps: int):
-    return autotuned(_dw_wgrad_kernel, _wgrad_configs(taps), _WGRAD_KEY)
 
 
 def dgrad(spec: Conv2d, dy: torch.Tensor, w: torch.Tensor, dx: torch.Tensor, dy_nhwc: bool,
@@ -192,7 +176,7 @@ def dgrad(spec: Conv2d, dy: torch.Tensor, w: torch.Tensor, dx: torch.Tensor, dy_
         return (spec.stride_h * spec.stride_w * triton.cdiv(phase_pixels, config["BLOCK_P"]),
                 triton.cdiv(spec.in_channels, config["BLOCK_C"]))
 
-    return bind(_dw_dgrad_kernel, _tuned_dgrad(), grid, (dy, w, dx, *_args(spec), *periods, hp, wp),
+    return bind(_dw_dgrad_kernel, _DGRAD_CONFIGS, grid, (dy, w, dx, *_args(spec), *periods, hp, wp),
                 {"DY_NHWC": dy_nhwc, "DX_NHWC": dx_nhwc}, _INTERPRETER_CONFIG)
 
 
@@ -216,6 +200,6 @@ def wgrad(spec: Conv2d, x: torch.Tensor, dy: torch.Tensor, dw: torch.Tensor, x_n
         return (triton.cdiv(k, config["BLOCK_C"]), chunks)
 
     meta = {"X_NHWC": x_nhwc, "DY_NHWC": dy_nhwc, "PARTIAL": partial, "TAPS": taps}
-    launch = bind(_dw_wgrad_kernel, _tuned_wgrad(taps), grid,
+    launch = bind(_dw_wgrad_kernel, _wgrad_configs(taps), grid,
                   (x, dy, ws if partial else dw, *_args(spec), per_chunk), meta, _INTERPRETER_CONFIG)
     return in_order(launch, sum_slices(ws, dw, chunks)) if partial else launch

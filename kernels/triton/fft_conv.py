@@ -22,16 +22,14 @@ Intermediates are rounded to tf32 where they are stored (see fft_plan.py on why)
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels.triton.fft_plan import FftPlan
-from kernels.triton.support import autotuned, bind, grouped_tile, tile_config
+from kernels.triton.support import bind, grouped_tile, tile_config
 from layerbench.builders import Kernel, in_order
 
 # Transforms: one side of a product is a DFT matrix of 2 x 16 to 2 x 128 rows, the other the
@@ -150,9 +148,6 @@ def _complex_kernel(x_ptr, w_ptr, y_ptr, B, K, C,
     tl.store(y_real + B * K, _round_tf32(acc_im), mask=mask)
 
 
-_KEY = ["M", "N", "K", "AM", "AK", "BK", "BN", "OM", "ON", "HAS_BIAS", "ROUND"]
-
-
 @dataclass(frozen=True)
 class IndexMap:
     """i -> (i % d0) * s0 + ((i // d0) % d1) * s1 + (i // (d0 d1)) * s2, or i * s0 (``levels`` 1)."""
@@ -188,16 +183,6 @@ class Operand:
     batch_stride: int = 0
 
 
-@functools.cache
-def _tuned_gemm() -> Any:
-    return autotuned(_strided_gemm_kernel, _GEMM_CONFIGS, _KEY)
-
-
-@functools.cache
-def _tuned_complex() -> Any:
-    return autotuned(_complex_kernel, _COMPLEX_CONFIGS, ["B", "K", "C"])
-
-
 def strided_gemm(a: Operand, b: Operand, out: Operand, m: int, n: int, k: int, batches: int = 1,
                  bias: torch.Tensor | None = None, bias_period: int = 1, round_tf32: bool = True) -> Kernel:
     """A launcher of _strided_gemm_kernel (autotuned now on the GPU)."""
@@ -212,7 +197,7 @@ def strided_gemm(a: Operand, b: Operand, out: Operand, m: int, n: int, k: int, b
     def grid(config: dict) -> tuple[int, int]:
         return triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), batches
 
-    return bind(_strided_gemm_kernel, _tuned_gemm(), grid, args, meta, _INTERPRETER_CONFIG)
+    return bind(_strided_gemm_kernel, _GEMM_CONFIGS, grid, args, meta, _INTERPRETER_CONFIG)
 
 
 def complex_product(xs: torch.Tensor, ws: torch.Tensor, ys: torch.Tensor, batch: int,
@@ -222,7 +207,7 @@ def complex_product(xs: torch.Tensor, ws: torch.Tensor, ys: torch.Tensor, batch:
     def grid(config: dict) -> tuple[int, int]:
         return triton.cdiv(batch, config["BLOCK_M"]) * triton.cdiv(out_channels, config["BLOCK_N"]), freqs
 
-    return bind(_complex_kernel, _tuned_complex(), grid, args, {}, _INTERPRETER_CONFIG)
+    return bind(_complex_kernel, _COMPLEX_CONFIGS, grid, args, {}, _INTERPRETER_CONFIG)
 
 
 def _forward(plan: FftPlan, t: torch.Tensor, rows: torch.Tensor, spectrum: torch.Tensor,

@@ -25,10 +25,9 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Linear
 
-from kernels.triton.support import (autotuned, bind, check_inputs, check_linear_tensors, fastest_split,
+from kernels.triton.support import (bind, check_inputs, check_linear_tensors, fastest_split,
                                     interpreting, split_sum)
 
-_KEY = ["N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K"]
 # Every BLOCK_K divides QUANTUM: a split's slice starts on a multiple of it, and where K is a
 # multiple of it no step needs a mask.
 QUANTUM = 512
@@ -78,9 +77,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sem_ptr, N, K, k_per_split,
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
-_TUNED = autotuned(_gemv_kernel, _CONFIGS, _KEY)
-
-
 def _plan(spec: Linear, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
           splits: int, quantum: int) -> Kernel:
     """A launcher that cuts the reduction into ``splits`` slices of whole quanta (fewer if K is short)."""
@@ -97,7 +93,7 @@ def _plan(spec: Linear, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(n, config["BLOCK_N"]), splits)
 
-    return bind(_gemv_kernel, _TUNED, grid, args, meta, _INTERPRETER_CONFIG)
+    return bind(_gemv_kernel, _CONFIGS, grid, args, meta, _INTERPRETER_CONFIG)
 
 
 def build_gemv(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> Built:

@@ -35,11 +35,9 @@ from layerbench.layers import Linear
 
 from kernels.triton.gemv import build_gemv
 from kernels.triton.linear_tma import build_persistent
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, check_linear_tensors,
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, bind, check_inputs, check_linear_tensors,
                                     dot_slice, fastest_split, grouped_tile, interpreting, quick_bench, split_sum,
                                     tile_config)
-
-_KEY = ["M", "N", "K", "k_per_split", "HAS_BIAS", "PARTIAL", "EVEN_K", "PRECISION"]
 
 
 # Small-BLOCK_M shapes are for small batches.  Every BLOCK_K divides EVEN_K_QUANTUM.  At batch
@@ -110,9 +108,6 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sem_ptr, M, N, K, k_per_s
         tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-_TUNED = {mode: autotuned(_linear_kernel, configs, _KEY) for mode, configs in _CONFIGS.items()}
-
-
 def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
           out: torch.Tensor, splits: int, quantum: int) -> Kernel:
     """A launcher that cuts the reduction into ``splits`` slices (fewer if K is short)."""
@@ -134,7 +129,7 @@ def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: to
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
 
-    return bind(_linear_kernel, _TUNED[DOT_MODE[dtype.name]], grid, args, meta, _INTERPRETER_CONFIG)
+    return bind(_linear_kernel, _CONFIGS[DOT_MODE[dtype.name]], grid, args, meta, _INTERPRETER_CONFIG)
 
 
 @register("linear", "triton", backend="triton", devices=("cuda", "cpu"),

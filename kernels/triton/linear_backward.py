@@ -27,11 +27,9 @@ from layerbench.layers import Linear
 from layerbench.layers.passes import split_output
 
 from kernels.triton.linear import EVEN_K_QUANTUM, MAX_WORKSPACE_BYTES, MIN_SLICE, SPLIT_CANDIDATES
-from kernels.triton.support import (DOT_MODE, DOT_PRECISION, autotuned, bind, check_inputs, dot_slice,
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, bind, check_inputs, dot_slice,
                                     fastest_split, grouped_tile, interpreting, split_sum, tile_config)
 
-_KEY = ["M", "N", "K", "k_per_split", "stride_am", "stride_ak", "stride_bk", "stride_bn", "PARTIAL",
-        "EVEN_K", "PRECISION"]
 
 # The forward's families (every BLOCK_K divides EVEN_K_QUANTUM), with the deep 64 x 64 pipelines
 # for streaming W at small batch, plus 128 x 128 and 128 x 256 tiles for dW, whose output is the
@@ -136,10 +134,6 @@ def _column_sum_kernel(x_ptr, out_ptr, ws_ptr, sem_ptr, B, N, rows_per_slice, PA
         tl.store(out_ptr + cols, total.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
-_TUNED = {mode: autotuned(_strided_gemm_kernel, configs, _KEY) for mode, configs in _CONFIGS.items()}
-_SUM_TUNED = autotuned(_column_sum_kernel, _SUM_CONFIGS, ["B", "N", "rows_per_slice", "PARTIAL"])
-
-
 def _gemm_plan(dtype: DType, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, splits: int,
                quantum: int) -> Kernel:
     """A launcher of c = a @ b for 2-D views of any strides (c dense row-major), the reduction cut
@@ -160,7 +154,7 @@ def _gemm_plan(dtype: DType, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, 
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
 
-    return bind(_strided_gemm_kernel, _TUNED[DOT_MODE[dtype.name]], grid, args, meta, _INTERPRETER_CONFIG)
+    return bind(_strided_gemm_kernel, _CONFIGS[DOT_MODE[dtype.name]], grid, args, meta, _INTERPRETER_CONFIG)
 
 
 def _gemm(dtype: DType, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> Kernel:
@@ -196,7 +190,7 @@ def _column_sum(x: torch.Tensor, out: torch.Tensor) -> Kernel:
         return (triton.cdiv(cols, config["BLOCK_N"]), slices)
 
     args = (x, out, workspace, semaphores, rows, cols, rows_per_slice)
-    return bind(_column_sum_kernel, _SUM_TUNED, grid, args, {"PARTIAL": partial}, _SUM_INTERPRETER_CONFIG)
+    return bind(_column_sum_kernel, _SUM_CONFIGS, grid, args, {"PARTIAL": partial}, _SUM_INTERPRETER_CONFIG)
 
 
 def _checked(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -28,7 +28,7 @@ from layerbench.builders import Kernel, Tensors
 from layerbench.registry import register
 from layerbench.layers import Pool2d
 
-from kernels.triton.support import INT32_MAX, autotuned, bind, check_inputs, dense_layout, next_pow2, pixel_of
+from kernels.triton.support import INT32_MAX, bind, check_inputs, dense_layout, next_pow2, pixel_of
 
 # TILE output elements per program.  NHWC: the tile's channel side is fixed per problem (below).
 # Small tiles over many warps: strided window taps load narrow values that wait on L1, and large
@@ -47,7 +47,6 @@ _NCHW_CONFIGS = [triton.Config({"TILE": 128}, num_warps=4),
                  triton.Config({"TILE": 256}, num_warps=8),
                  triton.Config({"TILE": 512}, num_warps=8)]
 _INTERPRETER_CONFIG = {"TILE": 256}
-_KEY = ["H", "W", "P", "Q", "stride", "pad", "KSIZE", "IS_MAX"]  # + ROWS and C (NHWC), TOTAL (NCHW)
 
 # Widest channel run of an NHWC tile.
 MAX_INNER = 128
@@ -127,10 +126,6 @@ def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, H, W, P, Q, stride, pad,
     tl.store(y_ptr + o, acc.to(y_ptr.dtype.element_ty), mask=o_ok)
 
 
-_nhwc_tuned = autotuned(_pool_nhwc_kernel, _NHWC_CONFIGS, ["ROWS", "C", *_KEY])
-_nchw_tuned = autotuned(_pool_nchw_kernel, _NCHW_CONFIGS, ["TOTAL", *_KEY])
-
-
 @register("pool2d", "triton", backend="triton", devices=("cuda", "cpu"),
           description="Triton max/avg pooling; NHWC tiles over contiguous channels, NCHW over the flat output")
 def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
@@ -156,10 +151,10 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
             return (triton.cdiv(rows, config["TILE"] // inner), triton.cdiv(c, inner))
 
         args = (x, out, rows, c, h, w, p, q, spec.stride, spec.padding)
-        return bind(_pool_nhwc_kernel, _nhwc_tuned, grid, args, meta, _INTERPRETER_CONFIG)
+        return bind(_pool_nhwc_kernel, _NHWC_CONFIGS, grid, args, meta, _INTERPRETER_CONFIG)
 
     def flat_grid(config: dict) -> tuple[int, ...]:
         return (triton.cdiv(out.numel(), config["TILE"]),)
 
     args = (x, out, out.numel(), h, w, p, q, spec.stride, spec.padding)
-    return bind(_pool_nchw_kernel, _nchw_tuned, flat_grid, args, meta, _INTERPRETER_CONFIG)
+    return bind(_pool_nchw_kernel, _NCHW_CONFIGS, flat_grid, args, meta, _INTERPRETER_CONFIG)

@@ -36,7 +36,7 @@ from layerbench.layers import Pool2d
 
 from kernels import pool_winners
 from kernels.triton.pool2d import MAX_INNER
-from kernels.triton.support import (INT32_MAX, autotuned, bind, check_inputs, dense_layout, interpreting,
+from kernels.triton.support import (INT32_MAX, bind, check_inputs, dense_layout, interpreting,
                                     next_pow2)
 
 # Each dx element reads ceil(kernel / stride)**2 dy values (and, for max, kernel**2 x values per
@@ -57,7 +57,6 @@ _WINNER_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
                    triton.Config({"TILE": 1024}, num_warps=4),
                    triton.Config({"TILE": 1024}, num_warps=8)]
 _INTERPRETER_CONFIG = {"TILE": 256}
-_KEY = ["H", "W", "P", "Q", "stride", "pad", "KSIZE", "IS_MAX", "WINNERS"]  # + ROWS and C (NHWC), TOTAL (NCHW)
 
 
 @triton.jit
@@ -196,12 +195,6 @@ def _pool_backward_nchw_kernel(x_ptr, dy_ptr, win_ptr, dx_ptr, TOTAL, H, W, P, Q
     tl.store(dx_ptr + e, acc.to(dx_ptr.dtype.element_ty), mask=e_ok)
 
 
-_nhwc_tuned = autotuned(_pool_backward_nhwc_kernel, _NHWC_CONFIGS, ["ROWS", "C", *_KEY])
-_nchw_tuned = autotuned(_pool_backward_nchw_kernel, _NCHW_CONFIGS, ["TOTAL", *_KEY])
-_winners_tuned = autotuned(_window_winners_kernel, _WINNER_CONFIGS,
-                           ["TOTAL", "C", "H", "W", "P", "Q", "stride", "pad", "KSIZE", "CHANNELS_LAST"])
-
-
 @register("pool2d", "triton", backend="triton", devices=("cuda", "cpu"), direction="backward_data",
           description="Triton max/avg pooling dx, gathered per element from the windows that hold it "
                       "(max: window winners found again per element, or first, once a window: the faster)")
@@ -249,7 +242,7 @@ def _build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch
     if winners is not None:
         # A flat array in dy's own memory order: the gather reads a window's winner at dy's index.
         args = (x, winners, dy.numel(), c, h, w, p, q, spec.stride, spec.padding)
-        first.append(bind(_window_winners_kernel, _winners_tuned,
+        first.append(bind(_window_winners_kernel, _WINNER_CONFIGS,
                           lambda config: (triton.cdiv(dy.numel(), config["TILE"]),), args,
                           {"KSIZE": spec.kernel, "CHANNELS_LAST": channels_last}, _INTERPRETER_CONFIG))
     win = winners if winners is not None else dy  # never read without winners
@@ -262,10 +255,10 @@ def _build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch
             return (triton.cdiv(rows, config["TILE"] // inner), triton.cdiv(c, inner))
 
         args = (x, dy, win, out, rows, c, h, w, p, q, spec.stride, spec.padding)
-        return in_order(*first, bind(_pool_backward_nhwc_kernel, _nhwc_tuned, grid, args, meta, _INTERPRETER_CONFIG))
+        return in_order(*first, bind(_pool_backward_nhwc_kernel, _NHWC_CONFIGS, grid, args, meta, _INTERPRETER_CONFIG))
 
     def flat_grid(config: dict) -> tuple[int, ...]:
         return (triton.cdiv(out.numel(), config["TILE"]),)
 
     args = (x, dy, win, out, out.numel(), h, w, p, q, spec.stride, spec.padding)
-    return in_order(*first, bind(_pool_backward_nchw_kernel, _nchw_tuned, flat_grid, args, meta, _INTERPRETER_CONFIG))
+    return in_order(*first, bind(_pool_backward_nchw_kernel, _NCHW_CONFIGS, flat_grid, args, meta, _INTERPRETER_CONFIG))

@@ -1,8 +1,9 @@
 """What the Triton kernels share: interpreter detection, input checks, autotuning and launch binding.
 
-On a GPU every tiled kernel is autotuned once, in ``build``, over a few configs keyed on the problem
-sizes; the launcher it returns calls the plain ``@triton.jit`` function with the chosen config, so
-``kernel()`` pays no autotuner bookkeeping.  Under ``TRITON_INTERPRET=1`` (CPU tensors, correctness
+On a GPU every tiled kernel is autotuned once, in ``build``, over a few configs (``bind``: each
+timed, the fastest kept in the build cache under the problem's shapes); the launcher it returns
+calls the plain ``@triton.jit`` function with the chosen config, so ``kernel()`` pays no tuning
+bookkeeping.  Under ``TRITON_INTERPRET=1`` (CPU tensors, correctness
 only) autotuning would run every config through the Python interpreter, so one fixed config is used.
 """
 
@@ -14,7 +15,6 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -23,7 +23,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.builders import Kernel, Tensors, selection_times
+from layerbench.builders import Kernel, Tensors, attempting, avoided, selection_times
 from layerbench.layers import Conv2d, Linear
 
 Grid = Callable[[dict[str, Any]], tuple[int, ...]]
@@ -175,10 +175,10 @@ def check_conv_tensors(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> Non
         raise Unsupported(f"bias must be contiguous, of {spec.out_channels} elements")
 
 
-def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = None) -> Any:
-    """GPU time of ``fn`` in ms for tuning decisions (the median, or ``quantiles`` of the samples,
-    as triton.autotune asks): the build-time timer of every backend, in the point's timing mode,
-    the stream held while the host enqueues each launch.  Not triton.testing.do_bench: where the
+def quick_bench(fn: Callable[[], object]) -> float:
+    """GPU time of ``fn`` in ms for tuning decisions (the median of the samples): the build-time
+    timer of every backend, in the point's timing mode, the stream held while the host enqueues
+    each launch.  Not triton.testing.do_bench: where the
     host enqueues a launch slower than the GPU runs it, the host's time lands inside its events,
     and on kernels of ~10 us that can outweigh the differences between configs.
 
@@ -187,9 +187,7 @@ def quick_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = No
     """
     times = selection_times(fn, torch.device("cuda", torch.cuda.current_device()), reps=QUICK_REPS,
                             warmup_s=0.025)
-    if quantiles is None:
-        return statistics.median(times)
-    return [float(q) for q in np.quantile(times, quantiles)]
+    return statistics.median(times)
 
 
 def fastest_split(splits: Iterable[int], plan: Callable[[int], Kernel]) -> tuple[Kernel, int]:
@@ -205,42 +203,75 @@ def fastest_split(splits: Iterable[int], plan: Callable[[int], Kernel]) -> tuple
     return best, best_splits
 
 
-def autotuned(fn: object, configs: list[triton.Config], key: list[str]) -> Any:
-    """``fn`` wrapped in triton.autotune with the short benchmark (tuning happens in build)."""
-    return triton.autotune(configs=configs, key=key, do_bench=quick_bench)(fn)
+def config_label(config: dict[str, Any]) -> str:
+    """``BLOCK_M=128,BLOCK_N=64,num_warps=4,num_ctas=1,num_stages=3``: a tuned config in a word."""
+    return ",".join(f"{k}={v}" for k, v in config.items() if v is not None)
 
 
-def bind(fn: Any, tuned: Any, grid: Grid, args: tuple, meta: dict[str, Any],
-         fixed: dict[str, Any]) -> Kernel:
-    """Choose a config (autotune on the GPU, ``fixed`` under the interpreter) and return a launcher.
+def fastest_config(name: str, configs: Sequence[dict[str, Any]],
+                   launcher: Callable[[dict[str, Any]], Kernel]) -> tuple[dict[str, Any], float, list[str]]:
+    """The config whose launch (``launcher(config)``) ``quick_bench`` times fastest, the first of
+    equals, its time in ms and the configs passed over with why.  Each config is one of the build's
+    candidates (``layerbench.builders.attempting``, as ``<kernel>[<config>]``, the kernel the last
+    word of ``name``): announced while it runs, left out where it took a worker down earlier in the
+    run.  A config that fails to compile or run (out of shared memory, say) is passed over, as
+    triton.autotune does, unless the failure left the device unusable.  Unsupported where every
+    config was left out, an error naming the failures where none ran.  A single config is taken
+    untimed (its time: NaN)."""
+    if len(configs) == 1:  # nothing to choose (and to leave out): no timing, as triton.autotune
+        return configs[0], float("nan"), []
+    best, best_ms, failed, skipped = None, float("inf"), [], []
+    kernel = name.rsplit(".", 1)[-1]
+    for config in configs:
+        label = f"{kernel}[{config_label(config)}]"
+        why = avoided(label)
+        if why:
+            skipped.append(f"{label}: {why}")
+            continue
+        try:
+            with attempting(label):
+                ms = quick_bench(launcher(config))
+        except Exception as exc:  # noqa: BLE001 - that config is passed over
+            torch.cuda.synchronize()  # a sticky error is no fallback: it raises here
+            failed.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            continue
+        if ms < best_ms:
+            best, best_ms = config, ms
+    if best is not None:
+        return best, best_ms, failed
+    if not failed:
+        raise Unsupported(f"every config of {name} was left out: {'; '.join(skipped)}")
+    raise RuntimeError(f"no config of {name} compiled and ran: {'; '.join(failed[:3])}")
 
-    ``fn`` is the plain jitted kernel, ``tuned`` the same kernel under triton.autotune; the returned
-    zero-argument function launches ``fn`` with ``args``, ``meta`` and the chosen config.
-    """
-    if interpreting(fn):
-        config = dict(fixed)
-    else:
-        # A choice made before for these shapes on this GPU model with this code (build_cache) is
-        # taken as it is: no kernel is tuned twice, in a run or across runs.
-        choices = autotune_choices()
-        configs = [c.all_kwargs() for c in tuned.configs]
-        py = getattr(fn, "fn", fn)
-        name = f"{getattr(py, '__module__', '')}.{getattr(py, '__qualname__', repr(fn))}"
-        key = choice_key(name, args, {**meta, "candidates": repr(configs)}, "triton")
-        chosen = choices.get(key)
-        if chosen is not None:
-            config = chosen
-        else:
-            _precompile(fn, configs, grid, args, meta)
-            tuned[grid](*args, **meta)  # benchmarks the configs; writes the output, which is fine
-            config = tuned.best_config.all_kwargs()
-            choices.put(key, config, {"kernel": name})
+
+def _launcher(fn: Any, grid: Grid, args: tuple, meta: dict[str, Any], config: dict[str, Any]) -> Kernel:
     launch = fn[grid(config)]
 
     def kernel() -> None:
         launch(*args, **meta, **config)
 
     return kernel
+
+
+def bind(fn: Any, configs: Sequence[triton.Config], grid: Grid, args: tuple, meta: dict[str, Any],
+         fixed: dict[str, Any]) -> Kernel:
+    """Choose one of ``configs`` (timed on the GPU, ``fixed`` under the interpreter) and return a
+    launcher of the ``@triton.jit`` function ``fn`` with ``args``, ``meta`` and that config."""
+    if interpreting(fn):
+        return _launcher(fn, grid, args, meta, dict(fixed))
+    # A choice made before for these shapes on this GPU model with this code (build_cache) is
+    # taken as it is: no kernel is tuned twice, in a run or across runs.
+    choices = autotune_choices()
+    candidates = [c.all_kwargs() for c in configs]
+    py = getattr(fn, "fn", fn)
+    name = f"{getattr(py, '__module__', '')}.{getattr(py, '__qualname__', repr(fn))}"
+    key = choice_key(name, args, {**meta, "candidates": repr(candidates)}, "triton")
+    config = choices.get(key)
+    if config is None:
+        _precompile(fn, candidates, grid, args, meta)
+        config, ms, passed_over = fastest_config(name, candidates, lambda c: _launcher(fn, grid, args, meta, c))
+        choices.put(key, config, {"kernel": name, "ms": ms, "passed_over": passed_over})
+    return _launcher(fn, grid, args, meta, config)
 
 
 def _precompile(fn: Any, configs: list[dict[str, Any]], grid: Grid, args: tuple,

@@ -16,7 +16,7 @@ import torch
 from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.errors import Unsupported
 
-from kernels.triton.support import compile_all, interpreting, quick_bench
+from kernels.triton.support import compile_all, config_label, fastest_config, interpreting
 
 try:  # host-side descriptors: Triton 3.4 and later
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -70,18 +70,8 @@ def choose_config(name: str, key_tensors: Iterable[torch.Tensor | None], key_met
     chosen = choices.get(key)
     if chosen is not None:
         return chosen
-    launches = [make(c) for c in configs]
-    compile_all([launch.compile for launch in launches])
-    best, best_ms, errors = None, float("inf"), []
-    for config, launch in zip(configs, launches):
-        try:
-            ms = quick_bench(launch)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: that config is skipped
-            errors.append(f"{config}: {type(exc).__name__}")
-            continue
-        if ms < best_ms:
-            best, best_ms = config, ms
-    if best is None:
-        raise Unsupported(f"no config of {name} compiled and ran: {'; '.join(errors[:3])}")
-    choices.put(key, best, {"kernel": name, "ms": best_ms})
+    launches = {config_label(c): make(c) for c in configs}
+    compile_all([launch.compile for launch in launches.values()])
+    best, best_ms, passed_over = fastest_config(name, configs, lambda c: launches[config_label(c)])
+    choices.put(key, best, {"kernel": name, "ms": best_ms, "passed_over": passed_over})
     return best
