@@ -180,6 +180,7 @@ BAD_CASES = [
     ({"timing": {"fixed_samples": 0}}, "timing.fixed_samples", ">= 1"),
     ({"timing": {"samples": 3}}, "timing.samples", "unknown option"),
     ({"timing": {"min_time_s": "1"}}, "timing.min_time_s", "a number"),
+    ({"timing": {"min_time_s": 3.0, "max_time_s": 1.0}}, "timing.max_time_s", "must be >= min_time_s (3.0)"),
     ({"energy": {"window_s": 0.5}}, "energy.window_s", ">= 1.0"),
     ({"energy": {"cooldown": "sometimes"}}, "energy.cooldown", '"auto", "none"'),
     ({"energy": {"enabled": 1}}, "energy.enabled", "true or false"),

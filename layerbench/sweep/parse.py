@@ -469,6 +469,11 @@ class _Parser:
                 cls(**options)
             except ValueError as exc:
                 raise _KeyError(str(exc)) from None
+        t = TimingConfig(**timing)
+        if t.fixed_samples is None and t.max_time_s < t.min_time_s:
+            # Allowed in code (tests time out on purpose); in a file it is a mistake.
+            _fail("timing.max_time_s", f"must be >= min_time_s ({t.min_time_s}): a wall-time cap below the "
+                                       f"kernel-time minimum stops every point at the cap; got {t.max_time_s}")
         return Measure(dict(sorted(timing.items())), enabled, dict(sorted(energy.items())), where)
 
     def options(self, key: str, table: Any, cls: type) -> dict[str, Any]:
