@@ -13,6 +13,7 @@ import torch
 
 from layerbench import sweep
 from layerbench.builders import Built, attempts, fastest_of, fastest_path
+from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 from layerbench.results import rundir as results
@@ -120,7 +121,7 @@ def test_cupy_variants_avoided_are_left_out(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(support, "check_result", lambda kernel, *a: kernel())
     spec = Conv2d(1, 8, 8, 6, 6, 3, 3, padding=1)
     tensors, out = {"x": torch.zeros(1, 8, 6, 6), "weight": torch.zeros(8, 8, 3, 3)}, torch.zeros(1, 8, 6, 6)
-    dtype = __import__("layerbench.dtypes", fromlist=["get_dtype"]).get_dtype("bf16")
+    dtype = get_dtype("bf16")
     avoid = {"conv2d cupy > im2col_128": "left the CUDA context unusable on conv3_b earlier in this run"}
     with attempts("conv2d cupy", None, avoid):
         built = support.fastest_right_variant(found, spec, dtype, "NHWC", tensors, out, "the TMA convolution")
