@@ -22,7 +22,7 @@ The builder contract (see ``layerbench.registry``)::
 * ``attempting`` / ``avoided``: each candidate a build tries (a path, a variant) is announced to the
   harness, which names the one that was running when a worker crashed, hung or lost its CUDA
   context, and leaves it out of the rest of the run (``avoided`` says why); the ``fastest_*``
-  helpers do both.
+  helpers do both.  ``remark``: what a build passed over that its details do not say.
 """
 
 from __future__ import annotations
@@ -129,18 +129,28 @@ Announce = Callable[[str, str], None]
 _announce: ContextVar[Announce | None] = ContextVar("layerbench_announce", default=None)
 _attempt_path: ContextVar[tuple[str, ...]] = ContextVar("layerbench_attempt_path", default=())
 _avoid: ContextVar[Mapping[str, str]] = ContextVar("layerbench_avoid", default={})
+_remarks: ContextVar[list[str] | None] = ContextVar("layerbench_remarks", default=None)
 
 
 @contextmanager
-def attempts(scope: str, announce: Announce | None, avoid: Mapping[str, str]) -> Iterator[None]:
+def attempts(scope: str, announce: Announce | None, avoid: Mapping[str, str]) -> Iterator[list[str]]:
     """Builds inside announce their candidates under ``scope`` and leave out those ``avoid`` names
-    (path -> why)."""
-    tokens = (_attempt_path.set((scope,)), _announce.set(announce), _avoid.set(avoid))
+    (path -> why); yields the list their ``remark``s go to."""
+    remarks: list[str] = []
+    tokens = (_attempt_path.set((scope,)), _announce.set(announce), _avoid.set(avoid), _remarks.set(remarks))
     try:
-        yield
+        yield remarks
     finally:
-        for var, token in zip((_attempt_path, _announce, _avoid), tokens):
+        for var, token in zip((_attempt_path, _announce, _avoid, _remarks), tokens):
             var.reset(token)
+
+
+def remark(text: str) -> None:
+    """Tell the record (``detail_remarks``) what a build passed over that its details do not say
+    (a tuned config that failed to compile); nothing outside the harness's builds."""
+    remarks = _remarks.get()
+    if remarks is not None:
+        remarks.append(text)
 
 
 def _path(name: str) -> str:

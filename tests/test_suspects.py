@@ -155,9 +155,10 @@ def test_a_candidate_that_crashed_a_worker_is_left_out_of_the_rest_of_the_run(tm
     (mods / "two_paths.py").write_text(textwrap.dedent("""
         import os
         import torch
-        from layerbench.builders import fastest_path
+        from layerbench.builders import fastest_path, remark
 
         def build(spec, dtype, layout, t, out):
+            remark("built by two_paths")
             def safe():
                 return lambda: torch.clamp_min(t["x"], 0, out=out)
             def fast():
@@ -175,7 +176,7 @@ def test_a_candidate_that_crashed_a_worker_is_left_out_of_the_rest_of_the_run(tm
     assert [r["status"] for r in recs] == ["error", "ok"]
     assert "exit code 9" in recs[0]["message"]
     assert "candidate relu two_paths:build > fast, left out of the rest of the run" in recs[0]["message"]
-    assert recs[1]["detail_path"] == "safe"
+    assert recs[1]["detail_path"] == "safe" and recs[1]["detail_remarks"] == "built by two_paths"
     assert recs[1]["detail_fast"].startswith("skipped: crashed the worker on relu size=4 fp32 NCHW earlier")
     assert all(r["status"] == "ok" for r in results.read_records(run_dir / results.RESULTS_FILE) if r["impl"] == "torch")
 
@@ -213,10 +214,11 @@ def test_triton_configs_are_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
     configs = [{"BLOCK": b, "num_warps": 4, "maxnreg": None} for b in (16, 32, 64, 128)]
     events: list[tuple[str, str]] = []
     avoid = {"linear triton > gemm[BLOCK=128,num_warps=4]": "crashed the worker on fc6 earlier in this run"}
-    with attempts("linear triton", lambda e, p: events.append((e, p)), avoid):
+    with attempts("linear triton", lambda e, p: events.append((e, p)), avoid) as remarks:
         best, ms, passed_over = support.fastest_config("kernels.triton.linear.gemm", configs, launcher)
     assert (best["BLOCK"], ms) == (32, 1.0)
     assert passed_over == ["gemm[BLOCK=64,num_warps=4]: RuntimeError: out of resources: shared memory"]
+    assert remarks == [f"passed over {passed_over[0]}"]  # the record says so (detail_remarks)
     assert ("failed", "linear triton > gemm[BLOCK=64,num_warps=4]") in events
     assert not any("BLOCK=128" in p for _, p in events)
     only, ms, _ = support.fastest_config("gemm", configs[2:3], launcher)  # one config: nothing to time

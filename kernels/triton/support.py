@@ -23,7 +23,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from layerbench.build_cache import autotune_choices, choice_key
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
-from layerbench.builders import Kernel, Tensors, attempting, avoided, selection_times
+from layerbench.builders import Kernel, Tensors, attempting, avoided, remark, selection_times
 from layerbench.layers import Conv2d, Linear
 
 Grid = Callable[[dict[str, Any]], tuple[int, ...]]
@@ -215,7 +215,8 @@ def fastest_config(name: str, configs: Sequence[dict[str, Any]],
     candidates (``layerbench.builders.attempting``, as ``<kernel>[<config>]``, the kernel the last
     word of ``name``): announced while it runs, left out where it took a worker down earlier in the
     run.  A config that fails to compile or run (out of shared memory, say) is passed over, as
-    triton.autotune does, unless the failure left the device unusable.  Unsupported where every
+    triton.autotune does, unless the failure left the device unusable; the record says so
+    (``remark``).  Unsupported where every
     config was left out, an error naming the failures where none ran.  A single config is taken
     untimed (its time: NaN)."""
     if len(configs) == 1:  # nothing to choose (and to leave out): no timing, as triton.autotune
@@ -231,9 +232,10 @@ def fastest_config(name: str, configs: Sequence[dict[str, Any]],
         try:
             with attempting(label):
                 ms = quick_bench(launcher(config))
-        except Exception as exc:  # noqa: BLE001 - that config is passed over
+        except Exception as exc:  # noqa: BLE001 - that config is passed over, and the record says so
             torch.cuda.synchronize()  # a sticky error is no fallback: it raises here
             failed.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            remark(f"passed over {failed[-1]}")
             continue
         if ms < best_ms:
             best, best_ms = config, ms

@@ -224,10 +224,10 @@ class GroupEvaluator:
         built: Built
         announce = lambda event, path: emit("attempt", (event, path))  # noqa: E731
         with selection_timing(selection_flush(self.device, self.timing.mode)), remembering_choices(), \
-                attempts(f"{point.layer} {rec.impl}", announce, avoid):
+                attempts(f"{point.layer} {rec.impl}", announce, avoid) as remarks:
             built, rec.first_call_s = time_first_call(
                 lambda: as_built(impl.build(spec, dtype, point.layout, group.tensors, out)), self.device)
-        rec.set_details(built.details)
+        rec.set_details({**built.details, **({"remarks": "; ".join(remarks)} if remarks else {})})
         return Candidate(built.launch, out)
 
     def check(self, candidate: Candidate, group: GroupInputs, rec: Record, emit: Emit) -> str | None:
