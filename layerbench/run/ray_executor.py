@@ -11,8 +11,10 @@ messages; the driver replays them through the group's writer, stamped with where
 (``host``, ``gpu_index`` as Ray numbered it, ``gpu_uuid``, ``gpu_name``) and ``busy_gpus`` (the
 ``host:gpu`` of the groups, finished by then, that overlapped it in time).  A worker that dies or
 exceeds ``--point-timeout`` costs its group (recorded ``error`` with the reason) and is replaced;
-after ``max_failures`` in a row its slot is retired.  Resume is the runner's: the records'
-identity does not depend on where they ran.
+after ``max_failures`` in a row its slot is retired.  A build candidate whose error poisoned a
+worker's CUDA context is left out of later groups (``run.suspects``; a task that died returns no
+messages, so none is named then).  Resume is the runner's: the records' identity does not depend
+on where they ran.
 
 ``address``: None starts a Ray on this machine; ``auto`` joins the cluster this node belongs to
 (``ray start`` ran on it: KubeRay's head pod, or ``ray start --head`` inside a SLURM allocation,
