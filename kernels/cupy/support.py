@@ -260,9 +260,9 @@ def fastest_right_variant(found: dict[str, Callable[[], object]], spec: LayerSpe
         except WrongResult:
             pass
     skipped = {name: why for name in found if (why := avoided(name))}
+    said = "; ".join(f"{name}: {why}" for name, why in skipped.items())
     if len(skipped) == len(found):
-        raise Unsupported(f"every variant of {what} was left out: "
-                          + "; ".join(f"{name}: {why}" for name, why in skipped.items()))
+        raise Unsupported(f"every variant of {what} was left out: {said}")
     times: dict[str, float] = {}
     for name, kernel in found.items():
         if name not in skipped:
@@ -270,10 +270,7 @@ def fastest_right_variant(found: dict[str, Callable[[], object]], spec: LayerSpe
                 times[name] = selection_ms(kernel, out.device)
     built = fastest_right(found, times, spec, dtype, tensors, out, what)
     keep_choice(remember, str(built.details["variant"]), f"cupy {what}")
-    if skipped:
-        return Built(built.launch, {**built.details,
-                                    "skipped": "; ".join(f"{name}: {why}" for name, why in skipped.items())})
-    return built
+    return Built(built.launch, {**built.details, "skipped": said}) if skipped else built
 
 
 def capability(index: int) -> tuple[int, int]:

@@ -320,7 +320,7 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     crs = c * spec.kernel_h * spec.kernel_w
     wide = fixed["BLOCK_N"] if interpreting(_conv2d_kernel) else _WIDE_N
     narrow = max(16, next_pow2(k_group)) if groups > 1 else None
-    tiles = _tiles(mode, block_k or cap, narrow)  # bind tunes each part for its own K and KY
+    configs = _tiles(mode, block_k or cap, narrow)  # bind tunes each part for its own K and KY
     launches = []
     for lo, hi in channel_parts(k_group, wide):
         # A run of each group's output channels: the weight's rows, the bias and the output's
@@ -335,7 +335,7 @@ def build_igemm(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
             tiles = triton.cdiv(m_total, config["BLOCK_M"]) * triton.cdiv(channels, config["BLOCK_N"])
             return (tiles, groups)
 
-        launches.append(bind(_conv2d_kernel, tiles, grid, args, meta, fixed))
+        launches.append(bind(_conv2d_kernel, configs, grid, args, meta, fixed))
     return in_order(*copies, *launches)
 
 

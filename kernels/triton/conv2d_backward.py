@@ -462,7 +462,7 @@ def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, 
     run = pixel_run(spec.height * spec.width, out.element_size()) if phases == 1 else 1
     fixed = dict(_INTERPRETER_CONFIG, BLOCK_K=block_k or _INTERPRETER_CONFIG["BLOCK_K"])
     m_phase = spec.batch * hp * wp
-    tiles = _dgrad_tiles(mode, block_k or cap)
+    configs = _dgrad_tiles(mode, block_k or cap)
 
     def grid(config: dict) -> tuple[int, int]:
         tiles = triton.cdiv(m_phase, config["BLOCK_M"]) * triton.cdiv(cpg, config["BLOCK_N"])
@@ -471,7 +471,7 @@ def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, 
     def gemm_into(dx: torch.Tensor, nhwc: bool) -> Kernel:
         meta = {"DX_NHWC": nhwc, "CHANNEL_BLOCK": bool(block_k), "PRECISION": DOT_PRECISION[dtype.name],
                 "PIX_RUN": 1 if nhwc else run, "UPCAST": _upcast(_dgrad_kernel, dtype)}
-        return bind(_dgrad_kernel, tiles, grid, (dy, w, dx, *_common_args(spec), *periods, hp, wp), meta, fixed)
+        return bind(_dgrad_kernel, configs, grid, (dy, w, dx, *_common_args(spec), *periods, hp, wp), meta, fixed)
 
     def via_nhwc() -> Kernel:
         if out.is_cuda:

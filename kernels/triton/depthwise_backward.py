@@ -21,7 +21,6 @@ The weight (K, 1, R, S) has the same memory order in both layouts: k*R*S + r*S +
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

@@ -3,8 +3,8 @@
 On a GPU every tiled kernel is autotuned once, in ``build``, over a few configs (``bind``: each
 timed, the fastest kept in the build cache under the problem's shapes); the launcher it returns
 calls the plain ``@triton.jit`` function with the chosen config, so ``kernel()`` pays no tuning
-bookkeeping.  Under ``TRITON_INTERPRET=1`` (CPU tensors, correctness
-only) autotuning would run every config through the Python interpreter, so one fixed config is used.
+bookkeeping.  Under ``TRITON_INTERPRET=1`` (CPU tensors, correctness only) autotuning would run
+every config through the Python interpreter, so one fixed config is used.
 """
 
 from __future__ import annotations
@@ -178,9 +178,9 @@ def check_conv_tensors(spec: Conv2d, tensors: Tensors, out: torch.Tensor) -> Non
 def quick_bench(fn: Callable[[], object]) -> float:
     """GPU time of ``fn`` in ms for tuning decisions (the median of the samples): the build-time
     timer of every backend, in the point's timing mode, the stream held while the host enqueues
-    each launch.  Not triton.testing.do_bench: where the
-    host enqueues a launch slower than the GPU runs it, the host's time lands inside its events,
-    and on kernels of ~10 us that can outweigh the differences between configs.
+    each launch.  Not triton.testing.do_bench: where the host enqueues a launch slower than the
+    GPU runs it, the host's time lands inside its events, and on kernels of ~10 us that can
+    outweigh the differences between configs.
 
     The 25 ms warm-up brings an idle GPU to its clocks first: with 5 ms, the autotuner on a GPU
     fresh from idle could pass over the best config, timed at ramping clocks (notes/perf.md).
