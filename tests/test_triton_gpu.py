@@ -433,6 +433,22 @@ def test_conv2d_strided_pointwise_gemm(name: str, dtype: str) -> None:
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 
+def test_conv2d_strided_pointwise_every_copy_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tile of the subsampling copy forced in turn (the build keeps one per shape), on ragged
+    pixels and channels (40 channels: blocks of 64 and wider hang past them)."""
+    spec = STRIDED_POINTWISE["ragged-2x3"]
+    try:
+        for tile in list(pointwise_conv._SUBSAMPLE_TILES):
+            monkeypatch.setattr(pointwise_conv, "_SUBSAMPLE_TILES", (tile,))
+            pointwise_conv._subsample_tiles.cache_clear()
+            for dtype in ("bf16", "fp32"):
+                result = check_implementation(pointwise_conv.build_strided_pointwise, spec, dtype, "NHWC", "cuda",
+                                              seed=seed_of("ragged-2x3"))
+                assert result.ok, f"{tile} {dtype}: {result.message}"
+    finally:
+        pointwise_conv._subsample_tiles.cache_clear()
+
+
 def test_conv2d_strided_pointwise_is_timed_beside_the_implicit_gemm() -> None:
     details = conv_details(STRIDED_POINTWISE["resnet-256-512/2"])
     assert details["strided_pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details

@@ -11,6 +11,8 @@ their implicit GEMM and keep the faster.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -23,9 +25,13 @@ from layerbench.layers.passes import at_direction, direction_of
 
 from kernels.pointwise_views import forward_views, matrix, pointwise_refusal, strided_refusal, subsampled, weight_matrix
 from kernels.triton import linear, linear_backward
-from kernels.triton.support import pixel_of
+from kernels.triton.support import bind, next_pow2, pixel_of
 
-SUBSAMPLE_PIXELS, SUBSAMPLE_CHANNELS = 32, 64  # a copy program's tile: pixels x channels
+# The subsampling copy's tiles (pixels x channels, warps), timed at build: its time is the
+# strided layer's overhead over the GEMM, and the best tile depends on the channel count (a
+# program moving 4 KB runs far from the copy bandwidth where the rows are 1-2 KB long).
+_SUBSAMPLE_TILES = ((32, 64, 4), (16, 128, 4), (64, 128, 8), (32, 256, 8), (16, 512, 8), (128, 64, 8))
+_INTERPRETER_SUBSAMPLE = {"BLOCK_P": 32, "BLOCK_C": 64}
 
 
 @triton.jit
@@ -39,6 +45,15 @@ def _subsample_kernel(x_ptr, dst_ptr, pixels, P, Q, H, W, C, SH, SW,
     ok = (pix < pixels)[:, None] & (ch < C)[None, :]
     row = tl.load(x_ptr + src[:, None] + ch[None, :], mask=ok)
     tl.store(dst_ptr + pix[:, None] * C + ch[None, :], row, mask=ok)
+
+
+@functools.cache
+def _subsample_tiles(max_block_c: int) -> list[triton.Config]:
+    """The copy's tiles whose channel block is no wider than a row of ``max_block_c`` channels (a
+    power of two), the narrowest always."""
+    narrowest = min(c for _, c, _ in _SUBSAMPLE_TILES)
+    tiles = [(p, c, w) for p, c, w in _SUBSAMPLE_TILES if c <= max(max_block_c, narrowest)]
+    return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w) for p, c, w in tiles]
 
 
 def build_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -61,14 +76,14 @@ def build_strided_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Te
     pixels = torch.empty((spec.batch, spec.in_channels, dense.height, dense.width), dtype=x.dtype, device=x.device,
                          memory_format=torch.channels_last)
     count = spec.batch * dense.height * dense.width
-    grid = (triton.cdiv(count, SUBSAMPLE_PIXELS), triton.cdiv(spec.in_channels, SUBSAMPLE_CHANNELS))
-    launcher = _subsample_kernel[grid]
+
+    def grid(config: dict) -> tuple[int, int]:
+        return triton.cdiv(count, config["BLOCK_P"]), triton.cdiv(spec.in_channels, config["BLOCK_C"])
+
     args = (x, pixels, count, dense.height, dense.width, spec.height, spec.width, spec.in_channels,
             spec.stride_h, spec.stride_w)
-
-    def copy() -> None:
-        launcher(*args, BLOCK_P=SUBSAMPLE_PIXELS, BLOCK_C=SUBSAMPLE_CHANNELS)
-
+    copy = bind(_subsample_kernel, _subsample_tiles(next_pow2(spec.in_channels)), grid, args, {},
+                _INTERPRETER_SUBSAMPLE)
     copy()  # the GEMM's build times itself on the copied pixels
     gemm = build_pointwise(dense, dtype, layout, {**tensors, "x": pixels}, out)
     launch: Kernel = in_order(copy, gemm.launch)
