@@ -4,9 +4,9 @@ column sums of dy, through ``linear.py`` (the tiled GEMM with split-K, on Hopper
 persistent TMA GEMM) and ``linear_backward.py``; nothing is copied.  ResNet-50's bottleneck ends
 and MobileNetV2's expansions and projections are such layers.  A strided 1x1 convolution without
 padding (ResNet-50's projections) reads only the pixels on the stride's grid: they are copied to a
-dense buffer inside the timed call (``_subsample_kernel``, whole channel rows) and the forward GEMM
-runs over them.  The convolution's builds (forward, data and weight gradients) time this beside
-their implicit GEMM and keep the faster.
+dense buffer inside the timed call (``_subsample_kernel``, whole channel rows, its tile timed at
+build) and the forward GEMM runs over them.  The convolution's builds (forward, data and weight
+gradients) time this beside their implicit GEMM and keep the faster.
 """
 
 from __future__ import annotations
