@@ -216,9 +216,8 @@ def fastest_config(name: str, configs: Sequence[dict[str, Any]],
     word of ``name``): announced while it runs, left out where it took a worker down earlier in the
     run.  A config that fails to compile or run (out of shared memory, say) is passed over, as
     triton.autotune does, unless the failure left the device unusable; the record says so
-    (``remark``).  Unsupported where every
-    config was left out, an error naming the failures where none ran.  A single config is taken
-    untimed (its time: NaN)."""
+    (``remark``).  Unsupported where every config was left out, an error naming the failures where
+    none ran.  A single config is taken untimed (its time: NaN)."""
     if len(configs) == 1:  # nothing to choose (and to leave out): no timing, as triton.autotune
         return configs[0], float("nan"), []
     best, best_ms, failed, skipped = None, float("inf"), [], []

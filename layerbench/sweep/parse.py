@@ -464,12 +464,13 @@ class _Parser:
             timing = timing | QUICK_TIMING
             energy = energy | QUICK_ENERGY
         # Cross-field rules (max_window_s >= window_s) live in the config classes themselves.
+        built = {}
         for key, cls, options in (("timing", TimingConfig, timing), ("energy", EnergyConfig, energy)):
             try:
-                cls(**options)
+                built[key] = cls(**options)
             except ValueError as exc:
                 raise _KeyError(str(exc)) from None
-        t = TimingConfig(**timing)
+        t = built["timing"]
         if t.fixed_samples is None and t.max_time_s < t.min_time_s:
             # Allowed in code (tests time out on purpose); in a file it is a mistake.
             _fail("timing.max_time_s", f"must be >= min_time_s ({t.min_time_s}): a wall-time cap below the "
