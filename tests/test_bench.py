@@ -42,7 +42,8 @@ def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
     run_sweep(sweep.parse_sweep(SWEEP), RunOptions(device="cpu", out=tmp_path / "bench_relu", progress=False))
     # The copy curve: 1 GB/s at 1 kB moved, 4 GB/s at 1 MB (the ReLU here moves 3 kB).
     measured = {"copy_gbps": 2.0, "matmul_tflops": {"fp32": 1.0}, "device_name": "test",
-                "copy_curve": {"1000": 1.0, "1000000": 4.0}}
+                "copy_curve": {"1000": 1.0, "1000000": 4.0},
+                "matmul_runs": {"fp32": {"4096 cold": 0.9, "8192 cold": 1.0, "8192 hot": 0.8}}}
     (tmp_path / bench.CEILINGS_FILE).write_text(json.dumps(measured))
     df, ceil = bench.load_bench(tmp_path)
     tab = bench.table(df, ceil)
@@ -59,6 +60,8 @@ def test_table_and_targets_from_a_cpu_run(tmp_path: Path) -> None:
     assert math.isnan(tg.loc["linear triton bf16 >= 0.95x cuBLAS (AlexNet FC)", "copy_bound"])
     report = bench.format_bench_report(tab, ceil)
     assert "### Targets" in report and "Against a copy of the same size (geomean): relu triton" in report
+    assert ("TFLOP/s: fp32 1 (the best of cuBLAS products 4096 cold, 8192 cold, 8192 hot; each in "
+            "ceilings.json)." in report)
 
 
 @pytest.mark.interpreter
@@ -75,6 +78,7 @@ def test_report_shows_each_rows_pass(tmp_path: Path) -> None:
     back = tab[tab["experiment"] == "bench_relu_backward"].iloc[0]
     assert back["direction"] == "backward_data" and back["min_bytes"] == 3 * 2 * 3 * 8 * 8 * 4  # x, dy, dx
     report = bench.format_bench_report(tab, ceil)
+    assert "TFLOP/s: fp32 1." in report  # ceilings measured before each product's rate was kept
     assert "| relu | relu_backward |  | backward_data | fp32 | NCHW | torch |" in report
     assert "| relu | relu |  | forward | fp32 | NCHW | triton |" in report
 
@@ -84,6 +88,16 @@ def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
     assert math.isclose(ceilings.copy_gbps_at(curve, 31622.8), 2.5, rel_tol=1e-5)  # halfway in log size
     assert ceilings.copy_gbps_at(curve, 10) == 1.0 and ceilings.copy_gbps_at(curve, 1e9) == 4.0
     assert math.isnan(ceilings.copy_gbps_at({}, 1e6))  # ceilings measured before the curve existed
+
+
+@pytest.mark.gpu
+def test_matrix_ceiling_is_the_best_of_its_runs() -> None:
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    runs = ceilings.matmul_rates(torch.device("cuda"), "bf16", ((1024, "cold"), (2048, "hot")))
+    assert list(runs) == ["1024 cold", "2048 hot"]
+    assert all(1.0 < r < 5000.0 for r in runs.values())  # TFLOP/s: a product that ran, at a rate a GPU has
 
 
 def test_ceilings_are_measured_in_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:

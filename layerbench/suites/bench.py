@@ -377,6 +377,12 @@ def _verdict_cell(row: pd.Series) -> str:
     return cell
 
 
+def _matmul_runs_note(ceilings: dict) -> str:
+    """How the matrix ceiling was taken: the products it is the best of (none in older ceilings)."""
+    runs = next(iter((ceilings.get("matmul_runs") or {}).values()), None)
+    return f" (the best of cuBLAS products {', '.join(runs)}; each in {CEILINGS_FILE})" if runs else ""
+
+
 def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame | None = None) -> str:
     """The bench's report: ceilings, references against torch, every row, the targets' verdicts;
     with ``planned`` (``planned_rows``), each target says how many of its set's rows were measured."""
@@ -385,7 +391,8 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame
     copies = "".join(f"; {m} {v:.0f}" for m, v in methods.items())
     lines = [f"## layerbench bench on {ceilings['device_name']}", "",
              f"Ceilings measured {ceilings.get('measured_at', 'in this run')}: "
-             f"copy {ceilings['copy_gbps']:.0f} GB/s (read + write{copies}); matrix product TFLOP/s: {rates}.", "",
+             f"copy {ceilings['copy_gbps']:.0f} GB/s (read + write{copies}); matrix product TFLOP/s: {rates}"
+             f"{_matmul_runs_note(ceilings)}.", "",
              "% copy@size (ReLU, pooling, depthwise conv): the rate against a copy of the same bytes, timed alike (cold), "
              "from the copy curve: what is reachable at that size.",
              "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy). "
