@@ -197,6 +197,15 @@ def test_filters_see_the_forward_pass_where_the_file_sets_none() -> None:
     assert len(s.points) == 2 and s.skipped_filtered == 0
 
 
+def test_filters_see_the_specs_fields_where_the_file_writes_a_shorthand_or_nothing() -> None:
+    # kernel and stride written as one number each; groups left at its default of 1.
+    text = ('layer = "conv2d"\nimplementations = ["torch"]\nwhere = "groups == 1 and kernel_h == 1 and stride_w == 2"\n'
+            '[params]\nbatch = 1\nin_channels = 2\nout_channels = 2\nsize = 8\n[axes]\nkernel = [1, 3]\n'
+            'stride = [1, 2]\n')
+    s = sweep.parse_sweep(text, "s.toml")
+    assert [(p.spec.kernel_h, p.spec.stride_w) for p in s.points] == [(1, 2)] and s.skipped_filtered == 3
+
+
 def test_plan_rows_by_pass(capsys: pytest.CaptureFixture,
                                                                custom_relu: None) -> None:
     s = sweep.parse_sweep('layer = "linear"\nimplementations = ["torch", "passes_custom"]\n'

@@ -148,6 +148,12 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
     ``scheduler``: the sets' point groups spread over several GPUs (``--gpus``); ``ceilings_gpu``:
     the ``CUDA_VISIBLE_DEVICES`` entry of the GPU the ceilings are measured on (None: the first)."""
     check_layers(layers)
+    sets = [sweep.load_sweep(BENCH_DIR / f"{layer}.toml") for layer in layers]
+    if where is not None:
+        for s in sets:
+            s.restrict_where(where)
+        if not any(s.points for s in sets):  # named before the ceilings take a minute of the GPU
+            raise ValueError(f"--where {where!r} admits no row of {', '.join(layers)}")
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and (out / CEILINGS_FILE).exists()):
         measured = ceil.measure_apart(device, ceilings_gpu) | {"measured_at": results.timestamp()}
@@ -156,10 +162,7 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
     shared = SharedConfigs()  # a config two bench sets hold is measured once
     handoff = WorkerHandoff()  # one worker goes on from set to set: one start, one CUDA initialisation
     try:
-        for layer in layers:
-            s = sweep.load_sweep(BENCH_DIR / f"{layer}.toml")
-            if where is not None:
-                s.restrict_where(where)
+        for s in sets:
             if not energy:
                 s.disable_energy()
             run_dir = run_sweep(s, RunOptions(device=device, out=out / s.experiment, resume=resume,
@@ -378,9 +381,10 @@ def _verdict_cell(row: pd.Series) -> str:
 
 
 def _matmul_runs_note(ceilings: dict) -> str:
-    """How the matrix ceiling was taken: the products it is the best of (none in older ceilings)."""
+    """How the matrix ceiling was taken: the products whose fastest sample it is (none in older
+    ceilings)."""
     runs = next(iter((ceilings.get("matmul_runs") or {}).values()), None)
-    return f" (the best of cuBLAS products {', '.join(runs)}; each in {CEILINGS_FILE})" if runs else ""
+    return f" (the fastest sample of cuBLAS products {', '.join(runs)}; each in {CEILINGS_FILE})" if runs else ""
 
 
 def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame | None = None) -> str:

@@ -53,10 +53,14 @@ class Point:
     settings: dict[str, Any] = field(default_factory=dict)  # the point's SETTINGS_AXES values
 
     def values(self, impl: str) -> dict[str, Any]:
-        """What filter expressions see for one of the point's implementations (the pass is forward
-        unless the file says otherwise: every layer has one)."""
-        return {"direction": "forward"} | self.params | {"layer": self.layer, "name": self.label, "dtype": self.dtype,
-                                                         "layout": self.layout, "impl": impl}
+        """What filter expressions see for one of the point's implementations: the parameters as
+        written, the spec's fields (``kernel_h`` where the file wrote ``kernel``, defaults such as
+        ``groups``), and the pass (forward unless the file says otherwise: every layer has one)."""
+        fields = {} if self.spec is None else {f.name: getattr(self.spec, f.name)
+                                               for f in dataclasses.fields(self.spec)}
+        return {"direction": "forward"} | self.params | fields | {"layer": self.layer, "name": self.label,
+                                                                  "dtype": self.dtype, "layout": self.layout,
+                                                                  "impl": impl}
 
 
 @dataclass
