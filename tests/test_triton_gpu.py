@@ -318,6 +318,20 @@ def test_tma_path(name: str, dtype: str) -> None:
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 
+@pytest.mark.parametrize("dtype", ("tf32", "bf16"))
+def test_linear_tma_every_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each config of the persistent TMA GEMM forced alone (the timing keeps one a problem), on a
+    GEMM ragged against every tile whose 64-256 tiles leave a partial wave, so that the stream-K
+    configs run too."""
+    skip_before_hopper()
+    mode = DOT_MODE[dtype]
+    for config in list(linear_tma.CONFIGS[mode]):
+        monkeypatch.setitem(linear_tma.CONFIGS, mode, [config])
+        result = check_implementation(linear_tma_only, Linear(1000, 1000, 1000), dtype, "NCHW", "cuda",
+                                      seed=seed_of(repr(config)))
+        assert result.ok, f"{config} {dtype}: {result.message}"
+
+
 # Stream-K alone (only its configs compete) on GEMMs whose tiles leave a partial wave: fewer tiles
 # than SMs (ResNet-50's conv5_a as a GEMM), a wave and a half, ragged M, N and K.
 STREAM_K_FC = {"conv5_a": Linear(3136, 2048, 512), "wave-and-a-half": Linear(12544, 1024, 256),
