@@ -555,18 +555,6 @@ def test_linear_tma_subtiled_store(name: str, dtype: str, monkeypatch: pytest.Mo
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 
-@pytest.mark.parametrize("dtype", ("tf32", "fp16"))
-@pytest.mark.parametrize("name", ("ragged-m-n-k", "no-bias"))
-def test_linear_tma_pointer_store(name: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each tile written by the threads' masked stores (the configs with POINTER_STORE)."""
-    monkeypatch.setitem(triton_linear_tma.INTERPRETER_CONFIG, "POINTER_STORE", True)
-    spec = TMA_CASES[name]
-    tensors = make_tensors(spec, dtype, "NCHW", "cpu")
-    assert tma_only(spec, get_dtype(dtype), "NCHW", tensors, make_output(spec, tensors)).details["store"] == "threads"
-    result = check_implementation(tma_only, spec, dtype, "NCHW", "cpu", seed=zlib.crc32(name.encode()))
-    assert result.ok, f"{name} {dtype}: {result.message}"
-
-
 # Stream-K over the interpreter's three programs and 16 x 16 x 16 tiles: fewer tiles than programs
 # (a tile's steps over two programs, or over all three), whole tiles before the shared ones, ragged
 # M, N and K, no bias.

@@ -209,11 +209,9 @@ def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None
                  "y_desc": f"tensordesc<{element}[{bm}, {store_n}]>"}
         meta = {k: v for k, v in c.items() if not k.startswith("num_")}
         meta.update(HAS_BIAS=True, PRECISION=precision, PROGRAMS=132)
-        line = compile_report(lt._linear_tma_kernel, target,
-                              {"y_ptr": el, "b_ptr": el, "ws_ptr": "*fp32", "sem_ptr": "*i32"},
-                              meta, c["num_warps"], c["num_stages"], {"N", "K", "stride_ym"}, descs)
-        sub = ((" subtiled store" if c["SUBTILE"] else "") + (" stream-K" if c["STREAM_K"] else "")
-               + (" pointer store" if c["POINTER_STORE"] else ""))
+        line = compile_report(lt._linear_tma_kernel, target, {"b_ptr": el, "ws_ptr": "*fp32", "sem_ptr": "*i32"},
+                              meta, c["num_warps"], c["num_stages"], {"N", "K"}, descs)
+        sub = (" subtiled store" if c["SUBTILE"] else "") + (" stream-K" if c["STREAM_K"] else "")
         print(f"linear forward TMA {bm}x{bn}x{bk}{sub} warps={c['num_warps']} stages={c['num_stages']}: {line}")
     for cfg in lb._CONFIGS[mode]:
         for name, unit in (("dx", {"stride_ak": 1, "stride_bn": 1}), ("dW", {"stride_am": 1, "stride_bn": 1})):

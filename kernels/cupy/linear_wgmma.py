@@ -117,17 +117,14 @@ def _cp_async_launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Te
 
 
 def _tma_kernel(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, index: int, block_n: int,
-                stages: int, blocks: int, splits: int, per: int, thread_stores: bool = False) -> Kernel:
+                stages: int, blocks: int, splits: int, per: int) -> Kernel:
     """linear_tma.cu with ``blocks`` blocks an SM and K in ``splits`` parts of ``per`` k tiles
-    each (then splitk_reduce); ``thread_stores``: the outputs from registers even where a TMA
-    store could write them."""
+    each (then splitk_reduce)."""
     ctype = support.ctype_of(dtype)
     smem = tma_shared_bytes(block_n, stages)
     fn = _loaded("linear_tma", sources.linear_tma_name(ctype, block_n, stages, blocks), smem, index, blocks)
     x, w, bias, _ = _operands(spec, tensors, out).values()
     try:  # the outputs by TMA stores where y's rows allow a tensor map, else from registers
-        if thread_stores:
-            raise Unsupported("thread stores asked for")
         y_map, by_tma = tensor_map.encode_2d(out, OUT_BOX_ROWS, OUT_BOX_COLS), 1
     except Unsupported:
         y_map, by_tma = tensor_map.TensorMap(), 0
@@ -148,18 +145,14 @@ def _tma_kernel(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
 def variants(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor,
              index: int) -> tuple[dict[str, Kernel], str | None]:
     """Every wgmma GEMM this layer can run, by name: the cp.async and TMA loaders on each tile
-    shape, the TMA kernel with its outputs stored from registers (``_thread_stores``: a GEMM that is
-    mostly output writes, as a 1x1 convolution over few channels, keeps more of them in flight than
-    one TMA store a warpgroup), and split along K where the output tiles leave SMs idle; and why
-    the TMA kernels cannot run here (None where they can)."""
+    shape, and the TMA kernel split along K where the output tiles leave SMs idle; and why the
+    TMA kernels cannot run here (None where they can)."""
     found: dict[str, Kernel] = {f"cp_async_{BLOCK_M}x{n}": _cp_async_launch(spec, dtype, tensors, out, index, n, s)
                                 for n, s in sources.WGMMA_CONFIGS}
     k_tiles = -(-spec.in_features // BLOCK_K)
     try:
         for n, s, b in sources.TMA_CONFIGS:
             found[f"tma_{tma_variant(n, b)}"] = _tma_kernel(spec, dtype, tensors, out, index, n, s, b, 1, k_tiles)
-            found[f"tma_{tma_variant(n, b)}_thread_stores"] = _tma_kernel(spec, dtype, tensors, out, index, n, s, b,
-                                                                          1, k_tiles, thread_stores=True)
         for n in SPLIT_BLOCK_N:
             splits, per = choose_split(_tiles(spec, n), k_tiles, support.sm_count(index))
             if splits > 1:

@@ -7,8 +7,7 @@ edges, so no address arithmetic, no masks and no registers go to loads.  One pro
 walks the output tiles in grouped order (GROUP_M row tiles down a column of W tiles, so the W
 tiles are reused from L2), and the loop over tiles is flattened with the loop over K so that
 the next tile's loads are in flight while a tile's epilogue (bias, store) runs.  The store goes
-out through a descriptor too, clipped at the edges, or (the POINTER_STORE configs, for GEMMs that
-are a stream of output writes) through the threads' own masked stores.
+out through a descriptor too, clipped at the edges.
 
 Why beside the tiled kernel (``linear.py``): on large GEMMs (M, N, K of 1,024-8,192) the tiled
 kernel's per-tile prologue and epilogue and its pointer loads held it at 0.77-0.89x cuBLAS in
@@ -46,9 +45,9 @@ from kernels.triton.tma import TensorDescriptor, Launch, check_tma, choose_confi
 
 
 def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
-            subtile: bool = False, stream_k: bool = False, pointer_store: bool = False) -> dict[str, int]:
+            subtile: bool = False, stream_k: bool = False) -> dict[str, int]:
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": 8, "SUBTILE": subtile,
-            "STREAM_K": stream_k, "POINTER_STORE": pointer_store, "num_warps": warps, "num_stages": stages}
+            "STREAM_K": stream_k, "num_warps": warps, "num_stages": stages}
 
 
 # Shared memory per stage is (BLOCK_M + BLOCK_N) * BLOCK_K elements, plus the output tile staged
@@ -57,20 +56,13 @@ def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int,
 # SUBTILE stores a tile as two halves of its columns: half the staging buffer (room for a fourth
 # stage of 128 x 256 tiles: 230 KB), and the first half's store is in flight while the second is
 # converted (where K is short, as in a tall-skinny GEMM, the epilogue is a large share of a tile).
-# POINTER_STORE writes a tile with the threads' own stores instead of one TMA store: a TMA store
-# must have read its staging buffer before the next tile's store can reuse it, one tile's bytes in
-# flight an SM; where K is a step or two (MobileNet's 1x1 layers: 16-160 input channels, up to 960
-# output channels) the kernel is a stream of output writes, and many threads' stores keep more of
-# them in flight.
 CONFIGS = {
     "mma16": [_config(128, 256, 64, 8, 3), _config(256, 128, 64, 8, 3), _config(128, 128, 64, 8, 4),
               _config(128, 128, 64, 4, 4), _config(128, 128, 128, 8, 3), _config(128, 64, 64, 4, 5),
               _config(64, 128, 64, 4, 5),
               *[_config(bm, bn, 64, 8, stages, subtile=True) for bm, bn in ((128, 256), (256, 128))
                 for stages in (3, 4)],
-              _config(128, 128, 64, 8, 4, stream_k=True), _config(128, 256, 64, 8, 3, stream_k=True),
-              _config(128, 256, 64, 8, 3, pointer_store=True), _config(128, 128, 64, 8, 4, pointer_store=True),
-              _config(128, 64, 64, 4, 5, pointer_store=True)],
+              _config(128, 128, 64, 8, 4, stream_k=True), _config(128, 256, 64, 8, 3, stream_k=True)],
     "tf32": [_config(128, 128, 32, 8, 4), _config(128, 128, 32, 8, 3), _config(128, 128, 64, 8, 2),
              _config(128, 64, 32, 4, 5), _config(64, 128, 32, 4, 5), _config(128, 128, 32, 8, 4, subtile=True),
              _config(128, 128, 32, 8, 4, stream_k=True)],
@@ -81,16 +73,12 @@ INTERPRETER_PROGRAMS = 3
 
 
 @triton.jit
-def _store_tile(y_desc, y_ptr, b_ptr, acc, row, col, M, N, stride_ym, HAS_BIAS: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SUBTILE: tl.constexpr, POINTER_STORE: tl.constexpr):
-    cols = col + tl.arange(0, BLOCK_N)
+def _store_tile(y_desc, b_ptr, acc, row, col, N, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, SUBTILE: tl.constexpr):
     if HAS_BIAS:  # b_ptr is the output itself when there is no bias (never read then)
+        cols = col + tl.arange(0, BLOCK_N)
         acc += tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    if POINTER_STORE:
-        rows = row + tl.arange(0, BLOCK_M)
-        tl.store(y_ptr + rows[:, None].to(tl.int64) * stride_ym + cols[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=(rows < M)[:, None] & (cols < N)[None, :])
-    elif SUBTILE:  # y_desc's box is BLOCK_M x BLOCK_N / 2
+    if SUBTILE:  # y_desc's box is BLOCK_M x BLOCK_N / 2
         left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
         y_desc.store([row, col], left.to(b_ptr.dtype.element_ty))
         y_desc.store([row, col + BLOCK_N // 2], right.to(b_ptr.dtype.element_ty))
@@ -106,10 +94,10 @@ def _owner(it, total, PROGRAMS: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["M"])
-def _linear_tma_kernel(x_desc, w_desc, y_desc, y_ptr, b_ptr, ws_ptr, sem_ptr, M, N, K, stride_ym,
-                       HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, PROGRAMS: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                       SUBTILE: tl.constexpr, STREAM_K: tl.constexpr, POINTER_STORE: tl.constexpr):
+def _linear_tma_kernel(x_desc, w_desc, y_desc, b_ptr, ws_ptr, sem_ptr, M, N, K, HAS_BIAS: tl.constexpr,
+                       PRECISION: tl.constexpr, PROGRAMS: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                       SUBTILE: tl.constexpr, STREAM_K: tl.constexpr):
     tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     steps = tl.cdiv(K, BLOCK_K)
     # Stream-K: the tiles of the last, partial wave and of the full wave before it are cut into
@@ -127,8 +115,7 @@ def _linear_tma_kernel(x_desc, w_desc, y_desc, y_ptr, b_ptr, ws_ptr, sem_ptr, M,
             a = x_desc.load([row, step * BLOCK_K])
             b = w_desc.load([col, step * BLOCK_K])
             acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-        _store_tile(y_desc, y_ptr, b_ptr, acc, row, col, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N,
-                    SUBTILE, POINTER_STORE)
+        _store_tile(y_desc, b_ptr, acc, row, col, N, HAS_BIAS, BLOCK_M, BLOCK_N, SUBTILE)
     if STREAM_K:
         # A tile whose steps span several programs: each stores its part in its fp32 workspace
         # slot (0: the part its share starts in, 1: the part its share ends in) and counts itself
@@ -153,8 +140,7 @@ def _linear_tma_kernel(x_desc, w_desc, y_desc, y_ptr, b_ptr, ws_ptr, sem_ptr, M,
                 b = w_desc.load([col, step * BLOCK_K])
                 acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
             if k_lo == 0 and k_hi == steps:
-                _store_tile(y_desc, y_ptr, b_ptr, acc, row, col, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N,
-                            SUBTILE, POINTER_STORE)
+                _store_tile(y_desc, b_ptr, acc, row, col, N, HAS_BIAS, BLOCK_M, BLOCK_N, SUBTILE)
             else:
                 first = _owner(t * steps, total, PROGRAMS)
                 last = _owner(t * steps + steps - 1, total, PROGRAMS)
@@ -168,8 +154,7 @@ def _linear_tma_kernel(x_desc, w_desc, y_desc, y_ptr, b_ptr, ws_ptr, sem_ptr, M,
                         q_slot = q * 2 + (q * total // PROGRAMS < t * steps).to(tl.int32)
                         acc += tl.load(ws_ptr + q_slot.to(tl.int64) * (BLOCK_M * BLOCK_N) + offs,
                                        cache_modifier=".cg")
-                    _store_tile(y_desc, y_ptr, b_ptr, acc, row, col, M, N, stride_ym, HAS_BIAS, BLOCK_M, BLOCK_N,
-                                SUBTILE, POINTER_STORE)
+                    _store_tile(y_desc, b_ptr, acc, row, col, N, HAS_BIAS, BLOCK_M, BLOCK_N, SUBTILE)
                     tl.atomic_xchg(sem_ptr + t, 0)
             it = t * steps + k_hi
 
@@ -206,8 +191,8 @@ def _launch(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Tensor, con
     stream_k = config["STREAM_K"]
     workspace = torch.empty(programs * 2 * bm * bn if stream_k else 1, dtype=torch.float32, device=out.device)
     semaphores = torch.zeros(2 * programs if stream_k else 1, dtype=torch.int32, device=out.device)
-    args = (*descs, out, bias if bias is not None else out, workspace, semaphores, spec.batch, spec.out_features,
-            spec.in_features, out.stride(0))
+    args = (*descs, bias if bias is not None else out, workspace, semaphores, spec.batch, spec.out_features,
+            spec.in_features)
     meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name], "PROGRAMS": programs, **config}
     return Launch(_linear_tma_kernel, (programs if stream_k else min(programs, tiles),), args, meta, out.device)
 
@@ -233,7 +218,6 @@ def build_persistent(spec: Linear, dtype: DType, tensors: Tensors, out: torch.Te
                                {"programs": programs, "precision": DOT_PRECISION[dtype.name]}, configs,
                                lambda c: _launch(spec, dtype, tensors, out, c, programs))
     tile = f"{config['BLOCK_M']}x{config['BLOCK_N']}x{config['BLOCK_K']}"
-    store = "threads" if config["POINTER_STORE"] else "tma, two halves" if config["SUBTILE"] else "tma"
     return Built(_launch(spec, dtype, tensors, out, config, programs),
                  {"tile": tile, "warps": config["num_warps"], "stages": config["num_stages"],
-                  "store": store, "stream_k": config["STREAM_K"], "programs": programs})
+                  "subtiled_store": config["SUBTILE"], "stream_k": config["STREAM_K"], "programs": programs})
