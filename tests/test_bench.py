@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from layerbench.suites import bench
 from layerbench.suites import ceilings
@@ -92,8 +93,7 @@ def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
 
 
 @pytest.mark.gpu
-def test_matrix_ceiling_is_the_best_of_its_runs() -> None:
-    import torch
+def test_matrix_products_give_their_fastest_and_median_rates() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     runs = ceilings.matmul_rates(torch.device("cuda"), "bf16", ((1024, "cold"), (2048, "hot")))
