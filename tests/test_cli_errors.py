@@ -122,6 +122,20 @@ def test_where_with_an_unknown_name_is_refused_and_claims_no_files(work: Path) -
     assert not (work / "typo").exists()
 
 
+def test_a_filter_that_keeps_no_row_is_refused_and_claims_no_files(work: Path) -> None:
+    proc = cli("run", str(SMOKE), "--device", "cpu", "--where", "dtype == 'fp64'", "--out", "empty", cwd=work)
+    one_line_error(proc, "nothing to run: ", "smoke.toml: none of its rows pass its where, --where and --only")
+    assert not (work / "empty").exists()
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_an_energy_filter_that_keeps_no_row_is_refused(work: Path, command: str) -> None:
+    text = RELU.replace("enabled = false", "where = \"impl == 'triton'\"")
+    (work / "e.toml").write_text(text)
+    proc = cli(command, "e.toml", *(("--device", "cpu") if command == "run" else ()), cwd=work)
+    one_line_error(proc, "energy.where: admits none of the sweep's 1 row, so no energy would be measured")
+
+
 # ------------------------------------------------ 5. unknown or unloadable implementations
 
 

@@ -121,7 +121,7 @@ conv2d = ["triton", "cupy"]
 min_time_s = 0.05
 max_time_s = 0.5
 [energy]
-where = "False"
+enabled = false
 """
 
 

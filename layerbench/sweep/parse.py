@@ -256,6 +256,11 @@ class _Parser:
                       energy_where, invalid_policy, names | {"impl"})
         for point in points:
             point.energy_impls = [n for n in point.implementations if sweep._wants_energy(point, n)]
+        if measure.energy and energy_where and points and not any(p.energy_impls for p in points):
+            rows = sum(len(p.implementations) for p in points)
+            _fail("energy.where", f"admits none of the sweep's {rows} row{'s' * (rows != 1)}, so no energy "
+                                  "would be measured "
+                                  "(set energy.enabled = false to time only)")
         return sweep
 
     # ---- pieces
