@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -600,14 +601,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench.check_layers(tuple(args.layers.split(",")))  # a typo is named before the GPU is looked for
         _check_device(args.device, cpu_runs=False)
         scheduler, first_gpu = _gpu_pool(args.gpus) if args.gpus is not None else (None, None)
-        df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
-                             energy=not args.no_energy, progress=not args.no_progress, where=args.where,
-                             scheduler=scheduler, ceilings_gpu=first_gpu)
+        try:
+            df = bench.run_bench(out, args.device, tuple(args.layers.split(",")), args.resume,
+                                 energy=not args.no_energy, progress=not args.no_progress, where=args.where,
+                                 scheduler=scheduler, ceilings_gpu=first_gpu)
+        except KeyboardInterrupt:  # the verdicts on the rows measured so far, then the usual exit
+            try:
+                _bench_report(out, *bench.load_bench(out))
+            except (ValueError, OSError):  # interrupted before a row was measured: nothing to judge
+                pass
+            raise
         ceilings = json.loads((out / bench.CEILINGS_FILE).read_text())
+    _bench_report(out, df, ceilings)
+    return 0
+
+
+def _bench_report(out: Path, df: pd.DataFrame, ceilings: dict) -> None:
+    """The bench's report on ``df``, printed and written to ``out``/bench.md."""
     text = bench.format_bench_report(bench.table(df, ceilings), ceilings, bench.planned_rows())
     (out / "bench.md").write_text(text)
     print(text)
-    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from layerbench.suites import bench
-from layerbench.suites import ceilings
-from layerbench import sweep
+from layerbench import cli, sweep
 from layerbench.cli import build_parser, main, plan_rows
+from layerbench.results import rundir as results
 from layerbench.run.sweep_runner import RunOptions, run_sweep
+from layerbench.suites import bench, ceilings
 
 SWEEP = """
 experiment = "bench_relu"
@@ -129,6 +129,42 @@ def test_the_command_names_an_unknown_layer_before_it_looks_for_a_gpu(tmp_path: 
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--layers", "conv,softmax", "--out", str(tmp_path / "b")]) == 2
     assert "--layers must be among" in capsys.readouterr().err
+
+
+@pytest.mark.interpreter
+def test_an_interrupted_bench_prints_the_report_of_the_rows_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+
+    def interrupted(out: Path, *args: object, **kwargs: object) -> None:
+        out.mkdir()
+        (out / bench.CEILINGS_FILE).write_text(json.dumps({"copy_gbps": 2.0, "matmul_tflops": {"fp32": 1.0},
+                                                            "device_name": "test"}))
+        run_sweep(sweep.parse_sweep(SWEEP), RunOptions(device="cpu", out=out / "bench_relu", progress=False))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("layerbench.cli._check_device", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "run_bench", interrupted)
+    assert main(["bench", "--layers", "relu", "--out", str(out)]) == cli.EXIT_INTERRUPTED
+    printed = capsys.readouterr()
+    assert "### Targets" in printed.out and "| relu | relu |  | forward | fp32 | NCHW | triton |" in printed.out
+    assert (out / "bench.md").read_text().strip() == printed.out.strip() and "interrupted" in printed.err
+
+    def nothing_yet(out: Path, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_bench", nothing_yet)
+    assert main(["bench", "--layers", "relu", "--out", str(tmp_path / "c")]) == cli.EXIT_INTERRUPTED
+    printed = capsys.readouterr()
+    assert "### Targets" not in printed.out and "Traceback" not in printed.err
+
+
+def test_a_bench_with_no_row_yet_is_named(tmp_path: Path) -> None:
+    (tmp_path / "bench_relu").mkdir()
+    (tmp_path / "bench_relu" / results.RESULTS_FILE).write_text("")  # started, stopped before a record
+    (tmp_path / bench.CEILINGS_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="no row measured yet"):
+        bench.load_bench(tmp_path)
 
 
 def test_bench_command_runs_every_bench_sweep_by_default() -> None:

@@ -182,7 +182,10 @@ def load_bench(out: Path) -> tuple[pd.DataFrame, dict]:
     if not runs:
         raise ValueError(f"{out}: no bench runs here (run `layerbench bench --out {out}` first)")
     ceilings = json.loads((out / CEILINGS_FILE).read_text())
-    return pd.concat([results.load_results(r) for r in runs], ignore_index=True), ceilings
+    df = pd.concat([results.load_results(r) for r in runs], ignore_index=True)
+    if df.empty:
+        raise ValueError(f"{out}: no row measured yet (`layerbench bench --out {out} --resume` measures them)")
+    return df, ceilings
 
 
 def _fraction_of_ceiling(row: pd.Series, ceilings: dict) -> float:
