@@ -259,8 +259,7 @@ class _Parser:
         if measure.energy and energy_where and points and not any(p.energy_impls for p in points):
             rows = sum(len(p.implementations) for p in points)
             _fail("energy.where", f"admits none of the sweep's {rows} row{'s' * (rows != 1)}, so no energy "
-                                  "would be measured "
-                                  "(set energy.enabled = false to time only)")
+                                  "would be measured (set energy.enabled = false to time only)")
         return sweep
 
     # ---- pieces
