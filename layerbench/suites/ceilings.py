@@ -8,8 +8,10 @@
   sample of several sizes timed both hot and cold (``MATMUL_RUNS``).  Products held for a while
   keep the board at its power limit and the clocks drop, so their median depends on how warm the
   card is (an H100, bf16: medians 674-795 TFLOP/s, cuDNN's short convolutions up to 746), while
-  their fastest samples agree within 2 % (797-811): the rate at full clocks.  Every run's fastest
-  and median rate is kept (``matmul_runs``).
+  their fastest samples, each run after a second's rest, agree within 2 % (797-811): the rate at
+  full clocks.  Run straight after the copy ceiling, the 8192^3 products' fastest samples reached
+  only 731-733, so each run starts after ``MATMUL_REST_S`` of rest.  Every run's fastest and
+  median rate is kept (``matmul_runs``).
 
 The copy is timed in hot mode; all on random data (never zeros: products of zeros run faster than
 real data on Hopper).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -39,6 +42,7 @@ COPY_BYTES = 1 << 30  # 1 GiB each way: far beyond any L2
 CURVE_BYTES = tuple(1 << k for k in range(20, 30))  # copy curve: 1 MiB .. 512 MiB each way
 # (size, timing mode) of the matrix products whose fastest sample is the matrix ceiling.
 MATMUL_RUNS = ((4096, "cold"), (8192, "cold"), (8192, "hot"))
+MATMUL_REST_S = 1.0  # idle before each product, so that it starts at full clocks
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,11 @@ def matmul_rates(device: torch.device, dtype: str,
                  runs: tuple[tuple[int, str], ...] = MATMUL_RUNS) -> dict[str, dict[str, float]]:
     """``"<n> <mode>"`` -> ``matmul_rate`` of each (size, timing mode) in ``runs``."""
     timing = {"hot": TimingConfig(mode="hot"), "cold": TimingConfig(mode="cold", min_time_s=0.1, max_time_s=2.0)}
-    return {f"{n} {mode}": matmul_rate(device, dtype, n, timing[mode]) for n, mode in runs}
+    rates = {}
+    for n, mode in runs:
+        time.sleep(MATMUL_REST_S)
+        rates[f"{n} {mode}"] = matmul_rate(device, dtype, n, timing[mode])
+    return rates
 
 
 def measure(device: torch.device, dtypes: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")) -> Ceilings:
