@@ -94,8 +94,6 @@ def test_copy_curve_interpolates_in_log_size_and_is_flat_beyond() -> None:
 
 @pytest.mark.gpu
 def test_matrix_products_give_their_fastest_and_median_rates() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
     runs = ceilings.matmul_rates(torch.device("cuda"), "bf16", ((1024, "cold"), (2048, "hot")))
     assert list(runs) == ["1024 cold", "2048 hot"]
     # TFLOP/s: a product that ran, at a rate a GPU has; its fastest sample at least its median
