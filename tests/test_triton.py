@@ -20,6 +20,7 @@ import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import linear as triton_linear
 from kernels.triton import conv_tma as triton_conv_tma
+from kernels.triton import depthwise_rows as triton_depthwise_rows
 from kernels.triton import gemv as triton_gemv
 from kernels.triton import linear_tma as triton_linear_tma
 from kernels import lowering
@@ -110,6 +111,44 @@ DEPTHWISE_CASES = {
 @pytest.mark.parametrize("name", DEPTHWISE_CASES)
 def test_conv2d_depthwise(name: str, dtype: str, layout: str) -> None:
     check("conv2d", DEPTHWISE_CASES[name], dtype, layout, zlib.crc32(name.encode()))
+
+
+def depthwise_rows_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The row-streaming depthwise kernel alone."""
+    return triton_depthwise_rows.build_depthwise_rows(spec, dtype, layout, tensors, out)
+
+
+# Planes cut the interpreter's 3-row bands and 4-column blocks raggedly; 2-24 channels span up to
+# two 16-channel blocks (one channel is a plain convolution); padding 0-2 a side, horizontal stride 1-2.
+@given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 9), width=st.integers(1, 9),
+       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), stride_w=st.integers(1, 2), bias=st.booleans(),
+       dtype=st.sampled_from(["fp32", "fp16", "bf16"]), seed=SEEDS)
+def test_conv2d_depthwise_rows_drawn(batch: int, channels: int, height: int, width: int, padding_h: int,
+                                     padding_w: int, stride_w: int, bias: bool, dtype: str, seed: int) -> None:
+    assume(height + 2 * padding_h >= 3 and width + 2 * padding_w >= 3)
+    spec = Conv2d(batch, channels, channels, height, width, 3, 3, stride_w=stride_w, padding_h=padding_h,
+                  padding_w=padding_w, groups=channels, bias=bias)
+    result = check_implementation(depthwise_rows_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+def test_conv2d_depthwise_rows_mobilenet_layer() -> None:
+    spec = Conv2d(2, 40, 40, 11, 14, 3, 3, padding=1, groups=40)  # a MobileNetV2 depthwise layer, small
+    result = check_implementation(depthwise_rows_only, spec, "bf16", "NHWC", "cpu", seed=11)
+    assert result.ok, result.message
+
+
+@pytest.mark.parametrize("layout, spec, reason", [
+    ("NCHW", Conv2d(1, 4, 4, 6, 6, 3, 3, padding=1, groups=4), "NHWC only"),
+    ("NHWC", Conv2d(1, 4, 8, 6, 6, 3, 3, padding=1, groups=4), "one output channel per input channel"),
+    ("NHWC", Conv2d(1, 4, 4, 6, 6, 5, 5, padding=2, groups=4), "3x3 filters"),
+    ("NHWC", Conv2d(1, 4, 4, 9, 9, 3, 3, padding=2, dilation=2, groups=4), "without dilation"),
+    ("NHWC", Conv2d(1, 4, 4, 6, 6, 3, 3, stride=2, padding=1, groups=4), "vertical stride 1"),
+])
+def test_conv2d_depthwise_rows_refuses(layout: str, spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, "fp16", layout, "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        depthwise_rows_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
 
 
 def test_conv2d_depthwise_records_its_kernel() -> None:

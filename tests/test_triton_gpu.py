@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import conv_tma, depthwise, fft_conv, gemv, linear_tma, lowered_conv, pointwise_conv
+from kernels.triton import conv_tma, depthwise, depthwise_rows, fft_conv, gemv, linear_tma, lowered_conv, pointwise_conv
 from kernels.triton.support import DOT_MODE
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
@@ -133,11 +133,36 @@ def test_conv2d_depthwise_every_tile_config(layout: str, monkeypatch: pytest.Mon
                 tile_list.cache_clear()
             for i, spec in enumerate(DEPTHWISE_CONFIG_CASES):
                 for dtype in ("fp16", "fp32"):
-                    result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda", seed=i)
+                    result = check_implementation(depthwise.build_depthwise, spec, dtype, layout, "cuda", seed=i)
                     assert result.ok, f"{tile} {spec} {dtype}: {result.message}"
     finally:
         for tile_list in tile_lists:
             tile_list.cache_clear()
+
+
+# The row-streaming kernel's configs forced in turn, on planes that cut its bands and column
+# blocks raggedly: 40 channels (blocks of 32 and 64 hang past them), 144 (MobileNetV2's, blocks
+# of 16 divide them), horizontal stride 2 and a padding of 2.
+DEPTHWISE_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
+                        Conv2d(2, 144, 144, 45, 61, 3, 3, stride_w=2, padding_h=2, padding_w=1, groups=144)]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_conv2d_depthwise_rows_every_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    configs_of = depthwise_rows._configs  # the full lists, before one config is forced below
+    for i, spec in enumerate(DEPTHWISE_ROWS_CASES):
+        configs = configs_of(spec.in_channels, spec.out_width, get_dtype(dtype).itemsize,
+                             torch.cuda.get_device_capability() >= (9, 0))
+        assert configs
+        for config in configs:
+            monkeypatch.setattr(depthwise_rows, "_configs", lambda *_, config=config: [config])
+            result = check_implementation(depthwise_rows.build_depthwise_rows, spec, dtype, "NHWC", "cuda", seed=i)
+            assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+
+
+def test_conv2d_depthwise_rows_is_timed_beside_the_direct_kernel() -> None:
+    details = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144))
+    assert details["depthwise_ms"] > 0 and details["depthwise_rows_ms"] > 0, details
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])

@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 
-from kernels.triton import conv2d_backward as cb, depthwise_backward as dw  # noqa: E402
+from kernels.triton import conv2d_backward as cb, depthwise_backward as dw, depthwise_rows as dr  # noqa: E402
 from kernels.triton import conv_tma as ct, gemv, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
 from kernels import lowering  # noqa: E402
 from kernels.triton import lowered_conv  # noqa: E402
@@ -114,6 +114,12 @@ def main() -> None:
                                           cfg.num_warps, cfg.num_stages)
                     print(f"wgrad {_tile(cfg)} {'tap' if tap_block else 'flat'}{' partial' if partial else ''}: {line}")
     if args.which in ("depthwise", "all"):
+        itemsize = 2 if el in ("bf16", "fp16") else 4
+        for cfg in dr._configs(144, 56, itemsize, True):  # MobileNetV2's 144 channels at 56 x 56
+            line = compile_report(dr._depthwise_rows_kernel, target, {"x_ptr": el, "w_ptr": el, "b_ptr": el,
+                                                                      "y_ptr": el}, dict(HAS_BIAS=True, **cfg.kwargs),
+                                  cfg.num_warps)
+            print(f"depthwise forward rows {_tile(cfg)} NHWC: {line}")
         for cfg in dw._DGRAD_CONFIGS:
             for nhwc in (True, False):
                 meta = dict(DY_NHWC=nhwc, DX_NHWC=nhwc, KPG=1, **cfg.kwargs)

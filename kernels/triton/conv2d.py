@@ -73,6 +73,7 @@ from kernels.pointwise_views import pointwise_refusal, strided_refusal
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
+from kernels.triton.depthwise_rows import build_depthwise_rows, rows_refusal
 from kernels.triton.lowered_conv import build_lowered
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.layout import channels_last_copy
@@ -374,25 +375,32 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
                       "the pixels they read), on Hopper a TMA-fed implicit GEMM (NCHW inputs after a copy "
                       "to channels_last), for inputs of few channels an explicit im2col and the linear "
-                      "layer's GEMM; depthwise a direct kernel of its own")
+                      "layer's GEMM; depthwise a direct kernel of its own, and for 3x3 ones "
+                      "also one that streams input rows through registers, the faster kept")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)
     if reason:
         raise Unsupported(reason)
+
+    def on_gpu(build_path: Callable[[], Kernel | Built]) -> Callable[[], Kernel | Built]:
+        def build_it() -> Kernel | Built:
+            if interpreting(_conv2d_kernel):
+                raise Unsupported("no timing under the Triton interpreter to choose it by")
+            return build_path()  # refuses what it cannot run, with the reason
+        return build_it
+
     if spec.depthwise:
-        return Built(build_depthwise(spec, dtype, layout, tensors, out), {"algorithm": "depthwise"})
+        # The row-streaming kernel is timed beside the direct one where it applies (3x3, stride 1 down).
+        rows = on_gpu(lambda: build_depthwise_rows(spec, dtype, layout, tensors, out))
+        others = [("depthwise_rows", rows)] if rows_refusal(spec, layout) is None else []
+        return fastest_of("depthwise", build_depthwise(spec, dtype, layout, tensors, out), others, quick_bench,
+                          after_failure=lambda: torch.cuda.synchronize(out.device),
+                          remember=choice_of("triton depthwise", spec, dtype.name, layout, tensors, out, "triton"))
 
     def fft() -> Kernel:
         if dtype.name == "tf32" and interpreting(_conv2d_kernel):
             raise Unsupported("no timing under the Triton interpreter to choose it by")
         return build_fft(spec, dtype, tensors, out)  # refuses other dtypes and fields, with the reason
-
-    def on_gpu(build_path: Callable[[], Built]) -> Callable[[], Built]:
-        def build_it() -> Built:
-            if interpreting(_conv2d_kernel):
-                raise Unsupported("no timing under the Triton interpreter to choose it by")
-            return build_path()  # refuses what it cannot run, with the reason
-        return build_it
 
     tma = on_gpu(lambda: build_conv_tma(spec, dtype, layout, tensors, out))
     # A 1x1 NHWC convolution is a plain GEMM, a strided one after a copy of the pixels it reads: no FFT for either.

@@ -1,0 +1,191 @@
+"""Depthwise 3x3 convolution in NHWC that streams input rows through registers.
+
+The direct kernel (``depthwise.py``) loads each input element once per tap, nine times for a
+3x3 filter, from L1 or L2; on large planes (MobileNetV2's 144 channels at 56 x 56) that holds it
+near 0.4 of a same-size copy's bandwidth.  Here a program owns a band of ``ROWS`` output rows
+of one segment of ``BLOCK_Q`` output columns and ``BLOCK_C`` channels, and walks down the band
+one input row at a time: each row is loaded once per horizontal tap (three times, from L1), is
+multiplied by the filter's three rows, and adds into the three output rows it belongs to, held
+as rolling fp32 accumulators; the row finished by the bottom filter row is stored.  The next
+input row is loaded before this row's multiply-adds, so its latency hides behind them, and on
+Hopper the first channel block asks the copy engine to bring the rows ``PREFETCH`` ahead into L2
+for all channel blocks (``cp.async.bulk.prefetch.L2``).  Programs run channel blocks fastest, so
+those sharing a pixel's 16-byte lines run together.
+
+Scope: 3x3 filters, dilation 1, one output channel per input channel, vertical stride 1 (any
+horizontal stride and padding): the depthwise layers of MobileNets and most others.  The
+direct kernel runs the rest, and is timed beside this one where both can (``conv2d.build``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from layerbench.builders import Kernel, Tensors
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+
+from kernels.triton.support import bind, dense_layout, interpreting, next_pow2
+
+# (BLOCK_Q, BLOCK_C, warps) of a tile, each with bands of ROWS output rows and, on Hopper, rows
+# prefetched PREFETCH ahead.  Narrow channel blocks that divide the channels waste no lanes
+# (16 for 144 channels); more columns a block keep each load long.
+_TILES = [(32, 16, 2), (16, 16, 1), (64, 16, 4), (32, 32, 4), (16, 64, 4), (8, 64, 2), (8, 128, 4)]
+_ROWS = (8, 32)
+_PREFETCH = 3
+_INTERPRETER = {"BLOCK_Q": 4, "BLOCK_C": 16, "ROWS": 3, "PREFETCH": 0}
+# A thread holds at least one 16-byte vector of a tile (smaller tiles leave lanes idle).
+_MIN_TILE_BYTES_PER_THREAD = 16
+
+
+@triton.jit
+def _tap(row, iw, W, C, cs, cols_ok, row_ok):
+    """One horizontal tap: pixels ``iw`` of an input row x channels ``cs``, zero off the image."""
+    # A scalar condition joins a vector mask through tl.where (`&` would make an int mask).
+    ok = tl.where(row_ok, cols_ok & (iw >= 0) & (iw < W), False)
+    return tl.load(row + (iw * C)[:, None] + cs[None, :], mask=ok[:, None] & (cs < C)[None, :], other=0.0)
+
+
+@triton.jit
+def _input_row(x_img, ih, iw, H, W, C, cs, cols_ok, live):
+    """Input row ``ih`` under the three horizontal taps (columns iw, iw + 1, iw + 2); zero above
+    and below the image, and where ``live`` is false (past the band)."""
+    row = x_img + ih * (W * C)
+    row_ok = live & (ih >= 0) & (ih < H)
+    return (_tap(row, iw, W, C, cs, cols_ok, row_ok), _tap(row, iw + 1, W, C, cs, cols_ok, row_ok),
+            _tap(row, iw + 2, W, C, cs, cols_ok, row_ok))
+
+
+@triton.jit
+def _times_filter_row(left, mid, right, taps, C, cs):
+    """A row's three taps times one filter row (``taps``: its three taps, each C channels), fp32."""
+    c_ok = cs < C
+    t0 = tl.load(taps + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    t1 = tl.load(taps + C + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    t2 = tl.load(taps + 2 * C + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    return left.to(tl.float32) * t0 + mid.to(tl.float32) * t1 + right.to(tl.float32) * t2
+
+
+@triton.jit
+def _prefetch_row(x_img, ih, qb, H, W, C, stride_w, pad_w, BLOCK_Q: tl.constexpr):
+    """Ask the copy engine to bring the part of input row ``ih`` that column block ``qb`` reads,
+    all channels, into L2 (no registers, no wait)."""
+    if (ih >= 0) & (ih < H):
+        lo = tl.maximum(qb * BLOCK_Q * stride_w - pad_w, 0)
+        hi = tl.minimum((qb * BLOCK_Q + BLOCK_Q - 1) * stride_w - pad_w + 3, W)
+        if hi > lo:  # a block of columns wholly in the right padding reads nothing of the row
+            size = (hi - lo) * C * (x_img.dtype.element_ty.primitive_bitwidth // 8)
+            tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;", "=r,l,r",
+                                      [x_img + (ih * W + lo) * C, size], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit(do_not_specialize=["H", "W", "P", "Q", "stride_w", "pad_h", "pad_w", "zero"])
+def _depthwise_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, stride_w, pad_h, pad_w, zero,
+                           HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                           BLOCK_C: tl.constexpr, PREFETCH: tl.constexpr):
+    pid = tl.program_id(0)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    q_blocks = tl.cdiv(Q, BLOCK_Q)
+    bands = tl.cdiv(P, ROWS)
+    cb = pid % c_blocks
+    rest = pid // c_blocks
+    qb = rest % q_blocks
+    rest = rest // q_blocks
+    p0 = (rest % bands) * ROWS
+    n = rest // bands
+    cs = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    qs = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    cols_ok = qs < Q
+    iw = qs * stride_w - pad_w
+    x_img = x_ptr + n * (H * W * C)
+    y_tile = y_ptr + n * (P * Q * C) + (qs * C)[:, None] + cs[None, :]
+    y_ok = cols_ok[:, None] & (cs < C)[None, :]
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + cs, mask=cs < C, other=0.0).to(tl.float32)[None, :]
+    else:
+        bias = tl.zeros((1, BLOCK_C), dtype=tl.float32)
+
+    steps = tl.minimum(ROWS, P - p0) + 2  # input rows the band reads
+    top = p0 - pad_h
+    left, mid, right = _input_row(x_img, top, iw, H, W, C, cs, cols_ok, True)
+    # Output rows (s - 2, s - 1, s) of the band, partly summed: each input row s adds to all three.
+    acc1 = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
+    for s in range(0, steps):
+        next_left, next_mid, next_right = _input_row(x_img, top + s + 1, iw, H, W, C, cs, cols_ok, s + 1 < steps)
+        if PREFETCH > 0:
+            if cb == 0:
+                _prefetch_row(x_img, top + s + 1 + PREFETCH, qb, H, W, C, stride_w, pad_w, BLOCK_Q)
+        # `zero` is 0: offsetting the filter by it each row keeps the compiler from hoisting the
+        # nine taps out of the loop into registers (72 a thread); their reloads hit L1.
+        taps = w_ptr + tl.multiple_of(s * zero, 16)
+        done = acc1 + _times_filter_row(left, mid, right, taps + 6 * C, C, cs)
+        acc1 = acc2 + _times_filter_row(left, mid, right, taps + 3 * C, C, cs)
+        acc2 = _times_filter_row(left, mid, right, taps, C, cs)
+        if s >= 2:
+            tl.store(y_tile + (p0 + s - 2) * (Q * C), (done + bias).to(y_ptr.dtype.element_ty), mask=y_ok)
+        left, mid, right = next_left, next_mid, next_right
+
+
+def rows_refusal(spec: Conv2d, layout: str) -> str | None:
+    """Why the row-streaming kernel does not run ``spec`` in ``layout``, or None."""
+    if layout != "NHWC":
+        return f"the row-streaming depthwise kernel runs NHWC only, got {layout}"
+    if not spec.depthwise or spec.out_channels != spec.in_channels:
+        return "the row-streaming depthwise kernel runs one output channel per input channel"
+    if (spec.kernel_h, spec.kernel_w) != (3, 3) or (spec.dilation_h, spec.dilation_w) != (1, 1):
+        return (f"the row-streaming depthwise kernel runs 3x3 filters without dilation, got "
+                f"{spec.kernel_h}x{spec.kernel_w} with dilation ({spec.dilation_h}, {spec.dilation_w})")
+    if spec.stride_h != 1:
+        return f"the row-streaming depthwise kernel runs vertical stride 1, got {spec.stride_h}"
+    return None
+
+
+@functools.cache
+def _configs(channels: int, columns: int, itemsize: int, prefetch: bool) -> list[triton.Config]:
+    """The tiles that fit ``channels`` and ``columns`` (rounded up to powers of two) and give each
+    thread a 16-byte vector at least; each with bands of every ROWS, prefetching where allowed."""
+    configs = []
+    for block_q, block_c, warps in _TILES:
+        if block_c > next_pow2(channels) or block_q > next_pow2(columns):
+            continue
+        if block_q * block_c * itemsize < _MIN_TILE_BYTES_PER_THREAD * 32 * warps:
+            continue
+        for rows in _ROWS:
+            for ahead in ((0, _PREFETCH) if prefetch else (0,)):
+                configs.append(triton.Config({"BLOCK_Q": block_q, "BLOCK_C": block_c, "ROWS": rows,
+                                              "PREFETCH": ahead}, num_warps=warps))
+    return configs
+
+
+def build_depthwise_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """The row-streaming kernel for ``spec`` (see the module's scope); ``Unsupported`` says why not."""
+    reason = rows_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
+    if not (dense_layout(x, "NHWC") and dense_layout(out, "NHWC")):
+        raise Unsupported("the row-streaming depthwise kernel needs x and out dense NHWC")
+    c, p, q = spec.in_channels, spec.out_height, spec.out_width
+    # The filter as [tap][channel] in x's dtype (a reordering, exact): a tap's channels are one vector.
+    taps = torch.empty((9, c), dtype=w.dtype, device=w.device).copy_(w.reshape(c, 9).t())
+    fixed = _INTERPRETER
+    # The L2 prefetch is Hopper's, and takes 16-byte aligned rows of whole 16-byte units.
+    prefetch = (not interpreting(_depthwise_rows_kernel) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+                and (c * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0)
+    configs = [] if interpreting(_depthwise_rows_kernel) else _configs(c, q, x.element_size(), prefetch)
+    if not configs and not interpreting(_depthwise_rows_kernel):
+        raise Unsupported(f"no row-streaming tile fits {c} channels x {q} columns")
+
+    def grid(config: dict) -> tuple[int]:
+        return (spec.batch * triton.cdiv(p, config["ROWS"]) * triton.cdiv(q, config["BLOCK_Q"])
+                * triton.cdiv(c, config["BLOCK_C"]),)
+
+    args = (x, taps, bias if bias is not None else out, out, c, spec.height, spec.width, p, q, spec.stride_w,
+            spec.padding_h, spec.padding_w, 0)
+    return bind(_depthwise_rows_kernel, configs, grid, args, {"HAS_BIAS": bias is not None}, fixed)
