@@ -132,10 +132,37 @@ def test_conv2d_depthwise_rows_drawn(batch: int, channels: int, height: int, wid
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
+def depthwise_flat_rows_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The row-streaming depthwise kernel on flat runs of output rows, alone."""
+    return triton_depthwise_rows.build_depthwise_flat_rows(spec, dtype, layout, tensors, out)
+
+
+# Flat runs of 32 elements: a pixel's channels split across runs (5-24 channels), runs that start
+# inside the left or right padding, rows shorter than a run.
+@given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 9), width=st.integers(1, 9),
+       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), bias=st.booleans(),
+       dtype=st.sampled_from(["fp32", "fp16", "bf16"]), seed=SEEDS)
+def test_conv2d_depthwise_flat_rows_drawn(batch: int, channels: int, height: int, width: int, padding_h: int,
+                                          padding_w: int, bias: bool, dtype: str, seed: int) -> None:
+    assume(height + 2 * padding_h >= 3 and width + 2 * padding_w >= 3)
+    spec = Conv2d(batch, channels, channels, height, width, 3, 3, padding_h=padding_h, padding_w=padding_w,
+                  groups=channels, bias=bias)
+    result = check_implementation(depthwise_flat_rows_only, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
 def test_conv2d_depthwise_rows_mobilenet_layer() -> None:
     spec = Conv2d(2, 40, 40, 11, 14, 3, 3, padding=1, groups=40)  # a MobileNetV2 depthwise layer, small
-    result = check_implementation(depthwise_rows_only, spec, "bf16", "NHWC", "cpu", seed=11)
-    assert result.ok, result.message
+    for build in (depthwise_rows_only, depthwise_flat_rows_only):
+        result = check_implementation(build, spec, "bf16", "NHWC", "cpu", seed=11)
+        assert result.ok, f"{build.__name__}: {result.message}"
+
+
+def test_conv2d_flat_rows_refuses_a_horizontal_stride() -> None:
+    spec = Conv2d(1, 4, 4, 6, 6, 3, 3, stride_w=2, padding=1, groups=4)
+    tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
+    with pytest.raises(Unsupported, match="horizontal stride 1"):
+        depthwise_flat_rows_only(spec, get_dtype("fp16"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
 
 
 @pytest.mark.parametrize("layout, spec, reason", [

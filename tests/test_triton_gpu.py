@@ -160,9 +160,29 @@ def test_conv2d_depthwise_rows_every_config(dtype: str, monkeypatch: pytest.Monk
             assert result.ok, f"{config} {spec} {dtype}: {result.message}"
 
 
-def test_conv2d_depthwise_rows_is_timed_beside_the_direct_kernel() -> None:
+# The flat kernel's configs forced in turn: runs that split pixels (40 and 144 channels), a row
+# shorter than every run (24 channels x 7 columns), a padding of 2.
+DEPTHWISE_FLAT_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
+                             Conv2d(2, 144, 144, 45, 61, 3, 3, padding_h=2, padding_w=1, groups=144),
+                             Conv2d(2, 24, 24, 9, 7, 3, 3, padding=1, groups=24)]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_conv2d_depthwise_flat_rows_every_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    configs_of = depthwise_rows._flat_configs  # the full lists, before one config is forced below
+    for i, spec in enumerate(DEPTHWISE_FLAT_ROWS_CASES):
+        configs = configs_of(spec.out_width * spec.out_channels, torch.cuda.get_device_capability() >= (9, 0))
+        assert configs
+        for config in configs:
+            monkeypatch.setattr(depthwise_rows, "_flat_configs", lambda *_, config=config: [config])
+            result = check_implementation(depthwise_rows.build_depthwise_flat_rows, spec, dtype, "NHWC", "cuda",
+                                          seed=i)
+            assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+
+
+def test_conv2d_depthwise_rows_are_timed_beside_the_direct_kernel() -> None:
     details = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144))
-    assert details["depthwise_ms"] > 0 and details["depthwise_rows_ms"] > 0, details
+    assert all(details[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_rows", "depthwise_flat_rows")), details
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])

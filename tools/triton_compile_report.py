@@ -120,6 +120,11 @@ def main() -> None:
                                                                       "y_ptr": el}, dict(HAS_BIAS=True, **cfg.kwargs),
                                   cfg.num_warps)
             print(f"depthwise forward rows {_tile(cfg)} NHWC: {line}")
+        for cfg in dr._flat_configs(56 * 144, True):
+            pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
+            line = compile_report(dr._depthwise_flat_rows_kernel, target, pointers, dict(HAS_BIAS=True, **cfg.kwargs),
+                                  cfg.num_warps)
+            print(f"depthwise forward flat rows {_tile(cfg)} NHWC: {line}")
         for cfg in dw._DGRAD_CONFIGS:
             for nhwc in (True, False):
                 meta = dict(DY_NHWC=nhwc, DX_NHWC=nhwc, KPG=1, **cfg.kwargs)

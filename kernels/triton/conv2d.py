@@ -73,7 +73,7 @@ from kernels.pointwise_views import pointwise_refusal, strided_refusal
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
-from kernels.triton.depthwise_rows import build_depthwise_rows, rows_refusal
+from kernels.triton.depthwise_rows import build_depthwise_flat_rows, build_depthwise_rows, flat_refusal, rows_refusal
 from kernels.triton.lowered_conv import build_lowered
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.layout import channels_last_copy
@@ -390,9 +390,11 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         return build_it
 
     if spec.depthwise:
-        # The row-streaming kernel is timed beside the direct one where it applies (3x3, stride 1 down).
-        rows = on_gpu(lambda: build_depthwise_rows(spec, dtype, layout, tensors, out))
-        others = [("depthwise_rows", rows)] if rows_refusal(spec, layout) is None else []
+        # The row-streaming kernels are timed beside the direct one where they apply (3x3, stride 1 down).
+        rows = [("depthwise_rows", build_depthwise_rows, rows_refusal),
+                ("depthwise_flat_rows", build_depthwise_flat_rows, flat_refusal)]
+        others = [(name, on_gpu(functools.partial(builder, spec, dtype, layout, tensors, out)))
+                  for name, builder, refusal in rows if refusal(spec, layout) is None]
         return fastest_of("depthwise", build_depthwise(spec, dtype, layout, tensors, out), others, quick_bench,
                           after_failure=lambda: torch.cuda.synchronize(out.device),
                           remember=choice_of("triton depthwise", spec, dtype.name, layout, tensors, out, "triton"))

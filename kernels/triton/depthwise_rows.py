@@ -12,6 +12,14 @@ Hopper the first channel block asks the copy engine to bring the rows ``PREFETCH
 for all channel blocks (``cp.async.bulk.prefetch.L2``).  Programs run channel blocks fastest, so
 those sharing a pixel's 16-byte lines run together.
 
+Where the horizontal stride is 1 too, a second kernel takes its tile as one flat run of an output
+row (``BLOCK_E`` consecutive elements of its Q * C, pixels and channels together): in NHWC the
+input under the row's three horizontal taps is the same run shifted by -pad_w, 1 - pad_w and
+2 - pad_w pixels, so every load is a contiguous, fully used stretch of the row whatever the
+channel count (the 2-D tile leaves lanes idle where its channel block does not divide the
+channels, and a warp's load there spans one line a pixel).  Its nine filter taps are gathered
+once per element and kept in registers.
+
 Scope: 3x3 filters, dilation 1, one output channel per input channel, vertical stride 1 (any
 horizontal stride and padding): the depthwise layers of MobileNets and most others.  The
 direct kernel runs the rest, and is timed beside this one where both can (``conv2d.build``).
@@ -39,6 +47,10 @@ _TILES = [(32, 16, 2), (16, 16, 1), (64, 16, 4), (32, 32, 4), (16, 64, 4), (8, 6
 _ROWS = (8, 32)
 _PREFETCH = 3
 _INTERPRETER = {"BLOCK_Q": 4, "BLOCK_C": 16, "ROWS": 3, "PREFETCH": 0}
+# The flat kernel: (BLOCK_E, warps), 8-16 elements a thread (its nine taps a thread's elements
+# take 72-144 registers).
+_FLAT_TILES = [(1024, 4), (2048, 8), (1024, 8), (512, 4)]
+_FLAT_INTERPRETER = {"BLOCK_E": 32, "ROWS": 3, "PREFETCH": 0}
 # A thread holds at least one 16-byte vector of a tile (smaller tiles leave lanes idle).
 _MIN_TILE_BYTES_PER_THREAD = 16
 
@@ -132,6 +144,96 @@ def _depthwise_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, stride_w, 
         left, mid, right = next_left, next_mid, next_right
 
 
+@triton.jit
+def _flat_input_row(x_img, ih, H, W, C, off, ok0, ok1, ok2, live):
+    """Input row ``ih`` under the three horizontal taps of a flat run (``off``: the left tap's
+    offsets in the row, ``ok0-2``: each tap's columns inside the image)."""
+    row = x_img + ih * (W * C)
+    row_ok = live & (ih >= 0) & (ih < H)
+    left = tl.load(row + off, mask=tl.where(row_ok, ok0, False), other=0.0)
+    mid = tl.load(row + off + C, mask=tl.where(row_ok, ok1, False), other=0.0)
+    right = tl.load(row + off + 2 * C, mask=tl.where(row_ok, ok2, False), other=0.0)
+    return left, mid, right
+
+
+@triton.jit
+def _flat_times(left, mid, right, t0, t1, t2):
+    """A row's three taps times one filter row's (each tap's weight per element), in fp32."""
+    return left.to(tl.float32) * t0 + mid.to(tl.float32) * t1 + right.to(tl.float32) * t2
+
+
+@triton.jit
+def _flat_prefetch_row(x_img, ih, start, end, H, W, C):
+    """Bring elements [start, end) of input row ``ih`` into L2 (clipped to the row)."""
+    if (ih >= 0) & (ih < H):
+        lo = tl.maximum(start, 0)
+        hi = tl.minimum(end, W * C)
+        if hi > lo:
+            size = (hi - lo) * (x_img.dtype.element_ty.primitive_bitwidth // 8)
+            tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;", "=r,l,r",
+                                      [x_img + ih * (W * C) + lo, size], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit(do_not_specialize=["H", "W", "P", "Q", "pad_h", "pad_w"])
+def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h, pad_w,
+                                HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_E: tl.constexpr,
+                                PREFETCH: tl.constexpr):
+    pid = tl.program_id(0)
+    run = Q * C  # an output row's elements, contiguous in NHWC
+    segments = tl.cdiv(run, BLOCK_E)
+    bands = tl.cdiv(P, ROWS)
+    start = (pid % segments) * BLOCK_E
+    rest = pid // segments
+    p0 = (rest % bands) * ROWS
+    n = rest // bands
+    e = start + tl.arange(0, BLOCK_E)
+    e_ok = e < run
+    q = e // C
+    c = e - q * C
+    # Horizontal tap j reads input column q - pad_w + j, i.e. element e + (j - pad_w) * C of the row.
+    iw = q - pad_w
+    ok0 = e_ok & (iw >= 0) & (iw < W)
+    ok1 = e_ok & (iw + 1 >= 0) & (iw + 1 < W)
+    ok2 = e_ok & (iw + 2 >= 0) & (iw + 2 < W)
+    off = e - pad_w * C
+    # Prefetched span of an input row: what the run's three taps read.
+    span_lo = start - pad_w * C
+    span_hi = start + BLOCK_E + (2 - pad_w) * C
+    w00 = tl.load(w_ptr + c, mask=e_ok, other=0.0).to(tl.float32)
+    w01 = tl.load(w_ptr + C + c, mask=e_ok, other=0.0).to(tl.float32)
+    w02 = tl.load(w_ptr + 2 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    w10 = tl.load(w_ptr + 3 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    w11 = tl.load(w_ptr + 4 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    w12 = tl.load(w_ptr + 5 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    w20 = tl.load(w_ptr + 6 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    w21 = tl.load(w_ptr + 7 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    w22 = tl.load(w_ptr + 8 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=e_ok, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    x_img = x_ptr + n * (H * W * C)
+    y_run = y_ptr + n * (P * run) + e
+
+    steps = tl.minimum(ROWS, P - p0) + 2  # input rows the band reads
+    top = p0 - pad_h
+    left, mid, right = _flat_input_row(x_img, top, H, W, C, off, ok0, ok1, ok2, True)
+    # As the 2-D kernel: output rows (s - 2, s - 1, s) of the band, partly summed.
+    acc1 = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_E,), dtype=tl.float32)
+    for s in range(0, steps):
+        next_left, next_mid, next_right = _flat_input_row(x_img, top + s + 1, H, W, C, off, ok0, ok1, ok2,
+                                                          s + 1 < steps)
+        if PREFETCH > 0:
+            _flat_prefetch_row(x_img, top + s + 1 + PREFETCH, span_lo, span_hi, H, W, C)
+        done = acc1 + _flat_times(left, mid, right, w20, w21, w22)
+        acc1 = acc2 + _flat_times(left, mid, right, w10, w11, w12)
+        acc2 = _flat_times(left, mid, right, w00, w01, w02)
+        if s >= 2:
+            tl.store(y_run + (p0 + s - 2) * run, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
+        left, mid, right = next_left, next_mid, next_right
+
+
 def rows_refusal(spec: Conv2d, layout: str) -> str | None:
     """Why the row-streaming kernel does not run ``spec`` in ``layout``, or None."""
     if layout != "NHWC":
@@ -144,6 +246,14 @@ def rows_refusal(spec: Conv2d, layout: str) -> str | None:
     if spec.stride_h != 1:
         return f"the row-streaming depthwise kernel runs vertical stride 1, got {spec.stride_h}"
     return None
+
+
+def flat_refusal(spec: Conv2d, layout: str) -> str | None:
+    """Why the flat row-streaming kernel does not run ``spec`` in ``layout``, or None."""
+    reason = rows_refusal(spec, layout)
+    if reason is None and spec.stride_w != 1:
+        reason = f"the flat row-streaming depthwise kernel runs horizontal stride 1, got {spec.stride_w}"
+    return reason
 
 
 @functools.cache
@@ -163,21 +273,39 @@ def _configs(channels: int, columns: int, itemsize: int, prefetch: bool) -> list
     return configs
 
 
+@functools.cache
+def _flat_configs(run: int, prefetch: bool) -> list[triton.Config]:
+    """The flat runs no longer than an output row's ``run`` of elements rounded up to a power of
+    two (the shortest where none is), each with bands of every ROWS, prefetching where allowed."""
+    tiles = [t for t in _FLAT_TILES if t[0] <= next_pow2(run)] or [min(_FLAT_TILES)]
+    return [triton.Config({"BLOCK_E": block_e, "ROWS": rows, "PREFETCH": ahead}, num_warps=warps)
+            for block_e, warps in tiles for rows in _ROWS for ahead in ((0, _PREFETCH) if prefetch else (0,))]
+
+
+def _filter_and_prefetch(spec: Conv2d, tensors: Tensors, out: torch.Tensor,
+                         kernel: object) -> tuple[torch.Tensor, bool]:
+    """The filter as a fresh [tap][channel] tensor in x's dtype (a reordering, exact: a tap's
+    channels are one vector), and whether ``kernel`` may prefetch rows into L2 (Hopper's copy
+    engine, rows 16-byte aligned and whole 16-byte units)."""
+    x, w = tensors["x"], tensors["weight"]
+    if not (dense_layout(x, "NHWC") and dense_layout(out, "NHWC")):
+        raise Unsupported("the row-streaming depthwise kernels need x and out dense NHWC")
+    c = spec.in_channels
+    taps = torch.empty((9, c), dtype=w.dtype, device=w.device).copy_(w.reshape(c, 9).t())
+    prefetch = (not interpreting(kernel) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+                and (c * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0)
+    return taps, prefetch
+
+
 def build_depthwise_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
-    """The row-streaming kernel for ``spec`` (see the module's scope); ``Unsupported`` says why not."""
+    """The row-streaming kernel on 2-D tiles for ``spec`` (see the module's scope); ``Unsupported``
+    says why not."""
     reason = rows_refusal(spec, layout)
     if reason:
         raise Unsupported(reason)
-    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
-    if not (dense_layout(x, "NHWC") and dense_layout(out, "NHWC")):
-        raise Unsupported("the row-streaming depthwise kernel needs x and out dense NHWC")
+    taps, prefetch = _filter_and_prefetch(spec, tensors, out, _depthwise_rows_kernel)
+    x, bias = tensors["x"], tensors.get("bias")
     c, p, q = spec.in_channels, spec.out_height, spec.out_width
-    # The filter as [tap][channel] in x's dtype (a reordering, exact): a tap's channels are one vector.
-    taps = torch.empty((9, c), dtype=w.dtype, device=w.device).copy_(w.reshape(c, 9).t())
-    fixed = _INTERPRETER
-    # The L2 prefetch is Hopper's, and takes 16-byte aligned rows of whole 16-byte units.
-    prefetch = (not interpreting(_depthwise_rows_kernel) and torch.cuda.get_device_capability(x.device) >= (9, 0)
-                and (c * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0)
     configs = [] if interpreting(_depthwise_rows_kernel) else _configs(c, q, x.element_size(), prefetch)
     if not configs and not interpreting(_depthwise_rows_kernel):
         raise Unsupported(f"no row-streaming tile fits {c} channels x {q} columns")
@@ -188,4 +316,25 @@ def build_depthwise_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tenso
 
     args = (x, taps, bias if bias is not None else out, out, c, spec.height, spec.width, p, q, spec.stride_w,
             spec.padding_h, spec.padding_w, 0)
-    return bind(_depthwise_rows_kernel, configs, grid, args, {"HAS_BIAS": bias is not None}, fixed)
+    return bind(_depthwise_rows_kernel, configs, grid, args, {"HAS_BIAS": bias is not None}, _INTERPRETER)
+
+
+def build_depthwise_flat_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                              out: torch.Tensor) -> Kernel:
+    """The row-streaming kernel on flat runs of output rows for ``spec`` (stride 1 both ways, see
+    the module's scope); ``Unsupported`` says why not."""
+    reason = flat_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    taps, prefetch = _filter_and_prefetch(spec, tensors, out, _depthwise_flat_rows_kernel)
+    x, bias = tensors["x"], tensors.get("bias")
+    c, p, q = spec.in_channels, spec.out_height, spec.out_width
+    configs = [] if interpreting(_depthwise_flat_rows_kernel) else _flat_configs(q * c, prefetch)
+
+    def grid(config: dict) -> tuple[int]:
+        return (spec.batch * triton.cdiv(p, config["ROWS"]) * triton.cdiv(q * c, config["BLOCK_E"]),)
+
+    args = (x, taps, bias if bias is not None else out, out, c, spec.height, spec.width, p, q, spec.padding_h,
+            spec.padding_w)
+    return bind(_depthwise_flat_rows_kernel, configs, grid, args, {"HAS_BIAS": bias is not None},
+                _FLAT_INTERPRETER)
