@@ -114,17 +114,14 @@ def main() -> None:
                                           cfg.num_warps, cfg.num_stages)
                     print(f"wgrad {_tile(cfg)} {'tap' if tap_block else 'flat'}{' partial' if partial else ''}: {line}")
     if args.which in ("depthwise", "all"):
+        # The forward row-streaming kernels on MobileNetV2's 144 channels at 56 x 56.
         itemsize = 2 if el in ("bf16", "fp16") else 4
-        for cfg in dr._configs(144, 56, itemsize, True):  # MobileNetV2's 144 channels at 56 x 56
-            line = compile_report(dr._depthwise_rows_kernel, target, {"x_ptr": el, "w_ptr": el, "b_ptr": el,
-                                                                      "y_ptr": el}, dict(HAS_BIAS=True, **cfg.kwargs),
-                                  cfg.num_warps)
-            print(f"depthwise forward rows {_tile(cfg)} NHWC: {line}")
-        for cfg in dr._flat_configs(56 * 144, True):
-            pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
-            line = compile_report(dr._depthwise_flat_rows_kernel, target, pointers, dict(HAS_BIAS=True, **cfg.kwargs),
-                                  cfg.num_warps)
-            print(f"depthwise forward flat rows {_tile(cfg)} NHWC: {line}")
+        pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
+        for label, kernel, configs in (("rows", dr._depthwise_rows_kernel, dr._configs(144, 56, itemsize, True)),
+                                       ("flat rows", dr._depthwise_flat_rows_kernel, dr._flat_configs(56 * 144, True))):
+            for cfg in configs:
+                line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **cfg.kwargs), cfg.num_warps)
+                print(f"depthwise forward {label} {_tile(cfg)} NHWC: {line}")
         for cfg in dw._DGRAD_CONFIGS:
             for nhwc in (True, False):
                 meta = dict(DY_NHWC=nhwc, DX_NHWC=nhwc, KPG=1, **cfg.kwargs)

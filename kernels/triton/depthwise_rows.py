@@ -84,16 +84,16 @@ def _times_filter_row(left, mid, right, taps, C, cs):
 
 
 @triton.jit
-def _prefetch_row(x_img, ih, qb, H, W, C, stride_w, pad_w, BLOCK_Q: tl.constexpr):
-    """Ask the copy engine to bring the part of input row ``ih`` that column block ``qb`` reads,
-    all channels, into L2 (no registers, no wait)."""
+def _prefetch_span(x_img, ih, start, end, H, W, C):
+    """Ask the copy engine to bring elements [start, end) of input row ``ih`` (clipped to the row)
+    into L2: no registers, no wait."""
     if (ih >= 0) & (ih < H):
-        lo = tl.maximum(qb * BLOCK_Q * stride_w - pad_w, 0)
-        hi = tl.minimum((qb * BLOCK_Q + BLOCK_Q - 1) * stride_w - pad_w + 3, W)
-        if hi > lo:  # a block of columns wholly in the right padding reads nothing of the row
-            size = (hi - lo) * C * (x_img.dtype.element_ty.primitive_bitwidth // 8)
+        lo = tl.maximum(start, 0)
+        hi = tl.minimum(end, W * C)
+        if hi > lo:  # a span wholly in the padding reads nothing of the row
+            size = (hi - lo) * (x_img.dtype.element_ty.primitive_bitwidth // 8)
             tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;", "=r,l,r",
-                                      [x_img + (ih * W + lo) * C, size], dtype=tl.int32, is_pure=False, pack=1)
+                                      [x_img + ih * (W * C) + lo, size], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit(do_not_specialize=["H", "W", "P", "Q", "stride_w", "pad_h", "pad_w", "zero"])
@@ -115,6 +115,9 @@ def _depthwise_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, stride_w, 
     cols_ok = qs < Q
     iw = qs * stride_w - pad_w
     x_img = x_ptr + n * (H * W * C)
+    # Prefetched span of an input row: the pixels this column block's three taps read, all channels.
+    span_lo = (qb * BLOCK_Q * stride_w - pad_w) * C
+    span_hi = ((qb * BLOCK_Q + BLOCK_Q - 1) * stride_w - pad_w + 3) * C
     y_tile = y_ptr + n * (P * Q * C) + (qs * C)[:, None] + cs[None, :]
     y_ok = cols_ok[:, None] & (cs < C)[None, :]
     if HAS_BIAS:
@@ -132,7 +135,7 @@ def _depthwise_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, stride_w, 
         next_left, next_mid, next_right = _input_row(x_img, top + s + 1, iw, H, W, C, cs, cols_ok, s + 1 < steps)
         if PREFETCH > 0:
             if cb == 0:
-                _prefetch_row(x_img, top + s + 1 + PREFETCH, qb, H, W, C, stride_w, pad_w, BLOCK_Q)
+                _prefetch_span(x_img, top + s + 1 + PREFETCH, span_lo, span_hi, H, W, C)
         # `zero` is 0: offsetting the filter by it each row keeps the compiler from hoisting the
         # nine taps out of the loop into registers (72 a thread); their reloads hit L1.
         taps = w_ptr + tl.multiple_of(s * zero, 16)
@@ -160,18 +163,6 @@ def _flat_input_row(x_img, ih, H, W, C, off, ok0, ok1, ok2, live):
 def _flat_times(left, mid, right, t0, t1, t2):
     """A row's three taps times one filter row's (each tap's weight per element), in fp32."""
     return left.to(tl.float32) * t0 + mid.to(tl.float32) * t1 + right.to(tl.float32) * t2
-
-
-@triton.jit
-def _flat_prefetch_row(x_img, ih, start, end, H, W, C):
-    """Bring elements [start, end) of input row ``ih`` into L2 (clipped to the row)."""
-    if (ih >= 0) & (ih < H):
-        lo = tl.maximum(start, 0)
-        hi = tl.minimum(end, W * C)
-        if hi > lo:
-            size = (hi - lo) * (x_img.dtype.element_ty.primitive_bitwidth // 8)
-            tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;", "=r,l,r",
-                                      [x_img + ih * (W * C) + lo, size], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit(do_not_specialize=["H", "W", "P", "Q", "pad_h", "pad_w"])
@@ -225,7 +216,7 @@ def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h
         next_left, next_mid, next_right = _flat_input_row(x_img, top + s + 1, H, W, C, off, ok0, ok1, ok2,
                                                           s + 1 < steps)
         if PREFETCH > 0:
-            _flat_prefetch_row(x_img, top + s + 1 + PREFETCH, span_lo, span_hi, H, W, C)
+            _prefetch_span(x_img, top + s + 1 + PREFETCH, span_lo, span_hi, H, W, C)
         done = acc1 + _flat_times(left, mid, right, w20, w21, w22)
         acc1 = acc2 + _flat_times(left, mid, right, w10, w11, w12)
         acc2 = _flat_times(left, mid, right, w00, w01, w02)
