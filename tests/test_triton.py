@@ -138,15 +138,16 @@ def depthwise_flat_rows_only(spec: Conv2d, dtype, layout: str, tensors, out: tor
 
 
 # Flat runs of 32 elements: a pixel's channels split across runs (5-24 channels), runs that start
-# inside the left or right padding, rows shorter than a run.
-@given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 9), width=st.integers(1, 9),
-       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), bias=st.booleans(),
+# inside the left or right padding, rows shorter than a run; stride 1 or 2 both ways (at stride 2,
+# planes whose last output row reads the bottom padding or not, bands of 1-3 rows).
+@given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 11), width=st.integers(1, 11),
+       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), stride=st.integers(1, 2), bias=st.booleans(),
        dtype=st.sampled_from(["fp32", "fp16", "bf16"]), seed=SEEDS)
 def test_conv2d_depthwise_flat_rows_drawn(batch: int, channels: int, height: int, width: int, padding_h: int,
-                                          padding_w: int, bias: bool, dtype: str, seed: int) -> None:
+                                          padding_w: int, stride: int, bias: bool, dtype: str, seed: int) -> None:
     assume(height + 2 * padding_h >= 3 and width + 2 * padding_w >= 3)
-    spec = Conv2d(batch, channels, channels, height, width, 3, 3, padding_h=padding_h, padding_w=padding_w,
-                  groups=channels, bias=bias)
+    spec = Conv2d(batch, channels, channels, height, width, 3, 3, stride=stride, padding_h=padding_h,
+                  padding_w=padding_w, groups=channels, bias=bias)
     result = check_implementation(depthwise_flat_rows_only, spec, dtype, "NHWC", "cpu", seed=seed)
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
@@ -158,10 +159,17 @@ def test_conv2d_depthwise_rows_mobilenet_layer() -> None:
         assert result.ok, f"{build.__name__}: {result.message}"
 
 
-def test_conv2d_flat_rows_refuses_a_horizontal_stride() -> None:
-    spec = Conv2d(1, 4, 4, 6, 6, 3, 3, stride_w=2, padding=1, groups=4)
+def test_conv2d_depthwise_flat_rows_mobilenet_stride_2_layer() -> None:
+    spec = Conv2d(2, 48, 48, 13, 10, 3, 3, stride=2, padding=1, groups=48)  # MobileNetV2's downsampling, small
+    result = check_implementation(depthwise_flat_rows_only, spec, "bf16", "NHWC", "cpu", seed=12)
+    assert result.ok, result.message
+
+
+@pytest.mark.parametrize("stride", [(1, 2), (2, 1), (3, 3)])
+def test_conv2d_flat_rows_refuses_other_strides(stride: tuple[int, int]) -> None:
+    spec = Conv2d(1, 4, 4, 9, 9, 3, 3, stride_h=stride[0], stride_w=stride[1], padding=1, groups=4)
     tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
-    with pytest.raises(Unsupported, match="horizontal stride 1"):
+    with pytest.raises(Unsupported, match=r"strides \(1, 1\) and \(2, 2\)"):
         depthwise_flat_rows_only(spec, get_dtype("fp16"), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
 
 

@@ -161,10 +161,13 @@ def test_conv2d_depthwise_rows_every_config(dtype: str, monkeypatch: pytest.Monk
 
 
 # The flat kernel's configs forced in turn: runs that split pixels (40 and 144 channels), a row
-# shorter than every run (24 channels x 7 columns), a padding of 2.
+# shorter than every run (24 channels x 7 columns), a padding of 2; at stride 2, odd and even
+# planes (the last output row reading the bottom padding or not).
 DEPTHWISE_FLAT_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
                              Conv2d(2, 144, 144, 45, 61, 3, 3, padding_h=2, padding_w=1, groups=144),
-                             Conv2d(2, 24, 24, 9, 7, 3, 3, padding=1, groups=24)]
+                             Conv2d(2, 24, 24, 9, 7, 3, 3, padding=1, groups=24),
+                             Conv2d(2, 144, 144, 45, 62, 3, 3, stride=2, padding=1, groups=144),
+                             Conv2d(3, 40, 40, 38, 29, 3, 3, stride=2, padding_h=1, padding_w=2, groups=40)]
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
@@ -183,6 +186,9 @@ def test_conv2d_depthwise_flat_rows_every_config(dtype: str, monkeypatch: pytest
 def test_conv2d_depthwise_rows_are_timed_beside_the_direct_kernel() -> None:
     details = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144))
     assert all(details[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_rows", "depthwise_flat_rows")), details
+    strided = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, stride=2, padding=1, groups=144))
+    assert strided["depthwise_ms"] > 0 and strided["depthwise_flat_rows_ms"] > 0, strided
+    assert "depthwise_rows_ms" not in strided, strided  # vertical stride 2: the 2-D row kernel refuses it
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])

@@ -46,8 +46,9 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 
 def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: dict, warps: int,
                    stages: int = 3, divisible: set[str] = DIVISIBLE, descriptors: dict[str, str] | None = None) -> str:
-    """One line: registers, stack frame, local-memory loads and stores (spills), shared memory,
-    warpgroup MMAs, async copies, TMA loads and where the first MMA takes its operands from."""
+    """One line: registers, stack frame, local-memory loads and stores (spills), global loads by
+    width, shared memory, warpgroup MMAs, async copies, TMA loads and where the first MMA takes its
+    operands from."""
     backend = make_backend(target)
     types = {**pointers, **(descriptors or {})}
     signature = {name: types.get(name, "constexpr" if name in constexprs else "i32") for name in fn.arg_names}
@@ -64,8 +65,13 @@ def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: 
     regs, stack = found.groups() if found else ("?", "?")
     # Register spills are local-memory stores and loads; a stack frame alone can be a helper's.
     local = len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass))
+    # Global loads in the SASS by width: a memory-bound kernel wants them as wide as its tile allows.
+    loads = re.findall(r"\bLDG(?:\.\w+)*", sass)
+    widths = {"16B": sum(".128" in ld for ld in loads), "8B": sum(".64" in ld for ld in loads)}
+    widths["<=4B"] = len(loads) - widths["16B"] - widths["8B"]
+    ldg = ",".join(f"{width}:{count}" for width, count in widths.items())
     ir = kernel.asm["ttgir"]
-    return (f"regs={regs} spill_stack={stack} local_mem_ops={local} smem={kernel.metadata.shared} "
+    return (f"regs={regs} spill_stack={stack} local_mem_ops={local} ldg={ldg} smem={kernel.metadata.shared} "
             f"wgmma={ir.count('warp_group_dot ')} async_copies={ir.count('async_copy_global_to_local')} "
             f"tma_loads={ir.count('async_tma_copy_global_to_local')} mma_operands={_mma_operands(ir)}")
 
@@ -117,10 +123,14 @@ def main() -> None:
         # The forward row-streaming kernels on MobileNetV2's 144 channels at 56 x 56.
         itemsize = 2 if el in ("bf16", "fp16") else 4
         pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
-        for label, kernel, configs in (("rows", dr._depthwise_rows_kernel, dr._configs(144, 56, itemsize, True)),
-                                       ("flat rows", dr._depthwise_flat_rows_kernel, dr._flat_configs(56 * 144, True))):
+        for label, kernel, configs, meta in (
+                ("rows", dr._depthwise_rows_kernel, dr._configs(144, 56, itemsize, True), {}),
+                ("flat rows", dr._depthwise_flat_rows_kernel, dr._flat_configs(56 * 144, True), {"STRIDE": 1}),
+                ("flat rows stride 2", dr._depthwise_flat_rows_kernel, dr._flat_configs(28 * 144, True),
+                 {"STRIDE": 2})):
             for cfg in configs:
-                line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **cfg.kwargs), cfg.num_warps)
+                line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **meta, **cfg.kwargs),
+                                      cfg.num_warps)
                 print(f"depthwise forward {label} {_tile(cfg)} NHWC: {line}")
         for cfg in dw._DGRAD_CONFIGS:
             for nhwc in (True, False):

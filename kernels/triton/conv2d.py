@@ -390,7 +390,8 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         return build_it
 
     if spec.depthwise:
-        # The row-streaming kernels are timed beside the direct one where they apply (3x3, stride 1 down).
+        # The row-streaming kernels are timed beside the direct one where they apply (3x3; the 2-D one
+        # at vertical stride 1, the flat one at stride 1 or 2 both ways).
         rows = [("depthwise_rows", build_depthwise_rows, rows_refusal),
                 ("depthwise_flat_rows", build_depthwise_flat_rows, flat_refusal)]
         others = [(name, on_gpu(functools.partial(builder, spec, dtype, layout, tensors, out)))

@@ -12,17 +12,21 @@ Hopper the first channel block asks the copy engine to bring the rows ``PREFETCH
 for all channel blocks (``cp.async.bulk.prefetch.L2``).  Programs run channel blocks fastest, so
 those sharing a pixel's 16-byte lines run together.
 
-Where the horizontal stride is 1 too, a second kernel takes its tile as one flat run of an output
+Where both strides are 1, or both 2, a second kernel takes its tile as one flat run of an output
 row (``BLOCK_E`` consecutive elements of its Q * C, pixels and channels together): in NHWC the
-input under the row's three horizontal taps is the same run shifted by -pad_w, 1 - pad_w and
-2 - pad_w pixels, so every load is a contiguous, fully used stretch of the row whatever the
-channel count (the 2-D tile leaves lanes idle where its channel block does not divide the
-channels, and a warp's load there spans one line a pixel).  Its nine filter taps are gathered
-once per element and kept in registers.
+input under the row's three horizontal taps is the same run (at stride 2, each pixel's channels
+taken from every other input pixel) shifted by -pad_w, 1 - pad_w and 2 - pad_w pixels, so every
+load is a contiguous, fully used stretch of each pixel's channels whatever the channel count (the
+2-D tile leaves lanes idle where its channel block does not divide the channels, and a warp's
+load there spans one line a pixel).  Its nine filter taps are gathered once per element and kept
+in registers.  At stride 2 it walks the band's input rows in pairs: an even row finishes the
+output row above and starts its own, the odd row below adds the middle filter row, so each input
+row is loaded once (the direct kernel loads the rows shared by two output rows twice).
 
-Scope: 3x3 filters, dilation 1, one output channel per input channel, vertical stride 1 (any
-horizontal stride and padding): the depthwise layers of MobileNets and most others.  The
-direct kernel runs the rest, and is timed beside this one where both can (``conv2d.build``).
+Scope: 3x3 filters, dilation 1, one output channel per input channel; the 2-D kernel vertical
+stride 1 (any horizontal stride and padding), the flat kernel strides (1, 1) and (2, 2): the
+depthwise layers of MobileNets and most others.  The direct kernel runs the rest, and is timed
+beside these where they can (``conv2d.build``).
 """
 
 from __future__ import annotations
@@ -167,8 +171,8 @@ def _flat_times(left, mid, right, t0, t1, t2):
 
 @triton.jit(do_not_specialize=["H", "W", "P", "Q", "pad_h", "pad_w"])
 def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h, pad_w,
-                                HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_E: tl.constexpr,
-                                PREFETCH: tl.constexpr):
+                                HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, ROWS: tl.constexpr,
+                                BLOCK_E: tl.constexpr, PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     run = Q * C  # an output row's elements, contiguous in NHWC
     segments = tl.cdiv(run, BLOCK_E)
@@ -181,15 +185,21 @@ def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h
     e_ok = e < run
     q = e // C
     c = e - q * C
-    # Horizontal tap j reads input column q - pad_w + j, i.e. element e + (j - pad_w) * C of the row.
-    iw = q - pad_w
+    # Horizontal tap j reads input column q * STRIDE - pad_w + j, element off + j * C of the row.
+    iw = q * STRIDE - pad_w
     ok0 = e_ok & (iw >= 0) & (iw < W)
     ok1 = e_ok & (iw + 1 >= 0) & (iw + 1 < W)
     ok2 = e_ok & (iw + 2 >= 0) & (iw + 2 < W)
-    off = e - pad_w * C
     # Prefetched span of an input row: what the run's three taps read.
-    span_lo = start - pad_w * C
-    span_hi = start + BLOCK_E + (2 - pad_w) * C
+    if STRIDE == 1:
+        off = e - pad_w * C
+        span_lo = start - pad_w * C
+        span_hi = start + BLOCK_E + (2 - pad_w) * C
+    else:
+        off = e + (STRIDE - 1) * (q * C) - pad_w * C  # (q * STRIDE - pad_w) * C + c
+        last = start + BLOCK_E - 1
+        span_lo = start + (STRIDE - 1) * ((start // C) * C) - pad_w * C
+        span_hi = last + 1 + (STRIDE - 1) * ((last // C) * C) + (2 - pad_w) * C
     w00 = tl.load(w_ptr + c, mask=e_ok, other=0.0).to(tl.float32)
     w01 = tl.load(w_ptr + C + c, mask=e_ok, other=0.0).to(tl.float32)
     w02 = tl.load(w_ptr + 2 * C + c, mask=e_ok, other=0.0).to(tl.float32)
@@ -206,44 +216,72 @@ def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h
     x_img = x_ptr + n * (H * W * C)
     y_run = y_ptr + n * (P * run) + e
 
-    steps = tl.minimum(ROWS, P - p0) + 2  # input rows the band reads
-    top = p0 - pad_h
+    rows = tl.minimum(ROWS, P - p0)  # output rows of the band
+    top = p0 * STRIDE - pad_h
     left, mid, right = _flat_input_row(x_img, top, H, W, C, off, ok0, ok1, ok2, True)
-    # As the 2-D kernel: output rows (s - 2, s - 1, s) of the band, partly summed.
-    acc1 = tl.zeros((BLOCK_E,), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_E,), dtype=tl.float32)
-    for s in range(0, steps):
-        next_left, next_mid, next_right = _flat_input_row(x_img, top + s + 1, H, W, C, off, ok0, ok1, ok2,
-                                                          s + 1 < steps)
-        if PREFETCH > 0:
-            _prefetch_span(x_img, top + s + 1 + PREFETCH, span_lo, span_hi, H, W, C)
-        done = acc1 + _flat_times(left, mid, right, w20, w21, w22)
-        acc1 = acc2 + _flat_times(left, mid, right, w10, w11, w12)
-        acc2 = _flat_times(left, mid, right, w00, w01, w02)
-        if s >= 2:
-            tl.store(y_run + (p0 + s - 2) * run, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
-        left, mid, right = next_left, next_mid, next_right
+    if STRIDE == 1:
+        # As the 2-D kernel: output rows (s - 2, s - 1, s) of the band, partly summed.
+        acc1 = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        for s in range(0, rows + 2):
+            next_left, next_mid, next_right = _flat_input_row(x_img, top + s + 1, H, W, C, off, ok0, ok1, ok2,
+                                                              s + 1 < rows + 2)
+            if PREFETCH > 0:
+                _prefetch_span(x_img, top + s + 1 + PREFETCH, span_lo, span_hi, H, W, C)
+            done = acc1 + _flat_times(left, mid, right, w20, w21, w22)
+            acc1 = acc2 + _flat_times(left, mid, right, w10, w11, w12)
+            acc2 = _flat_times(left, mid, right, w00, w01, w02)
+            if s >= 2:
+                tl.store(y_run + (p0 + s - 2) * run, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
+            left, mid, right = next_left, next_mid, next_right
+    else:
+        # Output row r of the band reads input rows 2r, 2r + 1 and 2r + 2 from the top: step r
+        # finishes row r - 1 with even row 2r and starts row r with it and odd row 2r + 1.
+        odd_left, odd_mid, odd_right = _flat_input_row(x_img, top + 1, H, W, C, off, ok0, ok1, ok2, True)
+        acc = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        for r in range(0, rows + 1):
+            next_left, next_mid, next_right = _flat_input_row(x_img, top + 2 * r + 2, H, W, C, off, ok0, ok1, ok2,
+                                                              r < rows)
+            next_odd_left, next_odd_mid, next_odd_right = _flat_input_row(x_img, top + 2 * r + 3, H, W, C, off,
+                                                                          ok0, ok1, ok2, r + 1 < rows)
+            if PREFETCH > 0:
+                _prefetch_span(x_img, top + 2 * (r + 1 + PREFETCH), span_lo, span_hi, H, W, C)
+                _prefetch_span(x_img, top + 2 * (r + 1 + PREFETCH) + 1, span_lo, span_hi, H, W, C)
+            done = acc + _flat_times(left, mid, right, w20, w21, w22)
+            acc = (_flat_times(left, mid, right, w00, w01, w02)
+                   + _flat_times(odd_left, odd_mid, odd_right, w10, w11, w12))
+            if r >= 1:
+                tl.store(y_run + (p0 + r - 1) * run, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
+            left, mid, right = next_left, next_mid, next_right
+            odd_left, odd_mid, odd_right = next_odd_left, next_odd_mid, next_odd_right
+
+
+def _scope_refusal(spec: Conv2d, layout: str) -> str | None:
+    """Why neither row-streaming kernel runs ``spec`` in ``layout`` whatever its strides, or None."""
+    if layout != "NHWC":
+        return f"the row-streaming depthwise kernels run NHWC only, got {layout}"
+    if not spec.depthwise or spec.out_channels != spec.in_channels:
+        return "the row-streaming depthwise kernels run one output channel per input channel"
+    if (spec.kernel_h, spec.kernel_w) != (3, 3) or (spec.dilation_h, spec.dilation_w) != (1, 1):
+        return (f"the row-streaming depthwise kernels run 3x3 filters without dilation, got "
+                f"{spec.kernel_h}x{spec.kernel_w} with dilation ({spec.dilation_h}, {spec.dilation_w})")
+    return None
 
 
 def rows_refusal(spec: Conv2d, layout: str) -> str | None:
-    """Why the row-streaming kernel does not run ``spec`` in ``layout``, or None."""
-    if layout != "NHWC":
-        return f"the row-streaming depthwise kernel runs NHWC only, got {layout}"
-    if not spec.depthwise or spec.out_channels != spec.in_channels:
-        return "the row-streaming depthwise kernel runs one output channel per input channel"
-    if (spec.kernel_h, spec.kernel_w) != (3, 3) or (spec.dilation_h, spec.dilation_w) != (1, 1):
-        return (f"the row-streaming depthwise kernel runs 3x3 filters without dilation, got "
-                f"{spec.kernel_h}x{spec.kernel_w} with dilation ({spec.dilation_h}, {spec.dilation_w})")
-    if spec.stride_h != 1:
-        return f"the row-streaming depthwise kernel runs vertical stride 1, got {spec.stride_h}"
-    return None
+    """Why the row-streaming kernel on 2-D tiles does not run ``spec`` in ``layout``, or None."""
+    reason = _scope_refusal(spec, layout)
+    if reason is None and spec.stride_h != 1:
+        reason = f"the row-streaming depthwise kernel on 2-D tiles runs vertical stride 1, got {spec.stride_h}"
+    return reason
 
 
 def flat_refusal(spec: Conv2d, layout: str) -> str | None:
     """Why the flat row-streaming kernel does not run ``spec`` in ``layout``, or None."""
-    reason = rows_refusal(spec, layout)
-    if reason is None and spec.stride_w != 1:
-        reason = f"the flat row-streaming depthwise kernel runs horizontal stride 1, got {spec.stride_w}"
+    reason = _scope_refusal(spec, layout)
+    if reason is None and (spec.stride_h, spec.stride_w) not in ((1, 1), (2, 2)):
+        reason = (f"the flat row-streaming depthwise kernel runs strides (1, 1) and (2, 2), got "
+                  f"({spec.stride_h}, {spec.stride_w})")
     return reason
 
 
@@ -312,8 +350,8 @@ def build_depthwise_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tenso
 
 def build_depthwise_flat_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                               out: torch.Tensor) -> Kernel:
-    """The row-streaming kernel on flat runs of output rows for ``spec`` (stride 1 both ways, see
-    the module's scope); ``Unsupported`` says why not."""
+    """The row-streaming kernel on flat runs of output rows for ``spec`` (strides (1, 1) or (2, 2),
+    see the module's scope); ``Unsupported`` says why not."""
     reason = flat_refusal(spec, layout)
     if reason:
         raise Unsupported(reason)
@@ -327,5 +365,5 @@ def build_depthwise_flat_rows(spec: Conv2d, dtype: DType, layout: str, tensors: 
 
     args = (x, taps, bias if bias is not None else out, out, c, spec.height, spec.width, p, q, spec.padding_h,
             spec.padding_w)
-    return bind(_depthwise_flat_rows_kernel, configs, grid, args, {"HAS_BIAS": bias is not None},
-                _FLAT_INTERPRETER)
+    return bind(_depthwise_flat_rows_kernel, configs, grid, args,
+                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h}, _FLAT_INTERPRETER)
