@@ -15,6 +15,7 @@ from layerbench.layers import Conv2d
 from layerbench.testing import check_implementation, conv2d_specs, make_output, make_tensors
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
+from kernels.cupy import depthwise  # noqa: E402
 
 gpu = pytest.mark.gpu
 DEVICE = "cuda"
@@ -92,6 +93,22 @@ def test_depthwise_drawn(channels: int, multiplier: int, size: int, kernel: int,
     assert_ok(spec, dtype, layout)
 
 
+# The flat-run depthwise kernel alone: MobileNetV2's channel counts on planes that cut its bands
+# and its runs raggedly, strides 1 and 2, bias or not.
+FLAT_DEPTHWISE = [Conv2d(3, 144, 144, 37, 29, 3, 3, padding=1, groups=144),
+                  Conv2d(2, 96, 96, 45, 61, 3, 3, stride=2, padding=1, groups=96),
+                  Conv2d(4, 40, 40, 14, 14, 3, 3, stride=2, padding_h=0, padding_w=2, groups=40, bias=False),
+                  Conv2d(2, 960, 960, 7, 7, 3, 3, padding=1, groups=960)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_depthwise_flat_alone(dtype: str) -> None:
+    for spec in FLAT_DEPTHWISE:
+        result = check_implementation(depthwise.build_flat, spec, dtype, "NHWC", DEVICE)
+        assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
 @gpu
 def test_builds_record_their_path() -> None:
     def details(spec: Conv2d, dtype: str = "fp32", layout: str = "NHWC") -> dict:
@@ -100,7 +117,9 @@ def test_builds_record_their_path() -> None:
         return registry.get("conv2d", "cupy").build(spec, dt, layout, tensors, make_output(spec, tensors, layout)).details
 
     dw = details(NETWORK_LAYERS["mobilenetv2-dw-576x14-s1"], "fp16")
-    assert dw["algorithm"] == "depthwise" and dw["kernel"] == "depthwise_nhwc<__half, 8, 3, 1>"
+    assert dw["depthwise_ms"] > 0 and dw["depthwise_flat_ms"] > 0, dw  # both timed, the faster kept
+    kernels = {"depthwise": "depthwise_nhwc<__half, 8, 3, 1>", "depthwise_flat": "depthwise_nhwc_flat<__half, 8, 1>"}
+    assert dw["kernel"] == kernels[dw["algorithm"]], dw
     grouped = details(AWKWARD["groups-2-odd"])
     assert grouped["algorithm"] == "implicit_gemm" and "groups 2" in grouped["fft"]
 

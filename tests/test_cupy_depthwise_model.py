@@ -1,18 +1,19 @@
 """The depthwise kernels (depthwise.cu), modelled on the CPU (kernels/cupy/depthwise_models.py): the
-NHWC threads (channel vectors, several pixels per thread, unrolled rows or loops) and the NCHW
-blocks (a staged tile with its halo), against torch's conv2d in float64; and the plans' choices."""
+NHWC threads (channel vectors, several pixels per thread, unrolled rows or loops), the flat-run
+NHWC threads (bands of rows, rolling accumulators) and the NCHW blocks (a staged tile with its
+halo), against torch's conv2d in float64; and the plans' choices."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from kernels.cupy import depthwise_plan, sources
 from kernels.cupy.depthwise import prepared_filter
-from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
-from kernels.cupy.depthwise_plan import plan_depthwise
+from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc, model_depthwise_nhwc_flat
+from kernels.cupy.depthwise_plan import flat_plan, plan_depthwise
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
@@ -127,3 +128,62 @@ def test_nchw_refuses_a_window_past_shared_memory() -> None:
     with pytest.raises(Unsupported, match="shared memory"):
         plan_depthwise(dw(1, 2, 1, 130, 130, 5, 5, dilation=30), "NCHW", "float")
     assert plan_depthwise(dw(1, 2, 1, 130, 130, 5, 5, dilation=30), "NHWC", "float").kernel == 0
+
+
+def run_flat_model(spec: Conv2d, dtype: torch.dtype, seed: int, sms: int) -> tuple[depthwise_plan.DepthwisePlan,
+                                                                                   torch.Tensor, torch.Tensor]:
+    """(plan, flat-run model output, float64 reference) on fresh random inputs, planned for ``sms`` SMs."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(spec.input_shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(spec.weight_shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(spec.out_channels, generator=gen).to(dtype) if spec.bias else None
+    plan = flat_plan(spec, CTYPE[dtype], 0, 0, sms)
+    got = model_depthwise_nhwc_flat(spec, plan, x, prepared_filter(spec, w, "NHWC"), b.float() if b is not None else None)
+    ref = spec.reference({"x": x.double(), "weight": w.double(), "bias": b.double() if b is not None else None})
+    return plan, got, ref
+
+
+# Planes that cut bands of 4-32 rows raggedly (1 SM: tall bands; 132: bands of 4), paddings 0-2,
+# stride 1 or 2 both ways, one to three 16-byte vectors of channels.
+@given(batch=st.integers(1, 2), vectors=st.integers(1, 3), h=st.integers(1, 40), w=st.integers(1, 12),
+       pad_h=st.integers(0, 2), pad_w=st.integers(0, 2), stride=st.integers(1, 2), bias=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), sms=st.sampled_from([1, 132]),
+       seed=st.integers(0, 2**31 - 1))
+def test_model_flat_matches_torch(batch: int, vectors: int, h: int, w: int, pad_h: int, pad_w: int, stride: int,
+                                  bias: bool, dtype: torch.dtype, sms: int, seed: int) -> None:
+    assume(h + 2 * pad_h >= 3 and w + 2 * pad_w >= 3)
+    channels = vectors * sources.vector_width(CTYPE[dtype])
+    spec = dw(batch, channels, 1, h, w, 3, 3, stride=stride, padding_h=pad_h, padding_w=pad_w, bias=bias)
+    plan, got, ref = run_flat_model(spec, dtype, seed, sms)
+    assert_matches(got, ref)
+
+
+def test_model_flat_run_over_several_segments() -> None:
+    # 24 x 96 fp16 elements a row: three segments of 1,024, the last partly idle.
+    for stride in (1, 2):
+        spec = dw(1, 96, 1, 7, 24 * stride, 3, 3, stride=stride, padding=1)
+        plan, got, ref = run_flat_model(spec, torch.float16, seed=3, sms=1)
+        assert plan.segments == 3
+        assert_matches(got, ref)
+
+
+def test_flat_plan_choices() -> None:
+    def plan(spec: Conv2d, ctype: str = "__nv_bfloat16") -> depthwise_plan.DepthwisePlan:
+        return flat_plan(spec, ctype, 0, 0, 132)
+
+    # MobileNetV2, batch 64, on 132 SMs: the tallest band that leaves 12 blocks an SM.
+    assert plan(dw(64, 144, 1, 56, 56, 3, 3, padding=1)).band == 16  # 8 segments x 4 bands x 64
+    assert plan(dw(64, 960, 1, 7, 7, 3, 3, padding=1)).band == 4  # too few blocks at any height
+    assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1)).name == sources.depthwise_flat_name(
+        "__nv_bfloat16", 8, 2)
+    assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1), "float").vec == 4
+    refusals = [(dw(1, 16, 2, 9, 9, 3, 3), "one output channel"), (dw(1, 16, 1, 9, 9, 5, 5), "3x3 windows"),
+                (dw(1, 16, 1, 9, 9, 3, 3, dilation=2), "without dilation"),
+                (dw(1, 16, 1, 9, 9, 3, 3, stride_h=1, stride_w=2), r"strides \(1, 1\) and \(2, 2\)"),
+                (dw(1, 12, 1, 9, 9, 3, 3), "multiple of 8")]
+    for spec, reason in refusals:
+        with pytest.raises(Unsupported, match=reason):
+            plan(spec)
+    with pytest.raises(Unsupported, match="16-byte aligned"):
+        flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "__half", 2, 0, 132)
+    assert depthwise_plan.flat_refusal(dw(1, 16, 1, 9, 9, 3, 3), "NCHW") is not None

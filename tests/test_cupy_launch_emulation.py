@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import (conv_tma, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv, pool2d_backward,
+from kernels.cupy import (conv_tma, depthwise, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv, pool2d_backward,
                           sources, support, tensor_map)
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
@@ -37,7 +37,7 @@ from kernels.cupy.backward_models import (
     unsigned_bits,
 )
 from kernels.cupy.conv_tma_model import Im2colView, MapView, grouped_tile, model_conv_tma
-from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc
+from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc, model_depthwise_nhwc_flat
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
 from layerbench import build_cache, registry
@@ -209,6 +209,21 @@ class EmulatedLaunch:
         assert s == (spec.stride_w if k else 0), "the template's stride is not the spec's"
         plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, vec, k, items, (0, 0, 0, 0))
         t["out"].copy_(model_depthwise_nhwc(spec, plan, t["x"], t["wt"], t["bias"]))
+
+    def _depthwise_nhwc_flat(self) -> None:  # (x, wt, bias, out, C, H, W, OH, OW, pad_h, pad_w, band, segments,
+        # bands); <T, VEC, S>
+        c, h, w, oh, ow, ph, pw, band, segments, bands = (self.value(i) for i in range(4, 14))
+        vec, stride = (int(a) for a in self.targs[1:])
+        batch, rest = divmod(self.grid[0], segments * bands)
+        assert rest == 0 and batch >= 1 and bands == -(-oh // band)
+        spec = Conv2d(batch, c, c, h, w, 3, 3, stride=stride, padding_h=ph, padding_w=pw, groups=c)
+        assert (spec.out_height, spec.out_width) == (oh, ow)
+        x = self.memory(0, batch * h * w * c).view(batch, h, w, c).permute(0, 3, 1, 2)
+        out = self.memory(3, batch * oh * ow * c).view(batch, oh, ow, c).permute(0, 3, 1, 2)
+        bias = self.memory(2, c, torch.float32) if self.args[2].value is not None else None
+        plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, vec, 3, 0, (0, 0, 0, 0), band,
+                             segments)
+        out.copy_(model_depthwise_nhwc_flat(spec, plan, x, self.memory(1, 9 * c, torch.float32), bias))
 
     def _depthwise_nchw(self) -> None:  # (x, wt, bias, out, C, ..., multiplier, TH, TW, IH, IW)
         co = self.value(7)
@@ -636,7 +651,7 @@ def test_tma_refusals_name_the_cause() -> None:
      "NHWC"),
     (Conv2d(2, 16, 8, 6, 5, 3, 3, padding=1, groups=2, bias=False), "bf16", "NCHW"),  # copied to NHWC first
     (Conv2d(1, 4, 6, 5, 9, 1, 7, padding_h=0, padding_w=3), "tf32", "NHWC"),  # an Inception 1x7
-    (Conv2d(2, 8, 8, 9, 10, 3, 3, stride=2, padding=1, groups=8), "fp32", "NHWC"),  # depthwise, unrolled rows
+    (Conv2d(2, 8, 8, 9, 10, 3, 3, stride=2, padding=1, groups=8), "fp32", "NHWC"),  # depthwise: rows, flat runs
     (Conv2d(2, 8, 8, 9, 10, 5, 5, padding=4, dilation=2, groups=8), "fp16", "NHWC"),  # depthwise, loops
     (Conv2d(2, 4, 8, 7, 6, 3, 3, padding=1, groups=4), "bf16", "NHWC"),  # depthwise, multiplier 2
     (Conv2d(2, 8, 16, 11, 9, 3, 3, stride_h=1, stride_w=2, padding=1, groups=8), "tf32", "NCHW"),
@@ -646,6 +661,32 @@ def test_tma_refusals_name_the_cause() -> None:
         "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16", "pointwise-bf16"])
 def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
     _check("conv2d", spec, dtype, layout)
+
+
+# The flat-run depthwise kernel alone (the registered build above keeps the direct kernel on a tie,
+# after timing both): strides 1 and 2, a run over several blocks, bias or not.
+@pytest.mark.parametrize(("spec", "dtype"), [
+    (Conv2d(2, 16, 16, 9, 10, 3, 3, padding=1, groups=16), "bf16"),
+    (Conv2d(1, 96, 96, 11, 24, 3, 3, stride=2, padding=1, groups=96, bias=False), "fp16"),
+    (Conv2d(2, 8, 8, 7, 9, 3, 3, stride=2, padding_h=0, padding_w=2, groups=8), "fp32"),
+], ids=["s1-bf16", "s2-segments-fp16", "s2-pad-0-2-fp32"])
+def test_depthwise_flat_launcher(emulated: None, spec: Conv2d, dtype: str) -> None:
+    result = check_implementation(depthwise.build_flat, spec, dtype, "NHWC", "cpu", runs=2)
+    assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
+def test_depthwise_flat_is_timed_beside_the_direct_kernel(emulated: None) -> None:
+    def details(spec: Conv2d, layout: str) -> dict:
+        tensors = make_tensors(spec, "bf16", layout, "cpu")
+        built = registry.get("conv2d", "cupy").build(spec, get_dtype("bf16"), layout, tensors,
+                                                     make_output(spec, tensors, layout))
+        return built.details
+
+    both = details(Conv2d(2, 16, 16, 9, 10, 3, 3, stride=2, padding=1, groups=16), "NHWC")
+    assert {"depthwise_ms", "depthwise_flat_ms"} <= set(both), both
+    for spec, layout in ((Conv2d(2, 16, 16, 9, 10, 3, 3, padding=1, groups=16), "NCHW"),
+                         (Conv2d(2, 16, 16, 9, 10, 5, 5, padding=2, groups=16), "NHWC")):
+        assert "depthwise_flat" not in str(details(spec, layout))  # not tried, no reason recorded
 
 
 # The lowered convolution: its im2col launch and the linear layer's GEMMs (mma.sync, wgmma) behind it.

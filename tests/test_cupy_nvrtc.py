@@ -179,7 +179,8 @@ def test_wgmma_gemms_registers_without_spills(source: str) -> None:
 
 def test_depthwise_registers_without_spills() -> None:
     """The depthwise kernels hold their unrolled rows, filter taps and accumulators in registers:
-    no spills, and at most 128 registers (two 256-thread blocks an SM)."""
+    no spills, and at most 128 registers (two 256-thread blocks an SM), 168 for the flat-run
+    kernel (three 128-thread blocks an SM)."""
     ok, log, lowered = nvrtc_compile("depthwise", 90, ("-Xptxas=-v",))
     assert ok, log
     expression = {mangled: ne for ne, mangled in lowered.items()}
@@ -187,4 +188,6 @@ def test_depthwise_registers_without_spills() -> None:
                        log, flags=re.S)
     assert len(usage) == len(sources.SOURCES["depthwise"].name_expressions), log
     for name, spills, regs in usage:
-        assert int(spills) == 0 and int(regs) <= 128, f"{expression[name]}: {spills} bytes spilled, {regs} registers"
+        limit = 168 if expression[name].startswith("depthwise_nhwc_flat<") else 128
+        assert int(spills) == 0 and int(regs) <= limit, \
+            f"{expression[name]}: {spills} bytes spilled, {regs} registers (at most {limit})"

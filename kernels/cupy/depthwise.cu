@@ -13,6 +13,8 @@ namespace {
 
 constexpr int NHWC_THREADS = 256;
 constexpr int PIX = 4;  // output pixels of one row per NHWC thread
+constexpr int FLAT_THREADS = 128;
+constexpr int FLAT_BLOCKS = 3;  // resident a SM: at most 168 registers a thread
 constexpr int NCHW_MAX_THREADS = 256;
 constexpr int FILL_BATCH = 8;  // loads a thread has in flight while an NCHW block fills its tile
 
@@ -97,6 +99,33 @@ __device__ __forceinline__ void fma_row(float (&acc)[PIX][VEC], const float (&w)
             const int kw = j - p * S;  // the tap of pixel p on column j
             if (kw >= 0 && kw < K) fma_vec<VEC>(acc[p], w[kw], f);
         }
+    }
+}
+
+// Input row ih under a flat run's three horizontal taps, raw: the vectors at element offsets
+// off, off + C and off + 2 * C of the row (columns iw, iw + 1, iw + 2); zero off the image and
+// where `live` is false.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_taps(const T* xn, int ih, int H, int W, int C, int off, const bool (&col)[3],
+                                          bool live, Raw<T, VEC> (&v)[3]) {
+    const bool row = live && ih >= 0 && ih < H;
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+        v[j] = Raw<T, VEC>{};
+        if (row && col[j]) v[j] = *reinterpret_cast<const Raw<T, VEC>*>(xn + ih * W * C + off + j * C);
+    }
+}
+
+// acc += a row's three taps times one filter row; taps in the padding add nothing (not even 0 * inf).
+template <typename T, int VEC>
+__device__ __forceinline__ void fma_taps(float (&acc)[VEC], const Raw<T, VEC> (&v)[3], const float (&w)[3][VEC],
+                                         const bool (&col)[3], bool row) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+        if (!row || !col[j]) continue;
+        float f[VEC];
+        unpack<T, VEC>(v[j], f);
+        fma_vec<VEC>(acc, w[j], f);
     }
 }
 
@@ -272,5 +301,110 @@ __global__ void __launch_bounds__(NCHW_MAX_THREADS, 1) depthwise_nchw(
                     acc = fmaf(fw[kh * KW + kw], src[kh * dil_h * IW + kw * dil_w], acc);
         }
         op[oh * OW + ow] = lb::from_float<T>(acc);
+    }
+}
+
+// NHWC, 3x3, one output channel per input channel, no dilation, stride S both ways (1 or 2): flat
+// runs of output rows.  An output row's OW * C elements are one run in memory; a thread computes
+// VEC consecutive ones (one pixel's channels: C is a multiple of VEC) for a band of `band` output
+// rows, walking the band's input rows once, each loaded as the three vectors under its horizontal
+// taps (at element offsets off + j * C: the same run shifted by whole pixels) and multiplied into
+// the output rows it belongs to, held as rolling fp32 accumulators; the next row is loaded
+// before this row's FMAs.  The nine taps stay in registers.  Block index, fastest first:
+// (segment of FLAT_THREADS * VEC elements of the run, band, image).
+template <typename T, int VEC, int S>
+__global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat(
+    const T* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
+    T* __restrict__ out, int C, int H, int W, int OH, int OW, int pad_h, int pad_w, int band, int segments,
+    int bands) {
+    const int run = OW * C;
+    int block = blockIdx.x;
+    const int segment = block % segments;
+    block /= segments;
+    const int p0 = (block % bands) * band;
+    const int n = block / bands;
+    const int e = (segment * FLAT_THREADS + threadIdx.x) * VEC;
+    if (e >= run) return;
+    const int q = e / C, c = e - q * C;
+    const int iw = q * S - pad_w;
+    const int off = iw * C + c;  // the left tap's element in an input row
+    bool col[3];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) col[j] = iw + j >= 0 && iw + j < W;
+    float w[3][3][VEC];
+#pragma unroll
+    for (int r = 0; r < 3; ++r)
+#pragma unroll
+        for (int j = 0; j < 3; ++j) load_vec<float, VEC>(wt + (r * 3 + j) * C + c, w[r][j]);
+    float b[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) b[i] = 0.0f;
+    if (bias != nullptr) load_vec<float, VEC>(bias + c, b);
+    const T* xn = x + n * H * W * C;
+    T* o = out + n * OH * run + e;
+    const int rows = min(band, OH - p0);
+    const int top = p0 * S - pad_h;
+
+    Raw<T, VEC> cur[3], next[3];
+    load_taps<T, VEC>(xn, top, H, W, C, off, col, true, cur);
+    if constexpr (S == 1) {
+        // Output rows (s - 2, s - 1, s) of the band, partly summed: input row s adds to all three.
+        float acc1[VEC], acc2[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc1[i] = acc2[i] = 0.0f;
+        for (int s = 0; s < rows + 2; ++s) {
+            load_taps<T, VEC>(xn, top + s + 1, H, W, C, off, col, s + 1 < rows + 2, next);
+            const bool in = top + s >= 0 && top + s < H;
+            float done[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                done[i] = acc1[i];
+                acc1[i] = acc2[i];
+                acc2[i] = 0.0f;
+            }
+            fma_taps<T, VEC>(done, cur, w[2], col, in);
+            fma_taps<T, VEC>(acc1, cur, w[1], col, in);
+            fma_taps<T, VEC>(acc2, cur, w[0], col, in);
+            if (s >= 2) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) done[i] += b[i];
+                store_vec<T, VEC>(o + (p0 + s - 2) * run, done);
+            }
+#pragma unroll
+            for (int j = 0; j < 3; ++j) cur[j] = next[j];
+        }
+    } else {
+        // Output row r of the band reads input rows 2r, 2r + 1 and 2r + 2 from the top: step r
+        // finishes row r - 1 with the even row 2r and starts row r with it and the odd row 2r + 1.
+        Raw<T, VEC> odd[3], next_odd[3];
+        load_taps<T, VEC>(xn, top + 1, H, W, C, off, col, true, odd);
+        float acc[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] = 0.0f;
+        for (int r = 0; r <= rows; ++r) {
+            load_taps<T, VEC>(xn, top + 2 * r + 2, H, W, C, off, col, r < rows, next);
+            load_taps<T, VEC>(xn, top + 2 * r + 3, H, W, C, off, col, r + 1 < rows, next_odd);
+            const bool even_in = top + 2 * r >= 0 && top + 2 * r < H;
+            const bool odd_in = top + 2 * r + 1 >= 0 && top + 2 * r + 1 < H;
+            float done[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                done[i] = acc[i];
+                acc[i] = 0.0f;
+            }
+            fma_taps<T, VEC>(done, cur, w[2], col, even_in);
+            fma_taps<T, VEC>(acc, cur, w[0], col, even_in);
+            fma_taps<T, VEC>(acc, odd, w[1], col, odd_in);
+            if (r >= 1) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) done[i] += b[i];
+                store_vec<T, VEC>(o + (p0 + r - 1) * run, done);
+            }
+#pragma unroll
+            for (int j = 0; j < 3; ++j) {
+                cur[j] = next[j];
+                odd[j] = next_odd[j];
+            }
+        }
     }
 }

@@ -1,6 +1,8 @@
-"""Depthwise convolution launcher (groups == in_channels): depthwise.cu's direct kernels, NHWC
+"""Depthwise convolution launchers (groups == in_channels): depthwise.cu's direct kernels, NHWC
 (channel vectors per thread, several output pixels reusing each loaded input row) or NCHW (a tile
-of one plane staged in shared memory), fp32 FMA for every dtype, fp32 accumulation, bias fused.
+of one plane staged in shared memory), and for 3x3 NHWC layers at stride 1 or 2 both ways the
+flat-run kernel (each input row of a band loaded once, rolling accumulators); fp32 FMA for every
+dtype, fp32 accumulation, bias fused.
 
 The filter and the bias go to fp32 once, at build (the weights stay between launches, as in
 inference): [tap][channel] for NHWC, where a thread reads its channels' tap as one vector, and
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from kernels.cupy import support
-from kernels.cupy.depthwise_plan import DepthwisePlan, plan_depthwise
+from kernels.cupy.depthwise_plan import DepthwisePlan, flat_plan, flat_refusal, plan_depthwise
 from layerbench.builders import Built, Tensors
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -33,19 +35,41 @@ def prepared_filter(spec: Conv2d, weight: torch.Tensor, layout: str) -> torch.Te
     return fp32_copy(taps.t() if layout == "NHWC" else taps)
 
 
-def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+def _prepared(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, str]:
+    """x, the fp32 filter for ``layout``, the fp32 bias or None, the device index and the C type."""
     x, weight = tensors["x"], tensors["weight"]
     bias = tensors.get("bias") if spec.bias else None
     index = support.check_tensors(dtype, {"x": x, "weight": weight, "bias": bias, "out": out})
     fmt = MEMORY_FORMATS[layout]
     if not (x.is_contiguous(memory_format=fmt) and out.is_contiguous(memory_format=fmt)):
         raise Unsupported(f"the CuPy depthwise kernels take dense {layout} x and out")
-    ctype = support.ctype_of(dtype)
-    plan = plan_depthwise(spec, layout, ctype, x.data_ptr(), out.data_ptr())
-    wt = prepared_filter(spec, weight, layout)
     bt = fp32_copy(bias) if bias is not None else None
+    return x, prepared_filter(spec, weight, layout), bt, index, support.ctype_of(dtype)
+
+
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The direct kernel for ``spec`` in ``layout``."""
+    x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
+    plan = plan_depthwise(spec, layout, ctype, x.data_ptr(), out.data_ptr())
     return Built(_launch(spec, plan, layout, x, wt, bt, out, index),
                  {"algorithm": "depthwise", "kernel": plan.name})
+
+
+def build_flat(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The flat-run kernel for ``spec`` (3x3, NHWC, stride 1 or 2 both ways); ``Unsupported`` says why not."""
+    reason = flat_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
+    plan = flat_plan(spec, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index))
+    s, i32, ptr = spec, support.i32, support.ptr
+    fn = support.function("depthwise", plan.name, index)
+    args = [ptr(x), ptr(wt), ptr(bt), ptr(out),
+            *[i32(v) for v in (s.in_channels, s.height, s.width, s.out_height, s.out_width, s.padding_h, s.padding_w,
+                               plan.band, plan.segments, -(-s.out_height // plan.band))]]
+    launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), args, index, keep=(x, wt, bt, out))
+    return Built(launch, {"algorithm": "depthwise_flat", "kernel": plan.name, "band": plan.band})
 
 
 def _launch(spec: Conv2d, plan: DepthwisePlan, layout: str, x: torch.Tensor, wt: torch.Tensor,

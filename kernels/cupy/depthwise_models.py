@@ -100,6 +100,80 @@ def model_depthwise_nhwc(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt:
     return torch.from_numpy(out).view(s.batch, OH, OW, CO).permute(0, 3, 1, 2)
 
 
+def model_depthwise_nhwc_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,
+                              bias: torch.Tensor | None) -> torch.Tensor:
+    """depthwise_nhwc_flat on the CPU, all threads at once, step by step down their bands: x dense
+    NHWC, wt the fp32 [tap][channel] filter; returns the output as an (N, C, OH, OW) view of an
+    NHWC buffer."""
+    s, vec, stride = spec, plan.vec, spec.stride_h
+    C, H, W, OH, OW = s.in_channels, s.height, s.width, s.out_height, s.out_width
+    assert (s.kernel_h, s.kernel_w, s.stride_w, depthwise_plan.multiplier(s)) == (3, 3, stride, 1)
+    assert C % vec == 0 and plan.threads == depthwise_plan.FLAT_THREADS
+    run, threads = OW * C, plan.threads
+    bands = -(-OH // plan.band)
+    assert plan.grid == (s.batch * bands * plan.segments, 1, 1)
+    assert (plan.segments - 1) * threads * vec < run <= plan.segments * threads * vec
+    xs, ws = _flat(x), _flat(wt)
+    bs = _flat(bias) if bias is not None else None
+    block, tid = np.divmod(np.arange(plan.grid[0] * threads), threads)
+    segment, rest = block % plan.segments, block // plan.segments
+    p0, n = rest % bands * plan.band, rest // bands
+    e = (segment * threads + tid) * vec
+    live = e < run  # the others return at once
+    e, p0, n = e[live], p0[live], n[live]
+    q = e // C
+    c = e - q * C
+    iw = q * stride - s.padding_w
+    off = iw * C + c
+    col = [(iw + j >= 0) & (iw + j < W) for j in range(3)]
+    everyone = np.ones(len(e), dtype=bool)
+    w = [[_vector(ws, (r * 3 + j) * C + c, vec, everyone) for j in range(3)] for r in range(3)]
+    b = _vector(bs, c, vec, everyone) if bs is not None else np.zeros((len(e), vec))
+    xn = n * H * W * C
+    rows = np.minimum(plan.band, OH - p0)
+    top = p0 * stride - s.padding_h
+    out = np.full(s.batch * OH * run, np.nan)
+
+    def taps(ih: np.ndarray, alive: np.ndarray) -> list[np.ndarray]:
+        row = alive & (ih >= 0) & (ih < H)
+        return [_vector(xs, xn + ih * W * C + off + j * C, vec, row & col[j]) for j in range(3)]
+
+    def fma(acc: np.ndarray, v: list[np.ndarray], filter_row: list[np.ndarray], ih: np.ndarray) -> np.ndarray:
+        row = (ih >= 0) & (ih < H)
+        return acc + sum(np.where((row & col[j])[:, None], filter_row[j] * v[j], 0.0) for j in range(3))
+
+    def store(active: np.ndarray, p: np.ndarray, values: np.ndarray) -> None:
+        first = n * OH * run + p * run + e
+        _write(out, (first[active, None] + np.arange(vec)).ravel(), (values + b)[active].ravel())
+
+    cur = taps(top, everyone)
+    if stride == 1:
+        acc1, acc2 = np.zeros((len(e), vec)), np.zeros((len(e), vec))
+        for step in range(int(rows.max()) + 2):
+            active = step < rows + 2
+            nxt = taps(top + step + 1, active & (step + 1 < rows + 2))
+            done = fma(acc1, cur, w[2], top + step)
+            acc1 = fma(acc2, cur, w[1], top + step)
+            acc2 = fma(np.zeros_like(acc2), cur, w[0], top + step)
+            if step >= 2:
+                store(active, p0 + step - 2, done)
+            cur = nxt
+    else:
+        odd = taps(top + 1, everyone)
+        acc = np.zeros((len(e), vec))
+        for r in range(int(rows.max()) + 1):
+            active = r <= rows
+            nxt = taps(top + 2 * r + 2, active & (r < rows))
+            nxt_odd = taps(top + 2 * r + 3, active & (r + 1 < rows))
+            done = fma(acc, cur, w[2], top + 2 * r)
+            acc = fma(fma(np.zeros_like(acc), cur, w[0], top + 2 * r), odd, w[1], top + 2 * r + 1)
+            if r >= 1:
+                store(active, p0 + r - 1, done)
+            cur, odd = nxt, nxt_odd
+    assert not np.isnan(out).any(), "an output element is never written"
+    return torch.from_numpy(out).view(s.batch, OH, OW, C).permute(0, 3, 1, 2)
+
+
 def model_depthwise_nchw(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,
                          bias: torch.Tensor | None) -> torch.Tensor:
     """depthwise_nchw on the CPU, block by block: x dense NCHW, wt the fp32 [channel][tap]

@@ -2,8 +2,11 @@
 
 NHWC: one thread per (image, output row, PIX output columns, VEC channels), VEC channels in one
 16-byte vector where the multiplier is 1 and the channels and pointers are aligned; square 3x3,
-5x5 and 7x7 windows at stride 1 or 2 along w, without dilation, run unrolled.  NCHW: one block
-per TH x TW tile of one output plane, its input tile (halo included) staged in shared memory.
+5x5 and 7x7 windows at stride 1 or 2 along w, without dilation, run unrolled.  For 3x3 windows
+at stride 1 or 2 both ways, a second NHWC kernel takes flat runs of output rows: one thread per
+VEC elements of a row's OW * C, down a band of rows (``flat_plan``; the build times both).  NCHW:
+one block per TH x TW tile of one output plane, its input tile (halo included) staged in shared
+memory.
 Needs neither CuPy nor a GPU, so that tests can check the index math on any machine.
 """
 
@@ -18,6 +21,12 @@ from layerbench.layers import Conv2d
 # Must match depthwise.cu.
 NHWC_THREADS = 256
 PIX = 4  # output pixels per NHWC thread
+FLAT_THREADS = 128
+# Band heights of the flat kernel, tallest first: the tallest that still gives FLAT_BLOCKS_PER_SM
+# blocks an SM (about four waves of three resident blocks) is taken; a band reads two input rows
+# more than its output rows (at stride 1), so taller bands read less twice.
+FLAT_BANDS = (32, 16, 8, 4)
+FLAT_BLOCKS_PER_SM = 12
 NCHW_MAX_THREADS = 256
 
 SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without opting in
@@ -38,6 +47,8 @@ class DepthwisePlan:
     kernel: int  # the unrolled window (K x K), 0 for the loops
     items: int  # NHWC: threads that compute (the rest of the last block return at once)
     tile: tuple[int, int, int, int]  # NCHW: (TH, TW, IH, IW): output tile, staged input tile
+    band: int = 0  # flat NHWC: output rows a block walks down
+    segments: int = 0  # flat NHWC: blocks along an output row's run
 
 
 def multiplier(spec: Conv2d) -> int:
@@ -62,6 +73,42 @@ def nhwc_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int) -> DepthwisePl
         raise Unsupported(f"the depthwise NHWC kernel indexes its {items} threads in int32")
     return DepthwisePlan(sources.depthwise_nhwc_name(ctype, vec, k, s.stride_w if k else 0),
                          (-(-items // NHWC_THREADS), 1, 1), NHWC_THREADS, 0, vec, k, items, (0, 0, 0, 0))
+
+
+def flat_refusal(spec: Conv2d, layout: str) -> str | None:
+    """Why the flat-run NHWC kernel cannot run ``spec`` in ``layout`` whatever the data, or None."""
+    s = spec
+    if layout != "NHWC":
+        return f"the flat-run depthwise kernel runs NHWC only, got {layout}"
+    if multiplier(s) != 1:
+        return "the flat-run depthwise kernel runs one output channel per input channel"
+    if (s.kernel_h, s.kernel_w, s.dilation_h, s.dilation_w) != (3, 3, 1, 1):
+        return (f"the flat-run depthwise kernel runs 3x3 windows without dilation, got {s.kernel_h}x{s.kernel_w} "
+                f"with dilation ({s.dilation_h}, {s.dilation_w})")
+    if (s.stride_h, s.stride_w) not in [(t, t) for t in sources.DEPTHWISE_FLAT_STRIDES]:
+        return f"the flat-run depthwise kernel runs strides (1, 1) and (2, 2), got ({s.stride_h}, {s.stride_w})"
+    return None
+
+
+def flat_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int, sms: int) -> DepthwisePlan:
+    """The flat-run NHWC kernel's launch on a GPU of ``sms`` SMs; Unsupported, with the reason,
+    where it cannot run ``spec`` (see ``flat_refusal``; and whole 16-byte vectors of channels)."""
+    s = spec
+    reason = flat_refusal(s, "NHWC")
+    if reason:
+        raise Unsupported(reason)
+    vec = sources.vector_width(ctype)
+    if s.in_channels % vec or x_ptr % 16 or out_ptr % 16:
+        raise Unsupported(f"the flat-run depthwise kernel needs channels a multiple of {vec} and 16-byte aligned "
+                          f"x and out, got {s.in_channels} channels")
+    segments = -(-s.out_width * s.in_channels // (FLAT_THREADS * vec))
+    band = next((b for b in FLAT_BANDS if s.batch * -(-s.out_height // b) * segments >= FLAT_BLOCKS_PER_SM * sms),
+                FLAT_BANDS[-1])
+    blocks = s.batch * -(-s.out_height // band) * segments
+    if blocks > INT32_MAX:
+        raise Unsupported(f"the flat-run depthwise kernel's grid of {blocks} blocks exceeds the CUDA limit")
+    return DepthwisePlan(sources.depthwise_flat_name(ctype, vec, s.stride_h), (blocks, 1, 1), FLAT_THREADS, 0, vec,
+                         3, 0, (0, 0, 0, 0), band, segments)
 
 
 def input_tile(spec: Conv2d, th: int, tw: int) -> tuple[int, int]:

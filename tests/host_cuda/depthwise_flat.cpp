@@ -1,0 +1,94 @@
+// depthwise.cu's flat-run kernel (depthwise_nhwc_flat<float, 4, S>) compiled as host C++ and run
+// on the CPU, every block and thread in turn, against a float64 direct convolution; each output
+// element must be written exactly once.  The CUDA keywords and the few intrinsics the file uses
+// are shimmed below; BODY is depthwise.cu without its #include of layerbench_common.cuh.
+// Prints "N cases, M bad" and exits 1 if any case is bad.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+using std::min;
+struct float2 { float x, y; };
+struct __half { unsigned short x; };
+struct __half2 { unsigned int x; };
+struct __nv_bfloat16 { unsigned short x; };
+inline float2 __half22float2(__half2) { return {0, 0}; }
+inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+#define __device__
+#define __global__
+#define __shared__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+inline void __syncthreads() {}
+struct Dim3 { unsigned x, y, z; };
+static Dim3 blockIdx, threadIdx, blockDim;
+namespace lb {
+inline float to_float(float v) { return v; }
+template <typename T> T from_float(float);
+template <> inline float from_float<float>(float v) { return v; }
+}
+#include BODY
+
+template <int S>
+int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, std::mt19937& g) {
+    const int OH = (H + 2 * ph - 3) / S + 1, OW = (W + 2 * pw - 3) / S + 1;
+    if (OH < 1 || OW < 1) return 0;
+    std::normal_distribution<float> d;
+    std::vector<float> x(N * H * W * C), wt(9 * C), b(C), out(N * OH * OW * C, NAN);
+    for (auto& v : x) v = d(g);
+    for (auto& v : wt) v = d(g);
+    for (auto& v : b) v = d(g);
+    const int VEC = 4, run = OW * C;
+    const int segments = (run + FLAT_THREADS * VEC - 1) / (FLAT_THREADS * VEC), bands = (OH + band - 1) / band;
+    std::vector<int> writes(out.size(), 0);
+    for (int blk = 0; blk < N * bands * segments; ++blk)
+        for (int t = 0; t < FLAT_THREADS; ++t) {
+            blockIdx = {unsigned(blk), 0, 0};
+            threadIdx = {unsigned(t), 0, 0};
+            std::vector<float> before(out);
+            depthwise_nhwc_flat<float, 4, S>(x.data(), wt.data(), has_bias ? b.data() : nullptr, out.data(), C, H, W,
+                                             OH, OW, ph, pw, band, segments, bands);
+            for (size_t i = 0; i < out.size(); ++i)
+                if (memcmp(&before[i], &out[i], 4) != 0) ++writes[i];
+        }
+    int bad = 0;
+    for (int n = 0; n < N; ++n)
+        for (int p = 0; p < OH; ++p)
+            for (int q = 0; q < OW; ++q)
+                for (int c = 0; c < C; ++c) {
+                    double ref = has_bias ? b[c] : 0.0;
+                    for (int r = 0; r < 3; ++r)
+                        for (int s = 0; s < 3; ++s) {
+                            int ih = p * S - ph + r, iw = q * S - pw + s;
+                            if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                                ref += double(x[((n * H + ih) * W + iw) * C + c]) * wt[(r * 3 + s) * C + c];
+                        }
+                    size_t i = ((size_t(n) * OH + p) * OW + q) * C + c;
+                    if (writes[i] != 1 || !(std::fabs(out[i] - ref) <= 1e-4 * (1 + std::fabs(ref)))) ++bad;
+                }
+    if (bad) printf("BAD S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d bias=%d: %d wrong\n", S, N, C, H, W, ph, pw, band, has_bias, bad);
+    return bad;
+}
+
+int main() {
+    std::mt19937 g(1);
+    int cases = 0, bad = 0;
+    for (int S = 1; S <= 2; ++S)
+        for (int C : {4, 8, 12, 36})
+            for (int H : {1, 2, 3, 5, 8, 13})
+                for (int W : {1, 3, 4, 9, 40})
+                    for (int ph = 0; ph <= 2; ++ph)
+                        for (int pw = 0; pw <= 2; ++pw)
+                            for (int band : {1, 4, 32}) {
+                                const bool bias = (C + H + W + band) % 2;
+                                int r = S == 1 ? check<1>(2, C, H, W, ph, pw, band, bias, g)
+                                               : check<2>(2, C, H, W, ph, pw, band, bias, g);
+                                bad += r != 0;
+                                ++cases;
+                            }
+    printf("%d cases, %d bad\n", cases, bad);
+    return bad != 0;
+}
