@@ -129,6 +129,14 @@ __device__ __forceinline__ void fma_taps(float (&acc)[VEC], const Raw<T, VEC> (&
     }
 }
 
+// A finished output vector plus the bias, stored.
+template <typename T, int VEC>
+__device__ __forceinline__ void store_biased(T* p, float (&done)[VEC], const float (&b)[VEC]) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) done[i] += b[i];
+    store_vec<T, VEC>(p, done);
+}
+
 }  // namespace
 
 // NHWC.  A thread computes VEC channels (co = VEC * cv, VEC > 1 only with multiplier 1) of PIX
@@ -365,11 +373,7 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
             fma_taps<T, VEC>(done, cur, w[2], col, in);
             fma_taps<T, VEC>(acc1, cur, w[1], col, in);
             fma_taps<T, VEC>(acc2, cur, w[0], col, in);
-            if (s >= 2) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) done[i] += b[i];
-                store_vec<T, VEC>(o + (p0 + s - 2) * run, done);
-            }
+            if (s >= 2) store_biased<T, VEC>(o + (p0 + s - 2) * run, done, b);
 #pragma unroll
             for (int j = 0; j < 3; ++j) cur[j] = next[j];
         }
@@ -395,11 +399,7 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
             fma_taps<T, VEC>(done, cur, w[2], col, even_in);
             fma_taps<T, VEC>(acc, cur, w[0], col, even_in);
             fma_taps<T, VEC>(acc, odd, w[1], col, odd_in);
-            if (r >= 1) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) done[i] += b[i];
-                store_vec<T, VEC>(o + (p0 + r - 1) * run, done);
-            }
+            if (r >= 1) store_biased<T, VEC>(o + (p0 + r - 1) * run, done, b);
 #pragma unroll
             for (int j = 0; j < 3; ++j) {
                 cur[j] = next[j];
