@@ -65,8 +65,9 @@ def compile_report(fn, target: GPUTarget, pointers: dict[str, str], constexprs: 
     regs, stack = found.groups() if found else ("?", "?")
     # Register spills are local-memory stores and loads; a stack frame alone can be a helper's.
     local = len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass))
-    # Global loads in the SASS by width: a memory-bound kernel wants them as wide as its tile allows.
-    loads = re.findall(r"\bLDG(?:\.\w+)*", sass)
+    # Global loads in the SASS by width (not LDGSTS, the async copies): a memory-bound kernel wants
+    # them as wide as its tile allows.
+    loads = re.findall(r"\bLDG(?![A-Z])(?:\.\w+)*", sass)
     widths = {"16B": sum(".128" in ld for ld in loads), "8B": sum(".64" in ld for ld in loads)}
     widths["<=4B"] = len(loads) - widths["16B"] - widths["8B"]
     ldg = ",".join(f"{width}:{count}" for width, count in widths.items())
