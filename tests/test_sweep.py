@@ -82,6 +82,19 @@ def test_cartesian_product_zip_and_shorthands() -> None:
     assert p.energy_impls == ["torch", "triton"]
 
 
+def test_filters_name_the_square_shorthands() -> None:
+    # `kernel` and `size` as the file writes them; a 1x7 window has no `kernel`, so no filter on it
+    # admits the point.
+    square = parse(BASE | {"where": "kernel == 5 and size == 8"})
+    assert {p.spec.kernel_h for p in square.points} == {5}
+    wide = parse(BASE | {"params": {"batch": 2, "size": 8, "kernel_h": 1, "in_channels": 3, "out_channels": 4},
+                         "axes": {"kernel_w": [1, 7]}})
+    wide.restrict_where("kernel == 1")
+    assert {(p.spec.kernel_h, p.spec.kernel_w) for p in wide.points} == {(1, 1)}
+    with pytest.raises(SweepError, match="unknown name 'kernal'"):
+        parse(BASE).restrict_where("kernal == 3")
+
+
 def test_hashes_are_stable_and_cover_measurement_not_order() -> None:
     a, b = parse(BASE), parse(dict(reversed(list(BASE.items()))))
     h = [identity.config_hash(p, "torch", a.measure, "cuda") for p in a.points]

@@ -29,7 +29,7 @@ from layerbench.options import (
     option_schema,
 )
 from layerbench.sweep.filters import Expr
-from layerbench.sweep.points import SETTINGS_AXES, Measure, Point, Sweep
+from layerbench.sweep.points import SETTINGS_AXES, Measure, Point, Sweep, filter_shorthands
 
 TOP_KEYS = {"title", "experiment", "thesis", "description", "layer", "params", "points", "axes",
             "where", "invalid", "implementations", "dtypes", "layouts", "timing", "energy"}
@@ -451,7 +451,7 @@ class _Parser:
     def filter_names(self, layers: list[str]) -> set[str]:
         names = {"layer", "name", "dtype", "layout"}
         for layer in layers:
-            names |= {f.name for f in dataclasses.fields(LAYERS[layer])}
+            names |= {f.name for f in dataclasses.fields(LAYERS[layer])} | filter_shorthands(layer)
         return names
 
     def measure(self) -> Measure:

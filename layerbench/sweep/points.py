@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import keyword
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layerbench.errors import SweepError
-from layerbench.layers import LAYERS, LayerSpec
+from layerbench.layers import LAYERS, SHORTHANDS, LayerSpec
 from layerbench.sweep.filters import Expr
 
 # GPU settings a sweep may vary (sweeps/README.md, "GPU settings"): not layer parameters, but the
@@ -55,12 +56,30 @@ class Point:
     def values(self, impl: str) -> dict[str, Any]:
         """What filter expressions see for one of the point's implementations: the parameters as
         written, the spec's fields (``kernel_h`` where the file wrote ``kernel``, defaults such as
-        ``groups``), and the pass (forward unless the file says otherwise: every layer has one)."""
+        ``groups``), the shorthands of square shapes (``kernel`` where kernel_h == kernel_w, as a
+        file may write it), and the pass (forward unless the file says otherwise: every layer has
+        one)."""
         fields = {} if self.spec is None else {f.name: getattr(self.spec, f.name)
                                                for f in dataclasses.fields(self.spec)}
-        return {"direction": "forward"} | self.params | fields | {"layer": self.layer, "name": self.label,
-                                                                  "dtype": self.dtype, "layout": self.layout,
-                                                                  "impl": impl}
+        return ({"direction": "forward"} | self.params | fields | square_shorthands(self.layer, fields)
+                | {"layer": self.layer, "name": self.label, "dtype": self.dtype, "layout": self.layout, "impl": impl})
+
+
+def filter_shorthands(layer: str) -> set[str]:
+    """The layer's sweep-file shorthands a filter may name (``kernel``, ``size``; not ``pass``, a
+    Python keyword: filters name the field, ``direction``)."""
+    return {name for name in SHORTHANDS[layer] if name.isidentifier() and not keyword.iskeyword(name)}
+
+
+def square_shorthands(layer: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Each shorthand's value where all its fields are equal (``kernel``: 3 for a 3x3 window, absent
+    for 1x7, so a filter on it admits no 1x7 point)."""
+    out = {}
+    for name in filter_shorthands(layer):
+        values = {fields.get(f) for f in SHORTHANDS[layer][name]}
+        if len(values) == 1 and None not in values:
+            out[name] = values.pop()
+    return out
 
 
 @dataclass
