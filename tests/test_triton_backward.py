@@ -415,16 +415,18 @@ def test_gpu_linear_backward_drawn(spec: Linear, dtype: str, seed: int) -> None:
 
 
 @gpu
-@pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
-def test_gpu_linear_backward_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The autotuner keeps one config per problem: each is forced here, with whole tiles and
-    edge tiles and a masked reduction, dx in three slices (K = 1100), dW whole (K = 600)."""
+@pytest.mark.parametrize("dtype, index", [(dtype, i) for dtype in ("fp16", "tf32", "fp32")
+                                          for i in range(len(linear_backward._CONFIGS[DOT_MODE[dtype]]))])
+def test_gpu_linear_backward_every_tile_config(dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The autotuner keeps one config per problem: each is forced here (one test a config, so that
+    parallel workers share them out), with whole tiles and edge tiles and a masked reduction, dx in
+    three slices (K = 1100), dW whole (K = 600)."""
     mode = DOT_MODE[dtype]
     cases = {"backward_data": (Linear(300, 150, 1100, bias=False, direction="backward_data"), 3),
              "backward_weight": (Linear(600, 150, 300, bias=False, direction="backward_weight"), 1)}
-    for config in list(linear_backward._CONFIGS[mode]):
-        monkeypatch.setitem(linear_backward._CONFIGS, mode, [config])
-        for name, (spec, splits) in cases.items():
-            result = check_implementation(forced_splits(splits, EVEN_K_QUANTUM), spec, dtype, "NCHW", "cuda",
-                                          seed=seed_of(name))
-            assert result.ok, f"{config} splits={splits} {name} {dtype}: {result.message}"
+    config = linear_backward._CONFIGS[mode][index]
+    monkeypatch.setitem(linear_backward._CONFIGS, mode, [config])
+    for name, (spec, splits) in cases.items():
+        result = check_implementation(forced_splits(splits, EVEN_K_QUANTUM), spec, dtype, "NCHW", "cuda",
+                                      seed=seed_of(name))
+        assert result.ok, f"{config} splits={splits} {name} {dtype}: {result.message}"

@@ -299,21 +299,30 @@ CONFIG_CASES = {"blocked": (Conv2d(3, 64, 40, 11, 13, 3, 3, stride=2, padding=1)
                 "flat": (Conv2d(2, 3, 20, 12, 12, 5, 5, padding=2), "NCHW")}
 
 
+def _tile_tables(direction: str) -> tuple[dict, object]:
+    """The pass's config table (by dot mode) and its cached tile lists."""
+    return ((backward._DGRAD_CONFIGS, backward._dgrad_tiles) if direction == "backward_data"
+            else (backward._WGRAD_CONFIGS, backward._wgrad_tiles))
+
+
+# One test a config, so that parallel workers share them out.
+TILE_CONFIG_CASES = [(direction, dtype, i) for direction in BACKWARD for dtype in ("fp16", "tf32", "fp32")
+                     for i in range(len(_tile_tables(direction)[0][backward.DOT_MODE[dtype]]))]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
-@pytest.mark.parametrize("direction", BACKWARD)
-def test_gpu_every_tile_config(direction: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    table, tiles = ((backward._DGRAD_CONFIGS, backward._dgrad_tiles) if direction == "backward_data"
-                    else (backward._WGRAD_CONFIGS, backward._wgrad_tiles))
+@pytest.mark.parametrize("direction, dtype, index", TILE_CONFIG_CASES)
+def test_gpu_every_tile_config(direction: str, dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    table, tiles = _tile_tables(direction)
     mode = backward.DOT_MODE[dtype]
+    config = table[mode][index]
     try:
-        for config in list(table[mode]):
-            monkeypatch.setitem(table, mode, [config])
-            tiles.cache_clear()
-            for name, (spec, layout) in CONFIG_CASES.items():
-                result = check_implementation(get("conv2d", "triton"), at(spec, direction), dtype, layout,
-                                              "cuda", seed=seed_of(name))
-                assert result.ok, f"{config} {name} {dtype}: {result.message}"
+        monkeypatch.setitem(table, mode, [config])
+        tiles.cache_clear()
+        for name, (spec, layout) in CONFIG_CASES.items():
+            result = check_implementation(get("conv2d", "triton"), at(spec, direction), dtype, layout,
+                                          "cuda", seed=seed_of(name))
+            assert result.ok, f"{config} {name} {dtype}: {result.message}"
     finally:
         tiles.cache_clear()
 

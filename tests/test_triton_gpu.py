@@ -75,17 +75,21 @@ CONFIG_CASES = {"channel-blocked": (Conv2d(3, 64, 40, 11, 13, 3, 3, padding=1), 
                 "flat": (Conv2d(2, 3, 20, 12, 12, 5, 5), "NCHW")}
 
 
-@pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
-def test_conv2d_every_tile_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+# One test a config, so that parallel workers share them out.
+TILE_CONFIG_CASES = [(dtype, i) for dtype in ("fp16", "tf32", "fp32")
+                     for i in range(len(triton_conv._CONFIGS[triton_conv.DOT_MODE[dtype]]))]
+
+
+@pytest.mark.parametrize("dtype, index", TILE_CONFIG_CASES)
+def test_conv2d_every_tile_config(dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
     mode = triton_conv.DOT_MODE[dtype]
+    config = triton_conv._CONFIGS[mode][index]
     try:
-        for config in list(triton_conv._CONFIGS[mode]):
-            monkeypatch.setitem(triton_conv._CONFIGS, mode, [config])
-            triton_conv._tiles.cache_clear()  # tile lists are cached per mode: build one of this config
-            for name, (spec, layout) in CONFIG_CASES.items():
-                result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda",
-                                              seed=seed_of(name))
-                assert result.ok, f"{config} {name} {dtype}: {result.message}"
+        monkeypatch.setitem(triton_conv._CONFIGS, mode, [config])
+        triton_conv._tiles.cache_clear()  # tile lists are cached per mode: build one of this config
+        for name, (spec, layout) in CONFIG_CASES.items():
+            result = check_implementation(get("conv2d", "triton"), spec, dtype, layout, "cuda", seed=seed_of(name))
+            assert result.ok, f"{config} {name} {dtype}: {result.message}"
     finally:
         triton_conv._tiles.cache_clear()
 
@@ -148,16 +152,16 @@ DEPTHWISE_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_conv2d_depthwise_rows_every_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    configs_of = depthwise_rows._configs  # the full lists, before one config is forced below
-    for i, spec in enumerate(DEPTHWISE_ROWS_CASES):
-        configs = configs_of(spec.in_channels, spec.out_width, get_dtype(dtype).itemsize,
-                             torch.cuda.get_device_capability() >= (9, 0))
-        assert configs
-        for config in configs:
-            monkeypatch.setattr(depthwise_rows, "_configs", lambda *_, config=config: [config])
-            result = check_implementation(depthwise_rows.build_depthwise_rows, spec, dtype, "NHWC", "cuda", seed=i)
-            assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+@pytest.mark.parametrize("i", range(len(DEPTHWISE_ROWS_CASES)))
+def test_conv2d_depthwise_rows_every_config(i: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = DEPTHWISE_ROWS_CASES[i]
+    configs = depthwise_rows._configs(spec.in_channels, spec.out_width, get_dtype(dtype).itemsize,
+                                      torch.cuda.get_device_capability() >= (9, 0))
+    assert configs
+    for config in configs:
+        monkeypatch.setattr(depthwise_rows, "_configs", lambda *_, config=config: [config])
+        result = check_implementation(depthwise_rows.build_depthwise_rows, spec, dtype, "NHWC", "cuda", seed=i)
+        assert result.ok, f"{config} {spec} {dtype}: {result.message}"
 
 
 # The flat kernel's configs forced in turn: runs that split pixels (40 and 144 channels), a row
@@ -171,16 +175,16 @@ DEPTHWISE_FLAT_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=4
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_conv2d_depthwise_flat_rows_every_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    configs_of = depthwise_rows._flat_configs  # the full lists, before one config is forced below
-    for i, spec in enumerate(DEPTHWISE_FLAT_ROWS_CASES):
-        configs = configs_of(spec.out_width * spec.out_channels, torch.cuda.get_device_capability() >= (9, 0))
-        assert configs
-        for config in configs:
-            monkeypatch.setattr(depthwise_rows, "_flat_configs", lambda *_, config=config: [config])
-            result = check_implementation(depthwise_rows.build_depthwise_flat_rows, spec, dtype, "NHWC", "cuda",
-                                          seed=i)
-            assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+@pytest.mark.parametrize("i", range(len(DEPTHWISE_FLAT_ROWS_CASES)))
+def test_conv2d_depthwise_flat_rows_every_config(i: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = DEPTHWISE_FLAT_ROWS_CASES[i]
+    configs = depthwise_rows._flat_configs(spec.out_width * spec.out_channels,
+                                           torch.cuda.get_device_capability() >= (9, 0))
+    assert configs
+    for config in configs:
+        monkeypatch.setattr(depthwise_rows, "_flat_configs", lambda *_, config=config: [config])
+        result = check_implementation(depthwise_rows.build_depthwise_flat_rows, spec, dtype, "NHWC", "cuda", seed=i)
+        assert result.ok, f"{config} {spec} {dtype}: {result.message}"
 
 
 def test_conv2d_depthwise_rows_are_timed_beside_the_direct_kernel() -> None:
@@ -369,18 +373,19 @@ def test_tma_path(name: str, dtype: str) -> None:
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 
-@pytest.mark.parametrize("dtype", ("tf32", "bf16"))
-def test_linear_tma_every_config(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dtype, index", [(dtype, i) for dtype in ("tf32", "bf16")
+                                          for i in range(len(linear_tma.CONFIGS[DOT_MODE[dtype]]))])
+def test_linear_tma_every_config(dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each config of the persistent TMA GEMM forced alone (the timing keeps one a problem), on a
     GEMM ragged against every tile whose 64-256 tiles leave a partial wave, so that the stream-K
     configs run too."""
     skip_before_hopper()
     mode = DOT_MODE[dtype]
-    for config in list(linear_tma.CONFIGS[mode]):
-        monkeypatch.setitem(linear_tma.CONFIGS, mode, [config])
-        result = check_implementation(linear_tma_only, Linear(1000, 1000, 1000), dtype, "NCHW", "cuda",
-                                      seed=seed_of(repr(config)))
-        assert result.ok, f"{config} {dtype}: {result.message}"
+    config = linear_tma.CONFIGS[mode][index]
+    monkeypatch.setitem(linear_tma.CONFIGS, mode, [config])
+    result = check_implementation(linear_tma_only, Linear(1000, 1000, 1000), dtype, "NCHW", "cuda",
+                                  seed=seed_of(repr(config)))
+    assert result.ok, f"{config} {dtype}: {result.message}"
 
 
 # Stream-K alone (only its configs compete) on GEMMs whose tiles leave a partial wave: fewer tiles
