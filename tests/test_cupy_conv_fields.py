@@ -10,12 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from layerbench import registry
+from layerbench.builders import Built
 from layerbench.dtypes import get_dtype
 from layerbench.layers import Conv2d
 from layerbench.testing import check_implementation, conv2d_specs, make_output, make_tensors
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
-from kernels.cupy import depthwise  # noqa: E402
+from kernels.cupy import depthwise, depthwise_plan  # noqa: E402
 
 gpu = pytest.mark.gpu
 DEVICE = "cuda"
@@ -102,10 +103,14 @@ FLAT_DEPTHWISE = [Conv2d(3, 144, 144, 37, 29, 3, 3, padding=1, groups=144),
 
 
 @gpu
+@pytest.mark.parametrize("band", [None, depthwise_plan.FLAT_BANDS[0]], ids=["usual-band", "tallest-band"])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-def test_depthwise_flat_alone(dtype: str) -> None:
+def test_depthwise_flat_alone(dtype: str, band: int | None) -> None:
+    def build(*args: object) -> Built:
+        return depthwise.build_flat(*args, band=band)
+
     for spec in FLAT_DEPTHWISE:
-        result = check_implementation(depthwise.build_flat, spec, dtype, "NHWC", DEVICE)
+        result = check_implementation(build, spec, dtype, "NHWC", DEVICE)
         assert result.ok, f"{spec} {dtype}: {result.message}"
 
 
@@ -118,7 +123,8 @@ def test_builds_record_their_path() -> None:
 
     dw = details(NETWORK_LAYERS["mobilenetv2-dw-576x14-s1"], "fp16")
     assert dw["depthwise_ms"] > 0 and dw["depthwise_flat_ms"] > 0, dw  # both timed, the faster kept
-    kernels = {"depthwise": "depthwise_nhwc<__half, 8, 3, 1>", "depthwise_flat": "depthwise_nhwc_flat<__half, 8, 1>"}
+    flat = "depthwise_nhwc_flat<__half, 8, 1>"
+    kernels = {"depthwise": "depthwise_nhwc<__half, 8, 3, 1>", "depthwise_flat": flat, "depthwise_flat_tall": flat}
     assert dw["kernel"] == kernels[dw["algorithm"]], dw
     grouped = details(AWKWARD["groups-2-odd"])
     assert grouped["algorithm"] == "implicit_gemm" and "groups 2" in grouped["fft"]

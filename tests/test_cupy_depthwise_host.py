@@ -16,7 +16,9 @@ HARNESS = ROOT / "tests" / "host_cuda" / "depthwise_flat.cpp"
 SOURCE = ROOT / "kernels" / "cupy" / "depthwise.cu"
 
 
-def test_flat_kernel_source_on_the_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", [None, 900], ids=["before-hopper", "hopper"])
+def test_flat_kernel_source_on_the_cpu(tmp_path: Path, arch: int | None) -> None:
+    """Built as for a GPU of compute capability ``arch`` (its L2 prefetches differ)."""
     compiler = shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
         pytest.skip("no C++ compiler to build the host check with")
@@ -24,8 +26,10 @@ def test_flat_kernel_source_on_the_cpu(tmp_path: Path) -> None:
     body.write_text("".join(line for line in SOURCE.read_text().splitlines(keepends=True)
                             if not line.startswith('#include "layerbench_common.cuh"')))
     binary = tmp_path / "depthwise_flat"
-    built = subprocess.run([compiler, "-std=c++17", "-O2", f'-DBODY="{body}"', "-o", str(binary), str(HARNESS)],
+    defines = [f"-D__CUDA_ARCH__={arch}"] if arch else []
+    built = subprocess.run([compiler, "-std=c++17", "-O2", *defines, f'-DBODY="{body}"', "-o", str(binary), str(HARNESS)],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and " 0 bad" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and " 0 bad," in result.stdout, result.stdout + result.stderr
+    assert " 0 prefetches" not in result.stdout, "the kernel asked L2 for no input row"

@@ -174,6 +174,10 @@ def test_flat_plan_choices() -> None:
     # MobileNetV2, batch 64, on 132 SMs: the tallest band that leaves 12 blocks an SM.
     assert plan(dw(64, 144, 1, 56, 56, 3, 3, padding=1)).band == 16  # 8 segments x 4 bands x 64
     assert plan(dw(64, 960, 1, 7, 7, 3, 3, padding=1)).band == 4  # too few blocks at any height
+    # A band given is taken as it is.
+    assert flat_plan(dw(64, 960, 1, 7, 7, 3, 3, padding=1), "float", 0, 0, 132, 32).band == 32
+    with pytest.raises(ValueError, match="band must be at least 1"):
+        flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "__half", 0, 0, 132, 0)
     assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1)).name == sources.depthwise_flat_name(
         "__nv_bfloat16", 8, 2)
     assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1), "float").vec == 4

@@ -150,8 +150,8 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         direct = depthwise.build(spec, dtype, layout, tensors, out)
         if depthwise_plan.flat_refusal(spec, layout):  # only where it applies: no reason on every other point
             return direct
-        flat = ("depthwise_flat", lambda: depthwise.build_flat(spec, dtype, layout, tensors, out))
-        return fastest_of("depthwise", direct, [flat], lambda k: selection_ms(k, out.device),
+        return fastest_of("depthwise", direct, depthwise.flat_candidates(spec, dtype, layout, tensors, out),
+                          lambda k: selection_ms(k, out.device),
                           after_failure=lambda: torch.cuda.synchronize(out.device),
                           remember=choice_of("cupy depthwise", spec, dtype.name, layout, tensors, out, "cupy"))
     gemm = build_igemm(spec, dtype, tensors, out)

@@ -15,6 +15,8 @@ constexpr int NHWC_THREADS = 256;
 constexpr int PIX = 4;  // output pixels of one row per NHWC thread
 constexpr int FLAT_THREADS = 128;
 constexpr int FLAT_BLOCKS = 3;  // resident a SM: at most 168 registers a thread
+// Input rows the flat kernel asks L2 for ahead of its loads (its own loads keep one row in flight).
+constexpr int FLAT_PREFETCH = 3;
 constexpr int NCHW_MAX_THREADS = 256;
 constexpr int FILL_BATCH = 8;  // loads a thread has in flight while an NCHW block fills its tile
 
@@ -127,6 +129,22 @@ __device__ __forceinline__ void fma_taps(float (&acc)[VEC], const Raw<T, VEC> (&
         unpack<T, VEC>(v[j], f);
         fma_vec<VEC>(acc, w[j], f);
     }
+}
+
+// Elements [lo, hi) of input row ih (clipped to the row; nothing off the image) asked of L2 ahead
+// of the loads: on Hopper one bulk request by the block's first thread (one from every thread
+// was slower in the Triton twin of this kernel), before Hopper a request a thread and vector.
+template <typename T, int VEC>
+__device__ __forceinline__ void prefetch_span(const T* xn, int ih, int H, int W, int C, int lo, int hi) {
+    if (ih < 0 || ih >= H) return;
+    lo = max(lo, 0);
+    hi = min(hi, W * C);
+    const T* row = xn + ih * W * C;
+#if __CUDA_ARCH__ >= 900
+    if (threadIdx.x == 0 && hi > lo) lb::bulk_prefetch_l2(row + lo, unsigned(hi - lo) * sizeof(T));
+#else
+    for (int i = lo + int(threadIdx.x) * VEC; i < hi; i += FLAT_THREADS * VEC) lb::prefetch_l2(row + i);
+#endif
 }
 
 // A finished output vector plus the bias, stored.
@@ -318,7 +336,8 @@ __global__ void __launch_bounds__(NCHW_MAX_THREADS, 1) depthwise_nchw(
 // rows, walking the band's input rows once, each loaded as the three vectors under its horizontal
 // taps (at element offsets off + j * C: the same run shifted by whole pixels) and multiplied into
 // the output rows it belongs to, held as rolling fp32 accumulators; the next row is loaded
-// before this row's FMAs.  The nine taps stay in registers.  Block index, fastest first:
+// before this row's FMAs, and the rows FLAT_PREFETCH ahead are asked of L2.  The nine taps stay
+// in registers.  Block index, fastest first:
 // (segment of FLAT_THREADS * VEC elements of the run, band, image).
 template <typename T, int VEC, int S>
 __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat(
@@ -352,6 +371,11 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
     T* o = out + n * OH * run + e;
     const int rows = min(band, OH - p0);
     const int top = p0 * S - pad_h;
+    // The input elements of a row that the block's taps read: from its first element's left tap
+    // to its last element's right tap.
+    const int start = segment * FLAT_THREADS * VEC, end = min(start + FLAT_THREADS * VEC, run);
+    const int lo = start + (S - 1) * (start / C) * C - pad_w * C;
+    const int hi = end + (S - 1) * ((end - 1) / C) * C + (2 - pad_w) * C;
 
     Raw<T, VEC> cur[3], next[3];
     load_taps<T, VEC>(xn, top, H, W, C, off, col, true, cur);
@@ -362,6 +386,8 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
         for (int i = 0; i < VEC; ++i) acc1[i] = acc2[i] = 0.0f;
         for (int s = 0; s < rows + 2; ++s) {
             load_taps<T, VEC>(xn, top + s + 1, H, W, C, off, col, s + 1 < rows + 2, next);
+            const int ahead = s + 1 + FLAT_PREFETCH;
+            if (ahead < rows + 2) prefetch_span<T, VEC>(xn, top + ahead, H, W, C, lo, hi);
             const bool in = top + s >= 0 && top + s < H;
             float done[VEC];
 #pragma unroll
@@ -388,6 +414,10 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
         for (int r = 0; r <= rows; ++r) {
             load_taps<T, VEC>(xn, top + 2 * r + 2, H, W, C, off, col, r < rows, next);
             load_taps<T, VEC>(xn, top + 2 * r + 3, H, W, C, off, col, r + 1 < rows, next_odd);
+            // Input rows 2r + 2 .. 2 * rows of the band are read; ask for two of them FLAT_PREFETCH ahead.
+            const int ahead = 2 * r + 2 + FLAT_PREFETCH;
+            if (ahead <= 2 * rows) prefetch_span<T, VEC>(xn, top + ahead, H, W, C, lo, hi);
+            if (ahead + 1 <= 2 * rows) prefetch_span<T, VEC>(xn, top + ahead + 1, H, W, C, lo, hi);
             const bool even_in = top + 2 * r >= 0 && top + 2 * r < H;
             const bool odd_in = top + 2 * r + 1 >= 0 && top + 2 * r + 1 < H;
             float done[VEC];

@@ -11,10 +11,12 @@ inference): [tap][channel] for NHWC, where a thread reads its channels' tap as o
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from kernels.cupy import support
-from kernels.cupy.depthwise_plan import DepthwisePlan, flat_plan, flat_refusal, plan_depthwise
+from kernels.cupy.depthwise_plan import FLAT_BANDS, DepthwisePlan, flat_plan, flat_refusal, plan_depthwise
 from layerbench.builders import Built, Tensors
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -56,13 +58,30 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
                  {"algorithm": "depthwise", "kernel": plan.name})
 
 
-def build_flat(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    """The flat-run kernel for ``spec`` (3x3, NHWC, stride 1 or 2 both ways); ``Unsupported`` says why not."""
+def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                    out: torch.Tensor) -> list[tuple[str, Callable[[], Built]]]:
+    """The flat-run kernel's builds worth timing for ``spec``, named: in its usual bands and, where
+    they differ, in the tallest (``depthwise_flat_tall``)."""
+    def build(band: int | None) -> Callable[[], Built]:
+        return lambda: build_flat(spec, dtype, layout, tensors, out, band)
+
+    candidates = [("depthwise_flat", build(None))]
+    try:
+        usual = flat_plan(spec, support.ctype_of(dtype), 0, 0, support.sm_count(tensors["x"].device.index)).band
+    except Unsupported:
+        return candidates  # its build says why
+    return candidates + ([("depthwise_flat_tall", build(FLAT_BANDS[0]))] if usual != FLAT_BANDS[0] else [])
+
+
+def build_flat(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
+               band: int | None = None) -> Built:
+    """The flat-run kernel for ``spec`` (3x3, NHWC, stride 1 or 2 both ways) in bands of ``band``
+    output rows (None: as ``flat_plan`` chooses); ``Unsupported`` says why not."""
     reason = flat_refusal(spec, layout)
     if reason:
         raise Unsupported(reason)
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
-    plan = flat_plan(spec, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index))
+    plan = flat_plan(spec, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index), band)
     s, i32, ptr = spec, support.i32, support.ptr
     fn = support.function("depthwise", plan.name, index)
     args = [ptr(x), ptr(wt), ptr(bt), ptr(out),

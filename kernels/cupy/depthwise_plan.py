@@ -22,9 +22,11 @@ from layerbench.layers import Conv2d
 NHWC_THREADS = 256
 PIX = 4  # output pixels per NHWC thread
 FLAT_THREADS = 128
-# Band heights of the flat kernel, tallest first: the tallest that still gives FLAT_BLOCKS_PER_SM
-# blocks an SM (about four waves of three resident blocks) is taken; a band reads two input rows
-# more than its output rows (at stride 1), so taller bands read less twice.
+# Band heights of the flat kernel, tallest first.  A band reads two input rows more than its
+# output rows (at stride 1), so taller bands read less twice, and shorter ones balance the SMs
+# better.  The build times two: the tallest band that leaves FLAT_BLOCKS_PER_SM blocks an SM
+# (about four waves of three resident blocks), and the tallest band: on the H100, taller bands ran
+# 14 x 14 and 28 x 28 planes up to 1.3x faster than 4-row ones at fewer blocks than the SMs hold.
 FLAT_BANDS = (32, 16, 8, 4)
 FLAT_BLOCKS_PER_SM = 12
 NCHW_MAX_THREADS = 256
@@ -90,9 +92,11 @@ def flat_refusal(spec: Conv2d, layout: str) -> str | None:
     return None
 
 
-def flat_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int, sms: int) -> DepthwisePlan:
-    """The flat-run NHWC kernel's launch on a GPU of ``sms`` SMs; Unsupported, with the reason,
-    where it cannot run ``spec`` (see ``flat_refusal``; and whole 16-byte vectors of channels)."""
+def flat_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int, sms: int, band: int | None = None) -> DepthwisePlan:
+    """The flat-run NHWC kernel's launch on a GPU of ``sms`` SMs, in bands of ``band`` output rows
+    (None: the tallest that give each SM FLAT_BLOCKS_PER_SM blocks, the shortest where none does);
+    Unsupported, with the reason, where it cannot run ``spec`` (see ``flat_refusal``; and whole
+    16-byte vectors of channels)."""
     s = spec
     reason = flat_refusal(s, "NHWC")
     if reason:
@@ -102,8 +106,11 @@ def flat_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int, sms: int) -> D
         raise Unsupported(f"the flat-run depthwise kernel needs channels a multiple of {vec} and 16-byte aligned "
                           f"x and out, got {s.in_channels} channels")
     segments = -(-s.out_width * s.in_channels // (FLAT_THREADS * vec))
-    band = next((b for b in FLAT_BANDS if s.batch * -(-s.out_height // b) * segments >= FLAT_BLOCKS_PER_SM * sms),
-                FLAT_BANDS[-1])
+    if band is None:
+        band = next((b for b in FLAT_BANDS if s.batch * -(-s.out_height // b) * segments >= FLAT_BLOCKS_PER_SM * sms),
+                    FLAT_BANDS[-1])
+    elif band < 1:
+        raise ValueError(f"band must be at least 1 output row, got {band}")
     blocks = s.batch * -(-s.out_height // band) * segments
     if blocks > INT32_MAX:
         raise Unsupported(f"the flat-run depthwise kernel's grid of {blocks} blocks exceeds the CUDA limit")

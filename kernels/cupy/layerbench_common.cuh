@@ -73,6 +73,20 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
+// Ask L2 for the line holding p, with no register and no wait: a memory-bound kernel keeps more
+// bytes in flight than its loads' registers allow.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];\n" :: "l"(p));
+}
+
+// Ask the copy engine to bring `bytes` (a multiple of 16) from p (16-byte aligned) into L2: one
+// instruction for a whole span, no register, no wait.  Hopper on.
+__device__ __forceinline__ void bulk_prefetch_l2(const void* p, unsigned bytes) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" :: "l"(p), "r"(bytes) : "memory");
+#endif
+}
+
 // 16-byte global->shared copy that bypasses L1; src_bytes 0 writes zeros without reading.
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
     const int src_bytes = valid ? 16 : 0;

@@ -90,13 +90,15 @@ def _times_filter_row(left, mid, right, taps, C, cs):
 @triton.jit
 def _prefetch_span(x_img, ih, start, end, H, W, C):
     """Ask the copy engine to bring elements [start, end) of input row ``ih`` (clipped to the row)
-    into L2: no registers, no wait."""
+    into L2: no registers, no wait.  The program's first thread asks: the same request from every
+    thread made the flat kernel up to 19 % slower on the H100."""
     if (ih >= 0) & (ih < H):
         lo = tl.maximum(start, 0)
         hi = tl.minimum(end, W * C)
         if hi > lo:  # a span wholly in the padding reads nothing of the row
             size = (hi - lo) * (x_img.dtype.element_ty.primitive_bitwidth // 8)
-            tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;", "=r,l,r",
+            tl.inline_asm_elementwise("{ .reg .pred first; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 first, t, 0; "
+                                      "@first cp.async.bulk.prefetch.L2.global [$1], $2; } mov.u32 $0, 0;", "=r,l,r",
                                       [x_img + ih * (W * C) + lo, size], dtype=tl.int32, is_pure=False, pack=1)
 
 

@@ -1,14 +1,16 @@
 // depthwise.cu's flat-run kernel (depthwise_nhwc_flat<float, 4, S>) compiled as host C++ and run
 // on the CPU, every block and thread in turn, against a float64 direct convolution; each output
-// element must be written exactly once.  The CUDA keywords and the few intrinsics the file uses
-// are shimmed below; BODY is depthwise.cu without its #include of layerbench_common.cuh.
-// Prints "N cases, M bad" and exits 1 if any case is bad.
+// element must be written exactly once, and every L2 prefetch must name a part of x.  The CUDA
+// keywords and the few intrinsics the file uses are shimmed below; BODY is depthwise.cu without its
+// #include of layerbench_common.cuh.
+// Prints "N cases, M bad, P prefetches" and exits 1 if any case is bad.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <vector>
+using std::max;
 using std::min;
 struct float2 { float x, y; };
 struct __half { unsigned short x; };
@@ -25,7 +27,22 @@ inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f;
 inline void __syncthreads() {}
 struct Dim3 { unsigned x, y, z; };
 static Dim3 blockIdx, threadIdx, blockDim;
+// An L2 prefetch must name a whole vector of x; a bulk one (built with __CUDA_ARCH__ 900) whole
+// 16-byte units of x, from the block's first thread.  Count those that do not, and all.
+static const float *x_lo, *x_hi;
+static long stray_prefetches, prefetches;
 namespace lb {
+inline void prefetch_l2(const void* p) {
+    const float* f = static_cast<const float*>(p);
+    ++prefetches;
+    if (f < x_lo || f + 4 > x_hi) ++stray_prefetches;
+}
+inline void bulk_prefetch_l2(const void* p, unsigned bytes) {
+    const float* f = static_cast<const float*>(p);
+    ++prefetches;
+    if (threadIdx.x != 0 || bytes == 0 || bytes % 16 || (f - x_lo) % 4 || f < x_lo || f + bytes / 4 > x_hi)
+        ++stray_prefetches;
+}
 inline float to_float(float v) { return v; }
 template <typename T> T from_float(float);
 template <> inline float from_float<float>(float v) { return v; }
@@ -44,6 +61,9 @@ int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, s
     const int VEC = 4, run = OW * C;
     const int segments = (run + FLAT_THREADS * VEC - 1) / (FLAT_THREADS * VEC), bands = (OH + band - 1) / band;
     std::vector<int> writes(out.size(), 0);
+    x_lo = x.data();
+    x_hi = x.data() + x.size();
+    stray_prefetches = 0;
     for (int blk = 0; blk < N * bands * segments; ++blk)
         for (int t = 0; t < FLAT_THREADS; ++t) {
             blockIdx = {unsigned(blk), 0, 0};
@@ -69,6 +89,9 @@ int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, s
                     size_t i = ((size_t(n) * OH + p) * OW + q) * C + c;
                     if (writes[i] != 1 || !(std::fabs(out[i] - ref) <= 1e-4 * (1 + std::fabs(ref)))) ++bad;
                 }
+    if (stray_prefetches) printf("BAD S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d: %ld prefetches off x\n", S, N, C,
+                                 H, W, ph, pw, band, stray_prefetches);
+    bad += stray_prefetches != 0;
     if (bad) printf("BAD S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d bias=%d: %d wrong\n", S, N, C, H, W, ph, pw, band, has_bias, bad);
     return bad;
 }
@@ -89,6 +112,6 @@ int main() {
                                 bad += r != 0;
                                 ++cases;
                             }
-    printf("%d cases, %d bad\n", cases, bad);
+    printf("%d cases, %d bad, %ld prefetches\n", cases, bad, prefetches);
     return bad != 0;
 }
