@@ -118,17 +118,19 @@ __device__ __forceinline__ void load_taps(const T* xn, int ih, int H, int W, int
     }
 }
 
-// acc += a row's three taps times one filter row; taps in the padding add nothing (not even 0 * inf).
+// A row's three taps as fp32, unpacked once for the three filter rows that use them.
 template <typename T, int VEC>
-__device__ __forceinline__ void fma_taps(float (&acc)[VEC], const Raw<T, VEC> (&v)[3], const float (&w)[3][VEC],
-                                         const bool (&col)[3], bool row) {
+__device__ __forceinline__ void unpack_taps(const Raw<T, VEC> (&v)[3], float (&f)[3][VEC]) {
 #pragma unroll
-    for (int j = 0; j < 3; ++j) {
-        if (!row || !col[j]) continue;
-        float f[VEC];
-        unpack<T, VEC>(v[j], f);
-        fma_vec<VEC>(acc, w[j], f);
-    }
+    for (int j = 0; j < 3; ++j) unpack<T, VEC>(v[j], f[j]);
+}
+
+// acc += a row's three taps times one filter row, with no branch: a tap off the image holds zeros
+// times a zeroed weight (see the kernel), so it adds +0, never 0 * inf.
+template <int VEC>
+__device__ __forceinline__ void fma_taps(float (&acc)[VEC], const float (&f)[3][VEC], const float (&w)[3][VEC]) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j) fma_vec<VEC>(acc, w[j], f[j]);
 }
 
 // Elements [lo, hi) of input row ih (clipped to the row; nothing off the image) asked of L2 ahead
@@ -363,6 +365,14 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
     for (int r = 0; r < 3; ++r)
 #pragma unroll
         for (int j = 0; j < 3; ++j) load_vec<float, VEC>(wt + (r * 3 + j) * C + c, w[r][j]);
+    // The taps of a column off the image get weight 0 (their loads give 0): no branch a tap in the
+    // loop.  Rows off the image are skipped whole (the same for the whole block).
+#pragma unroll
+    for (int j = 0; j < 3; ++j)
+#pragma unroll
+        for (int r = 0; r < 3; ++r)
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) w[r][j][i] = col[j] ? w[r][j][i] : 0.0f;
     float b[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) b[i] = 0.0f;
@@ -396,9 +406,13 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
                 acc1[i] = acc2[i];
                 acc2[i] = 0.0f;
             }
-            fma_taps<T, VEC>(done, cur, w[2], col, in);
-            fma_taps<T, VEC>(acc1, cur, w[1], col, in);
-            fma_taps<T, VEC>(acc2, cur, w[0], col, in);
+            if (in) {
+                float f[3][VEC];
+                unpack_taps<T, VEC>(cur, f);
+                fma_taps<VEC>(done, f, w[2]);
+                fma_taps<VEC>(acc1, f, w[1]);
+                fma_taps<VEC>(acc2, f, w[0]);
+            }
             if (s >= 2) store_biased<T, VEC>(o + (p0 + s - 2) * run, done, b);
 #pragma unroll
             for (int j = 0; j < 3; ++j) cur[j] = next[j];
@@ -426,9 +440,16 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
                 done[i] = acc[i];
                 acc[i] = 0.0f;
             }
-            fma_taps<T, VEC>(done, cur, w[2], col, even_in);
-            fma_taps<T, VEC>(acc, cur, w[0], col, even_in);
-            fma_taps<T, VEC>(acc, odd, w[1], col, odd_in);
+            float f[3][VEC];
+            if (even_in) {
+                unpack_taps<T, VEC>(cur, f);
+                fma_taps<VEC>(done, f, w[2]);
+                fma_taps<VEC>(acc, f, w[0]);
+            }
+            if (odd_in) {
+                unpack_taps<T, VEC>(odd, f);
+                fma_taps<VEC>(acc, f, w[1]);
+            }
             if (r >= 1) store_biased<T, VEC>(o + (p0 + r - 1) * run, done, b);
 #pragma unroll
             for (int j = 0; j < 3; ++j) {
