@@ -10,6 +10,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from kernels import depthwise_scope
 from kernels.cupy import depthwise_plan, sources
 from kernels.cupy.depthwise import prepared_filter
 from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc, model_depthwise_nhwc_flat
@@ -181,7 +182,7 @@ def test_flat_plan_choices() -> None:
     assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1)).name == sources.depthwise_flat_name(
         "__nv_bfloat16", 8, 2)
     assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1), "float").vec == 4
-    refusals = [(dw(1, 16, 2, 9, 9, 3, 3), "one output channel"), (dw(1, 16, 1, 9, 9, 5, 5), "3x3 windows"),
+    refusals = [(dw(1, 16, 2, 9, 9, 3, 3), "one output channel"), (dw(1, 16, 1, 9, 9, 5, 5), "3x3 filters"),
                 (dw(1, 16, 1, 9, 9, 3, 3, dilation=2), "without dilation"),
                 (dw(1, 16, 1, 9, 9, 3, 3, stride_h=1, stride_w=2), r"strides \(1, 1\) and \(2, 2\)"),
                 (dw(1, 12, 1, 9, 9, 3, 3), "multiple of 8")]
@@ -191,3 +192,5 @@ def test_flat_plan_choices() -> None:
     with pytest.raises(Unsupported, match="16-byte aligned"):
         flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "__half", 2, 0, 132)
     assert depthwise_plan.flat_refusal(dw(1, 16, 1, 9, 9, 3, 3), "NCHW") is not None
+    # The kernels compiled are the strides the scope admits.
+    assert sources.DEPTHWISE_FLAT_STRIDES == depthwise_scope.FLAT_STRIDES

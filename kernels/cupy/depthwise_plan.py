@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernels import depthwise_scope
 from kernels.cupy import sources
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
@@ -79,17 +80,7 @@ def nhwc_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int) -> DepthwisePl
 
 def flat_refusal(spec: Conv2d, layout: str) -> str | None:
     """Why the flat-run NHWC kernel cannot run ``spec`` in ``layout`` whatever the data, or None."""
-    s = spec
-    if layout != "NHWC":
-        return f"the flat-run depthwise kernel runs NHWC only, got {layout}"
-    if multiplier(s) != 1:
-        return "the flat-run depthwise kernel runs one output channel per input channel"
-    if (s.kernel_h, s.kernel_w, s.dilation_h, s.dilation_w) != (3, 3, 1, 1):
-        return (f"the flat-run depthwise kernel runs 3x3 windows without dilation, got {s.kernel_h}x{s.kernel_w} "
-                f"with dilation ({s.dilation_h}, {s.dilation_w})")
-    if (s.stride_h, s.stride_w) not in [(t, t) for t in sources.DEPTHWISE_FLAT_STRIDES]:
-        return f"the flat-run depthwise kernel runs strides (1, 1) and (2, 2), got ({s.stride_h}, {s.stride_w})"
-    return None
+    return depthwise_scope.flat_refusal(spec, layout, "the flat-run depthwise kernel")
 
 
 def flat_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int, sms: int, band: int | None = None) -> DepthwisePlan:

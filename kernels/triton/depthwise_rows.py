@@ -8,8 +8,8 @@ one input row at a time: each row is loaded once per horizontal tap (three times
 multiplied by the filter's three rows, and adds into the three output rows it belongs to, held
 as rolling fp32 accumulators; the row finished by the bottom filter row is stored.  The next
 input row is loaded before this row's multiply-adds, so its latency hides behind them, and on
-Hopper the first channel block asks the copy engine to bring the rows ``PREFETCH`` ahead into L2
-for all channel blocks (``cp.async.bulk.prefetch.L2``).  Programs run channel blocks fastest, so
+Hopper one thread of the first channel block asks the copy engine to bring the rows ``PREFETCH``
+ahead into L2 for all channel blocks (``cp.async.bulk.prefetch.L2``).  Programs run channel blocks fastest, so
 those sharing a pixel's 16-byte lines run together.
 
 Where both strides are 1, or both 2, a second kernel takes its tile as one flat run of an output
@@ -42,6 +42,7 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
+from kernels import depthwise_scope
 from kernels.triton.support import bind, dense_layout, interpreting, next_pow2
 
 # (BLOCK_Q, BLOCK_C, warps) of a tile, each with bands of ROWS output rows and, on Hopper, rows
@@ -258,21 +259,9 @@ def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h
             odd_left, odd_mid, odd_right = next_odd_left, next_odd_mid, next_odd_right
 
 
-def _scope_refusal(spec: Conv2d, layout: str) -> str | None:
-    """Why neither row-streaming kernel runs ``spec`` in ``layout`` whatever its strides, or None."""
-    if layout != "NHWC":
-        return f"the row-streaming depthwise kernels run NHWC only, got {layout}"
-    if not spec.depthwise or spec.out_channels != spec.in_channels:
-        return "the row-streaming depthwise kernels run one output channel per input channel"
-    if (spec.kernel_h, spec.kernel_w) != (3, 3) or (spec.dilation_h, spec.dilation_w) != (1, 1):
-        return (f"the row-streaming depthwise kernels run 3x3 filters without dilation, got "
-                f"{spec.kernel_h}x{spec.kernel_w} with dilation ({spec.dilation_h}, {spec.dilation_w})")
-    return None
-
-
 def rows_refusal(spec: Conv2d, layout: str) -> str | None:
     """Why the row-streaming kernel on 2-D tiles does not run ``spec`` in ``layout``, or None."""
-    reason = _scope_refusal(spec, layout)
+    reason = depthwise_scope.streaming_refusal(spec, layout, "the row-streaming depthwise kernel on 2-D tiles")
     if reason is None and spec.stride_h != 1:
         reason = f"the row-streaming depthwise kernel on 2-D tiles runs vertical stride 1, got {spec.stride_h}"
     return reason
@@ -280,11 +269,7 @@ def rows_refusal(spec: Conv2d, layout: str) -> str | None:
 
 def flat_refusal(spec: Conv2d, layout: str) -> str | None:
     """Why the flat row-streaming kernel does not run ``spec`` in ``layout``, or None."""
-    reason = _scope_refusal(spec, layout)
-    if reason is None and (spec.stride_h, spec.stride_w) not in ((1, 1), (2, 2)):
-        reason = (f"the flat row-streaming depthwise kernel runs strides (1, 1) and (2, 2), got "
-                  f"({spec.stride_h}, {spec.stride_w})")
-    return reason
+    return depthwise_scope.flat_refusal(spec, layout, "the flat row-streaming depthwise kernel")
 
 
 @functools.cache
