@@ -27,8 +27,8 @@ def test_flat_kernel_source_on_the_cpu(tmp_path: Path, arch: int | None) -> None
                             if not line.startswith('#include "layerbench_common.cuh"')))
     binary = tmp_path / "depthwise_flat"
     defines = [f"-D__CUDA_ARCH__={arch}"] if arch else []
-    built = subprocess.run([compiler, "-std=c++17", "-O2", *defines, f'-DBODY="{body}"', "-o", str(binary), str(HARNESS)],
-                           capture_output=True, text=True)
+    command = [compiler, "-std=c++17", "-O2", *defines, f'-DBODY="{body}"', "-o", str(binary), str(HARNESS)]
+    built = subprocess.run(command, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
     result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and " 0 bad," in result.stdout, result.stdout + result.stderr

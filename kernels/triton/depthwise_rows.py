@@ -9,8 +9,8 @@ multiplied by the filter's three rows, and adds into the three output rows it be
 as rolling fp32 accumulators; the row finished by the bottom filter row is stored.  The next
 input row is loaded before this row's multiply-adds, so its latency hides behind them, and on
 Hopper one thread of the first channel block asks the copy engine to bring the rows ``PREFETCH``
-ahead into L2 for all channel blocks (``cp.async.bulk.prefetch.L2``).  Programs run channel blocks fastest, so
-those sharing a pixel's 16-byte lines run together.
+ahead into L2 for all channel blocks (``cp.async.bulk.prefetch.L2``).  Programs run channel
+blocks fastest, so those sharing a pixel's 16-byte lines run together.
 
 Where both strides are 1, or both 2, a second kernel takes its tile as one flat run of an output
 row (``BLOCK_E`` consecutive elements of its Q * C, pixels and channels together): in NHWC the
