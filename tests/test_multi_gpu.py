@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -300,21 +301,30 @@ def test_ctrl_c_records_nothing_of_the_groups_in_flight(tmp_path: Path, fakes: N
     (not even errors of killed workers), and --resume completes the run."""
     import _thread
     state = {"groups": 0}
+    interrupted = threading.Event()
     real = SlowInline.run
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        # Python's own handler, and a sign for the worker that it ran (an ignored SIGINT would not).
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
 
     def interrupting(self: Any, point: Any, impls: list[str], handle: Any) -> Outcome:
         state["groups"] += 1
         if state["groups"] == 3:
             _thread.interrupt_main()
+            assert interrupted.wait(30), "the main thread never took the interrupt"
             time.sleep(0.5)  # the main thread stops the pool meanwhile
             return Outcome("crashed", "worker process died (killed by SIGKILL)")
         return real(self, point, impls, handle)
     SlowInline.run = interrupting  # type: ignore[method-assign]
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         with pytest.raises(KeyboardInterrupt):
             run_sweep(_sweep(tmp_path), _opts(tmp_path, 2))
     finally:
         SlowInline.run = real  # type: ignore[method-assign]
+        signal.signal(signal.SIGINT, previous)
     first = _records(tmp_path / "run")
     assert all(r["status"] == "ok" for r in first) and len(first) < 12
     run_sweep(_sweep(tmp_path), _opts(tmp_path, 2, resume=True))
