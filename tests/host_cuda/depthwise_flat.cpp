@@ -58,7 +58,8 @@ int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, s
     for (auto& v : x) v = d(g);
     for (auto& v : wt) v = d(g);
     for (auto& v : b) v = d(g);
-    // Infinite corner taps: where the padding holds them, the output stays finite (no 0 * inf).
+    // Infinite taps (two corners, the middle of the left column): where the padding holds them, the
+    // output stays finite (no 0 * inf).
     wt[0] = INFINITY;           // channel 0, top-left tap
     wt[8 * C + 1] = -INFINITY;  // channel 1, bottom-right tap
     wt[3 * C + 2] = INFINITY;   // channel 2, middle-left tap
