@@ -193,16 +193,13 @@ def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h
     ok0 = e_ok & (iw >= 0) & (iw < W)
     ok1 = e_ok & (iw + 1 >= 0) & (iw + 1 < W)
     ok2 = e_ok & (iw + 2 >= 0) & (iw + 2 < W)
-    # Prefetched span of an input row: what the run's three taps read.
-    if STRIDE == 1:
-        off = e - pad_w * C
-        span_lo = start - pad_w * C
-        span_hi = start + BLOCK_E + (2 - pad_w) * C
-    else:
-        off = e + (STRIDE - 1) * (q * C) - pad_w * C  # (q * STRIDE - pad_w) * C + c
-        last = start + BLOCK_E - 1
-        span_lo = start + (STRIDE - 1) * ((start // C) * C) - pad_w * C
-        span_hi = last + 1 + (STRIDE - 1) * ((last // C) * C) + (2 - pad_w) * C
+    off = e + (STRIDE - 1) * (q * C) - pad_w * C  # (q * STRIDE - pad_w) * C + c
+    # Prefetched span of an input row: what the run's three taps read, from its first element's
+    # left tap to its last element's right tap (at stride 1, the run shifted by -pad_w pixels and
+    # widened by two).
+    last = start + BLOCK_E - 1
+    span_lo = start + (STRIDE - 1) * ((start // C) * C) - pad_w * C
+    span_hi = last + 1 + (STRIDE - 1) * ((last // C) * C) + (2 - pad_w) * C
     w00 = tl.load(w_ptr + c, mask=e_ok, other=0.0).to(tl.float32)
     w01 = tl.load(w_ptr + C + c, mask=e_ok, other=0.0).to(tl.float32)
     w02 = tl.load(w_ptr + 2 * C + c, mask=e_ok, other=0.0).to(tl.float32)
