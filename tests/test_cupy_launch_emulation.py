@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import (conv_tma, depthwise, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv, pool2d_backward,
-                          sources, support, tensor_map)
+from kernels.cupy import (conv_tma, depthwise, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv,
+                          pool2d_backward, sources, support, tensor_map)
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,

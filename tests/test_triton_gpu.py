@@ -9,6 +9,7 @@ autotuning (configs compile in parallel); later runs hit Triton's on-disk cache.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -151,17 +152,23 @@ DEPTHWISE_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
                         Conv2d(2, 144, 144, 45, 61, 3, 3, stride_w=2, padding_h=2, padding_w=1, groups=144)]
 
 
+def check_each_row_config(monkeypatch: pytest.MonkeyPatch, table: str, configs: list, build: Callable,
+                          spec: Conv2d, dtype: str, seed: int) -> None:
+    """Each of ``configs`` forced alone (``depthwise_rows.<table>`` gives only it) through ``build``."""
+    assert configs
+    for config in configs:
+        monkeypatch.setattr(depthwise_rows, table, lambda *_, config=config: [config])
+        result = check_implementation(build, spec, dtype, "NHWC", "cuda", seed=seed)
+        assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("i", range(len(DEPTHWISE_ROWS_CASES)))
 def test_conv2d_depthwise_rows_every_config(i: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = DEPTHWISE_ROWS_CASES[i]
     configs = depthwise_rows._configs(spec.in_channels, spec.out_width, get_dtype(dtype).itemsize,
                                       torch.cuda.get_device_capability() >= (9, 0))
-    assert configs
-    for config in configs:
-        monkeypatch.setattr(depthwise_rows, "_configs", lambda *_, config=config: [config])
-        result = check_implementation(depthwise_rows.build_depthwise_rows, spec, dtype, "NHWC", "cuda", seed=i)
-        assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+    check_each_row_config(monkeypatch, "_configs", configs, depthwise_rows.build_depthwise_rows, spec, dtype, i)
 
 
 # The flat kernel's configs forced in turn: runs that split pixels (40 and 144 channels), a row
@@ -180,11 +187,8 @@ def test_conv2d_depthwise_flat_rows_every_config(i: int, dtype: str, monkeypatch
     spec = DEPTHWISE_FLAT_ROWS_CASES[i]
     configs = depthwise_rows._flat_configs(spec.out_width * spec.out_channels,
                                            torch.cuda.get_device_capability() >= (9, 0))
-    assert configs
-    for config in configs:
-        monkeypatch.setattr(depthwise_rows, "_flat_configs", lambda *_, config=config: [config])
-        result = check_implementation(depthwise_rows.build_depthwise_flat_rows, spec, dtype, "NHWC", "cuda", seed=i)
-        assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+    check_each_row_config(monkeypatch, "_flat_configs", configs, depthwise_rows.build_depthwise_flat_rows, spec,
+                          dtype, i)
 
 
 def test_conv2d_depthwise_rows_are_timed_beside_the_direct_kernel() -> None:
