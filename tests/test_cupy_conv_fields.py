@@ -94,24 +94,26 @@ def test_depthwise_drawn(channels: int, multiplier: int, size: int, kernel: int,
     assert_ok(spec, dtype, layout)
 
 
-# The flat-run depthwise kernel alone: MobileNetV2's channel counts on planes that cut its bands
-# and its runs raggedly, strides 1 and 2, bias or not.
+# The flat-run depthwise kernels alone: MobileNetV2's channel counts on planes that cut their bands
+# and runs raggedly, strides 1 and 2, bias or not; in NCHW also a row of 150 columns (two segments).
 FLAT_DEPTHWISE = [Conv2d(3, 144, 144, 37, 29, 3, 3, padding=1, groups=144),
                   Conv2d(2, 96, 96, 45, 61, 3, 3, stride=2, padding=1, groups=96),
                   Conv2d(4, 40, 40, 14, 14, 3, 3, stride=2, padding_h=0, padding_w=2, groups=40, bias=False),
                   Conv2d(2, 960, 960, 7, 7, 3, 3, padding=1, groups=960)]
+FLAT_DEPTHWISE_NCHW = [Conv2d(2, 5, 5, 9, 150, 3, 3, padding_h=2, padding_w=1, groups=5)]
 
 
 @gpu
 @pytest.mark.parametrize("band", [None, depthwise_plan.FLAT_BANDS[0]], ids=["usual-band", "tallest-band"])
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-def test_depthwise_flat_alone(dtype: str, band: int | None) -> None:
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_depthwise_flat_alone(layout: str, dtype: str, band: int | None) -> None:
     def build(*args: object) -> Built:
         return depthwise.build_flat(*args, band=band)
 
-    for spec in FLAT_DEPTHWISE:
-        result = check_implementation(build, spec, dtype, "NHWC", DEVICE)
-        assert result.ok, f"{spec} {dtype}: {result.message}"
+    for spec in FLAT_DEPTHWISE + (FLAT_DEPTHWISE_NCHW if layout == "NCHW" else []):
+        result = check_implementation(build, spec, dtype, layout, DEVICE)
+        assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
 
 
 @gpu
@@ -126,6 +128,11 @@ def test_builds_record_their_path() -> None:
     flat = "depthwise_nhwc_flat<__half, 8, 1>"
     kernels = {"depthwise": "depthwise_nhwc<__half, 8, 3, 1>", "depthwise_flat": flat, "depthwise_flat_tall": flat}
     assert dw["kernel"] == kernels[dw["algorithm"]], dw
+    planar = details(NETWORK_LAYERS["mobilenetv2-dw-576x14-s1"], "bf16", "NCHW")
+    assert planar["depthwise_ms"] > 0 and planar["depthwise_flat_ms"] > 0, planar
+    flat = "depthwise_nchw_flat<__nv_bfloat16, 1>"
+    kernels = {"depthwise": "depthwise_nchw<__nv_bfloat16, 3>", "depthwise_flat": flat, "depthwise_flat_tall": flat}
+    assert planar["kernel"] == kernels[planar["algorithm"]], planar
     grouped = details(AWKWARD["groups-2-odd"])
     assert grouped["algorithm"] == "implicit_gemm" and "groups 2" in grouped["fft"]
 

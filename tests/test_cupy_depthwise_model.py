@@ -138,7 +138,7 @@ def run_flat_model(spec: Conv2d, dtype: torch.dtype, seed: int, sms: int) -> tup
     x = torch.randn(spec.input_shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     w = torch.randn(spec.weight_shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     b = torch.randn(spec.out_channels, generator=gen).to(dtype) if spec.bias else None
-    plan = flat_plan(spec, CTYPE[dtype], 0, 0, sms)
+    plan = flat_plan(spec, "NHWC", CTYPE[dtype], 0, 0, sms)
     got = model_depthwise_nhwc_flat(spec, plan, x, prepared_filter(spec, w, "NHWC"), b.float() if b is not None else None)
     ref = spec.reference({"x": x.double(), "weight": w.double(), "bias": b.double() if b is not None else None})
     return plan, got, ref
@@ -170,15 +170,15 @@ def test_model_flat_run_over_several_segments() -> None:
 
 def test_flat_plan_choices() -> None:
     def plan(spec: Conv2d, ctype: str = "__nv_bfloat16") -> depthwise_plan.DepthwisePlan:
-        return flat_plan(spec, ctype, 0, 0, 132)
+        return flat_plan(spec, "NHWC", ctype, 0, 0, 132)
 
     # MobileNetV2, batch 64, on 132 SMs: the tallest band that leaves 12 blocks an SM.
     assert plan(dw(64, 144, 1, 56, 56, 3, 3, padding=1)).band == 16  # 8 segments x 4 bands x 64
     assert plan(dw(64, 960, 1, 7, 7, 3, 3, padding=1)).band == 4  # too few blocks at any height
     # A band given is taken as it is.
-    assert flat_plan(dw(64, 960, 1, 7, 7, 3, 3, padding=1), "float", 0, 0, 132, 32).band == 32
+    assert flat_plan(dw(64, 960, 1, 7, 7, 3, 3, padding=1), "NHWC", "float", 0, 0, 132, 32).band == 32
     with pytest.raises(ValueError, match="band must be at least 1"):
-        flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "__half", 0, 0, 132, 0)
+        flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "NHWC", "__half", 0, 0, 132, 0)
     assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1)).name == sources.depthwise_flat_name(
         "__nv_bfloat16", 8, 2)
     assert plan(dw(64, 96, 1, 112, 112, 3, 3, stride=2, padding=1), "float").vec == 4
@@ -190,7 +190,15 @@ def test_flat_plan_choices() -> None:
         with pytest.raises(Unsupported, match=reason):
             plan(spec)
     with pytest.raises(Unsupported, match="16-byte aligned"):
-        flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "__half", 2, 0, 132)
-    assert depthwise_plan.flat_refusal(dw(1, 16, 1, 9, 9, 3, 3), "NCHW") is not None
+        flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "NHWC", "__half", 2, 0, 132)
+    # NCHW: a thread a column, the row's width rounded up to a power of two (at most a block's 128
+    # threads), the rest of the block more planes; the tallest band that leaves 64 blocks an SM.
+    nchw = flat_plan(dw(64, 576, 1, 14, 14, 3, 3, padding=1), "NCHW", "__nv_bfloat16", 0, 0, 132)
+    assert (nchw.columns, nchw.segments, nchw.band, nchw.grid[0]) == (16, 1, 8, 4608 * 2)
+    assert nchw.name == sources.depthwise_nchw_flat_name("__nv_bfloat16", 1)
+    wide = flat_plan(dw(2, 3, 1, 300, 300, 3, 3, stride=2, padding=1), "NCHW", "float", 0, 0, 132)
+    assert (wide.columns, wide.segments, wide.band) == (128, 2, 4)  # 150 columns in two segments
+    assert flat_plan(dw(1, 12, 1, 9, 9, 3, 3), "NCHW", "__half", 2, 0, 132).vec == 1  # no vectors, no alignment
+    assert "runs NHWC and NCHW only" in depthwise_plan.flat_refusal(dw(1, 16, 1, 9, 9, 3, 3), "NCDHW")
     # The kernels compiled are the strides the scope admits.
     assert sources.DEPTHWISE_FLAT_STRIDES == depthwise_scope.FLAT_STRIDES

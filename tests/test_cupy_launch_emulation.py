@@ -37,7 +37,8 @@ from kernels.cupy.backward_models import (
     unsigned_bits,
 )
 from kernels.cupy.conv_tma_model import Im2colView, MapView, grouped_tile, model_conv_tma
-from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc, model_depthwise_nhwc_flat
+from kernels.cupy.depthwise_models import (model_depthwise_nchw, model_depthwise_nchw_flat, model_depthwise_nhwc,
+                                           model_depthwise_nhwc_flat)
 from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
 from layerbench import build_cache, registry
@@ -224,6 +225,21 @@ class EmulatedLaunch:
         plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, vec, 3, 0, (0, 0, 0, 0), band,
                              segments)
         out.copy_(model_depthwise_nhwc_flat(spec, plan, x, self.memory(1, 9 * c, torch.float32), bias))
+
+    def _depthwise_nchw_flat(self) -> None:  # (x, wt, bias, out, planes, C, H, W, OH, OW, pad_h, pad_w, band,
+        # segments, bands, tq_log2); <T, S>
+        planes, c, h, w, oh, ow, ph, pw, band, segments, bands, tq_log2 = (self.value(i) for i in range(4, 16))
+        stride = int(self.targs[1])
+        batch, rest = divmod(planes, c)
+        assert rest == 0 and batch >= 1 and bands == -(-oh // band)
+        spec = Conv2d(batch, c, c, h, w, 3, 3, stride=stride, padding_h=ph, padding_w=pw, groups=c)
+        assert (spec.out_height, spec.out_width) == (oh, ow)
+        x = self.memory(0, planes * h * w).view(batch, c, h, w)
+        out = self.memory(3, planes * oh * ow).view(batch, c, oh, ow)
+        bias = self.memory(2, c, torch.float32) if self.args[2].value is not None else None
+        plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, 1, 3, 0, (0, 0, 0, 0), band,
+                             segments, 1 << tq_log2)
+        out.copy_(model_depthwise_nchw_flat(spec, plan, x, self.memory(1, 9 * c, torch.float32), bias))
 
     def _depthwise_nchw(self) -> None:  # (x, wt, bias, out, C, ..., multiplier, TH, TW, IH, IW)
         co = self.value(7)
@@ -663,16 +679,21 @@ def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layo
     _check("conv2d", spec, dtype, layout)
 
 
-# The flat-run depthwise kernel alone (the registered build above keeps the direct kernel on a tie,
-# after timing both): strides 1 and 2, a run over several blocks, bias or not.
-@pytest.mark.parametrize(("spec", "dtype"), [
-    (Conv2d(2, 16, 16, 9, 10, 3, 3, padding=1, groups=16), "bf16"),
-    (Conv2d(1, 96, 96, 11, 24, 3, 3, stride=2, padding=1, groups=96, bias=False), "fp16"),
-    (Conv2d(2, 8, 8, 7, 9, 3, 3, stride=2, padding_h=0, padding_w=2, groups=8), "fp32"),
-], ids=["s1-bf16", "s2-segments-fp16", "s2-pad-0-2-fp32"])
-def test_depthwise_flat_launcher(emulated: None, spec: Conv2d, dtype: str) -> None:
-    result = check_implementation(depthwise.build_flat, spec, dtype, "NHWC", "cpu", runs=2)
-    assert result.ok, f"{spec} {dtype}: {result.message}"
+# The flat-run depthwise kernels alone (the registered build above keeps the direct kernel on a tie,
+# after timing both): strides 1 and 2, a run over several blocks (NHWC) or a row over two segments
+# (NCHW, 150 columns), planes of a block past the last one (NCHW), bias or not.
+@pytest.mark.parametrize(("spec", "dtype", "layout"), [
+    (Conv2d(2, 16, 16, 9, 10, 3, 3, padding=1, groups=16), "bf16", "NHWC"),
+    (Conv2d(1, 96, 96, 11, 24, 3, 3, stride=2, padding=1, groups=96, bias=False), "fp16", "NHWC"),
+    (Conv2d(2, 8, 8, 7, 9, 3, 3, stride=2, padding_h=0, padding_w=2, groups=8), "fp32", "NHWC"),
+    (Conv2d(2, 5, 5, 9, 10, 3, 3, padding=1, groups=5), "bf16", "NCHW"),
+    (Conv2d(1, 3, 3, 5, 150, 3, 3, padding_h=2, padding_w=1, groups=3, bias=False), "fp32", "NCHW"),
+    (Conv2d(2, 7, 7, 11, 8, 3, 3, stride=2, padding_h=0, padding_w=2, groups=7), "fp16", "NCHW"),
+], ids=["s1-bf16", "s2-segments-fp16", "s2-pad-0-2-fp32", "nchw-s1-bf16", "nchw-segments-fp32",
+        "nchw-s2-pad-0-2-fp16"])
+def test_depthwise_flat_launcher(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
+    result = check_implementation(depthwise.build_flat, spec, dtype, layout, "cpu", runs=2)
+    assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
 
 
 def test_depthwise_flat_is_timed_beside_the_direct_kernel(emulated: None) -> None:
@@ -682,9 +703,10 @@ def test_depthwise_flat_is_timed_beside_the_direct_kernel(emulated: None) -> Non
                                                      make_output(spec, tensors, layout))
         return built.details
 
-    both = details(Conv2d(2, 16, 16, 9, 10, 3, 3, stride=2, padding=1, groups=16), "NHWC")
-    assert {"depthwise_ms", "depthwise_flat_ms"} <= set(both), both
-    for spec, layout in ((Conv2d(2, 16, 16, 9, 10, 3, 3, padding=1, groups=16), "NCHW"),
+    for layout in ("NHWC", "NCHW"):
+        both = details(Conv2d(2, 16, 16, 9, 10, 3, 3, stride=2, padding=1, groups=16), layout)
+        assert {"depthwise_ms", "depthwise_flat_ms"} <= set(both), both
+    for spec, layout in ((Conv2d(2, 16, 16, 9, 10, 3, 3, stride_h=1, stride_w=2, padding=1, groups=16), "NCHW"),
                          (Conv2d(2, 16, 16, 9, 10, 5, 5, padding=2, groups=16), "NHWC")):
         assert "depthwise_flat" not in str(details(spec, layout))  # not tried, no reason recorded
 

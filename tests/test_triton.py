@@ -137,19 +137,22 @@ def depthwise_flat_rows_only(spec: Conv2d, dtype, layout: str, tensors, out: tor
     return triton_depthwise_rows.build_depthwise_flat_rows(spec, dtype, layout, tensors, out)
 
 
-# Flat runs of 32 elements: a pixel's channels split across runs (5-24 channels), runs that start
-# inside the left or right padding, rows shorter than a run; stride 1 or 2 both ways (at stride 2,
-# planes whose last output row reads the bottom padding or not, bands of 1-3 rows).
+# NHWC: flat runs of 32 elements, a pixel's channels split across runs (5-24 channels), runs that
+# start inside the left or right padding, rows shorter than a run.  NCHW: tiles of 4 planes x 8
+# columns, planes cut across tiles (2-24 per image) and rows cut across column blocks (widths
+# 9-11).  Stride 1 or 2 both ways (at stride 2, planes whose last output row reads the bottom
+# padding or not, bands of 1-3 rows).
 @given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 11), width=st.integers(1, 11),
        padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), stride=st.integers(1, 2), bias=st.booleans(),
-       dtype=st.sampled_from(["fp32", "fp16", "bf16"]), seed=SEEDS)
+       dtype=st.sampled_from(["fp32", "fp16", "bf16"]), layout=st.sampled_from(["NHWC", "NCHW"]), seed=SEEDS)
 def test_conv2d_depthwise_flat_rows_drawn(batch: int, channels: int, height: int, width: int, padding_h: int,
-                                          padding_w: int, stride: int, bias: bool, dtype: str, seed: int) -> None:
+                                          padding_w: int, stride: int, bias: bool, dtype: str, layout: str,
+                                          seed: int) -> None:
     assume(height + 2 * padding_h >= 3 and width + 2 * padding_w >= 3)
     spec = Conv2d(batch, channels, channels, height, width, 3, 3, stride=stride, padding_h=padding_h,
                   padding_w=padding_w, groups=channels, bias=bias)
-    result = check_implementation(depthwise_flat_rows_only, spec, dtype, "NHWC", "cpu", seed=seed)
-    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+    result = check_implementation(depthwise_flat_rows_only, spec, dtype, layout, "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} {layout} seed={seed}: {result.message}"
 
 
 def test_conv2d_depthwise_rows_mobilenet_layer() -> None:
@@ -159,9 +162,16 @@ def test_conv2d_depthwise_rows_mobilenet_layer() -> None:
         assert result.ok, f"{build.__name__}: {result.message}"
 
 
-def test_conv2d_depthwise_flat_rows_mobilenet_stride_2_layer() -> None:
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_conv2d_depthwise_flat_rows_mobilenet_stride_2_layer(layout: str) -> None:
     spec = Conv2d(2, 48, 48, 13, 10, 3, 3, stride=2, padding=1, groups=48)  # MobileNetV2's downsampling, small
-    result = check_implementation(depthwise_flat_rows_only, spec, "bf16", "NHWC", "cpu", seed=12)
+    result = check_implementation(depthwise_flat_rows_only, spec, "bf16", layout, "cpu", seed=12)
+    assert result.ok, result.message
+
+
+def test_conv2d_depthwise_flat_rows_nchw_mobilenet_layer() -> None:
+    spec = Conv2d(2, 40, 40, 11, 14, 3, 3, padding=1, groups=40)  # a MobileNetV2 depthwise layer, small
+    result = check_implementation(depthwise_flat_rows_only, spec, "bf16", "NCHW", "cpu", seed=13)
     assert result.ok, result.message
 
 

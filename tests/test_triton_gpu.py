@@ -153,13 +153,13 @@ DEPTHWISE_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
 
 
 def check_each_row_config(monkeypatch: pytest.MonkeyPatch, table: str, configs: list, build: Callable,
-                          spec: Conv2d, dtype: str, seed: int) -> None:
+                          spec: Conv2d, dtype: str, seed: int, layout: str = "NHWC") -> None:
     """Each of ``configs`` forced alone (``depthwise_rows.<table>`` gives only it) through ``build``."""
     assert configs
     for config in configs:
         monkeypatch.setattr(depthwise_rows, table, lambda *_, config=config: [config])
-        result = check_implementation(build, spec, dtype, "NHWC", "cuda", seed=seed)
-        assert result.ok, f"{config} {spec} {dtype}: {result.message}"
+        result = check_implementation(build, spec, dtype, layout, "cuda", seed=seed)
+        assert result.ok, f"{config} {spec} {dtype} {layout}: {result.message}"
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
@@ -191,12 +191,25 @@ def test_conv2d_depthwise_flat_rows_every_config(i: int, dtype: str, monkeypatch
                           dtype, i)
 
 
+# The flat kernel in NCHW, each tile forced in turn: output rows of 29, 61, 7, 31 and 15 columns
+# (tiles 32, 64, 8, 32 and 16 columns wide), planes cut across tiles, strides 1 and 2.
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("i", range(len(DEPTHWISE_FLAT_ROWS_CASES)))
+def test_conv2d_depthwise_flat_rows_nchw_every_config(i: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = DEPTHWISE_FLAT_ROWS_CASES[i]
+    check_each_row_config(monkeypatch, "_plane_configs", depthwise_rows._plane_configs(spec.out_width),
+                          depthwise_rows.build_depthwise_flat_rows, spec, dtype, i, "NCHW")
+
+
 def test_conv2d_depthwise_rows_are_timed_beside_the_direct_kernel() -> None:
     details = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144))
     assert all(details[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_rows", "depthwise_flat_rows")), details
     strided = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, stride=2, padding=1, groups=144))
     assert strided["depthwise_ms"] > 0 and strided["depthwise_flat_rows_ms"] > 0, strided
     assert "depthwise_rows_ms" not in strided, strided  # vertical stride 2: the 2-D row kernel refuses it
+    planar = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144), "NCHW")
+    assert planar["depthwise_ms"] > 0 and planar["depthwise_flat_rows_ms"] > 0, planar
+    assert "depthwise_rows_ms" not in planar, planar  # the 2-D row kernel runs NHWC only
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "tf32", "fp32"])
@@ -298,11 +311,11 @@ def test_linear(name: str, dtype: str) -> None:
     check("linear", FC[name], dtype, "NCHW", seed_of(name))
 
 
-def conv_details(spec: Conv2d) -> dict:
-    """The details of the registered Triton convolution built for ``spec`` in bf16 NHWC."""
-    tensors = make_tensors(spec, "bf16", "NHWC", "cuda")
-    return as_built(get("conv2d", "triton").build(spec, get_dtype("bf16"), "NHWC", tensors,
-                                                  make_output(spec, tensors, "NHWC"))).details
+def conv_details(spec: Conv2d, layout: str = "NHWC") -> dict:
+    """The details of the registered Triton convolution built for ``spec`` in bf16 ``layout``."""
+    tensors = make_tensors(spec, "bf16", layout, "cuda")
+    return as_built(get("conv2d", "triton").build(spec, get_dtype("bf16"), layout, tensors,
+                                                  make_output(spec, tensors, layout))).details
 
 
 def skip_before_hopper() -> None:

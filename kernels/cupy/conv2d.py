@@ -1,7 +1,7 @@
 """Convolution launcher: the implicit GEMM of igemm.cu, or for fp32 the FFT convolution of
 fft_conv.cu, on NCHW or NHWC tensors; a depthwise convolution (groups == in_channels) runs
-depthwise.cu's direct kernels instead (depthwise.py), 3x3 NHWC ones at stride 1 or 2 also its
-flat-run kernel, timed beside the direct one and the faster kept.
+depthwise.cu's direct kernels instead (depthwise.py), 3x3 ones at stride 1 or 2 also its
+flat-run kernels (NHWC or NCHW), timed beside the direct one and the faster kept.
 
 Every conv field runs: per-axis stride and padding and dilation enter the implicit GEMM's index
 math (its k table and its output-pixel origins), groups its grid (one GEMM per group, in the
@@ -138,7 +138,7 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
                       "pixels they read; and with its k tiles cut from the image by TMA); for inputs of few "
                       "channels an explicit im2col and the linear layer's GEMM; the fastest kept; "
-                      "depthwise: direct memory-bound kernels (fp32 FMA), for 3x3 NHWC ones at stride 1 or 2 "
+                      "depthwise: direct memory-bound kernels (fp32 FMA), for 3x3 ones at stride 1 or 2 "
                       "also one on flat runs of output rows, the faster kept")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)

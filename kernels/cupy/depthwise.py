@@ -1,8 +1,8 @@
 """Depthwise convolution launchers (groups == in_channels): depthwise.cu's direct kernels, NHWC
 (channel vectors per thread, several output pixels reusing each loaded input row) or NCHW (a tile
-of one plane staged in shared memory), and for 3x3 NHWC layers at stride 1 or 2 both ways the
-flat-run kernel (each input row of a band loaded once, rolling accumulators); fp32 FMA for every
-dtype, fp32 accumulation, bias fused.
+of one plane staged in shared memory), and for 3x3 layers at stride 1 or 2 both ways the flat-run
+kernels, NHWC or NCHW (each input row of a band loaded once, rolling accumulators); fp32 FMA for
+every dtype, fp32 accumulation, bias fused.
 
 The filter and the bias go to fp32 once, at build (the weights stay between launches, as in
 inference): [tap][channel] for NHWC, where a thread reads its channels' tap as one vector, and
@@ -67,7 +67,8 @@ def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
 
     candidates = [("depthwise_flat", build(None))]
     try:
-        usual = flat_plan(spec, support.ctype_of(dtype), 0, 0, support.sm_count(tensors["x"].device.index)).band
+        usual = flat_plan(spec, layout, support.ctype_of(dtype), 0, 0,
+                          support.sm_count(tensors["x"].device.index)).band
     except Unsupported:
         return candidates  # its build says why
     return candidates + ([("depthwise_flat_tall", build(FLAT_BANDS[0]))] if usual != FLAT_BANDS[0] else [])
@@ -75,19 +76,22 @@ def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
 
 def build_flat(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
                band: int | None = None) -> Built:
-    """The flat-run kernel for ``spec`` (3x3, NHWC, stride 1 or 2 both ways) in bands of ``band``
-    output rows (None: as ``flat_plan`` chooses); ``Unsupported`` says why not."""
+    """The flat-run kernel for ``spec`` (3x3, stride 1 or 2 both ways) in bands of ``band`` output
+    rows (None: as ``flat_plan`` chooses); ``Unsupported`` says why not."""
     reason = flat_refusal(spec, layout)
     if reason:
         raise Unsupported(reason)
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
-    plan = flat_plan(spec, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index), band)
+    plan = flat_plan(spec, layout, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index), band)
     s, i32, ptr = spec, support.i32, support.ptr
     fn = support.function("depthwise", plan.name, index)
-    args = [ptr(x), ptr(wt), ptr(bt), ptr(out),
-            *[i32(v) for v in (s.in_channels, s.height, s.width, s.out_height, s.out_width, s.padding_h, s.padding_w,
-                               plan.band, plan.segments, -(-s.out_height // plan.band))]]
-    launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), args, index, keep=(x, wt, bt, out))
+    sizes = (s.in_channels, s.height, s.width, s.out_height, s.out_width, s.padding_h, s.padding_w, plan.band,
+             plan.segments, -(-s.out_height // plan.band))
+    if layout == "NCHW":
+        sizes = (s.batch * s.in_channels, *sizes, plan.columns.bit_length() - 1)
+    launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), [ptr(x), ptr(wt), ptr(bt), ptr(out),
+                                                                  *[i32(v) for v in sizes]],
+                            index, keep=(x, wt, bt, out))
     return Built(launch, {"algorithm": "depthwise_flat", "kernel": plan.name, "band": plan.band})
 
 

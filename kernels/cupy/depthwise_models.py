@@ -3,11 +3,14 @@
 Each model runs a kernel's threads and blocks on the CPU in float64 as the plan launches them:
 which thread computes which channels and pixels, which input and filter elements it reads (and
 that every read stays inside its buffer and every vector is aligned), the NCHW kernel's staged
-tile with its halo, and that every output element is written exactly once.  The tests compare
+tile with its halo, the flat-run kernels' walk down their bands, and that every output element is
+written exactly once.  The tests compare
 the results with torch in float64.  NumPy and torch only: no CuPy, no GPU.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -138,40 +141,95 @@ def model_depthwise_nhwc_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
         row = alive & (ih >= 0) & (ih < H)
         return [_vector(xs, xn + ih * W * C + off + j * C, vec, row & col[j]) for j in range(3)]
 
-    def fma(acc: np.ndarray, v: list[np.ndarray], filter_row: list[np.ndarray], ih: np.ndarray) -> np.ndarray:
+    def fma(acc: np.ndarray, v: list[np.ndarray], r: int, ih: np.ndarray) -> np.ndarray:
         row = (ih >= 0) & (ih < H)
-        return acc + sum(np.where((row & col[j])[:, None], filter_row[j] * v[j], 0.0) for j in range(3))
+        return acc + sum(np.where((row & col[j])[:, None], w[r][j] * v[j], 0.0) for j in range(3))
 
-    def store(active: np.ndarray, p: np.ndarray, values: np.ndarray) -> None:
-        first = n * OH * run + p * run + e
+    def store(active: np.ndarray, p: int, values: np.ndarray) -> None:
+        first = n * OH * run + (p0 + p) * run + e
         _write(out, (first[active, None] + np.arange(vec)).ravel(), (values + b)[active].ravel())
 
+    _walk_bands(stride, rows, top, H, taps, fma, store, np.zeros((len(e), vec)))
+    assert not np.isnan(out).any(), "an output element is never written"
+    return torch.from_numpy(out).view(s.batch, OH, OW, C).permute(0, 3, 1, 2)
+
+
+def _walk_bands(stride: int, rows: np.ndarray, top: np.ndarray, H: int, taps: Callable, fma: Callable,
+                store: Callable, zeros: np.ndarray) -> None:
+    """The flat-run kernels' walk down their bands, every thread at once: ``taps(ih, alive)`` loads
+    a row's three taps, ``fma(acc, taps, filter_row, ih)`` adds them in, ``store(active, p, values)``
+    writes output row ``p`` (relative to each thread's band start, ``top``: its first input row)."""
+    everyone = np.ones(len(top), dtype=bool)
     cur = taps(top, everyone)
     if stride == 1:
-        acc1, acc2 = np.zeros((len(e), vec)), np.zeros((len(e), vec))
+        acc1, acc2 = zeros, zeros
         for step in range(int(rows.max()) + 2):
             active = step < rows + 2
             nxt = taps(top + step + 1, active & (step + 1 < rows + 2))
-            done = fma(acc1, cur, w[2], top + step)
-            acc1 = fma(acc2, cur, w[1], top + step)
-            acc2 = fma(np.zeros_like(acc2), cur, w[0], top + step)
+            done = fma(acc1, cur, 2, top + step)
+            acc1 = fma(acc2, cur, 1, top + step)
+            acc2 = fma(zeros, cur, 0, top + step)
             if step >= 2:
-                store(active, p0 + step - 2, done)
+                store(active, step - 2, done)
             cur = nxt
     else:
         odd = taps(top + 1, everyone)
-        acc = np.zeros((len(e), vec))
+        acc = zeros
         for r in range(int(rows.max()) + 1):
             active = r <= rows
             nxt = taps(top + 2 * r + 2, active & (r < rows))
             nxt_odd = taps(top + 2 * r + 3, active & (r + 1 < rows))
-            done = fma(acc, cur, w[2], top + 2 * r)
-            acc = fma(fma(np.zeros_like(acc), cur, w[0], top + 2 * r), odd, w[1], top + 2 * r + 1)
+            done = fma(acc, cur, 2, top + 2 * r)
+            acc = fma(fma(zeros, cur, 0, top + 2 * r), odd, 1, top + 2 * r + 1)
             if r >= 1:
-                store(active, p0 + r - 1, done)
+                store(active, r - 1, done)
             cur, odd = nxt, nxt_odd
+
+
+def model_depthwise_nchw_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,
+                              bias: torch.Tensor | None) -> torch.Tensor:
+    """depthwise_nchw_flat on the CPU, all threads at once, step by step down their bands: x dense
+    NCHW, wt the fp32 [channel][tap] filter; returns the (N, C, OH, OW) output."""
+    s, stride, columns = spec, spec.stride_h, plan.columns
+    C, H, W, OH, OW = s.in_channels, s.height, s.width, s.out_height, s.out_width
+    assert (s.kernel_h, s.kernel_w, s.stride_w, depthwise_plan.multiplier(s)) == (3, 3, stride, 1)
+    threads, planes = plan.threads, s.batch * C
+    assert threads == depthwise_plan.FLAT_THREADS and columns & (columns - 1) == 0 and columns <= threads
+    bands = -(-OH // plan.band)
+    groups = -(-planes // (threads // columns))
+    assert plan.grid == (groups * bands * plan.segments, 1, 1)
+    assert (plan.segments - 1) * columns < OW <= plan.segments * columns
+    xs, ws = _flat(x), _flat(wt)
+    bs = _flat(bias) if bias is not None else None
+    block, tid = np.divmod(np.arange(plan.grid[0] * threads), threads)
+    segment, rest = block % plan.segments, block // plan.segments
+    p0, group = rest % bands * plan.band, rest // bands
+    plane = group * (threads // columns) + tid // columns
+    q = segment * columns + tid % columns
+    live = (plane < planes) & (q < OW)  # the others return at once
+    plane, q, p0 = plane[live], q[live], p0[live]
+    iw = q * stride - s.padding_w
+    col = [(iw + j >= 0) & (iw + j < W) for j in range(3)]
+    c = plane % C
+    w = [[_read(ws, c * 9 + r * 3 + j, col[j]) for j in range(3)] for r in range(3)]
+    b = _read(bs, c, np.ones(len(c), dtype=bool)) if bs is not None else 0.0
+    rows = np.minimum(plan.band, OH - p0)
+    top = p0 * stride - s.padding_h
+    out = np.full(planes * OH * OW, np.nan)
+
+    def taps(ih: np.ndarray, alive: np.ndarray) -> list[np.ndarray]:
+        row = alive & (ih >= 0) & (ih < H)
+        return [_read(xs, plane * H * W + ih * W + iw + j, row & col[j]) for j in range(3)]
+
+    def fma(acc: np.ndarray, v: list[np.ndarray], r: int, ih: np.ndarray) -> np.ndarray:
+        return np.where((ih >= 0) & (ih < H), acc + sum(w[r][j] * v[j] for j in range(3)), acc)
+
+    def store(active: np.ndarray, p: int, values: np.ndarray) -> None:
+        _write(out, (plane * OH * OW + (p0 + p) * OW + q)[active], (values + b)[active])
+
+    _walk_bands(stride, rows, top, H, taps, fma, store, np.zeros(len(plane)))
     assert not np.isnan(out).any(), "an output element is never written"
-    return torch.from_numpy(out).view(s.batch, OH, OW, C).permute(0, 3, 1, 2)
+    return torch.from_numpy(out).view(s.batch, C, OH, OW)
 
 
 def model_depthwise_nchw(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,

@@ -6,7 +6,8 @@ NHWC: one thread per (image, output row, PIX output columns, VEC channels), VEC 
 at stride 1 or 2 both ways, a second NHWC kernel takes flat runs of output rows: one thread per
 VEC elements of a row's OW * C, down a band of rows (``flat_plan``; the build times both).  NCHW:
 one block per TH x TW tile of one output plane, its input tile (halo included) staged in shared
-memory.
+memory; for 3x3 layers at stride 1 or 2 both ways, a flat-run kernel too: one thread per output
+column of a plane, down a band of rows, a block several planes' rows.
 Needs neither CuPy nor a GPU, so that tests can check the index math on any machine.
 """
 
@@ -23,13 +24,14 @@ from layerbench.layers import Conv2d
 NHWC_THREADS = 256
 PIX = 4  # output pixels per NHWC thread
 FLAT_THREADS = 128
-# Band heights of the flat kernel, tallest first.  A band reads two input rows more than its
+# Band heights of the flat kernels, tallest first.  A band reads two input rows more than its
 # output rows (at stride 1), so taller bands read less twice, and shorter ones balance the SMs
 # better.  The build times two: the tallest band that leaves FLAT_BLOCKS_PER_SM blocks an SM
-# (about four waves of three resident blocks), and the tallest band: on the H100, taller bands ran
-# 14 x 14 and 28 x 28 planes up to 1.3x faster than 4-row ones at fewer blocks than the SMs hold.
+# (about four waves of the resident blocks: three in NHWC, whose threads hold 150 registers, 16 in
+# NCHW), and the tallest band: on the H100, taller bands ran NHWC 14 x 14 and 28 x 28 planes up to
+# 1.3x faster than 4-row ones at fewer blocks than the SMs hold.
 FLAT_BANDS = (32, 16, 8, 4)
-FLAT_BLOCKS_PER_SM = 12
+FLAT_BLOCKS_PER_SM = {"NHWC": 12, "NCHW": 64}
 NCHW_MAX_THREADS = 256
 
 SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without opting in
@@ -50,8 +52,9 @@ class DepthwisePlan:
     kernel: int  # the unrolled window (K x K), 0 for the loops
     items: int  # NHWC: threads that compute (the rest of the last block return at once)
     tile: tuple[int, int, int, int]  # NCHW: (TH, TW, IH, IW): output tile, staged input tile
-    band: int = 0  # flat NHWC: output rows a block walks down
-    segments: int = 0  # flat NHWC: blocks along an output row's run
+    band: int = 0  # flat: output rows a block walks down
+    segments: int = 0  # flat: blocks along an output row's run
+    columns: int = 0  # flat NCHW: threads along a plane's row (a power of two), planes a block the rest
 
 
 def multiplier(spec: Conv2d) -> int:
@@ -79,34 +82,43 @@ def nhwc_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int) -> DepthwisePl
 
 
 def flat_refusal(spec: Conv2d, layout: str) -> str | None:
-    """Why the flat-run NHWC kernel cannot run ``spec`` in ``layout`` whatever the data, or None."""
+    """Why the flat-run kernels cannot run ``spec`` in ``layout`` whatever the data, or None."""
     return depthwise_scope.flat_refusal(spec, layout, "the flat-run depthwise kernel")
 
 
-def flat_plan(spec: Conv2d, ctype: str, x_ptr: int, out_ptr: int, sms: int, band: int | None = None) -> DepthwisePlan:
-    """The flat-run NHWC kernel's launch on a GPU of ``sms`` SMs, in bands of ``band`` output rows
-    (None: the tallest that give each SM FLAT_BLOCKS_PER_SM blocks, the shortest where none does);
-    Unsupported, with the reason, where it cannot run ``spec`` (see ``flat_refusal``; and whole
-    16-byte vectors of channels)."""
+def flat_plan(spec: Conv2d, layout: str, ctype: str, x_ptr: int, out_ptr: int, sms: int,
+              band: int | None = None) -> DepthwisePlan:
+    """The flat-run kernel's launch for ``layout`` on a GPU of ``sms`` SMs, in bands of ``band``
+    output rows (None: the tallest that give each SM FLAT_BLOCKS_PER_SM blocks, the shortest where
+    none does); Unsupported, with the reason, where it cannot run ``spec`` (see ``flat_refusal``;
+    and in NHWC whole 16-byte vectors of channels)."""
     s = spec
-    reason = flat_refusal(s, "NHWC")
+    reason = flat_refusal(s, layout)
     if reason:
         raise Unsupported(reason)
-    vec = sources.vector_width(ctype)
-    if s.in_channels % vec or x_ptr % 16 or out_ptr % 16:
-        raise Unsupported(f"the flat-run depthwise kernel needs channels a multiple of {vec} and 16-byte aligned "
-                          f"x and out, got {s.in_channels} channels")
-    segments = -(-s.out_width * s.in_channels // (FLAT_THREADS * vec))
-    if band is None:
-        band = next((b for b in FLAT_BANDS if s.batch * -(-s.out_height // b) * segments >= FLAT_BLOCKS_PER_SM * sms),
-                    FLAT_BANDS[-1])
-    elif band < 1:
+    if band is not None and band < 1:
         raise ValueError(f"band must be at least 1 output row, got {band}")
-    blocks = s.batch * -(-s.out_height // band) * segments
+    if layout == "NHWC":
+        vec, columns = sources.vector_width(ctype), 0
+        if s.in_channels % vec or x_ptr % 16 or out_ptr % 16:
+            raise Unsupported(f"the flat-run depthwise kernel needs channels a multiple of {vec} and 16-byte "
+                              f"aligned x and out, got {s.in_channels} channels")
+        segments = -(-s.out_width * s.in_channels // (FLAT_THREADS * vec))
+        groups = s.batch
+        name = sources.depthwise_flat_name(ctype, vec, s.stride_h)
+    else:
+        vec, columns = 1, min(1 << (s.out_width - 1).bit_length(), FLAT_THREADS)
+        segments = -(-s.out_width // columns)
+        groups = -(-s.batch * s.in_channels // (FLAT_THREADS // columns))
+        name = sources.depthwise_nchw_flat_name(ctype, s.stride_h)
+    per_sm = FLAT_BLOCKS_PER_SM[layout]
+    if band is None:
+        band = next((b for b in FLAT_BANDS if groups * -(-s.out_height // b) * segments >= per_sm * sms),
+                    FLAT_BANDS[-1])
+    blocks = groups * -(-s.out_height // band) * segments
     if blocks > INT32_MAX:
         raise Unsupported(f"the flat-run depthwise kernel's grid of {blocks} blocks exceeds the CUDA limit")
-    return DepthwisePlan(sources.depthwise_flat_name(ctype, vec, s.stride_h), (blocks, 1, 1), FLAT_THREADS, 0, vec,
-                         3, 0, (0, 0, 0, 0), band, segments)
+    return DepthwisePlan(name, (blocks, 1, 1), FLAT_THREADS, 0, vec, 3, 0, (0, 0, 0, 0), band, segments, columns)
 
 
 def input_tile(spec: Conv2d, th: int, tw: int) -> tuple[int, int]:

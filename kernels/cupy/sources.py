@@ -141,7 +141,7 @@ BACKWARD_VARIANTS = (("float", False),) + tuple((t, True) for t in STORAGE_TYPES
 # unrolled rows; any other window runs the kernels' loops (K = 0).
 DEPTHWISE_UNROLLED = (3, 5, 7)
 DEPTHWISE_NHWC_STRIDES = (1, 2)
-DEPTHWISE_FLAT_STRIDES = (1, 2)  # the flat-run kernel's stride, the same both ways
+DEPTHWISE_FLAT_STRIDES = (1, 2)  # the flat-run kernels' stride, the same both ways
 
 
 def depthwise_nhwc_name(ctype: str, vec: int, kernel: int, stride_w: int) -> str:
@@ -154,6 +154,12 @@ def depthwise_flat_name(ctype: str, vec: int, stride: int) -> str:
     """depthwise.cu's NHWC kernel on flat runs of output rows: 3x3, ``vec`` channels per thread,
     ``stride`` both ways."""
     return f"depthwise_nhwc_flat<{ctype}, {vec}, {stride}>"
+
+
+def depthwise_nchw_flat_name(ctype: str, stride: int) -> str:
+    """depthwise.cu's NCHW kernel on flat runs of each plane's output rows: 3x3, ``stride`` both
+    ways."""
+    return f"depthwise_nchw_flat<{ctype}, {stride}>"
 
 
 def depthwise_nchw_name(ctype: str, kernel: int) -> str:
@@ -251,6 +257,7 @@ SOURCES: dict[str, Source] = {
          for s in DEPTHWISE_NHWC_STRIDES]
         + [depthwise_nhwc_name(t, v, 0, 0) for t in STORAGE_TYPES for v in (1, vector_width(t))]
         + [depthwise_flat_name(t, vector_width(t), s) for t in STORAGE_TYPES for s in DEPTHWISE_FLAT_STRIDES]
+        + [depthwise_nchw_flat_name(t, s) for t in STORAGE_TYPES for s in DEPTHWISE_FLAT_STRIDES]
         + [depthwise_nchw_name(t, k) for t in STORAGE_TYPES for k in (0, *DEPTHWISE_UNROLLED)])),
     "conv2d_backward": Source("conv2d_backward.cu", tuple(
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]

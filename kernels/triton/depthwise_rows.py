@@ -1,4 +1,4 @@
-"""Depthwise 3x3 convolution in NHWC that streams input rows through registers.
+"""Depthwise 3x3 convolution that streams input rows through registers (NHWC; NCHW on flat runs).
 
 The direct kernel (``depthwise.py``) loads each input element once per tap, nine times for a
 3x3 filter, from L1 or L2; on large planes (MobileNetV2's 144 channels at 56 x 56) that holds it
@@ -23,9 +23,15 @@ in registers.  At stride 2 it walks the band's input rows in pairs: an even row 
 output row above and starts its own, the odd row below adds the middle filter row, so each input
 row is loaded once (the direct kernel loads the rows shared by two output rows twice).
 
+The flat kernel also runs NCHW: there each plane's output row is a run of its own, and its three
+horizontal taps are the run shifted by one input column; a tile is ``BLOCK_E // BLOCK_Q`` planes x
+``BLOCK_Q`` columns (the plane's width rounded up to a power of two, so 7 x 7 planes fill lanes
+as 112 x 112 ones do), the nine taps per plane.  Its loads are coalesced runs of each plane's
+row, with no L2 prefetch.
+
 Scope: 3x3 filters, dilation 1, one output channel per input channel; the 2-D kernel vertical
-stride 1 (any horizontal stride and padding), the flat kernel strides (1, 1) and (2, 2): the
-depthwise layers of MobileNets and most others.  The direct kernel runs the rest, and is timed
+stride 1 (any horizontal stride and padding), NHWC; the flat kernel strides (1, 1) and (2, 2),
+NHWC and NCHW: the depthwise layers of MobileNets and most others.  The direct kernel runs the rest, and is timed
 beside these where they can (``conv2d.build``).
 """
 
@@ -56,6 +62,10 @@ _INTERPRETER = {"BLOCK_Q": 4, "BLOCK_C": 16, "ROWS": 3, "PREFETCH": 0}
 # take 72-144 registers).
 _FLAT_TILES = [(1024, 4), (2048, 8), (1024, 8), (512, 4)]
 _FLAT_INTERPRETER = {"BLOCK_E": 32, "ROWS": 3, "PREFETCH": 0}
+# NCHW: (BLOCK_E, warps), 2-8 elements a thread: its loads are one element wide, and a thread's
+# elements lie in different planes, each with nine taps of its own.
+_PLANE_TILES = [(256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8)]
+_FLAT_INTERPRETER_COLUMNS = 8  # NCHW: BLOCK_E // 8 planes of 8 columns (rows wider are cut)
 # A thread holds at least one 16-byte vector of a tile (smaller tiles leave lanes idle).
 _MIN_TILE_BYTES_PER_THREAD = 16
 
@@ -155,14 +165,15 @@ def _depthwise_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, stride_w, 
 
 
 @triton.jit
-def _flat_input_row(x_img, ih, H, W, C, off, ok0, ok1, ok2, live):
-    """Input row ``ih`` under the three horizontal taps of a flat run (``off``: the left tap's
-    offsets in the row, ``ok0-2``: each tap's columns inside the image)."""
-    row = x_img + ih * (W * C)
+def _flat_input_row(x_img, ih, H, row_len, step, off, ok0, ok1, ok2, live):
+    """Input row ``ih`` (``row_len`` elements apart) under the three horizontal taps of a flat run
+    (``off``: the left tap's offsets, the others ``step`` and 2 * ``step`` on; ``ok0-2``: each
+    tap's columns inside the image)."""
+    row = x_img + ih * row_len
     row_ok = live & (ih >= 0) & (ih < H)
     left = tl.load(row + off, mask=tl.where(row_ok, ok0, False), other=0.0)
-    mid = tl.load(row + off + C, mask=tl.where(row_ok, ok1, False), other=0.0)
-    right = tl.load(row + off + 2 * C, mask=tl.where(row_ok, ok2, False), other=0.0)
+    mid = tl.load(row + off + step, mask=tl.where(row_ok, ok1, False), other=0.0)
+    right = tl.load(row + off + 2 * step, mask=tl.where(row_ok, ok2, False), other=0.0)
     return left, mid, right
 
 
@@ -172,78 +183,108 @@ def _flat_times(left, mid, right, t0, t1, t2):
     return left.to(tl.float32) * t0 + mid.to(tl.float32) * t1 + right.to(tl.float32) * t2
 
 
-@triton.jit(do_not_specialize=["H", "W", "P", "Q", "pad_h", "pad_w"])
-def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h, pad_w,
+@triton.jit(do_not_specialize=["PLANES", "H", "W", "P", "Q", "pad_h", "pad_w"])
+def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, PLANES, C, H, W, P, Q, pad_h, pad_w,
                                 HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, ROWS: tl.constexpr,
-                                BLOCK_E: tl.constexpr, PREFETCH: tl.constexpr):
+                                BLOCK_E: tl.constexpr, NCHW: tl.constexpr, BLOCK_Q: tl.constexpr,
+                                PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
-    run = Q * C  # an output row's elements, contiguous in NHWC
-    segments = tl.cdiv(run, BLOCK_E)
     bands = tl.cdiv(P, ROWS)
-    start = (pid % segments) * BLOCK_E
-    rest = pid // segments
-    p0 = (rest % bands) * ROWS
-    n = rest // bands
-    e = start + tl.arange(0, BLOCK_E)
-    e_ok = e < run
-    q = e // C
-    c = e - q * C
-    # Horizontal tap j reads input column q * STRIDE - pad_w + j, element off + j * C of the row.
-    iw = q * STRIDE - pad_w
+    if NCHW:
+        # A tile of BLOCK_E // BLOCK_Q planes (flat over n, c) x BLOCK_Q output columns: each plane's
+        # output row is a run of its own, its taps the run shifted by one input column.
+        segments = tl.cdiv(Q, BLOCK_Q)
+        start = (pid % segments) * BLOCK_Q
+        rest = pid // segments
+        p0 = (rest % bands) * ROWS
+        planes = (rest // bands) * (BLOCK_E // BLOCK_Q) + tl.arange(0, BLOCK_E // BLOCK_Q)[:, None]
+        c_ok = planes < PLANES
+        plane = tl.where(c_ok, planes, 0)
+        q = start + tl.arange(0, BLOCK_Q)[None, :]
+        e_ok = c_ok & (q < Q)
+        c = plane % C
+        iw = q * STRIDE - pad_w
+        off = plane * (H * W) + iw
+        step = 1
+        x_row = W
+        x_img = x_ptr
+        y_row = Q
+        y_run = y_ptr + plane * (P * Q) + q
+        span_lo = 0  # no L2 prefetch in NCHW (its configs never ask)
+        span_hi = 0
+    else:
+        run = Q * C  # an output row's elements, contiguous in NHWC
+        segments = tl.cdiv(run, BLOCK_E)
+        start = (pid % segments) * BLOCK_E
+        rest = pid // segments
+        p0 = (rest % bands) * ROWS
+        n = rest // bands
+        e = start + tl.arange(0, BLOCK_E)
+        e_ok = e < run
+        c_ok = e_ok
+        q = e // C
+        c = e - q * C
+        # Horizontal tap j reads input column q * STRIDE - pad_w + j, element off + j * C of the row.
+        iw = q * STRIDE - pad_w
+        off = e + (STRIDE - 1) * (q * C) - pad_w * C  # (q * STRIDE - pad_w) * C + c
+        step = C
+        x_row = W * C
+        x_img = x_ptr + n * (H * W * C)
+        y_row = run
+        y_run = y_ptr + n * (P * run) + e
+        # Prefetched span of an input row: what the run's three taps read, from its first element's
+        # left tap to its last element's right tap (at stride 1, the run shifted by -pad_w pixels
+        # and widened by two).
+        last = start + BLOCK_E - 1
+        span_lo = start + (STRIDE - 1) * ((start // C) * C) - pad_w * C
+        span_hi = last + 1 + (STRIDE - 1) * ((last // C) * C) + (2 - pad_w) * C
     ok0 = e_ok & (iw >= 0) & (iw < W)
     ok1 = e_ok & (iw + 1 >= 0) & (iw + 1 < W)
     ok2 = e_ok & (iw + 2 >= 0) & (iw + 2 < W)
-    off = e + (STRIDE - 1) * (q * C) - pad_w * C  # (q * STRIDE - pad_w) * C + c
-    # Prefetched span of an input row: what the run's three taps read, from its first element's
-    # left tap to its last element's right tap (at stride 1, the run shifted by -pad_w pixels and
-    # widened by two).
-    last = start + BLOCK_E - 1
-    span_lo = start + (STRIDE - 1) * ((start // C) * C) - pad_w * C
-    span_hi = last + 1 + (STRIDE - 1) * ((last // C) * C) + (2 - pad_w) * C
-    w00 = tl.load(w_ptr + c, mask=e_ok, other=0.0).to(tl.float32)
-    w01 = tl.load(w_ptr + C + c, mask=e_ok, other=0.0).to(tl.float32)
-    w02 = tl.load(w_ptr + 2 * C + c, mask=e_ok, other=0.0).to(tl.float32)
-    w10 = tl.load(w_ptr + 3 * C + c, mask=e_ok, other=0.0).to(tl.float32)
-    w11 = tl.load(w_ptr + 4 * C + c, mask=e_ok, other=0.0).to(tl.float32)
-    w12 = tl.load(w_ptr + 5 * C + c, mask=e_ok, other=0.0).to(tl.float32)
-    w20 = tl.load(w_ptr + 6 * C + c, mask=e_ok, other=0.0).to(tl.float32)
-    w21 = tl.load(w_ptr + 7 * C + c, mask=e_ok, other=0.0).to(tl.float32)
-    w22 = tl.load(w_ptr + 8 * C + c, mask=e_ok, other=0.0).to(tl.float32)
+    # The taps [tap][channel], per element (NHWC) or per plane (NCHW).
+    w00 = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    w01 = tl.load(w_ptr + C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w02 = tl.load(w_ptr + 2 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w10 = tl.load(w_ptr + 3 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w11 = tl.load(w_ptr + 4 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w12 = tl.load(w_ptr + 5 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w20 = tl.load(w_ptr + 6 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w21 = tl.load(w_ptr + 7 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w22 = tl.load(w_ptr + 8 * C + c, mask=c_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        bias = tl.load(b_ptr + c, mask=e_ok, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     else:
-        bias = tl.zeros((BLOCK_E,), dtype=tl.float32)
-    x_img = x_ptr + n * (H * W * C)
-    y_run = y_ptr + n * (P * run) + e
+        bias = tl.zeros(c.shape, dtype=tl.float32)
+    zeros = tl.zeros(off.shape, dtype=tl.float32)
 
     rows = tl.minimum(ROWS, P - p0)  # output rows of the band
     top = p0 * STRIDE - pad_h
-    left, mid, right = _flat_input_row(x_img, top, H, W, C, off, ok0, ok1, ok2, True)
+    left, mid, right = _flat_input_row(x_img, top, H, x_row, step, off, ok0, ok1, ok2, True)
     if STRIDE == 1:
         # As the 2-D kernel: output rows (s - 2, s - 1, s) of the band, partly summed.
-        acc1 = tl.zeros((BLOCK_E,), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        acc1 = zeros
+        acc2 = zeros
         for s in range(0, rows + 2):
-            next_left, next_mid, next_right = _flat_input_row(x_img, top + s + 1, H, W, C, off, ok0, ok1, ok2,
-                                                              s + 1 < rows + 2)
+            next_left, next_mid, next_right = _flat_input_row(x_img, top + s + 1, H, x_row, step, off, ok0, ok1,
+                                                              ok2, s + 1 < rows + 2)
             if PREFETCH > 0:
                 _prefetch_span(x_img, top + s + 1 + PREFETCH, span_lo, span_hi, H, W, C)
             done = acc1 + _flat_times(left, mid, right, w20, w21, w22)
             acc1 = acc2 + _flat_times(left, mid, right, w10, w11, w12)
             acc2 = _flat_times(left, mid, right, w00, w01, w02)
             if s >= 2:
-                tl.store(y_run + (p0 + s - 2) * run, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
+                tl.store(y_run + (p0 + s - 2) * y_row, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
             left, mid, right = next_left, next_mid, next_right
     else:
         # Output row r of the band reads input rows 2r, 2r + 1 and 2r + 2 from the top: step r
         # finishes row r - 1 with even row 2r and starts row r with it and odd row 2r + 1.
-        odd_left, odd_mid, odd_right = _flat_input_row(x_img, top + 1, H, W, C, off, ok0, ok1, ok2, True)
-        acc = tl.zeros((BLOCK_E,), dtype=tl.float32)
+        odd_left, odd_mid, odd_right = _flat_input_row(x_img, top + 1, H, x_row, step, off, ok0, ok1, ok2, True)
+        acc = zeros
         for r in range(0, rows + 1):
-            next_left, next_mid, next_right = _flat_input_row(x_img, top + 2 * r + 2, H, W, C, off, ok0, ok1, ok2,
-                                                              r < rows)
-            next_odd_left, next_odd_mid, next_odd_right = _flat_input_row(x_img, top + 2 * r + 3, H, W, C, off,
-                                                                          ok0, ok1, ok2, r + 1 < rows)
+            next_left, next_mid, next_right = _flat_input_row(x_img, top + 2 * r + 2, H, x_row, step, off, ok0, ok1,
+                                                              ok2, r < rows)
+            next_odd_left, next_odd_mid, next_odd_right = _flat_input_row(x_img, top + 2 * r + 3, H, x_row, step,
+                                                                          off, ok0, ok1, ok2, r + 1 < rows)
             if PREFETCH > 0:
                 _prefetch_span(x_img, top + 2 * (r + 1 + PREFETCH), span_lo, span_hi, H, W, C)
                 _prefetch_span(x_img, top + 2 * (r + 1 + PREFETCH) + 1, span_lo, span_hi, H, W, C)
@@ -251,7 +292,7 @@ def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, pad_h
             acc = (_flat_times(left, mid, right, w00, w01, w02)
                    + _flat_times(odd_left, odd_mid, odd_right, w10, w11, w12))
             if r >= 1:
-                tl.store(y_run + (p0 + r - 1) * run, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
+                tl.store(y_run + (p0 + r - 1) * y_row, (done + bias).to(y_ptr.dtype.element_ty), mask=e_ok)
             left, mid, right = next_left, next_mid, next_right
             odd_left, odd_mid, odd_right = next_odd_left, next_odd_mid, next_odd_right
 
@@ -288,24 +329,34 @@ def _configs(channels: int, columns: int, itemsize: int, prefetch: bool) -> list
 
 @functools.cache
 def _flat_configs(run: int, prefetch: bool) -> list[triton.Config]:
-    """The flat runs no longer than an output row's ``run`` of elements rounded up to a power of
-    two (the shortest where none is), each with bands of every ROWS, prefetching where allowed."""
+    """NHWC: the flat runs no longer than an output row's ``run`` of elements rounded up to a power
+    of two (the shortest where none is), each with bands of every ROWS, prefetching where allowed."""
     tiles = [t for t in _FLAT_TILES if t[0] <= next_pow2(run)] or [min(_FLAT_TILES)]
     return [triton.Config({"BLOCK_E": block_e, "ROWS": rows, "PREFETCH": ahead}, num_warps=warps)
             for block_e, warps in tiles for rows in _ROWS for ahead in ((0, _PREFETCH) if prefetch else (0,))]
 
 
-def _filter_and_prefetch(spec: Conv2d, tensors: Tensors, out: torch.Tensor,
+@functools.cache
+def _plane_configs(columns: int) -> list[triton.Config]:
+    """NCHW: tiles of planes x ``columns`` (rounded up to a power of two, at most the tile), each
+    with bands of every ROWS."""
+    return [triton.Config({"BLOCK_E": block_e, "BLOCK_Q": min(next_pow2(columns), block_e), "ROWS": rows,
+                           "PREFETCH": 0}, num_warps=warps)
+            for block_e, warps in _PLANE_TILES for rows in _ROWS]
+
+
+def _filter_and_prefetch(spec: Conv2d, layout: str, tensors: Tensors, out: torch.Tensor,
                          kernel: object) -> tuple[torch.Tensor, bool]:
     """The filter as a fresh [tap][channel] tensor in x's dtype (a reordering, exact: a tap's
-    channels are one vector), and whether ``kernel`` may prefetch rows into L2 (Hopper's copy
-    engine, rows 16-byte aligned and whole 16-byte units)."""
+    channels are one vector), and whether ``kernel`` may prefetch rows into L2 (NHWC on Hopper's
+    copy engine, rows 16-byte aligned and whole 16-byte units)."""
     x, w = tensors["x"], tensors["weight"]
-    if not (dense_layout(x, "NHWC") and dense_layout(out, "NHWC")):
-        raise Unsupported("the row-streaming depthwise kernels need x and out dense NHWC")
+    nhwc = layout == "NHWC"
+    if not (dense_layout(x, layout) is nhwc and dense_layout(out, layout) is nhwc):
+        raise Unsupported(f"the row-streaming depthwise kernels need x and out both dense {layout}")
     c = spec.in_channels
     taps = torch.empty((9, c), dtype=w.dtype, device=w.device).copy_(w.reshape(c, 9).t())
-    prefetch = (not interpreting(kernel) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    prefetch = (layout == "NHWC" and not interpreting(kernel) and torch.cuda.get_device_capability(x.device) >= (9, 0)
                 and (c * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0)
     return taps, prefetch
 
@@ -316,7 +367,7 @@ def build_depthwise_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tenso
     reason = rows_refusal(spec, layout)
     if reason:
         raise Unsupported(reason)
-    taps, prefetch = _filter_and_prefetch(spec, tensors, out, _depthwise_rows_kernel)
+    taps, prefetch = _filter_and_prefetch(spec, layout, tensors, out, _depthwise_rows_kernel)
     x, bias = tensors["x"], tensors.get("bias")
     c, p, q = spec.in_channels, spec.out_height, spec.out_width
     configs = [] if interpreting(_depthwise_rows_kernel) else _configs(c, q, x.element_size(), prefetch)
@@ -335,19 +386,32 @@ def build_depthwise_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tenso
 def build_depthwise_flat_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                               out: torch.Tensor) -> Kernel:
     """The row-streaming kernel on flat runs of output rows for ``spec`` (strides (1, 1) or (2, 2),
-    see the module's scope); ``Unsupported`` says why not."""
+    NHWC or NCHW, see the module's scope); ``Unsupported`` says why not."""
     reason = flat_refusal(spec, layout)
     if reason:
         raise Unsupported(reason)
-    taps, prefetch = _filter_and_prefetch(spec, tensors, out, _depthwise_flat_rows_kernel)
+    taps, prefetch = _filter_and_prefetch(spec, layout, tensors, out, _depthwise_flat_rows_kernel)
     x, bias = tensors["x"], tensors.get("bias")
     c, p, q = spec.in_channels, spec.out_height, spec.out_width
-    configs = [] if interpreting(_depthwise_flat_rows_kernel) else _flat_configs(q * c, prefetch)
+    planes = spec.batch * c
+    on_gpu = not interpreting(_depthwise_flat_rows_kernel)
+    if layout == "NCHW":
+        configs = _plane_configs(q) if on_gpu else []
+        meta = {"NCHW": True}
+        fixed = {**_FLAT_INTERPRETER, "BLOCK_Q": min(_FLAT_INTERPRETER_COLUMNS, next_pow2(q))}
 
-    def grid(config: dict) -> tuple[int]:
-        return (spec.batch * triton.cdiv(p, config["ROWS"]) * triton.cdiv(q * c, config["BLOCK_E"]),)
+        def grid(config: dict) -> tuple[int]:
+            return (triton.cdiv(planes, config["BLOCK_E"] // config["BLOCK_Q"]) * triton.cdiv(p, config["ROWS"])
+                    * triton.cdiv(q, config["BLOCK_Q"]),)
+    else:
+        configs = _flat_configs(q * c, prefetch) if on_gpu else []
+        meta = {"NCHW": False, "BLOCK_Q": 1}
+        fixed = _FLAT_INTERPRETER
 
-    args = (x, taps, bias if bias is not None else out, out, c, spec.height, spec.width, p, q, spec.padding_h,
-            spec.padding_w)
+        def grid(config: dict) -> tuple[int]:
+            return (spec.batch * triton.cdiv(p, config["ROWS"]) * triton.cdiv(q * c, config["BLOCK_E"]),)
+
+    args = (x, taps, bias if bias is not None else out, out, planes, c, spec.height, spec.width, p, q,
+            spec.padding_h, spec.padding_w)
     return bind(_depthwise_flat_rows_kernel, configs, grid, args,
-                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h}, _FLAT_INTERPRETER)
+                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h, **meta}, fixed)

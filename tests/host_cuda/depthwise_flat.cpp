@@ -1,6 +1,7 @@
-// depthwise.cu's flat-run kernel (depthwise_nhwc_flat<float, 4, S>) compiled as host C++ and run
-// on the CPU, every block and thread in turn, against a float64 direct convolution; each output
-// element must be written exactly once, and every L2 prefetch must name a part of x.  The CUDA
+// depthwise.cu's flat-run kernels (depthwise_nhwc_flat<float, 4, S>, depthwise_nchw_flat<float, S>)
+// compiled as host C++ and run on the CPU, every block and thread in turn, against a float64 direct
+// convolution; each output element must be written exactly once, and every L2 prefetch must name
+// a part of x.  The CUDA
 // keywords and the few intrinsics the file uses are shimmed below; BODY is depthwise.cu without its
 // #include of layerbench_common.cuh.
 // Prints "N cases, M bad, P prefetches" and exits 1 if any case is bad.
@@ -27,15 +28,17 @@ inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f;
 inline void __syncthreads() {}
 struct Dim3 { unsigned x, y, z; };
 static Dim3 blockIdx, threadIdx, blockDim;
-// An L2 prefetch must name a whole vector of x; a bulk one (built with __CUDA_ARCH__ 900) whole
-// 16-byte units of x, from the block's first thread.  Count those that do not, and all.
+// An L2 prefetch must name a whole vector of x (prefetch_vec elements); a bulk one (built with
+// __CUDA_ARCH__ 900) whole 16-byte units of x, from the block's first thread.  Count those that do
+// not, and all.
 static const float *x_lo, *x_hi;
 static long stray_prefetches, prefetches;
+static int prefetch_vec;
 namespace lb {
 inline void prefetch_l2(const void* p) {
     const float* f = static_cast<const float*>(p);
     ++prefetches;
-    if (f < x_lo || f + 4 > x_hi) ++stray_prefetches;
+    if (f < x_lo || f + prefetch_vec > x_hi) ++stray_prefetches;
 }
 inline void bulk_prefetch_l2(const void* p, unsigned bytes) {
     const float* f = static_cast<const float*>(p);
@@ -69,6 +72,7 @@ int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, s
     x_lo = x.data();
     x_hi = x.data() + x.size();
     stray_prefetches = 0;
+    prefetch_vec = VEC;
     for (int blk = 0; blk < N * bands * segments; ++blk)
         for (int t = 0; t < FLAT_THREADS; ++t) {
             blockIdx = {unsigned(blk), 0, 0};
@@ -104,6 +108,62 @@ int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, s
     return bad;
 }
 
+// NCHW: x [N * C planes][H][W], wt [C][9], out [N * C][OH][OW]; threads along a plane's row
+// 2^tq_log2 (fewer than the row's columns cut it into segments).
+template <int S>
+int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2, bool has_bias, std::mt19937& g) {
+    const int OH = (H + 2 * ph - 3) / S + 1, OW = (W + 2 * pw - 3) / S + 1;
+    if (OH < 1 || OW < 1) return 0;
+    std::normal_distribution<float> d;
+    std::vector<float> x(N * C * H * W), wt(9 * C), b(C), out(N * C * OH * OW, NAN);
+    for (auto& v : x) v = d(g);
+    for (auto& v : wt) v = d(g);
+    for (auto& v : b) v = d(g);
+    wt[0] = INFINITY;           // channel 0, top-left tap
+    wt[9 + 8] = -INFINITY;      // channel 1, bottom-right tap
+    wt[2 * 9 + 3] = INFINITY;   // channel 2, middle-left tap
+    const int planes = N * C, columns = 1 << tq_log2;
+    const int segments = (OW + columns - 1) / columns, bands = (OH + band - 1) / band;
+    const int groups = (planes + FLAT_THREADS / columns - 1) / (FLAT_THREADS / columns);
+    std::vector<int> writes(out.size(), 0);
+    x_lo = x.data();
+    x_hi = x.data() + x.size();
+    stray_prefetches = 0;
+    prefetch_vec = 1;
+    for (int blk = 0; blk < groups * bands * segments; ++blk)
+        for (int t = 0; t < FLAT_THREADS; ++t) {
+            blockIdx = {unsigned(blk), 0, 0};
+            threadIdx = {unsigned(t), 0, 0};
+            std::vector<float> before(out);
+            depthwise_nchw_flat<float, S>(x.data(), wt.data(), has_bias ? b.data() : nullptr, out.data(), planes, C,
+                                          H, W, OH, OW, ph, pw, band, segments, bands, tq_log2);
+            for (size_t i = 0; i < out.size(); ++i)
+                if (memcmp(&before[i], &out[i], 4) != 0) ++writes[i];
+        }
+    int bad = 0;
+    for (int pl = 0; pl < planes; ++pl)
+        for (int p = 0; p < OH; ++p)
+            for (int q = 0; q < OW; ++q) {
+                const int c = pl % C;
+                double ref = has_bias ? b[c] : 0.0;
+                for (int r = 0; r < 3; ++r)
+                    for (int s = 0; s < 3; ++s) {
+                        int ih = p * S - ph + r, iw = q * S - pw + s;
+                        if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                            ref += double(x[(size_t(pl) * H + ih) * W + iw]) * wt[c * 9 + r * 3 + s];
+                    }
+                size_t i = (size_t(pl) * OH + p) * OW + q;
+                const bool close = std::isnan(ref)   ? std::isnan(out[i])
+                                   : std::isinf(ref) ? double(out[i]) == ref
+                                                     : std::fabs(out[i] - ref) <= 1e-4 * (1 + std::fabs(ref));
+                if (writes[i] != 1 || !close) ++bad;
+            }
+    bad += stray_prefetches != 0;
+    if (bad) printf("BAD NCHW S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d columns=%d bias=%d: %d wrong, %ld prefetches "
+                    "off x\n", S, N, C, H, W, ph, pw, band, columns, has_bias, bad, stray_prefetches);
+    return bad;
+}
+
 int main() {
     std::mt19937 g(1);
     int cases = 0, bad = 0;
@@ -120,6 +180,20 @@ int main() {
                                 bad += r != 0;
                                 ++cases;
                             }
+    for (int S = 1; S <= 2; ++S)
+        for (int C : {3, 5})
+            for (int H : {1, 2, 3, 5, 8, 13})
+                for (int W : {1, 3, 4, 9, 40})
+                    for (int ph = 0; ph <= 2; ++ph)
+                        for (int pw = 0; pw <= 2; ++pw)
+                            for (int band : {1, 4, 32})
+                                for (int tq_log2 : {2, 6}) {  // rows cut in segments of 4, or one segment
+                                    const bool bias = (C + H + W + band) % 2;
+                                    int r = S == 1 ? check_nchw<1>(2, C, H, W, ph, pw, band, tq_log2, bias, g)
+                                                   : check_nchw<2>(2, C, H, W, ph, pw, band, tq_log2, bias, g);
+                                    bad += r != 0;
+                                    ++cases;
+                                }
     printf("%d cases, %d bad, %ld prefetches\n", cases, bad, prefetches);
     return bad != 0;
 }
