@@ -31,8 +31,8 @@ row, with no L2 prefetch.
 
 Scope: 3x3 filters, dilation 1, one output channel per input channel; the 2-D kernel vertical
 stride 1 (any horizontal stride and padding), NHWC; the flat kernel strides (1, 1) and (2, 2),
-NHWC and NCHW: the depthwise layers of MobileNets and most others.  The direct kernel runs the rest, and is timed
-beside these where they can (``conv2d.build``).
+NHWC and NCHW: the depthwise layers of MobileNets and most others.  The direct kernel runs the
+rest, and is timed beside these where they can (``conv2d.build``).
 """
 
 from __future__ import annotations

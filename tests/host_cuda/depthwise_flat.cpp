@@ -159,8 +159,9 @@ int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2
                 if (writes[i] != 1 || !close) ++bad;
             }
     bad += stray_prefetches != 0;
-    if (bad) printf("BAD NCHW S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d columns=%d bias=%d: %d wrong, %ld prefetches "
-                    "off x\n", S, N, C, H, W, ph, pw, band, columns, has_bias, bad, stray_prefetches);
+    if (bad)
+        printf("BAD NCHW S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d columns=%d bias=%d: %d wrong, %ld prefetches off x\n",
+               S, N, C, H, W, ph, pw, band, columns, has_bias, bad, stray_prefetches);
     return bad;
 }
 
