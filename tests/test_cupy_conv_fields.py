@@ -16,7 +16,7 @@ from layerbench.layers import Conv2d
 from layerbench.testing import check_implementation, conv2d_specs, make_output, make_tensors
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
-from kernels.cupy import depthwise, depthwise_plan  # noqa: E402
+from kernels.cupy import depthwise, depthwise_plan, sources  # noqa: E402
 
 gpu = pytest.mark.gpu
 DEVICE = "cuda"
@@ -108,12 +108,13 @@ FLAT_DEPTHWISE_NCHW = [Conv2d(2, 5, 5, 9, 150, 3, 3, padding_h=2, padding_w=1, g
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_depthwise_flat_alone(layout: str, dtype: str, band: int | None) -> None:
-    def build(*args: object) -> Built:
-        return depthwise.build_flat(*args, band=band)
+    for columns in sources.DEPTHWISE_NCHW_FLAT_COLUMNS if layout == "NCHW" else (depthwise_plan.NCHW_FLAT_COLUMNS,):
+        def build(*args: object) -> Built:
+            return depthwise.build_flat(*args, band=band, columns=columns)
 
-    for spec in FLAT_DEPTHWISE + (FLAT_DEPTHWISE_NCHW if layout == "NCHW" else []):
-        result = check_implementation(build, spec, dtype, layout, DEVICE)
-        assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
+        for spec in FLAT_DEPTHWISE + (FLAT_DEPTHWISE_NCHW if layout == "NCHW" else []):
+            result = check_implementation(build, spec, dtype, layout, DEVICE)
+            assert result.ok, f"{spec} {dtype} {layout} columns={columns}: {result.message}"
 
 
 @gpu
@@ -130,8 +131,9 @@ def test_builds_record_their_path() -> None:
     assert dw["kernel"] == kernels[dw["algorithm"]], dw
     planar = details(NETWORK_LAYERS["mobilenetv2-dw-576x14-s1"], "bf16", "NCHW")
     assert planar["depthwise_ms"] > 0 and planar["depthwise_flat_ms"] > 0, planar
-    flat = "depthwise_nchw_flat<__nv_bfloat16, 1>"
-    kernels = {"depthwise": "depthwise_nchw<__nv_bfloat16, 3>", "depthwise_flat": flat, "depthwise_flat_tall": flat}
+    flat = "depthwise_nchw_flat<__nv_bfloat16, 1, 4>"
+    kernels = {"depthwise": "depthwise_nchw<__nv_bfloat16, 3>", "depthwise_flat": flat, "depthwise_flat_tall": flat,
+               "depthwise_flat_column": "depthwise_nchw_flat<__nv_bfloat16, 1, 1>"}
     assert planar["kernel"] == kernels[planar["algorithm"]], planar
     grouped = details(AWKWARD["groups-2-odd"])
     assert grouped["algorithm"] == "implicit_gemm" and "groups 2" in grouped["fft"]

@@ -43,7 +43,7 @@ from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
 from layerbench import build_cache, registry
 from layerbench.build_cache import CACHE_DIR_ENV
-from layerbench.builders import remembering_choices
+from layerbench.builders import Built, remembering_choices
 from layerbench.check.correctness import check_implementation
 from layerbench.check.inputs import make_output, make_tensors
 from layerbench.dtypes import DType, get_dtype
@@ -227,9 +227,9 @@ class EmulatedLaunch:
         out.copy_(model_depthwise_nhwc_flat(spec, plan, x, self.memory(1, 9 * c, torch.float32), bias))
 
     def _depthwise_nchw_flat(self) -> None:  # (x, wt, bias, out, planes, C, H, W, OH, OW, pad_h, pad_w, band,
-        # segments, bands, tq_log2); <T, S>
+        # segments, bands, tq_log2); <T, S, COLS>
         planes, c, h, w, oh, ow, ph, pw, band, segments, bands, tq_log2 = (self.value(i) for i in range(4, 16))
-        stride = int(self.targs[1])
+        stride, cols = (int(a) for a in self.targs[1:])
         batch, rest = divmod(planes, c)
         assert rest == 0 and batch >= 1 and bands == -(-oh // band)
         spec = Conv2d(batch, c, c, h, w, 3, 3, stride=stride, padding_h=ph, padding_w=pw, groups=c)
@@ -237,7 +237,7 @@ class EmulatedLaunch:
         x = self.memory(0, planes * h * w).view(batch, c, h, w)
         out = self.memory(3, planes * oh * ow).view(batch, c, oh, ow)
         bias = self.memory(2, c, torch.float32) if self.args[2].value is not None else None
-        plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, 1, 3, 0, (0, 0, 0, 0), band,
+        plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, cols, 3, 0, (0, 0, 0, 0), band,
                              segments, 1 << tq_log2)
         out.copy_(model_depthwise_nchw_flat(spec, plan, x, self.memory(1, 9 * c, torch.float32), bias))
 
@@ -681,7 +681,8 @@ def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layo
 
 # The flat-run depthwise kernels alone (the registered build above keeps the direct kernel on a tie,
 # after timing both): strides 1 and 2, a run over several blocks (NHWC) or a row over two segments
-# (NCHW, 150 columns), planes of a block past the last one (NCHW), bias or not.
+# (NCHW, 150 columns a thread each), planes of a block past the last one and rows that end inside
+# a thread's four columns (NCHW), bias or not.
 @pytest.mark.parametrize(("spec", "dtype", "layout"), [
     (Conv2d(2, 16, 16, 9, 10, 3, 3, padding=1, groups=16), "bf16", "NHWC"),
     (Conv2d(1, 96, 96, 11, 24, 3, 3, stride=2, padding=1, groups=96, bias=False), "fp16", "NHWC"),
@@ -692,8 +693,12 @@ def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layo
 ], ids=["s1-bf16", "s2-segments-fp16", "s2-pad-0-2-fp32", "nchw-s1-bf16", "nchw-segments-fp32",
         "nchw-s2-pad-0-2-fp16"])
 def test_depthwise_flat_launcher(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
-    result = check_implementation(depthwise.build_flat, spec, dtype, layout, "cpu", runs=2)
-    assert result.ok, f"{spec} {dtype} {layout}: {result.message}"
+    for columns in sources.DEPTHWISE_NCHW_FLAT_COLUMNS if layout == "NCHW" else (4,):
+        def build(*args: object) -> Built:
+            return depthwise.build_flat(*args, columns=columns)
+
+        result = check_implementation(build, spec, dtype, layout, "cpu", runs=2)
+        assert result.ok, f"{spec} {dtype} {layout} columns={columns}: {result.message}"
 
 
 def test_depthwise_flat_is_timed_beside_the_direct_kernel(emulated: None) -> None:

@@ -463,101 +463,125 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
 // NCHW, 3x3, one output channel per input channel, no dilation, stride S both ways (1 or 2): each
 // plane's output rows are runs of their own, and the input under a row's three horizontal taps is
 // the run shifted by one input column.  A block takes FLAT_THREADS >> tq_log2 planes x 2^tq_log2
-// output columns (the row's width rounded up to a power of two, at most FLAT_THREADS) of a band
-// of `band` output rows; thread (plane, column) walks the band's input rows once, as the NHWC
-// kernel above does with vectors: three elements a row (a warp's loads are consecutive elements
-// of the plane's row, two of the three L1 hits), the next row loaded before this row's FMAs, and
-// its element of the row FLAT_PREFETCH ahead asked of L2 (one element in flight a thread is too
-// little to keep DRAM busy).  Block index, fastest first: (segment of the row, band, plane group).
-template <typename T, int S>
+// threads along their rows (the row's COLS-column groups rounded up to a power of two, at most
+// FLAT_THREADS) of a band of `band` output rows; a thread computes COLS consecutive output
+// columns of one plane, walking the band's input rows once, as the NHWC kernel above does with
+// vectors: the (COLS - 1) * S + 3 elements of a row under its columns' taps loaded once each (a
+// warp's loads cover consecutive elements of the plane's row), the next row loaded before this
+// row's FMAs, and the row FLAT_PREFETCH ahead asked of L2 (a thread's few elements in flight are
+// too little to keep DRAM busy).  More columns a thread load fewer elements per output: 3 at
+// COLS 1, 1.5 at COLS 4 (stride 1).  Block index, fastest first: (segment of the row, band, plane
+// group).
+template <typename T, int S, int COLS>
 __global__ void __launch_bounds__(FLAT_THREADS) depthwise_nchw_flat(
     const T* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
     T* __restrict__ out, int planes, int C, int H, int W, int OH, int OW, int pad_h, int pad_w, int band,
     int segments, int bands, int tq_log2) {
+    constexpr int SPAN = (COLS - 1) * S + 3;  // input columns under a thread's COLS outputs
     int block = blockIdx.x;
     const int segment = block % segments;
     block /= segments;
     const int p0 = (block % bands) * band;
     const int plane = (block / bands) * (FLAT_THREADS >> tq_log2) + (int(threadIdx.x) >> tq_log2);
-    const int q = (segment << tq_log2) + (int(threadIdx.x) & ((1 << tq_log2) - 1));
-    if (plane >= planes || q >= OW) return;
-    const int iw = q * S - pad_w;  // the left tap's input column
-    bool col[3];
+    const int q0 = ((segment << tq_log2) + (int(threadIdx.x) & ((1 << tq_log2) - 1))) * COLS;
+    if (plane >= planes || q0 >= OW) return;
+    const int iw = q0 * S - pad_w;  // the first output's left tap's input column
+    bool col[SPAN];
 #pragma unroll
-    for (int j = 0; j < 3; ++j) col[j] = iw + j >= 0 && iw + j < W;
-    // The taps of a column off the image get weight 0 (their loads give 0): no branch a tap in the
-    // loop.  Rows off the image are skipped whole (the same for the whole block).
+    for (int i = 0; i < SPAN; ++i) col[i] = iw + i >= 0 && iw + i < W;
+    // Each output's taps on a column off the image get weight 0 (their loads give 0): no branch a
+    // tap in the loop.  Rows off the image are skipped whole (the same for the whole block).
     const float* f = wt + (plane % C) * 9;
-    float w[3][3];
+    float w[COLS][3][3];
 #pragma unroll
-    for (int r = 0; r < 3; ++r)
+    for (int k = 0; k < COLS; ++k)
 #pragma unroll
-        for (int j = 0; j < 3; ++j) w[r][j] = col[j] ? f[r * 3 + j] : 0.0f;
+        for (int r = 0; r < 3; ++r)
+#pragma unroll
+            for (int j = 0; j < 3; ++j) w[k][r][j] = col[k * S + j] ? f[r * 3 + j] : 0.0f;
     const float b = bias != nullptr ? bias[plane % C] : 0.0f;
     const T* xp = x + plane * H * W + iw;
-    T* o = out + plane * OH * OW + q;
+    T* o = out + plane * OH * OW + q0;
     const int rows = min(band, OH - p0);
     const int top = p0 * S - pad_h;
-    const int mid = min(max(iw + 1, 0), W - 1) - iw;  // the prefetched element: the middle tap's, in the row
+    const int mid = min(max(iw + 1, 0), W - 1) - iw;  // the prefetched element, in the row
 
-    auto load = [&](int ih, bool live, float (&v)[3]) {
+    auto load = [&](int ih, bool live, float (&v)[SPAN]) {
         const bool row = live && ih >= 0 && ih < H;
 #pragma unroll
-        for (int j = 0; j < 3; ++j) v[j] = row && col[j] ? lb::to_float(xp[ih * W + j]) : 0.0f;
+        for (int i = 0; i < SPAN; ++i) v[i] = row && col[i] ? lb::to_float(xp[ih * W + i]) : 0.0f;
     };
     auto prefetch = [&](int ih) {
         if (ih >= 0 && ih < H) lb::prefetch_l2(xp + ih * W + mid);
     };
-    auto times = [&](const float (&v)[3], int r, float acc) {
+    auto times = [&](const float (&v)[SPAN], int r, float (&acc)[COLS]) {
 #pragma unroll
-        for (int j = 0; j < 3; ++j) acc = fmaf(w[r][j], v[j], acc);
-        return acc;
+        for (int k = 0; k < COLS; ++k)
+#pragma unroll
+            for (int j = 0; j < 3; ++j) acc[k] = fmaf(w[k][r][j], v[k * S + j], acc[k]);
+    };
+    auto store = [&](int p, float (&done)[COLS]) {
+#pragma unroll
+        for (int k = 0; k < COLS; ++k)
+            if (q0 + k < OW) o[p * OW + k] = lb::from_float<T>(done[k] + b);
     };
 
-    float cur[3], next[3];
+    float cur[SPAN], next[SPAN];
     load(top, true, cur);
     if constexpr (S == 1) {
         // Output rows (s - 2, s - 1, s) of the band, partly summed: input row s adds to all three.
-        float acc1 = 0.0f, acc2 = 0.0f;
+        float acc1[COLS], acc2[COLS];
+#pragma unroll
+        for (int k = 0; k < COLS; ++k) acc1[k] = acc2[k] = 0.0f;
         for (int s = 0; s < rows + 2; ++s) {
             load(top + s + 1, s + 1 < rows + 2, next);
             if (s + 1 + FLAT_PREFETCH < rows + 2) prefetch(top + s + 1 + FLAT_PREFETCH);
-            float done = acc1;
-            acc1 = acc2;
-            acc2 = 0.0f;
-            if (top + s >= 0 && top + s < H) {
-                done = times(cur, 2, done);
-                acc1 = times(cur, 1, acc1);
-                acc2 = times(cur, 0, acc2);
-            }
-            if (s >= 2) o[(p0 + s - 2) * OW] = lb::from_float<T>(done + b);
+            float done[COLS];
 #pragma unroll
-            for (int j = 0; j < 3; ++j) cur[j] = next[j];
+            for (int k = 0; k < COLS; ++k) {
+                done[k] = acc1[k];
+                acc1[k] = acc2[k];
+                acc2[k] = 0.0f;
+            }
+            if (top + s >= 0 && top + s < H) {
+                times(cur, 2, done);
+                times(cur, 1, acc1);
+                times(cur, 0, acc2);
+            }
+            if (s >= 2) store(p0 + s - 2, done);
+#pragma unroll
+            for (int i = 0; i < SPAN; ++i) cur[i] = next[i];
         }
     } else {
         // As the NHWC kernel: step r finishes output row r - 1 with the even input row 2r and
         // starts row r with it and the odd row 2r + 1.
-        float odd[3], next_odd[3];
+        float odd[SPAN], next_odd[SPAN];
         load(top + 1, true, odd);
-        float acc = 0.0f;
+        float acc[COLS];
+#pragma unroll
+        for (int k = 0; k < COLS; ++k) acc[k] = 0.0f;
         for (int r = 0; r <= rows; ++r) {
             load(top + 2 * r + 2, r < rows, next);
             load(top + 2 * r + 3, r + 1 < rows, next_odd);
             const int ahead = 2 * r + 2 + FLAT_PREFETCH;
             if (ahead <= 2 * rows) prefetch(top + ahead);
             if (ahead + 1 <= 2 * rows) prefetch(top + ahead + 1);
-            float done = acc;
-            acc = 0.0f;
-            if (top + 2 * r >= 0 && top + 2 * r < H) {
-                done = times(cur, 2, done);
-                acc = times(cur, 0, acc);
-            }
-            if (top + 2 * r + 1 >= 0 && top + 2 * r + 1 < H) acc = times(odd, 1, acc);
-            if (r >= 1) o[(p0 + r - 1) * OW] = lb::from_float<T>(done + b);
+            float done[COLS];
 #pragma unroll
-            for (int j = 0; j < 3; ++j) {
-                cur[j] = next[j];
-                odd[j] = next_odd[j];
+            for (int k = 0; k < COLS; ++k) {
+                done[k] = acc[k];
+                acc[k] = 0.0f;
+            }
+            if (top + 2 * r >= 0 && top + 2 * r < H) {
+                times(cur, 2, done);
+                times(cur, 0, acc);
+            }
+            if (top + 2 * r + 1 >= 0 && top + 2 * r + 1 < H) times(odd, 1, acc);
+            if (r >= 1) store(p0 + r - 1, done);
+#pragma unroll
+            for (int i = 0; i < SPAN; ++i) {
+                cur[i] = next[i];
+                odd[i] = next_odd[i];
             }
         }
     }

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import torch
 
 from kernels.cupy import support
-from kernels.cupy.depthwise_plan import FLAT_BANDS, DepthwisePlan, flat_plan, flat_refusal, plan_depthwise
+from kernels.cupy.depthwise_plan import (FLAT_BANDS, NCHW_FLAT_COLUMNS, DepthwisePlan, flat_plan, flat_refusal,
+                                         plan_depthwise)
 from layerbench.builders import Built, Tensors
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -62,8 +63,8 @@ def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                     out: torch.Tensor) -> list[tuple[str, Callable[[], Built]]]:
     """The flat-run kernel's builds worth timing for ``spec``, named: in its usual bands and, where
     they differ, in the tallest (``depthwise_flat_tall``)."""
-    def build(band: int | None) -> Callable[[], Built]:
-        return lambda: build_flat(spec, dtype, layout, tensors, out, band)
+    def build(band: int | None, columns: int = NCHW_FLAT_COLUMNS) -> Callable[[], Built]:
+        return lambda: build_flat(spec, dtype, layout, tensors, out, band, columns)
 
     candidates = [("depthwise_flat", build(None))]
     try:
@@ -71,18 +72,23 @@ def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                           support.sm_count(tensors["x"].device.index)).band
     except Unsupported:
         return candidates  # its build says why
-    return candidates + ([("depthwise_flat_tall", build(FLAT_BANDS[0]))] if usual != FLAT_BANDS[0] else [])
+    if usual != FLAT_BANDS[0]:
+        candidates.append(("depthwise_flat_tall", build(FLAT_BANDS[0])))
+    if layout == "NCHW":  # a thread a column, in the tallest bands
+        candidates.append(("depthwise_flat_column", build(FLAT_BANDS[0], 1)))
+    return candidates
 
 
 def build_flat(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
-               band: int | None = None) -> Built:
+               band: int | None = None, columns: int = NCHW_FLAT_COLUMNS) -> Built:
     """The flat-run kernel for ``spec`` (3x3, stride 1 or 2 both ways) in bands of ``band`` output
-    rows (None: as ``flat_plan`` chooses); ``Unsupported`` says why not."""
+    rows (None: as ``flat_plan`` chooses), in NCHW ``columns`` output columns a thread;
+    ``Unsupported`` says why not."""
     reason = flat_refusal(spec, layout)
     if reason:
         raise Unsupported(reason)
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
-    plan = flat_plan(spec, layout, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index), band)
+    plan = flat_plan(spec, layout, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index), band, columns)
     s, i32, ptr = spec, support.i32, support.ptr
     fn = support.function("depthwise", plan.name, index)
     sizes = (s.in_channels, s.height, s.width, s.out_height, s.out_width, s.padding_h, s.padding_w, plan.band,

@@ -190,44 +190,49 @@ def model_depthwise_nchw_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
                               bias: torch.Tensor | None) -> torch.Tensor:
     """depthwise_nchw_flat on the CPU, all threads at once, step by step down their bands: x dense
     NCHW, wt the fp32 [channel][tap] filter; returns the (N, C, OH, OW) output."""
-    s, stride, columns = spec, spec.stride_h, plan.columns
+    s, stride, cols, columns = spec, spec.stride_h, plan.vec, plan.columns
     C, H, W, OH, OW = s.in_channels, s.height, s.width, s.out_height, s.out_width
     assert (s.kernel_h, s.kernel_w, s.stride_w, depthwise_plan.multiplier(s)) == (3, 3, stride, 1)
-    threads, planes = plan.threads, s.batch * C
+    threads, planes, span = plan.threads, s.batch * C, (cols - 1) * stride + 3
     assert threads == depthwise_plan.FLAT_THREADS and columns & (columns - 1) == 0 and columns <= threads
     bands = -(-OH // plan.band)
     groups = -(-planes // (threads // columns))
     assert plan.grid == (groups * bands * plan.segments, 1, 1)
-    assert (plan.segments - 1) * columns < OW <= plan.segments * columns
+    assert (plan.segments - 1) * columns * cols < OW <= plan.segments * columns * cols
     xs, ws = _flat(x), _flat(wt)
     bs = _flat(bias) if bias is not None else None
     block, tid = np.divmod(np.arange(plan.grid[0] * threads), threads)
     segment, rest = block % plan.segments, block // plan.segments
     p0, group = rest % bands * plan.band, rest // bands
     plane = group * (threads // columns) + tid // columns
-    q = segment * columns + tid % columns
-    live = (plane < planes) & (q < OW)  # the others return at once
-    plane, q, p0 = plane[live], q[live], p0[live]
-    iw = q * stride - s.padding_w
-    col = [(iw + j >= 0) & (iw + j < W) for j in range(3)]
+    q0 = (segment * columns + tid % columns) * cols
+    live = (plane < planes) & (q0 < OW)  # the others return at once
+    plane, q0, p0 = plane[live], q0[live], p0[live]
+    iw = q0 * stride - s.padding_w
+    col = [(iw + i >= 0) & (iw + i < W) for i in range(span)]
     c = plane % C
-    w = [[_read(ws, c * 9 + r * 3 + j, col[j]) for j in range(3)] for r in range(3)]
-    b = _read(bs, c, np.ones(len(c), dtype=bool)) if bs is not None else 0.0
+    # w[k][r][j]: output k's tap (r, j), zero on a column off the image.
+    w = [[[_read(ws, c * 9 + r * 3 + j, col[k * stride + j]) for j in range(3)] for r in range(3)]
+         for k in range(cols)]
+    b = _read(bs, c, np.ones(len(c), dtype=bool)) if bs is not None else np.zeros(len(c))
     rows = np.minimum(plan.band, OH - p0)
     top = p0 * stride - s.padding_h
     out = np.full(planes * OH * OW, np.nan)
 
     def taps(ih: np.ndarray, alive: np.ndarray) -> list[np.ndarray]:
         row = alive & (ih >= 0) & (ih < H)
-        return [_read(xs, plane * H * W + ih * W + iw + j, row & col[j]) for j in range(3)]
+        return [_read(xs, plane * H * W + ih * W + iw + i, row & col[i]) for i in range(span)]
 
     def fma(acc: np.ndarray, v: list[np.ndarray], r: int, ih: np.ndarray) -> np.ndarray:
-        return np.where((ih >= 0) & (ih < H), acc + sum(w[r][j] * v[j] for j in range(3)), acc)
+        sums = np.stack([sum(w[k][r][j] * v[k * stride + j] for j in range(3)) for k in range(cols)], axis=1)
+        return np.where(((ih >= 0) & (ih < H))[:, None], acc + sums, acc)
 
     def store(active: np.ndarray, p: int, values: np.ndarray) -> None:
-        _write(out, (plane * OH * OW + (p0 + p) * OW + q)[active], (values + b)[active])
+        for k in range(cols):
+            ok = active & (q0 + k < OW)
+            _write(out, (plane * OH * OW + (p0 + p) * OW + q0 + k)[ok], (values[:, k] + b)[ok])
 
-    _walk_bands(stride, rows, top, H, taps, fma, store, np.zeros(len(plane)))
+    _walk_bands(stride, rows, top, H, taps, fma, store, np.zeros((len(plane), cols)))
     assert not np.isnan(out).any(), "an output element is never written"
     return torch.from_numpy(out).view(s.batch, C, OH, OW)
 

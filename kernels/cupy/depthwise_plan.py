@@ -6,8 +6,8 @@ NHWC: one thread per (image, output row, PIX output columns, VEC channels), VEC 
 at stride 1 or 2 both ways, a second NHWC kernel takes flat runs of output rows: one thread per
 VEC elements of a row's OW * C, down a band of rows (``flat_plan``; the build times both).  NCHW:
 one block per TH x TW tile of one output plane, its input tile (halo included) staged in shared
-memory; for 3x3 layers at stride 1 or 2 both ways, a flat-run kernel too: one thread per output
-column of a plane, down a band of rows, a block several planes' rows.
+memory; for 3x3 layers at stride 1 or 2 both ways, a flat-run kernel too: one thread per four
+(or one) output columns of a plane, down a band of rows, a block several planes' rows.
 Needs neither CuPy nor a GPU, so that tests can check the index math on any machine.
 """
 
@@ -32,6 +32,9 @@ FLAT_THREADS = 128
 # 1.3x faster than 4-row ones at fewer blocks than the SMs hold.
 FLAT_BANDS = (32, 16, 8, 4)
 FLAT_BLOCKS_PER_SM = {"NHWC": 12, "NCHW": 64}
+# NCHW: output columns a thread of the flat-run kernel (sources.DEPTHWISE_NCHW_FLAT_COLUMNS): four
+# load 1.5 input elements an output at stride 1, where one loads three.  The build also times one.
+NCHW_FLAT_COLUMNS = 4
 NCHW_MAX_THREADS = 256
 
 SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without opting in
@@ -48,7 +51,7 @@ class DepthwisePlan:
     grid: tuple[int, int, int]
     threads: int
     shared_bytes: int
-    vec: int  # NHWC: channels per thread (1 for NCHW)
+    vec: int  # elements a thread: NHWC channels (1 for the NCHW tile kernel), flat NCHW output columns
     kernel: int  # the unrolled window (K x K), 0 for the loops
     items: int  # NHWC: threads that compute (the rest of the last block return at once)
     tile: tuple[int, int, int, int]  # NCHW: (TH, TW, IH, IW): output tile, staged input tile
@@ -87,11 +90,11 @@ def flat_refusal(spec: Conv2d, layout: str) -> str | None:
 
 
 def flat_plan(spec: Conv2d, layout: str, ctype: str, x_ptr: int, out_ptr: int, sms: int,
-              band: int | None = None) -> DepthwisePlan:
+              band: int | None = None, columns: int = NCHW_FLAT_COLUMNS) -> DepthwisePlan:
     """The flat-run kernel's launch for ``layout`` on a GPU of ``sms`` SMs, in bands of ``band``
     output rows (None: the tallest that give each SM FLAT_BLOCKS_PER_SM blocks, the shortest where
-    none does); Unsupported, with the reason, where it cannot run ``spec`` (see ``flat_refusal``;
-    and in NHWC whole 16-byte vectors of channels)."""
+    none does), in NCHW ``columns`` output columns a thread; Unsupported, with the reason, where it
+    cannot run ``spec`` (see ``flat_refusal``; and in NHWC whole 16-byte vectors of channels)."""
     s = spec
     reason = flat_refusal(s, layout)
     if reason:
@@ -99,7 +102,7 @@ def flat_plan(spec: Conv2d, layout: str, ctype: str, x_ptr: int, out_ptr: int, s
     if band is not None and band < 1:
         raise ValueError(f"band must be at least 1 output row, got {band}")
     if layout == "NHWC":
-        vec, columns = sources.vector_width(ctype), 0
+        vec, threads_in_row = sources.vector_width(ctype), 0
         if s.in_channels % vec or x_ptr % 16 or out_ptr % 16:
             raise Unsupported(f"the flat-run depthwise kernel needs channels a multiple of {vec} and 16-byte "
                               f"aligned x and out, got {s.in_channels} channels")
@@ -107,10 +110,13 @@ def flat_plan(spec: Conv2d, layout: str, ctype: str, x_ptr: int, out_ptr: int, s
         groups = s.batch
         name = sources.depthwise_flat_name(ctype, vec, s.stride_h)
     else:
-        vec, columns = 1, min(1 << (s.out_width - 1).bit_length(), FLAT_THREADS)
-        segments = -(-s.out_width // columns)
-        groups = -(-s.batch * s.in_channels // (FLAT_THREADS // columns))
-        name = sources.depthwise_nchw_flat_name(ctype, s.stride_h)
+        if columns not in sources.DEPTHWISE_NCHW_FLAT_COLUMNS:
+            raise ValueError(f"columns must be one of {sources.DEPTHWISE_NCHW_FLAT_COLUMNS}, got {columns}")
+        groups_in_row = -(-s.out_width // columns)  # a thread's columns
+        vec, threads_in_row = columns, min(1 << (groups_in_row - 1).bit_length(), FLAT_THREADS)
+        segments = -(-groups_in_row // threads_in_row)
+        groups = -(-s.batch * s.in_channels // (FLAT_THREADS // threads_in_row))
+        name = sources.depthwise_nchw_flat_name(ctype, s.stride_h, columns)
     per_sm = FLAT_BLOCKS_PER_SM[layout]
     if band is None:
         band = next((b for b in FLAT_BANDS if groups * -(-s.out_height // b) * segments >= per_sm * sms),
@@ -118,7 +124,8 @@ def flat_plan(spec: Conv2d, layout: str, ctype: str, x_ptr: int, out_ptr: int, s
     blocks = groups * -(-s.out_height // band) * segments
     if blocks > INT32_MAX:
         raise Unsupported(f"the flat-run depthwise kernel's grid of {blocks} blocks exceeds the CUDA limit")
-    return DepthwisePlan(name, (blocks, 1, 1), FLAT_THREADS, 0, vec, 3, 0, (0, 0, 0, 0), band, segments, columns)
+    return DepthwisePlan(name, (blocks, 1, 1), FLAT_THREADS, 0, vec, 3, 0, (0, 0, 0, 0), band, segments,
+                         threads_in_row)
 
 
 def input_tile(spec: Conv2d, th: int, tw: int) -> tuple[int, int]:

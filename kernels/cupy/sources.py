@@ -142,6 +142,7 @@ BACKWARD_VARIANTS = (("float", False),) + tuple((t, True) for t in STORAGE_TYPES
 DEPTHWISE_UNROLLED = (3, 5, 7)
 DEPTHWISE_NHWC_STRIDES = (1, 2)
 DEPTHWISE_FLAT_STRIDES = (1, 2)  # the flat-run kernels' stride, the same both ways
+DEPTHWISE_NCHW_FLAT_COLUMNS = (1, 4)  # output columns a thread of the NCHW flat-run kernel
 
 
 def depthwise_nhwc_name(ctype: str, vec: int, kernel: int, stride_w: int) -> str:
@@ -156,10 +157,10 @@ def depthwise_flat_name(ctype: str, vec: int, stride: int) -> str:
     return f"depthwise_nhwc_flat<{ctype}, {vec}, {stride}>"
 
 
-def depthwise_nchw_flat_name(ctype: str, stride: int) -> str:
+def depthwise_nchw_flat_name(ctype: str, stride: int, columns: int) -> str:
     """depthwise.cu's NCHW kernel on flat runs of each plane's output rows: 3x3, ``stride`` both
-    ways."""
-    return f"depthwise_nchw_flat<{ctype}, {stride}>"
+    ways, ``columns`` output columns a thread."""
+    return f"depthwise_nchw_flat<{ctype}, {stride}, {columns}>"
 
 
 def depthwise_nchw_name(ctype: str, kernel: int) -> str:
@@ -257,7 +258,8 @@ SOURCES: dict[str, Source] = {
          for s in DEPTHWISE_NHWC_STRIDES]
         + [depthwise_nhwc_name(t, v, 0, 0) for t in STORAGE_TYPES for v in (1, vector_width(t))]
         + [depthwise_flat_name(t, vector_width(t), s) for t in STORAGE_TYPES for s in DEPTHWISE_FLAT_STRIDES]
-        + [depthwise_nchw_flat_name(t, s) for t in STORAGE_TYPES for s in DEPTHWISE_FLAT_STRIDES]
+        + [depthwise_nchw_flat_name(t, s, c) for t in STORAGE_TYPES for s in DEPTHWISE_FLAT_STRIDES
+           for c in DEPTHWISE_NCHW_FLAT_COLUMNS]
         + [depthwise_nchw_name(t, k) for t in STORAGE_TYPES for k in (0, *DEPTHWISE_UNROLLED)])),
     "conv2d_backward": Source("conv2d_backward.cu", tuple(
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]

@@ -1,4 +1,4 @@
-// depthwise.cu's flat-run kernels (depthwise_nhwc_flat<float, 4, S>, depthwise_nchw_flat<float, S>)
+// depthwise.cu's flat-run kernels (depthwise_nhwc_flat<float, 4, S>, depthwise_nchw_flat<float, S, COLS>)
 // compiled as host C++ and run on the CPU, every block and thread in turn, against a float64 direct
 // convolution; each output element must be written exactly once, and every L2 prefetch must name
 // a part of x.  The CUDA
@@ -108,9 +108,9 @@ int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, s
     return bad;
 }
 
-// NCHW: x [N * C planes][H][W], wt [C][9], out [N * C][OH][OW]; threads along a plane's row
-// 2^tq_log2 (fewer than the row's columns cut it into segments).
-template <int S>
+// NCHW: x [N * C planes][H][W], wt [C][9], out [N * C][OH][OW]; COLS output columns a thread,
+// threads along a plane's row 2^tq_log2 (fewer than the row needs cut it into segments).
+template <int S, int COLS>
 int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2, bool has_bias, std::mt19937& g) {
     const int OH = (H + 2 * ph - 3) / S + 1, OW = (W + 2 * pw - 3) / S + 1;
     if (OH < 1 || OW < 1) return 0;
@@ -123,7 +123,7 @@ int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2
     wt[9 + 8] = -INFINITY;      // channel 1, bottom-right tap
     wt[2 * 9 + 3] = INFINITY;   // channel 2, middle-left tap
     const int planes = N * C, columns = 1 << tq_log2;
-    const int segments = (OW + columns - 1) / columns, bands = (OH + band - 1) / band;
+    const int segments = (OW + columns * COLS - 1) / (columns * COLS), bands = (OH + band - 1) / band;
     const int groups = (planes + FLAT_THREADS / columns - 1) / (FLAT_THREADS / columns);
     std::vector<int> writes(out.size(), 0);
     x_lo = x.data();
@@ -135,7 +135,7 @@ int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2
             blockIdx = {unsigned(blk), 0, 0};
             threadIdx = {unsigned(t), 0, 0};
             std::vector<float> before(out);
-            depthwise_nchw_flat<float, S>(x.data(), wt.data(), has_bias ? b.data() : nullptr, out.data(), planes, C,
+            depthwise_nchw_flat<float, S, COLS>(x.data(), wt.data(), has_bias ? b.data() : nullptr, out.data(), planes, C,
                                           H, W, OH, OW, ph, pw, band, segments, bands, tq_log2);
             for (size_t i = 0; i < out.size(); ++i)
                 if (memcmp(&before[i], &out[i], 4) != 0) ++writes[i];
@@ -160,8 +160,8 @@ int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2
             }
     bad += stray_prefetches != 0;
     if (bad)
-        printf("BAD NCHW S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d columns=%d bias=%d: %d wrong, %ld prefetches off x\n",
-               S, N, C, H, W, ph, pw, band, columns, has_bias, bad, stray_prefetches);
+        printf("BAD NCHW S=%d COLS=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d threads a row=%d bias=%d: %d wrong, %ld "
+               "prefetches off x\n", S, COLS, N, C, H, W, ph, pw, band, columns, has_bias, bad, stray_prefetches);
     return bad;
 }
 
@@ -188,10 +188,12 @@ int main() {
                     for (int ph = 0; ph <= 2; ++ph)
                         for (int pw = 0; pw <= 2; ++pw)
                             for (int band : {1, 4, 32})
-                                for (int tq_log2 : {2, 6}) {  // rows cut in segments of 4, or one segment
+                                for (int tq_log2 : {1, 6}) {  // rows cut in segments, or one segment
                                     const bool bias = (C + H + W + band) % 2;
-                                    int r = S == 1 ? check_nchw<1>(2, C, H, W, ph, pw, band, tq_log2, bias, g)
-                                                   : check_nchw<2>(2, C, H, W, ph, pw, band, tq_log2, bias, g);
+                                    int r = S == 1 ? check_nchw<1, 1>(2, C, H, W, ph, pw, band, tq_log2, bias, g) +
+                                                         check_nchw<1, 4>(2, C, H, W, ph, pw, band, tq_log2, bias, g)
+                                                   : check_nchw<2, 1>(2, C, H, W, ph, pw, band, tq_log2, bias, g) +
+                                                         check_nchw<2, 4>(2, C, H, W, ph, pw, band, tq_log2, bias, g);
                                     bad += r != 0;
                                     ++cases;
                                 }
