@@ -12,6 +12,7 @@ from __future__ import annotations
 from layerbench.layers import Conv2d
 
 FLAT_STRIDES = (1, 2)  # a flat-run kernel's stride, the same both ways (CuPy compiles these)
+FLAT_LAYOUTS = ("NHWC", "NCHW")
 
 
 def streaming_refusal(spec: Conv2d, layout: str, kernel: str, layouts: tuple[str, ...] = ("NHWC",)) -> str | None:
@@ -27,10 +28,9 @@ def streaming_refusal(spec: Conv2d, layout: str, kernel: str, layouts: tuple[str
     return None
 
 
-def flat_refusal(spec: Conv2d, layout: str, kernel: str, layouts: tuple[str, ...] = ("NHWC", "NCHW")) -> str | None:
-    """Why the flat-run ``kernel``, which runs ``layouts``, does not run ``spec`` in ``layout``, or
-    None."""
-    reason = streaming_refusal(spec, layout, kernel, layouts)
+def flat_refusal(spec: Conv2d, layout: str, kernel: str) -> str | None:
+    """Why the flat-run ``kernel`` does not run ``spec`` in ``layout``, or None."""
+    reason = streaming_refusal(spec, layout, kernel, FLAT_LAYOUTS)
     if reason is None and not (spec.stride_h == spec.stride_w and spec.stride_h in FLAT_STRIDES):
         reason = f"{kernel} runs strides (1, 1) and (2, 2), got ({spec.stride_h}, {spec.stride_w})"
     return reason

@@ -1,7 +1,8 @@
-"""depthwise.cu's flat-run kernel run on the CPU: its CUDA source compiled as host C++
-(tests/host_cuda/depthwise_flat.cpp shims the CUDA keywords) and every block and thread executed
-in turn against a float64 direct convolution, strides 1 and 2, paddings 0-2, planes and bands cut
-raggedly, runs over several blocks.  Needs a C++17 compiler (skipped without one)."""
+"""depthwise.cu's flat-run kernels (NHWC and NCHW) run on the CPU: their CUDA source compiled as
+host C++ (tests/host_cuda/depthwise_flat.cpp shims the CUDA keywords) and every block and thread
+executed in turn against a float64 direct convolution, strides 1 and 2, paddings 0-2, planes and
+bands cut raggedly, runs and rows over several blocks, one or four NCHW columns a thread.  Needs
+a C++17 compiler (skipped without one)."""
 
 from __future__ import annotations
 

@@ -191,16 +191,16 @@ def test_flat_plan_choices() -> None:
             plan(spec)
     with pytest.raises(Unsupported, match="16-byte aligned"):
         flat_plan(dw(1, 16, 1, 9, 9, 3, 3), "NHWC", "__half", 2, 0, 132)
-    # NCHW: a thread a column, the row's width rounded up to a power of two (at most a block's 128
-    # threads), the rest of the block more planes; the tallest band that leaves 64 blocks an SM.
-    # Four columns a thread: 14 columns take 4 threads, a block 32 planes.
+    # NCHW: four (or one) columns a thread, the row's threads rounded up to a power of two (at most
+    # a block's 128), the rest of the block more planes; the tallest band that leaves 64 blocks an
+    # SM.  Four columns a thread: 14 columns take 4 threads, a block 32 planes.
     nchw = flat_plan(dw(64, 576, 1, 14, 14, 3, 3, padding=1), "NCHW", "__nv_bfloat16", 0, 0, 132)
-    assert (nchw.vec, nchw.columns, nchw.segments, nchw.band, nchw.grid[0]) == (4, 4, 1, 4, 1152 * 4)
+    assert (nchw.vec, nchw.row_threads, nchw.segments, nchw.band, nchw.grid[0]) == (4, 4, 1, 4, 1152 * 4)
     assert nchw.name == sources.depthwise_nchw_flat_name("__nv_bfloat16", 1, 4)
     single = flat_plan(dw(64, 576, 1, 14, 14, 3, 3, padding=1), "NCHW", "__nv_bfloat16", 0, 0, 132, 32, 1)
-    assert (single.vec, single.columns, single.band, single.grid[0]) == (1, 16, 32, 36864 // 8)
+    assert (single.vec, single.row_threads, single.band, single.grid[0]) == (1, 16, 32, 36864 // 8)
     wide = flat_plan(dw(2, 3, 1, 300, 300, 3, 3, stride=2, padding=1), "NCHW", "float", 0, 0, 132, columns=1)
-    assert (wide.columns, wide.segments, wide.band) == (128, 2, 4)  # 150 columns in two segments
+    assert (wide.row_threads, wide.segments, wide.band) == (128, 2, 4)  # 150 columns in two segments
     assert flat_plan(dw(1, 12, 1, 9, 9, 3, 3), "NCHW", "__half", 2, 0, 132).name.endswith(", 1, 4>")  # no alignment
     with pytest.raises(ValueError, match="columns must be one of"):
         flat_plan(dw(1, 12, 1, 9, 9, 3, 3), "NCHW", "__half", 0, 0, 132, columns=3)

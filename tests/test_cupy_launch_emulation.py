@@ -39,7 +39,7 @@ from kernels.cupy.backward_models import (
 from kernels.cupy.conv_tma_model import Im2colView, MapView, grouped_tile, model_conv_tma
 from kernels.cupy.depthwise_models import (model_depthwise_nchw, model_depthwise_nchw_flat, model_depthwise_nhwc,
                                            model_depthwise_nhwc_flat)
-from kernels.cupy.depthwise_plan import PIX, DepthwisePlan
+from kernels.cupy.depthwise_plan import NCHW_FLAT_COLUMNS, PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
 from layerbench import build_cache, registry
 from layerbench.build_cache import CACHE_DIR_ENV
@@ -681,7 +681,7 @@ def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layo
 
 # The flat-run depthwise kernels alone (the registered build above keeps the direct kernel on a tie,
 # after timing both): strides 1 and 2, a run over several blocks (NHWC) or a row over two segments
-# (NCHW, 150 columns a thread each), planes of a block past the last one and rows that end inside
+# (NCHW, 150 columns at one a thread), planes of a block past the last one and rows that end inside
 # a thread's four columns (NCHW), bias or not.
 @pytest.mark.parametrize(("spec", "dtype", "layout"), [
     (Conv2d(2, 16, 16, 9, 10, 3, 3, padding=1, groups=16), "bf16", "NHWC"),
@@ -693,7 +693,8 @@ def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layo
 ], ids=["s1-bf16", "s2-segments-fp16", "s2-pad-0-2-fp32", "nchw-s1-bf16", "nchw-segments-fp32",
         "nchw-s2-pad-0-2-fp16"])
 def test_depthwise_flat_launcher(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
-    for columns in sources.DEPTHWISE_NCHW_FLAT_COLUMNS if layout == "NCHW" else (4,):
+    # NHWC takes no columns a thread: the default is passed and ignored.
+    for columns in sources.DEPTHWISE_NCHW_FLAT_COLUMNS if layout == "NCHW" else (NCHW_FLAT_COLUMNS,):
         def build(*args: object) -> Built:
             return depthwise.build_flat(*args, columns=columns)
 

@@ -62,7 +62,8 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
 def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                     out: torch.Tensor) -> list[tuple[str, Callable[[], Built]]]:
     """The flat-run kernel's builds worth timing for ``spec``, named: in its usual bands and, where
-    they differ, in the tallest (``depthwise_flat_tall``)."""
+    they differ, in the tallest (``depthwise_flat_tall``); in NCHW, four output columns a thread,
+    and one in the tallest bands (``depthwise_flat_column``: faster on narrow planes)."""
     def build(band: int | None, columns: int = NCHW_FLAT_COLUMNS) -> Callable[[], Built]:
         return lambda: build_flat(spec, dtype, layout, tensors, out, band, columns)
 
@@ -94,7 +95,7 @@ def build_flat(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: t
     sizes = (s.in_channels, s.height, s.width, s.out_height, s.out_width, s.padding_h, s.padding_w, plan.band,
              plan.segments, -(-s.out_height // plan.band))
     if layout == "NCHW":
-        sizes = (s.batch * s.in_channels, *sizes, plan.columns.bit_length() - 1)
+        sizes = (s.batch * s.in_channels, *sizes, plan.row_threads.bit_length() - 1)
     launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), [ptr(x), ptr(wt), ptr(bt), ptr(out),
                                                                   *[i32(v) for v in sizes]],
                             index, keep=(x, wt, bt, out))

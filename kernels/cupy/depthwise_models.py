@@ -4,8 +4,8 @@ Each model runs a kernel's threads and blocks on the CPU in float64 as the plan 
 which thread computes which channels and pixels, which input and filter elements it reads (and
 that every read stays inside its buffer and every vector is aligned), the NCHW kernel's staged
 tile with its halo, the flat-run kernels' walk down their bands, and that every output element is
-written exactly once.  The tests compare
-the results with torch in float64.  NumPy and torch only: no CuPy, no GPU.
+written exactly once.  The tests compare the results with torch in float64.  NumPy and torch
+only: no CuPy, no GPU.
 """
 
 from __future__ import annotations
@@ -156,9 +156,10 @@ def model_depthwise_nhwc_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
 
 def _walk_bands(stride: int, rows: np.ndarray, top: np.ndarray, H: int, taps: Callable, fma: Callable,
                 store: Callable, zeros: np.ndarray) -> None:
-    """The flat-run kernels' walk down their bands, every thread at once: ``taps(ih, alive)`` loads
-    a row's three taps, ``fma(acc, taps, filter_row, ih)`` adds them in, ``store(active, p, values)``
-    writes output row ``p`` (relative to each thread's band start, ``top``: its first input row)."""
+    """The flat-run kernels' walk down their bands, every thread at once (``top``: each thread's
+    first input row, ``rows``: its band's output rows): ``taps(ih, alive)`` loads an input row under
+    a thread's taps, ``fma(acc, taps, r, ih)`` adds them times filter row ``r``, and
+    ``store(active, p, values)`` writes output row ``p`` of each band."""
     everyone = np.ones(len(top), dtype=bool)
     cur = taps(top, everyone)
     if stride == 1:
@@ -190,22 +191,22 @@ def model_depthwise_nchw_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
                               bias: torch.Tensor | None) -> torch.Tensor:
     """depthwise_nchw_flat on the CPU, all threads at once, step by step down their bands: x dense
     NCHW, wt the fp32 [channel][tap] filter; returns the (N, C, OH, OW) output."""
-    s, stride, cols, columns = spec, spec.stride_h, plan.vec, plan.columns
+    s, stride, cols, row_threads = spec, spec.stride_h, plan.vec, plan.row_threads
     C, H, W, OH, OW = s.in_channels, s.height, s.width, s.out_height, s.out_width
     assert (s.kernel_h, s.kernel_w, s.stride_w, depthwise_plan.multiplier(s)) == (3, 3, stride, 1)
     threads, planes, span = plan.threads, s.batch * C, (cols - 1) * stride + 3
-    assert threads == depthwise_plan.FLAT_THREADS and columns & (columns - 1) == 0 and columns <= threads
+    assert threads == depthwise_plan.FLAT_THREADS and row_threads & (row_threads - 1) == 0 and row_threads <= threads
     bands = -(-OH // plan.band)
-    groups = -(-planes // (threads // columns))
+    groups = -(-planes // (threads // row_threads))
     assert plan.grid == (groups * bands * plan.segments, 1, 1)
-    assert (plan.segments - 1) * columns * cols < OW <= plan.segments * columns * cols
+    assert (plan.segments - 1) * row_threads * cols < OW <= plan.segments * row_threads * cols
     xs, ws = _flat(x), _flat(wt)
     bs = _flat(bias) if bias is not None else None
     block, tid = np.divmod(np.arange(plan.grid[0] * threads), threads)
     segment, rest = block % plan.segments, block // plan.segments
     p0, group = rest % bands * plan.band, rest // bands
-    plane = group * (threads // columns) + tid // columns
-    q0 = (segment * columns + tid % columns) * cols
+    plane = group * (threads // row_threads) + tid // row_threads
+    q0 = (segment * row_threads + tid % row_threads) * cols
     live = (plane < planes) & (q0 < OW)  # the others return at once
     plane, q0, p0 = plane[live], q0[live], p0[live]
     iw = q0 * stride - s.padding_w

@@ -57,7 +57,7 @@ class DepthwisePlan:
     tile: tuple[int, int, int, int]  # NCHW: (TH, TW, IH, IW): output tile, staged input tile
     band: int = 0  # flat: output rows a block walks down
     segments: int = 0  # flat: blocks along an output row's run
-    columns: int = 0  # flat NCHW: threads along a plane's row (a power of two), planes a block the rest
+    row_threads: int = 0  # flat NCHW: threads along a plane's row (a power of two), planes a block the rest
 
 
 def multiplier(spec: Conv2d) -> int:

@@ -1,9 +1,8 @@
-// depthwise.cu's flat-run kernels (depthwise_nhwc_flat<float, 4, S>, depthwise_nchw_flat<float, S, COLS>)
-// compiled as host C++ and run on the CPU, every block and thread in turn, against a float64 direct
-// convolution; each output element must be written exactly once, and every L2 prefetch must name
-// a part of x.  The CUDA
-// keywords and the few intrinsics the file uses are shimmed below; BODY is depthwise.cu without its
-// #include of layerbench_common.cuh.
+// depthwise.cu's flat-run kernels (depthwise_nhwc_flat<float, 4, S>, depthwise_nchw_flat<float, S,
+// COLS>) compiled as host C++ and run on the CPU, every block and thread in turn, against a float64
+// direct convolution; each output element must be written exactly once, and every L2 prefetch must
+// name a part of x.  The CUDA keywords and the few intrinsics the file uses are shimmed below; BODY
+// is depthwise.cu without its #include of layerbench_common.cuh.
 // Prints "N cases, M bad, P prefetches" and exits 1 if any case is bad.
 #include <algorithm>
 #include <cmath>
