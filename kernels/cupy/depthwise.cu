@@ -149,6 +149,18 @@ __device__ __forceinline__ void prefetch_span(const T* xn, int ih, int H, int W,
 #endif
 }
 
+// The stride-1 walk's rolling accumulators one input row on: the oldest output row is done, the
+// other two move up, and a fresh one starts.
+template <int N>
+__device__ __forceinline__ void roll_rows(float (&done)[N], float (&acc1)[N], float (&acc2)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        done[i] = acc1[i];
+        acc1[i] = acc2[i];
+        acc2[i] = 0.0f;
+    }
+}
+
 // A finished output vector plus the bias, stored.
 template <typename T, int VEC>
 __device__ __forceinline__ void store_biased(T* p, float (&done)[VEC], const float (&b)[VEC]) {
@@ -400,12 +412,7 @@ __global__ void __launch_bounds__(FLAT_THREADS, FLAT_BLOCKS) depthwise_nhwc_flat
             if (ahead < rows + 2) prefetch_span<T, VEC>(xn, top + ahead, H, W, C, lo, hi);
             const bool in = top + s >= 0 && top + s < H;
             float done[VEC];
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                done[i] = acc1[i];
-                acc1[i] = acc2[i];
-                acc2[i] = 0.0f;
-            }
+            roll_rows<VEC>(done, acc1, acc2);
             if (in) {
                 float f[3][VEC];
                 unpack_taps<T, VEC>(cur, f);
@@ -537,12 +544,7 @@ __global__ void __launch_bounds__(FLAT_THREADS) depthwise_nchw_flat(
             load(top + s + 1, s + 1 < rows + 2, next);
             if (s + 1 + FLAT_PREFETCH < rows + 2) prefetch(top + s + 1 + FLAT_PREFETCH);
             float done[COLS];
-#pragma unroll
-            for (int k = 0; k < COLS; ++k) {
-                done[k] = acc1[k];
-                acc1[k] = acc2[k];
-                acc2[k] = 0.0f;
-            }
+            roll_rows<COLS>(done, acc1, acc2);
             if (top + s >= 0 && top + s < H) {
                 times(cur, 2, done);
                 times(cur, 1, acc1);

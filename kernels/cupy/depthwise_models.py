@@ -118,9 +118,7 @@ def model_depthwise_nhwc_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     assert (plan.segments - 1) * threads * vec < run <= plan.segments * threads * vec
     xs, ws = _flat(x), _flat(wt)
     bs = _flat(bias) if bias is not None else None
-    block, tid = np.divmod(np.arange(plan.grid[0] * threads), threads)
-    segment, rest = block % plan.segments, block // plan.segments
-    p0, n = rest % bands * plan.band, rest // bands
+    tid, segment, p0, n = _flat_threads(plan, bands)
     e = (segment * threads + tid) * vec
     live = e < run  # the others return at once
     e, p0, n = e[live], p0[live], n[live]
@@ -152,6 +150,14 @@ def model_depthwise_nhwc_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     _walk_bands(stride, rows, top, H, taps, fma, store, np.zeros((len(e), vec)))
     assert not np.isnan(out).any(), "an output element is never written"
     return torch.from_numpy(out).view(s.batch, OH, OW, C).permute(0, 3, 1, 2)
+
+
+def _flat_threads(plan: DepthwisePlan, bands: int) -> tuple[np.ndarray, ...]:
+    """Every thread of a flat-run launch: (thread in its block, segment of the row, first output
+    row of the band, outer index: image or plane group), from the block index's order."""
+    block, tid = np.divmod(np.arange(plan.grid[0] * plan.threads), plan.threads)
+    segment, rest = block % plan.segments, block // plan.segments
+    return tid, segment, rest % bands * plan.band, rest // bands
 
 
 def _walk_bands(stride: int, rows: np.ndarray, top: np.ndarray, H: int, taps: Callable, fma: Callable,
@@ -202,9 +208,7 @@ def model_depthwise_nchw_flat(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     assert (plan.segments - 1) * row_threads * cols < OW <= plan.segments * row_threads * cols
     xs, ws = _flat(x), _flat(wt)
     bs = _flat(bias) if bias is not None else None
-    block, tid = np.divmod(np.arange(plan.grid[0] * threads), threads)
-    segment, rest = block % plan.segments, block // plan.segments
-    p0, group = rest % bands * plan.band, rest // bands
+    tid, segment, p0, group = _flat_threads(plan, bands)
     plane = group * (threads // row_threads) + tid // row_threads
     q0 = (segment * row_threads + tid % row_threads) * cols
     live = (plane < planes) & (q0 < OW)  # the others return at once

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <random>
 #include <vector>
 using std::max;
@@ -51,15 +52,18 @@ template <> inline float from_float<float>(float v) { return v; }
 }
 #include BODY
 
+void fill_normal(std::initializer_list<std::vector<float>*> buffers, std::mt19937& g) {
+    std::normal_distribution<float> d;
+    for (auto* buffer : buffers)
+        for (auto& v : *buffer) v = d(g);
+}
+
 template <int S>
 int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, std::mt19937& g) {
     const int OH = (H + 2 * ph - 3) / S + 1, OW = (W + 2 * pw - 3) / S + 1;
     if (OH < 1 || OW < 1) return 0;
-    std::normal_distribution<float> d;
     std::vector<float> x(N * H * W * C), wt(9 * C), b(C), out(N * OH * OW * C, NAN);
-    for (auto& v : x) v = d(g);
-    for (auto& v : wt) v = d(g);
-    for (auto& v : b) v = d(g);
+    fill_normal({&x, &wt, &b}, g);
     // Infinite taps (two corners, the middle of the left column): where the padding holds them, the
     // output stays finite (no 0 * inf).
     wt[0] = INFINITY;           // channel 0, top-left tap
@@ -113,11 +117,8 @@ template <int S, int COLS>
 int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2, bool has_bias, std::mt19937& g) {
     const int OH = (H + 2 * ph - 3) / S + 1, OW = (W + 2 * pw - 3) / S + 1;
     if (OH < 1 || OW < 1) return 0;
-    std::normal_distribution<float> d;
     std::vector<float> x(N * C * H * W), wt(9 * C), b(C), out(N * C * OH * OW, NAN);
-    for (auto& v : x) v = d(g);
-    for (auto& v : wt) v = d(g);
-    for (auto& v : b) v = d(g);
+    fill_normal({&x, &wt, &b}, g);
     wt[0] = INFINITY;           // channel 0, top-left tap
     wt[9 + 8] = -INFINITY;      // channel 1, bottom-right tap
     wt[2 * 9 + 3] = INFINITY;   // channel 2, middle-left tap
