@@ -498,7 +498,8 @@ __global__ void __launch_bounds__(FLAT_THREADS) depthwise_nchw_flat(
     for (int i = 0; i < SPAN; ++i) col[i] = iw + i >= 0 && iw + i < W;
     // Each output's taps on a column off the image get weight 0 (their loads give 0): no branch a
     // tap in the loop.  Rows off the image are skipped whole (the same for the whole block).
-    const float* f = wt + (plane % C) * 9;
+    const int c = plane % C;
+    const float* f = wt + c * 9;
     float w[COLS][3][3];
 #pragma unroll
     for (int k = 0; k < COLS; ++k)
@@ -506,7 +507,7 @@ __global__ void __launch_bounds__(FLAT_THREADS) depthwise_nchw_flat(
         for (int r = 0; r < 3; ++r)
 #pragma unroll
             for (int j = 0; j < 3; ++j) w[k][r][j] = col[k * S + j] ? f[r * 3 + j] : 0.0f;
-    const float b = bias != nullptr ? bias[plane % C] : 0.0f;
+    const float b = bias != nullptr ? bias[c] : 0.0f;
     const T* xp = x + plane * H * W + iw;
     T* o = out + plane * OH * OW + q0;
     const int rows = min(band, OH - p0);

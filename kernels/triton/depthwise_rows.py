@@ -356,7 +356,7 @@ def _filter_and_prefetch(spec: Conv2d, layout: str, tensors: Tensors, out: torch
         raise Unsupported(f"the row-streaming depthwise kernels need x and out both dense {layout}")
     c = spec.in_channels
     taps = torch.empty((9, c), dtype=w.dtype, device=w.device).copy_(w.reshape(c, 9).t())
-    prefetch = (layout == "NHWC" and not interpreting(kernel) and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    prefetch = (nhwc and not interpreting(kernel) and torch.cuda.get_device_capability(x.device) >= (9, 0)
                 and (c * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0)
     return taps, prefetch
 
