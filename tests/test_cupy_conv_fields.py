@@ -117,6 +117,17 @@ def test_depthwise_flat_alone(layout: str, dtype: str, band: int | None) -> None
             assert result.ok, f"{spec} {dtype} {layout} columns={columns}: {result.message}"
 
 
+# The NCHW rows kernel alone: every depthwise layer above (strips, loops, multiplier 2, groups of
+# planes, bands) and the flat kernels' shapes, in every dtype.
+@gpu
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+def test_depthwise_rows_alone(dtype: str) -> None:
+    specs = [spec for spec in (*NETWORK_LAYERS.values(), *AWKWARD.values()) if spec.depthwise]
+    for spec in specs + FLAT_DEPTHWISE + FLAT_DEPTHWISE_NCHW:
+        result = check_implementation(depthwise.build_rows, spec, dtype, "NCHW", DEVICE)
+        assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
 @gpu
 def test_builds_record_their_path() -> None:
     def details(spec: Conv2d, dtype: str = "fp32", layout: str = "NHWC") -> dict:
@@ -130,10 +141,11 @@ def test_builds_record_their_path() -> None:
     kernels = {"depthwise": "depthwise_nhwc<__half, 8, 3, 1>", "depthwise_flat": flat, "depthwise_flat_tall": flat}
     assert dw["kernel"] == kernels[dw["algorithm"]], dw
     planar = details(NETWORK_LAYERS["mobilenetv2-dw-576x14-s1"], "bf16", "NCHW")
-    assert planar["depthwise_ms"] > 0 and planar["depthwise_flat_ms"] > 0, planar
+    assert min(planar[f"{name}_ms"] for name in ("depthwise", "depthwise_flat", "depthwise_rows")) > 0, planar
     flat = "depthwise_nchw_flat<__nv_bfloat16, 1, 4>"
     kernels = {"depthwise": "depthwise_nchw<__nv_bfloat16, 3>", "depthwise_flat": flat, "depthwise_flat_tall": flat,
-               "depthwise_flat_column": "depthwise_nchw_flat<__nv_bfloat16, 1, 1>"}
+               "depthwise_flat_column": "depthwise_nchw_flat<__nv_bfloat16, 1, 1>",
+               "depthwise_rows": "depthwise_nchw_rows<__nv_bfloat16, 3, 1>"}
     assert planar["kernel"] == kernels[planar["algorithm"]], planar
     grouped = details(AWKWARD["groups-2-odd"])
     assert grouped["algorithm"] == "implicit_gemm" and "groups 2" in grouped["fft"]

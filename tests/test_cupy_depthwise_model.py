@@ -1,7 +1,8 @@
 """The depthwise kernels (depthwise.cu), modelled on the CPU (kernels/cupy/depthwise_models.py): the
 NHWC threads (channel vectors, several pixels per thread, unrolled rows or loops), the flat-run
-NHWC threads (bands of rows, rolling accumulators) and the NCHW blocks (a staged tile with its
-halo), against torch's conv2d in float64; and the plans' choices."""
+NHWC threads (bands of rows, rolling accumulators), the NCHW blocks (a staged tile with its halo)
+and the NCHW rows blocks (staged whole-width rows of several planes or of a band, x at every
+alignment), against torch's conv2d in float64; and the plans' choices."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from hypothesis import strategies as st
 from kernels import depthwise_scope
 from kernels.cupy import depthwise_plan, sources
 from kernels.cupy.depthwise import prepared_filter
-from kernels.cupy.depthwise_models import model_depthwise_nchw, model_depthwise_nhwc, model_depthwise_nhwc_flat
-from kernels.cupy.depthwise_plan import flat_plan, plan_depthwise
+from kernels.cupy.depthwise_models import (model_depthwise_nchw, model_depthwise_nchw_rows, model_depthwise_nhwc,
+                                           model_depthwise_nhwc_flat)
+from kernels.cupy.depthwise_plan import flat_plan, plan_depthwise, rows_plan
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
@@ -89,6 +91,48 @@ def depthwise_specs(draw: st.DrawFn) -> Conv2d:
 def test_model_depthwise_matches_torch(spec: Conv2d, layout: str, dtype: torch.dtype, aligned: bool,
                                        seed: int) -> None:
     plan, got, ref = run_model(spec, layout, dtype, seed, x_ptr=0 if aligned else 2)
+    assert_matches(got, ref)
+
+
+def run_rows_model(spec: Conv2d, dtype: torch.dtype, seed: int, x_offset: int, sms: int = 132
+                   ) -> tuple[depthwise_plan.DepthwisePlan, torch.Tensor, torch.Tensor]:
+    """(plan, rows model output, float64 reference) on fresh random inputs, x ``x_offset`` bytes
+    past a 16-byte boundary."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(spec.input_shape, generator=gen).to(dtype)
+    w = torch.randn(spec.weight_shape, generator=gen).to(dtype)
+    b = torch.randn(spec.out_channels, generator=gen).to(dtype) if spec.bias else None
+    plan = rows_plan(spec, CTYPE[dtype], sms)
+    got = model_depthwise_nchw_rows(spec, plan, x, prepared_filter(spec, w, "NCHW"),
+                                    b.float() if b is not None else None, x_offset)
+    ref = spec.reference({"x": x.double(), "weight": w.double(), "bias": b.double() if b is not None else None})
+    return plan, got, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_model_rows_cases(name: str, dtype: torch.dtype) -> None:
+    for x_offset in (0, 4, 12):  # every 16-byte alignment an fp32 or bf16 x can have, in part
+        plan, got, ref = run_rows_model(CASES[name], dtype, seed=5, x_offset=x_offset)
+        assert_matches(got, ref)
+
+
+# One SM: few planes a group; 132: bands of one plane where the plane has more outputs than a block.
+@given(spec=depthwise_specs(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+       x_offset=st.integers(0, 7), sms=st.sampled_from([1, 132]), seed=st.integers(0, 2**31 - 1))
+def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: int, sms: int, seed: int) -> None:
+    size = torch.tensor([], dtype=dtype).element_size()
+    plan, got, ref = run_rows_model(spec, dtype, seed, x_offset * size % 16, sms)
+    assert_matches(got, ref)
+
+
+def test_model_rows_bands_and_groups() -> None:
+    # A plane of 90 x 50 outputs in bands of 40 rows (the last one short); 7 x 7 planes in groups.
+    banded, got, ref = run_rows_model(dw(1, 2, 1, 90, 50, 3, 3, padding=1), torch.bfloat16, 1, 2)
+    assert (banded.group, banded.band) == (1, 40)
+    assert_matches(got, ref)
+    grouped, got, ref = run_rows_model(dw(8, 40, 1, 7, 7, 3, 3, padding=1), torch.float16, 2, 6, sms=2)
+    assert (grouped.group, grouped.band) == (20, 8)
     assert_matches(got, ref)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import (conv_tma, depthwise, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv,
+from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv,
                           pool2d_backward, sources, support, tensor_map)
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
@@ -37,8 +37,8 @@ from kernels.cupy.backward_models import (
     unsigned_bits,
 )
 from kernels.cupy.conv_tma_model import Im2colView, MapView, grouped_tile, model_conv_tma
-from kernels.cupy.depthwise_models import (model_depthwise_nchw, model_depthwise_nchw_flat, model_depthwise_nhwc,
-                                           model_depthwise_nhwc_flat)
+from kernels.cupy.depthwise_models import (model_depthwise_nchw, model_depthwise_nchw_flat, model_depthwise_nchw_rows,
+                                           model_depthwise_nhwc, model_depthwise_nhwc_flat)
 from kernels.cupy.depthwise_plan import NCHW_FLAT_COLUMNS, PIX, DepthwisePlan
 from kernels.cupy.models import BITS, model_fft_forward, model_fft_inverse, model_fft_weight, model_igemm, relu_bits
 from layerbench import build_cache, registry
@@ -183,10 +183,14 @@ class EmulatedLaunch:
             first = (row * q + q0) * kp
             out[first:first + pixels * kp] = values.reshape(-1)
 
-    def _depthwise(self, first: int, batch: int, nhwc: bool) -> tuple[Conv2d, dict[str, torch.Tensor | None]]:
-        """The spec from the shape arguments from ``first`` on (C, H, W, CO, OH, OW, KH, KW, stride_h,
-        stride_w, pad_h, pad_w, dil_h, dil_w, multiplier) and the buffers x, wt, bias, out."""
-        c, h, w, co, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mult = (self.value(first + i) for i in range(15))
+    def _shape(self, first: int) -> tuple[int, ...]:
+        """The 15 shape arguments from ``first`` on, as ``_depthwise`` takes them."""
+        return tuple(self.value(first + i) for i in range(15))
+
+    def _depthwise(self, shape: tuple[int, ...], batch: int, nhwc: bool) -> tuple[Conv2d, dict[str, torch.Tensor | None]]:
+        """The spec from the shape arguments (C, H, W, CO, OH, OW, KH, KW, stride_h, stride_w, pad_h,
+        pad_w, dil_h, dil_w, multiplier) and the buffers x, wt, bias, out."""
+        c, h, w, co, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mult = shape
         spec = Conv2d(batch, c, co, h, w, kh, kw, stride_h=sh, stride_w=sw, padding_h=ph, padding_w=pw,
                       dilation_h=dh, dilation_w=dw, groups=c)
         assert (spec.out_height, spec.out_width, co // c) == (oh, ow, mult)
@@ -206,7 +210,7 @@ class EmulatedLaunch:
         oh, ow, co = self.value(9), self.value(10), self.value(8)
         batch, rest = divmod(items, oh * -(-ow // PIX) * (co // vec))
         assert rest == 0 and batch >= 1
-        spec, t = self._depthwise(5, batch, nhwc=True)
+        spec, t = self._depthwise(self._shape(5), batch, nhwc=True)
         assert s == (spec.stride_w if k else 0), "the template's stride is not the spec's"
         plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, vec, k, items, (0, 0, 0, 0))
         t["out"].copy_(model_depthwise_nhwc(spec, plan, t["x"], t["wt"], t["bias"]))
@@ -245,10 +249,24 @@ class EmulatedLaunch:
         co = self.value(7)
         batch, rest = divmod(self.grid[0], co)
         assert rest == 0 and batch >= 1
-        spec, t = self._depthwise(4, batch, nhwc=False)
+        spec, t = self._depthwise(self._shape(4), batch, nhwc=False)
         tile = tuple(self.value(i) for i in range(19, 23))
         plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, 1, int(self.targs[1]), 0, tile)
         t["out"].copy_(model_depthwise_nchw(spec, plan, t["x"], t["wt"], t["bias"]))
+
+    def _depthwise_nchw_rows(self) -> None:  # (x, wt, bias, out, planes, H, W, CO, ..., multiplier, group,
+        # band, bands); <T, K, S>
+        planes, co, mult = self.value(4), self.value(7), self.value(18)
+        group, band, bands = (self.value(i) for i in range(19, 22))
+        batch, rest = divmod(planes, co // mult)
+        assert rest == 0 and batch >= 1 and bands == -(-self.value(8) // band)
+        spec, t = self._depthwise((planes // batch, *self._shape(5)[:14]), batch, nhwc=False)
+        k, stride = (int(a) for a in self.targs[1:])
+        assert stride == (spec.stride_h if k else 0), "the template's stride is not the spec's"
+        strip = depthwise_plan.ROWS_STRIP if k else 1
+        plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, strip, k, 0, (0, 0, 0, 0), band,
+                             group=group)
+        t["out"].copy_(model_depthwise_nchw_rows(spec, plan, t["x"], t["wt"], t["bias"], t["x"].data_ptr() % 16))
 
     def _linear_wgmma(self) -> None:  # (x, w, bias, y, M, N, K, group_m); <T, BN, STAGES>
         m, n, k, group_m = (self.value(i) for i in range(4, 8))
@@ -702,6 +720,39 @@ def test_depthwise_flat_launcher(emulated: None, spec: Conv2d, dtype: str, layou
         assert result.ok, f"{spec} {dtype} {layout} columns={columns}: {result.message}"
 
 
+# The NCHW rows kernel alone: groups of whole planes (the last group short), bands of one plane's
+# rows (the last band short), unrolled strips at stride 1 and 2 and 5x5, the loops (dilation,
+# stride 3, a non-square window), multiplier 2, bias or not.
+@pytest.mark.parametrize(("spec", "dtype"), [
+    (Conv2d(3, 7, 7, 7, 7, 3, 3, padding=1, groups=7), "bf16"),
+    (Conv2d(1, 2, 2, 90, 50, 3, 3, padding=1, groups=2, bias=False), "fp16"),
+    (Conv2d(2, 3, 3, 45, 61, 3, 3, stride=2, padding_h=0, padding_w=2, groups=3), "fp32"),
+    (Conv2d(2, 5, 5, 13, 11, 5, 5, padding=2, groups=5), "tf32"),
+    (Conv2d(2, 4, 4, 20, 20, 3, 3, stride=3, padding=4, dilation=4, groups=4), "bf16"),
+    (Conv2d(2, 3, 6, 9, 11, 1, 7, padding_h=0, padding_w=3, groups=3), "fp16"),
+    (Conv2d(2, 4, 8, 10, 9, 3, 3, padding=1, groups=4), "fp32"),
+], ids=["planes-bf16", "bands-fp16", "bands-s2-fp32", "5x5-tf32", "loops-dilated-s3-bf16", "loops-1x7-mult2-fp16",
+        "mult2-fp32"])
+def test_depthwise_rows_launcher(emulated: None, spec: Conv2d, dtype: str) -> None:
+    result = check_implementation(depthwise.build_rows, spec, dtype, "NCHW", "cpu", runs=2)
+    assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
+def test_depthwise_rows_plans() -> None:
+    def plan(spec: Conv2d) -> depthwise_plan.DepthwisePlan:
+        return depthwise_plan.rows_plan(spec, "__nv_bfloat16", 132)
+
+    assert (plan(Conv2d(3, 7, 7, 7, 7, 3, 3, padding=1, groups=7)).group, plan(
+        Conv2d(1, 2, 2, 90, 50, 3, 3, padding=1, groups=2)).group) == (1, 1)  # few planes: one a block
+    mobilenet = plan(Conv2d(64, 960, 960, 7, 7, 3, 3, padding=1, groups=960))
+    assert (mobilenet.group, mobilenet.band, mobilenet.kernel) == (41, 8, 3)  # 41 planes of 49 outputs
+    wide = plan(Conv2d(64, 32, 32, 112, 112, 3, 3, padding=1, groups=32))
+    assert (wide.group, wide.band, wide.shared_bytes) == (1, 16, 4 * (18 * 112 + 8))  # 16 rows under 18
+    assert plan(Conv2d(1, 2, 2, 20, 20, 3, 3, dilation=2, padding=2, groups=2)).kernel == 0  # the loops
+    with pytest.raises(Unsupported, match="more than 49152 bytes"):
+        plan(Conv2d(1, 2, 2, 8, 13000, 1, 1, groups=2))
+
+
 def test_depthwise_flat_is_timed_beside_the_direct_kernel(emulated: None) -> None:
     def details(spec: Conv2d, layout: str) -> dict:
         tensors = make_tensors(spec, "bf16", layout, "cpu")
@@ -712,9 +763,11 @@ def test_depthwise_flat_is_timed_beside_the_direct_kernel(emulated: None) -> Non
     for layout in ("NHWC", "NCHW"):
         both = details(Conv2d(2, 16, 16, 9, 10, 3, 3, stride=2, padding=1, groups=16), layout)
         assert {"depthwise_ms", "depthwise_flat_ms"} <= set(both), both
+        assert ("depthwise_rows_ms" in both) == (layout == "NCHW"), both
     for spec, layout in ((Conv2d(2, 16, 16, 9, 10, 3, 3, stride_h=1, stride_w=2, padding=1, groups=16), "NCHW"),
                          (Conv2d(2, 16, 16, 9, 10, 5, 5, padding=2, groups=16), "NHWC")):
         assert "depthwise_flat" not in str(details(spec, layout))  # not tried, no reason recorded
+    assert "depthwise_rows_ms" in details(Conv2d(2, 16, 16, 9, 10, 5, 5, padding=2, groups=16), "NCHW")
 
 
 # The lowered convolution: its im2col launch and the linear layer's GEMMs (mma.sync, wgmma) behind it.

@@ -138,8 +138,9 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
                       "pixels they read; and with its k tiles cut from the image by TMA); for inputs of few "
                       "channels an explicit im2col and the linear layer's GEMM; the fastest kept; "
-                      "depthwise: direct memory-bound kernels (fp32 FMA), for 3x3 ones at stride 1 or 2 "
-                      "also one on flat runs of output rows, the faster kept")
+                      "depthwise: direct memory-bound kernels (fp32 FMA), in NCHW also one on whole-width "
+                      "input rows staged in shared memory, for 3x3 ones at stride 1 or 2 also one on flat "
+                      "runs of output rows, the fastest kept")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)
     if reason:
@@ -148,9 +149,10 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     support.check_layout("conv2d", layout, spec.layouts)
     if spec.depthwise:
         direct = depthwise.build(spec, dtype, layout, tensors, out)
-        if depthwise_plan.flat_refusal(spec, layout):  # only where it applies: no reason on every other point
+        others = depthwise.candidates(spec, dtype, layout, tensors, out)
+        if not others:
             return direct
-        return fastest_of("depthwise", direct, depthwise.flat_candidates(spec, dtype, layout, tensors, out),
+        return fastest_of("depthwise", direct, others,
                           lambda k: selection_ms(k, out.device),
                           after_failure=lambda: torch.cuda.synchronize(out.device),
                           remember=choice_of("cupy depthwise", spec, dtype.name, layout, tensors, out, "cupy"))

@@ -1,8 +1,9 @@
 """Depthwise convolution launchers (groups == in_channels): depthwise.cu's direct kernels, NHWC
 (channel vectors per thread, several output pixels reusing each loaded input row) or NCHW (a tile
-of one plane staged in shared memory), and for 3x3 layers at stride 1 or 2 both ways the flat-run
-kernels, NHWC or NCHW (each input row of a band loaded once, rolling accumulators); fp32 FMA for
-every dtype, fp32 accumulation, bias fused.
+of one plane staged in shared memory), in NCHW also the rows kernel (whole-width input rows of
+several planes or of one plane's band staged with 16-byte loads), and for 3x3 layers at stride 1
+or 2 both ways the flat-run kernels, NHWC or NCHW (each input row of a band loaded once, rolling
+accumulators); fp32 FMA for every dtype, fp32 accumulation, bias fused.
 
 The filter and the bias go to fp32 once, at build (the weights stay between launches, as in
 inference): [tap][channel] for NHWC, where a thread reads its channels' tap as one vector, and
@@ -17,7 +18,7 @@ import torch
 
 from kernels.cupy import support
 from kernels.cupy.depthwise_plan import (FLAT_BANDS, NCHW_FLAT_COLUMNS, DepthwisePlan, flat_plan, flat_refusal,
-                                         plan_depthwise)
+                                         plan_depthwise, rows_plan)
 from layerbench.builders import Built, Tensors
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -57,6 +58,37 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     plan = plan_depthwise(spec, layout, ctype, x.data_ptr(), out.data_ptr())
     return Built(_launch(spec, plan, layout, x, wt, bt, out, index),
                  {"algorithm": "depthwise", "kernel": plan.name})
+
+
+def candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+               out: torch.Tensor) -> list[tuple[str, Callable[[], Built]]]:
+    """The builds worth timing beside the direct kernel's, named: in NCHW the rows kernel
+    (``depthwise_rows``), and the flat-run kernel's where it applies (no refusal recorded on
+    every other point)."""
+    found = []
+    if layout == "NCHW":
+        found.append(("depthwise_rows", lambda: build_rows(spec, dtype, layout, tensors, out)))
+    if not flat_refusal(spec, layout):
+        found += flat_candidates(spec, dtype, layout, tensors, out)
+    return found
+
+
+def build_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The NCHW rows kernel for ``spec``: whole-width input rows staged in shared memory."""
+    if layout != "NCHW":
+        raise Unsupported(f"the depthwise rows kernel runs NCHW only, got {layout}")
+    x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
+    plan = rows_plan(spec, ctype, support.sm_count(index))
+    s, i32, ptr = spec, support.i32, support.ptr
+    fn = support.function("depthwise", plan.name, index)
+    sizes = (s.batch * s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width, s.kernel_h,
+             s.kernel_w, s.stride_h, s.stride_w, s.padding_h, s.padding_w, s.dilation_h, s.dilation_w,
+             s.out_channels // s.in_channels, plan.group, plan.band, -(-s.out_height // plan.band))
+    launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), [ptr(x), ptr(wt), ptr(bt), ptr(out),
+                                                                  *[i32(v) for v in sizes]],
+                            index, keep=(x, wt, bt, out), shared_bytes=plan.shared_bytes)
+    return Built(launch, {"algorithm": "depthwise_rows", "kernel": plan.name, "band": plan.band,
+                          "planes_a_block": plan.group})
 
 
 def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,

@@ -6,8 +6,10 @@ NHWC: one thread per (image, output row, PIX output columns, VEC channels), VEC 
 at stride 1 or 2 both ways, a second NHWC kernel takes flat runs of output rows: one thread per
 VEC elements of a row's OW * C, down a band of rows (``flat_plan``; the build times both).  NCHW:
 one block per TH x TW tile of one output plane, its input tile (halo included) staged in shared
-memory; for 3x3 layers at stride 1 or 2 both ways, a flat-run kernel too: one thread per four
-(or one) output columns of a plane, down a band of rows, a block several planes' rows.
+memory; also the rows kernel (``rows_plan``): a block stages whole-width input rows, of several
+whole planes or under a band of one plane's output rows, and a thread computes strips of output
+rows of one column; for 3x3 layers at stride 1 or 2 both ways, a flat-run kernel too: one thread
+per four (or one) output columns of a plane, down a band of rows, a block several planes' rows.
 Needs neither CuPy nor a GPU, so that tests can check the index math on any machine.
 """
 
@@ -38,6 +40,13 @@ NCHW_FLAT_COLUMNS = 4
 NCHW_MAX_THREADS = 256
 
 SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without opting in
+# The NCHW rows kernel: a block's outputs (about; whole planes or a band's rows), its resident
+# blocks an SM at most (its launch bounds), and the blocks an SM a group of whole planes leaves at
+# least, where there are planes enough.
+ROWS_THREADS = 256
+ROWS_STRIP = 4  # output rows a thread computes down a column (unrolled windows; one in the loops)
+ROWS_OUTPUTS = 2048
+ROWS_BLOCKS_PER_SM = 8
 TILE_OUTPUTS = 1024  # NCHW: outputs of a tile, four per thread at 256 threads
 MIN_TILE_W = 8
 MAX_TILE_W = 32
@@ -58,6 +67,7 @@ class DepthwisePlan:
     band: int = 0  # flat: output rows a block walks down
     segments: int = 0  # flat: blocks along an output row's run
     row_threads: int = 0  # flat NCHW: threads along a plane's row (a power of two), planes a block the rest
+    group: int = 0  # rows NCHW: input planes a block stages (1: the rows under a band of one plane)
 
 
 def multiplier(spec: Conv2d) -> int:
@@ -175,6 +185,48 @@ def nchw_plan(spec: Conv2d, ctype: str) -> DepthwisePlan:
     k = _square(s)  # any stride and dilation: the taps read shared memory
     return DepthwisePlan(sources.depthwise_nchw_name(ctype, k), grid, nchw_threads(th, tw), 4 * ih * iw, 1, k,
                          0, (th, tw, ih, iw))
+
+
+def rows_input(spec: Conv2d, band: int) -> int:
+    """Input rows under ``band`` consecutive output rows (at most the plane's)."""
+    s = spec
+    return min(s.height, (band - 1) * s.stride_h + (s.kernel_h - 1) * s.dilation_h + 1)
+
+
+def rows_plan(spec: Conv2d, ctype: str, sms: int) -> DepthwisePlan:
+    """The NCHW rows kernel's launch on a GPU of ``sms`` SMs: groups of whole planes where a plane
+    has at most ROWS_OUTPUTS outputs, as many as make about that many and leave each SM
+    ROWS_BLOCKS_PER_SM blocks; else bands of about ROWS_OUTPUTS outputs of one plane, shorter
+    until their input rows fit SHARED_LIMIT.  Unsupported where one strip's rows do not."""
+    s = spec
+    square = (s.stride_h == s.stride_w and s.stride_h in sources.DEPTHWISE_ROWS_STRIDES
+              and (s.dilation_h, s.dilation_w) == (1, 1))
+    k = _square(s) if square else 0
+    strip = ROWS_STRIP if k else 1
+    vec = sources.vector_width(ctype)
+    planes, mult = s.batch * s.in_channels, multiplier(s)
+    plane = s.height * s.width
+    whole = -(-s.out_height // strip) * strip  # a plane's output rows, in whole strips
+    floats = SHARED_LIMIT // 4 - vec  # staged floats a block can hold past its lead
+    outputs = s.out_height * s.out_width * mult
+    if outputs <= ROWS_OUTPUTS and plane <= floats:
+        group = max(1, min(ROWS_OUTPUTS // outputs, floats // plane, -(-planes // (ROWS_BLOCKS_PER_SM * sms))))
+        band, staged = whole, group * plane
+    else:
+        group = 1
+        band = min(whole, max(strip, ROWS_OUTPUTS // (s.out_width * mult) // strip * strip))
+        while band > strip and rows_input(s, band) * s.width > floats:
+            band -= strip
+        staged = rows_input(s, band) * s.width
+        if staged > floats:
+            raise Unsupported(f"the depthwise NCHW rows kernel stages whole input rows in shared memory: "
+                              f"{rows_input(s, band)} rows of {s.width} fp32 values for one output row's "
+                              f"strip, more than {SHARED_LIMIT} bytes")
+    blocks = -(-planes // group) * -(-s.out_height // band)
+    if blocks > INT32_MAX:
+        raise Unsupported(f"the depthwise NCHW rows kernel's grid of {blocks} blocks exceeds the CUDA limit")
+    return DepthwisePlan(sources.depthwise_nchw_rows_name(ctype, k, s.stride_h if k else 0), (blocks, 1, 1),
+                         ROWS_THREADS, 4 * (staged + vec), strip, k, 0, (0, 0, 0, 0), band, group=group)
 
 
 def plan_depthwise(spec: Conv2d, layout: str, ctype: str, x_ptr: int = 0, out_ptr: int = 0) -> DepthwisePlan:

@@ -143,6 +143,7 @@ DEPTHWISE_UNROLLED = (3, 5, 7)
 DEPTHWISE_NHWC_STRIDES = (1, 2)
 DEPTHWISE_FLAT_STRIDES = (1, 2)  # the flat-run kernels' stride, the same both ways
 DEPTHWISE_NCHW_FLAT_COLUMNS = (1, 4)  # output columns a thread of the NCHW flat-run kernel
+DEPTHWISE_ROWS_STRIDES = (1, 2)  # the NCHW rows kernel's unrolled windows' stride, the same both ways
 
 
 def depthwise_nhwc_name(ctype: str, vec: int, kernel: int, stride_w: int) -> str:
@@ -161,6 +162,12 @@ def depthwise_nchw_flat_name(ctype: str, stride: int, columns: int) -> str:
     """depthwise.cu's NCHW kernel on flat runs of each plane's output rows: 3x3, ``stride`` both
     ways, ``columns`` output columns a thread."""
     return f"depthwise_nchw_flat<{ctype}, {stride}, {columns}>"
+
+
+def depthwise_nchw_rows_name(ctype: str, kernel: int, stride: int) -> str:
+    """depthwise.cu's NCHW kernel on staged whole-width rows: a ``kernel`` x ``kernel`` window at
+    ``stride`` both ways unrolled, or 0 (with ``stride`` 0) for the loops."""
+    return f"depthwise_nchw_rows<{ctype}, {kernel}, {stride}>"
 
 
 def depthwise_nchw_name(ctype: str, kernel: int) -> str:
@@ -260,7 +267,10 @@ SOURCES: dict[str, Source] = {
         + [depthwise_flat_name(t, vector_width(t), s) for t in STORAGE_TYPES for s in DEPTHWISE_FLAT_STRIDES]
         + [depthwise_nchw_flat_name(t, s, c) for t in STORAGE_TYPES for s in DEPTHWISE_FLAT_STRIDES
            for c in DEPTHWISE_NCHW_FLAT_COLUMNS]
-        + [depthwise_nchw_name(t, k) for t in STORAGE_TYPES for k in (0, *DEPTHWISE_UNROLLED)])),
+        + [depthwise_nchw_name(t, k) for t in STORAGE_TYPES for k in (0, *DEPTHWISE_UNROLLED)]
+        + [depthwise_nchw_rows_name(t, k, s) for t in STORAGE_TYPES for k in DEPTHWISE_UNROLLED
+           for s in DEPTHWISE_ROWS_STRIDES]
+        + [depthwise_nchw_rows_name(t, 0, 0) for t in STORAGE_TYPES])),
     "conv2d_backward": Source("conv2d_backward.cu", tuple(
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]

@@ -14,6 +14,8 @@
 using std::max;
 using std::min;
 struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };  // for the rest of the file, which this harness does not run
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 struct __half { unsigned short x; };
 struct __half2 { unsigned int x; };
 struct __nv_bfloat16 { unsigned short x; };
@@ -22,6 +24,7 @@ inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f;
 #define __device__
 #define __global__
 #define __shared__
+#define __align__(n) __attribute__((aligned(n)))
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
