@@ -112,6 +112,10 @@ def run_rows_model(spec: Conv2d, dtype: torch.dtype, seed: int, x_offset: int, s
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_model_rows_cases(name: str, dtype: torch.dtype) -> None:
+    if name == "tile-shrunk-for-shared-memory" and dtype == torch.float32:  # dilation 40: 81 rows under a strip
+        with pytest.raises(Unsupported, match="two buffers of 81 rows of 120 values"):
+            rows_plan(CASES[name], CTYPE[dtype], 132)
+        return
     for x_offset in (0, 4, 12):  # every 16-byte alignment an fp32 or bf16 x can have, in part
         plan, got, ref = run_rows_model(CASES[name], dtype, seed=5, x_offset=x_offset)
         assert_matches(got, ref)
@@ -127,12 +131,13 @@ def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: in
 
 
 def test_model_rows_bands_and_groups() -> None:
-    # A plane of 90 x 50 outputs in bands of 40 rows (the last one short); 7 x 7 planes in groups.
+    # A plane of 90 x 50 outputs in bands of 80 rows (the last one short); 7 x 7 planes in groups of
+    # ten, eight chunks a block (two resident on each of 2 SMs), each chunk in the other buffer.
     banded, got, ref = run_rows_model(dw(1, 2, 1, 90, 50, 3, 3, padding=1), torch.bfloat16, 1, 2)
-    assert (banded.group, banded.band) == (1, 40)
+    assert (banded.group, banded.band, banded.chunks, banded.grid[0]) == (1, 80, 4, 4)
     assert_matches(got, ref)
     grouped, got, ref = run_rows_model(dw(8, 40, 1, 7, 7, 3, 3, padding=1), torch.float16, 2, 6, sms=2)
-    assert (grouped.group, grouped.band) == (20, 8)
+    assert (grouped.group, grouped.band, grouped.chunks, grouped.grid[0]) == (10, 8, 32, 4)
     assert_matches(got, ref)
 
 

@@ -255,17 +255,17 @@ class EmulatedLaunch:
         t["out"].copy_(model_depthwise_nchw(spec, plan, t["x"], t["wt"], t["bias"]))
 
     def _depthwise_nchw_rows(self) -> None:  # (x, wt, bias, out, planes, H, W, CO, ..., multiplier, group,
-        # band, bands); <T, K, S>
+        # band, bands, chunks, buffer); <T, K, S>
         planes, co, mult = self.value(4), self.value(7), self.value(18)
-        group, band, bands = (self.value(i) for i in range(19, 22))
+        group, band, bands, chunks, buffer = (self.value(i) for i in range(19, 24))
         batch, rest = divmod(planes, co // mult)
         assert rest == 0 and batch >= 1 and bands == -(-self.value(8) // band)
         spec, t = self._depthwise((planes // batch, *self._shape(5)[:14]), batch, nhwc=False)
         k, stride = (int(a) for a in self.targs[1:])
         assert stride == (spec.stride_h if k else 0), "the template's stride is not the spec's"
-        strip = depthwise_plan.ROWS_STRIP if k else 1
+        strip = depthwise_plan.ROWS_STRIPS[stride] if k else 1
         plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, strip, k, 0, (0, 0, 0, 0), band,
-                             group=group)
+                             group=group, chunks=chunks, buffer=buffer)
         t["out"].copy_(model_depthwise_nchw_rows(spec, plan, t["x"], t["wt"], t["bias"], t["x"].data_ptr() % 16))
 
     def _linear_wgmma(self) -> None:  # (x, w, bias, y, M, N, K, group_m); <T, BN, STAGES>
@@ -496,6 +496,7 @@ def emulated(monkeypatch: pytest.MonkeyPatch) -> None:
     # A Hopper: the builds also make the wgmma GEMM, whose launch is emulated and checked like the others.
     monkeypatch.setattr(support, "capability", lambda index: (9, 0))
     monkeypatch.setattr(support, "allow_shared", lambda fn, shared_bytes, index, blocks=1: None)
+    monkeypatch.setattr(support, "occupancy", lambda fn, threads, index, shared_bytes=0: 2)
     monkeypatch.setattr(tensor_map, "encode_2d", _emulated_tensor_map)
     monkeypatch.setattr(tensor_map, "encode", _emulated_view_map)
     monkeypatch.setattr(tensor_map, "encode_im2col", _emulated_im2col_map)
@@ -743,11 +744,16 @@ def test_depthwise_rows_plans() -> None:
         return depthwise_plan.rows_plan(spec, "__nv_bfloat16", 132)
 
     assert (plan(Conv2d(3, 7, 7, 7, 7, 3, 3, padding=1, groups=7)).group, plan(
-        Conv2d(1, 2, 2, 90, 50, 3, 3, padding=1, groups=2)).group) == (1, 1)  # few planes: one a block
+        Conv2d(1, 2, 2, 90, 50, 3, 3, padding=1, groups=2)).group) == (1, 1)  # few planes: one a chunk
+    # 30 planes of 7 x 7 a chunk (16 chunks an SM), strips of 8 rows; two blocks resident an SM.
     mobilenet = plan(Conv2d(64, 960, 960, 7, 7, 3, 3, padding=1, groups=960))
-    assert (mobilenet.group, mobilenet.band, mobilenet.kernel) == (41, 8, 3)  # 41 planes of 49 outputs
+    assert (mobilenet.group, mobilenet.band, mobilenet.vec, mobilenet.chunks, mobilenet.grid[0]) == (30, 8, 8, 2048,
+                                                                                                     264)
+    # Bands of 32 output rows under 34 input rows, two buffers of whole 16-byte granules.
     wide = plan(Conv2d(64, 32, 32, 112, 112, 3, 3, padding=1, groups=32))
-    assert (wide.group, wide.band, wide.shared_bytes) == (1, 16, 4 * (18 * 112 + 8))  # 16 rows under 18
+    assert (wide.group, wide.band, wide.buffer, wide.shared_bytes) == (1, 32, 34 * 112 + 8, 2 * 2 * (34 * 112 + 8))
+    strided = plan(Conv2d(64, 96, 96, 112, 112, 3, 3, stride=2, padding=1, groups=96))
+    assert (strided.vec, strided.band) == (4, 36)  # stride 2: strips of four, 2,048 outputs a chunk
     assert plan(Conv2d(1, 2, 2, 20, 20, 3, 3, dilation=2, padding=2, groups=2)).kernel == 0  # the loops
     with pytest.raises(Unsupported, match="more than 49152 bytes"):
         plan(Conv2d(1, 2, 2, 8, 13000, 1, 1, groups=2))

@@ -20,8 +20,10 @@ constexpr int FLAT_PREFETCH = 3;
 constexpr int NCHW_MAX_THREADS = 256;
 constexpr int FILL_BATCH = 8;  // loads a thread has in flight while an NCHW block fills its tile
 constexpr int ROWS_THREADS = 256;
-constexpr int ROWS_STRIP = 4;  // output rows a thread of the NCHW rows kernel computes down a column
-constexpr int ROWS_FILL = 4;   // 16-byte loads a thread has in flight while a rows block fills
+// Output rows a thread of the NCHW rows kernel computes down a column (unrolled windows), at
+// stride 1 and at stride 2.
+constexpr int ROWS_STRIP_1 = 8;
+constexpr int ROWS_STRIP_2 = 4;
 
 // VEC consecutive elements, moved as one load or store of sizeof(T) * VEC bytes.
 template <typename T, int VEC>
@@ -347,115 +349,137 @@ __global__ void __launch_bounds__(NCHW_MAX_THREADS, 1) depthwise_nchw(
     }
 }
 
-// NCHW, whole-width rows.  A block stages the input rows its outputs read, as fp32 in shared
-// memory: `group` whole input planes where a plane's outputs are few (then bands == 1), else
-// (group == 1) the rows under a band of `band` output rows of one plane.  Those rows are one run of x, filled with
-// 16-byte loads (ROWS_FILL in flight a thread), the run's unaligned ends one element a thread;
-// DRAM sees long runs where the tile kernel above reads short halo'd rows one element at a time.
-// Then each thread computes outputs from shared memory, in the order (output column, strip,
-// output plane), fastest first, so that a warp reads and stores neighbouring columns.
-// K > 0: a K x K window, stride S both ways, no dilation: a thread computes a strip of
-// ROWS_STRIP output rows of one column, each input row under the strip read once (K taps) and
+// NCHW, whole-width rows.  The work comes in chunks: `group` whole input planes where a plane's
+// outputs are few (then bands == 1), else (group == 1) a band of `band` output rows of one plane.
+// A chunk's input rows are one run of x: all rows of its planes, or those under its band.  A block
+// stays resident and walks chunks blockIdx.x, + gridDim.x, ..., each staged raw in shared memory
+// (one of two buffers) by cp.async while the block computes the chunk before it from the other:
+// DRAM sees long runs with many bytes in flight, and no thread waits on them.  The run's 16-byte
+// granules go by cp.async, its unaligned ends (fewer than 16 bytes each) by a register a thread,
+// stored after the chunk before is done.  Each thread then computes outputs in the order (output
+// column, strip, output plane), fastest first, so that a warp reads and stores neighbouring
+// columns.  K > 0: a K x K window, stride S both ways, no dilation: a thread computes a strip of
+// STRIP output rows of one column, each input row under the strip read once (K taps) and
 // multiplied into every output row of the strip whose window holds it.  K == 0: any window,
 // stride and dilation, one output an item, in loops.  Taps off the image add nothing (not even
-// 0 * inf): rows off it are skipped and the weights of columns off it zeroed.  Block index:
-// plane group * bands + band.
+// 0 * inf): rows off it are skipped and the weights of columns off it zeroed.  A chunk's index:
+// plane group * bands + band.  `buffer`: the T elements of a buffer (a multiple of 16 bytes).
 template <typename T, int K, int S>
 __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
     const T* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
     T* __restrict__ out, int planes, int H, int W, int CO, int OH, int OW, int KH, int KW,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int mult, int group, int band,
-    int bands) {
-    extern __shared__ __align__(16) float staged[];
-    constexpr int STRIP = K > 0 ? ROWS_STRIP : 1;
-    constexpr int VE = 16 / static_cast<int>(sizeof(T));  // elements of a 16-byte load
+    int bands, int chunks, int buffer) {
+    extern __shared__ __align__(16) unsigned char staged_bytes[];
+    T* const staged = reinterpret_cast<T*>(staged_bytes);
+    constexpr int STRIP = K == 0 ? 1 : S == 1 ? ROWS_STRIP_1 : ROWS_STRIP_2;
+    constexpr int VE = 16 / static_cast<int>(sizeof(T));  // elements of a 16-byte granule
     const int tid = threadIdx.x;
-    const int b = blockIdx.x % bands, p0 = (blockIdx.x / bands) * group;
-    const int np = min(group, planes - p0);
-    // The input rows [lo, hi) of each staged plane: all of them for a group of whole planes (one
-    // run of x), those under the band for a single plane.
-    int lo = 0, hi = H;
-    if (group == 1) {
-        lo = max(0, b * band * stride_h - pad_h);
-        hi = max(lo, min(H, ((b + 1) * band - 1) * stride_h - pad_h + (KH - 1) * dil_h + 1));
-    }
-    const T* src = x + p0 * H * W + lo * W;
-    const int count = (np - 1) * H * W + (hi - lo) * W;
-    // s[i] holds src[i]; `lead` puts the 16-byte-aligned elements of src on 16-byte-aligned floats.
-    const int lead = static_cast<int>(reinterpret_cast<size_t>(src) % 16) / static_cast<int>(sizeof(T));
-    float* s = staged + lead;
-    const int head = min(count, (VE - lead) % VE), vectors = (count - head) / VE, tail = head + vectors * VE;
-    if (tid < head) s[tid] = lb::to_float(src[tid]);
-    if (tid < count - tail) s[tail + tid] = lb::to_float(src[tail + tid]);
-    for (int v0 = tid; v0 < vectors; v0 += ROWS_FILL * ROWS_THREADS) {
-        Pack<T, VE> pk[ROWS_FILL];
-#pragma unroll
-        for (int f = 0; f < ROWS_FILL; ++f)
-            if (v0 + f * ROWS_THREADS < vectors)
-                pk[f] = *reinterpret_cast<const Pack<T, VE>*>(src + head + (v0 + f * ROWS_THREADS) * VE);
-#pragma unroll
-        for (int f = 0; f < ROWS_FILL; ++f) {
-            if (v0 + f * ROWS_THREADS >= vectors) continue;
-            float* d = s + head + (v0 + f * ROWS_THREADS) * VE;
-#pragma unroll
-            for (int i = 0; i < VE; i += 4)
-                *reinterpret_cast<float4*>(d + i) = make_float4(lb::to_float(pk[f].e[i]), lb::to_float(pk[f].e[i + 1]),
-                                                                lb::to_float(pk[f].e[i + 2]), lb::to_float(pk[f].e[i + 3]));
+    // Chunk c's band, first plane, planes, staged rows [lo, hi) of each plane, and where its run
+    // starts in x and in its buffer (`lead` puts x's 16-byte granules on the buffer's).
+    struct Chunk {
+        int b, p0, np, lo, hi, start, count, lead;
+    };
+    auto chunk = [&](int c) {
+        Chunk g;
+        g.b = c % bands;
+        g.p0 = (c / bands) * group;
+        g.np = min(group, planes - g.p0);
+        g.lo = 0;
+        g.hi = H;
+        if (group == 1) {
+            g.lo = max(0, g.b * band * stride_h - pad_h);
+            g.hi = max(g.lo, min(H, ((g.b + 1) * band - 1) * stride_h - pad_h + (KH - 1) * dil_h + 1));
         }
-    }
-    __syncthreads();
+        g.start = g.p0 * H * W + g.lo * W;
+        g.count = (g.np - 1) * H * W + (g.hi - g.lo) * W;
+        g.lead = static_cast<int>(reinterpret_cast<size_t>(x + g.start) % 16) / static_cast<int>(sizeof(T));
+        return g;
+    };
+    // Thread tid's end element of a run: the first VE threads take the head, the next VE the tail.
+    T edge{};
+    T* edge_to = nullptr;
+    auto stage = [&](int c, T* buf) {
+        const Chunk g = chunk(c);
+        const T* src = x + g.start;
+        T* s = buf + g.lead;
+        const int head = min(g.count, (VE - g.lead) % VE), granules = (g.count - head) / VE;
+        const int tail = head + granules * VE;
+        for (int v = tid; v < granules; v += ROWS_THREADS)
+            lb::cp_async16(lb::smem_addr(s + head + v * VE), src + head + v * VE, true);
+        const int e = tid < VE ? tid : tail + tid - VE;
+        edge_to = (tid < VE ? tid < head : tid < 2 * VE && e < g.count) ? s + e : nullptr;
+        if (edge_to != nullptr) edge = src[e];
+    };
 
-    const int strips = band / STRIP, items = np * mult * strips * OW;
-    for (int item = tid; item < items; item += ROWS_THREADS) {
-        const int ow = item % OW, t = item / OW;
-        const int po = t / strips, oh0 = b * band + (t - po * strips) * STRIP;
-        const int plane = p0 * mult + po;  // the output plane, n * CO + co
-        const int co = plane % CO;
-        const float* f = wt + co * KH * KW;
-        const float* sp = s + (po / mult) * H * W;  // sp[(ih - lo) * W + iw]: input (ih, iw) of the plane
-        float acc[STRIP];
+    int k = 0;
+    if (blockIdx.x < chunks) stage(blockIdx.x, staged);
+    lb::cp_async_commit();
+    for (int c = blockIdx.x; c < chunks; c += gridDim.x, ++k) {
+        T* const cur = staged + (k & 1) * buffer;
+        const T edge_now = edge;
+        T* const edge_now_to = edge_to;
+        if (c + int(gridDim.x) < chunks) stage(c + gridDim.x, staged + ((k + 1) & 1) * buffer);
+        lb::cp_async_commit();
+        if (edge_now_to != nullptr) *edge_now_to = edge_now;
+        lb::cp_async_wait_group<1>();  // this chunk's granules are in; the next chunk's may not be
+        __syncthreads();
+
+        const Chunk g = chunk(c);
+        const int strips = band / STRIP, items = g.np * mult * strips * OW;
+        for (int item = tid; item < items; item += ROWS_THREADS) {
+            const int ow = item % OW, t = item / OW;
+            const int po = t / strips, oh0 = g.b * band + (t - po * strips) * STRIP;
+            const int plane = g.p0 * mult + po;  // the output plane, n * CO + co
+            const int co = plane % CO;
+            const float* f = wt + co * KH * KW;
+            const T* sp = cur + g.lead + (po / mult) * H * W;  // sp[(ih - lo) * W + iw]: input (ih, iw)
+            float acc[STRIP];
 #pragma unroll
-        for (int v = 0; v < STRIP; ++v) acc[v] = 0.0f;
-        if constexpr (K > 0) {
-            const int ih0 = oh0 * S - pad_h, iw0 = ow * S - pad_w;
-            bool col[K];
-            float w[K][K];
+            for (int v = 0; v < STRIP; ++v) acc[v] = 0.0f;
+            if constexpr (K > 0) {
+                const int ih0 = oh0 * S - pad_h, iw0 = ow * S - pad_w;
+                bool col[K];
+                float w[K][K];
 #pragma unroll
-            for (int j = 0; j < K; ++j) col[j] = iw0 + j >= 0 && iw0 + j < W;
+                for (int j = 0; j < K; ++j) col[j] = iw0 + j >= 0 && iw0 + j < W;
 #pragma unroll
-            for (int r = 0; r < K; ++r)
+                for (int r = 0; r < K; ++r)
 #pragma unroll
-                for (int j = 0; j < K; ++j) w[r][j] = col[j] ? f[r * K + j] : 0.0f;
+                    for (int j = 0; j < K; ++j) w[r][j] = col[j] ? f[r * K + j] : 0.0f;
 #pragma unroll
-            for (int i = 0; i < (STRIP - 1) * S + K; ++i) {
-                const int ih = ih0 + i;
-                if (ih < 0 || ih >= H) continue;
-                float v[K];
+                for (int i = 0; i < (STRIP - 1) * S + K; ++i) {
+                    const int ih = ih0 + i;
+                    if (ih < 0 || ih >= H) continue;
+                    float v[K];
 #pragma unroll
-                for (int j = 0; j < K; ++j) v[j] = col[j] ? sp[(ih - lo) * W + iw0 + j] : 0.0f;
+                    for (int j = 0; j < K; ++j) v[j] = col[j] ? lb::to_float(sp[(ih - g.lo) * W + iw0 + j]) : 0.0f;
 #pragma unroll
-                for (int o = 0; o < STRIP; ++o) {
-                    const int r = i - o * S;  // the filter row of output row oh0 + o on this input row
-                    if (r < 0 || r >= K) continue;
+                    for (int o = 0; o < STRIP; ++o) {
+                        const int r = i - o * S;  // the filter row of output row oh0 + o on this input row
+                        if (r < 0 || r >= K) continue;
 #pragma unroll
-                    for (int j = 0; j < K; ++j) acc[o] = fmaf(w[r][j], v[j], acc[o]);
+                        for (int j = 0; j < K; ++j) acc[o] = fmaf(w[r][j], v[j], acc[o]);
+                    }
+                }
+            } else {
+                for (int kh = 0; kh < KH; ++kh) {
+                    const int ih = oh0 * stride_h - pad_h + kh * dil_h;
+                    if (ih < 0 || ih >= H) continue;
+                    for (int kw = 0; kw < KW; ++kw) {
+                        const int iw = ow * stride_w - pad_w + kw * dil_w;
+                        if (iw >= 0 && iw < W)
+                            acc[0] = fmaf(f[kh * KW + kw], lb::to_float(sp[(ih - g.lo) * W + iw]), acc[0]);
+                    }
                 }
             }
-        } else {
-            for (int kh = 0; kh < KH; ++kh) {
-                const int ih = oh0 * stride_h - pad_h + kh * dil_h;
-                if (ih < 0 || ih >= H) continue;
-                for (int kw = 0; kw < KW; ++kw) {
-                    const int iw = ow * stride_w - pad_w + kw * dil_w;
-                    if (iw >= 0 && iw < W) acc[0] = fmaf(f[kh * KW + kw], sp[(ih - lo) * W + iw], acc[0]);
-                }
-            }
+            const float bv = bias != nullptr ? bias[co] : 0.0f;
+            T* o = out + plane * OH * OW + ow;
+#pragma unroll
+            for (int v = 0; v < STRIP; ++v)
+                if (oh0 + v < OH) o[(oh0 + v) * OW] = lb::from_float<T>(acc[v] + bv);
         }
-        const float bv = bias != nullptr ? bias[co] : 0.0f;
-        T* o = out + plane * OH * OW + ow;
-#pragma unroll
-        for (int v = 0; v < STRIP; ++v)
-            if (oh0 + v < OH) o[(oh0 + v) * OW] = lb::from_float<T>(acc[v] + bv);
+        __syncthreads();  // the buffer is free for the chunk after next
     }
 }
 

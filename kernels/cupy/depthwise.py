@@ -1,7 +1,7 @@
 """Depthwise convolution launchers (groups == in_channels): depthwise.cu's direct kernels, NHWC
 (channel vectors per thread, several output pixels reusing each loaded input row) or NCHW (a tile
 of one plane staged in shared memory), in NCHW also the rows kernel (whole-width input rows of
-several planes or of one plane's band staged with 16-byte loads), and for 3x3 layers at stride 1
+several planes or of one plane's band staged by cp.async, two chunks in flight a block), and for 3x3 layers at stride 1
 or 2 both ways the flat-run kernels, NHWC or NCHW (each input row of a band loaded once, rolling
 accumulators); fp32 FMA for every dtype, fp32 accumulation, bias fused.
 
@@ -74,16 +74,22 @@ def candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
 
 
 def build_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    """The NCHW rows kernel for ``spec``: whole-width input rows staged in shared memory."""
+    """The NCHW rows kernel for ``spec``: whole-width input rows staged in shared memory by
+    resident blocks, the next chunk's while the current one is computed."""
     if layout != "NCHW":
         raise Unsupported(f"the depthwise rows kernel runs NCHW only, got {layout}")
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
     plan = rows_plan(spec, ctype, support.sm_count(index))
     s, i32, ptr = spec, support.i32, support.ptr
     fn = support.function("depthwise", plan.name, index)
+    resident = support.occupancy(fn, plan.threads, index, plan.shared_bytes)
+    if resident < 1:
+        raise Unsupported(f"{plan.name} cannot be resident with {plan.shared_bytes} bytes of shared memory")
+    plan = rows_plan(spec, ctype, support.sm_count(index), resident)  # one block a chunk up to what SMs hold
     sizes = (s.batch * s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width, s.kernel_h,
              s.kernel_w, s.stride_h, s.stride_w, s.padding_h, s.padding_w, s.dilation_h, s.dilation_w,
-             s.out_channels // s.in_channels, plan.group, plan.band, -(-s.out_height // plan.band))
+             s.out_channels // s.in_channels, plan.group, plan.band, -(-s.out_height // plan.band), plan.chunks,
+             plan.buffer)
     launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), [ptr(x), ptr(wt), ptr(bt), ptr(out),
                                                                   *[i32(v) for v in sizes]],
                             index, keep=(x, wt, bt, out), shared_bytes=plan.shared_bytes)

@@ -291,10 +291,11 @@ def model_depthwise_nchw(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt:
 
 def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,
                               bias: torch.Tensor | None, x_offset: int = 0) -> torch.Tensor:
-    """depthwise_nchw_rows on the CPU, block by block: the staged run of input rows (its 16-byte
-    loads aligned, its ends one element a thread, every staged element inside the block's shared
-    memory and read only once staged), then every thread's items; x dense NCHW at ``x_offset``
-    bytes past a 16-byte boundary, wt the fp32 [channel][tap] filter; returns (N, CO, OH, OW)."""
+    """depthwise_nchw_rows on the CPU, block by block and chunk by chunk: each chunk's run of input
+    rows staged in its buffer (the 16-byte granules aligned there and in x, the run's ends one
+    element a thread, every element inside the chunk's buffer, each tap read only once staged
+    there), then every thread's items; x dense NCHW at ``x_offset`` bytes past a 16-byte
+    boundary, wt the fp32 [channel][tap] filter; returns (N, CO, OH, OW)."""
     s, k, strip, group, band = spec, plan.kernel, plan.vec, plan.group, plan.band
     C, H, W, CO, OH, OW = s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width
     mult, planes = depthwise_plan.multiplier(s), s.batch * C
@@ -302,62 +303,69 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     ve = 16 // size
     bands = -(-OH // band)
     assert plan.threads == depthwise_plan.ROWS_THREADS and band % strip == 0 and x_offset % size == 0
-    assert plan.grid == (-(-planes // group) * bands, 1, 1) and (group == 1 or bands == 1)
-    assert strip == (depthwise_plan.ROWS_STRIP if k else 1)
+    assert plan.chunks == -(-planes // group) * bands and (group == 1 or bands == 1)
+    assert plan.grid[1:] == (1, 1) and 1 <= plan.grid[0] <= plan.chunks
+    assert strip == (depthwise_plan.ROWS_STRIPS[s.stride_h] if k else 1)
+    assert plan.buffer % ve == 0 and plan.shared_bytes == 2 * plan.buffer * size
     xs, ws = _flat(x), _flat(wt)
     bs = _flat(bias) if bias is not None else None
     out = np.full(s.batch * CO * OH * OW, np.nan)
+    shared = np.full(2 * plan.buffer, np.nan)
     for block in range(plan.grid[0]):
-        b, p0 = block % bands, block // bands * group
-        np_ = min(group, planes - p0)
-        lo, hi = 0, H
-        if group == 1:
-            lo = max(0, b * band * s.stride_h - s.padding_h)
-            hi = max(lo, min(H, ((b + 1) * band - 1) * s.stride_h - s.padding_h + (s.kernel_h - 1) * s.dilation_h + 1))
-        start = p0 * H * W + lo * W
-        count = (np_ - 1) * H * W + (hi - lo) * W
-        lead = (x_offset + start * size) % 16 // size
-        staged = np.full(plan.shared_bytes // 4, np.nan)
-        head = min(count, (ve - lead) % ve)
-        vectors = (count - head) // ve
-        tail = head + vectors * ve
-        assert head < plan.threads and count - tail < plan.threads
-        index = np.concatenate([np.arange(head), head + np.arange(vectors * ve), np.arange(tail, count)])
-        assert np.all((lead + head + np.arange(0, vectors * ve, ve)) % 4 == 0), "a float4 store is not aligned"
-        _write(staged, lead + index, _read(xs, start + index, np.ones(len(index), bool)))
-        items = np.arange(np_ * mult * (band // strip) * OW)
-        ow, t = items % OW, items // OW
-        po, oh0 = t // (band // strip), b * band + (t % (band // strip)) * strip
-        plane = p0 * mult + po
-        co = plane % CO
-        base = lead + (po // mult) * H * W
-        acc = np.zeros((len(items), strip))
+        for step, c in enumerate(range(block, plan.chunks, plan.grid[0])):
+            b, p0 = c % bands, c // bands * group
+            np_ = min(group, planes - p0)
+            lo, hi = 0, H
+            if group == 1:
+                lo = max(0, b * band * s.stride_h - s.padding_h)
+                hi = max(lo, min(H, ((b + 1) * band - 1) * s.stride_h - s.padding_h
+                                 + (s.kernel_h - 1) * s.dilation_h + 1))
+            start = p0 * H * W + lo * W
+            count = (np_ - 1) * H * W + (hi - lo) * W
+            lead = (x_offset + start * size) % 16 // size
+            base = (step % 2) * plan.buffer  # this chunk's buffer
+            shared[base:base + plan.buffer] = np.nan  # what an earlier chunk left there is not this one's
+            head = min(count, (ve - lead) % ve)
+            granules = (count - head) // ve
+            tail = head + granules * ve
+            assert head < ve and count - tail < ve  # the ends: one element a thread of the first 2 * VE
+            assert np.all((lead + head + np.arange(granules) * ve) % ve == 0), "a cp.async granule is not aligned"
+            index = np.arange(count)
+            assert lead + count <= plan.buffer, "a chunk's run overflows its buffer"
+            _write(shared, base + lead + index, _read(xs, start + index, np.ones(count, bool)))
+            items = np.arange(np_ * mult * (band // strip) * OW)
+            ow, t = items % OW, items // OW
+            po, oh0 = t // (band // strip), b * band + (t % (band // strip)) * strip
+            plane = p0 * mult + po
+            co = plane % CO
+            first = base + lead + (po // mult) * H * W
+            acc = np.zeros((len(items), strip))
 
-        def tap(f: np.ndarray, ih: np.ndarray, iw: np.ndarray) -> np.ndarray:
-            """f times input (ih, iw) of each item's plane; 0 off the image (not even 0 * inf)."""
-            ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            assert np.all(((ih >= lo) & (ih < hi))[ok]), "a tap outside the staged rows"
-            got = _read(staged, base + (ih - lo) * W + iw, ok)
-            assert not np.isnan(got[ok]).any(), "a tap reads shared memory that was never staged"
-            return np.where(ok, f * got, 0.0)
+            def tap(f: np.ndarray, ih: np.ndarray, iw: np.ndarray) -> np.ndarray:
+                """f times input (ih, iw) of each item's plane; 0 off the image (not even 0 * inf)."""
+                ok = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                assert np.all(((ih >= lo) & (ih < hi))[ok]), "a tap outside the staged rows"
+                got = _read(shared, first + (ih - lo) * W + iw, ok)
+                assert not np.isnan(got[ok]).any(), "a tap reads shared memory this chunk did not stage"
+                return np.where(ok, f * got, 0.0)
 
-        if k:  # the strip: input row i of the strip multiplied into each output row whose window holds it
-            ih0, iw0 = oh0 * s.stride_h - s.padding_h, ow * s.stride_w - s.padding_w
-            for i in range((strip - 1) * s.stride_h + k):
-                for o in range(strip):
-                    r = i - o * s.stride_h
-                    if 0 <= r < k:
-                        for j in range(k):
-                            acc[:, o] += tap(ws[co * k * k + r * k + j], ih0 + i, iw0 + j)
-        else:
-            for kh in range(s.kernel_h):
-                for kw in range(s.kernel_w):
-                    acc[:, 0] += tap(ws[co * s.kernel_h * s.kernel_w + kh * s.kernel_w + kw],
-                                     oh0 * s.stride_h - s.padding_h + kh * s.dilation_h,
-                                     ow * s.stride_w - s.padding_w + kw * s.dilation_w)
-        bv = bs[co] if bs is not None else np.zeros(len(items))
-        for o in range(strip):
-            live = oh0 + o < OH
-            _write(out, (plane * OH * OW + (oh0 + o) * OW + ow)[live], (acc[:, o] + bv)[live])
+            if k:  # the strip: input row i multiplied into each output row whose window holds it
+                ih0, iw0 = oh0 * s.stride_h - s.padding_h, ow * s.stride_w - s.padding_w
+                for i in range((strip - 1) * s.stride_h + k):
+                    for o in range(strip):
+                        r = i - o * s.stride_h
+                        if 0 <= r < k:
+                            for j in range(k):
+                                acc[:, o] += tap(ws[co * k * k + r * k + j], ih0 + i, iw0 + j)
+            else:
+                for kh in range(s.kernel_h):
+                    for kw in range(s.kernel_w):
+                        acc[:, 0] += tap(ws[co * s.kernel_h * s.kernel_w + kh * s.kernel_w + kw],
+                                         oh0 * s.stride_h - s.padding_h + kh * s.dilation_h,
+                                         ow * s.stride_w - s.padding_w + kw * s.dilation_w)
+            bv = bs[co] if bs is not None else np.zeros(len(items))
+            for o in range(strip):
+                live = oh0 + o < OH
+                _write(out, (plane * OH * OW + (oh0 + o) * OW + ow)[live], (acc[:, o] + bv)[live])
     assert not np.isnan(out).any(), "an output element is never written"
     return torch.from_numpy(out).view(s.batch, CO, OH, OW)

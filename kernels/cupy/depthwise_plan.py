@@ -40,13 +40,14 @@ NCHW_FLAT_COLUMNS = 4
 NCHW_MAX_THREADS = 256
 
 SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without opting in
-# The NCHW rows kernel: a block's outputs (about; whole planes or a band's rows), its resident
-# blocks an SM at most (its launch bounds), and the blocks an SM a group of whole planes leaves at
-# least, where there are planes enough.
+# The NCHW rows kernel (must match depthwise.cu): output rows a thread's strip at stride 1 or 2
+# (unrolled windows; one in the loops), a chunk's items (strips of a column) for a block's threads,
+# about (whole planes, or a band's rows), and the chunks an SM a group of whole planes leaves at
+# least, where there are planes enough, so that each resident block walks several.
 ROWS_THREADS = 256
-ROWS_STRIP = 4  # output rows a thread computes down a column (unrolled windows; one in the loops)
-ROWS_OUTPUTS = 2048
-ROWS_BLOCKS_PER_SM = 8
+ROWS_STRIPS = {1: 8, 2: 4}
+ROWS_ITEMS = 512
+ROWS_CHUNKS_PER_SM = 16
 TILE_OUTPUTS = 1024  # NCHW: outputs of a tile, four per thread at 256 threads
 MIN_TILE_W = 8
 MAX_TILE_W = 32
@@ -67,7 +68,9 @@ class DepthwisePlan:
     band: int = 0  # flat: output rows a block walks down
     segments: int = 0  # flat: blocks along an output row's run
     row_threads: int = 0  # flat NCHW: threads along a plane's row (a power of two), planes a block the rest
-    group: int = 0  # rows NCHW: input planes a block stages (1: the rows under a band of one plane)
+    group: int = 0  # rows NCHW: input planes a chunk stages (1: the rows under a band of one plane)
+    chunks: int = 0  # rows NCHW: chunks the blocks walk
+    buffer: int = 0  # rows NCHW: elements of each of a block's two staging buffers
 
 
 def multiplier(spec: Conv2d) -> int:
@@ -193,40 +196,44 @@ def rows_input(spec: Conv2d, band: int) -> int:
     return min(s.height, (band - 1) * s.stride_h + (s.kernel_h - 1) * s.dilation_h + 1)
 
 
-def rows_plan(spec: Conv2d, ctype: str, sms: int) -> DepthwisePlan:
-    """The NCHW rows kernel's launch on a GPU of ``sms`` SMs: groups of whole planes where a plane
-    has at most ROWS_OUTPUTS outputs, as many as make about that many and leave each SM
-    ROWS_BLOCKS_PER_SM blocks; else bands of about ROWS_OUTPUTS outputs of one plane, shorter
-    until their input rows fit SHARED_LIMIT.  Unsupported where one strip's rows do not."""
+def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2) -> DepthwisePlan:
+    """The NCHW rows kernel's launch on a GPU of ``sms`` SMs, each holding ``resident`` of its
+    blocks: chunks of about ROWS_ITEMS strips, of whole planes where a plane has fewer outputs
+    (as many planes as leave ROWS_CHUNKS_PER_SM chunks an SM), else of a band of one plane's rows,
+    shorter until two buffers of their input rows fit SHARED_LIMIT; one block a chunk up to
+    ``resident`` an SM.  Unsupported where one strip's rows do not fit."""
     s = spec
     square = (s.stride_h == s.stride_w and s.stride_h in sources.DEPTHWISE_ROWS_STRIDES
               and (s.dilation_h, s.dilation_w) == (1, 1))
     k = _square(s) if square else 0
-    strip = ROWS_STRIP if k else 1
+    strip = ROWS_STRIPS[s.stride_h] if k else 1
     vec = sources.vector_width(ctype)
     planes, mult = s.batch * s.in_channels, multiplier(s)
     plane = s.height * s.width
     whole = -(-s.out_height // strip) * strip  # a plane's output rows, in whole strips
-    floats = SHARED_LIMIT // 4 - vec  # staged floats a block can hold past its lead
+    room = SHARED_LIMIT // (2 * sources.ITEMSIZE[ctype]) // vec * vec - vec  # a buffer's elements past its lead
+    target = ROWS_ITEMS * strip  # outputs a chunk
     outputs = s.out_height * s.out_width * mult
-    if outputs <= ROWS_OUTPUTS and plane <= floats:
-        group = max(1, min(ROWS_OUTPUTS // outputs, floats // plane, -(-planes // (ROWS_BLOCKS_PER_SM * sms))))
+    if outputs <= target and plane <= room:
+        group = max(1, min(target // outputs, room // plane, -(-planes // (ROWS_CHUNKS_PER_SM * sms))))
         band, staged = whole, group * plane
     else:
         group = 1
-        band = min(whole, max(strip, ROWS_OUTPUTS // (s.out_width * mult) // strip * strip))
-        while band > strip and rows_input(s, band) * s.width > floats:
+        band = min(whole, max(strip, target // (s.out_width * mult) // strip * strip))
+        while band > strip and rows_input(s, band) * s.width > room:
             band -= strip
         staged = rows_input(s, band) * s.width
-        if staged > floats:
-            raise Unsupported(f"the depthwise NCHW rows kernel stages whole input rows in shared memory: "
-                              f"{rows_input(s, band)} rows of {s.width} fp32 values for one output row's "
-                              f"strip, more than {SHARED_LIMIT} bytes")
-    blocks = -(-planes // group) * -(-s.out_height // band)
-    if blocks > INT32_MAX:
-        raise Unsupported(f"the depthwise NCHW rows kernel's grid of {blocks} blocks exceeds the CUDA limit")
-    return DepthwisePlan(sources.depthwise_nchw_rows_name(ctype, k, s.stride_h if k else 0), (blocks, 1, 1),
-                         ROWS_THREADS, 4 * (staged + vec), strip, k, 0, (0, 0, 0, 0), band, group=group)
+        if staged > room:
+            raise Unsupported(f"the depthwise NCHW rows kernel stages whole input rows in shared memory, two "
+                              f"buffers of {rows_input(s, band)} rows of {s.width} values for one strip of "
+                              f"output rows: more than {SHARED_LIMIT} bytes")
+    chunks = -(-planes // group) * -(-s.out_height // band)
+    if chunks > INT32_MAX:
+        raise Unsupported(f"the depthwise NCHW rows kernel's {chunks} chunks exceed int32")
+    buffer = -(-(staged + vec) // vec) * vec  # elements, whole 16-byte granules
+    return DepthwisePlan(sources.depthwise_nchw_rows_name(ctype, k, s.stride_h if k else 0),
+                         (min(chunks, resident * sms), 1, 1), ROWS_THREADS, 2 * buffer * sources.ITEMSIZE[ctype],
+                         strip, k, 0, (0, 0, 0, 0), band, group=group, chunks=chunks, buffer=buffer)
 
 
 def plan_depthwise(spec: Conv2d, layout: str, ctype: str, x_ptr: int = 0, out_ptr: int = 0) -> DepthwisePlan:
