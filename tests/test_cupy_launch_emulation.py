@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
-from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_plan, igemm, linear_backward, linear_wgmma, lowered_conv,
-                          pool2d_backward, sources, support, tensor_map)
+from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_plan, igemm, linear_backward, linear_wgmma,
+                          lowered_conv, pool2d_backward, sources, support, tensor_map)
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -187,7 +187,8 @@ class EmulatedLaunch:
         """The 15 shape arguments from ``first`` on, as ``_depthwise`` takes them."""
         return tuple(self.value(first + i) for i in range(15))
 
-    def _depthwise(self, shape: tuple[int, ...], batch: int, nhwc: bool) -> tuple[Conv2d, dict[str, torch.Tensor | None]]:
+    def _depthwise(self, shape: tuple[int, ...], batch: int,
+                   nhwc: bool) -> tuple[Conv2d, dict[str, torch.Tensor | None]]:
         """The spec from the shape arguments (C, H, W, CO, OH, OW, KH, KW, stride_h, stride_w, pad_h,
         pad_w, dil_h, dil_w, multiplier) and the buffers x, wt, bias, out."""
         c, h, w, co, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, mult = shape

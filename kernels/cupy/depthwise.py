@@ -1,9 +1,9 @@
 """Depthwise convolution launchers (groups == in_channels): depthwise.cu's direct kernels, NHWC
 (channel vectors per thread, several output pixels reusing each loaded input row) or NCHW (a tile
-of one plane staged in shared memory), in NCHW also the rows kernel (whole-width input rows of
-several planes or of one plane's band staged by cp.async, two chunks in flight a block), and for 3x3 layers at stride 1
-or 2 both ways the flat-run kernels, NHWC or NCHW (each input row of a band loaded once, rolling
-accumulators); fp32 FMA for every dtype, fp32 accumulation, bias fused.
+of one plane staged in shared memory); in NCHW also the rows kernel (whole-width input rows of
+several planes or of one plane's band, staged by cp.async, two chunks in flight a block); and for
+3x3 layers at stride 1 or 2 both ways the flat-run kernels, NHWC or NCHW (each input row of a band
+loaded once, rolling accumulators); fp32 FMA for every dtype, fp32 accumulation, bias fused.
 
 The filter and the bias go to fp32 once, at build (the weights stay between launches, as in
 inference): [tap][channel] for NHWC, where a thread reads its channels' tap as one vector, and
@@ -94,7 +94,7 @@ def build_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: t
                                                                   *[i32(v) for v in sizes]],
                             index, keep=(x, wt, bt, out), shared_bytes=plan.shared_bytes)
     return Built(launch, {"algorithm": "depthwise_rows", "kernel": plan.name, "band": plan.band,
-                          "planes_a_block": plan.group})
+                          "planes_a_chunk": plan.group})
 
 
 def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
