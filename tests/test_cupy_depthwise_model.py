@@ -121,7 +121,7 @@ def test_model_rows_cases(name: str, dtype: torch.dtype) -> None:
         assert_matches(got, ref)
 
 
-# One SM: few planes a group; 132: bands of one plane where the plane has more outputs than a block.
+# One SM: its two resident blocks walk several chunks each, alternating buffers; 132 SMs: one chunk a block.
 @given(spec=depthwise_specs(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
        x_offset=st.integers(0, 7), sms=st.sampled_from([1, 132]), seed=st.integers(0, 2**31 - 1))
 def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: int, sms: int, seed: int) -> None:
