@@ -56,8 +56,9 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     """The direct kernel for ``spec`` in ``layout``."""
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
     plan = plan_depthwise(spec, layout, ctype, x.data_ptr(), out.data_ptr())
-    return Built(_launch(spec, plan, layout, x, wt, bt, out, index),
-                 {"algorithm": "depthwise", "kernel": plan.name})
+    shape = (spec.in_channels, *_window(spec))
+    sizes = (plan.items, *shape) if layout == "NHWC" else (*shape, *plan.tile)
+    return Built(_launch(plan, x, wt, bt, out, index, sizes), {"algorithm": "depthwise", "kernel": plan.name})
 
 
 def candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -80,21 +81,15 @@ def build_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: t
         raise Unsupported(f"the depthwise rows kernel runs NCHW only, got {layout}")
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
     plan = rows_plan(spec, ctype, support.sm_count(index))
-    s, i32, ptr = spec, support.i32, support.ptr
     fn = support.function("depthwise", plan.name, index)
     resident = support.occupancy(fn, plan.threads, index, plan.shared_bytes)
     if resident < 1:
         raise Unsupported(f"{plan.name} cannot be resident with {plan.shared_bytes} bytes of shared memory")
     plan = rows_plan(spec, ctype, support.sm_count(index), resident)  # one block a chunk up to what SMs hold
-    sizes = (s.batch * s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width, s.kernel_h,
-             s.kernel_w, s.stride_h, s.stride_w, s.padding_h, s.padding_w, s.dilation_h, s.dilation_w,
-             s.out_channels // s.in_channels, plan.group, plan.band, -(-s.out_height // plan.band), plan.chunks,
-             plan.buffer)
-    launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), [ptr(x), ptr(wt), ptr(bt), ptr(out),
-                                                                  *[i32(v) for v in sizes]],
-                            index, keep=(x, wt, bt, out), shared_bytes=plan.shared_bytes)
-    return Built(launch, {"algorithm": "depthwise_rows", "kernel": plan.name, "band": plan.band,
-                          "planes_a_chunk": plan.group})
+    sizes = (spec.batch * spec.in_channels, *_window(spec), plan.group, plan.band, -(-spec.out_height // plan.band),
+             plan.chunks, plan.buffer)
+    return Built(_launch(plan, x, wt, bt, out, index, sizes),
+                 {"algorithm": "depthwise_rows", "kernel": plan.name, "band": plan.band, "planes_a_chunk": plan.group})
 
 
 def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
@@ -128,28 +123,27 @@ def build_flat(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: t
         raise Unsupported(reason)
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
     plan = flat_plan(spec, layout, ctype, x.data_ptr(), out.data_ptr(), support.sm_count(index), band, columns)
-    s, i32, ptr = spec, support.i32, support.ptr
-    fn = support.function("depthwise", plan.name, index)
+    s = spec
     sizes = (s.in_channels, s.height, s.width, s.out_height, s.out_width, s.padding_h, s.padding_w, plan.band,
              plan.segments, -(-s.out_height // plan.band))
     if layout == "NCHW":
         sizes = (s.batch * s.in_channels, *sizes, plan.row_threads.bit_length() - 1)
-    launch = support.Launch(fn, plan.grid, (plan.threads, 1, 1), [ptr(x), ptr(wt), ptr(bt), ptr(out),
-                                                                  *[i32(v) for v in sizes]],
-                            index, keep=(x, wt, bt, out))
-    return Built(launch, {"algorithm": "depthwise_flat", "kernel": plan.name, "band": plan.band})
+    return Built(_launch(plan, x, wt, bt, out, index, sizes),
+                 {"algorithm": "depthwise_flat", "kernel": plan.name, "band": plan.band})
 
 
-def _launch(spec: Conv2d, plan: DepthwisePlan, layout: str, x: torch.Tensor, wt: torch.Tensor,
-            bt: torch.Tensor | None, out: torch.Tensor, index: int) -> support.Launch:
-    s, i32, ptr = spec, support.i32, support.ptr
+def _window(spec: Conv2d) -> tuple[int, ...]:
+    """The shape arguments the direct and rows kernels take after the input's channels or planes:
+    H, W, CO, OH, OW, KH, KW, the strides, paddings and dilations (h, w each), the multiplier."""
+    s = spec
+    return (s.height, s.width, s.out_channels, s.out_height, s.out_width, s.kernel_h, s.kernel_w, s.stride_h,
+            s.stride_w, s.padding_h, s.padding_w, s.dilation_h, s.dilation_w, s.out_channels // s.in_channels)
+
+
+def _launch(plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor, bt: torch.Tensor | None, out: torch.Tensor,
+            index: int, sizes: tuple[int, ...]) -> support.Launch:
+    """``plan``'s kernel on (x, wt, bias, out) followed by the int32 ``sizes``."""
     fn = support.function("depthwise", plan.name, index)
-    shape = [i32(v) for v in (s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width,
-                              s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.padding_h, s.padding_w,
-                              s.dilation_h, s.dilation_w, s.out_channels // s.in_channels)]
-    if layout == "NHWC":
-        args = [ptr(x), ptr(wt), ptr(bt), ptr(out), i32(plan.items), *shape]
-    else:
-        args = [ptr(x), ptr(wt), ptr(bt), ptr(out), *shape, *[i32(v) for v in plan.tile]]
+    args = [support.ptr(x), support.ptr(wt), support.ptr(bt), support.ptr(out), *[support.i32(v) for v in sizes]]
     return support.Launch(fn, plan.grid, (plan.threads, 1, 1), args, index, keep=(x, wt, bt, out),
                           shared_bytes=plan.shared_bytes)

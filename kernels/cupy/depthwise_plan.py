@@ -192,8 +192,7 @@ def nchw_plan(spec: Conv2d, ctype: str) -> DepthwisePlan:
 
 def rows_input(spec: Conv2d, band: int) -> int:
     """Input rows under ``band`` consecutive output rows (at most the plane's)."""
-    s = spec
-    return min(s.height, (band - 1) * s.stride_h + (s.kernel_h - 1) * s.dilation_h + 1)
+    return min(spec.height, input_tile(spec, band, 1)[0])
 
 
 def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2) -> DepthwisePlan:
