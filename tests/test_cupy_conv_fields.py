@@ -118,12 +118,16 @@ def test_depthwise_flat_alone(layout: str, dtype: str, band: int | None) -> None
 
 
 # The NCHW rows kernel alone: every depthwise layer above (strips, loops, multiplier 2, groups of
-# planes, bands) and the flat kernels' shapes, in every dtype.
+# planes, bands) and the flat kernels' shapes, in every dtype; also a 5 x 5 window at stride 1
+# (two columns an item) on an odd width, so that the last item's second column is off the plane.
+ROWS_DEPTHWISE = [Conv2d(2, 12, 12, 19, 23, 5, 5, padding=2, groups=12)]
+
+
 @gpu
 @pytest.mark.parametrize("dtype", Conv2d.dtypes)
 def test_depthwise_rows_alone(dtype: str) -> None:
     specs = [spec for spec in (*NETWORK_LAYERS.values(), *AWKWARD.values()) if spec.depthwise]
-    for spec in specs + FLAT_DEPTHWISE + FLAT_DEPTHWISE_NCHW:
+    for spec in specs + FLAT_DEPTHWISE + FLAT_DEPTHWISE_NCHW + ROWS_DEPTHWISE:
         result = check_implementation(depthwise.build_rows, spec, dtype, "NCHW", DEVICE)
         assert result.ok, f"{spec} {dtype}: {result.message}"
 

@@ -131,10 +131,10 @@ def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: in
 
 
 def test_model_rows_bands_and_groups() -> None:
-    # A plane of 90 x 50 outputs in bands of 80 rows (the last one short); 7 x 7 planes in groups of
-    # ten, eight chunks a block (two resident on each of 2 SMs), each chunk in the other buffer.
-    banded, got, ref = run_rows_model(dw(1, 2, 1, 90, 50, 3, 3, padding=1), torch.bfloat16, 1, 2)
-    assert (banded.group, banded.band, banded.chunks, banded.grid[0]) == (1, 80, 4, 4)
+    # A plane of 200 x 50 outputs in bands of 160 rows (the last one short); 7 x 7 planes in groups
+    # of ten, eight chunks a block (two resident on each of 2 SMs), each chunk in the other buffer.
+    banded, got, ref = run_rows_model(dw(1, 2, 1, 200, 50, 3, 3, padding=1), torch.bfloat16, 1, 2)
+    assert (banded.group, banded.band, banded.chunks, banded.grid[0]) == (1, 160, 4, 4)
     assert_matches(got, ref)
     grouped, got, ref = run_rows_model(dw(8, 40, 1, 7, 7, 3, 3, padding=1), torch.float16, 2, 6, sms=2)
     assert (grouped.group, grouped.band, grouped.chunks, grouped.grid[0]) == (10, 8, 32, 4)

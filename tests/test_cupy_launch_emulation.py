@@ -750,11 +750,16 @@ def test_depthwise_rows_plans() -> None:
     mobilenet = plan(Conv2d(64, 960, 960, 7, 7, 3, 3, padding=1, groups=960))
     assert (mobilenet.group, mobilenet.band, mobilenet.vec, mobilenet.chunks, mobilenet.grid[0]) == (30, 8, 8, 2048,
                                                                                                      264)
-    # Bands of 32 output rows under 34 input rows, two buffers of whole 16-byte granules.
+    # Bands of 72 output rows (512 items of 8 rows x 2 columns) under 74 input rows, two buffers of
+    # whole 16-byte granules.
     wide = plan(Conv2d(64, 32, 32, 112, 112, 3, 3, padding=1, groups=32))
-    assert (wide.group, wide.band, wide.buffer, wide.shared_bytes) == (1, 32, 34 * 112 + 8, 2 * 2 * (34 * 112 + 8))
-    strided = plan(Conv2d(64, 96, 96, 112, 112, 3, 3, stride=2, padding=1, groups=96))
-    assert (strided.vec, strided.band) == (4, 36)  # stride 2: strips of four, 2,048 outputs a chunk
+    assert (wide.group, wide.band, wide.buffer, wide.shared_bytes) == (1, 72, 74 * 112 + 8, 2 * 2 * (74 * 112 + 8))
+    # Stride 2: strips of four rows of 2 columns, 4,096 outputs (36 rows of 112) a chunk, the band
+    # then shortened to 24 rows until two buffers of their 49 input rows fit.
+    strided = plan(Conv2d(64, 96, 96, 224, 224, 3, 3, stride=2, padding=1, groups=96))
+    assert (strided.vec, strided.band) == (4, 24)
+    # 7 x 7: one column an item, 4,096 outputs (32 rows of 112) a chunk; 5 x 5 two columns, 72 rows.
+    assert [plan(Conv2d(64, 8, 8, 112, 112, k, k, padding=k // 2, groups=8)).band for k in (7, 5)] == [32, 72]
     assert plan(Conv2d(1, 2, 2, 20, 20, 3, 3, dilation=2, padding=2, groups=2)).kernel == 0  # the loops
     with pytest.raises(Unsupported, match="more than 49152 bytes"):
         plan(Conv2d(1, 2, 2, 8, 13000, 1, 1, groups=2))

@@ -24,6 +24,10 @@ constexpr int ROWS_THREADS = 256;
 // stride 1 and at stride 2.
 constexpr int ROWS_STRIP_1 = 8;
 constexpr int ROWS_STRIP_2 = 4;
+// Output columns side by side in a thread's strip, for windows up to ROWS_COLS_MAX_K (a filter
+// copy each column: two 7 x 7 copies would not fit the registers of two blocks an SM).
+constexpr int ROWS_COLS = 2;
+constexpr int ROWS_COLS_MAX_K = 5;
 
 // VEC consecutive elements, moved as one load or store of sizeof(T) * VEC bytes.
 template <typename T, int VEC>
@@ -356,14 +360,16 @@ __global__ void __launch_bounds__(NCHW_MAX_THREADS, 1) depthwise_nchw(
 // (one of two buffers) by cp.async while the block computes the chunk before it from the other:
 // DRAM sees long runs with many bytes in flight, and no thread waits on them.  The run's 16-byte
 // granules go by cp.async, its unaligned ends (fewer than 16 bytes each) by a register a thread,
-// stored after the chunk before is done.  Each thread then computes outputs in the order (output
-// column, strip, output plane), fastest first, so that a warp reads and stores neighbouring
-// columns.  K > 0: a K x K window, stride S both ways, no dilation: a thread computes a strip of
-// STRIP output rows of one column, each input row under the strip read once (K taps) and
-// multiplied into every output row of the strip whose window holds it.  K == 0: any window,
-// stride and dilation, one output an item, in loops.  Taps off the image add nothing (not even
-// 0 * inf): rows off it are skipped and the weights of columns off it zeroed.  A chunk's index:
-// plane group * bands + band.  `buffer`: the T elements of a buffer (a multiple of 16 bytes).
+// stored after the chunk before is done.  Each thread then computes items in the order (column
+// group, strip, output plane), fastest first, so that a warp reads and stores neighbouring
+// columns.  K > 0: a K x K window, stride S both ways, no dilation: an item is a strip of STRIP
+// output rows of COLS neighbouring columns; each input row under the strip is read once (the
+// SPAN values under the COLS windows) and multiplied into every output of the strip whose window
+// holds it, so the item's index arithmetic, filter loads and shared-memory reads are shared by
+// STRIP * COLS outputs.  K == 0: any window, stride and dilation, one output an item, in loops.
+// Taps off the image add nothing (not even 0 * inf): rows off it are skipped and, for each
+// column, the weights of taps off it zeroed.  A chunk's index: plane group * bands + band.
+// `buffer`: the T elements of a buffer (a multiple of 16 bytes).
 template <typename T, int K, int S>
 __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
     const T* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
@@ -373,6 +379,7 @@ __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
     extern __shared__ __align__(16) unsigned char staged_bytes[];
     T* const staged = reinterpret_cast<T*>(staged_bytes);
     constexpr int STRIP = K == 0 ? 1 : S == 1 ? ROWS_STRIP_1 : ROWS_STRIP_2;
+    constexpr int COLS = K == 0 || K > ROWS_COLS_MAX_K ? 1 : ROWS_COLS;
     constexpr int VE = 16 / static_cast<int>(sizeof(T));  // elements of a 16-byte granule
     const int tid = threadIdx.x;
     // Chunk c's band, first plane, planes, staged rows [lo, hi) of each plane, and where its run
@@ -412,6 +419,14 @@ __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
         if (edge_to != nullptr) edge = src[e];
     };
 
+    // A thread's items lie ROWS_THREADS apart in every chunk: split its first into (column group
+    // cg, strip st, output plane po) once, then step, since a division an item cost about as much
+    // as its FMAs.
+    const int strips = band / STRIP, groups = (OW + COLS - 1) / COLS;
+    const int step_g = ROWS_THREADS % groups, step_t = ROWS_THREADS / groups;
+    const int step_s = step_t % strips, step_p = step_t / strips;
+    const int g0 = tid % groups, s0 = tid / groups % strips, p0 = tid / groups / strips;
+
     int k = 0;
     if (blockIdx.x < chunks) stage(blockIdx.x, staged);
     lb::cp_async_commit();
@@ -426,40 +441,55 @@ __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
         __syncthreads();
 
         const Chunk g = chunk(c);
-        const int strips = band / STRIP, items = g.np * mult * strips * OW;
+        const int items = g.np * mult * strips * groups;
+        int cg = g0, st = s0, po = p0;
         for (int item = tid; item < items; item += ROWS_THREADS) {
-            const int ow = item % OW, t = item / OW;
-            const int po = t / strips, oh0 = g.b * band + (t - po * strips) * STRIP;
-            const int plane = g.p0 * mult + po;  // the output plane, n * CO + co
-            const int co = plane % CO;
+            const int ow0 = cg * COLS, oh0 = g.b * band + st * STRIP;
+            const unsigned plane = g.p0 * mult + po;  // the output plane, n * CO + co
+            const int co = plane % unsigned(CO), pi = mult == 1 ? po : unsigned(po) / unsigned(mult);
+            cg += step_g;
+            st += step_s + (cg >= groups);
+            cg -= cg >= groups ? groups : 0;
+            po += step_p + (st >= strips);
+            st -= st >= strips ? strips : 0;
             const float* f = wt + co * KH * KW;
-            const T* sp = cur + g.lead + (po / mult) * H * W;  // sp[(ih - lo) * W + iw]: input (ih, iw)
-            float acc[STRIP];
+            const T* sp = cur + g.lead + pi * H * W;  // sp[(ih - lo) * W + iw]: input (ih, iw)
+            float acc[STRIP][COLS];
 #pragma unroll
-            for (int v = 0; v < STRIP; ++v) acc[v] = 0.0f;
+            for (int o = 0; o < STRIP; ++o)
+#pragma unroll
+                for (int q = 0; q < COLS; ++q) acc[o][q] = 0.0f;
             if constexpr (K > 0) {
-                const int ih0 = oh0 * S - pad_h, iw0 = ow * S - pad_w;
-                bool col[K];
-                float w[K][K];
+                constexpr int SPAN = (COLS - 1) * S + K;  // input columns under the COLS windows
+                const int ih0 = oh0 * S - pad_h, iw0 = ow0 * S - pad_w;
+                bool col[SPAN];
 #pragma unroll
-                for (int j = 0; j < K; ++j) col[j] = iw0 + j >= 0 && iw0 + j < W;
+                for (int j = 0; j < SPAN; ++j) col[j] = iw0 + j >= 0 && iw0 + j < W;
+                float w[COLS][K][K];  // column q's filter, its taps off the image zeroed
 #pragma unroll
                 for (int r = 0; r < K; ++r)
 #pragma unroll
-                    for (int j = 0; j < K; ++j) w[r][j] = col[j] ? f[r * K + j] : 0.0f;
+                    for (int j = 0; j < K; ++j) {
+                        const float fj = f[r * K + j];
 #pragma unroll
-                for (int i = 0; i < (STRIP - 1) * S + K; ++i) {
+                        for (int q = 0; q < COLS; ++q) w[q][r][j] = col[q * S + j] ? fj : 0.0f;
+                    }
+                const T* row = sp + (ih0 - g.lo) * W + iw0;  // input row ih0, column iw0; a row on each step
+#pragma unroll
+                for (int i = 0; i < (STRIP - 1) * S + K; ++i, row += W) {
                     const int ih = ih0 + i;
                     if (ih < 0 || ih >= H) continue;
-                    float v[K];
+                    float v[SPAN];
 #pragma unroll
-                    for (int j = 0; j < K; ++j) v[j] = col[j] ? lb::to_float(sp[(ih - g.lo) * W + iw0 + j]) : 0.0f;
+                    for (int j = 0; j < SPAN; ++j) v[j] = col[j] ? lb::to_float(row[j]) : 0.0f;
 #pragma unroll
                     for (int o = 0; o < STRIP; ++o) {
                         const int r = i - o * S;  // the filter row of output row oh0 + o on this input row
                         if (r < 0 || r >= K) continue;
 #pragma unroll
-                        for (int j = 0; j < K; ++j) acc[o] = fmaf(w[r][j], v[j], acc[o]);
+                        for (int q = 0; q < COLS; ++q)
+#pragma unroll
+                            for (int j = 0; j < K; ++j) acc[o][q] = fmaf(w[q][r][j], v[q * S + j], acc[o][q]);
                     }
                 }
             } else {
@@ -467,17 +497,19 @@ __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
                     const int ih = oh0 * stride_h - pad_h + kh * dil_h;
                     if (ih < 0 || ih >= H) continue;
                     for (int kw = 0; kw < KW; ++kw) {
-                        const int iw = ow * stride_w - pad_w + kw * dil_w;
+                        const int iw = ow0 * stride_w - pad_w + kw * dil_w;
                         if (iw >= 0 && iw < W)
-                            acc[0] = fmaf(f[kh * KW + kw], lb::to_float(sp[(ih - g.lo) * W + iw]), acc[0]);
+                            acc[0][0] = fmaf(f[kh * KW + kw], lb::to_float(sp[(ih - g.lo) * W + iw]), acc[0][0]);
                     }
                 }
             }
             const float bv = bias != nullptr ? bias[co] : 0.0f;
-            T* o = out + plane * OH * OW + ow;
+            T* o = out + (plane * OH + oh0) * OW + ow0;  // a row on each step
 #pragma unroll
-            for (int v = 0; v < STRIP; ++v)
-                if (oh0 + v < OH) o[(oh0 + v) * OW] = lb::from_float<T>(acc[v] + bv);
+            for (int v = 0; v < STRIP; ++v, o += OW)
+#pragma unroll
+                for (int q = 0; q < COLS; ++q)
+                    if (oh0 + v < OH && ow0 + q < OW) o[q] = lb::from_float<T>(acc[v][q] + bv);
         }
         __syncthreads();  // the buffer is free for the chunk after next
     }

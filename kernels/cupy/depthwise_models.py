@@ -294,7 +294,8 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     """depthwise_nchw_rows on the CPU, block by block and chunk by chunk: each chunk's run of input
     rows staged in its buffer (the 16-byte granules aligned there and in x, the run's ends one
     element a thread, every element inside the chunk's buffer, each tap read only once staged
-    there), then every thread's items; x dense NCHW at ``x_offset`` bytes past a 16-byte
+    there), then every thread's items (a strip of rows of ``rows_columns`` neighbouring columns);
+    x dense NCHW at ``x_offset`` bytes past a 16-byte
     boundary, wt the fp32 [channel][tap] filter; returns (N, CO, OH, OW)."""
     s, k, strip, group, band = spec, plan.kernel, plan.vec, plan.group, plan.band
     C, H, W, CO, OH, OW = s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width
@@ -302,6 +303,8 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     size = x.element_size()
     ve = 16 // size
     bands = -(-OH // band)
+    cols = depthwise_plan.rows_columns(k)
+    groups = -(-OW // cols)
     assert plan.threads == depthwise_plan.ROWS_THREADS and band % strip == 0 and x_offset % size == 0
     assert plan.chunks == -(-planes // group) * bands and (group == 1 or bands == 1)
     assert plan.grid[1:] == (1, 1) and 1 <= plan.grid[0] <= plan.chunks
@@ -333,13 +336,12 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
             index = np.arange(count)
             assert lead + count <= plan.buffer, "a chunk's run overflows its buffer"
             _write(shared, base + lead + index, _read(xs, start + index, np.ones(count, bool)))
-            items = np.arange(np_ * mult * (band // strip) * OW)
-            ow, t = items % OW, items // OW
+            items = np.arange(np_ * mult * (band // strip) * groups)
+            ow0, t = items % groups * cols, items // groups
             po, oh0 = t // (band // strip), b * band + (t % (band // strip)) * strip
             plane = p0 * mult + po
             co = plane % CO
             first = base + lead + (po // mult) * H * W
-            acc = np.zeros((len(items), strip))
 
             def tap(f: np.ndarray, ih: np.ndarray, iw: np.ndarray) -> np.ndarray:
                 """f times input (ih, iw) of each item's plane; 0 off the image (not even 0 * inf)."""
@@ -349,23 +351,26 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
                 assert not np.isnan(got[ok]).any(), "a tap reads shared memory this chunk did not stage"
                 return np.where(ok, f * got, 0.0)
 
-            if k:  # the strip: input row i multiplied into each output row whose window holds it
-                ih0, iw0 = oh0 * s.stride_h - s.padding_h, ow * s.stride_w - s.padding_w
-                for i in range((strip - 1) * s.stride_h + k):
-                    for o in range(strip):
-                        r = i - o * s.stride_h
-                        if 0 <= r < k:
-                            for j in range(k):
-                                acc[:, o] += tap(ws[co * k * k + r * k + j], ih0 + i, iw0 + j)
-            else:
-                for kh in range(s.kernel_h):
-                    for kw in range(s.kernel_w):
-                        acc[:, 0] += tap(ws[co * s.kernel_h * s.kernel_w + kh * s.kernel_w + kw],
-                                         oh0 * s.stride_h - s.padding_h + kh * s.dilation_h,
-                                         ow * s.stride_w - s.padding_w + kw * s.dilation_w)
             bv = bs[co] if bs is not None else np.zeros(len(items))
-            for o in range(strip):
-                live = oh0 + o < OH
-                _write(out, (plane * OH * OW + (oh0 + o) * OW + ow)[live], (acc[:, o] + bv)[live])
+            for q in range(cols):  # the item's columns side by side; one past the plane is not stored
+                ow = ow0 + q
+                acc = np.zeros((len(items), strip))
+                if k:  # the strip: input row i multiplied into each output row whose window holds it
+                    ih0, iw0 = oh0 * s.stride_h - s.padding_h, ow * s.stride_w - s.padding_w
+                    for i in range((strip - 1) * s.stride_h + k):
+                        for o in range(strip):
+                            r = i - o * s.stride_h
+                            if 0 <= r < k:
+                                for j in range(k):
+                                    acc[:, o] += tap(ws[co * k * k + r * k + j], ih0 + i, iw0 + j)
+                else:
+                    for kh in range(s.kernel_h):
+                        for kw in range(s.kernel_w):
+                            acc[:, 0] += tap(ws[co * s.kernel_h * s.kernel_w + kh * s.kernel_w + kw],
+                                             oh0 * s.stride_h - s.padding_h + kh * s.dilation_h,
+                                             ow * s.stride_w - s.padding_w + kw * s.dilation_w)
+                for o in range(strip):
+                    live = (oh0 + o < OH) & (ow < OW)
+                    _write(out, (plane * OH * OW + (oh0 + o) * OW + ow)[live], (acc[:, o] + bv)[live])
     assert not np.isnan(out).any(), "an output element is never written"
     return torch.from_numpy(out).view(s.batch, CO, OH, OW)

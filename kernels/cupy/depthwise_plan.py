@@ -41,11 +41,15 @@ NCHW_MAX_THREADS = 256
 
 SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without opting in
 # The NCHW rows kernel (must match depthwise.cu): output rows a thread's strip at stride 1 or 2
-# (unrolled windows; one in the loops), a chunk's items (strips of a column) for a block's threads,
-# about (whole planes, or a band's rows), and the chunks an SM a group of whole planes leaves at
-# least, where there are planes enough, so that each resident block walks several.
+# (unrolled windows; one in the loops), output columns an item side by side for windows up to
+# ROWS_COLUMNS_MAX_K (a filter copy each column: two 7 x 7 copies would not fit the registers of
+# two blocks an SM), a chunk's items for a block's threads, about (whole planes, or a band's
+# rows), and the chunks an SM a group of whole planes leaves at least, where there are planes
+# enough, so that each resident block walks several.
 ROWS_THREADS = 256
 ROWS_STRIPS = {1: 8, 2: 4}
+ROWS_COLUMNS = 2
+ROWS_COLUMNS_MAX_K = 5
 ROWS_ITEMS = 512
 ROWS_CHUNKS_PER_SM = 16
 TILE_OUTPUTS = 1024  # NCHW: outputs of a tile, four per thread at 256 threads
@@ -190,6 +194,12 @@ def nchw_plan(spec: Conv2d, ctype: str) -> DepthwisePlan:
                          0, (th, tw, ih, iw))
 
 
+def rows_columns(k: int) -> int:
+    """Output columns a thread of the rows kernel computes side by side for a k x k window (k = 0:
+    any window, in loops, one output an item)."""
+    return ROWS_COLUMNS if 0 < k <= ROWS_COLUMNS_MAX_K else 1
+
+
 def rows_input(spec: Conv2d, band: int) -> int:
     """Input rows under ``band`` consecutive output rows (at most the plane's)."""
     return min(spec.height, input_tile(spec, band, 1)[0])
@@ -197,7 +207,7 @@ def rows_input(spec: Conv2d, band: int) -> int:
 
 def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2) -> DepthwisePlan:
     """The NCHW rows kernel's launch on a GPU of ``sms`` SMs, each holding ``resident`` of its
-    blocks: chunks of about ROWS_ITEMS strips, of whole planes where a plane has fewer outputs
+    blocks: chunks of about ROWS_ITEMS items, of whole planes where a plane has fewer outputs
     (as many planes as leave ROWS_CHUNKS_PER_SM chunks an SM), else of a band of one plane's rows,
     shorter until two buffers of their input rows fit SHARED_LIMIT; one block a chunk up to
     ``resident`` an SM.  Unsupported where one strip's rows do not fit."""
@@ -211,7 +221,7 @@ def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2) -> Depthwis
     plane = s.height * s.width
     whole = -(-s.out_height // strip) * strip  # a plane's output rows, in whole strips
     room = SHARED_LIMIT // (2 * sources.ITEMSIZE[ctype]) // vec * vec - vec  # a buffer's elements past its lead
-    target = ROWS_ITEMS * strip  # outputs a chunk
+    target = ROWS_ITEMS * strip * rows_columns(k)  # outputs a chunk
     outputs = s.out_height * s.out_width * mult
     if outputs <= target and plane <= room:
         group = max(1, min(target // outputs, room // plane, -(-planes // (ROWS_CHUNKS_PER_SM * sms))))
