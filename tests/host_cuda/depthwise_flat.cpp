@@ -1,36 +1,13 @@
 // depthwise.cu's flat-run kernels (depthwise_nhwc_flat<float, 4, S>, depthwise_nchw_flat<float, S,
 // COLS>) compiled as host C++ and run on the CPU, every block and thread in turn, against a float64
 // direct convolution; each output element must be written exactly once, and every L2 prefetch must
-// name a part of x.  The CUDA keywords and the few intrinsics the file uses are shimmed below; BODY
-// is depthwise.cu without its #include of layerbench_common.cuh.
+// name a part of x.  The CUDA keywords and intrinsics are shimmed in cuda_shim.h; BODY is
+// depthwise.cu without its #include of layerbench_common.cuh.
 // Prints "N cases, M bad, P prefetches" and exits 1 if any case is bad.
-#include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <initializer_list>
 #include <random>
-#include <vector>
-using std::max;
-using std::min;
-struct float2 { float x, y; };
-struct float4 { float x, y, z, w; };  // for the rest of the file, which this harness does not run
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-struct __half { unsigned short x; };
-struct __half2 { unsigned int x; };
-struct __nv_bfloat16 { unsigned short x; };
-inline float2 __half22float2(__half2) { return {0, 0}; }
-inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
-#define __device__
-#define __global__
-#define __shared__
-#define __align__(n) __attribute__((aligned(n)))
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __restrict__ __restrict
-inline void __syncthreads() {}
-struct Dim3 { unsigned x, y, z; };
-static Dim3 blockIdx, threadIdx, blockDim, gridDim;
+
+#include "cuda_shim.h"
 // An L2 prefetch must name a whole vector of x (prefetch_vec elements); a bulk one (built with
 // __CUDA_ARCH__ 900) whole 16-byte units of x, from the block's first thread.  Count those that do
 // not, and all.
@@ -38,26 +15,18 @@ static const float *x_lo, *x_hi;
 static long stray_prefetches, prefetches;
 static int prefetch_vec;
 namespace lb {
-inline void prefetch_l2(const void* p) {
+void prefetch_l2(const void* p) {
     const float* f = static_cast<const float*>(p);
     ++prefetches;
     if (f < x_lo || f + prefetch_vec > x_hi) ++stray_prefetches;
 }
-inline void bulk_prefetch_l2(const void* p, unsigned bytes) {
+void bulk_prefetch_l2(const void* p, unsigned bytes) {
     const float* f = static_cast<const float*>(p);
     ++prefetches;
     if (threadIdx.x != 0 || bytes == 0 || bytes % 16 || (f - x_lo) % 4 || f < x_lo || f + bytes / 4 > x_hi)
         ++stray_prefetches;
 }
-inline float to_float(float v) { return v; }
-// The rest of the file's cp.async staging, which this harness does not run.
-inline unsigned smem_addr(const void*) { return 0; }
-inline void cp_async16(unsigned, const void*, bool) {}
-inline void cp_async_commit() {}
-template <int N> void cp_async_wait_group() {}
-template <typename T> T from_float(float);
-template <> inline float from_float<float>(float v) { return v; }
-}
+}  // namespace lb
 #include BODY
 
 void fill_normal(std::initializer_list<std::vector<float>*> buffers, std::mt19937& g) {

@@ -1,0 +1,125 @@
+// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu uses, shimmed so that the file
+// compiles as host C++ and its kernels run on the CPU: a block's threads one at a time (a kernel
+// with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
+// is what the harness defines under the kernel's extern name; cp.async copies at once and checks
+// that each 16-byte granule is aligned at both ends (misaligned_granules).  The L2 prefetches are
+// declared here and defined by the harness that runs the kernels using them.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+using std::max;
+using std::min;
+struct float2 { float x, y; };
+struct float4 { float x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+struct __half { unsigned short x; };
+struct __half2 { unsigned int x; };
+struct __nv_bfloat16 { unsigned short x; };
+inline float2 __half22float2(__half2) { return {0, 0}; }
+inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+#define __device__
+#define __global__
+#define __shared__
+#define __align__(n) __attribute__((aligned(n)))
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+struct Dim3 { unsigned x, y, z; };
+inline Dim3 blockIdx, blockDim, gridDim;
+inline thread_local Dim3 threadIdx;
+
+// One block's threads as host threads, meeting at __syncthreads.  The threads are made once and
+// kept for every block after (making 256 threads a block took most of a harness's time).
+class BlockThreads {
+  public:
+    // Runs body() on `threads` host threads, threadIdx.x 0 .. threads - 1, and waits for them all.
+    static void run(int threads, const std::function<void()>& body) {
+        static BlockThreads* pool = new BlockThreads(threads);  // never destroyed: its threads wait to the end
+        if (threads != pool->threads_) {
+            fprintf(stderr, "BlockThreads: one block size a harness (%d, then %d)\n", pool->threads_, threads);
+            std::abort();
+        }
+        std::unique_lock<std::mutex> lock(pool->mutex_);
+        pool->body_ = &body;
+        pool->running_ = threads;
+        ++pool->block_;
+        pool->start_.notify_all();
+        pool->done_.wait(lock, [&] { return pool->running_ == 0; });
+    }
+    static void sync() {
+        BlockThreads* const pool = current;
+        if (pool == nullptr) return;  // one thread at a time: no barrier to meet
+        std::unique_lock<std::mutex> lock(pool->barrier_mutex_);
+        const long generation = pool->generation_;
+        if (++pool->arrived_ == pool->threads_) {
+            pool->arrived_ = 0;
+            ++pool->generation_;
+            pool->all_.notify_all();
+        } else {
+            pool->all_.wait(lock, [&] { return pool->generation_ != generation; });
+        }
+    }
+
+  private:
+    explicit BlockThreads(int threads) : threads_(threads) {
+        current = this;
+        for (int t = 0; t < threads; ++t) std::thread([this, t] { work(t); }).detach();
+    }
+    void work(int t) {
+        threadIdx = {unsigned(t), 0, 0};
+        long seen = 0;
+        for (;;) {
+            const std::function<void()>* body;
+            {
+                std::unique_lock<std::mutex> lock(mutex_);
+                start_.wait(lock, [&] { return block_ != seen; });
+                seen = block_;
+                body = body_;
+            }
+            (*body)();
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (--running_ == 0) done_.notify_all();
+        }
+    }
+    static inline BlockThreads* current = nullptr;
+    const int threads_;
+    std::mutex mutex_, barrier_mutex_;
+    std::condition_variable start_, done_, all_;
+    const std::function<void()>* body_ = nullptr;
+    int running_ = 0, arrived_ = 0;
+    long block_ = 0, generation_ = 0;
+};
+inline void __syncthreads() { BlockThreads::sync(); }
+
+inline unsigned char* shared_base = nullptr;  // the harness's shared memory, for cp.async
+inline long misaligned_granules = 0;
+namespace lb {
+void prefetch_l2(const void* p);
+void bulk_prefetch_l2(const void* p, unsigned bytes);
+inline float to_float(float v) { return v; }
+inline float to_float(__nv_bfloat16 v) { return __uint_as_float(unsigned(v.x) << 16); }
+template <typename T> T from_float(float);
+template <> inline float from_float<float>(float v) { return v; }
+template <> inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {  // round to nearest even
+    const unsigned u = __float_as_uint(v);
+    if (std::isnan(v)) return {0x7fc0};
+    return {static_cast<unsigned short>((u + 0x7fff + ((u >> 16) & 1)) >> 16)};
+}
+inline unsigned smem_addr(const void* p) { return unsigned(static_cast<const unsigned char*>(p) - shared_base); }
+inline void cp_async16(unsigned to, const void* from, bool) {
+    if (to % 16 || reinterpret_cast<std::uintptr_t>(from) % 16)
+        __atomic_add_fetch(&misaligned_granules, 1, __ATOMIC_RELAXED);  // the block's threads count at once
+    memcpy(shared_base + to, from, 16);
+}
+inline void cp_async_commit() {}
+template <int N> void cp_async_wait_group() {}
+}  // namespace lb
