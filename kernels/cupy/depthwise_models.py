@@ -295,8 +295,8 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     rows staged in its buffer (the 16-byte granules aligned there and in x, the run's ends one
     element a thread, every element inside the chunk's buffer, each tap read only once staged
     there), then every thread's items (a strip of rows of ``rows_columns`` neighbouring columns);
-    x dense NCHW at ``x_offset`` bytes past a 16-byte
-    boundary, wt the fp32 [channel][tap] filter; returns (N, CO, OH, OW)."""
+    x dense NCHW at ``x_offset`` bytes past a 16-byte boundary, wt the fp32 [channel][tap]
+    filter; returns (N, CO, OH, OW)."""
     s, k, strip, group, band = spec, plan.kernel, plan.vec, plan.group, plan.band
     C, H, W, CO, OH, OW = s.in_channels, s.height, s.width, s.out_channels, s.out_height, s.out_width
     mult, planes = depthwise_plan.multiplier(s), s.batch * C
