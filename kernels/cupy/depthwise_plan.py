@@ -8,8 +8,9 @@ VEC elements of a row's OW * C, down a band of rows (``flat_plan``; the build ti
 one block per TH x TW tile of one output plane, its input tile (halo included) staged in shared
 memory; also the rows kernel (``rows_plan``): a block stages whole-width input rows, of several
 whole planes or under a band of one plane's output rows, and a thread computes strips of output
-rows of one column; for 3x3 layers at stride 1 or 2 both ways, a flat-run kernel too: one thread
-per four (or one) output columns of a plane, down a band of rows, a block several planes' rows.
+rows of one or two neighbouring columns; for 3x3 layers at stride 1 or 2 both ways, a flat-run
+kernel too: one thread per four (or one) output columns of a plane, down a band of rows, a block
+several planes' rows.
 Needs neither CuPy nor a GPU, so that tests can check the index math on any machine.
 """
 

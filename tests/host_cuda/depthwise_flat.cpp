@@ -8,6 +8,7 @@
 #include <random>
 
 #include "cuda_shim.h"
+#include "reference_check.h"
 // An L2 prefetch must name a whole vector of x (prefetch_vec elements); a bulk one (built with
 // __CUDA_ARCH__ 900) whole 16-byte units of x, from the block's first thread.  Count those that do
 // not, and all.
@@ -76,10 +77,7 @@ int check(int N, int C, int H, int W, int ph, int pw, int band, bool has_bias, s
                                 ref += double(x[((n * H + ih) * W + iw) * C + c]) * wt[(r * 3 + s) * C + c];
                         }
                     size_t i = ((size_t(n) * OH + p) * OW + q) * C + c;
-                    const bool close = std::isnan(ref)   ? std::isnan(out[i])  // an x of 0 times inf
-                                       : std::isinf(ref) ? double(out[i]) == ref
-                                                         : std::fabs(out[i] - ref) <= 1e-4 * (1 + std::fabs(ref));
-                    if (writes[i] != 1 || !close) ++bad;
+                    if (writes[i] != 1 || !matches(ref, out[i], 1e-4)) ++bad;
                 }
     if (stray_prefetches) printf("BAD S=%d N=%d C=%d H=%d W=%d pad=(%d,%d) band=%d: %ld prefetches off x\n", S, N, C,
                                  H, W, ph, pw, band, stray_prefetches);
@@ -130,10 +128,7 @@ int check_nchw(int N, int C, int H, int W, int ph, int pw, int band, int tq_log2
                             ref += double(x[(size_t(pl) * H + ih) * W + iw]) * wt[c * 9 + r * 3 + s];
                     }
                 size_t i = (size_t(pl) * OH + p) * OW + q;
-                const bool close = std::isnan(ref)   ? std::isnan(out[i])
-                                   : std::isinf(ref) ? double(out[i]) == ref
-                                                     : std::fabs(out[i] - ref) <= 1e-4 * (1 + std::fabs(ref));
-                if (writes[i] != 1 || !close) ++bad;
+                if (writes[i] != 1 || !matches(ref, out[i], 1e-4)) ++bad;
             }
     bad += stray_prefetches != 0;
     if (bad)
