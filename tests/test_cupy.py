@@ -570,6 +570,28 @@ def test_lowered_convolution_is_timed_beside_the_implicit_gemm() -> None:
     assert details["implicit_gemm_ms"] > 0 and details["im2col_gemm_ms"] > 0, details
 
 
+# The width unfold + TMA convolution alone on first layers of real networks (batch cut), an odd
+# height (the TMA convolution's im2col mode) and a narrow, dilated one with per-axis stride and padding.
+UNFOLDED = {"vgg-conv1_1": LOWERED["vgg-conv1_1"], "resnet-stem": LOWERED["resnet-stem"],
+            "alexnet-conv1": LOWERED["alexnet-conv1"],
+            "grey-dilated": Conv2d(2, 2, 40, 62, 59, 5, 3, stride_h=2, stride_w=3, padding_w=2, dilation=2)}
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(UNFOLDED))
+def test_unfolded_convolution_alone(name: str, dtype: str) -> None:
+    skip_unless_hopper()
+    assert_ok(lowered_conv.build_unfolded, UNFOLDED[name], dtype, "NHWC")
+
+
+@gpu
+def test_unfolded_convolution_is_timed_beside_the_implicit_gemm() -> None:
+    skip_unless_hopper()
+    details = built_details("conv2d", UNFOLDED["resnet-stem"], "bf16", "NHWC")
+    assert details["implicit_gemm_ms"] > 0 and details["unfolded_tma_ms"] > 0, details
+
+
 @pytest.mark.parametrize("spec, dtype, reason", [
     (Linear(4, 64, 8), "fp32", "fp16 and bf16"),
     (Linear(4, 60, 8), "bf16", "multiple of 8"),

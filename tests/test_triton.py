@@ -8,6 +8,7 @@ ReLU and max pooling).
 from __future__ import annotations
 
 import dataclasses
+import re
 import zlib
 
 import pytest
@@ -604,6 +605,67 @@ def test_conv2d_lowered_first_layers(dtype: str, spec: Conv2d, columns: int) -> 
 ])
 def test_conv2d_lowered_refuses(dtype: str, layout: str, spec: Conv2d, reason: str) -> None:
     assert reason in (lowering.lowered_refusal(spec, get_dtype(dtype), layout) or "")
+
+
+# ------------------------------------------------------------------------- unfolded convolution (width unfold + TMA)
+
+def unfolded_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The width unfold and the TMA convolution of the R x 1 layer alone (the build times it on a GPU)."""
+    return triton_lowered.build_unfolded(spec, dtype, layout, tensors, out)
+
+
+# Narrow inputs; unfolded channels past S*C, per-axis stride (rows divisible by the vertical one,
+# as the TMA convolution's phase view needs) and padding, dilation, taps past every edge, both layouts.
+@given(batch=st.integers(1, 2), channels=st.integers(1, 3), out_units=st.integers(1, 2),
+       rows=st.integers(1, 5), width=st.integers(2, 10), kernel_h=st.integers(1, 4), kernel_w=st.integers(2, 5),
+       stride_h=st.integers(1, 2), stride_w=st.integers(1, 3), padding_h=st.integers(0, 2),
+       padding_w=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(),
+       dtype=st.sampled_from(("tf32", "fp16")), layout=st.sampled_from(("NHWC", "NCHW")), seed=SEEDS)
+def test_conv2d_unfolded_drawn(batch: int, channels: int, out_units: int, rows: int, width: int, kernel_h: int,
+                               kernel_w: int, stride_h: int, stride_w: int, padding_h: int, padding_w: int,
+                               dilation: int, bias: bool, dtype: str, layout: str, seed: int) -> None:
+    height = rows * stride_h
+    assume(height + 2 * padding_h > dilation * (kernel_h - 1) and width + 2 * padding_w > dilation * (kernel_w - 1))
+    spec = Conv2d(batch, channels, 8 * out_units, height, width, kernel_h, kernel_w, stride_h=stride_h,
+                  stride_w=stride_w, padding_h=padding_h, padding_w=padding_w, dilation=dilation, bias=bias)
+    result = check_implementation(unfolded_only, spec, dtype, layout, "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} {layout} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype, spec, channels", [
+    ("fp16", Conv2d(2, 3, 16, 9, 8, 3, 3, padding=1), 16),                  # VGG-16's first layer, small
+    ("fp16", Conv2d(1, 3, 8, 14, 13, 7, 7, stride=2, padding=3), 24),       # ResNet-50's stem, small
+    ("tf32", Conv2d(1, 3, 12, 24, 23, 11, 11, stride=4, padding=2), 36),    # AlexNet's first layer, small
+    ("fp16", Conv2d(1, 1, 8, 12, 11, 5, 3, stride_h=2, padding_w=2, dilation=2), 8),  # grey, dilated
+], ids=str)
+@pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
+def test_conv2d_unfolded_first_layers(dtype: str, spec: Conv2d, channels: int, layout: str) -> None:
+    assert lowering.unfolded_channels(spec, get_dtype(dtype)) == channels
+    tensors = make_tensors(spec, dtype, layout, "cpu")
+    built = unfolded_only(spec, get_dtype(dtype), layout, tensors, make_output(spec, tensors, layout))
+    assert built.details["unfolded_channels"] == channels, built.details
+    result = check_implementation(unfolded_only, spec, dtype, layout, "cpu", seed=zlib.crc32(repr(spec).encode()))
+    assert result.ok, f"{spec} {layout}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype, spec, reason", [
+    ("fp16", Conv2d(1, 2, 8, 5, 5, 3, 3, groups=2), "one group"),
+    ("fp16", Conv2d(1, 3, 8, 5, 5, 3, 1), "1 wide"),
+    ("fp16", Conv2d(1, 8, 8, 5, 5, 3, 3), "in_channels 8 in fp16 is 16 bytes"),
+    ("fp32", Conv2d(512, 3, 8, 224, 224, 11, 11, padding=5), "would take"),
+], ids=str)
+def test_conv2d_unfolded_refuses(dtype: str, spec: Conv2d, reason: str) -> None:
+    assert reason in (lowering.unfolded_refusal(spec, get_dtype(dtype)) or "")
+
+
+@pytest.mark.parametrize("dtype, spec, reason", [
+    ("fp16", Conv2d(1, 3, 8, 15, 15, 7, 7, stride=2, padding=3), "7 x 1 layer: the TMA convolution's phase view"),
+    ("fp32", Conv2d(1, 3, 8, 14, 14, 7, 7, stride=2, padding=3), "7 x 1 layer: the TMA convolution runs fp16"),
+], ids=str)
+def test_conv2d_unfolded_refuses_what_the_tma_convolution_cannot_run(dtype: str, spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, dtype, "NHWC", "cpu")
+    with pytest.raises(Unsupported, match=re.escape(reason)):
+        unfolded_only(spec, get_dtype(dtype), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
 
 
 # ------------------------------------------------------------------------- persistent TMA GEMM

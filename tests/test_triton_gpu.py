@@ -446,6 +446,29 @@ def test_lowered_convolution_is_timed_beside_the_others() -> None:
     assert details["im2col_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
+# The width unfold + TMA convolution alone: first layers whose height the vertical stride divides,
+# and a narrow, dilated one with per-axis stride and padding; both layouts.
+UNFOLDED = {"vgg-conv1_1": LOWERED["vgg-conv1_1"], "resnet-stem": LOWERED["resnet-stem"],
+            "grey-dilated": Conv2d(2, 2, 40, 62, 59, 5, 3, stride_h=2, stride_w=3, padding_w=2, dilation=2)}
+
+
+@pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
+@pytest.mark.parametrize("dtype", ("tf32", "fp16", "bf16"))
+@pytest.mark.parametrize("name", UNFOLDED)
+def test_unfolded_convolution(name: str, dtype: str, layout: str) -> None:
+    skip_before_hopper()
+    result = check_implementation(lowered_conv.build_unfolded, UNFOLDED[name], dtype, layout, "cuda",
+                                  seed=seed_of(name))
+    assert result.ok, f"{name} {dtype} {layout}: {result.message}"
+
+
+@pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
+def test_unfolded_convolution_is_timed_beside_the_others(layout: str) -> None:
+    skip_before_hopper()
+    details = conv_details(UNFOLDED["resnet-stem"], layout)
+    assert details["unfolded_tma_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
+
+
 @pytest.mark.parametrize("dtype", ("tf32", "bf16"))
 def test_linear_times_both_paths(dtype: str) -> None:
     """On Hopper the build times the tiled and the TMA GEMM on a large GEMM and records both;

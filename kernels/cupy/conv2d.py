@@ -17,7 +17,8 @@ linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copy
 the stride's grid to a buffer (layout.cu); a convolution of one group also runs conv_tma.cu,
 whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  An NHWC convolution whose
 input pixels are narrower than 16 bytes (RGB first layers) also runs lowered: layout.cu's im2col,
-then the linear layer's GEMM (lowered_conv.py, kernels/lowering.py).  A wgmma path
+then the linear layer's GEMM, or its input unfolded along the width by the same copy, then
+conv_tma.cu on an R x 1 filter (lowered_conv.py, kernels/lowering.py).  A wgmma path
 competes only after its output on the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
@@ -37,9 +38,9 @@ import torch
 from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources,
                           support)
 from kernels.cupy.layout import channels_last_copy
-from kernels.cupy.lowered_conv import build_lowered
+from kernels.cupy.lowered_conv import build_lowered, build_unfolded
 from kernels.cupy.fft_plan import fft_plan
-from kernels.lowering import lowered_refusal
+from kernels.lowering import lowered_refusal, unfolded_refusal
 from kernels.pointwise_views import forward_views, pointwise_refusal, strided_refusal, subsampled
 from layerbench.builders import (Built, Kernel, Tensors, check_workspace, choice_of, fastest_of, in_order,
                                  selection_ms)
@@ -137,7 +138,8 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "for fp32 an FFT convolution instead where it times faster at build; on Hopper in "
                       "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
                       "pixels they read; and with its k tiles cut from the image by TMA); for inputs of few "
-                      "channels an explicit im2col and the linear layer's GEMM; the fastest kept; "
+                      "channels an explicit im2col and the linear layer's GEMM, or on Hopper the input "
+                      "unfolded along the width into the TMA convolution of an R x 1 filter; the fastest kept; "
                       "depthwise: direct memory-bound kernels (fp32 FMA), in NCHW also one on whole-width "
                       "input rows staged in shared memory, for 3x3 ones at stride 1 or 2 also one on flat "
                       "runs of output rows, the fastest kept")
@@ -184,8 +186,11 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         other = ("fft", fft)
     tma = ("tma_implicit_gemm", lambda: conv_tma.build(spec, dtype, layout, tensors, out))
     others = [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm), tma]
-    if lowered_refusal(spec, dtype, layout) is None:  # only where it applies: no reason on every other point
+    # The narrow-input paths only where they apply: no reason on every other point.
+    if lowered_refusal(spec, dtype, layout) is None:
         others.append(("im2col_gemm", lambda: build_lowered(spec, dtype, layout, tensors, out)))
+    if unfolded_refusal(spec, dtype) is None:
+        others.append(("unfolded_tma", lambda: build_unfolded(spec, dtype, layout, tensors, out)))
     return fastest_of("implicit_gemm", gemm, others,
                       lambda k: selection_ms(k, out.device),
                       after_failure=lambda: torch.cuda.synchronize(out.device),  # a sticky error is no fallback

@@ -1,14 +1,15 @@
-"""The lowered convolution (``kernels/lowering.py``: explicit im2col, then one GEMM) in CUDA C:
-layout.cu's im2col writes the column matrix inside the timed call, then the CuPy linear layer's
-GEMM (mma.sync, on Hopper in fp16/bf16 also the wgmma and TMA GEMMs, the fastest kept) writes the
-NHWC output.  The path competes only after its output has passed the float64 check."""
+"""The lowered convolutions of ``kernels/lowering.py`` in CUDA C, both copies by layout.cu's im2col
+inside the timed call: the column matrix, then the CuPy linear layer's GEMM (mma.sync, on Hopper
+in fp16/bf16 also the wgmma and TMA GEMMs, the fastest kept) writes the NHWC output; or the input
+unfolded along the width, then the TMA convolution of the R x 1 layer over it (conv_tma.py).
+Each path competes only after its output has passed the float64 check."""
 
 from __future__ import annotations
 
 import torch
 
-from kernels.cupy import linear, sources, support
-from kernels.lowering import gemm_operands, lowered_refusal
+from kernels.cupy import conv_tma, linear, sources, support
+from kernels.lowering import gemm_operands, lowered_refusal, unfolded_refusal, unfolded_specs, unfolded_tensors
 from layerbench.builders import Built, Kernel, Tensors, as_built, in_order
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
@@ -35,18 +36,12 @@ def segment_pixels(spec: Conv2d, columns: int, itemsize: int) -> int:
     return min(spec.out_width, (room - span) // spec.stride_w + 1)
 
 
-def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
-    """The im2col copy and the linear layer's GEMM for this point (``Unsupported`` with the reason
-    where it does not apply)."""
-    reason = lowered_refusal(spec, dtype, layout)
-    if reason:
-        raise Unsupported(reason)
-    x = tensors["x"]
+def im2col(spec: Conv2d, dtype: DType, x: torch.Tensor, col: torch.Tensor) -> tuple[support.Launch, int]:
+    """The copy of the NHWC ``x`` into the dense column matrix ``col`` [pixels, columns] of ``spec``
+    (columns a multiple of 8, past C*R*S zeros), and the output pixels a block writes."""
     if not x.permute(0, 2, 3, 1).is_contiguous():
-        raise Unsupported("the lowered convolution's im2col reads x dense in channels_last order")
-    index = support.check_tensors(dtype, {"x": x, "out": out})
-    gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
-    col = operands["x"]
+        raise Unsupported("the im2col copy reads x dense in channels_last order")
+    index = support.check_tensors(dtype, {"x": x})
     columns = col.shape[1]
     pixels = segment_pixels(spec, columns, x.element_size())
     window = window_columns(spec, pixels)
@@ -59,9 +54,43 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
             i32(spec.height), i32(spec.width), i32(spec.stride_h), i32(spec.stride_w), i32(spec.padding_h),
             i32(spec.padding_w), i32(spec.dilation_h), i32(spec.dilation_w)]
     blocks = spec.batch * spec.out_height * segments
-    im2col = support.Launch(fn, (blocks, 1, 1), (THREADS, 1, 1), args, index, keep=(x, col), shared_bytes=shared)
-    im2col()  # the GEMM's build times its variants on a filled column matrix
+    launch = support.Launch(fn, (blocks, 1, 1), (THREADS, 1, 1), args, index, keep=(x, col), shared_bytes=shared)
+    return launch, pixels
+
+
+def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The im2col copy and the linear layer's GEMM for this point (``Unsupported`` with the reason
+    where it does not apply)."""
+    reason = lowered_refusal(spec, dtype, layout)
+    if reason:
+        raise Unsupported(reason)
+    support.check_tensors(dtype, {"x": tensors["x"], "out": out})
+    gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
+    col = operands["x"]
+    copy, pixels = im2col(spec, dtype, tensors["x"], col)
+    copy()  # the GEMM's build times its variants on a filled column matrix
     built = as_built(linear.build(gemm, dtype, "NCHW", operands, out_matrix))
-    kernel: Kernel = in_order(im2col, built.launch)
+    kernel: Kernel = in_order(copy, built.launch)
     support.check_result(kernel, spec, dtype, tensors, out, "the lowered convolution")
-    return Built(kernel, {"columns": columns, "segment_pixels": pixels, "gemm": dict(built.details)})
+    return Built(kernel, {"columns": col.shape[1], "segment_pixels": pixels, "gemm": dict(built.details)})
+
+
+def build_unfolded(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The input unfolded along the width, then the TMA convolution of the R x 1 layer over it, for
+    this point (``Unsupported`` with the reason where it does not apply)."""
+    reason = unfolded_refusal(spec, dtype)
+    if reason:
+        raise Unsupported(reason)
+    if layout != "NHWC":
+        raise Unsupported(f"the unfolded convolution's im2col copy reads an NHWC input, this point is {layout}")
+    unfold, rows = unfolded_specs(spec, dtype)
+    folded = unfolded_tensors(spec, dtype, tensors)
+    copy, _ = im2col(unfold, dtype, tensors["x"], folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels))
+    copy()  # the TMA convolution's build times its configurations on the filled input
+    try:
+        built = conv_tma.build(rows, dtype, layout, folded, out)
+    except Unsupported as e:
+        raise Unsupported(f"the unfolded convolution's {rows.kernel_h} x 1 layer: {e}") from None
+    kernel: Kernel = in_order(copy, built.launch)
+    support.check_result(kernel, spec, dtype, tensors, out, "the unfolded convolution")
+    return Built(kernel, {"unfolded_channels": rows.in_channels, "tma": dict(built.details)})

@@ -12,8 +12,9 @@ strided one (no padding) the same GEMM over a copy of the pixels on the stride's
 Hopper an NHWC convolution of one group (strided ones where the stride divides the input's sides)
 is also built as an implicit GEMM fed by the tensor-memory accelerator (conv_tma.py).  An NHWC
 convolution whose input pixels are narrower than 16 bytes (RGB first layers) is also built as an
-explicit im2col followed by the linear layer's GEMM (lowered_conv.py, kernels/lowering.py).  All
-are timed beside each other and the fastest is kept.
+explicit im2col followed by the linear layer's GEMM (lowered_conv.py, kernels/lowering.py), and
+on Hopper as its input unfolded along the width followed by the TMA convolution of an R x 1
+filter over it (the same modules).  All are timed beside each other and the fastest is kept.
 
 GEMM view: M = N*P*Q output pixels, N = K output channels, reduction over C*R*S.  A program owns
 a BLOCK_M x BLOCK_N tile of the output and walks the reduction in BLOCK_K steps; A tiles are
@@ -68,13 +69,13 @@ from layerbench.errors import Unsupported
 from layerbench.registry import register
 from layerbench.layers import Conv2d
 
-from kernels.lowering import lowered_refusal
+from kernels.lowering import lowered_refusal, unfolded_refusal
 from kernels.pointwise_views import pointwise_refusal, strided_refusal
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
 from kernels.triton.depthwise_rows import build_depthwise_flat_rows, build_depthwise_rows, flat_refusal, rows_refusal
-from kernels.triton.lowered_conv import build_lowered
+from kernels.triton.lowered_conv import build_lowered, build_unfolded
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.layout import channels_last_copy
 from kernels.triton.pointwise_conv import build_pointwise, build_strided_pointwise
@@ -375,7 +376,8 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
                       "the pixels they read), on Hopper a TMA-fed implicit GEMM (NCHW inputs after a copy "
                       "to channels_last), for inputs of few channels an explicit im2col and the linear "
-                      "layer's GEMM; depthwise a direct kernel of its own, and for 3x3 ones "
+                      "layer's GEMM, or on Hopper unfolded along the width into a TMA convolution "
+                      "of an R x 1 filter; depthwise a direct kernel of its own, and for 3x3 ones "
                       "also one that streams input rows through registers, the faster kept")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)
@@ -414,8 +416,11 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     else:
         first = ("fft", fft)
     others = [first, ("tma_implicit_gemm", tma)]
-    if lowered_refusal(spec, dtype, layout) is None:  # only where it applies: no reason on every other point
+    # The narrow-input paths only where they apply: no reason on every other point.
+    if lowered_refusal(spec, dtype, layout) is None:
         others.append(("im2col_gemm", on_gpu(lambda: build_lowered(spec, dtype, layout, tensors, out))))
+    if unfolded_refusal(spec, dtype) is None:
+        others.append(("unfolded_tma", on_gpu(lambda: build_unfolded(spec, dtype, layout, tensors, out))))
     return fastest_of("implicit_gemm", build_igemm(spec, dtype, layout, tensors, out), others, quick_bench,
                       after_failure=lambda: torch.cuda.synchronize(out.device),  # a sticky error is no fallback
                       remember=choice_of("triton conv2d", spec, dtype.name, layout, tensors, out, "triton"))

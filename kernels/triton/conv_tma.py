@@ -27,7 +27,8 @@ next to such a layer's output (VGG-16's conv1_1 writes 21 times its padded input
 zero channels cost only multiplies, which a first layer has to spare.
 
 NCHW: the input is first copied to channels_last inside the timed call (``layout.py``, as the
-implicit GEMM does); the output needs no copy, since the accumulator is already laid out as an
+implicit GEMM does; an input already channels_last, as the unfolded convolution's, is read as it
+is); the output needs no copy, since the accumulator is already laid out as an
 NCHW tile (channels by pixels): it is stored through pointers, each patch row a contiguous run
 of pixels.
 
@@ -333,12 +334,17 @@ def build_conv_tma(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     pad: Kernel | None = None
     if channels != spec.in_channels:
         spec, tensors, pad = _padded_input(spec, tensors, channels)
-    elif layout == "NCHW":  # the input copied to channels_last in the timed call
-        if not (tensors["x"].is_contiguous() and out.is_contiguous()):
-            raise Unsupported("the TMA convolution needs NCHW x and out dense (contiguous)")
-        x_nhwc, pad = channels_last_copy(tensors["x"])
-        pad()  # the buffer must hold the input before the configs are timed on it
-        tensors = {**tensors, "x": x_nhwc}
+    elif layout == "NCHW":
+        if not out.is_contiguous():
+            raise Unsupported("the TMA convolution needs an NCHW out dense (contiguous)")
+        # The input copied to channels_last in the timed call; one already channels_last (the
+        # unfolded convolution's) is read as it is.
+        if not tensors["x"].permute(0, 2, 3, 1).is_contiguous():
+            if not tensors["x"].is_contiguous():
+                raise Unsupported("the TMA convolution needs an NCHW x dense (contiguous)")
+            x_nhwc, pad = channels_last_copy(tensors["x"])
+            pad()  # the buffer must hold the input before the configs are timed on it
+            tensors = {**tensors, "x": x_nhwc}
     tensors = {**tensors, "weight_taps": tap_major(tensors["weight"])}  # once: the weight is a constant
     views = _views(spec, layout, tensors, out)
     check_tma(_conv_tma_kernel, out.device, views)

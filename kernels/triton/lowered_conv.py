@@ -1,6 +1,7 @@
-"""The lowered convolution (``kernels/lowering.py``: explicit im2col, then one GEMM) in Triton:
-the column matrix written by ``_im2col_kernel`` inside the timed call, then the Triton linear
-layer's GEMM (tiled with split-K, on Hopper also the persistent TMA GEMM, the fastest kept)."""
+"""The lowered convolutions of ``kernels/lowering.py`` in Triton, both copies by ``_im2col_kernel``
+inside the timed call: the column matrix, then the Triton linear layer's GEMM (tiled with split-K,
+on Hopper also the persistent TMA GEMM, the fastest kept); or the input unfolded along the width,
+then the TMA convolution of the R x 1 layer over it (conv_tma.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
-from kernels.lowering import gemm_operands, lowered_refusal
+from kernels.lowering import (gemm_operands, lowered_refusal, unfolded_refusal, unfolded_specs,
+                              unfolded_tensors)
 from kernels.triton import linear
+from kernels.triton.conv_tma import build_conv_tma, tma_refusal
 from kernels.triton.support import next_pow2
 
 BLOCK_Q = 64  # at most this many output pixels of a row a program writes
@@ -28,7 +31,7 @@ def _im2col_kernel(x_ptr, col_ptr, P, Q, H, W, sxn, sxc, sxh, sxw, SH, SW, PH, P
     # K_RED and where the tap falls outside the image (the padding).  The row fixes the input row
     # each column reads and whether it is inside, so an element's address is a pixel's offset plus
     # a column's, and its test one add and two compares.  int32 offsets: the input and the column
-    # matrix have fewer than 2^31 elements (the spec and lowered_refusal check it).
+    # matrix have fewer than 2^31 elements (the spec, lowered_refusal and unfolded_refusal check it).
     row = tl.program_id(0)
     n = row // P
     p = row - n * P
@@ -44,15 +47,33 @@ def _im2col_kernel(x_ptr, col_ptr, P, Q, H, W, sxn, sxc, sxh, sxw, SH, SW, PH, P
     inside = column_ok[None, :] & (iw >= 0) & (iw < W)
     source = x_ptr + n * sxn + (q * SW * sxw)[:, None] + (ih * sxh + c * sxc + tap_w * sxw)[None, :]
     value = tl.load(source, mask=inside, other=0.0)
-    tl.store(col_ptr + (row * Q + q)[:, None] * KP + k[None, :], value, mask=(q < Q)[:, None])
+    tl.store(col_ptr + (row * Q + q)[:, None] * KP + k[None, :], value, mask=(q < Q)[:, None] & (k < KP)[None, :])
 
 
 def im2col_meta(spec: Conv2d, columns: int) -> dict[str, int]:
     """The im2col kernel's meta-parameters for ``spec``'s column matrix of ``columns`` columns: a
-    program writes up to BLOCK_Q pixels of a row by 32 columns, or 16 where 32 do not divide it."""
+    program writes up to BLOCK_Q pixels of a row by all its columns where they are 32 or fewer,
+    else by 32 or 16 of them (whichever divides them)."""
+    block_k = next_pow2(columns) if columns <= 32 else (32 if columns % 32 == 0 else 16)
     return {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
-            "KP": columns, "BLOCK_Q": min(BLOCK_Q, next_pow2(spec.out_width)),
-            "BLOCK_K": 32 if columns % 32 == 0 else 16}
+            "KP": columns, "BLOCK_Q": min(BLOCK_Q, next_pow2(spec.out_width)), "BLOCK_K": block_k}
+
+
+def im2col(spec: Conv2d, x: torch.Tensor, col: torch.Tensor) -> Kernel:
+    """The copy of ``x`` into the dense column matrix ``col`` [pixels, columns] of ``spec``
+    (columns past C*R*S zeros; over 32 of them a multiple of 16)."""
+    columns = col.shape[1]
+    meta = im2col_meta(spec, columns)
+    grid = (spec.batch * spec.out_height, triton.cdiv(spec.out_width, meta["BLOCK_Q"]),
+            triton.cdiv(columns, meta["BLOCK_K"]))
+    args = (x, col, spec.out_height, spec.out_width, spec.height, spec.width, *x.stride(),
+            spec.stride_h, spec.stride_w, spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
+    launcher = _im2col_kernel[grid]
+
+    def copy() -> None:
+        launcher(*args, **meta)
+
+    return copy
 
 
 def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
@@ -62,18 +83,26 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
     if reason:
         raise Unsupported(reason)
     gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
-    x, col = tensors["x"], operands["x"]
-    columns = col.shape[1]
-    meta = im2col_meta(spec, columns)
-    grid = (spec.batch * spec.out_height, triton.cdiv(spec.out_width, meta["BLOCK_Q"]), columns // meta["BLOCK_K"])
-    args = (x, col, spec.out_height, spec.out_width, spec.height, spec.width, *x.stride(),
-            spec.stride_h, spec.stride_w, spec.padding_h, spec.padding_w, spec.dilation_h, spec.dilation_w)
-    launcher = _im2col_kernel[grid]
-
-    def im2col() -> None:
-        launcher(*args, **meta)
-
-    im2col()  # the GEMM's build times itself on a filled column matrix
+    col = operands["x"]
+    copy = im2col(spec, tensors["x"], col)
+    copy()  # the GEMM's build times itself on a filled column matrix
     built = as_built(linear.build(gemm, dtype, "NCHW", operands, out_matrix))
-    launch: Kernel = in_order(im2col, built.launch)
-    return Built(launch, {"columns": columns, "gemm": dict(built.details)})
+    launch: Kernel = in_order(copy, built.launch)
+    return Built(launch, {"columns": col.shape[1], "gemm": dict(built.details)})
+
+
+def build_unfolded(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+    """The input unfolded along the width, then the TMA convolution of the R x 1 layer over it, for
+    this point (``Unsupported`` with the reason where it does not apply)."""
+    reason = unfolded_refusal(spec, dtype)
+    if reason:
+        raise Unsupported(reason)
+    unfold, rows = unfolded_specs(spec, dtype)
+    reason = tma_refusal(rows, dtype, layout)
+    if reason:
+        raise Unsupported(f"the unfolded convolution's {rows.kernel_h} x 1 layer: {reason}")
+    folded = unfolded_tensors(spec, dtype, tensors)
+    copy = im2col(unfold, tensors["x"], folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels))
+    copy()  # the TMA convolution's build times its configs on the filled input
+    built = build_conv_tma(rows, dtype, layout, folded, out)
+    return Built(in_order(copy, built.launch), {"unfolded_channels": rows.in_channels, "tma": dict(built.details)})
