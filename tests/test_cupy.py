@@ -571,18 +571,20 @@ def test_lowered_convolution_is_timed_beside_the_implicit_gemm() -> None:
 
 
 # The width unfold + TMA convolution alone on first layers of real networks (batch cut), an odd
-# height (the TMA convolution's im2col mode) and a narrow, dilated one with per-axis stride and padding.
+# height (the TMA convolution's im2col mode) and a narrow, dilated one with per-axis stride and
+# padding; both layouts (NCHW input copied to NHWC first).
 UNFOLDED = {"vgg-conv1_1": LOWERED["vgg-conv1_1"], "resnet-stem": LOWERED["resnet-stem"],
             "alexnet-conv1": LOWERED["alexnet-conv1"],
             "grey-dilated": Conv2d(2, 2, 40, 62, 59, 5, 3, stride_h=2, stride_w=3, padding_w=2, dilation=2)}
 
 
 @gpu
+@pytest.mark.parametrize("layout", ("NHWC", "NCHW"))
 @pytest.mark.parametrize("dtype", ("fp16", "bf16"))
 @pytest.mark.parametrize("name", sorted(UNFOLDED))
-def test_unfolded_convolution_alone(name: str, dtype: str) -> None:
+def test_unfolded_convolution_alone(name: str, dtype: str, layout: str) -> None:
     skip_unless_hopper()
-    assert_ok(lowered_conv.build_unfolded, UNFOLDED[name], dtype, "NHWC")
+    assert_ok(lowered_conv.build_unfolded, UNFOLDED[name], dtype, layout)
 
 
 @gpu

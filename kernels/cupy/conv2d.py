@@ -17,8 +17,9 @@ linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copy
 the stride's grid to a buffer (layout.cu); a convolution of one group also runs conv_tma.cu,
 whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  An NHWC convolution whose
 input pixels are narrower than 16 bytes (RGB first layers) also runs lowered: layout.cu's im2col,
-then the linear layer's GEMM, or its input unfolded along the width by the same copy, then
-conv_tma.cu on an R x 1 filter (lowered_conv.py, kernels/lowering.py).  A wgmma path
+then the linear layer's GEMM; in either layout such a convolution also runs with its input
+unfolded along the width by the same copy, then conv_tma.cu on an R x 1 filter (lowered_conv.py,
+kernels/lowering.py).  A wgmma path
 competes only after its output on the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 

@@ -1,7 +1,7 @@
 """The convolution on Hopper's TMA and wgmma (``conv_tma.cu``): fp16 and bf16, one group, any
 window, stride (dividing the input's sides), padding and dilation.  NCHW input is copied to NHWC
-inside the timed call (layout.cu, as the implicit GEMM does), and an NCHW output is written from
-registers through its strides.
+inside the timed call (layout.cu, as the implicit GEMM does; one already channels_last is read as
+it is), and an NCHW output is written from registers through its strides.
 
 The implicit GEMMs of igemm.cu compute each input element's address in the threads that
 multiply; here the TMA unit cuts each k tile out of the image, so the warpgroups only multiply
@@ -115,11 +115,12 @@ def variants(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
     index = support.check_tensors(dtype, {"x": x, "weight": tensors["weight"], "bias": bias, "out": out})
     linear_wgmma.check_gpu(index)
     dense = torch.channels_last if layout == "NHWC" else torch.contiguous_format
+    x_nhwc = x.is_contiguous(memory_format=torch.channels_last)
     for name, t in (("x", x), ("out", out)):
-        if not t.is_contiguous(memory_format=dense):
+        if not (t.is_contiguous(memory_format=dense) or name == "x" and x_nhwc):
             raise Unsupported(f"the TMA convolution needs a dense {layout} {name}")
     copies: list[Kernel] = []
-    if layout == "NCHW":
+    if not x_nhwc:  # NCHW input copied to NHWC in the timed call (the unfolded convolution's is NHWC)
         x, copy_x = channels_last_copy(x, support.ctype_of(dtype), index)
         copies.append(copy_x)
     weight = _ohwi(tensors["weight"])

@@ -1,14 +1,15 @@
 """The lowered convolutions of ``kernels/lowering.py`` in CUDA C, both copies by layout.cu's im2col
 inside the timed call: the column matrix, then the CuPy linear layer's GEMM (mma.sync, on Hopper
 in fp16/bf16 also the wgmma and TMA GEMMs, the fastest kept) writes the NHWC output; or the input
-unfolded along the width, then the TMA convolution of the R x 1 layer over it (conv_tma.py).
-Each path competes only after its output has passed the float64 check."""
+unfolded along the width (an NCHW one after a copy to NHWC), then the TMA convolution of the
+R x 1 layer over it (conv_tma.py).  Each path competes only after its output has passed the float64 check."""
 
 from __future__ import annotations
 
 import torch
 
 from kernels.cupy import conv_tma, linear, sources, support
+from kernels.cupy.layout import channels_last_copy
 from kernels.lowering import gemm_operands, lowered_refusal, unfolded_refusal, unfolded_specs, unfolded_tensors
 from layerbench.builders import Built, Kernel, Tensors, as_built, in_order
 from layerbench.dtypes import DType
@@ -81,16 +82,23 @@ def build_unfolded(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     reason = unfolded_refusal(spec, dtype)
     if reason:
         raise Unsupported(reason)
-    if layout != "NHWC":
-        raise Unsupported(f"the unfolded convolution's im2col copy reads an NHWC input, this point is {layout}")
+    x = tensors["x"]
+    copies: list[Kernel] = []
+    if layout == "NCHW":  # the im2col copy reads NHWC: the input copied first, in the timed call
+        if not x.is_contiguous():
+            raise Unsupported("the unfolded convolution needs an NCHW x dense (contiguous)")
+        x, copy_x = channels_last_copy(x, support.ctype_of(dtype), support.check_tensors(dtype, {"x": x}))
+        copies.append(copy_x)
     unfold, rows = unfolded_specs(spec, dtype)
     folded = unfolded_tensors(spec, dtype, tensors)
-    copy, _ = im2col(unfold, dtype, tensors["x"], folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels))
-    copy()  # the TMA convolution's build times its configurations on the filled input
+    copy, _ = im2col(unfold, dtype, x, folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels))
+    copies.append(copy)
+    for launch in copies:
+        launch()  # the TMA convolution's build times its configurations on the filled input
     try:
         built = conv_tma.build(rows, dtype, layout, folded, out)
     except Unsupported as e:
         raise Unsupported(f"the unfolded convolution's {rows.kernel_h} x 1 layer: {e}") from None
-    kernel: Kernel = in_order(copy, built.launch)
+    kernel: Kernel = in_order(*copies, built.launch)
     support.check_result(kernel, spec, dtype, tensors, out, "the unfolded convolution")
     return Built(kernel, {"unfolded_channels": rows.in_channels, "tma": dict(built.details)})
