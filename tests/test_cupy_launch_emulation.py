@@ -796,6 +796,16 @@ def test_lowered_convolution_launchers(emulated: None, spec: Conv2d, dtype: str)
     _check("conv2d", spec, dtype, "NHWC")  # the registered build with it among its paths
 
 
+@pytest.mark.parametrize("dtype", ("fp32", "tf32"))
+def test_unfolded_convolution_refuses_before_any_copy(emulated: None, dtype: str) -> None:
+    """The unfolded path runs on the TMA convolution (fp16, bf16): other dtypes are refused before
+    its im2col copy, whose rows of 4-byte types need not be a multiple of 8 columns."""
+    spec = Conv2d(2, 1, 6, 12, 9, 3, 2, stride_h=2, padding_w=1, dilation=2)
+    tensors = make_tensors(spec, dtype, "NHWC", "cpu")
+    with pytest.raises(Unsupported, match="3 x 1 layer: the TMA convolution runs fp16 and bf16"):
+        lowered_conv.build_unfolded(spec, get_dtype(dtype), "NHWC", tensors, make_output(spec, tensors, "NHWC"))
+
+
 @pytest.mark.parametrize(("spec", "columns", "itemsize", "pixels"), [
     (Conv2d(64, 3, 64, 224, 224, 7, 7, stride=2, padding=3), 160, 2, 112),
     (Conv2d(64, 3, 64, 224, 224, 3, 3, padding=1), 32, 2, 224),

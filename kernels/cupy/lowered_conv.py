@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import conv_tma, linear, sources, support
+from kernels.cupy import conv_tma, conv_tma_plan, linear, sources, support
 from kernels.cupy.layout import channels_last_copy
 from kernels.lowering import gemm_operands, lowered_refusal, unfolded_refusal, unfolded_specs, unfolded_tensors
 from layerbench.builders import Built, Kernel, Tensors, as_built, in_order
@@ -44,6 +44,8 @@ def im2col(spec: Conv2d, dtype: DType, x: torch.Tensor, col: torch.Tensor) -> tu
         raise Unsupported("the im2col copy reads x dense in channels_last order")
     index = support.check_tensors(dtype, {"x": x})
     columns = col.shape[1]
+    if columns % VEC:
+        raise Unsupported(f"the im2col copy writes rows of a multiple of {VEC} columns, got {columns}")
     pixels = segment_pixels(spec, columns, x.element_size())
     window = window_columns(spec, pixels)
     segments = -(-spec.out_width // pixels)
@@ -82,6 +84,10 @@ def build_unfolded(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     reason = unfolded_refusal(spec, dtype)
     if reason:
         raise Unsupported(reason)
+    unfold, rows = unfolded_specs(spec, dtype)
+    reason = conv_tma_plan.refusal(rows, dtype.name, layout)
+    if reason:  # before any copy runs
+        raise Unsupported(f"the unfolded convolution's {rows.kernel_h} x 1 layer: {reason}")
     x = tensors["x"]
     copies: list[Kernel] = []
     if layout == "NCHW":  # the im2col copy reads NHWC: the input copied first, in the timed call
@@ -89,7 +95,6 @@ def build_unfolded(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
             raise Unsupported("the unfolded convolution needs an NCHW x dense (contiguous)")
         x, copy_x = channels_last_copy(x, support.ctype_of(dtype), support.check_tensors(dtype, {"x": x}))
         copies.append(copy_x)
-    unfold, rows = unfolded_specs(spec, dtype)
     folded = unfolded_tensors(spec, dtype, tensors)
     copy, _ = im2col(unfold, dtype, x, folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels))
     copies.append(copy)
