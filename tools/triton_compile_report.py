@@ -150,7 +150,7 @@ def main() -> None:
     if args.which in ("conv_tma", "all"):
         conv_tma_report(target, args.dtype, el, mode, precision)
     if args.which in ("lowered", "all"):
-        lowered_report(target, el)
+        lowered_report(target, args.dtype, el)
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:
@@ -191,16 +191,20 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
                       f"programs an SM={c['PER_SM'] or 'one tile each'}: {line}")
 
 
-def lowered_report(target: GPUTarget, el: str) -> None:
-    """The lowered convolution's im2col copy for the first layers of VGG-16, ResNet-50 and AlexNet
-    (its GEMM is the linear layer's, reported under ``linear``)."""
+def lowered_report(target: GPUTarget, dtype_name: str, el: str) -> None:
+    """The lowered convolutions' im2col copies for the first layers of VGG-16, ResNet-50 and
+    AlexNet: the column matrix (its GEMM is the linear layer's, reported under ``linear``) and the
+    width unfold (its R x 1 convolution is the TMA convolution's, under ``conv_tma``)."""
+    dtype = get_dtype(dtype_name)
     for name, spec in (("VGG-16 conv1_1", Conv2d(1, 3, 64, 224, 224, 3, 3, padding=1)),
                        ("ResNet-50 conv1", Conv2d(1, 3, 64, 224, 224, 7, 7, stride=2, padding=3)),
                        ("AlexNet conv1", Conv2d(1, 3, 96, 227, 227, 11, 11, stride=4))):
-        columns = lowering.column_count(spec)
-        line = compile_report(lowered_conv._im2col_kernel, target, {"x_ptr": el, "col_ptr": el},
-                              lowered_conv.im2col_meta(spec, columns), 4, divisible=set())
-        print(f"lowered im2col {name} ({columns} columns): {line}")
+        unfold, rows = lowering.unfolded_specs(spec, dtype)
+        for what, copied, columns in (("im2col", spec, lowering.column_count(spec)),
+                                      ("width unfold", unfold, rows.in_channels)):
+            line = compile_report(lowered_conv._im2col_kernel, target, {"x_ptr": el, "col_ptr": el},
+                                  lowered_conv.im2col_meta(copied, columns), 4, divisible=set())
+            print(f"lowered {what} {name} ({columns} columns): {line}")
 
 
 def linear_report(target: GPUTarget, el: str, mode: str, precision: str) -> None:

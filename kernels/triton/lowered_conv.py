@@ -53,7 +53,7 @@ def _im2col_kernel(x_ptr, col_ptr, P, Q, H, W, sxn, sxc, sxh, sxw, SH, SW, PH, P
 def im2col_meta(spec: Conv2d, columns: int) -> dict[str, int]:
     """The im2col kernel's meta-parameters for ``spec``'s column matrix of ``columns`` columns: a
     program writes up to BLOCK_Q pixels of a row by all its columns where they are 32 or fewer,
-    else by 32 or 16 of them (whichever divides them)."""
+    else by 32 where 32 divide them, else by 16 (columns past the row's end masked)."""
     block_k = next_pow2(columns) if columns <= 32 else (32 if columns % 32 == 0 else 16)
     return {"C": spec.in_channels, "S": spec.kernel_w, "K_RED": spec.in_channels * spec.kernel_h * spec.kernel_w,
             "KP": columns, "BLOCK_Q": min(BLOCK_Q, next_pow2(spec.out_width)), "BLOCK_K": block_k}
@@ -61,7 +61,7 @@ def im2col_meta(spec: Conv2d, columns: int) -> dict[str, int]:
 
 def im2col(spec: Conv2d, x: torch.Tensor, col: torch.Tensor) -> Kernel:
     """The copy of ``x`` into the dense column matrix ``col`` [pixels, columns] of ``spec``
-    (columns past C*R*S zeros; over 32 of them a multiple of 16)."""
+    (columns past C*R*S zeros)."""
     columns = col.shape[1]
     meta = im2col_meta(spec, columns)
     grid = (spec.batch * spec.out_height, triton.cdiv(spec.out_width, meta["BLOCK_Q"]),
