@@ -101,11 +101,11 @@ def unfolded_refusal(spec: Conv2d, dtype: DType) -> str | None:
     return None
 
 
-def unfolded_tensors(spec: Conv2d, dtype: DType, tensors: Tensors) -> Tensors:
-    """The R x 1 convolution's tensors: an empty channels_last input for the unfold to fill, the
-    weight [K, C', R, 1] (zero past S*C), the bias."""
+def unfolded_tensors(rows: Conv2d, tensors: Tensors) -> Tensors:
+    """The tensors of ``rows`` (the R x 1 convolution of ``unfolded_specs``) from the layer's: an
+    empty channels_last input for the unfold to fill, the weight [K, C', R, 1] (zero past S*C),
+    the bias."""
     x, weight = tensors["x"], tensors["weight"]
-    _, rows = unfolded_specs(spec, dtype)
     k, c, r, s = weight.shape
     folded = torch.zeros((k, rows.in_channels, r, 1), dtype=weight.dtype, device=weight.device)
     folded[:, :s * c, :, 0] = weight.permute(0, 3, 1, 2).reshape(k, s * c, r)

@@ -37,12 +37,12 @@ def segment_pixels(spec: Conv2d, columns: int, itemsize: int) -> int:
     return min(spec.out_width, (room - span) // spec.stride_w + 1)
 
 
-def im2col(spec: Conv2d, dtype: DType, x: torch.Tensor, col: torch.Tensor) -> tuple[support.Launch, int]:
-    """The copy of the NHWC ``x`` into the dense column matrix ``col`` [pixels, columns] of ``spec``
-    (columns a multiple of 8, past C*R*S zeros), and the output pixels a block writes."""
+def im2col(spec: Conv2d, x: torch.Tensor, col: torch.Tensor, index: int) -> tuple[support.Launch, int]:
+    """The copy of the NHWC ``x`` (checked by ``support.check_tensors``, on device ``index``) into the
+    dense column matrix ``col`` [pixels, columns] of ``spec`` (columns a multiple of 8, past C*R*S
+    zeros), and the output pixels a block writes."""
     if not x.permute(0, 2, 3, 1).is_contiguous():
         raise Unsupported("the im2col copy reads x dense in channels_last order")
-    index = support.check_tensors(dtype, {"x": x})
     columns = col.shape[1]
     if columns % VEC:
         raise Unsupported(f"the im2col copy writes rows of a multiple of {VEC} columns, got {columns}")
@@ -67,10 +67,10 @@ def build_lowered(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out
     reason = lowered_refusal(spec, dtype, layout)
     if reason:
         raise Unsupported(reason)
-    support.check_tensors(dtype, {"x": tensors["x"], "out": out})
+    index = support.check_tensors(dtype, {"x": tensors["x"], "out": out})
     gemm, operands, out_matrix = gemm_operands(spec, tensors, out)
     col = operands["x"]
-    copy, pixels = im2col(spec, dtype, tensors["x"], col)
+    copy, pixels = im2col(spec, tensors["x"], col, index)
     copy()  # the GEMM's build times its variants on a filled column matrix
     built = as_built(linear.build(gemm, dtype, "NCHW", operands, out_matrix))
     kernel: Kernel = in_order(copy, built.launch)
@@ -89,14 +89,15 @@ def build_unfolded(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     if reason:  # before any copy runs
         raise Unsupported(f"the unfolded convolution's {rows.kernel_h} x 1 layer: {reason}")
     x = tensors["x"]
+    index = support.check_tensors(dtype, {"x": x, "out": out})
     copies: list[Kernel] = []
     if layout == "NCHW":  # the im2col copy reads NHWC: the input copied first, in the timed call
         if not x.is_contiguous():
             raise Unsupported("the unfolded convolution needs an NCHW x dense (contiguous)")
-        x, copy_x = channels_last_copy(x, support.ctype_of(dtype), support.check_tensors(dtype, {"x": x}))
+        x, copy_x = channels_last_copy(x, support.ctype_of(dtype), index)
         copies.append(copy_x)
-    folded = unfolded_tensors(spec, dtype, tensors)
-    copy, _ = im2col(unfold, dtype, x, folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels))
+    folded = unfolded_tensors(rows, tensors)
+    copy, _ = im2col(unfold, x, folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels), index)
     copies.append(copy)
     for launch in copies:
         launch()  # the TMA convolution's build times its configurations on the filled input

@@ -101,7 +101,7 @@ def build_unfolded(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, ou
     reason = tma_refusal(rows, dtype, layout)
     if reason:
         raise Unsupported(f"the unfolded convolution's {rows.kernel_h} x 1 layer: {reason}")
-    folded = unfolded_tensors(spec, dtype, tensors)
+    folded = unfolded_tensors(rows, tensors)
     copy = im2col(unfold, tensors["x"], folded["x"].permute(0, 2, 3, 1).reshape(-1, rows.in_channels))
     copy()  # the TMA convolution's build times its configs on the filled input
     built = build_conv_tma(rows, dtype, layout, folded, out)

@@ -115,20 +115,20 @@ template <typename T>
 int every_window(std::mt19937& g, int& cases) {
     int bad = 0;
     for (auto [H, W] : {std::pair{5, 7}, std::pair{12, 20}, std::pair{9, 3}})
-            for (int mult : {1, 2}) {
-                const Case base{2, 3, mult, H, W, 3, 1, 1, 1};
-                auto with = [&](int K, int S, int pad, int dil) {
-                    Case c = base;
-                    c.K = K, c.S = S, c.pad = pad, c.dil = dil;
-                    return c;
-                };
-                bad += sweep<T, 3, 1>(with(3, 1, 1, 1), g, cases) + sweep<T, 3, 2>(with(3, 2, 1, 1), g, cases);
-                bad += sweep<T, 0, 0>(with(3, 1, 2, 2), g, cases);
-                if (mult > 1) continue;  // the multiplier's indexing is the same for every window
-                bad += sweep<T, 3, 1>(with(3, 1, 0, 1), g, cases);
-                bad += sweep<T, 5, 1>(with(5, 1, 2, 1), g, cases) + sweep<T, 5, 2>(with(5, 2, 2, 1), g, cases);
-                bad += sweep<T, 7, 1>(with(7, 1, 3, 1), g, cases) + sweep<T, 0, 0>(with(3, 3, 1, 1), g, cases);
-            }
+        for (int mult : {1, 2}) {
+            const Case base{2, 3, mult, H, W, 3, 1, 1, 1};
+            auto with = [&](int K, int S, int pad, int dil) {
+                Case c = base;
+                c.K = K, c.S = S, c.pad = pad, c.dil = dil;
+                return c;
+            };
+            bad += sweep<T, 3, 1>(with(3, 1, 1, 1), g, cases) + sweep<T, 3, 2>(with(3, 2, 1, 1), g, cases);
+            bad += sweep<T, 0, 0>(with(3, 1, 2, 2), g, cases);
+            if (mult > 1) continue;  // the multiplier's indexing is the same for every window
+            bad += sweep<T, 3, 1>(with(3, 1, 0, 1), g, cases);
+            bad += sweep<T, 5, 1>(with(5, 1, 2, 1), g, cases) + sweep<T, 5, 2>(with(5, 2, 2, 1), g, cases);
+            bad += sweep<T, 7, 1>(with(7, 1, 3, 1), g, cases) + sweep<T, 0, 0>(with(3, 3, 1, 1), g, cases);
+        }
     return bad;
 }
 
