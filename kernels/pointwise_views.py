@@ -1,4 +1,4 @@
-"""A pointwise (1x1) NHWC convolution seen as the linear layer's GEMM, for both backends.
+"""A pointwise (1x1) convolution seen as GEMMs on its own memory, for both backends.
 
 With a 1x1 filter, stride 1, no padding and one group, an NHWC convolution is exactly a fully
 connected layer: the input is an (N*H*W, C) row-major matrix, the weight a (K, C) one and the
@@ -6,6 +6,11 @@ output (N*H*W, K), so out = x @ W^T + b with no gather at all; its gradients are
 layer's too.  These are the views of the convolution's own memory that the linear builds run on
 (nothing is copied), and the reason a point is no such GEMM.  A strided 1x1 convolution is the
 same GEMM over the input's pixels on the stride's grid (``subsampled``), once they are copied out.
+
+In NCHW the same layer is one product per image, out[n] (K, H*W) = W (K, C) @ x[n] (C, H*W) + b:
+the image's channels are the rows of a row-major (C, H*W) matrix, so again nothing needs copying
+(``nchw_pointwise_refusal`` says where this applies; the kernels that run it read x[n] with the
+pixels contiguous).
 """
 
 from __future__ import annotations
@@ -23,6 +28,19 @@ def pointwise_refusal(spec: Conv2d, layout: str) -> str | None:
     """Why this point is no plain GEMM (None where it is one)."""
     if layout != "NHWC":
         return f"the GEMM view needs the NHWC layout, this point is {layout}"
+    return _filter_refusal(spec)
+
+
+def nchw_pointwise_refusal(spec: Conv2d, layout: str) -> str | None:
+    """Why this point is no product per image of the weight and the image's (C, H*W) matrix
+    (None where it is one)."""
+    if layout != "NCHW":
+        return f"the per-image GEMM needs the NCHW layout, this point is {layout}"
+    return _filter_refusal(spec)
+
+
+def _filter_refusal(spec: Conv2d) -> str | None:
+    """Why this layer's filter is no plain matrix product over its channels (None where it is one)."""
     if (spec.kernel_h, spec.kernel_w) != (1, 1):
         return f"the GEMM view needs a 1x1 filter, this point has {spec.kernel_h}x{spec.kernel_w}"
     if (spec.stride_h, spec.stride_w, spec.padding_h, spec.padding_w) != (1, 1, 0, 0):

@@ -402,6 +402,49 @@ def test_conv2d_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> Non
         triton_pointwise.build_pointwise(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
 
 
+def nchw_pointwise_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """The 1x1 NCHW convolution as one GEMM per image, alone."""
+    return triton_pointwise.build_nchw_pointwise(spec, dtype, layout, tensors, out)
+
+
+# Channel and pixel counts across the interpreter's 16-wide tiles, ragged; several images, so a
+# wrong image offset reads or writes another image's values.
+@given(batch=st.integers(1, 3), channels=st.integers(1, 40), out_channels=st.integers(1, 40),
+       height=st.integers(1, 7), width=st.integers(1, 7), bias=st.booleans(),
+       dtype=st.sampled_from(DOT_DTYPES), seed=SEEDS)
+def test_conv2d_nchw_pointwise_drawn(batch: int, channels: int, out_channels: int, height: int, width: int,
+                                     bias: bool, dtype: str, seed: int) -> None:
+    spec = Conv2d(batch, channels, out_channels, height, width, 1, 1, bias=bias)
+    result = check_implementation(nchw_pointwise_only, spec, dtype, "NCHW", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+def test_conv2d_nchw_pointwise_bottleneck() -> None:
+    spec = Conv2d(2, 48, 24, 9, 7, 1, 1)  # a ResNet-50 bottleneck's reduction, small
+    result = check_implementation(nchw_pointwise_only, spec, "fp16", "NCHW", "cpu", seed=11)
+    assert result.ok, result.message
+
+
+@pytest.mark.parametrize("layout, spec, reason", [
+    ("NHWC", Conv2d(1, 4, 4, 5, 5, 1, 1), "NCHW layout"),
+    ("NCHW", Conv2d(1, 4, 4, 5, 5, 3, 3), "1x1 filter"),
+    ("NCHW", Conv2d(1, 4, 4, 5, 5, 1, 1, stride=2), "stride 2x2"),
+    ("NCHW", Conv2d(1, 4, 4, 5, 5, 1, 1, groups=2), "one group"),
+])
+def test_conv2d_nchw_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> None:
+    tensors = make_tensors(spec, "fp16", layout, "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        nchw_pointwise_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
+
+
+def test_conv2d_nchw_pointwise_refuses_channels_last_input() -> None:
+    spec = Conv2d(1, 4, 4, 5, 5, 1, 1)
+    tensors = make_tensors(spec, "fp16", "NCHW", "cpu")
+    tensors["x"] = tensors["x"].contiguous(memory_format=torch.channels_last)
+    with pytest.raises(Unsupported, match="dense in NCHW order"):
+        nchw_pointwise_only(spec, get_dtype("fp16"), "NCHW", tensors, make_output(spec, tensors, "NCHW"))
+
+
 def strided_pointwise_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
     """The strided 1x1 convolution as a subsampling copy and the GEMM, alone."""
     return triton_pointwise.build_strided_pointwise(spec, dtype, layout, tensors, out)

@@ -530,6 +530,32 @@ def test_conv2d_pointwise_is_timed_beside_the_implicit_gemm() -> None:
     assert details["pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("name", POINTWISE)
+def test_conv2d_nchw_pointwise_gemm(name: str, dtype: str) -> None:
+    result = check_implementation(pointwise_conv.build_nchw_pointwise, POINTWISE[name], dtype, "NCHW", "cuda",
+                                  seed=seed_of(name))
+    assert result.ok, f"{name} {dtype}: {result.message}"
+
+
+def test_conv2d_nchw_pointwise_every_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tile of each arithmetic mode forced in turn (the build keeps one per shape), on ragged
+    pixels and channels."""
+    spec = POINTWISE["mobilenet-odd"]
+    for dtype in ("bf16", "tf32", "fp32"):
+        mode = DOT_MODE[dtype]
+        for tile in pointwise_conv._NCHW_TILES[mode]:
+            monkeypatch.setitem(pointwise_conv._NCHW_TILES, mode, (tile,))
+            result = check_implementation(pointwise_conv.build_nchw_pointwise, spec, dtype, "NCHW", "cuda",
+                                          seed=seed_of("mobilenet-odd"))
+            assert result.ok, f"{tile} {dtype}: {result.message}"
+
+
+def test_conv2d_nchw_pointwise_is_timed_beside_the_implicit_gemm() -> None:
+    details = conv_details(POINTWISE["resnet-64-256"], "NCHW")
+    assert details["nchw_pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
+
+
 # ResNet-50's projections (batch cut) and a ragged one with per-axis strides.
 STRIDED_POINTWISE = {"resnet-256-512/2": Conv2d(8, 256, 512, 56, 56, 1, 1, stride=2, bias=False),
                      "resnet-1024-2048/2": Conv2d(8, 1024, 2048, 14, 14, 1, 1, stride=2),

@@ -8,7 +8,8 @@ cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwis
 (groups == in_channels) go to the direct kernel: one multiply-add per loaded element is no GEMM.
 A pointwise NHWC convolution (1x1, stride 1, no padding, one group) is a plain GEMM: the linear
 layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM, a
-strided one (no padding) the same GEMM over a copy of the pixels on the stride's grid.  On
+strided one (no padding) the same GEMM over a copy of the pixels on the stride's grid.  A
+pointwise NCHW one is one GEMM per image on the tensors as they are (the same module).  On
 Hopper an NHWC convolution of one group (strided ones where the stride divides the input's sides)
 is also built as an implicit GEMM fed by the tensor-memory accelerator (conv_tma.py).  An NHWC
 convolution whose input pixels are narrower than 16 bytes (RGB first layers) is also built as an
@@ -70,7 +71,7 @@ from layerbench.registry import register
 from layerbench.layers import Conv2d
 
 from kernels.lowering import lowered_refusal, unfolded_refusal
-from kernels.pointwise_views import pointwise_refusal, strided_refusal
+from kernels.pointwise_views import nchw_pointwise_refusal, pointwise_refusal, strided_refusal
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
@@ -78,7 +79,7 @@ from kernels.triton.depthwise_rows import build_depthwise_flat_rows, build_depth
 from kernels.triton.lowered_conv import build_lowered, build_unfolded
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.layout import channels_last_copy
-from kernels.triton.pointwise_conv import build_pointwise, build_strided_pointwise
+from kernels.triton.pointwise_conv import build_nchw_pointwise, build_pointwise, build_strided_pointwise
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
                                     pixel_of, pixel_run, quick_bench, tile_config)
@@ -374,8 +375,8 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
                       "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
-                      "the pixels they read), on Hopper a TMA-fed implicit GEMM (NCHW inputs after a copy "
-                      "to channels_last), for inputs of few channels an explicit im2col and the linear "
+                      "the pixels they read), for 1x1 NCHW ones a GEMM per image, on Hopper a TMA-fed "
+                      "implicit GEMM (NCHW inputs after a copy to channels_last), for inputs of few channels an explicit im2col and the linear "
                       "layer's GEMM, or on Hopper unfolded along the width into a TMA convolution "
                       "of an R x 1 filter; depthwise a direct kernel of its own, and for 3x3 ones "
                       "also one that streams input rows through registers, the faster kept")
@@ -408,9 +409,12 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         return build_fft(spec, dtype, tensors, out)  # refuses other dtypes and fields, with the reason
 
     tma = on_gpu(lambda: build_conv_tma(spec, dtype, layout, tensors, out))
-    # A 1x1 NHWC convolution is a plain GEMM, a strided one after a copy of the pixels it reads: no FFT for either.
+    # A 1x1 convolution is a plain GEMM (in NCHW one per image), a strided one after a copy of the
+    # pixels it reads: no FFT for any of them.
     if pointwise_refusal(spec, layout) is None:
         first = ("pointwise_gemm", on_gpu(lambda: build_pointwise(spec, dtype, layout, tensors, out)))
+    elif nchw_pointwise_refusal(spec, layout) is None:
+        first = ("nchw_pointwise_gemm", on_gpu(lambda: build_nchw_pointwise(spec, dtype, layout, tensors, out)))
     elif strided_refusal(spec, layout) is None:
         first = ("strided_pointwise_gemm", on_gpu(lambda: build_strided_pointwise(spec, dtype, layout, tensors, out)))
     else:

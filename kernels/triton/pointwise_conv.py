@@ -1,12 +1,23 @@
-"""A pointwise (1x1) NHWC convolution run as the Triton linear layer's GEMMs, on views of its
-tensors (``kernels/pointwise_views.py``): out = x @ W^T + b, dx = dy @ W, dW = dy^T @ x, db = the
-column sums of dy, through ``linear.py`` (the tiled GEMM with split-K, on Hopper also the
-persistent TMA GEMM) and ``linear_backward.py``; nothing is copied.  ResNet-50's bottleneck ends
-and MobileNetV2's expansions and projections are such layers.  A strided 1x1 convolution without
-padding (ResNet-50's projections) reads only the pixels on the stride's grid: they are copied to a
-dense buffer inside the timed call (``_subsample_kernel``, whole channel rows, its tile timed at
-build) and the forward GEMM runs over them.  The convolution's builds (forward, data and weight
-gradients) time this beside their implicit GEMM and keep the faster.
+"""A pointwise (1x1) convolution run as GEMMs on its own memory (``kernels/pointwise_views.py``).
+
+NHWC: the Triton linear layer's GEMMs on views of its tensors: out = x @ W^T + b, dx = dy @ W,
+dW = dy^T @ x, db = the column sums of dy, through ``linear.py`` (the tiled GEMM with split-K, on
+Hopper also the persistent TMA GEMM) and ``linear_backward.py``; nothing is copied.  ResNet-50's
+bottleneck ends and MobileNetV2's expansions and projections are such layers.  A strided 1x1
+convolution without padding (ResNet-50's projections) reads only the pixels on the stride's grid:
+they are copied to a dense buffer inside the timed call (``_subsample_kernel``, whole channel rows,
+its tile timed at build) and the forward GEMM runs over them.
+
+NCHW (forward): one product per image, out[n] = W @ x[n] + b with x[n] the (C, H*W) matrix the
+image is in memory (``_nchw_pointwise_kernel``).  A program owns a tile of output channels by
+pixels of one image and walks the channels; its B tile is BLOCK_K channel rows of BLOCK_N
+contiguous pixels, so neither input nor output is copied to channels_last, which the implicit
+GEMMs do inside the timed call (on ResNet-50's 56 x 56 layers those copies cost more than the
+product).  Output-channel tiles are the fastest program index: the tiles of one pixel block run
+side by side and read its B tiles from L2.
+
+The convolution's builds (forward, data and weight gradients) time these beside their implicit
+GEMM and keep the faster.
 """
 
 from __future__ import annotations
@@ -23,9 +34,10 @@ from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d, Linear
 from layerbench.layers.passes import at_direction, direction_of
 
-from kernels.pointwise_views import forward_views, matrix, pointwise_refusal, strided_refusal, subsampled, weight_matrix
+from kernels.pointwise_views import (forward_views, matrix, nchw_pointwise_refusal, pointwise_refusal,
+                                     strided_refusal, subsampled, weight_matrix)
 from kernels.triton import linear, linear_backward
-from kernels.triton.support import bind, next_pow2, pixel_of
+from kernels.triton.support import DOT_MODE, DOT_PRECISION, INT32_MAX, bind, check_conv_tensors, check_inputs, next_pow2, pixel_of
 
 # The subsampling copy's tiles (pixels x channels, warps), timed at build: its time is the
 # strided layer's overhead over the GEMM, and the best tile depends on the channel count (a
@@ -45,6 +57,82 @@ def _subsample_kernel(x_ptr, dst_ptr, pixels, P, Q, H, W, C, SH, SW,
     ok = (pix < pixels)[:, None] & (ch < C)[None, :]
     row = tl.load(x_ptr + src[:, None] + ch[None, :], mask=ok)
     tl.store(dst_ptr + pix[:, None] * C + ch[None, :], row, mask=ok)
+
+
+# The per-image NCHW product's tiles, per arithmetic mode: (output channels, pixels, channels
+# a step, warps, stages).  Sides wider than the layer's are cut to it (``_nchw_tiles``).
+_NCHW_TILES = {
+    "mma16": ((128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4), (128, 256, 64, 8, 3),
+              (64, 256, 64, 8, 3), (128, 64, 64, 4, 4)),
+    "tf32": ((128, 128, 32, 8, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 256, 32, 8, 3)),
+    "fma32": ((64, 64, 16, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3)),
+}
+_INTERPRETER_NCHW = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
+
+
+@triton.jit
+def _nchw_pointwise_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, K, HW,
+                           HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # y[n, k, p] = sum_c w[k, c] * x[n, c, p] (+ b[k]), NCHW x and y: per image (K, C) @ (C, HW).
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(K, BLOCK_M)
+    tiles = tiles_m * tl.cdiv(HW, BLOCK_N)
+    n = (pid // tiles).to(tl.int64)  # 64-bit image offsets: a batch may hold more than 2^31 values
+    tile = pid % tiles
+    rk = (tile % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rp = (tile // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rc = tl.arange(0, BLOCK_K)
+    k_ok, p_ok = rk < K, rp < HW
+    x_img = x_ptr + n * C * HW
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        c = c0 + rc
+        a = tl.load(w_ptr + rk[:, None] * C + c[None, :], mask=k_ok[:, None] & (c < C)[None, :], other=0.0)
+        b = tl.load(x_img + c[:, None] * HW + rp[None, :], mask=(c < C)[:, None] & p_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)[:, None]
+    y = y_ptr + n * K * HW + rk[:, None] * HW + rp[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=k_ok[:, None] & p_ok[None, :])
+
+
+def _nchw_tiles(mode: str, k: int, c: int, hw: int) -> list[triton.Config]:
+    """The mode's tiles, each side cut to the layer's (a power of two, at least tl.dot's 16)."""
+    seen: dict[tuple[int, ...], None] = {}
+    for bm, bn, bk, warps, stages in _NCHW_TILES[mode]:
+        cut = (min(bm, max(16, next_pow2(k))), min(bn, max(16, next_pow2(hw))), min(bk, max(16, next_pow2(c))))
+        seen.setdefault((*cut, warps, stages))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+            for bm, bn, bk, warps, stages in seen]
+
+
+def build_nchw_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """A 1x1 NCHW convolution as one product per image of the weight and the image's (C, H*W)
+    matrix, on the tensors as they are."""
+    reason = nchw_pointwise_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    check_inputs(_nchw_pointwise_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
+    check_conv_tensors(spec, tensors, out)
+    x, bias = tensors["x"], tensors.get("bias")
+    if not (x.is_contiguous() and out.is_contiguous()):
+        raise Unsupported(f"the per-image GEMM needs x and out dense in NCHW order, got strides "
+                          f"{tuple(x.stride())} and {tuple(out.stride())}")
+    n, c, h, w = spec.input_shape
+    k, hw = spec.out_channels, h * w
+    if max(c, k) * hw > INT32_MAX:
+        raise Unsupported(f"the per-image GEMM indexes an image in int32; {max(c, k)} channels of {hw} pixels "
+                          f"hold more than {INT32_MAX} values")
+    weight = weight_matrix(tensors["weight"], k, c)
+
+    def grid(config: dict) -> tuple[int]:
+        return (n * triton.cdiv(k, config["BLOCK_M"]) * triton.cdiv(hw, config["BLOCK_N"]),)
+
+    configs = _nchw_tiles(DOT_MODE[dtype.name], k, c, hw)
+    meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name]}
+    args = (x, weight, bias if bias is not None else out, out, c, k, hw)
+    return bind(_nchw_pointwise_kernel, configs, grid, args, meta, _INTERPRETER_NCHW)
 
 
 @functools.cache
