@@ -474,6 +474,28 @@ def test_energy_at_most_the_references_on_every_point_at_least_as_fast() -> None
     assert tg.loc["energy <= 1.0x cublas where at least as fast (gemm)", "verdict"] == "n/a"
 
 
+def test_energy_is_judged_where_the_kernel_is_as_fast_back_to_back() -> None:
+    """The energy windows run launches back to back (caches warm): a kernel slower than the
+    reference cold but faster there is judged, one faster cold but slower there is not."""
+    def row(impl: str, name: str, cold_s: float, b2b_s: float, j: float) -> dict:
+        return {"layer": "linear", "impl": impl, "dtype": "bf16", "experiment": "bench_gemm", "name": name,
+                "point_hash": name, "layout": "NCHW", "status": "ok", "time_median_s": cold_s,
+                "energy_s_per_launch": b2b_s, "energy_j_per_launch": j, "tflops": 1.0, "min_bytes": 1000}
+
+    df = pd.DataFrame([row("cublas", "gemv", 20e-6, 10e-6, 2.0), row("triton", "gemv", 22e-6, 8e-6, 2.4),
+                       row("cublas", "square", 20e-6, 20e-6, 1.0), row("triton", "square", 19e-6, 21e-6, 3.0)])
+    pairs = pd.DataFrame([{"baseline": "cublas", "point_hash": name, "impl": impl, "time_ratio": t, "energy_ratio": e}
+                          for name, impl, t, e in [("gemv", "triton", 1.1, 1.2), ("square", "triton", 0.95, 3.0)]])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench.compare, "compare_within", lambda _df: pairs)
+        tab = bench.table(df, {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 4.0, "copy_curve": {"1000": 4.0}})
+    tri = tab[tab["impl"] == "triton"].set_index("name")
+    assert tri.loc["gemv", "xe_cublas"] == pytest.approx(1.25) and tri.loc["square", "xe_cublas"] == pytest.approx(20 / 21)
+    energy = bench.targets(tab).set_index("target").loc["energy <= 1.0x cublas where at least as fast (gemm)"]
+    assert (energy["points"], energy["worst"], energy["verdict"]) == (1, 1.2, "MISSED")
+    assert energy["worst_point"].startswith("gemm, gemv")
+
+
 def test_every_bench_set_has_targets_each_named_once() -> None:
     assert {f"bench_{name}" for name in bench.LAYERS} == set(bench.TARGETED)
     assert len({t.text for t in bench.TARGETS}) == len(bench.TARGETS)

@@ -53,6 +53,7 @@ def test_counter_windows_give_exact_joules_per_launch(gpu: FakeGPU) -> None:
     assert s.j_above_idle_per_launch == pytest.approx(0.23, rel=1e-9)  # (300 - 70) W * 1 ms
     assert s.launches == [1000, 1000, 1000]                          # 1.0 s windows of 1 ms launches
     assert s.window_s == pytest.approx([1.0] * 3)
+    assert s.s_per_launch == pytest.approx(1e-3, rel=1e-9)
     assert s.updates == [10, 10, 10]
     assert s.flags == [] and not s.throttled
     assert s.host_j_per_launch is None and "host_energy_reason" in s.telemetry
@@ -61,6 +62,18 @@ def test_counter_windows_give_exact_joules_per_launch(gpu: FakeGPU) -> None:
     assert s.telemetry["power_limit_w"] == 700.0
     assert s.idle is not None and "counter updates" in str(s.idle["procedure"])
     assert gpu.log == ["a", "a", "a"]
+
+
+def test_seconds_per_launch_are_the_windows_not_the_timers(gpu: FakeGPU) -> None:
+    """Back to back a kernel may run from L2 faster than the timer measured it cold: the energy
+    record keeps the windows' own time per launch, which its J/launch belongs to."""
+    meter = EnergyMeter(CUDA, FAST, nvml_module=FakePynvml(gpu), nvml_device=0,
+                        rapl_root=Path("/nonexistent-powercap"), clock=gpu.clock.now, sleep=gpu.clock.sleep,
+                        load=lambda k, t: FakeLoad(gpu, k.name, t / 3, k.watts), own_pid=1000)
+    s = meter.measure({"a": Kernel("a", 300.0)}, {"a": 3e-3})["a"]
+    assert s.s_per_launch == pytest.approx(1e-3, rel=1e-9)
+    assert s.j_per_launch == pytest.approx(0.3, rel=1e-9)  # 300 W for the 1 ms a launch took there
+    assert s.to_record()["energy_s_per_launch"] == pytest.approx(1e-3, rel=1e-9)
 
 
 def test_window_respects_minimum_updates_and_length(gpu: FakeGPU) -> None:

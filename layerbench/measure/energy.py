@@ -18,7 +18,10 @@ Procedure of one trial (``EnergyMeter.measure``, one benchmark point, one or mor
    the launches are those the load counted between the two marks (see ``loads``: GPU
    timestamps of chunk ends and of the marks, interpolated).  A mark follows the counter's
    update by the polling delay at both ends alike, so the offsets cancel on average; each end
-   is uncertain by one poll period (~9 ms), i.e. <~1 % of a 1 s window.
+   is uncertain by one poll period (~9 ms), i.e. <~1 % of a 1 s window.  The window's seconds
+   per launch are kept beside its J/launch (``s_per_launch``): back to back a kernel whose data
+   fits in L2 runs from it, faster than the timer's cold mode measures it, so the time this
+   energy belongs to is the window's, not the timer's.
 5. Per window: telemetry (clocks, temperature, reasons, violation time, other processes), host
    RAPL energy when readable.  A counter that goes backwards (driver reload/reset) voids the
    window, which is redone (flag ``counter-reset``).
@@ -84,6 +87,9 @@ class EnergyStats:
     launch_mode: str | None = None                               # "cuda-graph" | "stream" | "host"
     cooldown: dict[str, object] | None = None
     idle: dict[str, object] | None = None                        # the baseline used, with its procedure
+    # Seconds a launch took inside the windows (median): back to back, so caches stay warm where the
+    # timer flushes them (cold mode); the time this J/launch belongs to.
+    s_per_launch: float | None = None
 
     @classmethod
     def unavailable(cls, method: str, reason: str | None) -> "EnergyStats":
@@ -330,6 +336,7 @@ class EnergyMeter:
     def _stats(self, windows: list[Window], idle: dict[str, object] | None, cool: thermal.Cooldown,
                load: Load, names: list[str]) -> EnergyStats:
         per_launch = [w.energy_j / w.launches for w in windows]
+        seconds = [w.seconds / w.launches for w in windows]
         powers = [w.energy_j / w.seconds for w in windows]
         idle_w = idle.get("power_w") if idle else None
         above = ([(w.energy_j - idle_w * w.seconds) / w.launches for w in windows]  # type: ignore[operator]
@@ -362,7 +369,7 @@ class EnergyMeter:
                                if len(hosts) == len(windows) and self.method != "rapl" else None),
             launches_exact=[w.launches for w in windows], power_w_windows=powers,
             updates=[w.updates for w in windows], launch_mode=load.mode,
-            cooldown=cool.to_dict(), idle=idle)
+            cooldown=cool.to_dict(), idle=idle, s_per_launch=statistics.median(seconds))
 
 
 def _spread(values: list[float]) -> float | None:
