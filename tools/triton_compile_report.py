@@ -1,10 +1,11 @@
-"""Compile the conv backward kernels, the linear GEMMs (tiled, TMA, batch-1 GEMV) and the TMA convolution for a
-GPU target without a GPU (and the lowered convolution's im2col copy), and report per tile config what
+"""Compile the conv backward kernels, the linear GEMMs (tiled, TMA, batch-1 GEMV), the TMA convolution and
+the 1x1 NCHW convolution's per-image GEMM for a GPU target without a GPU (and the lowered convolution's
+im2col copy), and report per tile config what
 the compiler made of them: registers, stack frame, local-memory instructions (register spills),
 shared memory, whether the main loop got Hopper's warpgroup MMA and async-copy or TMA pipelining,
 and whether the MMA reads its operands from shared memory or from registers.
 
-    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|conv_tma|lowered|all]
+    python tools/triton_compile_report.py [--arch 90] [--dtype bf16] [dgrad|wgrad|depthwise|linear|conv_tma|lowered|pointwise|all]
 
 It catches what only a GPU run would show otherwise: register spills, loads that do not vectorise
 (no async copies, one stage of shared memory), an operand copied into registers every k step, a
@@ -32,7 +33,7 @@ from triton.compiler.compiler import make_backend  # noqa: E402
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw, depthwise_rows as dr  # noqa: E402
 from kernels.triton import conv_tma as ct, gemv, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
 from kernels import lowering  # noqa: E402
-from kernels.triton import lowered_conv  # noqa: E402
+from kernels.triton import lowered_conv, pointwise_conv  # noqa: E402
 from kernels.triton.support import DOT_MODE, DOT_PRECISION  # noqa: E402
 from layerbench.dtypes import get_dtype  # noqa: E402
 from layerbench.layers import Conv2d  # noqa: E402
@@ -94,7 +95,7 @@ def _tile(cfg: triton.Config) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="?", default="all",
-                        choices=["dgrad", "wgrad", "depthwise", "linear", "conv_tma", "lowered", "all"])
+                        choices=["dgrad", "wgrad", "depthwise", "linear", "conv_tma", "lowered", "pointwise", "all"])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--dtype", default="bf16", choices=sorted(ELEMENT))
     args = parser.parse_args()
@@ -151,6 +152,14 @@ def main() -> None:
         conv_tma_report(target, args.dtype, el, mode, precision)
     if args.which in ("lowered", "all"):
         lowered_report(target, args.dtype, el)
+    if args.which in ("pointwise", "all"):
+        # The 1x1 NCHW convolution's per-image GEMM, on ResNet-50's conv2_a (256 -> 64 at 56 x 56).
+        pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
+        for cfg in pointwise_conv._nchw_tiles(mode, 64, 256, 56 * 56):
+            meta = dict(HAS_BIAS=True, PRECISION=precision, **cfg.kwargs)
+            line = compile_report(pointwise_conv._nchw_pointwise_kernel, target, pointers, meta, cfg.num_warps,
+                                  cfg.num_stages, {"C", "K", "HW"})
+            print(f"pointwise NCHW per-image GEMM {_tile(cfg)} stages={cfg.num_stages}: {line}")
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:
