@@ -23,6 +23,7 @@ from kernels.triton import depthwise_backward as depthwise
 from kernels.triton import pointwise_conv
 from kernels.triton.support import next_pow2, pixel_run
 from layerbench.dtypes import get_dtype
+from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 from layerbench.launch import make_batch
 from layerbench.registry import get
@@ -217,6 +218,32 @@ def test_pointwise_gemm_backward_drawn(batch: int, channels: int, out_channels: 
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
+# ------------------------------------------------------------------------- 1x1 NCHW data gradient per image
+
+def nchw_dgrad_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """dx[n] = W^T @ dy[n] per image, alone (the build times it against the implicit GEMM on a GPU)."""
+    return pointwise_conv.build_nchw_pointwise_dgrad(spec, dtype, layout, tensors, out)
+
+
+# Channel counts across the interpreter's 16-wide tiles both ways (the weight is read transposed),
+# several images; a bias on the layer changes nothing in dx.
+@given(batch=st.integers(1, 3), channels=st.integers(1, 40), out_channels=st.integers(1, 40),
+       height=st.integers(1, 6), width=st.integers(1, 6), bias=st.booleans(),
+       dtype=st.sampled_from(("fp32", "tf32", "fp16")), seed=SEEDS)
+def test_nchw_pointwise_dgrad_drawn(batch: int, channels: int, out_channels: int, height: int, width: int,
+                                    bias: bool, dtype: str, seed: int) -> None:
+    spec = Conv2d(batch, channels, out_channels, height, width, 1, 1, bias=bias, direction="backward_data")
+    result = check_implementation(nchw_dgrad_only, spec, dtype, "NCHW", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+def test_nchw_pointwise_dgrad_refuses_other_layers() -> None:
+    spec = Conv2d(1, 4, 4, 5, 5, 1, 1, stride=2, direction="backward_data")
+    tensors = make_tensors(spec, "fp16", "NCHW", "cpu")
+    with pytest.raises(Unsupported, match="stride 2x2"):
+        nchw_dgrad_only(spec, get_dtype("fp16"), "NCHW", tensors, make_output(spec, tensors, "NCHW"))
+
+
 # ------------------------------------------------------------------------- GPU: realistic shapes
 
 # ResNet-50 layers, batch 8-32, in every dtype and layout.
@@ -254,6 +281,24 @@ def test_gpu_core(name: str, direction: str, dtype: str, layout: str) -> None:
 def test_gpu_pointwise_gemm_backward(spec: Conv2d, direction: str, dtype: str) -> None:
     result = check_implementation(pointwise_only, at(spec, direction), dtype, "NHWC", "cuda", seed=seed_of(str(spec)))
     assert result.ok, f"{spec} {direction} {dtype}: {result.message}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("spec", [Conv2d(8, 256, 64, 56, 56, 1, 1, bias=False), Conv2d(3, 96, 24, 29, 31, 1, 1)],
+                         ids=str)
+def test_gpu_nchw_pointwise_dgrad(spec: Conv2d, dtype: str) -> None:
+    result = check_implementation(nchw_dgrad_only, at(spec, "backward_data"), dtype, "NCHW", "cuda",
+                                  seed=seed_of(str(spec)))
+    assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
+@pytest.mark.gpu
+def test_gpu_nchw_pointwise_dgrad_is_timed_beside_the_implicit_gemm() -> None:
+    spec = at(GPU_CORE["resnet-1x1-256-64"], "backward_data")
+    tensors = make_tensors(spec, "bf16", "NCHW", "cuda")
+    details = backward.build_dgrad(spec, get_dtype("bf16"), "NCHW", tensors, make_output(spec, tensors, "NCHW")).details
+    assert details["nchw_pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
 @pytest.mark.gpu

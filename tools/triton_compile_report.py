@@ -153,13 +153,16 @@ def main() -> None:
     if args.which in ("lowered", "all"):
         lowered_report(target, args.dtype, el)
     if args.which in ("pointwise", "all"):
-        # The 1x1 NCHW convolution's per-image GEMM, on ResNet-50's conv2_a (256 -> 64 at 56 x 56).
-        pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
-        for cfg in pointwise_conv._nchw_tiles(mode, 64, 256, 56 * 56):
-            meta = dict(HAS_BIAS=True, PRECISION=precision, **cfg.kwargs)
-            line = compile_report(pointwise_conv._nchw_pointwise_kernel, target, pointers, meta, cfg.num_warps,
-                                  cfg.num_stages, {"C", "K", "HW"})
-            print(f"pointwise NCHW per-image GEMM {_tile(cfg)} stages={cfg.num_stages}: {line}")
+        # The 1x1 NCHW convolution's per-image GEMM on ResNet-50's conv2_a (256 -> 64 at 56 x 56): the
+        # forward (the weight along its rows) and the data gradient (the weight read transposed).
+        pointers = {"a_ptr": el, "x_ptr": el, "b_ptr": el, "y_ptr": el}
+        for label, rows, reduction, bias, unit in (("forward", 64, 256, True, {"stride_ar": 1}),
+                                                    ("data gradient", 256, 64, False, {"stride_am": 1})):
+            for cfg in pointwise_conv._nchw_tiles(mode, rows, reduction, 56 * 56):
+                meta = dict(HAS_BIAS=bias, PRECISION=precision, **unit, **cfg.kwargs)
+                line = compile_report(pointwise_conv._nchw_pointwise_kernel, target, pointers, meta, cfg.num_warps,
+                                      cfg.num_stages, {"R", "M", "HW", "stride_am", "stride_ar"})
+                print(f"pointwise NCHW per-image GEMM {label} {_tile(cfg)} stages={cfg.num_stages}: {line}")
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:

@@ -37,6 +37,10 @@ Walks of the reduction:
   channels, so the x gather needs one row offset per reduction index; flat otherwise (the first
   layer's 3 channels), columns in (tap, channel) order.
 
+1x1 convolutions (stride 1, no padding, one group): in NHWC the linear layer's backward GEMMs on
+views of the tensors, in NCHW the data gradient as one GEMM per image, dx[n] = W^T @ dy[n], on dy
+as it is (pointwise_conv.py); the GPU build times these beside the implicit GEMM, the faster kept.
+
 Depthwise convolutions, whose every group would be a one-column GEMM, run the direct kernels of
 depthwise_backward.py instead (recorded as the ``algorithm`` detail).  Groups run on their own
 grid axis.  Tiles are autotuned on the GPU per arithmetic mode (the forward's families); on the
@@ -61,12 +65,12 @@ from layerbench.layers import Conv2d
 from layerbench.layers.passes import split_output
 from layerbench.registry import register
 
-from kernels.pointwise_views import pointwise_refusal
+from kernels.pointwise_views import nchw_pointwise_refusal, pointwise_refusal
 from kernels.triton import depthwise_backward
 from kernels.triton.conv2d import channel_block
 from kernels.triton.layout import channels_last_copy, layout_copy
 from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
-from kernels.triton.pointwise_conv import build_pointwise_backward
+from kernels.triton.pointwise_conv import build_nchw_pointwise_dgrad, build_pointwise_backward
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, bind, check_inputs,
                                     dense_layout, grouped_tile, interpreting, pixel_run, quick_bench,
                                     tile_config)
@@ -484,6 +488,11 @@ def dgrad_with_store(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, 
     direct = in_order(*copies, gemm_into(out, dx_nhwc))
     if pointwise_refusal(spec, layout) is None and not interpreting(_dgrad_kernel):
         return _or_pointwise_gemm(spec, dtype, layout, tensors, out, Built(direct, {"algorithm": "implicit_gemm"}))
+    if nchw_pointwise_refusal(spec, layout) is None and not interpreting(_dgrad_kernel):
+        # A 1x1 NCHW layer: W^T @ dy[n] per image, on dy as it is (the implicit GEMM copies it first).
+        return faster_of("implicit_gemm", direct, "nchw_pointwise_gemm",
+                         lambda: build_nchw_pointwise_dgrad(spec, dtype, layout, tensors, out),
+                         lambda kernel: selection_ms(kernel, out.device))
     if store == "direct" or dx_nhwc or run > 1 or interpreting(_dgrad_kernel):
         return Built(direct, {"algorithm": "implicit_gemm"})
     return faster_of("implicit_gemm", direct, "implicit_gemm_via_nhwc", via_nhwc,

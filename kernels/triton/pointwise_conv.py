@@ -8,8 +8,8 @@ convolution without padding (ResNet-50's projections) reads only the pixels on t
 they are copied to a dense buffer inside the timed call (``_subsample_kernel``, whole channel rows,
 its tile timed at build) and the forward GEMM runs over them.
 
-NCHW (forward): one product per image, out[n] = W @ x[n] + b with x[n] the (C, H*W) matrix the
-image is in memory (``_nchw_pointwise_kernel``).  A program owns a tile of output channels by
+NCHW: one product per image, out[n] = W @ x[n] + b with x[n] the (C, H*W) matrix the image is
+in memory (``_nchw_pointwise_kernel``), and alike for the data gradient, dx[n] = W^T @ dy[n].  A program owns a tile of output channels by
 pixels of one image and walks the channels; its B tile is BLOCK_K channel rows of BLOCK_N
 contiguous pixels, so neither input nor output is copied to channels_last, which the implicit
 GEMMs do inside the timed call (on ResNet-50's 56 x 56 layers those copies cost more than the
@@ -71,40 +71,64 @@ _INTERPRETER_NCHW = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
 @triton.jit
-def _nchw_pointwise_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, K, HW,
+def _nchw_pointwise_kernel(a_ptr, x_ptr, b_ptr, y_ptr, R, M, HW, stride_am, stride_ar,
                            HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # y[n, k, p] = sum_c w[k, c] * x[n, c, p] (+ b[k]), NCHW x and y: per image (K, C) @ (C, HW).
+    # y[n, m, p] = sum_r a[m, r] * x[n, r, p] (+ b[m]), NCHW x and y: per image (M, R) @ (R, HW).
+    # a is the 1x1 weight (forward: M = K, R = C) or, by its strides, its transpose (data gradient).
     pid = tl.program_id(0)
-    tiles_m = tl.cdiv(K, BLOCK_M)
+    tiles_m = tl.cdiv(M, BLOCK_M)
     tiles = tiles_m * tl.cdiv(HW, BLOCK_N)
     n = (pid // tiles).to(tl.int64)  # 64-bit image offsets: a batch may hold more than 2^31 values
     tile = pid % tiles
-    rk = (tile % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rm = (tile % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     rp = (tile // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rc = tl.arange(0, BLOCK_K)
-    k_ok, p_ok = rk < K, rp < HW
-    x_img = x_ptr + n * C * HW
+    rr = tl.arange(0, BLOCK_K)
+    m_ok, p_ok = rm < M, rp < HW
+    x_img = x_ptr + n * R * HW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_K):
-        c = c0 + rc
-        a = tl.load(w_ptr + rk[:, None] * C + c[None, :], mask=k_ok[:, None] & (c < C)[None, :], other=0.0)
-        b = tl.load(x_img + c[:, None] * HW + rp[None, :], mask=(c < C)[:, None] & p_ok[None, :], other=0.0)
+    for r0 in range(0, R, BLOCK_K):
+        r = r0 + rr
+        a = tl.load(a_ptr + rm[:, None] * stride_am + r[None, :] * stride_ar, mask=m_ok[:, None] & (r < R)[None, :],
+                    other=0.0)
+        b = tl.load(x_img + r[:, None] * HW + rp[None, :], mask=(r < R)[:, None] & p_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)[:, None]
-    y = y_ptr + n * K * HW + rk[:, None] * HW + rp[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=k_ok[:, None] & p_ok[None, :])
+        acc += tl.load(b_ptr + rm, mask=m_ok, other=0.0).to(tl.float32)[:, None]
+    y = y_ptr + n * M * HW + rm[:, None] * HW + rp[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
 
 
-def _nchw_tiles(mode: str, k: int, c: int, hw: int) -> list[triton.Config]:
+def _nchw_tiles(mode: str, rows: int, reduction: int, hw: int) -> list[triton.Config]:
     """The mode's tiles, each side cut to the layer's (a power of two, at least tl.dot's 16)."""
     seen: dict[tuple[int, ...], None] = {}
     for bm, bn, bk, warps, stages in _NCHW_TILES[mode]:
-        cut = (min(bm, max(16, next_pow2(k))), min(bn, max(16, next_pow2(hw))), min(bk, max(16, next_pow2(c))))
+        cut = (min(bm, max(16, next_pow2(rows))), min(bn, max(16, next_pow2(hw))),
+               min(bk, max(16, next_pow2(reduction))))
         seen.setdefault((*cut, warps, stages))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
             for bm, bn, bk, warps, stages in seen]
+
+
+def _per_image_gemm(spec: Conv2d, dtype: DType, a: torch.Tensor, a_strides: tuple[int, int], x: torch.Tensor,
+                    bias: torch.Tensor | None, y: torch.Tensor) -> Kernel:
+    """y[n] = a @ x[n] (+ bias) over the NCHW images of ``x`` and ``y`` (the per-image GEMM)."""
+    if not (x.is_contiguous() and y.is_contiguous()):
+        raise Unsupported(f"the per-image GEMM needs its input and output dense in NCHW order, got strides "
+                          f"{tuple(x.stride())} and {tuple(y.stride())}")
+    n, reduction, rows = x.shape[0], x.shape[1], y.shape[1]
+    hw = spec.height * spec.width
+    if max(reduction, rows) * hw > INT32_MAX:
+        raise Unsupported(f"the per-image GEMM indexes an image in int32; {max(reduction, rows)} channels of {hw} "
+                          f"pixels hold more than {INT32_MAX} values")
+
+    def grid(config: dict) -> tuple[int]:
+        return (n * triton.cdiv(rows, config["BLOCK_M"]) * triton.cdiv(hw, config["BLOCK_N"]),)
+
+    configs = _nchw_tiles(DOT_MODE[dtype.name], rows, reduction, hw)
+    meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name]}
+    args = (a, x, bias if bias is not None else y, y, reduction, rows, hw, *a_strides)
+    return bind(_nchw_pointwise_kernel, configs, grid, args, meta, _INTERPRETER_NCHW)
 
 
 def build_nchw_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
@@ -115,24 +139,25 @@ def build_nchw_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Tenso
         raise Unsupported(reason)
     check_inputs(_nchw_pointwise_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
     check_conv_tensors(spec, tensors, out)
-    x, bias = tensors["x"], tensors.get("bias")
-    if not (x.is_contiguous() and out.is_contiguous()):
-        raise Unsupported(f"the per-image GEMM needs x and out dense in NCHW order, got strides "
-                          f"{tuple(x.stride())} and {tuple(out.stride())}")
-    n, c, h, w = spec.input_shape
-    k, hw = spec.out_channels, h * w
-    if max(c, k) * hw > INT32_MAX:
-        raise Unsupported(f"the per-image GEMM indexes an image in int32; {max(c, k)} channels of {hw} pixels "
-                          f"hold more than {INT32_MAX} values")
-    weight = weight_matrix(tensors["weight"], k, c)
+    c, k = spec.in_channels, spec.out_channels
+    return _per_image_gemm(spec, dtype, weight_matrix(tensors["weight"], k, c), (c, 1), tensors["x"],
+                           tensors.get("bias"), out)
 
-    def grid(config: dict) -> tuple[int]:
-        return (n * triton.cdiv(k, config["BLOCK_M"]) * triton.cdiv(hw, config["BLOCK_N"]),)
 
-    configs = _nchw_tiles(DOT_MODE[dtype.name], k, c, hw)
-    meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name]}
-    args = (x, weight, bias if bias is not None else out, out, c, k, hw)
-    return bind(_nchw_pointwise_kernel, configs, grid, args, meta, _INTERPRETER_NCHW)
+def build_nchw_pointwise_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
+                               out: torch.Tensor) -> Kernel:
+    """The data gradient of a 1x1 NCHW convolution: dx[n] = W^T @ dy[n] per image, the weight read
+    transposed through its strides, on the tensors as they are."""
+    reason = nchw_pointwise_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    dy, weight = tensors["dy"], tensors["weight"]
+    check_inputs(_nchw_pointwise_kernel, dtype, Conv2d.dtypes, {"dy": dy, "weight": weight}, out, uses_dot=True)
+    if (tuple(dy.shape), tuple(out.shape)) != (spec.output_shape, spec.input_shape):
+        raise Unsupported(f"dy and dx must have shapes {spec.output_shape} and {spec.input_shape}, got "
+                          f"{tuple(dy.shape)} and {tuple(out.shape)}")
+    c, k = spec.in_channels, spec.out_channels
+    return _per_image_gemm(spec, dtype, weight_matrix(weight, k, c), (1, c), dy, None, out)
 
 
 @functools.cache
