@@ -33,7 +33,7 @@ from layerbench.testing import (
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
 from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
-from kernels.cupy import conv_tma, conv_tma_plan, linear_wgmma, lowered_conv, sources  # noqa: E402
+from kernels.cupy import conv_tma, conv_tma_plan, linear_wgmma, lowered_conv, pointwise_nchw, sources  # noqa: E402
 from kernels.pointwise_views import forward_views, strided_refusal, subsampled  # noqa: E402
 
 gpu = pytest.mark.gpu
@@ -592,6 +592,26 @@ def test_unfolded_convolution_is_timed_beside_the_implicit_gemm() -> None:
     skip_unless_hopper()
     details = built_details("conv2d", UNFOLDED["resnet-stem"], "bf16", "NHWC")
     assert details["implicit_gemm_ms"] > 0 and details["unfolded_tma_ms"] > 0, details
+
+
+# 1x1 NCHW convolutions as one GEMM per image: ResNet-50's bottleneck ends (batch cut), a layer
+# whose output channels and pixels end inside a tile, with a bias.
+POINTWISE_NCHW = {"resnet-256-64": Conv2d(8, 256, 64, 56, 56, 1, 1, bias=False),
+                  "resnet-64-256": Conv2d(8, 64, 256, 56, 56, 1, 1, bias=False),
+                  "ragged": Conv2d(3, 40, 136, 12, 18, 1, 1)}
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ("fp16", "bf16"))
+@pytest.mark.parametrize("name", sorted(POINTWISE_NCHW))
+def test_nchw_pointwise_gemm_alone(name: str, dtype: str) -> None:
+    assert_ok(pointwise_nchw.build, POINTWISE_NCHW[name], dtype, "NCHW")
+
+
+@gpu
+def test_nchw_pointwise_gemm_is_timed_beside_the_implicit_gemm() -> None:
+    details = built_details("conv2d", POINTWISE_NCHW["resnet-256-64"], "bf16", "NCHW")
+    assert details["implicit_gemm_ms"] > 0 and details["nchw_pointwise_gemm_ms"] > 0, details
 
 
 @pytest.mark.parametrize("spec, dtype, reason", [

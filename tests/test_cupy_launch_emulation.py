@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
 from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_plan, igemm, linear_backward, linear_wgmma,
-                          lowered_conv, pool2d_backward, sources, support, tensor_map)
+                          lowered_conv, pointwise_nchw, pool2d_backward, sources, support, tensor_map)
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -284,6 +284,19 @@ class EmulatedLaunch:
         acc = x.float() @ w.float().T
         if self.args[2].value is not None:
             acc += self.memory(2, n).float()
+        y.copy_(acc)
+
+    def _pointwise_nchw(self) -> None:  # (a, x, bias, y, M, R, HW, has_bias); <T>, grid (pixels, rows, images)
+        m, r, hw, has_bias = (self.value(i) for i in range(4, 8))
+        n = self.grid[2]
+        assert self.block == (pointwise_nchw.THREADS, 1, 1) and self.shared_bytes == pointwise_nchw.SHARED_BYTES
+        assert self.grid[:2] == (-(-hw // pointwise_nchw.BLOCK_N), -(-m // pointwise_nchw.BLOCK_M)), self.grid
+        assert r % 8 == 0 and hw % 8 == 0, "the kernel moves whole 16-byte chunks"
+        a = self.memory(0, m * r).view(m, r)
+        x, y = self.memory(1, n * r * hw).view(n, r, hw), self.memory(3, n * m * hw).view(n, m, hw)
+        acc = a.double() @ x.double()
+        if has_bias:
+            acc += self.memory(2, m).double()[:, None]
         y.copy_(acc)
 
     def _linear_tma(self) -> None:  # (x_map, w_map, y_map, bias, y, ws, M, N, K, group_m, per, store_by_tma);
@@ -693,8 +706,10 @@ def test_tma_refusals_name_the_cause() -> None:
     (Conv2d(2, 8, 16, 11, 9, 3, 3, stride_h=1, stride_w=2, padding=1, groups=8), "tf32", "NCHW"),
     (Conv2d(1, 6, 6, 40, 37, 4, 2, stride=2, padding=1, groups=6, bias=False), "fp16", "NCHW"),
     (Conv2d(2, 16, 24, 5, 7, 1, 1), "bf16", "NHWC"),  # pointwise: the wgmma GEMM on views too
+    (Conv2d(3, 16, 136, 4, 6, 1, 1), "fp16", "NCHW"),  # pointwise NCHW: the per-image GEMM, two row tiles
 ], ids=["grouped-fp16-nchw", "grouped-fp32-nhwc", "grouped-copied-bf16", "1x7-tf32", "dw-3x3-s2-fp32",
-        "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16", "pointwise-bf16"])
+        "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16", "pointwise-bf16",
+        "pointwise-nchw-fp16"])
 def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
     _check("conv2d", spec, dtype, layout)
 
@@ -825,3 +840,34 @@ def test_im2col_refuses_a_filter_too_wide_to_stage() -> None:
     spec = Conv2d(1, 3, 8, 300, 300, 31, 31, dilation=4)
     with pytest.raises(Unsupported, match="31 input rows of 121 pixels"):
         lowered_conv.segment_pixels(spec, 2896, 2)
+
+
+def test_nchw_pointwise_gemm_is_built_checked_and_timed(emulated: None) -> None:
+    """A 1x1 NCHW conv's build makes the per-image GEMM, whose emulated launch passes its float64
+    check and is timed (a tie keeps the implicit GEMM); in fp32 it says why not."""
+    conv = Conv2d(2, 16, 24, 4, 6, 1, 1)
+    for dtype, expected in (("bf16", 1.0), ("fp32", None)):
+        tensors = make_tensors(conv, dtype, "NCHW", "cpu")
+        details = registry.get("conv2d", "cupy").build(conv, get_dtype(dtype), "NCHW", tensors,
+                                                       make_output(conv, tensors, "NCHW")).details
+        if expected:
+            assert details["nchw_pointwise_gemm_ms"] == expected and details["algorithm"] == "implicit_gemm", details
+        else:
+            assert "fp16 and bf16" in details["nchw_pointwise_gemm"], details
+
+
+def test_nchw_pointwise_gemm_alone(emulated: None) -> None:
+    """The per-image GEMM alone on a layer whose pixels span two column tiles, with a bias."""
+    result = check_implementation(pointwise_nchw.build, Conv2d(2, 24, 20, 12, 12, 1, 1), "bf16", "NCHW", "cpu",
+                                  runs=2)
+    assert result.ok, result.message
+
+
+@pytest.mark.parametrize(("spec", "dtype", "reason"), [
+    (Conv2d(1, 12, 8, 4, 4, 1, 1), "fp16", "in_channels must be a multiple of 8"),
+    (Conv2d(1, 16, 8, 7, 7, 1, 1), "fp16", "height x width must be a multiple of 8"),
+    (Conv2d(1, 16, 8, 4, 4, 1, 1), "fp32", "fp16 and bf16"),
+    (Conv2d(1, 16, 8, 4, 4, 3, 3, padding=1), "fp16", "1x1 filter"),
+], ids=str)
+def test_nchw_pointwise_gemm_refusals_name_the_field(spec: Conv2d, dtype: str, reason: str) -> None:
+    assert reason in (pointwise_nchw.refusal(spec, get_dtype(dtype), "NCHW") or "")

@@ -191,3 +191,16 @@ def test_depthwise_registers_without_spills() -> None:
         limit = 168 if expression[name].startswith("depthwise_nhwc_flat<") else 128
         assert int(spills) == 0 and int(regs) <= limit, \
             f"{expression[name]}: {spills} bytes spilled, {regs} registers (at most {limit})"
+
+
+def test_pointwise_nchw_registers_without_spills() -> None:
+    """The per-image GEMM holds its 64 x 64 warp tile of accumulators in registers: no spills, and
+    at most 255 registers (the most a thread can have), two 128-thread blocks an SM."""
+    ok, log, lowered = nvrtc_compile("pointwise_nchw", 90, ("-Xptxas=-v",))
+    assert ok, log
+    expression = {mangled: ne for ne, mangled in lowered.items()}
+    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
+                       log, flags=re.S)
+    assert len(usage) == len(sources.SOURCES["pointwise_nchw"].name_expressions), log
+    for name, spills, regs in usage:
+        assert int(spills) == 0 and int(regs) <= 255, f"{expression[name]}: {spills} bytes spilled, {regs} registers"

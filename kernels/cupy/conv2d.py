@@ -14,7 +14,9 @@ for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  O
 and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a
 pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
 linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
-the stride's grid to a buffer (layout.cu); a convolution of one group also runs conv_tma.cu,
+the stride's grid to a buffer (layout.cu).  A pointwise NCHW convolution in fp16 or bf16 also runs
+as one mma.sync GEMM per image on its tensors as they are (pointwise_nchw.cu), checked the same
+way before it competes.  A convolution of one group also runs conv_tma.cu,
 whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  An NHWC convolution whose
 input pixels are narrower than 16 bytes (RGB first layers) also runs lowered: layout.cu's im2col,
 then the linear layer's GEMM; in either layout such a convolution also runs with its input
@@ -36,13 +38,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma, sources,
-                          support)
+from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma,
+                          pointwise_nchw, sources, support)
 from kernels.cupy.layout import channels_last_copy
 from kernels.cupy.lowered_conv import build_lowered, build_unfolded
 from kernels.cupy.fft_plan import fft_plan
 from kernels.lowering import lowered_refusal, unfolded_refusal
-from kernels.pointwise_views import forward_views, pointwise_refusal, strided_refusal, subsampled
+from kernels.pointwise_views import forward_views, nchw_pointwise_refusal, pointwise_refusal, strided_refusal, subsampled
 from layerbench.builders import (Built, Kernel, Tensors, check_workspace, choice_of, fastest_of, in_order,
                                  selection_ms)
 from layerbench.dtypes import DType
@@ -136,7 +138,8 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
 @register("conv2d", "cupy", backend="cupy", supports=_refusal,
           description="CUDA C (CuPy): implicit GEMM, 128x128 tiles (FFMA for fp32, mma.sync tensor "
                       "cores for tf32/fp16/bf16, split-K when the output is small, one GEMM per group); "
-                      "for fp32 an FFT convolution instead where it times faster at build; on Hopper in "
+                      "for fp32 an FFT convolution instead where it times faster at build; 1x1 NCHW in "
+                      "fp16/bf16 also as one mma.sync GEMM per image; on Hopper in "
                       "fp16/bf16 also on wgmma (and 1x1 NHWC as the wgmma GEMM, strided ones after a copy of the "
                       "pixels they read; and with its k tiles cut from the image by TMA); for inputs of few "
                       "channels an explicit im2col and the linear layer's GEMM, or on Hopper the input "
@@ -177,10 +180,17 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         support.check_result(kernel, spec, dtype, tensors, out, "the wgmma implicit GEMM")
         return kernel
 
-    # A 1x1 NHWC convolution is a plain GEMM (on Hopper also the wgmma one), a strided one after a
-    # copy of the pixels it reads: no FFT for either.
+    def nchw_pointwise_gemm() -> Kernel:
+        kernel = pointwise_nchw.build(spec, dtype, layout, tensors, out)
+        support.check_result(kernel, spec, dtype, tensors, out, "the per-image GEMM")
+        return kernel
+
+    # A 1x1 NHWC convolution is a plain GEMM (on Hopper also the wgmma one), in NCHW one GEMM per
+    # image, a strided one after a copy of the pixels it reads: no FFT for any of them.
     if pointwise_refusal(spec, layout) is None:
         other = ("wgmma_gemm", wgmma_gemm)
+    elif nchw_pointwise_refusal(spec, layout) is None:
+        other = ("nchw_pointwise_gemm", nchw_pointwise_gemm)
     elif strided_refusal(spec, layout) is None:
         other = ("strided_wgmma_gemm", lambda: build_strided_pointwise(spec, dtype, layout, tensors, out))
     else:

@@ -132,6 +132,16 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
                  : "memory");
 }
 
+// As ldmatrix_x4, each matrix transposed: lane i gets elements 2 (i % 4) and 2 (i % 4) + 1 of
+// column i / 4 of its matrix.  From rows of k (pixels or channels contiguous), that is the B
+// fragment of mma.sync.
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr)
+                 : "memory");
+}
+
 // D = A * B + D for one 16x8 tile, fp32 accumulators.  A is 16 x 32 bytes (row), B is
 // 32 bytes x 8 (col): k = 16 for 16-bit inputs, k = 8 for tf32.
 template <typename T> struct Mma;

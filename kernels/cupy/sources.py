@@ -211,6 +211,14 @@ def conv_tma_name(ctype: str, block_n: int, stages: int, blocks: int) -> str:
     return f"conv_tma<{ctype}, {block_n}, {stages}, {blocks}>"
 
 
+POINTWISE_NCHW_CTYPES = ("__half", "__nv_bfloat16")  # mma.sync m16n8k16
+
+
+def pointwise_nchw_name(ctype: str) -> str:
+    """pointwise_nchw.cu: a 1x1 NCHW convolution as one GEMM per image."""
+    return f"pointwise_nchw<{ctype}>"
+
+
 def fft_forward_name(log_n: int) -> str:
     return f"fft_forward<{log_n}>"
 
@@ -271,6 +279,7 @@ SOURCES: dict[str, Source] = {
         + [depthwise_nchw_rows_name(t, k, s) for t in STORAGE_TYPES for k in DEPTHWISE_UNROLLED
            for s in DEPTHWISE_ROWS_STRIDES]
         + [depthwise_nchw_rows_name(t, 0, 0) for t in STORAGE_TYPES])),
+    "pointwise_nchw": Source("pointwise_nchw.cu", tuple(pointwise_nchw_name(t) for t in POINTWISE_NCHW_CTYPES)),
     "conv2d_backward": Source("conv2d_backward.cu", tuple(
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]

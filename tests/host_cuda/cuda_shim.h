@@ -1,8 +1,9 @@
-// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu uses, shimmed so that the file
+// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu and pointwise_nchw.cu use, shimmed so that the file
 // compiles as host C++ and its kernels run on the CPU: a block's threads one at a time (a kernel
 // with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
 // is what the harness defines under the kernel's extern name; cp.async copies at once and checks
-// that each 16-byte granule is aligned at both ends (misaligned_granules).  The L2 prefetches are
+// that each 16-byte granule is aligned at both ends (misaligned_granules); ldmatrix and mma.sync
+// run warp-collectively on BlockThreads (below).  The L2 prefetches are
 // declared here and defined by the harness that runs the kernels using them.
 #pragma once
 #include <algorithm>
@@ -115,11 +116,71 @@ template <> inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {  // round 
     return {static_cast<unsigned short>((u + 0x7fff + ((u >> 16) & 1)) >> 16)};
 }
 inline unsigned smem_addr(const void* p) { return unsigned(static_cast<const unsigned char*>(p) - shared_base); }
-inline void cp_async16(unsigned to, const void* from, bool) {
+// As the hardware: an invalid copy (source size 0) writes zeros and reads nothing.
+inline void cp_async16(unsigned to, const void* from, bool valid) {
     if (to % 16 || reinterpret_cast<std::uintptr_t>(from) % 16)
         __atomic_add_fetch(&misaligned_granules, 1, __ATOMIC_RELAXED);  // the block's threads count at once
-    memcpy(shared_base + to, from, 16);
+    if (valid)
+        memcpy(shared_base + to, from, 16);
+    else
+        memset(shared_base + to, 0, 16);
 }
 inline void cp_async_commit() {}
 template <int N> void cp_async_wait_group() {}
+}  // namespace lb
+
+// Warp-collective instructions (ldmatrix, mma.sync m16n8k16) for kernels whose every thread of a
+// block issues the same sequence of them: each thread publishes its operands, the block meets,
+// each lane computes its result from its warp's operands (the PTX ISA's fragment layouts), and
+// the block meets again before the next.  16-bit elements are bf16 here.
+namespace warp_operands {
+inline unsigned address[1024], a[1024][4], b[1024][2];
+inline float element(unsigned reg, int high) {
+    return lb::to_float(__nv_bfloat16{static_cast<unsigned short>(high ? reg >> 16 : reg & 0xffff)});
+}
+inline unsigned short at(unsigned byte) {
+    unsigned short v;
+    memcpy(&v, shared_base + byte, 2);
+    return v;
+}
+}  // namespace warp_operands
+namespace lb {
+// Register q of lane L: 4 bytes of row L / 4 of matrix q, whose address lane 8 q + L / 4 gave.
+inline void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    const int t = threadIdx.x, warp = t & ~31, lane = t & 31;
+    warp_operands::address[t] = addr;
+    __syncthreads();
+    for (int q = 0; q < 4; ++q)
+        memcpy(&r[q], shared_base + warp_operands::address[warp + 8 * q + lane / 4] + 4 * (lane % 4), 4);
+    __syncthreads();
+}
+// Transposed: register q of lane L holds element L / 4 of rows 2 (L % 4) and 2 (L % 4) + 1.
+inline void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+    const int t = threadIdx.x, warp = t & ~31, lane = t & 31;
+    warp_operands::address[t] = addr;
+    __syncthreads();
+    for (int q = 0; q < 4; ++q) {
+        const unsigned* rows = warp_operands::address + warp + 8 * q + 2 * (lane % 4);
+        r[q] = warp_operands::at(rows[0] + 2 * (lane / 4)) | (unsigned(warp_operands::at(rows[1] + 2 * (lane / 4))) << 16);
+    }
+    __syncthreads();
+}
+// A (16 x 16): element (r, k) in lane (r % 8) * 4 + (k % 8) / 2, register r / 8 + 2 (k / 8), half
+// k % 2; B (16 x 8): element (k, n) in lane n * 4 + (k % 8) / 2, register k / 8, half k % 2; D:
+// d[i] of lane L at row L / 4 + 8 (i / 2), column 2 (L % 4) + i % 2.
+template <typename T> struct Mma {
+    static void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        const int t = threadIdx.x, warp = t & ~31, lane = t & 31;
+        memcpy(warp_operands::a[t], a, sizeof a);
+        memcpy(warp_operands::b[t], b, sizeof b);
+        __syncthreads();
+        for (int i = 0; i < 4; ++i) {
+            const int row = lane / 4 + 8 * (i / 2), col = 2 * (lane % 4) + i % 2;
+            for (int k = 0; k < 16; ++k)
+                d[i] += warp_operands::element(warp_operands::a[warp + (row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)], k % 2) *
+                        warp_operands::element(warp_operands::b[warp + col * 4 + (k % 8) / 2][k / 8], k % 2);
+        }
+        __syncthreads();
+    }
+};
 }  // namespace lb

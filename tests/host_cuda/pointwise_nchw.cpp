@@ -1,0 +1,69 @@
+// pointwise_nchw.cu's per-image GEMM (bf16) compiled as host C++ and run on the CPU, each block's
+// 128 threads as host threads that meet at its barriers and at every ldmatrix and mma.sync
+// (cuda_shim.h emulates those from the PTX ISA's fragment layouts), against a float64 product.
+// Shared memory is poisoned (NaN) before each block; the output is poisoned too, so a part the
+// kernel skips, reads unstaged or writes twice with a wrong value fails.  BODY is pointwise_nchw.cu
+// without its #include of layerbench_common.cuh.
+// Prints "N cases, M bad, P misaligned granules" and exits 1 if any is non-zero.
+#include <random>
+
+#include "cuda_shim.h"
+#include "reference_check.h"
+alignas(128) unsigned char stages[48 * 1024];  // the kernel's extern shared memory
+#include BODY
+
+using bf16 = __nv_bfloat16;
+
+static std::vector<bf16> random_bf16(size_t n, std::mt19937& g) {
+    std::normal_distribution<float> d;
+    std::vector<bf16> v(n);
+    for (auto& e : v) e = lb::from_float<bf16>(d(g));
+    return v;
+}
+
+// y[n] = a @ x[n] (+ bias) for an M x R weight over N images of HW pixels; 1 if any value is off.
+static int check(int M, int R, int HW, int N, bool has_bias, std::mt19937& g) {
+    const std::vector<bf16> a = random_bf16(size_t(M) * R, g), x = random_bf16(size_t(N) * R * HW, g),
+                            bias = random_bf16(M, g);
+    std::vector<bf16> y(size_t(N) * M * HW, bf16{0x7fc0});  // NaN
+    shared_base = stages;
+    const int tiles_p = (HW + PW_BN - 1) / PW_BN, tiles_m = (M + PW_BM - 1) / PW_BM;
+    gridDim = {unsigned(tiles_p), unsigned(tiles_m), unsigned(N)};
+    blockDim = {PW_THREADS, 1, 1};
+    for (int z = 0; z < N; ++z)
+        for (int by = 0; by < tiles_m; ++by)
+            for (int bx = 0; bx < tiles_p; ++bx) {
+                blockIdx = {unsigned(bx), unsigned(by), unsigned(z)};
+                memset(stages, 0xff, sizeof stages);  // NaN in bf16: what a block did not stage
+                BlockThreads::run(PW_THREADS, [&] {
+                    pointwise_nchw<bf16>(a.data(), x.data(), bias.data(), y.data(), M, R, HW, has_bias);
+                });
+            }
+    int bad = 0;
+    for (int n = 0; n < N; ++n)
+        for (int m = 0; m < M; ++m)
+            for (int p = 0; p < HW; ++p) {
+                double ref = has_bias ? lb::to_float(bias[m]) : 0.0;
+                for (int r = 0; r < R; ++r)
+                    ref += double(lb::to_float(a[size_t(m) * R + r])) * lb::to_float(x[(size_t(n) * R + r) * HW + p]);
+                const float got = lb::to_float(y[(size_t(n) * M + m) * HW + p]);
+                if (!matches(ref, got, 1e-2) && bad++ < 5)
+                    printf("M %d R %d HW %d N %d: y[%d][%d][%d] = %g, expected %g\n", M, R, HW, N, n, m, p, got, ref);
+            }
+    return bad != 0;
+}
+
+int main() {
+    std::mt19937 g(7);
+    int cases = 0, bad = 0;
+    // (M, R, HW, N, bias): row tiles past 128 and ragged (136), a reduction that ends inside a
+    // stage (48) or walks the three-stage ring twice over (256), pixel tiles ragged (40, 200),
+    // several images, one 16-byte chunk of everything (8, 8, 8).
+    const int shapes[][5] = {{136, 48, 40, 2, 1}, {64, 256, 200, 1, 0}, {8, 8, 8, 3, 1}, {24, 96, 136, 2, 0}};
+    for (const auto& s : shapes) {
+        ++cases;
+        bad += check(s[0], s[1], s[2], s[3], s[4] != 0, g);
+    }
+    printf("%d cases, %d bad, %ld misaligned granules\n", cases, bad, misaligned_granules);
+    return bad != 0 || misaligned_granules != 0;
+}
