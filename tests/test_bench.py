@@ -494,6 +494,11 @@ def test_energy_is_judged_where_the_kernel_is_as_fast_back_to_back() -> None:
     energy = bench.targets(tab).set_index("target").loc["energy <= 1.0x cublas where at least as fast (gemm)"]
     assert (energy["points"], energy["worst"], energy["verdict"]) == (1, 1.2, "MISSED")
     assert energy["worst_point"].startswith("gemm, gemv")
+    table = bench.format_bench_report(tab.assign(layer="linear", point_index=0, gbps=1.0),
+                                      {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 4.0, "device_name": "test"})
+    header = next(line for line in table.splitlines() if line.startswith("| layer | set |"))
+    assert header.rstrip(" |").endswith("e_cublas | xe_cublas"), header
+    assert "| 1.25 |" in table  # the GEMV's speed back to back
 
 
 def test_every_bench_set_has_targets_each_named_once() -> None:

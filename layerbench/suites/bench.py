@@ -414,12 +414,14 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame
              "% copy@size (ReLU, pooling, depthwise conv): the rate against a copy of the same bytes, timed alike (cold), "
              "from the copy curve: what is reachable at that size.",
              "x_REF: REF's time / this time (> 1: faster). e_REF: this J/launch / REF's (< 1: less energy). "
+             "xe_REF: x_REF back to back, as the energy windows ran both (where energy was measured). "
              "x_best: against the fastest vendor result of the point (cuDNN / cuBLAS or torch), which the "
              "targets against cuDNN and cuBLAS are judged by.", ""]
     lines += _references_section(tab)
     refs = sorted(c[2:] for c in tab.columns if c.startswith("x_") and c != "x_best")  # x_best: no e_best
+    warm = [r for r in refs if f"xe_{r}" in tab and tab[f"xe_{r}"].notna().any()]  # energy measured against r
     headers = ["layer", "set", "point", "pass", "dtype", "layout", "impl", "time us", "rate", "% ceiling", "% copy@size",
-               *[f"x_{r}" for r in (*refs, "best")], "J/launch", *[f"e_{r}" for r in refs]]
+               *[f"x_{r}" for r in (*refs, "best")], "J/launch", *[f"e_{r}" for r in refs], *[f"xe_{r}" for r in warm]]
     rows = []
     tab = tab.assign(set=tab["experiment"].fillna("").astype(str).str.removeprefix("bench_")
                      if "experiment" in tab else "", pass_=directions(tab))
@@ -430,7 +432,8 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame
                      fmt_number(r["time_median_s"] * 1e6, ".1f"),
                      rate, fmt_number(100 * r["ceiling"], ".0f"), fmt_number(100 * r["sized_copy"], ".0f"),
                      *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
-                     fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs]])
+                     fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs],
+                     *[fmt_number(r.get(f"xe_{b}"), ".2f") for b in warm]])
     lines += [markdown_table(headers, rows), "", "### Targets (geometric means per bench set)", ""]
     tg = targets(tab, planned)
     lines.append(markdown_table(
