@@ -237,6 +237,23 @@ def test_nchw_pointwise_dgrad_drawn(batch: int, channels: int, out_channels: int
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
+def nchw_wgrad_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
+    """dW = sum over images of dy[n] @ x[n]^T, alone (no bias: the build adds the bias gradient)."""
+    return pointwise_conv.build_nchw_pointwise_wgrad(spec, dtype, layout, tensors["x"], tensors["dy"], out)
+
+
+# Several images (two slices of fp32 partials where there are two or more), channel and pixel
+# counts across the interpreter's 16-wide tiles.
+@given(batch=st.integers(1, 3), channels=st.integers(1, 40), out_channels=st.integers(1, 40),
+       height=st.integers(1, 6), width=st.integers(1, 6), dtype=st.sampled_from(("fp32", "tf32", "fp16")),
+       seed=SEEDS)
+def test_nchw_pointwise_wgrad_drawn(batch: int, channels: int, out_channels: int, height: int, width: int,
+                                    dtype: str, seed: int) -> None:
+    spec = Conv2d(batch, channels, out_channels, height, width, 1, 1, bias=False, direction="backward_weight")
+    result = check_implementation(nchw_wgrad_only, spec, dtype, "NCHW", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
 def test_nchw_pointwise_dgrad_refuses_other_layers() -> None:
     spec = Conv2d(1, 4, 4, 5, 5, 1, 1, stride=2, direction="backward_data")
     tensors = make_tensors(spec, "fp16", "NCHW", "cpu")
@@ -291,6 +308,26 @@ def test_gpu_nchw_pointwise_dgrad(spec: Conv2d, dtype: str) -> None:
     result = check_implementation(nchw_dgrad_only, at(spec, "backward_data"), dtype, "NCHW", "cuda",
                                   seed=seed_of(str(spec)))
     assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", Conv2d.dtypes)
+@pytest.mark.parametrize("spec", [Conv2d(8, 256, 64, 56, 56, 1, 1, bias=False), Conv2d(3, 96, 24, 29, 31, 1, 1,
+                                                                                        bias=False)], ids=str)
+def test_gpu_nchw_pointwise_wgrad(spec: Conv2d, dtype: str) -> None:
+    result = check_implementation(nchw_wgrad_only, at(spec, "backward_weight"), dtype, "NCHW", "cuda",
+                                  seed=seed_of(str(spec)))
+    assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
+@pytest.mark.gpu
+def test_gpu_nchw_pointwise_wgrad_with_bias_is_timed_beside_the_implicit_gemm() -> None:
+    spec = at(Conv2d(16, 256, 64, 56, 56, 1, 1), "backward_weight")  # the build adds the bias gradient
+    result = check_implementation(backward.build_wgrad, spec, "bf16", "NCHW", "cuda", seed=seed_of("wgrad-bias"))
+    assert result.ok, result.message
+    tensors = make_tensors(spec, "bf16", "NCHW", "cuda")
+    details = backward.build_wgrad(spec, get_dtype("bf16"), "NCHW", tensors, make_output(spec, tensors, "NCHW")).details
+    assert details["nchw_pointwise_gemm_ms"] > 0 and details["implicit_gemm_ms"] > 0, details
 
 
 @pytest.mark.gpu

@@ -163,6 +163,13 @@ def main() -> None:
                 line = compile_report(pointwise_conv._nchw_pointwise_kernel, target, pointers, meta, cfg.num_warps,
                                       cfg.num_stages, {"R", "M", "HW", "stride_am", "stride_ar"})
                 print(f"pointwise NCHW per-image GEMM {label} {_tile(cfg)} stages={cfg.num_stages}: {line}")
+        # The weight gradient: dy[n] @ x[n]^T summed over a slice of images, into fp32 partials.
+        for cfg in pointwise_conv._nchw_tiles(mode, 64, 56 * 56, 256):
+            meta = dict(PARTIAL=True, PRECISION=precision, **cfg.kwargs)
+            line = compile_report(pointwise_conv._nchw_pointwise_wgrad_kernel, target,
+                                  {"dy_ptr": el, "x_ptr": el, "out_ptr": "*fp32"}, meta, cfg.num_warps, cfg.num_stages,
+                                  {"K", "C", "HW"})
+            print(f"pointwise NCHW per-image GEMM weight gradient {_tile(cfg)} stages={cfg.num_stages}: {line}")
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:

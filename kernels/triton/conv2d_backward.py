@@ -38,8 +38,9 @@ Walks of the reduction:
   layer's 3 channels), columns in (tap, channel) order.
 
 1x1 convolutions (stride 1, no padding, one group): in NHWC the linear layer's backward GEMMs on
-views of the tensors, in NCHW the data gradient as one GEMM per image, dx[n] = W^T @ dy[n], on dy
-as it is (pointwise_conv.py); the GPU build times these beside the implicit GEMM, the faster kept.
+views of the tensors; in NCHW the data gradient as one GEMM per image, dx[n] = W^T @ dy[n], and
+the weight gradient as the sum over images of dy[n] @ x[n]^T, on the tensors as they are
+(pointwise_conv.py); the GPU build times these beside the implicit GEMM, the faster kept.
 
 Depthwise convolutions, whose every group would be a one-column GEMM, run the direct kernels of
 depthwise_backward.py instead (recorded as the ``algorithm`` detail).  Groups run on their own
@@ -70,7 +71,8 @@ from kernels.triton import depthwise_backward
 from kernels.triton.conv2d import channel_block
 from kernels.triton.layout import channels_last_copy, layout_copy
 from kernels.triton.grad_support import MAX_GRID_YZ, first_tap, row_chunks, sum_slices, tap_count, tap_period
-from kernels.triton.pointwise_conv import build_nchw_pointwise_dgrad, build_pointwise_backward
+from kernels.triton.pointwise_conv import (build_nchw_pointwise_dgrad, build_nchw_pointwise_wgrad,
+                                          build_pointwise_backward)
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, bind, check_inputs,
                                     dense_layout, grouped_tile, interpreting, pixel_run, quick_bench,
                                     tile_config)
@@ -614,6 +616,12 @@ def build_wgrad(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: 
     implicit = Built(in_order(*copies, best, *bias), details)
     if pointwise_refusal(spec, layout) is None and not interp:
         return _or_pointwise_gemm(spec, dtype, layout, tensors, out, implicit)
+    if nchw_pointwise_refusal(spec, layout) is None and not interp:
+        # A 1x1 NCHW layer: dy[n] @ x[n]^T summed over the images, on x and dy as they are.
+        return faster_of("implicit_gemm", implicit, "nchw_pointwise_gemm",
+                         lambda: in_order(build_nchw_pointwise_wgrad(spec, dtype, layout, tensors["x"], tensors["dy"],
+                                                                     dw), *bias),
+                         lambda kernel: selection_ms(kernel, out.device))
     return implicit
 
 

@@ -37,7 +37,9 @@ from layerbench.layers.passes import at_direction, direction_of
 from kernels.pointwise_views import (forward_views, matrix, nchw_pointwise_refusal, pointwise_refusal,
                                      strided_refusal, subsampled, weight_matrix)
 from kernels.triton import linear, linear_backward
-from kernels.triton.support import DOT_MODE, DOT_PRECISION, INT32_MAX, bind, check_conv_tensors, check_inputs, next_pow2, pixel_of
+from kernels.triton.grad_support import sum_slices
+from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, bind, check_conv_tensors, check_inputs,
+                                    interpreting, next_pow2, pixel_of)
 
 # The subsampling copy's tiles (pixels x channels, warps), timed at build: its time is the
 # strided layer's overhead over the GEMM, and the best tile depends on the channel count (a
@@ -99,11 +101,11 @@ def _nchw_pointwise_kernel(a_ptr, x_ptr, b_ptr, y_ptr, R, M, HW, stride_am, stri
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
 
 
-def _nchw_tiles(mode: str, rows: int, reduction: int, hw: int) -> list[triton.Config]:
-    """The mode's tiles, each side cut to the layer's (a power of two, at least tl.dot's 16)."""
+def _nchw_tiles(mode: str, rows: int, reduction: int, columns: int) -> list[triton.Config]:
+    """The mode's tiles, each side cut to the product's (a power of two, at least tl.dot's 16)."""
     seen: dict[tuple[int, ...], None] = {}
     for bm, bn, bk, warps, stages in _NCHW_TILES[mode]:
-        cut = (min(bm, max(16, next_pow2(rows))), min(bn, max(16, next_pow2(hw))),
+        cut = (min(bm, max(16, next_pow2(rows))), min(bn, max(16, next_pow2(columns))),
                min(bk, max(16, next_pow2(reduction))))
         seen.setdefault((*cut, warps, stages))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
@@ -158,6 +160,75 @@ def build_nchw_pointwise_dgrad(spec: Conv2d, dtype: DType, layout: str, tensors:
                           f"{tuple(dy.shape)} and {tuple(out.shape)}")
     c, k = spec.in_channels, spec.out_channels
     return _per_image_gemm(spec, dtype, weight_matrix(weight, k, c), (1, c), dy, None, out)
+
+
+@triton.jit
+def _nchw_pointwise_wgrad_kernel(dy_ptr, x_ptr, out_ptr, K, C, HW, N, IMAGES, PARTIAL: tl.constexpr,
+                                 PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                 BLOCK_K: tl.constexpr):
+    # dW[k, c] = sum over images n and pixels p of dy[n, k, p] * x[n, c, p], NCHW dy and x; program
+    # axis 1 takes IMAGES images (a slice) and writes fp32 partials where there are several slices.
+    pid, part = tl.program_id(0), tl.program_id(1)
+    tiles_m = tl.cdiv(K, BLOCK_M)
+    rk = (pid % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = (pid // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rp = tl.arange(0, BLOCK_K)
+    k_ok, c_ok = rk < K, rc < C
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    first = part * IMAGES
+    for n in range(first, tl.minimum(first + IMAGES, N)):
+        dy_img = dy_ptr + tl.cast(n, tl.int64) * K * HW
+        x_img = x_ptr + tl.cast(n, tl.int64) * C * HW
+        for p0 in range(0, HW, BLOCK_K):
+            p = p0 + rp
+            a = tl.load(dy_img + rk[:, None] * HW + p[None, :], mask=k_ok[:, None] & (p < HW)[None, :], other=0.0)
+            b = tl.load(x_img + rc[None, :] * HW + p[:, None], mask=(p < HW)[:, None] & c_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    at = rk[:, None] * C + rc[None, :]
+    ok = k_ok[:, None] & c_ok[None, :]
+    if PARTIAL:
+        tl.store(out_ptr + part.to(tl.int64) * K * C + at, acc, mask=ok)
+    else:
+        tl.store(out_ptr + at, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def build_nchw_pointwise_wgrad(spec: Conv2d, dtype: DType, layout: str, x: torch.Tensor, dy: torch.Tensor,
+                               dweight: torch.Tensor) -> Kernel:
+    """The weight gradient of a 1x1 NCHW convolution, dW = sum over images of dy[n] @ x[n]^T, on x
+    and dy as they are: the images split in slices whose fp32 partials a second kernel sums in a
+    fixed order (one slice needs no partials).  The bias gradient is the caller's."""
+    reason = nchw_pointwise_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    check_inputs(_nchw_pointwise_wgrad_kernel, dtype, Conv2d.dtypes, {"x": x, "dy": dy}, dweight, uses_dot=True)
+    if not (x.is_contiguous() and dy.is_contiguous()):
+        raise Unsupported(f"the per-image weight gradient needs x and dy dense in NCHW order, got strides "
+                          f"{tuple(x.stride())} and {tuple(dy.stride())}")
+    n, c, h, w = spec.input_shape
+    k, hw = spec.out_channels, h * w
+    if max(c, k) * hw > INT32_MAX:
+        raise Unsupported(f"the per-image weight gradient indexes an image in int32; {max(c, k)} channels of {hw} "
+                          f"pixels hold more than {INT32_MAX} values")
+    dw = weight_matrix(dweight, k, c, "dweight")
+    configs = _nchw_tiles(DOT_MODE[dtype.name], k, hw, c)
+    if interpreting(_nchw_pointwise_wgrad_kernel):
+        slices = min(n, 2)  # the partial path is checked too
+    else:
+        tiles = min(triton.cdiv(k, cfg.kwargs["BLOCK_M"]) * triton.cdiv(c, cfg.kwargs["BLOCK_N"]) for cfg in configs)
+        slices = max(1, min(n, triton.cdiv(4 * torch.cuda.get_device_properties(x.device).multi_processor_count,
+                                            tiles)))
+    images = triton.cdiv(n, slices)
+    slices = triton.cdiv(n, images)
+    partial = slices > 1
+    target = torch.empty((slices, k * c), dtype=torch.float32, device=x.device) if partial else dw
+
+    def grid(config: dict) -> tuple[int, int]:
+        return (triton.cdiv(k, config["BLOCK_M"]) * triton.cdiv(c, config["BLOCK_N"]), slices)
+
+    meta = {"PARTIAL": partial, "PRECISION": DOT_PRECISION[dtype.name]}
+    gemm = bind(_nchw_pointwise_wgrad_kernel, configs, grid, (dy, x, target, k, c, hw, n, images), meta,
+                _INTERPRETER_NCHW)
+    return in_order(gemm, sum_slices(target, dw, slices)) if partial else gemm
 
 
 @functools.cache
