@@ -28,5 +28,6 @@ def test_flat_kernel_source_on_the_cpu(tmp_path: Path, arch: int | None) -> None
 
 def test_rows_kernel_source_on_the_cpu(tmp_path: Path) -> None:
     """The NCHW rows kernel, each block's threads as host threads that meet at its barriers."""
-    result = subprocess.run([str(built(tmp_path, "depthwise_rows", "depthwise.cu"))], capture_output=True, text=True, timeout=900)
+    binary = built(tmp_path, "depthwise_rows", "depthwise.cu")
+    result = subprocess.run([str(binary)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0 and " 0 bad, 0 misaligned" in result.stdout, result.stdout + result.stderr

@@ -1,7 +1,8 @@
 """The TMA convolution and the 1x1 NCHW convolution's per-image GEMM as Triton compiles them for
 Hopper (sm_90), without a GPU: every config's warpgroup MMA takes both operands from shared memory,
-where the copies put them, and no config spills registers to local memory.  A patch fed to the MMA from registers (one copy out of shared memory every k
-step) ran the 3x3 layers at 0.66-0.76x cuDNN; only the compiled code shows it.
+where the copies put them, and no config spills registers to local memory.  A patch fed to the
+MMA from registers (one copy out of shared memory every k step) ran the 3x3 layers at 0.66-0.76x
+cuDNN; only the compiled code shows it.
 
 The report runs in its own process: the tests run Triton's interpreter, whose kernels cannot be
 compiled for a GPU target.

@@ -44,7 +44,8 @@ from kernels.cupy.layout import channels_last_copy
 from kernels.cupy.lowered_conv import build_lowered, build_unfolded
 from kernels.cupy.fft_plan import fft_plan
 from kernels.lowering import lowered_refusal, unfolded_refusal
-from kernels.pointwise_views import forward_views, nchw_pointwise_refusal, pointwise_refusal, strided_refusal, subsampled
+from kernels.pointwise_views import (forward_views, nchw_pointwise_refusal, pointwise_refusal, strided_refusal,
+                                     subsampled)
 from layerbench.builders import (Built, Kernel, Tensors, check_workspace, choice_of, fastest_of, in_order,
                                  selection_ms)
 from layerbench.dtypes import DType

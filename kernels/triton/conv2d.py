@@ -376,10 +376,11 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
                       "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
                       "the pixels they read), for 1x1 NCHW ones a GEMM per image, on Hopper a TMA-fed "
-                      "implicit GEMM (NCHW inputs after a copy to channels_last), for inputs of few channels an explicit im2col and the linear "
-                      "layer's GEMM, or on Hopper unfolded along the width into a TMA convolution "
-                      "of an R x 1 filter; depthwise a direct kernel of its own, and for 3x3 ones "
-                      "also one that streams input rows through registers, the faster kept")
+                      "implicit GEMM (NCHW inputs after a copy to channels_last), for inputs of few "
+                      "channels an explicit im2col and the linear layer's GEMM, or on Hopper unfolded "
+                      "along the width into a TMA convolution of an R x 1 filter; depthwise a direct kernel "
+                      "of its own, and for 3x3 ones also one that streams input rows through registers, "
+                      "the faster kept")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
     reason = _within_grid(spec, dtype.name, layout)
     if reason:

@@ -9,12 +9,14 @@ they are copied to a dense buffer inside the timed call (``_subsample_kernel``, 
 its tile timed at build) and the forward GEMM runs over them.
 
 NCHW: one product per image, out[n] = W @ x[n] + b with x[n] the (C, H*W) matrix the image is
-in memory (``_nchw_pointwise_kernel``), and alike for the data gradient, dx[n] = W^T @ dy[n].  A program owns a tile of output channels by
-pixels of one image and walks the channels; its B tile is BLOCK_K channel rows of BLOCK_N
-contiguous pixels, so neither input nor output is copied to channels_last, which the implicit
-GEMMs do inside the timed call (on ResNet-50's 56 x 56 layers those copies cost more than the
-product).  Output-channel tiles are the fastest program index: the tiles of one pixel block run
-side by side and read its B tiles from L2.
+in memory (``_nchw_pointwise_kernel``), and alike for the data gradient, dx[n] = W^T @ dy[n].  A
+program owns a tile of output channels by pixels of one image and walks the channels; its B tile
+is BLOCK_K channel rows of BLOCK_N contiguous pixels, so neither input nor output is copied to
+channels_last, which the implicit GEMMs do inside the timed call (on ResNet-50's 56 x 56 layers
+those copies cost more than the product).  Output-channel tiles are the fastest program index:
+the tiles of one pixel block run side by side and read its B tiles from L2.  The weight gradient
+is the sum over images of dy[n] @ x[n]^T (``_nchw_pointwise_wgrad_kernel``): a program owns a
+tile of dW and a slice of the images, and the slices' fp32 partials are summed in a fixed order.
 
 The convolution's builds (forward, data and weight gradients) time these beside their implicit
 GEMM and keep the faster.

@@ -161,7 +161,8 @@ inline void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
     __syncthreads();
     for (int q = 0; q < 4; ++q) {
         const unsigned* rows = warp_operands::address + warp + 8 * q + 2 * (lane % 4);
-        r[q] = warp_operands::at(rows[0] + 2 * (lane / 4)) | (unsigned(warp_operands::at(rows[1] + 2 * (lane / 4))) << 16);
+        const unsigned column = 2 * (lane / 4);
+        r[q] = warp_operands::at(rows[0] + column) | (unsigned(warp_operands::at(rows[1] + column)) << 16);
     }
     __syncthreads();
 }
@@ -176,9 +177,11 @@ template <typename T> struct Mma {
         __syncthreads();
         for (int i = 0; i < 4; ++i) {
             const int row = lane / 4 + 8 * (i / 2), col = 2 * (lane % 4) + i % 2;
-            for (int k = 0; k < 16; ++k)
-                d[i] += warp_operands::element(warp_operands::a[warp + (row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)], k % 2) *
-                        warp_operands::element(warp_operands::b[warp + col * 4 + (k % 8) / 2][k / 8], k % 2);
+            for (int k = 0; k < 16; ++k) {
+                const unsigned a_reg = warp_operands::a[warp + (row % 8) * 4 + (k % 8) / 2][row / 8 + 2 * (k / 8)];
+                const unsigned b_reg = warp_operands::b[warp + col * 4 + (k % 8) / 2][k / 8];
+                d[i] += warp_operands::element(a_reg, k % 2) * warp_operands::element(b_reg, k % 2);
+            }
         }
         __syncthreads();
     }
