@@ -1,8 +1,9 @@
 """The per-image GEMM's shared-memory addressing (pointwise_nchw.cu), without a GPU: the loaders
 fill each stage exactly once, ldmatrix and ldmatrix.trans hand each lane the mma.sync m16n8k16
-fragments the PTX ISA lays out, and every phase of 16-byte shared accesses is free of bank
-conflicts.  Addresses are transcribed from the kernel; its constants and swizzles are checked
-against its text.  And the kernel's own source, run on the CPU against a float64 product."""
+fragments the PTX ISA lays out, the output tile is staged once and read back whole, and every
+phase of shared accesses is free of bank conflicts.  Addresses are transcribed from the kernel;
+its constants and swizzles are checked against its text.  And the kernel's own source, run on
+the CPU against a float64 product."""
 
 from __future__ import annotations
 
@@ -122,3 +123,25 @@ def test_kernel_source_on_the_cpu(tmp_path: Path) -> None:
     result = subprocess.run([str(built(tmp_path, "pointwise_nchw", "pointwise_nchw.cu"))], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0 and " 0 bad, 0 misaligned" in result.stdout, result.stdout + result.stderr
+
+
+def test_output_tile_is_staged_once_and_read_back_whole() -> None:
+    """The epilogue's pair stores (D fragments: row g (+8), pixels 2c, 2c + 1) cover the 128 x 128
+    tile once, each warp store conflict-free; the 16-byte reads (chunk tid % 16 of rows tid / 16 +
+    8 k) take every chunk once, each phase of eight conflict-free."""
+    lanes = np.arange(32)
+    g, c = lanes >> 2, lanes & 3
+    written = []
+    for warp in range(THREADS // 32):
+        wm, wn = warp >> 1, warp & 1
+        for i in range(4):
+            for half in range(2):
+                for j in range(8):
+                    addr = b_at(wm * 64 + 16 * i + g + 8 * half, 2 * (wn * 64 + 8 * j + 2 * c))
+                    assert len(np.unique((addr % 128) // 4)) == 32  # 32 distinct banks
+                    written.extend(addr)
+    assert sorted(written) == list(range(0, BM * B_ROW, 4))
+    tid = np.arange(THREADS)
+    read = [b_at((tid >> 4) + 8 * k, (tid & 15) * 16) for k in range(16)]
+    assert sorted(np.concatenate(read)) == list(range(0, BM * B_ROW, 16))
+    assert all(_slots(addr[q:q + 8]) == 8 for addr in read for q in range(0, THREADS, 8))

@@ -10,7 +10,7 @@
 // Block tile: 128 output channels x 128 pixels of one image (blockIdx.z), reduction in stages of
 // 32 input channels, three stages in flight (cp.async, 16-byte chunks; chunks past the edges are
 // zero-filled, never read).  4 warps as 2 x 2, each 64 x 64 through mma.sync m16n8k16 (fp16,
-// bf16) with fp32 accumulators.
+// bf16) with fp32 accumulators; the tile is staged in shared memory for 16-byte stores.
 //   A stage: 128 rows (output channels) of 64 bytes, k contiguous, swizzled as igemm.cu's tiles;
 //            ldmatrix gives the A fragments.
 //   B stage: 32 rows (input channels) of 256 bytes, pixels contiguous, as x holds them; chunk c
@@ -129,24 +129,35 @@ __global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict
         }
     }
 
-    // acc[i][j][0..1]: row g, pixels 2c and 2c + 1 of the 16 x 8 tile (i, j); [2..3]: row g + 8.
-    // H*W is even and the pixel pair starts even, so a pair is whole or past the edge.
+    // The tile goes out through shared memory, so that each row leaves as 16-byte stores of
+    // consecutive pixels (a fragment holds pixel pairs of eight rows: 16 bytes a row per warp
+    // store).  acc[i][j][0..1]: row g, pixels 2c and 2c + 1 of the 16 x 8 tile (i, j); [2..3]:
+    // row g + 8.  The tile's rows are 256 bytes (32 KiB in all), swizzled by b_at: a warp's pair
+    // stores (eight rows at one chunk) and the 16-byte reads of a row each hit eight bank groups.
+    lb::cp_async_wait_group<0>();
+    __syncthreads();  // every warp is done with the last stage: its memory takes the tile
     const int g = lane >> 2, c = lane & 3;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int m = m0 + wm * 64 + 16 * i + g + 8 * half;
-            if (m >= M) continue;
-            const float b = has_bias ? lb::to_float(bias[m]) : 0.0f;
-            T* row = yi + static_cast<long long>(m) * HW;
+            const int row = wm * 64 + 16 * i + g + 8 * half, m = m0 + row;
+            const float b = has_bias && m < M ? lb::to_float(bias[m]) : 0.0f;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int p = p0 + wn * 64 + 8 * j + 2 * c;
-                if (p < HW)
-                    *reinterpret_cast<unsigned*>(row + p) =
-                        pack_pair<T>(acc[i][j][2 * half] + b, acc[i][j][2 * half + 1] + b);
-            }
+            for (int j = 0; j < 8; ++j)
+                *reinterpret_cast<unsigned*>(stages + b_at(row, 2 * (wn * 64 + 8 * j + 2 * c))) =
+                    pack_pair<T>(acc[i][j][2 * half] + b, acc[i][j][2 * half + 1] + b);
         }
+    }
+    __syncthreads();
+    // 128 rows x 16 chunks, 16 a thread: chunk tid % 16 of rows tid / 16 + 8 k.  H*W is a
+    // multiple of 8, so a chunk is whole or past the edge.
+    const int oc = tid & 15, p = p0 + oc * 8;
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+        const int row = (tid >> 4) + 8 * k, m = m0 + row;
+        if (m < M && p < HW)
+            *reinterpret_cast<uint4*>(yi + static_cast<long long>(m) * HW + p) =
+                *reinterpret_cast<const uint4*>(stages + b_at(row, oc * 16));
     }
 }

@@ -20,6 +20,7 @@ using std::max;
 using std::min;
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
+struct uint4 { unsigned x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 struct __half { unsigned short x; };
 struct __half2 { unsigned int x; };
