@@ -114,6 +114,13 @@ def _nchw_tiles(mode: str, rows: int, reduction: int, columns: int) -> list[trit
             for bm, bn, bk, warps, stages in seen]
 
 
+def _check_image_fits_int32(channels: int, pixels: int) -> None:
+    """Unsupported where an image of the per-image GEMMs holds more values than their int32 offsets reach."""
+    if channels * pixels > INT32_MAX:
+        raise Unsupported(f"the per-image GEMMs index an image in int32; {channels} channels of {pixels} pixels "
+                          f"hold more than {INT32_MAX} values")
+
+
 def _per_image_gemm(spec: Conv2d, dtype: DType, a: torch.Tensor, a_strides: tuple[int, int], x: torch.Tensor,
                     bias: torch.Tensor | None, y: torch.Tensor) -> Kernel:
     """y[n] = a @ x[n] (+ bias) over the NCHW images of ``x`` and ``y`` (the per-image GEMM)."""
@@ -122,9 +129,7 @@ def _per_image_gemm(spec: Conv2d, dtype: DType, a: torch.Tensor, a_strides: tupl
                           f"{tuple(x.stride())} and {tuple(y.stride())}")
     n, reduction, rows = x.shape[0], x.shape[1], y.shape[1]
     hw = spec.height * spec.width
-    if max(reduction, rows) * hw > INT32_MAX:
-        raise Unsupported(f"the per-image GEMM indexes an image in int32; {max(reduction, rows)} channels of {hw} "
-                          f"pixels hold more than {INT32_MAX} values")
+    _check_image_fits_int32(max(reduction, rows), hw)
 
     def grid(config: dict) -> tuple[int]:
         return (n * triton.cdiv(rows, config["BLOCK_M"]) * triton.cdiv(hw, config["BLOCK_N"]),)
@@ -208,9 +213,7 @@ def build_nchw_pointwise_wgrad(spec: Conv2d, dtype: DType, layout: str, x: torch
                           f"{tuple(x.stride())} and {tuple(dy.stride())}")
     n, c, h, w = spec.input_shape
     k, hw = spec.out_channels, h * w
-    if max(c, k) * hw > INT32_MAX:
-        raise Unsupported(f"the per-image weight gradient indexes an image in int32; {max(c, k)} channels of {hw} "
-                          f"pixels hold more than {INT32_MAX} values")
+    _check_image_fits_int32(max(c, k), hw)
     dw = weight_matrix(dweight, k, c, "dweight")
     configs = _nchw_tiles(DOT_MODE[dtype.name], k, hw, c)
     if interpreting(_nchw_pointwise_wgrad_kernel):

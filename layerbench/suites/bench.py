@@ -208,15 +208,14 @@ def table(df: pd.DataFrame, ceilings: dict) -> pd.DataFrame:
     ok["sized_copy"] = [_fraction_of_sized_copy(r, ceilings) if b else math.nan
                         for (_, r), b in zip(ok.iterrows(), bound)]
     pairs = compare.compare_within(df)
+    # Back to back, as the energy windows ran them (caches warm): the speed each J/launch belongs to.
+    b2b = ok.groupby(["point_hash", "impl"])["energy_s_per_launch"].last() if "energy_s_per_launch" in ok else None
     for base in sorted(pairs["baseline"].unique()) if not pairs.empty else []:
         sub = pairs[pairs["baseline"] == base].set_index(["point_hash", "impl"])
         key = list(zip(ok["point_hash"], ok["impl"]))
         ok[f"x_{base}"] = [1 / sub["time_ratio"].get(k, math.nan) for k in key]
         ok[f"e_{base}"] = [sub["energy_ratio"].get(k, math.nan) for k in key]
-    if "energy_s_per_launch" in ok:
-        # Back to back, as the energy windows ran them (caches warm): the speed each J/launch belongs to.
-        b2b = ok.groupby(["point_hash", "impl"])["energy_s_per_launch"].last()
-        for base in sorted(pairs["baseline"].unique()) if not pairs.empty else []:
+        if b2b is not None:
             ok[f"xe_{base}"] = [b2b.get((h, base), math.nan) / s
                                 for h, s in zip(ok["point_hash"], ok["energy_s_per_launch"])]
     vendor = ok[ok["impl"].isin(VENDOR)].groupby("point_hash")["time_median_s"].min()
