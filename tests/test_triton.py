@@ -469,16 +469,46 @@ def test_conv2d_strided_pointwise_resnet_projection() -> None:
     assert result.ok, result.message
 
 
+# The gathering GEMM: channel counts on and off its 16-channel steps (masked and unmasked loads),
+# ragged pixel and output-channel tiles (their loads read pixel 0 and channel row 0).
+@given(batch=st.integers(1, 2), channels=st.integers(1, 40), out_channels=st.integers(1, 24),
+       height=st.integers(1, 9), width=st.integers(1, 9), stride_h=st.integers(1, 3), stride_w=st.integers(1, 3),
+       bias=st.booleans(), dtype=st.sampled_from(DOT_DTYPES), seed=SEEDS)
+def test_conv2d_strided_gather_drawn(batch: int, channels: int, out_channels: int, height: int, width: int,
+                                     stride_h: int, stride_w: int, bias: bool, dtype: str, seed: int) -> None:
+    assume((stride_h, stride_w) != (1, 1))
+    spec = Conv2d(batch, channels, out_channels, height, width, 1, 1, stride_h=stride_h, stride_w=stride_w, bias=bias)
+    result = check_implementation(triton_pointwise.build_strided_gather, spec, dtype, "NHWC", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("channels", [32, 40])
+def test_conv2d_strided_gather_resnet_projection(channels: int) -> None:
+    spec = Conv2d(2, channels, 40, 14, 14, 1, 1, stride=2)  # conv4_proj's shape, small; 40: the masked loop
+    result = check_implementation(triton_pointwise.build_strided_gather, spec, "fp16", "NHWC", "cpu", seed=7)
+    assert result.ok, result.message
+
+
 @pytest.mark.parametrize("layout, spec, reason", [
     ("NCHW", Conv2d(1, 4, 4, 6, 6, 1, 1, stride=2), "NHWC layout"),
     ("NHWC", Conv2d(1, 4, 4, 6, 6, 1, 1), "stride 1"),
     ("NHWC", Conv2d(1, 4, 4, 6, 6, 1, 1, stride=2, padding=1), "no padding"),
     ("NHWC", Conv2d(1, 4, 4, 6, 6, 3, 3, stride=2), "1x1 filter"),
 ])
-def test_conv2d_strided_pointwise_refuses(layout: str, spec: Conv2d, reason: str) -> None:
+@pytest.mark.parametrize("builder", [strided_pointwise_only, triton_pointwise.build_strided_gather])
+def test_conv2d_strided_pointwise_refuses(layout: str, spec: Conv2d, reason: str, builder) -> None:
     tensors = make_tensors(spec, "fp16", layout, "cpu")
     with pytest.raises(Unsupported, match=reason):
-        strided_pointwise_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
+        builder(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
+
+
+def test_conv2d_strided_gather_refuses_nchw_strided_input() -> None:
+    spec = Conv2d(1, 8, 4, 6, 6, 1, 1, stride=2)
+    tensors = make_tensors(spec, "fp16", "NHWC", "cpu")
+    tensors["x"] = tensors["x"].contiguous()
+    with pytest.raises(Unsupported, match="dense in NHWC order"):
+        triton_pointwise.build_strided_gather(spec, get_dtype("fp16"), "NHWC", tensors,
+                                              make_output(spec, tensors, "NHWC"))
 
 
 # ------------------------------------------------------------------------- TMA implicit GEMM (NHWC)

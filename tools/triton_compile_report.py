@@ -1,6 +1,6 @@
-"""Compile the conv backward kernels, the linear GEMMs (tiled, TMA, batch-1 GEMV), the TMA convolution and
-the 1x1 NCHW convolution's per-image GEMM for a GPU target without a GPU (and the lowered convolution's
-im2col copy), and report per tile config what
+"""Compile the conv backward kernels, the linear GEMMs (tiled, TMA, batch-1 GEMV), the TMA convolution,
+the 1x1 NCHW convolution's per-image GEMM and the strided 1x1 one's gathering GEMM for a GPU target
+without a GPU (and the lowered convolution's im2col copy), and report per tile config what
 the compiler made of them: registers, stack frame, local-memory instructions (register spills),
 shared memory, whether the main loop got Hopper's warpgroup MMA and async-copy or TMA pipelining,
 and whether the MMA reads its operands from shared memory or from registers.
@@ -158,18 +158,25 @@ def main() -> None:
         pointers = {"a_ptr": el, "x_ptr": el, "b_ptr": el, "y_ptr": el}
         for label, rows, reduction, bias, unit in (("forward", 64, 256, True, {"stride_ar": 1}),
                                                     ("data gradient", 256, 64, False, {"stride_am": 1})):
-            for cfg in pointwise_conv._nchw_tiles(mode, rows, reduction, 56 * 56):
+            for cfg in pointwise_conv._cut_tiles(pointwise_conv._NCHW_TILES[mode], rows, reduction, 56 * 56):
                 meta = dict(HAS_BIAS=bias, PRECISION=precision, **unit, **cfg.kwargs)
                 line = compile_report(pointwise_conv._nchw_pointwise_kernel, target, pointers, meta, cfg.num_warps,
                                       cfg.num_stages, {"R", "M", "HW", "stride_am", "stride_ar"})
                 print(f"pointwise NCHW per-image GEMM {label} {_tile(cfg)} stages={cfg.num_stages}: {line}")
         # The weight gradient: dy[n] @ x[n]^T summed over a slice of images, into fp32 partials.
-        for cfg in pointwise_conv._nchw_tiles(mode, 64, 56 * 56, 256):
+        for cfg in pointwise_conv._cut_tiles(pointwise_conv._NCHW_TILES[mode], 64, 56 * 56, 256):
             meta = dict(PARTIAL=True, PRECISION=precision, **cfg.kwargs)
             line = compile_report(pointwise_conv._nchw_pointwise_wgrad_kernel, target,
                                   {"dy_ptr": el, "x_ptr": el, "out_ptr": "*fp32"}, meta, cfg.num_warps, cfg.num_stages,
                                   {"K", "C", "HW"})
             print(f"pointwise NCHW per-image GEMM weight gradient {_tile(cfg)} stages={cfg.num_stages}: {line}")
+        # The strided NHWC one gathering its pixels, on ResNet-50's conv4_proj (512 -> 1024, stride 2).
+        for cfg in pointwise_conv._cut_tiles(pointwise_conv._GATHER_TILES[mode], 64 * 14 * 14, 512, 1024):
+            meta = dict(HAS_BIAS=False, PRECISION=precision, EVEN_C=True, GROUP_M=8, **cfg.kwargs)
+            line = compile_report(pointwise_conv._strided_pointwise_kernel, target,
+                                  {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}, meta, cfg.num_warps,
+                                  cfg.num_stages, {"K", "C"})
+            print(f"pointwise NHWC strided gather GEMM {_tile(cfg)} stages={cfg.num_stages}: {line}")
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:

@@ -8,10 +8,11 @@ cuDNN (which itself runs FFT or Winograd on the thesis's NCHW layers).  Depthwis
 (groups == in_channels) go to the direct kernel: one multiply-add per loaded element is no GEMM.
 A pointwise NHWC convolution (1x1, stride 1, no padding, one group) is a plain GEMM: the linear
 layer's GEMM on views of its tensors (pointwise_conv.py) is timed beside the implicit GEMM, a
-strided one (no padding) the same GEMM over a copy of the pixels on the stride's grid.  A
-pointwise NCHW one is one GEMM per image on the tensors as they are (the same module).  On
-Hopper an NHWC convolution of one group (strided ones where the stride divides the input's sides)
-is also built as an implicit GEMM fed by the tensor-memory accelerator (conv_tma.py).  An NHWC
+strided one (no padding) the same GEMM over a copy of the pixels on the stride's grid, or one
+GEMM that gathers those pixels as it loads them.  A pointwise NCHW one is one GEMM per image on
+the tensors as they are (the same module).  On Hopper an NHWC convolution of one group (strided
+ones where the stride divides the input's sides) is also built as an implicit GEMM fed by the
+tensor-memory accelerator (conv_tma.py).  An NHWC
 convolution whose input pixels are narrower than 16 bytes (RGB first layers) is also built as an
 explicit im2col followed by the linear layer's GEMM (lowered_conv.py, kernels/lowering.py), and
 on Hopper as its input unfolded along the width followed by the TMA convolution of an R x 1
@@ -79,7 +80,8 @@ from kernels.triton.depthwise_rows import build_depthwise_flat_rows, build_depth
 from kernels.triton.lowered_conv import build_lowered, build_unfolded
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
 from kernels.triton.layout import channels_last_copy
-from kernels.triton.pointwise_conv import build_nchw_pointwise, build_pointwise, build_strided_pointwise
+from kernels.triton.pointwise_conv import (build_nchw_pointwise, build_pointwise, build_strided_gather,
+                                            build_strided_pointwise)
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, MAX_GRID_Y, bind, check_conv_tensors,
                                     check_inputs, dense_layout, grouped_tile, interpreting, next_pow2,
                                     pixel_of, pixel_run, quick_bench, tile_config)
@@ -375,7 +377,7 @@ def _within_grid(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "per-axis stride, padding and dilation, one GEMM per group), for plain tf32 "
                       "convolutions an FFT convolution on the tensor cores instead where it times faster "
                       "at build, for 1x1 NHWC ones the linear layer's GEMM (strided ones after a copy of "
-                      "the pixels they read), for 1x1 NCHW ones a GEMM per image, on Hopper a TMA-fed "
+                      "the pixels they read, or as a GEMM gathering them), for 1x1 NCHW ones a GEMM per image, on Hopper a TMA-fed "
                       "implicit GEMM (NCHW inputs after a copy to channels_last), for inputs of few "
                       "channels an explicit im2col and the linear layer's GEMM, or on Hopper unfolded "
                       "along the width into a TMA convolution of an R x 1 filter; depthwise a direct kernel "
@@ -421,6 +423,8 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     else:
         first = ("fft", fft)
     others = [first, ("tma_implicit_gemm", tma)]
+    if strided_refusal(spec, layout) is None:
+        others.append(("strided_gather_gemm", on_gpu(lambda: build_strided_gather(spec, dtype, layout, tensors, out))))
     # The narrow-input paths only where they apply: no reason on every other point.
     if lowered_refusal(spec, dtype, layout) is None:
         others.append(("im2col_gemm", on_gpu(lambda: build_lowered(spec, dtype, layout, tensors, out))))

@@ -6,7 +6,8 @@ Hopper also the persistent TMA GEMM) and ``linear_backward.py``; nothing is copi
 bottleneck ends and MobileNetV2's expansions and projections are such layers.  A strided 1x1
 convolution without padding (ResNet-50's projections) reads only the pixels on the stride's grid:
 they are copied to a dense buffer inside the timed call (``_subsample_kernel``, whole channel rows,
-its tile timed at build) and the forward GEMM runs over them.
+its tile timed at build) and the forward GEMM runs over them; or, with no copy, one GEMM whose A
+tiles gather those pixels' channel rows straight from the input (``_strided_pointwise_kernel``).
 
 NCHW: one product per image, out[n] = W @ x[n] + b with x[n] the (C, H*W) matrix the image is
 in memory (``_nchw_pointwise_kernel``), and alike for the data gradient, dx[n] = W^T @ dy[n].  A
@@ -41,7 +42,7 @@ from kernels.pointwise_views import (forward_views, matrix, nchw_pointwise_refus
 from kernels.triton import linear, linear_backward
 from kernels.triton.grad_support import sum_slices
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, INT32_MAX, bind, check_conv_tensors, check_inputs,
-                                    interpreting, next_pow2, pixel_of)
+                                    grouped_tile, interpreting, next_pow2, pixel_of)
 
 # The subsampling copy's tiles (pixels x channels, warps), timed at build: its time is the
 # strided layer's overhead over the GEMM, and the best tile depends on the channel count (a
@@ -63,8 +64,52 @@ def _subsample_kernel(x_ptr, dst_ptr, pixels, P, Q, H, W, C, SH, SW,
     tl.store(dst_ptr + pix[:, None] * C + ch[None, :], row, mask=ok)
 
 
+# The gathering strided GEMM's tiles, per arithmetic mode: (pixels, output channels, channels a
+# step, warps, stages); sides wider than the layer's are cut to it (``_cut_tiles``).
+_GATHER_TILES = {
+    "mma16": ((128, 128, 64, 4, 4), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 64, 8, 3),
+              (64, 128, 64, 4, 4)),
+    "tf32": ((128, 128, 32, 8, 3), (128, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4)),
+    "fma32": ((64, 64, 16, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3)),
+}
+_INTERPRETER_GATHER = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
+
+
+@triton.jit
+def _strided_pointwise_kernel(x_ptr, w_ptr, b_ptr, y_ptr, PIXELS, K, C, P, Q, H, W, SH, SW,
+                              HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, EVEN_C: tl.constexpr,
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                              GROUP_M: tl.constexpr):
+    # y[pix, k] = sum_c x[n, p * SH, q * SW, c] * w[k, c] (+ b[k]), NHWC x and y, w (K, C): the
+    # A rows are the channel runs of the pixels on the stride's grid; int32 offsets (checked).
+    pid_m, pid_n = grouped_tile(tl.program_id(0), PIXELS, K, BLOCK_M, BLOCK_N, GROUP_M)
+    pix = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    pix_ok, k_ok = pix < PIXELS, rk < K
+    # Rows and columns past the edge read pixel 0 and channel row 0: loads need no mask, and
+    # what they feed is never stored.
+    n, p, q = pixel_of(tl.where(pix_ok, pix, 0), P, Q)
+    a_rows = x_ptr + (((n * H + p * SH) * W + q * SW) * C)[:, None]
+    b_cols = w_ptr + (tl.where(k_ok, rk, 0) * C)[None, :]
+    rc = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        c = c0 + rc
+        if EVEN_C:
+            a = tl.load(a_rows + c[None, :])
+            b = tl.load(b_cols + c[:, None])
+        else:
+            a = tl.load(a_rows + c[None, :], mask=(c < C)[None, :], other=0.0)
+            b = tl.load(b_cols + c[:, None], mask=(c < C)[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + pix[:, None] * K + rk[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=pix_ok[:, None] & k_ok[None, :])
+
+
 # The per-image NCHW product's tiles, per arithmetic mode: (output channels, pixels, channels
-# a step, warps, stages).  Sides wider than the layer's are cut to it (``_nchw_tiles``).
+# a step, warps, stages).  Sides wider than the layer's are cut to it (``_cut_tiles``).
 _NCHW_TILES = {
     "mma16": ((128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4), (128, 256, 64, 8, 3),
               (64, 256, 64, 8, 3), (128, 64, 64, 4, 4)),
@@ -103,10 +148,10 @@ def _nchw_pointwise_kernel(a_ptr, x_ptr, b_ptr, y_ptr, R, M, HW, stride_am, stri
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
 
 
-def _nchw_tiles(mode: str, rows: int, reduction: int, columns: int) -> list[triton.Config]:
-    """The mode's tiles, each side cut to the product's (a power of two, at least tl.dot's 16)."""
+def _cut_tiles(tiles: tuple[tuple[int, ...], ...], rows: int, reduction: int, columns: int) -> list[triton.Config]:
+    """``tiles``, each side cut to the product's (a power of two, at least tl.dot's 16)."""
     seen: dict[tuple[int, ...], None] = {}
-    for bm, bn, bk, warps, stages in _NCHW_TILES[mode]:
+    for bm, bn, bk, warps, stages in tiles:
         cut = (min(bm, max(16, next_pow2(rows))), min(bn, max(16, next_pow2(columns))),
                min(bk, max(16, next_pow2(reduction))))
         seen.setdefault((*cut, warps, stages))
@@ -134,7 +179,7 @@ def _per_image_gemm(spec: Conv2d, dtype: DType, a: torch.Tensor, a_strides: tupl
     def grid(config: dict) -> tuple[int]:
         return (n * triton.cdiv(rows, config["BLOCK_M"]) * triton.cdiv(hw, config["BLOCK_N"]),)
 
-    configs = _nchw_tiles(DOT_MODE[dtype.name], rows, reduction, hw)
+    configs = _cut_tiles(_NCHW_TILES[DOT_MODE[dtype.name]], rows, reduction, hw)
     meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name]}
     args = (a, x, bias if bias is not None else y, y, reduction, rows, hw, *a_strides)
     return bind(_nchw_pointwise_kernel, configs, grid, args, meta, _INTERPRETER_NCHW)
@@ -215,7 +260,7 @@ def build_nchw_pointwise_wgrad(spec: Conv2d, dtype: DType, layout: str, x: torch
     k, hw = spec.out_channels, h * w
     _check_image_fits_int32(max(c, k), hw)
     dw = weight_matrix(dweight, k, c, "dweight")
-    configs = _nchw_tiles(DOT_MODE[dtype.name], k, hw, c)
+    configs = _cut_tiles(_NCHW_TILES[DOT_MODE[dtype.name]], k, hw, c)
     if interpreting(_nchw_pointwise_wgrad_kernel):
         slices = min(n, 2)  # the partial path is checked too
     else:
@@ -277,6 +322,37 @@ def build_strided_pointwise(spec: Conv2d, dtype: DType, layout: str, tensors: Te
     gemm = build_pointwise(dense, dtype, layout, {**tensors, "x": pixels}, out)
     launch: Kernel = in_order(copy, gemm.launch)
     return Built(launch, dict(gemm.details))
+
+
+def build_strided_gather(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """A strided 1x1 NHWC convolution without padding as one GEMM whose A tiles gather the pixels on
+    the stride's grid from the input as it is (no copy)."""
+    reason = strided_refusal(spec, layout)
+    if reason:
+        raise Unsupported(reason)
+    check_inputs(_strided_pointwise_kernel, dtype, Conv2d.dtypes, tensors, out, uses_dot=True)
+    check_conv_tensors(spec, tensors, out)
+    x = tensors["x"]
+    if not (x.permute(0, 2, 3, 1).is_contiguous() and out.permute(0, 2, 3, 1).is_contiguous()):
+        raise Unsupported(f"the gathering GEMM needs x and out dense in NHWC order, got strides "
+                          f"{tuple(x.stride())} and {tuple(out.stride())}")
+    if max(x.numel(), out.numel()) > INT32_MAX:
+        raise Unsupported(f"the gathering GEMM indexes in int32; x holds {x.numel()} and out {out.numel()} values")
+    c, k = spec.in_channels, spec.out_channels
+    pixels = spec.batch * spec.out_height * spec.out_width
+    configs = [triton.Config({**cfg.kwargs, "GROUP_M": 8, "EVEN_C": c % cfg.kwargs["BLOCK_K"] == 0},
+                             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+               for cfg in _cut_tiles(_GATHER_TILES[DOT_MODE[dtype.name]], pixels, c, k)]
+
+    def grid(config: dict) -> tuple[int]:
+        return (triton.cdiv(pixels, config["BLOCK_M"]) * triton.cdiv(k, config["BLOCK_N"]),)
+
+    bias = tensors.get("bias")
+    meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name]}
+    args = (x, weight_matrix(tensors["weight"], k, c), bias if bias is not None else out, out, pixels, k, c,
+            spec.out_height, spec.out_width, spec.height, spec.width, spec.stride_h, spec.stride_w)
+    return bind(_strided_pointwise_kernel, configs, grid, args, meta,
+                {**_INTERPRETER_GATHER, "EVEN_C": c % _INTERPRETER_GATHER["BLOCK_K"] == 0})
 
 
 def build_pointwise_backward(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
