@@ -65,6 +65,7 @@ CONFIGS = {
               _config(128, 128, 64, 8, 4, stream_k=True), _config(128, 256, 64, 8, 3, stream_k=True)],
     "tf32": [_config(128, 128, 32, 8, 4), _config(128, 128, 32, 8, 3), _config(128, 128, 64, 8, 2),
              _config(128, 64, 32, 4, 5), _config(64, 128, 32, 4, 5), _config(128, 128, 32, 8, 4, subtile=True),
+             *[_config(bm, bn, 32, 8, 3, subtile=True) for bm, bn in ((128, 256), (256, 128))],
              _config(128, 128, 32, 8, 4, stream_k=True)],
 }
 # Under the interpreter: small tiles and few programs, so that each program walks several tiles.
