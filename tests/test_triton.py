@@ -579,23 +579,36 @@ def test_conv2d_tma_persistent_programs(spec: Conv2d, layout: str, monkeypatch: 
     assert result.ok, f"{spec}: {result.message}"
 
 
-# Planes smaller than a tile: the patch repeats over consecutive images (a ragged last block of
-# images included), both layouts, one tile a program and persistent programs.
+# Patches stacked over consecutive images where that covers the planes with less waste (a ragged
+# last block of images included), both layouts, one tile a program and persistent programs: 1 x 6
+# planes in 2 images of 1 x 8, and 6 x 6 planes in 4 images of 2 x 2 (NHWC; an NCHW output keeps
+# patches 8 wide).
 @pytest.mark.parametrize("per_sm", [0, 1])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_conv2d_tma_stacks_images_of_small_planes(layout: str, per_sm: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("spec, patches", [
+    (Conv2d(5, 16, 24, 1, 6, 1, 3, padding_w=1), {"NHWC": "2x1x8", "NCHW": "2x1x8"}),
+    (Conv2d(8, 16, 24, 6, 6, 3, 3, padding=1), {"NHWC": "4x2x2", "NCHW": "2x8"}),
+], ids=str)
+def test_conv2d_tma_stacks_images_of_small_planes(spec: Conv2d, patches: dict[str, str], layout: str, per_sm: int,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(triton_conv_tma, "INTERPRETER_CONFIG", {**triton_conv_tma.INTERPRETER_CONFIG, "PER_SM": per_sm})
-    spec = Conv2d(5, 16, 24, 1, 6, 1, 3, padding_w=1)  # 1 x 6 outputs: 16-pixel tiles of 2 images x 1 x 8
-    assert triton_conv_tma.patch_shape(spec, 16) == (2, 1, 8)
-    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 7, 7, 3, 3, padding=1), 128) == (2, 8, 8)
-    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 14, 14, 3, 3, padding=1), 128) == (1, 8, 16)
-    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 28, 28, 3, 3, padding=1), 128) == (1, 4, 32)  # 87.5 %
-    assert triton_conv_tma.patch_shape(Conv2d(1, 16, 16, 56, 56, 3, 3, padding=1), 64) == (1, 8, 8)  # 100 %
     tensors = make_tensors(spec, "fp16", layout, "cpu")
     built = conv_tma_only(spec, get_dtype("fp16"), layout, tensors, make_output(spec, tensors, layout))
-    assert built.details["patch"] == "2x1x8", built.details
+    assert built.details["patch"] == patches[layout], built.details
     result = check_implementation(conv_tma_only, spec, "fp16", layout, "cpu", seed=17)
     assert result.ok, f"{spec} {layout}: {result.message}"
+
+
+def test_conv2d_tma_patches_cover_the_planes_with_the_least_waste() -> None:
+    def patch(batch: int, side: int, block_m: int, layout: str = "NHWC") -> tuple[int, int, int]:
+        return triton_conv_tma.patch_shape(Conv2d(batch, 16, 16, side, side, 3, 3, padding=1), block_m, layout)
+
+    assert patch(64, 14, 128) == (32, 2, 2)  # 14 x 14 planes whole, where 8 x 16 patches kept 77 %
+    assert patch(64, 14, 128, "NCHW") == (4, 2, 16)  # 87.5 %, 16-pixel store runs
+    assert patch(64, 56, 128) == (2, 8, 8) and patch(64, 28, 128) == (8, 4, 4)  # 100 %, not 87.5 %
+    assert patch(64, 7, 128) == (16, 1, 8)  # 87.5 %, not 2 x 8 x 8 (77 %)
+    assert patch(64, 224, 128) == (1, 4, 32)  # wide planes: one image, the widest patch that divides them
+    assert patch(1, 14, 128) == (1, 8, 16)  # one image: nothing to stack
 
 
 # Inputs whose pixel rows the copy engine cannot take as they are, run on zero-padded rows: RGB

@@ -329,6 +329,7 @@ def skip_before_hopper() -> None:
 # a per-axis padded layer, strided ones.
 CONV_TMA = {"resnet-3x3-64": Conv2d(8, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
             "resnet-3x3-512-7x7": Conv2d(8, 512, 512, 7, 7, 3, 3, padding=1),
+            "vgg-3x3-512-14x14": Conv2d(32, 512, 512, 14, 14, 3, 3, padding=1),  # 2 x 2 patches of 32 images
             "L5-13x13": THESIS_CONV["L5"], "vgg-3x3-256": Conv2d(4, 256, 256, 56, 56, 3, 3, padding=1),
             "dilated-2": Conv2d(4, 256, 256, 28, 28, 3, 3, padding=2, dilation=2),
             "inception-1x7": Conv2d(4, 128, 192, 17, 17, 1, 7, padding_h=0, padding_w=3),
@@ -347,10 +348,12 @@ def test_conv2d_tma_is_timed_beside_the_implicit_gemm() -> None:
 
 # Each config alone (the build keeps one; the others must be right too, each with its own patch
 # shape and pipeline): a 56-wide plane of 64 channels, a stride-2 layer through the phase view, a
-# 7 x 7 plane with K not a multiple of the widest tiles.
+# 7 x 7 plane with K not a multiple of the widest tiles, 14 x 14 planes in patches stacked over
+# images (2 x 2 in 64-pixel tiles, 2 x 16 in the others).
 EACH_CONFIG_CONV = {"resnet-3x3-64": Conv2d(4, 64, 64, 56, 56, 3, 3, padding=1, bias=False),
                     "3x3-128/2": Conv2d(2, 128, 96, 56, 56, 3, 3, stride=2, padding=1),
-                    "3x3-7x7-320": Conv2d(8, 256, 320, 7, 7, 3, 3, padding=1)}
+                    "3x3-7x7-320": Conv2d(8, 256, 320, 7, 7, 3, 3, padding=1),
+                    "3x3-14x14-stacked": Conv2d(48, 64, 96, 14, 14, 3, 3, padding=1)}
 EACH_CONFIG_CASES = [(name, dtype, i) for name in EACH_CONFIG_CONV for dtype in ("tf32", "bf16")
                      for i in range(len(conv_tma.CONFIGS[DOT_MODE[dtype]]))]
 
@@ -378,7 +381,8 @@ def linear_tma_only(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor
 # Each TMA path alone: (its builder, the spec, the layout).
 TMA_CASES = {**{f"conv-{n}": (conv_tma.build_conv_tma, spec, "NHWC") for n, spec in CONV_TMA.items()},
              **{f"conv-nchw-{n}": (conv_tma.build_conv_tma, CONV_TMA[n], "NCHW")
-                for n in ("resnet-3x3-64", "resnet-3x3-512-7x7", "L5-13x13", "dilated-2", "resnet-3x3-128/2")},
+                for n in ("resnet-3x3-64", "resnet-3x3-512-7x7", "vgg-3x3-512-14x14", "L5-13x13", "dilated-2",
+                          "resnet-3x3-128/2")},
              **{f"linear-{n}": (linear_tma_only, spec, "NCHW") for n, spec in TMA_FC.items()}}
 
 

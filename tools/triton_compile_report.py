@@ -40,6 +40,7 @@ from layerbench.layers import Conv2d  # noqa: E402
 
 ELEMENT = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32", "tf32": "fp32"}
 DIVISIBLE = {"C", "K", "CPG", "KPG"}
+PATCH_PLANES = (224, 56, 28, 14, 13, 7)  # output sides whose TMA convolution patches the report compiles
 REPORT_SMS = 132  # the persistent configs' programs are compiled in: an H100's or H200's SM count
 LINEAR_DIVISIBLE = {"K", "N", "k_per_split", "stride_am", "stride_ak", "stride_bk", "stride_bn"}
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -180,7 +181,7 @@ def main() -> None:
 
 
 def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision: str) -> None:
-    """The TMA-fed convolution (3x3, padding 1, with bias) for each config and patch width, at
+    """The TMA-fed convolution (3x3, padding 1, with bias) for each config and patch shape, at
     stride 1 and 2 with NHWC and NCHW outputs, and on an RGB input padded to 16-byte pixel rows (the
     least channel block), with the padding copy."""
     element = el[1:]
@@ -191,12 +192,10 @@ def conv_tma_report(target: GPUTarget, dtype: str, el: str, mode: str, precision
     for stride, narrow, out in ((1, False, "NHWC"), (2, False, "NHWC"), (1, True, "NHWC"), (1, False, "NCHW"),
                                 (2, False, "NCHW")):
         for c in ct.CONFIGS.get(mode, []):
-            # 16- and 8-wide patches (planes of 14 x 14 and more, and of 8 x 8), and 7 x 7 planes,
-            # whose patch repeats over consecutive images
-            shapes = [(1, c["BLOCK_M"] // w, w) for w in ct.PATCH_WIDTHS]
-            small = ct.patch_shape(Conv2d(1, 64, 64, 7, 7, 3, 3, padding=1), c["BLOCK_M"])
-            if small[0] > 1:
-                shapes.append(small)
+            # The patches of the usual planes at batch 64 (one image of wide patches on 224 x 224,
+            # stacked images down to one-pixel patches on 13 x 13)
+            shapes = dict.fromkeys(ct.patch_shape(Conv2d(64, 64, 64, side, side, 3, 3, padding=1), c["BLOCK_M"], out)
+                                   for side in PATCH_PLANES)
             for bi, bh, bw in shapes:
                 bn, bk = c["BLOCK_N"], ct.MIN_BLOCK_K if narrow else c["BLOCK_K"]
                 descs = {"x_desc": f"tensordesc<{element}[{bi}, {bh}, 1, {bw}, {bk}]>",

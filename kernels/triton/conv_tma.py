@@ -1,15 +1,15 @@
 """A convolution as an implicit GEMM fed by Hopper's tensor-memory accelerator.
 
-A program owns a BH x BW patch of output pixels of one image, or of BI consecutive images where
-the plane is small (BLOCK_M = BI * BH * BW rows of the GEMM; ``patch_shape``), and BLOCK_N output
-channels.  For each filter tap (r, s) the input pixels that patch needs are again a BH x BW
-patch, shifted by (r * dilation - padding) rows and columns: one box of the input, which the
-copy engine fetches for a BLOCK_K run of channels, filling zeros where the box hangs over the
-image's edge (the padding, negative coordinates included) or past the last channel.  The weight,
-copied once at build to tap-major [R, S, K, C] (it stays between launches, as in inference),
-gives its (r, s) slice the same way, so the reduction over taps and channel blocks needs no index
-math, no masks and no gathers; an NHWC output patch goes out through a descriptor too, clipped at
-the edges.
+A program owns a BH x BW patch of output pixels of one image, or the same patch in BI consecutive
+images where that wastes less past the planes' edges (BLOCK_M = BI * BH * BW rows of the GEMM;
+``patch_shape``), and BLOCK_N output channels.  For each filter tap (r, s) the input pixels that
+patch needs are again a BH x BW patch, shifted by (r * dilation - padding) rows and columns: one
+box of the input, which the copy engine fetches for a BLOCK_K run of channels, filling zeros where
+the box hangs over the image's edge (the padding, negative coordinates included) or past the last
+channel.  The weight, copied once at build to tap-major [R, S, K, C] (it stays between launches,
+as in inference), gives its (r, s) slice the same way, so the reduction over taps and channel
+blocks needs no index math, no masks and no gathers; an NHWC output patch goes out through a
+descriptor too, clipped at the edges.
 
 Strides: with stride (SH, SW) the pixels a tap reads are every SH-th row and SW-th column, which
 is no box of [N, H, W, C].  They are a box of its phase view [N, H / SH, SH, W / SW, SW * C]:
@@ -35,8 +35,9 @@ of pixels.
 Where it applies: NHWC or NCHW, one group, any padding and dilation, fp16/bf16/tf32 (fp32 stays on
 the FMA units); NHWC outputs need rows of a multiple of 16 bytes, NCHW inputs no channel padding
 (RGB first layers run lowered).  ``conv2d.build`` times it beside the implicit GEMM and keeps the
-faster.  The patches waste the rows and columns past the image's edge (7 x 7 planes in 8 x 8
-patches: 77 % of the tile used), which the pointer-based implicit GEMM does not.
+faster.  The patches waste the rows and columns past the image's edge where no box of powers of two
+tiles the planes (7 x 7 planes at best in 1 x 8 patches: 87.5 % of the tile used), which the
+pointer-based implicit GEMM does not.
 
 Operand order: the tile is computed transposed, out^T [BLOCK_N, BLOCK_M] = W [BLOCK_N, BLOCK_K] x
 patch^T, so that the warpgroup MMA reads both operands from shared memory where the copy engine
@@ -82,7 +83,7 @@ CONFIGS = {
 INTERPRETER_CONFIG = _config(16, 16, 16, 4, 1)
 INTERPRETER_SMS = 3  # under the interpreter persistent programs walk several tiles each
 MIN_BLOCK_K = 16  # tl.dot's least reduction
-PATCH_WIDTHS = (8, 16, 32)  # patch widths a tile may take (see patch_shape)
+NCHW_PATCH_WIDTH = 8  # the narrowest patch of a tile stored through pointers (see patch_shape)
 PAD_PIXELS = 256  # pixels a program of the channel-padding copy moves
 
 
@@ -254,27 +255,32 @@ def _views(spec: Conv2d, layout: str, tensors: Tensors, out: torch.Tensor) -> di
     return views
 
 
-def patch_shape(spec: Conv2d, block_m: int) -> tuple[int, int, int]:
-    """(images, rows, columns) of a tile's BLOCK_M output pixels: of the widths in PATCH_WIDTHS,
-    the one whose patches cover the output plane with the least waste past its edges (on a tie
-    the narrowest that holds the output's width, else the widest of 8 and 16); rows up to the
-    output's height (a power of two), and the pixels left over as the same patch in the next
-    images, so that a 7 x 7 plane fills 128 pixels as two 8 x 8 patches instead of one 16 x 8 patch
-    half past its bottom edge, and a 28 x 28 plane takes 4 x 32 patches (87.5 % on the plane)
-    instead of 8 x 16 ones (77 %)."""
-    p, q = spec.out_height, spec.out_width
+def patch_shape(spec: Conv2d, block_m: int, layout: str) -> tuple[int, int, int]:
+    """(images, rows, columns) of a tile's BLOCK_M output pixels, each a power of two: the box that
+    covers the batch's output planes with the least work past their edges, counted over images,
+    rows and columns alike (the MMA computes every pixel of the box).  A 14 x 14 plane is 32
+    images of 2 x 2 patches (all of the work on the planes) rather than 8 x 16 patches (77 %), a 56
+    x 56 plane two images of 8 x 8 rather than 16 x 8 patches (87.5 %).  On a tie the widest patch
+    (longer runs of pixels), then the tallest (fewer images a tile).  An NCHW output is stored
+    through pointers, a run of BW pixels a patch row, so its patches are at least 8 wide (16-byte
+    runs in 16-bit), whatever they waste."""
+    least = min(NCHW_PATCH_WIDTH, block_m) if layout == "NCHW" else 1
 
-    def shape(bw: int) -> tuple[int, int, int]:
-        bh = min(block_m // bw, next_pow2(p))
-        return block_m // (bw * bh), bh, bw
+    def share(size: int, block: int) -> float:
+        return size / (triton.cdiv(size, block) * block)
 
-    def on_plane(s: tuple[int, int, int]) -> float:
-        _, bh, bw = s
-        return q / (triton.cdiv(q, bw) * bw) * p / (triton.cdiv(p, bh) * bh)
+    shapes = []
+    for bw in _powers_of_two(least, max(least, min(block_m, next_pow2(spec.out_width)))):
+        for bh in _powers_of_two(1, min(block_m // bw, next_pow2(spec.out_height))):
+            bi = block_m // (bw * bh)
+            covered = share(spec.batch, bi) * share(spec.out_height, bh) * share(spec.out_width, bw)
+            shapes.append(((covered, bw, bh), (bi, bh, bw)))
+    return max(shapes)[1]
 
-    usual = next((w for w in PATCH_WIDTHS[:2] if q <= w), PATCH_WIDTHS[1])
-    shapes = [shape(bw) for bw in PATCH_WIDTHS if bw <= block_m]
-    return max(shapes, key=lambda s: (on_plane(s), s[2] == usual))
+
+def _powers_of_two(low: int, high: int) -> list[int]:
+    """The powers of two from ``low`` to ``high`` (both powers of two), ascending."""
+    return [1 << e for e in range(low.bit_length() - 1, high.bit_length())]
 
 
 def _launch(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
@@ -282,7 +288,7 @@ def _launch(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torc
     """The kernel's launch with ``config`` (its patch shape from the output's width)."""
     views = _views(spec, layout, tensors, out)
     bias = tensors.get("bias")
-    bi, bh, bw = patch_shape(spec, config["BLOCK_M"])
+    bi, bh, bw = patch_shape(spec, config["BLOCK_M"], layout)
     bn = config["BLOCK_N"]
     bk = channel_block(spec, config["BLOCK_K"])
     y = TensorDescriptor.from_tensor(views["out"], [bi, bh, bw, bn]) if "out" in views else out
