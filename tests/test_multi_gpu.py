@@ -120,6 +120,17 @@ def test_pinned_child_sees_its_gpu_before_anything_imports() -> None:
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == before
 
 
+def test_spawned_child_never_sees_the_terminals_ctrl_c() -> None:
+    """A child spawned in ``child_environment`` starts with Ctrl-C blocked (the parent stops it),
+    even before its first import; ours is unblocked after."""
+    with child_environment(None):
+        out = subprocess.run([sys.executable, "-c", "import signal; print(signal.SIGINT in "
+                              "signal.pthread_sigmask(signal.SIG_BLOCK, []))"],
+                             capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 # ------------------------------------------------------------------------ the pool
 
 

@@ -579,10 +579,11 @@ def test_conv2d_strided_gather_every_tile(monkeypatch: pytest.MonkeyPatch) -> No
     """Each tile of the gathering GEMM forced in turn (the build keeps one per shape), on ragged
     pixels and 40 channels (off every channel step: the masked loop)."""
     spec = STRIDED_POINTWISE["ragged-2x3"]
+    tiles = dict(pointwise_conv._GATHER_TILES)
     for dtype in ("bf16", "tf32", "fp32"):
         mode = DOT_MODE[dtype]
-        for tile in pointwise_conv._GATHER_TILES[mode]:
-            monkeypatch.setattr(pointwise_conv, "_GATHER_TILES", {mode: (tile,)})
+        for tile in tiles[mode]:
+            monkeypatch.setattr(pointwise_conv, "_GATHER_TILES", {**tiles, mode: (tile,)})
             result = check_implementation(pointwise_conv.build_strided_gather, spec, dtype, "NHWC", "cuda",
                                           seed=seed_of("ragged-2x3"))
             assert result.ok, f"{tile} {dtype}: {result.message}"

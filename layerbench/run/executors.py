@@ -98,16 +98,20 @@ _ENV_LOCK = threading.Lock()
 @contextmanager
 def child_environment(env: dict[str, str] | None) -> Iterator[None]:
     """``env`` set in this process's environment while a child is spawned, then restored: a spawned
-    child starts with it, so ``CUDA_VISIBLE_DEVICES`` pins it before it imports torch."""
-    if not env:
-        yield
-        return
+    child starts with it, so ``CUDA_VISIBLE_DEVICES`` pins it before it imports torch.  Ctrl-C is
+    blocked meanwhile, and the child keeps it blocked through its exec: the parent handles Ctrl-C
+    (it stops its children and keeps what was recorded), and a child still importing would
+    otherwise die of it with a traceback.  A Ctrl-C pressed meanwhile reaches the parent once
+    unblocked."""
+    env = env or {}
     with _ENV_LOCK:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             yield
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
