@@ -27,6 +27,7 @@ from kernels.triton import linear_tma as triton_linear_tma
 from kernels import lowering
 from kernels.triton import lowered_conv as triton_lowered
 from kernels.triton import pointwise_conv as triton_pointwise
+from kernels.triton import pool2d as triton_pool2d
 from kernels.triton import relu as triton_relu
 from kernels.triton import support as triton_support
 from kernels.triton.copy import COPY_BLOCK, copy_launcher
@@ -916,6 +917,51 @@ def test_relu_matches_torch_on_nan_inf_and_zero(inplace: bool, dtype: str) -> No
     out = make_output(spec, tensors)
     get("relu", "triton").build(spec, get_dtype(dtype), "NCHW", tensors, out)()
     torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
+# NCHW 16-bit window rows read a value at a time or as aligned word pairs, each forced: odd widths
+# (rows of both parities), a padded first row (word -1), windows ending on the last word, stride 1.
+PAIRED_POOLS = [Pool2d(2, 3, 13, 13, 3, 2), Pool2d(1, 2, 7, 9, 3, 2, padding=1), Pool2d(2, 1, 5, 7, 2, 2),
+                Pool2d(1, 2, 5, 5, 3, 1, padding=1, method="avg")]
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("spec", PAIRED_POOLS, ids=str)
+def test_pool2d_nchw_16bit_row_reads(spec: Pool2d, dtype: str, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert triton_pool2d.pairs_refusal(spec, make_tensors(spec, dtype, "NCHW", "cpu")["x"]) is None
+    monkeypatch.setattr(triton_pool2d, "PAIRED_READS", (pairs,))
+    check("pool2d", spec, dtype, "NCHW", seed=zlib.crc32(str(spec).encode()))
+
+
+def test_pool2d_word_pairs_refusals() -> None:
+    spec = Pool2d(1, 3, 5, 5, 3, 2)  # 75 values: the last word would hang past the tensor
+    assert "even number" in triton_pool2d.pairs_refusal(spec, make_tensors(spec, "bf16", "NCHW", "cpu")["x"])
+    x = torch.zeros(101, dtype=torch.bfloat16)[1:].view(1, 4, 5, 5)  # 2 bytes past a 4-byte boundary
+    assert "4-byte boundary" in triton_pool2d.pairs_refusal(Pool2d(1, 4, 5, 5, 3, 2), x)
+    assert "16-bit" in triton_pool2d.pairs_refusal(Pool2d(1, 4, 4, 4, 3, 2), torch.zeros(1, 4, 4, 4))
+    assert "not 4" in triton_pool2d.pairs_refusal(Pool2d(1, 4, 8, 8, 4, 2), torch.zeros(1, 4, 8, 8).bfloat16())
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_max_pool_keeps_special_values_of_16_bit_rows(dtype: str, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN, -inf and -0 at both halves of a word come out of the window max exactly as torch's."""
+    monkeypatch.setattr(triton_pool2d, "PAIRED_READS", (pairs,))
+    spec = Pool2d(1, 2, 7, 7, 3, 2, method="max")
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu", torch.Generator().manual_seed(5))
+    x = tensors["x"]
+    x[0, 0, 0, 3], x[0, 0, 0, 4] = float("nan"), float("nan")  # an odd and an even element of row 0
+    x[0, 1] = -float("inf")
+    x[0, 1, 2, 2:5] = -0.0
+    x[0, 1, 6, 6] = 1.0
+    out = make_output(spec, tensors)
+    get("pool2d", "triton").build(spec, get_dtype(dtype), "NCHW", tensors, out)()
+    expected = F.max_pool2d(x.float(), 3, 2).to(x.dtype)
+    assert expected.isnan().any() and (expected == -float("inf")).any()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    numbers = ~expected.isnan()  # a NaN's sign says nothing
+    assert torch.equal(out.signbit()[numbers], expected.signbit()[numbers])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import conv_tma, depthwise, depthwise_rows, fft_conv, gemv, linear_tma, lowered_conv, pointwise_conv
+from kernels.triton import (conv_tma, depthwise, depthwise_rows, fft_conv, gemv, linear_tma, lowered_conv, pointwise_conv,
+                            pool2d)
 from kernels.triton.support import DOT_MODE
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
@@ -284,6 +285,18 @@ def test_pool2d_alexnet(fmap: str, window: str, dtype: str, layout: str) -> None
     kernel, method = POOL_WINDOWS[window]
     spec = Pool2d(32, channels, size, size, kernel, 2, method=method)
     check("pool2d", spec, dtype, layout, seed_of(fmap + window))
+
+
+# Each NCHW 16-bit row read forced (the build times both and keeps the faster): one value a load,
+# or aligned word pairs, on AlexNet's odd maps.
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("window", POOL_WINDOWS)
+@pytest.mark.parametrize("fmap", ["55x55x64", "27x27x192"])
+def test_pool2d_nchw_16bit_row_reads(fmap: str, window: str, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool2d, "PAIRED_READS", (pairs,))
+    channels, size = ALEXNET_MAPS[fmap]
+    kernel, method = POOL_WINDOWS[window]
+    check("pool2d", Pool2d(32, channels, size, size, kernel, 2, method=method), "bf16", "NCHW", seed_of(fmap + window))
 
 
 @pytest.mark.parametrize("layout", Pool2d.layouts)

@@ -8,7 +8,11 @@ in memory, which keeps loads and stores coalesced:
   or 4 (fp32).
 * NCHW: a tile is a run of consecutive outputs in their flat (n, c, p, q) order, so stores are
   contiguous and no lane idles past the end of a narrow output row (AlexNet's are 27, 13 and 6
-  wide); the window taps of neighbouring outputs share cache lines.
+  wide); the window taps of neighbouring outputs share cache lines.  A window row of 16-bit values
+  read one value at a time moves 2 bytes a load at a stride (AlexNet's rows are odd, so no wider
+  load is aligned): for 2- and 3-wide windows the PAIRS configs read each window row as the two
+  aligned 32-bit words that hold it, whatever its parity, and take its values from their halves
+  (2 loads a row instead of 3), timed beside the others.
 
 Window taps are unrolled (the window size is a compile-time constant).  Max compares in fp32,
 which is exact for fp16/bf16/fp32 inputs, treats padding as -inf and propagates NaN like torch;
@@ -42,11 +46,10 @@ _NHWC_CONFIGS = [triton.Config({"TILE": 256}, num_warps=4),
                  triton.Config({"TILE": 4096}, num_warps=8)]
 # NCHW: one or two outputs a thread, in flat output order (2-D tiles of rows x columns leave
 # lanes idle past Q); 1024 outputs a program and more run slower (notes/perf.md).
-_NCHW_CONFIGS = [triton.Config({"TILE": 128}, num_warps=4),
-                 triton.Config({"TILE": 256}, num_warps=4),
-                 triton.Config({"TILE": 256}, num_warps=8),
-                 triton.Config({"TILE": 512}, num_warps=8)]
+_NCHW_TILES = ((128, 4), (256, 4), (256, 8), (512, 8))  # (outputs, warps)
 _INTERPRETER_CONFIG = {"TILE": 256}
+PAIR_WINDOWS = (2, 3)  # window widths whose rows two aligned 32-bit words always hold
+PAIRED_READS = (False, True)  # NCHW row reads timed where word pairs apply (the interpreter runs the last)
 
 # Widest channel run of an NHWC tile.
 MAX_INNER = 128
@@ -96,9 +99,21 @@ def _pool_nhwc_kernel(x_ptr, y_ptr, ROWS, C, H, W, P, Q, stride, pad,
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & c_ok[None, :])
 
 
-@triton.jit(do_not_specialize=["TOTAL", "H", "W", "P", "Q", "stride", "pad"])
-def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, H, W, P, Q, stride, pad,
-                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, TILE: tl.constexpr):
+@triton.jit
+def _half(w0, w1, k: tl.constexpr):
+    """The bits of value k (0-3) of the little-endian word pair (w0, w1), as int16."""
+    if k >= 2:
+        w = w1
+    else:
+        w = w0
+    if k % 2 == 1:
+        w = w >> 16
+    return w.to(tl.int16)
+
+
+@triton.jit(do_not_specialize=["TOTAL", "WORDS", "H", "W", "P", "Q", "stride", "pad"])
+def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, stride, pad,
+                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, TILE: tl.constexpr, PAIRS: tl.constexpr):
     o = tl.program_id(0) * TILE + tl.arange(0, TILE)  # flat (n, c, p, q): the output's own order
     o_ok = o < TOTAL
     oc = tl.where(o_ok, o, 0)
@@ -113,13 +128,27 @@ def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, H, W, P, Q, stride, pad,
     else:
         fill = 0.0
     acc = tl.full((TILE,), fill, tl.float32)
+    words = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)  # PAIRS: x 4-byte aligned, of WORDS words
     for i in tl.static_range(KSIZE):
         ih = ih0 + i
         h_ok = o_ok & (ih >= 0) & (ih < H)
+        if PAIRS:
+            # The window row starts at element e: words e // 2 and e // 2 + 1 hold its values at
+            # halves (e % 2) + j (the word past a row's end belongs to the next: masked below).
+            e = (plane * H + ih) * W + iw0
+            first = e >> 1  # floor, also for the -1 of a padded first row
+            odd = (e & 1) == 1
+            w0 = tl.load(words + first, mask=h_ok & (first >= 0) & (first < WORDS), other=0)
+            w1 = tl.load(words + first + 1, mask=h_ok & (first >= -1) & (first + 1 < WORDS), other=0)
         row = x_ptr + (plane * H + ih) * W
         for j in tl.static_range(KSIZE):
             iw = iw0 + j
-            v = tl.load(row + iw, mask=h_ok & (iw >= 0) & (iw < W), other=fill).to(tl.float32)
+            ok = h_ok & (iw >= 0) & (iw < W)
+            if PAIRS:
+                bits = tl.where(odd, _half(w0, w1, j + 1), _half(w0, w1, j))
+                v = tl.where(ok, bits.to(x_ptr.dtype.element_ty, bitcast=True).to(tl.float32), fill)
+            else:
+                v = tl.load(row + iw, mask=ok, other=fill).to(tl.float32)
             acc = _window_update(acc, v, IS_MAX)
     if not IS_MAX:
         acc = acc / (KSIZE * KSIZE)
@@ -156,5 +185,20 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     def flat_grid(config: dict) -> tuple[int, ...]:
         return (triton.cdiv(out.numel(), config["TILE"]),)
 
-    args = (x, out, out.numel(), h, w, p, q, spec.stride, spec.padding)
-    return bind(_pool_nchw_kernel, _NCHW_CONFIGS, flat_grid, args, meta, _INTERPRETER_CONFIG)
+    reads = PAIRED_READS if pairs_refusal(spec, x) is None else (False,)
+    configs = [triton.Config({"TILE": tile, "PAIRS": pairs}, num_warps=warps)
+               for pairs in reads for tile, warps in _NCHW_TILES]
+    args = (x, out, out.numel(), x.numel() // 2, h, w, p, q, spec.stride, spec.padding)
+    return bind(_pool_nchw_kernel, configs, flat_grid, args, meta, {**_INTERPRETER_CONFIG, "PAIRS": reads[-1]})
+
+
+def pairs_refusal(spec: Pool2d, x: torch.Tensor) -> str | None:
+    """Why the NCHW kernel cannot read this input's window rows as aligned 32-bit word pairs (None
+    where it can)."""
+    if x.element_size() != 2:
+        return f"word pairs hold 16-bit values, not {x.dtype}"
+    if spec.kernel not in PAIR_WINDOWS:
+        return f"two words hold a window row of {' or '.join(map(str, PAIR_WINDOWS))} values, not {spec.kernel}"
+    if x.data_ptr() % 4 or x.numel() % 2:
+        return "the input must start on a 4-byte boundary and end on one (an even number of values)"
+    return None
