@@ -285,7 +285,7 @@ def _powers_of_two(low: int, high: int) -> list[int]:
 
 def _launch(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
             config: dict[str, Any]) -> Launch:
-    """The kernel's launch with ``config`` (its patch shape from the output's width)."""
+    """The kernel's launch with ``config`` (its patch shape from the batch's output planes)."""
     views = _views(spec, layout, tensors, out)
     bias = tensors.get("bias")
     bi, bh, bw = patch_shape(spec, config["BLOCK_M"], layout)
