@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -91,8 +92,10 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(tmp_path: Path, fake
     impls = ["fake_ok", "fake_interrupt", "fake_wrong"]
     s = _sweep(tmp_path, impls)
     runner_fakes.CALLS["interrupt_after"] = 3  # Ctrl-C in the 4th build of fake_interrupt
+    said = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(s, _opts(tmp_path))
+        run_sweep(s, _opts(tmp_path), console=Console(file=said, width=200))
+    assert re.search(r"stopped at .* fake_interrupt \(build, \d+ s in\)", said.getvalue()), said.getvalue()
     log = tmp_path / "run" / results.RESULTS_FILE
     before = results.read_records(log)
     assert 0 < len(before) < 3 * 2 * len(impls)

@@ -307,7 +307,8 @@ class GroupWriter:
         self.log, self.on_message, self.advance, self.say = log, on_message, advance, say
         self.remaining: list[str] = []
         self.pending: dict[str, Record] = {}  # timed, energy not yet measured
-        self.phase: dict[str, Any] = {}
+        self.phase: dict[str, Any] = {}  # what runs now: {"impl", "phase"}, since phase_started
+        self.phase_started = time.monotonic()
         # Several workers at once (a Scheduler): one lock for the log, and where a record ran.
         self.lock: Any = contextlib.nullcontext()
         self.stamp: Callable[[Record], None] | None = None
@@ -338,9 +339,18 @@ class GroupWriter:
             self.pending[payload.impl] = payload
         elif kind == "phase":
             self.phase = dict(payload)
+            self.phase_started = time.monotonic()
         else:
             with self.lock:
                 self.on_message(kind, payload)
+
+    def doing(self) -> str:
+        """The point, and the implementation and phase running for how long."""
+        title = point_title(self.point)
+        if not self.phase:
+            return f"{title} (preparing its inputs)"
+        seconds = time.monotonic() - self.phase_started
+        return f"{title} {self.phase['impl']} ({self.phase['phase']}, {seconds:.0f} s in)"
 
     def record_errors(self, names: list[str], message: str) -> None:
         for name in names:
@@ -351,8 +361,12 @@ class GroupWriter:
     def run(self, executor: Executor, impls: list[str]) -> None:
         self.remaining = list(impls)
         while self.remaining:
-            self.phase, self.pending = {}, {}
-            outcome: Outcome = executor.run(self.point, list(self.remaining), self.handle)
+            self.phase, self.pending, self.phase_started = {}, {}, time.monotonic()
+            try:
+                outcome: Outcome = executor.run(self.point, list(self.remaining), self.handle)
+            except KeyboardInterrupt:  # say where it stopped: a long build or search shows here
+                self.say(f"stopped at {self.doing()}")
+                raise
             if outcome.kind == "done":
                 if self.remaining:  # the worker returned without a record for these: a harness bug
                     self.record_errors(list(self.remaining), "no result was recorded for this implementation")
