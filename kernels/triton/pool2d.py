@@ -128,7 +128,7 @@ def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, stride, pad,
     else:
         fill = 0.0
     acc = tl.full((TILE,), fill, tl.float32)
-    words = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)  # PAIRS: x 4-byte aligned, of WORDS words
+    words = x_ptr.to(tl.pointer_type(tl.int32))  # PAIRS: x 4-byte aligned, of WORDS words
     for i in tl.static_range(KSIZE):
         ih = ih0 + i
         h_ok = o_ok & (ih >= 0) & (ih < H)
