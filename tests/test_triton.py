@@ -934,6 +934,20 @@ def test_pool2d_nchw_16bit_row_reads(spec: Pool2d, dtype: str, pairs: bool, monk
     check("pool2d", spec, dtype, "NCHW", seed=zlib.crc32(str(spec).encode()))
 
 
+# NHWC channel runs, each forced: 96 channels as one run of 128 (32 lanes idle past them) or three
+# of 32; the chooser's runs for other counts.
+@pytest.mark.parametrize("run", [128, 32])
+@pytest.mark.parametrize("method", ["max", "avg"])
+def test_pool2d_nhwc_channel_runs(run: int, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert triton_pool2d.channel_blocks(96) == (128, 32)
+    assert triton_pool2d.channel_blocks(192) == (128, 64) and triton_pool2d.channel_blocks(256) == (128,)
+    assert triton_pool2d.channel_blocks(64) == (64,) and triton_pool2d.channel_blocks(12) == (16,)
+    monkeypatch.setattr(triton_pool2d, "channel_blocks", lambda channels: (run,))
+    spec = Pool2d(1, 96, 7, 9, 3, 2, padding=1, method=method)
+    for dtype in ("fp16", "fp32"):
+        check("pool2d", spec, dtype, "NHWC", seed=run)
+
+
 def test_pool2d_word_pairs_refusals() -> None:
     spec = Pool2d(1, 3, 5, 5, 3, 2)  # 75 values: the last word would hang past the tensor
     assert "even number" in triton_pool2d.pairs_refusal(spec, make_tensors(spec, "bf16", "NCHW", "cpu")["x"])

@@ -299,6 +299,15 @@ def test_pool2d_nchw_16bit_row_reads(fmap: str, window: str, pairs: bool, monkey
     check("pool2d", Pool2d(32, channels, size, size, kernel, 2, method=method), "bf16", "NCHW", seed_of(fmap + window))
 
 
+# Each NHWC channel run forced (the build times both where C is no power of two): 192 channels
+# as runs of 128 (the second half idle) or of 64.
+@pytest.mark.parametrize("run", [128, 64])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_pool2d_nhwc_channel_runs(dtype: str, run: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool2d, "channel_blocks", lambda channels: (run,))
+    check("pool2d", Pool2d(32, 192, 27, 27, 3, 2), dtype, "NHWC", seed_of(f"runs{run}"))
+
+
 @pytest.mark.parametrize("layout", Pool2d.layouts)
 @pytest.mark.parametrize("dtype", Pool2d.dtypes)
 @pytest.mark.parametrize("method", ["max", "avg"])

@@ -5,7 +5,7 @@ in memory, which keeps loads and stores coalesced:
 
 * NHWC: a tile is (output pixels) x (channels); every window tap loads a contiguous run of
   channels, which the compiler turns into 16-byte vector loads when C is a multiple of 8 (fp16)
-  or 4 (fp32).
+  or 4 (fp32).  The run is the power of two covering C, or one dividing C (``channel_blocks``).
 * NCHW: a tile is a run of consecutive outputs in their flat (n, c, p, q) order, so stores are
   contiguous and no lane idles past the end of a narrow output row (AlexNet's are 27, 13 and 6
   wide); the window taps of neighbouring outputs share cache lines.  A window row of 16-bit values
@@ -172,15 +172,16 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     p, q = spec.out_height, spec.out_width
     meta = {"KSIZE": spec.kernel, "IS_MAX": spec.method == "max"}
     if x_nhwc:
-        inner = min(next_pow2(c), MAX_INNER)
         rows = n * p * q
-        meta["BLOCK_C"] = inner
+        blocks = channel_blocks(c)
+        configs = [triton.Config({**cfg.kwargs, "BLOCK_C": inner}, num_warps=cfg.num_warps)
+                   for inner in blocks for cfg in _NHWC_CONFIGS]
 
         def grid(config: dict) -> tuple[int, ...]:
-            return (triton.cdiv(rows, config["TILE"] // inner), triton.cdiv(c, inner))
+            return (triton.cdiv(rows, config["TILE"] // config["BLOCK_C"]), triton.cdiv(c, config["BLOCK_C"]))
 
         args = (x, out, rows, c, h, w, p, q, spec.stride, spec.padding)
-        return bind(_pool_nhwc_kernel, _NHWC_CONFIGS, grid, args, meta, _INTERPRETER_CONFIG)
+        return bind(_pool_nhwc_kernel, configs, grid, args, meta, {**_INTERPRETER_CONFIG, "BLOCK_C": blocks[-1]})
 
     def flat_grid(config: dict) -> tuple[int, ...]:
         return (triton.cdiv(out.numel(), config["TILE"]),)
@@ -190,6 +191,16 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
                for pairs in reads for tile, warps in _NCHW_TILES]
     args = (x, out, out.numel(), x.numel() // 2, h, w, p, q, spec.stride, spec.padding)
     return bind(_pool_nchw_kernel, configs, flat_grid, args, meta, {**_INTERPRETER_CONFIG, "PAIRS": reads[-1]})
+
+
+def channel_blocks(channels: int) -> tuple[int, ...]:
+    """The channel runs of an NHWC tile to time: the power of two that covers the channels (up to
+    MAX_INNER), and where they are no power of two, the widest power of two that divides them (8 or
+    more), whose tiles leave no lane idle past the last channel: 192 channels as three runs of 64
+    rather than 128 and 64 of 128.  The interpreter runs the last."""
+    cover = min(next_pow2(channels), MAX_INNER)
+    divides = min(channels & -channels, MAX_INNER)
+    return (cover,) if divides == cover or divides < 8 else (cover, divides)
 
 
 def pairs_refusal(spec: Pool2d, x: torch.Tensor) -> str | None:
