@@ -604,7 +604,7 @@ def test_conv2d_tma_patches_cover_the_planes_with_the_least_waste() -> None:
     def patch(batch: int, side: int, block_m: int, layout: str = "NHWC") -> tuple[int, int, int]:
         return triton_conv_tma.patch_shape(Conv2d(batch, 16, 16, side, side, 3, 3, padding=1), block_m, layout)
 
-    assert patch(64, 14, 128) == (32, 2, 2)  # 14 x 14 planes whole, where 8 x 16 patches kept 77 %
+    assert patch(64, 14, 128) == (32, 2, 2)  # 14 x 14 planes whole (8 x 16 patches would keep 77 %)
     assert patch(64, 14, 128, "NCHW") == (4, 2, 16)  # 87.5 %, 16-pixel store runs
     assert patch(64, 56, 128) == (2, 8, 8) and patch(64, 28, 128) == (8, 4, 4)  # 100 %, not 87.5 %
     assert patch(64, 7, 128) == (16, 1, 8)  # 87.5 %, not 2 x 8 x 8 (77 %)
