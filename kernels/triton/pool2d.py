@@ -128,13 +128,13 @@ def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, stride, pad,
     else:
         fill = 0.0
     acc = tl.full((TILE,), fill, tl.float32)
-    words = x_ptr.to(tl.pointer_type(tl.int32))  # PAIRS: x 4-byte aligned, of WORDS words
     for i in tl.static_range(KSIZE):
         ih = ih0 + i
         h_ok = o_ok & (ih >= 0) & (ih < H)
         if PAIRS:
             # The window row starts at element e: words e // 2 and e // 2 + 1 hold its values at
             # halves (e % 2) + j (the word past a row's end belongs to the next: masked below).
+            words = x_ptr.to(tl.pointer_type(tl.int32))  # x is 4-byte aligned, of WORDS words
             e = (plane * H + ih) * W + iw0
             first = e >> 1  # floor, also for the -1 of a padded first row
             odd = (e & 1) == 1
