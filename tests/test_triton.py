@@ -901,6 +901,26 @@ def test_linear_block_k_divides_the_even_k_quantum() -> None:
             assert triton_linear.EVEN_K_QUANTUM % cfg.kwargs["BLOCK_K"] == 0, cfg
 
 
+def test_linear_one_step_tiles_only_where_the_reduction_is_one_step() -> None:
+    """Reductions of one k-step get tiles of that step with at most two stages, beside the
+    general configs; longer ones get the general configs alone."""
+    for mode, general in triton_linear._CONFIGS.items():
+        assert triton_linear._configs(mode, triton_linear.ONE_STEP_MAX_K + 1) == general
+        for k, step in ((8, 16), (24, 32), (64, 64)):
+            extra = triton_linear._configs(mode, k)[len(general):]
+            assert len(extra) == len(triton_linear._ONE_STEP_TILES)
+            assert {c.kwargs["BLOCK_K"] for c in extra} == {step}
+            assert max(c.num_stages for c in extra) <= 2
+
+
+def test_pointwise_tiles_keep_one_stage_where_one_step_spans_the_reduction() -> None:
+    tiles = ((128, 128, 64, 8, 3), (64, 64, 32, 4, 4))
+    one_step = triton_pointwise._cut_tiles(tiles, 144, 24, 3136)
+    assert [(c.kwargs["BLOCK_K"], c.num_stages) for c in one_step] == [(32, 1), (32, 1)]
+    several = triton_pointwise._cut_tiles(tiles, 144, 96, 3136)
+    assert [(c.kwargs["BLOCK_K"], c.num_stages) for c in several] == [(64, 3), (32, 4)]
+
+
 # ------------------------------------------------------------------------- special values
 
 SPECIAL = [float("nan"), float("-inf"), float("inf"), -0.0, 0.0, -1.5, 2.5, float("nan")]

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import (conv_tma, depthwise, depthwise_rows, fft_conv, gemv, linear_tma, lowered_conv, pointwise_conv,
-                            pool2d)
+from kernels.triton import (conv_tma, depthwise, depthwise_rows, fft_conv, gemv, linear, linear_tma, lowered_conv,
+                            pointwise_conv, pool2d)
 from kernels.triton.support import DOT_MODE
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
@@ -432,6 +432,24 @@ def test_linear_tma_every_config(dtype: str, index: int, monkeypatch: pytest.Mon
     assert result.ok, f"{config} {dtype}: {result.message}"
 
 
+def one_step_tiled(spec: Linear, dtype, layout: str, tensors, out: torch.Tensor):
+    return linear._plan(spec, dtype, tensors["x"], tensors["weight"], tensors.get("bias"), out, 1,
+                        linear.EVEN_K_QUANTUM)
+
+
+@pytest.mark.parametrize("dtype, index", [(dtype, i) for dtype in ("fp32", "tf32", "bf16")
+                                          for i in range(len(linear._ONE_STEP_TILES))])
+def test_linear_one_step_every_tile(dtype: str, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each one-step tile of the tiled GEMM forced alone, on reductions shorter than its step (24)
+    and as long (64), with rows and columns ragged against it."""
+    tile = linear._ONE_STEP_TILES[index]
+    monkeypatch.setitem(linear._CONFIGS, DOT_MODE[dtype], [])
+    monkeypatch.setattr(linear, "_ONE_STEP_TILES", (tile,))
+    for spec in (Linear(1000, 24, 144), Linear(333, 64, 200)):
+        result = check_implementation(one_step_tiled, spec, dtype, "NCHW", "cuda", seed=seed_of(repr((tile, spec))))
+        assert result.ok, f"{tile} {spec} {dtype}: {result.message}"
+
+
 # Stream-K alone (only its configs compete) on GEMMs whose tiles leave a partial wave: fewer tiles
 # than SMs (ResNet-50's conv5_a as a GEMM), a wave and a half, ragged M, N and K.
 STREAM_K_FC = {"conv5_a": Linear(3136, 2048, 512), "wave-and-a-half": Linear(12544, 1024, 256),
@@ -534,10 +552,12 @@ def test_linear_times_the_gemv_at_batch_1() -> None:
 
 
 # 1x1 NHWC convolutions on the linear layer's GEMM (ResNet-50's bottleneck ends, a MobileNetV2
-# projection at an odd size), alone and through the build, which times it beside the implicit GEMM.
+# projection and an expansion at odd sizes), alone and through the build, which times it beside the
+# implicit GEMM.
 POINTWISE = {"resnet-1024-256": Conv2d(8, 1024, 256, 14, 14, 1, 1, bias=False),
              "resnet-64-256": Conv2d(8, 64, 256, 56, 56, 1, 1),
-             "mobilenet-odd": Conv2d(3, 96, 24, 29, 31, 1, 1)}
+             "mobilenet-odd": Conv2d(3, 96, 24, 29, 31, 1, 1),
+             "mobilenet-expand-odd": Conv2d(3, 24, 144, 29, 31, 1, 1)}
 
 
 def pointwise_only(spec: Conv2d, dtype, layout: str, tensors, out: torch.Tensor):
@@ -566,15 +586,15 @@ def test_conv2d_nchw_pointwise_gemm(name: str, dtype: str) -> None:
 
 def test_conv2d_nchw_pointwise_every_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each tile of each arithmetic mode forced in turn (the build keeps one per shape), on ragged
-    pixels and channels."""
-    spec = POINTWISE["mobilenet-odd"]
-    for dtype in ("bf16", "tf32", "fp32"):
-        mode = DOT_MODE[dtype]
-        for tile in pointwise_conv._NCHW_TILES[mode]:
-            monkeypatch.setitem(pointwise_conv._NCHW_TILES, mode, (tile,))
-            result = check_implementation(pointwise_conv.build_nchw_pointwise, spec, dtype, "NCHW", "cuda",
-                                          seed=seed_of("mobilenet-odd"))
-            assert result.ok, f"{tile} {dtype}: {result.message}"
+    pixels and channels, with a reduction of several steps and one of a single step (one stage)."""
+    for name in ("mobilenet-odd", "mobilenet-expand-odd"):
+        for dtype in ("bf16", "tf32", "fp32"):
+            mode = DOT_MODE[dtype]
+            for tile in pointwise_conv._NCHW_TILES[mode]:
+                monkeypatch.setitem(pointwise_conv._NCHW_TILES, mode, (tile,))
+                result = check_implementation(pointwise_conv.build_nchw_pointwise, POINTWISE[name], dtype, "NCHW",
+                                              "cuda", seed=seed_of(name))
+                assert result.ok, f"{name} {tile} {dtype}: {result.message}"
 
 
 def test_conv2d_nchw_pointwise_is_timed_beside_the_implicit_gemm() -> None:

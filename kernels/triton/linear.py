@@ -36,8 +36,8 @@ from layerbench.layers import Linear
 from kernels.triton.gemv import build_gemv
 from kernels.triton.linear_tma import build_persistent
 from kernels.triton.support import (DOT_MODE, DOT_PRECISION, bind, check_inputs, check_linear_tensors,
-                                    dot_slice, fastest_split, grouped_tile, interpreting, quick_bench, split_sum,
-                                    tile_config)
+                                    dot_slice, fastest_split, grouped_tile, interpreting, next_pow2, quick_bench,
+                                    split_sum, tile_config)
 
 
 # Small-BLOCK_M shapes are for small batches.  Every BLOCK_K divides EVEN_K_QUANTUM.  At batch
@@ -59,6 +59,12 @@ _CONFIGS = {
     "fma32": [tile_config(64, 64, 32, 4, 2), tile_config(128, 64, 32, 8, 2),
               tile_config(64, 128, 32, 8, 2), tile_config(32, 64, 32, 4, 2)],
 }
+# Where the whole reduction is one k-step (MobileNet's expansions: K of 16 to 64), stages pipeline
+# nothing and their shared memory only caps the programs an SM holds: these tiles keep one or two,
+# so that many programs overlap one's loads with another's stores.  (rows, columns, warps, stages)
+_ONE_STEP_TILES = ((64, 64, 4, 1), (64, 128, 4, 1), (128, 64, 4, 2), (128, 128, 8, 1), (128, 128, 4, 2),
+                   (64, 256, 8, 1), (32, 128, 4, 2))
+ONE_STEP_MAX_K = 64
 _INTERPRETER_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}
 EVEN_K_QUANTUM = 128
 # Split-K on the GPU: slices of at least this many reduction steps, workspace at most this big.
@@ -108,6 +114,16 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, sem_ptr, M, N, K, k_per_s
         tl.store(y_ptr + tile, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def _configs(mode: str, k: int) -> list[triton.Config]:
+    """The tiled GEMM's configs for a reduction of ``k``: the general ones, and where ``k`` is one
+    k-step, tiles of that step with one or two stages."""
+    configs = _CONFIGS[mode]
+    if k > ONE_STEP_MAX_K:
+        return configs
+    step = max(16, next_pow2(k))
+    return configs + [tile_config(bm, bn, step, warps, stages) for bm, bn, warps, stages in _ONE_STEP_TILES]
+
+
 def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
           out: torch.Tensor, splits: int, quantum: int) -> Kernel:
     """A launcher that cuts the reduction into ``splits`` slices (fewer if K is short)."""
@@ -129,7 +145,7 @@ def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: to
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
 
-    return bind(_linear_kernel, _CONFIGS[DOT_MODE[dtype.name]], grid, args, meta, _INTERPRETER_CONFIG)
+    return bind(_linear_kernel, _configs(DOT_MODE[dtype.name], k_per_split), grid, args, meta, _INTERPRETER_CONFIG)
 
 
 @register("linear", "triton", backend="triton", devices=("cuda", "cpu"),
