@@ -913,10 +913,10 @@ def test_linear_one_step_tiles_only_where_the_reduction_is_one_step() -> None:
             assert max(c.num_stages for c in extra) <= 2
 
 
-def test_pointwise_tiles_keep_one_stage_where_one_step_spans_the_reduction() -> None:
+def test_pointwise_tiles_keep_two_stages_where_one_step_spans_the_reduction() -> None:
     tiles = ((128, 128, 64, 8, 3), (64, 64, 32, 4, 4))
     one_step = triton_pointwise._cut_tiles(tiles, 144, 24, 3136)
-    assert [(c.kwargs["BLOCK_K"], c.num_stages) for c in one_step] == [(32, 1), (32, 1)]
+    assert [(c.kwargs["BLOCK_K"], c.num_stages) for c in one_step] == [(32, 2), (32, 2)]
     several = triton_pointwise._cut_tiles(tiles, 144, 96, 3136)
     assert [(c.kwargs["BLOCK_K"], c.num_stages) for c in several] == [(64, 3), (32, 4)]
 

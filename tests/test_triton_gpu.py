@@ -586,7 +586,8 @@ def test_conv2d_nchw_pointwise_gemm(name: str, dtype: str) -> None:
 
 def test_conv2d_nchw_pointwise_every_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each tile of each arithmetic mode forced in turn (the build keeps one per shape), on ragged
-    pixels and channels, with a reduction of several steps and one of a single step (one stage)."""
+    pixels and channels, with a reduction of several steps and one of a single step (two stages
+    at most)."""
     for name in ("mobilenet-odd", "mobilenet-expand-odd"):
         for dtype in ("bf16", "tf32", "fp32"):
             mode = DOT_MODE[dtype]

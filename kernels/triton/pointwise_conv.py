@@ -150,13 +150,13 @@ def _nchw_pointwise_kernel(a_ptr, x_ptr, b_ptr, y_ptr, R, M, HW, stride_am, stri
 
 def _cut_tiles(tiles: tuple[tuple[int, ...], ...], rows: int, reduction: int, columns: int) -> list[triton.Config]:
     """``tiles``, each side cut to the product's (a power of two, at least tl.dot's 16); where one
-    step spans the whole reduction, one stage (more would pipeline nothing and only hold shared
-    memory that caps the programs an SM runs)."""
+    step spans the whole reduction, two stages at most (more would pipeline nothing and only hold
+    shared memory that caps the programs an SM runs; two keep the asynchronous copies)."""
     seen: dict[tuple[int, ...], None] = {}
     for bm, bn, bk, warps, stages in tiles:
         cut = (min(bm, max(16, next_pow2(rows))), min(bn, max(16, next_pow2(columns))),
                min(bk, max(16, next_pow2(reduction))))
-        seen.setdefault((*cut, warps, 1 if cut[2] >= reduction else stages))
+        seen.setdefault((*cut, warps, min(stages, 2) if cut[2] >= reduction else stages))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
             for bm, bn, bk, warps, stages in seen]
 
