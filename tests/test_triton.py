@@ -913,6 +913,21 @@ def test_linear_one_step_tiles_only_where_the_reduction_is_one_step() -> None:
             assert max(c.num_stages for c in extra) <= 2
 
 
+@pytest.mark.parametrize("k", (24, 64, 200))
+def test_linear_plan_offers_one_step_tiles_by_the_real_reduction(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiled GEMM's plan rounds a slice up to the quantum (128): the configs it times must
+    follow the reduction itself, so that K of 24 gets its one-step tiles."""
+    offered = []
+    monkeypatch.setattr(triton_linear, "bind", lambda fn, configs, *rest: offered.extend(configs))
+    spec = Linear(40, k, 48)
+    tensors = make_tensors(spec, get_dtype("bf16"), "NCHW", "cpu")
+    out = make_output(spec, tensors, "NCHW")
+    triton_linear._plan(spec, get_dtype("bf16"), tensors["x"], tensors["weight"], tensors.get("bias"), out, 1,
+                        triton_linear.EVEN_K_QUANTUM)
+    assert offered == triton_linear._configs("mma16", k)
+    assert (len(offered) > len(triton_linear._CONFIGS["mma16"])) == (k <= triton_linear.ONE_STEP_MAX_K)
+
+
 def test_pointwise_tiles_keep_two_stages_where_one_step_spans_the_reduction() -> None:
     tiles = ((128, 128, 64, 8, 3), (64, 64, 32, 4, 4))
     one_step = triton_pointwise._cut_tiles(tiles, 144, 24, 3136)

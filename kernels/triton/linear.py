@@ -145,7 +145,10 @@ def _plan(spec: Linear, dtype: DType, x: torch.Tensor, w: torch.Tensor, bias: to
     def grid(config: dict) -> tuple[int, int]:
         return (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), splits)
 
-    return bind(_linear_kernel, _configs(DOT_MODE[dtype.name], k_per_split), grid, args, meta, _INTERPRETER_CONFIG)
+    # Configs by the reduction a program runs: the slice, rounded up to the quantum, can exceed K
+    # (K of 24 as 128), which would hide the one-step tiles.
+    configs = _configs(DOT_MODE[dtype.name], min(k, k_per_split))
+    return bind(_linear_kernel, configs, grid, args, meta, _INTERPRETER_CONFIG)
 
 
 @register("linear", "triton", backend="triton", devices=("cuda", "cpu"),
