@@ -286,11 +286,12 @@ class EmulatedLaunch:
             acc += self.memory(2, n).float()
         y.copy_(acc)
 
-    def _pointwise_nchw(self) -> None:  # (a, x, bias, y, M, R, HW, has_bias); <T>, grid (pixels, rows, images)
-        m, r, hw, has_bias = (self.value(i) for i in range(4, 8))
-        n = self.grid[2]
+    def _pointwise_nchw(self) -> None:  # (a, x, bias, y, M, R, HW, columns, has_bias); <T>, grid (columns, rows)
+        m, r, hw, columns, has_bias = (self.value(i) for i in range(4, 9))
+        n = columns // hw
         assert self.block == (pointwise_nchw.THREADS, 1, 1) and self.shared_bytes == pointwise_nchw.SHARED_BYTES
-        assert self.grid[:2] == (-(-hw // pointwise_nchw.BLOCK_N), -(-m // pointwise_nchw.BLOCK_M)), self.grid
+        assert columns % hw == 0 and self.grid == (-(-columns // pointwise_nchw.BLOCK_N),
+                                                   -(-m // pointwise_nchw.BLOCK_M), 1), self.grid
         assert r % 8 == 0 and hw % 8 == 0, "the kernel moves whole 16-byte chunks"
         a = self.memory(0, m * r).view(m, r)
         x, y = self.memory(1, n * r * hw).view(n, r, hw), self.memory(3, n * m * hw).view(n, m, hw)

@@ -420,6 +420,16 @@ def test_conv2d_nchw_pointwise_drawn(batch: int, channels: int, out_channels: in
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
+def test_conv2d_nchw_pointwise_refuses_columns_past_int32() -> None:
+    """The GEMM numbers the batch's pixels in int32: a batch whose pixels (one channel) nearly fill
+    int32 is refused before any launch, naming the limit (meta tensors: nothing is allocated)."""
+    spec = Conv2d(536_870_887, 1, 1, 2, 2, 1, 1, bias=False)
+    x, y = (torch.empty(shape, device="meta", dtype=torch.float16) for shape in (spec.input_shape, spec.output_shape))
+    weight = torch.empty((1, 1), device="meta", dtype=torch.float16)
+    with pytest.raises(Unsupported, match="numbers the batch's pixels in int32"):
+        triton_pointwise._per_image_gemm(spec, get_dtype("fp16"), weight, (1, 1), x, None, y)
+
+
 def test_conv2d_nchw_pointwise_bottleneck() -> None:
     spec = Conv2d(2, 48, 24, 9, 7, 1, 1)  # a ResNet-50 bottleneck's reduction, small
     result = check_implementation(nchw_pointwise_only, spec, "fp16", "NCHW", "cpu", seed=11)

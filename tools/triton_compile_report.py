@@ -159,10 +159,10 @@ def main() -> None:
         pointers = {"a_ptr": el, "x_ptr": el, "b_ptr": el, "y_ptr": el}
         for label, rows, reduction, bias, unit in (("forward", 64, 256, True, {"stride_ar": 1}),
                                                     ("data gradient", 256, 64, False, {"stride_am": 1})):
-            for cfg in pointwise_conv._cut_tiles(pointwise_conv._NCHW_TILES[mode], rows, reduction, 56 * 56):
-                meta = dict(HAS_BIAS=bias, PRECISION=precision, **unit, **cfg.kwargs)
+            for cfg in pointwise_conv._cut_tiles(pointwise_conv._NCHW_TILES[mode], rows, reduction, 64 * 56 * 56):
+                meta = dict(RUN=16, HAS_BIAS=bias, PRECISION=precision, **unit, **cfg.kwargs)
                 line = compile_report(pointwise_conv._nchw_pointwise_kernel, target, pointers, meta, cfg.num_warps,
-                                      cfg.num_stages, {"R", "M", "HW", "stride_am", "stride_ar"})
+                                      cfg.num_stages, {"R", "M", "HW", "COLUMNS", "stride_am", "stride_ar"})
                 print(f"pointwise NCHW per-image GEMM {label} {_tile(cfg)} stages={cfg.num_stages}: {line}")
         # The weight gradient: dy[n] @ x[n]^T summed over a slice of images, into fp32 partials.
         for cfg in pointwise_conv._cut_tiles(pointwise_conv._NCHW_TILES[mode], 64, 56 * 56, 256):

@@ -7,8 +7,8 @@
 // x[n] and y[n] are image n's (C, H*W) and (K, H*W) matrices, pixels contiguous.  The implicit
 // GEMMs copy an NCHW input to channels_last first; here nothing is copied.
 //
-// Block tile: 128 output channels x 128 pixels of one image (blockIdx.z), reduction in stages of
-// 32 input channels, three stages in flight (cp.async, 16-byte chunks; chunks past the edges are
+// Block tile: 128 output channels x 128 columns (below), reduction in stages of 32 input
+// channels, three stages in flight (cp.async, 16-byte chunks; chunks past the edges are
 // zero-filled, never read).  4 warps as 2 x 2, each 64 x 64 through mma.sync m16n8k16 (fp16,
 // bf16) with fp32 accumulators; the tile is staged in shared memory for 16-byte stores.
 //   A stage: 128 rows (output channels) of 64 bytes, k contiguous, swizzled as igemm.cu's tiles;
@@ -17,15 +17,18 @@
 //            of row r sits in slot c ^ (r % 8), so the eight rows one ldmatrix.trans reads land
 //            in eight different bank groups.  The transposed load gives the B fragments (k
 //            pairs of one pixel) straight from rows of k.
+// The columns j = n * HW + p number the batch's pixels through its images, so that a tile may
+// span two images (H*W need not be a multiple of 128: 28 x 28 planes would leave a seventh of the
+// tiles' columns idle); a 16-byte chunk of 8 columns lies in one image.
 // The launcher guarantees C % 8 == 0 and H*W % 8 == 0 (whole 16-byte chunks, 16-byte aligned),
-// fp16 or bf16, and at most 65535 images.
+// fp16 or bf16, and fewer than 2^31 - 128 columns.
 #include "layerbench_common.cuh"
 
 namespace {
 
 constexpr int PW_THREADS = 128;
 constexpr int PW_BM = 128;  // output channels a block
-constexpr int PW_BN = 128;  // pixels a block
+constexpr int PW_BN = 128;  // columns (pixels of the batch) a block
 constexpr int PW_BK = 32;   // input channels a stage
 constexpr int PW_STAGES = 3;
 constexpr int A_ROW = 64;   // bytes of an A row: PW_BK 16-bit values
@@ -53,14 +56,18 @@ __device__ __forceinline__ unsigned pack_pair(float lo, float hi) {
 template <typename T>
 __global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict__ a, const T* __restrict__ x,
                                                               const T* __restrict__ bias, T* __restrict__ y,
-                                                              int M, int R, int HW, int has_bias) {
+                                                              int M, int R, int HW, int columns, int has_bias) {
     extern __shared__ __align__(128) unsigned char stages[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
-    const int p0 = blockIdx.x * PW_BN, m0 = blockIdx.y * PW_BM;
-    const long long image = blockIdx.z;
-    const T* xi = x + image * R * HW;
-    T* yi = y + image * M * HW;
+    const int j0 = blockIdx.x * PW_BN, m0 = blockIdx.y * PW_BM;
+    // Each thread loads and stores one chunk column (tid % 16) of the tile: its image and pixel.
+    const int col = j0 + (tid & 15) * 8;
+    const bool col_ok = col < columns;
+    const long long image = col_ok ? col / HW : 0;
+    const int p = col_ok ? col - static_cast<int>(image) * HW : 0;
+    const T* xi = x + image * R * HW + p;
+    T* yi = y + image * M * HW + p;
 
     // One stage: A 128 rows x 4 chunks and B 32 rows x 16 chunks, four of each a thread.
     auto issue = [&](int r0, unsigned char* s) {
@@ -71,13 +78,13 @@ __global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict
             const bool ok = m < M && r < R;
             lb::cp_async16(lb::smem_addr(s + a_at(row, ac * 16)), ok ? a + static_cast<long long>(m) * R + r : a, ok);
         }
-        const int bc = tid & 15, p = p0 + bc * 8;
+        const int bc = tid & 15;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int row = (tid >> 4) + 8 * j;
-            const bool ok = r0 + row < R && p < HW;
+        for (int k = 0; k < 4; ++k) {
+            const int row = (tid >> 4) + 8 * k;
+            const bool ok = r0 + row < R && col_ok;
             lb::cp_async16(lb::smem_addr(s + A_BYTES + b_at(row, bc * 16)),
-                           ok ? xi + static_cast<long long>(r0 + row) * HW + p : xi, ok);
+                           ok ? xi + static_cast<long long>(r0 + row) * HW : x, ok);
         }
     };
 
@@ -152,12 +159,12 @@ __global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict
     __syncthreads();
     // 128 rows x 16 chunks, 16 a thread: chunk tid % 16 of rows tid / 16 + 8 k.  H*W is a
     // multiple of 8, so a chunk is whole or past the edge.
-    const int oc = tid & 15, p = p0 + oc * 8;
+    const int oc = tid & 15;
 #pragma unroll
     for (int k = 0; k < 16; ++k) {
         const int row = (tid >> 4) + 8 * k, m = m0 + row;
-        if (m < M && p < HW)
-            *reinterpret_cast<uint4*>(yi + static_cast<long long>(m) * HW + p) =
+        if (m < M && col_ok)
+            *reinterpret_cast<uint4*>(yi + static_cast<long long>(m) * HW) =
                 *reinterpret_cast<const uint4*>(stages + b_at(row, oc * 16));
     }
 }

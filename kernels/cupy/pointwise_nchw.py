@@ -42,8 +42,6 @@ def refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
     if pixels % CHUNK:
         return (f"the per-image GEMM moves 16-byte chunks of pixel rows: height x width must be a multiple of "
                 f"{CHUNK}, got {spec.height} x {spec.width} = {pixels}")
-    if spec.batch > support.MAX_GRID_YZ:
-        return f"the per-image GEMM runs one image a grid slice: batch must be at most {support.MAX_GRID_YZ}"
     return None
 
 
@@ -65,11 +63,14 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     if any(t.data_ptr() % 16 for t in (x, weight, out)):
         raise Unsupported("the per-image GEMM moves 16-byte chunks: x, weight and out must be 16-byte aligned")
     hw = spec.height * spec.width
-    grid = (-(-hw // BLOCK_N), -(-spec.out_channels // BLOCK_M), spec.batch)
+    # The batch's pixels, numbered through its images: with 8 channels at least, fewer than 2^28
+    # (a layer's tensors hold fewer than 2^31 values), so int32 holds every column and tile end.
+    columns = spec.batch * hw
+    grid = (-(-columns // BLOCK_N), -(-spec.out_channels // BLOCK_M), 1)
     fn = support.function("pointwise_nchw", sources.pointwise_nchw_name(support.ctype_of(dtype)), index)
     i32 = support.i32
     return support.Launch(fn, grid, (THREADS, 1, 1),
                           [support.ptr(weight), support.ptr(x), support.ptr(bias if bias is not None else out),
                            support.ptr(out), i32(spec.out_channels), i32(spec.in_channels), i32(hw),
-                           i32(int(bias is not None))],
+                           i32(columns), i32(int(bias is not None))],
                           index, keep=(weight, x, bias, out), shared_bytes=SHARED_BYTES)

@@ -120,32 +120,35 @@ _INTERPRETER_NCHW = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}
 
 
 @triton.jit
-def _nchw_pointwise_kernel(a_ptr, x_ptr, b_ptr, y_ptr, R, M, HW, stride_am, stride_ar,
-                           HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+def _nchw_pointwise_kernel(a_ptr, x_ptr, b_ptr, y_ptr, R, M, HW, COLUMNS, stride_am, stride_ar,
+                           RUN: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # y[n, m, p] = sum_r a[m, r] * x[n, r, p] (+ b[m]), NCHW x and y: per image (M, R) @ (R, HW).
+    # y[n, m, p] = sum_r a[m, r] * x[n, r, p] (+ b[m]), NCHW x and y: per image (M, R) @ (R, HW), the
+    # columns j = n * HW + p numbered through the batch so that a tile may span two images.
     # a is the 1x1 weight (forward: M = K, R = C) or, by its strides, its transpose (data gradient).
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles = tiles_m * tl.cdiv(HW, BLOCK_N)
-    n = (pid // tiles).to(tl.int64)  # 64-bit image offsets: a batch may hold more than 2^31 values
-    tile = pid % tiles
-    rm = (tile % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rp = (tile // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = (pid % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    j = (pid // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n = (j // HW).to(tl.int64)  # 64-bit image offsets: a batch may hold more than 2^31 values
+    p = j % HW
+    # RUN divides HW and BLOCK_N, so each run of RUN columns lies in one image, contiguous there:
+    # the hints let the loads and stores move whole runs (16-byte vectors) as one image's rows would.
+    x_col = tl.max_contiguous(tl.multiple_of(n * R * HW + p, RUN), RUN)
+    y_col = tl.max_contiguous(tl.multiple_of(n * M * HW + p, RUN), RUN)
     rr = tl.arange(0, BLOCK_K)
-    m_ok, p_ok = rm < M, rp < HW
-    x_img = x_ptr + n * R * HW
+    m_ok, j_ok = rm < M, j < COLUMNS
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
         r = r0 + rr
         a = tl.load(a_ptr + rm[:, None] * stride_am + r[None, :] * stride_ar, mask=m_ok[:, None] & (r < R)[None, :],
                     other=0.0)
-        b = tl.load(x_img + r[:, None] * HW + rp[None, :], mask=(r < R)[:, None] & p_ok[None, :], other=0.0)
+        b = tl.load(x_ptr + r[:, None] * HW + x_col[None, :], mask=(r < R)[:, None] & j_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rm, mask=m_ok, other=0.0).to(tl.float32)[:, None]
-    y = y_ptr + n * M * HW + rm[:, None] * HW + rp[None, :]
-    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & p_ok[None, :])
+    y = y_ptr + rm[:, None] * HW + y_col[None, :]
+    tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
 def _cut_tiles(tiles: tuple[tuple[int, ...], ...], rows: int, reduction: int, columns: int) -> list[triton.Config]:
@@ -177,13 +180,19 @@ def _per_image_gemm(spec: Conv2d, dtype: DType, a: torch.Tensor, a_strides: tupl
     n, reduction, rows = x.shape[0], x.shape[1], y.shape[1]
     hw = spec.height * spec.width
     _check_image_fits_int32(max(reduction, rows), hw)
+    columns = n * hw
+    if columns > INT32_MAX - 256:  # a tile's last column must fit int32 too (tiles are 256 wide at most)
+        raise Unsupported(f"the per-image GEMM numbers the batch's pixels in int32; {n} images of {hw} pixels are "
+                          f"more than {INT32_MAX - 256}")
 
     def grid(config: dict) -> tuple[int]:
-        return (n * triton.cdiv(rows, config["BLOCK_M"]) * triton.cdiv(hw, config["BLOCK_N"]),)
+        return (triton.cdiv(rows, config["BLOCK_M"]) * triton.cdiv(columns, config["BLOCK_N"]),)
 
-    configs = _cut_tiles(_NCHW_TILES[DOT_MODE[dtype.name]], rows, reduction, hw)
-    meta = {"HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name]}
-    args = (a, x, bias if bias is not None else y, y, reduction, rows, hw, *a_strides)
+    configs = _cut_tiles(_NCHW_TILES[DOT_MODE[dtype.name]], rows, reduction, columns)
+    # The longest run of columns in one image that every tile's runs line up with: the power of two
+    # dividing H*W, at most 16 (a 16-byte vector of 8 16-bit values is the widest access anyway).
+    meta = {"RUN": min(hw & -hw, 16), "HAS_BIAS": bias is not None, "PRECISION": DOT_PRECISION[dtype.name]}
+    args = (a, x, bias if bias is not None else y, y, reduction, rows, hw, columns, *a_strides)
     return bind(_nchw_pointwise_kernel, configs, grid, args, meta, _INTERPRETER_NCHW)
 
 

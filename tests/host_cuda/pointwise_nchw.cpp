@@ -27,18 +27,17 @@ static int check(int M, int R, int HW, int N, bool has_bias, std::mt19937& g) {
                             bias = random_bf16(M, g);
     std::vector<bf16> y(size_t(N) * M * HW, bf16{0x7fc0});  // NaN
     shared_base = stages;
-    const int tiles_p = (HW + PW_BN - 1) / PW_BN, tiles_m = (M + PW_BM - 1) / PW_BM;
-    gridDim = {unsigned(tiles_p), unsigned(tiles_m), unsigned(N)};
+    const int columns = N * HW, tiles_j = (columns + PW_BN - 1) / PW_BN, tiles_m = (M + PW_BM - 1) / PW_BM;
+    gridDim = {unsigned(tiles_j), unsigned(tiles_m), 1};
     blockDim = {PW_THREADS, 1, 1};
-    for (int z = 0; z < N; ++z)
-        for (int by = 0; by < tiles_m; ++by)
-            for (int bx = 0; bx < tiles_p; ++bx) {
-                blockIdx = {unsigned(bx), unsigned(by), unsigned(z)};
-                memset(stages, 0xff, sizeof stages);  // NaN in bf16: what a block did not stage
-                BlockThreads::run(PW_THREADS, [&] {
-                    pointwise_nchw<bf16>(a.data(), x.data(), bias.data(), y.data(), M, R, HW, has_bias);
-                });
-            }
+    for (int by = 0; by < tiles_m; ++by)
+        for (int bx = 0; bx < tiles_j; ++bx) {
+            blockIdx = {unsigned(bx), unsigned(by), 0};
+            memset(stages, 0xff, sizeof stages);  // NaN in bf16: what a block did not stage
+            BlockThreads::run(PW_THREADS, [&] {
+                pointwise_nchw<bf16>(a.data(), x.data(), bias.data(), y.data(), M, R, HW, columns, has_bias);
+            });
+        }
     int bad = 0;
     for (int n = 0; n < N; ++n)
         for (int m = 0; m < M; ++m)
@@ -57,9 +56,11 @@ int main() {
     std::mt19937 g(7);
     int cases = 0, bad = 0;
     // (M, R, HW, N, bias): row tiles past 128 and ragged (136), a reduction that ends inside a
-    // stage (48) or walks the three-stage ring twice over (256), pixel tiles ragged (40, 200),
-    // several images, one 16-byte chunk of everything (8, 8, 8).
-    const int shapes[][5] = {{136, 48, 40, 2, 1}, {64, 256, 200, 1, 0}, {8, 8, 8, 3, 1}, {24, 96, 136, 2, 0}};
+    // stage (48) or walks the three-stage ring twice over (256), column tiles ragged (40 x 2,
+    // 200) and spanning images (40 x 2, 8 x 3, 136 x 2, 56 x 5), one 16-byte chunk of everything
+    // (8, 8, 8).
+    const int shapes[][5] = {{136, 48, 40, 2, 1}, {64, 256, 200, 1, 0}, {8, 8, 8, 3, 1}, {24, 96, 136, 2, 0},
+                             {16, 32, 56, 5, 1}};
     for (const auto& s : shapes) {
         ++cases;
         bad += check(s[0], s[1], s[2], s[3], s[4] != 0, g);
