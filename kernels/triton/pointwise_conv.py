@@ -11,10 +11,12 @@ tiles gather those pixels' channel rows straight from the input (``_strided_poin
 
 NCHW: one product per image, out[n] = W @ x[n] + b with x[n] the (C, H*W) matrix the image is
 in memory (``_nchw_pointwise_kernel``), and alike for the data gradient, dx[n] = W^T @ dy[n].  A
-program owns a tile of output channels by pixels of one image and walks the channels; its B tile
-is BLOCK_K channel rows of BLOCK_N contiguous pixels, so neither input nor output is copied to
-channels_last, which the implicit GEMMs do inside the timed call (on ResNet-50's 56 x 56 layers
-those copies cost more than the product).  Output-channel tiles are the fastest program index:
+program owns a tile of output channels by pixels and walks the channels; the pixels are numbered
+through the batch, so a tile may span two images and only the batch's last tile is ragged (a 28 x
+28 image is 6.125 tiles of 128).  Its B tile is BLOCK_K channel rows of BLOCK_N pixels, contiguous
+within each image, so neither input nor output is copied to channels_last, which the implicit
+GEMMs do inside the timed call (on ResNet-50's 56 x 56 layers those copies cost more than the
+product).  Output-channel tiles are the fastest program index:
 the tiles of one pixel block run side by side and read its B tiles from L2.  The weight gradient
 is the sum over images of dy[n] @ x[n]^T (``_nchw_pointwise_wgrad_kernel``): a program owns a
 tile of dW and a slice of the images, and the slices' fp32 partials are summed in a fixed order.
