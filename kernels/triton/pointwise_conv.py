@@ -134,22 +134,25 @@ def _nchw_pointwise_kernel(a_ptr, x_ptr, b_ptr, y_ptr, R, M, HW, COLUMNS, stride
     j = (pid // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
     n = (j // HW).to(tl.int64)  # 64-bit image offsets: a batch may hold more than 2^31 values
     p = j % HW
-    # RUN divides HW and BLOCK_N, so each run of RUN columns lies in one image, contiguous there:
-    # the hints let the loads and stores move whole runs (16-byte vectors) as one image's rows would.
+    # RUN divides HW and BLOCK_N, so each run of RUN columns lies in one image, contiguous there,
+    # and every channel row starts at a multiple of RUN: the hints let the loads and stores move
+    # whole runs (up to 16-byte vectors) whatever divisibility the compiler sees in HW itself.
     x_col = tl.max_contiguous(tl.multiple_of(n * R * HW + p, RUN), RUN)
     y_col = tl.max_contiguous(tl.multiple_of(n * M * HW + p, RUN), RUN)
+    j_ok = tl.max_constancy(j < COLUMNS, RUN)  # COLUMNS = N * HW: a run is in or out whole
     rr = tl.arange(0, BLOCK_K)
-    m_ok, j_ok = rm < M, j < COLUMNS
+    m_ok = rm < M
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
         r = r0 + rr
         a = tl.load(a_ptr + rm[:, None] * stride_am + r[None, :] * stride_ar, mask=m_ok[:, None] & (r < R)[None, :],
                     other=0.0)
-        b = tl.load(x_ptr + r[:, None] * HW + x_col[None, :], mask=(r < R)[:, None] & j_ok[None, :], other=0.0)
+        x_row = tl.multiple_of(r * HW, RUN)
+        b = tl.load(x_ptr + x_row[:, None] + x_col[None, :], mask=(r < R)[:, None] & j_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rm, mask=m_ok, other=0.0).to(tl.float32)[:, None]
-    y = y_ptr + rm[:, None] * HW + y_col[None, :]
+    y = y_ptr + tl.multiple_of(rm * HW, RUN)[:, None] + y_col[None, :]
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & j_ok[None, :])
 
 
