@@ -10,13 +10,17 @@ is launched once inside a profiler range, for Nsight Compute:
         python tools/conv_profile.py expand24_144_56 --impls triton,cupy,cudnn --profile
 
 A LAYER is a name of ``LAYERS`` or ``B,C,K,H,W,R,S[,STRIDE[,PAD]]`` (batch, channels in and out,
-plane, window); default: the names of ``LAYERS``.  Needs a CUDA GPU.  Timings here are hot (L2
-warm); the bench's are cold.
+plane, window); default: the names of ``LAYERS``.  The layers have no bias, as in the bench's
+ResNet-50 and MobileNetV2 sets (a batch norm follows each), unless ``--bias``: cuDNN may add a bias
+in a kernel of its own (a 1x1 NCHW layer with a 64 x 512 x 28 x 28 output on an H100: a 96 us
+generic tensor kernel beside its 24.5 us GEMM), where ours add it in the GEMM's epilogue.  Needs a CUDA GPU.  Timings here are hot (L2 warm); the bench's
+are cold.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--impls", default="triton,cupy,cudnn", help="comma-separated implementations")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--layout", default="NHWC", choices=Conv2d.layouts)
+    parser.add_argument("--bias", action="store_true", help="give every layer a bias (default: none)")
     parser.add_argument("--kernels", action="store_true", help="the GPU time of each kernel a call launches")
     parser.add_argument("--profile", action="store_true", help="one launch each inside a profiler range")
     args = parser.parse_args()
@@ -80,6 +85,7 @@ def main() -> None:
         raise SystemExit("conv_profile needs a CUDA GPU")
     dtype = get_dtype(args.dtype)
     for spec in args.layers:
+        spec = dataclasses.replace(spec, bias=args.bias)
         tensors = make_tensors(spec, dtype, args.layout, "cuda")
         traffic = spec.min_bytes(dtype.itemsize)
         label = f"{spec.batch},{spec.in_channels},{spec.out_channels},{spec.height},{spec.width}," \
