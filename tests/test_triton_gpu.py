@@ -584,40 +584,28 @@ def test_conv2d_nchw_pointwise_gemm(name: str, dtype: str) -> None:
     assert result.ok, f"{name} {dtype}: {result.message}"
 
 
-def test_conv2d_nchw_pointwise_every_tile(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each tile of each arithmetic mode forced in turn (the build keeps one per shape), on ragged
-    pixels and channels, with a reduction of several steps and one of a single step (two stages
-    at most)."""
-    for name in ("mobilenet-odd", "mobilenet-expand-odd"):
-        for dtype in ("bf16", "tf32", "fp32"):
-            mode = DOT_MODE[dtype]
-            for tile in pointwise_conv._NCHW_TILES[mode]:
-                monkeypatch.setitem(pointwise_conv._NCHW_TILES, mode, (tile,))
-                result = check_implementation(pointwise_conv.build_nchw_pointwise, POINTWISE[name], dtype, "NCHW",
-                                              "cuda", seed=seed_of(name))
-                assert result.ok, f"{name} {tile} {dtype}: {result.message}"
-
-
 # Planes whose pixels are a multiple of 4, 2 and 8 but not 16, in odd batches: the GEMM's column
 # runs (the power of two dividing H*W) and its hints on them decide the accesses' widths there,
 # and a run's mask must hold for the whole run where the batch's pixels are no multiple of 16.
 NCHW_RUNS = {"run-4": Conv2d(3, 40, 72, 14, 14, 1, 1), "run-2": Conv2d(5, 24, 48, 6, 9, 1, 1),
              "run-8": Conv2d(3, 32, 40, 12, 10, 1, 1, bias=False)}
+NCHW_EVERY_TILE = {"mobilenet-odd": POINTWISE["mobilenet-odd"],
+                   "mobilenet-expand-odd": POINTWISE["mobilenet-expand-odd"], **NCHW_RUNS}
 
 
-@pytest.mark.parametrize("name", NCHW_RUNS)
-def test_conv2d_nchw_pointwise_column_runs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each 16-bit tile forced in turn, then fp32 and tf32 as the build picks."""
-    for tile in pointwise_conv._NCHW_TILES["mma16"]:
-        monkeypatch.setitem(pointwise_conv._NCHW_TILES, "mma16", (tile,))
-        result = check_implementation(pointwise_conv.build_nchw_pointwise, NCHW_RUNS[name], "bf16", "NCHW", "cuda",
-                                      seed=seed_of(name))
-        assert result.ok, f"{name} {tile}: {result.message}"
-    monkeypatch.undo()
-    for dtype in ("fp32", "tf32"):
-        result = check_implementation(pointwise_conv.build_nchw_pointwise, NCHW_RUNS[name], dtype, "NCHW", "cuda",
-                                      seed=seed_of(name))
-        assert result.ok, f"{name} {dtype}: {result.message}"
+@pytest.mark.parametrize("name", NCHW_EVERY_TILE)
+def test_conv2d_nchw_pointwise_every_tile(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tile of each arithmetic mode forced in turn (the build keeps one per shape), on ragged
+    pixels and channels, with a reduction of several steps and one of a single step (two stages
+    at most), and on the column runs above."""
+    tiles = dict(pointwise_conv._NCHW_TILES)  # every mode's tiles, before one is forced
+    for dtype in ("bf16", "tf32", "fp32"):
+        mode = DOT_MODE[dtype]
+        for tile in tiles[mode]:
+            monkeypatch.setitem(pointwise_conv._NCHW_TILES, mode, (tile,))
+            result = check_implementation(pointwise_conv.build_nchw_pointwise, NCHW_EVERY_TILE[name], dtype, "NCHW",
+                                          "cuda", seed=seed_of(name))
+            assert result.ok, f"{name} {tile} {dtype}: {result.message}"
 
 
 def test_conv2d_nchw_pointwise_is_timed_beside_the_implicit_gemm() -> None:
