@@ -186,9 +186,11 @@ def _per_image_gemm(spec: Conv2d, dtype: DType, a: torch.Tensor, a_strides: tupl
     hw = spec.height * spec.width
     _check_image_fits_int32(max(reduction, rows), hw)
     columns = n * hw
-    if columns > INT32_MAX - 256:  # a tile's last column must fit int32 too (tiles are 256 wide at most)
+    # A tile's last column must fit int32 too: the widest tile's columns past the batch's last.
+    most = INT32_MAX - max(tile[1] for tiles in _NCHW_TILES.values() for tile in tiles)
+    if columns > most:
         raise Unsupported(f"the per-image GEMM numbers the batch's pixels in int32; {n} images of {hw} pixels are "
-                          f"more than {INT32_MAX - 256}")
+                          f"more than {most}")
 
     def grid(config: dict) -> tuple[int]:
         return (triton.cdiv(rows, config["BLOCK_M"]) * triton.cdiv(columns, config["BLOCK_N"]),)
