@@ -412,6 +412,48 @@ def test_cpu_device_without_rapl_is_unavailable(tmp_path: Path) -> None:
     assert s.method == "unavailable" and s.j_per_launch is None
 
 
+class _Timeline:
+    """A GPU stream in milliseconds: chunks run back to back, each ``chunk_ms`` long."""
+
+    def __init__(self, chunk_ms: float) -> None:
+        self.now, self.end, self.chunk_ms = 0.0, 0.0, chunk_ms
+
+    def launch(self) -> None:
+        self.end = max(self.end, self.now) + self.chunk_ms
+
+    def record(self, stream: object = None) -> "_Event":
+        return _Event(self, max(self.end, self.now))
+
+
+class _Event:
+    def __init__(self, line: _Timeline, at: float) -> None:
+        self.line, self.at = line, at
+
+    def query(self) -> bool:
+        return self.line.now >= self.at
+
+    def elapsed_time(self, other: "_Event") -> float:
+        return other.at - self.at
+
+
+def test_cuda_load_queue_follows_a_gpu_that_sped_up_after_calibration() -> None:
+    from layerbench.measure.loads import AHEAD_S, CudaLoad
+
+    line = _Timeline(chunk_ms=0.5)  # clocks rose: a chunk now takes 0.5 ms, calibration saw 2 ms
+    load = object.__new__(CudaLoad)
+    load.stream, load.chunk, load.chunk_s, load.launch, load._record = None, 10, 2e-3, line.launch, line.record
+    load.events, load.done, load.ran_dry = [line.record()], 0, False
+    load.top_up()
+    line.now += 3.0  # the host sleeps; six fast chunks finish
+    load.top_up()
+    assert load.chunk_s == pytest.approx(0.5e-3)
+    queued_ms = line.end - line.now
+    assert queued_ms >= AHEAD_S * 1e3 - 1e-9  # the queue holds its full lead at the real speed
+    line.now += 0.8 * AHEAD_S * 1e3  # a host stall shorter than the lead
+    load.top_up()
+    assert not load.ran_dry
+
+
 # ---------------------------------------------------------------- on a real GPU
 
 @pytest.mark.gpu
@@ -432,13 +474,16 @@ def test_cuda_runner_counts_launches_between_marks() -> None:
         r.top_up()
         time.sleep(0.005)
     m0 = r.mark()
+    r.ran_dry = False  # as the meter does at a window's start: the question is what ran between the marks
     for _ in range(60):
         r.top_up()
         time.sleep(0.005)
     m1 = r.mark()
     r.settle()
     launches, seconds = r.launches_between(m0, m1), r.seconds_between(m0, m1)
-    assert seconds > 0.25 and not r.ran_dry
+    assert seconds > 0.25
+    assert not r.ran_dry, (f"the queue drained: {r.chunk} launches a chunk, {r.chunk_s * 1e3:.3f} ms a chunk, "
+                           f"{per_launch * 1e6:.1f} us a launch timed")
     # the GPU ran back to back between the marks: launches x time per launch fills the interval
     assert launches * per_launch == pytest.approx(seconds, rel=0.03)
 

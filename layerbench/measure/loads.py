@@ -95,10 +95,18 @@ class CudaLoad:
         return ev
 
     def top_up(self) -> None:
+        seen = self.done
         while self.done < len(self.events) and self.events[self.done].query():
             self.done += 1
         if self.done == len(self.events) > 1:
             self.ran_dry = True  # the meter clears this at the window's start mark
+        elif self.done > seen and self.done >= 2:
+            # The last two completed chunks ran back to back (work was still queued behind them).
+            # The GPU can speed up after calibration (clocks rising from idle): size the queue from
+            # the fastest chunk seen, or it holds less work than it counts and drains.
+            ran = self.events[self.done - 2].elapsed_time(self.events[self.done - 1]) * 1e-3
+            if 0 < ran < self.chunk_s:
+                self.chunk_s = ran
         queued = len(self.events) - self.done
         while queued < MIN_AHEAD_CHUNKS or queued * self.chunk_s < AHEAD_S:
             with torch.cuda.stream(self.stream):
