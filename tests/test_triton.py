@@ -14,6 +14,8 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -1000,6 +1002,27 @@ def test_pool2d_word_pairs_refusals() -> None:
     assert "4-byte boundary" in triton_pool2d.pairs_refusal(Pool2d(1, 4, 5, 5, 3, 2), x)
     assert "16-bit" in triton_pool2d.pairs_refusal(Pool2d(1, 4, 4, 4, 3, 2), torch.zeros(1, 4, 4, 4))
     assert "not 4" in triton_pool2d.pairs_refusal(Pool2d(1, 4, 8, 8, 4, 2), torch.zeros(1, 4, 8, 8).bfloat16())
+
+
+@triton.jit
+def _divmod_probe(n_ptr, q_ptr, r_ptr, d, m, SIZE: tl.constexpr):
+    i = tl.arange(0, SIZE)
+    q, r = triton_pool2d._divmod(tl.load(n_ptr + i), d, m)
+    tl.store(q_ptr + i, q)
+    tl.store(r_ptr + i, r)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 6, 7, 13, 27, 55, 224, 4093, 65535, 2**30 + 3, 2**31 - 1])
+def test_nchw_pool_divides_by_multiplying_exactly(d: int) -> None:
+    """The pooling kernel's division by Q and P: exact from 0 to the int32 limit, also at and just
+    below multiples of the divisor (where a quotient one too large would show)."""
+    n = [v for v in (0, 1, d - 1, d, d + 1, 2**31 - 1, 2**31 - 2, 2**30, 12345678) if v < 2**31]
+    n += [k * d - e for k in (2, 1000, (2**31 - 1) // d) for e in (0, 1) if 0 <= k * d - e < 2**31]
+    n += [int(v) for v in torch.randint(0, 2**31 - 1, (64 - len(n),), generator=torch.Generator().manual_seed(d))]
+    n_t = torch.tensor(n, dtype=torch.int32)
+    q, r = torch.empty_like(n_t), torch.empty_like(n_t)
+    _divmod_probe[(1,)](n_t, q, r, d, triton_pool2d.magic(d), SIZE=64)
+    assert q.tolist() == [v // d for v in n] and r.tolist() == [v % d for v in n]
 
 
 @pytest.mark.parametrize("pairs", [False, True])

@@ -299,6 +299,17 @@ def test_pool2d_nchw_16bit_row_reads(fmap: str, window: str, pairs: bool, monkey
     check("pool2d", Pool2d(32, channels, size, size, kernel, 2, method=method), "bf16", "NCHW", seed_of(fmap + window))
 
 
+# NCHW outputs one and two wide and one high: the divisors whose multipliers reach 32 bits
+# (2**32 - 1 and 2**31), each row read forced.
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("spec", [Pool2d(6, 5, 5, 3, 3, 2), Pool2d(3, 7, 3, 6, 3, 2, method="avg"),
+                                  Pool2d(2, 9, 4, 4, 2, 2, padding=1)], ids=["q1", "p1-q2", "padded-q3"])
+def test_pool2d_nchw_narrow_outputs(spec: Pool2d, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool2d, "PAIRED_READS", (pairs,))
+    for dtype in ("fp16", "bf16"):
+        check("pool2d", spec, dtype, "NCHW", seed_of(str(spec)))
+
+
 # Each NHWC channel run forced (the build times both where C is no power of two): 192 channels
 # as runs of 128 (the second half idle) or of 64.
 @pytest.mark.parametrize("run", [128, 64])

@@ -12,7 +12,10 @@ in memory, which keeps loads and stores coalesced:
   read one value at a time moves 2 bytes a load at a stride (AlexNet's rows are odd, so no wider
   load is aligned): for 2- and 3-wide windows the PAIRS configs read each window row as the two
   aligned 32-bit words that hold it, whatever its parity, and take its values from their halves
-  (2 loads a row instead of 3), timed beside the others.
+  (2 loads a row instead of 3), timed beside the others.  A 16-bit output moves so few bytes
+  that instructions, not memory, limited this kernel: the flat index is split into (plane, row,
+  column) by multiplying with reciprocals worked out on the host, not by dividing, and windows
+  that cannot touch padding skip the bounds checks.
 
 Window taps are unrolled (the window size is a compile-time constant).  Max compares in fp32,
 which is exact for fp16/bf16/fp32 inputs, treats padding as -inf and propagates NaN like torch;
@@ -57,9 +60,8 @@ MAX_INNER = 128
 
 @triton.jit
 def _window_update(acc, v, IS_MAX: tl.constexpr):
-    if IS_MAX:
-        # Take v when larger or NaN; once acc is NaN it stays NaN (NaN compares false).
-        return tl.where((v > acc) | (v != v), v, acc)
+    if IS_MAX:  # NaN wins and stays, as in torch (one max.NaN instruction)
+        return tl.maximum(acc, v, propagate_nan=tl.PropagateNan.ALL)
     return acc + v
 
 
@@ -100,27 +102,39 @@ def _pool_nhwc_kernel(x_ptr, y_ptr, ROWS, C, H, W, P, Q, stride, pad,
 
 
 @triton.jit
-def _half(w0, w1, k: tl.constexpr):
-    """The bits of value k (0-3) of the little-endian word pair (w0, w1), as int16."""
-    if k >= 2:
-        w = w1
-    else:
-        w = w0
-    if k % 2 == 1:
-        w = w >> 16
-    return w.to(tl.int16)
+def _divmod(n, d, m):
+    """(n // d, n % d) for 0 <= n < 2**31 and d >= 1, where m = magic(d): the high word of n * m is
+    the quotient or one less, so one multiply and a correction replace a division's ~20 instructions."""
+    q = tl.umulhi(n.to(tl.uint32), m.to(tl.uint32)).to(tl.int32)
+    r = n - q * d
+    over = r >= d
+    return tl.where(over, q + 1, q), tl.where(over, r - d, r)
 
 
-@triton.jit(do_not_specialize=["TOTAL", "WORDS", "H", "W", "P", "Q", "stride", "pad"])
-def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, stride, pad,
-                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, TILE: tl.constexpr, PAIRS: tl.constexpr):
+@triton.jit
+def _row_pair(x_ptr, e, row_ok, WORDS, PADDED: tl.constexpr):
+    """The aligned 32-bit word pair holding 16-bit elements e and e + 1 onward, shifted so that
+    element e + j is bits 16 j of the result (a 64-bit funnel shift: no per-value select)."""
+    words = x_ptr.to(tl.pointer_type(tl.uint32))  # x is 4-byte aligned, of WORDS words
+    first = e >> 1  # floor, also for the -1 of a padded first row
+    ok0, ok1 = row_ok, row_ok & (first + 1 < WORDS)  # a 2-wide window ending x: its second word is past it
+    if PADDED:  # a window on the padding starts before x or its row: only the taps on it are used
+        ok0 = ok0 & (first >= 0) & (first < WORDS)
+        ok1 = ok1 & (first >= -1)
+    w0 = tl.load(words + first, mask=ok0, other=0)
+    w1 = tl.load(words + first + 1, mask=ok1, other=0)
+    pair = (w1.to(tl.uint64) << 32) | w0.to(tl.uint64)
+    return pair >> ((e & 1) * 16).to(tl.uint64)
+
+
+@triton.jit(do_not_specialize=["TOTAL", "WORDS", "H", "W", "P", "Q", "MQ", "MP", "stride", "pad"])
+def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, MQ, MP, stride, pad,
+                      KSIZE: tl.constexpr, IS_MAX: tl.constexpr, PADDED: tl.constexpr,
+                      TILE: tl.constexpr, PAIRS: tl.constexpr):
     o = tl.program_id(0) * TILE + tl.arange(0, TILE)  # flat (n, c, p, q): the output's own order
     o_ok = o < TOTAL
-    oc = tl.where(o_ok, o, 0)
-    q = oc % Q
-    r = oc // Q
-    p = r % P
-    plane = r // P  # n * C + c
+    r, q = _divmod(tl.where(o_ok, o, 0), Q, MQ)
+    plane, p = _divmod(r, P, MP)  # plane = n * C + c
     ih0 = p * stride - pad
     iw0 = q * stride - pad
     if IS_MAX:
@@ -130,25 +144,21 @@ def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, stride, pad,
     acc = tl.full((TILE,), fill, tl.float32)
     for i in tl.static_range(KSIZE):
         ih = ih0 + i
-        h_ok = o_ok & (ih >= 0) & (ih < H)
+        h_ok = o_ok
+        if PADDED:  # without padding every window lies inside its plane
+            h_ok = h_ok & (ih >= 0) & (ih < H)
+        e = (plane * H + ih) * W + iw0
         if PAIRS:
-            # The window row starts at element e: words e // 2 and e // 2 + 1 hold its values at
-            # halves (e % 2) + j (the word past a row's end belongs to the next: masked below).
-            words = x_ptr.to(tl.pointer_type(tl.int32))  # x is 4-byte aligned, of WORDS words
-            e = (plane * H + ih) * W + iw0
-            first = e >> 1  # floor, also for the -1 of a padded first row
-            odd = (e & 1) == 1
-            w0 = tl.load(words + first, mask=h_ok & (first >= 0) & (first < WORDS), other=0)
-            w1 = tl.load(words + first + 1, mask=h_ok & (first >= -1) & (first + 1 < WORDS), other=0)
-        row = x_ptr + (plane * H + ih) * W
+            bits = _row_pair(x_ptr, e, h_ok, WORDS, PADDED)
         for j in tl.static_range(KSIZE):
-            iw = iw0 + j
-            ok = h_ok & (iw >= 0) & (iw < W)
+            ok = h_ok
+            if PADDED:
+                ok = ok & (iw0 + j >= 0) & (iw0 + j < W)
             if PAIRS:
-                bits = tl.where(odd, _half(w0, w1, j + 1), _half(w0, w1, j))
-                v = tl.where(ok, bits.to(x_ptr.dtype.element_ty, bitcast=True).to(tl.float32), fill)
+                half = (bits >> (16 * j)).to(tl.uint16).to(x_ptr.dtype.element_ty, bitcast=True)
+                v = tl.where(ok, half.to(tl.float32), fill)
             else:
-                v = tl.load(row + iw, mask=ok, other=fill).to(tl.float32)
+                v = tl.load(x_ptr + e + j, mask=ok, other=fill).to(tl.float32)
             acc = _window_update(acc, v, IS_MAX)
     if not IS_MAX:
         acc = acc / (KSIZE * KSIZE)
@@ -189,8 +199,14 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     reads = PAIRED_READS if pairs_refusal(spec, x) is None else (False,)
     configs = [triton.Config({"TILE": tile, "PAIRS": pairs}, num_warps=warps)
                for pairs in reads for tile, warps in _NCHW_TILES]
-    args = (x, out, out.numel(), x.numel() // 2, h, w, p, q, spec.stride, spec.padding)
+    args = (x, out, out.numel(), x.numel() // 2, h, w, p, q, magic(q), magic(p), spec.stride, spec.padding)
+    meta["PADDED"] = spec.padding > 0
     return bind(_pool_nchw_kernel, configs, flat_grid, args, meta, {**_INTERPRETER_CONFIG, "PAIRS": reads[-1]})
+
+
+def magic(divisor: int) -> int:
+    """The multiplier ``_divmod`` divides by ``divisor`` with: 2**32 // divisor, within 32 bits."""
+    return min(2**32 // divisor, 2**32 - 1)
 
 
 def channel_blocks(channels: int) -> tuple[int, ...]:
