@@ -101,9 +101,9 @@ class CudaLoad:
         if self.done == len(self.events) > 1:
             self.ran_dry = True  # the meter clears this at the window's start mark
         elif self.done > seen and self.done >= 2:
-            # The last two completed chunks ran back to back (work was still queued behind them).
-            # The GPU can speed up after calibration (clocks rising from idle): size the queue from
-            # the fastest chunk seen, or it holds less work than it counts and drains.
+            # The span between the last two chunk ends is one chunk's time (more where the queue
+            # drained between them).  The GPU can speed up after calibration (clocks rising from
+            # idle): size the queue from the fastest chunk seen, or it holds less than it counts.
             ran = self.events[self.done - 2].elapsed_time(self.events[self.done - 1]) * 1e-3
             if 0 < ran < self.chunk_s:
                 self.chunk_s = ran
