@@ -13,8 +13,8 @@ A LAYER is a name of ``LAYERS`` or ``B,C,K,H,W,R,S[,STRIDE[,PAD]]`` (batch, chan
 plane, window); default: the names of ``LAYERS``.  The layers have no bias, as in the bench's
 ResNet-50 and MobileNetV2 sets (a batch norm follows each), unless ``--bias``: cuDNN may add a bias
 in a kernel of its own (a 1x1 NCHW layer with a 64 x 512 x 28 x 28 output on an H100: a 96 us
-generic tensor kernel beside its 24.5 us GEMM), where ours add it in the GEMM's epilogue.  Needs a CUDA GPU.  Timings here are hot (L2 warm); the bench's
-are cold.
+generic tensor kernel beside its 24.5 us GEMM), where ours add it in the GEMM's epilogue.  Needs
+a CUDA GPU.  Timings here are hot (L2 warm); the bench's are cold.
 """
 
 from __future__ import annotations
