@@ -94,10 +94,14 @@ class CudaLoad:
         ev.record(stream)
         return ev
 
-    def top_up(self) -> None:
-        seen = self.done
+    def _advance(self) -> None:
+        """Counts the chunks whose end event has completed since the last look."""
         while self.done < len(self.events) and self.events[self.done].query():
             self.done += 1
+
+    def top_up(self) -> None:
+        seen = self.done
+        self._advance()
         if self.done == len(self.events) > 1:
             self.ran_dry = True  # the meter clears this at the window's start mark
         elif self.done > seen and self.done >= 2:
@@ -117,8 +121,7 @@ class CudaLoad:
     def mark(self) -> tuple[torch.cuda.Event, float, float]:
         """The GPU instant now, with host-side bounds on the launch position for a sanity check:
         at least the chunks already seen complete, at most those already enqueued."""
-        while self.done < len(self.events) and self.events[self.done].query():
-            self.done += 1
+        self._advance()
         ev = self._record(self.side)
         return ev, float(self.chunk * max(self.done - 1, 0)), float(self.chunk * (len(self.events) - 1))
 
