@@ -123,18 +123,21 @@ def main() -> None:
                                           cfg.num_warps, cfg.num_stages)
                     print(f"wgrad {_tile(cfg)} {'tap' if tap_block else 'flat'}{' partial' if partial else ''}: {line}")
     if args.which in ("depthwise", "all"):
-        # The forward row-streaming kernels on MobileNetV2's 144 channels at 56 x 56.
+        # The forward row-streaming kernels on MobileNetV2's 144 channels at 56 x 56 (NHWC; NCHW planes).
         itemsize = 2 if el in ("bf16", "fp16") else 4
         pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
+        nhwc = {"NCHW": False, "BLOCK_Q": 1}
         for label, kernel, configs, meta in (
                 ("rows", dr._depthwise_rows_kernel, dr._configs(144, 56, itemsize, True), {}),
-                ("flat rows", dr._depthwise_flat_rows_kernel, dr._flat_configs(56 * 144, True), {"STRIDE": 1}),
+                ("flat rows", dr._depthwise_flat_rows_kernel, dr._flat_configs(56 * 144, True), dict(nhwc, STRIDE=1)),
                 ("flat rows stride 2", dr._depthwise_flat_rows_kernel, dr._flat_configs(28 * 144, True),
-                 {"STRIDE": 2})):
+                 dict(nhwc, STRIDE=2)),
+                ("flat planes NCHW", dr._depthwise_flat_rows_kernel, dr._plane_configs(56),
+                 {"NCHW": True, "STRIDE": 1})):
             for cfg in configs:
                 line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **meta, **cfg.kwargs),
                                       cfg.num_warps)
-                print(f"depthwise forward {label} {_tile(cfg)} NHWC: {line}")
+                print(f"depthwise forward {label} {_tile(cfg)}{'' if meta.get('NCHW') else ' NHWC'}: {line}")
         for cfg in dw._DGRAD_CONFIGS:
             for nhwc in (True, False):
                 meta = dict(DY_NHWC=nhwc, DX_NHWC=nhwc, KPG=1, **cfg.kwargs)
