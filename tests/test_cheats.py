@@ -237,6 +237,7 @@ def test_side_stream_is_caught_on_a_gpu(size: int) -> None:
     torch.cuda.synchronize(device)
     assert check_stream(on_current_stream, device) is None
     assert check_stream(joined, device) is None
-    for cheat in (on_side_stream, racing):
-        message = check_stream(cheat, device)
-        assert message is not None and "escapes the current stream" in message, cheat.__name__
+    for _ in range(3):  # a miss is a race against the marker's start: each check must win it
+        for cheat in (on_side_stream, racing):
+            message = check_stream(cheat, device)
+            assert message is not None and "escapes the current stream" in message, cheat.__name__

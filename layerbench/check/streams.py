@@ -10,7 +10,11 @@ on the current stream around it measure almost nothing.  Two checks, on a CUDA d
    marker started (the current stream waited for it): a fork that joins is fine, the events then
    cover it.  On an H200, 39 of 40 profiles of a side-stream ReLU (256 to 64M elements, waiting
    for the current stream or not) were caught and no honest or joined one was flagged; up to
-   ``PROFILES`` profiles run, and one that catches the kernel is enough.
+   ``PROFILES`` profiles run, and one that catches the kernel is enough.  Side work that waits
+   for the spin starts when the marker may, so work shorter than the marker's start-up could end
+   first and pass for a joined fork (an H100 once let a 1M-element side-stream ReLU pass): a
+   short kernel is therefore launched several times in each profile, until its launches hold
+   about ``PROFILED_WORK_S`` of wall time, and its side work queues up past the marker's start.
 2. **Times** (``probe_times``, judged by ``escape_verdict``): ``n`` launches between two events on
    the current stream, then the whole device synchronised.  For work on the current stream the
    events' time and the wall time agree (the wall time adds the synchronisation's latency); for work
@@ -42,6 +46,8 @@ REPEATS = 3           # a verdict needs every probe to agree (one preempted prob
 TOLERANCE_US = 1.0
 SPIN_CYCLES = 2_000_000  # about 1 ms at 2 GHz: longer than the host takes to enqueue a kernel
 PROFILES = 3
+PROFILED_WORK_S = 1e-4   # launches a profile holds: a launch and synchronisation's wall time into this
+MAX_PROFILED_LAUNCHES = 16  # (at most; enqueued within the spin)
 
 ADVICE = "launch on torch.cuda.current_stream(), or make it wait for the work"
 
@@ -79,9 +85,9 @@ def stream_verdict(activities: list[DeviceActivity]) -> str | None:
             f"{' and '.join(how)}; the timing events do not see such work ({ADVICE})")
 
 
-def profile_streams(kernel: Callable[[], object], device: torch.device) -> list[DeviceActivity]:
-    """The device activities of one launch of ``kernel`` between a spin kernel and a marker on
-    the current stream (the kernel has run before, so no compilation lands in the trace)."""
+def profile_streams(kernel: Callable[[], object], device: torch.device, launches: int = 1) -> list[DeviceActivity]:
+    """The device activities of ``launches`` launches of ``kernel`` between a spin kernel and a
+    marker on the current stream (the kernel has run before, so no compilation lands in the trace)."""
     marker = torch.zeros(1, device=device)
     spin = getattr(torch.cuda, "_sleep", None)
     torch.cuda.synchronize(device)
@@ -91,7 +97,8 @@ def profile_streams(kernel: Callable[[], object], device: torch.device) -> list[
             spin(SPIN_CYCLES)
         else:
             marker.add_(1)
-        kernel()
+        for _ in range(launches):
+            kernel()
         marker.add_(1)
         torch.cuda.synchronize(device)
     return [DeviceActivity(e.name, int(e.device_resource_id), float(e.time_range.start), float(e.time_range.end))
@@ -142,14 +149,26 @@ def probe_times(kernel: Callable[[], object], device: torch.device, repeats: int
     return probes
 
 
+def profiled_launches(kernel: Callable[[], object], device: torch.device) -> int:
+    """Launches of ``kernel`` a stream profile holds: about PROFILED_WORK_S of launch-and-
+    synchronise wall time (which includes work on any stream), at least one."""
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    kernel()
+    torch.cuda.synchronize(device)
+    once = max(time.perf_counter() - t0, 1e-6)
+    return max(1, min(MAX_PROFILED_LAUNCHES, math.ceil(PROFILED_WORK_S / once)))
+
+
 def check_stream(kernel: Callable[[], object], device: torch.device) -> str | None:
     """On a CUDA device: None, or why the kernel's work escapes the timing events."""
     if device.type != "cuda":
         return None
     with torch.cuda.device(device):
         try:
+            launches = profiled_launches(kernel, device)
             for _ in range(PROFILES):
-                activities = profile_streams(kernel, device)
+                activities = profile_streams(kernel, device, launches)
                 if len(activities) < 2:
                     break  # the profiler saw nothing (no CUPTI): the timing probe decides
                 verdict = stream_verdict(activities)
