@@ -966,18 +966,21 @@ def test_relu_matches_torch_on_nan_inf_and_zero(inplace: bool, dtype: str) -> No
     torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
 
 
-# NCHW 16-bit window rows read a value at a time or as aligned word pairs, each forced: odd widths
-# (rows of both parities), a padded first row (word -1), windows ending on the last word, stride 1.
+# NCHW 16-bit window rows read a value at a time or as aligned word pairs, one or two outputs an
+# element, each forced: odd widths (rows of both parities; an odd count of outputs, so a row's last
+# element has one), a padded first row (word -1), windows ending on the last word, stride 1.
 PAIRED_POOLS = [Pool2d(2, 3, 13, 13, 3, 2), Pool2d(1, 2, 7, 9, 3, 2, padding=1), Pool2d(2, 1, 5, 7, 2, 2),
                 Pool2d(1, 2, 5, 5, 3, 1, padding=1, method="avg")]
 
 
-@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("pairs,outputs", [(False, 1), (True, 1), (True, 2)])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("spec", PAIRED_POOLS, ids=str)
-def test_pool2d_nchw_16bit_row_reads(spec: Pool2d, dtype: str, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pool2d_nchw_16bit_row_reads(spec: Pool2d, dtype: str, pairs: bool, outputs: int,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     assert triton_pool2d.pairs_refusal(spec, make_tensors(spec, dtype, "NCHW", "cpu")["x"]) is None
     monkeypatch.setattr(triton_pool2d, "PAIRED_READS", (pairs,))
+    monkeypatch.setattr(triton_pool2d, "PAIR_OUTPUTS", (outputs,))
     check("pool2d", spec, dtype, "NCHW", seed=zlib.crc32(str(spec).encode()))
 
 
@@ -1014,8 +1017,8 @@ def _divmod_probe(n_ptr, q_ptr, r_ptr, d, m, SIZE: tl.constexpr):
 
 @pytest.mark.parametrize("d", [1, 2, 3, 6, 7, 13, 27, 55, 224, 4093, 65535, 2**30 + 3, 2**31 - 1])
 def test_nchw_pool_divides_by_multiplying_exactly(d: int) -> None:
-    """The pooling kernel's division by Q and P: exact from 0 to the int32 limit, also at and just
-    below multiples of the divisor (where a quotient one too large would show)."""
+    """The pooling kernel's division by the row's element count and P: exact from 0 to the int32
+    limit, also at and just below multiples of the divisor (where a quotient one too large would show)."""
     n = [v for v in (0, 1, d - 1, d, d + 1, 2**31 - 1, 2**31 - 2, 2**30, 12345678) if v < 2**31]
     n += [k * d - e for k in (2, 1000, (2**31 - 1) // d) for e in (0, 1) if 0 <= k * d - e < 2**31]
     n += [int(v) for v in torch.randint(0, 2**31 - 1, (64 - len(n),), generator=torch.Generator().manual_seed(d))]

@@ -287,13 +287,15 @@ def test_pool2d_alexnet(fmap: str, window: str, dtype: str, layout: str) -> None
     check("pool2d", spec, dtype, layout, seed_of(fmap + window))
 
 
-# Each NCHW 16-bit row read forced (the build times both and keeps the faster): one value a load,
-# or aligned word pairs, on AlexNet's odd maps.
-@pytest.mark.parametrize("pairs", [False, True])
+# Each NCHW 16-bit row read forced (the build times them all and keeps the fastest): one value a
+# load, or aligned word pairs for one or two outputs an element, on AlexNet's odd maps.
+@pytest.mark.parametrize("pairs,outputs", [(False, 1), (True, 1), (True, 2)])
 @pytest.mark.parametrize("window", POOL_WINDOWS)
 @pytest.mark.parametrize("fmap", ["55x55x64", "27x27x192"])
-def test_pool2d_nchw_16bit_row_reads(fmap: str, window: str, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pool2d_nchw_16bit_row_reads(fmap: str, window: str, pairs: bool, outputs: int,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool2d, "PAIRED_READS", (pairs,))
+    monkeypatch.setattr(pool2d, "PAIR_OUTPUTS", (outputs,))
     channels, size = ALEXNET_MAPS[fmap]
     kernel, method = POOL_WINDOWS[window]
     check("pool2d", Pool2d(32, channels, size, size, kernel, 2, method=method), "bf16", "NCHW", seed_of(fmap + window))
@@ -301,11 +303,12 @@ def test_pool2d_nchw_16bit_row_reads(fmap: str, window: str, pairs: bool, monkey
 
 # NCHW outputs one and two wide and one high: the divisors whose multipliers reach 32 bits
 # (2**32 - 1 and 2**31), each row read forced.
-@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("pairs,outputs", [(False, 1), (True, 1), (True, 2)])
 @pytest.mark.parametrize("spec", [Pool2d(6, 5, 5, 3, 3, 2), Pool2d(3, 7, 3, 6, 3, 2, method="avg"),
                                   Pool2d(2, 9, 4, 4, 2, 2, padding=1)], ids=["q1", "p1-q2", "padded-q3"])
-def test_pool2d_nchw_narrow_outputs(spec: Pool2d, pairs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pool2d_nchw_narrow_outputs(spec: Pool2d, pairs: bool, outputs: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool2d, "PAIRED_READS", (pairs,))
+    monkeypatch.setattr(pool2d, "PAIR_OUTPUTS", (outputs,))
     for dtype in ("fp16", "bf16"):
         check("pool2d", spec, dtype, "NCHW", seed_of(str(spec)))
 

@@ -15,7 +15,9 @@ in memory, which keeps loads and stores coalesced:
   (2 loads a row instead of 3), timed beside the others.  A 16-bit output moves so few bytes
   that instructions, not memory, limited this kernel: the flat index is split into (plane, row,
   column) by multiplying with reciprocals worked out on the host, not by dividing, and windows
-  that cannot touch padding skip the bounds checks.
+  that cannot touch padding skip the bounds checks.  With stride 2, the OUTS=2 configs pool two
+  neighbours of a row an element: their windows share the middle word (3 loads a row for two
+  outputs instead of 4), which eases L1, the next limit.
 
 Window taps are unrolled (the window size is a compile-time constant).  Max compares in fp32,
 which is exact for fp16/bf16/fp32 inputs, treats padding as -inf and propagates NaN like torch;
@@ -53,6 +55,7 @@ _NCHW_TILES = ((128, 4), (256, 4), (256, 8), (512, 8))  # (outputs, warps)
 _INTERPRETER_CONFIG = {"TILE": 256}
 PAIR_WINDOWS = (2, 3)  # window widths whose rows two aligned 32-bit words always hold
 PAIRED_READS = (False, True)  # NCHW row reads timed where word pairs apply (the interpreter runs the last)
+PAIR_OUTPUTS = (1, 2)  # NCHW outputs an element timed where word pairs and stride 2 allow two (the interpreter runs the last)
 
 # Widest channel run of an NHWC tile.
 MAX_INNER = 128
@@ -112,57 +115,92 @@ def _divmod(n, d, m):
 
 
 @triton.jit
-def _row_pair(x_ptr, e, row_ok, WORDS, PADDED: tl.constexpr):
-    """The aligned 32-bit word pair holding 16-bit elements e and e + 1 onward, shifted so that
-    element e + j is bits 16 j of the result (a 64-bit funnel shift: no per-value select)."""
-    words = x_ptr.to(tl.pointer_type(tl.uint32))  # x is 4-byte aligned, of WORDS words
-    first = e >> 1  # floor, also for the -1 of a padded first row
-    ok0, ok1 = row_ok, row_ok & (first + 1 < WORDS)  # a 2-wide window ending x: its second word is past it
-    if PADDED:  # a window on the padding starts before x or its row: only the taps on it are used
-        ok0 = ok0 & (first >= 0) & (first < WORDS)
-        ok1 = ok1 & (first >= -1)
-    w0 = tl.load(words + first, mask=ok0, other=0)
-    w1 = tl.load(words + first + 1, mask=ok1, other=0)
-    pair = (w1.to(tl.uint64) << 32) | w0.to(tl.uint64)
-    return pair >> ((e & 1) * 16).to(tl.uint64)
+def _word(x_ptr, at, ok, WORDS, PADDED: tl.constexpr, FIRST: tl.constexpr):
+    """32-bit word ``at`` of x (4-byte aligned, WORDS words), 0 where ok is false, where it lies
+    past x (a word after the window's first: the window may end on x's last value) or, with
+    padding, outside x."""
+    if PADDED or not FIRST:
+        ok = ok & (at < WORDS)
+    if PADDED:
+        ok = ok & (at >= 0)
+    return tl.load(x_ptr.to(tl.pointer_type(tl.uint32)) + at, mask=ok, other=0)
 
 
-@triton.jit(do_not_specialize=["TOTAL", "WORDS", "H", "W", "P", "Q", "MQ", "MP", "stride", "pad"])
-def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, MQ, MP, stride, pad,
+@triton.jit
+def _funnel(lo, hi, shift):
+    """The 16-bit values of the word pair (lo, hi) from value shift / 16 on, value j at bits 16 j."""
+    return ((hi.to(tl.uint64) << 32) | lo.to(tl.uint64)) >> shift
+
+
+@triton.jit
+def _tap(bits, j: tl.constexpr, ok, fill, dtype: tl.constexpr):
+    half = (bits >> (16 * j)).to(tl.uint16).to(dtype, bitcast=True)
+    return tl.where(ok, half.to(tl.float32), fill)
+
+
+@triton.jit(do_not_specialize=["ROWS", "WORDS", "H", "W", "P", "Q", "MP", "MQ1", "MQ2", "stride", "pad"])
+def _pool_nchw_kernel(x_ptr, y_ptr, ROWS, WORDS, H, W, P, Q, MP, MQ1, MQ2, stride, pad,
                       KSIZE: tl.constexpr, IS_MAX: tl.constexpr, PADDED: tl.constexpr,
-                      TILE: tl.constexpr, PAIRS: tl.constexpr):
-    o = tl.program_id(0) * TILE + tl.arange(0, TILE)  # flat (n, c, p, q): the output's own order
-    o_ok = o < TOTAL
-    r, q = _divmod(tl.where(o_ok, o, 0), Q, MQ)
+                      TILE: tl.constexpr, PAIRS: tl.constexpr, OUTS: tl.constexpr):
+    # Element t: OUTS neighbouring outputs of one output row, in flat (n, c, p, q) order; with
+    # OUTS == 2 (word pairs, stride 2) the two windows of a row share their middle word.
+    # MQ1, MQ2: magic(Q), magic(ceil(Q / 2)); MP: magic(P).
+    if OUTS == 2:
+        QE, MQE = (Q + 1) // 2, MQ2
+    else:
+        QE, MQE = Q, MQ1
+    t = tl.program_id(0) * TILE + tl.arange(0, TILE)
+    t_ok = t < ROWS * QE
+    r, qe = _divmod(tl.where(t_ok, t, 0), QE, MQE)
     plane, p = _divmod(r, P, MP)  # plane = n * C + c
+    q = qe * OUTS
+    ok1 = t_ok & (q + 1 < Q)  # the second output exists (an odd row's last element has one)
     ih0 = p * stride - pad
     iw0 = q * stride - pad
     if IS_MAX:
         fill = float("-inf")
     else:
         fill = 0.0
-    acc = tl.full((TILE,), fill, tl.float32)
+    acc0 = tl.full((TILE,), fill, tl.float32)
+    acc1 = tl.full((TILE,), fill, tl.float32)
+    dtype: tl.constexpr = x_ptr.dtype.element_ty
     for i in tl.static_range(KSIZE):
         ih = ih0 + i
-        h_ok = o_ok
+        h_ok = t_ok
         if PADDED:  # without padding every window lies inside its plane
             h_ok = h_ok & (ih >= 0) & (ih < H)
         e = (plane * H + ih) * W + iw0
         if PAIRS:
-            bits = _row_pair(x_ptr, e, h_ok, WORDS, PADDED)
+            first = e >> 1  # floor, also for the -1 of a padded first row
+            shift = ((e & 1) * 16).to(tl.uint64)
+            w0 = _word(x_ptr, first, h_ok, WORDS, PADDED, True)
+            w1 = _word(x_ptr, first + 1, h_ok, WORDS, PADDED, False)
+            bits0 = _funnel(w0, w1, shift)
+            if OUTS == 2:  # the second window starts two values (one word) later
+                bits1 = _funnel(w1, _word(x_ptr, first + 2, h_ok, WORDS, PADDED, False), shift)
         for j in tl.static_range(KSIZE):
             ok = h_ok
             if PADDED:
                 ok = ok & (iw0 + j >= 0) & (iw0 + j < W)
             if PAIRS:
-                half = (bits >> (16 * j)).to(tl.uint16).to(x_ptr.dtype.element_ty, bitcast=True)
-                v = tl.where(ok, half.to(tl.float32), fill)
+                v = _tap(bits0, j, ok, fill, dtype)
             else:
                 v = tl.load(x_ptr + e + j, mask=ok, other=fill).to(tl.float32)
-            acc = _window_update(acc, v, IS_MAX)
+            acc0 = _window_update(acc0, v, IS_MAX)
+            if OUTS == 2:
+                ok = h_ok & ok1
+                if PADDED:
+                    ok = ok & (iw0 + 2 + j < W)
+                acc1 = _window_update(acc1, _tap(bits1, j, ok, fill, dtype), IS_MAX)
     if not IS_MAX:
-        acc = acc / (KSIZE * KSIZE)
-    tl.store(y_ptr + o, acc.to(y_ptr.dtype.element_ty), mask=o_ok)
+        acc0 = acc0 / (KSIZE * KSIZE)
+        acc1 = acc1 / (KSIZE * KSIZE)
+    if OUTS == 2:
+        y = y_ptr + r * Q + q
+        tl.store(y, acc0.to(y_ptr.dtype.element_ty), mask=t_ok)
+        tl.store(y + 1, acc1.to(y_ptr.dtype.element_ty), mask=ok1)
+    else:  # t is the output's own flat index
+        tl.store(y_ptr + t, acc0.to(y_ptr.dtype.element_ty), mask=t_ok)
 
 
 @register("pool2d", "triton", backend="triton", devices=("cuda", "cpu"),
@@ -193,15 +231,19 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         args = (x, out, rows, c, h, w, p, q, spec.stride, spec.padding)
         return bind(_pool_nhwc_kernel, configs, grid, args, meta, {**_INTERPRETER_CONFIG, "BLOCK_C": blocks[-1]})
 
+    rows = n * c * p  # (plane, output row) pairs
+
     def flat_grid(config: dict) -> tuple[int, ...]:
-        return (triton.cdiv(out.numel(), config["TILE"]),)
+        return (triton.cdiv(rows * triton.cdiv(q, config["OUTS"]), config["TILE"]),)
 
     reads = PAIRED_READS if pairs_refusal(spec, x) is None else (False,)
-    configs = [triton.Config({"TILE": tile, "PAIRS": pairs}, num_warps=warps)
-               for pairs in reads for tile, warps in _NCHW_TILES]
-    args = (x, out, out.numel(), x.numel() // 2, h, w, p, q, magic(q), magic(p), spec.stride, spec.padding)
+    outputs = PAIR_OUTPUTS if spec.stride == 2 else (1,)
+    configs = [triton.Config({"TILE": tile, "PAIRS": pairs, "OUTS": outs}, num_warps=warps)
+               for pairs in reads for outs in (outputs if pairs else (1,)) for tile, warps in _NCHW_TILES]
+    args = (x, out, rows, x.numel() // 2, h, w, p, q, magic(p), magic(q), magic(-(-q // 2)), spec.stride, spec.padding)
     meta["PADDED"] = spec.padding > 0
-    return bind(_pool_nchw_kernel, configs, flat_grid, args, meta, {**_INTERPRETER_CONFIG, "PAIRS": reads[-1]})
+    fixed = {**_INTERPRETER_CONFIG, "PAIRS": reads[-1], "OUTS": outputs[-1] if reads[-1] else 1}
+    return bind(_pool_nchw_kernel, configs, flat_grid, args, meta, fixed)
 
 
 def magic(divisor: int) -> int:
