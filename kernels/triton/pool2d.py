@@ -55,7 +55,8 @@ _NCHW_TILES = ((128, 4), (256, 4), (256, 8), (512, 8))  # (outputs, warps)
 _INTERPRETER_CONFIG = {"TILE": 256}
 PAIR_WINDOWS = (2, 3)  # window widths whose rows two aligned 32-bit words always hold
 PAIRED_READS = (False, True)  # NCHW row reads timed where word pairs apply (the interpreter runs the last)
-PAIR_OUTPUTS = (1, 2)  # NCHW outputs an element timed where word pairs and stride 2 allow two (the interpreter runs the last)
+# NCHW outputs an element timed where word pairs and stride 2 allow two (the interpreter runs the last).
+PAIR_OUTPUTS = (1, 2)
 
 # Widest channel run of an NHWC tile.
 MAX_INNER = 128
