@@ -35,7 +35,8 @@ from layerbench.builders import Kernel, Tensors
 from layerbench.registry import register
 from layerbench.layers import Pool2d
 
-from kernels.triton.support import INT32_MAX, bind, check_inputs, dense_layout, next_pow2, pixel_of
+from kernels.triton.support import (INT32_MAX, bind, check_inputs, dense_layout, divmod_magic, magic, next_pow2,
+                                    pixel_of)
 
 # TILE output elements per program.  NHWC: the tile's channel side is fixed per problem (below).
 # Small tiles over many warps: strided window taps load narrow values that wait on L1, and large
@@ -102,16 +103,6 @@ def _pool_nhwc_kernel(x_ptr, y_ptr, ROWS, C, H, W, P, Q, stride, pad,
 
 
 @triton.jit
-def _divmod(n, d, m):
-    """(n // d, n % d) for 0 <= n < 2**31 and d >= 1, where m = magic(d): the high word of n * m is
-    the quotient or one less, so one multiply and a correction replace a division's ~20 instructions."""
-    q = tl.umulhi(n.to(tl.uint32), m.to(tl.uint32)).to(tl.int32)
-    r = n - q * d
-    over = r >= d
-    return tl.where(over, q + 1, q), tl.where(over, r - d, r)
-
-
-@triton.jit
 def _row_pair(x_ptr, e, row_ok, WORDS, PADDED: tl.constexpr):
     """The aligned 32-bit word pair holding 16-bit elements e and e + 1 onward, shifted so that
     element e + j is bits 16 j of the result (a 64-bit funnel shift: no per-value select)."""
@@ -133,8 +124,8 @@ def _pool_nchw_kernel(x_ptr, y_ptr, TOTAL, WORDS, H, W, P, Q, MQ, MP, stride, pa
                       TILE: tl.constexpr, PAIRS: tl.constexpr):
     o = tl.program_id(0) * TILE + tl.arange(0, TILE)  # flat (n, c, p, q): the output's own order
     o_ok = o < TOTAL
-    r, q = _divmod(tl.where(o_ok, o, 0), Q, MQ)
-    plane, p = _divmod(r, P, MP)  # plane = n * C + c
+    r, q = divmod_magic(tl.where(o_ok, o, 0), Q, MQ)
+    plane, p = divmod_magic(r, P, MP)  # plane = n * C + c
     ih0 = p * stride - pad
     iw0 = q * stride - pad
     if IS_MAX:
@@ -202,11 +193,6 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     args = (x, out, out.numel(), x.numel() // 2, h, w, p, q, magic(q), magic(p), spec.stride, spec.padding)
     meta["PADDED"] = spec.padding > 0
     return bind(_pool_nchw_kernel, configs, flat_grid, args, meta, {**_INTERPRETER_CONFIG, "PAIRS": reads[-1]})
-
-
-def magic(divisor: int) -> int:
-    """The multiplier ``_divmod`` divides by ``divisor`` with: 2**32 // divisor, within 32 bits."""
-    return min(2**32 // divisor, 2**32 - 1)
 
 
 def channel_blocks(channels: int) -> tuple[int, ...]:
