@@ -142,9 +142,9 @@ def depthwise_flat_rows_only(spec: Conv2d, dtype, layout: str, tensors, out: tor
 
 
 # NHWC: flat runs of 32 elements, a pixel's channels split across runs (5-24 channels), runs that
-# start inside the left or right padding, rows shorter than a run.  NCHW: tiles of 4 planes x 8
-# columns, planes cut across tiles (2-24 per image) and rows cut across column blocks (widths
-# 9-11).  Stride 1 or 2 both ways (at stride 2, planes whose last output row reads the bottom
+# start inside the left or right padding, rows shorter than a run.  NCHW: tiles of 32 (plane,
+# column) pairs, planes and their rows cut across tiles (2-24 planes an image, widths 1-11).
+# Stride 1 or 2 both ways (at stride 2, planes whose last output row reads the bottom
 # padding or not, bands of 1-3 rows).
 @given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 11), width=st.integers(1, 11),
        padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), stride=st.integers(1, 2), bias=st.booleans(),
@@ -1010,21 +1010,22 @@ def test_pool2d_word_pairs_refusals() -> None:
 @triton.jit
 def _divmod_probe(n_ptr, q_ptr, r_ptr, d, m, SIZE: tl.constexpr):
     i = tl.arange(0, SIZE)
-    q, r = triton_pool2d._divmod(tl.load(n_ptr + i), d, m)
+    q, r = triton_support.divmod_magic(tl.load(n_ptr + i), d, m)
     tl.store(q_ptr + i, q)
     tl.store(r_ptr + i, r)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3, 6, 7, 13, 27, 55, 224, 4093, 65535, 2**30 + 3, 2**31 - 1])
 def test_nchw_pool_divides_by_multiplying_exactly(d: int) -> None:
-    """The pooling kernel's division by the row's element count and P: exact from 0 to the int32
-    limit, also at and just below multiples of the divisor (where a quotient one too large would show)."""
+    """The kernels' division by multiplying (pooling's by a row's outputs and P, depthwise's by Q):
+    exact from 0 to the int32 limit, also at and just below multiples of the divisor (where a
+    quotient one too large would show)."""
     n = [v for v in (0, 1, d - 1, d, d + 1, 2**31 - 1, 2**31 - 2, 2**30, 12345678) if v < 2**31]
     n += [k * d - e for k in (2, 1000, (2**31 - 1) // d) for e in (0, 1) if 0 <= k * d - e < 2**31]
     n += [int(v) for v in torch.randint(0, 2**31 - 1, (64 - len(n),), generator=torch.Generator().manual_seed(d))]
     n_t = torch.tensor(n, dtype=torch.int32)
     q, r = torch.empty_like(n_t), torch.empty_like(n_t)
-    _divmod_probe[(1,)](n_t, q, r, d, triton_pool2d.magic(d), SIZE=64)
+    _divmod_probe[(1,)](n_t, q, r, d, triton_support.magic(d), SIZE=64)
     assert q.tolist() == [v // d for v in n] and r.tolist() == [v % d for v in n]
 
 

@@ -24,10 +24,10 @@ output row above and starts its own, the odd row below adds the middle filter ro
 row is loaded once (the direct kernel loads the rows shared by two output rows twice).
 
 The flat kernel also runs NCHW: there each plane's output row is a run of its own, and its three
-horizontal taps are the run shifted by one input column; a tile is ``BLOCK_E // BLOCK_Q`` planes x
-``BLOCK_Q`` columns (the plane's width rounded up to a power of two, so 7 x 7 planes fill lanes
-as 112 x 112 ones do), the nine taps per plane.  Its loads are coalesced runs of each plane's
-row, with no L2 prefetch.
+horizontal taps are the run shifted by one input column; a tile is ``BLOCK_E`` consecutive
+(plane, output column) pairs, so no lane idles past a plane's last column (a tile of a power of
+two columns leaves 1 in 8 idle on 7 x 7 to 112 x 112 planes), the nine taps per element.  Its
+loads are coalesced runs of each plane's row, with no L2 prefetch.
 
 Scope: 3x3 filters, dilation 1, one output channel per input channel; the 2-D kernel vertical
 stride 1 (any horizontal stride and padding), NHWC; the flat kernel strides (1, 1) and (2, 2),
@@ -49,7 +49,7 @@ from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
 from kernels import depthwise_scope
-from kernels.triton.support import bind, dense_layout, interpreting, next_pow2
+from kernels.triton.support import bind, dense_layout, divmod_magic, interpreting, magic, next_pow2
 
 # (BLOCK_Q, BLOCK_C, warps) of a tile, each with bands of ROWS output rows and, on Hopper, rows
 # prefetched PREFETCH ahead.  Narrow channel blocks that divide the channels waste no lanes
@@ -62,10 +62,9 @@ _INTERPRETER = {"BLOCK_Q": 4, "BLOCK_C": 16, "ROWS": 3, "PREFETCH": 0}
 # take 72-144 registers).
 _FLAT_TILES = [(1024, 4), (2048, 8), (1024, 8), (512, 4)]
 _FLAT_INTERPRETER = {"BLOCK_E": 32, "ROWS": 3, "PREFETCH": 0}
-# NCHW: (BLOCK_E, warps), 2-8 elements a thread: its loads are one element wide, and a thread's
-# elements lie in different planes, each with nine taps of its own.
+# NCHW: (BLOCK_E, warps), 2-8 elements a thread: its loads are one element wide, and each element
+# holds the nine taps of its own plane.
 _PLANE_TILES = [(256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8)]
-_FLAT_INTERPRETER_COLUMNS = 8  # NCHW: BLOCK_E // 8 planes of 8 columns (rows wider are cut)
 # A thread holds at least one 16-byte vector of a tile (smaller tiles leave lanes idle).
 _MIN_TILE_BYTES_PER_THREAD = 16
 
@@ -183,25 +182,21 @@ def _flat_times(left, mid, right, t0, t1, t2):
     return left.to(tl.float32) * t0 + mid.to(tl.float32) * t1 + right.to(tl.float32) * t2
 
 
-@triton.jit(do_not_specialize=["PLANES", "H", "W", "P", "Q", "pad_h", "pad_w"])
-def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, PLANES, C, H, W, P, Q, pad_h, pad_w,
+@triton.jit(do_not_specialize=["PLANES", "H", "W", "P", "Q", "MQ", "pad_h", "pad_w"])
+def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, PLANES, C, H, W, P, Q, MQ, pad_h, pad_w,
                                 HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, ROWS: tl.constexpr,
-                                BLOCK_E: tl.constexpr, NCHW: tl.constexpr, BLOCK_Q: tl.constexpr,
-                                PREFETCH: tl.constexpr):
+                                BLOCK_E: tl.constexpr, NCHW: tl.constexpr, PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     bands = tl.cdiv(P, ROWS)
     if NCHW:
-        # A tile of BLOCK_E // BLOCK_Q planes (flat over n, c) x BLOCK_Q output columns: each plane's
-        # output row is a run of its own, its taps the run shifted by one input column.
-        segments = tl.cdiv(Q, BLOCK_Q)
-        start = (pid % segments) * BLOCK_Q
-        rest = pid // segments
-        p0 = (rest % bands) * ROWS
-        planes = (rest // bands) * (BLOCK_E // BLOCK_Q) + tl.arange(0, BLOCK_E // BLOCK_Q)[:, None]
-        c_ok = planes < PLANES
-        plane = tl.where(c_ok, planes, 0)
-        q = start + tl.arange(0, BLOCK_Q)[None, :]
-        e_ok = c_ok & (q < Q)
+        # A tile of BLOCK_E consecutive (plane, output column) pairs, plane = n * C + c, split once
+        # by a multiply (MQ = magic(Q)): each plane's output row is a run of its own, its taps the
+        # run shifted by one input column.  Bands run fastest, so neighbours share halo rows in L2.
+        p0 = (pid % bands) * ROWS
+        e = (pid // bands) * BLOCK_E + tl.arange(0, BLOCK_E)
+        e_ok = e < PLANES * Q
+        plane, q = divmod_magic(tl.where(e_ok, e, 0), Q, MQ)
+        c_ok = e_ok
         c = plane % C
         iw = q * STRIDE - pad_w
         off = plane * (H * W) + iw
@@ -336,13 +331,9 @@ def _flat_configs(run: int, prefetch: bool) -> list[triton.Config]:
             for block_e, warps in tiles for rows in _ROWS for ahead in ((0, _PREFETCH) if prefetch else (0,))]
 
 
-@functools.cache
-def _plane_configs(columns: int) -> list[triton.Config]:
-    """NCHW: tiles of planes x ``columns`` (rounded up to a power of two, at most the tile), each
-    with bands of every ROWS."""
-    return [triton.Config({"BLOCK_E": block_e, "BLOCK_Q": min(next_pow2(columns), block_e), "ROWS": rows,
-                           "PREFETCH": 0}, num_warps=warps)
-            for block_e, warps in _PLANE_TILES for rows in _ROWS]
+# NCHW: every plane tile with bands of every ROWS.
+_PLANE_CONFIGS = [triton.Config({"BLOCK_E": block_e, "ROWS": rows, "PREFETCH": 0}, num_warps=warps)
+                  for block_e, warps in _PLANE_TILES for rows in _ROWS]
 
 
 def _filter_and_prefetch(spec: Conv2d, layout: str, tensors: Tensors, out: torch.Tensor,
@@ -396,22 +387,17 @@ def build_depthwise_flat_rows(spec: Conv2d, dtype: DType, layout: str, tensors: 
     planes = spec.batch * c
     on_gpu = not interpreting(_depthwise_flat_rows_kernel)
     if layout == "NCHW":
-        configs = _plane_configs(q) if on_gpu else []
-        meta = {"NCHW": True}
-        fixed = {**_FLAT_INTERPRETER, "BLOCK_Q": min(_FLAT_INTERPRETER_COLUMNS, next_pow2(q))}
+        configs = _PLANE_CONFIGS if on_gpu else []
 
         def grid(config: dict) -> tuple[int]:
-            return (triton.cdiv(planes, config["BLOCK_E"] // config["BLOCK_Q"]) * triton.cdiv(p, config["ROWS"])
-                    * triton.cdiv(q, config["BLOCK_Q"]),)
+            return (triton.cdiv(planes * q, config["BLOCK_E"]) * triton.cdiv(p, config["ROWS"]),)
     else:
         configs = _flat_configs(q * c, prefetch) if on_gpu else []
-        meta = {"NCHW": False, "BLOCK_Q": 1}
-        fixed = _FLAT_INTERPRETER
 
         def grid(config: dict) -> tuple[int]:
             return (spec.batch * triton.cdiv(p, config["ROWS"]) * triton.cdiv(q * c, config["BLOCK_E"]),)
 
-    args = (x, taps, bias if bias is not None else out, out, planes, c, spec.height, spec.width, p, q,
+    args = (x, taps, bias if bias is not None else out, out, planes, c, spec.height, spec.width, p, q, magic(q),
             spec.padding_h, spec.padding_w)
     return bind(_depthwise_flat_rows_kernel, configs, grid, args,
-                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h, **meta}, fixed)
+                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h, "NCHW": layout == "NCHW"}, _FLAT_INTERPRETER)

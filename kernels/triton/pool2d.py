@@ -37,7 +37,8 @@ from layerbench.builders import Kernel, Tensors
 from layerbench.registry import register
 from layerbench.layers import Pool2d
 
-from kernels.triton.support import INT32_MAX, bind, check_inputs, dense_layout, next_pow2, pixel_of
+from kernels.triton.support import (INT32_MAX, bind, check_inputs, dense_layout, divmod_magic, magic, next_pow2,
+                                    pixel_of)
 
 # TILE output elements per program.  NHWC: the tile's channel side is fixed per problem (below).
 # Small tiles over many warps: strided window taps load narrow values that wait on L1, and large
@@ -106,16 +107,6 @@ def _pool_nhwc_kernel(x_ptr, y_ptr, ROWS, C, H, W, P, Q, stride, pad,
 
 
 @triton.jit
-def _divmod(n, d, m):
-    """(n // d, n % d) for 0 <= n < 2**31 and d >= 1, where m = magic(d): the high word of n * m is
-    the quotient or one less, so one multiply and a correction replace a division's ~20 instructions."""
-    q = tl.umulhi(n.to(tl.uint32), m.to(tl.uint32)).to(tl.int32)
-    r = n - q * d
-    over = r >= d
-    return tl.where(over, q + 1, q), tl.where(over, r - d, r)
-
-
-@triton.jit
 def _word(x_ptr, at, ok, WORDS, PADDED: tl.constexpr, FIRST: tl.constexpr):
     """32-bit word ``at`` of x (4-byte aligned, WORDS words), 0 where ok is false, where it lies
     past x (a word after the window's first: the window may end on x's last value) or, with
@@ -152,8 +143,8 @@ def _pool_nchw_kernel(x_ptr, y_ptr, ROWS, WORDS, H, W, P, Q, MP, MQ1, MQ2, strid
         QE, MQE = Q, MQ1
     t = tl.program_id(0) * TILE + tl.arange(0, TILE)
     t_ok = t < ROWS * QE
-    r, qe = _divmod(tl.where(t_ok, t, 0), QE, MQE)
-    plane, p = _divmod(r, P, MP)  # plane = n * C + c
+    r, qe = divmod_magic(tl.where(t_ok, t, 0), QE, MQE)
+    plane, p = divmod_magic(r, P, MP)  # plane = n * C + c
     q = qe * OUTS
     ok1 = t_ok & (q + 1 < Q)  # the second output exists (an odd row's last element has one)
     ih0 = p * stride - pad
@@ -245,11 +236,6 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     meta["PADDED"] = spec.padding > 0
     fixed = {**_INTERPRETER_CONFIG, "PAIRS": reads[-1], "OUTS": outputs[-1] if reads[-1] else 1}
     return bind(_pool_nchw_kernel, configs, flat_grid, args, meta, fixed)
-
-
-def magic(divisor: int) -> int:
-    """The multiplier ``_divmod`` divides by ``divisor`` with: 2**32 // divisor, within 32 bits."""
-    return min(2**32 // divisor, 2**32 - 1)
 
 
 def channel_blocks(channels: int) -> tuple[int, ...]:

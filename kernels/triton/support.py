@@ -57,6 +57,21 @@ def pixel_of(m, P, Q):
 
 
 @triton.jit
+def divmod_magic(n, d, m):
+    """(n // d, n % d) for 0 <= n < 2**31 and d >= 1, where m = magic(d): the high word of n * m is
+    the quotient or one less, so one multiply and a correction replace a division's ~20 instructions."""
+    q = tl.umulhi(n.to(tl.uint32), m.to(tl.uint32)).to(tl.int32)
+    r = n - q * d
+    over = r >= d
+    return tl.where(over, q + 1, q), tl.where(over, r - d, r)
+
+
+def magic(divisor: int) -> int:
+    """The multiplier ``divmod_magic`` divides by ``divisor`` with: 2**32 // divisor, within 32 bits."""
+    return min(2**32 // divisor, 2**32 - 1)
+
+
+@triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(row tile, column tile) of program ``pid`` over an M x N output, in grouped order: GROUP_M
     row tiles run down each column of tiles in turn, so they share its B tiles while in L2."""
