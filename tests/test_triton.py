@@ -143,20 +143,23 @@ def depthwise_flat_rows_only(spec: Conv2d, dtype, layout: str, tensors, out: tor
 
 # NHWC: flat runs of 32 elements, a pixel's channels split across runs (5-24 channels), runs that
 # start inside the left or right padding, rows shorter than a run.  NCHW: tiles of 32 (plane,
-# column) pairs, planes and their rows cut across tiles (2-24 planes an image, widths 1-11).
-# Stride 1 or 2 both ways (at stride 2, planes whose last output row reads the bottom
+# column) pairs, or of 4 planes x 8 columns (rows wider cut across column blocks), planes and
+# their rows cut across tiles (2-24 planes an image, widths 1-11).  Stride 1 or 2 both ways (at stride 2, planes whose last output row reads the bottom
 # padding or not, bands of 1-3 rows).
 @given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 11), width=st.integers(1, 11),
        padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), stride=st.integers(1, 2), bias=st.booleans(),
-       dtype=st.sampled_from(["fp32", "fp16", "bf16"]), layout=st.sampled_from(["NHWC", "NCHW"]), seed=SEEDS)
+       dtype=st.sampled_from(["fp32", "fp16", "bf16"]), layout=st.sampled_from(["NHWC", "NCHW"]),
+       plane_columns=st.sampled_from([0, 8]), seed=SEEDS)
 def test_conv2d_depthwise_flat_rows_drawn(batch: int, channels: int, height: int, width: int, padding_h: int,
                                           padding_w: int, stride: int, bias: bool, dtype: str, layout: str,
-                                          seed: int) -> None:
+                                          plane_columns: int, seed: int) -> None:
     assume(height + 2 * padding_h >= 3 and width + 2 * padding_w >= 3)
     spec = Conv2d(batch, channels, channels, height, width, 3, 3, stride=stride, padding_h=padding_h,
                   padding_w=padding_w, groups=channels, bias=bias)
-    result = check_implementation(depthwise_flat_rows_only, spec, dtype, layout, "cpu", seed=seed)
-    assert result.ok, f"{spec} {dtype} {layout} seed={seed}: {result.message}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(triton_depthwise_rows, "_INTERPRETER_PLANE_COLUMNS", plane_columns)
+        result = check_implementation(depthwise_flat_rows_only, spec, dtype, layout, "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} {layout} plane_columns={plane_columns} seed={seed}: {result.message}"
 
 
 def test_conv2d_depthwise_rows_mobilenet_layer() -> None:

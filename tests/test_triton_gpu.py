@@ -157,9 +157,8 @@ def check_each_row_config(monkeypatch: pytest.MonkeyPatch, table: str, configs: 
                           spec: Conv2d, dtype: str, seed: int, layout: str = "NHWC") -> None:
     """Each of ``configs`` forced alone (``depthwise_rows.<table>`` gives only it) through ``build``."""
     assert configs
-    listed = isinstance(getattr(depthwise_rows, table), list)
     for config in configs:
-        monkeypatch.setattr(depthwise_rows, table, [config] if listed else lambda *_, config=config: [config])
+        monkeypatch.setattr(depthwise_rows, table, lambda *_, config=config: [config])
         result = check_implementation(build, spec, dtype, layout, "cuda", seed=seed)
         assert result.ok, f"{config} {spec} {dtype} {layout}: {result.message}"
 
@@ -193,13 +192,14 @@ def test_conv2d_depthwise_flat_rows_every_config(i: int, dtype: str, monkeypatch
                           dtype, i)
 
 
-# The flat kernel in NCHW, each tile forced in turn: output rows of 29, 61, 7, 31 and 15 columns,
-# planes and rows cut across tiles, strides 1 and 2.
+# The flat kernel in NCHW, each tile forced in turn: output rows of 29, 61, 7, 31 and 15 columns
+# (power-of-two tiles 32, 64, 8, 32 and 16 columns wide, and flat pairs), planes and rows cut
+# across tiles, strides 1 and 2.
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("i", range(len(DEPTHWISE_FLAT_ROWS_CASES)))
 def test_conv2d_depthwise_flat_rows_nchw_every_config(i: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = DEPTHWISE_FLAT_ROWS_CASES[i]
-    check_each_row_config(monkeypatch, "_PLANE_CONFIGS", depthwise_rows._PLANE_CONFIGS,
+    check_each_row_config(monkeypatch, "_plane_configs", depthwise_rows._plane_configs(spec.out_width),
                           depthwise_rows.build_depthwise_flat_rows, spec, dtype, i, "NCHW")
 
 

@@ -126,13 +126,13 @@ def main() -> None:
         # The forward row-streaming kernels on MobileNetV2's 144 channels at 56 x 56 (NHWC; NCHW planes).
         itemsize = 2 if el in ("bf16", "fp16") else 4
         pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
-        nhwc = {"NCHW": False}
+        nhwc = {"NCHW": False, "BLOCK_Q": 0}
         for label, kernel, configs, meta in (
                 ("rows", dr._depthwise_rows_kernel, dr._configs(144, 56, itemsize, True), {}),
                 ("flat rows", dr._depthwise_flat_rows_kernel, dr._flat_configs(56 * 144, True), dict(nhwc, STRIDE=1)),
                 ("flat rows stride 2", dr._depthwise_flat_rows_kernel, dr._flat_configs(28 * 144, True),
                  dict(nhwc, STRIDE=2)),
-                ("flat planes NCHW", dr._depthwise_flat_rows_kernel, dr._PLANE_CONFIGS,
+                ("flat planes NCHW", dr._depthwise_flat_rows_kernel, dr._plane_configs(56),
                  {"NCHW": True, "STRIDE": 1})):
             for cfg in configs:
                 line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **meta, **cfg.kwargs),

@@ -24,10 +24,11 @@ output row above and starts its own, the odd row below adds the middle filter ro
 row is loaded once (the direct kernel loads the rows shared by two output rows twice).
 
 The flat kernel also runs NCHW: there each plane's output row is a run of its own, and its three
-horizontal taps are the run shifted by one input column; a tile is ``BLOCK_E`` consecutive
-(plane, output column) pairs, so no lane idles past a plane's last column (a tile of a power of
-two columns leaves 1 in 8 idle on 7 x 7 to 112 x 112 planes), the nine taps per element.  Its
-loads are coalesced runs of each plane's row, with no L2 prefetch.
+horizontal taps are the run shifted by one input column.  A tile is ``BLOCK_E // BLOCK_Q`` planes
+x ``BLOCK_Q`` columns (the plane's width rounded up to a power of two: 1 lane in 8 idles on 7 x 7
+to 112 x 112 planes), or ``BLOCK_E`` consecutive (plane, output column) pairs (``BLOCK_Q`` 0: no
+lane idles, but each element loads its plane's nine taps); both are timed.  Its loads are
+coalesced runs of each plane's row, with no L2 prefetch.
 
 Scope: 3x3 filters, dilation 1, one output channel per input channel; the 2-D kernel vertical
 stride 1 (any horizontal stride and padding), NHWC; the flat kernel strides (1, 1) and (2, 2),
@@ -65,6 +66,8 @@ _FLAT_INTERPRETER = {"BLOCK_E": 32, "ROWS": 3, "PREFETCH": 0}
 # NCHW: (BLOCK_E, warps), 2-8 elements a thread: its loads are one element wide, and each element
 # holds the nine taps of its own plane.
 _PLANE_TILES = [(256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8)]
+# NCHW in the interpreter: flat (plane, column) pairs (0), or tiles of planes x this many columns.
+_INTERPRETER_PLANE_COLUMNS = 0
 # A thread holds at least one 16-byte vector of a tile (smaller tiles leave lanes idle).
 _MIN_TILE_BYTES_PER_THREAD = 16
 
@@ -185,18 +188,34 @@ def _flat_times(left, mid, right, t0, t1, t2):
 @triton.jit(do_not_specialize=["PLANES", "H", "W", "P", "Q", "MQ", "pad_h", "pad_w"])
 def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, PLANES, C, H, W, P, Q, MQ, pad_h, pad_w,
                                 HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, ROWS: tl.constexpr,
-                                BLOCK_E: tl.constexpr, NCHW: tl.constexpr, PREFETCH: tl.constexpr):
+                                BLOCK_E: tl.constexpr, NCHW: tl.constexpr, BLOCK_Q: tl.constexpr,
+                                PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     bands = tl.cdiv(P, ROWS)
     if NCHW:
-        # A tile of BLOCK_E consecutive (plane, output column) pairs, plane = n * C + c, split once
-        # by a multiply (MQ = magic(Q)): each plane's output row is a run of its own, its taps the
-        # run shifted by one input column.  Bands run fastest, so neighbours share halo rows in L2.
-        p0 = (pid % bands) * ROWS
-        e = (pid // bands) * BLOCK_E + tl.arange(0, BLOCK_E)
-        e_ok = e < PLANES * Q
-        plane, q = divmod_magic(tl.where(e_ok, e, 0), Q, MQ)
-        c_ok = e_ok
+        # Each plane's output row (plane = n * C + c) is a run of its own, its taps the run shifted
+        # by one input column.
+        if BLOCK_Q > 0:
+            # A tile of BLOCK_E // BLOCK_Q planes x BLOCK_Q output columns: a plane's taps are
+            # loaded once for its columns, but columns past Q idle.
+            segments = tl.cdiv(Q, BLOCK_Q)
+            start = (pid % segments) * BLOCK_Q
+            rest = pid // segments
+            p0 = (rest % bands) * ROWS
+            planes = (rest // bands) * (BLOCK_E // BLOCK_Q) + tl.arange(0, BLOCK_E // BLOCK_Q)[:, None]
+            c_ok = planes < PLANES
+            plane = tl.where(c_ok, planes, 0)
+            q = start + tl.arange(0, BLOCK_Q)[None, :]
+            e_ok = c_ok & (q < Q)
+        else:
+            # A tile of BLOCK_E consecutive (plane, output column) pairs, split once by a multiply
+            # (MQ = magic(Q)): no lane idles, but each element loads its plane's taps.  Bands run
+            # fastest, so neighbours share their halo rows in L2.
+            p0 = (pid % bands) * ROWS
+            e = (pid // bands) * BLOCK_E + tl.arange(0, BLOCK_E)
+            e_ok = e < PLANES * Q
+            plane, q = divmod_magic(tl.where(e_ok, e, 0), Q, MQ)
+            c_ok = e_ok
         c = plane % C
         iw = q * STRIDE - pad_w
         off = plane * (H * W) + iw
@@ -331,9 +350,14 @@ def _flat_configs(run: int, prefetch: bool) -> list[triton.Config]:
             for block_e, warps in tiles for rows in _ROWS for ahead in ((0, _PREFETCH) if prefetch else (0,))]
 
 
-# NCHW: every plane tile with bands of every ROWS.
-_PLANE_CONFIGS = [triton.Config({"BLOCK_E": block_e, "ROWS": rows, "PREFETCH": 0}, num_warps=warps)
-                  for block_e, warps in _PLANE_TILES for rows in _ROWS]
+@functools.cache
+def _plane_configs(columns: int) -> list[triton.Config]:
+    """NCHW: each tile as planes x ``columns`` (rounded up to a power of two, at most the tile) and
+    as flat (plane, column) pairs (BLOCK_Q 0), each with bands of every ROWS.  Neither wins every
+    layer: the flat tile leaves no lane idle, the other loads a plane's taps once for its columns."""
+    return [triton.Config({"BLOCK_E": block_e, "BLOCK_Q": block_q, "ROWS": rows, "PREFETCH": 0}, num_warps=warps)
+            for block_e, warps in _PLANE_TILES for block_q in (min(next_pow2(columns), block_e), 0)
+            for rows in _ROWS]
 
 
 def _filter_and_prefetch(spec: Conv2d, layout: str, tensors: Tensors, out: torch.Tensor,
@@ -387,12 +411,20 @@ def build_depthwise_flat_rows(spec: Conv2d, dtype: DType, layout: str, tensors: 
     planes = spec.batch * c
     on_gpu = not interpreting(_depthwise_flat_rows_kernel)
     if layout == "NCHW":
-        configs = _PLANE_CONFIGS if on_gpu else []
+        configs = _plane_configs(q) if on_gpu else []
+        meta = {"NCHW": True}
+        columns = _INTERPRETER_PLANE_COLUMNS
+        fixed = {**_FLAT_INTERPRETER, "BLOCK_Q": min(columns, next_pow2(q)) if columns else 0}
 
         def grid(config: dict) -> tuple[int]:
-            return (triton.cdiv(planes * q, config["BLOCK_E"]) * triton.cdiv(p, config["ROWS"]),)
+            if config["BLOCK_Q"] == 0:
+                return (triton.cdiv(planes * q, config["BLOCK_E"]) * triton.cdiv(p, config["ROWS"]),)
+            return (triton.cdiv(planes, config["BLOCK_E"] // config["BLOCK_Q"]) * triton.cdiv(p, config["ROWS"])
+                    * triton.cdiv(q, config["BLOCK_Q"]),)
     else:
         configs = _flat_configs(q * c, prefetch) if on_gpu else []
+        meta = {"NCHW": False, "BLOCK_Q": 0}
+        fixed = _FLAT_INTERPRETER
 
         def grid(config: dict) -> tuple[int]:
             return (spec.batch * triton.cdiv(p, config["ROWS"]) * triton.cdiv(q * c, config["BLOCK_E"]),)
@@ -400,4 +432,4 @@ def build_depthwise_flat_rows(spec: Conv2d, dtype: DType, layout: str, tensors: 
     args = (x, taps, bias if bias is not None else out, out, planes, c, spec.height, spec.width, p, q, magic(q),
             spec.padding_h, spec.padding_w)
     return bind(_depthwise_flat_rows_kernel, configs, grid, args,
-                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h, "NCHW": layout == "NCHW"}, _FLAT_INTERPRETER)
+                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h, **meta}, fixed)
