@@ -144,8 +144,8 @@ def depthwise_flat_rows_only(spec: Conv2d, dtype, layout: str, tensors, out: tor
 # NHWC: flat runs of 32 elements, a pixel's channels split across runs (5-24 channels), runs that
 # start inside the left or right padding, rows shorter than a run.  NCHW: tiles of 32 (plane,
 # column) pairs, or of 4 planes x 8 columns (rows wider cut across column blocks), planes and
-# their rows cut across tiles (2-24 planes an image, widths 1-11).  Stride 1 or 2 both ways (at stride 2, planes whose last output row reads the bottom
-# padding or not, bands of 1-3 rows).
+# their rows cut across tiles (2-24 planes an image, widths 1-11).  Stride 1 or 2 both ways (at
+# stride 2, planes whose last output row reads the bottom padding or not, bands of 1-3 rows).
 @given(batch=st.integers(1, 2), channels=st.integers(2, 24), height=st.integers(1, 11), width=st.integers(1, 11),
        padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), stride=st.integers(1, 2), bias=st.booleans(),
        dtype=st.sampled_from(["fp32", "fp16", "bf16"]), layout=st.sampled_from(["NHWC", "NCHW"]),
