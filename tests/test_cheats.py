@@ -18,6 +18,7 @@ import torch
 
 import runner_fakes
 from layerbench import registry, sweep
+from layerbench.check import streams
 from layerbench.check.streams import DeviceActivity, StreamProbe, check_stream, escape_verdict, stream_verdict
 from layerbench.layers import ReLU
 from layerbench.results import rundir as results
@@ -206,6 +207,21 @@ def test_stream_verdict() -> None:
     # A gap within the synchronisation's latency is no evidence.
     assert escape_verdict(_probes((0.1e-3, 0.5e-3), (0.1e-3, 0.5e-3), (0.1e-3, 0.5e-3))) is None
     assert check_stream(lambda: None, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("seconds, launches", [(1e-3, 1), (2e-5, 5), (1e-5, 10), (1e-7, streams.MAX_PROFILED_LAUNCHES)])
+def test_a_stream_profile_holds_about_a_fixed_wall_time_of_launches(seconds: float, launches: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short kernels are launched several times in a profile (their side work must outlast the
+    marker's start), long ones once, never more than the cap."""
+    clock = [0.0]
+
+    def kernel() -> None:  # one launch and its synchronisation take ``seconds`` of wall time
+        clock[0] += seconds
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(streams.time, "perf_counter", lambda: clock[0])
+    assert streams.profiled_launches(kernel, torch.device("cuda")) == launches
 
 
 @pytest.mark.gpu
