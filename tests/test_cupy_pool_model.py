@@ -1,7 +1,12 @@
 """pool2d.cu's loops, modelled on the CPU (kernels/cupy/models.py), against torch's pooling in
-float64; the band plan (kernels/cupy/pool_plan.py) and its constant in the kernel."""
+float64; the band plan (kernels/cupy/pool_plan.py) and its constant in the kernel; the NCHW band
+kernel's own source compiled as host C++ (tests/host_cuda/pool2d_nchw.cpp; needs a C++17
+compiler, skipped without one)."""
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from host_cuda_build import built
 from kernels.cupy import pool_plan, sources
 from kernels.cupy.models import model_pool_nchw_band, model_pool_nhwc
 from layerbench.layers import Pool2d
@@ -61,3 +67,10 @@ def test_band_bytes_match_the_kernel() -> None:
     text = (sources.KERNEL_DIR / "pool2d.cu").read_text()
     assert f"constexpr int BAND_BYTES = {pool_plan.BAND_BYTES};" in text
 
+
+def test_band_kernel_source_on_the_cpu(tmp_path: Path) -> None:
+    """The NCHW band kernel itself, each block's threads as host threads that meet at its barrier,
+    with and without its checks for padding."""
+    result = subprocess.run([str(built(tmp_path, "pool2d_nchw", "pool2d.cu"))], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and " 0 bad, 0 misaligned" in result.stdout, result.stdout + result.stderr

@@ -11,8 +11,10 @@ namespace {
 constexpr int MAX = 0;
 constexpr int AVG = 1;
 
-// Shared memory of one NCHW band (_pool_plan.py sizes bands to fit it; keep the two equal).
+// Shared memory of one NCHW band (_pool_plan.py sizes bands to fit it; keep the two equal), at
+// file scope so that the host-side check of the kernel (tests/host_cuda) shares it between threads.
 constexpr int BAND_BYTES = 24576;
+__shared__ uint4 pool_band[BAND_BYTES / 16];
 
 // One output channel's running state.
 template <typename T, int METHOD> struct Acc;
@@ -70,15 +72,15 @@ __device__ __forceinline__ void for_each_tap(int h0, int w0, int kk, int H, int 
 // the kernel waiting on L1.  The 16-byte vectors may reach up to 15 bytes before or after the
 // range, never outside the 16-byte granules that hold x's own elements (x is element-aligned).
 // K > 0 fixes the window size at compile time (the taps unroll); K == 0 reads it from k.
+// PADDED is p > 0: without padding every window lies inside its plane, and no tap is checked.
 // Indices fit in int32 (the spec caps tensors at 2^31 - 1 elements).
-template <typename T, int METHOD, int K>
+template <typename T, int METHOD, int K, bool PADDED>
 __global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int rows, int H, int W,
                                                    int OH, int OW, int k, int s, int p,
                                                    float inv_area, int band_rows) {
     typedef typename lb::Bits<T>::U U;
     constexpr int VE = 16 / sizeof(T);  // elements per 16-byte vector
-    __shared__ uint4 band[BAND_BYTES / 16];
-    const U* sb = reinterpret_cast<const U*>(band);
+    const U* sb = reinterpret_cast<const U*>(pool_band);
     const int kk = K > 0 ? K : k;
 
     const int r0 = blockIdx.x * band_rows;
@@ -95,13 +97,14 @@ __global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int rows, i
     // Asynchronous copies: every vector of the band in flight at once, none through registers
     // (a plain load-then-store loop waits out one memory latency per iteration).
     for (int i = threadIdx.x; i < vectors; i += blockDim.x)
-        lb::cp_async16(lb::smem_addr(band + i), src + i, true);
+        lb::cp_async16(lb::smem_addr(pool_band + i), src + i, true);
     lb::cp_async_commit();
     lb::cp_async_wait_all();
     __syncthreads();
 
-    // Thread t pools outputs t, t + blockDim.x, ... of the band; (row, column) advance by a fixed
-    // step rather than being divided out of the index each time.
+    // Thread t pools outputs t, t + blockDim.x, ... of the band.  (row, column) and the window's
+    // offset in the band advance by fixed steps rather than being divided out of the index and
+    // multiplied back each time: a 16-bit output leaves room for few instructions.
     const int count = (r1 - r0) * OW;
     const int step_rows = blockDim.x / OW, step_cols = blockDim.x - step_rows * OW;
     int ow = threadIdx.x % OW;
@@ -110,23 +113,35 @@ __global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int rows, i
         oh -= OH;
         ++plane;
     }
-    U* out = reinterpret_cast<U*>(y) + static_cast<long long>(r0) * OW;
-    for (int i = threadIdx.x; i < count; i += blockDim.x) {
-        const int h0 = oh * s - p, w0 = ow * s - p;
-        const U* win = sb + ((plane * H + h0) * W + w0 - base);  // may point at padding
+    int at = (plane * H + oh * s - p) * W + ow * s - p - base;  // the window's top left, in the band
+    const int step = step_rows * s * W + step_cols * s;
+    const int next_row = s * W - OW * s;     // a column past OW: the next output row's start
+    const int next_plane = (H - OH * s) * W;  // a row past OH: the next plane's first row
+    U* out = reinterpret_cast<U*>(y) + static_cast<long long>(r0) * OW + threadIdx.x;
+    for (int i = threadIdx.x; i < count; i += blockDim.x, out += blockDim.x) {
+        const U* win = sb + at;  // may point at padding
         Acc<T, METHOD> acc;
         acc.init();
-        for_each_tap(h0, w0, kk, H, W, [&](int a, int b) { acc.add(win[a * W + b]); });
-        out[i] = acc.result(inv_area);
+        if (PADDED) {
+            for_each_tap(oh * s - p, ow * s - p, kk, H, W, [&](int a, int b) { acc.add(win[a * W + b]); });
+        } else {
+#pragma unroll
+            for (int a = 0; a < kk; ++a)
+#pragma unroll
+                for (int b = 0; b < kk; ++b) acc.add(win[a * W + b]);
+        }
+        *out = acc.result(inv_area);
         ow += step_cols;
         oh += step_rows;
+        at += step;
         if (ow >= OW) {
             ow -= OW;
             ++oh;
+            at += next_row;
         }
         while (oh >= OH) {
             oh -= OH;
-            ++plane;
+            at += next_plane;
         }
     }
 }

@@ -44,7 +44,7 @@ def build(spec: Pool2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         rows = pool_plan.band_rows(s, sources.ITEMSIZE[ctype], support.sm_count(index))
         if rows is not None:
             out_rows = s.batch * s.channels * s.out_height  # (plane, output row) pairs
-            fn = support.function("pool2d", sources.pool_nchw_name(ctype, s.method, s.kernel), index)
+            fn = support.function("pool2d", sources.pool_nchw_name(ctype, s.method, s.kernel, s.padding > 0), index)
             args = [support.ptr(x), support.ptr(out), support.i32(out_rows)] + common + [support.i32(rows)]
             blocks = -(-out_rows // rows)
             return support.Launch(fn, (blocks, 1, 1), (THREADS, 1, 1), args, index, keep=(x, out))

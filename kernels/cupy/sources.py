@@ -53,8 +53,8 @@ def _pool_k(kernel: int) -> int:
     return kernel if kernel in POOL_UNROLLED else 0
 
 
-def pool_nchw_name(ctype: str, method: str, kernel: int) -> str:
-    return f"pool2d_nchw<{ctype}, {POOL_METHODS[method]}, {_pool_k(kernel)}>"
+def pool_nchw_name(ctype: str, method: str, kernel: int, padded: bool) -> str:
+    return f"pool2d_nchw<{ctype}, {POOL_METHODS[method]}, {_pool_k(kernel)}, {_cpp_bool(padded)}>"
 
 
 def pool_nchw_direct_name(ctype: str, method: str) -> str:
@@ -247,7 +247,8 @@ class Source:
 SOURCES: dict[str, Source] = {
     "relu": Source("relu.cu", tuple(relu_name(t) for t in STORAGE_TYPES)),
     "pool2d": Source("pool2d.cu", tuple(
-        [pool_nchw_name(t, m, k) for t in STORAGE_TYPES for m in POOL_METHODS for k in (0, *POOL_UNROLLED)]
+        [pool_nchw_name(t, m, k, padded) for t in STORAGE_TYPES for m in POOL_METHODS for k in (0, *POOL_UNROLLED)
+         for padded in (False, True)]
         + [pool_nchw_direct_name(t, m) for t in STORAGE_TYPES for m in POOL_METHODS]
         + [pool_nhwc_name(t, m, v, k) for t in STORAGE_TYPES for m in POOL_METHODS
            for v in (1, vector_width(t)) for k in (0, *POOL_UNROLLED)])),

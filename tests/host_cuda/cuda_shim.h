@@ -1,4 +1,4 @@
-// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu and pointwise_nchw.cu use, shimmed so that the file
+// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu, pointwise_nchw.cu and pool2d.cu use, shimmed so that the file
 // compiles as host C++ and its kernels run on the CPU: a block's threads one at a time (a kernel
 // with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
 // is what the harness defines under the kernel's extern name; cp.async copies at once and checks
@@ -127,6 +127,7 @@ inline void cp_async16(unsigned to, const void* from, bool valid) {
         memset(shared_base + to, 0, 16);
 }
 inline void cp_async_commit() {}
+inline void cp_async_wait_all() {}
 template <int N> void cp_async_wait_group() {}
 }  // namespace lb
 
