@@ -48,10 +48,11 @@ template <typename T> struct Acc<T, AVG> {
 
 // Calls tap(a, b) for each tap (a, b) of the kk x kk window whose top-left corner is (h0, w0) in
 // an H x W map: every tap for a window inside the map, only those on the map for a window on the
-// padding.  The taps unroll where kk is a compile-time constant (the kernels' K > 0).
-template <typename Tap>
+// padding.  The taps unroll where kk is a compile-time constant (the kernels' K > 0).  PADDED
+// false: the map has no padding, so every window lies inside it and nothing is checked.
+template <bool PADDED = true, typename Tap>
 __device__ __forceinline__ void for_each_tap(int h0, int w0, int kk, int H, int W, Tap&& tap) {
-    if (h0 >= 0 && w0 >= 0 && h0 + kk <= H && w0 + kk <= W) {
+    if (!PADDED || (h0 >= 0 && w0 >= 0 && h0 + kk <= H && w0 + kk <= W)) {
 #pragma unroll
         for (int a = 0; a < kk; ++a)
 #pragma unroll
@@ -122,14 +123,7 @@ __global__ void __launch_bounds__(256) pool2d_nchw(const T* x, T* y, int rows, i
         const U* win = sb + at;  // may point at padding
         Acc<T, METHOD> acc;
         acc.init();
-        if (PADDED) {
-            for_each_tap(oh * s - p, ow * s - p, kk, H, W, [&](int a, int b) { acc.add(win[a * W + b]); });
-        } else {
-#pragma unroll
-            for (int a = 0; a < kk; ++a)
-#pragma unroll
-                for (int b = 0; b < kk; ++b) acc.add(win[a * W + b]);
-        }
+        for_each_tap<PADDED>(oh * s - p, ow * s - p, kk, H, W, [&](int a, int b) { acc.add(win[a * W + b]); });
         *out = acc.result(inv_area);
         ow += step_cols;
         oh += step_rows;
