@@ -221,7 +221,8 @@ def test_a_stream_profile_holds_about_a_fixed_wall_time_of_launches(seconds: flo
 
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(streams.time, "perf_counter", lambda: clock[0])
-    assert streams.profiled_launches(kernel, torch.device("cuda")) == launches
+    assert streams.launches_filling(kernel, torch.device("cuda"), streams.PROFILED_WORK_S,
+                                    streams.MAX_PROFILED_LAUNCHES) == launches
 
 
 @pytest.mark.gpu

@@ -127,12 +127,7 @@ def escape_verdict(probes: list[StreamProbe]) -> str | None:
 
 def probe_times(kernel: Callable[[], object], device: torch.device, repeats: int = REPEATS) -> list[StreamProbe]:
     """``repeats`` timing probes of ``kernel`` (see the module docstring)."""
-    torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    kernel()
-    torch.cuda.synchronize(device)
-    once = max(time.perf_counter() - t0, 1e-6)
-    n = max(1, min(MAX_LAUNCHES, math.ceil(PROBE_S / once)))
+    n = launches_filling(kernel, device, PROBE_S, MAX_LAUNCHES)
     stream = torch.cuda.current_stream(device)
     probes = []
     for _ in range(repeats):
@@ -149,15 +144,15 @@ def probe_times(kernel: Callable[[], object], device: torch.device, repeats: int
     return probes
 
 
-def profiled_launches(kernel: Callable[[], object], device: torch.device) -> int:
-    """Launches of ``kernel`` a stream profile holds: about PROFILED_WORK_S of launch-and-
-    synchronise wall time (which includes work on any stream), at least one."""
+def launches_filling(kernel: Callable[[], object], device: torch.device, seconds: float, most: int) -> int:
+    """Launches of ``kernel`` that take about ``seconds`` of launch-and-synchronise wall time
+    (which includes work on any stream), at least one and at most ``most``."""
     torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     kernel()
     torch.cuda.synchronize(device)
     once = max(time.perf_counter() - t0, 1e-6)
-    return max(1, min(MAX_PROFILED_LAUNCHES, math.ceil(PROFILED_WORK_S / once)))
+    return max(1, min(most, math.ceil(seconds / once)))
 
 
 def check_stream(kernel: Callable[[], object], device: torch.device) -> str | None:
@@ -166,7 +161,7 @@ def check_stream(kernel: Callable[[], object], device: torch.device) -> str | No
         return None
     with torch.cuda.device(device):
         try:
-            launches = profiled_launches(kernel, device)
+            launches = launches_filling(kernel, device, PROFILED_WORK_S, MAX_PROFILED_LAUNCHES)
             for _ in range(PROFILES):
                 activities = profile_streams(kernel, device, launches)
                 if len(activities) < 2:
