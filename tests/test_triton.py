@@ -23,6 +23,7 @@ import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
 from kernels.triton import linear as triton_linear
 from kernels.triton import conv_tma as triton_conv_tma
+from kernels.triton import depthwise_pairs as triton_depthwise_pairs
 from kernels.triton import depthwise_rows as triton_depthwise_rows
 from kernels.triton import gemv as triton_gemv
 from kernels.triton import linear_tma as triton_linear_tma
@@ -180,6 +181,53 @@ def test_conv2d_depthwise_flat_rows_nchw_mobilenet_layer() -> None:
     spec = Conv2d(2, 40, 40, 11, 14, 3, 3, padding=1, groups=40)  # a MobileNetV2 depthwise layer, small
     result = check_implementation(depthwise_flat_rows_only, spec, "bf16", "NCHW", "cpu", seed=13)
     assert result.ok, result.message
+
+
+# The word-pair kernel (16-bit NCHW, stride 1): output rows odd and even (an odd row ends on a pair of
+# one output), 1-11 wide; planes and their rows cut across the interpreter's 16 pairs and 3-row
+# bands; paddings 0-2 a side, so pairs start in the padding and tensors start and end inside a word
+# (the first and last planes' guarded rows).
+@given(batch=st.integers(1, 2), channels=st.integers(2, 12), height=st.integers(1, 11), width=st.integers(1, 11),
+       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), bias=st.booleans(),
+       dtype=st.sampled_from(["fp16", "bf16"]), seed=SEEDS)
+def test_conv2d_depthwise_pairs_drawn(batch: int, channels: int, height: int, width: int, padding_h: int,
+                                      padding_w: int, bias: bool, dtype: str, seed: int) -> None:
+    assume(height + 2 * padding_h >= 3 and width + 2 * padding_w >= 3 and batch * channels * height * width % 2 == 0)
+    spec = Conv2d(batch, channels, channels, height, width, 3, 3, padding_h=padding_h, padding_w=padding_w,
+                  groups=channels, bias=bias)
+    result = check_implementation(triton_depthwise_pairs.build_depthwise_pairs, spec, dtype, "NCHW", "cpu", seed=seed)
+    assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_conv2d_depthwise_pairs_zero_the_padding_next_to_special_values(dtype: str) -> None:
+    """A tap in the padding adds +0 even where the word it shares holds inf or NaN (a zeroed weight
+    would give NaN): both edge columns, the first and last values of the tensor, both halves."""
+    spec = Conv2d(1, 2, 2, 4, 6, 3, 3, padding=1, groups=2, bias=False)
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu", torch.Generator().manual_seed(6))
+    x = tensors["x"]
+    x[0, 0, :, 0] = float("inf")  # the first value of each row: its left neighbour is padding
+    x[0, 1, :, 5] = -float("inf")  # the last, whose right neighbour is padding
+    x[0, 0, 1, 5] = float("nan")
+    x[0, 1, 0, 0] = float("nan")
+    out = make_output(spec, tensors, "NCHW")
+    out.fill_(1.0)
+    triton_depthwise_pairs.build_depthwise_pairs(spec, get_dtype(dtype), "NCHW", tensors, out)()
+    expected = F.conv2d(x.double(), tensors["weight"].double(), padding=1, groups=2)
+    assert expected.isinf().any() and expected.isnan().any()
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2, equal_nan=True)
+
+
+@pytest.mark.parametrize("spec,dtype,reason", [
+    (Conv2d(1, 4, 4, 6, 6, 3, 3, padding=1, groups=4), "fp32", "16-bit"),
+    (Conv2d(1, 4, 4, 6, 6, 3, 3, stride=2, padding=1, groups=4), "bf16", "stride"),
+    (Conv2d(1, 3, 3, 5, 5, 3, 3, padding=1, groups=3), "bf16", "4-byte boundary"),
+    (Conv2d(1, 4, 4, 6, 6, 5, 5, padding=2, groups=4), "bf16", "3x3")])
+def test_conv2d_depthwise_pairs_refuses(spec: Conv2d, dtype: str, reason: str) -> None:
+    tensors = make_tensors(spec, dtype, "NCHW", "cpu")
+    with pytest.raises(Unsupported, match=reason):
+        triton_depthwise_pairs.build_depthwise_pairs(spec, get_dtype(dtype), "NCHW", tensors,
+                                                     make_output(spec, tensors, "NCHW"))
 
 
 @pytest.mark.parametrize("stride", [(1, 2), (2, 1), (3, 3)])

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import kernels.triton  # noqa: F401 - registers the kernels
 from kernels.triton import conv2d as triton_conv
-from kernels.triton import (conv_tma, depthwise, depthwise_rows, fft_conv, gemv, linear, linear_tma, lowered_conv,
-                            pointwise_conv, pool2d)
+from kernels.triton import (conv_tma, depthwise, depthwise_pairs, depthwise_rows, fft_conv, gemv, linear, linear_tma,
+                            lowered_conv, pointwise_conv, pool2d)
 from kernels.triton.support import DOT_MODE
 from layerbench.builders import as_built
 from layerbench.launch import make_batch
@@ -154,11 +154,12 @@ DEPTHWISE_ROWS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
 
 
 def check_each_row_config(monkeypatch: pytest.MonkeyPatch, table: str, configs: list, build: Callable,
-                          spec: Conv2d, dtype: str, seed: int, layout: str = "NHWC") -> None:
-    """Each of ``configs`` forced alone (``depthwise_rows.<table>`` gives only it) through ``build``."""
+                          spec: Conv2d, dtype: str, seed: int, layout: str = "NHWC",
+                          module: object = depthwise_rows) -> None:
+    """Each of ``configs`` forced alone (``module.<table>`` gives only it) through ``build``."""
     assert configs
     for config in configs:
-        monkeypatch.setattr(depthwise_rows, table, lambda *_, config=config: [config])
+        monkeypatch.setattr(module, table, lambda *_, config=config: [config])
         result = check_implementation(build, spec, dtype, layout, "cuda", seed=seed)
         assert result.ok, f"{config} {spec} {dtype} {layout}: {result.message}"
 
@@ -203,11 +204,29 @@ def test_conv2d_depthwise_flat_rows_nchw_every_config(i: int, dtype: str, monkey
                           depthwise_rows.build_depthwise_flat_rows, spec, dtype, i, "NCHW")
 
 
+# The word-pair kernel, each tile forced in turn: odd and even output rows (an odd row ends on a
+# pair of one output), paddings 0-2, planes and rows cut across tiles, and the first and last
+# planes' edge rows (whose word loads are masked).
+DEPTHWISE_PAIRS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
+                         Conv2d(2, 144, 144, 45, 62, 3, 3, padding_h=2, padding_w=1, groups=144),
+                         Conv2d(2, 24, 24, 9, 7, 3, 3, groups=24),
+                         Conv2d(1, 32, 32, 14, 13, 3, 3, padding=2, groups=32)]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("i", range(len(DEPTHWISE_PAIRS_CASES)))
+def test_conv2d_depthwise_pairs_every_config(i: int, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_each_row_config(monkeypatch, "_configs", depthwise_pairs._configs(), depthwise_pairs.build_depthwise_pairs,
+                          DEPTHWISE_PAIRS_CASES[i], dtype, i, "NCHW", depthwise_pairs)
+
+
 def test_conv2d_depthwise_rows_are_timed_beside_the_direct_kernel() -> None:
     details = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144))
     assert all(details[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_rows", "depthwise_flat_rows")), details
     strided = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, stride=2, padding=1, groups=144))
     assert strided["depthwise_ms"] > 0 and strided["depthwise_flat_rows_ms"] > 0, strided
+    planar = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144), "NCHW")
+    assert all(planar[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_flat_rows", "depthwise_pairs")), planar
     assert "depthwise_rows_ms" not in strided, strided  # vertical stride 2: the 2-D row kernel refuses it
     planar = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144), "NCHW")
     assert planar["depthwise_ms"] > 0 and planar["depthwise_flat_rows_ms"] > 0, planar

@@ -6,8 +6,8 @@
 For each layer and dtype: a copy of the layer's bytes (x read and out written), then every
 candidate of the backend's build (CuPy: the direct kernel, the NCHW rows kernel, the flat-run
 kernels in their bands; Triton: the direct kernel, the 2-D row kernel, the flat-run kernel and, in
-NCHW, each of its two tilings alone), hot-loop medians from triton.testing.do_bench in
-microseconds (not the harness's cold, energy-aware measurement: use ``layerbench bench`` for
+NCHW, each of its two tilings alone and the word-pair kernel), hot-loop medians from
+triton.testing.do_bench in microseconds (not the harness's cold, energy-aware measurement: use ``layerbench bench`` for
 results).  The build keeps the fastest; a candidate that refuses the layer prints its reason.
 Needs a CUDA GPU (and CuPy for its backend).
 """
@@ -21,7 +21,7 @@ import torch
 import triton.testing
 
 from kernels.cupy import depthwise
-from kernels.triton import depthwise as triton_depthwise, depthwise_rows
+from kernels.triton import depthwise as triton_depthwise, depthwise_pairs, depthwise_rows
 from layerbench.dtypes import get_dtype
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
@@ -56,7 +56,8 @@ def _builds(backend: str, spec: Conv2d, dtype: object, layout: str, tensors: dic
                 *depthwise.candidates(spec, dtype, layout, tensors, out)]
     found = [("depthwise", triton_depthwise.build_depthwise), ("depthwise_rows", depthwise_rows.build_depthwise_rows)]
     if layout == "NCHW":
-        found += [("flat_pairs", _plane_tiling(True)), ("flat_tiles", _plane_tiling(False))]
+        found += [("flat_pairs", _plane_tiling(True)), ("flat_tiles", _plane_tiling(False)),
+                  ("word_pairs", depthwise_pairs.build_depthwise_pairs)]
     else:
         found.append(("depthwise_flat_rows", depthwise_rows.build_depthwise_flat_rows))
     return [(name, lambda build=build: build(spec, dtype, layout, tensors, out)) for name, build in found]

@@ -31,6 +31,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 
 from kernels.triton import conv2d_backward as cb, depthwise_backward as dw, depthwise_rows as dr  # noqa: E402
+from kernels.triton import depthwise_pairs as dp  # noqa: E402
 from kernels.triton import conv_tma as ct, gemv, linear as lin, linear_backward as lb, linear_tma as lt  # noqa: E402
 from kernels import lowering  # noqa: E402
 from kernels.triton import lowered_conv, pointwise_conv  # noqa: E402
@@ -123,8 +124,9 @@ def main() -> None:
                                           cfg.num_warps, cfg.num_stages)
                     print(f"wgrad {_tile(cfg)} {'tap' if tap_block else 'flat'}{' partial' if partial else ''}: {line}")
     if args.which in ("depthwise", "all"):
-        # The forward row-streaming kernels on MobileNetV2's 144 channels at 56 x 56 (NHWC; NCHW planes).
-        itemsize = 2 if el in ("bf16", "fp16") else 4
+        # The forward row-streaming kernels on MobileNetV2's 144 channels at 56 x 56 (NHWC; NCHW planes;
+        # in 16 bits, NCHW word pairs).
+        itemsize = 2 if args.dtype in ("bf16", "fp16") else 4
         pointers = {"x_ptr": el, "w_ptr": el, "b_ptr": el, "y_ptr": el}
         nhwc = {"NCHW": False, "BLOCK_Q": 0}
         for label, kernel, configs, meta in (
@@ -133,11 +135,12 @@ def main() -> None:
                 ("flat rows stride 2", dr._depthwise_flat_rows_kernel, dr._flat_configs(28 * 144, True),
                  dict(nhwc, STRIDE=2)),
                 ("flat planes NCHW", dr._depthwise_flat_rows_kernel, dr._plane_configs(56),
-                 {"NCHW": True, "STRIDE": 1})):
+                 {"NCHW": True, "STRIDE": 1}),
+                *([("word pairs NCHW", dp._depthwise_nchw_pairs_kernel, dp._configs(), {})] if itemsize == 2 else [])):
             for cfg in configs:
                 line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **meta, **cfg.kwargs),
                                       cfg.num_warps)
-                print(f"depthwise forward {label} {_tile(cfg)}{'' if meta.get('NCHW') else ' NHWC'}: {line}")
+                print(f"depthwise forward {label} {_tile(cfg)}{'' if 'NCHW' in label else ' NHWC'}: {line}")
         for cfg in dw._DGRAD_CONFIGS:
             for nhwc in (True, False):
                 meta = dict(DY_NHWC=nhwc, DX_NHWC=nhwc, KPG=1, **cfg.kwargs)

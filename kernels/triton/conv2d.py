@@ -76,6 +76,7 @@ from kernels.pointwise_views import nchw_pointwise_refusal, pointwise_refusal, s
 from kernels.triton import fft_conv
 from kernels.triton.conv_tma import build_conv_tma
 from kernels.triton.depthwise import build_depthwise
+from kernels.triton.depthwise_pairs import build_depthwise_pairs, pairs_refusal
 from kernels.triton.depthwise_rows import build_depthwise_flat_rows, build_depthwise_rows, flat_refusal, rows_refusal
 from kernels.triton.lowered_conv import build_lowered, build_unfolded
 from kernels.triton.fft_plan import INT32_LIMIT, fft_plan
@@ -397,9 +398,11 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
 
     if spec.depthwise:
         # The row-streaming kernels are timed beside the direct one where they apply (3x3; the 2-D one
-        # at vertical stride 1, the flat one at stride 1 or 2 both ways).
+        # at vertical stride 1, the flat one at stride 1 or 2 both ways, the word-pair one in 16-bit
+        # NCHW at stride 1).
         rows = [("depthwise_rows", build_depthwise_rows, rows_refusal),
-                ("depthwise_flat_rows", build_depthwise_flat_rows, flat_refusal)]
+                ("depthwise_flat_rows", build_depthwise_flat_rows, flat_refusal),
+                ("depthwise_pairs", build_depthwise_pairs, pairs_refusal)]
         others = [(name, on_gpu(functools.partial(builder, spec, dtype, layout, tensors, out)))
                   for name, builder, refusal in rows if refusal(spec, layout) is None]
         return fastest_of("depthwise", build_depthwise(spec, dtype, layout, tensors, out), others, quick_bench,

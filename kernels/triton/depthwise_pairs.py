@@ -1,0 +1,218 @@
+"""Depthwise 3x3 convolution on 16-bit NCHW planes, two output columns an element, read as words.
+
+The flat row-streaming kernel (``depthwise_rows.py``) loads each NCHW input row one 16-bit value
+per tap: three 2-byte loads an output and row, each masked where its column lies in the padding.
+Those loads, their masks and the unpacking around them, not DRAM, bound it (about 40 SASS
+instructions an output on sm_90, under half a same-size copy's rate on MobileNetV2's layers).
+
+Here an element computes two neighbouring outputs of a row, columns q and q + 1 (q even), whose
+windows cover four input columns, iw = q - pad_w to iw + 3.  At stride 1 those four 16-bit values
+lie in three aligned 32-bit words whatever the parity of iw: a row costs three 4-byte loads for
+two outputs instead of six 2-byte ones, and two funnel shifts line the four values up.  Columns
+in the padding are zeroed by masking their 16 bits with a per-element constant worked out once
+(not with a predicate per load and row, of which a thread holding several elements has too few
+registers): a zeroed tap adds +0 whatever its neighbour holds, inf included.  A row above or
+below the image is one branch for the whole program; only a row that could reach before the
+tensor's first word or past its last (the first and last rows of the first and last planes) masks
+its word loads.
+
+As the flat kernel, a program walks a band of ``ROWS`` output rows down its elements (``BLOCK_E``
+consecutive (plane, column pair) elements), each input row loaded once and added into the three
+output rows it belongs to, held as rolling fp32 accumulators; the filter's nine taps are fp32
+registers of each element (its plane's), fp32 fused multiply-adds, the bias fused.
+
+Scope: NCHW, 16-bit dtypes, 3x3 filters at stride 1 without dilation, one output channel per
+input channel, any padding, an input that starts on a 4-byte boundary with an even number of
+values.  The conv builder times it beside the other depthwise kernels where it applies.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from layerbench.builders import Kernel, Tensors
+from layerbench.dtypes import DType
+from layerbench.errors import Unsupported
+from layerbench.layers import Conv2d
+
+from kernels import depthwise_scope
+from kernels.triton.support import bind, dense_layout, divmod_magic, interpreting, magic
+
+# (BLOCK_E, warps): 2 or 4 elements (4 or 8 outputs) a thread, each with bands of every ROWS (8
+# elements a thread take all 255 registers).
+_TILES = [(64, 1), (128, 2), (256, 4), (128, 1), (256, 2), (512, 4)]
+_ROWS = (8, 32)
+_INTERPRETER = {"BLOCK_E": 16, "ROWS": 3}
+
+
+@triton.jit
+def _words(x_words, at, GUARD: tl.constexpr, WORDS):
+    """Words at, at + 1 and at + 2 of x; with GUARD, zero those before x or past its end."""
+    if GUARD:
+        w0 = tl.load(x_words + at, mask=(at >= 0) & (at < WORDS), other=0)
+        w1 = tl.load(x_words + at + 1, mask=(at + 1 >= 0) & (at + 1 < WORDS), other=0)
+        w2 = tl.load(x_words + at + 2, mask=(at + 2 >= 0) & (at + 2 < WORDS), other=0)
+    else:
+        w0 = tl.load(x_words + at)
+        w1 = tl.load(x_words + at + 1)
+        w2 = tl.load(x_words + at + 2)
+    return w0, w1, w2
+
+
+@triton.jit
+def _value(bits, j: tl.constexpr, dtype: tl.constexpr):
+    """The 16-bit value j (0: low half, 1: high half) of the 32-bit ``bits``, in fp32."""
+    return (bits >> (16 * j)).to(tl.uint16).to(dtype, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _input_row(x_words, at0, ih, H, W, guarded, keep_lo, keep_hi, live, WORDS, dtype: tl.constexpr):
+    """Input row ``ih``'s four values under each element's two windows, in fp32 (zero off the
+    image, and where ``live`` is false); ``at0``: the words of row 0 (the row's first value's
+    word, times two, less one where it is odd: see the kernel)."""
+    c0 = tl.zeros(at0.shape, tl.float32)
+    c1 = c0
+    c2 = c0
+    c3 = c0
+    if live & (ih >= 0) & (ih < H):
+        # Value index v = ih * W + the element's offset; its word v >> 1, its half v & 1.
+        v = at0 + ih * W
+        at = v >> 1
+        shift = ((v & 1) * 16).to(tl.uint64)
+        if guarded:
+            w0, w1, w2 = _words(x_words, at, True, WORDS)
+        else:
+            w0, w1, w2 = _words(x_words, at, False, WORDS)
+        # Funnel shifts: values v, v + 1 in lo and v + 2, v + 3 in hi, low half first.
+        lo = (((w1.to(tl.uint64) << 32) | w0.to(tl.uint64)) >> shift).to(tl.uint32) & keep_lo
+        hi = (((w2.to(tl.uint64) << 32) | w1.to(tl.uint64)) >> shift).to(tl.uint32) & keep_hi
+        c0 = _value(lo, 0, dtype)
+        c1 = _value(lo, 1, dtype)
+        c2 = _value(hi, 0, dtype)
+        c3 = _value(hi, 1, dtype)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _times(acc, a, b, c, t0, t1, t2):
+    """acc + a * t0 + b * t1 + c * t2, one chain of fused multiply-adds in fp32."""
+    return tl.fma(c, t2, tl.fma(b, t1, tl.fma(a, t0, acc)))
+
+
+@triton.jit
+def _keep(ok_low, ok_high):
+    """The 32-bit mask that keeps the low 16 bits where ok_low and the high ones where ok_high."""
+    return tl.where(ok_low, 0xFFFF, 0).to(tl.uint32) | tl.where(ok_high, 0xFFFF0000, 0).to(tl.uint32)
+
+
+@triton.jit(do_not_specialize=["ELEMS", "WORDS", "H", "W", "P", "Q", "QE", "MQE", "pad_h", "pad_w"])
+def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H, W, P, Q, QE, MQE,
+                                 pad_h, pad_w, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr,
+                                 BLOCK_E: tl.constexpr):
+    pid = tl.program_id(0)
+    bands = tl.cdiv(P, ROWS)
+    p0 = (pid % bands) * ROWS  # bands run fastest: neighbours share their halo rows in L2
+    first = (pid // bands) * BLOCK_E
+    e = first + tl.arange(0, BLOCK_E)
+    e_ok = e < ELEMS
+    # Elements past the end take the last one's place (their stores are masked), so every element
+    # of the program lies in planes plane_lo to plane_hi.
+    last = tl.minimum(first + BLOCK_E, ELEMS) - 1
+    plane, qe = divmod_magic(tl.where(e_ok, e, last), QE, MQE)  # plane = n * C + c
+    q = 2 * qe
+    iw = q - pad_w
+    # Value index of the element's first input column in row 0 of its plane (may be negative in the
+    # padding); a row adds ih * W.
+    at0 = plane * (H * W) + iw
+    keep_lo = _keep(e_ok & (iw >= 0) & (iw < W), e_ok & (iw + 1 >= 0) & (iw + 1 < W))
+    keep_hi = _keep(e_ok & (iw + 2 >= 0) & (iw + 2 < W), e_ok & (iw + 3 >= 0) & (iw + 3 < W))
+    c = plane % C
+    w00 = tl.load(w_ptr + c).to(tl.float32)
+    w01 = tl.load(w_ptr + C + c).to(tl.float32)
+    w02 = tl.load(w_ptr + 2 * C + c).to(tl.float32)
+    w10 = tl.load(w_ptr + 3 * C + c).to(tl.float32)
+    w11 = tl.load(w_ptr + 4 * C + c).to(tl.float32)
+    w12 = tl.load(w_ptr + 5 * C + c).to(tl.float32)
+    w20 = tl.load(w_ptr + 6 * C + c).to(tl.float32)
+    w21 = tl.load(w_ptr + 7 * C + c).to(tl.float32)
+    w22 = tl.load(w_ptr + 8 * C + c).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c).to(tl.float32)
+    else:
+        bias = tl.zeros(c.shape, dtype=tl.float32)
+    dtype: tl.constexpr = x_ptr.dtype.element_ty
+    x_words = x_ptr.to(tl.pointer_type(tl.uint32))
+    y0 = y_ptr + plane * (P * Q) + q
+    ok_b = e_ok & (q + 1 < Q)  # the second output exists (not past an odd row's end)
+
+    rows = tl.minimum(ROWS, P - p0)
+    top = p0 - pad_h
+    # A row's words span values v - 1 to v + 5: only a program whose lowest or highest row and plane
+    # reach past x's ends (the first and last planes' edge rows) masks its word loads.
+    lowest = (first // QE) * (H * W) + tl.maximum(top, 0) * W - pad_w - 1
+    highest = (last // QE) * (H * W) + tl.minimum(top + ROWS + 1, H - 1) * W + Q + 4 - pad_w
+    guarded = (lowest < 0) | (highest >= 2 * WORDS)
+    a0, a1, a2, a3 = _input_row(x_words, at0, top, H, W, guarded, keep_lo, keep_hi, True, WORDS, dtype)
+    zeros = tl.zeros(at0.shape, tl.float32)  # rows not started (the first two steps store nothing)
+    # Output rows (s - 2, s - 1, s) of the band, partly summed, for the element's two columns.
+    acc1a = zeros
+    acc2a = zeros
+    acc1b = zeros
+    acc2b = zeros
+    for s in range(0, rows + 2):
+        n0, n1, n2, n3 = _input_row(x_words, at0, top + s + 1, H, W, guarded, keep_lo, keep_hi, s + 1 < rows + 2,
+                                    WORDS, dtype)
+        done_a = _times(acc1a, a0, a1, a2, w20, w21, w22)
+        done_b = _times(acc1b, a1, a2, a3, w20, w21, w22)
+        acc1a = _times(acc2a, a0, a1, a2, w10, w11, w12)
+        acc1b = _times(acc2b, a1, a2, a3, w10, w11, w12)
+        acc2a = _times(bias, a0, a1, a2, w00, w01, w02)  # a row starts from the bias
+        acc2b = _times(bias, a1, a2, a3, w00, w01, w02)
+        if s >= 2:
+            y = y0 + (p0 + s - 2) * Q
+            tl.store(y, done_a.to(y_ptr.dtype.element_ty), mask=e_ok)
+            tl.store(y + 1, done_b.to(y_ptr.dtype.element_ty), mask=ok_b)
+        a0, a1, a2, a3 = n0, n1, n2, n3
+
+
+def pairs_refusal(spec: Conv2d, layout: str) -> str | None:
+    """Why the word-pair kernel does not run ``spec`` in ``layout`` (whatever the dtype), or None."""
+    kernel = "the word-pair depthwise kernel"
+    reason = depthwise_scope.streaming_refusal(spec, layout, kernel, ("NCHW",))
+    if reason is None and (spec.stride_h, spec.stride_w) != (1, 1):
+        reason = f"{kernel} runs stride (1, 1), got ({spec.stride_h}, {spec.stride_w})"
+    return reason
+
+
+def _configs() -> list[triton.Config]:
+    """Every tile with bands of every ROWS."""
+    return [triton.Config({"BLOCK_E": block_e, "ROWS": rows}, num_warps=warps) for block_e, warps in _TILES
+            for rows in _ROWS]
+
+
+def build_depthwise_pairs(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+    """The word-pair kernel for ``spec`` (see the module's scope); ``Unsupported`` says why not."""
+    reason = pairs_refusal(spec, layout)
+    x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
+    if reason is None and x.element_size() != 2:
+        reason = f"the word-pair depthwise kernel reads 16-bit values, not {dtype.name}"
+    if reason is None and (x.data_ptr() % 4 or x.numel() % 2):
+        reason = "the word-pair depthwise kernel needs x to start and end on a 4-byte boundary"
+    if reason is None and not (dense_layout(x, "NCHW") is False and dense_layout(out, "NCHW") is False):
+        reason = "the word-pair depthwise kernel needs x and out both dense NCHW"
+    if reason:
+        raise Unsupported(reason)
+    c, p, q = spec.in_channels, spec.out_height, spec.out_width
+    planes = spec.batch * c
+    qe = -(-q // 2)
+    taps = torch.empty((9, c), dtype=w.dtype, device=w.device).copy_(w.reshape(c, 9).t())  # [tap][channel]
+    configs = [] if interpreting(_depthwise_nchw_pairs_kernel) else _configs()
+
+    def grid(config: dict) -> tuple[int]:
+        return (triton.cdiv(planes * qe, config["BLOCK_E"]) * triton.cdiv(p, config["ROWS"]),)
+
+    args = (x, taps, bias if bias is not None else out, out, planes * qe, x.numel() // 2, c, spec.height,
+            spec.width, p, q, qe, magic(qe), spec.padding_h, spec.padding_w)
+    return bind(_depthwise_nchw_pairs_kernel, configs, grid, args, {"HAS_BIAS": bias is not None}, _INTERPRETER)
