@@ -183,27 +183,28 @@ def test_conv2d_depthwise_flat_rows_nchw_mobilenet_layer() -> None:
     assert result.ok, result.message
 
 
-# The word-pair kernel (16-bit NCHW, stride 1): output rows odd and even (an odd row ends on a pair of
-# one output), 1-11 wide; planes and their rows cut across the interpreter's 16 pairs and 3-row
-# bands; paddings 0-2 a side, so pairs start in the padding and tensors start and end inside a word
-# (the first and last planes' guarded rows).
+# The word-pair kernel (16-bit NCHW, stride 1 or 2 both ways): output rows odd and even (an odd row
+# ends on a pair of one output), inputs 1-11 wide; planes and their rows cut across the
+# interpreter's 16 pairs and 3-row bands; paddings 0-2 a side, so pairs start in the padding and
+# windows start on either half of a word (the first and last planes' rows guarded).
 @given(batch=st.integers(1, 2), channels=st.integers(2, 12), height=st.integers(1, 11), width=st.integers(1, 11),
-       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), bias=st.booleans(),
+       padding_h=st.integers(0, 2), padding_w=st.integers(0, 2), stride=st.integers(1, 2), bias=st.booleans(),
        dtype=st.sampled_from(["fp16", "bf16"]), seed=SEEDS)
 def test_conv2d_depthwise_pairs_drawn(batch: int, channels: int, height: int, width: int, padding_h: int,
-                                      padding_w: int, bias: bool, dtype: str, seed: int) -> None:
+                                      padding_w: int, stride: int, bias: bool, dtype: str, seed: int) -> None:
     assume(height + 2 * padding_h >= 3 and width + 2 * padding_w >= 3 and batch * channels * height * width % 2 == 0)
-    spec = Conv2d(batch, channels, channels, height, width, 3, 3, padding_h=padding_h, padding_w=padding_w,
-                  groups=channels, bias=bias)
+    spec = Conv2d(batch, channels, channels, height, width, 3, 3, stride=stride, padding_h=padding_h,
+                  padding_w=padding_w, groups=channels, bias=bias)
     result = check_implementation(triton_depthwise_pairs.build_depthwise_pairs, spec, dtype, "NCHW", "cpu", seed=seed)
     assert result.ok, f"{spec} {dtype} seed={seed}: {result.message}"
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_conv2d_depthwise_pairs_zero_the_padding_next_to_special_values(dtype: str) -> None:
+def test_conv2d_depthwise_pairs_zero_the_padding_next_to_special_values(dtype: str, stride: int) -> None:
     """A tap in the padding adds +0 even where the word it shares holds inf or NaN (a zeroed weight
     would give NaN): both edge columns, the first and last values of the tensor, both halves."""
-    spec = Conv2d(1, 2, 2, 4, 6, 3, 3, padding=1, groups=2, bias=False)
+    spec = Conv2d(1, 2, 2, 4, 6, 3, 3, stride=stride, padding=1, groups=2, bias=False)
     tensors = make_tensors(spec, dtype, "NCHW", "cpu", torch.Generator().manual_seed(6))
     x = tensors["x"]
     x[0, 0, :, 0] = float("inf")  # the first value of each row: its left neighbour is padding
@@ -213,14 +214,14 @@ def test_conv2d_depthwise_pairs_zero_the_padding_next_to_special_values(dtype: s
     out = make_output(spec, tensors, "NCHW")
     out.fill_(1.0)
     triton_depthwise_pairs.build_depthwise_pairs(spec, get_dtype(dtype), "NCHW", tensors, out)()
-    expected = F.conv2d(x.double(), tensors["weight"].double(), padding=1, groups=2)
+    expected = F.conv2d(x.double(), tensors["weight"].double(), stride=stride, padding=1, groups=2)
     assert expected.isinf().any() and expected.isnan().any()
     torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2, equal_nan=True)
 
 
 @pytest.mark.parametrize("spec,dtype,reason", [
     (Conv2d(1, 4, 4, 6, 6, 3, 3, padding=1, groups=4), "fp32", "16-bit"),
-    (Conv2d(1, 4, 4, 6, 6, 3, 3, stride=2, padding=1, groups=4), "bf16", "stride"),
+    (Conv2d(1, 4, 4, 6, 6, 3, 3, stride_h=1, stride_w=2, padding=1, groups=4), "bf16", "strides"),
     (Conv2d(1, 3, 3, 5, 5, 3, 3, padding=1, groups=3), "bf16", "4-byte boundary"),
     (Conv2d(1, 4, 4, 6, 6, 5, 5, padding=2, groups=4), "bf16", "3x3")])
 def test_conv2d_depthwise_pairs_refuses(spec: Conv2d, dtype: str, reason: str) -> None:

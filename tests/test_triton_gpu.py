@@ -205,12 +205,14 @@ def test_conv2d_depthwise_flat_rows_nchw_every_config(i: int, dtype: str, monkey
 
 
 # The word-pair kernel, each tile forced in turn: odd and even output rows (an odd row ends on a
-# pair of one output), paddings 0-2, planes and rows cut across tiles, and the first and last
-# planes' edge rows (whose word loads are masked).
+# pair of one output), paddings 0-2, strides 1 and 2, planes and rows cut across tiles, and the
+# first and last planes' edge rows (whose word loads are masked).
 DEPTHWISE_PAIRS_CASES = [Conv2d(3, 40, 40, 37, 29, 3, 3, padding=1, groups=40),
                          Conv2d(2, 144, 144, 45, 62, 3, 3, padding_h=2, padding_w=1, groups=144),
                          Conv2d(2, 24, 24, 9, 7, 3, 3, groups=24),
-                         Conv2d(1, 32, 32, 14, 13, 3, 3, padding=2, groups=32)]
+                         Conv2d(1, 32, 32, 14, 13, 3, 3, padding=2, groups=32),
+                         Conv2d(2, 144, 144, 45, 62, 3, 3, stride=2, padding=1, groups=144),
+                         Conv2d(3, 40, 40, 38, 29, 3, 3, stride=2, padding_h=1, padding_w=2, groups=40)]
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
@@ -225,8 +227,9 @@ def test_conv2d_depthwise_rows_are_timed_beside_the_direct_kernel() -> None:
     assert all(details[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_rows", "depthwise_flat_rows")), details
     strided = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, stride=2, padding=1, groups=144))
     assert strided["depthwise_ms"] > 0 and strided["depthwise_flat_rows_ms"] > 0, strided
-    planar = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144), "NCHW")
-    assert all(planar[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_flat_rows", "depthwise_pairs")), planar
+    for stride in (1, 2):
+        planar = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, stride=stride, padding=1, groups=144), "NCHW")
+        assert all(planar[f"{path}_ms"] > 0 for path in ("depthwise", "depthwise_flat_rows", "depthwise_pairs")), planar
     assert "depthwise_rows_ms" not in strided, strided  # vertical stride 2: the 2-D row kernel refuses it
     planar = conv_details(Conv2d(8, 144, 144, 56, 56, 3, 3, padding=1, groups=144), "NCHW")
     assert planar["depthwise_ms"] > 0 and planar["depthwise_flat_rows_ms"] > 0, planar

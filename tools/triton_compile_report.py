@@ -136,7 +136,8 @@ def main() -> None:
                  dict(nhwc, STRIDE=2)),
                 ("flat planes NCHW", dr._depthwise_flat_rows_kernel, dr._plane_configs(56),
                  {"NCHW": True, "STRIDE": 1}),
-                *([("word pairs NCHW", dp._depthwise_nchw_pairs_kernel, dp._configs(), {})] if itemsize == 2 else [])):
+                *([(f"word pairs NCHW stride {stride}", dp._depthwise_nchw_pairs_kernel, dp._configs(),
+                    {"STRIDE": stride}) for stride in (1, 2)] if itemsize == 2 else [])):
             for cfg in configs:
                 line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **meta, **cfg.kwargs),
                                       cfg.num_warps)

@@ -6,9 +6,10 @@ Those loads, their masks and the unpacking around them, not DRAM, bound it (abou
 instructions an output on sm_90, under half a same-size copy's rate on MobileNetV2's layers).
 
 Here an element computes two neighbouring outputs of a row, columns q and q + 1 (q even), whose
-windows cover four input columns, iw = q - pad_w to iw + 3.  At stride 1 those four 16-bit values
-lie in three aligned 32-bit words whatever the parity of iw: a row costs three 4-byte loads for
-two outputs instead of six 2-byte ones, and two funnel shifts line the four values up.  Columns
+windows cover input columns iw = q * stride - pad_w to iw + 3 at stride 1, to iw + 4 at stride 2.
+Those four or five 16-bit values lie in three aligned 32-bit words whatever the parity of iw: a
+row costs three 4-byte loads for two outputs instead of six 2-byte ones, and funnel shifts line
+the values up.  Columns
 in the padding are zeroed by masking their 16 bits with a per-element constant worked out once
 (not with a predicate per load and row, of which a thread holding several elements has too few
 registers): a zeroed tap adds +0 whatever its neighbour holds, inf included.  A row above or
@@ -17,12 +18,12 @@ tensor's first word or past its last (the first and last rows of the first and l
 its word loads.
 
 As the flat kernel, a program walks a band of ``ROWS`` output rows down its elements (``BLOCK_E``
-consecutive (plane, column pair) elements), each input row loaded once and added into the three
-output rows it belongs to, held as rolling fp32 accumulators; the filter's nine taps are fp32
+consecutive (plane, column pair) elements), each input row loaded once and added into the output
+rows it belongs to (three at stride 1, two at stride 2), held as rolling fp32 accumulators; the filter's nine taps are fp32
 registers of each element (its plane's), fp32 fused multiply-adds, the bias fused.
 
-Scope: NCHW, 16-bit dtypes, 3x3 filters at stride 1 without dilation, one output channel per
-input channel, any padding, an input that starts on a 4-byte boundary with an even number of
+Scope: NCHW, 16-bit dtypes, 3x3 filters at strides (1, 1) and (2, 2) without dilation, one output
+channel per input channel, any padding, an input that starts on a 4-byte boundary with an even number of
 values.  The conv builder times it beside the other depthwise kernels where it applies.
 """
 
@@ -68,17 +69,18 @@ def _value(bits, j: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
-def _input_row(x_words, at0, ih, H, W, guarded, keep_lo, keep_hi, live, WORDS, dtype: tl.constexpr):
-    """Input row ``ih``'s four values under each element's two windows, in fp32 (zero off the
-    image, and where ``live`` is false); ``at0``: the words of row 0 (the row's first value's
-    word, times two, less one where it is odd: see the kernel)."""
-    c0 = tl.zeros(at0.shape, tl.float32)
+def _input_row(x_words, v0, ih, H, W, guarded, keep_lo, keep_hi, keep_4, live, WORDS, dtype: tl.constexpr,
+               STRIDE: tl.constexpr):
+    """Input row ``ih``'s values under each element's two windows, in fp32: columns iw to iw + 3
+    (and iw + 4 at stride 2), zero off the image and where ``live`` is false; ``v0``: value index
+    of column iw in row 0 of the element's plane."""
+    c0 = tl.zeros(v0.shape, tl.float32)
     c1 = c0
     c2 = c0
     c3 = c0
+    c4 = c0
     if live & (ih >= 0) & (ih < H):
-        # Value index v = ih * W + the element's offset; its word v >> 1, its half v & 1.
-        v = at0 + ih * W
+        v = v0 + ih * W  # its word v >> 1, its half v & 1
         at = v >> 1
         shift = ((v & 1) * 16).to(tl.uint64)
         if guarded:
@@ -92,7 +94,9 @@ def _input_row(x_words, at0, ih, H, W, guarded, keep_lo, keep_hi, live, WORDS, d
         c1 = _value(lo, 1, dtype)
         c2 = _value(hi, 0, dtype)
         c3 = _value(hi, 1, dtype)
-    return c0, c1, c2, c3
+        if STRIDE == 2:  # value v + 4: the third word's low half, or its high one where v is odd
+            c4 = _value((w2 >> shift.to(tl.uint32)) & keep_4, 0, dtype)
+    return c0, c1, c2, c3, c4
 
 
 @triton.jit
@@ -109,7 +113,7 @@ def _keep(ok_low, ok_high):
 
 @triton.jit(do_not_specialize=["ELEMS", "WORDS", "H", "W", "P", "Q", "QE", "MQE", "pad_h", "pad_w"])
 def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H, W, P, Q, QE, MQE,
-                                 pad_h, pad_w, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr,
+                                 pad_h, pad_w, HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, ROWS: tl.constexpr,
                                  BLOCK_E: tl.constexpr):
     pid = tl.program_id(0)
     bands = tl.cdiv(P, ROWS)
@@ -118,16 +122,15 @@ def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H,
     e = first + tl.arange(0, BLOCK_E)
     e_ok = e < ELEMS
     # Elements past the end take the last one's place (their stores are masked), so every element
-    # of the program lies in planes plane_lo to plane_hi.
+    # of the program lies in the planes of its first and last.
     last = tl.minimum(first + BLOCK_E, ELEMS) - 1
     plane, qe = divmod_magic(tl.where(e_ok, e, last), QE, MQE)  # plane = n * C + c
     q = 2 * qe
-    iw = q - pad_w
-    # Value index of the element's first input column in row 0 of its plane (may be negative in the
-    # padding); a row adds ih * W.
-    at0 = plane * (H * W) + iw
+    iw = q * STRIDE - pad_w
+    v0 = plane * (H * W) + iw  # value index of column iw in row 0 (negative in the padding)
     keep_lo = _keep(e_ok & (iw >= 0) & (iw < W), e_ok & (iw + 1 >= 0) & (iw + 1 < W))
     keep_hi = _keep(e_ok & (iw + 2 >= 0) & (iw + 2 < W), e_ok & (iw + 3 >= 0) & (iw + 3 < W))
+    keep_4 = _keep(e_ok & (iw + 4 >= 0) & (iw + 4 < W), False)
     c = plane % C
     w00 = tl.load(w_ptr + c).to(tl.float32)
     w01 = tl.load(w_ptr + C + c).to(tl.float32)
@@ -148,41 +151,67 @@ def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H,
     ok_b = e_ok & (q + 1 < Q)  # the second output exists (not past an odd row's end)
 
     rows = tl.minimum(ROWS, P - p0)
-    top = p0 - pad_h
+    top = p0 * STRIDE - pad_h
     # A row's words span values v - 1 to v + 5: only a program whose lowest or highest row and plane
     # reach past x's ends (the first and last planes' edge rows) masks its word loads.
     lowest = (first // QE) * (H * W) + tl.maximum(top, 0) * W - pad_w - 1
-    highest = (last // QE) * (H * W) + tl.minimum(top + ROWS + 1, H - 1) * W + Q + 4 - pad_w
+    highest = ((last // QE) * (H * W) + tl.minimum(top + STRIDE * ROWS + 1, H - 1) * W + STRIDE * (Q - 1)
+               - pad_w + 5)
     guarded = (lowest < 0) | (highest >= 2 * WORDS)
-    a0, a1, a2, a3 = _input_row(x_words, at0, top, H, W, guarded, keep_lo, keep_hi, True, WORDS, dtype)
-    zeros = tl.zeros(at0.shape, tl.float32)  # rows not started (the first two steps store nothing)
-    # Output rows (s - 2, s - 1, s) of the band, partly summed, for the element's two columns.
-    acc1a = zeros
-    acc2a = zeros
-    acc1b = zeros
-    acc2b = zeros
-    for s in range(0, rows + 2):
-        n0, n1, n2, n3 = _input_row(x_words, at0, top + s + 1, H, W, guarded, keep_lo, keep_hi, s + 1 < rows + 2,
-                                    WORDS, dtype)
-        done_a = _times(acc1a, a0, a1, a2, w20, w21, w22)
-        done_b = _times(acc1b, a1, a2, a3, w20, w21, w22)
-        acc1a = _times(acc2a, a0, a1, a2, w10, w11, w12)
-        acc1b = _times(acc2b, a1, a2, a3, w10, w11, w12)
-        acc2a = _times(bias, a0, a1, a2, w00, w01, w02)  # a row starts from the bias
-        acc2b = _times(bias, a1, a2, a3, w00, w01, w02)
-        if s >= 2:
-            y = y0 + (p0 + s - 2) * Q
-            tl.store(y, done_a.to(y_ptr.dtype.element_ty), mask=e_ok)
-            tl.store(y + 1, done_b.to(y_ptr.dtype.element_ty), mask=ok_b)
-        a0, a1, a2, a3 = n0, n1, n2, n3
+    a0, a1, a2, a3, a4 = _input_row(x_words, v0, top, H, W, guarded, keep_lo, keep_hi, keep_4, True, WORDS, dtype,
+                                    STRIDE)
+    zeros = tl.zeros(v0.shape, tl.float32)  # rows not started (the first steps store nothing)
+    if STRIDE == 1:
+        # Output rows (s - 2, s - 1, s) of the band, partly summed, for the element's two columns
+        # (taps a0-a2 and a1-a3).
+        acc1a = zeros
+        acc2a = zeros
+        acc1b = zeros
+        acc2b = zeros
+        for s in range(0, rows + 2):
+            n0, n1, n2, n3, n4 = _input_row(x_words, v0, top + s + 1, H, W, guarded, keep_lo, keep_hi, keep_4,
+                                            s + 1 < rows + 2, WORDS, dtype, STRIDE)
+            done_a = _times(acc1a, a0, a1, a2, w20, w21, w22)
+            done_b = _times(acc1b, a1, a2, a3, w20, w21, w22)
+            acc1a = _times(acc2a, a0, a1, a2, w10, w11, w12)
+            acc1b = _times(acc2b, a1, a2, a3, w10, w11, w12)
+            acc2a = _times(bias, a0, a1, a2, w00, w01, w02)  # a row starts from the bias
+            acc2b = _times(bias, a1, a2, a3, w00, w01, w02)
+            if s >= 2:
+                y = y0 + (p0 + s - 2) * Q
+                tl.store(y, done_a.to(y_ptr.dtype.element_ty), mask=e_ok)
+                tl.store(y + 1, done_b.to(y_ptr.dtype.element_ty), mask=ok_b)
+            a0, a1, a2, a3 = n0, n1, n2, n3
+    else:
+        # Output row r reads input rows 2r, 2r + 1 and 2r + 2 from the top (taps a0-a2 and a2-a4):
+        # step r finishes row r - 1 with even row 2r and starts row r with it and odd row 2r + 1.
+        o0, o1, o2, o3, o4 = _input_row(x_words, v0, top + 1, H, W, guarded, keep_lo, keep_hi, keep_4, True, WORDS,
+                                        dtype, STRIDE)
+        acc_a = zeros
+        acc_b = zeros
+        for r in range(0, rows + 1):
+            n0, n1, n2, n3, n4 = _input_row(x_words, v0, top + 2 * r + 2, H, W, guarded, keep_lo, keep_hi, keep_4,
+                                            r < rows, WORDS, dtype, STRIDE)
+            m0, m1, m2, m3, m4 = _input_row(x_words, v0, top + 2 * r + 3, H, W, guarded, keep_lo, keep_hi, keep_4,
+                                            r + 1 < rows, WORDS, dtype, STRIDE)
+            done_a = _times(acc_a, a0, a1, a2, w20, w21, w22)
+            done_b = _times(acc_b, a2, a3, a4, w20, w21, w22)
+            acc_a = _times(_times(bias, a0, a1, a2, w00, w01, w02), o0, o1, o2, w10, w11, w12)
+            acc_b = _times(_times(bias, a2, a3, a4, w00, w01, w02), o2, o3, o4, w10, w11, w12)
+            if r >= 1:
+                y = y0 + (p0 + r - 1) * Q
+                tl.store(y, done_a.to(y_ptr.dtype.element_ty), mask=e_ok)
+                tl.store(y + 1, done_b.to(y_ptr.dtype.element_ty), mask=ok_b)
+            a0, a1, a2, a3, a4 = n0, n1, n2, n3, n4
+            o0, o1, o2, o3, o4 = m0, m1, m2, m3, m4
 
 
 def pairs_refusal(spec: Conv2d, layout: str) -> str | None:
     """Why the word-pair kernel does not run ``spec`` in ``layout`` (whatever the dtype), or None."""
     kernel = "the word-pair depthwise kernel"
     reason = depthwise_scope.streaming_refusal(spec, layout, kernel, ("NCHW",))
-    if reason is None and (spec.stride_h, spec.stride_w) != (1, 1):
-        reason = f"{kernel} runs stride (1, 1), got ({spec.stride_h}, {spec.stride_w})"
+    if reason is None and not (spec.stride_h == spec.stride_w and spec.stride_h in (1, 2)):
+        reason = f"{kernel} runs strides (1, 1) and (2, 2), got ({spec.stride_h}, {spec.stride_w})"
     return reason
 
 
@@ -215,4 +244,5 @@ def build_depthwise_pairs(spec: Conv2d, dtype: DType, layout: str, tensors: Tens
 
     args = (x, taps, bias if bias is not None else out, out, planes * qe, x.numel() // 2, c, spec.height,
             spec.width, p, q, qe, magic(qe), spec.padding_h, spec.padding_w)
-    return bind(_depthwise_nchw_pairs_kernel, configs, grid, args, {"HAS_BIAS": bias is not None}, _INTERPRETER)
+    return bind(_depthwise_nchw_pairs_kernel, configs, grid, args,
+                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h}, _INTERPRETER)
