@@ -398,8 +398,8 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
 
     if spec.depthwise:
         # The row-streaming kernels are timed beside the direct one where they apply (3x3; the 2-D one
-        # at vertical stride 1, the flat one at stride 1 or 2 both ways, the word-pair one in 16-bit
-        # NCHW at stride 1).
+        # at vertical stride 1, the flat one and the word-pair one (16-bit NCHW) at stride 1 or 2
+        # both ways).
         rows = [("depthwise_rows", build_depthwise_rows, rows_refusal),
                 ("depthwise_flat_rows", build_depthwise_flat_rows, flat_refusal),
                 ("depthwise_pairs", build_depthwise_pairs, pairs_refusal)]

@@ -9,22 +9,22 @@ Here an element computes two neighbouring outputs of a row, columns q and q + 1 
 windows cover input columns iw = q * stride - pad_w to iw + 3 at stride 1, to iw + 4 at stride 2.
 Those four or five 16-bit values lie in three aligned 32-bit words whatever the parity of iw: a
 row costs three 4-byte loads for two outputs instead of six 2-byte ones, and funnel shifts line
-the values up.  Columns
-in the padding are zeroed by masking their 16 bits with a per-element constant worked out once
-(not with a predicate per load and row, of which a thread holding several elements has too few
-registers): a zeroed tap adds +0 whatever its neighbour holds, inf included.  A row above or
-below the image is one branch for the whole program; only a row that could reach before the
-tensor's first word or past its last (the first and last rows of the first and last planes) masks
-its word loads.
+the values up.  Columns in the padding are zeroed by masking their 16 bits with a per-element
+constant worked out once (not with a predicate per load and row, of which a thread holding
+several elements has too few registers): a zeroed tap adds +0 whatever its neighbour holds, inf
+included.  A row above or below the image is one branch for the whole program; only a program
+whose rows could reach before the tensor's first word or past its last (the first and last rows
+of the first and last planes) masks its word loads.
 
 As the flat kernel, a program walks a band of ``ROWS`` output rows down its elements (``BLOCK_E``
 consecutive (plane, column pair) elements), each input row loaded once and added into the output
-rows it belongs to (three at stride 1, two at stride 2), held as rolling fp32 accumulators; the filter's nine taps are fp32
-registers of each element (its plane's), fp32 fused multiply-adds, the bias fused.
+rows it belongs to (three at stride 1, two at stride 2), held as rolling fp32 accumulators; the
+filter's nine taps are fp32 registers of each element (its plane's), fp32 fused multiply-adds,
+the bias fused.
 
 Scope: NCHW, 16-bit dtypes, 3x3 filters at strides (1, 1) and (2, 2) without dilation, one output
-channel per input channel, any padding, an input that starts on a 4-byte boundary with an even number of
-values.  The conv builder times it beside the other depthwise kernels where it applies.
+channel per input channel, any padding, an input that starts on a 4-byte boundary with an even
+number of values.  The conv builder times it beside the other depthwise kernels where it applies.
 """
 
 from __future__ import annotations
