@@ -231,6 +231,16 @@ def test_conv2d_depthwise_pairs_refuses(spec: Conv2d, dtype: str, reason: str) -
                                                      make_output(spec, tensors, "NCHW"))
 
 
+def test_conv2d_depthwise_pairs_refuses_inputs_near_int32s_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its word indices run up to 8 values past x's end in int32 (a limit shrunk to a small input)."""
+    spec = Conv2d(1, 4, 4, 6, 6, 3, 3, padding=1, groups=4)
+    tensors = make_tensors(spec, "bf16", "NCHW", "cpu")
+    monkeypatch.setattr(triton_depthwise_pairs, "INT32_MAX", 4 * 6 * 6 + 7)
+    with pytest.raises(Unsupported, match="int32"):
+        triton_depthwise_pairs.build_depthwise_pairs(spec, get_dtype("bf16"), "NCHW", tensors,
+                                                     make_output(spec, tensors, "NCHW"))
+
+
 @pytest.mark.parametrize("stride", [(1, 2), (2, 1), (3, 3)])
 def test_conv2d_flat_rows_refuses_other_strides(stride: tuple[int, int]) -> None:
     spec = Conv2d(1, 4, 4, 9, 9, 3, 3, stride_h=stride[0], stride_w=stride[1], padding=1, groups=4)

@@ -39,7 +39,7 @@ from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
 from kernels import depthwise_scope
-from kernels.triton.support import bind, dense_layout, divmod_magic, interpreting, magic
+from kernels.triton.support import INT32_MAX, bind, dense_layout, divmod_magic, interpreting, magic
 
 # (BLOCK_E, warps): 2 or 4 elements (4 or 8 outputs) a thread, each with bands of every ROWS (8
 # elements a thread take all 255 registers).
@@ -154,9 +154,10 @@ def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H,
     top = p0 * STRIDE - pad_h
     # A row's words span values v - 1 to v + 5: only a program whose lowest or highest row and plane
     # reach past x's ends (the first and last planes' edge rows) masks its word loads.
-    lowest = (first // QE) * (H * W) + tl.maximum(top, 0) * W - pad_w - 1
-    highest = ((last // QE) * (H * W) + tl.minimum(top + STRIDE * ROWS + 1, H - 1) * W + STRIDE * (Q - 1)
-               - pad_w + 5)
+    # (In 64 bits: the last plane's bound may pass int32's range.)
+    lowest = (first // QE).to(tl.int64) * (H * W) + tl.maximum(top, 0) * W - pad_w - 1
+    highest = ((last // QE).to(tl.int64) * (H * W) + tl.minimum(top + STRIDE * ROWS + 1, H - 1) * W
+               + STRIDE * (Q - 1) - pad_w + 5)
     guarded = (lowest < 0) | (highest >= 2 * WORDS)
     a0, a1, a2, a3, a4 = _input_row(x_words, v0, top, H, W, guarded, keep_lo, keep_hi, keep_4, True, WORDS, dtype,
                                     STRIDE)
@@ -227,6 +228,9 @@ def build_depthwise_pairs(spec: Conv2d, dtype: DType, layout: str, tensors: Tens
     x, w, bias = tensors["x"], tensors["weight"], tensors.get("bias")
     if reason is None and x.element_size() != 2:
         reason = f"the word-pair depthwise kernel reads 16-bit values, not {dtype.name}"
+    if reason is None and x.numel() > INT32_MAX - 8:
+        reason = (f"the word-pair depthwise kernel indexes x in int32 up to 8 values past its end: x has "
+                  f"{x.numel()} elements, at most {INT32_MAX - 8}")
     if reason is None and (x.data_ptr() % 4 or x.numel() % 2):
         reason = "the word-pair depthwise kernel needs x to start and end on a 4-byte boundary"
     if reason is None and not (dense_layout(x, "NCHW") is False and dense_layout(out, "NCHW") is False):
