@@ -39,7 +39,9 @@ from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
 from kernels import depthwise_scope
-from kernels.triton.support import INT32_MAX, bind, dense_layout, divmod_magic, interpreting, magic
+from kernels.triton.depthwise import tap_major_filter
+from kernels.triton.depthwise_rows import element_filter
+from kernels.triton.support import INT32_MAX, bind, dense_layout, divmod_magic, funnel, half_value, interpreting, magic
 
 # (BLOCK_E, warps): 2 or 4 elements (4 or 8 outputs) a thread, each with bands of every ROWS (8
 # elements a thread take all 255 registers).
@@ -63,12 +65,6 @@ def _words(x_words, at, GUARD: tl.constexpr, WORDS):
 
 
 @triton.jit
-def _value(bits, j: tl.constexpr, dtype: tl.constexpr):
-    """The 16-bit value j (0: low half, 1: high half) of the 32-bit ``bits``, in fp32."""
-    return (bits >> (16 * j)).to(tl.uint16).to(dtype, bitcast=True).to(tl.float32)
-
-
-@triton.jit
 def _input_row(x_words, v0, ih, H, W, guarded, keep_lo, keep_hi, keep_4, live, WORDS, dtype: tl.constexpr,
                STRIDE: tl.constexpr):
     """Input row ``ih``'s values under each element's two windows, in fp32: columns iw to iw + 3
@@ -88,14 +84,14 @@ def _input_row(x_words, v0, ih, H, W, guarded, keep_lo, keep_hi, keep_4, live, W
         else:
             w0, w1, w2 = _words(x_words, at, False, WORDS)
         # Funnel shifts: values v, v + 1 in lo and v + 2, v + 3 in hi, low half first.
-        lo = (((w1.to(tl.uint64) << 32) | w0.to(tl.uint64)) >> shift).to(tl.uint32) & keep_lo
-        hi = (((w2.to(tl.uint64) << 32) | w1.to(tl.uint64)) >> shift).to(tl.uint32) & keep_hi
-        c0 = _value(lo, 0, dtype)
-        c1 = _value(lo, 1, dtype)
-        c2 = _value(hi, 0, dtype)
-        c3 = _value(hi, 1, dtype)
+        lo = funnel(w0, w1, shift).to(tl.uint32) & keep_lo
+        hi = funnel(w1, w2, shift).to(tl.uint32) & keep_hi
+        c0 = half_value(lo, 0, dtype)
+        c1 = half_value(lo, 1, dtype)
+        c2 = half_value(hi, 0, dtype)
+        c3 = half_value(hi, 1, dtype)
         if STRIDE == 2:  # value v + 4: the third word's low half, or its high one where v is odd
-            c4 = _value((w2 >> shift.to(tl.uint32)) & keep_4, 0, dtype)
+            c4 = half_value((w2 >> shift.to(tl.uint32)) & keep_4, 0, dtype)
     return c0, c1, c2, c3, c4
 
 
@@ -131,20 +127,8 @@ def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H,
     keep_lo = _keep(e_ok & (iw >= 0) & (iw < W), e_ok & (iw + 1 >= 0) & (iw + 1 < W))
     keep_hi = _keep(e_ok & (iw + 2 >= 0) & (iw + 2 < W), e_ok & (iw + 3 >= 0) & (iw + 3 < W))
     keep_4 = _keep(e_ok & (iw + 4 >= 0) & (iw + 4 < W), False)
-    c = plane % C
-    w00 = tl.load(w_ptr + c).to(tl.float32)
-    w01 = tl.load(w_ptr + C + c).to(tl.float32)
-    w02 = tl.load(w_ptr + 2 * C + c).to(tl.float32)
-    w10 = tl.load(w_ptr + 3 * C + c).to(tl.float32)
-    w11 = tl.load(w_ptr + 4 * C + c).to(tl.float32)
-    w12 = tl.load(w_ptr + 5 * C + c).to(tl.float32)
-    w20 = tl.load(w_ptr + 6 * C + c).to(tl.float32)
-    w21 = tl.load(w_ptr + 7 * C + c).to(tl.float32)
-    w22 = tl.load(w_ptr + 8 * C + c).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + c).to(tl.float32)
-    else:
-        bias = tl.zeros(c.shape, dtype=tl.float32)
+    # Every element's channel is a real one (past the end, the last element's).
+    w00, w01, w02, w10, w11, w12, w20, w21, w22, bias = element_filter(w_ptr, b_ptr, C, plane % C, True, HAS_BIAS)
     dtype: tl.constexpr = x_ptr.dtype.element_ty
     x_words = x_ptr.to(tl.pointer_type(tl.uint32))
     y0 = y_ptr + plane * (P * Q) + q
@@ -240,13 +224,12 @@ def build_depthwise_pairs(spec: Conv2d, dtype: DType, layout: str, tensors: Tens
     c, p, q = spec.in_channels, spec.out_height, spec.out_width
     planes = spec.batch * c
     qe = -(-q // 2)
-    taps = torch.empty((9, c), dtype=w.dtype, device=w.device).copy_(w.reshape(c, 9).t())  # [tap][channel]
     configs = [] if interpreting(_depthwise_nchw_pairs_kernel) else _configs()
 
     def grid(config: dict) -> tuple[int]:
         return (triton.cdiv(planes * qe, config["BLOCK_E"]) * triton.cdiv(p, config["ROWS"]),)
 
-    args = (x, taps, bias if bias is not None else out, out, planes * qe, x.numel() // 2, c, spec.height,
-            spec.width, p, q, qe, magic(qe), spec.padding_h, spec.padding_w)
+    args = (x, tap_major_filter(spec, w), bias if bias is not None else out, out, planes * qe, x.numel() // 2, c,
+            spec.height, spec.width, p, q, qe, magic(qe), spec.padding_h, spec.padding_w)
     return bind(_depthwise_nchw_pairs_kernel, configs, grid, args,
                 {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h}, _INTERPRETER)

@@ -167,6 +167,26 @@ def _depthwise_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, P, Q, stride_w, 
 
 
 @triton.jit
+def element_filter(w_ptr, b_ptr, C, c, c_ok, HAS_BIAS: tl.constexpr):
+    """Channel ``c``'s nine filter taps (of a [tap][channel] filter, row by row) and its bias (zero
+    without one), in fp32, per element; zero where ``c_ok`` is false."""
+    w00 = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    w01 = tl.load(w_ptr + C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w02 = tl.load(w_ptr + 2 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w10 = tl.load(w_ptr + 3 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w11 = tl.load(w_ptr + 4 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w12 = tl.load(w_ptr + 5 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w20 = tl.load(w_ptr + 6 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w21 = tl.load(w_ptr + 7 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    w22 = tl.load(w_ptr + 8 * C + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros(c.shape, dtype=tl.float32)
+    return w00, w01, w02, w10, w11, w12, w20, w21, w22, bias
+
+
+@triton.jit
 def _flat_input_row(x_img, ih, H, row_len, step, off, ok0, ok1, ok2, live):
     """Input row ``ih`` (``row_len`` elements apart) under the three horizontal taps of a flat run
     (``off``: the left tap's offsets, the others ``step`` and 2 * ``step`` on; ``ok0-2``: each
@@ -255,20 +275,8 @@ def _depthwise_flat_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, PLANES, C, H, W, P, 
     ok0 = e_ok & (iw >= 0) & (iw < W)
     ok1 = e_ok & (iw + 1 >= 0) & (iw + 1 < W)
     ok2 = e_ok & (iw + 2 >= 0) & (iw + 2 < W)
-    # The taps [tap][channel], per element (NHWC) or per plane (NCHW).
-    w00 = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    w01 = tl.load(w_ptr + C + c, mask=c_ok, other=0.0).to(tl.float32)
-    w02 = tl.load(w_ptr + 2 * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    w10 = tl.load(w_ptr + 3 * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    w11 = tl.load(w_ptr + 4 * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    w12 = tl.load(w_ptr + 5 * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    w20 = tl.load(w_ptr + 6 * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    w21 = tl.load(w_ptr + 7 * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    w22 = tl.load(w_ptr + 8 * C + c, mask=c_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros(c.shape, dtype=tl.float32)
+    # The taps, per element (NHWC) or per plane (NCHW).
+    w00, w01, w02, w10, w11, w12, w20, w21, w22, bias = element_filter(w_ptr, b_ptr, C, c, c_ok, HAS_BIAS)
     zeros = tl.zeros(off.shape, dtype=tl.float32)
 
     rows = tl.minimum(ROWS, P - p0)  # output rows of the band

@@ -37,8 +37,8 @@ from layerbench.builders import Kernel, Tensors
 from layerbench.registry import register
 from layerbench.layers import Pool2d
 
-from kernels.triton.support import (INT32_MAX, bind, check_inputs, dense_layout, divmod_magic, magic, next_pow2,
-                                    pixel_of)
+from kernels.triton.support import (INT32_MAX, bind, check_inputs, dense_layout, divmod_magic, funnel, half_value,
+                                    magic, next_pow2, pixel_of)
 
 # TILE output elements per program.  NHWC: the tile's channel side is fixed per problem (below).
 # Small tiles over many warps: strided window taps load narrow values that wait on L1, and large
@@ -119,15 +119,8 @@ def _word(x_ptr, at, ok, WORDS, PADDED: tl.constexpr, FIRST: tl.constexpr):
 
 
 @triton.jit
-def _funnel(lo, hi, shift):
-    """The 16-bit values of the word pair (lo, hi) from value shift / 16 on, value j at bits 16 j."""
-    return ((hi.to(tl.uint64) << 32) | lo.to(tl.uint64)) >> shift
-
-
-@triton.jit
 def _tap(bits, j: tl.constexpr, ok, fill, dtype: tl.constexpr):
-    half = (bits >> (16 * j)).to(tl.uint16).to(dtype, bitcast=True)
-    return tl.where(ok, half.to(tl.float32), fill)
+    return tl.where(ok, half_value(bits, j, dtype), fill)
 
 
 @triton.jit(do_not_specialize=["ROWS", "WORDS", "H", "W", "P", "Q", "MP", "MQ1", "MQ2", "stride", "pad"])
@@ -167,9 +160,9 @@ def _pool_nchw_kernel(x_ptr, y_ptr, ROWS, WORDS, H, W, P, Q, MP, MQ1, MQ2, strid
             shift = ((e & 1) * 16).to(tl.uint64)
             w0 = _word(x_ptr, first, h_ok, WORDS, PADDED, True)
             w1 = _word(x_ptr, first + 1, h_ok, WORDS, PADDED, False)
-            bits0 = _funnel(w0, w1, shift)
+            bits0 = funnel(w0, w1, shift)
             if OUTS == 2:  # the second window starts two values (one word) later
-                bits1 = _funnel(w1, _word(x_ptr, first + 2, h_ok, WORDS, PADDED, False), shift)
+                bits1 = funnel(w1, _word(x_ptr, first + 2, h_ok, WORDS, PADDED, False), shift)
         for j in tl.static_range(KSIZE):
             ok = h_ok
             if PADDED:

@@ -66,6 +66,19 @@ def divmod_magic(n, d, m):
     return tl.where(over, q + 1, q), tl.where(over, r - d, r)
 
 
+@triton.jit
+def funnel(lo, hi, shift):
+    """The 32-bit words (lo, hi) as one 64-bit value shifted right by ``shift``: 16-bit values from
+    value shift / 16 of lo on, value j at bits 16 j."""
+    return ((hi.to(tl.uint64) << 32) | lo.to(tl.uint64)) >> shift
+
+
+@triton.jit
+def half_value(bits, j: tl.constexpr, dtype: tl.constexpr):
+    """The 16-bit value j of ``bits`` (at bits 16 j), read as ``dtype``, in fp32."""
+    return (bits >> (16 * j)).to(tl.uint16).to(dtype, bitcast=True).to(tl.float32)
+
+
 def magic(divisor: int) -> int:
     """The multiplier ``divmod_magic`` divides by ``divisor`` with: 2**32 // divisor, within 32 bits."""
     return min(2**32 // divisor, 2**32 - 1)
