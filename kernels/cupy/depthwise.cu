@@ -685,19 +685,22 @@ __global__ void __launch_bounds__(FLAT_THREADS) depthwise_nchw_flat(
     const int top = p0 * S - pad_h;
     const int mid = min(max(iw + 1, 0), W - 1) - iw;  // the prefetched element, in the row
 
-    auto load = [&](int ih, bool live, float (&v)[SPAN]) {
+    // Rows stay in x's type until their FMAs: widened as loaded, a row's loads would be waited on
+    // at once, before this step's FMAs, leaving a thread one row in flight instead of two.
+    const T zero = lb::from_float<T>(0.0f);
+    auto load = [&](int ih, bool live, T (&v)[SPAN]) {
         const bool row = live && ih >= 0 && ih < H;
 #pragma unroll
-        for (int i = 0; i < SPAN; ++i) v[i] = row && col[i] ? lb::to_float(xp[ih * W + i]) : 0.0f;
+        for (int i = 0; i < SPAN; ++i) v[i] = row && col[i] ? xp[ih * W + i] : zero;
     };
     auto prefetch = [&](int ih) {
         if (ih >= 0 && ih < H) lb::prefetch_l2(xp + ih * W + mid);
     };
-    auto times = [&](const float (&v)[SPAN], int r, float (&acc)[COLS]) {
+    auto times = [&](const T (&v)[SPAN], int r, float (&acc)[COLS]) {
 #pragma unroll
         for (int k = 0; k < COLS; ++k)
 #pragma unroll
-            for (int j = 0; j < 3; ++j) acc[k] = fmaf(w[k][r][j], v[k * S + j], acc[k]);
+            for (int j = 0; j < 3; ++j) acc[k] = fmaf(w[k][r][j], lb::to_float(v[k * S + j]), acc[k]);
     };
     auto store = [&](int p, float (&done)[COLS]) {
 #pragma unroll
@@ -705,7 +708,7 @@ __global__ void __launch_bounds__(FLAT_THREADS) depthwise_nchw_flat(
             if (q0 + k < OW) o[p * OW + k] = lb::from_float<T>(done[k] + b);
     };
 
-    float cur[SPAN], next[SPAN];
+    T cur[SPAN], next[SPAN];
     load(top, true, cur);
     if constexpr (S == 1) {
         // Output rows (s - 2, s - 1, s) of the band, partly summed: input row s adds to all three.
@@ -729,7 +732,7 @@ __global__ void __launch_bounds__(FLAT_THREADS) depthwise_nchw_flat(
     } else {
         // As the NHWC kernel: step r finishes output row r - 1 with the even input row 2r and
         // starts row r with it and the odd row 2r + 1.
-        float odd[SPAN], next_odd[SPAN];
+        T odd[SPAN], next_odd[SPAN];
         load(top + 1, true, odd);
         float acc[COLS];
 #pragma unroll

@@ -20,7 +20,9 @@ As the flat kernel, a program walks a band of ``ROWS`` output rows down its elem
 consecutive (plane, column pair) elements), each input row loaded once and added into the output
 rows it belongs to (three at stride 1, two at stride 2), held as rolling fp32 accumulators; the
 filter's nine taps are fp32 registers of each element (its plane's), fp32 fused multiply-adds,
-the bias fused.
+the bias fused.  A row's words are loaded two steps before their arithmetic and unpacked one step
+before it (software pipelined by hand).  Where every output row starts on a 4-byte boundary (an
+even number of columns), an element's two outputs leave as one 32-bit store.
 
 Scope: NCHW, 16-bit dtypes, 3x3 filters at strides (1, 1) and (2, 2) without dilation, one output
 channel per input channel, any padding, an input that starts on a 4-byte boundary with an even
@@ -65,40 +67,54 @@ def _words(x_words, at, GUARD: tl.constexpr, WORDS):
 
 
 @triton.jit
-def _input_row(x_words, v0, ih, H, W, guarded, keep_lo, keep_hi, keep_4, live, WORDS, dtype: tl.constexpr,
-               STRIDE: tl.constexpr):
-    """Input row ``ih``'s values under each element's two windows, in fp32: columns iw to iw + 3
-    (and iw + 4 at stride 2), zero off the image and where ``live`` is false; ``v0``: value index
-    of column iw in row 0 of the element's plane."""
-    c0 = tl.zeros(v0.shape, tl.float32)
-    c1 = c0
-    c2 = c0
-    c3 = c0
-    c4 = c0
+def _row_words(x_words, v0, ih, H, W, guarded, live, WORDS):
+    """The three words holding input row ``ih``'s values under each element's two windows (from
+    column iw on; ``v0``: value index of column iw in row 0 of the element's plane); zero off the
+    image and where ``live`` is false."""
+    w0 = tl.zeros(v0.shape, tl.uint32)
+    w1 = w0
+    w2 = w0
     if live & (ih >= 0) & (ih < H):
-        v = v0 + ih * W  # its word v >> 1, its half v & 1
-        at = v >> 1
-        shift = ((v & 1) * 16).to(tl.uint64)
+        at = (v0 + ih * W) >> 1
         if guarded:
             w0, w1, w2 = _words(x_words, at, True, WORDS)
         else:
             w0, w1, w2 = _words(x_words, at, False, WORDS)
-        # Funnel shifts: values v, v + 1 in lo and v + 2, v + 3 in hi, low half first.
-        lo = funnel(w0, w1, shift).to(tl.uint32) & keep_lo
-        hi = funnel(w1, w2, shift).to(tl.uint32) & keep_hi
-        c0 = half_value(lo, 0, dtype)
-        c1 = half_value(lo, 1, dtype)
-        c2 = half_value(hi, 0, dtype)
-        c3 = half_value(hi, 1, dtype)
-        if STRIDE == 2:  # value v + 4: the third word's low half, or its high one where v is odd
-            c4 = half_value((w2 >> shift.to(tl.uint32)) & keep_4, 0, dtype)
-    return c0, c1, c2, c3, c4
+    return w0, w1, w2
+
+
+@triton.jit
+def _row_values(w0, w1, w2, v0, ih, W, keep_lo, keep_hi, keep_4, dtype: tl.constexpr, STRIDE: tl.constexpr):
+    """Row ``ih``'s values from its words (``_row_words``), in fp32: columns iw to iw + 3 (and iw + 4
+    at stride 2), zero in the padding."""
+    shift = (((v0 + ih * W) & 1) * 16).to(tl.uint64)  # column iw's half of its word
+    # Funnel shifts: values iw, iw + 1 in lo and iw + 2, iw + 3 in hi, low half first.
+    lo = funnel(w0, w1, shift).to(tl.uint32) & keep_lo
+    hi = funnel(w1, w2, shift).to(tl.uint32) & keep_hi
+    c4 = tl.zeros(v0.shape, tl.float32)
+    if STRIDE == 2:  # value iw + 4: the third word's low half, or its high one where iw is odd
+        c4 = half_value((w2 >> shift.to(tl.uint32)) & keep_4, 0, dtype)
+    return half_value(lo, 0, dtype), half_value(lo, 1, dtype), half_value(hi, 0, dtype), half_value(hi, 1, dtype), c4
 
 
 @triton.jit
 def _times(acc, a, b, c, t0, t1, t2):
     """acc + a * t0 + b * t1 + c * t2, one chain of fused multiply-adds in fp32."""
     return tl.fma(c, t2, tl.fma(b, t1, tl.fma(a, t0, acc)))
+
+
+@triton.jit
+def _store_pair(y_ptr, y_row, done_a, done_b, e_ok, ok_b, PACKED: tl.constexpr):
+    """Store an element's two outputs at ``y_row`` (its first column's place in an output row):
+    one 32-bit word where PACKED (every row's pairs on 4-byte boundaries), else two 16-bit values."""
+    ty = y_ptr.dtype.element_ty
+    if PACKED:
+        bits_a = done_a.to(ty).to(tl.uint16, bitcast=True).to(tl.uint32)
+        bits_b = done_b.to(ty).to(tl.uint16, bitcast=True).to(tl.uint32)
+        tl.store(y_row.to(tl.pointer_type(tl.uint32)), bits_a | (bits_b << 16), mask=e_ok)
+    else:
+        tl.store(y_row, done_a.to(ty), mask=e_ok)
+        tl.store(y_row + 1, done_b.to(ty), mask=ok_b)
 
 
 @triton.jit
@@ -109,8 +125,8 @@ def _keep(ok_low, ok_high):
 
 @triton.jit(do_not_specialize=["ELEMS", "WORDS", "H", "W", "P", "Q", "QE", "MQE", "pad_h", "pad_w"])
 def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H, W, P, Q, QE, MQE,
-                                 pad_h, pad_w, HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, ROWS: tl.constexpr,
-                                 BLOCK_E: tl.constexpr):
+                                 pad_h, pad_w, HAS_BIAS: tl.constexpr, STRIDE: tl.constexpr, PACKED: tl.constexpr,
+                                 ROWS: tl.constexpr, BLOCK_E: tl.constexpr):
     pid = tl.program_id(0)
     bands = tl.cdiv(P, ROWS)
     p0 = (pid % bands) * ROWS  # bands run fastest: neighbours share their halo rows in L2
@@ -143,10 +159,14 @@ def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H,
     highest = ((last // QE).to(tl.int64) * (H * W) + tl.minimum(top + STRIDE * ROWS + 1, H - 1) * W
                + STRIDE * (Q - 1) - pad_w + 5)
     guarded = (lowest < 0) | (highest >= 2 * WORDS)
-    a0, a1, a2, a3, a4 = _input_row(x_words, v0, top, H, W, guarded, keep_lo, keep_hi, keep_4, True, WORDS, dtype,
-                                    STRIDE)
+    # Software pipelined: each step issues the loads of the rows it will need two steps on and
+    # unpacks the words loaded a step before, after its own arithmetic, so a thread waits with two
+    # steps' loads in flight (unpacked as they arrived, every step waited on its own loads).
+    a0, a1, a2, a3, a4 = _row_values(*_row_words(x_words, v0, top, H, W, guarded, True, WORDS), v0, top, W,
+                                     keep_lo, keep_hi, keep_4, dtype, STRIDE)
     zeros = tl.zeros(v0.shape, tl.float32)  # rows not started (the first steps store nothing)
     if STRIDE == 1:
+        r0, r1, r2 = _row_words(x_words, v0, top + 1, H, W, guarded, True, WORDS)
         # Output rows (s - 2, s - 1, s) of the band, partly summed, for the element's two columns
         # (taps a0-a2 and a1-a3).
         acc1a = zeros
@@ -154,8 +174,7 @@ def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H,
         acc1b = zeros
         acc2b = zeros
         for s in range(0, rows + 2):
-            n0, n1, n2, n3, n4 = _input_row(x_words, v0, top + s + 1, H, W, guarded, keep_lo, keep_hi, keep_4,
-                                            s + 1 < rows + 2, WORDS, dtype, STRIDE)
+            n0, n1, n2 = _row_words(x_words, v0, top + s + 2, H, W, guarded, s + 2 < rows + 2, WORDS)
             done_a = _times(acc1a, a0, a1, a2, w20, w21, w22)
             done_b = _times(acc1b, a1, a2, a3, w20, w21, w22)
             acc1a = _times(acc2a, a0, a1, a2, w10, w11, w12)
@@ -163,32 +182,34 @@ def _depthwise_nchw_pairs_kernel(x_ptr, w_ptr, b_ptr, y_ptr, ELEMS, WORDS, C, H,
             acc2a = _times(bias, a0, a1, a2, w00, w01, w02)  # a row starts from the bias
             acc2b = _times(bias, a1, a2, a3, w00, w01, w02)
             if s >= 2:
-                y = y0 + (p0 + s - 2) * Q
-                tl.store(y, done_a.to(y_ptr.dtype.element_ty), mask=e_ok)
-                tl.store(y + 1, done_b.to(y_ptr.dtype.element_ty), mask=ok_b)
-            a0, a1, a2, a3 = n0, n1, n2, n3
+                _store_pair(y_ptr, y0 + (p0 + s - 2) * Q, done_a, done_b, e_ok, ok_b, PACKED)
+            a0, a1, a2, a3, a4 = _row_values(r0, r1, r2, v0, top + s + 1, W, keep_lo, keep_hi, keep_4, dtype,
+                                             STRIDE)
+            r0, r1, r2 = n0, n1, n2
     else:
         # Output row r reads input rows 2r, 2r + 1 and 2r + 2 from the top (taps a0-a2 and a2-a4):
         # step r finishes row r - 1 with even row 2r and starts row r with it and odd row 2r + 1.
-        o0, o1, o2, o3, o4 = _input_row(x_words, v0, top + 1, H, W, guarded, keep_lo, keep_hi, keep_4, True, WORDS,
-                                        dtype, STRIDE)
+        o0, o1, o2, o3, o4 = _row_values(*_row_words(x_words, v0, top + 1, H, W, guarded, True, WORDS), v0,
+                                         top + 1, W, keep_lo, keep_hi, keep_4, dtype, STRIDE)
+        e0, e1, e2 = _row_words(x_words, v0, top + 2, H, W, guarded, 0 < rows, WORDS)
+        d0, d1, d2 = _row_words(x_words, v0, top + 3, H, W, guarded, 1 < rows, WORDS)
         acc_a = zeros
         acc_b = zeros
         for r in range(0, rows + 1):
-            n0, n1, n2, n3, n4 = _input_row(x_words, v0, top + 2 * r + 2, H, W, guarded, keep_lo, keep_hi, keep_4,
-                                            r < rows, WORDS, dtype, STRIDE)
-            m0, m1, m2, m3, m4 = _input_row(x_words, v0, top + 2 * r + 3, H, W, guarded, keep_lo, keep_hi, keep_4,
-                                            r + 1 < rows, WORDS, dtype, STRIDE)
+            n0, n1, n2 = _row_words(x_words, v0, top + 2 * r + 4, H, W, guarded, r + 1 < rows, WORDS)
+            m0, m1, m2 = _row_words(x_words, v0, top + 2 * r + 5, H, W, guarded, r + 2 < rows, WORDS)
             done_a = _times(acc_a, a0, a1, a2, w20, w21, w22)
             done_b = _times(acc_b, a2, a3, a4, w20, w21, w22)
             acc_a = _times(_times(bias, a0, a1, a2, w00, w01, w02), o0, o1, o2, w10, w11, w12)
             acc_b = _times(_times(bias, a2, a3, a4, w00, w01, w02), o2, o3, o4, w10, w11, w12)
             if r >= 1:
-                y = y0 + (p0 + r - 1) * Q
-                tl.store(y, done_a.to(y_ptr.dtype.element_ty), mask=e_ok)
-                tl.store(y + 1, done_b.to(y_ptr.dtype.element_ty), mask=ok_b)
-            a0, a1, a2, a3, a4 = n0, n1, n2, n3, n4
-            o0, o1, o2, o3, o4 = m0, m1, m2, m3, m4
+                _store_pair(y_ptr, y0 + (p0 + r - 1) * Q, done_a, done_b, e_ok, ok_b, PACKED)
+            a0, a1, a2, a3, a4 = _row_values(e0, e1, e2, v0, top + 2 * r + 2, W, keep_lo, keep_hi, keep_4, dtype,
+                                             STRIDE)
+            o0, o1, o2, o3, o4 = _row_values(d0, d1, d2, v0, top + 2 * r + 3, W, keep_lo, keep_hi, keep_4, dtype,
+                                             STRIDE)
+            e0, e1, e2 = n0, n1, n2
+            d0, d1, d2 = m0, m1, m2
 
 
 def pairs_refusal(spec: Conv2d, layout: str) -> str | None:
@@ -231,5 +252,6 @@ def build_depthwise_pairs(spec: Conv2d, dtype: DType, layout: str, tensors: Tens
 
     args = (x, tap_major_filter(spec, w), bias if bias is not None else out, out, planes * qe, x.numel() // 2, c,
             spec.height, spec.width, p, q, qe, magic(qe), spec.padding_h, spec.padding_w)
-    return bind(_depthwise_nchw_pairs_kernel, configs, grid, args,
-                {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h}, _INTERPRETER)
+    constants = {"HAS_BIAS": bias is not None, "STRIDE": spec.stride_h,
+                 "PACKED": q % 2 == 0 and out.data_ptr() % 4 == 0}
+    return bind(_depthwise_nchw_pairs_kernel, configs, grid, args, constants, _INTERPRETER)
