@@ -137,7 +137,7 @@ def main() -> None:
                 ("flat planes NCHW", dr._depthwise_flat_rows_kernel, dr._plane_configs(56),
                  {"NCHW": True, "STRIDE": 1}),
                 *([(f"word pairs NCHW stride {stride}", dp._depthwise_nchw_pairs_kernel, dp._configs(),
-                    {"STRIDE": stride}) for stride in (1, 2)] if itemsize == 2 else [])):
+                    {"STRIDE": stride, "PACKED": True}) for stride in (1, 2)] if itemsize == 2 else [])):
             for cfg in configs:
                 line = compile_report(kernel, target, pointers, dict(HAS_BIAS=True, **meta, **cfg.kwargs),
                                       cfg.num_warps)
