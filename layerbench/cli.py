@@ -598,7 +598,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.report_only:
         df, ceilings = bench.load_bench(out)
     else:
-        bench.check_layers(tuple(args.layers.split(",")))  # a typo is named before the GPU is looked for
+        bench.bench_sets(tuple(args.layers.split(",")), args.where)  # typos are named before the GPU is looked for
         _check_device(args.device, cpu_runs=False)
         scheduler, first_gpu = _gpu_pool(args.gpus) if args.gpus is not None else (None, None)
         try:

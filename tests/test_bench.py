@@ -129,6 +129,16 @@ def test_the_command_names_an_unknown_layer_before_it_looks_for_a_gpu(tmp_path: 
     assert "--layers must be among" in capsys.readouterr().err
 
 
+def test_the_command_names_a_bad_where_before_it_looks_for_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the GPU check would name itself first
+    assert main(["bench", "--layers", "relu", "--where", "dtyp == 'bf16'", "--out", str(tmp_path / "b")]) == 2
+    assert "uses unknown name 'dtyp'" in capsys.readouterr().err
+    assert main(["bench", "--layers", "relu", "--where", "dtype == 'bf17'", "--out", str(tmp_path / "b")]) == 2
+    assert "--where \"dtype == 'bf17'\" admits no row of relu" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.interpreter
 def test_an_interrupted_bench_prints_the_report_of_the_rows_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:

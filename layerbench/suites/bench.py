@@ -140,13 +140,9 @@ def check_layers(layers: tuple[str, ...]) -> None:
         raise ValueError(f"--layers must be among {', '.join(LAYERS)}, got {', '.join(unknown)}")
 
 
-def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
-              energy: bool = True, progress: bool = True, where: str | None = None,
-              scheduler: SchedulerFactory | None = None, ceilings_gpu: str | None = None) -> pd.DataFrame:
-    """Measure (or, with ``resume``, complete) the bench in ``out``; return all its records.
-    ``where``: a filter over every set's rows (``Sweep.restrict_where``), for a bench in parts.
-    ``scheduler``: the sets' point groups spread over several GPUs (``--gpus``); ``ceilings_gpu``:
-    the ``CUDA_VISIBLE_DEVICES`` entry of the GPU the ceilings are measured on (None: the first)."""
+def bench_sets(layers: tuple[str, ...], where: str | None = None) -> list[sweep.Sweep]:
+    """The bench sets ``layers``, each restricted to the rows ``where`` admits; ValueError naming an
+    unknown set, a ``where`` the sweep language refuses, or one that admits no row at all."""
     check_layers(layers)
     sets = [sweep.load_sweep(BENCH_DIR / f"{layer}.toml") for layer in layers]
     if where is not None:
@@ -154,6 +150,17 @@ def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS,
             s.restrict_where(where)
         if not any(s.points for s in sets):  # named before the ceilings take a minute of the GPU
             raise ValueError(f"--where {where!r} admits no row of {', '.join(layers)}")
+    return sets
+
+
+def run_bench(out: Path, device: str = "cuda", layers: tuple[str, ...] = LAYERS, resume: bool = False,
+              energy: bool = True, progress: bool = True, where: str | None = None,
+              scheduler: SchedulerFactory | None = None, ceilings_gpu: str | None = None) -> pd.DataFrame:
+    """Measure (or, with ``resume``, complete) the bench in ``out``; return all its records.
+    ``where``: a filter over every set's rows (``Sweep.restrict_where``), for a bench in parts.
+    ``scheduler``: the sets' point groups spread over several GPUs (``--gpus``); ``ceilings_gpu``:
+    the ``CUDA_VISIBLE_DEVICES`` entry of the GPU the ceilings are measured on (None: the first)."""
+    sets = bench_sets(layers, where)
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and (out / CEILINGS_FILE).exists()):
         measured = ceil.measure_apart(device, ceilings_gpu) | {"measured_at": results.timestamp()}
