@@ -184,14 +184,15 @@ def _fail_on(text: str) -> tuple[str, ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _check_device(args.device)
-    scheduler = _scheduler(args)  # --gpus / --ray: refused at once where they cannot work
-    # All files are checked before anything runs: a typo in the last one fails at once.
+    # All files are checked before anything runs, and before the GPU is looked for: a typo in the
+    # last one fails at once, on a machine without a GPU too.
     sweeps = [_load_sweep(args, f) for f in args.file]
     if not any(s.points for s in sweeps):  # a filter that keeps nothing is a mistake, not an empty run
         raise ValueError("nothing to run: " + "; ".join(
             f"{s.path}: none of its rows pass its where, --where and --only ({s.skipped_filtered} filtered "
             f"out, {s.skipped_invalid} invalid and skipped)" for s in sweeps))
+    _check_device(args.device)
+    scheduler = _scheduler(args)  # --gpus / --ray: refused at once where they cannot work
     if scheduler is not None:
         for s in sweeps:
             if any(gpus_of(p) > 1 for p in s.points):

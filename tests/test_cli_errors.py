@@ -116,8 +116,11 @@ def test_only_with_an_unknown_name_is_refused_and_claims_no_files(work: Path) ->
     assert not (work / "typo").exists() and ".parquet" not in proc.stdout + proc.stderr
 
 
-def test_where_with_an_unknown_name_is_refused_and_claims_no_files(work: Path) -> None:
-    proc = cli("run", str(SMOKE), "--device", "cpu", "--where", "dtyp == 'fp32'", "--out", "typo", cwd=work)
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_where_with_an_unknown_name_is_refused_and_claims_no_files(work: Path, device: str) -> None:
+    # With no GPU visible, --device cuda still names the typo first: it is the mistake to fix.
+    proc = cli("run", str(SMOKE), "--device", device, "--where", "dtyp == 'fp32'", "--out", "typo", cwd=work,
+               env={"CUDA_VISIBLE_DEVICES": ""})
     one_line_error(proc, "--where for", "unknown name 'dtyp'")
     assert not (work / "typo").exists()
 
