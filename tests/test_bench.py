@@ -487,15 +487,21 @@ def test_energy_at_most_the_references_on_every_point_at_least_as_fast() -> None
 def test_energy_is_judged_where_the_kernel_is_as_fast_back_to_back() -> None:
     """The energy windows run launches back to back (caches warm): a kernel slower than the
     reference cold but faster there is judged, one faster cold but slower there is not."""
-    def row(impl: str, name: str, cold_s: float, b2b_s: float, j: float) -> dict:
+    def row(impl: str, name: str, cold_s: float, b2b_s: float, j: float, flags: list[str]) -> dict:
         return {"layer": "linear", "impl": impl, "dtype": "bf16", "experiment": "bench_gemm", "name": name,
                 "point_hash": name, "layout": "NCHW", "status": "ok", "time_median_s": cold_s,
-                "energy_s_per_launch": b2b_s, "energy_j_per_launch": j, "tflops": 1.0, "min_bytes": 1000}
+                "energy_s_per_launch": b2b_s, "energy_j_per_launch": j, "tflops": 1.0, "min_bytes": 1000,
+                "energy_flags": flags}
 
-    df = pd.DataFrame([row("cublas", "gemv", 20e-6, 10e-6, 2.0), row("triton", "gemv", 22e-6, 8e-6, 2.4),
-                       row("cublas", "square", 20e-6, 20e-6, 1.0), row("triton", "square", 19e-6, 21e-6, 3.0)])
-    pairs = pd.DataFrame([{"baseline": "cublas", "point_hash": name, "impl": impl, "time_ratio": t, "energy_ratio": e}
-                          for name, impl, t, e in [("gemv", "triton", 1.1, 1.2), ("square", "triton", 0.95, 3.0)]])
+    # The reference's GEMV windows ran at the power cap: the judged ratio says so.
+    df = pd.DataFrame([row("cublas", "gemv", 20e-6, 10e-6, 2.0, ["throttled"]),
+                       row("triton", "gemv", 22e-6, 8e-6, 2.4, []),
+                       row("cublas", "square", 20e-6, 20e-6, 1.0, []),
+                       row("triton", "square", 19e-6, 21e-6, 3.0, ["unavailable"])])
+    pairs = pd.DataFrame([{"baseline": "cublas", "point_hash": name, "impl": impl, "time_ratio": t, "energy_ratio": e,
+                           "energy_flags": f}
+                          for name, impl, t, e, f in [("gemv", "triton", 1.1, 1.2, "throttled"),
+                                                      ("square", "triton", 0.95, 3.0, "")]])
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench.compare, "compare_within", lambda _df: pairs)
         tab = bench.table(df, {"matmul_tflops": {"bf16": 10.0}, "copy_gbps": 4.0, "copy_curve": {"1000": 4.0}})
@@ -510,6 +516,11 @@ def test_energy_is_judged_where_the_kernel_is_as_fast_back_to_back() -> None:
     header = next(line for line in table.splitlines() if line.startswith("| layer | set |"))
     assert header.rstrip(" |").endswith("e_cublas | xe_cublas"), header
     assert "| 1.25 |" in table  # the GEMV's speed back to back
+    assert "| cublas | 20.0 | 1.0 TFLOP/s | 10 | - | - | 1.00 | 2 (throttled) |" in table
+    assert "| 3 | 3.000 |" in table  # "unavailable" is no flag on a number
+    assert "\nEnergy flags: throttled: a power or thermal cap" in table
+    assert ("energy <= 1.0x cublas where at least as fast (gemm): 1 of the 1 rows judged has flagged energy "
+            "windows (the kernel's or the reference's): gemm, gemv, bf16, NCHW, triton (throttled).") in table
 
 
 def test_every_bench_set_has_targets_each_named_once() -> None:

@@ -61,6 +61,13 @@ def test_compare_within_pairs_custom_with_references_and_skips_incorrect() -> No
     text = compare.format_comparison(table, "t")
     assert "FASTER" in text and "Geometric means" in text and "| p1 |" in text
     assert "| 0.5 / 1 |" in text  # J/GFLOP of triton and of cudnn
+    assert "Energy flags" not in text  # clean windows: nothing to explain
+    # A flag on either measurement marks the ratio it enters, and the table says what it means.
+    df.loc[0, "energy_flags"] = "[\"throttled\"]"  # the reference's, as a CSV holds it
+    df.loc[1, "energy_flags"] = "[\"unsteady\", \"throttled\"]"
+    flagged = compare.format_comparison(compare.compare_within(df), "t")
+    assert "| LESS (throttled, unsteady) |" in flagged and "| SAME (throttled) |" in flagged
+    assert "Energy flags: throttled: " in flagged and "; unsteady: the windows' J/launch differ by more than 5 %" in flagged
     # An explicit baseline compares everything else with it.
     only = compare.compare_within(df, baselines=["triton"])
     assert set(only["impl"]) == {"cudnn", "cupy"} and set(only["baseline"]) == {"triton"}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from fake_nvml import FakeClock, FakeGPU, FakePynvml, FakeLoad
-from layerbench.measure import thermal
+from layerbench.measure import energy_flags, thermal
 from layerbench.measure.energy import EnergyConfig, EnergyMeter, EnergyStats, derived_metrics, pairwise_ratios
 from layerbench.measure.nvml import Nvml
 
@@ -517,3 +518,14 @@ def test_per_image_and_system_energy() -> None:
     assert per_image_metrics(0.8, None, 4) == {"j_per_image": 0.2, "system_j_per_launch": None,
                                                "system_j_per_image": None}
     assert per_image_metrics(None, 0.2, 4)["j_per_image"] is None
+
+
+def test_every_flag_the_meter_sets_is_explained_to_readers() -> None:
+    """The tables print a J/launch's flags with their meanings: a flag the meter sets must have one."""
+    sources = "\n".join(p.read_text() for p in (Path(energy_flags.__file__).parent).glob("*.py"))
+    set_here = set(re.findall(r'flags(?:\.append\(| = \[)"([a-z-]+)"', sources)) - {energy_flags.NOT_MEASURED}
+    assert {"throttled", "queue-ran-dry", "unsteady", "few-power-updates"} <= set_here  # the search finds them
+    assert set_here <= set(energy_flags.MEANINGS), set_here - set(energy_flags.MEANINGS)
+    assert energy_flags.flags_of('["throttled", "unavailable"]') == ["throttled"]
+    assert energy_flags.flags_of(float("nan")) == [] and energy_flags.flags_of("unsteady,throttled") == [
+        "unsteady", "throttled"]

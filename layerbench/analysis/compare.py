@@ -24,6 +24,7 @@ import pandas as pd
 from layerbench.analysis.stats import (DEFAULT_THRESHOLD, NAN_RATIO, Ratio, geomean, interval_ratio,
                                        paired_ratio, to_float, window_values)
 from layerbench.analysis.tables import fmt_cell, fmt_interval, fmt_number, fmt_pair, markdown_table
+from layerbench.measure.energy_flags import flags_of, legend, marked
 
 
 def time_ratio(a: pd.Series, b: pd.Series) -> Ratio:
@@ -78,7 +79,11 @@ def _row(point: pd.Series, base: pd.Series, cols: list[str], impl: str, baseline
                base_j_per_gflop=to_float(base.get("j_per_gflop")),
                time_ratio=t.ratio, time_lo=t.lo, time_hi=t.hi, time_verdict=t.verdict(threshold),
                energy_ratio=e.ratio, energy_lo=e.lo, energy_hi=e.hi,
-               energy_verdict=e.verdict(threshold, ("LESS", "MORE")))
+               energy_verdict=e.verdict(threshold, ("LESS", "MORE")),
+               # A ratio is only as clean as both of its measurements (names joined by commas: CSV-friendly).
+               energy_flags=(",".join(sorted(set(flags_of(point.get("energy_flags")))
+                                             | set(flags_of(base.get("energy_flags")))))
+                             if math.isfinite(e.ratio) else ""))
     return out
 
 
@@ -151,13 +156,14 @@ def format_comparison(table: pd.DataFrame, title: str) -> str:
     rows = [[fmt_cell(r[c]) for c in point_cols] + [
         r["impl"], r["baseline"], fmt_interval(r["time_ratio"], r["time_lo"], r["time_hi"]),
         r["time_verdict"], fmt_interval(r["energy_ratio"], r["energy_lo"], r["energy_hi"]),
-        r["energy_verdict"], fmt_pair(r["j_per_gflop"], r["base_j_per_gflop"])]
+        marked(r["energy_verdict"], flags_of(r["energy_flags"])), fmt_pair(r["j_per_gflop"], r["base_j_per_gflop"])]
         for _, r in table.iterrows()]
     s = summary(table)
     srows = [[r["impl"], r["baseline"], r["points"], fmt_number(r["time_geomean"], ".3f"),
               f"{r['faster']}/{r['same']}/{r['slower']}", fmt_number(r["energy_geomean"], ".3f"),
               f"{r['less']}/{r['energy_same']}/{r['more']}"] for _, r in s.iterrows()]
+    flags = legend(f for fs in table["energy_flags"] for f in flags_of(fs))
     return (f"## {title}\n\nRatios are candidate / baseline (< 1: faster, less energy).\n\n"
-            + markdown_table(headers, rows) + "\n\n### Geometric means\n\n"
+            + markdown_table(headers, rows) + (f"\n\n{flags}" if flags else "") + "\n\n### Geometric means\n\n"
             + markdown_table(["impl", "vs", "points", "time ratio", "faster/same/slower",
                               "energy ratio", "less/same/more"], srows) + "\n")

@@ -21,6 +21,7 @@ from layerbench import sweep
 from layerbench.analysis import compare
 from layerbench.analysis.stats import geomean
 from layerbench.analysis.tables import fmt_number, markdown_table
+from layerbench.measure.energy_flags import flags_of, legend, marked
 from layerbench.results import rundir as results
 from layerbench.run.shared_configs import SharedConfigs
 from layerbench.run.sweep_runner import RunOptions, SchedulerFactory, WorkerHandoff, run_sweep
@@ -222,6 +223,7 @@ def table(df: pd.DataFrame, ceilings: dict) -> pd.DataFrame:
         key = list(zip(ok["point_hash"], ok["impl"]))
         ok[f"x_{base}"] = [1 / sub["time_ratio"].get(k, math.nan) for k in key]
         ok[f"e_{base}"] = [sub["energy_ratio"].get(k, math.nan) for k in key]
+        ok[f"eflags_{base}"] = [sub["energy_flags"].get(k, "") for k in key]  # either side's energy flags
         if b2b is not None:
             ok[f"xe_{base}"] = [b2b.get((h, base), math.nan) / s
                                 for h, s in zip(ok["point_hash"], ok["energy_s_per_launch"])]
@@ -321,8 +323,12 @@ def targets(tab: pd.DataFrame, planned: pd.DataFrame | None = None) -> pd.DataFr
             fast = sel[f"xe_{ref}"].fillna(sel[f"x_{ref}"]) if f"xe_{ref}" in sel else sel[f"x_{ref}"]
             sel = sel[fast >= 1.0]
         text = f"energy <= {ENERGY_BOUND:.1f}x {ref} where at least as fast ({exp.removeprefix('bench_')})"
+        judged = sel[pd.to_numeric(sel[f"e_{ref}"], errors="coerce").notna()] if f"e_{ref}" in sel else sel
+        flagged = [f"{_where(r)}, {r['impl']} ({', '.join(flags_of(r[f'eflags_{ref}']))})"
+                   for _, r in judged.iterrows() if flags_of(r.get(f"eflags_{ref}"))]
         # Which points are as fast is known only once measured: no planned count.
-        rows.append(_judge(text, sel, f"e_{ref}", ENERGY_BOUND, ENERGY_BOUND, at_most=True) | {"planned": math.nan})
+        rows.append(_judge(text, sel, f"e_{ref}", ENERGY_BOUND, ENERGY_BOUND, at_most=True)
+                    | {"planned": math.nan, "flagged": flagged})
     return pd.DataFrame(rows)
 
 
@@ -438,9 +444,13 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame
                      fmt_number(r["time_median_s"] * 1e6, ".1f"),
                      rate, fmt_number(100 * r["ceiling"], ".0f"), fmt_number(100 * r["sized_copy"], ".0f"),
                      *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
-                     fmt_number(r.get("energy_j_per_launch"), ".4g"), *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs],
+                     marked(fmt_number(r.get("energy_j_per_launch"), ".4g"), flags_of(r.get("energy_flags"))),
+                     *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs],
                      *[fmt_number(r.get(f"xe_{b}"), ".2f") for b in warm]])
-    lines += [markdown_table(headers, rows), "", "### Targets (geometric means per bench set)", ""]
+    lines += [markdown_table(headers, rows), ""]
+    flags = legend(f for v in tab.get("energy_flags", []) for f in flags_of(v))
+    lines += [flags, ""] if flags else []
+    lines += ["### Targets (geometric means per bench set)", ""]
     tg = targets(tab, planned)
     lines.append(markdown_table(
         ["target", "points", "geomean", "floor", "worst", "worst point", "same-size copy", "verdict"],
@@ -448,6 +458,11 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame
           fmt_number(r["worst"], ".3f"),
           r["worst_point"] + (f" ({r['below_floor']} past the floor)" if r["below_floor"] else ""),
           fmt_number(r.get("copy_bound"), ".3f"), _verdict_cell(r)] for _, r in tg.iterrows()]))
+    for _, r in tg.iterrows():
+        if isinstance(r.get("flagged"), list) and r["flagged"]:
+            n = len(r["flagged"])
+            lines += ["", f"{r['target']}: {n} of the {r['points']} rows judged {'has' if n == 1 else 'have'} "
+                      f"flagged energy windows (the kernel's or the reference's): {'; '.join(r['flagged'])}."]
     lines += ["", "A target is met when its geomean is and no point is past its floor (energy: an upper bound on "
               "every point); each target names its worst point (set, point, pass, dtype, layout).",
               "energy: judged where the kernel is at least as fast as the reference back to back, as the energy "
