@@ -112,7 +112,7 @@ class EnergyConfig:
     adaptive: bool = option(False, Bound("bool", "true or false"))
     target_spread: float = option(0.02, _num(0, exclusive=True))
     max_window_s: float = option(8.0, _num(0, exclusive=True))
-    max_retries: int = option(2, _int(0))                           # windows redone after a counter reset
+    max_retries: int = option(2, _int(0))                           # windows redone (counter reset, queue ran dry)
 
     def __post_init__(self) -> None:
         validate(self, "energy")

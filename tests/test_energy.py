@@ -129,6 +129,35 @@ def test_counter_reset_voids_the_window_and_it_is_redone(gpu: FakeGPU) -> None:
     assert s.j_per_launch_windows == pytest.approx([0.3] * 3, rel=1e-9)
 
 
+def test_a_window_whose_queue_ran_dry_is_redone_and_the_last_try_keeps_the_flag(gpu: FakeGPU) -> None:
+    dry_windows = [1]  # windows to come that run dry
+
+    class Dry(FakeLoad):
+        """Runs dry (the meter sees the flag and an idle GPU's share of energy) in its next windows."""
+
+        def start(self) -> None:
+            super().start()
+            self.dry = bool(dry_windows) and bool(dry_windows.pop())
+
+        def top_up(self) -> None:
+            super().top_up()
+            if self.dry:
+                self.ran_dry = True
+
+    meter = make_meter(gpu, EnergyConfig(cooldown="none", poll_s=0.01, idle_baseline=False))
+    meter._load = lambda k, t: Dry(gpu, k.name, t, k.watts)
+    s = meter.measure({"a": Kernel("a", 300.0)}, {"a": 1e-3})["a"]
+    assert gpu.log == ["a"] * 4  # three windows, the dry one measured again
+    assert s.flags == ["window-redone"] and s.j_per_launch_windows == pytest.approx([0.3] * 3, rel=1e-9)
+    assert s.telemetry["notes"] == ["the launch queue ran dry in a window (the GPU idled inside it)"]
+
+    gpu.log.clear()
+    dry_windows.extend([1] * 3)  # every try of the first window runs dry: the last one is kept, flagged
+    s = meter.measure({"a": Kernel("a", 300.0)}, {"a": 1e-3})["a"]
+    assert gpu.log == ["a"] * 5 and s.j_per_launch is not None
+    assert s.flags == ["queue-ran-dry", "window-redone"]
+
+
 def test_counter_reset_during_idle_baseline_is_redone(gpu: FakeGPU) -> None:
     gpu.energy_offset_mj = lambda t: -5e8 if t >= 1.25 else 0.0
     idle = make_meter(gpu).idle_baseline()

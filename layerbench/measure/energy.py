@@ -280,12 +280,18 @@ class EnergyMeter:
         }
 
     def _window_retrying(self, load: Load, window_s: float) -> Window:
-        """A window; one voided by a counter reset or an uncountable mark is redone (and flagged)."""
+        """A window; one voided by a counter reset or an uncountable mark is redone (and flagged),
+        and so is one whose launch queue ran dry while tries remain (the last try keeps its flag)."""
         flags: list[str] = []
         notes: list[str] = []
-        for _ in range(self.cfg.max_retries + 1):
+        for attempt in range(self.cfg.max_retries + 1):
             try:
                 w = self._window(load, window_s)
+                if "queue-ran-dry" in w.flags and attempt < self.cfg.max_retries:
+                    # The GPU idled inside the window: its idle energy would count as the kernel's.
+                    flags.append("window-redone")
+                    notes.append("the launch queue ran dry in a window (the GPU idled inside it)")
+                    continue
                 w.flags.extend(f for f in flags if f not in w.flags)
                 w.notes.extend(notes)
                 return w
