@@ -102,6 +102,22 @@ def test_layer_list_report_has_sum_row_and_categorical_plot(tmp_path: Path) -> N
     assert (tmp_path / "out" / "fp32_NCHW.png").exists()
 
 
+def test_a_flagged_energy_reads_as_flagged(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, POINTS_SWEEP)
+    log = run_dir / results.RESULTS_FILE
+    recs = results.read_records(log)
+    for r in recs:
+        r["energy_flags"] = ["throttled"] if (r["name"], r["impl"]) == ("conv1", "triton") else []
+    log.unlink()
+    with results.ResultLog(log) as out:
+        for r in recs:
+            out.append(r)
+    text = report.build_report(run_dir, tmp_path / "out").read_text()
+    assert "| conv1 | 100 | 300 | 30 (throttled) |" in text
+    assert "\nEnergy flags: throttled: a power or thermal cap" in text
+    assert text.count("(throttled)") == 2  # the table's cell and the comparison's energy verdict
+
+
 def test_sum_row_is_dash_where_a_layer_lacks_the_value(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, POINTS_SWEEP)
     log = run_dir / results.RESULTS_FILE
