@@ -243,8 +243,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         png = out / f"{_slug(title)}.png"
         if plot(g, x, g_impls, title_words(run.get("experiment"), title), png):
             parts += [f"![{title}]({png.name})", ""]
-    measured = df[(df["status"] == "ok") & df["energy_j_per_launch"].notna()] if "energy_j_per_launch" in df else df[:0]
-    flags = legend(f for v in measured.get("energy_flags", []) for f in flags_of(v))
+    energy = df[(df["status"] == "ok") & df["energy_j_per_launch"].notna()] if "energy_j_per_launch" in df else df[:0]
+    flags = legend(f for v in energy.get("energy_flags", []) for f in flags_of(v))
     parts += [flags, ""] if flags else []
     bad = df[df["status"] != "ok"]
     if not bad.empty:

@@ -21,7 +21,8 @@ MEANINGS: dict[str, str] = {
     "other-processes": "another process used the GPU during a window",
     "cooldown-not-reached": "the GPU had not cooled to its idle temperature when the windows began",
     "counter-reset": "the energy counter went backwards in a window, which was measured again",
-    "window-redone": "a window counted no launch and was measured again",
+    "window-redone": "a window was void (it counted no launch, or its launch queue ran dry) and was measured "
+                     "again",
     "few-power-updates": "the power reading changed fewer times in a window than the meter asks for",
 }
 # Not a flag on a number: energy was not measured (the record has no J/launch).
