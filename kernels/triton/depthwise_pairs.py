@@ -45,9 +45,11 @@ from kernels.triton.depthwise import tap_major_filter
 from kernels.triton.depthwise_rows import element_filter
 from kernels.triton.support import INT32_MAX, bind, dense_layout, divmod_magic, funnel, half_value, interpreting, magic
 
-# (BLOCK_E, warps): 2 or 4 elements (4 or 8 outputs) a thread, each with bands of every ROWS (8
-# elements a thread take all 255 registers).
-_TILES = [(64, 1), (128, 2), (256, 4), (128, 1), (256, 2), (512, 4)]
+# (BLOCK_E, warps): 1, 2 or 4 elements (2, 4 or 8 outputs) a thread, each with bands of every ROWS
+# (8 elements a thread take all 255 registers).  Fewer elements a thread take fewer registers, so
+# more warps an SM hide the loads' latency: on 14 x 14 and 7 x 7 planes 4 elements a thread (128
+# registers, 16 warps an SM) leave each warp waiting on its loads most of the time.
+_TILES = [(32, 1), (64, 2), (128, 4), (64, 1), (128, 2), (256, 4), (128, 1), (256, 2), (512, 4)]
 _ROWS = (8, 32)
 _INTERPRETER = {"BLOCK_E": 16, "ROWS": 3}
 
