@@ -63,9 +63,10 @@ _INTERPRETER = {"BLOCK_Q": 4, "BLOCK_C": 16, "ROWS": 3, "PREFETCH": 0}
 # take 72-144 registers).
 _FLAT_TILES = [(1024, 4), (2048, 8), (1024, 8), (512, 4)]
 _FLAT_INTERPRETER = {"BLOCK_E": 32, "ROWS": 3, "PREFETCH": 0}
-# NCHW: (BLOCK_E, warps), 2-8 elements a thread: its loads are one element wide, and each element
-# holds the nine taps of its own plane.
-_PLANE_TILES = [(256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8)]
+# NCHW: (BLOCK_E, warps), 1-8 elements a thread: its loads are one element wide, and each element
+# holds the nine taps of its own plane.  1 and 2 elements a thread (32-56 registers on sm_90, against
+# 108-121 at 4) keep more warps an SM waiting on loads where a band is short (7 x 7, 14 x 14 planes).
+_PLANE_TILES = [(256, 8), (256, 4), (512, 8), (256, 2), (512, 4), (1024, 8), (1024, 4), (2048, 8)]
 # NCHW in the interpreter: flat (plane, column) pairs (0), or tiles of planes x this many columns.
 _INTERPRETER_PLANE_COLUMNS = 0
 # A thread holds at least one 16-byte vector of a tile (smaller tiles leave lanes idle).
