@@ -149,6 +149,7 @@ def test_builds_record_their_path() -> None:
     flat = "depthwise_nchw_flat<__nv_bfloat16, 1, 4>"
     kernels = {"depthwise": "depthwise_nchw<__nv_bfloat16, 3>", "depthwise_flat": flat, "depthwise_flat_tall": flat,
                "depthwise_flat_column": "depthwise_nchw_flat<__nv_bfloat16, 1, 1>",
+               "depthwise_flat_two_columns": "depthwise_nchw_flat<__nv_bfloat16, 1, 2>",
                "depthwise_rows": "depthwise_nchw_rows<__nv_bfloat16, 3, 1>"}
     assert planar["kernel"] == kernels[planar["algorithm"]], planar
     grouped = details(AWKWARD["groups-2-odd"])

@@ -1,7 +1,7 @@
 """depthwise.cu's kernels run on the CPU: their CUDA source compiled as host C++
 (tests/host_cuda/cuda_shim.h shims the CUDA keywords) against a float64 direct convolution.  The
 flat-run kernels (NHWC and NCHW): every block and thread in turn, strides 1 and 2, paddings 0-2,
-planes and bands cut raggedly, runs and rows over several blocks, one or four NCHW columns a
+planes and bands cut raggedly, runs and rows over several blocks, one, two or four NCHW columns a
 thread.  The NCHW rows kernel: each block's threads as host threads meeting at its barriers,
 every unrolled window and the loops, chunks of bands or of planes, walked by one block or one a
 block (tests/host_cuda/depthwise_rows.cpp says what else).  Needs a C++17 compiler (skipped

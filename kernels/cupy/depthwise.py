@@ -96,7 +96,9 @@ def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                     out: torch.Tensor) -> list[tuple[str, Callable[[], Built]]]:
     """The flat-run kernel's builds worth timing for ``spec``, named: in its usual bands and, where
     they differ, in the tallest (``depthwise_flat_tall``); in NCHW, four output columns a thread,
-    and one in the tallest bands (``depthwise_flat_column``: faster on narrow planes)."""
+    and one or two in the tallest bands (``depthwise_flat_column``, ``depthwise_flat_two_columns``:
+    narrow planes, where four leave few threads a row and one spends the most instructions an
+    output)."""
     def build(band: int | None, columns: int = NCHW_FLAT_COLUMNS) -> Callable[[], Built]:
         return lambda: build_flat(spec, dtype, layout, tensors, out, band, columns)
 
@@ -108,8 +110,9 @@ def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
         return candidates  # its build says why
     if usual != FLAT_BANDS[0]:
         candidates.append(("depthwise_flat_tall", build(FLAT_BANDS[0])))
-    if layout == "NCHW":  # a thread a column, in the tallest bands
-        candidates.append(("depthwise_flat_column", build(FLAT_BANDS[0], 1)))
+    if layout == "NCHW":  # one or two columns a thread, in the tallest bands
+        candidates += [("depthwise_flat_column", build(FLAT_BANDS[0], 1)),
+                       ("depthwise_flat_two_columns", build(FLAT_BANDS[0], 2))]
     return candidates
 
 

@@ -36,7 +36,8 @@ FLAT_THREADS = 128
 FLAT_BANDS = (32, 16, 8, 4)
 FLAT_BLOCKS_PER_SM = {"NHWC": 12, "NCHW": 64}
 # NCHW: output columns a thread of the flat-run kernel (sources.DEPTHWISE_NCHW_FLAT_COLUMNS): four
-# load 1.5 input elements an output at stride 1, where one loads three.  The build also times one.
+# load 1.5 input elements an output at stride 1, two load 2, one loads three.  The build also times
+# one and two (narrow planes: more threads a row).
 NCHW_FLAT_COLUMNS = 4
 NCHW_MAX_THREADS = 256
 

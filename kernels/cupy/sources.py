@@ -142,7 +142,7 @@ BACKWARD_VARIANTS = (("float", False),) + tuple((t, True) for t in STORAGE_TYPES
 DEPTHWISE_UNROLLED = (3, 5, 7)
 DEPTHWISE_NHWC_STRIDES = (1, 2)
 DEPTHWISE_FLAT_STRIDES = (1, 2)  # the flat-run kernels' stride, the same both ways
-DEPTHWISE_NCHW_FLAT_COLUMNS = (1, 4)  # output columns a thread of the NCHW flat-run kernel
+DEPTHWISE_NCHW_FLAT_COLUMNS = (1, 2, 4)  # output columns a thread of the NCHW flat-run kernel
 DEPTHWISE_ROWS_STRIDES = (1, 2)  # the NCHW rows kernel's unrolled windows' stride, the same both ways
 
 

@@ -163,8 +163,10 @@ int main() {
                                 for (int tq_log2 : {1, 6}) {  // rows cut in segments, or one segment
                                     const bool bias = (C + H + W + band) % 2;
                                     int r = S == 1 ? check_nchw<1, 1>(2, C, H, W, ph, pw, band, tq_log2, bias, g) +
+                                                         check_nchw<1, 2>(2, C, H, W, ph, pw, band, tq_log2, bias, g) +
                                                          check_nchw<1, 4>(2, C, H, W, ph, pw, band, tq_log2, bias, g)
                                                    : check_nchw<2, 1>(2, C, H, W, ph, pw, band, tq_log2, bias, g) +
+                                                         check_nchw<2, 2>(2, C, H, W, ph, pw, band, tq_log2, bias, g) +
                                                          check_nchw<2, 4>(2, C, H, W, ph, pw, band, tq_log2, bias, g);
                                     bad += r != 0;
                                     ++cases;
