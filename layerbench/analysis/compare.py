@@ -156,13 +156,13 @@ def format_comparison(table: pd.DataFrame, title: str) -> str:
     rows = [[fmt_cell(r[c]) for c in point_cols] + [
         r["impl"], r["baseline"], fmt_interval(r["time_ratio"], r["time_lo"], r["time_hi"]),
         r["time_verdict"], fmt_interval(r["energy_ratio"], r["energy_lo"], r["energy_hi"]),
-        marked(r["energy_verdict"], flags_of(r["energy_flags"])), fmt_pair(r["j_per_gflop"], r["base_j_per_gflop"])]
+        marked(r["energy_verdict"], r["energy_flags"]), fmt_pair(r["j_per_gflop"], r["base_j_per_gflop"])]
         for _, r in table.iterrows()]
     s = summary(table)
     srows = [[r["impl"], r["baseline"], r["points"], fmt_number(r["time_geomean"], ".3f"),
               f"{r['faster']}/{r['same']}/{r['slower']}", fmt_number(r["energy_geomean"], ".3f"),
               f"{r['less']}/{r['energy_same']}/{r['more']}"] for _, r in s.iterrows()]
-    flags = legend(f for fs in table["energy_flags"] for f in flags_of(fs))
+    flags = legend(table["energy_flags"])
     return (f"## {title}\n\nRatios are candidate / baseline (< 1: faster, less energy).\n\n"
             + markdown_table(headers, rows) + (f"\n\n{flags}" if flags else "") + "\n\n### Geometric means\n\n"
             + markdown_table(["impl", "vs", "points", "time ratio", "faster/same/slower",

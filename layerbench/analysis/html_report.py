@@ -29,7 +29,7 @@ from layerbench.analysis.cross_gpu import cross_gpu_table, run_header
 from layerbench.analysis.pareto import ParetoResult, pareto, with_metrics
 from layerbench.analysis.report import group_columns, implementation_order, title_words, x_column
 from layerbench.analysis.tables import fmt_number
-from layerbench.measure.energy_flags import flags_of, legend, marked
+from layerbench.measure.energy_flags import legend, marked
 from layerbench.results import rundir as results
 from layerbench.results.rundir import RunDir
 
@@ -132,9 +132,9 @@ def compare_section(df: pd.DataFrame) -> str:
     point_cols = [c for c in table.columns if c in ("name", "layer", "dtype", "layout") or c.startswith("axis_")]
     rows = [[" ".join(str(r[c]) for c in point_cols if pd.notna(r[c])), r["impl"], r["baseline"],
              fmt_number(r["time_ratio"], ".3f"), r["time_verdict"], fmt_number(r["energy_ratio"], ".3f"),
-             marked(r["energy_verdict"], flags_of(r["energy_flags"]))] for _, r in table.iterrows()]
+             marked(r["energy_verdict"], r["energy_flags"])] for _, r in table.iterrows()]
     text = html_table(["point", "impl", "vs", "time ratio", "time", "energy ratio", "energy"], rows)
-    flags = legend(f for fs in table["energy_flags"] for f in flags_of(fs))
+    flags = legend(table["energy_flags"])
     text += f"<p class='note'>{html.escape(flags)}</p>" if flags else ""
     labels = [f"{r[0]} {r[1]}/{r[2]}" for r in rows]
     fig = go.Figure([go.Bar(name="time ratio", x=labels, y=list(table["time_ratio"])),

@@ -25,7 +25,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 from layerbench.analysis.compare import PASS_AXES, column_title, compare_within, format_comparison, pass_columns
 from layerbench.analysis.stats import spans_decades
 from layerbench.analysis.tables import fmt_cell, fmt_number, markdown_table, unit_scale
-from layerbench.measure.energy_flags import flags_of, legend, marked
+from layerbench.measure.energy_flags import legend, marked
 from layerbench.results import rundir as results
 from layerbench.results.rundir import RunDir
 
@@ -103,7 +103,7 @@ def _table(g: pd.DataFrame, x: str, impls: list[str], sums: bool) -> tuple[list[
                 v = r.get(col) if ok else None
                 text = fmt_number(v, scale=scales[col][0]) if ok else r["status"]
                 if ok and col == "energy_j_per_launch":  # a flagged measurement says so where it is read
-                    text = marked(text, flags_of(r.get("energy_flags")))
+                    text = marked(text, r.get("energy_flags"))
                 row.append(text)
                 total = totals[(impl, col)]
                 finite = isinstance(v, (int, float)) and math.isfinite(v)
@@ -244,7 +244,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         if plot(g, x, g_impls, title_words(run.get("experiment"), title), png):
             parts += [f"![{title}]({png.name})", ""]
     energy = df[(df["status"] == "ok") & df["energy_j_per_launch"].notna()] if "energy_j_per_launch" in df else df[:0]
-    flags = legend(f for v in energy.get("energy_flags", []) for f in flags_of(v))
+    flags = legend(energy.get("energy_flags", []))
     parts += [flags, ""] if flags else []
     bad = df[df["status"] != "ok"]
     if not bad.empty:

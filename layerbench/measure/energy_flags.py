@@ -40,15 +40,17 @@ def flags_of(value: object) -> list[str]:
     return [str(f) for f in value if str(f) != NOT_MEASURED]
 
 
-def marked(text: str, flags: Iterable[str]) -> str:
-    """``text`` followed by its flags in parentheses, if any."""
-    names = list(dict.fromkeys(flags))
+def marked(text: str, value: object) -> str:
+    """``text`` followed by the flags of ``value`` (an ``energy_flags`` as ``flags_of`` takes it) in
+    parentheses, if any."""
+    names = list(dict.fromkeys(flags_of(value)))
     return f"{text} ({', '.join(names)})" if names else text
 
 
-def legend(flags: Iterable[str]) -> str:
-    """One line naming what each of ``flags`` means (empty when there are none)."""
-    names = sorted(set(flags))
+def legend(values: Iterable[object]) -> str:
+    """One line naming what each flag of ``values`` (``energy_flags`` as ``flags_of`` takes them)
+    means (empty when there are none)."""
+    names = sorted({f for v in values for f in flags_of(v)})
     if not names:
         return ""
     return "Energy flags: " + "; ".join(f"{n}: {MEANINGS.get(n, 'a flag this version does not describe')}"

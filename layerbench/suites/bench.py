@@ -324,7 +324,7 @@ def targets(tab: pd.DataFrame, planned: pd.DataFrame | None = None) -> pd.DataFr
             sel = sel[fast >= 1.0]
         text = f"energy <= {ENERGY_BOUND:.1f}x {ref} where at least as fast ({exp.removeprefix('bench_')})"
         judged = sel[pd.to_numeric(sel[f"e_{ref}"], errors="coerce").notna()] if f"e_{ref}" in sel else sel
-        flagged = [f"{_where(r)}, {r['impl']} ({', '.join(flags_of(r[f'eflags_{ref}']))})"
+        flagged = [marked(f"{_where(r)}, {r['impl']}", r.get(f"eflags_{ref}"))
                    for _, r in judged.iterrows() if flags_of(r.get(f"eflags_{ref}"))]
         # Which points are as fast is known only once measured: no planned count.
         rows.append(_judge(text, sel, f"e_{ref}", ENERGY_BOUND, ENERGY_BOUND, at_most=True)
@@ -444,11 +444,11 @@ def format_bench_report(tab: pd.DataFrame, ceilings: dict, planned: pd.DataFrame
                      fmt_number(r["time_median_s"] * 1e6, ".1f"),
                      rate, fmt_number(100 * r["ceiling"], ".0f"), fmt_number(100 * r["sized_copy"], ".0f"),
                      *[fmt_number(r.get(f"x_{b}"), ".2f") for b in (*refs, "best")],
-                     marked(fmt_number(r.get("energy_j_per_launch"), ".4g"), flags_of(r.get("energy_flags"))),
+                     marked(fmt_number(r.get("energy_j_per_launch"), ".4g"), r.get("energy_flags")),
                      *[fmt_number(r.get(f"e_{b}"), ".3f") for b in refs],
                      *[fmt_number(r.get(f"xe_{b}"), ".2f") for b in warm]])
     lines += [markdown_table(headers, rows), ""]
-    flags = legend(f for v in tab.get("energy_flags", []) for f in flags_of(v))
+    flags = legend(tab.get("energy_flags", []))
     lines += [flags, ""] if flags else []
     lines += ["### Targets (geometric means per bench set)", ""]
     tg = targets(tab, planned)
