@@ -124,12 +124,16 @@ ROWS_DEPTHWISE = [Conv2d(2, 12, 12, 19, 23, 5, 5, padding=2, groups=12)]
 
 
 @gpu
+@pytest.mark.parametrize("stages", [2, depthwise.DEEP_STAGES])
 @pytest.mark.parametrize("dtype", Conv2d.dtypes)
-def test_depthwise_rows_alone(dtype: str) -> None:
+def test_depthwise_rows_alone(dtype: str, stages: int) -> None:
+    def build(*args: object) -> object:
+        return depthwise.build_rows(*args, stages=stages)
+
     specs = [spec for spec in (*NETWORK_LAYERS.values(), *AWKWARD.values()) if spec.depthwise]
     for spec in specs + FLAT_DEPTHWISE + FLAT_DEPTHWISE_NCHW + ROWS_DEPTHWISE:
-        result = check_implementation(depthwise.build_rows, spec, dtype, "NCHW", DEVICE)
-        assert result.ok, f"{spec} {dtype}: {result.message}"
+        result = check_implementation(build, spec, dtype, "NCHW", DEVICE)
+        assert result.ok, f"{spec} {dtype} {stages} buffers: {result.message}"
 
 
 @gpu
@@ -145,12 +149,14 @@ def test_builds_record_their_path() -> None:
     kernels = {"depthwise": "depthwise_nhwc<__half, 8, 3, 1>", "depthwise_flat": flat, "depthwise_flat_tall": flat}
     assert dw["kernel"] == kernels[dw["algorithm"]], dw
     planar = details(NETWORK_LAYERS["mobilenetv2-dw-576x14-s1"], "bf16", "NCHW")
-    assert min(planar[f"{name}_ms"] for name in ("depthwise", "depthwise_flat", "depthwise_rows")) > 0, planar
+    assert min(planar[f"{name}_ms"] for name in ("depthwise", "depthwise_flat", "depthwise_rows",
+                                                 "depthwise_rows_deep")) > 0, planar
     flat = "depthwise_nchw_flat<__nv_bfloat16, 1, 4>"
     kernels = {"depthwise": "depthwise_nchw<__nv_bfloat16, 3>", "depthwise_flat": flat, "depthwise_flat_tall": flat,
                "depthwise_flat_column": "depthwise_nchw_flat<__nv_bfloat16, 1, 1>",
                "depthwise_flat_two_columns": "depthwise_nchw_flat<__nv_bfloat16, 1, 2>",
-               "depthwise_rows": "depthwise_nchw_rows<__nv_bfloat16, 3, 1>"}
+               "depthwise_rows": "depthwise_nchw_rows<__nv_bfloat16, 3, 1>",
+               "depthwise_rows_deep": "depthwise_nchw_rows<__nv_bfloat16, 3, 1>"}
     assert planar["kernel"] == kernels[planar["algorithm"]], planar
     grouped = details(AWKWARD["groups-2-odd"])
     assert grouped["algorithm"] == "implicit_gemm" and "groups 2" in grouped["fft"]

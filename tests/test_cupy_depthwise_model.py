@@ -6,6 +6,8 @@ alignment), against torch's conv2d in float64; and the plans' choices."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -94,15 +96,15 @@ def test_model_depthwise_matches_torch(spec: Conv2d, layout: str, dtype: torch.d
     assert_matches(got, ref)
 
 
-def run_rows_model(spec: Conv2d, dtype: torch.dtype, seed: int, x_offset: int, sms: int = 132
+def run_rows_model(spec: Conv2d, dtype: torch.dtype, seed: int, x_offset: int, sms: int = 132, stages: int = 2
                    ) -> tuple[depthwise_plan.DepthwisePlan, torch.Tensor, torch.Tensor]:
     """(plan, rows model output, float64 reference) on fresh random inputs, x ``x_offset`` bytes
-    past a 16-byte boundary."""
+    past a 16-byte boundary, ``stages`` staging buffers a block."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(spec.input_shape, generator=gen).to(dtype)
     w = torch.randn(spec.weight_shape, generator=gen).to(dtype)
     b = torch.randn(spec.out_channels, generator=gen).to(dtype) if spec.bias else None
-    plan = rows_plan(spec, CTYPE[dtype], sms)
+    plan = rows_plan(spec, CTYPE[dtype], sms, stages=stages)
     got = model_depthwise_nchw_rows(spec, plan, x, prepared_filter(spec, w, "NCHW"),
                                     b.float() if b is not None else None, x_offset)
     ref = spec.reference({"x": x.double(), "weight": w.double(), "bias": b.double() if b is not None else None})
@@ -113,7 +115,7 @@ def run_rows_model(spec: Conv2d, dtype: torch.dtype, seed: int, x_offset: int, s
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_model_rows_cases(name: str, dtype: torch.dtype) -> None:
     if name == "tile-shrunk-for-shared-memory" and dtype == torch.float32:  # dilation 40: 81 rows under a strip
-        with pytest.raises(Unsupported, match="two buffers of 81 rows of 120 values"):
+        with pytest.raises(Unsupported, match="2 buffers of 81 rows of 120 values"):
             rows_plan(CASES[name], CTYPE[dtype], 132)
         return
     for x_offset in (0, 4, 12):  # every 16-byte alignment an fp32 or bf16 x can have, in part
@@ -121,13 +123,31 @@ def test_model_rows_cases(name: str, dtype: torch.dtype) -> None:
         assert_matches(got, ref)
 
 
-# One SM: its two resident blocks walk several chunks each, alternating buffers; 132 SMs: one chunk a block.
+# One SM: its two resident blocks walk several chunks each, the buffers in turn; 132 SMs: one chunk a block.
 @given(spec=depthwise_specs(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
-       x_offset=st.integers(0, 7), sms=st.sampled_from([1, 132]), seed=st.integers(0, 2**31 - 1))
-def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: int, sms: int, seed: int) -> None:
+       x_offset=st.integers(0, 7), sms=st.sampled_from([1, 132]), stages=st.integers(2, depthwise_plan.ROWS_MAX_STAGES),
+       seed=st.integers(0, 2**31 - 1))
+def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: int, sms: int, stages: int,
+                                  seed: int) -> None:
     size = torch.tensor([], dtype=dtype).element_size()
-    plan, got, ref = run_rows_model(spec, dtype, seed, x_offset * size % 16, sms)
+    plan, got, ref = run_rows_model(spec, dtype, seed, x_offset * size % 16, sms, stages)
+    assert plan.stages == stages and plan.shared_bytes == stages * plan.buffer * size
     assert_matches(got, ref)
+
+
+def test_rows_constants_match_the_kernel() -> None:
+    text = (Path(depthwise_plan.__file__).parent / "depthwise.cu").read_text()
+    for name, value in (("ROWS_THREADS", depthwise_plan.ROWS_THREADS), ("ROWS_STRIP_1", depthwise_plan.ROWS_STRIPS[1]),
+                        ("ROWS_STRIP_2", depthwise_plan.ROWS_STRIPS[2]), ("ROWS_COLS", depthwise_plan.ROWS_COLUMNS),
+                        ("ROWS_COLS_MAX_K", depthwise_plan.ROWS_COLUMNS_MAX_K),
+                        ("ROWS_MAX_STAGES", depthwise_plan.ROWS_MAX_STAGES)):
+        assert f"constexpr int {name} = {value};" in text, name
+
+
+def test_rows_plan_refuses_a_stage_count() -> None:
+    for stages in (1, depthwise_plan.ROWS_MAX_STAGES + 1):
+        with pytest.raises(ValueError, match=f"stages must be 2 to {depthwise_plan.ROWS_MAX_STAGES}, got {stages}"):
+            rows_plan(dw(1, 2, 1, 14, 14, 3, 3, padding=1), "float", 132, stages=stages)
 
 
 def test_model_rows_bands_and_groups() -> None:

@@ -256,9 +256,9 @@ class EmulatedLaunch:
         t["out"].copy_(model_depthwise_nchw(spec, plan, t["x"], t["wt"], t["bias"]))
 
     def _depthwise_nchw_rows(self) -> None:  # (x, wt, bias, out, planes, H, W, CO, ..., multiplier, group,
-        # band, bands, chunks, buffer); <T, K, S>
+        # band, bands, chunks, buffer, stages); <T, K, S>
         planes, co, mult = self.value(4), self.value(7), self.value(18)
-        group, band, bands, chunks, buffer = (self.value(i) for i in range(19, 24))
+        group, band, bands, chunks, buffer, stages = (self.value(i) for i in range(19, 25))
         batch, rest = divmod(planes, co // mult)
         assert rest == 0 and batch >= 1 and bands == -(-self.value(8) // band)
         spec, t = self._depthwise((planes // batch, *self._shape(5)[:14]), batch, nhwc=False)
@@ -266,7 +266,7 @@ class EmulatedLaunch:
         assert stride == (spec.stride_h if k else 0), "the template's stride is not the spec's"
         strip = depthwise_plan.ROWS_STRIPS[stride] if k else 1
         plan = DepthwisePlan(self.name, self.grid, self.block[0], self.shared_bytes, strip, k, 0, (0, 0, 0, 0), band,
-                             group=group, chunks=chunks, buffer=buffer)
+                             group=group, chunks=chunks, buffer=buffer, stages=stages)
         t["out"].copy_(model_depthwise_nchw_rows(spec, plan, t["x"], t["wt"], t["bias"], t["x"].data_ptr() % 16))
 
     def _linear_wgmma(self) -> None:  # (x, w, bias, y, M, N, K, group_m); <T, BN, STAGES>
@@ -756,6 +756,20 @@ def test_depthwise_rows_launcher(emulated: None, spec: Conv2d, dtype: str) -> No
     assert result.ok, f"{spec} {dtype}: {result.message}"
 
 
+@pytest.mark.parametrize("spec,dtype", [
+    (Conv2d(64, 24, 24, 14, 14, 3, 3, padding=1, groups=24), "bf16"),
+    (Conv2d(2, 3, 3, 45, 61, 3, 3, stride=2, padding_h=0, padding_w=2, groups=3), "fp32"),
+], ids=["planes-bf16", "bands-s2-fp32"])
+def test_depthwise_rows_deep_launcher(emulated: None, spec: Conv2d, dtype: str) -> None:
+    def deep(*args: object) -> object:
+        built = depthwise.build_rows(*args, stages=depthwise.DEEP_STAGES)
+        assert built.details["stages"] == depthwise.DEEP_STAGES
+        return built
+
+    result = check_implementation(deep, spec, dtype, "NCHW", "cpu", runs=2)
+    assert result.ok, f"{spec} {dtype}: {result.message}"
+
+
 def test_depthwise_rows_plans() -> None:
     def plan(spec: Conv2d) -> depthwise_plan.DepthwisePlan:
         return depthwise_plan.rows_plan(spec, "__nv_bfloat16", 132)
@@ -779,6 +793,13 @@ def test_depthwise_rows_plans() -> None:
     assert plan(Conv2d(1, 2, 2, 20, 20, 3, 3, dilation=2, padding=2, groups=2)).kernel == 0  # the loops
     with pytest.raises(Unsupported, match="more than 49152 bytes"):
         plan(Conv2d(1, 2, 2, 8, 13000, 1, 1, groups=2))
+    # Four buffers: the same chunks of whole planes; bands shortened until four fit (37 input rows).
+    deep = depthwise_plan.rows_plan(Conv2d(64, 960, 960, 7, 7, 3, 3, padding=1, groups=960), "__nv_bfloat16", 132,
+                                    stages=4)
+    assert (deep.group, deep.chunks, deep.stages, deep.shared_bytes) == (30, 2048, 4, 4 * 2 * deep.buffer)
+    wide_deep = depthwise_plan.rows_plan(Conv2d(64, 32, 32, 112, 112, 3, 3, padding=1, groups=32), "__nv_bfloat16",
+                                         132, stages=4)
+    assert (wide_deep.band, wide_deep.buffer) == (48, 50 * 112 + 8)
 
 
 def test_depthwise_flat_is_timed_beside_the_direct_kernel(emulated: None) -> None:

@@ -146,8 +146,8 @@ def _refusal(spec: Conv2d, dtype: str, layout: str) -> str | None:
                       "channels an explicit im2col and the linear layer's GEMM, or on Hopper the input "
                       "unfolded along the width into the TMA convolution of an R x 1 filter; the fastest kept; "
                       "depthwise: direct memory-bound kernels (fp32 FMA), in NCHW also one on whole-width "
-                      "input rows staged in shared memory, for 3x3 ones at stride 1 or 2 also one on flat "
-                      "runs of output rows, the fastest kept")
+                      "input rows staged in shared memory (one or three chunks ahead), for 3x3 ones at "
+                      "stride 1 or 2 also one on flat runs of output rows, the fastest kept")
 def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel | Built:
     reason = _refusal(spec, dtype.name, layout)
     if reason:

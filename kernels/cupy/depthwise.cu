@@ -20,6 +20,8 @@ constexpr int FLAT_PREFETCH = 3;
 constexpr int NCHW_MAX_THREADS = 256;
 constexpr int FILL_BATCH = 8;  // loads a thread has in flight while an NCHW block fills its tile
 constexpr int ROWS_THREADS = 256;
+// Staging buffers of a rows block at most: stages - 1 chunks in flight while one is computed.
+constexpr int ROWS_MAX_STAGES = 4;
 // Output rows a thread of the NCHW rows kernel computes down a column (unrolled windows), at
 // stride 1 and at stride 2.
 constexpr int ROWS_STRIP_1 = 8;
@@ -353,29 +355,38 @@ __global__ void __launch_bounds__(NCHW_MAX_THREADS, 1) depthwise_nchw(
     }
 }
 
+// Waits until at most `n` (1 to ROWS_MAX_STAGES - 1) of this thread's cp.async groups are in flight
+// (the instruction takes the count as an immediate).
+__device__ __forceinline__ void wait_all_but(int n) {
+    static_assert(ROWS_MAX_STAGES == 4, "a wait for each count below");
+    if (n == 1) lb::cp_async_wait_group<1>();
+    else if (n == 2) lb::cp_async_wait_group<2>();
+    else lb::cp_async_wait_group<3>();
+}
+
 // NCHW, whole-width rows.  The work comes in chunks: `group` whole input planes where a plane's
 // outputs are few (then bands == 1), else (group == 1) a band of `band` output rows of one plane.
 // A chunk's input rows are one run of x: all rows of its planes, or those under its band.  A block
 // stays resident and walks chunks blockIdx.x, + gridDim.x, ..., each staged raw in shared memory
-// (one of two buffers) by cp.async while the block computes the chunk before it from the other:
-// DRAM sees long runs with many bytes in flight, and no thread waits on them.  The run's 16-byte
-// granules go by cp.async, its unaligned ends (fewer than 16 bytes each) by a register a thread,
-// stored after the chunk before is done.  Each thread then computes items in the order (column
-// group, strip, output plane), fastest first, so that a warp reads and stores neighbouring
-// columns.  K > 0: a K x K window, stride S both ways, no dilation: an item is a strip of STRIP
-// output rows of COLS neighbouring columns; each input row under the strip is read once (the
-// SPAN values under the COLS windows) and multiplied into every output of the strip whose window
-// holds it, so the item's index arithmetic, filter loads and shared-memory reads are shared by
-// STRIP * COLS outputs.  K == 0: any window, stride and dilation, one output an item, in loops.
-// Taps off the image add nothing (not even 0 * inf): rows off it are skipped and, for each
-// column, the weights of taps off it zeroed.  A chunk's index: plane group * bands + band.
+// by cp.async, into the next of `stages` buffers (2 to ROWS_MAX_STAGES), stages - 1 chunks ahead
+// of the one the block computes: DRAM sees long runs with many bytes in flight, and no thread
+// waits on them.  The run's 16-byte granules go by cp.async, its unaligned ends (fewer than 16
+// bytes each) by a register a thread, stored one chunk later (the buffer is free by then).  Each
+// thread then computes items in the order (column group, strip, output plane), fastest first, so
+// that a warp reads and stores neighbouring columns.  K > 0: a K x K window, stride S both ways,
+// no dilation: an item is a strip of STRIP output rows of COLS neighbouring columns; each input
+// row under the strip is read once (the SPAN values under the COLS windows) and multiplied into
+// every output of the strip whose window holds it, so the item's index arithmetic, filter loads
+// and shared-memory reads are shared by STRIP * COLS outputs.  K == 0: any window, stride and
+// dilation, one output an item, in loops.  Taps off the image add nothing (not even 0 * inf):
+// rows off it are skipped and, for each column, the weights of taps off it zeroed.  A chunk's index: plane group * bands + band.
 // `buffer`: the T elements of a buffer (a multiple of 16 bytes).
 template <typename T, int K, int S>
 __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
     const T* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
     T* __restrict__ out, int planes, int H, int W, int CO, int OH, int OW, int KH, int KW,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int mult, int group, int band,
-    int bands, int chunks, int buffer) {
+    int bands, int chunks, int buffer, int stages) {
     extern __shared__ __align__(16) unsigned char staged_bytes[];
     T* const staged = reinterpret_cast<T*>(staged_bytes);
     constexpr int STRIP = K == 0 ? 1 : S == 1 ? ROWS_STRIP_1 : ROWS_STRIP_2;
@@ -427,17 +438,27 @@ __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
     const int step_s = step_t % strips, step_p = step_t / strips;
     const int g0 = tid % groups, s0 = tid / groups % strips, p0 = tid / groups / strips;
 
-    int k = 0;
-    if (blockIdx.x < chunks) stage(blockIdx.x, staged);
-    lb::cp_async_commit();
-    for (int c = blockIdx.x; c < chunks; c += gridDim.x, ++k) {
-        T* const cur = staged + (k & 1) * buffer;
-        const T edge_now = edge;
-        T* const edge_now_to = edge_to;
-        if (c + int(gridDim.x) < chunks) stage(c + gridDim.x, staged + ((k + 1) & 1) * buffer);
+    // The first stages - 1 chunks, a cp.async group each (their ends stored at once: the buffers
+    // are fresh); then each step stages the chunk stages - 1 ahead and waits for its own group.
+    for (int i = 0; i < stages - 1; ++i) {
+        const int c = blockIdx.x + i * int(gridDim.x);
+        edge_to = nullptr;
+        if (c < chunks) stage(c, staged + i * buffer);
         lb::cp_async_commit();
-        if (edge_now_to != nullptr) *edge_now_to = edge_now;
-        lb::cp_async_wait_group<1>();  // this chunk's granules are in; the next chunk's may not be
+        if (edge_to != nullptr) *edge_to = edge;
+    }
+    edge_to = nullptr;
+    int now = 0;  // the buffer of chunk c; the one before it takes chunk c + (stages - 1) * gridDim.x
+    for (int c = blockIdx.x; c < chunks; c += gridDim.x, now = now + 1 == stages ? 0 : now + 1) {
+        T* const cur = staged + now * buffer;
+        const T edge_before = edge;  // the ends of the chunk staged last step
+        T* const edge_before_to = edge_to;
+        edge_to = nullptr;
+        const int ahead = c + (stages - 1) * int(gridDim.x);
+        if (ahead < chunks) stage(ahead, staged + (now == 0 ? stages - 1 : now - 1) * buffer);
+        lb::cp_async_commit();
+        if (edge_before_to != nullptr) *edge_before_to = edge_before;
+        wait_all_but(stages - 1);  // this chunk's granules are in; the chunks after it may not be
         __syncthreads();
 
         const Chunk g = chunk(c);
@@ -511,7 +532,7 @@ __global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
                 for (int q = 0; q < COLS; ++q)
                     if (oh0 + v < OH && ow0 + q < OW) o[q] = lb::from_float<T>(acc[v][q] + bv);
         }
-        __syncthreads();  // the buffer is free for the chunk after next
+        __syncthreads();  // the buffer is free for the chunk stages - 1 ahead
     }
 }
 

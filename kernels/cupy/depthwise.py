@@ -1,9 +1,10 @@
 """Depthwise convolution launchers (groups == in_channels): depthwise.cu's direct kernels, NHWC
 (channel vectors per thread, several output pixels reusing each loaded input row) or NCHW (a tile
 of one plane staged in shared memory); in NCHW also the rows kernel (whole-width input rows of
-several planes or of one plane's band, staged by cp.async, two chunks in flight a block); and for
-3x3 layers at stride 1 or 2 both ways the flat-run kernels, NHWC or NCHW (each input row of a band
-loaded once, rolling accumulators); fp32 FMA for every dtype, fp32 accumulation, bias fused.
+several planes or of one plane's band, staged by cp.async, one or three chunks in flight a block
+while it computes another); and for 3x3 layers at stride 1 or 2 both ways the flat-run kernels,
+NHWC or NCHW (each input row of a band loaded once, rolling accumulators); fp32 FMA for every
+dtype, fp32 accumulation, bias fused.
 
 The filter and the bias go to fp32 once, at build (the weights stay between launches, as in
 inference): [tap][channel] for NHWC, where a thread reads its channels' tap as one vector, and
@@ -25,6 +26,7 @@ from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
 MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+DEEP_STAGES = 4  # the rows kernel's buffers in its deep build: three chunks in flight
 
 
 def fp32_copy(t: torch.Tensor) -> torch.Tensor:
@@ -63,33 +65,37 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
 
 def candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,
                out: torch.Tensor) -> list[tuple[str, Callable[[], Built]]]:
-    """The builds worth timing beside the direct kernel's, named: in NCHW the rows kernel
-    (``depthwise_rows``), and the flat-run kernel's where it applies (no refusal recorded on
-    every other point)."""
+    """The builds worth timing beside the direct kernel's, named: in NCHW the rows kernel, one
+    chunk in flight while a block computes another (``depthwise_rows``) and three
+    (``depthwise_rows_deep``: where the chunks are small, one leaves DRAM idle), and the flat-run
+    kernel's where it applies (no refusal recorded on every other point)."""
     found = []
     if layout == "NCHW":
-        found.append(("depthwise_rows", lambda: build_rows(spec, dtype, layout, tensors, out)))
+        found += [("depthwise_rows", lambda: build_rows(spec, dtype, layout, tensors, out)),
+                  ("depthwise_rows_deep", lambda: build_rows(spec, dtype, layout, tensors, out, DEEP_STAGES))]
     if not flat_refusal(spec, layout):
         found += flat_candidates(spec, dtype, layout, tensors, out)
     return found
 
 
-def build_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
+def build_rows(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor,
+               stages: int = 2) -> Built:
     """The NCHW rows kernel for ``spec``: whole-width input rows staged in shared memory by
-    resident blocks, the next chunk's while the current one is computed."""
+    resident blocks, in ``stages`` buffers: the next stages - 1 chunks' while one is computed."""
     if layout != "NCHW":
         raise Unsupported(f"the depthwise rows kernel runs NCHW only, got {layout}")
     x, wt, bt, index, ctype = _prepared(spec, dtype, layout, tensors, out)
-    plan = rows_plan(spec, ctype, support.sm_count(index))
+    plan = rows_plan(spec, ctype, support.sm_count(index), stages=stages)
     fn = support.function("depthwise", plan.name, index)
     resident = support.occupancy(fn, plan.threads, index, plan.shared_bytes)
     if resident < 1:
         raise Unsupported(f"{plan.name} cannot be resident with {plan.shared_bytes} bytes of shared memory")
-    plan = rows_plan(spec, ctype, support.sm_count(index), resident)  # one block a chunk up to what SMs hold
+    plan = rows_plan(spec, ctype, support.sm_count(index), resident, stages)  # a block a chunk up to what SMs hold
     sizes = (spec.batch * spec.in_channels, *_window(spec), plan.group, plan.band, -(-spec.out_height // plan.band),
-             plan.chunks, plan.buffer)
+             plan.chunks, plan.buffer, plan.stages)
     return Built(_launch(plan, x, wt, bt, out, index, sizes),
-                 {"algorithm": "depthwise_rows", "kernel": plan.name, "band": plan.band, "planes_a_chunk": plan.group})
+                 {"algorithm": "depthwise_rows", "kernel": plan.name, "band": plan.band, "planes_a_chunk": plan.group,
+                  "stages": plan.stages})
 
 
 def flat_candidates(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors,

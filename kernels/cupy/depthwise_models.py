@@ -292,9 +292,9 @@ def model_depthwise_nchw(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt:
 def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor, wt: torch.Tensor,
                               bias: torch.Tensor | None, x_offset: int = 0) -> torch.Tensor:
     """depthwise_nchw_rows on the CPU, block by block and chunk by chunk: each chunk's run of input
-    rows staged in its buffer (the 16-byte granules aligned there and in x, the run's ends one
-    element a thread, every element inside the chunk's buffer, each tap read only once staged
-    there), then every thread's items (a strip of rows of ``rows_columns`` neighbouring columns);
+    rows staged in its buffer (the plan's buffers in turn; the 16-byte granules aligned there and
+    in x, the run's ends one element a thread, every element inside the chunk's buffer, each tap
+    read only once staged there), then every thread's items (a strip of rows of ``rows_columns`` neighbouring columns);
     x dense NCHW at ``x_offset`` bytes past a 16-byte boundary, wt the fp32 [channel][tap]
     filter; returns (N, CO, OH, OW)."""
     s, k, strip, group, band = spec, plan.kernel, plan.vec, plan.group, plan.band
@@ -309,11 +309,12 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
     assert plan.chunks == -(-planes // group) * bands and (group == 1 or bands == 1)
     assert plan.grid[1:] == (1, 1) and 1 <= plan.grid[0] <= plan.chunks
     assert strip == (depthwise_plan.ROWS_STRIPS[s.stride_h] if k else 1)
-    assert plan.buffer % ve == 0 and plan.shared_bytes == 2 * plan.buffer * size
+    assert 2 <= plan.stages <= depthwise_plan.ROWS_MAX_STAGES
+    assert plan.buffer % ve == 0 and plan.shared_bytes == plan.stages * plan.buffer * size
     xs, ws = _flat(x), _flat(wt)
     bs = _flat(bias) if bias is not None else None
     out = np.full(s.batch * CO * OH * OW, np.nan)
-    shared = np.full(2 * plan.buffer, np.nan)
+    shared = np.full(plan.stages * plan.buffer, np.nan)
     for block in range(plan.grid[0]):
         for step, c in enumerate(range(block, plan.chunks, plan.grid[0])):
             b, p0 = c % bands, c // bands * group
@@ -326,7 +327,7 @@ def model_depthwise_nchw_rows(spec: Conv2d, plan: DepthwisePlan, x: torch.Tensor
             start = p0 * H * W + lo * W
             count = (np_ - 1) * H * W + (hi - lo) * W
             lead = (x_offset + start * size) % 16 // size
-            base = (step % 2) * plan.buffer  # this chunk's buffer
+            base = (step % plan.stages) * plan.buffer  # this chunk's buffer
             shared[base:base + plan.buffer] = np.nan  # what an earlier chunk left there is not this one's
             head = min(count, (ve - lead) % ve)
             granules = (count - head) // ve

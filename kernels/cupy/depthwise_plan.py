@@ -46,14 +46,16 @@ SHARED_LIMIT = 48 * 1024  # the NCHW tile stays within what a block gets without
 # (unrolled windows; one in the loops), output columns an item side by side for windows up to
 # ROWS_COLUMNS_MAX_K (a filter copy each column: two 7 x 7 copies would not fit the registers of
 # two blocks an SM), a chunk's items for a block's threads, about (whole planes, or a band's
-# rows), and the chunks an SM a group of whole planes leaves at least, where there are planes
-# enough, so that each resident block walks several.
+# rows), the chunks an SM a group of whole planes leaves at least, where there are planes
+# enough, so that each resident block walks several, and the staging buffers a block has at most
+# (stages - 1 chunks in flight while it computes one).
 ROWS_THREADS = 256
 ROWS_STRIPS = {1: 8, 2: 4}
 ROWS_COLUMNS = 2
 ROWS_COLUMNS_MAX_K = 5
 ROWS_ITEMS = 512
 ROWS_CHUNKS_PER_SM = 16
+ROWS_MAX_STAGES = 4
 TILE_OUTPUTS = 1024  # NCHW: outputs of a tile, four per thread at 256 threads
 MIN_TILE_W = 8
 MAX_TILE_W = 32
@@ -76,7 +78,8 @@ class DepthwisePlan:
     row_threads: int = 0  # flat NCHW: threads along a plane's row (a power of two), planes a block the rest
     group: int = 0  # rows NCHW: input planes a chunk stages (1: the rows under a band of one plane)
     chunks: int = 0  # rows NCHW: chunks the blocks walk
-    buffer: int = 0  # rows NCHW: elements of each of a block's two staging buffers
+    buffer: int = 0  # rows NCHW: elements of each of a block's staging buffers
+    stages: int = 0  # rows NCHW: staging buffers a block (stages - 1 chunks in flight while one is computed)
 
 
 def multiplier(spec: Conv2d) -> int:
@@ -207,12 +210,15 @@ def rows_input(spec: Conv2d, band: int) -> int:
     return min(spec.height, input_tile(spec, band, 1)[0])
 
 
-def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2) -> DepthwisePlan:
+def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2, stages: int = 2) -> DepthwisePlan:
     """The NCHW rows kernel's launch on a GPU of ``sms`` SMs, each holding ``resident`` of its
-    blocks: chunks of about ROWS_ITEMS items, of whole planes where a plane has fewer outputs
-    (as many planes as leave ROWS_CHUNKS_PER_SM chunks an SM), else of a band of one plane's rows,
-    shorter until two buffers of their input rows fit SHARED_LIMIT; one block a chunk up to
-    ``resident`` an SM.  Unsupported where one strip's rows do not fit."""
+    blocks, each staging ``stages`` chunks (2 to ROWS_MAX_STAGES): chunks of about ROWS_ITEMS
+    items, of whole planes where a plane has fewer outputs (as many planes as leave
+    ROWS_CHUNKS_PER_SM chunks an SM), else of a band of one plane's rows, shorter until ``stages``
+    buffers of their input rows fit SHARED_LIMIT; one block a chunk up to ``resident`` an SM.
+    Unsupported where one strip's rows do not fit."""
+    if not 2 <= stages <= ROWS_MAX_STAGES:
+        raise ValueError(f"stages must be 2 to {ROWS_MAX_STAGES}, got {stages}")
     s = spec
     square = (s.stride_h == s.stride_w and s.stride_h in sources.DEPTHWISE_ROWS_STRIDES
               and (s.dilation_h, s.dilation_w) == (1, 1))
@@ -222,7 +228,7 @@ def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2) -> Depthwis
     planes, mult = s.batch * s.in_channels, multiplier(s)
     plane = s.height * s.width
     whole = -(-s.out_height // strip) * strip  # a plane's output rows, in whole strips
-    room = SHARED_LIMIT // (2 * sources.ITEMSIZE[ctype]) // vec * vec - vec  # a buffer's elements past its lead
+    room = SHARED_LIMIT // (stages * sources.ITEMSIZE[ctype]) // vec * vec - vec  # a buffer's elements past its lead
     target = ROWS_ITEMS * strip * rows_columns(k)  # outputs a chunk
     outputs = s.out_height * s.out_width * mult
     if outputs <= target and plane <= room:
@@ -235,16 +241,17 @@ def rows_plan(spec: Conv2d, ctype: str, sms: int, resident: int = 2) -> Depthwis
             band -= strip
         staged = rows_input(s, band) * s.width
         if staged > room:
-            raise Unsupported(f"the depthwise NCHW rows kernel stages whole input rows in shared memory, two "
-                              f"buffers of {rows_input(s, band)} rows of {s.width} values for one strip of "
-                              f"output rows: more than {SHARED_LIMIT} bytes")
+            raise Unsupported(f"the depthwise NCHW rows kernel stages whole input rows in shared memory, "
+                              f"{stages} buffers of {rows_input(s, band)} rows of {s.width} values for one strip "
+                              f"of output rows: more than {SHARED_LIMIT} bytes")
     chunks = -(-planes // group) * -(-s.out_height // band)
-    if chunks > INT32_MAX:
+    grid = min(chunks, resident * sms)
+    if chunks + (stages - 1) * grid > INT32_MAX:  # a block counts chunks stages - 1 ahead in int32
         raise Unsupported(f"the depthwise NCHW rows kernel's {chunks} chunks exceed int32")
     buffer = -(-(staged + vec) // vec) * vec  # elements, whole 16-byte granules
     return DepthwisePlan(sources.depthwise_nchw_rows_name(ctype, k, s.stride_h if k else 0),
-                         (min(chunks, resident * sms), 1, 1), ROWS_THREADS, 2 * buffer * sources.ITEMSIZE[ctype],
-                         strip, k, 0, (0, 0, 0, 0), band, group=group, chunks=chunks, buffer=buffer)
+                         (grid, 1, 1), ROWS_THREADS, stages * buffer * sources.ITEMSIZE[ctype],
+                         strip, k, 0, (0, 0, 0, 0), band, group=group, chunks=chunks, buffer=buffer, stages=stages)
 
 
 def plan_depthwise(spec: Conv2d, layout: str, ctype: str, x_ptr: int = 0, out_ptr: int = 0) -> DepthwisePlan:

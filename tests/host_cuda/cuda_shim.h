@@ -1,8 +1,10 @@
 // The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu, pointwise_nchw.cu and pool2d.cu use, shimmed so that the file
 // compiles as host C++ and its kernels run on the CPU: a block's threads one at a time (a kernel
 // with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
-// is what the harness defines under the kernel's extern name; cp.async copies at once and checks
-// that each 16-byte granule is aligned at both ends (misaligned_granules); ldmatrix and mma.sync
+// is what the harness defines under the kernel's extern name; cp.async checks that each 16-byte
+// granule is aligned at both ends (misaligned_granules) and copies at once or, where the harness
+// sets cp_async_late, only at the wait that must see it (a read before its wait then reads what the
+// buffer held); ldmatrix and mma.sync
 // run warp-collectively on BlockThreads (below).  The L2 prefetches are
 // declared here and defined by the harness that runs the kernels using them.
 #pragma once
@@ -104,6 +106,27 @@ inline void __syncthreads() { BlockThreads::sync(); }
 
 inline unsigned char* shared_base = nullptr;  // the harness's shared memory, for cp.async
 inline long misaligned_granules = 0;
+inline bool cp_async_late = false;
+namespace cp_async_queue {
+struct Copy {
+    unsigned to;
+    unsigned char bytes[16];
+};
+// This thread's committed groups, oldest first, then the open one.
+inline thread_local std::vector<std::vector<Copy>> groups(1);
+inline void land(size_t count) {  // the oldest `count` committed groups
+    for (size_t g = 0; g < count; ++g)
+        for (const Copy& c : groups[g]) memcpy(shared_base + c.to, c.bytes, 16);
+    groups.erase(groups.begin(), groups.begin() + count);
+}
+// Copies this thread issued and no wait landed (forgotten, so that the next block starts clean).
+inline size_t unlanded() {
+    size_t n = 0;
+    for (const auto& g : groups) n += g.size();
+    groups.assign(1, {});
+    return n;
+}
+}  // namespace cp_async_queue
 namespace lb {
 void prefetch_l2(const void* p);
 void bulk_prefetch_l2(const void* p, unsigned bytes);
@@ -121,14 +144,20 @@ inline unsigned smem_addr(const void* p) { return unsigned(static_cast<const uns
 inline void cp_async16(unsigned to, const void* from, bool valid) {
     if (to % 16 || reinterpret_cast<std::uintptr_t>(from) % 16)
         __atomic_add_fetch(&misaligned_granules, 1, __ATOMIC_RELAXED);  // the block's threads count at once
-    if (valid)
-        memcpy(shared_base + to, from, 16);
-    else
-        memset(shared_base + to, 0, 16);
+    cp_async_queue::Copy c{to, {}};
+    if (valid) memcpy(c.bytes, from, 16);
+    if (!cp_async_late) return (void)memcpy(shared_base + to, c.bytes, 16);
+    cp_async_queue::groups.back().push_back(c);
 }
-inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
-template <int N> void cp_async_wait_group() {}
+inline void cp_async_commit() {
+    if (cp_async_late) cp_async_queue::groups.emplace_back();
+}
+inline void cp_async_wait_all() { cp_async_queue::land(cp_async_queue::groups.size() - 1); }
+// All but the newest N committed groups land.
+template <int N> void cp_async_wait_group() {
+    const size_t committed = cp_async_queue::groups.size() - 1;
+    if (committed > N) cp_async_queue::land(committed - N);
+}
 }  // namespace lb
 
 // Warp-collective instructions (ldmatrix, mma.sync m16n8k16) for kernels whose every thread of a

@@ -3,9 +3,11 @@
 // blocks in turn, against a float64 direct convolution.  Windows 3, 5 and 7 unrolled (strides 1
 // and 2) and the loops (dilation 2, stride 3); a multiplier of 1 or 2; chunks of one plane's band
 // (bands of one strip or the whole plane) or of groups of whole planes; one block walking every
-// chunk or a block a chunk; x on a 16-byte boundary or one element short of the next.  Infinite
-// taps where the padding holds them must leave the output finite (no 0 * inf); each output must
-// be written (out is poisoned with NaN) and each cp.async granule aligned.  The CUDA keywords and
+// chunk or a block a chunk; two to four staging buffers; x on a 16-byte boundary or one element
+// short of the next; cp.async copies landing at once (a buffer overwritten too early shows) or at
+// the wait that must see them (a buffer read too early shows).  Infinite taps where the padding
+// holds them must leave the output finite (no 0 * inf); each output must be written (out is
+// poisoned with NaN), each cp.async granule aligned and waited for.  The CUDA keywords and
 // intrinsics are shimmed in cuda_shim.h; BODY is depthwise.cu without its #include of
 // layerbench_common.cuh.  Prints "N cases, M bad" and exits 1 if any case is bad.
 #include <random>
@@ -18,6 +20,7 @@ void bulk_prefetch_l2(const void*, unsigned) {}
 }  // namespace lb
 alignas(16) unsigned char staged_bytes[1 << 20];  // the kernel's extern shared memory
 #include BODY
+long unwaited_granules = 0;  // cp.async copies a block's threads issued and never waited for
 
 struct Case {
     int N, C, mult, H, W, K, S, pad, dil;
@@ -35,10 +38,12 @@ template <> float stored<float>(float v) { return v; }
 template <> __nv_bfloat16 stored<__nv_bfloat16>(float v) { return lb::from_float<__nv_bfloat16>(v); }
 
 // The kernel on one case, chunks of `group` planes (group > 1: whole planes) or bands of `band`
-// output rows, `grid` blocks (0: a block a chunk), x `offset` elements past a 16-byte boundary.
-// Returns the outputs that are wrong.
+// output rows, `grid` blocks (0: a block a chunk), `stages` buffers a block, x `offset` elements
+// past a 16-byte boundary, cp.async copies landing `late` or at once.  Returns the outputs that are
+// wrong.
 template <typename T, int KU, int SU>
-int run(const Case& c, int group, int band, int grid, int offset, bool has_bias, std::mt19937& g) {
+int run(const Case& c, int group, int band, int grid, int stages, int offset, bool late, bool has_bias,
+        std::mt19937& g) {
     const int K = c.K, S = c.S, CO = c.C * c.mult, planes = c.N * c.C;
     const int OH = out_size(c.H, c), OW = out_size(c.W, c);
     constexpr int VE = 16 / sizeof(T);
@@ -55,17 +60,19 @@ int run(const Case& c, int group, int band, int grid, int offset, bool has_bias,
     std::vector<T> out(size_t(c.N) * CO * OH * OW, lb::from_float<T>(NAN));
     const int bands = (OH + band - 1) / band, chunks = (planes + group - 1) / group * bands;
     const int buffer = (group * c.H * c.W + 2 * VE) / VE * VE;
-    if (2 * buffer * int(sizeof(T)) > int(sizeof(staged_bytes))) return printf("case too large\n"), 1;
+    if (stages * buffer * int(sizeof(T)) > int(sizeof(staged_bytes))) return printf("case too large\n"), 1;
     shared_base = staged_bytes;
+    cp_async_late = late;
     gridDim = {unsigned(grid > 0 ? min(grid, chunks) : chunks), 1, 1};
     blockDim = {ROWS_THREADS, 1, 1};
     for (unsigned blk = 0; blk < gridDim.x; ++blk) {
         blockIdx = {blk, 0, 0};
-        memset(staged_bytes, 0xff, 2 * buffer * sizeof(T));  // NaN: what a block did not stage
+        memset(staged_bytes, 0xff, stages * buffer * sizeof(T));  // NaN: what a block did not stage
         BlockThreads::run(ROWS_THREADS, [&] {
             depthwise_nchw_rows<T, KU, SU>(x, wt.data(), has_bias ? b.data() : nullptr, out.data(), planes, c.H, c.W, CO,
                                            OH, OW, K, K, S, S, c.pad, c.pad, c.dil, c.dil, c.mult, group, band, bands,
-                                           chunks, buffer);
+                                           chunks, buffer, stages);
+            __atomic_add_fetch(&unwaited_granules, long(cp_async_queue::unlanded()), __ATOMIC_RELAXED);
         });
     }
     int bad = 0;
@@ -85,13 +92,15 @@ int run(const Case& c, int group, int band, int grid, int offset, bool has_bias,
                     bad += !matches(ref, lb::to_float(out[((size_t(n) * CO + co) * OH + p) * OW + q]), tolerance);
                 }
     if (bad)
-        printf("BAD %s K=%d S=%d dil=%d N=%d C=%d mult=%d H=%d W=%d pad=%d group=%d band=%d grid=%d offset=%d: %d wrong\n",
-               sizeof(T) == 4 ? "fp32" : "bf16", K, S, c.dil, c.N, c.C, c.mult, c.H, c.W, c.pad, group, band, grid,
-               offset, bad);
+        printf("BAD %s K=%d S=%d dil=%d N=%d C=%d mult=%d H=%d W=%d pad=%d group=%d band=%d grid=%d stages=%d "
+               "offset=%d late=%d: %d wrong\n", sizeof(T) == 4 ? "fp32" : "bf16", K, S, c.dil, c.N, c.C, c.mult, c.H,
+               c.W, c.pad, group, band, grid, stages, offset, int(late), bad);
     return bad;
 }
 
-// Every (group, band, grid, offset) for one case and input type.
+// Every (group, band, grid, offset) for one case and input type; one block walking every chunk
+// with two and with four buffers, a block a chunk with three, each way of landing cp.async on
+// one of the two offsets.
 template <typename T, int KU, int SU>
 int sweep(const Case& c, std::mt19937& g, int& cases) {
     const int strip = KU == 0 ? 1 : SU == 1 ? ROWS_STRIP_1 : ROWS_STRIP_2;
@@ -102,9 +111,11 @@ int sweep(const Case& c, std::mt19937& g, int& cases) {
     for (int group : {1, 3})
         for (int band : {strip, whole}) {
             if (group > 1 && band != whole) continue;
-            for (int grid : {1, 0})
-                for (int offset : {0, int(16 / sizeof(T)) - 1}) {
-                    bad += run<T, KU, SU>(c, group, band, grid, offset, (c.H + c.W + band + offset) % 2, g) != 0;
+            for (int offset : {0, int(16 / sizeof(T)) - 1})
+                for (auto [grid, stages] : {std::pair{1, 2}, std::pair{1, 4}, std::pair{0, 3}}) {
+                    const bool late = (offset == 0) == (stages != 4);
+                    bad += run<T, KU, SU>(c, group, band, grid, stages, offset, late, (c.H + c.W + band + offset) % 2,
+                                          g) != 0;
                     ++cases;
                 }
         }
@@ -136,6 +147,7 @@ int main() {
     std::mt19937 g(1);
     int cases = 0;
     const int bad = every_window<float>(g, cases) + every_window<__nv_bfloat16>(g, cases);
-    printf("%d cases, %d bad, %ld misaligned granules\n", cases, bad, misaligned_granules);
-    return bad != 0 || misaligned_granules != 0;
+    printf("%d cases, %d bad, %ld misaligned granules, %ld unwaited granules\n", cases, bad, misaligned_granules,
+           unwaited_granules);
+    return bad != 0 || misaligned_granules != 0 || unwaited_granules != 0;
 }
