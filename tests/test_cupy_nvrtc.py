@@ -134,6 +134,26 @@ def test_igemm_registers_without_spills() -> None:
         assert 2 * threads * int(regs) <= 65536, f"{kernel} uses {regs} registers"
 
 
+def test_depthwise_rows_registers_without_spills() -> None:
+    """The NCHW rows kernel's 256-thread blocks: three an SM (<= 80 registers) for windows up to 5 x
+    5 and the loops, two (<= 128) for 7 x 7, with no spills: its chunks in flight scale with the
+    blocks an SM."""
+    ok, log, lowered = nvrtc_compile("depthwise", 90, ("-Xptxas=-v",))
+    assert ok, log
+    expression = {mangled: ne for ne, mangled in lowered.items()}
+    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
+                       log, flags=re.S)
+    rows = [(expression[name], int(spills), int(regs)) for name, spills, regs in usage
+            if expression[name].startswith("depthwise_nchw_rows<")]
+    named = sources.SOURCES["depthwise"].name_expressions
+    assert len(rows) == sum(ne.startswith("depthwise_nchw_rows<") for ne in named)
+    for kernel, spills, regs in rows:
+        window = int(kernel.split(",")[1])
+        blocks = 2 if window == 7 else 3
+        assert spills == 0, f"{kernel} spills {spills} bytes"
+        assert regs <= 65536 // (blocks * 256) // 8 * 8, f"{kernel}: {regs} registers, fewer than {blocks} blocks an SM"
+
+
 def test_spill_allowance_is_narrow() -> None:
     """The allowance names one kernel of the igemm source, and only for its FFMA variant."""
     for (_, kernel), limit in KNOWN_SPILLS.items():
@@ -145,7 +165,8 @@ def test_every_kernel_is_instantiated() -> None:
     """Every __global__ template in the sources has at least one name expression."""
     for source in sources.SOURCES.values():
         text = (sources.KERNEL_DIR / source.file).read_text()
-        kernels = set(re.findall(r"__global__ void(?: __launch_bounds__\([^)]*\))? (\w+)\(", text))
+        bounds = r"__launch_bounds__\((?:[^()]|\([^()]*\))*\)"  # its arguments may call a function
+        kernels = set(re.findall(rf"__global__ void(?: {bounds})? (\w+)\(", text))
         named = {ne.split("<")[0] for ne in source.name_expressions}
         assert kernels == named, (source.file, kernels, named)
 

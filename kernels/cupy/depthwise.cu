@@ -30,6 +30,12 @@ constexpr int ROWS_STRIP_2 = 4;
 // copy each column: two 7 x 7 copies would not fit the registers of two blocks an SM).
 constexpr int ROWS_COLS = 2;
 constexpr int ROWS_COLS_MAX_K = 5;
+// Blocks of the rows kernel an SM that the compiler keeps registers for: three (at most 80 a
+// thread: 24 warps, three blocks' chunks in flight) for 3x3 at stride 1 and 5x5, where the bound
+// of two gives 16-bit types 83-96 (two blocks) and three fits with no spills (sm_90); two for the
+// rest, which fit three blocks already (3x3 at stride 2, the loops: the bound of three costs them
+// 9-21 % more instructions an item) or would spill (7x7).
+constexpr int rows_min_blocks(int k, int s) { return (k == 3 && s == 1) || k == 5 ? 3 : 2; }
 
 // VEC consecutive elements, moved as one load or store of sizeof(T) * VEC bytes.
 template <typename T, int VEC>
@@ -379,10 +385,11 @@ __device__ __forceinline__ void wait_all_but(int n) {
 // every output of the strip whose window holds it, so the item's index arithmetic, filter loads
 // and shared-memory reads are shared by STRIP * COLS outputs.  K == 0: any window, stride and
 // dilation, one output an item, in loops.  Taps off the image add nothing (not even 0 * inf):
-// rows off it are skipped and, for each column, the weights of taps off it zeroed.  A chunk's index: plane group * bands + band.
-// `buffer`: the T elements of a buffer (a multiple of 16 bytes).
+// rows off it are skipped and, for each column, the weights of taps off it zeroed.  A chunk's
+// index: plane group * bands + band.  `buffer`: the T elements of a buffer (a multiple of 16
+// bytes).
 template <typename T, int K, int S>
-__global__ void __launch_bounds__(ROWS_THREADS, 2) depthwise_nchw_rows(
+__global__ void __launch_bounds__(ROWS_THREADS, rows_min_blocks(K, S)) depthwise_nchw_rows(
     const T* __restrict__ x, const float* __restrict__ wt, const float* __restrict__ bias,
     T* __restrict__ out, int planes, int H, int W, int CO, int OH, int OW, int KH, int KW,
     int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int mult, int group, int band,
