@@ -4,12 +4,12 @@
     python tools/depthwise_kernels.py [NCHW|NHWC] [cupy|triton] [bf16|fp32|fp16 ...]
 
 For each layer and dtype: a copy of the layer's bytes (x read and out written), then every
-candidate of the backend's build (CuPy: the direct kernel, the NCHW rows kernel, the flat-run
-kernels in their bands; Triton: the direct kernel, the 2-D row kernel, the flat-run kernel and, in
-NCHW, each of its two tilings alone and the word-pair kernel), hot-loop medians from
-triton.testing.do_bench in microseconds (not the harness's cold, energy-aware measurement: use
-``layerbench bench`` for results).  The build keeps the fastest; a candidate that refuses the
-layer prints its reason.  Needs a CUDA GPU (and CuPy for its backend).
+candidate of the backend's build (CuPy: the direct kernel, the NCHW rows kernel with two and with
+four staging buffers, the flat-run kernels in their bands; Triton: the direct kernel, the 2-D row
+kernel, the flat-run kernel and, in NCHW, each of its two tilings alone and the word-pair kernel),
+hot-loop medians from triton.testing.do_bench in microseconds (not the harness's cold,
+energy-aware measurement: use ``layerbench bench`` for results).  The build keeps the fastest; a
+candidate that refuses the layer prints its reason.  Needs a CUDA GPU (and CuPy for its backend).
 """
 
 from __future__ import annotations
