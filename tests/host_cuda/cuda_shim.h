@@ -3,10 +3,9 @@
 // with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
 // is what the harness defines under the kernel's extern name; cp.async checks that each 16-byte
 // granule is aligned at both ends (misaligned_granules) and copies at once or, where the harness
-// sets cp_async_late, only at the wait that must see it (a read before its wait then reads what the
-// buffer held); ldmatrix and mma.sync
-// run warp-collectively on BlockThreads (below).  The L2 prefetches are
-// declared here and defined by the harness that runs the kernels using them.
+// sets cp_async_late, only at the wait that must see it (a read before its wait then reads what
+// the buffer held); ldmatrix and mma.sync run warp-collectively on BlockThreads (below).  The L2
+// prefetches are declared here and defined by the harness that runs the kernels using them.
 #pragma once
 #include <algorithm>
 #include <cmath>
