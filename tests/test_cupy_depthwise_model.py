@@ -6,8 +6,6 @@ alignment), against torch's conv2d in float64; and the plans' choices."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import assume, given
@@ -136,7 +134,7 @@ def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: in
 
 
 def test_rows_constants_match_the_kernel() -> None:
-    text = (Path(depthwise_plan.__file__).parent / "depthwise.cu").read_text()
+    text = (sources.KERNEL_DIR / "depthwise.cu").read_text()
     for name, value in (("ROWS_THREADS", depthwise_plan.ROWS_THREADS), ("ROWS_STRIP_1", depthwise_plan.ROWS_STRIPS[1]),
                         ("ROWS_STRIP_2", depthwise_plan.ROWS_STRIPS[2]), ("ROWS_COLS", depthwise_plan.ROWS_COLUMNS),
                         ("ROWS_COLS_MAX_K", depthwise_plan.ROWS_COLUMNS_MAX_K),

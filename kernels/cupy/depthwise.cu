@@ -449,10 +449,11 @@ __global__ void __launch_bounds__(ROWS_THREADS, rows_min_blocks(K, S)) depthwise
     // are fresh); then each step stages the chunk stages - 1 ahead and waits for its own group.
     for (int i = 0; i < stages - 1; ++i) {
         const int c = blockIdx.x + i * int(gridDim.x);
-        edge_to = nullptr;
-        if (c < chunks) stage(c, staged + i * buffer);
+        if (c < chunks) {
+            stage(c, staged + i * buffer);
+            if (edge_to != nullptr) *edge_to = edge;
+        }
         lb::cp_async_commit();
-        if (edge_to != nullptr) *edge_to = edge;
     }
     edge_to = nullptr;
     int now = 0;  // the buffer of chunk c; the one before it takes chunk c + (stages - 1) * gridDim.x
