@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from host_cuda_build import assert_constants_match
 from kernels.cupy import linear_backward, pool2d_backward, relu_backward, sources
 from kernels.cupy.backward_models import (
     model_column_sums,
@@ -249,15 +249,11 @@ def _cu(name: str) -> str:
 
 
 def test_launcher_constants_match_the_kernels() -> None:
-    assert f"constexpr int UNROLL = {relu_backward.UNROLL};" in _cu("relu_backward.cu")
+    assert_constants_match("relu_backward.cu", {"UNROLL": relu_backward.UNROLL})
     assert "__launch_bounds__(256) relu_backward" in _cu("relu_backward.cu") and relu_backward.THREADS == 256
     assert f"__launch_bounds__({pool2d_backward.THREADS}) pool2d_backward" in _cu("pool2d_backward.cu")
-    text = _cu("linear_backward.cu")
-    assert f"constexpr int COLS = {linear_backward.SUM_COLS};" in text
-    assert f"constexpr int ROWS = {linear_backward.SUM_ROWS};" in text
-    layout = _cu("layout.cu")
-    assert re.search(rf"constexpr int TILE = {linear_backward.TILE};", layout)
-    assert re.search(rf"constexpr int ROWS = {linear_backward.ROWS};", layout)
+    assert_constants_match("linear_backward.cu", {"COLS": linear_backward.SUM_COLS, "ROWS": linear_backward.SUM_ROWS})
+    assert_constants_match("layout.cu", {"TILE": linear_backward.TILE, "ROWS": linear_backward.ROWS})
 
 
 def test_every_backward_instantiation_is_named() -> None:

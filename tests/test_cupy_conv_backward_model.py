@@ -12,6 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from host_cuda_build import assert_constants_match
 from kernels.cupy import conv_backward_plan, sources
 from kernels.cupy.models import backward_acc_positions, model_backward_multiply, model_dgrad, model_wgrad, ptx_fragments
 from layerbench.layers import Conv2d, passes
@@ -182,8 +183,8 @@ def test_fragment_and_ffma_reads_are_conflict_free() -> None:
 
 def test_backward_constants_match_the_kernel() -> None:
     text = (sources.KERNEL_DIR / "conv2d_backward.cu").read_text()
-    for name in ("BM", "BN", "THREADS", "KWORDS"):
-        assert re.search(rf"constexpr int {name} = {getattr(conv_backward_plan, name)};", text), name
+    assert_constants_match("conv2d_backward.cu", {name: getattr(conv_backward_plan, name)
+                                                  for name in ("BM", "BN", "THREADS", "KWORDS")})
     ones = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torch.bfloat16}
     for ctype, dtype in ones.items():
         bits = re.search(rf"one_bits<{ctype}>\(\) {{ return (0x[0-9a-f]+)u; }}", text).group(1)

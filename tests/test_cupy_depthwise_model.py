@@ -11,6 +11,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from host_cuda_build import assert_constants_match
 from kernels import depthwise_scope
 from kernels.cupy import depthwise_plan, sources
 from kernels.cupy.depthwise import prepared_filter
@@ -134,12 +135,10 @@ def test_model_rows_matches_torch(spec: Conv2d, dtype: torch.dtype, x_offset: in
 
 
 def test_rows_constants_match_the_kernel() -> None:
-    text = (sources.KERNEL_DIR / "depthwise.cu").read_text()
-    for name, value in (("ROWS_THREADS", depthwise_plan.ROWS_THREADS), ("ROWS_STRIP_1", depthwise_plan.ROWS_STRIPS[1]),
-                        ("ROWS_STRIP_2", depthwise_plan.ROWS_STRIPS[2]), ("ROWS_COLS", depthwise_plan.ROWS_COLUMNS),
-                        ("ROWS_COLS_MAX_K", depthwise_plan.ROWS_COLUMNS_MAX_K),
-                        ("ROWS_MAX_STAGES", depthwise_plan.ROWS_MAX_STAGES)):
-        assert f"constexpr int {name} = {value};" in text, name
+    assert_constants_match("depthwise.cu", {
+        "ROWS_THREADS": depthwise_plan.ROWS_THREADS, "ROWS_STRIP_1": depthwise_plan.ROWS_STRIPS[1],
+        "ROWS_STRIP_2": depthwise_plan.ROWS_STRIPS[2], "ROWS_COLS": depthwise_plan.ROWS_COLUMNS,
+        "ROWS_COLS_MAX_K": depthwise_plan.ROWS_COLUMNS_MAX_K, "ROWS_MAX_STAGES": depthwise_plan.ROWS_MAX_STAGES})
 
 
 def test_rows_plan_refuses_a_stage_count() -> None:

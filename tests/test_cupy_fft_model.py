@@ -3,13 +3,13 @@ NumPy's FFT and torch's conv2d; its plan (kernels/cupy/fft_plan.py) and constant
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from host_cuda_build import assert_constants_match
 from kernels.cupy import fft_plan
 from kernels.cupy import sources
 from kernels.cupy.models import model_fft_forward, model_fft_inverse, model_fft_weight
@@ -128,8 +128,8 @@ def test_fft_first_guess() -> None:
 
 def test_fft_constants_match_the_kernel() -> None:
     text = (sources.KERNEL_DIR / "fft_conv.cu").read_text()
-    for name in ("GEMM_THREADS", "FT", "BT", "KT", "CT", "GEMM_STAGES"):
-        assert re.search(rf"constexpr int {name} = {getattr(fft_plan, name)};", text), name
+    assert_constants_match("fft_conv.cu", {name: getattr(fft_plan, name)
+                                           for name in ("GEMM_THREADS", "FT", "BT", "KT", "CT", "GEMM_STAGES")})
     # Transform's threads and planes per block, written as in the kernel, against the plan's.
     assert "THREADS = LOGN >= 7 ? 512 : 256;" in text
     assert "PLANES = LOGN <= 5 ? 512 >> LOGN : (LOGN == 6 ? 4 : 1);" in text

@@ -3,11 +3,11 @@ against the PTX ISA's layouts, the swizzle against the kernel's spelling, bank c
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
 
+from host_cuda_build import assert_constants_match
 from kernels.cupy import igemm_plan, sources
 from kernels.cupy.igemm_plan import BM, ROW_BYTES, smem_at
 from kernels.cupy.models import fragment_element, ldmatrix_x4
@@ -65,8 +65,8 @@ def test_mma_fragments_match_ptx_layout(es: int) -> None:
 def test_igemm_constants_match_the_kernel() -> None:
     """The launcher sizes blocks and dynamic shared memory from igemm_plan; igemm.cu must agree."""
     text = (sources.KERNEL_DIR / "igemm.cu").read_text()
-    for name in ("BM", "BN", "SIMT_THREADS", "MMA_THREADS", "TILE_BYTES", "ROW_BYTES", "STAGES"):
-        assert re.search(rf"constexpr int {name} = {getattr(igemm_plan, name)};", text), name
+    assert_constants_match("igemm.cu", {name: getattr(igemm_plan, name) for name in
+                                        ("BM", "BN", "SIMT_THREADS", "MMA_THREADS", "TILE_BYTES", "ROW_BYTES", "STAGES")})
     assert "return row * ROW_BYTES + ((byte & ~15) ^ (((row >> 1) & 3) << 4)) + (byte & 15);" in text, \
         "smem_at changed: change igemm_plan.smem_at with it"
     row, byte = np.meshgrid(np.arange(BM), np.arange(ROW_BYTES))

@@ -7,13 +7,12 @@ the CPU against a float64 product."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from host_cuda_build import built
+from host_cuda_build import assert_constants_match, built
 from kernels.cupy import pointwise_nchw, sources
 from kernels.cupy.models import ldmatrix_x4
 
@@ -54,9 +53,8 @@ def a_element(byte_addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_constants_and_swizzles_match_the_kernel() -> None:
-    for name, value in (("PW_THREADS", THREADS), ("PW_BM", BM), ("PW_BN", BN), ("PW_BK", BK),
-                        ("PW_STAGES", pointwise_nchw.STAGES), ("A_ROW", A_ROW), ("B_ROW", B_ROW)):
-        assert re.search(rf"constexpr int {name} = {value};", TEXT), name
+    assert_constants_match("pointwise_nchw.cu", {"PW_THREADS": THREADS, "PW_BM": BM, "PW_BN": BN, "PW_BK": BK,
+                                                 "PW_STAGES": pointwise_nchw.STAGES, "A_ROW": A_ROW, "B_ROW": B_ROW})
     assert (THREADS, BM, BN) == (pointwise_nchw.THREADS, pointwise_nchw.BLOCK_M, pointwise_nchw.BLOCK_N)
     assert pointwise_nchw.SHARED_BYTES == pointwise_nchw.STAGES * (BM * A_ROW + BK * B_ROW) <= 48 * 1024
     assert "return row * A_ROW + ((byte & ~15) ^ (((row >> 1) & 3) << 4)) + (byte & 15);" in TEXT

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from host_cuda_build import built
-from kernels.cupy import pool_plan, sources
+from host_cuda_build import assert_constants_match, built
+from kernels.cupy import pool_plan
 from kernels.cupy.models import model_pool_nchw_band, model_pool_nhwc
 from layerbench.layers import Pool2d
 from layerbench.testing import pool2d_specs
@@ -64,8 +64,7 @@ def test_pool_band_plan(shape: tuple[int, int, int, int], kernel: int, itemsize:
 
 
 def test_band_bytes_match_the_kernel() -> None:
-    text = (sources.KERNEL_DIR / "pool2d.cu").read_text()
-    assert f"constexpr int BAND_BYTES = {pool_plan.BAND_BYTES};" in text
+    assert_constants_match("pool2d.cu", {"BAND_BYTES": pool_plan.BAND_BYTES})
 
 
 def test_band_kernel_source_on_the_cpu(tmp_path: Path) -> None:
