@@ -600,7 +600,11 @@ def test_unfolded_convolution_is_timed_beside_the_implicit_gemm() -> None:
 POINTWISE_NCHW = {"resnet-256-64": Conv2d(8, 256, 64, 56, 56, 1, 1, bias=False),
                   "resnet-64-256": Conv2d(8, 64, 256, 56, 56, 1, 1, bias=False),
                   "resnet-128-512@28": Conv2d(5, 128, 512, 28, 28, 1, 1, bias=False),
-                  "ragged": Conv2d(3, 40, 136, 12, 18, 1, 1)}
+                  "ragged": Conv2d(3, 40, 136, 12, 18, 1, 1),
+                  "few-out-24@56": Conv2d(4, 96, 24, 56, 56, 1, 1),  # 32 output channels a block
+                  "few-out-40@14": Conv2d(6, 192, 40, 14, 14, 1, 1),  # 64 a block, pixels in fours
+                  "expand-96-576@14": Conv2d(5, 96, 576, 14, 14, 1, 1, bias=False),
+                  "odd-in-fours": Conv2d(3, 24, 200, 10, 18, 1, 1)}  # 180 pixels: a multiple of 4
 
 
 @gpu

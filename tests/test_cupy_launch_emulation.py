@@ -286,13 +286,15 @@ class EmulatedLaunch:
             acc += self.memory(2, n).float()
         y.copy_(acc)
 
-    def _pointwise_nchw(self) -> None:  # (a, x, bias, y, M, R, HW, columns, has_bias); <T>, grid (columns, rows)
+    def _pointwise_nchw(self) -> None:  # (a, x, bias, y, M, R, HW, columns, has_bias); <T, BM, VEC>,
+        # grid (column tiles x row tiles)
         m, r, hw, columns, has_bias = (self.value(i) for i in range(4, 9))
+        bm, vec = int(self.targs[1]), int(self.targs[2])
         n = columns // hw
-        assert self.block == (pointwise_nchw.THREADS, 1, 1) and self.shared_bytes == pointwise_nchw.SHARED_BYTES
-        assert columns % hw == 0 and self.grid == (-(-columns // pointwise_nchw.BLOCK_N),
-                                                   -(-m // pointwise_nchw.BLOCK_M), 1), self.grid
-        assert r % 8 == 0 and hw % 8 == 0, "the kernel moves whole 16-byte chunks"
+        assert self.block == (pointwise_nchw.THREADS, 1, 1) and self.shared_bytes == pointwise_nchw.shared_bytes(bm)
+        assert columns % hw == 0 and self.grid == (-(-columns // pointwise_nchw.BLOCK_N) * -(-m // bm), 1, 1), \
+            self.grid
+        assert r % 8 == 0 and hw % vec == 0, "the kernel moves whole chunks"
         a = self.memory(0, m * r).view(m, r)
         x, y = self.memory(1, n * r * hw).view(n, r, hw), self.memory(3, n * m * hw).view(n, m, hw)
         acc = a.double() @ x.double()
@@ -878,16 +880,23 @@ def test_nchw_pointwise_gemm_is_built_checked_and_timed(emulated: None) -> None:
             assert "fp16 and bf16" in details["nchw_pointwise_gemm"], details
 
 
-def test_nchw_pointwise_gemm_alone(emulated: None) -> None:
-    """The per-image GEMM alone on a layer whose pixels span two column tiles, with a bias."""
-    result = check_implementation(pointwise_nchw.build, Conv2d(2, 24, 20, 12, 12, 1, 1), "bf16", "NCHW", "cpu",
-                                  runs=2)
+@pytest.mark.parametrize(("spec", "block_m", "chunk"), [
+    (Conv2d(2, 24, 20, 12, 12, 1, 1), 32, 8),  # pixels spanning two column tiles
+    (Conv2d(3, 16, 40, 6, 6, 1, 1), 64, 4),  # pixels a multiple of 4 only
+    (Conv2d(1, 8, 200, 4, 4, 1, 1), 128, 8),  # two row tiles, the second ragged
+], ids=str)
+def test_nchw_pointwise_gemm_alone(emulated: None, spec: Conv2d, block_m: int, chunk: int) -> None:
+    """The per-image GEMM alone, with a bias, in the block shape and pixel chunk the layer takes."""
+    result = check_implementation(pointwise_nchw.build, spec, "bf16", "NCHW", "cpu", runs=2)
     assert result.ok, result.message
+    tensors = make_tensors(spec, "bf16", "NCHW", "cpu")
+    built = pointwise_nchw.build(spec, get_dtype("bf16"), "NCHW", tensors, make_output(spec, tensors, "NCHW"))
+    assert built.details == {"block_m": block_m, "pixel_chunk": chunk}
 
 
 @pytest.mark.parametrize(("spec", "dtype", "reason"), [
     (Conv2d(1, 12, 8, 4, 4, 1, 1), "fp16", "in_channels must be a multiple of 8"),
-    (Conv2d(1, 16, 8, 7, 7, 1, 1), "fp16", "height x width must be a multiple of 8"),
+    (Conv2d(1, 16, 8, 7, 7, 1, 1), "fp16", "height x width must be a multiple of 4, got 7 x 7 = 49"),
     (Conv2d(1, 16, 8, 4, 4, 1, 1), "fp32", "fp16 and bf16"),
     (Conv2d(1, 16, 8, 4, 4, 3, 3, padding=1), "fp16", "1x1 filter"),
 ], ids=str)

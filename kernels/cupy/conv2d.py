@@ -181,7 +181,7 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         support.check_result(kernel, spec, dtype, tensors, out, "the wgmma implicit GEMM")
         return kernel
 
-    def nchw_pointwise_gemm() -> Kernel:
+    def nchw_pointwise_gemm() -> Built:
         kernel = pointwise_nchw.build(spec, dtype, layout, tensors, out)
         support.check_result(kernel, spec, dtype, tensors, out, "the per-image GEMM")
         return kernel

@@ -102,6 +102,14 @@ __device__ __forceinline__ void cp_async16_l1(unsigned dst, const void* src, boo
                  :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
 
+// 8-byte global->shared copy (through L1: cp.async takes only 16-byte copies past it), for rows
+// aligned to 8 bytes only.
+__device__ __forceinline__ void cp_async8(unsigned dst, const void* src, bool valid) {
+    const int src_bytes = valid ? 8 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n"
+                 :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
 // 4-byte global->shared copy (through L1), for element-wise gathers of fp32 data.
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid) {
     const int src_bytes = valid ? 4 : 0;

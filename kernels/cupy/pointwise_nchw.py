@@ -4,9 +4,12 @@ y[n] = W @ x[n] + b, with x[n] and y[n] the (C, H*W) and (K, H*W) matrices the i
 memory and W the (K, C) matrix the 1x1 weight is.  The implicit GEMMs copy an NCHW input to
 channels_last inside the timed call; on layers of few channels and large planes (ResNet-50's
 56 x 56 bottleneck ends) that copy costs more than the product, and cuDNN runs such a layer as
-one GEMM.  fp16 and bf16 on mma.sync (sm_80 on); the kernel moves 16-byte chunks, so the input
-channels and the pixels of an image must be multiples of 8.  ``conv2d.build`` times it beside
-the other paths, after a check of its output on the layer's own tensors.
+one GEMM.  fp16 and bf16 on mma.sync (sm_80 on); the kernel moves weight rows in 16-byte chunks
+and pixels in chunks of 8 or, where an image's pixels are a multiple of 4 only (14 x 14 planes),
+of 4, so the input channels must be a multiple of 8 and the pixels of an image of 4.  A block
+takes 128, 64 or 32 output channels: as few as leave the fewest rows of zeros.
+``conv2d.build`` times it beside the other paths, after a check of its output on the layer's own
+tensors.
 """
 
 from __future__ import annotations
@@ -15,17 +18,35 @@ import torch
 
 from kernels.cupy import sources, support
 from kernels.pointwise_views import nchw_pointwise_refusal, weight_matrix
-from layerbench.builders import Kernel, Tensors
+from layerbench.builders import Built, Tensors
 from layerbench.dtypes import DType
 from layerbench.errors import Unsupported
 from layerbench.layers import Conv2d
 
 THREADS = 128
-BLOCK_M = 128  # output channels a block (pointwise_nchw.cu's PW_BM)
 BLOCK_N = 128  # pixels a block (PW_BN)
 STAGES = 3
-SHARED_BYTES = STAGES * (BLOCK_M * 64 + 32 * 256)  # three stages of an A and a B tile: 48 KiB
-CHUNK = 8  # 16-bit values in a 16-byte chunk
+WEIGHT_CHUNK = 8  # 16-bit weights a 16-byte copy moves
+INT32_MAX = 2**31 - 1
+
+
+def shared_bytes(block_m: int) -> int:
+    """Three stages of an A tile (block_m rows of 64 bytes) and a B tile (32 rows of 256 bytes)."""
+    return STAGES * (block_m * 64 + 32 * 256)
+
+
+def block_m(out_channels: int) -> int:
+    """Output channels a block: 32 or 64 where they hold the layer's, else the one of 128 and 64
+    that pads the fewest rows (128 where even: a larger tile reads its input rows fewer times)."""
+    if out_channels <= 32:
+        return 32
+    return min((128, 64), key=lambda bm: -(-out_channels // bm) * bm)
+
+
+def pixel_chunk(pixels: int) -> int | None:
+    """Pixels a copy moves (8: 16 bytes, 4: 8 bytes) for images of ``pixels``; None where neither
+    divides them."""
+    return next((v for v in sources.POINTWISE_NCHW_CHUNKS if pixels % v == 0), None)
 
 
 def refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
@@ -35,17 +56,17 @@ def refusal(spec: Conv2d, dtype: DType, layout: str) -> str | None:
         return reason
     if dtype.name not in ("fp16", "bf16"):
         return f"the per-image GEMM runs fp16 and bf16 on mma.sync, not {dtype.name}"
-    if spec.in_channels % CHUNK:
+    if spec.in_channels % WEIGHT_CHUNK:
         return (f"the per-image GEMM moves 16-byte chunks of weight rows: in_channels must be a multiple of "
-                f"{CHUNK}, got {spec.in_channels}")
+                f"{WEIGHT_CHUNK}, got {spec.in_channels}")
     pixels = spec.height * spec.width
-    if pixels % CHUNK:
-        return (f"the per-image GEMM moves 16-byte chunks of pixel rows: height x width must be a multiple of "
-                f"{CHUNK}, got {spec.height} x {spec.width} = {pixels}")
+    if pixel_chunk(pixels) is None:
+        return (f"the per-image GEMM moves 8- or 16-byte chunks of pixel rows: height x width must be a "
+                f"multiple of {min(sources.POINTWISE_NCHW_CHUNKS)}, got {spec.height} x {spec.width} = {pixels}")
     return None
 
 
-def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Kernel:
+def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.Tensor) -> Built:
     """The launch of y[n] = W @ x[n] (+ b) for every image; Unsupported, with the reason, where it
     cannot run."""
     reason = refusal(spec, dtype, layout)
@@ -66,11 +87,15 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
     # The batch's pixels, numbered through its images: with 8 channels at least, fewer than 2^28
     # (a layer's tensors hold fewer than 2^31 values), so int32 holds every column and tile end.
     columns = spec.batch * hw
-    grid = (-(-columns // BLOCK_N), -(-spec.out_channels // BLOCK_M), 1)
-    fn = support.function("pointwise_nchw", sources.pointwise_nchw_name(support.ctype_of(dtype)), index)
+    bm, chunk = block_m(spec.out_channels), pixel_chunk(hw)
+    blocks = -(-columns // BLOCK_N) * -(-spec.out_channels // bm)  # on x: a column tile's row tiles in a run
+    if blocks > INT32_MAX:
+        raise Unsupported(f"the per-image GEMM's {blocks} blocks exceed a grid's {INT32_MAX}")
+    fn = support.function("pointwise_nchw", sources.pointwise_nchw_name(support.ctype_of(dtype), bm, chunk), index)
     i32 = support.i32
-    return support.Launch(fn, grid, (THREADS, 1, 1),
-                          [support.ptr(weight), support.ptr(x), support.ptr(bias if bias is not None else out),
-                           support.ptr(out), i32(spec.out_channels), i32(spec.in_channels), i32(hw),
-                           i32(columns), i32(int(bias is not None))],
-                          index, keep=(weight, x, bias, out), shared_bytes=SHARED_BYTES)
+    launch = support.Launch(fn, (blocks, 1, 1), (THREADS, 1, 1),
+                            [support.ptr(weight), support.ptr(x), support.ptr(bias if bias is not None else out),
+                             support.ptr(out), i32(spec.out_channels), i32(spec.in_channels), i32(hw),
+                             i32(columns), i32(int(bias is not None))],
+                            index, keep=(weight, x, bias, out), shared_bytes=shared_bytes(bm))
+    return Built(launch, {"block_m": bm, "pixel_chunk": chunk})

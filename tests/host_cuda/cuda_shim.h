@@ -1,8 +1,8 @@
 // The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu, pointwise_nchw.cu and pool2d.cu use, shimmed so that the file
 // compiles as host C++ and its kernels run on the CPU: a block's threads one at a time (a kernel
 // with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
-// is what the harness defines under the kernel's extern name; cp.async checks that each 16-byte
-// granule is aligned at both ends (misaligned_granules) and copies at once or, where the harness
+// is what the harness defines under the kernel's extern name; cp.async checks that each copy (16
+// or 8 bytes) is aligned to its size at both ends (misaligned_granules) and copies at once or, where the harness
 // sets cp_async_late, only at the wait that must see it (a read before its wait then reads what
 // the buffer held); ldmatrix and mma.sync run warp-collectively on BlockThreads (below).  The L2
 // prefetches are declared here and defined by the harness that runs the kernels using them.
@@ -22,6 +22,7 @@ using std::min;
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
 struct uint4 { unsigned x, y, z, w; };
+struct uint2 { unsigned x, y; };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 struct __half { unsigned short x; };
 struct __half2 { unsigned int x; };
@@ -108,14 +109,14 @@ inline long misaligned_granules = 0;
 inline bool cp_async_late = false;
 namespace cp_async_queue {
 struct Copy {
-    unsigned to;
+    unsigned to, size;
     unsigned char bytes[16];
 };
 // This thread's committed groups, oldest first, then the open one.
 inline thread_local std::vector<std::vector<Copy>> groups(1);
 inline void land(size_t count) {  // the oldest `count` committed groups
     for (size_t g = 0; g < count; ++g)
-        for (const Copy& c : groups[g]) memcpy(shared_base + c.to, c.bytes, 16);
+        for (const Copy& c : groups[g]) memcpy(shared_base + c.to, c.bytes, c.size);
     groups.erase(groups.begin(), groups.begin() + count);
 }
 // Copies this thread issued and no wait landed (forgotten, so that the next block starts clean).
@@ -139,15 +140,18 @@ template <> inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {  // round 
     return {static_cast<unsigned short>((u + 0x7fff + ((u >> 16) & 1)) >> 16)};
 }
 inline unsigned smem_addr(const void* p) { return unsigned(static_cast<const unsigned char*>(p) - shared_base); }
-// As the hardware: an invalid copy (source size 0) writes zeros and reads nothing.
-inline void cp_async16(unsigned to, const void* from, bool valid) {
-    if (to % 16 || reinterpret_cast<std::uintptr_t>(from) % 16)
+// As the hardware: an invalid copy (source size 0) writes zeros and reads nothing.  A copy of
+// `size` bytes must be aligned to its size at both ends.
+inline void cp_async(unsigned to, const void* from, bool valid, unsigned size) {
+    if (to % size || reinterpret_cast<std::uintptr_t>(from) % size)
         __atomic_add_fetch(&misaligned_granules, 1, __ATOMIC_RELAXED);  // the block's threads count at once
-    cp_async_queue::Copy c{to, {}};
-    if (valid) memcpy(c.bytes, from, 16);
-    if (!cp_async_late) return (void)memcpy(shared_base + to, c.bytes, 16);
+    cp_async_queue::Copy c{to, size, {}};
+    if (valid) memcpy(c.bytes, from, size);
+    if (!cp_async_late) return (void)memcpy(shared_base + to, c.bytes, size);
     cp_async_queue::groups.back().push_back(c);
 }
+inline void cp_async16(unsigned to, const void* from, bool valid) { cp_async(to, from, valid, 16); }
+inline void cp_async8(unsigned to, const void* from, bool valid) { cp_async(to, from, valid, 8); }
 inline void cp_async_commit() {
     if (cp_async_late) cp_async_queue::groups.emplace_back();
 }

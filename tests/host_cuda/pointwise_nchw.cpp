@@ -2,10 +2,14 @@
 // 128 threads as host threads that meet at its barriers and at every ldmatrix and mma.sync
 // (cuda_shim.h emulates those from the PTX ISA's fragment layouts), against a float64 product.
 // Shared memory is poisoned (NaN) before each block; the output is poisoned too, so a part the
-// kernel skips, reads unstaged or writes twice with a wrong value fails.  BODY is pointwise_nchw.cu
-// without its #include of layerbench_common.cuh.
-// Prints "N cases, M bad, P misaligned granules" and exits 1 if any is non-zero.
+// kernel skips, reads unstaged or writes twice with a wrong value fails.  Every block shape (128,
+// 64 and 32 output channels) and pixel chunk (8 and 4) runs; on half the cases cp.async copies
+// land only at the wait that must see them, so a wait too short reads the poison.  BODY is
+// pointwise_nchw.cu without its #include of layerbench_common.cuh.
+// Prints "N cases, M bad, P misaligned granules, U copies never waited for" and exits 1 if any
+// is non-zero.
 #include <random>
+#include <type_traits>
 
 #include "cuda_shim.h"
 #include "reference_check.h"
@@ -21,23 +25,25 @@ static std::vector<bf16> random_bf16(size_t n, std::mt19937& g) {
     return v;
 }
 
-// y[n] = a @ x[n] (+ bias) for an M x R weight over N images of HW pixels; 1 if any value is off.
-static int check(int M, int R, int HW, int N, bool has_bias, std::mt19937& g) {
+// y[n] = a @ x[n] (+ bias) for an M x R weight over N images of HW pixels, in blocks of BM output
+// channels moving VEC pixels a copy; 1 if any value is off.
+template <int BM, int VEC>
+static int check(int M, int R, int HW, int N, bool has_bias, std::mt19937& g, long& unlanded) {
     const std::vector<bf16> a = random_bf16(size_t(M) * R, g), x = random_bf16(size_t(N) * R * HW, g),
                             bias = random_bf16(M, g);
     std::vector<bf16> y(size_t(N) * M * HW, bf16{0x7fc0});  // NaN
     shared_base = stages;
-    const int columns = N * HW, tiles_j = (columns + PW_BN - 1) / PW_BN, tiles_m = (M + PW_BM - 1) / PW_BM;
-    gridDim = {unsigned(tiles_j), unsigned(tiles_m), 1};
+    const int columns = N * HW, tiles_j = (columns + PW_BN - 1) / PW_BN, tiles_m = (M + BM - 1) / BM;
+    gridDim = {unsigned(tiles_j * tiles_m), 1, 1};
     blockDim = {PW_THREADS, 1, 1};
-    for (int by = 0; by < tiles_m; ++by)
-        for (int bx = 0; bx < tiles_j; ++bx) {
-            blockIdx = {unsigned(bx), unsigned(by), 0};
-            memset(stages, 0xff, sizeof stages);  // NaN in bf16: what a block did not stage
-            BlockThreads::run(PW_THREADS, [&] {
-                pointwise_nchw<bf16>(a.data(), x.data(), bias.data(), y.data(), M, R, HW, columns, has_bias);
-            });
-        }
+    for (int b = 0; b < tiles_j * tiles_m; ++b) {
+        blockIdx = {unsigned(b), 0, 0};
+        memset(stages, 0xff, sizeof stages);  // NaN in bf16: what a block did not stage
+        BlockThreads::run(PW_THREADS, [&] {
+            pointwise_nchw<bf16, BM, VEC>(a.data(), x.data(), bias.data(), y.data(), M, R, HW, columns, has_bias);
+            unlanded += cp_async_queue::unlanded();
+        });
+    }
     int bad = 0;
     for (int n = 0; n < N; ++n)
         for (int m = 0; m < M; ++m)
@@ -47,7 +53,8 @@ static int check(int M, int R, int HW, int N, bool has_bias, std::mt19937& g) {
                     ref += double(lb::to_float(a[size_t(m) * R + r])) * lb::to_float(x[(size_t(n) * R + r) * HW + p]);
                 const float got = lb::to_float(y[(size_t(n) * M + m) * HW + p]);
                 if (!matches(ref, got, 1e-2) && bad++ < 5)
-                    printf("M %d R %d HW %d N %d: y[%d][%d][%d] = %g, expected %g\n", M, R, HW, N, n, m, p, got, ref);
+                    printf("BM %d VEC %d M %d R %d HW %d N %d: y[%d][%d][%d] = %g, expected %g\n", BM, VEC, M, R, HW,
+                           N, n, m, p, got, ref);
             }
     return bad != 0;
 }
@@ -55,16 +62,28 @@ static int check(int M, int R, int HW, int N, bool has_bias, std::mt19937& g) {
 int main() {
     std::mt19937 g(7);
     int cases = 0, bad = 0;
-    // (M, R, HW, N, bias): row tiles past 128 and ragged (136), a reduction that ends inside a
-    // stage (48) or walks the three-stage ring twice over (256), column tiles ragged (40 x 2,
-    // 200) and spanning images (40 x 2, 8 x 3, 136 x 2, 56 x 5), one 16-byte chunk of everything
-    // (8, 8, 8).
-    const int shapes[][5] = {{136, 48, 40, 2, 1}, {64, 256, 200, 1, 0}, {8, 8, 8, 3, 1}, {24, 96, 136, 2, 0},
-                             {16, 32, 56, 5, 1}};
-    for (const auto& s : shapes) {
-        ++cases;
-        bad += check(s[0], s[1], s[2], s[3], s[4] != 0, g);
+    long unlanded = 0;
+    // (M, R, HW, N, bias): row tiles past a block's and ragged (136, 40), a reduction that ends
+    // inside a stage (48) or walks the three-stage ring twice over (256), column tiles ragged
+    // (40 x 2, 200) and spanning images (40 x 2, 8 x 3, 136 x 2, 56 x 5, 36 x 5), one chunk of
+    // everything (8, 8, 8), planes whose pixels are a multiple of 4 only (36, 12 x 11, 20).
+    const int wide[][5] = {{136, 48, 40, 2, 1}, {64, 256, 200, 1, 0}, {8, 8, 8, 3, 1}, {24, 96, 136, 2, 0},
+                           {16, 32, 56, 5, 1}};
+    const int narrow[][5] = {{40, 48, 36, 5, 1}, {72, 24, 12, 11, 0}, {24, 64, 20, 3, 1}};
+    auto each_block = [&](auto vec, const int (&s)[5]) {
+        constexpr int VEC = decltype(vec)::value;
+        cp_async_late = cases % 2 == 1;
+        bad += check<128, VEC>(s[0], s[1], s[2], s[3], s[4] != 0, g, unlanded);
+        bad += check<64, VEC>(s[0], s[1], s[2], s[3], s[4] != 0, g, unlanded);
+        bad += check<32, VEC>(s[0], s[1], s[2], s[3], s[4] != 0, g, unlanded);
+        cases += 3;
+    };
+    for (const auto& s : wide) {
+        each_block(std::integral_constant<int, 8>{}, s);
+        each_block(std::integral_constant<int, 4>{}, s);
     }
-    printf("%d cases, %d bad, %ld misaligned granules\n", cases, bad, misaligned_granules);
-    return bad != 0 || misaligned_granules != 0;
+    for (const auto& s : narrow) each_block(std::integral_constant<int, 4>{}, s);
+    printf("%d cases, %d bad, %ld misaligned granules, %ld copies never waited for\n", cases, bad,
+           misaligned_granules, unlanded);
+    return bad != 0 || misaligned_granules != 0 || unlanded != 0;
 }
