@@ -33,7 +33,7 @@ from layerbench.testing import (
 
 pytest.importorskip("cupy", reason="the CuPy kernels need CuPy")
 from kernels.cupy import conv2d as cupy_conv2d  # noqa: E402
-from kernels.cupy import conv_tma, conv_tma_plan, linear_wgmma, lowered_conv, pointwise_nchw, sources  # noqa: E402
+from kernels.cupy import conv_tma, conv_tma_plan, linear_wgmma, lowered_conv, pointwise_gemm, sources  # noqa: E402
 from kernels.pointwise_views import forward_views, strided_refusal, subsampled  # noqa: E402
 
 gpu = pytest.mark.gpu
@@ -597,27 +597,44 @@ def test_unfolded_convolution_is_timed_beside_the_implicit_gemm() -> None:
 # 1x1 NCHW convolutions as one GEMM per image: ResNet-50's bottleneck ends (batch cut; at 28 x 28
 # an odd batch, whose column tiles span images), a layer whose output channels and pixels end
 # inside a tile, with a bias.
-POINTWISE_NCHW = {"resnet-256-64": Conv2d(8, 256, 64, 56, 56, 1, 1, bias=False),
-                  "resnet-64-256": Conv2d(8, 64, 256, 56, 56, 1, 1, bias=False),
-                  "resnet-128-512@28": Conv2d(5, 128, 512, 28, 28, 1, 1, bias=False),
-                  "ragged": Conv2d(3, 40, 136, 12, 18, 1, 1),
-                  "few-out-24@56": Conv2d(4, 96, 24, 56, 56, 1, 1),  # 32 output channels a block
-                  "few-out-40@14": Conv2d(6, 192, 40, 14, 14, 1, 1),  # 64 a block, pixels in fours
-                  "expand-96-576@14": Conv2d(5, 96, 576, 14, 14, 1, 1, bias=False),
-                  "odd-in-fours": Conv2d(3, 24, 200, 10, 18, 1, 1)}  # 180 pixels: a multiple of 4
+POINTWISE = {"resnet-256-64": (Conv2d(8, 256, 64, 56, 56, 1, 1, bias=False), "NCHW"),
+             "resnet-64-256": (Conv2d(8, 64, 256, 56, 56, 1, 1, bias=False), "NCHW"),
+             "resnet-128-512@28": (Conv2d(5, 128, 512, 28, 28, 1, 1, bias=False), "NCHW"),
+             "ragged": (Conv2d(3, 40, 136, 12, 18, 1, 1), "NCHW"),
+             "few-out-24@56": (Conv2d(4, 96, 24, 56, 56, 1, 1), "NCHW"),
+             "few-out-40@14": (Conv2d(6, 192, 40, 14, 14, 1, 1), "NCHW"),  # pixels in fours
+             "expand-96-576@14": (Conv2d(5, 96, 576, 14, 14, 1, 1, bias=False), "NCHW"),
+             "odd-in-fours": (Conv2d(3, 24, 200, 10, 18, 1, 1), "NCHW"),  # 180 pixels: a multiple of 4
+             "nhwc-expand-24-144@56": (Conv2d(4, 24, 144, 56, 56, 1, 1), "NHWC"),
+             "nhwc-project-32-16@112": (Conv2d(2, 32, 16, 112, 112, 1, 1), "NHWC"),
+             "nhwc-odd-rows": (Conv2d(3, 40, 100, 13, 7, 1, 1, bias=False), "NHWC"),  # 100 channels: in fours
+             "nhwc-wide": (Conv2d(2, 256, 1000, 9, 9, 1, 1), "NHWC")}
 
 
 @gpu
 @pytest.mark.parametrize("dtype", ("fp16", "bf16"))
-@pytest.mark.parametrize("name", sorted(POINTWISE_NCHW))
-def test_nchw_pointwise_gemm_alone(name: str, dtype: str) -> None:
-    assert_ok(pointwise_nchw.build, POINTWISE_NCHW[name], dtype, "NCHW")
+@pytest.mark.parametrize("name", sorted(POINTWISE))
+def test_pointwise_gemm_alone(name: str, dtype: str) -> None:
+    spec, layout = POINTWISE[name]
+    assert_ok(pointwise_gemm.build, spec, dtype, layout)
 
 
 @gpu
-def test_nchw_pointwise_gemm_is_timed_beside_the_implicit_gemm() -> None:
-    details = built_details("conv2d", POINTWISE_NCHW["resnet-256-64"], "bf16", "NCHW")
-    assert details["implicit_gemm_ms"] > 0 and details["nchw_pointwise_gemm_ms"] > 0, details
+@pytest.mark.parametrize("block_m", sources.POINTWISE_GEMM_BLOCKS_M)
+@pytest.mark.parametrize("name", ("few-out-40@14", "odd-in-fours", "nhwc-odd-rows"))
+def test_pointwise_gemm_each_block_shape(name: str, block_m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every block shape right on its own, not only the one a build keeps."""
+    monkeypatch.setattr(pointwise_gemm, "blocks_m", lambda rows: (block_m,))
+    spec, layout = POINTWISE[name]
+    assert_ok(pointwise_gemm.build, spec, "bf16", layout)
+
+
+@gpu
+def test_pointwise_gemms_are_timed_beside_the_implicit_gemm() -> None:
+    for name, path in (("resnet-256-64", "nchw_pointwise_gemm"), ("nhwc-expand-24-144@56", "nhwc_pointwise_gemm")):
+        spec, layout = POINTWISE[name]
+        details = built_details("conv2d", spec, "bf16", layout)
+        assert details["implicit_gemm_ms"] > 0 and details[f"{path}_ms"] > 0, details
 
 
 @pytest.mark.parametrize("spec, dtype, reason", [

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from kernels import pool_winners
 from kernels.cupy import conv2d as cupy_conv2d
 from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_plan, igemm, linear_backward, linear_wgmma,
-                          lowered_conv, pointwise_nchw, pool2d_backward, sources, support, tensor_map)
+                          lowered_conv, pointwise_gemm, pool2d_backward, sources, support, tensor_map)
 from kernels.cupy import linear as cupy_linear
 from kernels.cupy.backward_models import (
     DTYPE_NAMES,
@@ -286,20 +286,23 @@ class EmulatedLaunch:
             acc += self.memory(2, n).float()
         y.copy_(acc)
 
-    def _pointwise_nchw(self) -> None:  # (a, x, bias, y, M, R, HW, columns, has_bias); <T, BM, VEC>,
+    def _pointwise_gemm(self) -> None:  # (a, b, bias, y, M, R, HW, columns, bias_by); <T, BM, VEC>,
         # grid (column tiles x row tiles)
-        m, r, hw, columns, has_bias = (self.value(i) for i in range(4, 9))
+        m, r, hw, columns, bias_by = (self.value(i) for i in range(4, 9))
         bm, vec = int(self.targs[1]), int(self.targs[2])
         n = columns // hw
-        assert self.block == (pointwise_nchw.THREADS, 1, 1) and self.shared_bytes == pointwise_nchw.shared_bytes(bm)
-        assert columns % hw == 0 and self.grid == (-(-columns // pointwise_nchw.BLOCK_N) * -(-m // bm), 1, 1), \
+        assert self.block == (pointwise_gemm.THREADS, 1, 1) and self.shared_bytes == pointwise_gemm.shared_bytes(bm)
+        assert columns % hw == 0 and self.grid == (-(-columns // pointwise_gemm.BLOCK_N) * -(-m // bm), 1, 1), \
             self.grid
         assert r % 8 == 0 and hw % vec == 0, "the kernel moves whole chunks"
+        assert bias_by in (0, 1) or (bias_by == 2 and n == 1), "bias by column in one image only"
         a = self.memory(0, m * r).view(m, r)
-        x, y = self.memory(1, n * r * hw).view(n, r, hw), self.memory(3, n * m * hw).view(n, m, hw)
-        acc = a.double() @ x.double()
-        if has_bias:
+        b, y = self.memory(1, n * r * hw).view(n, r, hw), self.memory(3, n * m * hw).view(n, m, hw)
+        acc = a.double() @ b.double()
+        if bias_by == 1:
             acc += self.memory(2, m).double()[:, None]
+        elif bias_by == 2:
+            acc += self.memory(2, hw).double()[None, :]
         y.copy_(acc)
 
     def _linear_tma(self) -> None:  # (x_map, w_map, y_map, bias, y, ws, M, N, K, group_m, per, store_by_tma);
@@ -577,6 +580,7 @@ def test_the_wgmma_gemm_is_built_checked_and_timed_beside_mma_sync(emulated: Non
                                                    make_output(conv, tensors, "NHWC")).details
     assert details["wgmma_gemm_ms"] == 1.0 and details["algorithm"] == "implicit_gemm", details
     assert details["wgmma_implicit_gemm_ms"] == 1.0 and details["tma_implicit_gemm_ms"] == 1.0, details
+    assert details["nhwc_pointwise_gemm_ms"] == 1.0, details
     conv = Conv2d(2, 8, 6, 9, 7, 3, 3, stride=2, padding=1)
     tensors = make_tensors(conv, "fp32", "NCHW", "cpu")
     details = registry.get("conv2d", "cupy").build(conv, get_dtype("fp32"), "NCHW", tensors,
@@ -710,9 +714,10 @@ def test_tma_refusals_name_the_cause() -> None:
     (Conv2d(1, 6, 6, 40, 37, 4, 2, stride=2, padding=1, groups=6, bias=False), "fp16", "NCHW"),
     (Conv2d(2, 16, 24, 5, 7, 1, 1), "bf16", "NHWC"),  # pointwise: the wgmma GEMM on views too
     (Conv2d(3, 16, 136, 4, 6, 1, 1), "fp16", "NCHW"),  # pointwise NCHW: the per-image GEMM, two row tiles
+    (Conv2d(3, 24, 144, 4, 6, 1, 1), "fp16", "NHWC"),  # pointwise NHWC: the small-tile GEMM too
 ], ids=["grouped-fp16-nchw", "grouped-fp32-nhwc", "grouped-copied-bf16", "1x7-tf32", "dw-3x3-s2-fp32",
         "dw-dilated-fp16", "dw-mult2-bf16", "dw-nchw-tf32", "dw-nchw-tiles-fp16", "pointwise-bf16",
-        "pointwise-nchw-fp16"])
+        "pointwise-nchw-fp16", "pointwise-nhwc-fp16"])
 def test_conv2d_forward_launchers(emulated: None, spec: Conv2d, dtype: str, layout: str) -> None:
     _check("conv2d", spec, dtype, layout)
 
@@ -880,18 +885,22 @@ def test_nchw_pointwise_gemm_is_built_checked_and_timed(emulated: None) -> None:
             assert "fp16 and bf16" in details["nchw_pointwise_gemm"], details
 
 
-@pytest.mark.parametrize(("spec", "block_m", "chunk"), [
-    (Conv2d(2, 24, 20, 12, 12, 1, 1), 32, 8),  # pixels spanning two column tiles
-    (Conv2d(3, 16, 40, 6, 6, 1, 1), 64, 4),  # pixels a multiple of 4 only
-    (Conv2d(1, 8, 200, 4, 4, 1, 1), 128, 8),  # two row tiles, the second ragged
+@pytest.mark.parametrize(("spec", "layout", "shapes", "chunk"), [
+    (Conv2d(2, 24, 20, 12, 12, 1, 1), "NCHW", ("32x128",), 8),  # pixels spanning two column tiles
+    (Conv2d(3, 16, 40, 6, 6, 1, 1), "NCHW", ("64x128", "32x128"), 4),  # pixels a multiple of 4 only
+    (Conv2d(1, 8, 200, 4, 4, 1, 1), "NCHW", ("128x128", "64x128", "32x128"), 8),  # row tiles, one ragged
+    (Conv2d(3, 24, 144, 7, 5, 1, 1), "NHWC", ("128x128", "64x128", "32x128"), 8),  # 105 pixels by 144 channels
+    (Conv2d(2, 32, 20, 3, 3, 1, 1, bias=False), "NHWC", ("32x128",), 4),  # output channels a multiple of 4 only
 ], ids=str)
-def test_nchw_pointwise_gemm_alone(emulated: None, spec: Conv2d, block_m: int, chunk: int) -> None:
-    """The per-image GEMM alone, with a bias, in the block shape and pixel chunk the layer takes."""
-    result = check_implementation(pointwise_nchw.build, spec, "bf16", "NCHW", "cpu", runs=2)
+def test_pointwise_gemm_alone(emulated: None, spec: Conv2d, layout: str, shapes: tuple[str, ...], chunk: int) -> None:
+    """The pointwise GEMM alone, in each block shape worth timing for the layer and the column
+    chunk it takes: per image in NCHW, one product in NHWC."""
+    result = check_implementation(pointwise_gemm.build, spec, "bf16", layout, "cpu", runs=2)
     assert result.ok, result.message
-    tensors = make_tensors(spec, "bf16", "NCHW", "cpu")
-    built = pointwise_nchw.build(spec, get_dtype("bf16"), "NCHW", tensors, make_output(spec, tensors, "NCHW"))
-    assert built.details == {"block_m": block_m, "pixel_chunk": chunk}
+    tensors = make_tensors(spec, "bf16", layout, "cpu")
+    details = pointwise_gemm.build(spec, get_dtype("bf16"), layout, tensors, make_output(spec, tensors, layout)).details
+    assert details["column_chunk"] == chunk and details["variant"] in shapes, details
+    assert sorted(k[:-3] for k in details if k.endswith("_ms")) == sorted(shapes), details
 
 
 @pytest.mark.parametrize(("spec", "dtype", "reason"), [
@@ -901,4 +910,10 @@ def test_nchw_pointwise_gemm_alone(emulated: None, spec: Conv2d, block_m: int, c
     (Conv2d(1, 16, 8, 4, 4, 3, 3, padding=1), "fp16", "1x1 filter"),
 ], ids=str)
 def test_nchw_pointwise_gemm_refusals_name_the_field(spec: Conv2d, dtype: str, reason: str) -> None:
-    assert reason in (pointwise_nchw.refusal(spec, get_dtype(dtype), "NCHW") or "")
+    assert reason in (pointwise_gemm.refusal(spec, get_dtype(dtype), "NCHW") or "")
+
+
+def test_nhwc_pointwise_gemm_refusals_name_the_field() -> None:
+    assert "out_channels must be a multiple of 4, got 10" in pointwise_gemm.refusal(
+        Conv2d(1, 16, 10, 4, 4, 1, 1), get_dtype("bf16"), "NHWC")
+    assert "stride 1" in pointwise_gemm.refusal(Conv2d(1, 16, 8, 4, 4, 1, 1, stride=2), get_dtype("bf16"), "NHWC")

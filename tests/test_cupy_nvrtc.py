@@ -214,15 +214,15 @@ def test_depthwise_registers_without_spills() -> None:
             f"{expression[name]}: {spills} bytes spilled, {regs} registers (at most {limit})"
 
 
-def test_pointwise_nchw_registers_without_spills() -> None:
+def test_pointwise_gemm_registers_without_spills() -> None:
     """The per-image GEMM holds its warp tile of accumulators (64 x 64 at 128 output channels a
     block) in registers: no spills, and at most 255 registers (the most a thread can have), two
     128-thread blocks an SM, in every block shape and pixel chunk."""
-    ok, log, lowered = nvrtc_compile("pointwise_nchw", 90, ("-Xptxas=-v",))
+    ok, log, lowered = nvrtc_compile("pointwise_gemm", 90, ("-Xptxas=-v",))
     assert ok, log
     expression = {mangled: ne for ne, mangled in lowered.items()}
     usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
                        log, flags=re.S)
-    assert len(usage) == len(sources.SOURCES["pointwise_nchw"].name_expressions), log
+    assert len(usage) == len(sources.SOURCES["pointwise_gemm"].name_expressions), log
     for name, spills, regs in usage:
         assert int(spills) == 0 and int(regs) <= 255, f"{expression[name]}: {spills} bytes spilled, {regs} registers"

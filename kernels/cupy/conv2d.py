@@ -14,9 +14,9 @@ for cuDNN (which itself runs FFT or Winograd on the thesis's layers in NCHW).  O
 and bf16, the implicit GEMM on wgmma (igemm_wgmma.cu) is timed beside the mma.sync one, and a
 pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, also runs
 linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
-the stride's grid to a buffer (layout.cu).  A pointwise NCHW convolution in fp16 or bf16 also runs
-as one mma.sync GEMM per image on its tensors as they are (pointwise_nchw.cu), checked the same
-way before it competes.  A convolution of one group also runs conv_tma.cu,
+the stride's grid to a buffer (layout.cu).  A pointwise convolution in fp16 or bf16 also runs as
+mma.sync GEMMs on its tensors as they are (pointwise_gemm.cu: one per image in NCHW; in NHWC one,
+in small tiles that stream layers of few channels), checked the same way before it competes.  A convolution of one group also runs conv_tma.cu,
 whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  An NHWC convolution whose
 input pixels are narrower than 16 bytes (RGB first layers) also runs lowered: layout.cu's im2col,
 then the linear layer's GEMM; in either layout such a convolution also runs with its input
@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from kernels.cupy import (conv_tma, depthwise, depthwise_plan, fft_conv, igemm, igemm_plan, linear_wgmma,
-                          pointwise_nchw, sources, support)
+                          pointwise_gemm, sources, support)
 from kernels.cupy.layout import channels_last_copy
 from kernels.cupy.lowered_conv import build_lowered, build_unfolded
 from kernels.cupy.fft_plan import fft_plan
@@ -181,23 +181,23 @@ def build(spec: Conv2d, dtype: DType, layout: str, tensors: Tensors, out: torch.
         support.check_result(kernel, spec, dtype, tensors, out, "the wgmma implicit GEMM")
         return kernel
 
-    def nchw_pointwise_gemm() -> Built:
-        kernel = pointwise_nchw.build(spec, dtype, layout, tensors, out)
-        support.check_result(kernel, spec, dtype, tensors, out, "the per-image GEMM")
-        return kernel
+    def mma_pointwise_gemm() -> Built:  # its build keeps only a variant whose output passed the check
+        return pointwise_gemm.build(spec, dtype, layout, tensors, out)
 
     # A 1x1 NHWC convolution is a plain GEMM (on Hopper also the wgmma one), in NCHW one GEMM per
     # image, a strided one after a copy of the pixels it reads: no FFT for any of them.
     if pointwise_refusal(spec, layout) is None:
         other = ("wgmma_gemm", wgmma_gemm)
     elif nchw_pointwise_refusal(spec, layout) is None:
-        other = ("nchw_pointwise_gemm", nchw_pointwise_gemm)
+        other = ("nchw_pointwise_gemm", mma_pointwise_gemm)
     elif strided_refusal(spec, layout) is None:
         other = ("strided_wgmma_gemm", lambda: build_strided_pointwise(spec, dtype, layout, tensors, out))
     else:
         other = ("fft", fft)
     tma = ("tma_implicit_gemm", lambda: conv_tma.build(spec, dtype, layout, tensors, out))
     others = [other, ("wgmma_implicit_gemm", wgmma_implicit_gemm), tma]
+    if pointwise_refusal(spec, layout) is None:
+        others.append(("nhwc_pointwise_gemm", mma_pointwise_gemm))
     # The narrow-input paths only where they apply: no reason on every other point.
     if lowered_refusal(spec, dtype, layout) is None:
         others.append(("im2col_gemm", lambda: build_lowered(spec, dtype, layout, tensors, out)))

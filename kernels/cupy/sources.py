@@ -211,15 +211,15 @@ def conv_tma_name(ctype: str, block_n: int, stages: int, blocks: int) -> str:
     return f"conv_tma<{ctype}, {block_n}, {stages}, {blocks}>"
 
 
-POINTWISE_NCHW_CTYPES = ("__half", "__nv_bfloat16")  # mma.sync m16n8k16
-POINTWISE_NCHW_BLOCKS_M = (128, 64, 32)  # output channels a block
-POINTWISE_NCHW_CHUNKS = (8, 4)  # pixels a copy moves: 16 or 8 bytes
+POINTWISE_GEMM_CTYPES = ("__half", "__nv_bfloat16")  # mma.sync m16n8k16
+POINTWISE_GEMM_BLOCKS_M = (128, 64, 32)  # output channels a block
+POINTWISE_GEMM_CHUNKS = (8, 4)  # pixels a copy moves: 16 or 8 bytes
 
 
-def pointwise_nchw_name(ctype: str, block_m: int, chunk: int) -> str:
-    """pointwise_nchw.cu: a 1x1 NCHW convolution as one GEMM per image, ``block_m`` output
+def pointwise_gemm_name(ctype: str, block_m: int, chunk: int) -> str:
+    """pointwise_gemm.cu: a 1x1 NCHW convolution as one GEMM per image, ``block_m`` output
     channels a block, pixels moved ``chunk`` at a time."""
-    return f"pointwise_nchw<{ctype}, {block_m}, {chunk}>"
+    return f"pointwise_gemm<{ctype}, {block_m}, {chunk}>"
 
 
 def fft_forward_name(log_n: int) -> str:
@@ -283,9 +283,9 @@ SOURCES: dict[str, Source] = {
         + [depthwise_nchw_rows_name(t, k, s) for t in STORAGE_TYPES for k in DEPTHWISE_UNROLLED
            for s in DEPTHWISE_ROWS_STRIDES]
         + [depthwise_nchw_rows_name(t, 0, 0) for t in STORAGE_TYPES])),
-    "pointwise_nchw": Source("pointwise_nchw.cu", tuple(
-        pointwise_nchw_name(t, bm, v) for t in POINTWISE_NCHW_CTYPES for bm in POINTWISE_NCHW_BLOCKS_M
-        for v in POINTWISE_NCHW_CHUNKS)),
+    "pointwise_gemm": Source("pointwise_gemm.cu", tuple(
+        pointwise_gemm_name(t, bm, v) for t in POINTWISE_GEMM_CTYPES for bm in POINTWISE_GEMM_BLOCKS_M
+        for v in POINTWISE_GEMM_CHUNKS)),
     "conv2d_backward": Source("conv2d_backward.cu", tuple(
         [conv_dgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]
         + [conv_wgrad_name(t, tc) for t, tc in BACKWARD_VARIANTS]

@@ -1,4 +1,4 @@
-// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu, pointwise_nchw.cu and pool2d.cu use, shimmed so that the file
+// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu, pointwise_gemm.cu and pool2d.cu use, shimmed so that the file
 // compiles as host C++ and its kernels run on the CPU: a block's threads one at a time (a kernel
 // with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
 // is what the harness defines under the kernel's extern name; cp.async checks that each copy (16

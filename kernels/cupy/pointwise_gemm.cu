@@ -1,44 +1,46 @@
-// A 1x1 NCHW convolution (stride 1, no padding, one group) as one GEMM per image, on the tensors
-// as they are:
+// A 1x1 convolution (stride 1, no padding, one group) as mma.sync GEMMs on the tensors as they
+// are, nothing copied:
 //
-//   y[n][m][p] = sum_r a[m][r] * x[n][r][p] (+ bias[m])
+//   y[m][j] = sum_r a[m][r] * b[r][j] (+ bias[m] or bias[j])
 //
-// a is the weight as the (K, C) matrix it is in memory (m an output channel, r an input channel);
-// x[n] and y[n] are image n's (C, H*W) and (K, H*W) matrices, pixels contiguous.  The implicit
-// GEMMs copy an NCHW input to channels_last first; here nothing is copied.
+// with a row-major (rows k contiguous) and b's rows j contiguous.  NCHW: one product per image,
+// a the weight as the (K, C) matrix it is in memory, b = x[n] and y[n] image n's (C, H*W) and
+// (K, H*W) matrices, bias by row; the implicit GEMMs would copy the input to channels_last
+// first.  NHWC: one product, a = x as the (N*H*W, C) matrix, b the weight transposed once at
+// build to (C, K), y the (N*H*W, K) output, bias by column: on layers of few channels (K or C of
+// 16 to 32) this small tile streams where a wgmma GEMM's 64-deep k tiles and wide epilogues idle.
 //
-// Block tile: BM output channels (128, 64 or 32: a layer of few output channels takes the
-// smallest that holds them, so that its blocks do not multiply rows of zeros) x 128 columns,
-// reduction in stages of 32 input channels, three stages in flight (cp.async; chunks past the
-// edges are zero-filled, never read).  4 warps, as 2 x 2 (BM 128) or 1 x 4, each BM / WM rows x
-// 128 / WN columns through mma.sync m16n8k16 (fp16, bf16) with fp32 accumulators; the tile is
-// staged in shared memory for whole-chunk stores.
-//   A stage: BM rows (output channels) of 64 bytes, k contiguous, swizzled as igemm.cu's tiles;
-//            ldmatrix gives the A fragments.
-//   B stage: 32 rows (input channels) of 256 bytes, pixels contiguous, as x holds them; 16-byte
-//            granule c of row r sits in slot c ^ (r % 8), so the eight rows one ldmatrix.trans
-//            reads land in eight different bank groups.  The transposed load gives the B
-//            fragments (k pairs of one pixel) straight from rows of k.
-// The columns j = n * HW + p number the batch's pixels through its images, so that a tile may
-// span two images (H*W need not be a multiple of 128: 28 x 28 planes would leave a seventh of the
-// tiles' columns idle).  Pixels move in chunks of VEC (8: 16 bytes, or 4: 8 bytes, for planes
-// such as 14 x 14 whose H*W is a multiple of 4 only); a chunk lies in one image.
-// The launcher guarantees C % 8 == 0 and H*W % VEC == 0 (whole chunks, aligned to their size),
-// fp16 or bf16, fewer than 2^31 - 128 columns, and a grid of (columns / 128) x (M / BM) blocks
-// (both rounded up) on x.
+// Block tile: BM rows (128, 64 or 32, timed at build) x 128 columns, reduction in stages of 32,
+// three stages in flight (cp.async; chunks past the edges are zero-filled, never read).  4 warps,
+// as 2 x 2 (BM 128) or 1 x 4, each BM / WM rows x 128 / WN columns through mma.sync m16n8k16
+// (fp16, bf16) with fp32 accumulators; the tile is staged in shared memory for whole-chunk stores.
+//   A stage: BM rows of 64 bytes, k contiguous, swizzled as igemm.cu's tiles; ldmatrix gives the
+//            A fragments.
+//   B stage: 32 rows (k) of 256 bytes, columns contiguous, as b holds them; 16-byte granule c of
+//            row r sits in slot c ^ (r % 8), so the eight rows one ldmatrix.trans reads land in
+//            eight different bank groups.  The transposed load gives the B fragments (k pairs of
+//            one column) straight from rows of k.
+// Columns j = n * HW + p number the columns of every image in turn (NCHW: the batch's pixels;
+// NHWC: one image of HW = K columns), so that a tile may span two images (H*W need not be a
+// multiple of 128: 28 x 28 planes would leave a seventh of the tiles' columns idle).  Columns
+// move in chunks of VEC (8: 16 bytes, or 4: 8 bytes, where HW is a multiple of 4 only, as 14 x 14
+// planes are); a chunk lies in one image.
+// The launcher guarantees R % 8 == 0 and HW % VEC == 0 (whole chunks, aligned to their size),
+// fp16 or bf16, fewer than 2^31 - 128 rows and columns, and a grid of (columns / 128) x (M / BM)
+// blocks (both rounded up) on x.
 #include "layerbench_common.cuh"
 
 namespace {
 
 constexpr int PW_THREADS = 128;
-constexpr int PW_BN = 128;  // columns (pixels of the batch) a block
+constexpr int PW_BN = 128;  // columns a block
 constexpr int PW_BK = 32;   // input channels a stage
 constexpr int PW_STAGES = 3;
 constexpr int A_ROW = 64;   // bytes of an A row: PW_BK 16-bit values
 constexpr int B_ROW = 256;  // bytes of a B row: PW_BN 16-bit values
 constexpr int B_BYTES = PW_BK * B_ROW;
 
-// The block's shape for BM output channels: warps along m and n, and each warp's 16-row A
+// The block's shape for BM rows: warps along m and n, and each warp's 16-row A
 // fragments (MI) and 8-column B blocks (NJ).  A stage is 16 KiB at BM 128: three fit the default
 // 48 KiB, and the staged output tile (BM rows of B_ROW bytes) fits in them at every BM.
 template <int BM>
@@ -82,29 +84,35 @@ template <> struct Chunk<4> {
 
 }  // namespace
 
+// bias_by: 0 no bias, 1 bias[m] (by row: NCHW's output channels), 2 bias[j] (by column, one image
+// only: NHWC's).
 template <typename T, int BM, int VEC>
-__global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict__ a, const T* __restrict__ x,
-                                                              const T* __restrict__ bias, T* __restrict__ y,
-                                                              int M, int R, int HW, int columns, int has_bias) {
+__global__ void __launch_bounds__(PW_THREADS) pointwise_gemm(const T* __restrict__ a, const T* __restrict__ b,
+                                                             const T* __restrict__ bias, T* __restrict__ y,
+                                                             int M, int R, int HW, int columns, int bias_by) {
     using S = Tile<BM>;
-    constexpr int CHUNK = 2 * VEC;             // bytes of a chunk of pixels
+    constexpr int CHUNK = 2 * VEC;             // bytes of a chunk of columns
     constexpr int ROW_CHUNKS = B_ROW / CHUNK;  // chunks of a B row (16 or 32)
     constexpr int ROW_STEP = PW_THREADS / ROW_CHUNKS;  // rows the threads cover at once
     using Store = typename Chunk<VEC>::Store;
     extern __shared__ __align__(128) unsigned char stages[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / S::WN, wn = warp % S::WN;
-    // Blocks in launch order take a column tile's row tiles one after another, so that the
-    // tile's input rows are read from DRAM once and from L2 after.
-    const int m_tiles = (M + BM - 1) / BM;
-    const int j0 = static_cast<int>(blockIdx.x / m_tiles) * PW_BN, m0 = static_cast<int>(blockIdx.x % m_tiles) * BM;
-    // Each thread loads and stores one chunk column (tid % ROW_CHUNKS) of the tile: its image and pixel.
+    // Blocks in launch order walk the fewer tiles first (a column tile's row tiles, or a row
+    // tile's column tiles), so that each tile of the larger operand is read from DRAM once and
+    // from L2 by its neighbours.
+    const int m_tiles = (M + BM - 1) / BM, n_tiles = (columns + PW_BN - 1) / PW_BN;
+    const int block = static_cast<int>(blockIdx.x);
+    const bool rows_inner = m_tiles <= n_tiles;
+    const int j0 = (rows_inner ? block / m_tiles : block % n_tiles) * PW_BN;
+    const int m0 = (rows_inner ? block % m_tiles : block / n_tiles) * BM;
+    // Each thread loads and stores one chunk (tid % ROW_CHUNKS) of the tile's rows: its image and column there.
     const int chunk = tid % ROW_CHUNKS;
     const int col = j0 + chunk * VEC;
     const bool col_ok = col < columns;
     const long long image = col_ok ? col / HW : 0;
     const int p = col_ok ? col - static_cast<int>(image) * HW : 0;
-    const T* xi = x + image * R * HW + p;
+    const T* bi = b + image * R * HW + p;
     T* yi = y + image * M * HW + p;
 
     // One stage: A BM rows x 4 chunks of 16 bytes, BM / 32 a thread; B 32 rows x ROW_CHUNKS chunks.
@@ -121,7 +129,7 @@ __global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict
             const int row = tid / ROW_CHUNKS + ROW_STEP * k;
             const bool ok = r0 + row < R && col_ok;
             Chunk<VEC>::copy(lb::smem_addr(s + S::A_BYTES + b_at(row, chunk * CHUNK)),
-                             ok ? xi + static_cast<long long>(r0 + row) * HW : x, ok);
+                             ok ? bi + static_cast<long long>(r0 + row) * HW : b, ok);
         }
     };
 
@@ -156,8 +164,8 @@ __global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict
 #pragma unroll
             for (int i = 0; i < S::MI; ++i)
                 lb::ldmatrix_x4(af[i], sa + a_at(wm * 16 * S::MI + 16 * i + (lane & 15), 32 * ks + (lane >> 4) * 16));
-            // B: lanes 0-15 address rows k 0-15 at pixels 0-7 of a 16-pixel pair of n8 blocks,
-            // lanes 16-31 the same rows at pixels 8-15; regs 0, 1 are the first block's fragment.
+            // B: lanes 0-15 address rows k 0-15 at columns 0-7 of a 16-column pair of n8 blocks,
+            // lanes 16-31 the same rows at columns 8-15; regs 0, 1 are the first block's fragment.
 #pragma unroll
             for (int j = 0; j < S::NJ / 2; ++j)
                 lb::ldmatrix_x4_trans(bf[j], sb + b_at(16 * ks + (lane & 15),
@@ -166,36 +174,45 @@ __global__ void __launch_bounds__(PW_THREADS) pointwise_nchw(const T* __restrict
             for (int i = 0; i < S::MI; ++i) {
 #pragma unroll
                 for (int j = 0; j < S::NJ; ++j) {
-                    const unsigned b[2] = {bf[j >> 1][2 * (j & 1)], bf[j >> 1][2 * (j & 1) + 1]};
-                    lb::Mma<T>::run(acc[i][j], af[i], b);
+                    const unsigned pair[2] = {bf[j >> 1][2 * (j & 1)], bf[j >> 1][2 * (j & 1) + 1]};
+                    lb::Mma<T>::run(acc[i][j], af[i], pair);
                 }
             }
         }
     }
 
     // The tile goes out through shared memory, so that each row leaves as whole-chunk stores of
-    // consecutive pixels (a fragment holds pixel pairs of eight rows: 16 bytes a row per warp
-    // store).  acc[i][j][0..1]: row g, pixels 2c and 2c + 1 of the 16 x 8 tile (i, j); [2..3]:
+    // consecutive columns (a fragment holds column pairs of eight rows: 16 bytes a row per warp
+    // store).  acc[i][j][0..1]: row g, columns 2c and 2c + 1 of the 16 x 8 tile (i, j); [2..3]:
     // row g + 8.  The tile's rows are 256 bytes (BM / 4 KiB in all), swizzled by b_at: a warp's
     // pair stores (eight rows at one granule) and the chunk reads of a row each hit eight bank groups.
     lb::cp_async_wait_group<0>();
     __syncthreads();  // every warp is done with the last stage: its memory takes the tile
     const int g = lane >> 2, c = lane & 3;
+    float col_bias[S::NJ][2];  // bias by column (one image: a column is its output channel)
+#pragma unroll
+    for (int j = 0; j < S::NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int col = j0 + wn * 8 * S::NJ + 8 * j + 2 * c + e;
+            col_bias[j][e] = bias_by == 2 && col < columns ? lb::to_float(bias[col]) : 0.0f;
+        }
 #pragma unroll
     for (int i = 0; i < S::MI; ++i) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int row = wm * 16 * S::MI + 16 * i + g + 8 * half, m = m0 + row;
-            const float b = has_bias && m < M ? lb::to_float(bias[m]) : 0.0f;
+            const float row_bias = bias_by == 1 && m < M ? lb::to_float(bias[m]) : 0.0f;
 #pragma unroll
             for (int j = 0; j < S::NJ; ++j)
                 *reinterpret_cast<unsigned*>(stages + b_at(row, 2 * (wn * 8 * S::NJ + 8 * j + 2 * c))) =
-                    pack_pair<T>(acc[i][j][2 * half] + b, acc[i][j][2 * half + 1] + b);
+                    pack_pair<T>(acc[i][j][2 * half] + row_bias + col_bias[j][0],
+                                 acc[i][j][2 * half + 1] + row_bias + col_bias[j][1]);
         }
     }
     __syncthreads();
     // BM rows x ROW_CHUNKS chunks: chunk tid % ROW_CHUNKS of rows tid / ROW_CHUNKS + ROW_STEP k.
-    // H*W is a multiple of VEC, so a chunk is whole or past the edge.
+    // HW is a multiple of VEC, so a chunk is whole or past the edge.
 #pragma unroll
     for (int k = 0; k < BM / ROW_STEP; ++k) {
         const int row = tid / ROW_CHUNKS + ROW_STEP * k, m = m0 + row;

@@ -1,10 +1,10 @@
-"""The per-image GEMM's shared-memory addressing (pointwise_nchw.cu), without a GPU: the loaders
+"""The pointwise GEMM's shared-memory addressing (pointwise_gemm.cu), without a GPU: the loaders
 fill each stage exactly once, ldmatrix and ldmatrix.trans hand each lane the mma.sync m16n8k16
 fragments the PTX ISA lays out, the output tile is staged once and read back whole, and every
-phase of shared accesses is free of bank conflicts, for each block shape (128, 64 and 32 output
-channels) and pixel chunk (8 and 4).  Addresses are transcribed from the kernel; its constants
+phase of shared accesses is free of bank conflicts, for each block shape (128, 64 and 32 rows)
+and column chunk (8 and 4).  Addresses are transcribed from the kernel; its constants
 and swizzles are checked against its text.  And the kernel's own source, run on the CPU against
-a float64 product; and the launcher's choice of block shape and chunk."""
+a float64 product; and the block shapes and chunk the launcher takes."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from host_cuda_build import assert_constants_match, built
-from kernels.cupy import pointwise_nchw, sources
+from kernels.cupy import pointwise_gemm, sources
 from kernels.cupy.models import ldmatrix_x4
 
-TEXT = (sources.KERNEL_DIR / "pointwise_nchw.cu").read_text()
+TEXT = (sources.KERNEL_DIR / "pointwise_gemm.cu").read_text()
 A_ROW, B_ROW, BN, BK, THREADS = 64, 256, 128, 32, 128
 BLOCKS_M = (128, 64, 32)
 
 
 def warps(bm: int) -> tuple[int, int, int, int]:
-    """(WM, WN, MI, NJ) of pointwise_nchw.cu's Tile<BM>: warps along m and n, each warp's 16-row A
+    """(WM, WN, MI, NJ) of pointwise_gemm.cu's Tile<BM>: warps along m and n, each warp's 16-row A
     fragments and 8-column B blocks."""
     wm = 2 if bm == 128 else 1
     wn = 4 // wm
@@ -48,7 +48,7 @@ def ldmatrix_x4_trans(lane_addr: np.ndarray) -> np.ndarray:
 
 
 def b_element(byte_addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(k row, pixel) of the 16-bit element at ``byte_addr`` of a B stage: the inverse of b_at."""
+    """(k row, column) of the 16-bit element at ``byte_addr`` of a B stage: the inverse of b_at."""
     row, col = np.divmod(byte_addr, B_ROW)
     col = col ^ ((row & 7) << 4)
     assert np.array_equal(b_at(row, col), byte_addr)
@@ -63,22 +63,22 @@ def a_element(byte_addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_constants_and_swizzles_match_the_kernel() -> None:
-    assert_constants_match("pointwise_nchw.cu", {"PW_THREADS": THREADS, "PW_BN": BN, "PW_BK": BK,
-                                                 "PW_STAGES": pointwise_nchw.STAGES, "A_ROW": A_ROW, "B_ROW": B_ROW})
-    assert (THREADS, BN) == (pointwise_nchw.THREADS, pointwise_nchw.BLOCK_N)
-    assert sources.POINTWISE_NCHW_BLOCKS_M == BLOCKS_M and sources.POINTWISE_NCHW_CHUNKS == (8, 4)
+    assert_constants_match("pointwise_gemm.cu", {"PW_THREADS": THREADS, "PW_BN": BN, "PW_BK": BK,
+                                                 "PW_STAGES": pointwise_gemm.STAGES, "A_ROW": A_ROW, "B_ROW": B_ROW})
+    assert (THREADS, BN) == (pointwise_gemm.THREADS, pointwise_gemm.BLOCK_N)
+    assert sources.POINTWISE_GEMM_BLOCKS_M == BLOCKS_M and sources.POINTWISE_GEMM_CHUNKS == (8, 4)
     assert "static constexpr int WM = BM == 128 ? 2 : 1, WN = 4 / WM;" in TEXT
     assert "static constexpr int MI = BM / (16 * WM), NJ = PW_BN / (8 * WN);" in TEXT
     for bm in BLOCKS_M:
-        shared = pointwise_nchw.shared_bytes(bm)
-        assert shared == pointwise_nchw.STAGES * (bm * A_ROW + BK * B_ROW) <= 48 * 1024
+        shared = pointwise_gemm.shared_bytes(bm)
+        assert shared == pointwise_gemm.STAGES * (bm * A_ROW + BK * B_ROW) <= 48 * 1024
         assert bm * B_ROW <= shared  # the staged output tile fits the stages' memory
     assert "return row * A_ROW + ((byte & ~15) ^ (((row >> 1) & 3) << 4)) + (byte & 15);" in TEXT
     assert "return row * B_ROW + ((byte & ~15) ^ ((row & 7) << 4)) + (byte & 15);" in TEXT
 
 
 def b_chunks(vec: int, rows: int) -> list[np.ndarray]:
-    """Byte addresses of the chunks of ``vec`` pixels a B loader (``rows`` = 32) or the output
+    """Byte addresses of the chunks of ``vec`` columns a B loader (``rows`` = 32) or the output
     store (``rows`` = BM) takes: chunk tid % (256 / 2 vec) of rows tid / chunks + (128 / chunks) k."""
     tid, chunks = np.arange(THREADS), B_ROW // (2 * vec)
     step = THREADS // chunks
@@ -102,7 +102,7 @@ def test_fragments_match_the_ptx_layout() -> None:
     lanes = np.arange(32)
     for bm in BLOCKS_M:
         n_wm, n_wn, mi, nj = warps(bm)
-        rows_seen, pixels_seen = set(), set()
+        rows_seen, columns_seen = set(), set()
         for warp in range(THREADS // 32):
             wm, wn = warp // n_wn, warp % n_wn
             for ks in range(2):
@@ -122,10 +122,10 @@ def test_fragments_match_the_ptx_layout() -> None:
                         for k in range(16):
                             for n in range(8):
                                 lane, q, part = n * 4 + (k % 8) // 2, 2 * block + k // 8, k % 2
-                                row, pixel = b_element(addr[lane, q, part])
-                                assert (row, pixel) == (16 * ks + k, first + 8 * block + n)
-                                pixels_seen.add(pixel)
-        assert rows_seen == set(range(bm)) and pixels_seen == set(range(BN)), bm
+                                row, col = b_element(addr[lane, q, part])
+                                assert (row, col) == (16 * ks + k, first + 8 * block + n)
+                                columns_seen.add(col)
+        assert rows_seen == set(range(bm)) and columns_seen == set(range(BN)), bm
 
 
 def _slots(byte_addr: np.ndarray) -> int:
@@ -160,15 +160,15 @@ def test_shared_accesses_are_conflict_free() -> None:
 
 
 def test_kernel_source_on_the_cpu(tmp_path: Path) -> None:
-    """pointwise_nchw.cu itself, each block's threads as host threads that meet at its barriers
-    and at every ldmatrix and mma.sync (tests/host_cuda/pointwise_nchw.cpp)."""
-    result = subprocess.run([str(built(tmp_path, "pointwise_nchw", "pointwise_nchw.cu"))], capture_output=True,
+    """pointwise_gemm.cu itself, each block's threads as host threads that meet at its barriers
+    and at every ldmatrix and mma.sync (tests/host_cuda/pointwise_gemm.cpp)."""
+    result = subprocess.run([str(built(tmp_path, "pointwise_gemm", "pointwise_gemm.cu"))], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0 and " 0 bad, 0 misaligned" in result.stdout, result.stdout + result.stderr
 
 
 def test_output_tile_is_staged_once_and_read_back_whole() -> None:
-    """For each block shape: the epilogue's pair stores (D fragments: row g (+8), pixels 2c, 2c + 1)
+    """For each block shape: the epilogue's pair stores (D fragments: row g (+8), columns 2c, 2c + 1)
     cover the BM x 128 tile once, each warp store conflict-free; the chunk reads take every chunk
     once, each phase conflict-free (eight 16-byte chunks, or sixteen 8-byte ones)."""
     lanes = np.arange(32)
@@ -193,9 +193,9 @@ def test_output_tile_is_staged_once_and_read_back_whole() -> None:
                    for addr in b_chunks(4, bm) for q in range(0, THREADS, 16))
 
 
-def test_block_shape_and_chunk_follow_the_layer() -> None:
-    """The fewest padded rows of output channels (32 or 64 where they hold them all); 16-byte
-    chunks where an image's pixels allow, else 8-byte; none for odd planes."""
-    assert [pointwise_nchw.block_m(m) for m in (16, 24, 32, 40, 64, 96, 128, 144, 192, 256, 384, 576)] == \
-        [32, 32, 32, 64, 64, 128, 128, 64, 64, 128, 128, 64]
-    assert [pointwise_nchw.pixel_chunk(hw) for hw in (3136, 784, 196, 49, 36, 12)] == [8, 8, 4, None, 4, 4]
+def test_block_shapes_and_chunk_follow_the_layer() -> None:
+    """The block shapes timed: each whose tiles are more than half full, 32 always; 16-byte chunks
+    where the second operand's rows allow, else 8-byte; none for odd ones."""
+    assert [pointwise_gemm.blocks_m(m) for m in (16, 32, 33, 64, 65, 200704)] == \
+        [(32,), (32,), (64, 32), (64, 32), (128, 64, 32), (128, 64, 32)]
+    assert [pointwise_gemm.column_chunk(n) for n in (3136, 784, 196, 49, 36, 12)] == [8, 8, 4, None, 4, 4]
