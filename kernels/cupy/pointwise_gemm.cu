@@ -34,15 +34,15 @@ namespace {
 
 constexpr int PW_THREADS = 128;
 constexpr int PW_BN = 128;  // columns a block
-constexpr int PW_BK = 32;   // input channels a stage
+constexpr int PW_BK = 32;   // k (input channels) a stage
 constexpr int PW_STAGES = 3;
 constexpr int A_ROW = 64;   // bytes of an A row: PW_BK 16-bit values
 constexpr int B_ROW = 256;  // bytes of a B row: PW_BN 16-bit values
 constexpr int B_BYTES = PW_BK * B_ROW;
 
-// The block's shape for BM rows: warps along m and n, and each warp's 16-row A
-// fragments (MI) and 8-column B blocks (NJ).  A stage is 16 KiB at BM 128: three fit the default
-// 48 KiB, and the staged output tile (BM rows of B_ROW bytes) fits in them at every BM.
+// The block's shape for BM rows: warps along m and n, and each warp's 16-row A fragments (MI)
+// and 8-column B blocks (NJ).  A stage is 16 KiB at BM 128: three fit the default 48 KiB, and the
+// staged output tile (BM rows of B_ROW bytes) fits in them at every BM.
 template <int BM>
 struct Tile {
     static_assert(BM == 128 || BM == 64 || BM == 32, "BM is 128, 64 or 32");
@@ -106,7 +106,8 @@ __global__ void __launch_bounds__(PW_THREADS) pointwise_gemm(const T* __restrict
     const bool rows_inner = m_tiles <= n_tiles;
     const int j0 = (rows_inner ? block / m_tiles : block % n_tiles) * PW_BN;
     const int m0 = (rows_inner ? block % m_tiles : block / n_tiles) * BM;
-    // Each thread loads and stores one chunk (tid % ROW_CHUNKS) of the tile's rows: its image and column there.
+    // Each thread loads and stores one chunk (tid % ROW_CHUNKS) of the tile's B and output rows:
+    // its image, and its column in that image.
     const int chunk = tid % ROW_CHUNKS;
     const int col = j0 + chunk * VEC;
     const bool col_ok = col < columns;
