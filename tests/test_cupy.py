@@ -594,9 +594,11 @@ def test_unfolded_convolution_is_timed_beside_the_implicit_gemm() -> None:
     assert details["implicit_gemm_ms"] > 0 and details["unfolded_tma_ms"] > 0, details
 
 
-# 1x1 NCHW convolutions as one GEMM per image: ResNet-50's bottleneck ends (batch cut; at 28 x 28
-# an odd batch, whose column tiles span images), a layer whose output channels and pixels end
-# inside a tile, with a bias.
+# 1x1 convolutions on the pointwise GEMM. NCHW (one product per image): ResNet-50's bottleneck
+# ends (batch cut; at 28 x 28 an odd batch, whose column tiles span images), a layer whose output
+# channels and pixels end inside a tile, with a bias; MobileNetV2's few output channels and 14 x 14
+# planes (pixels in chunks of four). NHWC (one product, bias by output channel): MobileNetV2's
+# expansion and projection of few channels, output channels a multiple of 4 only, a wide layer.
 POINTWISE = {"resnet-256-64": (Conv2d(8, 256, 64, 56, 56, 1, 1, bias=False), "NCHW"),
              "resnet-64-256": (Conv2d(8, 64, 256, 56, 56, 1, 1, bias=False), "NCHW"),
              "resnet-128-512@28": (Conv2d(5, 128, 512, 28, 28, 1, 1, bias=False), "NCHW"),

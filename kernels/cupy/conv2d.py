@@ -16,13 +16,13 @@ pointwise (1x1, stride 1, unpadded, one group) NHWC convolution, a plain GEMM, a
 linear_wgmma.cu's GEMM on views of its tensors; a strided one runs it after copying the pixels on
 the stride's grid to a buffer (layout.cu).  A pointwise convolution in fp16 or bf16 also runs as
 mma.sync GEMMs on its tensors as they are (pointwise_gemm.cu: one per image in NCHW; in NHWC one,
-in small tiles that stream layers of few channels), checked the same way before it competes.  A convolution of one group also runs conv_tma.cu,
-whose TMA unit cuts each k tile out of the NHWC image (conv_tma.py).  An NHWC convolution whose
-input pixels are narrower than 16 bytes (RGB first layers) also runs lowered: layout.cu's im2col,
-then the linear layer's GEMM; in either layout such a convolution also runs with its input
-unfolded along the width by the same copy, then conv_tma.cu on an R x 1 filter (lowered_conv.py,
-kernels/lowering.py).  A wgmma path
-competes only after its output on the layer's own tensors has passed the float64 check.
+in small tiles that stream layers of few channels), checked the same way before it competes.  A
+convolution of one group also runs conv_tma.cu, whose TMA unit cuts each k tile out of the NHWC
+image (conv_tma.py).  An NHWC convolution whose input pixels are narrower than 16 bytes (RGB first
+layers) also runs lowered: layout.cu's im2col, then the linear layer's GEMM; in either layout such
+a convolution also runs with its input unfolded along the width by the same copy, then conv_tma.cu
+on an R x 1 filter (lowered_conv.py, kernels/lowering.py).  A wgmma path competes only after its
+output on the layer's own tensors has passed the float64 check.
 What the bench measured for each choice is in notes/perf.md.
 
 Implicit GEMM:

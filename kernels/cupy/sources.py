@@ -212,13 +212,13 @@ def conv_tma_name(ctype: str, block_n: int, stages: int, blocks: int) -> str:
 
 
 POINTWISE_GEMM_CTYPES = ("__half", "__nv_bfloat16")  # mma.sync m16n8k16
-POINTWISE_GEMM_BLOCKS_M = (128, 64, 32)  # output channels a block
-POINTWISE_GEMM_CHUNKS = (8, 4)  # pixels a copy moves: 16 or 8 bytes
+POINTWISE_GEMM_BLOCKS_M = (128, 64, 32)  # rows of output a block
+POINTWISE_GEMM_CHUNKS = (8, 4)  # values a copy of the second operand moves: 16 or 8 bytes
 
 
 def pointwise_gemm_name(ctype: str, block_m: int, chunk: int) -> str:
-    """pointwise_gemm.cu: a 1x1 NCHW convolution as one GEMM per image, ``block_m`` output
-    channels a block, pixels moved ``chunk`` at a time."""
+    """pointwise_gemm.cu: a 1x1 convolution as GEMMs on its tensors (per image in NCHW, one in
+    NHWC), ``block_m`` rows of output a block, the second operand moved ``chunk`` values at a time."""
     return f"pointwise_gemm<{ctype}, {block_m}, {chunk}>"
 
 
