@@ -8,6 +8,7 @@ of the implicit GEMM, and that every ``__global__`` template is instantiated.
 
 from __future__ import annotations
 
+import functools
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,6 +57,19 @@ def nvrtc_compile(source: str, arch: int, extra: tuple[str, ...] = ()) -> tuple[
         return True, log, lowered
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+@functools.cache
+def register_usage(source: str) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """(ptxas's log, (name expression, bytes of spill stores, registers) of every kernel) of
+    ``source`` built for sm_90: compiled once for the tests that read it."""
+    ok, log, lowered = nvrtc_compile(source, 90, ("-Xptxas=-v",))
+    assert ok, log
+    expression = {mangled: ne for ne, mangled in lowered.items()}
+    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
+                       log, flags=re.S)
+    assert len(usage) == len(sources.SOURCES[source].name_expressions), log
+    return log, tuple((expression[name], int(spills), int(regs)) for name, spills, regs in usage)
 
 
 def _archs(source: str) -> tuple[int, ...]:
@@ -118,33 +132,20 @@ def test_igemm_registers_without_spills() -> None:
     """Two blocks per SM (65,536 registers): <= 128 registers for igemm_simt's 256 threads, <= 255
     (the most a thread can have) for igemm_mma's 128; spills would cost local memory traffic,
     so none are allowed beyond the measured KNOWN_SPILLS of this NVRTC."""
-    ok, log, lowered = nvrtc_compile("igemm", 90, ("-Xptxas=-v",))
-    assert ok, log
-    expression = {mangled: ne for ne, mangled in lowered.items()}
-    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
-                       log, flags=re.S)
-    assert len(usage) == len(sources.SOURCES["igemm"].name_expressions), log
     version = nvrtc_version()
-    for name, spills, regs in usage:
-        kernel = expression[name]
+    for kernel, spills, regs in register_usage("igemm")[1]:
         threads = igemm_plan.MMA_THREADS if "igemm_mma" in kernel else igemm_plan.SIMT_THREADS
         allowed = KNOWN_SPILLS.get((version, kernel), 0)
-        assert int(spills) <= allowed, \
+        assert spills <= allowed, \
             f"{kernel} spills {spills} bytes with NVRTC {version[0]}.{version[1]} (allowed: {allowed})"
-        assert 2 * threads * int(regs) <= 65536, f"{kernel} uses {regs} registers"
+        assert 2 * threads * regs <= 65536, f"{kernel} uses {regs} registers"
 
 
 def test_depthwise_rows_registers_without_spills() -> None:
     """The NCHW rows kernel's 256-thread blocks: three an SM (<= 80 registers) for windows up to 5 x
     5 and the loops, two (<= 128) for 7 x 7, with no spills: its chunks in flight scale with the
     blocks an SM."""
-    ok, log, lowered = nvrtc_compile("depthwise", 90, ("-Xptxas=-v",))
-    assert ok, log
-    expression = {mangled: ne for ne, mangled in lowered.items()}
-    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
-                       log, flags=re.S)
-    rows = [(expression[name], int(spills), int(regs)) for name, spills, regs in usage
-            if expression[name].startswith("depthwise_nchw_rows<")]
+    rows = [usage for usage in register_usage("depthwise")[1] if usage[0].startswith("depthwise_nchw_rows<")]
     named = sources.SOURCES["depthwise"].name_expressions
     assert len(rows) == sum(ne.startswith("depthwise_nchw_rows<") for ne in named)
     for kernel, spills, regs in rows:
@@ -185,16 +186,10 @@ def _register_limit(source: str, expression: str) -> int:
 def test_wgmma_gemms_registers_without_spills(source: str) -> None:
     """Within each kernel's register limit the accumulator tile fits with no spills; built for
     sm_90a, the wgmma instructions not serialized."""
-    ok, log, lowered = nvrtc_compile(source, 90, ("-Xptxas=-v",))
-    assert ok, log
-    expression = {mangled: ne for ne, mangled in lowered.items()}
-    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
-                       log, flags=re.S)
-    assert len(usage) == len(sources.SOURCES[source].name_expressions), log
-    for name, spills, regs in usage:
-        limit = _register_limit(source, expression[name])
-        assert int(spills) == 0 and int(regs) <= limit, \
-            f"{expression[name]}: {spills} bytes spilled, {regs} registers (at most {limit})"
+    log, usage = register_usage(source)
+    for kernel, spills, regs in usage:
+        limit = _register_limit(source, kernel)
+        assert spills == 0 and regs <= limit, f"{kernel}: {spills} bytes spilled, {regs} registers (at most {limit})"
     assert "sm_90a" in log and "serialized" not in log, log
 
 
@@ -202,27 +197,14 @@ def test_depthwise_registers_without_spills() -> None:
     """The depthwise kernels hold their unrolled rows, filter taps and accumulators in registers:
     no spills, and at most 128 registers (two 256-thread blocks an SM), 168 for the flat-run
     kernel (three 128-thread blocks an SM)."""
-    ok, log, lowered = nvrtc_compile("depthwise", 90, ("-Xptxas=-v",))
-    assert ok, log
-    expression = {mangled: ne for ne, mangled in lowered.items()}
-    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
-                       log, flags=re.S)
-    assert len(usage) == len(sources.SOURCES["depthwise"].name_expressions), log
-    for name, spills, regs in usage:
-        limit = 168 if expression[name].startswith("depthwise_nhwc_flat<") else 128
-        assert int(spills) == 0 and int(regs) <= limit, \
-            f"{expression[name]}: {spills} bytes spilled, {regs} registers (at most {limit})"
+    for kernel, spills, regs in register_usage("depthwise")[1]:
+        limit = 168 if kernel.startswith("depthwise_nhwc_flat<") else 128
+        assert spills == 0 and regs <= limit, f"{kernel}: {spills} bytes spilled, {regs} registers (at most {limit})"
 
 
 def test_pointwise_gemm_registers_without_spills() -> None:
     """The per-image GEMM holds its warp tile of accumulators (64 x 64 at 128 output channels a
     block) in registers: no spills, and at most 255 registers (the most a thread can have), two
     128-thread blocks an SM, in every block shape and pixel chunk."""
-    ok, log, lowered = nvrtc_compile("pointwise_gemm", 90, ("-Xptxas=-v",))
-    assert ok, log
-    expression = {mangled: ne for ne, mangled in lowered.items()}
-    usage = re.findall(r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers",
-                       log, flags=re.S)
-    assert len(usage) == len(sources.SOURCES["pointwise_gemm"].name_expressions), log
-    for name, spills, regs in usage:
-        assert int(spills) == 0 and int(regs) <= 255, f"{expression[name]}: {spills} bytes spilled, {regs} registers"
+    for kernel, spills, regs in register_usage("pointwise_gemm")[1]:
+        assert spills == 0 and regs <= 255, f"{kernel}: {spills} bytes spilled, {regs} registers"

@@ -1,11 +1,12 @@
-// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu, pointwise_gemm.cu and pool2d.cu use, shimmed so that the file
-// compiles as host C++ and its kernels run on the CPU: a block's threads one at a time (a kernel
-// with no barrier), or as host threads that meet at __syncthreads (BlockThreads).  Shared memory
-// is what the harness defines under the kernel's extern name; cp.async checks that each copy (16
-// or 8 bytes) is aligned to its size at both ends (misaligned_granules) and copies at once or, where the harness
-// sets cp_async_late, only at the wait that must see it (a read before its wait then reads what
-// the buffer held); ldmatrix and mma.sync run warp-collectively on BlockThreads (below).  The L2
-// prefetches are declared here and defined by the harness that runs the kernels using them.
+// The CUDA keywords, types and intrinsics kernels/cupy/depthwise.cu, pointwise_gemm.cu and
+// pool2d.cu use, shimmed so that the file compiles as host C++ and its kernels run on the CPU: a
+// block's threads one at a time (a kernel with no barrier), or as host threads that meet at
+// __syncthreads (BlockThreads).  Shared memory is what the harness defines under the kernel's
+// extern name; cp.async checks that each copy (16 or 8 bytes) is aligned to its size at both ends
+// (misaligned_granules) and copies at once or, where the harness sets cp_async_late, only at the
+// wait that must see it (a read before its wait then reads what the buffer held); ldmatrix and
+// mma.sync run warp-collectively on BlockThreads (below).  The L2 prefetches are declared here
+// and defined by the harness that runs the kernels using them.
 #pragma once
 #include <algorithm>
 #include <cmath>
